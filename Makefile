@@ -1,0 +1,81 @@
+# Builds libcell (static library), cell-init (static, embedded into the CLI)
+# and build/cell. `make test` runs every test; `make asan` runs them under ASan+UBSan.
+
+CC      ?= cc
+BUILD   ?= build
+SAN     ?=
+OPT     ?= -O2
+PYTHON  ?= /usr/bin/python3
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral
+CFLAGS  := -std=c17 -D_GNU_SOURCE $(OPT) -g $(WARN) -Iinclude -Isrc -fno-strict-aliasing
+ifneq ($(SAN),)
+CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDSAN   := -fsanitize=$(SAN)
+endif
+LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson 2>/dev/null || echo -lseccomp -larchive -ljansson)
+
+# cell-init runs inside images that may lack our shared libraries, so it is
+# linked statically and never sanitized (ASan cannot be static).
+INIT_CFLAGS := -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) -Iinclude -Isrc
+
+UTIL_SRC    := $(wildcard src/util/*.c)
+INIT_SRC    := $(filter-out src/init/blob.S,$(wildcard src/init/*.c))
+LIB_SRC     := $(wildcard src/isolate/*.c src/runtime/*.c) src/init/proto.c $(UTIL_SRC)
+CLI_SRC     := $(wildcard src/cli/*.c)
+UNIT_SRC    := $(wildcard tests/unit/test_*.c)
+
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o
+INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
+CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test unit integration asan clean deps bench
+all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj-init/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(INIT_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/cell-init: $(INIT_OBJ)
+	$(CC) -static -o $@ $^
+
+$(BUILD)/obj/src/init/blob.o: src/init/blob.S $(BUILD)/cell-init
+	@mkdir -p $(dir $@)
+	$(CC) -c -DCELL_INIT_PATH='"$(BUILD)/cell-init"' $< -o $@
+
+$(BUILD)/libcell.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcell.a
+	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcell.a $(LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcell.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS) -lcmocka
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+integration: all
+	CELL_BIN=$(abspath $(BUILD)/cell) $(PYTHON) -m pytest -q tests/integration
+
+test: unit integration
+
+asan:
+	$(MAKE) BUILD=build-asan SAN=address,undefined OPT=-O1 test
+
+bench: all
+	bash bench/run.sh
+
+deps:
+	bash scripts/install-deps.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,202 @@
+/* cell.h: the public C API of libcell.
+ * Define a cell (image, lane, limits, mounts), boot it, run processes in it,
+ * operate on its files, destroy it. Errors are returned as values, never printed. */
+#ifndef CELL_H
+#define CELL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors --------------------------------------------------------------
+ * Every fallible call takes a `cell_error *` (may be NULL) and returns 0 on
+ * success or -1 on failure.  On failure `code` holds an errno value that
+ * classifies the failure and `message` a sentence naming what failed and on
+ * what (path, field, id).  The library never prints and never exits. */
+typedef struct cell_error {
+    int  code;
+    char message[512];
+} cell_error;
+
+/* ---- context -------------------------------------------------------------
+ * A context owns a state directory (images, lanes, run-time files) and the
+ * sealed copy of cell-init.  One per process is enough; it is not
+ * thread-safe, callers serialize their own calls. */
+typedef struct cell_ctx cell_ctx;
+
+/* Open (creating if needed, mode 0700) the state directory `state_dir`.
+ * NULL means cell_default_state_dir(). Requires root. */
+int  cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err);
+void cell_ctx_close(cell_ctx *ctx);
+const char *cell_ctx_state_dir(const cell_ctx *ctx);
+
+/* $CELL_STATE if set, else "./var" when running from a source checkout,
+ * else "/var/lib/cell".  Returns a static buffer. */
+const char *cell_default_state_dir(void);
+
+/* ---- sizes ---------------------------------------------------------------
+ * "512", "64K", "256M", "2G", "1T" (binary units, optional trailing "iB"
+ * or "B").  Rejects empty strings, unknown suffixes, overflow. */
+int cell_parse_size(const char *text, uint64_t *out, cell_error *err);
+
+/* ---- images --------------------------------------------------------------
+ * "host": the host's /usr (and the /bin, /lib* links into it) read-only
+ * plus a generated minimal /etc; built on demand, never needs a network.
+ * "debian-bookworm": debootstrap minbase + bash, coreutils, ca-certificates,
+ * curl, git, python3; built once by cell_image_build(). */
+typedef void (*cell_progress_fn)(void *user, const char *line);
+int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress,
+                     void *user, cell_error *err);
+/* 1 if the image is ready to boot, 0 if known but not built; -1 if unknown. */
+int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err);
+
+/* ---- lanes ---------------------------------------------------------------
+ * A lane is a durable writable layer bound to one image.  Names are
+ * 1..63 characters of [A-Za-z0-9_.-], not starting with '.' or '-'. */
+typedef struct cell_lane_info {
+    char     name[64];
+    char     image[64];
+    uint64_t created;     /* unix seconds */
+    int      attached;    /* 1 while a running cell holds it */
+} cell_lane_info;
+
+int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err);
+int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err);
+/* Fills a malloc()ed array; the caller frees *out. */
+int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err);
+int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err);
+/* Write the lane's contents as a tar stream (pax) to `fd`; read one from `fd`
+ * into a new lane.  Ownership inside the tar is as seen inside the cell. */
+int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err);
+int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err);
+
+/* ---- cell definition ----------------------------------------------------- */
+enum cell_mount_kind {
+    CELL_MOUNT_BIND   = 0,  /* host directory or file at `source` */
+    CELL_MOUNT_MEMORY = 1,  /* tmpfs, seeded from `seed` files */
+};
+
+typedef struct cell_seed_file {
+    const char *path;       /* relative to the mount target */
+    const void *data;
+    size_t      size;
+    mode_t      mode;
+} cell_seed_file;
+
+typedef struct cell_mount {
+    enum cell_mount_kind kind;
+    const char *source;     /* BIND: host path (must exist) */
+    const char *target;     /* absolute path inside the cell, no ".." */
+    int         readonly;
+    uint64_t    size;       /* MEMORY: tmpfs size in bytes, 0 = 64 MiB */
+    const cell_seed_file *seed;
+    size_t      n_seed;
+} cell_mount;
+
+typedef struct cell_limits {
+    uint64_t memory;        /* bytes, 0 = unlimited */
+    uint32_t pids;          /* max tasks, 0 = unlimited */
+    uint32_t cpu_millis;    /* 1000 = one full CPU, 0 = unlimited */
+    uint64_t disk;          /* writable layer size in bytes, 0 = default */
+} cell_limits;
+
+typedef struct cell_config {
+    const char       *image;       /* NULL = "host" */
+    const char       *lane;        /* NULL = throwaway layer */
+    const char       *hostname;    /* NULL = "cell-<id prefix>" */
+    cell_limits       limits;
+    const cell_mount *mounts;
+    size_t            n_mounts;
+} cell_config;
+
+/* The writable layer of a cell without a lane lives in memory (tmpfs) and
+ * is capped by limits.disk or this default. */
+#define CELL_DEFAULT_DISK (1024ull * 1024 * 1024)
+
+typedef struct cell cell;
+
+/* Boot a cell: namespaces, root filesystem, limits, cell-init.  On return
+ * cell-init is running and ready for cell_spawn(). */
+int  cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *err);
+/* Kill everything in the cell and release its resources (cgroups, uid range,
+ * lane).  Always succeeds; safe on NULL. */
+void cell_destroy(cell *c);
+const char *cell_id(const cell *c);
+/* The host pid of cell-init (PID 1 inside the cell). */
+pid_t cell_init_pid(const cell *c);
+/* First host uid of the cell's range; uid N inside is host uid base+N. */
+uid_t cell_uid_base(const cell *c);
+
+/* ---- processes ------------------------------------------------------------ */
+typedef struct cell_proc_spec {
+    const char *const *argv;    /* argv[0] looked up in PATH of env */
+    const char *const *env;     /* NULL = a minimal default environment */
+    const char *cwd;            /* NULL = "/" */
+    uid_t uid;                  /* inside the cell */
+    gid_t gid;
+    /* Host fds handed to the process as stdin/stdout/stderr (duplicated, the
+     * caller keeps its own).  -1 = /dev/null.  Ignored when tty is set. */
+    int   stdin_fd, stdout_fd, stderr_fd;
+    int   tty;                  /* 1 = run on a new pseudo-terminal */
+    uint16_t rows, cols;
+} cell_proc_spec;
+
+/* Start a process.  *pid receives its pid inside the cell.  With tty set,
+ * *pty_fd receives the terminal's master side (caller closes it), else -1.
+ * A missing command fails with code ENOENT, not a process exiting 127. */
+int cell_spawn(cell *c, const cell_proc_spec *spec, pid_t *pid, int *pty_fd, cell_error *err);
+int cell_signal(cell *c, pid_t pid, int sig, cell_error *err);
+int cell_resize(cell *c, pid_t pid, uint16_t rows, uint16_t cols, cell_error *err);
+
+typedef struct cell_exit {
+    pid_t pid;
+    int   status;               /* as from waitpid() */
+} cell_exit;
+
+/* Wait up to timeout_ms (-1 = forever) for the next exit of a spawned
+ * process.  Returns 1 with *out filled, 0 on timeout, -1 on error (ECONNRESET
+ * when the cell itself died).  Exits are queued, none is lost. */
+int cell_wait_exit(cell *c, int timeout_ms, cell_exit *out, cell_error *err);
+
+/* The control channel's fd, readable when an exit may be pending; for
+ * callers that multiplex many cells in one poll loop. */
+int cell_event_fd(const cell *c);
+
+/* ---- files ----------------------------------------------------------------
+ * Paths are resolved inside the cell by cell-init: ".." stops at the cell's
+ * root, absolute symlinks point into the cell, magic links are refused.  The
+ * data itself flows through file descriptors opened inside the cell. */
+typedef struct cell_stat {
+    uint32_t mode;              /* type and permission bits, as st_mode */
+    uint64_t size;
+    int64_t  mtime;             /* unix seconds */
+    uint32_t uid, gid;          /* as seen inside the cell */
+} cell_stat;
+
+typedef struct cell_dirent {
+    char      name[256];
+    cell_stat st;
+} cell_dirent;
+
+/* Open a file inside the cell; *fd is a host fd onto it (O_CLOEXEC).
+ * flags: O_RDONLY, or O_WRONLY|O_CREAT|O_TRUNC and friends.  Opening a
+ * non-regular file fails with EINVAL (no FIFOs or devices). */
+int cell_file_open(cell *c, const char *path, int flags, mode_t mode, int *fd, cell_error *err);
+int cell_file_stat(cell *c, const char *path, cell_stat *out, cell_error *err);
+/* malloc()ed array, sorted by name, without "." and "..". */
+int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, cell_error *err);
+int cell_file_mkdir(cell *c, const char *path, mode_t mode, int parents, cell_error *err);
+int cell_file_move(cell *c, const char *from, const char *to, int overwrite, cell_error *err);
+int cell_file_delete(cell *c, const char *path, int recursive, cell_error *err);
+/* Unpack a tar stream read from tar_fd into directory `dir` inside the cell.
+ * Entries that would land outside `dir` are refused (the whole upload fails). */
+int cell_file_upload_tar(cell *c, const char *dir, int tar_fd, cell_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,34 @@
+/* cli.h: the `cell` command's subcommands and the helpers they share
+ * (option parsing, error reporting, JSON output). */
+#ifndef CELL_CLI_H
+#define CELL_CLI_H
+
+#include <jansson.h>
+
+#include "cell.h"
+
+/* Exit codes, as docker and timeout(1) use them. */
+#define CLI_EXIT_USAGE     2
+#define CLI_EXIT_TIMEOUT   124
+#define CLI_EXIT_INTERNAL  125
+#define CLI_EXIT_CANNOT    126
+#define CLI_EXIT_NOTFOUND  127
+
+struct cli_global {
+    const char *state_dir;
+    int         json;
+};
+
+int cli_run(struct cli_global *g, int argc, char **argv);
+int cli_lane(struct cli_global *g, int argc, char **argv);
+int cli_image(struct cli_global *g, int argc, char **argv);
+
+/* Print "cell: <message>" to stderr; returns `code` for `return cli_fail(...)`. */
+int cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int cli_fail_err(int code, const cell_error *err);
+/* Open the context for g->state_dir, or print why not. */
+int cli_open(struct cli_global *g, cell_ctx **ctx);
+/* Print a JSON value on stdout followed by a newline; takes the reference. */
+void cli_print_json(json_t *value);
+
+#endif

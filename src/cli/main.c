@@ -1,0 +1,118 @@
+/* main.c: the `cell` command: global options, dispatch to subcommands,
+ * help text.  All real work is done by libcell. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CELL_VERSION "0.1.0"
+
+static const char usage_text[] =
+    "usage: cell [--state DIR] [--json] COMMAND [ARGS...]\n"
+    "\n"
+    "Run untrusted work in isolated Linux cells.\n"
+    "\n"
+    "commands:\n"
+    "  run [OPTIONS] [--] CMD [ARGS...]   run CMD in a new one-shot cell\n"
+    "  lane create NAME [--image IMAGE]   create a durable writable layer\n"
+    "  lane ls                            list lanes\n"
+    "  lane rm NAME                       delete a lane\n"
+    "  lane export NAME                   write a lane as a tar stream to stdout\n"
+    "  lane import NAME [--image IMAGE]   create a lane from a tar stream on stdin\n"
+    "  image ls                           list images and whether they are built\n"
+    "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
+    "  help [COMMAND]                     show help\n"
+    "\n"
+    "global options:\n"
+    "  --state DIR   state directory (default: $CELL_STATE, ./var in a checkout,\n"
+    "                else /var/lib/cell)\n"
+    "  --json        machine-readable output\n"
+    "  --version     print the version\n"
+    "\n"
+    "Run `cell help run` for the options of `cell run`.\n";
+
+int cli_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("cell: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+int cli_fail_err(int code, const cell_error *err)
+{
+    return cli_fail(code, "%s", err->message[0] ? err->message : strerror(err->code));
+}
+
+int cli_open(struct cli_global *g, cell_ctx **ctx)
+{
+    cell_error err = { 0 };
+    if (cell_ctx_open(ctx, g->state_dir, &err) < 0)
+        return cli_fail_err(CLI_EXIT_INTERNAL, &err);
+    return 0;
+}
+
+void cli_print_json(json_t *value)
+{
+    if (!value) {
+        fputs("{}\n", stdout);
+        return;
+    }
+    json_dumpf(value, stdout, JSON_COMPACT);
+    fputc('\n', stdout);
+    json_decref(value);
+}
+
+extern const char cli_run_usage[];
+
+int main(int argc, char **argv)
+{
+    struct cli_global g = { 0 };
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
+            g.state_dir = argv[++i];
+        else if (strncmp(argv[i], "--state=", 8) == 0)
+            g.state_dir = argv[i] + 8;
+        else if (strcmp(argv[i], "--json") == 0)
+            g.json = 1;
+        else if (strcmp(argv[i], "--version") == 0) {
+            printf("cell %s\n", CELL_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else {
+            fputs(usage_text, stderr);
+            return cli_fail(CLI_EXIT_USAGE, "unknown global option '%s'", argv[i]);
+        }
+    }
+    if (i >= argc) {
+        fputs(usage_text, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[i];
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    if (strcmp(cmd, "run") == 0)
+        return cli_run(&g, sub_argc, sub_argv);
+    if (strcmp(cmd, "lane") == 0)
+        return cli_lane(&g, sub_argc, sub_argv);
+    if (strcmp(cmd, "image") == 0)
+        return cli_image(&g, sub_argc, sub_argv);
+    if (strcmp(cmd, "help") == 0) {
+        if (sub_argc > 1 && strcmp(sub_argv[1], "run") == 0)
+            fputs(cli_run_usage, stdout);
+        else
+            fputs(usage_text, stdout);
+        return 0;
+    }
+    fputs(usage_text, stderr);
+    return cli_fail(CLI_EXIT_USAGE, "unknown command '%s'", cmd);
+}

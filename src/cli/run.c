@@ -1,0 +1,331 @@
+/* run.c: `cell run`, a one-shot cell: boot, run one command with the
+ * caller's stdio, forward signals, enforce the timeout, destroy. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+const char cli_run_usage[] =
+    "usage: cell run [OPTIONS] [--] CMD [ARGS...]\n"
+    "\n"
+    "Boot a new cell, run CMD in it with this terminal's stdin/stdout/stderr,\n"
+    "destroy the cell, and exit with CMD's exit code.\n"
+    "\n"
+    "options:\n"
+    "  --image NAME         root image: host (default) or debian-bookworm\n"
+    "  --lane NAME          durable writable layer (see `cell lane create`);\n"
+    "                       without it, changes vanish when the cell ends\n"
+    "  --memory SIZE        memory limit, e.g. 256M, 2G\n"
+    "  --cpus N             CPU limit in CPUs, e.g. 1, 0.5\n"
+    "  --pids N             maximum number of processes and threads\n"
+    "  --disk SIZE          size of the in-memory writable layer (default 1G);\n"
+    "                       writes beyond it fail with ENOSPC\n"
+    "  --timeout SECONDS    kill the cell after this long (exit code 124)\n"
+    "  --mount SRC:DST[:ro] bind the host path SRC at DST in the cell (rw unless :ro)\n"
+    "  --tmpfs DST[:SIZE]   an empty in-memory directory at DST (default 64M)\n"
+    "  --cwd DIR            working directory inside the cell (default /)\n"
+    "  --env NAME=VALUE     set an environment variable (repeatable)\n"
+    "  --hostname NAME      the cell's hostname (default cell-<id>)\n"
+    "  --user UID[:GID]     run as this uid/gid inside the cell (default 0:0)\n"
+    "\n"
+    "exit codes: CMD's own; 128+N if killed by signal N; 124 timeout;\n"
+    "125 the cell could not be created; 126 CMD cannot be executed; 127 not found.\n";
+
+struct run_opts {
+    cell_config cfg;
+    cell_mount  mounts[32];
+    const char *env[256];
+    size_t      n_env;
+    const char *cwd;
+    double      timeout;
+    uid_t       uid;
+    gid_t       gid;
+};
+
+static int parse_uint(const char *text, const char *what, unsigned long max, unsigned long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (!*text || *end || errno || v > max || text[0] == '-')
+        return cli_fail(CLI_EXIT_USAGE, "invalid %s '%s': expected a whole number up to %lu", what, text, max);
+    *out = v;
+    return 0;
+}
+
+static int parse_mount(struct run_opts *o, char *spec, int memory)
+{
+    if (o->cfg.n_mounts >= sizeof o->mounts / sizeof o->mounts[0])
+        return cli_fail(CLI_EXIT_USAGE, "too many mounts (at most 32)");
+    cell_mount *m = &o->mounts[o->cfg.n_mounts];
+    memset(m, 0, sizeof *m);
+    if (memory) {
+        /* DST[:SIZE] */
+        m->kind = CELL_MOUNT_MEMORY;
+        char *colon = strchr(spec, ':');
+        if (colon) {
+            *colon = '\0';
+            cell_error err = { 0 };
+            if (cell_parse_size(colon + 1, &m->size, &err) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--tmpfs %s: %s", spec, err.message);
+        }
+        m->target = spec;
+    } else {
+        /* SRC:DST[:ro|rw] */
+        char *first = strchr(spec, ':');
+        if (!first || first == spec || !first[1])
+            return cli_fail(CLI_EXIT_USAGE, "invalid --mount '%s': expected SRC:DST[:ro|rw], e.g. ./repo:/workspace", spec);
+        *first = '\0';
+        char *dst = first + 1;
+        char *mode = strrchr(dst, ':');
+        if (mode) {
+            *mode++ = '\0';
+            if (strcmp(mode, "ro") == 0)
+                m->readonly = 1;
+            else if (strcmp(mode, "rw") != 0)
+                return cli_fail(CLI_EXIT_USAGE, "invalid --mount mode '%s': use ro or rw", mode);
+        }
+        m->kind = CELL_MOUNT_BIND;
+        m->source = spec;
+        m->target = dst;
+    }
+    o->cfg.n_mounts++;
+    return 0;
+}
+
+static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
+{
+    enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
+           O_HOSTNAME, O_USER, O_HELP };
+    static const struct option longopts[] = {
+        { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
+        { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
+        { "pids", required_argument, 0, O_PIDS }, { "disk", required_argument, 0, O_DISK },
+        { "timeout", required_argument, 0, O_TIMEOUT }, { "mount", required_argument, 0, O_MOUNT },
+        { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
+        { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
+        { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
+    };
+    o->cfg.mounts = o->mounts;
+    opterr = 0;
+    optind = 1;
+    int c;
+    cell_error err = { 0 };
+    unsigned long v;
+    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_IMAGE: o->cfg.image = optarg; break;
+        case O_LANE: o->cfg.lane = optarg; break;
+        case O_HOSTNAME: o->cfg.hostname = optarg; break;
+        case O_CWD: o->cwd = optarg; break;
+        case O_MEMORY:
+            if (cell_parse_size(optarg, &o->cfg.limits.memory, &err) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--memory: %s", err.message);
+            break;
+        case O_DISK:
+            if (cell_parse_size(optarg, &o->cfg.limits.disk, &err) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--disk: %s", err.message);
+            break;
+        case O_CPUS: {
+            char *end;
+            double cpus = strtod(optarg, &end);
+            if (!*optarg || *end || !(cpus > 0) || cpus > 4096)
+                return cli_fail(CLI_EXIT_USAGE, "invalid --cpus '%s': expected a positive number such as 1 or 0.5", optarg);
+            o->cfg.limits.cpu_millis = (uint32_t)(cpus * 1000 + 0.5);
+            break;
+        }
+        case O_PIDS:
+            if (parse_uint(optarg, "--pids", 4194304, &v) < 0)
+                return CLI_EXIT_USAGE;
+            if (v == 0)
+                return cli_fail(CLI_EXIT_USAGE, "invalid --pids 0: a cell needs at least one process");
+            o->cfg.limits.pids = (uint32_t)v;
+            break;
+        case O_TIMEOUT: {
+            char *end;
+            o->timeout = strtod(optarg, &end);
+            if (!*optarg || *end || !(o->timeout > 0))
+                return cli_fail(CLI_EXIT_USAGE, "invalid --timeout '%s': expected seconds > 0", optarg);
+            break;
+        }
+        case O_MOUNT:
+        case O_TMPFS:
+            if (parse_mount(o, optarg, c == O_TMPFS) < 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case O_ENV:
+            if (!strchr(optarg, '=') || optarg[0] == '=')
+                return cli_fail(CLI_EXIT_USAGE, "invalid --env '%s': expected NAME=VALUE", optarg);
+            if (o->n_env >= sizeof o->env / sizeof o->env[0] - 8)
+                return cli_fail(CLI_EXIT_USAGE, "too many --env options");
+            o->env[o->n_env++] = optarg;
+            break;
+        case O_USER: {
+            char *colon = strchr(optarg, ':');
+            if (colon)
+                *colon = '\0';
+            if (parse_uint(optarg, "--user uid", 65535, &v) < 0)
+                return CLI_EXIT_USAGE;
+            o->uid = (uid_t)v;
+            o->gid = (gid_t)v;
+            if (colon) {
+                if (parse_uint(colon + 1, "--user gid", 65535, &v) < 0)
+                    return CLI_EXIT_USAGE;
+                o->gid = (gid_t)v;
+            }
+            break;
+        }
+        case 'h':
+        case O_HELP:
+            fputs(cli_run_usage, stdout);
+            exit(0);
+        default:
+            return cli_fail(CLI_EXIT_USAGE, "unknown or incomplete option '%s' (see `cell help run`)", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return cli_fail(CLI_EXIT_USAGE, "no command given: cell run [OPTIONS] -- CMD [ARGS...]");
+    *first_cmd = optind;
+    return 0;
+}
+
+/* The user's --env values, then the defaults for names they did not set:
+ * one entry per name, so no program sees two PATHs. */
+static void build_env(struct run_opts *o)
+{
+    static const char *const defaults[] = {
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8", "TERM=xterm",
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
+        size_t name_len = (size_t)(strchr(defaults[i], '=') - defaults[i]);
+        int overridden = 0;
+        for (size_t j = 0; j < o->n_env; j++)
+            if (strncmp(o->env[j], defaults[i], name_len + 1) == 0)
+                overridden = 1;
+        if (!overridden)
+            o->env[o->n_env++] = defaults[i];
+    }
+    if (o->uid != 0) {
+        for (size_t j = 0; j < o->n_env; j++)
+            if (strcmp(o->env[j], "HOME=/root") == 0)
+                o->env[j] = "HOME=/tmp";
+    }
+    o->env[o->n_env] = NULL;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int exit_code_of(int status)
+{
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return CLI_EXIT_INTERNAL;
+}
+
+/* Wait for `pid` while forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it. */
+static int supervise(cell *c, pid_t pid, double timeout, int sfd, int *timed_out)
+{
+    double deadline = timeout > 0 ? now_seconds() + timeout : 0;
+    for (;;) {
+        int wait_ms = -1;
+        if (deadline) {
+            double left = deadline - now_seconds();
+            if (left <= 0) {
+                *timed_out = 1;
+                return CLI_EXIT_TIMEOUT;
+            }
+            wait_ms = (int)(left * 1000) + 1;
+        }
+        struct pollfd p[2] = { { .fd = cell_event_fd(c), .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
+        if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
+            return cli_fail(CLI_EXIT_INTERNAL, "poll: %s", strerror(errno));
+        if (p[1].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+                cell_signal(c, pid, (int)si.ssi_signo, NULL);
+        }
+        if (p[0].revents) {
+            cell_exit ex;
+            cell_error err = { 0 };
+            int r = cell_wait_exit(c, 0, &ex, &err);
+            if (r < 0)
+                return cli_fail_err(CLI_EXIT_INTERNAL, &err);
+            if (r == 1 && ex.pid == pid)
+                return exit_code_of(ex.status);
+        }
+    }
+}
+
+int cli_run(struct cli_global *g, int argc, char **argv)
+{
+    struct run_opts *o = calloc(1, sizeof *o);
+    if (!o)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int first = 0, rc = parse_run_options(o, argc, argv, &first);
+    if (rc != 0) {
+        free(o);
+        return rc;
+    }
+    build_env(o);
+    cell_ctx *ctx = NULL;
+    if ((rc = cli_open(g, &ctx)) != 0) {
+        free(o);
+        return rc;
+    }
+    /* Signals meant for the command arrive here; block them now so none is
+     * lost between boot and supervision. */
+    sigset_t mask, old;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGQUIT);
+    sigprocmask(SIG_BLOCK, &mask, &old);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+
+    cell *c = NULL;
+    cell_error err = { 0 };
+    int timed_out = 0;
+    if (cell_create(ctx, &o->cfg, &c, &err) < 0) {
+        rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
+        goto out;
+    }
+    cell_proc_spec spec = {
+        .argv = (const char *const *)argv + first, .env = o->env, .cwd = o->cwd, .uid = o->uid, .gid = o->gid,
+        .stdin_fd = 0, .stdout_fd = 1, .stderr_fd = 2,
+    };
+    pid_t pid;
+    if (cell_spawn(c, &spec, &pid, NULL, &err) < 0) {
+        rc = cli_fail_err(err.code == ENOENT && strstr(err.message, "not found") ? CLI_EXIT_NOTFOUND
+                          : err.code == EACCES || err.code == ENOEXEC ? CLI_EXIT_CANNOT
+                                                                        : CLI_EXIT_INTERNAL, &err);
+        goto out;
+    }
+    rc = supervise(c, pid, o->timeout, sfd, &timed_out);
+    if (timed_out)
+        cli_fail(CLI_EXIT_TIMEOUT, "timed out after %g s; the cell was killed", o->timeout);
+out:
+    cell_destroy(c);
+    cell_ctx_close(ctx);
+    if (sfd >= 0)
+        close(sfd);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    free(o);
+    return rc;
+}

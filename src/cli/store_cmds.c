@@ -1,0 +1,175 @@
+/* store_cmds.c: `cell lane ...` and `cell image ...`, the commands that
+ * manage what is stored in the state directory. */
+#include "cli/cli.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char lane_usage[] =
+    "usage: cell lane create NAME [--image IMAGE]\n"
+    "       cell lane ls\n"
+    "       cell lane rm NAME\n"
+    "       cell lane export NAME > lane.tar\n"
+    "       cell lane import NAME [--image IMAGE] < lane.tar\n";
+
+static const char image_usage[] =
+    "usage: cell image ls\n"
+    "       cell image build NAME     (host, debian-bookworm)\n";
+
+/* NAME [--image IMAGE] */
+static int name_and_image(int argc, char **argv, const char **name, const char **image)
+{
+    *name = NULL;
+    *image = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--image") == 0 && i + 1 < argc)
+            *image = argv[++i];
+        else if (strncmp(argv[i], "--image=", 8) == 0)
+            *image = argv[i] + 8;
+        else if (argv[i][0] == '-')
+            return cli_fail(CLI_EXIT_USAGE, "unknown option '%s'\n%s", argv[i], lane_usage);
+        else if (!*name)
+            *name = argv[i];
+        else
+            return cli_fail(CLI_EXIT_USAGE, "unexpected argument '%s'\n%s", argv[i], lane_usage);
+    }
+    if (!*name)
+        return cli_fail(CLI_EXIT_USAGE, "missing lane NAME\n%s", lane_usage);
+    return 0;
+}
+
+static json_t *lane_json(const cell_lane_info *l)
+{
+    return json_pack("{s:s, s:s, s:I, s:b}", "name", l->name, "image", l->image, "created", (json_int_t)l->created,
+                     "attached", l->attached);
+}
+
+static int lane_ls(struct cli_global *g, cell_ctx *ctx)
+{
+    cell_lane_info *lanes = NULL;
+    size_t n = 0;
+    cell_error err = { 0 };
+    if (cell_lane_list(ctx, &lanes, &n, &err) < 0)
+        return cli_fail_err(1, &err);
+    if (g->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, lane_json(&lanes[i]));
+        cli_print_json(arr);
+    } else {
+        printf("%-24s %-18s %-20s %s\n", "NAME", "IMAGE", "CREATED", "ATTACHED");
+        for (size_t i = 0; i < n; i++) {
+            char when[32];
+            time_t t = (time_t)lanes[i].created;
+            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", gmtime(&t));
+            printf("%-24s %-18s %-20s %s\n", lanes[i].name, lanes[i].image, when, lanes[i].attached ? "yes" : "no");
+        }
+    }
+    free(lanes);
+    return 0;
+}
+
+int cli_lane(struct cli_global *g, int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
+        fputs(lane_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : 0;
+    }
+    const char *sub = argv[1], *name = NULL, *image = NULL;
+    int known = !strcmp(sub, "create") || !strcmp(sub, "ls") || !strcmp(sub, "rm") || !strcmp(sub, "export") ||
+                !strcmp(sub, "import");
+    if (!known)
+        return cli_fail(CLI_EXIT_USAGE, "unknown lane command '%s'\n%s", sub, lane_usage);
+    if (strcmp(sub, "ls") != 0) {
+        int rc = name_and_image(argc, argv, &name, &image);
+        if (rc)
+            return rc;
+    }
+    cell_ctx *ctx = NULL;
+    int rc = cli_open(g, &ctx);
+    if (rc)
+        return rc;
+    cell_error err = { 0 };
+    if (strcmp(sub, "ls") == 0) {
+        rc = lane_ls(g, ctx);
+    } else if (strcmp(sub, "create") == 0) {
+        cell_lane_info info;
+        if (cell_lane_create(ctx, name, image, &err) < 0 || cell_lane_get(ctx, name, &info, &err) < 0)
+            rc = cli_fail_err(1, &err);
+        else if (g->json)
+            cli_print_json(lane_json(&info));
+        else
+            printf("created lane %s (image %s)\n", info.name, info.image);
+    } else if (strcmp(sub, "rm") == 0) {
+        if (cell_lane_delete(ctx, name, &err) < 0)
+            rc = cli_fail_err(1, &err);
+        else if (g->json)
+            cli_print_json(json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+        else
+            printf("deleted lane %s\n", name);
+    } else if (strcmp(sub, "export") == 0) {
+        if (isatty(1))
+            rc = cli_fail(CLI_EXIT_USAGE, "refusing to write a tar stream to a terminal; redirect stdout to a file");
+        else if (cell_lane_export(ctx, name, 1, &err) < 0)
+            rc = cli_fail_err(1, &err);
+    } else {
+        if (cell_lane_import(ctx, name, image, 0, &err) < 0)
+            rc = cli_fail_err(1, &err);
+        else if (!g->json)
+            fprintf(stderr, "imported lane %s\n", name);
+    }
+    cell_ctx_close(ctx);
+    return rc;
+}
+
+static void print_progress(void *user, const char *line)
+{
+    (void)user;
+    fprintf(stderr, "%s\n", line);
+}
+
+int cli_image(struct cli_global *g, int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
+        fputs(image_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : 0;
+    }
+    const char *sub = argv[1];
+    if (strcmp(sub, "ls") != 0 && strcmp(sub, "build") != 0)
+        return cli_fail(CLI_EXIT_USAGE, "unknown image command '%s'\n%s", sub, image_usage);
+    if (strcmp(sub, "build") == 0 && argc != 3)
+        return cli_fail(CLI_EXIT_USAGE, "image build takes exactly one NAME\n%s", image_usage);
+    cell_ctx *ctx = NULL;
+    int rc = cli_open(g, &ctx);
+    if (rc)
+        return rc;
+    cell_error err = { 0 };
+    if (strcmp(sub, "build") == 0) {
+        if (cell_image_build(ctx, argv[2], print_progress, NULL, &err) < 0)
+            rc = cli_fail_err(1, &err);
+        else if (g->json)
+            cli_print_json(json_pack("{s:s, s:b}", "name", argv[2], "ready", 1));
+        else
+            printf("image %s is ready\n", argv[2]);
+    } else {
+        static const char *const names[] = { "host", "debian-bookworm" };
+        json_t *arr = json_array();
+        if (!g->json)
+            printf("%-20s %s\n", "NAME", "STATUS");
+        for (size_t i = 0; i < 2; i++) {
+            int st = cell_image_status(ctx, names[i], NULL);
+            if (g->json)
+                json_array_append_new(arr, json_pack("{s:s, s:b}", "name", names[i], "ready", st == 1));
+            else
+                printf("%-20s %s\n", names[i], st == 1 ? "ready" : "not built (cell image build NAME)");
+        }
+        if (g->json)
+            cli_print_json(arr);
+        else
+            json_decref(arr);
+    }
+    cell_ctx_close(ctx);
+    return rc;
+}

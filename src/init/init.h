@@ -1,0 +1,22 @@
+/* init.h: cell-init's internal pieces: the process table and spawning
+ * (spawn.c) and file operations resolved inside the cell (fileops.c). */
+#ifndef CELL_INIT_INIT_H
+#define CELL_INIT_INIT_H
+
+#include "init/proto.h"
+
+#define INIT_CTL_FD 3
+
+/* Handle one request; replies on `ctl` with CTL_REPLY and the request's seq. */
+void init_spawn(int ctl, ctl_msg *m);
+void init_signal(int ctl, ctl_msg *m);
+void init_resize(int ctl, ctl_msg *m);
+void init_fileop(int ctl, ctl_msg *m);
+/* Reap every exited child; report the ones we spawned with CTL_EXIT. */
+void init_reap(int ctl);
+
+/* Reply helpers. */
+void init_reply_ok(int ctl, uint32_t seq, uint32_t u0, int fd);
+void init_reply_err(int ctl, uint32_t seq, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+#endif

@@ -1,0 +1,542 @@
+/* boot.c: turns a prepared isolate_plan into a running cell-init: new
+ * namespaces, the overlay root, /proc /dev /sys /tmp, mounts, credentials. */
+#include "isolate/isolate.h"
+#include "init/proto.h"
+#include "util/util.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <linux/sched.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <grp.h>
+#include <sys/fsuid.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <linux/capability.h>
+#include <linux/seccomp.h>
+
+/* Everything below runs in the boot child, between clone3() and execveat():
+ * the owner may be threaded, so this code never allocates; it reports the
+ * first failure as CTL_BOOT_ERROR on the control socket and exits.  Until it
+ * enters the cell's user namespace it is real root in private mount, pid,
+ * net, uts and ipc namespaces: every mount is made with full privilege, and
+ * the cell later finds none of those namespaces owned by its own user
+ * namespace, so it cannot undo them. */
+
+__attribute__((noreturn, format(printf, 3, 4)))
+static void child_fail(const struct isolate_plan *plan, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (code && n >= 0 && (size_t)n < sizeof msg)
+        snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerrordesc_np(code));
+    const char *strs[1] = { msg };
+    ctl_send(plan->ctl_fd, CTL_BOOT_ERROR, 0, code, NULL, strs, 1, NULL, 0);
+    _exit(1);
+}
+#define FAIL(...) child_fail(plan, errno, __VA_ARGS__)
+
+/* "<run_dir>/<sub>" or fail: truncated paths would mount the wrong thing. */
+static void run_path(const struct isolate_plan *plan, char *buf, size_t size, const char *sub)
+{
+    int n = snprintf(buf, size, "%s/%s", plan->run_dir, sub);
+    if (n < 0 || (size_t)n >= size) {
+        errno = ENAMETOOLONG;
+        FAIL("path %s/%s is too long", plan->run_dir, sub);
+    }
+}
+
+/* Raise every permitted capability into the effective set.  setfsuid() to a
+ * non-zero id clears the file-related ones, and the overlay must be mounted
+ * (and the root tree populated) with the cell's fsuid but real root's power:
+ * overlayfs does copy-up with its mounter's credentials, which must map
+ * through the id-mapped layers. */
+static int raise_effective_caps(void)
+{
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -1;
+    d[0].effective = d[0].permitted;
+    d[1].effective = d[1].permitted;
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+static void become_cell_fs(const struct isolate_plan *plan)
+{
+    setfsgid(plan->uid_base);
+    setfsuid(plan->uid_base);
+    if ((uid_t)setfsuid((uid_t)-1) != plan->uid_base)
+        FAIL("cannot switch fsuid to %u", (unsigned)plan->uid_base);
+    if (raise_effective_caps() < 0)
+        FAIL("cannot raise effective capabilities");
+}
+
+/* Clone `source` (a host path) as a detached mount, optionally id-mapped
+ * into the cell's range and with extra attributes, and attach it on the
+ * directory or file `target_fd`. */
+static void attach_tree(const struct isolate_plan *plan, int dirfd, const char *source, int recursive,
+                        int idmap, uint64_t attrs, int target_fd, const char *what)
+{
+    int flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0);
+    if (!*source)
+        flags |= AT_EMPTY_PATH;
+    int tree = open_tree(dirfd, source, (unsigned)flags);
+    if (tree < 0)
+        FAIL("cannot clone mount %s for %s", source, what);
+    struct mount_attr attr = { .attr_set = attrs };
+    if (idmap) {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = (uint64_t)plan->userns_fd;
+    }
+    if (attr.attr_set && mount_setattr(tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr) < 0)
+        FAIL("cannot set mount attributes%s on %s for %s", idmap ? " (id-mapped)" : "", source, what);
+    if (move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach %s at %s", source, what);
+    close(tree);
+}
+
+/* Create a fresh filesystem instance with the new mount API and attach it on
+ * target_fd.  `opts` is a NULL-terminated list of "key=value" or "flag". */
+static void attach_new_fs(const struct isolate_plan *plan, const char *fstype, const char *const *opts,
+                          unsigned attrs, int target_fd, const char *what)
+{
+    int fs = fsopen(fstype, FSOPEN_CLOEXEC);
+    if (fs < 0)
+        FAIL("cannot open a %s filesystem for %s", fstype, what);
+    for (const char *const *o = opts; o && *o; o++) {
+        char key[64];
+        const char *eq = strchr(*o, '=');
+        int r;
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - *o), *o);
+            r = fsconfig(fs, FSCONFIG_SET_STRING, key, eq + 1, 0);
+        } else {
+            r = fsconfig(fs, FSCONFIG_SET_FLAG, *o, NULL, 0);
+        }
+        if (r < 0)
+            FAIL("cannot set option %s on %s for %s", *o, fstype, what);
+    }
+    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        FAIL("cannot create %s for %s", fstype, what);
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, attrs);
+    if (mnt < 0)
+        FAIL("cannot mount %s for %s", fstype, what);
+    if (move_mount(mnt, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach %s at %s", fstype, what);
+    close(mnt);
+    close(fs);
+}
+
+/* Resolve `path` (absolute, inside the cell) below root_fd as the cell
+ * would see it: symlinks and ".." cannot leave the cell's tree.  Missing
+ * directories are created (owned by the cell's root); a missing last
+ * component is created as a directory, or as an empty file if want_file. */
+static int open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
+{
+    struct open_how how = { .flags = O_PATH | O_CLOEXEC,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    int fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    if (fd >= 0 || errno != ENOENT)
+        return fd;
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    int dir = (int)syscall(SYS_openat2, root_fd, "/", &how, sizeof how);
+    if (dir < 0)
+        return -1;
+    char *save = NULL;
+    char *next = NULL;
+    for (char *part = strtok_r(buf, "/", &save); part; part = next) {
+        next = strtok_r(NULL, "/", &save);
+        int last = next == NULL;
+        int child = (int)syscall(SYS_openat2, dir, part, &how, sizeof how);
+        if (child < 0 && errno == ENOENT) {
+            int r;
+            if (last && want_file) {
+                int f = openat(dir, part, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+                r = f < 0 ? -1 : close(f);
+            } else {
+                r = mkdirat(dir, part, 0755);
+            }
+            if (r < 0 && errno != EEXIST) {
+                close(dir);
+                return -1;
+            }
+            /* Re-resolve through openat2 so a racing symlink cannot win. */
+            child = (int)syscall(SYS_openat2, dir, part, &how, sizeof how);
+        }
+        close(dir);
+        if (child < 0)
+            return -1;
+        dir = child;
+    }
+    (void)plan;
+    return dir;
+}
+
+static int must_open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
+{
+    int fd = open_in_root(plan, root_fd, path, want_file);
+    if (fd < 0)
+        FAIL("cannot create mount point %s inside the cell", path);
+    return fd;
+}
+
+static void setup_overlay(const struct isolate_plan *plan)
+{
+    char lower[PATH_MAX], upper[PATH_MAX], root[PATH_MAX], opts[3 * PATH_MAX + 64];
+    run_path(plan, lower, sizeof lower, "lower");
+    run_path(plan, upper, sizeof upper, "upper");
+    run_path(plan, root, sizeof root, "root");
+
+    int lower_fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int upper_fd = open(upper, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (lower_fd < 0 || upper_fd < 0)
+        FAIL("cannot open the mount points in %s", plan->run_dir);
+    /* The image's files are owned by 0..65535 on disk; the id-mapped mount
+     * shows them to the cell as its own root's, read-only. */
+    attach_tree(plan, AT_FDCWD, plan->image_root, 0, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, lower_fd,
+                "the image layer");
+    if (plan->lane_dir[0]) {
+        attach_tree(plan, AT_FDCWD, plan->lane_dir, 0, 1, MOUNT_ATTR_NODEV, upper_fd, "the lane layer");
+    } else {
+        /* A throwaway layer lives in memory: it vanishes with the mount
+         * namespace, so a crash leaves nothing on disk, and its size is the
+         * cell's disk limit (writes past it fail with ENOSPC). */
+        char size[64], uid[32], gid[32];
+        snprintf(size, sizeof size, "size=%llu", (unsigned long long)plan->disk);
+        snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
+        snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
+        const char *o[] = { size, uid, gid, "mode=0755", NULL };
+        attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NODEV, upper_fd, "the writable layer");
+    }
+    close(lower_fd);
+    close(upper_fd);
+
+    become_cell_fs(plan);
+    if (!plan->lane_dir[0]) {
+        char up[PATH_MAX + 8], work[PATH_MAX + 8];
+        if (snprintf(up, sizeof up, "%s/upper", upper) >= (int)sizeof up ||
+            snprintf(work, sizeof work, "%s/work", upper) >= (int)sizeof work)
+            FAIL("path %s is too long", upper);
+        if (mkdir(up, 0755) < 0 || mkdir(work, 0700) < 0)
+            FAIL("cannot create the writable layer in %s", upper);
+    }
+    int n = snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, upper, upper);
+    if (n < 0 || (size_t)n >= sizeof opts)
+        FAIL("overlay options too long");
+    if (mount("overlay", root, "overlay", MS_NODEV, opts) < 0)
+        FAIL("cannot mount the cell's root overlay (%s)", opts);
+}
+
+static void mknod_dev(const struct isolate_plan *plan, int dev_fd, const char *name, unsigned maj, unsigned min)
+{
+    if (mknodat(dev_fd, name, S_IFCHR | 0666, makedev(maj, min)) < 0)
+        FAIL("cannot create /dev/%s", name);
+    /* mknod applies the umask; device nodes must be usable by every uid. */
+    if (fchmodat(dev_fd, name, 0666, 0) < 0)
+        FAIL("cannot chmod /dev/%s", name);
+}
+
+static void setup_dev(const struct isolate_plan *plan, int root_fd)
+{
+    int dev = must_open_in_root(plan, root_fd, "/dev", 0);
+    char uid[32], gid[32];
+    snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
+    snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
+    const char *o[] = { "mode=0755", "size=1m", uid, gid, NULL };
+    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, dev, "/dev");
+    close(dev);
+    int dev_fd = (int)syscall(SYS_openat2, root_fd, "/dev",
+                              &(struct open_how){ .flags = O_DIRECTORY | O_CLOEXEC,
+                                                  .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS }, sizeof(struct open_how));
+    if (dev_fd < 0)
+        FAIL("cannot open the cell's /dev");
+    mknod_dev(plan, dev_fd, "null", 1, 3);
+    mknod_dev(plan, dev_fd, "zero", 1, 5);
+    mknod_dev(plan, dev_fd, "full", 1, 7);
+    mknod_dev(plan, dev_fd, "random", 1, 8);
+    mknod_dev(plan, dev_fd, "urandom", 1, 9);
+    mknod_dev(plan, dev_fd, "tty", 5, 0);
+    static const char *const links[][2] = {
+        { "pts/ptmx", "ptmx" }, { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" },
+        { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" }, { "/proc/kcore", "core" },
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
+        if (symlinkat(links[i][0], dev_fd, links[i][1]) < 0)
+            FAIL("cannot create /dev/%s", links[i][1]);
+    if (mkdirat(dev_fd, "pts", 0755) < 0 || mkdirat(dev_fd, "shm", 01777) < 0 || fchmodat(dev_fd, "shm", 01777, 0) < 0)
+        FAIL("cannot create /dev/pts or /dev/shm");
+    int pts = openat(dev_fd, "pts", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int shm = openat(dev_fd, "shm", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (pts < 0 || shm < 0)
+        FAIL("cannot open /dev/pts or /dev/shm");
+    /* A private devpts instance: the cell sees only its own terminals. */
+    const char *pts_opts[] = { "newinstance", "ptmxmode=0666", "mode=0620", NULL };
+    attach_new_fs(plan, "devpts", pts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, pts, "/dev/pts");
+    const char *shm_opts[] = { "mode=1777", uid, gid, NULL };
+    attach_new_fs(plan, "tmpfs", shm_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, shm, "/dev/shm");
+    close(pts);
+    close(shm);
+    close(dev_fd);
+}
+
+/* Files in /proc that expose host state or host-wide knobs are covered, as
+ * container runtimes do: files by /dev/null, directories by an empty
+ * read-only tmpfs, and the sysctl and irq trees are made read-only. */
+static const char *const proc_masked_files[] = { "kcore", "keys", "timer_list", "sched_debug",
+                                                  "latency_stats", "kallsyms", "sysrq-trigger", NULL };
+static const char *const proc_masked_dirs[] = { "acpi", "scsi", "asound", "driver", NULL };
+static const char *const proc_readonly[] = { "sys", "irq", "bus", "fs", NULL };
+
+static void write_proc(const struct isolate_plan *plan, int proc_fd, const char *path, const char *value)
+{
+    int fd = openat(proc_fd, path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || util_write_all(fd, value, strlen(value)) < 0)
+        FAIL("cannot write %s to /proc/%s", value, path);
+    close(fd);
+}
+
+static void setup_proc(const struct isolate_plan *plan, int root_fd)
+{
+    int target = must_open_in_root(plan, root_fd, "/proc", 0);
+    const char *o[] = { NULL };
+    attach_new_fs(plan, "proc", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target, "/proc");
+    close(target);
+    int proc_fd = open_in_root(plan, root_fd, "/proc", 0);
+    if (proc_fd < 0)
+        FAIL("cannot open the cell's /proc");
+    /* The cell's root holds no capability over its network namespace, so
+     * let it bind low ports and use ping sockets there. */
+    write_proc(plan, proc_fd, "sys/net/ipv4/ip_unprivileged_port_start", "0");
+    write_proc(plan, proc_fd, "sys/net/ipv4/ping_group_range", "0 2147483647");
+    int null_fd = open_in_root(plan, root_fd, "/dev/null", 1);
+    if (null_fd < 0)
+        FAIL("cannot open the cell's /dev/null");
+    for (const char *const *p = proc_masked_files; *p; p++) {
+        int t = openat(proc_fd, *p, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (t < 0)
+            continue; /* not present on this kernel */
+        attach_tree(plan, null_fd, "", 0, 0, MOUNT_ATTR_RDONLY, t, *p);
+        close(t);
+    }
+    for (const char *const *p = proc_masked_dirs; *p; p++) {
+        int t = openat(proc_fd, *p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (t < 0)
+            continue;
+        const char *e[] = { "size=0", "mode=0555", NULL };
+        attach_new_fs(plan, "tmpfs", e, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, t, *p);
+        close(t);
+    }
+    for (const char *const *p = proc_readonly; *p; p++) {
+        int t = openat(proc_fd, *p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (t < 0)
+            continue;
+        attach_tree(plan, proc_fd, *p, 1, 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, t, *p);
+        close(t);
+    }
+    close(null_fd);
+    close(proc_fd);
+}
+
+static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
+{
+    int sys = must_open_in_root(plan, root_fd, "/sys", 0);
+    const char *none[] = { NULL };
+    attach_new_fs(plan, "sysfs", none, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, sys, "/sys");
+    close(sys);
+    int fw = open_in_root(plan, root_fd, "/sys/firmware", 0);
+    if (fw >= 0) {
+        const char *e[] = { "size=0", "mode=0555", NULL };
+        attach_new_fs(plan, "tmpfs", e, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, fw, "/sys/firmware");
+        close(fw);
+    }
+    int tmp = must_open_in_root(plan, root_fd, "/tmp", 0);
+    const char *o[] = { "mode=1777", NULL };
+    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, tmp, "/tmp");
+    close(tmp);
+}
+
+static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
+{
+    for (size_t i = 0; i < plan->n_mounts; i++) {
+        const struct isolate_mount *m = &plan->mounts[i];
+        uint64_t ro = m->readonly ? MOUNT_ATTR_RDONLY : 0;
+        if (m->kind == CELL_MOUNT_BIND) {
+            struct stat st;
+            if (stat(m->source, &st) < 0)
+                FAIL("mount source %s", m->source);
+            int t = must_open_in_root(plan, root_fd, m->target, !S_ISDIR(st.st_mode));
+            attach_tree(plan, AT_FDCWD, m->source, 1, 1, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, t, m->target);
+            close(t);
+        } else {
+            int t = must_open_in_root(plan, root_fd, m->target, 0);
+            char size[64], uid[32], gid[32];
+            snprintf(size, sizeof size, "size=%llu", (unsigned long long)m->size);
+            snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
+            snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
+            const char *o[] = { size, uid, gid, "mode=0755", NULL };
+            attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, t, m->target);
+            if (m->readonly) {
+                struct mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY };
+                int again = open_in_root(plan, root_fd, m->target, 0);
+                if (again < 0 || mount_setattr(again, "", AT_EMPTY_PATH, &a, sizeof a) < 0)
+                    FAIL("cannot make %s read-only", m->target);
+                close(again);
+            }
+            close(t);
+        }
+    }
+}
+
+static void setup_network(const struct isolate_plan *plan)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        FAIL("cannot create a socket to configure lo");
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        FAIL("cannot read the flags of lo");
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        FAIL("cannot bring lo up");
+    close(s);
+}
+
+static void build_root(const struct isolate_plan *plan)
+{
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        FAIL("cannot make the mount namespace private");
+    setup_overlay(plan);
+    char root[PATH_MAX];
+    run_path(plan, root, sizeof root, "root");
+    int root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0)
+        FAIL("cannot open the cell root %s", root);
+    if (plan->image_is_host) {
+        int usr = must_open_in_root(plan, root_fd, "/usr", 0);
+        attach_tree(plan, AT_FDCWD, "/usr", 1, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, usr, "/usr");
+        close(usr);
+    }
+    setup_dev(plan, root_fd);
+    setup_proc(plan, root_fd);
+    setup_sys_tmp(plan, root_fd);
+    if (plan->hosts_file[0]) {
+        int hosts = must_open_in_root(plan, root_fd, "/etc/hosts", 1);
+        attach_tree(plan, AT_FDCWD, plan->hosts_file, 0, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, hosts, "/etc/hosts");
+        close(hosts);
+    }
+    setup_user_mounts(plan, root_fd);
+
+    /* pivot_root(".", ".") stacks the old root under the new one; detaching
+     * it leaves no path back to the host's tree. */
+    if (fchdir(root_fd) < 0)
+        FAIL("cannot enter the cell root");
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        FAIL("pivot_root into %s", root);
+    if (umount2(".", MNT_DETACH) < 0)
+        FAIL("cannot detach the host's root");
+    if (chdir("/") < 0)
+        FAIL("chdir / in the cell");
+    close(root_fd);
+}
+
+static void enter_cell_credentials(const struct isolate_plan *plan)
+{
+    if (unshare(CLONE_NEWCGROUP) < 0)
+        FAIL("cannot create the cgroup namespace");
+    if (setns(plan->userns_fd, CLONE_NEWUSER) < 0)
+        FAIL("cannot enter the cell's user namespace");
+    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        FAIL("cannot become root of the cell's user namespace");
+    if (isolate_caps_drop() < 0)
+        FAIL("cannot drop capabilities");
+    /* setresuid() cleared the parent-death signal; set it again so the cell
+     * dies with its owner even if the control socket is somehow kept open. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        FAIL("cannot set the parent-death signal");
+    struct rlimit core = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &core) < 0)
+        FAIL("cannot disable core dumps");
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        FAIL("cannot set no_new_privs");
+    if (plan->seccomp && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, plan->seccomp) < 0)
+        FAIL("cannot install the seccomp filter");
+}
+
+__attribute__((noreturn))
+static void boot_child(const struct isolate_plan *plan)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        FAIL("cannot set the parent-death signal");
+    /* Wait until the owner has put us into the cell's cgroups. */
+    char go;
+    ssize_t n;
+    do
+        n = recv(plan->ctl_fd, &go, 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        _exit(1);
+    if (sethostname(plan->hostname, strlen(plan->hostname)) < 0)
+        FAIL("cannot set the hostname %s", plan->hostname);
+    setup_network(plan);
+    build_root(plan);
+    enter_cell_credentials(plan);
+
+    /* cell-init expects its control socket at fd 3; nothing else of the
+     * owner's may cross into the cell. */
+    int ctl = fcntl(plan->ctl_fd, F_DUPFD_CLOEXEC, 100);
+    int exe = fcntl(plan->init_fd, F_DUPFD_CLOEXEC, 101);
+    int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (ctl < 0 || exe < 0 || null_fd < 0)
+        FAIL("cannot arrange cell-init's descriptors");
+    if (dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0 || dup2(null_fd, 2) < 0 || dup2(ctl, 3) < 0 ||
+        dup3(exe, 4, O_CLOEXEC) < 0)
+        FAIL("cannot arrange cell-init's descriptors");
+    if (syscall(SYS_close_range, 5, ~0U, 0) < 0)
+        FAIL("cannot close the owner's descriptors");
+    char *const argv[] = { "cell-init", NULL };
+    char *const envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+    syscall(SYS_execveat, 4, "", argv, envp, AT_EMPTY_PATH);
+    child_fail(plan, errno, "cannot exec cell-init");
+}
+
+pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
+{
+    int pidfd = -1;
+    struct clone_args args = {
+        .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_PIDFD,
+        .pidfd = (uint64_t)(uintptr_t)&pidfd,
+        .exit_signal = SIGCHLD,
+    };
+    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0)
+        return util_fail_errno(err, "clone3 into new namespaces failed");
+    if (pid == 0)
+        boot_child(plan);
+    *pidfd_out = pidfd;
+    return pid;
+}
+
+int isolate_boot_release(int owner_ctl_fd, cell_error *err)
+{
+    char go = 'g';
+    if (send(owner_ctl_fd, &go, 1, MSG_NOSIGNAL) != 1)
+        return util_fail_errno(err, "cannot release the boot child");
+    return 0;
+}

@@ -1,0 +1,92 @@
+/* isolate.h: the isolation primitives a cell is built from: user namespaces
+ * and id-mapped mounts, the boot sequence (namespaces, root filesystem,
+ * credentials), seccomp, capabilities and cgroups. */
+#ifndef CELL_ISOLATE_H
+#define CELL_ISOLATE_H
+
+#include <limits.h>
+#include <linux/filter.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cell.h"
+
+/* ---- uid ranges ------------------------------------------------------------
+ * Each running cell owns ISOLATE_UID_COUNT host uids (and the same gids)
+ * starting at ISOLATE_UID_FIRST + slot * ISOLATE_UID_COUNT.  Files on disk
+ * (images, lanes) are stored with in-cell ownership (0 = the cell's root) and
+ * shown to each cell through an id-mapped mount onto its range. */
+#define ISOLATE_UID_FIRST 0x40000000u
+#define ISOLATE_UID_COUNT 65536u
+#define ISOLATE_MAX_SLOTS 4096u
+
+/* Create a user namespace mapping 0..count-1 to base..base+count-1 (uids
+ * and gids) and return an fd to it (O_CLOEXEC).  Nothing runs in it. */
+int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err);
+
+/* ---- boot ------------------------------------------------------------------ */
+#define ISOLATE_MAX_MOUNTS 32
+
+struct isolate_mount {
+    int      kind;                  /* enum cell_mount_kind */
+    char     source[PATH_MAX];      /* BIND: host path */
+    char     target[PATH_MAX];      /* absolute, normalized, inside the cell */
+    int      readonly;
+    uint64_t size;                  /* MEMORY */
+};
+
+/* Everything the boot child needs, prepared by the owner before clone3():
+ * the child must not allocate (the owner may be threaded). */
+struct isolate_plan {
+    char     run_dir[PATH_MAX];     /* per-cell scratch dir (0700) */
+    char     image_root[PATH_MAX];  /* image tree, lower layer of the overlay */
+    int      image_is_host;         /* bind the host's /usr read-only over /usr */
+    char     lane_dir[PATH_MAX];    /* lane with upper/ and work/, "" = tmpfs layer */
+    uint64_t disk;                  /* tmpfs layer size (bytes) */
+    uid_t    uid_base;
+    int      userns_fd;
+    int      ctl_fd;                /* child's end of the control socket */
+    int      init_fd;               /* sealed memfd holding cell-init */
+    const struct sock_fprog *seccomp;
+    char     hostname[64];
+    char     hosts_file[PATH_MAX];  /* bound onto /etc/hosts */
+    struct isolate_mount mounts[ISOLATE_MAX_MOUNTS];
+    size_t   n_mounts;
+};
+
+/* clone3() a child in new mount, pid, net, uts, ipc namespaces.  The child
+ * waits for isolate_boot_release(), then builds the root filesystem, enters
+ * the cell's user and cgroup namespaces, drops privileges and execs
+ * cell-init, which says CTL_HELLO on ctl_fd.  A failure before that arrives
+ * as CTL_BOOT_ERROR with a message.  Returns the child's host pid. */
+pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err);
+/* Let the boot child proceed (after it was placed in its cgroups). */
+int isolate_boot_release(int owner_ctl_fd, cell_error *err);
+
+/* ---- seccomp ----------------------------------------------------------------
+ * Build the cell filter once (libseccomp, exported to classic BPF) so the
+ * boot child can install it with prctl() and no allocation. */
+int  isolate_seccomp_build(struct sock_fprog *out, cell_error *err);
+void isolate_seccomp_free(struct sock_fprog *prog);
+
+/* ---- capabilities -------------------------------------------------------------
+ * Reduce bounding, permitted, effective and inheritable sets to the kept set
+ * and clear ambient ones.  Raw syscalls only (boot child); -1 with errno. */
+int  isolate_caps_drop(void);
+/* The kept capabilities, for docs and tests; terminated by -1. */
+extern const int isolate_caps_kept[];
+
+/* ---- cgroups ------------------------------------------------------------------
+ * One cgroup per cell, under a "cell" parent, on cgroup v2 or on the v1
+ * controllers (memory, pids, cpu) of a hybrid host.  A limit that the host
+ * cannot enforce is an error, never silently skipped. */
+typedef struct isolate_cgroup isolate_cgroup;
+
+int  isolate_cgroup_create(const char *name, const cell_limits *lim, isolate_cgroup **out, cell_error *err);
+int  isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err);
+/* SIGKILL every task in the cgroup (cgroup.kill on v2, freeze+kill on v1). */
+void isolate_cgroup_kill(isolate_cgroup *cg);
+/* Remove the cgroup directories (retrying while tasks drain) and free. */
+void isolate_cgroup_destroy(isolate_cgroup *cg);
+
+#endif

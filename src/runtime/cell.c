@@ -1,0 +1,495 @@
+/* cell.c: the cell lifecycle of libcell: validate a definition, reserve a
+ * uid range, boot through isolate_boot(), talk to cell-init, tear down. */
+#include "runtime/cell_internal.h"
+#include "isolate/isolate.h"
+#include "util/util.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#define BOOT_TIMEOUT_MS  30000
+#define REPLY_TIMEOUT_MS 30000
+
+/* ---- validation --------------------------------------------------------- */
+
+static int valid_hostname(const char *h)
+{
+    size_t n = strlen(h);
+    if (n == 0 || n > 63 || h[0] == '-' || h[n - 1] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') || (h[i] >= '0' && h[i] <= '9') || h[i] == '-'))
+            return 0;
+    return 1;
+}
+
+int runtime_check_cell_path(const char *path, const char *what, cell_error *err)
+{
+    if (!path || path[0] != '/')
+        return util_fail(err, EINVAL, "%s '%s' must be an absolute path inside the cell (e.g. /workspace)",
+                         what, path ? path : "");
+    if (strlen(path) >= PATH_MAX / 2)
+        return util_fail(err, ENAMETOOLONG, "%s is too long", what);
+    /* ".." would be harmless (resolution stays inside the cell) but it is
+     * always a mistake or an attack; say so instead of guessing. */
+    for (const char *p = path; (p = strstr(p, "..")); p += 2) {
+        int starts = p == path || p[-1] == '/';
+        int ends = p[2] == '\0' || p[2] == '/';
+        if (starts && ends)
+            return util_fail(err, EINVAL, "%s '%s' must not contain '..'", what, path);
+    }
+    return 0;
+}
+
+static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_error *err)
+{
+    if (runtime_check_cell_path(m->target, "mount target", err) < 0)
+        return -1;
+    if (strcmp(m->target, "/") == 0)
+        return util_fail(err, EINVAL, "mount target '/' would hide the cell's root; pick a directory such as /workspace");
+    static const char *const reserved[] = { "/proc", "/dev", "/sys", NULL };
+    for (const char *const *r = reserved; *r; r++) {
+        size_t n = strlen(*r);
+        if (strncmp(m->target, *r, n) == 0 && (m->target[n] == '\0' || m->target[n] == '/'))
+            return util_fail(err, EINVAL, "mount target '%s' is inside %s, which the cell runtime owns", m->target, *r);
+    }
+    memset(out, 0, sizeof *out);
+    out->kind = (int)m->kind;
+    out->readonly = m->readonly;
+    snprintf(out->target, sizeof out->target, "%s", m->target);
+    if (m->kind == CELL_MOUNT_BIND) {
+        if (!m->source || !*m->source)
+            return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
+        if (!realpath(m->source, out->source))
+            return util_fail_errno(err, "mount source %s does not exist or is not accessible", m->source);
+    } else if (m->kind == CELL_MOUNT_MEMORY) {
+        out->size = m->size ? m->size : 64ull << 20;
+    } else {
+        return util_fail(err, EINVAL, "mount for %s has an unknown kind %d", m->target, (int)m->kind);
+    }
+    return 0;
+}
+
+/* ---- resources ---------------------------------------------------------- */
+
+/* A uid range is owned by whoever holds the flock on its slot file, so a
+ * crashed owner frees its range with its file table. */
+static int reserve_slot(cell_ctx *ctx, uid_t *base, int *fd_out, cell_error *err)
+{
+    for (unsigned i = 0; i < ISOLATE_MAX_SLOTS; i++) {
+        char path[PATH_MAX];
+        if (util_path(path, sizeof path, err, "%s/run/slots/%u.lock", ctx->state_dir, i) < 0)
+            return -1;
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return util_fail_errno(err, "cannot open %s", path);
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            *base = ISOLATE_UID_FIRST + i * ISOLATE_UID_COUNT;
+            *fd_out = fd;
+            return 0;
+        }
+        close(fd);
+    }
+    return util_fail(err, EAGAIN, "all %u cell uid ranges are in use", ISOLATE_MAX_SLOTS);
+}
+
+static int make_run_dir(cell *c, cell_error *err)
+{
+    if (util_path(c->run_dir, sizeof c->run_dir, err, "%s/run/cells/%s", c->ctx->state_dir, c->id) < 0)
+        return -1;
+    if (mkdir(c->run_dir, 0700) < 0)
+        return util_fail_errno(err, "cannot create %s", c->run_dir);
+    static const char *const subs[] = { "lower", "upper", "root" };
+    for (size_t i = 0; i < 3; i++) {
+        char p[PATH_MAX];
+        if (util_path(p, sizeof p, err, "%s/%s", c->run_dir, subs[i]) < 0 || mkdir(p, 0700) < 0)
+            return util_fail_errno(err, "cannot create %s", p);
+    }
+    char lock[PATH_MAX];
+    if (util_path(lock, sizeof lock, err, "%s/lock", c->run_dir) < 0)
+        return -1;
+    c->run_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (c->run_lock_fd < 0 || flock(c->run_lock_fd, LOCK_EX) < 0)
+        return util_fail_errno(err, "cannot lock %s", lock);
+    return 0;
+}
+
+static int write_hosts(cell *c, const char *hostname, char *path, size_t size, cell_error *err)
+{
+    char text[512];
+    int n = snprintf(text, sizeof text,
+                     "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", hostname);
+    if (util_path(path, size, err, "%s/hosts", c->run_dir) < 0 ||
+        util_write_file(path, text, (size_t)n, 0644, 0, err) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- control channel ------------------------------------------------------- */
+
+static int queue_exit(cell *c, const ctl_msg *m)
+{
+    if (c->n_pending == c->cap_pending) {
+        size_t cap = c->cap_pending ? c->cap_pending * 2 : 16;
+        cell_exit *p = realloc(c->pending, cap * sizeof *p);
+        if (!p)
+            return -1;
+        c->pending = p;
+        c->cap_pending = cap;
+    }
+    c->pending[c->n_pending++] = (cell_exit){ .pid = (pid_t)m->u[0], .status = (int)m->u[1] };
+    return 0;
+}
+
+/* Receive one message within timeout_ms.  Returns 1, 0 on timeout, -1. */
+static int receive(cell *c, int timeout_ms, ctl_msg *m, cell_error *err)
+{
+    if (c->dead)
+        return util_fail(err, ECONNRESET, "cell %s has stopped", c->id);
+    struct pollfd p = { .fd = c->ctl, .events = POLLIN };
+    int r;
+    do
+        r = poll(&p, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return util_fail_errno(err, "poll on cell %s", c->id);
+    if (r == 0)
+        return 0;
+    if (ctl_recv(c->ctl, m) < 0) {
+        if (errno == EBADMSG)
+            return util_fail(err, EBADMSG, "cell %s sent a malformed control message", c->id);
+        c->dead = 1;
+        return util_fail(err, ECONNRESET, "cell %s has stopped (its init exited)", c->id);
+    }
+    return 1;
+}
+
+int runtime_request(cell *c, uint32_t type, const uint32_t *u, const char *const *str, uint32_t nstr,
+                    const int *fds, int nfds, ctl_msg *reply, cell_error *err)
+{
+    uint32_t seq = ++c->seq;
+    if (ctl_send(c->ctl, type, seq, 0, u, str, nstr, fds, nfds) < 0) {
+        if (errno == E2BIG)
+            return util_fail(err, E2BIG, "request too large for the control channel (limit %d bytes of "
+                             "arguments and environment)", CTL_MAX_MSG);
+        c->dead = 1;
+        return util_fail_errno(err, "cannot talk to cell %s", c->id);
+    }
+    for (;;) {
+        ctl_msg m;
+        int r = receive(c, REPLY_TIMEOUT_MS, &m, err);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return util_fail(err, ETIMEDOUT, "cell %s did not answer within %d s", c->id, REPLY_TIMEOUT_MS / 1000);
+        if (m.type == CTL_EXIT) {
+            int q = queue_exit(c, &m);
+            ctl_msg_free(&m);
+            if (q < 0)
+                return util_fail(err, ENOMEM, "out of memory");
+            continue;
+        }
+        if (m.type != CTL_REPLY || m.seq != seq) {
+            ctl_msg_free(&m);
+            continue;
+        }
+        if (m.err != 0) {
+            int code = m.err > 0 && m.err < 4096 ? m.err : EIO;
+            util_fail(err, code, "%s", m.nstr > 0 ? m.str[0] : "cell-init refused the request");
+            ctl_msg_free(&m);
+            return -1;
+        }
+        *reply = m;
+        return 0;
+    }
+}
+
+/* ---- lifecycle -------------------------------------------------------------- */
+
+static int wait_for_hello(cell *c, cell_error *err)
+{
+    ctl_msg m;
+    int r = receive(c, BOOT_TIMEOUT_MS, &m, err);
+    if (r == 0)
+        return util_fail(err, ETIMEDOUT, "cell %s did not finish booting within %d s", c->id, BOOT_TIMEOUT_MS / 1000);
+    if (r < 0) {
+        if (err)
+            snprintf(err->message, sizeof err->message, "cell %s died while booting", c->id);
+        return -1;
+    }
+    int rc = 0;
+    if (m.type == CTL_BOOT_ERROR)
+        rc = util_fail(err, m.err > 0 && m.err < 4096 ? m.err : EIO, "cannot boot the cell: %s",
+                       m.nstr ? m.str[0] : "unknown error");
+    else if (m.type != CTL_HELLO || m.u[0] != CTL_VERSION)
+        rc = util_fail(err, EPROTO, "cell-init spoke an unexpected protocol (message %u, version %u)", m.type, m.u[0]);
+    ctl_msg_free(&m);
+    return rc;
+}
+
+static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan, const char *hostname, cell_error *err)
+{
+    const char *image = cfg->image ? cfg->image : "host";
+    char lane_image[64] = "";
+    snprintf(plan->run_dir, sizeof plan->run_dir, "%s", c->run_dir);
+    if (cfg->lane) {
+        if (runtime_lane_acquire(c->ctx, cfg->lane, lane_image, sizeof lane_image, plan->lane_dir,
+                                 sizeof plan->lane_dir, &c->lane_fd, err) < 0)
+            return -1;
+        if (cfg->image && strcmp(cfg->image, lane_image) != 0)
+            return util_fail(err, EINVAL, "lane '%s' is bound to image '%s', not '%s'", cfg->lane, lane_image, cfg->image);
+        image = lane_image;
+        if (cfg->limits.disk)
+            return util_fail(err, ENOTSUP, "a disk limit for a lane is not supported yet on this host "
+                             "(lanes live on the state directory's filesystem); drop --disk or use no lane");
+    }
+    if (runtime_image_rootfs(c->ctx, image, plan->image_root, sizeof plan->image_root, err) < 0)
+        return -1;
+    plan->image_is_host = strcmp(image, "host") == 0;
+    plan->disk = cfg->limits.disk ? cfg->limits.disk : CELL_DEFAULT_DISK;
+    plan->uid_base = c->uid_base;
+    plan->init_fd = c->ctx->init_memfd;
+    plan->seccomp = &c->ctx->seccomp;
+    snprintf(plan->hostname, sizeof plan->hostname, "%s", hostname);
+    if (write_hosts(c, hostname, plan->hosts_file, sizeof plan->hosts_file, err) < 0)
+        return -1;
+    if (cfg->n_mounts > ISOLATE_MAX_MOUNTS)
+        return util_fail(err, E2BIG, "too many mounts (%zu, at most %d)", cfg->n_mounts, ISOLATE_MAX_MOUNTS);
+    for (size_t i = 0; i < cfg->n_mounts; i++)
+        if (check_mount(&cfg->mounts[i], &plan->mounts[i], err) < 0)
+            return -1;
+    plan->n_mounts = cfg->n_mounts;
+    return 0;
+}
+
+static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)
+{
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        const cell_mount *m = &cfg->mounts[i];
+        for (size_t j = 0; m->kind == CELL_MOUNT_MEMORY && j < m->n_seed; j++) {
+            const cell_seed_file *s = &m->seed[j];
+            char path[PATH_MAX];
+            if (!s->path || !*s->path)
+                return util_fail(err, EINVAL, "seed file %zu of mount %s has no path", j, m->target);
+            if (util_path(path, sizeof path, err, "%s/%s", m->target, s->path) < 0 ||
+                runtime_check_cell_path(path, "seed file", err) < 0)
+                return -1;
+            if (runtime_write_whole(c, path, s->data, s->size, s->mode ? s->mode : 0644, err) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *err)
+{
+    cell *c = calloc(1, sizeof *c);
+    struct isolate_plan *plan = calloc(1, sizeof *plan);
+    if (!c || !plan) {
+        free(c);
+        free(plan);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
+    c->ctx = ctx;
+    c->slot_fd = c->lane_fd = c->run_lock_fd = c->ctl = c->pidfd = -1;
+    plan->userns_fd = plan->ctl_fd = -1;
+    int sv[2] = { -1, -1 };
+    char hostname[64];
+
+    if (util_random_hex(c->id, 8) < 0) {
+        util_fail_errno(err, "getrandom");
+        goto fail;
+    }
+    snprintf(hostname, sizeof hostname, "%s", cfg->hostname ? cfg->hostname : "");
+    if (!cfg->hostname)
+        snprintf(hostname, sizeof hostname, "cell-%.8s", c->id);
+    if (!valid_hostname(hostname)) {
+        util_fail(err, EINVAL, "invalid hostname '%s': use 1-63 letters, digits and '-'", hostname);
+        goto fail;
+    }
+    if (reserve_slot(ctx, &c->uid_base, &c->slot_fd, err) < 0 || make_run_dir(c, err) < 0 ||
+        fill_plan(c, cfg, plan, hostname, err) < 0)
+        goto fail;
+    if (isolate_cgroup_create(c->id, &cfg->limits, &c->cg, err) < 0)
+        goto fail;
+    if (isolate_userns_create(c->uid_base, ISOLATE_UID_COUNT, &plan->userns_fd, err) < 0)
+        goto fail;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        util_fail_errno(err, "socketpair for the control channel");
+        goto fail;
+    }
+    c->ctl = sv[0];
+    plan->ctl_fd = sv[1];
+    c->pid = isolate_boot(plan, &c->pidfd, err);
+    close(sv[1]);
+    plan->ctl_fd = -1;
+    close(plan->userns_fd);
+    plan->userns_fd = -1;
+    if (c->pid < 0) {
+        c->pid = 0;
+        goto fail;
+    }
+    if (isolate_cgroup_attach(c->cg, c->pid, err) < 0 || isolate_boot_release(c->ctl, err) < 0 ||
+        wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0)
+        goto fail;
+    free(plan);
+    *out = c;
+    return 0;
+fail:
+    if (plan->userns_fd >= 0)
+        close(plan->userns_fd);
+    free(plan);
+    cell_destroy(c);
+    return -1;
+}
+
+void cell_destroy(cell *c)
+{
+    if (!c)
+        return;
+    if (c->pid > 0) {
+        if (c->pidfd >= 0)
+            syscall(SYS_pidfd_send_signal, c->pidfd, SIGKILL, NULL, 0);
+        else
+            kill(c->pid, SIGKILL);
+        while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    if (c->ctl >= 0)
+        close(c->ctl);
+    if (c->pidfd >= 0)
+        close(c->pidfd);
+    /* Init's death took the pid namespace down; the cgroup catches anything
+     * that raced it, then goes away. */
+    if (c->cg) {
+        isolate_cgroup_kill(c->cg);
+        isolate_cgroup_destroy(c->cg);
+    }
+    if (c->run_dir[0])
+        util_rm_rf(c->run_dir, NULL);
+    if (c->run_lock_fd >= 0)
+        close(c->run_lock_fd);
+    if (c->lane_fd >= 0)
+        close(c->lane_fd);
+    if (c->slot_fd >= 0)
+        close(c->slot_fd);
+    free(c->pending);
+    free(c);
+}
+
+const char *cell_id(const cell *c) { return c->id; }
+pid_t cell_init_pid(const cell *c) { return c->pid; }
+uid_t cell_uid_base(const cell *c) { return c->uid_base; }
+int cell_event_fd(const cell *c) { return c->ctl; }
+
+/* ---- processes ---------------------------------------------------------------- */
+
+static const char *const default_env[] = {
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root", "LANG=C.UTF-8", NULL,
+};
+
+int cell_spawn(cell *c, const cell_proc_spec *spec, pid_t *pid, int *pty_fd, cell_error *err)
+{
+    if (pty_fd)
+        *pty_fd = -1;
+    if (!spec->argv || !spec->argv[0] || !*spec->argv[0])
+        return util_fail(err, EINVAL, "no command given");
+    if (spec->cwd && runtime_check_cell_path(spec->cwd, "working directory", err) < 0)
+        return -1;
+    const char *const *env = spec->env ? spec->env : default_env;
+    uint32_t argc = 0, envc = 0;
+    while (spec->argv[argc])
+        argc++;
+    while (env[envc])
+        envc++;
+    if ((uint64_t)argc + envc + 1 > CTL_MAX_STRS)
+        return util_fail(err, E2BIG, "too many arguments and environment variables (limit %d)", CTL_MAX_STRS - 1);
+    const char **strs = calloc(argc + envc + 1, sizeof *strs);
+    if (!strs)
+        return util_fail(err, ENOMEM, "out of memory");
+    memcpy(strs, spec->argv, argc * sizeof *strs);
+    memcpy(strs + argc, env, envc * sizeof *strs);
+    strs[argc + envc] = spec->cwd ? spec->cwd : "/";
+    uint32_t u[CTL_NU] = { argc, envc, spec->tty ? CTL_SPAWN_TTY : 0, (uint32_t)spec->uid, (uint32_t)spec->gid,
+                           spec->rows, spec->cols, 0 };
+    /* Missing stdio becomes the host's /dev/null: cell-init expects three. */
+    _cleanup_close_ int null_fd = -1;
+    int fds[3] = { spec->stdin_fd, spec->stdout_fd, spec->stderr_fd };
+    for (int i = 0; i < 3 && !spec->tty; i++) {
+        if (fds[i] >= 0)
+            continue;
+        if (null_fd < 0 && (null_fd = open("/dev/null", O_RDWR | O_CLOEXEC)) < 0) {
+            free(strs);
+            return util_fail_errno(err, "cannot open /dev/null");
+        }
+        fds[i] = null_fd;
+    }
+    ctl_msg reply;
+    int rc = runtime_request(c, CTL_SPAWN, u, strs, argc + envc + 1, spec->tty ? NULL : fds, spec->tty ? 0 : 3,
+                             &reply, err);
+    free(strs);
+    if (rc < 0)
+        return -1;
+    *pid = (pid_t)reply.u[0];
+    if (spec->tty && pty_fd)
+        *pty_fd = ctl_take_fd(&reply, 0);
+    ctl_msg_free(&reply);
+    if (spec->tty && pty_fd && *pty_fd < 0)
+        return util_fail(err, EPROTO, "cell-init did not return a terminal");
+    return 0;
+}
+
+int cell_signal(cell *c, pid_t pid, int sig, cell_error *err)
+{
+    if (sig <= 0 || sig >= 65)
+        return util_fail(err, EINVAL, "invalid signal number %d", sig);
+    uint32_t u[CTL_NU] = { (uint32_t)pid, (uint32_t)sig };
+    ctl_msg reply;
+    if (runtime_request(c, CTL_SIGNAL, u, NULL, 0, NULL, 0, &reply, err) < 0)
+        return -1;
+    ctl_msg_free(&reply);
+    return 0;
+}
+
+int cell_resize(cell *c, pid_t pid, uint16_t rows, uint16_t cols, cell_error *err)
+{
+    uint32_t u[CTL_NU] = { (uint32_t)pid, rows, cols };
+    ctl_msg reply;
+    if (runtime_request(c, CTL_RESIZE, u, NULL, 0, NULL, 0, &reply, err) < 0)
+        return -1;
+    ctl_msg_free(&reply);
+    return 0;
+}
+
+int cell_wait_exit(cell *c, int timeout_ms, cell_exit *out, cell_error *err)
+{
+    for (;;) {
+        if (c->n_pending) {
+            *out = c->pending[0];
+            memmove(c->pending, c->pending + 1, (c->n_pending - 1) * sizeof *c->pending);
+            c->n_pending--;
+            return 1;
+        }
+        ctl_msg m;
+        int r = receive(c, timeout_ms, &m, err);
+        if (r <= 0)
+            return r;
+        if (m.type == CTL_EXIT) {
+            int q = queue_exit(c, &m);
+            ctl_msg_free(&m);
+            if (q < 0)
+                return util_fail(err, ENOMEM, "out of memory");
+            continue;
+        }
+        ctl_msg_free(&m); /* a stray reply: nobody is waiting for it */
+    }
+}

@@ -1,0 +1,130 @@
+/* ctx.c: the library context: the state directory, the sealed copy of
+ * cell-init every cell execs, and the seccomp program every cell installs. */
+#include "runtime/runtime.h"
+#include "isolate/isolate.h"
+#include "util/util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+extern const char cell_init_blob_start[];
+extern const char cell_init_blob_end[];
+
+const char *cell_default_state_dir(void)
+{
+    static char buf[PATH_MAX];
+    const char *env = getenv("CELL_STATE");
+    if (env && *env)
+        return env;
+    /* Run from a checkout (build/cell): keep state beside the sources. */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *dir = dirname(exe);           /* .../build */
+        char probe[PATH_MAX];
+        char *top = dirname(strdupa(dir));  /* checkout root */
+        if (snprintf(probe, sizeof probe, "%s/src/init/proto.h", top) < (int)sizeof probe &&
+            access(probe, F_OK) == 0 && snprintf(buf, sizeof buf, "%s/var", top) < (int)sizeof buf)
+            return buf;
+    }
+    return "/var/lib/cell";
+}
+
+/* cell-init is copied once into a sealed memfd: cells exec it from there, so
+ * nothing inside a cell can reach or rewrite the host's copy (the runc
+ * /proc/self/exe overwrite, CVE-2019-5736). */
+static int make_init_memfd(cell_error *err)
+{
+    size_t len = (size_t)(cell_init_blob_end - cell_init_blob_start);
+    _cleanup_close_ int fd = memfd_create("cell-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return util_fail_errno(err, "memfd_create for cell-init");
+    if (util_write_all(fd, cell_init_blob_start, len) < 0)
+        return util_fail_errno(err, "cannot copy cell-init into its memfd");
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+        return util_fail_errno(err, "cannot seal the cell-init memfd");
+    return util_steal_fd(&fd);
+}
+
+/* Remove scratch dirs of cells whose owner died (their lock is free). */
+static void sweep_stale_cells(cell_ctx *ctx)
+{
+    char dir[PATH_MAX];
+    if (util_path(dir, sizeof dir, NULL, "%s/run/cells", ctx->state_dir) < 0)
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[PATH_MAX], lock[PATH_MAX];
+        if (util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0 ||
+            util_path(lock, sizeof lock, NULL, "%s/lock", path) < 0)
+            continue;
+        _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
+            continue; /* a live owner holds it */
+        util_rm_rf(path, NULL);
+    }
+    closedir(d);
+}
+
+int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
+{
+    if (geteuid() != 0)
+        return util_fail(err, EPERM, "cell must run as root (it maps each cell to its own unprivileged uid range)");
+    cell_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return util_fail(err, ENOMEM, "out of memory");
+    ctx->init_memfd = -1;
+    if (!state_dir || !*state_dir)
+        state_dir = cell_default_state_dir();
+    if (util_path(ctx->state_dir, sizeof ctx->state_dir, err, "%s", state_dir) < 0)
+        goto fail;
+    static const char *const subdirs[] = { "", "/images", "/lanes", "/run", "/run/slots", "/run/cells" };
+    for (size_t i = 0; i < sizeof subdirs / sizeof *subdirs; i++) {
+        char p[PATH_MAX];
+        if (util_path(p, sizeof p, err, "%s%s", ctx->state_dir, subdirs[i]) < 0 || util_mkdir_p(p, 0700, err) < 0)
+            goto fail;
+    }
+    /* Lanes hold files owned by in-cell root (host uid 0 on disk, possibly
+     * setuid): only root may ever traverse the state directory. */
+    if (chmod(ctx->state_dir, 0700) < 0) {
+        util_fail_errno(err, "cannot chmod 0700 %s", ctx->state_dir);
+        goto fail;
+    }
+    if ((ctx->init_memfd = make_init_memfd(err)) < 0)
+        goto fail;
+    if (isolate_seccomp_build(&ctx->seccomp, err) < 0)
+        goto fail;
+    sweep_stale_cells(ctx);
+    *out = ctx;
+    return 0;
+fail:
+    cell_ctx_close(ctx);
+    return -1;
+}
+
+void cell_ctx_close(cell_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->init_memfd >= 0)
+        close(ctx->init_memfd);
+    isolate_seccomp_free(&ctx->seccomp);
+    free(ctx);
+}
+
+const char *cell_ctx_state_dir(const cell_ctx *ctx)
+{
+    return ctx->state_dir;
+}

@@ -1,0 +1,186 @@
+/* lane.c: lanes, the durable writable layers.  A lane is a directory with
+ * the overlay's upper and work dirs, the name of its image and a lock. */
+#include "runtime/runtime.h"
+#include "util/util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+static int lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
+{
+    if (!util_valid_name(name))
+        return util_fail(err, EINVAL, "invalid lane name '%s': use 1-63 characters of A-Z a-z 0-9 _ . - "
+                         "not starting with '.' or '-'", name ? name : "");
+    return util_path(out, size, err, "%s/lanes/%s", ctx->state_dir, name) < 0 ? -1 : 0;
+}
+
+static int read_image(const char *dir, char *image, size_t size, cell_error *err)
+{
+    char path[PATH_MAX], *text = NULL;
+    if (util_path(path, sizeof path, err, "%s/image", dir) < 0 || util_read_file(path, 255, &text, NULL, err) < 0)
+        return -1;
+    text[strcspn(text, "\n")] = '\0';
+    snprintf(image, size, "%s", text);
+    free(text);
+    return 0;
+}
+
+/* 1 if a running cell holds the lane, 0 if not. */
+static int lane_attached(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/lock", dir) >= (int)sizeof path)
+        return 0;
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    return flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+}
+
+int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err)
+{
+    char dir[PATH_MAX], tmp[PATH_MAX], p[PATH_MAX], rootfs[PATH_MAX], suffix[17];
+    if (!image)
+        image = "host";
+    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+        return -1;
+    if (runtime_image_rootfs(ctx, image, rootfs, sizeof rootfs, err) < 0)
+        return -1;
+    if (access(dir, F_OK) == 0)
+        return util_fail(err, EEXIST, "lane '%s' already exists", name);
+    if (util_random_hex(suffix, 8) < 0)
+        return util_fail_errno(err, "getrandom");
+    if (util_path(tmp, sizeof tmp, err, "%s/lanes/.%s.tmp-%s", ctx->state_dir, name, suffix) < 0)
+        return -1;
+    /* Build it aside and rename into place: a crash never leaves half a lane. */
+    static const char *const parts[] = { "upper", "work" };
+    for (size_t i = 0; i < 2; i++)
+        if (util_path(p, sizeof p, err, "%s/%s", tmp, parts[i]) < 0 || util_mkdir_p(p, 0755, err) < 0)
+            goto fail;
+    if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0 || chmod(p, 0755) < 0)
+        goto fail;
+    if (util_path(p, sizeof p, err, "%s/image", tmp) < 0 || util_write_file(p, image, strlen(image), 0644, 1, err) < 0)
+        goto fail;
+    if (util_path(p, sizeof p, err, "%s/lock", tmp) < 0 || util_write_file(p, "", 0, 0600, 0, err) < 0)
+        goto fail;
+    if (rename(tmp, dir) < 0) {
+        int exists = errno == EEXIST || errno == ENOTEMPTY;
+        if (exists)
+            util_fail(err, EEXIST, "lane '%s' already exists", name);
+        else
+            util_fail_errno(err, "cannot create lane %s", dir);
+        goto fail;
+    }
+    return 0;
+fail:
+    util_rm_rf(tmp, NULL);
+    return -1;
+}
+
+int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
+{
+    char dir[PATH_MAX];
+    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+        return -1;
+    struct stat st;
+    if (stat(dir, &st) < 0)
+        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
+                               : util_fail_errno(err, "cannot stat %s", dir);
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "%s", name);
+    if (read_image(dir, out->image, sizeof out->image, err) < 0)
+        return -1;
+    out->created = (uint64_t)st.st_ctime;
+    out->attached = lane_attached(dir);
+    return 0;
+}
+
+static int compare_lanes(const void *a, const void *b)
+{
+    return strcmp(((const cell_lane_info *)a)->name, ((const cell_lane_info *)b)->name);
+}
+
+int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err)
+{
+    char dir[PATH_MAX];
+    if (util_path(dir, sizeof dir, err, "%s/lanes", ctx->state_dir) < 0)
+        return -1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return util_fail_errno(err, "cannot open %s", dir);
+    cell_lane_info *list = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !util_valid_name(e->d_name))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            cell_lane_info *grown = realloc(list, cap * sizeof *list);
+            if (!grown) {
+                free(list);
+                closedir(d);
+                return util_fail(err, ENOMEM, "out of memory listing lanes");
+            }
+            list = grown;
+        }
+        if (cell_lane_get(ctx, e->d_name, &list[n], NULL) == 0)
+            n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(list, n, sizeof *list, compare_lanes);
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err)
+{
+    char dir[PATH_MAX], lock[PATH_MAX], doomed[PATH_MAX], suffix[17];
+    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+        return -1;
+    if (access(dir, F_OK) < 0)
+        return util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name);
+    if (util_path(lock, sizeof lock, err, "%s/lock", dir) < 0)
+        return -1;
+    _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
+        return util_fail(err, EBUSY, "lane '%s' is attached to a running cell; stop that cell first", name);
+    if (util_random_hex(suffix, 8) < 0)
+        return util_fail_errno(err, "getrandom");
+    /* Rename first so the name is free at once and a crash mid-delete
+     * leaves only a hidden directory, never a half-deleted lane. */
+    if (util_path(doomed, sizeof doomed, err, "%s/lanes/.%s.deleted-%s", ctx->state_dir, name, suffix) < 0)
+        return -1;
+    if (rename(dir, doomed) < 0)
+        return util_fail_errno(err, "cannot delete lane %s", dir);
+    return util_rm_rf(doomed, err);
+}
+
+int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
+                         char *dir, size_t dir_size, int *lock_fd, cell_error *err)
+{
+    if (lane_dir(ctx, name, dir, dir_size, err) < 0)
+        return -1;
+    if (access(dir, F_OK) < 0)
+        return util_fail(err, ENOENT, "no lane named '%s' (create it with `cell lane create %s`)", name, name);
+    char lock[PATH_MAX];
+    if (util_path(lock, sizeof lock, err, "%s/lock", dir) < 0)
+        return -1;
+    _cleanup_close_ int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot open %s", lock);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+        return errno == EWOULDBLOCK
+                   ? util_fail(err, EBUSY, "lane '%s' is already attached to a running cell", name)
+                   : util_fail_errno(err, "cannot lock %s", lock);
+    if (read_image(dir, image, image_size, err) < 0)
+        return -1;
+    *lock_fd = util_steal_fd(&fd);
+    return 0;
+}

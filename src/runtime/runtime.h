@@ -1,0 +1,43 @@
+/* runtime.h: what the runtime modules (context, images, lanes, cells) share
+ * internally: the context's layout of the state directory and its caches. */
+#ifndef CELL_RUNTIME_H
+#define CELL_RUNTIME_H
+
+#include <limits.h>
+#include <linux/filter.h>
+
+#include "cell.h"
+
+/* State directory layout (all 0700, owned by root):
+ *   images/NAME/rootfs     image tree, ownership as inside a cell (0 = root)
+ *   images/NAME/ready      present once the image is complete
+ *   lanes/NAME/upper       the lane's overlay upper dir (in-cell ownership)
+ *   lanes/NAME/work        overlayfs work dir
+ *   lanes/NAME/image       name of the image the lane is bound to
+ *   lanes/NAME/lock        flock()ed while a running cell holds the lane
+ *   run/slots/N.lock       flock()ed while a cell owns uid range N
+ *   run/cells/ID/          per-cell scratch: mount points, generated files
+ * Locks are flock()s on open files, so a crashed owner releases them. */
+struct cell_ctx {
+    char state_dir[PATH_MAX];
+    int  init_memfd;                /* sealed copy of cell-init, O_CLOEXEC */
+    struct sock_fprog seccomp;      /* built once, installed by every boot */
+};
+
+/* Path to the ready rootfs of image `name` in `out`.  The host image is
+ * (re)generated on demand; others must have been built. */
+int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err);
+/* Known image names, NULL-terminated. */
+extern const char *const runtime_image_names[];
+
+/* Build debian-bookworm with debootstrap into images/NAME, atomically:
+ * a partial build never looks ready.  Progress lines go to `progress`. */
+int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn progress,
+                               void *user, cell_error *err);
+
+/* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another
+ * cell holds it.  *image receives the lane's image name. */
+int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
+                         char *lane_dir, size_t dir_size, int *lock_fd, cell_error *err);
+
+#endif

@@ -1,0 +1,196 @@
+/* util.c: the shared helpers declared in util.h.
+ * Every syscall is checked and every failure names what it failed on. */
+#include "util/util.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+static int fail_v(cell_error *err, int code, const char *suffix, const char *fmt, va_list ap)
+{
+    if (err) {
+        err->code = code;
+        int n = vsnprintf(err->message, sizeof err->message, fmt, ap);
+        if (suffix && n >= 0 && (size_t)n < sizeof err->message)
+            snprintf(err->message + n, sizeof err->message - (size_t)n, ": %s", suffix);
+    }
+    errno = code;
+    return -1;
+}
+
+int util_fail(cell_error *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(err, code, NULL, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int util_fail_errno(cell_error *err, const char *fmt, ...)
+{
+    int code = errno ? errno : EIO;
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(err, code, strerror(code), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+ssize_t util_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t util_read_all(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = read(fd, p + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err)
+{
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot create %s", path);
+    if (util_write_all(fd, data, len) < 0)
+        return util_fail_errno(err, "cannot write %s", path);
+    if (durable && fsync(fd) < 0)
+        return util_fail_errno(err, "cannot fsync %s", path);
+    return 0;
+}
+
+int util_read_file(const char *path, size_t max, char **out, size_t *len, cell_error *err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot open %s", path);
+    _cleanup_free_ char *buf = malloc(max + 1);
+    if (!buf)
+        return util_fail(err, ENOMEM, "out of memory reading %s", path);
+    ssize_t n = util_read_all(fd, buf, max + 1);
+    if (n < 0)
+        return util_fail_errno(err, "cannot read %s", path);
+    if ((size_t)n > max)
+        return util_fail(err, EFBIG, "%s is larger than %zu bytes", path, max);
+    buf[n] = '\0';
+    if (len)
+        *len = (size_t)n;
+    *out = buf;
+    buf = NULL;
+    return 0;
+}
+
+int util_mkdir_p(const char *path, mode_t mode, cell_error *err)
+{
+    char tmp[4096];
+    if (util_path(tmp, sizeof tmp, err, "%s", path) < 0)
+        return -1;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+            return util_fail_errno(err, "cannot create directory %s", tmp);
+        *p = '/';
+    }
+    if (mkdir(tmp, mode) < 0 && errno != EEXIST)
+        return util_fail_errno(err, "cannot create directory %s", tmp);
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    int r = (type == FTW_DP) ? rmdir(path) : unlink(path);
+    return (r < 0 && errno != ENOENT) ? -1 : 0;
+}
+
+int util_rm_rf(const char *path, cell_error *err)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : util_fail_errno(err, "cannot stat %s", path);
+    /* FTW_PHYS: never follow symlinks; FTW_MOUNT: never cross into a mount
+     * that a crashed cell may have left behind. */
+    if (nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0)
+        return util_fail_errno(err, "cannot remove %s", path);
+    return 0;
+}
+
+int util_random_hex(char *out, size_t bytes)
+{
+    unsigned char raw[64];
+    if (bytes > sizeof raw)
+        return -1;
+    size_t got = 0;
+    while (got < bytes) {
+        ssize_t n = getrandom(raw + got, bytes - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < bytes; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * bytes] = '\0';
+    return 0;
+}
+
+int util_valid_name(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > 63 || name[0] == '.' || name[0] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                 ch == '_' || ch == '.' || ch == '-';
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= size)
+        return util_fail(err, ENAMETOOLONG, "path too long: %.200s...", buf);
+    return n;
+}

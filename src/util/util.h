@@ -1,0 +1,45 @@
+/* util.h: small helpers every module shares: error values, cleanup
+ * attributes, whole-file I/O, names and sizes.  Nothing here allocates globals. */
+#ifndef CELL_UTIL_H
+#define CELL_UTIL_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/types.h>
+
+#include "cell.h"
+
+/* Fill *err (if non-NULL) and return -1, so failures read `return util_fail(...)`. */
+int util_fail(cell_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Same, with code = errno and ": strerror(errno)" appended. */
+int util_fail_errno(cell_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Cleanup attributes: the variable's owner is its scope. */
+static inline void util_closep(int *fd) { if (*fd >= 0) { int saved = errno; close(*fd); errno = saved; } }
+static inline void util_freep(void *p) { free(*(void **)p); }
+#define _cleanup_close_ __attribute__((cleanup(util_closep)))
+#define _cleanup_free_  __attribute__((cleanup(util_freep)))
+/* Hand ownership out of a cleanup variable. */
+static inline int util_steal_fd(int *fd) { int r = *fd; *fd = -1; return r; }
+
+ssize_t util_write_all(int fd, const void *buf, size_t len);
+ssize_t util_read_all(int fd, void *buf, size_t len);
+/* Write `len` bytes to path (O_CREAT|O_TRUNC, mode), fsync if `durable`. */
+int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err);
+/* Read a whole small file (<= max bytes) into a NUL-terminated malloc()ed buffer. */
+int util_read_file(const char *path, size_t max, char **out, size_t *len, cell_error *err);
+int util_mkdir_p(const char *path, mode_t mode, cell_error *err);
+/* Remove a tree without following symlinks or crossing mount points. */
+int util_rm_rf(const char *path, cell_error *err);
+/* 2*bytes lowercase hex chars from getrandom(), NUL-terminated. */
+int util_random_hex(char *out, size_t bytes);
+/* Lane, image and cell names: 1..63 of [A-Za-z0-9_.-], no leading '.' or '-'. */
+int util_valid_name(const char *name);
+/* snprintf that reports truncation as ENAMETOOLONG. */
+int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+#endif
