@@ -30,7 +30,7 @@ INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUI
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan clean deps bench
+.PHONY: all test unit integration asan check clean deps bench
 all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a
 
 $(BUILD)/obj/%.o: %.c
@@ -58,6 +58,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS) -lcmocka
 
+# A stamp that depends on every unit-test binary, so scripts can build them all.
+$(BUILD)/tests/.stamp: $(UNIT_BIN)
+	@mkdir -p $(dir $@) && touch $@
+
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
@@ -65,6 +69,10 @@ integration: all
 	CELL_BIN=$(abspath $(BUILD)/cell) $(PYTHON) -m pytest -q tests/integration
 
 test: unit integration
+
+# Everything CI runs: release and ASan+UBSan builds, unit and integration tests.
+check:
+	bash scripts/test.sh
 
 asan:
 	$(MAKE) BUILD=build-asan SAN=address,undefined OPT=-O1 test

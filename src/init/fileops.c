@@ -25,7 +25,9 @@ static int base_fd = AT_FDCWD;
 static int resolve(const char *path, uint64_t flags, uint64_t mode, uint64_t extra_resolve)
 {
     uint64_t scope = base_fd == AT_FDCWD ? RESOLVE_IN_ROOT : RESOLVE_BENEATH;
-    struct open_how how = { .flags = flags | O_CLOEXEC | O_NOCTTY, .mode = mode,
+    /* openat2 refuses O_NOCTTY next to O_PATH (it validates strictly). */
+    uint64_t extra = (flags & O_PATH) ? O_CLOEXEC : O_CLOEXEC | O_NOCTTY;
+    struct open_how how = { .flags = flags | extra, .mode = mode,
                             .resolve = scope | RESOLVE_NO_MAGICLINKS | extra_resolve };
     if (base_fd != AT_FDCWD && (path[0] == '/' || path[0] == '\0'))
         path = path[0] ? path + 1 : ".";
@@ -77,7 +79,7 @@ static int do_open(ctl_msg *m, int *out_fd)
     }
     /* O_NONBLOCK so a FIFO planted by the cell cannot stall init; only
      * regular files and directories are handed out. */
-    int fd = resolve(m->str[0], (uint64_t)(flags | O_NONBLOCK), m->u[1] & 07777, 0);
+    int fd = resolve(m->str[0], (uint64_t)(flags & O_PATH ? flags : flags | O_NONBLOCK), m->u[1] & 07777, 0);
     if (fd < 0)
         return -1;
     if (flags & O_PATH) {

@@ -209,19 +209,23 @@ static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int
     if (r <= 0)
         return r;
     mode_t mode = archive_entry_perm(e) & 07777;
+    /* Hard links may carry no file type at all (pax), so test them first;
+     * both names resolve beneath the target directory in init. */
+    const char *hard = archive_entry_hardlink(e);
+    if (hard) {
+        char target[PATH_MAX];
+        if (entry_path(hard, target, sizeof target, err) <= 0)
+            return util_fail(err, EINVAL, "tar hard link '%s' has an invalid target '%s'", rel, hard);
+        if (ensure_parent(c, rel, base, err) < 0)
+            return -1;
+        return simple_request(c, CTL_LINK, 0, 0, target, rel, base, err);
+    }
     switch (archive_entry_filetype(e)) {
     case AE_IFDIR:
         return simple_request(c, CTL_MKDIR, mode ? mode : 0755, 1, rel, NULL, base, err);
     case AE_IFREG: {
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        const char *hard = archive_entry_hardlink(e);
-        if (hard) {
-            char target[PATH_MAX];
-            if (entry_path(hard, target, sizeof target, err) <= 0)
-                return util_fail(err, EINVAL, "tar hard link '%s' has an invalid target", rel);
-            return simple_request(c, CTL_LINK, 0, 0, target, rel, base, err);
-        }
         _cleanup_close_ int fd = open_in_cell(c, rel, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, base, err);
         if (fd < 0)
             return -1;

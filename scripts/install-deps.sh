@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# install-deps.sh: installs every Debian package cell needs to build, test
+# and benchmark.  Idempotent; skips apt entirely when all are present.
+set -euo pipefail
+
+packages=(
+  # build
+  gcc make pkg-config libc6-dev libseccomp-dev libarchive-dev libjansson-dev
+  # runtime helpers: debootstrap builds the debian-bookworm image
+  debootstrap ca-certificates iproute2
+  # tests and benchmarks
+  libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (apt-get install)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite: unit tests (cmocka), integration tests
+# (pytest), then both again built with ASan+UBSan.  Ends with "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider)
+passed=0 failed=0 broken=0
+export CELL_TEST_STATE="${CELL_TEST_STATE:-$(mktemp -d /tmp/cell-test-state.XXXXXX)}"
+
+count_cmocka() { # log
+  local p f
+  p=$(grep -oE '\[  PASSED  \] [0-9]+' "$1" | awk '{s+=$4} END {print s+0}')
+  f=$(grep -oE '\[  FAILED  \] [0-9]+' "$1" | awk '{s+=$4} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+}
+count_pytest() { # log
+  local line p f e
+  line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$1" | tail -1)
+  p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)
+  f=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || true)
+  e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || true)
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0} + ${e:-0}))
+}
+
+stage() { # name build-dir san-flags
+  local name=$1 build=$2 san=$3 log
+  log=$(mktemp)
+  echo "=== $name: build"
+  if ! make -j"$(nproc)" BUILD="$build" SAN="$san" ${san:+OPT=-O1} all "$build"/tests/.stamp >"$log" 2>&1; then
+    cat "$log"; echo "=== $name: build FAILED"; broken=1; failed=$((failed + 1)); return
+  fi
+  echo "=== $name: unit tests"
+  for t in "$build"/tests/test_*; do
+    [ -x "$t" ] || continue
+    "$t" 2>&1 | tee -a "$log.unit"
+  done
+  count_cmocka "$log.unit"
+  echo "=== $name: integration tests"
+  CELL_BIN="$PWD/$build/cell" "${PYTEST[@]}" tests/integration 2>&1 | tee "$log.it"
+  count_pytest "$log.it"
+  rm -f "$log" "$log.unit" "$log.it"
+}
+
+stage "release" build ""
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+stage "asan+ubsan" build-asan "address,undefined"
+
+rm -rf "$CELL_TEST_STATE"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$broken" -eq 0 ]
