@@ -30,7 +30,7 @@ INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUI
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan check clean deps bench
+.PHONY: all test unit integration asan check clean deps bench fuzz
 all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a
 
 $(BUILD)/obj/%.o: %.c
@@ -79,6 +79,21 @@ asan:
 
 bench: all
 	bash bench/run.sh
+
+# libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
+# FUZZ_SECONDS=600 make fuzz for a longer run by hand.
+FUZZ_SECONDS ?= 10
+FUZZ_CC      ?= clang
+FUZZ_FLAGS   := -std=c17 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
+$(BUILD)/fuzz/fuzz_proto: fuzz/fuzz_proto.c src/init/proto.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+$(BUILD)/fuzz/fuzz_size: fuzz/fuzz_size.c src/util/size.c src/util/util.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size
+	@set -e; for f in $^; do echo "== $$f ($(FUZZ_SECONDS) s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 2>&1 | tail -2; done
 
 deps:
 	bash scripts/install-deps.sh

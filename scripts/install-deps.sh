@@ -10,6 +10,8 @@ packages=(
   debootstrap ca-certificates iproute2
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps
+  # fuzzing (libFuzzer ships in clang's runtime package)
+  clang libclang-rt-14-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then
