@@ -149,6 +149,17 @@ static int queue_exit(cell *c, const ctl_msg *m)
     return 0;
 }
 
+/* If m is an exit notification, queue it and free m: 1 queued, 0 not an
+ * exit (m untouched), -1 out of memory. */
+static int queue_if_exit(cell *c, ctl_msg *m, cell_error *err)
+{
+    if (m->type != CTL_EXIT)
+        return 0;
+    int q = queue_exit(c, m);
+    ctl_msg_free(m);
+    return q < 0 ? util_fail(err, ENOMEM, "out of memory") : 1;
+}
+
 /* Receive one message within timeout_ms.  Returns 1, 0 on timeout, -1. */
 static int receive(cell *c, int timeout_ms, ctl_msg *m, cell_error *err)
 {
@@ -190,13 +201,11 @@ int runtime_request(cell *c, uint32_t type, const uint32_t *u, const char *const
             return -1;
         if (r == 0)
             return util_fail(err, ETIMEDOUT, "cell %s did not answer within %d s", c->id, REPLY_TIMEOUT_MS / 1000);
-        if (m.type == CTL_EXIT) {
-            int q = queue_exit(c, &m);
-            ctl_msg_free(&m);
-            if (q < 0)
-                return util_fail(err, ENOMEM, "out of memory");
+        int queued = queue_if_exit(c, &m, err);
+        if (queued < 0)
+            return -1;
+        if (queued)
             continue;
-        }
         if (m.type != CTL_REPLY || m.seq != seq) {
             ctl_msg_free(&m);
             continue;
@@ -483,13 +492,11 @@ int cell_wait_exit(cell *c, int timeout_ms, cell_exit *out, cell_error *err)
         int r = receive(c, timeout_ms, &m, err);
         if (r <= 0)
             return r;
-        if (m.type == CTL_EXIT) {
-            int q = queue_exit(c, &m);
-            ctl_msg_free(&m);
-            if (q < 0)
-                return util_fail(err, ENOMEM, "out of memory");
+        int queued = queue_if_exit(c, &m, err);
+        if (queued < 0)
+            return -1;
+        if (queued)
             continue;
-        }
         ctl_msg_free(&m); /* a stray reply: nobody is waiting for it */
     }
 }
