@@ -114,6 +114,8 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
             rc = cli_fail(CLI_EXIT_USAGE, "refusing to write a tar stream to a terminal; redirect stdout to a file");
         else if (cell_lane_export(ctx, name, 1, &err) < 0)
             rc = cli_fail_err(1, &err);
+    } else if (isatty(0)) {
+        rc = cli_fail(CLI_EXIT_USAGE, "lane import reads a tar stream from stdin; redirect it from a file");
     } else {
         if (cell_lane_import(ctx, name, image, 0, &err) < 0)
             rc = cli_fail_err(1, &err);

@@ -10,7 +10,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
-static int lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
+int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
 {
     if (!util_valid_name(name))
         return util_fail(err, EINVAL, "invalid lane name '%s': use 1-63 characters of A-Z a-z 0-9 _ . - "
@@ -38,15 +38,14 @@ static int lane_attached(const char *dir)
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    return flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+    /* Cells hold LOCK_EX, exports LOCK_SH: only the former means attached. */
+    return flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK;
 }
 
-int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err)
+int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, char *tmp, size_t size, cell_error *err)
 {
-    char dir[PATH_MAX], tmp[PATH_MAX], p[PATH_MAX], rootfs[PATH_MAX], suffix[17];
-    if (!image)
-        image = "host";
-    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+    char dir[PATH_MAX], p[PATH_MAX], rootfs[PATH_MAX], suffix[17];
+    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
         return -1;
     if (runtime_image_rootfs(ctx, image, rootfs, sizeof rootfs, err) < 0)
         return -1;
@@ -54,22 +53,44 @@ int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_er
         return util_fail(err, EEXIST, "lane '%s' already exists", name);
     if (util_random_hex(suffix, 8) < 0)
         return util_fail_errno(err, "getrandom");
-    if (util_path(tmp, sizeof tmp, err, "%s/lanes/.%s.tmp-%s", ctx->state_dir, name, suffix) < 0)
+    if (util_path(tmp, size, err, "%s/lanes/.%s.tmp-%s", ctx->state_dir, name, suffix) < 0)
         return -1;
-    /* Build it aside and rename into place: a crash never leaves half a lane. */
     static const char *const parts[] = { "upper", "work" };
     for (size_t i = 0; i < 2; i++)
         if (util_path(p, sizeof p, err, "%s/%s", tmp, parts[i]) < 0 || util_mkdir_p(p, 0755, err) < 0)
             goto fail;
-    if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0 || chmod(p, 0755) < 0)
+    if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0)
         goto fail;
+    if (chmod(p, 0755) < 0) {
+        util_fail_errno(err, "cannot set the mode of %s", p);
+        goto fail;
+    }
     if (util_path(p, sizeof p, err, "%s/image", tmp) < 0 || util_write_file(p, image, strlen(image), 0644, 1, err) < 0)
         goto fail;
     if (util_path(p, sizeof p, err, "%s/lock", tmp) < 0 || util_write_file(p, "", 0, 0600, 0, err) < 0)
         goto fail;
+    return 0;
+fail:
+    util_rm_rf(tmp, NULL);
+    return -1;
+}
+
+int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err)
+{
+    char dir[PATH_MAX];
+    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+        goto fail;
+    /* A lane that exists after a crash must be complete: flush its layer
+     * before it gets its name (a lost rename only loses the whole lane). */
+    if (flush) {
+        _cleanup_close_ int fd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || syncfs(fd) < 0) {
+            util_fail_errno(err, "cannot flush %s", tmp);
+            goto fail;
+        }
+    }
     if (rename(tmp, dir) < 0) {
-        int exists = errno == EEXIST || errno == ENOTEMPTY;
-        if (exists)
+        if (errno == EEXIST || errno == ENOTEMPTY)
             util_fail(err, EEXIST, "lane '%s' already exists", name);
         else
             util_fail_errno(err, "cannot create lane %s", dir);
@@ -81,10 +102,19 @@ fail:
     return -1;
 }
 
+int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err)
+{
+    char tmp[PATH_MAX];
+    /* Built aside and renamed into place: a crash never leaves half a lane. */
+    if (runtime_lane_begin(ctx, name, image ? image : "host", tmp, sizeof tmp, err) < 0)
+        return -1;
+    return runtime_lane_commit(ctx, name, tmp, 0, err);
+}
+
 int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
 {
     char dir[PATH_MAX];
-    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
         return -1;
     struct stat st;
     if (stat(dir, &st) < 0)
@@ -142,7 +172,7 @@ int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_erro
 int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err)
 {
     char dir[PATH_MAX], lock[PATH_MAX], doomed[PATH_MAX], suffix[17];
-    if (lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
         return -1;
     if (access(dir, F_OK) < 0)
         return util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name);
@@ -165,7 +195,7 @@ int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err)
 int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
                          char *dir, size_t dir_size, int *lock_fd, cell_error *err)
 {
-    if (lane_dir(ctx, name, dir, dir_size, err) < 0)
+    if (runtime_lane_dir(ctx, name, dir, dir_size, err) < 0)
         return -1;
     if (access(dir, F_OK) < 0)
         return util_fail(err, ENOENT, "no lane named '%s' (create it with `cell lane create %s`)", name, name);

@@ -35,6 +35,15 @@ extern const char *const runtime_image_names[];
 int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn progress,
                                void *user, cell_error *err);
 
+/* lanes/NAME for a valid name, else EINVAL with the naming rules. */
+int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err);
+/* Start a new lane aside (lanes/.NAME.tmp-X with upper/, work/, image, lock)
+ * after checking the name is free and the image exists; *tmp gets its path.
+ * Fill tmp/upper, then runtime_lane_commit() renames it into place (and
+ * removes tmp on failure; flush = syncfs first, for imported data). */
+int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, char *tmp, size_t size, cell_error *err);
+int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err);
+
 /* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another
  * cell holds it.  *image receives the lane's image name. */
 int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
