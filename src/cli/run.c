@@ -51,6 +51,7 @@ struct run_opts {
     gid_t       gid;
 };
 
+/* The parsers return 0 or the exit code of their (already printed) error. */
 static int parse_uint(const char *text, const char *what, unsigned long max, unsigned long *out)
 {
     char *end;
@@ -144,7 +145,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             break;
         }
         case O_PIDS:
-            if (parse_uint(optarg, "--pids", 4194304, &v) < 0)
+            if (parse_uint(optarg, "--pids", 4194304, &v) != 0)
                 return CLI_EXIT_USAGE;
             if (v == 0)
                 return cli_fail(CLI_EXIT_USAGE, "invalid --pids 0: a cell needs at least one process");
@@ -159,7 +160,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         }
         case O_MOUNT:
         case O_TMPFS:
-            if (parse_mount(o, optarg, c == O_TMPFS) < 0)
+            if (parse_mount(o, optarg, c == O_TMPFS) != 0)
                 return CLI_EXIT_USAGE;
             break;
         case O_ENV:
@@ -173,12 +174,12 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             char *colon = strchr(optarg, ':');
             if (colon)
                 *colon = '\0';
-            if (parse_uint(optarg, "--user uid", 65535, &v) < 0)
+            if (parse_uint(optarg, "--user uid", 65535, &v) != 0)
                 return CLI_EXIT_USAGE;
             o->uid = (uid_t)v;
             o->gid = (gid_t)v;
             if (colon) {
-                if (parse_uint(colon + 1, "--user gid", 65535, &v) < 0)
+                if (parse_uint(colon + 1, "--user gid", 65535, &v) != 0)
                     return CLI_EXIT_USAGE;
                 o->gid = (gid_t)v;
             }

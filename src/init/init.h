@@ -6,6 +6,12 @@
 #include "init/proto.h"
 
 #define INIT_CTL_FD 3
+/* Present only in cells with a read-write host mount: raw BPF instructions
+ * of the nosuid filter (isolate_seccomp_build_nosuid), for every child. */
+#define INIT_NOSUID_FD 5
+
+/* Read the nosuid filter from INIT_NOSUID_FD if there is one. */
+void init_load_child_filter(void);
 
 /* Handle one request; replies on `ctl` with CTL_REPLY and the request's seq. */
 void init_spawn(int ctl, ctl_msg *m);

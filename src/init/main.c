@@ -47,6 +47,7 @@ int main(void)
      * read its memory, so they cannot speak on its control socket. */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     umask(022);
+    init_load_child_filter();
 
     sigset_t mask;
     sigemptyset(&mask);

@@ -5,6 +5,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +59,30 @@ static void untrack(struct tracked *t)
     *t = table[--table_len];
 }
 
-enum stage { STAGE_TTY = 1, STAGE_CREDS, STAGE_CWD, STAGE_EXEC };
+/* The extra filter every spawned process gets, if the cell has one. */
+static struct sock_fprog child_filter;
+
+void init_load_child_filter(void)
+{
+    struct stat st;
+    if (fstat(INIT_NOSUID_FD, &st) < 0)
+        return;
+    size_t n = (size_t)st.st_size / sizeof(struct sock_filter);
+    struct sock_filter *insns = n && n <= BPF_MAXINSNS ? malloc(n * sizeof *insns) : NULL;
+    if (insns && pread(INIT_NOSUID_FD, insns, n * sizeof *insns, 0) == (ssize_t)(n * sizeof *insns)) {
+        child_filter.filter = insns;
+        child_filter.len = (unsigned short)n;
+    } else {
+        /* A cell that must have the filter but cannot load it runs nothing. */
+        child_filter.len = 0;
+        child_filter.filter = NULL;
+        free(insns);
+        _exit(1);
+    }
+    close(INIT_NOSUID_FD);
+}
+
+enum stage { STAGE_TTY = 1, STAGE_CREDS, STAGE_CWD, STAGE_EXEC, STAGE_FILTER };
 struct spawn_failure {
     int stage;
     int code;
@@ -118,6 +145,9 @@ static void exec_child(ctl_msg *m, int err_pipe, const char *pty_name)
         argv[i] = (char *)m->str[i];
     for (uint32_t i = 0; i < envc; i++)
         envp[i] = (char *)m->str[argc + i];
+    /* Last, so it also binds everything above; no_new_privs is inherited. */
+    if (child_filter.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &child_filter) < 0)
+        child_report(err_pipe, STAGE_FILTER);
     /* execvp searches the PATH of `environ`, so the child's own env it is. */
     environ = envp;
     if (!getenv("PATH"))
@@ -198,6 +228,9 @@ void init_spawn(int ctl, ctl_msg *m)
         case STAGE_CWD:
             init_reply_err(ctl, m->seq, f.code, "cannot change to working directory %s: %s",
                            m->str[argc + envc], strerror(f.code));
+            break;
+        case STAGE_FILTER:
+            init_reply_err(ctl, m->seq, f.code, "cannot install the cell's seccomp filter: %s", strerror(f.code));
             break;
         case STAGE_CREDS:
             init_reply_err(ctl, m->seq, f.code, "cannot switch to uid %u gid %u: %s", m->u[3], m->u[4], strerror(f.code));

@@ -152,39 +152,70 @@ static int open_in_root(const struct isolate_plan *plan, int root_fd, const char
     int fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
     if (fd >= 0 || errno != ENOENT)
         return fd;
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    int dir = (int)syscall(SYS_openat2, root_fd, "/", &how, sizeof how);
-    if (dir < 0)
-        return -1;
-    char *save = NULL;
-    char *next = NULL;
-    for (char *part = strtok_r(buf, "/", &save); part; part = next) {
-        next = strtok_r(NULL, "/", &save);
-        int last = next == NULL;
-        int child = (int)syscall(SYS_openat2, dir, part, &how, sizeof how);
+    /* Walk the path one component at a time, but resolve every prefix from
+     * the cell's root (not from the parent's fd, which RESOLVE_IN_ROOT would
+     * take as the root): absolute symlinks such as /var/run -> /run then
+     * mean what they mean inside the cell. */
+    char prefix[PATH_MAX];
+    size_t len = 0;
+    const char *p = path;
+    for (;;) {
+        while (*p == '/')
+            p++;
+        size_t n = strcspn(p, "/");
+        if (n == 0)
+            return (int)syscall(SYS_openat2, root_fd, "/", &how, sizeof how);
+        const char *rest = p + n;
+        while (*rest == '/')
+            rest++;
+        int last = *rest == '\0';
+        if (len + 1 + n >= sizeof prefix) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        size_t parent_len = len;
+        prefix[len++] = '/';
+        memcpy(prefix + len, p, n);
+        len += n;
+        prefix[len] = '\0';
+        int child = (int)syscall(SYS_openat2, root_fd, prefix, &how, sizeof how);
         if (child < 0 && errno == ENOENT) {
-            int r;
-            if (last && want_file) {
-                int f = openat(dir, part, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-                r = f < 0 ? -1 : close(f);
-            } else {
-                r = mkdirat(dir, part, 0755);
-            }
-            if (r < 0 && errno != EEXIST) {
-                close(dir);
+            char parent[PATH_MAX], name[NAME_MAX + 1];
+            if (n > NAME_MAX) {
+                errno = ENAMETOOLONG;
                 return -1;
             }
-            /* Re-resolve through openat2 so a racing symlink cannot win. */
-            child = (int)syscall(SYS_openat2, dir, part, &how, sizeof how);
+            memcpy(parent, prefix, parent_len);
+            parent[parent_len] = '\0';
+            memcpy(name, p, n);
+            name[n] = '\0';
+            int dir = (int)syscall(SYS_openat2, root_fd, parent_len ? parent : "/", &how, sizeof how);
+            if (dir < 0)
+                return -1;
+            int r;
+            if (last && want_file) {
+                int f = openat(dir, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+                r = f < 0 ? -1 : close(f);
+            } else {
+                r = mkdirat(dir, name, 0755);
+            }
+            int saved = errno;
+            close(dir);
+            if (r < 0 && saved != EEXIST) {
+                errno = saved;
+                return -1;
+            }
+            /* Re-resolve from the root so a racing symlink cannot win. */
+            child = (int)syscall(SYS_openat2, root_fd, prefix, &how, sizeof how);
         }
-        close(dir);
         if (child < 0)
             return -1;
-        dir = child;
+        if (last)
+            return child;
+        close(child);
+        p = rest;
     }
     (void)plan;
-    return dir;
 }
 
 static int must_open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
@@ -287,7 +318,9 @@ static void setup_dev(const struct isolate_plan *plan, int root_fd)
     /* A private devpts instance: the cell sees only its own terminals. */
     const char *pts_opts[] = { "newinstance", "ptmxmode=0666", "mode=0620", NULL };
     attach_new_fs(plan, "devpts", pts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, pts, "/dev/pts");
-    const char *shm_opts[] = { "mode=1777", uid, gid, NULL };
+    char shm_size[64];
+    snprintf(shm_size, sizeof shm_size, "size=%llu", (unsigned long long)plan->disk);
+    const char *shm_opts[] = { "mode=1777", shm_size, uid, gid, NULL };
     attach_new_fs(plan, "tmpfs", shm_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, shm, "/dev/shm");
     close(pts);
     close(shm);
@@ -365,7 +398,9 @@ static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
         close(fw);
     }
     int tmp = must_open_in_root(plan, root_fd, "/tmp", 0);
-    const char *o[] = { "mode=1777", NULL };
+    char tmp_size[64];
+    snprintf(tmp_size, sizeof tmp_size, "size=%llu", (unsigned long long)plan->disk);
+    const char *o[] = { "mode=1777", tmp_size, NULL };
     attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, tmp, "/tmp");
     close(tmp);
 }
@@ -464,7 +499,7 @@ static void enter_cell_credentials(const struct isolate_plan *plan)
         FAIL("cannot enter the cell's user namespace");
     if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
         FAIL("cannot become root of the cell's user namespace");
-    if (isolate_caps_drop() < 0)
+    if (isolate_caps_drop(plan->nosuid_fd < 0) < 0)
         FAIL("cannot drop capabilities");
     /* setresuid() cleared the parent-death signal; set it again so the cell
      * dies with its owner even if the control socket is somehow kept open. */
@@ -500,15 +535,27 @@ static void boot_child(const struct isolate_plan *plan)
 
     /* cell-init expects its control socket at fd 3; nothing else of the
      * owner's may cross into the cell. */
+    /* Move every fd we keep above the low numbers first: any of them may
+     * currently sit on 3, 4 or 5 and be overwritten by the dup2s below. */
     int ctl = fcntl(plan->ctl_fd, F_DUPFD_CLOEXEC, 100);
-    int exe = fcntl(plan->init_fd, F_DUPFD_CLOEXEC, 101);
+    int exe = fcntl(plan->init_fd, F_DUPFD_CLOEXEC, 100);
+    int nosuid = plan->nosuid_fd >= 0 ? fcntl(plan->nosuid_fd, F_DUPFD_CLOEXEC, 100) : -1;
+    if (plan->nosuid_fd >= 0 && nosuid < 0)
+        FAIL("cannot pass the nosuid filter to cell-init");
     int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (ctl < 0 || exe < 0 || null_fd < 0)
         FAIL("cannot arrange cell-init's descriptors");
     if (dup2(null_fd, 0) < 0 || dup2(null_fd, 1) < 0 || dup2(null_fd, 2) < 0 || dup2(ctl, 3) < 0 ||
         dup3(exe, 4, O_CLOEXEC) < 0)
         FAIL("cannot arrange cell-init's descriptors");
-    if (syscall(SYS_close_range, 5, ~0U, 0) < 0)
+    /* fd 5: the nosuid filter for cell-init to apply to what it spawns. */
+    int first_closed = 5;
+    if (nosuid >= 0) {
+        if (dup2(nosuid, 5) < 0)
+            FAIL("cannot pass the nosuid filter to cell-init");
+        first_closed = 6;
+    }
+    if (syscall(SYS_close_range, first_closed, ~0U, 0) < 0)
         FAIL("cannot close the owner's descriptors");
     char *const argv[] = { "cell-init", NULL };
     char *const envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };

@@ -33,7 +33,8 @@ const int isolate_caps_kept[] = {
     CAP_NET_BIND_SERVICE, /* dev servers on ports < 1024 in the cell's own netns */
     CAP_SYS_CHROOT,       /* build tools (debootstrap, pbuilder, dpkg --root) chroot; only narrows the view */
     CAP_SETFCAP,          /* dpkg sets file capabilities (e.g. on ping); namespaced, and no_new_privs
-                           * keeps them from granting anything on exec */
+                           * keeps them from granting anything on exec.  Dropped in cells with a
+                           * read-write host mount (see isolate_caps_drop). */
     CAP_AUDIT_WRITE,      /* PAM tools (su, login) write audit records; the kernel refuses audit
                            * messages from a non-initial user namespace with an error PAM tolerates */
     -1,
@@ -52,9 +53,14 @@ static uint64_t kept_mask(void)
     return mask;
 }
 
-int isolate_caps_drop(void)
+int isolate_caps_drop(int allow_file_caps)
 {
+    /* Through an id-mapped read-write host mount, in-cell root writes as
+     * host root: a file capability set there would be a real capability on
+     * the host, so such cells may not set any. */
     uint64_t keep = kept_mask();
+    if (!allow_file_caps)
+        keep &= ~(1ull << CAP_SETFCAP);
 
     /* Bounding set first: it needs CAP_SETPCAP in the effective set, which
      * we still hold, and it is what limits every later exec() (a uid-0 exec

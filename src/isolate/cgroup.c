@@ -622,3 +622,18 @@ void isolate_cgroup_destroy(isolate_cgroup *cg)
     }
     free(cg);
 }
+
+void isolate_cgroup_sweep(const char *name)
+{
+    struct cg_layout *lay = calloc(1, sizeof *lay);
+    isolate_cgroup *cg = calloc(1, sizeof *cg);
+    if (!lay || !cg || isolate_cgroup_detect(lay, NULL) < 0 || isolate_cgroup_plan(lay, name, NULL, &cg->plan, NULL) < 0) {
+        free(lay);
+        free(cg);
+        return;
+    }
+    free(lay);
+    for (size_t i = 0; i < cg->plan.n; i++)
+        cg->plan.dir[i].created = access(cg->plan.dir[i].path, F_OK) == 0;
+    isolate_cgroup_destroy(cg); /* kills what is left, then rmdir */
+}

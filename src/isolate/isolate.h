@@ -19,6 +19,8 @@
 #define ISOLATE_UID_FIRST 0x40000000u
 #define ISOLATE_UID_COUNT 65536u
 #define ISOLATE_MAX_SLOTS 4096u
+/* Slot N is owned by whoever flock()s ISOLATE_SLOT_DIR/N.lock; host-wide. */
+#define ISOLATE_SLOT_DIR  "/run/cell/slots"
 
 /* Create a user namespace mapping 0..count-1 to base..base+count-1 (uids
  * and gids) and return an fd to it (O_CLOEXEC).  Nothing runs in it. */
@@ -48,6 +50,8 @@ struct isolate_plan {
     int      ctl_fd;                /* child's end of the control socket */
     int      init_fd;               /* sealed memfd holding cell-init */
     const struct sock_fprog *seccomp;
+    int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
+                                       given to cell-init as fd 5 */
     char     hostname[64];
     char     hosts_file[PATH_MAX];  /* bound onto /etc/hosts */
     struct isolate_mount mounts[ISOLATE_MAX_MOUNTS];
@@ -67,12 +71,17 @@ int isolate_boot_release(int owner_ctl_fd, cell_error *err);
  * Build the cell filter once (libseccomp, exported to classic BPF) so the
  * boot child can install it with prctl() and no allocation. */
 int  isolate_seccomp_build(struct sock_fprog *out, cell_error *err);
+/* The second filter for cells with a read-write host mount, where in-cell
+ * root writes as host root: setuid/setgid modes (chmod, open, mkdir, mknod
+ * families) fail with EPERM, and openat2, whose mode it cannot inspect,
+ * with ENOSYS.  cell-init installs it in every process it spawns. */
+int  isolate_seccomp_build_nosuid(struct sock_fprog *out, cell_error *err);
 void isolate_seccomp_free(struct sock_fprog *prog);
 
 /* ---- capabilities -------------------------------------------------------------
  * Reduce bounding, permitted, effective and inheritable sets to the kept set
  * and clear ambient ones.  Raw syscalls only (boot child); -1 with errno. */
-int  isolate_caps_drop(void);
+int  isolate_caps_drop(int allow_file_caps);
 /* The kept capabilities, for docs and tests; terminated by -1. */
 extern const int isolate_caps_kept[];
 
@@ -88,5 +97,7 @@ int  isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err);
 void isolate_cgroup_kill(isolate_cgroup *cg);
 /* Remove the cgroup directories (retrying while tasks drain) and free. */
 void isolate_cgroup_destroy(isolate_cgroup *cg);
+/* Kill and remove the cgroups named `name` left by an owner that died. */
+void isolate_cgroup_sweep(const char *name);
 
 #endif

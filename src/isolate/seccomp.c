@@ -322,32 +322,81 @@ static int export_bpf(scmp_filter_ctx ctx, struct sock_fprog *out, cell_error *e
     return 0;
 }
 
+/* A fresh filter context with the attributes both filters share. */
+static scmp_filter_ctx new_filter(cell_error *err)
+{
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    if (!ctx) {
+        util_fail(err, ENOMEM, "seccomp: seccomp_init failed");
+        return NULL;
+    }
+    int rc;
+    /* Kill the whole process (not just the thread, which could leave the
+     * rest of a program in an inconsistent state) on a foreign ABI. */
+    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
+        /* The boot child sets no_new_privs itself, right before the prctl();
+         * the filter is never loaded through libseccomp. */
+        (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0 ||
+        /* Every syscall in the cell runs this program and nearly all of them
+         * are allowed, so a binary search on the syscall number beats the
+         * default linear chain of comparisons. */
+        (rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0) {
+        util_fail(err, -rc, "seccomp: cannot set filter attributes: %s", strerror(-rc));
+        seccomp_release(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 int isolate_seccomp_build(struct sock_fprog *out, cell_error *err)
 {
     out->len = 0;
     out->filter = NULL;
-
-    __attribute__((cleanup(ctx_releasep))) scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    __attribute__((cleanup(ctx_releasep))) scmp_filter_ctx ctx = new_filter(err);
     if (!ctx)
-        return util_fail(err, ENOMEM, "seccomp: seccomp_init failed");
-
-    int rc;
-    /* Kill the whole process (not just the thread, which could leave the
-     * rest of a program in an inconsistent state) on a foreign ABI. */
-    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0)
-        return util_fail(err, -rc, "seccomp: cannot set the bad-architecture action: %s", strerror(-rc));
-    /* The boot child sets no_new_privs itself, right before the prctl();
-     * the filter is never loaded through libseccomp. */
-    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0)) < 0)
-        return util_fail(err, -rc, "seccomp: cannot clear the NNP attribute: %s", strerror(-rc));
-    /* Every syscall in the cell runs this program and nearly all of them are
-     * allowed, so a binary search on the syscall number beats the default
-     * linear chain of comparisons. */
-    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)) < 0)
-        return util_fail(err, -rc, "seccomp: cannot enable the binary-tree layout: %s", strerror(-rc));
-
+        return -1;
     if (add_deny_table(ctx, err) < 0 || add_clone_rules(ctx, err) < 0 ||
         add_personality_rules(ctx, err) < 0 || add_ioctl_rules(ctx, err) < 0)
+        return -1;
+    return export_bpf(ctx, out, err);
+}
+
+/* Syscalls that take a file mode, and the index of that argument.  A mode
+ * with S_ISUID or S_ISGID is refused: through a read-write host mount such a
+ * file would be a setuid-root (or setgid) program on the host.  fchmodat2
+ * (Linux 6.6) is newer than libseccomp 2.5, hence its number. */
+static const struct mode_arg {
+    const char *name;
+    int         fallback_nr;
+    unsigned    arg;
+} mode_args[] = {
+    { "chmod", 0, 1 }, { "fchmod", 0, 1 }, { "fchmodat", 0, 2 }, { "fchmodat2", 452, 2 },
+    { "creat", 0, 1 }, { "open", 0, 2 }, { "openat", 0, 3 }, { "mkdir", 0, 1 },
+    { "mkdirat", 0, 2 }, { "mknod", 0, 1 }, { "mknodat", 0, 2 },
+};
+
+int isolate_seccomp_build_nosuid(struct sock_fprog *out, cell_error *err)
+{
+    out->len = 0;
+    out->filter = NULL;
+    __attribute__((cleanup(ctx_releasep))) scmp_filter_ctx ctx = new_filter(err);
+    if (!ctx)
+        return -1;
+    static const scmp_datum_t bits[] = { S_ISUID, S_ISGID };
+    for (size_t i = 0; i < sizeof mode_args / sizeof *mode_args; i++) {
+        int nr = resolve(mode_args[i].name, mode_args[i].fallback_nr);
+        if (nr < 0)
+            continue;
+        for (size_t b = 0; b < 2; b++) {
+            struct scmp_arg_cmp cmp = SCMP_CMP(mode_args[i].arg, SCMP_CMP_MASKED_EQ, bits[b], bits[b]);
+            if (add_rule(ctx, SCMP_ACT_ERRNO(EPERM), mode_args[i].name, nr, 1, &cmp, err) < 0)
+                return -1;
+        }
+    }
+    /* openat2 takes its mode inside a struct a filter cannot read; ENOSYS
+     * makes callers fall back to openat, which is checked. */
+    int nr = resolve("openat2", 437);
+    if (nr >= 0 && add_rule(ctx, SCMP_ACT_ERRNO(ENOSYS), "openat2", nr, 0, NULL, err) < 0)
         return -1;
     return export_bpf(ctx, out, err);
 }

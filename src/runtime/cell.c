@@ -49,22 +49,46 @@ int runtime_check_cell_path(const char *path, const char *what, cell_error *err)
     return 0;
 }
 
+/* "/a//b/./c/" -> "/a/b/c" (".." is refused before this). */
+static void canonical_cell_path(const char *in, char *out, size_t size)
+{
+    size_t o = 0;
+    for (const char *p = in; *p;) {
+        while (*p == '/')
+            p++;
+        size_t n = strcspn(p, "/");
+        if (n == 0)
+            break;
+        if (!(n == 1 && p[0] == '.') && o + 1 + n < size) {
+            out[o++] = '/';
+            memcpy(out + o, p, n);
+            o += n;
+        }
+        p += n;
+    }
+    if (o == 0)
+        out[o++] = '/';
+    out[o] = '\0';
+}
+
 static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_error *err)
 {
     if (runtime_check_cell_path(m->target, "mount target", err) < 0)
         return -1;
-    if (strcmp(m->target, "/") == 0)
+    char target[PATH_MAX];
+    canonical_cell_path(m->target, target, sizeof target);
+    if (strcmp(target, "/") == 0)
         return util_fail(err, EINVAL, "mount target '/' would hide the cell's root; pick a directory such as /workspace");
     static const char *const reserved[] = { "/proc", "/dev", "/sys", NULL };
     for (const char *const *r = reserved; *r; r++) {
         size_t n = strlen(*r);
-        if (strncmp(m->target, *r, n) == 0 && (m->target[n] == '\0' || m->target[n] == '/'))
+        if (strncmp(target, *r, n) == 0 && (target[n] == '\0' || target[n] == '/'))
             return util_fail(err, EINVAL, "mount target '%s' is inside %s, which the cell runtime owns", m->target, *r);
     }
     memset(out, 0, sizeof *out);
     out->kind = (int)m->kind;
     out->readonly = m->readonly;
-    snprintf(out->target, sizeof out->target, "%s", m->target);
+    snprintf(out->target, sizeof out->target, "%s", target);
     if (m->kind == CELL_MOUNT_BIND) {
         if (!m->source || !*m->source)
             return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
@@ -81,12 +105,16 @@ static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_erro
 /* ---- resources ---------------------------------------------------------- */
 
 /* A uid range is owned by whoever holds the flock on its slot file, so a
- * crashed owner frees its range with its file table. */
-static int reserve_slot(cell_ctx *ctx, uid_t *base, int *fd_out, cell_error *err)
+ * crashed owner frees its range with its file table.  The slot files are
+ * host-wide (not per state directory): two owners with different state
+ * directories must never hand out the same range. */
+static int reserve_slot(uid_t *base, int *fd_out, cell_error *err)
 {
+    if (util_mkdir_p(ISOLATE_SLOT_DIR, 0700, err) < 0)
+        return -1;
     for (unsigned i = 0; i < ISOLATE_MAX_SLOTS; i++) {
         char path[PATH_MAX];
-        if (util_path(path, sizeof path, err, "%s/run/slots/%u.lock", ctx->state_dir, i) < 0)
+        if (util_path(path, sizeof path, err, "%s/%u.lock", ISOLATE_SLOT_DIR, i) < 0)
             return -1;
         int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0)
@@ -276,6 +304,12 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
         if (check_mount(&cfg->mounts[i], &plan->mounts[i], err) < 0)
             return -1;
     plan->n_mounts = cfg->n_mounts;
+    /* In-cell root writes as host root through a read-write host mount;
+     * such cells may not create setuid/setgid files or file capabilities. */
+    plan->nosuid_fd = -1;
+    for (size_t i = 0; i < plan->n_mounts; i++)
+        if (plan->mounts[i].kind == CELL_MOUNT_BIND && !plan->mounts[i].readonly)
+            plan->nosuid_fd = c->ctx->nosuid_memfd;
     return 0;
 }
 
@@ -324,7 +358,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         util_fail(err, EINVAL, "invalid hostname '%s': use 1-63 letters, digits and '-'", hostname);
         goto fail;
     }
-    if (reserve_slot(ctx, &c->uid_base, &c->slot_fd, err) < 0 || make_run_dir(c, err) < 0 ||
+    if (reserve_slot(&c->uid_base, &c->slot_fd, err) < 0 || make_run_dir(c, err) < 0 ||
         fill_plan(c, cfg, plan, hostname, err) < 0)
         goto fail;
     if (isolate_cgroup_create(c->id, &cfg->limits, &c->cg, err) < 0)

@@ -53,6 +53,23 @@ static int make_init_memfd(cell_error *err)
     return util_steal_fd(&fd);
 }
 
+/* The nosuid filter travels to cell-init as a sealed memfd of raw BPF
+ * instructions, which init installs in the processes it spawns. */
+static int make_nosuid_memfd(cell_error *err)
+{
+    struct sock_fprog prog;
+    if (isolate_seccomp_build_nosuid(&prog, err) < 0)
+        return -1;
+    _cleanup_close_ int fd = memfd_create("cell-nosuid-filter", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int rc = fd < 0 ? util_fail_errno(err, "memfd_create for the nosuid filter") : 0;
+    if (rc == 0 && util_write_all(fd, prog.filter, prog.len * sizeof *prog.filter) < 0)
+        rc = util_fail_errno(err, "cannot write the nosuid filter");
+    if (rc == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+        rc = util_fail_errno(err, "cannot seal the nosuid filter");
+    isolate_seccomp_free(&prog);
+    return rc < 0 ? -1 : util_steal_fd(&fd);
+}
+
 /* Remove scratch dirs of cells whose owner died (their lock is free). */
 static void sweep_stale_cells(cell_ctx *ctx)
 {
@@ -73,6 +90,7 @@ static void sweep_stale_cells(cell_ctx *ctx)
         _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
         if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
             continue; /* a live owner holds it */
+        isolate_cgroup_sweep(e->d_name);
         util_rm_rf(path, NULL);
     }
     closedir(d);
@@ -85,12 +103,12 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
     cell_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return util_fail(err, ENOMEM, "out of memory");
-    ctx->init_memfd = -1;
+    ctx->init_memfd = ctx->nosuid_memfd = -1;
     if (!state_dir || !*state_dir)
         state_dir = cell_default_state_dir();
     if (util_path(ctx->state_dir, sizeof ctx->state_dir, err, "%s", state_dir) < 0)
         goto fail;
-    static const char *const subdirs[] = { "", "/images", "/lanes", "/run", "/run/slots", "/run/cells" };
+    static const char *const subdirs[] = { "", "/images", "/lanes", "/run", "/run/cells" };
     for (size_t i = 0; i < sizeof subdirs / sizeof *subdirs; i++) {
         char p[PATH_MAX];
         if (util_path(p, sizeof p, err, "%s%s", ctx->state_dir, subdirs[i]) < 0 || util_mkdir_p(p, 0700, err) < 0)
@@ -104,7 +122,7 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
     }
     if ((ctx->init_memfd = make_init_memfd(err)) < 0)
         goto fail;
-    if (isolate_seccomp_build(&ctx->seccomp, err) < 0)
+    if (isolate_seccomp_build(&ctx->seccomp, err) < 0 || (ctx->nosuid_memfd = make_nosuid_memfd(err)) < 0)
         goto fail;
     sweep_stale_cells(ctx);
     *out = ctx;
@@ -120,6 +138,8 @@ void cell_ctx_close(cell_ctx *ctx)
         return;
     if (ctx->init_memfd >= 0)
         close(ctx->init_memfd);
+    if (ctx->nosuid_memfd >= 0)
+        close(ctx->nosuid_memfd);
     isolate_seccomp_free(&ctx->seccomp);
     free(ctx);
 }

@@ -15,13 +15,14 @@
  *   lanes/NAME/work        overlayfs work dir
  *   lanes/NAME/image       name of the image the lane is bound to
  *   lanes/NAME/lock        flock()ed while a running cell holds the lane
- *   run/slots/N.lock       flock()ed while a cell owns uid range N
  *   run/cells/ID/          per-cell scratch: mount points, generated files
- * Locks are flock()s on open files, so a crashed owner releases them. */
+ * Locks are flock()s on open files, so a crashed owner releases them.  uid
+ * range slots are host-wide, in ISOLATE_SLOT_DIR (/run/cell/slots). */
 struct cell_ctx {
     char state_dir[PATH_MAX];
     int  init_memfd;                /* sealed copy of cell-init, O_CLOEXEC */
     struct sock_fprog seccomp;      /* built once, installed by every boot */
+    int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts */
 };
 
 /* Path to the ready rootfs of image `name` in `out`.  The host image is

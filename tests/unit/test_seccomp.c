@@ -598,7 +598,7 @@ static int read_cap_line(const char *status, const char *key, uint64_t *out)
 /* Drop, then check every set of /proc/self/status against the kept mask. */
 static int do_caps_drop_check_sets(void)
 {
-    CHECK(isolate_caps_drop() == 0);
+    CHECK(isolate_caps_drop(1) == 0);
 
     char *status = NULL;
     size_t len;
