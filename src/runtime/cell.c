@@ -135,18 +135,19 @@ static int make_run_dir(cell *c, cell_error *err)
         return -1;
     if (mkdir(c->run_dir, 0700) < 0)
         return util_fail_errno(err, "cannot create %s", c->run_dir);
-    static const char *const subs[] = { "lower", "upper", "root" };
-    for (size_t i = 0; i < 3; i++) {
-        char p[PATH_MAX];
-        if (util_path(p, sizeof p, err, "%s/%s", c->run_dir, subs[i]) < 0 || mkdir(p, 0700) < 0)
-            return util_fail_errno(err, "cannot create %s", p);
-    }
+    /* Lock first: other owners sweep unlocked scratch dirs (see ctx.c). */
     char lock[PATH_MAX];
     if (util_path(lock, sizeof lock, err, "%s/lock", c->run_dir) < 0)
         return -1;
     c->run_lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (c->run_lock_fd < 0 || flock(c->run_lock_fd, LOCK_EX) < 0)
         return util_fail_errno(err, "cannot lock %s", lock);
+    static const char *const subs[] = { "lower", "upper", "root" };
+    for (size_t i = 0; i < 3; i++) {
+        char p[PATH_MAX];
+        if (util_path(p, sizeof p, err, "%s/%s", c->run_dir, subs[i]) < 0 || mkdir(p, 0700) < 0)
+            return util_fail_errno(err, "cannot create %s", p);
+    }
     return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 
 extern const char cell_init_blob_start[];
 extern const char cell_init_blob_end[];
@@ -90,6 +91,11 @@ static void sweep_stale_cells(cell_ctx *ctx)
         _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
         if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
             continue; /* a live owner holds it */
+        /* No lock file yet: an owner may be between its mkdir and its
+         * flock.  Only a dir that stayed so for a minute is stale. */
+        struct stat st;
+        if (fd < 0 && (lstat(path, &st) < 0 || time(NULL) - st.st_mtime < 60))
+            continue;
         isolate_cgroup_sweep(e->d_name);
         util_rm_rf(path, NULL);
     }

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 
 const char *const runtime_image_names[] = { "host", "debian-bookworm", NULL };
@@ -170,6 +171,17 @@ static int ensure_host(cell_ctx *ctx, cell_error *err)
     char dir[PATH_MAX], tmp[PATH_MAX], root[PATH_MAX], ready[PATH_MAX], suffix[17];
     if (image_dir(ctx, "host", dir, sizeof dir, err) < 0)
         return -1;
+    if (is_ready(dir, HOST_IMAGE_VERSION))
+        return 0;
+    /* Two owners on a fresh state directory would otherwise both generate
+     * it, and the second rename would pull the tree from under the first
+     * one's booting cell.  The loser of the lock finds it ready. */
+    char lock_path[PATH_MAX];
+    if (util_path(lock_path, sizeof lock_path, err, "%s/images/.host.lock", ctx->state_dir) < 0)
+        return -1;
+    _cleanup_close_ int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX) < 0)
+        return util_fail_errno(err, "cannot lock %s", lock_path);
     if (is_ready(dir, HOST_IMAGE_VERSION))
         return 0;
     if (util_random_hex(suffix, 8) < 0)

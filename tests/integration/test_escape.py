@@ -173,6 +173,13 @@ def test_host_shadow_and_home_are_not_visible(run):
 def host_sleeper():
     marker = "1000.%d" % secrets.randbelow(10 ** 9)
     p = subprocess.Popen(["sleep", marker])
+    # Popen returns after fork; wait until the exec shows in /proc.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open("/proc/%d/cmdline" % p.pid) as f:
+            if marker in f.read():
+                break
+        time.sleep(0.01)
     try:
         yield p, marker
     finally:

@@ -494,3 +494,15 @@ def test_concurrent_cells_use_distinct_uid_ranges(state):
     finally:
         for p in procs:
             stop_proc(p)
+
+
+def test_concurrent_first_use_of_a_fresh_state_dir(cell, state):
+    """Six owners boot at once on an empty state directory: the host image
+    is generated once (under a lock) and no owner sweeps another's cell."""
+    procs = [subprocess.Popen([cell, "--state", state, "run", "--", "true"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    assert all(rc == 0 for rc, _ in results), results

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# bench/run.sh: cell's performance benchmarks (docs/performance.md).
+#
+#   sudo bash bench/run.sh            # or: make bench
+#
+# Builds cell and the benchmark driver, then prints one markdown table per
+# benchmark: cold start (cell vs bwrap vs unshare), warm start (a process in
+# a running cell vs on the host), density (memory per idle cell), and where a
+# cold start spends its time.  Nothing is asserted: it measures.
+#
+# Environment:
+#   CELL_BENCH_N        cold-start iterations per contender       (default 200)
+#   CELL_BENCH_WARM_N   warm-start iterations per contender       (default 1000)
+#   CELL_BENCH_DENSITY  idle cells alive at once                  (default 500)
+#   CELL_BENCH_PHASES_N iterations of the phase breakdown         (default 200, 0 = skip)
+#   CELL_BENCH_WARMUP   untimed iterations before each benchmark  (default 5)
+#   CELL_BENCH_RAW      directory to keep raw samples as CSV      (default: none)
+#   CELL_BENCH_ONLY     space-separated subset of: cold warm density phases
+#   CELL_BENCH_COMMIT   label for the commit line (default: git rev-parse --short HEAD)
+#   CC                  compiler                                  (default cc)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/.." && pwd)
+n=${CELL_BENCH_N:-200}
+warm_n=${CELL_BENCH_WARM_N:-1000}
+density=${CELL_BENCH_DENSITY:-500}
+phases_n=${CELL_BENCH_PHASES_N:-200}
+warmup=${CELL_BENCH_WARMUP:-5}
+only=${CELL_BENCH_ONLY:-cold warm density phases}
+cc=${CC:-cc}
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
+bwrap_bin=$(command -v bwrap) || die "bwrap (bubblewrap) is not installed"
+unshare_bin=$(command -v unshare) || die "unshare (util-linux) is not installed"
+
+# ---- build -------------------------------------------------------------------
+make -C "$top" -j"$(nproc)" all >&2
+out="$top/build/bench"
+mkdir -p "$out"
+# Snapshot what is measured, so a rebuild of build/ while the benchmark runs
+# (someone working in the same tree) cannot swap binaries under it.
+cp "$top/build/cell" "$out/cell"
+cp "$top/build/libcell.a" "$out/libcell.a"
+cell_bin="$out/cell"
+libs=$(pkg-config --libs libseccomp libarchive jansson 2>/dev/null || echo -lseccomp -larchive -ljansson)
+cflags=(-std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral)
+# shellcheck disable=SC2086
+"$cc" "${cflags[@]}" -I"$top/include" -o "$out/bench_cell" "$here/bench_cell.c" "$out/libcell.a" $libs
+
+# The probed build wraps internal libcell functions (-Wl,--wrap) to time the
+# phases of a cold start; it leans on src/ internals, so it is optional.
+wraps=()
+for s in runtime_image_rootfs isolate_cgroup_create isolate_userns_create isolate_boot isolate_cgroup_attach \
+         isolate_boot_release ctl_recv isolate_cgroup_kill isolate_cgroup_destroy util_rm_rf; do
+    wraps+=("-Wl,--wrap=$s")
+done
+have_phases=1
+# shellcheck disable=SC2086
+"$cc" "${cflags[@]}" -I"$top/include" -I"$top/src" -DCELL_BENCH_PHASES -o "$out/bench_phases" \
+    "$here/bench_cell.c" "$out/libcell.a" $libs "${wraps[@]}" 2>"$out/bench_phases.log" || {
+    have_phases=0
+    echo "bench/run.sh: the probed build failed (see $out/bench_phases.log); skipping the phase breakdown" >&2
+}
+
+# ---- scratch state, and cleanup that holds even on failure --------------------
+state=$(mktemp -d /tmp/cell-bench.XXXXXX)
+ids="$state.ids"
+: >"$ids"
+raw_args=()
+if [ -n "${CELL_BENCH_RAW:-}" ]; then
+    mkdir -p "$CELL_BENCH_RAW"
+    raw_args=(--raw "$CELL_BENCH_RAW")
+fi
+child=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then
+        kill -TERM "$child" 2>/dev/null || true
+        # bench_cell destroys its cells when told to stop; give it a moment.
+        for _ in $(seq 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$child" 2>/dev/null || true
+        wait "$child" 2>/dev/null || true
+    fi
+    # A killed driver leaves no process (each cell-init dies with its control
+    # socket) but may leave the empty cgroup directories of its own cells.
+    # After a clean run there should be none: say so if there were.
+    local left=0
+    if [ -s "$ids" ]; then
+        while read -r id; do
+            for d in /sys/fs/cgroup/*/cell/"$id" /sys/fs/cgroup/cell/"$id"; do
+                [ -d "$d" ] || continue
+                left=$((left + 1))
+                # Busy for a moment while a dying cell's tasks exit.
+                for _ in $(seq 20); do
+                    if [ ! -d "$d" ] || rmdir "$d" 2>/dev/null; then break; fi
+                    sleep 0.1
+                done
+            done
+        done <"$ids"
+    fi
+    if [ "$left" -gt 0 ]; then
+        echo "bench/run.sh: removed $left cgroup directories left behind by cells of this run" >&2
+    fi
+    rm -rf "$state" "$ids"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# Run the driver in the background so a signal to this script reaches the
+# trap promptly, and the trap can stop the driver by its pid.
+drive() {
+    "$@" --state "$state" --ids "$ids" --warmup "$warmup" "${raw_args[@]}" &
+    child=$!
+    wait "$child"
+    child=""
+}
+
+# ---- sanity: every contender must actually work before it is timed -------------
+"$bwrap_bin" --unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib \
+    --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp -- /bin/true ||
+    die "bwrap cannot start a sandbox on this host"
+"$unshare_bin" --user --map-root-user --pid --fork --mount --net --uts --ipc /bin/true ||
+    die "unshare cannot create the namespaces on this host"
+"$cell_bin" --state "$state" run -- /bin/true || die "cell run does not work on this host"
+
+# ---- header ---------------------------------------------------------------------
+cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+if [ -n "${CELL_BENCH_COMMIT:-}" ]; then
+    commit=$CELL_BENCH_COMMIT dirty=""   # e.g. when run from an exported tree
+else
+    commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    dirty=""
+    if git -C "$top" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
+        dirty=" (with uncommitted changes)"
+    fi
+fi
+cg=$(awk '$9 == "cgroup2" {v2=1} $9 == "cgroup" {v1=1} END {print (v1 && v2) ? "hybrid (v1 controllers + v2)" : v1 ? "v1" : v2 ? "v2" : "none"}' /proc/self/mountinfo)
+echo "## cell benchmarks"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "- commit: $commit$dirty"
+echo "- kernel: $(uname -srm)"
+echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+echo "- cgroups: $cg"
+echo "- tools: $("$bwrap_bin" --version), $("$unshare_bin" --version | head -1)"
+echo "- iterations: cold $n, warm $warm_n, density $density cells, phases $phases_n (each after $warmup untimed)"
+echo
+
+for b in $only; do
+    case $b in
+    cold)
+        echo "running cold start ($n iterations x 4 contenders)..." >&2
+        drive "$out/bench_cell" cold --n "$n" --cell "$cell_bin" --bwrap "$bwrap_bin" --unshare "$unshare_bin"
+        ;;
+    warm)
+        echo "running warm start ($warm_n iterations x 3 contenders)..." >&2
+        drive "$out/bench_cell" warm --n "$warm_n"
+        ;;
+    density)
+        echo "running density ($density cells)..." >&2
+        drive "$out/bench_cell" density --n "$density" --bwrap "$bwrap_bin"
+        ;;
+    phases)
+        if [ "$have_phases" = 1 ] && [ "$phases_n" -gt 0 ]; then
+            echo "running the phase breakdown ($phases_n iterations)..." >&2
+            drive "$out/bench_phases" phases --n "$phases_n"
+        fi
+        ;;
+    *) die "unknown benchmark '$b' in CELL_BENCH_ONLY (cold warm density phases)" ;;
+    esac
+done
