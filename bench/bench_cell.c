@@ -254,16 +254,28 @@ static void cell_true(cell *c)
     check_status("/bin/true in a cell", ex.status);
 }
 
-static cell *new_cell(cell_ctx *ctx)
+/* with_limits: memory, pids and cpu limits, i.e. cgroups (a cell without
+ * limits gets none, so both kinds are measured). */
+static cell *new_cell_limited(cell_ctx *ctx, int with_limits)
 {
     cell_config cfg;
     memset(&cfg, 0, sizeof cfg);
+    if (with_limits) {
+        cfg.limits.memory = 256ull << 20;
+        cfg.limits.pids = 128;
+        cfg.limits.cpu_millis = 1000;
+    }
     cell *c;
     cell_error err = { 0 };
     if (cell_create(ctx, &cfg, &c, &err) < 0)
         die("cell_create: %s", err.message);
     note_cell(c);
     return c;
+}
+
+static cell *new_cell(cell_ctx *ctx)
+{
+    return new_cell_limited(ctx, 0);
 }
 
 #ifdef CELL_BENCH_PHASES
@@ -564,9 +576,10 @@ static int cmd_cold(void)
                            "/bin/true", NULL };
     char *unshare_argv[] = { (char *)opt.unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount", "--net",
                              "--uts", "--ipc", "/bin/true", NULL };
-    enum { C_LIB, C_CLI, C_BWRAP, C_UNSHARE, C_N };
+    enum { C_LIB, C_LIB_LIMITS, C_CLI, C_BWRAP, C_UNSHARE, C_N };
     series s[C_N] = {
         [C_LIB] = { .name = "cell (libcell: create+spawn+wait+destroy)" },
+        [C_LIB_LIMITS] = { .name = "cell (libcell, with memory/pids/cpu limits)" },
         [C_CLI] = { .name = "cell run (CLI process)" },
         [C_BWRAP] = { .name = "bwrap" },
         [C_UNSHARE] = { .name = "unshare" },
@@ -576,9 +589,10 @@ static int cmd_cold(void)
             int which = (int)((i + opt.warmup + k) % C_N);
             uint64_t dt = 0;
             switch (which) {
-            case C_LIB: {
+            case C_LIB:
+            case C_LIB_LIMITS: {
                 uint64_t t0 = now_ns();
-                cell *c = new_cell(ctx);
+                cell *c = new_cell_limited(ctx, which == C_LIB_LIMITS);
                 cell_true(c);
                 cell_destroy(c);
                 dt = now_ns() - t0;

@@ -153,7 +153,7 @@ echo
 for b in $only; do
     case $b in
     cold)
-        echo "running cold start ($n iterations x 4 contenders)..." >&2
+        echo "running cold start ($n iterations x 5 contenders)..." >&2
         drive "$out/bench_cell" cold --n "$n" --cell "$cell_bin" --bwrap "$bwrap_bin" --unshare "$unshare_bin"
         ;;
     warm)

@@ -601,24 +601,42 @@ void isolate_cgroup_kill(isolate_cgroup *cg)
         cg_freeze(fz, 0);
 }
 
-void isolate_cgroup_destroy(isolate_cgroup *cg)
+/* rmdir every directory still present; wait up to wait_ms for EBUSY ones.
+ * Returns how many remain. */
+static size_t remove_dirs(isolate_cgroup *cg, long wait_ms)
 {
-    if (!cg)
-        return;
-    isolate_cgroup_kill(cg);
-    long deadline = now_ms() + CG_RMDIR_WAIT_MS;
+    long deadline = now_ms() + wait_ms;
+    size_t busy = 0;
     for (size_t i = 0; i < cg->plan.n; i++) {
-        const struct cg_dir *d = &cg->plan.dir[i];
+        struct cg_dir *d = &cg->plan.dir[i];
         if (!d->created)
             continue;
         /* EBUSY while killed tasks finish exiting; give up at the deadline
          * rather than hang the caller (the directory is then left behind). */
-        while (rmdir(d->path) < 0 && errno == EBUSY) {
+        while (rmdir(d->path) < 0) {
             long now = now_ms();
-            if (now < 0 || now >= deadline)
+            if (errno != EBUSY || now < 0 || now >= deadline)
                 break;
             sleep_ms(CG_RMDIR_PAUSE_MS);
         }
+        if (access(d->path, F_OK) == 0)
+            busy++;
+        else
+            d->created = 0;
+    }
+    return busy;
+}
+
+void isolate_cgroup_destroy(isolate_cgroup *cg)
+{
+    if (!cg)
+        return;
+    /* Usually the cell's pid namespace is gone by now and the groups are
+     * empty: try to remove them first, freeze and kill only if something
+     * is still inside. */
+    if (remove_dirs(cg, 0) > 0) {
+        isolate_cgroup_kill(cg);
+        remove_dirs(cg, CG_RMDIR_WAIT_MS);
     }
     free(cg);
 }

@@ -40,7 +40,8 @@ struct isolate_mount {
 /* Everything the boot child needs, prepared by the owner before clone3():
  * the child must not allocate (the owner may be threaded). */
 struct isolate_plan {
-    char     run_dir[PATH_MAX];     /* per-cell scratch dir (0700) */
+    char     run_dir[PATH_MAX];     /* per-cell scratch dir (0700, empty): the boot child
+                                       mounts a private tmpfs on it for its mount points */
     char     image_root[PATH_MAX];  /* image tree, lower layer of the overlay */
     int      image_is_host;         /* bind the host's /usr read-only over /usr */
     char     lane_dir[PATH_MAX];    /* lane with upper/ and work/, "" = tmpfs layer */
@@ -53,7 +54,7 @@ struct isolate_plan {
     int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
                                        given to cell-init as fd 5 */
     char     hostname[64];
-    char     hosts_file[PATH_MAX];  /* bound onto /etc/hosts */
+    char     hosts[512];            /* contents of the cell's /etc/hosts */
     struct isolate_mount mounts[ISOLATE_MAX_MOUNTS];
     size_t   n_mounts;
 };

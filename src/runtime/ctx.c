@@ -71,6 +71,17 @@ static int make_nosuid_memfd(cell_error *err)
     return rc < 0 ? -1 : util_steal_fd(&fd);
 }
 
+int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)
+{
+    uint32_t slot = (base - ISOLATE_UID_FIRST) / ISOLATE_UID_COUNT;
+    if (slot >= ISOLATE_MAX_SLOTS)
+        return util_fail(err, EINVAL, "uid base %u is not a cell range", (unsigned)base);
+    if (ctx->userns_by_slot[slot] < 0 &&
+        isolate_userns_create(base, ISOLATE_UID_COUNT, &ctx->userns_by_slot[slot], err) < 0)
+        return -1;
+    return ctx->userns_by_slot[slot];
+}
+
 /* Remove scratch dirs of cells whose owner died (their lock is free). */
 static void sweep_stale_cells(cell_ctx *ctx)
 {
@@ -82,20 +93,21 @@ static void sweep_stale_cells(cell_ctx *ctx)
         return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
+        char path[PATH_MAX];
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0)
             continue;
-        char path[PATH_MAX], lock[PATH_MAX];
-        if (util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0 ||
-            util_path(lock, sizeof lock, NULL, "%s/lock", path) < 0)
-            continue;
-        _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
-            continue; /* a live owner holds it */
-        /* No lock file yet: an owner may be between its mkdir and its
-         * flock.  Only a dir that stayed so for a minute is stale. */
+        /* The directory is its own lock (cell.c).  A hidden ".new-" one is
+         * being set up; only one left for a minute is from a crash. */
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         struct stat st;
-        if (fd < 0 && (lstat(path, &st) < 0 || time(NULL) - st.st_mtime < 60))
+        if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &st) < 0)
             continue;
+        if (e->d_name[0] == '.') {
+            if (time(NULL) - st.st_mtime >= 60)
+                rmdir(path);
+            continue;
+        }
         isolate_cgroup_sweep(e->d_name);
         util_rm_rf(path, NULL);
     }
@@ -110,6 +122,13 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
     if (!ctx)
         return util_fail(err, ENOMEM, "out of memory");
     ctx->init_memfd = ctx->nosuid_memfd = -1;
+    ctx->userns_by_slot = malloc(ISOLATE_MAX_SLOTS * sizeof *ctx->userns_by_slot);
+    if (!ctx->userns_by_slot) {
+        free(ctx);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
+    for (unsigned i = 0; i < ISOLATE_MAX_SLOTS; i++)
+        ctx->userns_by_slot[i] = -1;
     if (!state_dir || !*state_dir)
         state_dir = cell_default_state_dir();
     if (util_path(ctx->state_dir, sizeof ctx->state_dir, err, "%s", state_dir) < 0)
@@ -146,6 +165,10 @@ void cell_ctx_close(cell_ctx *ctx)
         close(ctx->init_memfd);
     if (ctx->nosuid_memfd >= 0)
         close(ctx->nosuid_memfd);
+    for (unsigned i = 0; ctx->userns_by_slot && i < ISOLATE_MAX_SLOTS; i++)
+        if (ctx->userns_by_slot[i] >= 0)
+            close(ctx->userns_by_slot[i]);
+    free(ctx->userns_by_slot);
     isolate_seccomp_free(&ctx->seccomp);
     free(ctx);
 }

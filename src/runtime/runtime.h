@@ -23,7 +23,15 @@ struct cell_ctx {
     int  init_memfd;                /* sealed copy of cell-init, O_CLOEXEC */
     struct sock_fprog seccomp;      /* built once, installed by every boot */
     int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts */
+    int *userns_by_slot;            /* ISOLATE_MAX_SLOTS fds, -1 until first used */
 };
+
+/* The user namespace of the uid range starting at `base`, created on first
+ * use and kept by the context: it holds nothing but its id maps, so the
+ * cells that use the range one after another can share it (keyrings, the
+ * one other per-namespace state, are closed to cells by seccomp).  The
+ * context owns the fd. */
+int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err);
 
 /* Path to the ready rootfs of image `name` in `out`.  The host image is
  * (re)generated on demand; others must have been built. */
