@@ -554,6 +554,9 @@ static void boot_child(const struct isolate_plan *plan)
     while (n < 0 && errno == EINTR);
     if (n != 1)
         _exit(1);
+    for (size_t i = 0; i < plan->n_cgroup_fds; i++)
+        if (write(plan->cgroup_fds[i], "0", 1) != 1)
+            FAIL("cannot join the cell's cgroup");
     if (sethostname(plan->hostname, strlen(plan->hostname)) < 0)
         FAIL("cannot set the hostname %s", plan->hostname);
     setup_network(plan);

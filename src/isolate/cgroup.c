@@ -474,7 +474,7 @@ int isolate_cgroup_create(const char *name, const cell_limits *lim, isolate_cgro
     return 0;
 }
 
-int isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err)
+static int attach_dirs(isolate_cgroup *cg, pid_t pid, int v2_only, cell_error *err)
 {
     if (!cg || pid <= 0)
         return util_fail(err, EINVAL, "cannot attach pid %d to a cgroup: invalid argument", (int)pid);
@@ -482,8 +482,42 @@ int isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err)
     snprintf(text, sizeof text, "%d", (int)pid);
     for (size_t i = 0; i < cg->plan.n; i++) {
         const struct cg_dir *d = &cg->plan.dir[i];
-        if (d->created && cg_write(d->path, "cgroup.procs", text, 0, err) < 0)
+        if (d->created && (d->v2 || !v2_only) && cg_write(d->path, "cgroup.procs", text, 0, err) < 0)
             return -1;
+    }
+    return 0;
+}
+
+int isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err)
+{
+    return attach_dirs(cg, pid, 0, err);
+}
+
+int isolate_cgroup_attach_v2(isolate_cgroup *cg, pid_t pid, cell_error *err)
+{
+    return attach_dirs(cg, pid, 1, err);
+}
+
+int isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err)
+{
+    *n = 0;
+    for (size_t i = 0; cg && i < cg->plan.n; i++) {
+        const struct cg_dir *d = &cg->plan.dir[i];
+        if (!d->created || d->v2)
+            continue;
+        char path[PATH_MAX + 8];
+        int fd = -1;
+        if (*n < max && snprintf(path, sizeof path, "%s/tasks", d->path) < (int)sizeof path)
+            fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            int code = *n < max ? errno : E2BIG;
+            for (size_t j = 0; j < *n; j++)
+                close(fds[j]);
+            *n = 0;
+            errno = code;
+            return util_fail_errno(err, "cannot open %s/tasks", d->path);
+        }
+        fds[(*n)++] = fd;
     }
     return 0;
 }

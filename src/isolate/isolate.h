@@ -51,6 +51,8 @@ struct isolate_plan {
     int      ctl_fd;                /* child's end of the control socket */
     int      init_fd;               /* sealed memfd holding cell-init */
     const struct sock_fprog *seccomp;
+    int      cgroup_fds[8];         /* v1 "tasks" files the child joins itself ("0") */
+    size_t   n_cgroup_fds;
     int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
                                        given to cell-init as fd 5 */
     char     hostname[64];
@@ -94,6 +96,13 @@ typedef struct isolate_cgroup isolate_cgroup;
 
 int  isolate_cgroup_create(const char *name, const cell_limits *lim, isolate_cgroup **out, cell_error *err);
 int  isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err);
+/* On cgroup v1, moving another process takes a global lock whose write side
+ * waits for an RCU grace period (~5-10 ms); a single-threaded process that
+ * writes "0" to a v1 "tasks" file moves itself without it.  This opens the
+ * v1 tasks files (O_WRONLY|O_CLOEXEC, at most max) for the boot child to do
+ * that; isolate_cgroup_attach_v2() attaches a pid to the v2 part, if any. */
+int  isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err);
+int  isolate_cgroup_attach_v2(isolate_cgroup *cg, pid_t pid, cell_error *err);
 /* SIGKILL every task in the cgroup (cgroup.kill on v2, freeze+kill on v1). */
 void isolate_cgroup_kill(isolate_cgroup *cg);
 /* Remove the cgroup directories (retrying while tasks drain) and free. */

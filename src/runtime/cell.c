@@ -369,6 +369,9 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         goto fail;
     if ((plan->userns_fd = runtime_userns_for_slot(ctx, c->uid_base, err)) < 0)
         goto fail;
+    if (c->cg && isolate_cgroup_open_self_attach(c->cg, plan->cgroup_fds, sizeof plan->cgroup_fds / sizeof *plan->cgroup_fds,
+                                                 &plan->n_cgroup_fds, err) < 0)
+        goto fail;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         util_fail_errno(err, "socketpair for the control channel");
         goto fail;
@@ -378,18 +381,23 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     c->pid = isolate_boot(plan, &c->pidfd, err);
     close(sv[1]);
     plan->ctl_fd = -1;
+    for (size_t i = 0; i < plan->n_cgroup_fds; i++)
+        close(plan->cgroup_fds[i]);
+    plan->n_cgroup_fds = 0;
     plan->userns_fd = -1; /* the context's cache owns it */
     if (c->pid < 0) {
         c->pid = 0;
         goto fail;
     }
-    if ((c->cg && isolate_cgroup_attach(c->cg, c->pid, err) < 0) || isolate_boot_release(c->ctl, err) < 0 ||
+    if ((c->cg && isolate_cgroup_attach_v2(c->cg, c->pid, err) < 0) || isolate_boot_release(c->ctl, err) < 0 ||
         wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0)
         goto fail;
     free(plan);
     *out = c;
     return 0;
 fail:
+    for (size_t i = 0; i < plan->n_cgroup_fds; i++)
+        close(plan->cgroup_fds[i]);
     free(plan);
     cell_destroy(c);
     return -1;
