@@ -294,6 +294,12 @@ enum mark {
     M_CG_DESTROY_0, M_CG_DESTROY_1, M_RMRF_0, M_RMRF_1, M_COUNT
 };
 static uint64_t marks[M_COUNT];
+
+/* b - a, or 0 when a phase did not happen in this cycle (a mark unset). */
+static double span(uint64_t a, uint64_t b)
+{
+    return a && b && b >= a ? (double)(b - a) : 0.0;
+}
 static int waiting_hello;
 
 int __real_runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err);
@@ -314,11 +320,13 @@ int __wrap_isolate_cgroup_create(const char *name, const cell_limits *lim, isola
     return r;
 }
 
-int __real_isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err);
-int __wrap_isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err)
+/* The context caches one user namespace per uid slot: only a slot's first
+ * cell pays for creating it. */
+int __real_runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err);
+int __wrap_runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)
 {
     marks[M_USERNS_0] = now_ns();
-    int r = __real_isolate_userns_create(base, count, fd_out, err);
+    int r = __real_runtime_userns_for_slot(ctx, base, err);
     marks[M_USERNS_1] = now_ns();
     return r;
 }
@@ -332,11 +340,13 @@ pid_t __wrap_isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_
     return r;
 }
 
-int __real_isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err);
-int __wrap_isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err)
+/* On v1 the boot child joins its cgroups itself; the owner opens the tasks
+ * files (this) and attaches only the v2 part, if any. */
+int __real_isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err);
+int __wrap_isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err)
 {
     marks[M_ATTACH_0] = now_ns();
-    int r = __real_isolate_cgroup_attach(cg, pid, err);
+    int r = __real_isolate_cgroup_open_self_attach(cg, fds, max, n, err);
     marks[M_ATTACH_1] = now_ns();
     return r;
 }
@@ -396,19 +406,19 @@ enum {
 static const char *const phase_names[P_N] = {
     [P_EXEC] = "process: posix_spawn, exec, dynamic linking, up to main()",
     [P_CTX_OPEN] = "process: cell_ctx_open (state dirs, cell-init memfd, seccomp build)",
-    [P_PREP] = "create: uid slot, run dir, image lookup, /etc/hosts",
+    [P_PREP] = "create: uid slot, scratch dir, image lookup, plan",
     [P_CG_CREATE] = "create: isolate_cgroup_create (mkdir per hierarchy)",
-    [P_USERNS] = "create: isolate_userns_create (helper fork, maps)",
+    [P_USERNS] = "create: user namespace of the slot (cached per context)",
     [P_CLONE] = "create: clone3 of the boot child",
-    [P_ATTACH] = "create: isolate_cgroup_attach (write cgroup.procs)",
+    [P_ATTACH] = "create: open the v1 tasks files (the child joins itself)",
     [P_CHILD] = "create: boot child (mounts, pivot_root, seccomp, exec) to HELLO",
     [P_CREATE_REST] = "create: rest",
     [P_CREATE] = "**cell_create total**",
     [P_SPAWN_WAIT] = "**cell_spawn + cell_wait_exit (/bin/true)**",
     [P_KILL_INIT] = "destroy: SIGKILL init + waitpid (namespace teardown)",
-    [P_CG_KILL] = "destroy: isolate_cgroup_kill",
-    [P_CG_DESTROY] = "destroy: isolate_cgroup_destroy (kill again, rmdir)",
-    [P_RMRF] = "destroy: rm -rf run dir",
+    [P_CG_KILL] = "destroy: isolate_cgroup_kill (only if the cgroups were not empty)",
+    [P_CG_DESTROY] = "destroy: isolate_cgroup_destroy (rmdir)",
+    [P_RMRF] = "destroy: remove the scratch dir",
     [P_DESTROY] = "**cell_destroy total**",
     [P_EXIT] = "process: cell_ctx_close, exit, reaped by the parent",
     [P_TOTAL] = "**total**",
@@ -419,26 +429,27 @@ static void probed_cycle(cell_ctx *ctx, double *ph)
 {
     memset(marks, 0, sizeof marks);
     uint64_t t0 = now_ns();
-    cell *c = new_cell(ctx);
+    /* With limits, so that the cgroup phases exist. */
+    cell *c = new_cell_limited(ctx, 1);
     uint64_t t1 = now_ns();
     cell_true(c);
     uint64_t t2 = now_ns();
     cell_destroy(c);
     uint64_t t3 = now_ns();
-    ph[P_PREP] = (double)(marks[M_CG_CREATE_0] - t0);
-    ph[P_CG_CREATE] = (double)(marks[M_CG_CREATE_1] - marks[M_CG_CREATE_0]);
-    ph[P_USERNS] = (double)(marks[M_USERNS_1] - marks[M_USERNS_0]);
-    ph[P_CLONE] = (double)(marks[M_BOOT_1] - marks[M_BOOT_0]);
-    ph[P_ATTACH] = (double)(marks[M_ATTACH_1] - marks[M_ATTACH_0]);
+    ph[P_PREP] = span(t0, marks[M_CG_CREATE_0]);
+    ph[P_CG_CREATE] = span(marks[M_CG_CREATE_0], marks[M_CG_CREATE_1]);
+    ph[P_USERNS] = span(marks[M_USERNS_0], marks[M_USERNS_1]);
+    ph[P_CLONE] = span(marks[M_BOOT_0], marks[M_BOOT_1]);
+    ph[P_ATTACH] = span(marks[M_ATTACH_0], marks[M_ATTACH_1]);
     ph[P_CHILD] = (double)(marks[M_HELLO] - marks[M_RELEASE_0]);
     ph[P_CREATE] = (double)(t1 - t0);
     ph[P_CREATE_REST] = ph[P_CREATE] - ph[P_PREP] - ph[P_CG_CREATE] - ph[P_USERNS] - ph[P_CLONE] - ph[P_ATTACH] -
                         ph[P_CHILD];
     ph[P_SPAWN_WAIT] = (double)(t2 - t1);
-    ph[P_KILL_INIT] = (double)(marks[M_CG_KILL_0] - t2);
-    ph[P_CG_KILL] = (double)(marks[M_CG_KILL_1] - marks[M_CG_KILL_0]);
-    ph[P_CG_DESTROY] = (double)(marks[M_CG_DESTROY_1] - marks[M_CG_DESTROY_0]);
-    ph[P_RMRF] = (double)(marks[M_RMRF_1] - marks[M_RMRF_0]);
+    ph[P_KILL_INIT] = span(t2, marks[M_CG_DESTROY_0]);
+    ph[P_CG_KILL] = span(marks[M_CG_KILL_0], marks[M_CG_KILL_1]);
+    ph[P_CG_DESTROY] = span(marks[M_CG_DESTROY_0], marks[M_CG_DESTROY_1]);
+    ph[P_RMRF] = span(marks[M_RMRF_0], marks[M_RMRF_1]);
     ph[P_DESTROY] = (double)(t3 - t2);
 }
 
@@ -550,7 +561,7 @@ static int cmd_phases(const char *self)
     }
     cell_ctx_close(ctx);
     char title[256];
-    snprintf(title, sizeof title, "Where a cold libcell cycle spends its time, in a long-lived process "
+    snprintf(title, sizeof title, "Where a cold libcell cycle (with memory/pids/cpu limits) spends its time, in a long-lived process "
              "(probed build, n=%zu)", in[P_TOTAL].n);
     print_phase_table(title, in, P_PREP);
     snprintf(title, sizeof title, "The same cycle in a fresh process per cell, as `cell run` does "

@@ -52,7 +52,7 @@ cflags=(-std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wformat=2 
 # The probed build wraps internal libcell functions (-Wl,--wrap) to time the
 # phases of a cold start; it leans on src/ internals, so it is optional.
 wraps=()
-for s in runtime_image_rootfs isolate_cgroup_create isolate_userns_create isolate_boot isolate_cgroup_attach \
+for s in runtime_image_rootfs isolate_cgroup_create runtime_userns_for_slot isolate_boot isolate_cgroup_open_self_attach \
          isolate_boot_release ctl_recv isolate_cgroup_kill isolate_cgroup_destroy util_rm_rf; do
     wraps+=("-Wl,--wrap=$s")
 done
