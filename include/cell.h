@@ -62,9 +62,16 @@ typedef struct cell_lane_info {
     char     image[64];
     uint64_t created;     /* unix seconds */
     int      attached;    /* 1 while a running cell holds it */
+    uint64_t size;        /* size limit of its layer in bytes, 0 = none */
 } cell_lane_info;
 
 int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err);
+/* A lane whose layer is limited to disk_size bytes (>= CELL_LANE_MIN_SIZE):
+ * it is an ext4 image on the state directory, attached through a loop
+ * device at boot, so a cell that fills it gets ENOSPC and the host disk is
+ * untouched.  disk_size 0 = cell_lane_create(). */
+int cell_lane_create_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, cell_error *err);
+#define CELL_LANE_MIN_SIZE (16ull << 20)
 int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err);
 /* Fills a malloc()ed array; the caller frees *out. */
 int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err);

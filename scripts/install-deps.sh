@@ -6,8 +6,9 @@ set -euo pipefail
 packages=(
   # build
   gcc make pkg-config libc6-dev libseccomp-dev libarchive-dev libjansson-dev
-  # runtime helpers: debootstrap builds the debian-bookworm image
-  debootstrap ca-certificates iproute2
+  # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
+  # makes size-limited lanes
+  debootstrap ca-certificates iproute2 e2fsprogs
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps
   # fuzzing (libFuzzer ships in clang's runtime package)

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 static const char lane_usage[] =
-    "usage: cell lane create NAME [--image IMAGE]\n"
+    "usage: cell lane create NAME [--image IMAGE] [--size SIZE]\n"
     "       cell lane ls\n"
     "       cell lane rm NAME\n"
     "       cell lane export NAME > lane.tar\n"
@@ -18,16 +18,21 @@ static const char image_usage[] =
     "usage: cell image ls\n"
     "       cell image build NAME     (host, debian-bookworm)\n";
 
-/* NAME [--image IMAGE] */
-static int name_and_image(int argc, char **argv, const char **name, const char **image)
+/* NAME [--image IMAGE] [--size SIZE] */
+static int name_and_image(int argc, char **argv, const char **name, const char **image, const char **size)
 {
     *name = NULL;
     *image = NULL;
+    *size = NULL;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--image") == 0 && i + 1 < argc)
             *image = argv[++i];
         else if (strncmp(argv[i], "--image=", 8) == 0)
             *image = argv[i] + 8;
+        else if (strcmp(argv[i], "--size") == 0 && i + 1 < argc)
+            *size = argv[++i];
+        else if (strncmp(argv[i], "--size=", 7) == 0)
+            *size = argv[i] + 7;
         else if (argv[i][0] == '-')
             return cli_fail(CLI_EXIT_USAGE, "unknown option '%s'\n%s", argv[i], lane_usage);
         else if (!*name)
@@ -42,8 +47,8 @@ static int name_and_image(int argc, char **argv, const char **name, const char *
 
 static json_t *lane_json(const cell_lane_info *l)
 {
-    return json_pack("{s:s, s:s, s:I, s:b}", "name", l->name, "image", l->image, "created", (json_int_t)l->created,
-                     "attached", l->attached);
+    return json_pack("{s:s, s:s, s:I, s:b, s:I}", "name", l->name, "image", l->image, "created", (json_int_t)l->created,
+                     "attached", l->attached, "size", (json_int_t)l->size);
 }
 
 static int lane_ls(struct cli_global *g, cell_ctx *ctx)
@@ -59,12 +64,15 @@ static int lane_ls(struct cli_global *g, cell_ctx *ctx)
             json_array_append_new(arr, lane_json(&lanes[i]));
         cli_print_json(arr);
     } else {
-        printf("%-24s %-18s %-20s %s\n", "NAME", "IMAGE", "CREATED", "ATTACHED");
+        printf("%-24s %-18s %-20s %-9s %s\n", "NAME", "IMAGE", "CREATED", "SIZE", "ATTACHED");
         for (size_t i = 0; i < n; i++) {
-            char when[32];
+            char when[32], size_col[32] = "-";
             time_t t = (time_t)lanes[i].created;
             strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", gmtime(&t));
-            printf("%-24s %-18s %-20s %s\n", lanes[i].name, lanes[i].image, when, lanes[i].attached ? "yes" : "no");
+            if (lanes[i].size)
+                snprintf(size_col, sizeof size_col, "%lluM", (unsigned long long)(lanes[i].size >> 20));
+            printf("%-24s %-18s %-20s %-9s %s\n", lanes[i].name, lanes[i].image, when, size_col,
+                   lanes[i].attached ? "yes" : "no");
         }
     }
     free(lanes);
@@ -77,15 +85,21 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
         fputs(lane_usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : 0;
     }
-    const char *sub = argv[1], *name = NULL, *image = NULL;
+    const char *sub = argv[1], *name = NULL, *image = NULL, *size_text = NULL;
+    uint64_t size = 0;
     int known = !strcmp(sub, "create") || !strcmp(sub, "ls") || !strcmp(sub, "rm") || !strcmp(sub, "export") ||
                 !strcmp(sub, "import");
     if (!known)
         return cli_fail(CLI_EXIT_USAGE, "unknown lane command '%s'\n%s", sub, lane_usage);
     if (strcmp(sub, "ls") != 0) {
-        int rc = name_and_image(argc, argv, &name, &image);
+        int rc = name_and_image(argc, argv, &name, &image, &size_text);
         if (rc)
             return rc;
+        cell_error perr = { 0 };
+        if (size_text && strcmp(sub, "create") != 0)
+            return cli_fail(CLI_EXIT_USAGE, "--size only applies to `cell lane create`");
+        if (size_text && cell_parse_size(size_text, &size, &perr) < 0)
+            return cli_fail(CLI_EXIT_USAGE, "--size: %s", perr.message);
     }
     cell_ctx *ctx = NULL;
     int rc = cli_open(g, &ctx);
@@ -96,7 +110,7 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
         rc = lane_ls(g, ctx);
     } else if (strcmp(sub, "create") == 0) {
         cell_lane_info info;
-        if (cell_lane_create(ctx, name, image, &err) < 0 || cell_lane_get(ctx, name, &info, &err) < 0)
+        if (cell_lane_create_sized(ctx, name, image, size, &err) < 0 || cell_lane_get(ctx, name, &info, &err) < 0)
             rc = cli_fail_err(1, &err);
         else if (g->json)
             cli_print_json(lane_json(&info));

@@ -226,6 +226,28 @@ static int must_open_in_root(const struct isolate_plan *plan, int root_fd, const
     return fd;
 }
 
+/* A size-limited lane: its ext4 image (on a loop device the owner set up),
+ * mounted id-mapped like a directory lane; a full disk is ENOSPC inside. */
+static void attach_lane_disk(const struct isolate_plan *plan, int target_fd)
+{
+    int fs = fsopen("ext4", FSOPEN_CLOEXEC);
+    if (fs < 0)
+        FAIL("cannot open an ext4 filesystem for the lane");
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "source", plan->lane_dev, 0) < 0 ||
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        FAIL("cannot mount the lane disk %s", plan->lane_dev);
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
+    if (mnt < 0)
+        FAIL("cannot mount the lane disk %s", plan->lane_dev);
+    struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)plan->userns_fd };
+    if (mount_setattr(mnt, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+        FAIL("cannot id-map the lane disk %s", plan->lane_dev);
+    if (move_mount(mnt, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach the lane disk %s", plan->lane_dev);
+    close(mnt);
+    close(fs);
+}
+
 static void setup_overlay(const struct isolate_plan *plan)
 {
     char lower[PATH_MAX], upper[PATH_MAX], root[PATH_MAX], opts[3 * PATH_MAX + 64];
@@ -241,7 +263,9 @@ static void setup_overlay(const struct isolate_plan *plan)
      * shows them to the cell as its own root's, read-only. */
     attach_tree(plan, AT_FDCWD, plan->image_root, 0, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, lower_fd,
                 "the image layer");
-    if (plan->lane_dir[0]) {
+    if (plan->lane_dev[0]) {
+        attach_lane_disk(plan, upper_fd);
+    } else if (plan->lane_dir[0]) {
         attach_tree(plan, AT_FDCWD, plan->lane_dir, 0, 1, MOUNT_ATTR_NODEV, upper_fd, "the lane layer");
     } else {
         /* A throwaway layer lives in memory: it vanishes with the mount

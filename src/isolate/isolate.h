@@ -26,6 +26,12 @@
  * and gids) and return an fd to it (O_CLOEXEC).  Nothing runs in it. */
 int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err);
 
+/* ---- loop devices --------------------------------------------------------------
+ * Attach `image` to a free loop device with autoclear (it detaches once its
+ * last user, the cell's mount, is gone).  *loop_fd keeps it alive until the
+ * mount exists; dev receives "/dev/loopN". */
+int isolate_loop_attach(const char *image, int *loop_fd, char *dev, size_t dev_size, cell_error *err);
+
 /* ---- boot ------------------------------------------------------------------ */
 #define ISOLATE_MAX_MOUNTS 32
 
@@ -45,6 +51,8 @@ struct isolate_plan {
     char     image_root[PATH_MAX];  /* image tree, lower layer of the overlay */
     int      image_is_host;         /* bind the host's /usr read-only over /usr */
     char     lane_dir[PATH_MAX];    /* lane with upper/ and work/, "" = tmpfs layer */
+    char     lane_dev[64];          /* size-limited lane: loop device with an ext4 holding
+                                       upper/ and work/, mounted instead of lane_dir */
     uint64_t disk;                  /* tmpfs layer size (bytes) */
     uid_t    uid_base;
     int      userns_fd;

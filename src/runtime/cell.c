@@ -286,8 +286,14 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
             return util_fail(err, EINVAL, "lane '%s' is bound to image '%s', not '%s'", cfg->lane, lane_image, cfg->image);
         image = lane_image;
         if (cfg->limits.disk)
-            return util_fail(err, ENOTSUP, "a disk limit for a lane is not supported yet on this host "
-                             "(lanes live on the state directory's filesystem); drop --disk or use no lane");
+            return util_fail(err, EINVAL, "a lane's size is fixed when it is created (cell lane create %s --size "
+                             "SIZE); drop --disk when running on a lane", cfg->lane);
+        char disk[PATH_MAX];
+        if (util_path(disk, sizeof disk, err, "%s/" RUNTIME_LANE_DISK, plan->lane_dir) < 0)
+            return -1;
+        if (access(disk, F_OK) == 0 &&
+            isolate_loop_attach(disk, &c->loop_fd, plan->lane_dev, sizeof plan->lane_dev, err) < 0)
+            return -1;
     }
     if (runtime_image_rootfs(c->ctx, image, plan->image_root, sizeof plan->image_root, err) < 0)
         return -1;
@@ -342,7 +348,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         return util_fail(err, ENOMEM, "out of memory");
     }
     c->ctx = ctx;
-    c->slot_fd = c->lane_fd = c->run_lock_fd = c->ctl = c->pidfd = -1;
+    c->slot_fd = c->lane_fd = c->run_lock_fd = c->ctl = c->pidfd = c->loop_fd = -1;
     plan->userns_fd = plan->ctl_fd = -1;
     int sv[2] = { -1, -1 };
     char hostname[64];
@@ -393,6 +399,11 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0)
         goto fail;
     free(plan);
+    /* The cell's mount now holds the loop device; autoclear frees it then. */
+    if (c->loop_fd >= 0) {
+        close(c->loop_fd);
+        c->loop_fd = -1;
+    }
     *out = c;
     return 0;
 fail:
@@ -427,6 +438,8 @@ void cell_destroy(cell *c)
         util_rm_rf(c->run_dir, NULL);
     if (c->run_lock_fd >= 0)
         close(c->run_lock_fd);
+    if (c->loop_fd >= 0)
+        close(c->loop_fd);
     if (c->lane_fd >= 0)
         close(c->lane_fd);
     if (c->slot_fd >= 0)

@@ -13,6 +13,7 @@ struct cell {
     char      run_dir[PATH_MAX];
     uid_t     uid_base;
     int       slot_fd, lane_fd, run_lock_fd;
+    int       loop_fd;                  /* size-limited lane's loop device, until booted */
     int       ctl, pidfd;
     pid_t     pid;
     isolate_cgroup *cg;

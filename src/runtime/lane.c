@@ -42,7 +42,28 @@ static int lane_attached(const char *dir)
     return flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK;
 }
 
-int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, char *tmp, size_t size, cell_error *err)
+/* The lane's layer as an ext4 image of `bytes`, holding upper/ and work/:
+ * mke2fs -d fills it from a directory, so creating it needs no mount. */
+static int make_lane_disk(const char *tmp, uint64_t bytes, cell_error *err)
+{
+    char stage[PATH_MAX], p[PATH_MAX], disk[PATH_MAX], kib[32];
+    if (util_path(stage, sizeof stage, err, "%s/stage", tmp) < 0 ||
+        util_path(disk, sizeof disk, err, "%s/" RUNTIME_LANE_DISK, tmp) < 0)
+        return -1;
+    static const char *const parts[] = { "upper", "work" };
+    for (size_t i = 0; i < 2; i++)
+        if (util_path(p, sizeof p, err, "%s/%s", stage, parts[i]) < 0 || util_mkdir_p(p, 0755, err) < 0)
+            return -1;
+    snprintf(kib, sizeof kib, "%lluk", (unsigned long long)(bytes >> 10));
+    /* No journal-less tricks: lanes must survive a crash of the host. */
+    const char *argv[] = { "mke2fs", "-q", "-F", "-t", "ext4", "-L", "cell-lane", "-d", stage, disk, kib, NULL };
+    int rc = util_run(argv, err);
+    util_rm_rf(stage, NULL);
+    return rc;
+}
+
+int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, char *tmp, size_t size,
+                       cell_error *err)
 {
     char dir[PATH_MAX], p[PATH_MAX], rootfs[PATH_MAX], suffix[17];
     if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
@@ -55,15 +76,20 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, char 
         return util_fail_errno(err, "getrandom");
     if (util_path(tmp, size, err, "%s/lanes/.%s.tmp-%s", ctx->state_dir, name, suffix) < 0)
         return -1;
-    static const char *const parts[] = { "upper", "work" };
-    for (size_t i = 0; i < 2; i++)
-        if (util_path(p, sizeof p, err, "%s/%s", tmp, parts[i]) < 0 || util_mkdir_p(p, 0755, err) < 0)
+    if (disk_size) {
+        if (util_mkdir_p(tmp, 0700, err) < 0 || make_lane_disk(tmp, disk_size, err) < 0)
             goto fail;
-    if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0)
-        goto fail;
-    if (chmod(p, 0755) < 0) {
-        util_fail_errno(err, "cannot set the mode of %s", p);
-        goto fail;
+    } else {
+        static const char *const parts[] = { "upper", "work" };
+        for (size_t i = 0; i < 2; i++)
+            if (util_path(p, sizeof p, err, "%s/%s", tmp, parts[i]) < 0 || util_mkdir_p(p, 0755, err) < 0)
+                goto fail;
+        if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0)
+            goto fail;
+        if (chmod(p, 0755) < 0) {
+            util_fail_errno(err, "cannot set the mode of %s", p);
+            goto fail;
+        }
     }
     if (util_path(p, sizeof p, err, "%s/image", tmp) < 0 || util_write_file(p, image, strlen(image), 0644, 1, err) < 0)
         goto fail;
@@ -102,13 +128,21 @@ fail:
     return -1;
 }
 
-int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err)
+int cell_lane_create_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, cell_error *err)
 {
+    if (disk_size && disk_size < CELL_LANE_MIN_SIZE)
+        return util_fail(err, EINVAL, "lane size %llu bytes is too small: a size-limited lane needs at least 16M",
+                         (unsigned long long)disk_size);
     char tmp[PATH_MAX];
     /* Built aside and renamed into place: a crash never leaves half a lane. */
-    if (runtime_lane_begin(ctx, name, image ? image : "host", tmp, sizeof tmp, err) < 0)
+    if (runtime_lane_begin(ctx, name, image ? image : "host", disk_size, tmp, sizeof tmp, err) < 0)
         return -1;
     return runtime_lane_commit(ctx, name, tmp, 0, err);
+}
+
+int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_error *err)
+{
+    return cell_lane_create_sized(ctx, name, image, 0, err);
 }
 
 int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
@@ -126,6 +160,10 @@ int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_err
         return -1;
     out->created = (uint64_t)st.st_ctime;
     out->attached = lane_attached(dir);
+    char disk[PATH_MAX];
+    struct stat dst;
+    if (util_path(disk, sizeof disk, NULL, "%s/" RUNTIME_LANE_DISK, dir) >= 0 && stat(disk, &dst) == 0)
+        out->size = (uint64_t)dst.st_size;
     return 0;
 }
 

@@ -322,6 +322,11 @@ int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
         return errno == EWOULDBLOCK
                    ? util_fail(err, EBUSY, "lane '%s' is attached to a running cell; stop it before exporting", name)
                    : util_fail_errno(err, "cannot lock %s", path);
+    if (util_path(path, sizeof path, err, "%s/" RUNTIME_LANE_DISK, dir) < 0)
+        return -1;
+    if (access(path, F_OK) == 0)
+        return util_fail(err, ENOTSUP, "lane '%s' is size-limited (an ext4 image); exporting such lanes is not "
+                         "supported yet", name);
     if (util_path(path, sizeof path, err, "%s/upper", dir) < 0)
         return -1;
     _cleanup_close_ int upper = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -555,7 +560,7 @@ int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd,
     char tmp[PATH_MAX], p[PATH_MAX];
     /* Built aside and renamed into place: a failed or hostile import leaves
      * nothing, a crash only a hidden dir. */
-    if (runtime_lane_begin(ctx, name, image ? image : "host", tmp, sizeof tmp, err) < 0)
+    if (runtime_lane_begin(ctx, name, image ? image : "host", 0, tmp, sizeof tmp, err) < 0)
         return -1;
     if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0)
         goto fail;

@@ -13,6 +13,8 @@
  *   images/NAME/ready      present once the image is complete
  *   lanes/NAME/upper       the lane's overlay upper dir (in-cell ownership)
  *   lanes/NAME/work        overlayfs work dir
+ *   lanes/NAME/disk.ext4   instead of upper/ and work/ for a size-limited
+ *                          lane: an ext4 image holding them
  *   lanes/NAME/image       name of the image the lane is bound to
  *   lanes/NAME/lock        flock()ed while a running cell holds the lane
  *   run/cells/ID/          per-cell scratch: mount points, generated files
@@ -48,9 +50,12 @@ int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn
 int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err);
 /* Start a new lane aside (lanes/.NAME.tmp-X with upper/, work/, image, lock)
  * after checking the name is free and the image exists; *tmp gets its path.
+ * With disk_size, the layer is an ext4 image of that size instead.
  * Fill tmp/upper, then runtime_lane_commit() renames it into place (and
  * removes tmp on failure; flush = syncfs first, for imported data). */
-int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, char *tmp, size_t size, cell_error *err);
+int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, char *tmp, size_t size,
+                       cell_error *err);
+#define RUNTIME_LANE_DISK "disk.ext4"
 int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err);
 
 /* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 static int fail_v(cell_error *err, int code, const char *suffix, const char *fmt, va_list ap)
 {
@@ -193,4 +194,59 @@ int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...)
     if (n < 0 || (size_t)n >= size)
         return util_fail(err, ENAMETOOLONG, "path too long: %.200s...", buf);
     return n;
+}
+
+int util_run(const char *const *argv, cell_error *err)
+{
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) < 0)
+        return util_fail_errno(err, "pipe for %s", argv[0]);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(out[0]);
+        close(out[1]);
+        return util_fail_errno(err, "fork for %s", argv[0]);
+    }
+    if (pid == 0) {
+        int null_fd = open("/dev/null", O_RDONLY);
+        if (null_fd < 0 || dup2(null_fd, 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0)
+            _exit(127);
+        setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin", 1);
+        execvp(argv[0], (char *const *)argv);
+        dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out[1]);
+    /* Keep the last bytes of the output for the error message. */
+    char tail[512];
+    size_t len = 0;
+    for (;;) {
+        char buf[4096];
+        ssize_t n = read(out[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        size_t add = (size_t)n < sizeof tail - 1 ? (size_t)n : sizeof tail - 1;
+        if (len + add > sizeof tail - 1) {
+            size_t drop = len + add - (sizeof tail - 1);
+            memmove(tail, tail + drop, len - drop);
+            len -= drop;
+        }
+        memcpy(tail + len, buf + (size_t)n - add, add);
+        len += add;
+    }
+    tail[len] = '\0';
+    close(out[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return util_fail_errno(err, "waitpid for %s", argv[0]);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    while (len && (tail[len - 1] == '\n' || tail[len - 1] == ' '))
+        tail[--len] = '\0';
+    char *last = strrchr(tail, '\n');
+    return util_fail(err, EIO, "%s failed (%s %d): %s", argv[0], WIFEXITED(status) ? "exit status" : "signal",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), last ? last + 1 : tail);
 }

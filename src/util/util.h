@@ -39,6 +39,11 @@ int util_rm_rf(const char *path, cell_error *err);
 int util_random_hex(char *out, size_t bytes);
 /* Lane, image and cell names: 1..63 of [A-Za-z0-9_.-], no leading '.' or '-'. */
 int util_valid_name(const char *name);
+/* Run argv[0] (searched in a PATH that includes the sbin directories) with
+ * stdin from /dev/null and its output captured; a non-zero exit becomes
+ * *err with the last line of that output. */
+int util_run(const char *const *argv, cell_error *err);
+
 /* snprintf that reports truncation as ENAMETOOLONG. */
 int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 

@@ -506,3 +506,55 @@ def test_concurrent_first_use_of_a_fresh_state_dir(cell, state):
         p.stdout.close()
         p.stderr.close()
     assert all(rc == 0 for rc, _ in results), results
+
+
+def loop_devices_backed_by(path):
+    """Loop devices whose backing file lies under `path`."""
+    found = []
+    for dev in os.listdir("/sys/block"):
+        try:
+            with open("/sys/block/%s/loop/backing_file" % dev) as f:
+                if f.read().strip().startswith(path):
+                    found.append(dev)
+        except OSError:
+            pass
+    return found
+
+
+def test_size_limited_lane_fills_with_enospc_and_persists(run, state):
+    r = run(["lane", "create", "small", "--size", "64M"])
+    assert r.returncode == 0, r.stderr
+    r = run(["--json", "lane", "ls"])
+    lanes = {l["name"]: l for l in json.loads(r.stdout)}
+    assert lanes["small"]["size"] == 64 << 20
+    disk = os.path.join(state, "lanes", "small", "disk.ext4")
+    r = run(["run", "--lane", "small", "--", "sh", "-c",
+             "dd if=/dev/zero of=/root/big bs=1M count=200; echo rc=$?; echo kept > /root/note"])
+    assert r.returncode == 0, r.stderr
+    assert "No space left on device" in r.stderr
+    assert "rc=1" in r.stdout
+    # The host file never grows past the lane's size, whatever the cell writes.
+    assert os.stat(disk).st_size == 64 << 20
+    assert os.stat(disk).st_blocks * 512 <= 64 << 20
+    r = run(["run", "--lane", "small", "--", "cat", "/root/note"])
+    assert (r.returncode, r.stdout) == (0, "kept\n"), r.stderr
+    # The loop device went away with the cell's mount.
+    assert wait_for(lambda: not loop_devices_backed_by(state), 5), loop_devices_backed_by(state)
+    r = run(["lane", "export", "small"])
+    assert r.returncode != 0 and "size-limited" in r.stderr
+    r = run(["lane", "rm", "small"])
+    assert r.returncode == 0, r.stderr
+
+
+def test_lane_size_errors(run):
+    r = run(["lane", "create", "tiny", "--size", "1M"])
+    assert r.returncode != 0 and "at least 16M" in r.stderr
+    r = run(["lane", "create", "bad", "--size", "12X"])
+    assert r.returncode == 2 and "--size" in r.stderr
+    r = run(["lane", "rm", "x", "--size", "64M"])
+    assert r.returncode == 2 and "only applies" in r.stderr
+    r = run(["lane", "create", "plain"])
+    assert r.returncode == 0, r.stderr
+    r = run(["run", "--lane", "plain", "--disk", "64M", "--", "true"])
+    assert r.returncode == 125 and "--size" in r.stderr
+    run(["lane", "rm", "plain"])
