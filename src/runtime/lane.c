@@ -145,15 +145,22 @@ int cell_lane_create(cell_ctx *ctx, const char *name, const char *image, cell_er
     return cell_lane_create_sized(ctx, name, image, 0, err);
 }
 
+int runtime_lane_find(cell_ctx *ctx, const char *name, char *dir, size_t size, struct stat *st, cell_error *err)
+{
+    if (runtime_lane_dir(ctx, name, dir, size, err) < 0)
+        return -1;
+    if (stat(dir, st) < 0)
+        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
+                               : util_fail_errno(err, "cannot stat %s", dir);
+    return 0;
+}
+
 int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
 {
     char dir[PATH_MAX];
-    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
-        return -1;
     struct stat st;
-    if (stat(dir, &st) < 0)
-        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
-                               : util_fail_errno(err, "cannot stat %s", dir);
+    if (runtime_lane_find(ctx, name, dir, sizeof dir, &st, err) < 0)
+        return -1;
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "%s", name);
     if (read_image(dir, out->image, sizeof out->image, err) < 0)

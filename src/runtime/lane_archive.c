@@ -303,12 +303,9 @@ done:
 int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
 {
     char dir[PATH_MAX], path[PATH_MAX];
-    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
-        return -1;
     struct stat st;
-    if (stat(dir, &st) < 0)
-        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
-                               : util_fail_errno(err, "cannot stat %s", dir);
+    if (runtime_lane_find(ctx, name, dir, sizeof dir, &st, err) < 0)
+        return -1;
     if (util_path(path, sizeof path, err, "%s/lock", dir) < 0)
         return -1;
     /* A running cell holds the lock exclusively; a shared hold tells us no

@@ -5,6 +5,7 @@
 
 #include <limits.h>
 #include <linux/filter.h>
+#include <sys/stat.h>
 
 #include "cell.h"
 
@@ -48,6 +49,8 @@ int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn
 
 /* lanes/NAME for a valid name, else EINVAL with the naming rules. */
 int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err);
+/* The same for an existing lane (stat into *st), else ENOENT naming it. */
+int runtime_lane_find(cell_ctx *ctx, const char *name, char *dir, size_t size, struct stat *st, cell_error *err);
 /* Start a new lane aside (lanes/.NAME.tmp-X with upper/, work/, image, lock)
  * after checking the name is free and the image exists; *tmp gets its path.
  * With disk_size, the layer is an ext4 image of that size instead.
