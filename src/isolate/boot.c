@@ -433,13 +433,13 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
 {
     for (size_t i = 0; i < plan->n_mounts; i++) {
         const struct isolate_mount *m = &plan->mounts[i];
-        uint64_t ro = m->readonly ? MOUNT_ATTR_RDONLY : 0;
         if (m->kind == CELL_MOUNT_BIND) {
             struct stat st;
-            if (stat(m->source, &st) < 0)
+            if (fstat(m->tree_fd, &st) < 0)
                 FAIL("mount source %s", m->source);
             int t = must_open_in_root(plan, root_fd, m->target, !S_ISDIR(st.st_mode));
-            attach_tree(plan, AT_FDCWD, m->source, 1, 1, ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, t, m->target);
+            if (move_mount(m->tree_fd, "", t, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                FAIL("cannot attach %s at %s", m->source, m->target);
             close(t);
         } else {
             int t = must_open_in_root(plan, root_fd, m->target, 0);

@@ -26,6 +26,12 @@
  * and gids) and return an fd to it (O_CLOEXEC).  Nothing runs in it. */
 int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err);
 
+/* Clone the host tree at `source` (recursively) as a detached mount,
+ * id-mapped through userns_fd and with nosuid, nodev (and read-only if
+ * asked), ready for the boot child to attach.  Done by the owner because
+ * open_tree() only clones mounts of the caller's own mount namespace. */
+int isolate_bind_tree(const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err);
+
 /* ---- loop devices --------------------------------------------------------------
  * Attach `image` to a free loop device with autoclear (it detaches once its
  * last user, the cell's mount, is gone).  *loop_fd keeps it alive until the
@@ -37,7 +43,10 @@ int isolate_loop_attach(const char *image, int *loop_fd, char *dev, size_t dev_s
 
 struct isolate_mount {
     int      kind;                  /* enum cell_mount_kind */
-    char     source[PATH_MAX];      /* BIND: host path */
+    char     source[PATH_MAX];      /* BIND: host path (for messages) */
+    int      tree_fd;               /* BIND: detached, id-mapped clone of the source made by
+                                       the owner (isolate_bind_tree): what was checked is
+                                       what gets mounted; -1 until made */
     char     target[PATH_MAX];      /* absolute, normalized, inside the cell */
     int      readonly;
     uint64_t size;                  /* MEMORY */

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 
 static int write_map(pid_t pid, const char *file, uid_t base, uint32_t count, cell_error *err)
@@ -81,4 +82,20 @@ out:
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
     return rc;
+}
+
+int isolate_bind_tree(const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err)
+{
+    _cleanup_close_ int tree = open_tree(AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (tree < 0)
+        return util_fail_errno(err, "cannot clone the mount source %s", source);
+    struct mount_attr attr = {
+        .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (readonly ? MOUNT_ATTR_RDONLY : 0),
+        .userns_fd = (uint64_t)userns_fd,
+    };
+    if (mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+        return util_fail_errno(err, "cannot id-map the mount source %s (its filesystem may not support "
+                               "id-mapped mounts)", source);
+    *tree_fd = util_steal_fd(&tree);
+    return 0;
 }

@@ -86,6 +86,7 @@ static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_erro
             return util_fail(err, EINVAL, "mount target '%s' is inside %s, which the cell runtime owns", m->target, *r);
     }
     memset(out, 0, sizeof *out);
+    out->tree_fd = -1;
     out->kind = (int)m->kind;
     out->readonly = m->readonly;
     snprintf(out->target, sizeof out->target, "%s", target);
@@ -94,6 +95,7 @@ static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_erro
             return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
         if (!realpath(m->source, out->source))
             return util_fail_errno(err, "mount source %s does not exist or is not accessible", m->source);
+
     } else if (m->kind == CELL_MOUNT_MEMORY) {
         out->size = m->size ? m->size : 64ull << 20;
     } else {
@@ -306,10 +308,11 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
     format_hosts(hostname, plan->hosts, sizeof plan->hosts);
     if (cfg->n_mounts > ISOLATE_MAX_MOUNTS)
         return util_fail(err, E2BIG, "too many mounts (%zu, at most %d)", cfg->n_mounts, ISOLATE_MAX_MOUNTS);
-    for (size_t i = 0; i < cfg->n_mounts; i++)
+    for (size_t i = 0; i < cfg->n_mounts; i++) {
+        plan->n_mounts = i + 1;
         if (check_mount(&cfg->mounts[i], &plan->mounts[i], err) < 0)
             return -1;
-    plan->n_mounts = cfg->n_mounts;
+    }
     /* In-cell root writes as host root through a read-write host mount;
      * such cells may not create setuid/setgid files or file capabilities. */
     plan->nosuid_fd = -1;
@@ -317,6 +320,25 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
         if (plan->mounts[i].kind == CELL_MOUNT_BIND && !plan->mounts[i].readonly)
             plan->nosuid_fd = c->ctx->nosuid_memfd;
     return 0;
+}
+
+static int make_bind_trees(struct isolate_plan *plan, cell_error *err)
+{
+    for (size_t i = 0; i < plan->n_mounts; i++) {
+        struct isolate_mount *m = &plan->mounts[i];
+        if (m->kind == CELL_MOUNT_BIND && isolate_bind_tree(m->source, plan->userns_fd, m->readonly, &m->tree_fd, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void close_bind_trees(struct isolate_plan *plan)
+{
+    for (size_t i = 0; i < plan->n_mounts; i++)
+        if (plan->mounts[i].tree_fd >= 0) {
+            close(plan->mounts[i].tree_fd);
+            plan->mounts[i].tree_fd = -1;
+        }
 }
 
 static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)
@@ -375,6 +397,8 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         goto fail;
     if ((plan->userns_fd = runtime_userns_for_slot(ctx, c->uid_base, err)) < 0)
         goto fail;
+    if (make_bind_trees(plan, err) < 0)
+        goto fail;
     if (c->cg && isolate_cgroup_open_self_attach(c->cg, plan->cgroup_fds, sizeof plan->cgroup_fds / sizeof *plan->cgroup_fds,
                                                  &plan->n_cgroup_fds, err) < 0)
         goto fail;
@@ -387,6 +411,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     c->pid = isolate_boot(plan, &c->pidfd, err);
     close(sv[1]);
     plan->ctl_fd = -1;
+    close_bind_trees(plan);
     for (size_t i = 0; i < plan->n_cgroup_fds; i++)
         close(plan->cgroup_fds[i]);
     plan->n_cgroup_fds = 0;
@@ -407,6 +432,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     *out = c;
     return 0;
 fail:
+    close_bind_trees(plan);
     for (size_t i = 0; i < plan->n_cgroup_fds; i++)
         close(plan->cgroup_fds[i]);
     free(plan);

@@ -114,6 +114,30 @@ static void sweep_stale_cells(cell_ctx *ctx)
     closedir(d);
 }
 
+/* Lanes are built and deleted under hidden names (lane.c); a crash leaves
+ * one behind.  An hour-old one has no live owner. */
+static void sweep_stale_lane_dirs(cell_ctx *ctx)
+{
+    char dir[PATH_MAX];
+    if (util_path(dir, sizeof dir, NULL, "%s/lanes", ctx->state_dir) < 0)
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] != '.' || (!strstr(e->d_name, ".tmp-") && !strstr(e->d_name, ".deleted-")))
+            continue;
+        char path[PATH_MAX];
+        struct stat st;
+        if (util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0 || lstat(path, &st) < 0 ||
+            !S_ISDIR(st.st_mode) || time(NULL) - st.st_mtime < 3600)
+            continue;
+        util_rm_rf(path, NULL);
+    }
+    closedir(d);
+}
+
 int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
 {
     if (geteuid() != 0)
@@ -150,6 +174,7 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
     if (isolate_seccomp_build(&ctx->seccomp, err) < 0 || (ctx->nosuid_memfd = make_nosuid_memfd(err)) < 0)
         goto fail;
     sweep_stale_cells(ctx);
+    sweep_stale_lane_dirs(ctx);
     *out = ctx;
     return 0;
 fail:
