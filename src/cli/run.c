@@ -1,6 +1,7 @@
 /* run.c: `cell run`, a one-shot cell: boot, run one command with the
  * caller's stdio, forward signals, enforce the timeout, destroy. */
 #include "cli/cli.h"
+#include "util/util.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -9,8 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,6 +39,8 @@ const char cli_run_usage[] =
     "  --env NAME=VALUE     set an environment variable (repeatable)\n"
     "  --hostname NAME      the cell's hostname (default cell-<id>)\n"
     "  --user UID[:GID]     run as this uid/gid inside the cell (default 0:0)\n"
+    "  -t, --tty            run CMD on a pseudo-terminal (interactive shells);\n"
+    "                       this terminal is put in raw mode while it runs\n"
     "\n"
     "exit codes: CMD's own; 128+N if killed by signal N; 124 timeout;\n"
     "125 the cell could not be created; 126 CMD cannot be executed; 127 not found.\n";
@@ -47,6 +52,7 @@ struct run_opts {
     size_t      n_env;
     const char *cwd;
     double      timeout;
+    int         tty;
     uid_t       uid;
     gid_t       gid;
 };
@@ -106,7 +112,7 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -114,7 +120,8 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "timeout", required_argument, 0, O_TIMEOUT }, { "mount", required_argument, 0, O_MOUNT },
         { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
         { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
-        { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP }, { 0, 0, 0, 0 },
+        { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
+        { "tty", no_argument, 0, O_TTY }, { 0, 0, 0, 0 },
     };
     o->cfg.mounts = o->mounts;
     opterr = 0;
@@ -122,7 +129,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
     int c;
     cell_error err = { 0 };
     unsigned long v;
-    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+ht", longopts, NULL)) != -1) {
         switch (c) {
         case O_IMAGE: o->cfg.image = optarg; break;
         case O_LANE: o->cfg.lane = optarg; break;
@@ -185,6 +192,10 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             }
             break;
         }
+        case 't':
+        case O_TTY:
+            o->tty = 1;
+            break;
         case 'h':
         case O_HELP:
             fputs(cli_run_usage, stdout);
@@ -239,10 +250,24 @@ static int exit_code_of(int status)
     return CLI_EXIT_INTERNAL;
 }
 
-/* Wait for `pid` while forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it. */
-static int supervise(cell *c, pid_t pid, double timeout, int sfd, int *timed_out)
+/* Copy what is readable on `from` to `to`; 0 at EOF or error. */
+static int relay(int from, int to)
+{
+    char buf[16384];
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return 1;
+    if (n <= 0)
+        return 0;
+    return util_write_all(to, buf, (size_t)n) >= 0;
+}
+
+/* Wait for `pid` while forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it and,
+ * with a terminal (pty >= 0), relaying stdin/stdout and window sizes. */
+static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *timed_out)
 {
     double deadline = timeout > 0 ? now_seconds() + timeout : 0;
+    int stdin_open = pty >= 0;
     for (;;) {
         int wait_ms = -1;
         if (deadline) {
@@ -253,22 +278,38 @@ static int supervise(cell *c, pid_t pid, double timeout, int sfd, int *timed_out
             }
             wait_ms = (int)(left * 1000) + 1;
         }
-        struct pollfd p[2] = { { .fd = cell_event_fd(c), .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
-        if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
+        struct pollfd p[4] = { { .fd = cell_event_fd(c), .events = POLLIN }, { .fd = sfd, .events = POLLIN },
+                               { .fd = pty, .events = POLLIN }, { .fd = stdin_open ? 0 : -1, .events = POLLIN } };
+        if (poll(p, 4, wait_ms) < 0 && errno != EINTR)
             return cli_fail(CLI_EXIT_INTERNAL, "poll: %s", strerror(errno));
         if (p[1].revents & POLLIN) {
             struct signalfd_siginfo si;
-            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
-                cell_signal(c, pid, (int)si.ssi_signo, NULL);
+            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                struct winsize ws;
+                if (si.ssi_signo == SIGWINCH) {
+                    if (pty >= 0 && ioctl(0, TIOCGWINSZ, &ws) == 0)
+                        cell_resize(c, pid, ws.ws_row, ws.ws_col, NULL);
+                } else {
+                    cell_signal(c, pid, (int)si.ssi_signo, NULL);
+                }
+            }
         }
+        if (p[2].revents & (POLLIN | POLLHUP))
+            relay(pty, 1);
+        if (p[3].revents & (POLLIN | POLLHUP) && !relay(0, pty))
+            stdin_open = 0;
         if (p[0].revents) {
             cell_exit ex;
             cell_error err = { 0 };
             int r = cell_wait_exit(c, 0, &ex, &err);
             if (r < 0)
                 return cli_fail_err(CLI_EXIT_INTERNAL, &err);
-            if (r == 1 && ex.pid == pid)
+            if (r == 1 && ex.pid == pid) {
+                /* Whatever the process wrote last is still in the pty. */
+                while (pty >= 0 && poll(&(struct pollfd){ .fd = pty, .events = POLLIN }, 1, 0) > 0 && relay(pty, 1))
+                    ;
                 return exit_code_of(ex.status);
+            }
         }
     }
 }
@@ -297,31 +338,50 @@ int cli_run(struct cli_global *g, int argc, char **argv)
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGHUP);
     sigaddset(&mask, SIGQUIT);
+    sigaddset(&mask, SIGWINCH);
     sigprocmask(SIG_BLOCK, &mask, &old);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
     cell *c = NULL;
     cell_error err = { 0 };
-    int timed_out = 0;
+    int timed_out = 0, pty = -1, restore_tty = 0;
+    struct termios saved_tty;
     if (cell_create(ctx, &o->cfg, &c, &err) < 0) {
         rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
         goto out;
     }
     cell_proc_spec spec = {
         .argv = (const char *const *)argv + first, .env = o->env, .cwd = o->cwd, .uid = o->uid, .gid = o->gid,
-        .stdin_fd = 0, .stdout_fd = 1, .stderr_fd = 2,
+        .stdin_fd = 0, .stdout_fd = 1, .stderr_fd = 2, .tty = o->tty,
     };
+    struct winsize ws;
+    if (o->tty && ioctl(0, TIOCGWINSZ, &ws) == 0) {
+        spec.rows = ws.ws_row;
+        spec.cols = ws.ws_col;
+    }
     pid_t pid;
-    if (cell_spawn(c, &spec, &pid, NULL, &err) < 0) {
+    if (cell_spawn(c, &spec, &pid, o->tty ? &pty : NULL, &err) < 0) {
         rc = cli_fail_err(err.code == ENOENT && strstr(err.message, "not found") ? CLI_EXIT_NOTFOUND
                           : err.code == EACCES || err.code == ENOEXEC ? CLI_EXIT_CANNOT
                                                                         : CLI_EXIT_INTERNAL, &err);
         goto out;
     }
-    rc = supervise(c, pid, o->timeout, sfd, &timed_out);
+    /* Raw mode: keys (^C included) go to the cell's terminal, whose line
+     * discipline turns them into signals there. */
+    if (o->tty && isatty(0) && tcgetattr(0, &saved_tty) == 0) {
+        struct termios raw = saved_tty;
+        cfmakeraw(&raw);
+        if (tcsetattr(0, TCSANOW, &raw) == 0)
+            restore_tty = 1;
+    }
+    rc = supervise(c, pid, o->timeout, sfd, pty, &timed_out);
+    if (restore_tty)
+        tcsetattr(0, TCSANOW, &saved_tty);
     if (timed_out)
         cli_fail(CLI_EXIT_TIMEOUT, "timed out after %g s; the cell was killed", o->timeout);
 out:
+    if (pty >= 0)
+        close(pty);
     cell_destroy(c);
     cell_ctx_close(ctx);
     if (sfd >= 0)
