@@ -82,11 +82,11 @@ int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)
     return ctx->userns_by_slot[slot];
 }
 
-/* Remove scratch dirs of cells whose owner died (their lock is free). */
-static void sweep_stale_cells(cell_ctx *ctx)
+/* Call fn(path, name) for every entry of state_dir/sub but "." and "..". */
+static void for_each_entry(cell_ctx *ctx, const char *sub, void (*fn)(const char *path, const char *name))
 {
     char dir[PATH_MAX];
-    if (util_path(dir, sizeof dir, NULL, "%s/run/cells", ctx->state_dir) < 0)
+    if (util_path(dir, sizeof dir, NULL, "%s/%s", ctx->state_dir, sub) < 0)
         return;
     DIR *d = opendir(dir);
     if (!d)
@@ -94,48 +94,40 @@ static void sweep_stale_cells(cell_ctx *ctx)
     struct dirent *e;
     while ((e = readdir(d))) {
         char path[PATH_MAX];
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
-            util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0)
-            continue;
-        /* The directory is its own lock (cell.c).  A hidden ".new-" one is
-         * being set up; only one left for a minute is from a crash. */
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &st) < 0)
-            continue;
-        if (e->d_name[0] == '.') {
-            if (time(NULL) - st.st_mtime >= 60)
-                rmdir(path);
-            continue;
-        }
-        isolate_cgroup_sweep(e->d_name);
-        util_rm_rf(path, NULL);
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+            util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) >= 0)
+            fn(path, e->d_name);
     }
     closedir(d);
 }
 
+/* A scratch dir whose owner died (its lock is free): remove it and the
+ * cell's cgroups.  The directory is its own lock (cell.c); a hidden ".new-"
+ * one is being set up, and only one left for a minute is from a crash. */
+static void sweep_stale_cell(const char *path, const char *name)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0 || fstat(fd, &st) < 0)
+        return;
+    if (name[0] == '.') {
+        if (time(NULL) - st.st_mtime >= 60)
+            rmdir(path);
+        return;
+    }
+    isolate_cgroup_sweep(name);
+    util_rm_rf(path, NULL);
+}
+
 /* Lanes are built and deleted under hidden names (lane.c); a crash leaves
  * one behind.  An hour-old one has no live owner. */
-static void sweep_stale_lane_dirs(cell_ctx *ctx)
+static void sweep_stale_lane_dir(const char *path, const char *name)
 {
-    char dir[PATH_MAX];
-    if (util_path(dir, sizeof dir, NULL, "%s/lanes", ctx->state_dir) < 0)
+    struct stat st;
+    if (name[0] != '.' || (!strstr(name, ".tmp-") && !strstr(name, ".deleted-")) || lstat(path, &st) < 0 ||
+        !S_ISDIR(st.st_mode) || time(NULL) - st.st_mtime < 3600)
         return;
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] != '.' || (!strstr(e->d_name, ".tmp-") && !strstr(e->d_name, ".deleted-")))
-            continue;
-        char path[PATH_MAX];
-        struct stat st;
-        if (util_path(path, sizeof path, NULL, "%s/%s", dir, e->d_name) < 0 || lstat(path, &st) < 0 ||
-            !S_ISDIR(st.st_mode) || time(NULL) - st.st_mtime < 3600)
-            continue;
-        util_rm_rf(path, NULL);
-    }
-    closedir(d);
+    util_rm_rf(path, NULL);
 }
 
 int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
@@ -173,8 +165,8 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
         goto fail;
     if (isolate_seccomp_build(&ctx->seccomp, err) < 0 || (ctx->nosuid_memfd = make_nosuid_memfd(err)) < 0)
         goto fail;
-    sweep_stale_cells(ctx);
-    sweep_stale_lane_dirs(ctx);
+    for_each_entry(ctx, "run/cells", sweep_stale_cell);
+    for_each_entry(ctx, "lanes", sweep_stale_lane_dir);
     *out = ctx;
     return 0;
 fail:
