@@ -59,6 +59,19 @@ static void run_path(const struct isolate_plan *plan, char *buf, size_t size, co
     }
 }
 
+/* "uid=BASE" and "gid=BASE": tmpfs roots owned by the cell's root. */
+struct owner_opts {
+    char uid[32], gid[32];
+};
+
+static struct owner_opts owner_opts(const struct isolate_plan *plan)
+{
+    struct owner_opts o;
+    snprintf(o.uid, sizeof o.uid, "uid=%u", (unsigned)plan->uid_base);
+    snprintf(o.gid, sizeof o.gid, "gid=%u", (unsigned)plan->uid_base);
+    return o;
+}
+
 /* Raise every permitted capability into the effective set.  setfsuid() to a
  * non-zero id clears the file-related ones, and the overlay must be mounted
  * (and the root tree populated) with the cell's fsuid but real root's power:
@@ -145,7 +158,7 @@ static void attach_new_fs(const struct isolate_plan *plan, const char *fstype, c
  * would see it: symlinks and ".." cannot leave the cell's tree.  Missing
  * directories are created (owned by the cell's root); a missing last
  * component is created as a directory, or as an empty file if want_file. */
-static int open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
+static int open_in_root(int root_fd, const char *path, int want_file)
 {
     struct open_how how = { .flags = O_PATH | O_CLOEXEC,
                             .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
@@ -215,12 +228,11 @@ static int open_in_root(const struct isolate_plan *plan, int root_fd, const char
         close(child);
         p = rest;
     }
-    (void)plan;
 }
 
 static int must_open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
 {
-    int fd = open_in_root(plan, root_fd, path, want_file);
+    int fd = open_in_root(root_fd, path, want_file);
     if (fd < 0)
         FAIL("cannot create mount point %s inside the cell", path);
     return fd;
@@ -271,11 +283,10 @@ static void setup_overlay(const struct isolate_plan *plan)
         /* A throwaway layer lives in memory: it vanishes with the mount
          * namespace, so a crash leaves nothing on disk, and its size is the
          * cell's disk limit (writes past it fail with ENOSPC). */
-        char size[64], uid[32], gid[32];
+        char size[64];
         snprintf(size, sizeof size, "size=%llu", (unsigned long long)plan->disk);
-        snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
-        snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
-        const char *o[] = { size, uid, gid, "mode=0755", NULL };
+        struct owner_opts own = owner_opts(plan);
+        const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
         attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NODEV, upper_fd, "the writable layer");
     }
     close(lower_fd);
@@ -309,10 +320,8 @@ static void mknod_dev(const struct isolate_plan *plan, int dev_fd, const char *n
 static void setup_dev(const struct isolate_plan *plan, int root_fd)
 {
     int dev = must_open_in_root(plan, root_fd, "/dev", 0);
-    char uid[32], gid[32];
-    snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
-    snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
-    const char *o[] = { "mode=0755", "size=1m", uid, gid, NULL };
+    struct owner_opts own = owner_opts(plan);
+    const char *o[] = { "mode=0755", "size=1m", own.uid, own.gid, NULL };
     attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, dev, "/dev");
     close(dev);
     int dev_fd = (int)syscall(SYS_openat2, root_fd, "/dev",
@@ -344,7 +353,7 @@ static void setup_dev(const struct isolate_plan *plan, int root_fd)
     attach_new_fs(plan, "devpts", pts_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, pts, "/dev/pts");
     char shm_size[64];
     snprintf(shm_size, sizeof shm_size, "size=%llu", (unsigned long long)plan->disk);
-    const char *shm_opts[] = { "mode=1777", shm_size, uid, gid, NULL };
+    const char *shm_opts[] = { "mode=1777", shm_size, own.uid, own.gid, NULL };
     attach_new_fs(plan, "tmpfs", shm_opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, shm, "/dev/shm");
     close(pts);
     close(shm);
@@ -373,14 +382,14 @@ static void setup_proc(const struct isolate_plan *plan, int root_fd)
     const char *o[] = { NULL };
     attach_new_fs(plan, "proc", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target, "/proc");
     close(target);
-    int proc_fd = open_in_root(plan, root_fd, "/proc", 0);
+    int proc_fd = open_in_root(root_fd, "/proc", 0);
     if (proc_fd < 0)
         FAIL("cannot open the cell's /proc");
     /* The cell's root holds no capability over its network namespace, so
      * let it bind low ports and use ping sockets there. */
     write_proc(plan, proc_fd, "sys/net/ipv4/ip_unprivileged_port_start", "0");
     write_proc(plan, proc_fd, "sys/net/ipv4/ping_group_range", "0 2147483647");
-    int null_fd = open_in_root(plan, root_fd, "/dev/null", 1);
+    int null_fd = open_in_root(root_fd, "/dev/null", 1);
     if (null_fd < 0)
         FAIL("cannot open the cell's /dev/null");
     for (const char *const *p = proc_masked_files; *p; p++) {
@@ -415,7 +424,7 @@ static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
     const char *none[] = { NULL };
     attach_new_fs(plan, "sysfs", none, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, sys, "/sys");
     close(sys);
-    int fw = open_in_root(plan, root_fd, "/sys/firmware", 0);
+    int fw = open_in_root(root_fd, "/sys/firmware", 0);
     if (fw >= 0) {
         const char *e[] = { "size=0", "mode=0555", NULL };
         attach_new_fs(plan, "tmpfs", e, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, fw, "/sys/firmware");
@@ -443,15 +452,14 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
             close(t);
         } else {
             int t = must_open_in_root(plan, root_fd, m->target, 0);
-            char size[64], uid[32], gid[32];
+            char size[64];
             snprintf(size, sizeof size, "size=%llu", (unsigned long long)m->size);
-            snprintf(uid, sizeof uid, "uid=%u", (unsigned)plan->uid_base);
-            snprintf(gid, sizeof gid, "gid=%u", (unsigned)plan->uid_base);
-            const char *o[] = { size, uid, gid, "mode=0755", NULL };
+            struct owner_opts own = owner_opts(plan);
+            const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
             attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, t, m->target);
             if (m->readonly) {
                 struct mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY };
-                int again = open_in_root(plan, root_fd, m->target, 0);
+                int again = open_in_root(root_fd, m->target, 0);
                 if (again < 0 || mount_setattr(again, "", AT_EMPTY_PATH, &a, sizeof a) < 0)
                     FAIL("cannot make %s read-only", m->target);
                 close(again);

@@ -148,16 +148,23 @@ int cell_file_delete(cell *c, const char *path, int recursive, cell_error *err)
     return simple_request(c, CTL_DELETE, recursive ? 1 : 0, 0, path, NULL, -1, err);
 }
 
-int runtime_write_whole(cell *c, const char *path, const void *data, size_t len, mode_t mode, cell_error *err)
+/* mkdir -p the directory part of `path` (relative to base, or absolute in
+ * the cell with base -1); nothing to do for a name in the top directory. */
+static int ensure_parent(cell *c, const char *path, int base, cell_error *err)
 {
     char parent[PATH_MAX];
     snprintf(parent, sizeof parent, "%s", path);
     char *slash = strrchr(parent, '/');
-    if (slash && slash != parent) {
-        *slash = '\0';
-        if (cell_file_mkdir(c, parent, 0755, 1, err) < 0)
-            return -1;
-    }
+    if (!slash || slash == parent)
+        return 0;
+    *slash = '\0';
+    return simple_request(c, CTL_MKDIR, 0755, 1, parent, NULL, base, err);
+}
+
+int runtime_write_whole(cell *c, const char *path, const void *data, size_t len, mode_t mode, cell_error *err)
+{
+    if (runtime_check_cell_path(path, "path", err) < 0 || ensure_parent(c, path, -1, err) < 0)
+        return -1;
     _cleanup_close_ int fd = open_in_cell(c, path, O_WRONLY | O_CREAT | O_TRUNC, mode, -1, err);
     if (fd < 0)
         return -1;
@@ -190,16 +197,6 @@ static int entry_path(const char *raw, char *out, size_t size, cell_error *err)
     return 1;
 }
 
-static int ensure_parent(cell *c, const char *rel, int base, cell_error *err)
-{
-    char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s", rel);
-    char *slash = strrchr(parent, '/');
-    if (!slash)
-        return 0;
-    *slash = '\0';
-    return simple_request(c, CTL_MKDIR, 0755, 1, parent, NULL, base, err);
-}
 
 static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int base, cell_error *err)
 {
