@@ -14,6 +14,8 @@ CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDSAN   := -fsanitize=$(SAN)
 endif
 LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson 2>/dev/null || echo -lseccomp -larchive -ljansson)
+# The daemon (src/server, src/store) and the CLI's HTTP client add these.
+SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto libcurl 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lcurl) -lpthread
 
 # cell-init runs inside images that may lack our shared libraries, so it is
 # linked statically and never sanitized (ASan cannot be static).
@@ -22,16 +24,18 @@ INIT_CFLAGS := -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) -Iinclude -Isrc
 UTIL_SRC    := $(wildcard src/util/*.c)
 INIT_SRC    := $(filter-out src/init/blob.S,$(wildcard src/init/*.c))
 LIB_SRC     := $(wildcard src/isolate/*.c src/runtime/*.c) src/init/proto.c $(UTIL_SRC)
+SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
+SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan check clean deps bench fuzz
-all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a
+all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -51,12 +55,19 @@ $(BUILD)/obj/src/init/blob.o: src/init/blob.S $(BUILD)/cell-init
 $(BUILD)/libcell.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcell.a
-	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcell.a $(LIBS)
+# The OpenAPI document is .incbin'ed; -MMD cannot see that.
+$(BUILD)/obj/src/server/openapi.o: docs/openapi.json
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcell.a
+# libcellsrv: the daemon's modules (server, store), on top of libcell.
+$(BUILD)/libcellsrv.a: $(SRV_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
+	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBS) $(SRV_LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS) -lcmocka
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBS) $(SRV_LIBS) -lcmocka
 
 # A stamp that depends on every unit-test binary, so scripts can build them all.
 $(BUILD)/tests/.stamp: $(UNIT_BIN)
@@ -91,7 +102,10 @@ $(BUILD)/fuzz/fuzz_proto: fuzz/fuzz_proto.c src/init/proto.c
 $(BUILD)/fuzz/fuzz_size: fuzz/fuzz_size.c src/util/size.c src/util/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
-fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size
+$(BUILD)/fuzz/fuzz_ws: fuzz/fuzz_ws.c src/server/ws.c src/util/util.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto
+fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws
 	@set -e; for f in $^; do echo "== $$f ($(FUZZ_SECONDS) s)"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 2>&1 | tail -2; done
 

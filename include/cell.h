@@ -202,6 +202,10 @@ int cell_file_delete(cell *c, const char *path, int recursive, cell_error *err);
 /* Unpack a tar stream read from tar_fd into directory `dir` inside the cell.
  * Entries that would land outside `dir` are refused (the whole upload fails). */
 int cell_file_upload_tar(cell *c, const char *dir, int tar_fd, cell_error *err);
+/* The same, calling cb(user, path) with each entry's path relative to
+ * `dir` once it is in place. */
+typedef void (*cell_upload_fn)(void *user, const char *path);
+int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn cb, void *user, cell_error *err);
 
 #ifdef __cplusplus
 }

@@ -6,11 +6,13 @@ set -euo pipefail
 packages=(
   # build
   gcc make pkg-config libc6-dev libseccomp-dev libarchive-dev libjansson-dev
+  # the daemon and the CLI's client: HTTP server, SQLite, SHA-256, HTTP client
+  libmicrohttpd-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
   # makes size-limited lanes
   debootstrap ca-certificates iproute2 e2fsprogs
   # tests and benchmarks
-  libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps
+  libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   # fuzzing (libFuzzer ships in clang's runtime package)
   clang libclang-rt-14-dev
 )

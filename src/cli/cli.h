@@ -22,6 +22,7 @@ struct cli_global {
 int cli_run(struct cli_global *g, int argc, char **argv);
 int cli_lane(struct cli_global *g, int argc, char **argv);
 int cli_image(struct cli_global *g, int argc, char **argv);
+int cli_serve(struct cli_global *g, int argc, char **argv);
 
 /* Print "cell: <message>" to stderr; returns `code` for `return cli_fail(...)`. */
 int cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -24,6 +24,7 @@ static const char usage_text[] =
     "  lane import NAME [--image IMAGE]   create a lane from a tar stream on stdin\n"
     "  image ls                           list images and whether they are built\n"
     "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
+    "  serve [OPTIONS]                    run the daemon (HTTP API, see cell help serve)\n"
     "  help [COMMAND]                     show help\n"
     "\n"
     "global options:\n"
@@ -70,6 +71,7 @@ void cli_print_json(json_t *value)
 }
 
 extern const char cli_run_usage[];
+extern const char cli_serve_usage[];
 
 int main(int argc, char **argv)
 {
@@ -106,9 +108,13 @@ int main(int argc, char **argv)
         return cli_lane(&g, sub_argc, sub_argv);
     if (strcmp(cmd, "image") == 0)
         return cli_image(&g, sub_argc, sub_argv);
+    if (strcmp(cmd, "serve") == 0)
+        return cli_serve(&g, sub_argc, sub_argv);
     if (strcmp(cmd, "help") == 0) {
         if (sub_argc > 1 && strcmp(sub_argv[1], "run") == 0)
             fputs(cli_run_usage, stdout);
+        else if (sub_argc > 1 && strcmp(sub_argv[1], "serve") == 0)
+            fputs(cli_serve_usage, stdout);
         else
             fputs(usage_text, stdout);
         return 0;

@@ -198,11 +198,11 @@ static int entry_path(const char *raw, char *out, size_t size, cell_error *err)
 }
 
 
-static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int base, cell_error *err)
+static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int base, char *rel,
+                        size_t rel_size, cell_error *err)
 {
-    char rel[PATH_MAX];
     const char *name = archive_entry_pathname(e);
-    int r = entry_path(name ? name : "", rel, sizeof rel, err);
+    int r = entry_path(name ? name : "", rel, rel_size, err);
     if (r <= 0)
         return r;
     mode_t mode = archive_entry_perm(e) & 07777;
@@ -215,11 +215,11 @@ static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int
             return util_fail(err, EINVAL, "tar hard link '%s' has an invalid target '%s'", rel, hard);
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        return simple_request(c, CTL_LINK, 0, 0, target, rel, base, err);
+        return simple_request(c, CTL_LINK, 0, 0, target, rel, base, err) < 0 ? -1 : 1;
     }
     switch (archive_entry_filetype(e)) {
     case AE_IFDIR:
-        return simple_request(c, CTL_MKDIR, mode ? mode : 0755, 1, rel, NULL, base, err);
+        return simple_request(c, CTL_MKDIR, mode ? mode : 0755, 1, rel, NULL, base, err) < 0 ? -1 : 1;
     case AE_IFREG: {
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
@@ -236,13 +236,13 @@ static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int
         }
         if (rr != ARCHIVE_EOF)
             return util_fail(err, EIO, "cannot read tar data for %s: %s", rel, archive_error_string(a));
-        return 0;
+        return 1;
     }
     case AE_IFLNK: {
         const char *target = archive_entry_symlink(e);
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        return simple_request(c, CTL_SYMLINK, 0, 0, target ? target : "", rel, base, err);
+        return simple_request(c, CTL_SYMLINK, 0, 0, target ? target : "", rel, base, err) < 0 ? -1 : 1;
     }
     default:
         return util_fail(err, EINVAL, "tar entry '%s' is a device, FIFO or socket; only files, directories "
@@ -251,6 +251,11 @@ static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int
 }
 
 int cell_file_upload_tar(cell *c, const char *dir, int tar_fd, cell_error *err)
+{
+    return cell_file_upload_tar_cb(c, dir, tar_fd, NULL, NULL, err);
+}
+
+int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn cb, void *user, cell_error *err)
 {
     if (cell_file_mkdir(c, dir, 0755, 1, err) < 0)
         return -1;
@@ -270,11 +275,15 @@ int cell_file_upload_tar(cell *c, const char *dir, int tar_fd, cell_error *err)
     } else {
         struct archive_entry *e;
         int r;
+        char rel[PATH_MAX];
         while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
-            if (upload_entry(c, a, e, base, err) < 0) {
+            int done = upload_entry(c, a, e, base, rel, sizeof rel, err);
+            if (done < 0) {
                 rc = -1;
                 break;
             }
+            if (done && cb)
+                cb(user, rel);
         }
         if (rc == 0 && r != ARCHIVE_EOF)
             rc = util_fail(err, EINVAL, "malformed tar stream: %s", archive_error_string(a));

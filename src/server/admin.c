@@ -1,0 +1,177 @@
+/* admin.c: the daemon's own endpoints: health, the tenant's audit log,
+ * tokens and tenant quotas (admin tokens only, except reading your own tenant). */
+#include "server/handlers.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int h_health(sreq *r)
+{
+    return reply_json(r, 200, json_pack("{s:s, s:I}", "status", "ok",
+                                        "uptimeMs", (json_int_t)(srv_now_ms() - r->s->started_ms)));
+}
+
+static int query_int(sreq *r, const char *key, int64_t min, int64_t max, int64_t *out)
+{
+    const char *v = req_query(r, key);
+    if (!v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || end == v || *end || n < min || n > max) {
+        reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be an integer between %lld and %lld",
+                      key, (long long)min, (long long)max);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+int h_audit(sreq *r)
+{
+    int64_t since = 0, limit = 100;
+    if (query_int(r, "since", 0, INT64_MAX, &since) < 0 || query_int(r, "limit", 1, 10000, &limit) < 0)
+        return MHD_YES;
+    json_t *records = NULL;
+    cell_error e = { 0 };
+    if (store_audit_read(r->s->st, r->tok.tenant, since, (size_t)limit, &records, &e) < 0)
+        return reply_error(r, &e);
+    return reply_json(r, 200, json_pack("{s:o}", "records", records));
+}
+
+static json_t *token_json(const store_token *t)
+{
+    return json_pack("{s:s, s:s, s:s, s:b, s:i, s:I, s:b}", "id", t->id, "tenant", t->tenant, "label", t->label,
+                     "admin", t->admin, "rate", (int)t->rate, "createdAtMs", (json_int_t)t->created,
+                     "revoked", t->revoked);
+}
+
+int h_tokens_create(sreq *r)
+{
+    json_t *body;
+    const char *tenant = NULL, *label = "";
+    int admin = 0;
+    int64_t rate = r->s->opt.token_rate;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    if (json_get_str(r, body, "tenant", 1, &tenant) < 0 || json_get_str(r, body, "label", 0, &label) < 0 ||
+        json_get_bool(r, body, "admin", &admin) < 0 || json_get_int(r, body, "rate", 0, 0, 1000000, &rate) < 0)
+        goto out;
+    if (!util_valid_name(tenant)) {
+        reply_problem(r, 400, "invalid_request", "field \"tenant\" must be 1-63 of A-Z a-z 0-9 _ . -");
+        goto out;
+    }
+    if (strlen(label) > 63) {
+        reply_problem(r, 400, "invalid_request", "field \"label\" must be at most 63 bytes");
+        goto out;
+    }
+    store_token t;
+    char bearer[128];
+    cell_error e = { 0 };
+    if (store_token_create(r->s->st, tenant, label, admin, (uint32_t)rate, &t, bearer, sizeof bearer, &e) < 0) {
+        reply_error(r, &e);
+        goto out;
+    }
+    req_audit(r, "created_token", json_string(t.id));
+    json_t *o = token_json(&t);
+    json_object_set_new(o, "token", json_string(bearer));
+    reply_json(r, 201, o);
+out:
+    json_decref(body);
+    return MHD_YES;
+}
+
+int h_tokens_list(sreq *r)
+{
+    store_token *toks = NULL;
+    size_t n = 0;
+    cell_error e = { 0 };
+    if (store_token_list(r->s->st, &toks, &n, &e) < 0)
+        return reply_error(r, &e);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, token_json(&toks[i]));
+    free(toks);
+    return reply_json(r, 200, json_pack("{s:o}", "tokens", arr));
+}
+
+int h_tokens_revoke(sreq *r)
+{
+    const char *id = router_param(&r->m, "id");
+    cell_error e = { 0 };
+    req_audit(r, "revoked_token", json_string(id));
+    if (store_token_revoke(r->s->st, id, &e) < 0)
+        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "token %s not found", id) : reply_error(r, &e);
+    return reply_empty(r, 204);
+}
+
+static json_t *tenant_json(srv *s, const store_tenant *t)
+{
+    size_t cells = 0, lanes = 0;
+    uint64_t memory = 0, disk = 0;
+    registry_usage(s, t->name, &cells, &memory);
+    store_lane_count(s->st, t->name, &lanes, &disk, NULL);
+    return json_pack("{s:s, s:{s:i, s:I, s:i, s:I}, s:{s:i, s:I, s:i, s:I}}", "name", t->name,
+                     "quota", "maxCells", (int)t->max_cells, "maxMemory", (json_int_t)t->max_memory,
+                     "maxLanes", (int)t->max_lanes, "maxDisk", (json_int_t)t->max_disk,
+                     "usage", "cells", (int)cells, "memory", (json_int_t)memory, "lanes", (int)lanes,
+                     "disk", (json_int_t)disk);
+}
+
+int h_tenants_list(sreq *r)
+{
+    store_tenant *ts = NULL;
+    size_t n = 0;
+    cell_error e = { 0 };
+    if (store_tenant_list(r->s->st, &ts, &n, &e) < 0)
+        return reply_error(r, &e);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, tenant_json(r->s, &ts[i]));
+    free(ts);
+    return reply_json(r, 200, json_pack("{s:o}", "tenants", arr));
+}
+
+int h_tenants_get(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    store_tenant t;
+    cell_error e = { 0 };
+    /* Your own tenant, or any for an admin; others look unknown. */
+    if ((!r->tok.admin && strcmp(name, r->tok.tenant) != 0) || store_tenant_get(r->s->st, name, &t, &e) < 0)
+        return reply_problem(r, 404, "not_found", "tenant %s not found", name);
+    return reply_json(r, 200, tenant_json(r->s, &t));
+}
+
+int h_tenants_put(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    json_t *body;
+    if (!util_valid_name(name))
+        return reply_problem(r, 400, "invalid_request", "tenant name must be 1-63 of A-Z a-z 0-9 _ . -");
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    store_tenant t;
+    cell_error e = { 0 };
+    if (store_tenant_ensure(r->s->st, name, &e) < 0 || store_tenant_get(r->s->st, name, &t, &e) < 0) {
+        json_decref(body);
+        return reply_error(r, &e);
+    }
+    int64_t cells = t.max_cells, lanes = t.max_lanes;
+    uint64_t memory = t.max_memory, disk = t.max_disk;
+    if (json_get_int(r, body, "maxCells", 0, 0, 1000000, &cells) < 0 ||
+        json_get_int(r, body, "maxLanes", 0, 0, 1000000, &lanes) < 0 ||
+        json_get_size(r, body, "maxMemory", &memory) < 0 || json_get_size(r, body, "maxDisk", &disk) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
+    json_decref(body);
+    t.max_cells = (uint32_t)cells;
+    t.max_lanes = (uint32_t)lanes;
+    t.max_memory = memory;
+    t.max_disk = disk;
+    if (store_tenant_set_quota(r->s->st, &t, &e) < 0)
+        return reply_error(r, &e);
+    return reply_json(r, 200, tenant_json(r->s, &t));
+}

@@ -1,0 +1,328 @@
+/* cells.c: /v1/cells: create (validate, check quotas, record, boot), list,
+ * get, stop, start, delete.  The record is durable before the cell boots. */
+#include "server/handlers.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define DEFAULT_CELL_MEMORY (1ull << 30)
+#define DEFAULT_CELL_PIDS   4096
+#define MAX_TTL_SECONDS     (365ll * 24 * 3600)
+
+/* Quota checks and the insert that follows are one step per daemon. */
+static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
+
+json_t *cell_json(scell *sc)
+{
+    json_t *o = json_deep_copy(sc->spec);
+    if (!o)
+        return NULL;
+    json_object_del(o, "laneId");
+    pthread_mutex_lock(&sc->io);
+    const char *state = sc->c && !sc->dead ? "running" : "stopped";
+    pthread_mutex_unlock(&sc->io);
+    json_object_set_new(o, "id", json_string(sc->id));
+    json_object_set_new(o, "state", json_string(state));
+    json_object_set_new(o, "createdAtMs", json_integer(sc->created_ms));
+    if (sc->started_ms && strcmp(state, "running") == 0)
+        json_object_set_new(o, "startedAtMs", json_integer(sc->started_ms));
+    char url[64];
+    snprintf(url, sizeof url, "/cells/%s", sc->id);
+    json_object_set_new(o, "baseUrl", json_string(url));
+    return o;
+}
+
+/* ---- validating a create request into a spec ---------------------------------- */
+static int parse_mounts(sreq *r, json_t *body, json_t *spec)
+{
+    json_t *arr = json_object_get(body, "mounts");
+    if (!arr || json_is_null(arr))
+        return 0;
+    if (!json_is_array(arr) || json_array_size(arr) > 16)
+        return reply_problem(r, 400, "invalid_request", "field \"mounts\" must be an array of at most 16 mounts"), -1;
+    json_t *out = json_array();
+    json_object_set_new(spec, "mounts", out);
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m) {
+        const char *type = "memory", *target = NULL, *source = NULL;
+        uint64_t size = 0;
+        int ro = 0;
+        if (!json_is_object(m))
+            return reply_problem(r, 400, "invalid_request", "mounts[%zu] must be an object", i), -1;
+        if (json_get_str(r, m, "type", 0, &type) < 0 || json_get_str(r, m, "target", 1, &target) < 0 ||
+            json_get_str(r, m, "source", 0, &source) < 0 || json_get_size(r, m, "size", &size) < 0 ||
+            json_get_bool(r, m, "readonly", &ro) < 0)
+            return -1;
+        if (strcmp(type, "memory") == 0) {
+            json_array_append_new(out, json_pack("{s:s, s:s, s:I}", "type", "memory", "target", target,
+                                                 "size", (json_int_t)size));
+        } else if (strcmp(type, "bind") == 0) {
+            /* A host path in a cell is the host's trust decision, not a tenant's. */
+            if (!r->tok.admin)
+                return reply_problem(r, 403, "forbidden", "mounts[%zu]: bind mounts of host paths need an admin token", i), -1;
+            if (!source)
+                return reply_problem(r, 400, "invalid_request", "mounts[%zu]: field \"source\" is required for a bind mount", i), -1;
+            json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:b}", "type", "bind", "source", source,
+                                                 "target", target, "readonly", ro));
+        } else {
+            return reply_problem(r, 400, "invalid_request", "mounts[%zu]: type must be \"memory\" or \"bind\"", i), -1;
+        }
+    }
+    return 0;
+}
+
+static int parse_resources(sreq *r, json_t *body, json_t *spec)
+{
+    json_t *res = json_object_get(body, "resources");
+    uint64_t memory = DEFAULT_CELL_MEMORY, disk = 0;
+    int64_t pids = DEFAULT_CELL_PIDS;
+    double cpus = 0;
+    if (res && !json_is_null(res)) {
+        if (!json_is_object(res))
+            return reply_problem(r, 400, "invalid_request", "field \"resources\" must be an object"), -1;
+        if (json_get_size(r, res, "memory", &memory) < 0 || json_get_size(r, res, "disk", &disk) < 0 ||
+            json_get_int(r, res, "pids", 0, 1, 1 << 22, &pids) < 0)
+            return -1;
+        json_t *c = json_object_get(res, "cpus");
+        if (c && !json_is_null(c)) {
+            if (!json_is_number(c) || json_number_value(c) <= 0 || json_number_value(c) > 1024)
+                return reply_problem(r, 400, "invalid_request", "field \"resources.cpus\" must be a number of CPUs above 0, e.g. 0.5 or 2"), -1;
+            cpus = json_number_value(c);
+        }
+        if (memory < (16ull << 20))
+            return reply_problem(r, 400, "invalid_request", "field \"resources.memory\" must be at least 16M"), -1;
+    }
+    json_object_set_new(spec, "resources",
+                        json_pack("{s:I, s:I, s:I, s:I}", "memory", (json_int_t)memory, "pids", (json_int_t)pids,
+                                  "cpuMillis", (json_int_t)(cpus * 1000), "disk", (json_int_t)disk));
+    return 0;
+}
+
+static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, int *has_lane)
+{
+    const char *image = NULL, *lane_name = NULL, *cwd = "/", *hostname = NULL;
+    int64_t ttl = 0;
+    if (json_get_str(r, body, "image", 0, &image) < 0 || json_get_str(r, body, "lane", 0, &lane_name) < 0 ||
+        json_get_str(r, body, "cwd", 0, &cwd) < 0 || json_get_str(r, body, "hostname", 0, &hostname) < 0 ||
+        json_get_int(r, body, "ttl", 0, 0, MAX_TTL_SECONDS, &ttl) < 0)
+        return -1;
+    char **env = NULL;
+    size_t n_env = 0;
+    if (json_get_env(r, body, "env", &env, &n_env) < 0)
+        return -1;
+    strv_free(env);
+    if (cwd[0] != '/')
+        return reply_problem(r, 400, "invalid_request", "field \"cwd\" must be an absolute path"), -1;
+    if (hostname && (!util_valid_name(hostname) || strchr(hostname, '_')))
+        return reply_problem(r, 400, "invalid_request", "field \"hostname\" must be 1-63 letters, digits, '-' or '.'"), -1;
+    *has_lane = 0;
+    if (lane_name) {
+        cell_error e = { 0 };
+        if (store_lane_get(r->s->st, r->tok.tenant, lane_name, lane, &e) < 0 || strcmp(lane->state, "ready") != 0)
+            return reply_problem(r, 404, "not_found", "lane %s not found; create it with POST /v1/lanes", lane_name), -1;
+        if (image && strcmp(image, lane->image) != 0)
+            return reply_problem(r, 400, "invalid_request", "lane %s belongs to image %s, not %s", lane_name, lane->image, image), -1;
+        image = lane->image;
+        *has_lane = 1;
+        json_object_set_new(spec, "lane", json_string(lane->name));
+        json_object_set_new(spec, "laneId", json_string(lane->id));
+    }
+    if (!image)
+        image = "host";
+    json_object_set_new(spec, "image", json_string(image));
+    json_object_set_new(spec, "cwd", json_string(cwd));
+    if (hostname)
+        json_object_set_new(spec, "hostname", json_string(hostname));
+    json_object_set_new(spec, "ttl", json_integer(ttl));
+    json_t *envo = json_object_get(body, "env");
+    json_object_set(spec, "env", json_is_object(envo) ? envo : json_object());
+    if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0)
+        return -1;
+    return 0;
+}
+
+static int check_quota(sreq *r, uint64_t memory)
+{
+    store_tenant t;
+    cell_error e = { 0 };
+    if (store_tenant_ensure(r->s->st, r->tok.tenant, &e) < 0 || store_tenant_get(r->s->st, r->tok.tenant, &t, &e) < 0)
+        return reply_error(r, &e), -1;
+    size_t cells;
+    uint64_t used;
+    registry_usage(r->s, r->tok.tenant, &cells, &used);
+    if (cells + 1 > t.max_cells) {
+        reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"cells\" is %u and %zu exist; delete one first",
+                      t.name, t.max_cells, cells);
+        return -1;
+    }
+    if (used + memory > t.max_memory) {
+        reply_problem(r, 403, "quota_exceeded",
+                      "tenant %s: quota \"memory\" is %llu bytes, %llu are reserved and this cell asks %llu",
+                      t.name, (unsigned long long)t.max_memory, (unsigned long long)used, (unsigned long long)memory);
+        return -1;
+    }
+    return 0;
+}
+
+static void audit_cell_event(srv *s, const char *tenant, const char *id, const char *event)
+{
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s}", "kind", "cell", "tenant", tenant, "cell", id, "event", event);
+    store_audit_append(s->st, rec);
+    json_decref(rec);
+}
+
+int h_cells_create(sreq *r)
+{
+    json_t *body = NULL, *spec = json_object();
+    store_lane lane;
+    int has_lane = 0, ret = MHD_YES;
+    if (!spec)
+        return reply_problem(r, 500, "internal", "out of memory");
+    if (req_json(r, &body) < 0 || parse_create(r, body, spec, &lane, &has_lane) < 0)
+        goto out;
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int ready = cell_image_status(r->s->ctx, json_string_value(json_object_get(spec, "image")), &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (ready < 0) {
+        ret = reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
+        goto out;
+    }
+    if (ready == 0) {
+        ret = reply_problem(r, 409, "image_not_built", "image %s is not built yet; POST /v1/images/%s/build first",
+                            json_string_value(json_object_get(spec, "image")),
+                            json_string_value(json_object_get(spec, "image")));
+        goto out;
+    }
+
+    char id[13];
+    util_random_hex(id, 6);
+    uint64_t memory = (uint64_t)json_integer_value(json_object_get(json_object_get(spec, "resources"), "memory"));
+    pthread_mutex_lock(&quota_lock);
+    if (check_quota(r, memory) < 0) {
+        pthread_mutex_unlock(&quota_lock);
+        goto out;
+    }
+    char *text = json_dumps(spec, JSON_COMPACT);
+    store_cell rec = { .spec = text, .created = srv_now_ms(), .updated = srv_now_ms() };
+    snprintf(rec.id, sizeof rec.id, "%s", id);
+    snprintf(rec.tenant, sizeof rec.tenant, "%s", r->tok.tenant);
+    snprintf(rec.state, sizeof rec.state, "stopped");
+    int ins = text ? store_cell_insert(r->s->st, &rec, &e) : util_fail(&e, ENOMEM, "out of memory");
+    free(text);
+    scell *sc = ins == 0 ? registry_add(r->s, id, r->tok.tenant, spec, rec.created) : NULL;
+    pthread_mutex_unlock(&quota_lock);
+    if (!sc) {
+        ret = reply_error(r, &e);
+        goto out;
+    }
+    req_audit(r, "cell", json_string(id));
+    if (registry_boot(sc, &e) < 0) {
+        registry_remove(sc);
+        store_cell_delete(r->s->st, id, NULL);
+        registry_put(sc);
+        ret = reply_error(r, &e);
+        goto out;
+    }
+    audit_cell_event(r->s, r->tok.tenant, id, "created");
+    ret = reply_json(r, 201, cell_json(sc));
+    registry_put(sc);
+out:
+    json_decref(body);
+    json_decref(spec);
+    return r->responded ? MHD_YES : ret;
+}
+
+int h_cells_list(sreq *r)
+{
+    json_t *arr = json_array();
+    srv *s = r->s;
+    /* References first, JSON after: cell_json takes each cell's io lock. */
+    pthread_mutex_lock(&s->lock);
+    size_t n = 0;
+    for (scell *sc = s->cells; sc; sc = sc->next)
+        n += strcmp(sc->tenant, r->tok.tenant) == 0;
+    scell **mine = calloc(n ? n : 1, sizeof *mine);
+    n = 0;
+    for (scell *sc = s->cells; mine && sc; sc = sc->next)
+        if (strcmp(sc->tenant, r->tok.tenant) == 0) {
+            sc->refs++;
+            mine[n++] = sc;
+        }
+    pthread_mutex_unlock(&s->lock);
+    if (!mine)
+        return reply_problem(r, 500, "internal", "out of memory");
+    for (size_t i = n; i-- > 0;) {
+        json_array_append_new(arr, cell_json(mine[i]));
+        registry_put(mine[i]);
+    }
+    free(mine);
+    return reply_json(r, 200, json_pack("{s:o}", "cells", arr));
+}
+
+/* The tenant's cell named by {id}, or a 404 that never says whether the id
+ * exists for another tenant. */
+static scell *find_cell(sreq *r)
+{
+    const char *id = router_param(&r->m, "id");
+    scell *sc = registry_get(r->s, r->tok.tenant, id);
+    if (!sc)
+        reply_problem(r, 404, "not_found", "cell %s not found", id);
+    else
+        req_audit(r, "cell", json_string(id));
+    return sc;
+}
+
+int h_cells_get(sreq *r)
+{
+    scell *sc = find_cell(r);
+    if (!sc)
+        return MHD_YES;
+    int ret = reply_json(r, 200, cell_json(sc));
+    registry_put(sc);
+    return ret;
+}
+
+int h_cells_delete(sreq *r)
+{
+    scell *sc = find_cell(r);
+    if (!sc)
+        return MHD_YES;
+    registry_remove(sc);
+    registry_halt(sc);
+    cell_error e = { 0 };
+    int rc = store_cell_delete(r->s->st, sc->id, &e);
+    audit_cell_event(r->s, sc->tenant, sc->id, "deleted");
+    registry_put(sc);
+    return rc < 0 ? reply_error(r, &e) : reply_empty(r, 204);
+}
+
+int h_cells_stop(sreq *r)
+{
+    scell *sc = find_cell(r);
+    if (!sc)
+        return MHD_YES;
+    registry_halt(sc);
+    audit_cell_event(r->s, sc->tenant, sc->id, "stopped");
+    int ret = reply_json(r, 200, cell_json(sc));
+    registry_put(sc);
+    return ret;
+}
+
+int h_cells_start(sreq *r)
+{
+    scell *sc = find_cell(r);
+    if (!sc)
+        return MHD_YES;
+    cell_error e = { 0 };
+    int ret;
+    if (registry_boot(sc, &e) < 0) {
+        ret = reply_error(r, &e);
+    } else {
+        audit_cell_event(r->s, sc->tenant, sc->id, "started");
+        ret = reply_json(r, 200, cell_json(sc));
+    }
+    registry_put(sc);
+    return ret;
+}

@@ -1,0 +1,72 @@
+/* handlers.h: every route handler, by file.  routes.c binds them to
+ * methods and paths; nothing else calls them. */
+#ifndef CELL_SERVER_HANDLERS_H
+#define CELL_SERVER_HANDLERS_H
+
+#include "server/server_internal.h"
+
+/* cells.c: /v1/cells */
+int h_cells_create(sreq *r);
+int h_cells_list(sreq *r);
+int h_cells_get(sreq *r);
+int h_cells_delete(sreq *r);
+int h_cells_stop(sreq *r);
+int h_cells_start(sreq *r);
+
+/* lanes.c: /v1/lanes, /v1/images */
+int h_lanes_create(sreq *r);
+int h_lanes_list(sreq *r);
+int h_lanes_get(sreq *r);
+int h_lanes_delete(sreq *r);
+int h_lanes_export(sreq *r);
+int h_lanes_import(sreq *r);
+int h_lanes_import_body(sreq *r, const char *data, size_t len);
+int h_images_list(sreq *r);
+int h_images_get(sreq *r);
+int h_images_build(sreq *r);
+
+/* admin.c: health, audit, tokens, tenants */
+int h_health(sreq *r);
+int h_audit(sreq *r);
+int h_tokens_create(sreq *r);
+int h_tokens_list(sreq *r);
+int h_tokens_revoke(sreq *r);
+int h_tenants_list(sreq *r);
+int h_tenants_get(sreq *r);
+int h_tenants_put(sreq *r);
+
+/* procs.c: /cells/{cell}/v1/processes */
+int h_cell_health(sreq *r);
+int h_proc_config(sreq *r);
+int h_proc_run(sreq *r);
+int h_proc_create(sreq *r);
+int h_proc_list(sreq *r);
+int h_proc_get(sreq *r);
+int h_proc_logs(sreq *r);
+int h_proc_input(sreq *r);
+int h_proc_stop(sreq *r);
+int h_proc_kill(sreq *r);
+int h_proc_delete(sreq *r);
+int h_proc_resize(sreq *r);
+/* terminal.c */
+int h_proc_terminal_ws(sreq *r);
+
+/* fsapi.c: /cells/{cell}/v1/fs */
+int h_fs_read(sreq *r);
+int h_fs_write(sreq *r);
+int h_fs_write_body(sreq *r, const char *data, size_t len);
+int h_fs_entries(sreq *r);
+int h_fs_stat(sreq *r);
+int h_fs_mkdir(sreq *r);
+int h_fs_move(sreq *r);
+int h_fs_delete(sreq *r);
+int h_fs_upload(sreq *r);
+int h_fs_upload_body(sreq *r, const char *data, size_t len);
+
+/* routes.c: agents and ACP belong to a later issue */
+int h_not_implemented(sreq *r);
+
+/* cells.c: the JSON form of a cell, for the CLI and clients. */
+json_t *cell_json(scell *sc);
+
+#endif

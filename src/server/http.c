@@ -1,0 +1,558 @@
+/* http.c: the daemon's life (start, listen, signals, shutdown) and each
+ * request's path through libmicrohttpd: route, authenticate, limit, body, audit. */
+#include "server/server_internal.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/un.h>
+
+/* ---- rate limiting ----------------------------------------------------------
+ * A token bucket per token id: `rate` requests per second with a burst of
+ * twice that.  Kept in memory: a restart refilling every bucket is harmless. */
+struct rate_bucket {
+    char     token_id[16];
+    double   tokens;
+    int64_t  last_ms;
+    struct rate_bucket *next;
+};
+
+static int rate_allow(srv *s, const store_token *t)
+{
+    if (t->rate == 0)
+        return 1;
+    int64_t now = srv_now_ms();
+    pthread_mutex_lock(&s->lock);
+    struct rate_bucket *b = s->buckets;
+    while (b && strcmp(b->token_id, t->id) != 0)
+        b = b->next;
+    if (!b && (b = calloc(1, sizeof *b))) {
+        snprintf(b->token_id, sizeof b->token_id, "%s", t->id);
+        b->tokens = 2.0 * t->rate;
+        b->last_ms = now;
+        b->next = s->buckets;
+        s->buckets = b;
+    }
+    int ok = 1;
+    if (b) {
+        b->tokens += (double)(now - b->last_ms) * t->rate / 1000.0;
+        if (b->tokens > 2.0 * t->rate)
+            b->tokens = 2.0 * t->rate;
+        b->last_ms = now;
+        if (b->tokens >= 1.0)
+            b->tokens -= 1.0;
+        else
+            ok = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ok;
+}
+
+/* ---- authentication --------------------------------------------------------- */
+static int authenticate(sreq *r)
+{
+    srv *s = r->s;
+    if (s->opt.no_token) {
+        snprintf(r->tok.id, sizeof r->tok.id, "-");
+        snprintf(r->tok.tenant, sizeof r->tok.tenant, "default");
+        r->tok.admin = 1;
+        r->authed = 1;
+        return 0;
+    }
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *bearer = NULL;
+    if (h && strncasecmp(h, "Bearer ", 7) == 0)
+        bearer = h + 7;
+    else if (!h)
+        bearer = req_query(r, "access_token");  /* browsers cannot set headers on WebSockets */
+    if (!bearer || !*bearer) {
+        reply_problem(r, 401, "unauthorized", "an Authorization: Bearer token is required");
+        return -1;
+    }
+    cell_error e = { 0 };
+    if (store_token_check(s->st, bearer, &r->tok, &e) < 0) {
+        if (e.code == EACCES)
+            reply_problem(r, 401, "unauthorized", "the token is not valid (unknown, revoked or malformed)");
+        else
+            reply_error(r, &e);
+        return -1;
+    }
+    r->authed = 1;
+    if (!rate_allow(s, &r->tok)) {
+        reply_problem(r, 429, "rate_limited",
+                      "token %s is limited to %u requests per second; slow down and retry",
+                      r->tok.id, r->tok.rate);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- one request --------------------------------------------------------------
+ * libmicrohttpd calls the access handler once with the headers, once per
+ * body chunk, and once more at the end.  Routing, auth and the cell lookup
+ * happen on the first call, so a bad token never gets to send a big body. */
+static void begin(sreq *r)
+{
+    srv *s = r->s;
+    char path[sizeof r->m.buf];
+    size_t len = strcspn(r->url, "?");
+    if (len >= sizeof path) {
+        reply_problem(r, 414, "invalid_request", "the request path is longer than %zu bytes", sizeof path - 1);
+        return;
+    }
+    memcpy(path, r->url, len);
+    path[len] = '\0';
+
+    const route *table = control_routes;
+    size_t n = n_control_routes;
+    if (strncmp(path, "/cells/", 7) == 0)
+        table = agent_routes, n = n_agent_routes;
+    r->matched = router_match(table, n, r->method, path, &r->m);
+    if (r->matched == ROUTER_NO_PATH || r->matched == ROUTER_TOO_LONG) {
+        reply_problem(r, 404, "not_found", "no route for %s %s", r->method, path);
+        return;
+    }
+    if (r->matched == ROUTER_BAD_METHOD) {
+        reply_problem(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method, path);
+        return;
+    }
+    unsigned flags = r->m.route->flags;
+    if (flags & ROUTE_PUBLIC)
+        return;
+    if (authenticate(r) < 0)
+        return;
+    if ((flags & ROUTE_ADMIN) && !r->tok.admin) {
+        reply_problem(r, 403, "forbidden", "%s %s needs an admin token", r->method, path);
+        return;
+    }
+    if (flags & ROUTE_CELL) {
+        const char *id = router_param(&r->m, "cell");
+        req_audit(r, "cell", json_string(id));
+        r->cell = registry_get(s, r->tok.tenant, id);
+        if (!r->cell) {
+            reply_problem(r, 404, "not_found", "cell %s not found", id);
+            return;
+        }
+        atomic_store(&r->cell->active_ms, srv_now_ms());
+        if (!registry_running(r->cell))
+            reply_problem(r, 409, "cell_stopped", "cell %s is stopped; POST /v1/cells/%s/start first", id, id);
+    }
+}
+
+/* A JSON body is buffered up to max_json_bytes; streamed bodies go to the route. */
+static void take_body(sreq *r, const char *data, size_t len)
+{
+    if (r->responded)
+        return;                       /* an error is queued: drain and drop */
+    const route *rt = r->m.route;
+    if (rt->flags & ROUTE_STREAM_BODY) {
+        rt->body(r, data, len);
+        return;
+    }
+    size_t limit = r->s->opt.max_json_bytes;
+    if (r->body_len + len > limit) {
+        reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %zu bytes", limit);
+        return;
+    }
+    if (r->body_len + len > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_len + len)
+            cap *= 2;
+        char *nb = realloc(r->body, cap);
+        if (!nb) {
+            reply_problem(r, 500, "internal", "out of memory");
+            return;
+        }
+        r->body = nb;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, len);
+    r->body_len += len;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    sreq *r = *con_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->s = cls;
+        r->conn = conn;
+        r->url = url;
+        r->method = method;
+        r->start_ms = srv_now_ms();
+        *con_cls = r;
+        begin(r);
+        if (!r->responded) {
+            /* Refuse a declared oversized JSON body before reading it. */
+            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            if (cl && !(r->m.route->flags & ROUTE_STREAM_BODY) &&
+                strtoull(cl, NULL, 10) > r->s->opt.max_json_bytes)
+                reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %u bytes",
+                              r->s->opt.max_json_bytes);
+        }
+        r->in_body = 1;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        take_body(r, upload, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    r->in_body = 0;
+    if (r->deferred) {
+        struct MHD_Response *resp = r->deferred;
+        r->deferred = NULL;
+        enum MHD_Result ok = MHD_queue_response(conn, r->status, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
+    if (r->responded)
+        return MHD_YES;
+    int ret = r->m.route->fn(r);
+    if (!r->responded && ret == MHD_YES)
+        return reply_problem(r, 500, "internal", "the handler gave no answer");
+    return ret;
+}
+
+static void write_audit(sreq *r)
+{
+    if (r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status < 400)
+        return;
+    json_t *rec = r->audit ? r->audit : json_object();
+    r->audit = NULL;
+    if (!rec)
+        return;
+    json_object_set_new(rec, "kind", json_string("request"));
+    json_object_set_new(rec, "tenant", json_string(r->authed ? r->tok.tenant : "-"));
+    json_object_set_new(rec, "token", json_string(r->authed ? r->tok.id : "-"));
+    json_object_set_new(rec, "method", json_string(r->method));
+    char path[512];
+    snprintf(path, sizeof path, "%.*s", (int)strcspn(r->url, "?"), r->url);
+    json_object_set_new(rec, "path", json_string(path));
+    json_object_set_new(rec, "status", json_integer(r->status));
+    json_object_set_new(rec, "durationMs", json_integer(srv_now_ms() - r->start_ms));
+    store_audit_append(r->s->st, rec);
+    json_decref(rec);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls, (void)conn, (void)toe;
+    sreq *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    write_audit(r);
+    if (r->stream_free)
+        r->stream_free(r);
+    if (r->deferred)
+        MHD_destroy_response(r->deferred);
+    if (r->cell)
+        registry_put(r->cell);
+    json_decref(r->audit);
+    free(r->body);
+    free(r);
+}
+
+/* ---- listening ----------------------------------------------------------------- */
+static int listen_tcp(const char *spec, cell_error *err)
+{
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host || !colon[1])
+        return util_fail(err, EINVAL, "--listen %s: expected HOST:PORT, e.g. 127.0.0.1:7070", spec);
+    memcpy(host, spec, colon - spec);
+    host[colon - spec] = '\0';
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        memmove(host, host + 1, strlen(host));
+        host[strlen(host) - 1] = '\0';
+    }
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE }, *ai;
+    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gai != 0)
+        return util_fail(err, EINVAL, "--listen %s: %s (use a numeric address and port)", spec, gai_strerror(gai));
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0) {
+        freeaddrinfo(ai);
+        return util_fail_errno(err, "socket for %s", spec);
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 512) < 0) {
+        int saved = errno;
+        freeaddrinfo(ai);
+        close(fd);
+        errno = saved;
+        return util_fail_errno(err, "listen on %s", spec);
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static int listen_unix(const char *path, cell_error *err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(path) >= sizeof sa.sun_path)
+        return util_fail(err, ENAMETOOLONG, "socket path %s is longer than %zu bytes", path, sizeof sa.sun_path - 1);
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return util_fail_errno(err, "socket for %s", path);
+    /* A socket left by a killed daemon is stale unless something answers on it. */
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        close(fd);
+        return util_fail(err, EADDRINUSE, "%s: another daemon is serving this state directory", path);
+    }
+    unlink(path);
+    mode_t old = umask(0077);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc < 0 || listen(fd, 512) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return util_fail_errno(err, "listen on %s", path);
+    }
+    return fd;
+}
+
+static struct MHD_Daemon *start_mhd(srv *s, int fd)
+{
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_LISTEN_SOCKET, fd,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                            MHD_OPTION_END);
+}
+
+/* ---- the owner thread -------------------------------------------------------------- */
+struct owner_job {
+    void (*fn)(void *);
+    void *arg;
+    int done;
+    struct owner_job *next;
+};
+
+void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg)
+{
+    struct owner_job job = { .fn = fn, .arg = arg };
+    pthread_mutex_lock(&s->owner_lock);
+    job.next = s->owner_jobs;
+    s->owner_jobs = &job;
+    uint64_t one = 1;
+    if (write(s->owner_wake, &one, sizeof one) < 0) { /* an eventfd write cannot fail short of overflow */ }
+    while (!job.done)
+        pthread_cond_wait(&s->owner_cond, &s->owner_lock);
+    pthread_mutex_unlock(&s->owner_lock);
+}
+
+static void run_owner_jobs(srv *s)
+{
+    uint64_t n;
+    if (read(s->owner_wake, &n, sizeof n) < 0) { /* spurious wake */ }
+    pthread_mutex_lock(&s->owner_lock);
+    while (s->owner_jobs) {
+        struct owner_job *job = s->owner_jobs;
+        s->owner_jobs = job->next;
+        pthread_mutex_unlock(&s->owner_lock);
+        job->fn(job->arg);
+        pthread_mutex_lock(&s->owner_lock);
+        job->done = 1;
+        pthread_cond_broadcast(&s->owner_cond);
+    }
+    pthread_mutex_unlock(&s->owner_lock);
+}
+
+/* The main thread: boots cells for the request threads until a signal. */
+static int owner_loop(srv *s, const sigset_t *sigs)
+{
+    int sfd = signalfd(-1, sigs, SFD_CLOEXEC);
+    if (sfd < 0)
+        return -1;
+    for (;;) {
+        struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = s->owner_wake, .events = POLLIN } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[1].revents)
+            run_owner_jobs(s);
+        if (p[0].revents) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == sizeof si) {
+                close(sfd);
+                return (int)si.ssi_signo;
+            }
+        }
+    }
+    close(sfd);
+    return 0;
+}
+
+/* ---- tokens at start ------------------------------------------------------------ */
+static int ensure_admin_token(srv *s, char *path, size_t size, int *created, cell_error *err)
+{
+    size_t n = 0;
+    *created = 0;
+    if (util_path(path, size, err, "%s/admin.token", s->state_dir) < 0 ||
+        store_token_count(s->st, &n, err) < 0)
+        return -1;
+    if (n > 0)
+        return 0;
+    store_token info;
+    char bearer[128];
+    if (store_token_create(s->st, "default", "admin", 1, 0, &info, bearer, sizeof bearer, err) < 0)
+        return -1;
+    size_t len = strlen(bearer);
+    bearer[len] = '\n';
+    if (util_write_file(path, bearer, len + 1, 0600, 1, err) < 0)
+        return -1;
+    *created = 1;
+    return 0;
+}
+
+static void srv_free(srv *s)
+{
+    registry_free(s);
+    while (s->buckets) {
+        struct rate_bucket *b = s->buckets;
+        s->buckets = b->next;
+        free(b);
+    }
+    if (s->st)
+        store_close(s->st);
+    if (s->ctx)
+        cell_ctx_close(s->ctx);
+    if (s->owner_wake >= 0)
+        close(s->owner_wake);
+    pthread_mutex_destroy(&s->owner_lock);
+    pthread_cond_destroy(&s->owner_cond);
+    pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->ctx_lock);
+    pthread_cond_destroy(&s->reaper_cond);
+}
+
+int server_run(const server_options *opt, cell_error *err)
+{
+    srv s = { .opt = *opt };
+    pthread_mutex_init(&s.lock, NULL);
+    pthread_mutex_init(&s.ctx_lock, NULL);
+    pthread_cond_init(&s.reaper_cond, NULL);
+    pthread_mutex_init(&s.owner_lock, NULL);
+    pthread_cond_init(&s.owner_cond, NULL);
+    s.owner_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!s.opt.max_file_bytes)
+        s.opt.max_file_bytes = SERVER_DEFAULT_MAX_FILE;
+    if (!s.opt.max_json_bytes)
+        s.opt.max_json_bytes = SERVER_DEFAULT_MAX_JSON;
+    s.started_ms = srv_now_ms();
+
+    /* Signals are taken synchronously by this thread; every thread created
+     * from here on inherits the blocked mask.  Writes to a closed peer must
+     * be errors, not deaths. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = -1, tcp_fd = -1, unix_fd = -1;
+    if (s.owner_wake < 0) {
+        util_fail_errno(err, "eventfd");
+        goto out;
+    }
+    char sock_path[4096] = "", token_path[4096];
+    int created = 0;
+    if (cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
+        goto out;
+    snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
+    if (store_open(&s.st, s.state_dir, err) < 0)
+        goto out;
+    if (!opt->no_token && ensure_admin_token(&s, token_path, sizeof token_path, &created, err) < 0)
+        goto out;
+    if (registry_load(&s, err) < 0)
+        goto out;
+
+    const char *listen_spec = opt->listen ? opt->listen : SERVER_DEFAULT_LISTEN;
+    if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
+        goto stop_registry;
+    if (!opt->socket_path && util_path(sock_path, sizeof sock_path, err, "%s/cell.sock", s.state_dir) < 0)
+        goto stop_registry;
+    if (opt->socket_path)
+        snprintf(sock_path, sizeof sock_path, "%s", opt->socket_path);
+    if (*sock_path && (unix_fd = listen_unix(sock_path, err)) < 0)
+        goto stop_registry;
+    /* A started libmicrohttpd daemon owns its listening socket. */
+    if (tcp_fd >= 0) {
+        if (!(s.tcp = start_mhd(&s, tcp_fd))) {
+            util_fail(err, EIO, "could not start the HTTP server on %s", listen_spec);
+            goto stop_registry;
+        }
+        tcp_fd = -2;
+    }
+    if (unix_fd >= 0) {
+        if (!(s.unix_d = start_mhd(&s, unix_fd))) {
+            util_fail(err, EIO, "could not start the HTTP server on %s", sock_path);
+            goto stop_http;
+        }
+        unix_fd = -2;
+    }
+
+    if (!opt->quiet) {
+        printf("cell daemon: state in %s\n", s.state_dir);
+        if (s.tcp)
+            printf("cell daemon: listening on http://%s\n", listen_spec);
+        if (s.unix_d)
+            printf("cell daemon: listening on unix:%s\n", sock_path);
+        if (opt->no_token)
+            printf("cell daemon: WARNING: --no-token: every request is the admin of tenant \"default\"; "
+                   "for local development only\n");
+        else
+            printf("cell daemon: %s token in %s (use: Authorization: Bearer $(cat %s))\n",
+                   created ? "created the admin" : "admin", token_path, token_path);
+        fflush(stdout);
+    }
+
+    int sig = owner_loop(&s, &sigs);
+    if (!opt->quiet)
+        printf("cell daemon: signal %d, stopping\n", sig);
+    rc = 0;
+stop_http:
+    atomic_store(&s.stopping, 1);
+    registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
+    if (s.tcp)
+        MHD_stop_daemon(s.tcp);
+    if (s.unix_d)
+        MHD_stop_daemon(s.unix_d);
+    if (s.unix_d)
+        unlink(sock_path);
+stop_registry:
+    atomic_store(&s.stopping, 1);
+    registry_shutdown(&s);
+out:
+    if (tcp_fd >= 0)
+        close(tcp_fd);
+    if (unix_fd >= 0)
+        close(unix_fd);
+    srv_free(&s);
+    return rc;
+}

@@ -1,0 +1,454 @@
+/* lanes.c: /v1/lanes (tenant-named lanes over host-unique runtime lanes,
+ * export and import as tar streams) and /v1/images (list, build with progress). */
+#include "server/handlers.h"
+#include "server/stream.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+
+static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static json_t *lane_json(srv *s, const store_lane *l)
+{
+    cell_lane_info info;
+    cell_error e;
+    pthread_mutex_lock(&s->ctx_lock);
+    int ok = cell_lane_get(s->ctx, l->id, &info, &e) == 0;
+    pthread_mutex_unlock(&s->ctx_lock);
+    return json_pack("{s:s, s:s, s:I, s:I, s:b}", "name", l->name, "image", l->image, "size", (json_int_t)l->size,
+                     "createdAtMs", (json_int_t)l->created, "attached", ok && info.attached);
+}
+
+static int find_lane(sreq *r, store_lane *out)
+{
+    const char *name = router_param(&r->m, "name");
+    cell_error e = { 0 };
+    req_audit(r, "lane", json_string(name));
+    if (store_lane_get(r->s->st, r->tok.tenant, name, out, &e) < 0 || strcmp(out->state, "ready") != 0) {
+        if (e.code && e.code != ENOENT)
+            return reply_error(r, &e), -1;
+        return reply_problem(r, 404, "not_found", "lane %s not found", name), -1;
+    }
+    return 0;
+}
+
+/* Reserve a lane row in "creating" state after the quota check; the caller
+ * makes the runtime lane and marks the row ready (or deletes it). */
+static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t size, store_lane *l)
+{
+    if (!util_valid_name(name))
+        return reply_problem(r, 400, "invalid_request", "lane name \"%s\": use 1-63 of A-Z a-z 0-9 _ . - "
+                             "not starting with '.' or '-'", name), -1;
+    if (size && size < CELL_LANE_MIN_SIZE)
+        return reply_problem(r, 400, "invalid_request", "field \"size\" must be 0 (unlimited) or at least 16M"), -1;
+    store_tenant t;
+    cell_error e = { 0 };
+    if (store_tenant_ensure(r->s->st, r->tok.tenant, &e) < 0 || store_tenant_get(r->s->st, r->tok.tenant, &t, &e) < 0)
+        return reply_error(r, &e), -1;
+    pthread_mutex_lock(&quota_lock);
+    size_t count = 0;
+    uint64_t total = 0;
+    int rc = store_lane_count(r->s->st, r->tok.tenant, &count, &total, &e);
+    if (rc == 0 && count + 1 > t.max_lanes) {
+        pthread_mutex_unlock(&quota_lock);
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"lanes\" is %u and %zu exist",
+                             t.name, t.max_lanes, count), -1;
+    }
+    if (rc == 0 && total + size > t.max_disk) {
+        pthread_mutex_unlock(&quota_lock);
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and lanes hold %llu",
+                             t.name, (unsigned long long)t.max_disk, (unsigned long long)total), -1;
+    }
+    memset(l, 0, sizeof *l);
+    char hex[17];
+    util_random_hex(hex, 8);
+    snprintf(l->id, sizeof l->id, "l-%s", hex);
+    snprintf(l->tenant, sizeof l->tenant, "%s", r->tok.tenant);
+    snprintf(l->name, sizeof l->name, "%s", name);
+    snprintf(l->image, sizeof l->image, "%s", image);
+    snprintf(l->state, sizeof l->state, "creating");
+    l->size = size;
+    l->created = srv_now_ms();
+    if (rc == 0)
+        rc = store_lane_insert(r->s->st, l, &e);
+    pthread_mutex_unlock(&quota_lock);
+    if (rc < 0) {
+        if (e.code == EEXIST)
+            return reply_problem(r, 409, "conflict", "lane %s already exists", name), -1;
+        return reply_error(r, &e), -1;
+    }
+    return 0;
+}
+
+int h_lanes_create(sreq *r)
+{
+    json_t *body;
+    const char *name = NULL, *image = "host";
+    uint64_t size = 0;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    store_lane l;
+    if (json_get_str(r, body, "name", 1, &name) < 0 || json_get_str(r, body, "image", 0, &image) < 0 ||
+        json_get_size(r, body, "size", &size) < 0 || reserve_lane(r, name, image, size, &l) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
+    json_decref(body);
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int rc = cell_lane_create_sized(r->s->ctx, l.id, l.image, l.size, &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0 || store_lane_set_state(r->s->st, l.id, "ready", &e) < 0) {
+        pthread_mutex_lock(&r->s->ctx_lock);
+        cell_lane_delete(r->s->ctx, l.id, NULL);
+        pthread_mutex_unlock(&r->s->ctx_lock);
+        store_lane_delete(r->s->st, l.id, NULL);
+        if (e.code == ENOENT)   /* the runtime's "unknown image" */
+            return reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
+        return reply_error(r, &e);
+    }
+    snprintf(l.state, sizeof l.state, "ready");
+    return reply_json(r, 201, lane_json(r->s, &l));
+}
+
+int h_lanes_list(sreq *r)
+{
+    store_lane *lanes = NULL;
+    size_t n = 0;
+    cell_error e = { 0 };
+    if (store_lane_list(r->s->st, r->tok.tenant, &lanes, &n, &e) < 0)
+        return reply_error(r, &e);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(lanes[i].state, "ready") == 0)
+            json_array_append_new(arr, lane_json(r->s, &lanes[i]));
+    free(lanes);
+    return reply_json(r, 200, json_pack("{s:o}", "lanes", arr));
+}
+
+int h_lanes_get(sreq *r)
+{
+    store_lane l;
+    if (find_lane(r, &l) < 0)
+        return MHD_YES;
+    return reply_json(r, 200, lane_json(r->s, &l));
+}
+
+/* The cell of this tenant whose spec names the lane, if any. */
+static int lane_user(srv *s, const char *tenant, const char *lane_id, char *cell_id, size_t size)
+{
+    int found = 0;
+    pthread_mutex_lock(&s->lock);
+    for (scell *sc = s->cells; sc && !found; sc = sc->next) {
+        const char *id = json_string_value(json_object_get(sc->spec, "laneId"));
+        if (strcmp(sc->tenant, tenant) == 0 && id && strcmp(id, lane_id) == 0) {
+            snprintf(cell_id, size, "%s", sc->id);
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+int h_lanes_delete(sreq *r)
+{
+    store_lane l;
+    if (find_lane(r, &l) < 0)
+        return MHD_YES;
+    char user[24];
+    if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
+        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+    cell_error e = { 0 };
+    if (store_lane_set_state(r->s->st, l.id, "deleting", &e) < 0)
+        return reply_error(r, &e);
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int rc = cell_lane_delete(r->s->ctx, l.id, &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0 && e.code != ENOENT) {
+        store_lane_set_state(r->s->st, l.id, "ready", NULL);
+        return reply_error(r, &e);
+    }
+    if (store_lane_delete(r->s->st, l.id, &e) < 0)
+        return reply_error(r, &e);
+    return reply_empty(r, 204);
+}
+
+/* ---- export: a worker with its own context writes the tar into a pipe ------ */
+typedef struct lane_job {
+    char state_dir[4096];
+    char id[40];
+    char image[64];
+    int  fd;                     /* import: the pipe's read end */
+    cell_error err;
+    int  rc;
+} lane_job;
+
+static void export_run(int fd, void *arg)
+{
+    lane_job *job = arg;
+    cell_ctx *ctx = NULL;
+    if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
+        if (cell_lane_export(ctx, job->id, fd, &job->err) < 0)
+            fprintf(stderr, "cell daemon: export of lane %s failed: %s\n", job->id, job->err.message);
+        cell_ctx_close(ctx);
+    }
+}
+
+int h_lanes_export(sreq *r)
+{
+    store_lane l;
+    if (find_lane(r, &l) < 0)
+        return MHD_YES;
+    cell_lane_info info;
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int rc = cell_lane_get(r->s->ctx, l.id, &info, &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0)
+        return reply_error(r, &e);
+    /* Checked here so the client gets a status, not a cut-off tar. */
+    if (info.attached)
+        return reply_problem(r, 409, "conflict", "lane %s is attached to a running cell; stop it first", l.name);
+    if (info.size)
+        return reply_problem(r, 409, "conflict", "lane %s is size-limited; export of size-limited lanes is not supported yet", l.name);
+    lane_job *job = calloc(1, sizeof *job);
+    if (!job)
+        return reply_problem(r, 500, "internal", "out of memory");
+    snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
+    snprintf(job->id, sizeof job->id, "%s", l.id);
+    struct MHD_Response *resp = stream_from_job(export_run, job, free, &e);
+    if (!resp)
+        return reply_error(r, &e);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
+    return reply_response(r, 200, resp);
+}
+
+/* ---- import: the body streams into a pipe a worker reads the tar from ------- */
+typedef struct import_state {
+    store_lane lane;
+    int        wfd;
+    pthread_t  worker;
+    int        worker_on;
+    lane_job   job;
+    uint64_t   received;
+} import_state;
+
+static void *import_main(void *arg)
+{
+    lane_job *job = arg;
+    cell_ctx *ctx = NULL;
+    job->rc = -1;
+    if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
+        job->rc = cell_lane_import(ctx, job->id, job->image, job->fd, &job->err);
+        cell_ctx_close(ctx);
+    }
+    close(job->fd);
+    job->fd = -1;
+    return NULL;
+}
+
+static void import_free(sreq *r)
+{
+    import_state *st = r->stream;
+    if (!st)
+        return;
+    if (st->wfd >= 0)
+        close(st->wfd);
+    if (st->worker_on)
+        pthread_join(st->worker, NULL);
+    if (st->job.fd >= 0)
+        close(st->job.fd);
+    free(st);
+    r->stream = NULL;
+}
+
+static import_state *import_begin(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    const char *image = req_query(r, "image");
+    import_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return reply_problem(r, 500, "internal", "out of memory"), NULL;
+    st->wfd = st->job.fd = -1;
+    r->stream = st;
+    r->stream_free = import_free;
+    req_audit(r, "lane", json_string(name));
+    if (reserve_lane(r, name, image ? image : "host", 0, &st->lane) < 0)
+        return NULL;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        cell_error e;
+        util_fail_errno(&e, "pipe");
+        return reply_error(r, &e), NULL;
+    }
+    st->job.fd = fds[0];
+    st->wfd = fds[1];
+    snprintf(st->job.state_dir, sizeof st->job.state_dir, "%s", r->s->state_dir);
+    snprintf(st->job.id, sizeof st->job.id, "%s", st->lane.id);
+    snprintf(st->job.image, sizeof st->job.image, "%s", st->lane.image);
+    if (pthread_create(&st->worker, NULL, import_main, &st->job) != 0)
+        return reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
+    st->worker_on = 1;
+    return st;
+}
+
+static void import_abandon(sreq *r, import_state *st)
+{
+    if (st->wfd >= 0) {
+        close(st->wfd);
+        st->wfd = -1;
+    }
+    if (st->worker_on) {
+        pthread_join(st->worker, NULL);
+        st->worker_on = 0;
+    }
+    if (st->lane.id[0]) {
+        pthread_mutex_lock(&r->s->ctx_lock);
+        cell_lane_delete(r->s->ctx, st->lane.id, NULL);
+        pthread_mutex_unlock(&r->s->ctx_lock);
+        store_lane_delete(r->s->st, st->lane.id, NULL);
+        st->lane.id[0] = '\0';
+    }
+}
+
+int h_lanes_import_body(sreq *r, const char *data, size_t len)
+{
+    import_state *st = r->stream;
+    if (!st && !(st = import_begin(r))) {
+        if (r->stream)
+            import_abandon(r, r->stream);
+        return -1;
+    }
+    st->received += len;
+    if (st->received > r->s->opt.max_file_bytes) {
+        import_abandon(r, st);
+        return reply_problem(r, 413, "payload_too_large", "lane imports are limited to %llu bytes (cell serve --max-file-size)",
+                             (unsigned long long)r->s->opt.max_file_bytes), -1;
+    }
+    if (st->wfd >= 0 && util_write_all(st->wfd, data, len) < 0) {
+        /* The worker stopped reading: it failed; its error is reported at the end. */
+        close(st->wfd);
+        st->wfd = -1;
+    }
+    return 0;
+}
+
+int h_lanes_import(sreq *r)
+{
+    import_state *st = r->stream;
+    if (!st) {
+        reply_problem(r, 400, "invalid_request", "the body must be a tar stream (Content-Type: application/x-tar)");
+        return MHD_YES;
+    }
+    if (st->wfd >= 0) {
+        close(st->wfd);
+        st->wfd = -1;
+    }
+    pthread_join(st->worker, NULL);
+    st->worker_on = 0;
+    cell_error e = st->job.err;
+    if (st->job.rc < 0 || store_lane_set_state(r->s->st, st->lane.id, "ready", &e) < 0) {
+        import_abandon(r, st);
+        return reply_error(r, &e);
+    }
+    snprintf(st->lane.state, sizeof st->lane.state, "ready");
+    store_lane done = st->lane;
+    st->lane.id[0] = '\0';
+    return reply_json(r, 201, lane_json(r->s, &done));
+}
+
+/* ---- images ----------------------------------------------------------------- */
+static const char *const known_images[] = { "host", "debian-bookworm" };
+
+static json_t *image_json(srv *s, const char *name)
+{
+    cell_error e;
+    pthread_mutex_lock(&s->ctx_lock);
+    int st = cell_image_status(s->ctx, name, &e);
+    pthread_mutex_unlock(&s->ctx_lock);
+    if (st < 0)
+        return NULL;
+    return json_pack("{s:s, s:b}", "name", name, "ready", st == 1);
+}
+
+int h_images_list(sreq *r)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < sizeof known_images / sizeof known_images[0]; i++)
+        json_array_append_new(arr, image_json(r->s, known_images[i]));
+    return reply_json(r, 200, json_pack("{s:o}", "images", arr));
+}
+
+int h_images_get(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    json_t *o = image_json(r->s, name);
+    if (!o)
+        return reply_problem(r, 404, "not_found", "image %s not found; known images: host, debian-bookworm", name);
+    return reply_json(r, 200, o);
+}
+
+/* Build progress goes out as server-sent events: "progress" per line, then
+ * "done" or "error" (with a problem object). */
+static void sse_write(int fd, const char *event, json_t *data)
+{
+    char *text = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+    if (!text)
+        return;
+    char *frame;
+    int n = asprintf(&frame, "event: %s\ndata: %s\n\n", event, text);
+    free(text);
+    if (n > 0) {
+        if (util_write_all(fd, frame, (size_t)n) < 0) { /* client gone: the build goes on */ }
+        free(frame);
+    }
+}
+
+typedef struct build_job {
+    char state_dir[4096];
+    char name[64];
+    int  fd;
+} build_job;
+
+static void build_progress(void *user, const char *line)
+{
+    build_job *job = user;
+    sse_write(job->fd, "progress", json_pack("{s:s}", "line", line));
+}
+
+static void build_run(int fd, void *arg)
+{
+    build_job *job = arg;
+    cell_ctx *ctx = NULL;
+    cell_error e = { 0 };
+    job->fd = fd;
+    if (cell_ctx_open(&ctx, job->state_dir, &e) == 0 && cell_image_build(ctx, job->name, build_progress, job, &e) == 0)
+        sse_write(fd, "done", json_pack("{s:s, s:b}", "name", job->name, "ready", 1));
+    else
+        sse_write(fd, "error", json_pack("{s:s, s:s, s:i, s:s}", "type", "urn:sandbox-agent:error:build_failed",
+                                         "title", "Image build failed", "status", 500, "detail", e.message));
+    cell_ctx_close(ctx);
+}
+
+int h_images_build(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    json_t *o = image_json(r->s, name);
+    if (!o)
+        return reply_problem(r, 404, "not_found", "image %s not found; known images: host, debian-bookworm", name);
+    json_decref(o);
+    build_job *job = calloc(1, sizeof *job);
+    if (!job)
+        return reply_problem(r, 500, "internal", "out of memory");
+    snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
+    snprintf(job->name, sizeof job->name, "%s", name);
+    cell_error e = { 0 };
+    struct MHD_Response *resp = stream_from_job(build_run, job, free, &e);
+    if (!resp)
+        return reply_error(r, &e);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return reply_response(r, 200, resp);
+}

@@ -1,0 +1,1235 @@
+/* procs.c: processes in a cell, as sandbox-agent 0.4 serves them: buffered
+ * runs, long-running processes with logs (JSON and SSE), input, signals, resize. */
+#include "server/handlers.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#define SSE_KEEPALIVE_MS 15000
+
+void procs_config_default(struct proc_config *c)
+{
+    *c = (struct proc_config){
+        .max_concurrent = 64, .default_run_timeout_ms = 30000, .max_run_timeout_ms = 300000,
+        .max_output_bytes = 1 << 20, .max_log_bytes = 10 << 20, .max_input_bytes = 65536,
+    };
+}
+
+/* ---- small pieces --------------------------------------------------------------- */
+static void deadline_after(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000;
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+static json_t *base64_json(const void *data, size_t len)
+{
+    char *out = malloc(4 * ((len + 2) / 3) + 1);
+    if (!out)
+        return NULL;
+    EVP_EncodeBlock((unsigned char *)out, data, (int)len);
+    json_t *v = json_string(out);
+    free(out);
+    return v;
+}
+
+/* Strict standard base64 (RFC 4648 section 4, padded); libcrypto's decoder
+ * accepts whitespace and junk, which the reference implementation refuses. */
+static int base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (len % 4) {
+        snprintf(why, why_size, "invalid base64 input: Invalid input length: %zu", len);
+        return -1;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (int k = 0; k < 4; k++) {
+            char ch = in[i + k];
+            const char *pos = ch ? strchr(alphabet, ch) : NULL;
+            if (ch == '=' && i + 4 == len && k >= 2) {
+                pad++;
+                v <<= 6;
+                continue;
+            }
+            if (!pos || pad) {
+                if (ch == '=')
+                    snprintf(why, why_size, "invalid base64 input: Invalid padding");
+                else
+                    snprintf(why, why_size, "invalid base64 input: Invalid symbol %d, offset %zu.",
+                             (unsigned char)ch, i + k);
+                return -1;
+            }
+            v = v << 6 | (uint32_t)(pos - alphabet);
+        }
+        out[o++] = (unsigned char)(v >> 16);
+        if (pad < 2)
+            out[o++] = (unsigned char)(v >> 8);
+        if (pad < 1)
+            out[o++] = (unsigned char)v;
+    }
+    *out_len = o;
+    return 0;
+}
+
+/* Output bytes as a JSON string: invalid UTF-8 becomes U+FFFD, as the
+ * reference's lossy conversion does. */
+static json_t *lossy_string(const unsigned char *s, size_t len)
+{
+    char *out = malloc(len * 3 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && i + n <= len;
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (s[i + k] & 0xC0) == 0x80;
+        if (ok && n == 2 && c < 0xC2)
+            ok = 0;                                     /* overlong */
+        if (ok && n == 3) {
+            uint32_t cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F);
+            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+        }
+        if (ok && n == 4) {
+            uint32_t cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 |
+                          (uint32_t)(s[i + 2] & 0x3F) << 6 | (s[i + 3] & 0x3F);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (ok) {
+            memcpy(out + o, s + i, n);
+            o += n;
+            i += n;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    json_t *v = json_stringn(out, o);
+    free(out);
+    return v;
+}
+
+static const char *stream_name(int stream)
+{
+    return stream == PLOG_STDOUT ? "stdout" : stream == PLOG_STDERR ? "stderr" : "pty";
+}
+
+json_t *procs_log_json(const plog *e)
+{
+    return json_pack("{s:I, s:s, s:I, s:o, s:s}", "sequence", (json_int_t)e->seq, "stream", stream_name(e->stream),
+                     "timestampMs", (json_int_t)e->ts_ms, "data", base64_json(e->data, e->len),
+                     "encoding", "base64");
+}
+
+/* ---- the process table -------------------------------------------------------------- */
+static void proc_free(sproc *p)
+{
+    for (size_t i = 0; i < p->n_log; i++)
+        free(p->log[i]);
+    free(p->log);
+    free(p->command);
+    free(p->cwd);
+    json_decref(p->args);
+    if (p->stdin_fd >= 0)
+        close(p->stdin_fd);
+    if (p->pty_fd >= 0)
+        close(p->pty_fd);
+    if (p->out_fd >= 0)
+        close(p->out_fd);
+    if (p->err_fd >= 0)
+        close(p->err_fd);
+    free(p);
+}
+
+/* Drop a reference with plock held; returns 1 if the caller must free. */
+static int proc_unref_locked(sproc *p) { return --p->refs == 0; }
+
+void procs_put(sproc *p)
+{
+    if (!p)
+        return;
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    int last = proc_unref_locked(p);
+    pthread_mutex_unlock(&sc->plock);
+    if (last)
+        proc_free(p);
+}
+
+sproc *procs_find(scell *sc, const char *id)
+{
+    pthread_mutex_lock(&sc->plock);
+    sproc *p = sc->procs;
+    while (p && (p->hidden || strcmp(p->id, id) != 0))
+        p = p->next;
+    if (p)
+        p->refs++;
+    pthread_mutex_unlock(&sc->plock);
+    return p;
+}
+
+static void unlink_locked(scell *sc, sproc *p)
+{
+    for (sproc **pp = &sc->procs; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            return;
+        }
+}
+
+void procs_on_exit(scell *sc, pid_t pid, int status)
+{
+    pthread_mutex_lock(&sc->plock);
+    for (sproc *p = sc->procs; p; p = p->next)
+        if (p->pid == pid && !p->exited) {
+            p->exited = 1;
+            p->status = status;
+            p->exited_ms = srv_now_ms();
+            break;
+        }
+    pthread_cond_broadcast(&sc->pcond);
+    pthread_mutex_unlock(&sc->plock);
+}
+
+void procs_on_halt(scell *sc)
+{
+    pthread_mutex_lock(&sc->plock);
+    for (sproc *p = sc->procs; p; p = p->next)
+        if (!p->exited) {
+            p->exited = 1;
+            p->status = SIGKILL;         /* as waitpid() reports a kill */
+            p->exited_ms = srv_now_ms();
+        }
+    pthread_cond_broadcast(&sc->pcond);
+    pthread_mutex_unlock(&sc->plock);
+}
+
+void procs_free_all(scell *sc)
+{
+    pthread_mutex_lock(&sc->plock);
+    sproc *p = sc->procs;
+    sc->procs = NULL;
+    pthread_mutex_unlock(&sc->plock);
+    while (p) {
+        sproc *next = p->next;
+        procs_put(p);
+        p = next;
+    }
+}
+
+static void append_log(sproc *p, int stream, const char *data, size_t len, int64_t max_bytes)
+{
+    plog *e = malloc(sizeof *e + len);
+    if (!e)
+        return;
+    e->stream = stream;
+    e->ts_ms = srv_now_ms();
+    e->len = len;
+    memcpy(e->data, data, len);
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    e->seq = ++p->next_seq;
+    if (p->n_log == p->cap_log) {
+        size_t cap = p->cap_log ? p->cap_log * 2 : 16;
+        plog **nl = realloc(p->log, cap * sizeof *nl);
+        if (!nl) {
+            pthread_mutex_unlock(&sc->plock);
+            free(e);
+            return;
+        }
+        p->log = nl;
+        p->cap_log = cap;
+    }
+    p->log[p->n_log++] = e;
+    p->log_bytes += len;
+    /* Keep the newest max_bytes of output; the oldest entries go first. */
+    size_t drop = 0;
+    while (p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log)
+        p->log_bytes -= p->log[drop]->len, free(p->log[drop]), drop++;
+    if (drop) {
+        memmove(p->log, p->log + drop, (p->n_log - drop) * sizeof *p->log);
+        p->n_log -= drop;
+    }
+    pthread_cond_broadcast(&sc->pcond);
+    pthread_mutex_unlock(&sc->plock);
+}
+
+/* One thread per long-running process drains its output into the log, so
+ * a process never blocks on a full pipe while nobody is reading. */
+static void *reader_main(void *arg)
+{
+    sproc *p = arg;
+    scell *sc = p->cell;
+    char buf[16384];
+    struct pollfd fds[2];
+    int streams[2], n = 0;
+    if (p->pty_fd >= 0) {
+        fds[n] = (struct pollfd){ .fd = p->pty_fd, .events = POLLIN };
+        streams[n++] = PLOG_PTY;
+    } else {
+        fds[n] = (struct pollfd){ .fd = p->out_fd, .events = POLLIN };
+        streams[n++] = PLOG_STDOUT;
+        fds[n] = (struct pollfd){ .fd = p->err_fd, .events = POLLIN };
+        streams[n++] = PLOG_STDERR;
+    }
+    int open_fds = n;
+    while (open_fds > 0) {
+        if (poll(fds, (nfds_t)n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents)
+                continue;
+            ssize_t got = read(fds[i].fd, buf, sizeof buf);
+            if (got > 0) {
+                pthread_mutex_lock(&sc->plock);
+                int64_t max = sc->pconf.max_log_bytes;
+                pthread_mutex_unlock(&sc->plock);
+                append_log(p, streams[i], buf, (size_t)got, max);
+            } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+                fds[i].fd = -1;        /* EOF, or EIO on a pty whose last user left */
+                open_fds--;
+            }
+        }
+    }
+    pthread_mutex_lock(&sc->plock);
+    p->output_done = 1;
+    pthread_cond_broadcast(&sc->pcond);
+    pthread_mutex_unlock(&sc->plock);
+    procs_put(p);
+    registry_put(sc);
+    return NULL;
+}
+
+/* ---- spawning ----------------------------------------------------------------------- */
+typedef struct spawn_req {
+    const char *command;
+    const char **args;          /* borrowed from the body */
+    size_t n_args;
+    const char *cwd;
+    char **env;                 /* "K=V", owned */
+    size_t n_env;
+    int tty, interactive;
+} spawn_req;
+
+static void spawn_req_free(spawn_req *q)
+{
+    free(q->args);
+    strv_free(q->env);
+}
+
+static int parse_spawn(sreq *r, json_t *body, spawn_req *q)
+{
+    memset(q, 0, sizeof *q);
+    if (json_get_str(r, body, "command", 1, &q->command) < 0 || json_get_strv(r, body, "args", &q->args, &q->n_args) < 0 ||
+        json_get_str(r, body, "cwd", 0, &q->cwd) < 0 || json_get_env(r, body, "env", &q->env, &q->n_env) < 0 ||
+        json_get_bool(r, body, "tty", &q->tty) < 0 || json_get_bool(r, body, "interactive", &q->interactive) < 0)
+        return -1;
+    if (!q->command[0])
+        return reply_problem(r, 400, "invalid_request", "command must not be empty"), -1;
+    return 0;
+}
+
+/* PATH, HOME and LANG, then the cell's env, then the request's: later wins. */
+static char **build_env(scell *sc, const spawn_req *q)
+{
+    static const char *const base[] = {
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
+        "TERM=xterm-256color", NULL,
+    };
+    json_t *cell_env = json_object_get(sc->spec, "env");
+    size_t cap = 5 + json_object_size(cell_env) + q->n_env, n = 0;
+    char **env = calloc(cap + 1, sizeof *env);
+    if (!env)
+        return NULL;
+    const char *key;
+    json_t *val;
+    for (const char *const *b = base; *b; b++)
+        if (!(env[n++] = strdup(*b)))
+            goto fail;
+    json_object_foreach(cell_env, key, val)
+        if (asprintf(&env[n++], "%s=%s", key, json_string_value(val)) < 0) {
+            env[--n] = NULL;
+            goto fail;
+        }
+    for (size_t i = 0; i < q->n_env; i++)
+        if (!(env[n++] = strdup(q->env[i])))
+            goto fail;
+    /* Drop earlier duplicates of a name. */
+    for (size_t i = 0; i < n; i++) {
+        size_t klen = strcspn(env[i], "=");
+        for (size_t j = i + 1; j < n; j++)
+            if (strncmp(env[i], env[j], klen + 1) == 0) {
+                free(env[i]);
+                memmove(env + i, env + i + 1, (n - i) * sizeof *env);
+                n--, i--;
+                break;
+            }
+    }
+    return env;
+fail:
+    strv_free(env);
+    return NULL;
+}
+
+typedef struct spawn_out {
+    pid_t pid;
+    int stdin_fd, out_fd, err_fd, pty_fd;
+} spawn_out;
+
+static void close_pair(int p[2])
+{
+    if (p[0] >= 0)
+        close(p[0]);
+    if (p[1] >= 0)
+        close(p[1]);
+}
+
+/* Start the process with the pid recorded in `p` before any exit can be
+ * delivered (exits are only dispatched when io is released). */
+static int spawn_proc(scell *sc, sproc *p, const spawn_req *q, int want_stdin, spawn_out *o, cell_error *err)
+{
+    int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+    *o = (spawn_out){ .stdin_fd = -1, .out_fd = -1, .err_fd = -1, .pty_fd = -1 };
+    if (!q->tty && ((want_stdin && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+                    pipe2(errp, O_CLOEXEC) < 0)) {
+        util_fail_errno(err, "pipe");
+        goto fail;
+    }
+    const char **argv = calloc(q->n_args + 2, sizeof *argv);
+    char **env = build_env(sc, q);
+    if (!argv || !env) {
+        free(argv);
+        strv_free(env);
+        util_fail(err, ENOMEM, "out of memory");
+        goto fail;
+    }
+    argv[0] = q->command;
+    for (size_t i = 0; i < q->n_args; i++)
+        argv[i + 1] = q->args[i];
+    const char *cwd = q->cwd ? q->cwd : json_string_value(json_object_get(sc->spec, "cwd"));
+    cell_proc_spec spec = {
+        .argv = argv, .env = (const char *const *)env, .cwd = cwd ? cwd : "/",
+        .stdin_fd = in[0], .stdout_fd = out[1], .stderr_fd = errp[1],
+        .tty = q->tty, .rows = 24, .cols = 80,
+    };
+    scell_io_lock(sc);
+    int rc;
+    if (!sc->c || sc->dead) {
+        rc = util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
+    } else {
+        rc = cell_spawn(sc->c, &spec, &o->pid, &o->pty_fd, err);
+        if (rc == 0) {
+            pthread_mutex_lock(&sc->plock);
+            p->pid = o->pid;
+            pthread_mutex_unlock(&sc->plock);
+        }
+    }
+    scell_io_unlock(sc);
+    free(argv);
+    strv_free(env);
+    if (rc < 0)
+        goto fail;
+    if (in[0] >= 0)
+        close(in[0]);
+    if (out[1] >= 0)
+        close(out[1]);
+    if (errp[1] >= 0)
+        close(errp[1]);
+    o->stdin_fd = in[1];
+    o->out_fd = out[0];
+    o->err_fd = errp[0];
+    return 0;
+fail:
+    close_pair(in);
+    close_pair(out);
+    close_pair(errp);
+    return -1;
+}
+
+static int reply_spawn_error(sreq *r, const cell_error *e)
+{
+    if (e->code == ECONNRESET)
+        return reply_error(r, e);
+    /* The reference reports spawn failures as a 502 "stream_error" with the OS error. */
+    return reply_problem(r, 502, "stream_error", "failed to spawn process: %s (os error %d)", strerror(e->code), e->code);
+}
+
+static sproc *proc_new(scell *sc, const spawn_req *q, int hidden)
+{
+    sproc *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->cell = sc;
+    p->hidden = hidden;
+    p->stdin_fd = p->pty_fd = p->out_fd = p->err_fd = -1;
+    p->command = strdup(q->command);
+    p->cwd = q->cwd ? strdup(q->cwd) : NULL;
+    p->args = json_array();
+    for (size_t i = 0; i < q->n_args; i++)
+        json_array_append_new(p->args, json_string(q->args[i]));
+    p->tty = q->tty;
+    p->interactive = q->interactive;
+    p->created_ms = srv_now_ms();
+    p->refs = 1;                    /* the table's */
+    if (!p->command || !p->args || (q->cwd && !p->cwd)) {
+        proc_free(p);
+        return NULL;
+    }
+    pthread_mutex_lock(&sc->plock);
+    if (!hidden)
+        snprintf(p->id, sizeof p->id, "proc_%u", ++sc->next_proc);
+    p->next = sc->procs;
+    sc->procs = p;
+    pthread_mutex_unlock(&sc->plock);
+    return p;
+}
+
+/* Remove from the table and drop the table's reference. */
+static void proc_remove(scell *sc, sproc *p)
+{
+    pthread_mutex_lock(&sc->plock);
+    unlink_locked(sc, p);
+    int last = proc_unref_locked(p);
+    pthread_mutex_unlock(&sc->plock);
+    if (last)
+        proc_free(p);
+}
+
+static json_t *proc_json_locked(const sproc *p)
+{
+    json_t *o = json_pack("{s:s, s:s, s:O}", "id", p->id, "command", p->command, "args", p->args);
+    if (p->cwd)
+        json_object_set_new(o, "cwd", json_string(p->cwd));
+    json_object_set_new(o, "tty", json_boolean(p->tty));
+    json_object_set_new(o, "interactive", json_boolean(p->interactive));
+    json_object_set_new(o, "owner", json_string("user"));
+    json_object_set_new(o, "status", json_string(p->exited ? "exited" : "running"));
+    if (!p->exited)
+        json_object_set_new(o, "pid", json_integer(p->pid));
+    else if (WIFEXITED(p->status))
+        json_object_set_new(o, "exitCode", json_integer(WEXITSTATUS(p->status)));
+    json_object_set_new(o, "createdAtMs", json_integer(p->created_ms));
+    if (p->exited)
+        json_object_set_new(o, "exitedAtMs", json_integer(p->exited_ms));
+    return o;
+}
+
+static json_t *proc_json(sproc *p)
+{
+    pthread_mutex_lock(&p->cell->plock);
+    json_t *o = proc_json_locked(p);
+    pthread_mutex_unlock(&p->cell->plock);
+    return o;
+}
+
+static int reply_no_process(sreq *r, const char *id)
+{
+    return reply_problem_details(r, 404, "not_found", json_pack("{s:s, s:s}", "id", id, "resource", "process"),
+                                 "process %s", id);
+}
+
+/* The {id} process of the request's cell, or a 404 already queued. */
+static sproc *find_proc(sreq *r)
+{
+    const char *id = router_param(&r->m, "id");
+    sproc *p = procs_find(r->cell, id);
+    if (!p)
+        reply_no_process(r, id);
+    return p;
+}
+
+/* ---- handlers ------------------------------------------------------------------------ */
+int h_cell_health(sreq *r)
+{
+    return reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+static json_t *config_json(const struct proc_config *c)
+{
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "maxConcurrentProcesses", (json_int_t)c->max_concurrent,
+                     "defaultRunTimeoutMs", (json_int_t)c->default_run_timeout_ms,
+                     "maxRunTimeoutMs", (json_int_t)c->max_run_timeout_ms,
+                     "maxOutputBytes", (json_int_t)c->max_output_bytes,
+                     "maxLogBytesPerProcess", (json_int_t)c->max_log_bytes,
+                     "maxInputBytesPerRequest", (json_int_t)c->max_input_bytes);
+}
+
+int h_proc_config(sreq *r)
+{
+    scell *sc = r->cell;
+    if (strcmp(r->method, "GET") == 0) {
+        pthread_mutex_lock(&sc->plock);
+        json_t *o = config_json(&sc->pconf);
+        pthread_mutex_unlock(&sc->plock);
+        return reply_json(r, 200, o);
+    }
+    json_t *body;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    struct proc_config c;
+    const int64_t big = INT64_MAX / 2;
+    if (json_get_int(r, body, "maxConcurrentProcesses", 1, 0, 1 << 20, &c.max_concurrent) < 0 ||
+        json_get_int(r, body, "defaultRunTimeoutMs", 1, 0, big, &c.default_run_timeout_ms) < 0 ||
+        json_get_int(r, body, "maxRunTimeoutMs", 1, 0, big, &c.max_run_timeout_ms) < 0 ||
+        json_get_int(r, body, "maxOutputBytes", 1, 0, big, &c.max_output_bytes) < 0 ||
+        json_get_int(r, body, "maxLogBytesPerProcess", 1, 0, big, &c.max_log_bytes) < 0 ||
+        json_get_int(r, body, "maxInputBytesPerRequest", 1, 0, big, &c.max_input_bytes) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
+    json_decref(body);
+    const char *zero = c.max_concurrent == 0 ? "maxConcurrentProcesses" : c.max_run_timeout_ms == 0 ? "maxRunTimeoutMs"
+                     : c.max_output_bytes == 0 ? "maxOutputBytes" : c.max_log_bytes == 0 ? "maxLogBytesPerProcess"
+                     : c.max_input_bytes == 0 ? "maxInputBytesPerRequest" : NULL;
+    if (zero)
+        return reply_problem(r, 400, "invalid_request", "%s must be greater than 0", zero);
+    if (c.default_run_timeout_ms > c.max_run_timeout_ms)
+        c.default_run_timeout_ms = c.max_run_timeout_ms;
+    pthread_mutex_lock(&sc->plock);
+    sc->pconf = c;
+    json_t *o = config_json(&c);
+    pthread_mutex_unlock(&sc->plock);
+    return reply_json(r, 200, o);
+}
+
+/* Read both pipes until EOF or the deadline; keep at most cap bytes of each. */
+typedef struct run_output {
+    unsigned char *buf[2];
+    size_t len[2];
+    int truncated[2];
+} run_output;
+
+static int collect_output(int out_fd, int err_fd, size_t cap, int64_t deadline_ms, run_output *ro)
+{
+    struct pollfd fds[2] = { { .fd = out_fd, .events = POLLIN }, { .fd = err_fd, .events = POLLIN } };
+    int open_fds = 2;
+    char chunk[16384];
+    for (int i = 0; i < 2; i++)
+        if (!(ro->buf[i] = malloc(cap ? cap : 1)))
+            return -1;
+    while (open_fds) {
+        int64_t left = deadline_ms - srv_now_ms();
+        if (left <= 0)
+            return 1;
+        int n = poll(fds, 2, left > 1000000 ? 1000000 : (int)left);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        for (int i = 0; n > 0 && i < 2; i++) {
+            if (fds[i].fd < 0 || !fds[i].revents)
+                continue;
+            ssize_t got = read(fds[i].fd, chunk, sizeof chunk);
+            if (got <= 0) {
+                if (got < 0 && (errno == EINTR || errno == EAGAIN))
+                    continue;
+                fds[i].fd = -1;
+                open_fds--;
+                continue;
+            }
+            size_t room = cap - ro->len[i];
+            size_t take = (size_t)got < room ? (size_t)got : room;
+            memcpy(ro->buf[i] + ro->len[i], chunk, take);
+            ro->len[i] += take;
+            if (take < (size_t)got)
+                ro->truncated[i] = 1;
+        }
+    }
+    return 0;
+}
+
+/* Wait until the process has exited or the deadline passes; 1 if exited. */
+static int wait_exited(sproc *p, int64_t deadline_ms)
+{
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    while (!p->exited) {
+        int64_t left = deadline_ms - srv_now_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts;
+        deadline_after(&ts, left);
+        pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
+    }
+    int exited = p->exited;
+    pthread_mutex_unlock(&sc->plock);
+    return exited;
+}
+
+static void signal_proc(scell *sc, sproc *p, int sig)
+{
+    pthread_mutex_lock(&sc->plock);
+    pid_t pid = p->exited ? 0 : p->pid;
+    pthread_mutex_unlock(&sc->plock);
+    if (!pid)
+        return;
+    scell_io_lock(sc);
+    if (sc->c && !sc->dead)
+        cell_signal(sc->c, pid, sig, NULL);
+    scell_io_unlock(sc);
+}
+
+int h_proc_run(sreq *r)
+{
+    scell *sc = r->cell;
+    json_t *body;
+    spawn_req q;
+    int64_t timeout = 0, max_out = -1;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    if (parse_spawn(r, body, &q) < 0 || json_get_int(r, body, "timeoutMs", 0, 0, INT64_MAX, &timeout) < 0 ||
+        json_get_int(r, body, "maxOutputBytes", 0, 0, INT64_MAX, &max_out) < 0)
+        goto out;
+    q.tty = q.interactive = 0;
+    pthread_mutex_lock(&sc->plock);
+    struct proc_config c = sc->pconf;
+    pthread_mutex_unlock(&sc->plock);
+    if (timeout == 0 || timeout > c.max_run_timeout_ms)
+        timeout = timeout == 0 ? c.default_run_timeout_ms : c.max_run_timeout_ms;
+    if (max_out < 0 || max_out > c.max_output_bytes)
+        max_out = c.max_output_bytes;
+    req_audit(r, "command", json_string(q.command));
+
+    int64_t start = srv_now_ms();
+    sproc *p = proc_new(sc, &q, 1);
+    if (!p) {
+        reply_problem(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    spawn_out o;
+    cell_error e = { 0 };
+    if (spawn_proc(sc, p, &q, 0, &o, &e) < 0) {
+        proc_remove(sc, p);
+        reply_spawn_error(r, &e);
+        goto out;
+    }
+    run_output ro = { 0 };
+    int64_t deadline = start + timeout;
+    int rc = collect_output(o.out_fd, o.err_fd, (size_t)max_out, deadline, &ro);
+    close(o.out_fd);
+    close(o.err_fd);
+    int timed_out = rc == 1 || !wait_exited(p, deadline);
+    if (timed_out) {
+        signal_proc(sc, p, SIGKILL);
+        wait_exited(p, srv_now_ms() + 2000);   /* reaped by init; keeps the table small */
+    }
+    pthread_mutex_lock(&sc->plock);
+    int status = p->status, exited = p->exited;
+    pthread_mutex_unlock(&sc->plock);
+    proc_remove(sc, p);
+    if (rc < 0) {
+        free(ro.buf[0]);
+        free(ro.buf[1]);
+        reply_problem(r, 500, "internal", "reading the process output failed: %s", strerror(errno));
+        goto out;
+    }
+    json_t *res = json_object();
+    json_object_set_new(res, "exitCode", !timed_out && exited && WIFEXITED(status) ? json_integer(WEXITSTATUS(status))
+                                                                                    : json_null());
+    json_object_set_new(res, "timedOut", json_boolean(timed_out));
+    json_object_set_new(res, "stdout", lossy_string(ro.buf[0], ro.len[0]));
+    json_object_set_new(res, "stderr", lossy_string(ro.buf[1], ro.len[1]));
+    json_object_set_new(res, "stdoutTruncated", json_boolean(ro.truncated[0]));
+    json_object_set_new(res, "stderrTruncated", json_boolean(ro.truncated[1]));
+    json_object_set_new(res, "durationMs", json_integer(srv_now_ms() - start));
+    free(ro.buf[0]);
+    free(ro.buf[1]);
+    req_audit(r, "exitCode", json_object_get(res, "exitCode") ? json_incref(json_object_get(res, "exitCode")) : NULL);
+    reply_json(r, 200, res);
+out:
+    spawn_req_free(&q);
+    json_decref(body);
+    return MHD_YES;
+}
+
+static void audit_proc(scell *sc, sproc *p, const char *event)
+{
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "kind", "process", "event", event, "tenant", sc->tenant,
+                            "cell", sc->id, "process", p->id, "command", p->command);
+    if (rec && p->exited) {
+        if (WIFEXITED(p->status))
+            json_object_set_new(rec, "exitCode", json_integer(WEXITSTATUS(p->status)));
+        else
+            json_object_set_new(rec, "signal", json_integer(WTERMSIG(p->status)));
+        json_object_set_new(rec, "durationMs", json_integer(p->exited_ms - p->created_ms));
+    }
+    store_audit_append(sc->s->st, rec);
+    json_decref(rec);
+}
+
+int h_proc_create(sreq *r)
+{
+    scell *sc = r->cell;
+    json_t *body;
+    spawn_req q;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    if (parse_spawn(r, body, &q) < 0)
+        goto out;
+    req_audit(r, "command", json_string(q.command));
+    pthread_mutex_lock(&sc->plock);
+    int64_t running = 0, limit = sc->pconf.max_concurrent;
+    for (sproc *x = sc->procs; x; x = x->next)
+        running += !x->hidden && !x->exited;
+    pthread_mutex_unlock(&sc->plock);
+    if (running >= limit) {
+        reply_problem(r, 409, "conflict", "max concurrent process limit reached (%lld)", (long long)limit);
+        goto out;
+    }
+    sproc *p = proc_new(sc, &q, 0);
+    if (!p) {
+        reply_problem(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    spawn_out o;
+    cell_error e = { 0 };
+    if (spawn_proc(sc, p, &q, 1, &o, &e) < 0) {
+        proc_remove(sc, p);
+        reply_spawn_error(r, &e);
+        goto out;
+    }
+    pthread_mutex_lock(&sc->plock);
+    p->stdin_fd = o.stdin_fd;
+    p->out_fd = o.out_fd;
+    p->err_fd = o.err_fd;
+    p->pty_fd = o.pty_fd;
+    p->rows = 24, p->cols = 80;
+    p->refs++;                          /* the reader's */
+    pthread_mutex_unlock(&sc->plock);
+    /* The reader keeps the cell record alive too. */
+    pthread_mutex_lock(&sc->s->lock);
+    sc->refs++;
+    pthread_mutex_unlock(&sc->s->lock);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&p->reader, &attr, reader_main, p) != 0) {
+        pthread_attr_destroy(&attr);
+        signal_proc(sc, p, SIGKILL);
+        procs_put(p);
+        registry_put(sc);
+        proc_remove(sc, p);
+        reply_problem(r, 500, "internal", "could not start the output reader");
+        goto out;
+    }
+    pthread_attr_destroy(&attr);
+    audit_proc(sc, p, "started");
+    req_audit(r, "process", json_string(p->id));
+    reply_json(r, 200, proc_json(p));
+out:
+    spawn_req_free(&q);
+    json_decref(body);
+    return MHD_YES;
+}
+
+int h_proc_list(sreq *r)
+{
+    scell *sc = r->cell;
+    const char *owner = req_query(r, "owner");
+    if (owner && strcmp(owner, "user") != 0 && strcmp(owner, "desktop") != 0 && strcmp(owner, "system") != 0)
+        return reply_problem(r, 400, "invalid_request", "owner must be one of: user, desktop, system");
+    json_t *arr = json_array();
+    pthread_mutex_lock(&sc->plock);
+    size_t n = 0;
+    for (sproc *p = sc->procs; p; p = p->next)
+        n += !p->hidden;
+    /* The table is newest-first; clients expect creation order. */
+    const sproc **all = calloc(n ? n : 1, sizeof *all);
+    size_t i = n;
+    for (sproc *p = sc->procs; all && p; p = p->next)
+        if (!p->hidden)
+            all[--i] = p;
+    if (!owner || strcmp(owner, "user") == 0)
+        for (i = 0; all && i < n; i++)
+            json_array_append_new(arr, proc_json_locked(all[i]));
+    pthread_mutex_unlock(&sc->plock);
+    free(all);
+    return reply_json(r, 200, json_pack("{s:o}", "processes", arr));
+}
+
+int h_proc_get(sreq *r)
+{
+    sproc *p = find_proc(r);
+    if (!p)
+        return MHD_YES;
+    int ret = reply_json(r, 200, proc_json(p));
+    procs_put(p);
+    return ret;
+}
+
+static int query_u64(sreq *r, const char *key, uint64_t *out, int *present)
+{
+    const char *v = req_query(r, key);
+    *present = v != NULL;
+    if (!v)
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || v[0] == '+') {
+        reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be a non-negative integer", key);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int query_bool(sreq *r, const char *key, int *out)
+{
+    const char *v = req_query(r, key);
+    if (!v)
+        return 0;
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
+        *out = v[0] == 't';
+        return 0;
+    }
+    reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be true or false", key);
+    return -1;
+}
+
+/* stream filter: -1 combined, else a PLOG_* value. */
+static int entry_matches(const plog *e, int filter, uint64_t since)
+{
+    return e->seq > since && (filter < 0 || e->stream == filter);
+}
+
+/* ---- SSE log following ------------------------------------------------------------------ */
+typedef struct follow_state {
+    sproc   *p;
+    int      filter;
+    uint64_t after;             /* last sequence sent */
+    char    *pending;           /* formatted bytes not yet handed to MHD */
+    size_t   pending_len, pending_off;
+    int      done;
+} follow_state;
+
+static void follow_free(void *cls)
+{
+    follow_state *f = cls;
+    procs_put(f->p);
+    free(f->pending);
+    free(f);
+}
+
+/* Format every matching entry after f->after into f->pending (plock held). */
+static void follow_collect_locked(follow_state *f)
+{
+    sproc *p = f->p;
+    size_t cap = 0;
+    for (size_t i = 0; i < p->n_log; i++) {
+        const plog *e = p->log[i];
+        if (!entry_matches(e, f->filter, f->after))
+            continue;
+        json_t *o = procs_log_json(e);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        if (!text)
+            break;
+        size_t need = strlen(text) + 32;
+        if (f->pending_len + need > cap) {
+            cap = (f->pending_len + need) * 2;
+            char *nb = realloc(f->pending, cap);
+            if (!nb) {
+                free(text);
+                break;
+            }
+            f->pending = nb;
+        }
+        f->pending_len += (size_t)sprintf(f->pending + f->pending_len, "event: log\ndata: %s\n\n", text);
+        free(text);
+        f->after = e->seq;
+    }
+    if (p->n_log && p->log[p->n_log - 1]->seq > f->after)
+        f->after = p->log[p->n_log - 1]->seq;   /* entries of other streams */
+}
+
+static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    follow_state *f = cls;
+    scell *sc = f->p->cell;
+    if (f->pending_off == f->pending_len) {
+        free(f->pending);
+        f->pending = NULL;
+        f->pending_len = f->pending_off = 0;
+        if (f->done)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&sc->plock);
+        int64_t until = srv_now_ms() + SSE_KEEPALIVE_MS;
+        for (;;) {
+            follow_collect_locked(f);
+            if (f->pending_len)
+                break;
+            if ((f->p->exited && f->p->output_done) || atomic_load(&sc->s->stopping)) {
+                f->done = 1;
+                break;
+            }
+            if (srv_now_ms() >= until)
+                break;
+            struct timespec ts;
+            deadline_after(&ts, until - srv_now_ms());
+            pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
+        }
+        pthread_mutex_unlock(&sc->plock);
+        if (!f->pending_len) {
+            if (f->done)
+                return MHD_CONTENT_READER_END_OF_STREAM;
+            /* A comment line keeps proxies from timing out, and a write
+             * to a vanished client ends this connection. */
+            static const char keepalive[] = ": keepalive\n\n";
+            size_t n = sizeof keepalive - 1 < max ? sizeof keepalive - 1 : max;
+            memcpy(buf, keepalive, n);
+            return (ssize_t)n;
+        }
+    }
+    size_t n = f->pending_len - f->pending_off;
+    if (n > max)
+        n = max;
+    memcpy(buf, f->pending + f->pending_off, n);
+    f->pending_off += n;
+    return (ssize_t)n;
+}
+
+int h_proc_logs(sreq *r)
+{
+    const char *stream = req_query(r, "stream");
+    int filter = -1, follow = 0, has_since, has_tail;
+    uint64_t since = 0, tail = 0;
+    if (stream) {
+        if (strcmp(stream, "stdout") == 0)
+            filter = PLOG_STDOUT;
+        else if (strcmp(stream, "stderr") == 0)
+            filter = PLOG_STDERR;
+        else if (strcmp(stream, "pty") == 0)
+            filter = PLOG_PTY;
+        else if (strcmp(stream, "combined") != 0)
+            return reply_problem(r, 400, "invalid_request", "stream must be one of: stdout, stderr, combined, pty");
+    }
+    if (query_u64(r, "since", &since, &has_since) < 0 || query_u64(r, "tail", &tail, &has_tail) < 0 ||
+        query_bool(r, "follow", &follow) < 0)
+        return MHD_YES;
+    sproc *p = find_proc(r);
+    if (!p)
+        return MHD_YES;
+    scell *sc = r->cell;
+    /* tail: only the last N matching entries of what exists now. */
+    pthread_mutex_lock(&sc->plock);
+    size_t first = 0, matching = 0;
+    for (size_t i = 0; i < p->n_log; i++)
+        matching += entry_matches(p->log[i], filter, since);
+    if (has_tail && tail < matching) {
+        size_t skip = matching - tail;
+        for (first = 0; first < p->n_log && skip; first++)
+            skip -= entry_matches(p->log[first], filter, since);
+    }
+    uint64_t after = first > 0 ? p->log[first - 1]->seq : since;
+    if (after < since)
+        after = since;
+    if (!follow) {
+        json_t *arr = json_array();
+        for (size_t i = first; i < p->n_log; i++)
+            if (entry_matches(p->log[i], filter, after))
+                json_array_append_new(arr, procs_log_json(p->log[i]));
+        pthread_mutex_unlock(&sc->plock);
+        json_t *o = json_pack("{s:s, s:s, s:o}", "processId", p->id, "stream", stream ? stream : "combined",
+                              "entries", arr);
+        procs_put(p);
+        return reply_json(r, 200, o);
+    }
+    pthread_mutex_unlock(&sc->plock);
+    follow_state *f = calloc(1, sizeof *f);
+    if (!f) {
+        procs_put(p);
+        return reply_problem(r, 500, "internal", "out of memory");
+    }
+    f->p = p;
+    f->filter = filter;
+    f->after = after;
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, follow_read, f, follow_free);
+    if (!resp) {
+        follow_free(f);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return reply_response(r, 200, resp);
+}
+
+int procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
+{
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    int fd = p->exited ? -1 : p->pty_fd >= 0 ? p->pty_fd : p->stdin_fd;
+    int dupfd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    pthread_mutex_unlock(&sc->plock);
+    if (fd < 0)
+        return util_fail(err, ESRCH, "process is not running");
+    if (dupfd < 0)
+        return util_fail_errno(err, "dup");
+    ssize_t n = util_write_all(dupfd, data, len);
+    int saved = errno;
+    close(dupfd);
+    if (n < 0) {
+        errno = saved;
+        return util_fail_errno(err, "writing to the process");
+    }
+    return 0;
+}
+
+int h_proc_input(sreq *r)
+{
+    json_t *body;
+    const char *data = NULL, *encoding = NULL;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    if (json_get_str(r, body, "data", 1, &data) < 0 || json_get_str(r, body, "encoding", 0, &encoding) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
+    size_t in_len = json_string_length(json_object_get(body, "data")), len = 0;
+    unsigned char *bytes = malloc(in_len + 1);
+    char why[128];
+    int ret = MHD_YES;
+    if (!bytes) {
+        ret = reply_problem(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    if (!encoding || strcmp(encoding, "base64") == 0) {
+        if (base64_decode(data, in_len, bytes, &len, why, sizeof why) < 0) {
+            ret = reply_problem(r, 400, "invalid_request", "%s", why);
+            goto out;
+        }
+    } else if (strcmp(encoding, "utf8") == 0 || strcmp(encoding, "text") == 0) {
+        memcpy(bytes, data, in_len);
+        len = in_len;
+    } else {
+        ret = reply_problem(r, 400, "invalid_request", "encoding must be one of: base64, utf8, text");
+        goto out;
+    }
+    pthread_mutex_lock(&r->cell->plock);
+    int64_t max = r->cell->pconf.max_input_bytes;
+    pthread_mutex_unlock(&r->cell->plock);
+    if ((int64_t)len > max) {
+        ret = reply_problem(r, 413, "invalid_request", "input payload exceeds maxInputBytesPerRequest (%lld)", (long long)max);
+        goto out;
+    }
+    sproc *p = find_proc(r);
+    if (!p)
+        goto out;
+    cell_error e = { 0 };
+    if (procs_write_input(p, bytes, len, &e) < 0)
+        ret = e.code == ESRCH ? reply_problem(r, 409, "conflict", "process is not running")
+                              : reply_problem(r, 409, "conflict", "%s", e.message);
+    else
+        ret = reply_json(r, 200, json_pack("{s:I}", "bytesWritten", (json_int_t)len));
+    procs_put(p);
+out:
+    free(bytes);
+    json_decref(body);
+    return r->responded ? MHD_YES : ret;
+}
+
+static int signal_and_wait(sreq *r, int sig)
+{
+    uint64_t wait_ms = 0;
+    int has_wait;
+    if (query_u64(r, "waitMs", &wait_ms, &has_wait) < 0)
+        return MHD_YES;
+    sproc *p = find_proc(r);
+    if (!p)
+        return MHD_YES;
+    signal_proc(r->cell, p, sig);
+    if (wait_ms > 600000)
+        wait_ms = 600000;
+    if (wait_ms)
+        wait_exited(p, srv_now_ms() + (int64_t)wait_ms);
+    pthread_mutex_lock(&r->cell->plock);
+    int exited = p->exited;
+    pthread_mutex_unlock(&r->cell->plock);
+    if (exited)
+        audit_proc(r->cell, p, sig == SIGKILL ? "killed" : "stopped");
+    int ret = reply_json(r, 200, proc_json(p));
+    procs_put(p);
+    return ret;
+}
+
+int h_proc_stop(sreq *r) { return signal_and_wait(r, SIGTERM); }
+int h_proc_kill(sreq *r) { return signal_and_wait(r, SIGKILL); }
+
+int h_proc_delete(sreq *r)
+{
+    sproc *p = find_proc(r);
+    if (!p)
+        return MHD_YES;
+    scell *sc = r->cell;
+    pthread_mutex_lock(&sc->plock);
+    int exited = p->exited;
+    pthread_mutex_unlock(&sc->plock);
+    int ret;
+    if (!exited) {
+        ret = reply_problem(r, 409, "conflict", "process is still running; stop or kill it before delete");
+    } else {
+        proc_remove(sc, p);
+        ret = reply_empty(r, 204);
+    }
+    procs_put(p);
+    return ret;
+}
+
+int h_proc_resize(sreq *r)
+{
+    json_t *body;
+    int64_t cols = 0, rows = 0;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    int bad = json_get_int(r, body, "cols", 1, 0, 65535, &cols) < 0 || json_get_int(r, body, "rows", 1, 0, 65535, &rows) < 0;
+    json_decref(body);
+    if (bad)
+        return MHD_YES;
+    sproc *p = find_proc(r);
+    if (!p)
+        return MHD_YES;
+    scell *sc = r->cell;
+    pthread_mutex_lock(&sc->plock);
+    int tty = p->tty, exited = p->exited;
+    pid_t pid = p->pid;
+    pthread_mutex_unlock(&sc->plock);
+    int ret;
+    if (!tty) {
+        ret = reply_problem(r, 409, "conflict", "process is not running in tty mode");
+    } else if (exited) {
+        ret = reply_problem(r, 409, "conflict", "process is not running");
+    } else {
+        cell_error e = { 0 };
+        scell_io_lock(sc);
+        int rc = sc->c && !sc->dead ? cell_resize(sc->c, pid, (uint16_t)rows, (uint16_t)cols, &e)
+                                    : util_fail(&e, ECONNRESET, "cell %s is stopped", sc->id);
+        scell_io_unlock(sc);
+        if (rc < 0) {
+            ret = reply_error(r, &e);
+        } else {
+            pthread_mutex_lock(&sc->plock);
+            p->rows = (uint16_t)rows, p->cols = (uint16_t)cols;
+            pthread_mutex_unlock(&sc->plock);
+            ret = reply_json(r, 200, json_pack("{s:I, s:I}", "cols", (json_int_t)cols, "rows", (json_int_t)rows));
+        }
+    }
+    procs_put(p);
+    return ret;
+}

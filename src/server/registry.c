@@ -1,0 +1,465 @@
+/* registry.c: the daemon's cells in memory: lookup with references, boot and
+ * halt, one watcher thread per running cell for process exits, the ttl reaper. */
+#include "server/server_internal.h"
+
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+
+/* ---- references ------------------------------------------------------------- */
+static void scell_free(scell *sc)
+{
+    procs_free_all(sc);
+    json_decref(sc->spec);
+    pthread_mutex_destroy(&sc->io);
+    pthread_mutex_destroy(&sc->plock);
+    pthread_cond_destroy(&sc->pcond);
+    free(sc);
+}
+
+scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms)
+{
+    scell *sc = calloc(1, sizeof *sc);
+    if (!sc)
+        return NULL;
+    sc->s = s;
+    snprintf(sc->id, sizeof sc->id, "%s", id);
+    snprintf(sc->tenant, sizeof sc->tenant, "%s", tenant);
+    sc->spec = json_incref(spec);
+    sc->created_ms = created_ms;
+    sc->wake_fd = -1;
+    atomic_store(&sc->active_ms, srv_now_ms());
+    pthread_mutex_init(&sc->io, NULL);
+    pthread_mutex_init(&sc->plock, NULL);
+    pthread_cond_init(&sc->pcond, NULL);
+    procs_config_default(&sc->pconf);
+    sc->refs = 2;                   /* the list's and the caller's */
+    pthread_mutex_lock(&s->lock);
+    sc->next = s->cells;
+    s->cells = sc;
+    pthread_mutex_unlock(&s->lock);
+    return sc;
+}
+
+scell *registry_get(srv *s, const char *tenant, const char *id)
+{
+    pthread_mutex_lock(&s->lock);
+    scell *sc = s->cells;
+    while (sc && (strcmp(sc->id, id) != 0 || (tenant && strcmp(sc->tenant, tenant) != 0)))
+        sc = sc->next;
+    if (sc)
+        sc->refs++;
+    pthread_mutex_unlock(&s->lock);
+    return sc;
+}
+
+void registry_put(scell *sc)
+{
+    if (!sc)
+        return;
+    srv *s = sc->s;
+    pthread_mutex_lock(&s->lock);
+    int last = --sc->refs == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (last)
+        scell_free(sc);
+}
+
+void registry_remove(scell *sc)
+{
+    srv *s = sc->s;
+    int drop = 0;
+    pthread_mutex_lock(&s->lock);
+    if (!sc->removed) {
+        sc->removed = 1;
+        for (scell **p = &s->cells; *p; p = &(*p)->next)
+            if (*p == sc) {
+                *p = sc->next;
+                break;
+            }
+        drop = 1;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (drop)
+        registry_put(sc);
+}
+
+/* ---- the control channel -------------------------------------------------------- */
+static void drain_exits(scell *sc)
+{
+    cell_exit ex;
+    cell_error e;
+    int r;
+    while (sc->c && !sc->dead && (r = cell_wait_exit(sc->c, 0, &ex, &e)) != 0) {
+        if (r < 0) {
+            sc->dead = 1;           /* the cell died on its own; the reaper halts it */
+            pthread_cond_signal(&sc->s->reaper_cond);
+            break;
+        }
+        procs_on_exit(sc, ex.pid, ex.status);
+    }
+}
+
+void scell_io_lock(scell *sc) { pthread_mutex_lock(&sc->io); }
+
+void scell_io_unlock(scell *sc)
+{
+    drain_exits(sc);
+    pthread_mutex_unlock(&sc->io);
+}
+
+int registry_running(scell *sc)
+{
+    pthread_mutex_lock(&sc->io);
+    int running = sc->c && !sc->dead;
+    pthread_mutex_unlock(&sc->io);
+    return running;
+}
+
+/* One thread per running cell sleeps on its control socket: exits arrive
+ * there whenever a process ends, with no request in flight to read them. */
+static void *watcher_main(void *arg)
+{
+    scell *sc = arg;
+    for (;;) {
+        pthread_mutex_lock(&sc->io);
+        int fd = sc->c && !sc->dead ? cell_event_fd(sc->c) : -1;
+        pthread_mutex_unlock(&sc->io);
+        if (fd < 0)
+            return NULL;
+        struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sc->wake_fd, .events = POLLIN } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (p[1].revents)
+            return NULL;
+        scell_io_lock(sc);
+        scell_io_unlock(sc);        /* unlock drains */
+    }
+}
+
+/* ---- boot and halt ------------------------------------------------------------- */
+typedef struct boot_config {
+    cell_config cfg;
+    cell_mount  mounts[16];
+} boot_config;
+
+static uint64_t spec_u64(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+static const char *spec_str(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static void spec_to_config(json_t *spec, boot_config *b)
+{
+    memset(b, 0, sizeof *b);
+    b->cfg.image = spec_str(spec, "image");
+    b->cfg.lane = spec_str(spec, "laneId");
+    b->cfg.hostname = spec_str(spec, "hostname");
+    json_t *res = json_object_get(spec, "resources");
+    b->cfg.limits.memory = spec_u64(res, "memory");
+    b->cfg.limits.pids = (uint32_t)spec_u64(res, "pids");
+    b->cfg.limits.cpu_millis = (uint32_t)spec_u64(res, "cpuMillis");
+    b->cfg.limits.disk = spec_u64(res, "disk");
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(spec, "mounts"), i, m) {
+        if (i >= sizeof b->mounts / sizeof b->mounts[0])
+            break;
+        cell_mount *cm = &b->mounts[i];
+        const char *type = spec_str(m, "type");
+        cm->kind = type && strcmp(type, "bind") == 0 ? CELL_MOUNT_BIND : CELL_MOUNT_MEMORY;
+        cm->source = spec_str(m, "source");
+        cm->target = spec_str(m, "target");
+        cm->readonly = json_is_true(json_object_get(m, "readonly"));
+        cm->size = spec_u64(m, "size");
+        b->cfg.n_mounts = i + 1;
+    }
+    b->cfg.mounts = b->mounts;
+}
+
+struct boot_job {
+    srv *s;
+    const cell_config *cfg;
+    cell *c;
+    cell_error *err;
+    int rc;
+};
+
+static void boot_on_owner(void *arg)
+{
+    struct boot_job *job = arg;
+    pthread_mutex_lock(&job->s->ctx_lock);
+    job->rc = cell_create(job->s->ctx, job->cfg, &job->c, job->err);
+    pthread_mutex_unlock(&job->s->ctx_lock);
+}
+
+int registry_boot(scell *sc, cell_error *err)
+{
+    srv *s = sc->s;
+    scell_io_lock(sc);
+    if (sc->c) {
+        scell_io_unlock(sc);
+        return util_fail(err, EBUSY, "cell %s is already running", sc->id);
+    }
+    boot_config b;
+    spec_to_config(sc->spec, &b);
+    struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
+    srv_on_owner_thread(s, boot_on_owner, &job);
+    cell *c = job.c;
+    if (job.rc < 0) {
+        scell_io_unlock(sc);
+        return -1;
+    }
+    sc->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (sc->wake_fd < 0) {
+        util_fail_errno(err, "eventfd for cell %s", sc->id);
+        goto fail;
+    }
+    sc->c = c;
+    sc->dead = 0;
+    sc->started_ms = srv_now_ms();
+    int pe = pthread_create(&sc->watcher, NULL, watcher_main, sc);
+    if (pe != 0) {
+        sc->c = NULL;
+        errno = pe;
+        util_fail_errno(err, "thread for cell %s", sc->id);
+        goto fail;
+    }
+    sc->watcher_on = 1;
+    scell_io_unlock(sc);
+    atomic_store(&sc->active_ms, srv_now_ms());
+    store_cell_set_state(s->st, sc->id, "running", NULL);
+    return 0;
+fail:
+    if (sc->wake_fd >= 0)
+        close(sc->wake_fd);
+    sc->wake_fd = -1;
+    pthread_mutex_lock(&s->ctx_lock);
+    cell_destroy(c);
+    pthread_mutex_unlock(&s->ctx_lock);
+    scell_io_unlock(sc);
+    return -1;
+}
+
+void registry_halt(scell *sc)
+{
+    srv *s = sc->s;
+    pthread_mutex_lock(&sc->io);
+    cell *c = sc->c;
+    sc->c = NULL;
+    sc->dead = 0;
+    if (c && sc->wake_fd >= 0) {
+        uint64_t one = 1;
+        if (write(sc->wake_fd, &one, sizeof one) < 0) { /* the watcher also stops on c == NULL */ }
+    }
+    pthread_mutex_unlock(&sc->io);
+    if (!c)
+        return;
+    if (sc->watcher_on) {
+        pthread_join(sc->watcher, NULL);
+        sc->watcher_on = 0;
+    }
+    close(sc->wake_fd);
+    sc->wake_fd = -1;
+    pthread_mutex_lock(&s->ctx_lock);
+    cell_destroy(c);
+    pthread_mutex_unlock(&s->ctx_lock);
+    procs_on_halt(sc);
+    store_cell_set_state(s->st, sc->id, "stopped", NULL);
+}
+
+/* ---- usage for quotas ------------------------------------------------------------ */
+void registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memory)
+{
+    *cells = 0;
+    *memory = 0;
+    pthread_mutex_lock(&s->lock);
+    for (scell *sc = s->cells; sc; sc = sc->next) {
+        if (strcmp(sc->tenant, tenant) != 0)
+            continue;
+        (*cells)++;
+        *memory += spec_u64(json_object_get(sc->spec, "resources"), "memory");
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- the reaper -------------------------------------------------------------------
+ * Once a second: halt cells whose init died, delete cells idle past their
+ * ttl.  Idle means no request and no running process. */
+static int has_running_process(scell *sc)
+{
+    int any = 0;
+    pthread_mutex_lock(&sc->plock);
+    for (sproc *p = sc->procs; p && !any; p = p->next)
+        any = !p->exited;
+    pthread_mutex_unlock(&sc->plock);
+    return any;
+}
+
+static void reap_one(srv *s, scell *sc, int64_t now)
+{
+    pthread_mutex_lock(&sc->io);
+    int dead = sc->dead;
+    int running = sc->c != NULL;
+    pthread_mutex_unlock(&sc->io);
+    if (dead) {
+        registry_halt(sc);
+        json_t *rec = json_pack("{s:s, s:s, s:s}", "kind", "cell", "tenant", sc->tenant, "cell", sc->id);
+        json_object_set_new(rec, "event", json_string("died"));
+        store_audit_append(s->st, rec);
+        json_decref(rec);
+        return;
+    }
+    int64_t ttl = (int64_t)spec_u64(sc->spec, "ttl");
+    if (!ttl || !running)
+        return;
+    if (has_running_process(sc))
+        atomic_store(&sc->active_ms, now);
+    if (now - atomic_load(&sc->active_ms) < ttl * 1000)
+        return;
+    registry_remove(sc);
+    registry_halt(sc);
+    store_cell_delete(s->st, sc->id, NULL);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", "cell", "tenant", sc->tenant,
+                            "cell", sc->id, "event", "reaped", "ttl", (json_int_t)ttl);
+    store_audit_append(s->st, rec);
+    json_decref(rec);
+}
+
+static void *reaper_main(void *arg)
+{
+    srv *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!atomic_load(&s->stopping)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&s->reaper_cond, &s->lock, &ts);
+        if (atomic_load(&s->stopping))
+            break;
+        /* Take references, then work without the list lock. */
+        size_t n = 0;
+        for (scell *sc = s->cells; sc; sc = sc->next)
+            n++;
+        scell **all = calloc(n ? n : 1, sizeof *all);
+        if (!all)
+            continue;
+        n = 0;
+        for (scell *sc = s->cells; sc; sc = sc->next, n++) {
+            all[n] = sc;
+            sc->refs++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        int64_t now = srv_now_ms();
+        for (size_t i = 0; i < n; i++) {
+            reap_one(s, all[i], now);
+            registry_put(all[i]);
+        }
+        free(all);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* ---- start and stop ---------------------------------------------------------------- */
+/* A lane row left in "creating" or "deleting" by a crash: finish deleting it,
+ * since its creator never answered the client. */
+static void recover_lanes(srv *s)
+{
+    store_lane *lanes = NULL;
+    size_t n = 0;
+    if (store_lanes_unfinished(s->st, &lanes, &n, NULL) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        cell_error e;
+        if (cell_lane_delete(s->ctx, lanes[i].id, &e) < 0 && e.code != ENOENT) {
+            fprintf(stderr, "cell daemon: lane %s (%s) left unfinished: %s\n", lanes[i].name, lanes[i].id, e.message);
+            continue;
+        }
+        store_lane_delete(s->st, lanes[i].id, NULL);
+    }
+    free(lanes);
+}
+
+int registry_load(srv *s, cell_error *err)
+{
+    size_t stopped = 0, n = 0;
+    store_cell *cells = NULL;
+    /* cell-init dies with its daemon link, so after a crash nothing of a
+     * cell is left running: its record becomes "stopped", its lane stays. */
+    if (store_cells_mark_stopped(s->st, &stopped, err) < 0)
+        return -1;
+    recover_lanes(s);
+    if (store_cell_list(s->st, NULL, &cells, &n, err) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        json_t *spec = json_loads(cells[i].spec ? cells[i].spec : "{}", 0, NULL);
+        scell *sc = spec ? registry_add(s, cells[i].id, cells[i].tenant, spec, cells[i].created) : NULL;
+        json_decref(spec);
+        registry_put(sc);
+    }
+    store_cell_list_free(cells, n);
+    if (stopped && !s->opt.quiet)
+        printf("cell daemon: %zu cell(s) were running when the daemon last stopped; they are now stopped\n",
+               stopped);
+    int pe = pthread_create(&s->reaper, NULL, reaper_main, s);
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "reaper thread");
+    }
+    s->reaper_started = 1;
+    return 0;
+}
+
+/* Halt every cell and wake everything waiting on one; the list itself is
+ * freed after the HTTP threads are gone.  Safe to call twice. */
+void registry_shutdown(srv *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int first = s->reaper_cond_used == 0;
+    s->reaper_cond_used = 1;
+    pthread_cond_broadcast(&s->reaper_cond);
+    pthread_mutex_unlock(&s->lock);
+    if (first && s->reaper_started)
+        pthread_join(s->reaper, NULL);
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        scell *sc = s->cells;
+        while (sc && sc->halted_at_shutdown)
+            sc = sc->next;
+        if (sc) {
+            sc->halted_at_shutdown = 1;
+            sc->refs++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (!sc)
+            break;
+        registry_halt(sc);
+        pthread_mutex_lock(&sc->plock);
+        pthread_cond_broadcast(&sc->pcond);
+        pthread_mutex_unlock(&sc->plock);
+        registry_put(sc);
+    }
+}
+
+void registry_free(srv *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        scell *sc = s->cells;
+        pthread_mutex_unlock(&s->lock);
+        if (!sc)
+            break;
+        registry_remove(sc);
+    }
+}

@@ -1,0 +1,372 @@
+/* request.c: what every handler uses to read a request and answer it:
+ * JSON bodies and fields with errors that name the field, problem+json. */
+#include "server/server_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* Problem types are URIs; the sandbox-agent API uses this scheme and its
+ * clients match on the short name at the end. */
+#define PROBLEM_TYPE_BASE "urn:sandbox-agent:error:"
+
+int64_t srv_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
+{
+    if (!resp)
+        return MHD_NO;
+    if (r->responded) {             /* a handler bug; keep the first answer */
+        MHD_destroy_response(resp);
+        return MHD_YES;
+    }
+    r->status = status;
+    r->responded = 1;
+    /* libmicrohttpd accepts a response only before the body or after all
+     * of it; one made in between waits for the last call. */
+    if (r->in_body) {
+        r->deferred = resp;
+        return MHD_YES;
+    }
+    enum MHD_Result ok = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+static int reply_text(sreq *r, unsigned status, const char *type, char *text)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    return reply_response(r, status, resp);
+}
+
+int reply_json(sreq *r, unsigned status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text)
+        return MHD_NO;
+    return reply_text(r, status, "application/json", text);
+}
+
+int reply_empty(sreq *r, unsigned status)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    return reply_response(r, status, resp);
+}
+
+static const char *status_title(unsigned status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 507: return "Insufficient Storage";
+    default:  return status >= 500 ? "Internal Server Error" : "Error";
+    }
+}
+
+/* sandbox-agent names the title after the type ("Invalid Request", "Stream
+ * Error"), except for 413, and starts the detail with the type in words. */
+static void type_words(const char *type, char *out, size_t size, int title_case)
+{
+    size_t i = 0;
+    for (const char *p = type; *p && i + 1 < size; p++, i++) {
+        char ch = *p == '_' ? ' ' : *p;
+        if (title_case && (p == type || p[-1] == '_') && ch >= 'a' && ch <= 'z')
+            ch = (char)(ch - 'a' + 'A');
+        out[i] = ch;
+    }
+    out[i] = '\0';
+}
+
+static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, va_list ap)
+{
+    char msg[1024], detail[1200], uri[128], title[64], words[64];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    snprintf(uri, sizeof uri, PROBLEM_TYPE_BASE "%s", type);
+    type_words(type, words, sizeof words, 0);
+    snprintf(detail, sizeof detail, "%s: %s", words, msg);
+    if (status == 413 || status == 405 || status == 401 || status == 429)
+        snprintf(title, sizeof title, "%s", status_title(status));
+    else
+        type_words(type, title, sizeof title, 1);
+    json_t *body = json_pack("{s:s, s:s, s:i, s:s}", "type", uri, "title", title, "status", (int)status,
+                             "detail", detail);
+    if (!body) {
+        json_decref(details);
+        return MHD_NO;
+    }
+    if (!details && (status == 409 || status == 502))
+        details = json_pack("{s:s}", "message", msg);
+    if (details)
+        json_object_set_new(body, "details", details);
+    req_audit(r, "error", json_string(msg));
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text)
+        return MHD_NO;
+    return reply_text(r, status, "application/problem+json", text);
+}
+
+int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = reply_problem_v(r, status, type, NULL, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int reply_problem_details(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = reply_problem_v(r, status, type, details, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int reply_error(sreq *r, const cell_error *e)
+{
+    const char *msg = e->message[0] ? e->message : strerror(e->code);
+    switch (e->code) {
+    case ENOENT:       return reply_problem(r, 404, "not_found", "%s", msg);
+    case EEXIST:       return reply_problem(r, 409, "conflict", "%s", msg);
+    case EBUSY:        return reply_problem(r, 409, "conflict", "%s", msg);
+    case ENOTEMPTY:    return reply_problem(r, 409, "conflict", "%s", msg);
+    case EINVAL:
+    case ENAMETOOLONG:
+    case ENOTDIR:
+    case EISDIR:
+    case ELOOP:
+    case EXDEV:        return reply_problem(r, 400, "invalid_request", "%s", msg);
+    case EACCES:
+    case EPERM:        return reply_problem(r, 403, "forbidden", "%s", msg);
+    case EDQUOT:       return reply_problem(r, 403, "quota_exceeded", "%s", msg);
+    case EFBIG:
+    case E2BIG:        return reply_problem(r, 413, "payload_too_large", "%s", msg);
+    case ENOSPC:       return reply_problem(r, 507, "insufficient_storage", "%s", msg);
+    case ETIMEDOUT:    return reply_problem(r, 504, "timeout", "%s", msg);
+    case ECONNRESET:
+    case ESRCH:        return reply_problem(r, 409, "cell_stopped", "%s", msg);
+    case ENOSYS:
+    case EOPNOTSUPP:   return reply_problem(r, 501, "not_implemented", "%s", msg);
+    default:           return reply_problem(r, 500, "internal", "%s", msg);
+    }
+}
+
+void req_audit(sreq *r, const char *key, json_t *value)
+{
+    if (!value)
+        return;
+    if (!r->audit)
+        r->audit = json_object();
+    if (r->audit)
+        json_object_set_new(r->audit, key, value);
+    else
+        json_decref(value);
+}
+
+const char *req_query(sreq *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+int req_json(sreq *r, json_t **out)
+{
+    json_error_t jerr;
+    *out = NULL;
+    if (r->body_len == 0) {
+        reply_problem(r, 400, "invalid_request", "a JSON object body is required");
+        return -1;
+    }
+    json_t *v = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!v) {
+        reply_problem(r, 400, "invalid_request", "body is not valid JSON: %s (line %d, column %d)",
+                      jerr.text, jerr.line, jerr.column);
+        return -1;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        reply_problem(r, 422, "invalid_request", "body must be a JSON object");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static json_t *field(sreq *r, json_t *o, const char *key, int required)
+{
+    json_t *v = json_object_get(o, key);
+    if (v && json_is_null(v))
+        v = NULL;
+    if (!v && required)
+        reply_problem(r, 422, "invalid_request", "missing field \"%s\"", key);
+    return v;
+}
+
+int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out)
+{
+    json_t *v = field(r, o, key, required);
+    if (!v)
+        return required ? -1 : 0;
+    if (!json_is_string(v)) {
+        reply_problem(r, 422, "invalid_request", "field \"%s\" must be a string", key);
+        return -1;
+    }
+    if (strlen(json_string_value(v)) != json_string_length(v)) {
+        reply_problem(r, 400, "invalid_request", "field \"%s\" must not contain NUL characters", key);
+        return -1;
+    }
+    *out = json_string_value(v);
+    return 0;
+}
+
+int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out)
+{
+    json_t *v = field(r, o, key, required);
+    if (!v)
+        return required ? -1 : 0;
+    if (!json_is_integer(v)) {
+        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an integer", key);
+        return -1;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < min || n > max) {
+        reply_problem(r, 400, "invalid_request", "field \"%s\" must be between %lld and %lld",
+                      key, (long long)min, (long long)max);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+int json_get_bool(sreq *r, json_t *o, const char *key, int *out)
+{
+    json_t *v = field(r, o, key, 0);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v)) {
+        reply_problem(r, 422, "invalid_request", "field \"%s\" must be true or false", key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+int json_get_size(sreq *r, json_t *o, const char *key, uint64_t *out)
+{
+    json_t *v = field(r, o, key, 0);
+    if (!v)
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = (uint64_t)json_integer_value(v);
+        return 0;
+    }
+    cell_error e = { 0 };
+    if (json_is_string(v) && cell_parse_size(json_string_value(v), out, &e) == 0)
+        return 0;
+    reply_problem(r, 400, "invalid_request",
+                  "field \"%s\" must be a byte count or a size like \"512M\" or \"2G\"", key);
+    return -1;
+}
+
+int json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t *n)
+{
+    json_t *v = field(r, o, key, 0);
+    *out = NULL;
+    *n = 0;
+    if (!v)
+        return 0;
+    if (!json_is_array(v) || json_array_size(v) > 4096) {
+        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an array of strings", key);
+        return -1;
+    }
+    const char **vec = calloc(json_array_size(v) + 1, sizeof *vec);
+    if (!vec)
+        return reply_problem(r, 500, "internal", "out of memory"), -1;
+    size_t i;
+    json_t *item;
+    json_array_foreach(v, i, item) {
+        if (!json_is_string(item) || strlen(json_string_value(item)) != json_string_length(item)) {
+            free(vec);
+            reply_problem(r, 422, "invalid_request", "field \"%s\" item %zu must be a string", key, i);
+            return -1;
+        }
+        vec[i] = json_string_value(item);
+    }
+    *out = vec;
+    *n = json_array_size(v);
+    return 0;
+}
+
+void strv_free(char **v)
+{
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+int json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n)
+{
+    json_t *v = field(r, o, key, 0);
+    *out = NULL;
+    *n = 0;
+    if (!v)
+        return 0;
+    if (!json_is_object(v) || json_object_size(v) > 4096) {
+        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an object of strings", key);
+        return -1;
+    }
+    char **vec = calloc(json_object_size(v) + 1, sizeof *vec);
+    if (!vec)
+        return reply_problem(r, 500, "internal", "out of memory"), -1;
+    size_t i = 0;
+    const char *name;
+    json_t *val;
+    json_object_foreach(v, name, val) {
+        if (!json_is_string(val) || !name[0] || strchr(name, '=') ||
+            strlen(json_string_value(val)) != json_string_length(val)) {
+            strv_free(vec);
+            reply_problem(r, 400, "invalid_request",
+                          "field \"%s\": \"%s\" must be a non-empty name without '=' with a string value",
+                          key, name);
+            return -1;
+        }
+        if (asprintf(&vec[i], "%s=%s", name, json_string_value(val)) < 0) {
+            vec[i] = NULL;
+            strv_free(vec);
+            return reply_problem(r, 500, "internal", "out of memory"), -1;
+        }
+        i++;
+    }
+    *out = vec;
+    *n = i;
+    return 0;
+}

@@ -1,0 +1,81 @@
+/* routes.c: the daemon's two route tables: the control plane (/v1/...) and
+ * the per-cell plane (/cells/{cell}/v1/...), compatible with sandbox-agent 0.4. */
+#include "server/handlers.h"
+
+#define CELL_ROUTE(m, p, fn, flags) { m, "/cells/{cell}/v1" p, fn, NULL, ROUTE_CELL | (flags) }
+
+const route control_routes[] = {
+    { "GET",    "/v1/health",               h_health,        NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/openapi.json",            openapi_serve,   NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "POST",   "/v1/cells",                h_cells_create,  NULL, 0 },
+    { "GET",    "/v1/cells",                h_cells_list,    NULL, 0 },
+    { "GET",    "/v1/cells/{id}",           h_cells_get,     NULL, 0 },
+    { "DELETE", "/v1/cells/{id}",           h_cells_delete,  NULL, 0 },
+    { "POST",   "/v1/cells/{id}/stop",      h_cells_stop,    NULL, 0 },
+    { "POST",   "/v1/cells/{id}/start",     h_cells_start,   NULL, 0 },
+    { "POST",   "/v1/lanes",                h_lanes_create,  NULL, 0 },
+    { "GET",    "/v1/lanes",                h_lanes_list,    NULL, 0 },
+    { "GET",    "/v1/lanes/{name}",         h_lanes_get,     NULL, 0 },
+    { "DELETE", "/v1/lanes/{name}",         h_lanes_delete,  NULL, 0 },
+    { "GET",    "/v1/lanes/{name}/export",  h_lanes_export,  NULL, 0 },
+    { "POST",   "/v1/lanes/{name}/import",  h_lanes_import,  h_lanes_import_body, ROUTE_STREAM_BODY },
+    { "GET",    "/v1/images",               h_images_list,   NULL, 0 },
+    { "GET",    "/v1/images/{name}",        h_images_get,    NULL, 0 },
+    { "POST",   "/v1/images/{name}/build",  h_images_build,  NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/audit",                h_audit,         NULL, 0 },
+    { "POST",   "/v1/tokens",               h_tokens_create, NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/tokens",               h_tokens_list,   NULL, ROUTE_ADMIN },
+    { "DELETE", "/v1/tokens/{id}",          h_tokens_revoke, NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/tenants",              h_tenants_list,  NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/tenants/{name}",       h_tenants_get,   NULL, 0 },
+    { "PUT",    "/v1/tenants/{name}",       h_tenants_put,   NULL, ROUTE_ADMIN },
+};
+const size_t n_control_routes = sizeof control_routes / sizeof control_routes[0];
+
+const route agent_routes[] = {
+    CELL_ROUTE("GET",    "/health",                          h_cell_health, ROUTE_NO_AUDIT),
+    CELL_ROUTE("GET",    "/processes/config",                h_proc_config, 0),
+    CELL_ROUTE("POST",   "/processes/config",                h_proc_config, 0),
+    CELL_ROUTE("POST",   "/processes/run",                   h_proc_run, 0),
+    CELL_ROUTE("POST",   "/processes",                       h_proc_create, 0),
+    CELL_ROUTE("GET",    "/processes",                       h_proc_list, 0),
+    CELL_ROUTE("GET",    "/processes/{id}",                  h_proc_get, 0),
+    CELL_ROUTE("DELETE", "/processes/{id}",                  h_proc_delete, 0),
+    CELL_ROUTE("GET",    "/processes/{id}/logs",             h_proc_logs, 0),
+    CELL_ROUTE("POST",   "/processes/{id}/input",            h_proc_input, 0),
+    CELL_ROUTE("POST",   "/processes/{id}/stop",             h_proc_stop, 0),
+    CELL_ROUTE("POST",   "/processes/{id}/kill",             h_proc_kill, 0),
+    CELL_ROUTE("POST",   "/processes/{id}/terminal/resize",  h_proc_resize, 0),
+    CELL_ROUTE("GET",    "/processes/{id}/terminal/ws",      h_proc_terminal_ws, 0),
+    CELL_ROUTE("GET",    "/fs/file",                         h_fs_read, 0),
+    { "PUT",  "/cells/{cell}/v1/fs/file",         h_fs_write,  h_fs_write_body,  ROUTE_CELL | ROUTE_STREAM_BODY },
+    CELL_ROUTE("GET",    "/fs/entries",                      h_fs_entries, 0),
+    CELL_ROUTE("GET",    "/fs/stat",                         h_fs_stat, 0),
+    CELL_ROUTE("POST",   "/fs/mkdir",                        h_fs_mkdir, 0),
+    CELL_ROUTE("POST",   "/fs/move",                         h_fs_move, 0),
+    CELL_ROUTE("DELETE", "/fs/entry",                        h_fs_delete, 0),
+    { "POST", "/cells/{cell}/v1/fs/upload-batch", h_fs_upload, h_fs_upload_body, ROUTE_CELL | ROUTE_STREAM_BODY },
+    /* Agents, ACP sessions, config and desktop: a later issue. */
+    CELL_ROUTE("GET",    "/agents",                          h_not_implemented, 0),
+    CELL_ROUTE("GET",    "/agents/*",                        h_not_implemented, 0),
+    CELL_ROUTE("POST",   "/agents/*",                        h_not_implemented, 0),
+    CELL_ROUTE("GET",    "/acp",                             h_not_implemented, 0),
+    CELL_ROUTE("POST",   "/acp",                             h_not_implemented, 0),
+    CELL_ROUTE("GET",    "/acp/*",                           h_not_implemented, 0),
+    CELL_ROUTE("POST",   "/acp/*",                           h_not_implemented, 0),
+    CELL_ROUTE("DELETE", "/acp/*",                           h_not_implemented, 0),
+    CELL_ROUTE("GET",    "/config/*",                        h_not_implemented, 0),
+    CELL_ROUTE("PUT",    "/config/*",                        h_not_implemented, 0),
+    CELL_ROUTE("DELETE", "/config/*",                        h_not_implemented, 0),
+    CELL_ROUTE("GET",    "/desktop/*",                       h_not_implemented, 0),
+    CELL_ROUTE("POST",   "/desktop/*",                       h_not_implemented, 0),
+    CELL_ROUTE("DELETE", "/desktop/*",                       h_not_implemented, 0),
+};
+const size_t n_agent_routes = sizeof agent_routes / sizeof agent_routes[0];
+
+int h_not_implemented(sreq *r)
+{
+    return reply_problem(r, 501, "not_implemented",
+                         "%s %s is not implemented by cell yet (agents, ACP sessions, config and desktop "
+                         "come in a later release)", r->method, r->url);
+}

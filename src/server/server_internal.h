@@ -1,0 +1,261 @@
+/* server_internal.h: what the daemon's files share: the server, the request,
+ * the running-cell registry and its processes, routing and reply helpers. */
+#ifndef CELL_SERVER_INTERNAL_H
+#define CELL_SERVER_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "server/server.h"
+#include "store/store.h"
+#include "util/util.h"
+
+typedef struct srv   srv;
+typedef struct sreq  sreq;
+typedef struct scell scell;
+typedef struct sproc sproc;
+
+/* ---- routing (router.c) ----------------------------------------------------
+ * Patterns are literal segments and {name} captures, e.g.
+ * "/cells/{cell}/v1/processes/{id}/logs"; a last segment "*" matches any
+ * non-empty rest.  Pure functions: fuzzed. */
+enum route_flag {
+    ROUTE_PUBLIC      = 1,  /* no token needed */
+    ROUTE_ADMIN       = 2,  /* admin tokens only */
+    ROUTE_CELL        = 4,  /* per-cell plane: {cell} must be a running cell of the tenant */
+    ROUTE_STREAM_BODY = 8,  /* body chunks go to `body`, not a JSON buffer */
+    ROUTE_NO_AUDIT    = 16, /* high-rate, side-effect-free (health) */
+};
+typedef int (*route_fn)(sreq *r);
+/* Called for each chunk of a streamed body; len 0 never happens.  Returns
+ * 0, or -1 after queueing an error reply. */
+typedef int (*route_body_fn)(sreq *r, const char *data, size_t len);
+
+typedef struct route {
+    const char   *method;
+    const char   *pattern;
+    route_fn      fn;
+    route_body_fn body;
+    unsigned      flags;
+} route;
+
+#define ROUTE_MAX_PARAMS 4
+typedef struct route_match {
+    const route *route;
+    size_t       n_params;
+    const char  *names[ROUTE_MAX_PARAMS];   /* point into the pattern */
+    char        *values[ROUTE_MAX_PARAMS];  /* point into buf */
+    char         buf[512];
+} route_match;
+
+enum { ROUTER_FOUND = 0, ROUTER_NO_PATH = -1, ROUTER_BAD_METHOD = -2, ROUTER_TOO_LONG = -3 };
+/* Match `path` (no query string) against the table.  On ROUTER_BAD_METHOD
+ * the path exists with another method. */
+int router_match(const route *table, size_t n, const char *method, const char *path, route_match *m);
+const char *router_param(const route_match *m, const char *name);
+
+/* ---- the server ------------------------------------------------------------ */
+struct srv {
+    server_options   opt;
+    char             state_dir[4096];
+    cell_ctx        *ctx;
+    pthread_mutex_t  ctx_lock;      /* libcell contexts are single-threaded */
+    store           *st;
+    struct MHD_Daemon *tcp, *unix_d;
+    int64_t          started_ms;
+
+    /* Cells die with the thread that booted them (cell-init's parent-death
+     * signal), so every boot runs on the daemon's main thread, which lives
+     * as long as the daemon; request threads queue the work and wait. */
+    int              owner_wake;    /* eventfd the main thread polls */
+    pthread_mutex_t  owner_lock;
+    pthread_cond_t   owner_cond;
+    struct owner_job *owner_jobs;
+
+    pthread_mutex_t  lock;          /* cells list, refcounts, rate buckets */
+    scell           *cells;
+    struct rate_bucket *buckets;
+    atomic_int       stopping;
+    pthread_t        reaper;
+    int              reaper_started, reaper_cond_used;
+    pthread_cond_t   reaper_cond;
+};
+
+/* ---- one HTTP request ------------------------------------------------------ */
+struct sreq {
+    srv          *s;
+    struct MHD_Connection *conn;
+    const char   *method, *url;
+    route_match   m;
+    int           matched;          /* ROUTER_* result */
+    store_token   tok;
+    int           authed;
+    scell        *cell;             /* ROUTE_CELL: held reference */
+    char         *body;             /* JSON routes: the whole body */
+    size_t        body_len, body_cap;
+    void         *stream;           /* ROUTE_STREAM_BODY state, owned by the route */
+    void        (*stream_free)(sreq *r);
+    unsigned      status;
+    int           responded;
+    int           in_body;          /* between the first and the last call */
+    struct MHD_Response *deferred;  /* a reply made while the body streamed in */
+    int64_t       start_ms;
+    json_t       *audit;            /* extra audit fields (cell, command, exit code) */
+};
+
+int64_t srv_now_ms(void);
+/* Run fn(arg) on the daemon's main thread and wait for it. */
+void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg);
+
+/* Replies.  Each queues a response and returns an MHD_Result for the
+ * access handler to return.  reply_json steals `body`. */
+int reply_json(sreq *r, unsigned status, json_t *body);
+int reply_empty(sreq *r, unsigned status);
+int reply_response(sreq *r, unsigned status, struct MHD_Response *resp);
+/* application/problem+json: {type, title, status, detail}.  `type` is a
+ * short name ("not_found"); it is expanded to the full type URI. */
+int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* The same with a "details" object (stolen). */
+int reply_problem_details(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Map a libcell/store error (errno-classified) onto a status and problem. */
+int reply_error(sreq *r, const cell_error *e);
+
+/* Request input.  Each returns -1 after queueing a 400 problem that names
+ * the field, so handlers write `if (req_json(r, &o) < 0) return r->status_result;`. */
+const char *req_query(sreq *r, const char *key);
+int req_json(sreq *r, json_t **out);            /* body must be a JSON object */
+int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out);
+int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out);
+int json_get_bool(sreq *r, json_t *o, const char *key, int *out);
+/* A size: a non-negative integer of bytes or a string like "512M". */
+int json_get_size(sreq *r, json_t *o, const char *key, uint64_t *out);
+/* An array of strings (NULL-terminated malloc()ed vector, strings borrowed
+ * from the JSON) and an object of strings ("K=V" malloc()ed strings). */
+int json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t *n);
+int json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n);
+void strv_free(char **v);
+
+/* Add a field to this request's audit record. */
+void req_audit(sreq *r, const char *key, json_t *value);
+
+/* MHD_YES / MHD_NO as int, for handlers that already replied. */
+#define REPLIED(r) ((r)->responded ? MHD_YES : MHD_NO)
+
+/* ---- running cells (registry.c) --------------------------------------------
+ * A scell is a cell record the daemon holds in memory: its spec and, while
+ * it runs, the libcell handle.  Locks, in order: srv.lock (list, refs) ->
+ * scell.io (the control channel and `c`) -> scell.plock (processes, logs). */
+struct scell {
+    srv            *s;
+    char            id[24];
+    char            tenant[64];
+    json_t         *spec;           /* normalized create request */
+    int             refs;           /* srv.lock */
+    int             removed;        /* srv.lock: deleted, no new lookups */
+    pthread_mutex_t io;
+    cell           *c;              /* NULL while stopped */
+    int             dead;           /* io: init died on its own; the reaper halts it */
+    int             halted_at_shutdown; /* srv.lock */
+    int64_t         created_ms, started_ms;
+    atomic_llong    active_ms;      /* last request, for the ttl reaper */
+    pthread_t       watcher;
+    int             watcher_on;
+    int             wake_fd;        /* eventfd that stops the watcher */
+    pthread_mutex_t plock;
+    pthread_cond_t  pcond;          /* process exits and new log entries */
+    sproc          *procs;
+    unsigned        next_proc;
+    struct proc_config {            /* plock; sandbox-agent's /processes/config */
+        int64_t max_concurrent, default_run_timeout_ms, max_run_timeout_ms;
+        int64_t max_output_bytes, max_log_bytes, max_input_bytes;
+    } pconf;
+    scell          *next;
+};
+
+/* Look up a tenant's cell (tenant NULL = any) and take a reference. */
+scell *registry_get(srv *s, const char *tenant, const char *id);
+void   registry_put(scell *sc);
+/* Register a new record (not yet booted) with one reference for the caller. */
+scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms);
+/* Unlink from the list; the memory goes with the last reference. */
+void   registry_remove(scell *sc);
+/* Boot the cell from its spec (io must NOT be held).  EBUSY if running. */
+int    registry_boot(scell *sc, cell_error *err);
+/* Kill the cell and everything in it; processes are marked exited. */
+void   registry_halt(scell *sc);
+int    registry_running(scell *sc);
+/* Load every stored cell at start (all stopped), start the ttl reaper. */
+int    registry_load(srv *s, cell_error *err);
+void   registry_shutdown(srv *s);
+void   registry_free(srv *s);
+/* Count a tenant's cells and the memory they reserve. */
+void   registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memory);
+
+/* Control-channel access: unlock also delivers exits that arrived while
+ * the lock was held (they are queued inside libcell, not on the fd). */
+void scell_io_lock(scell *sc);
+void scell_io_unlock(scell *sc);
+
+/* ---- processes (procs.c) ----------------------------------------------------*/
+enum plog_stream { PLOG_STDOUT = 0, PLOG_STDERR = 1, PLOG_PTY = 2 };
+typedef struct plog {
+    uint64_t seq;
+    int      stream;
+    int64_t  ts_ms;
+    size_t   len;
+    char     data[];
+} plog;
+
+struct sproc {
+    scell    *cell;
+    char      id[24];
+    int       refs;                 /* cell->plock */
+    int       hidden;               /* a buffered run: not listed */
+    char     *command;
+    json_t   *args;
+    char     *cwd;
+    int       tty, interactive;
+    pid_t     pid;
+    int64_t   created_ms, exited_ms;
+    int       exited, status;       /* status as from waitpid() */
+    int       stdin_fd, pty_fd;     /* our ends; -1 when absent */
+    int       out_fd, err_fd;       /* read by the reader thread */
+    pthread_t reader;
+    int       reader_on, output_done;
+    uint16_t  rows, cols;
+    plog    **log;                  /* ring of entries, oldest first */
+    size_t    n_log, cap_log, log_bytes;
+    uint64_t  next_seq;
+    sproc    *next;
+};
+
+/* A listed process by id, with a reference; procs_put drops it. */
+sproc *procs_find(scell *sc, const char *id);
+void   procs_put(sproc *p);
+/* JSON of a log entry: {sequence, stream, timestampMs, data (base64), encoding}. */
+json_t *procs_log_json(const plog *e);
+/* Write to the process's stdin or terminal. */
+int    procs_write_input(sproc *p, const void *data, size_t len, cell_error *err);
+void   procs_config_default(struct proc_config *c);
+
+/* Deliver one exit (called with io held by scell_io_unlock / the watcher). */
+void procs_on_exit(scell *sc, pid_t pid, int status);
+/* The cell stopped: every process is over. */
+void procs_on_halt(scell *sc);
+void procs_free_all(scell *sc);
+
+/* ---- handlers ------------------------------------------------------------- */
+extern const route control_routes[];
+extern const size_t n_control_routes;
+extern const route agent_routes[];
+extern const size_t n_agent_routes;
+
+/* openapi.c */
+int openapi_serve(sreq *r);
+
+#endif

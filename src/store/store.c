@@ -1,0 +1,969 @@
+/* store.c: the daemon's metadata (tenants, tokens, cells, lanes) in SQLite,
+ * one connection shared by every thread behind the store's mutex. */
+#include "store/store.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "util/util.h"
+
+struct store {
+    sqlite3        *db;
+    /* SQLITE_OPEN_FULLMUTEX only makes single calls safe: a statement's
+     * steps, a transaction, sqlite3_changes() and sqlite3_errmsg() must
+     * not interleave with another thread's, so every operation holds this. */
+    pthread_mutex_t lock;
+    int             last_rc;   /* extended code of the last failure, under lock */
+    store_audit    *audit;
+};
+
+#define TENANT_COLS "name, max_cells, max_memory, max_lanes, max_disk, created"
+#define TOKEN_COLS  "id, tenant, label, admin, rate, created, revoked"
+#define CELL_COLS   "id, tenant, state, spec, created, updated"
+#define LANE_COLS   "id, tenant, name, image, size, state, created"
+
+/* Schema migrations: entry i takes user_version i to i + 1.  A later change
+ * appends an entry and bumps STORE_SCHEMA_VERSION; entries never change. */
+static const char *const migrations[STORE_SCHEMA_VERSION] = {
+    /* Quotas and sizes are uint64 in C and stored as their int64 bit pattern
+     * (SQLite integers are signed), so UINT64_MAX round-trips. */
+    "CREATE TABLE tenants ("
+    "  name       TEXT PRIMARY KEY NOT NULL,"
+    "  max_cells  INTEGER NOT NULL,"
+    "  max_memory INTEGER NOT NULL,"
+    "  max_lanes  INTEGER NOT NULL,"
+    "  max_disk   INTEGER NOT NULL,"
+    "  created    INTEGER NOT NULL);"
+    "CREATE TABLE tokens ("
+    "  id      TEXT PRIMARY KEY NOT NULL,"
+    "  tenant  TEXT NOT NULL REFERENCES tenants(name),"
+    "  label   TEXT NOT NULL,"
+    "  hash    BLOB NOT NULL CHECK (length(hash) = 32),"
+    "  admin   INTEGER NOT NULL,"
+    "  rate    INTEGER NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX tokens_tenant ON tokens(tenant);"
+    "CREATE TABLE cells ("
+    "  id      TEXT PRIMARY KEY NOT NULL,"
+    "  tenant  TEXT NOT NULL REFERENCES tenants(name),"
+    "  state   TEXT NOT NULL CHECK (state IN ('running', 'stopped')),"
+    "  spec    TEXT NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  updated INTEGER NOT NULL);"
+    "CREATE INDEX cells_tenant ON cells(tenant);"
+    "CREATE TABLE lanes ("
+    "  id      TEXT PRIMARY KEY NOT NULL,"
+    "  tenant  TEXT NOT NULL REFERENCES tenants(name),"
+    "  name    TEXT NOT NULL,"
+    "  image   TEXT NOT NULL,"
+    "  size    INTEGER NOT NULL CHECK (size >= 0),"
+    "  state   TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),"
+    "  created INTEGER NOT NULL,"
+    "  UNIQUE (tenant, name));",
+};
+
+/* ---- plumbing ------------------------------------------------------------ */
+
+static pthread_mutex_t *lock_store(store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    return &s->lock;
+}
+static void unlockp(pthread_mutex_t **m)
+{
+    if (*m)
+        pthread_mutex_unlock(*m);
+}
+#define _cleanup_unlock_ __attribute__((cleanup(unlockp)))
+#define LOCKED(s) _cleanup_unlock_ pthread_mutex_t *lock_guard_ = lock_store(s)
+
+static void finalizep(sqlite3_stmt **st)
+{
+    sqlite3_finalize(*st); /* NULL is a no-op */
+}
+#define _cleanup_stmt_ __attribute__((cleanup(finalizep)))
+
+static int rc_errno(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:   return EBUSY;
+    case SQLITE_FULL:     return ENOSPC;
+    case SQLITE_READONLY: return EROFS;
+    case SQLITE_NOMEM:    return ENOMEM;
+    case SQLITE_TOOBIG:   return E2BIG;
+    case SQLITE_PERM:     return EPERM;
+    case SQLITE_CONSTRAINT:
+        return rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY ? EEXIST : EINVAL;
+    default:              return EIO;
+    }
+}
+
+static int db_fail(store *s, int rc, cell_error *err, const char *what)
+{
+    s->last_rc = rc;
+    return util_fail(err, rc_errno(rc), "%s: %s", what, sqlite3_errmsg(s->db));
+}
+
+/* Bind by a format: 't' text (NULL binds NULL), 'i' int64_t, 'b' 32-byte blob. */
+static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap)
+{
+    if ((size_t)sqlite3_bind_parameter_count(st) != strlen(fmt))
+        return SQLITE_RANGE; /* a programming error: fail loudly in tests */
+    for (int i = 0; fmt[i]; i++) {
+        int rc;
+        switch (fmt[i]) {
+        case 't': rc = sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC); break;
+        case 'i': rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
+        case 'b': rc = sqlite3_bind_blob(st, i + 1, va_arg(ap, const void *), 32, SQLITE_STATIC); break;
+        default:  rc = SQLITE_MISUSE; break;
+        }
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+/* Prepare and bind; the caller steps.  Caller holds the lock. */
+static int db_query(store *s, sqlite3_stmt **st, cell_error *err, const char *what, const char *sql,
+                    const char *fmt, ...)
+{
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(s, rc, err, what);
+    va_list ap;
+    va_start(ap, fmt);
+    rc = bind_va(*st, fmt, ap);
+    va_end(ap);
+    if (rc != SQLITE_OK)
+        return db_fail(s, rc, err, what);
+    return 0;
+}
+
+/* Run one statement that returns no rows; returns the rows it changed or
+ * -1.  Caller holds the lock. */
+static int db_run(store *s, cell_error *err, const char *what, const char *sql, const char *fmt, ...)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(s, rc, err, what);
+    va_list ap;
+    va_start(ap, fmt);
+    rc = bind_va(st, fmt, ap);
+    va_end(ap);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return db_fail(s, rc, err, what);
+    return sqlite3_changes(s->db);
+}
+
+static int db_exec(store *s, cell_error *err, const char *what, const char *sql)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : db_fail(s, rc, err, what);
+}
+
+/* IMMEDIATE takes the write lock up front: a deferred transaction that
+ * upgrades later fails with SQLITE_BUSY without waiting out busy_timeout
+ * when the CLI writes at the same time. */
+static int db_begin(store *s, cell_error *err)
+{
+    return db_exec(s, err, "begin transaction", "BEGIN IMMEDIATE");
+}
+static int db_commit(store *s, cell_error *err)
+{
+    if (db_exec(s, err, "commit", "COMMIT") < 0) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    return 0;
+}
+static int db_rollback(store *s)
+{
+    int saved = errno;
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    errno = saved;
+    return -1;
+}
+
+/* One-row, one-integer query, e.g. count(*). */
+static int db_int(store *s, cell_error *err, const char *what, int64_t *out, const char *sql, const char *fmt,
+                  const char *arg)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, what, sql, fmt, arg) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return db_fail(s, rc == SQLITE_DONE ? SQLITE_ERROR : rc, err, what);
+    *out = sqlite3_column_int64(st, 0);
+    return 0;
+}
+
+static void col_text(sqlite3_stmt *st, int i, char *dst, size_t size)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(dst, size, "%s", t ? (const char *)t : "");
+}
+
+/* Milliseconds, like the audit log's ts_ms and the API's *AtMs fields. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Copyable into a char[size] field, i.e. a name that never truncates. */
+static int check_name(const char *v, size_t size, const char *what, cell_error *err)
+{
+    if (!v || !util_valid_name(v) || strlen(v) >= size)
+        return util_fail(err, EINVAL, "invalid %s name '%s'", what, v ? v : "(null)");
+    return 0;
+}
+
+static int check_state(const char *state, const char *const *allowed, const char *what, cell_error *err)
+{
+    for (; state && *allowed; allowed++)
+        if (strcmp(state, *allowed) == 0)
+            return 0;
+    return util_fail(err, EINVAL, "invalid %s state '%s'", what, state ? state : "(null)");
+}
+static const char *const cell_states[] = { "running", "stopped", NULL };
+static const char *const lane_states[] = { "creating", "ready", "deleting", NULL };
+
+/* Step through a SELECT and gather rows into a malloc()ed array.  On failure
+ * releases what it gathered (with free_row, if the rows own memory). */
+typedef int (*row_reader)(sqlite3_stmt *st, void *row);
+static int collect(store *s, sqlite3_stmt *st, size_t elem, row_reader read, void (*free_row)(void *),
+                   void **out, size_t *n, cell_error *err, const char *what)
+{
+    char *arr = NULL;
+    size_t len = 0, cap = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            char *p = realloc(arr, ncap * elem);
+            if (!p)
+                goto nomem;
+            arr = p;
+            cap = ncap;
+        }
+        memset(arr + len * elem, 0, elem);
+        if (read(st, arr + len * elem) < 0)
+            goto nomem;
+        len++;
+    }
+    if (rc != SQLITE_DONE) {
+        db_fail(s, rc, err, what);
+        goto fail;
+    }
+    *out = len ? arr : NULL;
+    if (!len)
+        free(arr);
+    *n = len;
+    return 0;
+nomem:
+    util_fail(err, ENOMEM, "%s: out of memory", what);
+fail:
+    for (size_t i = 0; free_row && i < len; i++)
+        free_row(arr + i * elem);
+    free(arr);
+    return -1;
+}
+
+/* ---- open / close -------------------------------------------------------- */
+
+static int journal_cb(void *arg, int ncol, char **vals, char **names)
+{
+    (void)names;
+    if (ncol > 0 && vals[0])
+        snprintf(arg, 16, "%s", vals[0]);
+    return 0;
+}
+
+static int migrate(store *s, cell_error *err)
+{
+    int64_t version;
+    if (db_int(s, err, "read schema version", &version, "PRAGMA user_version", "", NULL) < 0)
+        return -1;
+    if (version == STORE_SCHEMA_VERSION)
+        return 0;
+    /* Re-read inside the write lock: the CLI may be migrating too. */
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (db_int(s, err, "read schema version", &version, "PRAGMA user_version", "", NULL) < 0)
+        return db_rollback(s);
+    if (version < 0 || version > STORE_SCHEMA_VERSION) {
+        db_rollback(s);
+        return util_fail(err, EPROTO, "database schema version %lld is newer than this cell's (%d)",
+                         (long long)version, STORE_SCHEMA_VERSION);
+    }
+    for (; version < STORE_SCHEMA_VERSION; version++) {
+        char what[64], pragma[64];
+        snprintf(what, sizeof what, "migrate schema to version %lld", (long long)version + 1);
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version = %lld", (long long)version + 1);
+        if (db_exec(s, err, what, migrations[version]) < 0 || db_exec(s, err, what, pragma) < 0)
+            return db_rollback(s);
+    }
+    return db_commit(s, err);
+}
+
+/* Create the database file ourselves so it is 0600 whatever the umask;
+ * SQLite gives the -wal and -shm files the database file's mode. */
+static int create_db_file(const char *path, cell_error *err)
+{
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "open %s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return util_fail_errno(err, "stat %s", path);
+    if (!S_ISREG(st.st_mode))
+        return util_fail(err, EINVAL, "%s is not a regular file", path);
+    if ((st.st_mode & 077) && fchmod(fd, 0600) < 0)
+        return util_fail_errno(err, "chmod %s", path);
+    return 0;
+}
+
+int store_open(store **out, const char *state_dir, cell_error *err)
+{
+    if (!out || !state_dir || !*state_dir)
+        return util_fail(err, EINVAL, "store_open: no state directory");
+    if (!sqlite3_threadsafe())
+        return util_fail(err, ENOTSUP, "the SQLite library was built without thread support");
+    if (util_mkdir_p(state_dir, 0700, err) < 0)
+        return -1;
+    char path[4096];
+    if (util_path(path, sizeof path, err, "%s/cell.db", state_dir) < 0 || create_db_file(path, err) < 0)
+        return -1;
+
+    store *s = calloc(1, sizeof *s);
+    if (!s)
+        return util_fail(err, ENOMEM, "store_open: out of memory");
+    if (pthread_mutex_init(&s->lock, NULL) != 0) {
+        free(s);
+        return util_fail(err, ENOMEM, "store_open: cannot create mutex");
+    }
+    int rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW |
+                                 SQLITE_OPEN_EXRESCODE,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        util_fail(err, rc_errno(rc), "open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+
+    char mode[16] = "";
+    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", journal_cb, mode, NULL);
+    if (rc != SQLITE_OK) {
+        db_fail(s, rc, err, "set journal_mode=WAL");
+        goto fail;
+    }
+    if (strcmp(mode, "wal") != 0) {
+        util_fail(err, ENOTSUP, "%s: the file system does not support SQLite's WAL mode (got '%s')", path, mode);
+        goto fail;
+    }
+    /* FULL syncs the WAL at every commit: metadata must survive power loss,
+     * and it is written a few times per cell, not per request. */
+    if (db_exec(s, err, "set synchronous=FULL", "PRAGMA synchronous = FULL") < 0 ||
+        db_exec(s, err, "enable foreign keys", "PRAGMA foreign_keys = ON") < 0 || migrate(s, err) < 0)
+        goto fail;
+    if (store_audit_init(&s->audit, state_dir, err) < 0)
+        goto fail;
+    *out = s;
+    return 0;
+fail:
+    store_close(s);
+    return -1;
+}
+
+void store_close(store *s)
+{
+    if (!s)
+        return;
+    store_audit_fini(s->audit);
+    sqlite3_close_v2(s->db); /* NULL is a no-op */
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+store_audit *store_audit_of(store *s)
+{
+    return s->audit;
+}
+
+/* ---- tenants ------------------------------------------------------------- */
+
+static int ensure_tenant_locked(store *s, const char *name, cell_error *err)
+{
+    return db_run(s, err, "create tenant",
+                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                  "tiiiii", name, (int64_t)STORE_DEFAULT_MAX_CELLS, (int64_t)STORE_DEFAULT_MAX_MEMORY,
+                  (int64_t)STORE_DEFAULT_MAX_LANES, (int64_t)STORE_DEFAULT_MAX_DISK, now_ms()) < 0
+               ? -1
+               : 0;
+}
+
+int store_tenant_ensure(store *s, const char *name, cell_error *err)
+{
+    if (check_name(name, sizeof ((store_tenant *)0)->name, "tenant", err) < 0)
+        return -1;
+    LOCKED(s);
+    return ensure_tenant_locked(s, name, err);
+}
+
+static int read_tenant(sqlite3_stmt *st, void *row)
+{
+    store_tenant *t = row;
+    col_text(st, 0, t->name, sizeof t->name);
+    t->max_cells = (uint32_t)sqlite3_column_int64(st, 1);
+    t->max_memory = (uint64_t)sqlite3_column_int64(st, 2);
+    t->max_lanes = (uint32_t)sqlite3_column_int64(st, 3);
+    t->max_disk = (uint64_t)sqlite3_column_int64(st, 4);
+    t->created = sqlite3_column_int64(st, 5);
+    return 0;
+}
+
+/* Fetch at most one row into *out with `read`; ENOENT (message `missing`) if none. */
+static int fetch_one(store *s, sqlite3_stmt *st, row_reader read, void *out, cell_error *err, const char *what,
+                     const char *missing)
+{
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return util_fail(err, ENOENT, "%s", missing);
+    if (rc != SQLITE_ROW)
+        return db_fail(s, rc, err, what);
+    if (read(st, out) < 0)
+        return util_fail(err, ENOMEM, "%s: out of memory", what);
+    return 0;
+}
+
+int store_tenant_get(store *s, const char *name, store_tenant *out, cell_error *err)
+{
+    if (!name || !out)
+        return util_fail(err, EINVAL, "store_tenant_get: missing argument");
+    char missing[128];
+    snprintf(missing, sizeof missing, "no tenant '%.63s'", name);
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read tenant", "SELECT " TENANT_COLS " FROM tenants WHERE name = ?", "t", name) < 0)
+        return -1;
+    return fetch_one(s, st, read_tenant, out, err, "read tenant", missing);
+}
+
+int store_tenant_set_quota(store *s, const store_tenant *t, cell_error *err)
+{
+    if (!t || check_name(t->name, sizeof t->name, "tenant", err) < 0)
+        return t ? -1 : util_fail(err, EINVAL, "store_tenant_set_quota: no tenant");
+    LOCKED(s);
+    return db_run(s, err, "set tenant quota",
+                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                  "max_cells = excluded.max_cells, max_memory = excluded.max_memory, "
+                  "max_lanes = excluded.max_lanes, max_disk = excluded.max_disk",
+                  "tiiiii", t->name, (int64_t)t->max_cells, (int64_t)t->max_memory, (int64_t)t->max_lanes,
+                  (int64_t)t->max_disk, now_ms()) < 0
+               ? -1
+               : 0;
+}
+
+int store_tenant_list(store *s, store_tenant **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_tenant_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list tenants", "SELECT " TENANT_COLS " FROM tenants ORDER BY name", "") < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_tenant, NULL, (void **)out, n, err, "list tenants");
+}
+
+/* ---- tokens -------------------------------------------------------------- */
+
+static void hex_encode(char *dst, const unsigned char *src, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        dst[2 * i] = digits[src[i] >> 4];
+        dst[2 * i + 1] = digits[src[i] & 15];
+    }
+    dst[2 * n] = '\0';
+}
+
+static int is_lower_hex(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* The hash covers the secret's hex text, as it appears in the bearer.  No
+ * salt or slow hash: the secret is 128 random bits, not a password. */
+static int hash_secret(const char *secret, unsigned char md[32])
+{
+    unsigned int len = 0;
+    return EVP_Digest(secret, STORE_TOKEN_SECRET_HEX, md, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
+}
+
+static int read_token(sqlite3_stmt *st, void *row)
+{
+    store_token *t = row;
+    col_text(st, 0, t->id, sizeof t->id);
+    col_text(st, 1, t->tenant, sizeof t->tenant);
+    col_text(st, 2, t->label, sizeof t->label);
+    t->admin = sqlite3_column_int64(st, 3) != 0;
+    t->rate = (uint32_t)sqlite3_column_int64(st, 4);
+    t->created = sqlite3_column_int64(st, 5);
+    t->revoked = sqlite3_column_int64(st, 6) != 0;
+    return 0;
+}
+
+int store_token_create(store *s, const char *tenant, const char *label, int admin, uint32_t rate,
+                       store_token *info_out, char *bearer_out, size_t bearer_size, cell_error *err)
+{
+    if (check_name(tenant, sizeof info_out->tenant, "tenant", err) < 0)
+        return -1;
+    if (!label)
+        label = "";
+    if (strlen(label) >= sizeof info_out->label)
+        return util_fail(err, EINVAL, "token label longer than %zu bytes", sizeof info_out->label - 1);
+    if (!bearer_out || bearer_size < STORE_BEARER_SIZE)
+        return util_fail(err, ERANGE, "token buffer smaller than %d bytes", STORE_BEARER_SIZE);
+
+    unsigned char raw[STORE_TOKEN_ID_HEX / 2 + STORE_TOKEN_SECRET_HEX / 2], md[32];
+    char id[STORE_TOKEN_ID_HEX + 1], secret[STORE_TOKEN_SECRET_HEX + 1];
+    int64_t created = now_ms();
+    int rc = -1;
+    LOCKED(s);
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (ensure_tenant_locked(s, tenant, err) < 0)
+        goto out;
+    /* A 48-bit id can collide (it never should in practice): draw again. */
+    for (int attempt = 0;; attempt++) {
+        if (RAND_bytes(raw, sizeof raw) != 1) {
+            util_fail(err, EIO, "RAND_bytes failed: no randomness for a token");
+            goto out;
+        }
+        hex_encode(id, raw, STORE_TOKEN_ID_HEX / 2);
+        hex_encode(secret, raw + STORE_TOKEN_ID_HEX / 2, STORE_TOKEN_SECRET_HEX / 2);
+        if (hash_secret(secret, md) < 0) {
+            util_fail(err, EIO, "SHA-256 failed");
+            goto out;
+        }
+        if (db_run(s, err, "create token", "INSERT INTO tokens (" TOKEN_COLS ", hash) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                   "tttiiib", id, tenant, label, (int64_t)(admin != 0), (int64_t)rate, created, md) >= 0)
+            break;
+        if (s->last_rc != SQLITE_CONSTRAINT_PRIMARYKEY || attempt == 3)
+            goto out;
+    }
+    if (db_commit(s, err) < 0)
+        goto cleanse;
+    snprintf(bearer_out, bearer_size, "cell_%s_%s", id, secret);
+    if (info_out) {
+        memset(info_out, 0, sizeof *info_out);
+        snprintf(info_out->id, sizeof info_out->id, "%s", id);
+        snprintf(info_out->tenant, sizeof info_out->tenant, "%s", tenant);
+        snprintf(info_out->label, sizeof info_out->label, "%s", label);
+        info_out->admin = admin != 0;
+        info_out->rate = rate;
+        info_out->created = created;
+    }
+    rc = 0;
+    goto cleanse;
+out:
+    db_rollback(s);
+cleanse:
+    OPENSSL_cleanse(raw, sizeof raw);
+    OPENSSL_cleanse(secret, sizeof secret);
+    return rc;
+}
+
+int store_token_check(store *s, const char *bearer, store_token *out, cell_error *err)
+{
+    /* One message for every way a bearer can be wrong, so a caller learns
+     * nothing about which ids exist or which tokens were revoked. */
+    static const char denied[] = "invalid or revoked token";
+    enum { ID_AT = 5, SECRET_AT = ID_AT + STORE_TOKEN_ID_HEX + 1, LEN = SECRET_AT + STORE_TOKEN_SECRET_HEX };
+    if (!bearer || strnlen(bearer, LEN + 1) != LEN || memcmp(bearer, "cell_", ID_AT) != 0 ||
+        bearer[SECRET_AT - 1] != '_' || !is_lower_hex(bearer + ID_AT, STORE_TOKEN_ID_HEX) ||
+        !is_lower_hex(bearer + SECRET_AT, STORE_TOKEN_SECRET_HEX))
+        return util_fail(err, EACCES, "%s", denied);
+    char id[STORE_TOKEN_ID_HEX + 1];
+    memcpy(id, bearer + ID_AT, STORE_TOKEN_ID_HEX);
+    id[STORE_TOKEN_ID_HEX] = '\0';
+    unsigned char md[32], stored[32] = { 0 };
+    if (hash_secret(bearer + SECRET_AT, md) < 0)
+        return util_fail(err, EIO, "SHA-256 failed");
+
+    store_token tok = { 0 };
+    int found = 0;
+    {
+        LOCKED(s);
+        _cleanup_stmt_ sqlite3_stmt *st = NULL;
+        if (db_query(s, &st, err, "check token", "SELECT " TOKEN_COLS ", hash FROM tokens WHERE id = ?", "t", id) < 0)
+            return -1;
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            read_token(st, &tok);
+            if (sqlite3_column_bytes(st, 7) == 32) {
+                memcpy(stored, sqlite3_column_blob(st, 7), 32);
+                found = 1;
+            }
+        } else if (rc != SQLITE_DONE) {
+            return db_fail(s, rc, err, "check token");
+        }
+    }
+    /* Compare even for an unknown id, so the time taken does not say
+     * whether the id exists. */
+    int differs = CRYPTO_memcmp(md, stored, sizeof md) != 0;
+    OPENSSL_cleanse(md, sizeof md);
+    if (!found || differs || tok.revoked)
+        return util_fail(err, EACCES, "%s", denied);
+    if (out)
+        *out = tok;
+    return 0;
+}
+
+int store_token_list(store *s, store_token **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_token_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list tokens", "SELECT " TOKEN_COLS " FROM tokens ORDER BY created, rowid", "") < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_token, NULL, (void **)out, n, err, "list tokens");
+}
+
+int store_token_revoke(store *s, const char *id, cell_error *err)
+{
+    if (!id)
+        return util_fail(err, EINVAL, "store_token_revoke: no id");
+    LOCKED(s);
+    int n = db_run(s, err, "revoke token", "UPDATE tokens SET revoked = 1 WHERE id = ?", "t", id);
+    if (n == 0)
+        return util_fail(err, ENOENT, "no token '%.32s'", id);
+    return n < 0 ? -1 : 0;
+}
+
+int store_token_count(store *s, size_t *n, cell_error *err)
+{
+    int64_t v;
+    LOCKED(s);
+    if (db_int(s, err, "count tokens", &v, "SELECT count(*) FROM tokens WHERE revoked = 0", "", NULL) < 0)
+        return -1;
+    if (n)
+        *n = (size_t)v;
+    return 0;
+}
+
+/* ---- cells --------------------------------------------------------------- */
+
+static int read_cell(sqlite3_stmt *st, void *row)
+{
+    store_cell *c = row;
+    col_text(st, 0, c->id, sizeof c->id);
+    col_text(st, 1, c->tenant, sizeof c->tenant);
+    col_text(st, 2, c->state, sizeof c->state);
+    const unsigned char *spec = sqlite3_column_text(st, 3);
+    c->spec = strdup(spec ? (const char *)spec : "");
+    c->created = sqlite3_column_int64(st, 4);
+    c->updated = sqlite3_column_int64(st, 5);
+    return c->spec ? 0 : -1;
+}
+
+void store_cell_free(store_cell *c)
+{
+    if (c) {
+        free(c->spec);
+        c->spec = NULL;
+    }
+}
+
+static void free_cell_row(void *row)
+{
+    store_cell_free(row);
+}
+
+void store_cell_list_free(store_cell *arr, size_t n)
+{
+    for (size_t i = 0; arr && i < n; i++)
+        store_cell_free(&arr[i]);
+    free(arr);
+}
+
+int store_cell_insert(store *s, store_cell *c, cell_error *err)
+{
+    if (!c)
+        return util_fail(err, EINVAL, "store_cell_insert: no cell");
+    if (check_name(c->id, sizeof c->id, "cell", err) < 0 || check_name(c->tenant, sizeof c->tenant, "tenant", err) < 0 ||
+        check_state(c->state, cell_states, "cell", err) < 0)
+        return -1;
+    if (!c->spec)
+        return util_fail(err, EINVAL, "cell %s has no spec", c->id);
+    /* The caller's stamps are kept (it may show them before the insert). */
+    int64_t now = now_ms();
+    int64_t created = c->created ? c->created : now, updated = c->updated ? c->updated : created;
+    LOCKED(s);
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (ensure_tenant_locked(s, c->tenant, err) < 0)
+        return db_rollback(s);
+    if (db_run(s, err, "insert cell", "INSERT INTO cells (" CELL_COLS ") VALUES (?, ?, ?, ?, ?, ?)", "ttttii", c->id,
+               c->tenant, c->state, c->spec, created, updated) < 0) {
+        db_rollback(s);
+        if (s->last_rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return util_fail(err, EEXIST, "cell %s already exists", c->id);
+        return -1;
+    }
+    if (db_commit(s, err) < 0)
+        return -1;
+    c->created = created;
+    c->updated = updated;
+    return 0;
+}
+
+int store_cell_get(store *s, const char *tenant, const char *id, store_cell *out, cell_error *err)
+{
+    if (!id || !out)
+        return util_fail(err, EINVAL, "store_cell_get: missing argument");
+    char missing[96];
+    snprintf(missing, sizeof missing, "no cell '%.39s'", id);
+    memset(out, 0, sizeof *out);
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read cell", "SELECT " CELL_COLS " FROM cells WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+                 "tt", id, tenant) < 0)
+        return -1;
+    return fetch_one(s, st, read_cell, out, err, "read cell", missing);
+}
+
+int store_cell_list(store *s, const char *tenant, store_cell **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_cell_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list cells",
+                 "SELECT " CELL_COLS " FROM cells WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created, rowid", "t",
+                 tenant) < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_cell, free_cell_row, (void **)out, n, err, "list cells");
+}
+
+/* Turn "0 rows changed" into ENOENT for updates and deletes by id. */
+static int changed_one(int changed, const char *what, const char *id, cell_error *err)
+{
+    if (changed == 0)
+        return util_fail(err, ENOENT, "no %s '%.39s'", what, id);
+    return changed < 0 ? -1 : 0;
+}
+
+int store_cell_set_state(store *s, const char *id, const char *state, cell_error *err)
+{
+    if (!id || check_state(state, cell_states, "cell", err) < 0)
+        return id ? -1 : util_fail(err, EINVAL, "store_cell_set_state: no id");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "set cell state", "UPDATE cells SET state = ?, updated = ? WHERE id = ?", "tit",
+                              state, now_ms(), id),
+                       "cell", id, err);
+}
+
+int store_cell_set_spec(store *s, const char *id, const char *spec, cell_error *err)
+{
+    if (!id || !spec)
+        return util_fail(err, EINVAL, "store_cell_set_spec: missing argument");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "set cell spec", "UPDATE cells SET spec = ?, updated = ? WHERE id = ?", "tit",
+                              spec, now_ms(), id),
+                       "cell", id, err);
+}
+
+int store_cell_delete(store *s, const char *id, cell_error *err)
+{
+    if (!id)
+        return util_fail(err, EINVAL, "store_cell_delete: no id");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "delete cell", "DELETE FROM cells WHERE id = ?", "t", id), "cell", id, err);
+}
+
+int store_cell_count(store *s, const char *tenant, size_t *n, cell_error *err)
+{
+    int64_t v;
+    LOCKED(s);
+    if (db_int(s, err, "count cells", &v, "SELECT count(*) FROM cells WHERE ?1 IS NULL OR tenant = ?1", "t",
+               tenant) < 0)
+        return -1;
+    if (n)
+        *n = (size_t)v;
+    return 0;
+}
+
+int store_cells_mark_stopped(store *s, size_t *n, cell_error *err)
+{
+    LOCKED(s);
+    int changed = db_run(s, err, "mark cells stopped",
+                         "UPDATE cells SET state = 'stopped', updated = ? WHERE state = 'running'", "i", now_ms());
+    if (changed < 0)
+        return -1;
+    if (n)
+        *n = (size_t)changed;
+    return 0;
+}
+
+/* ---- lanes --------------------------------------------------------------- */
+
+static int read_lane(sqlite3_stmt *st, void *row)
+{
+    store_lane *l = row;
+    col_text(st, 0, l->id, sizeof l->id);
+    col_text(st, 1, l->tenant, sizeof l->tenant);
+    col_text(st, 2, l->name, sizeof l->name);
+    col_text(st, 3, l->image, sizeof l->image);
+    l->size = (uint64_t)sqlite3_column_int64(st, 4);
+    col_text(st, 5, l->state, sizeof l->state);
+    l->created = sqlite3_column_int64(st, 6);
+    return 0;
+}
+
+int store_lane_insert(store *s, store_lane *l, cell_error *err)
+{
+    if (!l)
+        return util_fail(err, EINVAL, "store_lane_insert: no lane");
+    if (check_name(l->id, sizeof l->id, "lane id", err) < 0 || check_name(l->tenant, sizeof l->tenant, "tenant", err) < 0 ||
+        check_name(l->name, sizeof l->name, "lane", err) < 0 || check_name(l->image, sizeof l->image, "image", err) < 0 ||
+        check_state(l->state, lane_states, "lane", err) < 0)
+        return -1;
+    if (l->size > (uint64_t)INT64_MAX)
+        return util_fail(err, ERANGE, "lane %s: size %llu is too large", l->name, (unsigned long long)l->size);
+    int64_t now = l->created ? l->created : now_ms();
+    LOCKED(s);
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (ensure_tenant_locked(s, l->tenant, err) < 0)
+        return db_rollback(s);
+    if (db_run(s, err, "insert lane", "INSERT INTO lanes (" LANE_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?)", "ttttiti", l->id,
+               l->tenant, l->name, l->image, (int64_t)l->size, l->state, now) < 0) {
+        db_rollback(s);
+        if (s->last_rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return util_fail(err, EEXIST, "lane id %s already exists", l->id);
+        if (s->last_rc == SQLITE_CONSTRAINT_UNIQUE)
+            return util_fail(err, EEXIST, "tenant %s already has a lane named %s", l->tenant, l->name);
+        return -1;
+    }
+    if (db_commit(s, err) < 0)
+        return -1;
+    l->created = now;
+    return 0;
+}
+
+int store_lane_get(store *s, const char *tenant, const char *name, store_lane *out, cell_error *err)
+{
+    if (!tenant || !name || !out)
+        return util_fail(err, EINVAL, "store_lane_get: missing argument");
+    char missing[96];
+    snprintf(missing, sizeof missing, "no lane '%.63s'", name);
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read lane", "SELECT " LANE_COLS " FROM lanes WHERE tenant = ? AND name = ?", "tt", tenant,
+                 name) < 0)
+        return -1;
+    return fetch_one(s, st, read_lane, out, err, "read lane", missing);
+}
+
+int store_lane_get_by_id(store *s, const char *tenant, const char *id, store_lane *out, cell_error *err)
+{
+    if (!id || !out)
+        return util_fail(err, EINVAL, "store_lane_get_by_id: missing argument");
+    char missing[96];
+    snprintf(missing, sizeof missing, "no lane with id '%.39s'", id);
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read lane", "SELECT " LANE_COLS " FROM lanes WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+                 "tt", id, tenant) < 0)
+        return -1;
+    return fetch_one(s, st, read_lane, out, err, "read lane", missing);
+}
+
+int store_lane_list(store *s, const char *tenant, store_lane **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_lane_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list lanes",
+                 "SELECT " LANE_COLS " FROM lanes WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created, rowid", "t",
+                 tenant) < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_lane, NULL, (void **)out, n, err, "list lanes");
+}
+
+int store_lane_set_state(store *s, const char *id, const char *state, cell_error *err)
+{
+    if (!id || check_state(state, lane_states, "lane", err) < 0)
+        return id ? -1 : util_fail(err, EINVAL, "store_lane_set_state: no id");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "set lane state", "UPDATE lanes SET state = ? WHERE id = ?", "tt", state, id),
+                       "lane", id, err);
+}
+
+int store_lane_delete(store *s, const char *id, cell_error *err)
+{
+    if (!id)
+        return util_fail(err, EINVAL, "store_lane_delete: no id");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "delete lane", "DELETE FROM lanes WHERE id = ?", "t", id), "lane", id, err);
+}
+
+int store_lane_count(store *s, const char *tenant, size_t *n, uint64_t *total_size, cell_error *err)
+{
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    /* Summed here rather than with SUM(), which fails on int64 overflow. */
+    if (db_query(s, &st, err, "count lanes", "SELECT size FROM lanes WHERE ?1 IS NULL OR tenant = ?1", "t", tenant) < 0)
+        return -1;
+    size_t count = 0;
+    uint64_t total = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        uint64_t size = (uint64_t)sqlite3_column_int64(st, 0);
+        total = total > UINT64_MAX - size ? UINT64_MAX : total + size;
+        count++;
+    }
+    if (rc != SQLITE_DONE)
+        return db_fail(s, rc, err, "count lanes");
+    if (n)
+        *n = count;
+    if (total_size)
+        *total_size = total;
+    return 0;
+}
+
+int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_lanes_unfinished: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list unfinished lanes",
+                 "SELECT " LANE_COLS " FROM lanes WHERE state IN ('creating', 'deleting') ORDER BY created, rowid",
+                 "") < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_lane, NULL, (void **)out, n, err, "list unfinished lanes");
+}

@@ -1,0 +1,173 @@
+/* store.h: the daemon's persistent state: tenants, tokens, cells and lanes in
+ * STATE/cell.db (SQLite), and the append-only audit log STATE/audit.log. */
+#ifndef CELL_STORE_H
+#define CELL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "cell.h"
+
+/* Every function is thread-safe: one SQLite connection guarded by a mutex
+ * inside the store, so the daemon's threads share one `store`.  The CLI may
+ * open the same database at the same time (WAL + busy timeout).
+ * Timestamps (`created`, `updated`, the audit log's "ts_ms") are Unix time
+ * in milliseconds.
+ * Errors follow cell_error: 0 or -1, with code ENOENT (no such row, or a row
+ * of another tenant), EEXIST (duplicate), EINVAL (bad argument), EACCES
+ * (token check), EBUSY (database locked past the timeout), EIO/ENOSPC. */
+
+#define STORE_SCHEMA_VERSION        1
+#define STORE_BUSY_TIMEOUT_MS       5000
+
+/* Quotas of a tenant made by store_tenant_ensure(). */
+#define STORE_DEFAULT_MAX_CELLS     32u
+#define STORE_DEFAULT_MAX_MEMORY    (16ull << 30)
+#define STORE_DEFAULT_MAX_LANES     64u
+#define STORE_DEFAULT_MAX_DISK      (64ull << 30)
+
+/* Bearer tokens: "cell_<12 hex id>_<32 hex secret>", 50 chars + NUL. */
+#define STORE_TOKEN_ID_HEX          12
+#define STORE_TOKEN_SECRET_HEX      32
+#define STORE_BEARER_SIZE           51
+
+/* Audit records longer than this (serialized) are refused with EMSGSIZE. */
+#define STORE_AUDIT_MAX_LINE        (64u << 10)
+
+typedef struct store store;
+
+/* Open (creating) STATE_DIR/cell.db and STATE_DIR/audit.log, both 0600;
+ * creates state_dir (0700) if missing and migrates the schema.  A database
+ * with a newer schema than this build knows fails with EPROTO. */
+int  store_open(store **out, const char *state_dir, cell_error *err);
+void store_close(store *s); /* NULL-safe */
+
+/* ---- tenants ---------------------------------------------------------- */
+typedef struct store_tenant {
+    char     name[64];
+    uint32_t max_cells;
+    uint64_t max_memory;  /* bytes */
+    uint32_t max_lanes;
+    uint64_t max_disk;    /* bytes, sum of lane sizes */
+    int64_t  created;
+} store_tenant;
+
+/* Create `name` with the default quotas unless it exists.  EINVAL unless
+ * util_valid_name(name). */
+int store_tenant_ensure(store *s, const char *name, cell_error *err);
+int store_tenant_get(store *s, const char *name, store_tenant *out, cell_error *err);
+/* Set t->name's quotas from *t, creating the tenant if missing (t->created
+ * is ignored). */
+int store_tenant_set_quota(store *s, const store_tenant *t, cell_error *err);
+/* *out is a malloc()ed array (free()), sorted by name; NULL when *n == 0. */
+int store_tenant_list(store *s, store_tenant **out, size_t *n, cell_error *err);
+
+/* ---- tokens ----------------------------------------------------------- */
+typedef struct store_token {
+    char     id[16];      /* 12 lowercase hex chars */
+    char     tenant[64];
+    char     label[64];
+    int      admin;
+    uint32_t rate;        /* requests/second, 0 = unlimited */
+    int64_t  created;
+    int      revoked;
+} store_token;
+
+/* Make a token for `tenant` (created with default quotas if missing).  The
+ * bearer ("cell_ID_SECRET") is written to bearer_out (>= STORE_BEARER_SIZE,
+ * else ERANGE) and exists nowhere else: only SHA-256 of SECRET's 32 hex
+ * chars is stored.  label: 0..63 bytes, NULL = "".  info_out may be NULL. */
+int store_token_create(store *s, const char *tenant, const char *label, int admin, uint32_t rate,
+                       store_token *info_out, char *bearer_out, size_t bearer_size, cell_error *err);
+/* Authenticate a bearer.  Malformed, unknown, wrong secret or revoked all
+ * fail alike: -1, EACCES, one message.  Other codes are database errors. */
+int store_token_check(store *s, const char *bearer, store_token *out, cell_error *err);
+/* Every token, revoked ones included, oldest first; *out is malloc()ed. */
+int store_token_list(store *s, store_token **out, size_t *n, cell_error *err);
+/* ENOENT if unknown; revoking a revoked token succeeds. */
+int store_token_revoke(store *s, const char *id, cell_error *err);
+/* Number of tokens NOT revoked (so the daemon can tell "no usable token"). */
+int store_token_count(store *s, size_t *n, cell_error *err);
+
+/* ---- cells ------------------------------------------------------------ */
+typedef struct store_cell {
+    char    id[40];
+    char    tenant[64];
+    char    state[16];    /* "running" | "stopped" */
+    char   *spec;         /* JSON text, malloc'ed */
+    int64_t created;
+    int64_t updated;
+} store_cell;
+
+/* Insert c (the tenant is ensured).  c->created / c->updated are kept when
+ * non-zero, else set to now (updated defaults to created).  EEXIST if the id
+ * is taken.  Ids, like tenants, follow util_valid_name() and fit id[]. */
+int  store_cell_insert(store *s, store_cell *c, cell_error *err);
+/* tenant NULL = any.  ENOENT if missing or another tenant's.  Free out's
+ * contents with store_cell_free(). */
+int  store_cell_get(store *s, const char *tenant, const char *id, store_cell *out, cell_error *err);
+/* tenant NULL = all; oldest first; free with store_cell_list_free(). */
+int  store_cell_list(store *s, const char *tenant, store_cell **out, size_t *n, cell_error *err);
+/* The next three update `updated`; ENOENT if the id is unknown.  They do not
+ * check the tenant: the caller has done store_cell_get() with it. */
+int  store_cell_set_state(store *s, const char *id, const char *state, cell_error *err);
+int  store_cell_set_spec(store *s, const char *id, const char *spec, cell_error *err);
+int  store_cell_delete(store *s, const char *id, cell_error *err);
+/* Frees what *c owns (spec) and sets it to NULL; not c itself.  NULL-safe. */
+void store_cell_free(store_cell *c);
+void store_cell_list_free(store_cell *arr, size_t n);
+/* tenant NULL = all; counts cells in every state. */
+int  store_cell_count(store *s, const char *tenant, size_t *n, cell_error *err);
+/* Daemon start: every "running" row becomes "stopped"; *n (may be NULL)
+ * receives how many did. */
+int  store_cells_mark_stopped(store *s, size_t *n, cell_error *err);
+
+/* ---- lanes ------------------------------------------------------------ */
+typedef struct store_lane {
+    char     id[40];      /* runtime lane name, e.g. "l-<16 hex>" */
+    char     tenant[64];
+    char     name[64];    /* unique within the tenant */
+    char     image[64];
+    uint64_t size;        /* bytes, <= INT64_MAX (ERANGE otherwise) */
+    char     state[16];   /* "creating" | "ready" | "deleting" */
+    int64_t  created;
+} store_lane;
+
+/* Insert l (the tenant is ensured); l->created is kept when non-zero, else
+ * set to now.  id, name and image follow util_valid_name().  EEXIST if the
+ * tenant already has a lane of that name, or the id is taken. */
+int store_lane_insert(store *s, store_lane *l, cell_error *err);
+int store_lane_get(store *s, const char *tenant, const char *name, store_lane *out, cell_error *err);
+/* tenant NULL = any; ENOENT if missing or another tenant's. */
+int store_lane_get_by_id(store *s, const char *tenant, const char *id, store_lane *out, cell_error *err);
+/* tenant NULL = all; oldest first; *out is malloc()ed (free()). */
+int store_lane_list(store *s, const char *tenant, store_lane **out, size_t *n, cell_error *err);
+int store_lane_set_state(store *s, const char *id, const char *state, cell_error *err);
+int store_lane_delete(store *s, const char *id, cell_error *err);
+/* tenant NULL = all.  n and total_size may be NULL; total_size saturates. */
+int store_lane_count(store *s, const char *tenant, size_t *n, uint64_t *total_size, cell_error *err);
+/* Lanes left "creating" or "deleting" (a crash mid-operation), oldest first. */
+int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *err);
+
+/* ---- audit (audit.c) -------------------------------------------------- */
+/* Append one JSON line.  record must be an object with a "tenant" string;
+ * "ts" (RFC 3339 UTC, ms) and "ts_ms" (integer) are added when absent, to a
+ * copy: the caller's object is not modified and keeps its reference.
+ * Returns 0, or -1 with errno (EINVAL, EMSGSIZE, or write()'s). */
+int store_audit_append(store *s, json_t *record);
+/* The newest `limit` records (0 = no limit) of `tenant` (NULL = all) with
+ * ts_ms >= since_ms, oldest first, as a new array in *out_array.  Lines that
+ * do not parse, or lack "tenant"/"ts_ms", are skipped.  The file is read
+ * backwards and reading stops at a record more than 5 minutes older than
+ * since_ms (records are appended in time order, give or take a clock step). */
+int store_audit_read(store *s, const char *tenant, int64_t since_ms, size_t limit, json_t **out_array,
+                     cell_error *err);
+
+/* ---- module-internal: how store.c owns audit.c's state ---------------- */
+typedef struct store_audit store_audit;
+int  store_audit_init(store_audit **out, const char *state_dir, cell_error *err);
+void store_audit_fini(store_audit *a);
+store_audit *store_audit_of(store *s);
+
+#endif

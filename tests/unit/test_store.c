@@ -1,0 +1,826 @@
+/* test_store.c: the daemon's store: tenants, tokens, cells, lanes in SQLite
+ * and the audit log, in a fresh temporary state directory per test. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include "store/store.h"
+#include "util/util.h"
+
+typedef struct fixture {
+    char   dir[64];
+    store *s;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/cell-test-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    cell_error err = { 0 };
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    store_close(f->s);
+    cell_error err = { 0 };
+    util_rm_rf(f->dir, &err);
+    free(f);
+    return 0;
+}
+
+static void reopen(fixture *f)
+{
+    store_close(f->s);
+    cell_error err = { 0 };
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+}
+
+static void mode_is_0600(const char *dir, const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+static void files_are_private(void **state)
+{
+    fixture *f = *state;
+    mode_is_0600(f->dir, "cell.db");
+    mode_is_0600(f->dir, "audit.log");
+    /* The WAL, once written, inherits the database's mode. */
+    assert_int_equal(store_tenant_ensure(f->s, "t1", NULL), 0);
+    mode_is_0600(f->dir, "cell.db-wal");
+}
+
+static void tenants(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_tenant t;
+    assert_int_equal(store_tenant_get(f->s, "acme", &t, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+
+    assert_int_equal(store_tenant_ensure(f->s, "acme", &err), 0);
+    assert_int_equal(store_tenant_get(f->s, "acme", &t, &err), 0);
+    assert_string_equal(t.name, "acme");
+    assert_int_equal(t.max_cells, STORE_DEFAULT_MAX_CELLS);
+    assert_true(t.max_memory == STORE_DEFAULT_MAX_MEMORY);
+    assert_int_equal(t.max_lanes, STORE_DEFAULT_MAX_LANES);
+    assert_true(t.max_disk == STORE_DEFAULT_MAX_DISK);
+    assert_true(t.created > 1600000000000ll); /* ms */
+
+    /* ensure does not reset quotas that were set */
+    store_tenant q = t;
+    q.max_cells = 3;
+    q.max_memory = UINT64_MAX; /* survives the signed SQLite integer */
+    q.max_lanes = 7;
+    q.max_disk = 1ull << 40;
+    assert_int_equal(store_tenant_set_quota(f->s, &q, &err), 0);
+    assert_int_equal(store_tenant_ensure(f->s, "acme", &err), 0);
+    assert_int_equal(store_tenant_get(f->s, "acme", &t, &err), 0);
+    assert_int_equal(t.max_cells, 3);
+    assert_true(t.max_memory == UINT64_MAX);
+    assert_int_equal(t.max_lanes, 7);
+    assert_true(t.max_disk == 1ull << 40);
+
+    /* set_quota creates a missing tenant */
+    snprintf(q.name, sizeof q.name, "beta");
+    assert_int_equal(store_tenant_set_quota(f->s, &q, &err), 0);
+
+    store_tenant *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_tenant_list(f->s, &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].name, "acme");
+    assert_string_equal(list[1].name, "beta");
+    free(list);
+
+    static const char *const bad[] = { "", "-x", ".x", "a/b", "a b", NULL };
+    for (const char *const *b = bad; *b; b++) {
+        assert_int_equal(store_tenant_ensure(f->s, *b, &err), -1);
+        assert_int_equal(err.code, EINVAL);
+    }
+    assert_int_equal(store_tenant_ensure(f->s, NULL, &err), -1);
+}
+
+static void assert_denied(store *s, const char *bearer, const char *expect_msg)
+{
+    cell_error err = { 0 };
+    store_token t;
+    assert_int_equal(store_token_check(s, bearer, &t, &err), -1);
+    assert_int_equal(err.code, EACCES);
+    assert_string_equal(err.message, expect_msg);
+}
+
+static void tokens(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    char bearer[STORE_BEARER_SIZE];
+    store_token info;
+    assert_int_equal(store_token_create(f->s, "acme", "ci bot", 0, 20, &info, bearer, sizeof bearer, &err), 0);
+    assert_int_equal(strlen(bearer), 50);
+    assert_memory_equal(bearer, "cell_", 5);
+    assert_int_equal(bearer[17], '_');
+    assert_memory_equal(bearer + 5, info.id, 12);
+    assert_int_equal(strlen(info.id), 12);
+    assert_string_equal(info.tenant, "acme");
+    assert_string_equal(info.label, "ci bot");
+    assert_int_equal(info.rate, 20);
+    assert_false(info.admin);
+    /* the token made its tenant */
+    store_tenant ten;
+    assert_int_equal(store_tenant_get(f->s, "acme", &ten, &err), 0);
+
+    store_token got;
+    assert_int_equal(store_token_check(f->s, bearer, &got, &err), 0);
+    assert_string_equal(got.id, info.id);
+    assert_string_equal(got.tenant, "acme");
+    assert_string_equal(got.label, "ci bot");
+    assert_int_equal(got.rate, 20);
+    assert_false(got.revoked);
+
+    /* Learn the generic message from one failure; every other must match. */
+    char bad[64];
+    snprintf(bad, sizeof bad, "%s", bearer);
+    bad[49] = bad[49] == '0' ? '1' : '0'; /* wrong secret */
+    assert_int_equal(store_token_check(f->s, bad, &got, &err), -1);
+    assert_int_equal(err.code, EACCES);
+    char msg[sizeof err.message];
+    snprintf(msg, sizeof msg, "%s", err.message);
+    assert_null(strstr(msg, "secret"));
+    assert_null(strstr(msg, info.id));
+
+    snprintf(bad, sizeof bad, "cell_000000000000_%s", bearer + 18); /* unknown id */
+    assert_denied(f->s, bad, msg);
+    static const char *const malformed[] = {
+        "", "cell_", "Bearer x", "cell_0123456789ab_0123456789abcdef0123456789abcdef0", /* too long */
+        "cell_0123456789ab_0123456789abcdef0123456789abcde",                          /* too short */
+        "cell_0123456789AB_0123456789abcdef0123456789abcdef",                         /* upper case */
+        "cell-0123456789ab_0123456789abcdef0123456789abcdef",                         /* separator */
+        "cell_0123456789ab-0123456789abcdef0123456789abcdef",
+        "cell_0123456789ab_0123456789abcdef0123456789abcdeg", /* not hex */
+        NULL,
+    };
+    for (const char *const *m = malformed; *m; m++)
+        assert_denied(f->s, *m, msg);
+    assert_denied(f->s, NULL, msg);
+    /* the real secret with trailing garbage */
+    snprintf(bad, sizeof bad, "%s ", bearer);
+    assert_denied(f->s, bad, msg);
+
+    /* second token, admin, for another tenant */
+    char bearer2[80];
+    store_token info2;
+    assert_int_equal(store_token_create(f->s, "root", NULL, 1, 0, &info2, bearer2, sizeof bearer2, &err), 0);
+    assert_string_equal(info2.label, "");
+    assert_int_equal(store_token_check(f->s, bearer2, &got, &err), 0);
+    assert_true(got.admin);
+    assert_string_equal(got.tenant, "root");
+
+    size_t n = 0;
+    assert_int_equal(store_token_count(f->s, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(store_token_revoke(f->s, info.id, &err), 0);
+    assert_int_equal(store_token_revoke(f->s, info.id, &err), 0); /* idempotent */
+    assert_denied(f->s, bearer, msg);
+    assert_int_equal(store_token_count(f->s, &n, &err), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(store_token_revoke(f->s, "ffffffffffff", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+
+    store_token *list = NULL;
+    assert_int_equal(store_token_list(f->s, &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    int seen_revoked = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i].id, info.id) == 0)
+            seen_revoked = list[i].revoked;
+    assert_true(seen_revoked);
+    free(list);
+
+    /* argument errors */
+    char small[50];
+    assert_int_equal(store_token_create(f->s, "acme", "", 0, 0, NULL, small, sizeof small, &err), -1);
+    assert_int_equal(err.code, ERANGE);
+    assert_int_equal(store_token_create(f->s, "../x", "", 0, 0, NULL, bearer, sizeof bearer, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    char longlabel[65];
+    memset(longlabel, 'l', 64);
+    longlabel[64] = '\0';
+    assert_int_equal(store_token_create(f->s, "acme", longlabel, 0, 0, NULL, bearer, sizeof bearer, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+}
+
+static void make_cell(store_cell *c, const char *id, const char *tenant, const char *state, const char *spec)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->id, sizeof c->id, "%s", id);
+    snprintf(c->tenant, sizeof c->tenant, "%s", tenant);
+    snprintf(c->state, sizeof c->state, "%s", state);
+    c->spec = (char *)spec;
+}
+
+static void cells(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_cell c;
+    make_cell(&c, "c1", "acme", "running", "{\"image\":\"debian\"}");
+    assert_int_equal(store_cell_insert(f->s, &c, &err), 0);
+    assert_true(c.created > 1600000000000ll && c.updated == c.created);
+    make_cell(&c, "c2", "acme", "stopped", "{}");
+    assert_int_equal(store_cell_insert(f->s, &c, &err), 0);
+    make_cell(&c, "c3", "other", "running", "{}");
+    c.created = 1234; /* the caller's stamp is kept */
+    assert_int_equal(store_cell_insert(f->s, &c, &err), 0);
+    assert_true(c.created == 1234 && c.updated == 1234);
+
+    make_cell(&c, "c1", "other", "running", "{}");
+    assert_int_equal(store_cell_insert(f->s, &c, &err), -1);
+    assert_int_equal(err.code, EEXIST);
+    make_cell(&c, "c9", "acme", "paused", "{}");
+    assert_int_equal(store_cell_insert(f->s, &c, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    make_cell(&c, "c9", "acme", "running", NULL);
+    assert_int_equal(store_cell_insert(f->s, &c, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+
+    store_cell got;
+    assert_int_equal(store_cell_get(f->s, "acme", "c1", &got, &err), 0);
+    assert_string_equal(got.id, "c1");
+    assert_string_equal(got.tenant, "acme");
+    assert_string_equal(got.state, "running");
+    assert_string_equal(got.spec, "{\"image\":\"debian\"}");
+    store_cell_free(&got);
+    assert_null(got.spec);
+    store_cell_free(NULL);
+    assert_int_equal(store_cell_get(f->s, NULL, "c3", &got, &err), 0);
+    assert_string_equal(got.tenant, "other");
+    assert_true(got.created == 1234);
+    store_cell_free(&got);
+
+    /* another tenant's id looks exactly like a missing one */
+    assert_int_equal(store_cell_get(f->s, "acme", "c3", &got, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    char msg[sizeof err.message];
+    snprintf(msg, sizeof msg, "%s", err.message);
+    assert_int_equal(store_cell_get(f->s, "acme", "c4", &got, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_null(got.spec);
+
+    store_cell *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_cell_list(f->s, "acme", &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].id, "c1");
+    assert_string_equal(list[1].id, "c2");
+    assert_string_equal(list[1].spec, "{}");
+    store_cell_list_free(list, n);
+    assert_int_equal(store_cell_list(f->s, NULL, &list, &n, &err), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(list[0].id, "c3"); /* oldest first */
+    store_cell_list_free(list, n);
+    assert_int_equal(store_cell_list(f->s, "nobody", &list, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_null(list);
+
+    assert_int_equal(store_cell_count(f->s, "acme", &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(store_cell_count(f->s, NULL, &n, &err), 0);
+    assert_int_equal(n, 3);
+
+    assert_int_equal(store_cell_set_state(f->s, "c2", "running", &err), 0);
+    assert_int_equal(store_cell_set_state(f->s, "c2", "bogus", &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_int_equal(store_cell_set_state(f->s, "nope", "running", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_cell_set_spec(f->s, "c2", "{\"x\":1}", &err), 0);
+    assert_int_equal(store_cell_set_spec(f->s, "nope", "{}", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_cell_get(f->s, "acme", "c2", &got, &err), 0);
+    assert_string_equal(got.state, "running");
+    assert_string_equal(got.spec, "{\"x\":1}");
+    store_cell_free(&got);
+
+    n = 99;
+    assert_int_equal(store_cells_mark_stopped(f->s, &n, &err), 0);
+    assert_int_equal(n, 3); /* c1, c2, c3 */
+    assert_int_equal(store_cells_mark_stopped(f->s, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_cell_get(f->s, NULL, "c1", &got, &err), 0);
+    assert_string_equal(got.state, "stopped");
+    store_cell_free(&got);
+
+    assert_int_equal(store_cell_delete(f->s, "c1", &err), 0);
+    assert_int_equal(store_cell_delete(f->s, "c1", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_cell_count(f->s, "acme", &n, &err), 0);
+    assert_int_equal(n, 1);
+}
+
+static void make_lane(store_lane *l, const char *id, const char *tenant, const char *name, uint64_t size,
+                      const char *state)
+{
+    memset(l, 0, sizeof *l);
+    snprintf(l->id, sizeof l->id, "%s", id);
+    snprintf(l->tenant, sizeof l->tenant, "%s", tenant);
+    snprintf(l->name, sizeof l->name, "%s", name);
+    snprintf(l->image, sizeof l->image, "debian");
+    snprintf(l->state, sizeof l->state, "%s", state);
+    l->size = size;
+}
+
+static void lanes(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_lane l;
+    make_lane(&l, "l-0000000000000001", "acme", "work", 1ull << 30, "ready");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), 0);
+    assert_true(l.created > 0);
+    make_lane(&l, "l-0000000000000002", "acme", "cache", 2ull << 30, "creating");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), 0);
+    /* the same name in another tenant is another lane */
+    make_lane(&l, "l-0000000000000003", "other", "work", 5, "deleting");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), 0);
+
+    make_lane(&l, "l-0000000000000004", "acme", "work", 0, "ready");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), -1);
+    assert_int_equal(err.code, EEXIST);
+    assert_non_null(strstr(err.message, "work"));
+    make_lane(&l, "l-0000000000000001", "acme", "fresh", 0, "ready");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), -1);
+    assert_int_equal(err.code, EEXIST);
+    make_lane(&l, "l-0000000000000005", "acme", "fresh", 0, "weird");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    make_lane(&l, "l-0000000000000005", "acme", "fresh", UINT64_MAX, "ready");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), -1);
+    assert_int_equal(err.code, ERANGE);
+
+    store_lane got;
+    assert_int_equal(store_lane_get(f->s, "acme", "work", &got, &err), 0);
+    assert_string_equal(got.id, "l-0000000000000001");
+    assert_string_equal(got.image, "debian");
+    assert_true(got.size == 1ull << 30);
+    assert_string_equal(got.state, "ready");
+    assert_int_equal(store_lane_get(f->s, "other", "work", &got, &err), 0);
+    assert_string_equal(got.id, "l-0000000000000003");
+    assert_int_equal(store_lane_get(f->s, "acme", "none", &got, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+
+    assert_int_equal(store_lane_get_by_id(f->s, "acme", "l-0000000000000002", &got, &err), 0);
+    assert_string_equal(got.name, "cache");
+    assert_int_equal(store_lane_get_by_id(f->s, "acme", "l-0000000000000003", &got, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_lane_get_by_id(f->s, NULL, "l-0000000000000003", &got, &err), 0);
+    assert_string_equal(got.tenant, "other");
+
+    store_lane *list = NULL;
+    size_t n = 0;
+    assert_int_equal(store_lane_list(f->s, "acme", &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].name, "work");
+    assert_string_equal(list[1].name, "cache");
+    free(list);
+    assert_int_equal(store_lane_list(f->s, NULL, &list, &n, &err), 0);
+    assert_int_equal(n, 3);
+    free(list);
+
+    uint64_t total = 0;
+    assert_int_equal(store_lane_count(f->s, "acme", &n, &total, &err), 0);
+    assert_int_equal(n, 2);
+    assert_true(total == 3ull << 30);
+    assert_int_equal(store_lane_count(f->s, NULL, &n, &total, &err), 0);
+    assert_int_equal(n, 3);
+    assert_true(total == (3ull << 30) + 5);
+    assert_int_equal(store_lane_count(f->s, "nobody", &n, &total, &err), 0);
+    assert_int_equal(n, 0);
+    assert_true(total == 0);
+
+    assert_int_equal(store_lanes_unfinished(f->s, &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].id, "l-0000000000000002");
+    assert_string_equal(list[1].id, "l-0000000000000003");
+    free(list);
+
+    assert_int_equal(store_lane_set_state(f->s, "l-0000000000000002", "ready", &err), 0);
+    assert_int_equal(store_lane_set_state(f->s, "l-0000000000000002", "gone", &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_int_equal(store_lane_set_state(f->s, "l-nope", "ready", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_lane_delete(f->s, "l-0000000000000003", &err), 0);
+    assert_int_equal(store_lane_delete(f->s, "l-0000000000000003", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_lanes_unfinished(f->s, &list, &n, &err), 0);
+    assert_int_equal(n, 0);
+    free(list);
+
+    /* the name is free again once deleted */
+    make_lane(&l, "l-0000000000000006", "other", "work", 0, "ready");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), 0);
+}
+
+static void reopen_keeps_data(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    char bearer[STORE_BEARER_SIZE];
+    store_token info;
+    assert_int_equal(store_token_create(f->s, "acme", "x", 1, 5, &info, bearer, sizeof bearer, &err), 0);
+    store_cell c;
+    make_cell(&c, "c1", "acme", "running", "{\"a\":[1,2]}");
+    assert_int_equal(store_cell_insert(f->s, &c, &err), 0);
+    store_lane l;
+    make_lane(&l, "l-1", "acme", "work", 42, "creating");
+    assert_int_equal(store_lane_insert(f->s, &l, &err), 0);
+    store_tenant t = { .name = "acme", .max_cells = 1, .max_memory = 2, .max_lanes = 3, .max_disk = 4 };
+    assert_int_equal(store_tenant_set_quota(f->s, &t, &err), 0);
+
+    reopen(f);
+
+    store_token got;
+    assert_int_equal(store_token_check(f->s, bearer, &got, &err), 0);
+    assert_true(got.admin);
+    assert_int_equal(got.rate, 5);
+    store_cell gc;
+    assert_int_equal(store_cell_get(f->s, "acme", "c1", &gc, &err), 0);
+    assert_string_equal(gc.spec, "{\"a\":[1,2]}");
+    store_cell_free(&gc);
+    store_lane gl;
+    assert_int_equal(store_lane_get(f->s, "acme", "work", &gl, &err), 0);
+    assert_true(gl.size == 42);
+    store_tenant gt;
+    assert_int_equal(store_tenant_get(f->s, "acme", &gt, &err), 0);
+    assert_int_equal(gt.max_cells, 1);
+    assert_true(gt.max_disk == 4);
+}
+
+static void newer_schema_refused(void **state)
+{
+    fixture *f = *state;
+    store_close(f->s);
+    f->s = NULL;
+    char path[128];
+    snprintf(path, sizeof path, "%s/cell.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cell_error err = { 0 };
+    assert_int_equal(store_open(&f->s, f->dir, &err), -1);
+    assert_int_equal(err.code, EPROTO);
+    assert_null(f->s);
+}
+
+/* ---- audit ---------------------------------------------------------------- */
+
+static void audit_add(store *s, const char *tenant, const char *action, int64_t ts_ms)
+{
+    json_t *r = json_pack("{s:s, s:s}", "tenant", tenant, "action", action);
+    assert_non_null(r);
+    if (ts_ms >= 0)
+        json_object_set_new(r, "ts_ms", json_integer(ts_ms));
+    assert_int_equal(store_audit_append(s, r), 0);
+    json_decref(r);
+}
+
+static const char *action_at(json_t *arr, size_t i)
+{
+    return json_string_value(json_object_get(json_array_get(arr, i), "action"));
+}
+
+static void audit_basic(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    json_t *r = json_pack("{s:s, s:s, s:i}", "tenant", "acme", "action", "cell.create", "status", 201);
+    assert_int_equal(store_audit_append(f->s, r), 0);
+    /* the caller's object is untouched and still owned by the caller */
+    assert_int_equal(json_object_size(r), 3);
+    assert_null(json_object_get(r, "ts"));
+    json_decref(r);
+
+    json_t *arr = NULL;
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 1);
+    json_t *got = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(got, "action")), "cell.create");
+    assert_int_equal(json_integer_value(json_object_get(got, "status")), 201);
+    const char *ts = json_string_value(json_object_get(got, "ts"));
+    assert_non_null(ts);
+    /* 2024-05-01T12:34:56.789Z */
+    assert_int_equal(strlen(ts), 24);
+    assert_int_equal(ts[10], 'T');
+    assert_int_equal(ts[19], '.');
+    assert_int_equal(ts[23], 'Z');
+    json_int_t ms = json_integer_value(json_object_get(got, "ts_ms"));
+    assert_true(ms > 1600000000000ll);
+    char want[8];
+    snprintf(want, sizeof want, ".%03dZ", (int)(ms % 1000));
+    assert_string_equal(ts + 19, want);
+    json_decref(arr);
+
+    /* invalid records */
+    r = json_pack("{s:s}", "action", "x");
+    assert_int_equal(store_audit_append(f->s, r), -1);
+    assert_int_equal(errno, EINVAL);
+    json_decref(r);
+    r = json_pack("{s:i}", "tenant", 3);
+    assert_int_equal(store_audit_append(f->s, r), -1);
+    json_decref(r);
+    r = json_array();
+    assert_int_equal(store_audit_append(f->s, r), -1);
+    json_decref(r);
+    assert_int_equal(store_audit_append(f->s, NULL), -1);
+    /* a newline inside a value stays escaped: still one line */
+    r = json_pack("{s:s, s:s}", "tenant", "acme", "action", "a\nb");
+    assert_int_equal(store_audit_append(f->s, r), 0);
+    json_decref(r);
+    assert_int_equal(store_audit_read(f->s, "acme", 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 2);
+    assert_string_equal(action_at(arr, 1), "a\nb");
+    json_decref(arr);
+}
+
+static void audit_filters(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    char action[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(action, sizeof action, "a%d", i);
+        audit_add(f->s, i % 2 ? "odd" : "even", action, 1000 + i);
+    }
+    json_t *arr = NULL;
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 10);
+    assert_string_equal(action_at(arr, 0), "a0");
+    assert_string_equal(action_at(arr, 9), "a9");
+    json_decref(arr);
+
+    /* tenant filter, newest `limit`, oldest first */
+    assert_int_equal(store_audit_read(f->s, "odd", 0, 3, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 3);
+    assert_string_equal(action_at(arr, 0), "a5");
+    assert_string_equal(action_at(arr, 1), "a7");
+    assert_string_equal(action_at(arr, 2), "a9");
+    json_decref(arr);
+
+    /* since */
+    assert_int_equal(store_audit_read(f->s, "even", 1004, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 3);
+    assert_string_equal(action_at(arr, 0), "a4");
+    assert_string_equal(action_at(arr, 2), "a8");
+    json_decref(arr);
+    assert_int_equal(store_audit_read(f->s, "even", 5000, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 0);
+    json_decref(arr);
+    assert_int_equal(store_audit_read(f->s, "nobody", 0, 5, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 0);
+    json_decref(arr);
+
+    /* records far older than `since` end the backward scan, even if an
+     * out-of-order newer one lies before them */
+    store_close(f->s);
+    f->s = NULL;
+    char path[128];
+    snprintf(path, sizeof path, "%s/audit.log", f->dir);
+    unlink(path);
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    audit_add(f->s, "t", "late", 10000000);
+    audit_add(f->s, "t", "old", 1000);
+    audit_add(f->s, "t", "new", 10000001);
+    assert_int_equal(store_audit_read(f->s, "t", 10000000, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 1);
+    assert_string_equal(action_at(arr, 0), "new");
+    json_decref(arr);
+}
+
+static void audit_torn_line(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    audit_add(f->s, "acme", "one", -1);
+    audit_add(f->s, "acme", "two", -1);
+    char path[128];
+    snprintf(path, sizeof path, "%s/audit.log", f->dir);
+    /* a crash mid-line, plus some garbage and a blank line earlier */
+    int fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    const char torn[] = "{\"tenant\":\"acme\",\"action\":\"thr";
+    assert_int_equal(write(fd, torn, sizeof torn - 1), (ssize_t)(sizeof torn - 1));
+    close(fd);
+
+    json_t *arr = NULL;
+    assert_int_equal(store_audit_read(f->s, "acme", 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 2);
+    assert_string_equal(action_at(arr, 1), "two");
+    json_decref(arr);
+
+    /* after a restart the next record starts its own line */
+    reopen(f);
+    audit_add(f->s, "acme", "four", -1);
+    assert_int_equal(store_audit_read(f->s, "acme", 0, 2, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 2);
+    assert_string_equal(action_at(arr, 0), "two");
+    assert_string_equal(action_at(arr, 1), "four");
+    json_decref(arr);
+
+    /* non-JSON lines and lines without tenant/ts_ms are skipped */
+    fd = open(path, O_WRONLY | O_APPEND);
+    assert_true(fd >= 0);
+    const char junk[] = "not json\n\n[1,2]\n{\"tenant\":\"acme\"}\n";
+    assert_int_equal(write(fd, junk, sizeof junk - 1), (ssize_t)(sizeof junk - 1));
+    close(fd);
+    audit_add(f->s, "acme", "five", -1);
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 4);
+    assert_string_equal(action_at(arr, 3), "five");
+    json_decref(arr);
+}
+
+static void audit_large_file(void **state)
+{
+    /* Many chunks' worth of records: the backward reader must stitch lines
+     * across chunk boundaries. */
+    fixture *f = *state;
+    cell_error err = { 0 };
+    char pad[593], action[620];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    for (int i = 0; i < 500; i++) {
+        snprintf(action, sizeof action, "n%05d-%s", i, pad);
+        audit_add(f->s, i % 3 ? "a" : "b", action, 1000 + i);
+    }
+    json_t *arr = NULL;
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 500);
+    for (size_t i = 0; i < 500; i++) {
+        char want[8];
+        snprintf(want, sizeof want, "n%05zu", i);
+        assert_memory_equal(action_at(arr, i), want, 6);
+        assert_int_equal(strlen(action_at(arr, i)), 7 + sizeof pad - 1);
+    }
+    json_decref(arr);
+    assert_int_equal(store_audit_read(f->s, "b", 0, 10, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), 10);
+    assert_memory_equal(action_at(arr, 9), "n00498", 6);
+    json_decref(arr);
+
+    /* an oversized record is refused */
+    size_t big = STORE_AUDIT_MAX_LINE + 10;
+    char *huge = malloc(big);
+    assert_non_null(huge);
+    memset(huge, 'y', big - 1);
+    huge[big - 1] = '\0';
+    json_t *r = json_pack("{s:s, s:s}", "tenant", "a", "action", huge);
+    assert_int_equal(store_audit_append(f->s, r), -1);
+    assert_int_equal(errno, EMSGSIZE);
+    json_decref(r);
+    free(huge);
+}
+
+/* ---- concurrency ------------------------------------------------------------ */
+
+#define THREADS 6
+#define ROUNDS  40
+
+typedef struct worker {
+    store *s;
+    int    no;
+    int    failures;
+} worker;
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    char tenant[16], id[40], bearer[STORE_BEARER_SIZE];
+    snprintf(tenant, sizeof tenant, "t%d", w->no % 3);
+    for (int i = 0; i < ROUNDS; i++) {
+        cell_error err = { 0 };
+        store_cell c = { 0 };
+        snprintf(c.id, sizeof c.id, "w%d-c%d", w->no, i);
+        snprintf(c.tenant, sizeof c.tenant, "%s", tenant);
+        snprintf(c.state, sizeof c.state, "running");
+        c.spec = "{}";
+        if (store_cell_insert(w->s, &c, &err) < 0)
+            w->failures++;
+        store_cell got;
+        if (store_cell_get(w->s, tenant, c.id, &got, &err) < 0)
+            w->failures++;
+        store_cell_free(&got);
+        store_lane l = { 0 };
+        snprintf(l.id, sizeof l.id, "l-w%d-%d", w->no, i);
+        snprintf(l.tenant, sizeof l.tenant, "%s", tenant);
+        snprintf(l.name, sizeof l.name, "lane-w%d-%d", w->no, i);
+        snprintf(l.image, sizeof l.image, "debian");
+        snprintf(l.state, sizeof l.state, "ready");
+        l.size = 1;
+        if (store_lane_insert(w->s, &l, &err) < 0)
+            w->failures++;
+        store_cell *list;
+        size_t n;
+        if (store_cell_list(w->s, tenant, &list, &n, &err) < 0)
+            w->failures++;
+        else
+            store_cell_list_free(list, n);
+        if (i % 8 == 0) {
+            store_token info;
+            if (store_token_create(w->s, tenant, "w", 0, 0, &info, bearer, sizeof bearer, &err) < 0 ||
+                store_token_check(w->s, bearer, NULL, &err) < 0)
+                w->failures++;
+        }
+        json_t *r = json_pack("{s:s, s:s}", "tenant", tenant, "action", c.id);
+        if (store_audit_append(w->s, r) < 0)
+            w->failures++;
+        json_decref(r);
+        snprintf(id, sizeof id, "%s", c.id);
+        if (i % 2 && store_cell_set_state(w->s, id, "stopped", &err) < 0)
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void concurrent(void **state)
+{
+    fixture *f = *state;
+    pthread_t th[THREADS];
+    worker w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){ .s = f->s, .no = i };
+        assert_int_equal(pthread_create(&th[i], NULL, work, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        assert_int_equal(w[i].failures, 0);
+    }
+    cell_error err = { 0 };
+    size_t n;
+    uint64_t total;
+    assert_int_equal(store_cell_count(f->s, NULL, &n, &err), 0);
+    assert_int_equal(n, THREADS * ROUNDS);
+    assert_int_equal(store_lane_count(f->s, NULL, &n, &total, &err), 0);
+    assert_int_equal(n, THREADS * ROUNDS);
+    assert_true(total == THREADS * ROUNDS);
+    assert_int_equal(store_token_count(f->s, &n, &err), 0);
+    assert_int_equal(n, THREADS * ((ROUNDS + 7) / 8));
+    assert_int_equal(store_cells_mark_stopped(f->s, &n, &err), 0);
+    assert_int_equal(n, THREADS * ROUNDS / 2);
+    json_t *arr;
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    assert_int_equal(json_array_size(arr), THREADS * ROUNDS); /* no line torn or glued */
+    json_decref(arr);
+}
+
+/* A second connection (as the CLI would open) on the same files. */
+static void two_handles(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store *other = NULL;
+    assert_int_equal(store_open(&other, f->dir, &err), 0);
+    assert_int_equal(store_tenant_ensure(other, "cli", &err), 0);
+    store_tenant t;
+    assert_int_equal(store_tenant_get(f->s, "cli", &t, &err), 0);
+    store_close(other);
+    store_close(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(files_are_private, setup, teardown),
+        cmocka_unit_test_setup_teardown(tenants, setup, teardown),
+        cmocka_unit_test_setup_teardown(tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(cells, setup, teardown),
+        cmocka_unit_test_setup_teardown(lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(reopen_keeps_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(newer_schema_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_basic, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_filters, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_torn_line, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_large_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(two_handles, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
