@@ -195,13 +195,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->start_ms = srv_now_ms();
         *con_cls = r;
         begin(r);
-        if (!r->responded) {
-            /* Refuse a declared oversized JSON body before reading it. */
+        if (!r->responded && !(r->m.route->flags & ROUTE_STREAM_BODY)) {
+            /* Refuse a declared oversized or non-JSON body before reading it. */
             const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-            if (cl && !(r->m.route->flags & ROUTE_STREAM_BODY) &&
-                strtoull(cl, NULL, 10) > r->s->opt.max_json_bytes)
+            const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+            if (cl && strtoull(cl, NULL, 10) > r->s->opt.max_json_bytes)
                 reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %u bytes",
                               r->s->opt.max_json_bytes);
+            else if (ct && cl && strtoull(cl, NULL, 10) > 0 && strncasecmp(ct, "application/json", 16) != 0)
+                reply_problem(r, 415, "invalid_request", "expected a request with Content-Type: application/json, "
+                              "not %s", ct);
         }
         r->in_body = 1;
         return MHD_YES;
@@ -338,7 +341,9 @@ static struct MHD_Daemon *start_mhd(srv *s, int fd)
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                            /* Upload chunks are at most this big: 256 KiB keeps
+                             * file writes near disk speed. */
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
                             MHD_OPTION_END);
 }
 

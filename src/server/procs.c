@@ -45,7 +45,7 @@ static json_t *base64_json(const void *data, size_t len)
 
 /* Strict standard base64 (RFC 4648 section 4, padded); libcrypto's decoder
  * accepts whitespace and junk, which the reference implementation refuses. */
-static int base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
+int procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
 {
     static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     if (len % 4) {
@@ -540,7 +540,7 @@ static json_t *proc_json(sproc *p)
     return o;
 }
 
-static int reply_no_process(sreq *r, const char *id)
+int reply_no_process(sreq *r, const char *id)
 {
     return reply_problem_details(r, 404, "not_found", json_pack("{s:s, s:s}", "id", id, "resource", "process"),
                                  "process %s", id);
@@ -1111,7 +1111,7 @@ int h_proc_input(sreq *r)
         goto out;
     }
     if (!encoding || strcmp(encoding, "base64") == 0) {
-        if (base64_decode(data, in_len, bytes, &len, why, sizeof why) < 0) {
+        if (procs_base64_decode(data, in_len, bytes, &len, why, sizeof why) < 0) {
             ret = reply_problem(r, 400, "invalid_request", "%s", why);
             goto out;
         }
@@ -1192,6 +1192,29 @@ int h_proc_delete(sreq *r)
     return ret;
 }
 
+int procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err)
+{
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    int tty = p->tty, exited = p->exited;
+    pid_t pid = p->pid;
+    pthread_mutex_unlock(&sc->plock);
+    if (!tty || exited) {
+        util_fail(err, !tty ? ENOTTY : ESRCH, "%s", !tty ? "process is not running in tty mode" : "process is not running");
+        return -2;
+    }
+    scell_io_lock(sc);
+    int rc = sc->c && !sc->dead ? cell_resize(sc->c, pid, rows, cols, err)
+                                : util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
+    scell_io_unlock(sc);
+    if (rc < 0)
+        return -1;
+    pthread_mutex_lock(&sc->plock);
+    p->rows = rows, p->cols = cols;
+    pthread_mutex_unlock(&sc->plock);
+    return 0;
+}
+
 int h_proc_resize(sreq *r)
 {
     json_t *body;
@@ -1205,31 +1228,14 @@ int h_proc_resize(sreq *r)
     sproc *p = find_proc(r);
     if (!p)
         return MHD_YES;
-    scell *sc = r->cell;
-    pthread_mutex_lock(&sc->plock);
-    int tty = p->tty, exited = p->exited;
-    pid_t pid = p->pid;
-    pthread_mutex_unlock(&sc->plock);
-    int ret;
-    if (!tty) {
-        ret = reply_problem(r, 409, "conflict", "process is not running in tty mode");
-    } else if (exited) {
-        ret = reply_problem(r, 409, "conflict", "process is not running");
-    } else {
-        cell_error e = { 0 };
-        scell_io_lock(sc);
-        int rc = sc->c && !sc->dead ? cell_resize(sc->c, pid, (uint16_t)rows, (uint16_t)cols, &e)
-                                    : util_fail(&e, ECONNRESET, "cell %s is stopped", sc->id);
-        scell_io_unlock(sc);
-        if (rc < 0) {
-            ret = reply_error(r, &e);
-        } else {
-            pthread_mutex_lock(&sc->plock);
-            p->rows = (uint16_t)rows, p->cols = (uint16_t)cols;
-            pthread_mutex_unlock(&sc->plock);
-            ret = reply_json(r, 200, json_pack("{s:I, s:I}", "cols", (json_int_t)cols, "rows", (json_int_t)rows));
-        }
-    }
+    cell_error e = { 0 };
+    int rc = procs_resize(p, (uint16_t)rows, (uint16_t)cols, &e), ret;
+    if (rc == 0)
+        ret = reply_json(r, 200, json_pack("{s:I, s:I}", "cols", (json_int_t)cols, "rows", (json_int_t)rows));
+    else if (rc == -2)
+        ret = reply_problem(r, 409, "conflict", "%s", e.message);
+    else
+        ret = reply_error(r, &e);
     procs_put(p);
     return ret;
 }

@@ -242,6 +242,14 @@ json_t *procs_log_json(const plog *e);
 /* Write to the process's stdin or terminal. */
 int    procs_write_input(sproc *p, const void *data, size_t len, cell_error *err);
 void   procs_config_default(struct proc_config *c);
+/* Set a tty process's window size.  Returns 0; -2 (a 409 for clients, err
+ * says why) if it is not a tty process or has exited; -1 if the cell failed. */
+int    procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err);
+/* Strict padded base64 (RFC 4648 section 4) into out (len * 3 / 4 bytes
+ * suffice); on failure `why` gets the reference server's message. */
+int    procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size);
+/* 404 problem for an unknown process id, as sandbox-agent words it. */
+int    reply_no_process(sreq *r, const char *id);
 
 /* Deliver one exit (called with io held by scell_io_unlock / the watcher). */
 void procs_on_exit(scell *sc, pid_t pid, int status);
