@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DEFAULT_CELL_MEMORY (1ull << 30)
+#define DEFAULT_CELL_MEMORY (512ull << 20)   /* 32 cells fill the default 16 GiB quota */
 #define DEFAULT_CELL_PIDS   4096
 #define MAX_TTL_SECONDS     (365ll * 24 * 3600)
 
