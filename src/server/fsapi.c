@@ -10,7 +10,7 @@
 
 /* sandbox-agent resolves relative paths against the home directory. */
 #define FS_HOME "/root"
-#define UPLOAD_MAX_PATHS 1000
+#define UPLOAD_MAX_PATHS 1024    /* listed; every entry is written */
 
 /* Collapse "//", "." and ".." lexically.  Safe because the result is
  * still resolved inside the cell's root, where ".." stops at "/". */

@@ -74,13 +74,13 @@ static int authenticate(sreq *r)
     else if (!h)
         bearer = req_query(r, "access_token");  /* browsers cannot set headers on WebSockets */
     if (!bearer || !*bearer) {
-        reply_problem(r, 401, "unauthorized", "an Authorization: Bearer token is required");
+        reply_problem(r, 401, "token_invalid", "missing or invalid bearer token: send Authorization: Bearer TOKEN");
         return -1;
     }
     cell_error e = { 0 };
     if (store_token_check(s->st, bearer, &r->tok, &e) < 0) {
         if (e.code == EACCES)
-            reply_problem(r, 401, "unauthorized", "the token is not valid (unknown, revoked or malformed)");
+            reply_problem(r, 401, "token_invalid", "missing or invalid bearer token (unknown, revoked or malformed)");
         else
             reply_error(r, &e);
         return -1;
@@ -117,7 +117,8 @@ static void begin(sreq *r)
         table = agent_routes, n = n_agent_routes;
     r->matched = router_match(table, n, r->method, path, &r->m);
     if (r->matched == ROUTER_NO_PATH || r->matched == ROUTER_TOO_LONG) {
-        reply_problem(r, 404, "not_found", "no route for %s %s", r->method, path);
+        /* The reference calls this an invalid request, not a missing resource. */
+        reply_problem(r, 404, "invalid_request", "endpoint not found: %s %s", r->method, path);
         return;
     }
     if (r->matched == ROUTER_BAD_METHOD) {

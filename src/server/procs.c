@@ -903,10 +903,11 @@ static int query_bool(sreq *r, const char *key, int *out)
     return -1;
 }
 
-/* stream filter: -1 combined, else a PLOG_* value. */
+/* stream filter: -1 combined (stdout and stderr, as the reference has
+ * it: a terminal's output is only in "pty"), else a PLOG_* value. */
 static int entry_matches(const plog *e, int filter, uint64_t since)
 {
-    return e->seq > since && (filter < 0 || e->stream == filter);
+    return e->seq > since && (filter < 0 ? e->stream != PLOG_PTY : e->stream == filter);
 }
 
 /* ---- SSE log following ------------------------------------------------------------------ */
@@ -1028,6 +1029,8 @@ int h_proc_logs(sreq *r)
     if (!p)
         return MHD_YES;
     scell *sc = r->cell;
+    if (!stream && p->tty)
+        filter = PLOG_PTY, stream = "pty";
     /* tail: only the last N matching entries of what exists now. */
     pthread_mutex_lock(&sc->plock);
     size_t first = 0, matching = 0;
@@ -1147,7 +1150,7 @@ out:
 
 static int signal_and_wait(sreq *r, int sig)
 {
-    uint64_t wait_ms = 0;
+    uint64_t wait_ms = 2000;        /* the reference's default */
     int has_wait;
     if (query_u64(r, "waitMs", &wait_ms, &has_wait) < 0)
         return MHD_YES;

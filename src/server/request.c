@@ -110,7 +110,7 @@ static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *d
     snprintf(uri, sizeof uri, PROBLEM_TYPE_BASE "%s", type);
     type_words(type, words, sizeof words, 0);
     snprintf(detail, sizeof detail, "%s: %s", words, msg);
-    if (status == 413 || status == 405 || status == 401 || status == 429)
+    if (status == 413 || status == 405 || status == 429)
         snprintf(title, sizeof title, "%s", status_title(status));
     else
         type_words(type, title, sizeof title, 1);
