@@ -90,6 +90,7 @@ asan:
 
 bench: all
 	bash bench/run.sh
+	bash bench/daemon.sh
 
 # libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
 # FUZZ_SECONDS=600 make fuzz for a longer run by hand.
@@ -105,7 +106,11 @@ $(BUILD)/fuzz/fuzz_size: fuzz/fuzz_size.c src/util/size.c src/util/util.c
 $(BUILD)/fuzz/fuzz_ws: fuzz/fuzz_ws.c src/server/ws.c src/util/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto
-fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws
+# Routing and JSON bodies: routes.c's handlers are stubs in the fuzzer.
+$(BUILD)/fuzz/fuzz_route: fuzz/fuzz_route.c src/server/router.c src/server/routes.c src/util/size.c src/util/util.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
+fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws $(BUILD)/fuzz/fuzz_route
 	@set -e; for f in $^; do echo "== $$f ($(FUZZ_SECONDS) s)"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 2>&1 | tail -2; done
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite: unit tests (cmocka), integration tests
-# (pytest), then both again built with ASan+UBSan.  Ends with "N passed, N failed".
+# (pytest), the sandbox-agent SDK suite (node --test), then all three again
+# built with ASan+UBSan.  Ends with "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,14 @@ count_pytest() { # log
   e=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || true)
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0} + ${e:-0}))
 }
+count_node() { # log exit-status  (node --test TAP: "# pass N" / "# fail N")
+  local p f
+  p=$(grep -E '^# pass [0-9]+' "$1" | tail -1 | grep -oE '[0-9]+' || true)
+  f=$(grep -E '^# fail [0-9]+' "$1" | tail -1 | grep -oE '[0-9]+' || true)
+  # A run that failed before the runner could summarise (npm ci) counts once.
+  if [ -z "$f" ] && [ "$2" -ne 0 ]; then f=1; fi
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+}
 
 stage() { # name build-dir san-flags
   local name=$1 build=$2 san=$3 log
@@ -39,7 +48,10 @@ stage() { # name build-dir san-flags
   echo "=== $name: integration tests"
   CELL_BIN="$PWD/$build/cell" "${PYTEST[@]}" tests/integration 2>&1 | tee "$log.it"
   count_pytest "$log.it"
-  rm -f "$log" "$log.unit" "$log.it"
+  echo "=== $name: sandbox-agent SDK conformance (node --test)"
+  CELL_BIN="$PWD/$build/cell" tests/sdk/run.sh 2>&1 | tee "$log.sdk"
+  count_node "$log.sdk" "${PIPESTATUS[0]}"
+  rm -f "$log" "$log.unit" "$log.it" "$log.sdk"
 }
 
 stage "release" build ""
@@ -48,7 +60,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
 
 echo "=== fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10})"
-for target in fuzz_proto fuzz_size fuzz_ws; do
+for target in fuzz_proto fuzz_size fuzz_ws fuzz_route; do
   if make -s BUILD=build "build/fuzz/$target" >/dev/null 2>&1 &&
      "build/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 >"build/fuzz/$target.log" 2>&1; then
     echo "fuzz $target: ok ($(grep -oE 'Done [0-9]+ runs' "build/fuzz/$target.log"))"; passed=$((passed + 1))

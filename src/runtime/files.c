@@ -271,7 +271,7 @@ int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn
     archive_read_support_filter_none(a);
     int rc = 0;
     if (archive_read_open_fd(a, tar_fd, 64 * 1024) != ARCHIVE_OK) {
-        rc = util_fail(err, EINVAL, "not a tar stream: %s", archive_error_string(a));
+        rc = util_fail(err, EBADMSG, "not a tar stream: %s", archive_error_string(a));
     } else {
         struct archive_entry *e;
         int r;
@@ -286,7 +286,7 @@ int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn
                 cb(user, rel);
         }
         if (rc == 0 && r != ARCHIVE_EOF)
-            rc = util_fail(err, EINVAL, "malformed tar stream: %s", archive_error_string(a));
+            rc = util_fail(err, EBADMSG, "malformed tar stream: %s", archive_error_string(a));
     }
     archive_read_free(a);
     return rc;

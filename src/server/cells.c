@@ -136,7 +136,7 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
         json_object_set_new(spec, "hostname", json_string(hostname));
     json_object_set_new(spec, "ttl", json_integer(ttl));
     json_t *envo = json_object_get(body, "env");
-    json_object_set(spec, "env", json_is_object(envo) ? envo : json_object());
+    json_object_set_new(spec, "env", json_is_object(envo) ? json_incref(envo) : json_object());
     if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0)
         return -1;
     return 0;

@@ -68,8 +68,6 @@ static int reply_fs_error(sreq *r, const cell_error *e, const char *path)
     switch (e->code) {
     case ENOENT:
         return reply_problem(r, 400, "invalid_request", "path not found: %s", path);
-    case ENOTDIR:
-        return reply_problem(r, 400, "invalid_request", "path is not a directory: %s", path);
     case EISDIR:
         return reply_problem(r, 400, "invalid_request", "path is not a file: %s", path);
     case ECONNRESET:
@@ -196,7 +194,13 @@ static write_state *write_begin(sreq *r)
     int rc = WITH_CELL(sc, &e, cell_file_mkdir(sc->c, parent, 0755, 1, &e) < 0 ? -1
                                : cell_file_open(sc->c, w->path, O_WRONLY | O_CREAT | O_TRUNC, 0644, &w->fd, &e));
     if (rc < 0) {
-        reply_fs_error(r, &e, w->path);
+        cell_stat st;
+        cell_error e2 = { 0 };
+        if ((e.code == EISDIR || e.code == EINVAL) &&
+            WITH_CELL(sc, &e2, cell_file_stat(sc->c, w->path, &st, &e2)) == 0 && S_ISDIR(st.mode))
+            e.code = EISDIR, reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(EISDIR), EISDIR);
+        else
+            reply_fs_error(r, &e, w->path);
         return NULL;
     }
     return w;
@@ -234,8 +238,11 @@ int h_fs_entries(sreq *r)
     cell_dirent *ents = NULL;
     size_t n = 0;
     cell_error e = { 0 };
-    if (WITH_CELL(r->cell, &e, cell_file_list(r->cell->c, path, &ents, &n, &e)) < 0)
+    if (WITH_CELL(r->cell, &e, cell_file_list(r->cell->c, path, &ents, &n, &e)) < 0) {
+        if (e.code == ENOTDIR)
+            return reply_problem(r, 400, "invalid_request", "path is not a directory: %s", path);
         return reply_fs_error(r, &e, path);
+    }
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         char child[4096 + 256];
@@ -264,9 +271,12 @@ int h_fs_mkdir(sreq *r)
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
         return MHD_YES;
     cell_error e = { 0 };
-    if (WITH_CELL(r->cell, &e, cell_file_mkdir(r->cell->c, path, 0755, 1, &e)) < 0)
-        return reply_fs_error(r, &e, path);
-    return reply_json(r, 200, json_pack("{s:s}", "path", path));
+    cell_stat st;
+    if (WITH_CELL(r->cell, &e, cell_file_stat(r->cell->c, path, &st, &e)) == 0 && !S_ISDIR(st.mode))
+        e.code = EEXIST;            /* mkdir -p reports ENOTDIR; the reference says "File exists" */
+    else if (WITH_CELL(r->cell, &e, cell_file_mkdir(r->cell->c, path, 0755, 1, &e)) == 0)
+        return reply_json(r, 200, json_pack("{s:s}", "path", path));
+    return reply_fs_error(r, &e, path);
 }
 
 int h_fs_move(sreq *r)
@@ -314,6 +324,15 @@ int h_fs_delete(sreq *r)
 }
 
 /* ---- upload-batch: the tar streams through a pipe to a worker -------------- */
+static int require_tar_type(sreq *r)
+{
+    const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ct && strncasecmp(ct, "application/x-tar", 17) == 0)
+        return 0;
+    reply_problem(r, 400, "invalid_request", "content-type must be application/x-tar");
+    return -1;
+}
+
 typedef struct upload_state {
     scell     *cell;
     char       dir[4096];
@@ -394,6 +413,8 @@ static upload_state *upload_begin(sreq *r)
         reply_problem(r, 500, "internal", "out of memory");
         return NULL;
     }
+    if (require_tar_type(r) < 0)
+        return NULL;
     if (fs_path(r, "path", 0, u->dir, sizeof u->dir) < 0)
         return NULL;
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -435,12 +456,22 @@ int h_fs_upload_body(sreq *r, const char *data, size_t len)
 int h_fs_upload(sreq *r)
 {
     upload_state *u = r->stream;
-    if (!u && !(u = upload_begin(r)))
-        return MHD_YES;
+    if (!u) {
+        /* No body at all: an empty archive, as the reference treats it. */
+        char dir[4096];
+        cell_error e = { 0 };
+        if (require_tar_type(r) < 0 || fs_path(r, "path", 0, dir, sizeof dir) < 0)
+            return MHD_YES;
+        if (WITH_CELL(r->cell, &e, cell_file_mkdir(r->cell->c, dir, 0755, 1, &e)) < 0)
+            return reply_fs_error(r, &e, dir);
+        return reply_json(r, 200, json_pack("{s:[], s:b}", "paths", "truncated", 0));
+    }
     upload_finish_worker(u);
     if (u->rc < 0) {
         if (u->err.code == EINVAL)
             return reply_problem(r, 400, "invalid_request", "%s", u->err.message);
+        if (u->err.code == EBADMSG)
+            return reply_problem(r, 502, "stream_error", "%s", u->err.message);
         return reply_fs_error(r, &u->err, u->dir);
     }
     return reply_json(r, 200, json_pack("{s:O, s:b}", "paths", u->paths, "truncated", u->truncated));

@@ -74,13 +74,15 @@ static int authenticate(sreq *r)
     else if (!h)
         bearer = req_query(r, "access_token");  /* browsers cannot set headers on WebSockets */
     if (!bearer || !*bearer) {
-        reply_problem(r, 401, "token_invalid", "missing or invalid bearer token: send Authorization: Bearer TOKEN");
+        reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
+                              "missing or invalid bearer token: send Authorization: Bearer TOKEN");
         return -1;
     }
     cell_error e = { 0 };
     if (store_token_check(s->st, bearer, &r->tok, &e) < 0) {
         if (e.code == EACCES)
-            reply_problem(r, 401, "token_invalid", "missing or invalid bearer token (unknown, revoked or malformed)");
+            reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
+                                  "missing or invalid bearer token (unknown, revoked or malformed)");
         else
             reply_error(r, &e);
         return -1;
@@ -122,6 +124,7 @@ static void begin(sreq *r)
         return;
     }
     if (r->matched == ROUTER_BAD_METHOD) {
+        router_allowed(table, n, path, r->allow, sizeof r->allow);
         reply_problem(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method, path);
         return;
     }

@@ -43,41 +43,53 @@ static json_t *base64_json(const void *data, size_t len)
     return v;
 }
 
-/* Strict standard base64 (RFC 4648 section 4, padded); libcrypto's decoder
- * accepts whitespace and junk, which the reference implementation refuses. */
+/* Strict standard base64 (RFC 4648 section 4, padded), with the
+ * reference's error messages; libcrypto's decoder accepts whitespace. */
+static int base64_value(char ch)
+{
+    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+    return ch == '+' ? 62 : ch == '/' ? 63 : -1;
+}
+
 int procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
 {
-    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if (len % 4) {
+    /* Symbols first, then length, then padding: the order the reference
+     * checks in, so the same input gets the same message. */
+    size_t first_pad = len;
+    for (size_t i = 0; i < len; i++) {
+        if (in[i] == '=') {
+            if (first_pad == len)
+                first_pad = i;
+            continue;
+        }
+        if (base64_value(in[i]) < 0) {
+            snprintf(why, why_size, "invalid base64 input: Invalid symbol %d, offset %zu.", (unsigned char)in[i], i);
+            return -1;
+        }
+        if (first_pad < i) {
+            snprintf(why, why_size, "invalid base64 input: Invalid symbol 61, offset %zu.", first_pad);
+            return -1;
+        }
+    }
+    if (len % 4 == 1) {
         snprintf(why, why_size, "invalid base64 input: Invalid input length: %zu", len);
+        return -1;
+    }
+    if (len % 4 || len - first_pad > 2) {
+        snprintf(why, why_size, "invalid base64 input: Invalid padding");
         return -1;
     }
     size_t o = 0;
     for (size_t i = 0; i < len; i += 4) {
         uint32_t v = 0;
-        int pad = 0;
-        for (int k = 0; k < 4; k++) {
-            char ch = in[i + k];
-            const char *pos = ch ? strchr(alphabet, ch) : NULL;
-            if (ch == '=' && i + 4 == len && k >= 2) {
-                pad++;
-                v <<= 6;
-                continue;
-            }
-            if (!pos || pad) {
-                if (ch == '=')
-                    snprintf(why, why_size, "invalid base64 input: Invalid padding");
-                else
-                    snprintf(why, why_size, "invalid base64 input: Invalid symbol %d, offset %zu.",
-                             (unsigned char)ch, i + k);
-                return -1;
-            }
-            v = v << 6 | (uint32_t)(pos - alphabet);
-        }
+        for (int k = 0; k < 4; k++)
+            v = v << 6 | (uint32_t)(in[i + k] == '=' ? 0 : base64_value(in[i + k]));
         out[o++] = (unsigned char)(v >> 16);
-        if (pad < 2)
+        if (in[i + 2] != '=')
             out[o++] = (unsigned char)(v >> 8);
-        if (pad < 1)
+        if (in[i + 3] != '=')
             out[o++] = (unsigned char)v;
     }
     *out_len = o;
@@ -192,18 +204,29 @@ static void unlink_locked(scell *sc, sproc *p)
         }
 }
 
+static void audit_proc(scell *sc, sproc *p, const char *event);
+
 void procs_on_exit(scell *sc, pid_t pid, int status)
 {
+    sproc *listed = NULL;
     pthread_mutex_lock(&sc->plock);
     for (sproc *p = sc->procs; p; p = p->next)
         if (p->pid == pid && !p->exited) {
             p->exited = 1;
             p->status = status;
             p->exited_ms = srv_now_ms();
+            if (!p->hidden) {
+                listed = p;
+                p->refs++;
+            }
             break;
         }
     pthread_cond_broadcast(&sc->pcond);
     pthread_mutex_unlock(&sc->plock);
+    if (listed) {
+        audit_proc(sc, listed, "exited");
+        procs_put(listed);
+    }
 }
 
 void procs_on_halt(scell *sc)
@@ -1162,11 +1185,6 @@ static int signal_and_wait(sreq *r, int sig)
         wait_ms = 600000;
     if (wait_ms)
         wait_exited(p, srv_now_ms() + (int64_t)wait_ms);
-    pthread_mutex_lock(&r->cell->plock);
-    int exited = p->exited;
-    pthread_mutex_unlock(&r->cell->plock);
-    if (exited)
-        audit_proc(r->cell, p, sig == SIGKILL ? "killed" : "stopped");
     int ret = reply_json(r, 200, proc_json(p));
     procs_put(p);
     return ret;

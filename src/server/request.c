@@ -48,6 +48,8 @@ static int reply_text(sreq *r, unsigned status, const char *type, char *text)
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (status == 405 && r->allow[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     return reply_response(r, status, resp);
 }
 
@@ -110,7 +112,7 @@ static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *d
     snprintf(uri, sizeof uri, PROBLEM_TYPE_BASE "%s", type);
     type_words(type, words, sizeof words, 0);
     snprintf(detail, sizeof detail, "%s: %s", words, msg);
-    if (status == 413 || status == 405 || status == 429)
+    if (status == 404 || status == 413 || status == 405 || status == 429)
         snprintf(title, sizeof title, "%s", status_title(status));
     else
         type_words(type, title, sizeof title, 1);
@@ -351,8 +353,12 @@ int json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n)
     const char *name;
     json_t *val;
     json_object_foreach(v, name, val) {
-        if (!json_is_string(val) || !name[0] || strchr(name, '=') ||
-            strlen(json_string_value(val)) != json_string_length(val)) {
+        if (!json_is_string(val)) {
+            strv_free(vec);
+            reply_problem(r, 422, "invalid_request", "field \"%s.%s\" must be a string", key, name);
+            return -1;
+        }
+        if (!name[0] || strchr(name, '=') || strlen(json_string_value(val)) != json_string_length(val)) {
             strv_free(vec);
             reply_problem(r, 400, "invalid_request",
                           "field \"%s\": \"%s\" must be a non-empty name without '=' with a string value",

@@ -69,3 +69,22 @@ const char *router_param(const route_match *m, const char *name)
             return m->values[i];
     return NULL;
 }
+
+void router_allowed(const route *table, size_t n, const char *path, char *out, size_t size)
+{
+    route_match m;
+    size_t used = 0;
+    out[0] = '\0';
+    if (strlen(path) >= sizeof m.buf)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (!match_pattern(table[i].pattern, path, &m) || strstr(out, table[i].method))
+            continue;
+        int w = snprintf(out + used, size - used, "%s%s", used ? "," : "", table[i].method);
+        if (w < 0 || (size_t)w >= size - used) {
+            out[used] = '\0';
+            return;
+        }
+        used += (size_t)w;
+    }
+}

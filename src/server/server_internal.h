@@ -56,6 +56,8 @@ enum { ROUTER_FOUND = 0, ROUTER_NO_PATH = -1, ROUTER_BAD_METHOD = -2, ROUTER_TOO
  * the path exists with another method. */
 int router_match(const route *table, size_t n, const char *method, const char *path, route_match *m);
 const char *router_param(const route_match *m, const char *name);
+/* The methods `path` has in the table, comma-separated, into out. */
+void router_allowed(const route *table, size_t n, const char *path, char *out, size_t size);
 
 /* ---- the server ------------------------------------------------------------ */
 struct srv {
@@ -91,6 +93,7 @@ struct sreq {
     const char   *method, *url;
     route_match   m;
     int           matched;          /* ROUTER_* result */
+    char          allow[64];        /* methods of the path, for a 405 */
     store_token   tok;
     int           authed;
     scell        *cell;             /* ROUTE_CELL: held reference */

@@ -1,0 +1,329 @@
+"""A `cell serve` daemon for the integration tests, and an HTTP client for it.
+
+Standard library only.  Typical use, in a module-scoped fixture:
+
+    d = Daemon(tmp_path_factory.mktemp("d"))
+    d.start()
+    api = d.client()                      # admin token
+    st, hdrs, body = api.call("GET", "/v1/cells")
+    ...
+    d.stop()                              # SIGTERM, wait, then d.check_clean()
+
+Environment:
+    CELL_BIN   the cell binary (default: <checkout>/build/cell)
+
+The daemon's stderr goes to STATE/daemon.stderr; check_sanitizer() fails if
+it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds).
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(os.path.dirname(HERE))
+CELL_BIN = os.environ.get("CELL_BIN") or os.path.join(CHECKOUT, "build", "cell")
+
+# Cells run as host uids from 0x40000000 up.
+CELL_UID_FIRST = 0x40000000
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    """Poll predicate() until it returns a true value or timeout; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+# ---- leftovers -------------------------------------------------------------------------
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cell_uid_pids():
+    """(uid, pid) of live processes running as a cell uid (ps -eo uid,pid,stat)."""
+    out = subprocess.run(["ps", "-eo", "uid=,pid=,stat="], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        uid, pid, stat = int(parts[0]), int(parts[1]), parts[2]
+        if uid >= CELL_UID_FIRST and not stat.startswith("Z"):
+            found.append((uid, pid))
+    return found
+
+
+def cell_pids_of_state(state):
+    """Cell processes belonging to cells of this state directory: the cell's
+    root overlay names the state dir in its mount options.  Cells of other
+    daemons and test runs on the same host are not counted."""
+    state = str(state)
+    return [pid for _, pid in cell_uid_pids() if state in _read("/proc/%d/mountinfo" % pid)]
+
+
+def mounts_under(state):
+    state = str(state)
+    return [l for l in _read("/proc/self/mountinfo").splitlines() if state in l]
+
+
+# ---- the client ------------------------------------------------------------------------
+
+
+class Response(tuple):
+    """(status, headers, body) with attribute access too."""
+
+    def __new__(cls, status, headers, body, raw):
+        self = tuple.__new__(cls, (status, headers, body))
+        self.status, self.headers, self.body, self.raw = status, headers, body, raw
+        return self
+
+    @property
+    def ctype(self):
+        return (self.headers.get("content-type") or "").split(";")[0].strip()
+
+    def __repr__(self):
+        return "Response(%d, %s, %r)" % (self.status, self.ctype, self.body if self.body is not None else self.raw[:300])
+
+
+class Client:
+    def __init__(self, host, port, token=None, timeout=60):
+        self.host, self.port, self.token, self.timeout = host, port, token, timeout
+
+    def with_token(self, token):
+        return Client(self.host, self.port, token, self.timeout)
+
+    def conn(self, timeout=None):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
+
+    def headers_for(self, headers=None, token=None):
+        h = {}
+        tok = self.token if token is None else token
+        if tok:
+            h["Authorization"] = "Bearer " + tok
+        h.update(headers or {})
+        return h
+
+    def call(self, method, path, json_body=None, body=None, headers=None, token=None, query=None, timeout=None):
+        """Returns Response(status, headers (lower-case keys), parsed body).
+        The body is parsed as JSON for JSON and problem+json replies, else bytes."""
+        if query:
+            path += ("&" if "?" in path else "?") + urllib.parse.urlencode(query)
+        h = self.headers_for(headers, token)
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            h.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        c = self.conn(timeout)
+        try:
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            raw = r.read()
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+        finally:
+            c.close()
+        ctype = (hdrs.get("content-type") or "").split(";")[0].strip()
+        parsed = raw
+        if ctype in ("application/json", "application/problem+json"):
+            parsed = json.loads(raw) if raw else None
+        return Response(r.status, hdrs, parsed, raw)
+
+    # shorthands
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, json_body=None, **kw):
+        return self.call("POST", path, json_body=json_body, **kw)
+
+    def put(self, path, json_body=None, **kw):
+        return self.call("PUT", path, json_body=json_body, **kw)
+
+    def delete(self, path, **kw):
+        return self.call("DELETE", path, **kw)
+
+    def stream(self, method, path, headers=None, timeout=None):
+        """Open a request and return (connection, response) unread, for SSE."""
+        c = self.conn(timeout)
+        c.request(method, path, headers=self.headers_for(headers))
+        return c, c.getresponse()
+
+
+def assert_problem(resp, status, type_suffix=None, detail_has=None):
+    """resp is a problem+json of this status (and type, and detail text)."""
+    assert resp.status == status, resp
+    assert resp.ctype == "application/problem+json", resp
+    b = resp.body
+    assert isinstance(b, dict) and b.get("status") == status, resp
+    assert isinstance(b.get("type"), str) and isinstance(b.get("title"), str) and isinstance(b.get("detail"), str), resp
+    if type_suffix:
+        assert b["type"].endswith(":" + type_suffix), resp
+    if detail_has:
+        for s in ([detail_has] if isinstance(detail_has, str) else detail_has):
+            assert s in b["detail"], resp
+    return b
+
+
+def sse_events(resp, limit_s=20):
+    """Parse a text/event-stream response until it ends: [(event, data)]."""
+    events, event, data = [], None, []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        line = resp.readline()
+        if not line:
+            break
+        line = line.decode("utf-8", "replace").rstrip("\r\n")
+        if line == "":
+            if event is not None or data:
+                events.append((event or "message", "\n".join(data)))
+            event, data = None, []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))
+    return events
+
+
+# ---- the daemon ------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, state, extra_args=(), port=None):
+        self.state = str(state)
+        self.extra_args = list(extra_args)
+        self.port = port
+        self.proc = None
+        self.stderr_path = os.path.join(self.state, "daemon.stderr")
+        self.stdout_path = os.path.join(self.state, "daemon.stdout")
+
+    @property
+    def admin_token(self):
+        with open(os.path.join(self.state, "admin.token")) as f:
+            return f.read().strip()
+
+    def start(self, timeout=20):
+        os.makedirs(self.state, exist_ok=True)
+        if self.port is None:
+            self.port = free_port()
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        argv = [CELL_BIN, "--state", self.state, "serve", "--listen", "127.0.0.1:%d" % self.port,
+                "--socket", ""] + self.extra_args
+        # Append: a restarted daemon keeps the earlier run's sanitizer output.
+        self._out = open(self.stdout_path, "ab")
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env)
+        c = Client("127.0.0.1", self.port, timeout=2)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError("cell serve exited with %s: %s" % (self.proc.returncode, self.stderr()[-3000:]))
+            try:
+                return c.get("/v1/health").status == 200
+            except OSError:
+                return False
+
+        if not wait_for(healthy, timeout, 0.05):
+            self.kill9()
+            raise RuntimeError("cell serve never answered GET /v1/health: %s" % self.stderr()[-3000:])
+        return self
+
+    def client(self, token=None, admin=True):
+        if token is None and admin:
+            token = self.admin_token
+        return Client("127.0.0.1", self.port, token)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _close_logs(self):
+        for f in (getattr(self, "_out", None), getattr(self, "_err", None)):
+            if f:
+                f.close()
+
+    def stop(self, timeout=30, check=True):
+        """SIGTERM and wait; returns the exit status.  Then check_clean()."""
+        rc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    rc = self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+                    raise AssertionError("cell serve did not stop within %ss of SIGTERM" % timeout)
+            rc = self.proc.returncode
+            self._close_logs()
+        if check:
+            self.check_clean()
+        return rc
+
+    def kill9(self):
+        """kill -9 the daemon (crash tests); no cleanup check."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._close_logs()
+
+    def leftovers(self):
+        problems = []
+        pids = cell_pids_of_state(self.state)
+        if pids:
+            problems.append("cell processes still running: %s" % pids)
+        mounts = mounts_under(self.state)
+        if mounts:
+            problems.append("mounts under the state dir: %s" % mounts)
+        return problems
+
+    def check_clean(self, timeout=10):
+        """No processes of this daemon's cells and no mounts under the state dir."""
+        wait_for(lambda: not self.leftovers(), timeout, 0.1)
+        problems = self.leftovers()
+        assert not problems, "leftovers after the daemon stopped: " + "; ".join(problems)
+
+    def stderr(self):
+        return _read(self.stderr_path)
+
+    def sanitizer_report(self):
+        text = self.stderr()
+        if any(m in text for m in SANITIZER_MARKERS):
+            return text
+        return None
+
+    def check_sanitizer(self):
+        rep = self.sanitizer_report()
+        assert rep is None, "sanitizer output in %s:\n%s" % (self.stderr_path, rep[-8000:])
+
+
+def make_tenant_token(admin, tenant, **extra):
+    """POST /v1/tokens as admin; returns (bearer, token id)."""
+    body = {"tenant": tenant, "label": "it-" + tenant}
+    body.update(extra)
+    r = admin.post("/v1/tokens", body)
+    assert r.status == 201, r
+    return r.body["token"], r.body["id"]

@@ -1,0 +1,730 @@
+"""`cell serve`: the control plane (/v1/...) over real HTTP.
+
+One daemon per module (started with a small --max-json-size); tests that
+change quotas or rate limits use tenants of their own so they do not
+interfere.  After the module the daemon is stopped with SIGTERM and must
+leave no cell processes, no mounts and no sanitizer output behind.
+"""
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+import uuid
+
+import pytest
+
+import daemon as dm
+from daemon import assert_problem, make_tenant_token, wait_for
+
+MAX_JSON = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("cell serve tests must run as root")
+    dd = dm.Daemon(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"])
+    dd.start()
+    yield dd
+    try:
+        dd.stop()
+    finally:
+        dd.check_sanitizer()
+
+
+@pytest.fixture(scope="module")
+def admin(d):
+    return d.client()
+
+
+@pytest.fixture(scope="module")
+def anon(d):
+    return d.client(admin=False)
+
+
+@pytest.fixture(scope="module")
+def other(d, admin):
+    """A client of a second, non-admin tenant."""
+    tok, _ = make_tenant_token(admin, "other")
+    return d.client(tok)
+
+
+def uniq(prefix="t"):
+    return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
+
+
+def new_tenant(d, admin, **extra):
+    name = uniq("ten")
+    tok, tid = make_tenant_token(admin, name, **extra)
+    return name, d.client(tok), tid
+
+
+def create_cell(c, body=None, status=201):
+    r = c.post("/v1/cells", body if body is not None else {"resources": {"memory": "64M"}})
+    assert r.status == status, r
+    return r.body
+
+
+def run_in(c, cell_id, command, args=(), **extra):
+    body = {"command": command, "args": list(args)}
+    body.update(extra)
+    r = c.post("/cells/%s/v1/processes/run" % cell_id, body)
+    assert r.status == 200, r
+    return r.body
+
+
+def sh(c, cell_id, script):
+    return run_in(c, cell_id, "sh", ["-c", script])
+
+
+# ---- public routes, authentication ----------------------------------------------------
+
+
+def test_health_and_openapi_need_no_token(anon):
+    r = anon.get("/v1/health")
+    assert r.status == 200 and r.ctype == "application/json", r
+    assert r.body["status"] == "ok" and isinstance(r.body["uptimeMs"], int)
+
+
+def test_openapi_needs_no_token_and_describes_the_api(anon):
+    r = anon.get("/openapi.json")
+    assert r.status == 200 and r.ctype == "application/json", r
+    assert r.body.get("openapi", "").startswith("3."), r
+    paths = r.body.get("paths", {})
+    missing = [p for p in ("/v1/cells", "/v1/cells/{id}", "/v1/lanes", "/v1/tokens", "/v1/audit") if p not in paths]
+    assert not missing, "docs/openapi.json (served at /openapi.json) lacks paths %s" % missing
+
+
+CONTROL_ROUTES = [
+    ("POST", "/v1/cells", {}),
+    ("GET", "/v1/cells", None),
+    ("GET", "/v1/cells/abc", None),
+    ("DELETE", "/v1/cells/abc", None),
+    ("POST", "/v1/cells/abc/stop", None),
+    ("POST", "/v1/cells/abc/start", None),
+    ("POST", "/v1/lanes", {"name": "x"}),
+    ("GET", "/v1/lanes", None),
+    ("GET", "/v1/lanes/x", None),
+    ("DELETE", "/v1/lanes/x", None),
+    ("GET", "/v1/lanes/x/export", None),
+    ("POST", "/v1/lanes/x/import", None),
+    ("GET", "/v1/images", None),
+    ("GET", "/v1/images/host", None),
+    ("POST", "/v1/images/host/build", None),
+    ("GET", "/v1/audit", None),
+    ("POST", "/v1/tokens", {"tenant": "x"}),
+    ("GET", "/v1/tokens", None),
+    ("DELETE", "/v1/tokens/abc", None),
+    ("GET", "/v1/tenants", None),
+    ("GET", "/v1/tenants/default", None),
+    ("PUT", "/v1/tenants/default", {"maxCells": 1}),
+    ("GET", "/cells/abc/v1/health", None),
+    ("POST", "/cells/abc/v1/processes/run", {"command": "true"}),
+    ("GET", "/cells/abc/v1/fs/file?path=/etc/passwd", None),
+]
+
+
+@pytest.mark.parametrize("method,path,body", CONTROL_ROUTES, ids=["%s %s" % (m, p) for m, p, _ in CONTROL_ROUTES])
+def test_every_route_needs_a_token(anon, method, path, body):
+    r = anon.call(method, path, json_body=body)
+    assert_problem(r, 401, "token_invalid")
+
+
+@pytest.mark.parametrize("auth", [
+    "Bearer cell_0123456789abcdef_" + "0" * 64,      # well-formed, unknown
+    "Bearer garbage",
+    "Bearer ",
+    "Basic dXNlcjpwYXNz",
+    "bearer",
+])
+def test_bad_and_malformed_tokens(anon, auth):
+    r = anon.get("/v1/cells", headers={"Authorization": auth})
+    assert_problem(r, 401, "token_invalid")
+
+
+def test_error_shapes_match_sandbox_agent(admin, anon):
+    """docs/compat/sandbox-agent-0.4.2.md: 401 token_invalid with details.message,
+    unknown route 404 invalid_request titled "Not Found", 405 with an Allow header."""
+    wrong = []
+    r = anon.get("/v1/cells")
+    b = assert_problem(r, 401, "token_invalid")
+    if b["title"] != "Token Invalid" or not b["detail"].startswith("token invalid"):
+        wrong.append(("401 title/detail", b))
+    if not isinstance(b.get("details"), dict) or "message" not in b["details"]:
+        wrong.append(("401 lacks details.message", b))
+    r = admin.get("/cells/abc/v1/nope")
+    b = assert_problem(r, 404, "invalid_request")
+    if b["title"] != "Not Found":
+        wrong.append(("unknown route title", b))
+    r = admin.call("DELETE", "/v1/health")
+    assert r.status == 405, r
+    if "allow" not in r.headers:
+        wrong.append(("405 without an Allow header", r.headers))
+    assert not wrong, wrong
+
+
+def test_wrong_secret_of_a_real_token(d, admin):
+    tok, _ = make_tenant_token(admin, uniq("ten"))
+    last = tok[-1]
+    bad = tok[:-1] + ("0" if last != "0" else "1")
+    assert_problem(d.client(bad).get("/v1/cells"), 401, "token_invalid")
+    assert d.client(tok).get("/v1/cells").status == 200
+
+
+def test_revoked_token_is_refused(d, admin):
+    tok, tid = make_tenant_token(admin, uniq("ten"))
+    c = d.client(tok)
+    assert c.get("/v1/cells").status == 200
+    r = admin.delete("/v1/tokens/%s" % tid)
+    assert r.status == 204, r
+    assert_problem(c.get("/v1/cells"), 401, "token_invalid")
+    listed = {t["id"]: t for t in admin.get("/v1/tokens").body["tokens"]}
+    assert listed[tid]["revoked"] is True
+    assert_problem(admin.delete("/v1/tokens/ffffffffffffffff"), 404, "not_found")
+
+
+def test_tokens_create_list_revoke(d, admin):
+    name = uniq("ten")
+    r = admin.post("/v1/tokens", {"tenant": name, "label": "ci", "rate": 5})
+    assert r.status == 201, r
+    t = r.body
+    assert t["tenant"] == name and t["label"] == "ci" and t["admin"] is False and t["rate"] == 5, t
+    assert t["token"].startswith("cell_") and t["revoked"] is False
+    lst = admin.get("/v1/tokens")
+    assert lst.status == 200, lst
+    mine = [x for x in lst.body["tokens"] if x["id"] == t["id"]]
+    assert len(mine) == 1 and "token" not in mine[0], "the list must not hand out secrets: %r" % mine
+    # Validation names the field.
+    assert_problem(admin.post("/v1/tokens", {}), 422, detail_has="tenant")
+    assert_problem(admin.post("/v1/tokens", {"tenant": "bad/name"}), 400, detail_has="tenant")
+    assert_problem(admin.post("/v1/tokens", {"tenant": "x", "admin": "yes"}), 422, detail_has="admin")
+
+
+def test_non_admin_tokens_get_403_on_admin_routes(other):
+    for method, path, body in [("POST", "/v1/tokens", {"tenant": "other"}), ("GET", "/v1/tokens", None),
+                               ("DELETE", "/v1/tokens/abc", None), ("GET", "/v1/tenants", None),
+                               ("PUT", "/v1/tenants/other", {"maxCells": 100}),
+                               ("POST", "/v1/images/host/build", None)]:
+        assert_problem(other.call(method, path, json_body=body), 403, "forbidden")
+
+
+def test_tenants_get_own_only(admin, other):
+    r = other.get("/v1/tenants/other")
+    assert r.status == 200, r
+    assert r.body["name"] == "other" and "maxCells" in r.body["quota"] and "cells" in r.body["usage"]
+    assert_problem(other.get("/v1/tenants/default"), 404, "not_found")
+    names = [t["name"] for t in admin.get("/v1/tenants").body["tenants"]]
+    assert "other" in names and "default" in names
+
+
+# ---- cells -------------------------------------------------------------------------------
+
+
+def test_cell_create_defaults_get_list_delete(admin):
+    r = admin.post("/v1/cells", {})
+    assert r.status == 201, r
+    c = r.body
+    try:
+        assert c["state"] == "running" and c["image"] == "host" and c["cwd"] == "/", c
+        assert c["resources"]["memory"] >= 64 << 20 and c["resources"]["pids"] > 0 and c["ttl"] == 0, c
+        assert c["baseUrl"] == "/cells/%s" % c["id"] and isinstance(c["createdAtMs"], int), c
+        g = admin.get("/v1/cells/%s" % c["id"])
+        assert g.status == 200 and g.body["id"] == c["id"] and g.body["state"] == "running", g
+        ids = [x["id"] for x in admin.get("/v1/cells").body["cells"]]
+        assert c["id"] in ids
+        h = admin.get("/cells/%s/v1/health" % c["id"])
+        assert h.status == 200 and h.body == {"status": "ok"}, h
+    finally:
+        r = admin.delete("/v1/cells/%s" % c["id"])
+    assert r.status == 204, r
+    assert_problem(admin.get("/v1/cells/%s" % c["id"]), 404, "not_found")
+    assert c["id"] not in [x["id"] for x in admin.get("/v1/cells").body["cells"]]
+    assert_problem(admin.delete("/v1/cells/%s" % c["id"]), 404, "not_found")
+
+
+def test_cell_create_with_options(admin):
+    body = {
+        "resources": {"memory": "64M", "pids": 200, "cpus": 0.5},
+        "env": {"FOO": "bar baz", "EMPTY": ""},
+        "cwd": "/tmp",
+        "hostname": "box-1",
+        "ttl": 600,
+        "mounts": [{"type": "memory", "target": "/scratch", "size": "8M"}],
+    }
+    c = create_cell(admin, body)
+    try:
+        assert c["resources"]["memory"] == 64 << 20 and c["resources"]["pids"] == 200, c
+        assert c["resources"]["cpuMillis"] == 500, c
+        assert c["env"] == {"FOO": "bar baz", "EMPTY": ""} and c["cwd"] == "/tmp" and c["hostname"] == "box-1", c
+        assert c["ttl"] == 600 and c["mounts"][0]["target"] == "/scratch", c
+        out = sh(admin, c["id"], 'echo "$FOO"; pwd; hostname; awk \'$2=="/scratch"{print $3}\' /proc/mounts; '
+                                 'echo hi > /scratch/f && cat /scratch/f')
+        assert out["exitCode"] == 0, out
+        assert out["stdout"] == "bar baz\n/tmp\nbox-1\ntmpfs\nhi\n", out
+    finally:
+        admin.delete("/v1/cells/%s" % c["id"])
+
+
+def test_cell_stop_start(admin):
+    c = create_cell(admin)
+    cid = c["id"]
+    try:
+        sh(admin, cid, "echo kept > /tmp/f")
+        r = admin.post("/v1/cells/%s/stop" % cid)
+        assert r.status == 200 and r.body["state"] == "stopped", r
+        assert admin.get("/v1/cells/%s" % cid).body["state"] == "stopped"
+        assert_problem(admin.post("/cells/%s/v1/processes/run" % cid, {"command": "true"}), 409, "cell_stopped")
+        # Stopping a stopped cell is harmless.
+        assert admin.post("/v1/cells/%s/stop" % cid).status == 200
+        r = admin.post("/v1/cells/%s/start" % cid)
+        assert r.status == 200 and r.body["state"] == "running" and "startedAtMs" in r.body, r
+        assert_problem(admin.post("/v1/cells/%s/start" % cid), 409, "conflict")
+        out = sh(admin, cid, "echo again")
+        assert out["stdout"] == "again\n", out
+    finally:
+        assert admin.delete("/v1/cells/%s" % cid).status == 204
+
+
+@pytest.mark.parametrize("method,suffix", [("GET", ""), ("DELETE", ""), ("POST", "/stop"), ("POST", "/start")])
+def test_unknown_cell_is_404(admin, method, suffix):
+    assert_problem(admin.call(method, "/v1/cells/000000000000" + suffix), 404, "not_found")
+
+
+def test_other_tenants_cell_is_404_exactly_like_unknown(admin, other):
+    c = create_cell(admin)
+    cid = c["id"]
+    unknown = "ffffffffffff"
+    try:
+        for method, suffix in [("GET", ""), ("DELETE", ""), ("POST", "/stop"), ("POST", "/start")]:
+            a = other.call(method, "/v1/cells/%s%s" % (cid, suffix))
+            b = other.call(method, "/v1/cells/%s%s" % (unknown, suffix))
+            assert a.status == b.status == 404, (a, b)
+            assert a.body["type"] == b.body["type"] and a.body["title"] == b.body["title"], (a, b)
+            assert a.body["detail"].replace(cid, "ID") == b.body["detail"].replace(unknown, "ID"), (a, b)
+        a = other.post("/cells/%s/v1/processes/run" % cid, {"command": "true"})
+        b = other.post("/cells/%s/v1/processes/run" % unknown, {"command": "true"})
+        assert a.status == b.status == 404, (a, b)
+        assert a.body["detail"].replace(cid, "ID") == b.body["detail"].replace(unknown, "ID")
+        assert cid not in [x["id"] for x in other.get("/v1/cells").body["cells"]]
+        # Still there and running for its owner.
+        assert admin.get("/v1/cells/%s" % cid).body["state"] == "running"
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
+def test_bind_mount_needs_admin(admin, other, tmp_path):
+    src = tmp_path / "bindsrc"
+    src.mkdir()
+    (src / "hello").write_text("from-host\n")
+    os.chmod(src, 0o755)
+    os.chmod(src / "hello", 0o644)
+    body = {"resources": {"memory": "64M"},
+            "mounts": [{"type": "bind", "source": str(src), "target": "/hostdir", "readonly": True}]}
+    assert_problem(other.post("/v1/cells", body), 403, "forbidden", detail_has="bind")
+    assert not [x for x in other.get("/v1/cells").body["cells"]], "a refused create must not leave a cell"
+    c = create_cell(admin, body)
+    try:
+        out = sh(admin, c["id"], "cat /hostdir/hello; touch /hostdir/new 2>/dev/null && echo WROTE || echo ro")
+        assert out["stdout"] == "from-host\nro\n", out
+    finally:
+        admin.delete("/v1/cells/%s" % c["id"])
+    assert not (src / "new").exists()
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"ttl": "x"}, "ttl"),
+    ({"ttl": -1}, "ttl"),
+    ({"resources": {"memory": "lots"}}, "memory"),
+    ({"resources": {"memory": "1K"}}, "memory"),
+    ({"resources": "big"}, "resources"),
+    ({"resources": {"cpus": "two"}}, "cpus"),
+    ({"resources": {"pids": 1.5}}, "pids"),
+    ({"env": {"A": 1}}, "env"),
+    ({"env": ["A=1"]}, "env"),
+    ({"image": 5}, "image"),
+    ({"image": "no-such-image"}, "image"),
+    ({"cwd": "relative/dir"}, "cwd"),
+    ({"hostname": "bad_host!"}, "hostname"),
+    ({"mounts": "x"}, "mounts"),
+    ({"mounts": [{"type": "memory"}]}, "target"),
+    ({"mounts": [{"type": "nfs", "target": "/x"}]}, "type"),
+    ({"lane": 7}, "lane"),
+])
+def test_create_wrong_types_name_the_field(admin, body, field):
+    before = {x["id"] for x in admin.get("/v1/cells").body["cells"]}
+    r = admin.post("/v1/cells", body)
+    assert 400 <= r.status < 500, r
+    b = assert_problem(r, r.status)
+    assert field in b["detail"], r
+    assert {x["id"] for x in admin.get("/v1/cells").body["cells"]} == before
+
+
+def test_unknown_lane_is_404(admin):
+    assert_problem(admin.post("/v1/cells", {"lane": "no-such-lane"}), 404, "not_found", detail_has="no-such-lane")
+
+
+@pytest.mark.parametrize("raw", [b'{"ttl": 1', b"not json", b'{"a":1,"a":2}', b""])
+def test_malformed_json_is_400(admin, raw):
+    r = admin.call("POST", "/v1/cells", body=raw, headers={"Content-Type": "application/json"})
+    assert_problem(r, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'[{"ttl":1}]', b"null", b'"str"', b"42"])
+def test_non_object_json_body_is_refused(admin, raw):
+    before = {x["id"] for x in admin.get("/v1/cells").body["cells"]}
+    r = admin.call("POST", "/v1/cells", body=raw, headers={"Content-Type": "application/json"})
+    assert r.status in (400, 422), r
+    assert_problem(r, r.status, "invalid_request", detail_has="object" if raw.startswith(b"[") else "JSON")
+    assert {x["id"] for x in admin.get("/v1/cells").body["cells"]} == before
+
+
+def test_huge_json_body_is_413_and_daemon_keeps_serving(admin):
+    huge = json.dumps({"env": {"K%d" % i: "v" * 50 for i in range(MAX_JSON // 40)}}).encode()
+    assert len(huge) > MAX_JSON
+    r = admin.call("POST", "/v1/cells", body=huge, headers={"Content-Type": "application/json"})
+    assert_problem(r, 413, "payload_too_large")
+    # Without a Content-Length (chunked), the limit applies while reading.
+    c = admin.conn()
+    try:
+        c.putrequest("POST", "/v1/cells")
+        c.putheader("Authorization", "Bearer " + admin.token)
+        c.putheader("Content-Type", "application/json")
+        c.putheader("Transfer-Encoding", "chunked")
+        c.endheaders()
+        for i in range(0, len(huge), 4096):
+            part = huge[i:i + 4096]
+            try:
+                c.send(b"%x\r\n%s\r\n" % (len(part), part))
+            except OSError:
+                break
+        try:
+            c.send(b"0\r\n\r\n")
+        except OSError:
+            pass
+        resp = c.getresponse()
+        assert resp.status == 413, (resp.status, resp.read())
+        resp.read()
+    finally:
+        c.close()
+    assert admin.get("/v1/health").status == 200
+    assert admin.get("/v1/cells").status == 200
+
+
+def test_unknown_route_is_404_and_wrong_method_is_405(admin, anon):
+    for path in ("/v1/nope", "/v2/cells", "/", "/v1", "/v1/cells/abc/nope", "/cells/abc/v1/nope"):
+        assert_problem(admin.get(path), 404)
+    for method, path in [("PATCH", "/v1/cells"), ("PUT", "/v1/cells"), ("DELETE", "/v1/health"),
+                         ("POST", "/v1/cells/abc"), ("GET", "/v1/cells/abc/stop"), ("PUT", "/v1/lanes/x")]:
+        assert_problem(admin.call(method, path), 405)
+    assert_problem(anon.call("POST", "/v1/health"), 405)
+
+
+def test_very_long_path_is_refused_cleanly(admin):
+    r = admin.get("/v1/cells/" + "a" * 4000)
+    assert 400 <= r.status < 500, r
+    assert admin.get("/v1/health").status == 200
+
+
+# ---- quotas ---------------------------------------------------------------------------------
+
+
+def test_cell_quota(d, admin):
+    name, c, _ = new_tenant(d, admin)
+    r = admin.put("/v1/tenants/%s" % name, {"maxCells": 1})
+    assert r.status == 200 and r.body["quota"]["maxCells"] == 1, r
+    first = create_cell(c)
+    try:
+        r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
+        assert_problem(r, 403, "quota_exceeded", detail_has="cells")
+        assert len(c.get("/v1/cells").body["cells"]) == 1
+        t = c.get("/v1/tenants/%s" % name)
+        assert t.body["usage"]["cells"] == 1, t
+    finally:
+        assert c.delete("/v1/cells/%s" % first["id"]).status == 204
+    second = create_cell(c)
+    c.delete("/v1/cells/%s" % second["id"])
+
+
+def test_memory_quota(d, admin):
+    name, c, _ = new_tenant(d, admin)
+    assert admin.put("/v1/tenants/%s" % name, {"maxMemory": "100M"}).status == 200
+    first = create_cell(c, {"resources": {"memory": "64M"}})
+    try:
+        r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
+        assert_problem(r, 403, "quota_exceeded", detail_has="memory")
+    finally:
+        c.delete("/v1/cells/%s" % first["id"])
+
+
+def test_quota_put_validation(admin):
+    assert_problem(admin.put("/v1/tenants/x", {"maxCells": "many"}), 422, detail_has="maxCells")
+    assert_problem(admin.put("/v1/tenants/x", {"maxMemory": "lots"}), 400, detail_has="maxMemory")
+    assert_problem(admin.put("/v1/tenants/.bad", {"maxCells": 1}), 400, detail_has="tenant")
+
+
+def test_lane_quota(d, admin):
+    name, c, _ = new_tenant(d, admin)
+    assert admin.put("/v1/tenants/%s" % name, {"maxLanes": 1}).status == 200
+    r = c.post("/v1/lanes", {"name": "one"})
+    assert r.status == 201, r
+    try:
+        assert_problem(c.post("/v1/lanes", {"name": "two"}), 403, "quota_exceeded", detail_has="lanes")
+        assert [l["name"] for l in c.get("/v1/lanes").body["lanes"]] == ["one"]
+    finally:
+        assert c.delete("/v1/lanes/one").status == 204
+    r = c.post("/v1/lanes", {"name": "two"})
+    assert r.status == 201, r
+    c.delete("/v1/lanes/two")
+
+
+# ---- rate limit -----------------------------------------------------------------------------
+
+
+def test_rate_limit(d, admin):
+    _, c, tid = new_tenant(d, admin, rate=2)
+    results = []
+    lock = threading.Lock()
+
+    def hit():
+        r = c.get("/v1/cells")
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=hit) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r.status for r in results)
+    assert 200 in codes and 429 in codes, codes
+    assert set(codes) <= {200, 429}, codes
+    limited = [r for r in results if r.status == 429]
+    assert_problem(limited[0], 429, "rate_limited", detail_has=tid)
+    # Other tokens are not affected, and the bucket refills.
+    assert admin.get("/v1/cells").status == 200
+    time.sleep(1.2)
+    assert c.get("/v1/cells").status == 200
+
+
+# ---- lanes ------------------------------------------------------------------------------------
+
+
+def test_lanes_create_list_get_duplicate_delete(admin, other):
+    name = uniq("lane")
+    r = admin.post("/v1/lanes", {"name": name})
+    assert r.status == 201, r
+    assert r.body["name"] == name and r.body["image"] == "host" and r.body["attached"] is False, r
+    try:
+        assert name in [l["name"] for l in admin.get("/v1/lanes").body["lanes"]]
+        g = admin.get("/v1/lanes/%s" % name)
+        assert g.status == 200 and g.body["name"] == name, g
+        assert_problem(admin.post("/v1/lanes", {"name": name}), 409, "conflict")
+        # Another tenant neither sees it nor collides with it.
+        assert_problem(other.get("/v1/lanes/%s" % name), 404, "not_found")
+        assert name not in [l["name"] for l in other.get("/v1/lanes").body["lanes"]]
+        r2 = other.post("/v1/lanes", {"name": name})
+        assert r2.status == 201, r2
+        assert other.delete("/v1/lanes/%s" % name).status == 204
+        assert admin.get("/v1/lanes/%s" % name).status == 200
+    finally:
+        assert admin.delete("/v1/lanes/%s" % name).status == 204
+    assert_problem(admin.get("/v1/lanes/%s" % name), 404, "not_found")
+    assert_problem(admin.delete("/v1/lanes/%s" % name), 404, "not_found")
+
+
+@pytest.mark.parametrize("body,field", [({}, "name"), ({"name": 3}, "name"), ({"name": "../x"}, "name"),
+                                        ({"name": ".hidden"}, "name"), ({"name": "ok", "size": "huge"}, "size"),
+                                        ({"name": "ok", "image": "nope"}, "image")])
+def test_lane_create_validation(admin, body, field):
+    r = admin.post("/v1/lanes", body)
+    assert 400 <= r.status < 500, r
+    assert field in assert_problem(r, r.status)["detail"], r
+    assert "ok" not in [l["name"] for l in admin.get("/v1/lanes").body["lanes"]]
+
+
+def test_lane_keeps_files_across_stop_start_export_import(admin):
+    name = uniq("lane")
+    assert admin.post("/v1/lanes", {"name": name}).status == 201
+    c = create_cell(admin, {"lane": name, "resources": {"memory": "64M"}})
+    cid = c["id"]
+    imported = name + "-copy"
+    try:
+        assert c["lane"] == name, c
+        assert admin.get("/v1/lanes/%s" % name).body["attached"] is True
+        r = admin.call("PUT", "/cells/%s/v1/fs/file?path=/root/data/keep.txt" % cid, body=b"lane-data\n")
+        assert r.status == 200, r
+        sh(admin, cid, "mkdir -p /opt/app && echo conf > /opt/app/conf")
+        # Attached: no export, no delete.
+        assert_problem(admin.get("/v1/lanes/%s/export" % name), 409, "conflict")
+        assert_problem(admin.delete("/v1/lanes/%s" % name), 409, "conflict", detail_has=cid)
+        assert admin.post("/v1/cells/%s/stop" % cid).status == 200
+        assert_problem(admin.delete("/v1/lanes/%s" % name), 409, "conflict", detail_has=cid)
+        assert admin.post("/v1/cells/%s/start" % cid).status == 200
+        r = admin.get("/cells/%s/v1/fs/file?path=/root/data/keep.txt" % cid)
+        assert r.status == 200 and r.raw == b"lane-data\n", r
+        assert sh(admin, cid, "cat /opt/app/conf")["stdout"] == "conf\n"
+        assert admin.post("/v1/cells/%s/stop" % cid).status == 200
+
+        exp = admin.get("/v1/lanes/%s/export" % name)
+        assert exp.status == 200 and exp.ctype == "application/x-tar", exp
+        with tarfile.open(fileobj=io.BytesIO(exp.raw)) as tf:
+            names = {m.name.lstrip("./").rstrip("/") for m in tf.getmembers()}
+            keep = [m for m in tf.getmembers() if m.name.lstrip("./") == "root/data/keep.txt"]
+            assert keep, sorted(names)[:50]
+            assert tf.extractfile(keep[0]).read() == b"lane-data\n"
+        assert "opt/app/conf" in names, sorted(names)[:50]
+
+        imp = admin.call("POST", "/v1/lanes/%s/import" % imported, body=exp.raw,
+                         headers={"Content-Type": "application/x-tar"})
+        assert imp.status == 201 and imp.body["name"] == imported, imp
+        assert_problem(admin.call("POST", "/v1/lanes/%s/import" % imported, body=exp.raw,
+                                  headers={"Content-Type": "application/x-tar"}), 409, "conflict")
+        c2 = create_cell(admin, {"lane": imported, "resources": {"memory": "64M"}})
+        try:
+            assert sh(admin, c2["id"], "cat /root/data/keep.txt /opt/app/conf")["stdout"] == "lane-data\nconf\n"
+        finally:
+            assert admin.delete("/v1/cells/%s" % c2["id"]).status == 204
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+    assert admin.delete("/v1/lanes/%s" % name).status == 204
+    assert admin.delete("/v1/lanes/%s" % imported).status == 204
+
+
+def test_lane_import_of_garbage_leaves_no_lane(admin):
+    name = uniq("lane")
+    r = admin.call("POST", "/v1/lanes/%s/import" % name, body=b"this is not a tar archive" * 100,
+                   headers={"Content-Type": "application/x-tar"})
+    assert 400 <= r.status < 600 and r.status != 201, r
+    assert_problem(r, r.status)
+    assert_problem(admin.get("/v1/lanes/%s" % name), 404, "not_found")
+    assert admin.post("/v1/lanes", {"name": name}).status == 201
+    admin.delete("/v1/lanes/%s" % name)
+
+
+def test_lane_import_with_dotdot_entries_is_refused(admin, tmp_path):
+    name = uniq("lane")
+    marker = "cell-it-escape-%s" % uuid.uuid4().hex[:8]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        data = b"escaped\n"
+        for n in ("ok.txt", "../../../../../../tmp/%s" % marker):
+            ti = tarfile.TarInfo(n)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    r = admin.call("POST", "/v1/lanes/%s/import" % name, body=buf.getvalue(),
+                   headers={"Content-Type": "application/x-tar"})
+    try:
+        assert not os.path.exists("/tmp/" + marker), "a lane import wrote outside the lane"
+        assert r.status == 400, r
+    finally:
+        if os.path.exists("/tmp/" + marker):
+            os.unlink("/tmp/" + marker)
+        admin.delete("/v1/lanes/%s" % name)
+
+
+# ---- images -------------------------------------------------------------------------------
+
+
+def test_images(admin):
+    r = admin.get("/v1/images")
+    assert r.status == 200, r
+    imgs = {i["name"]: i for i in r.body["images"]}
+    assert imgs["host"]["ready"] is True and "debian-bookworm" in imgs, imgs
+    g = admin.get("/v1/images/host")
+    assert g.status == 200 and g.body == {"name": "host", "ready": True}, g
+    assert_problem(admin.get("/v1/images/no-such-image"), 404, "not_found")
+
+
+# ---- audit ----------------------------------------------------------------------------------
+
+
+def audit(c, **q):
+    r = c.get("/v1/audit", query=q or None)
+    assert r.status == 200, r
+    return r.body["records"]
+
+
+def test_audit_records_requests_and_processes(admin, other):
+    since = int(time.time() * 1000) - 1
+    c = create_cell(admin)
+    cid = c["id"]
+    try:
+        out = run_in(admin, cid, "sh", ["-c", "exit 4"])
+        assert out["exitCode"] == 4
+        p = admin.post("/cells/%s/v1/processes" % cid, {"command": "sh", "args": ["-c", "exit 3"]})
+        assert p.status == 200, p
+        pid = p.body["id"]
+        assert wait_for(lambda: admin.get("/cells/%s/v1/processes/%s" % (cid, pid)).body["status"] == "exited")
+        k = admin.post("/cells/%s/v1/processes" % cid, {"command": "sleep", "args": ["60"]})
+        kid = k.body["id"]
+        assert admin.post("/cells/%s/v1/processes/%s/kill?waitMs=5000" % (cid, kid)).body["status"] == "exited"
+        # Another tenant's failed look at the cell.
+        assert other.get("/v1/cells/%s" % cid).status == 404
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+    def ours():
+        return audit(admin, since=since, limit=1000)
+
+    recs = wait_for(lambda: [r for r in ours() if r.get("kind") == "cell" and r.get("event") == "deleted"
+                             and r.get("cell") == cid] and ours(), 5)
+    assert recs, "no cell deleted record"
+    for r in recs:
+        assert r["tenant"] == "default" and isinstance(r["ts_ms"], int), r
+    reqs = [r for r in recs if r.get("kind") == "request"]
+    create = [r for r in reqs if r["method"] == "POST" and r["path"] == "/v1/cells" and r["status"] == 201]
+    assert create and create[0].get("cell") == cid, reqs[-10:]
+    run = [r for r in reqs if r["path"] == "/cells/%s/v1/processes/run" % cid]
+    assert run and run[0]["command"] == "sh" and run[0]["exitCode"] == 4, run
+    events = {(r.get("process"), r.get("event")) for r in recs if r.get("kind") == "process"}
+    assert (pid, "started") in events and (kid, "started") in events, events
+    killed = [r for r in recs if r.get("kind") == "process" and r.get("process") == kid and r.get("event") == "exited"]
+    assert killed and killed[0].get("signal") == 9 and "exitCode" not in killed[0], (killed, events)
+    # A process that ends on its own is recorded too, with its exit code.
+    ended = [r for r in recs if r.get("kind") == "process" and r.get("process") == pid and r.get("event") != "started"]
+    assert ended and ended[0].get("exitCode") == 3, \
+        "no audit record of process %s exiting by itself: %s" % (pid, sorted(events))
+    # The other tenant sees its own 404, never the admin's records.
+    theirs = audit(other, since=since, limit=1000)
+    assert theirs, "the other tenant's own request is not in its audit log"
+    assert all(r["tenant"] == "other" for r in theirs), theirs
+    assert not [r for r in theirs if r.get("kind") in ("process", "cell")], theirs
+    assert [r for r in theirs if r.get("path") == "/v1/cells/%s" % cid and r.get("status") == 404]
+    # limit and since are validated.
+    assert_problem(admin.get("/v1/audit?limit=0"), 400, detail_has="limit")
+    assert_problem(admin.get("/v1/audit?since=yesterday"), 400, detail_has="since")
+    assert len(audit(admin, limit=2)) == 2
+
+
+def test_failed_auth_is_audited_without_tenant(admin, anon):
+    since = int(time.time() * 1000) - 1
+    anon.get("/v1/cells/audit-probe-401")
+    # Tenant-less records belong to no tenant's view.
+    assert not [r for r in audit(admin, since=since) if r.get("path") == "/v1/cells/audit-probe-401"]
+
+
+# ---- ttl --------------------------------------------------------------------------------------
+
+
+def test_ttl_reaps_an_idle_cell(admin):
+    c = create_cell(admin, {"ttl": 2, "resources": {"memory": "64M"}})
+    cid = c["id"]
+    keep = create_cell(admin, {"ttl": 2, "resources": {"memory": "64M"}})
+    kid = keep["id"]
+    p = admin.post("/cells/%s/v1/processes" % kid, {"command": "sleep", "args": ["30"]})
+    assert p.status == 200, p
+    try:
+        t0 = time.monotonic()
+        # Idle (no requests, no process): gone after ttl + the reaper's second.
+        gone = wait_for(lambda: cid not in [x["id"] for x in admin.get("/v1/cells").body["cells"]], 8, 0.25)
+        assert gone, "a cell with ttl 2 was still listed after %.1f s" % (time.monotonic() - t0)
+        assert time.monotonic() - t0 >= 1.0, "reaped before its ttl"
+        assert_problem(admin.get("/v1/cells/%s" % cid), 404, "not_found")
+        reaped = [r for r in audit(admin, limit=1000) if r.get("cell") == cid and r.get("event") == "reaped"]
+        assert reaped, "no audit record of the reaping"
+        # A cell with a running process is not idle.
+        assert admin.get("/v1/cells/%s" % kid).body["state"] == "running"
+    finally:
+        admin.delete("/v1/cells/%s" % kid)
