@@ -48,6 +48,10 @@ int main(void)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     umask(022);
     init_load_child_filter();
+    /* Dispositions the owner ignored (SIGPIPE in the daemon) would survive
+     * every exec; reset them once here, so spawning need not. */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
 
     sigset_t mask;
     sigemptyset(&mask);

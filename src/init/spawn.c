@@ -97,15 +97,17 @@ static void child_report(int pipe_fd, int stage)
     _exit(127);
 }
 
+/* The child of a vfork(): it shares init's memory until execve, so it
+ * allocates nothing and writes no global but `environ` (restored by the
+ * parent).  Everything it changes otherwise (signal dispositions, fds,
+ * cwd, credentials, seccomp) is per-process state of its own. */
 __attribute__((noreturn))
-static void exec_child(ctl_msg *m, int err_pipe, const char *pty_name)
+static void exec_child(ctl_msg *m, int err_pipe, const char *pty_name, char **argv, char **envp)
 {
     uint32_t argc = m->u[0], envc = m->u[1], uid = m->u[3], gid = m->u[4];
     sigset_t none;
     sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int sig = 1; sig < NSIG; sig++)
-        signal(sig, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);    /* init's handlers are all SIG_DFL (main.c) */
     /* Its own session: no controlling terminal is shared with init or the
      * owner, which also defeats TIOCSTI injection into the owner's tty. */
     setsid();
@@ -136,24 +138,40 @@ static void exec_child(ctl_msg *m, int err_pipe, const char *pty_name)
     /* Everything init holds (the control socket above all) stays behind. */
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     fcntl(err_pipe, F_SETFD, FD_CLOEXEC);
-
-    char **argv = calloc(argc + 1, sizeof *argv);
-    char **envp = calloc(envc + 1, sizeof *envp);
-    if (!argv || !envp)
-        child_report(err_pipe, STAGE_EXEC);
-    for (uint32_t i = 0; i < argc; i++)
-        argv[i] = (char *)m->str[i];
-    for (uint32_t i = 0; i < envc; i++)
-        envp[i] = (char *)m->str[argc + i];
     /* Last, so it also binds everything above; no_new_privs is inherited. */
     if (child_filter.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &child_filter) < 0)
         child_report(err_pipe, STAGE_FILTER);
     /* execvp searches the PATH of `environ`, so the child's own env it is. */
     environ = envp;
-    if (!getenv("PATH"))
-        setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
     execvp(argv[0], argv);
     child_report(err_pipe, STAGE_EXEC);
+}
+
+/* argv and envp for the child, built before vfork(); envp gets a default
+ * PATH when the request has none. */
+static int build_vectors(ctl_msg *m, char ***argv_out, char ***envp_out)
+{
+    static char default_path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    uint32_t argc = m->u[0], envc = m->u[1];
+    char **argv = calloc(argc + 1, sizeof *argv);
+    char **envp = calloc(envc + 2, sizeof *envp);
+    if (!argv || !envp) {
+        free(argv);
+        free(envp);
+        return -1;
+    }
+    int has_path = 0;
+    for (uint32_t i = 0; i < argc; i++)
+        argv[i] = (char *)m->str[i];
+    for (uint32_t i = 0; i < envc; i++) {
+        envp[i] = (char *)m->str[argc + i];
+        has_path |= strncmp(envp[i], "PATH=", 5) == 0;
+    }
+    if (!has_path)
+        envp[envc] = default_path;
+    *argv_out = argv;
+    *envp_out = envp;
+    return 0;
 }
 
 static int open_pty(uint16_t rows, uint16_t cols, char *name, size_t name_size)
@@ -191,7 +209,17 @@ void init_spawn(int ctl, ctl_msg *m)
             close(master);
         return;
     }
-    pid_t pid = fork();
+    char **argv = NULL, **envp = NULL;
+    /* vfork: init is suspended until the child has exec'd (or failed), so
+     * there is no page-table copy and no copy-on-write afterwards; spawning
+     * is most of what a short command costs. */
+    char **saved_environ = environ;
+    pid_t pid = build_vectors(m, &argv, &envp) == 0 ? vfork() : (errno = ENOMEM, -1);
+    if (pid == 0)
+        exec_child(m, err_pipe[1], tty ? pty_name : NULL, argv, envp);
+    environ = saved_environ;
+    free(argv);
+    free(envp);
     if (pid < 0) {
         int code = errno;
         init_reply_err(ctl, m->seq, code, "cannot fork: %s", strerror(code));
@@ -200,10 +228,6 @@ void init_spawn(int ctl, ctl_msg *m)
         if (master >= 0)
             close(master);
         return;
-    }
-    if (pid == 0) {
-        close(err_pipe[0]);
-        exec_child(m, err_pipe[1], tty ? pty_name : NULL);
     }
     close(err_pipe[1]);
     struct spawn_failure f;

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <poll.h>
@@ -483,6 +484,13 @@ int server_run(const server_options *opt, cell_error *err)
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Each running cell holds a few fds (control socket, pidfd, eventfd,
+     * lane and slot locks); a 1024 soft limit would stop at ~160 cells. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
 
     int rc = -1, tcp_fd = -1, unix_fd = -1;
     if (s.owner_wake < 0) {
