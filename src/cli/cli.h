@@ -17,12 +17,28 @@
 struct cli_global {
     const char *state_dir;
     int         json;
+    const char *url;        /* --url: the daemon's address (else $CELL_URL, STATE/cell.sock) */
 };
 
 int cli_run(struct cli_global *g, int argc, char **argv);
 int cli_lane(struct cli_global *g, int argc, char **argv);
 int cli_image(struct cli_global *g, int argc, char **argv);
 int cli_serve(struct cli_global *g, int argc, char **argv);
+
+/* Clients of the daemon (cells_cmds.c). */
+int cli_create(struct cli_global *g, int argc, char **argv);
+int cli_ls(struct cli_global *g, int argc, char **argv);
+int cli_start(struct cli_global *g, int argc, char **argv);
+int cli_stop(struct cli_global *g, int argc, char **argv);
+int cli_rm(struct cli_global *g, int argc, char **argv);
+int cli_exec(struct cli_global *g, int argc, char **argv);
+int cli_shell(struct cli_global *g, int argc, char **argv);
+int cli_cp(struct cli_global *g, int argc, char **argv);
+int cli_logs(struct cli_global *g, int argc, char **argv);
+int cli_audit(struct cli_global *g, int argc, char **argv);
+int cli_token(struct cli_global *g, int argc, char **argv);
+/* The --help text of one of those commands, or NULL. */
+const char *cli_client_usage(const char *cmd);
 
 /* Print "cell: <message>" to stderr; returns `code` for `return cli_fail(...)`. */
 int cli_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

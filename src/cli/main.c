@@ -27,13 +27,26 @@ static const char usage_text[] =
     "  serve [OPTIONS]                    run the daemon (HTTP API, see cell help serve)\n"
     "  help [COMMAND]                     show help\n"
     "\n"
+    "commands that talk to a running daemon (cell serve):\n"
+    "  create [OPTIONS]                   create and boot a cell; prints its ID\n"
+    "  ls                                 list cells\n"
+    "  start ID | stop ID | rm ID         boot, stop or delete a cell\n"
+    "  exec ID [OPTIONS] -- CMD [ARGS...] run CMD in a cell to completion\n"
+    "  shell ID [CMD [ARGS...]]           an interactive terminal in a cell\n"
+    "  cp SRC ID:DST | cp ID:SRC DST      copy files into or out of a cell\n"
+    "  logs ID PROC [--follow]            output of a process in a cell\n"
+    "  audit [--since MS] [--limit N]     the audit log\n"
+    "  token create|ls|revoke             API tokens (admin)\n"
+    "\n"
     "global options:\n"
     "  --state DIR   state directory (default: $CELL_STATE, ./var in a checkout,\n"
     "                else /var/lib/cell)\n"
     "  --json        machine-readable output\n"
+    "  --url URL     the daemon (http://HOST:PORT or unix:PATH; default: $CELL_URL,\n"
+    "                else unix:STATE/cell.sock); token: $CELL_TOKEN or STATE/admin.token\n"
     "  --version     print the version\n"
     "\n"
-    "Run `cell help run` for the options of `cell run`.\n";
+    "Run `cell help COMMAND` (or `cell COMMAND --help`) for the options of a command.\n";
 
 int cli_fail(int code, const char *fmt, ...)
 {
@@ -73,6 +86,16 @@ void cli_print_json(json_t *value)
 extern const char cli_run_usage[];
 extern const char cli_serve_usage[];
 
+/* The commands that are clients of `cell serve`. */
+static const struct {
+    const char *name;
+    int (*fn)(struct cli_global *g, int argc, char **argv);
+} client_cmds[] = {
+    { "create", cli_create }, { "ls", cli_ls }, { "start", cli_start }, { "stop", cli_stop },
+    { "rm", cli_rm }, { "exec", cli_exec }, { "shell", cli_shell }, { "cp", cli_cp },
+    { "logs", cli_logs }, { "audit", cli_audit }, { "token", cli_token },
+};
+
 int main(int argc, char **argv)
 {
     struct cli_global g = { 0 };
@@ -84,6 +107,10 @@ int main(int argc, char **argv)
             g.state_dir = argv[i] + 8;
         else if (strcmp(argv[i], "--json") == 0)
             g.json = 1;
+        else if (strcmp(argv[i], "--url") == 0 && i + 1 < argc)
+            g.url = argv[++i];
+        else if (strncmp(argv[i], "--url=", 6) == 0)
+            g.url = argv[i] + 6;
         else if (strcmp(argv[i], "--version") == 0) {
             printf("cell %s\n", CELL_VERSION);
             return 0;
@@ -110,11 +137,16 @@ int main(int argc, char **argv)
         return cli_image(&g, sub_argc, sub_argv);
     if (strcmp(cmd, "serve") == 0)
         return cli_serve(&g, sub_argc, sub_argv);
+    for (size_t k = 0; k < sizeof client_cmds / sizeof *client_cmds; k++)
+        if (strcmp(cmd, client_cmds[k].name) == 0)
+            return client_cmds[k].fn(&g, sub_argc, sub_argv);
     if (strcmp(cmd, "help") == 0) {
         if (sub_argc > 1 && strcmp(sub_argv[1], "run") == 0)
             fputs(cli_run_usage, stdout);
         else if (sub_argc > 1 && strcmp(sub_argv[1], "serve") == 0)
             fputs(cli_serve_usage, stdout);
+        else if (sub_argc > 1 && cli_client_usage(sub_argv[1]))
+            fputs(cli_client_usage(sub_argv[1]), stdout);
         else
             fputs(usage_text, stdout);
         return 0;

@@ -102,7 +102,7 @@ int h_tokens_revoke(sreq *r)
     cell_error e = { 0 };
     req_audit(r, "revoked_token", json_string(id));
     if (store_token_revoke(r->s->st, id, &e) < 0)
-        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "token %s not found", id) : reply_error(r, &e);
+        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "token %s", id) : reply_error(r, &e);
     return reply_empty(r, 204);
 }
 
@@ -140,7 +140,7 @@ int h_tenants_get(sreq *r)
     cell_error e = { 0 };
     /* Your own tenant, or any for an admin; others look unknown. */
     if ((!r->tok.admin && strcmp(name, r->tok.tenant) != 0) || store_tenant_get(r->s->st, name, &t, &e) < 0)
-        return reply_problem(r, 404, "not_found", "tenant %s not found", name);
+        return reply_problem(r, 404, "not_found", "tenant %s", name);
     return reply_json(r, 200, tenant_json(r->s, &t));
 }
 

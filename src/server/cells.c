@@ -120,7 +120,7 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     if (lane_name) {
         cell_error e = { 0 };
         if (store_lane_get(r->s->st, r->tok.tenant, lane_name, lane, &e) < 0 || strcmp(lane->state, "ready") != 0)
-            return reply_problem(r, 404, "not_found", "lane %s not found; create it with POST /v1/lanes", lane_name), -1;
+            return reply_problem(r, 404, "not_found", "lane %s; create it with POST /v1/lanes", lane_name), -1;
         if (image && strcmp(image, lane->image) != 0)
             return reply_problem(r, 400, "invalid_request", "lane %s belongs to image %s, not %s", lane_name, lane->image, image), -1;
         image = lane->image;
@@ -268,7 +268,7 @@ static scell *find_cell(sreq *r)
     const char *id = router_param(&r->m, "id");
     scell *sc = registry_get(r->s, r->tok.tenant, id);
     if (!sc)
-        reply_problem(r, 404, "not_found", "cell %s not found", id);
+        reply_problem(r, 404, "not_found", "cell %s", id);
     else
         req_audit(r, "cell", json_string(id));
     return sc;

@@ -143,14 +143,17 @@ static void begin(sreq *r)
         req_audit(r, "cell", json_string(id));
         r->cell = registry_get(s, r->tok.tenant, id);
         if (!r->cell) {
-            reply_problem(r, 404, "not_found", "cell %s not found", id);
+            reply_problem(r, 404, "not_found", "cell %s", id);
             return;
         }
         atomic_store(&r->cell->active_ms, srv_now_ms());
         if (!registry_running(r->cell))
-            reply_problem(r, 409, "cell_stopped", "cell %s is stopped; POST /v1/cells/%s/start first", id, id);
+            reply_problem(r, 409, "cell_stopped", "cell %s; POST /v1/cells/%s/start first", id, id);
     }
 }
+
+/* Bytes of a refused body read before the connection is dropped instead. */
+#define DISCARD_LIMIT (16u << 20)
 
 /* A JSON body is buffered up to max_json_bytes; streamed bodies go to the route. */
 static void take_body(sreq *r, const char *data, size_t len)
@@ -199,6 +202,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->method = method;
         r->start_ms = srv_now_ms();
         *con_cls = r;
+        /* A request with a body gets its answer after the body: clients that
+         * do not wait for "100 Continue" would otherwise see a reset instead
+         * of the error.  take_body() discards what an error made useless. */
+        const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        r->in_body = te != NULL || (len && strtoull(len, NULL, 10) > 0);
         begin(r);
         if (!r->responded && !(r->m.route->flags & ROUTE_STREAM_BODY)) {
             /* Refuse a declared oversized or non-JSON body before reading it. */
@@ -215,6 +224,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     }
     if (*upload_size) {
+        if (r->responded) {
+            /* Drain a little of a refused body, then give up on it. */
+            r->discarded += *upload_size;
+            *upload_size = 0;
+            return r->discarded > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+        }
         take_body(r, upload, *upload_size);
         *upload_size = 0;
         return MHD_YES;

@@ -28,7 +28,7 @@ static int find_lane(sreq *r, store_lane *out)
     if (store_lane_get(r->s->st, r->tok.tenant, name, out, &e) < 0 || strcmp(out->state, "ready") != 0) {
         if (e.code && e.code != ENOENT)
             return reply_error(r, &e), -1;
-        return reply_problem(r, 404, "not_found", "lane %s not found", name), -1;
+        return reply_problem(r, 404, "not_found", "lane %s", name), -1;
     }
     return 0;
 }
@@ -385,7 +385,7 @@ int h_images_get(sreq *r)
     const char *name = router_param(&r->m, "name");
     json_t *o = image_json(r->s, name);
     if (!o)
-        return reply_problem(r, 404, "not_found", "image %s not found; known images: host, debian-bookworm", name);
+        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm", name);
     return reply_json(r, 200, o);
 }
 
@@ -437,7 +437,7 @@ int h_images_build(sreq *r)
     const char *name = router_param(&r->m, "name");
     json_t *o = image_json(r->s, name);
     if (!o)
-        return reply_problem(r, 404, "not_found", "image %s not found; known images: host, debian-bookworm", name);
+        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm", name);
     json_decref(o);
     build_job *job = calloc(1, sizeof *job);
     if (!job)

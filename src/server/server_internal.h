@@ -105,6 +105,7 @@ struct sreq {
     int           responded;
     int           in_body;          /* between the first and the last call */
     struct MHD_Response *deferred;  /* a reply made while the body streamed in */
+    uint64_t      discarded;        /* body bytes dropped after an error */
     int64_t       start_ms;
     json_t       *audit;            /* extra audit fields (cell, command, exit code) */
 };

@@ -1,0 +1,1575 @@
+/* cells_cmds.c: the commands that drive a running `cell serve` over its API:
+ * create, ls, start, stop, rm, exec, shell, cp, logs, audit and token. */
+#include "cli/cli.h"
+#include "cli/client.h"
+#include "util/util.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DAEMON_NOTE                                                                                        \
+    "\nThe daemon is reached at STATE/cell.sock, or at --url URL / $CELL_URL\n"                            \
+    "(http://HOST:PORT or unix:PATH); the token is $CELL_TOKEN, else STATE/admin.token.\n"
+#define EXIT_NOTE                                                                                          \
+    "exit codes: 0 done; 1 the daemon refused the request (4xx: not found, invalid,\n"                   \
+    "forbidden, conflict); 2 usage; 125 the daemon is unreachable or failed (5xx).\n"
+
+static const char create_usage[] =
+    "usage: cell create [OPTIONS]\n"
+    "\n"
+    "Create and boot a cell in the daemon; prints its id (--json: the cell).\n"
+    "\n"
+    "options:\n"
+    "  --image NAME              root image: host (default) or debian-bookworm\n"
+    "  --lane NAME               durable writable layer (a lane of your tenant)\n"
+    "  --memory SIZE             memory limit, e.g. 256M (default 1G)\n"
+    "  --cpus N                  CPU limit in CPUs, e.g. 0.5\n"
+    "  --pids N                  maximum number of processes and threads\n"
+    "  --disk SIZE               size of the in-memory writable layer\n"
+    "  --env NAME=VALUE          environment of every process (repeatable)\n"
+    "  --cwd DIR                 default working directory (absolute)\n"
+    "  --hostname NAME           the cell's hostname\n"
+    "  --ttl SECONDS             stop the cell after this long without requests\n"
+    "  --mount-memory DST[:SIZE] an empty in-memory directory at DST (repeatable)\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char ls_usage[] =
+    "usage: cell ls\n"
+    "\n"
+    "List your tenant's cells: ID STATE IMAGE LANE MEMORY CREATED (UTC).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char start_usage[] =
+    "usage: cell start ID...\n"
+    "       cell stop ID...\n"
+    "       cell rm ID...\n"
+    "\n"
+    "Boot a stopped cell, stop a running one (its processes are killed), or\n"
+    "delete a cell (stopping it first).  Prints each id (--json: the cell).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char exec_usage[] =
+    "usage: cell exec ID [OPTIONS] [--] CMD [ARGS...]\n"
+    "\n"
+    "Run CMD in cell ID to completion and write its stdout and stderr here\n"
+    "(the output is buffered by the daemon, at most its maxOutputBytes; use\n"
+    "`cell shell` for interactive or long-running work).\n"
+    "\n"
+    "options:\n"
+    "  --cwd DIR          working directory (default: the cell's)\n"
+    "  --env NAME=VALUE   set an environment variable (repeatable)\n"
+    "  --timeout SECONDS  kill CMD after this long (default and maximum: the\n"
+    "                     daemon's, 30 s and 300 s unless configured)\n"
+    "\n"
+    "exit codes: CMD's own; 124 timeout; 137 CMD was killed by a signal;\n"
+    "126 CMD cannot be executed; 127 CMD not found; 1 the daemon refused\n"
+    "the request (e.g. no such cell); 2 usage;\n"
+    "125 the daemon is unreachable or failed.  --json prints the daemon's\n"
+    "answer {exitCode, timedOut, stdout, stderr, ...} and exits the same way.\n" DAEMON_NOTE;
+
+static const char shell_usage[] =
+    "usage: cell shell ID [--] [CMD [ARGS...]]\n"
+    "\n"
+    "Start CMD (default /bin/bash, or /bin/sh when the image has no bash) on a\n"
+    "terminal in cell ID and connect it to this one: the local terminal is put\n"
+    "in raw mode until CMD exits, and window size changes are forwarded.  When\n"
+    "stdin is not a terminal it is forwarded as is until EOF, and then EOF\n"
+    "characters (^D) are sent until CMD exits.  SIGINT/SIGTERM/SIGHUP here\n"
+    "kill CMD.\n"
+    "\n"
+    "exit codes: CMD's own; 137 CMD was killed by a signal; 128+N when this\n"
+    "command got signal N; 126 CMD cannot be executed; 127 CMD not found;\n"
+    "1 the daemon refused (e.g. no such cell); 2 usage;\n"
+    "125 the daemon is unreachable or failed.\n" DAEMON_NOTE;
+
+static const char cp_usage[] =
+    "usage: cell cp SRC ID:DST    copy a local file or directory into cell ID\n"
+    "       cell cp ID:SRC DST    copy a file out of cell ID\n"
+    "\n"
+    "Exactly one side is ID:PATH.  A file copied onto an existing directory\n"
+    "(or a path ending in /) keeps its name inside it; a directory copied onto\n"
+    "an existing directory becomes DST/NAME, else it becomes DST.  Contents\n"
+    "stream; nothing is held in memory.  Directories cannot be copied out of a\n"
+    "cell (the API serves single files).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char logs_usage[] =
+    "usage: cell logs ID PROC [--follow] [--stream stdout|stderr|combined|pty]\n"
+    "\n"
+    "Write the output of process PROC (from `cell shell` or the API) in cell ID.\n"
+    "--follow keeps writing until the process exits.  --stream: pty (the default\n"
+    "for terminal processes), combined (stdout and stderr, the default for\n"
+    "others), stdout or stderr.  --json prints the daemon's answer (with\n"
+    "--follow: one log entry per line).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char audit_usage[] =
+    "usage: cell audit [--since MS] [--limit N]\n"
+    "\n"
+    "Print your tenant's audit log: one line per record (time tenant kind, then\n"
+    "method path status for requests, or the event for cells and processes).\n"
+    "--since: records from this time on (ms since the epoch); --limit: at most\n"
+    "N records (default 100).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char token_usage[] =
+    "usage: cell token create --tenant NAME [--label L] [--admin] [--rate N]\n"
+    "       cell token ls\n"
+    "       cell token revoke ID\n"
+    "\n"
+    "Manage API tokens (admin tokens only).  `create` prints the new bearer\n"
+    "token once; it cannot be shown again.  --rate: requests per second\n"
+    "(default: the daemon's --token-rate; 0 = unlimited).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+const char *cli_client_usage(const char *cmd)
+{
+    static const struct { const char *name, *text; } all[] = {
+        { "create", create_usage }, { "ls", ls_usage }, { "start", start_usage }, { "stop", start_usage },
+        { "rm", start_usage }, { "exec", exec_usage }, { "shell", shell_usage }, { "cp", cp_usage },
+        { "logs", logs_usage }, { "audit", audit_usage }, { "token", token_usage },
+    };
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        if (strcmp(all[i].name, cmd) == 0)
+            return all[i].text;
+    return NULL;
+}
+
+/* ---- option parsing ------------------------------------------------------------- */
+static int is_help(const char *a)
+{
+    return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
+}
+
+/* 1 if argv[*i] is --name with a value (*val; *i advanced past it), 0 if
+ * it is not --name, -1 (printed) if the value is missing. */
+static int opt_is(int argc, char **argv, int *i, const char *name, const char **val)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (*i + 1 >= argc)
+        return cli_fail(CLI_EXIT_USAGE, "option %s needs a value (see --help)", name), -1;
+    *val = argv[++*i];
+    return 1;
+}
+
+static int bad_option(const char *cmd, const char *a)
+{
+    return cli_fail(CLI_EXIT_USAGE, "%s: unknown option '%s' (see cell %s --help)", cmd, a, cmd);
+}
+
+static int parse_count(const char *opt, const char *text, long long max, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (!*text || *end || errno || v < 0 || v > max)
+        return cli_fail(CLI_EXIT_USAGE, "%s '%s': expected a whole number from 0 to %lld", opt, text, max);
+    *out = v;
+    return 0;
+}
+
+static int parse_seconds(const char *opt, const char *text, double *out)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (!*text || *end || !(v > 0) || v > 1e9)
+        return cli_fail(CLI_EXIT_USAGE, "%s '%s': expected a number of seconds above 0, e.g. 10 or 0.5", opt, text);
+    *out = v;
+    return 0;
+}
+
+/* NAME=VALUE into an env object. */
+static int add_env(json_t *env, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv)
+        return cli_fail(CLI_EXIT_USAGE, "--env '%s': expected NAME=VALUE, e.g. --env DEBUG=1", kv);
+    char *name = strndup(kv, (size_t)(eq - kv));
+    int rc = name && json_object_set_new(env, name, json_string(eq + 1)) == 0 ? 0
+             : cli_fail(CLI_EXIT_USAGE, "--env '%s': the value must be UTF-8", kv);
+    free(name);
+    return rc;
+}
+
+static int size_value(const char *opt, const char *text, json_int_t *out)
+{
+    uint64_t v;
+    cell_error err = { 0 };
+    if (cell_parse_size(text, &v, &err) < 0)
+        return cli_fail(CLI_EXIT_USAGE, "%s: %s", opt, err.message);
+    *out = (json_int_t)v;
+    return 0;
+}
+
+/* ---- output helpers ----------------------------------------------------------------- */
+static void human_size(json_int_t bytes, char *out, size_t size)
+{
+    static const char units[] = "KMGT";
+    if (bytes <= 0) {
+        snprintf(out, size, "-");
+        return;
+    }
+    int u = -1;
+    double v = (double)bytes;
+    while (u < 3 && v >= 1024 && ((json_int_t)v % 1024 == 0 || v >= 10240))
+        v /= 1024, u++;
+    if (u < 0)
+        snprintf(out, size, "%lld", (long long)bytes);
+    else
+        snprintf(out, size, v == (double)(long long)v ? "%.0f%c" : "%.1f%c", v, units[u]);
+}
+
+static void utc_ms(json_int_t ms, char *out, size_t size)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, size, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static const char *str_or(json_t *o, const char *key, const char *dflt)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s && *s ? s : dflt;
+}
+
+/* Run one command against the daemon: open the client, call fn, close. */
+typedef int (*client_fn)(client *c, struct cli_global *g, void *arg);
+
+static int with_client(struct cli_global *g, client_fn fn, void *arg)
+{
+    client c;
+    int rc = client_open(&c, g);
+    if (rc)
+        return rc;
+    rc = fn(&c, g, arg);
+    client_close(&c);
+    return rc;
+}
+
+/* ---- create ------------------------------------------------------------------------ */
+static int add_memory_mount(json_t *mounts, const char *spec)
+{
+    const char *colon = strchr(spec, ':');
+    char *target = colon ? strndup(spec, (size_t)(colon - spec)) : strdup(spec);
+    json_int_t size = 0;
+    int rc = 0;
+    if (!target || !*target || target[0] != '/')
+        rc = cli_fail(CLI_EXIT_USAGE, "--mount-memory '%s': expected an absolute DST[:SIZE], e.g. /scratch:256M", spec);
+    else if (colon && size_value("--mount-memory", colon + 1, &size))
+        rc = CLI_EXIT_USAGE;
+    else
+        json_array_append_new(mounts, json_pack("{s:s, s:s, s:I}", "type", "memory", "target", target, "size", size));
+    free(target);
+    return rc;
+}
+
+/* One create option into the body; 0, or an exit code. */
+static int create_option(json_t *body, int argc, char **argv, int *i)
+{
+    json_t *res = json_object_get(body, "resources");
+    const char *v;
+    int k;
+    json_int_t n;
+    long long count;
+    double cpus;
+    static const char *const strings[] = { "--image", "--lane", "--cwd", "--hostname" };
+    for (size_t s = 0; s < 4; s++)
+        if ((k = opt_is(argc, argv, i, strings[s], &v)) != 0)
+            return k < 0 ? CLI_EXIT_USAGE : (json_object_set_new(body, strings[s] + 2, json_string(v)), 0);
+    if ((k = opt_is(argc, argv, i, "--memory", &v)) != 0)
+        return k < 0 || size_value("--memory", v, &n) ? CLI_EXIT_USAGE
+                                                      : (json_object_set_new(res, "memory", json_integer(n)), 0);
+    if ((k = opt_is(argc, argv, i, "--disk", &v)) != 0)
+        return k < 0 || size_value("--disk", v, &n) ? CLI_EXIT_USAGE
+                                                    : (json_object_set_new(res, "disk", json_integer(n)), 0);
+    if ((k = opt_is(argc, argv, i, "--pids", &v)) != 0)
+        return k < 0 || parse_count("--pids", v, 1 << 22, &count) ? CLI_EXIT_USAGE
+                                                                   : (json_object_set_new(res, "pids", json_integer(count)), 0);
+    if ((k = opt_is(argc, argv, i, "--cpus", &v)) != 0)
+        return k < 0 || parse_seconds("--cpus", v, &cpus) ? CLI_EXIT_USAGE
+                                                          : (json_object_set_new(res, "cpus", json_real(cpus)), 0);
+    if ((k = opt_is(argc, argv, i, "--ttl", &v)) != 0)
+        return k < 0 || parse_count("--ttl", v, 365ll * 24 * 3600, &count) ? CLI_EXIT_USAGE
+               : (json_object_set_new(body, "ttl", json_integer(count)), 0);
+    if ((k = opt_is(argc, argv, i, "--env", &v)) != 0)
+        return k < 0 || add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
+    if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
+        return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
+    return bad_option("create", argv[*i]);
+}
+
+static int do_create(client *c, struct cli_global *g, void *arg)
+{
+    json_t *cellj = NULL;
+    int rc = client_json(c, "POST", "/v1/cells", arg, NULL, &cellj);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(cellj);
+        return 0;
+    }
+    printf("%s\n", str_or(cellj, "id", "?"));
+    json_decref(cellj);
+    return 0;
+}
+
+int cli_create(struct cli_global *g, int argc, char **argv)
+{
+    json_t *body = json_pack("{s:{}, s:{}, s:[]}", "resources", "env", "mounts");
+    if (!body)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = 0;
+    for (int i = 1; i < argc && rc == 0; i++) {
+        if (is_help(argv[i])) {
+            fputs(create_usage, stdout);
+            json_decref(body);
+            return 0;
+        }
+        rc = create_option(body, argc, argv, &i);
+    }
+    /* Empty groups stay out: the daemon then applies its defaults. */
+    static const char *const groups[] = { "resources", "env", "mounts" };
+    for (size_t k = 0; k < 3; k++) {
+        json_t *v = json_object_get(body, groups[k]);
+        if (json_is_object(v) ? json_object_size(v) == 0 : json_array_size(v) == 0)
+            json_object_del(body, groups[k]);
+    }
+    if (rc == 0)
+        rc = with_client(g, do_create, body);
+    json_decref(body);
+    return rc;
+}
+
+/* ---- ls, start, stop, rm ------------------------------------------------------------------- */
+static int do_ls(client *c, struct cli_global *g, void *arg)
+{
+    (void)arg;
+    json_t *reply = NULL;
+    int rc = client_json(c, "GET", "/v1/cells", NULL, NULL, &reply);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(reply);
+        return 0;
+    }
+    printf("%-14s %-8s %-16s %-16s %-7s %s\n", "ID", "STATE", "IMAGE", "LANE", "MEMORY", "CREATED");
+    size_t i;
+    json_t *cj;
+    json_array_foreach(json_object_get(reply, "cells"), i, cj) {
+        char mem[32], when[32];
+        human_size(json_integer_value(json_object_get(json_object_get(cj, "resources"), "memory")), mem, sizeof mem);
+        utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
+        printf("%-14s %-8s %-16s %-16s %-7s %s\n", str_or(cj, "id", "?"), str_or(cj, "state", "?"),
+               str_or(cj, "image", "-"), str_or(cj, "lane", "-"), mem, when);
+    }
+    json_decref(reply);
+    return 0;
+}
+
+int cli_ls(struct cli_global *g, int argc, char **argv)
+{
+    if (argc > 1 && is_help(argv[1])) {
+        fputs(ls_usage, stdout);
+        return 0;
+    }
+    if (argc > 1)
+        return cli_fail(CLI_EXIT_USAGE, "ls takes no arguments (see cell ls --help)");
+    return with_client(g, do_ls, NULL);
+}
+
+struct lifecycle {
+    const char *verb;       /* start, stop, rm */
+    int         argc;
+    char      **argv;
+};
+
+static int lifecycle_one(client *c, struct cli_global *g, const char *verb, const char *id)
+{
+    int rm = strcmp(verb, "rm") == 0;
+    char *path = rm ? client_pathf("/v1/cells/%s", id) : client_pathf(strcmp(verb, "start") == 0
+                                                                       ? "/v1/cells/%s/start" : "/v1/cells/%s/stop", id);
+    if (!path)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    json_t *reply = NULL;
+    int rc = client_json(c, rm ? "DELETE" : "POST", path, NULL, NULL, &reply);
+    free(path);
+    if (rc)
+        return rc;
+    if (g->json && rm)
+        cli_print_json(json_pack("{s:s, s:b}", "id", id, "deleted", 1));
+    else if (g->json)
+        cli_print_json(reply), reply = NULL;
+    else
+        printf("%s\n", id);
+    json_decref(reply);
+    return 0;
+}
+
+static int do_lifecycle(client *c, struct cli_global *g, void *arg)
+{
+    struct lifecycle *l = arg;
+    int rc = 0;
+    for (int i = 1; i < l->argc; i++) {
+        int one = lifecycle_one(c, g, l->verb, l->argv[i]);
+        if (one)
+            rc = one;
+        if (one == CLI_EXIT_INTERNAL)
+            break;              /* the daemon is gone: the others fail the same way */
+    }
+    return rc;
+}
+
+static int lifecycle(struct cli_global *g, const char *verb, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (is_help(argv[i])) {
+            fputs(start_usage, stdout);
+            return 0;
+        }
+        if (argv[i][0] == '-')
+            return bad_option(verb, argv[i]);
+    }
+    if (argc < 2)
+        return cli_fail(CLI_EXIT_USAGE, "%s: missing cell ID (see cell %s --help)", verb, verb);
+    struct lifecycle l = { verb, argc, argv };
+    return with_client(g, do_lifecycle, &l);
+}
+
+int cli_start(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "start", argc, argv); }
+int cli_stop(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "stop", argc, argv); }
+int cli_rm(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "rm", argc, argv); }
+
+/* ---- exec ------------------------------------------------------------------------------- */
+struct exec_args {
+    const char *id;
+    json_t     *body;       /* the processes/run request */
+};
+
+/* ID [OPTIONS] [--] CMD [ARGS...] into id and body; 0, -1 after --help, or an exit code. */
+static int parse_exec(int argc, char **argv, struct exec_args *x)
+{
+    json_t *env = json_object_get(x->body, "env");
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int k;
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (is_help(a))
+            return fputs(exec_usage, stdout), -1;
+        if (a[0] != '-') {
+            if (x->id)
+                break;
+            x->id = a;
+        } else if ((k = opt_is(argc, argv, &i, "--cwd", &v)) != 0) {
+            if (k < 0)
+                return CLI_EXIT_USAGE;
+            json_object_set_new(x->body, "cwd", json_string(v));
+        } else if ((k = opt_is(argc, argv, &i, "--env", &v)) != 0) {
+            if (k < 0 || add_env(env, v))
+                return CLI_EXIT_USAGE;
+        } else if ((k = opt_is(argc, argv, &i, "--timeout", &v)) != 0) {
+            double secs;
+            if (k < 0 || parse_seconds("--timeout", v, &secs))
+                return CLI_EXIT_USAGE;
+            json_object_set_new(x->body, "timeoutMs", json_integer((json_int_t)(secs * 1000 + 0.999)));
+        } else {
+            return bad_option("exec", a);
+        }
+    }
+    if (!x->id)
+        return cli_fail(CLI_EXIT_USAGE, "exec: missing cell ID (usage: cell exec ID [OPTIONS] -- CMD [ARGS...])");
+    if (i >= argc)
+        return cli_fail(CLI_EXIT_USAGE, "exec: missing CMD (usage: cell exec ID [OPTIONS] -- CMD [ARGS...])");
+    json_object_set_new(x->body, "command", json_string(argv[i]));
+    json_t *args = json_array();
+    for (i++; i < argc; i++)
+        json_array_append_new(args, json_string(argv[i]));
+    json_object_set_new(x->body, "args", args);
+    if (json_object_size(env) == 0)
+        json_object_del(x->body, "env");
+    return 0;
+}
+
+static int write_output(int fd, json_t *text)
+{
+    const char *s = json_string_value(text);
+    return s && util_write_all(fd, s, json_string_length(text)) < 0 ? -1 : 0;
+}
+
+/* The command's exit code as this command's: its own, 124, or 128+9. */
+static int run_exit_code(json_t *res)
+{
+    if (json_is_true(json_object_get(res, "timedOut")))
+        return CLI_EXIT_TIMEOUT;
+    json_t *code = json_object_get(res, "exitCode");
+    return json_is_integer(code) ? (int)json_integer_value(code) : 128 + SIGKILL;
+}
+
+/* A command that could not start exits as a shell's would: the daemon
+ * reports the spawn's errno as a 502 "... (os error N)". */
+static int spawn_error_code(client *c, long status, json_t *reply)
+{
+    const char *detail = json_string_value(json_object_get(reply, "detail"));
+    const char *os = status == 502 && detail ? strstr(detail, "(os error ") : NULL;
+    int err = os ? atoi(os + 10) : 0;
+    int code = client_reply_error(c, status, reply, NULL);
+    if (err == ENOENT || err == ENOTDIR)
+        return CLI_EXIT_NOTFOUND;
+    if (err == EACCES || err == ENOEXEC || err == EPERM)
+        return CLI_EXIT_CANNOT;
+    return code;
+}
+
+static int do_exec(client *c, struct cli_global *g, void *arg)
+{
+    struct exec_args *x = arg;
+    char *path = client_pathf("/cells/%s/v1/processes/run", x->id);
+    if (!path)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    json_t *res = NULL;
+    long status = 0;
+    int rc = client_json_status(c, "POST", path, x->body, &status, &res);
+    free(path);
+    if (rc)
+        return rc;
+    if (status < 200 || status >= 300) {
+        rc = spawn_error_code(c, status, res);
+        json_decref(res);
+        return rc;
+    }
+    rc = run_exit_code(res);
+    if (g->json) {
+        cli_print_json(res);
+        return rc;
+    }
+    fflush(stdout);
+    write_output(1, json_object_get(res, "stdout"));
+    write_output(2, json_object_get(res, "stderr"));
+    if (json_is_true(json_object_get(res, "stdoutTruncated")) || json_is_true(json_object_get(res, "stderrTruncated")))
+        cli_fail(0, "exec: the output was cut at the daemon's maxOutputBytes; use `cell shell` or "
+                    "redirect to a file and `cell cp` it out");
+    if (rc == CLI_EXIT_TIMEOUT)
+        cli_fail(0, "exec: %s timed out and was killed", str_or(x->body, "command", "the command"));
+    json_decref(res);
+    return rc;
+}
+
+int cli_exec(struct cli_global *g, int argc, char **argv)
+{
+    struct exec_args x = { .body = json_pack("{s:{}}", "env") };
+    if (!x.body)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = parse_exec(argc, argv, &x);
+    if (rc == 0)
+        rc = with_client(g, do_exec, &x);
+    json_decref(x.body);
+    return rc < 0 ? 0 : rc;
+}
+
+/* ---- shell ------------------------------------------------------------------------------- */
+struct shell {
+    client        *c;
+    const char    *id;
+    char           proc[64];
+    int            tty;             /* stdin is a terminal: raw mode and resizes */
+    struct termios saved;
+    int            raw;
+    atomic_int     stop;            /* aborts the log stream */
+    pthread_t      thread;
+    int            follow_rc;
+    char          *logs_path;
+};
+
+#define SHELL_EOF_REPEAT_MS 500
+
+/* Signals and the end of the log stream wake the main loop through this pipe. */
+static int wake_fd[2] = { -1, -1 };
+
+static void on_signal(int sig)
+{
+    unsigned char b = (unsigned char)sig;
+    int saved = errno;
+    if (write(wake_fd[1], &b, 1) < 0) {
+        /* The pipe is full: the loop is already awake. */
+    }
+    errno = saved;
+}
+
+static void shell_entry(void *user, json_t *entry)
+{
+    (void)user;
+    client_write_entry(1, entry);
+}
+
+static void *shell_follow_main(void *arg)
+{
+    struct shell *s = arg;
+    s->follow_rc = client_follow(s->c, s->logs_path, shell_entry, s, &s->stop);
+    unsigned char end = 0;
+    if (write(wake_fd[1], &end, 1) < 0) {
+        /* Cannot happen with an empty pipe; the loop would then wait for stdin or a signal. */
+    }
+    return NULL;
+}
+
+static void raw_on(struct shell *s)
+{
+    if (!s->tty || tcgetattr(0, &s->saved) < 0)
+        return;
+    struct termios t = s->saved;
+    cfmakeraw(&t);
+    if (tcsetattr(0, TCSADRAIN, &t) == 0)
+        s->raw = 1;
+}
+
+static void raw_off(struct shell *s)
+{
+    if (s->raw)
+        tcsetattr(0, TCSADRAIN, &s->saved);
+    s->raw = 0;
+}
+
+static char *proc_path(struct shell *s, const char *suffix)
+{
+    char fmt[128];
+    snprintf(fmt, sizeof fmt, "/cells/%%s/v1/processes/%%s%s", suffix);
+    return client_pathf(fmt, s->id, s->proc);
+}
+
+/* POST a JSON body to processes/{id}/SUFFIX; the answer is dropped. */
+static int shell_post(struct shell *s, const char *suffix, json_t *body, long *status)
+{
+    char *path = proc_path(s, suffix);
+    json_t *reply = NULL;
+    int rc = path ? client_json_status(s->c, "POST", path, body, status, &reply)
+                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    json_decref(reply);
+    json_decref(body);
+    return rc;
+}
+
+static void shell_resize(struct shell *s)
+{
+    struct winsize ws;
+    long status;
+    if (s->tty && ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_col && ws.ws_row)
+        shell_post(s, "/terminal/resize", json_pack("{s:i, s:i}", "cols", ws.ws_col, "rows", ws.ws_row), &status);
+}
+
+/* POST bytes as the command's input; 0 or an exit code. */
+static int shell_send(struct shell *s, const void *data, size_t len)
+{
+    char *b64 = client_b64_encode(data, len);
+    if (!b64)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    long status = 0;
+    int rc = shell_post(s, "/input", json_pack("{s:s, s:s}", "data", b64, "encoding", "base64"), &status);
+    free(b64);
+    if (rc)
+        return rc;
+    /* 409: the command has exited; its end arrives on the log stream. */
+    if (status >= 300 && status != 409)
+        return cli_fail(CLI_EXIT_INTERNAL, "shell: the daemon refused input (HTTP %ld)", status);
+    return 0;
+}
+
+/* ^D, the terminal's EOF.  A terminal has no way to close its input, and
+ * an EOF typed while the command is not reading in canonical mode is lost,
+ * so after stdin ends one is sent now and then until the command exits. */
+static int shell_send_eof(struct shell *s)
+{
+    return shell_send(s, "\x04", 1);
+}
+
+/* Forward one read of stdin; 1 at EOF, 0 to go on, or an exit code. */
+static int shell_input(struct shell *s)
+{
+    unsigned char data[4096];
+    ssize_t n = read(0, data, sizeof data);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return 0;
+    if (n <= 0) {
+        int rc = s->tty ? 0 : shell_send_eof(s);
+        return rc ? rc : 1;
+    }
+    return shell_send(s, data, (size_t)n);
+}
+
+/* Wait for the end of the log stream while forwarding stdin and signals;
+ * 0 when the command ended, 128+N for our signal N, or an exit code. */
+static int shell_loop(struct shell *s)
+{
+    int stdin_open = 1;
+    for (;;) {
+        struct pollfd fds[2] = { { .fd = wake_fd[0], .events = POLLIN }, { .fd = stdin_open ? 0 : -1, .events = POLLIN } };
+        int ready = poll(fds, 2, stdin_open || s->tty ? -1 : SHELL_EOF_REPEAT_MS);
+        if (ready < 0 && errno != EINTR)
+            return cli_fail(CLI_EXIT_INTERNAL, "poll: %s", strerror(errno));
+        if (ready == 0 && shell_send_eof(s))
+            return CLI_EXIT_INTERNAL;
+        if (ready <= 0)
+            continue;
+        if (fds[0].revents) {
+            unsigned char b;
+            if (read(wake_fd[0], &b, 1) == 1 && b == 0)
+                return 0;
+            if (b == SIGWINCH)
+                shell_resize(s);
+            else if (b == SIGINT || b == SIGTERM || b == SIGHUP)
+                return 128 + b;
+        }
+        if (fds[1].revents) {
+            int rc = shell_input(s);
+            if (rc > 1)
+                return rc;
+            if (rc == 1)
+                stdin_open = 0;
+        }
+    }
+}
+
+/* The exited command's exit code, after its log stream ended. */
+static int shell_exit_code(struct shell *s)
+{
+    char *path = proc_path(s, "");
+    json_t *p = NULL;
+    int rc = path ? client_json(s->c, "GET", path, NULL, NULL, &p) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    if (rc)
+        return rc;
+    json_t *code = json_object_get(p, "exitCode");
+    if (strcmp(str_or(p, "status", ""), "exited") != 0)
+        rc = cli_fail(CLI_EXIT_INTERNAL, "shell: the daemon ended the output of %s before it exited", s->proc);
+    else
+        rc = json_is_integer(code) ? (int)json_integer_value(code) : 128 + SIGKILL;
+    json_decref(p);
+    return rc;
+}
+
+/* /bin/bash if the image has it, else /bin/sh. */
+static const char *default_shell(client *c, const char *id)
+{
+    char *path = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, "/bin/bash");
+    long status = 0;
+    json_t *st = NULL;
+    int rc = path ? client_json_status(c, "GET", path, NULL, &status, &st) : -1;
+    free(path);
+    int bash = rc == 0 && status == 200 && strcmp(str_or(st, "entryType", ""), "file") == 0;
+    json_decref(st);
+    return bash ? "/bin/bash" : "/bin/sh";
+}
+
+static int shell_start(struct shell *s, int argc, char **argv)
+{
+    json_t *body = json_pack("{s:s, s:[], s:b, s:b}", "command", argc > 0 ? argv[0] : default_shell(s->c, s->id),
+                             "args", "tty", 1, "interactive", 1);
+    for (int i = 1; body && i < argc; i++)
+        json_array_append_new(json_object_get(body, "args"), json_string(argv[i]));
+    const char *term = getenv("TERM");
+    if (body && s->tty && term && *term)
+        json_object_set_new(body, "env", json_pack("{s:s}", "TERM", term));
+    char *path = client_pathf("/cells/%s/v1/processes", s->id);
+    json_t *p = NULL;
+    long status = 0;
+    int rc = body && path ? client_json_status(s->c, "POST", path, body, &status, &p)
+                          : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    json_decref(body);
+    if (rc == 0 && (status < 200 || status >= 300))
+        rc = spawn_error_code(s->c, status, p);
+    if (rc) {
+        json_decref(p);
+        return rc;
+    }
+    snprintf(s->proc, sizeof s->proc, "%s", str_or(p, "id", ""));
+    json_decref(p);
+    s->logs_path = client_pathf("/cells/%s/v1/processes/%s/logs?follow=true&stream=pty", s->id, s->proc);
+    return s->logs_path ? 0 : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+}
+
+static void set_handlers(struct sigaction *old, int restore)
+{
+    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGWINCH };
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < 4; i++)
+        sigaction(sigs[i], restore ? &old[i] : &sa, restore ? NULL : &old[i]);
+}
+
+/* Start the log thread with our signals blocked, so they reach the loop. */
+static int start_follow(struct shell *s)
+{
+    sigset_t all, prev;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &prev);
+    int rc = pthread_create(&s->thread, NULL, shell_follow_main, s);
+    pthread_sigmask(SIG_SETMASK, &prev, NULL);
+    return rc == 0 ? 0 : cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(rc));
+}
+
+static int run_shell(struct shell *s, int argc, char **argv)
+{
+    int rc = shell_start(s, argc, argv);
+    if (rc)
+        return rc;
+    struct sigaction old[4];
+    set_handlers(old, 0);
+    if ((rc = start_follow(s)) != 0) {
+        set_handlers(old, 1);
+        return rc;
+    }
+    raw_on(s);
+    shell_resize(s);
+    rc = shell_loop(s);
+    if (rc != 0) {
+        /* Our own end (a signal or a failure) ends the command too. */
+        long status;
+        shell_post(s, "/kill", NULL, &status);
+        atomic_store(&s->stop, 1);
+    }
+    pthread_join(s->thread, NULL);
+    raw_off(s);
+    set_handlers(old, 1);
+    if (rc == 0)
+        rc = s->follow_rc ? s->follow_rc : shell_exit_code(s);
+    return rc;
+}
+
+static int do_shell(client *c, struct cli_global *g, void *arg)
+{
+    (void)g;
+    char **argv = arg;
+    struct shell s = { .c = c, .id = argv[0], .tty = isatty(0) };
+    int n = 0;
+    while (argv[1 + n])
+        n++;
+    if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0)
+        return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
+    fflush(stdout);
+    int rc = run_shell(&s, n, argv + 1);
+    free(s.logs_path);
+    close(wake_fd[0]);
+    close(wake_fd[1]);
+    wake_fd[0] = wake_fd[1] = -1;
+    return rc;
+}
+
+int cli_shell(struct cli_global *g, int argc, char **argv)
+{
+    int i = 1;
+    if (i < argc && is_help(argv[i])) {
+        fputs(shell_usage, stdout);
+        return 0;
+    }
+    if (i >= argc || argv[i][0] == '-')
+        return argc > 1 && argv[1][0] == '-' ? bad_option("shell", argv[1])
+                                             : cli_fail(CLI_EXIT_USAGE, "shell: missing cell ID (see cell shell --help)");
+    /* argv[i] is the ID; an optional "--" before CMD. */
+    if (i + 1 < argc && strcmp(argv[i + 1], "--") == 0) {
+        argv[i + 1] = argv[i];
+        i++;
+    }
+    return with_client(g, do_shell, argv + i);
+}
+
+/* ---- cp ------------------------------------------------------------------------------------- */
+/* "ID:PATH" names a path in a cell: an id-like prefix (no '/') before the ':'. */
+static int split_remote(const char *arg, char **id, const char **path)
+{
+    size_t n = strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-");
+    if (n == 0 || arg[n] != ':')
+        return 0;
+    *id = strndup(arg, n);
+    *path = arg + n + 1;
+    return 1;
+}
+
+struct cp_args {
+    char       *id;
+    const char *remote;     /* path in the cell */
+    const char *local;
+    int         upload;
+    const char *remote_arg; /* "ID:PATH" as given, for messages */
+};
+
+/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
+static int remote_is_dir(client *c, const char *id, const char *path)
+{
+    char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
+    long status = 0;
+    json_t *st = NULL;
+    int rc = url ? client_json_status(c, "GET", url, NULL, &status, &st) : -1;
+    free(url);
+    int dir = rc == 0 && status == 200 && strcmp(str_or(st, "entryType", ""), "directory") == 0;
+    json_decref(st);
+    return dir;
+}
+
+/* DST, or DST/NAME when DST is a directory (or ends in '/'). */
+static char *join_target(const char *dst, int into, const char *src)
+{
+    char *copy = strdup(src), *out = NULL;
+    if (!copy)
+        return NULL;
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/')
+        copy[--n] = '\0';
+    const char *name = basename(copy);
+    size_t dl = strlen(dst);
+    if (!into && !(dl && dst[dl - 1] == '/'))
+        out = strdup(dst);
+    else if (asprintf(&out, "%s%s%s", dst, dl && dst[dl - 1] == '/' ? "" : "/", name) < 0)
+        out = NULL;
+    free(copy);
+    return out;
+}
+
+static size_t read_fd(char *buf, size_t size, size_t n, void *user)
+{
+    int fd = *(int *)user;
+    for (;;) {
+        ssize_t got = read(fd, buf, size * n);
+        if (got >= 0)
+            return (size_t)got;
+        if (errno != EINTR)
+            return CURL_READFUNC_ABORT;
+    }
+}
+
+static int upload_file(client *c, struct cp_args *a, const char *target, int fd, off_t size)
+{
+    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, target);
+    CURL *h = path ? client_handle(c, "PUT", path) : NULL;
+    free(path);
+    if (!h)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(h, CURLOPT_READFUNCTION, read_fd);
+    curl_easy_setopt(h, CURLOPT_READDATA, &fd);
+    curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+    int rc = client_perform(c, h, a->remote_arg, NULL);
+    client_handle_free(h);
+    return rc;
+}
+
+/* A directory as a tar stream, written by a thread into a pipe that the
+ * request body reads. */
+struct tar_job {
+    const char *src;
+    size_t      src_len;        /* without trailing slashes */
+    int         fd;             /* the pipe's write end; closed by the job */
+    char        err[512];
+    int         local;          /* err is about reading SRC, not a stopped request */
+};
+
+static int tar_fail(struct tar_job *t, const char *what, struct archive *a)
+{
+    snprintf(t->err, sizeof t->err, "%s: %s", what, archive_error_string(a) ? archive_error_string(a) : "failed");
+    t->local = a != NULL && strcmp(what, "writing the tar stream") != 0;
+    return -1;
+}
+
+/* The entry's path relative to the source directory; NULL for the directory itself. */
+static const char *tar_rel(struct tar_job *t, const char *full)
+{
+    if (strncmp(full, t->src, t->src_len) != 0)
+        return full;
+    full += t->src_len;
+    while (*full == '/')
+        full++;
+    return *full ? full : NULL;
+}
+
+static int tar_data(struct tar_job *t, struct archive *disk, struct archive *w)
+{
+    char block[65536];
+    ssize_t n;
+    while ((n = archive_read_data(disk, block, sizeof block)) > 0)
+        if (archive_write_data(w, block, (size_t)n) != n)
+            return tar_fail(t, "writing the tar stream", w);
+    return n < 0 ? tar_fail(t, "reading a file", disk) : 0;
+}
+
+static int tar_entry(struct tar_job *t, struct archive *disk, struct archive *w, struct archive_entry *e)
+{
+    const char *rel = tar_rel(t, archive_entry_pathname(e));
+    mode_t type = archive_entry_filetype(e);
+    if (!rel)
+        return 0;
+    if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
+        fprintf(stderr, "cell: cp: skipping %s: only files, directories and symlinks are copied\n",
+                archive_entry_pathname(e));
+        return 0;
+    }
+    char *name = strdup(rel);
+    if (!name)
+        return snprintf(t->err, sizeof t->err, "out of memory"), -1;
+    archive_entry_set_pathname(e, name);
+    free(name);
+    if (archive_write_header(w, e) != ARCHIVE_OK)
+        return tar_fail(t, "writing the tar stream", w);
+    return type == AE_IFREG && archive_entry_size(e) > 0 ? tar_data(t, disk, w) : 0;
+}
+
+static int tar_walk(struct tar_job *t, struct archive *disk, struct archive *w)
+{
+    if (archive_read_disk_open(disk, t->src) != ARCHIVE_OK)
+        return tar_fail(t, t->src, disk);
+    for (;;) {
+        struct archive_entry *e = archive_entry_new();
+        if (!e)
+            return snprintf(t->err, sizeof t->err, "out of memory"), -1;
+        int r = archive_read_next_header2(disk, e);
+        if (r == ARCHIVE_EOF) {
+            archive_entry_free(e);
+            return 0;
+        }
+        int rc = r == ARCHIVE_OK || r == ARCHIVE_WARN ? 0 : tar_fail(t, t->src, disk);
+        if (rc == 0) {
+            archive_read_disk_descend(disk);
+            rc = tar_entry(t, disk, w, e);
+        }
+        archive_entry_free(e);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+static void *tar_main(void *arg)
+{
+    struct tar_job *t = arg;
+    /* A daemon that stops reading makes our writes fail with EPIPE, not kill us. */
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    struct archive *disk = archive_read_disk_new(), *w = archive_write_new();
+    if (!disk || !w) {
+        snprintf(t->err, sizeof t->err, "out of memory");
+    } else {
+        archive_read_disk_set_symlink_physical(disk);
+        archive_read_disk_set_standard_lookup(disk);
+        archive_write_set_format_pax_restricted(w);
+        archive_write_set_bytes_in_last_block(w, 1);
+        if (archive_write_open_fd(w, t->fd) != ARCHIVE_OK)
+            tar_fail(t, "writing the tar stream", w);
+        else if (tar_walk(t, disk, w) == 0 && archive_write_close(w) != ARCHIVE_OK)
+            tar_fail(t, "writing the tar stream", w);
+    }
+    archive_read_free(disk);
+    archive_write_free(w);
+    close(t->fd);
+    return NULL;
+}
+
+static int upload_dir(client *c, struct cp_args *a, const char *target)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
+    struct tar_job t = { .src = a->local, .src_len = strlen(a->local), .fd = p[1] };
+    while (t.src_len > 1 && t.src[t.src_len - 1] == '/')
+        t.src_len--;
+    pthread_t th;
+    int err = pthread_create(&th, NULL, tar_main, &t);
+    if (err) {
+        close(p[0]);
+        close(p[1]);
+        return cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(err));
+    }
+    char *path = client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, target);
+    CURL *h = path ? client_handle(c, "POST", path) : NULL;
+    free(path);
+    int rc;
+    if (!h) {
+        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    } else {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, read_fd);
+        curl_easy_setopt(h, CURLOPT_READDATA, &p[0]);
+        rc = client_perform(c, h, a->remote_arg, NULL);
+    }
+    close(p[0]);                /* unblocks a writer the daemon stopped reading */
+    pthread_join(th, NULL);
+    client_handle_free(h);
+    /* A failure to read SRC explains the daemon's complaint about a short
+     * tar; a failed write only echoes the request's own failure. */
+    if (t.err[0] && (t.local || rc == 0))
+        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, t.err);
+    return rc;
+}
+
+static int do_upload(client *c, struct cp_args *a)
+{
+    int fd = open(a->local, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        close(fd);
+        return cli_fail(CLI_EXIT_REFUSED, "%s: only regular files and directories can be copied", a->local);
+    }
+    char *target = join_target(a->remote, remote_is_dir(c, a->id, a->remote), a->local);
+    int rc;
+    if (!target)
+        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    else if (S_ISDIR(st.st_mode))
+        rc = upload_dir(c, a, target);
+    else
+        rc = upload_file(c, a, target, fd, st.st_size);
+    close(fd);
+    free(target);
+    return rc;
+}
+
+/* Download: the body goes to a temporary file beside DST, renamed into
+ * place on success, so a failed copy never leaves half a file. */
+struct download {
+    CURL *h;
+    int   fd;
+    long  status;
+    int   write_errno;
+    char  err[4096];            /* a problem+json answer */
+    size_t err_len;
+};
+
+static size_t download_write(char *p, size_t size, size_t n, void *user)
+{
+    struct download *d = user;
+    size_t total = size * n;
+    if (!d->status)
+        curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &d->status);
+    if (d->status != 200) {
+        size_t room = sizeof d->err - 1 - d->err_len, take = total < room ? total : room;
+        memcpy(d->err + d->err_len, p, take);
+        d->err_len += take;
+        return total;
+    }
+    if (util_write_all(d->fd, p, total) < 0) {
+        d->write_errno = errno;
+        return 0;
+    }
+    return total;
+}
+
+static int open_temp(const char *dst, char **tmp)
+{
+    if (asprintf(tmp, "%s.cell-cp-XXXXXX", dst) < 0) {
+        *tmp = NULL;
+        return -1;
+    }
+    int fd = mkostemp(*tmp, O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+    return fd;
+}
+
+static int fetch(client *c, struct cp_args *a, struct download *d)
+{
+    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, a->remote);
+    d->h = path ? client_handle(c, "GET", path) : NULL;
+    free(path);
+    if (!d->h)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    curl_easy_setopt(d->h, CURLOPT_WRITEFUNCTION, download_write);
+    curl_easy_setopt(d->h, CURLOPT_WRITEDATA, d);
+    CURLcode cr = curl_easy_perform(d->h);
+    int rc;
+    if (d->write_errno)
+        rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, strerror(d->write_errno));
+    else
+        rc = client_check(c, d->h, cr, d->err, d->err_len, a->remote_arg);
+    client_handle_free(d->h);
+    return rc;
+}
+
+static int do_download(client *c, struct cp_args *a)
+{
+    struct stat st;
+    int into = stat(a->local, &st) == 0 && S_ISDIR(st.st_mode);
+    char *dst = join_target(a->local, into, a->remote), *tmp = NULL;
+    if (!dst)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    struct download d = { .fd = open_temp(dst, &tmp) };
+    int rc;
+    if (d.fd < 0) {
+        rc = cli_fail(CLI_EXIT_REFUSED, "%s: cannot create a file there: %s", dst, strerror(errno));
+    } else {
+        rc = fetch(c, a, &d);
+        if (close(d.fd) < 0 && rc == 0)
+            rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", dst, strerror(errno));
+        if (rc == 0 && rename(tmp, dst) < 0)
+            rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", dst, strerror(errno));
+        if (rc)
+            unlink(tmp);
+    }
+    free(tmp);
+    free(dst);
+    return rc;
+}
+
+static int do_cp(client *c, struct cli_global *g, void *arg)
+{
+    (void)g;
+    struct cp_args *a = arg;
+    return a->upload ? do_upload(c, a) : do_download(c, a);
+}
+
+int cli_cp(struct cli_global *g, int argc, char **argv)
+{
+    const char *pos[2];
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (is_help(argv[i])) {
+            fputs(cp_usage, stdout);
+            return 0;
+        }
+        if (argv[i][0] == '-' && argv[i][1])
+            return bad_option("cp", argv[i]);
+        if (n == 2)
+            return cli_fail(CLI_EXIT_USAGE, "cp: expected exactly SRC and DST (see cell cp --help)");
+        pos[n++] = argv[i];
+    }
+    if (n != 2)
+        return cli_fail(CLI_EXIT_USAGE, "cp: expected SRC and DST, one of them ID:PATH (see cell cp --help)");
+    struct cp_args a = { 0 };
+    char *other_id = NULL;
+    const char *other_path;
+    int src_remote = split_remote(pos[0], &a.id, &a.remote);
+    int dst_remote = src_remote ? split_remote(pos[1], &other_id, &other_path) : split_remote(pos[1], &a.id, &a.remote);
+    free(other_id);
+    int rc = 0;
+    if (src_remote == dst_remote)
+        rc = cli_fail(CLI_EXIT_USAGE, "cp: exactly one of SRC and DST must be ID:PATH, e.g. cell cp ./f ID:/tmp/f");
+    else if (!a.id)
+        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    else if (!*a.remote)
+        rc = cli_fail(CLI_EXIT_USAGE, "cp: '%s' has no path after the ':'", src_remote ? pos[0] : pos[1]);
+    if (rc == 0) {
+        a.upload = dst_remote;
+        a.local = src_remote ? pos[1] : pos[0];
+        a.remote_arg = src_remote ? pos[0] : pos[1];
+        rc = with_client(g, do_cp, &a);
+    }
+    free(a.id);
+    return rc;
+}
+
+/* ---- logs ------------------------------------------------------------------------------------ */
+struct logs_args {
+    const char *id, *proc, *stream;
+    int         follow;
+};
+
+static void logs_entry(void *user, json_t *entry)
+{
+    struct cli_global *g = user;
+    if (g->json) {
+        json_dumpf(entry, stdout, JSON_COMPACT);
+        fputc('\n', stdout);
+        fflush(stdout);
+    } else {
+        client_write_entry(1, entry);
+    }
+}
+
+static int do_logs(client *c, struct cli_global *g, void *arg)
+{
+    struct logs_args *l = arg;
+    /* Without ?stream the daemon picks pty or combined by the process's kind. */
+    char *path = l->stream ? client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true&stream=%s"
+                                                    : "/cells/%s/v1/processes/%s/logs?stream=%s", l->id, l->proc, l->stream)
+                           : client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true"
+                                                    : "/cells/%s/v1/processes/%s/logs", l->id, l->proc);
+    if (!path)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc;
+    json_t *reply = NULL;
+    if (l->follow) {
+        rc = client_follow(c, path, logs_entry, g, NULL);
+    } else if ((rc = client_json(c, "GET", path, NULL, NULL, &reply)) == 0) {
+        if (g->json) {
+            cli_print_json(reply);
+            reply = NULL;
+        } else {
+            size_t i;
+            json_t *e;
+            json_array_foreach(json_object_get(reply, "entries"), i, e)
+                client_write_entry(1, e);
+        }
+    }
+    json_decref(reply);
+    free(path);
+    return rc;
+}
+
+int cli_logs(struct cli_global *g, int argc, char **argv)
+{
+    struct logs_args l = { 0 };
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        int k;
+        if (is_help(argv[i]))
+            return fputs(logs_usage, stdout), 0;
+        if (strcmp(argv[i], "--follow") == 0 || strcmp(argv[i], "-f") == 0)
+            l.follow = 1;
+        else if ((k = opt_is(argc, argv, &i, "--stream", &v)) != 0) {
+            if (k < 0)
+                return CLI_EXIT_USAGE;
+            l.stream = v;
+        } else if (argv[i][0] == '-')
+            return bad_option("logs", argv[i]);
+        else if (!l.id)
+            l.id = argv[i];
+        else if (!l.proc)
+            l.proc = argv[i];
+        else
+            return cli_fail(CLI_EXIT_USAGE, "logs: unexpected argument '%s' (see cell logs --help)", argv[i]);
+    }
+    if (!l.proc)
+        return cli_fail(CLI_EXIT_USAGE, "logs: expected ID and PROC, e.g. cell logs 3f2a9c proc_1");
+    if (l.stream && strcmp(l.stream, "stdout") && strcmp(l.stream, "stderr") && strcmp(l.stream, "combined") &&
+        strcmp(l.stream, "pty"))
+        return cli_fail(CLI_EXIT_USAGE, "--stream '%s': use stdout, stderr, combined or pty", l.stream);
+    return with_client(g, do_logs, &l);
+}
+
+/* ---- audit ---------------------------------------------------------------------------------- */
+struct audit_args {
+    const char *since, *limit;
+};
+
+static void print_audit_record(json_t *r)
+{
+    const char *ts = str_or(r, "ts", "-");
+    printf("%s %s %s", ts, str_or(r, "tenant", "-"), str_or(r, "kind", "-"));
+    if (json_object_get(r, "method")) {
+        printf(" %s %s %lld", str_or(r, "method", "-"), str_or(r, "path", "-"),
+               (long long)json_integer_value(json_object_get(r, "status")));
+    } else {
+        printf(" %s", str_or(r, "event", "-"));
+        static const char *const keys[] = { "cell", "process", "command", "exitCode", "signal" };
+        for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+            json_t *v = json_object_get(r, keys[i]);
+            if (json_is_string(v))
+                printf(" %s=%s", keys[i], json_string_value(v));
+            else if (json_is_integer(v))
+                printf(" %s=%lld", keys[i], (long long)json_integer_value(v));
+        }
+    }
+    putchar('\n');
+}
+
+static int do_audit(client *c, struct cli_global *g, void *arg)
+{
+    struct audit_args *a = arg;
+    char *path = a->since && a->limit ? client_pathf("/v1/audit?since=%s&limit=%s", a->since, a->limit)
+               : a->since             ? client_pathf("/v1/audit?since=%s", a->since)
+               : a->limit             ? client_pathf("/v1/audit?limit=%s", a->limit)
+                                      : client_pathf("/v1/audit");
+    json_t *reply = NULL;
+    int rc = path ? client_json(c, "GET", path, NULL, NULL, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(reply);
+        return 0;
+    }
+    size_t i;
+    json_t *r;
+    json_array_foreach(json_object_get(reply, "records"), i, r)
+        print_audit_record(r);
+    json_decref(reply);
+    return 0;
+}
+
+int cli_audit(struct cli_global *g, int argc, char **argv)
+{
+    struct audit_args a = { 0 };
+    long long n;
+    for (int i = 1; i < argc; i++) {
+        int k;
+        if (is_help(argv[i]))
+            return fputs(audit_usage, stdout), 0;
+        if ((k = opt_is(argc, argv, &i, "--since", &a.since)) != 0) {
+            if (k < 0 || parse_count("--since", a.since, INT64_MAX, &n))
+                return CLI_EXIT_USAGE;
+        } else if ((k = opt_is(argc, argv, &i, "--limit", &a.limit)) != 0) {
+            if (k < 0 || parse_count("--limit", a.limit, 10000, &n))
+                return CLI_EXIT_USAGE;
+        } else {
+            return bad_option("audit", argv[i]);
+        }
+    }
+    return with_client(g, do_audit, &a);
+}
+
+/* ---- token ---------------------------------------------------------------------------------- */
+struct token_args {
+    const char *sub;
+    json_t     *body;       /* create */
+    const char *id;         /* revoke */
+};
+
+static int token_create(client *c, struct cli_global *g, json_t *body)
+{
+    json_t *t = NULL;
+    int rc = client_json(c, "POST", "/v1/tokens", body, NULL, &t);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(t);
+        return 0;
+    }
+    printf("%s\n", str_or(t, "token", "?"));
+    fprintf(stderr, "cell: token %s for tenant %s%s; it is shown only this once\n", str_or(t, "id", "?"),
+            str_or(t, "tenant", "?"), json_is_true(json_object_get(t, "admin")) ? " (admin)" : "");
+    json_decref(t);
+    return 0;
+}
+
+static int token_ls(client *c, struct cli_global *g)
+{
+    json_t *reply = NULL;
+    int rc = client_json(c, "GET", "/v1/tokens", NULL, NULL, &reply);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(reply);
+        return 0;
+    }
+    printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", "ID", "TENANT", "LABEL", "ADMIN", "RATE", "CREATED", "REVOKED");
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(reply, "tokens"), i, t) {
+        char when[32], rate[24];
+        utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
+        json_int_t r = json_integer_value(json_object_get(t, "rate"));
+        snprintf(rate, sizeof rate, r ? "%lld" : "-", (long long)r);
+        printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", str_or(t, "id", "?"), str_or(t, "tenant", "?"),
+               str_or(t, "label", "-"), json_is_true(json_object_get(t, "admin")) ? "yes" : "no", rate, when,
+               json_is_true(json_object_get(t, "revoked")) ? "yes" : "no");
+    }
+    json_decref(reply);
+    return 0;
+}
+
+static int token_revoke(client *c, struct cli_global *g, const char *id)
+{
+    char *path = client_pathf("/v1/tokens/%s", id);
+    int rc = path ? client_json(c, "DELETE", path, NULL, NULL, NULL) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    if (rc)
+        return rc;
+    if (g->json)
+        cli_print_json(json_pack("{s:s, s:b}", "id", id, "revoked", 1));
+    else
+        printf("revoked token %s\n", id);
+    return 0;
+}
+
+static int do_token(client *c, struct cli_global *g, void *arg)
+{
+    struct token_args *t = arg;
+    if (strcmp(t->sub, "create") == 0)
+        return token_create(c, g, t->body);
+    if (strcmp(t->sub, "ls") == 0)
+        return token_ls(c, g);
+    return token_revoke(c, g, t->id);
+}
+
+/* --tenant NAME [--label L] [--admin] [--rate N] into the body. */
+static int parse_token_create(int argc, char **argv, json_t *body)
+{
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        int k;
+        long long rate;
+        if (strcmp(argv[i], "--admin") == 0) {
+            json_object_set_new(body, "admin", json_true());
+        } else if ((k = opt_is(argc, argv, &i, "--tenant", &v)) != 0) {
+            if (k < 0)
+                return CLI_EXIT_USAGE;
+            json_object_set_new(body, "tenant", json_string(v));
+        } else if ((k = opt_is(argc, argv, &i, "--label", &v)) != 0) {
+            if (k < 0)
+                return CLI_EXIT_USAGE;
+            json_object_set_new(body, "label", json_string(v));
+        } else if ((k = opt_is(argc, argv, &i, "--rate", &v)) != 0) {
+            if (k < 0 || parse_count("--rate", v, 1000000, &rate))
+                return CLI_EXIT_USAGE;
+            json_object_set_new(body, "rate", json_integer(rate));
+        } else {
+            return bad_option("token create", argv[i]);
+        }
+    }
+    if (!json_object_get(body, "tenant"))
+        return cli_fail(CLI_EXIT_USAGE, "token create: --tenant NAME is required (the tenant the token acts for)");
+    return 0;
+}
+
+int cli_token(struct cli_global *g, int argc, char **argv)
+{
+    if (argc < 2 || is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
+        fputs(token_usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : 0;
+    }
+    for (int i = 2; i < argc; i++)
+        if (is_help(argv[i]))
+            return fputs(token_usage, stdout), 0;
+    struct token_args t = { .sub = argv[1] };
+    int rc = 0;
+    if (strcmp(t.sub, "create") == 0) {
+        t.body = json_object();
+        rc = t.body ? parse_token_create(argc, argv, t.body) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    } else if (strcmp(t.sub, "ls") == 0) {
+        if (argc > 2)
+            rc = cli_fail(CLI_EXIT_USAGE, "token ls takes no arguments");
+    } else if (strcmp(t.sub, "revoke") == 0) {
+        if (argc != 3 || argv[2][0] == '-')
+            rc = cli_fail(CLI_EXIT_USAGE, "token revoke takes exactly one token ID (see cell token ls)");
+        t.id = argc == 3 ? argv[2] : NULL;
+    } else {
+        rc = cli_fail(CLI_EXIT_USAGE, "unknown token command '%s' (create, ls, revoke)", t.sub);
+    }
+    if (rc == 0)
+        rc = with_client(g, do_token, &t);
+    json_decref(t.body);
+    return rc;
+}

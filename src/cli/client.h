@@ -1,0 +1,76 @@
+/* client.h: the CLI's side of the daemon's HTTP API: where the daemon is
+ * (unix socket or URL), the bearer token, JSON requests, streams and SSE logs. */
+#ifndef CELL_CLI_CLIENT_H
+#define CELL_CLI_CLIENT_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "cli/cli.h"
+
+/* Exit code of a request the daemon refused (any 4xx: invalid, forbidden,
+ * not found, conflict); 5xx answers and an unreachable daemon give
+ * CLI_EXIT_INTERNAL (125). */
+#define CLI_EXIT_REFUSED 1
+
+typedef struct client {
+    CURL              *h;           /* reused for plain requests: one connection */
+    char              *base;        /* "http://localhost" for the socket, else the URL */
+    char              *sock;        /* unix socket path, or NULL for TCP */
+    char              *where;       /* "unix:PATH" or the URL, for messages */
+    struct curl_slist *auth;        /* the Authorization header, or NULL */
+    char              *token_from;  /* "$CELL_TOKEN" or the token file, for a 401 */
+} client;
+
+/* Find the daemon and the token; prints why not and returns an exit code. */
+int  client_open(client *c, const struct cli_global *g);
+void client_close(client *c);
+
+/* A path with each %s argument URL-escaped (the format holds only %s);
+ * malloc()ed, NULL when out of memory. */
+char *client_pathf(const char *fmt, ...);
+
+/* A new handle for `method` on base+path with the socket, token and
+ * Content-Type set (POST: a tar, PUT: bytes); for streamed requests.
+ * client_handle_free() releases it. */
+CURL *client_handle(client *c, const char *method, const char *path);
+void  client_handle_free(CURL *h);
+
+/* Perform a request with an optional JSON body (borrowed).  On a 2xx,
+ * *out (if not NULL) gets the parsed body (NULL when empty) and 0 is
+ * returned; otherwise "cell: [what: ]<detail>" is printed and an exit code
+ * returned.  `what` names the side or object the request is about. */
+int client_json(client *c, const char *method, const char *path, json_t *body, const char *what, json_t **out);
+/* The same, but any HTTP status is returned in *status for the caller to judge. */
+int client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out);
+
+/* Print a non-2xx answer from client_json_status as client_json does;
+ * returns its exit code. */
+int client_reply_error(client *c, long status, json_t *reply, const char *what);
+
+/* Perform a prepared handle (client_handle plus body options), collect
+ * the answer and judge it as client_json does; *out as there. */
+int client_perform(client *c, CURL *h, const char *what, json_t **out);
+
+/* Judge a finished streamed transfer: curl's result, then the HTTP status
+ * (body = what the daemon answered on an error).  0 or an exit code. */
+int client_check(client *c, CURL *h, CURLcode rc, const char *body, size_t len, const char *what);
+
+/* Base64 (RFC 4648, padded), the encoding of process input and logs. */
+char *client_b64_encode(const void *data, size_t len);
+/* Decode into out (at least len*3/4 bytes); -1 on malformed input. */
+int   client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len);
+
+/* Follow a process's log as server-sent events (GET path, which carries
+ * ?follow=true) on a handle of its own, calling on_entry for each `log`
+ * event until the stream ends.  *stop set non-zero aborts it.  0 or an
+ * exit code (already printed). */
+typedef void (*client_entry_fn)(void *user, json_t *entry);
+int client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop);
+
+/* Write a log entry's decoded data to fd; -1 on malformed data or a failed write. */
+int client_write_entry(int fd, json_t *entry);
+
+#endif
