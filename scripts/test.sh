@@ -55,6 +55,17 @@ stage() { # name build-dir san-flags
 }
 
 stage "release" build ""
+
+# The load test: wrk with 128 connections on health and run; no
+# errors, no growth of the daemon's RSS, fds or threads between rounds.
+echo "=== load: wrk -c128 against cell serve (bench/load_check.sh)"
+if CELL_LOAD_CELL="$PWD/build/cell" CELL_LOAD_TIME=5s bash bench/load_check.sh 2>&1 | tee /tmp/cell-load.log | tail -12 &&
+   grep -q '^load_check: ok' /tmp/cell-load.log; then
+  passed=$((passed + 1))
+else
+  echo "load_check: FAILED"; failed=$((failed + 1))
+fi
+rm -f /tmp/cell-load.log
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
