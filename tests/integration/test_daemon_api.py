@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 import daemon as dm
-from daemon import assert_problem, make_tenant_token, wait_for
+from daemon import assert_problem, make_tenant_token, sse_events, wait_for
 
 MAX_JSON = 16 * 1024
 
@@ -635,6 +635,21 @@ def test_images(admin):
     g = admin.get("/v1/images/host")
     assert g.status == 200 and g.body == {"name": "host", "ready": True}, g
     assert_problem(admin.get("/v1/images/no-such-image"), 404, "not_found")
+
+
+def test_image_build_streams_progress(admin, other):
+    # host needs no debootstrap: the build is quick but goes the whole way
+    # (progress events, then "done").
+    conn, resp = admin.stream("POST", "/v1/images/host/build")
+    try:
+        assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream", resp.status
+        events = sse_events(resp, limit_s=60)
+    finally:
+        conn.close()
+    assert events and events[-1][0] == "done", events
+    assert json.loads(events[-1][1]) == {"name": "host", "ready": True}, events
+    assert_problem(admin.post("/v1/images/no-such-image/build"), 404, "not_found")
+    assert_problem(other.post("/v1/images/host/build"), 403, "forbidden")
 
 
 # ---- audit ----------------------------------------------------------------------------------
