@@ -13,7 +13,7 @@ ifneq ($(SAN),)
 CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDSAN   := -fsanitize=$(SAN)
 endif
-LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson 2>/dev/null || echo -lseccomp -larchive -ljansson)
+LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lmnl -lldns -lcrypto -lssl) -lpthread
 # The daemon (src/server, src/store) and the CLI's HTTP client add these.
 SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto libcurl 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lcurl) -lpthread
 
@@ -23,7 +23,7 @@ INIT_CFLAGS := -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) -Iinclude -Isrc
 
 UTIL_SRC    := $(wildcard src/util/*.c)
 INIT_SRC    := $(filter-out src/init/blob.S,$(wildcard src/init/*.c))
-LIB_SRC     := $(wildcard src/isolate/*.c src/runtime/*.c) src/init/proto.c $(UTIL_SRC)
+LIB_SRC     := $(wildcard src/isolate/*.c src/runtime/*.c src/net/*.c) src/init/proto.c $(UTIL_SRC)
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
@@ -110,7 +110,11 @@ $(BUILD)/fuzz/fuzz_ws: fuzz/fuzz_ws.c src/server/ws.c src/util/util.c
 $(BUILD)/fuzz/fuzz_route: fuzz/fuzz_route.c src/server/router.c src/server/routes.c src/util/size.c src/util/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
-fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws $(BUILD)/fuzz/fuzz_route
+# The network policy: parsing and decisions on flows derived from the input.
+$(BUILD)/fuzz/fuzz_policy: fuzz/fuzz_policy.c src/net/policy.c src/util/util.c src/util/size.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
+fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws $(BUILD)/fuzz/fuzz_route $(BUILD)/fuzz/fuzz_policy
 	@set -e; for f in $^; do echo "== $$f ($(FUZZ_SECONDS) s)"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 2>&1 | tail -2; done
 

@@ -18,7 +18,7 @@
 #define STUB(name) int name(sreq *r) { (void)r; abort(); }
 #define STUB_BODY(name) int name(sreq *r, const char *d, size_t n) { (void)r, (void)d, (void)n; abort(); }
 STUB(h_cells_create) STUB(h_cells_list) STUB(h_cells_get) STUB(h_cells_delete) STUB(h_cells_stop)
-STUB(h_cells_start) STUB(h_lanes_create) STUB(h_lanes_list) STUB(h_lanes_get) STUB(h_lanes_delete)
+STUB(h_cells_start) STUB(h_cells_policy) STUB(h_lanes_create) STUB(h_lanes_list) STUB(h_lanes_get) STUB(h_lanes_delete)
 STUB(h_lanes_export) STUB(h_lanes_import) STUB_BODY(h_lanes_import_body) STUB(h_images_list)
 STUB(h_images_get) STUB(h_images_build) STUB(h_health) STUB(h_audit) STUB(h_tokens_create)
 STUB(h_tokens_list) STUB(h_tokens_revoke) STUB(h_tenants_list) STUB(h_tenants_get) STUB(h_tenants_put)

@@ -111,6 +111,28 @@ typedef struct cell_limits {
     uint64_t disk;          /* writable layer size in bytes, 0 = default */
 } cell_limits;
 
+/* ---- network ---------------------------------------------------------------
+ * A cell without a policy has no network at all (only lo).  With one, every
+ * TCP flow and DNS query leaving the cell goes to an engine in the owner,
+ * which decides by the policy (JSON; see docs/egress.md) and relays what it
+ * allows.  Callbacks run on the engine's threads. */
+typedef struct cell_net_flow {
+    const char *cell;           /* cell id */
+    const char *transport;      /* "tcp" | "udp" */
+    const char *src, *dst;      /* "IP:PORT" */
+    const char *host;           /* name pinned to dst by the cell's DNS, or NULL */
+    int         rule;           /* index of the "decide" rule asking */
+    int         cache_s;        /* how long the rule lets an answer be reused */
+} cell_net_flow;
+/* For "decide" rules: return 1 to allow, 0 to deny; must answer within
+ * timeout_ms (the engine denies when it does not). */
+typedef int (*cell_net_decide_fn)(void *user, const cell_net_flow *flow, const char *url, int timeout_ms);
+/* Every decision and DNS answer, as one JSON object (text). */
+typedef void (*cell_net_event_fn)(void *user, const char *json);
+/* Validate a policy document without a cell: 0, or EINVAL with a message
+ * naming the rule index and field. */
+int cell_policy_check(const char *policy_json, cell_error *err);
+
 typedef struct cell_config {
     const char       *image;       /* NULL = "host" */
     const char       *lane;        /* NULL = throwaway layer */
@@ -118,6 +140,10 @@ typedef struct cell_config {
     cell_limits       limits;
     const cell_mount *mounts;
     size_t            n_mounts;
+    const char       *policy;      /* network policy (JSON); NULL = no network */
+    cell_net_decide_fn net_decide; /* NULL: "decide" rules deny */
+    cell_net_event_fn net_event;   /* NULL: decisions are not reported */
+    void             *net_user;
 } cell_config;
 
 /* The writable layer of a cell without a lane lives in memory (tmpfs) and
@@ -133,6 +159,10 @@ int  cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *
  * lane).  Always succeeds; safe on NULL. */
 void cell_destroy(cell *c);
 const char *cell_id(const cell *c);
+/* Replace a running cell's network policy (JSON).  EINVAL names the rule
+ * and field; EPERM if the cell was created without a policy (its network
+ * namespace has no route to be policed). */
+int cell_set_policy(cell *c, const char *policy_json, cell_error *err);
 /* The host pid of cell-init (PID 1 inside the cell). */
 pid_t cell_init_pid(const cell *c);
 /* First host uid of the cell's range; uid N inside is host uid base+N. */

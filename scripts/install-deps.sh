@@ -8,11 +8,14 @@ packages=(
   gcc make pkg-config libc6-dev libseccomp-dev libarchive-dev libjansson-dev
   # the daemon and the CLI's client: HTTP server, SQLite, SHA-256, HTTP client
   libmicrohttpd-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev
+  # egress: nftables rules, netlink routes, DNS messages, HTTP parsing
+  libnftables-dev libmnl-dev libldns-dev libhttp-parser-dev
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
   # makes size-limited lanes
   debootstrap ca-certificates iproute2 e2fsprogs
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
+  python3-dnspython nftables passt slirp4netns
   # fuzzing (libFuzzer ships in clang's runtime package)
   clang libclang-rt-14-dev
 )

@@ -71,7 +71,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
 
 echo "=== fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10})"
-for target in fuzz_proto fuzz_size fuzz_ws fuzz_route; do
+for target in fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy; do
   if make -s BUILD=build "build/fuzz/$target" >/dev/null 2>&1 &&
      "build/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 >"build/fuzz/$target.log" 2>&1; then
     echo "fuzz $target: ok ($(grep -oE 'Done [0-9]+ runs' "build/fuzz/$target.log"))"; passed=$((passed + 1))

@@ -38,6 +38,8 @@ const char cli_run_usage[] =
     "  --cwd DIR            working directory inside the cell (default /)\n"
     "  --env NAME=VALUE     set an environment variable (repeatable)\n"
     "  --hostname NAME      the cell's hostname (default cell-<id>)\n"
+    "  --policy FILE        network policy (JSON, see docs/egress.md); without\n"
+    "                       one the cell has no network at all\n"
     "  --user UID[:GID]     run as this uid/gid inside the cell (default 0:0)\n"
     "  -t, --tty            run CMD on a pseudo-terminal (interactive shells);\n"
     "                       this terminal is put in raw mode while it runs\n"
@@ -47,6 +49,7 @@ const char cli_run_usage[] =
 
 struct run_opts {
     cell_config cfg;
+    char       *policy;         /* read from --policy FILE, owned */
     cell_mount  mounts[32];
     const char *env[256];
     size_t      n_env;
@@ -112,7 +115,7 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -121,7 +124,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
         { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
         { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
-        { "tty", no_argument, 0, O_TTY }, { 0, 0, 0, 0 },
+        { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY }, { 0, 0, 0, 0 },
     };
     o->cfg.mounts = o->mounts;
     opterr = 0;
@@ -134,6 +137,16 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         case O_IMAGE: o->cfg.image = optarg; break;
         case O_LANE: o->cfg.lane = optarg; break;
         case O_HOSTNAME: o->cfg.hostname = optarg; break;
+        case O_POLICY: {
+            size_t len;
+            free(o->policy);
+            o->policy = NULL;
+            if (util_read_file(optarg, 1 << 20, &o->policy, &len, &err) < 0 ||
+                cell_policy_check(o->policy, &err) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--policy %s: %s", optarg, err.message);
+            o->cfg.policy = o->policy;
+            break;
+        }
         case O_CWD: o->cwd = optarg; break;
         case O_MEMORY:
             if (cell_parse_size(optarg, &o->cfg.limits.memory, &err) < 0)
@@ -314,6 +327,12 @@ static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *
     }
 }
 
+static void run_opts_free(struct run_opts *o)
+{
+    free(o->policy);
+    free(o);
+}
+
 int cli_run(struct cli_global *g, int argc, char **argv)
 {
     struct run_opts *o = calloc(1, sizeof *o);
@@ -321,13 +340,13 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     int first = 0, rc = parse_run_options(o, argc, argv, &first);
     if (rc != 0) {
-        free(o);
+        run_opts_free(o);
         return rc;
     }
     build_env(o);
     cell_ctx *ctx = NULL;
     if ((rc = cli_open(g, &ctx)) != 0) {
-        free(o);
+        run_opts_free(o);
         return rc;
     }
     /* Signals meant for the command arrive here; block them now so none is
@@ -387,6 +406,6 @@ out:
     if (sfd >= 0)
         close(sfd);
     sigprocmask(SIG_SETMASK, &old, NULL);
-    free(o);
+    run_opts_free(o);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* cell.c: the cell lifecycle of libcell: validate a definition, reserve a
  * uid range, boot through isolate_boot(), talk to cell-init, tear down. */
 #include "runtime/cell_internal.h"
+#include "net/net.h"
 #include "isolate/isolate.h"
 #include "util/util.h"
 
@@ -360,6 +361,27 @@ static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)
     return 0;
 }
 
+/* A policed cell: its engine wires the network namespace before any process
+ * of the cell runs, and the cell resolves through it. */
+static int start_network(cell *c, const cell_config *cfg, cell_error *err)
+{
+    if (!cfg->policy)
+        return 0;
+    net_hooks hooks = { .decide = cfg->net_decide, .event = cfg->net_event, .user = cfg->net_user };
+    if (net_engine_start(&c->net, c->pidfd, c->id, cfg->policy, &hooks, err) < 0)
+        return -1;
+    static const char resolv[] = "nameserver 127.0.0.1\noptions edns0\n";
+    return runtime_write_whole(c, "/etc/resolv.conf", resolv, sizeof resolv - 1, 0644, err);
+}
+
+int cell_set_policy(cell *c, const char *policy_json, cell_error *err)
+{
+    if (!c->net)
+        return util_fail(err, EPERM, "cell %s was created without a network policy; its network cannot be "
+                         "opened later (create it with a policy, even one that denies everything)", c->id);
+    return net_engine_set_policy(c->net, policy_json, err);
+}
+
 int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *err)
 {
     cell *c = calloc(1, sizeof *c);
@@ -421,7 +443,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         goto fail;
     }
     if ((c->cg && isolate_cgroup_attach_v2(c->cg, c->pid, err) < 0) || isolate_boot_release(c->ctl, err) < 0 ||
-        wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0)
+        wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 || start_network(c, cfg, err) < 0)
         goto fail;
     free(plan);
     /* The cell's mount now holds the loop device; autoclear frees it then. */
@@ -444,6 +466,7 @@ void cell_destroy(cell *c)
 {
     if (!c)
         return;
+    net_engine_stop(c->net);
     if (c->pid > 0) {
         if (c->pidfd >= 0)
             syscall(SYS_pidfd_send_signal, c->pidfd, SIGKILL, NULL, 0);

@@ -20,6 +20,7 @@ struct cell {
     uint32_t  seq;
     int       dead;
     cell_exit *pending;             /* exits that arrived while waiting for replies */
+    struct net_engine *net;         /* policed cells: the egress engine */
     size_t    n_pending, cap_pending;
 };
 

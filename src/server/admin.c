@@ -33,10 +33,28 @@ int h_audit(sreq *r)
     int64_t since = 0, limit = 100;
     if (query_int(r, "since", 0, INT64_MAX, &since) < 0 || query_int(r, "limit", 1, 10000, &limit) < 0)
         return MHD_YES;
+    const char *kind = req_query(r, "kind");
+    if (kind && strcmp(kind, "request") != 0 && strcmp(kind, "process") != 0 && strcmp(kind, "cell") != 0 &&
+        strcmp(kind, "net") != 0)
+        return reply_problem(r, 400, "invalid_request", "query parameter \"kind\" must be request, process, cell or net");
     json_t *records = NULL;
     cell_error e = { 0 };
-    if (store_audit_read(r->s->st, r->tok.tenant, since, (size_t)limit, &records, &e) < 0)
+    /* With a kind, filter first and keep the newest `limit` of that kind. */
+    if (store_audit_read(r->s->st, r->tok.tenant, since, kind ? 0 : (size_t)limit, &records, &e) < 0)
         return reply_error(r, &e);
+    if (kind) {
+        json_t *kept = json_array();
+        size_t i;
+        json_t *rec;
+        json_array_foreach(records, i, rec)
+            if (json_is_string(json_object_get(rec, "kind")) &&
+                strcmp(json_string_value(json_object_get(rec, "kind")), kind) == 0)
+                json_array_append(kept, rec);
+        json_decref(records);
+        while (json_array_size(kept) > (size_t)limit)
+            json_array_remove(kept, 0);
+        records = kept;
+    }
     return reply_json(r, 200, json_pack("{s:o}", "records", records));
 }
 

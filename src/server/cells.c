@@ -99,6 +99,30 @@ static int parse_resources(sreq *r, json_t *body, json_t *spec)
     return 0;
 }
 
+/* A network policy is validated by libcell (errors name rule and field). */
+static int check_policy(sreq *r, json_t *policy)
+{
+    char *text = json_dumps(policy, JSON_COMPACT);
+    cell_error e = { 0 };
+    int rc = text ? cell_policy_check(text, &e) : util_fail(&e, ENOMEM, "out of memory");
+    free(text);
+    if (rc < 0)
+        reply_problem(r, e.code == EINVAL ? 400 : 500, e.code == EINVAL ? "invalid_request" : "internal",
+                      "policy: %s", e.message);
+    return rc;
+}
+
+static int parse_policy(sreq *r, json_t *body, json_t *spec)
+{
+    json_t *policy = json_object_get(body, "policy");
+    if (!policy || json_is_null(policy))
+        return 0;
+    if (check_policy(r, policy) < 0)
+        return -1;
+    json_object_set(spec, "policy", policy);
+    return 0;
+}
+
 static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, int *has_lane)
 {
     const char *image = NULL, *lane_name = NULL, *cwd = "/", *hostname = NULL;
@@ -137,7 +161,7 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     json_object_set_new(spec, "ttl", json_integer(ttl));
     json_t *envo = json_object_get(body, "env");
     json_object_set_new(spec, "env", json_is_object(envo) ? json_incref(envo) : json_object());
-    if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0)
+    if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0 || parse_policy(r, body, spec) < 0)
         return -1;
     return 0;
 }
@@ -323,6 +347,47 @@ int h_cells_start(sreq *r)
         audit_cell_event(r->s, sc->tenant, sc->id, "started");
         ret = reply_json(r, 200, cell_json(sc));
     }
+    registry_put(sc);
+    return ret;
+}
+
+/* PUT /v1/cells/{id}/policy: the body is the new policy.  It is stored for
+ * the next boots and, when the cell runs with a policy, applied at once to
+ * new connections. */
+int h_cells_policy(sreq *r)
+{
+    scell *sc = find_cell(r);
+    if (!sc)
+        return MHD_YES;
+    json_t *policy = NULL;
+    int ret = MHD_YES;
+    if (req_json(r, &policy) < 0 || check_policy(r, policy) < 0)
+        goto out;
+    char *text = json_dumps(policy, JSON_COMPACT);
+    cell_error e = { 0 };
+    int live = 0;
+    scell_io_lock(sc);
+    json_object_set(sc->spec, "policy", policy);
+    char *spec = json_dumps(sc->spec, JSON_COMPACT);
+    int rc = spec ? store_cell_set_spec(r->s->st, sc->id, spec, &e) : util_fail(&e, ENOMEM, "out of memory");
+    if (rc == 0 && sc->c && !sc->dead) {
+        rc = cell_set_policy(sc->c, text, &e);
+        live = rc == 0;
+        if (rc < 0 && e.code == EPERM)
+            rc = 0;     /* started without a network: applies from the next start */
+    }
+    scell_io_unlock(sc);
+    free(spec);
+    free(text);
+    if (rc < 0) {
+        ret = reply_error(r, &e);
+        goto out;
+    }
+    json_t *o = cell_json(sc);
+    json_object_set_new(o, "policyLive", json_boolean(live));
+    ret = reply_json(r, 200, o);
+out:
+    json_decref(policy);
     registry_put(sc);
     return ret;
 }

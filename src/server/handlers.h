@@ -12,6 +12,7 @@ int h_cells_get(sreq *r);
 int h_cells_delete(sreq *r);
 int h_cells_stop(sreq *r);
 int h_cells_start(sreq *r);
+int h_cells_policy(sreq *r);
 
 /* lanes.c: /v1/lanes, /v1/images */
 int h_lanes_create(sreq *r);

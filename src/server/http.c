@@ -457,6 +457,7 @@ static int ensure_admin_token(srv *s, char *path, size_t size, int *created, cel
 static void srv_free(srv *s)
 {
     registry_free(s);
+    egress_cleanup();
     while (s->buckets) {
         struct rate_bucket *b = s->buckets;
         s->buckets = b->next;

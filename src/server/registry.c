@@ -145,6 +145,7 @@ static void *watcher_main(void *arg)
 typedef struct boot_config {
     cell_config cfg;
     cell_mount  mounts[16];
+    char       *policy;             /* owned */
 } boot_config;
 
 static uint64_t spec_u64(json_t *o, const char *key)
@@ -184,6 +185,12 @@ static void spec_to_config(json_t *spec, boot_config *b)
         b->cfg.n_mounts = i + 1;
     }
     b->cfg.mounts = b->mounts;
+    json_t *policy = json_object_get(spec, "policy");
+    if (json_is_object(policy) && (b->policy = json_dumps(policy, JSON_COMPACT))) {
+        b->cfg.policy = b->policy;
+        b->cfg.net_event = egress_event;
+        b->cfg.net_decide = egress_decide;
+    }
 }
 
 struct boot_job {
@@ -212,8 +219,10 @@ int registry_boot(scell *sc, cell_error *err)
     }
     boot_config b;
     spec_to_config(sc->spec, &b);
+    b.cfg.net_user = sc;
     struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
     srv_on_owner_thread(s, boot_on_owner, &job);
+    free(b.policy);
     cell *c = job.c;
     if (job.rc < 0) {
         scell_io_unlock(sc);

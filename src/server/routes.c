@@ -13,6 +13,7 @@ const route control_routes[] = {
     { "DELETE", "/v1/cells/{id}",           h_cells_delete,  NULL, 0 },
     { "POST",   "/v1/cells/{id}/stop",      h_cells_stop,    NULL, 0 },
     { "POST",   "/v1/cells/{id}/start",     h_cells_start,   NULL, 0 },
+    { "PUT",    "/v1/cells/{id}/policy",    h_cells_policy,  NULL, 0 },
     { "POST",   "/v1/lanes",                h_lanes_create,  NULL, 0 },
     { "GET",    "/v1/lanes",                h_lanes_list,    NULL, 0 },
     { "GET",    "/v1/lanes/{name}",         h_lanes_get,     NULL, 0 },

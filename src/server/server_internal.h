@@ -261,6 +261,11 @@ void procs_on_exit(scell *sc, pid_t pid, int status);
 void procs_on_halt(scell *sc);
 void procs_free_all(scell *sc);
 
+/* ---- egress (egress.c): libcell's network callbacks, user = the scell ---- */
+void egress_event(void *user, const char *json);
+int  egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms);
+void egress_cleanup(void);
+
 /* ---- handlers ------------------------------------------------------------- */
 extern const route control_routes[];
 extern const size_t n_control_routes;

@@ -1,0 +1,566 @@
+/* engine.c: a policed cell's egress engine: accepts the flows its rules
+ * redirect, decides each by the policy, relays allowed ones with splice(). */
+#include "net/net.h"
+#include "net/dns.h"
+#include "net/netns.h"
+#include "net/policy.h"
+#include "util/util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define CONNECT_TIMEOUT_MS 10000
+#define DNS_TCP_TIMEOUT_MS 10000
+#define SPLICE_CHUNK       (1 << 20)
+
+struct net_engine {
+    char            cell_id[40];
+    net_hooks       hooks;
+    net_listeners   l;
+    net_pins       *pins;
+    int             stop_fd;
+    pthread_t       thread;
+    int             thread_on;
+    pthread_mutex_t lock;           /* policy, workers, live flow fds */
+    pthread_cond_t  idle;
+    net_policy     *policy;
+    int             workers;        /* detached threads still running */
+    atomic_int      stopping;
+    int             live[1024];     /* sockets of relayed flows, to cut at stop */
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void addr_text(const struct sockaddr *sa, char *out, size_t size)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        port = ntohs(in->sin_port);
+        snprintf(out, size, "%s:%u", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
+        port = ntohs(in6->sin6_port);
+        snprintf(out, size, "[%s]:%u", ip, port);
+    } else {
+        snprintf(out, size, "?");
+    }
+}
+
+/* Hand one event to the owner; the record is ours to free. */
+static void emit(net_engine *e, json_t *rec)
+{
+    if (!rec)
+        return;
+    json_object_set_new(rec, "kind", json_string("net"));
+    json_object_set_new(rec, "cell", json_string(e->cell_id));
+    if (e->hooks.event) {
+        char *text = json_dumps(rec, JSON_COMPACT);
+        if (text)
+            e->hooks.event(e->hooks.user, text);
+        free(text);
+    }
+    json_decref(rec);
+}
+
+static net_policy *current_policy(net_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    net_policy *p = net_policy_ref(e->policy);
+    pthread_mutex_unlock(&e->lock);
+    return p;
+}
+
+/* ---- workers: detached threads that hold the engine until they end ------- */
+static int worker_begin(net_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    int ok = !atomic_load(&e->stopping);
+    if (ok)
+        e->workers++;
+    pthread_mutex_unlock(&e->lock);
+    return ok;
+}
+
+static void worker_end(net_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    if (--e->workers == 0)
+        pthread_cond_broadcast(&e->idle);
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int spawn_worker(net_engine *e, void *(*fn)(void *), void *arg)
+{
+    if (!worker_begin(e))
+        return -1;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int pe = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    if (pe != 0) {
+        worker_end(e);
+        return -1;
+    }
+    return 0;
+}
+
+/* Remember a relayed socket so stop can shut it down. */
+static void track(net_engine *e, int fd, int on)
+{
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++) {
+        if (on && e->live[i] < 0) {
+            e->live[i] = fd;
+            break;
+        }
+        if (!on && e->live[i] == fd) {
+            e->live[i] = -1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- relaying ---------------------------------------------------------------- */
+typedef struct pump {
+    int      from, to;
+    uint64_t bytes;
+} pump;
+
+/* One direction, socket -> pipe -> socket, until EOF or an error; then the
+ * peer learns of the end by a half-close.  One thread per direction keeps
+ * each blocking and never lets one full buffer stall the other way. */
+static void *pump_main(void *arg)
+{
+    pump *pu = arg;
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        shutdown(pu->to, SHUT_WR);
+        return NULL;
+    }
+    fcntl(p[1], F_SETPIPE_SZ, SPLICE_CHUNK);
+    for (;;) {
+        ssize_t n = splice(pu->from, NULL, p[1], NULL, SPLICE_CHUNK, SPLICE_F_MOVE);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        ssize_t left = n;
+        while (left > 0) {
+            ssize_t w = splice(p[0], NULL, pu->to, NULL, (size_t)left, SPLICE_F_MOVE);
+            if (w <= 0) {
+                if (w < 0 && errno == EINTR)
+                    continue;
+                goto out;
+            }
+            left -= w;
+            pu->bytes += (uint64_t)w;
+        }
+    }
+out:
+    shutdown(pu->to, SHUT_WR);
+    shutdown(pu->from, SHUT_RD);
+    close(p[0]);
+    close(p[1]);
+    return NULL;
+}
+
+static int connect_upstream(const struct sockaddr *dst, socklen_t len)
+{
+    int fd = socket(dst->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, dst, len) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    struct pollfd pf = { .fd = fd, .events = POLLOUT };
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (poll(&pf, 1, CONNECT_TIMEOUT_MS) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr) {
+        close(fd);
+        errno = soerr ? soerr : ETIMEDOUT;
+        return -1;
+    }
+    fcntl(fd, F_SETFL, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+/* Refuse with a reset, so the client fails at once instead of timing out. */
+static void reset_close(int fd)
+{
+    struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+typedef struct flow_job {
+    net_engine *e;
+    int         fd;
+} flow_job;
+
+/* Ask the owner about a "decide" rule. */
+static int ask_owner(net_engine *e, const net_decide_rule *d, int rule, const char *src, const char *dst,
+                     const char *host)
+{
+    if (!e->hooks.decide)
+        return 0;
+    cell_net_flow f = { .cell = e->cell_id, .transport = "tcp", .src = src, .dst = dst, .host = host, .rule = rule,
+                        .cache_s = d->cache_s };
+    return e->hooks.decide(e->hooks.user, &f, d->url, d->timeout_ms) == 1;
+}
+
+static void *flow_main(void *arg)
+{
+    flow_job *job = arg;
+    net_engine *e = job->e;
+    int cfd = job->fd, ufd = -1;
+    free(job);
+    int64_t start = now_ms();
+    struct sockaddr_storage dst = { 0 }, src = { 0 };
+    socklen_t dlen = sizeof(struct sockaddr_in), slen = sizeof src;
+    char dst_s[64] = "?", src_s[64] = "?", host[256] = "";
+    const char *reason = NULL;
+    net_verdict v = { .allow = 0, .rule = -1 };
+    getpeername(cfd, (struct sockaddr *)&src, &slen);
+    addr_text((struct sockaddr *)&src, src_s, sizeof src_s);
+    /* Only a redirected flow has an original destination; a process that
+     * dials the relay port itself gets nothing. */
+    if (getsockopt(cfd, SOL_IP, SO_ORIGINAL_DST, &dst, &dlen) < 0) {
+        reason = "not a redirected flow";
+    } else {
+        addr_text((struct sockaddr *)&dst, dst_s, sizeof dst_s);
+        int pinned = net_pins_lookup(e->pins, (struct sockaddr *)&dst, host, sizeof host);
+        net_policy *p = current_policy(e);
+        net_flow f = { .transport = NET_TCP, .dst = (struct sockaddr *)&dst, .host = pinned ? host : NULL };
+        net_policy_decide(p, &f, &v);
+        if (v.decide)
+            v.allow = ask_owner(e, v.decide, v.rule, src_s, dst_s, pinned ? host : NULL), reason = "decide";
+        if (v.allow && v.http) {
+            /* HTTP enforcement needs the interception proxy; until a flow
+             * can be enforced it is not let through unenforced. */
+            v.allow = 0;
+            reason = "http rules are not enforced yet; denied (fail closed)";
+        }
+        net_policy_unref(p);
+        if (!v.allow && !reason)
+            reason = v.rule < 0 ? "no rule matched" : "denied by rule";
+    }
+    uint64_t out_bytes = 0, in_bytes = 0;
+    if (v.allow) {
+        ufd = connect_upstream((struct sockaddr *)&dst, dlen);
+        if (ufd < 0) {
+            reason = strerror(errno);
+            v.allow = 0;
+        }
+    }
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "event", "connect", "transport", "tcp", "src", src_s,
+                            "dst", dst_s, "rule", v.rule, "verdict", v.allow ? "allow" : "deny");
+    if (rec && host[0])
+        json_object_set_new(rec, "host", json_string(host));
+    if (rec && reason)
+        json_object_set_new(rec, "reason", json_string(reason));
+    if (!v.allow) {
+        reset_close(cfd);
+        json_object_set_new(rec, "durationMs", json_integer(now_ms() - start));
+        emit(e, rec);
+        worker_end(e);
+        return NULL;
+    }
+    track(e, cfd, 1);
+    track(e, ufd, 1);
+    pump up = { .from = cfd, .to = ufd }, down = { .from = ufd, .to = cfd };
+    pthread_t t;
+    if (pthread_create(&t, NULL, pump_main, &down) == 0) {
+        pump_main(&up);
+        pthread_join(t, NULL);
+    }
+    out_bytes = up.bytes;
+    in_bytes = down.bytes;
+    track(e, cfd, 0);
+    track(e, ufd, 0);
+    close(cfd);
+    close(ufd);
+    json_object_set_new(rec, "bytesOut", json_integer((json_int_t)out_bytes));
+    json_object_set_new(rec, "bytesIn", json_integer((json_int_t)in_bytes));
+    json_object_set_new(rec, "durationMs", json_integer(now_ms() - start));
+    emit(e, rec);
+    worker_end(e);
+    return NULL;
+}
+
+/* ---- DNS ------------------------------------------------------------------------ */
+static void dns_event(net_engine *e, const net_policy *p, const net_dns_result *r, const char *transport)
+{
+    const net_dns_config *d = net_policy_dns(p);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s, s:i}", "event", "dns", "transport", transport,
+                            "qname", r->qname, "qtype", r->qtype, "rcode", r->rcode,
+                            "verdict", r->blocked ? "deny" : "allow", "rule", d ? d->rule : -1);
+    if (rec)
+        json_object_set_new(rec, "pinned", json_integer(r->n_pinned));
+    emit(e, rec);
+}
+
+typedef struct dns_job {
+    net_engine *e;
+    struct sockaddr_storage from;
+    socklen_t from_len;
+    size_t len;
+    uint8_t query[];
+} dns_job;
+
+static void *dns_udp_main(void *arg)
+{
+    dns_job *job = arg;
+    net_engine *e = job->e;
+    net_policy *p = current_policy(e);
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    net_dns_result res;
+    memset(&res, 0, sizeof res);
+    if (net_dns_answer(p, e->pins, job->query, job->len, &reply, &reply_len, &res, NULL) == 0) {
+        sendto(e->l.dns_udp, reply, reply_len, 0, (struct sockaddr *)&job->from, job->from_len);
+        dns_event(e, p, &res, "udp");
+    }
+    free(reply);
+    net_policy_unref(p);
+    free(job);
+    worker_end(e);
+    return NULL;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        struct pollfd pf = { .fd = fd, .events = POLLIN };
+        if (poll(&pf, 1, DNS_TCP_TIMEOUT_MS) != 1)
+            return -1;
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    return 0;
+}
+
+/* DNS over TCP: length-prefixed queries until the client closes. */
+static void *dns_tcp_main(void *arg)
+{
+    flow_job *job = arg;
+    net_engine *e = job->e;
+    int fd = job->fd;
+    free(job);
+    track(e, fd, 1);
+    for (;;) {
+        uint8_t hdr[2], query[65535];
+        if (read_full(fd, hdr, 2) < 0)
+            break;
+        size_t len = (size_t)hdr[0] << 8 | hdr[1];
+        if (len == 0 || read_full(fd, query, len) < 0)
+            break;
+        net_policy *p = current_policy(e);
+        uint8_t *reply = NULL;
+        size_t reply_len = 0;
+        net_dns_result res;
+        memset(&res, 0, sizeof res);
+        int rc = net_dns_answer(p, e->pins, query, len, &reply, &reply_len, &res, NULL);
+        if (rc == 0) {
+            dns_event(e, p, &res, "tcp");
+            uint8_t lenbuf[2] = { (uint8_t)(reply_len >> 8), (uint8_t)reply_len };
+            rc = util_write_all(fd, lenbuf, 2) < 0 || util_write_all(fd, reply, reply_len) < 0 ? -1 : 0;
+        }
+        free(reply);
+        net_policy_unref(p);
+        if (rc < 0)
+            break;
+    }
+    track(e, fd, 0);
+    close(fd);
+    worker_end(e);
+    return NULL;
+}
+
+/* ---- the accept loop --------------------------------------------------------------- */
+static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
+{
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return;
+    flow_job *job = malloc(sizeof *job);
+    if (!job || (job->e = e, job->fd = fd, spawn_worker(e, fn, job)) < 0) {
+        free(job);
+        reset_close(fd);
+    }
+}
+
+static void receive_dns(net_engine *e)
+{
+    uint8_t buf[65536];
+    struct sockaddr_storage from;
+    socklen_t from_len = sizeof from;
+    ssize_t n = recvfrom(e->l.dns_udp, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &from_len);
+    if (n <= 0)
+        return;
+    dns_job *job = malloc(sizeof *job + (size_t)n);
+    if (!job)
+        return;
+    job->e = e;
+    job->from = from;
+    job->from_len = from_len;
+    job->len = (size_t)n;
+    memcpy(job->query, buf, (size_t)n);
+    if (spawn_worker(e, dns_udp_main, job) < 0)
+        free(job);
+}
+
+static void *engine_main(void *arg)
+{
+    net_engine *e = arg;
+    for (;;) {
+        struct pollfd p[4] = {
+            { .fd = e->stop_fd, .events = POLLIN }, { .fd = e->l.relay, .events = POLLIN },
+            { .fd = e->l.dns_udp, .events = POLLIN }, { .fd = e->l.dns_tcp, .events = POLLIN },
+        };
+        if (poll(p, 4, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[0].revents)
+            break;
+        if (p[1].revents)
+            accept_into(e, e->l.relay, flow_main);
+        if (p[2].revents)
+            receive_dns(e);
+        if (p[3].revents)
+            accept_into(e, e->l.dns_tcp, dns_tcp_main);
+    }
+    return NULL;
+}
+
+/* ---- life ------------------------------------------------------------------------ */
+int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
+                     const net_hooks *hooks, cell_error *err)
+{
+    *out = NULL;
+    net_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return util_fail(err, ENOMEM, "out of memory");
+    snprintf(e->cell_id, sizeof e->cell_id, "%s", cell_id);
+    if (hooks)
+        e->hooks = *hooks;
+    e->stop_fd = -1;
+    e->l = (net_listeners){ -1, -1, -1 };
+    for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)
+        e->live[i] = -1;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->idle, NULL);
+    if (net_policy_parse(policy_json, strlen(policy_json), &e->policy, err) < 0)
+        goto fail;
+    if (!(e->pins = net_pins_new())) {
+        util_fail(err, ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((e->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0) {
+        util_fail_errno(err, "eventfd");
+        goto fail;
+    }
+    if (net_netns_setup(netns_fd, &e->l, err) < 0)
+        goto fail;
+    int pe = pthread_create(&e->thread, NULL, engine_main, e);
+    if (pe != 0) {
+        errno = pe;
+        util_fail_errno(err, "engine thread");
+        goto fail;
+    }
+    e->thread_on = 1;
+    *out = e;
+    return 0;
+fail:
+    net_engine_stop(e);
+    return -1;
+}
+
+int cell_policy_check(const char *policy_json, cell_error *err)
+{
+    net_policy *p;
+    if (!policy_json)
+        return util_fail(err, EINVAL, "policy: a JSON document is required");
+    if (net_policy_parse(policy_json, strlen(policy_json), &p, err) < 0)
+        return -1;
+    net_policy_unref(p);
+    return 0;
+}
+
+int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *err)
+{
+    net_policy *p;
+    if (net_policy_parse(policy_json, strlen(policy_json), &p, err) < 0)
+        return -1;
+    pthread_mutex_lock(&e->lock);
+    net_policy *old = e->policy;
+    e->policy = p;
+    pthread_mutex_unlock(&e->lock);
+    net_policy_unref(old);
+    json_t *rec = json_pack("{s:s}", "event", "policy");
+    emit(e, rec);
+    return 0;
+}
+
+void net_engine_stop(net_engine *e)
+{
+    if (!e)
+        return;
+    atomic_store(&e->stopping, 1);
+    if (e->thread_on) {
+        uint64_t one = 1;
+        if (write(e->stop_fd, &one, sizeof one) < 0) { /* an eventfd write does not fail here */ }
+        pthread_join(e->thread, NULL);
+    }
+    /* Cut every relayed flow; their threads notice and end. */
+    pthread_mutex_lock(&e->lock);
+    for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)
+        if (e->live[i] >= 0)
+            shutdown(e->live[i], SHUT_RDWR);
+    while (e->workers > 0)
+        pthread_cond_wait(&e->idle, &e->lock);
+    pthread_mutex_unlock(&e->lock);
+    net_listeners_close(&e->l);
+    if (e->stop_fd >= 0)
+        close(e->stop_fd);
+    net_pins_free(e->pins);
+    net_policy_unref(e->policy);
+    pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->idle);
+    free(e);
+}

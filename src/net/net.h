@@ -1,0 +1,41 @@
+/* net.h: a cell's egress engine, as the runtime uses it: wire the cell's
+ * network namespace (one route, redirect rules, listeners) and serve it. */
+#ifndef CELL_NET_H
+#define CELL_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cell.h"
+
+/* Ports of the daemon's listeners inside every policed cell, on 127.0.0.1:
+ * every TCP flow leaving the cell is redirected to NET_RELAY_PORT, every
+ * DNS query (UDP and TCP, to any address) to NET_DNS_PORT. */
+#define NET_RELAY_PORT 15001
+#define NET_DNS_PORT   15053
+
+typedef struct net_engine net_engine;
+
+typedef struct net_hooks {
+    cell_net_decide_fn decide;
+    cell_net_event_fn  event;
+    void              *user;
+} net_hooks;
+
+/* Enter the network namespace `netns_fd` (on a short-lived thread, so no
+ * caller thread changes namespace), add the default route and the nftables
+ * rules, open the listeners, and start serving with `policy_json`.
+ * The cell must not have run anything yet: its rules are in place before
+ * its first process starts. */
+int  net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
+                      const net_hooks *hooks, cell_error *err);
+/* Replace the policy; flows already relaying keep the verdict they got. */
+int  net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *err);
+/* Stop serving, cut every relayed flow, free.  NULL-safe. */
+void net_engine_stop(net_engine *e);
+
+/* The nftables ruleset net_engine_start() installs (for docs and tests). */
+const char *net_ruleset(void);
+
+#endif

@@ -1,0 +1,171 @@
+/* netns.c: wiring of a policed cell's network namespace: a default route
+ * over lo, nftables rules that send every flow to the owner, and its listeners. */
+#include "net/netns.h"
+#include "net/net.h"
+#include "util/util.h"
+
+#include <arpa/inet.h>
+#include <libmnl/libmnl.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <nftables/libnftables.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* The cell cannot change these: its netns belongs to the initial user
+ * namespace and it has no CAP_NET_ADMIN there.  DNS first (to any address,
+ * so hard-coded resolvers are answered by the policy too), then loopback
+ * stays local, then every other IPv4 TCP flow goes to the relay.  The filter
+ * chain drops whatever is not on lo after that: UDP, ICMP, raw, IPv6. */
+static const char ruleset[] =
+    "table inet cell {\n"
+    "  chain nat_out {\n"
+    "    type nat hook output priority -100; policy accept;\n"
+    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
+    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
+    "    ip daddr 127.0.0.0/8 return\n"
+    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
+    "  }\n"
+    "  chain filter_out {\n"
+    "    type filter hook output priority 0; policy drop;\n"
+    "    oif \"lo\" accept\n"
+    "  }\n"
+    "}\n";
+
+const char *net_ruleset(void) { return ruleset; }
+
+/* "default dev lo src 127.0.0.1": without a route connect() fails with
+ * ENETUNREACH before netfilter sees the packet; with it, the nat hook
+ * redirects the flow.  The source must be 127.0.0.1: left to choose, the
+ * kernel binds such sockets to 0.0.0.0 and our replies never arrive. */
+static int add_default_route(cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = RTM_NEWROUTE;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+    nlh->nlmsg_seq = (unsigned)time(NULL);
+    struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
+    rtm->rtm_family = AF_INET;
+    rtm->rtm_dst_len = 0;
+    rtm->rtm_table = RT_TABLE_MAIN;
+    rtm->rtm_protocol = RTPROT_STATIC;
+    rtm->rtm_scope = RT_SCOPE_LINK;
+    rtm->rtm_type = RTN_UNICAST;
+    mnl_attr_put_u32(nlh, RTA_OIF, if_nametoindex("lo"));
+    mnl_attr_put_u32(nlh, RTA_PREFSRC, htonl(INADDR_LOOPBACK));
+
+    struct mnl_socket *nl = mnl_socket_open(NETLINK_ROUTE);
+    if (!nl)
+        return util_fail_errno(err, "netlink socket");
+    int rc = -1;
+    if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+        util_fail_errno(err, "netlink bind");
+        goto out;
+    }
+    unsigned portid = mnl_socket_get_portid(nl);
+    if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+        util_fail_errno(err, "netlink send (default route)");
+        goto out;
+    }
+    ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof buf);
+    if (n < 0 || mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, portid, NULL, NULL) < 0) {
+        util_fail_errno(err, "adding the default route over lo in the cell");
+        goto out;
+    }
+    rc = 0;
+out:
+    mnl_socket_close(nl);
+    return rc;
+}
+
+static int install_rules(cell_error *err)
+{
+    struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
+    if (!nft)
+        return util_fail(err, ENOMEM, "nftables context");
+    nft_ctx_buffer_error(nft);
+    int rc = nft_run_cmd_from_buffer(nft, ruleset);
+    if (rc != 0) {
+        const char *why = nft_ctx_get_error_buffer(nft);
+        util_fail(err, EIO, "installing the cell's nftables rules: %s", why && *why ? why : "failed");
+    }
+    nft_ctx_free(nft);
+    return rc != 0 ? -1 : 0;
+}
+
+static int listen_on(int type, uint16_t port, cell_error *err)
+{
+    int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0)
+        return util_fail_errno(err, "socket in the cell's network namespace");
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || (type == SOCK_STREAM && listen(fd, 256) < 0)) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return util_fail_errno(err, "listening on 127.0.0.1:%u in the cell", port);
+    }
+    return fd;
+}
+
+typedef struct setup_job {
+    int netns_fd;
+    net_listeners *out;
+    cell_error *err;
+    int rc;
+} setup_job;
+
+static void *setup_main(void *arg)
+{
+    setup_job *job = arg;
+    net_listeners *l = job->out;
+    job->rc = -1;
+    /* This thread alone moves into the cell's namespace and then ends. */
+    if (setns(job->netns_fd, CLONE_NEWNET) < 0) {
+        util_fail_errno(job->err, "entering the cell's network namespace");
+        return NULL;
+    }
+    if (add_default_route(job->err) < 0 || install_rules(job->err) < 0)
+        return NULL;
+    if ((l->relay = listen_on(SOCK_STREAM, NET_RELAY_PORT, job->err)) < 0 ||
+        (l->dns_udp = listen_on(SOCK_DGRAM, NET_DNS_PORT, job->err)) < 0 ||
+        (l->dns_tcp = listen_on(SOCK_STREAM, NET_DNS_PORT, job->err)) < 0)
+        return NULL;
+    job->rc = 0;
+    return NULL;
+}
+
+int net_netns_setup(int netns_fd, net_listeners *out, cell_error *err)
+{
+    *out = (net_listeners){ .relay = -1, .dns_udp = -1, .dns_tcp = -1 };
+    setup_job job = { .netns_fd = netns_fd, .out = out, .err = err };
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, setup_main, &job);
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "thread for the cell's network setup");
+    }
+    pthread_join(t, NULL);
+    if (job.rc < 0) {
+        net_listeners_close(out);
+        return -1;
+    }
+    return 0;
+}
+
+void net_listeners_close(net_listeners *l)
+{
+    int *fds[] = { &l->relay, &l->dns_udp, &l->dns_tcp };
+    for (size_t i = 0; i < 3; i++)
+        if (*fds[i] >= 0) {
+            close(*fds[i]);
+            *fds[i] = -1;
+        }
+}

@@ -1,0 +1,109 @@
+/* policy.h: a cell's network policy: parsed from JSON, validated with errors
+ * that name the rule and field, and asked about each flow (first match wins). */
+#ifndef CELL_NET_POLICY_H
+#define CELL_NET_POLICY_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "cell.h"
+
+/* The policy document:
+ *   {"rules": [RULE, ...]}
+ *   RULE = {"action": "allow" | "deny" (default "allow"), and exactly one of
+ *     "dns":    {"upstreams": ["IP" | "IP:PORT", ...] (1..8), "strict": bool}
+ *     "tcp":    {"to": TARGETS, "ports": PORTS}
+ *     "udp":    {"to": TARGETS, "ports": PORTS}
+ *     "ip":     {"to": TARGETS, "ports": PORTS}            (tcp and udp)
+ *     "host":   {"name": NAME, "ports": PORTS}
+ *     "http":   {"host": NAME, "ports": PORTS, "methods": [..], "paths": [prefix, ..],
+ *                "set_headers": {"Name": "value with ${secret:NAME}"}, "remove_headers": ["Name"]}
+ *     "decide": {"url": "http://HOST:PORT/path", "timeout_ms": 1..60000 (500),
+ *                "cache_s": 0..86400 (0), "to": TARGETS, "ports": PORTS}
+ *   }
+ *   TARGETS = a string or an array of: IPv4/IPv6 address, CIDR, or an
+ *     endpoint class: loopback, private, link-local, multicast, broadcast,
+ *     documentation, reserved, public.  Omitted = any.
+ *   PORTS = 443 | "8000-8080" | [443, "8000-8080"]; omitted = any.
+ *   NAME = "api.example.com" or "*.example.com" (one label or more).
+ * No rule matching a flow denies it.  A "dns" rule never matches a flow; it
+ * enables the cell's resolver.  "host"/"http" rules need a "dns" rule. */
+
+typedef struct net_policy net_policy;
+
+enum net_transport { NET_TCP = 1, NET_UDP = 2 };
+
+enum net_class {
+    NET_CLASS_LOOPBACK      = 1u << 0,
+    NET_CLASS_PRIVATE       = 1u << 1,   /* 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7 */
+    NET_CLASS_LINK_LOCAL    = 1u << 2,   /* 169.254/16 (incl. 169.254.169.254), fe80::/10 */
+    NET_CLASS_MULTICAST     = 1u << 3,
+    NET_CLASS_BROADCAST     = 1u << 4,
+    NET_CLASS_DOCUMENTATION = 1u << 5,   /* 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32 */
+    NET_CLASS_RESERVED      = 1u << 6,   /* 0/8, 240/4, 192.0.0/24, 198.18/15, ::/128 ... */
+    NET_CLASS_PUBLIC        = 1u << 7,   /* none of the above */
+};
+
+#define NET_DNS_MAX_UPSTREAMS 8
+typedef struct net_dns_config {
+    int                     rule;        /* index of the dns rule */
+    int                     strict;      /* only names some host/http rule allows resolve */
+    size_t                  n_upstreams;
+    struct sockaddr_storage upstreams[NET_DNS_MAX_UPSTREAMS];  /* port 53 when not given */
+} net_dns_config;
+
+typedef struct net_header {
+    char *name;
+    char *value;                 /* set_headers: may contain ${secret:NAME}; NULL for remove */
+} net_header;
+
+typedef struct net_http_rule {
+    char      **methods;         /* NULL-terminated, upper case; NULL = any */
+    char      **paths;           /* NULL-terminated prefixes; NULL = any */
+    net_header *set;             /* n_set entries */
+    size_t      n_set;
+    char      **remove;          /* NULL-terminated */
+} net_http_rule;
+
+typedef struct net_decide_rule {
+    char *url;
+    int   timeout_ms;
+    int   cache_s;
+} net_decide_rule;
+
+/* One flow out of the cell, as the engine sees it. */
+typedef struct net_flow {
+    int                    transport;   /* NET_TCP or NET_UDP */
+    const struct sockaddr *dst;         /* address and port */
+    const char            *host;        /* name pinned to dst's address by the cell's DNS, or NULL */
+} net_flow;
+
+typedef struct net_verdict {
+    int                    allow;       /* 1 allow, 0 deny */
+    int                    rule;        /* index of the deciding rule, -1 = no rule matched */
+    const net_http_rule   *http;        /* allow through HTTP enforcement (rule is "http") */
+    const net_decide_rule *decide;      /* the rule is "decide": ask, then allow or deny */
+} net_verdict;
+
+/* Parse and validate.  Errors are EINVAL with messages like
+ * `rules[2].tcp.ports: "70000" is not a port or range (1-65535)`. */
+int  net_policy_parse(const char *json, size_t len, net_policy **out, cell_error *err);
+/* Policies are shared by the engine's threads and replaced live:
+ * reference counted (atomic); parse returns one reference. */
+net_policy *net_policy_ref(net_policy *p);
+void net_policy_unref(net_policy *p);
+
+void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out);
+/* The dns rule, or NULL when the cell has no resolver. */
+const net_dns_config *net_policy_dns(const net_policy *p);
+/* Strict DNS: 1 if some host/http rule (of either action, before or after)
+ * could allow `name` (case-insensitive, no trailing dot needed). */
+int  net_policy_name_resolvable(const net_policy *p, const char *name);
+/* The classes of an address (one bit, or LOOPBACK|... combinations never
+ * overlap: exactly one bit is set). */
+unsigned net_addr_class(const struct sockaddr *sa);
+const char *net_class_name(unsigned bit);
+
+#endif

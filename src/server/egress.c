@@ -1,0 +1,141 @@
+/* egress.c: the daemon's side of cell networking: each decision of a cell's
+ * engine becomes an audit record, and "decide" rules ask a webhook (cached). */
+#include "server/server_internal.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <string.h>
+
+#define DECIDE_CACHE_SIZE 1024
+#define DECIDE_MAX_REPLY  4096
+
+void egress_event(void *user, const char *json)
+{
+    scell *sc = user;
+    json_t *rec = json_loads(json, 0, NULL);
+    if (!rec)
+        return;
+    json_object_set_new(rec, "tenant", json_string(sc->tenant));
+    store_audit_append(sc->s->st, rec);
+    json_decref(rec);
+}
+
+/* ---- the webhook's answers, reused for the rule's cache_s ------------------- */
+typedef struct decide_entry {
+    char    key[768];
+    int     allow;
+    int64_t expires_ms;
+} decide_entry;
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static decide_entry *cache;
+static size_t cache_next;
+
+static int cache_get(const char *key, int *allow)
+{
+    int hit = 0;
+    int64_t now = srv_now_ms();
+    pthread_mutex_lock(&cache_lock);
+    for (size_t i = 0; cache && i < DECIDE_CACHE_SIZE && !hit; i++)
+        if (cache[i].expires_ms > now && strcmp(cache[i].key, key) == 0) {
+            *allow = cache[i].allow;
+            hit = 1;
+        }
+    pthread_mutex_unlock(&cache_lock);
+    return hit;
+}
+
+static void cache_put(const char *key, int allow, int cache_s)
+{
+    pthread_mutex_lock(&cache_lock);
+    if (!cache)
+        cache = calloc(DECIDE_CACHE_SIZE, sizeof *cache);
+    if (cache) {
+        decide_entry *e = &cache[cache_next++ % DECIDE_CACHE_SIZE];
+        snprintf(e->key, sizeof e->key, "%s", key);
+        e->allow = allow;
+        e->expires_ms = srv_now_ms() + (int64_t)cache_s * 1000;
+    }
+    pthread_mutex_unlock(&cache_lock);
+}
+
+void egress_cleanup(void)
+{
+    pthread_mutex_lock(&cache_lock);
+    free(cache);
+    cache = NULL;
+    pthread_mutex_unlock(&cache_lock);
+}
+
+typedef struct reply_buf {
+    char   data[DECIDE_MAX_REPLY];
+    size_t len;
+} reply_buf;
+
+static size_t collect(char *ptr, size_t size, size_t n, void *user)
+{
+    reply_buf *b = user;
+    size_t len = size * n;
+    if (b->len + len >= sizeof b->data)
+        return 0;                   /* too long: the transfer fails, the flow is denied */
+    memcpy(b->data + b->len, ptr, len);
+    b->len += len;
+    return len;
+}
+
+/* POST the flow's metadata; only a 200 with {"allow": true} allows.  Any
+ * failure, timeout included, denies. */
+static int ask_webhook(const char *url, int timeout_ms, const char *body)
+{
+    CURL *curl = curl_easy_init();
+    if (!curl)
+        return 0;
+    reply_buf *b = calloc(1, sizeof *b);
+    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    long status = 0;
+    int allow = 0;
+    if (b && hdr) {
+        curl_easy_setopt(curl, CURLOPT_URL, url);
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http");
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+        curl_easy_setopt(curl, CURLOPT_WRITEDATA, b);
+        if (curl_easy_perform(curl) == CURLE_OK &&
+            curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200) {
+            json_t *o = json_loadb(b->data, b->len, 0, NULL);
+            allow = json_is_true(json_object_get(o, "allow"));
+            json_decref(o);
+        }
+    }
+    curl_slist_free_all(hdr);
+    free(b);
+    curl_easy_cleanup(curl);
+    return allow;
+}
+
+int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms)
+{
+    scell *sc = user;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i}", "tenant", sc->tenant, "cell", sc->id, "transport",
+                          f->transport, "src", f->src, "dst", f->dst, "rule", f->rule);
+    if (!o)
+        return 0;
+    json_object_set_new(o, "host", f->host ? json_string(f->host) : json_null());
+    char *body = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    if (!body)
+        return 0;
+    char key[768];
+    snprintf(key, sizeof key, "%s|%s|%s|%s|%s", url, sc->id, f->transport, f->dst, f->host ? f->host : "");
+    int allow;
+    if (!(f->cache_s > 0 && cache_get(key, &allow))) {
+        allow = ask_webhook(url, timeout_ms, body);
+        if (f->cache_s > 0)
+            cache_put(key, allow, f->cache_s);
+    }
+    free(body);
+    return allow;
+}
