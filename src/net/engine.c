@@ -24,6 +24,9 @@
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_TIMEOUT_MS 10000
 #define SPLICE_CHUNK       (1 << 20)
+/* Flows and DNS queries in progress per cell; beyond it new ones are
+ * refused, so a cell cannot exhaust the owner's threads. */
+#define MAX_WORKERS        1024
 
 struct net_engine {
     char            cell_id[40];
@@ -38,7 +41,7 @@ struct net_engine {
     net_policy     *policy;
     int             workers;        /* detached threads still running */
     atomic_int      stopping;
-    int             live[1024];     /* sockets of relayed flows, to cut at stop */
+    int             live[2 * MAX_WORKERS]; /* sockets of relayed flows, to cut at stop */
 };
 
 static int64_t now_ms(void)
@@ -95,7 +98,7 @@ static net_policy *current_policy(net_engine *e)
 static int worker_begin(net_engine *e)
 {
     pthread_mutex_lock(&e->lock);
-    int ok = !atomic_load(&e->stopping);
+    int ok = !atomic_load(&e->stopping) && e->workers < MAX_WORKERS;
     if (ok)
         e->workers++;
     pthread_mutex_unlock(&e->lock);
