@@ -36,6 +36,11 @@ int h_tenants_list(sreq *r);
 int h_tenants_get(sreq *r);
 int h_tenants_put(sreq *r);
 
+/* secrets.c: /v1/secrets (values are write-only) */
+int h_secrets_create(sreq *r);
+int h_secrets_list(sreq *r);
+int h_secrets_delete(sreq *r);
+
 /* procs.c: /cells/{cell}/v1/processes */
 int h_cell_health(sreq *r);
 int h_proc_config(sreq *r);

@@ -1,4 +1,4 @@
-/* store.c: the daemon's metadata (tenants, tokens, cells, lanes) in SQLite,
+/* store.c: the daemon's metadata (tenants, tokens, cells, lanes, secrets) in SQLite,
  * one connection shared by every thread behind the store's mutex. */
 #include "store/store.h"
 
@@ -30,6 +30,7 @@ struct store {
 #define TOKEN_COLS  "id, tenant, label, admin, rate, created, revoked"
 #define CELL_COLS   "id, tenant, state, spec, created, updated"
 #define LANE_COLS   "id, tenant, name, image, size, state, created"
+#define SECRET_COLS "name, created"
 
 /* Schema migrations: entry i takes user_version i to i + 1.  A later change
  * appends an entry and bumps STORE_SCHEMA_VERSION; entries never change. */
@@ -68,6 +69,14 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  image   TEXT NOT NULL,"
     "  size    INTEGER NOT NULL CHECK (size >= 0),"
     "  state   TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),"
+    "  created INTEGER NOT NULL,"
+    "  UNIQUE (tenant, name));",
+    /* 2: secrets for host-side credential injection.  The CHECK mirrors
+     * STORE_SECRET_MAX_VALUE so another writer cannot store more. */
+    "CREATE TABLE secrets ("
+    "  tenant  TEXT NOT NULL REFERENCES tenants(name),"
+    "  name    TEXT NOT NULL,"
+    "  value   BLOB NOT NULL CHECK (length(value) BETWEEN 1 AND 65536),"
     "  created INTEGER NOT NULL,"
     "  UNIQUE (tenant, name));",
 };
@@ -115,7 +124,8 @@ static int db_fail(store *s, int rc, cell_error *err, const char *what)
     return util_fail(err, rc_errno(rc), "%s: %s", what, sqlite3_errmsg(s->db));
 }
 
-/* Bind by a format: 't' text (NULL binds NULL), 'i' int64_t, 'b' 32-byte blob. */
+/* Bind by a format: 't' text (NULL binds NULL), 'i' int64_t, 'b' 32-byte blob,
+ * 'B' blob of any length (two arguments: const void *, size_t). */
 static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap)
 {
     if ((size_t)sqlite3_bind_parameter_count(st) != strlen(fmt))
@@ -126,6 +136,11 @@ static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap)
         case 't': rc = sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1, SQLITE_STATIC); break;
         case 'i': rc = sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t)); break;
         case 'b': rc = sqlite3_bind_blob(st, i + 1, va_arg(ap, const void *), 32, SQLITE_STATIC); break;
+        case 'B': {
+            const void *p = va_arg(ap, const void *);
+            rc = sqlite3_bind_blob64(st, i + 1, p, (sqlite3_uint64)va_arg(ap, size_t), SQLITE_STATIC);
+            break;
+        }
         default:  rc = SQLITE_MISUSE; break;
         }
         if (rc != SQLITE_OK)
@@ -381,7 +396,9 @@ int store_open(store **out, const char *state_dir, cell_error *err)
     /* FULL syncs the WAL at every commit: metadata must survive power loss,
      * and it is written a few times per cell, not per request. */
     if (db_exec(s, err, "set synchronous=FULL", "PRAGMA synchronous = FULL") < 0 ||
-        db_exec(s, err, "enable foreign keys", "PRAGMA foreign_keys = ON") < 0 || migrate(s, err) < 0)
+        db_exec(s, err, "enable foreign keys", "PRAGMA foreign_keys = ON") < 0 ||
+        /* Zero freed pages, so a deleted or replaced secret does not linger in the file. */
+        db_exec(s, err, "enable secure_delete", "PRAGMA secure_delete = ON") < 0 || migrate(s, err) < 0)
         goto fail;
     if (store_audit_init(&s->audit, state_dir, err) < 0)
         goto fail;
@@ -966,4 +983,89 @@ int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *er
                  "") < 0)
         return -1;
     return collect(s, st, sizeof **out, read_lane, NULL, (void **)out, n, err, "list unfinished lanes");
+}
+
+/* ---- secrets ------------------------------------------------------------- */
+
+static int read_secret_info(sqlite3_stmt *st, void *row)
+{
+    store_secret_info *i = row;
+    col_text(st, 0, i->name, sizeof i->name);
+    i->created = sqlite3_column_int64(st, 1);
+    return 0;
+}
+
+int store_secret_put(store *s, const char *tenant, const char *name, const void *value, size_t len,
+                     cell_error *err)
+{
+    if (check_name(tenant, sizeof ((store_tenant *)0)->name, "tenant", err) < 0 ||
+        check_name(name, sizeof ((store_secret_info *)0)->name, "secret", err) < 0)
+        return -1;
+    /* Messages name the secret, never the value: they reach the audit log. */
+    if (!value || len == 0)
+        return util_fail(err, EINVAL, "secret %s: the value is empty", name);
+    if (len > STORE_SECRET_MAX_VALUE)
+        return util_fail(err, E2BIG, "secret %s: the value is larger than %u bytes", name, STORE_SECRET_MAX_VALUE);
+    LOCKED(s);
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (ensure_tenant_locked(s, tenant, err) < 0 ||
+        db_run(s, err, "store secret",
+               "INSERT INTO secrets (tenant, name, value, created) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT(tenant, name) DO UPDATE SET value = excluded.value, created = excluded.created",
+               "ttBi", tenant, name, value, len, now_ms()) < 0)
+        return db_rollback(s);
+    return db_commit(s, err);
+}
+
+int store_secret_get(store *s, const char *tenant, const char *name, char **value, size_t *len, cell_error *err)
+{
+    if (!tenant || !name || !value || !len)
+        return util_fail(err, EINVAL, "store_secret_get: missing argument");
+    *value = NULL;
+    *len = 0;
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read secret", "SELECT value FROM secrets WHERE tenant = ? AND name = ?", "tt", tenant,
+                 name) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return util_fail(err, ENOENT, "no secret '%.63s'", name);
+    if (rc != SQLITE_ROW)
+        return db_fail(s, rc, err, "read secret");
+    const void *blob = sqlite3_column_blob(st, 0);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    char *copy = malloc(n + 1);
+    if (!copy)
+        return util_fail(err, ENOMEM, "read secret: out of memory");
+    if (n)
+        memcpy(copy, blob, n);
+    copy[n] = '\0';
+    *value = copy;
+    *len = n;
+    return 0;
+}
+
+int store_secret_list(store *s, const char *tenant, store_secret_info **out, size_t *n, cell_error *err)
+{
+    if (!tenant || !out || !n)
+        return util_fail(err, EINVAL, "store_secret_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "list secrets", "SELECT " SECRET_COLS " FROM secrets WHERE tenant = ? ORDER BY name", "t",
+                 tenant) < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_secret_info, NULL, (void **)out, n, err, "list secrets");
+}
+
+int store_secret_delete(store *s, const char *tenant, const char *name, cell_error *err)
+{
+    if (!tenant || !name)
+        return util_fail(err, EINVAL, "store_secret_delete: missing argument");
+    LOCKED(s);
+    int changed = db_run(s, err, "delete secret", "DELETE FROM secrets WHERE tenant = ? AND name = ?", "tt", tenant, name);
+    if (changed == 0)
+        return util_fail(err, ENOENT, "no secret '%.63s'", name);
+    return changed < 0 ? -1 : 0;
 }

@@ -18,7 +18,7 @@
  * of another tenant), EEXIST (duplicate), EINVAL (bad argument), EACCES
  * (token check), EBUSY (database locked past the timeout), EIO/ENOSPC. */
 
-#define STORE_SCHEMA_VERSION        1
+#define STORE_SCHEMA_VERSION        2
 #define STORE_BUSY_TIMEOUT_MS       5000
 
 /* Quotas of a tenant made by store_tenant_ensure(). */
@@ -149,6 +149,32 @@ int store_lane_delete(store *s, const char *id, cell_error *err);
 int store_lane_count(store *s, const char *tenant, size_t *n, uint64_t *total_size, cell_error *err);
 /* Lanes left "creating" or "deleting" (a crash mid-operation), oldest first. */
 int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *err);
+
+/* ---- secrets ------------------------------------------------------------
+ * Credentials the daemon injects on the host side (a cell never sees the
+ * value).  Stored as given, in the 0600 database: the daemon must be able
+ * to use them, so hashing is not an option. */
+#define STORE_SECRET_MAX_VALUE      (64u << 10)
+
+typedef struct store_secret_info {
+    char    name[64];
+    int64_t created;      /* of the current value: a put that replaces resets it */
+} store_secret_info;
+
+/* Create or replace tenant's secret `name` (util_valid_name(); the tenant is
+ * ensured); a replacement gets a new created time.  len is
+ * 1..STORE_SECRET_MAX_VALUE bytes, else EINVAL / E2BIG. */
+int store_secret_put(store *s, const char *tenant, const char *name, const void *value, size_t len,
+                     cell_error *err);
+/* *value: malloc()ed copy plus a NUL (not counted in *len); the caller
+ * should OPENSSL_cleanse() it before free().  ENOENT if missing or another
+ * tenant's. */
+int store_secret_get(store *s, const char *tenant, const char *name, char **value, size_t *len, cell_error *err);
+/* Names and created times only, sorted by name; *out malloc()ed (free()),
+ * NULL when *n == 0. */
+int store_secret_list(store *s, const char *tenant, store_secret_info **out, size_t *n, cell_error *err);
+/* ENOENT if missing or another tenant's. */
+int store_secret_delete(store *s, const char *tenant, const char *name, cell_error *err);
 
 /* ---- audit (audit.c) -------------------------------------------------- */
 /* Append one JSON line.  record must be an object with a "tenant" string;

@@ -805,6 +805,120 @@ static void two_handles(void **state)
     store_close(NULL);
 }
 
+/* ---- secrets ---------------------------------------------------------------- */
+
+static void secrets(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    static const char v1[] = "sk-live-1234567890";
+    assert_int_equal(store_secret_put(f->s, "acme", "OPENAI_KEY", v1, strlen(v1), &err), 0);
+    char *val = NULL;
+    size_t len = 0;
+    assert_int_equal(store_secret_get(f->s, "acme", "OPENAI_KEY", &val, &len, &err), 0);
+    assert_int_equal(len, strlen(v1));
+    assert_memory_equal(val, v1, len);
+    assert_int_equal(val[len], '\0');
+    free(val);
+
+    /* Another tenant sees nothing, and cannot delete it. */
+    assert_int_equal(store_secret_get(f->s, "other", "OPENAI_KEY", &val, &len, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_null(val);
+    assert_int_equal(store_secret_delete(f->s, "other", "OPENAI_KEY", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    store_secret_info *list = NULL;
+    size_t n = 7;
+    assert_int_equal(store_secret_list(f->s, "other", &list, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_null(list);
+
+    /* Replace: a new value and a new created time; binary values are kept exactly. */
+    assert_int_equal(store_secret_list(f->s, "acme", &list, &n, &err), 0);
+    assert_int_equal(n, 1);
+    int64_t first = list[0].created;
+    assert_true(first > 0);
+    free(list);
+    const unsigned char bin[] = { 0, 1, 2, 0xff, 0, 'x' };
+    usleep(2000);
+    assert_int_equal(store_secret_put(f->s, "acme", "OPENAI_KEY", bin, sizeof bin, &err), 0);
+    assert_int_equal(store_secret_get(f->s, "acme", "OPENAI_KEY", &val, &len, &err), 0);
+    assert_int_equal(len, sizeof bin);
+    assert_memory_equal(val, bin, sizeof bin);
+    free(val);
+    assert_int_equal(store_secret_put(f->s, "acme", "b.token", "x", 1, &err), 0);
+    assert_int_equal(store_secret_put(f->s, "other", "OPENAI_KEY", "theirs", 6, &err), 0);
+    assert_int_equal(store_secret_list(f->s, "acme", &list, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0].name, "OPENAI_KEY");   /* sorted by name (byte order) */
+    assert_true(list[0].created > first);
+    assert_string_equal(list[1].name, "b.token");
+    free(list);
+
+    /* Limits: names as util_valid_name(), values 1..64 KiB. */
+    const char *bad_names[] = { "", ".x", "-x", "a/b", "a b", "a\nb",
+                                "x234567890123456789012345678901234567890123456789012345678901234" };
+    for (size_t i = 0; i < sizeof bad_names / sizeof *bad_names; i++) {
+        assert_int_equal(store_secret_put(f->s, "acme", bad_names[i], "v", 1, &err), -1);
+        assert_int_equal(err.code, EINVAL);
+    }
+    assert_int_equal(store_secret_put(f->s, "bad/tenant", "n", "v", 1, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_int_equal(store_secret_put(f->s, "acme", "empty", "", 0, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    char *big = malloc(STORE_SECRET_MAX_VALUE + 1);
+    assert_non_null(big);
+    memset(big, 's', STORE_SECRET_MAX_VALUE + 1);
+    assert_int_equal(store_secret_put(f->s, "acme", "big", big, STORE_SECRET_MAX_VALUE + 1, &err), -1);
+    assert_int_equal(err.code, E2BIG);
+    assert_null(strstr(err.message, "sss"));            /* messages never carry the value */
+    assert_int_equal(store_secret_put(f->s, "acme", "big", big, STORE_SECRET_MAX_VALUE, &err), 0);
+    assert_int_equal(store_secret_get(f->s, "acme", "big", &val, &len, &err), 0);
+    assert_int_equal(len, STORE_SECRET_MAX_VALUE);
+    assert_memory_equal(val, big, len);
+    free(val);
+    free(big);
+
+    /* Delete; survives a reopen otherwise. */
+    assert_int_equal(store_secret_delete(f->s, "acme", "b.token", &err), 0);
+    assert_int_equal(store_secret_delete(f->s, "acme", "b.token", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    reopen(f);
+    assert_int_equal(store_secret_get(f->s, "acme", "b.token", &val, &len, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_secret_get(f->s, "other", "OPENAI_KEY", &val, &len, &err), 0);
+    assert_int_equal(len, 6);
+    assert_memory_equal(val, "theirs", 6);
+    free(val);
+}
+
+/* A version 1 database (before secrets) is migrated in place, data kept. */
+static void migrate_from_v1(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    assert_int_equal(store_tenant_ensure(f->s, "old", &err), 0);
+    store_close(f->s);
+    f->s = NULL;
+    char path[128];
+    snprintf(path, sizeof path, "%s/cell.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DROP TABLE secrets; PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    store_tenant t;
+    assert_int_equal(store_tenant_get(f->s, "old", &t, &err), 0);
+    assert_int_equal(store_secret_put(f->s, "old", "k", "v", 1, &err), 0);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), STORE_SCHEMA_VERSION);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -821,6 +935,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(audit_large_file, setup, teardown),
         cmocka_unit_test_setup_teardown(concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(two_handles, setup, teardown),
+        cmocka_unit_test_setup_teardown(secrets, setup, teardown),
+        cmocka_unit_test_setup_teardown(migrate_from_v1, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
