@@ -1,5 +1,5 @@
 /* cells_cmds.c: the commands that drive a running `cell serve` over its API:
- * create, ls, start, stop, rm, exec, shell, cp, logs, audit and token. */
+ * create, ls, start, stop, rm, exec, shell, cp, logs, audit, policy and token. */
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "util/util.h"
@@ -45,6 +45,8 @@ static const char create_usage[] =
     "  --hostname NAME           the cell's hostname\n"
     "  --ttl SECONDS             stop the cell after this long without requests\n"
     "  --mount-memory DST[:SIZE] an empty in-memory directory at DST (repeatable)\n"
+    "  --policy FILE             network policy: a JSON file (see docs/egress.md);\n"
+    "                            without one the cell has no network at all\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
 
 static const char ls_usage[] =
@@ -118,12 +120,26 @@ static const char logs_usage[] =
     "\n" EXIT_NOTE DAEMON_NOTE;
 
 static const char audit_usage[] =
-    "usage: cell audit [--since MS] [--limit N]\n"
+    "usage: cell audit [--net] [--since MS] [--limit N]\n"
     "\n"
     "Print your tenant's audit log: one line per record (time tenant kind, then\n"
     "method path status for requests, or the event for cells and processes).\n"
+    "--net: only the cells' network records, one per line:\n"
+    "  TIME VERDICT tcp SRC -> DST HOST rule=N bytes=OUT/IN [(REASON)] cell=ID\n"
+    "  TIME VERDICT dns QNAME TYPE RCODE rule=N [(REASON)] cell=ID\n"
+    "(HOST is the name the cell's DNS answer gave DST, or -; rule=-1: none matched).\n"
     "--since: records from this time on (ms since the epoch); --limit: at most\n"
     "N records (default 100).\n"
+    "\n" EXIT_NOTE DAEMON_NOTE;
+
+static const char policy_usage[] =
+    "usage: cell policy set ID FILE\n"
+    "\n"
+    "Replace the network policy of cell ID with the JSON document in FILE (see\n"
+    "docs/egress.md).  A running cell that has a network applies it at once to\n"
+    "new connections (connections already relaying keep their verdict); else it\n"
+    "applies from the cell's next start.  Prints which (--json: the cell, with\n"
+    "\"policyLive\").  Errors name the rule and field, e.g. rules[2].tcp.ports.\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
 
 static const char token_usage[] =
@@ -142,6 +158,7 @@ const char *cli_client_usage(const char *cmd)
         { "create", create_usage }, { "ls", ls_usage }, { "start", start_usage }, { "stop", start_usage },
         { "rm", start_usage }, { "exec", exec_usage }, { "shell", shell_usage }, { "cp", cp_usage },
         { "logs", logs_usage }, { "audit", audit_usage }, { "token", token_usage },
+        { "policy", policy_usage },
     };
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         if (strcmp(all[i].name, cmd) == 0)
@@ -287,6 +304,31 @@ static int add_memory_mount(json_t *mounts, const char *spec)
     return rc;
 }
 
+/* A policy file as JSON; the daemon validates the rules themselves (its
+ * errors name the rule and field).  NULL after printing a usage error. */
+static json_t *read_policy(const char *opt, const char *path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    cell_error err = { 0 };
+    if (util_read_file(path, 1 << 20, &text, &len, &err) < 0) {
+        cli_fail(CLI_EXIT_USAGE, "%s %s: %s", opt, path, err.message);
+        return NULL;
+    }
+    json_error_t je;
+    json_t *policy = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!policy)
+        cli_fail(CLI_EXIT_USAGE, "%s %s: not a JSON document (line %d: %s); expected {\"rules\": [...]}, see docs/egress.md",
+                 opt, path, je.line, je.text);
+    else if (!json_is_object(policy)) {
+        cli_fail(CLI_EXIT_USAGE, "%s %s: expected a JSON object {\"rules\": [...]}, see docs/egress.md", opt, path);
+        json_decref(policy);
+        policy = NULL;
+    }
+    return policy;
+}
+
 /* One create option into the body; 0, or an exit code. */
 static int create_option(json_t *body, int argc, char **argv, int *i)
 {
@@ -319,6 +361,10 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
         return k < 0 || add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
         return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
+    if ((k = opt_is(argc, argv, i, "--policy", &v)) != 0) {
+        json_t *policy = k < 0 ? NULL : read_policy("--policy", v);
+        return policy ? (json_object_set_new(body, "policy", policy), 0) : CLI_EXIT_USAGE;
+    }
     return bad_option("create", argv[*i]);
 }
 
@@ -1372,7 +1418,49 @@ int cli_logs(struct cli_global *g, int argc, char **argv)
 /* ---- audit ---------------------------------------------------------------------------------- */
 struct audit_args {
     const char *since, *limit;
+    int         net;        /* --net: kind=net, printed as flows and queries */
 };
+
+/* DNS codes by name, for the common ones; others as numbers. */
+static void dns_code(char *out, size_t size, const char *const *names, size_t n, json_t *v)
+{
+    json_int_t code = json_integer_value(v);
+    if (json_is_integer(v) && code >= 0 && (size_t)code < n && names[code])
+        snprintf(out, size, "%s", names[code]);
+    else
+        snprintf(out, size, "%lld", (long long)code);
+}
+
+/* One "net" record: what a reader scans for first (the verdict), then the
+ * flow; a reason only where there is one (denials). */
+static void print_net_record(json_t *r)
+{
+    const char *event = str_or(r, "event", "-");
+    printf("%s", str_or(r, "ts", "-"));
+    if (json_is_string(json_object_get(r, "verdict")))      /* a policy change has none */
+        printf(" %s", json_string_value(json_object_get(r, "verdict")));
+    if (strcmp(event, "connect") == 0) {
+        printf(" %s %s -> %s %s rule=%lld", str_or(r, "transport", "-"), str_or(r, "src", "-"),
+               str_or(r, "dst", "-"), str_or(r, "host", "-"), (long long)json_integer_value(json_object_get(r, "rule")));
+        if (json_object_get(r, "bytesOut") || json_object_get(r, "bytesIn"))
+            printf(" bytes=%lld/%lld", (long long)json_integer_value(json_object_get(r, "bytesOut")),
+                   (long long)json_integer_value(json_object_get(r, "bytesIn")));
+    } else if (strcmp(event, "dns") == 0) {
+        static const char *const types[29] = { [1] = "A", [2] = "NS", [5] = "CNAME", [6] = "SOA", [12] = "PTR",
+                                               [15] = "MX", [16] = "TXT", [28] = "AAAA" };
+        static const char *const rcodes[] = { "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED" };
+        char type[16], rcode[16];
+        dns_code(type, sizeof type, types, sizeof types / sizeof *types, json_object_get(r, "qtype"));
+        dns_code(rcode, sizeof rcode, rcodes, sizeof rcodes / sizeof *rcodes, json_object_get(r, "rcode"));
+        printf(" dns %s %s %s rule=%lld", str_or(r, "qname", "-"), type, rcode,
+               (long long)json_integer_value(json_object_get(r, "rule")));
+    } else {
+        printf(" %s", event);
+    }
+    if (json_is_string(json_object_get(r, "reason")))
+        printf(" (%s)", json_string_value(json_object_get(r, "reason")));
+    printf(" cell=%s\n", str_or(r, "cell", "-"));
+}
 
 static void print_audit_record(json_t *r)
 {
@@ -1398,7 +1486,13 @@ static void print_audit_record(json_t *r)
 static int do_audit(client *c, struct cli_global *g, void *arg)
 {
     struct audit_args *a = arg;
-    char *path = a->since && a->limit ? client_pathf("/v1/audit?since=%s&limit=%s", a->since, a->limit)
+    const char *kind = a->net ? "net" : NULL;
+    char *path = kind && a->since && a->limit
+                     ? client_pathf("/v1/audit?kind=%s&since=%s&limit=%s", kind, a->since, a->limit)
+               : kind && a->since ? client_pathf("/v1/audit?kind=%s&since=%s", kind, a->since)
+               : kind && a->limit ? client_pathf("/v1/audit?kind=%s&limit=%s", kind, a->limit)
+               : kind             ? client_pathf("/v1/audit?kind=%s", kind)
+               : a->since && a->limit ? client_pathf("/v1/audit?since=%s&limit=%s", a->since, a->limit)
                : a->since             ? client_pathf("/v1/audit?since=%s", a->since)
                : a->limit             ? client_pathf("/v1/audit?limit=%s", a->limit)
                                       : client_pathf("/v1/audit");
@@ -1414,7 +1508,7 @@ static int do_audit(client *c, struct cli_global *g, void *arg)
     size_t i;
     json_t *r;
     json_array_foreach(json_object_get(reply, "records"), i, r)
-        print_audit_record(r);
+        a->net ? print_net_record(r) : print_audit_record(r);
     json_decref(reply);
     return 0;
 }
@@ -1427,7 +1521,9 @@ int cli_audit(struct cli_global *g, int argc, char **argv)
         int k;
         if (is_help(argv[i]))
             return fputs(audit_usage, stdout), 0;
-        if ((k = opt_is(argc, argv, &i, "--since", &a.since)) != 0) {
+        if (strcmp(argv[i], "--net") == 0) {
+            a.net = 1;
+        } else if ((k = opt_is(argc, argv, &i, "--since", &a.since)) != 0) {
             if (k < 0 || parse_count("--since", a.since, INT64_MAX, &n))
                 return CLI_EXIT_USAGE;
         } else if ((k = opt_is(argc, argv, &i, "--limit", &a.limit)) != 0) {
@@ -1438,6 +1534,57 @@ int cli_audit(struct cli_global *g, int argc, char **argv)
         }
     }
     return with_client(g, do_audit, &a);
+}
+
+/* ---- policy --------------------------------------------------------------------------------- */
+struct policy_args {
+    const char *id;
+    json_t     *policy;
+};
+
+static int do_policy(client *c, struct cli_global *g, void *arg)
+{
+    struct policy_args *p = arg;
+    char *path = client_pathf("/v1/cells/%s/policy", p->id);
+    char what[64];
+    snprintf(what, sizeof what, "cell %s", p->id);
+    json_t *reply = NULL;
+    int rc = path ? client_json(c, "PUT", path, p->policy, what, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    free(path);
+    if (rc)
+        return rc;
+    if (g->json) {
+        cli_print_json(reply);
+        return 0;
+    }
+    /* Say whether it is in force now: a stopped cell, or one started
+     * without a network, only gets it at its next start. */
+    if (json_is_true(json_object_get(reply, "policyLive")))
+        printf("cell %s: policy applied live (new connections)\n", p->id);
+    else
+        printf("cell %s: policy stored; it applies from the cell's next start\n", p->id);
+    json_decref(reply);
+    return 0;
+}
+
+int cli_policy(struct cli_global *g, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (is_help(argv[i]))
+            return fputs(policy_usage, stdout), 0;
+    if (argc < 2 || strcmp(argv[1], "set") != 0) {
+        fputs(policy_usage, stderr);
+        return argc < 2 ? cli_fail(CLI_EXIT_USAGE, "policy: missing command (set)")
+                        : cli_fail(CLI_EXIT_USAGE, "unknown policy command '%s' (set)", argv[1]);
+    }
+    if (argc != 4)
+        return cli_fail(CLI_EXIT_USAGE, "policy set takes a cell ID and a FILE (see cell policy --help)");
+    struct policy_args p = { .id = argv[2], .policy = read_policy("policy set", argv[3]) };
+    if (!p.policy)
+        return CLI_EXIT_USAGE;
+    int rc = with_client(g, do_policy, &p);
+    json_decref(p.policy);
+    return rc;
 }
 
 /* ---- token ---------------------------------------------------------------------------------- */

@@ -37,6 +37,9 @@ int cli_cp(struct cli_global *g, int argc, char **argv);
 int cli_logs(struct cli_global *g, int argc, char **argv);
 int cli_audit(struct cli_global *g, int argc, char **argv);
 int cli_token(struct cli_global *g, int argc, char **argv);
+/* secret_cmds.c: `cell secret set|ls|rm`, and its --help text. */
+int cli_secret(struct cli_global *g, int argc, char **argv);
+extern const char cli_secret_usage[];
 /* The --help text of one of those commands, or NULL. */
 const char *cli_client_usage(const char *cmd);
 

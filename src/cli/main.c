@@ -35,8 +35,10 @@ static const char usage_text[] =
     "  shell ID [CMD [ARGS...]]           an interactive terminal in a cell\n"
     "  cp SRC ID:DST | cp ID:SRC DST      copy files into or out of a cell\n"
     "  logs ID PROC [--follow]            output of a process in a cell\n"
-    "  audit [--since MS] [--limit N]     the audit log\n"
+    "  audit [--net] [OPTIONS]            the audit log (--net: network flows, DNS)\n"
+    "  policy set ID FILE                 replace a cell's network policy (live)\n"
     "  token create|ls|revoke             API tokens (admin)\n"
+    "  secret set NAME | ls | rm NAME     secrets injected on the host side (value on stdin)\n"
     "\n"
     "global options:\n"
     "  --state DIR   state directory (default: $CELL_STATE, ./var in a checkout,\n"
@@ -85,6 +87,7 @@ void cli_print_json(json_t *value)
 
 extern const char cli_run_usage[];
 extern const char cli_serve_usage[];
+int cli_policy(struct cli_global *g, int argc, char **argv);   /* cells_cmds.c */
 
 /* The commands that are clients of `cell serve`. */
 static const struct {
@@ -93,7 +96,8 @@ static const struct {
 } client_cmds[] = {
     { "create", cli_create }, { "ls", cli_ls }, { "start", cli_start }, { "stop", cli_stop },
     { "rm", cli_rm }, { "exec", cli_exec }, { "shell", cli_shell }, { "cp", cli_cp },
-    { "logs", cli_logs }, { "audit", cli_audit }, { "token", cli_token },
+    { "logs", cli_logs }, { "audit", cli_audit }, { "token", cli_token }, { "policy", cli_policy },
+    { "secret", cli_secret },
 };
 
 int main(int argc, char **argv)
@@ -145,6 +149,8 @@ int main(int argc, char **argv)
             fputs(cli_run_usage, stdout);
         else if (sub_argc > 1 && strcmp(sub_argv[1], "serve") == 0)
             fputs(cli_serve_usage, stdout);
+        else if (sub_argc > 1 && strcmp(sub_argv[1], "secret") == 0)
+            fputs(cli_secret_usage, stdout);
         else if (sub_argc > 1 && cli_client_usage(sub_argv[1]))
             fputs(cli_client_usage(sub_argv[1]), stdout);
         else

@@ -16,6 +16,8 @@ void egress_event(void *user, const char *json)
     if (!rec)
         return;
     json_object_set_new(rec, "tenant", json_string(sc->tenant));
+    /* The engine knows the runtime's id; the API's callers know this one. */
+    json_object_set_new(rec, "cell", json_string(sc->id));
     store_audit_append(sc->s->st, rec);
     json_decref(rec);
 }
