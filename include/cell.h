@@ -129,6 +129,10 @@ typedef struct cell_net_flow {
 typedef int (*cell_net_decide_fn)(void *user, const cell_net_flow *flow, const char *url, int timeout_ms);
 /* Every decision and DNS answer, as one JSON object (text). */
 typedef void (*cell_net_event_fn)(void *user, const char *json);
+/* For "http" rules' ${secret:NAME}: return 0 with *value a malloc()ed copy
+ * (NUL-terminated; *len excludes the NUL), which the engine wipes and
+ * frees, or -1 if there is no such secret (the request is refused). */
+typedef int (*cell_net_secret_fn)(void *user, const char *name, char **value, size_t *len);
 /* Validate a policy document without a cell: 0, or EINVAL with a message
  * naming the rule index and field. */
 int cell_policy_check(const char *policy_json, cell_error *err);
@@ -144,6 +148,10 @@ typedef struct cell_config {
     cell_net_decide_fn net_decide; /* NULL: "decide" rules deny */
     cell_net_event_fn net_event;   /* NULL: decisions are not reported */
     void             *net_user;
+    cell_net_secret_fn net_secret; /* NULL: requests naming a secret are refused */
+    /* PEM file of extra roots trusted for upstream TLS of "http" rules, on
+     * top of the host's trust store (tests, private CAs); NULL = none. */
+    const char       *upstream_ca_file;
 } cell_config;
 
 /* The writable layer of a cell without a lane lives in memory (tmpfs) and

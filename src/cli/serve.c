@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 const char cli_serve_usage[] =
     "usage: cell serve [OPTIONS]\n"
@@ -23,6 +25,9 @@ const char cli_serve_usage[] =
     "  --max-json-size SIZE  largest JSON request body (default 1M)\n"
     "  --token-rate N        default requests/second of tokens created through\n"
     "                        the API (default 0 = unlimited)\n"
+    "  --upstream-ca FILE    PEM certificates trusted, besides the host's trust\n"
+    "                        store, when verifying upstreams of intercepted HTTPS\n"
+    "                        (\"http\" policy rules; private CAs, tests)\n"
     "\n"
     "On first start the daemon creates an admin token in STATE/admin.token (0600).\n";
 
@@ -62,6 +67,10 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             if (n < 1024 || n > (64u << 20))
                 return cli_fail(CLI_EXIT_USAGE, "--max-json-size must be between 1K and 64M");
             opt.max_json_bytes = (uint32_t)n, i++;
+        } else if (strcmp(a, "--upstream-ca") == 0) {
+            if (access(v, R_OK) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", v, strerror(errno));
+            opt.upstream_ca_file = v, i++;
         } else if (strcmp(a, "--token-rate") == 0) {
             char *end;
             unsigned long r = strtoul(v, &end, 10);

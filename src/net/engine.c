@@ -1,7 +1,9 @@
 /* engine.c: a policed cell's egress engine: accepts the flows its rules
  * redirect, decides each by the policy, relays allowed ones with splice(). */
 #include "net/net.h"
+#include "net/ca.h"
 #include "net/dns.h"
+#include "net/http.h"
 #include "net/netns.h"
 #include "net/policy.h"
 #include "util/util.h"
@@ -42,6 +44,9 @@ struct net_engine {
     int             workers;        /* detached threads still running */
     atomic_int      stopping;
     int             live[2 * MAX_WORKERS]; /* sockets of relayed flows, to cut at stop */
+    net_ca         *ca;             /* intercepts TLS of "http" rules; its key never enters the cell */
+    SSL_CTX        *upstream_tls;   /* verifies upstreams of intercepted flows */
+    net_http_env    http;
 };
 
 static int64_t now_ms(void)
@@ -251,6 +256,7 @@ static void *flow_main(void *arg)
     char dst_s[64] = "?", src_s[64] = "?", host[256] = "";
     const char *reason = NULL;
     net_verdict v = { .allow = 0, .rule = -1 };
+    net_policy *held = NULL;
     getpeername(cfd, (struct sockaddr *)&src, &slen);
     addr_text((struct sockaddr *)&src, src_s, sizeof src_s);
     /* Only a redirected flow has an original destination; a process that
@@ -265,18 +271,20 @@ static void *flow_main(void *arg)
         net_policy_decide(p, &f, &v);
         if (v.decide)
             v.allow = ask_owner(e, v.decide, v.rule, src_s, dst_s, pinned ? host : NULL), reason = "decide";
-        if (v.allow && v.http) {
-            /* HTTP enforcement needs the interception proxy; until a flow
-             * can be enforced it is not let through unenforced. */
-            v.allow = 0;
-            reason = "http rules are not enforced yet; denied (fail closed)";
+        if (v.allow && v.http && !pinned) {
+            v.allow = 0;    /* http rules match pinned names only; never unenforced */
+            reason = "http rule without a pinned host name";
         }
-        net_policy_unref(p);
+        /* The rule lives in the policy: an http flow keeps it until it ends. */
+        if (v.allow && v.http)
+            held = p;
+        else
+            net_policy_unref(p);
         if (!v.allow && !reason)
             reason = v.rule < 0 ? "no rule matched" : "denied by rule";
     }
     uint64_t out_bytes = 0, in_bytes = 0;
-    if (v.allow) {
+    if (v.allow && !v.http) {
         ufd = connect_upstream((struct sockaddr *)&dst, dlen);
         if (ufd < 0) {
             reason = strerror(errno);
@@ -296,6 +304,18 @@ static void *flow_main(void *arg)
         worker_end(e);
         return NULL;
     }
+    if (v.http) {
+        /* Requests are checked and rewritten, so bytes pass through user space. */
+        net_http_flow hf = { .cfd = cfd, .dst = (struct sockaddr *)&dst, .dst_len = dlen, .dst_text = dst_s,
+                             .host = host, .rule = v.http, .rule_index = v.rule };
+        track(e, cfd, 1);
+        net_http_serve(&e->http, &hf, &out_bytes, &in_bytes);
+        track(e, cfd, 0);
+        net_policy_unref(held);
+        close(cfd);
+        json_object_set_new(rec, "http", json_true());
+        goto done;
+    }
     track(e, cfd, 1);
     track(e, ufd, 1);
     pump up = { .from = cfd, .to = ufd }, down = { .from = ufd, .to = cfd };
@@ -310,12 +330,48 @@ static void *flow_main(void *arg)
     track(e, ufd, 0);
     close(cfd);
     close(ufd);
+done:
     json_object_set_new(rec, "bytesOut", json_integer((json_int_t)out_bytes));
     json_object_set_new(rec, "bytesIn", json_integer((json_int_t)in_bytes));
     json_object_set_new(rec, "durationMs", json_integer(now_ms() - start));
     emit(e, rec);
     worker_end(e);
     return NULL;
+}
+
+/* ---- hooks for HTTP flows --------------------------------------------------------- */
+static void http_audit(void *arg, json_t *rec)
+{
+    emit(arg, rec);
+}
+
+static void http_track(void *arg, int fd, int on)
+{
+    track(arg, fd, on);
+}
+
+static int http_dial(const struct sockaddr *dst, socklen_t len)
+{
+    return connect_upstream(dst, len);
+}
+
+/* The interception CA (named after the cell, so a cell's trust store says
+ * whose it is) and the upstream verifier. */
+static int start_http(net_engine *e, cell_error *err)
+{
+    char cn[64];
+    snprintf(cn, sizeof cn, "cell %.16s egress CA", e->cell_id);
+    if (net_ca_create(&e->ca, cn, err) < 0 || net_http_upstream_ctx(&e->upstream_tls, e->hooks.upstream_ca_file, err) < 0)
+        return -1;
+    e->http = (net_http_env){ .ca = e->ca, .upstream_tls = e->upstream_tls, .secret = e->hooks.secret,
+                              .secret_user = e->hooks.user, .audit = http_audit, .track = http_track,
+                              .dial = http_dial, .arg = e };
+    return 0;
+}
+
+int net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
+{
+    return net_ca_cert_pem(e->ca, pem, len, err);
 }
 
 /* ---- DNS ------------------------------------------------------------------------ */
@@ -488,7 +544,7 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
         e->live[i] = -1;
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->idle, NULL);
-    if (net_policy_parse(policy_json, strlen(policy_json), &e->policy, err) < 0)
+    if (net_policy_parse(policy_json, strlen(policy_json), &e->policy, err) < 0 || start_http(e, err) < 0)
         goto fail;
     if (!(e->pins = net_pins_new())) {
         util_fail(err, ENOMEM, "out of memory");
@@ -563,6 +619,8 @@ void net_engine_stop(net_engine *e)
         close(e->stop_fd);
     net_pins_free(e->pins);
     net_policy_unref(e->policy);
+    SSL_CTX_free(e->upstream_tls);
+    net_ca_free(e->ca);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->idle);
     free(e);

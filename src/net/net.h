@@ -20,8 +20,13 @@ typedef struct net_engine net_engine;
 typedef struct net_hooks {
     cell_net_decide_fn decide;
     cell_net_event_fn  event;
+    cell_net_secret_fn secret;          /* ${secret:NAME} in http rules */
     void              *user;
+    const char        *upstream_ca_file; /* extra upstream TLS roots (PEM), or NULL */
 } net_hooks;
+
+/* The PEM of the cell's interception CA (for its trust store); malloc()ed. */
+int  net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err);
 
 /* Enter the network namespace `netns_fd` (on a short-lived thread, so no
  * caller thread changes namespace), add the default route and the nftables

@@ -18,6 +18,10 @@
 
 #define BOOT_TIMEOUT_MS  30000
 #define REPLY_TIMEOUT_MS 30000
+/* Policed cells' trust store: the image's bundle plus the egress CA after
+ * this marker (cut off and renewed at each boot, for lanes). */
+#define CELL_CA_BUNDLE   "/etc/ssl/certs/ca-certificates.crt"
+#define CELL_CA_MARK     "# cell egress CA (added at boot; replaced at each boot)\n"
 
 /* ---- validation --------------------------------------------------------- */
 
@@ -361,17 +365,96 @@ static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)
     return 0;
 }
 
+/* The image's bundle (without what an earlier boot of a lane appended), or
+ * "" when the image has none. */
+static int read_bundle(cell *c, char **out, size_t *len, cell_error *err)
+{
+    int fd;
+    cell_error oe = { 0 };
+    *out = NULL;
+    *len = 0;
+    if (cell_file_open(c, CELL_CA_BUNDLE, O_RDONLY, 0, &fd, &oe) < 0) {
+        if (oe.code == ENOENT)
+            return 0;
+        if (err)
+            *err = oe;
+        return -1;
+    }
+    size_t cap = 0;
+    for (;;) {
+        if (*len + 65536 > cap) {
+            char *p = cap + 65536 > (64u << 20) ? NULL : realloc(*out, cap += 65536);
+            if (!p) {
+                close(fd);
+                return util_fail(err, EFBIG, "%s is too large to extend with the egress CA", CELL_CA_BUNDLE);
+            }
+            *out = p;
+        }
+        ssize_t n = read(fd, *out + *len, cap - *len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            close(fd);
+            return util_fail_errno(err, "read %s in cell %s", CELL_CA_BUNDLE, c->id);
+        }
+        if (n == 0)
+            break;
+        *len += (size_t)n;
+    }
+    close(fd);
+    (*out)[*len] = '\0';
+    char *mark = strstr(*out, CELL_CA_MARK);
+    if (mark)
+        *len = (size_t)(mark - *out);
+    return 0;
+}
+
+/* Intercepted HTTPS must verify inside the cell: the CA's certificate (never
+ * its key) goes into the cell's bundle and a file of its own.  A cell where
+ * that fails is not started (fail closed, not a cell whose TLS breaks). */
+static int install_ca(cell *c, cell_error *err)
+{
+    char *pem = NULL, *bundle = NULL;
+    size_t pem_len = 0, len = 0;
+    int rc = -1;
+    if (net_engine_ca_pem(c->net, &pem, &pem_len, err) < 0 || read_bundle(c, &bundle, &len, err) < 0 ||
+        cell_file_mkdir(c, "/etc/ssl/certs", 0755, 1, err) < 0)
+        goto out;
+    size_t total = len + 1 + strlen(CELL_CA_MARK) + pem_len;
+    char *all = malloc(total + 1);
+    if (!all) {
+        util_fail(err, ENOMEM, "out of memory");
+        goto out;
+    }
+    int nl = len && bundle[len - 1] != '\n';
+    memcpy(all, bundle ? bundle : "", len);
+    total = len + (size_t)sprintf(all + len, "%s%s%s", nl ? "\n" : "", CELL_CA_MARK, pem);
+    rc = runtime_write_whole(c, "/etc/ssl/certs/cell-egress-ca.pem", pem, pem_len, 0644, err) < 0 ||
+         runtime_write_whole(c, CELL_CA_BUNDLE, all, total, 0644, err) < 0 ? -1 : 0;
+    free(all);
+out:
+    if (rc < 0 && err)
+        snprintf(err->message + strlen(err->message), sizeof err->message - strlen(err->message),
+                 " (installing the egress CA into cell %s)", c->id);
+    free(pem);
+    free(bundle);
+    return rc;
+}
+
 /* A policed cell: its engine wires the network namespace before any process
  * of the cell runs, and the cell resolves through it. */
 static int start_network(cell *c, const cell_config *cfg, cell_error *err)
 {
     if (!cfg->policy)
         return 0;
-    net_hooks hooks = { .decide = cfg->net_decide, .event = cfg->net_event, .user = cfg->net_user };
+    net_hooks hooks = { .decide = cfg->net_decide, .event = cfg->net_event, .secret = cfg->net_secret,
+                        .user = cfg->net_user, .upstream_ca_file = cfg->upstream_ca_file };
     if (net_engine_start(&c->net, c->pidfd, c->id, cfg->policy, &hooks, err) < 0)
         return -1;
     static const char resolv[] = "nameserver 127.0.0.1\noptions edns0\n";
-    return runtime_write_whole(c, "/etc/resolv.conf", resolv, sizeof resolv - 1, 0644, err);
+    if (runtime_write_whole(c, "/etc/resolv.conf", resolv, sizeof resolv - 1, 0644, err) < 0)
+        return -1;
+    return install_ca(c, err);
 }
 
 int cell_set_policy(cell *c, const char *policy_json, cell_error *err)
@@ -509,6 +592,41 @@ static const char *const default_env[] = {
     "HOME=/root", "LANG=C.UTF-8", NULL,
 };
 
+/* Tools that bring their own trust store (Python requests, Node, git,
+ * curl builds without the system store) are pointed at the bundle that
+ * trusts the egress CA, unless the caller chose one. */
+static const char *const ca_env[] = {
+    "SSL_CERT_FILE=" CELL_CA_BUNDLE, "REQUESTS_CA_BUNDLE=" CELL_CA_BUNDLE, "NODE_EXTRA_CA_CERTS=" CELL_CA_BUNDLE,
+    "CURL_CA_BUNDLE=" CELL_CA_BUNDLE, "GIT_SSL_CAINFO=" CELL_CA_BUNDLE, NULL,
+};
+
+static int env_has(const char *const *env, const char *assign)
+{
+    size_t n = strcspn(assign, "=") + 1;
+    for (; *env; env++)
+        if (strncmp(*env, assign, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* env plus the CA variables it lacks; a malloc()ed array of borrowed strings. */
+static const char **env_with_ca(const char *const *env, cell_error *err)
+{
+    size_t n = 0;
+    while (env[n])
+        n++;
+    const char **out = calloc(n + sizeof ca_env / sizeof *ca_env, sizeof *out);
+    if (!out) {
+        util_fail(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    memcpy(out, env, n * sizeof *out);
+    for (const char *const *v = ca_env; *v; v++)
+        if (!env_has(env, *v))
+            out[n++] = *v;
+    return out;
+}
+
 int cell_spawn(cell *c, const cell_proc_spec *spec, pid_t *pid, int *pty_fd, cell_error *err)
 {
     if (pty_fd)
@@ -518,18 +636,24 @@ int cell_spawn(cell *c, const cell_proc_spec *spec, pid_t *pid, int *pty_fd, cel
     if (spec->cwd && runtime_check_cell_path(spec->cwd, "working directory", err) < 0)
         return -1;
     const char *const *env = spec->env ? spec->env : default_env;
+    const char **net_env = NULL;
+    if (c->net && !(env = net_env = env_with_ca(env, err)))
+        return -1;
     uint32_t argc = 0, envc = 0;
     while (spec->argv[argc])
         argc++;
     while (env[envc])
         envc++;
+    const char **strs = (uint64_t)argc + envc + 1 > CTL_MAX_STRS ? NULL : calloc(argc + envc + 1, sizeof *strs);
+    if (strs) {
+        memcpy(strs, spec->argv, argc * sizeof *strs);
+        memcpy(strs + argc, env, envc * sizeof *strs);
+    }
+    free(net_env);
     if ((uint64_t)argc + envc + 1 > CTL_MAX_STRS)
         return util_fail(err, E2BIG, "too many arguments and environment variables (limit %d)", CTL_MAX_STRS - 1);
-    const char **strs = calloc(argc + envc + 1, sizeof *strs);
     if (!strs)
         return util_fail(err, ENOMEM, "out of memory");
-    memcpy(strs, spec->argv, argc * sizeof *strs);
-    memcpy(strs + argc, env, envc * sizeof *strs);
     strs[argc + envc] = spec->cwd ? spec->cwd : "/";
     uint32_t u[CTL_NU] = { argc, envc, spec->tty ? CTL_SPAWN_TTY : 0, (uint32_t)spec->uid, (uint32_t)spec->gid,
                            spec->rows, spec->cols, 0 };

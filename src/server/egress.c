@@ -1,5 +1,6 @@
 /* egress.c: the daemon's side of cell networking: each decision of a cell's
- * engine becomes an audit record, and "decide" rules ask a webhook (cached). */
+ * engine becomes an audit record, "decide" rules ask a webhook (cached), and
+ * http rules' ${secret:NAME} come from the cell's tenant's secrets. */
 #include "server/server_internal.h"
 
 #include <curl/curl.h>
@@ -140,4 +141,13 @@ int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeo
     }
     free(body);
     return allow;
+}
+
+/* The value goes straight into the request head; neither it nor the store's
+ * error (which could only name the secret) is logged here. */
+int egress_secret(void *user, const char *name, char **value, size_t *len)
+{
+    scell *sc = user;
+    cell_error err = { 0 };
+    return store_secret_get(sc->s->st, sc->tenant, name, value, len, &err) < 0 ? -1 : 0;
 }

@@ -190,6 +190,7 @@ static void spec_to_config(json_t *spec, boot_config *b)
         b->cfg.policy = b->policy;
         b->cfg.net_event = egress_event;
         b->cfg.net_decide = egress_decide;
+        b->cfg.net_secret = egress_secret;
     }
 }
 
@@ -220,6 +221,7 @@ int registry_boot(scell *sc, cell_error *err)
     boot_config b;
     spec_to_config(sc->spec, &b);
     b.cfg.net_user = sc;
+    b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
     struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
     srv_on_owner_thread(s, boot_on_owner, &job);
     free(b.policy);

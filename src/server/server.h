@@ -19,6 +19,7 @@ typedef struct server_options {
     uint32_t    max_json_bytes; /* 0 = SERVER_DEFAULT_MAX_JSON */
     uint32_t    token_rate;     /* default rate (req/s) of tokens made by the API, 0 = unlimited */
     int         quiet;          /* no startup banner */
+    const char *upstream_ca_file; /* PEM roots trusted for intercepted upstreams, besides the host's */
 } server_options;
 
 /* Run the daemon until SIGINT or SIGTERM.  Prints where it listens and

@@ -264,6 +264,7 @@ void procs_free_all(scell *sc);
 /* ---- egress (egress.c): libcell's network callbacks, user = the scell ---- */
 void egress_event(void *user, const char *json);
 int  egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms);
+int  egress_secret(void *user, const char *name, char **value, size_t *len);
 void egress_cleanup(void);
 
 /* ---- handlers ------------------------------------------------------------- */
