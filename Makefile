@@ -91,6 +91,7 @@ asan:
 bench: all
 	bash bench/run.sh
 	bash bench/daemon.sh
+	bash bench/egress.sh
 
 # libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
 # FUZZ_SECONDS=600 make fuzz for a longer run by hand.
