@@ -1,5 +1,6 @@
 /* engine.c: a policed cell's egress engine: accepts the flows its rules
- * redirect, decides each by the policy, relays allowed ones with splice(). */
+ * redirect, decides each by the policy, relays allowed ones with splice(),
+ * and relays allowed UDP associations datagram by datagram. */
 #include "net/net.h"
 #include "net/ca.h"
 #include "net/dns.h"
@@ -19,9 +20,11 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define CONNECT_TIMEOUT_MS 10000
 #define DNS_TCP_TIMEOUT_MS 10000
@@ -29,6 +32,49 @@
 /* Flows and DNS queries in progress per cell; beyond it new ones are
  * refused, so a cell cannot exhaust the owner's threads. */
 #define MAX_WORKERS        1024
+/* UDP associations, (cell source, original destination) pairs: at most
+ * UDP_MAX_ASSOC per cell (beyond, datagrams of new pairs are dropped),
+ * ended after UDP_IDLE_MS without a datagram either way.  A denied pair
+ * gets one audit record, and its datagrams are dropped undecided, for
+ * UDP_DENY_MS (or until the policy changes), so a chatty client can flood
+ * neither the audit log nor a decide webhook. */
+#define UDP_MAX_ASSOC      256
+#define UDP_IDLE_MS        30000
+#define UDP_DENY_MS        10000
+#define UDP_DENY_SLOTS     64
+#define UDP_BATCH          64
+
+typedef struct udp_assoc {
+    int                state;       /* UDP_FREE, UDP_ASKING (decide in progress), UDP_LIVE */
+    struct sockaddr_in src, dst;
+    int                hfd;         /* host side, connected to dst */
+    int                cfd;         /* in the cell's netns, bound (transparent) to dst: replies come from there */
+    int                rule;
+    char               host[256];
+    uint64_t           out, in;
+    int64_t            start, last;
+} udp_assoc;
+
+enum { UDP_FREE, UDP_ASKING, UDP_LIVE };
+
+typedef struct udp_deny {
+    struct sockaddr_in src, dst;
+    int64_t            at;          /* 0 = unused */
+    unsigned           gen;         /* the policy it was decided by */
+} udp_deny;
+
+/* A "decide" rule's question, asked on a worker so the UDP loop never
+ * waits for a webhook; the answer comes back through udp_done. */
+typedef struct udp_ask {
+    struct udp_ask        *next;
+    net_engine            *e;
+    size_t                 slot;
+    net_policy            *policy;  /* holds `decide` */
+    const net_decide_rule *decide;
+    int                    rule, allow;
+    size_t                 len;
+    uint8_t                data[];
+} udp_ask;
 
 struct net_engine {
     char            cell_id[40];
@@ -47,6 +93,13 @@ struct net_engine {
     net_ca         *ca;             /* intercepts TLS of "http" rules; its key never enters the cell */
     SSL_CTX        *upstream_tls;   /* verifies upstreams of intercepted flows */
     net_http_env    http;
+    pthread_t       udp_thread;
+    int             udp_on;
+    int             udp_wake;       /* eventfd: answers in udp_done */
+    udp_ask        *udp_done;       /* under lock */
+    unsigned        policy_gen;     /* under lock; bumped by each new policy */
+    udp_assoc       udp[UDP_MAX_ASSOC];   /* the UDP thread's own */
+    udp_deny        udp_denied[UDP_DENY_SLOTS];
 };
 
 static int64_t now_ms(void)
@@ -234,12 +287,12 @@ typedef struct flow_job {
 } flow_job;
 
 /* Ask the owner about a "decide" rule. */
-static int ask_owner(net_engine *e, const net_decide_rule *d, int rule, const char *src, const char *dst,
-                     const char *host)
+static int ask_owner(net_engine *e, const net_decide_rule *d, int rule, const char *transport, const char *src,
+                     const char *dst, const char *host)
 {
     if (!e->hooks.decide)
         return 0;
-    cell_net_flow f = { .cell = e->cell_id, .transport = "tcp", .src = src, .dst = dst, .host = host, .rule = rule,
+    cell_net_flow f = { .cell = e->cell_id, .transport = transport, .src = src, .dst = dst, .host = host, .rule = rule,
                         .cache_s = d->cache_s };
     return e->hooks.decide(e->hooks.user, &f, d->url, d->timeout_ms) == 1;
 }
@@ -270,7 +323,7 @@ static void *flow_main(void *arg)
         net_flow f = { .transport = NET_TCP, .dst = (struct sockaddr *)&dst, .host = pinned ? host : NULL };
         net_policy_decide(p, &f, &v);
         if (v.decide)
-            v.allow = ask_owner(e, v.decide, v.rule, src_s, dst_s, pinned ? host : NULL), reason = "decide";
+            v.allow = ask_owner(e, v.decide, v.rule, "tcp", src_s, dst_s, pinned ? host : NULL), reason = "decide";
         if (v.allow && v.http && !pinned) {
             v.allow = 0;    /* http rules match pinned names only; never unenforced */
             reason = "http rule without a pinned host name";
@@ -469,6 +522,369 @@ static void *dns_tcp_main(void *arg)
     return NULL;
 }
 
+/* ---- UDP ---------------------------------------------------------------------------- */
+/* One thread serves all of a cell's UDP: datagrams TPROXY delivers to the
+ * transparent socket, and the replies of every live association.  Datagrams
+ * are copied through user space: each one must be matched to its
+ * association anyway, and splice() does not keep datagram boundaries. */
+
+static int same_pair(const struct sockaddr_in *a, const struct sockaddr_in *b, const struct sockaddr_in *c,
+                     const struct sockaddr_in *d)
+{
+    return a->sin_addr.s_addr == c->sin_addr.s_addr && a->sin_port == c->sin_port &&
+           b->sin_addr.s_addr == d->sin_addr.s_addr && b->sin_port == d->sin_port;
+}
+
+static unsigned policy_generation(net_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    unsigned gen = e->policy_gen;
+    pthread_mutex_unlock(&e->lock);
+    return gen;
+}
+
+/* 1 if the pair was denied within UDP_DENY_MS under the current policy. */
+static int udp_recently_denied(net_engine *e, const struct sockaddr_in *src, const struct sockaddr_in *dst, int64_t now)
+{
+    unsigned gen = policy_generation(e);
+    for (size_t i = 0; i < UDP_DENY_SLOTS; i++) {
+        udp_deny *d = &e->udp_denied[i];
+        if (d->at && d->gen == gen && now - d->at < UDP_DENY_MS && same_pair(&d->src, &d->dst, src, dst))
+            return 1;
+    }
+    return 0;
+}
+
+/* Audit a denied pair and remember it (in the oldest slot). */
+static void udp_deny_record(net_engine *e, const struct sockaddr_in *src, const struct sockaddr_in *dst,
+                            const char *host, int rule, const char *reason)
+{
+    udp_deny *slot = &e->udp_denied[0];
+    for (size_t i = 1; i < UDP_DENY_SLOTS && slot->at; i++)
+        if (e->udp_denied[i].at < slot->at)
+            slot = &e->udp_denied[i];
+    *slot = (udp_deny){ .src = *src, .dst = *dst, .at = now_ms(), .gen = policy_generation(e) };
+    char src_s[64], dst_s[64];
+    addr_text((const struct sockaddr *)src, src_s, sizeof src_s);
+    addr_text((const struct sockaddr *)dst, dst_s, sizeof dst_s);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:s, s:i}", "event", "connect", "transport", "udp",
+                            "src", src_s, "dst", dst_s, "rule", rule, "verdict", "deny", "reason", reason,
+                            "durationMs", 0);
+    if (rec && host && host[0])
+        json_object_set_new(rec, "host", json_string(host));
+    emit(e, rec);
+}
+
+typedef struct netns_socket_job {
+    int                       netns_fd;
+    const struct sockaddr_in *bind_to;
+    int                       fd, err;
+} netns_socket_job;
+
+static void *netns_socket_main(void *arg)
+{
+    netns_socket_job *job = arg;
+    int one = 1;
+    job->fd = -1;
+    /* This thread alone enters the cell's namespace, and then ends. */
+    if (setns(job->netns_fd, CLONE_NEWNET) < 0) {
+        job->err = errno;
+        return NULL;
+    }
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        job->err = errno;
+        return NULL;
+    }
+    /* Transparent, to bind an address that is not the namespace's own;
+     * reusable, because every association with the same destination binds
+     * it.  Never connected, so TPROXY's lookup of established sockets
+     * passes it over and the cell's datagrams keep coming to the listener. */
+    if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)job->bind_to, sizeof *job->bind_to) < 0) {
+        job->err = errno;
+        close(fd);
+        return NULL;
+    }
+    job->fd = fd;
+    return NULL;
+}
+
+/* The socket in the cell's namespace that replies of an association are
+ * sent from, so the cell sees them come from the address it sent to.
+ * Made on a short-lived thread that setns()es into the namespace (kept
+ * open by the listeners): one thread per association is cheap next to an
+ * association's life, and unlike a pool of prepared sockets it holds no
+ * descriptors for associations that never happen. */
+static int udp_reply_socket(net_engine *e, const struct sockaddr_in *dst)
+{
+    netns_socket_job job = { .netns_fd = e->l.netns, .bind_to = dst, .fd = -1 };
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, netns_socket_main, &job);
+    if (pe != 0) {
+        errno = pe;
+        return -1;
+    }
+    pthread_join(t, NULL);
+    if (job.fd < 0)
+        errno = job.err;
+    return job.fd;
+}
+
+/* Make an allowed association live and forward its first datagram;
+ * on failure the slot is freed and the pair audited as denied. */
+static void udp_open(net_engine *e, udp_assoc *a, const uint8_t *data, size_t len)
+{
+    const char *reason = NULL;
+    a->hfd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (a->hfd < 0 || connect(a->hfd, (struct sockaddr *)&a->dst, sizeof a->dst) < 0)
+        reason = strerror(errno);
+    else if ((a->cfd = udp_reply_socket(e, &a->dst)) < 0)
+        reason = strerror(errno);
+    if (reason) {
+        if (a->hfd >= 0)
+            close(a->hfd);
+        udp_deny_record(e, &a->src, &a->dst, a->host, a->rule, reason);
+        a->state = UDP_FREE;
+        return;
+    }
+    a->state = UDP_LIVE;
+    a->start = a->last = now_ms();
+    if (send(a->hfd, data, len, MSG_DONTWAIT) >= 0)
+        a->out += len;
+}
+
+/* End an association: one audit record with its totals. */
+static void udp_close(net_engine *e, udp_assoc *a)
+{
+    char src_s[64], dst_s[64];
+    addr_text((struct sockaddr *)&a->src, src_s, sizeof src_s);
+    addr_text((struct sockaddr *)&a->dst, dst_s, sizeof dst_s);
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:I, s:I, s:I}", "event", "connect", "transport", "udp",
+                            "src", src_s, "dst", dst_s, "rule", a->rule, "verdict", "allow",
+                            "bytesOut", (json_int_t)a->out, "bytesIn", (json_int_t)a->in,
+                            "durationMs", (json_int_t)(now_ms() - a->start));
+    if (rec && a->host[0])
+        json_object_set_new(rec, "host", json_string(a->host));
+    emit(e, rec);
+    close(a->hfd);
+    close(a->cfd);
+    a->state = UDP_FREE;
+}
+
+static void *udp_ask_main(void *arg)
+{
+    udp_ask *q = arg;
+    net_engine *e = q->e;
+    udp_assoc *a = &e->udp[q->slot];     /* ASKING: the UDP loop leaves it alone */
+    char src_s[64], dst_s[64];
+    addr_text((struct sockaddr *)&a->src, src_s, sizeof src_s);
+    addr_text((struct sockaddr *)&a->dst, dst_s, sizeof dst_s);
+    q->allow = ask_owner(e, q->decide, q->rule, "udp", src_s, dst_s, a->host[0] ? a->host : NULL);
+    net_policy_unref(q->policy);
+    q->policy = NULL;
+    pthread_mutex_lock(&e->lock);
+    q->next = e->udp_done;
+    e->udp_done = q;
+    pthread_mutex_unlock(&e->lock);
+    uint64_t one = 1;
+    if (write(e->udp_wake, &one, sizeof one) < 0) { /* an eventfd write does not fail here */ }
+    worker_end(e);
+    return NULL;
+}
+
+/* The owner's answers to decide rules. */
+static void udp_answers(net_engine *e)
+{
+    uint64_t n;
+    if (read(e->udp_wake, &n, sizeof n) < 0) { /* nothing pending: fine */ }
+    pthread_mutex_lock(&e->lock);
+    udp_ask *q = e->udp_done;
+    e->udp_done = NULL;
+    pthread_mutex_unlock(&e->lock);
+    while (q) {
+        udp_ask *next = q->next;
+        udp_assoc *a = &e->udp[q->slot];
+        if (q->allow) {
+            udp_open(e, a, q->data, q->len);
+        } else {
+            udp_deny_record(e, &a->src, &a->dst, a->host, a->rule, "decide");
+            a->state = UDP_FREE;
+        }
+        free(q);
+        q = next;
+    }
+}
+
+/* A datagram of a pair with no association: decide it. */
+static void udp_new_pair(net_engine *e, const struct sockaddr_in *src, const struct sockaddr_in *dst,
+                         const uint8_t *data, size_t len)
+{
+    int64_t now = now_ms();
+    if (udp_recently_denied(e, src, dst, now))
+        return;
+    char host[256] = "";
+    int pinned = net_pins_lookup(e->pins, (const struct sockaddr *)dst, host, sizeof host);
+    udp_assoc *a = NULL;
+    for (size_t i = 0; i < UDP_MAX_ASSOC && !a; i++)
+        if (e->udp[i].state == UDP_FREE)
+            a = &e->udp[i];
+    net_policy *p = current_policy(e);
+    net_flow f = { .transport = NET_UDP, .dst = (const struct sockaddr *)dst, .host = pinned ? host : NULL };
+    net_verdict v = { .allow = 0, .rule = -1 };
+    net_policy_decide(p, &f, &v);
+    /* A decide rule comes back undecided (allow 0): the owner says. */
+    const char *why = !v.allow && !v.decide ? (v.rule < 0 ? "no rule matched" : "denied by rule")
+                      : !a                  ? "too many UDP associations"
+                                            : NULL;
+    if (why) {
+        net_policy_unref(p);
+        udp_deny_record(e, src, dst, host, v.rule, why);
+        return;
+    }
+    *a = (udp_assoc){ .state = UDP_ASKING, .src = *src, .dst = *dst, .hfd = -1, .cfd = -1, .rule = v.rule };
+    snprintf(a->host, sizeof a->host, "%s", host);
+    if (!v.decide) {
+        net_policy_unref(p);
+        udp_open(e, a, data, len);
+        return;
+    }
+    udp_ask *q = malloc(sizeof *q + len);
+    if (!q) {
+        net_policy_unref(p);
+        a->state = UDP_FREE;
+        return;
+    }
+    *q = (udp_ask){ .e = e, .slot = (size_t)(a - e->udp), .policy = p, .decide = v.decide, .rule = v.rule, .len = len };
+    memcpy(q->data, data, len);
+    if (spawn_worker(e, udp_ask_main, q) < 0) {
+        net_policy_unref(p);
+        free(q);
+        a->state = UDP_FREE;   /* dropped, as when the owner is busy; the client retries */
+    }
+}
+
+/* Datagrams from the cell, a batch at a time so replies are not starved. */
+static void udp_from_cell(net_engine *e, uint8_t *buf, size_t size)
+{
+    for (int i = 0; i < UDP_BATCH; i++) {
+        struct sockaddr_in src;
+        union {
+            struct cmsghdr align;
+            char           space[CMSG_SPACE(sizeof(struct sockaddr_in))];
+        } ctl;
+        struct iovec iov = { .iov_base = buf, .iov_len = size };
+        struct msghdr msg = { .msg_name = &src, .msg_namelen = sizeof src, .msg_iov = &iov, .msg_iovlen = 1,
+                              .msg_control = ctl.space, .msg_controllen = sizeof ctl.space };
+        ssize_t n = recvmsg(e->l.udp, &msg, MSG_DONTWAIT);
+        if (n < 0)
+            return;
+        const struct sockaddr_in *dst = NULL;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+            if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR &&
+                c->cmsg_len >= CMSG_LEN(sizeof(struct sockaddr_in)))
+                dst = (const struct sockaddr_in *)(const void *)CMSG_DATA(c);
+        /* Without an original destination the datagram was sent to the
+         * port itself, not redirected: nothing to relay it to. */
+        if (!dst || src.sin_family != AF_INET || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+            continue;
+        /* The cell's only address is loopback.  A socket bound elsewhere
+         * (IP_FREEBIND) would have replies addressed off the cell, which
+         * the rules would bring back to us as new datagrams: a loop. */
+        if ((ntohl(src.sin_addr.s_addr) >> 24) != 127)
+            continue;
+        struct sockaddr_in d;
+        memcpy(&d, dst, sizeof d);
+        if (d.sin_addr.s_addr == htonl(INADDR_LOOPBACK) && d.sin_port == htons(NET_UDP_PORT))
+            continue;
+        udp_assoc *a = NULL;
+        for (size_t k = 0; k < UDP_MAX_ASSOC && !a; k++)
+            if (e->udp[k].state != UDP_FREE && same_pair(&e->udp[k].src, &e->udp[k].dst, &src, &d))
+                a = &e->udp[k];
+        if (!a) {
+            udp_new_pair(e, &src, &d, buf, (size_t)n);
+        } else if (a->state == UDP_LIVE) {
+            /* An association keeps the verdict it got, like a TCP flow. */
+            a->last = now_ms();
+            if (send(a->hfd, buf, (size_t)n, MSG_DONTWAIT) >= 0)
+                a->out += (uint64_t)n;
+        }
+        /* else: still asking the owner; dropped, as a busy path would. */
+    }
+}
+
+/* Replies of one association, back to the cell's socket. */
+static void udp_from_host(udp_assoc *a, uint8_t *buf, size_t size)
+{
+    for (int i = 0; i < UDP_BATCH; i++) {
+        ssize_t n = recv(a->hfd, buf, size, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return;
+            continue;       /* an ICMP error from the peer: UDP carries on */
+        }
+        a->last = now_ms();
+        if (sendto(a->cfd, buf, (size_t)n, MSG_DONTWAIT, (struct sockaddr *)&a->src, sizeof a->src) >= 0)
+            a->in += (uint64_t)n;
+    }
+}
+
+static void *udp_main(void *arg)
+{
+    net_engine *e = arg;
+    enum { FIXED = 3 };
+    static const size_t size = 65536;
+    uint8_t *buf = malloc(size);
+    struct pollfd *p = calloc(FIXED + UDP_MAX_ASSOC, sizeof *p);
+    size_t *slot = calloc(UDP_MAX_ASSOC, sizeof *slot);
+    if (!buf || !p || !slot)
+        goto out;
+    for (;;) {
+        int64_t now = now_ms(), wait = -1;
+        nfds_t n = FIXED;
+        p[0] = (struct pollfd){ .fd = e->stop_fd, .events = POLLIN };
+        p[1] = (struct pollfd){ .fd = e->udp_wake, .events = POLLIN };
+        p[2] = (struct pollfd){ .fd = e->l.udp, .events = POLLIN };
+        for (size_t i = 0; i < UDP_MAX_ASSOC; i++) {
+            udp_assoc *a = &e->udp[i];
+            if (a->state != UDP_LIVE)
+                continue;
+            int64_t left = a->last + UDP_IDLE_MS - now;
+            if (left <= 0) {
+                udp_close(e, a);
+                continue;
+            }
+            if (wait < 0 || left < wait)
+                wait = left;
+            slot[n - FIXED] = i;
+            p[n++] = (struct pollfd){ .fd = a->hfd, .events = POLLIN };
+        }
+        if (poll(p, n, (int)wait) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (p[0].revents)
+            break;
+        for (nfds_t i = FIXED; i < n; i++)
+            if (p[i].revents)
+                udp_from_host(&e->udp[slot[i - FIXED]], buf, size);
+        if (p[1].revents)
+            udp_answers(e);
+        if (p[2].revents)
+            udp_from_cell(e, buf, size);
+    }
+out:
+    for (size_t i = 0; i < UDP_MAX_ASSOC; i++)
+        if (e->udp[i].state == UDP_LIVE)
+            udp_close(e, &e->udp[i]);
+    free(buf);
+    free(p);
+    free(slot);
+    return NULL;
+}
+
 /* ---- the accept loop --------------------------------------------------------------- */
 static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
 {
@@ -538,8 +954,8 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     snprintf(e->cell_id, sizeof e->cell_id, "%s", cell_id);
     if (hooks)
         e->hooks = *hooks;
-    e->stop_fd = -1;
-    e->l = (net_listeners){ -1, -1, -1 };
+    e->stop_fd = e->udp_wake = -1;
+    e->l = (net_listeners){ .relay = -1, .dns_udp = -1, .dns_tcp = -1, .udp = -1, .netns = -1 };
     for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)
         e->live[i] = -1;
     pthread_mutex_init(&e->lock, NULL);
@@ -550,7 +966,7 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
         util_fail(err, ENOMEM, "out of memory");
         goto fail;
     }
-    if ((e->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0) {
+    if ((e->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0 || (e->udp_wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
         util_fail_errno(err, "eventfd");
         goto fail;
     }
@@ -563,6 +979,12 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
         goto fail;
     }
     e->thread_on = 1;
+    if ((pe = pthread_create(&e->udp_thread, NULL, udp_main, e)) != 0) {
+        errno = pe;
+        util_fail_errno(err, "engine UDP thread");
+        goto fail;
+    }
+    e->udp_on = 1;
     *out = e;
     return 0;
 fail:
@@ -589,6 +1011,7 @@ int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *er
     pthread_mutex_lock(&e->lock);
     net_policy *old = e->policy;
     e->policy = p;
+    e->policy_gen++;        /* denied UDP pairs are decided afresh */
     pthread_mutex_unlock(&e->lock);
     net_policy_unref(old);
     json_t *rec = json_pack("{s:s}", "event", "policy");
@@ -606,6 +1029,8 @@ void net_engine_stop(net_engine *e)
         if (write(e->stop_fd, &one, sizeof one) < 0) { /* an eventfd write does not fail here */ }
         pthread_join(e->thread, NULL);
     }
+    if (e->udp_on)
+        pthread_join(e->udp_thread, NULL);     /* ends its associations */
     /* Cut every relayed flow; their threads notice and end. */
     pthread_mutex_lock(&e->lock);
     for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)
@@ -614,9 +1039,17 @@ void net_engine_stop(net_engine *e)
     while (e->workers > 0)
         pthread_cond_wait(&e->idle, &e->lock);
     pthread_mutex_unlock(&e->lock);
+    /* Answers that came after the UDP thread ended: nobody waits for them. */
+    while (e->udp_done) {
+        udp_ask *q = e->udp_done;
+        e->udp_done = q->next;
+        free(q);
+    }
     net_listeners_close(&e->l);
     if (e->stop_fd >= 0)
         close(e->stop_fd);
+    if (e->udp_wake >= 0)
+        close(e->udp_wake);
     net_pins_free(e->pins);
     net_policy_unref(e->policy);
     SSL_CTX_free(e->upstream_tls);

