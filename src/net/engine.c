@@ -408,13 +408,27 @@ static int http_dial(const struct sockaddr *dst, socklen_t len)
     return connect_upstream(dst, len);
 }
 
+/* A lane keeps its CA across boots, so software in it that pinned or
+ * cached the CA keeps working; one that is unreadable, mismatched or close
+ * to expiry is replaced (and the cell's bundle is rewritten at each boot). */
+static int load_or_create_ca(net_engine *e, const char *cn, cell_error *err)
+{
+    if (e->hooks.ca_dir && net_ca_load(&e->ca, e->hooks.ca_dir, NULL) == 0)
+        return 0;
+    if (net_ca_create(&e->ca, cn, err) < 0)
+        return -1;
+    if (e->hooks.ca_dir && (util_mkdir_p(e->hooks.ca_dir, 0700, err) < 0 || net_ca_save(e->ca, e->hooks.ca_dir, err) < 0))
+        return -1;
+    return 0;
+}
+
 /* The interception CA (named after the cell, so a cell's trust store says
  * whose it is) and the upstream verifier. */
 static int start_http(net_engine *e, cell_error *err)
 {
     char cn[64];
     snprintf(cn, sizeof cn, "cell %.16s egress CA", e->cell_id);
-    if (net_ca_create(&e->ca, cn, err) < 0 || net_http_upstream_ctx(&e->upstream_tls, e->hooks.upstream_ca_file, err) < 0)
+    if (load_or_create_ca(e, cn, err) < 0 || net_http_upstream_ctx(&e->upstream_tls, e->hooks.upstream_ca_file, err) < 0)
         return -1;
     e->http = (net_http_env){ .ca = e->ca, .upstream_tls = e->upstream_tls, .secret = e->hooks.secret,
                               .secret_user = e->hooks.user, .audit = http_audit, .track = http_track,

@@ -25,6 +25,7 @@ typedef struct net_hooks {
     cell_net_secret_fn secret;          /* ${secret:NAME} in http rules */
     void              *user;
     const char        *upstream_ca_file; /* extra upstream TLS roots (PEM), or NULL */
+    const char        *ca_dir;           /* keep the interception CA here across boots (a lane's), or NULL */
 } net_hooks;
 
 /* The PEM of the cell's interception CA (for its trust store); malloc()ed. */

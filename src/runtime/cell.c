@@ -449,6 +449,14 @@ static int start_network(cell *c, const cell_config *cfg, cell_error *err)
         return 0;
     net_hooks hooks = { .decide = cfg->net_decide, .event = cfg->net_event, .secret = cfg->net_secret,
                         .user = cfg->net_user, .upstream_ca_file = cfg->upstream_ca_file };
+    /* A lane's CA lives beside its layer, outside what the cell sees. */
+    char ca_dir[PATH_MAX];
+    if (cfg->lane) {
+        if (runtime_lane_dir(c->ctx, cfg->lane, ca_dir, sizeof ca_dir - 16, err) < 0)
+            return -1;
+        strcat(ca_dir, "/egress-ca");
+        hooks.ca_dir = ca_dir;
+    }
     if (net_engine_start(&c->net, c->pidfd, c->id, cfg->policy, &hooks, err) < 0)
         return -1;
     static const char resolv[] = "nameserver 127.0.0.1\noptions edns0\n";
