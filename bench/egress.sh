@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench/egress.sh: a cell's TCP egress relay against direct host networking,
-# pasta and slirp4netns (docs/performance.md, "Egress (issue 4): TCP relay").
+# pasta and slirp4netns, and HTTPS through interception against direct TLS
+# (docs/performance.md, "Egress (issue 4): TCP relay and HTTPS interception").
 #
 #   sudo bash bench/egress.sh          # or: make bench (after the others)
+#   CELL_EGRESS_BENCH_ONLY=https bash bench/egress.sh   # HTTPS only
 #
 # Puts a TCP server (bench/net_bench.c, built statically) on an address from
 # 198.18.0.0/15 that it adds to the host's lo, and runs the same client:
@@ -18,18 +20,25 @@
 #           MB/s medians, the ratio to direct and the machine's CPU time per GiB
 #   lat     connect() + 1-byte echo round trip over fresh connections:
 #           p50/p90/p99 and what each path adds to direct
+#   https   HTTPS through interception (an `http` rule: the owner terminates
+#           TLS with the cell's CA and re-encrypts upstream) against direct
+#           TLS to the same server (bench/tls_bench.c, HTTPS/1.1 on ADDR:443
+#           with a test CA and leaf made here with the openssl CLI; the cell
+#           resolves bench.test through bench/egress_dns.py on ADDR:53):
+#           requests/s and p50/p99 of sequential GETs, each on a new TLS
+#           connection, and MB/s of one large GET.  Contenders: direct, cell.
 # Contenders are interleaved round-robin, the first one rotating each round.
-# Nothing is asserted: it measures.  Only plain TCP flows (a `tcp` rule,
-# the splice relay) are measured; HTTPS through interception (`http`
-# rules) is not, so the issue's HTTPS row has no number yet.
+# Nothing is asserted: it measures.
 #
 # Environment:
 #   CELL_EGRESS_BENCH_BYTES    bytes per transfer (tput)           (default 1073741824)
-#   CELL_EGRESS_BENCH_REPS     transfers per contender/direction   (default 5)
+#   CELL_EGRESS_BENCH_REPS     transfers per contender/direction   (default 5; https: large GETs)
 #   CELL_EGRESS_BENCH_LAT_N    timed connections per round (lat)   (default 1000)
-#   CELL_EGRESS_BENCH_ROUNDS   rounds per contender (lat)          (default 3)
-#   CELL_EGRESS_BENCH_WARMUP   untimed connections per round (lat) (default 50)
-#   CELL_EGRESS_BENCH_ONLY     space-separated subset of: tput lat
+#   CELL_EGRESS_BENCH_ROUNDS   rounds per contender (lat, https)   (default 3)
+#   CELL_EGRESS_BENCH_WARMUP   untimed connections or requests per round (lat, https) (default 50)
+#   CELL_EGRESS_BENCH_HTTPS_N      timed requests per round (https)  (default 1000)
+#   CELL_EGRESS_BENCH_HTTPS_BYTES  bytes of the large GET (https)    (default 1073741824)
+#   CELL_EGRESS_BENCH_ONLY     space-separated subset of: tput lat https
 #   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell pasta slirp)
 #   CELL_EGRESS_BENCH_CELL     a prebuilt cell binary to measure (skips `make all`)
 #   CELL_BENCH_COMMIT          label for the commit line
@@ -43,7 +52,10 @@ reps=${CELL_EGRESS_BENCH_REPS:-5}
 lat_n=${CELL_EGRESS_BENCH_LAT_N:-1000}
 rounds=${CELL_EGRESS_BENCH_ROUNDS:-3}
 lat_warmup=${CELL_EGRESS_BENCH_WARMUP:-50}
-only=${CELL_EGRESS_BENCH_ONLY:-tput lat}
+https_n=${CELL_EGRESS_BENCH_HTTPS_N:-1000}
+https_bytes=${CELL_EGRESS_BENCH_HTTPS_BYTES:-1073741824}
+https_name=bench.test                 # the name the cell resolves and the http rule pins
+only=${CELL_EGRESS_BENCH_ONLY:-tput lat https}
 who_all=${CELL_EGRESS_BENCH_WHO:-direct cell pasta slirp}
 cc=${CC:-cc}
 
@@ -66,6 +78,17 @@ cell_bin="$out/cell"
 # slirp4netns's namespaces.
 "$cc" -std=c17 -O2 -Wall -Wextra -Werror -static -o "$out/net_bench" "$here/net_bench.c"
 nb="$out/net_bench"
+tb="$out/tls_bench"
+if [[ " $only " == *" https "* ]]; then
+    command -v openssl >/dev/null || die "openssl (the CLI) is not installed: it makes the https benchmark's test CA"
+    # Static too when libssl.a exists (glibc warns that getaddrinfo and dlopen
+    # in a static binary need the same glibc at run time: the host image has
+    # it); otherwise dynamic, which runs in a cell on the host image as well.
+    "$cc" -std=c17 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -static -o "$tb" "$here/tls_bench.c" -lssl -lcrypto -lpthread \
+        >"$out/tls_bench.log" 2>&1 ||
+        "$cc" -std=c17 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -o "$tb" "$here/tls_bench.c" -lssl -lcrypto ||
+        die "cannot build bench/tls_bench.c (libssl-dev)"
+fi
 
 # Which contenders can run here.
 who=""
@@ -80,11 +103,11 @@ done
 
 # ---- scratch, address, server, cleanup ---------------------------------------------------
 scratch=$(mktemp -d /tmp/cell-egress-bench.XXXXXX)
-server_pid="" addr="" added=0
+server_pid="" tls_pid="" dns_pid="" addr="" added=0
 cleanup() {
-    local rc=$?
+    local rc=$? p
     trap - EXIT INT TERM HUP
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    for p in $server_pid $tls_pid $dns_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     [ "$added" = 1 ] && ip addr del "$addr/32" dev lo 2>/dev/null
     rm -rf "$scratch"
     exit "$rc"
@@ -190,6 +213,8 @@ pv=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo "?")
 sv=$(slirp4netns --version 2>/dev/null | awk 'NR == 1 {v = $3} /^libslirp:/ {l = $2} END {print v " (libslirp " l ")"}')
 echo "- tools: passt/pasta $pv, slirp4netns $sv"
 echo "- server: $addr:$port on the host's lo; transfers of $bytes bytes, $reps per contender and direction; latency $rounds x $lat_n connections per contender (each round after $lat_warmup untimed)"
+[[ " $only " != *" https "* ]] ||
+    echo "- https: tls_bench on $addr:443 ($(openssl version | cut -d' ' -f1-2), TLS 1.3, P-256 test CA and leaf), DNS for $https_name on $addr:53; $rounds x $https_n requests and $reps GETs of $https_bytes bytes per contender"
 echo
 
 # ---- 1. throughput -----------------------------------------------------------------------
@@ -300,12 +325,171 @@ EOF
     [ -z "$failed" ] || { echo "Failed rounds (left out): $failed."; echo; }
 }
 
+# ---- 3. HTTPS through interception -------------------------------------------------------
+# The server (bench/tls_bench.c) on $addr:443 with a leaf for bench.test from a
+# test CA made here; a DNS server on $addr:53 that answers bench.test -> $addr,
+# the cell's resolver's upstream, so the name gets pinned to the address.
+setup_https() {
+    local d="$scratch/tls"
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=cell bench test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$d/ca.key" -out "$d/ca.pem" >"$d/openssl.log" 2>&1 || die "openssl: $(cat "$d/openssl.log")"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$https_name" \
+        -keyout "$d/leaf.key" -out "$d/leaf.csr" >"$d/openssl.log" 2>&1 || die "openssl: $(cat "$d/openssl.log")"
+    printf 'subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        "$https_name" >"$d/leaf.ext"
+    openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+        -extfile "$d/leaf.ext" -out "$d/leaf.pem" >"$d/openssl.log" 2>&1 || die "openssl: $(cat "$d/openssl.log")"
+    "$tb" serve "$addr" 443 "$d/leaf.pem" "$d/leaf.key" "$d/ready" 2>"$d/server.err" &
+    tls_pid=$!
+    python3 "$here/egress_dns.py" "$addr" 53 "$https_name" "$addr" "$d/dns.ready" 2>"$d/dns.err" &
+    dns_pid=$!
+    for _ in $(seq 100); do [ -s "$d/ready" ] && [ -s "$d/dns.ready" ] && break; sleep 0.05; done
+    [ -s "$d/ready" ] || die "the TLS server did not start: $(cat "$d/server.err")"
+    [ -s "$d/dns.ready" ] || die "the DNS server did not start: $(cat "$d/dns.err")"
+    printf '{"rules": [{"dns": {"upstreams": ["%s"]}}, {"http": {"host": "%s", "ports": [443]}}]}\n' \
+        "$addr" "$https_name" >"$scratch/https.json"
+}
+# run_https WHO MODE ARGS...: tls_bench MODE on the host (trusting the test CA,
+# to $addr) or in a cell (resolving bench.test, trusting the cell's bundle,
+# which holds the cell's egress CA; the owner trusts the test CA upstream).
+run_https() {
+    local w=$1 mode=$2
+    shift 2
+    case $w in
+    direct) "$tb" "$mode" "$addr" 443 "$https_name" "$scratch/tls/ca.pem" "$@" 2>"$scratch/err" ;;
+    cell) "$cell_bin" --state "$scratch/state" run --policy "$scratch/https.json" --upstream-ca "$scratch/tls/ca.pem" \
+              --mount "$out:/bench:ro" -- /bench/tls_bench "$mode" - 443 "$https_name" \
+              /etc/ssl/certs/ca-certificates.crt "$@" 2>"$scratch/err" ;;
+    esac
+}
+https_label() {
+    case $1 in
+    direct) echo "direct TLS (client and server on the host)" ;;
+    cell) echo "cell: interception (\`http\` rule, cell run --policy)" ;;
+    esac
+}
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime
+
+bench_https() {
+    local who_all_=$who w r line t0 t1 s0 s1
+    who=""
+    for w in $who_all_; do case $w in direct | cell) who="$who $w" ;; esac; done
+    [ -n "$who" ] || { who=$who_all_; note "https: needs direct or cell among the contenders: skipped"; return; }
+    setup_https
+    declare -A rps cpu scpu runs fails mbs
+    note "https requests: $rounds rounds x {$who } x $https_n requests..."
+    for r in $(seq "$rounds"); do
+        for w in $(order "$r"); do
+            touch "$scratch/https.$w"
+            t0=$(busy_ticks) s0=$(proc_ticks "$tls_pid")
+            if ! run_https "$w" rps "$https_n" "$lat_warmup" >"$scratch/rps.out"; then
+                note "  $w https round $r failed: $(tr '\n' ' ' <"$scratch/err")"
+                fails[$w.rps]=$((${fails[$w.rps]:-0} + 1))
+                runs[$w.rps]="${runs[$w.rps]:-} failed"
+                continue
+            fi
+            t1=$(busy_ticks) s1=$(proc_ticks "$tls_pid")
+            line=$(head -1 "$scratch/rps.out")
+            rps[$w]="${rps[$w]:-} $(kv rps <<<"$line")"
+            runs[$w.rps]="${runs[$w.rps]:-} $(kv rps <<<"$line")"
+            # ms of CPU per request (warm-up requests and the cell's boot included)
+            cpu[$w.rps]="${cpu[$w.rps]:-} $(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$((https_n + lat_warmup))" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+            scpu[$w.rps]="${scpu[$w.rps]:-} $(awk -v a="$s0" -v b="$s1" -v hz="$hz" -v n="$((https_n + lat_warmup))" 'BEGIN {printf "%.3f", (b-a)/hz*1000/n}')"
+            tail -n +2 "$scratch/rps.out" >>"$scratch/https.$w"
+        done
+        note "  round $r: $(for w in $who; do echo -n "$w ${runs[$w.rps]##* } "; done)req/s"
+    done
+    note "https throughput: $reps reps x {$who } x $https_bytes bytes..."
+    for r in $(seq "$reps"); do
+        for w in $(order "$r"); do
+            t0=$(busy_ticks) s0=$(proc_ticks "$tls_pid")
+            if ! line=$(run_https "$w" get "$https_bytes"); then
+                note "  $w https get failed: $(tr '\n' ' ' <"$scratch/err")"
+                fails[$w.get]=$((${fails[$w.get]:-0} + 1))
+                runs[$w.get]="${runs[$w.get]:-} failed"
+                continue
+            fi
+            t1=$(busy_ticks) s1=$(proc_ticks "$tls_pid")
+            mbs[$w]="${mbs[$w]:-} $(kv mbs <<<"$line")"
+            runs[$w.get]="${runs[$w.get]:-} $(kv mbs <<<"$line")"
+            cpu[$w.get]="${cpu[$w.get]:-} $(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v n="$https_bytes" 'BEGIN {printf "%.2f", (b-a)/hz * 1073741824/n}')"
+            scpu[$w.get]="${scpu[$w.get]:-} $(awk -v a="$s0" -v b="$s1" -v hz="$hz" -v n="$https_bytes" 'BEGIN {printf "%.2f", (b-a)/hz * 1073741824/n}')"
+        done
+        note "  rep $r: $(for w in $who; do echo -n "$w ${runs[$w.get]##* } "; done)MB/s"
+    done
+    kill -0 "$tls_pid" 2>/dev/null || die "the TLS server died: $(cat "$scratch/tls/server.err")"
+
+    echo "### HTTPS requests: sequential GETs (64-byte body), a new TCP connection and full TLS handshake each"
+    echo
+    echo "Req/s: median of $rounds rounds of $https_n requests (each round a fresh process, after $lat_warmup untimed requests)."
+    echo "Latency: from before socket() to the last body byte, samples of all rounds pooled (TLS close not timed)."
+    echo "CPU ms/request: busy time of the whole machine (/proc/stat) over a round, per request (warm-up and cell boot included);"
+    echo "server: the TLS server's own CPU time."
+    echo
+    echo "| path | req/s (median) | / direct | p50 (µs) | p90 (µs) | p99 (µs) | p50 added to direct (µs) | CPU ms/request | server CPU ms/request | failed rounds | all rounds (req/s) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    local base m
+    # shellcheck disable=SC2086
+    base=$(median ${rps[direct]:-0})
+    for w in $who; do
+        if [ -z "${rps[$w]:-}" ]; then
+            echo "| $(https_label "$w") | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | ${fails[$w.rps]:-0} |${runs[$w.rps]:-} |"
+            continue
+        fi
+        # shellcheck disable=SC2086
+        m=$(median ${rps[$w]})
+        # shellcheck disable=SC2086
+        python3 - "$scratch/https.$w" "$scratch/https.direct" <<EOF
+import sys
+def pct(s, p):
+    k = (len(s) - 1) * p / 100
+    f = int(k)
+    return s[f] + (s[min(f + 1, len(s) - 1)] - s[f]) * (k - f)
+def load(f):
+    try:
+        return sorted(int(x) / 1000 for x in open(f) if x.strip())
+    except OSError:
+        return []
+s, d = load(sys.argv[1]), load(sys.argv[2])
+add = "%+.1f" % (pct(s, 50) - pct(d, 50)) if d else "n/a"
+print("| $(https_label "$w") | $m | $(ratio "$m" "$base") | %.1f | %.1f | %.1f | %s | $(median ${cpu[$w.rps]}) | $(median ${scpu[$w.rps]}) | ${fails[$w.rps]:-0} |${runs[$w.rps]} |"
+      % (pct(s, 50), pct(s, 90), pct(s, 99), add))
+EOF
+    done
+    echo
+    local mib
+    mib=$(awk -v n="$https_bytes" 'BEGIN {printf "%g MiB", n/1048576}')
+    echo "### HTTPS throughput: one GET of $mib (server -> client)"
+    echo
+    echo "Median of $reps transfers; MB = 10^6 bytes; timed by the client from before connect() to the last body byte"
+    echo "(TCP and TLS handshakes included). CPU s/GiB: the whole machine over the run (cell boot included) and the TLS server's own."
+    echo
+    echo "| path | MB/s (median) | / direct | CPU s/GiB (median) | server CPU s/GiB | failed runs | all runs (MB/s) |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    # shellcheck disable=SC2086
+    base=$(median ${mbs[direct]:-0})
+    for w in $who; do
+        if [ -z "${mbs[$w]:-}" ]; then
+            echo "| $(https_label "$w") | n/a | n/a | n/a | n/a | ${fails[$w.get]:-0} |${runs[$w.get]:-} |"
+            continue
+        fi
+        # shellcheck disable=SC2086
+        m=$(median ${mbs[$w]})
+        # shellcheck disable=SC2086
+        echo "| $(https_label "$w") | $m | $(ratio "$m" "$base") | $(median ${cpu[$w.get]}) | $(median ${scpu[$w.get]}) | ${fails[$w.get]:-0} |${runs[$w.get]} |"
+    done
+    echo
+    who=$who_all_
+}
+
 for b in $only; do
     case $b in
     tput) bench_tput ;;
     lat) bench_lat ;;
-    *) die "unknown benchmark '$b' in CELL_EGRESS_BENCH_ONLY (tput lat)" ;;
+    https) bench_https ;;
+    *) die "unknown benchmark '$b' in CELL_EGRESS_BENCH_ONLY (tput lat https)" ;;
     esac
 done
 kill -0 "$server_pid" 2>/dev/null || die "the server died"
-echo "Not measured: HTTPS through interception (\`http\` rules, TLS terminated by the owner), the issue's HTTPS row."

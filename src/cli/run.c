@@ -40,6 +40,9 @@ const char cli_run_usage[] =
     "  --hostname NAME      the cell's hostname (default cell-<id>)\n"
     "  --policy FILE        network policy (JSON, see docs/egress.md); without\n"
     "                       one the cell has no network at all\n"
+    "  --upstream-ca FILE   PEM certificates trusted, besides the host's trust\n"
+    "                       store, when verifying upstreams of intercepted HTTPS\n"
+    "                       (`http` rules; private CAs, tests)\n"
     "  --user UID[:GID]     run as this uid/gid inside the cell (default 0:0)\n"
     "  -t, --tty            run CMD on a pseudo-terminal (interactive shells);\n"
     "                       this terminal is put in raw mode while it runs\n"
@@ -115,7 +118,7 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -124,7 +127,8 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
         { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
         { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
-        { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY }, { 0, 0, 0, 0 },
+        { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
+        { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { 0, 0, 0, 0 },
     };
     o->cfg.mounts = o->mounts;
     opterr = 0;
@@ -147,6 +151,11 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             o->cfg.policy = o->policy;
             break;
         }
+        case O_UPSTREAM_CA:
+            if (access(optarg, R_OK) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", optarg, strerror(errno));
+            o->cfg.upstream_ca_file = optarg;
+            break;
         case O_CWD: o->cwd = optarg; break;
         case O_MEMORY:
             if (cell_parse_size(optarg, &o->cfg.limits.memory, &err) < 0)
