@@ -158,15 +158,6 @@ static void write_free(sreq *r)
     r->stream = NULL;
 }
 
-static int too_big(sreq *r, uint64_t n)
-{
-    if (n <= r->s->opt.max_file_bytes)
-        return 0;
-    reply_problem(r, 413, "invalid_request", "body exceeds the limit of %llu bytes (cell serve --max-file-size)",
-                  (unsigned long long)r->s->opt.max_file_bytes);
-    return 1;
-}
-
 static write_state *write_begin(sreq *r)
 {
     write_state *w = calloc(1, sizeof *w);
@@ -178,9 +169,6 @@ static write_state *write_begin(sreq *r)
     r->stream = w;
     r->stream_free = write_free;
     if (fs_path(r, "path", 1, w->path, sizeof w->path) < 0)
-        return NULL;
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && too_big(r, strtoull(cl, NULL, 10)))
         return NULL;
     char parent[4096];
     snprintf(parent, sizeof parent, "%s", w->path);
@@ -210,8 +198,6 @@ int h_fs_write_body(sreq *r, const char *data, size_t len)
 {
     write_state *w = r->stream;
     if (!w && !(w = write_begin(r)))
-        return -1;
-    if (too_big(r, w->written + len))
         return -1;
     if (util_write_all(w->fd, data, len) < 0) {
         int code = errno;
@@ -339,7 +325,6 @@ typedef struct upload_state {
     int        wfd, rfd;
     pthread_t  worker;
     int        worker_on;
-    uint64_t   received;
     json_t    *paths;
     int        truncated;
     int        rc;
@@ -417,9 +402,6 @@ static upload_state *upload_begin(sreq *r)
         return NULL;
     if (fs_path(r, "path", 0, u->dir, sizeof u->dir) < 0)
         return NULL;
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl && too_big(r, strtoull(cl, NULL, 10)))
-        return NULL;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
         reply_problem(r, 500, "internal", "pipe: %s", strerror(errno));
@@ -440,11 +422,6 @@ int h_fs_upload_body(sreq *r, const char *data, size_t len)
     upload_state *u = r->stream;
     if (!u && !(u = upload_begin(r)))
         return -1;
-    u->received += len;
-    if (too_big(r, u->received)) {
-        upload_finish_worker(u);
-        return -1;
-    }
     /* A worker that stopped reading failed; its error is the answer. */
     if (u->wfd >= 0 && util_write_all(u->wfd, data, len) < 0) {
         close(u->wfd);

@@ -155,6 +155,16 @@ static void begin(sreq *r)
 /* Bytes of a refused body read before the connection is dropped instead. */
 #define DISCARD_LIMIT (16u << 20)
 
+/* Streamed bodies (files, tars, lane imports) share one limit, checked here
+ * for every route: declared up front, counted as the chunks arrive.  The
+ * per-cell plane words it as sandbox-agent does (invalid_request). */
+static void reply_stream_too_big(sreq *r)
+{
+    reply_problem(r, 413, (r->m.route->flags & ROUTE_CELL) ? "invalid_request" : "payload_too_large",
+                  "body exceeds the limit of %llu bytes (cell serve --max-file-size)",
+                  (unsigned long long)r->s->opt.max_file_bytes);
+}
+
 /* A JSON body is buffered up to max_json_bytes; streamed bodies go to the route. */
 static void take_body(sreq *r, const char *data, size_t len)
 {
@@ -162,7 +172,11 @@ static void take_body(sreq *r, const char *data, size_t len)
         return;                       /* an error is queued: drain and drop */
     const route *rt = r->m.route;
     if (rt->flags & ROUTE_STREAM_BODY) {
-        rt->body(r, data, len);
+        r->streamed += len;
+        if (r->streamed > r->s->opt.max_file_bytes)
+            reply_stream_too_big(r);
+        else
+            rt->body(r, data, len);
         return;
     }
     size_t limit = r->s->opt.max_json_bytes;
@@ -209,9 +223,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         r->in_body = te != NULL || (len && strtoull(len, NULL, 10) > 0);
         begin(r);
-        if (!r->responded && !(r->m.route->flags & ROUTE_STREAM_BODY)) {
+        if (!r->responded && (r->m.route->flags & ROUTE_STREAM_BODY)) {
+            if (len && strtoull(len, NULL, 10) > r->s->opt.max_file_bytes)
+                reply_stream_too_big(r);
+        } else if (!r->responded) {
             /* Refuse a declared oversized or non-JSON body before reading it. */
-            const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            const char *cl = len;
             const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
             if (cl && strtoull(cl, NULL, 10) > r->s->opt.max_json_bytes)
                 reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %u bytes",

@@ -231,7 +231,6 @@ typedef struct import_state {
     pthread_t  worker;
     int        worker_on;
     lane_job   job;
-    uint64_t   received;
 } import_state;
 
 static void *import_main(void *arg)
@@ -248,15 +247,16 @@ static void *import_main(void *arg)
     return NULL;
 }
 
+static void import_abandon(sreq *r, import_state *st);
+
+/* An import that did not finish (refused body, client gone) leaves no lane
+ * behind; a finished one has cleared lane.id. */
 static void import_free(sreq *r)
 {
     import_state *st = r->stream;
     if (!st)
         return;
-    if (st->wfd >= 0)
-        close(st->wfd);
-    if (st->worker_on)
-        pthread_join(st->worker, NULL);
+    import_abandon(r, st);
     if (st->job.fd >= 0)
         close(st->job.fd);
     free(st);
@@ -319,12 +319,6 @@ int h_lanes_import_body(sreq *r, const char *data, size_t len)
         if (r->stream)
             import_abandon(r, r->stream);
         return -1;
-    }
-    st->received += len;
-    if (st->received > r->s->opt.max_file_bytes) {
-        import_abandon(r, st);
-        return reply_problem(r, 413, "payload_too_large", "lane imports are limited to %llu bytes (cell serve --max-file-size)",
-                             (unsigned long long)r->s->opt.max_file_bytes), -1;
     }
     if (st->wfd >= 0 && util_write_all(st->wfd, data, len) < 0) {
         /* The worker stopped reading: it failed; its error is reported at the end. */

@@ -106,11 +106,14 @@ struct sreq {
     int           in_body;          /* between the first and the last call */
     struct MHD_Response *deferred;  /* a reply made while the body streamed in */
     uint64_t      discarded;        /* body bytes dropped after an error */
+    uint64_t      streamed;         /* ROUTE_STREAM_BODY bytes handed to the route */
     int64_t       start_ms;
     json_t       *audit;            /* extra audit fields (cell, command, exit code) */
 };
 
 int64_t srv_now_ms(void);
+/* An absolute CLOCK_REALTIME deadline `ms` from now, for pthread_cond_timedwait. */
+void srv_deadline_after(struct timespec *ts, int64_t ms);
 /* Run fn(arg) on the daemon's main thread and wait for it. */
 void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg);
 

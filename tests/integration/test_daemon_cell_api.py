@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import tarfile
 import time
 import uuid
@@ -714,6 +715,43 @@ def test_fs_body_over_max_file_size_is_413(cell, admin):
     assert admin.get("/v1/health").status == 200
     assert cell.get("/health").status == 200
     assert cell.sh("echo still-serving")["stdout"] == "still-serving\n"
+
+
+def test_lane_import_over_max_file_size_is_413_and_leaves_no_lane(admin, d):
+    # Declared up front, and streamed in chunks without a Content-Length.
+    tar_bytes = make_tar([("big.bin", b"q" * (MAX_FILE + 1024))])
+    r = admin.call("POST", "/v1/lanes/too-big/import", body=tar_bytes, headers={"Content-Type": "application/x-tar"})
+    assert_problem(r, 413, "payload_too_large", "max-file-size")
+    conn = admin.conn()
+    try:
+        conn.putrequest("POST", "/v1/lanes/too-big-chunked/import")
+        conn.putheader("Authorization", "Bearer " + admin.token)
+        conn.putheader("Content-Type", "application/x-tar")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for off in range(0, len(tar_bytes), 65536):
+                part = tar_bytes[off:off + 65536]
+                conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass
+        resp = conn.getresponse()
+        assert resp.status == 413, (resp.status, resp.read())
+    finally:
+        conn.close()
+    # The refused import is abandoned when its request ends: no lane remains,
+    # not even a row left "creating" (which the API would not list).
+    def leftovers():
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d.state, "cell.db"), uri=True)
+        try:
+            return db.execute("SELECT name, state FROM lanes WHERE name LIKE 'too-big%'").fetchall()
+        finally:
+            db.close()
+    dm.wait_for(lambda: not leftovers(), 5)
+    assert not leftovers()
+    for name in ("too-big", "too-big-chunked"):
+        assert admin.get("/v1/lanes/" + name).status == 404
 
 
 # ---- cell states, tenants, unimplemented routes -----------------------------------------
