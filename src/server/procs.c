@@ -21,17 +21,6 @@ void procs_config_default(struct proc_config *c)
 }
 
 /* ---- small pieces --------------------------------------------------------------- */
-static void deadline_after(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
 static json_t *base64_json(const void *data, size_t len)
 {
     char *out = malloc(4 * ((len + 2) / 3) + 1);
@@ -687,7 +676,7 @@ static int wait_exited(sproc *p, int64_t deadline_ms)
         if (left <= 0)
             break;
         struct timespec ts;
-        deadline_after(&ts, left);
+        srv_deadline_after(&ts, left);
         pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
     }
     int exited = p->exited;
@@ -1007,7 +996,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
             if (srv_now_ms() >= until)
                 break;
             struct timespec ts;
-            deadline_after(&ts, until - srv_now_ms());
+            srv_deadline_after(&ts, until - srv_now_ms());
             pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
         }
         pthread_mutex_unlock(&sc->plock);

@@ -352,8 +352,7 @@ static void *reaper_main(void *arg)
     pthread_mutex_lock(&s->lock);
     while (!atomic_load(&s->stopping)) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
+        srv_deadline_after(&ts, 1000);
         pthread_cond_timedwait(&s->reaper_cond, &s->lock, &ts);
         if (atomic_load(&s->stopping))
             break;

@@ -120,17 +120,6 @@ static void term_error(term *t, const char *fmt, ...)
 }
 
 /* ---- pty output: the writer thread ------------------------------------------------- */
-static void deadline_after(struct timespec *ts, int64_t ms)
-{
-    clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (ms % 1000) * 1000000;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000;
-    }
-}
-
 /* The oldest pty entry newer than `after` (plock held).  Sequences rise
  * through the ring, so a binary search finds the start. */
 static const plog *next_entry_locked(const sproc *p, uint64_t after)
@@ -192,7 +181,7 @@ static void *term_writer(void *arg)
         if (atomic_load(&sc->s->stopping))
             break;                      /* the reader closes with 1001 */
         struct timespec ts;
-        deadline_after(&ts, TERM_POLL_MS);
+        srv_deadline_after(&ts, TERM_POLL_MS);
         pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
     }
     pthread_mutex_unlock(&sc->plock);
