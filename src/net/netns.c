@@ -89,6 +89,32 @@ out:
     return rc;
 }
 
+/* A request that creates something (and fails if it exists), acked. */
+static struct nlmsghdr *nl_new(char *buf, uint16_t type, unsigned seq)
+{
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = type;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
+    nlh->nlmsg_seq = seq;
+    return nlh;
+}
+
+/* An IPv4 0.0.0.0/0 route over lo in `table`, of the given scope and type. */
+static struct nlmsghdr *lo_default_route(char *buf, unsigned seq, uint32_t table, uint8_t scope, uint8_t type)
+{
+    struct nlmsghdr *nlh = nl_new(buf, RTM_NEWROUTE, seq);
+    struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
+    rtm->rtm_family = AF_INET;
+    rtm->rtm_dst_len = 0;
+    rtm->rtm_table = table < 256 ? (uint8_t)table : RT_TABLE_UNSPEC;
+    rtm->rtm_protocol = RTPROT_STATIC;
+    rtm->rtm_scope = scope;
+    rtm->rtm_type = type;
+    mnl_attr_put_u32(nlh, RTA_TABLE, table);
+    mnl_attr_put_u32(nlh, RTA_OIF, if_nametoindex("lo"));
+    return nlh;
+}
+
 /* "default dev lo src 127.0.0.1": without a route connect() fails with
  * ENETUNREACH before netfilter sees the packet; with it, the nat hook
  * redirects the flow.  The source must be 127.0.0.1: left to choose, the
@@ -96,18 +122,7 @@ out:
 static int add_default_route(cell_error *err)
 {
     char buf[MNL_SOCKET_BUFFER_SIZE];
-    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = RTM_NEWROUTE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
-    nlh->nlmsg_seq = (unsigned)time(NULL);
-    struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
-    rtm->rtm_family = AF_INET;
-    rtm->rtm_dst_len = 0;
-    rtm->rtm_table = RT_TABLE_MAIN;
-    rtm->rtm_protocol = RTPROT_STATIC;
-    rtm->rtm_scope = RT_SCOPE_LINK;
-    rtm->rtm_type = RTN_UNICAST;
-    mnl_attr_put_u32(nlh, RTA_OIF, if_nametoindex("lo"));
+    struct nlmsghdr *nlh = lo_default_route(buf, (unsigned)time(NULL), RT_TABLE_MAIN, RT_SCOPE_LINK, RTN_UNICAST);
     mnl_attr_put_u32(nlh, RTA_PREFSRC, htonl(INADDR_LOOPBACK));
     return nl_request(nlh, buf, "the default route over lo", err);
 }
@@ -119,10 +134,7 @@ static int add_default_route(cell_error *err)
 static int add_udp_routing(cell_error *err)
 {
     char buf[MNL_SOCKET_BUFFER_SIZE];
-    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = RTM_NEWRULE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
-    nlh->nlmsg_seq = (unsigned)time(NULL);
+    struct nlmsghdr *nlh = nl_new(buf, RTM_NEWRULE, (unsigned)time(NULL));
     struct fib_rule_hdr *frh = mnl_nlmsg_put_extra_header(nlh, sizeof *frh);
     frh->family = AF_INET;
     frh->action = FR_ACT_TO_TBL;
@@ -134,19 +146,7 @@ static int add_udp_routing(cell_error *err)
     if (nl_request(nlh, buf, "the policy routing rule for UDP", err) < 0)
         return -1;
 
-    nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = RTM_NEWROUTE;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK;
-    nlh->nlmsg_seq = (unsigned)time(NULL) + 1;
-    struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
-    rtm->rtm_family = AF_INET;
-    rtm->rtm_dst_len = 0;
-    rtm->rtm_table = NET_UDP_TABLE;
-    rtm->rtm_protocol = RTPROT_STATIC;
-    rtm->rtm_scope = RT_SCOPE_HOST;
-    rtm->rtm_type = RTN_LOCAL;
-    mnl_attr_put_u32(nlh, RTA_TABLE, NET_UDP_TABLE);
-    mnl_attr_put_u32(nlh, RTA_OIF, if_nametoindex("lo"));
+    nlh = lo_default_route(buf, (unsigned)time(NULL) + 1, NET_UDP_TABLE, RT_SCOPE_HOST, RTN_LOCAL);
     return nl_request(nlh, buf, "the local route for UDP", err);
 }
 
