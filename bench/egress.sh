@@ -15,6 +15,10 @@
 #   pasta   `pasta --config-net -- CLIENT` (a tap device and pasta's
 #           userspace TCP translation)
 #   slirp   `unshare -Urn` + `slirp4netns --configure --mtu=65520` (libslirp)
+#   veth    the measured alternative to a relay (not cell): a netns with a
+#           veth pair to the host (MTU 65535) and a stateful nftables filter
+#           (conntrack, accept only that address and port), so the kernel
+#           forwards the flow and nothing in user space touches it
 # and prints markdown tables:
 #   tput    1 GiB server -> client (download) and client -> server (upload):
 #           MB/s medians, the ratio to direct and the machine's CPU time per GiB
@@ -39,7 +43,7 @@
 #   CELL_EGRESS_BENCH_HTTPS_N      timed requests per round (https)  (default 1000)
 #   CELL_EGRESS_BENCH_HTTPS_BYTES  bytes of the large GET (https)    (default 1073741824)
 #   CELL_EGRESS_BENCH_ONLY     space-separated subset of: tput lat https
-#   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell pasta slirp)
+#   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell pasta slirp veth)
 #   CELL_EGRESS_BENCH_CELL     a prebuilt cell binary to measure (skips `make all`)
 #   CELL_BENCH_COMMIT          label for the commit line
 #   CC                         compiler                            (default cc)
@@ -56,7 +60,7 @@ https_n=${CELL_EGRESS_BENCH_HTTPS_N:-1000}
 https_bytes=${CELL_EGRESS_BENCH_HTTPS_BYTES:-1073741824}
 https_name=bench.test                 # the name the cell resolves and the http rule pins
 only=${CELL_EGRESS_BENCH_ONLY:-tput lat https}
-who_all=${CELL_EGRESS_BENCH_WHO:-direct cell pasta slirp}
+who_all=${CELL_EGRESS_BENCH_WHO:-direct cell pasta slirp veth}
 cc=${CC:-cc}
 
 die() { echo "bench/egress.sh: $*" >&2; exit 1; }
@@ -97,18 +101,21 @@ for w in $who_all; do
     direct | cell) who="$who $w" ;;
     pasta) if command -v pasta >/dev/null; then who="$who pasta"; else note "pasta is not installed (package passt): skipped"; fi ;;
     slirp) if command -v slirp4netns >/dev/null; then who="$who slirp"; else note "slirp4netns is not installed: skipped"; fi ;;
-    *) die "unknown contender '$w' (direct cell pasta slirp)" ;;
+    veth) if command -v nft >/dev/null; then who="$who veth"; else note "nft is not installed (package nftables): veth skipped"; fi ;;
+    *) die "unknown contender '$w' (direct cell pasta slirp veth)" ;;
     esac
 done
 
 # ---- scratch, address, server, cleanup ---------------------------------------------------
 scratch=$(mktemp -d /tmp/cell-egress-bench.XXXXXX)
 server_pid="" tls_pid="" dns_pid="" addr="" added=0
+vns="cellbench$$" vhost="cbv$$h" vnet=""   # the veth contender's netns, host-side link, /30
 cleanup() {
     local rc=$? p
     trap - EXIT INT TERM HUP
     for p in $server_pid $tls_pid $dns_pid; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     [ "$added" = 1 ] && ip addr del "$addr/32" dev lo 2>/dev/null
+    [ -n "$vnet" ] && { ip netns del "$vns" 2>/dev/null; ip link del "$vhost" 2>/dev/null; }
     rm -rf "$scratch"
     exit "$rc"
 }
@@ -131,6 +138,38 @@ for _ in $(seq 100); do [ -s "$scratch/port" ] && break; sleep 0.05; done
 [ -s "$scratch/port" ] || die "the server did not start"
 port=$(cat "$scratch/port")
 printf '{"rules": [{"tcp": {"to": "%s/32", "ports": [%s]}}]}\n' "$addr" "$port" >"$scratch/policy.json"
+
+# The veth contender: what kernel forwarding costs, with the conntrack and
+# the filter a fast path would keep in the cell's netns.  Its /30 comes from
+# 198.18.0.0/16, checked unused like $addr.
+setup_veth() {
+    local a
+    for _ in $(seq 50); do
+        a="198.18.$((RANDOM % 254 + 1)).$(((RANDOM % 63) * 4))"
+        ip -4 addr show | grep -q "inet ${a%.*}\\.$((${a##*.} + 1))/" || { vnet=$a; break; }
+    done
+    [ -n "$vnet" ] || die "no free /30 in 198.18.0.0/16 for the veth contender"
+    local h="${vnet%.*}.$((${vnet##*.} + 1))" c="${vnet%.*}.$((${vnet##*.} + 2))"
+    ip netns add "$vns"
+    ip link add "$vhost" mtu 65535 type veth peer name eth0 mtu 65535 netns "$vns"
+    ip addr add "$h/30" dev "$vhost"
+    ip link set "$vhost" up
+    ip -n "$vns" link set lo up
+    ip -n "$vns" addr add "$c/30" dev eth0
+    ip -n "$vns" link set eth0 up
+    ip -n "$vns" route add default via "$h"
+    ip netns exec "$vns" nft -f - <<EOF
+table inet fast {
+    chain out {
+        type filter hook output priority 0; policy drop;
+        oifname "lo" accept
+        ct state established,related accept
+        ip daddr $addr tcp dport $port ct state new accept
+    }
+}
+EOF
+}
+[[ " $who " != *" veth "* ]] || setup_veth
 mkdir -p "$scratch/state"
 
 # run_in WHO ARGS...: the client, in that contender's network; stdout is the
@@ -146,6 +185,7 @@ run_in() {
     # namespace it made (/proc/PID/ns/net: EACCES, and it retries forever).
     pasta) pasta --runas 0:0 --config-net -q -- "$nb" "$@" 2>"$scratch/err" ;;
     slirp) run_slirp "$@" ;;
+    veth) ip netns exec "$vns" "$nb" "$@" 2>"$scratch/err" ;;
     esac
 }
 run_slirp() {
@@ -183,6 +223,7 @@ label() {
     cell) echo "cell: egress relay (cell run --policy)" ;;
     pasta) echo "pasta --config-net" ;;
     slirp) echo "slirp4netns (--mtu=65520)" ;;
+    veth) echo "veth + nftables conntrack filter, kernel forwarding (alternative, no relay)" ;;
     esac
 }
 order() {   # order ROUND: the contenders, rotated by ROUND
