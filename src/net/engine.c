@@ -432,8 +432,8 @@ static int start_http(net_engine *e, cell_error *err)
         return -1;
     e->http = (net_http_env){ .ca = e->ca, .upstream_tls = e->upstream_tls, .secret = e->hooks.secret,
                               .secret_user = e->hooks.user, .audit = http_audit, .track = http_track,
-                              .dial = http_dial, .arg = e };
-    return 0;
+                              .dial = http_dial, .arg = e, .pool = net_http_pool_new() };
+    return e->http.pool ? 0 : util_fail(err, ENOMEM, "out of memory");
 }
 
 int net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
@@ -1027,6 +1027,7 @@ int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *er
     e->policy = p;
     e->policy_gen++;        /* denied UDP pairs are decided afresh */
     pthread_mutex_unlock(&e->lock);
+    net_http_pool_flush(e->http.pool);  /* no upstream connection outlives the policy it was made under */
     net_policy_unref(old);
     json_t *rec = json_pack("{s:s}", "event", "policy");
     emit(e, rec);
@@ -1066,6 +1067,7 @@ void net_engine_stop(net_engine *e)
         close(e->udp_wake);
     net_pins_free(e->pins);
     net_policy_unref(e->policy);
+    net_http_pool_free(e->http.pool);   /* idle upstream connections: no flow uses them any more */
     SSL_CTX_free(e->upstream_tls);
     net_ca_free(e->ca);
     pthread_mutex_destroy(&e->lock);

@@ -206,8 +206,8 @@ static int expand_value(buf *b, const char *value, cell_net_secret_fn secret, vo
 }
 
 int net_http_build_head(const net_http_rule *r, const char *method, const char *target, const net_header *hdrs,
-                        size_t n, const char *framing, cell_net_secret_fn secret, void *user, char **out,
-                        size_t *len, char *missing, size_t missing_size)
+                        size_t n, const char *framing, int keep_alive, cell_net_secret_fn secret, void *user,
+                        char **out, size_t *len, char *missing, size_t missing_size)
 {
     buf b = { 0 };
     *out = NULL;
@@ -236,7 +236,7 @@ int net_http_build_head(const net_http_rule *r, const char *method, const char *
         buf_str(&b, "\r\n");
     }
     buf_str(&b, framing);
-    buf_str(&b, "Connection: close\r\n\r\n");
+    buf_str(&b, keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
     if (b.oom) {
         buf_wipe(&b);
         errno = ENOMEM;
@@ -450,6 +450,9 @@ typedef struct session {
     const net_http_env  *env;
     const net_http_flow *f;
     conn                 cl, up;
+    net_pool_key         key;               /* what `up` is for, in the pool */
+    unsigned             gen;               /* the pool's generation when `up` was taken or dialed */
+    int                  reused;            /* `up` came from the pool */
     uint64_t            *out, *in;
     char                 method[24];
     buf                  path;
@@ -522,6 +525,15 @@ static int accept_tls(session *s)
     }
     s->cl.ssl = SSL_new(ctx);
     SSL_CTX_free(ctx);
+    /* The engine is the server on this leg, so its order of suites wins:
+     * AES-128-GCM first, as upstream (NET_HTTP_TLS13_SUITES). */
+    if (s->cl.ssl) {
+        SSL_set_options(s->cl.ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
+        if (SSL_set_ciphersuites(s->cl.ssl, NET_HTTP_TLS13_SUITES) != 1) {
+            drop(s, "TLS: cannot set the cipher suites");
+            return -1;
+        }
+    }
     if (!s->cl.ssl || SSL_set_fd(s->cl.ssl, s->cl.fd) != 1 || SSL_accept(s->cl.ssl) != 1) {
         drop(s, "TLS handshake with the cell failed");
         return -1;
@@ -611,6 +623,14 @@ static int connect_tls(session *s)
     if (X509_VERIFY_PARAM_set1_host(vp, host, 0) != 1)
         return -1;
     SSL_set_verify(s->up.ssl, SSL_VERIFY_PEER, NULL);
+    /* A session from an earlier connection of this engine to the same host
+     * name, address and port skips the key exchange and the certificate
+     * checks; it was verified for this name when it was made. */
+    SSL_SESSION *resume = net_http_pool_session(s->env->pool, &s->key);
+    if (resume) {
+        SSL_set_session(s->up.ssl, resume);
+        SSL_SESSION_free(resume);
+    }
     if (SSL_connect(s->up.ssl) == 1)
         return 0;
     long vr = SSL_get_verify_result(s->up.ssl);
@@ -619,9 +639,21 @@ static int connect_tls(session *s)
     return -1;
 }
 
-/* Connect to the original destination, with TLS when the cell used it. */
-static int open_upstream(session *s, int tls)
+/* An idle pooled connection for the flow's key if `may_reuse` and there is
+ * one, else a new connection to the original destination, with TLS when
+ * the cell used it.  0, or -1 (refused with 502 and audited). */
+static int open_upstream(session *s, int may_reuse)
 {
+    s->reused = 0;
+    if (s->env->pool) {
+        s->gen = net_http_pool_gen(s->env->pool);
+        if (may_reuse && net_http_pool_get(s->env->pool, &s->key, &s->up.fd, &s->up.ssl) == 1) {
+            s->reused = 1;
+            s->env->track(s->env->arg, s->up.fd, 1);
+            set_recv_timeout(s->up.fd, NET_HTTP_HEAD_MS);
+            return 0;
+        }
+    }
     s->up.fd = s->env->dial(s->f->dst, s->f->dst_len);
     if (s->up.fd < 0) {
         refuse(s, 502, "upstream: %s", strerror(errno));
@@ -629,13 +661,42 @@ static int open_upstream(session *s, int tls)
     }
     s->env->track(s->env->arg, s->up.fd, 1);
     set_recv_timeout(s->up.fd, NET_HTTP_HEAD_MS);
-    if (tls && connect_tls(s) < 0) {
+    if (s->key.tls && connect_tls(s) < 0) {
         char why[sizeof s->reason];
         snprintf(why, sizeof why, "%s", s->reason[0] ? s->reason : "upstream TLS: setup failed");
         refuse(s, 502, "%s", why);
         return -1;
     }
     return 0;
+}
+
+/* The upstream connection ends here (not pooled). */
+static void close_upstream(session *s)
+{
+    conn_close_tls(&s->up);
+    if (s->up.fd >= 0) {
+        s->env->track(s->env->arg, s->up.fd, 0);
+        close(s->up.fd);
+    }
+    s->up = (conn){ -1, NULL };
+}
+
+/* The response ended cleanly: keep the TLS session for new connections,
+ * and the connection itself, if reusable, for the next request. */
+static void release_upstream(session *s, int reusable)
+{
+    if (s->up.ssl && !s->reused) {
+        SSL_SESSION *ss = SSL_get1_session(s->up.ssl);
+        net_http_pool_save_session(s->env->pool, &s->key, s->gen, ss);
+        SSL_SESSION_free(ss);
+    }
+    if (!reusable || !s->env->pool) {
+        close_upstream(s);
+        return;
+    }
+    s->env->track(s->env->arg, s->up.fd, 0);
+    net_http_pool_put(s->env->pool, &s->key, s->gen, s->up.fd, s->up.ssl);
+    s->up = (conn){ -1, NULL };
 }
 
 static int send_up(session *s, const void *data, size_t len)
@@ -700,39 +761,68 @@ static int send_down(session *s, const char *data, size_t len)
     return 0;
 }
 
+/* Feed body bytes to the response's parser: how many belong to the
+ * response (bytes after its end belong to no request: *extra is set, and
+ * they are never relayed), or -1 if they are not HTTP.  At the end, the
+ * upstream connection is released before the cell gets the last bytes, so
+ * the cell's next request finds it idle in the pool. */
+static ssize_t response_bytes(session *s, msg *r, const char *data, size_t n, int *extra)
+{
+    ssize_t u = n ? msg_feed(r, data, n) : 0;  /* http_parser reads a length of 0 as EOF */
+    if (u < 0)
+        return -1;
+    if (r->done) {
+        *extra = (size_t)u < n;
+        /* Reusable: ended by its framing, nothing after it, and the
+         * upstream did not ask to close. */
+        release_upstream(s, !*extra && http_should_keep_alive(&r->p));
+    }
+    return u;
+}
+
 /* Parse the response head (for its status), then relay the body as it
- * comes until its framing ends it (an upstream may ignore our "Connection:
- * close") or the upstream closes. */
-static int relay_response(session *s, int *status, int head_request)
+ * comes until its framing ends it or the upstream closes.  -1 if no
+ * response head came (s->reason says why; *nothing if not one byte came). */
+static int relay_response(session *s, int *status, int head_request, int *nothing)
 {
     msg r;
     msg_init(&r, HTTP_RESPONSE);
     r.skip_body = head_request;
+    *nothing = 0;
     char data[IO_CHUNK];
     ssize_t n = 0, used = 0;
+    size_t got = 0;
     while (!r.head_done) {
         n = conn_read(&s->up, data, sizeof data);
         if (n <= 0 || (used = msg_feed(&r, data, (size_t)n)) < 0) {
+            *nothing = n <= 0 && got == 0;
             snprintf(s->reason, sizeof s->reason, "%s", n <= 0 ? "upstream closed without a response"
                                                                 : "upstream response is not HTTP");
             msg_free(&r);
             return -1;
         }
+        got += (size_t)n;
     }
     /* Paused at the head's last LF: not counted yet, and where parsing
      * resumes.  Interim (1xx) responses are followed by more: to EOF. */
-    ssize_t body_at = used < n && data[used] == '\n' ? used + 1 : used;
+    ssize_t body_at = used < n && data[used] == '\n' ? used + 1 : used, first = n - body_at;
     *status = (int)r.p.status_code;
-    int framed = *status >= 200;
+    int framed = *status >= 200, extra = 0, broken = 0;
     set_recv_timeout(s->up.fd, 0);
-    if (write_response_head(s, &r) < 0 || send_down(s, data + body_at, (size_t)(n - body_at)) < 0)
-        goto out;   /* the cell went away: the response was still answered */
     http_parser_pause(&r.p, 0);
-    if (framed && msg_feed(&r, data + used, (size_t)(n - used)) < 0)
-        goto out;
-    while (!(framed && r.done) && (n = conn_read(&s->up, data, sizeof data)) > 0)
-        if (send_down(s, data, (size_t)n) < 0 || (framed && msg_feed(&r, data, (size_t)n) < 0))
+    if (framed) {
+        /* The LF alone first: it may end the response (no body). */
+        if ((body_at > used && msg_feed(&r, data + used, 1) < 0) ||
+            (first = response_bytes(s, &r, data + body_at, (size_t)first, &extra)) < 0)
+            broken = 1, first = 0;
+    }
+    if (write_response_head(s, &r) < 0 || send_down(s, data + body_at, (size_t)first) < 0 || broken)
+        goto out;   /* the cell went away, or the body is not HTTP: the response was still answered */
+    while (!(framed && r.done) && (n = conn_read(&s->up, data, sizeof data)) > 0) {
+        ssize_t take = framed ? response_bytes(s, &r, data, (size_t)n, &extra) : n;
+        if (take < 0 || send_down(s, data, (size_t)take) < 0)
             break;
+    }
 out:
     msg_free(&r);
     return 0;
@@ -749,13 +839,30 @@ static const char *framing(const msg *m, char *out, size_t size)
     return out;
 }
 
-/* Forward one checked request; its head names secrets, so it is wiped. */
-static void forward(session *s, msg *m, const char *target, int tls)
+/* A request that may be sent twice: safe to repeat (RFC 9110, 9.2.2) and
+ * with no body (so nothing of the cell's was consumed). */
+static int repeatable(const session *s, const msg *m)
+{
+    static const char *const ok[] = { "GET", "HEAD", "OPTIONS", NULL };
+    if (m->chunked || (m->has_clen && m->clen > 0))
+        return 0;
+    for (const char *const *o = ok; *o; o++)
+        if (strcmp(s->method, *o) == 0)
+            return 1;
+    return 0;
+}
+
+/* Forward one checked request; its head names secrets, so it is wiped.
+ * A pooled connection the upstream closed while it was idle only shows
+ * when used (the write fails, or EOF/RST comes before any response byte):
+ * a repeatable request is then sent once more, on a new connection. */
+static void forward(session *s, msg *m, const char *target)
 {
     char *head = NULL, missing[64], frame[64];
     size_t hlen = 0;
     if (net_http_build_head(s->f->rule, s->method, target, m->h, m->n, framing(m, frame, sizeof frame),
-                            s->env->secret, s->env->secret_user, &head, &hlen, missing, sizeof missing) < 0) {
+                            s->env->pool != NULL, s->env->secret, s->env->secret_user, &head, &hlen, missing,
+                            sizeof missing) < 0) {
         if (errno == ENOENT)
             refuse(s, 502, "secret %s not found", missing);
         else if (errno == EINVAL)
@@ -764,36 +871,48 @@ static void forward(session *s, msg *m, const char *target, int tls)
             refuse(s, 502, "out of memory");
         return;
     }
-    int count, status = 0;
+    int count, status = 0, nothing = 0;
     const char *expect = msg_header(m, "expect", &count);
-    int rc = open_upstream(s, tls);
-    if (rc == 0)
-        rc = send_up(s, head, hlen);
+    int retry = repeatable(s, m);
+    for (int attempt = 0;; attempt++) {
+        if (open_upstream(s, attempt == 0) < 0)
+            break;      /* refused and audited */
+        int again = retry && s->reused && attempt == 0;
+        if (send_up(s, head, hlen) < 0) {
+            close_upstream(s);
+            if (again)
+                continue;
+            refuse(s, 502, "upstream: sending the request failed");
+            break;
+        }
+        /* Expect was not forwarded: this hop asks for the body itself. */
+        if (expect && strcasecmp(expect, "100-continue") == 0 && !m->done && attempt == 0)
+            send_down(s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (stream_body(s, m) < 0) {
+            drop(s, "the request body could not be relayed");
+            break;
+        }
+        if (relay_response(s, &status, strcmp(s->method, "HEAD") == 0, &nothing) < 0) {
+            close_upstream(s);
+            if (again && nothing) {
+                s->reason[0] = '\0';
+                continue;
+            }
+            char why[sizeof s->reason];
+            snprintf(why, sizeof why, "%s", s->reason);
+            refuse(s, 502, "%s", why);
+            break;
+        }
+        audit(s, status, 1);
+        if (s->up.fd >= 0)
+            release_upstream(s, 0);     /* ended otherwise than by its framing: not reusable */
+        break;
+    }
     OPENSSL_cleanse(head, hlen);
     free(head);
-    if (s->up.fd < 0 || (rc < 0 && s->reason[0]))
-        return;     /* refused and audited by open_upstream */
-    if (rc < 0) {
-        refuse(s, 502, "upstream: sending the request failed");
-        return;
-    }
-    /* Expect was not forwarded: this hop asks for the body itself. */
-    if (expect && strcasecmp(expect, "100-continue") == 0 && !m->done)
-        send_down(s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    if (stream_body(s, m) < 0) {
-        drop(s, "the request body could not be relayed");
-        return;
-    }
-    if (relay_response(s, &status, strcmp(s->method, "HEAD") == 0) < 0) {
-        char why[sizeof s->reason];
-        snprintf(why, sizeof why, "%s", s->reason);
-        refuse(s, 502, "%s", why);
-        return;
-    }
-    audit(s, status, 1);
 }
 
-static void serve_request(session *s, int tls)
+static void serve_request(session *s)
 {
     msg m;
     msg_init(&m, HTTP_REQUEST);
@@ -804,7 +923,7 @@ static void serve_request(session *s, int tls)
         if (why)
             refuse(s, 403, "%s", why);
         else
-            forward(s, &m, target.d, tls);
+            forward(s, &m, target.d);
     }
     buf_wipe(&target);
     msg_free(&m);
@@ -820,14 +939,11 @@ void net_http_serve(const net_http_env *env, const net_http_flow *f, uint64_t *o
     pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
     session s = { .env = env, .f = f, .cl = { f->cfd, NULL }, .up = { -1, NULL }, .out = out, .in = in };
     int tls = detect_tls(f->cfd);
+    s.key = (net_pool_key){ .host = f->host, .dst = f->dst, .dst_len = f->dst_len, .tls = tls > 0 };
     if (tls >= 0 && (!tls || accept_tls(&s) == 0))
-        serve_request(&s, tls);
+        serve_request(&s);
     conn_close_tls(&s.cl);
-    conn_close_tls(&s.up);
-    if (s.up.fd >= 0) {
-        env->track(env->arg, s.up.fd, 0);
-        close(s.up.fd);
-    }
+    close_upstream(&s);
     buf_wipe(&s.path);
     ERR_clear_error();
 }
@@ -840,6 +956,10 @@ int net_http_upstream_ctx(SSL_CTX **out, const char *ca_file, cell_error *err)
         return util_fail(err, ENOMEM, "upstream TLS: cannot create a context");
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (SSL_CTX_set_ciphersuites(ctx, NET_HTTP_TLS13_SUITES) != 1) {
+        SSL_CTX_free(ctx);
+        return util_fail(err, EINVAL, "upstream TLS: cannot set the TLS 1.3 cipher suites");
+    }
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
     /* The response ends at upstream EOF; many servers skip close_notify. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);

@@ -190,6 +190,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive unless told otherwise: the proxy must say close
 
     def answer(self):
+        if self.path.startswith("/raw/"):
+            return self.raw_answer()
         n = int(self.headers.get("Content-Length") or 0)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = b""
@@ -205,7 +207,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         self.server.seen.append({"method": self.command, "path": self.path,
                                  "headers": {k.lower(): v for k, v in self.headers.items()}})
         out = json.dumps({"method": self.command, "path": self.path, "body": body.decode("latin-1"),
-                          "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+                          "headers": {k.lower(): v for k, v in self.headers.items()},
+                          "peer": "%s:%d" % self.client_address[:2]}).encode()
         self.send_response(404 if self.path.startswith("/repo") else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -213,6 +216,23 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(out)
+
+    def raw_answer(self):
+        """Misbehaving keep-alive answers (upstream reuse tests), each with
+        the upstream connection's peer address as its body:
+        /raw/bye    framed and keep-alive, then the connection is closed
+        /raw/eof    no framing: the body ends when the connection does
+        /raw/extra  framed, then a second response nobody asked for"""
+        peer = ("%s:%d" % self.client_address[:2]).encode()
+        framed = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(peer), peer)
+        if self.path == "/raw/eof":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n" + peer)
+        elif self.path == "/raw/extra":
+            self.wfile.write(framed + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+        else:
+            self.wfile.write(framed)
+        self.wfile.flush()
+        self.close_connection = self.path in ("/raw/bye", "/raw/eof")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = answer
 
@@ -391,7 +411,7 @@ def test_header_injection_plain_http(d, admin, cells, net):
     h = got["headers"]
     assert h["authorization"] == "Bearer " + SECRET
     assert h["x-static"] == "static" and "x-remove-me" not in h
-    assert h["connection"] == "close" and h["host"] == "allowed.test"
+    assert "connection" not in h and h["host"] == "allowed.test"     # keep-alive upstream (pooled)
     assert got["path"] == "/v1/echo?q=1"
     assert r[0]["headers"]["Connection"] == "close", r[0]      # the upstream said keep-alive
     assert json.loads(r[1]["body"])["body"] == "hello body"
@@ -550,3 +570,44 @@ def test_debian_curl_git_python(d, admin, cells, net):
     assert r[1]["rc"] != 0 and "not found" in r[1]["err"] and "SSL" not in r[1]["err"], r[1]
     open("/tmp/audit.json", "w").write(json.dumps(admin.get("/v1/audit", query={"kind": "net", "limit": 10000}).body, indent=1))
     assert r[2].get("status") == 200, r[2]
+
+
+# ---- upstream connection reuse (docs/egress.md, "Upstream connections") -----------------------------
+
+
+def test_upstream_reuse_is_per_cell_and_host(d, admin, cells, net):
+    """Requests of one cell to one host reuse an upstream connection, with
+    the secret injected each time; another host or another cell never gets
+    that connection."""
+    both = [INJECT, http_rule("other.test")]
+    a, b = new_cell(admin, cells, both), new_cell(admin, cells, both)
+    ra = probe(admin, a, [["url", "https://allowed.test/r%d" % i] for i in range(3)] +
+               [["url", "http://allowed.test/p%d" % i] for i in range(2)] +
+               [["url", "https://other.test/o"], ["scan", SECRET]])
+    rb = probe(admin, b, [["url", "https://allowed.test/b"]])
+    got = [json.loads(x["body"]) for x in ra[:6] + rb]
+    for g in got[:5] + got[6:]:
+        assert g["headers"]["authorization"] == "Bearer " + SECRET, g
+    assert "authorization" not in got[5]["headers"]
+    https_a, http_a, other_a, https_b = {g["peer"] for g in got[:3]}, {g["peer"] for g in got[3:5]}, got[5]["peer"], got[6]["peer"]
+    assert len(https_a) == 1 and len(http_a) == 1, got             # reused within the cell
+    assert https_a != http_a and other_a not in https_a | http_a    # never across host or TLS
+    assert https_b not in https_a | http_a | {other_a}              # never across cells
+    assert ra[6]["hits"] == [], ra[6]
+    assert SECRET not in json.dumps(admin.get("/v1/audit", query={"limit": 10000}).body)
+    assert len(http_records(admin, a)) == 6
+
+
+def test_upstream_misbehaviour_is_not_pooled(admin, cells, net):
+    """A connection the upstream closed while idle, one whose response had
+    no framing, and one with bytes after its response are not reused; the
+    extra bytes never answer a later request."""
+    cid = new_cell(admin, cells, [http_rule()])
+    r = probe(admin, cid, [["url", "https://allowed.test/raw/bye"], ["url", "https://allowed.test/raw/eof"],
+                           ["url", "https://allowed.test/raw/extra"], ["url", "https://allowed.test/after"],
+                           ["url", "http://allowed.test/raw/extra"], ["url", "http://allowed.test/after"]])
+    for x in r:
+        assert x.get("status") == 200 and "EVIL" not in x["body"], r
+    peers = [r[0]["body"], r[1]["body"], r[2]["body"], json.loads(r[3]["body"])["peer"]]
+    assert len(set(peers)) == 4, peers
+    assert json.loads(r[5]["body"])["peer"] != r[4]["body"], r

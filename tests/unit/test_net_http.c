@@ -100,7 +100,7 @@ static void head_middleware(void **state)
     char *out = NULL, missing[64];
     size_t len = 0;
     assert_int_equal(net_http_build_head(&r, "POST", "/v1/x?q=1", in, sizeof in / sizeof in[0],
-                                         "Content-Length: 5\r\n", fake_secret, &calls, &out, &len, missing,
+                                         "Content-Length: 5\r\n", 0, fake_secret, &calls, &out, &len, missing,
                                          sizeof missing),
                      0);
     assert_int_equal(calls, 3);
@@ -116,6 +116,15 @@ static void head_middleware(void **state)
                        "Connection: close\r\n\r\n";
     assert_string_equal(out, want);
     free(out);
+
+    /* Keep-alive (a pooled upstream connection): HTTP/1.1's default, so
+     * no Connection header at all; the cell's own is still dropped. */
+    assert_int_equal(net_http_build_head(&r, "GET", "/", in, 5, "", 1, fake_secret, &calls, &out, &len, missing,
+                                         sizeof missing),
+                     0);
+    assert_string_equal(out, "GET / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer s3cr3t\r\n"
+                             "X-Both: s3cr3t-s3cr3t!\r\nX-Plain: literal\r\n\r\n");
+    free(out);
 }
 
 static void head_missing_or_bad_secret(void **state)
@@ -127,7 +136,7 @@ static void head_missing_or_bad_secret(void **state)
     char *out = (char *)1, missing[64];
     size_t len = 0;
     errno = 0;
-    assert_int_equal(net_http_build_head(&r, "GET", "/", NULL, 0, "", fake_secret, &calls, &out, &len, missing,
+    assert_int_equal(net_http_build_head(&r, "GET", "/", NULL, 0, "", 0, fake_secret, &calls, &out, &len, missing,
                                          sizeof missing),
                      -1);
     assert_int_equal(errno, ENOENT);
@@ -135,7 +144,7 @@ static void head_missing_or_bad_secret(void **state)
     assert_null(out);
 
     /* No callback at all: every secret is missing. */
-    assert_int_equal(net_http_build_head(&r, "GET", "/", NULL, 0, "", NULL, NULL, &out, &len, missing,
+    assert_int_equal(net_http_build_head(&r, "GET", "/", NULL, 0, "", 0, NULL, NULL, &out, &len, missing,
                                          sizeof missing),
                      -1);
     assert_int_equal(errno, ENOENT);
@@ -143,7 +152,7 @@ static void head_missing_or_bad_secret(void **state)
     /* A value that would smuggle a header of its own is refused. */
     net_header nl_set[] = { { "X-Key", "${secret:NL}" } };
     net_http_rule r2 = { .set = nl_set, .n_set = 1 };
-    assert_int_equal(net_http_build_head(&r2, "GET", "/", NULL, 0, "", fake_secret, &calls, &out, &len, missing,
+    assert_int_equal(net_http_build_head(&r2, "GET", "/", NULL, 0, "", 0, fake_secret, &calls, &out, &len, missing,
                                          sizeof missing),
                      -1);
     assert_int_equal(errno, EINVAL);
