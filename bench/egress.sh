@@ -42,6 +42,8 @@
 #   CELL_EGRESS_BENCH_WARMUP   untimed connections or requests per round (lat, https) (default 50)
 #   CELL_EGRESS_BENCH_HTTPS_N      timed requests per round (https)  (default 1000)
 #   CELL_EGRESS_BENCH_HTTPS_BYTES  bytes of the large GET (https)    (default 1073741824)
+#   CELL_EGRESS_BENCH_HTTPS_SERVER keepalive: the TLS server keeps connections that do not ask to close
+#                                  (as most do); close: it ends every one (https) (default keepalive)
 #   CELL_EGRESS_BENCH_ONLY     space-separated subset of: tput lat https
 #   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell pasta slirp veth)
 #   CELL_EGRESS_BENCH_CELL     a prebuilt cell binary to measure (skips `make all`)
@@ -58,6 +60,8 @@ rounds=${CELL_EGRESS_BENCH_ROUNDS:-3}
 lat_warmup=${CELL_EGRESS_BENCH_WARMUP:-50}
 https_n=${CELL_EGRESS_BENCH_HTTPS_N:-1000}
 https_bytes=${CELL_EGRESS_BENCH_HTTPS_BYTES:-1073741824}
+https_server=${CELL_EGRESS_BENCH_HTTPS_SERVER:-keepalive}
+[[ $https_server == keepalive || $https_server == close ]] || { echo "CELL_EGRESS_BENCH_HTTPS_SERVER: keepalive or close" >&2; exit 2; }
 https_name=bench.test                 # the name the cell resolves and the http rule pins
 only=${CELL_EGRESS_BENCH_ONLY:-tput lat https}
 who_all=${CELL_EGRESS_BENCH_WHO:-direct cell pasta slirp veth}
@@ -255,7 +259,7 @@ sv=$(slirp4netns --version 2>/dev/null | awk 'NR == 1 {v = $3} /^libslirp:/ {l =
 echo "- tools: passt/pasta $pv, slirp4netns $sv"
 echo "- server: $addr:$port on the host's lo; transfers of $bytes bytes, $reps per contender and direction; latency $rounds x $lat_n connections per contender (each round after $lat_warmup untimed)"
 [[ " $only " != *" https "* ]] ||
-    echo "- https: tls_bench on $addr:443 ($(openssl version | cut -d' ' -f1-2), TLS 1.3, P-256 test CA and leaf), DNS for $https_name on $addr:53; $rounds x $https_n requests and $reps GETs of $https_bytes bytes per contender"
+    echo "- https: tls_bench on $addr:443 ($(openssl version | cut -d' ' -f1-2), TLS 1.3, P-256 test CA and leaf, server connections: $https_server), DNS for $https_name on $addr:53; $rounds x $https_n requests and $reps GETs of $https_bytes bytes per contender"
 echo
 
 # ---- 1. throughput -----------------------------------------------------------------------
@@ -382,7 +386,8 @@ setup_https() {
         "$https_name" >"$d/leaf.ext"
     openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
         -extfile "$d/leaf.ext" -out "$d/leaf.pem" >"$d/openssl.log" 2>&1 || die "openssl: $(cat "$d/openssl.log")"
-    "$tb" serve "$addr" 443 "$d/leaf.pem" "$d/leaf.key" "$d/ready" 2>"$d/server.err" &
+    # shellcheck disable=SC2046
+    "$tb" serve "$addr" 443 "$d/leaf.pem" "$d/leaf.key" "$d/ready" $([ "$https_server" = close ] && echo close) 2>"$d/server.err" &
     tls_pid=$!
     python3 "$here/egress_dns.py" "$addr" 53 "$https_name" "$addr" "$d/dns.ready" 2>"$d/dns.err" &
     dns_pid=$!

@@ -1,10 +1,15 @@
 /* tls_bench.c: HTTPS server and clients for bench/egress.sh (the "https"
  * benchmarks: interception by an `http` rule against direct TLS).
  *
- *   tls_bench serve ADDR PORT CERT KEY READYFILE
- *       HTTPS/1.1 on ADDR:PORT (TLS 1.2+, one connection at a time).
- *       GET /small answers 64 bytes, GET /bytes/N answers N bytes; always
- *       Content-Length and Connection: close.  Writes READYFILE when listening.
+ *   tls_bench serve ADDR PORT CERT KEY READYFILE [close]
+ *       HTTPS/1.1 on ADDR:PORT (TLS 1.2+; 16 threads, each accepting and
+ *       serving one connection at a time, so no thread is started per
+ *       connection).
+ *       GET /small answers 64 bytes, GET /bytes/N answers N bytes, with
+ *       Content-Length.  Connections are kept alive, as most servers do,
+ *       unless the request says "Connection: close" (or the server was
+ *       started with "close": then every response says it and ends its
+ *       connection).  Writes READYFILE when listening.
  *   tls_bench rps ADDR|- PORT NAME CAFILE N WARMUP
  *       WARMUP untimed, then N timed GET /small, each on a new TCP connection
  *       with a full TLS handshake (no session resumption), SNI and
@@ -23,6 +28,7 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -50,6 +56,11 @@ static uint64_t now_ns(void)
 
 /* ---- server --------------------------------------------------------------- */
 
+static int always_close;
+static char body[CHUNK];        /* 'x's, filled before the first connection */
+
+/* One connection: requests (GETs, no bodies) until the client closes or
+ * asks to. */
 static int serve_one(SSL_CTX *ctx, int fd, char *buf)
 {
     SSL *ssl = SSL_new(ctx);
@@ -60,47 +71,84 @@ static int serve_one(SSL_CTX *ctx, int fd, char *buf)
     if (SSL_accept(ssl) != 1)
         goto out;
     size_t have = 0;
-    char *end = NULL;
-    while (!end) {
-        if (have >= 8191)
+    for (;;) {
+        char *end = have ? strstr(buf, "\r\n\r\n") : NULL;
+        while (!end) {
+            if (have >= 8191)
+                goto out;
+            int r = SSL_read(ssl, buf + have, (int)(8191 - have));
+            if (r <= 0) {
+                ok = have ? -1 : 0;     /* the client closed between requests */
+                goto out;
+            }
+            have += (size_t)r;
+            buf[have] = '\0';
+            end = strstr(buf, "\r\n\r\n");
+        }
+        *end = '\0';
+        int close_after = always_close || strcasestr(buf, "\r\nconnection: close") != NULL;
+        const char *conn = close_after ? "Connection: close\r\n" : "";
+        unsigned long long n = 0;
+        int found = 1;
+        if (strncmp(buf, "GET /small ", 11) == 0)
+            n = 64;
+        else if (strncmp(buf, "GET /bytes/", 11) == 0)
+            n = strtoull(buf + 11, NULL, 10);
+        else
+            found = 0, close_after = 1, conn = "Connection: close\r\n";
+        size_t used = (size_t)(end + 4 - buf);
+        memmove(buf, buf + used, have - used + 1);
+        have -= used;
+        char head[256];
+        int hl = snprintf(head, sizeof head,
+                          "HTTP/1.1 %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %llu\r\n%s\r\n",
+                          found ? "200 OK" : "404 Not Found", n, conn);
+        if (SSL_write(ssl, head, hl) != hl)
             goto out;
-        int r = SSL_read(ssl, buf + have, (int)(8191 - have));
-        if (r <= 0)
-            goto out;
-        have += (size_t)r;
-        buf[have] = '\0';
-        end = strstr(buf, "\r\n\r\n");
+        if (n) {
+            /* The body comes from a buffer of its own: buf may hold the
+             * start of the next request. */
+            while (n) {
+                int w = (int)(n < CHUNK ? n : CHUNK);
+                if (SSL_write(ssl, body, w) != w)
+                    goto out;
+                n -= (unsigned long long)w;
+            }
+        }
+        if (close_after)
+            break;
     }
-    unsigned long long n = 0;
-    if (strncmp(buf, "GET /small ", 11) == 0)
-        n = 64;
-    else if (strncmp(buf, "GET /bytes/", 11) == 0)
-        n = strtoull(buf + 11, NULL, 10);
-    else {
-        static const char nf[] = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        SSL_write(ssl, nf, sizeof nf - 1);
-        goto shut;
-    }
-    char head[256];
-    int hl = snprintf(head, sizeof head,
-                      "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                      "Content-Length: %llu\r\nConnection: close\r\n\r\n", n);
-    if (SSL_write(ssl, head, hl) != hl)
-        goto out;
-    memset(buf, 'x', CHUNK);
-    while (n) {
-        int w = (int)(n < CHUNK ? n : CHUNK);
-        if (SSL_write(ssl, buf, w) != w)
-            goto out;
-        n -= (unsigned long long)w;
-    }
-shut:
     SSL_shutdown(ssl);
     ok = 0;
 out:
     SSL_free(ssl);
     close(fd);
     return ok;
+}
+
+#define SERVE_THREADS 16
+
+static SSL_CTX *serve_ctx;
+static int      serve_fd;
+
+static _Noreturn void *accept_main(void *arg)
+{
+    (void)arg;
+    int one = 1;
+    char *buf = malloc(8192);
+    if (!buf)
+        die("malloc");
+    for (;;) {
+        int c = accept4(serve_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            die("accept");
+        }
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (serve_one(serve_ctx, c, buf) < 0)
+            ERR_clear_error();
+    }
 }
 
 static _Noreturn void cmd_serve(char **av)
@@ -120,20 +168,14 @@ static _Noreturn void cmd_serve(char **av)
     FILE *f = fopen(av[4], "w");
     if (!f || fprintf(f, "ready\n") < 0 || fclose(f) != 0)
         die(av[4]);
-    char *buf = malloc(CHUNK);
-    if (!buf)
-        die("malloc");
-    for (;;) {
-        int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            die("accept");
-        }
-        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (serve_one(ctx, c, buf) < 0)
-            ERR_clear_error();
-    }
+    memset(body, 'x', sizeof body);
+    serve_ctx = ctx;
+    serve_fd = fd;
+    pthread_t t;
+    for (int i = 1; i < SERVE_THREADS; i++)
+        if (pthread_create(&t, NULL, accept_main, NULL) != 0)
+            die("pthread_create");
+    accept_main(NULL);
 }
 
 /* ---- clients -------------------------------------------------------------- */
@@ -285,13 +327,15 @@ static int cmd_get(char **av)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
-    if (argc == 7 && strcmp(argv[1], "serve") == 0)
+    if ((argc == 7 || (argc == 8 && strcmp(argv[7], "close") == 0)) && strcmp(argv[1], "serve") == 0) {
+        always_close = argc == 8;
         cmd_serve(argv + 2);
+    }
     if (argc == 8 && strcmp(argv[1], "rps") == 0)
         return cmd_rps(argv + 2);
     if (argc == 7 && strcmp(argv[1], "get") == 0)
         return cmd_get(argv + 2);
-    fprintf(stderr, "usage: tls_bench serve ADDR PORT CERT KEY READYFILE\n"
+    fprintf(stderr, "usage: tls_bench serve ADDR PORT CERT KEY READYFILE [close]\n"
                     "       tls_bench rps ADDR|- PORT NAME CAFILE N WARMUP\n"
                     "       tls_bench get ADDR|- PORT NAME CAFILE BYTES\n");
     return 2;
