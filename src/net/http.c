@@ -19,9 +19,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-/* Relayed bytes go through a buffer this big: four full TLS records, so a
- * stream of records costs one SSL_write (and parser call) per four. */
-#define IO_CHUNK 65536
+#define IO_CHUNK 16384
 
 /* ---- growable buffers: they may hold secrets, so every copy is wiped ----- */
 typedef struct buf {
@@ -259,15 +257,9 @@ static ssize_t conn_read(conn *c, void *data, size_t n)
 {
     if (c->ssl) {
         int r = SSL_read(c->ssl, data, (int)(n > INT32_MAX ? INT32_MAX : n));
-        if (r <= 0)
-            return SSL_get_error(c->ssl, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
-        /* SSL_read returns one record at a time; records already read
-         * ahead (in OpenSSL's buffer) are taken along.  A record read only
-         * in part is completed first: its sender already sent the rest. */
-        size_t got = (size_t)r;
-        while (got < n && SSL_has_pending(c->ssl) && (r = SSL_read(c->ssl, (char *)data + got, (int)(n - got))) > 0)
-            got += (size_t)r;
-        return (ssize_t)got;
+        if (r > 0)
+            return r;
+        return SSL_get_error(c->ssl, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1;
     }
     for (;;) {
         ssize_t r = recv(c->fd, data, n, 0);
@@ -284,9 +276,6 @@ static int conn_write(conn *c, const void *data, size_t n)
         if (c->ssl) {
             int r = SSL_write(c->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
             w = r > 0 ? r : -1;
-            /* A buffered write side (the cell's leg) sends once here. */
-            if (r > 0 && (size_t)r == n && BIO_flush(SSL_get_wbio(c->ssl)) != 1)
-                w = -1;
         } else {
             w = send(c->fd, p, n, MSG_NOSIGNAL);
             if (w < 0 && errno == EINTR)
@@ -305,7 +294,6 @@ static void conn_close_tls(conn *c)
     if (!c->ssl)
         return;
     SSL_shutdown(c->ssl);
-    BIO_flush(SSL_get_wbio(c->ssl));
     SSL_free(c->ssl);
     c->ssl = NULL;
 }
@@ -527,22 +515,6 @@ static int detect_tls(int fd)
     return b == 0x16;
 }
 
-/* The cell's leg writes through a buffer: a relayed chunk of up to four
- * records leaves in one send() (one loopback segment, one wake-up of the
- * client) instead of one per record.  conn_write flushes it. */
-static int set_buffered_fd(SSL *ssl, int fd)
-{
-    BIO *r = BIO_new_socket(fd, BIO_NOCLOSE), *w = BIO_new_socket(fd, BIO_NOCLOSE), *buffer = BIO_new(BIO_f_buffer());
-    if (!r || !w || !buffer || BIO_set_write_buffer_size(buffer, IO_CHUNK + 1024) != 1) {
-        BIO_free(r);
-        BIO_free(w);
-        BIO_free(buffer);
-        return -1;
-    }
-    SSL_set_bio(ssl, r, BIO_push(buffer, w));   /* the SSL owns both from here */
-    return 0;
-}
-
 static int accept_tls(session *s)
 {
     SSL_CTX *ctx = NULL;
@@ -557,13 +529,12 @@ static int accept_tls(session *s)
      * AES-128-GCM first, as upstream (NET_HTTP_TLS13_SUITES). */
     if (s->cl.ssl) {
         SSL_set_options(s->cl.ssl, SSL_OP_CIPHER_SERVER_PREFERENCE);
-        SSL_set_read_ahead(s->cl.ssl, 1);   /* one recv() for many records, not two per record */
         if (SSL_set_ciphersuites(s->cl.ssl, NET_HTTP_TLS13_SUITES) != 1) {
             drop(s, "TLS: cannot set the cipher suites");
             return -1;
         }
     }
-    if (!s->cl.ssl || set_buffered_fd(s->cl.ssl, s->cl.fd) < 0 || SSL_accept(s->cl.ssl) != 1) {
+    if (!s->cl.ssl || SSL_set_fd(s->cl.ssl, s->cl.fd) != 1 || SSL_accept(s->cl.ssl) != 1) {
         drop(s, "TLS handshake with the cell failed");
         return -1;
     }
@@ -985,7 +956,6 @@ int net_http_upstream_ctx(SSL_CTX **out, const char *ca_file, cell_error *err)
         return util_fail(err, ENOMEM, "upstream TLS: cannot create a context");
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_read_ahead(ctx, 1);     /* one recv() for many records, not two per record */
     if (SSL_CTX_set_ciphersuites(ctx, NET_HTTP_TLS13_SUITES) != 1) {
         SSL_CTX_free(ctx);
         return util_fail(err, EINVAL, "upstream TLS: cannot set the TLS 1.3 cipher suites");
