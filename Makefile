@@ -13,7 +13,7 @@ ifneq ($(SAN),)
 CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDSAN   := -fsanitize=$(SAN)
 endif
-LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
+LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
 # The daemon (src/server, src/store) and the CLI's HTTP client add these.
 SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto libcurl 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lcurl) -lpthread
 

@@ -9,7 +9,7 @@ packages=(
   # the daemon and the CLI's client: HTTP server, SQLite, SHA-256, HTTP client
   libmicrohttpd-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev
   # egress: nftables rules, netlink routes, DNS messages, HTTP parsing
-  libnftables-dev libmnl-dev libldns-dev libhttp-parser-dev
+  libnftables-dev libnftnl-dev libmnl-dev libldns-dev libhttp-parser-dev
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
   # makes size-limited lanes
   debootstrap ca-certificates iproute2 e2fsprogs

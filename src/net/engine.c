@@ -4,6 +4,7 @@
 #include "net/net.h"
 #include "net/ca.h"
 #include "net/dns.h"
+#include "net/fast.h"
 #include "net/http.h"
 #include "net/netns.h"
 #include "net/policy.h"
@@ -80,6 +81,7 @@ struct net_engine {
     char            cell_id[40];
     net_hooks       hooks;
     net_listeners   l;
+    net_fast       *fast;           /* NULL: every TCP flow is relayed */
     net_pins       *pins;
     int             stop_fd;
     pthread_t       thread;
@@ -803,10 +805,11 @@ static void udp_from_cell(net_engine *e, uint8_t *buf, size_t size)
          * port itself, not redirected: nothing to relay it to. */
         if (!dst || src.sin_family != AF_INET || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
             continue;
-        /* The cell's only address is loopback.  A socket bound elsewhere
-         * (IP_FREEBIND) would have replies addressed off the cell, which
-         * the rules would bring back to us as new datagrams: a loop. */
-        if ((ntohl(src.sin_addr.s_addr) >> 24) != 127)
+        /* The cell's addresses are loopback and, with the fast path, its
+         * veth address.  A socket bound elsewhere (IP_FREEBIND) would have
+         * replies addressed off the cell, which the rules would bring back
+         * to us as new datagrams: a loop. */
+        if ((ntohl(src.sin_addr.s_addr) >> 24) != 127 && (!e->l.cell_ip || src.sin_addr.s_addr != e->l.cell_ip))
             continue;
         struct sockaddr_in d;
         memcpy(&d, dst, sizeof d);
@@ -899,6 +902,33 @@ out:
     return NULL;
 }
 
+/* ---- the fast path's question ------------------------------------------------------- */
+
+/* Only what needs nothing after the decision goes to the kernel: an allow
+ * with no webhook to ask (the relay asks on a worker; the queue must not
+ * wait) and no HTTP to enforce. */
+static int fast_decide(void *arg, const struct sockaddr_in *dst, char *host, size_t host_size, int *rule)
+{
+    net_engine *e = arg;
+    if (atomic_load(&e->stopping))
+        return 0;
+    int pinned = net_pins_lookup(e->pins, (const struct sockaddr *)dst, host, host_size);
+    if (!pinned)
+        host[0] = '\0';
+    net_policy *p = current_policy(e);
+    net_flow f = { .transport = NET_TCP, .dst = (const struct sockaddr *)dst, .host = pinned ? host : NULL };
+    net_verdict v = { .allow = 0, .rule = -1 };
+    net_policy_decide(p, &f, &v);
+    net_policy_unref(p);
+    *rule = v.rule;
+    return v.allow && !v.decide && !v.http;
+}
+
+static void fast_audit(void *arg, json_t *rec)
+{
+    emit(arg, rec);
+}
+
 /* ---- the accept loop --------------------------------------------------------------- */
 static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
 {
@@ -984,8 +1014,16 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
         util_fail_errno(err, "eventfd");
         goto fail;
     }
-    if (net_netns_setup(netns_fd, &e->l, err) < 0)
+    /* CELL_EGRESS_FAST=0 keeps every flow on the relay (to compare, or
+     * where the host must not get veths). */
+    const char *fast = getenv("CELL_EGRESS_FAST");
+    if (net_netns_setup(netns_fd, !(fast && strcmp(fast, "0") == 0), &e->l, err) < 0)
         goto fail;
+    if (e->l.cell_ip) {
+        net_fast_hooks fh = { .decide = fast_decide, .audit = fast_audit, .arg = e };
+        if (net_fast_start(&e->fast, &e->l, e->stop_fd, &fh, err) < 0)
+            goto fail;
+    }
     int pe = pthread_create(&e->thread, NULL, engine_main, e);
     if (pe != 0) {
         errno = pe;
@@ -1039,13 +1077,15 @@ void net_engine_stop(net_engine *e)
     if (!e)
         return;
     atomic_store(&e->stopping, 1);
-    if (e->thread_on) {
+    if (e->stop_fd >= 0) {     /* read by nobody: every thread polls it and ends */
         uint64_t one = 1;
         if (write(e->stop_fd, &one, sizeof one) < 0) { /* an eventfd write does not fail here */ }
-        pthread_join(e->thread, NULL);
     }
+    if (e->thread_on)
+        pthread_join(e->thread, NULL);
     if (e->udp_on)
         pthread_join(e->udp_thread, NULL);     /* ends its associations */
+    net_fast_stop(e->fast);                    /* audits flows the kernel still carries */
     /* Cut every relayed flow; their threads notice and end. */
     pthread_mutex_lock(&e->lock);
     for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)

@@ -6,15 +6,28 @@
 #include "util/util.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <libmnl/libmnl.h>
+#include <libnftnl/batch.h>
+#include <libnftnl/expr.h>
+#include <libnftnl/rule.h>
 #include <linux/fib_rules.h>
+#include <linux/if_link.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_compat.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <linux/netfilter/xt_NFQUEUE.h>
 #include <linux/rtnetlink.h>
+#include <linux/veth.h>
 #include <net/if.h>
 #include <nftables/libnftables.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -62,6 +75,69 @@ static const char ruleset[] =
 
 const char *net_ruleset(void) { return ruleset; }
 
+/* With the fast path the default route is the veth (eth0), and a new TCP
+ * flow is first held in NFQUEUE (table ip cell_q: nftables' own "queue"
+ * statement is not in every kernel, so the queue is the xtables NFQUEUE
+ * target, added by add_queue_rule() into the empty chain "q").  The owner
+ * answers every held SYN at once: with NET_FAST_MARK in the packet mark
+ * when the policy allows the flow outright (tcp or host rule, no webhook,
+ * no http enforcement), which fast_verdict moves to the conntrack mark;
+ * without it otherwise, and nat_out then redirects the flow to the relay,
+ * which decides it again and audits or refuses it as before.  A flow whose
+ * conntrack mark has the bit leaves by eth0 untouched: nothing else may,
+ * and only its replies may come in (filter_in).  The filter runs at
+ * postrouting because at output a redirected packet still shows the
+ * device it was first routed to.  UDP and DNS are as without the fast
+ * path, the cell's veth address counting as its own like 127.0.0.0/8 (a
+ * source to relay from; a destination that stays inside). */
+static const char ruleset_fast[] =
+    "table ip cell_q {\n"
+    "  chain decide {\n"
+    "    type filter hook output priority mangle; policy accept;\n"
+    "    ct state new ct mark 0 meta l4proto tcp ip daddr != { 127.0.0.0/8, %1$s } tcp dport != 53 jump q\n"
+    "  }\n"
+    "  chain q {\n"
+    "  }\n"
+    "}\n"
+    "table inet cell {\n"
+    "  chain fast_verdict {\n"
+    "    type filter hook output priority mangle + 10; policy accept;\n"
+    "    meta mark & 0x40000000 == 0x40000000 ct mark set meta mark meta mark set 0\n"
+    "  }\n"
+    "  chain nat_out {\n"
+    "    type nat hook output priority -100; policy accept;\n"
+    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
+    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
+    "    ip daddr { 127.0.0.0/8, %1$s } return\n"
+    "    ct mark & 0x40000000 == 0x40000000 return\n"
+    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
+    "  }\n"
+    "  chain udp_mark {\n"
+    "    type route hook output priority mangle; policy accept;\n"
+    "    meta nfproto ipv4 ip saddr { 127.0.0.0/8, %1$s } ip daddr != { 127.0.0.0/8, %1$s } udp dport != 53 meta mark set 1\n"
+    "  }\n"
+    "  chain udp_tproxy {\n"
+    "    type filter hook prerouting priority mangle; policy accept;\n"
+    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n"
+    "    meta mark 1 drop\n"
+    "  }\n"
+    "  chain filter_post {\n"
+    "    type filter hook postrouting priority 0; policy drop;\n"
+    "    oif \"lo\" accept\n"
+    "    oifname \"eth0\" meta nfproto ipv4 meta l4proto tcp ct mark & 0x40000000 == 0x40000000 accept\n"
+    "  }\n"
+    "  chain filter_in {\n"
+    "    type filter hook input priority 0; policy accept;\n"
+    "    iifname \"eth0\" ct mark & 0x40000000 != 0x40000000 drop\n"
+    "  }\n"
+    "}\n";
+
+int net_ruleset_fast(char *out, size_t size, const char *cell_ip)
+{
+    int n = snprintf(out, size, ruleset_fast, cell_ip);
+    return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
 /* Send one request on a fresh rtnetlink socket and wait for its ack. */
 static int nl_request(struct nlmsghdr *nlh, char *buf, const char *what, cell_error *err)
 {
@@ -80,7 +156,7 @@ static int nl_request(struct nlmsghdr *nlh, char *buf, const char *what, cell_er
     }
     ssize_t n = mnl_socket_recvfrom(nl, buf, MNL_SOCKET_BUFFER_SIZE);
     if (n < 0 || mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, portid, NULL, NULL) < 0) {
-        util_fail_errno(err, "adding %s in the cell", what);
+        util_fail_errno(err, "netlink: %s", what);
         goto out;
     }
     rc = 0;
@@ -124,7 +200,7 @@ static int add_default_route(cell_error *err)
     char buf[MNL_SOCKET_BUFFER_SIZE];
     struct nlmsghdr *nlh = lo_default_route(buf, (unsigned)time(NULL), RT_TABLE_MAIN, RT_SCOPE_LINK, RTN_UNICAST);
     mnl_attr_put_u32(nlh, RTA_PREFSRC, htonl(INADDR_LOOPBACK));
-    return nl_request(nlh, buf, "the default route over lo", err);
+    return nl_request(nlh, buf, "adding the default route over lo in the cell", err);
 }
 
 /* For transparent UDP: "fwmark 1 lookup 100" and, in table 100,
@@ -143,11 +219,11 @@ static int add_udp_routing(cell_error *err)
     mnl_attr_put_u32(nlh, FRA_FWMARK, NET_UDP_MARK);
     mnl_attr_put_u32(nlh, FRA_FWMASK, 0xffffffffu);
     mnl_attr_put_u32(nlh, FRA_TABLE, NET_UDP_TABLE);
-    if (nl_request(nlh, buf, "the policy routing rule for UDP", err) < 0)
+    if (nl_request(nlh, buf, "adding the policy routing rule for UDP in the cell", err) < 0)
         return -1;
 
     nlh = lo_default_route(buf, (unsigned)time(NULL) + 1, NET_UDP_TABLE, RT_SCOPE_HOST, RTN_LOCAL);
-    return nl_request(nlh, buf, "the local route for UDP", err);
+    return nl_request(nlh, buf, "adding the local route for UDP in the cell", err);
 }
 
 static int install_rules(cell_error *err)
@@ -163,6 +239,385 @@ static int install_rules(cell_error *err)
     }
     nft_ctx_free(nft);
     return rc != 0 ? -1 : 0;
+}
+
+/* ---- the fast path: a veth to the host ------------------------------------ */
+
+/* The range the veths' /30s come from, host order, and how many /30s. */
+static int fast_subnet(uint32_t *base, unsigned *count, cell_error *err)
+{
+    const char *text = getenv("CELL_EGRESS_SUBNET");
+    if (!text || !*text)
+        text = NET_FAST_SUBNET;
+    char ip[32];
+    unsigned prefix = 0;
+    struct in_addr a;
+    if (sscanf(text, "%31[0-9.]/%u", ip, &prefix) != 2 || inet_pton(AF_INET, ip, &a) != 1 || prefix < 8 ||
+        prefix > 28)
+        return util_fail(err, EINVAL, "CELL_EGRESS_SUBNET=%s: expected an IPv4 range from /8 to /28, e.g. %s",
+                         text, NET_FAST_SUBNET);
+    *base = ntohl(a.s_addr) & ~((1u << (32 - prefix)) - 1);
+    *count = 1u << (30 - prefix);
+    return 0;
+}
+
+/* Host rules, one table for every fast-path cell of every owner on the host:
+ * cells never reach each other through the host (their replies only, as
+ * filter_in in each cell also insists), and what they send beyond the host
+ * leaves with the host's address.  Replaced whole in one transaction, so
+ * concurrent owners cannot duplicate it. */
+static int install_host_rules(const char *subnet, cell_error *err)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "add table ip cell_egress\n"
+             "delete table ip cell_egress\n"
+             "table ip cell_egress {\n"
+             "  chain forward {\n"
+             "    type filter hook forward priority 0; policy accept;\n"
+             "    iifname \"" NET_FAST_IFPREFIX "*\" oifname \"" NET_FAST_IFPREFIX "*\" drop\n"
+             "  }\n"
+             "  chain postrouting {\n"
+             "    type nat hook postrouting priority srcnat; policy accept;\n"
+             "    ip saddr %s oifname != \"" NET_FAST_IFPREFIX "*\" masquerade\n"
+             "  }\n"
+             "}\n",
+             subnet);
+    struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
+    if (!nft)
+        return util_fail(err, ENOMEM, "nftables context");
+    nft_ctx_buffer_error(nft);
+    int rc = nft_run_cmd_from_buffer(nft, cmd);
+    if (rc != 0) {
+        const char *why = nft_ctx_get_error_buffer(nft);
+        util_fail(err, EIO, "host rules for the egress fast path: %s", why && *why ? why : "failed");
+    }
+    nft_ctx_free(nft);
+    return rc != 0 ? -1 : 0;
+}
+
+static pthread_mutex_t host_rules_lock = PTHREAD_MUTEX_INITIALIZER;
+static int host_rules_done;
+
+static int host_rules_once(cell_error *err)
+{
+    uint32_t base;
+    unsigned count;
+    if (fast_subnet(&base, &count, err) < 0)
+        return -1;
+    pthread_mutex_lock(&host_rules_lock);
+    int rc = 0;
+    if (!host_rules_done) {
+        char subnet[48];
+        struct in_addr a = { .s_addr = htonl(base) };
+        unsigned prefix = 30 - (unsigned)__builtin_ctz(count);
+        snprintf(subnet, sizeof subnet, "%s/%u", inet_ntoa(a), prefix);
+        rc = install_host_rules(subnet, err);
+        host_rules_done = rc == 0;
+    }
+    pthread_mutex_unlock(&host_rules_lock);
+    return rc;
+}
+
+/* "ip link add NAME mtu M type veth peer name eth0 mtu M netns FD". */
+static int create_veth(int netns_fd, const char *name, cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nl_new(buf, RTM_NEWLINK, (unsigned)time(NULL));
+    struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof *ifi);
+    ifi->ifi_family = AF_UNSPEC;
+    mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+    mnl_attr_put_u32(nlh, IFLA_MTU, NET_FAST_MTU);
+    struct nlattr *info = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+    mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
+    struct nlattr *data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+    struct nlattr *peer = mnl_attr_nest_start(nlh, VETH_INFO_PEER);
+    /* The peer's attributes follow a header of its own. */
+    struct ifinfomsg *pifi = mnl_nlmsg_get_payload_tail(nlh);
+    memset(pifi, 0, sizeof *pifi);
+    nlh->nlmsg_len += MNL_ALIGN(sizeof *pifi);
+    mnl_attr_put_strz(nlh, IFLA_IFNAME, "eth0");
+    mnl_attr_put_u32(nlh, IFLA_MTU, NET_FAST_MTU);
+    mnl_attr_put_u32(nlh, IFLA_NET_NS_FD, (uint32_t)netns_fd);
+    mnl_attr_nest_end(nlh, peer);
+    mnl_attr_nest_end(nlh, data);
+    mnl_attr_nest_end(nlh, info);
+    return nl_request(nlh, buf, "creating the fast path's veth", err);
+}
+
+static int link_up(const char *name, cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = RTM_NEWLINK;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    nlh->nlmsg_seq = (unsigned)time(NULL);
+    struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof *ifi);
+    ifi->ifi_family = AF_UNSPEC;
+    ifi->ifi_index = (int)if_nametoindex(name);
+    ifi->ifi_flags = IFF_UP;
+    ifi->ifi_change = IFF_UP;
+    if (ifi->ifi_index == 0)
+        return util_fail_errno(err, "link %s", name);
+    return nl_request(nlh, buf, "setting the fast path's veth up", err);
+}
+
+static int add_address(const char *name, uint32_t ip, cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nl_new(buf, RTM_NEWADDR, (unsigned)time(NULL));
+    struct ifaddrmsg *ifa = mnl_nlmsg_put_extra_header(nlh, sizeof *ifa);
+    ifa->ifa_family = AF_INET;
+    ifa->ifa_prefixlen = 30;
+    ifa->ifa_scope = RT_SCOPE_UNIVERSE;
+    ifa->ifa_index = if_nametoindex(name);
+    if (ifa->ifa_index == 0)
+        return util_fail_errno(err, "link %s", name);
+    mnl_attr_put_u32(nlh, IFA_LOCAL, ip);
+    mnl_attr_put_u32(nlh, IFA_ADDRESS, ip);
+    return nl_request(nlh, buf, "addressing the fast path's veth", err);
+}
+
+/* "default via HOST dev eth0 src CELL". */
+static int add_veth_default_route(uint32_t host_ip, uint32_t cell_ip, cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nl_new(buf, RTM_NEWROUTE, (unsigned)time(NULL));
+    struct rtmsg *rtm = mnl_nlmsg_put_extra_header(nlh, sizeof *rtm);
+    rtm->rtm_family = AF_INET;
+    rtm->rtm_table = RT_TABLE_MAIN;
+    rtm->rtm_protocol = RTPROT_STATIC;
+    rtm->rtm_scope = RT_SCOPE_UNIVERSE;
+    rtm->rtm_type = RTN_UNICAST;
+    mnl_attr_put_u32(nlh, RTA_GATEWAY, host_ip);
+    mnl_attr_put_u32(nlh, RTA_OIF, if_nametoindex("eth0"));
+    mnl_attr_put_u32(nlh, RTA_PREFSRC, cell_ip);
+    return nl_request(nlh, buf, "adding the default route over the fast path's veth in the cell", err);
+}
+
+/* A netns fd for the cell's network namespace: the caller's fd may be a
+ * pidfd, which setns() takes but IFLA_NET_NS_FD does not. */
+static void *open_netns_main(void *arg)
+{
+    int *fd = arg;
+    *fd = setns(*fd, CLONE_NEWNET) < 0 ? -1 : open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    return NULL;
+}
+
+static int open_netns(int ns_or_pidfd, cell_error *err)
+{
+    int fd = ns_or_pidfd;
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, open_netns_main, &fd);
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "thread for the cell's network setup");
+    }
+    pthread_join(t, NULL);
+    return fd < 0 ? util_fail(err, EIO, "cannot open the cell's network namespace") : fd;
+}
+
+/* The host's end of a veth whose other end is the cell's eth0, on the first
+ * free /30: a name taken by another cell (of any owner) fails with EEXIST,
+ * so the kernel's link names are the allocator.  The pair disappears with
+ * the cell's netns, so nothing is left behind by a crash. */
+static int make_host_end(int netns_fd, net_listeners *l, uint32_t *host_ip, cell_error *err)
+{
+    uint32_t base;
+    unsigned count;
+    if (host_rules_once(err) < 0 || fast_subnet(&base, &count, err) < 0)
+        return -1;
+    int ns = open_netns(netns_fd, err), rc = -1;
+    if (ns < 0)
+        return -1;
+    unsigned start = ((unsigned)getpid() * 131u + (unsigned)time(NULL)) % count;
+    for (unsigned i = 0; i < count && i < 4096; i++) {
+        unsigned slot = (start + i) % count;
+        char name[IFNAMSIZ];
+        snprintf(name, sizeof name, NET_FAST_IFPREFIX "%u", slot);
+        if (create_veth(ns, name, err) < 0) {
+            if (err && err->code == EEXIST)
+                continue;
+            goto out;
+        }
+        uint32_t net = base + slot * 4;
+        *host_ip = htonl(net + 1);
+        if (add_address(name, *host_ip, err) == 0 && link_up(name, err) == 0) {
+            l->cell_ip = htonl(net + 2);
+            rc = 0;
+        }
+        goto out;   /* on failure the pair goes with the netns */
+    }
+    util_fail(err, EADDRINUSE, "no free /30 for the fast path's veth in %s",
+                     getenv("CELL_EGRESS_SUBNET") ? getenv("CELL_EGRESS_SUBNET") : NET_FAST_SUBNET);
+out:
+    close(ns);
+    return rc;
+}
+
+static int write_sysctl(const char *path, const char *value, cell_error *err)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return util_fail_errno(err, "%s", path);
+    ssize_t n = write(fd, value, strlen(value));
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)strlen(value) ? 0 : util_fail_errno(err, "writing %s", path);
+}
+
+/* The xtables NFQUEUE target (revision 3) as the one rule of chain "q":
+ * no bypass, so held flows are dropped, never let through, if the owner's
+ * queue socket is gone. */
+static int add_queue_rule(cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE], ack[MNL_SOCKET_BUFFER_SIZE];
+    struct mnl_nlmsg_batch *b = mnl_nlmsg_batch_start(buf, sizeof buf);
+    unsigned seq = (unsigned)time(NULL);
+    nftnl_batch_begin(mnl_nlmsg_batch_current(b), seq++);
+    mnl_nlmsg_batch_next(b);
+    struct nftnl_rule *r = nftnl_rule_alloc();
+    struct nftnl_expr *e = nftnl_expr_alloc("target");
+    struct xt_NFQ_info_v3 *info = calloc(1, sizeof *info);   /* owned by e once set */
+    if (!r || !e || !info) {
+        nftnl_rule_free(r);
+        nftnl_expr_free(e);
+        free(info);
+        mnl_nlmsg_batch_stop(b);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
+    info->queuenum = NET_FAST_QUEUE;
+    info->queues_total = 1;
+    nftnl_rule_set_str(r, NFTNL_RULE_TABLE, "cell_q");
+    nftnl_rule_set_str(r, NFTNL_RULE_CHAIN, "q");
+    nftnl_rule_set_u32(r, NFTNL_RULE_FAMILY, NFPROTO_IPV4);
+    nftnl_expr_set_str(e, NFTNL_EXPR_TG_NAME, "NFQUEUE");
+    nftnl_expr_set_u32(e, NFTNL_EXPR_TG_REV, 3);
+    nftnl_expr_set(e, NFTNL_EXPR_TG_INFO, info, sizeof *info);
+    nftnl_rule_add_expr(r, e);
+    unsigned rule_seq = seq;
+    struct nlmsghdr *nlh = nftnl_rule_nlmsg_build_hdr(mnl_nlmsg_batch_current(b), NFT_MSG_NEWRULE, NFPROTO_IPV4,
+                                                      NLM_F_APPEND | NLM_F_CREATE | NLM_F_ACK, seq++);
+    nftnl_rule_nlmsg_build_payload(nlh, r);
+    nftnl_rule_free(r);
+    mnl_nlmsg_batch_next(b);
+    nftnl_batch_end(mnl_nlmsg_batch_current(b), seq++);
+    mnl_nlmsg_batch_next(b);
+    int rc = -1;
+    struct mnl_socket *nl = mnl_socket_open(NETLINK_NETFILTER);
+    if (!nl || mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+        util_fail_errno(err, "netfilter netlink socket");
+        goto out;
+    }
+    if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0) {
+        util_fail_errno(err, "netlink send (the fast path's queue rule)");
+        goto out;
+    }
+    ssize_t n = mnl_socket_recvfrom(nl, ack, sizeof ack);
+    if (n < 0 || mnl_cb_run(ack, (size_t)n, rule_seq, mnl_socket_get_portid(nl), NULL, NULL) < 0) {
+        util_fail_errno(err, "adding the fast path's queue rule (xtables NFQUEUE target) in the cell");
+        goto out;
+    }
+    rc = 0;
+out:
+    if (nl)
+        mnl_socket_close(nl);
+    mnl_nlmsg_batch_stop(b);
+    return rc;
+}
+
+/* A NETLINK_NETFILTER socket in this (the cell's) netns; `groups` for events. */
+static struct mnl_socket *nf_socket(unsigned groups, int rcvbuf, cell_error *err)
+{
+    struct mnl_socket *nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+    if (!nl) {
+        util_fail_errno(err, "netfilter netlink socket in the cell");
+        return NULL;
+    }
+    if (rcvbuf > 0)
+        setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf);
+    if (mnl_socket_bind(nl, groups, MNL_SOCKET_AUTOPID) < 0) {
+        util_fail_errno(err, "binding a netfilter netlink socket in the cell");
+        mnl_socket_close(nl);
+        return NULL;
+    }
+    return nl;
+}
+
+/* One acked NFQUEUE config message for queue NET_FAST_QUEUE. */
+static int queue_config(struct mnl_socket *nl, const void *attr, uint16_t type, size_t len, uint32_t maxlen,
+                        cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    nlh->nlmsg_seq = (unsigned)time(NULL);
+    struct nfgenmsg *g = mnl_nlmsg_put_extra_header(nlh, sizeof *g);
+    g->nfgen_family = AF_UNSPEC;
+    g->version = NFNETLINK_V0;
+    g->res_id = htons(NET_FAST_QUEUE);
+    mnl_attr_put(nlh, type, len, attr);
+    if (maxlen)
+        mnl_attr_put_u32(nlh, NFQA_CFG_QUEUE_MAXLEN, htonl(maxlen));
+    ssize_t n;
+    if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0 || (n = mnl_socket_recvfrom(nl, buf, sizeof buf)) < 0 ||
+        mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), NULL, NULL) < 0)
+        return util_fail_errno(err, "configuring the fast path's queue in the cell");
+    return 0;
+}
+
+/* The queue: bound to this netns' queue NET_FAST_QUEUE, copying each held
+ * packet's first 64 bytes (IPv4 and TCP headers are all it reads). */
+static struct mnl_socket *open_queue(cell_error *err)
+{
+    struct mnl_socket *nl = nf_socket(0, 1 << 20, err);
+    if (!nl)
+        return NULL;
+    struct nfqnl_msg_config_cmd cmd = { .command = NFQNL_CFG_CMD_BIND, .pf = htons(AF_INET) };
+    struct nfqnl_msg_config_params params = { .copy_range = htonl(64), .copy_mode = NFQNL_COPY_PACKET };
+    if (queue_config(nl, &cmd, NFQA_CFG_CMD, sizeof cmd, 0, err) < 0 ||
+        queue_config(nl, &params, NFQA_CFG_PARAMS, sizeof params, 4096, err) < 0) {
+        mnl_socket_close(nl);
+        return NULL;
+    }
+    return nl;
+}
+
+/* In the cell's netns: eth0 addressed and up, the default route over it,
+ * no IPv6 on it, byte counters in conntrack, the rules, and the sockets. */
+static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
+{
+    char cell_text[INET_ADDRSTRLEN], rules[sizeof ruleset_fast + 128];
+    inet_ntop(AF_INET, &l->cell_ip, cell_text, sizeof cell_text);
+    if (add_address("eth0", l->cell_ip, err) < 0 || link_up("eth0", err) < 0 ||
+        add_veth_default_route(host_ip, l->cell_ip, err) < 0)
+        return -1;
+    if (access("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", F_OK) == 0 &&
+        write_sysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1", err) < 0)
+        return -1;
+    if (write_sysctl("/proc/sys/net/netfilter/nf_conntrack_acct", "1", err) < 0)
+        return -1;
+    if (net_ruleset_fast(rules, sizeof rules, cell_text) < 0)
+        return util_fail(err, EINVAL, "the fast path's ruleset");
+    struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
+    if (!nft)
+        return util_fail(err, ENOMEM, "nftables context");
+    nft_ctx_buffer_error(nft);
+    int rc = nft_run_cmd_from_buffer(nft, rules);
+    if (rc != 0) {
+        const char *why = nft_ctx_get_error_buffer(nft);
+        util_fail(err, EIO, "installing the cell's nftables rules: %s", why && *why ? why : "failed");
+    }
+    nft_ctx_free(nft);
+    if (rc != 0 || add_queue_rule(err) < 0)
+        return -1;
+    if (!(l->queue = open_queue(err)) ||
+        !(l->ct_events = nf_socket(NF_NETLINK_CONNTRACK_UPDATE | NF_NETLINK_CONNTRACK_DESTROY, 4 << 20, err)) ||
+        !(l->ct_query = nf_socket(0, 0, err)))
+        return -1;
+    return 0;
 }
 
 static int listen_on(int type, uint16_t port, cell_error *err)
@@ -194,6 +649,7 @@ static int listen_on(int type, uint16_t port, cell_error *err)
 
 typedef struct setup_job {
     int netns_fd;
+    uint32_t host_ip;   /* network order; 0 = no fast path */
     net_listeners *out;
     cell_error *err;
     int rc;
@@ -209,8 +665,12 @@ static void *setup_main(void *arg)
         util_fail_errno(job->err, "entering the cell's network namespace");
         return NULL;
     }
-    if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 || install_rules(job->err) < 0)
+    if (job->host_ip) {
+        if (setup_fast(l, job->host_ip, job->err) < 0 || add_udp_routing(job->err) < 0)
+            return NULL;
+    } else if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 || install_rules(job->err) < 0) {
         return NULL;
+    }
     if ((l->relay = listen_on(SOCK_STREAM, NET_RELAY_PORT, job->err)) < 0 ||
         (l->dns_udp = listen_on(SOCK_DGRAM, NET_DNS_PORT, job->err)) < 0 ||
         (l->dns_tcp = listen_on(SOCK_STREAM, NET_DNS_PORT, job->err)) < 0 ||
@@ -227,10 +687,20 @@ static void *setup_main(void *arg)
     return NULL;
 }
 
-int net_netns_setup(int netns_fd, net_listeners *out, cell_error *err)
+int net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err)
 {
     *out = (net_listeners){ .relay = -1, .dns_udp = -1, .dns_tcp = -1, .udp = -1, .netns = -1 };
     setup_job job = { .netns_fd = netns_fd, .out = out, .err = err };
+    /* Made from here, the caller's (the host's) netns: the host's end stays
+     * in it.  Failing that, the cell is served by the relay alone. */
+    cell_error why = { 0 };
+    if (!fast)
+        snprintf(out->fast_off, sizeof out->fast_off, "turned off");
+    else if (make_host_end(netns_fd, out, &job.host_ip, &why) < 0) {
+        snprintf(out->fast_off, sizeof out->fast_off, "%.127s", why.message);
+        out->cell_ip = 0;
+        job.host_ip = 0;
+    }
     pthread_t t;
     int pe = pthread_create(&t, NULL, setup_main, &job);
     if (pe != 0) {
@@ -247,6 +717,12 @@ int net_netns_setup(int netns_fd, net_listeners *out, cell_error *err)
 
 void net_listeners_close(net_listeners *l)
 {
+    struct mnl_socket **nls[] = { &l->queue, &l->ct_events, &l->ct_query };
+    for (size_t i = 0; i < sizeof nls / sizeof nls[0]; i++)
+        if (*nls[i]) {
+            mnl_socket_close(*nls[i]);
+            *nls[i] = NULL;
+        }
     int *fds[] = { &l->relay, &l->dns_udp, &l->dns_tcp, &l->udp, &l->netns };
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (*fds[i] >= 0) {

@@ -769,7 +769,9 @@ def test_audit_net_records_and_tenants(d, admin, cells, net):
     by_dst = {x["dst"]: x for x in recs}
     echo = by_dst[ECHO_IP + ":7"]
     assert echo["verdict"] == "allow" and echo["rule"] == 2 and echo["host"] == "allowed.test", echo
-    assert echo["transport"] == "tcp" and echo["bytesOut"] == 10 and echo["bytesIn"] == 10, echo
+    # A tcp/host allow goes by the kernel fast path: IP bytes, headers included.
+    assert echo["transport"] == "tcp" and echo["path"] == "kernel", echo
+    assert echo["bytesOut"] > 10 and echo["bytesIn"] > 10 and echo["durationMs"] >= 0, echo
     assert echo["tenant"] == "default", echo
     http_rec = by_dst[ECHO_IP + ":80"]
     assert http_rec["verdict"] == "allow" and http_rec["rule"] == 3, http_rec
@@ -917,7 +919,7 @@ def test_udp_audit_and_live_policy(admin, net):
     assert len(allow7) == 1, recs
     a = allow7[0]
     assert a["rule"] == 0 and a["bytesOut"] == 30 and a["bytesIn"] == 30 and a["durationMs"] >= 0, a
-    assert a["src"].startswith("127.0.0.1:") and a["tenant"] == "default" and a["kind"] == "net", a
+    assert a["src"].startswith(("127.0.0.1:", "10.213.")) and a["tenant"] == "default" and a["kind"] == "net", a
     # Three datagrams of one denied association: one record.
     deny8080 = [x for x in recs if x["verdict"] == "deny" and x["dst"] == ECHO_IP + ":8080"]
     assert len(deny8080) == 1 and deny8080[0]["reason"] == "no rule matched" and deny8080[0]["rule"] == -1, recs
@@ -1000,7 +1002,7 @@ def test_cli_create_policy_set_audit(d, admin, cells, net, tmp_path):
     mine = wait_for(lines, 10)
     assert mine, cli("audit", "--net").stdout
     allow8080 = [l for l in mine if " allow tcp " in l and "-> %s:8080" % ECHO_IP in l]
-    assert allow8080 and "rule=0" in allow8080[0] and "bytes=3/3" in allow8080[0], mine
+    assert allow8080 and "rule=0" in allow8080[0] and " bytes=" in allow8080[0], mine
     allow7 = [l for l in mine if " allow tcp " in l and "-> %s:7 " % ECHO_IP in l]
     deny7 = [l for l in mine if " deny tcp " in l and "-> %s:7 " % ECHO_IP in l]
     assert allow7 and deny7 and "(no rule matched)" in deny7[0], mine   # before and after the change
