@@ -32,7 +32,7 @@ import uuid
 import pytest
 
 import daemon as dm
-from conftest import run_cell, wait_for
+from conftest import popen_cell, run_cell, stop_proc, wait_for
 
 try:
     import dns.message
@@ -641,6 +641,70 @@ def test_cell_cannot_change_its_rules(run, tmp_path, net):
     for i in range(1, 7):
         assert r[i]["rc"] != 0, r[i]
     assert allowed(r[7]) and denied(r[8]), r[7:]
+
+
+# ---- the kernel fast path (veth + NFQUEUE decision) ------------------------------------------
+
+LISTENER = r"""
+import socket, subprocess, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 9999)); l.listen(8); l.settimeout(float(sys.argv[1]))
+ip = subprocess.run(["ip", "-4", "-o", "addr", "show", "eth0"], capture_output=True, text=True).stdout.split()
+print("ADDR", ip[3].split("/")[0] if len(ip) > 3 else "none", flush=True)
+try:
+    c, a = l.accept(); c.sendall(b"reached"); print("ACCEPTED", a, flush=True)
+except OSError:
+    print("NOBODY", flush=True)
+"""
+
+
+def test_fast_path_is_a_veth_the_cell_cannot_misuse(run, tmp_path, net):
+    """An allowed flow leaves by the veth; nothing else can: not ICMP, not
+    UDP, not IPv6, not a denied port; and the cell cannot change the route."""
+    policy = {"rules": [{"tcp": {"to": ECHO_IP, "ports": 7}}]}
+    r = probe(run, tmp_path, policy,
+              [["cmd", "ip", "-4", "route", "show"], ["tcp", ECHO_IP, 7], ["tcp", ECHO_IP, 8080],
+               ["cmd", "ping", "-c", "1", "-W", "1", ECHO_IP], ["udp", ECHO_IP, 7],
+               ["cmd", "ip", "route", "replace", "default", "dev", "lo"], ["cmd", "ip", "link", "set", "eth0", "down"],
+               ["cmd", "sysctl", "-w", "net.ipv6.conf.eth0.disable_ipv6=0"], ["tcp", ECHO_IP, 7]])
+    assert r[0]["out"].startswith("default via 10.213.") and "dev eth0" in r[0]["out"], r[0]
+    assert allowed(r[1]) and denied(r[2]), r[1:3]
+    assert r[3]["rc"] != 0, r[3]
+    assert not r[4]["ok"], r[4]
+    for x in r[5:8]:
+        assert x["rc"] != 0, x
+    assert allowed(r[8]), r[8]
+
+
+def test_fast_path_cells_do_not_reach_each_other(run, tmp_path, net, state):
+    """Cell A may reach all of 10.0.0.0/8 by its policy; cell B (another
+    fast-path cell) listens on its veth address: A still gets nothing."""
+    b = popen_cell(state, ["run", "--policy", write_policy(tmp_path, {"rules": []}), "--",
+                              "/usr/bin/python3", "-c", LISTENER, "20"])
+    try:
+        line = b.stdout.readline().split()
+        assert line[:1] == ["ADDR"] and line[1].startswith("10.213."), line
+        r = probe(run, tmp_path, {"rules": [{"tcp": {"to": "10.0.0.0/8"}}]},
+                  [["tcp", line[1], 9999, "echo", {"timeout": 12}]], timeout=90)
+        assert not r[0]["ok"], r
+        b.terminate()
+        rest, _ = b.communicate(timeout=15)
+        assert "ACCEPTED" not in rest, "cell B was reached: " + rest
+    finally:
+        stop_proc(b)
+
+
+def test_fast_path_off_keeps_the_relay(run, tmp_path, net):
+    """CELL_EGRESS_FAST=0: no veth, the default route over lo, flows relayed."""
+    env = dict(os.environ, CELL_EGRESS_FAST="0")
+    args = ["run", "--policy", write_policy(tmp_path, {"rules": [{"tcp": {"to": ECHO_IP, "ports": 7}}]}), "--",
+            "/usr/bin/python3", "-c", PROBE,
+            json.dumps([["cmd", "ip", "-4", "route", "show"], ["tcp", ECHO_IP, 7], ["tcp", ECHO_IP, 8080]])]
+    r = run(args, env=env)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "dev lo" in out[0]["out"] and "eth0" not in out[0]["out"], out[0]
+    assert allowed(out[1]) and denied(out[2]), out
 
 
 # ---- the daemon: policies over the API, audit, decide -------------------------------------
