@@ -10,8 +10,12 @@
 # 198.18.0.0/15 that it adds to the host's lo, and runs the same client:
 #   direct  on the host
 #   cell    in a cell, `cell run --policy` allowing only that address and
-#           port: nftables redirects the flow to the owner's listener in the
-#           cell's netns, the owner connects on the host and splice()s
+#           port: the cell's SYN waits in NFQUEUE for the owner's verdict,
+#           then the kernel carries the flow over the cell's veth (the
+#           egress fast path, docs/egress.md)
+#   relay   the same with CELL_EGRESS_FAST=0: nftables redirects the flow
+#           to the owner's listener in the cell's netns, the owner connects
+#           on the host and splice()s
 #   pasta   `pasta --config-net -- CLIENT` (a tap device and pasta's
 #           userspace TCP translation)
 #   slirp   `unshare -Urn` + `slirp4netns --configure --mtu=65520` (libslirp)
@@ -45,7 +49,7 @@
 #   CELL_EGRESS_BENCH_HTTPS_SERVER keepalive: the TLS server keeps connections that do not ask to close
 #                                  (as most do); close: it ends every one (https) (default keepalive)
 #   CELL_EGRESS_BENCH_ONLY     space-separated subset of: tput lat https
-#   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell pasta slirp veth)
+#   CELL_EGRESS_BENCH_WHO      contenders (default: direct cell relay pasta slirp veth)
 #   CELL_EGRESS_BENCH_CELL     a prebuilt cell binary to measure (skips `make all`)
 #   CELL_BENCH_COMMIT          label for the commit line
 #   CC                         compiler                            (default cc)
@@ -64,7 +68,7 @@ https_server=${CELL_EGRESS_BENCH_HTTPS_SERVER:-keepalive}
 [[ $https_server == keepalive || $https_server == close ]] || { echo "CELL_EGRESS_BENCH_HTTPS_SERVER: keepalive or close" >&2; exit 2; }
 https_name=bench.test                 # the name the cell resolves and the http rule pins
 only=${CELL_EGRESS_BENCH_ONLY:-tput lat https}
-who_all=${CELL_EGRESS_BENCH_WHO:-direct cell pasta slirp veth}
+who_all=${CELL_EGRESS_BENCH_WHO:-direct cell relay pasta slirp veth}
 cc=${CC:-cc}
 
 die() { echo "bench/egress.sh: $*" >&2; exit 1; }
@@ -102,11 +106,11 @@ fi
 who=""
 for w in $who_all; do
     case $w in
-    direct | cell) who="$who $w" ;;
+    direct | cell | relay) who="$who $w" ;;
     pasta) if command -v pasta >/dev/null; then who="$who pasta"; else note "pasta is not installed (package passt): skipped"; fi ;;
     slirp) if command -v slirp4netns >/dev/null; then who="$who slirp"; else note "slirp4netns is not installed: skipped"; fi ;;
     veth) if command -v nft >/dev/null; then who="$who veth"; else note "nft is not installed (package nftables): veth skipped"; fi ;;
-    *) die "unknown contender '$w' (direct cell pasta slirp veth)" ;;
+    *) die "unknown contender '$w' (direct cell relay pasta slirp veth)" ;;
     esac
 done
 
@@ -185,6 +189,8 @@ run_in() {
     direct) "$nb" "$@" 2>"$scratch/err" ;;
     cell) "$cell_bin" --state "$scratch/state" run --policy "$scratch/policy.json" --mount "$out:/bench:ro" \
               -- /bench/net_bench "$@" 2>"$scratch/err" ;;
+    relay) CELL_EGRESS_FAST=0 "$cell_bin" --state "$scratch/state" run --policy "$scratch/policy.json" \
+              --mount "$out:/bench:ro" -- /bench/net_bench "$@" 2>"$scratch/err" ;;
     # As root, pasta drops to "nobody" by default and then cannot open the
     # namespace it made (/proc/PID/ns/net: EACCES, and it retries forever).
     pasta) pasta --runas 0:0 --config-net -q -- "$nb" "$@" 2>"$scratch/err" ;;
@@ -224,7 +230,8 @@ run_slirp() {
 label() {
     case $1 in
     direct) echo "direct (client and server on the host)" ;;
-    cell) echo "cell: egress relay (cell run --policy)" ;;
+    cell) echo "cell: fast path (cell run --policy; NFQUEUE verdict, veth)" ;;
+    relay) echo "cell: relay (CELL_EGRESS_FAST=0; REDIRECT, splice)" ;;
     pasta) echo "pasta --config-net" ;;
     slirp) echo "slirp4netns (--mtu=65520)" ;;
     veth) echo "veth + nftables conntrack filter, kernel forwarding (alternative, no relay)" ;;
@@ -336,8 +343,9 @@ bench_lat() {
     echo "### Connect latency: connect() + 1-byte echo round trip, fresh connection each time"
     echo
     echo "Timed by the client from before socket()+connect() to the echoed byte ($rounds rounds of $lat_n, pooled; close not timed)."
-    echo "In a cell, connect() completes against the relay's listener in the cell's netns; the echo then waits for the"
-    echo "owner to accept, check the original destination and the policy, start the relay threads and connect on the host."
+    echo "In a cell the SYN waits in NFQUEUE for the owner's verdict, then goes by the veth. Through the relay, connect()"
+    echo "completes against the owner's listener in the cell's netns; the echo then waits for the owner to accept, check"
+    echo "the original destination and the policy, start the relay threads and connect on the host."
     echo
     echo "| path | n | p50 (µs) | p90 (µs) | p99 (µs) | mean (µs) | p50 added to direct (µs) | p99 added to direct (µs) |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -43,6 +43,10 @@ const char cli_run_usage[] =
     "  --upstream-ca FILE   PEM certificates trusted, besides the host's trust\n"
     "                       store, when verifying upstreams of intercepted HTTPS\n"
     "                       (`http` rules; private CAs, tests)\n"
+    "  --secret NAME=FILE   the value of ${secret:NAME} in the policy's http rules\n"
+    "                       is FILE's content (one trailing newline dropped), read\n"
+    "                       on the host for each request: it never enters the cell\n"
+    "                       (repeatable)\n"
     "  --user UID[:GID]     run as this uid/gid inside the cell (default 0:0)\n"
     "  -t, --tty            run CMD on a pseudo-terminal (interactive shells);\n"
     "                       this terminal is put in raw mode while it runs\n"
@@ -61,7 +65,50 @@ struct run_opts {
     int         tty;
     uid_t       uid;
     gid_t       gid;
+    struct {
+        const char *name;       /* NUL-terminated inside the --secret argument */
+        const char *file;
+    } secrets[32];
+    size_t      n_secrets;
 };
+
+/* cell_net_secret_fn for --secret: read at each use, so a rotated file
+ * takes effect on the next request; the value stays on the host. */
+static int run_secret(void *user, const char *name, char **value, size_t *len)
+{
+    const struct run_opts *o = user;
+    for (size_t i = 0; i < o->n_secrets; i++) {
+        if (strcmp(o->secrets[i].name, name) != 0)
+            continue;
+        if (util_read_file(o->secrets[i].file, 64 * 1024, value, len, NULL) < 0)
+            return -1;
+        if (*len && (*value)[*len - 1] == '\n')
+            (*value)[--*len] = '\0';
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_secret(struct run_opts *o, char *spec)
+{
+    char *eq = strchr(spec, '=');
+    if (!eq || eq == spec || !eq[1])
+        return cli_fail(CLI_EXIT_USAGE, "invalid --secret '%s': expected NAME=FILE", spec);
+    *eq = '\0';
+    for (const char *c = spec; *c; c++)
+        if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+              (*c >= '0' && *c <= '9')))
+            return cli_fail(CLI_EXIT_USAGE, "invalid --secret name '%s': letters, digits, '_', '-' and '.' only", spec);
+    if (access(eq + 1, R_OK) < 0)
+        return cli_fail(CLI_EXIT_USAGE, "--secret %s=%s: %s", spec, eq + 1, strerror(errno));
+    if (o->n_secrets >= sizeof o->secrets / sizeof o->secrets[0])
+        return cli_fail(CLI_EXIT_USAGE, "too many --secret options (at most %zu)", sizeof o->secrets / sizeof o->secrets[0]);
+    o->secrets[o->n_secrets].name = spec;
+    o->secrets[o->n_secrets++].file = eq + 1;
+    o->cfg.net_secret = run_secret;
+    o->cfg.net_user = o;
+    return 0;
+}
 
 /* The parsers return 0 or the exit code of their (already printed) error. */
 static int parse_uint(const char *text, const char *what, unsigned long max, unsigned long *out)
@@ -118,7 +165,7 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -128,7 +175,8 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
         { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
         { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
-        { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { 0, 0, 0, 0 },
+        { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
+        { 0, 0, 0, 0 },
     };
     o->cfg.mounts = o->mounts;
     opterr = 0;
@@ -155,6 +203,10 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             if (access(optarg, R_OK) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", optarg, strerror(errno));
             o->cfg.upstream_ca_file = optarg;
+            break;
+        case O_SECRET:
+            if (parse_secret(o, optarg) != 0)
+                return CLI_EXIT_USAGE;
             break;
         case O_CWD: o->cwd = optarg; break;
         case O_MEMORY:

@@ -611,3 +611,31 @@ def test_upstream_misbehaviour_is_not_pooled(admin, cells, net):
     peers = [r[0]["body"], r[1]["body"], r[2]["body"], json.loads(r[3]["body"])["peer"]]
     assert len(set(peers)) == 4, peers
     assert json.loads(r[5]["body"])["peer"] != r[4]["body"], r
+
+
+# ---- cell run --secret ----------------------------------------------------------------------
+
+
+def test_cell_run_secret_file(run, tmp_path, net):
+    """`cell run --secret NAME=FILE`: the header gets FILE's value host-side,
+    the cell never sees it; a bad --secret is a usage error."""
+    value = "sk-run-" + uuid.uuid4().hex
+    sfile = tmp_path / "token"
+    sfile.write_text(value + "\n")
+    os.chmod(str(sfile), 0o600)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"rules": [DNS_RULE, INJECT]}))
+    r = run(["run", "--policy", str(policy), "--upstream-ca", net.ca, "--secret", "API_TOKEN=%s" % sfile, "--",
+             "/usr/bin/python3", "-c", PROBE, json.dumps([["url", "http://allowed.test/v1/echo"], ["scan", value]])],
+            timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out[0]["status"] == 200, out[0]
+    assert json.loads(out[0]["body"])["headers"]["authorization"] == "Bearer " + value, out[0]
+    assert out[1]["hits"] == [], out[1]
+    assert value not in r.stderr
+    for bad, why in ((["--secret", "API_TOKEN"], "expected NAME=FILE"),
+                     (["--secret", "API_TOKEN=/nonexistent/x"], "No such file"),
+                     (["--secret", "a b=%s" % sfile], "letters, digits")):
+        r = run(["run", "--policy", str(policy)] + bad + ["--", "true"])
+        assert r.returncode == 2 and why in r.stderr, (bad, r.returncode, r.stderr)
