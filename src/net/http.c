@@ -457,6 +457,9 @@ typedef struct session {
     char                 method[24];
     buf                  path;
     char                 reason[160];
+    buf                  pending;           /* the cell's bytes past the request being served */
+    int                  client_keep;       /* the request asked to keep the connection */
+    int                  keep;              /* its response ended by its framing: serve another */
 } session;
 
 static void audit(session *s, int status, int allow)
@@ -547,12 +550,35 @@ static int accept_tls(session *s)
     return 0;
 }
 
-/* Read until the request's head is complete. 0, or -1 (handled). */
-static int read_request_head(session *s, msg *m)
+/* Feed the cell's bytes to the request being read; bytes past its end
+ * belong to the next request on the connection and wait in s->pending. */
+static ssize_t client_feed(session *s, msg *m, const char *data, size_t n)
+{
+    ssize_t used = msg_feed(m, data, n);
+    if (used >= 0 && m->done && (size_t)used < n)
+        buf_add(&s->pending, data + used, n - (size_t)used);
+    return s->pending.oom ? -1 : used;
+}
+
+/* Read until the request's head is complete, starting with what the cell
+ * sent past the previous request.  A later request may take up to
+ * NET_HTTP_IDLE_MS to start.  0, or -1 (handled; silent if nothing came). */
+static int read_request_head(session *s, msg *m, int later)
 {
     char data[IO_CHUNK];
     size_t total = 0;
-    set_recv_timeout(s->cl.fd, NET_HTTP_HEAD_MS);
+    if (s->pending.len) {
+        buf early = s->pending;
+        s->pending = (buf){ 0 };
+        total = early.len;
+        ssize_t used = client_feed(s, m, early.d, early.len);
+        buf_wipe(&early);
+        if (used < 0) {
+            drop(s, "not HTTP");
+            return -1;
+        }
+    }
+    set_recv_timeout(s->cl.fd, later ? NET_HTTP_IDLE_MS : NET_HTTP_HEAD_MS);
     while (!m->head_done) {
         ssize_t n = conn_read(&s->cl, data, sizeof data);
         if (n <= 0) {
@@ -561,7 +587,7 @@ static int read_request_head(session *s, msg *m)
             return -1;
         }
         total += (size_t)n;
-        if (msg_feed(m, data, (size_t)n) < 0) {
+        if (client_feed(s, m, data, (size_t)n) < 0) {
             drop(s, "not HTTP");
             return -1;
         }
@@ -721,14 +747,15 @@ static int stream_body(session *s, msg *m)
         if (m->done)
             return 0;
         ssize_t n = conn_read(&s->cl, data, sizeof data);
-        if (n <= 0 || msg_feed(m, data, (size_t)n) < 0)
+        if (n <= 0 || client_feed(s, m, data, (size_t)n) < 0)
             return -1;
     }
 }
 
-/* The response head, as sent to the cell: "Connection: close" replaces the
- * upstream's connection headers, since this connection ends with it. */
-static int write_response_head(session *s, const msg *r)
+/* The response head, as sent to the cell, with our own Connection header
+ * for the cell's connection in place of the upstream's: keep-alive when the
+ * cell asked for it and the response's framing will say where it ends. */
+static int write_response_head(session *s, const msg *r, int keep)
 {
     buf b = { 0 };
     char line[64];
@@ -745,7 +772,7 @@ static int write_response_head(session *s, const msg *r)
         buf_str(&b, r->h[i].value);
         buf_str(&b, "\r\n");
     }
-    buf_str(&b, "Connection: close\r\n\r\n");
+    buf_str(&b, keep ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
     int rc = b.oom || conn_write(&s->cl, b.d, b.len) < 0 ? -1 : 0;
     if (rc == 0)
         *s->in += b.len;
@@ -808,6 +835,8 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
     ssize_t body_at = used < n && data[used] == '\n' ? used + 1 : used, first = n - body_at;
     *status = (int)r.p.status_code;
     int framed = *status >= 200, extra = 0, broken = 0;
+    int keep = framed && s->client_keep &&
+               (head_request || r.chunked || r.has_clen || *status == 204 || *status == 304);
     set_recv_timeout(s->up.fd, 0);
     http_parser_pause(&r.p, 0);
     if (framed) {
@@ -816,13 +845,16 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
             (first = response_bytes(s, &r, data + body_at, (size_t)first, &extra)) < 0)
             broken = 1, first = 0;
     }
-    if (write_response_head(s, &r) < 0 || send_down(s, data + body_at, (size_t)first) < 0 || broken)
+    if (write_response_head(s, &r, keep) < 0 || send_down(s, data + body_at, (size_t)first) < 0 || broken)
         goto out;   /* the cell went away, or the body is not HTTP: the response was still answered */
     while (!(framed && r.done) && (n = conn_read(&s->up, data, sizeof data)) > 0) {
         ssize_t take = framed ? response_bytes(s, &r, data, (size_t)n, &extra) : n;
-        if (take < 0 || send_down(s, data, (size_t)take) < 0)
+        if (take < 0 || send_down(s, data, (size_t)take) < 0) {
+            keep = 0;
             break;
+        }
     }
+    s->keep = keep && r.done;   /* the cell has the whole response, and knows it */
 out:
     msg_free(&r);
     return 0;
@@ -912,12 +944,18 @@ static void forward(session *s, msg *m, const char *target)
     free(head);
 }
 
-static void serve_request(session *s)
+/* One request of the cell's connection: each is checked and audited on
+ * its own; s->keep says whether another may follow. */
+static void serve_request(session *s, int later)
 {
     msg m;
     msg_init(&m, HTTP_REQUEST);
     buf target = { 0 };
-    if (read_request_head(s, &m) == 0) {
+    s->keep = 0;
+    s->reason[0] = '\0';
+    buf_wipe(&s->path);
+    if (read_request_head(s, &m, later) == 0) {
+        s->client_keep = http_should_keep_alive(&m.p) != 0;
         snprintf(s->method, sizeof s->method, "%s", http_method_str((enum http_method)m.p.method));
         const char *why = check_request(s, &m, &target);
         if (why)
@@ -941,10 +979,12 @@ void net_http_serve(const net_http_env *env, const net_http_flow *f, uint64_t *o
     int tls = detect_tls(f->cfd);
     s.key = (net_pool_key){ .host = f->host, .dst = f->dst, .dst_len = f->dst_len, .tls = tls > 0 };
     if (tls >= 0 && (!tls || accept_tls(&s) == 0))
-        serve_request(&s);
+        for (int later = 0; later == 0 || s.keep; later = 1)
+            serve_request(&s, later);
     conn_close_tls(&s.cl);
     close_upstream(&s);
     buf_wipe(&s.path);
+    buf_wipe(&s.pending);
     ERR_clear_error();
 }
 

@@ -16,6 +16,7 @@
 
 #define NET_HTTP_FIRST_BYTE_MS 10000  /* wait for the client's first byte */
 #define NET_HTTP_HEAD_MS       30000  /* TLS handshakes and request/response heads */
+#define NET_HTTP_IDLE_MS       15000  /* a kept-alive connection waits this long for its next request */
 #define NET_HTTP_MAX_HEADERS   128
 /* TLS 1.3 suites on both legs, AES-128-GCM first: as strong as needed
  * (128-bit security, like P-256 and X25519) and cheaper than AES-256. */
@@ -46,8 +47,11 @@ typedef struct net_http_flow {
 
 /* Serve one connection of the cell: TLS (detected by its first byte) is
  * terminated with a leaf for the pinned host and re-originated with
- * verification; one request is checked, rewritten and forwarded, and its
- * response relayed (its head gets "Connection: close").  With env->pool,
+ * verification; each request is checked, rewritten, forwarded and
+ * audited, and its response relayed.  The cell's connection is kept for
+ * another request when the request asked for it and the response's
+ * framing marks its end (its head then says "Connection: keep-alive", else
+ * "Connection: close"); a refused request ends the connection.  With env->pool,
  * the upstream connection is taken from the pool when one is idle for the
  * same host, destination and TLS, and given back when its response ended
  * cleanly (docs/egress.md, "Upstream connections"); without, each request

@@ -88,6 +88,40 @@ def raw(host, port, data, tls=False, sni=None):
         r["body"] = body.decode("latin-1")
     return r
 
+def seq(host, port, requests, tls=False):
+    """Requests one after another on ONE connection, each answer read by its
+    Content-Length; then whether the server closed the connection."""
+    out = []
+    try:
+        s = socket.create_connection((host, port), timeout=15)
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = ctx.wrap_socket(s, server_hostname=host)
+        f = s.makefile("rb")
+        for req in requests:
+            s.sendall(req.encode("latin-1"))
+            line = f.readline()
+            if not line:
+                out.append({"eof": True})
+                break
+            hdrs = {}
+            while True:
+                h = f.readline()
+                if h in (b"\r\n", b""):
+                    break
+                k, _, v = h.decode("latin-1").partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            body = f.read(int(hdrs.get("content-length", "0")))
+            out.append({"status": int(line.split()[1]), "connection": hdrs.get("connection"),
+                        "body": body.decode("latin-1")})
+        s.settimeout(5)
+        out.append({"closed": f.read(1) == b""})
+    except Exception as e:
+        out.append({"err": why(e)})
+    return out
+
 def url(u, method="GET", headers=None, data=None):
     req = urllib.request.Request(u, method=method, headers=headers or {},
                                  data=data.encode() if data is not None else None)
@@ -135,7 +169,7 @@ out = []
 for probe in json.loads(sys.argv[1]):
     kind, args = probe[0], probe[1:]
     kw = args.pop() if args and isinstance(args[-1], dict) else {}
-    out.append({"raw": raw, "url": url, "cmd": cmd, "scan": scan, "env": env}[kind](*args, **kw))
+    out.append({"raw": raw, "url": url, "cmd": cmd, "scan": scan, "env": env, "seq": seq}[kind](*args, **kw))
 print(json.dumps(out))
 '''
 
@@ -390,7 +424,7 @@ def http_records(admin, cid):
 
 
 def get(path, host="allowed.test", extra=""):
-    return "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: keep-alive\r\n\r\n" % (path, host, extra)
+    return "GET %s HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (path, host, extra)
 
 
 # ---- header middleware and secrets -----------------------------------------------------------
@@ -402,7 +436,7 @@ def test_header_injection_plain_http(d, admin, cells, net):
         ["url", "http://allowed.test/v1/echo?q=1", {"headers": {"X-Remove-Me": "1", "x-static": "from-cell",
                                                                  "Authorization": "Basic from-cell"}}],
         ["url", "http://allowed.test/upload", {"method": "POST", "data": "hello body"}],
-        ["raw", "allowed.test", 80, "POST /chunked HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ["raw", "allowed.test", 80, "POST /chunked HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                              "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"],
         ["scan", SECRET],
     ])
@@ -611,6 +645,29 @@ def test_upstream_misbehaviour_is_not_pooled(admin, cells, net):
     peers = [r[0]["body"], r[1]["body"], r[2]["body"], json.loads(r[3]["body"])["peer"]]
     assert len(set(peers)) == 4, peers
     assert json.loads(r[5]["body"])["peer"] != r[4]["body"], r
+
+
+# ---- several requests on one cell connection -------------------------------------------------
+
+
+def test_client_keep_alive_checks_every_request(admin, cells, net):
+    """One TLS connection from the cell: two allowed requests are answered
+    (keep-alive, the secret injected into each), the third, to a path the
+    rule does not allow, gets 403 and the connection ends: the fourth is
+    never served.  Each request has its own audit record."""
+    rule = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, paths=["/v1/"])
+    cid = new_cell(admin, cells, [rule])
+    ka = "GET %s HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    r = probe(admin, cid, [["seq", "allowed.test", 443, [ka % "/v1/a", ka % "/v1/b", ka % "/admin", ka % "/v1/c"],
+                            True]])[0]
+    assert [x.get("status") for x in r[:3]] == [200, 200, 403], r
+    assert r[0]["connection"] == "keep-alive" and r[1]["connection"] == "keep-alive", r
+    for x in r[:2]:
+        assert json.loads(x["body"])["headers"]["authorization"] == "Bearer " + SECRET, x
+    assert r[3] == {"eof": True} or r[3] == {"closed": True}, r
+    recs = http_records(admin, cid)
+    assert [(x["path"], x["status"], x["verdict"]) for x in recs] == [
+        ("/v1/a", 200, "allow"), ("/v1/b", 200, "allow"), ("/admin", 403, "deny")], recs
 
 
 # ---- cell run --secret ----------------------------------------------------------------------

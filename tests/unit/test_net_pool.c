@@ -353,6 +353,7 @@ static int fake_dial(const struct sockaddr *dst, socklen_t len)
 
 static net_header inject[] = { { "Authorization", "Bearer ${secret:TOKEN}" } };
 static net_http_rule rule = { .set = inject, .n_set = 1 };
+static net_http_rule *flow_rule = &rule;   /* the rule cell_request's flows are allowed by */
 
 /* One cell connection: `request` goes in, the whole answer comes back
  * (malloc()ed) after net_http_serve returns. */
@@ -365,7 +366,7 @@ static char *cell_request(net_http_env *env, upstream *u, const char *host, cons
     char dst_text[64];
     snprintf(dst_text, sizeof dst_text, "127.0.0.1:%u", ntohs(u->addr.sin_port));
     net_http_flow f = { .cfd = sv[0], .dst = (struct sockaddr *)&u->addr, .dst_len = sizeof u->addr,
-                        .dst_text = dst_text, .host = host, .rule = &rule, .rule_index = 0 };
+                        .dst_text = dst_text, .host = host, .rule = flow_rule, .rule_index = 0 };
     uint64_t out = 0, in = 0;
     net_http_serve(env, &f, &out, &in);
     close(sv[0]);
@@ -416,7 +417,7 @@ static void serve_reuses_and_injects(void **state)
         char *a = get(&env, &u, "api.test", "GET", i == 1 ? "/chunked" : "/ka");
         assert_int_equal(conn_of(a), 1);
         assert_null(strstr(a, SECRET));
-        assert_non_null(strstr(a, "Connection: close\r\n"));     /* the cell's connection still ends */
+        assert_non_null(strstr(a, "Connection: keep-alive\r\n")); /* the cell may send another */
         free(a);
         /* The secret is injected on a reused connection too; the cell's own
          * Authorization is gone; the request is keep-alive. */
@@ -449,6 +450,59 @@ static void serve_reuses_and_injects(void **state)
     assert_null(strstr(audit_log, SECRET));
     assert_non_null(strstr(audit_log, "\"status\":200"));
     net_http_pool_free(pool2);
+    net_http_pool_free(pool);
+    upstream_stop(&u);
+}
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
+/* The cell's connection carries several requests, pipelined or not, each
+ * checked on its own; a refused one ends the connection, and nothing the
+ * cell sent after it is served. */
+static void serve_keeps_the_cells_connection(void **state)
+{
+    (void)state;
+    upstream u;
+    upstream_start(&u);
+    net_http_pool *pool = net_http_pool_new();
+    net_http_env env = make_env(pool);
+    static char *allowed_paths[] = { "/ka", "/chunked", NULL };
+    net_http_rule narrow = { .set = inject, .n_set = 1, .paths = allowed_paths };
+    audit_log[0] = '\0';
+    const char *three = "GET /ka HTTP/1.1\r\nHost: api.test\r\n\r\n"
+                        "GET /chunked HTTP/1.1\r\nHost: api.test\r\n\r\n"
+                        "HEAD /head HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"
+                        "GET /ka HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    char *a = cell_request(&env, &u, "api.test", three);
+    /* Three answered in order on one upstream connection; the third asked
+     * to close, so the fourth was never read. */
+    assert_int_equal(count_of(a, "HTTP/1.1 200"), 3);
+    assert_int_equal(count_of(a, "Connection: keep-alive\r\n"), 2);
+    assert_int_equal(count_of(a, "Connection: close\r\n"), 1);
+    assert_null(strstr(a, SECRET));
+    free(a);
+    int requests;
+    assert_int_equal(counts(&u, &requests), 1);
+    assert_int_equal(requests, 3);
+    assert_int_equal(count_of(audit_log, "\"event\":\"http\""), 3);
+
+    flow_rule = &narrow;
+    a = cell_request(&env, &u, "api.test",
+                     "GET /ka HTTP/1.1\r\nHost: api.test\r\n\r\n"
+                     "GET /eof HTTP/1.1\r\nHost: api.test\r\n\r\n"
+                     "GET /ka HTTP/1.1\r\nHost: api.test\r\n\r\n");
+    flow_rule = &rule;
+    assert_int_equal(count_of(a, "HTTP/1.1 200"), 1);
+    assert_int_equal(count_of(a, " 403 "), 1);
+    free(a);
+    assert_int_equal(counts(&u, &requests), 1);
+    assert_int_equal(requests, 4);      /* the forbidden one and the one after it never went upstream */
     net_http_pool_free(pool);
     upstream_stop(&u);
 }
@@ -554,7 +608,7 @@ int main(void)
         cmocka_unit_test(pool_scoping),           cmocka_unit_test(pool_stale_and_extra),
         cmocka_unit_test(pool_bounds_and_flush),  cmocka_unit_test(serve_reuses_and_injects),
         cmocka_unit_test(serve_not_pooled),       cmocka_unit_test(serve_dead_pooled_connection),
-        cmocka_unit_test(serve_flush),
+        cmocka_unit_test(serve_flush),            cmocka_unit_test(serve_keeps_the_cells_connection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
