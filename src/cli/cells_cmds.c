@@ -125,9 +125,10 @@ static const char audit_usage[] =
     "Print your tenant's audit log: one line per record (time tenant kind, then\n"
     "method path status for requests, or the event for cells and processes).\n"
     "--net: only the cells' network records, one per line:\n"
-    "  TIME VERDICT tcp SRC -> DST HOST rule=N bytes=OUT/IN [(REASON)] cell=ID\n"
+    "  TIME VERDICT tcp SRC -> DST HOST rule=N bytes=OUT/IN [via=kernel] [(REASON)] cell=ID\n"
     "  TIME VERDICT dns QNAME TYPE RCODE rule=N [(REASON)] cell=ID\n"
-    "(HOST is the name the cell's DNS answer gave DST, or -; rule=-1: none matched).\n"
+    "(HOST is the name the cell's DNS answer gave DST, or -; rule=-1: none matched;\n"
+    "via=kernel: carried by the egress fast path, bytes counted with IP headers).\n"
     "--since: records from this time on (ms since the epoch); --limit: at most\n"
     "N records (default 100).\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
@@ -1445,6 +1446,8 @@ static void print_net_record(json_t *r)
         if (json_object_get(r, "bytesOut") || json_object_get(r, "bytesIn"))
             printf(" bytes=%lld/%lld", (long long)json_integer_value(json_object_get(r, "bytesOut")),
                    (long long)json_integer_value(json_object_get(r, "bytesIn")));
+        if (json_is_string(json_object_get(r, "path")))     /* "kernel": IP bytes, not payload */
+            printf(" via=%s", json_string_value(json_object_get(r, "path")));
     } else if (strcmp(event, "dns") == 0) {
         static const char *const types[29] = { [1] = "A", [2] = "NS", [5] = "CNAME", [6] = "SOA", [12] = "PTR",
                                                [15] = "MX", [16] = "TXT", [28] = "AAAA" };

@@ -1066,7 +1066,7 @@ def test_cli_create_policy_set_audit(d, admin, cells, net, tmp_path):
     mine = wait_for(lines, 10)
     assert mine, cli("audit", "--net").stdout
     allow8080 = [l for l in mine if " allow tcp " in l and "-> %s:8080" % ECHO_IP in l]
-    assert allow8080 and "rule=0" in allow8080[0] and " bytes=" in allow8080[0], mine
+    assert allow8080 and "rule=0" in allow8080[0] and " bytes=" in allow8080[0] and " via=kernel" in allow8080[0], mine
     allow7 = [l for l in mine if " allow tcp " in l and "-> %s:7 " % ECHO_IP in l]
     deny7 = [l for l in mine if " deny tcp " in l and "-> %s:7 " % ECHO_IP in l]
     assert allow7 and deny7 and "(no rule matched)" in deny7[0], mine   # before and after the change
