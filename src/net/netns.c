@@ -586,7 +586,7 @@ static struct mnl_socket *open_queue(cell_error *err)
 }
 
 /* In the cell's netns: eth0 addressed and up, the default route over it,
- * no IPv6 on it, byte counters in conntrack, the rules, and the sockets. */
+ * no IPv6 on it, the rules, byte counters in conntrack, and the sockets. */
 static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
 {
     char cell_text[INET_ADDRSTRLEN], rules[sizeof ruleset_fast + 128];
@@ -596,8 +596,6 @@ static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
         return -1;
     if (access("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", F_OK) == 0 &&
         write_sysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1", err) < 0)
-        return -1;
-    if (write_sysctl("/proc/sys/net/netfilter/nf_conntrack_acct", "1", err) < 0)
         return -1;
     if (net_ruleset_fast(rules, sizeof rules, cell_text) < 0)
         return util_fail(err, EINVAL, "the fast path's ruleset");
@@ -611,7 +609,10 @@ static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
         util_fail(err, EIO, "installing the cell's nftables rules: %s", why && *why ? why : "failed");
     }
     nft_ctx_free(nft);
-    if (rc != 0 || add_queue_rule(err) < 0)
+    /* After the rules: their conntrack expressions are what loads conntrack
+     * (and its sysctls) on a modular kernel; before any flow, since counters
+     * are attached when a connection is tracked. */
+    if (rc != 0 || write_sysctl("/proc/sys/net/netfilter/nf_conntrack_acct", "1", err) < 0 || add_queue_rule(err) < 0)
         return -1;
     if (!(l->queue = open_queue(err)) ||
         !(l->ct_events = nf_socket(NF_NETLINK_CONNTRACK_UPDATE | NF_NETLINK_CONNTRACK_DESTROY, 4 << 20, err)) ||
