@@ -299,6 +299,22 @@ static int ask_owner(net_engine *e, const net_decide_rule *d, int rule, const ch
     return e->hooks.decide(e->hooks.user, &f, d->url, d->timeout_ms) == 1;
 }
 
+/* The policy's verdict on a TCP flow to dst, with the name the cell's DNS
+ * pinned to it ("" and *pinned 0 if none).  Returns the policy it was
+ * decided by, referenced: a verdict's rule lives in it. */
+static net_policy *decide_tcp(net_engine *e, const struct sockaddr *dst, char *host, size_t host_size, int *pinned,
+                              net_verdict *v)
+{
+    *pinned = net_pins_lookup(e->pins, dst, host, host_size);
+    if (!*pinned)
+        host[0] = '\0';
+    net_policy *p = current_policy(e);
+    net_flow f = { .transport = NET_TCP, .dst = dst, .host = *pinned ? host : NULL };
+    *v = (net_verdict){ .allow = 0, .rule = -1 };
+    net_policy_decide(p, &f, v);
+    return p;
+}
+
 static void *flow_main(void *arg)
 {
     flow_job *job = arg;
@@ -320,10 +336,8 @@ static void *flow_main(void *arg)
         reason = "not a redirected flow";
     } else {
         addr_text((struct sockaddr *)&dst, dst_s, sizeof dst_s);
-        int pinned = net_pins_lookup(e->pins, (struct sockaddr *)&dst, host, sizeof host);
-        net_policy *p = current_policy(e);
-        net_flow f = { .transport = NET_TCP, .dst = (struct sockaddr *)&dst, .host = pinned ? host : NULL };
-        net_policy_decide(p, &f, &v);
+        int pinned;
+        net_policy *p = decide_tcp(e, (struct sockaddr *)&dst, host, sizeof host, &pinned, &v);
         if (v.decide)
             v.allow = ask_owner(e, v.decide, v.rule, "tcp", src_s, dst_s, pinned ? host : NULL), reason = "decide";
         if (v.allow && v.http && !pinned) {
@@ -912,14 +926,9 @@ static int fast_decide(void *arg, const struct sockaddr_in *dst, char *host, siz
     net_engine *e = arg;
     if (atomic_load(&e->stopping))
         return 0;
-    int pinned = net_pins_lookup(e->pins, (const struct sockaddr *)dst, host, host_size);
-    if (!pinned)
-        host[0] = '\0';
-    net_policy *p = current_policy(e);
-    net_flow f = { .transport = NET_TCP, .dst = (const struct sockaddr *)dst, .host = pinned ? host : NULL };
-    net_verdict v = { .allow = 0, .rule = -1 };
-    net_policy_decide(p, &f, &v);
-    net_policy_unref(p);
+    int pinned;
+    net_verdict v;
+    net_policy_unref(decide_tcp(e, (const struct sockaddr *)dst, host, host_size, &pinned, &v));
     *rule = v.rule;
     return v.allow && !v.decide && !v.http;
 }
