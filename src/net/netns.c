@@ -226,16 +226,17 @@ static int add_udp_routing(cell_error *err)
     return nl_request(nlh, buf, "adding the local route for UDP in the cell", err);
 }
 
-static int install_rules(cell_error *err)
+/* Apply nftables text in this thread's netns, as one transaction. */
+static int run_nft(const char *text, const char *what, cell_error *err)
 {
     struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
     if (!nft)
         return util_fail(err, ENOMEM, "nftables context");
     nft_ctx_buffer_error(nft);
-    int rc = nft_run_cmd_from_buffer(nft, ruleset);
+    int rc = nft_run_cmd_from_buffer(nft, text);
     if (rc != 0) {
         const char *why = nft_ctx_get_error_buffer(nft);
-        util_fail(err, EIO, "installing the cell's nftables rules: %s", why && *why ? why : "failed");
+        util_fail(err, EIO, "%s: %s", what, why && *why ? why : "failed");
     }
     nft_ctx_free(nft);
     return rc != 0 ? -1 : 0;
@@ -283,28 +284,14 @@ static int install_host_rules(const char *subnet, cell_error *err)
              "  }\n"
              "}\n",
              subnet);
-    struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
-    if (!nft)
-        return util_fail(err, ENOMEM, "nftables context");
-    nft_ctx_buffer_error(nft);
-    int rc = nft_run_cmd_from_buffer(nft, cmd);
-    if (rc != 0) {
-        const char *why = nft_ctx_get_error_buffer(nft);
-        util_fail(err, EIO, "host rules for the egress fast path: %s", why && *why ? why : "failed");
-    }
-    nft_ctx_free(nft);
-    return rc != 0 ? -1 : 0;
+    return run_nft(cmd, "host rules for the egress fast path", err);
 }
 
 static pthread_mutex_t host_rules_lock = PTHREAD_MUTEX_INITIALIZER;
 static int host_rules_done;
 
-static int host_rules_once(cell_error *err)
+static int host_rules_once(uint32_t base, unsigned count, cell_error *err)
 {
-    uint32_t base;
-    unsigned count;
-    if (fast_subnet(&base, &count, err) < 0)
-        return -1;
     pthread_mutex_lock(&host_rules_lock);
     int rc = 0;
     if (!host_rules_done) {
@@ -423,9 +410,9 @@ static int open_netns(int ns_or_pidfd, cell_error *err)
  * the cell's netns, so nothing is left behind by a crash. */
 static int make_host_end(int netns_fd, net_listeners *l, uint32_t *host_ip, cell_error *err)
 {
-    uint32_t base;
-    unsigned count;
-    if (host_rules_once(err) < 0 || fast_subnet(&base, &count, err) < 0)
+    uint32_t base = 0;
+    unsigned count = 0;
+    if (fast_subnet(&base, &count, err) < 0 || host_rules_once(base, count, err) < 0)
         return -1;
     int ns = open_netns(netns_fd, err), rc = -1;
     if (ns < 0)
@@ -453,18 +440,6 @@ static int make_host_end(int netns_fd, net_listeners *l, uint32_t *host_ip, cell
 out:
     close(ns);
     return rc;
-}
-
-static int write_sysctl(const char *path, const char *value, cell_error *err)
-{
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return util_fail_errno(err, "%s", path);
-    ssize_t n = write(fd, value, strlen(value));
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return n == (ssize_t)strlen(value) ? 0 : util_fail_errno(err, "writing %s", path);
 }
 
 /* The xtables NFQUEUE target (revision 3) as the one rule of chain "q":
@@ -595,24 +570,15 @@ static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
         add_veth_default_route(host_ip, l->cell_ip, err) < 0)
         return -1;
     if (access("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", F_OK) == 0 &&
-        write_sysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1", err) < 0)
+        util_write_file("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1", 1, 0644, 0, err) < 0)
         return -1;
     if (net_ruleset_fast(rules, sizeof rules, cell_text) < 0)
         return util_fail(err, EINVAL, "the fast path's ruleset");
-    struct nft_ctx *nft = nft_ctx_new(NFT_CTX_DEFAULT);
-    if (!nft)
-        return util_fail(err, ENOMEM, "nftables context");
-    nft_ctx_buffer_error(nft);
-    int rc = nft_run_cmd_from_buffer(nft, rules);
-    if (rc != 0) {
-        const char *why = nft_ctx_get_error_buffer(nft);
-        util_fail(err, EIO, "installing the cell's nftables rules: %s", why && *why ? why : "failed");
-    }
-    nft_ctx_free(nft);
     /* After the rules: their conntrack expressions are what loads conntrack
      * (and its sysctls) on a modular kernel; before any flow, since counters
      * are attached when a connection is tracked. */
-    if (rc != 0 || write_sysctl("/proc/sys/net/netfilter/nf_conntrack_acct", "1", err) < 0 || add_queue_rule(err) < 0)
+    if (run_nft(rules, "installing the cell's nftables rules", err) < 0 ||
+        util_write_file("/proc/sys/net/netfilter/nf_conntrack_acct", "1", 1, 0644, 0, err) < 0 || add_queue_rule(err) < 0)
         return -1;
     if (!(l->queue = open_queue(err)) ||
         !(l->ct_events = nf_socket(NF_NETLINK_CONNTRACK_UPDATE | NF_NETLINK_CONNTRACK_DESTROY, 4 << 20, err)) ||
@@ -669,7 +635,8 @@ static void *setup_main(void *arg)
     if (job->host_ip) {
         if (setup_fast(l, job->host_ip, job->err) < 0 || add_udp_routing(job->err) < 0)
             return NULL;
-    } else if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 || install_rules(job->err) < 0) {
+    } else if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 ||
+               run_nft(ruleset, "installing the cell's nftables rules", job->err) < 0) {
         return NULL;
     }
     if ((l->relay = listen_on(SOCK_STREAM, NET_RELAY_PORT, job->err)) < 0 ||
