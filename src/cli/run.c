@@ -95,10 +95,11 @@ static int parse_secret(struct run_opts *o, char *spec)
     if (!eq || eq == spec || !eq[1])
         return cli_fail(CLI_EXIT_USAGE, "invalid --secret '%s': expected NAME=FILE", spec);
     *eq = '\0';
-    for (const char *c = spec; *c; c++)
-        if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
-              (*c >= '0' && *c <= '9')))
-            return cli_fail(CLI_EXIT_USAGE, "invalid --secret name '%s': letters, digits, '_', '-' and '.' only", spec);
+    /* The daemon's rule for secret names (/v1/secrets), so a policy means the same under both. */
+    if (!util_valid_name(spec))
+        return cli_fail(CLI_EXIT_USAGE,
+                        "invalid --secret name '%s': 1-63 letters, digits, '_', '-' and '.', not starting with '-' or '.'",
+                        spec);
     if (access(eq + 1, R_OK) < 0)
         return cli_fail(CLI_EXIT_USAGE, "--secret %s=%s: %s", spec, eq + 1, strerror(errno));
     if (o->n_secrets >= sizeof o->secrets / sizeof o->secrets[0])
