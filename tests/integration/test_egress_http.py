@@ -61,18 +61,22 @@ def read_all(s):
             return buf, None
         buf += d
 
+def dial(host, port, tls, sni=None):
+    """A connection by name (only addresses the cell's DNS answered are
+    pinned to a name an http rule can match), TLS with any SNI, unverified."""
+    s = socket.create_connection((host, port), timeout=15)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        s = ctx.wrap_socket(s, server_hostname=sni or host)
+    return s
+
 def raw(host, port, data, tls=False, sni=None):
-    """Send bytes (optionally over TLS with any SNI, no verification) and
-    return the whole answer.  Connect by name: only addresses the cell's
-    DNS answered are pinned to a name an http rule can match."""
+    """Send bytes (see dial) and return the whole answer."""
     r = {}
     try:
-        s = socket.create_connection((host, port), timeout=15)
-        if tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            s = ctx.wrap_socket(s, server_hostname=sni or host)
+        s = dial(host, port, tls, sni)
         s.sendall(data.encode("latin-1"))
         buf, err = read_all(s)
         s.close()
@@ -93,12 +97,7 @@ def seq(host, port, requests, tls=False):
     Content-Length; then whether the server closed the connection."""
     out = []
     try:
-        s = socket.create_connection((host, port), timeout=15)
-        if tls:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            s = ctx.wrap_socket(s, server_hostname=host)
+        s = dial(host, port, tls)
         f = s.makefile("rb")
         for req in requests:
             s.sendall(req.encode("latin-1"))
