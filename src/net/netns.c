@@ -408,11 +408,10 @@ static int open_netns(int ns_or_pidfd, cell_error *err)
  * free /30: a name taken by another cell (of any owner) fails with EEXIST,
  * so the kernel's link names are the allocator.  The pair disappears with
  * the cell's netns, so nothing is left behind by a crash. */
-static int make_host_end(int netns_fd, net_listeners *l, uint32_t *host_ip, cell_error *err)
+static int make_host_end(int netns_fd, uint32_t base, unsigned count, net_listeners *l, uint32_t *host_ip,
+                         cell_error *err)
 {
-    uint32_t base = 0;
-    unsigned count = 0;
-    if (fast_subnet(&base, &count, err) < 0 || host_rules_once(base, count, err) < 0)
+    if (host_rules_once(base, count, err) < 0)
         return -1;
     int ns = open_netns(netns_fd, err), rc = -1;
     if (ns < 0)
@@ -662,9 +661,15 @@ int net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err)
     /* Made from here, the caller's (the host's) netns: the host's end stays
      * in it.  Failing that, the cell is served by the relay alone. */
     cell_error why = { 0 };
+    uint32_t base = 0;
+    unsigned count = 0;
+    /* A host that cannot have the veth falls back to the relay; a range the
+     * operator mistyped is an error, not a silent fallback. */
+    if (fast && fast_subnet(&base, &count, err) < 0)
+        return -1;
     if (!fast)
         snprintf(out->fast_off, sizeof out->fast_off, "turned off");
-    else if (make_host_end(netns_fd, out, &job.host_ip, &why) < 0) {
+    else if (make_host_end(netns_fd, base, count, out, &job.host_ip, &why) < 0) {
         snprintf(out->fast_off, sizeof out->fast_off, "%.127s", why.message);
         out->cell_ip = 0;
         job.host_ip = 0;

@@ -694,6 +694,15 @@ def test_fast_path_cells_do_not_reach_each_other(run, tmp_path, net, state):
         stop_proc(b)
 
 
+def test_bad_egress_subnet_is_an_error(run, tmp_path, net):
+    """A mistyped CELL_EGRESS_SUBNET fails the boot with a message naming it,
+    rather than quietly dropping the fast path."""
+    policy = write_policy(tmp_path, {"rules": []})
+    for bad in ("10.213.0.0", "10.213.0.0/30", "not-an-address/16", "10.213.0.0/7"):
+        r = run(["run", "--policy", policy, "--", "true"], env=dict(os.environ, CELL_EGRESS_SUBNET=bad))
+        assert r.returncode == 125 and "CELL_EGRESS_SUBNET=%s" % bad in r.stderr, (bad, r.returncode, r.stderr)
+
+
 def test_fast_path_off_keeps_the_relay(run, tmp_path, net):
     """CELL_EGRESS_FAST=0: no veth, the default route over lo, flows relayed."""
     env = dict(os.environ, CELL_EGRESS_FAST="0")
