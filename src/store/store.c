@@ -94,7 +94,9 @@ static void unlockp(pthread_mutex_t **m)
         pthread_mutex_unlock(*m);
 }
 #define _cleanup_unlock_ __attribute__((cleanup(unlockp)))
-#define LOCKED(s) _cleanup_unlock_ pthread_mutex_t *lock_guard_ = lock_store(s)
+/* The guard is only read by its cleanup, which clang's -Wunused-variable does
+ * not count as a use: mark it unused rather than silence the warning. */
+#define LOCKED(s) _cleanup_unlock_ __attribute__((unused)) pthread_mutex_t *lock_guard_ = lock_store(s)
 
 static void finalizep(sqlite3_stmt **st)
 {
