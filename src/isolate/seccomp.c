@@ -4,6 +4,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <linux/netlink.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stdint.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,7 +34,9 @@
  * need, (b) a way to change the cell's own isolation (mounts, namespaces), or
  * (c) host-global state that should never be touched even if a capability
  * check were ever wrong.  Denied calls fail with EPERM, which programs handle
- * as "not permitted here", rather than killing the process.
+ * as "not permitted here", rather than killing the process.  One exception
+ * to default-allow: socket families are an allow list (add_socket_rules),
+ * since a family is a whole kernel subsystem and new ones keep appearing.
  *
  * Only the native x86_64 ABI is accepted.  i386 (int 0x80) and x32
  * (nr | 0x40000000) syscalls use different numbers, so a deny list written
@@ -287,6 +291,69 @@ static int add_ioctl_rules(scmp_filter_ctx ctx, cell_error *err)
     return 0;
 }
 
+/*
+ * Socket families: an allow list inside the default-allow filter.  A cell
+ * gets AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK with NETLINK_ROUTE (reading
+ * its own addresses and routes; changes need CAP_NET_ADMIN over the netns,
+ * which the cell lacks).  Every other family is refused, including numbers
+ * the kernel adds later, because several of them reach objects no namespace
+ * contains: AF_VSOCK ignores network namespaces (on a VM it is the host's
+ * port space and a path to the hypervisor around the egress policy),
+ * AF_PACKET/AF_XDP see raw frames, AF_ALG, AF_TIPC, AF_RDS, AF_CAN,
+ * AF_BLUETOOTH and AF_KEY are large, rarely used kernel code.  Other netlink
+ * protocols are refused too: uevent carries the host's device events into a
+ * netns owned by the initial user namespace, audit and sock_diag and the rest
+ * are host or kernel interfaces agent work does not need.
+ *
+ * The refusal is EAFNOSUPPORT for a family and EPROTONOSUPPORT for a
+ * netlink protocol: what a kernel built without them answers, so programs
+ * take the "not available here" path (Python's socket tests, glibc's
+ * getaddrinfo, udev clients), where EPERM would read as a policy error some
+ * of them treat as fatal.
+ *
+ * The kernel reads family and protocol as int; the rules compare all 64
+ * bits, so a value with high bits set is refused even if its low half names
+ * an allowed family (failing closed).  socketpair() takes the same list.
+ */
+static const uint64_t sock_families_allowed[] = { AF_UNIX, AF_INET, AF_INET6, AF_NETLINK };
+#define SOCK_FAMILY_MAX_ALLOWED AF_NETLINK   /* the highest of them */
+
+static int family_allowed(uint64_t family)
+{
+    for (size_t i = 0; i < sizeof sock_families_allowed / sizeof *sock_families_allowed; i++)
+        if (sock_families_allowed[i] == family)
+            return 1;
+    return 0;
+}
+
+static int add_socket_rules(scmp_filter_ctx ctx, cell_error *err)
+{
+    static const char *const calls[] = { "socket", "socketpair" };
+    for (size_t c = 0; c < 2; c++) {
+        int nr = resolve(calls[c], 0);
+        if (nr < 0)
+            continue;
+        /* One rule per refused number up to the highest allowed one, and one
+         * for everything above it: libseccomp takes one comparison per
+         * argument, so "not one of" is a union of rules. */
+        for (uint64_t f = 0; f < SOCK_FAMILY_MAX_ALLOWED; f++) {
+            if (family_allowed(f))
+                continue;
+            struct scmp_arg_cmp cmp = SCMP_A0_64(SCMP_CMP_EQ, f);
+            if (add_rule(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), calls[c], nr, 1, &cmp, err) < 0)
+                return -1;
+        }
+        struct scmp_arg_cmp above = SCMP_A0_64(SCMP_CMP_GT, SOCK_FAMILY_MAX_ALLOWED);
+        if (add_rule(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), calls[c], nr, 1, &above, err) < 0)
+            return -1;
+        struct scmp_arg_cmp netlink[2] = { SCMP_A0_64(SCMP_CMP_EQ, AF_NETLINK),
+                                           SCMP_A2_64(SCMP_CMP_NE, NETLINK_ROUTE) };
+        if (add_rule(ctx, SCMP_ACT_ERRNO(EPROTONOSUPPORT), calls[c], nr, 2, netlink, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Write the classic BPF program into a memfd and read it back into `out`. */
 static int export_bpf(scmp_filter_ctx ctx, struct sock_fprog *out, cell_error *err)
 {
@@ -356,7 +423,8 @@ int isolate_seccomp_build(struct sock_fprog *out, cell_error *err)
     if (!ctx)
         return -1;
     if (add_deny_table(ctx, err) < 0 || add_clone_rules(ctx, err) < 0 ||
-        add_personality_rules(ctx, err) < 0 || add_ioctl_rules(ctx, err) < 0)
+        add_personality_rules(ctx, err) < 0 || add_ioctl_rules(ctx, err) < 0 ||
+        add_socket_rules(ctx, err) < 0)
         return -1;
     return export_bpf(ctx, out, err);
 }

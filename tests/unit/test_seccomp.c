@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <linux/netlink.h>
 #include <linux/perf_event.h>
 #include <pthread.h>
 #include <sched.h>
@@ -438,6 +439,62 @@ static void test_foreign_abi_killed(void **state)
     assert_int_equal(WTERMSIG(status), SIGSYS);
 }
 
+/* ---- socket families ------------------------------------------------------------ */
+
+/* socket() by number, so the high half of the family can be set too. */
+static long raw_socket(uint64_t family, int type, uint64_t protocol)
+{
+    return syscall(SYS_socket, family, (unsigned long)(unsigned)type, protocol);
+}
+
+static int close_ok(long fd)
+{
+    return fd >= 0 && close((int)fd) == 0;
+}
+
+static int do_socket_families(void)
+{
+    /* The allowed four (and netlink only for NETLINK_ROUTE). */
+    CHECK(close_ok(raw_socket(AF_UNIX, SOCK_STREAM, 0)));
+    CHECK(close_ok(raw_socket(AF_INET, SOCK_DGRAM, 0)));
+    CHECK(close_ok(raw_socket(AF_INET6, SOCK_STREAM, 0)));
+    CHECK(close_ok(raw_socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE)));
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    close(sv[0]);
+    close(sv[1]);
+    /* Every other family number the kernel has or may add, each with the
+     * types a family commonly takes. */
+    static const int types[] = { SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET };
+    for (uint64_t f = 0; f < 128; f++) {
+        if (f == AF_UNIX || f == AF_INET || f == AF_INET6 || f == AF_NETLINK)
+            continue;
+        for (size_t t = 0; t < sizeof types / sizeof *types; t++)
+            CHECK_ERRNO(raw_socket(f, types[t], 0), EAFNOSUPPORT);
+        CHECK_ERRNO(syscall(SYS_socketpair, f, SOCK_STREAM, 0, sv), EAFNOSUPPORT);
+    }
+    CHECK_ERRNO(raw_socket(AF_VSOCK, SOCK_STREAM, 0), EAFNOSUPPORT);
+    CHECK_ERRNO(raw_socket(AF_PACKET, SOCK_DGRAM, 0), EAFNOSUPPORT);
+    CHECK_ERRNO(raw_socket(0xffffffffull, SOCK_STREAM, 0), EAFNOSUPPORT);
+    CHECK_ERRNO(raw_socket(~0ull, SOCK_STREAM, 0), EAFNOSUPPORT);
+    /* The kernel reads the family as int: AF_INET with high bits set would
+     * be AF_INET there, but the filter fails closed on it. */
+    CHECK_ERRNO(raw_socket((1ull << 32) | AF_INET, SOCK_STREAM, 0), EAFNOSUPPORT);
+    CHECK_ERRNO(raw_socket((1ull << 32) | AF_VSOCK, SOCK_STREAM, 0), EAFNOSUPPORT);
+    /* Netlink protocols other than route: uevent, audit, sock_diag, ... */
+    for (uint64_t proto = 1; proto < 64; proto++)
+        CHECK_ERRNO(raw_socket(AF_NETLINK, SOCK_RAW, proto), EPROTONOSUPPORT);
+    CHECK_ERRNO(raw_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_KOBJECT_UEVENT), EPROTONOSUPPORT);
+    CHECK_ERRNO(raw_socket(AF_NETLINK, SOCK_RAW, 1ull << 32), EPROTONOSUPPORT);
+    return 0;
+}
+
+static void test_socket_families(void **state)
+{
+    (void)state;
+    expect_ok(do_socket_families, FILTERED);
+}
+
 /* ---- what must keep working ---------------------------------------------------------- */
 
 static void *thread_main(void *arg)
@@ -539,6 +596,9 @@ static int do_control(void)
     CHECK(r == 0 || errno == EIO || (errno == EPERM && geteuid() != 0));
     close(slave);
     close(master);
+    /* The kernel takes these, so the filter is what refuses them. */
+    CHECK(close_ok(raw_socket((1ull << 32) | AF_INET, SOCK_STREAM, 0)));
+    CHECK(close_ok(raw_socket(AF_NETLINK, SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)));
     return 0;
 }
 
@@ -703,6 +763,7 @@ int main(void)
         cmocka_unit_test(test_tiocsti_denied),
         cmocka_unit_test(test_personality),
         cmocka_unit_test(test_foreign_abi_killed),
+        cmocka_unit_test(test_socket_families),
         cmocka_unit_test(test_ordinary_allowed),
         cmocka_unit_test(test_control_unfiltered),
         cmocka_unit_test(test_caps_kept_list),
