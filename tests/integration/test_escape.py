@@ -723,3 +723,82 @@ def test_rw_mount_cannot_plant_a_setuid_root_binary_on_the_host(run, hostdir):
         out = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", p],
                              capture_output=True, text=True).stdout
         assert "euid=0" not in out and "egid=0" not in out, out
+
+
+# ---- socket families -----------------------------------------------------------------------------------------------------------
+
+# (name, family, types tried): families outside the cell's allow list.  vsock
+# ignores network namespaces (on a VM: the host's port space, the hypervisor);
+# the others are raw-frame, crypto, cluster or hardware subsystems.
+DENIED_FAMILIES = [
+    ("vsock", 40, (1, 2, 5)), ("packet", 17, (2, 3)), ("bluetooth", 31, (1, 2, 3, 5)), ("alg", 38, (5,)),
+    ("xdp", 44, (3,)), ("tipc", 30, (2, 5)), ("rds", 21, (5,)), ("key", 15, (3,)), ("can", 29, (2, 3)),
+    ("unspec", 0, (1,)), ("future", 46, (1, 2, 3)), ("far-future", 200, (1,)),
+]
+# netlink protocols other than NETLINK_ROUTE (0): sock_diag, xfrm, audit, netfilter, uevent, generic, ...
+DENIED_NETLINK = {"sock_diag": 4, "xfrm": 6, "audit": 9, "connector": 11, "netfilter": 12, "uevent": 15,
+                  "generic": 16, "crypto": 21}
+
+SOCKET_PROBE = r"""
+import errno, socket, sys
+def tryit(name, fam, typ, proto=0):
+    try:
+        s = socket.socket(fam, typ, proto)
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+        return
+    s.close()
+    print(name, "OK", flush=True)
+for name, fam, types in %r:
+    for t in types:
+        tryit("%%s/%%d" %% (name, t), fam, t)
+for name, proto in sorted(%r.items()):
+    tryit("netlink-" + name, socket.AF_NETLINK, socket.SOCK_RAW, proto)
+try:
+    socket.socketpair(40, socket.SOCK_STREAM)
+    print("socketpair-vsock OK")
+except OSError as e:
+    print("socketpair-vsock", errno.errorcode.get(e.errno, str(e.errno)))
+""" % (DENIED_FAMILIES, DENIED_NETLINK)
+
+
+def test_socket_families_outside_the_allow_list_fail(run):
+    # Proof: vsock exists on this host (a VM) when the kernel offers it.
+    try:
+        socket.socket(40, socket.SOCK_STREAM).close()
+        host_vsock = True
+    except OSError:
+        host_vsock = False
+    r = run(["run", "--", PY, "-c", SOCKET_PROBE])
+    assert r.returncode == 0, r.stderr
+    res = results(r.stdout)
+    expected = sum(len(t) for _, _, t in DENIED_FAMILIES) + len(DENIED_NETLINK) + 1
+    assert len(res) == expected, (r.stdout, r.stderr)
+    for name, verdict in res.items():
+        want = "EPROTONOSUPPORT" if name.startswith("netlink-") else "EAFNOSUPPORT"
+        assert verdict == want, (name, verdict, res)
+    if host_vsock:
+        assert res["vsock/1"] == "EAFNOSUPPORT"
+
+
+def test_allowed_socket_families_still_work(run):
+    """unix, inet, inet6 and netlink route: ordinary networking on the cell's
+    own loopback, and `ip` reading its addresses and routes."""
+    script = r"""
+import os, socket
+a, b = socket.socketpair()
+a.sendall(b"unix"); print(b.recv(4).decode())
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    srv = socket.socket(fam, socket.SOCK_STREAM)
+    srv.bind((host, 0)); srv.listen(1)
+    c = socket.create_connection(srv.getsockname()[:2])
+    s, _ = srv.accept()
+    c.sendall(b"inet%d" % fam); print(s.recv(16).decode())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); nl.bind((0, 0)); print("netlink-route")
+"""
+    r = run(["run", "--", "sh", "-c", "%s -c '%s' && ip -o addr show lo && ip route show table local | head -1"
+             % (PY, script.replace("'", "'\"'\"'"))])
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    for word in ("unix", "inet2", "inet10", "netlink-route", "127.0.0.1/8", "local 127.0.0.0/8"):
+        assert word in r.stdout, (word, r.stdout)
