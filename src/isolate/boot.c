@@ -248,7 +248,7 @@ static void attach_lane_disk(const struct isolate_plan *plan, int target_fd)
     if (fsconfig(fs, FSCONFIG_SET_STRING, "source", plan->lane_dev, 0) < 0 ||
         fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
         FAIL("cannot mount the lane disk %s", plan->lane_dev);
-    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
     if (mnt < 0)
         FAIL("cannot mount the lane disk %s", plan->lane_dev);
     struct mount_attr attr = { .attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)plan->userns_fd };
@@ -272,13 +272,16 @@ static void setup_overlay(const struct isolate_plan *plan)
     if (lower_fd < 0 || upper_fd < 0)
         FAIL("cannot open the mount points in %s", plan->run_dir);
     /* The image's files are owned by 0..65535 on disk; the id-mapped mount
-     * shows them to the cell as its own root's, read-only. */
-    attach_tree(plan, AT_FDCWD, plan->image_root, 0, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, lower_fd,
-                "the image layer");
+     * shows them to the cell as its own root's, read-only.  The layers are
+     * host directories: nosuid and nodev on them as on every host mount
+     * (the overlay above decides what the cell may execute). */
+    attach_tree(plan, AT_FDCWD, plan->image_root, 0, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                lower_fd, "the image layer");
     if (plan->lane_dev[0]) {
         attach_lane_disk(plan, upper_fd);
     } else if (plan->lane_dir[0]) {
-        attach_tree(plan, AT_FDCWD, plan->lane_dir, 0, 1, MOUNT_ATTR_NODEV, upper_fd, "the lane layer");
+        attach_tree(plan, AT_FDCWD, plan->lane_dir, 0, 1, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, upper_fd,
+                    "the lane layer");
     } else {
         /* A throwaway layer lives in memory: it vanishes with the mount
          * namespace, so a crash leaves nothing on disk, and its size is the
@@ -287,7 +290,7 @@ static void setup_overlay(const struct isolate_plan *plan)
         snprintf(size, sizeof size, "size=%llu", (unsigned long long)plan->disk);
         struct owner_opts own = owner_opts(plan);
         const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
-        attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NODEV, upper_fd, "the writable layer");
+        attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, upper_fd, "the writable layer");
     }
     close(lower_fd);
     close(upper_fd);
@@ -304,7 +307,10 @@ static void setup_overlay(const struct isolate_plan *plan)
     int n = snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, upper, upper);
     if (n < 0 || (size_t)n >= sizeof opts)
         FAIL("overlay options too long");
-    if (mount("overlay", root, "overlay", MS_NODEV, opts) < 0)
+    /* nosuid changes nothing a cell could use (no_new_privs already makes
+     * exec ignore setuid bits and file capabilities) and keeps chmod u+s
+     * working in the cell's own layer: it only makes the mount say so. */
+    if (mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
         FAIL("cannot mount the cell's root overlay (%s)", opts);
 }
 
@@ -396,7 +402,8 @@ static void setup_proc(const struct isolate_plan *plan, int root_fd)
         int t = openat(proc_fd, *p, O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (t < 0)
             continue; /* not present on this kernel */
-        attach_tree(plan, null_fd, "", 0, 0, MOUNT_ATTR_RDONLY, t, *p);
+        /* A device node: no nodev here, or reading the mask would fail. */
+        attach_tree(plan, null_fd, "", 0, 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, t, *p);
         close(t);
     }
     for (const char *const *p = proc_masked_dirs; *p; p++) {
@@ -523,8 +530,16 @@ static void build_root(const struct isolate_plan *plan)
     if (root_fd < 0)
         FAIL("cannot open the cell root %s", root);
     if (plan->image_is_host) {
+        /* Not id-mapped: host uid/gid 0 (and every other host id) then has no
+         * mapping in the cell's user namespace, the files show as
+         * nobody:nogroup, and the cell's root is "other" for them, since
+         * capabilities in a user namespace do not reach inodes whose owner
+         * is not mapped there.  So what only host root may read (0600
+         * root:root) stays unreadable in a cell, while 0644 files and 0755
+         * programs work as for any user. */
         int usr = must_open_in_root(plan, root_fd, "/usr", 0);
-        attach_tree(plan, AT_FDCWD, "/usr", 1, 1, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, usr, "/usr");
+        attach_tree(plan, AT_FDCWD, "/usr", 1, 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, usr,
+                    "/usr");
         close(usr);
     }
     setup_dev(plan, root_fd);

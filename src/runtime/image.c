@@ -13,7 +13,7 @@
 const char *const runtime_image_names[] = { "host", "debian-bookworm", NULL };
 
 /* Bumped whenever the generated host tree changes, so old states rebuild. */
-#define HOST_IMAGE_VERSION "1"
+#define HOST_IMAGE_VERSION "2"
 
 static int known_image(const char *name)
 {
@@ -90,7 +90,9 @@ static int copy_file(const char *from, const char *to, cell_error *err)
             return util_fail_errno(err, "cannot create link %s", to);
         return 0;
     }
-    if (!S_ISREG(st.st_mode))
+    /* Only what any host user may read: the image is readable by the cell's
+     * root, so a host file only root may read must not be copied in. */
+    if (!S_ISREG(st.st_mode) || !(st.st_mode & S_IROTH))
         return 0;
     char *data = NULL;
     size_t len = 0;

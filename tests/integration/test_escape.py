@@ -802,3 +802,111 @@ nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); nl.bind((0, 0)); prin
     assert r.returncode == 0, (r.stdout, r.stderr)
     for word in ("unix", "inet2", "inet10", "netlink-route", "127.0.0.1/8", "local 127.0.0.0/8"):
         assert word in r.stdout, (word, r.stdout)
+
+
+# ---- what only host root may read ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def usr_local_root_only():
+    """Under the host's /usr/local: a 0600 root file, a 0700 root directory
+    with a file, and a 0644 file and a 0755 program that must stay usable."""
+    tag = "cell-it-" + secrets.token_hex(6)
+    secret = "ROOT-ONLY-" + secrets.token_hex(16)
+    base = "/usr/local/" + tag
+    paths = {"secret": base + "-secret", "dir": base + "-dir", "public": base + "-public",
+             "prog": base + "-prog"}
+    try:
+        for key, mode, text in (("secret", 0o600, secret), ("public", 0o644, "public-" + tag),
+                                ("prog", 0o755, "#!/bin/sh\necho ran-" + tag + "\n")):
+            fd = os.open(paths[key], os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+            os.chmod(paths[key], mode)
+        os.mkdir(paths["dir"], 0o700)
+        os.chmod(paths["dir"], 0o700)
+        with open(os.path.join(paths["dir"], "inner"), "w") as f:
+            f.write(secret + "\n")
+        yield tag, secret, paths
+    finally:
+        shutil.rmtree(paths["dir"], ignore_errors=True)
+        for key in ("secret", "public", "prog"):
+            try:
+                os.unlink(paths[key])
+            except FileNotFoundError:
+                pass
+
+
+def test_host_root_only_files_in_usr_are_unreadable(run, usr_local_root_only):
+    """The host image shows the host's /usr; what only host root may read
+    there must stay unreadable to the cell's root, which has
+    CAP_DAC_OVERRIDE over everything the cell's user namespace maps."""
+    tag, secret, p = usr_local_root_only
+    # Proof: host root reads them.
+    with open(p["secret"]) as f:
+        assert secret in f.read()
+    assert os.listdir(p["dir"]) == ["inner"]
+    script = ("cat {secret} && echo READ-SECRET; ls {dir} && echo LISTED; cat {dir}/inner && echo READ-INNER; "
+              "dd if={secret} bs=1 count=1 status=none && echo DD; "
+              "python3 -c 'open(\"{secret}\").read()' 2>/dev/null && echo PY; "
+              "cat {public}; {prog}; stat -c 'owner=%u:%g' {public}; echo end").format(**p)
+    for user in ("0", "1000"):
+        r = run(["run", "--user", user, "--", "sh", "-c", script])
+        out = r.stdout
+        assert out.strip().splitlines()[-1] == "end", (user, out, r.stderr)
+        assert secret not in out + r.stderr, (user, out)
+        for word in ("READ-SECRET", "LISTED", "READ-INNER", "DD", "PY"):
+            assert word not in out, (user, word, out, r.stderr)
+        assert "Permission denied" in r.stderr, r.stderr
+        # Ordinary files and programs still work; host ids show as nobody:nogroup.
+        assert "public-" + tag in out and "ran-" + tag in out, (out, r.stderr)
+        assert "owner=65534:65534" in out, out
+    # Even chmod/chown by the cell's root cannot open them up (read-only, and
+    # not its inodes).
+    r = run(["run", "--", "sh", "-c", "chmod 644 {secret}; chown 0 {secret}; cat {secret} && echo READ".format(**p)])
+    assert "READ" not in r.stdout and secret not in r.stdout, r.stdout
+    assert stat.S_IMODE(os.stat(p["secret"]).st_mode) == 0o600 and os.stat(p["secret"]).st_uid == 0
+
+
+# ---- mount flags ---------------------------------------------------------------------------------------------------------------
+
+# Mounts that must allow devices: the cell's /dev, its devpts, and the
+# /dev/null binds that mask files in /proc.
+DEVICE_MOUNTS = {"/dev", "/dev/pts"} | {"/proc/" + n for n in (
+    "kcore", "keys", "timer_list", "sched_debug", "latency_stats", "kallsyms", "sysrq-trigger")}
+
+
+def test_every_mount_is_nosuid_and_nodev(run, hostdir):
+    """Every mount in a cell (host binds: /usr, --mount rw and ro; the
+    overlay root, tmpfs, /etc/hosts, ...) is nosuid, and nodev unless it
+    holds the cell's device nodes; a setuid-root program on a host mount
+    runs without privilege."""
+    ws, ro = os.path.join(hostdir, "ws"), os.path.join(hostdir, "ro")
+    for d in (ws, ro):
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+    suid_id = os.path.join(ro, "id")
+    shutil.copy("/usr/bin/id", suid_id)
+    os.chmod(suid_id, 0o4755)
+    # Proof: on the host, it elevates an unprivileged user.
+    proof = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", suid_id, "-u"],
+                           capture_output=True, text=True)
+    assert proof.stdout.strip() == "0", proof
+    r = run(["run", "--mount", "%s:/workspace" % ws, "--mount", "%s:/ro:ro" % ro, "--tmpfs", "/scratch:1M",
+             "--", "cat", "/proc/self/mountinfo"])
+    assert r.returncode == 0, r.stderr
+    seen = {}
+    for line in r.stdout.splitlines():
+        fields = line.split(" - ")[0].split()
+        seen[fields[4]] = set(fields[5].split(","))
+    for must in ("/", "/usr", "/workspace", "/ro", "/scratch", "/tmp", "/etc/hosts", "/dev/shm", "/proc", "/sys"):
+        assert must in seen, (must, sorted(seen))
+    for mnt, opts in seen.items():
+        assert "nosuid" in opts, (mnt, opts)
+        if mnt in DEVICE_MOUNTS:
+            assert "noexec" in opts, (mnt, opts)
+        else:
+            assert "nodev" in opts, (mnt, opts)
+    r = run(["run", "--mount", "%s:/ro:ro" % ro, "--user", "1000", "--", "sh", "-c",
+             "stat -c %A /ro/id; /ro/id -u; /ro/id -g"])
+    assert r.stdout.splitlines() == ["-rwsr-xr-x", "1000", "1000"], (r.stdout, r.stderr)
