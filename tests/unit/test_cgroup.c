@@ -352,6 +352,8 @@ static void test_live(void **state)
                 snprintf(memsw, sizeof memsw, "%s/memory.memsw.limit_in_bytes", d->path);
                 if (access(memsw, F_OK) == 0)
                     assert_file_is(d->path, "memory.memsw.limit_in_bytes", "67108864");
+                /* v1 charges TCP buffers only to this separate counter. */
+                assert_file_is(d->path, "memory.kmem.tcp.limit_in_bytes", "67108864");
             }
             if (d->ctrls & CG_PIDS)
                 assert_file_is(d->path, "pids.max", "32");
