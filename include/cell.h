@@ -80,6 +80,11 @@ int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_err
  * into a new lane.  Ownership inside the tar is as seen inside the cell. */
 int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err);
 int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err);
+/* Import into a lane of disk_size bytes (see cell_lane_create_sized): the
+ * archive is extracted into the mounted image, so it fails with ENOSPC when
+ * full, and with EFBIG as soon as the decompressed tar outgrows disk_size. */
+int cell_lane_import_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
+                           cell_error *err);
 
 /* ---- cell definition ----------------------------------------------------- */
 enum cell_mount_kind {

@@ -12,7 +12,12 @@ static const char lane_usage[] =
     "       cell lane ls\n"
     "       cell lane rm NAME\n"
     "       cell lane export NAME > lane.tar\n"
-    "       cell lane import NAME [--image IMAGE] < lane.tar\n";
+    "       cell lane import NAME [--image IMAGE] [--size SIZE] < lane.tar\n"
+    "\n"
+    "--size SIZE makes the lane an ext4 image of SIZE (at least 16M): writes past\n"
+    "it fail with ENOSPC, and an import that would not fit is refused.  Without\n"
+    "it a lane made here is unsized: a plain directory that can fill the disk of\n"
+    "the state directory.  Lanes made through `cell serve` are always sized.\n";
 
 static const char image_usage[] =
     "usage: cell image ls\n"
@@ -96,8 +101,8 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
         if (rc)
             return rc;
         cell_error perr = { 0 };
-        if (size_text && strcmp(sub, "create") != 0)
-            return cli_fail(CLI_EXIT_USAGE, "--size only applies to `cell lane create`");
+        if (size_text && strcmp(sub, "create") != 0 && strcmp(sub, "import") != 0)
+            return cli_fail(CLI_EXIT_USAGE, "--size only applies to `cell lane create` and `cell lane import`");
         if (size_text && cell_parse_size(size_text, &size, &perr) < 0)
             return cli_fail(CLI_EXIT_USAGE, "--size: %s", perr.message);
     }
@@ -131,7 +136,7 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
     } else if (isatty(0)) {
         rc = cli_fail(CLI_EXIT_USAGE, "lane import reads a tar stream from stdin; redirect it from a file");
     } else {
-        if (cell_lane_import(ctx, name, image, 0, &err) < 0)
+        if (cell_lane_import_sized(ctx, name, image, size, 0, &err) < 0)
             rc = cli_fail_err(1, &err);
         else if (!g->json)
             fprintf(stderr, "imported lane %s\n", name);

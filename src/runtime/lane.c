@@ -1,5 +1,6 @@
 /* lane.c: lanes, the durable writable layers.  A lane is a directory with
  * the overlay's upper and work dirs, the name of its image and a lock. */
+#include "isolate/isolate.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 
 int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
@@ -99,6 +101,47 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
 fail:
     util_rm_rf(tmp, NULL);
     return -1;
+}
+
+/* The image mounted where no one else sees it: a detached mount lives as
+ * long as an fd refers to it, and the loop device (autoclear) goes with it. */
+static int mount_lane_disk(const char *disk, int readonly, cell_error *err)
+{
+    char dev[64];
+    _cleanup_close_ int loop = -1;
+    if (isolate_loop_attach(disk, &loop, dev, sizeof dev, err) < 0)
+        return -1;
+    _cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return util_fail_errno(err, "cannot open an ext4 filesystem for the lane");
+    if (fsconfig(fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0 ||
+        (readonly && fsconfig(fs, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0) ||
+        fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        return util_fail_errno(err, "cannot mount the lane disk");
+    unsigned attrs = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID | (readonly ? MOUNT_ATTR_RDONLY : 0);
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, attrs);
+    if (mnt < 0)
+        return util_fail_errno(err, "cannot mount the lane disk");
+    return mnt;
+}
+
+int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err)
+{
+    char disk[PATH_MAX], upper[PATH_MAX];
+    *mnt_fd = *upper_fd = -1;
+    if (util_path(disk, sizeof disk, err, "%s/" RUNTIME_LANE_DISK, dir) < 0 ||
+        util_path(upper, sizeof upper, err, "%s/upper", dir) < 0)
+        return -1;
+    _cleanup_close_ int mnt = -1;
+    if (access(disk, F_OK) == 0 && (mnt = mount_lane_disk(disk, readonly, err)) < 0)
+        return -1;
+    int fd = mnt >= 0 ? openat(mnt, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                      : open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot open the lane's upper dir");
+    *upper_fd = fd;
+    *mnt_fd = util_steal_fd(&mnt);
+    return 0;
 }
 
 int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err)

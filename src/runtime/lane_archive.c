@@ -46,6 +46,9 @@ static const char *printable(const char *in, char *out, size_t size)
 
 static const char *archive_message(struct archive *a)
 {
+    /* libarchive says "Write failed" for a full disk: say which. */
+    if (archive_errno(a) == ENOSPC)
+        return "No space left on device (the lane is full)";
     const char *m = archive_error_string(a);
     return m ? m : "unknown error";
 }
@@ -61,6 +64,8 @@ struct fs_job {
     const char *lane;
     int         dir_fd;     /* the lane's upper dir */
     int         stream_fd;  /* the tar stream */
+    uint64_t    limit;      /* import: most tar bytes taken (0 = no limit) */
+    uint64_t    declared;   /* import: sizes of the files so far */
     cell_error *err;
     int         rc;
 };
@@ -319,16 +324,11 @@ int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
         return errno == EWOULDBLOCK
                    ? util_fail(err, EBUSY, "lane '%s' is attached to a running cell; stop it before exporting", name)
                    : util_fail_errno(err, "cannot lock %s", path);
-    if (util_path(path, sizeof path, err, "%s/" RUNTIME_LANE_DISK, dir) < 0)
-        return -1;
-    if (access(path, F_OK) == 0)
-        return util_fail(err, ENOTSUP, "lane '%s' is size-limited (an ext4 image); exporting such lanes is not "
-                         "supported yet", name);
-    if (util_path(path, sizeof path, err, "%s/upper", dir) < 0)
-        return -1;
-    _cleanup_close_ int upper = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (upper < 0)
-        return util_fail_errno(err, "lane '%s': cannot open its upper dir %s", name, path);
+    /* A size-limited lane's image is mounted read-only for the walk. */
+    _cleanup_close_ int mnt = -1, upper = -1;
+    cell_error why = { 0 };
+    if (runtime_lane_open_upper(dir, 1, &mnt, &upper, &why) < 0)
+        return util_fail(err, why.code, "lane '%s': %s", name, why.message);
     struct fs_job job = { .fn = export_tree, .lane = name, .dir_fd = upper, .stream_fd = fd, .err = err };
     return run_fs_job(&job); /* closing `lock` on return releases the shared hold */
 }
@@ -444,16 +444,41 @@ static int import_check(struct fs_job *job, struct archive_entry *e)
     return 1;
 }
 
+/* A decompression bomb is refused as soon as the tar stream it inflates to
+ * (what gzip decoded so far) outgrows the lane: every byte of it would have
+ * to be stored, and the lane could not hold them.  The layer's own size
+ * (ENOSPC) still bounds what is written, e.g. for sparse entries. */
+static int import_too_big(struct fs_job *job, struct archive *in, struct archive_entry *e)
+{
+    /* The headers say how much data is coming: refuse before writing it. */
+    if (e && job->limit && !archive_entry_hardlink(e) && archive_entry_size(e) > 0) {
+        job->declared += (uint64_t)archive_entry_size(e);
+        if (job->declared > job->limit)
+            return util_fail(job->err, EFBIG, "cannot import lane '%s': its files add up to more than the lane's "
+                             "size of %llu bytes", job->lane, (unsigned long long)job->limit);
+    }
+    la_int64_t inflated = archive_filter_bytes(in, 0);
+    if (!job->limit || inflated < 0 || (uint64_t)inflated <= job->limit)
+        return 0;
+    return util_fail(job->err, EFBIG, "cannot import lane '%s': the archive expands to more than the lane's size of "
+                     "%llu bytes (%lld compressed bytes read so far)", job->lane, (unsigned long long)job->limit,
+                     (long long)archive_filter_bytes(in, -1));
+}
+
 static int import_data(struct fs_job *job, struct archive *in, struct archive *disk, const char *name)
 {
     const void *buf;
     size_t size;
     la_int64_t offset;
     int r;
-    while ((r = archive_read_data_block(in, &buf, &size, &offset)) == ARCHIVE_OK)
+    while ((r = archive_read_data_block(in, &buf, &size, &offset)) == ARCHIVE_OK) {
+        if (import_too_big(job, in, NULL) < 0)
+            return -1;
         if (archive_write_data_block(disk, buf, size, offset) != ARCHIVE_OK)
-            return util_fail(job->err, EIO, "cannot import lane '%s': cannot write entry '%s': %s", job->lane, name,
+            return util_fail(job->err, archive_errno(disk) == ENOSPC ? ENOSPC : EIO,
+                             "cannot import lane '%s': cannot write entry '%s': %s", job->lane, name,
                              archive_message(disk));
+    }
     if (r != ARCHIVE_EOF)
         return util_fail(job->err, EIO, "cannot import lane '%s': cannot read the data of entry '%s': %s", job->lane,
                          name, archive_message(in));
@@ -516,6 +541,8 @@ static int import_tree(struct fs_job *job)
                       archive_message(in));
             goto done;
         }
+        if (import_too_big(job, in, entry) < 0)
+            goto done;
         int use = import_check(job, entry);
         if (use < 0)
             goto done;
@@ -525,7 +552,8 @@ static int import_tree(struct fs_job *job)
         /* Any warning from the writer (owner, mode, time or xattrs not
          * restored) means the layer would differ from the archive. */
         if (archive_write_header(disk, entry) != ARCHIVE_OK) {
-            util_fail(job->err, EINVAL, "cannot import lane '%s': cannot extract entry '%s': %s", job->lane, name,
+            util_fail(job->err, archive_errno(disk) == ENOSPC ? ENOSPC : EINVAL,
+                      "cannot import lane '%s': cannot extract entry '%s': %s", job->lane, name,
                       archive_message(disk));
             goto done;
         }
@@ -539,7 +567,8 @@ static int import_tree(struct fs_job *job)
     }
     /* Close applies the deferred directory modes and times. */
     if (archive_write_close(disk) != ARCHIVE_OK) {
-        util_fail(job->err, EIO, "cannot import lane '%s': cannot finish the extraction: %s", job->lane,
+        util_fail(job->err, archive_errno(disk) == ENOSPC ? ENOSPC : EIO,
+                  "cannot import lane '%s': cannot finish the extraction: %s", job->lane,
                   archive_message(disk));
         goto done;
     }
@@ -552,27 +581,40 @@ done:
     return rc;
 }
 
-int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err)
+int cell_lane_import_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
+                           cell_error *err)
 {
-    char tmp[PATH_MAX], p[PATH_MAX];
+    if (disk_size && disk_size < CELL_LANE_MIN_SIZE)
+        return util_fail(err, EINVAL, "lane size %llu bytes is too small: a size-limited lane needs at least 16M",
+                         (unsigned long long)disk_size);
+    char tmp[PATH_MAX];
     /* Built aside and renamed into place: a failed or hostile import leaves
-     * nothing, a crash only a hidden dir. */
-    if (runtime_lane_begin(ctx, name, image ? image : "host", 0, tmp, sizeof tmp, err) < 0)
+     * nothing, a crash only a hidden dir.  A sized lane is extracted into
+     * its mounted image, so its size bounds what the archive can store. */
+    if (runtime_lane_begin(ctx, name, image ? image : "host", disk_size, tmp, sizeof tmp, err) < 0)
         return -1;
-    if (util_path(p, sizeof p, err, "%s/upper", tmp) < 0)
-        goto fail;
-    int upper = open(p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (upper < 0) {
-        util_fail_errno(err, "cannot open %s", p);
+    int mnt, upper;
+    cell_error why = { 0 };
+    if (runtime_lane_open_upper(tmp, 0, &mnt, &upper, &why) < 0) {
+        util_fail(err, why.code, "cannot import lane '%s': %s", name, why.message);
         goto fail;
     }
-    struct fs_job job = { .fn = import_tree, .lane = name, .dir_fd = upper, .stream_fd = fd, .err = err };
+    struct fs_job job = { .fn = import_tree, .lane = name, .dir_fd = upper, .stream_fd = fd, .limit = disk_size,
+                          .err = err };
     int rc = run_fs_job(&job);
     close(upper);
+    /* Unmounting writes the layer back to its image before the flush. */
+    if (mnt >= 0)
+        close(mnt);
     if (rc < 0)
         goto fail;
     return runtime_lane_commit(ctx, name, tmp, 1, err);
 fail:
     util_rm_rf(tmp, NULL);
     return -1;
+}
+
+int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err)
+{
+    return cell_lane_import_sized(ctx, name, image, 0, fd, err);
 }

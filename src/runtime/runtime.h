@@ -60,6 +60,12 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
                        cell_error *err);
 #define RUNTIME_LANE_DISK "disk.ext4"
 int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err);
+/* The upper dir of the lane layer in `dir` (a lane or a runtime_lane_begin
+ * tmp) as *upper_fd.  A size-limited lane's ext4 image is mounted (detached,
+ * nodev, nosuid; readonly if asked) and *mnt_fd holds that mount until the
+ * caller closes it (after *upper_fd); -1 for a directory lane.  Writes
+ * through it are bounded by the image's size (ENOSPC). */
+int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err);
 
 /* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another
  * cell holds it.  *image receives the lane's image name. */

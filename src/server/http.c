@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/un.h>
 
@@ -58,6 +59,23 @@ static int rate_allow(srv *s, const store_token *t)
 }
 
 /* ---- authentication --------------------------------------------------------- */
+/* Whether a comma-separated header value mentions `what` (case-insensitive). */
+static int header_has(sreq *r, const char *name, const char *what)
+{
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+    return v && strcasestr(v, what) != NULL;
+}
+
+/* ?access_token= exists because browsers cannot set headers on a WebSocket
+ * or an EventSource.  Tokens in URLs end up in proxy logs and shell
+ * history, so it is taken only where it is needed: a route that streams,
+ * asked for a WebSocket upgrade or an event stream. */
+static int query_token_allowed(sreq *r)
+{
+    return (r->m.route->flags & ROUTE_EVENTS) &&
+           (header_has(r, MHD_HTTP_HEADER_UPGRADE, "websocket") || header_has(r, MHD_HTTP_HEADER_ACCEPT, "text/event-stream"));
+}
+
 static int authenticate(sreq *r)
 {
     srv *s = r->s;
@@ -72,8 +90,13 @@ static int authenticate(sreq *r)
     const char *bearer = NULL;
     if (h && strncasecmp(h, "Bearer ", 7) == 0)
         bearer = h + 7;
-    else if (!h)
-        bearer = req_query(r, "access_token");  /* browsers cannot set headers on WebSockets */
+    else if (!h && (bearer = req_query(r, "access_token")) && !query_token_allowed(r)) {
+        reply_problem_details(r, 401, "token_invalid",
+                              json_pack("{s:s}", "message", "access_token in the URL is not accepted here"),
+                              "?access_token= is accepted only for WebSocket upgrades and event streams "
+                              "(Accept: text/event-stream); send Authorization: Bearer TOKEN");
+        return -1;
+    }
     if (!bearer || !*bearer) {
         reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
                               "missing or invalid bearer token: send Authorization: Bearer TOKEN");
@@ -89,6 +112,7 @@ static int authenticate(sreq *r)
         return -1;
     }
     r->authed = 1;
+    conns_authenticated(r);
     if (!rate_allow(s, &r->tok)) {
         reply_problem(r, 429, "rate_limited",
                       "token %s is limited to %u requests per second; slow down and retry",
@@ -221,6 +245,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
          * of the error.  take_body() discards what an error made useless. */
         const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
         const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        conns_request_begins(r);
         r->in_body = te != NULL || (len && strtoull(len, NULL, 10) > 0);
         begin(r);
         if (!r->responded && (r->m.route->flags & ROUTE_STREAM_BODY)) {
@@ -266,7 +291,14 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return reply_problem(r, 500, "internal", "the handler gave no answer");
     return ret;
 }
+    /* libmicrohttpd would count the handler's time (a cell boot, a run to
+     * its end) as the client's idleness and drop the answer; setting the
+     * timeout again after restarts the idle clock.  Streams keep none: they
+     * end on their own, on revocation or at shutdown. */
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 
+    if (!r->long_lived)
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, r->s->opt.idle_timeout_s);
 static void write_audit(sreq *r)
 {
     if (r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status < 400)
@@ -301,6 +333,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         r->stream_free(r);
     if (r->deferred)
         MHD_destroy_response(r->deferred);
+    conns_request_ends(r);
     if (r->cell)
         registry_put(r->cell);
     json_decref(r->audit);
@@ -370,14 +403,20 @@ static int listen_unix(const char *path, cell_error *err)
     return fd;
 }
 
-static struct MHD_Daemon *start_mhd(srv *s, int fd)
+/* Each listener is its own libmicrohttpd daemon with its own connection
+ * limit, so clients filling the TCP port cannot lock the admin out of the
+ * unix socket.  per_ip is 0 for the unix socket (its peers have no address). */
+static struct MHD_Daemon *start_mhd(srv *s, int fd, unsigned per_ip)
 {
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                            MHD_OPTION_NOTIFY_CONNECTION, conns_notify, s,
+                            MHD_OPTION_CONNECTION_LIMIT, s->opt.max_conns,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+                            MHD_OPTION_CONNECTION_TIMEOUT, s->opt.idle_timeout_s,
                             /* Upload chunks are at most this big: 256 KiB keeps
                              * file writes near disk speed. */
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
@@ -434,14 +473,42 @@ static int owner_loop(srv *s, const sigset_t *sigs)
             if (errno == EINTR)
                 continue;
             break;
+/* ---- the log and signals -------------------------------------------------------------- */
+/* --log FILE: stdout and stderr (the banner, libmicrohttpd's and our
+ * messages, sanitizer reports) go to FILE, reopened by path on SIGHUP so
+ * that a rotated log is let go of. */
+static int open_log(const char *path, cell_error *err)
+{
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "--log %s", path);
+    fflush(stdout);
+    fflush(stderr);
+    if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0)
+        return util_fail_errno(err, "--log %s: dup2", path);
+    return 0;
+}
+
+static void on_sighup(srv *s)
+{
+    cell_error e = { 0 };
+    if (s->opt.log_path && open_log(s->opt.log_path, &e) < 0)
+        fprintf(stderr, "cell daemon: SIGHUP: %s (logging goes on to the old file)\n", e.message);
+    else if (!s->opt.quiet)
+        printf("cell daemon: SIGHUP: %s\n", s->opt.log_path ? "log reopened" : "nothing to reopen (no --log)");
+    fflush(stdout);
+}
+
         }
         if (p[1].revents)
             run_owner_jobs(s);
         if (p[0].revents) {
             struct signalfd_siginfo si;
-            if (read(sfd, &si, sizeof si) == sizeof si) {
-                close(sfd);
-                return (int)si.ssi_signo;
+            if (read(sfd, &si, sizeof si) != sizeof si)
+                continue;
+            if (si.ssi_signo == SIGHUP) {
+                on_sighup(s);
+                continue;
             }
         }
     }
@@ -455,6 +522,8 @@ static int ensure_admin_token(srv *s, char *path, size_t size, int *created, cel
     size_t n = 0;
     *created = 0;
     if (util_path(path, size, err, "%s/admin.token", s->state_dir) < 0 ||
+            close(sfd);
+            return (int)si.ssi_signo;
         store_token_count(s->st, &n, err) < 0)
         return -1;
     if (n > 0)
@@ -483,8 +552,77 @@ static void srv_free(srv *s)
     if (s->st)
         store_close(s->st);
     if (s->ctx)
+/* ---- one daemon per state directory -------------------------------------------------
+ * A second daemon must not mark the first one's cells stopped or finish
+ * "unfinished" lanes that the first is importing: STATE/daemon.lock is
+ * flock()ed before anything in STATE is opened, and holds the owner's pid
+ * for the refusal message.  The CLI's own commands do not take it (libcell
+ * contexts lock each cell and lane by itself), so they go on working. */
+static int lock_state_dir(const char *state_dir, cell_error *err)
+{
+    char path[4096];
+    if (util_mkdir_p(state_dir, 0700, err) < 0 ||
+        util_path(path, sizeof path, err, "%s/daemon.lock", state_dir) < 0)
+        return -1;
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "open %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            return util_fail_errno(err, "lock %s", path);
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        return util_fail(err, EBUSY, "another cell serve (pid %s) is running on the state directory %s; "
+                         "stop it first or use another --state", *pid ? pid : "unknown", state_dir);
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        return util_fail_errno(err, "write %s", path);
+    return util_steal_fd(&fd);
+}
+
+/* Option defaults and the checks that need no state: --no-token on TCP,
+ * and enough fds for both listeners' connections besides the cells'. */
+#define SERVER_FD_RESERVE 1024
+
+static int check_options(srv *s, const char *listen_spec, cell_error *err)
+{
+    server_options *o = &s->opt;
+    if (!o->max_conns)
+        o->max_conns = SERVER_DEFAULT_MAX_CONNS;
+    if (!o->max_conns_per_ip)
+        o->max_conns_per_ip = SERVER_DEFAULT_MAX_CONNS_PER_IP;
+    if (!o->idle_timeout_s)
+        o->idle_timeout_s = SERVER_DEFAULT_IDLE_TIMEOUT;
+    if (!o->header_timeout_s)
+        o->header_timeout_s = SERVER_DEFAULT_HEADER_TIMEOUT;
+    /* Without tokens anyone who can connect is the admin, and the admin can
+     * bind-mount any host path into a cell: on TCP that is every local user. */
+    if (o->no_token && *listen_spec && !o->no_token_on_tcp)
+        return util_fail(err, EINVAL, "--no-token would make anyone who can connect to %s an admin (a host root "
+                         "equivalent): use it with --listen \"\" (the unix socket only, mode 0600), or add "
+                         "--no-token-on-tcp-i-understand-anyone-local-is-admin", listen_spec);
+    if (o->no_token && *listen_spec)
+        fprintf(stderr, "cell serve: WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
+                "user that can connect to %s is the admin of this daemon\n", listen_spec);
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)
+        return util_fail_errno(err, "getrlimit");
+    uint64_t need = 2ull * o->max_conns + SERVER_FD_RESERVE;
+    if (nofile.rlim_cur != RLIM_INFINITY && nofile.rlim_cur < need)
+        return util_fail(err, EMFILE, "--max-connections %u needs %llu open files (two listeners and %u for "
+                         "cells), but RLIMIT_NOFILE is %llu: lower it or raise the limit (ulimit -n)",
+                         o->max_conns, (unsigned long long)need, SERVER_FD_RESERVE,
+                         (unsigned long long)nofile.rlim_cur);
+    return 0;
+}
+
         cell_ctx_close(s->ctx);
     if (s->owner_wake >= 0)
+    conns_stop(s);                  /* the HTTP daemons are gone */
         close(s->owner_wake);
     pthread_mutex_destroy(&s->owner_lock);
     pthread_cond_destroy(&s->owner_cond);
@@ -525,14 +663,22 @@ int server_run(const server_options *opt, cell_error *err)
         setrlimit(RLIMIT_NOFILE, &nofile);
     }
 
-    int rc = -1, tcp_fd = -1, unix_fd = -1;
+    int rc = -1, tcp_fd = -1, unix_fd = -1, lock_fd = -1;
+    const char *listen_spec = opt->listen ? opt->listen : SERVER_DEFAULT_LISTEN;
     if (s.owner_wake < 0) {
+    sigaddset(&sigs, SIGQUIT);
+    sigaddset(&sigs, SIGHUP);
         util_fail_errno(err, "eventfd");
         goto out;
     }
     char sock_path[4096] = "", token_path[4096];
     int created = 0;
-    if (cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
+    if (check_options(&s, listen_spec, err) < 0 || (opt->log_path && open_log(opt->log_path, err) < 0))
+        goto out;
+    /* Before the context: opening one sweeps the state directory. */
+    if ((lock_fd = lock_state_dir(opt->state_dir ? opt->state_dir : cell_default_state_dir(), err)) < 0)
+        goto out;
+    if (conns_start(&s, err) < 0 || cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
         goto out;
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
     if (store_open(&s.st, s.state_dir, err) < 0)
@@ -542,7 +688,6 @@ int server_run(const server_options *opt, cell_error *err)
     if (registry_load(&s, err) < 0)
         goto out;
 
-    const char *listen_spec = opt->listen ? opt->listen : SERVER_DEFAULT_LISTEN;
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
         goto stop_registry;
     if (!opt->socket_path && util_path(sock_path, sizeof sock_path, err, "%s/cell.sock", s.state_dir) < 0)
@@ -553,14 +698,14 @@ int server_run(const server_options *opt, cell_error *err)
         goto stop_registry;
     /* A started libmicrohttpd daemon owns its listening socket. */
     if (tcp_fd >= 0) {
-        if (!(s.tcp = start_mhd(&s, tcp_fd))) {
+        if (!(s.tcp = start_mhd(&s, tcp_fd, s.opt.max_conns_per_ip))) {
             util_fail(err, EIO, "could not start the HTTP server on %s", listen_spec);
             goto stop_registry;
         }
         tcp_fd = -2;
     }
     if (unix_fd >= 0) {
-        if (!(s.unix_d = start_mhd(&s, unix_fd))) {
+        if (!(s.unix_d = start_mhd(&s, unix_fd, 0))) {
             util_fail(err, EIO, "could not start the HTTP server on %s", sock_path);
             goto stop_http;
         }
@@ -573,7 +718,11 @@ int server_run(const server_options *opt, cell_error *err)
             printf("cell daemon: listening on http://%s\n", listen_spec);
         if (s.unix_d)
             printf("cell daemon: listening on unix:%s\n", sock_path);
-        if (opt->no_token)
+        if (opt->no_token && s.tcp)
+            printf("cell daemon: WARNING: --no-token on TCP (%s): EVERY LOCAL USER AND PROCESS that can "
+                   "connect to it is the admin, which can read any host file through a bind mount\n",
+                   listen_spec);
+        else if (opt->no_token)
             printf("cell daemon: WARNING: --no-token: every request is the admin of tenant \"default\"; "
                    "for local development only\n");
         else
@@ -606,3 +755,5 @@ out:
     srv_free(&s);
     return rc;
 }
+    if (lock_fd >= 0)
+        close(lock_fd);             /* last: the state is let go of */

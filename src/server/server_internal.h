@@ -28,6 +28,7 @@ enum route_flag {
     ROUTE_CELL        = 4,  /* per-cell plane: {cell} must be a running cell of the tenant */
     ROUTE_STREAM_BODY = 8,  /* body chunks go to `body`, not a JSON buffer */
     ROUTE_NO_AUDIT    = 16, /* high-rate, side-effect-free (health) */
+    ROUTE_EVENTS      = 32, /* may answer with SSE or a WebSocket: ?access_token= allowed for those */
 };
 typedef int (*route_fn)(sreq *r);
 /* Called for each chunk of a streamed body; len 0 never happens.  Returns
@@ -67,6 +68,7 @@ struct srv {
     pthread_mutex_t  ctx_lock;      /* libcell contexts are single-threaded */
     store           *st;
     struct MHD_Daemon *tcp, *unix_d;
+    struct conns     *conns;        /* open connections (conns.c) */
     int64_t          started_ms;
 
     /* Cells die with the thread that booted them (cell-init's parent-death
@@ -110,8 +112,32 @@ struct sreq {
     int64_t       start_ms;
     json_t       *audit;            /* extra audit fields (cell, command, exit code) */
 };
+    struct sconn *sconn;            /* the connection's record (conns.c) */
+    int           long_lived;       /* a stream: no idle timeout (conns_long_lived) */
 
 int64_t srv_now_ms(void);
+/* ---- connections (conns.c) --------------------------------------------------
+ * Every accepted connection has a record: the request head must arrive
+ * within --header-timeout (slowloris), and revoking a token ends every
+ * connection and stream authenticated with it. */
+int  conns_start(srv *s, cell_error *err);
+void conns_stop(srv *s);
+/* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (cls = srv). */
+void conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                  enum MHD_ConnectionNotificationCode code);
+void conns_request_begins(sreq *r);         /* the head is in */
+void conns_request_ends(sreq *r);           /* the next head's deadline starts */
+void conns_authenticated(sreq *r);          /* remember r->tok.id for revocation */
+/* The answer is a stream (SSE, WebSocket, a long download): no idle timeout
+ * and no head deadline; the stream ends on revocation or shutdown. */
+void conns_long_lived(sreq *r);
+/* End every connection and stream of this token, now and for good (but
+ * r's own connection, which carries the answer). */
+void conns_revoke_token(sreq *r, const char *token_id);
+/* Whether a stream authenticated as token_id must end (revoked, or the
+ * daemon stopping).  Streams check it at each wake-up. */
+int  conns_stream_over(srv *s, const char *token_id);
+
 /* An absolute CLOCK_REALTIME deadline `ms` from now, for pthread_cond_timedwait. */
 void srv_deadline_after(struct timespec *ts, int64_t ms);
 /* Run fn(arg) on the daemon's main thread and wait for it. */

@@ -389,3 +389,92 @@ def test_entry_names_in_errors_are_sanitized(state, tmp_path):
     assert proc.returncode != 0
     assert b"\x1b" not in proc.stderr and b"evil?name" in proc.stderr
     assert_nothing_left(state, tmp_path)
+
+
+# ---- size-limited lanes: imports are bounded by the lane's size ------------------------------------------------------
+
+
+def gzip_bomb(path, inflated, name="zeros"):
+    """A .tar.gz of one file of `inflated` zero bytes, written streaming
+    (a few hundred KiB on disk per 256 MiB)."""
+    ti = tarfile.TarInfo(name)
+    ti.size = inflated
+    chunk = bytes(1 << 20)
+    with gzip.open(path, "wb", compresslevel=9) as gz:
+        gz.write(ti.tobuf(tarfile.PAX_FORMAT))
+        for _ in range(inflated // len(chunk)):
+            gz.write(chunk)
+        gz.write(bytes(inflated % len(chunk) + (-inflated % 512) + 1024))
+
+
+def test_sized_import_of_a_gzip_bomb_is_refused_and_leaves_nothing(state, tmp_path):
+    """A small .tar.gz that inflates to 8x the lane's size: refused as soon as
+    its header says so, with a message saying why, and no lane, temporary dir
+    or loop device is left."""
+    bomb = tmp_path / "bomb.tar.gz"
+    gzip_bomb(bomb, 256 << 20)
+    assert bomb.stat().st_size < (1 << 20)
+    proc = import_(state, "bomb", bomb, "--size", "32M")
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0, err
+    assert "lane 'bomb'" in err and "more than the lane's size of 33554432 bytes" in err, err
+    assert_nothing_left(state, tmp_path)
+    assert wait_for_no_loops(state)
+
+
+def test_sized_import_stops_at_enospc(state, tmp_path):
+    """A tar whose files add up to less than the lane's size but more than
+    its filesystem holds (ext4 keeps some for itself) fails cleanly: ENOSPC."""
+    tar = tmp_path / "many.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        data = b"y" * (3 << 20)
+        for i in range(12):  # 36 MiB of data for a 32 MiB lane, in a 36 MiB stream
+            ti = tarfile.TarInfo("f%02d" % i)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    proc = import_(state, "full", tar, "--size", "40M")
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0, err
+    assert "No space left on device" in err and "lane 'full'" in err, err
+    assert_nothing_left(state, tmp_path)
+
+
+def test_round_trip_of_a_sized_lane(state, tmp_path):
+    """Export and import of size-limited lanes: the layer goes through the
+    mounted image, and survives a cell."""
+    ok(cli(state, "lane", "create", "small", "--size", "32M"))
+    ok(cli(state, "run", "--lane", "small", "--", "sh", "-c",
+           "mkdir -p /root/d && echo kept > /root/d/note && chown 1000:1000 /root/d/note"))
+    tar = tmp_path / "small.tar"
+    ok(export(state, "small", tar))
+    with tarfile.open(tar) as tf:
+        note = tf.getmember("root/d/note")
+        assert tf.extractfile(note).read() == b"kept\n" and (note.uid, note.gid) == (1000, 1000)
+    ok(import_(state, "copy", tar, "--size", "24M"))
+    lanes = {l["name"]: l for l in json.loads(ok(cli(state, "--json", "lane", "ls")).stdout)}
+    assert lanes["copy"]["size"] == 24 << 20 and lanes["small"]["size"] == 32 << 20
+    out = ok(cli(state, "run", "--lane", "copy", "--", "stat", "-c", "%u:%g %n", "/root/d/note")).stdout
+    assert out == b"1000:1000 /root/d/note\n"
+    proc = import_(state, "tiny", tar, "--size", "1M")
+    assert proc.returncode != 0 and b"at least 16M" in proc.stderr
+    assert wait_for_no_loops(state)
+    for n in ("small", "copy"):
+        ok(cli(state, "lane", "rm", n))
+
+
+def wait_for_no_loops(state, timeout=10):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        busy = []
+        for dev in os.listdir("/sys/block"):
+            try:
+                with open("/sys/block/%s/loop/backing_file" % dev) as f:
+                    if f.read().startswith(str(state)):
+                        busy.append(dev)
+            except OSError:
+                pass
+        if not busy:
+            return True
+        time.sleep(0.1)
+    return False
