@@ -9,6 +9,9 @@
 #include <errno.h>
 #include <unistd.h>
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 const char cli_serve_usage[] =
     "usage: cell serve [OPTIONS]\n"
     "\n"
@@ -19,17 +22,60 @@ const char cli_serve_usage[] =
     "  --listen HOST:PORT    TCP address (default " SERVER_DEFAULT_LISTEN "; \"\" for none)\n"
     "  --socket PATH         unix socket (default STATE/cell.sock; \"\" for none)\n"
     "  --no-token            no authentication: every request is the admin of\n"
-    "                        tenant \"default\" (local development only)\n"
+    "                        tenant \"default\" (local development only).  Refused\n"
+    "                        with a TCP listener (use --listen \"\": the unix socket\n"
+    "                        is 0600, root only) unless you also give\n"
+    "  --no-token-on-tcp-i-understand-anyone-local-is-admin\n"
+    "                        every local user that can connect becomes the admin\n"
+    "                        (who can read any host file through a bind mount)\n"
     "  --max-file-size SIZE  largest fs/file, upload-batch or lane import body\n"
     "                        (default 1G)\n"
     "  --max-json-size SIZE  largest JSON request body (default 1M)\n"
     "  --token-rate N        default requests/second of tokens created through\n"
     "                        the API (default 0 = unlimited)\n"
+    "  --max-connections N   open connections per listener, TCP and the unix\n"
+    "                        socket each (default " STR(SERVER_DEFAULT_MAX_CONNS) "; each is a thread and an fd;\n"
+    "                        2N + 1024 must fit in RLIMIT_NOFILE)\n"
+    "  --max-connections-per-ip N  open TCP connections per client address\n"
+    "                        (default " STR(SERVER_DEFAULT_MAX_CONNS_PER_IP) ")\n"
+    "  --idle-timeout SECS   close a connection that sends nothing for SECS while\n"
+    "                        a request is expected or its body is coming (default\n"
+    "                        " STR(SERVER_DEFAULT_IDLE_TIMEOUT) "); streams (log follow, terminals, builds,\n"
+    "                        exports) have none: they end when the client leaves,\n"
+    "                        its token is revoked, or the daemon stops\n"
+    "  --header-timeout SECS close a connection whose request head (request line\n"
+    "                        and headers) is not complete SECS after the connection\n"
+    "                        or its previous request (default " STR(SERVER_DEFAULT_HEADER_TIMEOUT) "; slow clients)\n"
+    "  --log FILE            append stdout and stderr to FILE (0600); SIGHUP\n"
+    "                        reopens it, for log rotation\n"
     "  --upstream-ca FILE    PEM certificates trusted, besides the host's trust\n"
     "                        store, when verifying upstreams of intercepted HTTPS\n"
     "                        (\"http\" policy rules; private CAs, tests)\n"
     "\n"
-    "On first start the daemon creates an admin token in STATE/admin.token (0600).\n";
+    "On first start the daemon creates an admin token in STATE/admin.token (0600).\n"
+    "One daemon per state directory: it holds STATE/daemon.lock (with its pid),\n"
+    "and a second one exits with an error naming the first one's pid.\n"
+    "\n"
+    "signals:\n"
+    "  TERM, INT, QUIT  stop gracefully: cells are halted (their lanes and records\n"
+    "                   stay, as \"stopped\"), connections closed, then exit 0\n"
+    "  HUP              reopen the --log file; nothing else changes\n"
+    "  PIPE             ignored (a vanished client is an error on its connection)\n"
+    "  KILL             every cell dies with the daemon (cell-init's parent-death\n"
+    "                   signal); records, lanes and tokens survive, and the next\n"
+    "                   start marks the cells stopped\n";
+
+/* A count within [min, max] for a limit flag. */
+static int count_opt(const char *name, const char *text, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(text, &end, 10);
+    if (errno || end == text || *end || text[0] == '-' || n < min || n > max)
+        return cli_fail(CLI_EXIT_USAGE, "%s must be a whole number from %u to %u", name, min, max);
+    *out = (unsigned)n;
+    return 0;
+}
 
 static int size_opt(const char *name, const char *text, uint64_t *out)
 {
@@ -51,12 +97,34 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--no-token") == 0) {
             opt.no_token = 1;
+        } else if (strcmp(a, "--no-token-on-tcp-i-understand-anyone-local-is-admin") == 0) {
+            opt.no_token_on_tcp = 1;
         } else if (!v) {
             return cli_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' or missing value (see cell serve --help)", a);
         } else if (strcmp(a, "--listen") == 0) {
             opt.listen = v, i++;
         } else if (strcmp(a, "--socket") == 0) {
             opt.socket_path = v, i++;
+        } else if (strcmp(a, "--log") == 0) {
+            if (!*v)
+                return cli_fail(CLI_EXIT_USAGE, "--log needs a file name");
+            opt.log_path = v, i++;
+        } else if (strcmp(a, "--max-connections") == 0) {
+            if (count_opt(a, v, 4, 100000, &opt.max_conns))
+                return CLI_EXIT_USAGE;
+            i++;
+        } else if (strcmp(a, "--max-connections-per-ip") == 0) {
+            if (count_opt(a, v, 1, 100000, &opt.max_conns_per_ip))
+                return CLI_EXIT_USAGE;
+            i++;
+        } else if (strcmp(a, "--idle-timeout") == 0) {
+            if (count_opt(a, v, 1, 86400, &opt.idle_timeout_s))
+                return CLI_EXIT_USAGE;
+            i++;
+        } else if (strcmp(a, "--header-timeout") == 0) {
+            if (count_opt(a, v, 1, 3600, &opt.header_timeout_s))
+                return CLI_EXIT_USAGE;
+            i++;
         } else if (strcmp(a, "--max-file-size") == 0) {
             if (size_opt(a, v, &opt.max_file_bytes))
                 return CLI_EXIT_USAGE;

@@ -121,6 +121,7 @@ int h_tokens_revoke(sreq *r)
     req_audit(r, "revoked_token", json_string(id));
     if (store_token_revoke(r->s->st, id, &e) < 0)
         return e.code == ENOENT ? reply_problem(r, 404, "not_found", "token %s", id) : reply_error(r, &e);
+    conns_revoke_token(r, id);      /* its open streams and connections end too */
     return reply_empty(r, 204);
 }
 

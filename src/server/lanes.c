@@ -217,7 +217,7 @@ int h_lanes_export(sreq *r)
         return reply_problem(r, 500, "internal", "out of memory");
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->id, sizeof job->id, "%s", l.id);
-    struct MHD_Response *resp = stream_from_job(export_run, job, free, &e);
+    struct MHD_Response *resp = stream_from_job(r, export_run, job, free, &e);
     if (!resp)
         return reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
@@ -439,7 +439,7 @@ int h_images_build(sreq *r)
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->name, sizeof job->name, "%s", name);
     cell_error e = { 0 };
-    struct MHD_Response *resp = stream_from_job(build_run, job, free, &e);
+    struct MHD_Response *resp = stream_from_job(r, build_run, job, free, &e);
     if (!resp)
         return reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");

@@ -930,6 +930,7 @@ typedef struct follow_state {
     char    *pending;           /* formatted bytes not yet handed to MHD */
     size_t   pending_len, pending_off;
     int      done;
+    char     token_id[16];      /* whose stream: it ends when that token is revoked */
 } follow_state;
 
 static void follow_free(void *cls)
@@ -989,7 +990,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
             follow_collect_locked(f);
             if (f->pending_len)
                 break;
-            if ((f->p->exited && f->p->output_done) || atomic_load(&sc->s->stopping)) {
+            if ((f->p->exited && f->p->output_done) || conns_stream_over(sc->s, f->token_id)) {
                 f->done = 1;
                 break;
             }
@@ -1076,6 +1077,7 @@ int h_proc_logs(sreq *r)
     f->p = p;
     f->filter = filter;
     f->after = after;
+    snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, follow_read, f, follow_free);
     if (!resp) {
         follow_free(f);
@@ -1083,6 +1085,7 @@ int h_proc_logs(sreq *r)
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    conns_long_lived(r);
     return reply_response(r, 200, resp);
 }
 

@@ -4,7 +4,12 @@
 #include "server/stream.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
 #include <string.h>
+
+/* How often a reader waiting for the worker looks for a revocation. */
+#define STREAM_POLL_MS 250
 
 typedef struct pipe_job {
     int   wfd;
@@ -24,12 +29,30 @@ static void *job_main(void *p)
     return NULL;
 }
 
+/* The response's end of the pipe and who asked for it. */
+typedef struct pipe_reader {
+    int   fd;
+    srv  *s;
+    char  token_id[16];
+} pipe_reader;
+
 static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
-    int fd = (int)(intptr_t)cls;
+    pipe_reader *pr = cls;
     for (;;) {
-        ssize_t n = read(fd, buf, max);
+        /* A worker may be silent for minutes (an image build's slow step):
+         * wait in slices so a revoked token or a stopping daemon ends the
+         * stream; the worker then fails its next write and stops. */
+        if (conns_stream_over(pr->s, pr->token_id))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        struct pollfd p = { .fd = pr->fd, .events = POLLIN };
+        int rc = poll(&p, 1, STREAM_POLL_MS);
+        if (rc < 0 && errno != EINTR)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (rc <= 0)
+            continue;
+        ssize_t n = read(pr->fd, buf, max);
         if (n > 0)
             return n;
         if (n == 0)
@@ -39,17 +62,27 @@ static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
     }
 }
 
-static void close_pipe(void *cls) { close((int)(intptr_t)cls); }
+static void close_pipe(void *cls)
+{
+    pipe_reader *pr = cls;
+    close(pr->fd);
+    free(pr);
+}
 
-struct MHD_Response *stream_from_job(pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err)
+struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err)
 {
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) < 0) {
+    pipe_reader *pr = calloc(1, sizeof *pr);
+    if (!pr || pipe2(fds, O_CLOEXEC) < 0) {
         if (arg_free)
             arg_free(arg);
+        free(pr);
         util_fail_errno(err, "pipe");
         return NULL;
     }
+    pr->fd = fds[0];
+    pr->s = r->s;
+    snprintf(pr->token_id, sizeof pr->token_id, "%s", r->authed ? r->tok.id : "");
     pipe_job *job = malloc(sizeof *job);
     pthread_t t;
     pthread_attr_t attr;
@@ -71,13 +104,16 @@ struct MHD_Response *stream_from_job(pipe_job_fn run, void *arg, void (*arg_free
         util_fail_errno(err, "worker thread");
         close(fds[0]);
         close(fds[1]);
+        free(pr);
         if (arg_free)
             arg_free(arg);
         return NULL;
     }
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, read_pipe,
-                                                                  (void *)(intptr_t)fds[0], close_pipe);
+                                                                  pr, close_pipe);
     if (!resp)
-        close(fds[0]);
+        close_pipe(pr);
+    else
+        conns_long_lived(r);
     return resp;
 }

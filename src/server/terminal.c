@@ -51,6 +51,7 @@ typedef struct term {
     int              ending;        /* plock: the reader is done; the writer stops */
     uint64_t         after;         /* writer: last log sequence forwarded */
     ws_parser        wp;            /* reader only */
+    char             token_id[16];  /* whose session: it ends when that token is revoked */
 } term;
 
 /* ---- sending ------------------------------------------------------------------- */
@@ -388,8 +389,12 @@ static void term_run(term *t, const char *extra, size_t extra_len)
         int64_t closed_at = atomic_load(&t->close_sent_ms);
         if (closed_at && srv_now_ms() - closed_at >= TERM_CLOSE_WAIT_MS)
             break;
-        if (atomic_load(&sc->s->stopping)) {
-            term_close_maybe(t, 1001, "the daemon is stopping", 1);
+        if (conns_stream_over(sc->s, t->token_id)) {
+            /* 1008: policy violation, the close code for a revoked credential. */
+            if (atomic_load(&sc->s->stopping))
+                term_close_maybe(t, 1001, "the daemon is stopping", 1);
+            else
+                term_close_maybe(t, 1008, "the token was revoked", 1);
             break;
         }
         struct pollfd pfd = { .fd = t->fd, .events = POLLIN };
@@ -527,6 +532,7 @@ int h_proc_terminal_ws(sreq *r)
     t->sc = r->cell;
     t->p = p;
     t->fd = -1;
+    snprintf(t->token_id, sizeof t->token_id, "%s", r->tok.id);
     pthread_mutex_init(&t->wlock, NULL);
     r->stream = t;
     r->stream_free = term_stream_free;
@@ -539,5 +545,6 @@ int h_proc_terminal_ws(sreq *r)
         MHD_destroy_response(resp);
         return reply_problem(r, 500, "internal", "out of memory");
     }
+    conns_long_lived(r);
     return reply_response(r, 101, resp);
 }
