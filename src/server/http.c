@@ -240,12 +240,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->method = method;
         r->start_ms = srv_now_ms();
         *con_cls = r;
+        conns_request_begins(r);
         /* A request with a body gets its answer after the body: clients that
          * do not wait for "100 Continue" would otherwise see a reset instead
          * of the error.  take_body() discards what an error made useless. */
         const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
         const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        conns_request_begins(r);
         r->in_body = te != NULL || (len && strtoull(len, NULL, 10) > 0);
         begin(r);
         if (!r->responded && (r->m.route->flags & ROUTE_STREAM_BODY)) {
@@ -286,19 +286,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (r->responded)
         return MHD_YES;
-    int ret = r->m.route->fn(r);
-    if (!r->responded && ret == MHD_YES)
-        return reply_problem(r, 500, "internal", "the handler gave no answer");
-    return ret;
-}
     /* libmicrohttpd would count the handler's time (a cell boot, a run to
      * its end) as the client's idleness and drop the answer; setting the
      * timeout again after restarts the idle clock.  Streams keep none: they
      * end on their own, on revocation or at shutdown. */
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
-
+    int ret = r->m.route->fn(r);
     if (!r->long_lived)
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, r->s->opt.idle_timeout_s);
+    if (!r->responded && ret == MHD_YES)
+        return reply_problem(r, 500, "internal", "the handler gave no answer");
+    return ret;
+}
+
 static void write_audit(sreq *r)
 {
     if (r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status < 400)
@@ -328,12 +328,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
+    conns_request_ends(r);
     write_audit(r);
     if (r->stream_free)
         r->stream_free(r);
     if (r->deferred)
         MHD_destroy_response(r->deferred);
-    conns_request_ends(r);
     if (r->cell)
         registry_put(r->cell);
     json_decref(r->audit);
@@ -461,18 +461,6 @@ static void run_owner_jobs(srv *s)
     pthread_mutex_unlock(&s->owner_lock);
 }
 
-/* The main thread: boots cells for the request threads until a signal. */
-static int owner_loop(srv *s, const sigset_t *sigs)
-{
-    int sfd = signalfd(-1, sigs, SFD_CLOEXEC);
-    if (sfd < 0)
-        return -1;
-    for (;;) {
-        struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = s->owner_wake, .events = POLLIN } };
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
 /* ---- the log and signals -------------------------------------------------------------- */
 /* --log FILE: stdout and stderr (the banner, libmicrohttpd's and our
  * messages, sanitizer reports) go to FILE, reopened by path on SIGHUP so
@@ -499,6 +487,18 @@ static void on_sighup(srv *s)
     fflush(stdout);
 }
 
+/* The main thread: boots cells for the request threads until a signal. */
+static int owner_loop(srv *s, const sigset_t *sigs)
+{
+    int sfd = signalfd(-1, sigs, SFD_CLOEXEC);
+    if (sfd < 0)
+        return -1;
+    for (;;) {
+        struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = s->owner_wake, .events = POLLIN } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
         }
         if (p[1].revents)
             run_owner_jobs(s);
@@ -510,6 +510,8 @@ static void on_sighup(srv *s)
                 on_sighup(s);
                 continue;
             }
+            close(sfd);
+            return (int)si.ssi_signo;
         }
     }
     close(sfd);
@@ -522,8 +524,6 @@ static int ensure_admin_token(srv *s, char *path, size_t size, int *created, cel
     size_t n = 0;
     *created = 0;
     if (util_path(path, size, err, "%s/admin.token", s->state_dir) < 0 ||
-            close(sfd);
-            return (int)si.ssi_signo;
         store_token_count(s->st, &n, err) < 0)
         return -1;
     if (n > 0)
@@ -540,18 +540,6 @@ static int ensure_admin_token(srv *s, char *path, size_t size, int *created, cel
     return 0;
 }
 
-static void srv_free(srv *s)
-{
-    registry_free(s);
-    egress_cleanup();
-    while (s->buckets) {
-        struct rate_bucket *b = s->buckets;
-        s->buckets = b->next;
-        free(b);
-    }
-    if (s->st)
-        store_close(s->st);
-    if (s->ctx)
 /* ---- one daemon per state directory -------------------------------------------------
  * A second daemon must not mark the first one's cells stopped or finish
  * "unfinished" lanes that the first is importing: STATE/daemon.lock is
@@ -620,9 +608,21 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
     return 0;
 }
 
+static void srv_free(srv *s)
+{
+    conns_stop(s);                  /* the HTTP daemons are gone */
+    registry_free(s);
+    egress_cleanup();
+    while (s->buckets) {
+        struct rate_bucket *b = s->buckets;
+        s->buckets = b->next;
+        free(b);
+    }
+    if (s->st)
+        store_close(s->st);
+    if (s->ctx)
         cell_ctx_close(s->ctx);
     if (s->owner_wake >= 0)
-    conns_stop(s);                  /* the HTTP daemons are gone */
         close(s->owner_wake);
     pthread_mutex_destroy(&s->owner_lock);
     pthread_cond_destroy(&s->owner_cond);
@@ -653,6 +653,8 @@ int server_run(const server_options *opt, cell_error *err)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGQUIT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     /* Each running cell holds a few fds (control socket, pidfd, eventfd,
@@ -666,8 +668,6 @@ int server_run(const server_options *opt, cell_error *err)
     int rc = -1, tcp_fd = -1, unix_fd = -1, lock_fd = -1;
     const char *listen_spec = opt->listen ? opt->listen : SERVER_DEFAULT_LISTEN;
     if (s.owner_wake < 0) {
-    sigaddset(&sigs, SIGQUIT);
-    sigaddset(&sigs, SIGHUP);
         util_fail_errno(err, "eventfd");
         goto out;
     }
@@ -753,7 +753,7 @@ out:
     if (unix_fd >= 0)
         close(unix_fd);
     srv_free(&s);
-    return rc;
-}
     if (lock_fd >= 0)
         close(lock_fd);             /* last: the state is let go of */
+    return rc;
+}

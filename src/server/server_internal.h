@@ -111,11 +111,10 @@ struct sreq {
     uint64_t      streamed;         /* ROUTE_STREAM_BODY bytes handed to the route */
     int64_t       start_ms;
     json_t       *audit;            /* extra audit fields (cell, command, exit code) */
-};
     struct sconn *sconn;            /* the connection's record (conns.c) */
     int           long_lived;       /* a stream: no idle timeout (conns_long_lived) */
+};
 
-int64_t srv_now_ms(void);
 /* ---- connections (conns.c) --------------------------------------------------
  * Every accepted connection has a record: the request head must arrive
  * within --header-timeout (slowloris), and revoking a token ends every
@@ -138,6 +137,7 @@ void conns_revoke_token(sreq *r, const char *token_id);
  * daemon stopping).  Streams check it at each wake-up. */
 int  conns_stream_over(srv *s, const char *token_id);
 
+int64_t srv_now_ms(void);
 /* An absolute CLOCK_REALTIME deadline `ms` from now, for pthread_cond_timedwait. */
 void srv_deadline_after(struct timespec *ts, int64_t ms);
 /* Run fn(arg) on the daemon's main thread and wait for it. */
