@@ -51,6 +51,17 @@ const char cli_serve_usage[] =
     "  --upstream-ca FILE    PEM certificates trusted, besides the host's trust\n"
     "                        store, when verifying upstreams of intercepted HTTPS\n"
     "                        (\"http\" policy rules; private CAs, tests)\n"
+    "  --limit KEY=VALUE     an operator ceiling on what tenants may ask (docs/api.md\n"
+    "                        \"Limits\"; defaults derived from the host), e.g.\n"
+    "                        cell.memory=8G, cell.pids=2048, log.bytesPerProcess=16M,\n"
+    "                        log.memory=512M (all processes' logs together)\n"
+    "  --reserve-memory SIZE memory kept from cells for the host and the daemon:\n"
+    "                        all cells together reserve at most MemTotal - SIZE\n"
+    "                        (default MemTotal/8, at least 1G)\n"
+    "  --reserve-pids N      pids kept likewise from min(pid_max, threads-max)\n"
+    "                        (default a quarter, at least 2048)\n"
+    "  --secrets-key-file F  the 32-byte key that seals tenant secrets in cell.db\n"
+    "                        (default STATE/secrets.key, created 0600 on first start)\n"
     "\n"
     "On first start the daemon creates an admin token in STATE/admin.token (0600).\n"
     "One daemon per state directory: it holds STATE/daemon.lock (with its pid),\n"
@@ -135,6 +146,15 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             if (n < 1024 || n > (64u << 20))
                 return cli_fail(CLI_EXIT_USAGE, "--max-json-size must be between 1K and 64M");
             opt.max_json_bytes = (uint32_t)n, i++;
+        } else if (strcmp(a, "--limit") == 0 || strcmp(a, "--reserve-memory") == 0 || strcmp(a, "--reserve-pids") == 0) {
+            char kv[256];
+            snprintf(kv, sizeof kv, "%s=%s", strcmp(a, "--limit") == 0 ? "" : a[10] == 'm' ? "reserve.memory" : "reserve.pids", v);
+            cell_error lerr = { 0 };
+            if (server_limit_set(&opt.limits, kv[0] == '=' ? v : kv, &lerr) < 0)
+                return cli_fail(CLI_EXIT_USAGE, "%s", lerr.message);
+            i++;
+        } else if (strcmp(a, "--secrets-key-file") == 0) {
+            opt.secrets_key_file = v, i++;
         } else if (strcmp(a, "--upstream-ca") == 0) {
             if (access(v, R_OK) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", v, strerror(errno));

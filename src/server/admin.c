@@ -129,13 +129,16 @@ static json_t *tenant_json(srv *s, const store_tenant *t)
 {
     size_t cells = 0, lanes = 0;
     uint64_t memory = 0, disk = 0;
+    uint64_t mem_reserved, pids;
     registry_usage(s, t->name, &cells, &memory);
+    limits_usage(s, t->name, &mem_reserved, &pids);
     store_lane_count(s->st, t->name, &lanes, &disk, NULL);
-    return json_pack("{s:s, s:{s:i, s:I, s:i, s:I}, s:{s:i, s:I, s:i, s:I}}", "name", t->name,
+    return json_pack("{s:s, s:{s:i, s:I, s:i, s:I, s:I}, s:{s:i, s:I, s:i, s:I, s:I}}", "name", t->name,
                      "quota", "maxCells", (int)t->max_cells, "maxMemory", (json_int_t)t->max_memory,
                      "maxLanes", (int)t->max_lanes, "maxDisk", (json_int_t)t->max_disk,
+                     "maxPids", (json_int_t)t->max_pids,
                      "usage", "cells", (int)cells, "memory", (json_int_t)memory, "lanes", (int)lanes,
-                     "disk", (json_int_t)disk);
+                     "disk", (json_int_t)disk, "pids", (json_int_t)pids);
 }
 
 int h_tenants_list(sreq *r)
@@ -177,10 +180,11 @@ int h_tenants_put(sreq *r)
         json_decref(body);
         return reply_error(r, &e);
     }
-    int64_t cells = t.max_cells, lanes = t.max_lanes;
+    int64_t cells = t.max_cells, lanes = t.max_lanes, pids = t.max_pids;
     uint64_t memory = t.max_memory, disk = t.max_disk;
     if (json_get_int(r, body, "maxCells", 0, 0, 1000000, &cells) < 0 ||
         json_get_int(r, body, "maxLanes", 0, 0, 1000000, &lanes) < 0 ||
+        json_get_int(r, body, "maxPids", 0, 0, UINT32_MAX, &pids) < 0 ||
         json_get_size(r, body, "maxMemory", &memory) < 0 || json_get_size(r, body, "maxDisk", &disk) < 0) {
         json_decref(body);
         return MHD_YES;
@@ -188,6 +192,7 @@ int h_tenants_put(sreq *r)
     json_decref(body);
     t.max_cells = (uint32_t)cells;
     t.max_lanes = (uint32_t)lanes;
+    t.max_pids = (uint32_t)pids;
     t.max_memory = memory;
     t.max_disk = disk;
     if (store_tenant_set_quota(r->s->st, &t, &e) < 0)

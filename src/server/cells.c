@@ -6,7 +6,7 @@
 #include <string.h>
 
 #define DEFAULT_CELL_MEMORY (512ull << 20)   /* 32 cells fill the default 16 GiB quota */
-#define DEFAULT_CELL_PIDS   4096
+#define DEFAULT_CELL_PIDS   1024              /* the daemon-wide pid budget is about 24k on a 32k pid_max */
 #define MAX_TTL_SECONDS     (365ll * 24 * 3600)
 
 /* Quota checks and the insert that follows are one step per daemon. */
@@ -55,6 +55,10 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
             json_get_bool(r, m, "readonly", &ro) < 0)
             return -1;
         if (strcmp(type, "memory") == 0) {
+            char field[48];
+            snprintf(field, sizeof field, "mounts[%zu].size", i);
+            if (limits_check(r, field, size, r->s->opt.limits.cell_memory, "cell.memory") < 0)
+                return -1;
             json_array_append_new(out, json_pack("{s:s, s:s, s:I}", "type", "memory", "target", target,
                                                  "size", (json_int_t)size));
         } else if (strcmp(type, "bind") == 0) {
@@ -75,8 +79,10 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
 static int parse_resources(sreq *r, json_t *body, json_t *spec)
 {
     json_t *res = json_object_get(body, "resources");
-    uint64_t memory = DEFAULT_CELL_MEMORY, disk = 0;
-    int64_t pids = DEFAULT_CELL_PIDS;
+    const server_limits *l = &r->s->opt.limits;
+    /* The defaults, lowered to the operator's ceilings if above them. */
+    uint64_t memory = DEFAULT_CELL_MEMORY < l->cell_memory ? DEFAULT_CELL_MEMORY : l->cell_memory, disk = 0;
+    int64_t pids = DEFAULT_CELL_PIDS < l->cell_pids ? DEFAULT_CELL_PIDS : (int64_t)l->cell_pids;
     double cpus = 0;
     if (res && !json_is_null(res)) {
         if (!json_is_object(res))
@@ -93,6 +99,11 @@ static int parse_resources(sreq *r, json_t *body, json_t *spec)
         if (memory < (16ull << 20))
             return reply_problem(r, 400, "invalid_request", "field \"resources.memory\" must be at least 16M"), -1;
     }
+    if (limits_check(r, "resources.memory", memory, l->cell_memory, "cell.memory") < 0 ||
+        limits_check(r, "resources.pids", (uint64_t)pids, l->cell_pids, "cell.pids") < 0 ||
+        limits_check(r, "resources.cpus", (uint64_t)(cpus * 1000), l->cell_cpu_millis, "cell.cpus") < 0 ||
+        limits_check(r, "resources.disk", disk, l->cell_disk, "cell.disk") < 0)
+        return -1;
     json_object_set_new(spec, "resources",
                         json_pack("{s:I, s:I, s:I, s:I}", "memory", (json_int_t)memory, "pids", (json_int_t)pids,
                                   "cpuMillis", (json_int_t)(cpus * 1000), "disk", (json_int_t)disk));
@@ -129,7 +140,8 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     int64_t ttl = 0;
     if (json_get_str(r, body, "image", 0, &image) < 0 || json_get_str(r, body, "lane", 0, &lane_name) < 0 ||
         json_get_str(r, body, "cwd", 0, &cwd) < 0 || json_get_str(r, body, "hostname", 0, &hostname) < 0 ||
-        json_get_int(r, body, "ttl", 0, 0, MAX_TTL_SECONDS, &ttl) < 0)
+        json_get_int(r, body, "ttl", 0, 0, MAX_TTL_SECONDS, &ttl) < 0 ||
+        limits_check(r, "ttl", (uint64_t)ttl, r->s->opt.limits.cell_ttl_s, "cell.ttl") < 0)
         return -1;
     char **env = NULL;
     size_t n_env = 0;
@@ -166,7 +178,7 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     return 0;
 }
 
-static int check_quota(sreq *r, uint64_t memory)
+static int check_quota(sreq *r, uint64_t memory, uint64_t pids)
 {
     store_tenant t;
     cell_error e = { 0 };
@@ -186,7 +198,16 @@ static int check_quota(sreq *r, uint64_t memory)
                       t.name, (unsigned long long)t.max_memory, (unsigned long long)used, (unsigned long long)memory);
         return -1;
     }
-    return 0;
+    uint64_t used_mem, used_pids;
+    limits_usage(r->s, r->tok.tenant, &used_mem, &used_pids);
+    if (used_pids + pids > t.max_pids) {
+        reply_problem(r, 403, "quota_exceeded",
+                      "tenant %s: quota \"pids\" is %u, %llu are reserved and this cell asks %llu",
+                      t.name, t.max_pids, (unsigned long long)used_pids, (unsigned long long)pids);
+        return -1;
+    }
+    /* Each tenant under its quota can still add up past the host. */
+    return limits_check_budget(r, memory, pids);
 }
 
 static void audit_cell_event(srv *s, const char *tenant, const char *id, const char *event)
@@ -223,8 +244,9 @@ int h_cells_create(sreq *r)
     char id[13];
     util_random_hex(id, 6);
     uint64_t memory = (uint64_t)json_integer_value(json_object_get(json_object_get(spec, "resources"), "memory"));
+    uint64_t pids = (uint64_t)json_integer_value(json_object_get(json_object_get(spec, "resources"), "pids"));
     pthread_mutex_lock(&quota_lock);
-    if (check_quota(r, memory) < 0) {
+    if (check_quota(r, memory, pids) < 0) {
         pthread_mutex_unlock(&quota_lock);
         goto out;
     }

@@ -35,6 +35,8 @@ int h_tokens_revoke(sreq *r);
 int h_tenants_list(sreq *r);
 int h_tenants_get(sreq *r);
 int h_tenants_put(sreq *r);
+/* limits.c: the operator's ceilings and the host budget (admin) */
+int h_limits(sreq *r);
 
 /* secrets.c: /v1/secrets (values are write-only) */
 int h_secrets_create(sreq *r);

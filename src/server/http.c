@@ -681,7 +681,7 @@ int server_run(const server_options *opt, cell_error *err)
     if (conns_start(&s, err) < 0 || cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
         goto out;
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
-    if (store_open(&s.st, s.state_dir, err) < 0)
+    if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0)
         goto out;
     if (!opt->no_token && ensure_admin_token(&s, token_path, sizeof token_path, &created, err) < 0)
         goto out;

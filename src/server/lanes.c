@@ -42,6 +42,8 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
                              "not starting with '.' or '-'", name), -1;
     if (size && size < CELL_LANE_MIN_SIZE)
         return reply_problem(r, 400, "invalid_request", "field \"size\" must be 0 (unlimited) or at least 16M"), -1;
+    if (limits_check(r, "size", size, r->s->opt.limits.lane_size, "lane.size") < 0)
+        return -1;
     store_tenant t;
     cell_error e = { 0 };
     if (store_tenant_ensure(r->s->st, r->tok.tenant, &e) < 0 || store_tenant_get(r->s->st, r->tok.tenant, &t, &e) < 0)

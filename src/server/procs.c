@@ -12,12 +12,33 @@
 
 #define SSE_KEEPALIVE_MS 15000
 
-void procs_config_default(struct proc_config *c)
+static int64_t at_most(int64_t v, uint64_t ceiling)
+{
+    return (uint64_t)v > ceiling ? (int64_t)ceiling : v;
+}
+
+void procs_config_default(struct proc_config *c, const server_limits *l)
 {
     *c = (struct proc_config){
-        .max_concurrent = 64, .default_run_timeout_ms = 30000, .max_run_timeout_ms = 300000,
-        .max_output_bytes = 1 << 20, .max_log_bytes = 10 << 20, .max_input_bytes = 65536,
+        .max_concurrent = at_most(64, l->procs), .default_run_timeout_ms = at_most(30000, l->run_timeout_ms),
+        .max_run_timeout_ms = at_most(300000, l->run_timeout_ms), .max_output_bytes = at_most(1 << 20, l->output_bytes),
+        .max_log_bytes = at_most(10 << 20, l->log_bytes), .max_input_bytes = at_most(65536, l->input_bytes),
     };
+}
+
+/* What every process's log entries cost in daemon memory together, against
+ * --limit log.memory: per-process caps times processes times cells could
+ * otherwise add up past what the host has. */
+static atomic_ullong log_memory_used;
+
+uint64_t procs_log_memory(void)
+{
+    return atomic_load(&log_memory_used);
+}
+
+static size_t plog_cost(const plog *e)
+{
+    return sizeof *e + e->len + sizeof e;    /* the entry, its data, its slot */
 }
 
 /* ---- small pieces --------------------------------------------------------------- */
@@ -140,8 +161,10 @@ json_t *procs_log_json(const plog *e)
 /* ---- the process table -------------------------------------------------------------- */
 static void proc_free(sproc *p)
 {
-    for (size_t i = 0; i < p->n_log; i++)
+    for (size_t i = 0; i < p->n_log; i++) {
+        atomic_fetch_sub(&log_memory_used, plog_cost(p->log[i]));
         free(p->log[i]);
+    }
     free(p->log);
     free(p->command);
     free(p->cwd);
@@ -244,7 +267,7 @@ void procs_free_all(scell *sc)
     }
 }
 
-static void append_log(sproc *p, int stream, const char *data, size_t len, int64_t max_bytes)
+static void append_log(sproc *p, int stream, const char *data, size_t len, int64_t max_bytes, uint64_t budget)
 {
     plog *e = malloc(sizeof *e + len);
     if (!e)
@@ -269,10 +292,16 @@ static void append_log(sproc *p, int stream, const char *data, size_t len, int64
     }
     p->log[p->n_log++] = e;
     p->log_bytes += len;
-    /* Keep the newest max_bytes of output; the oldest entries go first. */
+    uint64_t used = atomic_fetch_add(&log_memory_used, plog_cost(e)) + plog_cost(e);
+    /* Keep the newest max_bytes of output; the oldest entries go first.
+     * Past the daemon-wide budget the writing process gives up its own
+     * oldest entries, the new one too if need be, never another's. */
     size_t drop = 0;
-    while (p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log)
+    while (drop < p->n_log && ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) || used > budget)) {
+        size_t cost = plog_cost(p->log[drop]);
+        used = atomic_fetch_sub(&log_memory_used, cost) - cost;
         p->log_bytes -= p->log[drop]->len, free(p->log[drop]), drop++;
+    }
     if (drop) {
         memmove(p->log, p->log + drop, (p->n_log - drop) * sizeof *p->log);
         p->n_log -= drop;
@@ -314,7 +343,7 @@ static void *reader_main(void *arg)
                 pthread_mutex_lock(&sc->plock);
                 int64_t max = sc->pconf.max_log_bytes;
                 pthread_mutex_unlock(&sc->plock);
-                append_log(p, streams[i], buf, (size_t)got, max);
+                append_log(p, streams[i], buf, (size_t)got, max, sc->s->opt.limits.log_memory);
             } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
                 fds[i].fd = -1;        /* EOF, or EIO on a pty whose last user left */
                 open_fds--;
@@ -597,8 +626,8 @@ int h_proc_config(sreq *r)
     if (req_json(r, &body) < 0)
         return MHD_YES;
     struct proc_config c;
-    const int64_t big = INT64_MAX / 2;
-    if (json_get_int(r, body, "maxConcurrentProcesses", 1, 0, 1 << 20, &c.max_concurrent) < 0 ||
+    const int64_t big = INT64_MAX;   /* the operator's ceilings are checked below, by name */
+    if (json_get_int(r, body, "maxConcurrentProcesses", 1, 0, big, &c.max_concurrent) < 0 ||
         json_get_int(r, body, "defaultRunTimeoutMs", 1, 0, big, &c.default_run_timeout_ms) < 0 ||
         json_get_int(r, body, "maxRunTimeoutMs", 1, 0, big, &c.max_run_timeout_ms) < 0 ||
         json_get_int(r, body, "maxOutputBytes", 1, 0, big, &c.max_output_bytes) < 0 ||
@@ -613,6 +642,14 @@ int h_proc_config(sreq *r)
                      : c.max_input_bytes == 0 ? "maxInputBytesPerRequest" : NULL;
     if (zero)
         return reply_problem(r, 400, "invalid_request", "%s must be greater than 0", zero);
+    const server_limits *l = &sc->s->opt.limits;
+    if (limits_check(r, "maxConcurrentProcesses", (uint64_t)c.max_concurrent, l->procs, "procs") < 0 ||
+        limits_check(r, "defaultRunTimeoutMs", (uint64_t)c.default_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
+        limits_check(r, "maxRunTimeoutMs", (uint64_t)c.max_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
+        limits_check(r, "maxOutputBytes", (uint64_t)c.max_output_bytes, l->output_bytes, "run.outputBytes") < 0 ||
+        limits_check(r, "maxLogBytesPerProcess", (uint64_t)c.max_log_bytes, l->log_bytes, "log.bytesPerProcess") < 0 ||
+        limits_check(r, "maxInputBytesPerRequest", (uint64_t)c.max_input_bytes, l->input_bytes, "input.bytes") < 0)
+        return MHD_YES;
     if (c.default_run_timeout_ms > c.max_run_timeout_ms)
         c.default_run_timeout_ms = c.max_run_timeout_ms;
     pthread_mutex_lock(&sc->plock);

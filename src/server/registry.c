@@ -33,7 +33,7 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     pthread_mutex_init(&sc->io, NULL);
     pthread_mutex_init(&sc->plock, NULL);
     pthread_cond_init(&sc->pcond, NULL);
-    procs_config_default(&sc->pconf);
+    procs_config_default(&sc->pconf, &s->opt.limits);
     sc->refs = 2;                   /* the list's and the caller's */
     pthread_mutex_lock(&s->lock);
     sc->next = s->cells;

@@ -30,6 +30,7 @@ const route control_routes[] = {
     { "GET",    "/v1/tenants",              h_tenants_list,  NULL, ROUTE_ADMIN },
     { "GET",    "/v1/tenants/{name}",       h_tenants_get,   NULL, 0 },
     { "PUT",    "/v1/tenants/{name}",       h_tenants_put,   NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/limits",               h_limits,        NULL, ROUTE_ADMIN },
     { "POST",   "/v1/secrets",              h_secrets_create, NULL, 0 },
     { "GET",    "/v1/secrets",              h_secrets_list,  NULL, 0 },
     { "DELETE", "/v1/secrets/{name}",       h_secrets_delete, NULL, 0 },

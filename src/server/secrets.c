@@ -113,3 +113,21 @@ int h_secrets_delete(sreq *r)
         return e.code == ENOENT ? reply_problem(r, 404, "not_found", "secret %s", name) : reply_error(r, &e);
     return reply_empty(r, 204);
 }
+
+/* The key lives outside cell.db: --secrets-key-file, else STATE/secrets.key
+ * (created on first start).  The daemon does not start without it when
+ * sealed secrets exist, or with a key that did not seal them. */
+int secrets_start(srv *s, cell_error *err)
+{
+    char path[4096];
+    if (s->opt.secrets_key_file)
+        snprintf(path, sizeof path, "%s", s->opt.secrets_key_file);
+    else if (util_path(path, sizeof path, err, "%s/secrets.key", s->state_dir) < 0)
+        return -1;
+    size_t sealed = 0;
+    if (store_secrets_key(s->st, path, &sealed, err) < 0)
+        return -1;
+    if (sealed && !s->opt.quiet)
+        fprintf(stderr, "cell serve: sealed %zu secrets stored in plain text by an older version\n", sealed);
+    return 0;
+}

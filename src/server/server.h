@@ -16,6 +16,34 @@
 #define SERVER_DEFAULT_IDLE_TIMEOUT     60      /* seconds without a byte */
 #define SERVER_DEFAULT_HEADER_TIMEOUT   15      /* seconds to send a request's head */
 
+/* Operator ceilings on every number a tenant can set through the API, and
+ * the host budget all cells together reserve from.  0 = the default, most
+ * derived from the host at start (docs/api.md "Limits" lists them); `cell
+ * serve --limit KEY=VALUE` sets one. */
+typedef struct server_limits {
+    uint64_t cell_memory;       /* resources.memory and a memory mount's size (bytes) */
+    uint64_t cell_pids;         /* resources.pids */
+    uint64_t cell_cpu_millis;   /* resources.cpus x 1000 */
+    uint64_t cell_disk;         /* resources.disk (bytes) */
+    uint64_t cell_ttl_s;        /* ttl (seconds) */
+    uint64_t lane_size;         /* lanes: size (bytes) */
+    uint64_t procs;             /* maxConcurrentProcesses */
+    uint64_t run_timeout_ms;    /* maxRunTimeoutMs, defaultRunTimeoutMs; run timeoutMs is clamped */
+    uint64_t output_bytes;      /* maxOutputBytes; run maxOutputBytes is clamped */
+    uint64_t log_bytes;         /* maxLogBytesPerProcess */
+    uint64_t input_bytes;       /* maxInputBytesPerRequest */
+    uint64_t log_memory;        /* all processes' logs in daemon memory together (bytes) */
+    uint64_t host_memory;       /* 0 = MemTotal */
+    uint64_t host_pids;         /* 0 = min(pid_max, threads-max) */
+    uint64_t reserve_memory;    /* kept from cells for the host and the daemon */
+    uint64_t reserve_pids;
+} server_limits;
+
+/* Set one limit from "KEY=VALUE" (`cell serve --limit`); server_limit_keys
+ * lists the keys. */
+int server_limit_set(server_limits *l, const char *assignment, cell_error *err);
+extern const char server_limit_keys[];
+
 typedef struct server_options {
     const char *state_dir;      /* NULL = cell_default_state_dir() */
     const char *listen;         /* "HOST:PORT"; NULL = default, "" = no TCP */
@@ -27,6 +55,8 @@ typedef struct server_options {
     uint32_t    token_rate;     /* default rate (req/s) of tokens made by the API, 0 = unlimited */
     int         quiet;          /* no startup banner */
     const char *upstream_ca_file; /* PEM roots trusted for intercepted upstreams, besides the host's */
+    server_limits limits;       /* ceilings and the host budget, 0 = derived */
+    const char *secrets_key_file; /* NULL = STATE/secrets.key */
     unsigned    max_conns;      /* 0 = SERVER_DEFAULT_MAX_CONNS */
     unsigned    max_conns_per_ip; /* 0 = SERVER_DEFAULT_MAX_CONNS_PER_IP */
     unsigned    idle_timeout_s; /* 0 = SERVER_DEFAULT_IDLE_TIMEOUT */

@@ -234,6 +234,22 @@ void   registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memor
 void scell_io_lock(scell *sc);
 void scell_io_unlock(scell *sc);
 
+/* ---- limits (limits.c) -------------------------------------------------------
+ * limits_start fills s->opt.limits' zeros from the host and sets new
+ * tenants' default quotas within the host budget. */
+int      limits_start(srv *s, cell_error *err);
+uint64_t limits_budget_memory(srv *s);  /* host memory minus the reserve */
+uint64_t limits_budget_pids(srv *s);
+/* 0 if value <= ceiling, else -1 after a 400 naming the field and ceiling. */
+int      limits_check(sreq *r, const char *field, uint64_t value, uint64_t ceiling, const char *key);
+/* Memory and pids reserved by the cells of `tenant` (NULL = every tenant). */
+void     limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pids);
+/* 0 if a cell asking memory and pids fits the daemon-wide budget, else -1
+ * after a 409 budget_exceeded naming the budget.  Callers serialize. */
+int      limits_check_budget(sreq *r, uint64_t memory, uint64_t pids);
+/* secrets.c: load (or create) the key that seals secrets, seal old rows. */
+int      secrets_start(srv *s, cell_error *err);
+
 /* ---- processes (procs.c) ----------------------------------------------------*/
 enum plog_stream { PLOG_STDOUT = 0, PLOG_STDERR = 1, PLOG_PTY = 2 };
 typedef struct plog {
@@ -274,7 +290,10 @@ void   procs_put(sproc *p);
 json_t *procs_log_json(const plog *e);
 /* Write to the process's stdin or terminal. */
 int    procs_write_input(sproc *p, const void *data, size_t len, cell_error *err);
-void   procs_config_default(struct proc_config *c);
+/* sandbox-agent's defaults, lowered to the operator's ceilings if above. */
+void   procs_config_default(struct proc_config *c, const server_limits *l);
+/* Bytes every process's log entries hold in daemon memory together. */
+uint64_t procs_log_memory(void);
 /* Set a tty process's window size.  Returns 0; -2 (a 409 for clients, err
  * says why) if it is not a tty process or has exited; -1 if the cell failed. */
 int    procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err);

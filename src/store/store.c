@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <openssl/crypto.h>
@@ -24,9 +26,12 @@ struct store {
     pthread_mutex_t lock;
     int             last_rc;   /* extended code of the last failure, under lock */
     store_audit    *audit;
+    store_tenant    defaults;  /* quotas of new tenants */
+    unsigned char   skey[STORE_SECRETS_KEY_SIZE]; /* seals secrets; has_skey */
+    int             has_skey;
 };
 
-#define TENANT_COLS "name, max_cells, max_memory, max_lanes, max_disk, created"
+#define TENANT_COLS "name, max_cells, max_memory, max_lanes, max_disk, created, max_pids"
 #define TOKEN_COLS  "id, tenant, label, admin, rate, created, revoked"
 #define CELL_COLS   "id, tenant, state, spec, created, updated"
 #define LANE_COLS   "id, tenant, name, image, size, state, created"
@@ -79,6 +84,26 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "  value   BLOB NOT NULL CHECK (length(value) BETWEEN 1 AND 65536),"
     "  created INTEGER NOT NULL,"
     "  UNIQUE (tenant, name));",
+    /* 3: a tenant pid quota (rows from before get the old per-cell default
+     * times 8, the daemon's host budget bounds the sum anyway), and sealed
+     * secrets: `value` is nonce | AES-256-GCM ciphertext | tag when sealed = 1
+     * (28 bytes more than the value), plain when 0 (rows from version 2,
+     * sealed at the next start); `secrets_key` holds a digest of the key
+     * that sealed them, so a wrong key file is told apart from a bad row. */
+    "ALTER TABLE tenants ADD COLUMN max_pids INTEGER NOT NULL DEFAULT 32768;"
+    "CREATE TABLE secrets_v3 ("
+    "  tenant  TEXT NOT NULL REFERENCES tenants(name),"
+    "  name    TEXT NOT NULL,"
+    "  value   BLOB NOT NULL CHECK (length(value) BETWEEN 1 AND 65564),"
+    "  sealed  INTEGER NOT NULL DEFAULT 0 CHECK (sealed IN (0, 1)),"
+    "  created INTEGER NOT NULL,"
+    "  UNIQUE (tenant, name));"
+    "INSERT INTO secrets_v3 (tenant, name, value, sealed, created) SELECT tenant, name, value, 0, created FROM secrets;"
+    "DROP TABLE secrets;"
+    "ALTER TABLE secrets_v3 RENAME TO secrets;"
+    "CREATE TABLE secrets_key ("
+    "  id     INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  digest BLOB NOT NULL CHECK (length(digest) = 32));",
 };
 
 /* ---- plumbing ------------------------------------------------------------ */
@@ -375,6 +400,9 @@ int store_open(store **out, const char *state_dir, cell_error *err)
         free(s);
         return util_fail(err, ENOMEM, "store_open: cannot create mutex");
     }
+    s->defaults = (store_tenant){ .max_cells = STORE_DEFAULT_MAX_CELLS, .max_memory = STORE_DEFAULT_MAX_MEMORY,
+                                  .max_lanes = STORE_DEFAULT_MAX_LANES, .max_disk = STORE_DEFAULT_MAX_DISK,
+                                  .max_pids = STORE_DEFAULT_MAX_PIDS };
     int rc = sqlite3_open_v2(path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW |
                                  SQLITE_OPEN_EXRESCODE,
@@ -416,6 +444,7 @@ void store_close(store *s)
     if (!s)
         return;
     store_audit_fini(s->audit);
+    OPENSSL_cleanse(s->skey, sizeof s->skey);
     sqlite3_close_v2(s->db); /* NULL is a no-op */
     pthread_mutex_destroy(&s->lock);
     free(s);
@@ -430,10 +459,11 @@ store_audit *store_audit_of(store *s)
 
 static int ensure_tenant_locked(store *s, const char *name, cell_error *err)
 {
+    const store_tenant *d = &s->defaults;
     return db_run(s, err, "create tenant",
-                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                  "tiiiii", name, (int64_t)STORE_DEFAULT_MAX_CELLS, (int64_t)STORE_DEFAULT_MAX_MEMORY,
-                  (int64_t)STORE_DEFAULT_MAX_LANES, (int64_t)STORE_DEFAULT_MAX_DISK, now_ms()) < 0
+                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                  "tiiiiii", name, (int64_t)d->max_cells, (int64_t)d->max_memory, (int64_t)d->max_lanes,
+                  (int64_t)d->max_disk, now_ms(), (int64_t)d->max_pids) < 0
                ? -1
                : 0;
 }
@@ -455,6 +485,7 @@ static int read_tenant(sqlite3_stmt *st, void *row)
     t->max_lanes = (uint32_t)sqlite3_column_int64(st, 3);
     t->max_disk = (uint64_t)sqlite3_column_int64(st, 4);
     t->created = sqlite3_column_int64(st, 5);
+    t->max_pids = (uint32_t)sqlite3_column_int64(st, 6);
     return 0;
 }
 
@@ -470,6 +501,13 @@ static int fetch_one(store *s, sqlite3_stmt *st, row_reader read, void *out, cel
     if (read(st, out) < 0)
         return util_fail(err, ENOMEM, "%s: out of memory", what);
     return 0;
+}
+
+void store_tenant_defaults(store *s, const store_tenant *d)
+{
+    LOCKED(s);
+    s->defaults = *d;
+    snprintf(s->defaults.name, sizeof s->defaults.name, "%s", "");
 }
 
 int store_tenant_get(store *s, const char *name, store_tenant *out, cell_error *err)
@@ -491,11 +529,11 @@ int store_tenant_set_quota(store *s, const store_tenant *t, cell_error *err)
         return t ? -1 : util_fail(err, EINVAL, "store_tenant_set_quota: no tenant");
     LOCKED(s);
     return db_run(s, err, "set tenant quota",
-                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                  "INSERT INTO tenants (" TENANT_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                   "max_cells = excluded.max_cells, max_memory = excluded.max_memory, "
-                  "max_lanes = excluded.max_lanes, max_disk = excluded.max_disk",
-                  "tiiiii", t->name, (int64_t)t->max_cells, (int64_t)t->max_memory, (int64_t)t->max_lanes,
-                  (int64_t)t->max_disk, now_ms()) < 0
+                  "max_lanes = excluded.max_lanes, max_disk = excluded.max_disk, max_pids = excluded.max_pids",
+                  "tiiiiii", t->name, (int64_t)t->max_cells, (int64_t)t->max_memory, (int64_t)t->max_lanes,
+                  (int64_t)t->max_disk, now_ms(), (int64_t)t->max_pids) < 0
                ? -1
                : 0;
 }
@@ -987,6 +1025,216 @@ int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *er
     return collect(s, st, sizeof **out, read_lane, NULL, (void **)out, n, err, "list unfinished lanes");
 }
 
+/* ---- secrets: the key and sealing ------------------------------------------
+ * A sealed value is nonce (12) | AES-256-GCM ciphertext | tag (16), with
+ * "tenant\0name" as associated data: a row copied to another tenant or name
+ * does not open. */
+#define SEAL_NONCE    12
+#define SEAL_TAG      16
+#define SEAL_OVERHEAD (SEAL_NONCE + SEAL_TAG)
+
+/* SHA-256("cell secrets key v1" | key): recorded so that a wrong key file is
+ * reported as such; the key itself never enters the database. */
+static int key_digest(const unsigned char *key, unsigned char out[32])
+{
+    static const char label[] = "cell secrets key v1";
+    unsigned char buf[sizeof label - 1 + STORE_SECRETS_KEY_SIZE];
+    memcpy(buf, label, sizeof label - 1);
+    memcpy(buf + sizeof label - 1, key, STORE_SECRETS_KEY_SIZE);
+    unsigned int n = 0;
+    int ok = EVP_Digest(buf, sizeof buf, out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+    OPENSSL_cleanse(buf, sizeof buf);
+    return ok ? 0 : -1;
+}
+
+/* A GCM context keyed, with its nonce and the row's associated data fed. */
+static EVP_CIPHER_CTX *gcm_begin(const store *s, int enc, const unsigned char *nonce, const char *tenant,
+                                 const char *name)
+{
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int outl;
+    if (c && EVP_CipherInit_ex(c, EVP_aes_256_gcm(), NULL, s->skey, nonce, enc) == 1 &&
+        EVP_CipherUpdate(c, NULL, &outl, (const unsigned char *)tenant, (int)strlen(tenant) + 1) == 1 &&
+        EVP_CipherUpdate(c, NULL, &outl, (const unsigned char *)name, (int)strlen(name)) == 1)
+        return c;
+    EVP_CIPHER_CTX_free(c);
+    return NULL;
+}
+
+/* out: len + SEAL_OVERHEAD bytes. */
+static int seal(const store *s, const char *tenant, const char *name, const void *in, size_t len, unsigned char *out)
+{
+    if (RAND_bytes(out, SEAL_NONCE) != 1)
+        return -1;
+    EVP_CIPHER_CTX *c = gcm_begin(s, 1, out, tenant, name);
+    int n1 = 0, n2 = 0;
+    int ok = c && EVP_CipherUpdate(c, out + SEAL_NONCE, &n1, in, (int)len) == 1 &&
+             EVP_CipherFinal_ex(c, out + SEAL_NONCE + n1, &n2) == 1 && (size_t)(n1 + n2) == len &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, SEAL_TAG, out + SEAL_NONCE + len) == 1;
+    EVP_CIPHER_CTX_free(c);
+    return ok ? 0 : -1;
+}
+
+/* out: n - SEAL_OVERHEAD bytes; -1 unless the tag verifies. */
+static int unseal(const store *s, const char *tenant, const char *name, const unsigned char *in, size_t n,
+                  unsigned char *out)
+{
+    if (n <= SEAL_OVERHEAD)
+        return -1;
+    size_t len = n - SEAL_OVERHEAD;
+    EVP_CIPHER_CTX *c = gcm_begin(s, 0, in, tenant, name);
+    int n1 = 0, n2 = 0;
+    int ok = c && EVP_CipherUpdate(c, out, &n1, in + SEAL_NONCE, (int)len) == 1 &&
+             EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, SEAL_TAG, (void *)(in + SEAL_NONCE + len)) == 1 &&
+             EVP_CipherFinal_ex(c, out + n1, &n2) == 1 && (size_t)(n1 + n2) == len;
+    EVP_CIPHER_CTX_free(c);
+    if (!ok)
+        OPENSSL_cleanse(out, len);
+    return ok ? 0 : -1;
+}
+
+/* Read a 32-byte key file that only its owner can read. */
+static int read_key_file(const char *path, unsigned char *key, cell_error *err)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return util_fail_errno(err, "secrets key %s", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return util_fail_errno(err, "secrets key %s", path);
+    if (!S_ISREG(st.st_mode))
+        return util_fail(err, EINVAL, "secrets key %s is not a regular file", path);
+    if (st.st_mode & 077)
+        return util_fail(err, EPERM, "secrets key %s is readable by others (mode %03o): chmod 600 it",
+                         path, (unsigned)(st.st_mode & 0777));
+    if (st.st_uid != geteuid())
+        return util_fail(err, EPERM, "secrets key %s is not owned by the daemon's user", path);
+    if (st.st_size != STORE_SECRETS_KEY_SIZE)
+        return util_fail(err, EINVAL, "secrets key %s must hold exactly %d bytes, not %lld", path,
+                         STORE_SECRETS_KEY_SIZE, (long long)st.st_size);
+    ssize_t n = read(fd, key, STORE_SECRETS_KEY_SIZE);
+    if (n != STORE_SECRETS_KEY_SIZE)
+        return n < 0 ? util_fail_errno(err, "read secrets key %s", path)
+                     : util_fail(err, EIO, "read secrets key %s: short read", path);
+    return 0;
+}
+
+/* A new key from getrandom(), written to a new 0600 file (never over one). */
+static int create_key_file(const char *path, unsigned char *key, cell_error *err)
+{
+    for (size_t got = 0; got < STORE_SECRETS_KEY_SIZE;) {
+        ssize_t n = getrandom(key + got, STORE_SECRETS_KEY_SIZE - got, 0);
+        if (n < 0 && errno != EINTR)
+            return util_fail_errno(err, "getrandom");
+        got += n > 0 ? (size_t)n : 0;
+    }
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "create secrets key %s", path);
+    if (write(fd, key, STORE_SECRETS_KEY_SIZE) != STORE_SECRETS_KEY_SIZE || fsync(fd) < 0) {
+        util_fail_errno(err, "write secrets key %s", path);
+        unlink(path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Seal every row older versions stored in plain text.  Caller holds the
+ * lock and has a key. */
+static int seal_plain_rows(store *s, size_t *count, cell_error *err)
+{
+    typedef struct plain_row { char tenant[64], name[64]; } plain_row;
+    *count = 0;
+    if (db_begin(s, err) < 0)
+        return -1;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read plain secrets", "SELECT tenant, name, value FROM secrets WHERE sealed = 0", "") < 0)
+        return db_rollback(s);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        plain_row row;
+        col_text(st, 0, row.tenant, sizeof row.tenant);
+        col_text(st, 1, row.name, sizeof row.name);
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
+        const void *value = sqlite3_column_blob(st, 2);
+        unsigned char *sealed = malloc(len + SEAL_OVERHEAD);
+        if (!sealed || !value || seal(s, row.tenant, row.name, value, len, sealed) < 0) {
+            free(sealed);
+            util_fail(err, EIO, "seal secret %s of tenant %s", row.name, row.tenant);
+            return db_rollback(s);
+        }
+        /* Updating the row a SELECT stands on is fine in SQLite (same
+         * connection, the row is not moved: its key is unchanged). */
+        int ch = db_run(s, err, "seal secret", "UPDATE secrets SET value = ?, sealed = 1 WHERE tenant = ? AND name = ?",
+                        "Btt", sealed, len + SEAL_OVERHEAD, row.tenant, row.name);
+        free(sealed);
+        if (ch < 0)
+            return db_rollback(s);
+        (*count)++;
+    }
+    if (rc != SQLITE_DONE) {
+        db_fail(s, rc, err, "read plain secrets");
+        return db_rollback(s);
+    }
+    return db_commit(s, err);
+}
+
+int store_secrets_key(store *s, const char *path, size_t *sealed_now, cell_error *err)
+{
+    cell_error local = { 0 };
+    if (!err)
+        err = &local;            /* the ENOENT test below reads err->code */
+    if (!path || !*path)
+        return util_fail(err, EINVAL, "store_secrets_key: no path");
+    LOCKED(s);
+    int64_t n_sealed = 0, has_digest = 0;
+    if (db_int(s, err, "count sealed secrets", &n_sealed, "SELECT count(*) FROM secrets WHERE sealed = 1", "", NULL) < 0 ||
+        db_int(s, err, "read key digest", &has_digest, "SELECT count(*) FROM secrets_key", "", NULL) < 0)
+        return -1;
+    unsigned char key[STORE_SECRETS_KEY_SIZE], digest[32];
+    int rc = read_key_file(path, key, err);
+    if (rc < 0 && err && err->code == ENOENT) {
+        /* Fail closed: a new key would make the sealed rows unreadable. */
+        if (n_sealed || has_digest)
+            return util_fail(err, ENOKEY, "secrets key %s is missing, but cell.db holds %lld sealed secrets: "
+                             "restore the key file (or point --secrets-key-file at it)", path, (long long)n_sealed);
+        rc = create_key_file(path, key, err);
+    }
+    if (rc < 0 || key_digest(key, digest) < 0) {
+        OPENSSL_cleanse(key, sizeof key);
+        return rc < 0 ? -1 : util_fail(err, EIO, "secrets key: SHA-256 failed");
+    }
+    memcpy(s->skey, key, sizeof key);
+    OPENSSL_cleanse(key, sizeof key);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read key digest", "SELECT digest FROM secrets_key WHERE id = 1", "") < 0)
+        return -1;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && (sqlite3_column_bytes(st, 0) != 32 || CRYPTO_memcmp(sqlite3_column_blob(st, 0), digest, 32))) {
+        OPENSSL_cleanse(s->skey, sizeof s->skey);
+        return util_fail(err, EKEYREJECTED, "secrets key %s is not the key cell.db's secrets were sealed with "
+                         "(wrong key file?)", path);
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return db_fail(s, rc, err, "read key digest");
+    sqlite3_finalize(st);        /* an open statement would block the checkpoint below */
+    st = NULL;
+    if (rc == SQLITE_DONE &&
+        db_run(s, err, "record key digest", "INSERT INTO secrets_key (id, digest) VALUES (1, ?)", "b", digest) < 0)
+        return -1;
+    s->has_skey = 1;
+    size_t count = 0;
+    if (seal_plain_rows(s, &count, err) < 0)
+        return -1;
+    /* Plain values of rows just sealed are still in WAL frames: copy the
+     * WAL into the (secure_delete) database and empty it. */
+    if (count && sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL) != SQLITE_OK)
+        return db_fail(s, sqlite3_errcode(s->db), err, "checkpoint the WAL after sealing secrets");
+    if (sealed_now)
+        *sealed_now = count;
+    return 0;
+}
+
 /* ---- secrets ------------------------------------------------------------- */
 
 static int read_secret_info(sqlite3_stmt *st, void *row)
@@ -1009,13 +1257,20 @@ int store_secret_put(store *s, const char *tenant, const char *name, const void 
     if (len > STORE_SECRET_MAX_VALUE)
         return util_fail(err, E2BIG, "secret %s: the value is larger than %u bytes", name, STORE_SECRET_MAX_VALUE);
     LOCKED(s);
+    if (!s->has_skey)
+        return util_fail(err, EACCES, "secret %s: no secrets key is loaded, so it cannot be stored sealed", name);
+    _cleanup_free_ unsigned char *sealed = malloc(len + SEAL_OVERHEAD);
+    if (!sealed)
+        return util_fail(err, ENOMEM, "secret %s: out of memory", name);
+    if (seal(s, tenant, name, value, len, sealed) < 0)
+        return util_fail(err, EIO, "secret %s: sealing failed", name);
     if (db_begin(s, err) < 0)
         return -1;
     if (ensure_tenant_locked(s, tenant, err) < 0 ||
         db_run(s, err, "store secret",
-               "INSERT INTO secrets (tenant, name, value, created) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT(tenant, name) DO UPDATE SET value = excluded.value, created = excluded.created",
-               "ttBi", tenant, name, value, len, now_ms()) < 0)
+               "INSERT INTO secrets (tenant, name, value, sealed, created) VALUES (?, ?, ?, 1, ?) "
+               "ON CONFLICT(tenant, name) DO UPDATE SET value = excluded.value, sealed = 1, created = excluded.created",
+               "ttBi", tenant, name, sealed, len + SEAL_OVERHEAD, now_ms()) < 0)
         return db_rollback(s);
     return db_commit(s, err);
 }
@@ -1028,24 +1283,32 @@ int store_secret_get(store *s, const char *tenant, const char *name, char **valu
     *len = 0;
     LOCKED(s);
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    if (db_query(s, &st, err, "read secret", "SELECT value FROM secrets WHERE tenant = ? AND name = ?", "tt", tenant,
-                 name) < 0)
+    if (db_query(s, &st, err, "read secret", "SELECT value, sealed FROM secrets WHERE tenant = ? AND name = ?", "tt",
+                 tenant, name) < 0)
         return -1;
     int rc = sqlite3_step(st);
     if (rc == SQLITE_DONE)
         return util_fail(err, ENOENT, "no secret '%.63s'", name);
     if (rc != SQLITE_ROW)
         return db_fail(s, rc, err, "read secret");
+    /* Fail closed: only a sealed row that opens with this tenant and name. */
+    if (!s->has_skey)
+        return util_fail(err, EACCES, "secret %.63s: no secrets key is loaded", name);
     const void *blob = sqlite3_column_blob(st, 0);
     size_t n = (size_t)sqlite3_column_bytes(st, 0);
-    char *copy = malloc(n + 1);
+    if (sqlite3_column_int(st, 1) != 1 || !blob || n <= SEAL_OVERHEAD)
+        return util_fail(err, EBADMSG, "secret %.63s is not sealed; restart the daemon to seal it", name);
+    char *copy = malloc(n - SEAL_OVERHEAD + 1);
     if (!copy)
         return util_fail(err, ENOMEM, "read secret: out of memory");
-    if (n)
-        memcpy(copy, blob, n);
-    copy[n] = '\0';
+    if (unseal(s, tenant, name, blob, n, (unsigned char *)copy) < 0) {
+        free(copy);
+        return util_fail(err, EBADMSG, "secret %.63s cannot be unsealed: it was not sealed for this tenant and name "
+                         "with this key", name);
+    }
+    copy[n - SEAL_OVERHEAD] = '\0';
     *value = copy;
-    *len = n;
+    *len = n - SEAL_OVERHEAD;
     return 0;
 }
 

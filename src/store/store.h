@@ -18,7 +18,7 @@
  * of another tenant), EEXIST (duplicate), EINVAL (bad argument), EACCES
  * (token check), EBUSY (database locked past the timeout), EIO/ENOSPC. */
 
-#define STORE_SCHEMA_VERSION        2
+#define STORE_SCHEMA_VERSION        3
 #define STORE_BUSY_TIMEOUT_MS       5000
 
 /* Quotas of a tenant made by store_tenant_ensure(). */
@@ -26,6 +26,7 @@
 #define STORE_DEFAULT_MAX_MEMORY    (16ull << 30)
 #define STORE_DEFAULT_MAX_LANES     64u
 #define STORE_DEFAULT_MAX_DISK      (64ull << 30)
+#define STORE_DEFAULT_MAX_PIDS      8192u   /* the daemon derives its own from the host */
 
 /* Bearer tokens: "cell_<12 hex id>_<32 hex secret>", 50 chars + NUL. */
 #define STORE_TOKEN_ID_HEX          12
@@ -51,12 +52,17 @@ typedef struct store_tenant {
     uint32_t max_lanes;
     uint64_t max_disk;    /* bytes, sum of lane sizes */
     int64_t  created;
+    uint32_t max_pids;    /* sum of the tenant's cells' pid limits */
 } store_tenant;
 
 /* Create `name` with the default quotas unless it exists.  EINVAL unless
  * util_valid_name(name). */
 int store_tenant_ensure(store *s, const char *name, cell_error *err);
 int store_tenant_get(store *s, const char *name, store_tenant *out, cell_error *err);
+/* The quotas tenants created from now on get (d->name and d->created are
+ * ignored); STORE_DEFAULT_* until called.  The daemon derives them from the
+ * host so that one tenant's defaults fit in what the host has. */
+void store_tenant_defaults(store *s, const store_tenant *d);
 /* Set t->name's quotas from *t, creating the tenant if missing (t->created
  * is ignored). */
 int store_tenant_set_quota(store *s, const store_tenant *t, cell_error *err);
@@ -152,9 +158,21 @@ int store_lanes_unfinished(store *s, store_lane **out, size_t *n, cell_error *er
 
 /* ---- secrets ------------------------------------------------------------
  * Credentials the daemon injects on the host side (a cell never sees the
- * value).  Stored as given, in the 0600 database: the daemon must be able
- * to use them, so hashing is not an option. */
+ * value).  Sealed with AES-256-GCM under a key kept outside the database
+ * (a random nonce per value, "tenant\0name" as associated data, so a row
+ * moved to another tenant or name does not open); without the key loaded,
+ * put and get fail (EACCES). */
 #define STORE_SECRET_MAX_VALUE      (64u << 10)
+#define STORE_SECRETS_KEY_SIZE      32
+
+/* Load the sealing key from `path` (exactly 32 bytes, a regular file of the
+ * daemon's user with no group/other access), creating it (0600, getrandom)
+ * when missing and the database has never held a sealed secret.  Fails
+ * closed: ENOKEY when the file is missing but sealed secrets exist,
+ * EKEYREJECTED when it is not the key they were sealed with, EPERM/EINVAL
+ * for a bad mode or size.  Then seals rows stored in plain text by older
+ * versions and empties the WAL; *sealed_now (may be NULL) says how many. */
+int store_secrets_key(store *s, const char *path, size_t *sealed_now, cell_error *err);
 
 typedef struct store_secret_info {
     char    name[64];
@@ -168,7 +186,7 @@ int store_secret_put(store *s, const char *tenant, const char *name, const void 
                      cell_error *err);
 /* *value: malloc()ed copy plus a NUL (not counted in *len); the caller
  * should OPENSSL_cleanse() it before free().  ENOENT if missing or another
- * tenant's. */
+ * tenant's; EBADMSG if the row does not open (moved, tampered, unsealed). */
 int store_secret_get(store *s, const char *tenant, const char *name, char **value, size_t *len, cell_error *err);
 /* Names and created times only, sorted by name; *out malloc()ed (free()),
  * NULL when *n == 0. */
@@ -182,7 +200,27 @@ int store_secret_delete(store *s, const char *tenant, const char *name, cell_err
  * copy: the caller's object is not modified and keeps its reference.
  * Returns 0, or -1 with errno (EINVAL, EMSGSIZE, or write()'s). */
 int store_audit_append(store *s, json_t *record);
-/* The newest `limit` records (0 = no limit) of `tenant` (NULL = all) with
+/* Rotation: past max_size bytes (0 = never) audit.log becomes audit.log.1,
+ * .1 becomes .2 and so on; keep (1..STORE_AUDIT_MAX_KEEP) files are kept
+ * besides audit.log, the oldest is dropped. */
+#define STORE_AUDIT_DEFAULT_MAX_SIZE (64ull << 20)
+#define STORE_AUDIT_DEFAULT_KEEP     4u
+#define STORE_AUDIT_MAX_KEEP         64u
+void store_audit_set_rotation(store *s, uint64_t max_size, unsigned keep);
+/* A read returns at most this many records (and at most 8 MiB of them). */
+#define STORE_AUDIT_MAX_RECORDS      10000u
+typedef struct store_audit_query {
+    const char *tenant, *kind, *cell;   /* NULL = any */
+    int64_t     since_ms;
+    uint64_t    before_seq;             /* only records with "seq" below (0 = newest) */
+    size_t      limit;                  /* 0 = STORE_AUDIT_MAX_RECORDS */
+} store_audit_query;
+/* The newest matching records across audit.log and its rotated files,
+ * oldest first, as a new array.  Every record carries a "seq" that grows by
+ * one per record written; *next (if not NULL) gets the seq to pass as
+ * before_seq for the next older page, 0 when there is none. */
+int store_audit_find(store *s, const store_audit_query *q, json_t **out_array, uint64_t *next, cell_error *err);
+/* The newest `limit` records (0 = STORE_AUDIT_MAX_RECORDS) of `tenant` (NULL = all) with
  * ts_ms >= since_ms, oldest first, as a new array in *out_array.  Lines that
  * do not parse, or lack "tenant"/"ts_ms", are skipped.  The file is read
  * backwards and reading stops at a record more than 5 minutes older than

@@ -8,6 +8,7 @@ leave no cell processes, no mounts and no sanitizer output behind.
 import io
 import json
 import os
+import subprocess
 import tarfile
 import threading
 import time
@@ -19,13 +20,17 @@ import daemon as dm
 from daemon import assert_problem, make_tenant_token, sse_events, wait_for
 
 MAX_JSON = 16 * 1024
+# Operator ceilings on what a create may ask (cell serve --limit KEY=VALUE).
+CEILINGS = {"cell.memory": 2 << 30, "cell.pids": 2048, "cell.cpus": 2, "cell.disk": 8 << 30, "cell.ttl": 86400,
+            "lane.size": 4 << 30}
+CEILING_ARGS = [a for k, v in sorted(CEILINGS.items()) for a in ("--limit", "%s=%d" % (k, v))]
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"])
+    dd = dm.Daemon(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"] + CEILING_ARGS)
     dd.start()
     yield dd
     try:
@@ -120,6 +125,7 @@ CONTROL_ROUTES = [
     ("GET", "/v1/tenants", None),
     ("GET", "/v1/tenants/default", None),
     ("PUT", "/v1/tenants/default", {"maxCells": 1}),
+    ("GET", "/v1/limits", None),
     ("GET", "/cells/abc/v1/health", None),
     ("POST", "/cells/abc/v1/processes/run", {"command": "true"}),
     ("GET", "/cells/abc/v1/fs/file?path=/etc/passwd", None),
@@ -477,6 +483,178 @@ def test_lane_quota(d, admin):
     r = c.post("/v1/lanes", {"name": "two"})
     assert r.status == 201, r
     c.delete("/v1/lanes/two")
+
+
+# ---- operator ceilings and the host budget ---------------------------------------------------
+
+# (body of POST /v1/cells, field named, limit key, ceiling as the API states it)
+OVER_CEILING = [
+    ({"resources": {"memory": (2 << 30) + 1}}, "resources.memory", "cell.memory", 2 << 30),
+    ({"resources": {"memory": "1T"}}, "resources.memory", "cell.memory", 2 << 30),
+    ({"resources": {"memory": 2 ** 62}}, "resources.memory", "cell.memory", 2 << 30),
+    ({"resources": {"pids": 2049}}, "resources.pids", "cell.pids", 2048),
+    ({"resources": {"cpus": 2.5}}, "resources.cpus", "cell.cpus", 2000),
+    ({"resources": {"disk": "9G"}}, "resources.disk", "cell.disk", 8 << 30),
+    ({"ttl": 86401}, "ttl", "cell.ttl", 86400),
+    ({"mounts": [{"type": "memory", "target": "/big", "size": "3G"}]}, "mounts[0].size", "cell.memory", 2 << 30),
+]
+
+
+@pytest.mark.parametrize("body,field,key,ceiling", OVER_CEILING, ids=[o[1] + "=" + json.dumps(o[0])[-12:] for o in OVER_CEILING])
+def test_create_above_a_ceiling_is_refused(d, admin, body, field, key, ceiling):
+    name, c, _ = new_tenant(d, admin)
+    # The tenant's own quotas would allow it: the ceiling is the operator's.
+    assert admin.put("/v1/tenants/%s" % name, {"maxMemory": "1T", "maxPids": 1 << 30}).status == 200
+    r = c.post("/v1/cells", body)
+    b = assert_problem(r, 400, "invalid_request", [field, str(ceiling), key])
+    assert b["details"] == {"field": field, "ceiling": ceiling, "limit": key}, b
+    assert c.get("/v1/cells").body["cells"] == []
+
+
+@pytest.mark.parametrize("body", [
+    {"resources": {"memory": -1}}, {"resources": {"pids": -5}}, {"resources": {"cpus": -1}},
+    {"resources": {"disk": -1}}, {"ttl": -1}, {"mounts": [{"type": "memory", "target": "/m", "size": -1}]},
+    {"resources": {"memory": [1]}}, {"resources": {"pids": "many"}}, {"resources": {"disk": True}},
+    {"ttl": 1.5}, {"mounts": [{"type": "memory", "target": "/m", "size": {"n": 1}}]},
+    {"resources": {"pids": 2 ** 64}},
+])
+def test_create_negative_or_wrong_type_numbers(admin, body):
+    r = admin.post("/v1/cells", body)
+    assert r.status in (400, 422), r
+    assert_problem(r, r.status)
+
+
+def test_create_at_the_ceiling_is_accepted(admin):
+    c = create_cell(admin, {"resources": {"memory": "64M", "pids": 2048, "cpus": 2}, "ttl": 86400})
+    try:
+        assert c["resources"]["pids"] == 2048 and c["ttl"] == 86400, c
+    finally:
+        admin.delete("/v1/cells/%s" % c["id"])
+
+
+def test_lane_size_ceiling(admin):
+    for size in ((4 << 30) + 1, "5G", 2 ** 62):
+        r = admin.post("/v1/lanes", {"name": uniq("l"), "size": size})
+        b = assert_problem(r, 400, "invalid_request", ["size", str(4 << 30), "lane.size"])
+        assert b["details"]["limit"] == "lane.size", b
+        r = admin.call("POST", "/v1/lanes/%s/import" % uniq("l"), body=b"x", query={"size": str(size)},
+                       headers={"Content-Type": "application/octet-stream"})
+        assert r.status == 400 and "lane.size" in r.body["detail"], r
+    for size in (-1, "lots", [1]):
+        assert_problem(admin.post("/v1/lanes", {"name": uniq("l"), "size": size}), 400)
+
+
+def _proc_int(path):
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def _mem_total():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no MemTotal")
+
+
+def test_default_budget_fits_this_host(d, admin):
+    """Defaults are derived from the host: all cells together, and one
+    tenant's default quota, stay below pid_max / threads-max and MemTotal."""
+    pid_max, threads_max = _proc_int("/proc/sys/kernel/pid_max"), _proc_int("/proc/sys/kernel/threads-max")
+    mem_total = _mem_total()
+    r = admin.get("/v1/limits")
+    assert r.status == 200, r
+    pids, mem = r.body["budget"]["pids"], r.body["budget"]["memory"]
+    assert pids["host"] == min(pid_max, threads_max) and mem["host"] == mem_total, r
+    assert 0 < pids["total"] == pids["host"] - pids["reserve"] < pids["host"], r
+    assert 0 < mem["total"] == mem["host"] - mem["reserve"] < mem["host"], r
+    assert r.body["ceilings"]["cell.pids"] <= pids["total"] and r.body["ceilings"]["cell.memory"] <= mem["total"]
+    assert 0 < r.body["logMemory"]["limit"] < mem_total, r
+    name, c, _ = new_tenant(d, admin)
+    q = c.get("/v1/tenants/%s" % name).body["quota"]
+    assert q["maxPids"] <= pids["total"] and q["maxMemory"] <= mem["total"], q
+    # Default cells: a tenant's whole default quota of cells fits the pid budget only as far as the budget says.
+    cell = create_cell(c, {})
+    try:
+        assert cell["resources"]["pids"] <= pids["total"], cell
+    finally:
+        c.delete("/v1/cells/%s" % cell["id"])
+    assert_problem(c.get("/v1/limits"), 403)
+
+
+def test_tenant_pid_quota(d, admin):
+    name, c, _ = new_tenant(d, admin)
+    r = admin.put("/v1/tenants/%s" % name, {"maxPids": 1000})
+    assert r.status == 200 and r.body["quota"]["maxPids"] == 1000, r
+    first = create_cell(c, {"resources": {"memory": "32M", "pids": 600}})
+    try:
+        assert c.get("/v1/tenants/%s" % name).body["usage"]["pids"] == 600
+        r = c.post("/v1/cells", {"resources": {"memory": "32M", "pids": 600}})
+        assert_problem(r, 403, "quota_exceeded", ["pids", "1000"])
+    finally:
+        c.delete("/v1/cells/%s" % first["id"])
+    for bad in (-1, "x", 2 ** 33):
+        assert_problem(admin.put("/v1/tenants/%s" % name, {"maxPids": bad}), 422 if bad == "x" else 400)
+
+
+def test_daemon_wide_budget_across_tenants(tmp_path_factory):
+    """Two tenants, each far under its own quota, together reach the host
+    budget (a small one set with --limit host.* and the --reserve-* margins):
+    the create that would pass it is refused, naming the budget."""
+    dd = dm.Daemon(tmp_path_factory.mktemp("budget"), ["--limit", "host.memory=1G", "--reserve-memory", "512M",
+                                                       "--limit", "host.pids=3000", "--reserve-pids", "1000"])
+    dd.start()
+    made = []
+    try:
+        adm = dd.client()
+        lim = adm.get("/v1/limits").body
+        assert lim["budget"]["memory"]["total"] == 512 << 20 and lim["budget"]["pids"]["total"] == 2000, lim
+        clients = []
+        for t in ("ta", "tb"):
+            tok, _ = make_tenant_token(adm, t)
+            assert adm.put("/v1/tenants/%s" % t, {"maxMemory": "1G", "maxPids": 3000, "maxCells": 10}).status == 200
+            clients.append(dd.client(tok))
+        a, b = clients
+
+        def make(c, memory, pids, status=201):
+            r = c.post("/v1/cells", {"resources": {"memory": memory, "pids": pids}})
+            assert r.status == status, r
+            if status == 201:
+                made.append((c, r.body["id"]))
+            return r
+
+        make(a, "150M", 100)
+        make(a, "150M", 100)
+        make(b, "100M", 100)                  # 400M of 512M
+        r = make(b, "150M", 100, 409)
+        body = assert_problem(r, 409, "budget_exceeded", ["memory", str(512 << 20)])
+        assert body["details"]["budget"] == "memory" and body["details"]["reserved"] == 400 << 20, body
+        assert b.get("/v1/tenants/tb").body["usage"]["memory"] == 100 << 20   # far under its 1G quota
+        make(a, "16M", 1500)                  # pids: 1800 of 2000
+        r = make(b, "16M", 300, 409)
+        body = assert_problem(r, 409, "budget_exceeded", ["pids", "2000"])
+        assert body["details"]["budget"] == "pids", body
+        # Deleting a cell gives its reservation back to everyone.
+        c, cid = made.pop(0)
+        assert c.delete("/v1/cells/%s" % cid).status == 204
+        make(b, "100M", 100)
+    finally:
+        for c, cid in made:
+            c.delete("/v1/cells/%s" % cid)
+        dd.stop()
+        dd.check_sanitizer()
+
+
+def test_serve_refuses_bad_limits(tmp_path):
+    for args in (["--limit", "cell.memory"], ["--limit", "nope=1"], ["--limit", "cell.pids=-1"],
+                 ["--limit", "cell.pids=0"], ["--reserve-memory", "lots"], ["--limit", "cell.memory=1Z"]):
+        r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--listen", "", "--socket", ""] + args,
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 2 and ("limit" in r.stderr or "reserve" in r.stderr), (args, r)
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--listen", "", "--socket", "",
+                        "--limit", "host.memory=1G", "--reserve-memory", "1G"], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode != 0 and "reserve" in r.stderr, r
 
 
 # ---- rate limit -----------------------------------------------------------------------------

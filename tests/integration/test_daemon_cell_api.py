@@ -21,13 +21,19 @@ import daemon as dm
 from daemon import assert_problem, make_tenant_token, sse_events, wait_for
 
 MAX_FILE = 8 << 20
+# Operator ceilings on /processes/config (cell serve --limit), above the defaults.
+CEILINGS = {"maxConcurrentProcesses": ("procs", 128), "defaultRunTimeoutMs": ("run.timeoutMs", 3600000),
+            "maxRunTimeoutMs": ("run.timeoutMs", 3600000), "maxOutputBytes": ("run.outputBytes", 16 << 20),
+            "maxLogBytesPerProcess": ("log.bytesPerProcess", 32 << 20),
+            "maxInputBytesPerRequest": ("input.bytes", 1 << 20)}
+CEILING_ARGS = [a for key, value in sorted(set(CEILINGS.values())) for a in ("--limit", "%s=%d" % (key, value))]
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("cellapi"), ["--max-file-size", "8M"])
+    dd = dm.Daemon(tmp_path_factory.mktemp("cellapi"), ["--max-file-size", "8M"] + CEILING_ARGS)
     dd.start()
     yield dd
     try:
@@ -179,6 +185,60 @@ def test_process_config_get_set_validate(own_cell):
     r = own_cell.post("/processes/%s/input" % p["id"], {"data": "0" * 16, "encoding": "utf8"})
     assert r.status == 200 and r.body == {"bytesWritten": 16}, r
     own_cell.post("/processes/%s/kill?waitMs=5000" % p["id"])
+
+
+@pytest.mark.parametrize("field", sorted(CEILINGS))
+def test_process_config_ceilings(own_cell, field):
+    """A tenant cannot set a number above the operator's ceiling (the review's
+    attack: maxLogBytesPerProcess = 2^62, then output until the daemon is
+    OOM-killed), nor a negative one or one of the wrong type."""
+    key, ceiling = CEILINGS[field]
+    base = dict(DEFAULT_CONFIG, maxRunTimeoutMs=ceiling) if field == "defaultRunTimeoutMs" else DEFAULT_CONFIG
+    for v in (ceiling + 1, 2 ** 62, 2 ** 63 - 1):
+        r = own_cell.post("/processes/config", dict(base, **{field: v}))
+        b = assert_problem(r, 400, "invalid_request", [field, str(ceiling), key])
+        assert b["details"] == {"field": field, "ceiling": ceiling, "limit": key}, b
+    for v in (-1, -(2 ** 62)):
+        r = own_cell.post("/processes/config", dict(base, **{field: v}))
+        assert_problem(r, 400, "invalid_request", field)
+    for v in ("1", 1.5, True, None, [1], {"n": 1}):
+        r = own_cell.post("/processes/config", dict(base, **{field: v}))
+        assert r.status == 422, (v, r)
+    assert own_cell.get("/processes/config").body == DEFAULT_CONFIG
+    r = own_cell.post("/processes/config", dict(base, **{field: ceiling}))
+    assert r.status == 200 and r.body[field] == ceiling, r
+
+
+def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
+    """Per-process log caps times processes times cells cannot add up past
+    --limit log.memory: four processes print 3 MiB each (12 MiB, under their
+    10 MiB caps) and the daemon keeps at most 2 MiB of logs, the newest
+    output of the process that wrote last included."""
+    dd = dm.Daemon(tmp_path_factory.mktemp("logmem"), ["--limit", "log.memory=2M"])
+    dd.start()
+    try:
+        admin = dd.client()
+        cells = [Cell(admin, new_cell(admin)) for _ in range(2)]
+        procs = []
+        for i in range(4):
+            c = cells[i % 2]
+            p = c.spawn("sh", ["-c", "head -c 3145728 /dev/zero | tr '\\0' x; echo END-%d" % i])
+            c.wait_exited(p["id"], timeout=60)
+            procs.append((c, p["id"]))
+        kept = sum(len(c.log_text(pid)) for c, pid in procs)
+        assert 0 < kept <= 2 << 20, kept
+        c, pid = procs[-1]
+        assert c.log_text(pid).endswith(b"END-3\n")
+        lim = admin.get("/v1/limits")
+        assert lim.status == 200 and lim.body["logMemory"]["limit"] == 2 << 20, lim
+        assert 0 < lim.body["logMemory"]["used"] <= 2 << 20, lim
+        # Deleting the cells gives the memory back.
+        for cc in cells:
+            assert admin.delete("/v1/cells/%s" % cc.id).status == 204
+        assert wait_for(lambda: admin.get("/v1/limits").body["logMemory"]["used"] == 0, 10)
+    finally:
+        dd.stop()
+        dd.check_sanitizer()
 
 
 # ---- buffered runs ------------------------------------------------------------------------
@@ -683,6 +743,127 @@ def test_fs_path_escapes_never_reveal_host_files(cell, host_marker):
     r = cell.post("/fs/move", {"from": "/root/to-marker", "to": "/root/moved", "overwrite": True})
     assert host_bytes(marker_path) == secret
     assert cell.sh("echo ok")["stdout"] == "ok\n", tried
+
+
+# ---- fs: the cell's credentials, never the daemon's (confused deputy) -------------------
+# Many kernel files check whoever calls write(2) or read(2), not whoever
+# opened them: the bytes must be moved by a process of the cell.
+
+
+def host_pid_of_argv(argv):
+    """Host pid of the process whose command line is exactly argv, or None."""
+    want = b"".join(a.encode() + b"\0" for a in argv)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    if f.read() == want:
+                        return int(name)
+            except OSError:
+                continue
+    return None
+
+
+def proc_status(text):
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+def host_int(path):
+    with open(path) as f:
+        return int(f.read().split()[-1])
+
+
+@pytest.fixture
+def victim(d, admin):
+    """(cell of a tenant, host pid, pid in the cell) of a sleeping process in it."""
+    tok, _ = make_tenant_token(admin, "deputy")
+    tenant = d.client(tok)
+    c = Cell(tenant, new_cell(tenant))
+    argv = ["sleep", "3600.%06d" % (uuid.uuid4().int % 1000000)]
+    c.spawn(argv[0], argv[1:])
+    assert wait_for(lambda: host_pid_of_argv(argv) is not None, 10)
+    hp = host_pid_of_argv(argv)
+    nspid = int(proc_status(open("/proc/%d/status" % hp).read())["NSpid"].split()[-1])
+    yield c, hp, nspid
+    admin.delete("/v1/cells/%s" % c.id)
+
+
+def test_fs_put_to_proc_is_checked_against_the_cells_credentials(victim):
+    c, hp, pid = victim
+    adj = host_int("/proc/%d/oom_score_adj" % hp)
+    if adj == -1000:
+        pytest.skip("oom_score_adj is already at its minimum")
+    # Lowering oom_score_adj needs CAP_SYS_RESOURCE on the host: the daemon
+    # has it, the cell's root does not.
+    assert_problem(c.put_file("/proc/%d/oom_score_adj" % pid, b"%d" % max(-1000, adj - 100)), 502, "stream_error")
+    assert host_int("/proc/%d/oom_score_adj" % hp) == adj
+    assert c.sh("echo %d > /proc/%d/oom_score_adj" % (max(-1000, adj - 100), pid))["exitCode"] != 0
+    if not os.path.exists("/proc/%d/autogroup" % hp):
+        return
+    nice = host_int("/proc/%d/autogroup" % hp)
+    assert_problem(c.put_file("/proc/%d/autogroup" % pid, b"-20"), 502, "stream_error", "not permitted")
+    assert host_int("/proc/%d/autogroup" % hp) == nice
+    # What the cell's root may do, the API may do too.
+    assert c.put_file("/proc/%d/oom_score_adj" % pid, b"%d" % min(1000, adj + 1)).status == 200
+    assert host_int("/proc/%d/oom_score_adj" % hp) == min(1000, adj + 1)
+
+
+def test_fs_upload_batch_into_proc_is_checked_against_the_cells_credentials(victim):
+    c, hp, pid = victim
+    adj = host_int("/proc/%d/oom_score_adj" % hp)
+    if adj == -1000:
+        pytest.skip("oom_score_adj is already at its minimum")
+    r = upload(c, "/proc/%d" % pid, make_tar([("oom_score_adj", b"%d" % max(-1000, adj - 100))]))
+    assert r.status >= 400, r
+    assert host_int("/proc/%d/oom_score_adj" % hp) == adj
+    if os.path.exists("/proc/%d/autogroup" % hp):
+        nice = host_int("/proc/%d/autogroup" % hp)
+        assert upload(c, "/proc/%d" % pid, make_tar([("autogroup", b"-20")])).status >= 400
+        assert host_int("/proc/%d/autogroup" % hp) == nice
+
+
+def test_fs_get_is_read_by_a_process_of_the_cell(d, victim):
+    c, hp, pid = victim
+    r = c.get_file("/proc/self/status")
+    assert r.status == 200, r
+    st = proc_status(r.raw.decode())
+    cell_st = proc_status(c.sh("cat /proc/self/status")["stdout"])
+    daemon_st = proc_status(open("/proc/%d/status" % d.proc.pid).read())
+    assert st["Name"] == "cell-fs", st          # the transfer process, not cell-init
+    assert st["NSpid"].split()[-1] != "1", st
+    assert st["Uid"].split() == ["0"] * 4 and st["Gid"].split() == ["0"] * 4, st
+    assert st["CapEff"] == cell_st["CapEff"] != daemon_st["CapEff"], (st["CapEff"], daemon_st["CapEff"])
+    assert st["CapBnd"] == cell_st["CapBnd"], st
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+    assert c.get_file("/proc/self/cgroup").raw.decode() == c.sh("cat /proc/self/cgroup")["stdout"]
+    # A kernel stack needs CAP_SYS_ADMIN on the host: the daemon has it.
+    with open("/proc/%d/stack" % hp) as f:
+        assert f.read()
+    assert_problem(c.get_file("/proc/%d/stack" % pid), 502, "stream_error", "os error 13")
+    assert_problem(c.get_file("/proc/self"), 400, "invalid_request", "not a file")
+
+
+def test_fs_large_put_get_upload_are_byte_identical(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("cell serve tests must run as root")
+    dd = dm.Daemon(tmp_path_factory.mktemp("cellapibig"), ["--max-file-size", "80M"])
+    dd.start()
+    try:
+        admin = dd.client()
+        c = Cell(admin, new_cell(admin, resources={"memory": "512M"}))
+        big = os.urandom(64 << 20)
+        digest = hashlib.sha256(big).hexdigest()
+        r = c.put_file("/tmp/big.bin", big)
+        assert r.status == 200 and r.body["bytesWritten"] == len(big), r
+        g = c.get_file("/tmp/big.bin")
+        assert g.status == 200 and hashlib.sha256(g.raw).hexdigest() == digest, len(g.raw)
+        assert g.headers.get("content-length") == str(len(big)), g.headers
+        r = upload(c, "/tmp/up", make_tar([("big.bin", big)]))
+        assert r.status == 200, r
+        assert c.sh("sha256sum /tmp/up/big.bin")["stdout"].split()[0] == digest
+    finally:
+        dd.stop()
+        dd.check_sanitizer()
 
 
 def test_fs_body_over_max_file_size_is_413(cell, admin):

@@ -74,6 +74,34 @@ def stored_value(d, tenant, name):
     return None if row is None else bytes(row[0])
 
 
+SEAL_OVERHEAD = 12 + 16     # AES-256-GCM nonce and tag
+
+
+def sealed_as(d, tenant, name, v):
+    """The row holds v sealed: marked so, nonce + ciphertext + tag long, and
+    without the value in it."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d.state, "cell.db"), uri=True)
+    try:
+        row = db.execute("SELECT value, sealed FROM secrets WHERE tenant = ? AND name = ?", (tenant, name)).fetchone()
+    finally:
+        db.close()
+    assert row is not None, (tenant, name)
+    blob = bytes(row[0])
+    return row[1] == 1 and len(blob) == len(v.encode()) + SEAL_OVERHEAD and v.encode()[:16] not in blob
+
+
+def raw_state_files(d):
+    """cell.db and its WAL as bytes, as someone who copies them would read them."""
+    out = b""
+    for f in ("cell.db", "cell.db-wal"):
+        try:
+            with open(os.path.join(d.state, f), "rb") as fh:
+                out += fh.read()
+        except FileNotFoundError:
+            pass
+    return out
+
+
 def names(client):
     r = client.get("/v1/secrets")
     assert r.status == 200, r
@@ -92,7 +120,7 @@ def test_create_list_delete(d, alice):
     assert r.body["name"] == "OPENAI_API_KEY" and isinstance(r.body["createdAtMs"], int)
     assert v.encode() not in r.raw
     assert names(alice) == {"OPENAI_API_KEY": r.body["createdAtMs"]}
-    assert stored_value(d, "alice", "OPENAI_API_KEY") == v.encode()
+    assert sealed_as(d, "alice", "OPENAI_API_KEY", v)
 
     # Replacing keeps one entry with the new value.
     v2 = value("crud2")
@@ -100,7 +128,7 @@ def test_create_list_delete(d, alice):
     assert r2.status == 201, r2
     assert r2.body["createdAtMs"] >= r.body["createdAtMs"]
     assert list(names(alice)) == ["OPENAI_API_KEY"]
-    assert stored_value(d, "alice", "OPENAI_API_KEY") == v2.encode()
+    assert sealed_as(d, "alice", "OPENAI_API_KEY", v2)
 
     r = alice.delete("/v1/secrets/OPENAI_API_KEY")
     assert r.status == 204, r
@@ -117,8 +145,8 @@ def test_tenants_are_isolated(d, alice, bob, admin):
     # bob can neither delete alice's secret nor overwrite it: his is his own.
     assert_problem(bob.delete("/v1/secrets/shared.name"), 404, "not_found")
     assert bob.post("/v1/secrets", {"name": "shared.name", "value": vb}).status == 201
-    assert stored_value(d, "alice", "shared.name") == va.encode()
-    assert stored_value(d, "bob", "shared.name") == vb.encode()
+    assert sealed_as(d, "alice", "shared.name", va)
+    assert sealed_as(d, "bob", "shared.name", vb)
     assert alice.delete("/v1/secrets/shared.name").status == 204
     assert "shared.name" in names(bob)
     assert bob.delete("/v1/secrets/shared.name").status == 204
@@ -165,7 +193,7 @@ def test_value_size_limit(d, alice):
     big += "x" * (MAX_VALUE - len(big))
     r = alice.post("/v1/secrets", {"name": "big", "value": big})
     assert r.status == 201, r
-    assert stored_value(d, "alice", "big") == big.encode()
+    assert sealed_as(d, "alice", "big", big)
     r = alice.post("/v1/secrets", {"name": "big", "value": big + "y"})
     assert r.status in (400, 413), r
     assert big.encode()[:64] not in r.raw
@@ -173,7 +201,7 @@ def test_value_size_limit(d, alice):
     huge = value("huge") + "z" * (2 << 20)
     r = alice.post("/v1/secrets", {"name": "huge", "value": huge})
     assert r.status == 413, r
-    assert stored_value(d, "alice", "big") == big.encode()
+    assert sealed_as(d, "alice", "big", big)
     assert "huge" not in names(alice)
     assert alice.delete("/v1/secrets/big").status == 204
 
@@ -201,14 +229,14 @@ def test_cli_round_trip(d, admin, tmp_path):
     assert r.returncode == 0, r
     assert r.stdout.decode().strip() == "set secret GITHUB_TOKEN"
     assert v.encode() not in r.stdout + r.stderr
-    assert stored_value(d, "carol", "GITHUB_TOKEN") == v.encode()    # the newline is gone
+    assert sealed_as(d, "carol", "GITHUB_TOKEN", v)    # the newline is gone
 
     vf = value("file")
     f = tmp_path / "value.txt"
     f.write_text(vf + "\r\n")
     r = cli(d, tok, "secret", "set", "FROM_FILE", "--value-file", str(f))
     assert r.returncode == 0, r
-    assert stored_value(d, "carol", "FROM_FILE") == vf.encode()
+    assert sealed_as(d, "carol", "FROM_FILE", vf)
 
     r = cli(d, tok, "secret", "ls")
     assert r.returncode == 0, r
@@ -262,3 +290,98 @@ def test_audit_has_requests_but_no_values(d, admin, alice):
     no_values_in(d.stderr(), "the daemon's stderr")
     # The database holding them is private.
     assert stat.S_IMODE(os.stat(os.path.join(d.state, "cell.db")).st_mode) == 0o600
+
+
+# ---- sealed at rest ---------------------------------------------------------------------
+
+def test_values_are_sealed_at_rest(d, alice):
+    """Someone who copies cell.db (and its WAL) gets no secret value: they
+    are AES-256-GCM sealed under STATE/secrets.key (0600, outside the db)."""
+    v = value("rest")
+    assert alice.post("/v1/secrets", {"name": "AT_REST", "value": v}).status == 201
+    assert v.encode() not in raw_state_files(d)
+    assert sealed_as(d, "alice", "AT_REST", v)
+    key = os.path.join(d.state, "secrets.key")
+    st = os.stat(key)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_size == 32 and st.st_uid == os.geteuid()
+    with open(key, "rb") as f:
+        assert f.read() not in raw_state_files(d)
+    assert alice.delete("/v1/secrets/AT_REST").status == 204
+
+
+def _secret_daemon(tmp_path_factory, tag, extra=()):
+    dd = dm.Daemon(tmp_path_factory.mktemp(tag), list(extra))
+    dd.start()
+    return dd
+
+
+def _start_fails(dd, *words):
+    with pytest.raises(RuntimeError) as e:
+        dd.start(timeout=20)
+    for w in words:
+        assert w in str(e.value), str(e.value)[-2000:]
+
+
+def test_wrong_or_missing_key_fails_closed(tmp_path_factory, tmp_path):
+    dd = _secret_daemon(tmp_path_factory, "seckey")
+    try:
+        tok, _ = make_tenant_token(dd.client(), "kim")
+        v = value("key")
+        assert dd.client(tok).post("/v1/secrets", {"name": "K", "value": v}).status == 201
+    finally:
+        dd.stop()
+    key = os.path.join(dd.state, "secrets.key")
+    with open(key, "rb") as f:
+        good = f.read()
+    # Another key of the right size and mode: refused, not used to seal anew.
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    _start_fails(dd, "secrets key", "wrong key")
+    # No key at all while sealed rows exist: refused, and no new key is made.
+    os.unlink(key)
+    _start_fails(dd, "secrets key", "missing")
+    assert not os.path.exists(key)
+    # A key others can read is refused too.
+    other = tmp_path / "elsewhere.key"
+    other.write_bytes(good)
+    os.chmod(other, 0o644)
+    dd.extra_args = ["--secrets-key-file", str(other)]
+    _start_fails(dd, "chmod 600")
+    # The right key, kept outside the state directory, works.
+    os.chmod(other, 0o600)
+    dd.start()
+    try:
+        r = dd.client(tok).get("/v1/secrets")
+        assert r.status == 200 and [s["name"] for s in r.body["secrets"]] == ["K"], r
+    finally:
+        dd.stop()
+        dd.check_sanitizer()
+        no_values_in(dd.stderr(), "the daemon's stderr")
+
+
+def test_plain_rows_are_sealed_on_start(tmp_path_factory):
+    """Rows an older version stored in plain text are sealed when the daemon
+    starts, and their plaintext leaves the database file and the WAL."""
+    dd = _secret_daemon(tmp_path_factory, "secmig")
+    try:
+        tok, _ = make_tenant_token(dd.client(), "lee")
+    finally:
+        dd.stop()
+    v = value("plain")
+    db = sqlite3.connect(os.path.join(dd.state, "cell.db"))
+    try:
+        db.execute("INSERT INTO secrets (tenant, name, value, sealed, created) VALUES ('lee', 'OLD', ?, 0, 1)",
+                   (v.encode(),))
+        db.commit()
+    finally:
+        db.close()
+    assert v.encode() in raw_state_files(dd)
+    dd.start()
+    try:
+        assert sealed_as(dd, "lee", "OLD", v)
+        assert v.encode() not in raw_state_files(dd)
+        assert "sealed 1 secrets" in dd.stderr()
+        assert [s["name"] for s in dd.client(tok).get("/v1/secrets").body["secrets"]] == ["OLD"]
+    finally:
+        dd.stop()
+        dd.check_sanitizer()

@@ -21,6 +21,16 @@ typedef struct fixture {
     store *s;
 } fixture;
 
+/* The daemon loads STATE/secrets.key right after store_open(). */
+static void load_key(fixture *f)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/secrets.key", f->dir);
+    cell_error err = { 0 };
+    if (store_secrets_key(f->s, path, NULL, &err) < 0)
+        fail_msg("store_secrets_key: %s", err.message);
+}
+
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
@@ -29,6 +39,7 @@ static int setup(void **state)
     assert_non_null(mkdtemp(f->dir));
     cell_error err = { 0 };
     assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    load_key(f);
     *state = f;
     return 0;
 }
@@ -48,6 +59,7 @@ static void reopen(fixture *f)
     store_close(f->s);
     cell_error err = { 0 };
     assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    load_key(f);
 }
 
 static void mode_is_0600(const char *dir, const char *name)
@@ -699,6 +711,131 @@ static void audit_large_file(void **state)
     free(huge);
 }
 
+static int64_t int_at(json_t *arr, size_t i, const char *key)
+{
+    return (int64_t)json_integer_value(json_object_get(json_array_get(arr, i), key));
+}
+
+static void audit_rotation(void **state)
+{
+    /* Past max_size audit.log moves to .1, .1 to .2; only `keep` old files
+     * stay, and reads, filters and cursors span them. */
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_audit_set_rotation(f->s, 64 << 10, 2);
+    char pad[500], action[540], path[128];
+    memset(pad, 'x', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    for (int i = 0; i < 400; i++) {
+        snprintf(action, sizeof action, "n%05d-%s", i, pad);
+        audit_add(f->s, i % 2 ? "odd" : "even", action, -1);
+    }
+    struct stat st;
+    for (int n = 0; n <= 2; n++) {
+        snprintf(path, sizeof path, n ? "%s/audit.log.%d" : "%s/audit.log", f->dir, n);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true(st.st_size <= (64 << 10) + 600);
+        assert_int_equal(st.st_mode & 0777, 0600);
+    }
+    snprintf(path, sizeof path, "%s/audit.log.3", f->dir);
+    assert_int_equal(stat(path, &st), -1);
+
+    json_t *arr = NULL;
+    assert_int_equal(store_audit_read(f->s, NULL, 0, 0, &arr, &err), 0);
+    size_t n = json_array_size(arr);
+    assert_true(n > 200 && n < 400);    /* the oldest file was dropped */
+    assert_memory_equal(action_at(arr, n - 1), "n00399", 6);
+    for (size_t i = 1; i < n; i++)
+        assert_int_equal(int_at(arr, i, "seq"), int_at(arr, i - 1, "seq") + 1);
+    json_decref(arr);
+
+    /* One tenant's pages, 50 at a time, newest first, across the files:
+     * every "odd" record once, never an "even" one. */
+    store_audit_query q = { .tenant = "odd", .limit = 50 };
+    size_t total = 0;
+    int64_t last_seq = INT64_MAX;
+    for (int page = 0; page < 20; page++) {
+        uint64_t next = 0;
+        assert_int_equal(store_audit_find(f->s, &q, &arr, &next, &err), 0);
+        for (size_t i = json_array_size(arr); i > 0; i--) {
+            json_t *rec = json_array_get(arr, i - 1);
+            assert_string_equal(json_string_value(json_object_get(rec, "tenant")), "odd");
+            assert_true(int_at(arr, i - 1, "seq") < last_seq);
+            last_seq = int_at(arr, i - 1, "seq");
+            total++;
+        }
+        json_decref(arr);
+        if (!next)
+            break;
+        q.before_seq = next;
+    }
+    assert_true(total > 100 && total < 200);
+
+    /* Sequence numbers go on after a restart. */
+    reopen(f);
+    audit_add(f->s, "odd", "after", -1);
+    assert_int_equal(store_audit_read(f->s, "odd", 0, 1, &arr, &err), 0);
+    assert_int_equal(int_at(arr, 0, "seq"), 401);
+    json_decref(arr);
+}
+
+static void net_flood(store *s, const char *cell_id, int n, int distinct)
+{
+    for (int i = 0; i < n; i++) {
+        char src[32], dst[32];
+        snprintf(src, sizeof src, "10.0.0.2:%d", 1024 + i);
+        snprintf(dst, sizeof dst, "192.0.2.%d:443", distinct ? i % 250 : 1);
+        json_t *r = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i}", "tenant", "t", "kind", "net", "cell", cell_id,
+                              "verdict", "deny", "src", src, "dst", distinct ? dst : "192.0.2.1:443",
+                              "durationMs", i);
+        assert_int_equal(store_audit_append(s, r), 0);
+        json_decref(r);
+    }
+}
+
+/* Records written for a cell, and how many events they stand for. */
+static void tally(store *s, const char *cell_id, size_t *records, uint64_t *events)
+{
+    json_t *arr = NULL;
+    cell_error err = { 0 };
+    store_audit_query q = { .tenant = "t", .cell = cell_id };
+    assert_int_equal(store_audit_find(s, &q, &arr, NULL, &err), 0);
+    *records = json_array_size(arr);
+    *events = 0;
+    size_t i;
+    json_t *rec;
+    json_array_foreach(arr, i, rec) {
+        json_t *count = json_object_get(rec, "count"), *dropped = json_object_get(rec, "dropped");
+        *events += dropped ? (uint64_t)json_integer_value(dropped) : count ? (uint64_t)json_integer_value(count) : 1;
+    }
+    json_decref(arr);
+}
+
+static void audit_flood_is_coalesced(void **state)
+{
+    /* A cell denied 5000 times writes a bounded number of records, and the
+     * counts in them still add up to every event. */
+    fixture *f = *state;
+    size_t records;
+    uint64_t events;
+    net_flood(f->s, "c1", 5000, 0);
+    net_flood(f->s, "c2", 5000, 1);
+    tally(f->s, "c1", &records, &events);
+    assert_true(records <= 4 * (64 + 64 + 1));
+    assert_int_equal(events, 5000);
+    tally(f->s, "c2", &records, &events);
+    assert_true(records <= 4 * (64 + 64 + 1));
+    assert_int_equal(events, 5000);
+    /* Requests are not coalesced (the token's rate bounds them). */
+    for (int i = 0; i < 200; i++) {
+        json_t *r = json_pack("{s:s, s:s, s:s}", "tenant", "t", "kind", "request", "cell", "c3");
+        assert_int_equal(store_audit_append(f->s, r), 0);
+        json_decref(r);
+    }
+    tally(f->s, "c3", &records, &events);
+    assert_int_equal(records, 200);
+}
+
 /* ---- concurrency ------------------------------------------------------------ */
 
 #define THREADS 6
@@ -904,11 +1041,14 @@ static void migrate_from_v1(void **state)
     snprintf(path, sizeof path, "%s/cell.db", f->dir);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "DROP TABLE secrets; PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DROP TABLE secrets; DROP TABLE secrets_key; ALTER TABLE tenants DROP COLUMN max_pids;"
+                                      "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    load_key(f);
     store_tenant t;
     assert_int_equal(store_tenant_get(f->s, "old", &t, &err), 0);
+    assert_int_equal(t.max_pids, 32768);      /* migration 3's value for older rows */
     assert_int_equal(store_secret_put(f->s, "old", "k", "v", 1, &err), 0);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_stmt *st = NULL;
@@ -917,6 +1057,174 @@ static void migrate_from_v1(void **state)
     assert_int_equal(sqlite3_column_int(st, 0), STORE_SCHEMA_VERSION);
     sqlite3_finalize(st);
     sqlite3_close(db);
+}
+
+/* ---- sealed secrets ---------------------------------------------------------- */
+
+/* Whether `needle` occurs in the file dir/name (a missing file holds nothing). */
+static int file_contains(const char *dir, const char *name, const char *needle)
+{
+    char path[160];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return 0;
+    static char buf[8 << 20];
+    size_t n = fread(buf, 1, sizeof buf, fp);
+    fclose(fp);
+    return memmem(buf, n, needle, strlen(needle)) != NULL;
+}
+
+static void raw_sql(fixture *f, const char *sql)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/cell.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(db);
+}
+
+static void secrets_sealed_at_rest(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    static const char v[] = "sk-MARKER-4f1d2c3b-at-rest";
+    assert_int_equal(store_secret_put(f->s, "acme", "K", v, strlen(v), &err), 0);
+    mode_is_0600(f->dir, "secrets.key");
+    /* Neither the database nor its WAL hold the value, while open or after. */
+    assert_false(file_contains(f->dir, "cell.db", v));
+    assert_false(file_contains(f->dir, "cell.db-wal", v));
+    reopen(f);
+    assert_false(file_contains(f->dir, "cell.db", v));
+    assert_false(file_contains(f->dir, "cell.db-wal", v));
+    char *val = NULL;
+    size_t len = 0;
+    assert_int_equal(store_secret_get(f->s, "acme", "K", &val, &len, &err), 0);
+    assert_memory_equal(val, v, strlen(v));
+    free(val);
+}
+
+/* A row moved to another tenant or renamed does not open: fail closed. */
+static void secrets_moved_row(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    assert_int_equal(store_secret_put(f->s, "victim", "TOKEN", "victim-value", 12, &err), 0);
+    assert_int_equal(store_tenant_ensure(f->s, "thief", &err), 0);
+    raw_sql(f, "UPDATE secrets SET tenant = 'thief' WHERE tenant = 'victim'");
+    char *val = NULL;
+    size_t len = 0;
+    assert_int_equal(store_secret_get(f->s, "thief", "TOKEN", &val, &len, &err), -1);
+    assert_int_equal(err.code, EBADMSG);
+    assert_null(val);
+    assert_null(strstr(err.message, "victim-value"));
+    raw_sql(f, "UPDATE secrets SET tenant = 'victim', name = 'OTHER' WHERE tenant = 'thief'");
+    assert_int_equal(store_secret_get(f->s, "victim", "OTHER", &val, &len, &err), -1);
+    assert_int_equal(err.code, EBADMSG);
+    /* Marking it unsealed hands out no plaintext either. */
+    raw_sql(f, "UPDATE secrets SET name = 'TOKEN', sealed = 0");
+    assert_int_equal(store_secret_get(f->s, "victim", "TOKEN", &val, &len, &err), -1);
+    assert_int_equal(err.code, EBADMSG);
+    assert_null(val);
+}
+
+static void secrets_key_checks(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    assert_int_equal(store_secret_put(f->s, "acme", "K", "value", 5, &err), 0);
+    char key[128], other[128];
+    snprintf(key, sizeof key, "%s/secrets.key", f->dir);
+    snprintf(other, sizeof other, "%s/other.key", f->dir);
+    store_close(f->s);
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    /* No key loaded: nothing is stored or read. */
+    char *val = NULL;
+    size_t len = 0;
+    assert_int_equal(store_secret_put(f->s, "acme", "K2", "v", 1, &err), -1);
+    assert_int_equal(err.code, EACCES);
+    assert_int_equal(store_secret_get(f->s, "acme", "K", &val, &len, &err), -1);
+    assert_int_equal(err.code, EACCES);
+    /* A missing key with sealed rows is refused, not replaced. */
+    assert_int_equal(store_secrets_key(f->s, other, NULL, &err), -1);
+    assert_int_equal(err.code, ENOKEY);
+    assert_non_null(strstr(err.message, "missing"));
+    assert_int_equal(access(other, F_OK), -1);
+    /* Another key (right size and mode) is told apart from the right one. */
+    unsigned char wrong[STORE_SECRETS_KEY_SIZE];
+    memset(wrong, 7, sizeof wrong);
+    int fd = open(other, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, wrong, sizeof wrong), (ssize_t)sizeof wrong);
+    close(fd);
+    assert_int_equal(store_secrets_key(f->s, other, NULL, &err), -1);
+    assert_int_equal(err.code, EKEYREJECTED);
+    assert_non_null(strstr(err.message, "wrong key"));
+    assert_int_equal(store_secret_get(f->s, "acme", "K", &val, &len, &err), -1);
+    /* Readable by others, or the wrong size: refused. */
+    assert_int_equal(chmod(key, 0644), 0);
+    assert_int_equal(store_secrets_key(f->s, key, NULL, &err), -1);
+    assert_int_equal(err.code, EPERM);
+    assert_int_equal(chmod(key, 0600), 0);
+    assert_int_equal(truncate(other, 16), 0);
+    assert_int_equal(store_secrets_key(f->s, other, NULL, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_int_equal(store_secrets_key(f->s, key, NULL, &err), 0);
+    assert_int_equal(store_secret_get(f->s, "acme", "K", &val, &len, &err), 0);
+    assert_memory_equal(val, "value", 5);
+    free(val);
+}
+
+/* Rows an older version stored in plain text are sealed when the key loads,
+ * and their plaintext leaves the database file and the WAL. */
+static void secrets_plain_rows_sealed(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    static const char v[] = "plain-MARKER-9a8b7c6d";
+    assert_int_equal(store_tenant_ensure(f->s, "acme", &err), 0);
+    store_close(f->s);
+    f->s = NULL;
+    raw_sql(f, "INSERT INTO secrets (tenant, name, value, sealed, created) "
+               "VALUES ('acme', 'OLD', CAST('plain-MARKER-9a8b7c6d' AS BLOB), 0, 1)");
+    assert_true(file_contains(f->dir, "cell.db", v) || file_contains(f->dir, "cell.db-wal", v));
+    assert_int_equal(store_open(&f->s, f->dir, &err), 0);
+    char path[128];
+    snprintf(path, sizeof path, "%s/secrets.key", f->dir);
+    size_t sealed = 0;
+    if (store_secrets_key(f->s, path, &sealed, &err) < 0)
+        fail_msg("store_secrets_key: %s", err.message);
+    assert_int_equal(sealed, 1);
+    assert_false(file_contains(f->dir, "cell.db", v));
+    assert_false(file_contains(f->dir, "cell.db-wal", v));
+    char *val = NULL;
+    size_t len = 0;
+    assert_int_equal(store_secret_get(f->s, "acme", "OLD", &val, &len, &err), 0);
+    assert_int_equal(len, strlen(v));
+    assert_memory_equal(val, v, len);
+    free(val);
+}
+
+/* New tenants get the quotas store_tenant_defaults() set, pids included. */
+static void tenant_defaults(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_tenant d = { .max_cells = 3, .max_memory = 1ull << 30, .max_lanes = 2, .max_disk = 5ull << 30, .max_pids = 777 };
+    store_tenant_defaults(f->s, &d);
+    assert_int_equal(store_tenant_ensure(f->s, "fresh", &err), 0);
+    store_tenant t;
+    assert_int_equal(store_tenant_get(f->s, "fresh", &t, &err), 0);
+    assert_int_equal(t.max_cells, 3);
+    assert_int_equal(t.max_memory, 1ull << 30);
+    assert_int_equal(t.max_pids, 777);
+    t.max_pids = 100;
+    assert_int_equal(store_tenant_set_quota(f->s, &t, &err), 0);
+    assert_int_equal(store_tenant_get(f->s, "fresh", &t, &err), 0);
+    assert_int_equal(t.max_pids, 100);
 }
 
 int main(void)
@@ -933,10 +1241,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(audit_filters, setup, teardown),
         cmocka_unit_test_setup_teardown(audit_torn_line, setup, teardown),
         cmocka_unit_test_setup_teardown(audit_large_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(audit_flood_is_coalesced, setup, teardown),
         cmocka_unit_test_setup_teardown(concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(two_handles, setup, teardown),
         cmocka_unit_test_setup_teardown(secrets, setup, teardown),
         cmocka_unit_test_setup_teardown(migrate_from_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(secrets_sealed_at_rest, setup, teardown),
+        cmocka_unit_test_setup_teardown(secrets_moved_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(secrets_key_checks, setup, teardown),
+        cmocka_unit_test_setup_teardown(secrets_plain_rows_sealed, setup, teardown),
+        cmocka_unit_test_setup_teardown(tenant_defaults, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
