@@ -219,7 +219,7 @@ int cell_event_fd(const cell *c);
 /* ---- files ----------------------------------------------------------------
  * Paths are resolved inside the cell by cell-init: ".." stops at the cell's
  * root, absolute symlinks point into the cell, magic links are refused.  The
- * data itself flows through file descriptors opened inside the cell. */
+ * data itself flows through pipes to and from a process in the cell. */
 typedef struct cell_stat {
     uint32_t mode;              /* type and permission bits, as st_mode */
     uint64_t size;
@@ -232,10 +232,27 @@ typedef struct cell_dirent {
     cell_stat st;
 } cell_dirent;
 
-/* Open a file inside the cell; *fd is a host fd onto it (O_CLOEXEC).
- * flags: O_RDONLY, or O_WRONLY|O_CREAT|O_TRUNC and friends.  Opening a
- * non-regular file fails with EINVAL (no FIFOs or devices). */
-int cell_file_open(cell *c, const char *path, int flags, mode_t mode, int *fd, cell_error *err);
+/* Reading and writing a file of the cell: a transfer process inside the
+ * cell (the cell's root, seccomp filter, capabilities and cgroup) opens the
+ * file and copies between it and a pipe; the caller only ever holds the
+ * pipe (x->fd), never a descriptor of the file, because the kernel checks
+ * the credentials of whoever reads or writes many files (/proc, /sys).
+ * cell_file_read: x->fd is the read end, EOF after the whole file; x->mode
+ * and x->size are the file's at open (size 0 for most /proc files).
+ * cell_file_write: flags O_WRONLY|O_CREAT|O_TRUNC and friends; write with
+ * cell_xfer_write.  Non-regular files fail with EINVAL, directories with
+ * EISDIR.  Every started transfer must end with cell_xfer_end, which
+ * closes x->fd and returns the transfer's outcome (ENOSPC, EPERM, ...). */
+typedef struct cell_xfer {
+    int      fd, status_fd;
+    uint32_t mode;
+    uint64_t size;
+} cell_xfer;
+int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err);
+int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err);
+/* Write all of data; a transfer that failed answers with its own error. */
+int cell_xfer_write(cell_xfer *x, const void *data, size_t len, cell_error *err);
+int cell_xfer_end(cell_xfer *x, cell_error *err);
 int cell_file_stat(cell *c, const char *path, cell_stat *out, cell_error *err);
 /* malloc()ed array, sorted by name, without "." and "..". */
 int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, cell_error *err);

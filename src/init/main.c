@@ -90,7 +90,10 @@ int main(void)
             case CTL_SPAWN:   init_spawn(ctl, &m); break;
             case CTL_SIGNAL:  init_signal(ctl, &m); break;
             case CTL_RESIZE:  init_resize(ctl, &m); break;
-            case CTL_OPEN: case CTL_MKDIR: case CTL_MOVE: case CTL_DELETE: case CTL_SYMLINK: case CTL_LINK:
+            case CTL_READ: case CTL_WRITE: case CTL_LIST:
+                init_transfer(ctl, &m);
+                break;
+            case CTL_STAT: case CTL_MKDIR: case CTL_MOVE: case CTL_DELETE: case CTL_SYMLINK: case CTL_LINK:
                 init_fileop(ctl, &m);
                 break;
             default:

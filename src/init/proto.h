@@ -24,7 +24,14 @@ enum ctl_type {
                          s = argv..., env..., cwd; fds = stdin, stdout, stderr unless tty */
     CTL_SIGNAL,       /* u0 pid, u1 signal */
     CTL_RESIZE,       /* u0 pid, u1 rows, u2 cols */
-    CTL_OPEN,         /* u0 open flags, u1 mode; s0 path -> reply carries the fd */
+    /* Data moves only through pipes: READ, WRITE and LIST fork a transfer
+     * child in the cell that opens the path, replies itself (READ: u0 mode,
+     * u1/u2 size low/high), copies between the file and fds[0] (the owner's
+     * pipe) and ends with a ctl_xfer_status on fds[1]. */
+    CTL_READ,         /* s0 path; fds = data pipe (write end), status pipe */
+    CTL_WRITE,        /* u0 open flags, u1 mode; s0 path; fds = data pipe (read end), status pipe */
+    CTL_LIST,         /* s0 path; fds = data pipe (write end: ctl_dirent records), status pipe */
+    CTL_STAT,         /* s0 path -> u0 mode, u1/u2 size, u3/u4 mtime, u5 uid, u6 gid (in the cell) */
     CTL_MKDIR,        /* u0 mode, u1 parents; s0 path */
     CTL_MOVE,         /* u0 overwrite; s0 from, s1 to */
     CTL_DELETE,       /* u0 recursive; s0 path */
@@ -37,6 +44,28 @@ enum ctl_type {
 };
 
 #define CTL_SPAWN_TTY 1u
+/* File requests: with CTL_F_BASE in u[CTL_U_BASE], the last string is a
+ * directory the other paths resolve beneath (".." and symlinks that leave it
+ * fail with EXDEV): what keeps a tar upload inside its target directory. */
+#define CTL_U_BASE 7
+#define CTL_F_BASE 1u
+
+/* The last thing a transfer child writes, on its status pipe.  A pipe that
+ * ends without one means the child died (killed, out of memory). */
+struct ctl_xfer_status {
+    int32_t  err;       /* 0 or errno */
+    uint32_t magic;     /* CTL_XFER_MAGIC */
+    uint64_t bytes;     /* copied (READ, WRITE) or records (LIST) */
+};
+#define CTL_XFER_MAGIC 0x63656c6cu
+
+/* One directory entry of a CTL_LIST stream; ids as seen in the cell. */
+struct ctl_dirent {
+    uint32_t mode, uid, gid, pad;
+    uint64_t size;
+    int64_t  mtime;
+    char     name[256];  /* NUL-terminated */
+};
 
 typedef struct ctl_msg {
     uint32_t type;

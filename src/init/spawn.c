@@ -82,6 +82,16 @@ void init_load_child_filter(void)
     close(INIT_NOSUID_FD);
 }
 
+int init_nosuid(void)
+{
+    return child_filter.len != 0;
+}
+
+int init_apply_child_filter(void)
+{
+    return child_filter.len ? prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &child_filter) : 0;
+}
+
 enum stage { STAGE_TTY = 1, STAGE_CREDS, STAGE_CWD, STAGE_EXEC, STAGE_FILTER };
 struct spawn_failure {
     int stage;
@@ -139,7 +149,7 @@ static void exec_child(ctl_msg *m, int err_pipe, const char *pty_name, char **ar
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     fcntl(err_pipe, F_SETFD, FD_CLOEXEC);
     /* Last, so it also binds everything above; no_new_privs is inherited. */
-    if (child_filter.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &child_filter) < 0)
+    if (init_apply_child_filter() < 0)
         child_report(err_pipe, STAGE_FILTER);
     /* execvp searches the PATH of `environ`, so the child's own env it is. */
     environ = envp;

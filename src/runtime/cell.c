@@ -369,11 +369,11 @@ static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)
  * "" when the image has none. */
 static int read_bundle(cell *c, char **out, size_t *len, cell_error *err)
 {
-    int fd;
+    cell_xfer x;
     cell_error oe = { 0 };
     *out = NULL;
     *len = 0;
-    if (cell_file_open(c, CELL_CA_BUNDLE, O_RDONLY, 0, &fd, &oe) < 0) {
+    if (cell_file_read(c, CELL_CA_BUNDLE, &x, &oe) < 0) {
         if (oe.code == ENOENT)
             return 0;
         if (err)
@@ -385,23 +385,24 @@ static int read_bundle(cell *c, char **out, size_t *len, cell_error *err)
         if (*len + 65536 > cap) {
             char *p = cap + 65536 > (64u << 20) ? NULL : realloc(*out, cap += 65536);
             if (!p) {
-                close(fd);
+                cell_xfer_end(&x, NULL);
                 return util_fail(err, EFBIG, "%s is too large to extend with the egress CA", CELL_CA_BUNDLE);
             }
             *out = p;
         }
-        ssize_t n = read(fd, *out + *len, cap - *len - 1);
+        ssize_t n = read(x.fd, *out + *len, cap - *len - 1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            close(fd);
+            cell_xfer_end(&x, NULL);
             return util_fail_errno(err, "read %s in cell %s", CELL_CA_BUNDLE, c->id);
         }
         if (n == 0)
             break;
         *len += (size_t)n;
     }
-    close(fd);
+    if (cell_xfer_end(&x, &oe) < 0)
+        return util_fail(err, oe.code, "read %s in cell %s: %s", CELL_CA_BUNDLE, c->id, oe.message);
     (*out)[*len] = '\0';
     char *mark = strstr(*out, CELL_CA_MARK);
     if (mark)

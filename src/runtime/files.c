@@ -1,80 +1,173 @@
 /* files.c: libcell's file operations.  cell-init resolves every path inside
- * the cell and hands back descriptors; the data flows through those fds. */
+ * the cell; reads, writes and listings run in a transfer process that init
+ * forks in the cell, and the owner only holds the pipes it copies through
+ * (CTL_READ in proto.h): never a descriptor of a file of the cell, whose
+ * read(2) or write(2) the kernel would check against the owner's host
+ * credentials instead of the cell's. */
 #include "runtime/cell_internal.h"
 #include "util/util.h"
 
 #include <archive.h>
 #include <archive_entry.h>
-#include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
-/* Open through init.  Whatever init returns is checked again here: a cell
- * that subverted its init must not hand the owner a FIFO to block on. */
-static int open_in_cell(cell *c, const char *path, int flags, mode_t mode, int base, cell_error *err)
+/* A listing larger than this is refused rather than held in memory. */
+#define LIST_MAX_ENTRIES (1u << 20)
+
+/* One file request; `base` (or NULL) is the directory its paths resolve
+ * beneath (CTL_F_BASE), sent as the last string. */
+static int file_request(cell *c, uint32_t type, uint32_t *u, const char *a, const char *b, const char *base,
+                        const int *fds, int nfds, ctl_msg *reply, cell_error *err)
 {
-    if (base < 0 && runtime_check_cell_path(path, "path", err) < 0)
-        return -1;
-    uint32_t u[CTL_NU] = { (uint32_t)flags, (uint32_t)mode };
-    const char *strs[1] = { path };
-    ctl_msg reply;
-    if (runtime_request(c, CTL_OPEN, u, strs, 1, base >= 0 ? &base : NULL, base >= 0 ? 1 : 0, &reply, err) < 0)
-        return -1;
-    int fd = ctl_take_fd(&reply, 0);
-    ctl_msg_free(&reply);
-    if (fd < 0)
-        return util_fail(err, EPROTO, "cell-init returned no descriptor for %s", path);
-    struct stat st;
-    int ok = fstat(fd, &st) == 0 && ((flags & O_PATH) || S_ISREG(st.st_mode) || S_ISDIR(st.st_mode));
-    if (!ok) {
-        close(fd);
-        return util_fail(err, EINVAL, "%s is not a regular file or directory", path);
+    const char *strs[3];
+    uint32_t n = 0;
+    strs[n++] = a;
+    if (b)
+        strs[n++] = b;
+    if (base) {
+        strs[n++] = base;
+        u[CTL_U_BASE] |= CTL_F_BASE;
     }
-    return fd;
+    return runtime_request(c, type, u, strs, n, fds, nfds, reply, err);
 }
 
 static int simple_request(cell *c, uint32_t type, uint32_t u0, uint32_t u1, const char *a, const char *b,
-                          int base, cell_error *err)
+                          const char *base, cell_error *err)
 {
     uint32_t u[CTL_NU] = { u0, u1 };
-    const char *strs[2] = { a, b };
     ctl_msg reply;
-    if (runtime_request(c, type, u, strs, b ? 2 : 1, base >= 0 ? &base : NULL, base >= 0 ? 1 : 0, &reply, err) < 0)
+    if (file_request(c, type, u, a, b, base, NULL, 0, &reply, err) < 0)
         return -1;
     ctl_msg_free(&reply);
     return 0;
 }
 
-int cell_file_open(cell *c, const char *path, int flags, mode_t mode, int *fd, cell_error *err)
+/* Start a transfer process: the owner keeps the write end of the data pipe
+ * if it writes the file, the read end otherwise, and the status pipe's
+ * read end. */
+static int xfer_start(cell *c, uint32_t type, uint32_t flags, mode_t mode, const char *path, const char *base,
+                      int owner_writes, cell_xfer *x, cell_error *err)
 {
-    int f = open_in_cell(c, path, flags, mode, -1, err);
-    if (f < 0)
+    x->fd = x->status_fd = -1;
+    if (!base && runtime_check_cell_path(path, "path", err) < 0)
         return -1;
-    *fd = f;
+    int data[2], status[2];
+    if (pipe2(data, O_CLOEXEC) < 0)
+        return util_fail_errno(err, "cannot create a pipe");
+    if (pipe2(status, O_CLOEXEC) < 0) {
+        close(data[0]);
+        close(data[1]);
+        return util_fail_errno(err, "cannot create a pipe");
+    }
+    /* 1 MiB instead of 64 KiB: fewer wakeups per byte; best effort. */
+    (void)fcntl(data[0], F_SETPIPE_SZ, 1 << 20);
+    _cleanup_close_ int their_data = owner_writes ? data[0] : data[1];
+    _cleanup_close_ int their_status = status[1];
+    _cleanup_close_ int mine = owner_writes ? data[1] : data[0];
+    _cleanup_close_ int my_status = status[0];
+    const int theirs[2] = { their_data, their_status };
+    uint32_t u[CTL_NU] = { flags, mode };
+    ctl_msg reply;
+    if (file_request(c, type, u, path, NULL, base, theirs, 2, &reply, err) < 0)
+        return -1;
+    x->mode = reply.u[0];
+    x->size = reply.u[1] | (uint64_t)reply.u[2] << 32;
+    ctl_msg_free(&reply);
+    x->fd = util_steal_fd(&mine);
+    x->status_fd = util_steal_fd(&my_status);
     return 0;
 }
 
-static void to_cell_stat(const cell *c, const struct stat *st, cell_stat *out)
+int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err)
 {
-    out->mode = st->st_mode;
-    out->size = (uint64_t)st->st_size;
-    out->mtime = st->st_mtim.tv_sec;
-    /* Host ids outside the cell's range show as nobody, as inside. */
-    out->uid = st->st_uid >= c->uid_base && st->st_uid - c->uid_base < ISOLATE_UID_COUNT ? st->st_uid - c->uid_base : 65534;
-    out->gid = st->st_gid >= c->uid_base && st->st_gid - c->uid_base < ISOLATE_UID_COUNT ? st->st_gid - c->uid_base : 65534;
+    return xfer_start(c, CTL_READ, 0, 0, path, NULL, 0, x, err);
+}
+
+int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err)
+{
+    return xfer_start(c, CTL_WRITE, (uint32_t)flags, mode, path, NULL, 1, x, err);
+}
+
+int cell_xfer_end(cell_xfer *x, cell_error *err)
+{
+    if (x->fd >= 0)
+        close(x->fd); /* EOF for a writer; EPIPE for a reader the caller left */
+    x->fd = -1;
+    if (x->status_fd < 0)
+        return 0;     /* ended before */
+    struct ctl_xfer_status s;
+    ssize_t n = util_read_all(x->status_fd, &s, sizeof s);
+    close(x->status_fd);
+    x->status_fd = -1;
+    /* The status comes from inside the cell: checked like init's replies. */
+    if (n != (ssize_t)sizeof s || s.magic != CTL_XFER_MAGIC)
+        return util_fail(err, EPROTO, "the transfer process in the cell ended without a result");
+    if (s.err != 0) {
+        int code = s.err > 0 && s.err < 4096 ? s.err : EIO;
+        return util_fail(err, code, "%s", strerror(code));
+    }
+    return 0;
+}
+
+/* write(2) to a pipe whose reader may be gone, without SIGPIPE killing a
+ * caller that does not ignore it: blocked in this thread, and the one the
+ * write raised is consumed. */
+static ssize_t pipe_write_all(int fd, const void *data, size_t len)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t rc = util_write_all(fd, data, len);
+    int code = errno;
+    if (rc < 0 && code == EPIPE && !sigismember(&old, SIGPIPE)) {
+        struct timespec zero = { 0, 0 };
+        while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = code;
+    return rc;
+}
+
+int cell_xfer_write(cell_xfer *x, const void *data, size_t len, cell_error *err)
+{
+    if (x->fd < 0)
+        return util_fail(err, EBADF, "the transfer has ended");
+    if (pipe_write_all(x->fd, data, len) >= 0)
+        return 0;
+    int code = errno;
+    /* The transfer process stopped reading: its status says why. */
+    if (code == EPIPE && cell_xfer_end(x, err) < 0)
+        return -1;
+    return util_fail(err, code, "cannot write to the transfer process: %s", strerror(code));
+}
+
+static void stat_from_words(const uint32_t *u, cell_stat *out)
+{
+    out->mode = u[0];
+    out->size = u[1] | (uint64_t)u[2] << 32;
+    out->mtime = (int64_t)(u[3] | (uint64_t)u[4] << 32);
+    out->uid = u[5];
+    out->gid = u[6];
 }
 
 int cell_file_stat(cell *c, const char *path, cell_stat *out, cell_error *err)
 {
-    _cleanup_close_ int fd = open_in_cell(c, path, O_PATH, 0, -1, err);
-    if (fd < 0)
+    if (runtime_check_cell_path(path, "path", err) < 0)
         return -1;
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return util_fail_errno(err, "cannot stat %s", path);
-    to_cell_stat(c, &st, out);
+    uint32_t u[CTL_NU] = { 0 };
+    ctl_msg reply;
+    if (file_request(c, CTL_STAT, u, path, NULL, NULL, NULL, 0, &reply, err) < 0)
+        return -1;
+    stat_from_words(reply.u, out);
+    ctl_msg_free(&reply);
     return 0;
 }
 
@@ -83,41 +176,67 @@ static int compare_dirents(const void *a, const void *b)
     return strcmp(((const cell_dirent *)a)->name, ((const cell_dirent *)b)->name);
 }
 
-int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, cell_error *err)
+/* A record of the listing stream, from inside the cell: a name it could
+ * not have (empty, "/", ".", "..", unterminated) is a protocol error. */
+static int dirent_ok(const struct ctl_dirent *r)
 {
-    int fd = open_in_cell(c, path, O_RDONLY | O_DIRECTORY, 0, -1, err);
-    if (fd < 0)
-        return -1;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return util_fail_errno(err, "cannot list %s", path);
-    }
+    const char *end = memchr(r->name, '\0', sizeof r->name);
+    return end && end != r->name && !memchr(r->name, '/', (size_t)(end - r->name)) &&
+           strcmp(r->name, ".") != 0 && strcmp(r->name, "..") != 0;
+}
+
+static int read_listing(int fd, const char *path, cell_dirent **out, size_t *count, cell_error *err)
+{
     cell_dirent *list = NULL;
     size_t n = 0, cap = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        struct stat st;
-        /* A single name relative to the opened directory: nothing to follow. */
-        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            continue; /* removed meanwhile */
+    for (;;) {
+        struct ctl_dirent r;
+        ssize_t got = util_read_all(fd, &r, sizeof r);
+        if (got == 0)
+            break;
+        int bad = got != (ssize_t)sizeof r || !dirent_ok(&r);
+        if (bad || n == LIST_MAX_ENTRIES) {
+            free(list);
+            if (got < 0)
+                return util_fail_errno(err, "cannot list %s", path);
+            return bad ? util_fail(err, EPROTO, "malformed listing of %s from the cell", path)
+                       : util_fail(err, EFBIG, "%s has more than %u entries", path, LIST_MAX_ENTRIES);
+        }
         if (n == cap) {
             cap = cap ? cap * 2 : 32;
             cell_dirent *grown = realloc(list, cap * sizeof *list);
             if (!grown) {
                 free(list);
-                closedir(d);
                 return util_fail(err, ENOMEM, "out of memory listing %s", path);
             }
             list = grown;
         }
-        snprintf(list[n].name, sizeof list[n].name, "%s", e->d_name);
-        to_cell_stat(c, &st, &list[n].st);
+        snprintf(list[n].name, sizeof list[n].name, "%s", r.name);
+        uint32_t u[CTL_NU] = { r.mode, (uint32_t)r.size, (uint32_t)(r.size >> 32), (uint32_t)r.mtime,
+                               (uint32_t)((uint64_t)r.mtime >> 32), r.uid, r.gid };
+        stat_from_words(u, &list[n].st);
         n++;
     }
-    closedir(d);
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, cell_error *err)
+{
+    cell_xfer x;
+    if (xfer_start(c, CTL_LIST, 0, 0, path, NULL, 0, &x, err) < 0)
+        return -1;
+    cell_dirent *list = NULL;
+    size_t n = 0;
+    int rc = read_listing(x.fd, path, &list, &n, err);
+    cell_error end_err = { 0 };
+    if (cell_xfer_end(&x, &end_err) < 0 && rc == 0) {
+        rc = util_fail(err, end_err.code, "cannot list %s: %s", path, end_err.message);
+        free(list);
+    }
+    if (rc < 0)
+        return -1;
     if (n)
         qsort(list, n, sizeof *list, compare_dirents);
     *out = list;
@@ -129,14 +248,14 @@ int cell_file_mkdir(cell *c, const char *path, mode_t mode, int parents, cell_er
 {
     if (runtime_check_cell_path(path, "path", err) < 0)
         return -1;
-    return simple_request(c, CTL_MKDIR, mode ? mode : 0755, parents ? 1 : 0, path, NULL, -1, err);
+    return simple_request(c, CTL_MKDIR, mode ? mode : 0755, parents ? 1 : 0, path, NULL, NULL, err);
 }
 
 int cell_file_move(cell *c, const char *from, const char *to, int overwrite, cell_error *err)
 {
     if (runtime_check_cell_path(from, "source path", err) < 0 || runtime_check_cell_path(to, "destination path", err) < 0)
         return -1;
-    return simple_request(c, CTL_MOVE, overwrite ? 1 : 0, 0, from, to, -1, err);
+    return simple_request(c, CTL_MOVE, overwrite ? 1 : 0, 0, from, to, NULL, err);
 }
 
 int cell_file_delete(cell *c, const char *path, int recursive, cell_error *err)
@@ -145,12 +264,12 @@ int cell_file_delete(cell *c, const char *path, int recursive, cell_error *err)
         return -1;
     if (strcmp(path, "/") == 0)
         return util_fail(err, EINVAL, "refusing to delete the cell's root directory");
-    return simple_request(c, CTL_DELETE, recursive ? 1 : 0, 0, path, NULL, -1, err);
+    return simple_request(c, CTL_DELETE, recursive ? 1 : 0, 0, path, NULL, NULL, err);
 }
 
 /* mkdir -p the directory part of `path` (relative to base, or absolute in
  * the cell with base -1); nothing to do for a name in the top directory. */
-static int ensure_parent(cell *c, const char *path, int base, cell_error *err)
+static int ensure_parent(cell *c, const char *path, const char *base, cell_error *err)
 {
     char parent[PATH_MAX];
     snprintf(parent, sizeof parent, "%s", path);
@@ -163,13 +282,18 @@ static int ensure_parent(cell *c, const char *path, int base, cell_error *err)
 
 int runtime_write_whole(cell *c, const char *path, const void *data, size_t len, mode_t mode, cell_error *err)
 {
-    if (runtime_check_cell_path(path, "path", err) < 0 || ensure_parent(c, path, -1, err) < 0)
+    if (runtime_check_cell_path(path, "path", err) < 0 || ensure_parent(c, path, NULL, err) < 0)
         return -1;
-    _cleanup_close_ int fd = open_in_cell(c, path, O_WRONLY | O_CREAT | O_TRUNC, mode, -1, err);
-    if (fd < 0)
+    cell_xfer x;
+    if (cell_file_write(c, path, O_WRONLY | O_CREAT | O_TRUNC, mode, &x, err) < 0)
         return -1;
-    if (util_write_all(fd, data, len) < 0)
-        return util_fail_errno(err, "cannot write %s in the cell", path);
+    cell_error end_err = { 0 };
+    if (cell_xfer_write(&x, data, len, err) < 0 || cell_xfer_end(&x, &end_err) < 0) {
+        if (end_err.code)
+            util_fail(err, end_err.code, "cannot write %s in the cell: %s", path, end_err.message);
+        cell_xfer_end(&x, NULL);
+        return -1;
+    }
     return 0;
 }
 
@@ -177,7 +301,8 @@ int runtime_write_whole(cell *c, const char *path, const void *data, size_t len,
 
 /* Lexical check of one entry name: relative after stripping leading "/" and
  * "./", no ".." component.  Symlinks planted by earlier entries are stopped
- * by init (RESOLVE_BENEATH on the target directory). */
+ * by init (RESOLVE_BENEATH on the target directory).  The archive is parsed
+ * here, in the owner; every byte is written by a transfer process. */
 static int entry_path(const char *raw, char *out, size_t size, cell_error *err)
 {
     while (*raw == '/')
@@ -198,7 +323,46 @@ static int entry_path(const char *raw, char *out, size_t size, cell_error *err)
 }
 
 
-static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int base, char *rel,
+/* Zeros for the holes of a sparse entry: the pipe cannot seek. */
+static int write_zeros(cell_xfer *x, uint64_t n, cell_error *err)
+{
+    static const char zeros[64 * 1024];
+    while (n) {
+        size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
+        if (cell_xfer_write(x, zeros, k, err) < 0)
+            return -1;
+        n -= k;
+    }
+    return 0;
+}
+
+/* One regular file's bytes, from the archive to a transfer process. */
+static int upload_file(cell *c, struct archive *a, const char *rel, mode_t mode, const char *base, cell_error *err)
+{
+    cell_xfer x;
+    if (xfer_start(c, CTL_WRITE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, rel, base, 1, &x, err) < 0)
+        return -1;
+    const void *buf;
+    size_t len;
+    la_int64_t off;
+    uint64_t at = 0;
+    int rr = ARCHIVE_OK, rc = 0;
+    while (rc == 0 && (rr = archive_read_data_block(a, &buf, &len, &off)) == ARCHIVE_OK) {
+        if (off < 0 || (uint64_t)off < at)
+            rc = util_fail(err, EINVAL, "tar entry '%s' has overlapping data blocks", rel);
+        else if (write_zeros(&x, (uint64_t)off - at, err) < 0 || cell_xfer_write(&x, buf, len, err) < 0)
+            rc = -1;
+        at = (uint64_t)off + len;
+    }
+    if (rc == 0 && rr != ARCHIVE_EOF)
+        rc = util_fail(err, EIO, "cannot read tar data for %s: %s", rel, archive_error_string(a));
+    cell_error end_err = { 0 };
+    if (cell_xfer_end(&x, &end_err) < 0 && rc == 0)
+        rc = util_fail(err, end_err.code, "cannot write %s in the cell: %s", rel, end_err.message);
+    return rc;
+}
+
+static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, const char *base, char *rel,
                         size_t rel_size, cell_error *err)
 {
     const char *name = archive_entry_pathname(e);
@@ -220,24 +384,10 @@ static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, int
     switch (archive_entry_filetype(e)) {
     case AE_IFDIR:
         return simple_request(c, CTL_MKDIR, mode ? mode : 0755, 1, rel, NULL, base, err) < 0 ? -1 : 1;
-    case AE_IFREG: {
+    case AE_IFREG:
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        _cleanup_close_ int fd = open_in_cell(c, rel, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, base, err);
-        if (fd < 0)
-            return -1;
-        const void *buf;
-        size_t len;
-        la_int64_t off;
-        int rr;
-        while ((rr = archive_read_data_block(a, &buf, &len, &off)) == ARCHIVE_OK) {
-            if (lseek(fd, off, SEEK_SET) < 0 || util_write_all(fd, buf, len) < 0)
-                return util_fail_errno(err, "cannot write %s in the cell", rel);
-        }
-        if (rr != ARCHIVE_EOF)
-            return util_fail(err, EIO, "cannot read tar data for %s: %s", rel, archive_error_string(a));
-        return 1;
-    }
+        return upload_file(c, a, rel, mode, base, err) < 0 ? -1 : 1;
     case AE_IFLNK: {
         const char *target = archive_entry_symlink(e);
         if (ensure_parent(c, rel, base, err) < 0)
@@ -259,9 +409,8 @@ int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn
 {
     if (cell_file_mkdir(c, dir, 0755, 1, err) < 0)
         return -1;
-    _cleanup_close_ int base = open_in_cell(c, dir, O_RDONLY | O_DIRECTORY, 0, -1, err);
-    if (base < 0)
-        return -1;
+    /* Entries resolve beneath `dir`, looked up afresh by init per entry. */
+    const char *base = dir;
     struct archive *a = archive_read_new();
     if (!a)
         return util_fail(err, ENOMEM, "out of memory");

@@ -1,5 +1,7 @@
 /* fsapi.c: /cells/{cell}/v1/fs/...: files, directories and tar uploads inside
- * a cell, resolved by cell-init in the cell's root; bodies stream, never buffer. */
+ * a cell, resolved by cell-init in the cell's root; bodies stream, never
+ * buffer, through pipes to a transfer process in the cell (files.c): the
+ * daemon never reads or writes a file of the cell itself. */
 #include "server/handlers.h"
 
 #include <fcntl.h>
@@ -113,47 +115,104 @@ static json_t *stat_json(const char *path, const char *name, const cell_stat *st
     return o;
 }
 
+/* ---- GET fs/file: the transfer process's pipe, read as the client takes it - */
+typedef struct read_state {
+    cell_xfer x;
+    uint64_t  size;     /* announced, or 0 for chunked */
+    char     *first;    /* chunked: the first block, read before the status line */
+    size_t    first_len, first_off;
+} read_state;
+
+static ssize_t read_body(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    read_state *rs = cls;
+    if (rs->first_off < rs->first_len) {
+        size_t n = rs->first_len - rs->first_off < max ? rs->first_len - rs->first_off : max;
+        memcpy(buf, rs->first + rs->first_off, n);
+        rs->first_off += n;
+        return (ssize_t)n;
+    }
+    if (rs->x.fd < 0)                 /* read_first() saw it all */
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    for (;;) {
+        ssize_t n = read(rs->x.fd, buf, max);
+        if (n > 0)
+            return n;
+        if (n < 0 && errno == EINTR)
+            continue;
+        /* EOF before the announced size, or a transfer that failed: the
+         * client must see a broken response, not a short file. */
+        if (n < 0 || (rs->size && pos < rs->size) || cell_xfer_end(&rs->x, NULL) < 0)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+}
+
+static void read_free(void *cls)
+{
+    read_state *rs = cls;
+    cell_xfer_end(&rs->x, NULL);
+    free(rs->first);
+    free(rs);
+}
+
+/* A file that says it is empty (most of /proc and /sys) goes out chunked.
+ * Its first block is read before the status line, so that a read the
+ * kernel refuses the cell (EACCES, EPERM, EINVAL) is an error status and
+ * not a broken 200. */
+static int read_first(read_state *rs, cell_error *e)
+{
+    enum { FIRST_MAX = 64 * 1024 };
+    if (!(rs->first = malloc(FIRST_MAX)))
+        return util_fail(e, ENOMEM, "out of memory");
+    ssize_t n = util_read_all(rs->x.fd, rs->first, FIRST_MAX);
+    if (n < 0)
+        return util_fail_errno(e, "cannot read from the transfer process");
+    rs->first_len = (size_t)n;
+    return n < FIRST_MAX ? cell_xfer_end(&rs->x, e) : 0;
+}
+
 int h_fs_read(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
         return MHD_YES;
+    read_state *rs = calloc(1, sizeof *rs);
+    if (!rs)
+        return reply_problem(r, 500, "internal", "out of memory");
     cell_error e = { 0 };
-    int fd = -1;
-    if (WITH_CELL(r->cell, &e, cell_file_open(r->cell->c, path, O_RDONLY, 0, &fd, &e)) < 0)
+    if (WITH_CELL(r->cell, &e, cell_file_read(r->cell->c, path, &rs->x, &e)) < 0) {
+        free(rs);
         return reply_fs_error(r, &e, path);
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        close(fd);
-        return reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(errno), errno);
     }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return reply_problem(r, 400, "invalid_request", "path is not a file: %s", path);
+    rs->size = rs->x.size;
+    if (!rs->size && read_first(rs, &e) < 0) {
+        read_free(rs);
+        return reply_fs_error(r, &e, path);
     }
-    /* The fd is the file itself, so libmicrohttpd can sendfile() it. */
-    struct MHD_Response *resp = MHD_create_response_from_fd64((uint64_t)st.st_size, fd);
+    /* A whole small file in the first block has a length after all. */
+    uint64_t length = rs->size ? rs->size : rs->x.fd < 0 ? rs->first_len : MHD_SIZE_UNKNOWN;
+    struct MHD_Response *resp = MHD_create_response_from_callback(length, 256 * 1024, read_body, rs, read_free);
     if (!resp) {
-        close(fd);
+        read_free(rs);
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
     return reply_response(r, 200, resp);
 }
 
-/* ---- PUT fs/file: each chunk is written as it arrives --------------------- */
+/* ---- PUT fs/file: each chunk goes to the transfer process as it arrives ---- */
 typedef struct write_state {
-    int      fd;
-    uint64_t written;
-    char     path[4096];
-    int      failed;
+    cell_xfer x;
+    uint64_t  written;
+    char      path[4096];
 } write_state;
 
 static void write_free(sreq *r)
 {
     write_state *w = r->stream;
-    if (w && w->fd >= 0)
-        close(w->fd);
+    if (w)
+        cell_xfer_end(&w->x, NULL);
     free(w);
     r->stream = NULL;
 }
@@ -165,7 +224,7 @@ static write_state *write_begin(sreq *r)
         reply_problem(r, 500, "internal", "out of memory");
         return NULL;
     }
-    w->fd = -1;
+    w->x.fd = w->x.status_fd = -1;
     r->stream = w;
     r->stream_free = write_free;
     if (fs_path(r, "path", 1, w->path, sizeof w->path) < 0)
@@ -180,7 +239,7 @@ static write_state *write_begin(sreq *r)
     cell_error e = { 0 };
     scell *sc = r->cell;
     int rc = WITH_CELL(sc, &e, cell_file_mkdir(sc->c, parent, 0755, 1, &e) < 0 ? -1
-                               : cell_file_open(sc->c, w->path, O_WRONLY | O_CREAT | O_TRUNC, 0644, &w->fd, &e));
+                               : cell_file_write(sc->c, w->path, O_WRONLY | O_CREAT | O_TRUNC, 0644, &w->x, &e));
     if (rc < 0) {
         cell_stat st;
         cell_error e2 = { 0 };
@@ -194,16 +253,22 @@ static write_state *write_begin(sreq *r)
     return w;
 }
 
+/* A failed write of the file: out of space is 507, as for the reference. */
+static int reply_write_error(sreq *r, const cell_error *e)
+{
+    if (e->code == ENOSPC || e->code == EDQUOT)
+        return reply_problem(r, 507, "insufficient_storage", "%s (os error %d)", strerror(e->code), e->code);
+    return reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
+}
+
 int h_fs_write_body(sreq *r, const char *data, size_t len)
 {
     write_state *w = r->stream;
     if (!w && !(w = write_begin(r)))
         return -1;
-    if (util_write_all(w->fd, data, len) < 0) {
-        int code = errno;
-        return reply_problem(r, code == ENOSPC ? 507 : 502, code == ENOSPC ? "insufficient_storage" : "stream_error",
-                             "%s (os error %d)", strerror(code), code), -1;
-    }
+    cell_error e = { 0 };
+    if (cell_xfer_write(&w->x, data, len, &e) < 0)
+        return reply_write_error(r, &e), -1;
     w->written += len;
     return 0;
 }
@@ -213,6 +278,9 @@ int h_fs_write(sreq *r)
     write_state *w = r->stream;
     if (!w && !(w = write_begin(r)))          /* an empty body still creates the file */
         return MHD_YES;
+    cell_error e = { 0 };
+    if (cell_xfer_end(&w->x, &e) < 0)         /* the last bytes may fail (ENOSPC, EPERM) */
+        return reply_write_error(r, &e);
     return reply_json(r, 200, json_pack("{s:s, s:I}", "path", w->path, "bytesWritten", (json_int_t)w->written));
 }
 

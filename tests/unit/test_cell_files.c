@@ -87,23 +87,26 @@ static int sh(const char *script)
 
 static void write_file(const char *path, const char *text)
 {
-    int fd;
+    cell_xfer x;
     cell_error err = { 0 };
-    assert_int_equal(cell_file_open(c, path, O_WRONLY | O_CREAT | O_TRUNC, 0644, &fd, &err), 0);
-    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
+    assert_int_equal(cell_file_write(c, path, O_WRONLY | O_CREAT | O_TRUNC, 0644, &x, &err), 0);
+    assert_int_equal(cell_xfer_write(&x, text, strlen(text), &err), 0);
+    assert_int_equal(cell_xfer_end(&x, &err), 0);
 }
 
+/* The whole file (up to 64 KiB), or NULL with *err. */
 static char *read_file(const char *path, cell_error *err)
 {
-    int fd;
-    if (cell_file_open(c, path, O_RDONLY, 0, &fd, err) < 0)
+    cell_xfer x;
+    if (cell_file_read(c, path, &x, err) < 0)
         return NULL;
-    static char buf[4096];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[n < 0 ? 0 : n] = '\0';
-    return buf;
+    static char buf[65536];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof buf - 1 && (n = read(x.fd, buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    return cell_xfer_end(&x, err) < 0 ? NULL : buf;
 }
 
 static void write_read_stat_list(void **state)
@@ -159,13 +162,15 @@ static void bad_paths_rejected(void **state)
     (void)state;
     NEED_ROOT();
     cell_error err = { 0 };
-    int fd;
-    assert_int_equal(cell_file_open(c, "relative/path", O_RDONLY, 0, &fd, &err), -1);
+    cell_xfer x;
+    assert_int_equal(cell_file_read(c, "relative/path", &x, &err), -1);
     assert_int_equal(err.code, EINVAL);
-    assert_int_equal(cell_file_open(c, "/../../etc/passwd", O_RDONLY, 0, &fd, &err), -1);
+    assert_int_equal(cell_file_read(c, "/../../etc/passwd", &x, &err), -1);
     assert_int_equal(err.code, EINVAL);
     assert_non_null(strstr(err.message, ".."));
-    assert_int_equal(cell_file_open(c, "", O_RDONLY, 0, &fd, &err), -1);
+    assert_int_equal(cell_file_read(c, "", &x, &err), -1);
+    assert_int_equal(cell_file_write(c, "/tmp/x", O_RDWR | O_CREAT, 0644, &x, &err), -1);
+    assert_int_equal(err.code, EINVAL);
 }
 
 /* The host file exists, but no path from inside the cell may reach it. */

@@ -124,10 +124,10 @@ static void send_refuses_oversize(void **state)
     memset(big, 'a', sizeof big - 1);
     big[sizeof big - 1] = '\0';
     const char *strs[] = { big };
-    assert_int_equal(ctl_send(sv[0], CTL_OPEN, 1, 0, NULL, strs, 1, NULL, 0), -1);
+    assert_int_equal(ctl_send(sv[0], CTL_READ, 1, 0, NULL, strs, 1, NULL, 0), -1);
     assert_int_equal(errno, E2BIG);
     int fds[CTL_MAX_FDS + 1] = { 0 };
-    assert_int_equal(ctl_send(sv[0], CTL_OPEN, 1, 0, NULL, NULL, 0, fds, CTL_MAX_FDS + 1), -1);
+    assert_int_equal(ctl_send(sv[0], CTL_READ, 1, 0, NULL, NULL, 0, fds, CTL_MAX_FDS + 1), -1);
     close(sv[0]);
     close(sv[1]);
 }
