@@ -402,8 +402,9 @@ setup_https() {
     for _ in $(seq 100); do [ -s "$d/ready" ] && [ -s "$d/dns.ready" ] && break; sleep 0.05; done
     [ -s "$d/ready" ] || die "the TLS server did not start: $(cat "$d/server.err")"
     [ -s "$d/dns.ready" ] || die "the DNS server did not start: $(cat "$d/dns.err")"
-    printf '{"rules": [{"dns": {"upstreams": ["%s"]}}, {"http": {"host": "%s", "ports": [443]}}]}\n' \
-        "$addr" "$https_name" >"$scratch/https.json"
+    # $addr is this host's own (on lo): "rebind" lets the resolver hand it out.
+    printf '{"rules": [{"dns": {"upstreams": ["%s"], "rebind": ["%s/32"]}}, {"http": {"host": "%s", "ports": [443]}}]}\n' \
+        "$addr" "$addr" "$https_name" >"$scratch/https.json"
 }
 # run_https WHO MODE ARGS...: tls_bench MODE on the host (trusting the test CA,
 # to $addr) or in a cell (resolving bench.test, trusting the cell's bundle,

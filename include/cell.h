@@ -141,6 +141,18 @@ typedef int (*cell_net_secret_fn)(void *user, const char *name, char **value, si
 /* Validate a policy document without a cell: 0, or EINVAL with a message
  * naming the rule index and field. */
 int cell_policy_check(const char *policy_json, cell_error *err);
+/* The same, and also refuse (EACCES, naming the rule and field) a policy
+ * that would make the owner itself connect to the host's own services on
+ * the policy author's behalf: DNS upstreams and decide URLs at loopback,
+ * link-local, unspecified, multicast or broadcast addresses, or at this
+ * host's or a cell's addresses, unless inside one of `owner_allow`
+ * (NULL-terminated CIDRs; NULL = none).  For policies from less trusted
+ * authors (the daemon's non-admin tokens). */
+int cell_policy_check_v2(const char *policy_json, const char *const *owner_allow, cell_error *err);
+/* Why the owner must not connect to `dst` for such an author (the same
+ * rules, for names resolved later), or NULL when it may. */
+struct sockaddr;
+const char *cell_net_screen(const struct sockaddr *dst, const char *const *owner_allow);
 
 typedef struct cell_config {
     const char       *image;       /* NULL = "host" */

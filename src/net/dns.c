@@ -15,6 +15,7 @@
 #include <ldns/ldns.h>
 
 #include "net/dns.h"
+#include "net/screen.h"
 #include "util/util.h"
 
 /* ---- the pin table ------------------------------------------------------------- */
@@ -528,6 +529,46 @@ static int pin_answer(net_pins *pins, const ldns_pkt *answer, const ldns_rdf *qn
     return pinned;
 }
 
+/* ---- DNS rebinding ------------------------------------------------------------- */
+
+/* An address record that would point the cell's names at the host, its
+ * loopback or link-local services, or another cell: the answer is withheld
+ * unless the policy's "rebind" names that address.  Every A and AAAA record
+ * counts (answer and additional sections), not only the pinned chain,
+ * because the cell receives the upstream's bytes. */
+static int rebinding(const net_policy *p, const ldns_pkt *answer, net_dns_result *res)
+{
+    const ldns_rr_list *sections[] = { ldns_pkt_answer(answer), ldns_pkt_additional(answer) };
+    for (size_t s = 0; s < 2; s++)
+        for (size_t i = 0; i < ldns_rr_list_rr_count(sections[s]); i++) {
+            const ldns_rr *rr = ldns_rr_list_rr(sections[s], i);
+            const ldns_rdf *rdf = ldns_rr_rd_count(rr) == 1 ? ldns_rr_rdf(rr, 0) : NULL;
+            struct sockaddr_storage ss = { 0 };
+            if (!rdf)
+                continue;
+            if (ldns_rr_get_type(rr) == LDNS_RR_TYPE_A && ldns_rdf_size(rdf) == 4) {
+                ss.ss_family = AF_INET;
+                memcpy(&((struct sockaddr_in *)&ss)->sin_addr, ldns_rdf_data(rdf), 4);
+            } else if (ldns_rr_get_type(rr) == LDNS_RR_TYPE_AAAA && ldns_rdf_size(rdf) == 16) {
+                ss.ss_family = AF_INET6;
+                memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, ldns_rdf_data(rdf), 16);
+            } else {
+                continue;
+            }
+            const struct sockaddr *sa = (const struct sockaddr *)&ss;
+            const char *why = net_screen_reason(sa, NULL);
+            if (!why || net_policy_rebind_ok(p, sa, net_self_contains(sa)))
+                continue;
+            char text[INET6_ADDRSTRLEN] = "?";
+            inet_ntop(ss.ss_family, ss.ss_family == AF_INET ? (const void *)&((struct sockaddr_in *)&ss)->sin_addr
+                                                            : (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr,
+                      text, sizeof text);
+            snprintf(res->refused, sizeof res->refused, "answer points at %s, %s (DNS rebinding)", text, why);
+            return 1;
+        }
+    return 0;
+}
+
 /* ---- answering ----------------------------------------------------------------- */
 
 static int usable(ldns_pkt_rcode rcode)
@@ -536,9 +577,10 @@ static int usable(ldns_pkt_rcode rcode)
     return rcode != LDNS_RCODE_SERVFAIL && rcode != LDNS_RCODE_REFUSED;
 }
 
-static int forward(const net_dns_config *d, net_pins *pins, const ldns_pkt *q, const ldns_rr *question,
+static int forward(const net_policy *p, net_pins *pins, const ldns_pkt *q, const ldns_rr *question,
                    uint8_t **out, size_t *out_len, net_dns_result *res, cell_error *err)
 {
+    const net_dns_config *d = net_policy_dns(p);
     res->forwarded = 1;
     ldns_pkt *fwd = forward_query(q, question);
     _cleanup_free_ uint8_t *buf = malloc(DNS_MAX_MSG);
@@ -559,6 +601,11 @@ static int forward(const net_dns_config *d, net_pins *pins, const ldns_pkt *q, c
     ldns_pkt_free(fwd);
     if (!answer)
         return make_reply(q, LDNS_RCODE_SERVFAIL, out, out_len, res, err);
+    if (rebinding(p, answer, res)) {
+        ldns_pkt_free(answer);
+        res->blocked = 1;
+        return make_reply(q, LDNS_RCODE_REFUSED, out, out_len, res, err);
+    }
     res->rcode = (int)ldns_pkt_get_rcode(answer);
     res->n_pinned = pin_answer(pins, answer, ldns_rr_owner(question), res->qname);
     ldns_pkt_free(answer);
@@ -594,7 +641,7 @@ static int answer_query(const net_policy *p, net_pins *pins, const ldns_pkt *q, 
     }
     if (res->qtype == LDNS_RR_TYPE_AAAA)
         return make_reply(q, LDNS_RCODE_NOERROR, out, out_len, res, err);
-    return forward(d, pins, q, question, out, out_len, res, err);
+    return forward(p, pins, q, question, out, out_len, res, err);
 }
 
 int net_dns_answer(const net_policy *p, net_pins *pins, const uint8_t *query, size_t len,

@@ -27,6 +27,7 @@ typedef struct net_dns_result {
     int  forwarded;      /* 1 if an upstream was asked */
     int  blocked;        /* 1 if refused by policy (no dns rule, strict mode) */
     int  n_pinned;       /* addresses pinned from the answer */
+    char refused[128];   /* why the upstream's answer was withheld (DNS rebinding), or "" */
 } net_dns_result;
 
 /* Answer one query read from the cell (over_tcp: without the 2-byte length
@@ -35,7 +36,11 @@ typedef struct net_dns_result {
  * - AAAA: an empty NOERROR (cells have no IPv6; clients fall back fast);
  * - else forwarded to the upstreams in order (UDP, 2 s each, TCP when the
  *   answer is truncated); A records of the answer are pinned to qname
- *   (also through CNAME chains); no upstream answering: SERVFAIL.
+ *   (also through CNAME chains); no upstream answering: SERVFAIL;
+ * - an answer with an address record pointing at loopback, link-local,
+ *   unspecified, multicast, broadcast or the host itself (net_screen_reason)
+ *   that the policy's "rebind" does not accept: REFUSED, res->refused says
+ *   why, nothing pinned (DNS rebinding).
  * A query that does not parse: -1 (EINVAL), no reply. */
 int net_dns_answer(const net_policy *p, net_pins *pins, const uint8_t *query, size_t len,
                    uint8_t **reply, size_t *reply_len, net_dns_result *res, cell_error *err);

@@ -8,6 +8,7 @@
 #include "net/http.h"
 #include "net/netns.h"
 #include "net/policy.h"
+#include "net/screen.h"
 #include "util/util.h"
 
 #include <arpa/inet.h>
@@ -309,7 +310,7 @@ static net_policy *decide_tcp(net_engine *e, const struct sockaddr *dst, char *h
     if (!*pinned)
         host[0] = '\0';
     net_policy *p = current_policy(e);
-    net_flow f = { .transport = NET_TCP, .dst = dst, .host = *pinned ? host : NULL };
+    net_flow f = { .transport = NET_TCP, .dst = dst, .host = *pinned ? host : NULL, .to_self = net_self_contains(dst) };
     *v = (net_verdict){ .allow = 0, .rule = -1 };
     net_policy_decide(p, &f, v);
     return p;
@@ -466,6 +467,8 @@ static void dns_event(net_engine *e, const net_policy *p, const net_dns_result *
                             "verdict", r->blocked ? "deny" : "allow", "rule", d ? d->rule : -1);
     if (rec)
         json_object_set_new(rec, "pinned", json_integer(r->n_pinned));
+    if (rec && r->refused[0])
+        json_object_set_new(rec, "reason", json_string(r->refused));
     emit(e, rec);
 }
 
@@ -761,7 +764,8 @@ static void udp_new_pair(net_engine *e, const struct sockaddr_in *src, const str
         if (e->udp[i].state == UDP_FREE)
             a = &e->udp[i];
     net_policy *p = current_policy(e);
-    net_flow f = { .transport = NET_UDP, .dst = (const struct sockaddr *)dst, .host = pinned ? host : NULL };
+    net_flow f = { .transport = NET_UDP, .dst = (const struct sockaddr *)dst, .host = pinned ? host : NULL,
+                   .to_self = net_self_contains((const struct sockaddr *)dst) };
     net_verdict v = { .allow = 0, .rule = -1 };
     net_policy_decide(p, &f, &v);
     /* A decide rule comes back undecided (allow 0): the owner says. */

@@ -2,6 +2,7 @@
  * over lo, policy routing for transparent UDP, nftables rules that send every
  * flow to the owner, and its listeners. */
 #include "net/netns.h"
+#include "net/screen.h"
 #include "net/net.h"
 #include "util/util.h"
 
@@ -243,24 +244,6 @@ static int run_nft(const char *text, const char *what, cell_error *err)
 }
 
 /* ---- the fast path: a veth to the host ------------------------------------ */
-
-/* The range the veths' /30s come from, host order, and how many /30s. */
-static int fast_subnet(uint32_t *base, unsigned *count, cell_error *err)
-{
-    const char *text = getenv("CELL_EGRESS_SUBNET");
-    if (!text || !*text)
-        text = NET_FAST_SUBNET;
-    char ip[32];
-    unsigned prefix = 0;
-    struct in_addr a;
-    if (sscanf(text, "%31[0-9.]/%u", ip, &prefix) != 2 || inet_pton(AF_INET, ip, &a) != 1 || prefix < 8 ||
-        prefix > 28)
-        return util_fail(err, EINVAL, "CELL_EGRESS_SUBNET=%s: expected an IPv4 range from /8 to /28, e.g. %s",
-                         text, NET_FAST_SUBNET);
-    *base = ntohl(a.s_addr) & ~((1u << (32 - prefix)) - 1);
-    *count = 1u << (30 - prefix);
-    return 0;
-}
 
 /* Host rules, one table for every fast-path cell of every owner on the host:
  * cells never reach each other through the host (their replies only, as
@@ -665,7 +648,7 @@ int net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err)
     unsigned count = 0;
     /* A host that cannot have the veth falls back to the relay; a range the
      * operator mistyped is an error, not a silent fallback. */
-    if (fast && fast_subnet(&base, &count, err) < 0)
+    if (fast && net_fast_subnet(&base, &count, err) < 0)
         return -1;
     if (!fast)
         snprintf(out->fast_off, sizeof out->fast_off, "turned off");

@@ -308,8 +308,9 @@ static const struct {
     { "link-local", NET_CLASS_LINK_LOCAL }, { "multicast", NET_CLASS_MULTICAST },
     { "broadcast", NET_CLASS_BROADCAST }, { "documentation", NET_CLASS_DOCUMENTATION },
     { "reserved", NET_CLASS_RESERVED },   { "public", NET_CLASS_PUBLIC },
+    { "host-self", NET_CLASS_HOST_SELF },
 };
-#define CLASS_LIST "loopback, private, link-local, multicast, broadcast, documentation, reserved, public"
+#define CLASS_LIST "loopback, private, link-local, multicast, broadcast, documentation, reserved, public, host-self"
 
 const char *net_class_name(unsigned bit)
 {
@@ -500,11 +501,31 @@ static int target_match(const target *t, const flow_addr *fa, unsigned cls)
     return t->family == fa->family && prefix_match(fa->addr, t->addr, t->prefix);
 }
 
-static int targets_match(const rule *r, const flow_addr *fa)
+/* The class "host-self" or this very address (a /32 or /128), not a wider
+ * CIDR or class that merely contains it. */
+static int names_exactly(const rule *r, const flow_addr *fa)
 {
+    for (size_t i = 0; i < r->n_to; i++) {
+        const target *t = &r->to[i];
+        if ((t->classes & NET_CLASS_HOST_SELF) ||
+            (!t->classes && t->prefix == (fa->family == AF_INET ? 32 : 128) && target_match(t, fa, 0)))
+            return 1;
+    }
+    return 0;
+}
+
+/* A flow to the host itself is allowed only by a rule that names it: a
+ * "private" or "0.0.0.0/0" meant for other machines must not reach the
+ * daemon's listeners or the host's services.  Deny rules still match as
+ * usual, so first-match-wins keeps holding for them. */
+static int targets_match(const rule *r, const flow_addr *fa, int to_self)
+{
+    int allowing = r->allow || r->kind == R_DECIDE;
+    if (to_self && allowing)
+        return names_exactly(r, fa);
     if (r->n_to == 0)
         return 1;
-    unsigned cls = classify(fa);
+    unsigned cls = classify(fa) | (to_self ? NET_CLASS_HOST_SELF : 0);
     for (size_t i = 0; i < r->n_to; i++)
         if (target_match(&r->to[i], fa, cls))
             return 1;
@@ -651,11 +672,16 @@ static int parse_upstream(const char *s, const char *path, struct sockaddr_stora
     return set_sockaddr(ss, family, addr, port);
 }
 
-static int parse_dns(const json_t *m, const char *path, int index, net_dns_config *d, cell_error *err)
+static int parse_dns(const json_t *m, const char *path, int index, rule *r, net_dns_config *d, cell_error *err)
 {
-    static const char *const keys[] = { "upstreams", "strict", NULL };
+    static const char *const keys[] = { "upstreams", "strict", "rebind", NULL };
     char sub[PATH_LEN];
-    if (check_keys(m, path, keys, "upstreams, strict", err) < 0)
+    if (check_keys(m, path, keys, "upstreams, strict, rebind", err) < 0)
+        return -1;
+    /* The dns rule never matches a flow, so its targets are free to hold
+     * the answers its "rebind" accepts. */
+    const json_t *rebind = json_object_get(m, "rebind");
+    if (rebind && parse_targets(rebind, AT(sub, "%s.rebind", path), r, err) < 0)
         return -1;
     const json_t *ups = json_object_get(m, "upstreams");
     AT(sub, "%s.upstreams", path);
@@ -916,18 +942,19 @@ static int parse_http(const json_t *m, const char *path, rule *r, cell_error *er
 
 /* ---- decide ------------------------------------------------------------------------- */
 
-/* "http://HOST[:PORT][/path]": HOST a name, IPv4 or [IPv6]; no userinfo. */
+/* "http[s]://HOST[:PORT][/path]": HOST a name, IPv4 or [IPv6]; no userinfo. */
 static int check_url(const char *u, const char *path, cell_error *err)
 {
-    static const char scheme[] = "http://";
-    if (strncmp(u, scheme, sizeof scheme - 1) != 0)
-        return bad(err, path, "%s: expected an http:// URL like \"http://127.0.0.1:8080/decide\"", q(u).s);
+    const char *scheme = strncmp(u, "https://", 8) == 0 ? "https://" : "http://";
+    if (strncmp(u, scheme, strlen(scheme)) != 0)
+        return bad(err, path, "%s: expected an http:// or https:// URL like \"https://hooks.example/decide\"",
+                   q(u).s);
     if (strlen(u) > MAX_URL)
         return bad(err, path, "URL is %zu characters; at most %d", strlen(u), MAX_URL);
     for (const char *c = u; *c; c++)
         if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
             return bad(err, path, "%s contains a space, control or non-ASCII character", q(u).s);
-    const char *host = u + sizeof scheme - 1;
+    const char *host = u + strlen(scheme);
     size_t alen = strcspn(host, "/?#");
     const char *port = NULL, *end = host + alen;
     if (alen == 0 || memchr(host, '@', alen))
@@ -958,7 +985,7 @@ static int parse_decide(const json_t *m, const char *path, rule *r, cell_error *
     AT(sub, "%s.url", path);
     if (!url)
         return bad(err, sub, "missing; expected the decision service's http:// URL");
-    if (want_string(url, sub, "an http:// URL", err) < 0 || check_url(json_string_value(url), sub, err) < 0)
+    if (want_string(url, sub, "an http:// or https:// URL", err) < 0 || check_url(json_string_value(url), sub, err) < 0)
         return -1;
     if (!(r->decide.url = strdup(json_string_value(url))))
         return util_fail(err, ENOMEM, "%s: out of memory", sub);
@@ -1061,7 +1088,7 @@ static int parse_rule(struct net_policy *p, const json_t *jr, size_t index, cell
         if (p->has_dns)
             return bad(err, sub, "a policy has at most one dns rule (rules[%d] is one)", p->dns.rule);
         p->has_dns = 1;
-        return parse_dns(m, sub, (int)index, &p->dns, err);
+        return parse_dns(m, sub, (int)index, r, &p->dns, err);
     case R_TCP:
     case R_UDP:
     case R_IP:     return parse_l4(m, sub, r, err);
@@ -1175,7 +1202,7 @@ static int rule_matches(const rule *r, const net_flow *f, const flow_addr *fa)
         return f->transport == NET_TCP && f->host && name_match(r->name, f->host) && ports_match(r, fa->port);
     default:       return 0;   /* dns: never a flow */
     }
-    return targets_match(r, fa) && ports_match(r, fa->port);
+    return targets_match(r, fa, f->to_self) && ports_match(r, fa->port);
 }
 
 void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out)
@@ -1195,6 +1222,29 @@ void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out)
         out->decide = r->kind == R_DECIDE ? &r->decide : NULL;
         return;
     }
+}
+
+size_t net_policy_rule_count(const net_policy *p)
+{
+    return p ? p->n_rules : 0;
+}
+
+const char *net_policy_decide_url(const net_policy *p, size_t i)
+{
+    return p && i < p->n_rules && p->rules[i].kind == R_DECIDE ? p->rules[i].decide.url : NULL;
+}
+
+int net_policy_rebind_ok(const net_policy *p, const struct sockaddr *sa, int to_self)
+{
+    flow_addr fa;
+    if (!p || !p->has_dns || flow_addr_of(sa, &fa) < 0)
+        return 0;
+    const rule *r = &p->rules[p->dns.rule];
+    unsigned cls = classify(&fa) | (to_self ? NET_CLASS_HOST_SELF : 0);
+    for (size_t i = 0; i < r->n_to; i++)
+        if (target_match(&r->to[i], &fa, cls))
+            return 1;
+    return 0;
 }
 
 const net_dns_config *net_policy_dns(const net_policy *p)

