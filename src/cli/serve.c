@@ -31,6 +31,9 @@ const char cli_serve_usage[] =
     "  --max-file-size SIZE  largest fs/file, upload-batch or lane import body\n"
     "                        (default 1G)\n"
     "  --max-json-size SIZE  largest JSON request body (default 1M)\n"
+    "  --audit-max-size SIZE rotate STATE/audit.log past SIZE (default 64M;\n"
+    "                        0 = never): it becomes audit.log.1, .1 becomes .2...\n"
+    "  --audit-keep N        rotated audit files kept, 1-64 (default 4)\n"
     "  --token-rate N        default requests/second of tokens created through\n"
     "                        the API (default 0 = unlimited)\n"
     "  --max-connections N   open connections per listener, TCP and the unix\n"
@@ -138,6 +141,16 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             i++;
         } else if (strcmp(a, "--max-file-size") == 0) {
             if (size_opt(a, v, &opt.max_file_bytes))
+                return CLI_EXIT_USAGE;
+            i++;
+        } else if (strcmp(a, "--audit-max-size") == 0) {
+            if (size_opt(a, v, &n))
+                return CLI_EXIT_USAGE;
+            if (n && n < (64u << 10))
+                return cli_fail(CLI_EXIT_USAGE, "--audit-max-size must be 0 (never rotate) or at least 64K");
+            opt.audit_max_size = n, opt.audit_max_size_set = 1, i++;
+        } else if (strcmp(a, "--audit-keep") == 0) {
+            if (count_opt(a, v, 1, 64, &opt.audit_keep))
                 return CLI_EXIT_USAGE;
             i++;
         } else if (strcmp(a, "--max-json-size") == 0) {

@@ -28,34 +28,33 @@ static int query_int(sreq *r, const char *key, int64_t min, int64_t max, int64_t
     return 0;
 }
 
+/* Newest first in pages of `limit`: a full page's "cursor" is passed back
+ * as ?cursor= for the next older one.  Filters are applied while the files
+ * are read backwards, so memory is bounded by the page, not the log. */
 int h_audit(sreq *r)
 {
-    int64_t since = 0, limit = 100;
-    if (query_int(r, "since", 0, INT64_MAX, &since) < 0 || query_int(r, "limit", 1, 10000, &limit) < 0)
+    int64_t since = 0, limit = 100, cursor = 0;
+    if (query_int(r, "since", 0, INT64_MAX, &since) < 0 ||
+        query_int(r, "limit", 1, STORE_AUDIT_MAX_RECORDS, &limit) < 0 ||
+        query_int(r, "cursor", 1, INT64_MAX, &cursor) < 0)
         return MHD_YES;
-    const char *kind = req_query(r, "kind");
+    const char *kind = req_query(r, "kind"), *cell_id = req_query(r, "cell");
     if (kind && strcmp(kind, "request") != 0 && strcmp(kind, "process") != 0 && strcmp(kind, "cell") != 0 &&
         strcmp(kind, "net") != 0)
         return reply_problem(r, 400, "invalid_request", "query parameter \"kind\" must be request, process, cell or net");
+    if (cell_id && strlen(cell_id) > 63)
+        return reply_problem(r, 400, "invalid_request", "query parameter \"cell\" must be a cell id");
+    store_audit_query q = { .tenant = r->tok.tenant, .kind = kind, .cell = cell_id, .since_ms = since,
+                            .before_seq = (uint64_t)cursor, .limit = (size_t)limit };
     json_t *records = NULL;
+    uint64_t next = 0;
     cell_error e = { 0 };
-    /* With a kind, filter first and keep the newest `limit` of that kind. */
-    if (store_audit_read(r->s->st, r->tok.tenant, since, kind ? 0 : (size_t)limit, &records, &e) < 0)
+    if (store_audit_find(r->s->st, &q, &records, &next, &e) < 0)
         return reply_error(r, &e);
-    if (kind) {
-        json_t *kept = json_array();
-        size_t i;
-        json_t *rec;
-        json_array_foreach(records, i, rec)
-            if (json_is_string(json_object_get(rec, "kind")) &&
-                strcmp(json_string_value(json_object_get(rec, "kind")), kind) == 0)
-                json_array_append(kept, rec);
-        json_decref(records);
-        while (json_array_size(kept) > (size_t)limit)
-            json_array_remove(kept, 0);
-        records = kept;
-    }
-    return reply_json(r, 200, json_pack("{s:o}", "records", records));
+    json_t *body = json_pack("{s:o}", "records", records);
+    if (body && next)
+        json_object_set_new(body, "cursor", json_sprintf("%llu", (unsigned long long)next));
+    return reply_json(r, 200, body);
 }
 
 static json_t *token_json(const store_token *t)

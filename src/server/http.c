@@ -683,6 +683,8 @@ int server_run(const server_options *opt, cell_error *err)
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
     if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0)
         goto out;
+    store_audit_set_rotation(s.st, opt->audit_max_size_set ? opt->audit_max_size : STORE_AUDIT_DEFAULT_MAX_SIZE,
+                             opt->audit_keep ? opt->audit_keep : STORE_AUDIT_DEFAULT_KEEP);
     if (!opt->no_token && ensure_admin_token(&s, token_path, sizeof token_path, &created, err) < 0)
         goto out;
     if (registry_load(&s, err) < 0)

@@ -62,6 +62,9 @@ typedef struct server_options {
     unsigned    idle_timeout_s; /* 0 = SERVER_DEFAULT_IDLE_TIMEOUT */
     unsigned    header_timeout_s; /* 0 = SERVER_DEFAULT_HEADER_TIMEOUT */
     const char *log_path;       /* stdout and stderr go here; reopened on SIGHUP */
+    uint64_t    audit_max_size; /* rotate audit.log past this (if audit_max_size_set; 0 = never) */
+    int         audit_max_size_set;
+    unsigned    audit_keep;     /* rotated audit files kept; 0 = STORE_AUDIT_DEFAULT_KEEP */
 } server_options;
 
 /* Run the daemon until SIGINT or SIGTERM (SIGHUP reopens the log).  Prints where it listens and

@@ -1,5 +1,7 @@
 /* audit.c: the append-only audit log STATE/audit.log, one JSON object per
- * line, and the reader that returns a tenant's newest records. */
+ * line, rotated by size into audit.log.1 .. audit.log.N (oldest); a limiter
+ * that keeps one cell's flood from filling it; and the reader that returns a
+ * tenant's newest records, reading the files backwards in bounded memory. */
 #include "store/store.h"
 
 #include <fcntl.h>
@@ -24,14 +26,104 @@
  * stamps "ts_ms" itself at the start of a slow request. */
 #define AUDIT_SLACK_MS  (5 * 60 * 1000)
 
+/* The per-cell limiter.  In each window a cell's first AUDIT_CELL_BURST
+ * records are written as they come; after that, identical records (equal
+ * but for the stamps, source address, durations and byte counts) become one
+ * record with a "count", written when the window ends, and records beyond
+ * AUDIT_CELL_KINDS different ones are only counted, in one "audit_dropped"
+ * record.  So a cell writes at most BURST + KINDS + 1 records per window,
+ * whatever it does.  Requests are not limited here: each one is an API call
+ * of a token, bounded by the token's rate. */
+#define AUDIT_WINDOW_MS   1000
+#define AUDIT_CELL_BURST  64
+#define AUDIT_CELL_KINDS  64
+
+/* A read gathers at most this much record text (and at most
+ * STORE_AUDIT_MAX_RECORDS records); the reply's cursor continues it. */
+#define AUDIT_READ_BYTES  (8u << 20)
+
+typedef struct audit_seen {
+    char    *key;       /* the record without its varying fields */
+    json_t  *rec;       /* its first occurrence in the window */
+    uint64_t count;
+} audit_seen;
+
+typedef struct audit_cell {
+    struct audit_cell *next;
+    char      *tenant, *cell;
+    int64_t    window_ms;           /* CLOCK_MONOTONIC start of the window */
+    unsigned   written;             /* records written in this window */
+    size_t     n_seen;
+    audit_seen seen[AUDIT_CELL_KINDS];
+    uint64_t   dropped;
+} audit_cell;
+
 struct store_audit {
     int             fd;
     /* One write() per record keeps concurrent appends whole (O_APPEND);
-     * the lock only orders the repair after a short write (disk full) so
-     * that no other record lands on the torn line. */
+     * the lock orders the repair after a short write (disk full) so that no
+     * other record lands on the torn line, and guards rotation, the
+     * sequence numbers and the limiter. */
     pthread_mutex_t lock;
     char            path[4096];
+    uint64_t        size;           /* of the current file */
+    uint64_t        max_size;       /* rotate past this (0 = never) */
+    unsigned        keep;           /* rotated files kept */
+    uint64_t        seq;            /* of the last record written */
+    audit_cell     *cells;
+    int64_t         swept_ms;
 };
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void rotated_path(const store_audit *a, unsigned n, char *out, size_t size)
+{
+    if (n == 0)
+        snprintf(out, size, "%s", a->path);
+    else
+        snprintf(out, size, "%s.%u", a->path, n);
+}
+
+/* The "seq" of the last whole line of fd, 0 if none carries one. */
+static uint64_t last_seq(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size <= 0)
+        return 0;
+    size_t n = st.st_size > (off_t)STORE_AUDIT_MAX_LINE ? STORE_AUDIT_MAX_LINE : (size_t)st.st_size;
+    _cleanup_free_ char *buf = malloc(n + 1);
+    if (!buf || pread(fd, buf, n, st.st_size - (off_t)n) != (ssize_t)n)
+        return 0;
+    while (n > 0 && buf[n - 1] == '\n')
+        n--;
+    size_t start = n;
+    while (start > 0 && buf[start - 1] != '\n')
+        start--;
+    json_auto_t *rec = json_loadb(buf + start, n - start, 0, NULL);
+    json_t *seq = json_object_get(rec, "seq");
+    return json_is_integer(seq) && json_integer_value(seq) > 0 ? (uint64_t)json_integer_value(seq) : 0;
+}
+
+static int open_current(store_audit *a, cell_error *err)
+{
+    a->fd = open(a->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (a->fd < 0)
+        return util_fail_errno(err, "open %s", a->path);
+    struct stat st;
+    if (fstat(a->fd, &st) < 0)
+        return util_fail_errno(err, "stat %s", a->path);
+    if (!S_ISREG(st.st_mode))
+        return util_fail(err, EINVAL, "%s is not a regular file", a->path);
+    if ((st.st_mode & 077) && fchmod(a->fd, 0600) < 0)
+        return util_fail_errno(err, "chmod %s", a->path);
+    a->size = (uint64_t)st.st_size;
+    return 0;
+}
 
 int store_audit_init(store_audit **out, const char *state_dir, cell_error *err)
 {
@@ -39,42 +131,39 @@ int store_audit_init(store_audit **out, const char *state_dir, cell_error *err)
     if (!a)
         return util_fail(err, ENOMEM, "audit: out of memory");
     a->fd = -1;
+    a->max_size = STORE_AUDIT_DEFAULT_MAX_SIZE;
+    a->keep = STORE_AUDIT_DEFAULT_KEEP;
     if (pthread_mutex_init(&a->lock, NULL) != 0) {
         free(a);
         return util_fail(err, ENOMEM, "audit: cannot create mutex");
     }
-    if (util_path(a->path, sizeof a->path, err, "%s/audit.log", state_dir) < 0)
+    if (util_path(a->path, sizeof a->path, err, "%s/audit.log", state_dir) < 0 || open_current(a, err) < 0)
         goto fail;
-    a->fd = open(a->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (a->fd < 0) {
-        util_fail_errno(err, "open %s", a->path);
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(a->fd, &st) < 0) {
-        util_fail_errno(err, "stat %s", a->path);
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        util_fail(err, EINVAL, "%s is not a regular file", a->path);
-        goto fail;
-    }
-    if ((st.st_mode & 077) && fchmod(a->fd, 0600) < 0) {
-        util_fail_errno(err, "chmod %s", a->path);
-        goto fail;
-    }
     /* A power loss can leave a torn last line; end it, so that the next
      * record starts a line of its own instead of being glued to it. */
     char last;
-    if (st.st_size > 0) {
-        if (pread(a->fd, &last, 1, st.st_size - 1) != 1) {
+    if (a->size > 0) {
+        if (pread(a->fd, &last, 1, (off_t)a->size - 1) != 1) {
             util_fail_errno(err, "read %s", a->path);
             goto fail;
         }
-        if (last != '\n' && write(a->fd, "\n", 1) != 1) {
-            util_fail_errno(err, "write %s", a->path);
-            goto fail;
+        if (last != '\n') {
+            if (write(a->fd, "\n", 1) != 1) {
+                util_fail_errno(err, "write %s", a->path);
+                goto fail;
+            }
+            a->size++;
         }
+    }
+    /* Sequence numbers go on from the newest record, in this file or, just
+     * after a rotation, in the previous one. */
+    a->seq = last_seq(a->fd);
+    if (!a->seq) {
+        char prev[4200];
+        rotated_path(a, 1, prev, sizeof prev);
+        _cleanup_close_ int fd = open(prev, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0)
+            a->seq = last_seq(fd);
     }
     *out = a;
     return 0;
@@ -83,14 +172,13 @@ fail:
     return -1;
 }
 
-void store_audit_fini(store_audit *a)
+void store_audit_set_rotation(store *s, uint64_t max_size, unsigned keep)
 {
-    if (!a)
-        return;
-    if (a->fd >= 0)
-        close(a->fd);
-    pthread_mutex_destroy(&a->lock);
-    free(a);
+    store_audit *a = store_audit_of(s);
+    pthread_mutex_lock(&a->lock);
+    a->max_size = max_size;
+    a->keep = keep < 1 ? 1 : keep > STORE_AUDIT_MAX_KEEP ? STORE_AUDIT_MAX_KEEP : keep;
+    pthread_mutex_unlock(&a->lock);
 }
 
 static void format_ts(char *buf, size_t size, int64_t ms)
@@ -100,6 +188,217 @@ static void format_ts(char *buf, size_t size, int64_t ms)
     gmtime_r(&sec, &tm);
     size_t n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(buf + n, size - n, ".%03dZ", (int)(ms % 1000));
+}
+
+/* audit.log -> audit.log.1 -> ... -> audit.log.KEEP, which is dropped.  A
+ * failure keeps writing to the file we have (a full log beats a lost one). */
+static void rotate(store_audit *a)
+{
+    char from[4200], to[4200];
+    for (unsigned n = a->keep; n > 0; n--) {
+        rotated_path(a, n - 1, from, sizeof from);
+        rotated_path(a, n, to, sizeof to);
+        if (rename(from, to) < 0 && errno != ENOENT)
+            return;
+    }
+    int old = a->fd;
+    if (open_current(a, NULL) < 0) {
+        if (a->fd >= 0)
+            close(a->fd);
+        a->fd = old;    /* still open on audit.log.1: keep appending there */
+        return;
+    }
+    close(old);
+}
+
+/* Stamp the next sequence number on `line` and append it.  Called locked. */
+static int write_line(store_audit *a, json_t *line)
+{
+    if (json_object_set_new(line, "seq", json_integer((json_int_t)(a->seq + 1))) < 0)
+        return errno = ENOMEM, -1;
+    _cleanup_free_ char *text = json_dumps(line, JSON_COMPACT);
+    if (!text)
+        return errno = ENOMEM, -1;
+    size_t len = strlen(text);
+    if (len + 1 > STORE_AUDIT_MAX_LINE)
+        return errno = EMSGSIZE, -1;
+    /* json_dumps escapes control characters, so the text is one line. */
+    char *p = realloc(text, len + 2);
+    if (!p)
+        return errno = ENOMEM, -1;
+    text = p;
+    text[len++] = '\n';
+    text[len] = '\0';
+    ssize_t n;
+    do
+        n = write(a->fd, text, len);
+    while (n < 0 && errno == EINTR);
+    int saved = n < 0 ? errno : ENOSPC;
+    if (n > 0 && (size_t)n < len) {
+        /* End the torn line; the reader skips it. */
+        if (write(a->fd, "\n", 1) == 1)
+            a->size++;
+    }
+    if (n > 0)
+        a->size += (uint64_t)n;
+    if (n < 0 || (size_t)n != len)
+        return errno = saved, -1;
+    a->seq++;
+    if (a->max_size && a->size >= a->max_size)
+        rotate(a);
+    return 0;
+}
+
+/* A new object with the stamps of `ms` first, then the record's keys (which
+ * win over the stamps if the caller set its own). */
+static json_t *stamped(json_t *record, int64_t ms)
+{
+    char stamp[40];
+    format_ts(stamp, sizeof stamp, ms);
+    json_t *line = json_pack("{s:s, s:I}", "ts", stamp, "ts_ms", (json_int_t)ms);
+    if (line && json_object_update(line, record) < 0) {
+        json_decref(line);
+        return NULL;
+    }
+    return line;
+}
+
+/* ---- the per-cell limiter (called locked) ---------------------------------- */
+
+/* What makes two records "the same" for coalescing: all but the fields that
+ * differ between repetitions of one event. */
+static char *limiter_key(json_t *line)
+{
+    static const char *const varying[] = { "ts", "ts_ms", "seq", "src", "durationMs", "bytesIn", "bytesOut" };
+    json_auto_t *copy = json_copy(line);
+    if (!copy)
+        return NULL;
+    for (size_t i = 0; i < sizeof varying / sizeof *varying; i++)
+        json_object_del(copy, varying[i]);
+    return json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS);
+}
+
+static void flush_cell(store_audit *a, audit_cell *c)
+{
+    for (size_t i = 0; i < c->n_seen; i++) {
+        json_t *rec = c->seen[i].rec;
+        json_object_set_new(rec, "count", json_integer((json_int_t)c->seen[i].count));
+        json_object_set_new(rec, "windowMs", json_integer(AUDIT_WINDOW_MS));
+        write_line(a, rec);
+        json_decref(rec);
+        free(c->seen[i].key);
+    }
+    c->n_seen = 0;
+    if (c->dropped) {
+        json_auto_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:I, s:i}", "kind", "cell", "event", "audit_dropped",
+                                     "tenant", c->tenant, "cell", c->cell, "dropped", (json_int_t)c->dropped,
+                                     "windowMs", AUDIT_WINDOW_MS);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        json_auto_t *line = rec ? stamped(rec, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000) : NULL;
+        if (line)
+            write_line(a, line);
+    }
+    c->dropped = 0;
+    c->written = 0;
+}
+
+static void free_cell(audit_cell *c)
+{
+    free(c->tenant);
+    free(c->cell);
+    free(c);
+}
+
+/* End the windows that are over: write their coalesced records and forget
+ * the cells (a quiet cell costs nothing). */
+static void sweep(store_audit *a, int64_t now, int all)
+{
+    if (!all && now - a->swept_ms < AUDIT_WINDOW_MS)
+        return;
+    a->swept_ms = now;
+    for (audit_cell **pp = &a->cells; *pp;) {
+        audit_cell *c = *pp;
+        if (all || now - c->window_ms >= AUDIT_WINDOW_MS) {
+            flush_cell(a, c);
+            *pp = c->next;
+            free_cell(c);
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
+static audit_cell *cell_state(store_audit *a, const char *tenant, const char *cell_id, int64_t now)
+{
+    for (audit_cell *c = a->cells; c; c = c->next)
+        if (strcmp(c->cell, cell_id) == 0 && strcmp(c->tenant, tenant) == 0)
+            return c;
+    audit_cell *c = calloc(1, sizeof *c);
+    if (!c || !(c->tenant = strdup(tenant)) || !(c->cell = strdup(cell_id))) {
+        if (c)
+            free_cell(c);
+        return NULL;
+    }
+    c->window_ms = now;
+    c->next = a->cells;
+    a->cells = c;
+    return c;
+}
+
+/* 1: write `line` now, 0: the limiter took it (counted or coalesced). */
+static int limiter_admit(store_audit *a, json_t *line)
+{
+    int64_t now = mono_ms();
+    sweep(a, now, 0);
+    const char *cell_id = json_string_value(json_object_get(line, "cell"));
+    const char *kind = json_string_value(json_object_get(line, "kind"));
+    if (!cell_id || (kind && strcmp(kind, "request") == 0))
+        return 1;
+    audit_cell *c = cell_state(a, json_string_value(json_object_get(line, "tenant")), cell_id, now);
+    if (!c)
+        return 1;
+    if (now - c->window_ms >= AUDIT_WINDOW_MS) {
+        flush_cell(a, c);
+        c->window_ms = now;
+    }
+    if (c->written < AUDIT_CELL_BURST) {
+        c->written++;
+        return 1;
+    }
+    char *key = limiter_key(line);
+    if (!key) {
+        c->dropped++;
+        return 0;
+    }
+    for (size_t i = 0; i < c->n_seen; i++) {
+        if (strcmp(c->seen[i].key, key) == 0) {
+            c->seen[i].count++;
+            free(key);
+            return 0;
+        }
+    }
+    if (c->n_seen < AUDIT_CELL_KINDS) {
+        c->seen[c->n_seen++] = (audit_seen){ .key = key, .rec = json_incref(line), .count = 1 };
+        return 0;
+    }
+    free(key);
+    c->dropped++;
+    return 0;
+}
+
+void store_audit_fini(store_audit *a)
+{
+    if (!a)
+        return;
+    if (a->fd >= 0) {
+        pthread_mutex_lock(&a->lock);
+        sweep(a, mono_ms(), 1);
+        pthread_mutex_unlock(&a->lock);
+        close(a->fd);
+    }
+    pthread_mutex_destroy(&a->lock);
+    free(a);
 }
 
 int store_audit_append(store *s, json_t *record)
@@ -115,72 +414,55 @@ int store_audit_append(store *s, json_t *record)
     }
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    char stamp[40];
-    format_ts(stamp, sizeof stamp, ms);
-
-    /* A new object with the stamps first, then the record's keys (which win
-     * over the stamps if the caller set its own): the caller's object is
-     * left as it was. */
-    json_auto_t *line = json_pack("{s:s, s:I}", "ts", stamp, "ts_ms", (json_int_t)ms);
-    if (!line || json_object_update(line, record) < 0) {
+    /* The caller's object is left as it was. */
+    json_auto_t *line = stamped(record, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    if (!line) {
         errno = ENOMEM;
         return -1;
     }
-    _cleanup_free_ char *text = json_dumps(line, JSON_COMPACT);
-    if (!text) {
-        errno = ENOMEM;
-        return -1;
-    }
-    size_t len = strlen(text);
-    if (len + 1 > STORE_AUDIT_MAX_LINE) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    /* json_dumps escapes control characters, so the text is one line. */
-    char *p = realloc(text, len + 2);
-    if (!p) {
-        errno = ENOMEM;
-        return -1;
-    }
-    text = p;
-    text[len++] = '\n';
-    text[len] = '\0';
-
     store_audit *a = store_audit_of(s);
     pthread_mutex_lock(&a->lock);
-    ssize_t n;
-    do
-        n = write(a->fd, text, len);
-    while (n < 0 && errno == EINTR);
-    int saved = n < 0 ? errno : ENOSPC;
-    if (n > 0 && (size_t)n < len) {
-        /* End the torn line; the reader skips it. */
-        ssize_t r = write(a->fd, "\n", 1);
-        (void)r;
-    }
+    int rc = limiter_admit(a, line) ? write_line(a, line) : 0;
+    int saved = errno;
     pthread_mutex_unlock(&a->lock);
-    if (n < 0 || (size_t)n != len) {
-        errno = saved;
-        return -1;
-    }
-    return 0;
+    errno = saved;
+    return rc;
 }
 
-/* What store_audit_read gathers, newest first. */
+/* ---- reading ---------------------------------------------------------------- */
+
+/* What a read gathers, newest first. */
 typedef struct audit_scan {
-    const char *tenant;
-    int64_t     since_ms, stop_below;
-    size_t      limit;
+    const store_audit_query *q;
+    int64_t     stop_below;
+    size_t      limit, bytes;
+    char        tenant_pat[96], kind_pat[48];
     json_t    **found;
     size_t      n, cap;
-    int         done;
+    int         done, full;
 } audit_scan;
+
+/* A cheap test before parsing: a record of tenant T contains "tenant":"T"
+ * as json_dumps wrote it (names need no escaping).  Parsing decides. */
+static int may_match(const audit_scan *sc, const char *line, size_t len)
+{
+    if (sc->tenant_pat[0] && !memmem(line, len, sc->tenant_pat, strlen(sc->tenant_pat)))
+        return 0;
+    if (sc->kind_pat[0] && !memmem(line, len, sc->kind_pat, strlen(sc->kind_pat)))
+        return 0;
+    return 1;
+}
+
+static int field_is(json_t *rec, const char *key, const char *want)
+{
+    const char *v = json_string_value(json_object_get(rec, key));
+    return !want || (v && strcmp(v, want) == 0);
+}
 
 /* Take one line; returns -1 only when out of memory. */
 static int scan_line(audit_scan *sc, const char *line, size_t len)
 {
-    if (len == 0)
+    if (len == 0 || !may_match(sc, line, len))
         return 0;
     json_t *rec = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
     json_t *tenant = json_object_get(rec, "tenant"), *ts_ms = json_object_get(rec, "ts_ms");
@@ -188,10 +470,14 @@ static int scan_line(audit_scan *sc, const char *line, size_t len)
         json_decref(rec);
         return 0; /* torn or foreign line */
     }
+    const store_audit_query *q = sc->q;
     int64_t ts = (int64_t)json_integer_value(ts_ms);
+    json_t *seq = json_object_get(rec, "seq");
     if (ts < sc->stop_below)
         sc->done = 1;
-    if (ts < sc->since_ms || (sc->tenant && strcmp(json_string_value(tenant), sc->tenant) != 0)) {
+    if (ts < q->since_ms || !field_is(rec, "tenant", q->tenant) || !field_is(rec, "kind", q->kind) ||
+        !field_is(rec, "cell", q->cell) ||
+        (q->before_seq && !(json_is_integer(seq) && (uint64_t)json_integer_value(seq) < q->before_seq))) {
         json_decref(rec);
         return 0;
     }
@@ -206,43 +492,33 @@ static int scan_line(audit_scan *sc, const char *line, size_t len)
         sc->cap = ncap;
     }
     sc->found[sc->n++] = rec;
-    if (sc->limit && sc->n >= sc->limit)
-        sc->done = 1;
+    sc->bytes += len;
+    if (sc->n >= sc->limit || sc->bytes >= AUDIT_READ_BYTES)
+        sc->done = sc->full = 1;
     return 0;
 }
 
-int store_audit_read(store *s, const char *tenant, int64_t since_ms, size_t limit, json_t **out_array,
-                     cell_error *err)
+/* Scan one file from its end.  buf[0, have) holds the file's bytes just
+ * after `pos` that are not yet consumed: the end of a line whose start lies
+ * before pos.  A line longer than any record can be (not ours) is dropped
+ * rather than grown without bound, so memory stays below two chunks plus
+ * one line whatever the file's size. */
+static int scan_file(audit_scan *sc, int fd, const char *path, cell_error *err)
 {
-    if (!s || !out_array)
-        return util_fail(err, EINVAL, "store_audit_read: missing argument");
-    store_audit *a = store_audit_of(s);
-    _cleanup_close_ int fd = open(a->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return util_fail_errno(err, "open %s", a->path);
     struct stat st;
     if (fstat(fd, &st) < 0)
-        return util_fail_errno(err, "stat %s", a->path);
-
-    audit_scan sc = { .tenant = tenant, .since_ms = since_ms, .limit = limit };
-    sc.stop_below = since_ms > INT64_MIN + AUDIT_SLACK_MS ? since_ms - AUDIT_SLACK_MS : INT64_MIN;
-    /* Read backwards in chunks.  buf[0, have) holds the file's bytes just
-     * after `pos` that are not yet consumed: the end of a line whose start
-     * lies before pos.  A line longer than any record can be (not ours) is
-     * dropped rather than grown without bound. */
+        return util_fail_errno(err, "stat %s", path);
     _cleanup_free_ char *buf = NULL;
     size_t have = 0, bufcap = 0;
-    int skipping = 0, rc = -1;
+    int skipping = 0;
     off_t pos = st.st_size;
-    while (pos > 0 && !sc.done) {
+    while (pos > 0 && !sc->done) {
         size_t n = pos > (off_t)AUDIT_CHUNK ? AUDIT_CHUNK : (size_t)pos;
         pos -= (off_t)n;
         if (have + n > bufcap) {
             char *p = realloc(buf, have + n);
-            if (!p) {
-                util_fail(err, ENOMEM, "read %s: out of memory", a->path);
-                goto out;
-            }
+            if (!p)
+                return util_fail(err, ENOMEM, "read %s: out of memory", path);
             buf = p;
             bufcap = have + n;
         }
@@ -251,18 +527,15 @@ int store_audit_read(store *s, const char *tenant, int64_t since_ms, size_t limi
         if (got < 0 || (size_t)got != n) {
             if (got >= 0)
                 errno = EIO; /* truncated under us */
-            util_fail_errno(err, "read %s", a->path);
-            goto out;
+            return util_fail_errno(err, "read %s", path);
         }
         have += n;
         size_t end = have;
-        for (size_t i = have; i > 0 && !sc.done; i--) {
+        for (size_t i = have; i > 0 && !sc->done; i--) {
             if (buf[i - 1] != '\n')
                 continue;
-            if (!skipping && scan_line(&sc, buf + i, end - i) < 0) {
-                util_fail(err, ENOMEM, "read %s: out of memory", a->path);
-                goto out;
-            }
+            if (!skipping && scan_line(sc, buf + i, end - i) < 0)
+                return util_fail(err, ENOMEM, "read %s: out of memory", path);
             skipping = 0;
             end = i - 1;
         }
@@ -272,27 +545,72 @@ int store_audit_read(store *s, const char *tenant, int64_t since_ms, size_t limi
             have = 0;
         }
     }
-    if (pos == 0 && !sc.done && !skipping && scan_line(&sc, buf, have) < 0) {
-        util_fail(err, ENOMEM, "read %s: out of memory", a->path);
-        goto out;
+    if (pos == 0 && !sc->done && !skipping && scan_line(sc, buf, have) < 0)
+        return util_fail(err, ENOMEM, "read %s: out of memory", path);
+    return 0;
+}
+
+int store_audit_find(store *s, const store_audit_query *q, json_t **out_array, uint64_t *next, cell_error *err)
+{
+    if (!s || !q || !out_array)
+        return util_fail(err, EINVAL, "store_audit_find: missing argument");
+    store_audit *a = store_audit_of(s);
+    audit_scan sc = { .q = q };
+    sc.limit = q->limit && q->limit < STORE_AUDIT_MAX_RECORDS ? q->limit : STORE_AUDIT_MAX_RECORDS;
+    sc.stop_below = q->since_ms > INT64_MIN + AUDIT_SLACK_MS ? q->since_ms - AUDIT_SLACK_MS : INT64_MIN;
+    if (q->tenant)
+        snprintf(sc.tenant_pat, sizeof sc.tenant_pat, "\"tenant\":\"%s\"", q->tenant);
+    if (q->kind)
+        snprintf(sc.kind_pat, sizeof sc.kind_pat, "\"kind\":\"%s\"", q->kind);
+    /* Open every file under the lock, so that a rotation cannot make us read
+     * one twice or miss one; the scan then runs without it. */
+    int fds[STORE_AUDIT_MAX_KEEP + 1];
+    char path[4200];
+    size_t n_fds = 0;
+    pthread_mutex_lock(&a->lock);
+    sweep(a, mono_ms(), 1);     /* pending coalesced records first */
+    for (unsigned i = 0; i <= a->keep; i++) {
+        rotated_path(a, i, path, sizeof path);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd >= 0)
+            fds[n_fds++] = fd;
+        else if (errno != ENOENT || i == 0)
+            break;
     }
-    json_t *arr = json_array();
-    if (!arr) {
-        util_fail(err, ENOMEM, "read %s: out of memory", a->path);
-        goto out;
+    pthread_mutex_unlock(&a->lock);
+    int rc = n_fds ? 0 : util_fail_errno(err, "open %s", a->path);
+    for (size_t i = 0; i < n_fds && rc == 0 && !sc.done; i++) {
+        rotated_path(a, (unsigned)i, path, sizeof path);
+        rc = scan_file(&sc, fds[i], path, err);
     }
-    for (size_t i = sc.n; i > 0; i--) {
+    for (size_t i = 0; i < n_fds; i++)
+        close(fds[i]);
+    json_t *arr = rc == 0 ? json_array() : NULL;
+    if (rc == 0 && !arr)
+        rc = util_fail(err, ENOMEM, "read %s: out of memory", a->path);
+    for (size_t i = sc.n; arr && i > 0; i--) {
         if (json_array_append(arr, sc.found[i - 1]) < 0) {
             json_decref(arr);
-            util_fail(err, ENOMEM, "read %s: out of memory", a->path);
-            goto out;
+            arr = NULL;
+            rc = util_fail(err, ENOMEM, "read %s: out of memory", a->path);
         }
     }
-    *out_array = arr;
-    rc = 0;
-out:
+    /* A full page continues below its oldest record. */
+    if (next) {
+        json_t *seq = sc.full && sc.n ? json_object_get(sc.found[sc.n - 1], "seq") : NULL;
+        *next = json_is_integer(seq) ? (uint64_t)json_integer_value(seq) : 0;
+    }
     for (size_t i = 0; i < sc.n; i++)
         json_decref(sc.found[i]);
     free(sc.found);
+    if (rc == 0)
+        *out_array = arr;
     return rc;
+}
+
+int store_audit_read(store *s, const char *tenant, int64_t since_ms, size_t limit, json_t **out_array,
+                     cell_error *err)
+{
+    store_audit_query q = { .tenant = tenant, .since_ms = since_ms, .limit = limit };
+    return store_audit_find(s, &q, out_array, NULL, err);
 }
