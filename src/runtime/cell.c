@@ -306,6 +306,12 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
         return -1;
     plan->image_is_host = strcmp(image, "host") == 0;
     plan->disk = cfg->limits.disk ? cfg->limits.disk : CELL_DEFAULT_DISK;
+    /* The throwaway layer is a tmpfs, whose pages are charged to the memory
+     * cgroup of the cell process that writes them: it is memory, counted in
+     * the cell's memory limit (and so in a tenant's memory quota).  Capped
+     * at that limit, a write past it is ENOSPC rather than the OOM killer. */
+    if (cfg->limits.memory && plan->disk > cfg->limits.memory)
+        plan->disk = cfg->limits.memory;
     plan->uid_base = c->uid_base;
     plan->init_fd = c->ctx->init_memfd;
     plan->seccomp = &c->ctx->seccomp;

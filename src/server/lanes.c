@@ -9,6 +9,35 @@
 
 static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* A lane made through the API without a size gets this much, or what is
+ * left of its tenant's disk quota if that is less: every API lane is sized,
+ * so the quota counts declared sizes and the filesystem enforces them. */
+#define LANE_DEFAULT_SIZE (1ull << 30)
+
+/* Runtime messages name the host-unique lane id: show the tenant's name
+ * instead, and say which quota a full lane comes from. */
+static int lane_reply_error(sreq *r, const store_lane *l, const cell_error *e)
+{
+    cell_error out = { .code = e->code };
+    const char *m = e->message;
+    size_t o = 0, idlen = strlen(l->id);
+    while (*m && o + 1 < sizeof out.message) {
+        if (idlen && strncmp(m, l->id, idlen) == 0) {
+            o += (size_t)snprintf(out.message + o, sizeof out.message - o, "%s", l->name);
+            m += idlen;
+        } else {
+            out.message[o++] = *m++;
+        }
+    }
+    if (o >= sizeof out.message)
+        o = sizeof out.message - 1;
+    out.message[o] = '\0';
+    if (e->code == ENOSPC || e->code == EFBIG)
+        snprintf(out.message + o, sizeof out.message - o, " (lane %s is %llu bytes, counted against quota \"disk\"; "
+                 "give a larger \"size\" if the quota allows)", l->name, (unsigned long long)l->size);
+    return reply_error(r, &out);
+}
+
 static json_t *lane_json(srv *s, const store_lane *l)
 {
     cell_lane_info info;
@@ -41,7 +70,8 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
         return reply_problem(r, 400, "invalid_request", "lane name \"%s\": use 1-63 of A-Z a-z 0-9 _ . - "
                              "not starting with '.' or '-'", name), -1;
     if (size && size < CELL_LANE_MIN_SIZE)
-        return reply_problem(r, 400, "invalid_request", "field \"size\" must be 0 (unlimited) or at least 16M"), -1;
+        return reply_problem(r, 400, "invalid_request", "field \"size\" must be at least 16M (or omitted for the "
+                             "default)"), -1;
     if (limits_check(r, "size", size, r->s->opt.limits.lane_size, "lane.size") < 0)
         return -1;
     store_tenant t;
@@ -57,10 +87,17 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
         return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"lanes\" is %u and %zu exist",
                              t.name, t.max_lanes, count), -1;
     }
-    if (rc == 0 && total + size > t.max_disk) {
+    uint64_t left = rc == 0 && total < t.max_disk ? t.max_disk - total : 0;
+    if (rc == 0 && !size) {
+        size = left < LANE_DEFAULT_SIZE ? left : LANE_DEFAULT_SIZE;
+        if (r->s->opt.limits.lane_size && size > r->s->opt.limits.lane_size)
+            size = r->s->opt.limits.lane_size;
+    }
+    if (rc == 0 && (size > left || size < CELL_LANE_MIN_SIZE)) {
         pthread_mutex_unlock(&quota_lock);
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and lanes hold %llu",
-                             t.name, (unsigned long long)t.max_disk, (unsigned long long)total), -1;
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes, lanes hold %llu and "
+                             "this lane needs %llu (at least 16M)", t.name, (unsigned long long)t.max_disk,
+                             (unsigned long long)total, (unsigned long long)(size ? size : CELL_LANE_MIN_SIZE)), -1;
     }
     memset(l, 0, sizeof *l);
     char hex[17];
@@ -108,7 +145,7 @@ int h_lanes_create(sreq *r)
         store_lane_delete(r->s->st, l.id, NULL);
         if (e.code == ENOENT)   /* the runtime's "unknown image" */
             return reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
-        return reply_error(r, &e);
+        return lane_reply_error(r, &l, &e);
     }
     snprintf(l.state, sizeof l.state, "ready");
     return reply_json(r, 201, lane_json(r->s, &l));
@@ -169,7 +206,7 @@ int h_lanes_delete(sreq *r)
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0 && e.code != ENOENT) {
         store_lane_set_state(r->s->st, l.id, "ready", NULL);
-        return reply_error(r, &e);
+        return lane_reply_error(r, &l, &e);
     }
     if (store_lane_delete(r->s->st, l.id, &e) < 0)
         return reply_error(r, &e);
@@ -181,6 +218,7 @@ typedef struct lane_job {
     char state_dir[4096];
     char id[40];
     char image[64];
+    uint64_t size;               /* import: the lane's size */
     int  fd;                     /* import: the pipe's read end */
     cell_error err;
     int  rc;
@@ -208,12 +246,10 @@ int h_lanes_export(sreq *r)
     int rc = cell_lane_get(r->s->ctx, l.id, &info, &e);
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0)
-        return reply_error(r, &e);
+        return lane_reply_error(r, &l, &e);
     /* Checked here so the client gets a status, not a cut-off tar. */
     if (info.attached)
         return reply_problem(r, 409, "conflict", "lane %s is attached to a running cell; stop it first", l.name);
-    if (info.size)
-        return reply_problem(r, 409, "conflict", "lane %s is size-limited; export of size-limited lanes is not supported yet", l.name);
     lane_job *job = calloc(1, sizeof *job);
     if (!job)
         return reply_problem(r, 500, "internal", "out of memory");
@@ -241,7 +277,7 @@ static void *import_main(void *arg)
     cell_ctx *ctx = NULL;
     job->rc = -1;
     if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
-        job->rc = cell_lane_import(ctx, job->id, job->image, job->fd, &job->err);
+        job->rc = cell_lane_import_sized(ctx, job->id, job->image, job->size, job->fd, &job->err);
         cell_ctx_close(ctx);
     }
     close(job->fd);
@@ -276,7 +312,12 @@ static import_state *import_begin(sreq *r)
     r->stream = st;
     r->stream_free = import_free;
     req_audit(r, "lane", json_string(name));
-    if (reserve_lane(r, name, image ? image : "host", 0, &st->lane) < 0)
+    const char *size_text = req_query(r, "size");
+    uint64_t size = 0;
+    cell_error se = { 0 };
+    if (size_text && cell_parse_size(size_text, &size, &se) < 0)
+        return reply_problem(r, 400, "invalid_request", "query parameter \"size\": %s", se.message), NULL;
+    if (reserve_lane(r, name, image ? image : "host", size, &st->lane) < 0)
         return NULL;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
@@ -289,6 +330,7 @@ static import_state *import_begin(sreq *r)
     snprintf(st->job.state_dir, sizeof st->job.state_dir, "%s", r->s->state_dir);
     snprintf(st->job.id, sizeof st->job.id, "%s", st->lane.id);
     snprintf(st->job.image, sizeof st->job.image, "%s", st->lane.image);
+    st->job.size = st->lane.size;
     if (pthread_create(&st->worker, NULL, import_main, &st->job) != 0)
         return reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
     st->worker_on = 1;
@@ -345,8 +387,9 @@ int h_lanes_import(sreq *r)
     st->worker_on = 0;
     cell_error e = st->job.err;
     if (st->job.rc < 0 || store_lane_set_state(r->s->st, st->lane.id, "ready", &e) < 0) {
+        store_lane lane = st->lane;
         import_abandon(r, st);
-        return reply_error(r, &e);
+        return lane_reply_error(r, &lane, &e);
     }
     snprintf(st->lane.state, sizeof st->lane.state, "ready");
     store_lane done = st->lane;

@@ -116,10 +116,56 @@ static void type_words(const char *type, char *out, size_t size, int title_case)
     out[i] = '\0';
 }
 
+/* A host-unique lane id ("l-" and 16 hex digits) at `p`? */
+static int lane_id_at(const char *p)
+{
+    if (p[0] != 'l' || p[1] != '-')
+        return 0;
+    for (int i = 2; i < 18; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return 0;
+    return !((p[18] >= '0' && p[18] <= '9') || (p[18] >= 'a' && p[18] <= 'f'));
+}
+
+/* Messages from libcell and the store may name host paths in the state
+ * directory and host-unique lane ids; a tenant sees neither: the state
+ * directory becomes "(state)" and a lane id the tenant's name for it (or
+ * "(lane)" if it is not the caller's). */
+static void scrub_message(sreq *r, const char *in, char *out, size_t size)
+{
+    const char *state = r->s->state_dir;
+    size_t o = 0, slen = strlen(state);
+    while (*in && o + 1 < size) {
+        const char *put = NULL;
+        char name[64];
+        store_lane l;
+        if (slen > 1 && strncmp(in, state, slen) == 0) {
+            put = "(state)";
+            in += slen;
+        } else if (lane_id_at(in)) {
+            char id[19];
+            memcpy(id, in, 18);
+            id[18] = '\0';
+            int mine = r->tok.tenant[0] && store_lane_get_by_id(r->s->st, r->tok.tenant, id, &l, NULL) == 0;
+            snprintf(name, sizeof name, "%s", mine ? l.name : "(lane)");
+            put = name;
+            in += 18;
+        }
+        if (!put) {
+            out[o++] = *in++;
+            continue;
+        }
+        int n = snprintf(out + o, size - o, "%s", put);
+        o = n < 0 || (size_t)n >= size - o ? size - 1 : o + (size_t)n;
+    }
+    out[o] = '\0';
+}
+
 static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, va_list ap)
 {
-    char msg[1024], detail[1200], uri[128], title[64], words[64];
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    char raw[1024], msg[1024], detail[1200], uri[128], title[64], words[64];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    scrub_message(r, raw, msg, sizeof msg);
     snprintf(uri, sizeof uri, PROBLEM_TYPE_BASE "%s", type);
     type_words(type, words, sizeof words, 0);
     snprintf(detail, sizeof detail, "%s: %s", words, msg);

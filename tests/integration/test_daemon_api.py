@@ -921,3 +921,265 @@ def test_ttl_reaps_an_idle_cell(admin):
         assert admin.get("/v1/cells/%s" % kid).body["state"] == "running"
     finally:
         admin.delete("/v1/cells/%s" % kid)
+
+
+# ---- disk quota: every byte a tenant stores is counted and bounded while written ---------------
+
+
+def lane_dirs(d):
+    return sorted(os.listdir(os.path.join(d.state, "lanes")))
+
+
+def gzip_tar_of_zeros(inflated):
+    """A .tar.gz of one file of `inflated` zero bytes, built in memory
+    (about 1 KiB per MiB inflated)."""
+    import gzip
+    ti = tarfile.TarInfo("zeros")
+    ti.size = inflated
+    buf = io.BytesIO()
+    chunk = bytes(1 << 20)
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9) as gz:
+        gz.write(ti.tobuf(tarfile.PAX_FORMAT))
+        for _ in range(inflated // len(chunk)):
+            gz.write(chunk)
+        gz.write(bytes(-inflated % 512 + 1024))
+    return buf.getvalue()
+
+
+def upload_refused_early(c, path, size):
+    """PUT `size` bytes; the daemon may answer (and close) before the body is
+    all sent, so send what it takes and then read its answer."""
+    import http.client
+    conn = c.conn()
+    try:
+        conn.putrequest("PUT", path)
+        for k, v in c.headers_for({"Content-Length": str(size)}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        chunk = bytes(1 << 20)
+        try:
+            for _ in range(size // len(chunk)):
+                conn.send(chunk)
+        except OSError:
+            pass
+        try:
+            r = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            return None, "closed"
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_api_lanes_are_sized_and_count_against_the_disk_quota(d, admin):
+    """A tenant with an 80M disk quota: a lane without a size gets what is
+    left (so it cannot escape the quota), a cell on it that writes 200M gets
+    ENOSPC, an fs upload past it fails with 507, and the tenant's usage shows
+    the declared size."""
+    name, c, _ = new_tenant(d, admin)
+    assert admin.put("/v1/tenants/%s" % name, {"maxDisk": "80M"}).status == 200
+    r = c.post("/v1/lanes", {"name": "a"})
+    assert r.status == 201 and r.body["size"] == 80 << 20, r
+    try:
+        assert_problem(c.post("/v1/lanes", {"name": "b"}), 403, "quota_exceeded", detail_has="disk")
+        assert_problem(c.post("/v1/lanes", {"name": "b", "size": "16M"}), 403, "quota_exceeded", detail_has="disk")
+        usage = admin.get("/v1/tenants/%s" % name).body["usage"]
+        assert usage["disk"] == 80 << 20 and usage["lanes"] == 1, usage
+        cell = create_cell(c, {"lane": "a", "resources": {"memory": "64M"}})
+        try:
+            out = sh(c, cell["id"], "dd if=/dev/zero of=/root/big bs=1M count=200 2>&1; echo rc=$?; sync")
+            assert "No space left on device" in out["stdout"] and "rc=1" in out["stdout"], out
+            status, text = upload_refused_early(c, "/cells/%s/v1/fs/file?path=/root/more" % cell["id"], 32 << 20)
+            # 507 when the failure is seen before the body is all in; a
+            # connection closed mid-body otherwise.  Either way nothing past
+            # the quota is stored (checked below).
+            assert (status == 507 and "insufficient_storage" in text) or status is None, (status, text)
+            r = c.call("PUT", "/cells/%s/v1/fs/file?path=/root/small" % cell["id"], body=bytes(1 << 20))
+            assert_problem(r, 507, "insufficient_storage")
+        finally:
+            assert c.delete("/v1/cells/%s" % cell["id"]).status == 204
+        # What the host holds for the lane never outgrows its declared size.
+        held = 0
+        for top, _, files in os.walk(os.path.join(d.state, "lanes")):
+            for f in files:
+                held += os.lstat(os.path.join(top, f)).st_blocks * 512
+        assert held <= (80 << 20) + len(lane_dirs(d)) * (1 << 20), held
+    finally:
+        assert c.delete("/v1/lanes/a").status == 204
+    assert admin.get("/v1/tenants/%s" % name).body["usage"]["disk"] == 0
+
+
+def test_api_import_of_a_gzip_bomb_is_refused_and_leaves_nothing(d, admin):
+    """512 MiB of zeros in a 0.5 MiB .tar.gz, for a tenant whose quota is 64M:
+    refused with 413 naming the lane and the quota, and no lane, row or file
+    is left behind."""
+    name, c, _ = new_tenant(d, admin)
+    assert admin.put("/v1/tenants/%s" % name, {"maxDisk": "64M"}).status == 200
+    bomb = gzip_tar_of_zeros(512 << 20)
+    assert len(bomb) < (1 << 20)
+    before = lane_dirs(d)
+    r = c.call("POST", "/v1/lanes/bomb/import", body=bomb, headers={"Content-Type": "application/x-tar"})
+    p = assert_problem(r, 413, "payload_too_large")
+    assert "bomb" in p["detail"] and "disk" in p["detail"] and "67108864" in p["detail"], p
+    assert_problem(c.get("/v1/lanes/bomb"), 404, "not_found")
+    assert wait_for(lambda: lane_dirs(d) == before, 10), (before, lane_dirs(d))
+    assert admin.get("/v1/tenants/%s" % name).body["usage"]["disk"] == 0
+    # The size of an import is asked for, and checked like a lane's.
+    tiny = gzip_tar_of_zeros(1 << 20)
+    for q, status in (("size=lots", 400), ("size=1G", 403), ("size=1M", 400)):
+        r = c.call("POST", "/v1/lanes/x/import?" + q, body=tiny, headers={"Content-Type": "application/x-tar"})
+        assert_problem(r, status)
+    r = c.call("POST", "/v1/lanes/x/import?size=32M", body=tiny, headers={"Content-Type": "application/x-tar"})
+    assert r.status == 201 and r.body["size"] == 32 << 20, r
+    assert c.delete("/v1/lanes/x").status == 204
+
+
+def test_lane_errors_show_lane_names_not_internal_ids_or_paths(d, admin):
+    """A failed import's problem names the tenant's lane, never the lane's
+    host-unique id (l-...) or a path in the daemon's state directory."""
+    name, c, _ = new_tenant(d, admin)
+    import re
+    bad = io.BytesIO()
+    with tarfile.open(fileobj=bad, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("/etc/abs"), io.BytesIO(b""))
+    for body in (b"this is not a tar archive" * 100, bad.getvalue(), gzip_tar_of_zeros(64 << 20)[:20000]):
+        r = c.call("POST", "/v1/lanes/mylane/import", body=body, headers={"Content-Type": "application/x-tar"})
+        p = assert_problem(r, r.status)
+        assert 400 <= r.status < 600 and "mylane" in p["detail"], p
+        assert not re.search(r"l-[0-9a-f]{16}", json.dumps(p)), p
+        assert d.state not in json.dumps(p), p
+
+
+# ---- audit: floods are coalesced, the log rotates, reads are bounded -------------------------------
+
+
+FLOOD = r"""
+import socket, sys
+n = int(sys.argv[1])
+for i in range(n):
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect(("198.18.0.1", 9))
+    except OSError:
+        pass
+    s.close()
+print("done")
+"""
+
+
+def events_of(records):
+    return sum(r.get("dropped", r.get("count", 1)) for r in records)
+
+
+def test_audit_flood_of_denied_connections_is_coalesced(d, admin):
+    """A cell makes 3000 denied connections as fast as it can: the log gets a
+    bounded number of records per second (coalesced ones with a count, and
+    one saying how many were dropped), and they account for every attempt."""
+    cid = create_cell(admin, {"resources": {"memory": "128M"}, "policy": {"rules": []}})["id"]
+    try:
+        t0 = time.monotonic()
+        out = run_in(admin, cid, "/usr/bin/python3", ["-c", FLOOD, "3000"], timeoutMs=120000)
+        took = time.monotonic() - t0
+        assert out["exitCode"] == 0 and "done" in out["stdout"], out
+
+        def all_in():
+            recs = audit(admin, kind="net", cell=cid, limit=10000)
+            return recs if events_of(recs) >= 3000 else None
+
+        recs = wait_for(all_in, 10)
+        recs = recs or audit(admin, kind="net", cell=cid, limit=10000)
+        assert events_of(recs) == 3000, (len(recs), events_of(recs))
+        # At most 64 as they come, 64 coalesced and one "dropped" per second.
+        assert len(recs) <= 129 * (int(took) + 3), (len(recs), took)
+        assert len(recs) < 3000
+        coalesced = [r for r in recs if r.get("count", 1) > 1]
+        assert coalesced and all(r["verdict"] == "deny" for r in coalesced), recs[-5:]
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_audit_read_of_a_huge_log_keeps_memory_bounded(tmp_path):
+    """A 200 MB audit log (written before the daemon starts): reading it
+    with filters that match most of it keeps the daemon's RSS growth far
+    below the file's size, and pages go on with the cursor."""
+    state = tmp_path / "big"
+    state.mkdir()
+    line = json.dumps({"ts": "2026-01-01T00:00:00.000Z", "ts_ms": 1767225600000, "tenant": "default",
+                       "kind": "net", "cell": "c-flood", "event": "connect", "verdict": "deny",
+                       "dst": "198.18.0.1:9", "pad": "x" * 200}, separators=(",", ":")) + "\n"
+    other = line.replace('"tenant":"default"', '"tenant":"other"')
+    block = (line * 500 + other * 500).encode()
+    with open(state / "audit.log", "wb") as f:
+        for _ in range((200 << 20) // len(block)):
+            f.write(block)
+    os.chmod(state / "audit.log", 0o600)
+    dd = dm.Daemon(state).start()
+    try:
+        admin = dd.client()
+        before = vm_rss_kib(dd.proc.pid)
+        r = admin.get("/v1/audit", query={"kind": "net", "limit": 10000})
+        assert r.status == 200 and len(r.body["records"]) == 10000, r.status
+        assert all(x["tenant"] == "default" for x in r.body["records"])
+        r = admin.get("/v1/audit", query={"kind": "process", "limit": 10000})  # matches nothing: reads it all
+        assert r.status == 200 and r.body["records"] == [], r
+        grown = vm_rss_kib(dd.proc.pid) - before
+        assert grown < 96 << 10, "RSS grew by %d KiB reading a 200 MB log" % grown
+        dd.stop()
+    finally:
+        if dd.running():
+            dd.kill9()
+
+
+def test_audit_log_rotates_by_size_and_reads_span_the_files(tmp_path):
+    """--audit-max-size 64K --audit-keep 2: the log rotates into audit.log.1
+    and .2 (no .3), each about the size; a tenant's pages, followed with the
+    cursor, span the rotated files and never show another tenant's records."""
+    state = tmp_path / "rot"
+    dd = dm.Daemon(state, ["--audit-max-size", "64K", "--audit-keep", "2"]).start()
+    try:
+        admin = dd.client()
+        tok, _ = make_tenant_token(admin, "rot-other")
+        other = dd.client(tok)
+        for i in range(700):
+            (admin if i % 2 else other).get("/v1/lanes/probe-%d" % i)
+        names = sorted(n for n in os.listdir(state) if n.startswith("audit.log"))
+        assert names == ["audit.log", "audit.log.1", "audit.log.2"], names
+        for n in names[1:]:
+            assert 64 << 10 <= os.path.getsize(state / n) < (64 << 10) + 4096, n
+        seen, cursor, pages = [], None, 0
+        while pages < 50:
+            q = {"limit": 40}
+            if cursor:
+                q["cursor"] = cursor
+            r = other.get("/v1/audit", query=q)
+            assert r.status == 200, r
+            seen += r.body["records"]
+            pages += 1
+            cursor = r.body.get("cursor")
+            if not cursor:
+                break
+        assert all(x["tenant"] == "rot-other" for x in seen), [x for x in seen if x["tenant"] != "rot-other"][:3]
+        seqs = [x["seq"] for x in seen]
+        assert len(set(seqs)) == len(seqs), "a record came twice"
+        # The oldest file's records are among them: reads span the rotation.
+        with open(state / "audit.log.2") as f:
+            oldest = [json.loads(x) for x in f if '"rot-other"' in x]
+        assert oldest and oldest[0]["seq"] in seqs
+        assert_problem(other.get("/v1/audit", query={"cursor": "x"}), 400, detail_has="cursor")
+        assert_problem(other.get("/v1/audit", query={"limit": 10001}), 400, detail_has="limit")
+        dd.stop()
+    finally:
+        if dd.running():
+            dd.kill9()
+    r = subprocess.run([dm.CELL_BIN, "--state", str(state), "serve", "--audit-keep", "0"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 2 and "--audit-keep" in r.stderr, r
