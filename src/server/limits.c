@@ -24,6 +24,7 @@ static const limit_key keys[] = {
     KEY("procs", procs, 0),                   KEY("run.timeoutMs", run_timeout_ms, 0),
     KEY("run.outputBytes", output_bytes, 1),  KEY("log.bytesPerProcess", log_bytes, 1),
     KEY("input.bytes", input_bytes, 1),       KEY("log.memory", log_memory, 1),
+    KEY("procs.kept", procs_kept, 0),         KEY("secrets", secrets, 0),
     KEY("host.memory", host_memory, 1),       KEY("host.pids", host_pids, 0),
     KEY("reserve.memory", reserve_memory, 1), KEY("reserve.pids", reserve_pids, 0),
 };
@@ -31,7 +32,7 @@ static const limit_key keys[] = {
 
 const char server_limit_keys[] =
     "cell.memory cell.pids cell.cpus cell.disk cell.ttl lane.size procs run.timeoutMs run.outputBytes "
-    "log.bytesPerProcess input.bytes log.memory host.memory host.pids reserve.memory reserve.pids";
+    "log.bytesPerProcess input.bytes log.memory procs.kept secrets host.memory host.pids reserve.memory reserve.pids";
 
 int server_limit_set(server_limits *l, const char *assignment, cell_error *err)
 {
@@ -137,6 +138,8 @@ static int derive(srv *s, server_limits *l, cell_error *err)
     set_default(&l->output_bytes, 64ull << 20);
     set_default(&l->log_bytes, 64ull << 20);
     set_default(&l->input_bytes, 16ull << 20);
+    set_default(&l->procs_kept, 1024);
+    set_default(&l->secrets, 256);
     /* Logs live in the daemon: a sixteenth of the memory, 64 MiB..2 GiB. */
     set_default(&l->log_memory, min_u64(max_u64(l->host_memory / 16, 64ull << 20), 2ull << 30));
     return 0;

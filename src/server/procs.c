@@ -295,9 +295,13 @@ static void append_log(sproc *p, int stream, const char *data, size_t len, int64
     uint64_t used = atomic_fetch_add(&log_memory_used, plog_cost(e)) + plog_cost(e);
     /* Keep the newest max_bytes of output; the oldest entries go first.
      * Past the daemon-wide budget the writing process gives up its own
-     * oldest entries, the new one too if need be, never another's. */
+     * oldest entries, the new one too if need be, never another's.  Tiny
+     * writes would make many entries, each costing more in memory and in a
+     * JSON answer than its data: at most one per 256 bytes of the cap. */
+    size_t max_entries = (size_t)max_bytes / 256 > 1024 ? (size_t)max_bytes / 256 : 1024;
     size_t drop = 0;
-    while (drop < p->n_log && ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) || used > budget)) {
+    while (drop < p->n_log && ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) ||
+                               p->n_log - drop > max_entries || used > budget)) {
         size_t cost = plog_cost(p->log[drop]);
         used = atomic_fetch_sub(&log_memory_used, cost) - cost;
         p->log_bytes -= p->log[drop]->len, free(p->log[drop]), drop++;
@@ -513,6 +517,26 @@ static int reply_spawn_error(sreq *r, const cell_error *e)
     return reply_problem(r, 502, "stream_error", "failed to spawn process: %s (os error %d)", strerror(e->code), e->code);
 }
 
+/* Exited processes stay listed until deleted (as in sandbox-agent), so a
+ * cell spawning short ones forever would grow the table without end: past
+ * `keep` listed processes the oldest exited one, output read, is dropped.
+ * Returns it when that was its last reference (the caller frees it). */
+static sproc *evict_oldest_exited_locked(scell *sc, uint64_t keep)
+{
+    uint64_t listed = 0;
+    sproc *oldest = NULL;
+    for (sproc *x = sc->procs; x; x = x->next)     /* newest first */
+        if (!x->hidden) {
+            listed++;
+            if (x->exited && x->output_done)
+                oldest = x;
+        }
+    if (listed <= keep || !oldest)
+        return NULL;
+    unlink_locked(sc, oldest);
+    return proc_unref_locked(oldest) ? oldest : NULL;
+}
+
 static sproc *proc_new(scell *sc, const spawn_req *q, int hidden)
 {
     sproc *p = calloc(1, sizeof *p);
@@ -539,7 +563,10 @@ static sproc *proc_new(scell *sc, const spawn_req *q, int hidden)
         snprintf(p->id, sizeof p->id, "proc_%u", ++sc->next_proc);
     p->next = sc->procs;
     sc->procs = p;
+    sproc *evicted = hidden ? NULL : evict_oldest_exited_locked(sc, sc->s->opt.limits.procs_kept);
     pthread_mutex_unlock(&sc->plock);
+    if (evicted)
+        proc_free(evicted);
     return p;
 }
 

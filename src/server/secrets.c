@@ -30,6 +30,30 @@ static void drop_body(json_t *body)
     json_decref(body);
 }
 
+/* The count check and the put that follows are one step per daemon. */
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* 0 if the tenant may store `name` (a replacement, or a new one under
+ * --limit secrets), -2 after a 403, -1 on a store error. */
+static int secrets_room(sreq *r, const char *name, cell_error *e)
+{
+    store_secret_info *all = NULL;
+    size_t n = 0;
+    if (store_secret_list(r->s->st, r->tok.tenant, &all, &n, e) < 0)
+        return -1;
+    int exists = 0;
+    for (size_t i = 0; i < n && !exists; i++)
+        exists = strcmp(all[i].name, name) == 0;
+    free(all);
+    uint64_t limit = r->s->opt.limits.secrets;
+    if (exists || n < limit)
+        return 0;
+    reply_problem_details(r, 403, "quota_exceeded", json_pack("{s:s, s:I}", "limit", "secrets", "ceiling", (json_int_t)limit),
+                          "tenant %s has %zu secrets, the operator's limit (cell serve --limit secrets=); "
+                          "delete one first", r->tok.tenant, n);
+    return -2;
+}
+
 int h_secrets_create(sreq *r)
 {
     /* Not req_json(): jansson's error text quotes the input near the error,
@@ -70,8 +94,14 @@ int h_secrets_create(sreq *r)
     snprintf(name_copy, sizeof name_copy, "%s", name);
     req_audit(r, "secret", json_string(name_copy));
     cell_error e = { 0 };
-    int rc = store_secret_put(r->s->st, r->tok.tenant, name_copy, json_string_value(value_v), len, &e);
+    pthread_mutex_lock(&count_lock);
+    int rc = secrets_room(r, name_copy, &e);
+    if (rc == 0)
+        rc = store_secret_put(r->s->st, r->tok.tenant, name_copy, json_string_value(value_v), len, &e);
+    pthread_mutex_unlock(&count_lock);
     drop_body(body);
+    if (rc == -2)
+        return MHD_YES;
     if (rc < 0)
         return reply_error(r, &e);     /* store messages name the secret, never the value */
 

@@ -33,6 +33,8 @@ typedef struct server_limits {
     uint64_t log_bytes;         /* maxLogBytesPerProcess */
     uint64_t input_bytes;       /* maxInputBytesPerRequest */
     uint64_t log_memory;        /* all processes' logs in daemon memory together (bytes) */
+    uint64_t procs_kept;        /* processes a cell keeps listed, exited ones included */
+    uint64_t secrets;           /* secrets per tenant */
     uint64_t host_memory;       /* 0 = MemTotal */
     uint64_t host_pids;         /* 0 = min(pid_max, threads-max) */
     uint64_t reserve_memory;    /* kept from cells for the host and the daemon */

@@ -241,6 +241,46 @@ def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
         dd.check_sanitizer()
 
 
+def test_tiny_writes_do_not_multiply_log_memory(own_cell):
+    """One-byte writes would make one entry each (48 bytes of bookkeeping
+    per byte, and more in a JSON answer): a process keeps at most one entry
+    per 256 bytes of its cap (at least 1024), the newest."""
+    cfg = dict(DEFAULT_CONFIG, maxLogBytesPerProcess=256 * 1024)
+    assert own_cell.post("/processes/config", cfg).status == 200
+    p = own_cell.spawn("sh", ["-c", "i=0; while [ $i -lt 40000 ]; do printf x; i=$((i+1)); done; printf END"])
+    own_cell.wait_exited(p["id"], timeout=60)
+    entries = own_cell.logs(p["id"])["entries"]
+    assert 0 < len(entries) <= 1024, len(entries)
+    assert own_cell.log_text(p["id"]).endswith(b"END")
+    seqs = [e["sequence"] for e in entries]
+    # The process made more entries than were kept (the cap was reached).
+    assert seqs == sorted(seqs) and seqs[-1] > 1024, seqs[-1]
+
+
+def test_exited_processes_kept_are_bounded(tmp_path_factory):
+    """Exited processes stay listed until deleted; past --limit procs.kept
+    the oldest exited one goes, so spawning forever cannot grow the table."""
+    dd = dm.Daemon(tmp_path_factory.mktemp("kept"), ["--limit", "procs.kept=5"])
+    dd.start()
+    try:
+        admin = dd.client()
+        c = Cell(admin, new_cell(admin))
+        keep = c.spawn("sleep", ["60"])
+        ids = []
+        for i in range(8):
+            p = c.spawn("echo", ["n%d" % i])
+            c.wait_exited(p["id"])
+            wait_for(lambda: c.log_text(p["id"]) == b"n%d\n" % i, 5)
+            ids.append(p["id"])
+        listed = [x["id"] for x in c.get("/processes").body["processes"]]
+        assert len(listed) <= 5 and keep["id"] in listed and ids[-1] in listed, listed
+        assert c.get("/processes/%s" % ids[0]).status == 404
+        c.post("/processes/%s/kill?waitMs=5000" % keep["id"])
+    finally:
+        dd.stop()
+        dd.check_sanitizer()
+
+
 # ---- buffered runs ------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import daemon as dm
 from daemon import CELL_BIN, assert_problem, make_tenant_token
 
 MAX_VALUE = 64 * 1024
+MAX_SECRETS = 8    # cell serve --limit secrets=
 SENT = []          # every secret value sent to the daemon by this module
 
 
@@ -35,7 +36,7 @@ def no_values_in(text, where):
 def d(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("secrets"))
+    dd = dm.Daemon(tmp_path_factory.mktemp("secrets"), ["--limit", "secrets=%d" % MAX_SECRETS])
     dd.start()
     yield dd
     try:
@@ -385,3 +386,25 @@ def test_plain_rows_are_sealed_on_start(tmp_path_factory):
     finally:
         dd.stop()
         dd.check_sanitizer()
+
+
+def test_secret_count_is_bounded(d, admin):
+    """A tenant cannot store secrets without end (each up to 64 KiB, all
+    listed in one answer): --limit secrets caps them per tenant."""
+    tok, _ = make_tenant_token(admin, "hoarder")
+    c = d.client(tok)
+    for i in range(MAX_SECRETS):
+        assert c.post("/v1/secrets", {"name": "S%d" % i, "value": value("n")}).status == 201
+    r = c.post("/v1/secrets", {"name": "ONE_MORE", "value": value("n")})
+    b = assert_problem(r, 403, "quota_exceeded", "secrets")
+    assert b["details"] == {"limit": "secrets", "ceiling": MAX_SECRETS}, b
+    assert "ONE_MORE" not in names(c)
+    # Replacing one is not a new one; after a delete there is room again.
+    assert c.post("/v1/secrets", {"name": "S0", "value": value("n")}).status == 201
+    assert c.delete("/v1/secrets/S1").status == 204
+    assert c.post("/v1/secrets", {"name": "ONE_MORE", "value": value("n")}).status == 201
+    # Other tenants have their own count.
+    tok2, _ = make_tenant_token(admin, "frugal")
+    assert d.client(tok2).post("/v1/secrets", {"name": "S0", "value": value("n")}).status == 201
+    for n in list(names(c)):
+        assert c.delete("/v1/secrets/%s" % n).status == 204
