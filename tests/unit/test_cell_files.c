@@ -232,7 +232,7 @@ static void memory_mount_seeded(void **state)
 
 /* Build a tar in a memfd from (type, name, data-or-target) triples. */
 struct tar_entry {
-    char type; /* f file, d dir, l symlink, h hardlink */
+    char type; /* f file, d dir, l symlink, h hardlink, S setuid file, G setgid dir */
     const char *name;
     const char *arg;
 };
@@ -250,14 +250,17 @@ static int make_tar(const struct tar_entry *entries, size_t n)
         archive_entry_set_perm(e, 0644);
         switch (entries[i].type) {
         case 'd': archive_entry_set_filetype(e, AE_IFDIR); archive_entry_set_perm(e, 0755); break;
+        case 'G': archive_entry_set_filetype(e, AE_IFDIR); archive_entry_set_perm(e, 02755); break;
         case 'l': archive_entry_set_filetype(e, AE_IFLNK); archive_entry_set_symlink(e, entries[i].arg); break;
         case 'h': archive_entry_set_filetype(e, AE_IFREG); archive_entry_set_hardlink(e, entries[i].arg); break;
         default:
             archive_entry_set_filetype(e, AE_IFREG);
             archive_entry_set_size(e, (la_int64_t)strlen(entries[i].arg));
+            if (entries[i].type == 'S')
+                archive_entry_set_perm(e, 04755);
         }
         assert_int_equal(archive_write_header(a, e), ARCHIVE_OK);
-        if (entries[i].type == 'f')
+        if (entries[i].type == 'f' || entries[i].type == 'S')
             archive_write_data(a, entries[i].arg, strlen(entries[i].arg));
         archive_entry_free(e);
     }
@@ -314,6 +317,45 @@ static void tar_slip_refused(void **state)
     close(fd);
 }
 
+/* A cell with a read-write host mount runs its processes under a filter
+ * that refuses S_ISUID and S_ISGID modes; files and directories the owner
+ * creates for it (uploads, writes, mkdir) must not carry them either. */
+static void nosuid_cell_uploads_drop_setid_bits(void **state)
+{
+    (void)state;
+    NEED_ROOT();
+    char host_dir[] = "/tmp/cell-unit-nosuid.XXXXXX";
+    assert_non_null(mkdtemp(host_dir));
+    assert_int_equal(chmod(host_dir, 0777), 0);
+    const cell_mount rw[] = { { .kind = CELL_MOUNT_BIND, .source = host_dir, .target = "/ws" } };
+    cell_config cfg = { .mounts = rw, .n_mounts = 1 };
+    cell *nc = NULL;
+    cell_error err = { 0 };
+    assert_int_equal(cell_create(ctx, &cfg, &nc, &err), 0);
+    const struct tar_entry setid[] = { { 'S', "suid", "#!/bin/sh\n" }, { 'G', "sgid", NULL } };
+    int fd = make_tar(setid, 2);
+    if (cell_file_upload_tar(nc, "/ws", fd, &err) != 0)
+        fail_msg("upload failed: %s", err.message);
+    close(fd);
+    cell_xfer x;
+    assert_int_equal(cell_file_write(nc, "/ws/written", O_WRONLY | O_CREAT | O_EXCL, 06755, &x, &err), 0);
+    assert_int_equal(cell_xfer_end(&x, &err), 0);
+    assert_int_equal(cell_file_mkdir(nc, "/ws/made", 06755, 0, &err), 0);
+    cell_destroy(nc);
+    const char *names[] = { "suid", "sgid", "written", "made" };
+    for (size_t i = 0; i < 4; i++) {
+        char p[256];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", host_dir, names[i]);
+        assert_int_equal(stat(p, &st), 0);
+        if (st.st_mode & (S_ISUID | S_ISGID))
+            fail_msg("%s has mode %o on the host", p, (unsigned)st.st_mode);
+    }
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", host_dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void lane_cannot_attach_twice(void **state)
 {
     (void)state;
@@ -343,6 +385,7 @@ int main(void)
         cmocka_unit_test(memory_mount_seeded),
         cmocka_unit_test(tar_upload),
         cmocka_unit_test(tar_slip_refused),
+        cmocka_unit_test(nosuid_cell_uploads_drop_setid_bits),
         cmocka_unit_test(lane_cannot_attach_twice),
     };
     return cmocka_run_group_tests_name("cell file operations", tests, setup, teardown);
