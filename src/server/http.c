@@ -267,10 +267,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     }
     if (*upload_size) {
         if (r->responded) {
-            /* Drain a little of a refused body, then give up on it. */
+            /* Drain a little of a refused body, then give up on it.  The
+             * refused may be unauthenticated: a body trickled in below the
+             * idle timeout gets no more time than a request head. */
             r->discarded += *upload_size;
             *upload_size = 0;
-            return r->discarded > DISCARD_LIMIT ? MHD_NO : MHD_YES;
+            return r->discarded > DISCARD_LIMIT ||
+                   srv_now_ms() - r->start_ms > (int64_t)r->s->opt.header_timeout_s * 1000 ? MHD_NO : MHD_YES;
         }
         take_body(r, upload, *upload_size);
         *upload_size = 0;
@@ -374,6 +377,22 @@ static int listen_tcp(const char *spec, cell_error *err)
     }
     freeaddrinfo(ai);
     return fd;
+}
+
+/* Bearer tokens cross plain HTTP: off loopback anyone on the path reads
+ * them.  Allowed (behind a TLS proxy on the same host it is fine), but said. */
+static void warn_if_remote(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+        return;
+    int loopback = ss.ss_family == AF_INET
+        ? (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127
+        : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+    if (!loopback)
+        fprintf(stderr, "cell serve: WARNING: --listen is not a loopback address: tokens and data travel in "
+                "plain HTTP; put a TLS proxy in front and keep this port off the network\n");
 }
 
 static int listen_unix(const char *path, cell_error *err)
@@ -692,6 +711,7 @@ int server_run(const server_options *opt, cell_error *err)
 
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
         goto stop_registry;
+    warn_if_remote(tcp_fd);
     if (!opt->socket_path && util_path(sock_path, sizeof sock_path, err, "%s/cell.sock", s.state_dir) < 0)
         goto stop_registry;
     if (opt->socket_path)

@@ -221,6 +221,31 @@ def test_stalled_body_is_closed(tmp_path, daemons):
         s.close()
 
 
+def test_unauthenticated_trickled_body_is_closed(tmp_path, daemons):
+    """A refused (no token) request's body is drained so the client sees the
+    401, but a body trickled in below the idle timeout gets no more time
+    than a request head."""
+    d = daemons(tmp_path / "st", ["--idle-timeout", "5", "--header-timeout", "3"])
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.setblocking(False)
+    try:
+        s.sendall(b"POST /v1/lanes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
+        closed = False
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not closed:
+            try:
+                s.send(b"x")
+            except OSError:
+                closed = True
+                break
+            time.sleep(1)            # inside the idle timeout
+            closed = closed_by_peer(s)
+        assert closed, "an unauthenticated client kept its connection by trickling a body"
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("args", [["--max-connections", "0"], ["--max-connections-per-ip", "x"],
                                   ["--idle-timeout", "-1"], ["--header-timeout", "99999999"],
                                   ["--max-connections", "100000"]])
