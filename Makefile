@@ -122,12 +122,25 @@ $(BUILD)/fuzz/fuzz_route: fuzz/fuzz_route.c src/server/router.c src/server/route
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
 # The network policy: parsing and decisions on flows derived from the input.
-$(BUILD)/fuzz/fuzz_policy: fuzz/fuzz_policy.c src/net/policy.c src/util/util.c src/util/size.c
+$(BUILD)/fuzz/fuzz_policy: fuzz/fuzz_policy.c src/net/policy.c src/net/httppath.c src/util/util.c src/util/size.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
-fuzz: $(BUILD)/fuzz/fuzz_proto $(BUILD)/fuzz/fuzz_size $(BUILD)/fuzz/fuzz_ws $(BUILD)/fuzz/fuzz_route $(BUILD)/fuzz/fuzz_policy
-	@set -e; for f in $^; do echo "== $$f ($(FUZZ_SECONDS) s)"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 2>&1 | tail -2; done
+# HTTP as the egress engine reads it from cells and upstreams: parser, checks, redaction.
+$(BUILD)/fuzz/fuzz_http: fuzz/fuzz_http.c src/net/httpmsg.c src/net/httppath.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lhttp_parser -lcrypto
+# DNS: the cell's queries and, through a fake upstream in the fuzzer, the answers.
+FUZZ_DNS_SRC := src/net/dns.c src/net/policy.c src/net/httppath.c $(wildcard src/net/screen.c) src/util/util.c src/util/size.c
+$(BUILD)/fuzz/fuzz_dns: fuzz/fuzz_dns.c $(FUZZ_DNS_SRC)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lldns -ljansson -lpthread
+FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns
+# A target with a committed seed corpus (fuzz/corpus/NAME) starts from it,
+# in a scratch copy so that runs never add files to the tree.
+fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
+	@set -e; for f in $^; do n=$$(basename $$f); echo "== $$f ($(FUZZ_SECONDS) s)"; \
+	  rm -rf $$f.corpus && mkdir -p $$f.corpus && if [ -d fuzz/corpus/$$n ]; then cp fuzz/corpus/$$n/* $$f.corpus/; fi; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 $$f.corpus 2>&1 | tail -2; done
 
 deps:
 	bash scripts/install-deps.sh

@@ -571,7 +571,11 @@ static void enter_cell_credentials(const struct isolate_plan *plan)
         FAIL("cannot create the cgroup namespace");
     if (setns(plan->userns_fd, CLONE_NEWUSER) < 0)
         FAIL("cannot enter the cell's user namespace");
-    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+    /* Raw syscalls: glibc's wrappers apply the change to every thread of the
+     * process, walking the owner's thread list copied into this child, and
+     * wait forever for a thread that was being created at clone time. */
+    if (syscall(SYS_setgroups, 0, NULL) < 0 || syscall(SYS_setresgid, 0, 0, 0) < 0 ||
+        syscall(SYS_setresuid, 0, 0, 0) < 0)
         FAIL("cannot become root of the cell's user namespace");
     if (isolate_caps_drop(plan->nosuid_fd < 0) < 0)
         FAIL("cannot drop capabilities");

@@ -11,13 +11,14 @@
 
 #include "cell.h"
 #include "net/ca.h"
+#include "net/httpmsg.h"
+#include "net/httppath.h"
 #include "net/policy.h"
 #include "net/upstream.h"
 
 #define NET_HTTP_FIRST_BYTE_MS 10000  /* wait for the client's first byte */
 #define NET_HTTP_HEAD_MS       30000  /* TLS handshakes and request/response heads */
 #define NET_HTTP_IDLE_MS       15000  /* a kept-alive connection waits this long for its next request */
-#define NET_HTTP_MAX_HEADERS   128
 /* TLS 1.3 suites on both legs, AES-128-GCM first: as strong as needed
  * (128-bit security, like P-256 and X25519) and cheaper than AES-256. */
 #define NET_HTTP_TLS13_SUITES  "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
@@ -63,29 +64,5 @@ void net_http_serve(const net_http_env *env, const net_http_flow *f, uint64_t *o
  * roots in ca_file (may be NULL), peer verification, TLS 1.2 minimum,
  * NET_HTTP_TLS13_SUITES offered in that order. */
 int  net_http_upstream_ctx(SSL_CTX **out, const char *ca_file, cell_error *err);
-
-/* ---- pure pieces (unit-tested) ------------------------------------------- */
-
-/* Host names equal without case and a trailing dot (SNI vs the pinned host). */
-int  net_http_name_equal(const char *a, const char *b);
-/* A Host header value: the pinned host, optionally ":PORT" (digits). */
-int  net_http_host_matches(const char *value, const char *pinned);
-/* NULL if the rule allows `method` on `path` (the URL's path, no query),
- * else why not, as a short sentence.  With path prefixes, paths that are
- * not canonical (dot segments, encoded dots or slashes) are refused, so a
- * prefix cannot be escaped upstream. */
-const char *net_http_check(const net_http_rule *r, const char *method, const char *path);
-
-/* The request head forwarded upstream: "METHOD TARGET HTTP/1.1", the
- * client's headers minus hop-by-hop and framing ones, minus the rule's
- * remove_headers and every header it sets; then the rule's set_headers
- * with ${secret:NAME} expanded, then `framing` (e.g. "Content-Length: 5\r\n",
- * may be ""), then "Connection: close" unless `keep_alive` (HTTP/1.1
- * keeps the connection by default, so nothing is added).  A secret that is
- * missing (or holds CR/LF/NUL) fails with its name in `missing`.  *out
- * holds secrets: OPENSSL_cleanse() it before free(). */
-int  net_http_build_head(const net_http_rule *r, const char *method, const char *target, const net_header *hdrs,
-                         size_t n, const char *framing, int keep_alive, cell_net_secret_fn secret, void *user,
-                         char **out, size_t *len, char *missing, size_t missing_size);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "net/httppath.h"
 #include "util/util.h"
 
 #define MAX_RULES     256
@@ -791,6 +792,15 @@ static int parse_http_path(const json_t *v, const char *path, char **out, cell_e
     for (const char *c = p; *c; c++)
         if ((unsigned char)*c <= 0x20 || *c == 0x7f)
             return bad(err, path, "%s contains a space or control character", q(p).s);
+    /* Requests are matched in normal form: a prefix in any other form
+     * would never match, or match other than it reads. */
+    char norm[MAX_HTTP_PATH + 1];
+    const char *why = net_http_path_normalize(p, strlen(p), norm);
+    if (why)
+        return bad(err, path, "%s: %s", q(p).s, why);
+    if (strcmp(norm, p) != 0)
+        return bad(err, path, "%s is not in normal form; write it as %s (dot segments resolved, escapes of "
+                   "letters, digits and -._~ decoded, other escapes in upper case)", q(p).s, q(norm).s);
     if (!(*out = strdup(p)))
         return util_fail(err, ENOMEM, "%s: out of memory", path);
     return 0;
@@ -912,11 +922,26 @@ static int parse_strv(const json_t *v, const char *path, const char *what, item_
     return 0;
 }
 
+/* "redact_response": only meaningful when set_headers injects a secret. */
+static int parse_redact(const json_t *v, const char *path, net_http_rule *h, cell_error *err)
+{
+    if (!json_is_boolean(v))
+        return bad(err, path, "expected true or false, got %s", jtype(v));
+    h->redact = json_is_true(v);
+    int secret = 0;
+    for (size_t i = 0; i < h->n_set; i++)
+        secret |= strstr(h->set[i].value, "${secret:") != NULL;
+    if (h->redact && !secret)
+        return bad(err, path, "there is no ${secret:NAME} in set_headers to redact");
+    return 0;
+}
+
 static int parse_http(const json_t *m, const char *path, rule *r, cell_error *err)
 {
-    static const char *const keys[] = { "host", "ports", "methods", "paths", "set_headers", "remove_headers", NULL };
+    static const char *const keys[] = { "host", "ports", "methods", "paths", "set_headers", "remove_headers",
+                                        "redact_response", NULL };
     char sub[PATH_LEN];
-    if (check_keys(m, path, keys, "host, ports, methods, paths, set_headers, remove_headers", err) < 0)
+    if (check_keys(m, path, keys, "host, ports, methods, paths, set_headers, remove_headers, redact_response", err) < 0)
         return -1;
     if (parse_required_name(m, path, "host", r, err) < 0)
         return -1;
@@ -936,6 +961,8 @@ static int parse_http(const json_t *m, const char *path, rule *r, cell_error *er
         return -1;
     if ((v = json_object_get(m, "remove_headers")) &&
         parse_strv(v, AT(sub, "%s.remove_headers", path), "header names", parse_remove_item, &r->http.remove, err) < 0)
+        return -1;
+    if ((v = json_object_get(m, "redact_response")) && parse_redact(v, AT(sub, "%s.redact_response", path), &r->http, err) < 0)
         return -1;
     return 0;
 }

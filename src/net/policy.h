@@ -75,6 +75,7 @@ typedef struct net_http_rule {
     net_header *set;             /* n_set entries */
     size_t      n_set;
     char      **remove;          /* NULL-terminated */
+    int         redact;          /* "redact_response": injected secrets become '*' in responses */
 } net_http_rule;
 
 typedef struct net_decide_rule {

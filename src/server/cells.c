@@ -14,22 +14,39 @@ static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
 
 json_t *cell_json(scell *sc)
 {
-    json_t *o = json_deep_copy(sc->spec);
+    json_t *o = json_deep_copy(sc->spec);     /* the spec never changes after registry_add */
     if (!o)
         return NULL;
     json_object_del(o, "laneId");
+    enum scell_state st = registry_state(sc);
     pthread_mutex_lock(&sc->io);
-    const char *state = sc->c && !sc->dead ? "running" : "stopped";
+    /* Running with a dead init is reported stopped: the reaper halts it. */
+    if (st == SCELL_RUNNING && (!sc->c || sc->dead))
+        st = SCELL_STOPPED;
+    int64_t started = sc->started_ms;
+    if (sc->policy)
+        json_object_set(o, "policy", sc->policy);
     pthread_mutex_unlock(&sc->io);
     json_object_set_new(o, "id", json_string(sc->id));
-    json_object_set_new(o, "state", json_string(state));
+    json_object_set_new(o, "state", json_string(registry_state_name(st)));
     json_object_set_new(o, "createdAtMs", json_integer(sc->created_ms));
-    if (sc->started_ms && strcmp(state, "running") == 0)
-        json_object_set_new(o, "startedAtMs", json_integer(sc->started_ms));
+    if (started && st == SCELL_RUNNING)
+        json_object_set_new(o, "startedAtMs", json_integer(started));
     char url[64];
     snprintf(url, sizeof url, "/cells/%s", sc->id);
     json_object_set_new(o, "baseUrl", json_string(url));
     return o;
+}
+
+/* A transition refused because of the cell's state: 409 conflict whose
+ * details name the state; anything else as reply_error maps it. */
+static int reply_transition(sreq *r, scell *sc, const cell_error *e)
+{
+    if (e->code != EBUSY)
+        return reply_error(r, e);
+    json_t *d = json_pack("{s:s, s:s, s:s}", "message", e->message, "id", sc->id, "state",
+                          registry_state_name(registry_state(sc)));
+    return reply_problem_details(r, 409, "conflict", d, "%s", e->message);
 }
 
 /* ---- validating a create request into a spec ---------------------------------- */
@@ -257,18 +274,18 @@ int h_cells_create(sreq *r)
     snprintf(rec.state, sizeof rec.state, "stopped");
     int ins = text ? store_cell_insert(r->s->st, &rec, &e) : util_fail(&e, ENOMEM, "out of memory");
     free(text);
-    scell *sc = ins == 0 ? registry_add(r->s, id, r->tok.tenant, spec, rec.created) : NULL;
+    scell *sc = ins == 0 ? registry_add(r->s, id, r->tok.tenant, spec, rec.created, 1) : NULL;
     pthread_mutex_unlock(&quota_lock);
     if (!sc) {
         ret = reply_error(r, &e);
         goto out;
     }
     req_audit(r, "cell", json_string(id));
-    if (registry_boot(sc, &e) < 0) {
-        registry_remove(sc);
-        store_cell_delete(r->s->st, id, NULL);
+    if (registry_create_boot(sc, &e) < 0) {
+        /* Waits out a start that raced in (the id was listed meanwhile). */
+        registry_delete(sc, 1, NULL);
+        ret = reply_transition(r, sc, &e);
         registry_put(sc);
-        ret = reply_error(r, &e);
         goto out;
     }
     audit_cell_event(r->s, r->tok.tenant, id, "created");
@@ -291,8 +308,9 @@ int h_cells_list(sreq *r)
         n += strcmp(sc->tenant, r->tok.tenant) == 0;
     scell **mine = calloc(n ? n : 1, sizeof *mine);
     n = 0;
+    /* A deleting cell is gone for clients (lookups 404), so it is not listed. */
     for (scell *sc = s->cells; mine && sc; sc = sc->next)
-        if (strcmp(sc->tenant, r->tok.tenant) == 0) {
+        if (strcmp(sc->tenant, r->tok.tenant) == 0 && sc->state < SCELL_DELETING) {
             sc->refs++;
             mine[n++] = sc;
         }
@@ -330,18 +348,21 @@ int h_cells_get(sreq *r)
     return ret;
 }
 
+/* Delete and stop wait out a boot or stop in progress, so a delete during a
+ * start leaves nothing running: the booting thread owns the cell until it
+ * is running, then the delete halts it. */
 int h_cells_delete(sreq *r)
 {
     scell *sc = find_cell(r);
     if (!sc)
         return MHD_YES;
-    registry_remove(sc);
-    registry_halt(sc);
     cell_error e = { 0 };
-    int rc = store_cell_delete(r->s->st, sc->id, &e);
-    audit_cell_event(r->s, sc->tenant, sc->id, "deleted");
+    int rc = registry_delete(sc, 1, &e);
+    if (rc == 0)
+        audit_cell_event(r->s, sc->tenant, sc->id, "deleted");
+    int ret = rc < 0 ? reply_transition(r, sc, &e) : reply_empty(r, 204);
     registry_put(sc);
-    return rc < 0 ? reply_error(r, &e) : reply_empty(r, 204);
+    return ret;
 }
 
 int h_cells_stop(sreq *r)
@@ -349,9 +370,14 @@ int h_cells_stop(sreq *r)
     scell *sc = find_cell(r);
     if (!sc)
         return MHD_YES;
-    registry_halt(sc);
-    audit_cell_event(r->s, sc->tenant, sc->id, "stopped");
-    int ret = reply_json(r, 200, cell_json(sc));
+    cell_error e = { 0 };
+    int ret;
+    if (registry_stop(sc, 1, &e) < 0) {
+        ret = reply_transition(r, sc, &e);
+    } else {
+        audit_cell_event(r->s, sc->tenant, sc->id, "stopped");
+        ret = reply_json(r, 200, cell_json(sc));
+    }
     registry_put(sc);
     return ret;
 }
@@ -363,8 +389,8 @@ int h_cells_start(sreq *r)
         return MHD_YES;
     cell_error e = { 0 };
     int ret;
-    if (registry_boot(sc, &e) < 0) {
-        ret = reply_error(r, &e);
+    if (registry_start(sc, &e) < 0) {
+        ret = reply_transition(r, sc, &e);
     } else {
         audit_cell_event(r->s, sc->tenant, sc->id, "started");
         ret = reply_json(r, 200, cell_json(sc));
@@ -388,10 +414,16 @@ int h_cells_policy(sreq *r)
     char *text = json_dumps(policy, JSON_COMPACT);
     cell_error e = { 0 };
     int live = 0;
+    /* The spec is shared read-only; the policy is the one part that changes,
+     * so it lives beside it (io) and the record gets a copy. */
+    json_t *copy = json_copy(sc->spec);
     scell_io_lock(sc);
-    json_object_set(sc->spec, "policy", policy);
-    char *spec = json_dumps(sc->spec, JSON_COMPACT);
+    char *spec = copy && json_object_set(copy, "policy", policy) == 0 ? json_dumps(copy, JSON_COMPACT) : NULL;
     int rc = spec ? store_cell_set_spec(r->s->st, sc->id, spec, &e) : util_fail(&e, ENOMEM, "out of memory");
+    if (rc == 0) {
+        json_decref(sc->policy);
+        sc->policy = json_incref(policy);
+    }
     if (rc == 0 && sc->c && !sc->dead) {
         rc = cell_set_policy(sc->c, text, &e);
         live = rc == 0;
@@ -399,6 +431,7 @@ int h_cells_policy(sreq *r)
             rc = 0;     /* started without a network: applies from the next start */
     }
     scell_io_unlock(sc);
+    json_decref(copy);
     free(spec);
     free(text);
     if (rc < 0) {

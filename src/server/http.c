@@ -171,8 +171,13 @@ static void begin(sreq *r)
             return;
         }
         atomic_store(&r->cell->active_ms, srv_now_ms());
-        if (!registry_running(r->cell))
-            reply_problem(r, 409, "cell_stopped", "cell %s; POST /v1/cells/%s/start first", id, id);
+        if (!registry_running(r->cell)) {
+            enum scell_state st = registry_state(r->cell);
+            if (st == SCELL_RUNNING)
+                st = SCELL_STOPPED;     /* its init died; the reaper halts it */
+            reply_problem(r, 409, "cell_stopped", "cell %s is %s; POST /v1/cells/%s/start first", id,
+                          registry_state_name(st), id);
+        }
     }
 }
 
@@ -454,6 +459,13 @@ void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg)
 {
     struct owner_job job = { .fn = fn, .arg = arg };
     pthread_mutex_lock(&s->owner_lock);
+    if (s->owner_closed) {
+        /* The daemon is stopping: nobody would run the job, and whatever
+         * it boots dies with the daemon anyway. */
+        pthread_mutex_unlock(&s->owner_lock);
+        fn(arg);
+        return;
+    }
     job.next = s->owner_jobs;
     s->owner_jobs = &job;
     uint64_t one = 1;
@@ -754,6 +766,12 @@ int server_run(const server_options *opt, cell_error *err)
     }
 
     int sig = owner_loop(&s, &sigs);
+    /* Jobs queued before this point run here; later ones run on their own
+     * thread (srv_on_owner_thread), so no request waits forever. */
+    pthread_mutex_lock(&s.owner_lock);
+    s.owner_closed = 1;
+    pthread_mutex_unlock(&s.owner_lock);
+    run_owner_jobs(&s);
     if (!opt->quiet)
         printf("cell daemon: signal %d, stopping\n", sig);
     rc = 0;

@@ -7,18 +7,20 @@
 #include <string.h>
 #include <sys/eventfd.h>
 
-/* ---- references ------------------------------------------------------------- */
+/* ---- references and states ------------------------------------------------------ */
 static void scell_free(scell *sc)
 {
     procs_free_all(sc);
     json_decref(sc->spec);
+    json_decref(sc->policy);
     pthread_mutex_destroy(&sc->io);
     pthread_mutex_destroy(&sc->plock);
     pthread_cond_destroy(&sc->pcond);
+    pthread_cond_destroy(&sc->state_cond);
     free(sc);
 }
 
-scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms)
+scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms, int creating)
 {
     scell *sc = calloc(1, sizeof *sc);
     if (!sc)
@@ -27,12 +29,16 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     snprintf(sc->id, sizeof sc->id, "%s", id);
     snprintf(sc->tenant, sizeof sc->tenant, "%s", tenant);
     sc->spec = json_incref(spec);
+    json_t *policy = json_object_get(spec, "policy");
+    sc->policy = json_is_object(policy) ? json_incref(policy) : NULL;
+    sc->state = creating ? SCELL_CREATING : SCELL_STOPPED;
     sc->created_ms = created_ms;
     sc->wake_fd = -1;
     atomic_store(&sc->active_ms, srv_now_ms());
     pthread_mutex_init(&sc->io, NULL);
     pthread_mutex_init(&sc->plock, NULL);
     pthread_cond_init(&sc->pcond, NULL);
+    pthread_cond_init(&sc->state_cond, NULL);
     procs_config_default(&sc->pconf, &s->opt.limits);
     sc->refs = 2;                   /* the list's and the caller's */
     pthread_mutex_lock(&s->lock);
@@ -46,7 +52,8 @@ scell *registry_get(srv *s, const char *tenant, const char *id)
 {
     pthread_mutex_lock(&s->lock);
     scell *sc = s->cells;
-    while (sc && (strcmp(sc->id, id) != 0 || (tenant && strcmp(sc->tenant, tenant) != 0)))
+    while (sc && (sc->state >= SCELL_DELETING || strcmp(sc->id, id) != 0 ||
+                  (tenant && strcmp(sc->tenant, tenant) != 0)))
         sc = sc->next;
     if (sc)
         sc->refs++;
@@ -66,23 +73,85 @@ void registry_put(scell *sc)
         scell_free(sc);
 }
 
-void registry_remove(scell *sc)
+/* Unlink from the list (srv.lock held); the caller drops the list's reference. */
+static void unlink_locked(scell *sc)
+{
+    for (scell **p = &sc->s->cells; *p; p = &(*p)->next)
+        if (*p == sc) {
+            *p = sc->next;
+            return;
+        }
+}
+
+static const char *const state_names[] = {
+    [SCELL_CREATING] = "creating", [SCELL_BOOTING] = "booting", [SCELL_RUNNING] = "running",
+    [SCELL_STOPPING] = "stopping", [SCELL_STOPPED] = "stopped", [SCELL_DELETING] = "deleting",
+    [SCELL_DELETED] = "deleted",
+};
+
+const char *registry_state_name(enum scell_state st)
+{
+    return (unsigned)st < sizeof state_names / sizeof state_names[0] ? state_names[st] : "unknown";
+}
+
+enum scell_state registry_state(scell *sc)
+{
+    pthread_mutex_lock(&sc->s->lock);
+    enum scell_state st = sc->state;
+    pthread_mutex_unlock(&sc->s->lock);
+    return st;
+}
+
+static int transitional(enum scell_state st)
+{
+    return st == SCELL_CREATING || st == SCELL_BOOTING || st == SCELL_STOPPING || st == SCELL_DELETING;
+}
+
+/* End a transition: the one thread that began it sets the settled state. */
+static void settle(scell *sc, enum scell_state st)
+{
+    pthread_mutex_lock(&sc->s->lock);
+    sc->state = st;
+    pthread_cond_broadcast(&sc->state_cond);
+    pthread_mutex_unlock(&sc->s->lock);
+}
+
+/* Begin a transition from one of the states in `from` (a bit mask) to `to`.
+ * With `wait`, a transition in progress is waited out first.  Returns 0 with
+ * the state set, or -1: ENOENT once deleting, EBUSY naming the state. */
+static int begin(scell *sc, unsigned from, enum scell_state to, int wait, cell_error *err)
 {
     srv *s = sc->s;
-    int drop = 0;
     pthread_mutex_lock(&s->lock);
-    if (!sc->removed) {
-        sc->removed = 1;
-        for (scell **p = &s->cells; *p; p = &(*p)->next)
-            if (*p == sc) {
-                *p = sc->next;
-                break;
-            }
-        drop = 1;
+    while (wait && transitional(sc->state) && sc->state != SCELL_DELETING)
+        pthread_cond_wait(&sc->state_cond, &s->lock);
+    enum scell_state st = sc->state;
+    int ok = (from & (1u << st)) != 0;
+    /* Nothing boots once the daemon stops: it could not be halted any more. */
+    int shutting = to == SCELL_BOOTING && atomic_load(&s->stopping);
+    if (ok && !shutting) {
+        sc->state = to;
+        pthread_cond_broadcast(&sc->state_cond);
     }
     pthread_mutex_unlock(&s->lock);
-    if (drop)
-        registry_put(sc);
+    if (ok && !shutting)
+        return 0;
+    if (st >= SCELL_DELETING)
+        return util_fail(err, ENOENT, "cell %s", sc->id);
+    if (shutting)
+        return util_fail(err, EBUSY, "cell %s: the daemon is shutting down", sc->id);
+    if (st == SCELL_RUNNING)
+        return util_fail(err, EBUSY, "cell %s is already running", sc->id);
+    return util_fail(err, EBUSY, "cell %s is %s; retry when it is running or stopped", sc->id,
+                     registry_state_name(st));
+}
+
+json_t *registry_policy(scell *sc)
+{
+    pthread_mutex_lock(&sc->io);
+    json_t *p = json_incref(sc->policy);
+    pthread_mutex_unlock(&sc->io);
+    return p;
 }
 
 /* ---- the control channel -------------------------------------------------------- */
@@ -159,7 +228,7 @@ static const char *spec_str(json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-static void spec_to_config(json_t *spec, boot_config *b)
+static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
 {
     memset(b, 0, sizeof *b);
     b->cfg.image = spec_str(spec, "image");
@@ -185,7 +254,6 @@ static void spec_to_config(json_t *spec, boot_config *b)
         b->cfg.n_mounts = i + 1;
     }
     b->cfg.mounts = b->mounts;
-    json_t *policy = json_object_get(spec, "policy");
     if (json_is_object(policy) && (b->policy = json_dumps(policy, JSON_COMPACT))) {
         b->cfg.policy = b->policy;
         b->cfg.net_event = egress_event;
@@ -210,58 +278,59 @@ static void boot_on_owner(void *arg)
     pthread_mutex_unlock(&job->s->ctx_lock);
 }
 
-int registry_boot(scell *sc, cell_error *err)
+/* Boot the cell from its spec; the caller holds the booting state, so no
+ * other transition runs, and io is taken only to publish the handle. */
+static int boot(scell *sc, cell_error *err)
 {
     srv *s = sc->s;
-    scell_io_lock(sc);
-    if (sc->c) {
-        scell_io_unlock(sc);
-        return util_fail(err, EBUSY, "cell %s is already running", sc->id);
-    }
     boot_config b;
-    spec_to_config(sc->spec, &b);
+    json_t *policy = registry_policy(sc);
+    spec_to_config(sc->spec, policy, &b);
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
     struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
     srv_on_owner_thread(s, boot_on_owner, &job);
     free(b.policy);
-    cell *c = job.c;
-    if (job.rc < 0) {
-        scell_io_unlock(sc);
+    json_decref(policy);
+    if (job.rc < 0)
         return -1;
-    }
-    sc->wake_fd = eventfd(0, EFD_CLOEXEC);
-    if (sc->wake_fd < 0) {
+    int wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (wake_fd < 0) {
         util_fail_errno(err, "eventfd for cell %s", sc->id);
         goto fail;
     }
-    sc->c = c;
+    pthread_mutex_lock(&sc->io);
+    sc->c = job.c;
     sc->dead = 0;
+    sc->wake_fd = wake_fd;
     sc->started_ms = srv_now_ms();
     int pe = pthread_create(&sc->watcher, NULL, watcher_main, sc);
     if (pe != 0) {
         sc->c = NULL;
+        sc->wake_fd = -1;
+        pthread_mutex_unlock(&sc->io);
         errno = pe;
         util_fail_errno(err, "thread for cell %s", sc->id);
         goto fail;
     }
     sc->watcher_on = 1;
-    scell_io_unlock(sc);
+    pthread_mutex_unlock(&sc->io);
     atomic_store(&sc->active_ms, srv_now_ms());
     store_cell_set_state(s->st, sc->id, "running", NULL);
     return 0;
 fail:
-    if (sc->wake_fd >= 0)
-        close(sc->wake_fd);
-    sc->wake_fd = -1;
+    if (wake_fd >= 0)
+        close(wake_fd);
     pthread_mutex_lock(&s->ctx_lock);
-    cell_destroy(c);
+    cell_destroy(job.c);
     pthread_mutex_unlock(&s->ctx_lock);
-    scell_io_unlock(sc);
     return -1;
 }
 
-void registry_halt(scell *sc)
+/* Kill the cell and everything in it; processes are marked exited.  The
+ * caller holds the stopping or deleting state.  Requests that use the handle
+ * hold io, so once `c` is cleared under io none of them still uses it. */
+static void halt(scell *sc)
 {
     srv *s = sc->s;
     pthread_mutex_lock(&sc->io);
@@ -272,13 +341,13 @@ void registry_halt(scell *sc)
         uint64_t one = 1;
         if (write(sc->wake_fd, &one, sizeof one) < 0) { /* the watcher also stops on c == NULL */ }
     }
+    int watcher_on = sc->watcher_on;
+    sc->watcher_on = 0;
     pthread_mutex_unlock(&sc->io);
     if (!c)
         return;
-    if (sc->watcher_on) {
+    if (watcher_on)
         pthread_join(sc->watcher, NULL);
-        sc->watcher_on = 0;
-    }
     close(sc->wake_fd);
     sc->wake_fd = -1;
     pthread_mutex_lock(&s->ctx_lock);
@@ -286,6 +355,59 @@ void registry_halt(scell *sc)
     pthread_mutex_unlock(&s->ctx_lock);
     procs_on_halt(sc);
     store_cell_set_state(s->st, sc->id, "stopped", NULL);
+}
+
+#define FROM(st) (1u << (st))
+
+static int boot_from(scell *sc, enum scell_state from, cell_error *err)
+{
+    if (begin(sc, FROM(from), SCELL_BOOTING, 0, err) < 0)
+        return -1;
+    int rc = boot(sc, err);
+    settle(sc, rc == 0 ? SCELL_RUNNING : SCELL_STOPPED);
+    return rc;
+}
+
+int registry_create_boot(scell *sc, cell_error *err)
+{
+    if (boot_from(sc, SCELL_CREATING, err) == 0)
+        return 0;
+    /* Refused before booting (the daemon stops): only the creator leaves
+     * creating, so settle it here or a delete would wait for ever. */
+    pthread_mutex_lock(&sc->s->lock);
+    if (sc->state == SCELL_CREATING) {
+        sc->state = SCELL_STOPPED;
+        pthread_cond_broadcast(&sc->state_cond);
+    }
+    pthread_mutex_unlock(&sc->s->lock);
+    return -1;
+}
+int registry_start(scell *sc, cell_error *err) { return boot_from(sc, SCELL_STOPPED, err); }
+
+int registry_stop(scell *sc, int wait, cell_error *err)
+{
+    if (begin(sc, FROM(SCELL_RUNNING) | FROM(SCELL_STOPPED), SCELL_STOPPING, wait, err) < 0)
+        return -1;
+    halt(sc);
+    settle(sc, SCELL_STOPPED);
+    return 0;
+}
+
+int registry_delete(scell *sc, int wait, cell_error *err)
+{
+    if (begin(sc, FROM(SCELL_RUNNING) | FROM(SCELL_STOPPED), SCELL_DELETING, wait, err) < 0)
+        return -1;
+    halt(sc);
+    /* The record goes before the list entry: quotas count the cell until
+     * nothing of it is left. */
+    int rc = store_cell_delete(sc->s->st, sc->id, err);
+    pthread_mutex_lock(&sc->s->lock);
+    sc->state = SCELL_DELETED;
+    pthread_cond_broadcast(&sc->state_cond);
+    unlink_locked(sc);
+    pthread_mutex_unlock(&sc->s->lock);
+    registry_put(sc);               /* the list's reference */
+    return rc;
 }
 
 /* ---- usage for quotas ------------------------------------------------------------ */
@@ -322,8 +444,10 @@ static void reap_one(srv *s, scell *sc, int64_t now)
     int dead = sc->dead;
     int running = sc->c != NULL;
     pthread_mutex_unlock(&sc->io);
+    /* Never wait: a cell in a transition is looked at again next second. */
     if (dead) {
-        registry_halt(sc);
+        if (registry_stop(sc, 0, NULL) < 0)
+            return;
         json_t *rec = json_pack("{s:s, s:s, s:s}", "kind", "cell", "tenant", sc->tenant, "cell", sc->id);
         json_object_set_new(rec, "event", json_string("died"));
         store_audit_append(s->st, rec);
@@ -337,9 +461,8 @@ static void reap_one(srv *s, scell *sc, int64_t now)
         atomic_store(&sc->active_ms, now);
     if (now - atomic_load(&sc->active_ms) < ttl * 1000)
         return;
-    registry_remove(sc);
-    registry_halt(sc);
-    store_cell_delete(s->st, sc->id, NULL);
+    if (registry_delete(sc, 0, NULL) < 0)
+        return;
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", "cell", "tenant", sc->tenant,
                             "cell", sc->id, "event", "reaped", "ttl", (json_int_t)ttl);
     store_audit_append(s->st, rec);
@@ -414,7 +537,7 @@ int registry_load(srv *s, cell_error *err)
         return -1;
     for (size_t i = 0; i < n; i++) {
         json_t *spec = json_loads(cells[i].spec ? cells[i].spec : "{}", 0, NULL);
-        scell *sc = spec ? registry_add(s, cells[i].id, cells[i].tenant, spec, cells[i].created) : NULL;
+        scell *sc = spec ? registry_add(s, cells[i].id, cells[i].tenant, spec, cells[i].created, 0) : NULL;
         json_decref(spec);
         registry_put(sc);
     }
@@ -454,7 +577,7 @@ void registry_shutdown(srv *s)
         pthread_mutex_unlock(&s->lock);
         if (!sc)
             break;
-        registry_halt(sc);
+        registry_stop(sc, 0, NULL);  /* a cell in a transition is left to it: boots are refused now */
         pthread_mutex_lock(&sc->plock);
         pthread_cond_broadcast(&sc->pcond);
         pthread_mutex_unlock(&sc->plock);
@@ -462,14 +585,19 @@ void registry_shutdown(srv *s)
     }
 }
 
+/* After the HTTP threads are gone: nothing holds a reference or runs a
+ * transition any more. */
 void registry_free(srv *s)
 {
     for (;;) {
         pthread_mutex_lock(&s->lock);
         scell *sc = s->cells;
+        if (sc)
+            unlink_locked(sc);
         pthread_mutex_unlock(&s->lock);
         if (!sc)
             break;
-        registry_remove(sc);
+        halt(sc);                   /* one whose boot ended after registry_shutdown */
+        registry_put(sc);
     }
 }

@@ -78,6 +78,7 @@ struct srv {
     pthread_mutex_t  owner_lock;
     pthread_cond_t   owner_cond;
     struct owner_job *owner_jobs;
+    int              owner_closed;  /* owner_lock: the main thread stopped taking jobs */
 
     pthread_mutex_t  lock;          /* cells list, refcounts, rate buckets */
     scell           *cells;
@@ -181,15 +182,30 @@ void req_audit(sreq *r, const char *key, json_t *value);
 
 /* ---- running cells (registry.c) --------------------------------------------
  * A scell is a cell record the daemon holds in memory: its spec and, while
- * it runs, the libcell handle.  Locks, in order: srv.lock (list, refs) ->
- * scell.io (the control channel and `c`) -> scell.plock (processes, logs). */
+ * it runs, the libcell handle.  Locks, in order: srv.lock (list, refs,
+ * state) -> scell.io (the control channel and `c`) -> scell.plock
+ * (processes, logs).
+ *
+ * Lifecycle: one state machine, every transition taken under srv.lock by
+ * the one thread that then does the work (boot, halt, delete) without it:
+ *   creating -> booting -> running -> stopping -> stopped -> booting ...
+ *   any settled state (running, stopped) -> deleting -> deleted
+ * creating, booting, stopping and deleting are transitional: start answers
+ * 409 naming the state, stop and delete wait for it to settle.  A deleting
+ * cell is invisible to lookups but still counts for quotas until its
+ * resources are gone; deleted is final. */
+enum scell_state {
+    SCELL_CREATING, SCELL_BOOTING, SCELL_RUNNING, SCELL_STOPPING, SCELL_STOPPED, SCELL_DELETING, SCELL_DELETED,
+};
 struct scell {
     srv            *s;
     char            id[24];
     char            tenant[64];
-    json_t         *spec;           /* normalized create request */
+    json_t         *spec;           /* normalized create request; never changed after registry_add */
+    json_t         *policy;         /* io: the current policy (PUT .../policy), NULL if none */
     int             refs;           /* srv.lock */
-    int             removed;        /* srv.lock: deleted, no new lookups */
+    enum scell_state state;         /* srv.lock */
+    pthread_cond_t  state_cond;     /* with srv.lock: a transition ended */
     pthread_mutex_t io;
     cell           *c;              /* NULL while stopped */
     int             dead;           /* io: init died on its own; the reaper halts it */
@@ -210,18 +226,31 @@ struct scell {
     scell          *next;
 };
 
-/* Look up a tenant's cell (tenant NULL = any) and take a reference. */
+/* Look up a tenant's cell (tenant NULL = any) and take a reference; a
+ * deleting or deleted cell is not found. */
 scell *registry_get(srv *s, const char *tenant, const char *id);
 void   registry_put(scell *sc);
-/* Register a new record (not yet booted) with one reference for the caller. */
-scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms);
-/* Unlink from the list; the memory goes with the last reference. */
-void   registry_remove(scell *sc);
-/* Boot the cell from its spec (io must NOT be held).  EBUSY if running. */
-int    registry_boot(scell *sc, cell_error *err);
-/* Kill the cell and everything in it; processes are marked exited. */
-void   registry_halt(scell *sc);
+/* Register a new record in state creating (stopped if `creating` is 0, as at
+ * load) with one reference for the caller. */
+scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms, int creating);
+/* Transitions (io must NOT be held).  Each fails with ENOENT once the cell
+ * is deleting, and EBUSY (a 409 whose message names the state) when the
+ * cell is not in a state the transition starts from.
+ * registry_create_boot: creating -> booting -> running (stopped on failure).
+ * registry_start: stopped -> booting -> running (stopped on failure).
+ * registry_stop: running -> stopping -> stopped; stopped stays stopped.
+ * registry_delete: running|stopped -> deleting -> deleted, halting the cell
+ *   and deleting its record.
+ * With `wait`, stop and delete first wait out a transition in progress. */
+int    registry_create_boot(scell *sc, cell_error *err);
+int    registry_start(scell *sc, cell_error *err);
+int    registry_stop(scell *sc, int wait, cell_error *err);
+int    registry_delete(scell *sc, int wait, cell_error *err);
+enum scell_state registry_state(scell *sc);
+const char *registry_state_name(enum scell_state st);
 int    registry_running(scell *sc);
+/* The cell's current policy with a new reference (NULL if none). */
+json_t *registry_policy(scell *sc);
 /* Load every stored cell at start (all stopped), start the ttl reaper. */
 int    registry_load(srv *s, cell_error *err);
 void   registry_shutdown(srv *s);

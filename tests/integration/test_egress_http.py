@@ -12,10 +12,14 @@ The fake network lives on addresses of 198.18.0.0/15 added to the host's lo
     198.18.2.10:443  the same over HTTPS, with a certificate for
                      allowed.test and other.test from a CA made by this
                      module, which the daemon trusts through --upstream-ca
+    198.18.2.10:8080 a naive HTTP/1.0-era server that ignores
+                     Transfer-Encoding (reads Content-Length only) and
+                     records every request line it parses (smuggling tests)
 
 One `cell serve` for the module; probes run in cells (host image) through
 the per-cell API as a Python program (PROBE) printing JSON results.
 """
+import gzip
 import http.server
 import json
 import os
@@ -244,8 +248,24 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         out = json.dumps({"method": self.command, "path": self.path, "body": body.decode("latin-1"),
                           "headers": {k.lower(): v for k, v in self.headers.items()},
                           "peer": "%s:%d" % self.client_address[:2]}).encode()
+        if self.path.startswith("/gzip"):
+            out = gzip.compress(out)
         self.send_response(404 if self.path.startswith("/repo") else 200)
         self.send_header("Content-Type", "application/json")
+        # An echo of the request's Authorization in a response header too.
+        self.send_header("X-Echo-Authorization", self.headers.get("Authorization", ""))
+        if self.path.startswith("/gzip"):
+            self.send_header("Content-Encoding", "gzip")
+        if self.path.startswith("/echo-chunked"):
+            # Tiny chunks: an echoed secret is split across several.
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "keep-alive")
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(out), 7):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(out[i:i + 7]), out[i:i + 7]))
+                self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(out)))
         self.send_header("Connection", "keep-alive")
         self.end_headers()
@@ -277,6 +297,36 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
 class _HTTP(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+
+class _Naive(socketserver.BaseRequestHandler):
+    """An upstream that predates chunked framing: it reads Content-Length
+    only, so a chunked body it gets is, to it, more requests."""
+
+    def handle(self):
+        f = self.request.makefile("rb")
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            hdrs = {}
+            while True:
+                h = f.readline()
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                k, _, v = h.decode("latin-1").partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            try:
+                n = int(hdrs.get("content-length") or 0)
+            except ValueError:
+                n = 0
+            body = f.read(n) if n else b""
+            rec = {"line": line.decode("latin-1").strip(), "headers": hdrs, "body": body.decode("latin-1")}
+            self.server.naive.append(rec)
+            out = json.dumps(rec).encode()
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
 
 
 def openssl(*args, cwd):
@@ -313,7 +363,9 @@ class Net:
         ctx.load_cert_chain(os.path.join(self.certdir, "leaf.pem"), os.path.join(self.certdir, "leaf.key"))
         self.https.socket = ctx.wrap_socket(self.https.socket, server_side=True)
         self.http.seen = self.https.seen = []      # one list: in arrival order
-        self.servers = [_UDP((DNS_IP, 53), _DnsUdp), _TCP((DNS_IP, 53), _DnsTcp), self.http, self.https]
+        self.naive = _TCP((ECHO_IP, 8080), _Naive)
+        self.naive.naive = []
+        self.servers = [_UDP((DNS_IP, 53), _DnsUdp), _TCP((DNS_IP, 53), _DnsTcp), self.http, self.https, self.naive]
         for srv in self.servers:
             threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True).start()
 
@@ -506,8 +558,9 @@ def test_method_and_path_refusals(admin, cells, net):
     assert r[0]["status"] == 200, r[0]
     assert r[1]["status"] == 403 and "method not allowed" in r[1]["body"], r[1]
     assert r[2]["status"] == 403 and "path not allowed" in r[2]["body"], r[2]
-    assert r[3]["status"] == 403 and "canonical" in r[3]["body"], r[3]
-    assert r[4]["status"] == 403 and "canonical" in r[4]["body"], r[4]
+    # Matched in normal form: both are /admin.
+    assert r[3]["status"] == 403 and "path not allowed" in r[3]["body"], r[3]
+    assert r[4]["status"] == 403 and "path not allowed" in r[4]["body"], r[4]
     assert r[5]["status"] == 200 and json.loads(r[5]["body"])["path"] == "/v1/abs", r[5]
     assert r[6]["status"] == 403 and "another host" in r[6]["body"], r[6]
     assert r[7]["status"] == 403, r[7]
@@ -516,6 +569,126 @@ def test_method_and_path_refusals(admin, cells, net):
     denied = [x for x in recs if x["verdict"] == "deny"]
     assert len(denied) == 6 and all(x["status"] == 403 and x.get("reason") for x in denied), recs
     assert {"method": "POST", "path": "/v1/ok"}.items() <= denied[0].items(), denied[0]
+
+
+# ---- strict parsing (RFC 9112): a request others could read otherwise is refused -------------
+
+
+def test_malformed_heads_are_refused(admin, cells, net):
+    """Spellings that slipped past remove_headers, set_headers and the Host
+    check, and framing that two parsers can read differently: each gets a
+    400, the connection ends, and nothing reaches the upstream."""
+    rule = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, remove_headers=["X-Remove-Me"])
+    cid = new_cell(admin, cells, [rule])
+    before = len(net.seen())
+    post = "POST /v1/x HTTP/1.1\r\nHost: allowed.test\r\n%s\r\n%s"
+    bad = [
+        "GET / HTTP/1.1\r\nHost : other.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: allowed.test\r\nAuthorization : Basic from-the-cell\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: allowed.test\r\nX-Remove-Me : 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: allowed.test\r\nX-A: 1\r\n Authorization: Basic folded\r\n\r\n",
+        "GET / HTTP/1.1\nHost: allowed.test\n\n",
+        "GET / HTTP/1.1\r\nHost: allowed.test\rX-Remove-Me: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: allowed.test\r\nX: a\x00b\r\n\r\n",
+        post % ("Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+        post % ("Content-Length: 4\r\nContent-Length: 5\r\n", "abcde"),
+        post % ("Content-Length: +4\r\n", "abcd"),
+        post % ("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"),
+        post % ("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n", "0\r\n\r\n"),
+        "POST /v1/x HTTP/1.0\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ]
+    r = probe(admin, cid, [["raw", "allowed.test", 80, b] for b in bad] +
+              [["raw", "allowed.test", 443, bad[0], {"tls": True}], ["url", "http://allowed.test/ok"]])
+    for b, x in zip(bad + [bad[0]], r):
+        assert x.get("status") == 400 and "malformed request" in x["body"], (b, x)
+        assert "connection: close" in x["head"].lower(), x
+    assert r[-1]["status"] == 200, r[-1]
+    assert [x["path"] for x in net.seen()[before:]] == ["/ok"]
+    recs = http_records(admin, cid)
+    assert sum(x["status"] == 400 and x["verdict"] == "deny" for x in recs) == len(bad) + 1, recs
+
+
+def test_paths_are_matched_and_forwarded_in_normal_form(admin, cells, net):
+    """A path prefix cannot be left through the upstream's reading of the
+    path: ambiguous paths get 400, the rest are normalised once, matched,
+    and forwarded in that form."""
+    cid = new_cell(admin, cells, [http_rule(paths=["/v1/"])])
+    before = len(net.seen())
+    refused = ["/v1/..;/admin", "/v1/.;/admin", "/v1/%252e%252e/admin", "/v1/%2e%2e%2fadmin", "/v1%2fadmin",
+               "/v1/%5c..%5cadmin", "/v1/..\\admin", "/v1/%00", "/v1/%zz"]
+    r = probe(admin, cid, [["raw", "allowed.test", 80, get(p)] for p in refused] + [
+        ["raw", "allowed.test", 80, get("/v1/../admin")],
+        ["raw", "allowed.test", 80, get("/v1/x/%2e%2e/%2E/admin")],
+        ["raw", "allowed.test", 80, get("/v1/a/../b/./c?q=/../x")],
+        ["raw", "allowed.test", 80, get("/v1/%7euser/%3f")],
+        ["raw", "allowed.test", 80, get("/x/../v1/ok")],
+    ])
+    for p, x in zip(refused, r):
+        assert x.get("status") == 400, (p, x)
+    n = len(refused)
+    assert r[n]["status"] == 403 and "path not allowed" in r[n]["body"], r[n]
+    got = [json.loads(x["body"])["path"] for x in r[n + 1:]]
+    assert got == ["/v1/admin", "/v1/b/c?q=/../x", "/v1/~user/%3F", "/v1/ok"], got
+    assert [x["path"] for x in net.seen()[before:]] == got
+    recs = http_records(admin, cid)
+    assert {x["path"] for x in recs if x["verdict"] == "allow"} == {"/v1/admin", "/v1/b/c", "/v1/~user/%3F",
+                                                                    "/v1/ok"}, recs
+
+
+def test_chunked_body_cannot_smuggle_a_request(admin, cells, net):
+    """A chunked body whose data is a request, sent to an upstream that
+    ignores chunked framing: the engine re-frames the body with a
+    Content-Length, so the upstream sees exactly one request and the
+    smuggled bytes as its body; chunk extensions and trailers are gone."""
+    cid = new_cell(admin, cells, [http_rule(ports=[8080], paths=["/v1/"])])
+    smuggled = "GET /admin HTTP/1.1\r\nHost: allowed.test\r\n\r\n"
+    body = "%x;ext=1\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(smuggled), smuggled)
+    req = ("POST /v1/upload HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n"
+           "Connection: close\r\n\r\n" + body)
+    before = len(net.naive.naive)
+    r = probe(admin, cid, [["raw", "allowed.test", 8080, req]])
+    assert r[0].get("status") == 200, r[0]
+    seen = net.naive.naive[before:]
+    assert [x["line"] for x in seen] == ["POST /v1/upload HTTP/1.1"], seen
+    assert seen[0]["body"] == smuggled, seen
+    assert seen[0]["headers"].get("content-length") == str(len(smuggled)), seen
+    assert "transfer-encoding" not in seen[0]["headers"] and "x-trailer" not in seen[0]["headers"], seen
+
+
+# ---- secrets echoed back by the upstream -----------------------------------------------------
+
+
+def test_redact_response_hides_echoed_secrets(admin, cells, net):
+    """An upstream that echoes request headers hands the injected secret
+    back.  With "redact_response" the cell gets '*' of the same length in
+    response headers and bodies (Content-Length and chunked, the value
+    split across chunks, HTTP and HTTPS); a content-encoded response it
+    cannot check is refused.  Without it the secret comes back (docs)."""
+    redact = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, redact_response=True)
+    cid = new_cell(admin, cells, [redact])
+    mask = "Bearer " + "*" * len(SECRET)
+    r = probe(admin, cid, [["url", "http://allowed.test/v1/echo"], ["url", "https://allowed.test/v1/echo"],
+                           ["url", "http://allowed.test/echo-chunked"], ["url", "https://allowed.test/gzip"],
+                           ["raw", "allowed.test", 80, get("/v1/raw-echo")], ["scan", SECRET]])
+    for x in r[:3]:
+        assert x["status"] == 200 and SECRET not in json.dumps(x), x
+        assert json.loads(x["body"])["headers"]["authorization"] == mask, x
+        assert x["headers"]["X-Echo-Authorization"] == mask, x
+        assert json.loads(x["body"])["headers"]["accept-encoding"] == "identity", x
+    assert r[3].get("status") == 502 and "content-encoded" in r[3]["body"], r[3]
+    assert SECRET not in r[4]["raw"] and r[4]["status"] == 200, r[4]
+    head, body = r[4]["head"], r[4]["body"]
+    assert "Content-Length: %d" % len(body.encode("latin-1")) in head, r[4]     # framing kept
+    assert r[5]["hits"] == [], r[5]
+    # The upstream did get the secret.
+    assert any(x["headers"].get("authorization") == "Bearer " + SECRET for x in net.seen()[-5:])
+    plain = new_cell(admin, cells, [INJECT])
+    r = probe(admin, plain, [["url", "http://allowed.test/v1/echo"]])
+    assert json.loads(r[0]["body"])["headers"]["authorization"] == "Bearer " + SECRET, r[0]
+    bad = admin.post("/v1/cells", {"policy": {"rules": [DNS_RULE, http_rule(redact_response="yes")]}})
+    assert bad.status == 400 and "redact_response" in json.dumps(bad.body), bad
+    bad = admin.post("/v1/cells", {"policy": {"rules": [DNS_RULE, http_rule(redact_response=True)]}})
+    assert bad.status == 400 and "no ${secret:NAME}" in json.dumps(bad.body), bad
 
 
 def test_host_header_spoofing(admin, cells, net):
@@ -529,7 +702,7 @@ def test_host_header_spoofing(admin, cells, net):
         ["raw", "allowed.test", 80, get("/", "allowed.test:80")],
     ])
     for x in r[:4]:
-        assert x.get("status") == 403 and "Host header" in x["body"], r
+        assert x.get("status") == (400 if x is r[1] else 403) and "Host header" in x["body"], r
     assert r[4]["status"] == 200, r[4]
     assert len(net.seen()) == before + 1
 
