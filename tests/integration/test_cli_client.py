@@ -244,6 +244,51 @@ def test_cp_directory_in(cli, cid, hostdir):
         assert r.stdout.split() == ["00", "01", "fe", "ff", "top", "top.txt", "750"], (root, r.stdout)
 
 
+def test_cp_into_proc_is_the_cells_write_not_the_daemons(cli, cid, hostdir):
+    """cp goes through the daemon's fs API (fsapi), whose bytes are moved by a
+    process of the cell: lowering a process's oom_score_adj or its autogroup
+    nice needs host capabilities the daemon has and the cell's root has not."""
+    tag = "3600.%d" % (os.getpid() % 100000)
+    ok(cli("exec", cid, "--", "sh", "-c", "sleep %s >/dev/null 2>&1 &" % tag))
+    want = b"sleep\0" + tag.encode() + b"\0"
+
+    def find():
+        for name in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    if f.read() == want:
+                        return int(name)
+            except OSError:
+                pass
+        return None
+    assert wait_for(lambda: find() is not None, 10)
+    hp = find()
+    with open("/proc/%d/status" % hp) as f:
+        pid = int([l for l in f if l.startswith("NSpid:")][0].split()[-1])
+
+    def host(name):
+        with open("/proc/%d/%s" % (hp, name)) as f:
+            return int(f.read().split()[-1])
+    attacks = [("oom_score_adj", b"-1000")]
+    if os.path.exists("/proc/%d/autogroup" % hp):
+        attacks.append(("autogroup", b"-20"))
+    for name, value in attacks:
+        before = host(name)
+        src = os.path.join(hostdir, name)
+        with open(src, "wb") as f:
+            f.write(value)
+        r = cli("cp", src, "%s:/proc/%d/%s" % (cid, pid, name))
+        assert r.returncode != 0, (name, r.stdout, r.stderr)
+        assert host(name) == before, name
+    # What cp reads is read by the transfer process in the cell, not the daemon.
+    out = os.path.join(hostdir, "status")
+    ok(cli("cp", "%s:/proc/self/status" % cid, out))
+    with open(out) as f:
+        st = dict(l.split(":", 1) for l in f.read().splitlines())
+    assert st["Name"].strip() == "cell-fs" and st["Uid"].split() == ["0"] * 4, st
+    cli("exec", cid, "--", "pkill", "-f", "sleep " + tag)
+
+
 def test_cp_errors_name_the_side(cli, cid, hostdir):
     r = cli("cp", "%s:/no/such/file" % cid, os.path.join(hostdir, "x"))
     assert r.returncode == 1 and ("%s:/no/such/file" % cid) in r.stderr, r.stderr
