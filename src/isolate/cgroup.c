@@ -399,10 +399,12 @@ static int cg_limit_v1_memory(const struct cg_dir *d, const cell_limits *lim, ce
     /* Without swap accounting, swappiness 0 is the closest to "no swap". */
     if (r == 1 && cg_write(d->path, "memory.swappiness", "0", 1, err) < 0)
         return -1;
-    /* v1 does not charge TCP socket buffers to limit_in_bytes: without this
-     * a cell's sockets could pin the host-wide TCP pool (a 64 MiB cell held
-     * 428 MB).  Setting the limit is also what turns on v1's per-cgroup TCP
-     * accounting, for sockets created afterwards (all of the cell's).  v2
+    /* v1 does not charge socket buffers to limit_in_bytes: without this a
+     * cell's sockets could pin the host-wide TCP and UDP pools (a 64 MiB
+     * cell held 1 GB with 256 unread connections).  Setting the limit is
+     * what turns on v1's socket accounting: every socket created afterwards
+     * (all of the cell's, UDP too) is charged to this one counter.  TCP may
+     * still exceed it by a small floor per connection (forced charges).  v2
      * needs nothing: it charges socket memory to memory.max. */
     return cg_write(d->path, "memory.kmem.tcp.limit_in_bytes", text, 0, err) < 0 ? -1 : 0;
 }
