@@ -135,10 +135,10 @@ $(BUILD)/fuzz/fuzz_dns: fuzz/fuzz_dns.c $(FUZZ_DNS_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lldns -ljansson -lpthread
 FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns
-# A target with a committed seed corpus (fuzz/corpus/NAME) starts from it,
-# in a scratch copy so that runs never add files to the tree.
+# A target with a committed seed corpus (fuzz/corpus/http for fuzz_http)
+# starts from it, in a scratch copy so that runs never add files to the tree.
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
-	@set -e; for f in $^; do n=$$(basename $$f); echo "== $$f ($(FUZZ_SECONDS) s)"; \
+	@set -e; for f in $^; do n=$$(basename $$f); n=$${n#fuzz_}; echo "== $$f ($(FUZZ_SECONDS) s)"; \
 	  rm -rf $$f.corpus && mkdir -p $$f.corpus && if [ -d fuzz/corpus/$$n ]; then cp fuzz/corpus/$$n/* $$f.corpus/; fi; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=0 $$f.corpus 2>&1 | tail -2; done
 

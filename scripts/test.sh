@@ -71,9 +71,13 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
 
 echo "=== fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10})"
-for target in fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy; do
+for target in fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns; do
+  # Targets with a seed corpus (fuzz/corpus/http for fuzz_http) start from a scratch copy of it.
+  rm -rf "build/fuzz/$target.corpus" && mkdir -p "build/fuzz/$target.corpus" &&
+    { [ ! -d "fuzz/corpus/${target#fuzz_}" ] || cp "fuzz/corpus/${target#fuzz_}"/* "build/fuzz/$target.corpus/"; }
   if make -s BUILD=build "build/fuzz/$target" >/dev/null 2>&1 &&
-     "build/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 >"build/fuzz/$target.log" 2>&1; then
+     "build/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 "build/fuzz/$target.corpus" \
+       >"build/fuzz/$target.log" 2>&1; then
     echo "fuzz $target: ok ($(grep -oE 'Done [0-9]+ runs' "build/fuzz/$target.log"))"; passed=$((passed + 1))
   else
     tail -30 "build/fuzz/$target.log" 2>/dev/null; echo "fuzz $target: FAILED"; failed=$((failed + 1))
