@@ -309,9 +309,10 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
     /* The throwaway layer is a tmpfs, whose pages are charged to the memory
      * cgroup of the cell process that writes them: it is memory, counted in
      * the cell's memory limit (and so in a tenant's memory quota).  Capped
-     * at that limit, a write past it is ENOSPC rather than the OOM killer. */
-    if (cfg->limits.memory && plan->disk > cfg->limits.memory)
-        plan->disk = cfg->limits.memory;
+     * at 3/4 of that limit, leaving the rest to the cell's processes, a
+     * write past it is ENOSPC rather than the OOM killer. */
+    if (cfg->limits.memory && plan->disk > cfg->limits.memory / 4 * 3)
+        plan->disk = cfg->limits.memory / 4 * 3;
     plan->uid_base = c->uid_base;
     plan->init_fd = c->ctx->init_memfd;
     plan->seccomp = &c->ctx->seccomp;

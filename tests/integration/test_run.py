@@ -549,6 +549,18 @@ def test_size_limited_lane_fills_with_enospc_and_persists(run, state):
     assert r.returncode == 0, r.stderr
 
 
+def test_throwaway_layer_is_capped_at_the_memory_limit(run):
+    """The throwaway layer is a tmpfs charged to the cell's memory cgroup: with
+    --memory 64M (and the default --disk 1G) a 200M write is ENOSPC at 3/4 of
+    the memory limit (48M), not a 1G layer or the OOM killer."""
+    r = run(["run", "--memory", "64M", "--", "sh", "-c",
+             "dd if=/dev/zero of=/root/big bs=1M count=200 2>&1; echo rc=$?; df -k / | tail -1"])
+    assert r.returncode == 0, r.stderr
+    assert "No space left on device" in r.stdout and "rc=1" in r.stdout, r.stdout
+    assert "Killed" not in r.stdout
+    assert re.search(r"\s49152\s", r.stdout), r.stdout  # df -k: the layer is 48M
+
+
 def test_lane_size_errors(run):
     r = run(["lane", "create", "tiny", "--size", "1M"])
     assert r.returncode != 0 and "at least 16M" in r.stderr
