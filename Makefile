@@ -33,19 +33,25 @@ INIT_CFLAGS := -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) $(HARDEN) -U_FORTIFY_SOURCE
 
 UTIL_SRC    := $(wildcard src/util/*.c)
 INIT_SRC    := $(filter-out src/init/blob.S,$(wildcard src/init/*.c))
-LIB_SRC     := $(wildcard src/isolate/*.c src/runtime/*.c src/net/*.c) src/init/proto.c $(UTIL_SRC)
+LIB_SRC     := $(filter-out src/net/engine.c,$(wildcard src/isolate/*.c src/runtime/*.c src/net/*.c)) src/init/proto.c $(UTIL_SRC)
+# The egress helper (docs/security.md): the engine in a process of its own per
+# policed cell, embedded in libcell like cell-init; it links what the engine
+# needs and nothing of the store, server or isolation code.
+EGRESS_SRC  := src/egress/main.c $(filter-out src/net/sep.c,$(wildcard src/net/*.c)) src/init/proto.c $(UTIL_SRC)
+EGRESS_LIBS := -Wl,--as-needed $(shell pkg-config --libs libseccomp jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
-LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BUILD)/obj/src/net/egress_blob.o
+EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
 SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan check clean deps bench fuzz
-all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
+all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-egress $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -61,6 +67,13 @@ $(BUILD)/cell-init: $(INIT_OBJ)
 $(BUILD)/obj/src/init/blob.o: src/init/blob.S $(BUILD)/cell-init
 	@mkdir -p $(dir $@)
 	$(CC) -c -DCELL_INIT_PATH='"$(BUILD)/cell-init"' $< -o $@
+
+$(BUILD)/cell-egress: $(EGRESS_OBJ)
+	$(CC) $(LDSAN) -o $@ $^ $(EGRESS_LIBS)
+
+$(BUILD)/obj/src/net/egress_blob.o: src/net/egress_blob.S $(BUILD)/cell-egress
+	@mkdir -p $(dir $@)
+	$(CC) -c -DCELL_EGRESS_PATH='"$(BUILD)/cell-egress"' $< -o $@
 
 $(BUILD)/libcell.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^

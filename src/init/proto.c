@@ -84,7 +84,8 @@ int ctl_decode(const char *data, size_t len, ctl_msg *m)
         return -1;
     }
     memcpy(&head, data, sizeof head);
-    if (head.type == 0 || head.type >= CTL_TYPE_MAX || head.nstr > CTL_MAX_STRS) {
+    int known = (head.type > 0 && head.type < CTL_TYPE_MAX) || (head.type >= CTL_EXT_BASE && head.type < CTL_EXT_MAX);
+    if (!known || head.nstr > CTL_MAX_STRS) {
         errno = EBADMSG;
         return -1;
     }
@@ -169,7 +170,10 @@ int ctl_recv(int sock, ctl_msg *m)
         }
     }
     int bad = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0;
-    if (bad || ctl_decode(buf, (size_t)n, m) < 0) {
+    int rc = bad ? -1 : ctl_decode(buf, (size_t)n, m);
+    /* The raw datagram may hold a secret (the egress helper's answers). */
+    explicit_bzero(buf, (size_t)n);
+    if (rc < 0) {
         free(buf);
         ctl_msg_free(m);
         errno = EBADMSG;

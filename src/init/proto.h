@@ -16,6 +16,11 @@
 #define CTL_MAX_STRS 8192
 #define CTL_NU       8
 #define CTL_VERSION  1
+/* Types CTL_EXT_BASE..CTL_EXT_MAX-1 are other protocols on this framing
+ * (the egress helper's, src/net/sep.h); cell-init and the owner's cell-init
+ * reader refuse them like any unexpected type. */
+#define CTL_EXT_BASE 0x100
+#define CTL_EXT_MAX  0x200
 
 enum ctl_type {
     CTL_HELLO = 1,    /* init -> owner: ready.  u0 = CTL_VERSION */

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sched.h>
+#include <linux/capability.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -101,6 +102,10 @@ struct net_engine {
     int             udp_wake;       /* eventfd: answers in udp_done */
     udp_ask        *udp_done;       /* under lock */
     unsigned        policy_gen;     /* under lock; bumped by each new policy */
+    int             ns_sock;        /* to the thread in the cell's netns that makes UDP reply sockets */
+    int             ns_peer;        /* that thread's end */
+    pthread_t       ns_thread;
+    int             ns_on;
     udp_assoc       udp[UDP_MAX_ASSOC];   /* the UDP thread's own */
     udp_deny        udp_denied[UDP_DENY_SLOTS];
 };
@@ -608,61 +613,78 @@ static void udp_deny_record(net_engine *e, const struct sockaddr_in *src, const 
     emit(e, rec);
 }
 
-typedef struct netns_socket_job {
-    int                       netns_fd;
-    const struct sockaddr_in *bind_to;
-    int                       fd, err;
-} netns_socket_job;
-
-static void *netns_socket_main(void *arg)
+/* A thread that entered the cell's netns at start and stays there: a
+ * socket belongs to the netns of the thread that makes it, and once the
+ * egress helper has dropped its privileges no thread can enter a namespace
+ * any more.  It answers each request (one byte on ns_sock) with a UDP
+ * socket made there, or -errno; it has no capabilities after the drop, so
+ * the caller makes the socket transparent. */
+static void *ns_maker_main(void *arg)
 {
-    netns_socket_job *job = arg;
-    int one = 1;
-    job->fd = -1;
-    /* This thread alone enters the cell's namespace, and then ends. */
-    if (setns(job->netns_fd, CLONE_NEWNET) < 0) {
-        job->err = errno;
+    net_engine *e = arg;
+    int sock = e->ns_peer, ok = setns(e->l.netns, CLONE_NEWNET) == 0 ? 0 : -errno;
+    if (write(sock, &ok, sizeof ok) != sizeof ok || ok < 0)
         return NULL;
+    char c;
+    while (read(sock, &c, 1) == 1) {
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            fd = -errno;
+        if (write(sock, &fd, sizeof fd) != sizeof fd) {
+            if (fd >= 0)
+                close(fd);
+            break;
+        }
     }
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        job->err = errno;
-        return NULL;
-    }
-    /* Transparent, to bind an address that is not the namespace's own;
-     * reusable, because every association with the same destination binds
-     * it.  Never connected, so TPROXY's lookup of established sockets
-     * passes it over and the cell's datagrams keep coming to the listener. */
-    if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, (const struct sockaddr *)job->bind_to, sizeof *job->bind_to) < 0) {
-        job->err = errno;
-        close(fd);
-        return NULL;
-    }
-    job->fd = fd;
     return NULL;
+}
+
+static int start_ns_maker(net_engine *e, cell_error *err)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return util_fail_errno(err, "socketpair");
+    e->ns_sock = sv[0];
+    e->ns_peer = sv[1];
+    int pe = pthread_create(&e->ns_thread, NULL, ns_maker_main, e), ok = -EIO;
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "thread in the cell's network namespace");
+    }
+    e->ns_on = 1;
+    if (read(e->ns_sock, &ok, sizeof ok) != sizeof ok || ok < 0) {
+        errno = ok < 0 ? -ok : EIO;
+        return util_fail_errno(err, "entering the cell's network namespace");
+    }
+    return 0;
 }
 
 /* The socket in the cell's namespace that replies of an association are
  * sent from, so the cell sees them come from the address it sent to.
- * Made on a short-lived thread that setns()es into the namespace (kept
- * open by the listeners): one thread per association is cheap next to an
- * association's life, and unlike a pool of prepared sockets it holds no
- * descriptors for associations that never happen. */
+ * Transparent, to bind an address that is not the namespace's own;
+ * reusable, because every association with the same destination binds it.
+ * Never connected, so TPROXY's lookup of established sockets passes it over
+ * and the cell's datagrams keep coming to the listener. */
 static int udp_reply_socket(net_engine *e, const struct sockaddr_in *dst)
 {
-    netns_socket_job job = { .netns_fd = e->l.netns, .bind_to = dst, .fd = -1 };
-    pthread_t t;
-    int pe = pthread_create(&t, NULL, netns_socket_main, &job);
-    if (pe != 0) {
-        errno = pe;
+    int fd = -1, one = 1;
+    if (write(e->ns_sock, "s", 1) != 1 || read(e->ns_sock, &fd, sizeof fd) != sizeof fd) {
+        errno = EIO;
         return -1;
     }
-    pthread_join(t, NULL);
-    if (job.fd < 0)
-        errno = job.err;
-    return job.fd;
+    if (fd < 0) {
+        errno = -fd;
+        return -1;
+    }
+    if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, (const struct sockaddr *)dst, sizeof *dst) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
 }
 
 /* Make an allowed association live and forward its first datagram;
@@ -1001,6 +1023,11 @@ static void *engine_main(void *arg)
 }
 
 /* ---- life ------------------------------------------------------------------------ */
+static int confine(net_engine *e, uint64_t caps, cell_error *err)
+{
+    return e->hooks.confine ? e->hooks.confine(e->hooks.user, caps, err) : 0;
+}
+
 int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
                      const net_hooks *hooks, cell_error *err)
 {
@@ -1011,7 +1038,7 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     snprintf(e->cell_id, sizeof e->cell_id, "%s", cell_id);
     if (hooks)
         e->hooks = *hooks;
-    e->stop_fd = e->udp_wake = -1;
+    e->stop_fd = e->udp_wake = e->ns_sock = e->ns_peer = -1;
     e->l = (net_listeners){ .relay = -1, .dns_udp = -1, .dns_tcp = -1, .udp = -1, .netns = -1 };
     for (size_t i = 0; i < sizeof e->live / sizeof e->live[0]; i++)
         e->live[i] = -1;
@@ -1037,35 +1064,36 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
         if (net_fast_start(&e->fast, &e->l, e->stop_fd, &fh, err) < 0)
             goto fail;
     }
-    int pe = pthread_create(&e->thread, NULL, engine_main, e);
-    if (pe != 0) {
-        errno = pe;
-        util_fail_errno(err, "engine thread");
+    /* Everything privileged is done: the egress helper drops its privileges
+     * here, before the threads that serve the cell exist.  Each inherits the
+     * capabilities left when it starts: the fast path's thread
+     * CAP_NET_ADMIN (its queue verdicts and conntrack queries), the UDP
+     * thread CAP_NET_RAW (transparent reply sockets), the accepting thread
+     * and every worker (HTTP, TLS, DNS parsing) none. */
+    uint64_t raw = 1ull << CAP_NET_RAW, admin = e->fast ? 1ull << CAP_NET_ADMIN : 0;
+    if (start_ns_maker(e, err) < 0 || confine(e, admin | raw, err) < 0 || (e->fast && net_fast_run(e->fast, err) < 0) ||
+        confine(e, raw, err) < 0)
         goto fail;
-    }
-    e->thread_on = 1;
-    if ((pe = pthread_create(&e->udp_thread, NULL, udp_main, e)) != 0) {
+    int pe = pthread_create(&e->udp_thread, NULL, udp_main, e);
+    if (pe != 0) {
         errno = pe;
         util_fail_errno(err, "engine UDP thread");
         goto fail;
     }
     e->udp_on = 1;
+    if (confine(e, 0, err) < 0)
+        goto fail;
+    if ((pe = pthread_create(&e->thread, NULL, engine_main, e)) != 0) {
+        errno = pe;
+        util_fail_errno(err, "engine thread");
+        goto fail;
+    }
+    e->thread_on = 1;
     *out = e;
     return 0;
 fail:
     net_engine_stop(e);
     return -1;
-}
-
-int cell_policy_check(const char *policy_json, cell_error *err)
-{
-    net_policy *p;
-    if (!policy_json)
-        return util_fail(err, EINVAL, "policy: a JSON document is required");
-    if (net_policy_parse(policy_json, strlen(policy_json), &p, err) < 0)
-        return -1;
-    net_policy_unref(p);
-    return 0;
 }
 
 int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *err)
@@ -1113,6 +1141,12 @@ void net_engine_stop(net_engine *e)
         e->udp_done = q->next;
         free(q);
     }
+    if (e->ns_sock >= 0)
+        close(e->ns_sock);                     /* the netns thread reads EOF and ends */
+    if (e->ns_on)
+        pthread_join(e->ns_thread, NULL);
+    if (e->ns_peer >= 0)
+        close(e->ns_peer);
     net_listeners_close(&e->l);
     if (e->stop_fd >= 0)
         close(e->stop_fd);

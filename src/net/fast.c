@@ -462,18 +462,22 @@ int net_fast_start(net_fast **out, const net_listeners *l, int stop_fd, const ne
         util_fail_errno(err, "route netlink socket for the fast path");
         goto fail;
     }
-    int pe = pthread_create(&f->thread, NULL, fast_main, f);
-    if (pe != 0) {
-        errno = pe;
-        util_fail_errno(err, "fast path thread");
-        goto fail;
-    }
-    f->thread_on = 1;
     *out = f;
     return 0;
 fail:
     net_fast_stop(f);
     return -1;
+}
+
+int net_fast_run(net_fast *f, cell_error *err)
+{
+    int pe = pthread_create(&f->thread, NULL, fast_main, f);
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "fast path thread");
+    }
+    f->thread_on = 1;
+    return 0;
 }
 
 void net_fast_stop(net_fast *f)

@@ -25,10 +25,13 @@ typedef struct net_fast_hooks {
     void *arg;
 } net_fast_hooks;
 
-/* Serve l's queue and conntrack sockets (which stay the caller's) on a
- * thread until stop_fd is readable.  l->cell_ip must be set. */
+/* Get ready to serve l's queue and conntrack sockets (which stay the
+ * caller's) until stop_fd is readable; l->cell_ip must be set.  Files and
+ * sockets of its own are opened here, the thread is started by
+ * net_fast_run(): the egress helper drops its privileges in between. */
 int  net_fast_start(net_fast **out, const net_listeners *l, int stop_fd, const net_fast_hooks *hooks,
                     cell_error *err);
+int  net_fast_run(net_fast *f, cell_error *err);
 /* Join the thread; flows still open get their record now (bytes so far).
  * NULL-safe. */
 void net_fast_stop(net_fast *f);

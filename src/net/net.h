@@ -17,6 +17,11 @@
 #define NET_UDP_PORT   15002
 #define NET_DNS_PORT   15053
 
+/* Two implementations of this API: src/net/engine.c serves the cell in the
+ * calling process (it is linked only into the egress helper, cell-egress),
+ * and src/net/sep.c, in libcell, runs one such helper per policed cell
+ * (fork+exec, a socketpair in the framing of src/init/proto.h) and answers
+ * its hooks: what a cell's owner (the CLI or the daemon) uses. */
 typedef struct net_engine net_engine;
 
 typedef struct net_hooks {
@@ -26,6 +31,13 @@ typedef struct net_hooks {
     void              *user;
     const char        *upstream_ca_file; /* extra upstream TLS roots (PEM), or NULL */
     const char        *ca_dir;           /* keep the interception CA here across boots (a lane's), or NULL */
+    /* The egress helper's (src/egress/main.c): called once every privileged
+     * step of start is done (netns entered, rules in, sockets open) and
+     * before any thread that serves the cell exists, to drop privileges
+     * keeping only the capabilities in `caps` (a mask of 1 << CAP_*); then
+     * again with fewer before each further thread starts (the calling
+     * thread's capabilities are what a new thread inherits). */
+    int              (*confine)(void *user, uint64_t caps, cell_error *err);
 } net_hooks;
 
 /* The PEM of the cell's interception CA (for its trust store); malloc()ed. */

@@ -686,3 +686,51 @@ void net_listeners_close(net_listeners *l)
             *fds[i] = -1;
         }
 }
+
+/* ---- cutting a cell off (its egress helper died) ---------------------------- */
+typedef struct cut_job {
+    int         netns_fd;
+    cell_error *err;
+    int         rc;
+} cut_job;
+
+/* Delete the cell's eth0: its veth pair goes with it, and with it every
+ * flow the kernel carried for the cell (the fast path's), and the default
+ * route over it.  No eth0 (no fast path) is nothing to cut. */
+static void *cut_main(void *arg)
+{
+    cut_job *job = arg;
+    job->rc = -1;
+    if (setns(job->netns_fd, CLONE_NEWNET) < 0) {
+        util_fail_errno(job->err, "entering the cell's network namespace");
+        return NULL;
+    }
+    unsigned idx = if_nametoindex("eth0");
+    if (idx == 0) {
+        job->rc = 0;
+        return NULL;
+    }
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+    nlh->nlmsg_type = RTM_DELLINK;
+    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    nlh->nlmsg_seq = (unsigned)time(NULL);
+    struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof *ifi);
+    ifi->ifi_family = AF_UNSPEC;
+    ifi->ifi_index = (int)idx;
+    job->rc = nl_request(nlh, buf, "deleting the cell's fast-path veth", job->err);
+    return NULL;
+}
+
+int net_netns_cut(int ns_or_pidfd, cell_error *err)
+{
+    cut_job job = { .netns_fd = ns_or_pidfd, .err = err };
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, cut_main, &job);
+    if (pe != 0) {
+        errno = pe;
+        return util_fail_errno(err, "thread for cutting the cell's network");
+    }
+    pthread_join(t, NULL);
+    return job.rc;
+}

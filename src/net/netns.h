@@ -46,5 +46,9 @@ int  net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err
 /* The nftables ruleset of a cell with the fast path (cell_ip in text). */
 int  net_ruleset_fast(char *out, size_t size, const char *cell_ip);
 void net_listeners_close(net_listeners *l);
+/* Cut a policed cell off when its engine is gone: delete its eth0 (the
+ * fast path's veth, and every flow the kernel carries over it).  The relay's
+ * listeners went with the engine's process. */
+int  net_netns_cut(int ns_or_pidfd, cell_error *err);
 
 #endif

@@ -1290,3 +1290,40 @@ int net_policy_name_resolvable(const net_policy *p, const char *name)
     }
     return 0;
 }
+
+const net_decide_rule *net_policy_decide_rule(const net_policy *p, size_t i)
+{
+    return p && i < p->n_rules && p->rules[i].kind == R_DECIDE ? &p->rules[i].decide : NULL;
+}
+
+/* The same scan as the engine's expansion (http.c): "${secret:" up to the
+ * next '}'. */
+static int value_names_secret(const char *value, const char *name)
+{
+    static const char open[] = "${secret:";
+    size_t nl = strlen(name);
+    for (const char *ref = value; value && (ref = strstr(ref, open)) != NULL;) {
+        const char *s = ref + sizeof open - 1, *end = strchr(s, '}');
+        if (!end)
+            return 0;
+        if ((size_t)(end - s) == nl && memcmp(s, name, nl) == 0)
+            return 1;
+        ref = end + 1;
+    }
+    return 0;
+}
+
+int net_policy_names_secret(const net_policy *p, const char *name)
+{
+    if (!p || !name || !name[0])
+        return 0;
+    for (size_t i = 0; i < p->n_rules; i++) {
+        const rule *r = &p->rules[i];
+        if (r->kind != R_HTTP || !r->allow)
+            continue;
+        for (size_t k = 0; k < r->http.n_set; k++)
+            if (value_names_secret(r->http.set[k].value, name))
+                return 1;
+    }
+    return 0;
+}

@@ -120,6 +120,13 @@ const net_dns_config *net_policy_dns(const net_policy *p);
 /* Strict DNS: 1 if some host/http rule (of either action, before or after)
  * could allow `name` (case-insensitive, no trailing dot needed). */
 int  net_policy_name_resolvable(const net_policy *p, const char *name);
+/* Rule i's "decide" settings, or NULL if rule i is not a decide rule
+ * (the egress helper's owner takes a webhook's URL from here, never from
+ * the helper). */
+const net_decide_rule *net_policy_decide_rule(const net_policy *p, size_t i);
+/* 1 if an allowing http rule's set_headers names ${secret:name}: the only
+ * secrets the owner hands the egress helper. */
+int  net_policy_names_secret(const net_policy *p, const char *name);
 /* The classes of an address (one bit, or LOOPBACK|... combinations never
  * overlap: exactly one bit is set). */
 unsigned net_addr_class(const struct sockaddr *sa);
