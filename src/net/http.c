@@ -94,6 +94,7 @@ typedef struct session {
     net_buf              pending;           /* the cell's bytes past the request being served */
     int                  client_keep;       /* the request asked to keep the connection */
     int                  keep;              /* its response ended by its framing: serve another */
+    int                  continued;         /* "100 Continue" was sent for this request */
 } session;
 
 static void audit(session *s, int status, int allow)
@@ -636,11 +637,15 @@ static int repeatable(const session *s, const net_http_msg *m)
     return 0;
 }
 
-static int wants_continue(const net_http_msg *m)
+/* Expect is not forwarded: this hop asks for the body itself, once. */
+static void answer_continue(session *s, const net_http_msg *m)
 {
     int count;
     const char *expect = net_http_msg_header(m, "expect", &count);
-    return expect && strcasecmp(expect, "100-continue") == 0 && !m->done;
+    if (expect && strcasecmp(expect, "100-continue") == 0 && !m->done && !s->continued) {
+        s->continued = 1;
+        send_down(s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
 }
 
 /* Send the head, the body and relay the response, on a pooled or new
@@ -662,9 +667,7 @@ static void exchange(session *s, net_http_msg *m, const char *head, size_t hlen,
             refuse(s, 502, "upstream: sending the request failed");
             return;
         }
-        /* Expect was not forwarded: this hop asks for the body itself. */
-        if (wants_continue(m) && attempt == 0)
-            send_down(s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        answer_continue(s, m);
         if (stream_body(s, m, rechunk) < 0) {
             drop(s, "the request body could not be relayed");
             return;
@@ -693,8 +696,7 @@ static void forward(session *s, net_http_msg *m, const char *target)
     char *head = NULL, missing[64], frame[64];
     size_t hlen = 0;
     if (m->chunked) {
-        if (wants_continue(m))
-            send_down(s, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        answer_continue(s, m);
         if (read_ahead(s, m) < 0) {
             drop(s, "the request body could not be read");
             return;
@@ -727,6 +729,7 @@ static void serve_request(session *s, int later)
     net_http_msg_init(&m, HTTP_REQUEST);
     net_buf target = { 0 };
     s->keep = 0;
+    s->continued = 0;
     s->reason[0] = '\0';
     s->method[0] = '\0';
     net_buf_wipe(&s->path);
