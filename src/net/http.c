@@ -551,7 +551,6 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
         ssize_t n = conn_read(&s->up, data, sizeof data);
         if (n < 0 || (n == 0 && !wrote)) {
             *nothing = got == 0;
-            why = "upstream closed without a response";
             break;
         }
         got += (size_t)n;
@@ -599,8 +598,10 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
             break;
     }
     if (!wrote) {
-        snprintf(s->reason, sizeof s->reason, "%s%s", *nothing || why == NULL ? "" : "upstream response: ",
-                 why ? why : "upstream closed without a response");
+        if (why)
+            snprintf(s->reason, sizeof s->reason, "upstream response: %s", why);
+        else
+            snprintf(s->reason, sizeof s->reason, "upstream closed without a response");
         goto out;
     }
     rc = 0;     /* cut short: the cell's connection ends, so it sees the body end early */

@@ -280,6 +280,22 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         /raw/extra  framed, then a second response nobody asked for"""
         peer = ("%s:%d" % self.client_address[:2]).encode()
         framed = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(peer), peer)
+        bad = {  # responses another parser could read otherwise, and ones to re-frame
+            "/raw/split": b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: evil=1\r\nContent-Length: 2\r\n\r\nok",
+            "/raw/lf": b"HTTP/1.1 200 OK\nSet-Cookie: evil=1\nContent-Length: 2\n\nok",
+            "/raw/clte": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nEVIL!",
+            "/raw/twocl": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 6\r\n\r\nokEVIL",
+            "/raw/101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nEVIL",
+            "/raw/chunkext": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                             b"2;ext=\"EVIL\"\r\nok\r\n0\r\nX-T: EVIL\r\n\r\n",
+            "/raw/103": b"HTTP/1.1 103 Early Hints\r\nLink: </EVIL>\r\n\r\n"
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        }
+        if self.path in bad:
+            self.wfile.write(bad[self.path])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if self.path == "/raw/eof":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n" + peer)
         elif self.path == "/raw/extra":
@@ -665,6 +681,20 @@ def test_chunked_body_cannot_smuggle_a_request(admin, cells, net):
     echoed = json.loads(r[0]["raw"].split("\r\n\r\n", 2)[2])
     assert echoed["body"] == "".join(chr(97 + i % 26) * 1000 for i in range(100)), len(echoed["body"])
     assert net.seen()[before:][0]["headers"].get("transfer-encoding") == "chunked"
+
+
+def test_upstream_responses_are_parsed_strictly(admin, cells, net):
+    """Response splitting and ambiguous framing from an upstream never reach
+    the cell (502); chunk extensions, trailers and interim responses are not
+    relayed: the cell gets the body re-chunked by the engine."""
+    cid = new_cell(admin, cells, [http_rule()])
+    paths = ["/raw/split", "/raw/lf", "/raw/clte", "/raw/twocl", "/raw/101", "/raw/chunkext", "/raw/103"]
+    r = probe(admin, cid, [["raw", "allowed.test", 80, get(p)] for p in paths])
+    for p, x in zip(paths[:5], r):
+        assert x.get("status") == 502 and "EVIL" not in x["raw"] and "evil" not in x["raw"], (p, x)
+    assert r[5]["status"] == 200 and r[5]["body"] == "2\r\nok\r\n0\r\n\r\n", r[5]
+    assert "EVIL" not in r[5]["raw"] and "Trailer" not in r[5]["head"], r[5]
+    assert r[6]["status"] == 200 and r[6]["body"] == "ok" and "EVIL" not in r[6]["raw"], r[6]
 
 
 # ---- secrets echoed back by the upstream -----------------------------------------------------
