@@ -267,6 +267,74 @@ void procs_free_all(scell *sc)
     }
 }
 
+/* Free p's `n` oldest log entries (plock held). */
+static void drop_oldest(sproc *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        atomic_fetch_sub(&log_memory_used, plog_cost(p->log[i]));
+        p->log_bytes -= p->log[i]->len;
+        free(p->log[i]);
+    }
+    memmove(p->log, p->log + n, (p->n_log - n) * sizeof *p->log);
+    p->n_log -= n;
+}
+
+/* The listed process holding the most log bytes, with a reference.  Locks
+ * srv.lock, then each cell's plock (the documented order). */
+static sproc *largest_log(srv *s)
+{
+    sproc *best = NULL;
+    scell *best_cell = NULL;
+    size_t best_bytes = 0;
+    pthread_mutex_lock(&s->lock);
+    for (scell *sc = s->cells; sc; sc = sc->next) {
+        pthread_mutex_lock(&sc->plock);
+        for (sproc *x = sc->procs; x; x = x->next)
+            if (x->n_log && (!best || x->log_bytes > best_bytes))
+                best = x, best_cell = sc, best_bytes = x->log_bytes;
+        pthread_mutex_unlock(&sc->plock);
+    }
+    /* Take the reference only if it is still listed (the cell cannot go
+     * while srv.lock is held; the process could have). */
+    sproc *found = NULL;
+    if (best_cell) {
+        pthread_mutex_lock(&best_cell->plock);
+        for (sproc *x = best_cell->procs; x && !found; x = x->next)
+            if (x == best)
+                found = x, x->refs++;
+        pthread_mutex_unlock(&best_cell->plock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+/* Over --limit log.memory: trim the largest logs, oldest entries first,
+ * until a sixteenth below it, so whoever floods loses the most and a
+ * quiet process keeps its output.  Each victim gives up at most half of
+ * what it holds before the next largest is looked for. */
+static void log_reclaim(srv *s, uint64_t budget)
+{
+    uint64_t target = budget - budget / 16;
+    for (int round = 0; round < 64 && atomic_load(&log_memory_used) > target; round++) {
+        sproc *v = largest_log(s);
+        if (!v)
+            return;
+        pthread_mutex_lock(&v->cell->plock);
+        uint64_t now = atomic_load(&log_memory_used), over = now > target ? now - target : 0, freed = 0;
+        size_t keep = v->log_bytes / 2, bytes = 0, drop = 0;
+        while (drop < v->n_log && freed < over && v->log_bytes - bytes > keep) {
+            freed += plog_cost(v->log[drop]);
+            bytes += v->log[drop]->len;
+            drop++;
+        }
+        if (!drop && v->n_log && over)
+            drop = 1;                    /* always progress */
+        drop_oldest(v, drop);
+        pthread_mutex_unlock(&v->cell->plock);
+        procs_put(v);
+    }
+}
+
 static void append_log(sproc *p, int stream, const char *data, size_t len, int64_t max_bytes, uint64_t budget)
 {
     plog *e = malloc(sizeof *e + len);
@@ -294,24 +362,16 @@ static void append_log(sproc *p, int stream, const char *data, size_t len, int64
     p->log_bytes += len;
     uint64_t used = atomic_fetch_add(&log_memory_used, plog_cost(e)) + plog_cost(e);
     /* Keep the newest max_bytes of output; the oldest entries go first.
-     * Past the daemon-wide budget the writing process gives up its own
-     * oldest entries, the new one too if need be, never another's.  Tiny
-     * writes would make many entries, each costing more in memory and in a
-     * JSON answer than its data: at most one per 256 bytes of the cap. */
+     * Tiny writes would make many entries, each costing more in memory and
+     * in a JSON answer than its data: at most one per 256 bytes of the cap. */
     size_t max_entries = (size_t)max_bytes / 256 > 1024 ? (size_t)max_bytes / 256 : 1024;
     size_t drop = 0;
-    while (drop < p->n_log && ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) ||
-                               p->n_log - drop > max_entries || used > budget)) {
-        size_t cost = plog_cost(p->log[drop]);
-        used = atomic_fetch_sub(&log_memory_used, cost) - cost;
-        p->log_bytes -= p->log[drop]->len, free(p->log[drop]), drop++;
-    }
-    if (drop) {
-        memmove(p->log, p->log + drop, (p->n_log - drop) * sizeof *p->log);
-        p->n_log -= drop;
-    }
+    while ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) || p->n_log - drop > max_entries)
+        drop_oldest(p, 1), drop++;
     pthread_cond_broadcast(&sc->pcond);
     pthread_mutex_unlock(&sc->plock);
+    if (used > budget)
+        log_reclaim(sc->s, budget);
 }
 
 /* One thread per long-running process drains its output into the log, so

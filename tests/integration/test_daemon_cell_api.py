@@ -212,13 +212,17 @@ def test_process_config_ceilings(own_cell, field):
 def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
     """Per-process log caps times processes times cells cannot add up past
     --limit log.memory: four processes print 3 MiB each (12 MiB, under their
-    10 MiB caps) and the daemon keeps at most 2 MiB of logs, the newest
-    output of the process that wrote last included."""
+    10 MiB caps) and the daemon keeps at most 2 MiB of logs.  The largest
+    logs are trimmed first: the newest output of the last writer and a
+    quiet process's line survive the flood."""
     dd = dm.Daemon(tmp_path_factory.mktemp("logmem"), ["--limit", "log.memory=2M"])
     dd.start()
     try:
         admin = dd.client()
         cells = [Cell(admin, new_cell(admin)) for _ in range(2)]
+        quiet = cells[1].spawn("echo", ["quiet-line"])
+        cells[1].wait_exited(quiet["id"])
+        assert wait_for(lambda: cells[1].log_text(quiet["id"]) == b"quiet-line\n", 5)
         procs = []
         for i in range(4):
             c = cells[i % 2]
@@ -229,6 +233,7 @@ def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
         assert 0 < kept <= 2 << 20, kept
         c, pid = procs[-1]
         assert c.log_text(pid).endswith(b"END-3\n")
+        assert cells[1].log_text(quiet["id"]) == b"quiet-line\n"
         lim = admin.get("/v1/limits")
         assert lim.status == 200 and lim.body["logMemory"]["limit"] == 2 << 20, lim
         assert 0 < lim.body["logMemory"]["used"] <= 2 << 20, lim
