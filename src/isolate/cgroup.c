@@ -146,6 +146,27 @@ unsigned isolate_cgroup_parse_controllers(const char *text)
     return mask;
 }
 
+int isolate_cgroup_cmdline_nosocket(const char *cmdline)
+{
+    static const char key[] = "cgroup.memory=";
+    const char *p = cmdline, *f;
+    size_t n;
+    while (next_field(&p, &f, &n)) {
+        if (n < sizeof key - 1 || memcmp(f, key, sizeof key - 1) != 0)
+            continue;
+        /* The value is a comma-separated list of options. */
+        const char *o = f + sizeof key - 1, *end = f + n;
+        while (o < end) {
+            const char *comma = memchr(o, ',', (size_t)(end - o));
+            size_t wlen = comma ? (size_t)(comma - o) : (size_t)(end - o);
+            if (field_is(o, wlen, "nosocket"))
+                return 1;
+            o += wlen + 1;
+        }
+    }
+    return 0;
+}
+
 int isolate_cgroup_cpu_quota(uint32_t cpu_millis, uint64_t *quota_us, cell_error *err)
 {
     uint64_t quota = (uint64_t)cpu_millis * (CG_CPU_PERIOD_US / 1000);
@@ -451,6 +472,20 @@ static int cg_setup_dir(struct cg_dir *d, const cell_limits *lim, cell_error *er
     return d->v2 ? cg_limit_v2(d, lim, err) : cg_limit_v1(d, lim, err);
 }
 
+/* A memory limit must cover socket buffers (see cg_limit_v1_memory); a host
+ * booted with cgroup.memory=nosocket cannot do that on v1 or v2. */
+static int cg_check_socket_accounting(cell_error *err)
+{
+    _cleanup_free_ char *cmdline = NULL;
+    if (util_read_file("/proc/cmdline", 65536, &cmdline, NULL, err) < 0)
+        return -1;
+    if (isolate_cgroup_cmdline_nosocket(cmdline))
+        return util_fail(err, EOPNOTSUPP,
+                         "cannot enforce --memory: the kernel was booted with cgroup.memory=nosocket, so "
+                         "socket buffers would not count against the limit");
+    return 0;
+}
+
 int isolate_cgroup_create(const char *name, const cell_limits *lim, isolate_cgroup **out, cell_error *err)
 {
     if (!out)
@@ -463,6 +498,8 @@ int isolate_cgroup_create(const char *name, const cell_limits *lim, isolate_cgro
     if (!lay)
         return util_fail(err, ENOMEM, "out of memory detecting the cgroup layout");
     if (isolate_cgroup_detect(lay, err) < 0)
+        return -1;
+    if (lim->memory && cg_check_socket_accounting(err) < 0)
         return -1;
     isolate_cgroup *cg = calloc(1, sizeof *cg);
     if (!cg)

@@ -57,6 +57,11 @@ int isolate_cgroup_detect(struct cg_layout *lay, cell_error *err);
 int isolate_cgroup_plan(const struct cg_layout *lay, const char *name, const cell_limits *lim,
                         struct cg_plan *out, cell_error *err);
 
+/* 1 if a kernel command line turns socket memory accounting off
+ * (cgroup.memory=...,nosocket,...): then no memory limit covers socket
+ * buffers, on v1 or v2. */
+int isolate_cgroup_cmdline_nosocket(const char *cmdline);
+
 /* Quota in microseconds per CG_CPU_PERIOD_US for cpu_millis (1000 = one CPU). */
 int isolate_cgroup_cpu_quota(uint32_t cpu_millis, uint64_t *quota_us, cell_error *err);
 /* The cpu.max text for cpu_millis, e.g. 500 -> "50000 100000". */

@@ -335,19 +335,20 @@ static int add_socket_rules(scmp_filter_ctx ctx, cell_error *err)
             continue;
         /* One rule per refused number up to the highest allowed one, and one
          * for everything above it: libseccomp takes one comparison per
-         * argument, so "not one of" is a union of rules. */
+         * argument, so "not one of" is a union of rules.  (datum_b is
+         * unused by these operators; given so every field is set.) */
         for (uint64_t f = 0; f < SOCK_FAMILY_MAX_ALLOWED; f++) {
             if (family_allowed(f))
                 continue;
-            struct scmp_arg_cmp cmp = SCMP_A0_64(SCMP_CMP_EQ, f);
+            struct scmp_arg_cmp cmp = SCMP_A0_64(SCMP_CMP_EQ, f, 0);
             if (add_rule(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), calls[c], nr, 1, &cmp, err) < 0)
                 return -1;
         }
-        struct scmp_arg_cmp above = SCMP_A0_64(SCMP_CMP_GT, SOCK_FAMILY_MAX_ALLOWED);
+        struct scmp_arg_cmp above = SCMP_A0_64(SCMP_CMP_GT, SOCK_FAMILY_MAX_ALLOWED, 0);
         if (add_rule(ctx, SCMP_ACT_ERRNO(EAFNOSUPPORT), calls[c], nr, 1, &above, err) < 0)
             return -1;
-        struct scmp_arg_cmp netlink[2] = { SCMP_A0_64(SCMP_CMP_EQ, AF_NETLINK),
-                                           SCMP_A2_64(SCMP_CMP_NE, NETLINK_ROUTE) };
+        struct scmp_arg_cmp netlink[2] = { SCMP_A0_64(SCMP_CMP_EQ, AF_NETLINK, 0),
+                                           SCMP_A2_64(SCMP_CMP_NE, NETLINK_ROUTE, 0) };
         if (add_rule(ctx, SCMP_ACT_ERRNO(EPROTONOSUPPORT), calls[c], nr, 2, netlink, err) < 0)
             return -1;
     }

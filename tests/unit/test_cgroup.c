@@ -242,6 +242,25 @@ static void test_plan_bad_name(void **state)
     free(lay);
 }
 
+static void test_cmdline_nosocket(void **state)
+{
+    (void)state;
+    assert_int_equal(isolate_cgroup_cmdline_nosocket(""), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("root=/dev/vda ro quiet\n"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("root=/dev/vda cgroup.memory=nosocket\n"), 1);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=nokmem,nosocket quiet"), 1);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("a cgroup.memory=nosocket,nokmem b"), 1);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=nokmem cgroup.memory=nosocket"), 1);
+    /* Near misses: other options, other parameters, substrings. */
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=nokmem,nobpf"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=nosockets"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=xnosocket"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("mycgroup.memory=nosocket"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memoryx=nosocket"), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("nosocket cgroup.memory="), 0);
+    assert_int_equal(isolate_cgroup_cmdline_nosocket("cgroup.memory=,,"), 0);
+}
+
 static void test_cpu_max(void **state)
 {
     (void)state;
@@ -468,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_plan_mixed),
         cmocka_unit_test(test_plan_missing_controller),
         cmocka_unit_test(test_plan_bad_name),
+        cmocka_unit_test(test_cmdline_nosocket),
         cmocka_unit_test(test_cpu_max),
         cmocka_unit_test(test_live),
         cmocka_unit_test(test_live_no_limits),
