@@ -294,6 +294,37 @@ static int hook_confine(void *user, uint64_t caps, cell_error *err)
     return 0;
 }
 
+/* ---- test hook --------------------------------------------------------------------- */
+/* CELL_EGRESS_TEST_ASK_SECRET=NAME in the owner's environment (the owner
+ * passes it on): once serving, the helper asks the owner for secret NAME as
+ * a compromised helper would, whatever its policy says, and records only
+ * whether it got a value ({"event": "test-secret", "name", "got"}).  Lets
+ * test_egress_helper.py check the owner's refusal end to end. */
+static void *test_ask_main(void *arg)
+{
+    helper *h = arg;
+    const char *name = getenv("CELL_EGRESS_TEST_ASK_SECRET");
+    char *value = NULL, rec[256];
+    size_t len = 0;
+    int got = hook_secret(h, name, &value, &len) == 0;
+    if (value) {
+        OPENSSL_cleanse(value, len);
+        free(value);
+    }
+    snprintf(rec, sizeof rec, "{\"event\":\"test-secret\",\"name\":\"%.64s\",\"got\":%s}", name,
+             got ? "true" : "false");
+    hook_event(h, rec);
+    return NULL;
+}
+
+static void test_hook(helper *h)
+{
+    const char *name = getenv("CELL_EGRESS_TEST_ASK_SECRET");
+    pthread_t t;
+    if (name && util_valid_name(name) && pthread_create(&t, NULL, test_ask_main, h) == 0)
+        pthread_detach(t);
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 static int ready(helper *h, net_engine *e, int rc, const cell_error *err)
 {
@@ -372,6 +403,7 @@ int main(void)
     ctl_msg_free(&m);
     if (ready(&h, e, rc, &err) < 0)
         _exit(1);
+    test_hook(&h);
     serve(&h, e);
     /* No exit handlers, no leak check: the sockets go with the process. */
     _exit(0);

@@ -68,6 +68,7 @@ int ctl_send(int sock, uint32_t type, uint32_t seq, int32_t err, const uint32_t 
         n = sendmsg(sock, &mh, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     int saved = errno;
+    explicit_bzero(buf, total);   /* it may have held a secret (the egress helper's answers) */
     if (buf != stack_buf)
         free(buf);
     errno = saved;

@@ -191,7 +191,7 @@ static void __attribute__((noreturn)) helper_child(int sock, int exe, char *cons
 static void helper_env(char *env[], size_t max, char store[][512])
 {
     static const char *const keep[] = { "CELL_EGRESS_FAST", "CELL_EGRESS_SUBNET", "ASAN_OPTIONS", "UBSAN_OPTIONS",
-                                        "LSAN_OPTIONS" };
+                                        "LSAN_OPTIONS", "CELL_EGRESS_TEST_ASK_SECRET" };
     size_t n = 0;
     for (size_t i = 0; i < sizeof keep / sizeof keep[0] && n + 1 < max; i++) {
         const char *v = getenv(keep[i]);

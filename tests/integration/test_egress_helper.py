@@ -280,3 +280,41 @@ def test_cell_run_has_a_confined_helper_too(state, peer, tmp_path):
     finally:
         stop_proc(p)
     assert wait_for(lambda: not any(is_helper(x) for x in children(p.pid)), 10)
+
+
+def test_a_helper_gets_no_secret_its_policy_does_not_name(tmp_path, peer, monkeypatch):
+    """A compromised helper asking for another of the tenant's secrets: the
+    test hook CELL_EGRESS_TEST_ASK_SECRET (docs/egress.md) makes every helper
+    of this daemon ask for OTHER, which no rule of its policy names."""
+    monkeypatch.setenv("CELL_EGRESS_TEST_ASK_SECRET", "OTHER")
+    dd = dm.Daemon(tmp_path / "d")
+    dd.start()
+    try:
+        admin = dd.client()
+        for name in ("API_KEY", "OTHER"):
+            r = admin.post("/v1/secrets", {"name": name, "value": "value-of-" + name})
+            assert r.status in (200, 201), r
+        policy = {"rules": [{"dns": {"upstreams": [PEER]}},
+                            {"http": {"host": "api.test", "set_headers": {"Authorization": "Bearer ${secret:API_KEY}"}}}]}
+        r = admin.post("/v1/cells", {"resources": {"memory": "128M"}, "policy": policy})
+        assert r.status == 201, r
+        cid = r.body["id"]
+
+        def records():
+            r = admin.get("/v1/audit", query={"kind": "net", "limit": 10000})
+            assert r.status == 200, r
+            return [x for x in r.body["records"] if x.get("cell") == cid]
+
+        assert wait_for(lambda: any(x.get("event") == "test-secret" for x in records()), 15)
+        recs = records()
+        asked = [x for x in recs if x.get("event") == "test-secret"]
+        assert asked == [dict(asked[0], name="OTHER", got=False)], recs
+        refused = [x for x in recs if x.get("event") == "secret"]
+        assert refused and refused[0]["name"] == "OTHER" and refused[0]["verdict"] == "deny", recs
+        assert "value-of-" not in json.dumps(recs)
+        admin.delete("/v1/cells/%s" % cid)
+    finally:
+        try:
+            dd.stop()
+        finally:
+            dd.check_sanitizer()
