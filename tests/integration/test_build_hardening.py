@@ -9,7 +9,9 @@ import pytest
 
 from conftest import CELL_BIN
 
-BINARIES = [CELL_BIN, os.path.join(os.path.dirname(CELL_BIN), "cell-init")]
+# cell-egress (the egress helper) is embedded in cell and exec'd from a memfd;
+# the copy beside it is the same bytes.
+BINARIES = [CELL_BIN] + [os.path.join(os.path.dirname(CELL_BIN), n) for n in ("cell-init", "cell-egress")]
 
 
 def readelf(*args):
