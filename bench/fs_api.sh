@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# bench/fs_api.sh: throughput of the daemon's file API alone (no reference
+# server): PUT and GET /cells/ID/v1/fs/file of one large file, REPS times,
+# one request per fresh connection; prints each run and the medians (MB/s,
+# MB = 10^6 bytes).  Nothing is asserted.
+#
+#   sudo bash bench/fs_api.sh [CELL_BIN]     # default build/cell
+#
+# Environment: CELL_FS_BENCH_SIZE (bytes, default 268435456 = 256 MiB),
+# CELL_FS_BENCH_REPS (default 5), CELL_FS_BENCH_MEMORY (the cell's memory
+# limit, default 1G; the cell's writes are charged to it), CC (default cc).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/.." && pwd)
+cell_bin=${1:-$top/build/cell}
+size=${CELL_FS_BENCH_SIZE:-268435456}
+reps=${CELL_FS_BENCH_REPS:-5}
+memory=${CELL_FS_BENCH_MEMORY:-1G}
+die() { echo "fs_api.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
+[ -x "$cell_bin" ] || die "$cell_bin is not an executable"
+
+scratch=$(mktemp -d /tmp/cell-fs-bench.XXXXXX)
+pid=""
+cleanup() {
+    local rc=$?
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        wait "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$scratch"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+"${CC:-cc}" -std=c17 -O2 -Wall -Wextra -o "$scratch/http_bench" "$here/http_bench.c"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$cell_bin" --state "$scratch/state" serve --listen "127.0.0.1:$port" --socket '' \
+    --max-file-size $((size * 2)) >"$scratch/log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/health")" = 200 ] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$scratch/log" >&2; die "cell serve died"; }
+    sleep 0.1
+done
+token=$(tr -d '\n' <"$scratch/state/admin.token")
+id=$(curl -sSf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    --data "{\"resources\":{\"memory\":\"$memory\"}}" "http://127.0.0.1:$port/v1/cells" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+path="/cells/$id/v1/fs/file?path=/tmp/bench.bin"
+export HTTP_BENCH_TOKEN=$token
+kv() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+puts=() gets=()
+for r in $(seq "$reps"); do
+    puts+=("$("$scratch/http_bench" put "$port" "$path" "$size" | kv put_mbs)")
+    gets+=("$("$scratch/http_bench" get "$port" "$path" "$size" | kv get_mbs)")
+    echo "rep $r: put ${puts[-1]} MB/s, get ${gets[-1]} MB/s"
+done
+echo "$(basename "$cell_bin") $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?'): $((size / 1048576)) MiB," \
+     "median of $reps: PUT $(median "${puts[@]}") MB/s, GET $(median "${gets[@]}") MB/s"
