@@ -397,6 +397,8 @@ int net_redact_add(net_redact *r, const char *v, size_t len)
 
 void net_redact_inplace(const net_redact *r, char *s, size_t len)
 {
+    if (!s || !len)
+        return;     /* memmem() must not see NULL */
     for (size_t i = 0; i < r->n; i++) {
         const net_buf *v = &r->vals[i];
         for (char *p = s; (p = memmem(p, len - (size_t)(p - s), v->d, v->len)) != NULL; p += v->len)
