@@ -1,15 +1,21 @@
 /* conns.c: the daemon's open connections.  libmicrohttpd bounds their number
  * (in total and per peer address) and their idle time; this file adds what
  * it lacks: a deadline for the request head (a client dribbling header bytes
- * resets an idle timer forever), and ending every connection and stream of
- * a token when the token is revoked. */
+ * resets an idle timer forever), a limit on how long a stream may wait for a
+ * client that stopped reading, and ending every connection and stream of a
+ * token when the token is revoked. */
 #include "server/server_internal.h"
 
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
-/* How often the watchdog looks for heads past their deadline. */
+/* How often the watchdog looks for heads past their deadline and stalled streams. */
 #define CONNS_TICK_MS 500
 
 enum sconn_state {
@@ -22,7 +28,9 @@ enum sconn_state {
 struct sconn {
     int              fd;
     enum sconn_state state;
-    int64_t          since_ms;      /* when the state began */
+    int64_t          since_ms;      /* when the state began; a stream's last progress */
+    uint64_t         acked;         /* a stream's bytes the peer acknowledged (TCP) */
+    int              outq;          /* ... or its unsent and unacknowledged bytes (unix) */
     char             token_id[16];  /* "" until authenticated */
     struct sconn    *prev, *next;
 };
@@ -50,17 +58,45 @@ static void cut_locked(struct sconn *c)
     if (shutdown(c->fd, SHUT_RDWR) < 0) { /* already gone: nothing to end */ }
 }
 
+/* Streams have no idle timeout (a quiet log follow or terminal is fine), but
+ * one whose client stopped reading would hold its thread in a send for
+ * ever.  Progress: nothing left to send, or the peer took more bytes (TCP:
+ * its acknowledgements; a unix socket: the queue shrank). */
+static int stream_progressed(struct sconn *c)
+{
+    int outq = 0;
+    if (ioctl(c->fd, SIOCOUTQ, &outq) < 0 || outq == 0)
+        return 1;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    int moved;
+    if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+        len >= offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof ti.tcpi_bytes_acked) {
+        moved = ti.tcpi_bytes_acked != c->acked;
+        c->acked = ti.tcpi_bytes_acked;
+    } else {
+        moved = outq < c->outq;
+    }
+    c->outq = outq;
+    return moved;
+}
+
 static void *watchdog_main(void *arg)
 {
     srv *s = arg;
     struct conns *cs = s->conns;
-    int64_t limit = (int64_t)s->opt.header_timeout_s * 1000;
+    int64_t limit = (int64_t)s->opt.header_timeout_s * 1000, idle = (int64_t)s->opt.idle_timeout_s * 1000;
     pthread_mutex_lock(&cs->lock);
     while (!cs->stop) {
         int64_t now = srv_now_ms();
-        for (struct sconn *c = cs->head; c; c = c->next)
+        for (struct sconn *c = cs->head; c; c = c->next) {
             if (c->state == SCONN_HEAD && now - c->since_ms >= limit)
                 cut_locked(c);
+            else if (c->state == SCONN_STREAM && stream_progressed(c))
+                c->since_ms = now;
+            else if (c->state == SCONN_STREAM && now - c->since_ms >= idle)
+                cut_locked(c);
+        }
         struct timespec ts;
         srv_deadline_after(&ts, CONNS_TICK_MS);
         pthread_cond_timedwait(&cs->wake, &cs->lock, &ts);

@@ -370,6 +370,52 @@ def test_revoking_a_token_ends_its_streams(tmp_path, daemons):
         admin.delete("/v1/cells/%s" % ocid)
 
 
+def test_stream_to_a_client_that_stopped_reading_is_cut(tmp_path, daemons):
+    """A log follow has no idle timeout, but a client that stops reading
+    must not hold the stream's thread for ever; a quiet stream whose client
+    reads stays open."""
+    d = daemons(tmp_path / "st", ["--idle-timeout", "2"])
+    admin = d.client()
+    cid = create_cell(admin)
+    try:
+        loud = spawn(admin, cid, "sh", ["-c", "while :; do seq 1 2000; done"])
+        quiet = spawn(admin, cid, "sh", ["-c", "sleep 6; echo late"])
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", d.port))
+        s.sendall(("GET /cells/%s/v1/processes/%s/logs?follow=true HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % (cid, loud, d.admin_token)).encode())
+        # The quiet stream: idle longer than --idle-timeout, then its line arrives.
+        qconn, qresp = admin.stream("GET", "/cells/%s/v1/processes/%s/logs?follow=true" % (cid, quiet))
+        assert qresp.status == 200
+        body = b""
+        qconn.sock.settimeout(30)
+        while b"event: log" not in body:
+            line = qresp.readline()
+            assert line, "a quiet stream was closed: %r" % body
+            body += line
+        qconn.close()
+        # By now the loud stream's client has not read for > 6 s.  Reading
+        # now must hit the end: a live stream of a looping process never ends.
+        s.settimeout(10)
+        ended = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if not s.recv(1 << 20):
+                    ended = True
+                    break
+            except ConnectionResetError:
+                ended = True
+                break
+            except socket.timeout:
+                continue
+        s.close()
+        assert ended, "the stream to a client that stopped reading stayed open"
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
 # ---- ?access_token= ------------------------------------------------------------------------------
 
 
