@@ -1137,6 +1137,7 @@ def test_audit_read_of_a_huge_log_keeps_memory_bounded(tmp_path):
     finally:
         if dd.running():
             dd.kill9()
+        dd.check_sanitizer()
 
 
 def test_audit_log_rotates_by_size_and_reads_span_the_files(tmp_path):
@@ -1180,6 +1181,7 @@ def test_audit_log_rotates_by_size_and_reads_span_the_files(tmp_path):
     finally:
         if dd.running():
             dd.kill9()
+        dd.check_sanitizer()
     r = subprocess.run([dm.CELL_BIN, "--state", str(state), "serve", "--audit-keep", "0"], capture_output=True,
                        text=True, timeout=10)
     assert r.returncode == 2 and "--audit-keep" in r.stderr, r
