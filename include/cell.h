@@ -256,14 +256,22 @@ typedef struct cell_dirent {
  * EISDIR.  Every started transfer must end with cell_xfer_end, which
  * closes x->fd and returns the transfer's outcome (ENOSPC, EPERM, ...). */
 typedef struct cell_xfer {
-    int      fd, status_fd;
+    int      fd, status_fd;     /* non-blocking: use cell_xfer_read/write */
     uint32_t mode;
     uint64_t size;
+    int      stall_ms;          /* 0: CELL_XFER_STALL_MS */
 } cell_xfer;
+/* A transfer process that makes no progress this long (stopped by a process
+ * of the cell, say) fails the transfer with ETIMEDOUT instead of holding
+ * the caller. */
+#define CELL_XFER_STALL_MS 60000
 int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err);
 int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err);
+/* Up to len bytes; 0 at the end of the file. */
+ssize_t cell_xfer_read(cell_xfer *x, void *buf, size_t len, cell_error *err);
 /* Write all of data; a transfer that failed answers with its own error. */
 int cell_xfer_write(cell_xfer *x, const void *data, size_t len, cell_error *err);
+/* Safe to call again (then 0). */
 int cell_xfer_end(cell_xfer *x, cell_error *err);
 int cell_file_stat(cell *c, const char *path, cell_stat *out, cell_error *err);
 /* malloc()ed array, sorted by name, without "." and "..". */

@@ -397,12 +397,10 @@ static int read_bundle(cell *c, char **out, size_t *len, cell_error *err)
             }
             *out = p;
         }
-        ssize_t n = read(x.fd, *out + *len, cap - *len - 1);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = cell_xfer_read(&x, *out + *len, cap - *len - 1, &oe);
         if (n < 0) {
             cell_xfer_end(&x, NULL);
-            return util_fail_errno(err, "read %s in cell %s", CELL_CA_BUNDLE, c->id);
+            return util_fail(err, oe.code, "read %s in cell %s: %s", CELL_CA_BUNDLE, c->id, oe.message);
         }
         if (n == 0)
             break;

@@ -10,6 +10,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -79,9 +80,70 @@ static int xfer_start(cell *c, uint32_t type, uint32_t flags, mode_t mode, const
     x->mode = reply.u[0];
     x->size = reply.u[1] | (uint64_t)reply.u[2] << 32;
     ctl_msg_free(&reply);
+    /* Non-blocking, so a transfer process that stops (SIGSTOP from inside
+     * the cell) costs the caller at most the stall time (xfer_wait). */
+    if (fcntl(mine, F_SETFL, O_NONBLOCK) < 0 || fcntl(my_status, F_SETFL, O_NONBLOCK) < 0)
+        return util_fail_errno(err, "cannot set up the transfer's pipes");
     x->fd = util_steal_fd(&mine);
     x->status_fd = util_steal_fd(&my_status);
+    x->stall_ms = 0;
     return 0;
+}
+
+/* Wait until fd is ready for `events`; ETIMEDOUT after the stall time. */
+static int xfer_wait(const cell_xfer *x, int fd, short events)
+{
+    struct pollfd p = { .fd = fd, .events = events };
+    int r;
+    do
+        r = poll(&p, 1, x->stall_ms > 0 ? x->stall_ms : CELL_XFER_STALL_MS);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        errno = ETIMEDOUT;
+    return r > 0 ? 0 : -1;
+}
+
+/* Fill buf unless EOF comes first: the bytes read, or -1 with errno. */
+static ssize_t xfer_read_full(const cell_xfer *x, int fd, void *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = read(fd, (char *)buf + done, len - done);
+        if (n > 0)
+            done += (size_t)n;
+        else if (n == 0)
+            break;
+        else if (errno != EINTR && (errno != EAGAIN || xfer_wait(x, fd, POLLIN) < 0))
+            return -1;
+    }
+    return (ssize_t)done;
+}
+
+/* A stalled transfer is left to itself: its pipes are closed (it gets EOF
+ * or EPIPE if it ever runs again) and ending it later does not wait. */
+static int xfer_abandon(cell_xfer *x, cell_error *err)
+{
+    if (x->fd >= 0)
+        close(x->fd);
+    if (x->status_fd >= 0)
+        close(x->status_fd);
+    x->fd = x->status_fd = -1;
+    return util_fail(err, ETIMEDOUT, "the transfer process in the cell made no progress for %d ms",
+                     x->stall_ms > 0 ? x->stall_ms : CELL_XFER_STALL_MS);
+}
+
+ssize_t cell_xfer_read(cell_xfer *x, void *buf, size_t len, cell_error *err)
+{
+    if (x->fd < 0)
+        return util_fail(err, EBADF, "the transfer has ended");
+    for (;;) {
+        ssize_t n = read(x->fd, buf, len);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR && (errno != EAGAIN || xfer_wait(x, x->fd, POLLIN) < 0))
+            return errno == ETIMEDOUT ? xfer_abandon(x, err)
+                                      : util_fail_errno(err, "cannot read from the transfer process");
+    }
 }
 
 int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err)
@@ -102,15 +164,35 @@ int cell_xfer_end(cell_xfer *x, cell_error *err)
     if (x->status_fd < 0)
         return 0;     /* ended before */
     struct ctl_xfer_status s;
-    ssize_t n = util_read_all(x->status_fd, &s, sizeof s);
+    ssize_t n = xfer_read_full(x, x->status_fd, &s, sizeof s);
+    int code = errno;
     close(x->status_fd);
     x->status_fd = -1;
+    if (n < 0 && code == ETIMEDOUT)
+        return xfer_abandon(x, err);
     /* The status comes from inside the cell: checked like init's replies. */
     if (n != (ssize_t)sizeof s || s.magic != CTL_XFER_MAGIC)
         return util_fail(err, EPROTO, "the transfer process in the cell ended without a result");
     if (s.err != 0) {
-        int code = s.err > 0 && s.err < 4096 ? s.err : EIO;
-        return util_fail(err, code, "%s", strerror(code));
+        int theirs = s.err > 0 && s.err < 4096 ? s.err : EIO;
+        return util_fail(err, theirs, "%s", strerror(theirs));
+    }
+    return 0;
+}
+
+/* All of data to the (non-blocking) pipe, waiting at most the stall time
+ * for each bit of room. */
+static int xfer_write_all(const cell_xfer *x, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t n = write(x->fd, p, len);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno != EINTR && (errno != EAGAIN || xfer_wait(x, x->fd, POLLOUT) < 0)) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -118,13 +200,13 @@ int cell_xfer_end(cell_xfer *x, cell_error *err)
 /* write(2) to a pipe whose reader may be gone, without SIGPIPE killing a
  * caller that does not ignore it: blocked in this thread, and the one the
  * write raised is consumed. */
-static ssize_t pipe_write_all(int fd, const void *data, size_t len)
+static int pipe_write_all(const cell_xfer *x, const void *data, size_t len)
 {
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    ssize_t rc = util_write_all(fd, data, len);
+    int rc = xfer_write_all(x, data, len);
     int code = errno;
     if (rc < 0 && code == EPIPE && !sigismember(&old, SIGPIPE)) {
         struct timespec zero = { 0, 0 };
@@ -140,9 +222,11 @@ int cell_xfer_write(cell_xfer *x, const void *data, size_t len, cell_error *err)
 {
     if (x->fd < 0)
         return util_fail(err, EBADF, "the transfer has ended");
-    if (pipe_write_all(x->fd, data, len) >= 0)
+    if (pipe_write_all(x, data, len) == 0)
         return 0;
     int code = errno;
+    if (code == ETIMEDOUT)
+        return xfer_abandon(x, err);
     /* The transfer process stopped reading: its status says why. */
     if (code == EPIPE && cell_xfer_end(x, err) < 0)
         return -1;
@@ -185,13 +269,13 @@ static int dirent_ok(const struct ctl_dirent *r)
            strcmp(r->name, ".") != 0 && strcmp(r->name, "..") != 0;
 }
 
-static int read_listing(int fd, const char *path, cell_dirent **out, size_t *count, cell_error *err)
+static int read_listing(cell_xfer *x, const char *path, cell_dirent **out, size_t *count, cell_error *err)
 {
     cell_dirent *list = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
         struct ctl_dirent r;
-        ssize_t got = util_read_all(fd, &r, sizeof r);
+        ssize_t got = xfer_read_full(x, x->fd, &r, sizeof r);
         if (got == 0)
             break;
         int bad = got != (ssize_t)sizeof r || !dirent_ok(&r);
@@ -229,7 +313,7 @@ int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, 
         return -1;
     cell_dirent *list = NULL;
     size_t n = 0;
-    int rc = read_listing(x.fd, path, &list, &n, err);
+    int rc = read_listing(&x, path, &list, &n, err);
     cell_error end_err = { 0 };
     if (cell_xfer_end(&x, &end_err) < 0 && rc == 0) {
         rc = util_fail(err, end_err.code, "cannot list %s: %s", path, end_err.message);

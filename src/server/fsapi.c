@@ -134,18 +134,14 @@ static ssize_t read_body(void *cls, uint64_t pos, char *buf, size_t max)
     }
     if (rs->x.fd < 0)                 /* read_first() saw it all */
         return MHD_CONTENT_READER_END_OF_STREAM;
-    for (;;) {
-        ssize_t n = read(rs->x.fd, buf, max);
-        if (n > 0)
-            return n;
-        if (n < 0 && errno == EINTR)
-            continue;
-        /* EOF before the announced size, or a transfer that failed: the
-         * client must see a broken response, not a short file. */
-        if (n < 0 || (rs->size && pos < rs->size) || cell_xfer_end(&rs->x, NULL) < 0)
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        return MHD_CONTENT_READER_END_OF_STREAM;
-    }
+    ssize_t n = cell_xfer_read(&rs->x, buf, max, NULL);
+    if (n > 0)
+        return n;
+    /* EOF before the announced size, or a transfer that failed or stalled:
+     * the client must see a broken response, not a short file. */
+    if (n < 0 || (rs->size && pos < rs->size) || cell_xfer_end(&rs->x, NULL) < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    return MHD_CONTENT_READER_END_OF_STREAM;
 }
 
 static void read_free(void *cls)
@@ -165,11 +161,15 @@ static int read_first(read_state *rs, cell_error *e)
     enum { FIRST_MAX = 64 * 1024 };
     if (!(rs->first = malloc(FIRST_MAX)))
         return util_fail(e, ENOMEM, "out of memory");
-    ssize_t n = util_read_all(rs->x.fd, rs->first, FIRST_MAX);
-    if (n < 0)
-        return util_fail_errno(e, "cannot read from the transfer process");
-    rs->first_len = (size_t)n;
-    return n < FIRST_MAX ? cell_xfer_end(&rs->x, e) : 0;
+    while (rs->first_len < FIRST_MAX) {
+        ssize_t n = cell_xfer_read(&rs->x, rs->first + rs->first_len, FIRST_MAX - rs->first_len, e);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            return cell_xfer_end(&rs->x, e);
+        rs->first_len += (size_t)n;
+    }
+    return 0;
 }
 
 int h_fs_read(sreq *r)

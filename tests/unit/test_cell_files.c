@@ -103,7 +103,7 @@ static char *read_file(const char *path, cell_error *err)
     static char buf[65536];
     size_t len = 0;
     ssize_t n;
-    while (len < sizeof buf - 1 && (n = read(x.fd, buf + len, sizeof buf - 1 - len)) > 0)
+    while (len < sizeof buf - 1 && (n = cell_xfer_read(&x, buf + len, sizeof buf - 1 - len, err)) > 0)
         len += (size_t)n;
     buf[len] = '\0';
     return cell_xfer_end(&x, err) < 0 ? NULL : buf;
@@ -356,6 +356,40 @@ static void nosuid_cell_uploads_drop_setid_bits(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* A process of the cell can stop the transfer process (SIGSTOP): the owner
+ * gives up after the stall time, on either side, instead of waiting (and
+ * holding a daemon thread) for ever. */
+static void stopped_transfer_times_out(void **state)
+{
+    (void)state;
+    NEED_ROOT();
+    cell_error err = { 0 };
+    cell_xfer x;
+    assert_int_equal(cell_file_write(c, "/tmp/stalled", O_WRONLY | O_CREAT | O_TRUNC, 0644, &x, &err), 0);
+    x.stall_ms = 300;
+    assert_int_equal(sh("pkill -STOP -x cell-fs"), 0);
+    static char chunk[1 << 20];
+    int rc = 0;
+    for (int i = 0; i < 64 && rc == 0; i++) /* the pipe holds 1 MiB */
+        rc = cell_xfer_write(&x, chunk, sizeof chunk, &err);
+    assert_int_equal(rc, -1);
+    assert_int_equal(err.code, ETIMEDOUT);
+    assert_int_equal(cell_xfer_end(&x, &err), 0); /* abandoned: does not wait again */
+    assert_int_equal(sh("pkill -CONT -x cell-fs; head -c 8388608 /dev/zero > /tmp/eight"), 0);
+    assert_int_equal(cell_file_read(c, "/tmp/eight", &x, &err), 0);
+    x.stall_ms = 300;
+    assert_int_equal(sh("pkill -STOP -x cell-fs"), 0);
+    ssize_t n;
+    while ((n = cell_xfer_read(&x, chunk, sizeof chunk, &err)) > 0)
+        ;
+    assert_int_equal(n, -1);
+    assert_int_equal(err.code, ETIMEDOUT);
+    assert_int_equal(cell_xfer_end(&x, &err), 0);
+    /* Resumed, both find their pipes closed and exit. */
+    assert_int_equal(sh("pkill -CONT -x cell-fs; for i in $(seq 100); do pgrep -x cell-fs >/dev/null || exit 0; "
+                        "sleep 0.1; done; exit 1"), 0);
+}
+
 static void lane_cannot_attach_twice(void **state)
 {
     (void)state;
@@ -386,6 +420,7 @@ int main(void)
         cmocka_unit_test(tar_upload),
         cmocka_unit_test(tar_slip_refused),
         cmocka_unit_test(nosuid_cell_uploads_drop_setid_bits),
+        cmocka_unit_test(stopped_transfer_times_out),
         cmocka_unit_test(lane_cannot_attach_twice),
     };
     return cmocka_run_group_tests_name("cell file operations", tests, setup, teardown);
