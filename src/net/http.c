@@ -545,7 +545,7 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
     *nothing = 0;
     char data[IO_CHUNK];
     size_t got = 0;
-    int wrote = 0, keep = 0, bodied = 0, rc = -1;
+    int wrote = 0, keep = 0, bodied = 0, rc = -1, interim = 0;
     const char *why = NULL;
     for (;;) {
         ssize_t n = conn_read(&s->up, data, sizeof data);
@@ -563,6 +563,10 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
             }
             off += (size_t)u;
             if (r.head_done && !wrote && r.p.status_code < 200 && r.p.status_code != 101) {
+                if (++interim > 16) {   /* an upstream could keep the flow busy with them */
+                    why = "more than 16 interim (1xx) responses";
+                    break;
+                }
                 net_http_msg_next(&r);  /* interim: the final response follows */
                 continue;
             }

@@ -290,6 +290,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
                              b"2;ext=\"EVIL\"\r\nok\r\n0\r\nX-T: EVIL\r\n\r\n",
             "/raw/103": b"HTTP/1.1 103 Early Hints\r\nLink: </EVIL>\r\n\r\n"
                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            "/raw/many103": b"HTTP/1.1 103 Early Hints\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
         }
         if self.path in bad:
             self.wfile.write(bad[self.path])
@@ -688,13 +689,14 @@ def test_upstream_responses_are_parsed_strictly(admin, cells, net):
     the cell (502); chunk extensions, trailers and interim responses are not
     relayed: the cell gets the body re-chunked by the engine."""
     cid = new_cell(admin, cells, [http_rule()])
-    paths = ["/raw/split", "/raw/lf", "/raw/clte", "/raw/twocl", "/raw/101", "/raw/chunkext", "/raw/103"]
+    paths = ["/raw/split", "/raw/lf", "/raw/clte", "/raw/twocl", "/raw/101", "/raw/many103", "/raw/chunkext",
+             "/raw/103"]
     r = probe(admin, cid, [["raw", "allowed.test", 80, get(p)] for p in paths])
-    for p, x in zip(paths[:5], r):
+    for p, x in zip(paths[:6], r):
         assert x.get("status") == 502 and "EVIL" not in x["raw"] and "evil" not in x["raw"], (p, x)
-    assert r[5]["status"] == 200 and r[5]["body"] == "2\r\nok\r\n0\r\n\r\n", r[5]
-    assert "EVIL" not in r[5]["raw"] and "Trailer" not in r[5]["head"], r[5]
-    assert r[6]["status"] == 200 and r[6]["body"] == "ok" and "EVIL" not in r[6]["raw"], r[6]
+    assert r[6]["status"] == 200 and r[6]["body"] == "2\r\nok\r\n0\r\n\r\n", r[6]
+    assert "EVIL" not in r[6]["raw"] and "Trailer" not in r[6]["head"], r[6]
+    assert r[7]["status"] == 200 and r[7]["body"] == "ok" and "EVIL" not in r[7]["raw"], r[7]
 
 
 # ---- secrets echoed back by the upstream -----------------------------------------------------
