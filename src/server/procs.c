@@ -207,13 +207,15 @@ sproc *procs_find(scell *sc, const char *id)
     return p;
 }
 
-static void unlink_locked(scell *sc, sproc *p)
+/* 1 if p was in the table (and is no more). */
+static int unlink_locked(scell *sc, sproc *p)
 {
     for (sproc **pp = &sc->procs; *pp; pp = &(*pp)->next)
         if (*pp == p) {
             *pp = p->next;
-            return;
+            return 1;
         }
+    return 0;
 }
 
 static void audit_proc(scell *sc, sproc *p, const char *event);
@@ -630,15 +632,19 @@ static sproc *proc_new(scell *sc, const spawn_req *q, int hidden)
     return p;
 }
 
-/* Remove from the table and drop the table's reference. */
-static void proc_remove(scell *sc, sproc *p)
+/* Remove from the table and drop the table's reference.  Only the caller
+ * that unlinks it drops that reference: two DELETEs of one process must not
+ * both (the second would free it under the first's feet).  0 if another
+ * caller removed it first. */
+static int proc_remove(scell *sc, sproc *p)
 {
     pthread_mutex_lock(&sc->plock);
-    unlink_locked(sc, p);
-    int last = proc_unref_locked(p);
+    int listed = unlink_locked(sc, p);
+    int last = listed && proc_unref_locked(p);
     pthread_mutex_unlock(&sc->plock);
     if (last)
         proc_free(p);
+    return listed;
 }
 
 static json_t *proc_json_locked(const sproc *p)
@@ -810,13 +816,13 @@ static int wait_exited(sproc *p, int64_t deadline_ms)
 
 static void signal_proc(scell *sc, sproc *p, int sig)
 {
+    /* io first: exits are delivered with io held, so the process cannot be
+     * reported gone (and its pid reused) between this check and the signal. */
+    scell_io_lock(sc);
     pthread_mutex_lock(&sc->plock);
     pid_t pid = p->exited ? 0 : p->pid;
     pthread_mutex_unlock(&sc->plock);
-    if (!pid)
-        return;
-    scell_io_lock(sc);
-    if (sc->c && !sc->dead)
+    if (pid && sc->c && !sc->dead)
         cell_signal(sc->c, pid, sig, NULL);
     scell_io_unlock(sc);
 }
@@ -898,12 +904,17 @@ static void audit_proc(scell *sc, sproc *p, const char *event)
 {
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "kind", "process", "event", event, "tenant", sc->tenant,
                             "cell", sc->id, "process", p->id, "command", p->command);
-    if (rec && p->exited) {
-        if (WIFEXITED(p->status))
-            json_object_set_new(rec, "exitCode", json_integer(WEXITSTATUS(p->status)));
+    /* The exit is written by the watcher under plock while this runs. */
+    pthread_mutex_lock(&sc->plock);
+    int exited = p->exited, status = p->status;
+    int64_t duration = p->exited_ms - p->created_ms;
+    pthread_mutex_unlock(&sc->plock);
+    if (rec && exited) {
+        if (WIFEXITED(status))
+            json_object_set_new(rec, "exitCode", json_integer(WEXITSTATUS(status)));
         else
-            json_object_set_new(rec, "signal", json_integer(WTERMSIG(p->status)));
-        json_object_set_new(rec, "durationMs", json_integer(p->exited_ms - p->created_ms));
+            json_object_set_new(rec, "signal", json_integer(WTERMSIG(status)));
+        json_object_set_new(rec, "durationMs", json_integer(duration));
     }
     store_audit_append(sc->s->st, rec);
     json_decref(rec);
@@ -1065,7 +1076,13 @@ static void follow_free(void *cls)
     free(f);
 }
 
-/* Format every matching entry after f->after into f->pending (plock held). */
+/* A follower's formatted backlog is built this much at a time: the replay of
+ * a full log (maxLogBytesPerProcess as base64 JSON) per open follow would
+ * otherwise be a copy per connection. */
+#define FOLLOW_CHUNK (256u << 10)
+
+/* Format matching entries after f->after into f->pending, up to about
+ * FOLLOW_CHUNK bytes (plock held); the rest comes at the next call. */
 static void follow_collect_locked(follow_state *f)
 {
     sproc *p = f->p;
@@ -1074,6 +1091,8 @@ static void follow_collect_locked(follow_state *f)
         const plog *e = p->log[i];
         if (!entry_matches(e, f->filter, f->after))
             continue;
+        if (f->pending_len >= FOLLOW_CHUNK)
+            return;                      /* more to send: f->after stays at the last one formatted */
         json_t *o = procs_log_json(e);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
@@ -1319,12 +1338,12 @@ int h_proc_delete(sreq *r)
     int exited = p->exited;
     pthread_mutex_unlock(&sc->plock);
     int ret;
-    if (!exited) {
+    if (!exited)
         ret = reply_problem(r, 409, "conflict", "process is still running; stop or kill it before delete");
-    } else {
-        proc_remove(sc, p);
+    else if (proc_remove(sc, p))
         ret = reply_empty(r, 204);
-    }
+    else
+        ret = reply_no_process(r, p->id);   /* a concurrent delete won */
     procs_put(p);
     return ret;
 }

@@ -481,6 +481,49 @@ def test_follow_of_an_exited_process_ends(cell):
     assert [base64.b64decode(e["data"]) for e in ents] == [b"done\n"], ents
 
 
+def test_follow_replays_a_large_log_in_pieces(cell):
+    """A follow of a 6 MiB log is formatted a piece at a time (not one copy
+    of the whole log per open follow) and still replays every entry, in
+    order, once."""
+    p = cell.spawn("sh", ["-c", "head -c 6291456 /dev/urandom | base64 -w 1000"])
+    cell.wait_exited(p["id"], timeout=60)
+    want = cell.logs(p["id"])["entries"]
+    conn, resp = cell.c.stream("GET", cell.base + "/processes/%s/logs?follow=true" % p["id"], timeout=30)
+    try:
+        got = [json.loads(data) for _, data in sse_events(resp, limit_s=60)]
+    finally:
+        conn.close()
+    assert [e["sequence"] for e in got] == [e["sequence"] for e in want]
+    assert b"".join(base64.b64decode(e["data"]) for e in got) == cell.log_text(p["id"])
+    assert len(cell.log_text(p["id"])) > 6 << 20
+
+
+def _rss(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+def test_open_follows_do_not_each_copy_the_log(d, cell):
+    """16 follows of a 6 MiB log whose clients read nothing: each holds at
+    most a piece of the formatted replay, not a copy of the whole log."""
+    p = cell.spawn("sh", ["-c", "head -c 6291456 /dev/urandom | base64 -w 1000"])
+    cell.wait_exited(p["id"], timeout=60)
+    before = _rss(d.proc.pid)
+    conns = []
+    try:
+        for _ in range(16):
+            conns.append(cell.c.stream("GET", cell.base + "/processes/%s/logs?follow=true" % p["id"], timeout=30))
+        time.sleep(2)                    # let each follow format what it will
+        grown = _rss(d.proc.pid) - before
+    finally:
+        for conn, _ in conns:
+            conn.close()
+    assert grown < 48 << 20, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
+
+
 def test_input(cell):
     p = cell.spawn("cat", interactive=True)
     pid = p["id"]
