@@ -50,7 +50,7 @@ SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan check clean deps bench fuzz
+.PHONY: all test unit integration asan tsan check clean deps bench fuzz
 all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-egress $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
@@ -110,6 +110,15 @@ check:
 
 asan:
 	$(MAKE) BUILD=build-asan SAN=address,undefined OPT=-O1 test
+
+# ThreadSanitizer: libcell, the daemon and the CLI (cell-init stays
+# unsanitized and static), then the daemon's integration tests; a TSan
+# report in a daemon's stderr fails the test that ran it (daemon.py).
+TSAN_TESTS ?= $(wildcard tests/integration/test_daemon_*.py)
+tsan:
+	$(MAKE) BUILD=build-tsan SAN=thread OPT=-O1 all
+	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1}" \
+	CELL_BIN=$(abspath build-tsan/cell) $(PYTHON) -m pytest -q -p no:cacheprovider $(TSAN_TESTS)
 
 bench: all
 	bash bench/run.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the whole test suite: unit tests (cmocka), integration tests
 # (pytest), the sandbox-agent SDK suite (node --test), then all three again
-# built with ASan+UBSan.  Ends with "N passed, N failed".
+# built with ASan+UBSan, and the daemon tests with TSan.  Ends with "N passed,
+# N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +70,21 @@ rm -f /tmp/cell-load.log
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
+
+# ThreadSanitizer: only the daemon's integration tests (test_daemon_*.py),
+# which exercise its threads, to keep CI within 20 minutes.  A TSan report
+# in a daemon's stderr fails the test that owns the daemon (check_sanitizer).
+echo "=== tsan: build"
+tsan_log=$(mktemp)
+if make -j"$(nproc)" BUILD=build-tsan SAN=thread OPT=-O1 all >"$tsan_log" 2>&1; then
+  echo "=== tsan: daemon integration tests"
+  TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1" CELL_BIN="$PWD/build-tsan/cell" \
+    "${PYTEST[@]}" tests/integration/test_daemon_*.py 2>&1 | tee "$tsan_log.it"
+  count_pytest "$tsan_log.it"
+else
+  cat "$tsan_log"; echo "=== tsan: build FAILED"; broken=1; failed=$((failed + 1))
+fi
+rm -f "$tsan_log" "$tsan_log.it"
 
 echo "=== fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10})"
 for target in fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns; do

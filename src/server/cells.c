@@ -25,7 +25,7 @@ json_t *cell_json(scell *sc)
         st = SCELL_STOPPED;
     int64_t started = sc->started_ms;
     if (sc->policy)
-        json_object_set(o, "policy", sc->policy);
+        json_object_set_new(o, "policy", json_deep_copy(sc->policy));
     pthread_mutex_unlock(&sc->io);
     json_object_set_new(o, "id", json_string(sc->id));
     json_object_set_new(o, "state", json_string(registry_state_name(st)));
@@ -416,13 +416,13 @@ int h_cells_policy(sreq *r)
     int live = 0;
     /* The spec is shared read-only; the policy is the one part that changes,
      * so it lives beside it (io) and the record gets a copy. */
-    json_t *copy = json_copy(sc->spec);
+    json_t *copy = json_deep_copy(sc->spec);
     scell_io_lock(sc);
     char *spec = copy && json_object_set(copy, "policy", policy) == 0 ? json_dumps(copy, JSON_COMPACT) : NULL;
     int rc = spec ? store_cell_set_spec(r->s->st, sc->id, spec, &e) : util_fail(&e, ENOMEM, "out of memory");
     if (rc == 0) {
         json_decref(sc->policy);
-        sc->policy = json_incref(policy);
+        sc->policy = json_deep_copy(policy);
     }
     if (rc == 0 && sc->c && !sc->dead) {
         rc = cell_set_policy(sc->c, text, &e);

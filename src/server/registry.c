@@ -28,9 +28,18 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     sc->s = s;
     snprintf(sc->id, sizeof sc->id, "%s", id);
     snprintf(sc->tenant, sizeof sc->tenant, "%s", tenant);
-    sc->spec = json_incref(spec);
+    /* Copies, not references: jansson's reference counts are not safe to
+     * share between threads (json_incref reads the count unlocked), so the
+     * cell's JSON is its own and only read by others. */
+    sc->spec = json_deep_copy(spec);
     json_t *policy = json_object_get(spec, "policy");
-    sc->policy = json_is_object(policy) ? json_incref(policy) : NULL;
+    sc->policy = json_is_object(policy) ? json_deep_copy(policy) : NULL;
+    if (!sc->spec || (json_is_object(policy) && !sc->policy)) {
+        json_decref(sc->spec);
+        json_decref(sc->policy);
+        free(sc);
+        return NULL;
+    }
     sc->state = creating ? SCELL_CREATING : SCELL_STOPPED;
     sc->created_ms = created_ms;
     sc->wake_fd = -1;
@@ -149,7 +158,7 @@ static int begin(scell *sc, unsigned from, enum scell_state to, int wait, cell_e
 json_t *registry_policy(scell *sc)
 {
     pthread_mutex_lock(&sc->io);
-    json_t *p = json_incref(sc->policy);
+    json_t *p = json_deep_copy(sc->policy);
     pthread_mutex_unlock(&sc->io);
     return p;
 }

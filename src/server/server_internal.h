@@ -249,7 +249,7 @@ int    registry_delete(scell *sc, int wait, cell_error *err);
 enum scell_state registry_state(scell *sc);
 const char *registry_state_name(enum scell_state st);
 int    registry_running(scell *sc);
-/* The cell's current policy with a new reference (NULL if none). */
+/* A copy of the cell's current policy (NULL if none). */
 json_t *registry_policy(scell *sc);
 /* Load every stored cell at start (all stopped), start the ttl reaper. */
 int    registry_load(srv *s, cell_error *err);

@@ -13,7 +13,8 @@ Environment:
     CELL_BIN   the cell binary (default: <checkout>/build/cell)
 
 The daemon's stderr goes to STATE/daemon.stderr; check_sanitizer() fails if
-it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds).
+it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds) or a
+ThreadSanitizer report (TSan builds).
 """
 import http.client
 import json
@@ -30,7 +31,7 @@ CELL_BIN = os.environ.get("CELL_BIN") or os.path.join(CHECKOUT, "build", "cell")
 
 # Cells run as host uids from 0x40000000 up.
 CELL_UID_FIRST = 0x40000000
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 
 
 def free_port():

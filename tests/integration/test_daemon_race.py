@@ -310,3 +310,27 @@ def test_transitional_state_is_a_409_naming_it(d):
     assert sum(r.status == 200 for r in seen) == 1, seen
     assert admin.delete("/v1/cells/%s" % cid).status == 204
     d.check_sanitizer()
+
+
+def test_process_delete_and_kill_race_exit(d):
+    """Two DELETEs of one exited process arrive together: exactly one wins
+    (the loser used to drop the table's reference a second time and free the
+    process under the winner); kills race the process's own exit."""
+    admin = d.client()
+    tok = d.admin_token
+    cid = admin.post("/v1/cells", {"resources": {"memory": "32M"}}).body["id"]
+    base = "/cells/%s/v1/processes" % cid
+    rnd = random.Random(2)
+    for i in range(ROUNDS):
+        p = admin.post(base, {"command": "sh", "args": ["-c", "exit 3"]}).body["id"]
+        assert wait_for(lambda: admin.get(base + "/" + p).body.get("status") == "exited", 10)
+        st = raw_requests(d, tok, [("DELETE", "%s/%s" % (base, p), None)] * 2, rnd.random() * 0.0002)
+        assert sorted(st) == [204, 404], (p, st)
+        p = admin.post(base, {"command": "sleep", "args": ["0.0%d" % (i % 10)]}).body["id"]
+        st = raw_requests(d, tok, [("POST", "%s/%s/kill?waitMs=5000" % (base, p), None),
+                                   ("DELETE", "%s/%s" % (base, p), None)], rnd.random() * 0.01)
+        # The kill waits for the exit; a delete that got there first after
+        # the exit makes it a 404.
+        assert st in ([200, 204], [200, 409], [404, 204]), (p, st)
+    assert admin.delete("/v1/cells/%s" % cid).status == 204
+    d.check_sanitizer()
