@@ -556,6 +556,47 @@ def test_missing_secret_refused(admin, cells, net):
     assert recs and recs[-1]["verdict"] == "deny" and recs[-1]["reason"] == "secret NOPE not found", recs
 
 
+def test_moved_secret_row_fails_closed(d, admin, cells, net):
+    """Secrets are sealed for their tenant and name: a cell.db row moved to
+    another tenant, or renamed, by someone who can write the database is
+    not injected (502, nothing sent upstream) rather than handing one
+    tenant's credential to another."""
+    import sqlite3
+    moved = "MOVED-" + uuid.uuid4().hex
+    # An admin of its own tenant, so that its policy may name the test's DNS server.
+    r = admin.post("/v1/tokens", {"tenant": "mallory", "admin": True})
+    assert r.status == 201, r
+    mallory = d.client(r.body["token"])
+    assert admin.post("/v1/secrets", {"name": "VICTIM_KEY", "value": moved}).status == 201
+    db = sqlite3.connect(os.path.join(d.state, "cell.db"), timeout=10)
+    try:
+        db.execute("UPDATE secrets SET tenant = 'mallory' WHERE tenant = 'default' AND name = 'VICTIM_KEY'")
+        db.commit()
+    finally:
+        db.close()
+    mine = []
+    cid = new_cell(mallory, mine, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:VICTIM_KEY}"})])
+    try:
+        before = len(net.seen())
+        r = probe(mallory, cid, [["raw", "nosecret.test", 80, get("/a", "nosecret.test")]])
+        assert r[0]["status"] == 502 and moved not in json.dumps(r), r[0]
+        assert len(net.seen()) == before
+        # Renamed within the tenant: the same.
+        db = sqlite3.connect(os.path.join(d.state, "cell.db"), timeout=10)
+        try:
+            db.execute("UPDATE secrets SET tenant = 'default', name = 'RENAMED' WHERE name = 'VICTIM_KEY'")
+            db.commit()
+        finally:
+            db.close()
+        cid2 = new_cell(admin, cells, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:RENAMED}"})])
+        r = probe(admin, cid2, [["raw", "nosecret.test", 80, get("/a", "nosecret.test")]])
+        assert r[0]["status"] == 502 and moved not in json.dumps(r), r[0]
+        assert len(net.seen()) == before
+    finally:
+        mallory.delete("/v1/cells/%s" % cid)
+        admin.delete("/v1/secrets/RENAMED")
+
+
 # ---- request checks -----------------------------------------------------------------------------
 
 
