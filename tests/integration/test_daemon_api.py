@@ -1072,7 +1072,7 @@ def events_of(records):
     return sum(r.get("dropped", r.get("count", 1)) for r in records)
 
 
-def test_audit_flood_of_denied_connections_is_coalesced(d, admin):
+def test_audit_flood_of_denied_connections_is_coalesced(d, admin, other):
     """A cell makes 3000 denied connections as fast as it can: the log gets a
     bounded number of records per second (coalesced ones with a count, and
     one saying how many were dropped), and they account for every attempt."""
@@ -1095,6 +1095,9 @@ def test_audit_flood_of_denied_connections_is_coalesced(d, admin):
         assert len(recs) < 3000
         coalesced = [r for r in recs if r.get("count", 1) > 1]
         assert coalesced and all(r["verdict"] == "deny" for r in coalesced), recs[-5:]
+        # Another tenant asking for this cell's records gets none.
+        assert audit(other, cell=cid, limit=10000) == []
+        assert all(r["tenant"] == "other" for r in audit(other, kind="net", limit=10000))
     finally:
         admin.delete("/v1/cells/%s" % cid)
 
@@ -1178,13 +1181,17 @@ def test_audit_log_rotates_by_size_and_reads_span_the_files(tmp_path):
         with open(state / "audit.log.2") as f:
             oldest = [json.loads(x) for x in f if '"rot-other"' in x]
         assert oldest and oldest[0]["seq"] in seqs
-        assert_problem(other.get("/v1/audit", query={"cursor": "x"}), 400, detail_has="cursor")
-        assert_problem(other.get("/v1/audit", query={"limit": 10001}), 400, detail_has="limit")
+        for q, field in (({"cursor": "x"}, "cursor"), ({"cursor": "0"}, "cursor"), ({"cursor": "-5"}, "cursor"),
+                         ({"cursor": "9" * 30}, "cursor"), ({"limit": 10001}, "limit"), ({"cell": "c" * 100}, "cell"),
+                         ({"kind": "bogus"}, "kind")):
+            assert_problem(other.get("/v1/audit", query=q), 400, detail_has=field)
+        assert other.get("/v1/audit", query={"cursor": str(2 ** 62)}).status == 200
         dd.stop()
     finally:
         if dd.running():
             dd.kill9()
         dd.check_sanitizer()
-    r = subprocess.run([dm.CELL_BIN, "--state", str(state), "serve", "--audit-keep", "0"], capture_output=True,
-                       text=True, timeout=10)
-    assert r.returncode == 2 and "--audit-keep" in r.stderr, r
+    for bad in (["--audit-keep", "0"], ["--audit-keep", "65"], ["--audit-max-size", "1K"], ["--audit-max-size", "lots"]):
+        r = subprocess.run([dm.CELL_BIN, "--state", str(state), "serve"] + bad, capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 2 and bad[0] in r.stderr, (bad, r)
