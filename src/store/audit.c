@@ -37,6 +37,8 @@
 #define AUDIT_WINDOW_MS   1000
 #define AUDIT_CELL_BURST  64
 #define AUDIT_CELL_KINDS  64
+/* What the coalesced records of one cell may hold in memory meanwhile. */
+#define AUDIT_CELL_HELD   (256u << 10)
 
 /* A read gathers at most this much record text (and at most
  * STORE_AUDIT_MAX_RECORDS records); the reply's cursor continues it. */
@@ -53,7 +55,7 @@ typedef struct audit_cell {
     char      *tenant, *cell;
     int64_t    window_ms;           /* CLOCK_MONOTONIC start of the window */
     unsigned   written;             /* records written in this window */
-    size_t     n_seen;
+    size_t     n_seen, held;
     audit_seen seen[AUDIT_CELL_KINDS];
     uint64_t   dropped;
 } audit_cell;
@@ -288,7 +290,7 @@ static void flush_cell(store_audit *a, audit_cell *c)
         json_decref(rec);
         free(c->seen[i].key);
     }
-    c->n_seen = 0;
+    c->n_seen = c->held = 0;
     if (c->dropped) {
         json_auto_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:I, s:i}", "kind", "cell", "event", "audit_dropped",
                                      "tenant", c->tenant, "cell", c->cell, "dropped", (json_int_t)c->dropped,
@@ -378,8 +380,10 @@ static int limiter_admit(store_audit *a, json_t *line)
             return 0;
         }
     }
-    if (c->n_seen < AUDIT_CELL_KINDS) {
+    size_t size = 2 * strlen(key);      /* the key and, about as big, the record */
+    if (c->n_seen < AUDIT_CELL_KINDS && c->held + size <= AUDIT_CELL_HELD) {
         c->seen[c->n_seen++] = (audit_seen){ .key = key, .rec = json_incref(line), .count = 1 };
+        c->held += size;
         return 0;
     }
     free(key);
