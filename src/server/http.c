@@ -307,14 +307,52 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     return ret;
 }
 
+/* Requests without a valid token (bad tokens, unknown paths) are audited,
+ * but anyone who can connect sends them as fast as the loopback carries:
+ * at most AUDIT_ANON_PER_S are recorded each second, and the next record
+ * written says how many were left out ("unauthenticatedSuppressed"), so
+ * an unauthenticated flood cannot rotate the tenants' records away. */
+#define AUDIT_ANON_PER_S 5
+
+static pthread_mutex_t anon_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t anon_second;
+static unsigned anon_in_second;
+static uint64_t anon_suppressed;
+
+/* 0: leave this record out.  1: write it, with *suppressed left out before it. */
+static int anon_audit_allowed(uint64_t *suppressed)
+{
+    int64_t second = srv_now_ms() / 1000;
+    pthread_mutex_lock(&anon_lock);
+    if (second != anon_second) {
+        anon_second = second;
+        anon_in_second = 0;
+    }
+    int ok = anon_in_second < AUDIT_ANON_PER_S;
+    if (ok) {
+        anon_in_second++;
+        *suppressed = anon_suppressed;
+        anon_suppressed = 0;
+    } else {
+        anon_suppressed++;
+    }
+    pthread_mutex_unlock(&anon_lock);
+    return ok;
+}
+
 static void write_audit(sreq *r)
 {
     if (r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status < 400)
+        return;
+    uint64_t suppressed = 0;
+    if (!r->authed && !anon_audit_allowed(&suppressed))
         return;
     json_t *rec = r->audit ? r->audit : json_object();
     r->audit = NULL;
     if (!rec)
         return;
+    if (suppressed)
+        json_object_set_new(rec, "unauthenticatedSuppressed", json_integer((json_int_t)suppressed));
     json_object_set_new(rec, "kind", json_string("request"));
     json_object_set_new(rec, "tenant", json_string(r->authed ? r->tok.tenant : "-"));
     json_object_set_new(rec, "token", json_string(r->authed ? r->tok.id : "-"));

@@ -416,6 +416,34 @@ def test_stream_to_a_client_that_stopped_reading_is_cut(tmp_path, daemons):
         admin.delete("/v1/cells/%s" % cid)
 
 
+def test_unauthenticated_flood_cannot_flood_the_audit_log(tmp_path, daemons):
+    """Every failed request is accounted for, but only a few per second get
+    a record of their own: the rest are counted in the next record."""
+    d = daemons(tmp_path / "st")
+    path = "/v1/cells/%s" % uniq("flood")
+    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    start = time.monotonic()
+    n = 300
+    for _ in range(n):
+        c.request("GET", path, headers={"Authorization": "Bearer cell_000000000000_" + "0" * 32})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 401
+    elapsed = time.monotonic() - start
+    c.close()
+    time.sleep(1.1)                  # a new second: the next one is recorded with the count
+    assert d.client(admin=False).get(path).status == 401
+    recs = []
+    with open(os.path.join(d.state, "audit.log")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("path") == path:
+                recs.append(rec)
+    assert all(r["token"] == "-" and r["status"] == 401 for r in recs), recs[:3]
+    assert len(recs) + sum(r.get("unauthenticatedSuppressed", 0) for r in recs) == n + 1, recs
+    assert len(recs) <= 5 * (elapsed + 3), (len(recs), elapsed)
+
+
 # ---- ?access_token= ------------------------------------------------------------------------------
 
 
