@@ -281,6 +281,16 @@ int h_cells_create(sreq *r)
         goto out;
     }
     req_audit(r, "cell", json_string(id));
+    /* Listed first, lane checked second; a lane delete marks the lane first
+     * and looks for its cells second, so one of the two sees the other. */
+    store_lane now;
+    if (has_lane && (store_lane_get_by_id(r->s->st, r->tok.tenant, lane.id, &now, NULL) < 0 ||
+                     strcmp(now.state, "ready") != 0)) {
+        registry_create_abort(sc);
+        ret = reply_problem(r, 409, "conflict", "lane %s is being deleted", lane.name);
+        registry_put(sc);
+        goto out;
+    }
     if (registry_create_boot(sc, &e) < 0) {
         /* Waits out a start that raced in (the id was listed meanwhile). */
         registry_delete(sc, 1, NULL);

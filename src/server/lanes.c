@@ -195,12 +195,17 @@ int h_lanes_delete(sreq *r)
     store_lane l;
     if (find_lane(r, &l) < 0)
         return MHD_YES;
+    /* Marked first, cells looked for second; a cell create on the lane is
+     * listed first and checks the lane second (cells.c), so one of the two
+     * sees the other and a cell never boots on a lane being deleted. */
     char user[24];
-    if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
-        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
     cell_error e = { 0 };
     if (store_lane_set_state(r->s->st, l.id, "deleting", &e) < 0)
         return reply_error(r, &e);
+    if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user)) {
+        store_lane_set_state(r->s->st, l.id, "ready", NULL);
+        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+    }
     pthread_mutex_lock(&r->s->ctx_lock);
     int rc = cell_lane_delete(r->s->ctx, l.id, &e);
     pthread_mutex_unlock(&r->s->ctx_lock);

@@ -377,19 +377,30 @@ static int boot_from(scell *sc, enum scell_state from, cell_error *err)
     return rc;
 }
 
-int registry_create_boot(scell *sc, cell_error *err)
+/* Only the creator leaves creating: settle it as stopped, or a delete
+ * would wait for ever. */
+static void leave_creating(scell *sc)
 {
-    if (boot_from(sc, SCELL_CREATING, err) == 0)
-        return 0;
-    /* Refused before booting (the daemon stops): only the creator leaves
-     * creating, so settle it here or a delete would wait for ever. */
     pthread_mutex_lock(&sc->s->lock);
     if (sc->state == SCELL_CREATING) {
         sc->state = SCELL_STOPPED;
         pthread_cond_broadcast(&sc->state_cond);
     }
     pthread_mutex_unlock(&sc->s->lock);
+}
+
+int registry_create_boot(scell *sc, cell_error *err)
+{
+    if (boot_from(sc, SCELL_CREATING, err) == 0)
+        return 0;
+    leave_creating(sc);             /* refused before booting: the daemon stops */
     return -1;
+}
+
+void registry_create_abort(scell *sc)
+{
+    leave_creating(sc);
+    registry_delete(sc, 1, NULL);
 }
 int registry_start(scell *sc, cell_error *err) { return boot_from(sc, SCELL_STOPPED, err); }
 

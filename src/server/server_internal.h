@@ -243,6 +243,8 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
  *   and deleting its record.
  * With `wait`, stop and delete first wait out a transition in progress. */
 int    registry_create_boot(scell *sc, cell_error *err);
+/* The creator gives up before booting: creating -> deleted. */
+void   registry_create_abort(scell *sc);
 int    registry_start(scell *sc, cell_error *err);
 int    registry_stop(scell *sc, int wait, cell_error *err);
 int    registry_delete(scell *sc, int wait, cell_error *err);

@@ -334,3 +334,33 @@ def test_process_delete_and_kill_race_exit(d):
         assert st in ([200, 204], [200, 409], [404, 204]), (p, st)
     assert admin.delete("/v1/cells/%s" % cid).status == 204
     d.check_sanitizer()
+
+
+def test_lane_delete_racing_a_cell_create_on_it(d):
+    """A lane delete and a create of a cell on that lane arrive together:
+    either the cell exists on a lane that still exists (the delete is a 409
+    naming it), or the lane is gone and no cell was made on it."""
+    admin = d.client()
+    tok = d.admin_token
+    rnd = random.Random(3)
+    for i in range(max(4, ROUNDS // 4)):
+        name = "race-%d-%s" % (i, uuid.uuid4().hex[:6])
+        r = admin.post("/v1/lanes", {"name": name, "image": "host", "size": "64M"})
+        assert r.status == 201, r
+        reqs = [("POST", "/v1/cells", {"lane": name, "resources": {"memory": "32M"}}),
+                ("DELETE", "/v1/lanes/%s" % name, None)]
+        if i % 2:
+            reqs.reverse()
+        st = dict(zip([m for m, _, _ in reqs], raw_requests(d, tok, reqs, rnd.random() * 0.001)))
+        cells = [x for x in admin.get("/v1/cells").body["cells"] if x.get("lane") == name]
+        lane = admin.get("/v1/lanes/%s" % name)
+        if st["POST"] == 201:
+            assert st["DELETE"] == 409 and lane.status == 200 and len(cells) == 1, (st, lane, cells)
+            assert admin.delete("/v1/cells/%s" % cells[0]["id"]).status == 204
+            assert admin.delete("/v1/lanes/%s" % name).status == 204
+        else:
+            assert st["POST"] in (404, 409) and st["DELETE"] == 204, st
+            assert lane.status == 404 and not cells, (lane, cells)
+    wait_for(lambda: not d.leftovers() and not run_dir_ids(d), 10, 0.1)
+    assert not d.leftovers(), d.leftovers()
+    d.check_sanitizer()
