@@ -18,8 +18,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-/* A listing larger than this is refused rather than held in memory. */
-#define LIST_MAX_ENTRIES (1u << 20)
+/* A listing larger than this is refused rather than held in the owner's
+ * memory (about 280 bytes an entry: 72 MiB at most). */
+#define LIST_MAX_ENTRIES (1u << 18)
 
 /* One file request; `base` (or NULL) is the directory its paths resolve
  * beneath (CTL_F_BASE), sent as the last string. */
