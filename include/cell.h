@@ -118,9 +118,11 @@ typedef struct cell_limits {
 
 /* ---- network ---------------------------------------------------------------
  * A cell without a policy has no network at all (only lo).  With one, every
- * TCP flow and DNS query leaving the cell goes to an engine in the owner,
- * which decides by the policy (JSON; see docs/egress.md) and relays what it
- * allows.  Callbacks run on the engine's threads. */
+ * TCP flow and DNS query leaving the cell goes to the cell's egress engine,
+ * a helper process libcell starts (fork+exec, unprivileged, seccomp), which
+ * decides by the policy (JSON; see docs/egress.md) and relays what it
+ * allows.  The callbacks below answer the helper's requests; they run on
+ * libcell's threads (one per cell, and one per decide question). */
 typedef struct cell_net_flow {
     const char *cell;           /* cell id */
     const char *transport;      /* "tcp" | "udp" */

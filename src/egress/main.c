@@ -150,8 +150,9 @@ static void hook_event(void *user, const char *json)
 {
     helper *h = user;
     const char *s[1] = { json };
-    /* Lost only if the owner is gone, and then so is this process. */
-    if (ctl_send(h->ctl, NET_SEP_EVENT, 0, 0, NULL, s, 1, NULL, 0) < 0) { /* see above */ }
+    if (ctl_send(h->ctl, NET_SEP_EVENT, 0, 0, NULL, s, 1, NULL, 0) < 0) {
+        /* lost only if the owner is gone, and then so is this process */
+    }
 }
 
 static int hook_secret(void *user, const char *name, char **value, size_t *len)

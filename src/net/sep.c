@@ -241,8 +241,9 @@ static void answer(net_engine *e, uint32_t seq, int32_t code, uint32_t allow, co
 {
     uint32_t u[CTL_NU] = { allow };
     const char *s[1] = { value };
-    /* A failed send means the helper is gone; the reader notices. */
-    if (ctl_send(e->sock, NET_SEP_ANSWER, seq, code, u, s, value ? 1 : 0, NULL, 0) < 0) { /* see above */ }
+    if (ctl_send(e->sock, NET_SEP_ANSWER, seq, code, u, s, value ? 1 : 0, NULL, 0) < 0) {
+        /* the helper is gone: the reader notices and cuts the cell off */
+    }
 }
 
 static void *ask_main(void *arg)
