@@ -3,12 +3,14 @@
 #include "cli/cli.h"
 #include "server/server.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
 
+#define SERVE_MAX_ALLOW 16
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -52,6 +54,10 @@ const char cli_serve_usage[] =
     "                        or its previous request (default " STR(SERVER_DEFAULT_HEADER_TIMEOUT) "; slow clients)\n"
     "  --log FILE            append stdout and stderr to FILE (0600); SIGHUP\n"
     "                        reopens it, for log rotation\n"
+    "  --allow-tenant-dest CIDR  let non-admin tokens' policies make the daemon\n"
+    "                        connect to CIDR (decide webhooks, DNS upstreams) although\n"
+    "                        it is loopback, link-local or this host's own; repeat\n"
+    "                        for more (at most " STR(SERVE_MAX_ALLOW) "); by default such policies are refused (403)\n"
     "  --upstream-ca FILE    PEM certificates trusted, besides the host's trust\n"
     "                        store, when verifying upstreams of intercepted HTTPS\n"
     "                        (\"http\" policy rules; private CAs, tests)\n"
@@ -80,6 +86,29 @@ const char cli_serve_usage[] =
     "                   signal); records, lanes and tokens survive, and the next\n"
     "                   start marks the cells stopped\n";
 
+/* An IPv4 or IPv6 address with an optional /PREFIX, for --allow-tenant-dest. */
+static int cidr_opt(const char *text)
+{
+    char ip[INET6_ADDRSTRLEN + 1];
+    uint8_t addr[16];
+    const char *slash = strchr(text, '/');
+    size_t len = slash ? (size_t)(slash - text) : strlen(text);
+    int v6 = memchr(text, ':', len) != NULL;
+    unsigned long prefix = 0;
+    char *end = NULL;
+    if (len < sizeof ip) {
+        memcpy(ip, text, len);
+        ip[len] = '\0';
+    }
+    if (slash)
+        prefix = strtoul(slash + 1, &end, 10);
+    if (len >= sizeof ip || inet_pton(v6 ? AF_INET6 : AF_INET, ip, addr) != 1 ||
+        (slash && (end == slash + 1 || *end || prefix > (v6 ? 128u : 32u))))
+        return cli_fail(CLI_EXIT_USAGE, "--allow-tenant-dest %s: expected an address or CIDR like 127.0.0.1/32 "
+                        "or fd00::/8", text);
+    return 0;
+}
+
 /* A count within [min, max] for a limit flag. */
 static int count_opt(const char *name, const char *text, unsigned min, unsigned max, unsigned *out)
 {
@@ -103,6 +132,8 @@ static int size_opt(const char *name, const char *text, uint64_t *out)
 int cli_serve(struct cli_global *g, int argc, char **argv)
 {
     server_options opt = { .state_dir = g->state_dir };
+    static const char *allow[SERVE_MAX_ALLOW + 1];
+    size_t n_allow = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -160,6 +191,13 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             if (n < 1024 || n > (64u << 20))
                 return cli_fail(CLI_EXIT_USAGE, "--max-json-size must be between 1K and 64M");
             opt.max_json_bytes = (uint32_t)n, i++;
+        } else if (strcmp(a, "--allow-tenant-dest") == 0) {
+            if (n_allow == SERVE_MAX_ALLOW)
+                return cli_fail(CLI_EXIT_USAGE, "--allow-tenant-dest: at most %d", SERVE_MAX_ALLOW);
+            if (cidr_opt(v))
+                return CLI_EXIT_USAGE;
+            allow[n_allow++] = v, i++;
+            opt.tenant_dest_allow = allow;
         } else if (strcmp(a, "--limit") == 0 || strcmp(a, "--reserve-memory") == 0 || strcmp(a, "--reserve-pids") == 0) {
             char kv[256];
             snprintf(kv, sizeof kv, "%s=%s", strcmp(a, "--limit") == 0 ? "" : a[10] == 'm' ? "reserve.memory" : "reserve.pids", v);

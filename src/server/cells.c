@@ -18,6 +18,7 @@ json_t *cell_json(scell *sc)
     if (!o)
         return NULL;
     json_object_del(o, "laneId");
+    json_object_del(o, "policyScreened");
     enum scell_state st = registry_state(sc);
     pthread_mutex_lock(&sc->io);
     /* Running with a dead init is reported stopped: the reaper halts it. */
@@ -127,16 +128,42 @@ static int parse_resources(sreq *r, json_t *body, json_t *spec)
     return 0;
 }
 
-/* A network policy is validated by libcell (errors name rule and field). */
+/* Plain-HTTP webhooks off loopback send every flow's metadata in clear
+ * and trust whoever answers on the path: allowed, but said in the log. */
+static void warn_plain_webhooks(sreq *r, json_t *policy)
+{
+    size_t i;
+    json_t *rule;
+    json_array_foreach(json_object_get(policy, "rules"), i, rule) {
+        const char *url = json_string_value(json_object_get(json_object_get(rule, "decide"), "url"));
+        if (!url || strncmp(url, "http://", 7) != 0)
+            continue;
+        const char *host = url + 7;
+        if (strncmp(host, "127.", 4) == 0 || strncmp(host, "[::1]", 5) == 0 || strncmp(host, "localhost", 9) == 0)
+            continue;
+        fprintf(stderr, "cell serve: warning: tenant %s: rules[%zu].decide.url %s is plain http off loopback; "
+                "use https://\n", r->tok.tenant, i, url);
+    }
+}
+
+/* A network policy is validated by libcell (errors name rule and field).
+ * A non-admin's policy must not make the daemon itself connect to the
+ * host's own services (decide webhooks, DNS upstreams): SSRF. */
 static int check_policy(sreq *r, json_t *policy)
 {
     char *text = json_dumps(policy, JSON_COMPACT);
     cell_error e = { 0 };
-    int rc = text ? cell_policy_check(text, &e) : util_fail(&e, ENOMEM, "out of memory");
+    int rc = !text            ? util_fail(&e, ENOMEM, "out of memory")
+             : r->tok.admin   ? cell_policy_check(text, &e)
+                              : cell_policy_check_v2(text, r->s->opt.tenant_dest_allow, &e);
     free(text);
-    if (rc < 0)
+    if (rc < 0 && e.code == EACCES)
+        reply_problem(r, 403, "forbidden", "policy: %s", e.message);
+    else if (rc < 0)
         reply_problem(r, e.code == EINVAL ? 400 : 500, e.code == EINVAL ? "invalid_request" : "internal",
                       "policy: %s", e.message);
+    else
+        warn_plain_webhooks(r, policy);
     return rc;
 }
 
@@ -148,6 +175,7 @@ static int parse_policy(sreq *r, json_t *body, json_t *spec)
     if (check_policy(r, policy) < 0)
         return -1;
     json_object_set(spec, "policy", policy);
+    json_object_set_new(spec, "policyScreened", json_boolean(!r->tok.admin));
     return 0;
 }
 
@@ -428,11 +456,14 @@ int h_cells_policy(sreq *r)
      * so it lives beside it (io) and the record gets a copy. */
     json_t *copy = json_deep_copy(sc->spec);
     scell_io_lock(sc);
-    char *spec = copy && json_object_set(copy, "policy", policy) == 0 ? json_dumps(copy, JSON_COMPACT) : NULL;
+    char *spec = copy && json_object_set(copy, "policy", policy) == 0 &&
+                 json_object_set_new(copy, "policyScreened", json_boolean(!r->tok.admin)) == 0
+                     ? json_dumps(copy, JSON_COMPACT) : NULL;
     int rc = spec ? store_cell_set_spec(r->s->st, sc->id, spec, &e) : util_fail(&e, ENOMEM, "out of memory");
     if (rc == 0) {
         json_decref(sc->policy);
         sc->policy = json_deep_copy(policy);
+        atomic_store(&sc->policy_screened, !r->tok.admin);
     }
     if (rc == 0 && sc->c && !sc->dead) {
         rc = cell_set_policy(sc->c, text, &e);

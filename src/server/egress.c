@@ -86,9 +86,22 @@ static size_t collect(char *ptr, size_t size, size_t n, void *user)
     return len;
 }
 
+/* Every address curl is about to connect to for a screened policy: a name
+ * in a tenant's webhook URL may resolve to the host's own services (SSRF,
+ * DNS rebinding), so the check is on the address, at connect time. */
+static curl_socket_t open_screened(void *user, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    const char *const *allow = user;
+    if (purpose != CURLSOCKTYPE_IPCXN || cell_net_screen(&a->addr, allow))
+        return CURL_SOCKET_BAD;
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 /* POST the flow's metadata; only a 200 with {"allow": true} allows.  Any
- * failure, timeout included, denies. */
-static int ask_webhook(const char *url, int timeout_ms, const char *body)
+ * failure, timeout included, denies.  https:// is verified against the
+ * host's trust store (curl's default); no proxy from the environment. */
+static int ask_webhook(const char *url, int timeout_ms, const char *body, const char *const *screen_allow,
+                       int screened)
 {
     CURL *curl = curl_easy_init();
     if (!curl)
@@ -99,7 +112,12 @@ static int ask_webhook(const char *url, int timeout_ms, const char *body)
     int allow = 0;
     if (b && hdr) {
         curl_easy_setopt(curl, CURLOPT_URL, url);
-        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http");
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(curl, CURLOPT_PROXY, "");
+        if (screened) {
+            curl_easy_setopt(curl, CURLOPT_OPENSOCKETFUNCTION, open_screened);
+            curl_easy_setopt(curl, CURLOPT_OPENSOCKETDATA, (void *)screen_allow);
+        }
         curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
         curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
@@ -135,7 +153,7 @@ int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeo
     snprintf(key, sizeof key, "%s|%s|%s|%s|%s", url, sc->id, f->transport, f->dst, f->host ? f->host : "");
     int allow;
     if (!(f->cache_s > 0 && cache_get(key, &allow))) {
-        allow = ask_webhook(url, timeout_ms, body);
+        allow = ask_webhook(url, timeout_ms, body, sc->s->opt.tenant_dest_allow, atomic_load(&sc->policy_screened));
         if (f->cache_s > 0)
             cache_put(key, allow, f->cache_s);
     }

@@ -40,6 +40,7 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
         free(sc);
         return NULL;
     }
+    atomic_store(&sc->policy_screened, json_is_true(json_object_get(spec, "policyScreened")));
     sc->state = creating ? SCELL_CREATING : SCELL_STOPPED;
     sc->created_ms = created_ms;
     sc->wake_fd = -1;

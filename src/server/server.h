@@ -64,6 +64,10 @@ typedef struct server_options {
     unsigned    idle_timeout_s; /* 0 = SERVER_DEFAULT_IDLE_TIMEOUT */
     unsigned    header_timeout_s; /* 0 = SERVER_DEFAULT_HEADER_TIMEOUT */
     const char *log_path;       /* stdout and stderr go here; reopened on SIGHUP */
+    /* CIDRs (NULL-terminated) a non-admin's policy may still make the daemon
+     * connect to (decide webhooks, DNS upstreams) although they are loopback,
+     * link-local or this host's own; NULL = none (cell serve --allow-tenant-dest). */
+    const char *const *tenant_dest_allow;
     uint64_t    audit_max_size; /* rotate audit.log past this (if audit_max_size_set; 0 = never) */
     int         audit_max_size_set;
     unsigned    audit_keep;     /* rotated audit files kept; 0 = STORE_AUDIT_DEFAULT_KEEP */

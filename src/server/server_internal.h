@@ -212,6 +212,8 @@ struct scell {
     int             halted_at_shutdown; /* srv.lock */
     int64_t         created_ms, started_ms;
     atomic_llong    active_ms;      /* last request, for the ttl reaper */
+    atomic_int      policy_screened; /* its policy came from a non-admin token: the daemon's own
+                                        connections for it (decide webhooks) are screened (egress.c) */
     pthread_t       watcher;
     int             watcher_on;
     int             wake_fd;        /* eventfd that stops the watcher */

@@ -1,0 +1,233 @@
+"""A tenant's network policy must not turn the daemon into a client of the
+host's own services (issue 9, SSRF through policy): the daemon itself sends
+a "decide" rule's webhook request and forwards the cell's DNS queries to the
+"dns" rule's upstreams, so for non-admin tokens those destinations are
+screened: loopback, link-local, unspecified, multicast/broadcast, this
+host's own addresses and the cells' veth range are refused unless the
+operator allows them (cell serve --allow-tenant-dest CIDR).  Addresses in
+the policy are refused when it is set (403 naming the field); names in
+webhook URLs are screened when the daemon connects."""
+import http.server
+import json
+import os
+import socket
+import socketserver
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+import daemon as dm
+
+BAD_UPSTREAMS = ["127.0.0.1", "127.0.0.53:53", "[::1]", "169.254.169.254", "0.0.0.0", "10.213.0.1", "224.0.0.251"]
+BAD_URLS = ["http://127.0.0.1:8080/decide", "http://[::1]:9/x", "http://169.254.169.254/latest/meta-data",
+            "http://localhost:9/x", "http://0.0.0.0:80/", "https://127.0.0.2/x", "http://10.213.0.5:80/"]
+
+
+def host_addresses():
+    """This host's own non-loopback IPv4 addresses (ip -4 -o addr)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "inet" in parts:
+            addr = parts[parts.index("inet") + 1].split("/")[0]
+            if not addr.startswith("127."):
+                found.append(addr)
+    return found
+
+
+class Hook:
+    """A decide webhook that allows everything and counts requests; it also
+    counts raw TCP connections, so a TLS handshake that failed shows."""
+
+    def __init__(self, tls_cert=None):
+        self.requests, self.connections, self.lock = [], 0, threading.Lock()
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with outer.lock:
+                    outer.requests.append((self.path, body))
+                out = b'{"allow": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *a):
+                pass
+
+        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            address_family = socket.AF_INET
+
+            def get_request(self):
+                sock, addr = super().get_request()
+                with outer.lock:
+                    outer.connections += 1
+                if tls_cert:
+                    import ssl
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    ctx.load_cert_chain(*tls_cert)
+                    sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                return sock, addr
+
+        self.srv = S(("0.0.0.0", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, args=(0.1,), daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    dd = dm.Daemon(tmp_path_factory.mktemp("ssrf"))
+    dd.start()
+    try:
+        yield dd
+    finally:
+        try:
+            dd.stop()
+        finally:
+            dd.check_sanitizer()
+
+
+@pytest.fixture(scope="module")
+def admin(d):
+    return d.client()
+
+
+@pytest.fixture(scope="module")
+def tenant(d, admin):
+    token, _ = dm.make_tenant_token(admin, "ssrf-" + uuid.uuid4().hex[:6])
+    return d.client(token=token, admin=False)
+
+
+@pytest.fixture
+def cells(admin):
+    made = []
+    yield made
+    for cid in made:
+        admin.delete("/v1/cells/%s" % cid)
+
+
+def create(client, cells, policy, expect=201):
+    r = client.post("/v1/cells", {"resources": {"memory": "128M"}, "policy": policy})
+    if r.status == 201:
+        cells.append(r.body["id"])
+    assert r.status == expect, r
+    return r
+
+
+def dns_policy(upstream):
+    return {"rules": [{"dns": {"upstreams": [upstream]}}]}
+
+
+def decide_policy(url, to="192.0.2.1"):
+    return {"rules": [{"decide": {"url": url, "to": to, "ports": 80}}]}
+
+
+@pytest.mark.parametrize("upstream", BAD_UPSTREAMS)
+def test_tenant_dns_upstream_at_the_host_refused(tenant, admin, cells, upstream):
+    r = create(tenant, cells, dns_policy(upstream), expect=403)
+    dm.assert_problem(r, 403, detail_has=["rules[0].dns.upstreams[0]", "--allow-tenant-dest"])
+    # The admin is the operator: its policies may name the host.
+    create(admin, cells, dns_policy(upstream))
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_tenant_webhook_at_the_host_refused(tenant, admin, cells, url):
+    r = create(tenant, cells, decide_policy(url), expect=403)
+    dm.assert_problem(r, 403, detail_has="rules[0].decide.url")
+    create(admin, cells, decide_policy(url))
+
+
+def test_tenant_policy_at_the_hosts_own_addresses_refused(tenant, cells):
+    addrs = host_addresses()
+    if not addrs:
+        pytest.skip("this host has no non-loopback IPv4 address")
+    for a in addrs:
+        dm.assert_problem(create(tenant, cells, dns_policy(a), expect=403), 403, detail_has="this host")
+        dm.assert_problem(create(tenant, cells, decide_policy("http://%s:8080/d" % a), expect=403), 403)
+
+
+def test_put_policy_screened_too(tenant, cells):
+    cid = create(tenant, cells, None).body["id"]
+    r = tenant.put("/v1/cells/%s/policy" % cid, decide_policy("http://127.0.0.1:1/x"))
+    dm.assert_problem(r, 403, detail_has="rules[0].decide.url")
+    r = tenant.put("/v1/cells/%s/policy" % cid, dns_policy("169.254.169.254"))
+    dm.assert_problem(r, 403, detail_has="link-local")
+    # Other destinations are the tenant's business.
+    r = tenant.put("/v1/cells/%s/policy" % cid, dns_policy("192.0.2.53"))
+    assert r.status == 200, r
+
+
+def test_https_webhooks_accepted(tenant, cells):
+    create(tenant, cells, decide_policy("https://hooks.example.test/decide"))
+    r = create(tenant, cells, decide_policy("ftp://hooks.example.test/decide"), expect=400)
+    dm.assert_problem(r, 400, detail_has="https://")
+
+
+def probe_connect(client, cid, dst="192.0.2.1", port=80):
+    code = ("import socket\ns=socket.socket(); s.settimeout(3)\n"
+            "try: s.connect((%r, %d))\nexcept OSError as e: print(e)\n") % (dst, port)
+    r = client.post("/cells/%s/v1/processes/run" % cid,
+                    {"command": "/usr/bin/python3", "args": ["-c", code], "timeoutMs": 20000})
+    assert r.status == 200, r
+
+
+def test_webhook_name_resolving_to_the_host_screened_at_connect(tenant, admin, cells):
+    # A name passes validation; the address it resolves to is checked when
+    # the daemon connects, so a name for this host gets no request.
+    name = socket.gethostname()
+    try:
+        addr = socket.gethostbyname(name)
+    except OSError:
+        pytest.skip("this host's name does not resolve")
+    if not (addr.startswith("127.") or addr in host_addresses()):
+        pytest.skip("this host's name resolves to %s, not one of its own addresses" % addr)
+    hook = Hook()
+    try:
+        url = "http://%s:%d/allow/%s" % (name, hook.port, uuid.uuid4().hex[:8])
+        cid = create(tenant, cells, decide_policy(url)).body["id"]
+        probe_connect(tenant, cid)
+        assert hook.requests == [] and hook.connections == 0, hook.requests
+        # The same policy from the admin reaches the webhook: the test can fail.
+        cid = create(admin, cells, decide_policy(url)).body["id"]
+        probe_connect(admin, cid)
+        assert dm.wait_for(lambda: hook.requests, 10), "the admin's webhook was never called"
+    finally:
+        hook.close()
+
+
+def test_operator_allows_a_destination(tmp_path):
+    dd = dm.Daemon(tmp_path / "allow", extra_args=["--allow-tenant-dest", "127.0.0.1/32"])
+    dd.start()
+    made = []
+    try:
+        admin = dd.client()
+        token, _ = dm.make_tenant_token(admin, "ssrf-allowed")
+        tenant = dd.client(token=token, admin=False)
+        create(tenant, made, decide_policy("http://127.0.0.1:8080/decide"))
+        create(tenant, made, dns_policy("127.0.0.1"))
+        # Only what the operator named: link-local stays refused.
+        dm.assert_problem(create(tenant, made, dns_policy("169.254.169.254"), expect=403), 403)
+    finally:
+        for cid in made:
+            dd.client().delete("/v1/cells/%s" % cid)
+        dd.stop()
+        dd.check_sanitizer()
+
+
+@pytest.mark.parametrize("bad", ["", "nonsense", "127.0.0.1/33", "::1/129", "10.0.0.0/"])
+def test_bad_allow_tenant_dest_is_a_usage_error(tmp_path, bad):
+    p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "", "--socket", "",
+                        "--allow-tenant-dest", bad], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 2, p
+    assert "--allow-tenant-dest" in p.stderr, p.stderr
