@@ -54,6 +54,10 @@ int  net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const
 int  net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *err);
 /* Stop serving, cut every relayed flow, free.  NULL-safe. */
 void net_engine_stop(net_engine *e);
+/* The egress helper process serving the cell (sep.c), or 0 once it is gone:
+ * the owner puts it into the cell's cgroups, so the threads, memory, socket
+ * buffers and CPU a cell's traffic costs count against the cell's limits. */
+pid_t net_engine_pid(net_engine *e);
 
 /* The nftables ruleset net_engine_start() installs (for docs and tests). */
 const char *net_ruleset(void);

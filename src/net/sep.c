@@ -591,6 +591,14 @@ int net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
     return 0;
 }
 
+pid_t net_engine_pid(net_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    pid_t pid = e->dead ? 0 : e->pid;
+    pthread_mutex_unlock(&e->lock);
+    return pid;
+}
+
 void net_engine_stop(net_engine *e)
 {
     if (!e)

@@ -465,6 +465,13 @@ static int start_network(cell *c, const cell_config *cfg, cell_error *err)
     }
     if (net_engine_start(&c->net, c->pidfd, c->id, cfg->policy, &hooks, err) < 0)
         return -1;
+    /* What the cell's traffic costs (the helper's threads, TLS buffers,
+     * upstream sockets, CPU) is the cell's: a cell that opens a thousand
+     * slow flows spends its own pids and memory, not the host's. */
+    pid_t helper = net_engine_pid(c->net);
+    if (c->cg && (helper <= 0 || isolate_cgroup_attach(c->cg, helper, err) < 0))
+        return helper <= 0 ? util_fail(err, ECHILD, "the egress helper of cell %s ended while starting", c->id)
+                           : -1;
     static const char resolv[] = "nameserver 127.0.0.1\noptions edns0\n";
     if (runtime_write_whole(c, "/etc/resolv.conf", resolv, sizeof resolv - 1, 0644, err) < 0)
         return -1;

@@ -256,6 +256,41 @@ def test_killing_the_helper_cuts_the_cell_off_and_the_daemon_keeps_serving(d, ad
     assert ha not in helpers_of(d.proc.pid)
 
 
+def cgroups(pid):
+    """controller(s) -> path, from /proc/PID/cgroup (v1 lines and v2's "")."""
+    with open("/proc/%d/cgroup" % pid) as f:
+        return {parts[1]: parts[2] for parts in (line.rstrip("\n").split(":", 2) for line in f)}
+
+
+def test_the_helper_is_charged_to_its_cell(d, admin, cells):
+    # The threads, memory and sockets a cell's traffic costs are the cell's:
+    # its helper sits in the cell's cgroups, so a cell that opens many slow
+    # flows spends its own pids and memory limits, not the host's.
+    a, ha = new_policed_cell(d, admin, cells)
+    marker = "cg-%d" % ha
+    r = admin.post("/cells/%s/v1/processes" % a, {"command": "sleep", "args": ["600"], "env": {"MARK": marker}})
+    assert r.status in (200, 201), r
+    def cell_proc():
+        for p in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/environ" % p, "rb") as f:
+                    if ("MARK=" + marker).encode() in f.read().split(b"\0"):
+                        return int(p)
+            except (OSError, ValueError):
+                pass
+        return None
+    pid = wait_for(cell_proc, 10)
+    assert pid, "the cell's sleep was not found"
+    theirs, mine = cgroups(pid), cgroups(ha)
+    # The cell's own groups: memory and pids on v1, the unified one on v2.
+    checked = [k for k in theirs if theirs[k] not in ("/", "")
+               and (k == "" or any(c in k.split(",") for c in ("memory", "pids")))]
+    assert checked, theirs
+    for k in checked:
+        assert mine.get(k) == theirs[k], (k, mine, theirs)
+    assert mine != cgroups(d.proc.pid)
+
+
 def test_stopping_a_cell_ends_its_helper(d, admin, cells):
     a, ha = new_policed_cell(d, admin, cells)
     assert admin.post("/v1/cells/%s/stop" % a).status == 200
