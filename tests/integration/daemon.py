@@ -34,6 +34,18 @@ CELL_UID_FIRST = 0x40000000
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "ThreadSanitizer")
 
 
+def _links(path, lib):
+    try:
+        return lib in subprocess.run(["readelf", "-d", path], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+
+
+# ThreadSanitizer's shadow memory multiplies the daemon's RSS: tests that
+# bound RSS growth skip themselves under it (release and ASan runs keep them).
+TSAN = _links(CELL_BIN, "libtsan")
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
