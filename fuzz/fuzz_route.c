@@ -28,6 +28,8 @@ STUB(h_proc_get) STUB(h_proc_logs) STUB(h_proc_input) STUB(h_proc_stop) STUB(h_p
 STUB(h_proc_delete) STUB(h_proc_resize) STUB(h_proc_terminal_ws) STUB(h_fs_read) STUB(h_fs_write)
 STUB_BODY(h_fs_write_body) STUB(h_fs_entries) STUB(h_fs_stat) STUB(h_fs_mkdir) STUB(h_fs_move)
 STUB(h_fs_delete) STUB(h_fs_upload) STUB_BODY(h_fs_upload_body) STUB(openapi_serve)
+STUB(h_config_mcp_get) STUB(h_config_mcp_put) STUB(h_config_mcp_delete) STUB(h_config_skills_get)
+STUB(h_config_skills_put) STUB(h_config_skills_delete)
 
 /* h_not_implemented (in routes.c) calls this. */
 int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)

@@ -71,6 +71,14 @@ int h_fs_delete(sreq *r);
 int h_fs_upload(sreq *r);
 int h_fs_upload_body(sreq *r, const char *data, size_t len);
 
+/* agentcfg.c: /cells/{cell}/v1/config/mcp and /config/skills */
+int h_config_mcp_get(sreq *r);
+int h_config_mcp_put(sreq *r);
+int h_config_mcp_delete(sreq *r);
+int h_config_skills_get(sreq *r);
+int h_config_skills_put(sreq *r);
+int h_config_skills_delete(sreq *r);
+
 /* routes.c: agents and ACP belong to a later issue */
 int h_not_implemented(sreq *r);
 

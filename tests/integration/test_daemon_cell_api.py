@@ -1066,7 +1066,6 @@ def test_unknown_and_other_tenants_cell_is_404(d, admin, cell):
 @pytest.mark.parametrize("method,path", [
     ("GET", "/agents"), ("GET", "/agents/claude"), ("POST", "/agents/claude/install"),
     ("GET", "/acp"), ("POST", "/acp"), ("GET", "/acp/sess"), ("POST", "/acp/sess"), ("DELETE", "/acp/sess"),
-    ("GET", "/config/mcp"), ("PUT", "/config/mcp"), ("DELETE", "/config/mcp"),
     ("GET", "/desktop/status"), ("POST", "/desktop/start"),
 ])
 def test_agent_routes_are_501(cell, method, path):
