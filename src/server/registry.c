@@ -288,6 +288,26 @@ static void boot_on_owner(void *arg)
     pthread_mutex_unlock(&job->s->ctx_lock);
 }
 
+/* A PUT .../policy that landed while the cell booted stored a policy the
+ * boot did not see, and found no handle to apply it to: apply it before
+ * the handle is used (io held), or the cell would run with the old one.
+ * EPERM: booted without a network, the new policy applies from the next
+ * start, as PUT says. */
+static int catch_up_policy(scell *sc, json_t *booted_with, cell_error *err)
+{
+    if (!sc->policy || json_equal(sc->policy, booted_with))
+        return 0;
+    char *text = json_dumps(sc->policy, JSON_COMPACT);
+    cell_error e = { 0 };
+    int rc = text ? cell_set_policy(sc->c, text, &e) : util_fail(&e, ENOMEM, "out of memory");
+    free(text);
+    if (rc < 0 && e.code != EPERM) {
+        *err = e;
+        return -1;
+    }
+    return 0;
+}
+
 /* Boot the cell from its spec; the caller holds the booting state, so no
  * other transition runs, and io is taken only to publish the handle. */
 static int boot(scell *sc, cell_error *err)
@@ -301,9 +321,10 @@ static int boot(scell *sc, cell_error *err)
     struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
     srv_on_owner_thread(s, boot_on_owner, &job);
     free(b.policy);
-    json_decref(policy);
-    if (job.rc < 0)
+    if (job.rc < 0) {
+        json_decref(policy);
         return -1;
+    }
     int wake_fd = eventfd(0, EFD_CLOEXEC);
     if (wake_fd < 0) {
         util_fail_errno(err, "eventfd for cell %s", sc->id);
@@ -311,6 +332,11 @@ static int boot(scell *sc, cell_error *err)
     }
     pthread_mutex_lock(&sc->io);
     sc->c = job.c;
+    if (catch_up_policy(sc, policy, err) < 0) {
+        sc->c = NULL;
+        pthread_mutex_unlock(&sc->io);
+        goto fail;
+    }
     sc->dead = 0;
     sc->wake_fd = wake_fd;
     sc->started_ms = srv_now_ms();
@@ -325,10 +351,12 @@ static int boot(scell *sc, cell_error *err)
     }
     sc->watcher_on = 1;
     pthread_mutex_unlock(&sc->io);
+    json_decref(policy);
     atomic_store(&sc->active_ms, srv_now_ms());
     store_cell_set_state(s->st, sc->id, "running", NULL);
     return 0;
 fail:
+    json_decref(policy);
     if (wake_fd >= 0)
         close(wake_fd);
     pthread_mutex_lock(&s->ctx_lock);

@@ -22,6 +22,7 @@ a Python program (PROBE) that prints one JSON result per probe.
 import http.server
 import json
 import os
+import random
 import socket
 import socketserver
 import subprocess
@@ -826,6 +827,30 @@ def test_live_policy_update(admin, cells, net):
     assert admin.get("/v1/cells/%s" % cid).body["policy"] == p8080
     r = cell_probe(admin, cid, [["tcp", ECHO_IP, 7], ["tcp", ECHO_IP, 8080]])
     assert denied(r[0]) and allowed(r[1]), r
+
+
+def test_policy_put_during_a_boot_is_applied(admin, cells, net):
+    """A policy PUT that lands while the cell boots is stored before the
+    boot has a handle to apply it to; the boot applies it before the cell
+    is used, so the cell never runs with the policy it was replaced by."""
+    p7 = {"rules": [{"tcp": {"to": ECHO_IP, "ports": 7}}]}
+    p8080 = {"rules": [{"tcp": {"to": ECHO_IP, "ports": 8080}}]}
+    cid = create_cell(admin, p7)
+    cells.append(cid)
+    rnd = random.Random(4)
+    for i in range(6):
+        assert admin.post("/v1/cells/%s/stop" % cid).status == 200
+        want = p8080 if i % 2 == 0 else p7
+        out = {}
+        t = threading.Thread(target=lambda: out.__setitem__("start", admin.post("/v1/cells/%s/start" % cid)))
+        t.start()
+        time.sleep(rnd.random() * 0.05)
+        put = admin.put("/v1/cells/%s/policy" % cid, want)
+        t.join()
+        assert put.status == 200 and out["start"].status == 200, (put, out)
+        assert admin.get("/v1/cells/%s" % cid).body["policy"] == want
+        r = cell_probe(admin, cid, [["tcp", ECHO_IP, 7], ["tcp", ECHO_IP, 8080]])
+        assert allowed(r[1 if want is p8080 else 0]) and denied(r[0 if want is p8080 else 1]), (i, r)
 
 
 def test_policy_for_a_cell_without_network_applies_at_next_start(admin, cells, net):
