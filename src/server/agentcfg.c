@@ -683,15 +683,24 @@ static int copy_file(cell *c, const char *from, const char *to, copy_budget *b, 
     return rc;
 }
 
+/* What a skill may hold that is left out of its copy rather than failing
+ * it: dangling links, links the cell's root or the kernel refuses (to
+ * another root, magic links), files the cell cannot read, FIFOs. */
+static int unreadable(const cell_error *e)
+{
+    return e->code == ENOENT || e->code == ELOOP || e->code == EXDEV || e->code == EACCES || e->code == EPERM ||
+           e->code == EINVAL;
+}
+
 /* Copy a directory tree inside the cell: regular files and directories
  * only (anything else is left out), bounded by depth and the budget. */
 static int copy_tree(cell *c, const char *from, const char *to, int depth, copy_budget *b, cell_error *err)
 {
     cell_stat st;
     if (cell_file_stat(c, from, &st, err) < 0)
-        return -1;
+        return depth > 0 && unreadable(err) ? 0 : -1;
     if (S_ISREG(st.mode))
-        return copy_file(c, from, to, b, err);
+        return copy_file(c, from, to, b, err) < 0 && !(depth > 0 && unreadable(err)) ? -1 : 0;
     if (!S_ISDIR(st.mode))
         return 0;
     if (depth > COPY_MAX_DEPTH)
