@@ -5,10 +5,9 @@
  * read(2) or write(2) the kernel would check against the owner's host
  * credentials instead of the cell's. */
 #include "runtime/cell_internal.h"
+#include "runtime/untar.h"
 #include "util/util.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -421,64 +420,58 @@ static int write_zeros(cell_xfer *x, uint64_t n, cell_error *err)
     return 0;
 }
 
-/* One regular file's bytes, from the archive to a transfer process. */
-static int upload_file(cell *c, struct archive *a, const char *rel, mode_t mode, const char *base, cell_error *err)
+/* One regular file's bytes, from the parser to a transfer process. */
+static int upload_file(cell *c, runtime_untar *t, const char *rel, mode_t mode, const char *base, cell_error *err)
 {
     cell_xfer x;
     if (xfer_start(c, CTL_WRITE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, rel, base, 1, &x, err) < 0)
         return -1;
     const void *buf;
     size_t len;
-    la_int64_t off;
-    uint64_t at = 0;
-    int rr = ARCHIVE_OK, rc = 0;
-    while (rc == 0 && (rr = archive_read_data_block(a, &buf, &len, &off)) == ARCHIVE_OK) {
-        if (off < 0 || (uint64_t)off < at)
+    uint64_t off, at = 0;
+    int r = 0, rc = 0;
+    while (rc == 0 && (r = runtime_untar_data(t, &buf, &len, &off, err)) == 1) {
+        if (off < at)
             rc = util_fail(err, EINVAL, "tar entry '%s' has overlapping data blocks", rel);
-        else if (write_zeros(&x, (uint64_t)off - at, err) < 0 || cell_xfer_write(&x, buf, len, err) < 0)
+        else if (write_zeros(&x, off - at, err) < 0 || cell_xfer_write(&x, buf, len, err) < 0)
             rc = -1;
-        at = (uint64_t)off + len;
+        at = off + len;
     }
-    if (rc == 0 && rr != ARCHIVE_EOF)
-        rc = util_fail(err, EIO, "cannot read tar data for %s: %s", rel, archive_error_string(a));
+    if (r < 0)
+        rc = -1;
     cell_error end_err = { 0 };
     if (cell_xfer_end(&x, &end_err) < 0 && rc == 0)
         rc = util_fail(err, end_err.code, "cannot write %s in the cell: %s", rel, end_err.message);
     return rc;
 }
 
-static int upload_entry(cell *c, struct archive *a, struct archive_entry *e, const char *base, char *rel,
+static int upload_entry(cell *c, runtime_untar *t, const runtime_untar_entry *e, const char *base, char *rel,
                         size_t rel_size, cell_error *err)
 {
-    const char *name = archive_entry_pathname(e);
-    int r = entry_path(name ? name : "", rel, rel_size, err);
+    int r = entry_path(e->name, rel, rel_size, err);
     if (r <= 0)
         return r;
-    mode_t mode = archive_entry_perm(e) & 07777;
-    /* Hard links may carry no file type at all (pax), so test them first;
-     * both names resolve beneath the target directory in init. */
-    const char *hard = archive_entry_hardlink(e);
-    if (hard) {
+    mode_t mode = e->perm & 07777;
+    /* Both names of a hard link resolve beneath the target directory in init. */
+    if (e->kind == UNTAR_HARDLINK) {
         char target[PATH_MAX];
-        if (entry_path(hard, target, sizeof target, err) <= 0)
-            return util_fail(err, EINVAL, "tar hard link '%s' has an invalid target '%s'", rel, hard);
+        if (entry_path(e->link, target, sizeof target, err) <= 0)
+            return util_fail(err, EINVAL, "tar hard link '%s' has an invalid target '%s'", rel, e->link);
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
         return simple_request(c, CTL_LINK, 0, 0, target, rel, base, err) < 0 ? -1 : 1;
     }
-    switch (archive_entry_filetype(e)) {
-    case AE_IFDIR:
+    switch (e->kind) {
+    case UNTAR_DIR:
         return simple_request(c, CTL_MKDIR, mode ? mode : 0755, 1, rel, NULL, base, err) < 0 ? -1 : 1;
-    case AE_IFREG:
+    case UNTAR_FILE:
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        return upload_file(c, a, rel, mode, base, err) < 0 ? -1 : 1;
-    case AE_IFLNK: {
-        const char *target = archive_entry_symlink(e);
+        return upload_file(c, t, rel, mode, base, err) < 0 ? -1 : 1;
+    case UNTAR_SYMLINK:
         if (ensure_parent(c, rel, base, err) < 0)
             return -1;
-        return simple_request(c, CTL_SYMLINK, 0, 0, target ? target : "", rel, base, err) < 0 ? -1 : 1;
-    }
+        return simple_request(c, CTL_SYMLINK, 0, 0, e->link, rel, base, err) < 0 ? -1 : 1;
     default:
         return util_fail(err, EINVAL, "tar entry '%s' is a device, FIFO or socket; only files, directories "
                          "and links can be uploaded", rel);
@@ -494,34 +487,23 @@ int cell_file_upload_tar_cb(cell *c, const char *dir, int tar_fd, cell_upload_fn
 {
     if (cell_file_mkdir(c, dir, 0755, 1, err) < 0)
         return -1;
-    /* Entries resolve beneath `dir`, looked up afresh by init per entry. */
-    const char *base = dir;
-    struct archive *a = archive_read_new();
-    if (!a)
-        return util_fail(err, ENOMEM, "out of memory");
-    archive_read_support_format_tar(a);
-    archive_read_support_format_gnutar(a);
-    archive_read_support_filter_gzip(a);
-    archive_read_support_filter_none(a);
-    int rc = 0;
-    if (archive_read_open_fd(a, tar_fd, 64 * 1024) != ARCHIVE_OK) {
-        rc = util_fail(err, EBADMSG, "not a tar stream: %s", archive_error_string(a));
-    } else {
-        struct archive_entry *e;
-        int r;
-        char rel[PATH_MAX];
-        while ((r = archive_read_next_header(a, &e)) == ARCHIVE_OK) {
-            int done = upload_entry(c, a, e, base, rel, sizeof rel, err);
-            if (done < 0) {
-                rc = -1;
-                break;
-            }
-            if (done && cb)
-                cb(user, rel);
+    /* The archive is parsed in a confined child (untar.c); entries resolve
+     * beneath `dir`, looked up afresh by init per entry. */
+    runtime_untar t;
+    if (runtime_untar_start(tar_fd, &t, err) < 0)
+        return -1;
+    runtime_untar_entry e;
+    char rel[PATH_MAX];
+    int r;
+    while ((r = runtime_untar_next(&t, &e, err)) == 1) {
+        int done = upload_entry(c, &t, &e, dir, rel, sizeof rel, err);
+        if (done < 0) {
+            r = -1;
+            break;
         }
-        if (rc == 0 && r != ARCHIVE_EOF)
-            rc = util_fail(err, EBADMSG, "malformed tar stream: %s", archive_error_string(a));
+        if (done && cb)
+            cb(user, rel);
     }
-    archive_read_free(a);
-    return rc;
+    runtime_untar_end(&t);
+    return r < 0 ? -1 : 0;
 }

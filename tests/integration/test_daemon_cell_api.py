@@ -933,6 +933,43 @@ def test_fs_get_is_read_by_a_process_of_the_cell(d, victim):
     assert_problem(c.get_file("/proc/self"), 400, "invalid_request", "not a file")
 
 
+def test_fs_upload_batch_is_parsed_by_a_confined_child(d, cell):
+    """The tar (untrusted) is parsed by a child of the daemon that runs as
+    nobody, with no_new_privs, a seccomp filter and only its two pipes: seen
+    while an upload is held open halfway."""
+    data = make_tar([("first.txt", b"x" * 4096), ("second.txt", b"y")])
+    conn = cell.c.conn()
+    try:
+        conn.putrequest("POST", cell.base + "/fs/upload-batch?path=/root/upconf")
+        conn.putheader("Authorization", "Bearer " + cell.c.token)
+        conn.putheader("Content-Type", "application/x-tar")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        half = data[:2048]
+        conn.send(b"%x\r\n%s\r\n" % (len(half), half))
+
+        def parser():
+            for name in filter(str.isdigit, os.listdir("/proc")):
+                st = proc_status(dm._read("/proc/%s/status" % name))
+                if st.get("PPid") == str(d.proc.pid) and st.get("Uid", "").split()[:1] == ["65534"]:
+                    return name, st
+            return None
+        assert wait_for(lambda: parser() is not None, 10)
+        pid, st = parser()
+        assert st["Uid"].split() == ["65534"] * 4 and st["Gid"].split() == ["65534"] * 4, st
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2" and st["CapEff"] == "0" * 16, st
+        assert sorted(os.listdir("/proc/%s/fd" % pid)) == ["0", "1"], os.listdir("/proc/%s/fd" % pid)
+        rest = data[2048:]
+        conn.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 200, body
+    finally:
+        conn.close()
+    assert cell.get_file("/root/upconf/first.txt").raw == b"x" * 4096
+    assert cell.get_file("/root/upconf/second.txt").raw == b"y"
+
+
 def test_fs_large_put_get_upload_are_byte_identical(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("cell serve tests must run as root")

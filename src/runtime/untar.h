@@ -1,0 +1,40 @@
+/* untar.h: parsing a tar upload in a confined child of the owner (untar.c). */
+#ifndef CELL_RUNTIME_UNTAR_H
+#define CELL_RUNTIME_UNTAR_H
+
+#include "cell.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum {
+    UNTAR_DIR = 1, UNTAR_FILE, UNTAR_SYMLINK, UNTAR_HARDLINK, UNTAR_OTHER, /* entries */
+    UNTAR_DATA, UNTAR_DATA_END, UNTAR_DONE, UNTAR_ERROR,
+};
+
+typedef struct runtime_untar {
+    int    fd;
+    pid_t  pid;
+    char  *buf;        /* the last frame's payload */
+    size_t cap;
+} runtime_untar;
+
+typedef struct runtime_untar_entry {
+    uint32_t    kind;  /* UNTAR_DIR .. UNTAR_OTHER */
+    uint32_t    perm;
+    const char *name;  /* valid until the next call */
+    const char *link;  /* symlink or hard link target, or "" */
+} runtime_untar_entry;
+
+/* Start the parser on tar_fd (which it reads; the caller keeps its copy). */
+int  runtime_untar_start(int tar_fd, runtime_untar *u, cell_error *err);
+/* 1 and the next entry, 0 at the end of the archive, -1 with *err (a
+ * malformed archive is EBADMSG, as libarchive words it). */
+int  runtime_untar_next(runtime_untar *u, runtime_untar_entry *e, cell_error *err);
+/* After a UNTAR_FILE entry: 1 and a block of its data, 0 after the last. */
+int  runtime_untar_data(runtime_untar *u, const void **buf, size_t *len, uint64_t *off, cell_error *err);
+/* Stop (kill) and reap the parser. */
+void runtime_untar_end(runtime_untar *u);
+
+#endif
