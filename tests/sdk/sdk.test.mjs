@@ -3,9 +3,10 @@
 // SandboxAgent.connect({ baseUrl: "http://127.0.0.1:PORT/cells/ID", token }).
 //
 // Covers every process and filesystem method of the SDK, log following, and
-// the terminal session.  The suite starts its own daemon (CELL_BIN, default
-// ../../build/cell relative to this file) on a free port with a temporary
-// state directory, and fails if the daemon's stderr shows a sanitizer report.
+// the terminal session.  The suite starts its own daemon (harness.mjs: CELL_BIN,
+// default ../../build/cell relative to this file) on a free port with a
+// temporary state directory, and fails if the daemon's stderr shows a
+// sanitizer report.
 //
 //   cd tests/sdk && npm ci && node --test        (or: tests/sdk/run.sh)
 //
@@ -17,23 +18,15 @@
 // (the reference refuses the few-MiB file write with 413; cell accepts it.)
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
-import net from "node:net";
-import os from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { SandboxAgent, SandboxAgentError } from "sandbox-agent";
 import WebSocket from "ws";
+import {
+  b64, createCell, daemonState, rejectsWith, sleep, startDaemon, stopDaemon, unb64, waitFor, within,
+} from "./harness.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const CELL_BIN = process.env.CELL_BIN || path.resolve(HERE, "../../build/cell");
 const REFERENCE_URL = process.env.SDK_REFERENCE_URL;
 
-let daemon = null;          // the `cell serve` child process
-let daemonStderr = "";
-let stateDir = null;
 let port = 0;
 let token = "";
 let cellId = "";
@@ -41,66 +34,6 @@ let baseUrl = "";
 let sdk = null;
 
 // ---- helpers -----------------------------------------------------------------
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// `promise`, or a rejection naming `what` after `ms`; the timer never
-// outlives the race (a pending timer would keep the test file running).
-function within(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-const b64 = (s) => Buffer.from(s).toString("base64");
-const unb64 = (s) => Buffer.from(s, "base64");
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port: p } = srv.address();
-      srv.close(() => resolve(p));
-    });
-  });
-}
-
-async function waitFor(pred, { timeout = 10000, interval = 50, what = "condition" } = {}) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(interval);
-  }
-}
-
-async function control(method, urlPath, body) {
-  const res = await fetch(`http://127.0.0.1:${port}${urlPath}`, {
-    method,
-    headers: {
-      Authorization: `Bearer ${token}`,
-      ...(body !== undefined ? { "Content-Type": "application/json" } : {}),
-    },
-    body: body !== undefined ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
-
-// Assert that `promise` rejects with the SDK's SandboxAgentError of `status`.
-async function rejectsWith(promise, status, what) {
-  await assert.rejects(promise, (err) => {
-    assert.ok(err instanceof SandboxAgentError, `${what}: expected SandboxAgentError, got ${err}`);
-    assert.equal(err.status, status, `${what}: status ${err.status} (${JSON.stringify(err.problem)})`);
-    assert.equal(err.problem?.status, status, `${what}: problem.status`);
-    assert.equal(typeof err.problem?.title, "string", `${what}: problem.title`);
-    return true;
-  });
-}
 
 async function waitExited(id, timeout = 10000) {
   return waitFor(async () => {
@@ -149,52 +82,21 @@ before(async () => {
     baseUrl = REFERENCE_URL.replace(/\/$/, "");
     token = process.env.SDK_REFERENCE_TOKEN ?? "";
     port = Number(new URL(baseUrl).port);
+    Object.assign(daemonState, { port, token });
     sdk = await SandboxAgent.connect({ baseUrl, token });
     return;
   }
-  assert.ok(existsSync(CELL_BIN), `no cell binary at ${CELL_BIN} (set CELL_BIN)`);
-  stateDir = mkdtempSync(path.join(os.tmpdir(), "cell-sdk-"));
-  port = await freePort();
-  daemon = spawn(CELL_BIN, ["--state", stateDir, "serve", "--listen", `127.0.0.1:${port}`, "--socket", ""], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  daemon.stdout.on("data", () => {});
-  daemon.stderr.on("data", (d) => { daemonStderr += d.toString(); });
-  const exited = new Promise((resolve) => daemon.once("exit", (code, sig) => resolve({ code, sig })));
-  daemon.exitedPromise = exited;
-  await waitFor(async () => {
-    if (daemon.exitCode !== null) throw new Error(`cell serve exited early: ${daemonStderr}`);
-    try {
-      return (await fetch(`http://127.0.0.1:${port}/v1/health`)).ok;
-    } catch {
-      return false;
-    }
-  }, { timeout: 20000, what: "cell serve to answer /v1/health" });
-  token = readFileSync(path.join(stateDir, "admin.token"), "utf8").trim();
-  const created = await control("POST", "/v1/cells", {});
-  assert.equal(created.status, 201, `POST /v1/cells: ${JSON.stringify(created.body)}`);
-  cellId = created.body.id;
-  assert.ok(cellId, "the new cell has an id");
+  await startDaemon();
+  port = daemonState.port;
+  token = daemonState.token;
+  cellId = await createCell({});
   baseUrl = `http://127.0.0.1:${port}/cells/${cellId}`;
   sdk = await SandboxAgent.connect({ baseUrl, token });
 });
 
 after(async () => {
   if (sdk) await sdk.dispose();
-  if (daemon) {
-    if (cellId) await control("DELETE", `/v1/cells/${cellId}`).catch(() => {});
-    if (daemon.exitCode === null && daemon.signalCode === null) {
-      daemon.kill("SIGTERM");
-      const timer = setTimeout(() => daemon.kill("SIGKILL"), 20000);
-      await daemon.exitedPromise;
-      clearTimeout(timer);
-    }
-  }
-  if (stateDir) rmSync(stateDir, { recursive: true, force: true });
-  if (!daemon) return;
-  assert.ok(!/AddressSanitizer|LeakSanitizer|runtime error/.test(daemonStderr),
-            `sanitizer report in the daemon's stderr:\n${daemonStderr}`);
-  assert.equal(daemon.exitCode, 0, `cell serve exit status after SIGTERM (signal ${daemon.signalCode}); stderr:\n${daemonStderr}`);
+  if (!REFERENCE_URL) await stopDaemon([cellId]);
 });
 
 // ---- health and config -------------------------------------------------------
