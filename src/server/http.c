@@ -162,6 +162,12 @@ static void begin(sreq *r)
         reply_problem(r, 403, "forbidden", "%s %s needs an admin token", r->method, path);
         return;
     }
+    /* "path=/etc/passwd%00.txt" would reach a handler as "/etc/passwd". */
+    const char *nul = req_query_nul(r);
+    if (nul) {
+        reply_problem(r, 400, "invalid_request", "query parameter '%s' contains a NUL character", nul);
+        return;
+    }
     if (flags & ROUTE_CELL) {
         const char *id = router_param(&r->m, "cell");
         req_audit(r, "cell", json_string(id));

@@ -255,6 +255,25 @@ const char *req_query(sreq *r, const char *key)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+static enum MHD_Result find_nul(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                const char *value, size_t value_size)
+{
+    (void)kind;
+    const char **found = cls;
+    if (strlen(key) != key_size || (value && strlen(value) != value_size)) {
+        *found = key;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+const char *req_query_nul(sreq *r)
+{
+    const char *found = NULL;
+    MHD_get_connection_values_n(r->conn, MHD_GET_ARGUMENT_KIND, find_nul, &found);
+    return found;
+}
+
 int req_json(sreq *r, json_t **out)
 {
     json_error_t jerr;

@@ -162,6 +162,9 @@ int reply_error(sreq *r, const cell_error *e);
 /* Request input.  Each returns -1 after queueing a 400 problem that names
  * the field, so handlers write `if (req_json(r, &o) < 0) return r->status_result;`. */
 const char *req_query(sreq *r, const char *key);
+/* The name of a query parameter whose decoded value holds a NUL ("%00"),
+ * which every req_query() caller would see cut short, or NULL. */
+const char *req_query_nul(sreq *r);
 int req_json(sreq *r, json_t **out);            /* body must be a JSON object */
 int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out);
 int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out);

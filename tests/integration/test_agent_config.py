@@ -369,3 +369,17 @@ def test_other_tenants_get_404(d, admin, cell):
         other.delete("/v1/cells/%s" % mine.id)
     assert_problem(cell.c.call("GET", "/cells/c-0000000000000000/v1/config/mcp",
                                query={"directory": D, "mcpName": "a"}), 404)
+
+
+def test_nul_in_any_query_parameter_is_refused(cell):
+    """The sibling of the config routes' NUL check, for every route: a C
+    string would cut "path=/etc/hostname%00.txt" to "/etc/hostname"."""
+    cell.sh("echo planted > /root/nul-target")
+    for method, path in [("GET", "/fs/file?path=/root/nul-target%00.txt"), ("GET", "/fs/stat?path=/root/nul-target%00x"),
+                         ("GET", "/fs/entries?path=/root%00/x"), ("DELETE", "/fs/entry?path=/root/nul-target%00.bak"),
+                         ("GET", "/processes?owner=user%00x"), ("GET", "/config/skills?directory=/w&skillName=a%00")]:
+        r = cell.call(method, path)
+        assert_problem(r, 400, "invalid_request", "NUL")
+    assert cell.sh("cat /root/nul-target")["stdout"] == "planted\n"
+    r = cell.c.call("GET", "/v1/cells?x=%00")
+    assert_problem(r, 400, "invalid_request", "NUL")
