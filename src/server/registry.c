@@ -431,6 +431,7 @@ void registry_create_abort(scell *sc)
     leave_creating(sc);
     registry_delete(sc, 1, NULL);
 }
+
 int registry_start(scell *sc, cell_error *err) { return boot_from(sc, SCELL_STOPPED, err); }
 
 int registry_stop(scell *sc, int wait, cell_error *err)
