@@ -39,11 +39,17 @@ LIB_SRC     := $(filter-out src/net/engine.c,$(wildcard src/isolate/*.c src/runt
 # needs and nothing of the store, server or isolation code.
 EGRESS_SRC  := src/egress/main.c $(filter-out src/net/sep.c,$(wildcard src/net/*.c)) src/init/proto.c $(UTIL_SRC)
 EGRESS_LIBS := -Wl,--as-needed $(shell pkg-config --libs libseccomp jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
+# The tar parser of uploads (src/runtime/untar.c): a program of its own per
+# upload, embedded in libcell the same way; libarchive and libseccomp only.
+UNTAR_SRC   := src/untar/main.c $(UTIL_SRC)
+UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2>/dev/null || echo -lseccomp -larchive)
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
-LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BUILD)/obj/src/net/egress_blob.o
+LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BUILD)/obj/src/net/egress_blob.o \
+               $(BUILD)/obj/src/runtime/untar_blob.o
+UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
 SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
@@ -51,7 +57,7 @@ CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench fuzz
-all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-egress $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
+all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -74,6 +80,13 @@ $(BUILD)/cell-egress: $(EGRESS_OBJ)
 $(BUILD)/obj/src/net/egress_blob.o: src/net/egress_blob.S $(BUILD)/cell-egress
 	@mkdir -p $(dir $@)
 	$(CC) -c -DCELL_EGRESS_PATH='"$(BUILD)/cell-egress"' $< -o $@
+
+$(BUILD)/cell-untar: $(UNTAR_OBJ)
+	$(CC) $(LDSAN) -o $@ $^ $(UNTAR_LIBS)
+
+$(BUILD)/obj/src/runtime/untar_blob.o: src/runtime/untar_blob.S $(BUILD)/cell-untar
+	@mkdir -p $(dir $@)
+	$(CC) -c -DCELL_UNTAR_PATH='"$(BUILD)/cell-untar"' $< -o $@
 
 $(BUILD)/libcell.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^

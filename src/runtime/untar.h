@@ -1,4 +1,5 @@
-/* untar.h: parsing a tar upload in a confined child of the owner (untar.c). */
+/* untar.h: parsing a tar upload in a confined program of its own, cell-untar
+ * (src/untar/main.c), which untar.c runs and reads. */
 #ifndef CELL_RUNTIME_UNTAR_H
 #define CELL_RUNTIME_UNTAR_H
 
@@ -12,6 +13,14 @@ enum {
     UNTAR_DIR = 1, UNTAR_FILE, UNTAR_SYMLINK, UNTAR_HARDLINK, UNTAR_OTHER, /* entries */
     UNTAR_DATA, UNTAR_DATA_END, UNTAR_DONE, UNTAR_ERROR,
 };
+
+/* The parser's frames: a header, then len bytes (a name, data or an error
+ * message) and len2 bytes (a link target). */
+struct untar_frame {
+    uint32_t kind, mode, len, len2;     /* mode: perm bits, or errno for UNTAR_ERROR */
+    uint64_t off;                       /* UNTAR_DATA: offset in the file */
+};
+#define UNTAR_BLOCK (1u << 20)          /* data frames carry at most this much */
 
 typedef struct runtime_untar {
     int    fd;

@@ -934,7 +934,7 @@ def test_fs_get_is_read_by_a_process_of_the_cell(d, victim):
 
 
 def test_fs_upload_batch_is_parsed_by_a_confined_child(d, cell):
-    """The tar (untrusted) is parsed by a child of the daemon that runs as
+    """The tar (untrusted) is parsed by cell-untar, exec'd by the daemon, as
     nobody, with no_new_privs, a seccomp filter and only its two pipes: seen
     while an upload is held open halfway."""
     data = make_tar([("first.txt", b"x" * 4096), ("second.txt", b"y")])
@@ -956,6 +956,7 @@ def test_fs_upload_batch_is_parsed_by_a_confined_child(d, cell):
             return None
         assert wait_for(lambda: parser() is not None, 10)
         pid, st = parser()
+        assert st["Name"].startswith("memfd:cell-unta"), st  # its own program, not a fork of the daemon
         assert st["Uid"].split() == ["65534"] * 4 and st["Gid"].split() == ["65534"] * 4, st
         assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2" and st["CapEff"] == "0" * 16, st
         assert sorted(os.listdir("/proc/%s/fd" % pid)) == ["0", "1"], os.listdir("/proc/%s/fd" % pid)
