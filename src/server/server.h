@@ -12,7 +12,7 @@
 /* Connection limits: a thread and an fd each, so they bound what idle or
  * slow clients can pin (cell serve --help says what each one means). */
 #define SERVER_DEFAULT_MAX_CONNS        512     /* per listener */
-#define SERVER_DEFAULT_MAX_CONNS_PER_IP 32      /* per TCP peer address */
+#define SERVER_DEFAULT_MAX_CONNS_PER_IP 256     /* per TCP peer address: a platform backend is one peer with a connection per stream */
 #define SERVER_DEFAULT_IDLE_TIMEOUT     60      /* seconds without a byte */
 #define SERVER_DEFAULT_HEADER_TIMEOUT   15      /* seconds to send a request's head */
 
