@@ -449,6 +449,8 @@ static int cfg_reply_error(sreq *r, const cell_error *e)
 {
     switch (e->code) {
     case EINVAL:
+    case ELOOP:             /* a link out of the cell's root, or a magic link */
+    case EXDEV:
         return reply_problem(r, 400, "invalid_request", "%s", e->message);
     case E2BIG:
         return reply_problem(r, 413, "payload_too_large", "%s", e->message);
