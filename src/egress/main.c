@@ -199,6 +199,7 @@ static int load_filter(cell_error *err)
         "getpid", "sched_yield", "sched_getaffinity", "eventfd2", "restart_syscall", "getuid", "geteuid",
         "getgid", "getegid", "prlimit64", "uname", "sysinfo", "capget",
         "capset",   /* narrowing only: permitted capabilities cannot grow */
+        "seccomp",  /* more filters only: one more on the fast path's thread */
     };
     scmp_filter_ctx f = seccomp_init(SCMP_ACT_KILL_PROCESS);
     if (!f)
@@ -298,6 +299,28 @@ static int hook_confine(void *user, uint64_t caps, cell_error *err)
         return -1;
     h->confined = 1;
     return 0;
+}
+
+/* The fast path's thread keeps CAP_NET_ADMIN; a second filter on it alone
+ * (no TSYNC) refuses new sockets, so every socket it could write to in the
+ * host's netns was opened by a thread without that capability, and the
+ * kernel refuses route and link changes through those. */
+static int hook_confine_thread(void *user)
+{
+    (void)user;
+    scmp_filter_ctx f = seccomp_init(SCMP_ACT_ALLOW);
+    if (!f)
+        return -1;
+    /* no_new_privs is set already (and prctl is not allowed any more). */
+    int rc = seccomp_attr_set(f, SCMP_FLTATR_CTL_NNP, 0);
+    if (rc == 0)
+        rc = add_rule(f, SCMP_ACT_ERRNO(EPERM), "socket", 0, NULL);
+    if (rc == 0)
+        rc = add_rule(f, SCMP_ACT_ERRNO(EPERM), "socketpair", 0, NULL);
+    if (rc == 0)
+        rc = seccomp_load(f);
+    seccomp_release(f);
+    return rc < 0 ? -1 : 0;
 }
 
 /* ---- test hook --------------------------------------------------------------------- */
@@ -403,7 +426,7 @@ int main(void)
         h.gid = m.u[1];
         net_hooks hooks = { .decide = hook_decide, .event = hook_event, .secret = hook_secret, .user = &h,
                             .upstream_ca_file = m.str[2][0] ? m.str[2] : NULL, .ca_dir = m.str[3][0] ? m.str[3] : NULL,
-                            .confine = hook_confine };
+                            .confine = hook_confine, .confine_thread = hook_confine_thread };
         rc = net_engine_start(&e, h.netns_fd, m.str[0], m.str[1], &hooks, &err);
     }
     ctl_msg_free(&m);

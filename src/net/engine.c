@@ -46,6 +46,7 @@
 #define UDP_DENY_MS        10000
 #define UDP_DENY_SLOTS     64
 #define UDP_BATCH          64
+#define SELF_REFRESH_MS    1000   /* screen.c's host-self cache lifetime */
 
 typedef struct udp_assoc {
     int                state;       /* UDP_FREE, UDP_ASKING (decide in progress), UDP_LIVE */
@@ -964,6 +965,12 @@ static void fast_audit(void *arg, json_t *rec)
     emit(arg, rec);
 }
 
+static int fast_confine(void *arg)
+{
+    net_engine *e = arg;
+    return e->hooks.confine_thread ? e->hooks.confine_thread(e->hooks.user) : 0;
+}
+
 /* ---- the accept loop --------------------------------------------------------------- */
 static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
 {
@@ -1005,10 +1012,19 @@ static void *engine_main(void *arg)
             { .fd = e->stop_fd, .events = POLLIN }, { .fd = e->l.relay, .events = POLLIN },
             { .fd = e->l.dns_udp, .events = POLLIN }, { .fd = e->l.dns_tcp, .events = POLLIN },
         };
-        if (poll(p, 4, -1) < 0) {
+        /* With the fast path, keep the host-self cache fresh from here: the
+         * fast path's thread may not open the rtnetlink socket a refresh
+         * needs, and fails closed (host-self, so the relay decides) when it
+         * finds the cache stale. */
+        int n = poll(p, 4, e->fast ? SELF_REFRESH_MS / 2 : -1);
+        if (n < 0) {
             if (errno == EINTR)
                 continue;
             break;
+        }
+        if (e->fast) {
+            struct sockaddr_in any = { .sin_family = AF_INET };
+            net_self_contains((const struct sockaddr *)&any);
         }
         if (p[0].revents)
             break;
@@ -1060,7 +1076,7 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     if (net_netns_setup(netns_fd, !(fast && strcmp(fast, "0") == 0), &e->l, err) < 0)
         goto fail;
     if (e->l.cell_ip) {
-        net_fast_hooks fh = { .decide = fast_decide, .audit = fast_audit, .arg = e };
+        net_fast_hooks fh = { .decide = fast_decide, .audit = fast_audit, .confine = fast_confine, .arg = e };
         if (net_fast_start(&e->fast, &e->l, e->stop_fd, &fh, err) < 0)
             goto fail;
     }
@@ -1083,6 +1099,15 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     e->udp_on = 1;
     if (confine(e, 0, err) < 0)
         goto fail;
+    if (e->fast) {
+        /* Fill the host-self cache before the fast path's thread, which may
+         * not refresh it itself, decides a flow; the accepting thread keeps
+         * it fresh from here. */
+        struct sockaddr_in any = { .sin_family = AF_INET };
+        net_self_contains((const struct sockaddr *)&any);
+        if (net_fast_open_route(e->fast, err) < 0)
+            goto fail;
+    }
     if ((pe = pthread_create(&e->thread, NULL, engine_main, e)) != 0) {
         errno = pe;
         util_fail_errno(err, "engine thread");

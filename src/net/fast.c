@@ -67,12 +67,15 @@ typedef struct fast_flow {
 struct net_fast {
     net_fast_hooks     h;
     struct mnl_socket *queue, *events, *query;  /* the listeners', in the cell's netns */
-    struct mnl_socket *route;                   /* ours, in the host's netns */
+    struct mnl_socket *route;                   /* ours, in the host's netns; see net_fast_open_route() */
     int                fwd_fd;                  /* the host's net.ipv4.ip_forward, or -1 */
     uint32_t           cell_ip;
     int                stop_fd;
     pthread_t          thread;
     int                thread_on;
+    pthread_mutex_t    go_lock;
+    pthread_cond_t     go_cond;
+    int                go;                      /* the thread may serve (route opened, or stopping) */
     unsigned           gen, cursor, seq;
     int64_t            last_sweep;
     fast_flow          flows[NET_FAST_MAX_FLOWS];
@@ -107,7 +110,7 @@ static int host_is_local(net_fast *f, uint32_t dst)
     rtm->rtm_family = AF_INET;
     rtm->rtm_dst_len = 32;
     mnl_attr_put_u32(nlh, RTA_DST, dst);
-    if (mnl_socket_sendto(f->route, nlh, nlh->nlmsg_len) < 0)
+    if (!f->route || mnl_socket_sendto(f->route, nlh, nlh->nlmsg_len) < 0)
         return 0;
     ssize_t n = mnl_socket_recvfrom(f->route, buf, sizeof buf);
     if (n < (ssize_t)(sizeof(struct nlmsghdr) + sizeof(struct rtmsg)))
@@ -409,9 +412,26 @@ static void sweep(net_fast *f)
     }
 }
 
+static void release(net_fast *f)
+{
+    pthread_mutex_lock(&f->go_lock);
+    f->go = 1;
+    pthread_cond_broadcast(&f->go_cond);
+    pthread_mutex_unlock(&f->go_lock);
+}
+
 static void *fast_main(void *arg)
 {
     net_fast *f = arg;
+    pthread_mutex_lock(&f->go_lock);
+    while (!f->go)
+        pthread_cond_wait(&f->go_cond, &f->go_lock);
+    pthread_mutex_unlock(&f->go_lock);
+    /* This thread alone may keep CAP_NET_ADMIN (verdicts, conntrack): the
+     * egress helper forbids it new sockets, so none it could write to in
+     * the host's netns was opened with that capability. */
+    if (f->h.confine && f->h.confine(f->h.arg) < 0)
+        return NULL;    /* held SYNs are dropped: fail closed */
     char *buf = malloc(IO_BUF);
     verdicts *v = malloc(sizeof *v);
     if (!buf || !v) {
@@ -457,16 +477,23 @@ int net_fast_start(net_fast **out, const net_listeners *l, int stop_fd, const ne
     f->cell_ip = l->cell_ip;
     f->stop_fd = stop_fd;
     f->fwd_fd = open("/proc/sys/net/ipv4/ip_forward", O_RDONLY | O_CLOEXEC);
-    f->route = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
-    if (!f->route || mnl_socket_bind(f->route, 0, MNL_SOCKET_AUTOPID) < 0) {
-        util_fail_errno(err, "route netlink socket for the fast path");
-        goto fail;
-    }
+    pthread_mutex_init(&f->go_lock, NULL);
+    pthread_cond_init(&f->go_cond, NULL);
     *out = f;
     return 0;
-fail:
-    net_fast_stop(f);
-    return -1;
+}
+
+/* rtnetlink in the host's netns: the kernel lets a socket change routes or
+ * links only if whoever opened it had CAP_NET_ADMIN, so it is opened by a
+ * thread that has none (in the egress helper, after the drop). */
+int net_fast_open_route(net_fast *f, cell_error *err)
+{
+    int rc = 0;
+    f->route = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
+    if (!f->route || mnl_socket_bind(f->route, 0, MNL_SOCKET_AUTOPID) < 0)
+        rc = util_fail_errno(err, "route netlink socket for the fast path");
+    release(f);
+    return rc;
 }
 
 int net_fast_run(net_fast *f, cell_error *err)
@@ -484,8 +511,10 @@ void net_fast_stop(net_fast *f)
 {
     if (!f)
         return;
-    if (f->thread_on)
+    if (f->thread_on) {
+        release(f);                      /* if it still waits: stop_fd ends it */
         pthread_join(f->thread, NULL);   /* the caller made stop_fd readable */
+    }
     for (unsigned i = 0; i < NET_FAST_MAX_FLOWS; i++) {
         fast_flow *fl = &f->flows[i];
         if (!fl->mark)
@@ -501,5 +530,7 @@ void net_fast_stop(net_fast *f)
         mnl_socket_close(f->route);
     if (f->fwd_fd >= 0)
         close(f->fwd_fd);
+    pthread_mutex_destroy(&f->go_lock);
+    pthread_cond_destroy(&f->go_cond);
     free(f);
 }

@@ -22,16 +22,21 @@ typedef struct net_fast_hooks {
      * and the host name pinned to dst ("" if none). */
     int  (*decide)(void *arg, const struct sockaddr_in *dst, char *host, size_t host_size, int *rule);
     void (*audit)(void *arg, json_t *rec);     /* takes the record */
+    /* Called first on the fast path's thread (NULL: nothing); -1 ends it. */
+    int  (*confine)(void *arg);
     void *arg;
 } net_fast_hooks;
 
 /* Get ready to serve l's queue and conntrack sockets (which stay the
- * caller's) until stop_fd is readable; l->cell_ip must be set.  Files and
- * sockets of its own are opened here, the thread is started by
- * net_fast_run(): the egress helper drops its privileges in between. */
+ * caller's) until stop_fd is readable; l->cell_ip must be set.  The thread
+ * is started by net_fast_run() (the egress helper drops privileges in
+ * between, and the thread inherits the capabilities then left) and serves
+ * once net_fast_open_route() has opened its host rtnetlink socket, which
+ * the helper calls from a thread without capabilities. */
 int  net_fast_start(net_fast **out, const net_listeners *l, int stop_fd, const net_fast_hooks *hooks,
                     cell_error *err);
 int  net_fast_run(net_fast *f, cell_error *err);
+int  net_fast_open_route(net_fast *f, cell_error *err);
 /* Join the thread; flows still open get their record now (bytes so far).
  * NULL-safe. */
 void net_fast_stop(net_fast *f);

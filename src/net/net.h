@@ -38,6 +38,10 @@ typedef struct net_hooks {
      * again with fewer before each further thread starts (the calling
      * thread's capabilities are what a new thread inherits). */
     int              (*confine)(void *user, uint64_t caps, cell_error *err);
+    /* Called first on the fast path's thread, the one that keeps
+     * CAP_NET_ADMIN: the helper forbids it new sockets.  -1 ends the
+     * thread (held flows are then dropped: fail closed). */
+    int              (*confine_thread)(void *user);
 } net_hooks;
 
 /* The PEM of the cell's interception CA (for its trust store); malloc()ed. */

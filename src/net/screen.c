@@ -70,7 +70,7 @@ static int scan_interfaces(const struct sockaddr *sa, int keep)
 {
     struct ifaddrs *list = NULL;
     if (getifaddrs(&list) < 0)
-        return 1;               /* cannot tell: treat as the host's own (fail closed) */
+        return -1;              /* cannot tell: the caller fails closed */
     int found = 0;
     if (keep) {
         self.n = 0;
@@ -133,8 +133,14 @@ int net_self_contains(const struct sockaddr *sa)
     int64_t now = mono_ms();
     int found = 0;
     if (self.read_ms == 0 || now - self.read_ms >= SELF_REFRESH_MS || self.overflow) {
+        /* A failed scan counts as the host's own and leaves the cache as it
+         * was, stale: never an empty list trusted for a second (the egress
+         * helper's fast-path thread may not open the socket a scan needs). */
         found = scan_interfaces(sa, 1);
-        self.read_ms = now;
+        if (found < 0)
+            found = 1;
+        else
+            self.read_ms = now;
     } else {
         for (size_t i = 0; i < self.n && !found; i++)
             found = same_addr((const struct sockaddr *)&self.addrs[i], sa);

@@ -190,6 +190,10 @@ def assert_confined(pid, parent):
         assert eff & ~(CAP_NET_ADMIN | CAP_NET_RAW) == 0 and prm == eff, t
         if eff:
             with_caps[int(tid)] = eff
+        # The thread with CAP_NET_ADMIN has a second filter: no new sockets,
+        # so none it could write to in the host's netns was opened with it.
+        if eff & CAP_NET_ADMIN and "Seccomp_filters" in t:
+            assert int(t["Seccomp_filters"]) >= 2, t
     assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0, st
     assert sum(1 for v in with_caps.values() if v & CAP_NET_ADMIN) <= 1, with_caps
     assert sorted(with_caps.values()) in ([CAP_NET_RAW], [CAP_NET_RAW, CAP_NET_ADMIN | CAP_NET_RAW]), with_caps
