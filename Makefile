@@ -52,12 +52,12 @@ LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BU
 UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
-SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o)
+SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/agent/blob.o
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench fuzz
-all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
+all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -73,6 +73,15 @@ $(BUILD)/cell-init: $(INIT_OBJ)
 $(BUILD)/obj/src/init/blob.o: src/init/blob.S $(BUILD)/cell-init
 	@mkdir -p $(dir $@)
 	$(CC) -c -DCELL_INIT_PATH='"$(BUILD)/cell-init"' $< -o $@
+
+# The mock ACP agent (src/agent/mock.c) runs inside cells: static like
+# cell-init (any image can run it), jansson linked in, never sanitized.
+$(BUILD)/cell-mock-agent: $(BUILD)/obj-init/src/agent/mock.o
+	$(CC) -static-pie $(filter-out -pie,$(LDHARD)) -o $@ $^ -ljansson
+
+$(BUILD)/obj/src/agent/blob.o: src/agent/blob.S $(BUILD)/cell-mock-agent
+	@mkdir -p $(dir $@)
+	$(CC) -c -DCELL_MOCK_AGENT_PATH='"$(BUILD)/cell-mock-agent"' $< -o $@
 
 $(BUILD)/cell-egress: $(EGRESS_OBJ)
 	$(CC) $(LDSAN) -o $@ $^ $(EGRESS_LIBS)
