@@ -30,6 +30,8 @@ STUB_BODY(h_fs_write_body) STUB(h_fs_entries) STUB(h_fs_stat) STUB(h_fs_mkdir) S
 STUB(h_fs_delete) STUB(h_fs_upload) STUB_BODY(h_fs_upload_body) STUB(openapi_serve)
 STUB(h_config_mcp_get) STUB(h_config_mcp_put) STUB(h_config_mcp_delete) STUB(h_config_skills_get)
 STUB(h_config_skills_put) STUB(h_config_skills_delete)
+STUB(h_agents_list) STUB(h_agents_get) STUB(h_agents_install) STUB(h_acp_list) STUB(h_acp_get) STUB(h_acp_post)
+STUB(h_acp_delete)
 
 /* h_not_implemented (in routes.c) calls this. */
 int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)

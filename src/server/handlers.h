@@ -79,7 +79,17 @@ int h_config_skills_get(sreq *r);
 int h_config_skills_put(sreq *r);
 int h_config_skills_delete(sreq *r);
 
-/* routes.c: agents and ACP belong to a later issue */
+/* agents.c: /cells/{cell}/v1/agents */
+int h_agents_list(sreq *r);
+int h_agents_get(sreq *r);
+int h_agents_install(sreq *r);
+/* acp.c: /cells/{cell}/v1/acp, the ACP proxy */
+int h_acp_list(sreq *r);
+int h_acp_get(sreq *r);
+int h_acp_post(sreq *r);
+int h_acp_delete(sreq *r);
+
+/* routes.c: what belongs to a later issue */
 int h_not_implemented(sreq *r);
 
 /* cells.c: the JSON form of a cell, for the CLI and clients. */

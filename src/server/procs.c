@@ -1395,3 +1395,45 @@ int h_proc_resize(sreq *r)
     procs_put(p);
     return ret;
 }
+
+/* ---- processes of other modules (the ACP proxy's agents) ------------------------------ */
+sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err)
+{
+    spawn_req q = { .command = argv[0], .args = (const char **)argv + 1 };
+    while (q.args[q.n_args])
+        q.n_args++;
+    sproc *p = proc_new(sc, &q, 1);
+    if (!p) {
+        util_fail(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    spawn_out o;
+    if (spawn_proc(sc, p, &q, 1, &o, err) < 0) {
+        proc_remove(sc, p);
+        return NULL;
+    }
+    pthread_mutex_lock(&sc->plock);
+    p->refs++;                      /* the caller's */
+    pthread_mutex_unlock(&sc->plock);
+    fds[0] = o.stdin_fd;
+    fds[1] = o.out_fd;
+    fds[2] = o.err_fd;
+    return p;
+}
+
+void procs_signal(sproc *p, int sig) { signal_proc(p->cell, p, sig); }
+
+int procs_wait_exit(sproc *p, int64_t deadline_ms, int *status)
+{
+    int exited = wait_exited(p, deadline_ms);
+    pthread_mutex_lock(&p->cell->plock);
+    *status = p->status;
+    pthread_mutex_unlock(&p->cell->plock);
+    return exited;
+}
+
+void procs_release(sproc *p)
+{
+    proc_remove(p->cell, p);
+    procs_put(p);
+}

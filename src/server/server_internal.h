@@ -339,6 +339,16 @@ int    procs_base64_decode(const char *in, size_t len, unsigned char *out, size_
 /* 404 problem for an unknown process id, as sandbox-agent words it. */
 int    reply_no_process(sreq *r, const char *id);
 
+/* A hidden process (not listed) for another module, the ACP proxy: argv in
+ * the cell with the cell's environment and working directory; fds get its
+ * stdin (write end), stdout and stderr (read ends), the caller's to close.
+ * The caller holds a reference: procs_release unlists and drops it. */
+sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err);
+void   procs_signal(sproc *p, int sig);         /* its process group */
+/* 1 once it exited (status as from waitpid()), 0 at the deadline. */
+int    procs_wait_exit(sproc *p, int64_t deadline_ms, int *status);
+void   procs_release(sproc *p);
+
 /* Deliver one exit (called with io held by scell_io_unlock / the watcher). */
 void procs_on_exit(scell *sc, pid_t pid, int status);
 /* The cell stopped: every process is over. */
