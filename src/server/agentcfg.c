@@ -844,6 +844,34 @@ int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char 
     return rc;
 }
 
+int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
+                                      cell_error *err)
+{
+    if (report)
+        *report = NULL;
+    if (!json_is_object(params))
+        return util_fail(err, EINVAL, "session/new params must be an object");
+    json_t *cwd = json_object_get(params, "cwd"), *have = json_object_get(params, "mcpServers"), *servers = NULL;
+    const char *dir = json_is_string(cwd) && json_string_length(cwd) > 0 ? json_string_value(cwd) : CFG_HOME;
+    int fill = !have || json_is_null(have) || (json_is_array(have) && json_array_size(have) == 0);
+    if (fill && agentcfg_cell_mcp_servers(c, dir, &servers, err) < 0)
+        return -1;
+    if (agentcfg_skill_dir(agent) && agentcfg_cell_skills_materialise(c, dir, agent, report, err) < 0) {
+        json_decref(servers);
+        return -1;
+    }
+    if (servers)
+        json_object_set_new(params, "mcpServers", servers);
+    return 0;
+}
+
+int agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err)
+{
+    if (report)
+        *report = NULL;
+    return CFG_LOCKED(sc, err, agentcfg_cell_prepare_session_new(sc->c, agent, params, report, err));
+}
+
 int agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
                                 cell_error *err)
 {

@@ -62,4 +62,15 @@ int agentcfg_skills_materialise(scell *sc, const char *directory, const char *ag
 int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char *agent, json_t **report,
                                      cell_error *err);
 
+/* Both, for one ACP `session/new` request's params (a JSON object the
+ * caller owns and forwards afterwards): the directory is params.cwd (a
+ * string; /root without one); when params.mcpServers is missing, null or
+ * an empty array it becomes the configured servers; the skills of that
+ * directory are materialised for `agent` (none for an agent without a
+ * skill directory).  *report (may be NULL) gets the skills report.  On an
+ * error params are unchanged: the proxy may forward them as they are. */
+int agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err);
+int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
+                                      cell_error *err);
+
 #endif

@@ -259,6 +259,55 @@ static void skills_cannot_pull_in_host_files(void **state)
     assert_null(rep);
 }
 
+/* What the ACP proxy calls on session/new: fills mcpServers only when the
+ * client sent none, materialises skills for the agent, fails cleanly. */
+static void session_new_prepared(void **state)
+{
+    (void)state;
+    NEED_ROOT();
+    cell_error err = { 0 };
+    json_t *rep = NULL;
+    write_file("/proj5/.sandbox-agent/config/mcp.json", "{\"m\": {\"type\": \"local\", \"command\": \"m\"}}");
+    write_file("/proj5/.sandbox-agent/config/skills.json",
+               "{\"k\": {\"sources\": [{\"type\": \"local\", \"source\": \"/src5\"}]}}");
+    write_file("/src5/SKILL.md", "# k\n");
+    const char *cases[][2] = {
+        { "{\"cwd\": \"/proj5\"}", "[{\"name\":\"m\",\"command\":\"m\",\"args\":[],\"env\":[]}]" },
+        { "{\"cwd\": \"/proj5\", \"mcpServers\": []}", "[{\"name\":\"m\",\"command\":\"m\",\"args\":[],\"env\":[]}]" },
+        { "{\"cwd\": \"/proj5\", \"mcpServers\": null}", "[{\"name\":\"m\",\"command\":\"m\",\"args\":[],\"env\":[]}]" },
+        /* the client's own servers are kept */
+        { "{\"cwd\": \"/proj5\", \"mcpServers\": [{\"name\":\"mine\",\"command\":\"x\",\"args\":[],\"env\":[]}]}",
+          "[{\"name\":\"mine\",\"command\":\"x\",\"args\":[],\"env\":[]}]" },
+        /* no cwd: /root, where nothing is configured */
+        { "{}", "[]" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *params = json_loads(cases[i][0], 0, NULL);
+        assert_non_null(params);
+        assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), 0);
+        assert_json_eq(json_object_get(params, "mcpServers"), cases[i][1]);
+        json_decref(params);
+        json_decref(rep);
+    }
+    assert_string_equal(read_file("/proj5/.claude/skills/k/SKILL.md"), "# k\n");
+    /* An agent without a skill directory still gets its servers. */
+    json_t *params = json_loads("{\"cwd\": \"/proj5\"}", 0, NULL);
+    assert_int_equal(agentcfg_cell_prepare_session_new(c, "someagent", params, &rep, &err), 0);
+    assert_null(rep);
+    assert_int_equal(json_array_size(json_object_get(params, "mcpServers")), 1);
+    json_decref(params);
+    /* An invalid config fails and leaves the params as they were. */
+    write_file("/proj6/.sandbox-agent/config/mcp.json", "[]");
+    params = json_loads("{\"cwd\": \"/proj6\"}", 0, NULL);
+    assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_null(json_object_get(params, "mcpServers"));
+    json_decref(params);
+    params = json_loads("[]", JSON_DECODE_ANY, NULL);
+    assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, NULL, &err), -1);
+    json_decref(params);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +315,7 @@ int main(void)
         cmocka_unit_test(mcp_servers_in_acp_shape),
         cmocka_unit_test(skills_materialised),
         cmocka_unit_test(skills_cannot_pull_in_host_files),
+        cmocka_unit_test(session_new_prepared),
     };
     return cmocka_run_group_tests_name("agent config", tests, setup, teardown);
 }
