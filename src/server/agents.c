@@ -162,16 +162,23 @@ int h_agents_get(sreq *r)
     return reply_json(r, 200, agent_json(r->cell, a, config));
 }
 
+/* Write beside the file and rename over it: a running agent's binary
+ * cannot be opened for writing (ETXTBSY), and a spawn must never see half
+ * a file. */
 static int write_file(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
 {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s.new", path);
     cell_xfer x = { .fd = -1, .status_fd = -1 };
-    if (cell_file_write(c, path, O_WRONLY | O_CREAT | O_TRUNC, mode, &x, err) < 0)
+    if (cell_file_write(c, tmp, O_WRONLY | O_CREAT | O_TRUNC, mode, &x, err) < 0)
         return -1;
     if (cell_xfer_write(&x, data, len, err) < 0) {
         cell_xfer_end(&x, NULL);
         return -1;
     }
-    return cell_xfer_end(&x, err);
+    if (cell_xfer_end(&x, err) < 0)
+        return -1;
+    return cell_file_move(c, tmp, path, 1, err);
 }
 
 /* The launcher execs the binary; a client may replace it with its own. */
