@@ -37,7 +37,7 @@ LIB_SRC     := $(filter-out src/net/engine.c,$(wildcard src/isolate/*.c src/runt
 # The egress helper (docs/security.md): the engine in a process of its own per
 # policed cell, embedded in libcell like cell-init; it links what the engine
 # needs and nothing of the store, server or isolation code.
-EGRESS_SRC  := src/egress/main.c $(filter-out src/net/sep.c,$(wildcard src/net/*.c)) src/init/proto.c $(UTIL_SRC)
+EGRESS_SRC  := src/egress/main.c $(filter-out src/net/sep.c src/net/sep_check.c,$(wildcard src/net/*.c)) src/init/proto.c $(UTIL_SRC)
 EGRESS_LIBS := -Wl,--as-needed $(shell pkg-config --libs libseccomp jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
 # The tar parser of uploads (src/runtime/untar.c): a program of its own per
 # upload, embedded in libcell the same way; libarchive and libseccomp only.
@@ -178,7 +178,11 @@ FUZZ_DNS_SRC := src/net/dns.c src/net/policy.c src/net/httppath.c $(wildcard src
 $(BUILD)/fuzz/fuzz_dns: fuzz/fuzz_dns.c $(FUZZ_DNS_SRC)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lldns -ljansson -lpthread
-FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns
+# The owner's checks of the egress helper's messages (src/net/sep_check.c).
+$(BUILD)/fuzz/fuzz_sep: fuzz/fuzz_sep.c src/net/sep_check.c src/init/proto.c src/net/policy.c src/net/httppath.c src/util/util.c src/util/size.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
+FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep
 # A target with a committed seed corpus (fuzz/corpus/http for fuzz_http)
 # starts from it, in a scratch copy so that runs never add files to the tree.
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
