@@ -76,6 +76,7 @@ struct acp_inst {
 static pthread_mutex_t acp_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t acp_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static acp_inst *acp_list;
+static atomic_int acp_readers;      /* reader threads still running */
 
 /* ---- instances ------------------------------------------------------------------------ */
 static void acp_free(acp_inst *in)
@@ -351,7 +352,30 @@ static void *reader_main(void *arg)
         unlist_locked(in);
     pthread_mutex_unlock(&acp_lock);
     acp_put(in);
+    atomic_fetch_sub(&acp_readers, 1);
     return NULL;
+}
+
+void acp_shutdown(void)
+{
+    /* The cells are halted: every agent is dead, so the readers end soon;
+     * they use the server's lock, which must outlive them. */
+    for (int i = 0; i < 250 && atomic_load(&acp_readers) > 0; i++) {
+        struct timespec ts = { 0, 20 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    for (;;) {
+        pthread_mutex_lock(&acp_lock);
+        acp_inst *in = acp_list;
+        if (in) {
+            in->refs++;
+            unlist_locked(in);
+        }
+        pthread_mutex_unlock(&acp_lock);
+        if (!in)
+            break;
+        acp_put(in);
+    }
 }
 
 static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **out, cell_error *err)
@@ -387,9 +411,11 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     in->refs++;                     /* the reader's */
+    atomic_fetch_add(&acp_readers, 1);
     int pe = pthread_create(&t, &attr, reader_main, in);
     pthread_attr_destroy(&attr);
     if (pe != 0) {
+        atomic_fetch_sub(&acp_readers, 1);
         procs_signal(in->proc, SIGKILL);
         acp_free(in);
         errno = pe;

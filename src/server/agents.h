@@ -15,4 +15,8 @@ int agents_install_mock(scell *sc, int force, int *already, cell_error *err);
 /* 400 unsupported_agent, as the reference words it. */
 int reply_unsupported_agent(sreq *r, const char *id);
 
+/* At daemon stop, after the cells halted: wait for the ACP readers and
+ * drop every instance (acp.c). */
+void acp_shutdown(void);
+
 #endif

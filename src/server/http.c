@@ -1,6 +1,7 @@
 /* http.c: the daemon's life (start, listen, signals, shutdown) and each
  * request's path through libmicrohttpd: route, authenticate, limit, body, audit. */
 #include "server/server_internal.h"
+#include "server/agents.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -686,6 +687,7 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
 static void srv_free(srv *s)
 {
     conns_stop(s);                  /* the HTTP daemons are gone */
+    acp_shutdown();                 /* agent instances hold cell references */
     registry_free(s);
     egress_cleanup();
     while (s->buckets) {
