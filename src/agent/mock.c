@@ -220,8 +220,10 @@ static void mock_request(const char *method, json_t *id, json_t *params)
     } else if (strcmp(method, "session/new") == 0) {
         char sid[32];
         snprintf(sid, sizeof sid, "mock-session-%u", ++mock_sessions);
-        mock_result(id, json_pack("{s:s, s:o, s:o}", "sessionId", sid, "modes", mock_modes(), "models",
-                                  mock_models()));
+        /* _meta tells tests which MCP servers the session got. */
+        json_t *mcp = json_object_get(params, "mcpServers");
+        mock_result(id, json_pack("{s:s, s:o, s:o, s:{s:O}}", "sessionId", sid, "modes", mock_modes(), "models",
+                                  mock_models(), "_meta", "mcpServers", mcp ? mcp : json_null()));
     } else if (strcmp(method, "session/prompt") == 0) {
         mock_prompt(id, params);
     } else if (strcmp(method, "session/set_mode") == 0) {

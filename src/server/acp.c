@@ -14,6 +14,7 @@
  * or until its agent is gone and the cell is no longer running), by its
  * reader thread, and by each request and stream using it; the last one
  * frees it.  An instance holds a reference on its cell and its process. */
+#include "server/agentcfg.h"
 #include "server/agents.h"
 #include "server/handlers.h"
 
@@ -651,6 +652,12 @@ int h_acp_post(sreq *r)
     }
     if (method)
         req_audit(r, "method", json_string(method));
+    /* Beyond the reference: the MCP servers and skills configured for the
+     * session's directory (/config, agentcfg.c).  On failure the request
+     * goes on unchanged, as the client sent it. */
+    json_t *params = json_object_get(msg, "params");
+    if (kind == KIND_REQUEST && strcmp(method, "session/new") == 0 && json_is_object(params))
+        agentcfg_prepare_session_new(r->cell, in->agent, params, NULL, &(cell_error){ 0 });
     char *line = json_dumps(msg, JSON_COMPACT);
     acp_pending *p = NULL;
     int rc = -2;

@@ -415,3 +415,22 @@ def test_acp_instances_bounded(cell):
     finally:
         for s in made:
             cell.call("DELETE", "/acp/" + s)
+
+
+def test_session_new_gets_the_configured_mcp_servers(cell):
+    """Beyond the reference: a session/new without mcpServers gets the ones
+    configured for its cwd (/config/mcp); the client's own list wins."""
+    d = "/proj-" + uuid.uuid4().hex[:6]
+    r = cell.call("PUT", "/config/mcp", query={"directory": d, "mcpName": "files"},
+                  json_body={"type": "local", "command": "mcp-files", "args": ["--root", d]})
+    assert r.status == 204, r
+    server = "mcp-" + uuid.uuid4().hex[:6]
+    assert cell.rpc(server, req(1, "initialize", {"protocolVersion": 1}), agent="mock").status == 200
+    r = cell.rpc(server, req(2, "session/new", {"cwd": d, "mcpServers": []}))
+    assert r.status == 200, r
+    got = r.body["result"]["_meta"]["mcpServers"]
+    assert [(m["name"], m["command"], m["args"]) for m in got] == [("files", "mcp-files", ["--root", d])], got
+    mine = [{"name": "own", "command": "x", "args": [], "env": []}]
+    r = cell.rpc(server, req(3, "session/new", {"cwd": d, "mcpServers": mine}))
+    assert r.body["result"]["_meta"]["mcpServers"] == mine, r
+    assert cell.call("DELETE", "/acp/" + server).status == 204
