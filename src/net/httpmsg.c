@@ -1,6 +1,7 @@
 /* httpmsg.c: strict HTTP/1.x message parsing, rule checks, the forwarded
  * request head and redaction (httpmsg.h). */
 #include "net/httpmsg.h"
+#include "net/httppath.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -91,18 +92,6 @@ static int scan_head(net_http_msg *m, const char *data, size_t len, size_t *at)
 }
 
 /* ---- fields -------------------------------------------------------------------- */
-static int is_token(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              (c && strchr("!#$%&'*+-.^_`|~", c))))
-            return 0;
-    }
-    return 1;
-}
 
 static int end_header(net_http_msg *m)
 {
@@ -114,7 +103,7 @@ static int end_header(net_http_msg *m)
         return fail(m, "more than 128 header fields");
     /* http_parser takes a space into a name: "Host : x" would be a field
      * named "Host " that no check looks for (RFC 9112, 5.1: refuse it). */
-    if (!is_token(m->hname.d))
+    if (!net_http_is_token(m->hname.d))
         return fail(m, "a header name that is not a token (whitespace before the colon?)");
     char *v = m->hvalue.d ? m->hvalue.d : "";
     size_t vl = m->hvalue.len;

@@ -152,3 +152,18 @@ const char *net_http_path_normalize(const char *path, size_t len, char *out)
     out[n] = '\0';
     return NULL;
 }
+
+/* RFC 9110 token (what a header field name may be): one or more of
+ * letters, digits and !#$%&'*+-.^_`|~. */
+int net_http_is_token(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              (c && strchr("!#$%&'*+-.^_`|~", c))))
+            return 0;
+    }
+    return 1;
+}

@@ -18,4 +18,8 @@
  * too long. */
 const char *net_http_path_normalize(const char *path, size_t len, char *out);
 
+/* 1 if `s` is an RFC 9110 token (a header field name): the one check the
+ * request parser and the policy's header names share. */
+int net_http_is_token(const char *s);
+
 #endif

@@ -806,23 +806,10 @@ static int parse_http_path(const json_t *v, const char *path, char **out, cell_e
     return 0;
 }
 
-/* RFC 9110 token: the characters a header name may have. */
-static int is_token(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              (c && strchr("!#$%&'*+-.^_`|~", c))))
-            return 0;
-    }
-    return 1;
-}
 
 static int check_header_name(const char *name, const char *path, cell_error *err)
 {
-    if (!is_token(name))
+    if (!net_http_is_token(name))
         return bad(err, path, "%s is not a header name (expected a token: letters, digits and !#$%%&'*+-.^_`|~)",
                    q(name).s);
     return 0;

@@ -82,15 +82,9 @@ static int exe_fd = -1, exe_errno;
 static void make_exe_fd(void)
 {
     size_t len = (size_t)(cell_egress_blob_end - cell_egress_blob_start);
-    int fd = memfd_create("cell-egress", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0 || util_write_all(fd, cell_egress_blob_start, len) < 0 ||
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-        exe_errno = errno;
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    exe_fd = fd;
+    cell_error err = { 0 };
+    if ((exe_fd = util_sealed_memfd("cell-egress", cell_egress_blob_start, len, &err)) < 0)
+        exe_errno = err.code;
 }
 
 /* Between fork and exec: async-signal-safe calls only (the owner may be

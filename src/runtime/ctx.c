@@ -44,14 +44,7 @@ const char *cell_default_state_dir(void)
 static int make_init_memfd(cell_error *err)
 {
     size_t len = (size_t)(cell_init_blob_end - cell_init_blob_start);
-    _cleanup_close_ int fd = memfd_create("cell-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0)
-        return util_fail_errno(err, "memfd_create for cell-init");
-    if (util_write_all(fd, cell_init_blob_start, len) < 0)
-        return util_fail_errno(err, "cannot copy cell-init into its memfd");
-    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
-        return util_fail_errno(err, "cannot seal the cell-init memfd");
-    return util_steal_fd(&fd);
+    return util_sealed_memfd("cell-init", cell_init_blob_start, len, err);
 }
 
 /* The nosuid filter travels to cell-init as a sealed memfd of raw BPF
@@ -61,14 +54,9 @@ static int make_nosuid_memfd(cell_error *err)
     struct sock_fprog prog;
     if (isolate_seccomp_build_nosuid(&prog, err) < 0)
         return -1;
-    _cleanup_close_ int fd = memfd_create("cell-nosuid-filter", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    int rc = fd < 0 ? util_fail_errno(err, "memfd_create for the nosuid filter") : 0;
-    if (rc == 0 && util_write_all(fd, prog.filter, prog.len * sizeof *prog.filter) < 0)
-        rc = util_fail_errno(err, "cannot write the nosuid filter");
-    if (rc == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
-        rc = util_fail_errno(err, "cannot seal the nosuid filter");
+    int fd = util_sealed_memfd("cell-nosuid-filter", prog.filter, prog.len * sizeof *prog.filter, err);
     isolate_seccomp_free(&prog);
-    return rc < 0 ? -1 : util_steal_fd(&fd);
+    return fd;
 }
 
 int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)

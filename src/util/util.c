@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -39,6 +40,18 @@ int util_fail_errno(cell_error *err, const char *fmt, ...)
     fail_v(err, code, strerror(code), fmt, ap);
     va_end(ap);
     return -1;
+}
+
+int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err)
+{
+    _cleanup_close_ int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return util_fail_errno(err, "memfd_create for %s", name);
+    if (util_write_all(fd, data, len) < 0)
+        return util_fail_errno(err, "cannot copy %s into its memfd", name);
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
+        return util_fail_errno(err, "cannot seal the %s memfd", name);
+    return util_steal_fd(&fd);
 }
 
 ssize_t util_write_all(int fd, const void *buf, size_t len)

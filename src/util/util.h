@@ -27,6 +27,12 @@ static inline void util_freep(void *p) { free(*(void **)p); }
 static inline int util_steal_fd(int *fd) { int r = *fd; *fd = -1; return r; }
 
 ssize_t util_write_all(int fd, const void *buf, size_t len);
+/* A memfd (close-on-exec) holding `len` bytes of `data`, sealed against
+ * writes, growth, shrinking and further seals: what the runtime execs
+ * (cell-init, cell-egress, cell-untar) or hands to a cell, so nothing can
+ * rewrite it afterwards (the runc /proc/self/exe overwrite, CVE-2019-5736).
+ * The fd, or -1 with err naming `name`. */
+int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err);
 ssize_t util_read_all(int fd, void *buf, size_t len);
 /* Write `len` bytes to path (O_CREAT|O_TRUNC, mode), fsync if `durable`. */
 int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err);
