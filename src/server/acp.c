@@ -75,7 +75,6 @@ struct acp_inst {
 };
 
 static pthread_mutex_t acp_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t acp_create_lock = PTHREAD_MUTEX_INITIALIZER;
 static acp_inst *acp_list;
 static atomic_int acp_readers;      /* reader threads still running */
 
@@ -455,39 +454,57 @@ static int reply_exited_locked(sreq *r, acp_inst *in)
                                  in->agent, in->id);
 }
 
-/* Find the instance, or start it on the first POST (with ?agent=). */
-static acp_inst *find_or_start(sreq *r, const char *id)
+/* Ids being started, so that two first POSTs of one id make one instance
+ * without a lock held across a spawn (a slow cell would stall every
+ * tenant's starts). */
+typedef struct acp_starting {
+    scell *sc;
+    const char *id;
+    struct acp_starting *next;
+} acp_starting;
+static acp_starting *acp_starts;
+static pthread_cond_t acp_started = PTHREAD_COND_INITIALIZER;
+
+static int starting_locked(scell *sc, const char *id, size_t *per_cell)
 {
-    const char *agent = req_query(r, "agent");
-    if (agent && !agents_known(agent))
-        return reply_unsupported_agent(r, agent), NULL;
-    pthread_mutex_lock(&acp_create_lock);
-    acp_inst *in = acp_find(r->cell, id);
-    if (in || !agent) {
-        pthread_mutex_unlock(&acp_create_lock);
-        if (!in)
-            reply_problem(r, 400, "invalid_request",
-                          "missing required 'agent' query parameter for first POST to /v1/acp/%s", id);
-        else if (agent && strcmp(agent, in->agent) != 0) {
-            reply_problem_details(r, 409, "conflict", json_pack("{s:s, s:s}", "agent", in->agent, "requested", agent),
-                                  "server '%s' already exists for agent '%s'; requested '%s'", id,
-                                  in->agent, agent);
-            acp_put(in);
-            in = NULL;
+    int found = 0;
+    for (acp_starting *x = acp_starts; x; x = x->next)
+        if (x->sc == sc) {
+            (*per_cell)++;
+            found |= strcmp(x->id, id) == 0;
         }
-        return in;
+    return found;
+}
+
+/* The existing instance `id`, waiting for one being started; with none,
+ * *per_cell counts the cell's instances (and starts). */
+static acp_inst *find_settled_locked(scell *sc, const char *id, size_t *per_cell)
+{
+    for (;;) {
+        size_t n = 0;
+        acp_inst *in = acp_list;
+        for (acp_inst *x = acp_list; x; x = x->next)
+            n += x->sc == sc;
+        while (in && (in->sc != sc || strcmp(in->id, id) != 0))
+            in = in->next;
+        if (in) {
+            in->refs++;
+            return in;
+        }
+        if (!starting_locked(sc, id, &n)) {
+            *per_cell = n;
+            return NULL;
+        }
+        pthread_cond_wait(&acp_started, &acp_lock);
     }
-    size_t count = 0;
-    pthread_mutex_lock(&acp_lock);
-    for (acp_inst *x = acp_list; x; x = x->next)
-        count += x->sc == r->cell;
-    pthread_mutex_unlock(&acp_lock);
+}
+
+static acp_inst *start_instance(sreq *r, const char *id, const char *agent)
+{
     cell_error e = { 0 };
     int already;
-    if (count >= ACP_MAX_PER_CELL)
-        reply_problem(r, 409, "conflict", "this cell already runs %d ACP servers (DELETE one first)",
-                      ACP_MAX_PER_CELL);
-    else if (!agents_launcher(agent))
+    acp_inst *in = NULL;
+    if (!agents_launcher(agent))
         reply_problem_details(r, 404, "agent_not_installed", json_pack("{s:s}", "agent", agent),
                               "%s (cell installs only the mock agent so far)", agent);
     else if (agents_install_mock(r->cell, 0, &already, &e) < 0)
@@ -495,16 +512,55 @@ static acp_inst *find_or_start(sreq *r, const char *id)
     else if (spawn_agent(r->cell, agent, id, &in, &e) < 0)
         e.code == ECONNRESET ? reply_error(r, &e)
                              : reply_problem(r, 502, "stream_error", "failed to spawn agent %s: %s", agent, e.message);
+    return in;
+}
+
+/* Find the instance, or start it on the first POST (with ?agent=). */
+static acp_inst *find_or_start(sreq *r, const char *id)
+{
+    const char *agent = req_query(r, "agent");
+    if (agent && !agents_known(agent))
+        return reply_unsupported_agent(r, agent), NULL;
+    size_t per_cell = 0;
+    pthread_mutex_lock(&acp_lock);
+    acp_inst *in = find_settled_locked(r->cell, id, &per_cell);
+    if (in || !agent || per_cell >= ACP_MAX_PER_CELL) {
+        pthread_mutex_unlock(&acp_lock);
+        if (in && agent && strcmp(agent, in->agent) != 0) {
+            reply_problem_details(r, 409, "conflict", json_pack("{s:s, s:s}", "agent", in->agent, "requested", agent),
+                                  "server '%s' already exists for agent '%s'; requested '%s'", id,
+                                  in->agent, agent);
+            acp_put(in);
+            in = NULL;
+        } else if (!in && !agent) {
+            reply_problem(r, 400, "invalid_request",
+                          "missing required 'agent' query parameter for first POST to /v1/acp/%s", id);
+        } else if (!in) {
+            reply_problem(r, 409, "conflict", "this cell already runs %d ACP servers (DELETE one first)",
+                          ACP_MAX_PER_CELL);
+        }
+        return in;
+    }
+    acp_starting me = { .sc = r->cell, .id = id, .next = acp_starts };
+    acp_starts = &me;
+    pthread_mutex_unlock(&acp_lock);
+    in = start_instance(r, id, agent);
+    pthread_mutex_lock(&acp_lock);
+    for (acp_starting **p = &acp_starts; *p; p = &(*p)->next)
+        if (*p == &me) {
+            *p = me.next;
+            break;
+        }
     if (in) {
-        pthread_mutex_lock(&acp_lock);
         in->listed = 1;
         in->refs++;                 /* the list's, besides the caller's */
         in->next = acp_list;
         acp_list = in;
-        pthread_mutex_unlock(&acp_lock);
-        req_audit(r, "agent", json_string(agent));
     }
-    pthread_mutex_unlock(&acp_create_lock);
+    pthread_cond_broadcast(&acp_started);
+    pthread_mutex_unlock(&acp_lock);
+    if (in)
+        req_audit(r, "agent", json_string(agent));
     return in;
 }
 
@@ -514,6 +570,8 @@ static int write_line(acp_inst *in, const char *s, size_t len, int64_t deadline)
 {
     pthread_mutex_lock(&in->wlock);
     int rc = 0;
+    if (in->in_fd < 0)              /* DELETE closed it */
+        rc = -1, errno = EPIPE;
     for (size_t off = 0; off < len && rc == 0;) {
         struct pollfd p = { .fd = in->in_fd, .events = POLLOUT };
         int64_t left = deadline - srv_now_ms();

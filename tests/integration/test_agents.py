@@ -434,3 +434,19 @@ def test_session_new_gets_the_configured_mcp_servers(cell):
     r = cell.rpc(server, req(3, "session/new", {"cwd": d, "mcpServers": mine}))
     assert r.body["result"]["_meta"]["mcpServers"] == mine, r
     assert cell.call("DELETE", "/acp/" + server).status == 204
+
+
+def test_concurrent_first_posts_make_one_instance(d, cell):
+    server = "race-" + uuid.uuid4().hex[:6]
+    before = set(agent_pids(d))
+    out = []
+    ts = [threading.Thread(target=lambda i=i: out.append(
+        cell.rpc(server, req(i, "initialize", {"protocolVersion": 1}), agent="mock"))) for i in range(1, 7)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert sorted(r.status for r in out) == [200] * 6, out
+    assert [s["serverId"] for s in cell.call("GET", "/acp").body["servers"]].count(server) == 1
+    assert len(set(agent_pids(d)) - before) == 1
+    assert cell.call("DELETE", "/acp/" + server).status == 204
