@@ -27,6 +27,7 @@
 
 #define ACP_RING_MAX       1024
 #define ACP_RING_BYTES     (8u << 20)   /* per instance */
+#define ACP_TOTAL_BYTES    (256ull << 20) /* every instance's ring together */
 #define ACP_LINE_MAX       (4u << 20)   /* a longer stdout line is reported as invalid */
 #define ACP_RAW_MAX        1024         /* of an invalid line, in _adapter/invalid_stdout */
 #define ACP_STDERR_LINES   16
@@ -77,10 +78,12 @@ struct acp_inst {
 static pthread_mutex_t acp_lock = PTHREAD_MUTEX_INITIALIZER;
 static acp_inst *acp_list;
 static atomic_int acp_readers;      /* reader threads still running */
+static atomic_ullong acp_ring_total; /* bytes in every ring */
 
 /* ---- instances ------------------------------------------------------------------------ */
 static void acp_free(acp_inst *in)
 {
+    atomic_fetch_sub(&acp_ring_total, in->bytes);
     for (size_t i = 0; i < in->n; i++)
         free(in->ring[(in->first + i) % ACP_RING_MAX]);
     for (size_t i = 0; i < ACP_STDERR_LINES; i++)
@@ -142,7 +145,8 @@ static acp_inst *acp_find(scell *sc, const char *id)
 }
 
 /* Append one message to the ring (lock held), dropping the oldest past
- * either bound. */
+ * any bound: the instance's count and bytes, and the daemon-wide bytes (a
+ * busy instance then keeps less history, never more than its bound). */
 static void ring_push_locked(acp_inst *in, const char *data, size_t len)
 {
     acp_msg *m = malloc(sizeof *m + len + 1);
@@ -152,9 +156,11 @@ static void ring_push_locked(acp_inst *in, const char *data, size_t len)
     m->len = len;
     memcpy(m->data, data, len);
     m->data[len] = '\0';
-    while (in->n && (in->n == ACP_RING_MAX || in->bytes + len > ACP_RING_BYTES)) {
+    while (in->n && (in->n == ACP_RING_MAX || in->bytes + len > ACP_RING_BYTES ||
+                     atomic_load(&acp_ring_total) + len > ACP_TOTAL_BYTES)) {
         acp_msg *old = in->ring[in->first];
         in->bytes -= old->len;
+        atomic_fetch_sub(&acp_ring_total, old->len);
         free(old);
         in->first = (in->first + 1) % ACP_RING_MAX;
         in->n--;
@@ -162,6 +168,7 @@ static void ring_push_locked(acp_inst *in, const char *data, size_t len)
     in->ring[(in->first + in->n) % ACP_RING_MAX] = m;
     in->n++;
     in->bytes += len;
+    atomic_fetch_add(&acp_ring_total, len);
     pthread_cond_broadcast(&in->cond);
 }
 

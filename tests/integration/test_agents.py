@@ -128,6 +128,14 @@ def events(cell, server, last=None, limit_s=3):
     return out
 
 
+def put_launcher(cell, script):
+    """Replace the mock's launcher (installed first: it keeps the mode)."""
+    assert cell.call("POST", "/agents/mock/install", json_body={}).status == 200
+    r = cell.call("PUT", "/fs/file", query={"path": LAUNCHER}, body=script.encode(),
+                  headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 200, r
+
+
 def agent_pids(d, marker=b"cell-mock-agent"):
     """Host pids of this daemon's cells' processes running the mock (or
     whose command line has `marker`)."""
@@ -283,9 +291,7 @@ def test_acp_agent_exits_and_garbage(cell):
 def test_acp_replaced_launcher(cell):
     """The launcher is executed on each spawn: a client's own script runs."""
     script = "#!/bin/sh\nread line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"mine\":true}}'\nsleep 60\n"
-    r = cell.call("PUT", "/fs/file", query={"path": LAUNCHER}, body=script.encode(),
-                  headers={"Content-Type": "application/octet-stream"})
-    assert r.status == 200, r
+    put_launcher(cell, script)
     try:
         server = "own-" + uuid.uuid4().hex[:6]
         r = cell.rpc(server, req(1, "initialize"), agent="mock")
@@ -302,9 +308,7 @@ def test_acp_delete_leaves_no_agent(d, cell):
     marker = "stubborn-%s" % uuid.uuid4().hex[:8]
     script = ("#!/bin/sh\ntrap '' TERM\nsh -c 'trap \"\" TERM; while :; do sleep 1; done' %s &\nexec %s\n"
               % (marker, MOCK_BIN))
-    r = cell.call("PUT", "/fs/file", query={"path": LAUNCHER}, body=script.encode(),
-                  headers={"Content-Type": "application/octet-stream"})
-    assert r.status == 200, r
+    put_launcher(cell, script)
     try:
         before = set(agent_pids(d))
         server, _ = start(cell)
@@ -449,4 +453,40 @@ def test_concurrent_first_posts_make_one_instance(d, cell):
     assert sorted(r.status for r in out) == [200] * 6, out
     assert [s["serverId"] for s in cell.call("GET", "/acp").body["servers"]].count(server) == 1
     assert len(set(agent_pids(d)) - before) == 1
+    assert cell.call("DELETE", "/acp/" + server).status == 204
+
+
+def test_replay_ring_keeps_the_last_1024(cell):
+    """An agent printing 1500 messages: a stream opened afterwards replays
+    the last 1024 (ids 477..1500), in order, each once."""
+    script = ("#!/bin/sh\nread line\ni=0\nwhile [ $i -lt 1500 ]; do "
+              "echo '{\"jsonrpc\":\"2.0\",\"method\":\"n\",\"params\":{\"i\":'$i'}}'; i=$((i+1)); done\nsleep 60\n")
+    put_launcher(cell, script)
+    server = "ring-" + uuid.uuid4().hex[:6]
+    try:
+        assert cell.rpc(server, {"jsonrpc": "2.0", "method": "go"}, agent="mock").status == 202
+        ev = []
+        for _ in range(40):
+            ev = events(cell, server, limit_s=1)
+            if ev and ev[-1][0] == 1500:
+                break
+        # A stream that was open got all 1500 as they came; a new one, the ring.
+        ev = events(cell, server, limit_s=1)
+        assert [i for i, _ in ev] == list(range(477, 1501)), (ev[:2], ev[-2:], len(ev))
+        assert [m["params"]["i"] for _, m in ev] == list(range(476, 1500))
+    finally:
+        cell.call("DELETE", "/acp/" + server)
+        assert cell.call("POST", "/agents/mock/install", json_body={"reinstall": True}).status == 200
+
+
+@pytest.mark.slow
+def test_sse_heartbeat(cell):
+    """A quiet stream gets ': heartbeat' comments (every 15 s)."""
+    server, _ = start(cell)
+    c, resp = cell.c.stream("GET", cell.base + "/acp/" + server, headers={"Last-Event-ID": "1000"}, timeout=25)
+    try:
+        assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+        assert resp.readline().rstrip(b"\n") == b": heartbeat"
+    finally:
+        c.close()
     assert cell.call("DELETE", "/acp/" + server).status == 204
