@@ -26,6 +26,11 @@ Fixtures:
     debian_state  session-wide state directory with debian-bookworm built
     dstate        debian_state, checked for leftovers after each test
     hostdir       a scratch directory on the host, removed after the test
+    admin, anon   clients of the module's daemon fixture `d` (daemon.serve())
+    cells         ids of cells a test created, deleted after it (with admin)
+
+Support modules: daemon.py (the daemon, its clients, tokens), netfake.py
+(addresses on lo, fake DNS, echo and HTTP upstreams, the decide webhook).
 """
 import os
 import select
@@ -36,6 +41,8 @@ import tempfile
 import time
 
 import pytest
+
+from daemon import wait_for  # noqa: F401  (tests import it from here too)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(os.path.dirname(HERE))
@@ -115,16 +122,6 @@ def wait_ready(p, word="ready", timeout=15):
             return
     stop_proc(p)
     pytest.fail("the cell never printed %r; stdout=%r stderr=%r" % (word, seen, p.stderr.read()))
-
-
-def wait_for(predicate, timeout=10.0, interval=0.05):
-    """Poll predicate() until it returns a true value or timeout; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def running_cell_ids(state):
@@ -364,3 +361,29 @@ def hostdir():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---- clients of a module's daemon ---------------------------------------------------------
+# A module that starts `cell serve` defines a module-scoped fixture `d`
+# (usually `yield from daemon.serve(...)`); these build on it.
+
+
+@pytest.fixture(scope="module")
+def admin(d):
+    """The module daemon's admin client."""
+    return d.client()
+
+
+@pytest.fixture(scope="module")
+def anon(d):
+    """A client of the module daemon without a token."""
+    return d.client(admin=False)
+
+
+@pytest.fixture
+def cells(admin):
+    """A list a test appends the ids of cells it creates to; deleted after it."""
+    made = []
+    yield made
+    for cid in made:
+        admin.delete("/v1/cells/%s" % cid)

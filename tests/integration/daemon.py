@@ -9,6 +9,11 @@ Standard library only.  Typical use, in a module-scoped fixture:
     ...
     d.stop()                              # SIGTERM, wait, then d.check_clean()
 
+A module's daemon fixture is usually `yield from serve(state, extra_args)`
+(start, yield, stop, check_sanitizer); conftest.py's `admin`, `anon` and
+`cells` fixtures build on a module fixture named `d`.  `served` is the same
+as a context manager, for a daemon of one test.
+
 Environment:
     CELL_BIN   the cell binary (default: <checkout>/build/cell)
 
@@ -16,6 +21,7 @@ The daemon's stderr goes to STATE/daemon.stderr; check_sanitizer() fails if
 it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds) or a
 ThreadSanitizer report (TSan builds).
 """
+import contextlib
 import http.client
 import json
 import os
@@ -98,6 +104,31 @@ def cell_pids_of_state(state):
 def mounts_under(state):
     state = str(state)
     return [l for l in _read("/proc/self/mountinfo").splitlines() if state in l]
+
+
+def proc_status(pid, tid=None):
+    """/proc/PID[/task/TID]/status as a dict (raises OSError when gone)."""
+    path = "/proc/%d/status" % pid if tid is None else "/proc/%d/task/%d/status" % (pid, tid)
+    with open(path) as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def rss_kib(pid):
+    """VmRSS of a host process, in KiB."""
+    return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def children(pid):
+    """Host pids whose parent is pid."""
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if proc_status(int(p)).get("PPid") == str(pid):
+                    out.append(int(p))
+            except OSError:
+                pass
+    return out
 
 
 # ---- the client ------------------------------------------------------------------------
@@ -223,10 +254,12 @@ def sse_events(resp, limit_s=20):
 
 
 class Daemon:
-    def __init__(self, state, extra_args=(), port=None):
+    def __init__(self, state, extra_args=(), port=None, unix_socket=False):
+        """unix_socket: also serve STATE/cell.sock (the CLI's way in)."""
         self.state = str(state)
         self.extra_args = list(extra_args)
         self.port = port
+        self.unix_socket = unix_socket
         self.proc = None
         self.stderr_path = os.path.join(self.state, "daemon.stderr")
         self.stdout_path = os.path.join(self.state, "daemon.stdout")
@@ -243,8 +276,8 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-        argv = [CELL_BIN, "--state", self.state, "serve", "--listen", "127.0.0.1:%d" % self.port,
-                "--socket", ""] + self.extra_args
+        argv = [CELL_BIN, "--state", self.state, "serve", "--listen", "127.0.0.1:%d" % self.port]
+        argv += ([] if self.unix_socket else ["--socket", ""]) + self.extra_args
         # Append: a restarted daemon keeps the earlier run's sanitizer output.
         self._out = open(self.stdout_path, "ab")
         self._err = open(self.stderr_path, "ab")
@@ -255,6 +288,8 @@ class Daemon:
         def healthy():
             if self.proc.poll() is not None:
                 raise RuntimeError("cell serve exited with %s: %s" % (self.proc.returncode, self.stderr()[-3000:]))
+            if self.unix_socket and not os.path.exists(os.path.join(self.state, "cell.sock")):
+                return False
             try:
                 return c.get("/v1/health").status == 200
             except OSError:
@@ -269,6 +304,11 @@ class Daemon:
         if token is None and admin:
             token = self.admin_token
         return Client("127.0.0.1", self.port, token)
+
+    def tenant(self, name, **extra):
+        """A client with a new token of tenant `name` (made by the admin)."""
+        tok, _ = make_tenant_token(self.client(), name, **extra)
+        return self.client(tok, admin=False)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -331,6 +371,41 @@ class Daemon:
     def check_sanitizer(self):
         rep = self.sanitizer_report()
         assert rep is None, "sanitizer output in %s:\n%s" % (self.stderr_path, rep[-8000:])
+
+
+def serve(state, extra_args=(), after_stop=None, **kw):
+    """Generator for a module-scoped daemon fixture:
+
+        @pytest.fixture(scope="module")
+        def d(tmp_path_factory):
+            yield from dm.serve(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"])
+
+    Skips unless root; starts the daemon, yields it, then stops it (SIGTERM,
+    check_clean()), calls after_stop(daemon) if given, and always checks its
+    stderr for sanitizer output."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("cell serve tests must run as root")
+    dd = Daemon(state, extra_args, **kw)
+    dd.start()
+    try:
+        yield dd
+    finally:
+        try:
+            dd.stop()
+            if after_stop:
+                after_stop(dd)
+        finally:
+            dd.check_sanitizer()
+
+
+# The same as a context manager, for a daemon of one test:
+#     with dm.served(tmp_path / "d", ["--limit", "procs.kept=5"]) as dd: ...
+served = contextlib.contextmanager(serve)
+
+
+def uniq(prefix="t", n=8):
+    return "%s-%s" % (prefix, os.urandom(16).hex()[:n])
 
 
 def make_tenant_token(admin, tenant, **extra):
