@@ -6,51 +6,36 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
+import daemon as dm
 from conftest import CELL_BIN, cell_cgroup_dirs, assert_no_leftovers, run_cell, wait_for
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def d(cell):
+    """A `cell serve` that runs for the whole module, with its unix socket."""
+    state = tempfile.mkdtemp(prefix="cell-it-cli-")
+    before = cell_cgroup_dirs()
+
+    def exited_clean(dd):
+        assert dd.proc.returncode == 0, dd.stderr()[-3000:]
+        assert_no_leftovers(state, before)
+
+    try:
+        yield from dm.serve(state, unix_socket=True, after_stop=exited_clean)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def daemon(cell):
-    """(state, port) of a `cell serve` that runs for the whole module."""
-    state = tempfile.mkdtemp(prefix="cell-it-cli-")
-    before = cell_cgroup_dirs()
-    port = free_port()
-    log = open(os.path.join(state, "serve.log"), "w")
-    p = subprocess.Popen([CELL_BIN, "--state", state, "serve", "--listen", "127.0.0.1:%d" % port],
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        sock = os.path.join(state, "cell.sock")
-        ok = wait_for(lambda: os.path.exists(sock) and os.path.exists(os.path.join(state, "admin.token")), 15)
-        if not ok:
-            pytest.fail("cell serve did not start: %s" % open(os.path.join(state, "serve.log")).read())
-        yield state, port
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log.close()
-        try:
-            assert p.returncode == 0, open(os.path.join(state, "serve.log")).read()[-3000:]
-            assert_no_leftovers(state, before)
-        finally:
-            shutil.rmtree(state, ignore_errors=True)
+def daemon(d):
+    """(state, port) of the module's daemon."""
+    return d.state, d.port
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +407,7 @@ def test_url_flag_and_env(daemon, cli, cid):
 
 def test_daemon_not_running(cell, hostdir):
     for args, where in ((["--state", hostdir], "unix:%s/cell.sock" % hostdir),
-                        (["--url", "http://127.0.0.1:%d" % free_port()], "http://127.0.0.1:")):
+                        (["--url", "http://127.0.0.1:%d" % dm.free_port()], "http://127.0.0.1:")):
         r = subprocess.run([cell] + args + ["ls"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 125, r.stderr
         assert r.stderr.startswith("cell: cannot reach the cell daemon at " + where), r.stderr

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 import daemon as dm
-from daemon import assert_problem, make_tenant_token, sse_events, wait_for
+from daemon import assert_problem, make_tenant_token, sse_events, uniq, wait_for
 
 MAX_JSON = 16 * 1024
 # Operator ceilings on what a create may ask (cell serve --limit KEY=VALUE).
@@ -28,36 +28,13 @@ CEILING_ARGS = [a for k, v in sorted(CEILINGS.items()) for a in ("--limit", "%s=
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"] + CEILING_ARGS)
-    dd.start()
-    yield dd
-    try:
-        dd.stop()
-    finally:
-        dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
-
-
-@pytest.fixture(scope="module")
-def anon(d):
-    return d.client(admin=False)
+    yield from dm.serve(tmp_path_factory.mktemp("api"), ["--max-json-size", "16K"] + CEILING_ARGS)
 
 
 @pytest.fixture(scope="module")
 def other(d, admin):
     """A client of a second, non-admin tenant."""
-    tok, _ = make_tenant_token(admin, "other")
-    return d.client(tok)
-
-
-def uniq(prefix="t"):
-    return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
+    return d.tenant("other")
 
 
 def new_tenant(d, admin, **extra):
@@ -601,48 +578,45 @@ def test_daemon_wide_budget_across_tenants(tmp_path_factory):
     """Two tenants, each far under its own quota, together reach the host
     budget (a small one set with --limit host.* and the --reserve-* margins):
     the create that would pass it is refused, naming the budget."""
-    dd = dm.Daemon(tmp_path_factory.mktemp("budget"), ["--limit", "host.memory=1G", "--reserve-memory", "512M",
-                                                       "--limit", "host.pids=3000", "--reserve-pids", "1000"])
-    dd.start()
-    made = []
-    try:
-        adm = dd.client()
-        lim = adm.get("/v1/limits").body
-        assert lim["budget"]["memory"]["total"] == 512 << 20 and lim["budget"]["pids"]["total"] == 2000, lim
-        clients = []
-        for t in ("ta", "tb"):
-            tok, _ = make_tenant_token(adm, t)
-            assert adm.put("/v1/tenants/%s" % t, {"maxMemory": "1G", "maxPids": 3000, "maxCells": 10}).status == 200
-            clients.append(dd.client(tok))
-        a, b = clients
+    with dm.served(tmp_path_factory.mktemp("budget"), ["--limit", "host.memory=1G", "--reserve-memory", "512M",
+                                                        "--limit", "host.pids=3000", "--reserve-pids", "1000"]) as dd:
+        made = []
+        try:
+            adm = dd.client()
+            lim = adm.get("/v1/limits").body
+            assert lim["budget"]["memory"]["total"] == 512 << 20 and lim["budget"]["pids"]["total"] == 2000, lim
+            clients = []
+            for t in ("ta", "tb"):
+                tok, _ = make_tenant_token(adm, t)
+                assert adm.put("/v1/tenants/%s" % t, {"maxMemory": "1G", "maxPids": 3000, "maxCells": 10}).status == 200
+                clients.append(dd.client(tok))
+            a, b = clients
 
-        def make(c, memory, pids, status=201):
-            r = c.post("/v1/cells", {"resources": {"memory": memory, "pids": pids}})
-            assert r.status == status, r
-            if status == 201:
-                made.append((c, r.body["id"]))
-            return r
+            def make(c, memory, pids, status=201):
+                r = c.post("/v1/cells", {"resources": {"memory": memory, "pids": pids}})
+                assert r.status == status, r
+                if status == 201:
+                    made.append((c, r.body["id"]))
+                return r
 
-        make(a, "150M", 100)
-        make(a, "150M", 100)
-        make(b, "100M", 100)                  # 400M of 512M
-        r = make(b, "150M", 100, 409)
-        body = assert_problem(r, 409, "budget_exceeded", ["memory", str(512 << 20)])
-        assert body["details"]["budget"] == "memory" and body["details"]["reserved"] == 400 << 20, body
-        assert b.get("/v1/tenants/tb").body["usage"]["memory"] == 100 << 20   # far under its 1G quota
-        make(a, "16M", 1500)                  # pids: 1800 of 2000
-        r = make(b, "16M", 300, 409)
-        body = assert_problem(r, 409, "budget_exceeded", ["pids", "2000"])
-        assert body["details"]["budget"] == "pids", body
-        # Deleting a cell gives its reservation back to everyone.
-        c, cid = made.pop(0)
-        assert c.delete("/v1/cells/%s" % cid).status == 204
-        make(b, "100M", 100)
-    finally:
-        for c, cid in made:
-            c.delete("/v1/cells/%s" % cid)
-        dd.stop()
-        dd.check_sanitizer()
+            make(a, "150M", 100)
+            make(a, "150M", 100)
+            make(b, "100M", 100)                  # 400M of 512M
+            r = make(b, "150M", 100, 409)
+            body = assert_problem(r, 409, "budget_exceeded", ["memory", str(512 << 20)])
+            assert body["details"]["budget"] == "memory" and body["details"]["reserved"] == 400 << 20, body
+            assert b.get("/v1/tenants/tb").body["usage"]["memory"] == 100 << 20   # far under its 1G quota
+            make(a, "16M", 1500)                  # pids: 1800 of 2000
+            r = make(b, "16M", 300, 409)
+            body = assert_problem(r, 409, "budget_exceeded", ["pids", "2000"])
+            assert body["details"]["budget"] == "pids", body
+            # Deleting a cell gives its reservation back to everyone.
+            c, cid = made.pop(0)
+            assert c.delete("/v1/cells/%s" % cid).status == 204
+            make(b, "100M", 100)
+        finally:
+            for c, cid in made:
+                c.delete("/v1/cells/%s" % cid)
 
 
 def test_serve_refuses_bad_limits(tmp_path):
@@ -1102,12 +1076,7 @@ def test_audit_flood_of_denied_connections_is_coalesced(d, admin, other):
         admin.delete("/v1/cells/%s" % cid)
 
 
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+vm_rss_kib = dm.rss_kib
 
 
 def test_audit_read_of_a_huge_log_keeps_memory_bounded(tmp_path):

@@ -31,20 +31,7 @@ CEILING_ARGS = [a for key, value in sorted(set(CEILINGS.values())) for a in ("--
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("cellapi"), ["--max-file-size", "8M"] + CEILING_ARGS)
-    dd.start()
-    yield dd
-    try:
-        dd.stop()
-    finally:
-        dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
+    yield from dm.serve(tmp_path_factory.mktemp("cellapi"), ["--max-file-size", "8M"] + CEILING_ARGS)
 
 
 def new_cell(admin, **extra):
@@ -215,9 +202,7 @@ def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
     10 MiB caps) and the daemon keeps at most 2 MiB of logs.  The largest
     logs are trimmed first: the newest output of the last writer and a
     quiet process's line survive the flood."""
-    dd = dm.Daemon(tmp_path_factory.mktemp("logmem"), ["--limit", "log.memory=2M"])
-    dd.start()
-    try:
+    with dm.served(tmp_path_factory.mktemp("logmem"), ["--limit", "log.memory=2M"]) as dd:
         admin = dd.client()
         cells = [Cell(admin, new_cell(admin)) for _ in range(2)]
         quiet = cells[1].spawn("echo", ["quiet-line"])
@@ -241,9 +226,6 @@ def test_log_memory_is_bounded_daemon_wide(tmp_path_factory):
         for cc in cells:
             assert admin.delete("/v1/cells/%s" % cc.id).status == 204
         assert wait_for(lambda: admin.get("/v1/limits").body["logMemory"]["used"] == 0, 10)
-    finally:
-        dd.stop()
-        dd.check_sanitizer()
 
 
 def test_tiny_writes_do_not_multiply_log_memory(own_cell):
@@ -265,9 +247,7 @@ def test_tiny_writes_do_not_multiply_log_memory(own_cell):
 def test_exited_processes_kept_are_bounded(tmp_path_factory):
     """Exited processes stay listed until deleted; past --limit procs.kept
     the oldest exited one goes, so spawning forever cannot grow the table."""
-    dd = dm.Daemon(tmp_path_factory.mktemp("kept"), ["--limit", "procs.kept=5"])
-    dd.start()
-    try:
+    with dm.served(tmp_path_factory.mktemp("kept"), ["--limit", "procs.kept=5"]) as dd:
         admin = dd.client()
         c = Cell(admin, new_cell(admin))
         keep = c.spawn("sleep", ["60"])
@@ -281,9 +261,6 @@ def test_exited_processes_kept_are_bounded(tmp_path_factory):
         assert len(listed) <= 5 and keep["id"] in listed and ids[-1] in listed, listed
         assert c.get("/processes/%s" % ids[0]).status == 404
         c.post("/processes/%s/kill?waitMs=5000" % keep["id"])
-    finally:
-        dd.stop()
-        dd.check_sanitizer()
 
 
 # ---- buffered runs ------------------------------------------------------------------------
@@ -499,11 +476,7 @@ def test_follow_replays_a_large_log_in_pieces(cell):
 
 
 def _rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) << 10
-    raise AssertionError("no VmRSS")
+    return dm.rss_kib(pid) << 10
 
 
 def test_open_follows_do_not_each_copy_the_log(d, cell):
@@ -972,11 +945,7 @@ def test_fs_upload_batch_is_parsed_by_a_confined_child(d, cell):
 
 
 def test_fs_large_put_get_upload_are_byte_identical(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("cellapibig"), ["--max-file-size", "80M"])
-    dd.start()
-    try:
+    with dm.served(tmp_path_factory.mktemp("cellapibig"), ["--max-file-size", "80M"]) as dd:
         admin = dd.client()
         c = Cell(admin, new_cell(admin, resources={"memory": "512M"}))
         big = os.urandom(64 << 20)
@@ -989,9 +958,6 @@ def test_fs_large_put_get_upload_are_byte_identical(tmp_path_factory):
         r = upload(c, "/tmp/up", make_tar([("big.bin", big)]))
         assert r.status == 200, r
         assert c.sh("sha256sum /tmp/up/big.bin")["stdout"].split()[0] == digest
-    finally:
-        dd.stop()
-        dd.check_sanitizer()
 
 
 def test_fs_body_over_max_file_size_is_413(cell, admin):

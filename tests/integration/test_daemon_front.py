@@ -18,18 +18,13 @@ import subprocess
 import tarfile
 import threading
 import time
-import uuid
 
 import pytest
 
 import daemon as dm
-from daemon import assert_problem, make_tenant_token, wait_for
+from daemon import assert_problem, make_tenant_token, uniq, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cell serve tests must run as root")
-
-
-def uniq(prefix="t"):
-    return "%s-%s" % (prefix, uuid.uuid4().hex[:8])
 
 
 @pytest.fixture

@@ -32,37 +32,26 @@ def no_values_in(text, where):
     assert not leaked, "secret values found in %s: %s" % (where, leaked)
 
 
+def no_values_in_outputs(dd):
+    no_values_in(dm._read(dd.stderr_path), "the daemon's stderr")
+    no_values_in(dm._read(dd.stdout_path), "the daemon's stdout")
+    no_values_in(dm._read(os.path.join(dd.state, "audit.log")), "audit.log")
+
+
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("secrets"), ["--limit", "secrets=%d" % MAX_SECRETS])
-    dd.start()
-    yield dd
-    try:
-        dd.stop()
-        no_values_in(dm._read(dd.stderr_path), "the daemon's stderr")
-        no_values_in(dm._read(dd.stdout_path), "the daemon's stdout")
-        no_values_in(dm._read(os.path.join(dd.state, "audit.log")), "audit.log")
-    finally:
-        dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
+    yield from dm.serve(tmp_path_factory.mktemp("secrets"), ["--limit", "secrets=%d" % MAX_SECRETS],
+                        after_stop=no_values_in_outputs)
 
 
 @pytest.fixture(scope="module")
 def alice(d, admin):
-    tok, _ = make_tenant_token(admin, "alice")
-    return d.client(tok)
+    return d.tenant("alice")
 
 
 @pytest.fixture(scope="module")
 def bob(d, admin):
-    tok, _ = make_tenant_token(admin, "bob")
-    return d.client(tok)
+    return d.tenant("bob")
 
 
 def stored_value(d, tenant, name):
