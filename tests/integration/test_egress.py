@@ -19,13 +19,10 @@ parts (live policy changes, validation, audit, the decide webhook, the CLI
 client) with one `cell serve` for the module.  Probes run inside the cell as
 a Python program (PROBE) that prints one JSON result per probe.
 """
-import http.server
 import json
 import os
 import random
 import socket
-import socketserver
-import subprocess
 import threading
 import time
 import uuid
@@ -33,17 +30,12 @@ import uuid
 import pytest
 
 import daemon as dm
+import netfake
 from conftest import popen_cell, run_cell, stop_proc, wait_for
+from daemon import uniq
 
-try:
-    import dns.message
-    import dns.rcode
-    import dns.rdatatype
-    import dns.rrset
-except ImportError:  # pragma: no cover - the host image has python3-dnspython
-    dns = None
-
-DNS_IP, ECHO_IP, OTHER_IP = "198.18.0.53", "198.18.0.10", "198.18.0.11"
+NET = netfake.claim("198.18.0", __name__)
+DNS_IP, ECHO_IP, OTHER_IP = NET + ".53", NET + ".10", NET + ".11"
 ADDRS = (DNS_IP, ECHO_IP, OTHER_IP)
 ZONE = {
     "allowed.test": {"A": [ECHO_IP], "AAAA": ["2001:db8::10"]},
@@ -177,165 +169,26 @@ print(json.dumps(out))
 # ---- the fake network -----------------------------------------------------------------
 
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip"] + list(args), capture_output=True, text=True, check=check)
-
-
-class FakeDNS:
-    """The zone's server.  `seen` holds every query that reached it, as
-    (name without the final dot, type name, transport)."""
-
+class Net(netfake.Net):
     def __init__(self):
-        self.seen, self.lock = [], threading.Lock()
-
-    def answer(self, wire, transport):
-        q = dns.message.from_wire(wire)
-        r = dns.message.make_response(q)
-        question = q.question[0]
-        name = question.name.to_text().rstrip(".").lower()
-        qtype = dns.rdatatype.to_text(question.rdtype)
-        with self.lock:
-            self.seen.append((name, qtype, transport))
-        records = ZONE.get(name)
-        if records is None:
-            r.set_rcode(dns.rcode.NXDOMAIN)
-        elif qtype in records:
-            r.answer.append(dns.rrset.from_text(question.name, 60, "IN", qtype, *records[qtype]))
-        return r.to_wire()
-
-    def names(self):
-        with self.lock:
-            return [s[0] for s in self.seen]
-
-    def queries(self):
-        with self.lock:
-            return list(self.seen)
-
-
-class _TCP(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class _UDP(socketserver.ThreadingUDPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class _HTTP(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-def _dns_udp_handler(zone):
-    class H(socketserver.BaseRequestHandler):
-        def handle(self):
-            data, sock = self.request
-            try:
-                sock.sendto(zone.answer(data, "udp"), self.client_address)
-            except Exception:
-                pass
-    return H
-
-
-def _dns_tcp_handler(zone):
-    class H(socketserver.BaseRequestHandler):
-        def handle(self):
-            f = self.request.makefile("rb")
-            while True:
-                hdr = f.read(2)
-                if len(hdr) < 2:
-                    return
-                data = f.read(int.from_bytes(hdr, "big"))
-                reply = zone.answer(data, "tcp")
-                self.request.sendall(len(reply).to_bytes(2, "big") + reply)
-    return H
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        while True:
-            try:
-                d = self.request.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            self.request.sendall(d)
-
-
-class UdpEcho:
-    """Echoes datagrams; `seen` holds (server "IP:PORT", data) of each."""
-
-    def __init__(self):
-        self.count, self.seen, self.lock = 0, [], threading.Lock()
-        outer = self
-
-        class H(socketserver.BaseRequestHandler):
-            def handle(self):
-                data, sock = self.request
-                with outer.lock:
-                    outer.count += 1
-                    outer.seen.append(("%s:%d" % sock.getsockname(), data.decode("latin-1")))
-                sock.sendto(data, self.client_address)
-        self.handler = H
-
-    def got(self, data):
-        with self.lock:
-            return [srv for srv, d in self.seen if d == data]
-
-
-class _Headers(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"server": self.server.server_address[0], "path": self.path,
-                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
-class Net:
-    def __init__(self):
-        self.zone, self.udp_echo, self.servers, self.added = FakeDNS(), UdpEcho(), [], []
+        super().__init__(ADDRS)
+        self.zone, self.udp_echo = netfake.FakeDNS(ZONE), netfake.UdpEcho()
 
     def up(self):
-        for a in ADDRS:
-            # replace, not add: a leftover from a crashed run is fine.
-            _ip("addr", "replace", a + "/32", "dev", "lo")
-            self.added.append(a)
-        specs = [
-            (_UDP, (DNS_IP, 53), _dns_udp_handler(self.zone)),
-            (_TCP, (DNS_IP, 53), _dns_tcp_handler(self.zone)),
-            (_TCP, (ECHO_IP, 7), _Echo),
-            (_TCP, (ECHO_IP, 8080), _Echo),
-            (_UDP, (ECHO_IP, 7), self.udp_echo.handler),
-            (_UDP, (ECHO_IP, 8080), self.udp_echo.handler),
-            (_HTTP, (ECHO_IP, 80), _Headers),
-            (_HTTP, (OTHER_IP, 80), _Headers),
-        ]
-        for cls, addr, handler in specs:
-            srv = cls(addr, handler)
-            self.servers.append(srv)
-            threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True).start()
-
-    def down(self):
-        for srv in self.servers:
-            try:
-                srv.shutdown()
-                srv.server_close()
-            except Exception:
-                pass
-        for a in self.added:
-            _ip("addr", "del", a + "/32", "dev", "lo", check=False)
+        super().up()
+        self.serve(*self.zone.servers(DNS_IP),
+                   netfake.TCPServer((ECHO_IP, 7), netfake.Echo),
+                   netfake.TCPServer((ECHO_IP, 8080), netfake.Echo),
+                   netfake.UDPServer((ECHO_IP, 7), self.udp_echo.handler),
+                   netfake.UDPServer((ECHO_IP, 8080), self.udp_echo.handler),
+                   netfake.HTTPServer((ECHO_IP, 80), netfake.HeadersHTTP),
+                   netfake.HTTPServer((OTHER_IP, 80), netfake.HeadersHTTP))
+        return self
 
 
 @pytest.fixture(scope="module")
 def net(cell):
-    if dns is None:
+    if netfake.require_dns() is None:
         pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
     n = Net()
     try:
@@ -381,10 +234,6 @@ def denied(r, quick=True):
     if r.get("ok") or r.get("err") == "timeout":
         return False
     return not quick or r.get("ms", 0) < 2000
-
-
-def uniq(prefix):
-    return "%s-%s" % (prefix, uuid.uuid4().hex[:10])
 
 
 # ---- cell run: no policy, empty policy -------------------------------------------------
@@ -760,20 +609,7 @@ def test_fast_path_off_keeps_the_relay(run, tmp_path, net):
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory, net):
-    dd = dm.Daemon(tmp_path_factory.mktemp("egress"))
-    dd.start()
-    try:
-        yield dd
-    finally:
-        try:
-            dd.stop()
-        finally:
-            dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
+    yield from dm.serve(tmp_path_factory.mktemp("egress"))
 
 
 def create_cell(admin, policy=None, expect=201):
@@ -790,14 +626,6 @@ def cell_probe(admin, cid, probes):
                    {"command": "/usr/bin/python3", "args": ["-c", PROBE, json.dumps(probes)], "timeoutMs": 60000})
     assert r.status == 200 and r.body["exitCode"] == 0, r
     return json.loads(r.body["stdout"].strip().splitlines()[-1])
-
-
-@pytest.fixture
-def cells(admin):
-    made = []
-    yield made
-    for cid in made:
-        admin.delete("/v1/cells/%s" % cid)
 
 
 def net_records(client, cid, pred=lambda rec: True):
@@ -933,56 +761,9 @@ def test_audit_net_records_and_tenants(d, admin, cells, net):
     dm.assert_problem(admin.get("/v1/audit", query={"kind": "bogus"}), 400)
 
 
-class Webhook:
-    """The decide webhook: /allow/..., /deny/..., /slow/... (answers after
-    1.5 s), /error/... (500 with an allow body).  Records each POST."""
-
-    def __init__(self):
-        self.hits, self.lock = [], threading.Lock()
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with outer.lock:
-                    outer.hits.append((self.path, json.loads(body or b"null")))
-                kind = self.path.split("/")[1]
-                if kind == "slow":
-                    time.sleep(1.5)
-                status = 500 if kind == "error" else 200
-                out = json.dumps({"allow": kind in ("allow", "slow", "error")}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                except OSError:
-                    pass
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = _HTTP(("127.0.0.1", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, args=(0.1,), daemon=True).start()
-
-    def url(self, kind):
-        return "http://127.0.0.1:%d/%s/%s" % (self.port, kind, uuid.uuid4().hex[:8])
-
-    def count(self, url):
-        path = url.split(str(self.port), 1)[1]
-        with self.lock:
-            return [b for p, b in self.hits if p == path]
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.fixture(scope="module")
 def webhook():
-    w = Webhook()
+    w = netfake.DecideHook()
     yield w
     w.close()
 

@@ -14,18 +14,15 @@ adds to the host's lo (and removes at its end).
 import json
 import os
 import signal
-import socket
-import socketserver
-import subprocess
-import threading
-import time
 
 import pytest
 
 import daemon as dm
+import netfake
 from conftest import popen_cell, stop_proc, wait_for
+from daemon import children, proc_status as status
 
-PEER = "198.18.3.10"
+PEER = netfake.claim("198.18.3", __name__) + ".10"
 HELPER_EXE = "memfd:cell-egress"
 CAP_NET_ADMIN, CAP_NET_RAW = 1 << 12, 1 << 13
 POLICY = {"rules": [{"tcp": {"to": PEER, "ports": 7}}]}
@@ -46,82 +43,22 @@ print(json.dumps(out))
 """
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self):
-        while True:
-            data = self.request.recv(4096)
-            if not data:
-                return
-            self.request.sendall(data)
-
-
-class _TCP(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-def _ip(*args):
-    subprocess.run(["ip"] + list(args), check=False, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def peer():
-    _ip("addr", "add", PEER + "/32", "dev", "lo")
-    srv = _TCP((PEER, 7), _Echo)
-    threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True).start()
+    net = netfake.Net([PEER]).up()
     try:
+        net.serve(netfake.TCPServer((PEER, 7), netfake.Echo))
         yield PEER
     finally:
-        srv.shutdown()
-        srv.server_close()
-        _ip("addr", "del", PEER + "/32", "dev", "lo")
+        net.down()
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory, peer):
-    dd = dm.Daemon(tmp_path_factory.mktemp("egress-helper"))
-    dd.start()
-    try:
-        yield dd
-    finally:
-        try:
-            dd.stop()
-        finally:
-            dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
-
-
-@pytest.fixture
-def cells(admin):
-    made = []
-    yield made
-    for cid in made:
-        admin.delete("/v1/cells/%s" % cid)
+    yield from dm.serve(tmp_path_factory.mktemp("egress-helper"))
 
 
 # ---- looking at processes from the host ------------------------------------------------
-
-
-def children(pid):
-    out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if status(int(p)).get("PPid") == str(pid):
-                    out.append(int(p))
-            except OSError:
-                pass
-    return out
-
-
-def status(pid, tid=None):
-    path = "/proc/%d/status" % pid if tid is None else "/proc/%d/task/%d/status" % (pid, tid)
-    with open(path) as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
 def is_helper(pid):
@@ -327,9 +264,7 @@ def test_a_helper_gets_no_secret_its_policy_does_not_name(tmp_path, peer, monkey
     test hook CELL_EGRESS_TEST_ASK_SECRET (docs/egress.md) makes every helper
     of this daemon ask for OTHER, which no rule of its policy names."""
     monkeypatch.setenv("CELL_EGRESS_TEST_ASK_SECRET", "OTHER")
-    dd = dm.Daemon(tmp_path / "d")
-    dd.start()
-    try:
+    with dm.served(tmp_path / "d") as dd:
         admin = dd.client()
         for name in ("API_KEY", "OTHER"):
             r = admin.post("/v1/secrets", {"name": name, "value": "value-of-" + name})
@@ -353,8 +288,3 @@ def test_a_helper_gets_no_secret_its_policy_does_not_name(tmp_path, peer, monkey
         assert refused and refused[0]["name"] == "OTHER" and refused[0]["verdict"] == "deny", recs
         assert "value-of-" not in json.dumps(recs)
         admin.delete("/v1/cells/%s" % cid)
-    finally:
-        try:
-            dd.stop()
-        finally:
-            dd.check_sanitizer()

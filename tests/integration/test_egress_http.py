@@ -24,27 +24,19 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import socketserver
-import ssl
 import subprocess
-import threading
 import uuid
 
 import pytest
 
 import daemon as dm
+import netfake
 
-try:
-    import dns.message
-    import dns.rcode
-    import dns.rdatatype
-    import dns.rrset
-except ImportError:  # pragma: no cover
-    dns = None
-
-DNS_IP, ECHO_IP = "198.18.2.53", "198.18.2.10"
+NET = netfake.claim("198.18.2", __name__)
+DNS_IP, ECHO_IP = NET + ".53", NET + ".10"
 NAMES = ("allowed.test", "other.test", "badcert.test", "nosecret.test")
+ZONE = {name: {"A": [ECHO_IP]} for name in NAMES}
 SECRET = "sk-" + uuid.uuid4().hex          # must never show up in the cell or the logs
 # The peers are this host's own addresses (on lo): the resolver hands them
 # out only because "rebind" names them (DNS rebinding protection).
@@ -182,49 +174,6 @@ print(json.dumps(out))
 # ---- the fake network ---------------------------------------------------------------------
 
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip"] + list(args), capture_output=True, text=True, check=check)
-
-
-def dns_answer(wire):
-    q = dns.message.from_wire(wire)
-    r = dns.message.make_response(q)
-    question = q.question[0]
-    name = question.name.to_text().rstrip(".").lower()
-    if name not in NAMES:
-        r.set_rcode(dns.rcode.NXDOMAIN)
-    elif question.rdtype == dns.rdatatype.A:
-        r.answer.append(dns.rrset.from_text(question.name, 60, "IN", "A", ECHO_IP))
-    return r.to_wire()
-
-
-class _DnsUdp(socketserver.BaseRequestHandler):
-    def handle(self):
-        data, sock = self.request
-        sock.sendto(dns_answer(data), self.client_address)
-
-
-class _DnsTcp(socketserver.BaseRequestHandler):
-    def handle(self):
-        f = self.request.makefile("rb")
-        while True:
-            hdr = f.read(2)
-            if len(hdr) < 2:
-                return
-            reply = dns_answer(f.read(int.from_bytes(hdr, "big")))
-            self.request.sendall(len(reply).to_bytes(2, "big") + reply)
-
-
-class _UDP(socketserver.ThreadingUDPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-class _TCP(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
 class _Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive unless told otherwise: the proxy must say close
 
@@ -312,10 +261,6 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _HTTP(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
 class _Naive(socketserver.BaseRequestHandler):
     """An upstream that predates chunked framing: it reads Content-Length
     only, so a chunked body it gets is, to it, more requests."""
@@ -364,45 +309,31 @@ def make_test_ca(d):
     return os.path.join(d, "ca.pem")
 
 
-class Net:
+class Net(netfake.Net):
     def __init__(self, certdir):
-        self.certdir, self.servers, self.added = certdir, [], []
+        super().__init__((DNS_IP, ECHO_IP))
+        self.certdir, self.zone = certdir, netfake.FakeDNS(ZONE)
         self.http = self.https = None
 
     def up(self):
-        for a in (DNS_IP, ECHO_IP):
-            _ip("addr", "replace", a + "/32", "dev", "lo")
-            self.added.append(a)
+        super().up()
         self.ca = make_test_ca(self.certdir)
-        self.http = _HTTP((ECHO_IP, 80), _Echo)
-        self.https = _HTTP((ECHO_IP, 443), _Echo)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(os.path.join(self.certdir, "leaf.pem"), os.path.join(self.certdir, "leaf.key"))
-        self.https.socket = ctx.wrap_socket(self.https.socket, server_side=True)
+        self.http = netfake.HTTPServer((ECHO_IP, 80), _Echo)
+        self.https = netfake.HTTPServer((ECHO_IP, 443), _Echo, tls=(os.path.join(self.certdir, "leaf.pem"),
+                                                                    os.path.join(self.certdir, "leaf.key")))
         self.http.seen = self.https.seen = []      # one list: in arrival order
-        self.naive = _TCP((ECHO_IP, 8080), _Naive)
+        self.naive = netfake.TCPServer((ECHO_IP, 8080), _Naive)
         self.naive.naive = []
-        self.servers = [_UDP((DNS_IP, 53), _DnsUdp), _TCP((DNS_IP, 53), _DnsTcp), self.http, self.https, self.naive]
-        for srv in self.servers:
-            threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True).start()
+        self.serve(*self.zone.servers(DNS_IP), self.http, self.https, self.naive)
+        return self
 
     def seen(self):
         return list(self.http.seen)
 
-    def down(self):
-        for srv in self.servers:
-            try:
-                srv.shutdown()
-                srv.server_close()
-            except Exception:
-                pass
-        for a in self.added:
-            _ip("addr", "del", a + "/32", "dev", "lo", check=False)
-
 
 @pytest.fixture(scope="module")
 def net(cell, tmp_path_factory):
-    if dns is None:
+    if netfake.require_dns() is None:
         pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
     if not shutil.which("openssl"):
         pytest.skip("the openssl CLI is needed to make the test CA")
@@ -432,16 +363,9 @@ def d(tmp_path_factory, net):
     if src:
         os.makedirs(os.path.join(str(state), "images"), exist_ok=True)
         subprocess.run(["cp", "-a", src, os.path.join(str(state), "images", "debian-bookworm")], check=True)
-    dd = dm.Daemon(state, extra_args=["--upstream-ca", net.ca])
-    dd.start()
-    dd.has_debian = bool(src)
-    try:
+    for dd in dm.serve(state, ["--upstream-ca", net.ca]):
+        dd.has_debian = bool(src)
         yield dd
-    finally:
-        try:
-            dd.stop()
-        finally:
-            dd.check_sanitizer()
 
 
 @pytest.fixture(scope="module")
@@ -450,14 +374,6 @@ def admin(d):
     r = c.post("/v1/secrets", {"name": "API_TOKEN", "value": SECRET})
     assert r.status in (200, 201, 204), r
     return c
-
-
-@pytest.fixture
-def cells(admin):
-    made = []
-    yield made
-    for cid in made:
-        admin.delete("/v1/cells/%s" % cid)
 
 
 def http_rule(host="allowed.test", **kw):

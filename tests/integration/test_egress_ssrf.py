@@ -7,18 +7,14 @@ host's own addresses and the cells' veth range are refused unless the
 operator allows them (cell serve --allow-tenant-dest CIDR).  Addresses in
 the policy are refused when it is set (403 naming the field); names in
 webhook URLs are screened when the daemon connects."""
-import http.server
-import json
-import os
 import socket
-import socketserver
 import subprocess
-import threading
 import uuid
 
 import pytest
 
 import daemon as dm
+import netfake
 
 BAD_UPSTREAMS = ["127.0.0.1", "127.0.0.53:53", "[::1]", "169.254.169.254", "0.0.0.0", "10.213.0.1", "224.0.0.251"]
 BAD_URLS = ["http://127.0.0.1:8080/decide", "http://[::1]:9/x", "http://169.254.169.254/latest/meta-data",
@@ -38,83 +34,14 @@ def host_addresses():
     return found
 
 
-class Hook:
-    """A decide webhook that allows everything and counts requests; it also
-    counts raw TCP connections, so a TLS handshake that failed shows."""
-
-    def __init__(self, tls_cert=None):
-        self.requests, self.connections, self.lock = [], 0, threading.Lock()
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with outer.lock:
-                    outer.requests.append((self.path, body))
-                out = b'{"allow": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *a):
-                pass
-
-        class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-            daemon_threads = True
-            address_family = socket.AF_INET
-
-            def get_request(self):
-                sock, addr = super().get_request()
-                with outer.lock:
-                    outer.connections += 1
-                if tls_cert:
-                    import ssl
-                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                    ctx.load_cert_chain(*tls_cert)
-                    sock = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                return sock, addr
-
-        self.srv = S(("0.0.0.0", 0), H)
-        self.port = self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, args=(0.1,), daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    dd = dm.Daemon(tmp_path_factory.mktemp("ssrf"))
-    dd.start()
-    try:
-        yield dd
-    finally:
-        try:
-            dd.stop()
-        finally:
-            dd.check_sanitizer()
-
-
-@pytest.fixture(scope="module")
-def admin(d):
-    return d.client()
+    yield from dm.serve(tmp_path_factory.mktemp("ssrf"))
 
 
 @pytest.fixture(scope="module")
 def tenant(d, admin):
-    token, _ = dm.make_tenant_token(admin, "ssrf-" + uuid.uuid4().hex[:6])
-    return d.client(token=token, admin=False)
-
-
-@pytest.fixture
-def cells(admin):
-    made = []
-    yield made
-    for cid in made:
-        admin.delete("/v1/cells/%s" % cid)
+    return d.tenant("ssrf-" + uuid.uuid4().hex[:6])
 
 
 def create(client, cells, policy, expect=201):
@@ -192,7 +119,8 @@ def test_webhook_name_resolving_to_the_host_screened_at_connect(tenant, admin, c
         pytest.skip("this host's name does not resolve")
     if not (addr.startswith("127.") or addr in host_addresses()):
         pytest.skip("this host's name resolves to %s, not one of its own addresses" % addr)
-    hook = Hook()
+    # Bound to every address: the host's name may resolve to any of them.
+    hook = netfake.DecideHook(bind="0.0.0.0")
     try:
         url = "http://%s:%d/allow/%s" % (name, hook.port, uuid.uuid4().hex[:8])
         cid = create(tenant, cells, decide_policy(url)).body["id"]
@@ -207,22 +135,17 @@ def test_webhook_name_resolving_to_the_host_screened_at_connect(tenant, admin, c
 
 
 def test_operator_allows_a_destination(tmp_path):
-    dd = dm.Daemon(tmp_path / "allow", extra_args=["--allow-tenant-dest", "127.0.0.1/32"])
-    dd.start()
-    made = []
-    try:
-        admin = dd.client()
-        token, _ = dm.make_tenant_token(admin, "ssrf-allowed")
-        tenant = dd.client(token=token, admin=False)
-        create(tenant, made, decide_policy("http://127.0.0.1:8080/decide"))
-        create(tenant, made, dns_policy("127.0.0.1"))
-        # Only what the operator named: link-local stays refused.
-        dm.assert_problem(create(tenant, made, dns_policy("169.254.169.254"), expect=403), 403)
-    finally:
-        for cid in made:
-            dd.client().delete("/v1/cells/%s" % cid)
-        dd.stop()
-        dd.check_sanitizer()
+    with dm.served(tmp_path / "allow", ["--allow-tenant-dest", "127.0.0.1/32"]) as dd:
+        made = []
+        try:
+            tenant = dd.tenant("ssrf-allowed")
+            create(tenant, made, decide_policy("http://127.0.0.1:8080/decide"))
+            create(tenant, made, dns_policy("127.0.0.1"))
+            # Only what the operator named: link-local stays refused.
+            dm.assert_problem(create(tenant, made, dns_policy("169.254.169.254"), expect=403), 403)
+        finally:
+            for cid in made:
+                dd.client().delete("/v1/cells/%s" % cid)
 
 
 @pytest.mark.parametrize("bad", ["", "nonsense", "127.0.0.1/33", "::1/129", "10.0.0.0/"])
