@@ -50,6 +50,7 @@ def _links(path, lib):
 # ThreadSanitizer's shadow memory multiplies the daemon's RSS: tests that
 # bound RSS growth skip themselves under it (release and ASan runs keep them).
 TSAN = _links(CELL_BIN, "libtsan")
+ASAN = _links(CELL_BIN, "libasan")
 
 
 def free_port():

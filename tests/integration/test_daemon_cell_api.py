@@ -496,7 +496,10 @@ def test_open_follows_do_not_each_copy_the_log(d, cell):
     finally:
         for conn, _ in conns:
             conn.close()
-    assert grown < 48 << 20, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
+    # A copy per follow was 180 MiB; ASan's redzones and quarantine keep
+    # freed pieces resident, so its build gets twice the room.
+    bound = (96 if dm.ASAN else 48) << 20
+    assert grown < bound, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
 
 
 def test_input(cell):
