@@ -275,10 +275,10 @@ static int lines_feed(acp_inst *in, int fd, line_buf *lb, int is_stdout)
     for (ssize_t i = 0; i < n; i++) {
         char c = chunk[i];
         if (c == '\n') {
-            if (lb->skipping && is_stdout)
-                on_stdout_line(in, lb->buf, lb->len, 1);
-            else if (!lb->skipping && (lb->len || !is_stdout))
-                is_stdout ? on_stdout_line(in, lb->buf, lb->len, 0) : on_stderr_line(in, lb->buf, lb->len);
+            if (!is_stdout)         /* a long one keeps its start */
+                on_stderr_line(in, lb->buf, lb->len);
+            else if (lb->skipping || lb->len)
+                on_stdout_line(in, lb->buf, lb->len, lb->skipping);
             lb->len = 0;
             lb->skipping = 0;
             continue;
@@ -413,6 +413,14 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
     in->in_fd = fds[0];
     in->out_fd = fds[1];
     in->err_fd = fds[2];
+    /* A write never blocks past its deadline: an agent that stops reading
+     * fills the pipe, and the POST answers 504 instead of hanging. */
+    int fl = fcntl(in->in_fd, F_GETFL);
+    if (fl < 0 || fcntl(in->in_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        procs_signal(in->proc, SIGKILL);
+        acp_free(in);
+        return util_fail_errno(err, "agent stdin");
+    }
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -579,7 +587,8 @@ static int write_line(acp_inst *in, const char *s, size_t len, int64_t deadline)
     int rc = 0;
     if (in->in_fd < 0)              /* DELETE closed it */
         rc = -1, errno = EPIPE;
-    for (size_t off = 0; off < len && rc == 0;) {
+    size_t off = 0;
+    while (off < len && rc == 0) {
         struct pollfd p = { .fd = in->in_fd, .events = POLLOUT };
         int64_t left = deadline - srv_now_ms();
         int pr = left > 0 ? poll(&p, 1, (int)(left < ACP_SLICE_MS ? left : ACP_SLICE_MS)) : 0;
@@ -594,6 +603,14 @@ static int write_line(acp_inst *in, const char *s, size_t len, int64_t deadline)
             else if (n < 0 && errno != EINTR && errno != EAGAIN)
                 rc = -1;
         }
+    }
+    if (rc < 0 && off > 0) {
+        /* Half a line is in the pipe: whatever came next would be glued
+         * to it, so the agent's input ends here (later writes: EPIPE). */
+        int e = errno;
+        close(in->in_fd);
+        in->in_fd = -1;
+        errno = e;
     }
     pthread_mutex_unlock(&in->wlock);
     return rc;
@@ -639,6 +656,20 @@ static int64_t request_timeout(sreq *r, const char *method, int *ok)
     return v;
 }
 
+/* Unlist and free a pending request; its answer if one came. */
+static json_t *pending_drop_locked(acp_inst *in, acp_pending *p)
+{
+    json_t *resp = p->resp;
+    for (acp_pending **pp = &in->pending; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    free(p->key);
+    free(p);
+    return resp;
+}
+
 /* Wait for the answer to `p`: 200 with it, 504, or 500 if the agent exits. */
 static int await_response(sreq *r, acp_inst *in, acp_pending *p, int64_t timeout)
 {
@@ -651,15 +682,7 @@ static int await_response(sreq *r, acp_inst *in, acp_pending *p, int64_t timeout
         srv_deadline_after(&ts, left < ACP_SLICE_MS ? left : ACP_SLICE_MS);
         pthread_cond_timedwait(&in->cond, &in->lock, &ts);
     }
-    json_t *resp = p->resp;
-    p->resp = NULL;
-    for (acp_pending **pp = &in->pending; *pp; pp = &(*pp)->next)
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    free(p->key);
-    free(p);
+    json_t *resp = pending_drop_locked(in, p);
     int rc;
     if (resp) {
         json_t *error = json_object_get(resp, "error");
@@ -752,12 +775,21 @@ int h_acp_post(sreq *r)
         size_t len = strlen(line);
         line[len] = '\n';           /* json_dumps' NUL becomes the separator */
         int64_t wdl = srv_now_ms() + (timeout < 0 ? ACP_TIMEOUT_MS : timeout);
-        if (write_line(in, line, len + 1, wdl) < 0 && errno != EPIPE && kind != KIND_REQUEST)
-            rc = reply_problem(r, 504, "timeout", "the agent does not read its input");
-        else if (kind == KIND_REQUEST)
+        int wr = write_line(in, line, len + 1, wdl), werr = errno;
+        if (kind == KIND_REQUEST && (wr == 0 || werr == EPIPE)) {
             rc = await_response(r, in, p, timeout);   /* EPIPE: the exit is reported there */
-        else
+        } else if (wr < 0) {
+            if (p) {                /* never sent: nothing will answer it */
+                pthread_mutex_lock(&in->lock);
+                json_decref(pending_drop_locked(in, p));
+                pthread_mutex_unlock(&in->lock);
+            }
+            rc = werr == EPIPE ? reply_problem(r, 502, "stream_error", "failed writing to agent stdin: %s",
+                                               strerror(werr))
+                               : reply_problem(r, 504, "timeout", "the agent does not read its input");
+        } else {
             rc = reply_empty(r, 202);
+        }
     }
     free(line);
     acp_put(in);

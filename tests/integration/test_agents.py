@@ -490,3 +490,21 @@ def test_sse_heartbeat(cell):
     finally:
         c.close()
     assert cell.call("DELETE", "/acp/" + server).status == 204
+
+
+def test_agent_that_never_reads_its_input(cell):
+    """A request that does not fit the pipe of an agent that never reads:
+    504 at the bound (not a wait for an answer to a message never sent),
+    and the instance is still usable for DELETE."""
+    put_launcher(cell, "#!/bin/sh\nexec sleep 600\n")
+    server = "deaf-" + uuid.uuid4().hex[:6]
+    try:
+        big = req(1, "initialize", {"pad": "z" * (900 << 10)})
+        b = assert_problem(cell.rpc(server, big, agent="mock", timeoutMs=500), 504, "timeout")
+        assert "does not read" in b["detail"]
+        # Half of that line is in the pipe: the agent's input is closed
+        # rather than have the next message glued to it.
+        assert_problem(cell.rpc(server, {"jsonrpc": "2.0", "method": "n"}, timeoutMs=300), 502, "stream_error")
+        assert cell.call("DELETE", "/acp/" + server).status == 204
+    finally:
+        assert cell.call("POST", "/agents/mock/install", json_body={"reinstall": True}).status == 200
