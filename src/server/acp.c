@@ -208,7 +208,9 @@ static void on_stdout_line(acp_inst *in, const char *line, size_t len, int too_l
         char *key = id_key(id);
         for (acp_pending *p = in->pending; key && p; p = p->next)
             if (!p->resp && strcmp(p->key, key) == 0) {
-                p->resp = json_incref(msg);
+                /* A copy: jansson's reference counts are not atomic, and
+                 * the waiting request thread owns what it answers with. */
+                p->resp = json_deep_copy(msg);
                 break;
             }
         free(key);
