@@ -71,15 +71,16 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
 
-# ThreadSanitizer: only the daemon's integration tests (test_daemon_*.py),
-# which exercise its threads, to keep CI within 20 minutes.  A TSan report
+# ThreadSanitizer: only the daemon's integration tests (test_daemon_*.py,
+# and test_agents.py for the ACP proxy's reader threads), which exercise
+# its threads, to keep CI within 20 minutes.  A TSan report
 # in a daemon's stderr fails the test that owns the daemon (check_sanitizer).
 echo "=== tsan: build"
 tsan_log=$(mktemp)
 if make -j"$(nproc)" BUILD=build-tsan SAN=thread OPT=-O1 all >"$tsan_log" 2>&1; then
   echo "=== tsan: daemon integration tests"
   TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1" CELL_BIN="$PWD/build-tsan/cell" \
-    "${PYTEST[@]}" tests/integration/test_daemon_*.py 2>&1 | tee "$tsan_log.it"
+    "${PYTEST[@]}" tests/integration/test_daemon_*.py tests/integration/test_agents.py 2>&1 | tee "$tsan_log.it"
   count_pytest "$tsan_log.it"
 else
   cat "$tsan_log"; echo "=== tsan: build FAILED"; broken=1; failed=$((failed + 1))
