@@ -355,11 +355,19 @@ static void *reader_main(void *arg)
     push_json_locked(in, json_pack("{s:s, s:s, s:o}", "jsonrpc", "2.0", "method", "_adapter/agent_exited",
                                    "params", params));
     pthread_mutex_unlock(&in->lock);
-    /* An instance of a cell that stopped or went away cannot come back. */
+    /* An instance of a cell that stopped or went away cannot come back:
+     * unlisted, and its streams end (they hold the cell otherwise). */
     pthread_mutex_lock(&acp_lock);
-    if (!registry_running(in->sc))
+    int gone = !registry_running(in->sc);
+    if (gone)
         unlist_locked(in);
     pthread_mutex_unlock(&acp_lock);
+    if (gone) {
+        pthread_mutex_lock(&in->lock);
+        in->closed = 1;
+        pthread_cond_broadcast(&in->cond);
+        pthread_mutex_unlock(&in->lock);
+    }
     acp_put(in);
     atomic_fetch_sub(&acp_readers, 1);
     return NULL;
@@ -904,13 +912,17 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
         int64_t until = srv_now_ms() + ACP_HEARTBEAT_MS;
         pthread_mutex_lock(&in->lock);
         for (;;) {
-            if (in->closed || conns_stream_over(in->sc->s, f->token_id)) {
+            if (conns_stream_over(in->sc->s, f->token_id)) {
                 f->done = 1;
                 break;
             }
-            follow_collect_locked(f);
+            follow_collect_locked(f);       /* what came before a close goes out first */
             if (f->len || srv_now_ms() >= until)
                 break;
+            if (in->closed) {
+                f->done = 1;
+                break;
+            }
             struct timespec ts;
             srv_deadline_after(&ts, ACP_SLICE_MS);
             pthread_cond_timedwait(&in->cond, &in->lock, &ts);

@@ -508,3 +508,21 @@ def test_agent_that_never_reads_its_input(cell):
         assert cell.call("DELETE", "/acp/" + server).status == 204
     finally:
         assert cell.call("POST", "/agents/mock/install", json_body={"reinstall": True}).status == 200
+
+
+def test_cell_delete_ends_streams_and_agents(d, admin):
+    """Deleting a cell ends its instances' streams and leaves no agent."""
+    c = new_cell(admin)
+    before = set(agent_pids(d))
+    server, _ = start(c)
+    mine = set(agent_pids(d)) - before
+    assert mine
+    out = {}
+    t = threading.Thread(target=lambda: out.update(ev=events(c, server, limit_s=30)))
+    t.start()
+    time.sleep(0.3)
+    assert admin.delete("/v1/cells/%s" % c.id).status in (200, 204)
+    t.join(35)
+    assert not t.is_alive() and "ev" in out, "the stream outlived its cell"
+    assert any(m.get("method") == "_adapter/agent_exited" for _, m in out["ev"]), out["ev"][-3:]
+    assert not (set(agent_pids(d)) & mine)
