@@ -207,11 +207,37 @@ class Client:
     def delete(self, path, **kw):
         return self.call("DELETE", path, **kw)
 
+    def chunked(self, method, path, content_type=None, timeout=None):
+        """A connection with the request line and headers sent for a chunked
+        body (no Content-Length); the caller sends the chunks (send_chunks)
+        and reads the response."""
+        c = self.conn(timeout)
+        h = {"Content-Type": content_type} if content_type else {}
+        h["Transfer-Encoding"] = "chunked"
+        c.putrequest(method, path)
+        for k, v in self.headers_for(h).items():
+            c.putheader(k, v)
+        c.endheaders()
+        return c
+
     def stream(self, method, path, headers=None, timeout=None):
         """Open a request and return (connection, response) unread, for SSE."""
         c = self.conn(timeout)
         c.request(method, path, headers=self.headers_for(headers))
         return c, c.getresponse()
+
+
+def send_chunks(conn, data, size):
+    """Send data in chunks of `size` and the last chunk; stop quietly when the
+    server closed first (it may refuse a body half-way).  True if all went."""
+    try:
+        for i in range(0, len(data), size):
+            part = data[i:i + size]
+            conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+        conn.send(b"0\r\n\r\n")
+        return True
+    except OSError:
+        return False
 
 
 def assert_problem(resp, status, type_suffix=None, detail_has=None):

@@ -369,23 +369,9 @@ def test_huge_json_body_is_413_and_daemon_keeps_serving(admin):
     r = admin.call("POST", "/v1/cells", body=huge, headers={"Content-Type": "application/json"})
     assert_problem(r, 413, "payload_too_large")
     # Without a Content-Length (chunked), the limit applies while reading.
-    c = admin.conn()
+    c = admin.chunked("POST", "/v1/cells", "application/json")
     try:
-        c.putrequest("POST", "/v1/cells")
-        c.putheader("Authorization", "Bearer " + admin.token)
-        c.putheader("Content-Type", "application/json")
-        c.putheader("Transfer-Encoding", "chunked")
-        c.endheaders()
-        for i in range(0, len(huge), 4096):
-            part = huge[i:i + 4096]
-            try:
-                c.send(b"%x\r\n%s\r\n" % (len(part), part))
-            except OSError:
-                break
-        try:
-            c.send(b"0\r\n\r\n")
-        except OSError:
-            pass
+        dm.send_chunks(c, huge, 4096)
         resp = c.getresponse()
         assert resp.status == 413, (resp.status, resp.read())
         resp.read()

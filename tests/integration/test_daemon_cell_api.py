@@ -914,13 +914,8 @@ def test_fs_upload_batch_is_parsed_by_a_confined_child(d, cell):
     nobody, with no_new_privs, a seccomp filter and only its two pipes: seen
     while an upload is held open halfway."""
     data = make_tar([("first.txt", b"x" * 4096), ("second.txt", b"y")])
-    conn = cell.c.conn()
+    conn = cell.c.chunked("POST", cell.base + "/fs/upload-batch?path=/root/upconf", "application/x-tar")
     try:
-        conn.putrequest("POST", cell.base + "/fs/upload-batch?path=/root/upconf")
-        conn.putheader("Authorization", "Bearer " + cell.c.token)
-        conn.putheader("Content-Type", "application/x-tar")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
         half = data[:2048]
         conn.send(b"%x\r\n%s\r\n" % (len(half), half))
 
@@ -968,12 +963,8 @@ def test_fs_body_over_max_file_size_is_413(cell, admin):
     r = cell.put_file("/root/too-big", big)
     assert_problem(r, 413)
     # Chunked, without a Content-Length: refused while streaming.
-    conn = cell.c.conn()
+    conn = cell.c.chunked("PUT", cell.base + "/fs/file?path=/root/too-big-chunked")
     try:
-        conn.putrequest("PUT", cell.base + "/fs/file?path=/root/too-big-chunked")
-        conn.putheader("Authorization", "Bearer " + cell.c.token)
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
         chunk = b"y" * 65536
         sent = 0
         try:
@@ -1000,20 +991,9 @@ def test_lane_import_over_max_file_size_is_413_and_leaves_no_lane(admin, d):
     tar_bytes = make_tar([("big.bin", b"q" * (MAX_FILE + 1024))])
     r = admin.call("POST", "/v1/lanes/too-big/import", body=tar_bytes, headers={"Content-Type": "application/x-tar"})
     assert_problem(r, 413, "payload_too_large", "max-file-size")
-    conn = admin.conn()
+    conn = admin.chunked("POST", "/v1/lanes/too-big-chunked/import", "application/x-tar")
     try:
-        conn.putrequest("POST", "/v1/lanes/too-big-chunked/import")
-        conn.putheader("Authorization", "Bearer " + admin.token)
-        conn.putheader("Content-Type", "application/x-tar")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
-        try:
-            for off in range(0, len(tar_bytes), 65536):
-                part = tar_bytes[off:off + 65536]
-                conn.send(b"%x\r\n%s\r\n" % (len(part), part))
-            conn.send(b"0\r\n\r\n")
-        except OSError:
-            pass
+        dm.send_chunks(conn, tar_bytes, 65536)
         resp = conn.getresponse()
         assert resp.status == 413, (resp.status, resp.read())
     finally:
