@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 
 #define SSE_KEEPALIVE_MS 15000
+#define PROCS_INPUT_WAIT_MS 5000  /* how long an input write waits for a process to read its stdin */
 
 static int64_t at_most(int64_t v, uint64_t ceiling)
 {
@@ -951,6 +952,14 @@ int h_proc_create(sreq *r)
         reply_spawn_error(r, &e);
         goto out;
     }
+    /* Input is written with a deadline (procs_write_input); the reader polls
+     * before it reads, so the pty may be non-blocking too. */
+    int in_fd = o.pty_fd >= 0 ? o.pty_fd : o.stdin_fd;
+    int fl = in_fd >= 0 ? fcntl(in_fd, F_GETFL) : 0;
+    if (fl >= 0 && in_fd >= 0)
+        fl = fcntl(in_fd, F_SETFL, fl | O_NONBLOCK);
+    if (fl < 0)
+        perror("cell serve: a process's stdin stays blocking");
     pthread_mutex_lock(&sc->plock);
     p->stdin_fd = o.stdin_fd;
     p->out_fd = o.out_fd;
@@ -1243,9 +1252,14 @@ int procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
         return util_fail(err, ESRCH, "process is not running");
     if (dupfd < 0)
         return util_fail_errno(err, "dup");
-    ssize_t n = util_write_all(dupfd, data, len);
+    /* The fd is non-blocking: a process that stops reading its stdin
+     * costs a request PROCS_INPUT_WAIT_MS, not a daemon thread for ever. */
+    ssize_t n = util_write_all_until(dupfd, data, len, PROCS_INPUT_WAIT_MS);
     int saved = errno;
     close(dupfd);
+    if (n < 0 && saved == ETIMEDOUT)
+        return util_fail(err, ETIMEDOUT, "the process has not read its input for %d s (its stdin is full)",
+                         PROCS_INPUT_WAIT_MS / 1000);
     if (n < 0) {
         errno = saved;
         return util_fail_errno(err, "writing to the process");

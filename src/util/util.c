@@ -4,12 +4,14 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 
 static int fail_v(cell_error *err, int code, const char *suffix, const char *fmt, va_list ap)
 {
@@ -40,6 +42,38 @@ int util_fail_errno(cell_error *err, const char *fmt, ...)
     fail_v(err, code, strerror(code), fmt, ap);
     va_end(ap);
     return -1;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms)
+{
+    const char *p = buf;
+    size_t done = 0;
+    int64_t deadline = mono_ms() + timeout_ms;
+    while (done < len) {
+        ssize_t n = write(fd, p + done, len - done);
+        if (n > 0) {
+            done += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EINTR && errno != EAGAIN)
+            return -1;
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+        if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR)
+            return -1;
+    }
+    return (ssize_t)done;
 }
 
 int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err)

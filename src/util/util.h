@@ -27,6 +27,10 @@ static inline void util_freep(void *p) { free(*(void **)p); }
 static inline int util_steal_fd(int *fd) { int r = *fd; *fd = -1; return r; }
 
 ssize_t util_write_all(int fd, const void *buf, size_t len);
+/* The same for a non-blocking fd (a pipe or pty whose reader may stall):
+ * waits for room at most timeout_ms in all, then fails with ETIMEDOUT
+ * (some bytes may have been written by then). */
+ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms);
 /* A memfd (close-on-exec) holding `len` bytes of `data`, sealed against
  * writes, growth, shrinking and further seals: what the runtime execs
  * (cell-init, cell-egress, cell-untar) or hands to a cell, so nothing can

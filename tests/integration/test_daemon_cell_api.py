@@ -502,6 +502,26 @@ def test_open_follows_do_not_each_copy_the_log(d, cell):
     assert grown < bound, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
 
 
+def test_input_to_a_process_that_never_reads(cell):
+    """A process that never reads its stdin: once the pipe is full, an
+    input request answers 409 after a bounded wait instead of holding a
+    daemon thread until the process exits, and the daemon keeps serving.
+    (A pty never blocks its writer: the line discipline drops what does not
+    fit.)"""
+    p = cell.spawn("sleep", ["600"], interactive=True)
+    chunk = {"data": base64.b64encode(b"x" * 65536).decode()}
+    statuses = []
+    for _ in range(8):                       # 512 KiB: far past a pipe's 64 KiB and a pty's buffer
+        r = cell.post("/processes/%s/input" % p["id"], chunk)
+        statuses.append(r.status)
+        if r.status != 200:
+            assert_problem(r, 409, None, "has not read its input")
+            break
+    assert 409 in statuses, statuses
+    assert cell.get("/processes/%s" % p["id"]).status == 200
+    assert cell.post("/processes/%s/kill?waitMs=5000" % p["id"]).status == 200
+
+
 def test_input(cell):
     p = cell.spawn("cat", interactive=True)
     pid = p["id"]
