@@ -56,7 +56,7 @@ SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/agent/blob.o
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test unit integration asan tsan check clean deps bench fuzz
+.PHONY: all test unit integration asan tsan check clean deps bench bench-bin fuzz
 all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
@@ -142,10 +142,45 @@ tsan:
 	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1}" \
 	CELL_BIN=$(abspath build-tsan/cell) $(PYTHON) -m pytest -q -p no:cacheprovider $(TSAN_TESTS)
 
-bench: all
+# Benchmark drivers, built here with the build's own flags and library
+# variables so that a new dependency of libcell cannot break them (the
+# scripts in bench/ call `make bench-bin` and use these; CI smoke-runs them).
+# bench_phases wraps internal libcell functions (-Wl,--wrap) to time the
+# phases of a cold start. net_bench runs on the host, in cells and in pasta's
+# and slirp4netns's namespaces, so it is static and, like cell-init, never
+# sanitized; tls_bench runs on the host and in cells on the host image.
+BENCH_WRAPS := runtime_image_rootfs isolate_cgroup_create runtime_userns_for_slot isolate_boot \
+               isolate_cgroup_open_self_attach isolate_boot_release ctl_recv isolate_cgroup_kill \
+               isolate_cgroup_destroy util_rm_rf
+BENCH_BIN   := $(addprefix $(BUILD)/bench/,bench_cell bench_phases http_bench net_bench tls_bench)
+bench-bin: $(BENCH_BIN)
+
+$(BUILD)/bench/bench_cell: bench/bench_cell.c $(BUILD)/libcell.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS)
+
+$(BUILD)/bench/bench_phases: bench/bench_cell.c $(BUILD)/libcell.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DCELL_BENCH_PHASES $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS) $(BENCH_WRAPS:%=-Wl,--wrap=%)
+
+$(BUILD)/bench/http_bench: bench/http_bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $<
+
+$(BUILD)/bench/net_bench: bench/net_bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(INIT_CFLAGS) -static-pie $(filter-out -pie,$(LDHARD)) -o $@ $<
+
+$(BUILD)/bench/tls_bench: bench/tls_bench.c
+	@mkdir -p $(dir $@)
+	$(CC) $(INIT_CFLAGS) $(LDHARD) -o $@ $< -Wl,--as-needed $(LIBS)
+
+# Every benchmark at its default settings (long; bench/*.sh say how to shorten).
+bench: all bench-bin
 	bash bench/run.sh
 	bash bench/daemon.sh
 	bash bench/egress.sh
+	bash bench/fs_api.sh
 
 # libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
 # FUZZ_SECONDS=600 make fuzz for a longer run by hand.

@@ -26,7 +26,9 @@
  * Plain sockets, no dependencies: responses with Content-Length or chunked
  * transfer encoding are understood, which is what both servers send.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

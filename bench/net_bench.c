@@ -19,7 +19,9 @@
  * Built statically by bench/egress.sh so it runs inside a cell, a pasta or
  * a slirp4netns namespace alike.  Exit status 0 only if every transfer was
  * complete. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

@@ -258,15 +258,15 @@ static long long fetch(struct target *t, const char *path, char *buf, uint64_t *
     char *cl = strcasestr(buf, "\r\ncontent-length:");
     if (!cl || cl > end)
         goto out;
-    long long want = strtoll(cl + 17, NULL, 10), body = (long long)(buf + have - (end + 4));
-    while (body < want) {
+    long long want = strtoll(cl + 17, NULL, 10), seen = (long long)(buf + have - (end + 4));
+    while (seen < want) {
         int r = SSL_read(ssl, buf, CHUNK);
         if (r <= 0)
             goto out;
-        body += r;
+        seen += r;
     }
     *t_end = now_ns();
-    got = body;
+    got = seen;
     SSL_shutdown(ssl);
 out:
     if (got < 0)
