@@ -16,7 +16,7 @@
 #
 # The reference comes from the npm registry (npm pack, or the same tarball by
 # curl when npm is absent), checked against a pinned SHA-512 and cached in
-# build/bench-cache/.  It runs processes on the host, without isolation.
+# BUILD/bench-cache/.  It runs processes on the host, without isolation.
 #
 # Environment:
 #   CELL_DAEMON_BENCH_N         timed requests per round (run)             (default 500)
@@ -27,9 +27,16 @@
 #   CELL_DAEMON_BENCH_WRK_TIME  wrk duration per round (wrk)                (default 10s)
 #   CELL_DAEMON_BENCH_CELLS     idle cells for the memory table (rss)       (default 100)
 #   CELL_DAEMON_BENCH_ONLY      space-separated subset of: run fs wrk rss
-#   CELL_DAEMON_BENCH_CELL      a prebuilt cell binary to measure (skips `make all`)
+#   CELL_DAEMON_BENCH_CELL      a prebuilt cell binary to measure (not built then)
+#   CELL_BENCH_BUILD            the make BUILD directory to build and use   (default build)
 #   CELL_BENCH_COMMIT           label for the commit line
-#   CC                          compiler                                    (default cc)
+#
+# Smoke setting (CI): CELL_DAEMON_BENCH_N=20 CELL_DAEMON_BENCH_WARMUP=2
+# CELL_DAEMON_BENCH_ROUNDS=1 CELL_DAEMON_BENCH_FS_REPS=1
+# CELL_DAEMON_BENCH_FS_SIZE=1048576 CELL_DAEMON_BENCH_WRK_TIME=1s
+# CELL_DAEMON_BENCH_CELLS=3.  Exits non-zero if a server fails to start, dies,
+# or a request fails (an error status, a body that differs); wrk's socket
+# errors are reported, not failed on.  Nothing about speed is asserted.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,7 +50,7 @@ small_size=2097152          # sandbox-agent 0.4.2 refuses PUT bodies above 2 MiB
 wrk_time=${CELL_DAEMON_BENCH_WRK_TIME:-10s}
 ncells=${CELL_DAEMON_BENCH_CELLS:-100}
 only=${CELL_DAEMON_BENCH_ONLY:-run fs wrk rss}
-cc=${CC:-cc}
+build=${CELL_BENCH_BUILD:-build}
 
 ref_version=0.4.2
 ref_pkg="@sandbox-agent/cli-linux-x64@$ref_version"
@@ -56,19 +63,19 @@ note() { echo "bench/daemon.sh: $*" >&2; }
 for t in curl python3 wrk; do command -v "$t" >/dev/null || die "$t is not installed (scripts/install-deps.sh)"; done
 
 # ---- build, and fetch the reference ---------------------------------------------
-out="$top/build/bench"
+# The Makefile builds the client (bench/http_bench.c) with the build's flags.
+out="$top/$build/bench/daemon"
 mkdir -p "$out"
-if [ -n "${CELL_DAEMON_BENCH_CELL:-}" ]; then
-    cp "$CELL_DAEMON_BENCH_CELL" "$out/daemon-cell"
-else
-    make -C "$top" -j"$(nproc)" all >&2
-    cp "$top/build/cell" "$out/daemon-cell"    # a rebuild while this runs cannot swap it
-fi
-cell_bin="$out/daemon-cell"
-"$cc" -std=c17 -O2 -Wall -Wextra -o "$out/http_bench" "$here/http_bench.c"
+targets=("$build/bench/http_bench")
+[ -n "${CELL_DAEMON_BENCH_CELL:-}" ] || targets+=("$build/cell")
+make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
+# Copies, so that a rebuild while this runs cannot swap them.
+cp "${CELL_DAEMON_BENCH_CELL:-$top/$build/cell}" "$out/cell" || die "no cell binary to measure"
+cp "$top/$build/bench/http_bench" "$out/http_bench"
+cell_bin="$out/cell"
 hb="$out/http_bench"
 
-cache="$top/build/bench-cache"
+cache="$top/$build/bench-cache"
 ref_dir="$cache/sandbox-agent-$ref_version"
 ref_bin="$ref_dir/package/bin/sandbox-agent"
 if [ ! -x "$ref_bin" ]; then
@@ -254,6 +261,9 @@ bench_run() {
 }
 
 # ---- 2. file write and read throughput -----------------------------------------------------
+# xfer ARGS...: one http_bench transfer; a failure (an error status, a GET
+# that differs from what was written) ends the script.
+xfer() { "$hb" "$@" || die "fs: http_bench $* failed"; }
 bench_fs() {
     note "fs: $fs_reps x (PUT + GET) of $fs_size and $small_size bytes per server..."
     "$hb" pattern "$fs_size" >"$ref_file"      # the 64 MiB file the reference cannot receive, for its GET
@@ -270,18 +280,18 @@ bench_fs() {
         for who in $order; do
             if [ "$who" = cell ]; then
                 export HTTP_BENCH_TOKEN=$token
-                c_put+=("$("$hb" put "$cell_port" "$cpath" "$fs_size" | kv put_mbs)")
-                c_get+=("$("$hb" get "$cell_port" "$cpath" "$fs_size" | kv get_mbs)")
-                cs_put+=("$("$hb" put "$cell_port" "$cpath.small" "$small_size" | kv put_mbs)")
-                cs_get+=("$("$hb" get "$cell_port" "$cpath.small" "$small_size" | kv get_mbs)")
+                c_put+=("$(xfer put "$cell_port" "$cpath" "$fs_size" | kv put_mbs)")
+                c_get+=("$(xfer get "$cell_port" "$cpath" "$fs_size" | kv get_mbs)")
+                cs_put+=("$(xfer put "$cell_port" "$cpath.small" "$small_size" | kv put_mbs)")
+                cs_get+=("$(xfer get "$cell_port" "$cpath.small" "$small_size" | kv get_mbs)")
                 unset HTTP_BENCH_TOKEN
             else
-                r_get+=("$("$hb" get "$ref_port" "$rpath" "$fs_size" | kv get_mbs)")
-                rs_put+=("$("$hb" put "$ref_port" "$rsmall" "$small_size" | kv put_mbs)")
-                rs_get+=("$("$hb" get "$ref_port" "$rsmall" "$small_size" | kv get_mbs)")
+                r_get+=("$(xfer get "$ref_port" "$rpath" "$fs_size" | kv get_mbs)")
+                rs_put+=("$(xfer put "$ref_port" "$rsmall" "$small_size" | kv put_mbs)")
+                rs_get+=("$(xfer get "$ref_port" "$rsmall" "$small_size" | kv get_mbs)")
             fi
         done
-        note "  rep $r: cell put ${c_put[-1]} get ${c_get[-1]}; reference get ${r_get[-1]} MB/s (64 MiB)"
+        note "  rep $r: cell put ${c_put[-1]} get ${c_get[-1]}; reference get ${r_get[-1]} MB/s ($((fs_size / 1048576)) MiB)"
     done
     rm -f "$ref_file.small"
     alive "$cell_pid" "cell serve" "$cell_state.log"
@@ -341,6 +351,9 @@ bench_wrk() {
         done
     done
     alive "$cell_pid" "cell serve" "$cell_state.log"
+    # Error statuses mean a request failed (a contender that errors), not a slow one.
+    [ "$c_stat" = 0 ] || die "wrk: cell answered $c_stat requests with an error status"
+    [ "$r_stat" = 0 ] || die "wrk: sandbox-agent answered $r_stat requests with an error status"
     local cm rm_ cl rl
     cm=$(median "${c_rps[@]}") rm_=$(median "${r_rps[@]}")
     # latency of the median round

@@ -4,21 +4,29 @@
 # one request per fresh connection; prints each run and the medians (MB/s,
 # MB = 10^6 bytes).  Nothing is asserted.
 #
-#   sudo bash bench/fs_api.sh [CELL_BIN]     # default build/cell
+#   sudo bash bench/fs_api.sh [CELL_BIN]     # default: BUILD/cell, built
 #
 # Environment: CELL_FS_BENCH_SIZE (bytes, default 268435456 = 256 MiB),
 # CELL_FS_BENCH_REPS (default 5), CELL_FS_BENCH_MEMORY (the cell's memory
-# limit, default 1G; the cell's writes are charged to it), CC (default cc).
+# limit, default 1G; the cell's writes are charged to it), CELL_BENCH_BUILD
+# (the make BUILD directory that builds bench/http_bench.c, default build).
+# Smoke setting (CI): CELL_FS_BENCH_SIZE=1048576 CELL_FS_BENCH_REPS=1.  Exits
+# non-zero if a transfer fails (http_bench compares every GET with the PUT).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
-cell_bin=${1:-$top/build/cell}
+build=${CELL_BENCH_BUILD:-build}
+cell_bin=${1:-$top/$build/cell}
 size=${CELL_FS_BENCH_SIZE:-268435456}
 reps=${CELL_FS_BENCH_REPS:-5}
 memory=${CELL_FS_BENCH_MEMORY:-1G}
 die() { echo "fs_api.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
+# The Makefile builds the client with the build's flags (and cell, unless given).
+targets=("$build/bench/http_bench")
+[ $# -ge 1 ] || targets+=("$build/cell")
+make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
 [ -x "$cell_bin" ] || die "$cell_bin is not an executable"
 
 scratch=$(mktemp -d /tmp/cell-fs-bench.XXXXXX)
@@ -35,7 +43,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-"${CC:-cc}" -std=c17 -O2 -Wall -Wextra -o "$scratch/http_bench" "$here/http_bench.c"
+cp "$top/$build/bench/http_bench" "$scratch/http_bench"   # a rebuild while this runs cannot swap it
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$cell_bin" --state "$scratch/state" serve --listen "127.0.0.1:$port" --socket '' \
     --max-file-size $((size * 2)) >"$scratch/log" 2>&1 &
@@ -53,10 +61,14 @@ path="/cells/$id/v1/fs/file?path=/tmp/bench.bin"
 export HTTP_BENCH_TOKEN=$token
 kv() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+# fail WHY: the daemon's log tail, then exit 1
+fail() { tail -20 "$scratch/log" >&2; die "$*"; }
 puts=() gets=()
 for r in $(seq "$reps"); do
-    puts+=("$("$scratch/http_bench" put "$port" "$path" "$size" | kv put_mbs)")
-    gets+=("$("$scratch/http_bench" get "$port" "$path" "$size" | kv get_mbs)")
+    line=$("$scratch/http_bench" put "$port" "$path" "$size") || fail "PUT of rep $r failed"
+    puts+=("$(kv put_mbs <<<"$line")")
+    line=$("$scratch/http_bench" get "$port" "$path" "$size") || fail "GET of rep $r failed"
+    gets+=("$(kv get_mbs <<<"$line")")
     echo "rep $r: put ${puts[-1]} MB/s, get ${gets[-1]} MB/s"
 done
 echo "$(basename "$cell_bin") $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?'): $((size / 1048576)) MiB," \

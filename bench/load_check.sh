@@ -23,6 +23,7 @@
 #   CELL_LOAD_CONNECTIONS    wrk connections                     (default 128)
 #   CELL_LOAD_RSS_SLACK_MIB  allowed VmRSS growth, round 1 -> 3  (default 10)
 #   CELL_LOAD_CELL           a prebuilt cell binary (skips `make all`)
+#   CELL_BENCH_BUILD         the make BUILD directory to build and use (default build)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,13 +36,14 @@ fail_early() { echo "load_check: FAILED ($*)"; exit 1; }
 [ "$(id -u)" = 0 ] || fail_early "must run as root (cells need it)"
 for t in curl python3 wrk; do command -v "$t" >/dev/null || fail_early "$t is not installed (scripts/install-deps.sh)"; done
 
-out="$top/build/bench"
+build=${CELL_BENCH_BUILD:-build}
+out="$top/$build/bench"
 mkdir -p "$out"
 if [ -n "${CELL_LOAD_CELL:-}" ]; then
     cp "$CELL_LOAD_CELL" "$out/load-cell"
 else
-    make -C "$top" -j"$(nproc)" all >&2 || fail_early "make all failed"
-    cp "$top/build/cell" "$out/load-cell"
+    make -C "$top" -j"$(nproc)" BUILD="$build" all >&2 || fail_early "make BUILD=$build all failed"
+    cp "$top/$build/cell" "$out/load-cell"
 fi
 cell_bin="$out/load-cell"
 

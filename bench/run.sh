@@ -17,7 +17,11 @@
 #   CELL_BENCH_RAW      directory to keep raw samples as CSV      (default: none)
 #   CELL_BENCH_ONLY     space-separated subset of: cold warm density phases
 #   CELL_BENCH_COMMIT   label for the commit line (default: git rev-parse --short HEAD)
-#   CC                  compiler                                  (default cc)
+#   CELL_BENCH_BUILD    the make BUILD directory to build and use (default build)
+#
+# Smoke setting (CI, scripts/test.sh): CELL_BENCH_N=3 CELL_BENCH_WARM_N=10
+# CELL_BENCH_DENSITY=3 CELL_BENCH_PHASES_N=3 CELL_BENCH_WARMUP=1.  Exits
+# non-zero if a contender or the driver fails; asserts nothing about speed.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,7 +32,7 @@ density=${CELL_BENCH_DENSITY:-500}
 phases_n=${CELL_BENCH_PHASES_N:-200}
 warmup=${CELL_BENCH_WARMUP:-5}
 only=${CELL_BENCH_ONLY:-cold warm density phases}
-cc=${CC:-cc}
+build=${CELL_BENCH_BUILD:-build}
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
@@ -36,33 +40,16 @@ bwrap_bin=$(command -v bwrap) || die "bwrap (bubblewrap) is not installed"
 unshare_bin=$(command -v unshare) || die "unshare (util-linux) is not installed"
 
 # ---- build -------------------------------------------------------------------
-make -C "$top" -j"$(nproc)" all >&2
-out="$top/build/bench"
-mkdir -p "$out"
-# Snapshot what is measured, so a rebuild of build/ while the benchmark runs
-# (someone working in the same tree) cannot swap binaries under it.
-cp "$top/build/cell" "$out/cell"
-cp "$top/build/libcell.a" "$out/libcell.a"
-cell_bin="$out/cell"
-libs=$(pkg-config --libs libseccomp libarchive jansson 2>/dev/null || echo -lseccomp -larchive -ljansson)
-cflags=(-std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-format-nonliteral)
-# shellcheck disable=SC2086
-"$cc" "${cflags[@]}" -I"$top/include" -o "$out/bench_cell" "$here/bench_cell.c" "$out/libcell.a" $libs
-
-# The probed build wraps internal libcell functions (-Wl,--wrap) to time the
-# phases of a cold start; it leans on src/ internals, so it is optional.
-wraps=()
-for s in runtime_image_rootfs isolate_cgroup_create runtime_userns_for_slot isolate_boot isolate_cgroup_open_self_attach \
-         isolate_boot_release ctl_recv isolate_cgroup_kill isolate_cgroup_destroy util_rm_rf; do
-    wraps+=("-Wl,--wrap=$s")
+# The Makefile builds the drivers with the build's own flags and libraries.
+make -C "$top" -j"$(nproc)" BUILD="$build" all bench-bin >&2 || die "make BUILD=$build all bench-bin failed"
+# Snapshot what is measured, so a rebuild while the benchmark runs (someone
+# working in the same tree) cannot swap binaries under it.
+snap="$top/$build/bench/run"
+mkdir -p "$snap"
+for b in cell bench/bench_cell bench/bench_phases; do
+    cp "$top/$build/$b" "$snap/$(basename "$b")" || die "$build/$b is missing"
 done
-have_phases=1
-# shellcheck disable=SC2086
-"$cc" "${cflags[@]}" -I"$top/include" -I"$top/src" -DCELL_BENCH_PHASES -o "$out/bench_phases" \
-    "$here/bench_cell.c" "$out/libcell.a" $libs "${wraps[@]}" 2>"$out/bench_phases.log" || {
-    have_phases=0
-    echo "bench/run.sh: the probed build failed (see $out/bench_phases.log); skipping the phase breakdown" >&2
-}
+cell_bin="$snap/cell"
 
 # ---- scratch state, and cleanup that holds even on failure --------------------
 state=$(mktemp -d /tmp/cell-bench.XXXXXX)
@@ -154,20 +141,20 @@ for b in $only; do
     case $b in
     cold)
         echo "running cold start ($n iterations x 5 contenders)..." >&2
-        drive "$out/bench_cell" cold --n "$n" --cell "$cell_bin" --bwrap "$bwrap_bin" --unshare "$unshare_bin"
+        drive "$snap/bench_cell" cold --n "$n" --cell "$cell_bin" --bwrap "$bwrap_bin" --unshare "$unshare_bin"
         ;;
     warm)
         echo "running warm start ($warm_n iterations x 3 contenders)..." >&2
-        drive "$out/bench_cell" warm --n "$warm_n"
+        drive "$snap/bench_cell" warm --n "$warm_n"
         ;;
     density)
         echo "running density ($density cells)..." >&2
-        drive "$out/bench_cell" density --n "$density" --bwrap "$bwrap_bin"
+        drive "$snap/bench_cell" density --n "$density" --bwrap "$bwrap_bin"
         ;;
     phases)
-        if [ "$have_phases" = 1 ] && [ "$phases_n" -gt 0 ]; then
+        if [ "$phases_n" -gt 0 ]; then
             echo "running the phase breakdown ($phases_n iterations)..." >&2
-            drive "$out/bench_phases" phases --n "$phases_n"
+            drive "$snap/bench_phases" phases --n "$phases_n"
         fi
         ;;
     *) die "unknown benchmark '$b' in CELL_BENCH_ONLY (cold warm density phases)" ;;
