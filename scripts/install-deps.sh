@@ -16,9 +16,17 @@ packages=(
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   python3-dnspython nftables passt slirp4netns
+  # bench/egress.sh's https benchmark makes its test CA with the openssl CLI
+  openssl
   # fuzzing (libFuzzer ships in clang's runtime package)
   clang libclang-rt-14-dev
 )
+# bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
+# tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node
+# that brings its own npm (NodeSource's) is installed already.
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: run as root (apt-get install)" >&2
