@@ -67,6 +67,32 @@ else
   echo "load_check: FAILED"; failed=$((failed + 1))
 fi
 rm -f /tmp/cell-load.log
+
+# Bench smoke (release build only): each benchmark script once with tiny
+# counts, so that none can rot: every contender must run and every driver
+# build (make bench-bin); nothing about speed is asserted.  About 30 s.
+bench_smoke() { # name command...
+  local name=$1 log
+  shift
+  log=$(mktemp)
+  if "$@" >"$log" 2>&1; then
+    echo "bench smoke $name: ok"; passed=$((passed + 1))
+  else
+    tail -30 "$log"; echo "bench smoke $name: FAILED"; failed=$((failed + 1))
+  fi
+  rm -f "$log"
+}
+echo "=== bench smoke: bench/*.sh once each with tiny counts"
+bench_smoke run.sh env CELL_BENCH_BUILD=build CELL_BENCH_N=3 CELL_BENCH_WARM_N=10 CELL_BENCH_DENSITY=3 \
+  CELL_BENCH_PHASES_N=3 CELL_BENCH_WARMUP=1 bash bench/run.sh
+bench_smoke daemon.sh env CELL_BENCH_BUILD=build CELL_DAEMON_BENCH_N=20 CELL_DAEMON_BENCH_WARMUP=2 \
+  CELL_DAEMON_BENCH_ROUNDS=1 CELL_DAEMON_BENCH_FS_REPS=1 CELL_DAEMON_BENCH_FS_SIZE=1048576 \
+  CELL_DAEMON_BENCH_WRK_TIME=1s CELL_DAEMON_BENCH_CELLS=3 bash bench/daemon.sh
+bench_smoke egress.sh env CELL_BENCH_BUILD=build CELL_EGRESS_BENCH_BYTES=1048576 CELL_EGRESS_BENCH_REPS=1 \
+  CELL_EGRESS_BENCH_LAT_N=20 CELL_EGRESS_BENCH_ROUNDS=1 CELL_EGRESS_BENCH_WARMUP=2 CELL_EGRESS_BENCH_HTTPS_N=10 \
+  CELL_EGRESS_BENCH_HTTPS_BYTES=1048576 bash bench/egress.sh
+bench_smoke fs_api.sh env CELL_BENCH_BUILD=build CELL_FS_BENCH_SIZE=1048576 CELL_FS_BENCH_REPS=1 bash bench/fs_api.sh
+
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 stage "asan+ubsan" build-asan "address,undefined"
