@@ -47,6 +47,12 @@ static const char create_usage[] =
     "  --mount-memory DST[:SIZE] an empty in-memory directory at DST (repeatable)\n"
     "  --policy FILE             network policy: a JSON file (see docs/egress.md);\n"
     "                            without one the cell has no network at all\n"
+    "  --agent-key AGENT=SECRET[,base=URL]\n"
+    "                            broker AGENT's model key (codex, claude): the cell\n"
+    "                            gets a placeholder key and an egress rule that puts\n"
+    "                            your secret SECRET in the provider's auth header on\n"
+    "                            the host; base=URL points the agent at another\n"
+    "                            endpoint (repeatable; see docs/api.md)\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
 
 static const char ls_usage[] =
@@ -232,6 +238,28 @@ static int add_env(json_t *env, const char *kv)
     return rc;
 }
 
+/* AGENT=SECRET[,base=URL] into the body's "agents" object. */
+static int add_agent_key(json_t *body, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    if (!eq || eq == spec || !eq[1])
+        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': expected AGENT=SECRET[,base=URL], e.g. codex=OPENAI_KEY", spec);
+    const char *comma = strchr(eq + 1, ',');
+    if (comma && strncmp(comma, ",base=", 6) != 0)
+        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': after the secret only ,base=URL may follow", spec);
+    char *agent = strndup(spec, (size_t)(eq - spec));
+    json_t *want = json_pack("{s:s%}", "secret", eq + 1, comma ? (size_t)(comma - eq - 1) : strlen(eq + 1));
+    if (want && comma)
+        json_object_set_new(want, "baseUrl", json_string(comma + 6));
+    json_t *agents = json_object_get(body, "agents");
+    if (!agents)
+        json_object_set_new(body, "agents", agents = json_object());
+    int rc = agent && want && agents && json_object_set_new(agents, agent, want) == 0
+                 ? 0 : cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': must be UTF-8", spec);
+    free(agent);
+    return rc;
+}
+
 static int size_value(const char *opt, const char *text, json_int_t *out)
 {
     uint64_t v;
@@ -360,6 +388,8 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
                : (json_object_set_new(body, "ttl", json_integer(count)), 0);
     if ((k = opt_is(argc, argv, i, "--env", &v)) != 0)
         return k < 0 || add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
+    if ((k = opt_is(argc, argv, i, "--agent-key", &v)) != 0)
+        return k < 0 || add_agent_key(body, v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
         return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--policy", &v)) != 0) {

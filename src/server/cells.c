@@ -1,5 +1,6 @@
 /* cells.c: /v1/cells: create (validate, check quotas, record, boot), list,
  * get, stop, start, delete.  The record is durable before the cell boots. */
+#include "server/agentkeys.h"
 #include "server/handlers.h"
 
 #include <stdio.h>
@@ -218,7 +219,9 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     json_object_set_new(spec, "ttl", json_integer(ttl));
     json_t *envo = json_object_get(body, "env");
     json_object_set_new(spec, "env", json_is_object(envo) ? json_incref(envo) : json_object());
-    if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0 || parse_policy(r, body, spec) < 0)
+    /* agents first: it folds its env and rules into the spec and policy. */
+    if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0 || agentkeys_apply(r, body, spec) < 0 ||
+        parse_policy(r, body, spec) < 0)
         return -1;
     return 0;
 }
