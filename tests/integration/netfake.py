@@ -9,6 +9,7 @@ session never share an address:
     198.18.0.0/24  test_egress.py
     198.18.2.0/24  test_egress_http.py
     198.18.3.0/24  test_egress_helper.py
+    198.18.40.0/24 test_agent_keys.py
 
 Pieces (threads, stopped by Net.down()):
 

@@ -288,3 +288,19 @@ def test_cli_flag(d, alice, made, tmp_path):
     p = subprocess.run([os.environ.get("CELL_BIN", "cell"), "create", "--agent-key", "codex"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--agent-key" in p.stderr
+
+
+def test_restart_keeps_the_agent_rules(d, alice, made, net):
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}})
+    assert r.status == 201, r
+    cid, before = r.body["id"], r.body
+    assert alice.post("/v1/cells/%s/stop" % cid).status == 200
+    r = alice.post("/v1/cells/%s/start" % cid)
+    assert r.status == 200, r
+    assert r.body["policy"] == before["policy"] and r.body["env"] == before["env"]
+    n = len(net.model.seen)
+    r = alice.post("/cells/%s/v1/processes/run" % cid,
+                   {"command": "/usr/bin/python3", "args": ["-c", PROBE], "timeoutMs": 120000})
+    assert r.status == 200 and r.body["exitCode"] == 0, r
+    assert net.model.seen[n:][-1]["headers"]["authorization"] == "Bearer " + KEY
+    assert KEY not in r.body["stdout"]
