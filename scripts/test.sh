@@ -75,7 +75,9 @@ bench_smoke() { # name command...
   local name=$1 log
   shift
   log=$(mktemp)
-  if "$@" >"$log" 2>&1; then
+  # One retry: the anchors (pasta, slirp4netns) occasionally reset a
+  # connection; a script that rotted fails both times.
+  if "$@" >"$log" 2>&1 || { tail -5 "$log"; echo "bench smoke $name: retrying once"; "$@" >"$log" 2>&1; }; then
     echo "bench smoke $name: ok"; passed=$((passed + 1))
   else
     tail -30 "$log"; echo "bench smoke $name: FAILED"; failed=$((failed + 1))
