@@ -482,8 +482,11 @@ def _rss(pid):
 def test_open_follows_do_not_each_copy_the_log(d, cell):
     """16 follows of a 6 MiB log whose clients read nothing: each holds at
     most a piece of the formatted replay, not a copy of the whole log."""
-    if dm.TSAN:
-        pytest.skip("RSS bound: ThreadSanitizer's shadow memory scales it")
+    if dm.TSAN or dm.ASAN:
+        # ASan's quarantine keeps up to 256 MiB of freed memory resident
+        # (53 and 130 MiB in two CI runs), TSan's shadow memory scales RSS:
+        # the release stage measures this.
+        pytest.skip("RSS bound: the sanitizers' own memory dominates it")
     p = cell.spawn("sh", ["-c", "head -c 6291456 /dev/urandom | base64 -w 1000"])
     cell.wait_exited(p["id"], timeout=60)
     before = _rss(d.proc.pid)
@@ -496,10 +499,7 @@ def test_open_follows_do_not_each_copy_the_log(d, cell):
     finally:
         for conn, _ in conns:
             conn.close()
-    # A copy per follow was 180 MiB; ASan's redzones and quarantine keep
-    # freed pieces resident, so its build gets twice the room.
-    bound = (96 if dm.ASAN else 48) << 20
-    assert grown < bound, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
+    assert grown < 48 << 20, "the daemon grew %d MiB for 16 follows" % (grown >> 20)
 
 
 def test_input_to_a_process_that_never_reads(cell):
