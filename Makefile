@@ -139,7 +139,7 @@ asan:
 TSAN_TESTS ?= $(wildcard tests/integration/test_daemon_*.py) tests/integration/test_agents.py
 tsan:
 	$(MAKE) BUILD=build-tsan SAN=thread OPT=-O1 all
-	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1}" \
+	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)}" \
 	CELL_BIN=$(abspath build-tsan/cell) $(PYTHON) -m pytest -q -p no:cacheprovider $(TSAN_TESTS)
 
 # Benchmark drivers, built here with the build's own flags and library

@@ -107,7 +107,7 @@ echo "=== tsan: build"
 tsan_log=$(mktemp)
 if make -j"$(nproc)" BUILD=build-tsan SAN=thread OPT=-O1 all >"$tsan_log" 2>&1; then
   echo "=== tsan: daemon integration tests"
-  TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1" CELL_BIN="$PWD/build-tsan/cell" \
+  TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" CELL_BIN="$PWD/build-tsan/cell" \
     "${PYTEST[@]}" tests/integration/test_daemon_*.py tests/integration/test_agents.py 2>&1 | tee "$tsan_log.it"
   count_pytest "$tsan_log.it"
 else
