@@ -976,13 +976,5 @@ int h_acp_get(sreq *r)
     f->in = in;
     f->after = after;
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, follow_read, f, follow_free);
-    if (!resp) {
-        follow_free(f);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    conns_long_lived(r);
-    return reply_response(r, 200, resp);
+    return reply_event_stream(r, follow_read, f, follow_free);
 }

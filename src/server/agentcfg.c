@@ -488,16 +488,6 @@ static int cfg_reply_missing(sreq *r, const cfg_kind *k, const char *name)
     return reply_response(r, 404, resp);
 }
 
-/* Run `call` with the cell's control channel held, so that a read, change
- * and write of one file is not interleaved with another on this cell. */
-#define CFG_LOCKED(sc, err, call)                                                                    \
-    ({                                                                                               \
-        int rc_;                                                                                     \
-        scell_io_lock(sc);                                                                           \
-        rc_ = (sc)->c && !(sc)->dead ? (call) : util_fail(err, ECONNRESET, "cell %s is stopped", (sc)->id); \
-        scell_io_unlock(sc);                                                                         \
-        rc_;                                                                                         \
-    })
 
 static int cfg_get(sreq *r, const cfg_kind *k)
 {
@@ -507,7 +497,7 @@ static int cfg_get(sreq *r, const cfg_kind *k)
         return MHD_YES;
     json_t *doc = NULL;
     cell_error e = { 0 };
-    if (CFG_LOCKED(r->cell, &e, cfg_load(r->cell->c, dir, k, &doc, &e)) < 0)
+    if (WITH_CELL(r->cell, &e, cfg_load(r->cell->c, dir, k, &doc, &e)) < 0)
         return cfg_reply_error(r, &e);
     json_t *v = json_incref(json_object_get(doc, name));
     json_decref(doc);
@@ -553,7 +543,7 @@ static int cfg_put(sreq *r, const cfg_kind *k)
     if (bad)
         return reply_problem(r, 422, "invalid_request", "%s", why);
     cell_error e = { 0 };
-    int rc = CFG_LOCKED(r->cell, &e, cfg_set(r->cell->c, dir, k, name, entry, &e));
+    int rc = WITH_CELL(r->cell, &e, cfg_set(r->cell->c, dir, k, name, entry, &e));
     json_decref(entry);
     return rc < 0 ? cfg_reply_error(r, &e) : reply_empty(r, 204);
 }
@@ -565,7 +555,7 @@ static int cfg_delete(sreq *r, const cfg_kind *k)
     if (cfg_query(r, k, dir, sizeof dir, &name) < 0)
         return MHD_YES;
     cell_error e = { 0 };
-    if (CFG_LOCKED(r->cell, &e, cfg_set(r->cell->c, dir, k, name, NULL, &e)) < 0)
+    if (WITH_CELL(r->cell, &e, cfg_set(r->cell->c, dir, k, name, NULL, &e)) < 0)
         return cfg_reply_error(r, &e);
     return reply_empty(r, 204);
 }
@@ -647,7 +637,7 @@ int agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell
 int agentcfg_mcp_servers(scell *sc, const char *directory, json_t **out, cell_error *err)
 {
     *out = NULL;
-    return CFG_LOCKED(sc, err, agentcfg_cell_mcp_servers(sc->c, directory, out, err));
+    return WITH_CELL(sc, err, agentcfg_cell_mcp_servers(sc->c, directory, out, err));
 }
 
 /* ---- for the ACP proxy: skills into the agent's skill directory -------- */
@@ -869,7 +859,7 @@ int agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, j
 {
     if (report)
         *report = NULL;
-    return CFG_LOCKED(sc, err, agentcfg_cell_prepare_session_new(sc->c, agent, params, report, err));
+    return WITH_CELL(sc, err, agentcfg_cell_prepare_session_new(sc->c, agent, params, report, err));
 }
 
 int agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
@@ -877,5 +867,5 @@ int agentcfg_skills_materialise(scell *sc, const char *directory, const char *ag
 {
     if (report)
         *report = NULL;
-    return CFG_LOCKED(sc, err, agentcfg_cell_skills_materialise(sc->c, directory, agent, report, err));
+    return WITH_CELL(sc, err, agentcfg_cell_skills_materialise(sc->c, directory, agent, report, err));
 }

@@ -83,15 +83,6 @@ static int reply_fs_error(sreq *r, const cell_error *e, const char *path)
     }
 }
 
-/* Run one file operation with the control channel held. */
-#define WITH_CELL(sc, err, call)                                                          \
-    ({                                                                                    \
-        int rc_;                                                                          \
-        scell_io_lock(sc);                                                                \
-        rc_ = (sc)->c && !(sc)->dead ? (call) : util_fail(err, ECONNRESET, "cell %s is stopped", (sc)->id); \
-        scell_io_unlock(sc);                                                              \
-        rc_;                                                                              \
-    })
 
 static json_t *modified_json(int64_t mtime)
 {

@@ -29,6 +29,19 @@ void srv_deadline_after(struct timespec *ts, int64_t ms)
     }
 }
 
+int reply_event_stream(sreq *r, MHD_ContentReaderCallback read, void *state, MHD_ContentReaderFreeCallback free_state)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, read, state, free_state);
+    if (!resp) {
+        free_state(state);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    conns_long_lived(r);
+    return reply_response(r, 200, resp);
+}
+
 int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
 {
     if (!resp)

@@ -149,6 +149,10 @@ void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg);
 int reply_json(sreq *r, unsigned status, json_t *body);
 int reply_empty(sreq *r, unsigned status);
 int reply_response(sreq *r, unsigned status, struct MHD_Response *resp);
+/* 200 text/event-stream whose body `read` produces from `state` (freed by
+ * `free_state`, also when no response can be made); a long-lived stream
+ * (no idle timeout; ended by revocation or the daemon's stop). */
+int reply_event_stream(sreq *r, MHD_ContentReaderCallback read, void *state, MHD_ContentReaderFreeCallback free_state);
 /* application/problem+json: {type, title, status, detail}.  `type` is a
  * short name ("not_found"); it is expanded to the full type URI. */
 int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
@@ -269,6 +273,18 @@ void   registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memor
  * the lock was held (they are queued inside libcell, not on the fd). */
 void scell_io_lock(scell *sc);
 void scell_io_unlock(scell *sc);
+/* Run `call` (a libcell call on sc->c) with the control channel held, so
+ * that the cell cannot stop under it and one file operation (or a read,
+ * change and write of one file) is not interleaved with another on this
+ * cell; ECONNRESET when the cell is stopped. */
+#define WITH_CELL(sc, err, call)                                                          \
+    ({                                                                                    \
+        int rc_;                                                                          \
+        scell_io_lock(sc);                                                                \
+        rc_ = (sc)->c && !(sc)->dead ? (call) : util_fail(err, ECONNRESET, "cell %s is stopped", (sc)->id); \
+        scell_io_unlock(sc);                                                              \
+        rc_;                                                                              \
+    })
 
 /* ---- limits (limits.c) -------------------------------------------------------
  * limits_start fills s->opt.limits' zeros from the host and sets new
