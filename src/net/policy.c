@@ -1243,11 +1243,6 @@ size_t net_policy_rule_count(const net_policy *p)
     return p ? p->n_rules : 0;
 }
 
-const char *net_policy_decide_url(const net_policy *p, size_t i)
-{
-    return p && i < p->n_rules && p->rules[i].kind == R_DECIDE ? p->rules[i].decide.url : NULL;
-}
-
 int net_policy_rebind_ok(const net_policy *p, const struct sockaddr *sa, int to_self)
 {
     flow_addr fa;

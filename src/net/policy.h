@@ -108,8 +108,6 @@ net_policy *net_policy_ref(net_policy *p);
 void net_policy_unref(net_policy *p);
 
 void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out);
-/* The URL of rule i if it is a "decide" rule, else NULL (i < the rule count). */
-const char *net_policy_decide_url(const net_policy *p, size_t i);
 size_t net_policy_rule_count(const net_policy *p);
 /* DNS rebinding: 1 if an answer pointing at `sa` (loopback, link-local,
  * unspecified or the host's own: the caller decides that) may be handed to

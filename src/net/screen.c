@@ -255,8 +255,8 @@ int net_screen_policy(const net_policy *p, const char *const *allow, cell_error 
                              "--allow-tenant-dest CIDR)", d->rule, i, why);
     }
     for (size_t i = 0; i < net_policy_rule_count(p); i++) {
-        const char *url = net_policy_decide_url(p, i);
-        if (url && screen_url(url, i, allow, err) < 0)
+        const net_decide_rule *rule = net_policy_decide_rule(p, i);
+        if (rule && screen_url(rule->url, i, allow, err) < 0)
             return -1;
     }
     return 0;

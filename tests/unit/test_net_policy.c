@@ -378,8 +378,8 @@ static void host_self(void **state)
     net_policy_unref(p);
     p = parse_ok("{\"rules\": [{\"decide\": {\"url\": \"https://d/x\"}}]}");
     assert_int_equal(decide_self(p, "10.1.2.3", 80).rule, -1);
-    assert_string_equal(net_policy_decide_url(p, 0), "https://d/x");
-    assert_null(net_policy_decide_url(p, 1));
+    assert_string_equal(net_policy_decide_rule(p, 0)->url, "https://d/x");
+    assert_null(net_policy_decide_rule(p, 1));
     net_policy_unref(p);
     expect_error("{\"rules\": [{\"tcp\": {\"to\": \"host-selfish\"}}]}", "host-self");
 }
