@@ -2,7 +2,7 @@
 # bench/agents.sh: agents in cells (issue 10) against the reference server,
 # sandbox-agent 0.4.2, side by side in one run (docs/performance.md, "Agents").
 #
-#   sudo bash bench/agents.sh          # or: make bench
+#   sudo bash bench/agents.sh
 #
 # Starts one `cell serve` (a temporary state dir, its admin token, one cell
 # with the mock agent installed) and one `sandbox-agent server --no-token`
@@ -46,7 +46,7 @@
 #   CELL_BENCH_BUILD             the make BUILD directory to build and use   (default build)
 #   CELL_BENCH_COMMIT            label for the commit line
 #
-# Smoke setting (CI): CELL_AGENTS_BENCH_N=2 CELL_AGENTS_BENCH_WARMUP=0
+# Smoke setting (CI, about 15 s): CELL_AGENTS_BENCH_N=1 CELL_AGENTS_BENCH_WARMUP=0
 # CELL_AGENTS_BENCH_ROUNDS=1 CELL_AGENTS_BENCH_PINGS=3 CELL_AGENTS_BENCH_WORDS=20
 # CELL_AGENTS_BENCH_INSTANCES=2.  Exits non-zero if a server fails to start or
 # dies, the mock cannot be installed, or any SDK step fails, hangs (30 s) or
