@@ -1,13 +1,28 @@
 /* mock.c: cell-mock-agent, the `mock` agent shipped with cell.  It speaks
  * the Agent Client Protocol over stdin/stdout (newline-delimited JSON-RPC
  * 2.0) well enough for the sandbox-agent SDK: initialize, session/new,
- * session/prompt streaming agent_message_chunk updates, a permission
- * request on demand, set_mode/set_model/set_config_option.  It runs inside
- * a cell as an ordinary process; linked statically (like cell-init) so any
- * image can run it.
+ * session/load (the session's history replayed as session/update
+ * notifications), session/prompt streaming agent_message_chunk updates, a
+ * permission request on demand, set_mode/set_model/set_config_option.  It
+ * runs inside a cell as an ordinary process; linked statically (like
+ * cell-init) so any image can run it.
  *
- * What a prompt's text asks for (tests drive it with these words):
- *   "permission"  ask session/request_permission first, report the outcome
+ * Sessions: each has a random id, a mode, a model, a thought level, an
+ * "always allowed" answer and a history of user and agent messages (at most
+ * MOCK_HISTORY_MAX messages and MOCK_HISTORY_BYTES of text, the oldest
+ * dropped first).  Besides memory, each is saved to
+ * $HOME/.local/state/cell-mock-agent/<id>.json after every change, so a new
+ * instance (a new agent process) can session/load it.  Two instances that
+ * load one session write it in turn: the last write wins.
+ *
+ * What a prompt asks for is read from its last text block only (earlier
+ * blocks are context, e.g. the SDK's history replay that quotes earlier
+ * prompts; a quoted "exit now" must not end the agent):
+ *   "permission"  ask session/request_permission first (not again once
+ *                 the session was allowed always), report the outcome
+ *   "settings"    reply with the session's mode, model and thought level
+ *   "recall"      reply with the session's user messages so far (this prompt's
+ *                 last), one chunk each
  *   "env"         reply with the names of the environment's variables
  *   "pwd"         reply with the working directory
  *   "stderr"      write a line to stderr, then answer as usual
@@ -15,21 +30,67 @@
  *   "exit now"    exit with status 3 without answering
  *   "no answer"   never answer this prompt
  * Anything else is echoed back as "mock: <text>" in one chunk per word. */
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* A longer line is dropped whole: the mock needs no big messages. */
 #define MOCK_MAX_LINE (4u << 20)
+/* Sessions one process keeps; a session/new beyond fails (-32000). */
+#define MOCK_MAX_SESSIONS 64
+/* A session's history: at most this many messages and bytes of text. */
+#define MOCK_HISTORY_MAX 256
+#define MOCK_HISTORY_BYTES (256u << 10)
+/* A saved session bigger than this is not read (JSON escapes may grow the
+ * text up to six times). */
+#define MOCK_STATE_MAX (MOCK_HISTORY_BYTES * 6 + (64u << 10))
+#define MOCK_ID_PREFIX "mock-session-"
+#define MOCK_ID_HEX 16
+
+/* JSON-RPC and ACP error codes. */
+#define RPC_INVALID_PARAMS (-32602)
+#define RPC_NOT_FOUND (-32601)
+#define ACP_RESOURCE_NOT_FOUND (-32002)
 
 extern char **environ;
 
-static unsigned mock_sessions;
+/* One config option: its id, name and the values it allows (value, name
+ * pairs); option 0 is the model, 1 the mode. */
+typedef struct {
+    const char *id, *name;
+    const char *const *values;
+} mock_option;
+
+static const char *const mock_models_list[] = { "mock", "Mock", "mock-fast", "Mock Fast", NULL };
+static const char *const mock_modes_list[] = { "normal", "Normal", "plan", "Plan", NULL };
+static const char *const mock_levels_list[] = { "low", "Low", "medium", "Medium", "high", "High", NULL };
+enum { OPT_MODEL, OPT_MODE, OPT_LEVEL, OPT_COUNT };
+static const mock_option mock_options[OPT_COUNT] = {
+    { "model", "Model", mock_models_list },
+    { "mode", "Mode", mock_modes_list },
+    { "thought_level", "Thought Level", mock_levels_list },
+};
+
+typedef struct {
+    char id[sizeof MOCK_ID_PREFIX + MOCK_ID_HEX];
+    const char *current[OPT_COUNT]; /* points into mock_options' lists */
+    int always_allowed;
+    json_t *history;                /* [{role: user|agent, text}] */
+    size_t history_bytes;
+} mock_session;
+
+static mock_session mock_sessions[MOCK_MAX_SESSIONS];
+static size_t mock_nsessions;
 static unsigned mock_requests;
-static char mock_mode[32] = "normal";
-static char mock_model[32] = "mock";
+/* The agent's reply to the prompt being answered, as sent in chunks. */
+static FILE *mock_reply;
 
 /* One message per line, flushed at once: the proxy streams line by line. */
 static void mock_send(json_t *msg)
@@ -48,17 +109,35 @@ static void mock_result(json_t *id, json_t *result)
     mock_send(json_pack("{s:s, s:O, s:o}", "jsonrpc", "2.0", "id", id, "result", result));
 }
 
-static void mock_error(json_t *id, int code, const char *message)
+static void mock_error(json_t *id, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void mock_error(json_t *id, int code, const char *fmt, ...)
 {
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
     mock_send(json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error", "code", code,
                         "message", message));
 }
 
+static void mock_update(const char *session, json_t *update)
+{
+    mock_send(json_pack("{s:s, s:s, s:{s:s, s:o}}", "jsonrpc", "2.0", "method", "session/update", "params",
+                        "sessionId", session, "update", update));
+}
+
+static void mock_text_update(const char *session, const char *kind, const char *text)
+{
+    mock_update(session, json_pack("{s:s, s:{s:s, s:s}}", "sessionUpdate", kind, "content", "type", "text",
+                                   "text", text));
+}
+
 static void mock_chunk(const char *session, const char *text)
 {
-    mock_send(json_pack("{s:s, s:s, s:{s:s, s:{s:s, s:{s:s, s:s}}}}", "jsonrpc", "2.0", "method",
-                        "session/update", "params", "sessionId", session, "update", "sessionUpdate",
-                        "agent_message_chunk", "content", "type", "text", "text", text));
+    if (mock_reply)
+        fputs(text, mock_reply);
+    mock_text_update(session, "agent_message_chunk", text);
 }
 
 /* The next message from stdin, NULL at EOF.  Lines that are not JSON
@@ -80,8 +159,255 @@ static json_t *mock_read(void)
     }
 }
 
-/* The text blocks of a prompt, joined. */
-static char *mock_prompt_text(json_t *params)
+/* ---- sessions, their options and history ------------------------------------------------ */
+
+static int mock_valid_id(const char *id)
+{
+    size_t n = strlen(MOCK_ID_PREFIX);
+    if (strncmp(id, MOCK_ID_PREFIX, n) != 0 || strlen(id + n) != MOCK_ID_HEX)
+        return 0;
+    return strspn(id + n, "0123456789abcdef") == MOCK_ID_HEX;
+}
+
+static mock_session *mock_find(const char *id)
+{
+    for (size_t i = 0; i < mock_nsessions; i++)
+        if (strcmp(mock_sessions[i].id, id) == 0)
+            return &mock_sessions[i];
+    return NULL;
+}
+
+/* The allowed value of option `opt` spelled `v` (the list's own string), or NULL. */
+static const char *mock_option_value(int opt, const char *v)
+{
+    for (const char *const *o = mock_options[opt].values; v && *o; o += 2)
+        if (strcmp(*o, v) == 0)
+            return *o;
+    return NULL;
+}
+
+static mock_session *mock_session_add(const char *id)
+{
+    if (mock_nsessions == MOCK_MAX_SESSIONS)
+        return NULL;
+    mock_session *s = &mock_sessions[mock_nsessions++];
+    snprintf(s->id, sizeof s->id, "%s", id);
+    for (int i = 0; i < OPT_COUNT; i++)
+        s->current[i] = mock_options[i].values[0];
+    s->always_allowed = 0;
+    s->history = json_array();
+    s->history_bytes = 0;
+    if (!s->history)
+        exit(1);
+    return s;
+}
+
+/* Keep `len` bytes of `text` at most, cut at a UTF-8 character boundary
+ * (jansson refuses invalid UTF-8). */
+static size_t mock_utf8_cut(const char *text, size_t len)
+{
+    while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
+        len--;
+    return len;
+}
+
+/* Append one message; drop the oldest while over the caps. */
+static void mock_history_add(mock_session *s, const char *role, const char *text)
+{
+    size_t len = strlen(text);
+    if (len > MOCK_HISTORY_BYTES)
+        len = mock_utf8_cut(text, MOCK_HISTORY_BYTES);
+    json_t *msg = json_pack("{s:s, s:s%}", "role", role, "text", text, len);
+    if (!msg || json_array_append_new(s->history, msg) != 0)
+        exit(1);
+    s->history_bytes += len;
+    while (json_array_size(s->history) > MOCK_HISTORY_MAX || s->history_bytes > MOCK_HISTORY_BYTES) {
+        s->history_bytes -= json_string_length(json_object_get(json_array_get(s->history, 0), "text"));
+        json_array_remove(s->history, 0);
+    }
+}
+
+/* $HOME/.local/state/cell-mock-agent[/<id>.json], created on the way when
+ * `create`; 0 on success. */
+static int mock_state_path(char *buf, size_t size, const char *id, int create)
+{
+    const char *home = getenv("HOME");
+    if (!home || home[0] != '/')
+        return -1;
+    static const char *const parts[] = { "/.local", "/.local/state", "/.local/state/cell-mock-agent" };
+    for (size_t i = 0; create && i < sizeof parts / sizeof parts[0]; i++) {
+        if ((size_t)snprintf(buf, size, "%s%s", home, parts[i]) >= size)
+            return -1;
+        if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+            return -1;
+    }
+    int n = snprintf(buf, size, "%s%s/%s.json", home, parts[2], id);
+    return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
+static json_t *mock_state_json(const mock_session *s)
+{
+    return json_pack("{s:i, s:s, s:s, s:s, s:b, s:O}", "version", 1, "model", s->current[OPT_MODEL], "mode",
+                     s->current[OPT_MODE], "thought_level", s->current[OPT_LEVEL], "alwaysAllowed",
+                     s->always_allowed, "history", s->history);
+}
+
+/* Save the session (written beside and renamed, so a reader never sees half
+ * a file).  A failure (no HOME, a read-only file system) costs only the
+ * resume after a restart: reported on stderr, the session goes on. */
+static void mock_save(const mock_session *s)
+{
+    char path[4096], tmp[4200];
+    json_t *state = mock_state_json(s);
+    char *text = state ? json_dumps(state, JSON_COMPACT) : NULL;
+    json_decref(state);
+    if (!text)
+        exit(1);
+    int ok = 0;
+    if (mock_state_path(path, sizeof path, s->id, 1) == 0 &&
+        (size_t)snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) < sizeof tmp) {
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            size_t len = strlen(text), off = 0;
+            while (off < len) {
+                ssize_t w = write(fd, text + off, len - off);
+                if (w < 0 && errno == EINTR)
+                    continue;
+                if (w <= 0)
+                    break;
+                off += (size_t)w;
+            }
+            ok = close(fd) == 0 && off == len && rename(tmp, path) == 0;
+            if (!ok)
+                unlink(tmp);
+        }
+    }
+    if (!ok)
+        fprintf(stderr, "cell-mock-agent: cannot save session %s: %s\n", s->id, strerror(errno));
+    free(text);
+}
+
+/* Read a saved session's file: its JSON, or NULL when missing, not a
+ * regular file (a FIFO must not block the agent), too big or not JSON. */
+static json_t *mock_state_read(const char *id)
+{
+    char path[4096];
+    if (mock_state_path(path, sizeof path, id, 0) < 0)
+        return NULL;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    json_t *state = NULL;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size <= MOCK_STATE_MAX) {
+        char *buf = malloc(MOCK_STATE_MAX + 1);
+        if (!buf)
+            exit(1);
+        size_t len = 0;
+        ssize_t r;
+        while (len <= MOCK_STATE_MAX && (r = read(fd, buf + len, MOCK_STATE_MAX + 1 - len)) != 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                break;
+            len += (size_t)r;
+        }
+        if (len <= MOCK_STATE_MAX)
+            state = json_loadb(buf, len, 0, NULL);
+        free(buf);
+    }
+    close(fd);
+    if (state && !json_is_object(state)) {
+        json_decref(state);
+        state = NULL;
+    }
+    return state;
+}
+
+/* A saved session back into memory; NULL with *why set when it cannot be.
+ * The file is the cell's: every field is checked like any input. */
+static mock_session *mock_restore(const char *id, const char **why)
+{
+    json_t *state = mock_state_read(id);
+    if (!state) {
+        *why = "unknown session";
+        return NULL;
+    }
+    const char *cur[OPT_COUNT];
+    for (int i = 0; i < OPT_COUNT; i++)
+        cur[i] = mock_option_value(i, json_string_value(json_object_get(state, mock_options[i].id)));
+    json_t *history = json_object_get(state, "history");
+    mock_session *s = NULL;
+    if (!cur[OPT_MODEL] || !cur[OPT_MODE] || !cur[OPT_LEVEL] || !json_is_array(history))
+        *why = "its saved state is invalid";
+    else if (!(s = mock_session_add(id)))
+        *why = "too many sessions in this agent process";
+    else {
+        size_t i;
+        json_t *msg;
+        json_array_foreach(history, i, msg) {
+            const char *role = json_string_value(json_object_get(msg, "role"));
+            const char *text = json_string_value(json_object_get(msg, "text"));
+            if (role && text && (strcmp(role, "user") == 0 || strcmp(role, "agent") == 0))
+                mock_history_add(s, role, text);
+        }
+        memcpy(s->current, cur, sizeof cur);
+        s->always_allowed = json_is_true(json_object_get(state, "alwaysAllowed"));
+    }
+    json_decref(state);
+    return s;
+}
+
+static json_t *mock_select(int opt, const char *current)
+{
+    json_t *options = json_array();
+    for (const char *const *o = mock_options[opt].values; *o; o += 2)
+        json_array_append_new(options, json_pack("{s:s, s:s}", "value", o[0], "name", o[1]));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o}", "id", mock_options[opt].id, "name", mock_options[opt].name,
+                     "category", mock_options[opt].id, "type", "select", "currentValue", current, "options",
+                     options);
+}
+
+static json_t *mock_config_options(const mock_session *s)
+{
+    json_t *arr = json_array();
+    for (int i = 0; i < OPT_COUNT; i++)
+        json_array_append_new(arr, mock_select(i, s->current[i]));
+    return arr;
+}
+
+static json_t *mock_modes(const mock_session *s)
+{
+    return json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}]}", "currentModeId", s->current[OPT_MODE], "availableModes",
+                     "id", "normal", "name", "Normal", "id", "plan", "name", "Plan");
+}
+
+static json_t *mock_models(const mock_session *s)
+{
+    return json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}]}", "currentModelId", s->current[OPT_MODEL],
+                     "availableModels", "modelId", "mock", "name", "Mock", "modelId", "mock-fast", "name",
+                     "Mock Fast");
+}
+
+/* The session a request names, or NULL after answering it with an error. */
+static mock_session *mock_session_param(json_t *id, json_t *params)
+{
+    const char *sid = json_string_value(json_object_get(params, "sessionId"));
+    if (!sid) {
+        mock_error(id, RPC_INVALID_PARAMS, "sessionId: a string is required");
+        return NULL;
+    }
+    mock_session *s = mock_find(sid);
+    if (!s)
+        mock_error(id, ACP_RESOURCE_NOT_FOUND, "sessionId: unknown session %.80s (session/load it first)", sid);
+    return s;
+}
+
+/* ---- prompts ------------------------------------------------------------------------------ */
+
+/* The text blocks of a prompt: all of them joined by newlines (what the
+ * history keeps) and the last one alone (what the user asks now). */
+static char *mock_prompt_text(json_t *params, const char **last)
 {
     size_t len = 0;
     char *out = NULL;
@@ -90,26 +416,32 @@ static char *mock_prompt_text(json_t *params)
         exit(1);
     size_t i;
     json_t *block;
+    long last_off = 0;
     json_array_foreach(json_object_get(params, "prompt"), i, block) {
         const char *t = json_string_value(json_object_get(block, "text"));
-        if (t)
-            fputs(t, f);
+        if (!t)
+            continue;
+        if (ftell(f) > 0)
+            fputc('\n', f);
+        last_off = ftell(f);
+        fputs(t, f);
     }
     if (fclose(f) != 0)
         exit(1);
+    *last = out + last_off;
     return out;
 }
 
 /* Ask the client for permission and wait for its answer; other messages
  * arriving meanwhile are answered as errors (the mock is single-turn). */
-static char *mock_ask_permission(const char *session)
+static char *mock_ask_permission(mock_session *s)
 {
     char id[32];
     snprintf(id, sizeof id, "perm-%u", ++mock_requests);
     mock_send(json_pack("{s:s, s:s, s:s, s:{s:s, s:{s:s, s:s, s:s}, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, "
                         "{s:s, s:s, s:s}]}}",
                         "jsonrpc", "2.0", "id", id, "method", "session/request_permission", "params",
-                        "sessionId", session, "toolCall", "toolCallId", id, "title", "mock wants to write a file",
+                        "sessionId", s->id, "toolCall", "toolCallId", id, "title", "mock wants to write a file",
                         "kind", "edit", "options",
                         "optionId", "allow-once", "name", "Allow once", "kind", "allow_once",
                         "optionId", "allow-always", "name", "Always allow", "kind", "allow_always",
@@ -120,10 +452,11 @@ static char *mock_ask_permission(const char *session)
             exit(0);
         const char *rid = json_string_value(json_object_get(msg, "id"));
         if (!json_object_get(msg, "method") && rid && strcmp(rid, id) == 0) {
-            json_t *outcome = json_object_get(json_object_get(json_object_get(msg, "result"), "outcome"), "outcome");
-            const char *o = json_string_value(outcome);
-            const char *opt = json_string_value(json_object_get(json_object_get(json_object_get(msg, "result"),
-                                                                                "outcome"), "optionId"));
+            json_t *outcome = json_object_get(json_object_get(msg, "result"), "outcome");
+            const char *o = json_string_value(json_object_get(outcome, "outcome"));
+            const char *opt = json_string_value(json_object_get(outcome, "optionId"));
+            if (opt && strcmp(opt, "allow-always") == 0)
+                s->always_allowed = 1;
             char *answer = NULL;
             if (asprintf(&answer, "permission: %s", opt ? opt : o ? o : "error") < 0)
                 exit(1);
@@ -152,93 +485,194 @@ static void mock_words(const char *session, const char *text)
     free(copy);
 }
 
-static void mock_prompt(json_t *id, json_t *params)
+/* The answer to the words of `ask`, streamed in chunks. */
+static void mock_answer(mock_session *s, const char *ask)
 {
-    const char *session = json_string_value(json_object_get(params, "sessionId"));
-    if (!session)
-        return mock_error(id, -32602, "sessionId is required");
-    char *text = mock_prompt_text(params);
-    if (strstr(text, "exit now"))
-        exit(3);
-    if (strstr(text, "garbage")) {
-        printf("this is not json\n");
-        fflush(stdout);
-    }
-    if (strstr(text, "stderr"))
-        fprintf(stderr, "mock: a line on stderr\n");
-    if (strstr(text, "no answer")) {
-        free(text);
-        return;
-    }
-    if (strstr(text, "permission")) {
-        char *answer = mock_ask_permission(session);
-        mock_chunk(session, answer);
+    if (strstr(ask, "permission")) {
+        char *answer = s->always_allowed ? strdup("permission: allow-always (remembered)") : mock_ask_permission(s);
+        if (!answer)
+            exit(1);
+        mock_chunk(s->id, answer);
         free(answer);
-    } else if (strstr(text, "env")) {
+    } else if (strstr(ask, "settings")) {
+        char buf[256];
+        snprintf(buf, sizeof buf, "mode=%s model=%s thought_level=%s", s->current[OPT_MODE], s->current[OPT_MODEL],
+                 s->current[OPT_LEVEL]);
+        mock_chunk(s->id, buf);
+    } else if (strstr(ask, "recall")) {
+        size_t i;
+        json_t *msg;
+        json_array_foreach(s->history, i, msg) {
+            if (strcmp(json_string_value(json_object_get(msg, "role")), "user") == 0)
+                mock_chunk(s->id, json_string_value(json_object_get(msg, "text")));
+        }
+    } else if (strstr(ask, "env")) {
         for (char **e = environ; *e; e++) {
             char name[256];
             snprintf(name, sizeof name, "%.*s", (int)strcspn(*e, "="), *e);
-            mock_chunk(session, name);
+            mock_chunk(s->id, name);
         }
-    } else if (strstr(text, "pwd")) {
+    } else if (strstr(ask, "pwd")) {
         char cwd[4096];
-        mock_chunk(session, getcwd(cwd, sizeof cwd) ? cwd : "?");
+        mock_chunk(s->id, getcwd(cwd, sizeof cwd) ? cwd : "?");
     } else {
-        mock_chunk(session, "mock:");
-        mock_words(session, text);
+        mock_chunk(s->id, "mock:");
+        mock_words(s->id, ask);
     }
+}
+
+static void mock_prompt(json_t *id, json_t *params)
+{
+    mock_session *s = mock_session_param(id, params);
+    if (!s)
+        return;
+    if (!json_is_array(json_object_get(params, "prompt")))
+        return mock_error(id, RPC_INVALID_PARAMS, "prompt: an array of content blocks is required");
+    const char *ask;
+    char *text = mock_prompt_text(params, &ask);
+    if (strstr(ask, "exit now"))
+        exit(3);
+    if (strstr(ask, "garbage")) {
+        printf("this is not json\n");
+        fflush(stdout);
+    }
+    if (strstr(ask, "stderr"))
+        fprintf(stderr, "mock: a line on stderr\n");
+    if (strstr(ask, "no answer")) {
+        free(text);
+        return;
+    }
+    mock_history_add(s, "user", text);
+    char *reply = NULL;
+    size_t reply_len = 0;
+    mock_reply = open_memstream(&reply, &reply_len);
+    if (!mock_reply)
+        exit(1);
+    mock_answer(s, ask);
+    if (fclose(mock_reply) != 0)
+        exit(1);
+    mock_reply = NULL;
+    mock_history_add(s, "agent", reply);
+    mock_save(s);
+    free(reply);
     free(text);
     mock_result(id, json_pack("{s:s}", "stopReason", "end_turn"));
 }
 
-static json_t *mock_modes(void)
+/* ---- session lifecycle and settings --------------------------------------------------------- */
+
+static void mock_new(json_t *id, json_t *params)
 {
-    return json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}]}", "currentModeId", mock_mode, "availableModes",
-                     "id", "normal", "name", "Normal", "id", "plan", "name", "Plan");
+    unsigned char raw[MOCK_ID_HEX / 2];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw)
+        return mock_error(id, -32603, "getrandom: %s", strerror(errno));
+    char sid[sizeof MOCK_ID_PREFIX + MOCK_ID_HEX];
+    int n = snprintf(sid, sizeof sid, "%s", MOCK_ID_PREFIX);
+    for (size_t i = 0; i < sizeof raw; i++)
+        n += snprintf(sid + n, sizeof sid - (size_t)n, "%02x", raw[i]);
+    mock_session *s = mock_session_add(sid);
+    if (!s)
+        return mock_error(id, -32000, "too many sessions in this agent process (%d)", MOCK_MAX_SESSIONS);
+    mock_save(s);
+    /* _meta tells tests which MCP servers the session got. */
+    json_t *mcp = json_object_get(params, "mcpServers");
+    mock_result(id, json_pack("{s:s, s:o, s:o, s:o, s:{s:O}}", "sessionId", sid, "modes", mock_modes(s), "models",
+                              mock_models(s), "configOptions", mock_config_options(s), "_meta", "mcpServers",
+                              mcp ? mcp : json_null()));
 }
 
-static json_t *mock_models(void)
+/* session/load: the history replayed as user_message_chunk and
+ * agent_message_chunk updates, in order, then the answer.  A session this
+ * process does not hold is read from its saved file. */
+static void mock_load(json_t *id, json_t *params)
 {
-    return json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}]}", "currentModelId", mock_model, "availableModels",
-                     "modelId", "mock", "name", "Mock", "modelId", "mock-fast", "name", "Mock Fast");
+    const char *sid = json_string_value(json_object_get(params, "sessionId"));
+    if (!sid)
+        return mock_error(id, RPC_INVALID_PARAMS, "sessionId: a string is required");
+    /* The id becomes a file name: nothing but our own ids. */
+    if (!mock_valid_id(sid))
+        return mock_error(id, RPC_INVALID_PARAMS, "sessionId: not a session id of this agent");
+    if (!json_is_string(json_object_get(params, "cwd")))
+        return mock_error(id, RPC_INVALID_PARAMS, "cwd: a string is required");
+    if (!json_is_array(json_object_get(params, "mcpServers")))
+        return mock_error(id, RPC_INVALID_PARAMS, "mcpServers: an array is required");
+    const char *why = NULL;
+    mock_session *s = mock_find(sid);
+    if (!s && !(s = mock_restore(sid, &why)))
+        return mock_error(id, ACP_RESOURCE_NOT_FOUND, "sessionId: %s: %s", sid, why);
+    size_t i;
+    json_t *msg;
+    json_array_foreach(s->history, i, msg) {
+        int user = strcmp(json_string_value(json_object_get(msg, "role")), "user") == 0;
+        mock_text_update(s->id, user ? "user_message_chunk" : "agent_message_chunk",
+                         json_string_value(json_object_get(msg, "text")));
+    }
+    mock_result(id, json_pack("{s:o, s:o, s:o}", "modes", mock_modes(s), "models", mock_models(s), "configOptions",
+                              mock_config_options(s)));
 }
 
-static void mock_set(char *dst, size_t size, json_t *params, const char *key)
+/* Set option `opt` of the request's session to the string param `key`;
+ * tells the client (current_mode_update for the mode, config_option_update
+ * always) and answers: set_config_option (key "value") with the config
+ * options as ACP specifies, set_mode and set_model with {}. */
+static void mock_set(json_t *id, json_t *params, int opt, const char *key)
 {
-    const char *v = json_string_value(json_object_get(params, key));
-    if (v)
-        snprintf(dst, size, "%s", v);
+    mock_session *s = mock_session_param(id, params);
+    if (!s)
+        return;
+    json_t *v = json_object_get(params, key);
+    if (!json_is_string(v))
+        return mock_error(id, RPC_INVALID_PARAMS, "%s: a string is required", key);
+    const char *value = mock_option_value(opt, json_string_value(v));
+    if (!value)
+        return mock_error(id, RPC_INVALID_PARAMS, "%s: unknown %s %.80s", key, mock_options[opt].id,
+                          json_string_value(v));
+    s->current[opt] = value;
+    mock_save(s);
+    if (opt == OPT_MODE)
+        mock_update(s->id, json_pack("{s:s, s:s}", "sessionUpdate", "current_mode_update", "currentModeId", value));
+    mock_update(s->id, json_pack("{s:s, s:o}", "sessionUpdate", "config_option_update", "configOptions",
+                                 mock_config_options(s)));
+    if (strcmp(key, "value") == 0)
+        mock_result(id, json_pack("{s:o}", "configOptions", mock_config_options(s)));
+    else
+        mock_result(id, json_object());
+}
+
+static void mock_set_config_option(json_t *id, json_t *params)
+{
+    json_t *cfg = json_object_get(params, "configId");
+    if (!json_is_string(cfg))
+        return mock_error(id, RPC_INVALID_PARAMS, "configId: a string is required");
+    for (int i = 0; i < OPT_COUNT; i++)
+        if (strcmp(json_string_value(cfg), mock_options[i].id) == 0)
+            return mock_set(id, params, i, "value");
+    mock_error(id, RPC_INVALID_PARAMS, "configId: unknown config option %.80s", json_string_value(cfg));
 }
 
 static void mock_request(const char *method, json_t *id, json_t *params)
 {
+    if (params && !json_is_object(params) && strcmp(method, "initialize") != 0)
+        return mock_error(id, RPC_INVALID_PARAMS, "params: an object is required");
     if (strcmp(method, "initialize") == 0) {
         mock_result(id, json_pack("{s:i, s:{s:b, s:{s:b, s:b, s:b}}, s:[], s:{s:s, s:s}}", "protocolVersion", 1,
-                                  "agentCapabilities", "loadSession", 0, "promptCapabilities", "image", 0,
+                                  "agentCapabilities", "loadSession", 1, "promptCapabilities", "image", 0,
                                   "audio", 0, "embeddedContext", 0, "authMethods", "agentInfo", "name",
                                   "cell-mock-agent", "version", "1"));
     } else if (strcmp(method, "session/new") == 0) {
-        char sid[32];
-        snprintf(sid, sizeof sid, "mock-session-%u", ++mock_sessions);
-        /* _meta tells tests which MCP servers the session got. */
-        json_t *mcp = json_object_get(params, "mcpServers");
-        mock_result(id, json_pack("{s:s, s:o, s:o, s:{s:O}}", "sessionId", sid, "modes", mock_modes(), "models",
-                                  mock_models(), "_meta", "mcpServers", mcp ? mcp : json_null()));
+        mock_new(id, params);
+    } else if (strcmp(method, "session/load") == 0) {
+        mock_load(id, params);
     } else if (strcmp(method, "session/prompt") == 0) {
         mock_prompt(id, params);
     } else if (strcmp(method, "session/set_mode") == 0) {
-        mock_set(mock_mode, sizeof mock_mode, params, "modeId");
-        const char *session = json_string_value(json_object_get(params, "sessionId"));
-        if (session)
-            mock_send(json_pack("{s:s, s:s, s:{s:s, s:{s:s, s:s}}}", "jsonrpc", "2.0", "method", "session/update",
-                                "params", "sessionId", session, "update", "sessionUpdate", "current_mode_update",
-                                "currentModeId", mock_mode));
-        mock_result(id, json_object());
+        mock_set(id, params, OPT_MODE, "modeId");
     } else if (strcmp(method, "session/set_model") == 0) {
-        mock_set(mock_model, sizeof mock_model, params, "modelId");
-        mock_result(id, json_object());
+        mock_set(id, params, OPT_MODEL, "modelId");
+    } else if (strcmp(method, "session/set_config_option") == 0) {
+        mock_set_config_option(id, params);
     } else {
-        mock_error(id, -32601, "Method not found");
+        mock_error(id, RPC_NOT_FOUND, "Method not found");
     }
 }
 
