@@ -2,7 +2,8 @@
 // against a cell of `cell serve` (harness.mjs starts its own daemon):
 // listAgents/getAgent/installAgent, createSession on the mock agent (which
 // runs inside the cell), prompts streaming chunks in order, permission
-// requests answered (reject, allow-always), destroy and dispose, an agent
+// requests answered (reject, allow-always: not asked again), destroy and
+// dispose (model/mode and resume: sessions.test.mjs), an agent
 // that exits or prints garbage (its launcher replaced through the SDK's fs
 // API), and another tenant's token or an unknown cell failing fast.
 import { test, before, after } from "node:test";
@@ -105,14 +106,12 @@ test("permission requests: reject, then allow-always", async () => {
   assert.equal(chunks[1], "permission: allow-always");
   assert.equal(asked.length, 2);
   assert.ok(asked[0].availableReplies.includes("always"));
+  // Allowed always: the next tool call in this session is not asked again.
+  await within(session.prompt([{ type: "text", text: "permission once more" }]), 30000, "third prompt");
+  await waitFor(() => chunks.length >= 3, { what: "remembered outcome" });
+  assert.equal(chunks[2], "permission: allow-always (remembered)");
+  assert.equal(asked.length, 2);
   off();
-  await sdk.destroySession(session.id);
-});
-
-test("set mode and model on the mock", async () => {
-  const session = await sdk.createSession({ agent: "mock" });
-  const r = await sdk.setSessionMode(session.id, "plan");
-  assert.ok(r.session);
   await sdk.destroySession(session.id);
 });
 

@@ -1,18 +1,25 @@
-// agents_probe.mjs: one SDK createSession (and, if it works, a prompt) in a
-// process of its own, for agents.test.mjs's failure cases.  The SDK's HTTP
+// agents_probe.mjs: one SDK createSession (and, given PROMPT, a prompt) in a
+// process of its own, for agents.test.mjs's and sessions.test.mjs's failure cases.  The SDK's HTTP
 // transport also reports a failed POST as an unhandled rejection, which the
 // test runner would pin on whatever test runs; here those are collected.
 //
-//   node agents_probe.mjs BASE_URL TOKEN AGENT
-// prints one JSON line: {created, error, status, transportErrors:[{status, type}]}.
+//   node agents_probe.mjs BASE_URL TOKEN AGENT [PROMPT]
+// prints one JSON line: {created, error, status, prompted, promptError,
+// transportErrors:[{status, type, exitCode}]}; with PROMPT it ends 200 ms
+// after the prompt's transport error; error "timed out" (after 8 s) means the
+// SDK never settled.
 import { SandboxAgent } from "sandbox-agent";
 
-const [baseUrl, token, agent] = process.argv.slice(2);
+const [baseUrl, token, agent, promptText] = process.argv.slice(2);
 const transportErrors = [];
 process.on("unhandledRejection", (err) => {
-  transportErrors.push({ status: err?.status ?? null, type: err?.problem?.type ?? String(err) });
+  transportErrors.push({ status: err?.status ?? null, type: err?.problem?.type ?? String(err),
+                         exitCode: err?.problem?.details?.exitCode ?? null });
+  // A prompt's failed POST: the SDK's promise for it never settles; the
+  // error is here.  (createSession may still reject on its own: waited for.)
+  if (out.created && promptText !== undefined) setTimeout(finish, 200);
 });
-const out = { created: false, error: null, status: null, transportErrors };
+const out = { created: false, error: null, status: null, prompted: false, promptError: null, transportErrors };
 const timer = setTimeout(() => { out.error = "timed out"; finish(); }, 8000);
 function finish() {
   clearTimeout(timer);
@@ -22,8 +29,16 @@ function finish() {
 try {
   const sdk = await SandboxAgent.connect({ baseUrl, token, skipHealthCheck: true });
   try {
-    await sdk.createSession({ agent });
+    const session = await sdk.createSession({ agent });
     out.created = true;
+    if (promptText !== undefined) {
+      try {
+        await session.prompt([{ type: "text", text: promptText }]);
+        out.prompted = true;
+      } catch (err) {
+        out.promptError = String(err?.message ?? err);
+      }
+    }
   } catch (err) {
     out.error = String(err?.message ?? err);
     out.status = err?.status ?? null;
