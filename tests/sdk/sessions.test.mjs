@@ -193,7 +193,9 @@ test("resume on a new instance: the SDK's replay, ACP session/load's replay in o
   const before0 = await mockProcs();
   const session = await within(first.createSession({ agent: "mock" }), 30000, "createSession");
   await first.setSessionMode(session.id, "plan");
-  await session.prompt([{ type: "text", text: "alpha beta" }]);
+  // Words in a context block (not the prompt's last) are not commands: the
+  // SDK's replay quotes earlier prompts in one.
+  await session.prompt([{ type: "text", text: "quoted: exit now" }, { type: "text", text: "alpha beta" }]);
   await session.prompt([{ type: "text", text: "gamma delta" }]);
   const oldAgentSession = session.agentSessionId;
   await first.dispose();
@@ -233,14 +235,14 @@ test("resume on a new instance: the SDK's replay, ACP session/load's replay in o
     assert.equal(loaded.modes.currentModeId, "plan");
     await waitFor(() => got.length >= 4, { what: "four replayed messages" });
     assert.deepEqual(got.map((u) => [u.sessionUpdate, u.content.text]), [
-      ["user_message_chunk", "alpha beta"], ["agent_message_chunk", "mock:alpha beta"],
+      ["user_message_chunk", "quoted: exit now\nalpha beta"], ["agent_message_chunk", "mock:alpha beta"],
       ["user_message_chunk", "gamma delta"], ["agent_message_chunk", "mock:gamma delta"],
     ]);
     // The loaded session goes on where it was.
     got.length = 0;
     assert.equal((await acp.prompt({ sessionId: oldAgentSession, prompt: [{ type: "text", text: "recall" }] })).stopReason, "end_turn");
     await waitFor(() => got.length >= 3, { what: "the recall reply" });
-    assert.deepEqual(got.map((u) => u.content.text), ["alpha beta", "gamma delta", "recall"]);
+    assert.deepEqual(got.map((u) => u.content.text), ["quoted: exit now\nalpha beta", "gamma delta", "recall"]);
 
     // The proxy's ring after the resume: everything in order, and after a
     // Last-Event-ID exactly the later messages.
@@ -249,7 +251,7 @@ test("resume on a new instance: the SDK's replay, ACP session/load's replay in o
     const ids = all.map(([id]) => id);
     assert.deepEqual(ids, [...ids].sort((x, y) => x - y));
     const replayed = all.filter(([, m]) => m.params?.update?.sessionUpdate === "user_message_chunk");
-    assert.deepEqual(replayed.map(([, m]) => m.params.update.content.text), ["alpha beta", "gamma delta"]);
+    assert.deepEqual(replayed.map(([, m]) => m.params.update.content.text), ["quoted: exit now\nalpha beta", "gamma delta"]);
     const cut = replayed[1][0];
     const later = await sseEvents(server, cut, isEnd);
     assert.deepEqual(later.map(([id]) => id), ids.filter((id) => id > cut));
