@@ -8,8 +8,12 @@ The fake network (198.18.41.0/24 on the host's lo, see netfake.py):
     198.18.41.53:53  DNS: model.test -> 198.18.41.10
     198.18.41.10:80  the fake model (fakemodel.py): the Responses API,
                      streamed, scripted per turn; records every request
+    198.18.41.10:443 the same over HTTPS (a certificate for model.test from
+                     a CA of this module, trusted by the daemon through
+                     --upstream-ca): the cell's Codex trusts the egress
+                     engine's interception CA, the engine this CA
 
-One daemon, one tenant, one cell for the module.  Codex is installed with
+One daemon and one tenant for the module, one cell per scheme.  Codex is installed with
 POST /cells/{id}/v1/agents/codex/install (npm, once per host: the module
 skips when the registry cannot be reached).  Release stage only: the agent
 is a 230 MB binary and its turns are slow under the sanitizers.
@@ -21,6 +25,7 @@ of the instance must leave no codex process in the cell.
 """
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.request
@@ -38,7 +43,6 @@ pytestmark = pytest.mark.skipif(dm.ASAN or dm.TSAN, reason="release stage only: 
 NET = netfake.claim("198.18.41", __name__)
 DNS_IP, MODEL_IP = NET + ".53", NET + ".10"
 KEY = "sk-real-" + uuid.uuid4().hex           # must never show up in the cell
-BASE = "http://model.test/v1"
 DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/24"]}}
 WORK = "/root/work"
 MADE = WORK + "/made-by-codex.txt"
@@ -52,7 +56,7 @@ name = "cell"
 base_url = "%s"
 env_key = "OPENAI_API_KEY"
 wire_api = "responses"
-''' % BASE
+'''
 
 
 REGISTRY = "https://registry.npmjs.org/"   # the daemon's default --agent-registry
@@ -67,14 +71,19 @@ def registry_reachable():
 
 
 @pytest.fixture(scope="module")
-def net():
+def net(tmp_path_factory):
     if netfake.require_dns() is None:
         pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl CLI is needed to make the test CA")
     n = netfake.Net((DNS_IP, MODEL_IP))
+    n.ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test")
     try:
         n.up()
-        n.model = fakemodel.FakeModel((MODEL_IP, 80))
-        n.serve(*netfake.FakeDNS({"model.test": {"A": [MODEL_IP]}}).servers(DNS_IP), n.model.server)
+        n.models = {"http": fakemodel.FakeModel((MODEL_IP, 80)),
+                    "https": fakemodel.FakeModel((MODEL_IP, 443), tls=(leaf, key))}
+        n.serve(*netfake.FakeDNS({"model.test": {"A": [MODEL_IP]}}).servers(DNS_IP),
+                *[m.server for m in n.models.values()])
         yield n
     finally:
         n.down()
@@ -82,7 +91,8 @@ def net():
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory, net):
-    yield from dm.serve(tmp_path_factory.mktemp("agent-codex"), ["--allow-tenant-dest", NET + ".0/24"])
+    yield from dm.serve(tmp_path_factory.mktemp("agent-codex"),
+                        ["--upstream-ca", net.ca, "--allow-tenant-dest", NET + ".0/24"])
 
 
 @pytest.fixture(scope="module")
@@ -115,16 +125,18 @@ class Cell:
         return r.body
 
 
-@pytest.fixture(scope="module")
-def cell(alice):
+@pytest.fixture(scope="module", params=["http", "https"])
+def cell(alice, request):
+    base = request.param + "://model.test/v1"
     r = alice.post("/v1/cells", {"resources": {"memory": "1G"},
-                                 "agents": {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}},
+                                 "agents": {"codex": {"secret": "OPENAI_KEY", "baseUrl": base}},
                                  "policy": {"rules": [DNS_RULE]}})
     assert r.status == 201, r
     c = Cell(alice, r.body["id"])
+    c.scheme = request.param
     try:
         install(c)
-        c.put("/root/.codex/config.toml", CONFIG.encode())
+        c.put("/root/.codex/config.toml", (CONFIG % base).encode())
         c.sh("mkdir -p " + WORK)
         yield c
     finally:
@@ -232,7 +244,7 @@ def files_with(root, needle):
 
 
 def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
-    m = net.model
+    m = net.models[cell.scheme]
     m.script([fakemodel.text("Hello", " from", " the fake", " model.")],
              [fakemodel.call("exec_command", {"cmd": "echo written-by-codex > " + MADE, "workdir": WORK,
                                               "sandbox_permissions": "require_escalated",

@@ -35,11 +35,15 @@ OTHER_KEY = "sk-other-" + uuid.uuid4().hex
 DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/24"]}}
 BASE = "https://model.test/v1"
 
+# argv: the key variable, the base-URL variable (or a URL), the header and
+# its prefix; OpenAI's by default.
 PROBE = r'''
 import json, os, subprocess, sys, urllib.request
-req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", method="POST",
+key_env, base_env, header, prefix = sys.argv[1:] or ["OPENAI_API_KEY", "OPENAI_BASE_URL", "Authorization", "Bearer "]
+base = os.environ.get(base_env, base_env)
+req = urllib.request.Request(base + "/chat/completions", method="POST",
                              data=b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
-                             headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"],
+                             headers={header: prefix + os.environ[key_env], "X-Leak": "none",
                                       "Content-Type": "application/json"})
 with urllib.request.urlopen(req, timeout=30) as resp:
     body = resp.read().decode()
@@ -48,7 +52,7 @@ with urllib.request.urlopen(req, timeout=30) as resp:
 os.makedirs("/root/agent", exist_ok=True)
 with open("/root/agent/answer.json", "w") as f:
     f.write(head + "\n\n" + body)
-print(json.dumps({"env": os.environ.get("OPENAI_API_KEY"), "base": os.environ.get("OPENAI_BASE_URL"),
+print(json.dumps({"env": os.environ.get(key_env), "base": os.environ.get(base_env),
                   "head": head, "body": body}))
 '''
 
@@ -76,36 +80,19 @@ class _Model(netfake.http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True)
-
-
-def _make_ca(d):
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.pem", "-days", "2", "-subj", "/CN=cell test model CA", cwd=d)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "leaf.key",
-             "-out", "leaf.csr", "-subj", "/CN=model.test", cwd=d)
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=DNS:model.test\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
-    _openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-             "leaf.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-
-
 @pytest.fixture(scope="module")
 def net(cell, tmp_path_factory):
     if netfake.require_dns() is None:
         pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
     if not shutil.which("openssl"):
         pytest.skip("the openssl CLI is needed to make the test CA")
-    certs = str(tmp_path_factory.mktemp("model-certs"))
-    _make_ca(certs)
+    ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test")
     n = netfake.Net((DNS_IP, MODEL_IP))
     try:
         n.up()
-        n.model = netfake.HTTPServer((MODEL_IP, 443), _Model, tls=(os.path.join(certs, "leaf.pem"),
-                                                                    os.path.join(certs, "leaf.key")))
+        n.model = netfake.HTTPServer((MODEL_IP, 443), _Model, tls=(leaf, key))
         n.serve(*netfake.FakeDNS(ZONE).servers(DNS_IP), n.model)
-        n.ca = os.path.join(certs, "ca.pem")
+        n.ca = ca
         yield n
     finally:
         n.down()
@@ -120,8 +107,9 @@ def d(tmp_path_factory, net):
 @pytest.fixture(scope="module")
 def alice(d):
     c = d.tenant(dm.uniq("alice"))
-    r = c.post("/v1/secrets", {"name": "OPENAI_KEY", "value": KEY})
-    assert r.status in (200, 201, 204), r
+    for name, value in (("OPENAI_KEY", KEY), ("SECOND_KEY", "sk-second-" + uuid.uuid4().hex)):
+        r = c.post("/v1/secrets", {"name": name, "value": value})
+        assert r.status in (200, 201, 204), r
     return c
 
 
@@ -171,14 +159,15 @@ def test_model_key_is_injected_on_the_host_and_never_enters_the_cell(d, alice, m
     r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}})
     assert r.status == 201, r
     cid = r.body["id"]
-    # The rules are in the policy GET shows: ours first, the client's after.
+    # GET shows the switch's rules (agentPolicy) apart from the client's
+    # policy, which stays as sent.
     got = alice.get("/v1/cells/%s" % cid).body
     assert got["agents"] == {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}}
     assert got["env"]["OPENAI_API_KEY"] == "cell-placeholder" and got["env"]["OPENAI_BASE_URL"] == BASE
-    rule = got["policy"]["rules"][0]["http"]
-    assert rule["host"] == "model.test" and rule["redact_response"] is True
+    rule = got["agentPolicy"]["rules"][0]["http"]
+    assert rule["host"] == "model.test" and rule["redact_response"] is True and rule["ports"] == [443]
     assert rule["set_headers"] == {"Authorization": "Bearer ${secret:OPENAI_KEY}"}
-    assert got["policy"]["rules"][1] == DNS_RULE
+    assert got["policy"] == {"rules": [DNS_RULE]}
     assert KEY not in json.dumps(got)
 
     before = len(net.model.seen)
@@ -218,8 +207,8 @@ def test_claude_rule_uses_x_api_key_and_host_dns(d, alice, made):
     alice.post("/v1/secrets", {"name": "ANTHROPIC_KEY", "value": "sk-ant-" + uuid.uuid4().hex})
     r = create(alice, made, {"claude": {"secret": "ANTHROPIC_KEY"}}, rules=[DNS_RULE])
     assert r.status == 201, r
-    pol = r.body["policy"]["rules"]
-    assert pol[0]["http"]["host"] == "api.anthropic.com"
+    pol = r.body["agentPolicy"]["rules"]
+    assert pol[0]["http"]["host"] == "api.anthropic.com" and pol[0]["http"]["ports"] == [443]
     assert pol[0]["http"]["set_headers"] == {"x-api-key": "${secret:ANTHROPIC_KEY}"}
     assert r.body["env"]["ANTHROPIC_API_KEY"] == "cell-placeholder"
     assert "ANTHROPIC_BASE_URL" not in r.body["env"]
@@ -230,8 +219,8 @@ def test_no_dns_rule_needs_a_usable_upstream(d, alice, made):
     may use; when none is left, the error says to give one."""
     r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}}, rules=None)
     if r.status == 201:
-        kinds = [list(x)[0] for x in r.body["policy"]["rules"]]
-        assert kinds[0] == "dns" and "http" in kinds
+        kinds = [list(x)[0] for x in r.body["agentPolicy"]["rules"]]
+        assert kinds == ["http", "dns"] and "policy" not in r.body
     else:
         assert r.status == 400 and "dns" in r.body["detail"] and "agents" in r.body["detail"], r
 
@@ -247,6 +236,17 @@ def test_a_tenant_cannot_name_another_tenants_secret(d, alice, bob, made):
 @pytest.mark.parametrize("agents,field,status", [
     ({"nosuch": {"secret": "OPENAI_KEY"}}, "agents.nosuch", 400),
     ({"mock": {"secret": "OPENAI_KEY"}}, "agents.mock", 400),
+    ({"cursor": {"secret": "OPENAI_KEY"}}, "agents.cursor", 400),
+    ({"opencode": {"secret": "OPENAI_KEY"}}, "agents.opencode.provider", 400),
+    ({"pi": {"secret": "OPENAI_KEY"}}, "agents.pi.provider", 400),
+    ({"opencode": {"secret": "OPENAI_KEY", "provider": "gemini"}}, "agents.opencode.provider", 400),
+    ({"opencode": {"secret": "OPENAI_KEY", "provider": 1}}, "agents.opencode.provider", 400),
+    ({"codex": {"secret": "OPENAI_KEY", "provider": "anthropic"}}, "agents.codex.provider", 400),
+    ({"opencode": {"secret": "OPENAI_KEY", "provider": "x" * 5000}}, "agents.opencode.provider", 400),
+    # Two agents sharing OPENAI_API_KEY must name one secret and one baseUrl.
+    ({"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE},
+      "opencode": {"secret": "OPENAI_KEY", "provider": "openai"}}, "agents.opencode", 400),
+    ({"codex": {"secret": "OPENAI_KEY"}, "pi": {"secret": "SECOND_KEY", "provider": "openai"}}, "agents.pi", 400),
     ({"codex": {}}, "agents.codex.secret", 400),
     ({"codex": {"secret": 7}}, "agents.codex.secret", 400),
     ({"codex": {"secret": "MISSING_KEY"}}, "agents.codex.secret", 400),
@@ -298,9 +298,155 @@ def test_restart_keeps_the_agent_rules(d, alice, made, net):
     r = alice.post("/v1/cells/%s/start" % cid)
     assert r.status == 200, r
     assert r.body["policy"] == before["policy"] and r.body["env"] == before["env"]
+    assert r.body["agentPolicy"] == before["agentPolicy"]
     n = len(net.model.seen)
     r = alice.post("/cells/%s/v1/processes/run" % cid,
                    {"command": "/usr/bin/python3", "args": ["-c", PROBE], "timeoutMs": 120000})
     assert r.status == 200 and r.body["exitCode"] == 0, r
     assert net.model.seen[n:][-1]["headers"]["authorization"] == "Bearer " + KEY
     assert KEY not in r.body["stdout"]
+
+
+def run_probe(client, cid, *argv):
+    r = client.post("/cells/%s/v1/processes/run" % cid,
+                    {"command": "/usr/bin/python3", "args": ["-c", PROBE] + list(argv), "timeoutMs": 120000})
+    assert r.status == 200 and r.body["exitCode"] == 0, r
+    return json.loads(r.body["stdout"].strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("agents,key_env,base_env,host,header,value", [
+    ({"opencode": {"secret": "OPENAI_KEY", "provider": "openai"}}, "OPENAI_API_KEY", "OPENAI_BASE_URL",
+     "api.openai.com", "Authorization", "Bearer ${secret:OPENAI_KEY}"),
+    ({"opencode": {"secret": "OPENAI_KEY", "provider": "anthropic"}}, "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+     "api.anthropic.com", "x-api-key", "${secret:OPENAI_KEY}"),
+    ({"amp": {"secret": "OPENAI_KEY"}}, "AMP_API_KEY", "AMP_URL", "ampcode.com", "Authorization",
+     "Bearer ${secret:OPENAI_KEY}"),
+    ({"amp": {"secret": "OPENAI_KEY", "provider": "amp"}}, "AMP_API_KEY", "AMP_URL", "ampcode.com", "Authorization",
+     "Bearer ${secret:OPENAI_KEY}"),
+    ({"pi": {"secret": "OPENAI_KEY", "provider": "anthropic"}}, "ANTHROPIC_API_KEY", None, "api.anthropic.com",
+     "x-api-key", "${secret:OPENAI_KEY}"),
+    ({"pi": {"secret": "OPENAI_KEY", "provider": "openai"}}, "OPENAI_API_KEY", None, "api.openai.com",
+     "Authorization", "Bearer ${secret:OPENAI_KEY}"),
+])
+def test_each_agents_provider(d, alice, made, agents, key_env, base_env, host, header, value):
+    """docs/api.md's table, row by row: the default endpoint, header and
+    variables of every agent that can be brokered."""
+    r = create(alice, made, agents)
+    assert r.status == 201, r
+    rules = r.body["agentPolicy"]["rules"]
+    assert rules[0] == {"http": {"host": host, "ports": [443], "set_headers": {header: value},
+                                 "redact_response": True}}
+    assert r.body["env"][key_env] == "cell-placeholder"
+    assert not base_env or base_env not in r.body["env"]
+
+
+@pytest.mark.parametrize("agent,want,argv", [
+    ("amp", {"secret": "OPENAI_KEY", "baseUrl": BASE}, ["AMP_API_KEY", "AMP_URL", "Authorization", "Bearer "]),
+    ("opencode", {"secret": "OPENAI_KEY", "provider": "anthropic", "baseUrl": BASE},
+     ["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "x-api-key", ""]),
+    # pi takes its endpoint from its model registry: no variable is set,
+    # the rule is for baseUrl's host all the same.
+    ("pi", {"secret": "OPENAI_KEY", "provider": "openai", "baseUrl": BASE},
+     ["OPENAI_API_KEY", BASE, "Authorization", "Bearer "]),
+])
+def test_other_agents_keys_reach_the_upstream(d, alice, made, net, agent, want, argv):
+    r = create(alice, made, {agent: want})
+    assert r.status == 201, r
+    n = len(net.model.seen)
+    out = run_probe(alice, r.body["id"], *argv)
+    hdr = argv[2].lower()
+    assert net.model.seen[n:][-1]["headers"][hdr] == argv[3] + KEY
+    assert out["env"] == "cell-placeholder" and KEY not in json.dumps(out)
+
+
+def test_agents_sharing_a_key_share_one_rule(d, alice, made):
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY"}, "opencode": {"secret": "OPENAI_KEY",
+                                                                           "provider": "openai"}})
+    assert r.status == 201, r
+    http = [x for x in r.body["agentPolicy"]["rules"] if "http" in x]
+    assert len(http) == 1 and http[0]["http"]["host"] == "api.openai.com"
+    # The same endpoint by baseUrl from another key variable, another secret.
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE},
+                             "amp": {"secret": "SECOND_KEY", "baseUrl": BASE}})
+    assert r.status == 400 and "agents.amp" in r.body["detail"] and "endpoint" in r.body["detail"], r
+
+
+def test_put_policy_keeps_the_agent_rules(d, alice, made, net):
+    """PUT .../policy replaces the client's policy only: the switch's rules
+    are composed with it each time, so the key still reaches the model."""
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}}, rules=[DNS_RULE])
+    assert r.status == 201, r
+    cid, agent_policy = r.body["id"], r.body["agentPolicy"]
+    mine = {"rules": [DNS_RULE, {"action": "deny", "ip": {"to": "198.18.40.99"}}]}
+    r = alice.put("/v1/cells/%s/policy" % cid, mine)
+    assert r.status == 200 and r.body["policyLive"] is True, r
+    assert r.body["policy"] == mine and r.body["agentPolicy"] == agent_policy
+    got = alice.get("/v1/cells/%s" % cid).body
+    assert got["policy"] == mine and got["agentPolicy"] == agent_policy
+    n = len(net.model.seen)
+    out = run_probe(alice, cid)
+    assert net.model.seen[n:][-1]["headers"]["authorization"] == "Bearer " + KEY
+    assert out["env"] == "cell-placeholder" and KEY not in json.dumps(out)
+    # A policy without a dns rule: the agents' (the host's resolvers) would
+    # apply; with none usable the PUT says what is missing, naming nothing
+    # of the client's that is not there.
+    r = alice.put("/v1/cells/%s/policy" % cid, {"rules": [{"host": {"name": "x.test"}}]})
+    assert r.status in (200, 400), r
+    if r.status == 400:
+        assert "dns" in r.body["detail"], r
+    # Errors name the client's own rules as sent.
+    r = alice.put("/v1/cells/%s/policy" % cid, {"rules": [DNS_RULE, {"http": {"host": "a.test", "bogus": 1}}]})
+    assert r.status == 400 and "rules[1]" in r.body["detail"], r
+    # And a stop and start after the PUT boots with both again.
+    assert alice.put("/v1/cells/%s/policy" % cid, mine).status == 200
+    assert alice.post("/v1/cells/%s/stop" % cid).status == 200
+    r = alice.post("/v1/cells/%s/start" % cid)
+    assert r.status == 200 and r.body["policy"] == mine, r
+    n = len(net.model.seen)
+    run_probe(alice, cid)
+    assert net.model.seen[n:][-1]["headers"]["authorization"] == "Bearer " + KEY
+
+
+def test_put_policy_cannot_take_the_key_elsewhere(d, alice, made, net):
+    """The attack: a client rule for the model host putting the agent's
+    secret into another header, or a Bearer of its own.  The agents' rule
+    comes first and the first matching rule decides the flow, so the
+    client's rule never applies to it: the upstream gets the key in the
+    agent's header only."""
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}}, rules=[DNS_RULE])
+    assert r.status == 201, r
+    cid = r.body["id"]
+    evil = {"rules": [DNS_RULE, {"http": {"host": "model.test", "ports": [443],
+                                          "set_headers": {"X-Leak": "${secret:OPENAI_KEY}",
+                                                          "Authorization": "Bearer attacker"},
+                                          "remove_headers": ["X-Api-Key"]}},
+                      {"http": {"host": "*.test", "set_headers": {"X-Leak": "${secret:OPENAI_KEY}"}}}]}
+    r = alice.put("/v1/cells/%s/policy" % cid, evil)
+    assert r.status == 200, r
+    n = len(net.model.seen)
+    out = run_probe(alice, cid)
+    seen = net.model.seen[n:][-1]["headers"]
+    assert seen["authorization"] == "Bearer " + KEY and seen["x-leak"] == "none", seen
+    assert KEY not in json.dumps(out)
+    # Nor can a client's rule name another tenant's secret: the engine reads
+    # the cell's own tenant's (a missing secret refuses the request).
+    assert KEY not in json.dumps(alice.get("/v1/cells/%s" % cid).body)
+
+
+def test_cli_provider_option(d, alice, made, tmp_path):
+    env = dict(os.environ, CELL_URL="http://127.0.0.1:%d" % d.port, CELL_TOKEN=alice.token)
+    cell = os.environ.get("CELL_BIN", "cell")
+    pol = tmp_path / "p.json"
+    pol.write_text(json.dumps({"rules": [DNS_RULE]}))
+    p = subprocess.run([cell, "--json", "create", "--policy", str(pol), "--agent-key", "opencode=OPENAI_KEY,base=" + BASE + ",provider=openai",
+                        "--agent-key", "pi=OPENAI_KEY,provider=openai,base=" + BASE],
+                       env=env, capture_output=True, text=True, timeout=60)
+    if p.returncode == 0:
+        made.append((alice, json.loads(p.stdout)["id"]))
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["agents"] == {"opencode": {"secret": "OPENAI_KEY", "baseUrl": BASE, "provider": "openai"},
+                             "pi": {"secret": "OPENAI_KEY", "provider": "openai", "baseUrl": BASE}}
+    p = subprocess.run([cell, "create", "--agent-key", "opencode=OPENAI_KEY,model=x"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "provider=NAME" in p.stderr
