@@ -47,12 +47,14 @@ static const char create_usage[] =
     "  --mount-memory DST[:SIZE] an empty in-memory directory at DST (repeatable)\n"
     "  --policy FILE             network policy: a JSON file (see docs/egress.md);\n"
     "                            without one the cell has no network at all\n"
-    "  --agent-key AGENT=SECRET[,base=URL]\n"
-    "                            broker AGENT's model key (codex, claude): the cell\n"
-    "                            gets a placeholder key and an egress rule that puts\n"
-    "                            your secret SECRET in the provider's auth header on\n"
-    "                            the host; base=URL points the agent at another\n"
-    "                            endpoint (repeatable; see docs/api.md)\n"
+    "  --agent-key AGENT=SECRET[,base=URL][,provider=NAME]\n"
+    "                            broker AGENT's model key (codex, claude, opencode,\n"
+    "                            amp, pi): the cell gets a placeholder key and an\n"
+    "                            egress rule that puts your secret SECRET in the\n"
+    "                            provider's auth header on the host; base=URL points\n"
+    "                            the agent at another endpoint; provider=openai or\n"
+    "                            anthropic for opencode and pi (repeatable; see\n"
+    "                            docs/api.md)\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
 
 static const char ls_usage[] =
@@ -238,19 +240,34 @@ static int add_env(json_t *env, const char *kv)
     return rc;
 }
 
-/* AGENT=SECRET[,base=URL] into the body's "agents" object. */
+/* AGENT=SECRET[,base=URL][,provider=NAME] into the body's "agents"
+ * object: the options split at ",base=" and ",provider=" (a URL may hold
+ * other commas). */
 static int add_agent_key(json_t *body, const char *spec)
 {
     const char *eq = strchr(spec, '=');
     if (!eq || eq == spec || !eq[1])
-        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': expected AGENT=SECRET[,base=URL], e.g. codex=OPENAI_KEY", spec);
+        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': expected AGENT=SECRET[,base=URL][,provider=NAME], "
+                        "e.g. codex=OPENAI_KEY", spec);
+    static const char *const opts[] = { ",base=", ",provider=" };
+    static const char *const fields[] = { "baseUrl", "provider" };
+    const char *at[2] = { strstr(eq + 1, opts[0]), strstr(eq + 1, opts[1]) };
     const char *comma = strchr(eq + 1, ',');
-    if (comma && strncmp(comma, ",base=", 6) != 0)
-        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': after the secret only ,base=URL may follow", spec);
+    if (comma && comma != at[0] && comma != at[1])
+        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': after the secret only ,base=URL and ,provider=NAME may "
+                        "follow", spec);
     char *agent = strndup(spec, (size_t)(eq - spec));
     json_t *want = json_pack("{s:s%}", "secret", eq + 1, comma ? (size_t)(comma - eq - 1) : strlen(eq + 1));
-    if (want && comma)
-        json_object_set_new(want, "baseUrl", json_string(comma + 6));
+    for (int i = 0; i < 2 && want; i++) {
+        if (!at[i])
+            continue;
+        const char *v = at[i] + strlen(opts[i]), *other = at[1 - i];
+        size_t n = other && other > v ? (size_t)(other - v) : strlen(v);
+        if (json_object_set_new(want, fields[i], json_stringn(v, n)) < 0) {
+            json_decref(want);      /* not UTF-8 */
+            want = NULL;
+        }
+    }
     json_t *agents = json_object_get(body, "agents");
     if (!agents)
         json_object_set_new(body, "agents", agents = json_object());

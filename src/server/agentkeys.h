@@ -5,12 +5,25 @@
 
 #include "server/server_internal.h"
 
-/* Validate body's "agents" (object of agent id -> {"secret", "baseUrl"})
- * and fold it into the create: spec's "env" gets each agent's placeholder
- * key (and base URL), body's "policy" becomes the agent rules (a dns rule
- * when the client's policy has none, one http rule per agent) followed by
- * the client's rules, and spec keeps "agents" as asked.  0, or -1 after a
- * reply (400/403 naming the field). */
+/* Validate body's "agents" (object of agent id -> {"secret", "baseUrl",
+ * "provider"}) and fold it into the create: spec's "env" gets each
+ * agent's placeholder key (and base URL), spec's "agentPolicy" the
+ * switch's rules (one http rule per endpoint, then a dns rule of the
+ * host's resolvers when the caller may use one; without it the client's
+ * policy must have a dns rule), and spec keeps "agents" as asked.  The
+ * client's "policy" is not touched.  0, or -1 after a reply (400/403
+ * naming the field). */
 int agentkeys_apply(sreq *r, json_t *body, json_t *spec);
+
+/* The policy a cell runs with: spec's "agentPolicy" rules (dns aside)
+ * first, then the client's policy `user` (may be NULL), then the agents'
+ * dns rule if `user` has none.  A new value; NULL when neither exists (no
+ * network) or out of memory.  Never takes a reference to spec's parts. */
+json_t *agentkeys_policy(json_t *spec, json_t *user);
+
+/* `user` as the client sent it, with only the agents' dns rule appended
+ * when it has none: validated first, so errors name the client's own
+ * rules[N].  A new value, NULL if out of memory. */
+json_t *agentkeys_policy_as_sent(json_t *spec, json_t *user);
 
 #endif

@@ -168,14 +168,34 @@ static int check_policy(sreq *r, json_t *policy)
     return rc;
 }
 
+/* The client's policy (NULL: none) with the cell's agent rules
+ * (agentkeys.c), checked as the cell will run it: first as the client
+ * sent it, so errors name its own rules, then composed. */
+static int check_cell_policy(sreq *r, json_t *spec, json_t *policy)
+{
+    if (!json_object_get(spec, "agentPolicy"))
+        return check_policy(r, policy);
+    json_t *sent = policy ? agentkeys_policy_as_sent(spec, policy) : NULL;
+    json_t *all = agentkeys_policy(spec, policy);
+    int rc = (policy && !sent) || !all ? (reply_problem(r, 500, "internal", "out of memory"), -1)
+             : sent && check_policy(r, sent) < 0 ? -1
+                                                 : check_policy(r, all);
+    json_decref(sent);
+    json_decref(all);
+    return rc;
+}
+
 static int parse_policy(sreq *r, json_t *body, json_t *spec)
 {
     json_t *policy = json_object_get(body, "policy");
-    if (!policy || json_is_null(policy))
+    if (json_is_null(policy))
+        policy = NULL;
+    if (!policy && !json_object_get(spec, "agentPolicy"))
         return 0;
-    if (check_policy(r, policy) < 0)
+    if (check_cell_policy(r, spec, policy) < 0)
         return -1;
-    json_object_set(spec, "policy", policy);
+    if (policy)
+        json_object_set(spec, "policy", policy);
     json_object_set_new(spec, "policyScreened", json_boolean(!r->tok.admin));
     return 0;
 }
@@ -450,9 +470,17 @@ int h_cells_policy(sreq *r)
         return MHD_YES;
     json_t *policy = NULL;
     int ret = MHD_YES;
-    if (req_json(r, &policy) < 0 || check_policy(r, policy) < 0)
+    if (req_json(r, &policy) < 0 || check_cell_policy(r, sc->spec, policy) < 0)
         goto out;
-    char *text = json_dumps(policy, JSON_COMPACT);
+    /* The cell runs the client's policy composed with its agent rules;
+     * the record and GET keep the client's as sent. */
+    json_t *runs = agentkeys_policy(sc->spec, policy);
+    char *text = runs ? json_dumps(runs, JSON_COMPACT) : NULL;
+    json_decref(runs);
+    if (!text) {
+        ret = reply_problem(r, 500, "internal", "out of memory");
+        goto out;
+    }
     cell_error e = { 0 };
     int live = 0;
     /* The spec is shared read-only; the policy is the one part that changes,

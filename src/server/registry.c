@@ -1,5 +1,6 @@
 /* registry.c: the daemon's cells in memory: lookup with references, boot and
  * halt, one watcher thread per running cell for process exits, the ttl reaper. */
+#include "server/agentkeys.h"
 #include "server/server_internal.h"
 
 #include <poll.h>
@@ -156,10 +157,12 @@ static int begin(scell *sc, unsigned from, enum scell_state to, int wait, cell_e
                      registry_state_name(st));
 }
 
+/* What the cell runs: the client's policy composed with the spec's agent
+ * rules (agentkeys.c), built anew for every boot and catch-up. */
 json_t *registry_policy(scell *sc)
 {
     pthread_mutex_lock(&sc->io);
-    json_t *p = json_deep_copy(sc->policy);
+    json_t *p = agentkeys_policy(sc->spec, sc->policy);
     pthread_mutex_unlock(&sc->io);
     return p;
 }
@@ -295,9 +298,13 @@ static void boot_on_owner(void *arg)
  * start, as PUT says. */
 static int catch_up_policy(scell *sc, json_t *booted_with, cell_error *err)
 {
-    if (!sc->policy || json_equal(sc->policy, booted_with))
+    json_t *now = sc->policy ? agentkeys_policy(sc->spec, sc->policy) : NULL;
+    if (!now || json_equal(now, booted_with)) {
+        json_decref(now);
         return 0;
-    char *text = json_dumps(sc->policy, JSON_COMPACT);
+    }
+    char *text = json_dumps(now, JSON_COMPACT);
+    json_decref(now);
     cell_error e = { 0 };
     int rc = text ? cell_set_policy(sc->c, text, &e) : util_fail(&e, ENOMEM, "out of memory");
     free(text);
