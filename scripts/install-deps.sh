@@ -16,6 +16,8 @@ packages=(
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   python3-dnspython nftables passt slirp4netns
+  # scripts/test.sh runs the integration tests in two processes (pytest -n 2)
+  python3-pytest-xdist
   # bench/egress.sh's https benchmark makes its test CA with the openssl CLI
   openssl
   # fuzzing (libFuzzer ships in clang's runtime package)

@@ -10,6 +10,9 @@ Environment:
     CELL_TEST_STATE        state directory for the debian-bookworm image; it is
                            reused across sessions and never deleted (default: a
                            temporary directory, deleted after the session)
+                           Under pytest-xdist (-n N) the workers share its
+                           image (built once, under a lock) and each runs its
+                           cells in a state dir of its own
     CELL_TEST_IMAGE_CACHE  a directory holding a prebuilt debian-bookworm/ image
                            (with its ready file) to copy instead of running
                            `cell image build debian-bookworm` (~45 s, needs the
@@ -320,28 +323,70 @@ def _image_ready(state, name):
     return os.path.exists(os.path.join(state, "images", name, "ready"))
 
 
+def _provide_debian(d):
+    """Build debian-bookworm in state d (or copy it from CELL_TEST_IMAGE_CACHE)
+    unless it is there."""
+    os.makedirs(os.path.join(d, "images"), exist_ok=True)
+    if not _image_ready(d, DEBIAN):
+        cache = os.environ.get("CELL_TEST_IMAGE_CACHE")
+        src = os.path.join(cache, DEBIAN) if cache else None
+        if src and os.path.exists(os.path.join(src, "ready")):
+            dst = os.path.join(d, "images", DEBIAN)
+            shutil.rmtree(dst, ignore_errors=True)
+            subprocess.run(["cp", "-a", src, dst], check=True)
+        else:
+            r = run_cell(d, ["image", "build", DEBIAN], timeout=1200)
+            if r.returncode != 0:
+                pytest.fail("cell image build %s failed (%d):\n%s%s" % (DEBIAN, r.returncode, r.stdout[-3000:],
+                                                                         r.stderr[-3000:]))
+    assert _image_ready(d, DEBIAN)
+
+
+def _provide_debian_locked(d):
+    """_provide_debian(d) holding flock(d/.debian-image.lock): whoever shares
+    the state dir (pytest-xdist's workers, scripts/test.sh's build of the
+    image in the background) builds it once; the others wait for it."""
+    import fcntl
+
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, ".debian-image.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _provide_debian(d)
+
+
+def _worker_debian_state(worker, shared):
+    """Under pytest-xdist (-n): the image is built once in the shared state
+    dir; each worker then runs its cells in a state dir of its own holding a
+    hard-linked copy of it (the image is only ever an overlay's read-only
+    lower layer).  One state dir for both would make dstate's leftover check
+    count the other worker's cells as this test's."""
+    _provide_debian_locked(shared)
+    d = tempfile.mkdtemp(prefix="cell-it-debian-%s-" % worker)
+    os.makedirs(os.path.join(d, "images"))
+    src, dst = os.path.join(shared, "images", DEBIAN), os.path.join(d, "images", DEBIAN)
+    if subprocess.run(["cp", "-al", src, dst]).returncode != 0:  # another file system: a real copy
+        shutil.rmtree(dst, ignore_errors=True)
+        subprocess.run(["cp", "-a", src, dst], check=True)
+    return d
+
+
 @pytest.fixture(scope="session")
-def debian_state(cell):
+def debian_state(cell, tmp_path_factory):
     persistent = os.environ.get("CELL_TEST_STATE")
-    d = persistent or tempfile.mkdtemp(prefix="cell-it-debian-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    d = None
     try:
-        os.makedirs(os.path.join(d, "images"), exist_ok=True)
-        if not _image_ready(d, DEBIAN):
-            cache = os.environ.get("CELL_TEST_IMAGE_CACHE")
-            src = os.path.join(cache, DEBIAN) if cache else None
-            if src and os.path.exists(os.path.join(src, "ready")):
-                dst = os.path.join(d, "images", DEBIAN)
-                shutil.rmtree(dst, ignore_errors=True)
-                subprocess.run(["cp", "-a", src, dst], check=True)
-            else:
-                r = run_cell(d, ["image", "build", DEBIAN], timeout=1200)
-                if r.returncode != 0:
-                    pytest.fail("cell image build %s failed (%d):\n%s%s" % (DEBIAN, r.returncode, r.stdout[-3000:],
-                                                                             r.stderr[-3000:]))
-        assert _image_ready(d, DEBIAN)
+        if worker:
+            # Without CELL_TEST_STATE the workers share the image in their
+            # common pytest base directory (pytest rotates those).
+            shared = persistent or str(tmp_path_factory.getbasetemp().parent / "debian-state")
+            d = _worker_debian_state(worker, shared)
+        else:
+            d = persistent or tempfile.mkdtemp(prefix="cell-it-debian-")
+            _provide_debian_locked(d)
         yield d
     finally:
-        if not persistent:
+        if d and (worker or not persistent):
             shutil.rmtree(d, ignore_errors=True)
 
 
