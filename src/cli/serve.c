@@ -61,6 +61,9 @@ const char cli_serve_usage[] =
     "  --upstream-ca FILE    PEM certificates trusted, besides the host's trust\n"
     "                        store, when verifying upstreams of intercepted HTTPS\n"
     "                        (\"http\" policy rules; private CAs, tests)\n"
+    "  --agent-registry URL  the npm registry agent installs use (default\n"
+    "                        " SERVER_DEFAULT_AGENT_REGISTRY "); npm runs in an install\n"
+    "                        cell whose network reaches only this URL's host and port\n"
     "  --limit KEY=VALUE     an operator ceiling on what tenants may ask (docs/api.md\n"
     "                        \"Limits\"; defaults derived from the host), e.g.\n"
     "                        cell.memory=8G, cell.pids=2048, log.bytesPerProcess=16M,\n"
@@ -211,6 +214,8 @@ int cli_serve(struct cli_global *g, int argc, char **argv)
             if (access(v, R_OK) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", v, strerror(errno));
             opt.upstream_ca_file = v, i++;
+        } else if (strcmp(a, "--agent-registry") == 0) {
+            opt.agent_registry = v, i++;
         } else if (strcmp(a, "--token-rate") == 0) {
             char *end;
             unsigned long r = strtoul(v, &end, 10);

@@ -527,16 +527,16 @@ static acp_inst *find_settled_locked(scell *sc, const char *id, size_t *per_cell
 static acp_inst *start_instance(sreq *r, const char *id, const char *agent)
 {
     cell_error e = { 0 };
-    int already;
+    agents_install_result res;
     acp_inst *in = NULL;
-    if (!agents_launcher(agent))
-        reply_problem_details(r, 404, "agent_not_installed", json_pack("{s:s}", "agent", agent),
-                              "%s (cell installs only the mock agent so far)", agent);
-    else if (agents_install_mock(r->cell, 0, &already, &e) < 0)
-        reply_error(r, &e);
+    /* Lazily, as the reference: the same install as POST .../install (a
+     * no-op once the launcher and the cache are there). */
+    if (agents_install(r->cell, agent, 0, r->tok.id, NULL, NULL, &res, &e) < 0)
+        agents_reply_install_error(r, agent, &res, &e);
     else if (spawn_agent(r->cell, agent, id, &in, &e) < 0)
         e.code == ECONNRESET ? reply_error(r, &e)
                              : reply_problem(r, 502, "stream_error", "failed to spawn agent %s: %s", agent, e.message);
+    agents_install_result_free(&res);
     return in;
 }
 

@@ -1,14 +1,14 @@
 /* agents.c: /cells/{cell}/v1/agents, sandbox-agent 0.4.2's agent list and
- * installs, per cell.  Only the `mock` agent (cell-mock-agent, embedded in
- * the daemon) can be installed so far: installing the real agents' CLIs
- * from npm is a later part, so their install answers a problem saying so
- * instead of pretending (docs/compat/sandbox-agent-0.4.2-agents.md).
+ * installs, per cell.  The `mock` agent (cell-mock-agent, embedded in the
+ * daemon) is written into the cell; the real agents come from npm through
+ * the host-wide cache (agentinstall.c), each with the pinned packages and
+ * launcher command of agents_packages[] below.
  *
- * The mock is written into the cell through libcell's file calls (a
+ * Everything is written into the cell through libcell's file calls (a
  * transfer process inside the cell), never by the daemon opening a path of
- * the cell: a binary and a launcher script at the path install reports,
- * which the ACP proxy executes on each spawn, so a client may replace it
- * through the fs API. */
+ * the cell: a launcher script at the path install reports, which the ACP
+ * proxy executes on each spawn, so a client may replace it through the fs
+ * API. */
 #include "server/agents.h"
 #include "server/handlers.h"
 
@@ -52,9 +52,47 @@ static const agent_def *agent_find(const char *id)
 
 int agents_known(const char *id) { return agent_find(id) != NULL; }
 
+/* Pinned on the npm registry (npm view PKG versions, 2026-12); what the
+ * launcher execs is relative to the cache dir, whose node_modules/.bin is
+ * put first in PATH.  docs/compat/sandbox-agent-0.4.2-agents.md lists them. */
+static const agents_package agents_packages[] = {
+    /* claude-agent-acp bundles Claude Code through @anthropic-ai/claude-agent-sdk; needs node */
+    { "claude", { "@zed-industries/claude-agent-acp@0.23.1", NULL },
+      "node_modules/@zed-industries/claude-agent-acp/dist/index.js", "", NULL },
+    /* the adapter's bin is a node wrapper around this native binary: exec it directly */
+    { "codex", { "@zed-industries/codex-acp@0.16.0", NULL },
+      "node_modules/@zed-industries/codex-acp-linux-x64/bin/codex-acp", "", NULL },
+    /* opencode speaks ACP itself: `opencode acp` */
+    { "opencode", { "opencode-ai@1.18.33", NULL }, "node_modules/opencode-linux-x64/bin/opencode", "acp ", NULL },
+    { "amp", { NULL }, NULL, NULL,
+      "no ACP adapter for Amp is published on the npm registry (sandbox-agent's amp-acp is not there)" },
+    /* pi-acp runs the `pi` CLI from PATH */
+    { "pi", { "pi-acp@0.0.34", "@mariozechner/pi-coding-agent@0.73.1", NULL }, "node_modules/pi-acp/dist/index.js",
+      "", NULL },
+    { "cursor", { NULL }, NULL, NULL,
+      "the ACP adapter (@blowmage/cursor-agent-acp) drives Cursor's cursor-agent CLI, which Cursor does not "
+      "publish on the npm registry" },
+};
+
+const agents_package *agents_package_find(const char *id)
+{
+    for (size_t i = 0; i < sizeof agents_packages / sizeof agents_packages[0]; i++)
+        if (strcmp(agents_packages[i].id, id) == 0)
+            return &agents_packages[i];
+    return NULL;
+}
+
 const char *agents_launcher(const char *id)
 {
-    return strcmp(id, "mock") == 0 ? AGENTS_MOCK_LAUNCHER : NULL;
+    static const char *const launchers[] = { AGENTS_PROC_DIR "/claude-acp", AGENTS_PROC_DIR "/codex-acp",
+                                             AGENTS_PROC_DIR "/opencode-acp", AGENTS_PROC_DIR "/pi-acp" };
+    static const char *const ids[] = { "claude", "codex", "opencode", "pi" };
+    if (strcmp(id, "mock") == 0)
+        return AGENTS_MOCK_LAUNCHER;
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        if (strcmp(ids[i], id) == 0)
+            return launchers[i];
+    return NULL;
 }
 
 static json_t *caps_json(const agent_def *a)
@@ -110,9 +148,15 @@ static json_t *agent_json(scell *sc, const agent_def *a, int with_config)
 {
     json_t *o = json_pack("{s:s, s:b, s:b}", "id", a->id, "installed", agent_installed(sc, a),
                           "credentialsAvailable", a->credentials);
+    const agents_package *p = agents_package_find(a->id);
     if (with_config && strcmp(a->id, "mock") == 0) {
         json_object_set_new(o, "version", json_string("builtin"));
         json_object_set_new(o, "path", json_string(AGENTS_MOCK_BIN));
+    } else if (with_config && p && !p->unavailable) {
+        agents_install_result d = { 0 };
+        agents_describe(p, &d);
+        json_object_set_new(o, "version", json_string(d.version));
+        json_object_set_new(o, "path", json_string(d.path));
     }
     json_object_set_new(o, "capabilities", caps_json(a));
     if (with_config)
@@ -165,7 +209,7 @@ int h_agents_get(sreq *r)
 /* Write beside the file and rename over it: a running agent's binary
  * cannot be opened for writing (ETXTBSY), and a spawn must never see half
  * a file. */
-static int write_file(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
+int agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
 {
     char tmp[256];
     snprintf(tmp, sizeof tmp, "%s.new", path);
@@ -196,20 +240,173 @@ int agents_install_mock(scell *sc, int force, int *already, cell_error *err)
         *already = 1;
         rc = 0;
     } else if (cell_file_mkdir(sc->c, AGENTS_PROC_DIR, 0755, 1, err) == 0 &&
-               write_file(sc->c, AGENTS_MOCK_BIN, 0755, cell_mock_agent_start,
+               agents_cell_write(sc->c, AGENTS_MOCK_BIN, 0755, cell_mock_agent_start,
                           (size_t)(cell_mock_agent_end - cell_mock_agent_start), err) == 0 &&
-               write_file(sc->c, AGENTS_MOCK_LAUNCHER, 0755, mock_launcher, sizeof mock_launcher - 1, err) == 0) {
+               agents_cell_write(sc->c, AGENTS_MOCK_LAUNCHER, 0755, mock_launcher, sizeof mock_launcher - 1, err) == 0) {
         rc = 0;
     }
     scell_io_unlock(sc);
     return rc;
 }
 
-int reply_not_installable(sreq *r, const char *id)
+/* The JSON a successful install answers (plain and as SSE's result event). */
+static json_t *install_json(const agents_install_result *res, const char *agent)
 {
-    return reply_problem_details(r, 501, "install_failed", json_pack("{s:s}", "agent", id),
-                                 "%s: cell cannot install this agent yet (only the builtin "
-                                 "mock agent; installing agent CLIs from npm comes in a later release)", id);
+    return json_pack("{s:b, s:[{s:s, s:s, s:s, s:s}]}", "already_installed", res->already, "artifacts", "kind",
+                     "agent_process", "path", agents_launcher(agent), "source", res->source, "version",
+                     res->version);
+}
+
+/* ---- SSE installs: a thread installs, the stream sends its lines ---------- */
+#define INSTALL_STREAM_MAX (1u << 20)  /* progress kept for a slow reader; the result always goes */
+
+typedef struct install_stream {
+    pthread_mutex_t lock;
+    pthread_cond_t  cond;
+    char   *buf;
+    size_t  len, off, cap;
+    int     done, refs, force;
+    srv    *s;
+    scell  *sc;                     /* a reference, the thread's */
+    char    agent[32], token_id[64];
+} install_stream;
+
+static void stream_put(install_stream *st, const char *event, const char *data, int always)
+{
+    pthread_mutex_lock(&st->lock);
+    size_t need = strlen(event) + strlen(data) + 32;
+    if (st->len + need > st->cap && (always || st->len + need <= INSTALL_STREAM_MAX)) {
+        size_t cap = (st->len + need) * 2;
+        char *b = realloc(st->buf, cap);
+        if (b)
+            st->buf = b, st->cap = cap;
+    }
+    if (st->len + need <= st->cap)
+        st->len += (size_t)snprintf(st->buf + st->len, st->cap - st->len, "event: %s\ndata: %s\n\n", event, data);
+    pthread_cond_broadcast(&st->cond);
+    pthread_mutex_unlock(&st->lock);
+}
+
+static void stream_progress(void *user, const char *line)
+{
+    json_t *o = json_pack("{s:s}", "line", line);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (text)
+        stream_put(user, "progress", text, 0);
+    free(text);
+    json_decref(o);
+}
+
+static void stream_unref(install_stream *st)
+{
+    pthread_mutex_lock(&st->lock);
+    int last = --st->refs == 0;
+    pthread_mutex_unlock(&st->lock);
+    if (!last)
+        return;
+    pthread_mutex_destroy(&st->lock);
+    pthread_cond_destroy(&st->cond);
+    free(st->buf);
+    free(st);
+}
+
+static void *stream_main(void *arg)
+{
+    install_stream *st = arg;
+    agents_install_result res;
+    cell_error e = { 0 };
+    json_t *out;
+    if (agents_install(st->sc, st->agent, st->force, st->token_id, stream_progress, st, &res, &e) == 0) {
+        out = install_json(&res, st->agent);
+    } else {
+        unsigned status;
+        out = agents_install_error_json(st->agent, &res, &e, &status);
+    }
+    agents_install_result_free(&res);
+    char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    json_decref(out);
+    stream_put(st, "result", text ? text : "{}", 1);
+    free(text);
+    pthread_mutex_lock(&st->lock);
+    st->done = 1;
+    pthread_cond_broadcast(&st->cond);
+    pthread_mutex_unlock(&st->lock);
+    registry_put(st->sc);
+    stream_unref(st);
+    agents_worker_end();
+    return NULL;
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    install_stream *st = cls;
+    pthread_mutex_lock(&st->lock);
+    int64_t beat = srv_now_ms() + 15000;
+    while (st->off == st->len && !st->done && !conns_stream_over(st->s, st->token_id) && srv_now_ms() < beat) {
+        struct timespec ts;
+        srv_deadline_after(&ts, 500);
+        pthread_cond_timedwait(&st->cond, &st->lock, &ts);
+    }
+    ssize_t n;
+    if (st->off < st->len) {
+        n = (ssize_t)(st->len - st->off < max ? st->len - st->off : max);
+        memcpy(buf, st->buf + st->off, (size_t)n);
+        st->off += (size_t)n;
+        if (st->off == st->len)
+            st->off = st->len = 0;
+    } else if (st->done || conns_stream_over(st->s, st->token_id)) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        static const char hb[] = ": heartbeat\n\n";
+        n = (ssize_t)(sizeof hb - 1 < max ? sizeof hb - 1 : max);
+        memcpy(buf, hb, (size_t)n);
+    }
+    pthread_mutex_unlock(&st->lock);
+    return n;
+}
+
+static void stream_free(void *cls) { stream_unref(cls); }
+
+/* The install runs on its own thread, which outlives a client that goes
+ * away (the install finishes for the next one). */
+static int install_as_stream(sreq *r, const char *agent, int force)
+{
+    install_stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return reply_problem(r, 500, "internal", "out of memory");
+    pthread_mutex_init(&st->lock, NULL);
+    pthread_cond_init(&st->cond, NULL);
+    st->refs = 2;
+    st->force = force;
+    st->s = r->s;
+    st->sc = r->cell;
+    snprintf(st->agent, sizeof st->agent, "%s", agent);
+    snprintf(st->token_id, sizeof st->token_id, "%s", r->tok.id);
+    pthread_mutex_lock(&r->s->lock);
+    r->cell->refs++;
+    pthread_mutex_unlock(&r->s->lock);
+    agents_worker_begin();
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int pe = pthread_create(&t, &attr, stream_main, st);
+    pthread_attr_destroy(&attr);
+    if (pe != 0) {
+        agents_worker_end();
+        registry_put(st->sc);
+        st->refs = 1;
+        stream_unref(st);
+        return reply_problem(r, 500, "internal", "cannot start the install thread");
+    }
+    return reply_event_stream(r, stream_read, st, stream_free);
+}
+
+static int wants_stream(sreq *r)
+{
+    const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+    return accept && strstr(accept, "text/event-stream") != NULL;
 }
 
 int h_agents_install(sreq *r)
@@ -227,13 +424,17 @@ int h_agents_install(sreq *r)
     const agent_def *a = agent_find(id);
     if (!a)
         return reply_unsupported_agent(r, id);
-    if (strcmp(id, "mock") != 0)
-        return reply_not_installable(r, id);
+    req_audit(r, "agent", json_string(id));
+    const agents_package *p = agents_package_find(id);
+    if (p && p->unavailable)
+        return reply_problem_details(r, 501, "install_failed", json_pack("{s:s}", "agent", id), "%s: %s", id,
+                                     p->unavailable);
+    if (wants_stream(r))
+        return install_as_stream(r, id, reinstall);
+    agents_install_result res;
     cell_error e = { 0 };
-    int already;
-    if (agents_install_mock(r->cell, reinstall, &already, &e) < 0)
-        return reply_error(r, &e);
-    return reply_json(r, 200, json_pack("{s:b, s:[{s:s, s:s, s:s, s:s}]}", "already_installed", already,
-                                        "artifacts", "kind", "agent_process", "path", AGENTS_MOCK_LAUNCHER,
-                                        "source", "builtin", "version", "builtin"));
+    int rc = agents_install(r->cell, id, reinstall, r->tok.id, NULL, NULL, &res, &e) == 0
+             ? reply_json(r, 200, install_json(&res, id)) : agents_reply_install_error(r, id, &res, &e);
+    agents_install_result_free(&res);
+    return rc;
 }

@@ -1,19 +1,82 @@
-/* agents.h: the agents a cell can run (agents.c), for the ACP proxy (acp.c). */
+/* agents.h: the agents a cell can run (agents.c) and their installs
+ * (agentinstall.c), for the ACP proxy (acp.c). */
 #ifndef CELL_SERVER_AGENTS_H
 #define CELL_SERVER_AGENTS_H
 
 #include "server/server_internal.h"
 
+/* Where every cell the daemon boots sees the host-wide agent cache
+ * (STATE/agents), read-only. */
+#define AGENTS_CACHE_TARGET "/opt/cell-agents"
+
 /* One of sandbox-agent 0.4.2's agent ids? */
 int agents_known(const char *id);
 /* The path inside the cell that the proxy executes to start `id`; NULL
- * for agents cell cannot install yet. */
+ * for agents cell cannot install. */
 const char *agents_launcher(const char *id);
 /* Write the mock agent and its launcher into the cell unless the launcher
  * is there already (*already = 1) or `force`.  Takes the cell's io lock. */
 int agents_install_mock(scell *sc, int force, int *already, cell_error *err);
 /* 400 unsupported_agent, as the reference words it. */
 int reply_unsupported_agent(sreq *r, const char *id);
+
+/* An agent installed from npm (the table is in agents.c). */
+typedef struct agents_package {
+    const char *id;
+    const char *packages[3];    /* "name@version", pinned; the ACP adapter first; NULL-terminated */
+    const char *exec;           /* what the launcher execs, relative to the cache dir */
+    const char *args;           /* arguments before the client's ("" for none) */
+    const char *unavailable;    /* why cell cannot install it, or NULL */
+} agents_package;
+const agents_package *agents_package_find(const char *id);
+
+/* Write a file into the cell beside its path and rename it over (io held). */
+int agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err);
+
+typedef void (*agents_progress_fn)(void *user, const char *line);
+
+typedef struct agents_install_result {
+    int     already;            /* launcher and cache were there: nothing written */
+    int     ran_npm;            /* this call ran npm (else the cache had it) */
+    int     npm_failed;         /* npm or the cache step failed: stderr has its tail */
+    int     exit_code;          /* npm's, when it exited */
+    char    version[64];
+    char    source[16];         /* "builtin" | "npm" */
+    char    key[160];           /* cache directory name */
+    char    path[512];          /* what the launcher runs, as seen in the cell */
+    json_t *stderr_tail;        /* npm's last stderr lines (owned; NULL if none) */
+} agents_install_result;
+
+/* Install `agent` for this cell: for npm agents, fill the host-wide cache
+ * (unless it has the pinned packages already, or `force`) by running npm in
+ * an install cell, then write the launcher into the cell.  One npm run per
+ * cache key at a time: concurrent installs of one agent wait for each
+ * other.  `who` (a token id) goes into the audit record.  progress (may be
+ * NULL) gets npm's output lines.  Errors: EOPNOTSUPP (no npm install for
+ * this agent), ECONNRESET (cell stopped), res->npm_failed (npm failed). */
+int agents_install(scell *sc, const char *agent, int force, const char *who, agents_progress_fn progress,
+                   void *user, agents_install_result *res, cell_error *err);
+void agents_install_result_free(agents_install_result *res);
+/* Fill res's version, source, key and path for an npm agent (no install). */
+void agents_describe(const agents_package *p, agents_install_result *res);
+/* Reply with an install's error: 501 or 502 install_failed with npm's
+ * stderr tail, 409 for a stopped cell, ... */
+int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e);
+/* The same answer as JSON (problem+json's fields) and its status, for SSE. */
+json_t *agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
+                                  unsigned *status);
+
+/* At daemon start: check --agent-registry, make STATE/agents, clear what
+ * a crash left in STATE/agents-staging. */
+int agents_start(srv *s, cell_error *err);
+/* STATE/agents (after agents_start). */
+const char *agents_cache_root(void);
+/* At daemon stop, before the cells go: wait for installs in progress
+ * (they stop their npm once s->stopping is set). */
+void agents_shutdown(void);
+/* Install threads of SSE installs (agents.c) count themselves here. */
+void agents_worker_begin(void);
+void agents_worker_end(void);
 
 /* At daemon stop, after the cells halted: wait for the ACP readers and
  * drop every instance (acp.c). */

@@ -687,6 +687,7 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
 static void srv_free(srv *s)
 {
     conns_stop(s);                  /* the HTTP daemons are gone */
+    agents_shutdown();              /* installs hold cell references */
     acp_shutdown();                 /* agent instances hold cell references */
     registry_free(s);
     egress_cleanup();
@@ -758,7 +759,8 @@ int server_run(const server_options *opt, cell_error *err)
     if (conns_start(&s, err) < 0 || cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
         goto out;
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
-    if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0)
+    if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0 ||
+        agents_start(&s, err) < 0)
         goto out;
     store_audit_set_rotation(s.st, opt->audit_max_size_set ? opt->audit_max_size : STORE_AUDIT_DEFAULT_MAX_SIZE,
                              opt->audit_keep ? opt->audit_keep : STORE_AUDIT_DEFAULT_KEEP);

@@ -2,6 +2,7 @@
  * halt, one watcher thread per running cell for process exits, the ttl reaper. */
 #include "server/agentkeys.h"
 #include "server/server_internal.h"
+#include "server/agents.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -226,7 +227,7 @@ static void *watcher_main(void *arg)
 /* ---- boot and halt ------------------------------------------------------------- */
 typedef struct boot_config {
     cell_config cfg;
-    cell_mount  mounts[16];
+    cell_mount  mounts[16 + 1];     /* the client's and the agent cache */
     char       *policy;             /* owned */
 } boot_config;
 
@@ -266,6 +267,11 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
         cm->size = spec_u64(m, "size");
         b->cfg.n_mounts = i + 1;
     }
+    /* Last, so that it sits above a client's mount of /opt: the agent
+     * cache, read-only; installs add directories that show up here. */
+    if (agents_cache_root()[0])
+        b->mounts[b->cfg.n_mounts++] = (cell_mount){ .kind = CELL_MOUNT_BIND, .source = agents_cache_root(),
+                                                     .target = AGENTS_CACHE_TARGET, .readonly = 1 };
     b->cfg.mounts = b->mounts;
     if (json_is_object(policy) && (b->policy = json_dumps(policy, JSON_COMPACT))) {
         b->cfg.policy = b->policy;

@@ -71,7 +71,12 @@ typedef struct server_options {
     uint64_t    audit_max_size; /* rotate audit.log past this (if audit_max_size_set; 0 = never) */
     int         audit_max_size_set;
     unsigned    audit_keep;     /* rotated audit files kept; 0 = STORE_AUDIT_DEFAULT_KEEP */
+    /* npm registry that agent installs fetch from (the install cell's
+     * policy allows only its host and port); NULL = SERVER_DEFAULT_AGENT_REGISTRY */
+    const char *agent_registry;
 } server_options;
+
+#define SERVER_DEFAULT_AGENT_REGISTRY "https://registry.npmjs.org/"
 
 /* Run the daemon until SIGINT or SIGTERM (SIGHUP reopens the log).  Prints where it listens and
  * where the admin token is (creating one on first start). */

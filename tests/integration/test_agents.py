@@ -171,7 +171,8 @@ def test_agents_list_get_install(cell):
     assert cell.call("POST", "/agents/mock/install", json_body={}).body["already_installed"] is True
     assert cell.call("POST", "/agents/mock/install", json_body={"reinstall": True}).body["already_installed"] is False
     assert_problem(cell.call("POST", "/agents/mock/install", json_body={"reinstall": "yes"}), 422)
-    assert_problem(cell.call("POST", "/agents/codex/install"), 501, "install_failed")
+    # amp has no ACP adapter on npm; real installs: test_agent_install.py.
+    assert_problem(cell.call("POST", "/agents/amp/install"), 501, "install_failed")
     assert_problem(cell.call("POST", "/agents/nope/install"), 400, "unsupported_agent")
     # The mock is a file of the cell, made by a process of the cell.
     out = cell.sh("ls -ln %s %s" % (MOCK_BIN, LAUNCHER))
@@ -238,8 +239,8 @@ def test_acp_statuses(cell):
     msg = req(1, "initialize", {"protocolVersion": 1})
     b = assert_problem(cell.rpc("s-" + uuid.uuid4().hex[:6], msg), 400, "invalid_request", "agent")
     assert_problem(cell.rpc("s-x", msg, agent="nope"), 400, "unsupported_agent")
-    b = assert_problem(cell.rpc("s-" + uuid.uuid4().hex[:6], msg, agent="claude"), 404, "agent_not_installed")
-    assert b["details"]["agent"] == "claude"
+    b = assert_problem(cell.rpc("s-" + uuid.uuid4().hex[:6], msg, agent="amp"), 501, "install_failed")
+    assert b["details"]["agent"] == "amp"
     server, _ = start(cell)
     assert_problem(cell.rpc(server, req(9, "x"), agent="codex"), 409, "conflict")
     assert cell.rpc(server, req(10, "x"), agent="mock").status == 200

@@ -1,0 +1,675 @@
+/* agentinstall.c: real agents from npm, installed once per host.
+ *
+ * The pinned packages of an agent (agents.c's table) go into a versioned,
+ * content-addressed cache, STATE/agents/<agent>-<version>-<16 hex of the
+ * sha256 of the registry and the package list>/, which every cell the
+ * daemon boots sees read-only at AGENTS_CACHE_TARGET (registry.c).  npm
+ * runs inside an install cell (host image, throwaway layer, memory and pids
+ * limits) whose egress policy reaches only the registry's host and port:
+ * packages' install scripts are untrusted code and run there, confined.
+ * The cell writes into a staging directory bound at /stage; once it is
+ * gone, the daemon checks what it left, makes it root-owned without group
+ * or other write and without setuid bits, writes a manifest and renames
+ * it into place, so a cell never sees half an install.  An install then
+ * writes the agent's launcher into the cell (AGENTS_PROC_DIR/<agent>-acp),
+ * which execs the cached binary.
+ *
+ * One npm run per cache key at a time: concurrent installs of one agent
+ * wait for the first (agents_lock + agents_cond), then find it cached. */
+#include "server/agents.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/evp.h>
+#include <openssl/http.h>
+
+#define AGENTS_STAGE_TARGET  "/stage"
+#define AGENTS_MANIFEST      ".cell-manifest.json"
+/* npm extracts big tarballs (the codex adapter's is ~220 MB unpacked) in
+ * memory and the page cache counts too. */
+#define AGENTS_INSTALL_MEMORY (1536ull << 20)
+#define AGENTS_INSTALL_PIDS   512
+#define AGENTS_INSTALL_DISK   (256ull << 20)   /* the cell's own layer: /tmp; the install is in /stage */
+#define AGENTS_INSTALL_MS     (20 * 60 * 1000)
+#define AGENTS_TAIL_LINES     16
+#define AGENTS_LINE_MAX       2048
+#define AGENTS_LOCK_MAX       (16u << 20)      /* package-lock.json read for the manifest */
+
+static pthread_mutex_t agents_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t agents_cond = PTHREAD_COND_INITIALIZER;
+static int agents_workers;          /* agents_lock: installs running (plain and SSE) */
+
+typedef struct agents_flight {
+    const char *key;
+    struct agents_flight *next;
+} agents_flight;
+static agents_flight *agents_flights; /* agents_lock: cache keys being filled */
+
+static char agents_root[4096], agents_staging[4096];
+static char *agents_policy;         /* the install cell's policy (JSON) */
+static const char *agents_registry;
+
+const char *agents_cache_root(void) { return agents_root; }
+
+void agents_worker_begin(void)
+{
+    pthread_mutex_lock(&agents_lock);
+    agents_workers++;
+    pthread_mutex_unlock(&agents_lock);
+}
+
+void agents_worker_end(void)
+{
+    pthread_mutex_lock(&agents_lock);
+    agents_workers--;
+    pthread_cond_broadcast(&agents_cond);
+    pthread_mutex_unlock(&agents_lock);
+}
+
+void agents_shutdown(void)
+{
+    pthread_mutex_lock(&agents_lock);
+    while (agents_workers > 0)
+        pthread_cond_wait(&agents_cond, &agents_lock);
+    pthread_mutex_unlock(&agents_lock);
+    free(agents_policy);
+    agents_policy = NULL;
+}
+
+/* ---- start: the registry and the install cell's policy ---------------------- */
+/* The host's resolvers, for a registry named by a host name. */
+static json_t *agents_host_dns(void)
+{
+    FILE *f = fopen("/etc/resolv.conf", "re");
+    if (!f)
+        return NULL;
+    json_t *ups = json_array();
+    char line[512], addr[128], bin[16];
+    while (ups && fgets(line, sizeof line, f))
+        if (sscanf(line, " nameserver %127s", addr) == 1 &&
+            (inet_pton(AF_INET, addr, bin) == 1 || inet_pton(AF_INET6, addr, bin) == 1))
+            json_array_append_new(ups, json_string(addr));
+    fclose(f);
+    if (ups && json_array_size(ups) == 0)
+        return json_decref(ups), NULL;
+    return ups;
+}
+
+/* Only the registry: an address literal by a tcp rule, a name by a host
+ * rule (with the host's resolvers, strict: no other name resolves). */
+static json_t *agents_policy_for(const char *host, int port, cell_error *err)
+{
+    unsigned char bin[16];
+    if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1)
+        return json_pack("{s:[{s:{s:s, s:[i]}}]}", "rules", "tcp", "to", host, "ports", port);
+    json_t *ups = agents_host_dns();
+    if (!ups)
+        return util_fail(err, EINVAL, "--agent-registry names host %s, but /etc/resolv.conf has no nameserver "
+                         "to resolve it with", host), NULL;
+    return json_pack("{s:[{s:{s:o, s:b}}, {s:{s:s, s:[i]}}]}", "rules", "dns", "upstreams", ups, "strict", 1,
+                     "host", "name", host, "ports", port);
+}
+
+static int agents_parse_registry(const char *url, cell_error *err)
+{
+    char *user = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL, *frag = NULL;
+    int tls = 0, port_num = 0, rc = -1;
+    if ((strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0) || strpbrk(url, " \t\r\n") ||
+        !OSSL_HTTP_parse_url(url, &tls, &user, &host, &port, &port_num, &path, &query, &frag)) {
+        util_fail(err, EINVAL, "--agent-registry %s: not an http:// or https:// URL", url);
+    } else if ((user && *user) || !host || !*host || port_num <= 0 || port_num > 65535) {
+        util_fail(err, EINVAL, "--agent-registry %s: needs a host (and no user info)", url);
+    } else {
+        json_t *pol = agents_policy_for(host, port_num, err);
+        agents_policy = pol ? json_dumps(pol, JSON_COMPACT) : NULL;
+        json_decref(pol);
+        if (pol && !agents_policy)
+            util_fail(err, ENOMEM, "out of memory");
+        else if (agents_policy)
+            rc = cell_policy_check(agents_policy, err);
+    }
+    OPENSSL_free(user), OPENSSL_free(host), OPENSSL_free(port);
+    OPENSSL_free(path), OPENSSL_free(query), OPENSSL_free(frag);
+    return rc;
+}
+
+int agents_start(srv *s, cell_error *err)
+{
+    agents_registry = s->opt.agent_registry ? s->opt.agent_registry : SERVER_DEFAULT_AGENT_REGISTRY;
+    if (agents_parse_registry(agents_registry, err) < 0 ||
+        util_path(agents_root, sizeof agents_root, err, "%s/agents", s->state_dir) < 0 ||
+        util_path(agents_staging, sizeof agents_staging, err, "%s/agents-staging", s->state_dir) < 0 ||
+        util_mkdir_p(agents_root, 0755, err) < 0 || util_rm_rf(agents_staging, err) < 0 ||
+        util_mkdir_p(agents_staging, 0700, err) < 0)
+        return -1;
+    if (chmod(agents_root, 0755) < 0)
+        return util_fail_errno(err, "chmod %s", agents_root);
+    return 0;
+}
+
+/* ---- the cache key -------------------------------------------------------------- */
+static const char *agents_version_of(const char *spec)
+{
+    const char *at = strrchr(spec, '@');
+    return at && at != spec ? at + 1 : "";
+}
+
+/* <agent>-<version>-<first 16 hex of sha256("cell-agents 1\nREGISTRY\nPKG\n...")>:
+ * what decides the cache's content, so another pin or registry is another dir. */
+static void agents_cache_key(const agents_package *p, char *key, size_t size)
+{
+    unsigned char md[32];
+    unsigned len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(ctx, "cell-agents 1\n", 14) &&
+             EVP_DigestUpdate(ctx, agents_registry, strlen(agents_registry)) && EVP_DigestUpdate(ctx, "\n", 1);
+    for (const char *const *pkg = p->packages; ok && *pkg; pkg++)
+        ok = EVP_DigestUpdate(ctx, *pkg, strlen(*pkg)) && EVP_DigestUpdate(ctx, "\n", 1);
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    char hex[17] = "0000000000000000";
+    for (unsigned i = 0; ok && i < 8; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    snprintf(key, size, "%s-%s-%s", p->id, agents_version_of(p->packages[0]), hex);
+}
+
+/* ---- npm's output: progress lines and the stderr tail ------------------------ */
+typedef struct npm_out {
+    agents_progress_fn progress;
+    void *user;
+    char part[2][AGENTS_LINE_MAX];
+    size_t plen[2];
+    char tail[AGENTS_TAIL_LINES][AGENTS_LINE_MAX];
+    unsigned n_tail;                /* lines ever put in the ring */
+} npm_out;
+
+static void npm_line(npm_out *o, int stream)
+{
+    char *line = o->part[stream];
+    line[o->plen[stream]] = '\0';
+    o->plen[stream] = 0;
+    if (!*line)
+        return;
+    if (o->progress)
+        o->progress(o->user, line);
+    if (stream == 1) {
+        size_t n = strlen(line);    /* < AGENTS_LINE_MAX: npm_feed cuts longer lines */
+        memcpy(o->tail[o->n_tail++ % AGENTS_TAIL_LINES], line, n + 1);
+    }
+}
+
+static void npm_feed(npm_out *o, int stream, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] == '\n') {
+            npm_line(o, stream);
+            continue;
+        }
+        if (data[i] != '\r')
+            o->part[stream][o->plen[stream]++] = data[i];
+        if (o->plen[stream] == AGENTS_LINE_MAX - 1)     /* a longer line goes out in parts */
+            npm_line(o, stream);
+    }
+}
+
+static json_t *npm_tail(npm_out *o)
+{
+    json_t *arr = json_array();
+    unsigned first = o->n_tail > AGENTS_TAIL_LINES ? o->n_tail - AGENTS_TAIL_LINES : 0;
+    for (unsigned i = first; arr && i < o->n_tail; i++)
+        json_array_append_new(arr, json_string(o->tail[i % AGENTS_TAIL_LINES]));
+    return arr;
+}
+
+/* Read what a pipe has now; 0 at EOF, 1 if more may come. */
+static int npm_drain(int fd, npm_out *o, int stream)
+{
+    char buf[8192];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0) {
+            npm_feed(o, stream, buf, (size_t)n);
+            continue;
+        }
+        if (n == 0)
+            return 0;
+        return errno == EAGAIN || errno == EINTR ? 1 : 0;
+    }
+}
+
+/* ---- the install cell ------------------------------------------------------------ */
+struct agents_boot {
+    srv *s;
+    const cell_config *cfg;
+    cell *c;
+    cell_error *err;
+    int rc;
+};
+
+/* Cells die with the thread that booted them: the daemon's main thread. */
+static void agents_boot_on_owner(void *arg)
+{
+    struct agents_boot *b = arg;
+    pthread_mutex_lock(&b->s->ctx_lock);
+    b->rc = cell_create(b->s->ctx, b->cfg, &b->c, b->err);
+    pthread_mutex_unlock(&b->s->ctx_lock);
+}
+
+static void agents_destroy_cell(srv *s, cell *c)
+{
+    pthread_mutex_lock(&s->ctx_lock);
+    cell_destroy(c);
+    pthread_mutex_unlock(&s->ctx_lock);
+}
+
+static int agents_pipe(int p[2], cell_error *err)
+{
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return util_fail_errno(err, "pipe");
+    /* Only our end: the cell's end stays blocking for npm. */
+    if (fcntl(p[0], F_SETFL, O_NONBLOCK) < 0) {
+        util_fail_errno(err, "fcntl");
+        close(p[0]), close(p[1]);
+        return -1;
+    }
+    return 0;
+}
+
+/* Follow npm until it exits (status in *status), the deadline passes or
+ * the daemon stops. */
+static int agents_follow(srv *s, cell *c, pid_t pid, int out, int errfd, npm_out *o, int *status, cell_error *err)
+{
+    struct pollfd pf[3] = { { .fd = out, .events = POLLIN }, { .fd = errfd, .events = POLLIN },
+                            { .fd = cell_event_fd(c), .events = POLLIN } };
+    int64_t deadline = srv_now_ms() + AGENTS_INSTALL_MS;
+    for (;;) {
+        if (atomic_load(&s->stopping))
+            return util_fail(err, ECANCELED, "the daemon is stopping");
+        if (srv_now_ms() >= deadline)
+            return util_fail(err, ETIMEDOUT, "npm did not finish within %d minutes", AGENTS_INSTALL_MS / 60000);
+        if (poll(pf, 3, 250) < 0 && errno != EINTR)
+            return util_fail_errno(err, "poll");
+        for (int i = 0; i < 2; i++)
+            if (pf[i].fd >= 0 && pf[i].revents && npm_drain(pf[i].fd, o, i) == 0)
+                pf[i].fd = -1;      /* poll skips it */
+        cell_exit ex;
+        int r;
+        while ((r = cell_wait_exit(c, 0, &ex, err)) == 1)
+            if (ex.pid == pid) {
+                *status = ex.status;
+                /* What npm wrote last is in the pipes; whatever it left
+                 * running dies with the cell. */
+                if (pf[0].fd >= 0)
+                    npm_drain(out, o, 0);
+                if (pf[1].fd >= 0)
+                    npm_drain(errfd, o, 1);
+                return 0;
+            }
+        if (r < 0)
+            return -1;
+    }
+}
+
+/* Boot the install cell with `stage` at /stage and run npm in it. */
+static int agents_npm(srv *s, const agents_package *p, const char *stage, npm_out *o, int *status, cell_error *err)
+{
+    cell_mount m = { .kind = CELL_MOUNT_BIND, .source = stage, .target = AGENTS_STAGE_TARGET };
+    cell_config cfg = {
+        .image = "host", .hostname = "cell-agent-install", .mounts = &m, .n_mounts = 1, .policy = agents_policy,
+        .limits = { .memory = AGENTS_INSTALL_MEMORY, .pids = AGENTS_INSTALL_PIDS, .disk = AGENTS_INSTALL_DISK },
+    };
+    if (atomic_load(&s->stopping))
+        return util_fail(err, ECANCELED, "the daemon is stopping");
+    struct agents_boot b = { .s = s, .cfg = &cfg, .err = err };
+    srv_on_owner_thread(s, agents_boot_on_owner, &b);
+    if (b.rc < 0)
+        return -1;
+    int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rc = -1;
+    /* Saved: package-lock.json has what the manifest records. */
+    const char *argv[16 + 3] = { "npm", "install", "--no-audit", "--no-fund", "--loglevel", "http",
+                                 "--prefix", AGENTS_STAGE_TARGET "/pkg", "--cache", AGENTS_STAGE_TARGET "/cache",
+                                 "--registry", agents_registry };
+    size_t n = 12;
+    for (const char *const *pkg = p->packages; *pkg; pkg++)
+        argv[n++] = *pkg;
+    /* Install scripts run (opencode's fetches its binary): they are as
+     * untrusted as the packages' code and as confined, in this cell.
+     * npm >= 11.10 runs only approved ones unless told so. */
+    static const char *const env[] = { "HOME=" AGENTS_STAGE_TARGET "/home", "PATH=/usr/local/bin:/usr/bin:/bin",
+                                       "LANG=C.UTF-8", "npm_config_update_notifier=false",
+                                       "npm_config_dangerously_allow_all_scripts=true", NULL };
+    if (agents_pipe(out, err) == 0 && agents_pipe(errp, err) == 0) {
+        cell_proc_spec spec = { .argv = argv, .env = env, .cwd = AGENTS_STAGE_TARGET, .stdin_fd = -1,
+                                .stdout_fd = out[1], .stderr_fd = errp[1] };
+        pid_t pid;
+        if (cell_spawn(b.c, &spec, &pid, NULL, err) == 0) {
+            close(out[1]), close(errp[1]);
+            out[1] = errp[1] = -1;
+            rc = agents_follow(s, b.c, pid, out[0], errp[0], o, status, err);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (out[i] >= 0)
+            close(out[i]);
+        if (errp[i] >= 0)
+            close(errp[i]);
+    }
+    agents_destroy_cell(s, b.c);
+    return rc;
+}
+
+/* ---- from staging to the cache ---------------------------------------------------- */
+/* Root-owned, no group or other write, no setuid, setgid or sticky bits:
+ * what the install cell wrote is untrusted.  Symlinks are changed, never
+ * followed (they resolve inside cells, where the cache is read-only). */
+static int agents_sanitize_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)ftw;
+    if (lchown(path, 0, 0) < 0)
+        return -1;
+    if (type == FTW_SL || S_ISLNK(st->st_mode))
+        return 0;
+    return chmod(path, st->st_mode & 0755);
+}
+
+/* The manifest: what was asked and what npm's lock file says it installed. */
+static json_t *agents_manifest(int pkg_fd, const agents_package *p, const char *key)
+{
+    json_t *asked = json_array(), *installed = json_object();
+    for (const char *const *pkg = p->packages; *pkg; pkg++)
+        json_array_append_new(asked, json_string(*pkg));
+    _cleanup_close_ int fd = openat(pkg_fd, "package-lock.json", O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    json_t *lock = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= AGENTS_LOCK_MAX
+                   ? json_loadfd(fd, 0, NULL) : NULL;
+    const char *name;
+    json_t *v;
+    json_object_foreach(json_object_get(lock, "packages"), name, v) {
+        if (strncmp(name, "node_modules/", 13) != 0 || !json_is_object(v))
+            continue;
+        json_t *one = json_object();
+        const char *fields[] = { "version", "integrity", "resolved" };
+        for (size_t i = 0; i < 3; i++)
+            if (json_is_string(json_object_get(v, fields[i])))
+                json_object_set(one, fields[i], json_object_get(v, fields[i]));
+        json_object_set_new(installed, name + 13, one);
+    }
+    json_decref(lock);
+    return json_pack("{s:s, s:s, s:s, s:o, s:o, s:I}", "agent", p->id, "key", key, "registry", agents_registry,
+                     "requested", asked, "packages", installed, "installedAtMs", (json_int_t)srv_now_ms());
+}
+
+static int agents_write_manifest(int pkg_fd, json_t *manifest, cell_error *err)
+{
+    if (unlinkat(pkg_fd, AGENTS_MANIFEST, 0) < 0 && errno != ENOENT)
+        return util_fail_errno(err, "cannot replace %s", AGENTS_MANIFEST);
+    _cleanup_close_ int fd = openat(pkg_fd, AGENTS_MANIFEST, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                                    0644);
+    if (fd < 0 || json_dumpfd(manifest, fd, JSON_INDENT(1)) < 0)
+        return util_fail_errno(err, "cannot write %s", AGENTS_MANIFEST);
+    return 0;
+}
+
+/* The install cell is gone: check and fix what it left in stage/pkg and
+ * move it to `final` (exchanging it with an older one on a reinstall). */
+static int agents_finish(const agents_package *p, const char *key, const char *stage, const char *final,
+                         cell_error *err)
+{
+    char pkg[4096];
+    if (util_path(pkg, sizeof pkg, err, "%s/pkg", stage) < 0)
+        return -1;
+    _cleanup_close_ int pkg_fd = open(pkg, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (pkg_fd < 0)
+        return util_fail(err, EIO, "npm left no package directory (%s)", strerror(errno));
+    struct stat st;
+    if (fstatat(pkg_fd, p->exec, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return util_fail(err, EIO, "npm installed %s, but %s is not there", p->packages[0], p->exec);
+    json_t *manifest = agents_manifest(pkg_fd, p, key);
+    int rc = manifest ? agents_write_manifest(pkg_fd, manifest, err) : util_fail(err, ENOMEM, "out of memory");
+    json_decref(manifest);
+    if (rc < 0)
+        return -1;
+    if (nftw(pkg, agents_sanitize_entry, 32, FTW_PHYS | FTW_MOUNT) != 0)
+        return util_fail_errno(err, "cannot make %s root-owned and read-only", pkg);
+    if (fchmod(pkg_fd, 0755) < 0)
+        return util_fail_errno(err, "chmod %s", pkg);
+    if (rename(pkg, final) == 0)
+        return 0;
+    if (errno != EEXIST && errno != ENOTEMPTY)
+        return util_fail_errno(err, "cannot move %s to %s", pkg, final);
+    /* A reinstall: swap atomically; running agents keep the old files open. */
+    if (renameat2(AT_FDCWD, pkg, AT_FDCWD, final, RENAME_EXCHANGE) < 0)
+        return util_fail_errno(err, "cannot replace %s", final);
+    return util_rm_rf(pkg, err);     /* now the old install */
+}
+
+/* Run npm for the cache key into a fresh staging dir; leave nothing behind
+ * on failure. */
+static int agents_build(srv *s, const agents_package *p, const char *key, const char *final,
+                        agents_progress_fn progress, void *user, agents_install_result *res, cell_error *err)
+{
+    char stage[4096], rnd[17];
+    if (util_random_hex(rnd, 8) < 0)
+        return util_fail(err, EIO, "no random bytes");
+    rnd[16] = '\0';
+    if (util_path(stage, sizeof stage, err, "%s/%s.%s", agents_staging, key, rnd) < 0)
+        return -1;
+    if (mkdir(stage, 0700) < 0)
+        return util_fail_errno(err, "mkdir %s", stage);
+    npm_out *o = calloc(1, sizeof *o);
+    if (!o) {
+        util_rm_rf(stage, NULL);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
+    o->progress = progress;
+    o->user = user;
+    int status = 0;
+    int rc = agents_npm(s, p, stage, o, &status, err);
+    res->ran_npm = 1;
+    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        res->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        rc = util_fail(err, EIO, "npm install %s failed (exit %d)", p->packages[0], res->exit_code);
+        res->npm_failed = 1;
+    }
+    if (rc == 0 && agents_finish(p, key, stage, final, err) < 0) {
+        rc = -1;
+        res->npm_failed = 1;
+    }
+    if (rc < 0 && (res->npm_failed || err->code == ETIMEDOUT))
+        res->npm_failed = 1, res->stderr_tail = npm_tail(o);
+    free(o);
+    cell_error e2 = { 0 };
+    if (util_rm_rf(stage, &e2) < 0)
+        fprintf(stderr, "cell daemon: agent install: %s\n", e2.message);
+    return rc;
+}
+
+/* ---- one install ----------------------------------------------------------------- */
+static agents_flight *agents_flight_find_locked(const char *key)
+{
+    agents_flight *f = agents_flights;
+    while (f && strcmp(f->key, key) != 0)
+        f = f->next;
+    return f;
+}
+
+static int agents_cached(const char *final)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", final, AGENTS_MANIFEST);
+    return lstat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Wait out another install of this key; then either the cache has it
+ * (*cached) or `me` is listed and this caller runs npm. */
+static void agents_claim(agents_flight *me, const char *final, int force, agents_progress_fn progress,
+                         void *user, int *cached)
+{
+    pthread_mutex_lock(&agents_lock);
+    int said = 0;
+    while (agents_flight_find_locked(me->key)) {
+        if (progress && !said++) {
+            char line[256];
+            snprintf(line, sizeof line, "waiting for another install of %s", me->key);
+            progress(user, line);
+        }
+        pthread_cond_wait(&agents_cond, &agents_lock);
+    }
+    *cached = !force && agents_cached(final);
+    if (!*cached) {
+        me->next = agents_flights;
+        agents_flights = me;
+    }
+    pthread_mutex_unlock(&agents_lock);
+}
+
+static void agents_unclaim(agents_flight *me)
+{
+    pthread_mutex_lock(&agents_lock);
+    for (agents_flight **f = &agents_flights; *f; f = &(*f)->next)
+        if (*f == me) {
+            *f = me->next;
+            break;
+        }
+    pthread_cond_broadcast(&agents_cond);
+    pthread_mutex_unlock(&agents_lock);
+}
+
+static int agents_launcher_there(scell *sc, const char *path)
+{
+    cell_stat st;
+    cell_error e;
+    return WITH_CELL(sc, &e, cell_file_stat(sc->c, path, &st, &e)) == 0;
+}
+
+static int agents_write_launcher(scell *sc, const agents_package *p, const char *key, cell_error *err)
+{
+    char script[2048];
+    const char *launcher = agents_launcher(p->id);
+    int n = snprintf(script, sizeof script,
+                     "#!/bin/sh\n# cell: agent %s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
+                     "PATH=" AGENTS_CACHE_TARGET "/%s/node_modules/.bin:$PATH\nexport PATH\n"
+                     "exec " AGENTS_CACHE_TARGET "/%s/%s %s\"$@\"\n",
+                     p->id, p->packages[0], key, key, key, p->exec, p->args);
+    if (n < 0 || (size_t)n >= sizeof script)
+        return util_fail(err, ENAMETOOLONG, "launcher of %s too long", p->id);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(launcher, '/') - launcher), launcher);
+    return WITH_CELL(sc, err, cell_file_mkdir(sc->c, dir, 0755, 1, err) < 0
+                                  ? -1 : agents_cell_write(sc->c, launcher, 0755, script, (size_t)n, err));
+}
+
+static void agents_audit(scell *sc, const char *who, const char *agent, const agents_install_result *res,
+                         int rc, const cell_error *e)
+{
+    json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:s}", "kind", "agent_install", "tenant",
+                            sc->tenant, "token", who ? who : "", "cell", sc->id, "agent", agent, "key", res->key,
+                            "npm", res->ran_npm, "already", res->already, "outcome", rc == 0 ? "ok" : "failed");
+    if (rec && rc < 0)
+        json_object_set_new(rec, "error", json_string(e->message));
+    if (rec)
+        store_audit_append(sc->s->st, rec);
+    json_decref(rec);
+}
+
+void agents_describe(const agents_package *p, agents_install_result *res)
+{
+    agents_cache_key(p, res->key, sizeof res->key);
+    snprintf(res->version, sizeof res->version, "%s", agents_version_of(p->packages[0]));
+    snprintf(res->source, sizeof res->source, "npm");
+    snprintf(res->path, sizeof res->path, AGENTS_CACHE_TARGET "/%s/%s", res->key, p->exec);
+}
+
+static int agents_install_npm(scell *sc, const agents_package *p, int force, agents_progress_fn progress,
+                              void *user, agents_install_result *res, cell_error *err)
+{
+    char final[4096];
+    agents_describe(p, res);
+    if (util_path(final, sizeof final, err, "%s/%s", agents_root, res->key) < 0)
+        return -1;
+    if (!registry_running(sc))
+        return util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
+    int launcher = agents_launcher_there(sc, agents_launcher(p->id));
+    agents_flight me = { .key = res->key };
+    int cached, rc = 0;
+    agents_claim(&me, final, force, progress, user, &cached);
+    if (!cached) {
+        rc = agents_build(sc->s, p, res->key, final, progress, user, res, err);
+        agents_unclaim(&me);
+    }
+    if (rc < 0)
+        return -1;
+    res->already = cached && launcher;
+    return res->already ? 0 : agents_write_launcher(sc, p, res->key, err);
+}
+
+int agents_install(scell *sc, const char *agent, int force, const char *who, agents_progress_fn progress,
+                   void *user, agents_install_result *res, cell_error *err)
+{
+    memset(res, 0, sizeof *res);
+    if (strcmp(agent, "mock") == 0) {
+        snprintf(res->version, sizeof res->version, "builtin");
+        snprintf(res->source, sizeof res->source, "builtin");
+        return agents_install_mock(sc, force, &res->already, err);
+    }
+    const agents_package *p = agents_package_find(agent);
+    if (!p)
+        return util_fail(err, EINVAL, "unsupported agent: %s", agent);
+    if (p->unavailable)
+        return util_fail(err, EOPNOTSUPP, "%s: %s", agent, p->unavailable);
+    agents_worker_begin();
+    int rc = agents_install_npm(sc, p, force, progress, user, res, err);
+    agents_audit(sc, who, agent, res, rc, err);
+    agents_worker_end();
+    return rc;
+}
+
+void agents_install_result_free(agents_install_result *res)
+{
+    json_decref(res->stderr_tail);
+    res->stderr_tail = NULL;
+}
+
+/* ---- answers for failed installs --------------------------------------------------- */
+json_t *agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
+                                  unsigned *status)
+{
+    const char *type = "install_failed", *title = "Install Failed", *words = "install failed";
+    *status = 500;
+    if (e->code == EOPNOTSUPP)
+        *status = 501;
+    else if (res->npm_failed)
+        *status = 502;
+    else if (e->code == ECONNRESET)
+        *status = 409, type = "cell_stopped", title = "Cell Stopped", words = "cell stopped";
+    char uri[96], detail[1200];
+    snprintf(uri, sizeof uri, "urn:sandbox-agent:error:%s", type);
+    snprintf(detail, sizeof detail, "%s: %s", words, e->message);
+    json_t *details = json_pack("{s:s}", "agent", agent);
+    if (res->npm_failed && res->stderr_tail)
+        json_object_set(details, "stderr", res->stderr_tail);
+    if (res->exit_code)
+        json_object_set_new(details, "exitCode", json_integer(res->exit_code));
+    return json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", uri, "title", title, "status", (int)*status, "detail",
+                     detail, "details", details);
+}
+
+int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e)
+{
+    if (e->code != EOPNOTSUPP && !res->npm_failed)
+        return reply_error(r, e);
+    json_t *details = json_pack("{s:s}", "agent", agent);
+    if (res->npm_failed && res->stderr_tail)
+        json_object_set(details, "stderr", res->stderr_tail);
+    if (res->exit_code)
+        json_object_set_new(details, "exitCode", json_integer(res->exit_code));
+    return reply_problem_details(r, e->code == EOPNOTSUPP ? 501 : 502, "install_failed", details, "%s", e->message);
+}

