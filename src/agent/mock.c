@@ -477,9 +477,13 @@ static void mock_words(const char *session, const char *text)
         exit(1);
     int first = 1;
     for (char *w = strtok_r(copy, " \n", &save); w; w = strtok_r(NULL, " \n", &save)) {
-        char buf[4096];
-        snprintf(buf, sizeof buf, "%s%s", first ? "" : " ", w);
-        mock_chunk(session, buf);
+        /* The whole word: a cut one could end inside a UTF-8 character,
+         * which jansson refuses. */
+        char *chunk = NULL;
+        if (asprintf(&chunk, "%s%s", first ? "" : " ", w) < 0)
+            exit(1);
+        mock_chunk(session, chunk);
+        free(chunk);
         first = 0;
     }
     free(copy);
