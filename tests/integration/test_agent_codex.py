@@ -287,6 +287,7 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         assert tail == ["The file", " is written."]
         r = cell.call("GET", "/fs/file", query={"path": MADE})
         assert r.status == 200 and r.raw == b"written-by-codex\n", r
+        assert not os.path.exists(MADE), "the command ran on the host"
         # The model saw the tool's result in its third request.
         calls = m.responses()
         assert len(calls) == 3
