@@ -92,6 +92,47 @@ static unsigned mock_requests;
 /* The agent's reply to the prompt being answered, as sent in chunks. */
 static FILE *mock_reply;
 
+/* Keep `len` bytes of `text` at most, cut at a UTF-8 character boundary
+ * (jansson refuses invalid UTF-8). */
+static size_t mock_utf8_cut(const char *text, size_t len)
+{
+    while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
+        len--;
+    return len;
+}
+
+/* How much of `s` to quote in a message: at most `max` bytes, whole
+ * characters only. */
+static int mock_clip(const char *s, size_t max)
+{
+    size_t len = strnlen(s, max);
+    return (int)(len < max ? len : mock_utf8_cut(s, max));
+}
+
+/* `s` as a JSON string.  Text that is not UTF-8 (an environment name, a
+ * path: any bytes) gets '?' for each byte above 0x7f instead of the whole
+ * message failing. */
+static json_t *mock_json_textn(const char *s, size_t len)
+{
+    json_t *j = json_stringn(s, len);
+    if (j)
+        return j;
+    char *copy = strndup(s, len);
+    if (!copy)
+        exit(1);
+    for (char *c = copy; *c; c++)
+        if ((unsigned char)*c > 0x7f)
+            *c = '?';
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
+static json_t *mock_json_text(const char *s)
+{
+    return mock_json_textn(s, strlen(s));
+}
+
 /* One message per line, flushed at once: the proxy streams line by line. */
 static void mock_send(json_t *msg)
 {
@@ -117,8 +158,8 @@ static void mock_error(json_t *id, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    mock_send(json_pack("{s:s, s:O, s:{s:i, s:s}}", "jsonrpc", "2.0", "id", id, "error", "code", code,
-                        "message", message));
+    mock_send(json_pack("{s:s, s:O, s:{s:i, s:o}}", "jsonrpc", "2.0", "id", id, "error", "code", code,
+                        "message", mock_json_text(message)));
 }
 
 static void mock_update(const char *session, json_t *update)
@@ -129,8 +170,8 @@ static void mock_update(const char *session, json_t *update)
 
 static void mock_text_update(const char *session, const char *kind, const char *text)
 {
-    mock_update(session, json_pack("{s:s, s:{s:s, s:s}}", "sessionUpdate", kind, "content", "type", "text",
-                                   "text", text));
+    mock_update(session, json_pack("{s:s, s:{s:s, s:o}}", "sessionUpdate", kind, "content", "type", "text",
+                                   "text", mock_json_text(text)));
 }
 
 static void mock_chunk(const char *session, const char *text)
@@ -202,22 +243,13 @@ static mock_session *mock_session_add(const char *id)
     return s;
 }
 
-/* Keep `len` bytes of `text` at most, cut at a UTF-8 character boundary
- * (jansson refuses invalid UTF-8). */
-static size_t mock_utf8_cut(const char *text, size_t len)
-{
-    while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
-        len--;
-    return len;
-}
-
 /* Append one message; drop the oldest while over the caps. */
 static void mock_history_add(mock_session *s, const char *role, const char *text)
 {
     size_t len = strlen(text);
     if (len > MOCK_HISTORY_BYTES)
         len = mock_utf8_cut(text, MOCK_HISTORY_BYTES);
-    json_t *msg = json_pack("{s:s, s:s%}", "role", role, "text", text, len);
+    json_t *msg = json_pack("{s:s, s:o}", "role", role, "text", mock_json_textn(text, len));
     if (!msg || json_array_append_new(s->history, msg) != 0)
         exit(1);
     s->history_bytes += len;
@@ -399,7 +431,8 @@ static mock_session *mock_session_param(json_t *id, json_t *params)
     }
     mock_session *s = mock_find(sid);
     if (!s)
-        mock_error(id, ACP_RESOURCE_NOT_FOUND, "sessionId: unknown session %.80s (session/load it first)", sid);
+        mock_error(id, ACP_RESOURCE_NOT_FOUND, "sessionId: unknown session %.*s (session/load it first)",
+                   mock_clip(sid, 80), sid);
     return s;
 }
 
@@ -513,7 +546,8 @@ static void mock_answer(mock_session *s, const char *ask)
     } else if (strstr(ask, "env")) {
         for (char **e = environ; *e; e++) {
             char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)strcspn(*e, "="), *e);
+            size_t n = strcspn(*e, "=");
+            snprintf(name, sizeof name, "%.*s", mock_clip(*e, n < 255 ? n : 255), *e);
             mock_chunk(s->id, name);
         }
     } else if (strstr(ask, "pwd")) {
@@ -629,8 +663,8 @@ static void mock_set(json_t *id, json_t *params, int opt, const char *key)
         return mock_error(id, RPC_INVALID_PARAMS, "%s: a string is required", key);
     const char *value = mock_option_value(opt, json_string_value(v));
     if (!value)
-        return mock_error(id, RPC_INVALID_PARAMS, "%s: unknown %s %.80s", key, mock_options[opt].id,
-                          json_string_value(v));
+        return mock_error(id, RPC_INVALID_PARAMS, "%s: unknown %s %.*s", key, mock_options[opt].id,
+                          mock_clip(json_string_value(v), 80), json_string_value(v));
     s->current[opt] = value;
     mock_save(s);
     if (opt == OPT_MODE)
@@ -651,7 +685,8 @@ static void mock_set_config_option(json_t *id, json_t *params)
     for (int i = 0; i < OPT_COUNT; i++)
         if (strcmp(json_string_value(cfg), mock_options[i].id) == 0)
             return mock_set(id, params, i, "value");
-    mock_error(id, RPC_INVALID_PARAMS, "configId: unknown config option %.80s", json_string_value(cfg));
+    mock_error(id, RPC_INVALID_PARAMS, "configId: unknown config option %.*s", mock_clip(json_string_value(cfg), 80),
+               json_string_value(cfg));
 }
 
 static void mock_request(const char *method, json_t *id, json_t *params)

@@ -149,6 +149,8 @@ test("bad session/load and set_* input: JSON-RPC -32602 naming the field, unknow
   const cases = [
     ["session/set_mode", { sessionId: sid, modeId: 7 }, -32602, /^modeId: /],
     ["session/set_mode", { sessionId: sid, modeId: "yolo" }, -32602, /^modeId: unknown mode yolo/],
+    // Quoted up to 80 bytes, never half a character (jansson refuses that).
+    ["session/set_mode", { sessionId: sid, modeId: "\u00e9".repeat(100) }, -32602, /^modeId: unknown mode \u00e9{40}$/],
     ["session/set_model", { sessionId: sid }, -32602, /^modelId: /],
     ["session/set_config_option", { sessionId: sid, configId: "model", value: ["x"] }, -32602, /^value: /],
     ["session/set_config_option", { sessionId: sid, configId: "temperature", value: "1" }, -32602, /^configId: /],
