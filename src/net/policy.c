@@ -502,28 +502,34 @@ static int target_match(const target *t, const flow_addr *fa, unsigned cls)
     return t->family == fa->family && prefix_match(fa->addr, t->addr, t->prefix);
 }
 
-/* The class "host-self" or this very address (a /32 or /128), not a wider
+/* For the host itself: the class "host-self" or this very address (a /32
+ * or /128).  For link-local: the class "link-local" or a CIDR inside the
+ * range (169.254.0.0/16 or longer, fe80::/10 or longer).  Not a wider
  * CIDR or class that merely contains it. */
-static int names_exactly(const rule *r, const flow_addr *fa)
+static int names_exactly(const rule *r, const flow_addr *fa, int to_self)
 {
+    int full = fa->family == AF_INET ? 32 : 128, local = fa->family == AF_INET ? 16 : 10;
     for (size_t i = 0; i < r->n_to; i++) {
         const target *t = &r->to[i];
-        if ((t->classes & NET_CLASS_HOST_SELF) ||
-            (!t->classes && t->prefix == (fa->family == AF_INET ? 32 : 128) && target_match(t, fa, 0)))
+        if (t->classes & (to_self ? NET_CLASS_HOST_SELF : NET_CLASS_LINK_LOCAL))
+            return 1;
+        if (!t->classes && (t->prefix == full || (!to_self && t->prefix >= local)) && target_match(t, fa, 0))
             return 1;
     }
     return 0;
 }
 
-/* A flow to the host itself is allowed only by a rule that names it: a
- * "private" or "0.0.0.0/0" meant for other machines must not reach the
- * daemon's listeners or the host's services.  Deny rules still match as
- * usual, so first-match-wins keeps holding for them. */
+/* A flow to the host itself, or to link-local (where clouds serve instance
+ * credentials at 169.254.169.254), is allowed only by a rule that names
+ * it: a "private" or "0.0.0.0/0" meant for other machines must not reach
+ * the daemon's listeners, the host's services or the metadata service.
+ * Deny rules still match as usual, so first-match-wins keeps holding for
+ * them. */
 static int targets_match(const rule *r, const flow_addr *fa, int to_self)
 {
     int allowing = r->allow || r->kind == R_DECIDE;
-    if (to_self && allowing)
-        return names_exactly(r, fa);
+    if ((to_self || classify(fa) == NET_CLASS_LINK_LOCAL) && allowing)
+        return names_exactly(r, fa, to_self);
     if (r->n_to == 0)
         return 1;
     unsigned cls = classify(fa) | (to_self ? NET_CLASS_HOST_SELF : 0);
@@ -1241,6 +1247,30 @@ void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out)
 size_t net_policy_rule_count(const net_policy *p)
 {
     return p ? p->n_rules : 0;
+}
+
+int net_policy_opening_target(const net_policy *p, size_t i, size_t j, unsigned *classes,
+                              struct sockaddr_storage *ss, int *prefix)
+{
+    if (!p || i >= p->n_rules)
+        return 0;
+    const rule *r = &p->rules[i];
+    if (!(r->allow || r->kind == R_DECIDE || r->kind == R_DNS) || j >= r->n_to)
+        return 0;
+    const target *t = &r->to[j];
+    *classes = t->classes;
+    *prefix = t->prefix;
+    memset(ss, 0, sizeof *ss);
+    if (!t->classes && t->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        memcpy(&in->sin_addr, t->addr, 4);
+    } else if (!t->classes) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        memcpy(&in6->sin6_addr, t->addr, 16);
+    }
+    return 1;
 }
 
 int net_policy_rebind_ok(const net_policy *p, const struct sockaddr *sa, int to_self)

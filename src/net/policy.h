@@ -109,6 +109,11 @@ void net_policy_unref(net_policy *p);
 
 void net_policy_decide(const net_policy *p, const net_flow *f, net_verdict *out);
 size_t net_policy_rule_count(const net_policy *p);
+/* Target j of rule i if that rule opens something (an allow or decide
+ * rule's "to", a dns rule's "rebind"): 1 with its classes (a bit set, or
+ * 0 for an address) or its address and prefix; 0 past the end. */
+int net_policy_opening_target(const net_policy *p, size_t i, size_t j, unsigned *classes,
+                              struct sockaddr_storage *ss, int *prefix);
 /* DNS rebinding: 1 if an answer pointing at `sa` (loopback, link-local,
  * unspecified or the host's own: the caller decides that) may be handed to
  * the cell, because the dns rule's "rebind" targets name it. */

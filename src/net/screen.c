@@ -244,8 +244,49 @@ static int screen_url(const char *url, size_t rule, const char *const *allow, ce
     return 0;
 }
 
+/* What a tenant's rule may not open: the engine reaches the host and
+ * link-local only for rules that name them (policy.c), so naming them is
+ * what is screened: the classes host-self and link-local, an address of
+ * the host or of a cell, a CIDR inside link-local.  An operator's CIDR
+ * (--allow-tenant-dest) that holds the address lets it through. */
+static const char *screen_target(unsigned classes, const struct sockaddr *sa, int prefix, const char *const *allow)
+{
+    if (classes & NET_CLASS_HOST_SELF)
+        return "the class host-self (this host and the cells)";
+    if (classes & NET_CLASS_LINK_LOCAL)
+        return "the class link-local (e.g. cloud metadata)";
+    if (classes)
+        return NULL;
+    for (size_t i = 0; allow && allow[i]; i++)
+        if (in_cidr(sa, allow[i]))
+            return NULL;
+    int v4 = sa->sa_family == AF_INET;
+    if (net_addr_class(sa) == NET_CLASS_LINK_LOCAL && prefix >= (v4 ? 16 : 10))
+        return "a link-local address (e.g. cloud metadata)";
+    if (prefix == (v4 ? 32 : 128) && net_self_contains(sa))
+        return "an address of this host or of a cell";
+    return NULL;
+}
+
+static int screen_targets(const net_policy *p, const char *const *allow, cell_error *err)
+{
+    unsigned classes;
+    struct sockaddr_storage ss;
+    int prefix;
+    for (size_t i = 0; i < net_policy_rule_count(p); i++)
+        for (size_t j = 0; net_policy_opening_target(p, i, j, &classes, &ss, &prefix); j++) {
+            const char *why = screen_target(classes, (struct sockaddr *)&ss, prefix, allow);
+            if (why)
+                return util_fail(err, EACCES, "rules[%zu]: a tenant's policy may not open %s; only the operator "
+                                 "can (cell serve --allow-tenant-dest CIDR)", i, why);
+        }
+    return 0;
+}
+
 int net_screen_policy(const net_policy *p, const char *const *allow, cell_error *err)
 {
+    if (screen_targets(p, allow, err) < 0)
+        return -1;
     const net_dns_config *d = net_policy_dns(p);
     for (size_t i = 0; d && i < d->n_upstreams; i++) {
         const char *why = net_screen_reason((const struct sockaddr *)&d->upstreams[i], allow);

@@ -384,6 +384,39 @@ static void host_self(void **state)
     expect_error("{\"rules\": [{\"tcp\": {\"to\": \"host-selfish\"}}]}", "host-self");
 }
 
+/* Link-local (the cloud metadata service) is reached only by a rule that
+ * names it, as the host is; a tenant's policy may not name either. */
+static void link_local_named_only(void **state)
+{
+    (void)state;
+    net_policy *p = parse_ok("{\"rules\": [{\"ip\": {\"to\": [\"0.0.0.0/0\", \"::/0\", \"reserved\"]}},"
+                             " {\"tcp\": {\"to\": \"169.254.0.0/16\", \"ports\": 80}},"
+                             " {\"udp\": {\"to\": \"link-local\"}}, {\"tcp\": {\"ports\": 443}}]}");
+    expect(p, NET_TCP, "169.254.169.254", 80, NULL, 1, 1);   /* the CIDR inside the range */
+    expect(p, NET_UDP, "169.254.169.254", 53, NULL, 2, 1);   /* the class */
+    expect(p, NET_TCP, "169.254.169.254", 443, NULL, -1, 0); /* neither the catch-alls nor "any" */
+    expect(p, NET_TCP, "fe80::1", 80, NULL, -1, 0);
+    expect(p, NET_TCP, "1.2.3.4", 80, NULL, 0, 1);           /* the catch-all for the rest */
+    net_policy_unref(p);
+    cell_error err = { 0 };
+    static const char *const refused[] = {
+        "{\"rules\": [{\"tcp\": {\"to\": \"host-self\"}}]}", "{\"rules\": [{\"ip\": {\"to\": \"link-local\"}}]}",
+        "{\"rules\": [{\"tcp\": {\"to\": \"169.254.169.254/32\"}}]}", "{\"rules\": [{\"udp\": {\"to\": \"fe80::/10\"}}]}",
+        "{\"rules\": [{\"decide\": {\"url\": \"https://d/x\", \"to\": \"10.213.0.1\"}}]}",
+        "{\"rules\": [{\"dns\": {\"upstreams\": [\"1.1.1.1\"], \"rebind\": [\"host-self\"]}}]}",
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        assert_int_equal(cell_policy_check_v2(refused[i], NULL, &err), -1);
+        assert_int_equal(err.code, EACCES);
+        assert_non_null(strstr(err.message, "may not open"));
+    }
+    /* Deny rules, catch-alls and the operator's own CIDRs pass. */
+    static const char *const allow[] = { "169.254.169.254/32", NULL };
+    assert_int_equal(cell_policy_check_v2("{\"rules\": [{\"tcp\": {\"to\": \"169.254.169.254/32\"}}]}", allow, &err), 0);
+    assert_int_equal(cell_policy_check_v2("{\"rules\": [{\"action\": \"deny\", \"ip\": {\"to\": [\"link-local\", "
+                                          "\"host-self\"]}}, {\"ip\": {\"to\": \"0.0.0.0/0\"}}]}", NULL, &err), 0);
+}
+
 /* DNS rebinding: "rebind" names the answers the resolver may hand out. */
 static void dns_rebind(void **state)
 {
@@ -764,6 +797,7 @@ int main(void)
         cmocka_unit_test(name_resolvable),
         cmocka_unit_test(refcount),
         cmocka_unit_test(host_self),
+        cmocka_unit_test(link_local_named_only),
         cmocka_unit_test(dns_rebind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
