@@ -264,14 +264,17 @@ static void mock_history_add(mock_session *s, const char *role, const char *text
 static int mock_state_path(char *buf, size_t size, const char *id, int create)
 {
     const char *home = getenv("HOME");
+    errno = ENOENT;             /* no HOME, or a relative one */
     if (!home || home[0] != '/')
         return -1;
+    errno = ENAMETOOLONG;
     static const char *const parts[] = { "/.local", "/.local/state", "/.local/state/cell-mock-agent" };
     for (size_t i = 0; create && i < sizeof parts / sizeof parts[0]; i++) {
         if ((size_t)snprintf(buf, size, "%s%s", home, parts[i]) >= size)
             return -1;
         if (mkdir(buf, 0700) < 0 && errno != EEXIST)
             return -1;
+        errno = ENAMETOOLONG;
     }
     int n = snprintf(buf, size, "%s%s/%s.json", home, parts[2], id);
     return n < 0 || (size_t)n >= size ? -1 : 0;
@@ -284,37 +287,42 @@ static json_t *mock_state_json(const mock_session *s)
                      s->always_allowed, "history", s->history);
 }
 
-/* Save the session (written beside and renamed, so a reader never sees half
- * a file).  A failure (no HOME, a read-only file system) costs only the
- * resume after a restart: reported on stderr, the session goes on. */
+/* Write `text` to `path` beside it and rename it over: a reader never
+ * sees half a file.  0 on success. */
+static int mock_write_file(const char *path, const char *text)
+{
+    char tmp[4200];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) >= sizeof tmp)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    if (close(fd) == 0 && off == len && rename(tmp, path) == 0)
+        return 0;
+    unlink(tmp);
+    return -1;
+}
+
+/* Save the session.  A failure (no HOME, a read-only file system) costs
+ * only the resume after a restart: reported on stderr, the session goes on. */
 static void mock_save(const mock_session *s)
 {
-    char path[4096], tmp[4200];
+    char path[4096];
     json_t *state = mock_state_json(s);
     char *text = state ? json_dumps(state, JSON_COMPACT) : NULL;
     json_decref(state);
     if (!text)
         exit(1);
-    int ok = 0;
-    if (mock_state_path(path, sizeof path, s->id, 1) == 0 &&
-        (size_t)snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()) < sizeof tmp) {
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (fd >= 0) {
-            size_t len = strlen(text), off = 0;
-            while (off < len) {
-                ssize_t w = write(fd, text + off, len - off);
-                if (w < 0 && errno == EINTR)
-                    continue;
-                if (w <= 0)
-                    break;
-                off += (size_t)w;
-            }
-            ok = close(fd) == 0 && off == len && rename(tmp, path) == 0;
-            if (!ok)
-                unlink(tmp);
-        }
-    }
-    if (!ok)
+    if (mock_state_path(path, sizeof path, s->id, 1) < 0 || mock_write_file(path, text) < 0)
         fprintf(stderr, "cell-mock-agent: cannot save session %s: %s\n", s->id, strerror(errno));
     free(text);
 }
