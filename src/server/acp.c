@@ -132,14 +132,20 @@ static void unlist_locked(acp_inst *in)
 }
 
 /* The instance `id` of this request's cell, with a reference. */
-static acp_inst *acp_find(scell *sc, const char *id)
+static acp_inst *acp_find_locked(scell *sc, const char *id)
 {
-    pthread_mutex_lock(&acp_lock);
     acp_inst *in = acp_list;
     while (in && (in->sc != sc || strcmp(in->id, id) != 0))
         in = in->next;
     if (in)
         in->refs++;
+    return in;
+}
+
+static acp_inst *acp_find(scell *sc, const char *id)
+{
+    pthread_mutex_lock(&acp_lock);
+    acp_inst *in = acp_find_locked(sc, id);
     pthread_mutex_unlock(&acp_lock);
     return in;
 }
@@ -943,6 +949,24 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+/* The SDK opens its stream together with its first POST: give that POST
+ * up to ACP_GET_WAIT_MS to create the server, woken as soon as it is listed
+ * (find_or_start's broadcast; polling every 50 ms delayed the first prompt's
+ * chunks by up to 50 ms, bench/agents.sh). */
+static acp_inst *acp_await(scell *sc, const char *id)
+{
+    int64_t until = srv_now_ms() + ACP_GET_WAIT_MS;
+    pthread_mutex_lock(&acp_lock);
+    acp_inst *in = acp_find_locked(sc, id);
+    for (int64_t left; !in && (left = until - srv_now_ms()) > 0; in = acp_find_locked(sc, id)) {
+        struct timespec ts;
+        srv_deadline_after(&ts, left);
+        pthread_cond_timedwait(&acp_started, &acp_lock, &ts);
+    }
+    pthread_mutex_unlock(&acp_lock);
+    return in;
+}
+
 int h_acp_get(sreq *r)
 {
     const char *id = router_param(&r->m, "server");
@@ -958,14 +982,7 @@ int h_acp_get(sreq *r)
     }
     if (!id_ok(id))
         return reply_not_found(r, id);
-    /* The SDK opens its stream together with its first POST: give that
-     * POST a moment to create the server. */
-    acp_inst *in = acp_find(r->cell, id);
-    for (int64_t until = srv_now_ms() + ACP_GET_WAIT_MS; !in && srv_now_ms() < until;) {
-        struct timespec ts = { 0, 50 * 1000000L };
-        nanosleep(&ts, NULL);
-        in = acp_find(r->cell, id);
-    }
+    acp_inst *in = acp_await(r->cell, id);
     if (!in)
         return reply_not_found(r, id);
     acp_follow *f = calloc(1, sizeof *f);
