@@ -19,6 +19,10 @@ const num = (k, d) => (env[k] === undefined || env[k] === "" ? d : Number(env[k]
 const N = num("AGB_N", 20), WARMUP = num("AGB_WARMUP", 2), ROUNDS = num("AGB_ROUNDS", 10);
 const PINGS = num("AGB_PINGS", 20), WORDS = num("AGB_WORDS", 200), INSTANCES = num("AGB_INSTANCES", 10);
 const ONLY = (env.AGB_ONLY || "session sse mem").split(/\s+/);
+// Each timed step starts after this pause: the other server's teardown
+// (the reference goes on ending its agent after the SDK gave up on its
+// DELETE) must not land in it.
+const SETTLE_MS = 200;
 const STEP_MS = 30000;       // bound on one SDK step: a contender that hangs fails the run
 
 const sides = [
@@ -125,10 +129,11 @@ const order = (r) => (r % 2 ? [sides[1], sides[0]] : sides);
 // ---- 1. createSession -> end of the first prompt ----------------------------------------------
 async function benchSession() {
   note(`session: ${WARMUP} untimed + ${N} timed iterations per server, alternating...`);
-  const res = Object.fromEntries(sides.map((s) => [s.key, { total: [], create: [], prompt: [] }]));
+  const res = Object.fromEntries(sides.map((s) => [s.key, { total: [], create: [], prompt: [], chunks: [] }]));
   for (let i = 0; i < WARMUP + N; i++) {
     for (const side of order(i)) {
       const sdk = await connect(side);
+      await sleep(SETTLE_MS);
       const t0 = now();
       const session = await bounded(sdk.createSession({ agent: "mock" }), `${side.key}: createSession`);
       const t1 = now();
@@ -136,25 +141,31 @@ async function benchSession() {
       if (i >= WARMUP) {
         const r = res[side.key];
         r.total.push(p.t1 - t0); r.create.push(t1 - t0); r.prompt.push(p.t1 - p.t0);
+        r.chunks.push(Math.max(p.t1, p.log[p.log.length - 1][0]) - t0);
       }
       await dispose(side, [sdk]);
     }
   }
   const [c, r] = [res.cell, res.ref];
   for (const s of sides) note(`  ${s.key} total ms: ${res[s.key].total.map((x) => f(x, 1)).join(" ")}`);
+  for (const s of sides) note(`  ${s.key} chunks ms: ${res[s.key].chunks.map((x) => f(x, 1)).join(" ")}`);
   console.log("### createSession → end of the first prompt (a new SDK client, a new agent process)\n");
   console.log(`${N} timed iterations per server after ${WARMUP} untimed, alternating which server goes first. Each iteration:`);
-  console.log("`SandboxAgent.connect` (untimed), then timed: `createSession({agent: \"mock\"})` (the SDK's `initialize`, which");
+  console.log(`\`SandboxAgent.connect\` and a ${SETTLE_MS} ms pause (untimed), then timed: \`createSession({agent: "mock"})\` (the SDK's \`initialize\`, which`);
   console.log("spawns the agent, and `session/new`) and `session.prompt(\"hello world\")` until it resolves with `stopReason`;");
-  console.log("then (untimed) the three chunks are checked, `dispose()`, and the next starts once `GET /v1/acp` lists no instance.\n");
+  console.log("the last row also waits for the prompt's three chunks, which come over the SSE stream that the SDK opened");
+  console.log("with its first POST (what a user sees stream in). Then (untimed) the chunks are checked, `dispose()`, and the");
+  console.log("next starts once `GET /v1/acp` lists no instance.\n");
   console.log("| step | cell median (ms) | cell p90 (ms) | reference median (ms) | reference p90 (ms) | median cell / ref | p90 cell / ref |");
   console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const [k, name] of [["total", "createSession + first prompt"], ["create", "createSession"], ["prompt", "first prompt"]]) {
+  for (const [k, name] of [["total", "createSession + first prompt (stopReason)"], ["create", "createSession"],
+                           ["prompt", "first prompt (stopReason)"], ["chunks", "createSession + first prompt, its chunks included"]]) {
     console.log(`| ${name} | ${f(median(c[k]))} | ${f(p90(c[k]))} | ${f(median(r[k]))} | ${f(p90(r[k]))} | ` +
                 `${ratio(median(c[k]), median(r[k]))} | ${ratio(p90(c[k]), p90(r[k]))} |`);
   }
   console.log();
-  return { cell: median(c.total), ref: median(r.total), cell90: p90(c.total), ref90: p90(r.total) };
+  return { cell: median(c.total), ref: median(r.total), cell90: p90(c.total), ref90: p90(r.total),
+           chunks: [median(c.chunks), median(r.chunks)] };
 }
 
 // ---- 2. SSE delivery --------------------------------------------------------------------------
@@ -170,6 +181,7 @@ async function benchSse() {
   for (let r = 0; r < ROUNDS; r++) {
     for (const side of order(r)) {
       const L = live[side.key];
+      await sleep(SETTLE_MS);
       for (let i = 0; i < PINGS; i++) {
         const p = await prompt(side, L.session, [`ping${i}`], "ping");
         L.first.push(p.log[0][0] - p.t0);
@@ -274,6 +286,7 @@ if (ONLY.includes("session")) {
   const s = await benchSession();
   summary.push(["createSession + first prompt, median (ms)", s.cell, s.ref]);
   summary.push(["createSession + first prompt, p90 (ms)", s.cell90, s.ref90]);
+  summary.push(["createSession + first prompt with its chunks, median (ms)", ...s.chunks]);
 }
 if (ONLY.includes("sse")) {
   const s = await benchSse();
