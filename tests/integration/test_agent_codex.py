@@ -13,10 +13,11 @@ The fake network (198.18.41.0/24 on the host's lo, see netfake.py):
                      --upstream-ca): the cell's Codex trusts the egress
                      engine's interception CA, the engine this CA
 
-One daemon and one tenant for the module, one cell per scheme.  Codex is installed with
-POST /cells/{id}/v1/agents/codex/install (npm, once per host: the module
-skips when the registry cannot be reached).  Release stage only: the agent
-is a 230 MB binary and its turns are slow under the sanitizers.
+One daemon and one tenant for the module, one cell per scheme (about 10 s
+in all).  Codex is installed with POST /cells/{id}/v1/agents/codex/install
+(npm from registry.npmjs.org into the daemon's cache, once per daemon: the
+module skips when the registry cannot be reached).  Release stage only: a
+real download and a 230 MB agent, once is enough.
 
 The attacks: the real key must be nowhere the cell can read (its
 environment, every cell process's /proc/PID/environ, the files under $HOME,
@@ -26,6 +27,7 @@ of the instance must leave no codex process in the cell.
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 import urllib.request
@@ -57,8 +59,6 @@ base_url = "%s"
 env_key = "OPENAI_API_KEY"
 wire_api = "responses"
 '''
-
-
 REGISTRY = "https://registry.npmjs.org/"   # the daemon's default --agent-registry
 
 
@@ -143,25 +143,10 @@ def cell(alice, request):
         alice.delete("/v1/cells/%s" % c.id)
 
 
-AGENT = "codex"
-
-
 def install(c):
-    global AGENT
-    dev = os.environ.get("CELL_TEST_CODEX_DEV")   # DEV ONLY: staged binary through the mock's launcher
-    if dev:
-        AGENT = "mock"
-        assert c.call("POST", "/agents/mock/install", json_body={}).status == 200
-        with open(dev, "rb") as f:
-            c.put("/root/codex-acp", f.read())
-        c.sh("chmod 755 /root/codex-acp")
-        c.put("/root/.local/share/sandbox-agent/bin/agent_processes/mock-acp", b"#!/bin/sh\nexec /root/codex-acp\n")
-        return
     if not registry_reachable():
         pytest.skip("the npm registry %s is not reachable from this host: codex cannot be installed" % REGISTRY)
     r = c.call("POST", "/agents/codex/install", json_body={}, timeout=900)
-    if r.status == 501:   # TEMPORARY: until real installs land (agentinstall.c)
-        pytest.skip("this daemon cannot install codex yet: %s" % r.body.get("detail"))
     assert r.status == 200, r
     assert c.call("GET", "/agents/codex").body["installed"] is True
 
@@ -213,6 +198,13 @@ class Stream:
                 and m["params"]["update"].get("sessionUpdate") == kind]
 
     def close(self):
+        # Shut the socket down first: it wakes the reader, whose buffered
+        # read would otherwise hold close() until the next heartbeat.
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.t.join(10)
         self.conn.close()
 
 
@@ -251,7 +243,7 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
                                               "justification": "write the file the test asked for"})],
              [fakemodel.text("The file", " is written.")])
     server = "codex-" + uuid.uuid4().hex[:6]
-    r = cell.rpc(server, req(1, "initialize", {"protocolVersion": 1, "clientCapabilities": {}}), agent=AGENT)
+    r = cell.rpc(server, req(1, "initialize", {"protocolVersion": 1, "clientCapabilities": {}}), agent="codex")
     assert r.status == 200 and r.body["result"]["agentInfo"]["name"] == "codex-acp", r
     st = Stream(cell, server)
     try:
