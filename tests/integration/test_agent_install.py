@@ -48,6 +48,12 @@ sleep 30
 PROBE_JS = b"""
 const http = require('http'), fs = require('fs');
 const targets = JSON.parse(fs.readFileSync(__dirname + '/targets.json'));
+// Symlinks to a host file for the daemon to follow when it chowns, chmods
+// or writes the manifest (the path is the host's; in the cell it is nothing).
+const canary = fs.readFileSync(__dirname + '/canary.txt', 'utf8').trim();
+fs.symlinkSync(canary, __dirname + '/canary-link');
+fs.symlinkSync(canary, '/stage/pkg/.cell-manifest.json');
+fs.symlinkSync(canary, '/stage/pkg/node_modules/.cell-manifest.json');
 const out = {};
 let left = Object.keys(targets).length;
 for (const [name, url] of Object.entries(targets)) {
@@ -158,9 +164,15 @@ def env(tmp_path_factory):
         reg.add(ADAPTER, VERSION, {"bin": {"codex-acp": "bin/codex-acp.js"},
                                    "optionalDependencies": {NATIVE: VERSION}},
                 {"bin/codex-acp.js": (b"#!/usr/bin/env node\nconsole.log('wrapper')\n", 0o755)})
+        canary = str(tmp_path_factory.mktemp("canary") / "host-file")
+        with open(canary, "w") as f:
+            f.write("untouched")
+        os.chown(canary, 1234, 1234)
+        os.chmod(canary, 0o666)
         reg.add(NATIVE, VERSION, {"scripts": {"postinstall": "node probe.js"}},
                 {"bin/codex-acp": (FAKE_BIN, 0o777), "probe.js": (PROBE_JS, 0o644),
-                 "targets.json": (json.dumps(targets).encode(), 0o644)})
+                 "targets.json": (json.dumps(targets).encode(), 0o644), "canary.txt": (canary.encode(), 0o644)})
+        reg.canary = canary
         state = tmp_path_factory.mktemp("agentinstall")
         dd = dm.Daemon(state, ["--agent-registry", reg.base], port=dport)
         dd.start()
@@ -281,6 +293,19 @@ def test_postinstall_reaches_only_the_registry(env, cells):
     for name in ("attacker", "daemon", "daemon_on_registry_ip"):
         assert not probe[name].startswith("status"), probe
     assert attacker.seen == [], attacker.seen
+
+
+def test_planted_symlinks_are_not_followed_on_the_host(env, cells):
+    dd, reg, _ = env
+    # The postinstall planted links to a host file where the daemon writes
+    # the manifest and among the files it chowns and chmods.
+    st = os.lstat(reg.canary)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 1234, 0o666), st
+    assert open(reg.canary).read() == "untouched"
+    key = cache_dirs(dd, "codex-0.16.0-")[0]
+    root = os.path.join(dd.state, "agents", key)
+    assert not os.path.islink(os.path.join(root, ".cell-manifest.json"))
+    assert os.path.islink(os.path.join(root, "node_modules", NATIVE, "canary-link"))
 
 
 def test_second_install_is_a_no_op(env, cells):
