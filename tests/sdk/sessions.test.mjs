@@ -7,7 +7,7 @@
 // session/update notifications in order); the ACP proxy's Last-Event-ID
 // replay after such a resume; bad session/load and set_* input; an agent
 // that exits or prints garbage in the middle of a prompt surfacing as an
-// error.
+// error; a session staying in its cell (another tenant cannot load it).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -21,6 +21,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/mock-acp";
 const MOCK_BIN = "/root/.local/share/sandbox-agent/bin/cell-mock-agent";
 let cellId = "";
+let otherCell = "";
 let baseUrl = "";
 let sdk = null;
 
@@ -34,7 +35,7 @@ before(async () => {
 
 after(async () => {
   if (sdk) await sdk.dispose();
-  await stopDaemon([cellId]);
+  await stopDaemon([cellId, otherCell]);
 });
 
 // The session/update payloads a session receives, in arrival order.
@@ -62,9 +63,9 @@ function probe(promptText) {
 
 // One raw JSON-RPC request through the ACP proxy; the agent's answer.
 let rawId = 100;
-async function rpc(server, method, params) {
-  const r = await control("POST", `/cells/${cellId}/v1/acp/${server}?agent=mock`,
-                          { jsonrpc: "2.0", id: ++rawId, method, params });
+async function rpc(server, method, params, cell = cellId, token = daemonState.token) {
+  const r = await control("POST", `/cells/${cell}/v1/acp/${server}?agent=mock`,
+                          { jsonrpc: "2.0", id: ++rawId, method, params }, token);
   assert.equal(r.status, 200, JSON.stringify(r.body));
   return r.body;
 }
@@ -301,4 +302,25 @@ test("an agent that exits mid-prompt, or prints garbage and exits: an error, not
   assert.equal(g.error, null, JSON.stringify(g));
   assert.equal(g.prompted, false, JSON.stringify(g));
   assert.deepEqual(g.transportErrors[0], { status: 500, type: "urn:sandbox-agent:error:agent_process_exited", exitCode: 9 });
+});
+
+test("a session stays in its cell: another tenant's cell cannot load it, nor reach the instance", async () => {
+  const server = `own-${process.pid}`;
+  await rpc(server, "initialize", { protocolVersion: 1 });
+  const sid = (await rpc(server, "session/new", { cwd: "/", mcpServers: [] })).result.sessionId;
+  await rpc(server, "session/prompt", { sessionId: sid, prompt: [{ type: "text", text: "secret plans" }] });
+  const tok = await control("POST", "/v1/tokens", { tenant: "sessions-other", name: "other" });
+  assert.equal(tok.status, 201, JSON.stringify(tok.body));
+  otherCell = await createCell({}, tok.body.token);
+  // The other tenant's own mock knows nothing of the session ...
+  const b = await rpc(`theirs-${process.pid}`, "session/load", { sessionId: sid, cwd: "/", mcpServers: [] },
+                      otherCell, tok.body.token);
+  assert.equal(b.error?.code, -32002, JSON.stringify(b));
+  // ... and the instance holding it is not theirs to post to or stream.
+  const post = await control("POST", `/cells/${cellId}/v1/acp/${server}`,
+                             { jsonrpc: "2.0", id: 1, method: "session/load", params: { sessionId: sid, cwd: "/", mcpServers: [] } },
+                             tok.body.token);
+  assert.equal(post.status, 404, JSON.stringify(post.body));
+  assert.equal((await control("GET", `/cells/${cellId}/v1/acp/${server}`, undefined, tok.body.token)).status, 404);
+  assert.equal((await control("DELETE", `/cells/${cellId}/v1/acp/${server}`)).status, 204);
 });
