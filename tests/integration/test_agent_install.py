@@ -391,6 +391,16 @@ def test_agents_without_an_npm_adapter_and_bad_input(env, cells):
     assert r.status == 404, r
 
 
+def test_install_into_a_stopped_cell_is_409(admin):
+    cid = new_cell(admin)
+    try:
+        assert admin.post("/v1/cells/%s/stop" % cid, {}).status in (200, 204)
+        r = install(admin, cid)
+        assert r.status == 409, r
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
 def test_bad_registry_flag_refused(tmp_path):
     for url in ("ftp://example.org/", "not a url", "http://user@host/"):
         p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "",
