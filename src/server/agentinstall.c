@@ -317,13 +317,36 @@ static int agents_follow(srv *s, cell *c, pid_t pid, int out, int errfd, npm_out
     }
 }
 
+/* Whom the install cell's network events are audited for. */
+typedef struct agents_net_ctx {
+    srv *s;
+    const char *tenant, *key;
+} agents_net_ctx;
+
+/* The install cell's flows and DNS answers (denied ones included), as a
+ * cell's, under the requesting tenant and the cache key. */
+static void agents_net_event(void *user, const char *json)
+{
+    agents_net_ctx *n = user;
+    json_t *rec = json_loads(json, 0, NULL);
+    if (!rec)
+        return;
+    json_object_set_new(rec, "tenant", json_string(n->tenant));
+    json_object_set_new(rec, "cell", json_string("agent-install"));
+    json_object_set_new(rec, "installKey", json_string(n->key));
+    store_audit_append(n->s->st, rec);
+    json_decref(rec);
+}
+
 /* Boot the install cell with `stage` at /stage and run npm in it. */
-static int agents_npm(srv *s, const agents_package *p, const char *stage, npm_out *o, int *status, cell_error *err)
+static int agents_npm(srv *s, const agents_package *p, const char *stage, agents_net_ctx *net, npm_out *o,
+                      int *status, cell_error *err)
 {
     cell_mount m = { .kind = CELL_MOUNT_BIND, .source = stage, .target = AGENTS_STAGE_TARGET };
     cell_config cfg = {
         .image = "host", .hostname = "cell-agent-install", .mounts = &m, .n_mounts = 1, .policy = agents_policy,
         .limits = { .memory = AGENTS_INSTALL_MEMORY, .pids = AGENTS_INSTALL_PIDS, .disk = AGENTS_INSTALL_DISK },
+        .net_event = agents_net_event, .net_user = net,
     };
     if (atomic_load(&s->stopping))
         return util_fail(err, ECANCELED, "the daemon is stopping");
@@ -452,9 +475,10 @@ static int agents_finish(const agents_package *p, const char *key, const char *s
 
 /* Run npm for the cache key into a fresh staging dir; leave nothing behind
  * on failure. */
-static int agents_build(srv *s, const agents_package *p, const char *key, const char *final,
+static int agents_build(scell *sc, const agents_package *p, const char *key, const char *final,
                         agents_progress_fn progress, void *user, agents_install_result *res, cell_error *err)
 {
+    agents_net_ctx net = { .s = sc->s, .tenant = sc->tenant, .key = key };
     char stage[4096], rnd[17];
     if (util_random_hex(rnd, 8) < 0)
         return util_fail(err, EIO, "no random bytes");
@@ -471,7 +495,7 @@ static int agents_build(srv *s, const agents_package *p, const char *key, const 
     o->progress = progress;
     o->user = user;
     int status = 0;
-    int rc = agents_npm(s, p, stage, o, &status, err);
+    int rc = agents_npm(sc->s, p, stage, &net, o, &status, err);
     res->ran_npm = 1;
     if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
         res->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -602,7 +626,7 @@ static int agents_install_npm(scell *sc, const agents_package *p, int force, age
     int cached, rc = 0;
     agents_claim(&me, final, force, progress, user, &cached);
     if (!cached) {
-        rc = agents_build(sc->s, p, res->key, final, progress, user, res, err);
+        rc = agents_build(sc, p, res->key, final, progress, user, res, err);
         agents_unclaim(&me);
     }
     if (rc < 0)

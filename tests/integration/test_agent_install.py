@@ -293,6 +293,12 @@ def test_postinstall_reaches_only_the_registry(env, cells):
     for name in ("attacker", "daemon", "daemon_on_registry_ip"):
         assert not probe[name].startswith("status"), probe
     assert attacker.seen == [], attacker.seen
+    # ... and the install cell's denied flow is in the audit log.
+    with open(os.path.join(dd.state, "audit.log")) as f:
+        net = [json.loads(line) for line in f if '"agent-install"' in line]
+    denied = [r for r in net if r.get("kind") == "net" and r.get("verdict") == "deny"
+              and r.get("dst", "").startswith(ATTACKER_IP + ":")]
+    assert denied and denied[0]["installKey"] == key, net
 
 
 def test_planted_symlinks_are_not_followed_on_the_host(env, cells):
