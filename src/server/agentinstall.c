@@ -53,6 +53,7 @@ static agents_flight *agents_flights; /* agents_lock: cache keys being filled */
 
 static char agents_root[4096], agents_staging[4096];
 static char *agents_policy;         /* the install cell's policy (JSON) */
+static cell_error agents_policy_err; /* why there is none: installs fail with it */
 static const char *agents_registry;
 
 const char *agents_cache_root(void) { return agents_root; }
@@ -110,7 +111,7 @@ static json_t *agents_policy_for(const char *host, int port, cell_error *err)
         return json_pack("{s:[{s:{s:s, s:[i]}}]}", "rules", "tcp", "to", host, "ports", port);
     json_t *ups = agents_host_dns();
     if (!ups)
-        return util_fail(err, EINVAL, "--agent-registry names host %s, but /etc/resolv.conf has no nameserver "
+        return util_fail(err, ENETUNREACH, "--agent-registry names host %s, but /etc/resolv.conf has no nameserver "
                          "to resolve it with", host), NULL;
     return json_pack("{s:[{s:{s:o, s:b}}, {s:{s:s, s:[i]}}]}", "rules", "dns", "upstreams", ups, "strict", 1,
                      "host", "name", host, "ports", port);
@@ -126,13 +127,17 @@ static int agents_parse_registry(const char *url, cell_error *err)
     } else if ((user && *user) || !host || !*host || port_num <= 0 || port_num > 65535) {
         util_fail(err, EINVAL, "--agent-registry %s: needs a host (and no user info)", url);
     } else {
-        json_t *pol = agents_policy_for(host, port_num, err);
+        /* A host without resolvers still runs the daemon; its installs
+         * fail saying why. */
+        json_t *pol = agents_policy_for(host, port_num, &agents_policy_err);
         agents_policy = pol ? json_dumps(pol, JSON_COMPACT) : NULL;
         json_decref(pol);
         if (pol && !agents_policy)
             util_fail(err, ENOMEM, "out of memory");
         else if (agents_policy)
             rc = cell_policy_check(agents_policy, err);
+        else
+            rc = 0, fprintf(stderr, "cell daemon: agent installs will fail: %s\n", agents_policy_err.message);
     }
     OPENSSL_free(user), OPENSSL_free(host), OPENSSL_free(port);
     OPENSSL_free(path), OPENSSL_free(query), OPENSSL_free(frag);
@@ -350,6 +355,8 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
     };
     if (atomic_load(&s->stopping))
         return util_fail(err, ECANCELED, "the daemon is stopping");
+    if (!agents_policy)
+        return *err = agents_policy_err, -1;
     struct agents_boot b = { .s = s, .cfg = &cfg, .err = err };
     srv_on_owner_thread(s, agents_boot_on_owner, &b);
     if (b.rc < 0)
