@@ -763,7 +763,11 @@ void net_http_serve(const net_http_env *env, const net_http_flow *f, uint64_t *o
     session s = { .env = env, .f = f, .cl = { f->cfd, NULL }, .up = { -1, NULL }, .out = out, .in = in };
     int tls = detect_tls(f->cfd);
     s.key = (net_pool_key){ .host = f->host, .dst = f->dst, .dst_len = f->dst_len, .tls = tls > 0 };
-    if (tls >= 0 && (!tls || accept_tls(&s) == 0))
+    /* The cell picks TLS or not, and the upstream leg follows it: a rule
+     * that must not send what it adds in clear refuses plain HTTP. */
+    if (tls == 0 && f->rule->tls)
+        refuse(&s, 403, "plain HTTP refused: this rule is for TLS only (\"tls\": true)");
+    else if (tls >= 0 && (!tls || accept_tls(&s) == 0))
         for (int later = 0; later == 0 || s.keep; later = 1)
             serve_request(&s, later);
     conn_close_tls(&s.cl);

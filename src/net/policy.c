@@ -932,9 +932,10 @@ static int parse_redact(const json_t *v, const char *path, net_http_rule *h, cel
 static int parse_http(const json_t *m, const char *path, rule *r, cell_error *err)
 {
     static const char *const keys[] = { "host", "ports", "methods", "paths", "set_headers", "remove_headers",
-                                        "redact_response", NULL };
+                                        "redact_response", "tls", NULL };
     char sub[PATH_LEN];
-    if (check_keys(m, path, keys, "host, ports, methods, paths, set_headers, remove_headers, redact_response", err) < 0)
+    if (check_keys(m, path, keys, "host, ports, methods, paths, set_headers, remove_headers, redact_response, tls",
+                   err) < 0)
         return -1;
     if (parse_required_name(m, path, "host", r, err) < 0)
         return -1;
@@ -957,6 +958,9 @@ static int parse_http(const json_t *m, const char *path, rule *r, cell_error *er
         return -1;
     if ((v = json_object_get(m, "redact_response")) && parse_redact(v, AT(sub, "%s.redact_response", path), &r->http, err) < 0)
         return -1;
+    if ((v = json_object_get(m, "tls")) && !json_is_boolean(v))
+        return bad(err, AT(sub, "%s.tls", path), "expected true or false, got %s", jtype(v));
+    r->http.tls = json_is_true(v);
     return 0;
 }
 

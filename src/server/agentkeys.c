@@ -54,6 +54,16 @@ static const agentkeys_provider agentkeys_providers[] = {
     { "pi",       "openai",    "OPENAI_API_KEY",    NULL,                 "api.openai.com",    "Authorization", "Bearer " },
 };
 
+/* More variables an agent reads the same key from; each gets the
+ * placeholder too.  codex-acp offers the ACP auth method "codex-api-key"
+ * (CODEX_API_KEY) before "openai-api-key", and the sandbox-agent SDK
+ * authenticates with the first env-based method listed: without
+ * CODEX_API_KEY that fails and session/new is "Authentication required"
+ * (docs/compat/sandbox-agent-0.4.2-agents.md, "Codex"). */
+static const struct { const char *agent, *var; } agentkeys_also[] = {
+    { "codex", "CODEX_API_KEY" },
+};
+
 /* Agents of the API whose key cannot be brokered, and why (the 400 says it). */
 static const struct { const char *agent, *why; } agentkeys_refused[] = {
     { "cursor", "cannot be brokered: Cursor's CLI (cursor-agent) is installed from cursor.com, not npm, and signs "
@@ -197,15 +207,19 @@ static int agentkeys_check_secret(sreq *r, const char *agent, const char *name)
 
 
 /* {"http": {...}} for one agent: its key's header replaced host-side, on
- * the endpoint's one port (443, or baseUrl's).  Not port 80 beside 443: a
- * request there is plain HTTP, and the key would cross the network in
- * clear. */
+ * the endpoint's one port (443, or baseUrl's).  Not port 80 beside 443,
+ * and for an https endpoint "tls": the cell chooses TLS or not per
+ * connection and the upstream leg follows it, so a plain request would
+ * put the key on the network in clear. */
 static json_t *agentkeys_rule(const agentkeys_provider *p, const char *secret, const agentkeys_dest *d)
 {
     char value[160];
     snprintf(value, sizeof value, "%s${secret:%s}", p->prefix, secret);
-    return json_pack("{s:{s:s, s:[i], s:{s:s}, s:b}}", "http", "host", d->host, "ports", d->port, "set_headers",
-                     p->header, value, "redact_response", 1);
+    json_t *rule = json_pack("{s:s, s:[i], s:{s:s}, s:b}", "host", d->host, "ports", d->port, "set_headers",
+                             p->header, value, "redact_response", 1);
+    if (rule && d->tls && json_object_set_new(rule, "tls", json_true()) < 0)
+        return json_decref(rule), NULL;
+    return rule ? json_pack("{s:o}", "http", rule) : NULL;
 }
 
 /* Two agents' rules for one host and port: the first would decide every
@@ -333,6 +347,9 @@ static int agentkeys_one(sreq *r, const char *agent, json_t *want, json_t *env, 
         agentkeys_share(r, agent, p, sec, base, seen) < 0)
         return -1;
     json_object_set_new(env, p->key_env, json_string(AGENTKEYS_PLACEHOLDER));
+    for (size_t i = 0; i < AGENTKEYS_N(agentkeys_also); i++)
+        if (strcmp(agentkeys_also[i].agent, agent) == 0)
+            json_object_set_new(env, agentkeys_also[i].var, json_string(AGENTKEYS_PLACEHOLDER));
     if (json_is_string(base) && p->base_env)
         json_object_set(env, p->base_env, base);
     json_t *rule = agentkeys_rule(p, json_string_value(sec), &d);

@@ -6,6 +6,9 @@ host.
 The fake network (198.18.40.0/24 on the host's lo, see netfake.py):
 
     198.18.40.53:53   DNS: model.test -> 198.18.40.10
+    198.18.40.11:443  plain.test: a TCP listener that records the bytes it
+                      gets (what a plain-HTTP request to a TLS port puts
+                      on the network)
     198.18.40.10:443  a fake OpenAI-style model server over HTTPS (a
                       certificate for model.test from a CA of this module,
                       trusted by the daemon through --upstream-ca): records
@@ -28,8 +31,8 @@ import netfake
 from conftest import cell_pids_of_state
 
 NET = netfake.claim("198.18.40", __name__)
-DNS_IP, MODEL_IP = NET + ".53", NET + ".10"
-ZONE = {"model.test": {"A": [MODEL_IP]}}
+DNS_IP, MODEL_IP, PLAIN_IP = NET + ".53", NET + ".10", NET + ".11"
+ZONE = {"model.test": {"A": [MODEL_IP]}, "plain.test": {"A": [PLAIN_IP]}}
 KEY = "sk-real-" + uuid.uuid4().hex           # must never show up in the cell
 OTHER_KEY = "sk-other-" + uuid.uuid4().hex
 DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/24"]}}
@@ -80,6 +83,21 @@ class _Model(netfake.http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Recorder(netfake.socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(5)
+        data = b""
+        try:
+            while len(data) < 65536:
+                d = self.request.recv(65536)
+                if not d:
+                    break
+                data += d
+        except OSError:
+            pass
+        self.server.got.append(data)
+
+
 @pytest.fixture(scope="module")
 def net(cell, tmp_path_factory):
     if netfake.require_dns() is None:
@@ -87,9 +105,12 @@ def net(cell, tmp_path_factory):
     if not shutil.which("openssl"):
         pytest.skip("the openssl CLI is needed to make the test CA")
     ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test")
-    n = netfake.Net((DNS_IP, MODEL_IP))
+    n = netfake.Net((DNS_IP, MODEL_IP, PLAIN_IP))
     try:
         n.up()
+        n.plain = netfake.TCPServer((PLAIN_IP, 443), _Recorder)
+        n.plain.got = []
+        n.serve(n.plain)
         n.model = netfake.HTTPServer((MODEL_IP, 443), _Model, tls=(leaf, key))
         n.serve(*netfake.FakeDNS(ZONE).servers(DNS_IP), n.model)
         n.ca = ca
@@ -166,6 +187,7 @@ def test_model_key_is_injected_on_the_host_and_never_enters_the_cell(d, alice, m
     assert got["env"]["OPENAI_API_KEY"] == "cell-placeholder" and got["env"]["OPENAI_BASE_URL"] == BASE
     rule = got["agentPolicy"]["rules"][0]["http"]
     assert rule["host"] == "model.test" and rule["redact_response"] is True and rule["ports"] == [443]
+    assert rule["tls"] is True
     assert rule["set_headers"] == {"Authorization": "Bearer ${secret:OPENAI_KEY}"}
     assert got["policy"] == {"rules": [DNS_RULE]}
     assert KEY not in json.dumps(got)
@@ -335,7 +357,7 @@ def test_each_agents_provider(d, alice, made, agents, key_env, base_env, host, h
     assert r.status == 201, r
     rules = r.body["agentPolicy"]["rules"]
     assert rules[0] == {"http": {"host": host, "ports": [443], "set_headers": {header: value},
-                                 "redact_response": True}}
+                                 "redact_response": True, "tls": True}}
     assert r.body["env"][key_env] == "cell-placeholder"
     assert not base_env or base_env not in r.body["env"]
 
@@ -450,3 +472,22 @@ def test_cli_provider_option(d, alice, made, tmp_path):
     p = subprocess.run([cell, "create", "--agent-key", "opencode=OPENAI_KEY,model=x"], env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "provider=NAME" in p.stderr
+
+
+def test_the_key_never_goes_out_in_clear(d, alice, made, net):
+    """The attack: the cell speaks plain HTTP to the provider's TLS port.
+    The engine follows the cell's choice upstream, so without more the key
+    would cross the network in clear; the agents' rule has "tls": true and
+    the request is refused before anything leaves.  (An http:// baseUrl
+    is plain by the client's choice and gets no "tls".)"""
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://plain.test/v1"}})
+    assert r.status == 201, r
+    before = len(net.plain.got)
+    r = alice.post("/cells/%s/v1/processes/run" % r.body["id"],
+                   {"command": "/usr/bin/python3", "args": ["-c", PROBE, "OPENAI_API_KEY", "http://plain.test:443/v1",
+                                                            "Authorization", "Bearer "], "timeoutMs": 60000})
+    assert r.status == 200 and r.body["exitCode"] != 0 and "403" in r.body["stderr"], r
+    assert all(KEY.encode() not in got for got in net.plain.got[before:])
+    assert all(b"cell-placeholder" not in got for got in net.plain.got[before:])
+    r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": "http://plain.test:443/v1"}})
+    assert r.status == 201 and "tls" not in r.body["agentPolicy"]["rules"][0]["http"], r

@@ -267,6 +267,7 @@ static void http_errors(void **state)
         { "\"host\": \"a.com\", \"remove_headers\": [\"Cookie\", \"a:b\"]", "rules[1].http.remove_headers[1]: \"a:b\" is not a header name" },
         { "\"host\": \"a.com\", \"remove_headers\": []", "rules[1].http.remove_headers: empty array" },
         { "\"host\": \"a.com\", \"query\": 1", "rules[1].http: unknown key \"query\" (expected host, ports" },
+        { "\"host\": \"a.com\", \"tls\": \"yes\"", "rules[1].http.tls: expected true or false, got a string" },
     };
     char json[512];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
