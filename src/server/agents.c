@@ -57,19 +57,20 @@ int agents_known(const char *id) { return agent_find(id) != NULL; }
  * put first in PATH.  docs/compat/sandbox-agent-0.4.2-agents.md lists them. */
 static const agents_package agents_packages[] = {
     /* claude-agent-acp bundles Claude Code through @anthropic-ai/claude-agent-sdk; needs node */
-    { "claude", { "@zed-industries/claude-agent-acp@0.23.1", NULL },
+    { "claude", { "@zed-industries/claude-agent-acp@0.23.1", NULL }, AGENTS_PROC_DIR "/claude-acp",
       "node_modules/@zed-industries/claude-agent-acp/dist/index.js", "", NULL },
     /* the adapter's bin is a node wrapper around this native binary: exec it directly */
-    { "codex", { "@zed-industries/codex-acp@0.16.0", NULL },
+    { "codex", { "@zed-industries/codex-acp@0.16.0", NULL }, AGENTS_PROC_DIR "/codex-acp",
       "node_modules/@zed-industries/codex-acp-linux-x64/bin/codex-acp", "", NULL },
     /* opencode speaks ACP itself: `opencode acp` */
-    { "opencode", { "opencode-ai@1.18.33", NULL }, "node_modules/opencode-linux-x64/bin/opencode", "acp ", NULL },
-    { "amp", { NULL }, NULL, NULL,
+    { "opencode", { "opencode-ai@1.18.33", NULL }, AGENTS_PROC_DIR "/opencode-acp",
+      "node_modules/opencode-linux-x64/bin/opencode", "acp ", NULL },
+    { "amp", { NULL }, NULL, NULL, NULL,
       "no ACP adapter for Amp is published on the npm registry (sandbox-agent's amp-acp is not there)" },
     /* pi-acp runs the `pi` CLI from PATH */
-    { "pi", { "pi-acp@0.0.34", "@mariozechner/pi-coding-agent@0.73.1", NULL }, "node_modules/pi-acp/dist/index.js",
-      "", NULL },
-    { "cursor", { NULL }, NULL, NULL,
+    { "pi", { "pi-acp@0.0.34", "@mariozechner/pi-coding-agent@0.73.1", NULL }, AGENTS_PROC_DIR "/pi-acp",
+      "node_modules/pi-acp/dist/index.js", "", NULL },
+    { "cursor", { NULL }, NULL, NULL, NULL,
       "the ACP adapter (@blowmage/cursor-agent-acp) drives Cursor's cursor-agent CLI, which Cursor does not "
       "publish on the npm registry" },
 };
@@ -84,15 +85,10 @@ const agents_package *agents_package_find(const char *id)
 
 const char *agents_launcher(const char *id)
 {
-    static const char *const launchers[] = { AGENTS_PROC_DIR "/claude-acp", AGENTS_PROC_DIR "/codex-acp",
-                                             AGENTS_PROC_DIR "/opencode-acp", AGENTS_PROC_DIR "/pi-acp" };
-    static const char *const ids[] = { "claude", "codex", "opencode", "pi" };
     if (strcmp(id, "mock") == 0)
         return AGENTS_MOCK_LAUNCHER;
-    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
-        if (strcmp(ids[i], id) == 0)
-            return launchers[i];
-    return NULL;
+    const agents_package *p = agents_package_find(id);
+    return p ? p->launcher : NULL;
 }
 
 static json_t *caps_json(const agent_def *a)

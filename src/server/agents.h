@@ -24,6 +24,7 @@ int reply_unsupported_agent(sreq *r, const char *id);
 typedef struct agents_package {
     const char *id;
     const char *packages[3];    /* "name@version", pinned; the ACP adapter first; NULL-terminated */
+    const char *launcher;       /* the reference's agent_processes/<agent>-acp, in the cell */
     const char *exec;           /* what the launcher execs, relative to the cache dir */
     const char *args;           /* arguments before the client's ("" for none) */
     const char *unavailable;    /* why cell cannot install it, or NULL */
