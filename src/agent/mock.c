@@ -36,6 +36,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -312,19 +313,34 @@ static int mock_write_file(const char *path, const char *text)
     return -1;
 }
 
-/* Save the session.  A failure (no HOME, a read-only file system) costs
- * only the resume after a restart: reported on stderr, the session goes on. */
+/* Save the session, right after the answer that changed it: a file write
+ * costs about 1 ms, which the client does not wait for.  The signals that
+ * end an instance (DELETE sends SIGTERM) wait until the file is whole, so
+ * an answered turn is on disk when the agent is gone.  A failure (no HOME,
+ * a read-only file system) costs only the resume after a restart: reported
+ * once on stderr, the session goes on. */
 static void mock_save(const mock_session *s)
 {
+    static int warned;
     char path[4096];
+    sigset_t ends, old;
+    sigemptyset(&ends);
+    sigaddset(&ends, SIGTERM);
+    sigaddset(&ends, SIGINT);
+    sigaddset(&ends, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &ends, &old) < 0)
+        exit(1);
     json_t *state = mock_state_json(s);
     char *text = state ? json_dumps(state, JSON_COMPACT) : NULL;
     json_decref(state);
     if (!text)
         exit(1);
-    if (mock_state_path(path, sizeof path, s->id, 1) < 0 || mock_write_file(path, text) < 0)
-        fprintf(stderr, "cell-mock-agent: cannot save session %s: %s\n", s->id, strerror(errno));
+    if ((mock_state_path(path, sizeof path, s->id, 1) < 0 || mock_write_file(path, text) < 0) && !warned++)
+        fprintf(stderr, "cell-mock-agent: cannot save sessions (%s: %s); they live in this process only\n", s->id,
+                strerror(errno));
     free(text);
+    if (sigprocmask(SIG_SETMASK, &old, NULL) < 0)
+        exit(1);
 }
 
 /* Read a saved session's file: its JSON, or NULL when missing, not a
@@ -599,10 +615,10 @@ static void mock_prompt(json_t *id, json_t *params)
         exit(1);
     mock_reply = NULL;
     mock_history_add(s, "agent", reply);
-    mock_save(s);
     free(reply);
     free(text);
     mock_result(id, json_pack("{s:s}", "stopReason", "end_turn"));
+    mock_save(s);
 }
 
 /* ---- session lifecycle and settings --------------------------------------------------------- */
@@ -619,12 +635,12 @@ static void mock_new(json_t *id, json_t *params)
     mock_session *s = mock_session_add(sid);
     if (!s)
         return mock_error(id, -32000, "too many sessions in this agent process (%d)", MOCK_MAX_SESSIONS);
-    mock_save(s);
     /* _meta tells tests which MCP servers the session got. */
     json_t *mcp = json_object_get(params, "mcpServers");
     mock_result(id, json_pack("{s:s, s:o, s:o, s:o, s:{s:O}}", "sessionId", sid, "modes", mock_modes(s), "models",
                               mock_models(s), "configOptions", mock_config_options(s), "_meta", "mcpServers",
                               mcp ? mcp : json_null()));
+    mock_save(s);
 }
 
 /* session/load: the history replayed as user_message_chunk and
@@ -674,7 +690,6 @@ static void mock_set(json_t *id, json_t *params, int opt, const char *key)
         return mock_error(id, RPC_INVALID_PARAMS, "%s: unknown %s %.*s", key, mock_options[opt].id,
                           mock_clip(json_string_value(v), 80), json_string_value(v));
     s->current[opt] = value;
-    mock_save(s);
     if (opt == OPT_MODE)
         mock_update(s->id, json_pack("{s:s, s:s}", "sessionUpdate", "current_mode_update", "currentModeId", value));
     mock_update(s->id, json_pack("{s:s, s:o}", "sessionUpdate", "config_option_update", "configOptions",
@@ -683,6 +698,7 @@ static void mock_set(json_t *id, json_t *params, int opt, const char *key)
         mock_result(id, json_pack("{s:o}", "configOptions", mock_config_options(s)));
     else
         mock_result(id, json_object());
+    mock_save(s);
 }
 
 static void mock_set_config_option(json_t *id, json_t *params)
