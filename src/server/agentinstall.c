@@ -619,7 +619,7 @@ void agents_describe(const agents_package *p, agents_install_result *res)
     snprintf(res->path, sizeof res->path, AGENTS_CACHE_TARGET "/%s/%s", res->key, p->exec);
 }
 
-static int agents_install_npm(scell *sc, const agents_package *p, int force, agents_progress_fn progress,
+static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags, agents_progress_fn progress,
                               void *user, agents_install_result *res, cell_error *err)
 {
     char final[4096];
@@ -631,25 +631,25 @@ static int agents_install_npm(scell *sc, const agents_package *p, int force, age
     int launcher = agents_launcher_there(sc, agents_launcher(p->id));
     agents_flight me = { .key = res->key };
     int cached, rc = 0;
-    agents_claim(&me, final, force, progress, user, &cached);
+    agents_claim(&me, final, (flags & AGENTS_REFETCH) != 0, progress, user, &cached);
     if (!cached) {
         rc = agents_build(sc, p, res->key, final, progress, user, res, err);
         agents_unclaim(&me);
     }
     if (rc < 0)
         return -1;
-    res->already = cached && launcher;
+    res->already = cached && launcher && !(flags & AGENTS_REINSTALL);
     return res->already ? 0 : agents_write_launcher(sc, p, res->key, err);
 }
 
-int agents_install(scell *sc, const char *agent, int force, const char *who, agents_progress_fn progress,
+int agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
                    void *user, agents_install_result *res, cell_error *err)
 {
     memset(res, 0, sizeof *res);
     if (strcmp(agent, "mock") == 0) {
         snprintf(res->version, sizeof res->version, "builtin");
         snprintf(res->source, sizeof res->source, "builtin");
-        return agents_install_mock(sc, force, &res->already, err);
+        return agents_install_mock(sc, (flags & AGENTS_REINSTALL) != 0, &res->already, err);
     }
     const agents_package *p = agents_package_find(agent);
     if (!p)
@@ -657,7 +657,7 @@ int agents_install(scell *sc, const char *agent, int force, const char *who, age
     if (p->unavailable)
         return util_fail(err, EOPNOTSUPP, "%s: %s", agent, p->unavailable);
     agents_worker_begin();
-    int rc = agents_install_npm(sc, p, force, progress, user, res, err);
+    int rc = agents_install_npm(sc, p, flags, progress, user, res, err);
     agents_audit(sc, who, agent, res, rc, err);
     agents_worker_end();
     return rc;

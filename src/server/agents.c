@@ -261,7 +261,8 @@ typedef struct install_stream {
     pthread_cond_t  cond;
     char   *buf;
     size_t  len, off, cap;
-    int     done, refs, force;
+    int     done, refs;
+    unsigned flags;
     srv    *s;
     scell  *sc;                     /* a reference, the thread's */
     char    agent[32], token_id[64];
@@ -312,7 +313,7 @@ static void *stream_main(void *arg)
     agents_install_result res;
     cell_error e = { 0 };
     json_t *out;
-    if (agents_install(st->sc, st->agent, st->force, st->token_id, stream_progress, st, &res, &e) == 0) {
+    if (agents_install(st->sc, st->agent, st->flags, st->token_id, stream_progress, st, &res, &e) == 0) {
         out = install_json(&res, st->agent);
     } else {
         unsigned status;
@@ -366,7 +367,7 @@ static void stream_free(void *cls) { stream_unref(cls); }
 
 /* The install runs on its own thread, which outlives a client that goes
  * away (the install finishes for the next one). */
-static int install_as_stream(sreq *r, const char *agent, int force)
+static int install_as_stream(sreq *r, const char *agent, unsigned flags)
 {
     install_stream *st = calloc(1, sizeof *st);
     if (!st)
@@ -374,7 +375,7 @@ static int install_as_stream(sreq *r, const char *agent, int force)
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->cond, NULL);
     st->refs = 2;
-    st->force = force;
+    st->flags = flags;
     st->s = r->s;
     st->sc = r->cell;
     snprintf(st->agent, sizeof st->agent, "%s", agent);
@@ -425,11 +426,15 @@ int h_agents_install(sreq *r)
     if (p && p->unavailable)
         return reply_problem_details(r, 501, "install_failed", json_pack("{s:s}", "agent", id), "%s: %s", id,
                                      p->unavailable);
+    /* A tenant's reinstall rewrites its own cell's launcher; running npm
+     * again over the host-wide cache (every tenant's agents, a download
+     * each time) is the admin's. */
+    unsigned flags = reinstall ? AGENTS_REINSTALL | (r->tok.admin ? AGENTS_REFETCH : 0) : 0;
     if (wants_stream(r))
-        return install_as_stream(r, id, reinstall);
+        return install_as_stream(r, id, flags);
     agents_install_result res;
     cell_error e = { 0 };
-    int rc = agents_install(r->cell, id, reinstall, r->tok.id, NULL, NULL, &res, &e) == 0
+    int rc = agents_install(r->cell, id, flags, r->tok.id, NULL, NULL, &res, &e) == 0
              ? reply_json(r, 200, install_json(&res, id)) : agents_reply_install_error(r, id, &res, &e);
     agents_install_result_free(&res);
     return rc;

@@ -48,14 +48,18 @@ typedef struct agents_install_result {
     json_t *stderr_tail;        /* npm's last stderr lines (owned; NULL if none) */
 } agents_install_result;
 
+enum {
+    AGENTS_REINSTALL = 1,       /* write the launcher even if it is there */
+    AGENTS_REFETCH   = 2,       /* run npm even if the cache has the agent */
+};
 /* Install `agent` for this cell: for npm agents, fill the host-wide cache
- * (unless it has the pinned packages already, or `force`) by running npm in
+ * (unless it has the pinned packages already, or AGENTS_REFETCH) by running npm in
  * an install cell, then write the launcher into the cell.  One npm run per
  * cache key at a time: concurrent installs of one agent wait for each
  * other.  `who` (a token id) goes into the audit record.  progress (may be
  * NULL) gets npm's output lines.  Errors: EOPNOTSUPP (no npm install for
  * this agent), ECONNRESET (cell stopped), res->npm_failed (npm failed). */
-int agents_install(scell *sc, const char *agent, int force, const char *who, agents_progress_fn progress,
+int agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
                    void *user, agents_install_result *res, cell_error *err);
 void agents_install_result_free(agents_install_result *res);
 /* Fill res's version, source, key and path for an npm agent (no install). */

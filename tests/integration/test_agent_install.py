@@ -323,6 +323,18 @@ def test_second_install_is_a_no_op(env, cells):
     assert len(reg.seen) == before
 
 
+def test_a_tenants_reinstall_rewrites_its_launcher_only(env, cells):
+    _, reg, _ = env
+    before = len(reg.seen)
+    client, cid = cells[1]                  # not the admin
+    sh(client, cid, "echo 'exit 9' > %s" % LAUNCHER)
+    r = install(client, cid, body={"reinstall": True})
+    assert r.status == 200 and r.body["already_installed"] is False, r
+    assert len(reg.seen) == before          # no npm run over the shared cache
+    out = sh(client, cid, "%s --help" % LAUNCHER)
+    assert out["exitCode"] == 0 and "fake codex-acp help" in out["stdout"], out
+
+
 def test_lazy_install_through_acp_spawns_the_cached_agent(env, admin):
     _, reg, _ = env
     before = reg.fetches(".tgz")
