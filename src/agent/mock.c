@@ -11,8 +11,8 @@
  * "always allowed" answer and a history of user and agent messages (at most
  * MOCK_HISTORY_MAX messages and MOCK_HISTORY_BYTES of text, the oldest
  * dropped first).  Besides memory, each is saved to
- * $HOME/.local/state/cell-mock-agent/<id>.json after every change, so a new
- * instance (a new agent process) can session/load it.  Two instances that
+ * $HOME/.local/state/cell-mock-agent/<id>.json right after each answer that
+ * changed it, so a new instance (a new agent process) can session/load it.  Two instances that
  * load one session write it in turn: the last write wins.
  *
  * What a prompt asks for is read from its last text block only (earlier
@@ -63,7 +63,7 @@
 extern char **environ;
 
 /* One config option: its id, name and the values it allows (value, name
- * pairs); option 0 is the model, 1 the mode. */
+ * pairs, the first the default); indexed by OPT_*. */
 typedef struct {
     const char *id, *name;
     const char *const *values;
