@@ -2,7 +2,8 @@
 (POST .../responses) answered as a stream of server-sent events, the way
 the Codex CLI reads it (docs/compat/sandbox-agent-0.4.2-agents.md, "Codex").
 
-Each request takes the next scripted reply; a reply is a list of items:
+Each request takes the next reply of the script (script()); a reply is a
+list of items:
 
     text("hello", "world")         an assistant message streamed as the
                                    deltas given, then the whole message
@@ -39,13 +40,14 @@ class FakeModel:
         self.replies, self.lock, self.ids = [], threading.Lock(), itertools.count(1)
 
     def script(self, *replies):
-        """Queue replies (each a list of text()/call() items), in order."""
+        """The replies (each a list of text()/call() items) of the next
+        requests, in order; replaces what an earlier script left."""
         with self.lock:
-            self.replies.extend(list(r) for r in replies)
+            self.replies = [list(r) for r in replies]
 
     def responses(self):
-        """The recorded POSTs to .../responses."""
-        return [s for s in self.seen if s["path"].split("?")[0].endswith("/responses")]
+        """The recorded POSTs to .../responses (not WebSocket attempts)."""
+        return [s for s in self.seen if s["method"] == "POST" and s["path"].split("?")[0].endswith("/responses")]
 
     def next_reply(self):
         with self.lock:

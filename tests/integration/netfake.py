@@ -98,16 +98,18 @@ class HTTPServer(http.server.ThreadingHTTPServer):
         return got
 
 
-def make_ca(d, name):
-    """A test CA and a certificate for `name` signed by it, in directory d
-    (the openssl CLI); returns the paths (ca.pem, leaf.pem, leaf.key)."""
+def make_ca(d, name, *more):
+    """A test CA and a certificate for `name` (and the names `more`) signed
+    by it, in directory d (the openssl CLI); returns the paths (ca.pem,
+    leaf.pem, leaf.key)."""
     def openssl(*args):
         subprocess.run(["openssl"] + list(args), cwd=d, check=True, capture_output=True)
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
     openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cell test CA")
     openssl("req", "-new", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=" + name)
     with open(d + "/ext.cnf", "w") as f:
-        f.write("subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n" % name)
+        f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
+                % ",".join("DNS:" + n for n in (name,) + more))
     openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
             "leaf.pem", "-days", "2", "-extfile", "ext.cnf")
     return d + "/ca.pem", d + "/leaf.pem", d + "/leaf.key"

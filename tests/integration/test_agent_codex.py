@@ -5,16 +5,20 @@ cell's egress policy, with the model key brokered on the host
 
 The fake network (198.18.41.0/24 on the host's lo, see netfake.py):
 
-    198.18.41.53:53  DNS: model.test -> 198.18.41.10
+    198.18.41.53:53  DNS: model.test and api.openai.com -> 198.18.41.10
     198.18.41.10:80  the fake model (fakemodel.py): the Responses API,
                      streamed, scripted per turn; records every request
-    198.18.41.10:443 the same over HTTPS (a certificate for model.test from
+    198.18.41.10:443 the same over HTTPS (a certificate for both names from
                      a CA of this module, trusted by the daemon through
                      --upstream-ca): the cell's Codex trusts the egress
                      engine's interception CA, the engine this CA
 
-One daemon and one tenant for the module, one cell per scheme (about 10 s
-in all).  Codex is installed with POST /cells/{id}/v1/agents/codex/install
+One daemon and one tenant for the module, one cell per way of reaching
+the model (about 20 s in all): baseUrl http://model.test/v1, baseUrl
+https://model.test/v1 (both with the client's ~/.codex/config.toml, since
+codex-acp does not read OPENAI_BASE_URL), and no baseUrl and no client
+configuration at all, the way an SDK user runs it: Codex's own endpoint,
+api.openai.com (resolved to the fake by the cell's DNS rule).  Codex is installed with POST /cells/{id}/v1/agents/codex/install
 (npm from registry.npmjs.org into the daemon's cache, once per daemon: the
 module skips when the registry cannot be reached).  Release stage only: a
 real download and a 230 MB agent, once is enough.
@@ -77,12 +81,12 @@ def net(tmp_path_factory):
     if not shutil.which("openssl"):
         pytest.skip("the openssl CLI is needed to make the test CA")
     n = netfake.Net((DNS_IP, MODEL_IP))
-    n.ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test")
+    n.ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test", "api.openai.com")
     try:
         n.up()
         n.models = {"http": fakemodel.FakeModel((MODEL_IP, 80)),
                     "https": fakemodel.FakeModel((MODEL_IP, 443), tls=(leaf, key))}
-        n.serve(*netfake.FakeDNS({"model.test": {"A": [MODEL_IP]}}).servers(DNS_IP),
+        n.serve(*netfake.FakeDNS({"model.test": {"A": [MODEL_IP]}, "api.openai.com": {"A": [MODEL_IP]}}).servers(DNS_IP),
                 *[m.server for m in n.models.values()])
         yield n
     finally:
@@ -125,18 +129,21 @@ class Cell:
         return r.body
 
 
-@pytest.fixture(scope="module", params=["http", "https"])
+@pytest.fixture(scope="module", params=["http", "https", "default"])
 def cell(alice, request):
+    """A cell whose Codex reaches the fake by baseUrl over http or https,
+    or ("default") by its own endpoint, with no client configuration."""
     base = request.param + "://model.test/v1"
-    r = alice.post("/v1/cells", {"resources": {"memory": "1G"},
-                                 "agents": {"codex": {"secret": "OPENAI_KEY", "baseUrl": base}},
+    want = {"secret": "OPENAI_KEY"} if request.param == "default" else {"secret": "OPENAI_KEY", "baseUrl": base}
+    r = alice.post("/v1/cells", {"resources": {"memory": "1G"}, "agents": {"codex": want},
                                  "policy": {"rules": [DNS_RULE]}})
     assert r.status == 201, r
     c = Cell(alice, r.body["id"])
-    c.scheme = request.param
+    c.scheme = "https" if request.param == "default" else request.param
     try:
         install(c)
-        c.put("/root/.codex/config.toml", (CONFIG % base).encode())
+        if request.param != "default":
+            c.put("/root/.codex/config.toml", (CONFIG % base).encode())
         c.sh("mkdir -p " + WORK)
         yield c
     finally:
@@ -237,6 +244,7 @@ def files_with(root, needle):
 
 def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     m = net.models[cell.scheme]
+    seen0, calls0 = len(m.seen), len(m.responses())
     m.script([fakemodel.text("Hello", " from", " the fake", " model.")],
              [fakemodel.call("exec_command", {"cmd": "echo written-by-codex > " + MADE, "workdir": WORK,
                                               "sandbox_permissions": "require_escalated",
@@ -247,6 +255,12 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     assert r.status == 200 and r.body["result"]["agentInfo"]["name"] == "codex-acp", r
     st = Stream(cell, server)
     try:
+        # The SDK's autoAuthenticate: the first env-based method listed
+        # (codex-api-key, CODEX_API_KEY: the placeholder too).
+        methods = [m["id"] for m in r.body["result"]["authMethods"] if m.get("type") == "env_var"]
+        assert methods[0] == "codex-api-key", methods
+        r = cell.rpc(server, req(9, "authenticate", {"methodId": methods[0]}))
+        assert r.status == 200 and r.body.get("result") == {}, r
         r = cell.rpc(server, req(2, "session/new", {"cwd": WORK, "mcpServers": []}))
         assert r.status == 200 and "sessionId" in r.body.get("result", {}), r
         sid = r.body["result"]["sessionId"]
@@ -255,7 +269,12 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         r = cell.rpc(server, req(3, "session/prompt", {"sessionId": sid,
                                                        "prompt": [{"type": "text", "text": "say hello"}]}))
         assert r.status == 200 and r.body["result"]["stopReason"] == "end_turn", r
-        chunks = [u["content"]["text"] for u in st.updates(sid, "agent_message_chunk")]
+        # The answer goes out on the stream too, after the turn's updates.
+        assert st.wait(lambda x: x.get("id") == 3 and "result" in x), st.msgs
+        # (Codex's own endpoint is tried over a WebSocket first; it says
+        # so in a chunk when it falls back to HTTPS, as the fake wants.)
+        chunks = [u["content"]["text"] for u in st.updates(sid, "agent_message_chunk")
+                  if not u["content"]["text"].startswith("Falling back from WebSockets")]
         assert chunks == ["Hello", " from", " the fake", " model."], chunks
 
         # Turn 2: a command asks permission; allowed, it runs in the cell.
@@ -273,6 +292,7 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         assert r.status == 202, r
         t.join(180)
         assert out["r"].status == 200 and out["r"].body["result"]["stopReason"] == "end_turn", out
+        assert st.wait(lambda x: x.get("id") == 4 and "result" in x), st.msgs
         done = [u for u in st.updates(sid, "tool_call_update") if u.get("status") == "completed"]
         assert done and done[-1]["rawOutput"]["exit_code"] == 0, st.updates(sid, "tool_call_update")
         tail = [u["content"]["text"] for u in st.updates(sid, "agent_message_chunk")][-2:]
@@ -281,12 +301,12 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         assert r.status == 200 and r.raw == b"written-by-codex\n", r
         assert not os.path.exists(MADE), "the command ran on the host"
         # The model saw the tool's result in its third request.
-        calls = m.responses()
+        calls = m.responses()[calls0:]
         assert len(calls) == 3
         assert any(i.get("type") == "function_call_output" for i in calls[2]["body"]["input"])
 
         # The upstream got the real key, put in on the host ...
-        assert {c["headers"].get("authorization") for c in calls} == {"Bearer " + KEY}
+        assert {c["headers"].get("authorization") for c in m.seen[seen0:]} == {"Bearer " + KEY}
         # ... while the cell holds only the placeholder: its spec, its
         # processes' environments (codex's included), its files.
         assert cell.c.get("/v1/cells/" + cell.id).body["env"]["OPENAI_API_KEY"] == "cell-placeholder"
