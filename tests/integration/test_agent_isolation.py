@@ -65,6 +65,8 @@ def cfg_query(kind, name):
 def attempts(server):
     """(method, path, kwargs) of every agent endpoint of a cell."""
     out = [("GET", "/agents", {}), ("GET", "/agents/mock", {}), ("POST", "/agents/mock/install", {"json_body": {}}),
+           ("POST", "/agents/codex/install", {"json_body": {}}),
+           ("POST", "/agents/mock/install", {"json_body": {}, "headers": {"Accept": "text/event-stream"}}),
            ("GET", "/acp", {}), ("GET", "/acp/" + server, {"headers": {"Accept": "text/event-stream"}}),
            ("POST", "/acp/" + server, {"json_body": req(9, "session/new", {"cwd": "/", "mcpServers": []})}),
            ("POST", "/acp/" + server, {"json_body": req(9, "x"), "query": {"agent": "mock"}}),
