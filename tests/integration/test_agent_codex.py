@@ -257,7 +257,7 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     try:
         # The SDK's autoAuthenticate: the first env-based method listed
         # (codex-api-key, CODEX_API_KEY: the placeholder too).
-        methods = [m["id"] for m in r.body["result"]["authMethods"] if m.get("type") == "env_var"]
+        methods = [a["id"] for a in r.body["result"]["authMethods"] if a.get("type") == "env_var"]
         assert methods[0] == "codex-api-key", methods
         r = cell.rpc(server, req(9, "authenticate", {"methodId": methods[0]}))
         assert r.status == 200 and r.body.get("result") == {}, r
@@ -309,7 +309,8 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         assert {c["headers"].get("authorization") for c in m.seen[seen0:]} == {"Bearer " + KEY}
         # ... while the cell holds only the placeholder: its spec, its
         # processes' environments (codex's included), its files.
-        assert cell.c.get("/v1/cells/" + cell.id).body["env"]["OPENAI_API_KEY"] == "cell-placeholder"
+        env = cell.c.get("/v1/cells/" + cell.id).body["env"]
+        assert env["OPENAI_API_KEY"] == env["CODEX_API_KEY"] == "cell-placeholder", env
         pids = cell_pids_of_state(d.state)
         assert codex_pids(d), "no codex process in the cell"
         for pid in pids:
