@@ -25,8 +25,9 @@ real download and a 230 MB agent, once is enough.
 
 The attacks: the real key must be nowhere the cell can read (its
 environment, every cell process's /proc/PID/environ, the files under $HOME,
-Codex's own state in ~/.codex included), while the upstream saw it; DELETE
-of the instance must leave no codex process in the cell.
+Codex's own state in ~/.codex included), while the upstream saw it; a
+command the client refuses must not run; DELETE of the instance must leave
+no codex process in the cell.
 """
 import json
 import os
@@ -52,6 +53,7 @@ KEY = "sk-real-" + uuid.uuid4().hex           # must never show up in the cell
 DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/24"]}}
 WORK = "/root/work"
 MADE = WORK + "/made-by-codex.txt"
+REFUSED = WORK + "/refused.txt"
 # codex-acp 0.16.0 ignores OPENAI_BASE_URL: its endpoint is a model
 # provider in $CODEX_HOME/config.toml (docs/compat/sandbox-agent-0.4.2-agents.md,
 # "Codex").  A custom provider also skips the WebSocket attempt and the
@@ -113,6 +115,13 @@ class Cell:
 
     def call(self, method, path, **kw):
         return self.c.call(method, self.base + path, **kw)
+
+    def rpc_async(self, server, msg):
+        """POST msg on a thread (a prompt that waits for a permission
+        answer); join() it and read .r."""
+        t = threading.Thread(target=lambda: setattr(t, "r", self.rpc(server, msg, timeout=180)))
+        t.start()
+        return t
 
     def rpc(self, server, msg, agent=None, timeout=None):
         return self.call("POST", "/acp/" + server, json_body=msg, query={"agent": agent} if agent else None,
@@ -242,6 +251,18 @@ def files_with(root, needle):
     return hits
 
 
+def answer(cell, server, st, path, kind):
+    """Wait for the permission request naming path; answer with the option
+    of this kind (allow_once, reject_once): 202."""
+    ask = st.wait(lambda x: x.get("method") == "session/request_permission" and path in json.dumps(x))
+    assert ask, st.msgs
+    pick = next(o["optionId"] for o in ask["params"]["options"] if o["kind"] == kind)
+    r = cell.rpc(server, {"jsonrpc": "2.0", "id": ask["id"],
+                          "result": {"outcome": {"outcome": "selected", "optionId": pick}}})
+    assert r.status == 202, r
+    return ask
+
+
 def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     m = net.models[cell.scheme]
     seen0, calls0 = len(m.seen), len(m.responses())
@@ -249,7 +270,10 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
              [fakemodel.call("exec_command", {"cmd": "echo written-by-codex > " + MADE, "workdir": WORK,
                                               "sandbox_permissions": "require_escalated",
                                               "justification": "write the file the test asked for"})],
-             [fakemodel.text("The file", " is written.")])
+             [fakemodel.text("The file", " is written.")],
+             [fakemodel.call("exec_command", {"cmd": "echo refused > " + REFUSED, "workdir": WORK,
+                                              "sandbox_permissions": "require_escalated",
+                                              "justification": "a command the client refuses"})])
     server = "codex-" + uuid.uuid4().hex[:6]
     r = cell.rpc(server, req(1, "initialize", {"protocolVersion": 1, "clientCapabilities": {}}), agent="codex")
     assert r.status == 200 and r.body["result"]["agentInfo"]["name"] == "codex-acp", r
@@ -278,20 +302,12 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         assert chunks == ["Hello", " from", " the fake", " model."], chunks
 
         # Turn 2: a command asks permission; allowed, it runs in the cell.
-        out = {}
-        t = threading.Thread(target=lambda: out.update(r=cell.rpc(server, req(4, "session/prompt", {
-            "sessionId": sid, "prompt": [{"type": "text", "text": "write the file"}]}), timeout=180)))
-        t.start()
-        ask = st.wait(lambda x: x.get("method") == "session/request_permission")
-        assert ask, st.msgs
+        t = cell.rpc_async(server, req(4, "session/prompt", {"sessionId": sid,
+                                                             "prompt": [{"type": "text", "text": "write the file"}]}))
+        ask = answer(cell, server, st, MADE, "allow_once")
         assert ask["params"]["toolCall"]["kind"] == "execute"
-        assert MADE in json.dumps(ask["params"]["toolCall"])
-        allow = next(o["optionId"] for o in ask["params"]["options"] if o["kind"] == "allow_once")
-        r = cell.rpc(server, {"jsonrpc": "2.0", "id": ask["id"],
-                              "result": {"outcome": {"outcome": "selected", "optionId": allow}}})
-        assert r.status == 202, r
         t.join(180)
-        assert out["r"].status == 200 and out["r"].body["result"]["stopReason"] == "end_turn", out
+        assert t.r.status == 200 and t.r.body["result"]["stopReason"] == "end_turn", t.r
         assert st.wait(lambda x: x.get("id") == 4 and "result" in x), st.msgs
         done = [u for u in st.updates(sid, "tool_call_update") if u.get("status") == "completed"]
         assert done and done[-1]["rawOutput"]["exit_code"] == 0, st.updates(sid, "tool_call_update")
@@ -300,9 +316,17 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         r = cell.call("GET", "/fs/file", query={"path": MADE})
         assert r.status == 200 and r.raw == b"written-by-codex\n", r
         assert not os.path.exists(MADE), "the command ran on the host"
+
+        # Turn 3: a command the client refuses does not run; the turn ends.
+        t = cell.rpc_async(server, req(5, "session/prompt", {"sessionId": sid,
+                                                             "prompt": [{"type": "text", "text": "once more"}]}))
+        answer(cell, server, st, REFUSED, "reject_once")
+        t.join(180)
+        assert t.r.status == 200 and t.r.body["result"]["stopReason"] == "cancelled", t.r
+        dm.assert_problem(cell.call("GET", "/fs/stat", query={"path": REFUSED}), 400, detail_has="not found")
         # The model saw the tool's result in its third request.
         calls = m.responses()[calls0:]
-        assert len(calls) == 3
+        assert len(calls) == 4
         assert any(i.get("type") == "function_call_output" for i in calls[2]["body"]["input"])
 
         # The upstream got the real key, put in on the host ...
