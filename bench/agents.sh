@@ -10,7 +10,8 @@
 # unmodified (bench/agents.mjs), alternating between them:
 #   session  a new SDK client per iteration: createSession({agent:"mock"}),
 #            which spawns the agent (cell: inside the cell), then a first
-#            prompt, timed until it resolves with its stopReason
+#            prompt, timed until it resolves with its stopReason, and until
+#            its chunks have arrived over the SSE stream too
 #   sse      on one open session per server: a "ping" prompt, timed from the
 #            call to the arrival of its first chunk over the SSE stream (POST
 #            in, SSE out) and to the prompt's answer; and a burst, one prompt
@@ -23,6 +24,9 @@
 #            cell-init and the agents; the reference: server and agents), the
 #            delta per instance
 # medians, p90 and cell / reference ratios in markdown tables, then a summary.
+# Each timed step starts after a 200 ms pause, so that the other server's
+# teardown (the reference ends its agent after the SDK gave up on its DELETE)
+# does not land in it.
 #
 # The same mock agent on both sides: the reference's own `mock` is an echo
 # agent without sessions (createSession cannot work with it, see
