@@ -181,6 +181,7 @@ bench: all bench-bin
 	bash bench/daemon.sh
 	bash bench/egress.sh
 	bash bench/fs_api.sh
+	bash bench/agents.sh
 
 # libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
 # FUZZ_SECONDS=600 make fuzz for a longer run by hand.

@@ -2,7 +2,7 @@
 # bench/agents.sh: agents in cells (issue 10) against the reference server,
 # sandbox-agent 0.4.2, side by side in one run (docs/performance.md, "Agents").
 #
-#   sudo bash bench/agents.sh
+#   sudo bash bench/agents.sh          # or: make bench (the last script)
 #
 # Starts one `cell serve` (a temporary state dir, its admin token, one cell
 # with the mock agent installed) and one `sandbox-agent server --no-token`
