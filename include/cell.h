@@ -86,6 +86,16 @@ int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd,
 int cell_lane_import_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
                            cell_error *err);
 
+/* ---- scratch filesystems -------------------------------------------------
+ * A size-limited directory for what an untrusted writer fills (a cell,
+ * through a bind mount): an ext4 image of `size` bytes (>= CELL_LANE_MIN_SIZE,
+ * sparse, no journal) made at the new file `image`, attached through a loop
+ * device, mounted nodev,nosuid on the directory `target` and unlinked at
+ * once.  Writes past `size` get ENOSPC; the blocks go back to the host
+ * when cell_scratch_unmount() unmounts it (0 if `target` is no mount). */
+int cell_scratch_mount(const char *image, const char *target, uint64_t size, cell_error *err);
+int cell_scratch_unmount(const char *target, cell_error *err);
+
 /* ---- cell definition ----------------------------------------------------- */
 enum cell_mount_kind {
     CELL_MOUNT_BIND   = 0,  /* host directory or file at `source` */

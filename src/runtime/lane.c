@@ -105,7 +105,7 @@ fail:
 
 /* The image mounted where no one else sees it: a detached mount lives as
  * long as an fd refers to it, and the loop device (autoclear) goes with it. */
-static int mount_lane_disk(const char *disk, int readonly, cell_error *err)
+int runtime_ext4_mount(const char *disk, int readonly, cell_error *err)
 {
     char dev[64];
     _cleanup_close_ int loop = -1;
@@ -133,7 +133,7 @@ int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upp
         util_path(upper, sizeof upper, err, "%s/upper", dir) < 0)
         return -1;
     _cleanup_close_ int mnt = -1;
-    if (access(disk, F_OK) == 0 && (mnt = mount_lane_disk(disk, readonly, err)) < 0)
+    if (access(disk, F_OK) == 0 && (mnt = runtime_ext4_mount(disk, readonly, err)) < 0)
         return -1;
     int fd = mnt >= 0 ? openat(mnt, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                       : open(upper, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);

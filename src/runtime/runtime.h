@@ -66,6 +66,10 @@ int runtime_lane_commit(cell_ctx *ctx, const char *name, const char *tmp, int fl
  * caller closes it (after *upper_fd); -1 for a directory lane.  Writes
  * through it are bounded by the image's size (ENOSPC). */
 int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err);
+/* The ext4 image `disk` through a loop device (autoclear) as a detached
+ * mount (nodev, nosuid; readonly if asked): returns its fd, -1 on error.
+ * Lanes and scratch filesystems (scratch.c) share it. */
+int runtime_ext4_mount(const char *disk, int readonly, cell_error *err);
 
 /* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another
  * cell holds it.  *image receives the lane's image name. */
