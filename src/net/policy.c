@@ -915,16 +915,22 @@ static int parse_strv(const json_t *v, const char *path, const char *what, item_
     return 0;
 }
 
+/* 1 if set_headers injects a ${secret:NAME} (values are checked already). */
+static int http_injects_secret(const net_http_rule *h)
+{
+    for (size_t i = 0; i < h->n_set; i++)
+        if (strstr(h->set[i].value, "${secret:"))
+            return 1;
+    return 0;
+}
+
 /* "redact_response": only meaningful when set_headers injects a secret. */
 static int parse_redact(const json_t *v, const char *path, net_http_rule *h, cell_error *err)
 {
     if (!json_is_boolean(v))
         return bad(err, path, "expected true or false, got %s", jtype(v));
     h->redact = json_is_true(v);
-    int secret = 0;
-    for (size_t i = 0; i < h->n_set; i++)
-        secret |= strstr(h->set[i].value, "${secret:") != NULL;
-    if (h->redact && !secret)
+    if (h->redact && !http_injects_secret(h))
         return bad(err, path, "there is no ${secret:NAME} in set_headers to redact");
     return 0;
 }
@@ -960,7 +966,9 @@ static int parse_http(const json_t *m, const char *path, rule *r, cell_error *er
         return -1;
     if ((v = json_object_get(m, "tls")) && !json_is_boolean(v))
         return bad(err, AT(sub, "%s.tls", path), "expected true or false, got %s", jtype(v));
-    r->http.tls = json_is_true(v);
+    /* The upstream leg follows the cell's TLS-or-not, so a rule that
+     * injects a secret refuses plain HTTP unless it opts out by name. */
+    r->http.tls = v ? json_is_true(v) : http_injects_secret(&r->http);
     return 0;
 }
 

@@ -22,7 +22,8 @@
  *     "http":   {"host": NAME, "ports": PORTS, "methods": [..], "paths": [prefix, ..],
  *                "set_headers": {"Name": "value with ${secret:NAME}"}, "remove_headers": ["Name"],
  *                "redact_response": bool (needs a ${secret:NAME} in set_headers),
- *                "tls": bool (plain HTTP refused)}
+ *                "tls": bool (plain HTTP refused; default: true when set_headers
+ *                       names a ${secret:NAME}, else false)}
  *     "decide": {"url": "http[s]://HOST:PORT/path", "timeout_ms": 1..60000 (500),
  *                "cache_s": 0..86400 (0), "to": TARGETS, "ports": PORTS}
  *   }
@@ -78,7 +79,8 @@ typedef struct net_http_rule {
     char      **remove;          /* NULL-terminated */
     int         redact;          /* "redact_response": injected secrets become '*' in responses */
     int         tls;             /* "tls": plain HTTP from the cell is refused, so nothing the rule
-                                  * adds (a secret) goes upstream in clear */
+                                  * adds (a secret) goes upstream in clear; on by default
+                                  * for a rule that injects a secret */
 } net_http_rule;
 
 typedef struct net_decide_rule {

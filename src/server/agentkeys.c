@@ -208,17 +208,17 @@ static int agentkeys_check_secret(sreq *r, const char *agent, const char *name)
 
 /* {"http": {...}} for one agent: its key's header replaced host-side, on
  * the endpoint's one port (443, or baseUrl's).  Not port 80 beside 443,
- * and for an https endpoint "tls": the cell chooses TLS or not per
- * connection and the upstream leg follows it, so a plain request would
- * put the key on the network in clear. */
+ * and "tls" as the endpoint's scheme says: the cell chooses TLS or not per
+ * connection and the upstream leg follows it, so for an https endpoint a
+ * plain request would put the key on the network in clear.  An http://
+ * baseUrl is the client's choice of plain text, so "tls": false says so
+ * (a rule with a secret refuses plain HTTP unless it does). */
 static json_t *agentkeys_rule(const agentkeys_provider *p, const char *secret, const agentkeys_dest *d)
 {
     char value[160];
     snprintf(value, sizeof value, "%s${secret:%s}", p->prefix, secret);
-    json_t *rule = json_pack("{s:s, s:[i], s:{s:s}, s:b}", "host", d->host, "ports", d->port, "set_headers",
-                             p->header, value, "redact_response", 1);
-    if (rule && d->tls && json_object_set_new(rule, "tls", json_true()) < 0)
-        return json_decref(rule), NULL;
+    json_t *rule = json_pack("{s:s, s:[i], s:{s:s}, s:b, s:b}", "host", d->host, "ports", d->port, "set_headers",
+                             p->header, value, "redact_response", 1, "tls", d->tls);
     return rule ? json_pack("{s:o}", "http", rule) : NULL;
 }
 

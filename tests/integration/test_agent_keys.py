@@ -479,7 +479,8 @@ def test_the_key_never_goes_out_in_clear(d, alice, made, net):
     The engine follows the cell's choice upstream, so without more the key
     would cross the network in clear; the agents' rule has "tls": true and
     the request is refused before anything leaves.  (An http:// baseUrl
-    is plain by the client's choice and gets no "tls".)"""
+    is plain by the client's choice and says "tls": false: a rule with a
+    secret refuses plain HTTP unless it opts out by name.)"""
     r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://plain.test/v1"}})
     assert r.status == 201, r
     before = len(net.plain.got)
@@ -490,4 +491,4 @@ def test_the_key_never_goes_out_in_clear(d, alice, made, net):
     assert all(KEY.encode() not in got for got in net.plain.got[before:])
     assert all(b"cell-placeholder" not in got for got in net.plain.got[before:])
     r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": "http://plain.test:443/v1"}})
-    assert r.status == 201 and "tls" not in r.body["agentPolicy"]["rules"][0]["http"], r
+    assert r.status == 201 and r.body["agentPolicy"]["rules"][0]["http"]["tls"] is False, r

@@ -15,6 +15,10 @@ The fake network lives on addresses of 198.18.0.0/15 added to the host's lo
     198.18.2.10:8080 a naive HTTP/1.0-era server that ignores
                      Transfer-Encoding (reads Content-Length only) and
                      records every request line it parses (smuggling tests)
+    198.18.2.12:80, :443
+                     recorder.test, optout.test: a TCP listener recording
+                     every connection's bytes and answering 200 to a head
+                     (what a plain request to a secret rule's host sends)
 
 One `cell serve` for the module; probes run in cells (host image) through
 the per-cell API as a Python program (PROBE) printing JSON results.
@@ -34,9 +38,10 @@ import daemon as dm
 import netfake
 
 NET = netfake.claim("198.18.2", __name__)
-DNS_IP, ECHO_IP = NET + ".53", NET + ".10"
+DNS_IP, ECHO_IP, REC_IP = NET + ".53", NET + ".10", NET + ".12"
 NAMES = ("allowed.test", "other.test", "badcert.test", "nosecret.test")
 ZONE = {name: {"A": [ECHO_IP]} for name in NAMES}
+ZONE.update({name: {"A": [REC_IP]} for name in ("recorder.test", "optout.test")})
 SECRET = "sk-" + uuid.uuid4().hex          # must never show up in the cell or the logs
 # The peers are this host's own addresses (on lo): the resolver hands them
 # out only because "rebind" names them (DNS rebinding protection).
@@ -291,6 +296,29 @@ class _Naive(socketserver.BaseRequestHandler):
             self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(out), out))
 
 
+class _Recorder(socketserver.BaseRequestHandler):
+    """Records each connection's bytes (until the end of a head, EOF or
+    5 s) and answers a head with 200: the wire, as a network observer
+    would see it."""
+
+    def handle(self):
+        self.request.settimeout(5)
+        got = b""
+        rec = {"port": self.server.server_address[1], "data": got}
+        self.server.recorded.append(rec)
+        try:
+            while b"\r\n\r\n" not in got:
+                d = self.request.recv(65536)
+                if not d:
+                    break
+                got += d
+                rec["data"] = got
+            if b"\r\n\r\n" in got:
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        except OSError:
+            pass
+
+
 def openssl(*args, cwd):
     subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True)
 
@@ -311,7 +339,7 @@ def make_test_ca(d):
 
 class Net(netfake.Net):
     def __init__(self, certdir):
-        super().__init__((DNS_IP, ECHO_IP))
+        super().__init__((DNS_IP, ECHO_IP, REC_IP))
         self.certdir, self.zone = certdir, netfake.FakeDNS(ZONE)
         self.http = self.https = None
 
@@ -324,8 +352,13 @@ class Net(netfake.Net):
         self.http.seen = self.https.seen = []      # one list: in arrival order
         self.naive = netfake.TCPServer((ECHO_IP, 8080), _Naive)
         self.naive.naive = []
-        self.serve(*self.zone.servers(DNS_IP), self.http, self.https, self.naive)
+        self.rec = [netfake.TCPServer((REC_IP, port), _Recorder) for port in (80, 443)]
+        self.rec[0].recorded = self.rec[1].recorded = []
+        self.serve(*self.zone.servers(DNS_IP), self.http, self.https, self.naive, *self.rec)
         return self
+
+    def recorded(self):
+        return list(self.rec[0].recorded)
 
     def seen(self):
         return list(self.http.seen)
@@ -382,8 +415,10 @@ def http_rule(host="allowed.test", **kw):
     return {"http": rule}
 
 
+# "tls": false: these tests inject over plain HTTP too, which a rule with a
+# secret refuses unless it opts out (test_secret_rules_refuse_plain_http).
 INJECT = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}", "X-Static": "static"},
-                   remove_headers=["X-Remove-Me"])
+                   remove_headers=["X-Remove-Me"], tls=False)
 
 
 def new_cell(admin, cells, rules, image=None):
@@ -463,7 +498,7 @@ def test_secret_never_logged(d, admin, cells, net):
 
 
 def test_missing_secret_refused(admin, cells, net):
-    cid = new_cell(admin, cells, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:NOPE}"})])
+    cid = new_cell(admin, cells, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:NOPE}"}, tls=False)])
     before = len(net.seen())
     r = probe(admin, cid, [["raw", "nosecret.test", 80, get("/a", "nosecret.test")]])
     assert r[0]["status"] == 502 and "secret NOPE not found" in r[0]["body"], r[0]
@@ -491,7 +526,7 @@ def test_moved_secret_row_fails_closed(d, admin, cells, net):
     finally:
         db.close()
     mine = []
-    cid = new_cell(mallory, mine, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:VICTIM_KEY}"})])
+    cid = new_cell(mallory, mine, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:VICTIM_KEY}"}, tls=False)])
     try:
         before = len(net.seen())
         r = probe(mallory, cid, [["raw", "nosecret.test", 80, get("/a", "nosecret.test")]])
@@ -504,13 +539,50 @@ def test_moved_secret_row_fails_closed(d, admin, cells, net):
             db.commit()
         finally:
             db.close()
-        cid2 = new_cell(admin, cells, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:RENAMED}"})])
+        cid2 = new_cell(admin, cells, [http_rule("nosecret.test", set_headers={"X-Key": "${secret:RENAMED}"}, tls=False)])
         r = probe(admin, cid2, [["raw", "nosecret.test", 80, get("/a", "nosecret.test")]])
         assert r[0]["status"] == 502 and moved not in json.dumps(r), r[0]
         assert len(net.seen()) == before
     finally:
         mallory.delete("/v1/cells/%s" % cid)
         admin.delete("/v1/secrets/RENAMED")
+
+
+def test_secret_rules_refuse_plain_http(admin, cells, net):
+    """The attack: the cell speaks plain HTTP to a secret-injecting rule's
+    host, on 443 (where the upstream expects TLS) and on 80.  The engine
+    follows the cell's TLS-or-not upstream, so the key would cross the
+    network in clear.  A rule that injects a secret refuses plain HTTP
+    unless it says "tls": false (the author's opt-out, honoured)."""
+    inject = {"Authorization": "Bearer ${secret:API_TOKEN}"}
+    cid = new_cell(admin, cells, [http_rule("recorder.test", set_headers=inject),
+                                  http_rule("optout.test", set_headers=inject, tls=False)])
+    placeholder = "Authorization: Bearer cell-placeholder\r\n"
+    before = len(net.recorded())
+    r = probe(admin, cid, [
+        ["raw", "recorder.test", 443, get("/v1/a", "recorder.test", placeholder)],
+        ["raw", "recorder.test", 80, get("/v1/b", "recorder.test", placeholder)],
+        ["url", "http://recorder.test/v1/c", {"headers": {"Authorization": "Bearer cell-placeholder"}}],
+        ["raw", "optout.test", 80, get("/v1/d", "optout.test", placeholder)],
+    ])
+    for x in r[:3]:
+        assert x.get("status") == 403 and "plain HTTP refused" in x["body"], r
+    assert r[3].get("status") == 200 and r[3]["body"] == "ok", r[3]
+    # The refused requests opened no upstream connection at all: the
+    # recorder saw only the opted-out one, which carried the key.
+    got = net.recorded()[before:]
+    assert len(got) == 1 and got[0]["port"] == 80, got
+    assert b"GET /v1/d " in got[0]["data"] and b"Bearer " + SECRET.encode() in got[0]["data"], got
+    assert b"cell-placeholder" not in got[0]["data"], got
+    assert SECRET not in json.dumps(r)
+    recs = http_records(admin, cid)
+    refused = [x for x in recs if x["verdict"] == "deny"]
+    assert len(refused) == 3 and all(x["status"] == 403 and "plain HTTP refused" in x["reason"] for x in refused), recs
+    # The field is a boolean; a wrong type names it.
+    for bad in ("no", 0, None, [False]):
+        rule = http_rule("recorder.test", set_headers=inject, tls=bad)
+        res = admin.post("/v1/cells", {"policy": {"rules": [DNS_RULE, rule]}})
+        assert res.status == 400 and "rules[1].http.tls" in json.dumps(res.body), (bad, res)
 
 
 # ---- request checks -----------------------------------------------------------------------------
@@ -552,7 +624,8 @@ def test_malformed_heads_are_refused(admin, cells, net):
     """Spellings that slipped past remove_headers, set_headers and the Host
     check, and framing that two parsers can read differently: each gets a
     400, the connection ends, and nothing reaches the upstream."""
-    rule = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, remove_headers=["X-Remove-Me"])
+    rule = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, remove_headers=["X-Remove-Me"],
+                     tls=False)
     cid = new_cell(admin, cells, [rule])
     before = len(net.seen())
     post = "POST /v1/x HTTP/1.1\r\nHost: allowed.test\r\n%s\r\n%s"
@@ -665,7 +738,7 @@ def test_redact_response_hides_echoed_secrets(admin, cells, net):
     response headers and bodies (Content-Length and chunked, the value
     split across chunks, HTTP and HTTPS); a content-encoded response it
     cannot check is refused.  Without it the secret comes back (docs)."""
-    redact = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, redact_response=True)
+    redact = http_rule(set_headers={"Authorization": "Bearer ${secret:API_TOKEN}"}, redact_response=True, tls=False)
     cid = new_cell(admin, cells, [redact])
     mask = "Bearer " + "*" * len(SECRET)
     r = probe(admin, cid, [["url", "http://allowed.test/v1/echo"], ["url", "https://allowed.test/v1/echo"],

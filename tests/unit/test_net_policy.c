@@ -268,6 +268,9 @@ static void http_errors(void **state)
         { "\"host\": \"a.com\", \"remove_headers\": []", "rules[1].http.remove_headers: empty array" },
         { "\"host\": \"a.com\", \"query\": 1", "rules[1].http: unknown key \"query\" (expected host, ports" },
         { "\"host\": \"a.com\", \"tls\": \"yes\"", "rules[1].http.tls: expected true or false, got a string" },
+        { "\"host\": \"a.com\", \"tls\": 0, \"set_headers\": {\"X-A\": \"${secret:T}\"}",
+          "rules[1].http.tls: expected true or false, got an integer" },
+        { "\"host\": \"a.com\", \"tls\": null", "rules[1].http.tls: expected true or false, got null" },
     };
     char json[512];
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -670,6 +673,33 @@ static void http_rules(void **state)
     net_policy_unref(p);
 }
 
+/* A rule injecting a secret refuses plain HTTP unless it says "tls": false;
+ * one without a secret allows it unless it says "tls": true. */
+static void http_tls_default(void **state)
+{
+    (void)state;
+    static const struct { const char *rule; int tls; } cases[] = {
+        { "\"set_headers\": {\"Authorization\": \"Bearer ${secret:K}\"}", 1 },
+        { "\"set_headers\": {\"X-A\": \"a\", \"X-B\": \"x${secret:K}y\"}", 1 },
+        { "\"set_headers\": {\"X-A\": \"${secret:K}\"}, \"tls\": false", 0 },
+        { "\"set_headers\": {\"X-A\": \"${secret:K}\"}, \"tls\": true", 1 },
+        { "\"set_headers\": {\"X-A\": \"$5 {secret:K}\"}", 0 },
+        { "\"remove_headers\": [\"Cookie\"]", 0 },
+        { "\"tls\": true", 1 },
+        { "\"tls\": false", 0 },
+    };
+    char json[512];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(json, sizeof json, "{\"rules\": [" DNS_RULE ", {\"http\": {\"host\": \"a.com\", %s}}]}", cases[i].rule);
+        net_policy *p = parse_ok(json);
+        net_verdict v = decide(p, NET_TCP, "8.8.8.8", 443, "a.com");
+        assert_non_null(v.http);
+        if (v.http->tls != cases[i].tls)
+            fail_msg("%s: tls %d, expected %d", cases[i].rule, v.http->tls, cases[i].tls);
+        net_policy_unref(p);
+    }
+}
+
 static void decide_rules(void **state)
 {
     (void)state;
@@ -793,6 +823,7 @@ int main(void)
         cmocka_unit_test(classes),
         cmocka_unit_test(host_globs),
         cmocka_unit_test(http_rules),
+        cmocka_unit_test(http_tls_default),
         cmocka_unit_test(decide_rules),
         cmocka_unit_test(dns_config),
         cmocka_unit_test(name_resolvable),
