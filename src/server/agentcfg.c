@@ -328,7 +328,11 @@ static int cfg_load(cell *c, const char *dir, const cfg_kind *k, json_t **out, c
     *out = NULL;
     if (cfg_file_path(dir, k->file, path, sizeof path, err) < 0)
         return -1;
-    if (read_small(c, path, AGENTCFG_FILE_MAX, &text, &len, err) < 0) {
+    /* Most session/new calls find no config: cell-init answers a stat
+     * itself, while a read forks a transfer process in the cell (about
+     * 2 ms each for mcp.json and skills.json, bench/agents.sh). */
+    cell_stat st;
+    if (cell_file_stat(c, path, &st, err) < 0 || read_small(c, path, AGENTCFG_FILE_MAX, &text, &len, err) < 0) {
         if (err->code != ENOENT && err->code != ENOTDIR)
             return -1;
         return (*out = json_object()) ? 0 : util_fail(err, ENOMEM, "out of memory");
