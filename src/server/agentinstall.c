@@ -19,12 +19,15 @@
 #include "server/agents.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
 
 #include <openssl/evp.h>
 #include <openssl/http.h>
@@ -40,6 +43,7 @@
 #define AGENTS_TAIL_LINES     16
 #define AGENTS_LINE_MAX       2048
 #define AGENTS_LOCK_MAX       (16u << 20)      /* package-lock.json read for the manifest */
+#define AGENTS_FULL_SLACK     (1u << 20)       /* less free on the staging filesystem: it was filled */
 
 static pthread_mutex_t agents_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t agents_cond = PTHREAD_COND_INITIALIZER;
@@ -55,6 +59,9 @@ static char agents_root[4096], agents_staging[4096];
 static char *agents_policy;         /* the install cell's policy (JSON) */
 static cell_error agents_policy_err; /* why there is none: installs fail with it */
 static const char *agents_registry;
+static uint64_t agents_disk;        /* --limit agents.installDisk: the staging filesystem's size */
+
+static void agents_cache_scan(void);
 
 const char *agents_cache_root(void) { return agents_root; }
 
@@ -144,18 +151,104 @@ static int agents_parse_registry(const char *url, cell_error *err)
     return rc;
 }
 
+/* A crash's staging filesystems are still mounted: unmount them (their
+ * blocks go back to the host) before the directory is removed. */
+static int agents_unmount_leftovers(cell_error *err)
+{
+    DIR *d = opendir(agents_staging);
+    if (!d)
+        return errno == ENOENT ? 0 : util_fail_errno(err, "cannot open %s", agents_staging);
+    struct dirent *e;
+    int rc = 0;
+    char path[4200];
+    while (rc == 0 && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+            util_path(path, sizeof path, NULL, "%s/%s", agents_staging, e->d_name) == 0)
+            rc = cell_scratch_unmount(path, err);
+    closedir(d);
+    return rc;
+}
+
+static void agents_cache_key(const agents_package *p, char *key, size_t size);
+
+/* Keep only the pinned agents' current cache directories (this registry,
+ * these pins): no cell runs at start, so an older version, another
+ * registry's copy or a removed agent's is nobody's.  A cell whose launcher
+ * still names one gets the current one on its next install. */
+static int agents_prune(cell_error *err)
+{
+    DIR *d = opendir(agents_root);
+    if (!d)
+        return util_fail_errno(err, "cannot open %s", agents_root);
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char agent[32], key[160], path[4200];
+        snprintf(agent, sizeof agent, "%.*s", (int)strcspn(e->d_name, "-"), e->d_name);
+        const agents_package *p = agents_package_find(agent);
+        if (p && !p->unavailable) {
+            agents_cache_key(p, key, sizeof key);
+            if (strcmp(key, e->d_name) == 0)
+                continue;
+        }
+        if (util_path(path, sizeof path, err, "%s/%s", agents_root, e->d_name) < 0 || util_rm_rf(path, err) < 0)
+            rc = -1;
+        else
+            fprintf(stderr, "cell daemon: removed agent cache %s (not a current pin of --agent-registry)\n",
+                    e->d_name);
+    }
+    closedir(d);
+    return rc;
+}
+
 int agents_start(srv *s, cell_error *err)
 {
     agents_registry = s->opt.agent_registry ? s->opt.agent_registry : SERVER_DEFAULT_AGENT_REGISTRY;
+    agents_disk = s->opt.limits.agents_install_disk;
     if (agents_parse_registry(agents_registry, err) < 0 ||
         util_path(agents_root, sizeof agents_root, err, "%s/agents", s->state_dir) < 0 ||
         util_path(agents_staging, sizeof agents_staging, err, "%s/agents-staging", s->state_dir) < 0 ||
-        util_mkdir_p(agents_root, 0755, err) < 0 || util_rm_rf(agents_staging, err) < 0 ||
-        util_mkdir_p(agents_staging, 0700, err) < 0)
+        util_mkdir_p(agents_root, 0755, err) < 0 || agents_unmount_leftovers(err) < 0 ||
+        util_rm_rf(agents_staging, err) < 0 || util_mkdir_p(agents_staging, 0700, err) < 0 ||
+        agents_prune(err) < 0)
         return -1;
     if (chmod(agents_root, 0755) < 0)
         return util_fail_errno(err, "chmod %s", agents_root);
+    agents_cache_scan();
     return 0;
+}
+
+/* ---- what the cache holds ---------------------------------------------------------- */
+static pthread_mutex_t agents_scan_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t agents_cache_bytes, agents_scan_bytes;  /* agents_scan_lock */
+static size_t agents_cache_dirs, agents_scan_dirs;
+
+static int agents_scan_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)path, (void)type;
+    agents_scan_bytes += (uint64_t)st->st_blocks * 512;
+    agents_scan_dirs += ftw->level == 1;
+    return 0;
+}
+
+/* Walk the cache (at start and after each install): GET /v1/limits shows
+ * its disk usage without walking it. */
+static void agents_cache_scan(void)
+{
+    pthread_mutex_lock(&agents_scan_lock);
+    agents_scan_bytes = 0, agents_scan_dirs = 0;
+    if (nftw(agents_root, agents_scan_entry, 32, FTW_PHYS | FTW_MOUNT) == 0)
+        agents_cache_bytes = agents_scan_bytes, agents_cache_dirs = agents_scan_dirs;
+    pthread_mutex_unlock(&agents_scan_lock);
+}
+
+void agents_cache_usage(uint64_t *bytes, size_t *dirs)
+{
+    pthread_mutex_lock(&agents_scan_lock);
+    *bytes = agents_cache_bytes, *dirs = agents_cache_dirs;
+    pthread_mutex_unlock(&agents_scan_lock);
 }
 
 /* ---- the cache key -------------------------------------------------------------- */
@@ -406,7 +499,32 @@ static int agents_sanitize_entry(const char *path, const struct stat *st, int ty
         return -1;
     if (type == FTW_SL || S_ISLNK(st->st_mode))
         return 0;
+    /* cp kept the modes, and with them any ACL the install set: only the
+     * mode bits grant anything here.  (No ACL: ENODATA, ignored.) */
+    lremovexattr(path, "system.posix_acl_access");
+    if (S_ISDIR(st->st_mode))
+        lremovexattr(path, "system.posix_acl_default");
     return chmod(path, st->st_mode & 0755);
+}
+
+/* Regular files, directories and symlinks only: what a package is made of. */
+static int agents_check_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)path, (void)ftw;
+    if (type == FTW_NS || type == FTW_DNR)
+        return -1;
+    return type == FTW_SL || S_ISLNK(st->st_mode) || S_ISREG(st->st_mode) || S_ISDIR(st->st_mode) ? 0 : 1;
+}
+
+/* From the staging filesystem to the host's: cp never follows the tree's
+ * symlinks (-d), keeps its hard links and holes, so the copy takes no more
+ * than the staging filesystem held (at most --limit agents.installDisk);
+ * ownership is the copier's (root), extended attributes are left behind. */
+static int agents_copy(const char *from, const char *to, cell_error *err)
+{
+    const char *argv[] = { "cp", "-dR", "--preserve=mode,timestamps,links", "--sparse=always", "-T", "--",
+                           from, to, NULL };
+    return util_run(argv, err);
 }
 
 /* The manifest: what was asked and what npm's lock file says it installed. */
@@ -447,10 +565,11 @@ static int agents_write_manifest(int pkg_fd, json_t *manifest, cell_error *err)
     return 0;
 }
 
-/* The install cell is gone: check and fix what it left in stage/pkg and
- * move it to `final` (exchanging it with an older one on a reinstall). */
-static int agents_finish(const agents_package *p, const char *key, const char *stage, const char *final,
-                         cell_error *err)
+/* The install cell is gone: check what it left in stage/pkg, copy it to
+ * `copy` (on the state directory's filesystem), fix that and move it to
+ * `final` (exchanging it with an older one on a reinstall). */
+static int agents_finish(const agents_package *p, const char *key, const char *stage, const char *copy,
+                         const char *final, cell_error *err)
 {
     char pkg[4096];
     if (util_path(pkg, sizeof pkg, err, "%s/pkg", stage) < 0)
@@ -461,23 +580,62 @@ static int agents_finish(const agents_package *p, const char *key, const char *s
     struct stat st;
     if (fstatat(pkg_fd, p->exec, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return util_fail(err, EIO, "npm installed %s, but %s is not there", p->packages[0], p->exec);
+    int bad = nftw(pkg, agents_check_entry, 32, FTW_PHYS | FTW_MOUNT);
+    if (bad != 0)
+        return bad > 0 ? util_fail(err, EIO, "npm left a file that is no regular file, directory or symlink")
+                       : util_fail_errno(err, "cannot read what npm left in %s", pkg);
     json_t *manifest = agents_manifest(pkg_fd, p, key);
     int rc = manifest ? agents_write_manifest(pkg_fd, manifest, err) : util_fail(err, ENOMEM, "out of memory");
     json_decref(manifest);
-    if (rc < 0)
+    if (rc < 0 || agents_copy(pkg, copy, err) < 0)
         return -1;
-    if (nftw(pkg, agents_sanitize_entry, 32, FTW_PHYS | FTW_MOUNT) != 0)
-        return util_fail_errno(err, "cannot make %s root-owned and read-only", pkg);
-    if (fchmod(pkg_fd, 0755) < 0)
-        return util_fail_errno(err, "chmod %s", pkg);
-    if (rename(pkg, final) == 0)
+    if (nftw(copy, agents_sanitize_entry, 32, FTW_PHYS | FTW_MOUNT) != 0)
+        return util_fail_errno(err, "cannot make %s root-owned and read-only", copy);
+    if (chmod(copy, 0755) < 0)
+        return util_fail_errno(err, "chmod %s", copy);
+    if (rename(copy, final) == 0)
         return 0;
     if (errno != EEXIST && errno != ENOTEMPTY)
-        return util_fail_errno(err, "cannot move %s to %s", pkg, final);
+        return util_fail_errno(err, "cannot move %s to %s", copy, final);
     /* A reinstall: swap atomically; running agents keep the old files open. */
-    if (renameat2(AT_FDCWD, pkg, AT_FDCWD, final, RENAME_EXCHANGE) < 0)
+    if (renameat2(AT_FDCWD, copy, AT_FDCWD, final, RENAME_EXCHANGE) < 0)
         return util_fail_errno(err, "cannot replace %s", final);
-    return util_rm_rf(pkg, err);     /* now the old install */
+    return util_rm_rf(copy, err);    /* now the old install */
+}
+
+/* Did the install fill its staging filesystem?  Either it is (nearly)
+ * full now or npm said ENOSPC (it may have removed what it wrote). */
+static int agents_disk_full(const char *stage, const npm_out *o)
+{
+    struct statvfs v;
+    if (statvfs(stage, &v) == 0 && ((uint64_t)v.f_bavail * v.f_frsize < AGENTS_FULL_SLACK || v.f_favail == 0))
+        return 1;
+    unsigned first = o->n_tail > AGENTS_TAIL_LINES ? o->n_tail - AGENTS_TAIL_LINES : 0;
+    for (unsigned i = first; i < o->n_tail; i++)
+        if (strstr(o->tail[i % AGENTS_TAIL_LINES], "ENOSPC"))
+            return 1;
+    return 0;
+}
+
+/* Boot the install cell on a staging filesystem of agents_disk bytes at
+ * `stage`, within the host budget, and run npm; the reservation ends with
+ * the install cell. */
+static int agents_run(scell *sc, const agents_package *p, const char *stage, agents_net_ctx *net, npm_out *o,
+                      int *status, agents_install_result *res, cell_error *err)
+{
+    char image[4200];
+    if (util_path(image, sizeof image, err, "%s.img", stage) < 0)
+        return -1;
+    if (limits_reserve(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS, "this agent install", &res->budget,
+                       err) < 0)
+        return -1;
+    int rc = cell_scratch_mount(image, stage, agents_disk, err);
+    if (rc == 0) {
+        rc = agents_npm(sc->s, p, stage, net, o, status, err);
+        res->ran_npm = 1;
+    }
+    limits_release(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS);
+    return rc;
 }
 
 /* Run npm for the cache key into a fresh staging dir; leave nothing behind
@@ -486,11 +644,12 @@ static int agents_build(scell *sc, const agents_package *p, const char *key, con
                         agents_progress_fn progress, void *user, agents_install_result *res, cell_error *err)
 {
     agents_net_ctx net = { .s = sc->s, .tenant = sc->tenant, .key = key };
-    char stage[4096], rnd[17];
+    char stage[4096], copy[4200], rnd[17];
     if (util_random_hex(rnd, 8) < 0)
         return util_fail(err, EIO, "no random bytes");
     rnd[16] = '\0';
-    if (util_path(stage, sizeof stage, err, "%s/%s.%s", agents_staging, key, rnd) < 0)
+    if (util_path(stage, sizeof stage, err, "%s/%s.%s", agents_staging, key, rnd) < 0 ||
+        util_path(copy, sizeof copy, err, "%s.copy", stage) < 0)
         return -1;
     if (mkdir(stage, 0700) < 0)
         return util_fail_errno(err, "mkdir %s", stage);
@@ -502,23 +661,32 @@ static int agents_build(scell *sc, const agents_package *p, const char *key, con
     o->progress = progress;
     o->user = user;
     int status = 0;
-    int rc = agents_npm(sc->s, p, stage, &net, o, &status, err);
-    res->ran_npm = 1;
-    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+    int rc = agents_run(sc, p, stage, &net, o, &status, res, err);
+    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
         res->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (rc == 0 && agents_disk_full(stage, o)) {
+        /* Even if npm said it succeeded: what it wrote was cut short. */
+        res->disk_limit = agents_disk;
+        rc = util_fail(err, ENOSPC, "npm install %s wrote more than the install's disk limit of %llu bytes "
+                       "(cell serve --limit agents.installDisk=)", p->packages[0], (unsigned long long)agents_disk);
+        res->npm_failed = 1;
+    } else if (rc == 0 && res->exit_code) {
         rc = util_fail(err, EIO, "npm install %s failed (exit %d)", p->packages[0], res->exit_code);
         res->npm_failed = 1;
     }
-    if (rc == 0 && agents_finish(p, key, stage, final, err) < 0) {
+    if (rc == 0 && agents_finish(p, key, stage, copy, final, err) < 0) {
         rc = -1;
         res->npm_failed = 1;
     }
     if (rc < 0 && (res->npm_failed || err->code == ETIMEDOUT))
         res->npm_failed = 1, res->stderr_tail = npm_tail(o);
     free(o);
+    /* Unmounted, the staging filesystem's blocks go back to the host. */
     cell_error e2 = { 0 };
-    if (util_rm_rf(stage, &e2) < 0)
+    if (cell_scratch_unmount(stage, &e2) < 0 || util_rm_rf(stage, &e2) < 0 || util_rm_rf(copy, &e2) < 0)
         fprintf(stderr, "cell daemon: agent install: %s\n", e2.message);
+    if (rc == 0)
+        agents_cache_scan();
     return rc;
 }
 
@@ -574,11 +742,37 @@ static void agents_unclaim(agents_flight *me)
     pthread_mutex_unlock(&agents_lock);
 }
 
-static int agents_launcher_there(scell *sc, const char *path)
+#define AGENTS_LAUNCHER_MARK "#!/bin/sh\n# cell: agent "
+
+/* The first bytes of the cell's launcher ("" if there is none). */
+static void agents_launcher_head(cell *c, const char *path, char *buf, size_t size)
 {
-    cell_stat st;
-    cell_error e;
-    return WITH_CELL(sc, &e, cell_file_stat(sc->c, path, &st, &e)) == 0;
+    cell_xfer x = { .fd = -1, .status_fd = -1 };
+    size_t n = 0;
+    ssize_t r = 0;
+    if (cell_file_read(c, path, &x, NULL) == 0) {
+        while (n < size - 1 && (r = cell_xfer_read(&x, buf + n, size - 1 - n, NULL)) > 0)
+            n += (size_t)r;
+        cell_xfer_end(&x, NULL);
+    }
+    buf[r < 0 ? 0 : n] = '\0';
+}
+
+/* Is the launcher there and to be kept?  Ours naming another cache
+ * directory (one the daemon removed at start) is not; a client's own
+ * launcher is. */
+static int agents_launcher_there(scell *sc, const char *path, const char *key)
+{
+    char head[512], mark[200];
+    scell_io_lock(sc);
+    head[0] = '\0';
+    if (sc->c && !sc->dead)
+        agents_launcher_head(sc->c, path, head, sizeof head);
+    scell_io_unlock(sc);
+    if (!*head)
+        return 0;
+    snprintf(mark, sizeof mark, "(cache %s)", key);
+    return strncmp(head, AGENTS_LAUNCHER_MARK, strlen(AGENTS_LAUNCHER_MARK)) != 0 || strstr(head, mark);
 }
 
 static int agents_write_launcher(scell *sc, const agents_package *p, const char *key, cell_error *err)
@@ -586,7 +780,7 @@ static int agents_write_launcher(scell *sc, const agents_package *p, const char 
     char script[2048];
     const char *launcher = agents_launcher(p->id);
     int n = snprintf(script, sizeof script,
-                     "#!/bin/sh\n# cell: agent %s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
+                     AGENTS_LAUNCHER_MARK "%s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
                      "PATH=" AGENTS_CACHE_TARGET "/%s/node_modules/.bin:$PATH\nexport PATH\n"
                      "exec " AGENTS_CACHE_TARGET "/%s/%s %s\"$@\"\n",
                      p->id, p->packages[0], key, key, key, p->exec, p->args);
@@ -628,7 +822,7 @@ static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags
         return -1;
     if (!registry_running(sc))
         return util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
-    int launcher = agents_launcher_there(sc, agents_launcher(p->id));
+    int launcher = agents_launcher_there(sc, agents_launcher(p->id), res->key);
     agents_flight me = { .key = res->key };
     int cached, rc = 0;
     agents_claim(&me, final, (flags & AGENTS_REFETCH) != 0, progress, user, &cached);
@@ -666,7 +860,24 @@ int agents_install(scell *sc, const char *agent, unsigned flags, const char *who
 void agents_install_result_free(agents_install_result *res)
 {
     json_decref(res->stderr_tail);
-    res->stderr_tail = NULL;
+    json_decref(res->budget);
+    res->stderr_tail = res->budget = NULL;
+}
+
+/* install_failed's details: npm's stderr tail and exit code, the disk
+ * limit it hit. */
+static json_t *agents_failure_details(const char *agent, const agents_install_result *res)
+{
+    json_t *details = json_pack("{s:s}", "agent", agent);
+    if (res->npm_failed && res->stderr_tail)
+        json_object_set(details, "stderr", res->stderr_tail);
+    if (res->exit_code)
+        json_object_set_new(details, "exitCode", json_integer(res->exit_code));
+    if (res->disk_limit) {
+        json_object_set_new(details, "limit", json_string("agents.installDisk"));
+        json_object_set_new(details, "limitBytes", json_integer((json_int_t)res->disk_limit));
+    }
+    return details;
 }
 
 /* ---- answers for failed installs --------------------------------------------------- */
@@ -681,26 +892,22 @@ json_t *agents_install_error_json(const char *agent, const agents_install_result
         *status = 502;
     else if (e->code == ECONNRESET)
         *status = 409, type = "cell_stopped", title = "Cell Stopped", words = "cell stopped";
+    else if (res->budget)
+        *status = 409, type = "budget_exceeded", title = "Budget Exceeded", words = "budget exceeded";
     char uri[96], detail[1200];
     snprintf(uri, sizeof uri, "urn:sandbox-agent:error:%s", type);
     snprintf(detail, sizeof detail, "%s: %s", words, e->message);
-    json_t *details = json_pack("{s:s}", "agent", agent);
-    if (res->npm_failed && res->stderr_tail)
-        json_object_set(details, "stderr", res->stderr_tail);
-    if (res->exit_code)
-        json_object_set_new(details, "exitCode", json_integer(res->exit_code));
+    json_t *details = res->budget ? json_deep_copy(res->budget) : agents_failure_details(agent, res);
     return json_pack("{s:s, s:s, s:i, s:s, s:o}", "type", uri, "title", title, "status", (int)*status, "detail",
                      detail, "details", details);
 }
 
 int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e)
 {
+    if (res->budget && !res->npm_failed)
+        return reply_problem_details(r, 409, "budget_exceeded", json_deep_copy(res->budget), "%s", e->message);
     if (e->code != EOPNOTSUPP && !res->npm_failed)
         return reply_error(r, e);
-    json_t *details = json_pack("{s:s}", "agent", agent);
-    if (res->npm_failed && res->stderr_tail)
-        json_object_set(details, "stderr", res->stderr_tail);
-    if (res->exit_code)
-        json_object_set_new(details, "exitCode", json_integer(res->exit_code));
-    return reply_problem_details(r, e->code == EOPNOTSUPP ? 501 : 502, "install_failed", details, "%s", e->message);
+    return reply_problem_details(r, e->code == EOPNOTSUPP ? 501 : 502, "install_failed",
+                                 agents_failure_details(agent, res), "%s", e->message);
 }

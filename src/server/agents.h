@@ -46,6 +46,8 @@ typedef struct agents_install_result {
     char    key[160];           /* cache directory name */
     char    path[512];          /* what the launcher runs, as seen in the cell */
     json_t *stderr_tail;        /* npm's last stderr lines (owned; NULL if none) */
+    uint64_t disk_limit;        /* npm filled its staging filesystem of this many bytes */
+    json_t *budget;             /* the host budget could not hold the install cell: 409's details (owned) */
 } agents_install_result;
 
 enum {
@@ -65,7 +67,8 @@ void agents_install_result_free(agents_install_result *res);
 /* Fill res's version, source, key and path for an npm agent (no install). */
 void agents_describe(const agents_package *p, agents_install_result *res);
 /* Reply with an install's error: 501 or 502 install_failed with npm's
- * stderr tail, 409 for a stopped cell, ... */
+ * stderr tail (and the disk limit it filled), 409 for a stopped cell or
+ * budget_exceeded when the host budget cannot hold the install cell, ... */
 int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e);
 /* The same answer as JSON (problem+json's fields) and its status, for SSE. */
 json_t *agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
@@ -76,6 +79,8 @@ json_t *agents_install_error_json(const char *agent, const agents_install_result
 int agents_start(srv *s, cell_error *err);
 /* STATE/agents (after agents_start). */
 const char *agents_cache_root(void);
+/* The cache's disk usage and directories, as of the last install. */
+void agents_cache_usage(uint64_t *bytes, size_t *dirs);
 /* At daemon stop, before the cells go: wait for installs in progress
  * (they stop their npm once s->stopping is set). */
 void agents_shutdown(void);

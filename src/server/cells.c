@@ -13,6 +13,10 @@
 /* Quota checks and the insert that follows are one step per daemon. */
 static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Agent installs reserve from the host budget under it too (limits.c). */
+void cells_quota_lock(void) { pthread_mutex_lock(&quota_lock); }
+void cells_quota_unlock(void) { pthread_mutex_unlock(&quota_lock); }
+
 json_t *cell_json(scell *sc)
 {
     json_t *o = json_deep_copy(sc->spec);     /* the spec never changes after registry_add */

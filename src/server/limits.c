@@ -1,6 +1,7 @@
 /* limits.c: the operator's ceilings on every number a tenant can set through
  * the API, and the host budget (pids, memory) that all cells' reservations
  * come out of, whatever the tenants' own quotas say. */
+#include "server/agents.h"
 #include "server/handlers.h"
 
 #include <stddef.h>
@@ -27,12 +28,14 @@ static const limit_key keys[] = {
     KEY("procs.kept", procs_kept, 0),         KEY("secrets", secrets, 0),
     KEY("host.memory", host_memory, 1),       KEY("host.pids", host_pids, 0),
     KEY("reserve.memory", reserve_memory, 1), KEY("reserve.pids", reserve_pids, 0),
+    KEY("agents.installDisk", agents_install_disk, 1),
 };
 #undef KEY
 
 const char server_limit_keys[] =
     "cell.memory cell.pids cell.cpus cell.disk cell.ttl lane.size procs run.timeoutMs run.outputBytes "
-    "log.bytesPerProcess input.bytes log.memory procs.kept secrets host.memory host.pids reserve.memory reserve.pids";
+    "log.bytesPerProcess input.bytes log.memory procs.kept secrets host.memory host.pids reserve.memory reserve.pids "
+    "agents.installDisk";
 
 int server_limit_set(server_limits *l, const char *assignment, cell_error *err)
 {
@@ -142,6 +145,12 @@ static int derive(srv *s, server_limits *l, cell_error *err)
     set_default(&l->secrets, 256);
     /* Logs live in the daemon: a sixteenth of the memory, 64 MiB..2 GiB. */
     set_default(&l->log_memory, min_u64(max_u64(l->host_memory / 16, 64ull << 20), 2ull << 30));
+    /* What one npm install may write: the biggest pinned agent (opencode,
+     * 354 MB) and npm's cache of its tarballs, with room to spare. */
+    set_default(&l->agents_install_disk, 2ull << 30);
+    if (l->agents_install_disk < CELL_LANE_MIN_SIZE)
+        return util_fail(err, EINVAL, "--limit agents.installDisk=%llu: an install's disk needs at least 16M",
+                         (unsigned long long)l->agents_install_disk);
     return 0;
 }
 
@@ -189,10 +198,16 @@ static uint64_t spec_res(const scell *sc, const char *key)
     return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
 }
 
+/* What is reserved by no cell: agent installs while their install cell
+ * runs (limits_reserve).  Written under the cells' quota lock and s->lock. */
+static uint64_t held_memory, held_pids;
+
 void limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pids)
 {
     *memory = *pids = 0;
     pthread_mutex_lock(&s->lock);
+    if (!tenant)
+        *memory = held_memory, *pids = held_pids;
     /* Every record counts, stopped and deleting ones too: a stopped cell
      * can be started without asking again, a deleting one still runs. */
     for (scell *sc = s->cells; sc; sc = sc->next) {
@@ -204,31 +219,63 @@ void limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pids)
     pthread_mutex_unlock(&s->lock);
 }
 
-static int over_budget(sreq *r, const char *budget, uint64_t total, uint64_t host, uint64_t reserve, uint64_t used,
-                       uint64_t asked)
+/* NULL if memory and pids fit the budget beside what is reserved; else the
+ * 409's details, and its sentence in *err (EDQUOT). */
+static json_t *over_budget(srv *s, uint64_t memory, uint64_t pids, const char *asker, cell_error *err)
 {
+    const server_limits *l = &s->opt.limits;
+    uint64_t used_mem, used_pids;
+    limits_usage(s, NULL, &used_mem, &used_pids);
+    const char *budget = "memory";
+    uint64_t total = limits_budget_memory(s), host = l->host_memory, reserve = l->reserve_memory, used = used_mem,
+             asked = memory;
+    if (used_mem + memory <= total) {
+        if (used_pids + pids <= limits_budget_pids(s))
+            return NULL;
+        budget = "pids", total = limits_budget_pids(s), host = l->host_pids, reserve = l->reserve_pids;
+        used = used_pids, asked = pids;
+    }
+    util_fail(err, EDQUOT, "the daemon-wide %s budget is %llu (host %llu minus reserve %llu): all tenants' cells "
+              "reserve %llu and %s asks %llu", budget, (unsigned long long)total, (unsigned long long)host,
+              (unsigned long long)reserve, (unsigned long long)used, asker, (unsigned long long)asked);
     json_t *d = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "budget", budget, "total", (json_int_t)total,
                           "host", (json_int_t)host, "reserve", (json_int_t)reserve, "reserved", (json_int_t)used,
                           "asked", (json_int_t)asked);
-    reply_problem_details(r, 409, "budget_exceeded", d,
-                          "the daemon-wide %s budget is %llu (host %llu minus reserve %llu): all tenants' cells "
-                          "reserve %llu and this cell asks %llu",
-                          budget, (unsigned long long)total, (unsigned long long)host, (unsigned long long)reserve,
-                          (unsigned long long)used, (unsigned long long)asked);
-    return -1;
+    return d ? d : json_object();
 }
 
 int limits_check_budget(sreq *r, uint64_t memory, uint64_t pids)
 {
-    srv *s = r->s;
-    const server_limits *l = &s->opt.limits;
-    uint64_t used_mem, used_pids;
-    limits_usage(s, NULL, &used_mem, &used_pids);
-    if (used_mem + memory > limits_budget_memory(s))
-        return over_budget(r, "memory", limits_budget_memory(s), l->host_memory, l->reserve_memory, used_mem, memory);
-    if (used_pids + pids > limits_budget_pids(s))
-        return over_budget(r, "pids", limits_budget_pids(s), l->host_pids, l->reserve_pids, used_pids, pids);
-    return 0;
+    cell_error e = { 0 };
+    json_t *d = over_budget(r->s, memory, pids, "this cell", &e);
+    if (!d)
+        return 0;
+    reply_problem_details(r, 409, "budget_exceeded", d, "%s", e.message);
+    return -1;
+}
+
+int limits_reserve(srv *s, uint64_t memory, uint64_t pids, const char *asker, json_t **details, cell_error *err)
+{
+    /* Under the lock cell creation checks and inserts under, so that a
+     * cell and an install cannot both fit the same remainder. */
+    cells_quota_lock();
+    *details = over_budget(s, memory, pids, asker, err);
+    if (!*details) {
+        pthread_mutex_lock(&s->lock);
+        held_memory += memory, held_pids += pids;
+        pthread_mutex_unlock(&s->lock);
+    }
+    cells_quota_unlock();
+    return *details ? -1 : 0;
+}
+
+void limits_release(srv *s, uint64_t memory, uint64_t pids)
+{
+    cells_quota_lock();
+    pthread_mutex_lock(&s->lock);
+    held_memory -= memory, held_pids -= pids;
+    pthread_mutex_unlock(&s->lock);
+    cells_quota_unlock();
 }
 
 /* ---- GET /v1/limits (admin) ----------------------------------------------------- */
@@ -243,14 +290,24 @@ int h_limits(sreq *r)
     const server_limits *l = &r->s->opt.limits;
     json_t *ceilings = json_object();
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
-        if (strncmp(keys[i].name, "host.", 5) != 0 && strncmp(keys[i].name, "reserve.", 8) != 0)
+        if (strncmp(keys[i].name, "host.", 5) != 0 && strncmp(keys[i].name, "reserve.", 8) != 0 &&
+            strncmp(keys[i].name, "agents.", 7) != 0)
             json_object_set_new(ceilings, keys[i].name,
                                 json_integer((json_int_t) * (const uint64_t *)((const char *)l + keys[i].off)));
-    uint64_t mem, pids;
+    uint64_t mem, pids, cache_bytes, held_mem, held_p;
+    size_t cache_dirs;
     limits_usage(r->s, NULL, &mem, &pids);
-    return reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}}", "ceilings", ceilings, "budget",
+    pthread_mutex_lock(&r->s->lock);
+    held_mem = held_memory, held_p = held_pids;
+    pthread_mutex_unlock(&r->s->lock);
+    agents_cache_usage(&cache_bytes, &cache_dirs);
+    return reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:{s:I, s:I}}}",
+                                        "ceilings", ceilings, "budget",
                                         "memory", budget_json(l->host_memory, l->reserve_memory, mem),
                                         "pids", budget_json(l->host_pids, l->reserve_pids, pids),
                                         "logMemory", "limit", (json_int_t)l->log_memory,
-                                        "used", (json_int_t)procs_log_memory()));
+                                        "used", (json_int_t)procs_log_memory(),
+                                        "agents", "installDisk", (json_int_t)l->agents_install_disk,
+                                        "cacheBytes", (json_int_t)cache_bytes, "cacheDirs", (json_int_t)cache_dirs,
+                                        "installing", "memory", (json_int_t)held_mem, "pids", (json_int_t)held_p));
 }

@@ -39,6 +39,7 @@ typedef struct server_limits {
     uint64_t host_pids;         /* 0 = min(pid_max, threads-max) */
     uint64_t reserve_memory;    /* kept from cells for the host and the daemon */
     uint64_t reserve_pids;
+    uint64_t agents_install_disk; /* what one agent install may write (its staging filesystem's size) */
 } server_limits;
 
 /* Set one limit from "KEY=VALUE" (`cell serve --limit`); server_limit_keys

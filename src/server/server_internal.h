@@ -299,6 +299,15 @@ void     limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pi
 /* 0 if a cell asking memory and pids fits the daemon-wide budget, else -1
  * after a 409 budget_exceeded naming the budget.  Callers serialize. */
 int      limits_check_budget(sreq *r, uint64_t memory, uint64_t pids);
+/* Reserve memory and pids from the same budget for something that is no
+ * cell (an agent install, `asker` in the sentence) until limits_release;
+ * -1 (EDQUOT) with the 409's details (owned by the caller) if they do not fit. */
+int      limits_reserve(srv *s, uint64_t memory, uint64_t pids, const char *asker, json_t **details,
+                        cell_error *err);
+void     limits_release(srv *s, uint64_t memory, uint64_t pids);
+/* cells.c's lock around a create's quota check and insert. */
+void     cells_quota_lock(void);
+void     cells_quota_unlock(void);
 /* secrets.c: load (or create) the key that seals secrets, seal old rows. */
 int      secrets_start(srv *s, cell_error *err);
 

@@ -6,17 +6,22 @@ registry on 198.18.42.1 serves the codex adapter's pinned name and version
 
 The attacks: the package's postinstall script (untrusted code, run in the
 install cell) tries to reach another address and the daemon; code in a cell
-tries to write the host-wide cache; a failing install must leave nothing.
+tries to write the host-wide cache; a failing install must leave nothing; a
+postinstall and a tarball try to fill the host's disk (the daemon runs with a
+32 MiB --limit agents.installDisk); an install the host budget cannot hold
+must not run.
 One test installs the real codex adapter from registry.npmjs.org (release
 stage only).
 """
 import base64
+import glob
 import gzip
 import hashlib
 import http.server
 import io
 import json
 import os
+import random
 import subprocess
 import tarfile
 import threading
@@ -33,6 +38,10 @@ REGISTRY_IP, ATTACKER_IP = NET + ".1", NET + ".2"
 ADAPTER, NATIVE, VERSION = "@zed-industries/codex-acp", "@zed-industries/codex-acp-linux-x64", "0.16.0"
 LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/codex-acp"
 PI_LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/pi-acp"
+INSTALL_DISK = 32 << 20
+CLAUDE, CLAUDE_VERSION = "@zed-industries/claude-agent-acp", "0.23.1"
+OPENCODE, OPENCODE_VERSION = "opencode-ai", "1.18.33"
+INSTALL_MEMORY = 1536 << 20                 # the install cell's memory (agentinstall.c)
 
 # The native package's "binary": a one-shot ACP agent answering the first
 # request with its own name and arguments.
@@ -42,6 +51,20 @@ read -r line
 id=$(printf '%s' "$line" | sed -n 's/.*"id":\\([0-9]*\\).*/\\1/p')
 printf '{"jsonrpc":"2.0","id":%s,"result":{"agent":"fake-codex-acp"}}\\n' "${id:-1}"
 sleep 30
+"""
+
+# postinstall: fills the disk it is given and says nothing (exit 0).
+FILL_JS = b"""
+const fs = require('fs');
+const buf = Buffer.alloc(1 << 20, 120);
+const fd = fs.openSync(__dirname + '/fill.bin', 'w');
+try { for (let i = 0; i < 4096; i++) fs.writeSync(fd, buf); } catch (e) { }
+"""
+
+# postinstall: waits until the test opens the registry's gate.
+GATE_JS = """
+require('http').get('%s', { timeout: 120000 }, (res) => { res.resume(); res.on('end', () => process.exit(0)); })
+  .on('error', (e) => { console.error('gate: ' + e.code); process.exit(1); });
 """
 
 # postinstall: untrusted code in the install cell; records what it reached.
@@ -83,6 +106,7 @@ class Registry:
 
     def __init__(self, base):
         self.base, self.docs, self.tarballs, self.seen, self.lock = base, {}, {}, [], threading.Lock()
+        self.gate = threading.Event()       # GET /gate answers once it is set
 
     def add(self, name, version, pkg, files):
         pkg = dict(pkg, name=name, version=version)
@@ -112,7 +136,10 @@ class Registry:
                 path = urllib.parse.unquote(self.path.split("?")[0])
                 with reg.lock:
                     reg.seen.append(path)
-                if path in reg.tarballs:
+                if path == "/gate":
+                    reg.gate.wait(120)
+                    body, ctype = b"open", "text/plain"
+                elif path in reg.tarballs:
                     body, ctype = reg.tarballs[path], "application/octet-stream"
                 elif path.lstrip("/") in reg.docs:
                     body, ctype = json.dumps(reg.docs[path.lstrip("/")]).encode(), "application/json"
@@ -173,8 +200,18 @@ def env(tmp_path_factory):
                 {"bin/codex-acp": (FAKE_BIN, 0o777), "probe.js": (PROBE_JS, 0o644),
                  "targets.json": (json.dumps(targets).encode(), 0o644), "canary.txt": (canary.encode(), 0o644)})
         reg.canary = canary
+        # Two ways to fill the host's disk: a postinstall that writes until
+        # it cannot, a 48 MiB file in a tarball of ~200 KiB (npm refuses
+        # more than 1000 times: some noise keeps under it).
+        reg.add(CLAUDE, CLAUDE_VERSION, {"scripts": {"postinstall": "node fill.js"}},
+                {"fill.js": (FILL_JS, 0o644)})
+        reg.add(OPENCODE, OPENCODE_VERSION, {},
+                {"big.bin": (random.Random(1).randbytes(128 << 10) + bytes(48 << 20), 0o644)})
         state = tmp_path_factory.mktemp("agentinstall")
-        dd = dm.Daemon(state, ["--agent-registry", reg.base], port=dport)
+        # A small install disk: the fake packages need little, the filling
+        # ones below must hit it fast.
+        dd = dm.Daemon(state, ["--agent-registry", reg.base, "--limit", "agents.installDisk=%d" % INSTALL_DISK],
+                       port=dport)
         dd.start()
         try:
             yield dd, reg, attacker
@@ -335,6 +372,29 @@ def test_a_tenants_reinstall_rewrites_its_launcher_only(env, cells):
     assert out["exitCode"] == 0 and "fake codex-acp help" in out["stdout"], out
 
 
+def test_a_launcher_naming_a_removed_cache_dir_is_rewritten(env, cells):
+    # After a restart with other pins the daemon removed the launcher's
+    # cache dir: the next install (or ACP spawn) writes the current one,
+    # from the cache, while a client's own launcher is left alone.
+    dd, reg, _ = env
+    before = len(reg.seen)
+    client, cid = cells[0]
+    key = cache_dirs(dd, "codex-0.16.0-")[0]
+    stale = "#!/bin/sh\n# cell: agent codex from x (cache codex-0.15.0-0123456789abcdef), read-only\nexit 7\n"
+    assert client.put("/cells/%s/v1/fs/file" % cid, body=stale.encode(), query={"path": LAUNCHER}).status in (200, 204)
+    r = install(client, cid)
+    assert r.status == 200 and r.body["already_installed"] is False, r
+    out = sh(client, cid, "cat %s; %s --help" % (LAUNCHER, LAUNCHER))
+    assert "(cache %s)" % key in out["stdout"] and "fake codex-acp help" in out["stdout"], out
+    own = b"#!/bin/sh\necho my own agent\n"
+    assert client.put("/cells/%s/v1/fs/file" % cid, body=own, query={"path": LAUNCHER}).status in (200, 204)
+    r = install(client, cid)
+    assert r.status == 200 and r.body["already_installed"] is True, r
+    assert sh(client, cid, "cat %s" % LAUNCHER)["stdout"] == own.decode()
+    assert len(reg.seen) == before
+    install(client, cid, body={"reinstall": True})
+
+
 def test_lazy_install_through_acp_spawns_the_cached_agent(env, admin):
     _, reg, _ = env
     before = reg.fetches(".tgz")
@@ -395,6 +455,65 @@ def test_failing_install_leaves_nothing_and_says_why(env, cells):
     assert json.loads(events[-1][1])["status"] == 502
 
 
+def disk_used(dd):
+    """Blocks the agent cache and the staging directory hold on the host."""
+    total = 0
+    for sub in ("agents", "agents-staging"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(dd.state, sub)):
+            total += sum(os.lstat(os.path.join(dirpath, n)).st_blocks * 512 for n in dirnames + filenames)
+    return total
+
+
+def loops_of(state):
+    """Loop devices whose file is (or was, if deleted) under the state dir."""
+    return [f for f in glob.glob("/sys/block/loop*/loop/backing_file") if str(state) in dm._read(f)]
+
+
+def staging_mounts(dd):
+    return [l for l in dm.mounts_under(dd.state) if "agents-staging" in l]
+
+
+@pytest.mark.parametrize("agent,tarball", [("claude", "claude-agent-acp-0.23.1.tgz"),
+                                           ("opencode", "opencode-ai-1.18.33.tgz")])
+def test_an_install_cannot_fill_the_host_disk(env, cells, agent, tarball):
+    # claude's postinstall writes until ENOSPC and exits 0 as if all went
+    # well; opencode's tarball unpacks to twice the limit.
+    dd, reg, _ = env
+    client, cid = cells[1]
+    before = disk_used(dd)
+    r = install(client, cid, agent)
+    assert reg.fetches(tarball) >= 1, reg.seen
+    assert_problem(r, 502, "install_failed", ["agents.installDisk", str(INSTALL_DISK)])
+    assert r.body["details"]["limit"] == "agents.installDisk", r.body
+    assert r.body["details"]["limitBytes"] == INSTALL_DISK, r.body
+    # Nothing left: no cache or staging dir, no mount, no loop device still
+    # holding the (deleted) image, not a block more on the host.
+    assert cache_dirs(dd, agent + "-") == []
+    assert os.listdir(os.path.join(dd.state, "agents-staging")) == []
+    assert staging_mounts(dd) == [] and loops_of(dd.state) == []
+    assert disk_used(dd) == before
+    assert sh(client, cid, "test -e /root/.local/share/sandbox-agent/bin/agent_processes/%s-acp" % agent)[
+        "exitCode"] != 0
+
+
+def test_limits_show_the_install_disk_and_the_cache(env, admin):
+    dd, _, _ = env
+    r = admin.get("/v1/limits")
+    assert r.status == 200, r
+    agents = r.body["agents"]
+    assert agents["installDisk"] == INSTALL_DISK and agents["installing"] == {"memory": 0, "pids": 0}, agents
+    # codex is the one agent in the cache: its blocks, as the host counts them.
+    assert agents["cacheDirs"] == len(os.listdir(os.path.join(dd.state, "agents"))) == 1, agents
+    on_disk = 0
+    for dirpath, dirnames, filenames in os.walk(os.path.join(dd.state, "agents")):
+        on_disk += sum(os.lstat(os.path.join(dirpath, n)).st_blocks * 512 for n in dirnames + filenames)
+    assert 0 < agents["cacheBytes"] and abs(agents["cacheBytes"] - on_disk) <= 4096, (agents, on_disk)
+    assert "agents.installDisk" not in r.body["ceilings"]
+    # Tenants do not see it.
+    tok, _ = make_tenant_token(admin, dm.uniq("lim"))
+    assert admin.with_token(tok).get("/v1/limits").status == 403
+
+
 def test_agents_without_an_npm_adapter_and_bad_input(env, cells):
     client, cid = cells[0]
     for agent in ("amp", "cursor"):
@@ -417,6 +536,81 @@ def test_install_into_a_stopped_cell_is_409(admin):
         assert r.status == 409, r
     finally:
         admin.delete("/v1/cells/%s" % cid)
+
+
+def test_bad_install_disk_flag_refused(tmp_path):
+    for value in ("1M", "0", "-5", "lots", "", "16E"):
+        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "",
+                            "--limit", "agents.installDisk=" + value], capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "agents.installDisk" in p.stderr, (value, p.stderr)
+
+
+def test_an_install_the_host_budget_cannot_hold_does_not_run(env, tmp_path):
+    """A daemon whose memory budget is 2 GiB: the install cell's 1.5 GiB fits
+    only beside little else, and while it runs it is reserved like a cell."""
+    reg_srv = netfake.start(netfake.HTTPServer((REGISTRY_IP, 0), http.server.BaseHTTPRequestHandler))
+    try:
+        reg = Registry("http://%s:%d/" % (REGISTRY_IP, reg_srv.server_address[1]))
+        reg_srv.RequestHandlerClass = reg.handler()
+        reg.add(ADAPTER, VERSION, {"optionalDependencies": {NATIVE: VERSION}}, {})
+        reg.add(NATIVE, VERSION, {"scripts": {"postinstall": "node gate.js"}},
+                {"bin/codex-acp": (FAKE_BIN, 0o755), "gate.js": ((GATE_JS % (reg.base + "gate")).encode(), 0o644)})
+        state = tmp_path / "budget"
+        # Leftovers of other pins and registries, and a crash's copy: not
+        # current, so the daemon removes them at start.
+        for stale in ("codex-0.15.0-0123456789abcdef", "claude-0.23.1-0123456789abcdef", ".x.copy", "nope"):
+            os.makedirs(state / "agents" / stale / "node_modules")
+        with dm.served(state, ["--agent-registry", reg.base, "--limit", "host.memory=3G",
+                               "--limit", "reserve.memory=1G"]) as dd:
+            assert os.listdir(os.path.join(dd.state, "agents")) == []
+            admin = dd.client()
+            a = new_cell(admin)                                             # 256M
+            b = admin.post("/v1/cells", {"resources": {"memory": "512M"}}).body["id"]
+            # 768M reserved + 1.5G > 2G: refused, and no npm ran.
+            r = install(admin, a)
+            assert_problem(r, 409, "budget_exceeded", ["agent install", str(INSTALL_MEMORY)])
+            assert r.body["details"]["budget"] == "memory" and r.body["details"]["asked"] == INSTALL_MEMORY
+            r = admin.post("/cells/%s/v1/acp/s1" % a, {"jsonrpc": "2.0", "id": 1, "method": "initialize"},
+                           query={"agent": "codex"})
+            assert_problem(r, 409, "budget_exceeded")
+            c = admin.conn(60)
+            c.request("POST", "/cells/%s/v1/agents/codex/install" % a, body=b"{}",
+                      headers=admin.headers_for({"Accept": "text/event-stream", "Content-Type": "application/json"}))
+            events = dm.sse_events(c.getresponse(), limit_s=60)
+            c.close()
+            result = json.loads(events[-1][1])
+            assert events[-1][0] == "result" and result["status"] == 409, events
+            assert result["type"].endswith("budget_exceeded"), result
+            assert reg.seen == [] and os.listdir(os.path.join(dd.state, "agents-staging")) == []
+            # Without b it fits; while npm runs, its 1.5G is reserved: a
+            # 512M cell does not fit beside it.
+            assert admin.delete("/v1/cells/%s" % b).status in (200, 204)
+            out = []
+            t = threading.Thread(target=lambda: out.append(install(admin, a)))
+            t.start()
+            try:
+                assert dm.wait_for(lambda: reg.fetches("/gate"), timeout=120), reg.seen
+                lim = admin.get("/v1/limits").body
+                assert lim["agents"]["installing"] == {"memory": INSTALL_MEMORY, "pids": 512}, lim
+                assert lim["budget"]["memory"]["reserved"] == (256 << 20) + INSTALL_MEMORY, lim
+                r = admin.post("/v1/cells", {"resources": {"memory": "512M"}})
+                assert_problem(r, 409, "budget_exceeded", ["memory"])
+            finally:
+                reg.gate.set()
+                t.join(120)
+            assert out and out[0].status == 200, out
+            lim = admin.get("/v1/limits").body
+            assert lim["agents"]["installing"] == {"memory": 0, "pids": 0}, lim
+            assert lim["agents"]["cacheDirs"] == 1, lim
+            r = admin.post("/v1/cells", {"resources": {"memory": "512M"}})
+            assert r.status == 201, r
+            # A restart keeps the current install.
+            key = cache_dirs(dd, "codex-0.16.0-")
+            dd.stop()
+            dd.start()
+            assert cache_dirs(dd, "codex-0.16.0-") == key and len(key) == 1
+    finally:
+        netfake.stop(reg_srv)
 
 
 def test_bad_registry_flag_refused(tmp_path):
