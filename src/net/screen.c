@@ -7,7 +7,10 @@
 #include "util/util.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <ifaddrs.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,17 +18,29 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define SELF_MAX        256     /* addresses remembered; more are re-read every time */
-#define SELF_REFRESH_MS 1000
+#define SELF_REFRESH_MS 1000    /* a re-read at least this often, events or not */
+#define SELF_WATCH_BUF  8192    /* the watch's receive buffer: past it, ENOBUFS (= changed) */
+#define SELF_DRAIN_MAX  64      /* datagrams read per call; the rest wait, the list is re-read anyway */
 
+/* The list is re-read when an address of the host is added or removed:
+ * `watch` is an rtnetlink socket subscribed to RTM_NEWADDR/RTM_DELADDR,
+ * drained (never waited on) at each look-up, so the first decision after
+ * `ip addr add` already sees the address: the kernel queues the event
+ * before the address's local route exists and before the command returns.
+ * The timer stays as the fallback for a watch that could not be opened. */
 static struct {
     pthread_mutex_t         lock;
     int64_t                 read_ms;     /* 0: never read */
+    int                     dirty;       /* an event since the last successful read */
+    int                     watch;       /* -1: none (yet) */
+    pid_t                   watch_pid;   /* its opener: a forked child must not steal its events */
     size_t                  n;
     int                     overflow;    /* more than SELF_MAX: ask getifaddrs() each time */
     struct sockaddr_storage addrs[SELF_MAX];
-} self = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} self = { .lock = PTHREAD_MUTEX_INITIALIZER, .watch = -1 };
 
 static int64_t mono_ms(void)
 {
@@ -125,6 +140,60 @@ static int in_cell_range(const struct sockaddr *sa)
     return v - base < (uint64_t)count * 4;
 }
 
+/* Subscribes to the host's address changes, in the caller's netns (the one
+ * getifaddrs() reads).  Failure leaves the timer alone in charge: the egress
+ * helper's fast-path thread may open no socket at all. */
+static void self_watch_open(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+    if (fd < 0)
+        return;
+    struct sockaddr_nl nl = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR };
+    int size = SELF_WATCH_BUF;   /* events are not kept, only noticed: a small queue is enough */
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) < 0 ||
+        bind(fd, (struct sockaddr *)&nl, sizeof nl) < 0) {
+        close(fd);
+        return;
+    }
+    self.watch = fd;
+    self.watch_pid = getpid();
+    self.dirty = 1;              /* what changed before the subscription is unknown */
+}
+
+/* Reads what the watch has queued, without waiting: 1 if anything changed
+ * (an event, or events lost to a full queue), else 0. */
+static int self_watch_drain(void)
+{
+    if (self.watch >= 0 && self.watch_pid != getpid()) {
+        /* A forked child: the socket's events are the parent's to read, and
+         * the list it inherited may be another netns's. */
+        close(self.watch);
+        self.watch = -1;
+        return 1;
+    }
+    if (self.watch < 0)
+        return 0;
+    char buf[4096];
+    int changed = 0;
+    for (int i = 0; i < SELF_DRAIN_MAX; i++) {
+        ssize_t n = recv(self.watch, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            changed = 1;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return changed;
+        if (n < 0 && (errno == ENOBUFS || errno == EINTR)) {
+            changed = 1;         /* the queue overflowed: events were lost */
+            continue;
+        }
+        close(self.watch);       /* unusable: back to the timer alone */
+        self.watch = -1;
+        return 1;
+    }
+    return 1;                    /* more queued: changed either way */
+}
+
 int net_self_contains(const struct sockaddr *sa)
 {
     if (in_cell_range(sa))
@@ -132,15 +201,22 @@ int net_self_contains(const struct sockaddr *sa)
     pthread_mutex_lock(&self.lock);
     int64_t now = mono_ms();
     int found = 0;
-    if (self.read_ms == 0 || now - self.read_ms >= SELF_REFRESH_MS || self.overflow) {
+    self.dirty |= self_watch_drain();
+    int stale = self.read_ms == 0 || self.dirty || self.overflow || now - self.read_ms >= SELF_REFRESH_MS;
+    if (stale && self.watch < 0)
+        self_watch_open();       /* before the read: no change falls between the two */
+    if (stale) {
         /* A failed scan counts as the host's own and leaves the cache as it
-         * was, stale: never an empty list trusted for a second (the egress
-         * helper's fast-path thread may not open the socket a scan needs). */
+         * was, stale (and dirty stays set for the next caller): never an
+         * empty or outdated list trusted (the egress helper's fast-path
+         * thread may not open the socket a scan needs). */
         found = scan_interfaces(sa, 1);
-        if (found < 0)
+        if (found < 0) {
             found = 1;
-        else
+        } else {
             self.read_ms = now;
+            self.dirty = 0;
+        }
     } else {
         for (size_t i = 0; i < self.n && !found; i++)
             found = same_addr((const struct sockaddr *)&self.addrs[i], sa);

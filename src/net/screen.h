@@ -16,7 +16,9 @@ int net_fast_subnet(uint32_t *base, unsigned *count, cell_error *err);
 /* 1 if `sa` (port ignored) is an address of one of this host's interfaces
  * (in the caller's network namespace), or in the cells' veth range
  * (NET_FAST_SUBNET or $CELL_EGRESS_SUBNET): the host's own services and the
- * other cells.  The interface list is re-read at most once a second. */
+ * other cells.  The interface list is re-read when the kernel reports an
+ * address added or removed (an rtnetlink subscription, drained at each
+ * call), and at least once a second. */
 int net_self_contains(const struct sockaddr *sa);
 
 /* The reason `sa` must not be a destination of the owner's own connections

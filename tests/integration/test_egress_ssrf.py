@@ -7,14 +7,21 @@ host's own addresses and the cells' veth range are refused unless the
 operator allows them (cell serve --allow-tenant-dest CIDR).  Addresses in
 the policy are refused when it is set (403 naming the field); names in
 webhook URLs are screened when the daemon connects."""
+import json
 import socket
 import subprocess
+import threading
 import uuid
 
 import pytest
 
 import daemon as dm
 import netfake
+
+# test_an_address_the_host_adds_is_host_self_at_once: the host's own
+# addresses on lo, this module's range.
+NET = netfake.claim("198.18.47", __name__)
+WARM_IP, NEW_IP, PORT = NET + ".10", NET + ".20", 7
 
 BAD_UPSTREAMS = ["127.0.0.1", "127.0.0.53:53", "[::1]", "169.254.169.254", "0.0.0.0", "10.213.0.1", "224.0.0.251"]
 BAD_URLS = ["http://127.0.0.1:8080/decide", "http://[::1]:9/x", "http://169.254.169.254/latest/meta-data",
@@ -154,3 +161,100 @@ def test_bad_allow_tenant_dest_is_a_usage_error(tmp_path, bad):
                         "--allow-tenant-dest", bad], capture_output=True, text=True, timeout=20)
     assert p.returncode == 2, p
     assert "--allow-tenant-dest" in p.stderr, p.stderr
+
+
+# The cell's side: a decision (which reads the host's address list when it
+# is stale) just before the host adds NEW_IP, then, once told, one attempt.
+HOTPLUG_PROBE = r'''
+import json, os, socket, sys, time
+
+def attempt(ip, port):
+    try:
+        s = socket.create_connection((ip, port), timeout=5)
+    except OSError as e:
+        return "connect " + type(e).__name__
+    try:
+        s.settimeout(5)
+        s.sendall(b"ping")
+        return "answer" if s.recv(16) else "eof"
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
+warm, new, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = {"warm": attempt(warm, port)}
+open("/tmp/hotplug-ready", "w").close()
+for _ in range(4000):                       # 20 s at most
+    if os.path.exists("/tmp/hotplug-go"):
+        break
+    time.sleep(0.005)
+else:
+    out["go"] = "never came"
+out["first"] = attempt(new, port)
+print(json.dumps(out))
+'''
+
+
+def test_an_address_the_host_adds_is_host_self_at_once(tenant, cells):
+    """A catch-all never reaches the host (host-self), and the engine's list
+    of the host's addresses has no window: the cell's very first attempt to
+    an address the host has just added is refused.  The list was re-read
+    about once a second, so right after an `ip addr add` a catch-all
+    reached the new address for up to that long; the engine now re-reads it
+    on the kernel's RTM_NEWADDR (test_net_policy.c:
+    host_self_follows_address_changes)."""
+    net = netfake.Net((WARM_IP,)).up()
+    server = None
+    try:
+        net.serve(netfake.TCPServer((WARM_IP, PORT), netfake.Echo))
+        cid = create(tenant, cells, {"rules": [{"tcp": {}}]}).body["id"]
+        done = {}
+
+        def run_probe():
+            done["r"] = tenant.post("/cells/%s/v1/processes/run" % cid,
+                                    {"command": "/usr/bin/python3",
+                                     "args": ["-c", HOTPLUG_PROBE, WARM_IP, NEW_IP, str(PORT)], "timeoutMs": 60000},
+                                    timeout=90)
+
+        t = threading.Thread(target=run_probe)
+        t.start()
+        try:
+            ready = dm.wait_for(lambda: tenant.get("/cells/%s/v1/fs/stat" % cid,
+                                                   query={"path": "/tmp/hotplug-ready"}).status == 200, 30)
+            assert ready, "the probe never got ready"
+            netfake.ip("addr", "replace", NEW_IP + "/32", "dev", "lo")
+            server = netfake.start(netfake.TCPServer((NEW_IP, PORT), _Counted))
+            server.connections = 0
+            # The host could reach it now: the test can fail.
+            with socket.create_connection((NEW_IP, PORT), timeout=5) as c:
+                c.sendall(b"x")
+                assert c.recv(1) == b"x"
+            before = server.connections
+            r = tenant.call("PUT", "/cells/%s/v1/fs/file" % cid, query={"path": "/tmp/hotplug-go"}, body=b"go")
+            assert r.status in (200, 201, 204), r
+        finally:
+            t.join(120)
+        r = done.get("r")
+        assert r is not None and r.status == 200 and r.body["exitCode"] == 0, r
+        out = json.loads(r.body["stdout"].strip().splitlines()[-1])
+        assert "go" not in out, out
+        assert out["first"] != "answer" and server.connections == before, (out, server.connections, before)
+
+        def denied():
+            recs = tenant.get("/v1/audit", query={"kind": "net", "limit": 10000}).body["records"]
+            return [x for x in recs if x.get("cell") == cid and x.get("dst") == "%s:%d" % (NEW_IP, PORT)]
+
+        recs = dm.wait_for(denied, 10)
+        assert recs and all(x["verdict"] == "deny" and x["reason"] == "no rule matched" for x in recs), recs
+    finally:
+        if server:
+            netfake.stop(server)
+        netfake.ip("addr", "del", NEW_IP + "/32", "dev", "lo", check=False)
+        net.down()
+
+
+class _Counted(netfake.Echo):
+    def handle(self):
+        self.server.connections += 1
+        super().handle()

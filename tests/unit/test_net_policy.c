@@ -9,9 +9,14 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "net/policy.h"
+#include "net/screen.h"
 #include "util/util.h"
 
 #define DNS_RULE "{\"dns\": {\"upstreams\": [\"1.1.1.1\"]}}"
@@ -386,6 +391,50 @@ static void host_self(void **state)
     assert_null(net_policy_decide_rule(p, 1));
     net_policy_unref(p);
     expect_error("{\"rules\": [{\"tcp\": {\"to\": \"host-selfish\"}}]}", "host-self");
+}
+
+/* In a netns of its own (a forked child: the parent's cache and watch are
+ * inherited and must not be trusted there): 0 when the host's list follows
+ * the change, 77 if it cannot make a netns, else the step that failed. */
+static int self_watch_child(void)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET };
+    if (inet_pton(AF_INET, "198.18.250.1", &a.sin_addr) != 1)
+        return 1;
+    if (unshare(CLONE_NEWNET) < 0)
+        return 77;
+    if (net_self_contains((const struct sockaddr *)&a))
+        return 2;
+    if (system("ip addr add 198.18.250.1/32 dev lo") != 0)
+        return 3;
+    /* The very next look-up, well within the cache's second. */
+    if (!net_self_contains((const struct sockaddr *)&a))
+        return 4;
+    if (system("ip addr del 198.18.250.1/32 dev lo") != 0)
+        return 5;
+    if (net_self_contains((const struct sockaddr *)&a))
+        return 6;
+    return 0;
+}
+
+/* host-self has no window: an address the host adds is its own for the
+ * first decision after the add, not up to a second later. */
+static void host_self_follows_address_changes(void **state)
+{
+    (void)state;
+    struct sockaddr_in any = { .sin_family = AF_INET };
+    net_self_contains((const struct sockaddr *)&any);   /* the parent's cache and watch, for the child to inherit */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(self_watch_child());
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77)
+        skip();              /* not root: no netns of its own */
+    if (WEXITSTATUS(status) != 0)
+        fail_msg("self_watch_child failed at step %d", WEXITSTATUS(status));
 }
 
 /* Link-local (the cloud metadata service) is reached only by a rule that
@@ -830,6 +879,7 @@ int main(void)
         cmocka_unit_test(refcount),
         cmocka_unit_test(host_self),
         cmocka_unit_test(link_local_named_only),
+        cmocka_unit_test(host_self_follows_address_changes),
         cmocka_unit_test(dns_rebind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
