@@ -35,10 +35,12 @@ Fixtures:
 Support modules: daemon.py (the daemon, its clients, tokens), netfake.py
 (addresses on lo, fake DNS, echo and HTTP upstreams, the decide webhook).
 """
+import ctypes
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -258,7 +260,59 @@ def cell_pids_of_state(state):
     return [p for p in cell_range_pids() if state in _mountinfo(p)]
 
 
-def assert_no_leftovers(state, cg_before, timeout=5.0):
+class CellIdWatch:
+    """The ids of the cells made under STATE/run/cells from now on (inotify:
+    a cell's run directory is made as .new-ID, then renamed to ID), so that
+    the leftover check blames a test for its own cells' cgroups only, not for
+    those of cells that other tests run at the same time in other state dirs
+    (pytest-xdist's other workers, other sessions on this host).  ids() is
+    None when that is unknown (no inotify, or its queue overflowed): then
+    every new cgroup counts."""
+
+    IN_MOVED_TO, IN_CREATE, IN_Q_OVERFLOW = 0x80, 0x100, 0x4000
+
+    def __init__(self, state):
+        self.fd, self.names, self.overflow = -1, set(), False
+        d = state
+        for part in ("run", "cells"):  # made as the runtime makes them (0700)
+            d = os.path.join(d, part)
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd >= 0 and libc.inotify_add_watch(fd, d.encode(), self.IN_CREATE | self.IN_MOVED_TO) < 0:
+            os.close(fd)
+            fd = -1
+        self.fd = fd
+
+    def ids(self):
+        while self.fd >= 0:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            off = 0
+            while off + 16 <= len(buf):  # struct inotify_event: wd, mask, cookie, len, name[len]
+                _, mask, _, n = struct.unpack_from("iIII", buf, off)
+                name = buf[off + 16:off + 16 + n].split(b"\0", 1)[0].decode(errors="replace")
+                off += 16 + n
+                if mask & self.IN_Q_OVERFLOW:
+                    self.overflow = True
+                elif name:
+                    self.names.add(name[len(".new-"):] if name.startswith(".new-") else name)
+        return None if self.fd < 0 or self.overflow else set(self.names)
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def assert_no_leftovers(state, cg_before, timeout=5.0, ours=None):
+    """ours: the ids of the cells the test made (CellIdWatch.ids()); None:
+    every new cell cgroup is the test's."""
     problems = []
     if not wait_for(lambda: not cell_pids_of_state(state), timeout):
         problems.append("cell processes still running: %s" % cell_pids_of_state(state))
@@ -271,7 +325,8 @@ def assert_no_leftovers(state, cg_before, timeout=5.0):
             problems.append("mounts referencing the state dir in /proc/%s/mountinfo: %s" % (who, lines))
 
     def leaked_cgroups():
-        return sorted(d for d in cell_cgroup_dirs() - cg_before if cgroup_is_empty(d))
+        return sorted(d for d in cell_cgroup_dirs() - cg_before
+                      if (ours is None or os.path.basename(d) in ours) and cgroup_is_empty(d))
 
     # New, empty cell cgroups that stay: leaked by a cell that has ended.
     # (Non-empty new ones belong to cells running elsewhere right now; any of
@@ -303,10 +358,12 @@ def cell():
 def state(cell):
     d = tempfile.mkdtemp(prefix="cell-it-")
     before = cell_cgroup_dirs()
+    watch = CellIdWatch(d)
     try:
         yield d
-        assert_no_leftovers(d, before)
+        assert_no_leftovers(d, before, ours=watch.ids())
     finally:
+        watch.close()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -393,8 +450,12 @@ def debian_state(cell, tmp_path_factory):
 @pytest.fixture
 def dstate(debian_state):
     before = cell_cgroup_dirs()
-    yield debian_state
-    assert_no_leftovers(debian_state, before)
+    watch = CellIdWatch(debian_state)
+    try:
+        yield debian_state
+        assert_no_leftovers(debian_state, before, ours=watch.ids())
+    finally:
+        watch.close()
 
 
 @pytest.fixture

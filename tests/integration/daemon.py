@@ -297,9 +297,23 @@ class Daemon:
             return f.read().strip()
 
     def start(self, timeout=20):
+        # A port free_port() picked may be taken by another process (another
+        # pytest-xdist worker's daemon, a test's server) before the daemon
+        # binds it: then pick again.  A port the test chose (or a restart's) is kept.
+        picked = self.port is None
+        for attempt in range(3):
+            if picked:
+                self.port = free_port()
+            seen = len(self.stderr())
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                self._close_logs()
+                if not picked or attempt == 2 or "Address already in use" not in self.stderr()[seen:]:
+                    raise
+
+    def _start_once(self, timeout):
         os.makedirs(self.state, exist_ok=True)
-        if self.port is None:
-            self.port = free_port()
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")

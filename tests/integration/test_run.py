@@ -583,9 +583,11 @@ def test_tty_runs_an_interactive_shell(cell, state):
                          stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
 
-    def read_for(seconds):
-        out, end = b"", time.monotonic() + seconds
-        while time.monotonic() < end:
+    def read_until(*want, timeout=30.0):
+        """The terminal's output once every string of want has appeared
+        (bounded: a loaded machine may take seconds to start bash)."""
+        out, end = b"", time.monotonic() + timeout
+        while time.monotonic() < end and not all(w.encode() in out for w in want):
             if select.select([master], [], [], 0.1)[0]:
                 try:
                     out += os.read(master, 4096)
@@ -594,9 +596,9 @@ def test_tty_runs_an_interactive_shell(cell, state):
         return out.decode(errors="replace")
 
     try:
-        read_for(1.0)
+        read_until("# ")             # bash's prompt
         os.write(master, b"tty; echo $((6*7))\r")
-        out = read_for(1.5)
+        out = read_until("/dev/pts/0", "42")
         assert "/dev/pts/0" in out and "42" in out, out
         # ^C reaches the cell's terminal and interrupts the foreground job there.
         started = time.monotonic()
