@@ -6,9 +6,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider)
+PYTEST=(/usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=25)
+# The integration tests run in CELL_TEST_JOBS processes (pytest-xdist), one
+# test file per process at a time (module daemons, netfake's address ranges
+# per file): they mostly wait on cells, not on the CPU.  CELL_TEST_JOBS=0
+# runs them in this process, one after the other.
+PYTEST_PAR=()
+if [ "${CELL_TEST_JOBS:=2}" -gt 0 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
+  PYTEST_PAR=(-n "$CELL_TEST_JOBS" --dist loadfile)
+fi
 passed=0 failed=0 broken=0
 export CELL_TEST_STATE="${CELL_TEST_STATE:-$(mktemp -d /tmp/cell-test-state.XXXXXX)}"
+SECONDS=0
+t_stage() { echo "=== $* [${SECONDS}s]"; } # a stage heading with the time since the start
 
 count_cmocka() { # log
   local p f
@@ -33,33 +43,85 @@ count_node() { # log exit-status  (node --test TAP: "# pass N" / "# fail N")
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 }
 
-stage() { # name build-dir san-flags
+# The sanitizer builds and the fuzz targets compile in the background, one
+# after the other at a lower priority, while the release stage's tests (which
+# mostly wait on cells) run.  bg_wait NAME waits for one of them; the stage
+# then runs the same make in the foreground: nothing left to do when the
+# background build succeeded, its errors shown when it failed.
+bg_dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$bg_dir"' EXIT
+bg_builds() { # name=make-args ... (make-args split on spaces)
+  local spec
+  for spec in "$@"; do touch "$bg_dir/${spec%%=*}.queued"; done
+  (
+    for spec in "$@"; do
+      # shellcheck disable=SC2086
+      nice -n 10 make -j"$(nproc)" ${spec#*=} >/dev/null 2>&1
+      touch "$bg_dir/${spec%%=*}.done"
+    done
+  ) &
+}
+bg_wait() { # name: returns at once unless bg_builds queued it
+  [ -e "$bg_dir/$1.queued" ] || return 0
+  while [ ! -e "$bg_dir/$1.done" ]; do sleep 1; done
+}
+san_make_args() { # build-dir san-flags
+  echo "BUILD=$1 SAN=$2 ${2:+OPT=-O1}"
+}
+
+# The debian-bookworm image (debootstrap: the longest fixture, ~100 s) is
+# built in the background too, holding the lock conftest's debian_state
+# takes, so the first test that needs it waits only for the rest of it.  A
+# failed build is retried, and reported, by the fixture.
+debian_image_bg() { # cell-binary
+  mkdir -p "$CELL_TEST_STATE"
+  exec 9>"$CELL_TEST_STATE/.debian-image.lock"
+  flock 9
+  # The subshell holds the lock (fd 9) until the build ends; cell gets no copy.
+  ( "$1" --state "$CELL_TEST_STATE" image build debian-bookworm >/dev/null 2>&1 9>&- ) &
+  exec 9>&-
+}
+
+start_background() {
+  [ -e "$CELL_TEST_STATE/images/debian-bookworm/ready" ] || debian_image_bg "$PWD/build/cell"
+  # shellcheck disable=SC2046
+  bg_builds "build-asan=$(san_make_args build-asan address,undefined) all build-asan/tests/.stamp" \
+    "build-tsan=$(san_make_args build-tsan thread) all" \
+    "build-fuzz=BUILD=build-fuzz $(printf 'build-fuzz/fuzz/%s ' $fuzz_targets)"
+}
+
+stage() { # name build-dir san-flags [command to start once it is built]
   local name=$1 build=$2 san=$3 log
   log=$(mktemp)
-  echo "=== $name: build"
-  if ! make -j"$(nproc)" BUILD="$build" SAN="$san" ${san:+OPT=-O1} all "$build"/tests/.stamp >"$log" 2>&1; then
+  t_stage "$name: build"
+  bg_wait "$build"
+  # shellcheck disable=SC2046
+  if ! make -j"$(nproc)" $(san_make_args "$build" "$san") all "$build"/tests/.stamp >"$log" 2>&1; then
     cat "$log"; echo "=== $name: build FAILED"; broken=1; failed=$((failed + 1)); return
   fi
-  echo "=== $name: unit tests"
+  "${@:4}"
+  t_stage "$name: unit tests"
   for t in "$build"/tests/test_*; do
     [ -x "$t" ] || continue
     "$t" 2>&1 | tee -a "$log.unit"
   done
   count_cmocka "$log.unit"
-  echo "=== $name: integration tests"
-  CELL_BIN="$PWD/$build/cell" "${PYTEST[@]}" tests/integration 2>&1 | tee "$log.it"
+  t_stage "$name: integration tests"
+  CELL_BIN="$PWD/$build/cell" "${PYTEST[@]}" "${PYTEST_PAR[@]}" tests/integration 2>&1 | tee "$log.it"
   count_pytest "$log.it"
-  echo "=== $name: sandbox-agent SDK conformance (node --test)"
+  t_stage "$name: sandbox-agent SDK conformance (node --test)"
   CELL_BIN="$PWD/$build/cell" tests/sdk/run.sh 2>&1 | tee "$log.sdk"
   count_node "$log.sdk" "${PIPESTATUS[0]}"
   rm -f "$log" "$log.unit" "$log.it" "$log.sdk"
 }
 
-stage "release" build ""
+# Every libFuzzer target the Makefile lists.
+fuzz_targets=$(sed -n 's/^FUZZ_TARGETS *:= *//p' Makefile)
+stage "release" build "" start_background
 
 # The issue's load test: wrk with 128 connections on health and run; no
 # errors, no growth of the daemon's RSS, fds or threads between rounds.
-echo "=== load: wrk -c128 against cell serve (bench/load_check.sh)"
+t_stage "load: wrk -c128 against cell serve (bench/load_check.sh)"
 if CELL_LOAD_CELL="$PWD/build/cell" CELL_LOAD_TIME=5s bash bench/load_check.sh 2>&1 | tee /tmp/cell-load.log | tail -12 &&
    grep -q '^load_check: ok' /tmp/cell-load.log; then
   passed=$((passed + 1))
@@ -84,7 +146,7 @@ bench_smoke() { # name command...
   fi
   rm -f "$log"
 }
-echo "=== bench smoke: bench/*.sh once each with tiny counts"
+t_stage "bench smoke: bench/*.sh once each with tiny counts"
 bench_smoke run.sh env CELL_BENCH_BUILD=build CELL_BENCH_N=3 CELL_BENCH_WARM_N=10 CELL_BENCH_DENSITY=3 \
   CELL_BENCH_PHASES_N=3 CELL_BENCH_WARMUP=1 bash bench/run.sh
 bench_smoke daemon.sh env CELL_BENCH_BUILD=build CELL_DAEMON_BENCH_N=20 CELL_DAEMON_BENCH_WARMUP=2 \
@@ -105,32 +167,53 @@ stage "asan+ubsan" build-asan "address,undefined"
 # and test_agents.py for the ACP proxy's reader threads), which exercise
 # its threads, to keep CI within 20 minutes.  A TSan report
 # in a daemon's stderr fails the test that owns the daemon (check_sanitizer).
-echo "=== tsan: build"
+t_stage "tsan: build"
+bg_wait build-tsan
 tsan_log=$(mktemp)
-if make -j"$(nproc)" BUILD=build-tsan SAN=thread OPT=-O1 all >"$tsan_log" 2>&1; then
-  echo "=== tsan: daemon integration tests"
+# shellcheck disable=SC2046
+if make -j"$(nproc)" $(san_make_args build-tsan thread) all >"$tsan_log" 2>&1; then
+  t_stage "tsan: daemon integration tests"
   TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" CELL_BIN="$PWD/build-tsan/cell" \
-    "${PYTEST[@]}" tests/integration/test_daemon_*.py tests/integration/test_agents.py 2>&1 | tee "$tsan_log.it"
+    "${PYTEST[@]}" "${PYTEST_PAR[@]}" tests/integration/test_daemon_*.py tests/integration/test_agents.py 2>&1 | tee "$tsan_log.it"
   count_pytest "$tsan_log.it"
 else
   cat "$tsan_log"; echo "=== tsan: build FAILED"; broken=1; failed=$((failed + 1))
 fi
 rm -f "$tsan_log" "$tsan_log.it"
 
-echo "=== fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10})"
-for target in fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns; do
-  # Targets with a seed corpus (fuzz/corpus/http for fuzz_http) start from a scratch copy of it.
-  rm -rf "build/fuzz/$target.corpus" && mkdir -p "build/fuzz/$target.corpus" &&
-    { [ ! -d "fuzz/corpus/${target#fuzz_}" ] || cp "fuzz/corpus/${target#fuzz_}"/* "build/fuzz/$target.corpus/"; }
-  if make -s BUILD=build "build/fuzz/$target" >/dev/null 2>&1 &&
-     "build/fuzz/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 "build/fuzz/$target.corpus" \
-       >"build/fuzz/$target.log" 2>&1; then
-    echo "fuzz $target: ok ($(grep -oE 'Done [0-9]+ runs' "build/fuzz/$target.log"))"; passed=$((passed + 1))
-  else
-    tail -30 "build/fuzz/$target.log" 2>/dev/null; echo "fuzz $target: FAILED"; failed=$((failed + 1))
-  fi
+# libFuzzer, each target FUZZ_SECONDS (10) from a scratch copy of its seed
+# corpus (fuzz/corpus/http for fuzz_http), two at a time: a fuzzer is one
+# single-threaded process.
+fuzz_one() { # target: runs it, leaves build-fuzz/fuzz/TARGET.log and .rc
+  local target=$1 dir=build-fuzz/fuzz
+  rm -rf "$dir/$target.corpus" && mkdir -p "$dir/$target.corpus" &&
+    { [ ! -d "fuzz/corpus/${target#fuzz_}" ] || cp "fuzz/corpus/${target#fuzz_}"/* "$dir/$target.corpus/"; } &&
+    "$dir/$target" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=4096 "$dir/$target.corpus" >"$dir/$target.log" 2>&1
+  echo $? >"$dir/$target.rc"
+}
+t_stage "fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10}), two at a time"
+bg_wait build-fuzz
+# A target that failed to build fails below (its log says it is missing).
+# shellcheck disable=SC2086,SC2046
+make -j"$(nproc)" BUILD=build-fuzz $(printf 'build-fuzz/fuzz/%s ' $fuzz_targets) >/dev/null 2>&1
+# shellcheck disable=SC2086
+set -- $fuzz_targets
+while [ $# -gt 0 ]; do
+  pair=("$1" ${2:+"$2"}) pids=()
+  for target in "${pair[@]}"; do rm -f "build-fuzz/fuzz/$target.rc"; fuzz_one "$target" & pids+=($!); done
+  wait "${pids[@]}"
+  for target in "${pair[@]}"; do
+    if [ "$(cat "build-fuzz/fuzz/$target.rc" 2>/dev/null)" = 0 ]; then
+      echo "fuzz $target: ok ($(grep -oE 'Done [0-9]+ runs' "build-fuzz/fuzz/$target.log"))"; passed=$((passed + 1))
+    else
+      tail -30 "build-fuzz/fuzz/$target.log" 2>/dev/null; echo "fuzz $target: FAILED"; failed=$((failed + 1))
+    fi
+  done
+  shift "${#pair[@]}"
 done
 
+wait
 rm -rf "$CELL_TEST_STATE"
+t_stage "done"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$broken" -eq 0 ]
