@@ -163,7 +163,7 @@ static int agents_unmount_leftovers(cell_error *err)
     char path[4200];
     while (rc == 0 && (e = readdir(d)))
         if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
-            util_path(path, sizeof path, NULL, "%s/%s", agents_staging, e->d_name) == 0)
+            util_path(path, sizeof path, NULL, "%s/%s", agents_staging, e->d_name) >= 0)
             rc = cell_scratch_unmount(path, err);
     closedir(d);
     return rc;

@@ -14,6 +14,7 @@ One test installs the real codex adapter from registry.npmjs.org (release
 stage only).
 """
 import base64
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -469,6 +470,11 @@ def loops_of(state):
     return [f for f in glob.glob("/sys/block/loop*/loop/backing_file") if str(state) in dm._read(f)]
 
 
+def no_loops_of(state):
+    # The kernel lets an autoclear device go just after its last close.
+    return dm.wait_for(lambda: not loops_of(state), timeout=10)
+
+
 def staging_mounts(dd):
     return [l for l in dm.mounts_under(dd.state) if "agents-staging" in l]
 
@@ -490,7 +496,7 @@ def test_an_install_cannot_fill_the_host_disk(env, cells, agent, tarball):
     # holding the (deleted) image, not a block more on the host.
     assert cache_dirs(dd, agent + "-") == []
     assert os.listdir(os.path.join(dd.state, "agents-staging")) == []
-    assert staging_mounts(dd) == [] and loops_of(dd.state) == []
+    assert staging_mounts(dd) == [] and no_loops_of(dd.state)
     assert disk_used(dd) == before
     assert sh(client, cid, "test -e /root/.local/share/sandbox-agent/bin/agent_processes/%s-acp" % agent)[
         "exitCode"] != 0
@@ -545,16 +551,55 @@ def test_bad_install_disk_flag_refused(tmp_path):
         assert p.returncode != 0 and "agents.installDisk" in p.stderr, (value, p.stderr)
 
 
-def test_an_install_the_host_budget_cannot_hold_does_not_run(env, tmp_path):
-    """A daemon whose memory budget is 2 GiB: the install cell's 1.5 GiB fits
-    only beside little else, and while it runs it is reserved like a cell."""
+@contextlib.contextmanager
+def gated_registry():
+    """A registry of its own (another port) whose codex postinstall waits
+    for reg.gate."""
     reg_srv = netfake.start(netfake.HTTPServer((REGISTRY_IP, 0), http.server.BaseHTTPRequestHandler))
+    reg = Registry("http://%s:%d/" % (REGISTRY_IP, reg_srv.server_address[1]))
     try:
-        reg = Registry("http://%s:%d/" % (REGISTRY_IP, reg_srv.server_address[1]))
         reg_srv.RequestHandlerClass = reg.handler()
         reg.add(ADAPTER, VERSION, {"optionalDependencies": {NATIVE: VERSION}}, {})
         reg.add(NATIVE, VERSION, {"scripts": {"postinstall": "node gate.js"}},
                 {"bin/codex-acp": (FAKE_BIN, 0o755), "gate.js": ((GATE_JS % (reg.base + "gate")).encode(), 0o644)})
+        yield reg
+    finally:
+        reg.gate.set()
+        netfake.stop(reg_srv)
+
+
+def test_a_crash_mid_install_leaves_nothing_after_restart(env, tmp_path):
+    with gated_registry() as reg:
+        dd = dm.Daemon(tmp_path / "crash", ["--agent-registry", reg.base])
+        dd.start()
+        try:
+            admin = dd.client()
+            cid = new_cell(admin)
+            def go():
+                try:
+                    install(admin, cid)
+                except OSError:
+                    pass            # the daemon dies under it
+
+            t = threading.Thread(target=go, daemon=True)
+            t.start()
+            assert dm.wait_for(lambda: reg.fetches("/gate"), timeout=120), reg.seen
+            assert len(staging_mounts(dd)) == 1 and len(loops_of(dd.state)) == 1
+            dd.kill9()
+            t.join(30)
+            dd.start()          # unmounts the crash's staging filesystem, then removes it
+            assert staging_mounts(dd) == [] and no_loops_of(dd.state)
+            assert os.listdir(os.path.join(dd.state, "agents-staging")) == []
+            assert os.listdir(os.path.join(dd.state, "agents")) == []
+        finally:
+            dd.stop()
+            dd.check_sanitizer()
+
+
+def test_an_install_the_host_budget_cannot_hold_does_not_run(env, tmp_path):
+    """A daemon whose memory budget is 2 GiB: the install cell's 1.5 GiB fits
+    only beside little else, and while it runs it is reserved like a cell."""
+    with gated_registry() as reg:
         state = tmp_path / "budget"
         # Leftovers of other pins and registries, and a crash's copy: not
         # current, so the daemon removes them at start.
@@ -609,8 +654,6 @@ def test_an_install_the_host_budget_cannot_hold_does_not_run(env, tmp_path):
             dd.stop()
             dd.start()
             assert cache_dirs(dd, "codex-0.16.0-") == key and len(key) == 1
-    finally:
-        netfake.stop(reg_srv)
 
 
 def test_bad_registry_flag_refused(tmp_path):
