@@ -30,8 +30,10 @@ Pieces (threads, stopped by Net.down()):
 dnspython is imported lazily: a module without the python3-dnspython
 package skips itself (see require_dns()).
 """
+import fcntl
 import http.server
 import json
+import os
 import socketserver
 import ssl
 import subprocess
@@ -240,13 +242,48 @@ class FakeDNS:
 # ---- the network ---------------------------------------------------------------------------
 
 
+# Addresses on lo are host-wide: a second pytest session on this host
+# running the same module (an engineer's while CI runs) would fail to bind
+# them, or have them deleted by the first one's down().  Net.up() therefore
+# holds a host-wide lock per /24 until down(); the second one waits.
+LOCK_DIR = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+LOCK_WAIT = 900   # seconds: longer than any module's use of its range
+
+
+def _lock_ranges(addrs):
+    fds = []
+    for prefix in sorted({a.rsplit(".", 1)[0] for a in addrs}):
+        fd = os.open(os.path.join(LOCK_DIR, "cell-test-net-%s.lock" % prefix), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    _unlock_ranges(fds)
+                    raise AssertionError("%s.0/24 stayed in use by another test session for %d s" % (prefix, LOCK_WAIT))
+                time.sleep(0.2)
+        fds.append(fd)
+    return fds
+
+
+def _unlock_ranges(fds):
+    for fd in fds:
+        os.close(fd)
+
+
 class Net:
     """Addresses on lo and the servers on them; down() undoes up()."""
 
     def __init__(self, addrs=()):
-        self.addrs, self.added, self.servers = list(addrs), [], []
+        self.addrs, self.added, self.servers, self.locks = list(addrs), [], [], []
 
     def up(self):
+        if not self.locks:
+            self.locks = _lock_ranges(self.addrs)
         for a in self.addrs:
             # replace, not add: a leftover from a crashed run is fine.
             ip("addr", "replace", a + "/32", "dev", "lo")
@@ -265,6 +302,8 @@ class Net:
         for a in self.added:
             ip("addr", "del", a + "/32", "dev", "lo", check=False)
         self.added = []
+        _unlock_ranges(self.locks)
+        self.locks = []
 
 
 # ---- the decide webhook -------------------------------------------------------------------
