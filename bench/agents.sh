@@ -60,6 +60,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 build=${CELL_BENCH_BUILD:-build}
 ref_version=0.4.2
 
@@ -176,22 +178,9 @@ printf '#!/bin/sh\nexec %s "$@"\n' "$scratch/cell-mock-agent" >"$launcher.new"
 chmod 0755 "$launcher.new" && mv "$launcher.new" "$launcher"
 
 # ---- header --------------------------------------------------------------------------------
-cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-if [ -n "${CELL_BENCH_COMMIT:-}" ]; then
-    commit=$CELL_BENCH_COMMIT dirty=""
-else
-    commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    dirty=""
-    if git -C "$top" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
-        dirty=" (with uncommitted changes)"
-    fi
-fi
 echo "## Agents: cell serve vs sandbox-agent $ref_version, the SDK's agent API on the mock"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- commit: $commit$dirty"
-echo "- kernel: $(uname -srm)"
-echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+bench_machine_lines
 echo "- reference: @sandbox-agent/cli-linux-x64@$ref_version ($("$ref_bin" --version 2>/dev/null | head -1)), \`server --no-token --no-telemetry\`, on the host, its mock launcher running cell-mock-agent"
 echo "- cell: \`cell serve\` with a bearer token, one cell (image host, defaults), \`mock\` installed (cell-mock-agent in the cell)"
 echo "- client: sandbox-agent@$ref_version (the SDK, unmodified) on node $(node --version), loopback"

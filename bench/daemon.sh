@@ -41,6 +41,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 n=${CELL_DAEMON_BENCH_N:-500}
 warmup=${CELL_DAEMON_BENCH_WARMUP:-20}
 rounds=${CELL_DAEMON_BENCH_ROUNDS:-3}
@@ -204,22 +206,9 @@ api "$ref_port" x POST /v1/processes/run '{"command":"true"}' | grep -q '"exitCo
     die "reference: POST /v1/processes/run does not run true"
 
 # ---- header --------------------------------------------------------------------------------
-cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-if [ -n "${CELL_BENCH_COMMIT:-}" ]; then
-    commit=$CELL_BENCH_COMMIT dirty=""
-else
-    commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    dirty=""
-    if git -C "$top" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
-        dirty=" (with uncommitted changes)"
-    fi
-fi
 echo "## cell daemon benchmarks (cell serve vs sandbox-agent $ref_version)"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "- commit: $commit$dirty"
-echo "- kernel: $(uname -srm)"
-echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+bench_machine_lines
 echo "- reference: $ref_pkg ($("$ref_bin" --version 2>/dev/null | head -1)), \`server --no-token --no-telemetry\`, on the host"
 echo "- cell: \`cell serve\` with a bearer token, one cell (image host, defaults); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
 echo "- client: bench/http_bench.c (one keep-alive HTTP/1.1 connection, TCP_NODELAY), loopback"

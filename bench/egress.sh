@@ -64,6 +64,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 bytes=${CELL_EGRESS_BENCH_BYTES:-1073741824}
 reps=${CELL_EGRESS_BENCH_REPS:-5}
 lat_n=${CELL_EGRESS_BENCH_LAT_N:-1000}
@@ -259,13 +261,9 @@ noise='to syslog|uid_map|user mappings|ping_group_range|ICMP requests'
 
 
 # ---- header -------------------------------------------------------------------------
-commit=${CELL_BENCH_COMMIT:-$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "## Egress benchmark (bench/egress.sh)"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "- commit: $commit"
-echo "- kernel: $(uname -srm)"
-echo "- CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) online CPUs"
+bench_machine_lines
 pv=$(dpkg-query -W -f '${Version}' passt 2>/dev/null || echo "?")
 sv=$(slirp4netns --version 2>/dev/null | awk 'NR == 1 {v = $3} /^libslirp:/ {l = $2} END {print v " (libslirp " l ")"}')
 echo "- tools: passt/pasta $pv, slirp4netns $sv"

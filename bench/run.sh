@@ -26,6 +26,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 n=${CELL_BENCH_N:-200}
 warm_n=${CELL_BENCH_WARM_N:-1000}
 density=${CELL_BENCH_DENSITY:-500}
@@ -115,23 +117,10 @@ drive() {
 "$cell_bin" --state "$state" run -- /bin/true || die "cell run does not work on this host"
 
 # ---- header ---------------------------------------------------------------------
-cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-if [ -n "${CELL_BENCH_COMMIT:-}" ]; then
-    commit=$CELL_BENCH_COMMIT dirty=""   # e.g. when run from an exported tree
-else
-    commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    dirty=""
-    if git -C "$top" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
-        dirty=" (with uncommitted changes)"
-    fi
-fi
 cg=$(awk '$9 == "cgroup2" {v2=1} $9 == "cgroup" {v1=1} END {print (v1 && v2) ? "hybrid (v1 controllers + v2)" : v1 ? "v1" : v2 ? "v2" : "none"}' /proc/self/mountinfo)
 echo "## cell benchmarks"
 echo
-echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "- commit: $commit$dirty"
-echo "- kernel: $(uname -srm)"
-echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+bench_machine_lines
 echo "- cgroups: $cg"
 echo "- tools: $("$bwrap_bin" --version), $("$unshare_bin" --version | head -1)"
 echo "- iterations: cold $n, warm $warm_n, density $density cells, phases $phases_n (each after $warmup untimed)"

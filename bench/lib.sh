@@ -1,0 +1,22 @@
+# bench/lib.sh: what the benchmark scripts share, sourced after they set
+# $top (the source tree).
+#
+# bench_machine_lines: the markdown lines that say when, on what and from
+# which commit a run was made (docs/performance.md keeps them with each
+# table).  CELL_BENCH_COMMIT labels a run from an exported tree.
+bench_machine_lines() {
+    local commit dirty="" cpu
+    if [ -n "${CELL_BENCH_COMMIT:-}" ]; then
+        commit=$CELL_BENCH_COMMIT
+    else
+        commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        if git -C "$top" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
+            dirty=" (with uncommitted changes)"
+        fi
+    fi
+    cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- commit: $commit$dirty"
+    echo "- kernel: $(uname -srm)"
+    echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+}
