@@ -782,8 +782,9 @@ static int agents_write_launcher(scell *sc, const agents_package *p, const char 
     int n = snprintf(script, sizeof script,
                      AGENTS_LAUNCHER_MARK "%s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
                      "PATH=" AGENTS_CACHE_TARGET "/%s/node_modules/.bin:$PATH\nexport PATH\n"
+                     "%s"
                      "exec " AGENTS_CACHE_TARGET "/%s/%s %s\"$@\"\n",
-                     p->id, p->packages[0], key, key, key, p->exec, p->args);
+                     p->id, p->packages[0], key, key, p->prelude ? p->prelude : "", key, p->exec, p->args);
     if (n < 0 || (size_t)n >= sizeof script)
         return util_fail(err, ENAMETOOLONG, "launcher of %s too long", p->id);
     char dir[512];

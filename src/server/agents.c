@@ -58,21 +58,35 @@ int agents_known(const char *id) { return agent_find(id) != NULL; }
 static const agents_package agents_packages[] = {
     /* claude-agent-acp bundles Claude Code through @anthropic-ai/claude-agent-sdk; needs node */
     { "claude", { "@zed-industries/claude-agent-acp@0.23.1", NULL }, AGENTS_PROC_DIR "/claude-acp",
-      "node_modules/@zed-industries/claude-agent-acp/dist/index.js", "", NULL },
-    /* the adapter's bin is a node wrapper around this native binary: exec it directly */
+      "node_modules/@zed-industries/claude-agent-acp/dist/index.js", "", NULL, NULL },
+    /* the adapter's bin is a node wrapper around this native binary: exec it directly.
+     * Codex's own sandbox (bubblewrap) cannot run in a cell, which is the
+     * sandbox: commands run directly, and "untrusted" still asks the client
+     * before any but known-safe read-only ones (docs/security.md). */
     { "codex", { "@zed-industries/codex-acp@0.16.0", NULL }, AGENTS_PROC_DIR "/codex-acp",
-      "node_modules/@zed-industries/codex-acp-linux-x64/bin/codex-acp", "", NULL },
+      "node_modules/@zed-industries/codex-acp-linux-x64/bin/codex-acp",
+      "-c 'sandbox_mode=\"danger-full-access\"' -c 'approval_policy=\"untrusted\"' ", NULL,
+      /* codex-acp ignores OPENAI_BASE_URL (what the agents switch sets): make
+       * it a model provider.  It goes into a TOML string, so a value with a
+       * quote, a backslash or anything but printable ASCII is refused. */
+      "if [ -n \"${OPENAI_BASE_URL-}\" ]; then\n"
+      "  case $OPENAI_BASE_URL in *[!\\ -~]*|*\\\"*|*\\\\*)\n"
+      "    echo 'cell: OPENAI_BASE_URL may hold only printable ASCII, no quote or backslash' >&2; exit 2;;\n"
+      "  esac\n"
+      "  set -- -c 'model_provider=\"cell\"' -c \"model_providers.cell={name=\\\"cell\\\",base_url=\\\"$OPENAI_BASE_URL\\\","
+      "env_key=\\\"OPENAI_API_KEY\\\",wire_api=\\\"responses\\\"}\" \"$@\"\n"
+      "fi\n" },
     /* opencode speaks ACP itself: `opencode acp` */
     { "opencode", { "opencode-ai@1.18.33", NULL }, AGENTS_PROC_DIR "/opencode-acp",
-      "node_modules/opencode-linux-x64/bin/opencode", "acp ", NULL },
+      "node_modules/opencode-linux-x64/bin/opencode", "acp ", NULL, NULL },
     { "amp", { NULL }, NULL, NULL, NULL,
-      "no ACP adapter for Amp is published on the npm registry (sandbox-agent's amp-acp is not there)" },
+      "no ACP adapter for Amp is published on the npm registry (sandbox-agent's amp-acp is not there)", NULL },
     /* pi-acp runs the `pi` CLI from PATH */
     { "pi", { "pi-acp@0.0.34", "@mariozechner/pi-coding-agent@0.73.1", NULL }, AGENTS_PROC_DIR "/pi-acp",
-      "node_modules/pi-acp/dist/index.js", "", NULL },
+      "node_modules/pi-acp/dist/index.js", "", NULL, NULL },
     { "cursor", { NULL }, NULL, NULL, NULL,
       "the ACP adapter (@blowmage/cursor-agent-acp) drives Cursor's cursor-agent CLI, which Cursor does not "
-      "publish on the npm registry" },
+      "publish on the npm registry", NULL },
 };
 
 const agents_package *agents_package_find(const char *id)

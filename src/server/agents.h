@@ -28,6 +28,7 @@ typedef struct agents_package {
     const char *exec;           /* what the launcher execs, relative to the cache dir */
     const char *args;           /* arguments before the client's ("" for none) */
     const char *unavailable;    /* why cell cannot install it, or NULL */
+    const char *prelude;        /* sh lines the launcher runs before its exec (may `set --` args), or NULL */
 } agents_package;
 const agents_package *agents_package_find(const char *id);
 

@@ -14,11 +14,15 @@ The fake network (198.18.41.0/24 on the host's lo, see netfake.py):
                      engine's interception CA, the engine this CA
 
 One daemon and one tenant for the module, one cell per way of reaching
-the model (about 20 s in all): baseUrl http://model.test/v1, baseUrl
-https://model.test/v1 (both with the client's ~/.codex/config.toml, since
-codex-acp does not read OPENAI_BASE_URL), and no baseUrl and no client
-configuration at all, the way an SDK user runs it: Codex's own endpoint,
-api.openai.com (resolved to the fake by the cell's DNS rule).  Codex is installed with POST /cells/{id}/v1/agents/codex/install
+the model (about 20 s in all), each the plain user path with no client
+configuration in the cell: baseUrl http://model.test/v1 and
+https://model.test/v1 through the agents switch only (codex-acp does not
+read the OPENAI_BASE_URL the switch sets: the launcher turns it into a
+model provider), and no baseUrl at all: Codex's own endpoint,
+api.openai.com (resolved to the fake by the cell's DNS rule).  Every
+command the fake model asks for is an ordinary one, sandboxed by Codex's
+default: the launcher replaces Codex's sandbox (which cannot run in a
+cell) by the cell's and keeps the permission request.  Codex is installed with POST /cells/{id}/v1/agents/codex/install
 (npm from registry.npmjs.org into the daemon's cache, once per daemon: the
 module skips when the registry cannot be reached).  Release stage only: a
 real download and a 230 MB agent, once is enough.
@@ -26,7 +30,8 @@ real download and a 230 MB agent, once is enough.
 The attacks: the real key must be nowhere the cell can read (its
 environment, every cell process's /proc/PID/environ, the files under $HOME,
 Codex's own state in ~/.codex included), while the upstream saw it; a
-command the client refuses must not run; DELETE of the instance must leave
+command the client refuses must not run; an OPENAI_BASE_URL that would
+break out of the TOML string the launcher makes of it is refused; DELETE of the instance must leave
 no codex process in the cell.
 """
 import json
@@ -54,17 +59,7 @@ DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/
 WORK = "/root/work"
 MADE = WORK + "/made-by-codex.txt"
 REFUSED = WORK + "/refused.txt"
-# codex-acp 0.16.0 ignores OPENAI_BASE_URL: its endpoint is a model
-# provider in $CODEX_HOME/config.toml (docs/compat/sandbox-agent-0.4.2-agents.md,
-# "Codex").  A custom provider also skips the WebSocket attempt and the
-# ACP authenticate step; its key comes from the placeholder variable.
-CONFIG = '''model_provider = "cell"
-[model_providers.cell]
-name = "cell"
-base_url = "%s"
-env_key = "OPENAI_API_KEY"
-wire_api = "responses"
-'''
+LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/codex-acp"
 REGISTRY = "https://registry.npmjs.org/"   # the daemon's default --agent-registry
 
 
@@ -149,10 +144,9 @@ def cell(alice, request):
     assert r.status == 201, r
     c = Cell(alice, r.body["id"])
     c.scheme = "https" if request.param == "default" else request.param
+    c.param = request.param
     try:
         install(c)
-        if request.param != "default":
-            c.put("/root/.codex/config.toml", (CONFIG % base).encode())
         c.sh("mkdir -p " + WORK)
         yield c
     finally:
@@ -267,12 +261,12 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     m = net.models[cell.scheme]
     seen0, calls0 = len(m.seen), len(m.responses())
     m.script([fakemodel.text("Hello", " from", " the fake", " model.")],
+             # Ordinary commands: Codex's default would run them in its own
+             # sandbox (which fails in a cell) without asking.
              [fakemodel.call("exec_command", {"cmd": "echo written-by-codex > " + MADE, "workdir": WORK,
-                                              "sandbox_permissions": "require_escalated",
                                               "justification": "write the file the test asked for"})],
              [fakemodel.text("The file", " is written.")],
-             [fakemodel.call("exec_command", {"cmd": "echo refused > " + REFUSED, "workdir": WORK,
-                                              "sandbox_permissions": "require_escalated",
+             [fakemodel.call("exec_command", {"cmd": "touch " + REFUSED, "workdir": WORK,
                                               "justification": "a command the client refuses"})])
     server = "codex-" + uuid.uuid4().hex[:6]
     r = cell.rpc(server, req(1, "initialize", {"protocolVersion": 1, "clientCapabilities": {}}), agent="codex")
@@ -366,3 +360,20 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
     print("DELETE of the codex instance: %.2f s" % (time.monotonic() - t0))
     assert dm.wait_for(lambda: not codex_pids(d), 10), codex_pids(d)
     assert all(s["serverId"] != server for s in cell.call("GET", "/acp").body["servers"])
+
+
+# Each breaks out of the TOML string the launcher makes of OPENAI_BASE_URL
+# (a quote ends it: the rest would set the provider's other keys), or is
+# not a URL the switch would give.
+BAD_URLS = ['http://model.test/v1",env_key="OTHER_KEY', 'http://model.test/v1\\', "http://model.test/v1\nx=1",
+            "http://model.test/v1\x01", "http://mod\u00e8l.test/v1", "http://model.test/v1\x7f"]
+
+
+def test_a_base_url_that_breaks_out_of_its_toml_string_is_refused(cell):
+    if cell.param != "http":
+        pytest.skip("the launcher is the same in every cell: one is enough")
+    for bad in BAD_URLS:
+        r = cell.call("POST", "/processes/run", json_body={"command": LAUNCHER, "env": {"OPENAI_BASE_URL": bad}})
+        assert r.status == 200, (bad, r)
+        assert r.body["exitCode"] == 2, (bad, r.body)
+        assert "OPENAI_BASE_URL may hold only printable ASCII, no quote or backslash" in r.body["stderr"], r.body

@@ -45,9 +45,10 @@ OPENCODE, OPENCODE_VERSION = "opencode-ai", "1.18.33"
 INSTALL_MEMORY = 1536 << 20                 # the install cell's memory (agentinstall.c)
 
 # The native package's "binary": a one-shot ACP agent answering the first
-# request with its own name and arguments.
+# request with its own name and arguments; --help (after the launcher's
+# own options) prints them.
 FAKE_BIN = b"""#!/bin/sh
-if [ "$1" = "--help" ]; then echo "fake codex-acp help"; exit 0; fi
+for a; do [ "$a" = "--help" ] && { echo "fake codex-acp help: $*"; exit 0; }; done
 read -r line
 id=$(printf '%s' "$line" | sed -n 's/.*"id":\\([0-9]*\\).*/\\1/p')
 printf '{"jsonrpc":"2.0","id":%s,"result":{"agent":"fake-codex-acp"}}\\n' "${id:-1}"
@@ -297,6 +298,19 @@ def test_launcher_runs_the_cached_binary(env, cells):
         assert r.body["path"] == "/opt/cell-agents/%s/node_modules/%s/bin/codex-acp" % (key, NATIVE)
         out = sh(client, cid, "%s --help" % LAUNCHER)
         assert out["exitCode"] == 0 and "fake codex-acp help" in out["stdout"], out
+        # Codex's own sandbox cannot run in a cell: the launcher turns it
+        # off and keeps the permission requests (docs/security.md).
+        assert '-c sandbox_mode="danger-full-access" -c approval_policy="untrusted" --help' in out["stdout"], out
+    # OPENAI_BASE_URL (codex-acp does not read it) becomes a model provider,
+    # passed as it is: the shell expands nothing in it.
+    client, cid = cells[0]
+    url = "https://model.test/v1/$(touch /tmp/pwned)`touch /tmp/pwned`;x"
+    r = client.post("/cells/%s/v1/processes/run" % cid, {"command": LAUNCHER, "args": ["--help"],
+                                                         "env": {"OPENAI_BASE_URL": url}})
+    assert r.status == 200 and r.body["exitCode"] == 0, r
+    assert ('-c model_provider="cell" -c model_providers.cell={name="cell",base_url="%s",env_key="OPENAI_API_KEY",'
+            'wire_api="responses"} --help' % url) in r.body["stdout"], r.body
+    assert sh(client, cid, "test -e /tmp/pwned; echo $?")["stdout"] == "1\n"
 
 
 def test_cache_is_read_only_in_cells_and_root_owned(env, cells):
