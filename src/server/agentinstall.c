@@ -758,12 +758,30 @@ static void agents_launcher_head(cell *c, const char *path, char *buf, size_t si
     buf[r < 0 ? 0 : n] = '\0';
 }
 
-/* Is the launcher there and to be kept?  Ours naming another cache
- * directory (one the daemon removed at start) is not; a client's own
- * launcher is. */
-static int agents_launcher_there(scell *sc, const char *path, const char *key)
+#define AGENTS_LAUNCHER_MAX 2048
+
+/* The launcher this daemon writes for p over cache dir key: its length. */
+static int agents_launcher_script(const agents_package *p, const char *key, char script[AGENTS_LAUNCHER_MAX],
+                                  cell_error *err)
 {
-    char head[512], mark[200];
+    int n = snprintf(script, AGENTS_LAUNCHER_MAX,
+                     AGENTS_LAUNCHER_MARK "%s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
+                     "PATH=" AGENTS_CACHE_TARGET "/%s/node_modules/.bin:$PATH\nexport PATH\n"
+                     "%s"
+                     "exec " AGENTS_CACHE_TARGET "/%s/%s %s\"$@\"\n",
+                     p->id, p->packages[0], key, key, p->prelude ? p->prelude : "", key, p->exec, p->args);
+    if (n < 0 || n >= AGENTS_LAUNCHER_MAX)
+        return util_fail(err, ENAMETOOLONG, "launcher of %s too long", p->id);
+    return n;
+}
+
+/* Is the launcher there and to be kept?  Ours is kept only as this daemon
+ * writes it: one naming another cache directory (removed at start) or
+ * written by an older daemon (other arguments) is not.  A client's own
+ * launcher is kept. */
+static int agents_launcher_there(scell *sc, const char *path, const char *script)
+{
+    char head[AGENTS_LAUNCHER_MAX + 1];
     scell_io_lock(sc);
     head[0] = '\0';
     if (sc->c && !sc->dead)
@@ -771,26 +789,16 @@ static int agents_launcher_there(scell *sc, const char *path, const char *key)
     scell_io_unlock(sc);
     if (!*head)
         return 0;
-    snprintf(mark, sizeof mark, "(cache %s)", key);
-    return strncmp(head, AGENTS_LAUNCHER_MARK, strlen(AGENTS_LAUNCHER_MARK)) != 0 || strstr(head, mark);
+    return strncmp(head, AGENTS_LAUNCHER_MARK, strlen(AGENTS_LAUNCHER_MARK)) != 0 || strcmp(head, script) == 0;
 }
 
-static int agents_write_launcher(scell *sc, const agents_package *p, const char *key, cell_error *err)
+static int agents_write_launcher(scell *sc, const agents_package *p, const char *script, size_t n, cell_error *err)
 {
-    char script[2048];
     const char *launcher = agents_launcher(p->id);
-    int n = snprintf(script, sizeof script,
-                     AGENTS_LAUNCHER_MARK "%s from %s (cache %s), read-only at " AGENTS_CACHE_TARGET "\n"
-                     "PATH=" AGENTS_CACHE_TARGET "/%s/node_modules/.bin:$PATH\nexport PATH\n"
-                     "%s"
-                     "exec " AGENTS_CACHE_TARGET "/%s/%s %s\"$@\"\n",
-                     p->id, p->packages[0], key, key, p->prelude ? p->prelude : "", key, p->exec, p->args);
-    if (n < 0 || (size_t)n >= sizeof script)
-        return util_fail(err, ENAMETOOLONG, "launcher of %s too long", p->id);
     char dir[512];
     snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(launcher, '/') - launcher), launcher);
     return WITH_CELL(sc, err, cell_file_mkdir(sc->c, dir, 0755, 1, err) < 0
-                                  ? -1 : agents_cell_write(sc->c, launcher, 0755, script, (size_t)n, err));
+                                  ? -1 : agents_cell_write(sc->c, launcher, 0755, script, n, err));
 }
 
 static void agents_audit(scell *sc, const char *who, const char *agent, const agents_install_result *res,
@@ -823,7 +831,11 @@ static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags
         return -1;
     if (!registry_running(sc))
         return util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
-    int launcher = agents_launcher_there(sc, agents_launcher(p->id), res->key);
+    char script[AGENTS_LAUNCHER_MAX];
+    int len = agents_launcher_script(p, res->key, script, err);
+    if (len < 0)
+        return -1;
+    int launcher = agents_launcher_there(sc, agents_launcher(p->id), script);
     agents_flight me = { .key = res->key };
     int cached, rc = 0;
     agents_claim(&me, final, (flags & AGENTS_REFETCH) != 0, progress, user, &cached);
@@ -834,7 +846,7 @@ static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags
     if (rc < 0)
         return -1;
     res->already = cached && launcher && !(flags & AGENTS_REINSTALL);
-    return res->already ? 0 : agents_write_launcher(sc, p, res->key, err);
+    return res->already ? 0 : agents_write_launcher(sc, p, script, (size_t)len, err);
 }
 
 int agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,

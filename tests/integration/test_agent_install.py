@@ -408,6 +408,18 @@ def test_a_launcher_naming_a_removed_cache_dir_is_rewritten(env, cells):
     assert sh(client, cid, "cat %s" % LAUNCHER)["stdout"] == own.decode()
     assert len(reg.seen) == before
     install(client, cid, body={"reinstall": True})
+    # An older daemon's launcher over the same cache dir (without the
+    # sandbox arguments this one passes) is ours but not current: rewritten
+    # from the cache, so an upgrade reaches the cells made before it.
+    before = len(reg.seen)
+    cur = sh(client, cid, "cat %s" % LAUNCHER)["stdout"]
+    older = cur.replace(""" -c 'sandbox_mode="danger-full-access"' -c 'approval_policy="untrusted"'""", "")
+    assert older != cur and "(cache %s)" % key in older
+    assert client.put("/cells/%s/v1/fs/file" % cid, body=older.encode(), query={"path": LAUNCHER}).status in (200, 204)
+    r = install(client, cid)
+    assert r.status == 200 and r.body["already_installed"] is False, r
+    assert sh(client, cid, "cat %s" % LAUNCHER)["stdout"] == cur
+    assert len(reg.seen) == before
 
 
 def test_lazy_install_through_acp_spawns_the_cached_agent(env, admin):
