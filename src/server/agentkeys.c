@@ -150,16 +150,18 @@ static int agentkeys_screen_addr(sreq *r, const char *agent, const char *host)
     return 0;
 }
 
-/* baseUrl: http(s)://HOST[:PORT][/path], no user info, printable ASCII;
- * parsed by OpenSSL's URL parser. */
+/* baseUrl: http(s)://HOST[:PORT][/path], no user info, printable ASCII
+ * without quotes or backslashes (launchers put it into a config string:
+ * codex's TOML refuses them at spawn, better here); parsed by OpenSSL's
+ * URL parser. */
 static int agentkeys_parse_url(sreq *r, const char *agent, const char *url, agentkeys_dest *d)
 {
     size_t n = strlen(url);
     if (n == 0 || n > AGENTKEYS_MAX_URL)
         return agentkeys_bad(r, agent, "baseUrl", "must be a URL of 1-2048 characters");
     for (size_t i = 0; i < n; i++)
-        if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f)
-            return agentkeys_bad(r, agent, "baseUrl", "must be printable ASCII without spaces");
+        if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || strchr("\"'\\`", url[i]))
+            return agentkeys_bad(r, agent, "baseUrl", "must be printable ASCII without spaces, quotes or backslashes");
     if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)
         return agentkeys_bad(r, agent, "baseUrl", "must be an http:// or https:// URL");
     char *user = NULL, *host = NULL, *port = NULL, *path = NULL, *query = NULL, *frag = NULL;

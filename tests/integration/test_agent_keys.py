@@ -280,6 +280,10 @@ def test_a_tenant_cannot_name_another_tenants_secret(d, alice, bob, made):
     ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://u:p@model.test/"}}, "agents.codex.baseUrl", 400),
     ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://model.test/\r\nX: y"}}, "agents.codex.baseUrl", 400),
     ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://" + "a" * 3000}}, "agents.codex.baseUrl", 400),
+    # Launchers put baseUrl into a config string (codex: TOML): no way out of it.
+    ({"codex": {"secret": "OPENAI_KEY", "baseUrl": 'https://model.test/v1",env_key="X'}}, "agents.codex.baseUrl", 400),
+    ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://model.test/v1\\"}}, "agents.codex.baseUrl", 400),
+    ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "https://model.test/v1'$(id)"}}, "agents.codex.baseUrl", 400),
     ({"codex": {"secret": "OPENAI_KEY", "baseUrl": 5}}, "agents.codex.baseUrl", 400),
     ({"codex": {"secret": "OPENAI_KEY", "baseUrl": "http://localhost:8080/v1"}}, "agents.codex.baseUrl", 400),
     # SSRF: the daemon itself would send the key to the host's own services.
