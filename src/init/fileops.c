@@ -481,6 +481,12 @@ static void xfer_child(int ctl, ctl_msg *m)
     if (rc == 0)
         rc = m->type == CTL_READ ? copy_fd(0, 1, &done) : m->type == CTL_WRITE ? copy_fd(1, 0, &done)
                                                                                : list_dir(0, 1, &done);
+    /* The file is closed before the status goes out: a file just written
+     * that the owner executes next (an agent's launcher) must not still be
+     * open for writing in this process (ETXTBSY), and close() may report a
+     * late write error. */
+    if (close(0) < 0 && rc == 0 && m->type == CTL_WRITE)
+        rc = -1;
     struct ctl_xfer_status s = { .err = rc < 0 ? errno : 0, .magic = CTL_XFER_MAGIC, .bytes = done };
     if (rc < 0 && !s.err)
         s.err = EIO;

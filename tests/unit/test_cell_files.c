@@ -109,6 +109,32 @@ static char *read_file(const char *path, cell_error *err)
     return cell_xfer_end(&x, err) < 0 ? NULL : buf;
 }
 
+/* A file written through the transfer process can be executed as soon as
+ * cell_xfer_end() returns: the process closed it before reporting, so an
+ * exec never finds it still open for writing (ETXTBSY, exit 126: the ACP
+ * proxy writes an agent's launcher, then executes it at once). */
+static void written_file_executes_at_once(void **state)
+{
+    (void)state;
+    NEED_ROOT();
+    static const char script[] = "#!/bin/sh\nexit 7\n";
+    const char *argv[] = { "/work/run.sh", NULL };
+    for (int i = 0; i < 200; i++) {
+        cell_xfer x;
+        cell_error err = { 0 };
+        assert_int_equal(cell_file_write(c, "/work/run.sh", O_WRONLY | O_CREAT | O_TRUNC, 0755, &x, &err), 0);
+        assert_int_equal(cell_xfer_write(&x, script, sizeof script - 1, &err), 0);
+        assert_int_equal(cell_xfer_end(&x, &err), 0);
+        cell_proc_spec spec = { .argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = 2 };
+        pid_t pid;
+        assert_int_equal(cell_spawn(c, &spec, &pid, NULL, &err), 0);
+        cell_exit ex;
+        assert_int_equal(cell_wait_exit(c, 10000, &ex, &err), 1);
+        assert_true(WIFEXITED(ex.status));
+        assert_int_equal(WEXITSTATUS(ex.status), 7);
+    }
+}
+
 static void write_read_stat_list(void **state)
 {
     (void)state;
@@ -412,6 +438,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(write_read_stat_list),
+        cmocka_unit_test(written_file_executes_at_once),
         cmocka_unit_test(move_and_delete),
         cmocka_unit_test(bad_paths_rejected),
         cmocka_unit_test(symlinks_stay_inside),
