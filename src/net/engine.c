@@ -184,13 +184,7 @@ static int spawn_worker(net_engine *e, void *(*fn)(void *), void *arg)
 {
     if (!worker_begin(e))
         return -1;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int pe = pthread_create(&t, &attr, fn, arg);
-    pthread_attr_destroy(&attr);
-    if (pe != 0) {
+    if (util_thread_detached(fn, arg) != 0) {
         worker_end(e);
         return -1;
     }

@@ -224,13 +224,7 @@ static int on_decide(net_engine *e, const ctl_msg *m)
     a->f.src = a->src;
     a->f.dst = a->dst;
     a->f.host = f.host ? a->host : NULL;
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int pe = pthread_create(&t, &attr, ask_main, a);
-    pthread_attr_destroy(&attr);
-    if (pe != 0) {
+    if (util_thread_detached(ask_main, a) != 0) {
         net_policy_unref(p);
         free(a);
         pthread_mutex_lock(&e->lock);

@@ -437,14 +437,9 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
         acp_free(in);
         return util_fail_errno(err, "agent stdin");
     }
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     in->refs++;                     /* the reader's */
     atomic_fetch_add(&acp_readers, 1);
-    int pe = pthread_create(&t, &attr, reader_main, in);
-    pthread_attr_destroy(&attr);
+    int pe = util_thread_detached(reader_main, in);
     if (pe != 0) {
         atomic_fetch_sub(&acp_readers, 1);
         procs_signal(in->proc, SIGKILL);

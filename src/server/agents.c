@@ -398,13 +398,7 @@ static int install_as_stream(sreq *r, const char *agent, unsigned flags)
     r->cell->refs++;
     pthread_mutex_unlock(&r->s->lock);
     agents_worker_begin();
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int pe = pthread_create(&t, &attr, stream_main, st);
-    pthread_attr_destroy(&attr);
-    if (pe != 0) {
+    if (util_thread_detached(stream_main, st) != 0) {
         agents_worker_end();
         registry_put(st->sc);
         st->refs = 1;

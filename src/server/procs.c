@@ -972,11 +972,7 @@ int h_proc_create(sreq *r)
     pthread_mutex_lock(&sc->s->lock);
     sc->refs++;
     pthread_mutex_unlock(&sc->s->lock);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&p->reader, &attr, reader_main, p) != 0) {
-        pthread_attr_destroy(&attr);
+    if (util_thread_detached(reader_main, p) != 0) {
         signal_proc(sc, p, SIGKILL);
         procs_put(p);
         registry_put(sc);
@@ -984,7 +980,6 @@ int h_proc_create(sreq *r)
         reply_problem(r, 500, "internal", "could not start the output reader");
         goto out;
     }
-    pthread_attr_destroy(&attr);
     audit_proc(sc, p, "started");
     req_audit(r, "process", json_string(p->id));
     reply_json(r, 200, proc_json(p));

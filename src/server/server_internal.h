@@ -335,7 +335,6 @@ struct sproc {
     int       exited, status;       /* status as from waitpid() */
     int       stdin_fd, pty_fd;     /* our ends; -1 when absent */
     int       out_fd, err_fd;       /* read by the reader thread */
-    pthread_t reader;
     int       reader_on, output_done;
     uint16_t  rows, cols;
     plog    **log;                  /* ring of entries, oldest first */

@@ -84,13 +84,9 @@ struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (
     pr->s = r->s;
     snprintf(pr->token_id, sizeof pr->token_id, "%s", r->authed ? r->tok.id : "");
     pipe_job *job = malloc(sizeof *job);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (job) {
         *job = (pipe_job){ .wfd = fds[1], .run = run, .arg = arg, .arg_free = arg_free };
-        int pe = pthread_create(&t, &attr, job_main, job);
+        int pe = util_thread_detached(job_main, job);
         if (pe != 0) {
             free(job);
             job = NULL;
@@ -99,7 +95,6 @@ struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (
     } else {
         errno = ENOMEM;
     }
-    pthread_attr_destroy(&attr);
     if (!job) {
         util_fail_errno(err, "worker thread");
         close(fds[0]);

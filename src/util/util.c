@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -74,6 +75,20 @@ ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms
             return -1;
     }
     return (ssize_t)done;
+}
+
+int util_thread_detached(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+    int pe = pthread_attr_init(&attr);
+    if (pe != 0)
+        return pe;
+    pe = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pe == 0)
+        pe = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return pe;
 }
 
 int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err)

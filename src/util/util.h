@@ -37,6 +37,9 @@ ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms
  * rewrite it afterwards (the runc /proc/self/exe overwrite, CVE-2019-5736).
  * The fd, or -1 with err naming `name`. */
 int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err);
+/* Start fn(arg) on a detached thread: 0, or pthread_create()'s error
+ * number (the caller still owns arg then). */
+int util_thread_detached(void *(*fn)(void *), void *arg);
 ssize_t util_read_all(int fd, void *buf, size_t len);
 /* Write `len` bytes to path (O_CREAT|O_TRUNC, mode), fsync if `durable`. */
 int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err);
