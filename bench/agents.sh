@@ -95,14 +95,6 @@ ref_bin="$node_dir/node_modules/@sandbox-agent/cli-linux-x64/bin/sandbox-agent"
 # ---- scratch, servers, cleanup -----------------------------------------------------------
 scratch=$(mktemp -d /tmp/cell-agents-bench.XXXXXX)
 cell_pid="" ref_pid=""
-stop_pid() {    # stop_pid PID: SIGTERM, then SIGKILL after 10 s
-    local p=$1
-    [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-    kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP

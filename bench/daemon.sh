@@ -102,14 +102,6 @@ fi
 scratch=$(mktemp -d /tmp/cell-daemon-bench.XXXXXX)
 cell_pid="" ref_pid="" fresh_pid=""
 ref_file="/tmp/cell-daemon-bench-$$.bin"       # the reference writes on the host's /tmp
-stop_pid() {    # stop_pid PID: SIGTERM, then SIGKILL after 10 s
-    local p=$1
-    [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
-    kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP

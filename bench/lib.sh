@@ -20,3 +20,13 @@ bench_machine_lines() {
     echo "- kernel: $(uname -srm)"
     echo "- CPU: $cpu, $(nproc) online CPUs; memory: $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 }
+
+# stop_pid PID: SIGTERM, then SIGKILL after 10 s; reaped when it is our child.
+stop_pid() {
+    local p=$1
+    [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 0
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
