@@ -4,6 +4,7 @@
 #include "server/agents.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
@@ -401,6 +402,14 @@ static int listen_tcp(const char *spec, cell_error *err)
     const char *colon = strrchr(spec, ':');
     if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host || !colon[1])
         return util_fail(err, EINVAL, "--listen %s: expected HOST:PORT, e.g. 127.0.0.1:7070", spec);
+    /* getaddrinfo() takes any number as a port and keeps its low 16 bits
+     * (99999 listened on 34463): check the range first. */
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (*end || errno || port > 65535 || !isdigit((unsigned char)colon[1]))
+        return util_fail(err, EINVAL, "--listen %s: the port must be a number from 0 to 65535 (0: any free port)",
+                         spec);
     memcpy(host, spec, colon - spec);
     host[colon - spec] = '\0';
     if (host[0] == '[' && host[strlen(host) - 1] == ']') {
@@ -427,6 +436,24 @@ static int listen_tcp(const char *spec, cell_error *err)
     }
     freeaddrinfo(ai);
     return fd;
+}
+
+/* "HOST:PORT" the socket is bound to (the port --listen ...:0 got). */
+static void bound_name(int fd, char *out, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char addr[INET6_ADDRSTRLEN] = "?";
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
+        snprintf(out, size, "?");
+        return;
+    }
+    int v6 = ss.ss_family == AF_INET6;
+    const void *a = v6 ? (const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr
+                       : (const void *)&((struct sockaddr_in *)&ss)->sin_addr;
+    unsigned port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+    inet_ntop(ss.ss_family, a, addr, sizeof addr);
+    snprintf(out, size, v6 ? "[%s]:%u" : "%s:%u", addr, port);
 }
 
 /* Bearer tokens cross plain HTTP: off loopback anyone on the path reads
@@ -772,6 +799,9 @@ int server_run(const server_options *opt, cell_error *err)
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
         goto stop_registry;
     warn_if_remote(tcp_fd);
+    char bound[INET6_ADDRSTRLEN + 16] = "";
+    if (tcp_fd >= 0)
+        bound_name(tcp_fd, bound, sizeof bound);
     if (!opt->socket_path && util_path(sock_path, sizeof sock_path, err, "%s/cell.sock", s.state_dir) < 0)
         goto stop_registry;
     if (opt->socket_path)
@@ -797,7 +827,7 @@ int server_run(const server_options *opt, cell_error *err)
     if (!opt->quiet) {
         printf("cell daemon: state in %s\n", s.state_dir);
         if (s.tcp)
-            printf("cell daemon: listening on http://%s\n", listen_spec);
+            printf("cell daemon: listening on http://%s\n", bound);
         if (s.unix_d)
             printf("cell daemon: listening on unix:%s\n", sock_path);
         if (opt->no_token && s.tcp)

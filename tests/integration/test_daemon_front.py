@@ -252,6 +252,35 @@ def test_limit_flags_are_checked(tmp_path, args):
     assert args[0] in r.stderr or "RLIMIT_NOFILE" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("spec", ["127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:+80",
+                                  "127.0.0.1:80x", "127.0.0.1: 80", "127.0.0.1:", "127.0.0.1", ":80"])
+def test_listen_port_out_of_range_is_an_error(tmp_path, spec):
+    """--listen 127.0.0.1:99999 listened on 34463 (getaddrinfo keeps the low
+    16 bits) and said it listened on 99999."""
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", spec, "--socket", ""],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0, r
+    assert "--listen" in r.stderr and spec in r.stderr, r.stderr
+
+
+def test_listen_port_zero_reports_the_port_it_got(tmp_path):
+    p = subprocess.Popen([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "127.0.0.1:0",
+                          "--socket", ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        for _ in range(10):
+            line = p.stdout.readline()
+            if "listening on" in line:
+                break
+        port = int(line.strip().rsplit(":", 1)[1])
+        assert 0 < port < 65536, line
+        r = dm.Client("127.0.0.1", port, timeout=10).get("/v1/health")
+        assert r.status == 200, r
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
 def test_serve_help_documents_limits_and_signals():
     out = subprocess.run([dm.CELL_BIN, "serve", "--help"], capture_output=True, text=True).stdout
     for word in ("--max-connections", "--max-connections-per-ip", "--idle-timeout", "--header-timeout",
