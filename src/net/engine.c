@@ -966,6 +966,24 @@ static int fast_confine(void *arg)
 }
 
 /* ---- the accept loop --------------------------------------------------------------- */
+/* A flow the engine has no worker for (MAX_WORKERS busy, or no thread: the
+ * helper is charged to the cell's pids and memory) is reset, and audited
+ * like any denial: a flood must not make its own attempts vanish. */
+static void refuse_busy(net_engine *e, int fd)
+{
+    struct sockaddr_storage dst = { 0 }, src = { 0 };
+    socklen_t dlen = sizeof(struct sockaddr_in), slen = sizeof src;
+    char dst_s[64] = "?", src_s[64] = "?";
+    if (getpeername(fd, (struct sockaddr *)&src, &slen) == 0)
+        addr_text((struct sockaddr *)&src, src_s, sizeof src_s);
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dlen) == 0)
+        addr_text((struct sockaddr *)&dst, dst_s, sizeof dst_s);
+    reset_close(fd);
+    emit(e, json_pack("{s:s, s:s, s:s, s:s, s:i, s:s, s:s}", "event", "connect", "transport", "tcp", "src", src_s,
+                      "dst", dst_s, "rule", -1, "verdict", "deny", "reason",
+                      "the egress engine is busy (no worker for the flow)"));
+}
+
 static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -974,7 +992,7 @@ static void accept_into(net_engine *e, int lfd, void *(*fn)(void *))
     flow_job *job = malloc(sizeof *job);
     if (!job || (job->e = e, job->fd = fd, spawn_worker(e, fn, job)) < 0) {
         free(job);
-        reset_close(fd);
+        refuse_busy(e, fd);
     }
 }
 
