@@ -343,30 +343,6 @@ static int npm_drain(int fd, npm_out *o, int stream)
 }
 
 /* ---- the install cell ------------------------------------------------------------ */
-struct agents_boot {
-    srv *s;
-    const cell_config *cfg;
-    cell *c;
-    cell_error *err;
-    int rc;
-};
-
-/* Cells die with the thread that booted them: the daemon's main thread. */
-static void agents_boot_on_owner(void *arg)
-{
-    struct agents_boot *b = arg;
-    pthread_mutex_lock(&b->s->ctx_lock);
-    b->rc = cell_create(b->s->ctx, b->cfg, &b->c, b->err);
-    pthread_mutex_unlock(&b->s->ctx_lock);
-}
-
-static void agents_destroy_cell(srv *s, cell *c)
-{
-    pthread_mutex_lock(&s->ctx_lock);
-    cell_destroy(c);
-    pthread_mutex_unlock(&s->ctx_lock);
-}
-
 static int agents_pipe(int p[2], cell_error *err)
 {
     if (pipe2(p, O_CLOEXEC) < 0)
@@ -450,9 +426,8 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
         return util_fail(err, ECANCELED, "the daemon is stopping");
     if (!agents_policy)
         return *err = agents_policy_err, -1;
-    struct agents_boot b = { .s = s, .cfg = &cfg, .err = err };
-    srv_on_owner_thread(s, agents_boot_on_owner, &b);
-    if (b.rc < 0)
+    cell *c = NULL;
+    if (registry_cell_create(s, &cfg, &c, err) < 0)
         return -1;
     int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rc = -1;
     /* Saved: package-lock.json has what the manifest records. */
@@ -472,10 +447,10 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
         cell_proc_spec spec = { .argv = argv, .env = env, .cwd = AGENTS_STAGE_TARGET, .stdin_fd = -1,
                                 .stdout_fd = out[1], .stderr_fd = errp[1] };
         pid_t pid;
-        if (cell_spawn(b.c, &spec, &pid, NULL, err) == 0) {
+        if (cell_spawn(c, &spec, &pid, NULL, err) == 0) {
             close(out[1]), close(errp[1]);
             out[1] = errp[1] = -1;
-            rc = agents_follow(s, b.c, pid, out[0], errp[0], o, status, err);
+            rc = agents_follow(s, c, pid, out[0], errp[0], o, status, err);
         }
     }
     for (int i = 0; i < 2; i++) {
@@ -484,7 +459,7 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
         if (errp[i] >= 0)
             close(errp[i]);
     }
-    agents_destroy_cell(s, b.c);
+    registry_cell_destroy(s, c);
     return rc;
 }
 

@@ -297,6 +297,23 @@ static void boot_on_owner(void *arg)
     pthread_mutex_unlock(&job->s->ctx_lock);
 }
 
+/* Cells die with the thread that booted them (cell-init's parent-death
+ * signal), so every cell of the daemon boots on its main thread. */
+int registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err)
+{
+    struct boot_job job = { .s = s, .cfg = cfg, .err = err };
+    srv_on_owner_thread(s, boot_on_owner, &job);
+    *out = job.c;
+    return job.rc;
+}
+
+void registry_cell_destroy(srv *s, cell *c)
+{
+    pthread_mutex_lock(&s->ctx_lock);
+    cell_destroy(c);
+    pthread_mutex_unlock(&s->ctx_lock);
+}
+
 /* A PUT .../policy that landed while the cell booted stored a policy the
  * boot did not see, and found no handle to apply it to: apply it before
  * the handle is used (io held), or the cell would run with the old one.
@@ -331,10 +348,10 @@ static int boot(scell *sc, cell_error *err)
     spec_to_config(sc->spec, policy, &b);
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
-    struct boot_job job = { .s = s, .cfg = &b.cfg, .err = err };
-    srv_on_owner_thread(s, boot_on_owner, &job);
+    cell *c = NULL;
+    int rc = registry_cell_create(s, &b.cfg, &c, err);
     free(b.policy);
-    if (job.rc < 0) {
+    if (rc < 0) {
         json_decref(policy);
         return -1;
     }
@@ -344,7 +361,7 @@ static int boot(scell *sc, cell_error *err)
         goto fail;
     }
     pthread_mutex_lock(&sc->io);
-    sc->c = job.c;
+    sc->c = c;
     if (catch_up_policy(sc, policy, err) < 0) {
         sc->c = NULL;
         pthread_mutex_unlock(&sc->io);
@@ -372,9 +389,7 @@ fail:
     json_decref(policy);
     if (wake_fd >= 0)
         close(wake_fd);
-    pthread_mutex_lock(&s->ctx_lock);
-    cell_destroy(job.c);
-    pthread_mutex_unlock(&s->ctx_lock);
+    registry_cell_destroy(s, c);
     return -1;
 }
 
@@ -401,9 +416,7 @@ static void halt(scell *sc)
         pthread_join(sc->watcher, NULL);
     close(sc->wake_fd);
     sc->wake_fd = -1;
-    pthread_mutex_lock(&s->ctx_lock);
-    cell_destroy(c);
-    pthread_mutex_unlock(&s->ctx_lock);
+    registry_cell_destroy(s, c);
     procs_on_halt(sc);
     store_cell_set_state(s->st, sc->id, "stopped", NULL);
 }

@@ -143,6 +143,10 @@ int64_t srv_now_ms(void);
 void srv_deadline_after(struct timespec *ts, int64_t ms);
 /* Run fn(arg) on the daemon's main thread and wait for it. */
 void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg);
+/* Boot a cell on that thread (cells die with the thread that booted them)
+ * under ctx_lock, and destroy one under ctx_lock (registry.c). */
+int  registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err);
+void registry_cell_destroy(srv *s, cell *c);
 
 /* Replies.  Each queues a response and returns an MHD_Result for the
  * access handler to return.  reply_json steals `body`. */
