@@ -105,17 +105,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {   # wait_http PID URL: until URL answers 200, or the process is gone
-    for _ in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || return 1
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$2")" = 200 ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 alive() {   # alive PID NAME LOG: die with the log if the server is gone
     kill -0 "$1" 2>/dev/null && return 0
     tail -20 "$3" >&2
@@ -129,7 +118,6 @@ api() {
     [ -n "$2" ] && args+=(-H "Authorization: Bearer $2")
     curl "${args[@]}" "$3"
 }
-json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 cell_log="$scratch/cell.log" ref_log="$scratch/ref.log"
 for _ in 1 2 3 4 5; do      # a port taken meanwhile: another one

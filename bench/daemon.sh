@@ -112,18 +112,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-# wait_http PID URL LOG: until URL answers 200, or the process is gone.
-wait_http() {
-    for _ in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || return 1
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "$2")" = 200 ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
 # start_cell STATE -> sets started_pid, started_port (retries a port taken meanwhile)
 start_cell() {
     local st=$1
@@ -163,7 +151,6 @@ api() {
     [ $# -ge 5 ] && args+=(-H 'Content-Type: application/json' --data "$5")
     curl "${args[@]}" "http://127.0.0.1:$1$4"
 }
-json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 
 # proc_stats PID -> "VmRSS_KiB Pss_KiB threads fds"
 proc_stats() {

@@ -30,3 +30,21 @@ stop_pid() {
     kill -KILL "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
 }
+
+# free_port: a TCP port on 127.0.0.1 that was free a moment ago.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_http PID URL: until URL answers 200 (10 s at most), or PID is gone.
+wait_http() {
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || return 1
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$2")" = 200 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# json_field NAME: the top-level field NAME of the JSON document on stdin.
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
