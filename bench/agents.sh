@@ -77,8 +77,7 @@ if [ -z "${CELL_AGENTS_BENCH_CELL:-}" ]; then
     make -C "$top" -j"$(nproc)" BUILD="$build" "$build/cell" >&2 || die "make BUILD=$build $build/cell failed"
 fi
 # A copy, so that a rebuild while this runs cannot swap it.
-cp "${CELL_AGENTS_BENCH_CELL:-$top/$build/cell}" "$out/cell" || die "no cell binary to measure"
-cell_bin="$out/cell"
+cell_bin=$(bench_snapshot "${CELL_AGENTS_BENCH_CELL:-$top/$build/cell}" "$out") || die "no cell binary to measure"
 
 node_dir="$top/$build/bench-cache/agents-node"
 mkdir -p "$node_dir"

@@ -28,6 +28,7 @@
 #   CELL_DAEMON_BENCH_CELLS     idle cells for the memory table (rss)       (default 100)
 #   CELL_DAEMON_BENCH_ONLY      space-separated subset of: run fs wrk rss
 #   CELL_DAEMON_BENCH_CELL      a prebuilt cell binary to measure (not built then)
+#   CELL_DAEMON_BENCH_SUMMARY   append key=value result lines to this file (faststart.sh)
 #   CELL_BENCH_BUILD            the make BUILD directory to build and use   (default build)
 #   CELL_BENCH_COMMIT           label for the commit line
 #
@@ -54,11 +55,6 @@ ncells=${CELL_DAEMON_BENCH_CELLS:-100}
 only=${CELL_DAEMON_BENCH_ONLY:-run fs wrk rss}
 build=${CELL_BENCH_BUILD:-build}
 
-ref_version=0.4.2
-ref_pkg="@sandbox-agent/cli-linux-x64@$ref_version"
-ref_tgz_url="https://registry.npmjs.org/@sandbox-agent/cli-linux-x64/-/cli-linux-x64-$ref_version.tgz"
-ref_sha512=1fd45baaad03464087bda93379f2540eb0dadb2faf263958779fed79fcca6d0df8968704d774c63728112f1744557a411028caf7055d0704d512985036c39c8f   # = dist.integrity sha512-H9Rbqq0D...
-
 die() { echo "bench/daemon.sh: $*" >&2; exit 1; }
 note() { echo "bench/daemon.sh: $*" >&2; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
@@ -72,31 +68,10 @@ targets=("$build/bench/http_bench")
 [ -n "${CELL_DAEMON_BENCH_CELL:-}" ] || targets+=("$build/cell")
 make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
 # Copies, so that a rebuild while this runs cannot swap them.
-cp "${CELL_DAEMON_BENCH_CELL:-$top/$build/cell}" "$out/cell" || die "no cell binary to measure"
+cell_bin=$(bench_snapshot "${CELL_DAEMON_BENCH_CELL:-$top/$build/cell}" "$out") || die "no cell binary to measure"
 cp "$top/$build/bench/http_bench" "$out/http_bench"
-cell_bin="$out/cell"
 hb="$out/http_bench"
-
-cache="$top/$build/bench-cache"
-ref_dir="$cache/sandbox-agent-$ref_version"
-ref_bin="$ref_dir/package/bin/sandbox-agent"
-if [ ! -x "$ref_bin" ]; then
-    mkdir -p "$cache"
-    tgz="$cache/sandbox-agent-cli-linux-x64-$ref_version.tgz"
-    if [ ! -s "$tgz" ]; then
-        if command -v npm >/dev/null; then
-            note "fetching $ref_pkg with npm pack"
-            (cd "$cache" && npm pack --silent "$ref_pkg" >/dev/null)
-        else
-            note "npm is not installed: fetching $ref_tgz_url with curl"
-            curl -fsSL -o "$tgz.part" "$ref_tgz_url" && mv "$tgz.part" "$tgz"
-        fi
-    fi
-    echo "$ref_sha512  $tgz" | sha512sum -c --quiet - || { rm -f "$tgz"; die "$tgz: SHA-512 mismatch"; }
-    rm -rf "$ref_dir" && mkdir -p "$ref_dir"
-    tar -xzf "$tgz" -C "$ref_dir"
-    chmod +x "$ref_bin"
-fi
+ref_fetch "$top/$build/bench-cache" || die "cannot fetch the reference $ref_pkg"
 
 # ---- scratch, servers, cleanup -----------------------------------------------------------
 scratch=$(mktemp -d /tmp/cell-daemon-bench.XXXXXX)
@@ -113,19 +88,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # start_cell STATE -> sets started_pid, started_port (retries a port taken meanwhile)
-start_cell() {
-    local st=$1
-    mkdir -p "$st"
-    for _ in 1 2 3 4 5; do
-        started_port=$(free_port)
-        "$cell_bin" --state "$st" serve --listen "127.0.0.1:$started_port" --socket '' >>"$st.log" 2>&1 &
-        started_pid=$!
-        wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
-        stop_pid "$started_pid"
-    done
-    cat "$st.log" >&2
-    die "cell serve did not start"
-}
+start_cell() { start_cell_serve "$cell_bin" "$1" "$1.log" || die "cell serve did not start"; }
 start_ref() {
     mkdir -p "$scratch/ref-home"
     for _ in 1 2 3 4 5; do
@@ -176,6 +139,9 @@ start_ref; ref_pid=$started_pid ref_port=$started_port
 sleep 1
 cell_idle_stats=$(proc_stats "$cell_pid")
 ref_idle_stats=$(proc_stats "$ref_pid")
+# summary KEY=VALUE...: machine-readable results for bench/faststart.sh
+summary() { [ -z "${CELL_DAEMON_BENCH_SUMMARY:-}" ] || echo "$*" >>"$CELL_DAEMON_BENCH_SUMMARY"; }
+summary "idle_cell=$(proc_mem "$cell_pid" | tr ' ' ,) idle_ref=$(proc_mem "$ref_pid" | tr ' ' ,)"
 cell_id=$(api "$cell_port" "$token" POST /v1/cells '{}' | json_field id)
 cbase="/cells/$cell_id/v1"
 # Every contender must work before it is timed.
@@ -217,6 +183,7 @@ bench_run() {
     local c50 c90 r50 r90
     c50=$(median "${cell_p50[@]}") c90=$(median "${cell_p90[@]}")
     r50=$(median "${ref_p50[@]}") r90=$(median "${ref_p90[@]}")
+    summary "run_cell_p50=$c50 run_cell_p90=$c90 run_ref_p50=$r50 run_ref_p90=$r90"
     echo "### POST /v1/processes/run {\"command\":\"true\"}: latency on one keep-alive connection"
     echo
     echo "$rounds rounds per server, alternating which goes first; each round is $warmup untimed then $n timed requests."

@@ -95,9 +95,8 @@ targets=("$build/bench/net_bench" "$build/bench/tls_bench")
 [ -n "${CELL_EGRESS_BENCH_CELL:-}" ] || targets+=("$build/cell")
 make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
 # Copies, so that a rebuild while this runs cannot swap them.
-cp "${CELL_EGRESS_BENCH_CELL:-$top/$build/cell}" "$out/cell" || die "no cell binary to measure"
+cell_bin=$(bench_snapshot "${CELL_EGRESS_BENCH_CELL:-$top/$build/cell}" "$out") || die "no cell binary to measure"
 cp "$top/$build/bench/net_bench" "$top/$build/bench/tls_bench" "$out/"
-cell_bin="$out/cell"
 nb="$out/net_bench"
 tb="$out/tls_bench"
 [[ " $only " != *" https "* ]] || command -v openssl >/dev/null ||

@@ -48,3 +48,81 @@ wait_http() {
 
 # json_field NAME: the top-level field NAME of the JSON document on stdin.
 json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+
+# bench_snapshot CELL DIR: copy the cell binary CELL into DIR (created) with
+# the files it finds next to itself (cell-daemon, which `cell serve` execs,
+# and any shared object it loads from its own directory), so that a rebuild
+# while a benchmark runs cannot swap them and the copy still works.  Prints
+# the copy's path.
+bench_snapshot() {
+    local src=$1 dir=$2 f
+    mkdir -p "$dir" || return 1
+    cp "$src" "$dir/cell" || return 1
+    for f in "$(dirname "$src")"/cell-daemon "$(dirname "$src")"/*.so; do
+        [ -f "$f" ] && { cp "$f" "$dir/" || return 1; }
+    done
+    echo "$dir/cell"
+}
+
+# The reference server of the daemon benchmarks: sandbox-agent 0.4.2 from the
+# npm registry (npm pack, or the same tarball by curl when npm is absent),
+# checked against a pinned SHA-512 and cached in BUILD/bench-cache/.
+ref_version=0.4.2
+ref_pkg="@sandbox-agent/cli-linux-x64@$ref_version"
+ref_tgz_url="https://registry.npmjs.org/@sandbox-agent/cli-linux-x64/-/cli-linux-x64-$ref_version.tgz"
+ref_sha512=1fd45baaad03464087bda93379f2540eb0dadb2faf263958779fed79fcca6d0df8968704d774c63728112f1744557a411028caf7055d0704d512985036c39c8f   # = dist.integrity sha512-H9Rbqq0D...
+
+# ref_fetch CACHE_DIR: sets ref_bin to the reference's executable, fetching
+# it into CACHE_DIR first when it is not there.  Returns non-zero (with a
+# reason on stderr) when it cannot be had.
+ref_fetch() {
+    local cache=$1 dir tgz
+    dir="$cache/sandbox-agent-$ref_version"
+    ref_bin="$dir/package/bin/sandbox-agent"
+    [ -x "$ref_bin" ] && return 0
+    mkdir -p "$cache" || return 1
+    tgz="$cache/sandbox-agent-cli-linux-x64-$ref_version.tgz"
+    if [ ! -s "$tgz" ]; then
+        if command -v npm >/dev/null; then
+            echo "fetching $ref_pkg with npm pack" >&2
+            (cd "$cache" && npm pack --silent "$ref_pkg" >/dev/null) || return 1
+        else
+            echo "npm is not installed: fetching $ref_tgz_url with curl" >&2
+            curl -fsSL -o "$tgz.part" "$ref_tgz_url" && mv "$tgz.part" "$tgz" || return 1
+        fi
+    fi
+    echo "$ref_sha512  $tgz" | sha512sum -c --quiet - || { rm -f "$tgz"; echo "$tgz: SHA-512 mismatch" >&2; return 1; }
+    rm -rf "$dir" && mkdir -p "$dir" && tar -xzf "$tgz" -C "$dir" && chmod +x "$ref_bin"
+}
+
+# start_cell_serve CELL STATE LOG [ARGS...]: `CELL --state STATE serve` on a
+# free loopback port (another one if it was taken meanwhile), until its
+# health endpoint answers; sets started_pid and started_port.  Returns
+# non-zero (the log on stderr) if it never answered.
+start_cell_serve() {
+    local cell=$1 st=$2 log=$3
+    shift 3
+    mkdir -p "$st"
+    for _ in 1 2 3 4 5; do
+        started_port=$(free_port)
+        "$cell" --state "$st" serve --listen "127.0.0.1:$started_port" --socket '' "$@" >>"$log" 2>&1 &
+        started_pid=$!
+        wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
+        stop_pid "$started_pid"
+    done
+    started_pid=""
+    cat "$log" >&2
+    return 1
+}
+
+# proc_mem PID -> "Rss_KiB Pss_KiB Private_KiB" from /proc/PID/smaps_rollup
+# (Private = Private_Clean + Private_Dirty: what the process alone costs).
+proc_mem() {
+    awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} /^Private_(Clean|Dirty):/ {v+=$2} END {print r+0, p+0, v+0}' "/proc/$1/smaps_rollup"
+}
+
+# median / p90 of the numbers on stdin, one a line (linear interpolation).
+quantile_of() {
+    sort -g | awk -v q="$1" '{a[NR]=$1} END {if (!NR) {print "n/a"; exit} k=(NR-1)*q; i=int(k);
+        v=(i+1 < NR) ? a[i+1] + (a[i+2]-a[i+1])*(k-i) : a[NR]; printf "%.3f\n", v}'
+}

@@ -28,6 +28,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 dur=${CELL_LOAD_TIME:-10s}
 conns=${CELL_LOAD_CONNECTIONS:-128}
 slack_mib=${CELL_LOAD_RSS_SLACK_MIB:-10}
@@ -37,15 +39,12 @@ fail_early() { echo "load_check: FAILED ($*)"; exit 1; }
 for t in curl python3 wrk; do command -v "$t" >/dev/null || fail_early "$t is not installed (scripts/install-deps.sh)"; done
 
 build=${CELL_BENCH_BUILD:-build}
-out="$top/$build/bench"
-mkdir -p "$out"
-if [ -n "${CELL_LOAD_CELL:-}" ]; then
-    cp "$CELL_LOAD_CELL" "$out/load-cell"
-else
+out="$top/$build/bench/load"
+if [ -z "${CELL_LOAD_CELL:-}" ]; then
     make -C "$top" -j"$(nproc)" BUILD="$build" all >&2 || fail_early "make BUILD=$build all failed"
-    cp "$top/$build/cell" "$out/load-cell"
 fi
-cell_bin="$out/load-cell"
+# A copy (with cell-daemon beside it), so that a rebuild cannot swap it.
+cell_bin=$(bench_snapshot "${CELL_LOAD_CELL:-$top/$build/cell}" "$out") || fail_early "no cell binary to test"
 
 scratch=$(mktemp -d /tmp/cell-load-check.XXXXXX)
 state="$scratch/state" log="$scratch/daemon.log"
