@@ -165,7 +165,7 @@ $(BUILD)/bench/bench_phases: bench/bench_cell.c $(BUILD)/libcell.a
 
 $(BUILD)/bench/http_bench: bench/http_bench.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $<
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< -ljansson
 
 $(BUILD)/bench/net_bench: bench/net_bench.c
 	@mkdir -p $(dir $@)

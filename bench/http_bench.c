@@ -1,9 +1,12 @@
-/* http_bench.c: a minimal HTTP/1.1 keep-alive client for bench/daemon.sh.
+/* http_bench.c: a minimal HTTP/1.1 keep-alive client for bench/daemon.sh
+ * and bench/faststart.sh.
  *
  *   http_bench lat  PORT PATH BODY N WARMUP   latency of POST PATH with a JSON BODY
  *   http_bench put  PORT PATH SIZE            PUT SIZE bytes (a fixed pattern) to PATH
  *   http_bench get  PORT PATH SIZE            GET PATH, check it is that pattern
  *   http_bench pattern SIZE                   write the pattern to stdout
+ *   http_bench create PORT N WARMUP BODY [ARGV...]  a new cell and `true` in it
+ *                                             (bench/faststart.sh), against ARGV
  *
  * The server is 127.0.0.1:PORT.  If $HTTP_BENCH_TOKEN is set, every request
  * carries "Authorization: Bearer $HTTP_BENCH_TOKEN".
@@ -23,14 +26,29 @@
  *   (MB = 10^6 bytes).  `pattern` lets a script place the same file on the
  *   host for a server that cannot receive it (the reference's body limit).
  *
- * Plain sockets, no dependencies: responses with Content-Length or chunked
- * transfer encoding are understood, which is what both servers send.
+ * create: N rounds (after WARMUP untimed ones) of a new cell through the
+ *   daemon, each timed from connect() on a fresh connection to the end of
+ *   the second response: POST /v1/cells BODY, then POST
+ *   /cells/ID/v1/processes/run {"command":"true"}, which must answer 200 with
+ *   exitCode 0.  DELETE /v1/cells/ID follows on the same connection, untimed,
+ *   and then $HTTP_BENCH_PAUSE_MS (default 0) of sleep.  Given ARGV..., each
+ *   round also runs that command (bwrap) as a process, timed from
+ *   posix_spawn() to waitpid(); the two alternate which goes first.  Prints
+ *     n=N total_p50_us=.. total_p90_us=.. post_p50_us=.. post_p90_us=..
+ *     [anchor_p50_us=.. anchor_p90_us=..]
+ *   (post: POST /v1/cells alone).  bench/create_loop.sh times creates in a row.
+ *
+ * Plain sockets: responses with Content-Length or chunked transfer encoding
+ * are understood, which is what both servers send; jansson reads the JSON of
+ * create.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -39,7 +57,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <spawn.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -171,7 +191,9 @@ static int read_response(conn *c, char *dst, size_t cap, size_t *body_len, int *
         else if (!strncasecmp(line, "connection:", 11) && strcasestr(line, "close")) *closing = 1;
     }
     size_t total = 0;
-    if (chunked) {
+    if (status == 204 || status == 304) {
+        /* no body, whatever the headers say */
+    } else if (chunked) {
         for (;;) {
             read_line(c, line, sizeof line);
             size_t n = strtoull(line, NULL, 16);
@@ -338,8 +360,191 @@ static int cmd_pattern(size_t size)
     return 0;
 }
 
+/* ---- create -------------------------------------------------------------------- */
+
+extern char **environ;
+
+typedef struct {
+    double *v;
+    int     n;
+} samples;
+
+static samples samples_new(int n)
+{
+    samples s = { .v = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)), .n = 0 };
+    if (!s.v) die("out of memory");
+    return s;
+}
+
+/* The p quantile of samples [from, to) (sorted in a copy: s keeps its order). */
+static double samples_pct(const samples *s, int from, int to, double p)
+{
+    int n = to - from;
+    if (n <= 0) return 0;
+    double *c = malloc(sizeof(double) * (size_t)n);
+    if (!c) die("out of memory");
+    memcpy(c, s->v + from, sizeof(double) * (size_t)n);
+    qsort(c, (size_t)n, sizeof *c, cmp_d);
+    double r = pct(c, n, p);
+    free(c);
+    return r;
+}
+
+static void samples_raw(const char *who, const samples *s)
+{
+    const char *raw = getenv("HTTP_BENCH_RAW");
+    if (!raw || !*raw) return;
+    FILE *f = fopen(raw, "a");
+    if (!f) die("%s: %s", raw, strerror(errno));
+    for (int i = 0; i < s->n; i++) fprintf(f, "%s %.1f\n", who, s->v[i]);
+    if (fclose(f) != 0) die("%s: %s", raw, strerror(errno));
+}
+
+/* One request on c; the status back, the body (NUL-terminated) in resp. */
+static int request(conn *c, int port, const char *method, const char *path, const char *body, char *resp,
+                   size_t cap)
+{
+    char req[4096];
+    int len = body ? snprintf(req, sizeof req,
+                              "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%sContent-Type: application/json\r\n"
+                              "Content-Length: %zu\r\n\r\n%s",
+                              method, path, port, auth_header(), strlen(body), body)
+                   : snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n", method, path,
+                              port, auth_header());
+    if (len <= 0 || (size_t)len >= sizeof req) die("request too long");
+    send_all(c, req, (size_t)len);
+    size_t blen;
+    int closing;
+    int st = read_response(c, resp, cap - 1, &blen, &closing);
+    resp[blen] = 0;
+    if (closing) die("%s %s: the server closed the connection", method, path);
+    return st;
+}
+
+/* POST /v1/cells body: the new cell's id into id. */
+static void create_cell(conn *c, int port, const char *body, char *id, size_t cap)
+{
+    char resp[65536];
+    int st = request(c, port, "POST", "/v1/cells", body, resp, sizeof resp);
+    if (st != 201 && st != 200) die("POST /v1/cells: status %d: %s", st, resp);
+    json_error_t jerr;
+    json_t *o = json_loads(resp, 0, &jerr);
+    const char *v = o ? json_string_value(json_object_get(o, "id")) : NULL;
+    if (!v || !*v || strlen(v) >= cap || strpbrk(v, "/?# ")) die("POST /v1/cells: no usable id in %s", resp);
+    strcpy(id, v);
+    json_decref(o);
+}
+
+static void delete_cell(conn *c, int port, const char *id)
+{
+    char path[512], resp[65536];
+    snprintf(path, sizeof path, "/v1/cells/%s", id);
+    int st = request(c, port, "DELETE", path, NULL, resp, sizeof resp);
+    if (st < 200 || st > 299) die("DELETE %s: status %d: %s", path, st, resp);
+}
+
+static void run_true(conn *c, int port, const char *id)
+{
+    char path[512], resp[65536];
+    snprintf(path, sizeof path, "/cells/%s/v1/processes/run", id);
+    int st = request(c, port, "POST", path, "{\"command\":\"true\"}", resp, sizeof resp);
+    json_t *o = st == 200 ? json_loads(resp, 0, NULL) : NULL;
+    json_t *code = o ? json_object_get(o, "exitCode") : NULL;
+    if (!json_is_integer(code) || json_integer_value(code) != 0) die("POST %s: status %d: %s", path, st, resp);
+    json_decref(o);
+}
+
+/* ARGV as a process (stdin/stdout on /dev/null); its time in µs. */
+static double spawn_timed(char **argv)
+{
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0) != 0)
+        die("posix_spawn_file_actions: out of memory");
+    pid_t pid;
+    int status;
+    double t0 = now_us();
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+    if (rc != 0) die("cannot start %s: %s", argv[0], strerror(rc));
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) die("waitpid: %s", strerror(errno));
+    double t1 = now_us();
+    posix_spawn_file_actions_destroy(&fa);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die("%s failed (wait status %d)", argv[0], status);
+    return t1 - t0;
+}
+
+static void pause_between(void)
+{
+    const char *p = getenv("HTTP_BENCH_PAUSE_MS");
+    long ms = p && *p ? strtol(p, NULL, 10) : 0;
+    if (ms > 0) {
+        struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+    }
+}
+
+/* One daemon round of `create`: its total time in µs, the POST's in *post. */
+static double create_round(int port, const char *body, double *post)
+{
+    conn *c = malloc(sizeof *c);
+    if (!c) die("out of memory");
+    char id[256];
+    double t0 = now_us();
+    conn_open(c, port);
+    create_cell(c, port, body, id, sizeof id);
+    double t1 = now_us();
+    run_true(c, port, id);
+    double t2 = now_us();
+    delete_cell(c, port, id);
+    close(c->fd);
+    free(c);
+    *post = t1 - t0;
+    return t2 - t0;
+}
+
+static void print_pcts(const char *name, const samples *s)
+{
+    printf(" %s_p50_us=%.1f %s_p90_us=%.1f", name, samples_pct(s, 0, s->n, 0.5), name,
+           samples_pct(s, 0, s->n, 0.9));
+}
+
+static int cmd_create(int port, int n, int warmup, const char *body, char **anchor)
+{
+    samples total = samples_new(n), post = samples_new(n), anc = samples_new(n);
+    for (int i = -warmup; i < n; i++) {
+        double t = 0, p = 0, a = 0;
+        if (anchor && (i & 1)) a = spawn_timed(anchor);
+        t = create_round(port, body, &p);
+        if (anchor && !(i & 1)) a = spawn_timed(anchor);
+        if (i >= 0) {
+            total.v[total.n++] = t;
+            post.v[post.n++] = p;
+            anc.v[anc.n++] = a;
+        }
+        pause_between();
+    }
+    samples_raw("total", &total);
+    samples_raw("post", &post);
+    printf("n=%d", n);
+    print_pcts("total", &total);
+    print_pcts("post", &post);
+    if (anchor) {
+        samples_raw("anchor", &anc);
+        print_pcts("anchor", &anc);
+    }
+    printf("\n");
+    free(total.v);
+    free(post.v);
+    free(anc.v);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 6 && !strcmp(argv[1], "create") && atoi(argv[3]) > 0)
+        return cmd_create(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), argv[5], argc > 6 ? argv + 6 : NULL);
     if (argc == 7 && !strcmp(argv[1], "lat"))
         return cmd_lat(atoi(argv[2]), argv[3], argv[4], atoi(argv[5]), atoi(argv[6]));
     if (argc == 5 && !strcmp(argv[1], "put"))
@@ -351,6 +556,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "usage: http_bench lat PORT PATH BODY N WARMUP\n"
                     "       http_bench put PORT PATH SIZE\n"
                     "       http_bench get PORT PATH SIZE\n"
-                    "       http_bench pattern SIZE > FILE\n");
+                    "       http_bench pattern SIZE > FILE\n"
+                    "       http_bench create PORT N WARMUP BODY [ANCHOR_ARGV...]\n");
     return 2;
 }
