@@ -126,3 +126,9 @@ quantile_of() {
     sort -g | awk -v q="$1" '{a[NR]=$1} END {if (!NR) {print "n/a"; exit} k=(NR-1)*q; i=int(k);
         v=(i+1 < NR) ? a[i+1] + (a[i+2]-a[i+1])*(k-i) : a[NR]; printf "%.3f\n", v}'
 }
+
+# bwrap's arguments for the cold-start anchor, before the command: the same
+# sandbox as bench_cell.c's cold benchmark (every namespace, /usr read-only,
+# fresh /proc, /dev and /tmp).
+bench_bwrap_args=(--unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib
+    --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp --)

@@ -48,10 +48,10 @@ make -C "$top" -j"$(nproc)" BUILD="$build" all bench-bin >&2 || die "make BUILD=
 # working in the same tree) cannot swap binaries under it.
 snap="$top/$build/bench/run"
 mkdir -p "$snap"
-for b in cell bench/bench_cell bench/bench_phases; do
+for b in bench/bench_cell bench/bench_phases; do
     cp "$top/$build/$b" "$snap/$(basename "$b")" || die "$build/$b is missing"
 done
-cell_bin="$snap/cell"
+cell_bin=$(bench_snapshot "$top/$build/cell" "$snap") || die "$build/cell is missing"
 
 # ---- scratch state, and cleanup that holds even on failure --------------------
 state=$(mktemp -d /tmp/cell-bench.XXXXXX)
@@ -109,8 +109,7 @@ drive() {
 }
 
 # ---- sanity: every contender must actually work before it is timed -------------
-"$bwrap_bin" --unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib \
-    --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp -- /bin/true ||
+"$bwrap_bin" "${bench_bwrap_args[@]}" /bin/true ||
     die "bwrap cannot start a sandbox on this host"
 "$unshare_bin" --user --map-root-user --pid --fork --mount --net --uts --ipc /bin/true ||
     die "unshare cannot create the namespaces on this host"
