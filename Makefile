@@ -182,6 +182,8 @@ bench: all bench-bin
 	bash bench/egress.sh
 	bash bench/fs_api.sh
 	bash bench/agents.sh
+	bash bench/faststart.sh
+	bash bench/load_check.sh
 
 # libFuzzer targets (clang).  `make fuzz` runs each briefly, as CI does;
 # FUZZ_SECONDS=600 make fuzz for a longer run by hand.

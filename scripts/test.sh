@@ -132,7 +132,7 @@ rm -f /tmp/cell-load.log
 
 # Bench smoke (release build only): each benchmark script once with tiny
 # counts, so that none can rot: every contender must run and every driver
-# build (make bench-bin); nothing about speed is asserted.  About 45 s.
+# build (make bench-bin); nothing about speed is asserted.  About 65 s.
 bench_smoke() { # name command...
   local name=$1 log
   shift
@@ -158,6 +158,7 @@ bench_smoke egress.sh env CELL_BENCH_BUILD=build CELL_EGRESS_BENCH_BYTES=1048576
 bench_smoke fs_api.sh env CELL_BENCH_BUILD=build CELL_FS_BENCH_SIZE=1048576 CELL_FS_BENCH_REPS=1 bash bench/fs_api.sh
 bench_smoke agents.sh env CELL_BENCH_BUILD=build CELL_AGENTS_BENCH_N=1 CELL_AGENTS_BENCH_WARMUP=0 \
   CELL_AGENTS_BENCH_ROUNDS=1 CELL_AGENTS_BENCH_PINGS=3 CELL_AGENTS_BENCH_WORDS=20 CELL_AGENTS_BENCH_INSTANCES=2 bash bench/agents.sh
+bench_smoke faststart.sh env CELL_BENCH_BUILD=build CELL_FASTSTART_SMOKE=1 bash bench/faststart.sh
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
