@@ -1046,31 +1046,12 @@ static char *join_target(const char *dst, int into, const char *src)
     return out;
 }
 
-static size_t read_fd(char *buf, size_t size, size_t n, void *user)
-{
-    int fd = *(int *)user;
-    for (;;) {
-        ssize_t got = read(fd, buf, size * n);
-        if (got >= 0)
-            return (size_t)got;
-        if (errno != EINTR)
-            return CURL_READFUNC_ABORT;
-    }
-}
-
 static int upload_file(client *c, struct cp_args *a, const char *target, int fd, off_t size)
 {
     char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, target);
-    CURL *h = path ? client_handle(c, "PUT", path) : NULL;
+    int rc = path ? client_upload(c, "PUT", path, fd, (long long)size, a->remote_arg, NULL)
+                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
-    if (!h)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(h, CURLOPT_READFUNCTION, read_fd);
-    curl_easy_setopt(h, CURLOPT_READDATA, &fd);
-    curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
-    int rc = client_perform(c, h, a->remote_arg, NULL);
-    client_handle_free(h);
     return rc;
 }
 
@@ -1200,20 +1181,11 @@ static int upload_dir(client *c, struct cp_args *a, const char *target)
         return cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(err));
     }
     char *path = client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, target);
-    CURL *h = path ? client_handle(c, "POST", path) : NULL;
+    int rc = path ? client_upload(c, "POST", path, p[0], -1, a->remote_arg, NULL)
+                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
-    int rc;
-    if (!h) {
-        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    } else {
-        curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_READFUNCTION, read_fd);
-        curl_easy_setopt(h, CURLOPT_READDATA, &p[0]);
-        rc = client_perform(c, h, a->remote_arg, NULL);
-    }
     close(p[0]);                /* unblocks a writer the daemon stopped reading */
     pthread_join(th, NULL);
-    client_handle_free(h);
     /* A failure to read SRC explains the daemon's complaint about a short
      * tar; a failed write only echoes the request's own failure. */
     if (t.err[0] && (t.local || rc == 0))
@@ -1251,31 +1223,18 @@ static int do_upload(client *c, struct cp_args *a)
 /* Download: the body goes to a temporary file beside DST, renamed into
  * place on success, so a failed copy never leaves half a file. */
 struct download {
-    CURL *h;
-    int   fd;
-    long  status;
-    int   write_errno;
-    char  err[4096];            /* a problem+json answer */
-    size_t err_len;
+    int fd;
+    int write_errno;
 };
 
-static size_t download_write(char *p, size_t size, size_t n, void *user)
+static int download_write(void *user, const char *p, size_t n)
 {
     struct download *d = user;
-    size_t total = size * n;
-    if (!d->status)
-        curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &d->status);
-    if (d->status != 200) {
-        size_t room = sizeof d->err - 1 - d->err_len, take = total < room ? total : room;
-        memcpy(d->err + d->err_len, p, take);
-        d->err_len += take;
-        return total;
-    }
-    if (util_write_all(d->fd, p, total) < 0) {
+    if (util_write_all(d->fd, p, n) < 0) {
         d->write_errno = errno;
-        return 0;
+        return -1;
     }
-    return total;
+    return 0;
 }
 
 static int open_temp(const char *dst, char **tmp)
@@ -1296,19 +1255,11 @@ static int open_temp(const char *dst, char **tmp)
 static int fetch(client *c, struct cp_args *a, struct download *d)
 {
     char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, a->remote);
-    d->h = path ? client_handle(c, "GET", path) : NULL;
+    int rc = path ? client_get_stream(c, path, download_write, d, NULL, a->remote_arg)
+                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
-    if (!d->h)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    curl_easy_setopt(d->h, CURLOPT_WRITEFUNCTION, download_write);
-    curl_easy_setopt(d->h, CURLOPT_WRITEDATA, d);
-    CURLcode cr = curl_easy_perform(d->h);
-    int rc;
-    if (d->write_errno)
+    if (rc < 0)
         rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, strerror(d->write_errno));
-    else
-        rc = client_check(c, d->h, cr, d->err, d->err_len, a->remote_arg);
-    client_handle_free(d->h);
     return rc;
 }
 

@@ -1,6 +1,7 @@
-/* client.c: how the CLI talks to `cell serve`: libcurl over the unix socket
- * (or a URL), bearer tokens, problem+json errors as messages, SSE logs. */
+/* client.c: how the CLI talks to `cell serve`: HTTP/1.1 (http1.c) over the
+ * unix socket or TCP, bearer tokens, problem+json errors as messages, SSE logs. */
 #include "cli/client.h"
+#include "cli/http1.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -11,53 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Larger answers are a broken or hostile daemon, not a reply worth holding. */
-#define MAX_REPLY_BYTES (256u << 20)
-
-/* ---- buffers ----------------------------------------------------------------- */
-typedef struct buf {
-    char  *data;
-    size_t len, cap;
-    int    oom;
-} buf;
-
-static void buf_add(buf *b, const char *p, size_t n)
-{
-    if (b->oom || b->len + n > MAX_REPLY_BYTES) {
-        b->oom = 1;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *nd = realloc(b->data, cap);
-        if (!nd) {
-            b->oom = 1;
-            return;
-        }
-        b->data = nd;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-static size_t buf_write(char *p, size_t size, size_t n, void *user)
-{
-    buf_add(user, p, size * n);
-    return size * n;
-}
-
 /* ---- where the daemon is ----------------------------------------------------- */
-static char *trimmed_dup(const char *s, size_t len)
-{
-    while (len && (s[len - 1] == '\n' || s[len - 1] == '\r' || s[len - 1] == ' ' || s[len - 1] == '/'))
-        len--;
-    return strndup(s, len);
-}
-
 /* $CELL_TOKEN, else STATE/admin.token; NULL when neither is readable (the
  * daemon may run with --no-token; a 401 then says what to do). */
 static char *find_token(const char *state, char **from)
@@ -79,97 +34,136 @@ static char *find_token(const char *state, char **from)
     return text;
 }
 
-static int set_auth(client *c, const char *state)
+/* A token goes into a header line as it is: one with a line break or
+ * another control byte would add headers of its own to every request. */
+static int set_token(client *c, const char *state)
 {
-    char *token = find_token(state, &c->token_from);
-    if (!token)
+    c->token = find_token(state, &c->token_from);
+    if (!c->token)
         return 0;
-    if (!c->token_from) {
-        free(token);
+    if (!c->token_from)
         return -1;
-    }
-    char *line = NULL;
-    int ok = asprintf(&line, "Authorization: Bearer %s", token) >= 0;
-    free(token);
-    if (!ok)
-        return -1;
-    c->auth = curl_slist_append(NULL, line);
-    free(line);
-    return c->auth ? 0 : -1;
+    for (const unsigned char *p = (const unsigned char *)c->token; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return cli_fail(CLI_EXIT_USAGE, "the token from %s holds a control character", c->token_from), -2;
+    return 0;
 }
 
-/* --url / $CELL_URL: http(s)://HOST:PORT or unix:PATH; else STATE/cell.sock. */
+/* http://HOST[:PORT][/PREFIX]: HOST may be an [IPv6] literal. */
+static int set_http(client *c, const char *url)
+{
+    const char *auth = url + 7, *end = auth + strcspn(auth, "/?#");
+    const char *host = auth, *host_end, *port = NULL;
+    if (*host == '[') {
+        host_end = memchr(host, ']', (size_t)(end - host));
+        if (!host_end || (host_end + 1 < end && host_end[1] != ':'))
+            return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s': a bad [address]", url), -2;
+        port = host_end + 1 < end ? host_end + 2 : NULL;
+        host++;
+    } else {
+        host_end = memchr(host, ':', (size_t)(end - host));
+        port = host_end ? host_end + 1 : NULL;
+        host_end = host_end ? host_end : end;
+    }
+    if (host_end == host || (port && port == end) || *end == '?' || *end == '#')
+        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s' must be http://HOST[:PORT][/PATH]", url), -2;
+    size_t plen = strlen(end);
+    while (plen && end[plen - 1] == '/')
+        plen--;
+    c->host = strndup(host, (size_t)(host_end - host));
+    c->port = port ? strndup(port, (size_t)(end - port)) : strdup("80");
+    c->authority = strndup(auth, (size_t)(end - auth));
+    c->prefix = strndup(end, plen);
+    c->where = strdup(url);
+    return c->host && c->port && c->authority && c->prefix && c->where ? 0 : -1;
+}
+
+/* --url / $CELL_URL: http://HOST:PORT or unix:PATH; else STATE/cell.sock. */
 static int set_target(client *c, const char *url, const char *state)
 {
-    if (url && strncmp(url, "unix:", 5) == 0) {
+    if (url && strncmp(url, "http://", 7) == 0)
+        return set_http(c, url);
+    if (url)
         c->sock = strdup(url + 5);
-        c->base = strdup("http://localhost");
-        c->where = strdup(url);
-    } else if (url) {
-        c->base = trimmed_dup(url, strlen(url));
-        c->where = strdup(url);
-    } else {
-        if (asprintf(&c->sock, "%s/cell.sock", state) < 0)
-            c->sock = NULL;
-        c->base = strdup("http://localhost");
-        if (c->sock && asprintf(&c->where, "unix:%s", c->sock) < 0)
-            c->where = NULL;
-    }
-    return c->base && c->where && (c->sock || (url && strncmp(url, "unix:", 5) != 0)) ? 0 : -1;
+    else if (asprintf(&c->sock, "%s/cell.sock", state) < 0)
+        c->sock = NULL;
+    c->authority = strdup("localhost");
+    c->prefix = strdup("");
+    if (c->sock && asprintf(&c->where, "unix:%s", c->sock) < 0)
+        c->where = NULL;
+    return c->sock && c->authority && c->prefix && c->where ? 0 : -1;
 }
 
 int client_open(client *c, const struct cli_global *g)
 {
     memset(c, 0, sizeof *c);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        return cli_fail(CLI_EXIT_INTERNAL, "cannot initialize libcurl");
+    c->fd = -1;
     const char *url = g->url;
     if (!url || !*url)
         url = getenv("CELL_URL");
     if (url && !*url)
         url = NULL;
-    if (url && strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0 && strncmp(url, "unix:", 5) != 0) {
-        client_close(c);
-        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s' must start with http://, https:// or unix:", url);
-    }
+    if (url && strncmp(url, "https://", 8) == 0)
+        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s': the cell CLI does not speak TLS yet; use http:// "
+                        "(e.g. through an SSH tunnel) or unix:PATH", url);
+    if (url && strncmp(url, "http://", 7) != 0 && strncmp(url, "unix:", 5) != 0)
+        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s' must start with http:// or unix:", url);
     const char *state = g->state_dir ? g->state_dir : cell_default_state_dir();
-    if (set_target(c, url, state) < 0 || set_auth(c, state) < 0 || !(c->h = curl_easy_init())) {
+    int rc = set_target(c, url, state);
+    if (rc == 0)
+        rc = set_token(c, state);
+    if (rc < 0) {
         client_close(c);
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+        return rc == -2 ? CLI_EXIT_USAGE : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     }
     return 0;
 }
 
 void client_close(client *c)
 {
-    if (c->h)
-        curl_easy_cleanup(c->h);
-    curl_slist_free_all(c->auth);
-    free(c->base);
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->token)
+        explicit_bzero(c->token, strlen(c->token));
+    free(c->token);
     free(c->sock);
+    free(c->host);
+    free(c->port);
+    free(c->authority);
+    free(c->prefix);
     free(c->where);
     free(c->token_from);
     memset(c, 0, sizeof *c);
-    curl_global_cleanup();
+    c->fd = -1;
 }
 
-/* ---- requests ---------------------------------------------------------------------- */
+/* ---- paths ---------------------------------------------------------------------------- */
+/* RFC 3986's unreserved characters stay; every other byte is %XX. */
+static void add_escaped(http1_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+            *p == '.' || *p == '_' || *p == '~') {
+            http1_buf_add(b, p, 1);
+        } else {
+            char e[3] = { '%', hex[*p >> 4], hex[*p & 15] };
+            http1_buf_add(b, e, 3);
+        }
+    }
+}
+
 char *client_pathf(const char *fmt, ...)
 {
-    buf b = { 0 };
+    http1_buf b = { 0 };
     va_list ap;
     va_start(ap, fmt);
     for (const char *p = fmt; *p; p++) {
         if (p[0] == '%' && p[1] == 's') {
-            char *esc = curl_easy_escape(NULL, va_arg(ap, const char *), 0);
-            if (!esc)
-                b.oom = 1;
-            else
-                buf_add(&b, esc, strlen(esc));
-            curl_free(esc);
+            add_escaped(&b, va_arg(ap, const char *));
             p++;
         } else {
-            buf_add(&b, p, 1);
+            http1_buf_add(&b, p, 1);
         }
     }
     va_end(ap);
@@ -180,92 +174,7 @@ char *client_pathf(const char *fmt, ...)
     return b.data;
 }
 
-/* The headers of one request: the token and an optional Content-Type. */
-static struct curl_slist *headers_for(client *c, const char *content_type)
-{
-    struct curl_slist *h = NULL;
-    if (c->auth && !(h = curl_slist_append(h, c->auth->data)))
-        return NULL;
-    if (content_type) {
-        char line[128];
-        snprintf(line, sizeof line, "Content-Type: %s", content_type);
-        struct curl_slist *n = curl_slist_append(h, line);
-        if (!n) {
-            curl_slist_free_all(h);
-            return NULL;
-        }
-        h = n;
-    }
-    /* Streamed bodies wait for "100 Continue": a daemon that refuses the
-     * request at its headers answers and closes without reading the body,
-     * which would otherwise end our upload with a broken pipe instead of
-     * its answer.  JSON bodies are small; without a type, curl's default
-     * for POST would be a form. */
-    const char *last = !content_type ? "Content-Type:"
-                     : strcmp(content_type, "application/json") == 0 ? "Expect:" : "Expect: 100-continue";
-    struct curl_slist *n = curl_slist_append(h, last);
-    if (!n)
-        curl_slist_free_all(h);
-    return n;
-}
-
-static int aim(client *c, CURL *h, const char *method, const char *path)
-{
-    char *url = NULL;
-    if (asprintf(&url, "%s%s", c->base, path) < 0)
-        return -1;
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    free(url);
-    if (c->sock)
-        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->sock);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "GET") == 0)
-        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
-    return 0;
-}
-
-CURL *client_handle(client *c, const char *method, const char *path)
-{
-    CURL *h = curl_easy_init();
-    if (!h)
-        return NULL;
-    const char *type = strcmp(method, "POST") == 0 ? "application/x-tar"
-                     : strcmp(method, "PUT") == 0 ? "application/octet-stream" : NULL;
-    struct curl_slist *hdrs = headers_for(c, type);
-    if ((c->auth && !hdrs) || aim(c, h, method, path) < 0) {
-        curl_slist_free_all(hdrs);
-        curl_easy_cleanup(h);
-        return NULL;
-    }
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_PRIVATE, hdrs);
-    return h;
-}
-
-void client_handle_free(CURL *h)
-{
-    if (!h)
-        return;
-    struct curl_slist *hdrs = NULL;
-    curl_easy_getinfo(h, CURLINFO_PRIVATE, (char **)&hdrs);
-    curl_easy_cleanup(h);
-    curl_slist_free_all(hdrs);
-}
-
 /* ---- errors ------------------------------------------------------------------------- */
-static int unreachable(client *c, CURL *h, CURLcode rc, const char *errbuf)
-{
-    /* curl words socket failures as "port 80" of localhost; errno is clearer. */
-    long os_errno = 0;
-    curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &os_errno);
-    const char *why = os_errno ? strerror((int)os_errno) : errbuf && *errbuf ? errbuf : curl_easy_strerror(rc);
-    if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY)
-        return cli_fail(CLI_EXIT_INTERNAL, "cannot reach the cell daemon at %s (%s); start it with `cell serve`",
-                        c->where, why);
-    return cli_fail(CLI_EXIT_INTERNAL, "request to the cell daemon at %s failed: %s", c->where, why);
-}
-
 /* "cell: [what: ]<detail>" from an application/problem+json answer. */
 static int http_error(client *c, long status, const char *body, size_t len, const char *what)
 {
@@ -293,67 +202,82 @@ static int http_error(client *c, long status, const char *body, size_t len, cons
     return code;
 }
 
-int client_check(client *c, CURL *h, CURLcode rc, const char *body, size_t len, const char *what)
+static int request_failed(client *c, int err, const http1_resp *rs)
 {
-    if (rc != CURLE_OK)
-        return unreachable(c, h, rc, NULL);
-    long status = 0;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    if (status >= 200 && status < 300)
-        return 0;
-    return http_error(c, status, body, len, what);
+    char why[256];
+    return cli_fail(CLI_EXIT_INTERNAL, "request to the cell daemon at %s failed: %s", c->where,
+                    http1_strerror(err, rs, why, sizeof why));
+}
+
+/* ---- requests ---------------------------------------------------------------------- */
+/* One exchange on a new connection, or on the kept one when `reuse`: a kept
+ * connection the daemon closed meanwhile (nothing of an answer came) is
+ * replaced once, as curl did.  Prints why and returns an exit code on a
+ * failure; 0 with rs->status otherwise; -1 when on_data stopped it. */
+static int exchange(client *c, const http1_req *rq, http1_resp *rs, int reuse)
+{
+    for (int attempt = 0;; attempt++) {
+        int reused = reuse && c->fd >= 0;
+        int fd = reused ? c->fd : -1;
+        c->fd = -1;
+        char why[256];
+        if (fd < 0 && (fd = http1_connect(c->sock, c->host, c->port, why, sizeof why)) < 0)
+            return cli_fail(CLI_EXIT_INTERNAL, "cannot reach the cell daemon at %s (%s); start it with `cell serve`",
+                            c->where, why);
+        int err = http1_exchange(fd, rq, rs);
+        if (err == HTTP1_OK && reuse && rs->keep_alive)
+            c->fd = fd;
+        else
+            close(fd);
+        int gone = err == HTTP1_CLOSED || (err == HTTP1_IO && (rs->err_no == ECONNRESET || rs->err_no == EPIPE));
+        if (reused && gone && !rs->started && attempt == 0)
+            continue;
+        if (err == HTTP1_ABORTED)
+            return -1;
+        if (err == HTTP1_STOPPED)
+            return 0;
+        return err ? request_failed(c, err, rs) : 0;
+    }
+}
+
+static char *target_of(client *c, const char *path)
+{
+    char *t = NULL;
+    return asprintf(&t, "%s%s", c->prefix, path) < 0 ? NULL : t;
 }
 
 /* ---- JSON requests ------------------------------------------------------------------- */
 int client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    struct curl_slist *hdrs = headers_for(c, body ? "application/json" : NULL);
-    if ((body && !text) || !hdrs) {
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL, *target = target_of(c, path);
+    size_t text_len = text ? strlen(text) : 0;
+    *out = NULL;
+    if ((body && !text) || !target) {
         free(text);
-        curl_slist_free_all(hdrs);
+        free(target);
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     }
-    buf b = { 0 };
-    char errbuf[CURL_ERROR_SIZE] = "";
-    curl_easy_reset(c->h);
-    int rc = aim(c, c->h, method, path);
-    curl_easy_setopt(c->h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(c->h, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, buf_write);
-    curl_easy_setopt(c->h, CURLOPT_WRITEDATA, &b);
-    if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0) {
-        curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, text ? text : "");
-        curl_easy_setopt(c->h, CURLOPT_POSTFIELDSIZE, (long)(text ? strlen(text) : 0));
-    }
-    CURLcode cr = rc < 0 ? CURLE_OUT_OF_MEMORY : curl_easy_perform(c->h);
-    curl_easy_setopt(c->h, CURLOPT_ERRORBUFFER, NULL);
+    http1_req rq = { .method = method, .host = c->authority, .target = target, .token = c->token,
+                     .content_type = body ? "application/json" : NULL, .body = text, .body_len = text_len,
+                     .body_fd = -1 };
+    http1_resp rs = { 0 };
+    int rc = exchange(c, &rq, &rs, 1);
+    /* A body may be a secret's value (cell secret set). */
+    if (text)
+        explicit_bzero(text, text_len);
     free(text);
-    curl_slist_free_all(hdrs);
-    if (cr != CURLE_OK) {
-        free(b.data);
-        return unreachable(c, c->h, cr, errbuf);
-    }
-    if (b.oom) {
-        free(b.data);
-        return cli_fail(CLI_EXIT_INTERNAL, "the daemon's answer to %s %s is too large", method, path);
-    }
-    curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, status);
-    *out = NULL;
-    if (b.len) {
+    free(target);
+    *status = rs.status;
+    if (rc == 0 && rs.body.len) {
         json_error_t je;
-        *out = json_loadb(b.data, b.len, 0, &je);
-        if (!*out && *status < 300) {
-            free(b.data);
-            return cli_fail(CLI_EXIT_INTERNAL, "the daemon's answer to %s %s is not JSON: %s", method, path, je.text);
-        }
-        if (!*out) {
-            /* Keep the raw text for the error message. */
-            *out = json_pack("{s:s%}", "detail", b.data, b.len);
-        }
+        *out = json_loadb(rs.body.data, rs.body.len, 0, &je);
+        if (!*out && rs.status < 300)
+            rc = cli_fail(CLI_EXIT_INTERNAL, "the daemon's answer to %s %s is not JSON: %s", method, path, je.text);
+        else if (!*out)
+            *out = json_pack("{s:s%}", "detail", rs.body.data, rs.body.len); /* the raw text for the message */
     }
-    free(b.data);
-    return 0;
+    free(rs.body.data);
+    return rc;
 }
 
 int client_reply_error(client *c, long status, json_t *reply, const char *what)
@@ -383,17 +307,42 @@ int client_json(client *c, const char *method, const char *path, json_t *body, c
     return 0;
 }
 
-int client_perform(client *c, CURL *h, const char *what, json_t **out)
+/* ---- streamed requests ------------------------------------------------------------------ */
+/* A streamed request on a connection of its own; the answer judged as
+ * client_json does (the body of a 2xx is parsed into *out when asked). */
+static int stream(client *c, http1_req *rq, http1_resp *rs, const char *path, const char *what, json_t **out)
 {
-    buf b = { 0 };
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-    CURLcode cr = curl_easy_perform(h);
-    int rc = client_check(c, h, cr, b.data, b.len, what);
-    if (rc == 0 && out)
-        *out = b.len ? json_loadb(b.data, b.len, 0, NULL) : NULL;
-    free(b.data);
+    char *target = target_of(c, path);
+    if (!target)
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    rq->host = c->authority;
+    rq->target = target;
+    rq->token = c->token;
+    int rc = exchange(c, rq, rs, 0);
+    free(target);
+    if (rc == 0 && rs->status && (rs->status < 200 || rs->status >= 300))
+        rc = http_error(c, rs->status, rs->body.data, rs->body.len, what);
+    else if (rc == 0 && out)
+        *out = rs->body.len ? json_loadb(rs->body.data, rs->body.len, 0, NULL) : NULL;
+    free(rs->body.data);
     return rc;
+}
+
+int client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
+                  json_t **out)
+{
+    http1_req rq = { .method = method, .body_fd = fd, .body_size = size,
+                     .content_type = strcmp(method, "POST") == 0 ? "application/x-tar" : "application/octet-stream" };
+    http1_resp rs = { 0 };
+    return stream(c, &rq, &rs, path, what, out);
+}
+
+int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
+                      const char *what)
+{
+    http1_req rq = { .method = "GET", .body_fd = -1 };
+    http1_resp rs = { .on_data = on_data, .user = user, .stop = stop };
+    return stream(c, &rq, &rs, path, what, NULL);
 }
 
 /* ---- base64 ------------------------------------------------------------------------- */
@@ -460,13 +409,9 @@ int client_write_entry(int fd, json_t *entry)
 
 /* ---- server-sent events ------------------------------------------------------------------ */
 typedef struct sse {
-    CURL           *h;
     client_entry_fn fn;
     void           *user;
-    atomic_int     *stop;
-    buf             line;           /* the line being received */
-    buf             err;            /* the body of a non-200 answer */
-    long            status;
+    http1_buf       line;           /* the line being received */
 } sse;
 
 /* One complete line: only `data:` lines carry anything (each `log` event
@@ -484,52 +429,24 @@ static void sse_line(sse *s, const char *line, size_t len)
     json_decref(entry);
 }
 
-static size_t sse_write(char *p, size_t size, size_t n, void *user)
+static int sse_data(void *user, const char *p, size_t n)
 {
     sse *s = user;
-    size_t total = size * n;
-    if (!s->status)
-        curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &s->status);
-    if (s->status != 200) {
-        buf_add(&s->err, p, total);
-        return total;
-    }
-    for (size_t i = 0; i < total; i++) {
+    for (size_t i = 0; i < n; i++) {
         if (p[i] == '\n') {
             sse_line(s, s->line.data ? s->line.data : "", s->line.len);
             s->line.len = 0;
         } else if (p[i] != '\r') {
-            buf_add(&s->line, p + i, 1);
+            http1_buf_add(&s->line, p + i, 1);
         }
     }
-    return s->line.oom ? 0 : total;
-}
-
-static int sse_progress(void *user, curl_off_t a, curl_off_t b, curl_off_t c2, curl_off_t d)
-{
-    (void)a, (void)b, (void)c2, (void)d;
-    sse *s = user;
-    return s->stop && atomic_load(s->stop) ? 1 : 0;
+    return s->line.oom ? -1 : 0;
 }
 
 int client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop)
 {
-    sse s = { .fn = on_entry, .user = user, .stop = stop };
-    if (!(s.h = client_handle(c, "GET", path)))
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    curl_easy_setopt(s.h, CURLOPT_WRITEFUNCTION, sse_write);
-    curl_easy_setopt(s.h, CURLOPT_WRITEDATA, &s);
-    curl_easy_setopt(s.h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(s.h, CURLOPT_XFERINFOFUNCTION, sse_progress);
-    curl_easy_setopt(s.h, CURLOPT_XFERINFODATA, &s);
-    CURLcode rc = curl_easy_perform(s.h);
-    int ret = 0;
-    if (!(rc == CURLE_ABORTED_BY_CALLBACK && stop && atomic_load(stop)))
-        ret = client_check(c, s.h, rc, s.err.data, s.err.len, NULL);
-    if (ret == 0 && s.line.oom)
-        ret = cli_fail(CLI_EXIT_INTERNAL, "a log event from the daemon is too large");
-    client_handle_free(s.h);
+    sse s = { .fn = on_entry, .user = user };
+    int rc = client_get_stream(c, path, sse_data, &s, stop, NULL);
     free(s.line.data);
-    free(s.err.data);
-    return ret;
+    return rc < 0 ? cli_fail(CLI_EXIT_INTERNAL, "a log event from the daemon is too large") : rc;
 }

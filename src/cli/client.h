@@ -3,7 +3,6 @@
 #ifndef CELL_CLI_CLIENT_H
 #define CELL_CLI_CLIENT_H
 
-#include <curl/curl.h>
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -16,12 +15,14 @@
 #define CLI_EXIT_REFUSED 1
 
 typedef struct client {
-    CURL              *h;           /* reused for plain requests: one connection */
-    char              *base;        /* "http://localhost" for the socket, else the URL */
-    char              *sock;        /* unix socket path, or NULL for TCP */
-    char              *where;       /* "unix:PATH" or the URL, for messages */
-    struct curl_slist *auth;        /* the Authorization header, or NULL */
-    char              *token_from;  /* "$CELL_TOKEN" or the token file, for a 401 */
+    int   fd;                   /* the connection plain requests reuse, or -1 */
+    char *sock;                 /* unix socket path, or NULL for TCP */
+    char *host, *port;          /* TCP: where to connect */
+    char *authority;            /* the Host header: "localhost" or HOST[:PORT] */
+    char *prefix;               /* the URL's path before /v1/..., "" for none */
+    char *where;                /* "unix:PATH" or the URL, for messages */
+    char *token;                /* the bearer token, or NULL */
+    char *token_from;           /* "$CELL_TOKEN" or the token file, for a 401 */
 } client;
 
 /* Find the daemon and the token; prints why not and returns an exit code. */
@@ -31,12 +32,6 @@ void client_close(client *c);
 /* A path with each %s argument URL-escaped (the format holds only %s);
  * malloc()ed, NULL when out of memory. */
 char *client_pathf(const char *fmt, ...);
-
-/* A new handle for `method` on base+path with the socket, token and
- * Content-Type set (POST: a tar, PUT: bytes); for streamed requests.
- * client_handle_free() releases it. */
-CURL *client_handle(client *c, const char *method, const char *path);
-void  client_handle_free(CURL *h);
 
 /* Perform a request with an optional JSON body (borrowed).  On a 2xx,
  * *out (if not NULL) gets the parsed body (NULL when empty) and 0 is
@@ -50,13 +45,19 @@ int client_json_status(client *c, const char *method, const char *path, json_t *
  * returns its exit code. */
 int client_reply_error(client *c, long status, json_t *reply, const char *what);
 
-/* Perform a prepared handle (client_handle plus body options), collect
- * the answer and judge it as client_json does; *out as there. */
-int client_perform(client *c, CURL *h, const char *what, json_t **out);
+/* Send a body read from fd (PUT: `size` bytes of a file; POST: a tar of
+ * unknown length, sent chunked when size < 0) and judge the answer as
+ * client_json does; *out (if not NULL) as there. */
+int client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
+                  json_t **out);
 
-/* Judge a finished streamed transfer: curl's result, then the HTTP status
- * (body = what the daemon answered on an error).  0 or an exit code. */
-int client_check(client *c, CURL *h, CURLcode rc, const char *body, size_t len, const char *what);
+/* GET path and hand a 2xx answer's body to on_data piece by piece; other
+ * answers are judged as client_json does.  A non-zero on_data ends the
+ * request and -1 comes back with nothing printed (the caller says why);
+ * *stop set non-zero ends it too, with 0.  Otherwise 0 or an exit code. */
+typedef int (*client_data_fn)(void *user, const char *p, size_t n);
+int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
+                      const char *what);
 
 /* Base64 (RFC 4648, padded), the encoding of process input and logs. */
 char *client_b64_encode(const void *data, size_t len);
@@ -64,7 +65,8 @@ char *client_b64_encode(const void *data, size_t len);
 int   client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len);
 
 /* Follow a process's log as server-sent events (GET path, which carries
- * ?follow=true) on a handle of its own, calling on_entry for each `log`
+ * ?follow=true) on a connection of its own (another thread may make plain
+ * requests meanwhile), calling on_entry for each `log`
  * event until the stream ends.  *stop set non-zero aborts it.  0 or an
  * exit code (already printed). */
 typedef void (*client_entry_fn)(void *user, json_t *entry);

@@ -13,8 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/crypto.h>
-
 /* The daemon's limit (STORE_SECRET_MAX_VALUE), checked here for a clear message. */
 #define SECRET_MAX_VALUE (64u << 10)
 
@@ -36,6 +34,15 @@ const char cli_secret_usage[] =
     "The daemon is reached at STATE/cell.sock, or at --url URL / $CELL_URL\n"
     "(http://HOST:PORT or unix:PATH); the token is $CELL_TOKEN, else STATE/admin.token.\n";
 
+/* Free a buffer that held a value, wiping it first (the CLI does not load
+ * libcrypto for OPENSSL_clear_free). */
+static void secret_free(char *buf, size_t cap)
+{
+    if (buf)
+        explicit_bzero(buf, cap);
+    free(buf);
+}
+
 /* Read all of fd, at most SECRET_MAX_VALUE + 2 bytes (room for "\r\n"). */
 static int read_value(int fd, const char *from, char **out, size_t *len)
 {
@@ -46,7 +53,7 @@ static int read_value(int fd, const char *from, char **out, size_t *len)
     ssize_t n = util_read_all(fd, buf, cap - 1);
     if (n < 0) {
         int saved = errno;
-        OPENSSL_clear_free(buf, cap);
+        secret_free(buf, cap);
         return cli_fail(CLI_EXIT_USAGE, "cannot read the value from %s: %s", from, strerror(saved));
     }
     size_t l = (size_t)n;
@@ -56,15 +63,15 @@ static int read_value(int fd, const char *from, char **out, size_t *len)
             l--;
     }
     if (l > SECRET_MAX_VALUE) {
-        OPENSSL_clear_free(buf, cap);
+        secret_free(buf, cap);
         return cli_fail(CLI_EXIT_USAGE, "the value from %s is larger than %u bytes", from, SECRET_MAX_VALUE);
     }
     if (l == 0) {
-        OPENSSL_clear_free(buf, cap);
+        secret_free(buf, cap);
         return cli_fail(CLI_EXIT_USAGE, "the value from %s is empty", from);
     }
     if (memchr(buf, '\0', l)) {
-        OPENSSL_clear_free(buf, cap);
+        secret_free(buf, cap);
         return cli_fail(CLI_EXIT_USAGE, "the value from %s contains a NUL byte (values are text)", from);
     }
     buf[l] = '\0';
@@ -98,7 +105,7 @@ static int read_tty(const char *name, char **out, size_t *len)
         tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
     if (rc) {
         if (buf)
-            OPENSSL_clear_free(buf, cap);
+            secret_free(buf, cap);
         return rc;
     }
     size_t l = strlen(buf);
@@ -107,7 +114,7 @@ static int read_tty(const char *name, char **out, size_t *len)
     if (l && buf[l - 1] == '\r')
         buf[--l] = '\0';
     if (l == 0 || l > SECRET_MAX_VALUE) {
-        OPENSSL_clear_free(buf, cap);
+        secret_free(buf, cap);
         return cli_fail(CLI_EXIT_USAGE, l ? "the value is larger than %u bytes" : "the value is empty",
                         SECRET_MAX_VALUE);
     }
@@ -132,7 +139,7 @@ static int secret_set(client *c, struct cli_global *g, const char *name, const c
     json_t *reply = NULL;
     int rc = client_json(c, "POST", "/v1/secrets", body, "secret", &reply);
     json_t *v = json_object_get(body, "value");
-    OPENSSL_cleanse((char *)json_string_value(v), json_string_length(v));
+    explicit_bzero((char *)json_string_value(v), json_string_length(v));
     json_decref(body);
     if (rc)
         return rc;
@@ -272,6 +279,6 @@ int cli_secret(struct cli_global *g, int argc, char **argv)
         client_close(&c);
     }
     if (value)
-        OPENSSL_clear_free(value, value_cap);
+        secret_free(value, value_cap);
     return rc;
 }
