@@ -1,5 +1,14 @@
-# Builds libcell (static library), cell-init (static, embedded into the CLI)
-# and build/cell. `make test` runs every test; `make asan` runs them under ASan+UBSan.
+# Builds libcell (static library), cell-init (static, embedded into the CLI),
+# build/cell (the CLI) and build/cell-daemon (`cell serve` execs it).
+# `make test` runs every test; `make asan` runs them under ASan+UBSan.
+#
+# Link units (issue 11): build/cell links libcell, libseccomp and nothing
+# else (jansson statically), so that `cell run` and `cell help` start fast;
+# the owner's side of the egress engine (nftables, OpenSSL...) and lane
+# export/import (libarchive) are plugins (src/runtime/plugin.h) embedded in
+# it and dlopen()ed only when a cell has a policy or a lane is exported or
+# imported.  cell-daemon, the unit tests and the benches link those tables
+# in ($(LIBCELL_BUILTINS)) with every library ($(LIBS) $(SRV_LIBS)).
 
 CC      ?= cc
 BUILD   ?= build
@@ -24,7 +33,7 @@ endif
 # LDSAN is what every link gets: the sanitizer runtime and the hardening.
 LDSAN   += $(LDHARD)
 LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
-# The daemon (src/server, src/store) and the CLI's HTTP client add these.
+# The daemon (src/server, src/store) adds these.
 SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto libcurl 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lcurl) -lpthread
 
 # cell-init runs inside images that may lack our shared libraries, so it is
@@ -45,6 +54,27 @@ UNTAR_SRC   := src/untar/main.c $(UTIL_SRC)
 UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2>/dev/null || echo -lseccomp -larchive)
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
+DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c
+# `cell cp DIR ID:PATH` packs DIR with libarchive in cells_cmds.c: until it
+# does that through the archive plugin, the CLI needs libarchive too.
+CLI_TAR_LIBS := $(if $(shell grep -l '<archive.h>' src/cli/*.c 2>/dev/null),-larchive)
+# The lean CLI: libseccomp, with jansson and http_parser (the client
+# commands' HTTP/1.1, src/cli/http1.c) linked in.
+CLI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp) \
+               -Wl,-Bstatic -ljansson -lhttp_parser -Wl,-Bdynamic -lpthread $(CLI_TAR_LIBS)
+# Programs that link libcell.a with its plugins' code built in.
+LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin
+# The plugins (shared objects, position-independent objects in obj-pic/):
+# each carries its own copy of util and proto and exports one symbol.
+NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/policy.c src/net/httppath.c \
+                src/net/screen.c src/net/netns.c src/init/proto.c $(UTIL_SRC)
+NETPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs jansson libnftables libnftnl libmnl libcrypto 2>/dev/null || echo -ljansson -lnftables -lnftnl -lmnl -lcrypto) -lpthread
+ARCHPLUG_SRC := src/plugin/archive.c src/runtime/lane_archive.c $(UTIL_SRC)
+ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive 2>/dev/null || echo -larchive) -lpthread
+PIC_CFLAGS  := $(filter-out -fPIE,$(CFLAGS)) -fPIC
+# -z defs: a plugin must not need a symbol of the program that loads it (not
+# in sanitizer builds, where clang leaves the runtime's symbols to the program).
+LDPLUG      := -shared $(filter-out -pie,$(LDSAN)) -Wl,--version-script=src/plugin/plugin.map $(if $(SAN),,-Wl,-z,defs)
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BUILD)/obj/src/net/egress_blob.o \
@@ -53,15 +83,23 @@ UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
 SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/agent/blob.o
-CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
+DAEMON_OBJ  := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o)
+NETPLUG_OBJ := $(NETPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o) $(BUILD)/obj/src/net/egress_blob.o
+ARCHPLUG_OBJ := $(ARCHPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o)
+PLUGINS     := $(BUILD)/libcell-net.so $(BUILD)/libcell-archive.so
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench bench-bin fuzz
-all: $(BUILD)/cell $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
+all: $(BUILD)/cell $(BUILD)/cell-daemon $(PLUGINS) $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj-pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(PIC_CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/obj-init/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -107,12 +145,25 @@ $(BUILD)/obj/src/server/openapi.o: docs/openapi.json
 $(BUILD)/libcellsrv.a: $(SRV_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
-	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBS) $(SRV_LIBS)
+$(BUILD)/libcell-net.so: $(NETPLUG_OBJ) src/plugin/plugin.map
+	$(CC) $(LDPLUG) -o $@ $(NETPLUG_OBJ) $(NETPLUG_LIBS)
+
+$(BUILD)/libcell-archive.so: $(ARCHPLUG_OBJ) src/plugin/plugin.map
+	$(CC) $(LDPLUG) -o $@ $(ARCHPLUG_OBJ) $(ARCHPLUG_LIBS)
+
+$(BUILD)/obj/src/plugin/%_blob.o: src/plugin/blob.S $(BUILD)/libcell-%.so
+	@mkdir -p $(dir $@)
+	$(CC) -c -DCELL_PLUGIN_NAME=$* -DCELL_PLUGIN_PATH='"$(BUILD)/libcell-$*.so"' $< -o $@
+
+$(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcell.a
+	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcell.a $(CLI_LIBS)
+
+$(BUILD)/cell-daemon: $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
+	$(CC) $(LDSAN) -o $@ $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBS) $(SRV_LIBS) -lcmocka
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS) -lcmocka
 
 # A stamp that depends on every unit-test binary, so scripts can build them all.
 $(BUILD)/tests/.stamp: $(UNIT_BIN)
@@ -157,11 +208,11 @@ bench-bin: $(BENCH_BIN)
 
 $(BUILD)/bench/bench_cell: bench/bench_cell.c $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS)
 
 $(BUILD)/bench/bench_phases: bench/bench_cell.c $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -DCELL_BENCH_PHASES $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBS) $(BENCH_WRAPS:%=-Wl,--wrap=%)
+	$(CC) $(CFLAGS) -DCELL_BENCH_PHASES $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(BENCH_WRAPS:%=-Wl,--wrap=%)
 
 $(BUILD)/bench/http_bench: bench/http_bench.c
 	@mkdir -p $(dir $@)

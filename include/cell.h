@@ -12,6 +12,18 @@
 extern "C" {
 #endif
 
+/* ---- version ---------------------------------------------------------------
+ * The macros are the header a caller compiled against; cell_version() and
+ * cell_version_number() the library it runs with.  CELL_VERSION_NUMBER is
+ * 0xMMmmpp.  docs/libcell.md says what a change of each part promises. */
+#define CELL_VERSION_MAJOR  0
+#define CELL_VERSION_MINOR  2
+#define CELL_VERSION_PATCH  0
+#define CELL_VERSION_STRING "0.2.0"
+#define CELL_VERSION_NUMBER ((CELL_VERSION_MAJOR << 16) | (CELL_VERSION_MINOR << 8) | CELL_VERSION_PATCH)
+const char *cell_version(void);
+int         cell_version_number(void);
+
 /* ---- errors --------------------------------------------------------------
  * Every fallible call takes a `cell_error *` (may be NULL) and returns 0 on
  * success or -1 on failure.  On failure `code` holds an errno value that
@@ -204,6 +216,70 @@ int cell_set_policy(cell *c, const char *policy_json, cell_error *err);
 pid_t cell_init_pid(const cell *c);
 /* First host uid of the cell's range; uid N inside is host uid base+N. */
 uid_t cell_uid_base(const cell *c);
+
+/* ---- options (API v2) -------------------------------------------------------
+ * cell_config above is frozen: a field added to it would change its size
+ * under callers built against an older header.  New code describes a cell
+ * with an opaque cell_options filled by setters, which later versions can
+ * add to without breaking anything (docs/libcell.md).  Options copy what
+ * they are given (strings, seed data, egress settings); the caller's buffers
+ * may go away after each call.  Every setter checks its argument at once and
+ * fails with EINVAL (ERANGE for a size below its minimum) naming the option
+ * and what to use instead; what depends on the host (the image is known and
+ * built, a bind source exists, the lane is free) is checked by
+ * cell_create_v2.  An options object is not changed by cell_create_v2 and
+ * may create any number of cells; it is not thread-safe. */
+typedef struct cell_options cell_options;
+/* Egress settings: the network policy, the callbacks answering the engine
+ * and the extra upstream roots.  Attached to options by copy. */
+typedef struct cell_egress cell_egress;
+
+int  cell_options_new(cell_options **out, cell_error *err);
+void cell_options_free(cell_options *o);
+/* NULL restores the default ("host"; the lane's image with a lane). */
+int  cell_options_set_image(cell_options *o, const char *image, cell_error *err);
+/* NULL = a throwaway layer. */
+int  cell_options_set_lane(cell_options *o, const char *lane, cell_error *err);
+/* 1-63 letters, digits and '-', not starting or ending with '-'; NULL = "cell-<id prefix>". */
+int  cell_options_set_hostname(cell_options *o, const char *hostname, cell_error *err);
+/* Limits; 0 means unlimited (disk: CELL_DEFAULT_DISK). */
+#define CELL_MIN_MEMORY (16ull << 20)
+#define CELL_MIN_DISK   (1ull << 20)
+#define CELL_MIN_CPU_MILLIS 10
+int  cell_options_set_memory(cell_options *o, uint64_t bytes, cell_error *err);  /* >= CELL_MIN_MEMORY */
+int  cell_options_set_pids(cell_options *o, uint32_t max, cell_error *err);      /* <= 4194304 */
+int  cell_options_set_cpu(cell_options *o, uint32_t millis, cell_error *err);    /* 1000 = one CPU, >= 10 */
+int  cell_options_set_disk(cell_options *o, uint64_t bytes, cell_error *err);    /* >= CELL_MIN_DISK */
+/* Mounts, at most 32 in all.  target: absolute, no "..", not "/".
+ * add_bind: the host path `source` (relative to the caller's cwd at
+ * cell_create_v2) at `target`; flags 0 or CELL_MOUNT_READONLY.
+ * add_tmpfs: an empty in-memory directory of `size` bytes (0 = 64 MiB).
+ * add_seed: a file put into the tmpfs mounted at `target` before the cell
+ * is handed over: `path` relative to it, mode 0 = 0644. */
+#define CELL_MOUNT_READONLY 1u
+int  cell_options_add_bind(cell_options *o, const char *source, const char *target, unsigned flags, cell_error *err);
+int  cell_options_add_tmpfs(cell_options *o, const char *target, uint64_t size, cell_error *err);
+int  cell_options_add_seed(cell_options *o, const char *target, const char *path, const void *data, size_t size,
+                           mode_t mode, cell_error *err);
+/* A copy of `e` (NULL = no network at all, the default). */
+int  cell_options_set_egress(cell_options *o, const cell_egress *e, cell_error *err);
+
+/* policy_json is checked as cell_policy_check() does. */
+int  cell_egress_new(cell_egress **out, const char *policy_json, cell_error *err);
+void cell_egress_free(cell_egress *e);
+int  cell_egress_set_policy(cell_egress *e, const char *policy_json, cell_error *err);
+/* Each NULL by default: see cell_config's net_* fields for what that means.
+ * `user` is passed to every callback; the caller keeps it alive as long as
+ * any cell created with these settings. */
+int  cell_egress_set_decide(cell_egress *e, cell_net_decide_fn fn, cell_error *err);
+int  cell_egress_set_event(cell_egress *e, cell_net_event_fn fn, cell_error *err);
+int  cell_egress_set_secret(cell_egress *e, cell_net_secret_fn fn, cell_error *err);
+int  cell_egress_set_user(cell_egress *e, void *user, cell_error *err);
+/* A readable PEM file, as cell_config.upstream_ca_file; NULL = none. */
+int  cell_egress_set_upstream_ca(cell_egress *e, const char *pem_file, cell_error *err);
+
+/* cell_create() for options. */
+int  cell_create_v2(cell_ctx *ctx, const cell_options *o, cell **out, cell_error *err);
 
 /* ---- processes ------------------------------------------------------------ */
 typedef struct cell_proc_spec {

@@ -8,8 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CELL_VERSION "0.1.0"
-
 static const char usage_text[] =
     "usage: cell [--state DIR] [--json] COMMAND [ARGS...]\n"
     "\n"
@@ -116,7 +114,7 @@ int main(int argc, char **argv)
         else if (strncmp(argv[i], "--url=", 6) == 0)
             g.url = argv[i] + 6;
         else if (strcmp(argv[i], "--version") == 0) {
-            printf("cell %s\n", CELL_VERSION);
+            printf("cell %s\n", cell_version()); /* the library's, as run */
             return 0;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fputs(usage_text, stdout);

@@ -21,7 +21,9 @@
  * calling process (it is linked only into the egress helper, cell-egress),
  * and src/net/sep.c, in libcell, runs one such helper per policed cell
  * (fork+exec, a socketpair in the framing of src/init/proto.h) and answers
- * its hooks: what a cell's owner (the CLI or the daemon) uses. */
+ * its hooks: what a cell's owner (the CLI or the daemon) uses.  The owner
+ * calls these through src/runtime/plugin.c, which forwards to sep.c's
+ * table, linked in or loaded with libcell-net.so (src/runtime/plugin.h). */
 typedef struct net_engine net_engine;
 
 typedef struct net_hooks {

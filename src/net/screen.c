@@ -379,9 +379,8 @@ int net_screen_policy(const net_policy *p, const char *const *allow, cell_error 
     return 0;
 }
 
-/* ---- libcell's API (include/cell.h) -------------------------------------- */
-
-int cell_policy_check_v2(const char *policy_json, const char *const *owner_allow, cell_error *err)
+/* cell_policy_check_v2() of include/cell.h (through src/runtime/plugin.c). */
+int net_policy_check_v2(const char *policy_json, const char *const *owner_allow, cell_error *err)
 {
     net_policy *p;
     if (!policy_json)
@@ -391,9 +390,4 @@ int cell_policy_check_v2(const char *policy_json, const char *const *owner_allow
     int rc = net_screen_policy(p, owner_allow, err);
     net_policy_unref(p);
     return rc;
-}
-
-const char *cell_net_screen(const struct sockaddr *dst, const char *const *owner_allow)
-{
-    return net_screen_reason(dst, owner_allow);
 }

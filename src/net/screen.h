@@ -33,4 +33,7 @@ const char *net_screen_reason(const struct sockaddr *sa, const char *const *allo
  * rule and field.  Names in decide URLs are screened when connecting. */
 int net_screen_policy(const net_policy *p, const char *const *allow, cell_error *err);
 
+/* Parse a policy and screen it (cell_policy_check_v2()). */
+int net_policy_check_v2(const char *policy_json, const char *const *owner_allow, cell_error *err);
+
 #endif

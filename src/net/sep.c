@@ -13,7 +13,9 @@
 #include "net/net.h"
 #include "net/netns.h"
 #include "net/policy.h"
+#include "net/screen.h"
 #include "net/sep.h"
+#include "runtime/plugin.h"
 #include "util/util.h"
 
 #include <fcntl.h>
@@ -58,13 +60,15 @@ struct net_engine {
     int             asks;            /* decide threads running */
 };
 
+static void sep_stop(net_engine *e);
+
 static int bad_msg(void)
 {
     errno = EBADMSG;
     return -1;
 }
 
-int cell_policy_check(const char *policy_json, cell_error *err)
+static int sep_policy_check(const char *policy_json, cell_error *err)
 {
     net_policy *p;
     if (!policy_json)
@@ -433,8 +437,8 @@ static int wait_ready(net_engine *e, cell_error *err)
     }
 }
 
-int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
-                     const net_hooks *hooks, cell_error *err)
+static int sep_start(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
+                const net_hooks *hooks, cell_error *err)
 {
     *out = NULL;
     net_engine *e = calloc(1, sizeof *e);
@@ -477,11 +481,11 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     *out = e;
     return 0;
 fail:
-    net_engine_stop(e);
+    sep_stop(e);
     return -1;
 }
 
-int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *err)
+static int sep_set_policy(net_engine *e, const char *policy_json, cell_error *err)
 {
     net_policy *p, *old;
     if (net_policy_parse(policy_json, strlen(policy_json), &p, err) < 0)
@@ -496,7 +500,7 @@ int net_engine_set_policy(net_engine *e, const char *policy_json, cell_error *er
     return request(e, NET_SEP_POLICY, policy_json, REQUEST_TIMEOUT_MS, err);
 }
 
-int net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
+static int sep_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
 {
     if (!(*pem = strdup(e->ca_pem)))
         return util_fail(err, ENOMEM, "out of memory");
@@ -505,7 +509,7 @@ int net_engine_ca_pem(net_engine *e, char **pem, size_t *len, cell_error *err)
     return 0;
 }
 
-pid_t net_engine_pid(net_engine *e)
+static pid_t sep_pid(net_engine *e)
 {
     pthread_mutex_lock(&e->lock);
     pid_t pid = e->dead ? 0 : e->pid;
@@ -513,7 +517,7 @@ pid_t net_engine_pid(net_engine *e)
     return pid;
 }
 
-void net_engine_stop(net_engine *e)
+static void sep_stop(net_engine *e)
 {
     if (!e)
         return;
@@ -555,3 +559,17 @@ void net_engine_stop(net_engine *e)
     pthread_cond_destroy(&e->cond);
     free(e);
 }
+
+/* libcell's table (src/runtime/plugin.h): linked into the daemon, or the
+ * entry of libcell-net.so in the lean CLI. */
+const runtime_net_ops runtime_net_builtin = {
+    .size = sizeof(runtime_net_ops),
+    .engine_start = sep_start,
+    .engine_set_policy = sep_set_policy,
+    .engine_ca_pem = sep_ca_pem,
+    .engine_pid = sep_pid,
+    .engine_stop = sep_stop,
+    .policy_check = sep_policy_check,
+    .policy_check_v2 = net_policy_check_v2,
+    .screen = net_screen_reason,
+};

@@ -1,5 +1,6 @@
 /* lane_archive.c: lane export and import as pax tar streams of the overlay
  * upper dir.  Import treats the stream as hostile input from another host. */
+#include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
@@ -305,7 +306,7 @@ done:
     return rc;
 }
 
-int cell_lane_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
+static int archive_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
 {
     char dir[PATH_MAX], path[PATH_MAX];
     struct stat st;
@@ -581,8 +582,8 @@ done:
     return rc;
 }
 
-int cell_lane_import_sized(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
-                           cell_error *err)
+static int archive_import(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
+                          cell_error *err)
 {
     if (disk_size && disk_size < CELL_LANE_MIN_SIZE)
         return util_fail(err, EINVAL, "lane size %llu bytes is too small: a size-limited lane needs at least 16M",
@@ -614,7 +615,11 @@ fail:
     return -1;
 }
 
-int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err)
-{
-    return cell_lane_import_sized(ctx, name, image, 0, fd, err);
-}
+/* libcell's table (src/runtime/plugin.h): linked into the daemon, or the
+ * entry of libcell-archive.so in the lean CLI; cell_lane_export() and
+ * cell_lane_import*() are in plugin.c. */
+const runtime_archive_ops runtime_archive_builtin = {
+    .size = sizeof(runtime_archive_ops),
+    .lane_export = archive_export,
+    .lane_import = archive_import,
+};

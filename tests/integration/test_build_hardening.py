@@ -10,8 +10,10 @@ import pytest
 from conftest import CELL_BIN
 
 # cell-egress (the egress helper) is embedded in cell and exec'd from a memfd;
-# the copy beside it is the same bytes.
-BINARIES = [CELL_BIN] + [os.path.join(os.path.dirname(CELL_BIN), n) for n in ("cell-init", "cell-egress")]
+# the copy beside it is the same bytes; so are the plugins (libcell-*.so,
+# dlopen()ed from a memfd).  `cell serve` execs cell-daemon.
+BINARIES = [CELL_BIN] + [os.path.join(os.path.dirname(CELL_BIN), n)
+                         for n in ("cell-init", "cell-egress", "cell-daemon", "libcell-net.so", "libcell-archive.so")]
 
 
 def readelf(*args):

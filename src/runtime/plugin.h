@@ -1,0 +1,73 @@
+/* plugin.h: the parts of libcell that need heavy shared libraries, behind
+ * tables of function pointers, so that a program that does not use them
+ * does not load those libraries at all (issue 11: `cell run` without a
+ * policy, `cell help`).
+ *
+ * - net: the owner's side of a policed cell's egress engine (src/net/sep.c
+ *   and what it uses: nftables, OpenSSL, jansson) and the policy checks;
+ * - archive: lane export and import (src/runtime/lane_archive.c: libarchive).
+ *
+ * Each table is either linked in (the daemon, unit tests, benches: link
+ * with $(LIBCELL_BUILTINS), which pulls the *_builtin tables out of
+ * libcell.a) or, in the lean `cell`, loaded on first use from a shared
+ * object embedded in the binary (build/libcell-net.so, libcell-archive.so),
+ * dlopen()ed from a sealed memfd: one file to install, and nobody can swap
+ * the code that is loaded.  The dynamic linker loads the plugin's own
+ * dependencies (libnftables, libssl, libarchive...) only at that moment. */
+#ifndef CELL_RUNTIME_PLUGIN_H
+#define CELL_RUNTIME_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include "cell.h"
+#include "net/net.h"
+
+typedef struct runtime_net_ops {
+    size_t size;                /* sizeof(runtime_net_ops) where it was built */
+    int   (*engine_start)(net_engine **out, int netns_fd, const char *cell_id, const char *policy_json,
+                          const net_hooks *hooks, cell_error *err);
+    int   (*engine_set_policy)(net_engine *e, const char *policy_json, cell_error *err);
+    int   (*engine_ca_pem)(net_engine *e, char **pem, size_t *len, cell_error *err);
+    pid_t (*engine_pid)(net_engine *e);
+    void  (*engine_stop)(net_engine *e);
+    int   (*policy_check)(const char *policy_json, cell_error *err);
+    int   (*policy_check_v2)(const char *policy_json, const char *const *owner_allow, cell_error *err);
+    const char *(*screen)(const struct sockaddr *dst, const char *const *owner_allow);
+} runtime_net_ops;
+
+/* What lane_archive.c needs of the rest of libcell: the plugin gets these
+ * from the program that loads it instead of a copy of lane.c's code. */
+typedef struct runtime_archive_host {
+    int (*lane_find)(cell_ctx *ctx, const char *name, char *dir, size_t size, struct stat *st, cell_error *err);
+    int (*lane_begin)(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, char *tmp,
+                      size_t size, cell_error *err);
+    int (*lane_commit)(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err);
+    int (*lane_open_upper)(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err);
+} runtime_archive_host;
+
+typedef struct runtime_archive_ops {
+    size_t size;                /* sizeof(runtime_archive_ops) where it was built */
+    int (*lane_export)(cell_ctx *ctx, const char *name, int fd, cell_error *err);
+    int (*lane_import)(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
+                       cell_error *err);
+} runtime_archive_ops;
+
+/* The tables as linked in: defined by src/net/sep.c and
+ * src/runtime/lane_archive.c. */
+extern const runtime_net_ops runtime_net_builtin;
+extern const runtime_archive_ops runtime_archive_builtin;
+
+/* What a plugin exports (src/plugin/): its table, given the loader's host
+ * table (NULL for the net plugin, which needs nothing of its loader). */
+#define RUNTIME_PLUGIN_ENTRY "cell_plugin_entry"
+typedef const void *(*runtime_plugin_entry_fn)(const void *host);
+
+/* The table, linked in or loaded once (thread-safe); NULL and *err when the
+ * plugin cannot be loaded (e.g. a library it needs is not installed). */
+const runtime_net_ops *runtime_net(cell_error *err);
+const runtime_archive_ops *runtime_archive(cell_error *err);
+
+#endif
