@@ -29,6 +29,17 @@ struct store {
     store_tenant    defaults;  /* quotas of new tenants */
     unsigned char   skey[STORE_SECRETS_KEY_SIZE]; /* seals secrets; has_skey */
     int             has_skey;
+    int             sync_full; /* the connection's synchronous is FULL (else NORMAL) */
+    struct stmt_slot *stmts;   /* prepared statements by SQL text (db_prepare) */
+    size_t          n_stmts, cap_stmts;
+};
+
+/* One prepared statement per SQL text, kept for the store's life: the
+ * daemon runs the same few dozen statements on every request, and parsing
+ * and planning one cost more than running it. */
+struct stmt_slot {
+    char         *sql;
+    sqlite3_stmt *st;
 };
 
 #define TENANT_COLS "name, max_cells, max_memory, max_lanes, max_disk, created, max_pids"
@@ -123,11 +134,18 @@ static void unlockp(pthread_mutex_t **m)
  * not count as a use: mark it unused rather than silence the warning. */
 #define LOCKED(s) _cleanup_unlock_ __attribute__((unused)) pthread_mutex_t *lock_guard_ = lock_store(s)
 
-static void finalizep(sqlite3_stmt **st)
+/* Statements come from the cache (db_prepare) and go back to it: reset,
+ * which also ends the read it may hold (it would block a checkpoint), and
+ * unbound, so it keeps no pointer into the caller's memory. */
+static void releasep(sqlite3_stmt **st)
 {
-    sqlite3_finalize(*st); /* NULL is a no-op */
+    if (!*st)
+        return;
+    sqlite3_reset(*st);
+    sqlite3_clear_bindings(*st);
+    *st = NULL;
 }
-#define _cleanup_stmt_ __attribute__((cleanup(finalizep)))
+#define _cleanup_stmt_ __attribute__((cleanup(releasep)))
 
 static int rc_errno(int rc)
 {
@@ -176,28 +194,94 @@ static int bind_va(sqlite3_stmt *st, const char *fmt, va_list ap)
     return SQLITE_OK;
 }
 
+/* The cached statement for `sql`, prepared on first use.  The caller holds
+ * the lock and releases it (_cleanup_stmt_) before it prepares the same
+ * SQL again: one statement per text serves one caller at a time. */
+static int db_prepare(store *s, const char *sql, sqlite3_stmt **st)
+{
+    for (size_t i = 0; i < s->n_stmts; i++)
+        if (strcmp(s->stmts[i].sql, sql) == 0) {
+            *st = s->stmts[i].st;
+            return SQLITE_OK;
+        }
+    if (s->n_stmts == s->cap_stmts) {
+        size_t cap = s->cap_stmts ? 2 * s->cap_stmts : 32;
+        struct stmt_slot *grown = realloc(s->stmts, cap * sizeof *grown);
+        if (!grown)
+            return SQLITE_NOMEM;
+        s->stmts = grown;
+        s->cap_stmts = cap;
+    }
+    char *copy = strdup(sql);
+    if (!copy)
+        return SQLITE_NOMEM;
+    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL);
+    if (rc != SQLITE_OK) {
+        free(copy);
+        return rc;
+    }
+    s->stmts[s->n_stmts++] = (struct stmt_slot){ .sql = copy, .st = *st };
+    return SQLITE_OK;
+}
+
+static void stmts_free(store *s)
+{
+    for (size_t i = 0; i < s->n_stmts; i++) {
+        sqlite3_finalize(s->stmts[i].st);
+        free(s->stmts[i].sql);
+    }
+    free(s->stmts);
+    s->stmts = NULL;
+    s->n_stmts = s->cap_stmts = 0;
+}
+
+static int db_exec(store *s, cell_error *err, const char *what, const char *sql)
+{
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : db_fail(s, rc, err, what);
+}
+
+/* Whether a commit syncs the WAL before it returns.  FULL is the default
+ * for every write; store_cell_set_state asks NORMAL for its own commit
+ * (see there), and the next write outside a transaction or the next
+ * db_begin switches back first, failing rather than writing unsynced.
+ * SQLite only changes it outside a transaction. */
+static int db_sync(store *s, int full, cell_error *err)
+{
+    if (s->sync_full == full)
+        return 0;
+    if (db_exec(s, err, "set synchronous", full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL") < 0)
+        return -1;
+    s->sync_full = full;
+    return 0;
+}
+
 /* Prepare and bind; the caller steps.  Caller holds the lock. */
 static int db_query(store *s, sqlite3_stmt **st, cell_error *err, const char *what, const char *sql,
                     const char *fmt, ...)
 {
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+    int rc = db_prepare(s, sql, st);
     if (rc != SQLITE_OK)
         return db_fail(s, rc, err, what);
     va_list ap;
     va_start(ap, fmt);
     rc = bind_va(*st, fmt, ap);
     va_end(ap);
-    if (rc != SQLITE_OK)
+    if (rc != SQLITE_OK) {
+        releasep(st);
         return db_fail(s, rc, err, what);
+    }
     return 0;
 }
 
 /* Run one statement that returns no rows; returns the rows it changed or
- * -1.  Caller holds the lock. */
+ * -1.  Caller holds the lock.  Outside a transaction its commit syncs. */
 static int db_run(store *s, cell_error *err, const char *what, const char *sql, const char *fmt, ...)
 {
+    if (sqlite3_get_autocommit(s->db) && db_sync(s, 1, err) < 0)
+        return -1;
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    int rc = db_prepare(s, sql, &st);
     if (rc != SQLITE_OK)
         return db_fail(s, rc, err, what);
     va_list ap;
@@ -211,17 +295,13 @@ static int db_run(store *s, cell_error *err, const char *what, const char *sql, 
     return sqlite3_changes(s->db);
 }
 
-static int db_exec(store *s, cell_error *err, const char *what, const char *sql)
-{
-    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : db_fail(s, rc, err, what);
-}
-
 /* IMMEDIATE takes the write lock up front: a deferred transaction that
  * upgrades later fails with SQLITE_BUSY without waiting out busy_timeout
  * when the CLI writes at the same time. */
 static int db_begin(store *s, cell_error *err)
 {
+    if (db_sync(s, 1, err) < 0)
+        return -1;
     return db_exec(s, err, "begin transaction", "BEGIN IMMEDIATE");
 }
 static int db_commit(store *s, cell_error *err)
@@ -423,13 +503,14 @@ int store_open(store **out, const char *state_dir, cell_error *err)
         util_fail(err, ENOTSUP, "%s: the file system does not support SQLite's WAL mode (got '%s')", path, mode);
         goto fail;
     }
-    /* FULL syncs the WAL at every commit: metadata must survive power loss,
-     * and it is written a few times per cell, not per request. */
+    /* FULL syncs the WAL at every commit: metadata must survive power loss
+     * (docs/architecture.md, "The store after a crash"); db_sync. */
     if (db_exec(s, err, "set synchronous=FULL", "PRAGMA synchronous = FULL") < 0 ||
         db_exec(s, err, "enable foreign keys", "PRAGMA foreign_keys = ON") < 0 ||
         /* Zero freed pages, so a deleted or replaced secret does not linger in the file. */
         db_exec(s, err, "enable secure_delete", "PRAGMA secure_delete = ON") < 0 || migrate(s, err) < 0)
         goto fail;
+    s->sync_full = 1;
     if (store_audit_init(&s->audit, state_dir, err) < 0)
         goto fail;
     *out = s;
@@ -445,6 +526,7 @@ void store_close(store *s)
         return;
     store_audit_fini(s->audit);
     OPENSSL_cleanse(s->skey, sizeof s->skey);
+    stmts_free(s);
     sqlite3_close_v2(s->db); /* NULL is a no-op */
     pthread_mutex_destroy(&s->lock);
     free(s);
@@ -832,14 +914,27 @@ static int changed_one(int changed, const char *what, const char *id, cell_error
     return changed < 0 ? -1 : 0;
 }
 
+/* The state is the one record written on every boot and halt, and the
+ * one no crash can make wrong: cell-init dies with its daemon, and
+ * registry_load marks every cell stopped at the next start.  So its commit
+ * does not wait for the disk (synchronous=NORMAL: in the WAL, which a
+ * process crash keeps, and synced by the next FULL commit); it saves a
+ * flush on each create and each delete. */
 int store_cell_set_state(store *s, const char *id, const char *state, cell_error *err)
 {
     if (!id || check_state(state, cell_states, "cell", err) < 0)
         return id ? -1 : util_fail(err, EINVAL, "store_cell_set_state: no id");
     LOCKED(s);
-    return changed_one(db_run(s, err, "set cell state", "UPDATE cells SET state = ?, updated = ? WHERE id = ?", "tit",
-                              state, now_ms(), id),
-                       "cell", id, err);
+    if (db_sync(s, 0, err) < 0)
+        return -1;
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "set cell state", "UPDATE cells SET state = ?, updated = ? WHERE id = ?", "tit", state,
+                 now_ms(), id) < 0)
+        return -1;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return db_fail(s, rc, err, "set cell state");
+    return changed_one(sqlite3_changes(s->db), "cell", id, err);
 }
 
 int store_cell_set_spec(store *s, const char *id, const char *spec, cell_error *err)
@@ -1217,8 +1312,7 @@ int store_secrets_key(store *s, const char *path, size_t *sealed_now, cell_error
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return db_fail(s, rc, err, "read key digest");
-    sqlite3_finalize(st);        /* an open statement would block the checkpoint below */
-    st = NULL;
+    releasep(&st);               /* an open statement would block the checkpoint below */
     if (rc == SQLITE_DONE &&
         db_run(s, err, "record key digest", "INSERT INTO secrets_key (id, digest) VALUES (1, ?)", "b", digest) < 0)
         return -1;
