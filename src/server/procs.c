@@ -755,19 +755,38 @@ int h_proc_config(sreq *r)
 
 /* Read both pipes until EOF or the deadline; keep at most cap bytes of each. */
 typedef struct run_output {
-    unsigned char *buf[2];
-    size_t len[2];
+    unsigned char *buf[2];          /* NULL until a byte is kept */
+    size_t len[2], cap[2];
     int truncated[2];
 } run_output;
+
+/* Keep `take` more bytes of stream i.  The buffer grows with the output
+ * instead of being the cap (1 MiB by default) up front: two such buffers
+ * per run were an mmap and munmap each, most runs print little. */
+static int keep_output(run_output *ro, int i, const char *data, size_t take)
+{
+    size_t need = ro->len[i] + take, have = ro->cap[i];
+    if (need > have) {
+        size_t grow = have ? have : 4096;
+        while (grow < need)
+            grow *= 2;
+        unsigned char *nb = realloc(ro->buf[i], grow);
+        if (!nb)
+            return -1;
+        ro->buf[i] = nb;
+        ro->cap[i] = grow;
+    }
+    if (take)
+        memcpy(ro->buf[i] + ro->len[i], data, take);
+    ro->len[i] = need;
+    return 0;
+}
 
 static int collect_output(int out_fd, int err_fd, size_t cap, int64_t deadline_ms, run_output *ro)
 {
     struct pollfd fds[2] = { { .fd = out_fd, .events = POLLIN }, { .fd = err_fd, .events = POLLIN } };
     int open_fds = 2;
     char chunk[16384];
-    for (int i = 0; i < 2; i++)
-        if (!(ro->buf[i] = malloc(cap ? cap : 1)))
-            return -1;
     while (open_fds) {
         int64_t left = deadline_ms - srv_now_ms();
         if (left <= 0)
@@ -788,8 +807,8 @@ static int collect_output(int out_fd, int err_fd, size_t cap, int64_t deadline_m
             }
             size_t room = cap - ro->len[i];
             size_t take = (size_t)got < room ? (size_t)got : room;
-            memcpy(ro->buf[i] + ro->len[i], chunk, take);
-            ro->len[i] += take;
+            if (keep_output(ro, i, chunk, take) < 0)
+                return -1;
             if (take < (size_t)got)
                 ro->truncated[i] = 1;
         }
