@@ -32,6 +32,8 @@ void http1_buf_add(http1_buf *b, const void *p, size_t n)
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n + 1)
             cap *= 2;
+        if (cap > HTTP1_MAX_REPLY + 1)
+            cap = HTTP1_MAX_REPLY + 1;
         char *nd = realloc(b->data, cap);
         if (!nd) {
             b->oom = 1;
@@ -104,6 +106,7 @@ typedef struct exch {
     int         done;           /* the final answer is complete */
     int         cb_err;         /* why a callback stopped the parser */
     int         send_errno;     /* sending failed; an answer may still have come */
+    int         unsent;         /* the answer came before all of the request was sent */
 } exch;
 
 static int on_headers_complete(http_parser *p)
@@ -257,6 +260,7 @@ static int send_watching(int fd, exch *x, const char *data, size_t len)
         else
             data += n, len -= (size_t)n;
     }
+    x->unsent |= len > 0;
     return HTTP1_OK;
 }
 
@@ -339,23 +343,24 @@ static int send_fd_body(int fd, const http1_req *rq, exch *x)
 {
     int err = await_continue(fd, x);
     char *frame = malloc(16 + BODY_PIECE + 2), *start;
+    int complete = 0;
     if (!frame)
         return HTTP1_NOMEM;
-    for (long long left = rq->body_size; !err && !x->done && !x->send_errno;) {
+    for (long long left = rq->body_size; !err && !x->done && !x->send_errno && !complete;) {
         ssize_t n = next_piece(rq, left, frame, &start, x->rs);
         if (n < 0) {
             err = HTTP1_BODY_READ;
         } else if (n == 0) {
             /* The end: chunked bodies close with an empty chunk. */
             err = rq->body_size < 0 ? send_watching(fd, x, "0\r\n\r\n", 5) : HTTP1_OK;
-            break;
+            complete = 1;
         } else {
             err = send_watching(fd, x, start, (size_t)n);
             left -= rq->body_size >= 0 ? n : 0;
-            if (rq->body_size >= 0 && left == 0)
-                break;
+            complete = rq->body_size >= 0 && left == 0;
         }
     }
+    x->unsent |= !complete;
     free(frame);
     return err;
 }
@@ -375,13 +380,14 @@ int http1_exchange(int fd, const http1_req *rq, http1_resp *rs)
     if (head.data)
         explicit_bzero(head.data, head.len);
     free(head.data);
-    if (!err && rq->body_fd >= 0 && !x.send_errno)
+    if (!err && rq->body_fd >= 0 && !x.send_errno && !x.done)
         err = send_fd_body(fd, rq, &x);
-    int complete_body = !x.send_errno && !err;
+    else if (rq->body_fd >= 0)
+        x.unsent = 1;
     if (!err)
         err = read_answer(fd, &x);
-    /* An answer that came before the whole body was sent ends the connection. */
-    if (!complete_body)
+    /* An answer that came before the whole request was sent ends the connection. */
+    if (x.send_errno || x.unsent)
         rs->keep_alive = 0;
     return err;
 }

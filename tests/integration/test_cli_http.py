@@ -205,6 +205,19 @@ def test_a_kept_connection_the_daemon_closed_is_replaced(fake):
     assert len(f.heads) == 3 and f.connections == 3
 
 
+@pytest.mark.parametrize("raw", [b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                                 b"HTTP/1.0 204 No Content\r\n\r\n",
+                                 b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"],
+                         ids=["connection-close", "http-1.0", "extra-answer"])
+def test_a_connection_that_may_not_be_reused_is_not(fake, raw):
+    # The fake keeps reading: a CLI that reused the connection would get its
+    # next answer there (or the stray extra one) instead of a fresh connection.
+    f = fake(reply(raw, keep=True))
+    r = f.cli("rm", "one", "two")
+    assert r.returncode == 0, r.stderr
+    assert len(f.heads) == 2 and f.connections == 2
+
+
 def test_token_with_a_line_break_is_refused(fake):
     f = fake(ok_204)
     r = f.cli("rm", "x", token="tok\r\nX-Tenant: admin")
