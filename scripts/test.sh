@@ -159,6 +159,7 @@ bench_smoke fs_api.sh env CELL_BENCH_BUILD=build CELL_FS_BENCH_SIZE=1048576 CELL
 bench_smoke agents.sh env CELL_BENCH_BUILD=build CELL_AGENTS_BENCH_N=1 CELL_AGENTS_BENCH_WARMUP=0 \
   CELL_AGENTS_BENCH_ROUNDS=1 CELL_AGENTS_BENCH_PINGS=3 CELL_AGENTS_BENCH_WORDS=20 CELL_AGENTS_BENCH_INSTANCES=2 bash bench/agents.sh
 bench_smoke faststart.sh env CELL_BENCH_BUILD=build CELL_FASTSTART_SMOKE=1 bash bench/faststart.sh
+bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
