@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #define SERVE_MAX_ALLOW 16   /* as in src/cli/serve_usage.c */
+#define SERVE_MAX_WARM  8    /* --warm values (images) */
 
 extern const char cli_serve_usage[];
 
@@ -86,6 +87,8 @@ static int serve(const char *state_dir, int argc, char **argv)
 {
     server_options opt = { .state_dir = state_dir };
     static const char *allow[SERVE_MAX_ALLOW + 1];
+    static const char *warm[SERVE_MAX_WARM + 1];
+    size_t n_warm = 0;
     size_t n_allow = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -158,6 +161,16 @@ static int serve(const char *state_dir, int argc, char **argv)
             if (server_limit_set(&opt.limits, kv[0] == '=' ? v : kv, &lerr) < 0)
                 return daemon_fail(CLI_EXIT_USAGE, "%s", lerr.message);
             i++;
+        } else if (strcmp(a, "--warm") == 0) {
+            char image[64];
+            unsigned size;
+            cell_error werr = { 0 };
+            if (n_warm == SERVE_MAX_WARM)
+                return daemon_fail(CLI_EXIT_USAGE, "--warm: at most %d", SERVE_MAX_WARM);
+            if (server_warm_parse(v, image, sizeof image, &size, &werr) < 0)
+                return daemon_fail(CLI_EXIT_USAGE, "%s", werr.message);
+            warm[n_warm++] = v, i++;
+            opt.warm = warm;
         } else if (strcmp(a, "--secrets-key-file") == 0) {
             opt.secrets_key_file = v, i++;
         } else if (strcmp(a, "--upstream-ca") == 0) {

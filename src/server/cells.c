@@ -99,13 +99,20 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
     return 0;
 }
 
+/* The defaults, lowered to the operator's ceilings if above them. */
+void cells_default_resources(const server_limits *l, uint64_t *memory, uint64_t *pids)
+{
+    *memory = DEFAULT_CELL_MEMORY < l->cell_memory ? DEFAULT_CELL_MEMORY : l->cell_memory;
+    *pids = DEFAULT_CELL_PIDS < l->cell_pids ? DEFAULT_CELL_PIDS : l->cell_pids;
+}
+
 static int parse_resources(sreq *r, json_t *body, json_t *spec)
 {
     json_t *res = json_object_get(body, "resources");
     const server_limits *l = &r->s->opt.limits;
-    /* The defaults, lowered to the operator's ceilings if above them. */
-    uint64_t memory = DEFAULT_CELL_MEMORY < l->cell_memory ? DEFAULT_CELL_MEMORY : l->cell_memory, disk = 0;
-    int64_t pids = DEFAULT_CELL_PIDS < l->cell_pids ? DEFAULT_CELL_PIDS : (int64_t)l->cell_pids;
+    uint64_t memory, default_pids, disk = 0;
+    cells_default_resources(l, &memory, &default_pids);
+    int64_t pids = (int64_t)default_pids;
     double cpus = 0;
     if (res && !json_is_null(res)) {
         if (!json_is_object(res))
@@ -299,9 +306,14 @@ int h_cells_create(sreq *r)
     if (req_json(r, &body) < 0 || parse_create(r, body, spec, &lane, &has_lane) < 0)
         goto out;
     cell_error e = { 0 };
-    pthread_mutex_lock(&r->s->ctx_lock);
-    int ready = cell_image_status(r->s->ctx, json_string_value(json_object_get(spec, "image")), &e);
-    pthread_mutex_unlock(&r->s->ctx_lock);
+    /* A ready pooled cell of the image says it is built, without waiting
+     * for ctx_lock, which a pool refill holds while it boots. */
+    int ready = pool_image_ready(json_string_value(json_object_get(spec, "image")));
+    if (!ready) {
+        pthread_mutex_lock(&r->s->ctx_lock);
+        ready = cell_image_status(r->s->ctx, json_string_value(json_object_get(spec, "image")), &e);
+        pthread_mutex_unlock(&r->s->ctx_lock);
+    }
     if (ready < 0) {
         ret = reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
         goto out;

@@ -843,6 +843,9 @@ int server_run(const server_options *opt, cell_error *err)
         fflush(stdout);
     }
 
+    /* Now that this thread takes boot jobs: the pool's thread queues them. */
+    if (pool_start(&s, err) < 0)
+        goto stop_http;
     int sig = owner_loop(&s, &sigs);
     /* Jobs queued before this point run here; later ones run on their own
      * thread (srv_on_owner_thread), so no request waits forever. */

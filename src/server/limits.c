@@ -301,7 +301,7 @@ int h_limits(sreq *r)
     held_mem = held_memory, held_p = held_pids;
     pthread_mutex_unlock(&r->s->lock);
     agents_cache_usage(&cache_bytes, &cache_dirs);
-    return reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:{s:I, s:I}}}",
+    return reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:{s:I, s:I}}, s:o*}",
                                         "ceilings", ceilings, "budget",
                                         "memory", budget_json(l->host_memory, l->reserve_memory, mem),
                                         "pids", budget_json(l->host_pids, l->reserve_pids, pids),
@@ -309,5 +309,6 @@ int h_limits(sreq *r)
                                         "used", (json_int_t)procs_log_memory(),
                                         "agents", "installDisk", (json_int_t)l->agents_install_disk,
                                         "cacheBytes", (json_int_t)cache_bytes, "cacheDirs", (json_int_t)cache_dirs,
-                                        "installing", "memory", (json_int_t)held_mem, "pids", (json_int_t)held_p));
+                                        "installing", "memory", (json_int_t)held_mem, "pids", (json_int_t)held_p,
+                                        "pool", pool_json()));
 }

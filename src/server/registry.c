@@ -314,6 +314,16 @@ void registry_cell_destroy(srv *s, cell *c)
     pthread_mutex_unlock(&s->ctx_lock);
 }
 
+/* The warm pool boots its cells here, so that a pooled cell is what boot()
+ * would make of the same spec. */
+int registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err)
+{
+    boot_config b;
+    spec_to_config(spec, NULL, &b);
+    b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
+    return registry_cell_create(s, &b.cfg, out, err);
+}
+
 /* A PUT .../policy that landed while the cell booted stored a policy the
  * boot did not see, and found no handle to apply it to: apply it before
  * the handle is used (io held), or the cell would run with the old one.
@@ -339,8 +349,9 @@ static int catch_up_policy(scell *sc, json_t *booted_with, cell_error *err)
 }
 
 /* Boot the cell from its spec; the caller holds the booting state, so no
- * other transition runs, and io is taken only to publish the handle. */
-static int boot(scell *sc, cell_error *err)
+ * other transition runs, and io is taken only to publish the handle.  A
+ * create (`warm`) takes a pooled cell when one boots exactly this spec. */
+static int boot(scell *sc, int warm, cell_error *err)
 {
     srv *s = sc->s;
     boot_config b;
@@ -348,8 +359,8 @@ static int boot(scell *sc, cell_error *err)
     spec_to_config(sc->spec, policy, &b);
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
-    cell *c = NULL;
-    int rc = registry_cell_create(s, &b.cfg, &c, err);
+    cell *c = warm ? pool_take(s, sc->spec, policy != NULL) : NULL;
+    int rc = c ? 0 : registry_cell_create(s, &b.cfg, &c, err);
     free(b.policy);
     if (rc < 0) {
         json_decref(policy);
@@ -427,7 +438,7 @@ static int boot_from(scell *sc, enum scell_state from, cell_error *err)
 {
     if (begin(sc, FROM(from), SCELL_BOOTING, 0, err) < 0)
         return -1;
-    int rc = boot(sc, err);
+    int rc = boot(sc, from == SCELL_CREATING, err);
     settle(sc, rc == 0 ? SCELL_RUNNING : SCELL_STOPPED);
     return rc;
 }
@@ -634,6 +645,7 @@ int registry_load(srv *s, cell_error *err)
  * freed after the HTTP threads are gone.  Safe to call twice. */
 void registry_shutdown(srv *s)
 {
+    pool_stop(s);
     pthread_mutex_lock(&s->lock);
     int first = s->reaper_cond_used == 0;
     s->reaper_cond_used = 1;

@@ -75,7 +75,17 @@ typedef struct server_options {
     /* npm registry that agent installs fetch from (the install cell's
      * policy allows only its host and port); NULL = SERVER_DEFAULT_AGENT_REGISTRY */
     const char *agent_registry;
+    /* The warm pool (pool.c): NULL-terminated --warm values, "N" (the
+     * default image's pool) or "IMAGE=N"; NULL = SERVER_DEFAULT_WARM cells
+     * of SERVER_DEFAULT_WARM_IMAGE. */
+    const char *const *warm;
 } server_options;
+
+#define SERVER_DEFAULT_WARM       2
+#define SERVER_DEFAULT_WARM_IMAGE "host"
+#define SERVER_WARM_MAX           64      /* cells kept ready per image */
+/* Parse one --warm value into its image and size. */
+int server_warm_parse(const char *text, char *image, size_t size, unsigned *n, cell_error *err);
 
 #define SERVER_DEFAULT_AGENT_REGISTRY "https://registry.npmjs.org/"
 

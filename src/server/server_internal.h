@@ -147,6 +147,20 @@ void srv_on_owner_thread(srv *s, void (*fn)(void *), void *arg);
  * under ctx_lock, and destroy one under ctx_lock (registry.c). */
 int  registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err);
 void registry_cell_destroy(srv *s, cell *c);
+/* Boot, as above, what a create's normalized spec without a policy boots. */
+int  registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err);
+
+/* ---- the warm pool (pool.c) -------------------------------------------------
+ * Cells booted ahead of creates, per image, refilled by a thread of its own
+ * (started once the main thread takes boot jobs).  pool_take hands out a
+ * ready cell that boots exactly what `spec` asks for (NULL: none fits or
+ * none is ready; the caller boots cold); the cell is the caller's and never
+ * goes back.  pool_stop destroys every ready cell. */
+int     pool_start(srv *s, cell_error *err);
+void    pool_stop(srv *s);
+cell   *pool_take(srv *s, json_t *spec, int has_policy);
+int     pool_image_ready(const char *image);  /* a ready cell of it exists: it is built */
+json_t *pool_json(void);                      /* GET /v1/limits "pool" */
 
 /* Replies.  Each queues a response and returns an MHD_Result for the
  * access handler to return.  reply_json steals `body`. */
@@ -312,6 +326,8 @@ void     limits_release(srv *s, uint64_t memory, uint64_t pids);
 /* cells.c's lock around a create's quota check and insert. */
 void     cells_quota_lock(void);
 void     cells_quota_unlock(void);
+/* The resources of a create that asks for none (within the ceilings). */
+void     cells_default_resources(const server_limits *l, uint64_t *memory, uint64_t *pids);
 /* secrets.c: load (or create) the key that seals secrets, seal old rows. */
 int      secrets_start(srv *s, cell_error *err);
 
