@@ -55,9 +55,9 @@ const char cli_run_usage[] =
     "125 the cell could not be created; 126 CMD cannot be executed; 127 not found.\n";
 
 struct run_opts {
-    cell_config cfg;
+    cell_options *cell;         /* the cell's definition (API v2), owned */
     char       *policy;         /* read from --policy FILE, owned */
-    cell_mount  mounts[32];
+    const char *upstream_ca;
     const char *env[256];
     size_t      n_env;
     const char *cwd;
@@ -106,9 +106,33 @@ static int parse_secret(struct run_opts *o, char *spec)
         return cli_fail(CLI_EXIT_USAGE, "too many --secret options (at most %zu)", sizeof o->secrets / sizeof o->secrets[0]);
     o->secrets[o->n_secrets].name = spec;
     o->secrets[o->n_secrets++].file = eq + 1;
-    o->cfg.net_secret = run_secret;
-    o->cfg.net_user = o;
     return 0;
+}
+
+/* libcell refused the value of `flag` (a cell_options setter): exit 125 as
+ * when cell_create refuses a cell, 2 staying for what this parser refuses. */
+static int option_refused(const char *flag, const cell_error *err)
+{
+    const char *m = err->message;
+    if (strncmp(m, "options: ", 9) == 0)
+        m += 9;
+    return cli_fail(CLI_EXIT_INTERNAL, "%s: %s", flag, m);
+}
+
+/* The egress settings of --policy, --upstream-ca and --secret, known once
+ * every option is read. */
+static int set_egress(struct run_opts *o)
+{
+    if (!o->policy)
+        return 0;
+    cell_egress *e = NULL;
+    cell_error err = { 0 };
+    int rc = cell_egress_new(&e, o->policy, &err) < 0 || cell_egress_set_upstream_ca(e, o->upstream_ca, &err) < 0 ||
+             (o->n_secrets && (cell_egress_set_secret(e, run_secret, &err) < 0 ||
+                               cell_egress_set_user(e, o, &err) < 0)) ||
+             cell_options_set_egress(o->cell, e, &err) < 0 ? option_refused("--policy", &err) : 0;
+    cell_egress_free(e);
+    return rc;
 }
 
 /* The parsers return 0 or the exit code of their (already printed) error. */
@@ -125,21 +149,18 @@ static int parse_uint(const char *text, const char *what, unsigned long max, uns
 
 static int parse_mount(struct run_opts *o, char *spec, int memory)
 {
-    if (o->cfg.n_mounts >= sizeof o->mounts / sizeof o->mounts[0])
-        return cli_fail(CLI_EXIT_USAGE, "too many mounts (at most 32)");
-    cell_mount *m = &o->mounts[o->cfg.n_mounts];
-    memset(m, 0, sizeof *m);
+    cell_error err = { 0 };
     if (memory) {
         /* DST[:SIZE] */
-        m->kind = CELL_MOUNT_MEMORY;
+        uint64_t size = 0;
         char *colon = strchr(spec, ':');
         if (colon) {
             *colon = '\0';
-            cell_error err = { 0 };
-            if (cell_parse_size(colon + 1, &m->size, &err) < 0)
+            if (cell_parse_size(colon + 1, &size, &err) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--tmpfs %s: %s", spec, err.message);
         }
-        m->target = spec;
+        if (cell_options_add_tmpfs(o->cell, spec, size, &err) < 0)
+            return option_refused("--tmpfs", &err);
     } else {
         /* SRC:DST[:ro|rw] */
         char *first = strchr(spec, ':');
@@ -148,18 +169,17 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
         *first = '\0';
         char *dst = first + 1;
         char *mode = strrchr(dst, ':');
+        unsigned flags = 0;
         if (mode) {
             *mode++ = '\0';
             if (strcmp(mode, "ro") == 0)
-                m->readonly = 1;
+                flags = CELL_MOUNT_READONLY;
             else if (strcmp(mode, "rw") != 0)
                 return cli_fail(CLI_EXIT_USAGE, "invalid --mount mode '%s': use ro or rw", mode);
         }
-        m->kind = CELL_MOUNT_BIND;
-        m->source = spec;
-        m->target = dst;
+        if (cell_options_add_bind(o->cell, spec, dst, flags, &err) < 0)
+            return option_refused("--mount", &err);
     }
-    o->cfg.n_mounts++;
     return 0;
 }
 
@@ -179,17 +199,27 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
         { 0, 0, 0, 0 },
     };
-    o->cfg.mounts = o->mounts;
     opterr = 0;
     optind = 1;
     int c;
     cell_error err = { 0 };
     unsigned long v;
+    uint64_t size;
+    int rc;
     while ((c = getopt_long(argc, argv, "+ht", longopts, NULL)) != -1) {
         switch (c) {
-        case O_IMAGE: o->cfg.image = optarg; break;
-        case O_LANE: o->cfg.lane = optarg; break;
-        case O_HOSTNAME: o->cfg.hostname = optarg; break;
+        case O_IMAGE:
+            if (cell_options_set_image(o->cell, optarg, &err) < 0)
+                return option_refused("--image", &err);
+            break;
+        case O_LANE:
+            if (cell_options_set_lane(o->cell, optarg, &err) < 0)
+                return option_refused("--lane", &err);
+            break;
+        case O_HOSTNAME:
+            if (cell_options_set_hostname(o->cell, optarg, &err) < 0)
+                return option_refused("--hostname", &err);
+            break;
         case O_POLICY: {
             size_t len;
             free(o->policy);
@@ -197,13 +227,12 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             if (util_read_file(optarg, 1 << 20, &o->policy, &len, &err) < 0 ||
                 cell_policy_check(o->policy, &err) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--policy %s: %s", optarg, err.message);
-            o->cfg.policy = o->policy;
             break;
         }
         case O_UPSTREAM_CA:
             if (access(optarg, R_OK) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", optarg, strerror(errno));
-            o->cfg.upstream_ca_file = optarg;
+            o->upstream_ca = optarg;
             break;
         case O_SECRET:
             if (parse_secret(o, optarg) != 0)
@@ -211,19 +240,24 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             break;
         case O_CWD: o->cwd = optarg; break;
         case O_MEMORY:
-            if (cell_parse_size(optarg, &o->cfg.limits.memory, &err) < 0)
+            if (cell_parse_size(optarg, &size, &err) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--memory: %s", err.message);
+            if (cell_options_set_memory(o->cell, size, &err) < 0)
+                return option_refused("--memory", &err);
             break;
         case O_DISK:
-            if (cell_parse_size(optarg, &o->cfg.limits.disk, &err) < 0)
+            if (cell_parse_size(optarg, &size, &err) < 0)
                 return cli_fail(CLI_EXIT_USAGE, "--disk: %s", err.message);
+            if (cell_options_set_disk(o->cell, size, &err) < 0)
+                return option_refused("--disk", &err);
             break;
         case O_CPUS: {
             char *end;
             double cpus = strtod(optarg, &end);
             if (!*optarg || *end || !(cpus > 0) || cpus > 4096)
                 return cli_fail(CLI_EXIT_USAGE, "invalid --cpus '%s': expected a positive number such as 1 or 0.5", optarg);
-            o->cfg.limits.cpu_millis = (uint32_t)(cpus * 1000 + 0.5);
+            if (cell_options_set_cpu(o->cell, (uint32_t)(cpus * 1000 + 0.5), &err) < 0)
+                return option_refused("--cpus", &err);
             break;
         }
         case O_PIDS:
@@ -231,7 +265,8 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
                 return CLI_EXIT_USAGE;
             if (v == 0)
                 return cli_fail(CLI_EXIT_USAGE, "invalid --pids 0: a cell needs at least one process");
-            o->cfg.limits.pids = (uint32_t)v;
+            if (cell_options_set_pids(o->cell, (uint32_t)v, &err) < 0)
+                return option_refused("--pids", &err);
             break;
         case O_TIMEOUT: {
             char *end;
@@ -242,8 +277,8 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         }
         case O_MOUNT:
         case O_TMPFS:
-            if (parse_mount(o, optarg, c == O_TMPFS) != 0)
-                return CLI_EXIT_USAGE;
+            if ((rc = parse_mount(o, optarg, c == O_TMPFS)) != 0)
+                return rc;
             break;
         case O_ENV:
             if (!strchr(optarg, '=') || optarg[0] == '=')
@@ -282,7 +317,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
     if (optind >= argc)
         return cli_fail(CLI_EXIT_USAGE, "no command given: cell run [OPTIONS] -- CMD [ARGS...]");
     *first_cmd = optind;
-    return 0;
+    return set_egress(o);
 }
 
 /* The user's --env values, then the defaults for names they did not set:
@@ -391,6 +426,7 @@ static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *
 
 static void run_opts_free(struct run_opts *o)
 {
+    cell_options_free(o->cell);
     free(o->policy);
     free(o);
 }
@@ -398,8 +434,10 @@ static void run_opts_free(struct run_opts *o)
 int cli_run(struct cli_global *g, int argc, char **argv)
 {
     struct run_opts *o = calloc(1, sizeof *o);
-    if (!o)
+    if (!o || cell_options_new(&o->cell, NULL) < 0) {
+        free(o);
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    }
     int first = 0, rc = parse_run_options(o, argc, argv, &first);
     if (rc != 0) {
         run_opts_free(o);
@@ -427,7 +465,7 @@ int cli_run(struct cli_global *g, int argc, char **argv)
     cell_error err = { 0 };
     int timed_out = 0, pty = -1, restore_tty = 0;
     struct termios saved_tty;
-    if (cell_create(ctx, &o->cfg, &c, &err) < 0) {
+    if (cell_create_v2(ctx, o->cell, &c, &err) < 0) {
         rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
         goto out;
     }
