@@ -4,12 +4,14 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -91,12 +93,68 @@ int util_thread_detached(void *(*fn)(void *), void *arg)
     return pe;
 }
 
+/* Where [data, data + len) lies in the running program's file: a read-only
+ * PT_LOAD segment of the main executable (not a library: a library's file
+ * may be rewritten while mapped, the running executable's cannot). */
+struct image_find {
+    uintptr_t addr;
+    size_t    len;
+    off_t     offset;
+    int       found;
+};
+
+static int image_find_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct image_find *f = arg;
+    (void)size;
+    if (info->dlpi_name && info->dlpi_name[0])
+        return 1;                   /* the main program comes first; stop */
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && !(ph->p_flags & PF_W) && f->addr >= start &&
+            f->len <= ph->p_filesz && f->addr - start <= ph->p_filesz - f->len) {
+            f->offset = (off_t)(ph->p_offset + (f->addr - start));
+            f->found = 1;
+        }
+    }
+    return 1;
+}
+
+/* Copy an embedded blob from the executable's file into fd in the kernel:
+ * reading it through our own mapping would fault its pages into this
+ * process, which keeps them (the daemon held cell-init's 1 MiB and its
+ * neighbours for ever).  0, or -1 if the blob is not in the file or the
+ * copy fails (the caller copies through memory then). */
+static int copy_from_image(int fd, const void *data, size_t len)
+{
+    struct image_find f = { .addr = (uintptr_t)data, .len = len };
+    dl_iterate_phdr(image_find_cb, &f);
+    if (!f.found)
+        return -1;
+    _cleanup_close_ int exe = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    if (exe < 0)
+        return -1;
+    off_t off = f.offset;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = sendfile(fd, exe, &off, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        done += (size_t)n;
+    }
+    return 0;
+}
+
 int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err)
 {
     _cleanup_close_ int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0)
         return util_fail_errno(err, "memfd_create for %s", name);
-    if (util_write_all(fd, data, len) < 0)
+    if (copy_from_image(fd, data, len) < 0 &&
+        (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || util_write_all(fd, data, len) < 0))
         return util_fail_errno(err, "cannot copy %s into its memfd", name);
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
         return util_fail_errno(err, "cannot seal the %s memfd", name);
