@@ -74,7 +74,8 @@ for t in curl python3 node npm; do command -v "$t" >/dev/null || die "$t is not 
 out="$top/$build/bench/agents"
 mkdir -p "$out"
 if [ -z "${CELL_AGENTS_BENCH_CELL:-}" ]; then
-    make -C "$top" -j"$(nproc)" BUILD="$build" "$build/cell" >&2 || die "make BUILD=$build $build/cell failed"
+    # cell serve execs cell-daemon
+    bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
 fi
 # A copy, so that a rebuild while this runs cannot swap it.
 cell_bin=$(bench_snapshot "${CELL_AGENTS_BENCH_CELL:-$top/$build/cell}" "$out") || die "no cell binary to measure"

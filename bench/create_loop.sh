@@ -35,7 +35,8 @@ die() { echo "bench/create_loop.sh: $*" >&2; exit 1; }
 case $n in ''|*[!0-9]*|0) die "CELL_CREATE_LOOP_N must be a positive number" ;; esac
 
 if [ -z "${CELL_CREATE_LOOP_CELL:-}" ]; then
-    make -C "$top" -j"$(nproc)" BUILD="$build" "$build/cell" >&2 || die "make BUILD=$build $build/cell failed"
+    # cell serve execs cell-daemon
+    bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
 fi
 
 scratch=$(mktemp -d /tmp/cell-create-loop.XXXXXX)

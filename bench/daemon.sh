@@ -30,6 +30,7 @@
 #   CELL_DAEMON_BENCH_CELL      a prebuilt cell binary to measure (not built then)
 #   CELL_DAEMON_BENCH_SUMMARY   append key=value result lines to this file (faststart.sh)
 #   CELL_BENCH_BUILD            the make BUILD directory to build and use   (default build)
+#   CELL_BENCH_NO_MAKE          1: use what BUILD has, do not run make (faststart.sh)
 #   CELL_BENCH_COMMIT           label for the commit line
 #
 # Smoke setting (CI): CELL_DAEMON_BENCH_N=20 CELL_DAEMON_BENCH_WARMUP=2
@@ -65,8 +66,8 @@ for t in curl python3 wrk; do command -v "$t" >/dev/null || die "$t is not insta
 out="$top/$build/bench/daemon"
 mkdir -p "$out"
 targets=("$build/bench/http_bench")
-[ -n "${CELL_DAEMON_BENCH_CELL:-}" ] || targets+=("$build/cell")
-make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
+[ -n "${CELL_DAEMON_BENCH_CELL:-}" ] || targets+=("$build/cell" "$build/cell-daemon")    # serve execs cell-daemon
+bench_make "${targets[@]}" || die "make BUILD=$build ${targets[*]} failed"
 # Copies, so that a rebuild while this runs cannot swap them.
 cell_bin=$(bench_snapshot "${CELL_DAEMON_BENCH_CELL:-$top/$build/cell}" "$out") || die "no cell binary to measure"
 cp "$top/$build/bench/http_bench" "$out/http_bench"

@@ -46,6 +46,7 @@
 #   CELL_FASTSTART_SMOKE=1   CI's smoke mode: every count tiny (each still
 #                            overridable by the variables above)
 #   CELL_BENCH_BUILD         the make BUILD directory to build and use          (default build)
+#   CELL_BENCH_NO_MAKE       1: use what BUILD has, do not run make
 #   CELL_BENCH_COMMIT        label for the commit line
 set -euo pipefail
 
@@ -82,7 +83,9 @@ wants() { [[ " $only " == *" $1 "* ]]; }
 for t in curl python3; do command -v "$t" >/dev/null || die "$t is not installed (scripts/install-deps.sh)"; done
 
 # ---- build and snapshot ---------------------------------------------------------------
-make -C "$top" -j"$(nproc)" BUILD="$build" all bench-bin >&2 || die "make BUILD=$build all bench-bin failed"
+bench_make all bench-bin || die "make BUILD=$build all bench-bin failed"
+# The scripts called below measure this build as it is now.
+export CELL_BENCH_NO_MAKE=1
 out="$top/$build/bench/faststart"
 cell_bin=$(bench_snapshot "$top/$build/cell" "$out") || die "no cell binary to measure"
 cp "$top/$build/bench/http_bench" "$out/http_bench" || die "no http_bench"
@@ -111,7 +114,8 @@ if wants run || wants mem; then
     ref_fetch "$top/$build/bench-cache" || ref_why="sandbox-agent $ref_version is not cached and cannot be fetched"
 fi
 has_warm=0
-"$cell_bin" help serve 2>&1 | grep -q -- '--warm' && has_warm=1
+serve_help=$("$cell_bin" help serve 2>&1) || die "cell help serve failed: $serve_help"
+[[ $serve_help == *--warm* ]] && has_warm=1
 
 # Results: one "| metric | contender | anchor | ratio | goal | status |" row
 # each, and the sub-benchmarks' own output, printed after the header.
@@ -267,6 +271,12 @@ echo "- tools: ${bwrap_bin:+$("$bwrap_bin" --version), }$(wrk --version 2>&1 | h
 echo "- cell: $("$cell_bin" --version 2>/dev/null | head -1 || echo '?'); the daemon $([ "$has_warm" = 1 ] && echo "has --warm (measured at its default and with --warm 0)" || echo "has no --warm flag")"
 echo "- iterations: cold $n per contender (after $warmup untimed), daemon create rounds $n with ${pause_ms} ms between; processes/run $rounds x $run_n; loop $loop_n; idle after ${settle} s"
 echo "- bwrap: \`bwrap ${bench_bwrap_args[*]} /bin/true\`"
+# How many shared libraries each binary loads (issue 11's first cause).
+libs=""
+for b in cell cell-daemon; do
+    [ -f "$out/$b" ] && libs+="${libs:+, }$b $(ldd "$out/$b" | grep -c '=>')"
+done
+echo "- shared libraries (ldd): $libs"
 echo
 echo "| metric | cell p50 / p90 | anchor p50 / p90 | ratio of p50 | goal | status |"
 echo "| --- | ---: | ---: | ---: | --- | --- |"

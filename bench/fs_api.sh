@@ -25,7 +25,7 @@ die() { echo "fs_api.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
 # The Makefile builds the client with the build's flags (and cell, unless given).
 targets=("$build/bench/http_bench")
-[ $# -ge 1 ] || targets+=("$build/cell")
+[ $# -ge 1 ] || targets+=("$build/cell" "$build/cell-daemon")    # serve execs cell-daemon
 make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
 [ -x "$cell_bin" ] || die "$cell_bin is not an executable"
 

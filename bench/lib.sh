@@ -132,3 +132,12 @@ quantile_of() {
 # fresh /proc, /dev and /tmp).
 bench_bwrap_args=(--unshare-all --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib
     --symlink usr/lib64 /lib64 --symlink usr/sbin /sbin --proc /proc --dev /dev --tmpfs /tmp --)
+
+# bench_make TARGET...: make them in BUILD=$build, unless CELL_BENCH_NO_MAKE=1:
+# bench/faststart.sh builds once, then runs the other scripts with that set,
+# so that every row measures the same build even while the tree changes
+# (several people work in it) or does not compile for a moment.
+bench_make() {
+    [ "${CELL_BENCH_NO_MAKE:-0}" = 1 ] && return 0
+    make -C "$top" -j"$(nproc)" BUILD="$build" "$@" >&2
+}

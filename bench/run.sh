@@ -18,6 +18,7 @@
 #   CELL_BENCH_ONLY     space-separated subset of: cold warm density phases
 #   CELL_BENCH_COMMIT   label for the commit line (default: git rev-parse --short HEAD)
 #   CELL_BENCH_BUILD    the make BUILD directory to build and use (default build)
+#   CELL_BENCH_NO_MAKE  1: use what BUILD has, do not run make (bench/faststart.sh)
 #
 # Smoke setting (CI, scripts/test.sh): CELL_BENCH_N=3 CELL_BENCH_WARM_N=10
 # CELL_BENCH_DENSITY=3 CELL_BENCH_PHASES_N=3 CELL_BENCH_WARMUP=1.  Exits
@@ -43,7 +44,7 @@ unshare_bin=$(command -v unshare) || die "unshare (util-linux) is not installed"
 
 # ---- build -------------------------------------------------------------------
 # The Makefile builds the drivers with the build's own flags and libraries.
-make -C "$top" -j"$(nproc)" BUILD="$build" all bench-bin >&2 || die "make BUILD=$build all bench-bin failed"
+bench_make all bench-bin || die "make BUILD=$build all bench-bin failed"
 # Snapshot what is measured, so a rebuild while the benchmark runs (someone
 # working in the same tree) cannot swap binaries under it.
 snap="$top/$build/bench/run"
