@@ -19,10 +19,11 @@
 #   run     processes/run true in a running cell vs sandbox-agent 0.4.2 (no
 #           isolation), on one keep-alive connection (bench/daemon.sh run)
 #   mem     the idle daemon's memory from /proc/PID/smaps_rollup: Private
-#           (Private_Clean + Private_Dirty), Rss, Pss; cell: the `create`
-#           daemon before its first request (after CELL_FASTSTART_SETTLE);
-#           sandbox-agent: bench/daemon.sh's, 1 s after it started
-#           (bench/daemon_mem.sh's tables too, when that script exists)
+#           (Private_Clean + Private_Dirty), Rss, Pss, vs sandbox-agent's:
+#           bench/daemon_mem.sh's medians over CELL_FASTSTART_MEM_RUNS fresh
+#           daemons of each when that script is there; else the `create`
+#           daemon before its first request (after CELL_FASTSTART_SETTLE)
+#           and bench/daemon.sh's reference 1 s after it started
 #   loop    CELL_FASTSTART_LOOP_N creates (+ deletes) in a row through the
 #           daemon, the median per tenth (bench/create_loop.sh); "met" when
 #           the last tenth's median create is within 1.2x of the first's
@@ -41,6 +42,7 @@
 #   CELL_FASTSTART_RUN_N     timed requests per round (run)                     (default 500)
 #   CELL_FASTSTART_ROUNDS    rounds per server (run)                            (default 3)
 #   CELL_FASTSTART_LOOP_N    creates in a row (loop)                            (default 100)
+#   CELL_FASTSTART_MEM_RUNS  fresh idle daemons per server (mem, daemon_mem.sh) (default 3)
 #   CELL_FASTSTART_ONLY      space-separated subset of: cli create run mem loop
 #                            (cli also gives lib)
 #   CELL_FASTSTART_SMOKE=1   CI's smoke mode: every count tiny (each still
@@ -55,9 +57,9 @@ top=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$here/lib.sh"
 if [ "${CELL_FASTSTART_SMOKE:-0}" = 1 ]; then
-    d_n=3 d_warmup=1 d_pause=0 d_settle=1 d_run_n=20 d_rounds=1 d_loop_n=10
+    d_n=3 d_warmup=1 d_pause=0 d_settle=1 d_run_n=20 d_rounds=1 d_loop_n=10 d_mem_runs=1
 else
-    d_n=60 d_warmup=5 d_pause=100 d_settle=3 d_run_n=500 d_rounds=3 d_loop_n=100
+    d_n=60 d_warmup=5 d_pause=100 d_settle=3 d_run_n=500 d_rounds=3 d_loop_n=100 d_mem_runs=3
 fi
 n=${CELL_FASTSTART_N:-$d_n}
 warmup=${CELL_FASTSTART_WARMUP:-$d_warmup}
@@ -66,16 +68,17 @@ settle=${CELL_FASTSTART_SETTLE:-$d_settle}
 run_n=${CELL_FASTSTART_RUN_N:-$d_run_n}
 rounds=${CELL_FASTSTART_ROUNDS:-$d_rounds}
 loop_n=${CELL_FASTSTART_LOOP_N:-$d_loop_n}
+mem_runs=${CELL_FASTSTART_MEM_RUNS:-$d_mem_runs}
 only=${CELL_FASTSTART_ONLY:-cli create run mem loop}
 build=${CELL_BENCH_BUILD:-build}
 
 die() { echo "bench/faststart.sh: $*" >&2; exit 1; }
 note() { echo "bench/faststart.sh: $*" >&2; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
-for v in n warmup pause_ms settle run_n rounds loop_n; do
+for v in n warmup pause_ms settle run_n rounds loop_n mem_runs; do
     case ${!v} in '' | *[!0-9]*) die "$v must be a number, not '${!v}'" ;; esac
 done
-if [ "$n" = 0 ] || [ "$run_n" = 0 ] || [ "$rounds" = 0 ] || [ "$loop_n" = 0 ]; then die "counts must be positive"; fi
+if [ "$n" = 0 ] || [ "$run_n" = 0 ] || [ "$rounds" = 0 ] || [ "$loop_n" = 0 ] || [ "$mem_runs" = 0 ]; then die "counts must be positive"; fi
 for b in $only; do
     case $b in cli | create | run | mem | loop) ;; *) die "unknown row '$b' in CELL_FASTSTART_ONLY (cli create run mem loop)" ;; esac
 done
@@ -226,8 +229,25 @@ bench_run() {
         "$(ms "$r50") / $(ms "$r90") ms" "${r}× (p90 $(ratio "$c90" "$r90")×)" "≤ 0.7×" "$(verdict "$r" 0.7)"
 }
 
+# The idle memory row: from bench/daemon_mem.sh (fresh daemons, alternating,
+# medians) when it is there, else from the figures measured above.
 bench_mem() {
-    local c ref mib_c
+    local label="idle daemon private memory (smaps_rollup Private_Clean + Private_Dirty)" c ref mib_c
+    if [ -f "$here/daemon_mem.sh" ]; then
+        note "mem: bench/daemon_mem.sh, $mem_runs fresh daemons per server..."
+        CELL_BENCH_BUILD=$build CELL_MEM_RUNS=$mem_runs CELL_MEM_SETTLE=$settle CELL_MEM_REF=$([ -z "$ref_why" ] && echo 1 || echo 0) \
+            bash "$here/daemon_mem.sh" >"$scratch/mem.md" || die "bench/daemon_mem.sh failed"
+        { echo "### mem: bench/daemon_mem.sh"; echo; sed '/^## /d' "$scratch/mem.md"; } >>"$details"
+        # its rows: | server | Private median | Private_Clean | Private_Dirty | Rss | Pss | threads | every run |
+        mem_row() { awk -F' *[|] *' -v s="$1" '$2 == s {printf "Private %s MiB (Rss %s, Pss %s; median of '"$mem_runs"')", $3, $6, $7; exit}' "$scratch/mem.md"; }
+        c=$(mem_row "cell serve")
+        [ -n "$c" ] || die "bench/daemon_mem.sh printed no 'cell serve' row"
+        mib_c=${c#Private }; mib_c=${mib_c%% *}
+        ref="skipped: $ref_why"
+        [ -n "$ref_why" ] || ref=$(mem_row "sandbox-agent $ref_version")
+        row "$label" "$c" "$ref" "$mib_c MiB" "≤ 5 MiB" "$(verdict "$mib_c" 5)"
+        return
+    fi
     # "Rss Pss Private" (KiB) -> "Private P MiB (Rss R, Pss S)"
     mem_text() { awk '{printf "Private %.1f MiB (Rss %.1f, Pss %.1f)", $3 / 1024, $1 / 1024, $2 / 1024}' <<<"$1"; }
     read -r -a c <<<"$mem_cell"
@@ -235,13 +255,7 @@ bench_mem() {
     mib_c=$(awk -v k="${c[2]}" 'BEGIN {printf "%.1f", k / 1024}')
     ref="skipped: ${ref_why:-bench/daemon.sh did not run}"
     [ -z "$ref_mem" ] || ref=$(mem_text "$ref_mem")
-    row "idle daemon private memory (smaps_rollup Private_Clean + Private_Dirty)" "$(mem_text "$mem_cell")" \
-        "$ref" "$mib_c MiB" "≤ 5 MiB" "$(verdict "$mib_c" 5)"
-    if [ -f "$here/daemon_mem.sh" ]; then
-        note "mem: bench/daemon_mem.sh..."
-        CELL_BENCH_BUILD=$build bash "$here/daemon_mem.sh" >"$scratch/mem.md" || die "bench/daemon_mem.sh failed"
-        { echo "### mem: bench/daemon_mem.sh"; echo; sed '/^## /d' "$scratch/mem.md"; } >>"$details"
-    fi
+    row "$label" "$(mem_text "$mem_cell")" "$ref" "$mib_c MiB" "≤ 5 MiB" "$(verdict "$mib_c" 5)"
 }
 
 bench_loop() {
