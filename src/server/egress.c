@@ -4,6 +4,7 @@
 #include "server/server_internal.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -97,43 +98,86 @@ static curl_socket_t open_screened(void *user, curlsocktype purpose, struct curl
     return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
 }
 
+/* ---- libcurl, loaded on the first webhook question -------------------------------
+ * Linking it would load it and its dependencies (Kerberos, LDAP, SSH, HTTP/2,
+ * IDN...) into every daemon at start, most of which never asks a webhook. */
+static struct {
+    __typeof__(curl_global_init) *global_init;
+    __typeof__(curl_easy_init) *easy_init;
+    __typeof__(curl_easy_setopt) *easy_setopt;
+    __typeof__(curl_easy_perform) *easy_perform;
+    __typeof__(curl_easy_getinfo) *easy_getinfo;
+    __typeof__(curl_easy_cleanup) *easy_cleanup;
+    __typeof__(curl_slist_append) *slist_append;
+    __typeof__(curl_slist_free_all) *slist_free_all;
+} curl_fn;
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static int curl_loaded;
+
+#define CURL_SYM(h, field, name) (curl_fn.field = (__typeof__(curl_fn.field))dlsym(h, name)) != NULL
+
+/* The handle stays open for the life of the daemon.  A daemon without
+ * libcurl denies every decide question (and says why, once). */
+static void curl_load(void)
+{
+    void *h = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        const char *m = dlerror();
+        fprintf(stderr, "cell daemon: decide webhooks deny every flow: cannot load libcurl.so.4: %s\n",
+                m ? m : "dlopen failed");
+        return;
+    }
+    if (CURL_SYM(h, global_init, "curl_global_init") && CURL_SYM(h, easy_init, "curl_easy_init") &&
+        CURL_SYM(h, easy_setopt, "curl_easy_setopt") && CURL_SYM(h, easy_perform, "curl_easy_perform") &&
+        CURL_SYM(h, easy_getinfo, "curl_easy_getinfo") && CURL_SYM(h, easy_cleanup, "curl_easy_cleanup") &&
+        CURL_SYM(h, slist_append, "curl_slist_append") && CURL_SYM(h, slist_free_all, "curl_slist_free_all") &&
+        curl_fn.global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK) {
+        curl_loaded = 1;
+        return;
+    }
+    fprintf(stderr, "cell daemon: decide webhooks deny every flow: libcurl.so.4 lacks a function or failed "
+            "to initialise\n");
+    dlclose(h);
+}
+
 /* POST the flow's metadata; only a 200 with {"allow": true} allows.  Any
  * failure, timeout included, denies.  https:// is verified against the
  * host's trust store (curl's default); no proxy from the environment. */
 static int ask_webhook(const char *url, int timeout_ms, const char *body, const char *const *screen_allow,
                        int screened)
 {
-    CURL *curl = curl_easy_init();
+    pthread_once(&curl_once, curl_load);
+    CURL *curl = curl_loaded ? curl_fn.easy_init() : NULL;
     if (!curl)
         return 0;
     reply_buf *b = calloc(1, sizeof *b);
-    struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *hdr = curl_fn.slist_append(NULL, "Content-Type: application/json");
     long status = 0;
     int allow = 0;
     if (b && hdr) {
-        curl_easy_setopt(curl, CURLOPT_URL, url);
-        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(curl, CURLOPT_PROXY, "");
+        curl_fn.easy_setopt(curl, CURLOPT_URL, url);
+        curl_fn.easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_fn.easy_setopt(curl, CURLOPT_PROXY, "");
         if (screened) {
-            curl_easy_setopt(curl, CURLOPT_OPENSOCKETFUNCTION, open_screened);
-            curl_easy_setopt(curl, CURLOPT_OPENSOCKETDATA, (void *)screen_allow);
+            curl_fn.easy_setopt(curl, CURLOPT_OPENSOCKETFUNCTION, open_screened);
+            curl_fn.easy_setopt(curl, CURLOPT_OPENSOCKETDATA, (void *)screen_allow);
         }
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
-        curl_easy_setopt(curl, CURLOPT_WRITEDATA, b);
-        if (curl_easy_perform(curl) == CURLE_OK &&
-            curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200) {
+        curl_fn.easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+        curl_fn.easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
+        curl_fn.easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+        curl_fn.easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_fn.easy_setopt(curl, CURLOPT_WRITEFUNCTION, collect);
+        curl_fn.easy_setopt(curl, CURLOPT_WRITEDATA, b);
+        if (curl_fn.easy_perform(curl) == CURLE_OK &&
+            curl_fn.easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200) {
             json_t *o = json_loadb(b->data, b->len, 0, NULL);
             allow = json_is_true(json_object_get(o, "allow"));
             json_decref(o);
         }
     }
-    curl_slist_free_all(hdr);
+    curl_fn.slist_free_all(hdr);
     free(b);
-    curl_easy_cleanup(curl);
+    curl_fn.easy_cleanup(curl);
     return allow;
 }
 
