@@ -91,7 +91,8 @@ PLUGINS     := $(BUILD)/libcell-net.so $(BUILD)/libcell-archive.so
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench bench-bin fuzz
-all: $(BUILD)/cell $(BUILD)/cell-daemon $(PLUGINS) $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a
+all: $(BUILD)/cell $(BUILD)/cell-daemon $(PLUGINS) $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a \
+     $(BUILD)/libcell.so.0
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -138,6 +139,30 @@ $(BUILD)/obj/src/runtime/untar_blob.o: src/runtime/untar_blob.S $(BUILD)/cell-un
 $(BUILD)/libcell.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
+# libcell as a shared library for programs outside this tree (docs/libcell.md):
+# libcell.a's code built position-independent, the plugins embedded as in the
+# lean cell, and only the functions of include/cell.h exported, under version
+# nodes (src/libcell.map; scripts/check-exports.sh checks both agree).
+# The code goes through an archive, as libcell.a does for the lean cell, so
+# that only what the exported functions reach is linked (not src/net's
+# builtin tables: the embedded plugin is the .so's network code); the blobs,
+# which plugin.c references weakly, are linked whole.
+LIBCELL_API := $(shell sed -n 's/^ *\(cell_[a-z0-9_]*\);.*/\1/p' src/libcell.map)
+LIBSO_BLOBS := $(filter-out $(LIB_SRC:%.c=$(BUILD)/obj/%.o),$(LIB_OBJ)) \
+               $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
+$(BUILD)/libcell-pic.a: $(LIB_SRC:%.c=$(BUILD)/obj-pic/%.o)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libcell.so.0: $(BUILD)/libcell-pic.a $(LIBSO_BLOBS) src/libcell.map
+	$(CC) -shared $(filter-out -pie,$(LDSAN)) -Wl,-soname,libcell.so.0 -Wl,--version-script=src/libcell.map \
+	  $(if $(SAN),,-Wl,-z,defs) $(LIBCELL_API:%=-Wl,-u,%) -o $@ $(LIBSO_BLOBS) $(BUILD)/libcell-pic.a \
+	  -Wl,--as-needed $(LIBS)
+
+# A program that links the .so and nothing else of ours (test_libcell_so.py).
+$(BUILD)/tests/libcell_so_smoke: tests/integration/libcell_so_smoke.c $(BUILD)/libcell.so.0
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< -L$(BUILD) -l:libcell.so.0 -Wl,-rpath,'$$ORIGIN/..'
+
 # The OpenAPI document is .incbin'ed; -MMD cannot see that.
 $(BUILD)/obj/src/server/openapi.o: docs/openapi.json
 
@@ -166,7 +191,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS) -lcmocka
 
 # A stamp that depends on every unit-test binary, so scripts can build them all.
-$(BUILD)/tests/.stamp: $(UNIT_BIN)
+$(BUILD)/tests/.stamp: $(UNIT_BIN) $(BUILD)/tests/libcell_so_smoke
 	@mkdir -p $(dir $@) && touch $@
 
 unit: $(UNIT_BIN)
