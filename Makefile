@@ -55,13 +55,10 @@ UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c
-# `cell cp DIR ID:PATH` packs DIR with libarchive in cells_cmds.c: until it
-# does that through the archive plugin, the CLI needs libarchive too.
-CLI_TAR_LIBS := $(if $(shell grep -l '<archive.h>' src/cli/*.c 2>/dev/null),-larchive)
 # The lean CLI: libseccomp, with jansson and http_parser (the client
 # commands' HTTP/1.1, src/cli/http1.c) linked in.
 CLI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp) \
-               -Wl,-Bstatic -ljansson -lhttp_parser -Wl,-Bdynamic -lpthread $(CLI_TAR_LIBS)
+               -Wl,-Bstatic -ljansson -lhttp_parser -Wl,-Bdynamic -lpthread
 # Programs that link libcell.a with its plugins' code built in.
 LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin
 # The plugins (shared objects, position-independent objects in obj-pic/):
@@ -69,7 +66,7 @@ LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin
 NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/policy.c src/net/httppath.c \
                 src/net/screen.c src/net/netns.c src/init/proto.c $(UTIL_SRC)
 NETPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs jansson libnftables libnftnl libmnl libcrypto 2>/dev/null || echo -ljansson -lnftables -lnftnl -lmnl -lcrypto) -lpthread
-ARCHPLUG_SRC := src/plugin/archive.c src/runtime/lane_archive.c $(UTIL_SRC)
+ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c $(UTIL_SRC)
 ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive 2>/dev/null || echo -larchive) -lpthread
 PIC_CFLAGS  := $(filter-out -fPIE,$(CFLAGS)) -fPIC
 # -z defs: a plugin must not need a symbol of the program that loads it (not

@@ -2,10 +2,9 @@
  * create, ls, start, stop, rm, exec, shell, cp, logs, audit, policy and token. */
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "runtime/plugin.h"
 #include "util/util.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -1056,86 +1055,18 @@ static int upload_file(client *c, struct cp_args *a, const char *target, int fd,
 }
 
 /* A directory as a tar stream, written by a thread into a pipe that the
- * request body reads. */
+ * request body reads.  libarchive is in the archive plugin, loaded here. */
 struct tar_job {
     const char *src;
-    size_t      src_len;        /* without trailing slashes */
     int         fd;             /* the pipe's write end; closed by the job */
-    char        err[512];
+    cell_error  err;
+    int         failed;
     int         local;          /* err is about reading SRC, not a stopped request */
 };
 
-static int tar_fail(struct tar_job *t, const char *what, struct archive *a)
+static void tar_skipped(const char *path)
 {
-    snprintf(t->err, sizeof t->err, "%s: %s", what, archive_error_string(a) ? archive_error_string(a) : "failed");
-    t->local = a != NULL && strcmp(what, "writing the tar stream") != 0;
-    return -1;
-}
-
-/* The entry's path relative to the source directory; NULL for the directory itself. */
-static const char *tar_rel(struct tar_job *t, const char *full)
-{
-    if (strncmp(full, t->src, t->src_len) != 0)
-        return full;
-    full += t->src_len;
-    while (*full == '/')
-        full++;
-    return *full ? full : NULL;
-}
-
-static int tar_data(struct tar_job *t, struct archive *disk, struct archive *w)
-{
-    char block[65536];
-    ssize_t n;
-    while ((n = archive_read_data(disk, block, sizeof block)) > 0)
-        if (archive_write_data(w, block, (size_t)n) != n)
-            return tar_fail(t, "writing the tar stream", w);
-    return n < 0 ? tar_fail(t, "reading a file", disk) : 0;
-}
-
-static int tar_entry(struct tar_job *t, struct archive *disk, struct archive *w, struct archive_entry *e)
-{
-    const char *rel = tar_rel(t, archive_entry_pathname(e));
-    mode_t type = archive_entry_filetype(e);
-    if (!rel)
-        return 0;
-    if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
-        fprintf(stderr, "cell: cp: skipping %s: only files, directories and symlinks are copied\n",
-                archive_entry_pathname(e));
-        return 0;
-    }
-    char *name = strdup(rel);
-    if (!name)
-        return snprintf(t->err, sizeof t->err, "out of memory"), -1;
-    archive_entry_set_pathname(e, name);
-    free(name);
-    if (archive_write_header(w, e) != ARCHIVE_OK)
-        return tar_fail(t, "writing the tar stream", w);
-    return type == AE_IFREG && archive_entry_size(e) > 0 ? tar_data(t, disk, w) : 0;
-}
-
-static int tar_walk(struct tar_job *t, struct archive *disk, struct archive *w)
-{
-    if (archive_read_disk_open(disk, t->src) != ARCHIVE_OK)
-        return tar_fail(t, t->src, disk);
-    for (;;) {
-        struct archive_entry *e = archive_entry_new();
-        if (!e)
-            return snprintf(t->err, sizeof t->err, "out of memory"), -1;
-        int r = archive_read_next_header2(disk, e);
-        if (r == ARCHIVE_EOF) {
-            archive_entry_free(e);
-            return 0;
-        }
-        int rc = r == ARCHIVE_OK || r == ARCHIVE_WARN ? 0 : tar_fail(t, t->src, disk);
-        if (rc == 0) {
-            archive_read_disk_descend(disk);
-            rc = tar_entry(t, disk, w, e);
-        }
-        archive_entry_free(e);
-        if (rc < 0)
-            return rc;
-    }
+    fprintf(stderr, "cell: cp: skipping %s: only files, directories and symlinks are copied\n", path);
 }
 
 static void *tar_main(void *arg)
@@ -1146,21 +1077,13 @@ static void *tar_main(void *arg)
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
-    struct archive *disk = archive_read_disk_new(), *w = archive_write_new();
-    if (!disk || !w) {
-        snprintf(t->err, sizeof t->err, "out of memory");
-    } else {
-        archive_read_disk_set_symlink_physical(disk);
-        archive_read_disk_set_standard_lookup(disk);
-        archive_write_set_format_pax_restricted(w);
-        archive_write_set_bytes_in_last_block(w, 1);
-        if (archive_write_open_fd(w, t->fd) != ARCHIVE_OK)
-            tar_fail(t, "writing the tar stream", w);
-        else if (tar_walk(t, disk, w) == 0 && archive_write_close(w) != ARCHIVE_OK)
-            tar_fail(t, "writing the tar stream", w);
-    }
-    archive_read_free(disk);
-    archive_write_free(w);
+    const runtime_archive_ops *ar = runtime_archive(&t->err);
+    int rc = !ar ? -1
+           : !ar->tar_dir ? util_fail(&t->err, ENOSYS, "this program cannot pack a directory")
+           : ar->tar_dir(t->src, t->fd, tar_skipped, &t->local, &t->err);
+    t->failed = rc < 0;
+    /* Without the plugin nothing was sent: that is what to report. */
+    t->local |= rc < 0 && (!ar || !ar->tar_dir);
     close(t->fd);
     return NULL;
 }
@@ -1170,9 +1093,7 @@ static int upload_dir(client *c, struct cp_args *a, const char *target)
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
-    struct tar_job t = { .src = a->local, .src_len = strlen(a->local), .fd = p[1] };
-    while (t.src_len > 1 && t.src[t.src_len - 1] == '/')
-        t.src_len--;
+    struct tar_job t = { .src = a->local, .fd = p[1] };
     pthread_t th;
     int err = pthread_create(&th, NULL, tar_main, &t);
     if (err) {
@@ -1188,8 +1109,8 @@ static int upload_dir(client *c, struct cp_args *a, const char *target)
     pthread_join(th, NULL);
     /* A failure to read SRC explains the daemon's complaint about a short
      * tar; a failed write only echoes the request's own failure. */
-    if (t.err[0] && (t.local || rc == 0))
-        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, t.err);
+    if (t.failed && (t.local || rc == 0))
+        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, t.err.message);
     return rc;
 }
 

@@ -1,18 +1,23 @@
 /* archive.c: the entry of libcell-archive.so (src/runtime/plugin.h): lane
- * export and import (libarchive), for the lean `cell`.  lane_archive.c's
- * calls into lane.c go back to the loading program through its host table,
- * so that the plugin carries no second copy of the lane code. */
+ * export and import, and `cp DIR`'s tar stream (libarchive), for the lean
+ * `cell`.  lane_archive.c's calls into lane.c go back to the loading
+ * program through its host table, so that the plugin carries no second
+ * copy of the lane code. */
 #include "runtime/plugin.h"
 #include "runtime/runtime.h"
 
 static const runtime_archive_host *host_fns;
+/* The linked-in table plus what only the lean `cell` needs (cp DIR). */
+static runtime_archive_ops plugin_ops;
 
 const void *cell_plugin_entry(const void *host);
 
 const void *cell_plugin_entry(const void *host)
 {
     host_fns = host;
-    return host ? &runtime_archive_builtin : NULL;
+    plugin_ops = runtime_archive_builtin;
+    plugin_ops.tar_dir = runtime_tar_dir;
+    return host ? &plugin_ops : NULL;
 }
 
 int runtime_lane_find(cell_ctx *ctx, const char *name, char *dir, size_t size, struct stat *st, cell_error *err)

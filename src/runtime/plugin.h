@@ -53,7 +53,14 @@ typedef struct runtime_archive_ops {
     int (*lane_export)(cell_ctx *ctx, const char *name, int fd, cell_error *err);
     int (*lane_import)(cell_ctx *ctx, const char *name, const char *image, uint64_t disk_size, int fd,
                        cell_error *err);
+    /* `cell cp DIR ID:PATH`: DIR as a pax tar stream written to fd (files,
+     * directories, symlinks as links; on_skip(path) for any other type).
+     * -1 with *about_dir set when the failure is reading DIR, not a write.
+     * Only in the plugin's table (src/plugin/tar_dir.c); NULL when linked in. */
+    int (*tar_dir)(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);
 } runtime_archive_ops;
+
+int runtime_tar_dir(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);
 
 /* The tables as linked in: defined by src/net/sep.c and
  * src/runtime/lane_archive.c. */

@@ -19,9 +19,9 @@ DAEMON = os.path.join(BUILD, "cell-daemon")
 # What only the plugins and the daemon may load.
 HEAVY = ("libnftables", "libnftnl", "libmnl", "libssl", "libcrypto", "libldns", "libmicrohttpd", "libsqlite3",
          "libcurl", "libgnutls", "libxml2", "libicu", "libstdc++", "libjansson")
-# `cell cp DIR ID:PATH` still packs DIR with libarchive in src/cli/cells_cmds.c.
+# libarchive and what it brings: only the archive plugin loads them (lane
+# export/import, `cell cp DIR ID:PATH`).
 ARCHIVE = ("libarchive", "libxml2", "libicu", "libstdc++")
-ARCHIVE_IN_CLI = pytest.mark.xfail(reason="cells_cmds.c links libarchive (cp DIR) until it uses the archive plugin")
 
 
 def ldd(path):
@@ -38,7 +38,6 @@ def test_cell_links_no_heavy_library():
     assert heavy_in([n for n in libs if not n.startswith(ARCHIVE)]) == [], libs
 
 
-@ARCHIVE_IN_CLI
 def test_cell_links_no_libarchive():
     libs = ldd(CELL_BIN)
     assert heavy_in(libs, ARCHIVE) == [], libs
@@ -83,7 +82,6 @@ def test_cell_run_without_policy_maps_no_plugin(state):
     assert not [m for m in maps if "libcell-" in m], sorted(maps)
 
 
-@ARCHIVE_IN_CLI
 def test_cell_run_without_policy_maps_no_libarchive(state):
     p = start_cell(state)
     try:
