@@ -34,7 +34,9 @@ endif
 LDSAN   += $(LDHARD)
 LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
 # The daemon (src/server, src/store) adds these.
-SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto libcurl 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lcurl) -lpthread
+# libcurl is not linked: src/server/egress.c loads it on the first decide
+# webhook question; nettle hashes tokens (src/store/store.c).
+SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto nettle 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lnettle) -lpthread
 
 # cell-init runs inside images that may lack our shared libraries, so it is
 # linked statically and never sanitized (ASan cannot be static).

@@ -7,7 +7,8 @@ packages=(
   # build
   gcc make pkg-config libc6-dev libseccomp-dev libarchive-dev libjansson-dev
   # the daemon and the CLI's client: HTTP server, SQLite, SHA-256, HTTP client
-  libmicrohttpd-dev libsqlite3-dev libssl-dev libcurl4-openssl-dev
+  # (decide webhooks: libcurl is loaded at run time, the header is for the build)
+  libmicrohttpd-dev libsqlite3-dev libssl-dev nettle-dev libcurl4-openssl-dev
   # egress: nftables rules, netlink routes, DNS messages, HTTP parsing
   libnftables-dev libnftnl-dev libmnl-dev libldns-dev libhttp-parser-dev
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs

@@ -15,6 +15,11 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+/* SHA-256 of tokens and of the secrets key: nettle's (GnuTLS's, already in
+ * the daemon through libmicrohttpd) runs the digest without OpenSSL 3's
+ * provider machinery, whose first EVP fetch maps ~1.8 MiB of libcrypto and
+ * allocates ~120 KiB that the daemon would keep for good. */
+#include <nettle/sha2.h>
 
 #include "util/util.h"
 
@@ -655,8 +660,11 @@ static int is_lower_hex(const char *p, size_t n)
  * salt or slow hash: the secret is 128 random bits, not a password. */
 static int hash_secret(const char *secret, unsigned char md[32])
 {
-    unsigned int len = 0;
-    return EVP_Digest(secret, STORE_TOKEN_SECRET_HEX, md, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
+    struct sha256_ctx c;
+    sha256_init(&c);
+    sha256_update(&c, STORE_TOKEN_SECRET_HEX, (const uint8_t *)secret);
+    sha256_digest(&c, SHA256_DIGEST_SIZE, md);
+    return 0;
 }
 
 static int read_token(sqlite3_stmt *st, void *row)
@@ -695,8 +703,9 @@ int store_token_create(store *s, const char *tenant, const char *label, int admi
         goto out;
     /* A 48-bit id can collide (it never should in practice): draw again. */
     for (int attempt = 0;; attempt++) {
-        if (RAND_bytes(raw, sizeof raw) != 1) {
-            util_fail(err, EIO, "RAND_bytes failed: no randomness for a token");
+        /* The kernel's CSPRNG: RAND_bytes() would set up OpenSSL's DRBG. */
+        if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+            util_fail(err, EIO, "getrandom failed: no randomness for a token");
             goto out;
         }
         hex_encode(id, raw, STORE_TOKEN_ID_HEX / 2);
@@ -1136,10 +1145,13 @@ static int key_digest(const unsigned char *key, unsigned char out[32])
     unsigned char buf[sizeof label - 1 + STORE_SECRETS_KEY_SIZE];
     memcpy(buf, label, sizeof label - 1);
     memcpy(buf + sizeof label - 1, key, STORE_SECRETS_KEY_SIZE);
-    unsigned int n = 0;
-    int ok = EVP_Digest(buf, sizeof buf, out, &n, EVP_sha256(), NULL) == 1 && n == 32;
+    struct sha256_ctx c;
+    sha256_init(&c);
+    sha256_update(&c, sizeof buf, buf);
+    sha256_digest(&c, SHA256_DIGEST_SIZE, out);
     OPENSSL_cleanse(buf, sizeof buf);
-    return ok ? 0 : -1;
+    OPENSSL_cleanse(&c, sizeof c);
+    return 0;
 }
 
 /* A GCM context keyed, with its nonce and the row's associated data fed. */
