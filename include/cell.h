@@ -212,6 +212,11 @@ const char *cell_id(const cell *c);
  * and field; EPERM if the cell was created without a policy (its network
  * namespace has no route to be policed). */
 int cell_set_policy(cell *c, const char *policy_json, cell_error *err);
+/* Rename a running cell: its hostname and /etc/hosts, as cell_config's
+ * hostname sets them at boot (EINVAL for a bad name).  Meant for a cell
+ * that has run nothing yet (a daemon's warm pool): processes that already
+ * run may have read the old name. */
+int cell_set_hostname(cell *c, const char *hostname, cell_error *err);
 /* The host pid of cell-init (PID 1 inside the cell). */
 pid_t cell_init_pid(const cell *c);
 /* First host uid of the cell's range; uid N inside is host uid base+N. */

@@ -1,8 +1,9 @@
 /* pool.c: the warm pool: cells booted ahead of requests, one template per
  * image, refilled by one thread off the request path.  A create whose spec
- * boots exactly what a template boots (its image, the default resources,
- * no policy, no lane, no hostname, no mounts but the agent cache) takes a
- * ready cell instead of booting one; any other create boots cold.
+ * boots what a template boots (its image, the default resources, no
+ * policy, no lane, no mounts but the agent cache) takes a ready cell
+ * instead of booting one, renamed if it asks for a hostname; any other
+ * create boots cold.
  *
  * A pooled cell belongs to no tenant and never had one: it enters the pool
  * once, straight from its boot, and leaves it once, to one create (or to
@@ -223,12 +224,22 @@ void pool_stop(srv *s)
 }
 
 /* ---- taking ----------------------------------------------------------------------- */
-/* pool.lock held: the template that boots exactly what `spec` asks for. */
+/* A hostname libcell takes (1-63 of [A-Za-z0-9-], no '-' at either end);
+ * the API also allows dots, which a cold boot then refuses as before. */
+static int pool_hostname_ok(const char *h)
+{
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-";
+    size_t n = strlen(h);
+    return n && n <= 63 && strspn(h, ok) == n && h[0] != '-' && h[n - 1] != '-';
+}
+
+/* pool.lock held: the template that boots what `spec` asks for. */
 static pool_tpl *pool_fit(json_t *spec)
 {
-    json_t *mounts = json_object_get(spec, "mounts");
-    if (!pool.resources || json_object_get(spec, "laneId") || json_object_get(spec, "hostname") ||
-        (mounts && json_array_size(mounts) > 0) || !json_equal(json_object_get(spec, "resources"), pool.resources))
+    json_t *mounts = json_object_get(spec, "mounts"), *hostname = json_object_get(spec, "hostname");
+    if (!pool.resources || json_object_get(spec, "laneId") || (mounts && json_array_size(mounts) > 0) ||
+        (hostname && !pool_hostname_ok(json_string_value(hostname))) ||
+        !json_equal(json_object_get(spec, "resources"), pool.resources))
         return NULL;
     const char *image = json_string_value(json_object_get(spec, "image"));
     for (size_t i = 0; image && i < pool.n_tpl; i++)
@@ -238,12 +249,20 @@ static pool_tpl *pool_fit(json_t *spec)
 }
 
 /* A pooled cell only waited: any message or a hang-up on its control
- * channel means its init is gone. */
-static int pool_alive(cell *c)
+ * channel means its init is gone.  Then it gets the create's hostname (a
+ * cell booted without one is named after its libcell id, as a cold one). */
+static int pool_finish(cell *c, json_t *spec)
 {
     cell_exit ex;
     cell_error e;
-    return cell_wait_exit(c, 0, &ex, &e) == 0;
+    if (cell_wait_exit(c, 0, &ex, &e) != 0)
+        return -1;
+    const char *hostname = json_string_value(json_object_get(spec, "hostname"));
+    if (hostname && cell_set_hostname(c, hostname, &e) < 0) {
+        fprintf(stderr, "cell daemon: warm pool: %s\n", e.message);
+        return -2;
+    }
+    return 0;
 }
 
 cell *pool_take(srv *s, json_t *spec, int has_policy)
@@ -265,16 +284,18 @@ cell *pool_take(srv *s, json_t *spec, int has_policy)
         pthread_mutex_unlock(&pool.lock);
         if (!c)
             return NULL;
-        int alive = pool_alive(c);
+        int rc = pool_finish(c, spec);
         pthread_mutex_lock(&pool.lock);
-        if (alive)
+        if (rc == 0)
             pool.taken++;
         else
             pool.failed++;
         pthread_mutex_unlock(&pool.lock);
-        if (alive)
+        if (rc == 0)
             return c;
         registry_cell_destroy(s, c);
+        if (rc == -2)               /* not the cell's fault: the next would fail alike */
+            return NULL;
     }
 }
 

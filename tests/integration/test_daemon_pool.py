@@ -1,8 +1,9 @@
 """`cell serve`'s warm pool: cells booted ahead of creates (src/server/pool.c).
 
-A create that boots exactly what the pool's template boots (image "host",
-the default resources, no policy, lane, hostname or mount) takes a ready
-cell; the pool refills in the background; anything else boots cold.  The
+A create that boots what the pool's template boots (image "host", the
+default resources, no policy, lane or mount) takes a ready cell, renamed
+when it asks for a hostname; the pool refills in the background; anything
+else boots cold.  The
 attacks: a tenant's cell coming back to another tenant (files, processes,
 hostname), a pooled cell escaping a tenant's quota or keeping limits the
 request did not ask for, two tenants racing for the last pooled cell, and
@@ -129,6 +130,17 @@ def test_a_claimed_cell_has_the_requests_env_cwd_limits_and_tenant(d, admin):
     assert out[:2] == ["bar baz", "/tmp"], out
     assert_limits(out[2], DEFAULT_MEMORY, DEFAULT_PIDS)
     assert cell["env"] == {"POOL_FOO": "bar baz"} and cell["ttl"] == 600
+    # A hostname is given to the pooled cell: the UTS name and /etc/hosts,
+    # which is read-only again afterwards.
+    named = create(c, {"hostname": "pool-box-7"})
+    assert pool(admin)["taken"] == taken + 2
+    out = sh(c, named["id"], "hostname; cat /etc/hosts; echo 6.6.6.6 evil >> /etc/hosts && echo WRITABLE; "
+             "grep ' /etc/hosts ' /proc/self/mountinfo")
+    lines = out.splitlines()
+    assert lines[0] == "pool-box-7", out
+    assert "127.0.1.1\tpool-box-7" in out and "cell-" not in out, out
+    assert "WRITABLE" not in out and " ro," in lines[-1], out
+    assert c.delete("/v1/cells/%s" % named["id"]).status == 204
     # The tenant's, and only the tenant's.
     assert [x["id"] for x in c.get("/v1/cells").body["cells"]] == [cell["id"]]
     assert c.get("/v1/tenants/%s" % name).body["usage"]["cells"] == 1
@@ -142,7 +154,7 @@ def test_a_create_that_does_not_fit_boots_cold(d, admin):
     _, c = new_tenant(d, admin)
     before = pool(admin)
     small = create(c, {"resources": {"memory": "64M", "pids": 100}})
-    named = create(c, {"hostname": "my-box"})
+    mounted = create(c, {"mounts": [{"type": "memory", "target": "/scratch", "size": "16M"}]})
     policed = create(c, {"policy": {"rules": []}})
     after = pool(admin)
     assert after["taken"] == before["taken"], (before, after)
@@ -150,9 +162,9 @@ def test_a_create_that_does_not_fit_boots_cold(d, admin):
     assert ready(admin) == 2
     host = sh(c, small["id"], "hostname").strip()
     assert_limits(host, 64 << 20, 100)
-    assert sh(c, named["id"], "hostname; grep my-box /etc/hosts").split()[0] == "my-box"
+    sh(c, mounted["id"], "grep ' /scratch ' /proc/self/mountinfo")
     sh(c, policed["id"], "true")
-    for cell in (small, named, policed):
+    for cell in (small, mounted, policed):
         assert c.delete("/v1/cells/%s" % cell["id"]).status == 204
 
 

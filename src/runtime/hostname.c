@@ -1,0 +1,90 @@
+/* hostname.c: rename a running cell: its UTS hostname and the 127.0.1.1
+ * line of its /etc/hosts, as cell_create() sets them at boot.  The daemon's
+ * warm pool boots cells before it knows the hostname a create asks for. */
+#include "runtime/cell_internal.h"
+#include "util/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/mount.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* As cell.c checks a cell_config's hostname: 1-63 of [A-Za-z0-9-], no '-' at either end. */
+static int hostname_ok(const char *h)
+{
+    size_t n = strlen(h);
+    if (n == 0 || n > 63 || h[0] == '-' || h[n - 1] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') || (h[i] >= '0' && h[i] <= '9') ||
+              h[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static int set_readonly(int fd, int on)
+{
+    struct mount_attr a = { .attr_set = on ? MOUNT_ATTR_RDONLY : 0, .attr_clr = on ? 0 : MOUNT_ATTR_RDONLY };
+    return (int)syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &a, sizeof a);
+}
+
+/* The forked child: raw system calls only (the parent has threads).  It
+ * joins the cell's mount and UTS namespaces (as host root it holds every
+ * capability over them); /etc/hosts there is a read-only bind of a file on
+ * the cell's own scratch tmpfs, made writable for the one write.  Returns
+ * 0 or an errno value, its exit status. */
+static int rename_child(int pidfd, const char *name, const char *hosts, size_t len)
+{
+    if (setns(pidfd, CLONE_NEWNS | CLONE_NEWUTS) < 0 || sethostname(name, strlen(name)) < 0)
+        return errno;
+    int path = open("/etc/hosts", O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (path < 0 || set_readonly(path, 0) < 0)
+        return errno;
+    int rc = 0;
+    int fd = open("/etc/hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        rc = errno;
+    } else {
+        ssize_t n = write(fd, hosts, len);
+        rc = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+        if (close(fd) < 0 && !rc)
+            rc = errno;
+    }
+    /* Read-only again whatever happened, or the caller must not use the cell. */
+    if (set_readonly(path, 1) < 0)
+        return errno ? errno : EIO;
+    return rc;
+}
+
+int cell_set_hostname(cell *c, const char *hostname, cell_error *err)
+{
+    if (!hostname || !hostname_ok(hostname))
+        return util_fail(err, EINVAL, "invalid hostname '%s': use 1-63 letters, digits and '-'",
+                         hostname ? hostname : "");
+    if (c->dead || c->pidfd < 0)
+        return util_fail(err, ECONNRESET, "cell %s has stopped", c->id);
+    char hosts[256];
+    int len = snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost "
+                       "ip6-loopback\n", hostname);
+    if (len < 0 || (size_t)len >= sizeof hosts)
+        return util_fail(err, ENAMETOOLONG, "hostname '%s' is too long", hostname);
+    pid_t pid = fork();
+    if (pid < 0)
+        return util_fail_errno(err, "fork to rename cell %s", c->id);
+    if (pid == 0)
+        _exit(rename_child(c->pidfd, hostname, hosts, (size_t)len));
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return util_fail_errno(err, "waitpid for renaming cell %s", c->id);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        errno = WIFEXITED(status) ? WEXITSTATUS(status) : EIO;
+        return util_fail_errno(err, "cannot rename cell %s to %s", c->id, hostname);
+    }
+    return 0;
+}
