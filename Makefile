@@ -82,8 +82,11 @@ UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
 SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/agent/blob.o
-CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
-DAEMON_OBJ  := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o)
+PLUGIN_BLOBS := $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
+CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o) $(PLUGIN_BLOBS)
+# The daemon loads the plugins too (an idle daemon maps no libnftables,
+# libarchive, ICU or libstdc++); --as-needed keeps only what its own code uses.
+DAEMON_OBJ  := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o) $(PLUGIN_BLOBS)
 NETPLUG_OBJ := $(NETPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o) $(BUILD)/obj/src/net/egress_blob.o
 ARCHPLUG_OBJ := $(ARCHPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o)
 PLUGINS     := $(BUILD)/libcell-net.so $(BUILD)/libcell-archive.so
@@ -183,7 +186,7 @@ $(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcell.a
 	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcell.a $(CLI_LIBS)
 
 $(BUILD)/cell-daemon: $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
-	$(CC) $(LDSAN) -o $@ $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS)
+	$(CC) $(LDSAN) -o $@ $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a -Wl,--as-needed $(LIBS) $(SRV_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
