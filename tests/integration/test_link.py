@@ -30,6 +30,9 @@ def ldd(path):
 
 
 def heavy_in(names, heavy=HEAVY):
+    # A sanitizer build's runtime brings libstdc++ itself (libubsan needs it).
+    sanitized = any(os.path.basename(n).startswith(("libasan", "libubsan")) for n in names)
+    heavy = tuple(h for h in heavy if not (sanitized and h == "libstdc++"))
     return sorted(n for n in names for h in heavy if os.path.basename(n).startswith(h))
 
 
