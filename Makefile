@@ -7,8 +7,8 @@
 # the owner's side of the egress engine (nftables, OpenSSL...) and lane
 # export/import (libarchive) are plugins (src/runtime/plugin.h) embedded in
 # it and dlopen()ed only when a cell has a policy or a lane is exported or
-# imported.  cell-daemon, the unit tests and the benches link those tables
-# in ($(LIBCELL_BUILTINS)) with every library ($(LIBS) $(SRV_LIBS)).
+# imported.  cell-daemon embeds and loads them the same way; the unit tests
+# and the benches link their tables in ($(LIBCELL_BUILTINS)) with $(LIBS).
 
 CC      ?= cc
 BUILD   ?= build

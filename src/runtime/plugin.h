@@ -7,10 +7,10 @@
  *   and what it uses: nftables, OpenSSL, jansson) and the policy checks;
  * - archive: lane export and import (src/runtime/lane_archive.c: libarchive).
  *
- * Each table is either linked in (the daemon, unit tests, benches: link
- * with $(LIBCELL_BUILTINS), which pulls the *_builtin tables out of
- * libcell.a) or, in the lean `cell`, loaded on first use from a shared
- * object embedded in the binary (build/libcell-net.so, libcell-archive.so),
+ * Each table is either linked in (unit tests, benches: link with
+ * $(LIBCELL_BUILTINS), which pulls the *_builtin tables out of libcell.a)
+ * or, in `cell` and cell-daemon, loaded on first use from a shared object
+ * embedded in the binary (build/libcell-net.so, libcell-archive.so),
  * dlopen()ed from a sealed memfd: one file to install, and nobody can swap
  * the code that is loaded.  The dynamic linker loads the plugin's own
  * dependencies (libnftables, libssl, libarchive...) only at that moment. */
