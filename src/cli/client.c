@@ -217,9 +217,11 @@ static int request_failed(client *c, int err, const http1_resp *rs)
 static int exchange(client *c, const http1_req *rq, http1_resp *rs, int reuse)
 {
     for (int attempt = 0;; attempt++) {
+        /* Only plain requests touch c->fd: streams run on other threads too (shell). */
         int reused = reuse && c->fd >= 0;
         int fd = reused ? c->fd : -1;
-        c->fd = -1;
+        if (reuse)
+            c->fd = -1;
         char why[256];
         if (fd < 0 && (fd = http1_connect(c->sock, c->host, c->port, why, sizeof why)) < 0)
             return cli_fail(CLI_EXIT_INTERNAL, "cannot reach the cell daemon at %s (%s); start it with `cell serve`",
