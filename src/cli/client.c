@@ -434,13 +434,18 @@ static void sse_line(sse *s, const char *line, size_t len)
 static int sse_data(void *user, const char *p, size_t n)
 {
     sse *s = user;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] == '\n') {
-            sse_line(s, s->line.data ? s->line.data : "", s->line.len);
+    while (n && !s->line.oom) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) : n;
+        http1_buf_add(&s->line, p, take);
+        if (nl) {
+            size_t len = s->line.len;
+            if (len && s->line.data[len - 1] == '\r')
+                len--;
+            sse_line(s, s->line.data ? s->line.data : "", len);
             s->line.len = 0;
-        } else if (p[i] != '\r') {
-            http1_buf_add(&s->line, p + i, 1);
         }
+        p += take + (nl != NULL), n -= take + (nl != NULL);
     }
     return s->line.oom ? -1 : 0;
 }

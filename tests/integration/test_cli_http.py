@@ -292,3 +292,34 @@ def test_upload_sends_what_it_announced(fake, tmp_path):
     assert r.returncode == 0, r.stderr
     assert got["body"] == b"x" * 100000
     assert "Content-Length: 100000" in f.heads[-1] and f.heads[-1].startswith("PUT /cells/c1/v1/fs/file?path=%2Ftmp%2Fsmall ")
+
+
+# ---- streams --------------------------------------------------------------------------------
+
+
+def test_download_cut_short_leaves_no_file(fake, tmp_path):
+    f = fake(reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 300))
+    r = f.cli("cp", "c1:/tmp/f", str(tmp_path / "f"))
+    failed(r, "the connection ended before a complete answer")
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+def test_endless_log_event_is_cut_at_the_cap(fake):
+    def answer(conn, head, fk):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nevent: log\r\ndata: ")
+        while True:             # one line that never ends
+            conn.sendall(b"A" * (1 << 20))
+    f = fake(answer)
+    r = f.cli("logs", "c1", "proc_1", "--follow")
+    assert r.returncode == 125 and "a log event from the daemon is too large" in r.stderr, r.stderr
+
+
+def test_log_follow_prints_events_and_skips_the_rest(fake):
+    events = (b": keepalive\r\n\r\nevent: log\r\nid: 1\r\n"
+              b'data: {"data":"aGVsbG8K","encoding":"base64"}\r\n\r\n'
+              b"data: not json\n\n"
+              b'event: log\ndata: {"data":"d29ybGQK","encoding":"base64"}\n\n')
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
+    f = fake(reply(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body))
+    r = f.cli("logs", "c1", "proc_1", "--follow")
+    assert r.returncode == 0 and r.stdout == "hello\nworld\n", r
