@@ -56,7 +56,9 @@ int main(void)
     sigset_t mask;
     sigemptyset(&mask);
     sigaddset(&mask, SIGCHLD);
-    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+    /* SETMASK, not BLOCK: the boot child may have passed every signal
+     * blocked (isolate_clone_vm); init needs only SIGCHLD held. */
+    if (sigprocmask(SIG_SETMASK, &mask, NULL) < 0)
         return 1;
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)

@@ -592,19 +592,23 @@ static void enter_cell_credentials(const struct isolate_plan *plan)
         FAIL("cannot install the seccomp filter");
 }
 
+#define BOOT_NS_FLAGS (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC)
+
 __attribute__((noreturn))
 static void boot_child(const struct isolate_plan *plan)
 {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
         FAIL("cannot set the parent-death signal");
-    /* Wait until the owner has put us into the cell's cgroups. */
-    char go;
-    ssize_t n;
-    do
-        n = recv(plan->ctl_fd, &go, 1, 0);
-    while (n < 0 && errno == EINTR);
-    if (n != 1)
-        _exit(1);
+    if (plan->wait_release) {
+        /* Wait until the owner has put us into the cell's cgroups. */
+        char go;
+        ssize_t n;
+        do
+            n = recv(plan->ctl_fd, &go, 1, 0);
+        while (n < 0 && errno == EINTR);
+        if (n != 1)
+            _exit(1);
+    }
     for (size_t i = 0; i < plan->n_cgroup_fds; i++)
         if (write(plan->cgroup_fds[i], "0", 1) != 1)
             FAIL("cannot join the cell's cgroup");
@@ -644,11 +648,18 @@ static void boot_child(const struct isolate_plan *plan)
     child_fail(plan, errno, "cannot exec cell-init");
 }
 
-pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
+static int boot_child_main(void *plan)
+{
+    boot_child(plan);
+}
+
+/* A copy-on-write child: for a cell with cgroups, it waits until the owner
+ * has attached it to its v2 cgroup (isolate_boot_release). */
+static pid_t boot_forked(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
 {
     int pidfd = -1;
     struct clone_args args = {
-        .flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_PIDFD,
+        .flags = BOOT_NS_FLAGS | CLONE_PIDFD,
         .pidfd = (uint64_t)(uintptr_t)&pidfd,
         .exit_signal = SIGCHLD,
     };
@@ -659,6 +670,48 @@ pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *
         boot_child(plan);
     *pidfd_out = pidfd;
     return pid;
+}
+
+/* A cell without cgroups has nothing to wait for: the child shares the
+ * owner's memory and the owner's thread sleeps (CLONE_VFORK) until the
+ * child has exec'd cell-init or failed, so no page table is copied and no
+ * copy torn down (vmclone.c).  The child only reads the plan, which this
+ * suspended thread owns. */
+static pid_t boot_vforked(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
+{
+    struct isolate_vmstack stack = { 0 };
+    /* The deepest path (build_root, setup_overlay) uses about 50 KiB. */
+    if (isolate_vmstack_map(&stack, 1024 * 1024, err) < 0)
+        return -1;
+    int pidfd = -1;
+    pid_t pid = isolate_clone_vm(boot_child_main, (void *)plan, BOOT_NS_FLAGS | CLONE_VFORK | CLONE_PIDFD, &stack,
+                                 &pidfd, err);
+    isolate_vmstack_unmap(&stack);
+    if (pid < 0)
+        return -1;
+    *pidfd_out = pidfd;
+    return pid;
+}
+
+/* ASan and TSan keep one stack per thread: a child running on another stack
+ * in the same memory makes ASan warn at its first noreturn call (on the
+ * cell's stderr) and TSan lose track.  Their builds boot copy-on-write. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define BOOT_SHARED_VM 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BOOT_SHARED_VM 0
+#endif
+#endif
+#ifndef BOOT_SHARED_VM
+#define BOOT_SHARED_VM 1
+#endif
+
+pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
+{
+    if (plan->wait_release || !BOOT_SHARED_VM)
+        return boot_forked(plan, pidfd_out, err);
+    return boot_vforked(plan, pidfd_out, err);
 }
 
 int isolate_boot_release(int owner_ctl_fd, cell_error *err)

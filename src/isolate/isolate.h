@@ -32,6 +32,21 @@ int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *e
  * open_tree() only clones mounts of the caller's own mount namespace. */
 int isolate_bind_tree(const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err);
 
+/* ---- children sharing the owner's memory (vmclone.c) ---------------------------
+ * A stack for a CLONE_VM child (with a guard page), and clone() of `fn` on
+ * it with CLONE_VM added to `flags` (plain copy-on-write under TSan), every
+ * signal blocked in the child, SIGCHLD on exit.  With CLONE_PIDFD in flags
+ * *pidfd receives the child's pidfd.  The stack must stay mapped until the
+ * child has exec'd or exited. */
+struct isolate_vmstack {
+    void  *base;
+    size_t size;
+};
+int   isolate_vmstack_map(struct isolate_vmstack *s, size_t size, cell_error *err);
+void  isolate_vmstack_unmap(struct isolate_vmstack *s);
+pid_t isolate_clone_vm(int (*fn)(void *), void *arg, int flags, const struct isolate_vmstack *s, int *pidfd,
+                       cell_error *err);
+
 /* ---- loop devices --------------------------------------------------------------
  * Attach `image` to a free loop device with autoclear (it detaches once its
  * last user, the cell's mount, is gone).  *loop_fd keeps it alive until the
@@ -68,6 +83,9 @@ struct isolate_plan {
     int      ctl_fd;                /* child's end of the control socket */
     int      init_fd;               /* sealed memfd holding cell-init */
     const struct sock_fprog *seccomp;
+    int      wait_release;          /* 1: the child waits for isolate_boot_release() (the
+                                       owner attaches it to cgroups first); 0: it shares
+                                       the owner's memory until it execs cell-init */
     int      cgroup_fds[8];         /* v1 "tasks" files the child joins itself ("0") */
     size_t   n_cgroup_fds;
     int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
@@ -78,9 +96,10 @@ struct isolate_plan {
     size_t   n_mounts;
 };
 
-/* clone3() a child in new mount, pid, net, uts, ipc namespaces.  The child
- * waits for isolate_boot_release(), then builds the root filesystem, enters
- * the cell's user and cgroup namespaces, drops privileges and execs
+/* Clone a child in new mount, pid, net, uts, ipc namespaces.  The child
+ * waits for isolate_boot_release() if plan->wait_release, then builds the
+ * root filesystem, enters the cell's user and cgroup namespaces, drops
+ * privileges and execs
  * cell-init, which says CTL_HELLO on ctl_fd.  A failure before that arrives
  * as CTL_BOOT_ERROR with a message.  Returns the child's host pid. */
 pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err);

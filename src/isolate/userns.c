@@ -24,45 +24,41 @@ static int write_map(pid_t pid, const char *file, uid_t base, uint32_t count, ce
     return 0;
 }
 
+/* The helper only exists so the namespace has a process while its maps are
+ * written: it shares the owner's memory (vmclone.c) and waits for EOF on
+ * `hold`, which comes when the owner closes its end or dies. */
+struct userns_helper {
+    int hold_r, hold_w;
+};
+
+static int userns_helper_main(void *arg)
+{
+    const struct userns_helper *h = arg;
+    char c;
+    /* The fd table is the child's own copy: drop its write end, or EOF
+     * never comes.  Errors need no report: the child exits either way. */
+    close(h->hold_w);
+    while (read(h->hold_r, &c, 1) < 0 && errno == EINTR)
+        ;
+    return 0;
+}
+
 int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err)
 {
-    int ready[2], hold[2];
-    if (pipe2(ready, O_CLOEXEC) < 0)
+    int hold[2];
+    if (pipe2(hold, O_CLOEXEC) < 0)
         return util_fail_errno(err, "pipe for the user namespace helper");
-    if (pipe2(hold, O_CLOEXEC) < 0) {
-        close(ready[0]);
-        close(ready[1]);
-        return util_fail_errno(err, "pipe for the user namespace helper");
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
-        return util_fail_errno(err, "fork of the user namespace helper");
-    }
-    if (pid == 0) {
-        /* The helper only exists so the namespace has a process while its
-         * maps are written; it waits for the owner to close `hold`. */
-        close(ready[0]);
-        close(hold[1]);
-        char status = unshare(CLONE_NEWUSER) == 0 ? 0 : (char)errno;
-        if (write(ready[1], &status, 1) != 1)
-            _exit(1);
-        char c;
-        while (read(hold[0], &c, 1) < 0 && errno == EINTR)
-            ;
-        _exit(0);
-    }
-    close(ready[1]);
-    close(hold[0]);
+    struct userns_helper h = { hold[0], hold[1] };
+    struct isolate_vmstack stack = { 0 };
+    pid_t pid = -1;
     int rc = -1;
-    char status = 0;
-    if (util_read_all(ready[0], &status, 1) != 1) {
-        util_fail(err, EIO, "user namespace helper died before reporting");
+    if (isolate_vmstack_map(&stack, 64 * 1024, err) < 0)
         goto out;
-    }
-    if (status != 0) {
-        errno = status;
-        util_fail_errno(err, "cannot create a user namespace (unshare CLONE_NEWUSER)");
+    /* Born in the new namespace: it exists when clone() returns. */
+    pid = isolate_clone_vm(userns_helper_main, &h, CLONE_NEWUSER, &stack, NULL, err);
+    if (pid < 0) {
+        if (err)
+            snprintf(err->message, sizeof err->message, "cannot create a user namespace: %s", strerror(err->code));
         goto out;
     }
     if (write_map(pid, "uid_map", base, count, err) < 0 || write_map(pid, "gid_map", base, count, err) < 0)
@@ -77,10 +73,11 @@ int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *e
     *fd_out = fd;
     rc = 0;
 out:
-    close(ready[0]);
+    close(hold[0]);
     close(hold[1]);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+    while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
+    isolate_vmstack_unmap(&stack);
     return rc;
 }
 
