@@ -273,7 +273,8 @@ bench_loop() {
 
 wants cli && bench_cli
 if wants create || wants mem; then bench_create; fi
-if wants run || wants mem; then bench_run; fi
+# mem needs daemon.sh's reference figure only without daemon_mem.sh
+if wants run || { wants mem && [ ! -f "$here/daemon_mem.sh" ]; }; then bench_run; fi
 wants mem && bench_mem
 wants loop && bench_loop
 
