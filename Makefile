@@ -77,7 +77,7 @@ LDPLUG      := -shared $(filter-out -pie,$(LDSAN)) -Wl,--version-script=src/plug
 UNIT_SRC    := $(wildcard tests/unit/test_*.c)
 
 LIB_OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/init/blob.o $(BUILD)/obj/src/net/egress_blob.o \
-               $(BUILD)/obj/src/runtime/untar_blob.o
+               $(BUILD)/obj/src/runtime/untar_blob.o $(BUILD)/obj/src/isolate/seccomp_blob.o
 UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
@@ -137,6 +137,22 @@ $(BUILD)/cell-untar: $(UNTAR_OBJ)
 $(BUILD)/obj/src/runtime/untar_blob.o: src/runtime/untar_blob.S $(BUILD)/cell-untar
 	@mkdir -p $(dir $@)
 	$(CC) -c -DCELL_UNTAR_PATH='"$(BUILD)/cell-untar"' $< -o $@
+
+# The cells' seccomp programs, compiled here once by src/isolate/seccomp.c
+# (libseccomp) and embedded in libcell, instead of by every process that
+# starts cells; tests/unit/test_seccomp.c checks they are byte for byte what
+# libseccomp builds at run time.
+SECCOMPGEN_OBJ := $(BUILD)/obj/src/seccompgen/main.o $(BUILD)/obj/src/isolate/seccomp.o $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)
+$(BUILD)/seccompgen: $(SECCOMPGEN_OBJ)
+	$(CC) $(LDSAN) -o $@ $^ $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp)
+
+$(BUILD)/seccomp/cell.bpf: $(BUILD)/seccompgen
+	@mkdir -p $(dir $@)
+	$(BUILD)/seccompgen $(BUILD)/seccomp
+
+$(BUILD)/obj/src/isolate/seccomp_blob.o: src/isolate/seccomp_blob.S $(BUILD)/seccomp/cell.bpf
+	@mkdir -p $(dir $@)
+	$(CC) -c -DSECCOMP_CELL_PATH='"$(BUILD)/seccomp/cell.bpf"' -DSECCOMP_NOSUID_PATH='"$(BUILD)/seccomp/nosuid.bpf"' $< -o $@
 
 $(BUILD)/libcell.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^

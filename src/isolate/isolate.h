@@ -116,6 +116,9 @@ int  isolate_seccomp_build(struct sock_fprog *out, cell_error *err);
  * with ENOSYS.  cell-init installs it in every process it spawns. */
 int  isolate_seccomp_build_nosuid(struct sock_fprog *out, cell_error *err);
 void isolate_seccomp_free(struct sock_fprog *prog);
+/* The same two programs as built by make (src/seccompgen) and embedded in
+ * libcell: what cells install.  Static storage; never freed. */
+void isolate_seccomp_prebuilt(struct sock_fprog *cell_prog, struct sock_fprog *nosuid);
 
 /* ---- capabilities -------------------------------------------------------------
  * Reduce bounding, permitted, effective and inheritable sets to the kept set

@@ -1,5 +1,6 @@
 /* ctx.c: the library context: the state directory, the sealed copy of
- * cell-init every cell execs, and the seccomp program every cell installs. */
+ * cell-init every cell execs, and the seccomp program every cell installs
+ * (compiled at build time, src/seccompgen). */
 #include "runtime/runtime.h"
 #include "isolate/isolate.h"
 #include "util/util.h"
@@ -49,14 +50,9 @@ static int make_init_memfd(cell_error *err)
 
 /* The nosuid filter travels to cell-init as a sealed memfd of raw BPF
  * instructions, which init installs in the processes it spawns. */
-static int make_nosuid_memfd(cell_error *err)
+static int make_nosuid_memfd(const struct sock_fprog *prog, cell_error *err)
 {
-    struct sock_fprog prog;
-    if (isolate_seccomp_build_nosuid(&prog, err) < 0)
-        return -1;
-    int fd = util_sealed_memfd("cell-nosuid-filter", prog.filter, prog.len * sizeof *prog.filter, err);
-    isolate_seccomp_free(&prog);
-    return fd;
+    return util_sealed_memfd("cell-nosuid-filter", prog->filter, prog->len * sizeof *prog->filter, err);
 }
 
 int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)
@@ -151,7 +147,11 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
     }
     if ((ctx->init_memfd = make_init_memfd(err)) < 0)
         goto fail;
-    if (isolate_seccomp_build(&ctx->seccomp, err) < 0 || (ctx->nosuid_memfd = make_nosuid_memfd(err)) < 0)
+    /* Both filters were compiled by make (src/seccompgen): building them
+     * with libseccomp here cost every process about half a millisecond. */
+    struct sock_fprog nosuid;
+    isolate_seccomp_prebuilt(&ctx->seccomp, &nosuid);
+    if ((ctx->nosuid_memfd = make_nosuid_memfd(&nosuid, err)) < 0)
         goto fail;
     for_each_entry(ctx, "run/cells", sweep_stale_cell);
     for_each_entry(ctx, "lanes", sweep_stale_lane_dir);
@@ -174,7 +174,6 @@ void cell_ctx_close(cell_ctx *ctx)
         if (ctx->userns_by_slot[i] >= 0)
             close(ctx->userns_by_slot[i]);
     free(ctx->userns_by_slot);
-    isolate_seccomp_free(&ctx->seccomp);
     free(ctx);
 }
 

@@ -24,7 +24,7 @@
 struct cell_ctx {
     char state_dir[PATH_MAX];
     int  init_memfd;                /* sealed copy of cell-init, O_CLOEXEC */
-    struct sock_fprog seccomp;      /* built once, installed by every boot */
+    struct sock_fprog seccomp;      /* built by make (static storage), installed by every boot */
     int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts */
     int *userns_by_slot;            /* ISOLATE_MAX_SLOTS fds, -1 until first used */
 };

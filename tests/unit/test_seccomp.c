@@ -131,6 +131,35 @@ static void test_build_and_free(void **state)
     isolate_seccomp_free(NULL);
 }
 
+/* What cells install is the program make compiled (src/seccompgen): it must
+ * be, byte for byte, what libseccomp builds from seccomp.c's rules here and
+ * now, or the tests below (which build at run time) would not cover it. */
+static void assert_same_program(const struct sock_fprog *prebuilt, const struct sock_fprog *built)
+{
+    assert_true(prebuilt->len > 0);
+    assert_int_equal(prebuilt->len, built->len);
+    assert_memory_equal(prebuilt->filter, built->filter, built->len * sizeof *built->filter);
+}
+
+static void test_prebuilt_matches_runtime_build(void **state)
+{
+    (void)state;
+    struct sock_fprog cell_prog, nosuid, built;
+    cell_error err = { 0 };
+    isolate_seccomp_prebuilt(&cell_prog, &nosuid);
+    assert_int_equal(isolate_seccomp_build(&built, &err), 0);
+    assert_same_program(&cell_prog, &built);
+    isolate_seccomp_free(&built);
+    assert_int_equal(isolate_seccomp_build_nosuid(&built, &err), 0);
+    assert_same_program(&nosuid, &built);
+    isolate_seccomp_free(&built);
+    /* Two different programs, each starting with the architecture check. */
+    assert_true(cell_prog.len != nosuid.len ||
+                memcmp(cell_prog.filter, nosuid.filter, nosuid.len * sizeof *nosuid.filter) != 0);
+    assert_int_equal(cell_prog.filter[0].k, offsetof(struct seccomp_data, arch));
+    assert_int_equal(nosuid.filter[0].k, offsetof(struct seccomp_data, arch));
+}
+
 /* ---- namespaces ------------------------------------------------------------- */
 
 static int do_unshare(void)
@@ -753,6 +782,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_build_and_free),
+        cmocka_unit_test(test_prebuilt_matches_runtime_build),
         cmocka_unit_test(test_unshare_denied),
         cmocka_unit_test(test_clone_ns_denied),
         cmocka_unit_test(test_clone3_enosys),
