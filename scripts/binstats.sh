@@ -67,8 +67,10 @@ for name in cell cell-daemon cell-egress cell-untar cell-init cell-mock-agent li
     bin="$BUILD/$name"
     [ -e "$bin" ] || { echo "$name: missing"; continue; }
     size=$(stat -c %s "$bin")
-    if ldd "$bin" 2>/dev/null | grep -qv 'statically linked\|not a dynamic'; then
-        libs=$(ldd "$bin" | awk '$1 !~ /^linux-vdso|^\/lib64\/ld-linux/ {print $1}' | sed 's/\.so.*//' | sort)
+    # Captured first: grep -q on the pipe could end ldd with SIGPIPE (pipefail).
+    out=$(ldd "$bin" 2>&1 || true)
+    if ! echo "$out" | grep -q 'statically linked\|not a dynamic'; then
+        libs=$(echo "$out" | awk '$1 !~ /^linux-vdso|^\/lib64\/ld-linux/ {print $1}' | sed 's/\.so.*//' | sort)
         count=$(echo "$libs" | grep -c . || true)
         names=$(echo "$libs" | tr '\n' ' ' | sed 's/ $//')
     else
