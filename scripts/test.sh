@@ -160,6 +160,19 @@ bench_smoke agents.sh env CELL_BENCH_BUILD=build CELL_AGENTS_BENCH_N=1 CELL_AGEN
   CELL_AGENTS_BENCH_ROUNDS=1 CELL_AGENTS_BENCH_PINGS=3 CELL_AGENTS_BENCH_WORDS=20 CELL_AGENTS_BENCH_INSTANCES=2 bash bench/agents.sh
 bench_smoke faststart.sh env CELL_BENCH_BUILD=build CELL_FASTSTART_SMOKE=1 bash bench/faststart.sh
 bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
+# A new bench script or program must join the above: each bench/*.sh is run
+# here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c
+# is a Makefile target (make bench-bin).
+bench_coverage() {
+  local f bad=""
+  for f in bench/*.sh; do
+    [ "$f" = bench/lib.sh ] && continue
+    grep -q "bash $f" scripts/test.sh || grep -qF "\"\$here/${f#bench/}\"" bench/faststart.sh || bad+=" $f"
+  done
+  for f in bench/*.c; do grep -qF "$f" Makefile || bad+=" $f"; done
+  [ -z "$bad" ] || { echo "not smoke-run in CI or not built by make bench-bin:$bad"; return 1; }
+}
+bench_smoke coverage bench_coverage
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
