@@ -314,7 +314,11 @@ $(BUILD)/fuzz/fuzz_dns: fuzz/fuzz_dns.c $(FUZZ_DNS_SRC)
 $(BUILD)/fuzz/fuzz_sep: fuzz/fuzz_sep.c src/net/sep_check.c src/init/proto.c src/net/policy.c src/net/httppath.c src/util/util.c src/util/size.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
-FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep
+# The CLI's HTTP/1.1 client reading a daemon's answers (src/cli/http1.c).
+$(BUILD)/fuzz/fuzz_http1: fuzz/fuzz_http1.c src/cli/http1.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lhttp_parser
+FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep fuzz_http1
 # A target with a committed seed corpus (fuzz/corpus/http for fuzz_http)
 # starts from it, in a scratch copy so that runs never add files to the tree.
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
