@@ -217,6 +217,9 @@ int cell_set_policy(cell *c, const char *policy_json, cell_error *err);
  * that has run nothing yet (a daemon's warm pool): processes that already
  * run may have read the old name. */
 int cell_set_hostname(cell *c, const char *hostname, cell_error *err);
+/* Change a running cell's pids and CPU limits (cell_limits' pids and
+ * cpu_millis; 0 = leave it as is).  Its memory limit is fixed at boot. */
+int cell_set_pids_cpu(cell *c, uint32_t pids, uint32_t cpu_millis, cell_error *err);
 /* The host pid of cell-init (PID 1 inside the cell). */
 pid_t cell_init_pid(const cell *c);
 /* First host uid of the cell's range; uid N inside is host uid base+N. */

@@ -72,7 +72,7 @@ const char cli_serve_usage[] =
     "  --warm N | IMAGE=N    keep N cells booted ahead of creates (default " STR(SERVER_DEFAULT_WARM) " of\n"
     "                        image " SERVER_DEFAULT_WARM_IMAGE "; 0 = none; at most " STR(SERVER_WARM_MAX) "); IMAGE=N for another\n"
     "                        image, repeatable (at most 8).  A create with that image,\n"
-    "                        the default resources and no policy, lane or mount\n"
+    "                        the default memory and disk and no policy, lane or mount\n"
     "                        takes one (docs/api.md \"Warm pool\"); others boot as\n"
     "                        usual\n"
     "  --secrets-key-file F  the 32-byte key that seals tenant secrets in cell.db\n"

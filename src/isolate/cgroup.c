@@ -733,3 +733,25 @@ void isolate_cgroup_sweep(const char *name)
         cg->plan.dir[i].created = access(cg->plan.dir[i].path, F_OK) == 0;
     isolate_cgroup_destroy(cg); /* kills what is left, then rmdir */
 }
+
+int isolate_cgroup_set_pids_cpu(isolate_cgroup *cg, uint32_t pids, uint32_t cpu_millis, cell_error *err)
+{
+    const cell_limits lim = { .pids = pids, .cpu_millis = cpu_millis };
+    unsigned covered = 0;
+    for (size_t i = 0; i < cg->plan.n; i++)
+        covered |= cg->plan.dir[i].ctrls;
+    /* As isolate_cgroup_plan refuses at create: never a limit silently skipped. */
+    if ((pids && !(covered & CG_PIDS)) || (cpu_millis && !(covered & CG_CPU)))
+        return util_fail(err, EOPNOTSUPP, "cannot enforce %s: the cell's cgroups have no %s controller",
+                         pids && !(covered & CG_PIDS) ? "--pids" : "--cpu",
+                         pids && !(covered & CG_PIDS) ? "pids" : "cpu");
+    for (size_t i = 0; i < cg->plan.n; i++) {
+        /* A copy limited to pids and cpu: the memory part of a v1 setup
+         * (oom_control, socket accounting) is for a new group only. */
+        struct cg_dir d = cg->plan.dir[i];
+        d.ctrls &= CG_PIDS | CG_CPU;
+        if (d.ctrls && (d.v2 ? cg_limit_v2(&d, &lim, err) : cg_limit_v1(&d, &lim, err)) < 0)
+            return -1;
+    }
+    return 0;
+}

@@ -148,5 +148,8 @@ void isolate_cgroup_kill(isolate_cgroup *cg);
 void isolate_cgroup_destroy(isolate_cgroup *cg);
 /* Kill and remove the cgroups named `name` left by an owner that died. */
 void isolate_cgroup_sweep(const char *name);
+/* Change the pids and cpu limits of a live cgroup (0 = leave it as is),
+ * writing what isolate_cgroup_create writes for them. */
+int  isolate_cgroup_set_pids_cpu(isolate_cgroup *cg, uint32_t pids, uint32_t cpu_millis, cell_error *err);
 
 #endif

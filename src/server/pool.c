@@ -1,9 +1,9 @@
 /* pool.c: the warm pool: cells booted ahead of requests, one template per
  * image, refilled by one thread off the request path.  A create whose spec
- * boots what a template boots (its image, the default resources, no
+ * boots what a template boots (its image, the default memory and disk, no
  * policy, no lane, no mounts but the agent cache) takes a ready cell
- * instead of booting one, renamed if it asks for a hostname; any other
- * create boots cold.
+ * instead of booting one, renamed and its pids and CPU limits set when it
+ * asks for others; any other create boots cold.
  *
  * A pooled cell belongs to no tenant and never had one: it enters the pool
  * once, straight from its boot, and leaves it once, to one create (or to
@@ -37,7 +37,10 @@ static struct {
     pthread_cond_t  cond;           /* the refill thread: a cell was taken, or stop */
     pool_tpl        tpl[POOL_MAX_TEMPLATES];
     size_t          n_tpl;
-    json_t         *resources;      /* every template's, as cells.c normalizes a create's */
+    /* Every template's resources, as cells.c normalizes a create's (cpu and
+     * disk 0); plain numbers: jansson's reference counts are not thread-safe. */
+    json_int_t      memory, pids;
+    int             open;           /* configured and not stopped: cells may fit */
     uint64_t        taken, empty, unfit, booted, failed;
     int64_t         quiet_ms;       /* no refill before this (the last take + POOL_REFILL_DELAY_MS) */
     int             stop, started;
@@ -64,7 +67,8 @@ int server_warm_parse(const char *text, char *image, size_t size, unsigned *n, c
     return 0;
 }
 
-/* The templates from --warm; a later setting of an image replaces an earlier one. */
+/* The templates from --warm; a later setting of an image replaces an
+ * earlier one.  pool.lock held: request threads already look at them. */
 static int pool_configure(srv *s, cell_error *err)
 {
     const server_options *o = &s->opt;
@@ -87,9 +91,17 @@ static int pool_configure(srv *s, cell_error *err)
     }
     uint64_t memory, pids;
     cells_default_resources(&o->limits, &memory, &pids);
-    pool.resources = json_pack("{s:I, s:I, s:I, s:I}", "memory", (json_int_t)memory, "pids", (json_int_t)pids,
-                               "cpuMillis", (json_int_t)0, "disk", (json_int_t)0);
-    return pool.resources ? 0 : util_fail(err, ENOMEM, "out of memory");
+    pool.memory = (json_int_t)memory;
+    pool.pids = (json_int_t)pids;
+    pool.open = 1;
+    return 0;
+}
+
+/* A new object each time: the caller owns it alone. */
+static json_t *pool_resources_json(void)
+{
+    return json_pack("{s:I, s:I, s:I, s:I}", "memory", pool.memory, "pids", pool.pids, "cpuMillis", (json_int_t)0,
+                     "disk", (json_int_t)0);
 }
 
 /* ---- filling ---------------------------------------------------------------------- */
@@ -101,7 +113,7 @@ static int pool_boot(srv *s, const char *image, cell **out, cell_error *err)
     pthread_mutex_unlock(&s->ctx_lock);
     if (ready <= 0)
         return ready < 0 ? -1 : util_fail(err, ENOENT, "image %s is not built", image);
-    json_t *spec = json_pack("{s:s, s:O}", "image", image, "resources", pool.resources);
+    json_t *spec = json_pack("{s:s, s:o}", "image", image, "resources", pool_resources_json());
     if (!spec)
         return util_fail(err, ENOMEM, "out of memory");
     int rc = registry_cell_create_spec(s, spec, out, err);
@@ -179,13 +191,14 @@ static void *pool_main(void *arg)
 
 int pool_start(srv *s, cell_error *err)
 {
-    if (pool_configure(s, err) < 0)
-        return -1;
+    pthread_mutex_lock(&pool.lock);
+    int rc = pool_configure(s, err);
     unsigned total = 0;
-    for (size_t i = 0; i < pool.n_tpl; i++)
+    for (size_t i = 0; rc == 0 && i < pool.n_tpl; i++)
         total += pool.tpl[i].size;
-    if (!total)
-        return 0;
+    pthread_mutex_unlock(&pool.lock);
+    if (rc < 0 || !total)
+        return rc;
     int pe = pthread_create(&pool.thread, NULL, pool_main, s);
     if (pe != 0) {
         errno = pe;
@@ -200,6 +213,7 @@ void pool_stop(srv *s)
 {
     pthread_mutex_lock(&pool.lock);
     pool.stop = 1;
+    pool.open = 0;                  /* nothing fits any more */
     pthread_cond_broadcast(&pool.cond);
     int started = pool.started;
     pool.started = 0;
@@ -217,10 +231,6 @@ void pool_stop(srv *s)
             break;
         registry_cell_destroy(s, c);
     }
-    pthread_mutex_lock(&pool.lock);
-    json_decref(pool.resources);
-    pool.resources = NULL;          /* nothing fits any more */
-    pthread_mutex_unlock(&pool.lock);
 }
 
 /* ---- taking ----------------------------------------------------------------------- */
@@ -233,13 +243,20 @@ static int pool_hostname_ok(const char *h)
     return n && n <= 63 && strspn(h, ok) == n && h[0] != '-' && h[n - 1] != '-';
 }
 
-/* pool.lock held: the template that boots what `spec` asks for. */
+static json_int_t resource(json_t *res, const char *key)
+{
+    return json_integer_value(json_object_get(res, key));
+}
+
+/* pool.lock held: the template that boots what `spec` asks for.  Memory is
+ * the template's or nothing: it also sized the throwaway layer (3/4 of it). */
 static pool_tpl *pool_fit(json_t *spec)
 {
     json_t *mounts = json_object_get(spec, "mounts"), *hostname = json_object_get(spec, "hostname");
-    if (!pool.resources || json_object_get(spec, "laneId") || (mounts && json_array_size(mounts) > 0) ||
+    json_t *res = json_object_get(spec, "resources");
+    if (!pool.open || json_object_get(spec, "laneId") || (mounts && json_array_size(mounts) > 0) ||
         (hostname && !pool_hostname_ok(json_string_value(hostname))) ||
-        !json_equal(json_object_get(spec, "resources"), pool.resources))
+        resource(res, "memory") != pool.memory || resource(res, "disk") != 0)
         return NULL;
     const char *image = json_string_value(json_object_get(spec, "image"));
     for (size_t i = 0; image && i < pool.n_tpl; i++)
@@ -249,16 +266,20 @@ static pool_tpl *pool_fit(json_t *spec)
 }
 
 /* A pooled cell only waited: any message or a hang-up on its control
- * channel means its init is gone.  Then it gets the create's hostname (a
- * cell booted without one is named after its libcell id, as a cold one). */
-static int pool_finish(cell *c, json_t *spec)
+ * channel means its init is gone.  Then it gets the create's pids and CPU
+ * limits and hostname (a cell booted without one is named after its
+ * libcell id, as a cold one). */
+static int pool_finish(cell *c, json_t *spec, json_int_t pool_pids)
 {
     cell_exit ex;
     cell_error e;
     if (cell_wait_exit(c, 0, &ex, &e) != 0)
         return -1;
+    json_t *res = json_object_get(spec, "resources");
+    json_int_t pids = resource(res, "pids"), cpu = resource(res, "cpuMillis");
     const char *hostname = json_string_value(json_object_get(spec, "hostname"));
-    if (hostname && cell_set_hostname(c, hostname, &e) < 0) {
+    if (((pids != pool_pids || cpu) && cell_set_pids_cpu(c, (uint32_t)pids, (uint32_t)cpu, &e) < 0) ||
+        (hostname && cell_set_hostname(c, hostname, &e) < 0)) {
         fprintf(stderr, "cell daemon: warm pool: %s\n", e.message);
         return -2;
     }
@@ -270,6 +291,7 @@ cell *pool_take(srv *s, json_t *spec, int has_policy)
     for (;;) {
         cell *c = NULL;
         pthread_mutex_lock(&pool.lock);
+        json_int_t pool_pids = pool.pids;
         pool_tpl *t = has_policy ? NULL : pool_fit(spec);
         if (!t)
             pool.unfit++;
@@ -284,7 +306,7 @@ cell *pool_take(srv *s, json_t *spec, int has_policy)
         pthread_mutex_unlock(&pool.lock);
         if (!c)
             return NULL;
-        int rc = pool_finish(c, spec);
+        int rc = pool_finish(c, spec, pool_pids);
         pthread_mutex_lock(&pool.lock);
         if (rc == 0)
             pool.taken++;
@@ -316,7 +338,8 @@ json_t *pool_json(void)
     for (size_t i = 0; tpls && i < pool.n_tpl; i++)
         json_array_append_new(tpls, json_pack("{s:s, s:I, s:I}", "image", pool.tpl[i].image, "size",
                                               (json_int_t)pool.tpl[i].size, "ready", (json_int_t)pool.tpl[i].n_ready));
-    json_t *o = json_pack("{s:o*, s:O*, s:I, s:I, s:I, s:I, s:I}", "templates", tpls, "resources", pool.resources,
+    json_t *o = json_pack("{s:o*, s:o*, s:I, s:I, s:I, s:I, s:I}", "templates", tpls, "resources",
+                          pool.open ? pool_resources_json() : NULL,
                           "taken", (json_int_t)pool.taken, "empty", (json_int_t)pool.empty, "unfit",
                           (json_int_t)pool.unfit, "booted", (json_int_t)pool.booted, "bootFailures",
                           (json_int_t)pool.failed);

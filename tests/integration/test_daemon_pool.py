@@ -1,9 +1,9 @@
 """`cell serve`'s warm pool: cells booted ahead of creates (src/server/pool.c).
 
 A create that boots what the pool's template boots (image "host", the
-default resources, no policy, lane or mount) takes a ready cell, renamed
-when it asks for a hostname; the pool refills in the background; anything
-else boots cold.  The
+default memory and disk, no policy, lane or mount) takes a ready cell,
+renamed and its pids and CPU limits set when it asks for others; the pool
+refills in the background; anything else boots cold.  The
 attacks: a tenant's cell coming back to another tenant (files, processes,
 hostname), a pooled cell escaping a tenant's quota or keeping limits the
 request did not ask for, two tenants racing for the last pooled cell, and
@@ -22,6 +22,26 @@ from daemon import assert_problem, make_tenant_token, wait_for
 
 DEFAULT_MEMORY = 512 << 20
 DEFAULT_PIDS = 1024
+
+# Fork sleeping children until a fork fails or 60 run; say which, then kill them.
+FORKS = """
+import os, signal, time
+kids, how = [], "all"
+for _ in range(60):
+    try:
+        pid = os.fork()
+    except OSError:
+        how = "refused"
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    kids.append(pid)
+print(how, len(kids))
+for pid in kids:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +102,22 @@ def limit_files(libcell_prefix):
     for p in conftest.cell_cgroup_dirs():
         if not os.path.basename(p).startswith(libcell_prefix):
             continue
-        for f in ("memory.max", "memory.limit_in_bytes", "pids.max"):
+        for f in ("memory.max", "memory.limit_in_bytes", "pids.max", "cpu.max", "cpu.cfs_quota_us"):
             v = dm._read(os.path.join(p, f)).strip()
             if v:
                 out[f] = v
     return out
 
 
-def assert_limits(hostname, memory, pids):
+def assert_limits(hostname, memory, pids, cpu_quota_us=None):
     assert hostname.startswith("cell-"), hostname
     got = limit_files(hostname[len("cell-"):])
     mem = got.get("memory.max") or got.get("memory.limit_in_bytes")
     assert mem == str(memory), got
     assert got.get("pids.max") == str(pids), got
+    if cpu_quota_us is not None:
+        cpu = got.get("cpu.max", "").split(" ")[0] or got.get("cpu.cfs_quota_us")
+        assert cpu == str(cpu_quota_us), got
 
 
 # ---- taking and refilling ----------------------------------------------------------------
@@ -130,6 +153,12 @@ def test_a_claimed_cell_has_the_requests_env_cwd_limits_and_tenant(d, admin):
     assert out[:2] == ["bar baz", "/tmp"], out
     assert_limits(out[2], DEFAULT_MEMORY, DEFAULT_PIDS)
     assert cell["env"] == {"POOL_FOO": "bar baz"} and cell["ttl"] == 600
+    # The tenant's, and only the tenant's.
+    assert [x["id"] for x in c.get("/v1/cells").body["cells"]] == [cell["id"]]
+    assert c.get("/v1/tenants/%s" % name).body["usage"]["cells"] == 1
+    assert other.get("/v1/cells/%s" % cell["id"]).status == 404
+    assert other.post("/cells/%s/v1/processes/run" % cell["id"], {"command": "true"}).status == 404
+    assert c.delete("/v1/cells/%s" % cell["id"]).status == 204
     # A hostname is given to the pooled cell: the UTS name and /etc/hosts,
     # which is read-only again afterwards.
     named = create(c, {"hostname": "pool-box-7"})
@@ -141,12 +170,25 @@ def test_a_claimed_cell_has_the_requests_env_cwd_limits_and_tenant(d, admin):
     assert "127.0.1.1\tpool-box-7" in out and "cell-" not in out, out
     assert "WRITABLE" not in out and " ro," in lines[-1], out
     assert c.delete("/v1/cells/%s" % named["id"]).status == 204
-    # The tenant's, and only the tenant's.
-    assert [x["id"] for x in c.get("/v1/cells").body["cells"]] == [cell["id"]]
-    assert c.get("/v1/tenants/%s" % name).body["usage"]["cells"] == 1
-    assert other.get("/v1/cells/%s" % cell["id"]).status == 404
-    assert other.post("/cells/%s/v1/processes/run" % cell["id"], {"command": "true"}).status == 404
-    assert c.delete("/v1/cells/%s" % cell["id"]).status == 204
+
+
+def test_a_claimed_cell_gets_the_requests_pids_and_cpu_limits(d, admin):
+    """Lowered (and raised) by cgroup writes before the answer, and enforced."""
+    wait_full(admin)
+    _, c = new_tenant(d, admin)
+    taken = pool(admin)["taken"]
+    small = create(c, {"resources": {"pids": 40, "cpus": 0.5}})
+    big = create(c, {"resources": {"pids": 2048}})
+    assert pool(admin)["taken"] == taken + 2
+    assert_limits(sh(c, small["id"], "hostname").strip(), DEFAULT_MEMORY, 40, 50000)
+    assert_limits(sh(c, big["id"], "hostname").strip(), DEFAULT_MEMORY, 2048)
+    # 60 forks in a cell of 40 pids: the one that would pass the limit fails.
+    r = c.post("/cells/%s/v1/processes/run" % small["id"], {"command": "python3", "args": ["-c", FORKS]})
+    assert r.status == 200 and r.body["exitCode"] == 0, r
+    assert r.body["stdout"].split()[0] == "refused", r.body
+    assert int(r.body["stdout"].split()[1]) < 40, r.body
+    for cell in (small, big):
+        assert c.delete("/v1/cells/%s" % cell["id"]).status == 204
 
 
 def test_a_create_that_does_not_fit_boots_cold(d, admin):
