@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -35,6 +36,8 @@ struct store {
     unsigned char   skey[STORE_SECRETS_KEY_SIZE]; /* seals secrets; has_skey */
     int             has_skey;
     int             sync_full; /* the connection's synchronous is FULL (else NORMAL) */
+    int             wal_fd;    /* the WAL file, for store_flush; -1: every commit syncs */
+    atomic_int      unsynced;  /* a NORMAL commit since the last store_flush */
     struct stmt_slot *stmts;   /* prepared statements by SQL text (db_prepare) */
     size_t          n_stmts, cap_stmts;
 };
@@ -309,6 +312,15 @@ static int db_begin(store *s, cell_error *err)
         return -1;
     return db_exec(s, err, "begin transaction", "BEGIN IMMEDIATE");
 }
+/* A transaction whose commit store_flush() syncs later (the cell records
+ * of store_cell_insert and store_cell_set_state); synced at once when the
+ * store has no WAL descriptor to flush. */
+static int db_begin_relaxed(store *s, cell_error *err)
+{
+    if (db_sync(s, s->wal_fd < 0, err) < 0)
+        return -1;
+    return db_exec(s, err, "begin transaction", "BEGIN IMMEDIATE");
+}
 static int db_commit(store *s, cell_error *err)
 {
     if (db_exec(s, err, "commit", "COMMIT") < 0) {
@@ -481,6 +493,7 @@ int store_open(store **out, const char *state_dir, cell_error *err)
     store *s = calloc(1, sizeof *s);
     if (!s)
         return util_fail(err, ENOMEM, "store_open: out of memory");
+    s->wal_fd = -1;
     if (pthread_mutex_init(&s->lock, NULL) != 0) {
         free(s);
         return util_fail(err, ENOMEM, "store_open: cannot create mutex");
@@ -516,6 +529,11 @@ int store_open(store **out, const char *state_dir, cell_error *err)
         db_exec(s, err, "enable secure_delete", "PRAGMA secure_delete = ON") < 0 || migrate(s, err) < 0)
         goto fail;
     s->sync_full = 1;
+    /* The WAL exists once migrate() has read the database.  Without it
+     * every commit syncs (db_begin_relaxed). */
+    char wal[4096 + 8];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (store_audit_init(&s->audit, state_dir, err) < 0)
         goto fail;
     *out = s;
@@ -531,10 +549,29 @@ void store_close(store *s)
         return;
     store_audit_fini(s->audit);
     OPENSSL_cleanse(s->skey, sizeof s->skey);
+    store_flush(s);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     stmts_free(s);
     sqlite3_close_v2(s->db); /* NULL is a no-op */
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+/* fdatasync() of the WAL is what a synchronous=FULL commit would have
+ * done: it makes every commit written so far durable, ours and SQLite's
+ * alike (a checkpoint never reuses WAL space before it has synced it).
+ * Not under the store's lock: requests go on while the disk works. */
+int store_flush(store *s)
+{
+    if (!s || s->wal_fd < 0 || !atomic_exchange(&s->unsynced, 0))
+        return 0;
+    if (fdatasync(s->wal_fd) == 0)
+        return 0;
+    int saved = errno;
+    atomic_store(&s->unsynced, 1);       /* try again next time */
+    errno = saved;
+    return -1;
 }
 
 store_audit *store_audit_of(store *s)
@@ -869,7 +906,7 @@ int store_cell_insert(store *s, store_cell *c, cell_error *err)
     int64_t now = now_ms();
     int64_t created = c->created ? c->created : now, updated = c->updated ? c->updated : created;
     LOCKED(s);
-    if (db_begin(s, err) < 0)
+    if (db_begin_relaxed(s, err) < 0)
         return -1;
     if (ensure_tenant_locked(s, c->tenant, err) < 0)
         return db_rollback(s);
@@ -882,6 +919,7 @@ int store_cell_insert(store *s, store_cell *c, cell_error *err)
     }
     if (db_commit(s, err) < 0)
         return -1;
+    atomic_store(&s->unsynced, 1);
     c->created = created;
     c->updated = updated;
     return 0;
@@ -927,8 +965,7 @@ static int changed_one(int changed, const char *what, const char *id, cell_error
  * one no crash can make wrong: cell-init dies with its daemon, and
  * registry_load marks every cell stopped at the next start.  So its commit
  * does not wait for the disk (synchronous=NORMAL: in the WAL, which a
- * process crash keeps, and synced by the next FULL commit); it saves a
- * flush on each create and each delete. */
+ * process crash keeps, synced by store_flush or the next FULL commit). */
 int store_cell_set_state(store *s, const char *id, const char *state, cell_error *err)
 {
     if (!id || check_state(state, cell_states, "cell", err) < 0)
@@ -943,6 +980,7 @@ int store_cell_set_state(store *s, const char *id, const char *state, cell_error
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return db_fail(s, rc, err, "set cell state");
+    atomic_store(&s->unsynced, 1);
     return changed_one(sqlite3_changes(s->db), "cell", id, err);
 }
 

@@ -43,6 +43,11 @@ typedef struct store store;
  * with a newer schema than this build knows fails with EPROTO. */
 int  store_open(store **out, const char *state_dir, cell_error *err);
 void store_close(store *s); /* NULL-safe */
+/* Sync the cell records committed without waiting for the disk (insert,
+ * state) if there are any; the daemon calls it once a second, so a power
+ * loss takes at most the last second of creates.  0, or -1 with errno
+ * (they are tried again at the next call).  Thread-safe, lock-free. */
+int  store_flush(store *s);
 
 /* ---- tenants ---------------------------------------------------------- */
 typedef struct store_tenant {
@@ -108,7 +113,9 @@ typedef struct store_cell {
 
 /* Insert c (the tenant is ensured).  c->created / c->updated are kept when
  * non-zero, else set to now (updated defaults to created).  EEXIST if the id
- * is taken.  Ids, like tenants, follow util_valid_name() and fit id[]. */
+ * is taken.  Ids, like tenants, follow util_valid_name() and fit id[].
+ * Committed when it returns (a daemon crash keeps it); on disk after the
+ * next store_flush() or synced write (docs/architecture.md). */
 int  store_cell_insert(store *s, store_cell *c, cell_error *err);
 /* tenant NULL = any.  ENOENT if missing or another tenant's.  Free out's
  * contents with store_cell_free(). */
@@ -117,7 +124,7 @@ int  store_cell_get(store *s, const char *tenant, const char *id, store_cell *ou
 int  store_cell_list(store *s, const char *tenant, store_cell **out, size_t *n, cell_error *err);
 /* The next three update `updated`; ENOENT if the id is unknown.  They do not
  * check the tenant: the caller has done store_cell_get() with it. */
-int  store_cell_set_state(store *s, const char *id, const char *state, cell_error *err);
+int  store_cell_set_state(store *s, const char *id, const char *state, cell_error *err);   /* as insert */
 int  store_cell_set_spec(store *s, const char *id, const char *spec, cell_error *err);
 int  store_cell_delete(store *s, const char *id, cell_error *err);
 /* Frees what *c owns (spec) and sets it to NULL; not c itself.  NULL-safe. */
