@@ -135,14 +135,15 @@ static int agents_parse_registry(const char *url, cell_error *err)
         util_fail(err, EINVAL, "--agent-registry %s: needs a host (and no user info)", url);
     } else {
         /* A host without resolvers still runs the daemon; its installs
-         * fail saying why. */
+         * fail saying why.  The policy itself is checked by the first
+         * install (agents_policy_ok). */
         json_t *pol = agents_policy_for(host, port_num, &agents_policy_err);
         agents_policy = pol ? json_dumps(pol, JSON_COMPACT) : NULL;
         json_decref(pol);
         if (pol && !agents_policy)
             util_fail(err, ENOMEM, "out of memory");
         else if (agents_policy)
-            rc = cell_policy_check(agents_policy, err);
+            rc = 0;
         else
             rc = 0, fprintf(stderr, "cell daemon: agent installs will fail: %s\n", agents_policy_err.message);
     }
@@ -412,6 +413,29 @@ static void agents_net_event(void *user, const char *json)
     json_decref(rec);
 }
 
+/* The install cell's policy is checked on the first install, not at start:
+ * checking loads the net plugin and its libraries (nftables, ldns, libssl),
+ * which a daemon that installs no agent never needs.  A host name the
+ * policy refuses fails every install, naming the flag. */
+static pthread_once_t agents_policy_once = PTHREAD_ONCE_INIT;
+static cell_error agents_policy_bad;
+
+static void agents_policy_check(void)
+{
+    cell_error e = { 0 };
+    if (cell_policy_check(agents_policy, &e) < 0)
+        util_fail(&agents_policy_bad, EIO, "--agent-registry %s: the install cell's policy for it is refused: %s",
+                  agents_registry, e.message);
+}
+
+static int agents_policy_ok(cell_error *err)
+{
+    if (!agents_policy)
+        return *err = agents_policy_err, -1;
+    pthread_once(&agents_policy_once, agents_policy_check);
+    return agents_policy_bad.code ? (*err = agents_policy_bad, -1) : 0;
+}
+
 /* Boot the install cell with `stage` at /stage and run npm in it. */
 static int agents_npm(srv *s, const agents_package *p, const char *stage, agents_net_ctx *net, npm_out *o,
                       int *status, cell_error *err)
@@ -424,8 +448,8 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
     };
     if (atomic_load(&s->stopping))
         return util_fail(err, ECANCELED, "the daemon is stopping");
-    if (!agents_policy)
-        return *err = agents_policy_err, -1;
+    if (agents_policy_ok(err) < 0)
+        return -1;
     cell *c = NULL;
     if (registry_cell_create(s, &cfg, &c, err) < 0)
         return -1;

@@ -689,6 +689,20 @@ def test_bad_registry_flag_refused(tmp_path):
         assert p.returncode != 0 and "--agent-registry" in p.stderr, (url, p.stderr)
 
 
+def test_a_registry_host_the_policy_refuses_fails_every_install_naming_the_flag(tmp_path):
+    # The install policy is checked at the first install (not at start, which
+    # loaded the net plugin into every daemon): a host name its rules refuse
+    # never gets an install cell, and each install says which flag is wrong.
+    for url in ("http://-x/", "http://a..b/", "http://x*y:8080/"):
+        with dm.served(tmp_path / dm.uniq("reg"), ["--agent-registry", url]) as dd:
+            admin = dd.client()
+            cid = new_cell(admin)
+            for _ in range(2):
+                r = install(admin, cid)
+                assert_problem(r, 500, detail_has=["--agent-registry " + url, "host.name"])
+            assert not glob.glob(os.path.join(dd.state, "agents", "codex-*")), url
+
+
 @pytest.mark.skipif(dm.ASAN or dm.TSAN, reason="real npm install: release stage only")
 def test_real_codex_adapter_from_npmjs(tmp_path):
     with dm.served(tmp_path / "real") as dd:
