@@ -17,9 +17,10 @@
 
 #define POOL_MAX_TEMPLATES 8
 #define POOL_RETRY_MS      5000     /* after a failed boot or an image not built yet */
-/* A refill waits this long after the last take: a boot (clone, mounts,
- * cgroups) beside the taker's first requests slowed its first run by half
- * on a loaded 2-CPU host; a burst of creates refills once it is over. */
+/* A refill waits this long after the last take while a cell is still
+ * ready: a boot (clone, mounts, cgroups) beside the taker's first requests
+ * slowed its first run by half on a loaded 2-CPU host.  An empty pool
+ * refills at once: the next create would boot cold otherwise. */
 #define POOL_REFILL_DELAY_MS 50
 
 typedef struct pool_tpl {
@@ -124,11 +125,11 @@ static int pool_boot(srv *s, const char *image, cell **out, cell_error *err)
 /* pool.lock held: the first template short of its size that may boot now. */
 static pool_tpl *pool_wanting(int64_t now)
 {
-    if (now < pool.quiet_ms)
-        return NULL;
-    for (size_t i = 0; i < pool.n_tpl; i++)
-        if (pool.tpl[i].n_ready < pool.tpl[i].size && pool.tpl[i].retry_ms <= now)
-            return &pool.tpl[i];
+    for (size_t i = 0; i < pool.n_tpl; i++) {
+        pool_tpl *t = &pool.tpl[i];
+        if (t->n_ready < t->size && t->retry_ms <= now && (!t->n_ready || now >= pool.quiet_ms))
+            return t;
+    }
     return NULL;
 }
 
