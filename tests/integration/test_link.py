@@ -170,6 +170,25 @@ def test_serve_execs_the_daemon_in_the_same_process(tmp_path):
         p.wait(timeout=60)
 
 
+def test_idle_daemon_maps_no_plugin(tmp_path):
+    sock = tmp_path / "s.sock"
+    p = subprocess.Popen([CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "", "--socket", str(sock),
+                          "--warm", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(600):
+            if sock.exists() or p.poll() is not None:
+                break
+            select.select([], [], [], 0.05)
+        assert sock.exists(), p.stderr.read() if p.poll() is not None else "no socket"
+        maps = mapped(p.pid)
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
+    assert heavy_in(maps, ("libnftables", "libarchive", "libxml2", "libicu", "libstdc++", "libldns", "libssl")) == [], \
+        sorted(maps)
+    assert not [m for m in maps if "libcell-" in m], sorted(maps)
+
+
 @pytest.mark.parametrize("daemon,code", [("/nonexistent/cell-daemon", 127), ("/etc/hostname", 126), ("/", 126)])
 def test_serve_names_a_daemon_it_cannot_run(tmp_path, daemon, code):
     r = subprocess.run([CELL_BIN, "--state", str(tmp_path), "serve", "--listen", ""], capture_output=True, text=True,
