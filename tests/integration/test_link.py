@@ -139,6 +139,25 @@ def test_a_lone_cell_binary_still_polices_and_exports(state, tmp_path):
             subprocess.run([str(lone), "lane", "rm", name], capture_output=True, timeout=60, env=env)
 
 
+def test_a_plugin_that_cannot_load_fails_closed(state, tmp_path):
+    """A library the net plugin needs is broken: a policed cell must not
+    start (let alone unpoliced); a cell without a policy never loads it."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "libnftables.so.1").write_bytes(b"not an ELF file")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libs))
+    pol = tmp_path / "policy.json"
+    pol.write_text('{"rules": []}')
+    mark = tmp_path / "ran"
+    r = subprocess.run([CELL_BIN, "--state", state, "run", "--mount", "%s:/mark" % tmp_path, "--policy", str(pol),
+                        "--", "/bin/sh", "-c", "touch /mark/ran"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0 and "libcell-net.so" in r.stderr, (r.returncode, r.stderr)
+    assert not mark.exists()
+    r = subprocess.run([CELL_BIN, "--state", state, "run", "--", "/bin/true"], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_bad_policy_is_refused_through_the_plugin(state, tmp_path):
     pol = tmp_path / "policy.json"
     for text in ("{bad", '{"rules": [{"allow": 5}]}', ""):
