@@ -1,6 +1,6 @@
 /* cell-mock-agent, embedded so that build/cell is self-contained: the
  * daemon writes it into a cell when the `mock` agent is installed. */
-    .section .rodata
+    .section cell_blobs, "a"   /* with the other blobs: see src/init/blob.S */
     .balign 16
     .global cell_mock_agent_start
 cell_mock_agent_start:

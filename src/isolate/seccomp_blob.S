@@ -1,6 +1,6 @@
 /* The cells' seccomp programs (classic BPF, struct sock_filter[]), written
  * at build time by src/seccompgen from src/isolate/seccomp.c's rules. */
-    .section .rodata
+    .section cell_blobs, "a"   /* with the other blobs: see src/init/blob.S */
     .balign 8
     .global isolate_seccomp_cell_start
 isolate_seccomp_cell_start:

@@ -1,7 +1,7 @@
 /* The egress helper (cell-egress), embedded so that libcell's users (the
  * CLI, the daemon) are self-contained; sep.c copies it into a sealed memfd
  * and execs it from there for each policed cell. */
-    .section .rodata
+    .section cell_blobs, "a"   /* with the other blobs: see src/init/blob.S */
     .balign 16
     .global cell_egress_blob_start
 cell_egress_blob_start:

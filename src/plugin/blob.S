@@ -3,7 +3,7 @@
  * copies it into a sealed memfd and dlopen()s it from there. */
 #define SYM2(a, b) a##b
 #define SYM(a, b) SYM2(a, b)
-    .section .rodata
+    .section cell_blobs, "a"   /* with the other blobs: see src/init/blob.S */
     .balign 16
     .global SYM(SYM(cell_, CELL_PLUGIN_NAME), _plugin_blob_start)
 SYM(SYM(cell_, CELL_PLUGIN_NAME), _plugin_blob_start):

@@ -3,7 +3,8 @@
 #include "server/server_internal.h"
 
 extern const char openapi_json_start[], openapi_json_end[];
-__asm__(".section .rodata\n"
+/* With the other blobs, away from .rodata: see src/init/blob.S. */
+__asm__(".section cell_blobs, \"a\"\n"
         ".global openapi_json_start\n"
         "openapi_json_start:\n"
         ".incbin \"docs/openapi.json\"\n"
