@@ -94,7 +94,7 @@ UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench bench-bin fuzz
 all: $(BUILD)/cell $(BUILD)/cell-daemon $(PLUGINS) $(BUILD)/cell-init $(BUILD)/cell-mock-agent $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/libcell.a $(BUILD)/libcellsrv.a \
-     $(BUILD)/libcell.so.0
+     $(BUILD)/libcell.so.0 $(BUILD)/libcell-public.a
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -181,6 +181,21 @@ $(BUILD)/tests/libcell_so_smoke: tests/integration/libcell_so_smoke.c $(BUILD)/l
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< -L$(BUILD) -l:libcell.so.0 -Wl,-rpath,'$$ORIGIN/..'
 
+# The static form of libcell.so.0 for programs outside this tree: one object
+# (ld -r) of what the exported functions reach in libcell.a, the blobs whole,
+# with every symbol but those of src/libcell.map made local, so a program
+# linking it sees only cell_* (libcell.a keeps its internals global for the
+# CLI, the daemon and the tests, which call them).
+$(BUILD)/libcell-public.a: $(BUILD)/libcell.a $(LIBSO_BLOBS) src/libcell.map
+	printf '%s\n' $(LIBCELL_API) >$@.syms
+	$(LD) -r $(LIBCELL_API:%=-u %) -o $@.o $(LIBSO_BLOBS) $(BUILD)/libcell.a
+	objcopy --keep-global-symbols=$@.syms $@.o
+	rm -f $@ && ar rcs $@ $@.o && rm -f $@.o $@.syms
+
+$(BUILD)/tests/libcell_static_smoke: tests/integration/libcell_so_smoke.c $(BUILD)/libcell-public.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DCELL_SMOKE_STATIC $(LDSAN) -o $@ $< $(BUILD)/libcell-public.a -Wl,--as-needed $(LIBS)
+
 # The OpenAPI document is .incbin'ed; -MMD cannot see that.
 $(BUILD)/obj/src/server/openapi.o: docs/openapi.json
 
@@ -209,7 +224,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS) -lcmocka
 
 # A stamp that depends on every unit-test binary, so scripts can build them all.
-$(BUILD)/tests/.stamp: $(UNIT_BIN) $(BUILD)/tests/libcell_so_smoke
+$(BUILD)/tests/.stamp: $(UNIT_BIN) $(BUILD)/tests/libcell_so_smoke $(BUILD)/tests/libcell_static_smoke
 	@mkdir -p $(dir $@) && touch $@
 
 unit: $(UNIT_BIN)

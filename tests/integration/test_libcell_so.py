@@ -1,7 +1,9 @@
-"""build/libcell.so.0, libcell as a shared library (docs/libcell.md): it
-exports the functions of include/cell.h and nothing else, under a CELL_*
-version node; the export check itself catches a leak; and a program linked
-against the .so alone boots cells with API v2 (libcell_so_smoke.c)."""
+"""build/libcell.so.0, libcell as a shared library (docs/libcell.md), and
+build/libcell-public.a, its static form: each exports the functions of
+include/cell.h and nothing else (the .so under a CELL_* version node); the
+export check itself catches a leak; a program linked against either alone
+boots cells with API v2 (libcell_so_smoke.c), and one that defines names
+libcell uses inside links against the archive without a clash."""
 import os
 import subprocess
 
@@ -12,6 +14,8 @@ from conftest import CELL_BIN, CHECKOUT
 BUILD = os.path.dirname(CELL_BIN)
 SO = os.path.join(BUILD, "libcell.so.0")
 SMOKE = os.path.join(BUILD, "tests", "libcell_so_smoke")
+ARCHIVE = os.path.join(BUILD, "libcell-public.a")
+STATIC_SMOKE = os.path.join(BUILD, "tests", "libcell_static_smoke")
 CHECK = os.path.join(CHECKOUT, "scripts", "check-exports.sh")
 HEADER = os.path.join(CHECKOUT, "include", "cell.h")
 
@@ -75,3 +79,41 @@ def test_a_program_linked_against_the_so_boots_cells(cell, state, so):
     assert "cell without a policy: ok" in r.stdout and "cell with a policy: ok" in r.stdout, r.stdout
     assert r.stdout.splitlines()[0] == "libcell " + subprocess.run(
         [CELL_BIN, "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+def test_static_archive_exports_only_the_api():
+    r = subprocess.run(["bash", CHECK, ARCHIVE, HEADER], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_program_linked_with_the_static_archive_boots_cells(cell, state):
+    r = subprocess.run([STATIC_SMOKE, state], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cell with a policy: ok" in r.stdout, r.stdout
+    assert "libcell.so" not in readelf("-d", STATIC_SMOKE)
+
+
+def test_a_program_may_use_the_names_of_libcells_internals(tmp_path):
+    """util_fail, util_path and runtime_check_cell_path are libcell's; a
+    program of the same names links with libcell-public.a (they are local
+    there): its own versions are the ones it calls, and libcell still calls
+    its own (the setter's refusal of NULL goes through libcell's util_fail:
+    -1, not the program's 7).  Against libcell.a the link fails."""
+    src = tmp_path / "names.c"
+    src.write_text('#include <stdio.h>\n#include "cell.h"\n'
+                   "int util_fail(void) { return 7; }\n"
+                   "int util_path(void) { return 8; }\n"
+                   "int runtime_check_cell_path(void) { return 9; }\n"
+                   'int main(void) { printf("%s %d %d\\n", cell_version(), cell_options_set_hostname(NULL, "x", NULL), '
+                   "util_fail() + util_path() + runtime_check_cell_path()); return 0; }\n")
+    exe = tmp_path / "names"
+    libs = subprocess.run(["pkg-config", "--libs", "libseccomp"], capture_output=True, text=True).stdout.split()
+    r = subprocess.run(["cc", "-std=c17", "-I", os.path.join(CHECKOUT, "include"), "-o", str(exe), str(src),
+                        ARCHIVE, "-Wl,--as-needed"] + (libs or ["-lseccomp"]) + ["-lpthread"],
+                       capture_output=True, text=True)
+    if r.returncode != 0 and "asan" in r.stderr:
+        pytest.skip("a sanitizer build's archive needs the sanitizer runtime")
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [subprocess.run([CELL_BIN, "--version"], capture_output=True, text=True,
+                                          check=True).stdout.split()[1], "-1", "24"], out
