@@ -51,14 +51,16 @@ json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[
 
 # bench_snapshot CELL DIR: copy the cell binary CELL into DIR (created) with
 # the files it finds next to itself (cell-daemon, which `cell serve` execs,
-# and any shared object it loads from its own directory), so that a rebuild
+# cell-init, which cells exec from there instead of from a memfd copy when it
+# is the embedded build, and any shared object it loads from its own
+# directory), so that a rebuild
 # while a benchmark runs cannot swap them and the copy still works.  Prints
 # the copy's path.
 bench_snapshot() {
     local src=$1 dir=$2 f
     mkdir -p "$dir" || return 1
     cp "$src" "$dir/cell" || return 1
-    for f in "$(dirname "$src")"/cell-daemon "$(dirname "$src")"/*.so; do
+    for f in "$(dirname "$src")"/cell-daemon "$(dirname "$src")"/cell-init "$(dirname "$src")"/*.so; do
         [ -f "$f" ] && { cp "$f" "$dir/" || return 1; }
     done
     echo "$dir/cell"

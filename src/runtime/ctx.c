@@ -15,9 +15,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-extern const char cell_init_blob_start[];
-extern const char cell_init_blob_end[];
-
 const char *cell_default_state_dir(void)
 {
     static char buf[PATH_MAX];
@@ -37,15 +34,6 @@ const char *cell_default_state_dir(void)
             return buf;
     }
     return "/var/lib/cell";
-}
-
-/* cell-init is copied once into a sealed memfd: cells exec it from there, so
- * nothing inside a cell can reach or rewrite the host's copy (the runc
- * /proc/self/exe overwrite, CVE-2019-5736). */
-static int make_init_memfd(cell_error *err)
-{
-    size_t len = (size_t)(cell_init_blob_end - cell_init_blob_start);
-    return util_sealed_memfd("cell-init", cell_init_blob_start, len, err);
 }
 
 /* The nosuid filter travels to cell-init as a sealed memfd of raw BPF
@@ -145,7 +133,7 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
         util_fail_errno(err, "cannot chmod 0700 %s", ctx->state_dir);
         goto fail;
     }
-    if ((ctx->init_memfd = make_init_memfd(err)) < 0)
+    if ((ctx->init_memfd = runtime_init_exe(err)) < 0)
         goto fail;
     /* Both filters were compiled by make (src/seccompgen): building them
      * with libseccomp here cost every process about half a millisecond. */

@@ -23,11 +23,16 @@
  * range slots are host-wide, in ISOLATE_SLOT_DIR (/run/cell/slots). */
 struct cell_ctx {
     char state_dir[PATH_MAX];
-    int  init_memfd;                /* sealed copy of cell-init, O_CLOEXEC */
+    int  init_memfd;                /* what cells exec as cell-init (runtime_init_exe), O_CLOEXEC */
     struct sock_fprog seccomp;      /* built by make (static storage), installed by every boot */
     int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts */
     int *userns_by_slot;            /* ISOLATE_MAX_SLOTS fds, -1 until first used */
 };
+
+/* An fd to exec cell-init from (O_CLOEXEC): a read-only detached mount of
+ * the build's cell-init beside the running executable, or else a sealed
+ * memfd copy of the embedded one (init_exe.c). */
+int runtime_init_exe(cell_error *err);
 
 /* The user namespace of the uid range starting at `base`, created on first
  * use and kept by the context: it holds nothing but its id maps, so the
