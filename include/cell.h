@@ -232,10 +232,11 @@ uid_t cell_uid_base(const cell *c);
  * add to without breaking anything (docs/libcell.md).  Options copy what
  * they are given (strings, seed data, egress settings); the caller's buffers
  * may go away after each call.  Every setter checks its argument at once and
- * fails with EINVAL (ERANGE for a size below its minimum) naming the option
- * and what to use instead; what depends on the host (the image is known and
- * built, a bind source exists, the lane is free) is checked by
- * cell_create_v2.  An options object is not changed by cell_create_v2 and
+ * fails with EINVAL (ERANGE for a number out of range, E2BIG past 32 mounts,
+ * ENOENT for a seed file without its tmpfs) naming the option and what to
+ * use instead, leaving the options as they were; what depends on the host
+ * (the image is known and built, a bind source exists, the lane is free) is
+ * checked by cell_create_v2.  An options object is not changed by cell_create_v2 and
  * may create any number of cells; it is not thread-safe. */
 typedef struct cell_options cell_options;
 /* Egress settings: the network policy, the callbacks answering the engine
