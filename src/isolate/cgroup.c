@@ -547,11 +547,13 @@ int isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, si
     *n = 0;
     for (size_t i = 0; cg && i < cg->plan.n; i++) {
         const struct cg_dir *d = &cg->plan.dir[i];
-        if (!d->created || d->v2)
+        if (!d->created)
             continue;
-        char path[PATH_MAX + 8];
+        /* v2 has no "tasks": "0" to cgroup.procs moves the writer too (under
+         * the global lock, as an attach by pid would). */
+        char path[PATH_MAX + 16];
         int fd = -1;
-        if (*n < max && snprintf(path, sizeof path, "%s/tasks", d->path) < (int)sizeof path)
+        if (*n < max && snprintf(path, sizeof path, "%s/%s", d->path, d->v2 ? "cgroup.procs" : "tasks") < (int)sizeof path)
             fd = open(path, O_WRONLY | O_CLOEXEC);
         if (fd < 0) {
             int code = *n < max ? errno : E2BIG;
@@ -559,7 +561,7 @@ int isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, si
                 close(fds[j]);
             *n = 0;
             errno = code;
-            return util_fail_errno(err, "cannot open %s/tasks", d->path);
+            return util_fail_errno(err, "cannot open %s/%s", d->path, d->v2 ? "cgroup.procs" : "tasks");
         }
         fds[(*n)++] = fd;
     }

@@ -86,7 +86,7 @@ struct isolate_plan {
     int      wait_release;          /* 1: the child waits for isolate_boot_release() (the
                                        owner attaches it to cgroups first); 0: it shares
                                        the owner's memory until it execs cell-init */
-    int      cgroup_fds[8];         /* v1 "tasks" files the child joins itself ("0") */
+    int      cgroup_fds[8];         /* v1 "tasks", v2 "cgroup.procs": the child joins itself ("0") */
     size_t   n_cgroup_fds;
     int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
                                        given to cell-init as fd 5 */
@@ -138,8 +138,9 @@ int  isolate_cgroup_attach(isolate_cgroup *cg, pid_t pid, cell_error *err);
 /* On cgroup v1, moving another process takes a global lock whose write side
  * waits for an RCU grace period (~5-10 ms); a single-threaded process that
  * writes "0" to a v1 "tasks" file moves itself without it.  This opens the
- * v1 tasks files (O_WRONLY|O_CLOEXEC, at most max) for the boot child to do
- * that; isolate_cgroup_attach_v2() attaches a pid to the v2 part, if any. */
+ * v1 tasks files and the v2 part's cgroup.procs, if any (O_WRONLY|O_CLOEXEC,
+ * at most max), for the boot child to join them all itself before it does
+ * anything else; isolate_cgroup_attach_v2() attaches a pid to the v2 part. */
 int  isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err);
 int  isolate_cgroup_attach_v2(isolate_cgroup *cg, pid_t pid, cell_error *err);
 /* SIGKILL every task in the cgroup (cgroup.kill on v2, freeze+kill on v1). */

@@ -534,9 +534,10 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     }
     c->ctl = sv[0];
     plan->ctl_fd = sv[1];
-    /* Only a child with cgroups to join waits for the owner; one without
-     * boots at once, sharing this process's memory until it execs. */
-    plan->wait_release = c->cg != NULL;
+    /* The child joins its cgroups itself (v1 and v2) as its first act, so it
+     * waits for nothing: it boots at once, sharing this process's memory
+     * until it execs (isolate_boot). */
+    plan->wait_release = 0;
     c->pid = isolate_boot(plan, &c->pidfd, err);
     close(sv[1]);
     plan->ctl_fd = -1;
@@ -549,8 +550,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         c->pid = 0;
         goto fail;
     }
-    if ((c->cg && (isolate_cgroup_attach_v2(c->cg, c->pid, err) < 0 || isolate_boot_release(c->ctl, err) < 0)) ||
-        wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 || start_network(c, cfg, err) < 0)
+    if (wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 || start_network(c, cfg, err) < 0)
         goto fail;
     free(plan);
     /* The cell's mount now holds the loop device; autoclear frees it then. */
