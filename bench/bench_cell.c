@@ -339,11 +339,14 @@ pid_t __wrap_isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_
     marks[M_BOOT_0] = now_ns();
     pid_t r = __real_isolate_boot(plan, pidfd_out, err);
     marks[M_BOOT_1] = now_ns();
+    /* The boot child shares the owner's memory and the owner sleeps until it
+     * execs cell-init (CLONE_VFORK): the next message is cell-init's HELLO. */
+    waiting_hello = 1;
     return r;
 }
 
-/* On v1 the boot child joins its cgroups itself; the owner opens the tasks
- * files (this) and attaches only the v2 part, if any. */
+/* The boot child joins its cgroups itself; the owner opens the v1 tasks
+ * and v2 cgroup.procs files (this). */
 int __real_isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err);
 int __wrap_isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t max, size_t *n, cell_error *err)
 {
@@ -407,13 +410,13 @@ enum {
 
 static const char *const phase_names[P_N] = {
     [P_EXEC] = "process: posix_spawn, exec, dynamic linking, up to main()",
-    [P_CTX_OPEN] = "process: cell_ctx_open (state dirs, cell-init memfd, seccomp build)",
+    [P_CTX_OPEN] = "process: cell_ctx_open (state dirs, cell-init to exec, nosuid memfd)",
     [P_PREP] = "create: uid slot, scratch dir, image lookup, plan",
     [P_CG_CREATE] = "create: isolate_cgroup_create (mkdir per hierarchy)",
     [P_USERNS] = "create: user namespace of the slot (cached per context)",
-    [P_CLONE] = "create: clone3 of the boot child",
-    [P_ATTACH] = "create: open the v1 tasks files (the child joins itself)",
-    [P_CHILD] = "create: boot child (mounts, pivot_root, seccomp, exec) to HELLO",
+    [P_CLONE] = "create: isolate_boot: clone, and (CLONE_VFORK) the child's mounts, pivot_root, seccomp, exec",
+    [P_ATTACH] = "create: open the cgroup files (the child joins itself)",
+    [P_CHILD] = "create: cell-init's start to HELLO (sanitizer builds: the forked child's whole boot)",
     [P_CREATE_REST] = "create: rest",
     [P_CREATE] = "**cell_create total**",
     [P_SPAWN_WAIT] = "**cell_spawn + cell_wait_exit (/bin/true)**",
@@ -443,7 +446,7 @@ static void probed_cycle(cell_ctx *ctx, double *ph)
     ph[P_USERNS] = span(marks[M_USERNS_0], marks[M_USERNS_1]);
     ph[P_CLONE] = span(marks[M_BOOT_0], marks[M_BOOT_1]);
     ph[P_ATTACH] = span(marks[M_ATTACH_0], marks[M_ATTACH_1]);
-    ph[P_CHILD] = (double)(marks[M_HELLO] - marks[M_RELEASE_0]);
+    ph[P_CHILD] = (double)(marks[M_HELLO] - marks[M_BOOT_1]);
     ph[P_CREATE] = (double)(t1 - t0);
     ph[P_CREATE_REST] = ph[P_CREATE] - ph[P_PREP] - ph[P_CG_CREATE] - ph[P_USERNS] - ph[P_CLONE] - ph[P_ATTACH] -
                         ph[P_CHILD];
