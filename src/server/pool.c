@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define POOL_MAX_TEMPLATES 8
+#define POOL_MAX_TEMPLATES (1 + 8)  /* the default image and up to 8 of --warm IMAGE=N */
 #define POOL_RETRY_MS      5000     /* after a failed boot or an image not built yet */
 /* A refill waits this long after the last take while a cell is still
  * ready: a boot (clone, mounts, cgroups) beside the taker's first requests
