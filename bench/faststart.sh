@@ -23,7 +23,10 @@
 #           bench/daemon_mem.sh's medians over CELL_FASTSTART_MEM_RUNS fresh
 #           daemons of each when that script is there; else the `create`
 #           daemon before its first request (after CELL_FASTSTART_SETTLE)
-#           and bench/daemon.sh's reference 1 s after it started
+#           and bench/daemon.sh's reference 1 s after it started.  Private
+#           leaves out library pages another process also maps, so the row
+#           adds the create daemon's Rss without libc, libm and ld.so, close
+#           to its Private on a quiet host, with a verdict on each
 #   loop    CELL_FASTSTART_LOOP_N creates (+ deletes) in a row through the
 #           daemon, the median per tenth (bench/create_loop.sh); "met" when
 #           the median of the later half's tenth medians is within 1.2x of
