@@ -329,8 +329,9 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
      * such cells may not create setuid/setgid files or file capabilities. */
     plan->nosuid_fd = -1;
     for (size_t i = 0; i < plan->n_mounts; i++)
-        if (plan->mounts[i].kind == CELL_MOUNT_BIND && !plan->mounts[i].readonly)
-            plan->nosuid_fd = c->ctx->nosuid_memfd;
+        if (plan->mounts[i].kind == CELL_MOUNT_BIND && !plan->mounts[i].readonly &&
+            (plan->nosuid_fd = runtime_nosuid_fd(c->ctx, err)) < 0)
+            return -1;
     return 0;
 }
 

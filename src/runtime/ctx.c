@@ -37,10 +37,37 @@ const char *cell_default_state_dir(void)
 }
 
 /* The nosuid filter travels to cell-init as a sealed memfd of raw BPF
- * instructions, which init installs in the processes it spawns. */
-static int make_nosuid_memfd(const struct sock_fprog *prog, cell_error *err)
+ * instructions, which init installs in the processes it spawns.  Made on
+ * first use: most contexts (a `cell run` without a read-write --mount)
+ * never need it. */
+int runtime_nosuid_fd(cell_ctx *ctx, cell_error *err)
 {
-    return util_sealed_memfd("cell-nosuid-filter", prog->filter, prog->len * sizeof *prog->filter, err);
+    if (ctx->nosuid_memfd < 0) {
+        struct sock_fprog cell_prog, nosuid;
+        isolate_seccomp_prebuilt(&cell_prog, &nosuid);
+        ctx->nosuid_memfd = util_sealed_memfd("cell-nosuid-filter", nosuid.filter,
+                                              nosuid.len * sizeof *nosuid.filter, err);
+    }
+    return ctx->nosuid_memfd;
+}
+
+/* The state directory's layout.  Once a leaf exists so do its parents, so
+ * an existing layout costs one mkdir() per leaf. */
+static int make_layout(const cell_ctx *ctx, cell_error *err)
+{
+    static const char *const leaves[] = { "/images", "/lanes", "/run/cells" };
+    for (size_t i = 0; i < sizeof leaves / sizeof *leaves; i++) {
+        char p[PATH_MAX];
+        if (util_path(p, sizeof p, err, "%s%s", ctx->state_dir, leaves[i]) < 0)
+            return -1;
+        if (mkdir(p, 0700) == 0 || errno == EEXIST)
+            continue;
+        if (errno != ENOENT)
+            return util_fail_errno(err, "cannot create directory %s", p);
+        if (util_mkdir_p(p, 0700, err) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 int runtime_userns_for_slot(cell_ctx *ctx, uid_t base, cell_error *err)
@@ -121,12 +148,8 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
         state_dir = cell_default_state_dir();
     if (util_path(ctx->state_dir, sizeof ctx->state_dir, err, "%s", state_dir) < 0)
         goto fail;
-    static const char *const subdirs[] = { "", "/images", "/lanes", "/run", "/run/cells" };
-    for (size_t i = 0; i < sizeof subdirs / sizeof *subdirs; i++) {
-        char p[PATH_MAX];
-        if (util_path(p, sizeof p, err, "%s%s", ctx->state_dir, subdirs[i]) < 0 || util_mkdir_p(p, 0700, err) < 0)
-            goto fail;
-    }
+    if (make_layout(ctx, err) < 0)
+        goto fail;
     /* Lanes hold files owned by in-cell root (host uid 0 on disk, possibly
      * setuid): only root may ever traverse the state directory. */
     if (chmod(ctx->state_dir, 0700) < 0) {
@@ -139,8 +162,6 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
      * with libseccomp here cost every process about half a millisecond. */
     struct sock_fprog nosuid;
     isolate_seccomp_prebuilt(&ctx->seccomp, &nosuid);
-    if ((ctx->nosuid_memfd = make_nosuid_memfd(&nosuid, err)) < 0)
-        goto fail;
     for_each_entry(ctx, "run/cells", sweep_stale_cell);
     for_each_entry(ctx, "lanes", sweep_stale_lane_dir);
     *out = ctx;

@@ -25,7 +25,8 @@ struct cell_ctx {
     char state_dir[PATH_MAX];
     int  init_memfd;                /* what cells exec as cell-init (runtime_init_exe), O_CLOEXEC */
     struct sock_fprog seccomp;      /* built by make (static storage), installed by every boot */
-    int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts */
+    int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts;
+                                       -1 until runtime_nosuid_fd() makes it */
     int *userns_by_slot;            /* ISOLATE_MAX_SLOTS fds, -1 until first used */
 };
 
@@ -33,6 +34,8 @@ struct cell_ctx {
  * the build's cell-init beside the running executable, or else a sealed
  * memfd copy of the embedded one (init_exe.c). */
 int runtime_init_exe(cell_error *err);
+/* The context's nosuid filter memfd, made on first use; the context owns it. */
+int runtime_nosuid_fd(cell_ctx *ctx, cell_error *err);
 
 /* The user namespace of the uid range starting at `base`, created on first
  * use and kept by the context: it holds nothing but its id maps, so the
