@@ -330,6 +330,8 @@ def test_bind_mount_needs_admin(admin, other, tmp_path):
     ({"image": "no-such-image"}, "image"),
     ({"cwd": "relative/dir"}, "cwd"),
     ({"hostname": "bad_host!"}, "hostname"),
+    ({"hostname": "a.b"}, "hostname"),
+    ({"hostname": "-a"}, "hostname"),
     ({"mounts": "x"}, "mounts"),
     ({"mounts": [{"type": "memory"}]}, "target"),
     ({"mounts": [{"type": "nfs", "target": "/x"}]}, "type"),
