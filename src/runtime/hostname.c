@@ -6,10 +6,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,17 +49,60 @@ struct rename_job {
  * /etc/hosts there is a read-only bind of a file on the cell's own scratch
  * tmpfs, made writable for the one write.  Returns 0 or an errno value,
  * its exit status. */
+/* /etc/hosts as the cell sees it, never through a symbolic link in any
+ * component: the processes of a cell that ran can replace /etc with a link
+ * (to /usr/..., a read-only bind of the host's files), and this child is
+ * host root.  O_PATH with flags = O_PATH only, as openat2 wants. */
+static int open_hosts(int flags)
+{
+    struct open_how how = { .flags = (uint64_t)(flags | O_CLOEXEC),
+                            .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+    return (int)syscall(SYS_openat2, AT_FDCWD, "/etc/hosts", &how, sizeof how);
+}
+
+/* The file cell_create() put there: a mount of its own (the bind) on a
+ * tmpfs (the cell's scratch), so that clearing its mount's read-only flag
+ * can never make a host-backed mount writable.  0 or an errno value. */
+static int hosts_is_ours(int fd)
+{
+    struct statx stx;
+    struct statfs sfs;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE, &stx) < 0 || fstatfs(fd, &sfs) < 0)
+        return errno;
+    if (!S_ISREG(stx.stx_mode) || !(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) ||
+        !(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) || sfs.f_type != TMPFS_MAGIC)
+        return EPERM;
+    return 0;
+}
+
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+    return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 static int rename_child(int pidfd, const char *name, const char *hosts, size_t len)
 {
     if (setns(pidfd, CLONE_NEWNS | CLONE_NEWUTS) < 0 || sethostname(name, strlen(name)) < 0)
         return errno;
-    int path = open("/etc/hosts", O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    if (path < 0 || set_readonly(path, 0) < 0)
+    int path = open_hosts(O_PATH);
+    if (path < 0)
         return errno;
-    int rc = 0;
-    int fd = open("/etc/hosts", O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+    int rc = hosts_is_ours(path);
+    if (rc)
+        return rc;
+    if (set_readonly(path, 0) < 0)
+        return errno;
+    /* Truncated only once it is known to be the same file. */
+    int fd = open_hosts(O_WRONLY);
     if (fd < 0) {
         rc = errno;
+    } else if (!same_file(fd, path)) {
+        rc = EPERM;
+        close(fd);
+    } else if (ftruncate(fd, 0) < 0) {
+        rc = errno;
+        close(fd);
     } else {
         ssize_t n = write(fd, hosts, len);
         rc = n < 0 ? errno : (size_t)n != len ? EIO : 0;

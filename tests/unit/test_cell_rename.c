@@ -115,6 +115,65 @@ static void rename_sets_uts_name_and_hosts(void **state)
     assert_non_null(strstr(buf, "127.0.1.1\trenamed-2\n"));
 }
 
+/* Run a shell command as the cell's root; its exit status. */
+static int sh_in(cell *in, const char *script)
+{
+    const char *argv[] = { "/bin/sh", "-c", script, NULL };
+    cell_proc_spec spec = { .argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = 2 };
+    cell_error err = { 0 };
+    pid_t pid;
+    int pty;
+    assert_int_equal(cell_spawn(in, &spec, &pid, &pty, &err), 0);
+    cell_exit ex;
+    assert_int_equal(cell_wait_exit(in, 10000, &ex, &err), 1);
+    return ex.status;
+}
+
+/* The attack: /etc replaced by a link into a read-only bind of host files
+ * bound at "hosts"; a rename by host root must neither make that mount
+ * writable nor write the host's file.  A cell cannot get there today (the
+ * bind on /etc/hosts pins /etc: not removable, and overlayfs refuses to
+ * rename a lower directory), so the test makes that state from the host,
+ * in the cell's mount namespace, as an image whose /etc is in the upper
+ * layer or a later kernel might let a cell make it. */
+static void rename_never_follows_the_cells_links(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip();
+    char dir[] = "/tmp/cell-unit-rename-host.XXXXXX", file[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(file, sizeof file, "%s/hosts", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fputs("host file\n", f);
+    assert_int_equal(fclose(f), 0);
+    /* A read-only bind of one host file: a mount root, as /etc/hosts is. */
+    cell_mount m = { .kind = CELL_MOUNT_BIND, .source = file, .target = "/data/hosts", .readonly = 1 };
+    cell_config cfg = { .mounts = &m, .n_mounts = 1 };
+    cell *v = NULL;
+    cell_error err = { 0 };
+    assert_int_equal(cell_create(ctx, &cfg, &v, &err), 0);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "nsenter -t %d -m -p -r -w sh -c 'grep -qx \"host file\" /data/hosts && "
+             "umount -n /etc/hosts && rm -rf /etc && ln -s /data /etc'",
+             (int)cell_init_pid(v));
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(sh_in(v, "test -f /etc/hosts && test -L /etc"), 0);
+    assert_int_equal(cell_set_hostname(v, "evil", &err), -1);
+    /* Still read-only for the cell, and the host's file untouched. */
+    assert_int_not_equal(sh_in(v, "echo x > /data/hosts"), 0);
+    cell_destroy(v);
+    char buf[64] = { 0 };
+    f = fopen(file, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(buf, sizeof buf, f));
+    fclose(f);
+    assert_string_equal(buf, "host file\n");
+    unlink(file);
+    rmdir(dir);
+}
+
 /* The cell's cgroup file `file` of a v1 hierarchy or of v2, trimmed. */
 static int cgroup_value(const char *v1_ctrl, const char *file, char *buf, size_t size)
 {
@@ -166,6 +225,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_names_are_refused_and_change_nothing),
         cmocka_unit_test(rename_sets_uts_name_and_hosts),
+        cmocka_unit_test(rename_never_follows_the_cells_links),
         cmocka_unit_test(pids_and_cpu_are_rewritten),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
