@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 static int write_map(pid_t pid, const char *file, uid_t base, uint32_t count, cell_error *err)
@@ -36,9 +37,11 @@ static int userns_helper_main(void *arg)
     const struct userns_helper *h = arg;
     char c;
     /* The fd table is the child's own copy: drop its write end, or EOF
-     * never comes.  Errors need no report: the child exits either way. */
-    close(h->hold_w);
-    while (read(h->hold_r, &c, 1) < 0 && errno == EINTR)
+     * never comes.  Errors need no report: the child exits either way.
+     * Raw syscalls, so that no sanitizer interceptor (and none of its
+     * locks, which another thread of the owner may hold) runs here. */
+    syscall(SYS_close, h->hold_w);
+    while (syscall(SYS_read, h->hold_r, &c, 1) < 0 && errno == EINTR)
         ;
     return 0;
 }
