@@ -183,6 +183,16 @@ def test_lane_is_attached_to_at_most_one_cell(run, state):
     assert json.loads(r.stdout) == []
 
 
+@pytest.mark.parametrize("limits", [[], ["--memory", "64M", "--pids", "50"]])
+def test_a_boot_failure_in_the_child_is_reported(run, limits):
+    """The boot child (which shares the owner's memory until it execs
+    cell-init) fails before its exec: its reason reaches the owner, the run
+    exits 125 and nothing of the cell is left (checked after every test)."""
+    r = run(["run", "--tmpfs", "/etc/hostname/x"] + limits + ["--", "echo", "RAN"])
+    assert r.returncode == 125 and "RAN" not in r.stdout, r
+    assert "cannot boot the cell: cannot create mount point /etc/hostname/x" in r.stderr, r.stderr
+
+
 def test_unknown_lane_is_refused(run):
     r = run(["run", "--lane", "nope", "--", "echo", "RAN"])
     assert r.returncode == 125
