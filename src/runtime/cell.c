@@ -25,7 +25,9 @@
 
 /* ---- validation --------------------------------------------------------- */
 
-static int valid_hostname(const char *h)
+/* One DNS label (sethostname and the /etc/hosts line take no more): the
+ * rule of cell_config, cell_options and cell_set_hostname. */
+int runtime_valid_hostname(const char *h)
 {
     size_t n = strlen(h);
     if (n == 0 || n > 63 || h[0] == '-' || h[n - 1] == '-')
@@ -509,7 +511,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     snprintf(hostname, sizeof hostname, "%s", cfg->hostname ? cfg->hostname : "");
     if (!cfg->hostname)
         snprintf(hostname, sizeof hostname, "cell-%.8s", c->id);
-    if (!valid_hostname(hostname)) {
+    if (!runtime_valid_hostname(hostname)) {
         util_fail(err, EINVAL, "invalid hostname '%s': use 1-63 letters, digits and '-'", hostname);
         goto fail;
     }

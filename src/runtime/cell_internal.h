@@ -30,6 +30,8 @@ int runtime_request(cell *c, uint32_t type, const uint32_t *u, const char *const
                     const int *fds, int nfds, ctl_msg *reply, cell_error *err);
 /* Absolute, no ".." components. */
 int runtime_check_cell_path(const char *path, const char *what, cell_error *err);
+/* 1 if h is a hostname a cell may have: 1-63 of [A-Za-z0-9-], no '-' at either end. */
+int runtime_valid_hostname(const char *h);
 /* Create or replace a file inside the cell with the given contents. */
 int runtime_write_whole(cell *c, const char *path, const void *data, size_t len, mode_t mode, cell_error *err);
 

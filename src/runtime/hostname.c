@@ -18,19 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* As cell.c checks a cell_config's hostname: 1-63 of [A-Za-z0-9-], no '-' at either end. */
-static int hostname_ok(const char *h)
-{
-    size_t n = strlen(h);
-    if (n == 0 || n > 63 || h[0] == '-' || h[n - 1] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') || (h[i] >= '0' && h[i] <= '9') ||
-              h[i] == '-'))
-            return 0;
-    return 1;
-}
-
 static int set_readonly(int fd, int on)
 {
     struct mount_attr a = { .attr_set = on ? MOUNT_ATTR_RDONLY : 0, .attr_clr = on ? 0 : MOUNT_ATTR_RDONLY };
@@ -123,7 +110,7 @@ static int rename_main(void *arg)
 
 int cell_set_hostname(cell *c, const char *hostname, cell_error *err)
 {
-    if (!hostname || !hostname_ok(hostname))
+    if (!hostname || !runtime_valid_hostname(hostname))
         return util_fail(err, EINVAL, "invalid hostname '%s': use 1-63 letters, digits and '-'",
                          hostname ? hostname : "");
     if (c->dead || c->pidfd < 0)

@@ -60,19 +60,6 @@ static int opt_set_string(char **slot, const char *value, cell_error *err)
 #define OPT_NEED(ptr, call) \
     do { if (!(ptr)) return util_fail(err, EINVAL, call ": the " #ptr " argument is NULL"); } while (0)
 
-/* The rule cell_create() applies to hostnames, checked early. */
-static int opt_valid_hostname(const char *h)
-{
-    size_t n = strlen(h);
-    if (n == 0 || n > 63 || h[0] == '-' || h[n - 1] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') || (h[i] >= '0' && h[i] <= '9') ||
-              h[i] == '-'))
-            return 0;
-    return 1;
-}
-
 /* ---- cell_options --------------------------------------------------------- */
 
 int cell_options_new(cell_options **out, cell_error *err)
@@ -127,7 +114,7 @@ int cell_options_set_lane(cell_options *o, const char *lane, cell_error *err)
 int cell_options_set_hostname(cell_options *o, const char *hostname, cell_error *err)
 {
     OPT_NEED(o, "cell_options_set_hostname");
-    if (hostname && !opt_valid_hostname(hostname))
+    if (hostname && !runtime_valid_hostname(hostname))
         return util_fail(err, EINVAL, "options: invalid hostname '%.80s%s': use 1-63 letters, digits and '-', "
                          "not starting or ending with '-'", hostname, strlen(hostname) > 80 ? "..." : "");
     return opt_set_string(&o->hostname, hostname, err);

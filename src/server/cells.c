@@ -229,8 +229,8 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
         return reply_problem(r, 400, "invalid_request", "field \"cwd\" must be an absolute path"), -1;
     /* libcell's rule (one label: sethostname and /etc/hosts take no more),
      * checked here so that a dotted name is a 400, not a failed boot. */
-    if (hostname && (!util_valid_name(hostname) || strpbrk(hostname, "_.")))
-        return reply_problem(r, 400, "invalid_request", "field \"hostname\" must be 1-63 letters, digits or '-', not starting with '-'"), -1;
+    if (hostname && (!util_valid_name(hostname) || strpbrk(hostname, "_.") || hostname[strlen(hostname) - 1] == '-'))
+        return reply_problem(r, 400, "invalid_request", "field \"hostname\" must be 1-63 letters, digits or '-', with no '-' at either end"), -1;
     *has_lane = 0;
     if (lane_name) {
         cell_error e = { 0 };

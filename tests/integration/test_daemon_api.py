@@ -332,6 +332,7 @@ def test_bind_mount_needs_admin(admin, other, tmp_path):
     ({"hostname": "bad_host!"}, "hostname"),
     ({"hostname": "a.b"}, "hostname"),
     ({"hostname": "-a"}, "hostname"),
+    ({"hostname": "a-"}, "hostname"),
     ({"mounts": "x"}, "mounts"),
     ({"mounts": [{"type": "memory"}]}, "target"),
     ({"mounts": [{"type": "nfs", "target": "/x"}]}, "type"),
