@@ -340,7 +340,8 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
             assert KEY.encode() not in env, pid
             if pid in codex_pids(d):
                 assert b"OPENAI_API_KEY=cell-placeholder" in env
-        root = "/proc/%d/root" % pids[0]
+        # codex's own cell: the state's first cell process may be a pooled cell's init.
+        root = "/proc/%d/root" % codex_pids(d)[0]
         # Codex keeps the shell's exported environment on disk
         # (shell_snapshots): the search below would see a key there.
         assert files_with(root + "/root/.codex", b"OPENAI_API_KEY"), "codex wrote nothing to search"
