@@ -39,17 +39,7 @@ if [ -z "${CELL_CREATE_LOOP_CELL:-}" ]; then
     bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
 fi
 
-scratch=$(mktemp -d /tmp/cell-create-loop.XXXXXX)
-pid=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    stop_pid "$pid"
-    rm -rf "$scratch"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+bench_scratch cell-create-loop   # sets scratch and pid; removes both on exit
 
 # A copy (with the cell-daemon beside it), so that a rebuild while this runs cannot swap it.
 bin=$(bench_snapshot "${CELL_CREATE_LOOP_CELL:-$top/$build/cell}" "$scratch/bin") || die "no cell binary to measure"

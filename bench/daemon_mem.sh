@@ -47,17 +47,7 @@ note() { echo "bench/daemon_mem.sh: $*" >&2; }
 for t in curl python3; do command -v "$t" >/dev/null || die "$t is not installed (scripts/install-deps.sh)"; done
 
 bench_make all || die "make BUILD=$build all failed"
-scratch=$(mktemp -d /tmp/cell-daemon-mem.XXXXXX)
-pid=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    stop_pid "$pid"
-    rm -rf "$scratch"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+bench_scratch cell-daemon-mem   # sets scratch and pid; removes both on exit
 # Copies, so that a rebuild while this runs cannot swap them.
 cell_bin=$(bench_snapshot "$top/$build/cell" "$scratch/bin") || die "no cell binary in $build"
 # Written back first: a mapped page that is dirty in the page cache counts

@@ -143,3 +143,19 @@ bench_make() {
     [ "${CELL_BENCH_NO_MAKE:-0}" = 1 ] && return 0
     make -C "$top" -j"$(nproc)" BUILD="$build" "$@" >&2
 }
+
+# A scratch directory in $scratch and a daemon pid slot in $pid, both
+# cleaned up however the calling script ends (stop_pid, rm -rf).
+bench_scratch() {
+    scratch=$(mktemp -d "/tmp/$1.XXXXXX")
+    pid=""
+    trap _bench_scratch_cleanup EXIT
+    trap 'exit 130' INT TERM HUP
+}
+_bench_scratch_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    stop_pid "$pid"
+    rm -rf "$scratch"
+    exit "$rc"
+}
