@@ -56,7 +56,7 @@ UNTAR_SRC   := src/untar/main.c $(UTIL_SRC)
 UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2>/dev/null || echo -lseccomp -larchive)
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
-DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c
+DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c src/cli/fail.c
 # The lean CLI: libseccomp, with jansson and http_parser (the client
 # commands' HTTP/1.1, src/cli/http1.c) linked in.
 CLI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp) \

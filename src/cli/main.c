@@ -3,7 +3,6 @@
 #include "cli/cli.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,22 +46,6 @@ static const char usage_text[] =
     "  --version     print the version\n"
     "\n"
     "Run `cell help COMMAND` (or `cell COMMAND --help`) for the options of a command.\n";
-
-int cli_fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("cell: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
-
-int cli_fail_err(int code, const cell_error *err)
-{
-    return cli_fail(code, "%s", err->message[0] ? err->message : strerror(err->code));
-}
 
 int cli_open(struct cli_global *g, cell_ctx **ctx)
 {

@@ -9,7 +9,6 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,25 +19,6 @@
 #define SERVE_MAX_WARM  8    /* --warm values (images) */
 
 extern const char cli_serve_usage[];
-
-/* "cell: <message>" on stderr, as the CLI says it: callers of `cell serve`
- * see the same messages as before the daemon had its own executable. */
-static int daemon_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int daemon_fail(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("cell: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return code;
-}
-
-static int daemon_fail_err(int code, const cell_error *err)
-{
-    return daemon_fail(code, "%s", err->message[0] ? err->message : strerror(err->code));
-}
 
 /* An IPv4 or IPv6 address with an optional /PREFIX, for --allow-tenant-dest. */
 static int cidr_opt(const char *text)
@@ -58,7 +38,7 @@ static int cidr_opt(const char *text)
         prefix = strtoul(slash + 1, &end, 10);
     if (len >= sizeof ip || inet_pton(v6 ? AF_INET6 : AF_INET, ip, addr) != 1 ||
         (slash && (end == slash + 1 || *end || prefix > (v6 ? 128u : 32u))))
-        return daemon_fail(CLI_EXIT_USAGE, "--allow-tenant-dest %s: expected an address or CIDR like 127.0.0.1/32 "
+        return cli_fail(CLI_EXIT_USAGE, "--allow-tenant-dest %s: expected an address or CIDR like 127.0.0.1/32 "
                         "or fd00::/8", text);
     return 0;
 }
@@ -70,7 +50,7 @@ static int count_opt(const char *name, const char *text, unsigned min, unsigned 
     errno = 0;
     unsigned long n = strtoul(text, &end, 10);
     if (errno || end == text || *end || text[0] == '-' || n < min || n > max)
-        return daemon_fail(CLI_EXIT_USAGE, "%s must be a whole number from %u to %u", name, min, max);
+        return cli_fail(CLI_EXIT_USAGE, "%s must be a whole number from %u to %u", name, min, max);
     *out = (unsigned)n;
     return 0;
 }
@@ -79,7 +59,7 @@ static int size_opt(const char *name, const char *text, uint64_t *out)
 {
     cell_error err = { 0 };
     if (cell_parse_size(text, out, &err) < 0)
-        return daemon_fail(CLI_EXIT_USAGE, "%s: %s", name, err.message);
+        return cli_fail(CLI_EXIT_USAGE, "%s: %s", name, err.message);
     return 0;
 }
 
@@ -102,14 +82,14 @@ static int serve(const char *state_dir, int argc, char **argv)
         } else if (strcmp(a, "--no-token-on-tcp-i-understand-anyone-local-is-admin") == 0) {
             opt.no_token_on_tcp = 1;
         } else if (!v) {
-            return daemon_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' or missing value (see cell serve --help)", a);
+            return cli_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' or missing value (see cell serve --help)", a);
         } else if (strcmp(a, "--listen") == 0) {
             opt.listen = v, i++;
         } else if (strcmp(a, "--socket") == 0) {
             opt.socket_path = v, i++;
         } else if (strcmp(a, "--log") == 0) {
             if (!*v)
-                return daemon_fail(CLI_EXIT_USAGE, "--log needs a file name");
+                return cli_fail(CLI_EXIT_USAGE, "--log needs a file name");
             opt.log_path = v, i++;
         } else if (strcmp(a, "--max-connections") == 0) {
             if (count_opt(a, v, 4, 100000, &opt.max_conns))
@@ -135,7 +115,7 @@ static int serve(const char *state_dir, int argc, char **argv)
             if (size_opt(a, v, &n))
                 return CLI_EXIT_USAGE;
             if (n && n < (64u << 10))
-                return daemon_fail(CLI_EXIT_USAGE, "--audit-max-size must be 0 (never rotate) or at least 64K");
+                return cli_fail(CLI_EXIT_USAGE, "--audit-max-size must be 0 (never rotate) or at least 64K");
             opt.audit_max_size = n, opt.audit_max_size_set = 1, i++;
         } else if (strcmp(a, "--audit-keep") == 0) {
             if (count_opt(a, v, 1, 64, &opt.audit_keep))
@@ -145,11 +125,11 @@ static int serve(const char *state_dir, int argc, char **argv)
             if (size_opt(a, v, &n))
                 return CLI_EXIT_USAGE;
             if (n < 1024 || n > (64u << 20))
-                return daemon_fail(CLI_EXIT_USAGE, "--max-json-size must be between 1K and 64M");
+                return cli_fail(CLI_EXIT_USAGE, "--max-json-size must be between 1K and 64M");
             opt.max_json_bytes = (uint32_t)n, i++;
         } else if (strcmp(a, "--allow-tenant-dest") == 0) {
             if (n_allow == SERVE_MAX_ALLOW)
-                return daemon_fail(CLI_EXIT_USAGE, "--allow-tenant-dest: at most %d", SERVE_MAX_ALLOW);
+                return cli_fail(CLI_EXIT_USAGE, "--allow-tenant-dest: at most %d", SERVE_MAX_ALLOW);
             if (cidr_opt(v))
                 return CLI_EXIT_USAGE;
             allow[n_allow++] = v, i++;
@@ -159,23 +139,23 @@ static int serve(const char *state_dir, int argc, char **argv)
             snprintf(kv, sizeof kv, "%s=%s", strcmp(a, "--limit") == 0 ? "" : a[10] == 'm' ? "reserve.memory" : "reserve.pids", v);
             cell_error lerr = { 0 };
             if (server_limit_set(&opt.limits, kv[0] == '=' ? v : kv, &lerr) < 0)
-                return daemon_fail(CLI_EXIT_USAGE, "%s", lerr.message);
+                return cli_fail(CLI_EXIT_USAGE, "%s", lerr.message);
             i++;
         } else if (strcmp(a, "--warm") == 0) {
             char image[64];
             unsigned size;
             cell_error werr = { 0 };
             if (n_warm == SERVE_MAX_WARM)
-                return daemon_fail(CLI_EXIT_USAGE, "--warm: at most %d", SERVE_MAX_WARM);
+                return cli_fail(CLI_EXIT_USAGE, "--warm: at most %d", SERVE_MAX_WARM);
             if (server_warm_parse(v, image, sizeof image, &size, &werr) < 0)
-                return daemon_fail(CLI_EXIT_USAGE, "%s", werr.message);
+                return cli_fail(CLI_EXIT_USAGE, "%s", werr.message);
             warm[n_warm++] = v, i++;
             opt.warm = warm;
         } else if (strcmp(a, "--secrets-key-file") == 0) {
             opt.secrets_key_file = v, i++;
         } else if (strcmp(a, "--upstream-ca") == 0) {
             if (access(v, R_OK) < 0)
-                return daemon_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", v, strerror(errno));
+                return cli_fail(CLI_EXIT_USAGE, "--upstream-ca %s: %s", v, strerror(errno));
             opt.upstream_ca_file = v, i++;
         } else if (strcmp(a, "--agent-registry") == 0) {
             opt.agent_registry = v, i++;
@@ -183,15 +163,15 @@ static int serve(const char *state_dir, int argc, char **argv)
             char *end;
             unsigned long r = strtoul(v, &end, 10);
             if (*end || end == v || r > 1000000)
-                return daemon_fail(CLI_EXIT_USAGE, "--token-rate must be a number of requests per second (0 = unlimited)");
+                return cli_fail(CLI_EXIT_USAGE, "--token-rate must be a number of requests per second (0 = unlimited)");
             opt.token_rate = (uint32_t)r, i++;
         } else {
-            return daemon_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' (see cell serve --help)", a);
+            return cli_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' (see cell serve --help)", a);
         }
     }
     cell_error err = { 0 };
     if (server_run(&opt, &err) < 0)
-        return daemon_fail_err(CLI_EXIT_INTERNAL, &err);
+        return cli_fail_err(CLI_EXIT_INTERNAL, &err);
     return 0;
 }
 
