@@ -5,9 +5,9 @@
  * keeps its pid, so a supervisor or test that started `cell serve` is
  * talking to the daemon itself. */
 #include "cli/cli.h"
+#include "util/util.h"
 
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,13 +20,9 @@ static int daemon_path(char *out, size_t size)
     const char *env = getenv("CELL_DAEMON");
     if (env && *env)
         return snprintf(out, size, "%s", env) < (int)size ? 0 : cli_fail(CLI_EXIT_USAGE, "$CELL_DAEMON is too long");
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n < 0)
-        return cli_fail(CLI_EXIT_INTERNAL, "serve: cannot find this program (/proc/self/exe): %s", strerror(errno));
-    exe[n] = '\0';
-    if (snprintf(out, size, "%s/cell-daemon", dirname(exe)) >= (int)size)
-        return cli_fail(CLI_EXIT_INTERNAL, "serve: the path of cell-daemon is too long");
+    cell_error err = { 0 };
+    if (util_exe_sibling(out, size, "cell-daemon", &err) < 0)
+        return cli_fail(CLI_EXIT_INTERNAL, "serve: %s", err.message);
     return 0;
 }
 

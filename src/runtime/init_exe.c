@@ -17,7 +17,6 @@
 
 #include <elf.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -81,12 +80,8 @@ static int same_build(int fd)
  * (without an error: the caller falls back to the memfd). */
 static int open_beside(void)
 {
-    char exe[PATH_MAX], path[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0)
-        return -1;
-    exe[n] = '\0';
-    if (util_path(path, sizeof path, NULL, "%s/cell-init", dirname(exe)) < 0)
+    char path[PATH_MAX];
+    if (util_exe_sibling(path, sizeof path, "cell-init", NULL) < 0)
         return -1;
     _cleanup_close_ int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 || !same_build(fd))

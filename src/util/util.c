@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <link.h>
 #include <poll.h>
 #include <pthread.h>
@@ -314,6 +315,20 @@ int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...)
     if (n < 0 || (size_t)n >= size)
         return util_fail(err, ENAMETOOLONG, "path too long: %.200s...", buf);
     return n;
+}
+
+int util_exe_sibling(char *buf, size_t size, const char *name, cell_error *err)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return util_fail_errno(err, "cannot find the running program (/proc/self/exe)");
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return util_fail(err, ENOENT, "the running program has no directory: %s", exe);
+    *slash = '\0';
+    return util_path(buf, size, err, "%s/%s", exe, name) < 0 ? -1 : 0;
 }
 
 int util_run(const char *const *argv, cell_error *err)

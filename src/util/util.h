@@ -59,5 +59,9 @@ int util_run(const char *const *argv, cell_error *err);
 
 /* snprintf that reports truncation as ENAMETOOLONG. */
 int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The path of `name` in the directory of the running executable
+ * (/proc/self/exe), where the build puts its companions (cell-daemon,
+ * cell-init).  0, or -1 with err filled. */
+int util_exe_sibling(char *buf, size_t size, const char *name, cell_error *err);
 
 #endif
