@@ -211,6 +211,15 @@ static int parse_policy(sreq *r, json_t *body, json_t *spec)
     return 0;
 }
 
+/* libcell's hostname rule (one DNS label: sethostname and the /etc/hosts
+ * line take no more): 1-63 letters, digits or '-', no '-' at either end.
+ * The warm pool takes a cell only for a name that passes it (pool.c). */
+int cells_valid_hostname(const char *h)
+{
+    size_t n = strlen(h);
+    return util_valid_name(h) && !strpbrk(h, "_.") && h[n - 1] != '-';
+}
+
 static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, int *has_lane)
 {
     const char *image = NULL, *lane_name = NULL, *cwd = "/", *hostname = NULL;
@@ -227,9 +236,8 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     strv_free(env);
     if (cwd[0] != '/')
         return reply_problem(r, 400, "invalid_request", "field \"cwd\" must be an absolute path"), -1;
-    /* libcell's rule (one label: sethostname and /etc/hosts take no more),
-     * checked here so that a dotted name is a 400, not a failed boot. */
-    if (hostname && (!util_valid_name(hostname) || strpbrk(hostname, "_.") || hostname[strlen(hostname) - 1] == '-'))
+    /* Checked here so that a bad name is a 400, not a failed boot. */
+    if (hostname && !cells_valid_hostname(hostname))
         return reply_problem(r, 400, "invalid_request", "field \"hostname\" must be 1-63 letters, digits or '-', with no '-' at either end"), -1;
     *has_lane = 0;
     if (lane_name) {

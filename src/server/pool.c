@@ -237,13 +237,6 @@ void pool_stop(srv *s)
 /* ---- taking ----------------------------------------------------------------------- */
 /* A hostname libcell takes (1-63 of [A-Za-z0-9-], no '-' at either end);
  * the API also allows dots, which a cold boot then refuses as before. */
-static int pool_hostname_ok(const char *h)
-{
-    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-";
-    size_t n = strlen(h);
-    return n && n <= 63 && strspn(h, ok) == n && h[0] != '-' && h[n - 1] != '-';
-}
-
 static json_int_t resource(json_t *res, const char *key)
 {
     return json_integer_value(json_object_get(res, key));
@@ -256,7 +249,7 @@ static pool_tpl *pool_fit(json_t *spec)
     json_t *mounts = json_object_get(spec, "mounts"), *hostname = json_object_get(spec, "hostname");
     json_t *res = json_object_get(spec, "resources");
     if (!pool.open || json_object_get(spec, "laneId") || (mounts && json_array_size(mounts) > 0) ||
-        (hostname && !pool_hostname_ok(json_string_value(hostname))) ||
+        (hostname && !cells_valid_hostname(json_string_value(hostname))) ||
         resource(res, "memory") != pool.memory || resource(res, "disk") != 0)
         return NULL;
     const char *image = json_string_value(json_object_get(spec, "image"));

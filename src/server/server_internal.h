@@ -157,6 +157,7 @@ int  registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err
  * none is ready; the caller boots cold); the cell is the caller's and never
  * goes back.  pool_stop destroys every ready cell. */
 int     pool_start(srv *s, cell_error *err);
+int     cells_valid_hostname(const char *h);  /* cells.c: libcell's rule, for a 400 before a boot */
 void    pool_stop(srv *s);
 cell   *pool_take(srv *s, json_t *spec, int has_policy);
 int     pool_image_ready(const char *image);  /* a ready cell of it exists: it is built */
