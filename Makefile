@@ -259,7 +259,7 @@ tsan:
 # and slirp4netns's namespaces, so it is static and, like cell-init, never
 # sanitized; tls_bench runs on the host and in cells on the host image.
 BENCH_WRAPS := runtime_image_rootfs isolate_cgroup_create runtime_userns_for_slot isolate_boot \
-               isolate_cgroup_open_self_attach isolate_boot_release ctl_recv isolate_cgroup_kill \
+               isolate_cgroup_open_self_attach ctl_recv isolate_cgroup_kill \
                isolate_cgroup_destroy util_rm_rf
 BENCH_BIN   := $(addprefix $(BUILD)/bench/,bench_cell bench_phases http_bench net_bench tls_bench)
 bench-bin: $(BENCH_BIN)

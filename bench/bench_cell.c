@@ -292,7 +292,7 @@ static cell *new_cell(cell_ctx *ctx)
 
 enum mark {
     M_ROOTFS_0, M_ROOTFS_1, M_CG_CREATE_0, M_CG_CREATE_1, M_USERNS_0, M_USERNS_1, M_BOOT_0, M_BOOT_1,
-    M_ATTACH_0, M_ATTACH_1, M_RELEASE_0, M_RELEASE_1, M_HELLO, M_CG_KILL_0, M_CG_KILL_1,
+    M_ATTACH_0, M_ATTACH_1, M_HELLO, M_CG_KILL_0, M_CG_KILL_1,
     M_CG_DESTROY_0, M_CG_DESTROY_1, M_RMRF_0, M_RMRF_1, M_COUNT
 };
 static uint64_t marks[M_COUNT];
@@ -353,16 +353,6 @@ int __wrap_isolate_cgroup_open_self_attach(isolate_cgroup *cg, int *fds, size_t 
     marks[M_ATTACH_0] = now_ns();
     int r = __real_isolate_cgroup_open_self_attach(cg, fds, max, n, err);
     marks[M_ATTACH_1] = now_ns();
-    return r;
-}
-
-int __real_isolate_boot_release(int owner_ctl_fd, cell_error *err);
-int __wrap_isolate_boot_release(int owner_ctl_fd, cell_error *err)
-{
-    marks[M_RELEASE_0] = now_ns();
-    int r = __real_isolate_boot_release(owner_ctl_fd, err);
-    marks[M_RELEASE_1] = now_ns();
-    waiting_hello = 1;
     return r;
 }
 

@@ -599,16 +599,6 @@ static void boot_child(const struct isolate_plan *plan)
 {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
         FAIL("cannot set the parent-death signal");
-    if (plan->wait_release) {
-        /* Wait until the owner has put us into the cell's cgroups. */
-        char go;
-        ssize_t n;
-        do
-            n = recv(plan->ctl_fd, &go, 1, 0);
-        while (n < 0 && errno == EINTR);
-        if (n != 1)
-            _exit(1);
-    }
     for (size_t i = 0; i < plan->n_cgroup_fds; i++)
         if (write(plan->cgroup_fds[i], "0", 1) != 1)
             FAIL("cannot join the cell's cgroup");
@@ -653,8 +643,7 @@ static int boot_child_main(void *plan)
     boot_child(plan);
 }
 
-/* A copy-on-write child: for a cell with cgroups, it waits until the owner
- * has attached it to its v2 cgroup (isolate_boot_release). */
+/* A copy-on-write child, for sanitizer builds (below). */
 static pid_t boot_forked(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
 {
     int pidfd = -1;
@@ -672,8 +661,7 @@ static pid_t boot_forked(const struct isolate_plan *plan, int *pidfd_out, cell_e
     return pid;
 }
 
-/* A cell without cgroups has nothing to wait for: the child shares the
- * owner's memory and the owner's thread sleeps (CLONE_VFORK) until the
+/* The child shares the owner's memory and the owner's thread sleeps (CLONE_VFORK) until the
  * child has exec'd cell-init or failed, so no page table is copied and no
  * copy torn down (vmclone.c).  The child only reads the plan, which this
  * suspended thread owns. */
@@ -709,15 +697,8 @@ static pid_t boot_vforked(const struct isolate_plan *plan, int *pidfd_out, cell_
 
 pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err)
 {
-    if (plan->wait_release || !BOOT_SHARED_VM)
+    if (!BOOT_SHARED_VM)
         return boot_forked(plan, pidfd_out, err);
     return boot_vforked(plan, pidfd_out, err);
 }
 
-int isolate_boot_release(int owner_ctl_fd, cell_error *err)
-{
-    char go = 'g';
-    if (send(owner_ctl_fd, &go, 1, MSG_NOSIGNAL) != 1)
-        return util_fail_errno(err, "cannot release the boot child");
-    return 0;
-}

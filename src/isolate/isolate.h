@@ -83,9 +83,6 @@ struct isolate_plan {
     int      ctl_fd;                /* child's end of the control socket */
     int      init_fd;               /* sealed memfd holding cell-init */
     const struct sock_fprog *seccomp;
-    int      wait_release;          /* 1: the child waits for isolate_boot_release() (the
-                                       owner attaches it to cgroups first); 0: it shares
-                                       the owner's memory until it execs cell-init */
     int      cgroup_fds[8];         /* v1 "tasks", v2 "cgroup.procs": the child joins itself ("0") */
     size_t   n_cgroup_fds;
     int      nosuid_fd;             /* memfd with the nosuid filter's instructions, -1 = none;
@@ -97,14 +94,11 @@ struct isolate_plan {
 };
 
 /* Clone a child in new mount, pid, net, uts, ipc namespaces.  The child
- * waits for isolate_boot_release() if plan->wait_release, then builds the
- * root filesystem, enters the cell's user and cgroup namespaces, drops
+ * joins its cgroups (plan->cgroup_fds), builds the root filesystem, enters the cell's user and cgroup namespaces, drops
  * privileges and execs
  * cell-init, which says CTL_HELLO on ctl_fd.  A failure before that arrives
  * as CTL_BOOT_ERROR with a message.  Returns the child's host pid. */
 pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err);
-/* Let the boot child proceed (after it was placed in its cgroups). */
-int isolate_boot_release(int owner_ctl_fd, cell_error *err);
 
 /* ---- seccomp ----------------------------------------------------------------
  * Build the cell filter once (libseccomp, exported to classic BPF) so the

@@ -540,7 +540,6 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
     /* The child joins its cgroups itself (v1 and v2) as its first act, so it
      * waits for nothing: it boots at once, sharing this process's memory
      * until it execs (isolate_boot). */
-    plan->wait_release = 0;
     c->pid = isolate_boot(plan, &c->pidfd, err);
     close(sv[1]);
     plan->ctl_fd = -1;
