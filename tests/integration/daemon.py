@@ -456,3 +456,80 @@ def make_tenant_token(admin, tenant, **extra):
     r = admin.post("/v1/tokens", body)
     assert r.status == 201, r
     return r.body["token"], r.body["id"]
+
+
+# ---- runs (POST /v1/runs, docs/api.md "Runs") ------------------------------------------
+
+RUN_TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
+
+
+def run_events(client, rid, follow=True, limit_s=120, last_id=None):
+    """GET /v1/runs/{rid}/events: [event JSON] (each with "seq" and "type")
+    until the stream ends (after run.finished when following) or limit_s."""
+    headers = {"Accept": "text/event-stream"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    path = "/v1/runs/%s/events%s" % (rid, "" if follow else "?follow=false")
+    # Heartbeats come every 15 s: a read may wait that long.
+    conn, resp = client.stream("GET", path, headers=headers, timeout=min(limit_s, 40))
+    try:
+        assert resp.status == 200, (resp.status, resp.read()[:500])
+        out = []
+        for event, data in sse_events(resp, limit_s):
+            doc = json.loads(data)
+            assert doc.get("type") == event, (event, doc)
+            out.append(doc)
+            if doc["type"] == "run.finished":
+                break
+        return out
+    finally:
+        conn.close()
+
+
+def run_wait(client, rid, limit_s=120):
+    """Follow the run's events until run.finished (bounded); returns (the
+    run JSON from GET /v1/runs/{rid}, its events)."""
+    events = run_events(client, rid, limit_s=limit_s)
+    r = client.get("/v1/runs/" + rid)
+    assert r.status == 200, r
+    if r.body["status"] not in RUN_TERMINAL:   # the stream ended early: poll, bounded
+        wait_for(lambda: client.get("/v1/runs/" + rid).body["status"] in RUN_TERMINAL, 30, 0.2)
+        r = client.get("/v1/runs/" + rid)
+    return r.body, events
+
+
+def run_start(client, body, status=202):
+    """POST /v1/runs; asserts the status; returns the run JSON."""
+    r = client.post("/v1/runs", body)
+    assert r.status == status, r
+    return r.body
+
+
+def files_with(root, needle):
+    """Regular files under root (links not followed) whose bytes hold needle."""
+    hits = []
+    for top, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(top, f)
+            try:
+                if os.path.isfile(p) and not os.path.islink(p):
+                    with open(p, "rb") as fh:
+                        if needle in fh.read():
+                            hits.append(p)
+            except OSError:
+                pass
+    return hits
+
+
+NPM_REGISTRY = "https://registry.npmjs.org/"   # the daemon's default --agent-registry
+
+
+def npm_reachable(package="@zed-industries%2fcodex-acp"):
+    """Whether the npm registry answers for package (tests that install a
+    real agent skip without it)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(NPM_REGISTRY + package, timeout=15) as r:
+            return r.status == 200
+    except (OSError, ValueError):
+        return False

@@ -15,10 +15,15 @@ on the host).  Other paths (GET .../models and the like) answer 404 and are
 recorded too.
 
     m = FakeModel((ip, 80)); netfake.start(m.server) ... netfake.stop(m.server)
+
+network() is the whole setup the agent tests share: a fake DNS and the
+model over HTTP and HTTPS on a /24 of their own.
 """
+import contextlib
 import http.server
 import itertools
 import json
+import shutil
 import threading
 
 import netfake
@@ -38,6 +43,9 @@ class FakeModel:
         self.server.model = self
         self.seen = self.server.seen
         self.replies, self.lock, self.ids = [], threading.Lock(), itertools.count(1)
+        # The token counts each response.completed reports (a test may set
+        # its own, to tell them from anything else in an agent's report).
+        self.usage = (10, 5)
 
     def script(self, *replies):
         """The replies (each a list of text()/call() items) of the next
@@ -71,10 +79,11 @@ class FakeModel:
                 whole = {"type": "function_call", "id": iid, "call_id": "call_%s" % iid,
                          "name": it["name"], "arguments": it["arguments"]}
             yield {"type": "response.output_item.done", "output_index": idx, "item": whole}
+        tin, tout = self.usage
         yield {"type": "response.completed",
-               "response": {"id": rid, "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
-                                                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
-                                                 "total_tokens": 15}}}
+               "response": {"id": rid, "usage": {"input_tokens": tin, "input_tokens_details": {"cached_tokens": 0},
+                                                 "output_tokens": tout, "output_tokens_details": {"reasoning_tokens": 0},
+                                                 "total_tokens": tin + tout}}}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -118,3 +127,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+
+@contextlib.contextmanager
+def network(prefix, certdir):
+    """The fake network of the end-to-end agent tests, on the /24 `prefix`
+    (netfake.claim()ed by the caller) of the host's lo:
+
+        PREFIX.53:53   DNS: model.test and api.openai.com -> PREFIX.10
+        PREFIX.10:80   the fake model (FakeModel): n.models["http"]
+        PREFIX.10:443  the same over HTTPS: n.models["https"], with a
+                       certificate for both names from a CA made in certdir
+                       (n.ca: the daemon trusts it through --upstream-ca)
+
+    n.dns_rule is the egress policy rule a cell needs to resolve them.
+    Skips the test (pytest.skip) without dnspython or the openssl CLI."""
+    import pytest
+    if netfake.require_dns() is None:
+        pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
+    if not shutil.which("openssl"):
+        pytest.skip("the openssl CLI is needed to make the test CA")
+    dns_ip, model_ip = prefix + ".53", prefix + ".10"
+    n = netfake.Net((dns_ip, model_ip))
+    n.dns_ip, n.model_ip = dns_ip, model_ip
+    n.dns_rule = {"dns": {"upstreams": [dns_ip], "strict": True, "rebind": [prefix + ".0/24"]}}
+    n.ca, leaf, key = netfake.make_ca(str(certdir), "model.test", "api.openai.com")
+    try:
+        n.up()
+        n.models = {"http": FakeModel((model_ip, 80)), "https": FakeModel((model_ip, 443), tls=(leaf, key))}
+        n.serve(*netfake.FakeDNS({"model.test": {"A": [model_ip]}, "api.openai.com": {"A": [model_ip]}}).servers(dns_ip),
+                *[m.server for m in n.models.values()])
+        yield n
+    finally:
+        n.down()

@@ -36,11 +36,9 @@ no codex process in the cell.
 """
 import json
 import os
-import shutil
 import socket
 import threading
 import time
-import urllib.request
 import uuid
 
 import pytest
@@ -53,41 +51,19 @@ from conftest import cell_pids_of_state
 pytestmark = pytest.mark.skipif(dm.ASAN or dm.TSAN, reason="release stage only: a real agent, slow under sanitizers")
 
 NET = netfake.claim("198.18.41", __name__)
-DNS_IP, MODEL_IP = NET + ".53", NET + ".10"
 KEY = "sk-real-" + uuid.uuid4().hex           # must never show up in the cell
-DNS_RULE = {"dns": {"upstreams": [DNS_IP], "strict": True, "rebind": [NET + ".0/24"]}}
+DNS_RULE = {"dns": {"upstreams": [NET + ".53"], "strict": True, "rebind": [NET + ".0/24"]}}   # = net.dns_rule
 WORK = "/root/work"
 MADE = WORK + "/made-by-codex.txt"
 REFUSED = WORK + "/refused.txt"
 LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/codex-acp"
-REGISTRY = "https://registry.npmjs.org/"   # the daemon's default --agent-registry
-
-
-def registry_reachable():
-    try:
-        with urllib.request.urlopen(REGISTRY + "@zed-industries%2fcodex-acp", timeout=15) as r:
-            return r.status == 200
-    except (OSError, ValueError):
-        return False
+REGISTRY = dm.NPM_REGISTRY
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    if netfake.require_dns() is None:
-        pytest.skip("dnspython (python3-dnspython) is needed for the fake DNS server")
-    if not shutil.which("openssl"):
-        pytest.skip("the openssl CLI is needed to make the test CA")
-    n = netfake.Net((DNS_IP, MODEL_IP))
-    n.ca, leaf, key = netfake.make_ca(str(tmp_path_factory.mktemp("model-certs")), "model.test", "api.openai.com")
-    try:
-        n.up()
-        n.models = {"http": fakemodel.FakeModel((MODEL_IP, 80)),
-                    "https": fakemodel.FakeModel((MODEL_IP, 443), tls=(leaf, key))}
-        n.serve(*netfake.FakeDNS({"model.test": {"A": [MODEL_IP]}, "api.openai.com": {"A": [MODEL_IP]}}).servers(DNS_IP),
-                *[m.server for m in n.models.values()])
+    with fakemodel.network(NET, tmp_path_factory.mktemp("model-certs")) as n:
         yield n
-    finally:
-        n.down()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +130,7 @@ def cell(alice, request):
 
 
 def install(c):
-    if not registry_reachable():
+    if not dm.npm_reachable():
         pytest.skip("the npm registry %s is not reachable from this host: codex cannot be installed" % REGISTRY)
     r = c.call("POST", "/agents/codex/install", json_body={}, timeout=900)
     assert r.status == 200, r
@@ -228,21 +204,6 @@ def codex_pids(d):
         except OSError:
             pass
     return out
-
-
-def files_with(root, needle):
-    hits = []
-    for top, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(top, f)
-            try:
-                if os.path.isfile(p) and not os.path.islink(p):
-                    with open(p, "rb") as fh:
-                        if needle in fh.read():
-                            hits.append(p)
-            except OSError:
-                pass
-    return hits
 
 
 def answer(cell, server, st, path, kind):
@@ -344,9 +305,9 @@ def test_codex_turns_tool_call_and_the_key_stays_on_the_host(d, cell, net):
         root = "/proc/%d/root" % codex_pids(d)[0]
         # Codex keeps the shell's exported environment on disk
         # (shell_snapshots): the search below would see a key there.
-        assert files_with(root + "/root/.codex", b"OPENAI_API_KEY"), "codex wrote nothing to search"
+        assert dm.files_with(root + "/root/.codex", b"OPENAI_API_KEY"), "codex wrote nothing to search"
         for sub in ("root", "tmp", "etc", "var", "home"):
-            assert files_with(os.path.join(root, sub), KEY.encode()) == [], sub
+            assert dm.files_with(os.path.join(root, sub), KEY.encode()) == [], sub
         # The same from inside: nothing the cell can read holds it.
         out = cell.sh("grep -rlF %s /root /tmp /etc /var /home /run 2>/dev/null; echo end" % KEY)
         assert out["stdout"].strip() == "end", out
