@@ -306,35 +306,44 @@ static void audit_cell_event(srv *s, const char *tenant, const char *id, const c
     json_decref(rec);
 }
 
-int h_cells_create(sreq *r)
+int cells_spec_from_body(sreq *r, json_t *body, json_t *spec)
 {
-    json_t *body = NULL, *spec = json_object();
     store_lane lane;
-    int has_lane = 0, ret = MHD_YES;
-    if (!spec)
-        return reply_problem(r, 500, "internal", "out of memory");
-    if (req_json(r, &body) < 0 || parse_create(r, body, spec, &lane, &has_lane) < 0)
-        goto out;
+    int has_lane = 0;
+    if (parse_create(r, body, spec, &lane, &has_lane) < 0)
+        return -1;
+    if (has_lane)   /* the runs' cells take no lane (their workspace is copied in) */
+        return reply_problem(r, 400, "invalid_request", "field \"lane\" is not taken here"), -1;
+    return 0;
+}
+
+/* The image must be built before the create is recorded. */
+static int check_image(sreq *r, json_t *spec)
+{
+    const char *image = json_string_value(json_object_get(spec, "image"));
     cell_error e = { 0 };
     /* A ready pooled cell of the image says it is built, without waiting
      * for ctx_lock, which a pool refill holds while it boots. */
-    int ready = pool_image_ready(json_string_value(json_object_get(spec, "image")));
+    int ready = pool_image_ready(image);
     if (!ready) {
         pthread_mutex_lock(&r->s->ctx_lock);
-        ready = cell_image_status(r->s->ctx, json_string_value(json_object_get(spec, "image")), &e);
+        ready = cell_image_status(r->s->ctx, image, &e);
         pthread_mutex_unlock(&r->s->ctx_lock);
     }
-    if (ready < 0) {
-        ret = reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
-        goto out;
-    }
-    if (ready == 0) {
-        ret = reply_problem(r, 409, "image_not_built", "image %s is not built yet; POST /v1/images/%s/build first",
-                            json_string_value(json_object_get(spec, "image")),
-                            json_string_value(json_object_get(spec, "image")));
-        goto out;
-    }
+    if (ready < 0)
+        return reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message), -1;
+    if (ready == 0)
+        return reply_problem(r, 409, "image_not_built", "image %s is not built yet; POST /v1/images/%s/build first",
+                             image, image), -1;
+    return 0;
+}
 
+int cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, scell **out)
+{
+    *out = NULL;
+    if (check_image(r, spec) < 0)
+        return -1;
+    cell_error e = { 0 };
     char id[13];
     util_random_hex(id, 6);
     uint64_t memory = (uint64_t)json_integer_value(json_object_get(json_object_get(spec, "resources"), "memory"));
@@ -342,7 +351,7 @@ int h_cells_create(sreq *r)
     pthread_mutex_lock(&quota_lock);
     if (check_quota(r, memory, pids) < 0) {
         pthread_mutex_unlock(&quota_lock);
-        goto out;
+        return -1;
     }
     char *text = json_dumps(spec, JSON_COMPACT);
     store_cell rec = { .spec = text, .created = srv_now_ms(), .updated = srv_now_ms() };
@@ -353,35 +362,47 @@ int h_cells_create(sreq *r)
     free(text);
     scell *sc = ins == 0 ? registry_add(r->s, id, r->tok.tenant, spec, rec.created, 1) : NULL;
     pthread_mutex_unlock(&quota_lock);
-    if (!sc) {
-        ret = reply_error(r, &e);
-        goto out;
-    }
+    if (!sc)
+        return reply_error(r, &e), -1;
     req_audit(r, "cell", json_string(id));
     /* Listed first, lane checked second; a lane delete marks the lane first
      * and looks for its cells second, so one of the two sees the other. */
     store_lane now;
-    if (has_lane && (store_lane_get_by_id(r->s->st, r->tok.tenant, lane.id, &now, NULL) < 0 ||
-                     strcmp(now.state, "ready") != 0)) {
+    if (lane && (store_lane_get_by_id(r->s->st, r->tok.tenant, lane->id, &now, NULL) < 0 ||
+                 strcmp(now.state, "ready") != 0)) {
         registry_create_abort(sc);
-        ret = reply_problem(r, 409, "conflict", "lane %s is being deleted", lane.name);
+        reply_problem(r, 409, "conflict", "lane %s is being deleted", lane->name);
         registry_put(sc);
-        goto out;
+        return -1;
     }
     if (registry_create_boot(sc, &e) < 0) {
         /* Waits out a start that raced in (the id was listed meanwhile). */
         registry_delete(sc, 1, NULL);
-        ret = reply_transition(r, sc, &e);
+        reply_transition(r, sc, &e);
         registry_put(sc);
-        goto out;
+        return -1;
     }
     audit_cell_event(r->s, r->tok.tenant, id, "created");
-    ret = reply_json(r, 201, cell_json(sc));
-    registry_put(sc);
-out:
+    *out = sc;
+    return 0;
+}
+
+int h_cells_create(sreq *r)
+{
+    json_t *body = NULL, *spec = json_object();
+    store_lane lane;
+    int has_lane = 0;
+    scell *sc;
+    if (!spec)
+        return reply_problem(r, 500, "internal", "out of memory");
+    if (req_json(r, &body) == 0 && parse_create(r, body, spec, &lane, &has_lane) == 0 &&
+        cells_create_from_spec(r, spec, has_lane ? &lane : NULL, &sc) == 0) {
+        reply_json(r, 201, cell_json(sc));
+        registry_put(sc);
+    }
     json_decref(body);
     json_decref(spec);
-    return r->responded ? MHD_YES : ret;
+    return REPLIED(r);
 }
 
 int h_cells_list(sreq *r)

@@ -52,6 +52,12 @@ int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
     }
     r->status = status;
     r->responded = 1;
+    /* A request the daemon makes itself (a run's cell, rundrive.c) has no
+     * connection: its answer is r->status and r->audit's "error". */
+    if (!r->conn) {
+        MHD_destroy_response(resp);
+        return MHD_YES;
+    }
     /* libmicrohttpd accepts a response only before the body or after all
      * of it; one made in between waits for the last call. */
     if (r->in_body) {

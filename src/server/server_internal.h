@@ -327,6 +327,12 @@ void     limits_release(srv *s, uint64_t memory, uint64_t pids);
 /* cells.c's lock around a create's quota check and insert. */
 void     cells_quota_lock(void);
 void     cells_quota_unlock(void);
+/* POST /v1/cells in two steps, for the runs' cells too (rundrive.c):
+ * validate a create body into a spec (no "lane" there), then check the
+ * image and quotas, record, list and boot it as r's tenant (lane: the
+ * spec's, or NULL); *out holds a reference.  Each -1 after a reply. */
+int      cells_spec_from_body(sreq *r, json_t *body, json_t *spec);
+int      cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, scell **out);
 /* The resources of a create that asks for none (within the ceilings). */
 void     cells_default_resources(const server_limits *l, uint64_t *memory, uint64_t *pids);
 /* secrets.c: load (or create) the key that seals secrets, seal old rows. */
