@@ -112,6 +112,10 @@ int cell_scratch_unmount(const char *target, cell_error *err);
 enum cell_mount_kind {
     CELL_MOUNT_BIND   = 0,  /* host directory or file at `source` */
     CELL_MOUNT_MEMORY = 1,  /* tmpfs, seeded from `seed` files */
+    /* A writable view of the host directory `source` that never writes it:
+     * overlayfs with the directory (id-mapped 1:1, read-only) as its lower
+     * layer and a tmpfs private to the cell (`size` bytes) as its upper. */
+    CELL_MOUNT_OVERLAY = 2,
 };
 
 typedef struct cell_seed_file {
@@ -123,10 +127,12 @@ typedef struct cell_seed_file {
 
 typedef struct cell_mount {
     enum cell_mount_kind kind;
-    const char *source;     /* BIND: host path (must exist) */
+    const char *source;     /* BIND: host path; OVERLAY: host directory; must exist and
+                               hold no symlink (ELOOP; pass its realpath()) */
     const char *target;     /* absolute path inside the cell, no ".." */
     int         readonly;
-    uint64_t    size;       /* MEMORY: tmpfs size in bytes, 0 = 64 MiB */
+    uint64_t    size;       /* MEMORY: tmpfs size in bytes, 0 = 64 MiB;
+                               OVERLAY: its upper tmpfs, 0 = 1 GiB */
     const cell_seed_file *seed;
     size_t      n_seed;
 } cell_mount;
@@ -260,14 +266,20 @@ int  cell_options_set_pids(cell_options *o, uint32_t max, cell_error *err);     
 int  cell_options_set_cpu(cell_options *o, uint32_t millis, cell_error *err);    /* 1000 = one CPU, >= 10 */
 int  cell_options_set_disk(cell_options *o, uint64_t bytes, cell_error *err);    /* >= CELL_MIN_DISK */
 /* Mounts, at most 32 in all.  target: absolute, no "..", not "/".
- * add_bind: the host path `source` (relative to the caller's cwd at
- * cell_create_v2) at `target`; flags 0 or CELL_MOUNT_READONLY.
+ * add_bind: the host path `source` (canonicalised by this call, relative
+ * to the caller's cwd) at `target`; flags 0 or CELL_MOUNT_READONLY.  The
+ * create refuses a source that has come to hold a symlink since (ELOOP).
  * add_tmpfs: an empty in-memory directory of `size` bytes (0 = 64 MiB).
+ * add_overlay: the host directory `source` at `target`, writable in the
+ * cell, with every change kept in a tmpfs of `size` bytes (0 = 1 GiB) that
+ * vanishes with the cell: the host directory is never written.
  * add_seed: a file put into the tmpfs mounted at `target` before the cell
  * is handed over: `path` relative to it, mode 0 = 0644. */
 #define CELL_MOUNT_READONLY 1u
 int  cell_options_add_bind(cell_options *o, const char *source, const char *target, unsigned flags, cell_error *err);
 int  cell_options_add_tmpfs(cell_options *o, const char *target, uint64_t size, cell_error *err);
+int  cell_options_add_overlay(cell_options *o, const char *source, const char *target, uint64_t size,
+                              cell_error *err);
 int  cell_options_add_seed(cell_options *o, const char *target, const char *path, const void *data, size_t size,
                            mode_t mode, cell_error *err);
 /* A copy of `e` (NULL = no network at all, the default). */

@@ -35,6 +35,9 @@ const char cli_run_usage[] =
     "  --timeout SECONDS    kill the cell after this long (exit code 124)\n"
     "  --mount SRC:DST[:ro] bind the host path SRC at DST in the cell (rw unless :ro)\n"
     "  --tmpfs DST[:SIZE]   an empty in-memory directory at DST (default 64M)\n"
+    "  --overlay SRC:DST[:SIZE]  the host directory SRC at DST, writable in the\n"
+    "                       cell but never written: changes go to an in-memory\n"
+    "                       layer of SIZE (default 1G) that vanishes with the cell\n"
     "  --cwd DIR            working directory inside the cell (default /)\n"
     "  --env NAME=VALUE     set an environment variable (repeatable)\n"
     "  --hostname NAME      the cell's hostname (default cell-<id>)\n"
@@ -183,10 +186,31 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
     return 0;
 }
 
+/* SRC:DST[:SIZE] */
+static int parse_overlay(struct run_opts *o, char *spec)
+{
+    cell_error err = { 0 };
+    char *dst = strchr(spec, ':');
+    if (!dst || dst == spec || !dst[1])
+        return cli_fail(CLI_EXIT_USAGE, "invalid --overlay '%s': expected SRC:DST[:SIZE], e.g. ./repo:/workspace:2G",
+                        spec);
+    *dst++ = '\0';
+    uint64_t size = 0;
+    char *colon = strchr(dst, ':');
+    if (colon) {
+        *colon = '\0';
+        if (cell_parse_size(colon + 1, &size, &err) < 0)
+            return cli_fail(CLI_EXIT_USAGE, "--overlay %s:%s: %s", spec, dst, err.message);
+    }
+    if (cell_options_add_overlay(o->cell, spec, dst, size, &err) < 0)
+        return option_refused("--overlay", &err);
+    return 0;
+}
+
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET, O_OVERLAY };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -197,6 +221,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
         { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
         { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
+        { "overlay", required_argument, 0, O_OVERLAY },
         { 0, 0, 0, 0 },
     };
     opterr = 0;
@@ -278,6 +303,10 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         case O_MOUNT:
         case O_TMPFS:
             if ((rc = parse_mount(o, optarg, c == O_TMPFS)) != 0)
+                return rc;
+            break;
+        case O_OVERLAY:
+            if ((rc = parse_overlay(o, optarg)) != 0)
                 return rc;
             break;
         case O_ENV:

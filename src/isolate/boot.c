@@ -445,11 +445,85 @@ static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
     close(tmp);
 }
 
+/* "<run_dir>/ovl<i>/<sub>": an overlay mount's places on the scratch tmpfs,
+ * which the cell never sees (the old root is detached at pivot_root). */
+static void ovl_path(const struct isolate_plan *plan, char *buf, size_t size, size_t i, const char *sub)
+{
+    char rel[64];
+    snprintf(rel, sizeof rel, "ovl%zu%s%s", i, *sub ? "/" : "", sub);
+    run_path(plan, buf, size, rel);
+}
+
+/* The upper directory takes the host directory's owner and mode (as the
+ * id-mapped lower shows them), so the mount's root looks as in a bind:
+ * overlayfs shows the upper's attributes for a merged directory. */
+static void ovl_make_upper(const struct isolate_plan *plan, const struct isolate_mount *m, const char *lower,
+                           const char *upper)
+{
+    char up[PATH_MAX + 8], work[PATH_MAX + 8];
+    if (snprintf(up, sizeof up, "%s/upper", upper) >= (int)sizeof up ||
+        snprintf(work, sizeof work, "%s/work", upper) >= (int)sizeof work)
+        FAIL("path %s is too long", upper);
+    struct stat st;
+    if (stat(lower, &st) < 0)
+        FAIL("cannot stat the overlay source %s", m->source);
+    if (mkdir(up, 0700) < 0 || mkdir(work, 0700) < 0)
+        FAIL("cannot create the overlay's writable layer for %s", m->target);
+    /* An owner outside the cell's range (shown as the overflow id) has no
+     * meaning in the cell: the cell's root keeps the directory then. */
+    if (st.st_uid >= plan->uid_base && st.st_uid - plan->uid_base < ISOLATE_UID_COUNT &&
+        st.st_gid >= plan->uid_base && st.st_gid - plan->uid_base < ISOLATE_UID_COUNT &&
+        chown(up, st.st_uid, st.st_gid) < 0)
+        FAIL("cannot give the overlay's writable layer for %s its owner", m->target);
+    if (chmod(up, st.st_mode & 07777) < 0)
+        FAIL("cannot set the mode of the overlay's writable layer for %s", m->target);
+}
+
+/* CELL_MOUNT_OVERLAY: the source (the owner's read-only, id-mapped clone)
+ * is the lower layer, a fresh tmpfs the upper; overlayfs never writes its
+ * lower layer, and the upper goes with the cell's mount namespace.  Runs
+ * with the cell's fsuid and raised capabilities (setup_overlay), which
+ * copy-up uses, as for the root. */
+static void attach_overlay(const struct isolate_plan *plan, size_t i, const struct isolate_mount *m, int target_fd)
+{
+    char lower[PATH_MAX], upper[PATH_MAX], mnt[PATH_MAX], opts[3 * PATH_MAX + 64];
+    ovl_path(plan, lower, sizeof lower, i, "lower");
+    ovl_path(plan, upper, sizeof upper, i, "upper");
+    ovl_path(plan, mnt, sizeof mnt, i, "mnt");
+    int lower_fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int upper_fd = open(upper, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (lower_fd < 0 || upper_fd < 0)
+        FAIL("cannot open the overlay's mount points in %s", plan->run_dir);
+    if (move_mount(m->tree_fd, "", lower_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach %s as the lower layer of %s", m->source, m->target);
+    char size[64];
+    snprintf(size, sizeof size, "size=%llu", (unsigned long long)m->size);
+    struct owner_opts own = owner_opts(plan);
+    const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
+    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, upper_fd, m->target);
+    close(lower_fd);
+    close(upper_fd);
+    ovl_make_upper(plan, m, lower, upper);
+    int n = snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, upper, upper);
+    if (n < 0 || (size_t)n >= sizeof opts)
+        FAIL("overlay options too long");
+    /* mount(2) on a scratch directory, then moved by fd onto the target:
+     * overlayfs takes the new mount API only from Linux 6.5 on. */
+    if (mount("overlay", mnt, "overlay", MS_NOSUID | MS_NODEV | (m->readonly ? MS_RDONLY : 0), opts) < 0)
+        FAIL("cannot mount the overlay of %s at %s", m->source, m->target);
+    if (move_mount(AT_FDCWD, mnt, target_fd, "", MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach the overlay of %s at %s", m->source, m->target);
+}
+
 static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
 {
     for (size_t i = 0; i < plan->n_mounts; i++) {
         const struct isolate_mount *m = &plan->mounts[i];
-        if (m->kind == CELL_MOUNT_BIND) {
+        if (m->kind == CELL_MOUNT_OVERLAY) {
+            int t = must_open_in_root(plan, root_fd, m->target, 0);
+            attach_overlay(plan, i, m, t);
+            close(t);
+        } else if (m->kind == CELL_MOUNT_BIND) {
             struct stat st;
             if (fstat(m->tree_fd, &st) < 0)
                 FAIL("mount source %s", m->source);
@@ -511,6 +585,17 @@ static void setup_scratch(const struct isolate_plan *plan)
     for (size_t i = 0; i < 3; i++)
         if (mkdirat(scratch, subs[i], 0700) < 0)
             FAIL("cannot create %s/%s", plan->run_dir, subs[i]);
+    for (size_t i = 0; i < plan->n_mounts; i++) {
+        if (plan->mounts[i].kind != CELL_MOUNT_OVERLAY)
+            continue;
+        static const char *const ovl[] = { "", "lower", "upper", "mnt" };
+        for (size_t j = 0; j < 4; j++) {
+            char rel[64];
+            snprintf(rel, sizeof rel, "ovl%zu%s%s", i, *ovl[j] ? "/" : "", ovl[j]);
+            if (mkdirat(scratch, rel, 0700) < 0)
+                FAIL("cannot create %s/%s", plan->run_dir, rel);
+        }
+    }
     int hosts = openat(scratch, "hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (hosts < 0 || util_write_all(hosts, plan->hosts, strlen(plan->hosts)) < 0)
         FAIL("cannot write %s/hosts", plan->run_dir);

@@ -26,11 +26,13 @@
  * and gids) and return an fd to it (O_CLOEXEC).  Nothing runs in it. */
 int isolate_userns_create(uid_t base, uint32_t count, int *fd_out, cell_error *err);
 
-/* Clone the host tree at `source` (recursively) as a detached mount,
- * id-mapped through userns_fd and with nosuid, nodev (and read-only if
- * asked), ready for the boot child to attach.  Done by the owner because
- * open_tree() only clones mounts of the caller's own mount namespace. */
-int isolate_bind_tree(const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err);
+/* Clone the host tree at src_fd (an O_PATH fd of the directory or file
+ * checked when the cell was defined; `source` names it in messages)
+ * recursively as a detached mount, id-mapped through userns_fd and with
+ * nosuid, nodev (and read-only if asked), ready for the boot child to
+ * attach.  Done by the owner because open_tree() only clones mounts of
+ * the caller's own mount namespace. */
+int isolate_bind_tree(int src_fd, const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err);
 
 /* ---- children sharing the owner's memory (vmclone.c) ---------------------------
  * A stack for a CLONE_VM child (with a guard page), and clone() of `fn` on
@@ -58,13 +60,16 @@ int isolate_loop_attach(const char *image, int *loop_fd, char *dev, size_t dev_s
 
 struct isolate_mount {
     int      kind;                  /* enum cell_mount_kind */
-    char     source[PATH_MAX];      /* BIND: host path (for messages) */
-    int      tree_fd;               /* BIND: detached, id-mapped clone of the source made by
+    char     source[PATH_MAX];      /* BIND, OVERLAY: host path (for messages) */
+    int      src_fd;                /* BIND, OVERLAY: O_PATH fd of the source, opened with no
+                                       symlink allowed when the cell is defined; -1 = none */
+    int      tree_fd;               /* BIND, OVERLAY (its lower layer, read-only): detached,
+                                       id-mapped clone of src_fd made by
                                        the owner (isolate_bind_tree): what was checked is
                                        what gets mounted; -1 until made */
     char     target[PATH_MAX];      /* absolute, normalized, inside the cell */
     int      readonly;
-    uint64_t size;                  /* MEMORY */
+    uint64_t size;                  /* MEMORY; OVERLAY: its upper tmpfs */
 };
 
 /* Everything the boot child needs, prepared by the owner before clone3():

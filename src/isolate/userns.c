@@ -84,9 +84,9 @@ out:
     return rc;
 }
 
-int isolate_bind_tree(const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err)
+int isolate_bind_tree(int src_fd, const char *source, int userns_fd, int readonly, int *tree_fd, cell_error *err)
 {
-    _cleanup_close_ int tree = open_tree(AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    _cleanup_close_ int tree = open_tree(src_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
     if (tree < 0)
         return util_fail_errno(err, "cannot clone the mount source %s", source);
     struct mount_attr attr = {

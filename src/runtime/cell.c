@@ -6,6 +6,7 @@
 #include "util/util.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -78,8 +79,43 @@ static void canonical_cell_path(const char *in, char *out, size_t size)
     out[o] = '\0';
 }
 
+/* A BIND or OVERLAY source opened (O_PATH) with no symlink in any component:
+ * this fd, not the path, is what gets mounted, so nothing swapped in later
+ * can redirect it.  Callers that take paths from people canonicalise them
+ * when the cell is defined (cell_options_add_bind, the daemon's API). */
+static int open_mount_source(const cell_mount *m, struct isolate_mount *out, cell_error *err)
+{
+    if (!m->source || !*m->source)
+        return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
+    struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+    out->src_fd = (int)syscall(SYS_openat2, AT_FDCWD, m->source, &how, sizeof how);
+    if (out->src_fd < 0 && errno == ELOOP)
+        return util_fail(err, ELOOP, "mount source %s for %s has a symbolic link in its path (refused: a link "
+                         "swapped in after a check could redirect the mount); name its real path", m->source,
+                         m->target);
+    if (out->src_fd < 0)
+        return util_fail_errno(err, "mount source %s for %s does not exist or is not accessible", m->source,
+                               m->target);
+    /* For messages: where the fd really is. */
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", out->src_fd);
+    ssize_t n = readlink(link, out->source, sizeof out->source - 1);
+    if (n < 0)
+        return util_fail_errno(err, "cannot read the path of mount source %s", m->source);
+    out->source[n] = '\0';
+    struct stat st;
+    if (fstat(out->src_fd, &st) < 0)
+        return util_fail_errno(err, "cannot stat mount source %s", m->source);
+    if (m->kind == CELL_MOUNT_OVERLAY && !S_ISDIR(st.st_mode))
+        return util_fail(err, ENOTDIR, "overlay source %s for %s must be a directory", m->source, m->target);
+    return 0;
+}
+
 static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_error *err)
 {
+    /* First, so that a failure leaves nothing for close_bind_trees to close. */
+    memset(out, 0, sizeof *out);
+    out->src_fd = out->tree_fd = -1;
     if (runtime_check_cell_path(m->target, "mount target", err) < 0)
         return -1;
     char target[PATH_MAX];
@@ -92,17 +128,14 @@ static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_erro
         if (strncmp(target, *r, n) == 0 && (target[n] == '\0' || target[n] == '/'))
             return util_fail(err, EINVAL, "mount target '%s' is inside %s, which the cell runtime owns", m->target, *r);
     }
-    memset(out, 0, sizeof *out);
-    out->tree_fd = -1;
     out->kind = (int)m->kind;
     out->readonly = m->readonly;
     snprintf(out->target, sizeof out->target, "%s", target);
-    if (m->kind == CELL_MOUNT_BIND) {
-        if (!m->source || !*m->source)
-            return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
-        if (!realpath(m->source, out->source))
-            return util_fail_errno(err, "mount source %s does not exist or is not accessible", m->source);
-
+    if (m->kind == CELL_MOUNT_BIND || m->kind == CELL_MOUNT_OVERLAY) {
+        if (open_mount_source(m, out, err) < 0)
+            return -1;
+        if (m->kind == CELL_MOUNT_OVERLAY)
+            out->size = m->size ? m->size : CELL_DEFAULT_DISK;
     } else if (m->kind == CELL_MOUNT_MEMORY) {
         out->size = m->size ? m->size : 64ull << 20;
     } else {
@@ -326,9 +359,15 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
         plan->n_mounts = i + 1;
         if (check_mount(&cfg->mounts[i], &plan->mounts[i], err) < 0)
             return -1;
+        /* An overlay's upper tmpfs is memory like the throwaway layer:
+         * the same cap keeps a full one ENOSPC rather than an OOM kill. */
+        if (plan->mounts[i].kind == CELL_MOUNT_OVERLAY && cfg->limits.memory &&
+            plan->mounts[i].size > cfg->limits.memory / 4 * 3)
+            plan->mounts[i].size = cfg->limits.memory / 4 * 3;
     }
     /* In-cell root writes as host root through a read-write host mount;
-     * such cells may not create setuid/setgid files or file capabilities. */
+     * such cells may not create setuid/setgid files or file capabilities.
+     * Not for an overlay: what the cell writes there stays in its tmpfs. */
     plan->nosuid_fd = -1;
     for (size_t i = 0; i < plan->n_mounts; i++)
         if (plan->mounts[i].kind == CELL_MOUNT_BIND && !plan->mounts[i].readonly &&
@@ -341,19 +380,29 @@ static int make_bind_trees(struct isolate_plan *plan, cell_error *err)
 {
     for (size_t i = 0; i < plan->n_mounts; i++) {
         struct isolate_mount *m = &plan->mounts[i];
-        if (m->kind == CELL_MOUNT_BIND && isolate_bind_tree(m->source, plan->userns_fd, m->readonly, &m->tree_fd, err) < 0)
+        if (m->src_fd < 0)
+            continue;
+        /* An overlay's lower layer is the source read-only, as a read-only
+         * bind would show it. */
+        int ro = m->readonly || m->kind == CELL_MOUNT_OVERLAY;
+        if (isolate_bind_tree(m->src_fd, m->source, plan->userns_fd, ro, &m->tree_fd, err) < 0)
             return -1;
+        close(m->src_fd);
+        m->src_fd = -1;
     }
     return 0;
 }
 
 static void close_bind_trees(struct isolate_plan *plan)
 {
-    for (size_t i = 0; i < plan->n_mounts; i++)
-        if (plan->mounts[i].tree_fd >= 0) {
-            close(plan->mounts[i].tree_fd);
-            plan->mounts[i].tree_fd = -1;
-        }
+    for (size_t i = 0; i < plan->n_mounts; i++) {
+        struct isolate_mount *m = &plan->mounts[i];
+        if (m->src_fd >= 0)
+            close(m->src_fd);
+        if (m->tree_fd >= 0)
+            close(m->tree_fd);
+        m->src_fd = m->tree_fd = -1;
+    }
 }
 
 static int seed_memory_mounts(cell *c, const cell_config *cfg, cell_error *err)

@@ -150,6 +150,15 @@ int cell_ctx_open(cell_ctx **out, const char *state_dir, cell_error *err)
         goto fail;
     if (make_layout(ctx, err) < 0)
         goto fail;
+    /* Canonical: bind sources made from it (the daemon's agent cache) must
+     * hold no symlink (cell.c's check_mount). */
+    char canon[PATH_MAX];
+    if (!realpath(ctx->state_dir, canon)) {
+        util_fail_errno(err, "cannot resolve the state directory %s", ctx->state_dir);
+        goto fail;
+    }
+    if (util_path(ctx->state_dir, sizeof ctx->state_dir, err, "%s", canon) < 0)
+        goto fail;
     /* Lanes hold files owned by in-cell root (host uid 0 on disk, possibly
      * setuid): only root may ever traverse the state directory. */
     if (chmod(ctx->state_dir, 0700) < 0) {

@@ -188,6 +188,16 @@ static cell_mount *opt_new_mount(cell_options *o, const char *call, const char *
     return m;
 }
 
+/* A copy of `source` canonicalised now, when the cell is defined: cell_create
+ * then refuses any symlink in it, so one swapped in later cannot redirect
+ * the mount.  A source that does not resolve is kept as given (the create
+ * names the problem). */
+static char *opt_source(const char *source)
+{
+    char canon[PATH_MAX];
+    return strdup(realpath(source, canon) ? canon : source);
+}
+
 int cell_options_add_bind(cell_options *o, const char *source, const char *target, unsigned flags, cell_error *err)
 {
     OPT_NEED(o, "cell_options_add_bind");
@@ -202,7 +212,7 @@ int cell_options_add_bind(cell_options *o, const char *source, const char *targe
         return -1;
     m->kind = CELL_MOUNT_BIND;
     m->readonly = (flags & CELL_MOUNT_READONLY) != 0;
-    if (!(m->source = strdup(source))) {
+    if (!(m->source = opt_source(source))) {
         opt_free_mount(m);
         return util_fail(err, ENOMEM, "out of memory");
     }
@@ -221,6 +231,30 @@ int cell_options_add_tmpfs(cell_options *o, const char *target, uint64_t size, c
         return -1;
     m->kind = CELL_MOUNT_MEMORY;
     m->size = size ? size : OPT_DEFAULT_TMPFS;
+    o->n_mounts++;
+    return 0;
+}
+
+int cell_options_add_overlay(cell_options *o, const char *source, const char *target, uint64_t size,
+                             cell_error *err)
+{
+    OPT_NEED(o, "cell_options_add_overlay");
+    OPT_NEED(source, "cell_options_add_overlay");
+    if (!*source)
+        return util_fail(err, EINVAL, "options: overlay mount for '%s' has an empty source; name a host directory",
+                         target ? target : "");
+    if (size && size < CELL_MIN_DISK)
+        return util_fail(err, ERANGE, "options: overlay at '%s' of %llu bytes is below the minimum of 1 MiB "
+                         "(CELL_MIN_DISK); use 0 for 1 GiB", target ? target : "", (unsigned long long)size);
+    cell_mount *m = opt_new_mount(o, "cell_options_add_overlay", target, err);
+    if (!m)
+        return -1;
+    m->kind = CELL_MOUNT_OVERLAY;
+    m->size = size;
+    if (!(m->source = opt_source(source))) {
+        opt_free_mount(m);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
     o->n_mounts++;
     return 0;
 }

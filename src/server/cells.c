@@ -2,9 +2,13 @@
  * get, stop, start, delete.  The record is durable before the cell boots. */
 #include "server/agentkeys.h"
 #include "server/handlers.h"
+#include "server/runs.h"
 
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define DEFAULT_CELL_MEMORY (512ull << 20)   /* 32 cells fill the default 16 GiB quota */
 #define DEFAULT_CELL_PIDS   1024              /* the daemon-wide pid budget is about 24k on a 32k pid_max */
@@ -41,6 +45,9 @@ json_t *cell_json(scell *sc)
     char url[64];
     snprintf(url, sizeof url, "/cells/%s", sc->id);
     json_object_set_new(o, "baseUrl", json_string(url));
+    json_t *run = runs_cell_run(sc->s, sc->id);   /* a run's cell says whose */
+    if (run)
+        json_object_set_new(o, "run", run);
     return o;
 }
 
@@ -56,6 +63,34 @@ static int reply_transition(sreq *r, scell *sc, const cell_error *e)
 }
 
 /* ---- validating a create request into a spec ---------------------------------- */
+/* {"type":"overlay","source":HOST_DIR,"target":...,"size"?}: the host
+ * directory writable in the cell, never written (an in-memory upper layer
+ * of `size`, default 1 GiB, memory like a memory mount's). */
+static int parse_overlay_mount(sreq *r, size_t i, const char *source, const char *target, uint64_t size, json_t *out)
+{
+    /* A host path in a cell is the host's trust decision, not a tenant's. */
+    if (!r->tok.admin)
+        return reply_problem(r, 403, "forbidden", "mounts[%zu]: overlay mounts of host paths need an admin token", i), -1;
+    if (!source)
+        return reply_problem(r, 400, "invalid_request", "mounts[%zu]: field \"source\" is required for an overlay mount", i), -1;
+    char canon[PATH_MAX];
+    struct stat st;
+    if (source[0] != '/' || !realpath(source, canon) || stat(canon, &st) < 0 || !S_ISDIR(st.st_mode))
+        return reply_problem(r, 400, "invalid_request",
+                             "mounts[%zu].source: %s must be an absolute path to an existing host directory", i,
+                             source), -1;
+    char field[48];
+    snprintf(field, sizeof field, "mounts[%zu].size", i);
+    /* 0: libcell caps its 1 GiB to 3/4 of the cell's memory limit. */
+    if (size && limits_check(r, field, size, r->s->opt.limits.cell_memory, "cell.memory") < 0)
+        return -1;
+    json_t *m = json_pack("{s:s, s:s, s:s}", "type", "overlay", "source", canon, "target", target);
+    if (size)
+        json_object_set_new(m, "size", json_integer((json_int_t)size));
+    json_array_append_new(out, m);
+    return 0;
+}
+
 static int parse_mounts(sreq *r, json_t *body, json_t *spec)
 {
     json_t *arr = json_object_get(body, "mounts");
@@ -90,10 +125,18 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
                 return reply_problem(r, 403, "forbidden", "mounts[%zu]: bind mounts of host paths need an admin token", i), -1;
             if (!source)
                 return reply_problem(r, 400, "invalid_request", "mounts[%zu]: field \"source\" is required for a bind mount", i), -1;
-            json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:b}", "type", "bind", "source", source,
-                                                 "target", target, "readonly", ro));
+            /* Canonical now: the boot refuses a source holding a symlink,
+             * so one swapped in after this cannot redirect the mount. */
+            char canon[PATH_MAX];
+            json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:b}", "type", "bind", "source",
+                                                 realpath(source, canon) ? canon : source, "target", target,
+                                                 "readonly", ro));
+        } else if (strcmp(type, "overlay") == 0) {
+            if (parse_overlay_mount(r, i, source, target, size, out) < 0)
+                return -1;
         } else {
-            return reply_problem(r, 400, "invalid_request", "mounts[%zu]: type must be \"memory\" or \"bind\"", i), -1;
+            return reply_problem(r, 400, "invalid_request",
+                                 "mounts[%zu]: type must be \"memory\", \"bind\" or \"overlay\"", i), -1;
         }
     }
     return 0;
@@ -265,6 +308,18 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
         parse_policy(r, body, spec) < 0)
         return -1;
     return 0;
+}
+
+/* POST /v1/runs checks a run's cell part (image, resources, env, policy,
+ * agents) as a create would, replying on failure. */
+int cells_check_create(sreq *r, json_t *body)
+{
+    json_t *spec = json_object();
+    store_lane lane;
+    int has_lane = 0;
+    int rc = spec ? parse_create(r, body, spec, &lane, &has_lane) : (reply_problem(r, 500, "internal", "out of memory"), -1);
+    json_decref(spec);
+    return rc;
 }
 
 static int check_quota(sreq *r, uint64_t memory, uint64_t pids)

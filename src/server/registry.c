@@ -260,7 +260,9 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
             break;
         cell_mount *cm = &b->mounts[i];
         const char *type = spec_str(m, "type");
-        cm->kind = type && strcmp(type, "bind") == 0 ? CELL_MOUNT_BIND : CELL_MOUNT_MEMORY;
+        cm->kind = type && strcmp(type, "bind") == 0      ? CELL_MOUNT_BIND
+                   : type && strcmp(type, "overlay") == 0 ? CELL_MOUNT_OVERLAY
+                                                          : CELL_MOUNT_MEMORY;
         cm->source = spec_str(m, "source");
         cm->target = spec_str(m, "target");
         cm->readonly = json_is_true(json_object_get(m, "readonly"));
