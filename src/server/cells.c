@@ -2,7 +2,6 @@
  * get, stop, start, delete.  The record is durable before the cell boots. */
 #include "server/agentkeys.h"
 #include "server/handlers.h"
-#include "server/runs.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -45,9 +44,6 @@ json_t *cell_json(scell *sc)
     char url[64];
     snprintf(url, sizeof url, "/cells/%s", sc->id);
     json_object_set_new(o, "baseUrl", json_string(url));
-    json_t *run = runs_cell_run(sc->s, sc->id);   /* a run's cell says whose */
-    if (run)
-        json_object_set_new(o, "run", run);
     return o;
 }
 
@@ -308,18 +304,6 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
         parse_policy(r, body, spec) < 0)
         return -1;
     return 0;
-}
-
-/* POST /v1/runs checks a run's cell part (image, resources, env, policy,
- * agents) as a create would, replying on failure. */
-int cells_check_create(sreq *r, json_t *body)
-{
-    json_t *spec = json_object();
-    store_lane lane;
-    int has_lane = 0;
-    int rc = spec ? parse_create(r, body, spec, &lane, &has_lane) : (reply_problem(r, 500, "internal", "out of memory"), -1);
-    json_decref(spec);
-    return rc;
 }
 
 static int check_quota(sreq *r, uint64_t memory, uint64_t pids)
