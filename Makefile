@@ -291,6 +291,7 @@ bench: all bench-bin
 	bash bench/egress.sh
 	bash bench/fs_api.sh
 	bash bench/agents.sh
+	bash bench/runs.sh
 	bash bench/faststart.sh
 	bash bench/load_check.sh
 

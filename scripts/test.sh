@@ -160,6 +160,7 @@ bench_smoke agents.sh env CELL_BENCH_BUILD=build CELL_AGENTS_BENCH_N=1 CELL_AGEN
   CELL_AGENTS_BENCH_ROUNDS=1 CELL_AGENTS_BENCH_PINGS=3 CELL_AGENTS_BENCH_WORDS=20 CELL_AGENTS_BENCH_INSTANCES=2 bash bench/agents.sh
 bench_smoke faststart.sh env CELL_BENCH_BUILD=build CELL_FASTSTART_SMOKE=1 bash bench/faststart.sh
 bench_smoke daemon_mem.sh env CELL_BENCH_BUILD=build CELL_MEM_RUNS=1 CELL_MEM_SETTLE=1 bash bench/daemon_mem.sh
+bench_smoke runs.sh env CELL_BENCH_BUILD=build CELL_RUNS_BENCH_N=2 CELL_RUNS_BENCH_WARMUP=0 bash bench/runs.sh
 bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 # A new bench script or program must join the above: each bench/*.sh is run
 # here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c
