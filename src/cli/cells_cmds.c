@@ -239,24 +239,19 @@ static int add_env(json_t *env, const char *kv)
     return rc;
 }
 
-/* AGENT=SECRET[,base=URL][,provider=NAME] into the body's "agents"
- * object: the options split at ",base=" and ",provider=" (a URL may hold
- * other commas). */
-static int add_agent_key(json_t *body, const char *spec)
+/* SECRET[,base=URL][,provider=NAME] as {"secret", "baseUrl"?, "provider"?}:
+ * the options split at ",base=" and ",provider=" (a URL may hold other
+ * commas).  NULL (printed, naming `opt` and the whole `arg`) when bad. */
+json_t *cli_key_spec(const char *opt, const char *arg, const char *spec)
 {
-    const char *eq = strchr(spec, '=');
-    if (!eq || eq == spec || !eq[1])
-        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': expected AGENT=SECRET[,base=URL][,provider=NAME], "
-                        "e.g. codex=OPENAI_KEY", spec);
     static const char *const opts[] = { ",base=", ",provider=" };
     static const char *const fields[] = { "baseUrl", "provider" };
-    const char *at[2] = { strstr(eq + 1, opts[0]), strstr(eq + 1, opts[1]) };
-    const char *comma = strchr(eq + 1, ',');
+    const char *at[2] = { strstr(spec, opts[0]), strstr(spec, opts[1]) };
+    const char *comma = strchr(spec, ',');
     if (comma && comma != at[0] && comma != at[1])
-        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': after the secret only ,base=URL and ,provider=NAME may "
-                        "follow", spec);
-    char *agent = strndup(spec, (size_t)(eq - spec));
-    json_t *want = json_pack("{s:s%}", "secret", eq + 1, comma ? (size_t)(comma - eq - 1) : strlen(eq + 1));
+        return cli_fail(CLI_EXIT_USAGE, "%s '%s': after the secret only ,base=URL and ,provider=NAME may "
+                        "follow", opt, arg), NULL;
+    json_t *want = json_pack("{s:s%}", "secret", spec, comma ? (size_t)(comma - spec) : strlen(spec));
     for (int i = 0; i < 2 && want; i++) {
         if (!at[i])
             continue;
@@ -267,10 +262,28 @@ static int add_agent_key(json_t *body, const char *spec)
             want = NULL;
         }
     }
+    if (!want)
+        cli_fail(CLI_EXIT_USAGE, "%s '%s': must be UTF-8", opt, arg);
+    return want;
+}
+
+/* AGENT=SECRET[,base=URL][,provider=NAME] into the body's "agents" object. */
+static int add_agent_key(json_t *body, const char *spec)
+{
+    const char *eq = strchr(spec, '=');
+    if (!eq || eq == spec || !eq[1])
+        return cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': expected AGENT=SECRET[,base=URL][,provider=NAME], "
+                        "e.g. codex=OPENAI_KEY", spec);
+    json_t *want = cli_key_spec("--agent-key", spec, eq + 1);
+    if (!want)
+        return CLI_EXIT_USAGE;
+    char *agent = strndup(spec, (size_t)(eq - spec));
     json_t *agents = json_object_get(body, "agents");
     if (!agents)
         json_object_set_new(body, "agents", agents = json_object());
-    int rc = agent && want && agents && json_object_set_new(agents, agent, want) == 0
+    if (!agent || !agents)
+        json_decref(want);
+    int rc = agent && agents && json_object_set_new(agents, agent, want) == 0
                  ? 0 : cli_fail(CLI_EXIT_USAGE, "--agent-key '%s': must be UTF-8", spec);
     free(agent);
     return rc;

@@ -339,12 +339,18 @@ int client_upload(client *c, const char *method, const char *path, int fd, long 
     return stream(c, &rq, &rs, path, what, out);
 }
 
+int client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
+                          atomic_int *stop, const char *what)
+{
+    http1_req rq = { .method = "GET", .body_fd = -1, .header = header };
+    http1_resp rs = { .on_data = on_data, .user = user, .stop = stop };
+    return stream(c, &rq, &rs, path, what, NULL);
+}
+
 int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
                       const char *what)
 {
-    http1_req rq = { .method = "GET", .body_fd = -1 };
-    http1_resp rs = { .on_data = on_data, .user = user, .stop = stop };
-    return stream(c, &rq, &rs, path, what, NULL);
+    return client_get_stream_hdr(c, path, NULL, on_data, user, stop, what);
 }
 
 /* ---- base64 ------------------------------------------------------------------------- */

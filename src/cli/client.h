@@ -58,6 +58,9 @@ int client_upload(client *c, const char *method, const char *path, int fd, long 
 typedef int (*client_data_fn)(void *user, const char *p, size_t n);
 int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
                       const char *what);
+/* The same with one more request header line ("Name: value"), e.g. Last-Event-ID. */
+int client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
+                          atomic_int *stop, const char *what);
 
 /* Base64 (RFC 4648, padded), the encoding of process input and logs. */
 char *client_b64_encode(const void *data, size_t len);

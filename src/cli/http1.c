@@ -276,6 +276,10 @@ static int head_of(const http1_req *rq, http1_buf *h)
         http1_buf_add(h, rq->token, strlen(rq->token));
         http1_buf_add(h, "\r\n", 2);
     }
+    if (rq->header) {
+        http1_buf_add(h, rq->header, strlen(rq->header));
+        http1_buf_add(h, "\r\n", 2);
+    }
     if (rq->content_type) {
         n = snprintf(line, sizeof line, "Content-Type: %s\r\n", rq->content_type);
         http1_buf_add(h, line, (size_t)n);

@@ -27,6 +27,7 @@ typedef struct http1_req {
     const char *host;           /* the Host header */
     const char *target;         /* path and query, already escaped */
     const char *token;          /* bearer token, or NULL */
+    const char *header;         /* one more "Name: value" line (no CRLF, no control bytes), or NULL */
     const char *content_type;   /* NULL: no Content-Type */
     const char *body;           /* a body in memory (body_fd < 0) */
     size_t      body_len;

@@ -36,6 +36,8 @@ static const char usage_text[] =
     "  policy set ID FILE                 replace a cell's network policy (live)\n"
     "  token create|ls|revoke             API tokens (admin)\n"
     "  secret set NAME | ls | rm NAME     secrets injected on the host side (value on stdin)\n"
+    "  agent run [OPTIONS] PROMPT...      run a coding agent on a repository: output, events, diff\n"
+    "  agent runs [ls|show|events|...]    list, inspect, cancel and apply runs\n"
     "\n"
     "global options:\n"
     "  --state DIR   state directory (default: $CELL_STATE, ./var in a checkout,\n"
@@ -78,7 +80,7 @@ static const struct {
     { "create", cli_create }, { "ls", cli_ls }, { "start", cli_start }, { "stop", cli_stop },
     { "rm", cli_rm }, { "exec", cli_exec }, { "shell", cli_shell }, { "cp", cli_cp },
     { "logs", cli_logs }, { "audit", cli_audit }, { "token", cli_token }, { "policy", cli_policy },
-    { "secret", cli_secret },
+    { "secret", cli_secret }, { "agent", agentcmd_main },
 };
 
 int main(int argc, char **argv)
@@ -132,6 +134,8 @@ int main(int argc, char **argv)
             fputs(cli_serve_usage, stdout);
         else if (sub_argc > 1 && strcmp(sub_argv[1], "secret") == 0)
             fputs(cli_secret_usage, stdout);
+        else if (sub_argc > 1 && strcmp(sub_argv[1], "agent") == 0)
+            fputs(agentcmd_usage(sub_argc - 2, sub_argv + 2), stdout);
         else if (sub_argc > 1 && cli_client_usage(sub_argv[1]))
             fputs(cli_client_usage(sub_argv[1]), stdout);
         else

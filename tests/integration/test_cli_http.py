@@ -6,86 +6,16 @@ refusal's 1), never a hang (each run is bounded by a subprocess timeout).
 No root and no real daemon needed.
 """
 import os
-import shutil
-import socket
-import tempfile
-import threading
 
 import pytest
 
-from conftest import CELL_BIN, run_cell
-
-RUN_TIMEOUT = 60   # a bound on a hang, not a speed claim
-
-
-class FakeDaemon:
-    """Accepts connections on STATE/fake.sock; `answer(conn, head, fake)` is
-    called for each request head (bytes up to the blank line)."""
-
-    def __init__(self, answer):
-        self.dir = tempfile.mkdtemp(prefix="cell-it-http-")
-        self.path = os.path.join(self.dir, "fake.sock")
-        self.answer = answer
-        self.heads = []
-        self.connections = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(8)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
-
-    def _conn(self, conn):
-        data = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    more = conn.recv(65536)
-                    if not more:
-                        return
-                    data += more
-                head, data = data.split(b"\r\n\r\n", 1)
-                self.heads.append(head.decode("latin-1"))
-                if not self.answer(conn, head, self):
-                    return
-                data = b""
-        except OSError:
-            pass        # the CLI went away: what several cases expect
-        finally:
-            conn.close()
-
-    def cli(self, *args, token="tok", env=None):
-        full = dict(os.environ)
-        full.pop("CELL_URL", None)
-        full["CELL_TOKEN"] = token
-        full.update(env or {})
-        return run_cell(self.dir, ["--url", "unix:" + self.path] + list(args), timeout=RUN_TIMEOUT, env=full)
-
-    def close(self):
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from conftest import run_cell
+from fakedaemon import RUN_TIMEOUT, fake_factory
 
 
 @pytest.fixture
 def fake():
-    made = []
-
-    def _fake(answer):
-        f = FakeDaemon(answer)
-        made.append(f)
-        return f
-
-    yield _fake
-    for f in made:
-        f.close()
+    yield from fake_factory()
 
 
 def reply(raw, keep=False):
