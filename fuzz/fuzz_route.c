@@ -32,6 +32,8 @@ STUB(h_config_mcp_get) STUB(h_config_mcp_put) STUB(h_config_mcp_delete) STUB(h_c
 STUB(h_config_skills_put) STUB(h_config_skills_delete)
 STUB(h_agents_list) STUB(h_agents_get) STUB(h_agents_install) STUB(h_acp_list) STUB(h_acp_get) STUB(h_acp_post)
 STUB(h_acp_delete)
+STUB(h_runs_create) STUB(h_runs_list) STUB(h_runs_get) STUB(h_runs_delete) STUB(h_runs_events)
+STUB(h_runs_permission) STUB(h_runs_apply) STUB(h_runs_artifact) STUB(h_runs_upload) STUB_BODY(h_runs_upload_body)
 
 /* h_not_implemented (in routes.c) calls this. */
 int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)

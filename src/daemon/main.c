@@ -14,9 +14,11 @@
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #define SERVE_MAX_ALLOW 16   /* as in src/cli/serve_usage.c */
 #define SERVE_MAX_WARM  8    /* --warm values (images) */
+#define SERVE_MAX_REPO_ROOTS 16 /* --run-repo-root values */
 
 extern const char cli_serve_usage[];
 
@@ -69,6 +71,8 @@ static int serve(const char *state_dir, int argc, char **argv)
     static const char *allow[SERVE_MAX_ALLOW + 1];
     static const char *warm[SERVE_MAX_WARM + 1];
     size_t n_warm = 0;
+    static const char *repo_roots[SERVE_MAX_REPO_ROOTS + 1];
+    size_t n_roots = 0;
     size_t n_allow = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -151,6 +155,14 @@ static int serve(const char *state_dir, int argc, char **argv)
                 return cli_fail(CLI_EXIT_USAGE, "%s", werr.message);
             warm[n_warm++] = v, i++;
             opt.warm = warm;
+        } else if (strcmp(a, "--run-repo-root") == 0) {
+            struct stat rst;
+            if (n_roots == SERVE_MAX_REPO_ROOTS)
+                return cli_fail(CLI_EXIT_USAGE, "--run-repo-root: at most %d", SERVE_MAX_REPO_ROOTS);
+            if (v[0] != '/' || stat(v, &rst) < 0 || !S_ISDIR(rst.st_mode))
+                return cli_fail(CLI_EXIT_USAGE, "--run-repo-root %s: must be an absolute path to a directory", v);
+            repo_roots[n_roots++] = v, i++;
+            opt.run_repo_roots = repo_roots;
         } else if (strcmp(a, "--secrets-key-file") == 0) {
             opt.secrets_key_file = v, i++;
         } else if (strcmp(a, "--upstream-ca") == 0) {

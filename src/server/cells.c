@@ -2,6 +2,7 @@
  * get, stop, start, delete.  The record is durable before the cell boots. */
 #include "server/agentkeys.h"
 #include "server/handlers.h"
+#include "server/runs.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -44,6 +45,9 @@ json_t *cell_json(scell *sc)
     char url[64];
     snprintf(url, sizeof url, "/cells/%s", sc->id);
     json_object_set_new(o, "baseUrl", json_string(url));
+    json_t *run_id = runs_cell_run(sc->s, sc->id);   /* a run's cell says whose */
+    if (run_id)
+        json_object_set_new(o, "run", run_id);
     return o;
 }
 

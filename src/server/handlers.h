@@ -89,6 +89,18 @@ int h_acp_get(sreq *r);
 int h_acp_post(sreq *r);
 int h_acp_delete(sreq *r);
 
+/* runs.c: /v1/runs */
+int h_runs_create(sreq *r);
+int h_runs_list(sreq *r);
+int h_runs_get(sreq *r);
+int h_runs_delete(sreq *r);
+int h_runs_events(sreq *r);
+int h_runs_permission(sreq *r);
+int h_runs_apply(sreq *r);
+int h_runs_artifact(sreq *r);
+int h_runs_upload(sreq *r);
+int h_runs_upload_body(sreq *r, const char *data, size_t len);
+
 /* routes.c: what belongs to a later issue */
 int h_not_implemented(sreq *r);
 

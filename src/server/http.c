@@ -2,6 +2,7 @@
  * request's path through libmicrohttpd: route, authenticate, limit, body, audit. */
 #include "server/server_internal.h"
 #include "server/agents.h"
+#include "server/runs.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -730,6 +731,7 @@ static void srv_free(srv *s)
     conns_stop(s);                  /* the HTTP daemons are gone */
     agents_shutdown();              /* installs hold cell references */
     acp_shutdown();                 /* agent instances hold cell references */
+    runs_free_all();                /* no driver or stream is left */
     registry_free(s);
     egress_cleanup();
     while (s->buckets) {
@@ -809,6 +811,8 @@ int server_run(const server_options *opt, cell_error *err)
         goto out;
     if (registry_load(&s, err) < 0)
         goto out;
+    if (runs_start(&s, err) < 0)
+        goto stop_registry;
 
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
         goto stop_registry;
@@ -872,6 +876,7 @@ int server_run(const server_options *opt, cell_error *err)
     rc = 0;
 stop_http:
     atomic_store(&s.stopping, 1);
+    runs_shutdown(&s);              /* the drivers hold cells: they end first */
     registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
     if (s.tcp)
         MHD_stop_daemon(s.tcp);
@@ -881,6 +886,7 @@ stop_http:
         unlink(sock_path);
 stop_registry:
     atomic_store(&s.stopping, 1);
+    runs_shutdown(&s);
     registry_shutdown(&s);
 out:
     if (tcp_fd >= 0)

@@ -34,6 +34,15 @@ const route control_routes[] = {
     { "POST",   "/v1/secrets",              h_secrets_create, NULL, 0 },
     { "GET",    "/v1/secrets",              h_secrets_list,  NULL, 0 },
     { "DELETE", "/v1/secrets/{name}",       h_secrets_delete, NULL, 0 },
+    { "POST",   "/v1/runs",                 h_runs_create,   NULL, 0 },
+    { "GET",    "/v1/runs",                 h_runs_list,     NULL, 0 },
+    { "POST",   "/v1/runs/uploads",         h_runs_upload,   h_runs_upload_body, ROUTE_STREAM_BODY },
+    { "GET",    "/v1/runs/{id}",            h_runs_get,      NULL, 0 },
+    { "DELETE", "/v1/runs/{id}",            h_runs_delete,   NULL, 0 },
+    { "GET",    "/v1/runs/{id}/events",     h_runs_events,   NULL, ROUTE_EVENTS },
+    { "POST",   "/v1/runs/{id}/permissions/{req}", h_runs_permission, NULL, 0 },
+    { "POST",   "/v1/runs/{id}/apply",      h_runs_apply,    NULL, 0 },
+    { "GET",    "/v1/runs/{id}/artifacts/{name}", h_runs_artifact, NULL, 0 },
 };
 const size_t n_control_routes = sizeof control_routes / sizeof control_routes[0];
 

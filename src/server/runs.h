@@ -106,6 +106,24 @@ const char *runs_ask_permission(run *r, const char *req_id, json_t *request, int
 int  runs_dir(run *r, char *out, size_t size);
 const char *runs_status_name(enum run_status st);
 void runs_put(run *r);
+/* The tenant's run `id` (tenant NULL: any) with a reference (runs_put),
+ * or NULL; for resume: the run's spec, runs_dir and, once it finished,
+ * its result. */
+run *runs_find(srv *s, const char *tenant, const char *id);
+/* The tar of an upload repo ({"upload": ID}): POST /v1/runs moved it to
+ * STATE/runs/<id>/upload.tar, whose path goes to `path`.  0, or -1 if it
+ * is not there. */
+int  runs_upload_take(run *r, const char *upload_id, char *path, size_t size);
+
+/* ---- runs.c: what the daemon calls ---------------------------------------------------------- */
+/* Load the stored runs (those not finished become "failed" with error
+ * daemon_restarted); at start, after registry_load. */
+int  runs_start(srv *s, cell_error *err);
+/* Cancel every run and wait for the driver threads; before the registry's shutdown. */
+void runs_shutdown(srv *s);
+void runs_free_all(void);
+/* The id of the run whose cell is `cell_id` (a new JSON string) or NULL. */
+json_t *runs_cell_run(srv *s, const char *cell_id);
 
 /* ---- rundrive.c ------------------------------------------------------------------------- */
 /* The driver thread's body: owns one reference to r, calls runs_finish

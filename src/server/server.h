@@ -79,6 +79,9 @@ typedef struct server_options {
      * default image's pool) or "IMAGE=N"; NULL = SERVER_DEFAULT_WARM cells
      * of SERVER_DEFAULT_WARM_IMAGE. */
     const char *const *warm;
+    /* Host directories (NULL-terminated, --run-repo-root) under which any
+     * token's run may name its repo.path; admins may name any. */
+    const char *const *run_repo_roots;
 } server_options;
 
 #define SERVER_DEFAULT_WARM       2

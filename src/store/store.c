@@ -55,6 +55,7 @@ struct stmt_slot {
 #define CELL_COLS   "id, tenant, state, spec, created, updated"
 #define LANE_COLS   "id, tenant, name, image, size, state, created"
 #define SECRET_COLS "name, created"
+#define RUN_COLS    "id, tenant, token, agent, status, spec, result, timings, cell, created, started, finished"
 
 /* Schema migrations: entry i takes user_version i to i + 1.  A later change
  * appends an entry and bumps STORE_SCHEMA_VERSION; entries never change. */
@@ -123,6 +124,22 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
     "CREATE TABLE secrets_key ("
     "  id     INTEGER PRIMARY KEY CHECK (id = 1),"
     "  digest BLOB NOT NULL CHECK (length(digest) = 32));",
+    /* 4: runs (/v1/runs): the validated request, the result once finished
+     * and the run's timings and cell, as JSON texts. */
+    "CREATE TABLE runs ("
+    "  id       TEXT PRIMARY KEY NOT NULL,"
+    "  tenant   TEXT NOT NULL REFERENCES tenants(name),"
+    "  token    TEXT NOT NULL,"
+    "  agent    TEXT NOT NULL,"
+    "  status   TEXT NOT NULL,"
+    "  spec     TEXT NOT NULL,"
+    "  result   TEXT,"
+    "  timings  TEXT,"
+    "  cell     TEXT NOT NULL DEFAULT '',"
+    "  created  INTEGER NOT NULL,"
+    "  started  INTEGER NOT NULL DEFAULT 0,"
+    "  finished INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX runs_tenant ON runs(tenant, created);",
 };
 
 /* ---- plumbing ------------------------------------------------------------ */
@@ -1477,4 +1494,134 @@ int store_secret_delete(store *s, const char *tenant, const char *name, cell_err
     if (changed == 0)
         return util_fail(err, ENOENT, "no secret '%.63s'", name);
     return changed < 0 ? -1 : 0;
+}
+
+/* ---- runs ---------------------------------------------------------------- */
+
+static int read_run(sqlite3_stmt *st, void *row)
+{
+    store_run *r = row;
+    col_text(st, 0, r->id, sizeof r->id);
+    col_text(st, 1, r->tenant, sizeof r->tenant);
+    col_text(st, 2, r->token, sizeof r->token);
+    col_text(st, 3, r->agent, sizeof r->agent);
+    col_text(st, 4, r->status, sizeof r->status);
+    const unsigned char *spec = sqlite3_column_text(st, 5), *result = sqlite3_column_text(st, 6),
+                        *timings = sqlite3_column_text(st, 7);
+    r->spec = strdup(spec ? (const char *)spec : "{}");
+    r->result = result ? strdup((const char *)result) : NULL;
+    r->timings = timings ? strdup((const char *)timings) : NULL;
+    col_text(st, 8, r->cell, sizeof r->cell);
+    r->created = sqlite3_column_int64(st, 9);
+    r->started = sqlite3_column_int64(st, 10);
+    r->finished = sqlite3_column_int64(st, 11);
+    return r->spec && (!result || r->result) && (!timings || r->timings) ? 0 : -1;
+}
+
+void store_run_free(store_run *r)
+{
+    if (!r)
+        return;
+    free(r->spec);
+    free(r->result);
+    free(r->timings);
+    r->spec = r->result = r->timings = NULL;
+}
+
+static void free_run_row(void *row)
+{
+    store_run_free(row);
+}
+
+void store_run_list_free(store_run *arr, size_t n)
+{
+    for (size_t i = 0; arr && i < n; i++)
+        store_run_free(&arr[i]);
+    free(arr);
+}
+
+int store_run_insert(store *s, const store_run *r, cell_error *err)
+{
+    if (!r || !r->spec)
+        return util_fail(err, EINVAL, "store_run_insert: missing argument");
+    if (check_name(r->id, sizeof r->id, "run", err) < 0 || check_name(r->tenant, sizeof r->tenant, "tenant", err) < 0)
+        return -1;
+    LOCKED(s);
+    if (db_begin(s, err) < 0)
+        return -1;
+    if (ensure_tenant_locked(s, r->tenant, err) < 0)
+        return db_rollback(s);
+    if (db_run(s, err, "insert run", "INSERT INTO runs (" RUN_COLS ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "ttttttttt" "iii", r->id, r->tenant, r->token, r->agent, r->status, r->spec, r->result, r->timings,
+               r->cell, r->created, r->started, r->finished) < 0) {
+        db_rollback(s);
+        if (s->last_rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+            return util_fail(err, EEXIST, "run %s already exists", r->id);
+        return -1;
+    }
+    return db_commit(s, err);
+}
+
+int store_run_update(store *s, const store_run *r, cell_error *err)
+{
+    if (!r)
+        return util_fail(err, EINVAL, "store_run_update: no run");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "update run",
+                              "UPDATE runs SET status = ?, result = ?, timings = ?, cell = ?, started = ?, "
+                              "finished = ? WHERE id = ?",
+                              "ttttiit", r->status, r->result, r->timings, r->cell, r->started, r->finished, r->id),
+                       "run", r->id, err);
+}
+
+int store_run_get(store *s, const char *id, store_run *out, cell_error *err)
+{
+    if (!id || !out)
+        return util_fail(err, EINVAL, "store_run_get: missing argument");
+    char missing[96];
+    snprintf(missing, sizeof missing, "no run '%.39s'", id);
+    memset(out, 0, sizeof *out);
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    if (db_query(s, &st, err, "read run", "SELECT " RUN_COLS " FROM runs WHERE id = ?", "t", id) < 0)
+        return -1;
+    return fetch_one(s, st, read_run, out, err, "read run", missing);
+}
+
+int store_run_list(store *s, store_run **out, size_t *n, cell_error *err)
+{
+    if (!out || !n)
+        return util_fail(err, EINVAL, "store_run_list: missing argument");
+    LOCKED(s);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    /* Without the results: a listing never needs them (store_run_get does). */
+    if (db_query(s, &st, err, "list runs",
+                 "SELECT id, tenant, token, agent, status, spec, NULL, timings, cell, created, started, finished "
+                 "FROM runs ORDER BY created, rowid", "") < 0)
+        return -1;
+    return collect(s, st, sizeof **out, read_run, free_run_row, (void **)out, n, err, "list runs");
+}
+
+int store_run_delete(store *s, const char *id, cell_error *err)
+{
+    if (!id)
+        return util_fail(err, EINVAL, "store_run_delete: no id");
+    LOCKED(s);
+    return changed_one(db_run(s, err, "delete run", "DELETE FROM runs WHERE id = ?", "t", id), "run", id, err);
+}
+
+int store_runs_mark_failed(store *s, const char *result, size_t *n, cell_error *err)
+{
+    if (!result)
+        return util_fail(err, EINVAL, "store_runs_mark_failed: no result");
+    LOCKED(s);
+    int changed = db_run(s, err, "mark runs failed",
+                         "UPDATE runs SET status = 'failed', result = ?, finished = ? "
+                         "WHERE status IN ('queued', 'starting', 'running', 'finishing')",
+                         "ti", result, now_ms());
+    if (changed < 0)
+        return -1;
+    if (n)
+        *n = (size_t)changed;
+    return 0;
 }

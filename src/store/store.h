@@ -18,7 +18,7 @@
  * of another tenant), EEXIST (duplicate), EINVAL (bad argument), EACCES
  * (token check), EBUSY (database locked past the timeout), EIO/ENOSPC. */
 
-#define STORE_SCHEMA_VERSION        3
+#define STORE_SCHEMA_VERSION        4
 #define STORE_BUSY_TIMEOUT_MS       5000
 
 /* Quotas of a tenant made by store_tenant_ensure(). */
@@ -200,6 +200,33 @@ int store_secret_get(store *s, const char *tenant, const char *name, char **valu
 int store_secret_list(store *s, const char *tenant, store_secret_info **out, size_t *n, cell_error *err);
 /* ENOENT if missing or another tenant's. */
 int store_secret_delete(store *s, const char *tenant, const char *name, cell_error *err);
+
+/* ---- runs (/v1/runs) ---------------------------------------------------- */
+typedef struct store_run {
+    char    id[40];
+    char    tenant[64];
+    char    token[16];    /* the token that asked (audit) */
+    char    agent[16];
+    char    status[16];   /* runs_status_name() */
+    char   *spec;         /* JSON text, malloc'ed */
+    char   *result;       /* JSON text or NULL (not finished; store_run_list never reads it) */
+    char   *timings;      /* JSON text or NULL */
+    char    cell[40];     /* "" before the run's cell exists */
+    int64_t created, started, finished;   /* 0 = not yet */
+} store_run;
+
+/* Insert (the tenant is ensured); EEXIST if the id is taken.  Synced. */
+int  store_run_insert(store *s, const store_run *r, cell_error *err);
+/* Status, result, timings, cell, started, finished of r->id; ENOENT if unknown. */
+int  store_run_update(store *s, const store_run *r, cell_error *err);
+int  store_run_get(store *s, const char *id, store_run *out, cell_error *err);
+/* Every run, oldest first, without results; free with store_run_list_free(). */
+int  store_run_list(store *s, store_run **out, size_t *n, cell_error *err);
+int  store_run_delete(store *s, const char *id, cell_error *err);
+/* Daemon start: every run not finished becomes "failed" with `result`. */
+int  store_runs_mark_failed(store *s, const char *result, size_t *n, cell_error *err);
+void store_run_free(store_run *r);
+void store_run_list_free(store_run *arr, size_t n);
 
 /* ---- audit (audit.c) -------------------------------------------------- */
 /* Append one JSON line.  record must be an object with a "tenant" string;
