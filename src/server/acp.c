@@ -14,6 +14,7 @@
  * or until its agent is gone and the cell is no longer running), by its
  * reader thread, and by each request and stream using it; the last one
  * frees it.  An instance holds a reference on its cell and its process. */
+#include "server/acp.h"
 #include "server/agentcfg.h"
 #include "server/agents.h"
 #include "server/handlers.h"
@@ -72,6 +73,10 @@ struct acp_inst {
     pthread_mutex_t wlock;          /* writes to stdin */
     int      in_fd, out_fd, err_fd;
     sproc   *proc;
+    /* The daemon's own client (acp_client_*, runs): every message from the
+     * agent is also queued here, in order, for the driver thread. */
+    int      tapped;
+    json_t  *tap;                   /* array of messages not yet taken */
     acp_inst *next;
 };
 
@@ -88,6 +93,7 @@ static void acp_free(acp_inst *in)
         free(in->ring[(in->first + i) % ACP_RING_MAX]);
     for (size_t i = 0; i < ACP_STDERR_LINES; i++)
         free(in->err_lines[i]);
+    json_decref(in->tap);
     for (acp_pending *p = in->pending, *next; p; p = next) {
         next = p->next;
         free(p->key);
@@ -187,6 +193,24 @@ static void push_json_locked(acp_inst *in, json_t *msg)
     free(s);
 }
 
+/* The client's queue: a copy (jansson's reference counts are not atomic).
+ * A driver that falls behind holds the reader, and so the agent, back
+ * rather than losing a permission request. */
+#define ACP_TAP_MAX 4096
+static void tap_push_locked(acp_inst *in, json_t *msg)
+{
+    if (!in->tapped)
+        return;
+    while (json_array_size(in->tap) >= ACP_TAP_MAX && !in->closed) {
+        struct timespec ts;
+        srv_deadline_after(&ts, ACP_SLICE_MS);
+        pthread_cond_timedwait(&in->cond, &in->lock, &ts);
+    }
+    if (!in->closed)
+        json_array_append_new(in->tap, json_deep_copy(msg));
+    pthread_cond_broadcast(&in->cond);
+}
+
 static char *id_key(json_t *id) { return json_dumps(id, JSON_COMPACT | JSON_ENCODE_ANY); }
 
 /* A line from the agent's stdout. */
@@ -209,6 +233,7 @@ static void on_stdout_line(acp_inst *in, const char *line, size_t len, int too_l
         return;
     }
     ring_push_locked(in, line, len);
+    tap_push_locked(in, msg);
     json_t *id = json_object_get(msg, "id");
     if (id && !json_object_get(msg, "method")) {
         char *key = id_key(id);
@@ -819,6 +844,29 @@ int h_acp_list(sreq *r)
     return reply_json(r, 200, json_pack("{s:o}", "servers", arr));
 }
 
+/* DELETE's end of an unlisted instance: closed, stdin closed (an agent
+ * may end on EOF), then its process group TERM and KILL. */
+static void acp_stop(acp_inst *in)
+{
+    pthread_mutex_lock(&in->lock);
+    in->closed = 1;
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    pthread_mutex_lock(&in->wlock);
+    if (in->in_fd >= 0)
+        close(in->in_fd);
+    in->in_fd = -1;
+    pthread_mutex_unlock(&in->wlock);
+    int status;
+    if (!procs_wait_exit(in->proc, srv_now_ms() + 100, &status)) {
+        procs_signal(in->proc, SIGTERM);
+        if (!procs_wait_exit(in->proc, srv_now_ms() + ACP_TERM_GRACE_MS, &status)) {
+            procs_signal(in->proc, SIGKILL);
+            procs_wait_exit(in->proc, srv_now_ms() + 500, &status);
+        }
+    }
+}
+
 int h_acp_delete(sreq *r)
 {
     const char *id = router_param(&r->m, "server");
@@ -833,23 +881,7 @@ int h_acp_delete(sreq *r)
         acp_put(in);
         return reply_not_found(r, id);
     }
-    pthread_mutex_lock(&in->lock);
-    in->closed = 1;
-    pthread_cond_broadcast(&in->cond);
-    pthread_mutex_unlock(&in->lock);
-    /* Close stdin (an agent may end on EOF), then the process group. */
-    pthread_mutex_lock(&in->wlock);
-    close(in->in_fd);
-    in->in_fd = -1;
-    pthread_mutex_unlock(&in->wlock);
-    int status;
-    if (!procs_wait_exit(in->proc, srv_now_ms() + 100, &status)) {
-        procs_signal(in->proc, SIGTERM);
-        if (!procs_wait_exit(in->proc, srv_now_ms() + ACP_TERM_GRACE_MS, &status)) {
-            procs_signal(in->proc, SIGKILL);
-            procs_wait_exit(in->proc, srv_now_ms() + 500, &status);
-        }
-    }
+    acp_stop(in);
     acp_put(in);
     return reply_empty(r, 204);
 }
@@ -989,4 +1021,180 @@ int h_acp_get(sreq *r)
     f->after = after;
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
     return reply_event_stream(r, follow_read, f, follow_free);
+}
+
+/* ---- the daemon's own client (acp.h) ---------------------------------------------------- */
+int acp_client_open(scell *sc, const char *agent, const char *id, acp_client **out, cell_error *err)
+{
+    acp_inst *in = NULL;
+    *out = NULL;
+    if (!id_ok(id))
+        return util_fail(err, EINVAL, "invalid server id %s", id);
+    if (spawn_agent(sc, agent, id, &in, err) < 0)
+        return -1;
+    pthread_mutex_lock(&in->lock);
+    in->tap = json_array();
+    in->tapped = in->tap != NULL;
+    pthread_mutex_unlock(&in->lock);
+    pthread_mutex_lock(&acp_lock);
+    acp_inst *other = acp_find_locked(sc, id);
+    if (!other && in->tapped) {
+        in->listed = 1;
+        in->refs++;                 /* the list's, besides ours */
+        in->next = acp_list;
+        acp_list = in;
+        pthread_cond_broadcast(&acp_started);
+    }
+    pthread_mutex_unlock(&acp_lock);
+    if (other || !in->tapped) {
+        if (other)
+            acp_put(other);
+        acp_stop(in);
+        acp_put(in);
+        return other ? util_fail(err, EEXIST, "server %s exists in cell %s", id, sc->id)
+                     : util_fail(err, ENOMEM, "out of memory");
+    }
+    *out = in;
+    return 0;
+}
+
+/* Write one message as a line (msg stolen). */
+static int client_send(acp_inst *in, json_t *msg, cell_error *err)
+{
+    char *line = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!line)
+        return util_fail(err, ENOMEM, "out of memory");
+    size_t len = strlen(line);
+    line[len] = '\n';               /* json_dumps' NUL becomes the separator */
+    int rc = write_line(in, line, len + 1, srv_now_ms() + ACP_TIMEOUT_MS);
+    int e = errno;
+    free(line);
+    if (rc < 0)
+        return e == EPIPE ? util_fail(err, ECHILD, "the agent's input is closed")
+                          : util_fail(err, e, "writing to the agent: %s", strerror(e));
+    return 0;
+}
+
+int acp_client_notify(acp_client *in, const char *method, json_t *params, cell_error *err)
+{
+    json_t *msg = json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method", method);
+    if (msg && params)
+        json_object_set_new(msg, "params", params);
+    else
+        json_decref(params);
+    return client_send(in, msg, err);
+}
+
+int acp_client_respond(acp_client *in, json_t *id, json_t *result, int code, const char *message, cell_error *err)
+{
+    json_t *msg = json_pack("{s:s, s:O}", "jsonrpc", "2.0", "id", id);
+    if (msg && result)
+        json_object_set_new(msg, "result", result);
+    else if (msg)
+        json_object_set_new(msg, "error", json_pack("{s:i, s:s}", "code", code, "message", message));
+    else
+        json_decref(result);
+    return client_send(in, msg, err);
+}
+
+/* The oldest queued message (owned), or NULL. */
+static json_t *tap_take_locked(acp_inst *in)
+{
+    if (json_array_size(in->tap) == 0)
+        return NULL;
+    json_t *m = json_incref(json_array_get(in->tap, 0));
+    json_array_remove(in->tap, 0);
+    pthread_cond_broadcast(&in->cond);   /* a reader held back by a full queue */
+    return m;
+}
+
+void acp_client_drain(acp_client *in, int64_t until_ms, acp_client_fn fn, void *user)
+{
+    for (;;) {
+        pthread_mutex_lock(&in->lock);
+        json_t *m = tap_take_locked(in);
+        while (!m && !in->exited && srv_now_ms() < until_ms) {
+            struct timespec ts;
+            int64_t left = until_ms - srv_now_ms();
+            srv_deadline_after(&ts, left < ACP_SLICE_MS ? left : ACP_SLICE_MS);
+            pthread_cond_timedwait(&in->cond, &in->lock, &ts);
+            m = tap_take_locked(in);
+        }
+        pthread_mutex_unlock(&in->lock);
+        if (!m)
+            return;
+        fn(user, m);
+        json_decref(m);
+    }
+}
+
+int acp_client_call(acp_client *in, const char *method, json_t *params, int64_t deadline_ms, acp_client_stop_fn stop,
+                    acp_client_fn fn, void *user, json_t **result, cell_error *err)
+{
+    static atomic_llong next_id;
+    long long id = atomic_fetch_add(&next_id, 1) + 1;
+    *result = NULL;
+    json_t *msg = json_pack("{s:s, s:I, s:s}", "jsonrpc", "2.0", "id", (json_int_t)id, "method", method);
+    if (msg && params)
+        json_object_set_new(msg, "params", params);
+    else
+        json_decref(params);
+    if (client_send(in, msg, err) < 0)
+        return -1;
+    for (;;) {
+        pthread_mutex_lock(&in->lock);
+        json_t *m = tap_take_locked(in);
+        int exited = in->exited;
+        if (!m && !exited) {
+            struct timespec ts;
+            srv_deadline_after(&ts, ACP_SLICE_MS);
+            pthread_cond_timedwait(&in->cond, &in->lock, &ts);
+            m = tap_take_locked(in);
+        }
+        pthread_mutex_unlock(&in->lock);
+        if (m) {
+            json_t *mid = json_object_get(m, "id");
+            if (!json_object_get(m, "method") && json_is_integer(mid) && json_integer_value(mid) == id) {
+                json_t *error = json_object_get(m, "error");
+                int rc = 0;
+                if (error) {
+                    const char *text = json_string_value(json_object_get(error, "message"));
+                    rc = util_fail(err, EPROTO, "%s: %.400s", method, text ? text : "error");
+                } else {
+                    json_t *res = json_object_get(m, "result");
+                    *result = res ? json_deep_copy(res) : json_null();
+                }
+                json_decref(m);
+                return rc;
+            }
+            fn(user, m);
+            json_decref(m);
+            continue;
+        }
+        if (exited)
+            return util_fail(err, ECHILD, "the agent exited");
+        if (srv_now_ms() >= deadline_ms)
+            return util_fail(err, ETIMEDOUT, "%s: no answer in time", method);
+        if (stop && stop(user))
+            return util_fail(err, ECANCELED, "%s: stopped", method);
+    }
+}
+
+int acp_client_exited(acp_client *in, int *status)
+{
+    pthread_mutex_lock(&in->lock);
+    int done = in->exited && json_array_size(in->tap) == 0;
+    *status = in->status;
+    pthread_mutex_unlock(&in->lock);
+    return done;
+}
+
+void acp_client_close(acp_client *in)
+{
+    pthread_mutex_lock(&acp_lock);
+    unlist_locked(in);              /* unless a client's DELETE did */
+    pthread_mutex_unlock(&acp_lock);
+    acp_stop(in);
+    acp_put(in);
 }
