@@ -169,6 +169,9 @@ json_t *runagent_from_opencode(runagent_norm *n, json_t *line);
  * usage {inputTokens, outputTokens, totalTokens} (new references). */
 json_t *runagent_output(runagent_norm *n);
 json_t *runagent_usage(runagent_norm *n);
+/* The session id the agent reported (ACP sessionId, codex thread_id,
+ * opencode sessionID), or NULL: result.sessionId for the CLI backends. */
+const char *runagent_session(runagent_norm *n);
 
 /* The per-run permission policy's answer for an ACP
  * session/request_permission's params: "allow", "deny" or "ask". */
