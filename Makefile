@@ -198,6 +198,8 @@ $(BUILD)/tests/libcell_static_smoke: tests/integration/libcell_so_smoke.c $(BUIL
 
 # The OpenAPI document is .incbin'ed; -MMD cannot see that.
 $(BUILD)/obj/src/server/openapi.o: docs/openapi.json
+# So is the runs' diff script (rundiff.c).
+$(BUILD)/obj/src/server/rundiff.o: src/server/rundiff.sh
 
 # libcellsrv: the daemon's modules (server, store), on top of libcell.
 $(BUILD)/libcellsrv.a: $(SRV_OBJ)

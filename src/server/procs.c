@@ -109,7 +109,7 @@ int procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *
 
 /* Output bytes as a JSON string: invalid UTF-8 becomes U+FFFD, as the
  * reference's lossy conversion does. */
-static json_t *lossy_string(const unsigned char *s, size_t len)
+json_t *procs_lossy_string(const unsigned char *s, size_t len)
 {
     char *out = malloc(len * 3 + 1);
     if (!out)
@@ -905,8 +905,8 @@ int h_proc_run(sreq *r)
     json_object_set_new(res, "exitCode", !timed_out && exited && WIFEXITED(status) ? json_integer(WEXITSTATUS(status))
                                                                                     : json_null());
     json_object_set_new(res, "timedOut", json_boolean(timed_out));
-    json_object_set_new(res, "stdout", lossy_string(ro.buf[0], ro.len[0]));
-    json_object_set_new(res, "stderr", lossy_string(ro.buf[1], ro.len[1]));
+    json_object_set_new(res, "stdout", procs_lossy_string(ro.buf[0], ro.len[0]));
+    json_object_set_new(res, "stderr", procs_lossy_string(ro.buf[1], ro.len[1]));
     json_object_set_new(res, "stdoutTruncated", json_boolean(ro.truncated[0]));
     json_object_set_new(res, "stderrTruncated", json_boolean(ro.truncated[1]));
     json_object_set_new(res, "durationMs", json_integer(srv_now_ms() - start));

@@ -373,6 +373,8 @@ struct sproc {
 /* A listed process by id, with a reference; procs_put drops it. */
 sproc *procs_find(scell *sc, const char *id);
 void   procs_put(sproc *p);
+/* Bytes as a JSON string: invalid UTF-8 becomes U+FFFD (NULL: no memory). */
+json_t *procs_lossy_string(const unsigned char *s, size_t len);
 /* JSON of a log entry: {sequence, stream, timestampMs, data (base64), encoding}. */
 json_t *procs_log_json(const plog *e);
 /* Write to the process's stdin or terminal. */
