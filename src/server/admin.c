@@ -40,8 +40,9 @@ int h_audit(sreq *r)
         return MHD_YES;
     const char *kind = req_query(r, "kind"), *cell_id = req_query(r, "cell");
     if (kind && strcmp(kind, "request") != 0 && strcmp(kind, "process") != 0 && strcmp(kind, "cell") != 0 &&
-        strcmp(kind, "net") != 0)
-        return reply_problem(r, 400, "invalid_request", "query parameter \"kind\" must be request, process, cell or net");
+        strcmp(kind, "net") != 0 && strcmp(kind, "run") != 0)
+        return reply_problem(r, 400, "invalid_request", "query parameter \"kind\" must be request, process, cell, "
+                             "net or run");
     if (cell_id && strlen(cell_id) > 63)
         return reply_problem(r, 400, "invalid_request", "query parameter \"cell\" must be a cell id");
     store_audit_query q = { .tenant = r->tok.tenant, .kind = kind, .cell = cell_id, .since_ms = since,

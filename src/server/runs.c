@@ -909,6 +909,9 @@ static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upl
         return bad(r, "field \"%s\" is longer than 1 MiB", "prompt");
     if (strcmp(keep, "nothing") != 0 && strcmp(keep, "lane") != 0 && strcmp(keep, "cell") != 0)
         return bad(r, "field \"%s\" must be \"nothing\", \"lane\" or \"cell\"", "keep");
+    json_t *pol = json_object_get(body, "policy");
+    if (pol && !json_is_null(pol) && !json_is_object(pol))
+        return bad(r, "field \"%s\" must be an egress policy object, as POST /v1/cells takes", "policy");
     uint64_t ceiling = r->s->opt.limits.run_timeout_ms / 1000;
     if (ceiling && (uint64_t)timeout > ceiling)
         timeout = (int64_t)ceiling;         /* the operator's ceiling caps it */
