@@ -67,6 +67,8 @@ static void test_null_arguments(void **state)
     REFUSED(cell_options_add_bind(opts, NULL, "/w", 0, &e_), EINVAL, "source");
     REFUSED(cell_options_add_bind(opts, "/tmp", NULL, 0, &e_), EINVAL, "target");
     REFUSED(cell_options_add_tmpfs(opts, NULL, 0, &e_), EINVAL, "target");
+    REFUSED(cell_options_add_overlay(opts, NULL, "/w", 0, &e_), EINVAL, "source");
+    REFUSED(cell_options_add_overlay(opts, "/tmp", NULL, 0, &e_), EINVAL, "target");
     REFUSED(cell_options_add_seed(opts, "/m", NULL, "", 0, 0, &e_), EINVAL, "path");
     REFUSED(cell_options_set_egress(NULL, NULL, &e_), EINVAL, "NULL");
     REFUSED(cell_create_v2(NULL, opts, &(cell *){ NULL }, &e_), EINVAL, "ctx");
@@ -115,12 +117,16 @@ static void test_mount_targets(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         REFUSED(cell_options_add_bind(opts, "/tmp", bad[i], 0, &e_), EINVAL, "mount target");
         REFUSED(cell_options_add_tmpfs(opts, bad[i], 0, &e_), EINVAL, "mount target");
+        REFUSED(cell_options_add_overlay(opts, "/tmp", bad[i], 0, &e_), EINVAL, "mount target");
     }
     REFUSED(cell_options_add_bind(opts, "", "/w", 0, &e_), EINVAL, "empty source");
+    REFUSED(cell_options_add_overlay(opts, "", "/w", 0, &e_), EINVAL, "empty source");
+    REFUSED(cell_options_add_overlay(opts, "/tmp", "/w", 4096, &e_), ERANGE, "1 MiB");
+    ACCEPTED(cell_options_add_overlay(opts, "/tmp", "/w", 0, &e_));
     REFUSED(cell_options_add_bind(opts, "/tmp", "/w", 2, &e_), EINVAL, "CELL_MOUNT_READONLY");
     /* A name with two dots that is not ".." is fine. */
     ACCEPTED(cell_options_add_bind(opts, "/tmp", "/w/..x/a..", CELL_MOUNT_READONLY, &e_));
-    for (int i = 1; i < 32; i++)
+    for (int i = 2; i < 32; i++)
         ACCEPTED(cell_options_add_tmpfs(opts, "/m", 0, &e_));
     REFUSED(cell_options_add_tmpfs(opts, "/m2", 0, &e_), E2BIG, "too many mounts");
 }
