@@ -25,6 +25,7 @@ The agent is hostile throughout: what it writes is what the tests attack with.
 """
 import json
 import os
+import pathlib
 import threading
 import uuid
 
@@ -33,6 +34,10 @@ import pytest
 import daemon as dm
 
 MiB = 1 << 20
+
+
+class Dir(type(pathlib.Path())):
+    """A path that takes attributes (what a fixture knows about it)."""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def repos(tmp_path_factory):
 def outside(tmp_path_factory):
     """A host directory outside the repo root, with a file the agent must
     neither read nor change."""
-    o = tmp_path_factory.mktemp("outside")
+    o = Dir(tmp_path_factory.mktemp("outside"))
     o.secret = "host-secret-" + uuid.uuid4().hex
     (o / "secret.txt").write_text(o.secret + "\n")
     return o
@@ -218,6 +223,17 @@ def test_a_command_killed_by_a_signal(alice):
     assert "before" in done["result"]["output"]
 
 
+def test_a_run_that_changes_nothing_has_an_empty_diff(alice, repos):
+    repo = make_repo(repos, "same", {"f.txt": "f\n"})
+    for extra in ({}, {"repo": {"path": str(repo)}}):
+        run = dm.run_start(alice, shell("cat f.txt 2>/dev/null; true", **extra))
+        done, _ = dm.run_wait(alice, run["id"], limit_s=60)
+        res = done["result"]
+        assert done["status"] == "succeeded", json.dumps(done)
+        assert res["diff"] == "" and res["diffBytes"] == 0 and res["changedFiles"] == [], res
+        assert res["diffTruncated"] is False and "error" not in res, res
+
+
 # ---- symlinks pointing outside ---------------------------------------------------------
 
 
@@ -388,6 +404,11 @@ def test_keep_nothing_leaves_nothing_but_the_record(quiet, repos):
     d = quiet
     carol = tenant(d, "carol")
     repo = make_repo(repos, "clean", {"f.txt": "f\n"})
+    # A first run prepares what every later one shares (the host image).
+    first = dm.run_start(carol, shell("echo warm > w.txt"))
+    warm = dm.run_wait(carol, first["id"], limit_s=60)[0]
+    assert warm["status"] == "succeeded", json.dumps(warm)
+    assert carol.delete("/v1/runs/" + first["id"]).status == 204
     marker = str(200000 + int(uuid.uuid4().hex[:5], 16))
     mounts0 = set(dm.mounts_under(d.state))
     pids0 = set(dm.cell_pids_of_state(d.state))

@@ -29,6 +29,7 @@ that writes nothing.  Release stage only (a real download, a 230 MB agent).
 """
 import json
 import os
+import pathlib
 import subprocess
 import uuid
 
@@ -48,6 +49,10 @@ SKILL = "SKILL-" + uuid.uuid4().hex[:12]       # marks the skill
 PROMPT1 = "Edit notes.txt please (" + uuid.uuid4().hex[:8] + ")"
 PROMPT2 = "Now add a file (" + uuid.uuid4().hex[:8] + ")"
 USAGE = (1000, 234)                            # what the fake reports per response
+
+
+class Dir(type(pathlib.Path())):
+    """A path that takes attributes (what a fixture knows about it)."""
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +125,7 @@ def snapshot(root):
 @pytest.fixture(scope="module")
 def repo(repos):
     """A git repository on the host, under the daemon's --run-repo-root."""
-    r = repos / "proj"
+    r = Dir(repos / "proj")
     r.mkdir()
     (r / "notes.txt").write_text("original line\n")
     (r / "keep.txt").write_text("not touched\n")
