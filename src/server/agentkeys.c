@@ -272,10 +272,7 @@ static int agentkeys_share(sreq *r, const char *agent, const agentkeys_provider 
                                                             : 0;
 }
 
-/* A dns rule from the host's resolver config (/etc/resolv.conf), with
- * only the nameservers the daemon may contact for this client; NULL when
- * none is left. */
-static json_t *agentkeys_host_dns(sreq *r)
+json_t *agentkeys_host_dns(sreq *r)
 {
     FILE *f = fopen("/etc/resolv.conf", "re");
     if (!f)

@@ -26,4 +26,9 @@ json_t *agentkeys_policy(json_t *spec, json_t *user);
  * rules[N].  A new value, NULL if out of memory. */
 json_t *agentkeys_policy_as_sent(json_t *spec, json_t *user);
 
+/* A dns rule from the host's resolver config (/etc/resolv.conf), with
+ * only the nameservers the daemon may contact for r's token; NULL when
+ * none is left. */
+json_t *agentkeys_host_dns(sreq *r);
+
 #endif

@@ -17,6 +17,7 @@
  * reads it through processes in the cell (tar, the transfer processes),
  * bounded, and never follows a path of the cell itself. */
 #include "server/acp.h"
+#include "server/agentkeys.h"
 #include "server/agents.h"
 #include "server/runs.h"
 
@@ -320,9 +321,21 @@ static int mcp_rules(drive *d, json_t *rules)
     return 0;
 }
 
+static int has_dns_rule(json_t *rules)
+{
+    size_t i;
+    json_t *rule;
+    json_array_foreach(rules, i, rule)
+        if (json_object_get(rule, "dns"))
+            return 1;
+    return 0;
+}
+
 /* The run's policy: the MCP header rules first (first match decides),
- * then the client's.  NULL: none (no network). */
-static json_t *run_policy(drive *d, int *bad)
+ * then the client's, then, for the MCP hosts' names, the host's resolvers
+ * as the agent keys get them (agentkeys.c) when the client gave no dns
+ * rule.  NULL: none (no network). */
+static json_t *run_policy(drive *d, sreq *q, int *bad)
 {
     json_t *user = json_object_get(d->spec, "policy"), *rules = json_array();
     *bad = mcp_rules(d, rules) < 0;
@@ -330,15 +343,19 @@ static json_t *run_policy(drive *d, int *bad)
         json_decref(rules);
         return NULL;
     }
+    int ours = json_array_size(rules) > 0;
     json_t *policy = json_is_object(user) ? json_deep_copy(user) : json_object();
     json_t *theirs = json_object_get(policy, "rules");
     if (json_is_array(theirs))
         json_array_extend(rules, theirs);
+    json_t *dns = ours && !has_dns_rule(rules) ? agentkeys_host_dns(q) : NULL;
+    if (dns)
+        json_array_append_new(rules, dns);
     json_object_set_new(policy, "rules", rules);
     return policy;
 }
 
-static json_t *create_body(drive *d, int *bad)
+static json_t *create_body(drive *d, sreq *q, int *bad)
 {
     char host[16];
     snprintf(host, sizeof host, "run-%.8s", d->r->id);
@@ -360,7 +377,7 @@ static json_t *create_body(drive *d, int *bad)
         json_object_set_new(body, "resources", res);
     if (key)
         json_object_set_new(body, "agents", json_pack("{s:o}", d->agent, key));
-    json_t *policy = run_policy(d, bad);
+    json_t *policy = run_policy(d, q, bad);
     if (policy)
         json_object_set_new(body, "policy", policy);
     return body;
@@ -384,11 +401,11 @@ static json_t *repo_mounts(drive *d)
 static int boot_cell(drive *d)
 {
     int bad = 0;
-    json_t *body = create_body(d, &bad), *spec = json_object();
     sreq q = { .s = d->s };
     snprintf(q.tok.tenant, sizeof q.tok.tenant, "%s", d->r->tenant);
     snprintf(q.tok.id, sizeof q.tok.id, "%.*s", (int)sizeof q.tok.id - 1, d->r->token_id);
     q.tok.admin = d->r->admin;
+    json_t *body = create_body(d, &q, &bad), *spec = json_object();
     int rc = -1;
     if (!bad && body && spec && cells_spec_from_body(&q, body, spec) == 0) {
         json_t *mounts = repo_mounts(d);

@@ -1,0 +1,314 @@
+"""`cell serve`: the run driver (src/server/rundrive.c) with the mock and
+shell agents: a run end to end, the ACP instance the driver opens (listed
+and followable as run-<id>), the shell agent's output and exit code, the
+permission policy and the client's answers (and a cancel while one
+waits), keep cell / nothing, resume (the agent's state and the cumulative
+patch), an MCP header secret that never enters the cell, a boot that
+fails, the cell deleted under a run, and another tenant's reach into a
+run's cell and its ACP instance.
+"""
+import base64
+import os
+import threading
+import time
+import uuid
+
+import pytest
+
+import daemon as dm
+from daemon import assert_problem
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    return tmp_path_factory.mktemp("drive-repos")
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory, repos):
+    yield from dm.serve(tmp_path_factory.mktemp("drive"), ["--run-repo-root", str(repos)])
+
+
+def tenant(d, prefix):
+    c = d.tenant(dm.uniq(prefix))
+    return c
+
+
+@pytest.fixture(scope="module")
+def alice(d):
+    return tenant(d, "alice")
+
+
+@pytest.fixture(scope="module")
+def bob(d):
+    return tenant(d, "bob")
+
+
+def make_repo(repos, files):
+    r = repos / dm.uniq("repo")
+    r.mkdir()
+    for rel, data in files.items():
+        (r / rel).write_text(data)
+    return r
+
+
+def types(events):
+    return [e["type"] for e in events]
+
+
+def wait_status(client, rid, want, limit=30):
+    dm.wait_for(lambda: client.get("/v1/runs/" + rid).body["status"] in want, limit, 0.05)
+    return client.get("/v1/runs/" + rid).body
+
+
+def cell_sh(client, cid, script):
+    r = client.post("/cells/%s/v1/processes/run" % cid, {"command": "sh", "args": ["-c", script]})
+    assert r.status == 200, r
+    return r.body
+
+
+def events_until(client, rid, kind, limit=30):
+    """Poll ?follow=false until an event of `kind` exists; returns it."""
+    found = []
+
+    def seen():
+        found[:] = [e for e in dm.run_events(client, rid, follow=False) if e["type"] == kind]
+        return found
+    dm.wait_for(seen, limit, 0.05)
+    return found[0]
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def test_mock_run_end_to_end(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "hello there", "repo": {"path": str(repo)}})
+    done, events = dm.run_wait(alice, run["id"])
+    assert done["status"] == "succeeded", done
+    res = done["result"]
+    assert res["exitCode"] == 0 and res["output"] == "mock:hello there"
+    assert res["sessionId"].startswith("mock-session-")
+    assert res["changedFiles"] == [] and res["diff"] == ""
+    t = types(events)
+    assert t[0] == "run.status" and t[-1] == "run.finished"
+    for kind in ("run.started", "agent.started", "message.delta"):
+        assert kind in t, t
+    assert t.index("run.started") < t.index("agent.started") < t.index("message.delta")
+    started = [e for e in events if e["type"] == "run.started"][0]
+    assert started["agent"] == "mock" and started["cellId"] == done["cellId"]
+    text = "".join(e["text"] for e in events if e["type"] == "message.delta")
+    assert text == "mock:hello there"
+    tm = done["timings"]
+    assert tm["acceptedMs"] <= tm["cellReadyMs"] <= tm["agentStartedMs"] <= tm["agentDoneMs"] <= tm["finishedMs"]
+    # keep "nothing": the cell is gone, the repository untouched.
+    assert alice.get("/v1/cells/" + done["cellId"]).status == 404
+    assert sorted(os.listdir(repo)) == ["a.txt"]
+
+
+def test_the_agent_runs_in_the_workspace_with_the_run_env(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "pwd", "repo": {"path": str(repo)}})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert done["result"]["output"] == "mock:/workspace" or done["result"]["output"].endswith("/workspace"), done
+
+
+def test_the_acp_instance_is_a_listed_server_of_the_runs_cell(alice, bob):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "no answer", "timeout_s": 60})
+    rid = run["id"]
+    events_until(alice, rid, "agent.started")
+    cid = alice.get("/v1/runs/" + rid).body["cellId"]
+    servers = alice.get("/cells/%s/v1/acp" % cid).body["servers"]
+    assert {"serverId": "run-" + rid, "agent": "mock"}.items() <= servers[0].items(), servers
+    # The prompt went through it, as any client's would.
+    conn, resp = alice.stream("GET", "/cells/%s/v1/acp/run-%s" % (cid, rid), timeout=10)
+    try:
+        assert resp.status == 200
+        seen = []
+        while not any(b'"sessionId"' in line for line in seen):
+            line = resp.readline()      # bounded by the connection's timeout
+            assert line, seen
+            seen.append(line)
+    finally:
+        conn.close()
+    # Another tenant reaches neither the cell nor the instance.
+    assert bob.get("/cells/%s/v1/acp" % cid).status == 404
+    assert bob.get("/cells/%s/v1/acp/run-%s" % (cid, rid)).status == 404
+    assert bob.post("/cells/%s/v1/acp/run-%s" % (cid, rid), {"jsonrpc": "2.0", "method": "x"}).status == 404
+    assert bob.get("/v1/runs/%s/events?follow=false" % rid).status == 404
+    assert alice.delete("/v1/runs/" + rid).status == 202
+    done, _ = dm.run_wait(alice, rid)
+    assert done["status"] == "canceled" and done["result"]["exitCode"] is None
+    assert alice.get("/v1/cells/" + cid).status == 404
+
+
+# ---- shell --------------------------------------------------------------------------------------
+
+
+def test_shell_output_exit_code_and_diff(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n", "gone.txt": "g\n"})
+    run = dm.run_start(alice, {"agent": "shell", "repo": {"path": str(repo)},
+                               "prompt": "echo out; echo err >&2; echo new > b.txt; rm gone.txt; exit 7"})
+    done, events = dm.run_wait(alice, run["id"])
+    res = done["result"]
+    assert done["status"] == "failed" and res["exitCode"] == 7, done
+    assert res["output"] == "out\n"
+    assert {(f["path"], f["status"]) for f in res["changedFiles"]} == {("b.txt", "added"), ("gone.txt", "deleted")}
+    exits = [e for e in events if e["type"] == "command.exit"]
+    assert len(exits) == 1 and exits[0]["exitCode"] == 7
+    assert sorted(os.listdir(repo)) == ["a.txt", "gone.txt"]
+
+
+def test_shell_output_is_capped_and_binary_safe(alice):
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "head -c 3000000 /dev/zero | tr '\\0' x; printf '\\377\\n'"})
+    done, _ = dm.run_wait(alice, run["id"])
+    out = done["result"]["output"]
+    assert done["status"] == "succeeded", done
+    assert len(out) == 1 << 20 and set(out) == {"x"}
+
+
+# ---- permissions --------------------------------------------------------------------------------
+
+
+def test_permission_policy_deny_answers_the_agent(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "permission please", "permissions": {"default": "deny"}})
+    done, events = dm.run_wait(alice, run["id"])
+    assert done["result"]["output"].endswith("permission: reject-once"), done
+    dec = [e for e in events if e["type"] == "permission.decided"]
+    assert len(dec) == 1 and dec[0]["decision"] == "deny" and dec[0]["by"] == "policy"
+    assert "permission.asked" not in types(events)
+
+
+def test_permission_ask_waits_for_the_client(alice, bob):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "permission please", "permissions": {"default": "ask"}})
+    rid = run["id"]
+    asked = events_until(alice, rid, "permission.asked")
+    req = asked["requestId"]
+    assert asked["kind"] == "edit" and asked["title"] == "mock wants to write a file"
+    assert alice.get("/v1/runs/" + rid).body["status"] == "running"
+    assert bob.post("/v1/runs/%s/permissions/%s" % (rid, req), {"decision": "allow"}).status == 404
+    assert alice.post("/v1/runs/%s/permissions/nope" % rid, {"decision": "allow"}).status == 404
+    assert alice.post("/v1/runs/%s/permissions/%s" % (rid, req), {"decision": "allow"}).status == 204
+    assert alice.post("/v1/runs/%s/permissions/%s" % (rid, req), {"decision": "deny"}).status == 409
+    done, events = dm.run_wait(alice, rid)
+    assert done["result"]["output"].endswith("permission: allow-once"), done
+    dec = [e for e in events if e["type"] == "permission.decided"]
+    assert dec[0]["decision"] == "allow" and dec[0]["by"] == "client"
+
+
+def test_cancel_while_a_permission_waits(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "permission please", "permissions": {"default": "ask"}})
+    rid = run["id"]
+    events_until(alice, rid, "permission.asked")
+    assert alice.delete("/v1/runs/" + rid).status == 202
+    done, events = dm.run_wait(alice, rid)
+    assert done["status"] == "canceled" and done["result"]["exitCode"] is None, done
+    dec = [e for e in events if e["type"] == "permission.decided"]
+    assert dec and dec[0]["decision"] == "deny"
+    assert alice.get("/v1/cells/" + done["cellId"]).status == 404
+
+
+# ---- keep, resume ---------------------------------------------------------------------------------
+
+
+def test_keep_cell_leaves_the_workspace_running(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "echo kept > k.txt; sleep 1000 &", "keep": "cell",
+                               "repo": {"path": str(repo)}})
+    done, _ = dm.run_wait(alice, run["id"])
+    cid = done["result"]["cellId"]
+    assert done["status"] == "succeeded" and cid == done["cellId"], done
+    cell = alice.get("/v1/cells/" + cid)
+    assert cell.status == 200 and cell.body["state"] == "running" and cell.body.get("run") == run["id"]
+    out = cell_sh(alice, cid, "cat /workspace/k.txt; pgrep -x sleep || echo no-sleep")
+    # The agent's leftovers were killed before the diff; the workspace stays.
+    assert out["stdout"] == "kept\nno-sleep\n", out
+    assert not (repo / "k.txt").exists()
+    assert alice.delete("/v1/cells/" + cid).status == 204
+
+
+def test_resume_continues_the_session_and_the_patch(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    first = dm.run_start(alice, {"agent": "mock", "prompt": "remember zebra", "repo": {"path": str(repo)}})
+    done1, _ = dm.run_wait(alice, first["id"])
+    assert done1["status"] == "succeeded", done1
+    second = dm.run_start(alice, {"agent": "mock", "prompt": "recall", "resume": {"run": first["id"]}})
+    done2, events = dm.run_wait(alice, second["id"])
+    assert done2["status"] == "succeeded", done2
+    assert done2["resumedFrom"] == first["id"]
+    assert "remember zebra" in done2["result"]["output"]
+    assert done2["result"]["sessionId"] == done1["result"]["sessionId"]
+    # session/load's replay is not this run's output.
+    assert "mock:remember zebra" not in "".join(e.get("text", "") for e in events)
+
+
+def test_resume_applies_the_previous_patch(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    first = dm.run_start(alice, {"agent": "shell", "prompt": "echo one > one.txt; echo b >> a.txt",
+                                 "repo": {"path": str(repo)}})
+    assert dm.run_wait(alice, first["id"])[0]["status"] == "succeeded"
+    second = dm.run_start(alice, {"agent": "shell", "prompt": "cat one.txt a.txt; echo two > two.txt",
+                                  "resume": {"run": first["id"]}})
+    done, _ = dm.run_wait(alice, second["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["output"] == "one\na\nb\n"
+    # Cumulative against the original repository, which is untouched.
+    got = {(f["path"], f["status"]) for f in done["result"]["changedFiles"]}
+    assert got == {("one.txt", "added"), ("two.txt", "added"), ("a.txt", "modified")}, got
+    assert sorted(os.listdir(repo)) == ["a.txt"] and (repo / "a.txt").read_text() == "a\n"
+
+
+# ---- secrets, failures ----------------------------------------------------------------------------
+
+
+def test_an_mcp_header_secret_never_enters_the_cell(alice):
+    value = "mcp-secret-" + uuid.uuid4().hex
+    assert alice.post("/v1/secrets", {"name": "MCPTOKEN", "value": value}).status in (200, 201)
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "env", "keep": "cell", "mcp": [
+        {"name": "tools", "type": "http", "url": "http://mcp.example:8080/mcp",
+         "headers": {"X-Api-Key": "${secret:MCPTOKEN}"}}]})
+    done, events = dm.run_wait(alice, run["id"])
+    cid = done["result"]["cellId"]
+    try:
+        cell = alice.get("/v1/cells/" + cid).body
+        rules = cell["policy"]["rules"]
+        assert {"X-Api-Key": "${secret:MCPTOKEN}"} in [r.get("http", {}).get("set_headers") for r in rules]
+        out = cell_sh(alice, cid, "cat /proc/1/environ; env; grep -rl %s /root /workspace /.cell-run /tmp /etc "
+                      "2>/dev/null; echo end" % value)
+        assert value not in out["stdout"] and out["stdout"].endswith("end\n"), out
+        assert value not in str(cell) and value not in str(done) and value not in str(events)
+    finally:
+        alice.delete("/v1/cells/" + cid)
+
+
+def test_a_boot_that_fails_finishes_the_run(alice):
+    r = alice.post("/v1/runs", {"agent": "shell", "prompt": "true", "env": {"A": "b"}, "image": "debian-bookworm"})
+    if r.status != 202:
+        pytest.skip("POST /v1/runs refused the unbuilt image up front: %s" % (r,))
+    done, events = dm.run_wait(alice, r.body["id"])
+    assert done["status"] == "failed" and done["result"]["error"]["type"] == "cell", done
+    assert types(events)[-1] == "run.finished"
+
+
+def test_the_cell_deleted_under_a_run(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "no answer", "timeout_s": 120})
+    rid = run["id"]
+    events_until(alice, rid, "agent.started")
+    cid = alice.get("/v1/runs/" + rid).body["cellId"]
+    assert alice.delete("/v1/cells/" + cid).status == 204
+    done, events = dm.run_wait(alice, rid, limit_s=30)
+    assert done["status"] == "failed", done
+    assert done["result"]["error"]["type"] in ("cell_gone", "agent_exited"), done
+    assert types(events)[-1] == "run.finished"
+
+
+def test_attachments_are_written_for_the_agent(alice):
+    data = base64.b64encode(b"\x00\x01bin").decode()
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "cat /.cell-run/attachments/notes.txt; "
+                               "od -An -tx1 /.cell-run/attachments/blob.bin",
+                               "attachments": [{"name": "notes.txt", "text": "hello notes"},
+                                               {"name": "blob.bin", "base64": data}]})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["output"].split() == ["hello", "notes", "00", "01", "62", "69", "6e"]
+    assert done["result"]["changedFiles"] == []
