@@ -134,7 +134,7 @@ def network(prefix, certdir):
     """The fake network of the end-to-end agent tests, on the /24 `prefix`
     (netfake.claim()ed by the caller) of the host's lo:
 
-        PREFIX.53:53   DNS: model.test and api.openai.com -> PREFIX.10
+        PREFIX.53:53   DNS: model.test, api.openai.com and mcp.test -> PREFIX.10
         PREFIX.10:80   the fake model (FakeModel): n.models["http"]
         PREFIX.10:443  the same over HTTPS: n.models["https"], with a
                        certificate for both names from a CA made in certdir
@@ -151,11 +151,12 @@ def network(prefix, certdir):
     n = netfake.Net((dns_ip, model_ip))
     n.dns_ip, n.model_ip = dns_ip, model_ip
     n.dns_rule = {"dns": {"upstreams": [dns_ip], "strict": True, "rebind": [prefix + ".0/24"]}}
-    n.ca, leaf, key = netfake.make_ca(str(certdir), "model.test", "api.openai.com")
+    n.ca, leaf, key = netfake.make_ca(str(certdir), "model.test", "api.openai.com", "mcp.test")
     try:
         n.up()
         n.models = {"http": FakeModel((model_ip, 80)), "https": FakeModel((model_ip, 443), tls=(leaf, key))}
-        n.serve(*netfake.FakeDNS({"model.test": {"A": [model_ip]}, "api.openai.com": {"A": [model_ip]}}).servers(dns_ip),
+        zone = {name: {"A": [model_ip]} for name in ("model.test", "api.openai.com", "mcp.test")}
+        n.serve(*netfake.FakeDNS(zone).servers(dns_ip),
                 *[m.server for m in n.models.values()])
         yield n
     finally:

@@ -10,7 +10,7 @@ The fake model asks for a shell command that edits a file of the repo; the
 run's diff must show exactly that change (nothing of the instructions,
 skills or config the daemon wrote for Codex under /root), the host repo
 must stay untouched until POST /v1/runs/{id}/apply and then be changed
-exactly so; the sessionId and usage are reported; a resumed run
+exactly so; the sessionId is reported (usage: below); a resumed run
 ({"resume": {"run": ID}}) continues the session: the model sees the
 earlier turn in its input.
 
@@ -18,7 +18,8 @@ What codex-acp 0.16.0 reports as usage (probed against this fake): one
 `usage_update {used, size}` per model response, `used` being that
 response's total_tokens (the context in use, not a sum over the turn) and
 `size` the context window; no input/output split and no usage in the
-prompt's answer.  So a codex run's usage can carry the total only.
+prompt's answer.  That is not a count of tokens spent, so a codex run's
+usage is null.
 
 The attacks: the real key (and an MCP server's header secret) must be
 nowhere the run's cell can read (its spec, its processes' environments, its
@@ -78,7 +79,8 @@ def d(tmp_path_factory, net, repos):
 @pytest.fixture(scope="module")
 def alice(d):
     c = d.tenant(dm.uniq("alice"))
-    for name, value in (("OPENAI_KEY", KEY), ("MCP_TOKEN", MCP_TOKEN)):
+    # A ${secret:NAME} is a header's whole value: the secret holds "Bearer ...".
+    for name, value in (("OPENAI_KEY", KEY), ("MCP_TOKEN", "Bearer " + MCP_TOKEN)):
         r = c.post("/v1/secrets", {"name": name, "value": value})
         assert r.status in (200, 201, 204), r
     return c
@@ -161,8 +163,9 @@ def first(alice, net, repo, installed):
         instructions="Always answer briefly. " + INSTR,
         skills=[{"name": "tidy-notes", "description": "Keeps notes tidy " + SKILL,
                  "body": "# Tidy notes\nWrap lines at 72 columns.\n"}],
-        mcp=[{"name": "docs", "type": "http", "url": "http://model.test/mcp",
-              "headers": {"Authorization": "Bearer ${secret:MCP_TOKEN}"}}]))
+        # Another host than the model's: the model key's rule covers all of model.test.
+        mcp=[{"name": "docs", "type": "http", "url": "http://mcp.test/mcp",
+              "headers": {"Authorization": "${secret:MCP_TOKEN}"}}]))
     assert run["status"] in ("queued", "starting") and run["agent"] == "codex", run
     assert len(run["id"]) == 16 and run["keep"] == "cell", run
     done, events = dm.run_wait(alice, run["id"], limit_s=600)
@@ -184,7 +187,7 @@ def test_the_run_succeeds_with_the_models_answer_and_session(first):
     types = [e["type"] for e in ev]
     assert types[-1] == "run.finished" and ev[-1]["status"] == "succeeded" and ev[-1]["exitCode"] == 0, ev[-1]
     assert [e["seq"] for e in ev] == sorted(e["seq"] for e in ev) and len({e["seq"] for e in ev}) == len(ev)
-    for want in ("run.started", "agent.started", "tool.call", "tool.result", "message.delta", "agent.exited"):
+    for want in ("run.started", "agent.started", "tool.call", "tool.result", "message.delta"):
         assert want in types, (want, types)
     assert "".join(e["text"] for e in ev if e["type"] == "message.delta" and e["role"] == "assistant") \
         == "Edited notes.txt."
@@ -198,16 +201,18 @@ def test_the_run_succeeds_with_the_models_answer_and_session(first):
     assert dec and dec[0]["decision"] == "allow" and dec[0]["by"] == "policy", dec
 
 
-def test_usage_is_what_codex_reports_of_the_models_numbers(first):
-    """codex-acp reports the last response's total_tokens only (usage_update
-    `used`): the run's usage carries that, invents no split."""
+def test_usage_is_only_what_codex_reports(first):
+    """codex-acp 0.16.0 reports no token consumption (only usage_update's
+    context occupancy `used`/`size`, which is not a count of tokens spent):
+    the run's usage is null then.  Were a later codex-acp to report it, it
+    must be the fake's numbers summed over the model requests of the run."""
     res, ev = first["run"]["result"], first["events"]
+    k = len([s for s in first["seen"] if s["path"].endswith("/responses")])
     u = res["usage"]
-    assert u is not None, res
-    assert u["totalTokens"] == sum(USAGE), u
-    assert u.get("inputTokens") in (None, USAGE[0]) and u.get("outputTokens") in (None, USAGE[1]), u
+    want = {"inputTokens": USAGE[0] * k, "outputTokens": USAGE[1] * k, "totalTokens": sum(USAGE) * k}
+    assert u is None or u == want, (u, want)
     ue = [e for e in ev if e["type"] == "usage"]
-    assert ue and ue[-1]["totalTokens"] == sum(USAGE), ue
+    assert (u is None and not ue) or {x: ue[-1][x] for x in want} == want, ue
 
 
 def test_the_diff_is_exactly_the_change(first, repo):
