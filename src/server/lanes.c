@@ -377,6 +377,32 @@ int h_lanes_import_body(sreq *r, const char *data, size_t len)
     return 0;
 }
 
+int lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_lane *out)
+{
+    store_lane l;
+    if (reserve_lane(r, name, image, 0, &l) < 0)
+        return -1;
+    cell_ctx *ctx = NULL;
+    cell_error e = { 0 };
+    int rc = cell_ctx_open(&ctx, r->s->state_dir, &e);
+    if (rc == 0) {
+        rc = cell_lane_import_sized(ctx, l.id, l.image, l.size, fd, &e);
+        cell_ctx_close(ctx);
+    }
+    if (rc == 0)
+        rc = store_lane_set_state(r->s->st, l.id, "ready", &e);
+    if (rc < 0) {
+        pthread_mutex_lock(&r->s->ctx_lock);
+        cell_lane_delete(r->s->ctx, l.id, NULL);
+        pthread_mutex_unlock(&r->s->ctx_lock);
+        store_lane_delete(r->s->st, l.id, NULL);
+        return lane_reply_error(r, &l, &e), -1;
+    }
+    snprintf(l.state, sizeof l.state, "ready");
+    *out = l;
+    return 0;
+}
+
 int h_lanes_import(sreq *r)
 {
     import_state *st = r->stream;

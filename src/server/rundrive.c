@@ -40,6 +40,7 @@
 #define DRV_DIFF_INLINE     (1u << 20)
 #define DRV_DIFF_ARTIFACT   (64u << 20)
 #define DRV_STATE_MAX       (64u << 20)     /* agent-state.tar */
+#define DRV_LANE_MAX        (4ull << 30)    /* keep "lane": the workspace's tar (the lane's quota decides too) */
 #define DRV_STDERR_TAIL     2048
 #define DRV_CANCEL_GRACE_MS 1000            /* session/cancel, then the process group */
 
@@ -958,7 +959,53 @@ static void compute_diff(drive *d)
     drv_fail(d, "diff", "the diff: %s", e.message);
 }
 
-/* keep: "nothing" deletes the cell, "cell" leaves it running. */
+/* keep "lane": the workspace, as tar made by tar in the cell, into a new
+ * lane run-<id> of the tenant (lanes.c's import: quota, default size), so
+ * a cell booted on it sees it at RUN_WORKSPACE. */
+static void keep_lane(drive *d)
+{
+    char dir[PATH_MAX - 32], path[PATH_MAX], name[8 + RUN_ID_LEN];
+    snprintf(name, sizeof name, "run-%s", d->r->id);
+    if (runs_dir(d->r, dir, sizeof dir) < 0) {
+        drv_fail(d, "keep", "the run's directory");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/workspace.tar", dir);
+    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        drv_fail(d, "keep", "%s: %s", path, strerror(errno));
+        return;
+    }
+    const char *argv[] = { "/bin/sh", "-c", "cd / && exec tar -cf - workspace", NULL };
+    drv_out o = { .fd = fd, .cap = DRV_LANE_MAX };
+    cell_error e = { 0 };
+    int status = 0;
+    int rc = drv_exec(d, argv, &o, 0, DRV_SETUP_MS, &status, &e);
+    if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        rc = util_fail(&e, EIO, "tar of the workspace failed: %.300s", o.err);
+    if (rc == 0 && lseek(fd, 0, SEEK_SET) < 0)
+        rc = util_fail_errno(&e, "rewind");
+    if (rc == 0) {
+        sreq q = { .s = d->s };
+        snprintf(q.tok.tenant, sizeof q.tok.tenant, "%s", d->r->tenant);
+        q.tok.admin = d->r->admin;
+        store_lane lane;
+        const char *image = jstr(d->spec, "image");
+        if (lanes_import_fd(&q, name, image ? image : "host", fd, &lane) == 0) {
+            json_object_set_new(d->result, "lane", json_string(lane.name));
+        } else {
+            const char *why = json_string_value(json_object_get(q.audit, "error"));
+            rc = util_fail(&e, EIO, "%s", why ? why : "out of memory");
+        }
+        json_decref(q.audit);
+    }
+    unlink(path);
+    if (rc < 0)
+        drv_fail(d, "keep", "keeping the workspace as lane %s: %s", name, e.message);
+}
+
+/* keep: "nothing" deletes the cell, "cell" leaves it running, "lane"
+ * keeps the workspace as a lane and deletes the cell. */
 static void keep_or_remove(drive *d)
 {
     const char *keep = jstr(d->spec, "keep");
@@ -968,8 +1015,8 @@ static void keep_or_remove(drive *d)
         json_object_set_new(d->result, "cellId", json_string(d->sc->id));
         return;
     }
-    if (keep && strcmp(keep, "lane") == 0)
-        drv_fail(d, "keep", "keep \"lane\" is not supported yet; the workspace was discarded");
+    if (keep && strcmp(keep, "lane") == 0 && registry_running(d->sc) && !d->stopping)
+        keep_lane(d);
     cell_error e = { 0 };
     if (registry_delete(d->sc, 1, &e) < 0 && e.code != ENOENT)
         fprintf(stderr, "cell daemon: run %s: deleting cell %s: %s\n", d->r->id, d->sc->id, e.message);

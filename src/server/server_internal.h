@@ -333,6 +333,10 @@ void     cells_quota_unlock(void);
  * spec's, or NULL); *out holds a reference.  Each -1 after a reply. */
 int      cells_spec_from_body(sreq *r, json_t *body, json_t *spec);
 int      cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, scell **out);
+/* lanes.c: a new lane `name` of r's tenant from the tar read from fd, as
+ * POST /v1/lanes/{name}/import makes it (quota, default size); -1 after
+ * a reply. */
+int      lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_lane *out);
 /* The resources of a create that asks for none (within the ceilings). */
 void     cells_default_resources(const server_limits *l, uint64_t *memory, uint64_t *pids);
 /* secrets.c: load (or create) the key that seals secrets, seal old rows. */

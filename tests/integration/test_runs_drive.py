@@ -8,6 +8,8 @@ fails, the cell deleted under a run, and another tenant's reach into a
 run's cell and its ACP instance.
 """
 import base64
+import io
+import tarfile
 import os
 import threading
 import time
@@ -312,3 +314,37 @@ def test_attachments_are_written_for_the_agent(alice):
     assert done["status"] == "succeeded", done
     assert done["result"]["output"].split() == ["hello", "notes", "00", "01", "62", "69", "6e"]
     assert done["result"]["changedFiles"] == []
+
+
+def test_keep_lane_then_a_run_on_that_lane(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    first = dm.run_start(alice, {"agent": "shell", "prompt": "echo kept > k.txt", "keep": "lane",
+                                 "repo": {"path": str(repo)}})
+    done, _ = dm.run_wait(alice, first["id"])
+    lane = done["result"].get("lane")
+    assert done["status"] == "succeeded" and lane == "run-" + first["id"], done
+    assert alice.get("/v1/cells/" + done["cellId"]).status == 404
+    assert alice.get("/v1/lanes/" + lane).status == 200
+    second = dm.run_start(alice, {"agent": "shell", "prompt": "cat a.txt k.txt; rm k.txt",
+                                  "repo": {"lane": lane}})
+    done2, _ = dm.run_wait(alice, second["id"])
+    assert done2["status"] == "succeeded", done2
+    assert done2["result"]["output"] == "a\nkept\n"
+    assert [(f["path"], f["status"]) for f in done2["result"]["changedFiles"]] == [("k.txt", "deleted")]
+
+
+def test_an_upload_repo(alice):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        data = b"uploaded\n"
+        info = tarfile.TarInfo("src/u.txt")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    r = alice.call("POST", "/v1/runs/uploads", body=buf.getvalue(), headers={"Content-Type": "application/x-tar"})
+    assert r.status == 201, r
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "cat src/u.txt; echo more >> src/u.txt",
+                               "repo": {"upload": r.body["upload"]}})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["output"] == "uploaded\n"
+    assert [(f["path"], f["status"]) for f in done["result"]["changedFiles"]] == [("src/u.txt", "modified")]
