@@ -286,6 +286,61 @@ def test_a_repo_path_through_a_link_out_of_the_root_is_refused(alice, repos, out
         assert "repo.path" in r.body["detail"], r.body
 
 
+# ---- apply ---------------------------------------------------------------------------------
+
+
+def chown_tree(root, uid):
+    for top, dirs, files in os.walk(root):
+        for x in dirs + files:
+            os.lchown(os.path.join(top, x), uid, uid)
+    os.lchown(root, uid, uid)
+
+
+def test_apply_writes_as_the_owner_once_and_never_through_links(alice, repos, outside):
+    owner = 4321
+    repo = make_repo(repos, "owned", {"f.txt": "f\n", "old.txt": "old\n"})
+    chown_tree(repo, owner)
+    script = ("echo changed > f.txt; rm old.txt; mkdir -p sub; echo new > sub/new.txt; "
+              "ln -s %s escape; ln -s /etc/passwd pw" % outside)
+    run = dm.run_start(alice, shell(script, repo={"path": str(repo)}))
+    rid = run["id"]
+    done, _ = dm.run_wait(alice, rid, limit_s=60)
+    assert done["status"] == "succeeded", json.dumps(done)
+    outside_before = snapshot(outside)
+    # Two applies at once: one applies, the other finds it applied (409).
+    codes = []
+    ts = [threading.Thread(target=lambda: codes.append(alice.post("/v1/runs/%s/apply" % rid, {}, timeout=60).status))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(90)
+    assert sorted(codes) == [200, 409], codes
+    assert (repo / "f.txt").read_text() == "changed\n" and not (repo / "old.txt").exists()
+    assert (repo / "sub" / "new.txt").read_text() == "new\n"
+    # Links are made as links: nothing written where they point.
+    assert os.readlink(repo / "escape") == str(outside) and os.readlink(repo / "pw") == "/etc/passwd"
+    assert snapshot(outside) == outside_before
+    for p in ("f.txt", "sub", "sub/new.txt", "escape", "pw"):
+        assert os.lstat(repo / p).st_uid == owner, (p, os.lstat(repo / p).st_uid)
+
+
+def test_apply_on_conflict_writes_nothing(alice, repos):
+    repo = make_repo(repos, "conflict", {"a.txt": "a\n", "b.txt": "b\n"})
+    run = dm.run_start(alice, shell("echo A > a.txt; echo B > b.txt; echo C > c.txt", repo={"path": str(repo)}))
+    done, _ = dm.run_wait(alice, run["id"], limit_s=60)
+    assert done["status"] == "succeeded", json.dumps(done)
+    (repo / "b.txt").write_text("changed on the host meanwhile\n")
+    before = snapshot(repo)
+    b = dm.assert_problem(alice.post("/v1/runs/%s/apply" % run["id"], {}), 409, "conflict")
+    assert "b.txt" in json.dumps(b["details"]["conflicts"]) and "a.txt" not in json.dumps(b["details"]["conflicts"]), b
+    assert snapshot(repo) == before
+    # A run without a path repo has no host directory to apply to.
+    r = dm.run_start(alice, shell("echo x > x.txt"))
+    assert dm.run_wait(alice, r["id"], limit_s=60)[0]["status"] == "succeeded"
+    dm.assert_problem(alice.post("/v1/runs/%s/apply" % r["id"], {}), 400)
+
+
 # ---- a huge diff ---------------------------------------------------------------------------
 
 
