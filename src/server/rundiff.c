@@ -11,7 +11,7 @@
  *
  * The apply runs in a short-lived cell of its own (host image, no network,
  * a throwaway root): the host directory bound read-write at /repo, the
- * patch read-only, git apply run as the directory's owner, so a patch can
+ * patch handed over as stdin, git apply run as the directory's owner, so a patch can
  * write nothing that owner could not, and no path in it can reach outside
  * /repo (git apply refuses "..", .git components and paths beyond
  * symlinks; absolute symlinks in the directory resolve inside the cell). */
@@ -50,9 +50,8 @@ __asm__(".section cell_blobs, \"a\"\n"
 #define APPLY_TIMEOUT_MS    (2 * 60 * 1000)
 #define APPLY_MEMORY        (512ull << 20)
 #define APPLY_PIDS          64
-#define APPLY_DISK          (64ull << 20)
+#define APPLY_DISK          (96ull << 20)   /* /tmp holds a copy of the patch (64 MiB at most) */
 #define APPLY_REPO          "/repo"
-#define APPLY_PATCH         "/.cell-apply/diff.patch"
 
 /* ---- the reader of the script's output --------------------------------------------- */
 enum { RD_HEAD, RD_NAMES, RD_NUMSTAT, RD_PATCH };
@@ -595,15 +594,17 @@ static int apply_follow(cell *c, pid_t pid, int fd, tail_buf *t, int *status, ce
     }
 }
 
-/* Run the script's apply in `c` as uid:gid. */
-static int apply_run(cell *c, uid_t uid, gid_t gid, tail_buf *t, int *status, cell_error *err)
+/* Run the script's apply in `c` as uid:gid, the patch (patch_fd) its stdin:
+ * the owner need not be able to open the daemon's file, and nothing of the
+ * state directory is mounted into the cell. */
+static int apply_run(cell *c, uid_t uid, gid_t gid, int patch_fd, tail_buf *t, int *status, cell_error *err)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return util_fail_errno(err, "pipe");
-    const char *argv[] = { "/bin/sh", "-c", rundiff_script(), "rundiff", "apply", APPLY_REPO, APPLY_PATCH, NULL };
+    const char *argv[] = { "/bin/sh", "-c", rundiff_script(), "rundiff", "apply", APPLY_REPO, NULL };
     static const char *const env[] = { RUNDIFF_PATH, "HOME=/nonexistent", "LC_ALL=C", NULL };
-    cell_proc_spec spec = { .argv = argv, .env = env, .cwd = "/", .uid = uid, .gid = gid, .stdin_fd = -1,
+    cell_proc_spec spec = { .argv = argv, .env = env, .cwd = "/", .uid = uid, .gid = gid, .stdin_fd = patch_fd,
                             .stdout_fd = p[1], .stderr_fd = p[1] };
     pid_t pid;
     int rc = -1;
@@ -655,14 +656,11 @@ static int apply_outcome(int status, const tail_buf *t, json_t **conflicts, cell
  * interleave their checks and writes. */
 static pthread_mutex_t apply_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int apply_in_cell(srv *s, const char *repo, const struct stat *st, const char *patch, json_t **conflicts,
+static int apply_in_cell(srv *s, const char *repo, const struct stat *st, int patch_fd, json_t **conflicts,
                          cell_error *err)
 {
-    cell_mount m[2] = {
-        { .kind = CELL_MOUNT_BIND, .source = repo, .target = APPLY_REPO },
-        { .kind = CELL_MOUNT_BIND, .source = patch, .target = APPLY_PATCH, .readonly = 1 },
-    };
-    cell_config cfg = { .image = "host", .hostname = "cell-apply", .mounts = m, .n_mounts = 2,
+    cell_mount m = { .kind = CELL_MOUNT_BIND, .source = repo, .target = APPLY_REPO };
+    cell_config cfg = { .image = "host", .hostname = "cell-apply", .mounts = &m, .n_mounts = 1,
                         .limits = { .memory = APPLY_MEMORY, .pids = APPLY_PIDS, .disk = APPLY_DISK } };
     json_t *budget = NULL;
     if (limits_reserve(s, APPLY_MEMORY, APPLY_PIDS, "this apply", &budget, err) < 0) {
@@ -675,7 +673,7 @@ static int apply_in_cell(srv *s, const char *repo, const struct stat *st, const 
     if (rc == 0)
         rc = apply_owner_check(c, st, err);
     if (rc == 0)
-        rc = apply_run(c, st->st_uid, st->st_gid, t, &status, err);
+        rc = apply_run(c, st->st_uid, st->st_gid, patch_fd, t, &status, err);
     if (rc == 0)
         rc = apply_outcome(status, t, conflicts, err);
     if (c)
@@ -688,17 +686,16 @@ static int apply_in_cell(srv *s, const char *repo, const struct stat *st, const 
 int rundiff_apply(srv *s, const char *repo, const char *patch_path, json_t **conflicts, cell_error *err)
 {
     *conflicts = NULL;
-    char real_repo[PATH_MAX], real_patch[PATH_MAX];
+    char real_repo[PATH_MAX];
     if (!realpath(repo, real_repo))
         return util_fail_errno(err, "repository %s", repo);
-    if (!realpath(patch_path, real_patch))
-        return util_fail_errno(err, "patch %s", patch_path);
     struct stat st, pst;
     if (stat(real_repo, &st) < 0)
         return util_fail_errno(err, "repository %s", real_repo);
     if (!S_ISDIR(st.st_mode))
         return util_fail(err, ENOTDIR, "repository %s is not a directory", real_repo);
-    if (stat(real_patch, &pst) < 0 || !S_ISREG(pst.st_mode))
+    _cleanup_close_ int pfd = open(patch_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (pfd < 0 || fstat(pfd, &pst) < 0 || !S_ISREG(pst.st_mode))
         return util_fail(err, ENOENT, "the run has no diff.patch");
     /* Ids inside a cell are 0..65535, which the bind maps 1:1 to the host's. */
     if (st.st_uid > 65535 || st.st_gid > 65535)
@@ -707,7 +704,7 @@ int rundiff_apply(srv *s, const char *repo, const char *patch_path, json_t **con
     if (pst.st_size == 0)
         return 0;                   /* nothing changed: nothing to apply */
     pthread_mutex_lock(&apply_lock);
-    int rc = apply_in_cell(s, real_repo, &st, real_patch, conflicts, err);
+    int rc = apply_in_cell(s, real_repo, &st, pfd, conflicts, err);
     pthread_mutex_unlock(&apply_lock);
     return rc;
 }

@@ -2,7 +2,7 @@
 # of such a diff to a host directory (issue 12; docs/api.md "The diff and
 # apply").  src/server/rundiff.c embeds this file and runs it in a cell as
 #   env -i PATH=... /bin/sh -c SCRIPT rundiff diff BASE WORKSPACE
-#   env -i PATH=... /bin/sh -c SCRIPT rundiff apply REPO PATCH
+#   env -i PATH=... /bin/sh -c SCRIPT rundiff apply REPO <PATCH
 # passing every path as an argument: nothing is interpolated into it.
 #
 # Every byte of the trees is hostile (the agent wrote WORKSPACE; a lane or
@@ -30,9 +30,12 @@
 #   M bytes: diff-tree --numstat -z
 #   the patch (diff-tree -p --binary --full-index), up to EOF.
 #
-# apply: git apply --check, then git apply, in REPO.  A patch that does
-# not apply exits 2, nothing written (git's complaints on stderr); git
-# refuses paths with ".." or a .git component and paths beyond a symlink.
+# apply: the patch (stdin: the daemon hands over its open file, which the
+# directory's owner, as whom this runs, could not open) is copied to the
+# private directory, then git apply --check, then git apply, in REPO.  A
+# patch that does not apply exits 2, nothing written (git's complaints on
+# stderr); git refuses paths with ".." or a .git component and paths
+# beyond a symlink.
 #
 # Exit 0, 3 when the image has no git, 2 (apply) the patch does not apply,
 # else 1; git's messages go to stderr.
@@ -102,11 +105,12 @@ do_diff() {
 }
 
 do_apply() {
+    cat >"$tmp/patch" || exit 1
     cd "$1" || exit 1
     GIT_WORK_TREE=$1
     export GIT_WORK_TREE
-    g apply --check --binary -- "$2" >&2 || exit 2
-    g apply --binary -- "$2" >&2 || exit 1
+    g apply --check --binary -- "$tmp/patch" >&2 || exit 2
+    g apply --binary -- "$tmp/patch" >&2 || exit 1
     exit 0
 }
 
