@@ -96,12 +96,13 @@ static void drv_fail(drive *d, const char *type, const char *fmt, ...)
 static int drv_stop(void *user)
 {
     drive *d = user;
-    if (runs_cancelled(d->r))
+    /* The daemon's stop cancels every run too: said as what it is. */
+    if (atomic_load(&d->s->stopping))
+        d->stopping = 1;
+    else if (runs_cancelled(d->r))
         d->canceled = 1;
     else if (srv_now_ms() >= d->deadline)
         d->timed_out = 1;
-    else if (atomic_load(&d->s->stopping))
-        d->stopping = 1;
     else if (d->sc && !registry_running(d->sc))
         return 1;
     return d->canceled || d->timed_out || d->stopping;

@@ -348,3 +348,18 @@ def test_an_upload_repo(alice):
     assert done["status"] == "succeeded", done
     assert done["result"]["output"] == "uploaded\n"
     assert [(f["path"], f["status"]) for f in done["result"]["changedFiles"]] == [("src/u.txt", "modified")]
+
+
+def test_a_daemon_stop_mid_run_finishes_it(tmp_path):
+    state = tmp_path / "stop"
+    with dm.served(state) as dd:
+        c = dd.client()
+        run = dm.run_start(c, {"agent": "mock", "prompt": "no answer", "timeout_s": 300})
+        events_until(c, run["id"], "agent.started")
+    # Stopped (SIGTERM) with the run going: its driver finished it, and its cell went.
+    with dm.served(state) as dd:
+        c = dd.client()
+        done = c.get("/v1/runs/" + run["id"]).body
+        assert done["status"] == "failed", done
+        assert done["result"]["error"]["type"] in ("daemon_stopping", "daemon_restarted"), done
+        assert c.get("/v1/cells").body["cells"] == []
