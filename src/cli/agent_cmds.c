@@ -844,6 +844,7 @@ struct follow {
     int         finished;       /* run.finished came */
     int         progressed;     /* an event came on this connection */
     int         bad;            /* events skipped as malformed or oversized */
+    int         text_seen;      /* an assistant message.delta was written */
 };
 
 static void end_mid(struct follow *f)
@@ -882,6 +883,7 @@ static void print_delta(struct follow *f, json_t *ev)
     }
     if (f->mid == MID_THOUGHT)
         end_mid(f);
+    f->text_seen = 1;
     /* To a pipe or file the text goes as it is: it is the run's output. */
     if (f->out_tty)
         put_safe(stdout, s, n, 1);
@@ -1187,7 +1189,8 @@ static int follow_events(struct follow *f, int follow, int cancel)
             break;
         }
         fprintf(stderr, "cell: the event stream ended early; reconnecting\n");
-        nap(idle ? 100L << (idle < 5 ? idle : 5) : 50);
+        /* Backing off to 1 s: long enough for a daemon's restart to be waited out. */
+        nap(idle == 0 ? 50 : idle < 4 ? 100L << idle : 1000);
     }
     free(path);
     free(f->line.data);
@@ -1412,7 +1415,24 @@ static int is_path_repo(json_t *run)
 }
 
 /* ---- cell agent run --------------------------------------------------------------------------- */
-static int finish_run(client *c, struct run_args *a, const char *id, const char *dir)
+/* The shell agent streams no messages: its output is the result's. */
+static void print_output(json_t *run)
+{
+    json_t *out = json_object_get(json_object_get(run, "result"), "output");
+    const char *s = json_string_value(out);
+    size_t n = json_string_length(out);
+    if (!n)
+        return;
+    if (isatty(1))
+        put_safe(stdout, s, n, 1);
+    else
+        fwrite(s, 1, n, stdout);
+    if (isatty(1) && s[n - 1] != '\n')
+        fputc('\n', stdout);
+    fflush(stdout);
+}
+
+static int finish_run(client *c, struct run_args *a, const char *id, const char *dir, int text_seen)
 {
     json_t *run = NULL;
     int rc = get_run(c, id, &run);
@@ -1423,6 +1443,8 @@ static int finish_run(client *c, struct run_args *a, const char *id, const char 
         fputc('\n', stdout);
         fflush(stdout);
     } else {
+        if (!text_seen)
+            print_output(run);
         print_summary(stderr, id, run);
     }
     if (!a->json && a->diff)
@@ -1465,7 +1487,7 @@ static int do_run(client *c, struct run_args *a)
                         .ask = !a->json && isatty(0) && isatty(2), .out_tty = isatty(1) };
     rc = follow_events(&f, 1, 1);
     if (rc == 0 || (rc == EXIT_CANCELED && f.finished))
-        rc = finish_run(c, a, id, dir);
+        rc = finish_run(c, a, id, dir, f.text_seen);
     json_decref(run);
     free(dir);
     return rc;

@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from conftest import CELL_BIN
+import daemon as dm
+from conftest import CELL_BIN, run_cell
 from fakedaemon import RUN_TIMEOUT, fake_factory
 
 RID = "0123456789abcdef"
@@ -750,3 +751,88 @@ def test_help_documents_every_option():
     assert subprocess.run([CELL_BIN, "help", "agent", "runs"], capture_output=True, text=True).stdout.startswith(
         "usage: cell agent runs")
     assert "agent run" in subprocess.run([CELL_BIN, "help"], capture_output=True, text=True).stdout
+
+
+# ---- end to end, against the real daemon (root) ---------------------------------------------------
+# The repository is a temp dir; the shell agent makes the change (the mock
+# agent writes no files).
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    yield from dm.serve(tmp_path_factory.mktemp("cli-runs"), unix_socket=True)
+
+
+def real_env(token=None):
+    env = dict(os.environ)
+    env.pop("CELL_URL", None)
+    env.pop("CELL_TOKEN", None)
+    if token:
+        env["CELL_TOKEN"] = token
+    return env
+
+
+def real(d, *args, token=None, **kw):
+    return run_cell(d.state, ["agent", *args], env=real_env(token), timeout=180, **kw)
+
+
+def run_id_of(stderr):
+    m = re.search(r"^run ([0-9a-f]{16}) (succeeded|failed|canceled|timed_out)", stderr, re.M)
+    assert m, stderr
+    return m.group(1)
+
+
+def test_real_run_diff_leaves_the_repo_until_apply(d, tmp_path):
+    repo = make_repo(tmp_path)
+    r = real(d, "run", "--agent", "shell", "--repo", str(repo), "--diff", "printf 'two\\n' > a.txt; echo out")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("out\n") and "-one\n+two\n" in r.stdout, r.stdout
+    assert "  M a.txt" in r.stderr and "$ printf" in r.stderr
+    assert (repo / "a.txt").read_text() == "one\n"
+    rid = run_id_of(r.stderr)
+    r = real(d, "runs", "diff", rid)
+    assert r.returncode == 0 and "+two\n" in r.stdout, r.stderr
+    r = real(d, "runs", "show", rid, "--json")
+    assert json.loads(r.stdout)["result"]["changedFiles"][0]["path"] == "a.txt"
+    r = real(d, "runs", "apply", rid)
+    assert r.returncode == 0, r.stderr
+    assert (repo / "a.txt").read_text() == "two\n"
+    # Applied once: a second apply conflicts and writes nothing.
+    r = real(d, "runs", "apply", rid)
+    assert r.returncode == 1, r.stderr
+    assert (repo / "a.txt").read_text() == "two\n"
+
+
+def test_real_exit_code_and_json_lines(d, tmp_path):
+    repo = make_repo(tmp_path)
+    r = real(d, "run", "--json", "--agent", "shell", "--repo", str(repo), "exit 7")
+    assert r.returncode == 7, r.stderr
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    assert lines[-2]["type"] == "run.finished" and lines[-1]["result"]["exitCode"] == 7, lines[-2:]
+    assert [l["seq"] for l in lines[:-1]] == sorted(l["seq"] for l in lines[:-1])
+
+
+def test_real_tenant_uploads_and_applies_here(d, tmp_path):
+    repo = make_repo(tmp_path)
+    tok, _ = dm.make_tenant_token(d.client(), dm.uniq("cli"))
+    # build.log is ignored by git: it must not have been uploaded.
+    r = real(d, "run", "--agent", "shell", "--repo", str(repo), "--apply",
+             "test ! -e build.log && test -e untracked.txt && printf 'two\\n' > a.txt && echo x > new.txt", token=tok)
+    assert r.returncode == 0, r.stderr
+    assert "uploading" in r.stderr
+    assert (repo / "a.txt").read_text() == "two\n" and (repo / "new.txt").read_text() == "x\n"
+
+
+def test_real_ctrl_c_cancels_the_run(d):
+    p = subprocess.Popen([CELL_BIN, "--state", d.state, "agent", "run", "--agent", "mock", "--no-repo", "no answer"],
+                         env=real_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        read_until(p.stderr.fileno(), "agent started", 120)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 130, err
+    rid = re.search(rb"canceling run ([0-9a-f]{16})", err).group(1).decode()
+    assert d.client().get("/v1/runs/" + rid).body["status"] == "canceled"
