@@ -29,7 +29,34 @@
  *   "garbage"     print a line that is not JSON first
  *   "exit now"    exit with status 3 without answering
  *   "no answer"   never answer this prompt
- * Anything else is echoed back as "mock: <text>" in one chunk per word. */
+ * Anything else is echoed back as "mock: <text>" in one chunk per word.
+ *
+ * Scripts (what runs and their tests use, docs/api.md "Runs"): when the
+ * last block's first word is one of these, each of its lines is one word
+ * and its arguments, done in order; other lines (the notes a run appends:
+ * attachments, the output schema) are ignored:
+ *   say TEXT        an agent_message_chunk with TEXT
+ *   think TEXT      an agent_thought_chunk with TEXT
+ *   write PATH TEXT write TEXT ("\n", "\t", "\\" unescaped) to PATH (relative
+ *                   to the cwd, parents made): a tool_call of kind edit, then
+ *                   a tool_call_update with the change as an ACP diff
+ *   delete PATH     unlink PATH: a tool_call of kind delete (its location)
+ *   run CMD         a tool_call of kind execute, session/request_permission
+ *                   for it, then /bin/sh -c CMD only if an allow option was
+ *                   chosen; the update has rawOutput {exitCode (128+N for
+ *                   signal N), output (64 KiB at most)}, status failed when
+ *                   denied or non-zero
+ *   usage [IN OUT]  a usage_update {used, size} now, and the turn's result
+ *                   carries usage {inputTokens, outputTokens, totalTokens}
+ *                   (ACP's session-usage shape, as claude-agent-acp sends);
+ *                   100 and 20 by default, summed over the turn
+ *   crash           exit with status 3 mid-prompt
+ *   sleep N         wait N seconds (at most 86400); a session/cancel ends
+ *                   the turn at once with stopReason "cancelled"
+ *   instructions    reply with what a run wrote for the mock (runagent.c):
+ *                   $HOME/.config/cell-mock-agent/instructions.md, then each
+ *                   skills/NAME/SKILL.md and the skills' other files, sorted
+ *   json [TEXT]     reply with TEXT as it is ({"ok":true} without one) */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -38,7 +65,12 @@
 #include <stdlib.h>
 #include <signal.h>
 #include <string.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <poll.h>
 #include <sys/random.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -182,23 +214,93 @@ static void mock_chunk(const char *session, const char *text)
     mock_text_update(session, "agent_message_chunk", text);
 }
 
-/* The next message from stdin, NULL at EOF.  Lines that are not JSON
- * objects are skipped (the proxy only sends objects). */
-static json_t *mock_read(void)
+/* stdin, read with read(2) so that a wait ("sleep") can poll it for a
+ * session/cancel: stdio's buffer would hide lines from poll. */
+static char *mock_in;
+static size_t mock_in_len, mock_in_cap;
+static int mock_in_eof, mock_in_skip;
+
+/* The next line into *line (NUL-terminated, valid until the next call):
+ * 1; 0 when `timeout_ms` (>= 0) passed first; -1 at EOF.  A line longer
+ * than MOCK_MAX_LINE is dropped whole. */
+static int mock_line(int timeout_ms, char **line)
 {
-    static char *line;
-    static size_t cap;
+    static char *out;
+    static size_t out_cap;
     for (;;) {
-        ssize_t n = getline(&line, &cap, stdin);
-        if (n < 0)
-            return NULL;
-        if ((size_t)n > MOCK_MAX_LINE)
+        char *nl = mock_in_len ? memchr(mock_in, '\n', mock_in_len) : NULL;
+        if (nl || (mock_in_eof && mock_in_len > 0)) {
+            size_t n = nl ? (size_t)(nl - mock_in) + 1 : mock_in_len;
+            int skip = mock_in_skip;
+            mock_in_skip = 0;
+            if (!skip && n + 1 > out_cap) {
+                out_cap = n + 1;
+                if (!(out = realloc(out, out_cap)))
+                    exit(1);
+            }
+            if (!skip) {
+                memcpy(out, mock_in, n);
+                out[n] = '\0';
+            }
+            memmove(mock_in, mock_in + n, mock_in_len - n);
+            mock_in_len -= n;
+            if (skip)
+                continue;
+            *line = out;
+            return 1;
+        }
+        if (mock_in_len > MOCK_MAX_LINE) {
+            mock_in_skip = 1;
+            mock_in_len = 0;
+        }
+        if (mock_in_eof)
+            return -1;
+        if (timeout_ms >= 0) {
+            struct pollfd p = { .fd = 0, .events = POLLIN };
+            int r = poll(&p, 1, timeout_ms);
+            if (r < 0 && errno == EINTR)
+                return 0;               /* the caller checks its clock */
+            if (r < 0)
+                exit(1);
+            if (r == 0)
+                return 0;
+        }
+        if (mock_in_cap - mock_in_len < 65536) {
+            mock_in_cap = mock_in_len + 65536;
+            if (!(mock_in = realloc(mock_in, mock_in_cap)))
+                exit(1);
+        }
+        ssize_t r = read(0, mock_in + mock_in_len, mock_in_cap - mock_in_len);
+        if (r < 0 && errno == EINTR)
             continue;
-        json_t *msg = json_loadb(line, (size_t)n, 0, NULL);
+        if (r <= 0)
+            mock_in_eof = 1;
+        else
+            mock_in_len += (size_t)r;
+    }
+}
+
+/* The next message from stdin: NULL at EOF, or with *timed_out set when
+ * `timeout_ms` (>= 0) passed.  Lines that are not JSON objects are skipped
+ * (the proxy only sends objects). */
+static json_t *mock_read_within(int timeout_ms, int *timed_out)
+{
+    char *line;
+    int rc;
+    while ((rc = mock_line(timeout_ms, &line)) > 0) {
+        json_t *msg = json_loads(line, 0, NULL);
         if (json_is_object(msg))
             return msg;
         json_decref(msg);
     }
+    if (timed_out)
+        *timed_out = rc == 0;
+    return NULL;
+}
+
+static json_t *mock_read(void)
+{
+    return mock_read_within(-1, NULL);
 }
 
 /* ---- sessions, their options and history ------------------------------------------------ */
@@ -489,17 +591,21 @@ static char *mock_prompt_text(json_t *params, const char **last)
     return out;
 }
 
-/* Ask the client for permission and wait for its answer; other messages
- * arriving meanwhile are answered as errors (the mock is single-turn). */
-static char *mock_ask_permission(mock_session *s)
+/* Ask the client for permission for `call` (an ACP ToolCallUpdate,
+ * stolen; its toolCallId is set here when missing) and wait for its
+ * answer; other requests arriving meanwhile are answered as errors (the
+ * mock is single-turn).  Returns the chosen optionId, or the outcome
+ * ("cancelled") when none was chosen (a new string). */
+static char *mock_ask(mock_session *s, json_t *call)
 {
     char id[32];
     snprintf(id, sizeof id, "perm-%u", ++mock_requests);
-    mock_send(json_pack("{s:s, s:s, s:s, s:{s:s, s:{s:s, s:s, s:s}, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, "
+    if (!json_object_get(call, "toolCallId"))
+        json_object_set_new(call, "toolCallId", json_string(id));
+    mock_send(json_pack("{s:s, s:s, s:s, s:{s:s, s:o, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, "
                         "{s:s, s:s, s:s}]}}",
                         "jsonrpc", "2.0", "id", id, "method", "session/request_permission", "params",
-                        "sessionId", s->id, "toolCall", "toolCallId", id, "title", "mock wants to write a file",
-                        "kind", "edit", "options",
+                        "sessionId", s->id, "toolCall", call, "options",
                         "optionId", "allow-once", "name", "Allow once", "kind", "allow_once",
                         "optionId", "allow-always", "name", "Always allow", "kind", "allow_always",
                         "optionId", "reject-once", "name", "Reject", "kind", "reject_once"));
@@ -512,10 +618,8 @@ static char *mock_ask_permission(mock_session *s)
             json_t *outcome = json_object_get(json_object_get(msg, "result"), "outcome");
             const char *o = json_string_value(json_object_get(outcome, "outcome"));
             const char *opt = json_string_value(json_object_get(outcome, "optionId"));
-            if (opt && strcmp(opt, "allow-always") == 0)
-                s->always_allowed = 1;
-            char *answer = NULL;
-            if (asprintf(&answer, "permission: %s", opt ? opt : o ? o : "error") < 0)
+            char *answer = strdup(opt ? opt : o ? o : "error");
+            if (!answer)
                 exit(1);
             json_decref(msg);
             return answer;
@@ -525,6 +629,18 @@ static char *mock_ask_permission(mock_session *s)
             mock_error(mid, -32000, "busy: waiting for a permission answer");
         json_decref(msg);
     }
+}
+
+static char *mock_ask_permission(mock_session *s)
+{
+    char *opt = mock_ask(s, json_pack("{s:s, s:s}", "title", "mock wants to write a file", "kind", "edit"));
+    if (strcmp(opt, "allow-always") == 0)
+        s->always_allowed = 1;
+    char *answer = NULL;
+    if (asprintf(&answer, "permission: %s", opt) < 0)
+        exit(1);
+    free(opt);
+    return answer;
 }
 
 static void mock_words(const char *session, const char *text)
@@ -583,6 +699,389 @@ static void mock_answer(mock_session *s, const char *ask)
     }
 }
 
+/* ---- script words (runs): one per line of the prompt's last block ------------------------ */
+
+static const char *const mock_script_words[] = { "say", "think", "write", "delete", "run", "usage", "crash", "sleep",
+                                                 "instructions", "json", NULL };
+
+/* Whether `ask` is a script: its first word is one of the script words. */
+static int mock_is_script(const char *ask)
+{
+    size_t n = strcspn(ask, " \n");
+    for (const char *const *w = mock_script_words; *w; w++)
+        if (strlen(*w) == n && strncmp(ask, *w, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* What one turn of a script collected: usage for the prompt's result. */
+typedef struct {
+    long in, out;
+    int have_usage;
+    const char *stop;
+} mock_turn;
+
+static unsigned mock_tools;
+
+static void mock_tool_update(const char *session, const char *call, const char *status, json_t *extra)
+{
+    json_t *u = json_pack("{s:s, s:s, s:s}", "sessionUpdate", "tool_call_update", "toolCallId", call, "status",
+                          status);
+    if (extra)
+        json_object_update(u, extra);
+    json_decref(extra);
+    mock_update(session, u);
+}
+
+static json_t *mock_text_content(const char *text)
+{
+    return json_pack("[{s:s, s:{s:s, s:o}}]", "type", "content", "content", "type", "text", "text",
+                     mock_json_text(text));
+}
+
+/* `rel` against the working directory (what the agent reports). */
+static void mock_abs(const char *rel, char *out, size_t size)
+{
+    char cwd[4096];
+    if (rel[0] == '/' || !getcwd(cwd, sizeof cwd))
+        snprintf(out, size, "%s", rel);
+    else
+        snprintf(out, size, "%s/%s", strcmp(cwd, "/") == 0 ? "" : cwd, rel);
+}
+
+/* A file's text (at most 1 MiB), or NULL if it cannot be read. */
+static char *mock_slurp(const char *path, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (buf = malloc(max + 1))) {
+        size_t len = 0;
+        ssize_t r;
+        while (len < max && (r = read(fd, buf + len, max - len)) != 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                break;
+            len += (size_t)r;
+        }
+        buf[len] = '\0';
+    }
+    close(fd);
+    return buf;
+}
+
+/* "\n", "\t" and "\\" in a write's text. */
+static char *mock_unescape(const char *t)
+{
+    char *out = malloc(strlen(t) + 1), *o = out;
+    if (!out)
+        exit(1);
+    for (; *t; t++) {
+        if (*t == '\\' && (t[1] == 'n' || t[1] == 't' || t[1] == '\\')) {
+            t++;
+            *o++ = *t == 'n' ? '\n' : *t == 't' ? '\t' : '\\';
+        } else {
+            *o++ = *t;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* mkdir -p of `path`'s parent directories. */
+static void mock_parents(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *c = buf + 1; *c; c++) {
+        if (*c != '/')
+            continue;
+        *c = '\0';
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+            return;
+        *c = '/';
+    }
+}
+
+/* write PATH TEXT: an edit tool call with the change as an ACP diff. */
+static void mock_write(mock_session *s, const char *args)
+{
+    char rel[4096], abs[4200], call[32];
+    size_t n = strcspn(args, " ");
+    snprintf(rel, sizeof rel, "%.*s", (int)(n < sizeof rel - 1 ? n : sizeof rel - 1), args);
+    char *text = mock_unescape(args[n] ? args + n + 1 : "");
+    mock_abs(rel, abs, sizeof abs);
+    snprintf(call, sizeof call, "tool-%u", ++mock_tools);
+    mock_update(s->id, json_pack("{s:s, s:s, s:o, s:s, s:s, s:[{s:o}], s:{s:o, s:o}}", "sessionUpdate", "tool_call",
+                                 "toolCallId", call, "title", mock_json_text(rel), "kind", "edit", "status", "pending",
+                                 "locations", "path", mock_json_text(abs), "rawInput", "path", mock_json_text(rel),
+                                 "content", mock_json_text(text)));
+    char *old = mock_slurp(rel, 1u << 20);
+    mock_parents(rel);
+    int fd = open(rel, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text);
+    int saved = errno;
+    if (fd >= 0 && close(fd) < 0)
+        ok = 0;
+    if (ok)
+        mock_tool_update(s->id, call, "completed",
+                         json_pack("{s:[{s:s, s:o, s:o, s:o}]}", "content", "type", "diff", "path", mock_json_text(abs),
+                                   "oldText", old ? mock_json_text(old) : json_null(), "newText",
+                                   mock_json_text(text)));
+    else
+        mock_tool_update(s->id, call, "failed", json_pack("{s:o}", "content", mock_text_content(strerror(saved))));
+    free(old);
+    free(text);
+}
+
+/* delete PATH: a delete tool call naming the file. */
+static void mock_delete(mock_session *s, const char *rel)
+{
+    char abs[4200], call[32];
+    mock_abs(rel, abs, sizeof abs);
+    snprintf(call, sizeof call, "tool-%u", ++mock_tools);
+    mock_update(s->id, json_pack("{s:s, s:s, s:o, s:s, s:s, s:[{s:o}]}", "sessionUpdate", "tool_call", "toolCallId",
+                                 call, "title", mock_json_text(rel), "kind", "delete", "status", "pending",
+                                 "locations", "path", mock_json_text(abs)));
+    if (unlink(rel) == 0)
+        mock_tool_update(s->id, call, "completed", json_pack("{s:[{s:o}]}", "locations", "path", mock_json_text(abs)));
+    else
+        mock_tool_update(s->id, call, "failed", json_pack("{s:o}", "content", mock_text_content(strerror(errno))));
+}
+
+/* The command's exit code (128+N for signal N) and its output (at most
+ * 64 KiB kept; the rest read and dropped). */
+static int mock_sh(const char *cmd, char **output)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0)
+            _exit(127);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    size_t cap = 64u << 10, len = 0;
+    char *buf = malloc(cap + 1), junk[4096];
+    if (!buf)
+        exit(1);
+    for (;;) {
+        ssize_t r = len < cap ? read(p[0], buf + len, cap - len) : read(p[0], junk, sizeof junk);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (len < cap)
+            len += (size_t)r;
+    }
+    close(p[0]);
+    buf[len] = '\0';
+    *output = buf;
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* run CMD: an execute tool call, run with /bin/sh -c only once the client
+ * allowed it; the exit code in rawOutput. */
+static void mock_run(mock_session *s, const char *cmd)
+{
+    char call[32];
+    snprintf(call, sizeof call, "tool-%u", ++mock_tools);
+    mock_update(s->id, json_pack("{s:s, s:s, s:o, s:s, s:s, s:{s:o}}", "sessionUpdate", "tool_call", "toolCallId",
+                                 call, "title", mock_json_text(cmd), "kind", "execute", "status", "pending", "rawInput",
+                                 "command", mock_json_text(cmd)));
+    char *opt = mock_ask(s, json_pack("{s:s, s:o, s:s, s:{s:o}}", "toolCallId", call, "title", mock_json_text(cmd),
+                                      "kind", "execute", "rawInput", "command", mock_json_text(cmd)));
+    int allowed = strncmp(opt, "allow", 5) == 0;
+    free(opt);
+    if (!allowed) {
+        mock_tool_update(s->id, call, "failed", json_pack("{s:{s:s}, s:o}", "rawOutput", "error", "permission denied",
+                                                          "content", mock_text_content("permission denied")));
+        return;
+    }
+    mock_tool_update(s->id, call, "in_progress", NULL);
+    char *output = NULL;
+    int code = mock_sh(cmd, &output);
+    if (code < 0)
+        mock_tool_update(s->id, call, "failed", json_pack("{s:o}", "content", mock_text_content(strerror(errno))));
+    else
+        mock_tool_update(s->id, call, code == 0 ? "completed" : "failed",
+                         json_pack("{s:{s:i, s:o}, s:o}", "rawOutput", "exitCode", code, "output",
+                                   mock_json_text(output), "content", mock_text_content(output)));
+    free(output);
+}
+
+/* sleep N: N seconds, or until the client's session/cancel: 1 then. */
+static int mock_sleep(mock_session *s, const char *arg)
+{
+    long secs = strtol(arg, NULL, 10);
+    struct timespec now, end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += secs < 0 ? 0 : secs > 86400 ? 86400 : secs;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = (end.tv_sec - now.tv_sec) * 1000 + (end.tv_nsec - now.tv_nsec) / 1000000;
+        if (left <= 0)
+            return 0;
+        int timed_out = 0;
+        json_t *msg = mock_read_within((int)(left > 1000000 ? 1000000 : left), &timed_out);
+        if (!msg && !timed_out)
+            exit(0);                    /* the client went away */
+        if (!msg)
+            continue;
+        const char *method = json_string_value(json_object_get(msg, "method"));
+        const char *sid = json_string_value(json_object_get(json_object_get(msg, "params"), "sessionId"));
+        json_t *mid = json_object_get(msg, "id");
+        int cancel = method && strcmp(method, "session/cancel") == 0 && sid && strcmp(sid, s->id) == 0;
+        if (method && mid && !json_is_null(mid))
+            mock_error(mid, -32000, "busy: answering a prompt");
+        json_decref(msg);
+        if (cancel)
+            return 1;
+    }
+}
+
+static int mock_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char **mock_found;
+static size_t mock_nfound;
+static size_t mock_skills_len;
+
+static int mock_walk(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    if (type == FTW_F && mock_nfound < 1024) {
+        char **grown = realloc(mock_found, (mock_nfound + 1) * sizeof *grown);
+        if (!grown || !(grown[mock_nfound] = strdup(path + mock_skills_len)))
+            exit(1);
+        mock_found = grown;
+        mock_nfound++;
+    }
+    return 0;
+}
+
+/* instructions: what the run put in ~/.config/cell-mock-agent (runagent.c):
+ * the instructions, then each skill's SKILL.md and other files, sorted. */
+static void mock_instructions(mock_session *s)
+{
+    char dir[4096], path[4200];
+    const char *home = getenv("HOME");
+    snprintf(dir, sizeof dir, "%s/.config/cell-mock-agent", home ? home : "/root");
+    snprintf(path, sizeof path, "%s/instructions.md", dir);
+    char *text = mock_slurp(path, 64u << 10);
+    char *line = NULL;
+    if (asprintf(&line, "instructions: %s\n", text ? text : "(none)") < 0)
+        exit(1);
+    mock_chunk(s->id, line);
+    free(line);
+    free(text);
+    snprintf(path, sizeof path, "%s/skills/", dir);
+    mock_skills_len = strlen(path);
+    mock_nfound = 0;
+    if (nftw(path, mock_walk, 16, FTW_PHYS) < 0)
+        return;
+    qsort(mock_found, mock_nfound, sizeof *mock_found, mock_cmp);
+    for (size_t i = 0; i < mock_nfound; i++) {
+        char full[8400];
+        snprintf(full, sizeof full, "%s%s", path, mock_found[i]);
+        const char *base = strrchr(mock_found[i], '/');
+        if (base && strcmp(base, "/SKILL.md") == 0 && strchr(mock_found[i], '/') == base) {
+            char *md = mock_slurp(full, 64u << 10);
+            if (asprintf(&line, "skill %.*s: %s\n", (int)(base - mock_found[i]), mock_found[i], md ? md : "") < 0)
+                exit(1);
+            free(md);
+        } else if (asprintf(&line, "file %s\n", mock_found[i]) < 0) {
+            exit(1);
+        }
+        mock_chunk(s->id, line);
+        free(line);
+        free(mock_found[i]);
+    }
+}
+
+/* One script line; 1 when the turn ends here (cancelled). */
+static int mock_script_line(mock_session *s, const char *line, mock_turn *t)
+{
+    size_t n = strcspn(line, " ");
+    const char *rest = line[n] ? line + n + 1 : "";
+    char word[16];
+    snprintf(word, sizeof word, "%.*s", (int)(n < 15 ? n : 15), line);
+    if (strcmp(word, "say") == 0) {
+        mock_chunk(s->id, rest);
+    } else if (strcmp(word, "think") == 0) {
+        mock_text_update(s->id, "agent_thought_chunk", rest);
+    } else if (strcmp(word, "write") == 0 && *rest) {
+        mock_write(s, rest);
+    } else if (strcmp(word, "delete") == 0 && *rest) {
+        mock_delete(s, rest);
+    } else if (strcmp(word, "run") == 0 && *rest) {
+        mock_run(s, rest);
+    } else if (strcmp(word, "usage") == 0) {
+        long in = 100, out = 20;
+        sscanf(rest, "%ld %ld", &in, &out);
+        t->in += in;
+        t->out += out;
+        t->have_usage = 1;
+        mock_update(s->id, json_pack("{s:s, s:I, s:I}", "sessionUpdate", "usage_update", "used",
+                                     (json_int_t)(t->in + t->out), "size", (json_int_t)200000));
+    } else if (strcmp(word, "crash") == 0) {
+        exit(3);
+    } else if (strcmp(word, "sleep") == 0) {
+        if (mock_sleep(s, rest)) {
+            t->stop = "cancelled";
+            return 1;
+        }
+    } else if (strcmp(word, "instructions") == 0) {
+        mock_instructions(s);
+    } else if (strcmp(word, "json") == 0) {
+        mock_chunk(s->id, *rest ? rest : "{\"ok\":true}");
+    }
+    return 0;                           /* anything else (the run's own notes) is ignored */
+}
+
+/* A script prompt: each line a word, in order (docs in the header). */
+static void mock_script(json_t *id, mock_session *s, const char *text, const char *ask)
+{
+    mock_history_add(s, "user", text);
+    char *reply = NULL, *copy = strdup(ask), *save = NULL;
+    size_t reply_len = 0;
+    if (!copy || !(mock_reply = open_memstream(&reply, &reply_len)))
+        exit(1);
+    mock_turn t = { .stop = "end_turn" };
+    for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        if (mock_script_line(s, line, &t))
+            break;
+    free(copy);
+    if (fclose(mock_reply) != 0)
+        exit(1);
+    mock_reply = NULL;
+    mock_history_add(s, "agent", reply);
+    free(reply);
+    json_t *result = json_pack("{s:s}", "stopReason", t.stop);
+    if (t.have_usage)
+        json_object_set_new(result, "usage", json_pack("{s:I, s:I, s:I}", "inputTokens", (json_int_t)t.in,
+                                                       "outputTokens", (json_int_t)t.out, "totalTokens",
+                                                       (json_int_t)(t.in + t.out)));
+    mock_result(id, result);
+    mock_save(s);
+}
+
 static void mock_prompt(json_t *id, json_t *params)
 {
     mock_session *s = mock_session_param(id, params);
@@ -592,6 +1091,11 @@ static void mock_prompt(json_t *id, json_t *params)
         return mock_error(id, RPC_INVALID_PARAMS, "prompt: an array of content blocks is required");
     const char *ask;
     char *text = mock_prompt_text(params, &ask);
+    if (mock_is_script(ask)) {
+        mock_script(id, s, text, ask);
+        free(text);
+        return;
+    }
     if (strstr(ask, "exit now"))
         exit(3);
     if (strstr(ask, "garbage")) {
