@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -44,6 +45,11 @@ static const char create_usage[] =
     "  --hostname NAME           the cell's hostname\n"
     "  --ttl SECONDS             stop the cell after this long without requests\n"
     "  --mount-memory DST[:SIZE] an empty in-memory directory at DST (repeatable)\n"
+    "  --mount-overlay SRC:DST[:SIZE]\n"
+    "                            the daemon host's directory SRC at DST, writable\n"
+    "                            in the cell but never written: changes go to an\n"
+    "                            in-memory layer of SIZE (default 1G); admin tokens\n"
+    "                            only (repeatable)\n"
     "  --policy FILE             network policy: a JSON file (see docs/egress.md);\n"
     "                            without one the cell has no network at all\n"
     "  --agent-key AGENT=SECRET[,base=URL][,provider=NAME]\n"
@@ -362,6 +368,35 @@ static int add_memory_mount(json_t *mounts, const char *spec)
     return rc;
 }
 
+/* SRC:DST[:SIZE]; SRC made absolute here (the daemon resolves it again and
+ * checks it is a directory). */
+static int add_overlay_mount(json_t *mounts, const char *spec)
+{
+    const char *colon = strchr(spec, ':');
+    if (!colon || colon == spec || colon[1] != '/')
+        return cli_fail(CLI_EXIT_USAGE, "--mount-overlay '%s': expected SRC:DST[:SIZE] with an absolute DST, e.g. "
+                        "./repo:/workspace:2G", spec);
+    char *src = strndup(spec, (size_t)(colon - spec)), canon[PATH_MAX];
+    const char *size_at = strchr(colon + 1, ':');
+    char *target = size_at ? strndup(colon + 1, (size_t)(size_at - colon - 1)) : strdup(colon + 1);
+    json_int_t size = 0;
+    int rc = 0;
+    if (!src || !target)
+        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    else if (size_at && size_value("--mount-overlay", size_at + 1, &size))
+        rc = CLI_EXIT_USAGE;
+    else {
+        json_t *m = json_pack("{s:s, s:s, s:s}", "type", "overlay", "source", realpath(src, canon) ? canon : src,
+                              "target", target);
+        if (size)
+            json_object_set_new(m, "size", json_integer(size));
+        json_array_append_new(mounts, m);
+    }
+    free(src);
+    free(target);
+    return rc;
+}
+
 /* A policy file as JSON; the daemon validates the rules themselves (its
  * errors name the rule and field).  NULL after printing a usage error. */
 static json_t *read_policy(const char *opt, const char *path)
@@ -421,6 +456,8 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
         return k < 0 || add_agent_key(body, v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
         return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
+    if ((k = opt_is(argc, argv, i, "--mount-overlay", &v)) != 0)
+        return k < 0 ? CLI_EXIT_USAGE : add_overlay_mount(json_object_get(body, "mounts"), v);
     if ((k = opt_is(argc, argv, i, "--policy", &v)) != 0) {
         json_t *policy = k < 0 ? NULL : read_policy("--policy", v);
         return policy ? (json_object_set_new(body, "policy", policy), 0) : CLI_EXIT_USAGE;

@@ -28,6 +28,7 @@ import stat
 import pytest
 
 import daemon as dm
+from conftest import run_cell
 from daemon import assert_problem, make_tenant_token
 
 OWNER = 1000  # the host directory's owner, as a user's checkout would be
@@ -306,7 +307,28 @@ def test_a_full_upper_layer_is_enospc_and_the_host_unchanged(run, repo):
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    yield from dm.serve(tmp_path_factory.mktemp("ovl"), ["--limit", "cell.memory=%d" % (1 << 30)])
+    yield from dm.serve(tmp_path_factory.mktemp("ovl"), ["--limit", "cell.memory=%d" % (1 << 30)], unix_socket=True)
+
+
+def test_cli_create_mount_overlay(d, repo, hostdir):
+    def cli(*args):
+        env = {k: v for k, v in os.environ.items() if k not in ("CELL_TOKEN", "CELL_URL")}
+        return run_cell(d.state, list(args), env=env)
+
+    r = cli("--json", "create", "--memory", "128M", "--mount-overlay", "%s:/workspace:32M" % repo)
+    assert r.returncode == 0, r
+    cid = json.loads(r.stdout)["id"]
+    try:
+        r = cli("exec", cid, "--", "sh", "-c", "echo x >> /workspace/a.txt && cat /workspace/a.txt && "
+                "df -k /workspace | tail -1")
+        assert r.returncode == 0 and r.stdout.startswith("hello\nx\n") and " 32768 " in r.stdout, r
+    finally:
+        assert cli("rm", cid).returncode == 0
+    for spec, needle in (("nocolon", "--mount-overlay"), ("%s:relative" % repo, "--mount-overlay"),
+                         ("%s:/w:lots" % repo, "--mount-overlay"),
+                         ("%s/a.txt:/w" % repo, "mounts[0].source")):
+        r = cli("create", "--mount-overlay", spec)
+        assert r.returncode != 0 and needle in r.stderr, (spec, r)
 
 
 def test_daemon_overlay_needs_admin_and_leaves_the_host_alone(d, admin, repo):
