@@ -717,8 +717,16 @@ static int upload_repo(client *c, const char *dir, char **id)
 {
     int git = is_git_worktree(dir);
     int list[2] = { -1, -1 }, tarp[2];
-    if ((git && pipe2(list, O_CLOEXEC) < 0) || pipe2(tarp, O_CLOEXEC) < 0)
+    if (git && pipe2(list, O_CLOEXEC) < 0)
         return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
+    if (pipe2(tarp, O_CLOEXEC) < 0) {
+        int e = errno;
+        if (git) {
+            close(list[0]);
+            close(list[1]);
+        }
+        return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(e));
+    }
     const char *git_argv[] = { "git", "-c", "core.fsmonitor=false", "-C", dir, "ls-files", "-z", "-c", "-o",
                                "--exclude-standard", NULL };
     const char *tar_git[] = { "tar", "--create", "--file=-", "--directory", dir, "--owner=0", "--group=0",
@@ -1165,7 +1173,8 @@ static int follow_events(struct follow *f, int follow, int cancel)
         rc = client_get_stream_hdr(f->c, path, f->last_id[0] ? hdr : NULL, sse_data, f, &stream_stop, "events");
         end_mid(f);
         if (f->finished || !follow) {
-            rc = rc < 0 && !f->finished ? cli_fail(CLI_EXIT_INTERNAL, "out of memory") : 0;
+            if (rc < 0)         /* -1: sse_data stopped it, at run.finished or out of memory */
+                rc = f->finished ? 0 : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
             break;
         }
         if (atomic_load(&interrupted)) {
@@ -1284,15 +1293,23 @@ static void print_summary(FILE *p, const char *id, json_t *run)
     fflush(p);
 }
 
+/* The daemon keeps at most 64 MiB of patch; more is a hostile daemon filling a disk. */
+#define PATCH_MAX (64ull << 20)
+
 struct to_fd {
-    int fd;
-    int tty;
-    int failed;
+    int    fd;
+    int    tty;
+    int    failed;
+    size_t bytes;
 };
 
 static int write_piece(void *user, const char *p, size_t n)
 {
     struct to_fd *t = user;
+    if ((t->bytes += n) > PATCH_MAX) {
+        t->failed = EFBIG;
+        return -1;
+    }
     if (t->tty) {
         put_safe(stdout, p, n, 1);
         return 0;
@@ -1313,7 +1330,9 @@ static int fetch_patch(client *c, const char *id, int fd)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     fflush(stdout);
-    if (rc < 0)
+    if (rc < 0 && t.failed == EFBIG)
+        rc = cli_fail(CLI_EXIT_INTERNAL, "the daemon's patch of run %s is larger than 64 MiB", id);
+    else if (rc < 0)
         rc = cli_fail(CLI_EXIT_INTERNAL, "cannot write the patch: %s", strerror(t.failed));
     return rc;
 }
@@ -1617,8 +1636,7 @@ static int runs_events(client *c, struct runs_args *a, const char *id)
     struct follow f = { .c = c, .id = id, .prog = stdout, .json = a->json, .last_seq = -1, .out_tty = isatty(1) };
     if (a->follow)
         catch_interrupts();
-    int rc = follow_events(&f, a->follow, 0);
-    return rc == EXIT_CANCELED ? 0 : rc;
+    return follow_events(&f, a->follow, 0);
 }
 
 static int runs_cancel(client *c, const char *id, int remove)

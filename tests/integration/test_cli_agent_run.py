@@ -705,6 +705,29 @@ def test_runs_events_prints_and_ends(fake):
     assert runs.paths("GET")[-1] == "/v1/runs/%s/events" % RID
 
 
+def test_runs_events_of_an_unknown_run_is_a_refusal(fake):
+    runs = Runs()
+    f = start(fake, runs)
+    r = agent(f, "runs", "events", "ffffffffffffffff")
+    assert r.returncode == 1 and "no such route" in r.stderr, r.stderr
+
+
+def test_endless_patch_is_cut_at_64_mib(fake, tmp_path):
+    repo = make_repo(tmp_path)
+
+    def answer(conn, head, fk):
+        if b"/artifacts/" not in head:
+            send(conn, 200, run_json(repo={"upload": "u"}))
+            return True
+        conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
+        while True:             # until the CLI stops reading
+            conn.sendall(b"+" * (1 << 20))
+    f = fake(answer)
+    r = agent(f, "runs", "apply", RID, "--repo", str(repo))
+    assert r.returncode == 125 and "larger than 64 MiB" in r.stderr, r.stderr
+    assert (repo / "a.txt").read_text() == "one\n"
+
+
 def test_runs_cancel_never_deletes_a_finished_run(fake):
     runs = Runs()
     f = start(fake, runs)
