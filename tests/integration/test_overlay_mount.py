@@ -275,9 +275,12 @@ def test_setuid_in_the_host_directory_gives_nothing(run, repo):
     # Owned by host root, so by the cell's root (1:1), mode 4755: nosuid
     # mounts and no_new_privs keep a non-root uid what it is.
     r = run(["run", "--user", "%d:%d" % (OWNER, OWNER), "--overlay", "%s:/workspace" % repo, "--",
-             "sh", "-c", "/workspace/suid-id -u; /workspace/suid-id -ru; grep NoNewPrivs /proc/self/status"])
+             "sh", "-c", "/workspace/suid-id -u; /workspace/suid-id -ru; grep NoNewPrivs /proc/self/status; "
+             "grep ' /workspace ' /proc/self/mounts"])
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(OWNER), str(OWNER), "NoNewPrivs:", "1"], r.stdout
+    lines = r.stdout.splitlines()
+    assert " ".join(lines[:3]).split() == [str(OWNER), str(OWNER), "NoNewPrivs:", "1"], r.stdout
+    assert lines[3].startswith("overlay /workspace overlay rw,nosuid,nodev,"), r.stdout
     # No nosuid seccomp filter here, unlike a read-write bind: what the
     # cell's root makes setuid lands in its own tmpfs, never on the host.
     r = run(["run", "--overlay", "%s:/workspace" % repo, "--", "sh", "-c",
