@@ -541,3 +541,29 @@ def test_revoking_the_token_ends_its_event_streams(d):
     assert g.get("/v1/runs/" + run["id"]).status == 401
     dm.assert_problem(d.client().get("/v1/runs/%s" % run["id"]), 404)   # the admin's tenant is another
     # The run itself goes on until canceled by its tenant's other tokens or the stop.
+
+
+def test_an_upload_over_the_file_limit_is_413_and_leaves_nothing(tmp_path):
+    with dm.served(tmp_path / "small", ["--max-file-size", "64K", "--warm", "0"]) as dd:
+        c = dd.client()
+        dm.assert_problem(upload(c, b"\0" * (200 << 10)), 413)
+        # Chunked, without a length: refused as it grows past the limit.
+        conn = c.chunked("POST", "/v1/runs/uploads", "application/x-tar")
+        dm.send_chunks(conn, b"\0" * (200 << 10), 16 << 10)
+        r = conn.getresponse()
+        assert r.status == 413, r.status
+        conn.close()
+        up = os.path.join(dd.state, "runs", "uploads", "default")
+        assert dm.wait_for(lambda: not os.path.isdir(up) or not os.listdir(up), 10, 0.1), os.listdir(up)
+        r = upload(c, tar_of({"f": b"x"}), "application/gzip")     # the type is not the content's proof
+        assert r.status == 201, r
+
+
+def test_a_lane_repo_is_the_tenants_lane(alice, bob):
+    name = dm.uniq("lane")
+    assert alice.post("/v1/lanes", {"name": name}).status == 201
+    dm.assert_problem(bob.post("/v1/runs", {"agent": "shell", "prompt": "true", "repo": {"lane": name}}), 404)
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "ls /workspace", "repo": {"lane": name}})
+    assert run["repo"] == {"lane": name, "path": "/workspace"}, run
+    body, _ = dm.run_wait(alice, run["id"], 60)
+    assert body["status"] in dm.RUN_TERMINAL
