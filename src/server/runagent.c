@@ -1658,7 +1658,9 @@ static int ra_type_is(const char *type, json_t *v)
     if (strcmp(type, "number") == 0)
         return json_is_number(v);
     if (strcmp(type, "integer") == 0)
-        return json_is_integer(v) || (json_is_real(v) && json_real_value(v) == (double)(long long)json_real_value(v));
+        /* 3.0 is an integer; the range check first: casting 1e300 is undefined. */
+        return json_is_integer(v) || (json_is_real(v) && json_real_value(v) > -9e15 && json_real_value(v) < 9e15 &&
+                                      json_real_value(v) == (double)(long long)json_real_value(v));
     if (strcmp(type, "boolean") == 0)
         return json_is_boolean(v);
     return strcmp(type, "null") == 0 && json_is_null(v);

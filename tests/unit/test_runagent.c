@@ -653,6 +653,7 @@ static void schema_subset(void **state)
     validates(s, "{\"name\":1,\"tags\":[]}", "/name: a value of type string is required");
     validates(s, "{\"name\":\"x\",\"tags\":[\"a\",2]}", "/tags/1: a value of type string is required");
     validates(s, "{\"name\":\"x\",\"tags\":[],\"n\":1.5}", "/n: a value of type integer is required");
+    validates(s, "{\"name\":\"x\",\"tags\":[],\"n\":1e300}", "/n: a value of type integer is required");
     validates(s, "{\"name\":\"x\",\"tags\":[],\"kind\":\"c\"}", "/kind: not one of the enum's values");
     validates(s, "{\"name\":\"x\",\"tags\":[],\"more\":1}",
               "/more: no such property is allowed (additionalProperties is false)");
