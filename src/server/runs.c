@@ -1113,7 +1113,9 @@ int h_runs_create(sreq *r)
     req_audit(r, "run", json_string(x->id));
     runs_emit(x, "run.status", json_pack("{s:s}", "status", "queued"));
     audit_run(x, "created");
-    x->refs++;                      /* the driver's (runs_lock not needed: nobody else frees it yet) */
+    pthread_mutex_lock(&runs_lock);
+    x->refs++;                      /* the driver's */
+    pthread_mutex_unlock(&runs_lock);
     int pe = util_thread_detached(rundrive_main, x);
     if (pe != 0) {
         runs_finish(x, RUN_FAILED, json_pack("{s:n, s:s, s:{s:s, s:s}}", "exitCode", "output", "", "error", "type",
