@@ -100,7 +100,8 @@ static const char run_usage[] =
     "                          asked y/N; otherwise the daemon decides\n"
     "  --image NAME            the cell's image (default host)\n"
     "  --json                  every event as one JSON line on stdout, then the run\n"
-    "  --diff                  print the run's patch on stdout at the end\n"
+    "  --diff                  print the run's patch on stdout at the end (with\n"
+    "                          --json it is the last line's result.diff)\n"
     "  --apply                 apply the patch to DIR when the run succeeded\n"
     "                          (refused, with the conflicts, when it does not apply)\n"
     "  --detach                print the run's id and exit\n"
@@ -258,6 +259,32 @@ static json_t *front_value(const char *line, size_t len, const char *key)
     return json_stringn(v, (size_t)(end - v));
 }
 
+/* A YAML block scalar's indented lines from *p on (after a "key: >" or
+ * "key: |" line): joined by spaces (">") or newlines ("|"); *p moves past them. */
+static json_t *block_scalar(const char **p, int fold)
+{
+    http1_buf b = { 0 };
+    while (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r') {
+        const char *line = *p, *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        while (len && (*line == ' ' || *line == '\t'))
+            line++, len--;
+        if (len && line[len - 1] == '\r')
+            len--;
+        if (len) {
+            if (b.len)
+                http1_buf_add(&b, fold ? " " : "\n", 1);
+            http1_buf_add(&b, line, len);
+        }
+        if (!nl)
+            break;
+        *p = nl + 1;
+    }
+    json_t *v = b.oom ? NULL : json_stringn(b.data ? b.data : "", b.len);
+    free(b.data);
+    return v;
+}
+
 /* SKILL.md's text into name, description and body (what follows the front matter). */
 static int parse_skill_md(const char *dir, const char *text, json_t *skill)
 {
@@ -275,12 +302,18 @@ static int parse_skill_md(const char *dir, const char *text, json_t *skill)
         if (!nl)
             return cli_fail(CLI_EXIT_USAGE, "--skill %s: SKILL.md's front matter has no closing '---'", dir);
         static const char *const keys[] = { "name", "description" };
+        p = nl + 1;
         for (int i = 0; i < 2; i++) {
-            json_t *v = front_value(p, len, keys[i]);
+            json_t *v = front_value(nl - len, len, keys[i]);
+            const char *t = json_string_value(v);
+            if (t && (*t == '>' || *t == '|') && strspn(t + 1, "+-") == strlen(t + 1)) {
+                int fold = *t == '>';
+                json_decref(v);
+                v = block_scalar(&p, fold);
+            }
             if (v)
                 json_object_set_new(skill, keys[i], v);
         }
-        p = nl + 1;
     }
     if (!json_string_length(json_object_get(skill, "description")))
         return cli_fail(CLI_EXIT_USAGE, "--skill %s: SKILL.md's front matter needs a description: line", dir);

@@ -285,6 +285,18 @@ def test_bad_options_are_usage_errors_and_send_nothing(fake, args, words):
     assert runs.requests == []
 
 
+def test_skill_front_matter_block_scalars(fake, tmp_path):
+    skill = tmp_path / "fmt"
+    skill.mkdir()
+    (skill / "SKILL.md").write_text("---\nname: fmt\ndescription: >-\n  Formats code\n  before commits.\n"
+                                     "license: MIT\n---\n# Fmt\n")
+    runs = Runs()
+    f = start(fake, runs)
+    r = agent(f, "run", "--detach", "--no-repo", "--skill", str(skill), "x")
+    assert r.returncode == 0, r.stderr
+    assert runs.bodies[0]["skills"] == [{"name": "fmt", "description": "Formats code before commits.", "body": "# Fmt\n"}]
+
+
 def test_limits_checked_before_sending(fake, tmp_path):
     big = tmp_path / "big"
     big.write_bytes(b"a" * (256 * 1024 + 1))
@@ -859,3 +871,21 @@ def test_real_ctrl_c_cancels_the_run(d):
     assert p.returncode == 130, err
     rid = re.search(rb"canceling run ([0-9a-f]{16})", err).group(1).decode()
     assert d.client().get("/v1/runs/" + rid).body["status"] == "canceled"
+
+
+def test_real_permission_ask_answered_on_the_terminal(d):
+    master, slave = pty.openpty()
+    p = subprocess.Popen([CELL_BIN, "--state", d.state, "agent", "run", "--agent", "mock", "--no-repo",
+                          "--ask", "kind=edit", "permission please"],
+                         env=real_env(), stdin=slave, stderr=slave, stdout=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    try:
+        seen = read_until(master, "allow? [y/N]", 120)
+        os.write(master, b"y\n")
+        out, _ = p.communicate(timeout=120)
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+    assert b"? permission for edit: mock wants to write a file" in seen, seen
+    assert out.decode() == "permission: allow-once", out
