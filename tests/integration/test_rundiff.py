@@ -260,14 +260,18 @@ def test_nested_repositories_are_gitlinks_and_git_dirs_never_show(state, trees):
     empty = os.path.join(ws, "empty")
     subprocess.run(git + ["init", "-q", empty], check=True)
     write(empty, "e.txt", "no commit\n")
-    # A .git file pointing anywhere in the cell.
+    # A .git file pointing anywhere in the cell; .git in other cases.
     write(ws, "fake/.git", "gitdir: /etc\n")
     write(ws, "fake/f.txt", "f\n")
+    write(ws, ".GIT/config", "[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    write(ws, "x/.Git/hooks/pre-commit", "#!/bin/sh\n")
+    write(ws, "top.txt", "top changed\n")
     entries, _, patch, err = diff(state, base, ws)
     paths = {p for _, p, _ in entries}
     assert b"vendor/dep" in paths and ("+Subproject commit %s" % head).encode() in patch
     assert b"dep secret content" not in patch and b"no commit" not in patch
-    assert not any(b".git/" in p or p.startswith(b".git") for p in paths), paths
+    assert not any(b".git/" in p.lower() or p.lower().startswith(b".git") for p in paths), paths
+    assert b"top.txt" in paths
     assert b"empty" not in paths
     assert b"hooksPath" not in patch
 
