@@ -1045,7 +1045,7 @@ static void migrate_from_v1(void **state)
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "DROP TABLE secrets; DROP TABLE secrets_key; ALTER TABLE tenants DROP COLUMN max_pids;"
-                                      "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
+                                      "DROP TABLE runs; PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     assert_int_equal(store_open(&f->s, f->dir, &err), 0);
     load_key(f);
@@ -1230,6 +1230,70 @@ static void tenant_defaults(void **state)
     assert_int_equal(t.max_pids, 100);
 }
 
+/* Runs: insert, update, list (oldest first, without results), get (with
+ * it), delete, and a restart's mark_failed of those not finished. */
+static void runs(void **state)
+{
+    fixture *f = *state;
+    cell_error err = { 0 };
+    store_run r = { .created = 1000, .spec = "{\"agent\":\"shell\"}" };
+    snprintf(r.id, sizeof r.id, "00000000000000a1");
+    snprintf(r.tenant, sizeof r.tenant, "acme");
+    snprintf(r.token, sizeof r.token, "0123456789ab");
+    snprintf(r.agent, sizeof r.agent, "shell");
+    snprintf(r.status, sizeof r.status, "running");
+    assert_int_equal(store_run_insert(f->s, &r, &err), 0);
+    assert_int_equal(store_run_insert(f->s, &r, &err), -1);
+    assert_int_equal(err.code, EEXIST);
+    store_run bad = r;
+    snprintf(bad.id, sizeof bad.id, "../x");
+    assert_int_equal(store_run_insert(f->s, &bad, &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    snprintf(r.id, sizeof r.id, "00000000000000a2");
+    r.created = 2000;
+    snprintf(r.status, sizeof r.status, "queued");
+    assert_int_equal(store_run_insert(f->s, &r, &err), 0);
+    snprintf(r.status, sizeof r.status, "succeeded");
+    snprintf(r.cell, sizeof r.cell, "abcdef012345");
+    r.result = "{\"exitCode\":0,\"diff\":\"x\"}";
+    r.timings = "{\"finishedMs\":3000}";
+    r.finished = 3000;
+    assert_int_equal(store_run_update(f->s, &r, &err), 0);
+
+    store_run *all = NULL;
+    size_t n = 0;
+    assert_int_equal(store_run_list(f->s, &all, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(all[0].id, "00000000000000a1");
+    assert_string_equal(all[1].status, "succeeded");
+    assert_null(all[1].result);
+    assert_string_equal(all[1].timings, "{\"finishedMs\":3000}");
+    store_run_list_free(all, n);
+
+    store_run got;
+    assert_int_equal(store_run_get(f->s, "00000000000000a2", &got, &err), 0);
+    assert_string_equal(got.result, "{\"exitCode\":0,\"diff\":\"x\"}");
+    assert_string_equal(got.cell, "abcdef012345");
+    assert_int_equal(got.finished, 3000);
+    store_run_free(&got);
+
+    size_t marked = 0;
+    assert_int_equal(store_runs_mark_failed(f->s, "{\"error\":{\"type\":\"daemon_restarted\"}}", &marked, &err), 0);
+    assert_int_equal(marked, 1);
+    reopen(f);
+    assert_int_equal(store_run_get(f->s, "00000000000000a1", &got, &err), 0);
+    assert_string_equal(got.status, "failed");
+    assert_non_null(strstr(got.result, "daemon_restarted"));
+    assert_true(got.finished > 0);
+    store_run_free(&got);
+
+    assert_int_equal(store_run_delete(f->s, "00000000000000a1", &err), 0);
+    assert_int_equal(store_run_delete(f->s, "00000000000000a1", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_run_get(f->s, "00000000000000a1", &got, &err), -1);
+    assert_int_equal(err.code, ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1238,6 +1302,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(cells, setup, teardown),
         cmocka_unit_test_setup_teardown(lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(runs, setup, teardown),
         cmocka_unit_test_setup_teardown(reopen_keeps_data, setup, teardown),
         cmocka_unit_test_setup_teardown(newer_schema_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(audit_basic, setup, teardown),
