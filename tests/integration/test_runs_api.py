@@ -567,3 +567,13 @@ def test_a_lane_repo_is_the_tenants_lane(alice, bob):
     assert run["repo"] == {"lane": name, "path": "/workspace"}, run
     body, _ = dm.run_wait(alice, run["id"], 60)
     assert body["status"] in dm.RUN_TERMINAL
+
+
+def test_run_repo_root_must_be_an_absolute_directory(tmp_path):
+    import subprocess
+    out = subprocess.run([dm.CELL_BIN, "serve", "--help"], capture_output=True, text=True).stdout
+    assert "--run-repo-root DIR" in out
+    for bad in ("relative/dir", str(tmp_path / "missing"), "/etc/hostname"):
+        p = subprocess.run([dm.CELL_BIN, "serve", "--state", str(tmp_path / "st"), "--run-repo-root", bad],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and "--run-repo-root" in p.stderr, (bad, p)
