@@ -649,13 +649,9 @@ static json_t *run_shell(drive *d)
     } else if (e.code != ECANCELED) {
         drv_fail(d, "agent", "sh: %s", e.message);
     }
-    if (o.buf && !json_stringn(o.buf, o.len)) {
-        /* Not UTF-8: the bytes a JSON string can carry, as text. */
-        for (size_t i = 0; i < o.len; i++)
-            if ((unsigned char)o.buf[i] >= 0x80 || o.buf[i] == 0)
-                o.buf[i] = '?';
-    }
-    json_object_set_new(d->result, "output", json_stringn(o.buf ? o.buf : "", o.len));
+    /* Invalid UTF-8 (or a character cut at the cap) as U+FFFD. */
+    json_t *out = procs_lossy_string((const unsigned char *)(o.buf ? o.buf : ""), o.len);
+    json_object_set_new(d->result, "output", out ? out : json_string(""));
     free(o.buf);
     return code;
 }

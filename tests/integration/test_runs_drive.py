@@ -169,6 +169,12 @@ def test_shell_output_is_capped_and_binary_safe(alice):
     assert len(out) == 1 << 20 and set(out) == {"x"}
 
 
+def test_shell_output_that_is_not_utf8(alice):
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "printf 'a\\377b\\000c'"})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert done["result"]["output"] in ("a\ufffdb\ufffdc", "a\ufffdb\x00c"), done
+
+
 # ---- permissions --------------------------------------------------------------------------------
 
 
