@@ -81,14 +81,21 @@ class Conn:
 
 
 class FakeDaemon:
-    def __init__(self, answer, prefix="cell-it-fake-"):
+    def __init__(self, answer, prefix="cell-it-fake-", tcp=False):
+        """tcp: listen on 127.0.0.1 (a remote daemon to the CLI), not on the unix socket."""
         self.dir = tempfile.mkdtemp(prefix=prefix)
         self.path = os.path.join(self.dir, "fake.sock")
         self.answer = answer
         self.heads = []
         self.connections = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
+        if tcp:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.bind(("127.0.0.1", 0))
+            self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(self.path)
+            self.url = "unix:" + self.path
         self.sock.listen(16)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -126,7 +133,7 @@ class FakeDaemon:
 
     def cli(self, *args, token="tok", env=None, **kw):
         kw.setdefault("timeout", RUN_TIMEOUT)
-        return run_cell(self.dir, ["--url", "unix:" + self.path] + list(args), env=self.env(token, env), **kw)
+        return run_cell(self.dir, ["--url", self.url] + list(args), env=self.env(token, env), **kw)
 
     def close(self):
         self.sock.close()
@@ -134,11 +141,11 @@ class FakeDaemon:
 
 
 def fake_factory():
-    """A pytest fixture body: yields make(answer) and closes what it made."""
+    """A pytest fixture body: yields make(answer, tcp=False) and closes what it made."""
     made = []
 
-    def make(answer):
-        f = FakeDaemon(answer)
+    def make(answer, tcp=False):
+        f = FakeDaemon(answer, tcp=tcp)
         made.append(f)
         return f
 

@@ -370,6 +370,16 @@ def test_forbidden_path_falls_back_to_an_upload_of_what_git_lists(fake, tmp_path
     assert "Content-Type: application/x-tar" in head and "Transfer-Encoding: chunked" in head
 
 
+def test_a_remote_daemon_always_gets_an_upload(fake, tmp_path):
+    repo = make_repo(tmp_path)
+    runs = Runs()
+    f = fake(runs.answer, tcp=True)
+    r = agent(f, "run", "--detach", "--repo", str(repo), "x")
+    assert r.returncode == 0, r.stderr
+    assert [b.get("repo") for b in runs.bodies] == [{"upload": "up1"}]
+    assert "a.txt" in tar_names(runs.uploads[0])
+
+
 def test_upload_of_a_plain_directory_takes_everything(fake, tmp_path):
     d = tmp_path / "plain"
     (d / "x").mkdir(parents=True)
@@ -559,7 +569,7 @@ def read_until(fd, words, limit=RUN_TIMEOUT):
 
 
 def popen_agent(f, *args, **kw):
-    return subprocess.Popen([CELL_BIN, "--url", "unix:" + f.path, "agent", *args], env=f.env(),
+    return subprocess.Popen([CELL_BIN, "--url", f.url, "agent", *args], env=f.env(),
                             start_new_session=True, **kw)
 
 
