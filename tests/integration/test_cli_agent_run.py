@@ -696,6 +696,23 @@ def test_a_hostile_patch_cannot_write_outside_the_repo(fake, tmp_path, victim):
     assert not (repo / ".git" / "hooks" / "post-checkout").exists()
 
 
+def test_a_patch_cannot_write_through_a_symlink_it_creates(fake, tmp_path):
+    repo = make_repo(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = str(outside)
+    patch = ("diff --git a/ln b/ln\nnew file mode 120000\nindex 0000000..1111111\n--- /dev/null\n+++ b/ln\n"
+             "@@ -0,0 +1 @@\n+{0}\n\\ No newline at end of file\n"
+             "diff --git a/ln/owned.txt b/ln/owned.txt\nnew file mode 100644\nindex 0000000..2222222\n"
+             "--- /dev/null\n+++ b/ln/owned.txt\n@@ -0,0 +1 @@\n+pwned\n").format(target)
+    runs = Runs(run=run_json(repo={"upload": "up1"}))
+    runs.patch = patch.encode()
+    f = start(fake, runs)
+    r = agent(f, "runs", "apply", RID, "--repo", str(repo))
+    assert r.returncode == 1, r.stderr
+    assert not (outside / "owned.txt").exists() and not os.path.lexists(repo / "ln")
+
+
 # ---- cell agent runs ---------------------------------------------------------------------------------
 
 
