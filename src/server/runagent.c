@@ -1166,10 +1166,14 @@ static json_t *ra_capped(const char *s, size_t len)
     return json_stringn(s, len);
 }
 
-static void ra_delta(runagent_norm *n, json_t *events, const char *role, json_t *text)
+/* `whole`: the text is a whole message (codex, opencode), set apart from
+ * the previous one in the output by a blank line; ACP's are chunks. */
+static void ra_text(runagent_norm *n, json_t *events, const char *role, json_t *text, int whole)
 {
     if (!json_is_string(text) || json_string_length(text) == 0)
         return;
+    if (strcmp(role, "assistant") == 0 && whole && n->output_len > 0)
+        ra_output_add(n, "\n\n", 2);
     if (strcmp(role, "assistant") == 0)
         ra_output_add(n, json_string_value(text), json_string_length(text));
     ra_emit(events, json_pack("{s:s, s:s, s:O}", "type", "message.delta", "role", role, "text", text));
@@ -1362,9 +1366,9 @@ json_t *runagent_from_acp(runagent_norm *n, json_t *params)
     if (!t)
         return events;
     if (strcmp(t, "agent_message_chunk") == 0)
-        ra_delta(n, events, "assistant", text);
+        ra_text(n, events, "assistant", text, 0);
     else if (strcmp(t, "agent_thought_chunk") == 0)
-        ra_delta(n, events, "thought", text);
+        ra_text(n, events, "thought", text, 0);
     else if (strcmp(t, "tool_call") == 0)
         ra_acp_tool(n, events, u, 1);
     else if (strcmp(t, "tool_call_update") == 0)
@@ -1497,9 +1501,9 @@ json_t *runagent_from_codex(runagent_norm *n, json_t *line)
         if (tool)
             ra_codex_end(n, events, item, it, id);
         else if (strcmp(it, "agent_message") == 0)
-            ra_delta(n, events, "assistant", json_object_get(item, "text"));
+            ra_text(n, events, "assistant", json_object_get(item, "text"), 1);
         else if (strcmp(it, "reasoning") == 0)
-            ra_delta(n, events, "thought", json_object_get(item, "text"));
+            ra_text(n, events, "thought", json_object_get(item, "text"), 1);
         else if (strcmp(it, "error") == 0)
             ra_error(events, json_object_get(item, "message"));
     } else if (strcmp(t, "turn.completed") == 0) {
@@ -1578,9 +1582,9 @@ json_t *runagent_from_opencode(runagent_norm *n, json_t *line)
     ra_session(n, json_object_get(line, "sessionID"));
     json_t *part = json_object_get(line, "part");
     if (strcmp(t, "text") == 0) {
-        ra_delta(n, events, "assistant", json_object_get(part, "text"));
+        ra_text(n, events, "assistant", json_object_get(part, "text"), 1);
     } else if (strcmp(t, "reasoning") == 0) {
-        ra_delta(n, events, "thought", json_object_get(part, "text"));
+        ra_text(n, events, "thought", json_object_get(part, "text"), 1);
     } else if (strcmp(t, "tool_use") == 0) {
         ra_opencode_tool(events, part);
     } else if (strcmp(t, "step_finish") == 0) {

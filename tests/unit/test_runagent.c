@@ -505,6 +505,10 @@ static void normalise_recorded_streams(void **state)
     assert_result(n, "Made made.txt.", "{\"inputTokens\":1210,\"outputTokens\":350,\"totalTokens\":1560}",
                   "0199a213-81c0-7800-8aa1-bbab2a035a53");
     runagent_norm_free(n);
+    n = replay("codex-0.171.0", runagent_from_codex);
+    assert_result(n, "Let me edit.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
+                  "01a23e1d-57e0-7111-8e24-7920c7fa139d");
+    runagent_norm_free(n);
     n = replay("opencode", runagent_from_opencode);
     assert_result(n, "Wrote new.txt.", "{\"inputTokens\":500,\"outputTokens\":50,\"totalTokens\":550}",
                   "ses_494719016ffe85dkDMj0FPRbHK");
