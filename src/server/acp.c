@@ -1190,6 +1190,16 @@ int acp_client_exited(acp_client *in, int *status)
     return done;
 }
 
+char *acp_client_stderr(acp_client *in)
+{
+    pthread_mutex_lock(&in->lock);
+    json_t *t = stderr_json_locked(in);
+    pthread_mutex_unlock(&in->lock);
+    char *out = json_string_value(t) ? strdup(json_string_value(t)) : NULL;
+    json_decref(t);
+    return out;
+}
+
 void acp_client_close(acp_client *in)
 {
     pthread_mutex_lock(&acp_lock);

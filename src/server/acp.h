@@ -35,6 +35,8 @@ void acp_client_drain(acp_client *c, int64_t until_ms, acp_client_fn fn, void *u
 /* 1 with the agent's wait status once it exited (and every message of it
  * was taken), else 0. */
 int  acp_client_exited(acp_client *c, int *status);
+/* The agent's last stderr lines, oldest first (malloc()ed; NULL: none). */
+char *acp_client_stderr(acp_client *c);
 /* As DELETE: unlisted, stdin closed, its process group ended; frees c. */
 void acp_client_close(acp_client *c);
 

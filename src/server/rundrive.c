@@ -68,7 +68,7 @@ typedef struct drive {
     runagent_norm *norm;
     acp_client    *acp;
     int64_t        deadline;        /* the run's timeout */
-    int            timed_out, canceled, stopping, loading;
+    int            timed_out, canceled, stopping, loading, agent_died;
     unsigned       perm_seq;
     json_t        *result;          /* being built */
     json_t        *error;           /* {type, message} of the first failure */
@@ -760,8 +760,10 @@ static int acp_step(drive *d, const char *method, json_t *params, json_t **resul
         return 0;
     if (e.code == ETIMEDOUT && srv_now_ms() >= d->deadline)
         d->timed_out = 1;
-    if (e.code != ECANCELED && !d->timed_out)
-        drv_fail(d, e.code == ECHILD ? "agent_exited" : "agent", "%s", e.message);
+    if (e.code == ECHILD)
+        d->agent_died = 1;          /* said with its code and stderr once it is known */
+    else if (e.code != ECANCELED && !d->timed_out)
+        drv_fail(d, "agent", "%s", e.message);
     return -1;
 }
 
@@ -849,8 +851,10 @@ static json_t *run_acp(drive *d, const char *prev_session)
         json_decref(res);
     } else if (e.code == ETIMEDOUT) {
         d->timed_out = 1;
+    } else if (e.code == ECHILD) {
+        d->agent_died = 1;
     } else if (e.code != ECANCELED) {
-        drv_fail(d, e.code == ECHILD ? "agent_exited" : "agent", "%s", e.message);
+        drv_fail(d, "agent", "%s", e.message);
     }
 out:
     json_decref(mcp);
@@ -860,6 +864,12 @@ out:
         /* It ended on its own: its code is the run's (a crash mid-run). */
         json_t *ec = json_integer(exit_code_of(status));
         runs_emit(d->r, "agent.exited", json_pack("{s:O}", "exitCode", ec));
+        if (d->agent_died) {
+            char *tail = acp_client_stderr(d->acp);
+            drv_fail(d, "agent_exited", "%s exited with code %d mid-run%s%.700s", d->agent, exit_code_of(status),
+                     tail && *tail ? "; its last stderr lines: " : "", tail ? tail : "");
+            free(tail);
+        }
         if (json_is_null(code) && !d->canceled && !d->timed_out && !d->stopping) {
             json_decref(code);
             code = ec;

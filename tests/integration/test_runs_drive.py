@@ -369,3 +369,13 @@ def test_a_daemon_stop_mid_run_finishes_it(tmp_path):
         assert done["status"] == "failed", done
         assert done["result"]["error"]["type"] in ("daemon_stopping", "daemon_restarted"), done
         assert c.get("/v1/cells").body["cells"] == []
+
+
+def test_an_agent_that_exits_mid_run_says_so(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "exit now"})
+    done, events = dm.run_wait(alice, run["id"])
+    assert done["status"] == "failed" and done["result"]["exitCode"] == 3, done
+    err = done["result"]["error"]
+    assert err["type"] == "agent_exited" and "exited with code 3" in err["message"], err
+    assert [e["exitCode"] for e in events if e["type"] == "agent.exited"] == [3]
+    assert alice.get("/v1/cells/" + done["cellId"]).status == 404
