@@ -41,8 +41,10 @@ __asm__(".section cell_blobs, \"a\"\n"
 #define RUNDIFF_PATH        "PATH=/usr/local/bin:/usr/bin:/bin"
 #define RUNDIFF_NO_GIT      3       /* the script's exit: the image has no git */
 #define RUNDIFF_NO_APPLY    2       /* git apply --check refused the patch */
-/* A diff of a big tree hashes every file twice; past this the script is
- * killed (a hostile tree must not hold the run, and its cell, forever). */
+/* A diff of a big tree hashes every file; past this (or the operator's
+ * ceiling on a process run in a cell, --limit run.timeoutMs, if lower) the
+ * script is killed: a hostile tree (a sparse file of terabytes, millions
+ * of files) must not hold the run, and its cell, forever. */
 #define RUNDIFF_TIMEOUT_MS  (10 * 60 * 1000)
 #define RUNDIFF_GRACE_MS    1000    /* output still read after the script exited */
 #define RUNDIFF_TAIL        4096    /* stderr bytes kept for a message */
@@ -456,15 +458,15 @@ typedef struct diff_run {
 
 /* Follow the script until its stdout and stderr end, the deadline passes
  * or it exited RUNDIFF_GRACE_MS ago (something it left holds the pipes). */
-static int diff_follow(diff_run *dr, rundiff_reader *rd, tail_buf *t, int64_t deadline, cell_error *err)
+static int diff_follow(diff_run *dr, rundiff_reader *rd, tail_buf *t, int64_t timeout, cell_error *err)
 {
     int open_fd[2] = { dr->fds[1], dr->fds[2] };
-    int64_t exited_at = 0;
+    int64_t exited_at = 0, deadline = srv_now_ms() + timeout;
     while (open_fd[0] >= 0 || open_fd[1] >= 0) {
         int64_t now = srv_now_ms();
         if (now >= deadline)
-            return util_fail(err, ETIMEDOUT, "the diff did not finish within %d s (a huge or hostile tree?)",
-                             RUNDIFF_TIMEOUT_MS / 1000);
+            return util_fail(err, ETIMEDOUT, "the diff did not finish within %lld ms (a huge or hostile tree?)",
+                             (long long)timeout);
         if (!dr->exited && (dr->exited = procs_wait_exit(dr->proc, now, &dr->status)))
             exited_at = now;
         if (dr->exited && now - exited_at >= RUNDIFF_GRACE_MS)
@@ -542,8 +544,9 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
     } else {
         close(dr.fds[0]);
         dr.fds[0] = -1;
-        int64_t deadline = srv_now_ms() + RUNDIFF_TIMEOUT_MS;
-        rc = diff_follow(&dr, rd, t, deadline, err);
+        uint64_t ceiling = sc->s->opt.limits.run_timeout_ms;
+        int64_t timeout = ceiling && ceiling < RUNDIFF_TIMEOUT_MS ? (int64_t)ceiling : RUNDIFF_TIMEOUT_MS;
+        rc = diff_follow(&dr, rd, t, timeout, err);
         if (!dr.exited) {
             procs_signal(dr.proc, SIGKILL);
             dr.exited = procs_wait_exit(dr.proc, srv_now_ms() + 2000, &dr.status);

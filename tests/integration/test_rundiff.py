@@ -519,3 +519,43 @@ def test_hostile_workspace_through_the_daemon(alice, repos):
     assert {".gitattributes", "crlf.txt", "new\nline", "bad\ufffd", "dep"} <= paths, paths
     assert "+b\r\n" in res["diff"] or "+b\r" in res["diff"], res["diff"]
     json.dumps(res, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory, repos):
+    """A daemon whose ceiling on a process run (--limit run.timeoutMs) is
+    8 s: the diff gets no longer."""
+    yield from dm.serve(tmp_path_factory.mktemp("rundiff-short"),
+                        ["--run-repo-root", str(repos), "--limit", "run.timeoutMs=8000"])
+
+
+def test_a_diff_that_never_ends_is_killed(short, repos):
+    """A workspace git would hash for ever (a sparse file of a terabyte):
+    the diff is killed at its deadline, the run says why, nothing is left."""
+    client = short.tenant(dm.uniq("slow"))
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    run = dm.run_start(client, {"agent": "shell", "prompt": "truncate -s 1T huge.bin", "repo": {"path": repo}})
+
+    def hashing():
+        return [p for p in os.listdir("/proc") if p.isdigit() and _in_cell_of(p, short, (b"cell-rundiff", b"git"))]
+    assert dm.wait_for(hashing, 60, 0.1), "git never seen hashing in the run's cell"
+    done, _ = dm.run_wait(client, run["id"], limit_s=120)
+    err = (done["result"] or {}).get("error") or {}
+    assert done["status"] == "failed" and err.get("type") == "diff", done
+    assert "did not finish within 8000 ms" in err.get("message", ""), err
+    assert [c for c in client.get("/v1/cells").body["cells"] if c.get("run") == run["id"]] == []
+    # No git or script of this daemon's cells is left hashing.
+    assert not hashing()
+
+
+def _in_cell_of(pid, daemon, needles):
+    """Whether host process pid runs in a cell of daemon and its command
+    line holds one of needles."""
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            cmd = f.read()
+        with open("/proc/%s/mountinfo" % pid) as f:
+            mounts = f.read()
+    except OSError:
+        return False
+    return str(daemon.state) in mounts and any(n in cmd for n in needles)
