@@ -877,7 +877,8 @@ struct follow {
     int         out_tty;
     enum mid    mid;            /* a message is being written without its newline yet */
     http1_buf   line;           /* the SSE line being received */
-    int         skipping;       /* the rest of an oversized line or event is dropped */
+    int         skip_line;      /* the rest of an oversized line is dropped */
+    int         skipping;       /* the rest of the event (up to its blank line) is dropped */
     http1_buf   data;           /* the event's data lines */
     char        event_id[24];   /* the event's id: field, digits only */
     char        last_id[24];    /* the last dispatched event's id (Last-Event-ID) */
@@ -1142,17 +1143,19 @@ static int sse_data(void *user, const char *p, size_t n)
     while (n) {
         const char *nl = memchr(p, '\n', n);
         size_t take = nl ? (size_t)(nl - p) : n;
-        if (f->line.len + take > SSE_MAX) {
-            if (!f->skipping) {
-                f->bad++;
-                fprintf(prog_line(f), "cell: skipped an event line larger than %u MiB\n", SSE_MAX >> 20);
-            }
-            f->skipping = 1;
+        if (!f->skip_line && f->line.len + take > SSE_MAX) {
+            f->bad++;
+            fprintf(prog_line(f), "cell: skipped an event line larger than %u MiB\n", SSE_MAX >> 20);
+            f->skip_line = 1;
             f->line.len = 0;
-        } else if (!f->skipping || f->line.len) {
+        } else if (!f->skip_line) {
             http1_buf_add(&f->line, p, take);
         }
-        if (nl) {
+        if (nl && f->skip_line) {
+            /* The oversized line ends; the event it was part of goes too. */
+            f->skip_line = 0;
+            f->skipping = 1;
+        } else if (nl) {
             size_t len = f->line.len;
             if (len && f->line.data[len - 1] == '\r')
                 len--;
@@ -1202,7 +1205,7 @@ static int follow_events(struct follow *f, int follow, int cancel)
         snprintf(hdr, sizeof hdr, "Last-Event-ID: %s", f->last_id);
         f->progressed = 0;
         f->line.len = f->data.len = 0;
-        f->skipping = 0;
+        f->skipping = f->skip_line = 0;
         rc = client_get_stream_hdr(f->c, path, f->last_id[0] ? hdr : NULL, sse_data, f, &stream_stop, "events");
         end_mid(f);
         if (f->finished || !follow) {

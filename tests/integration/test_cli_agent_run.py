@@ -479,6 +479,8 @@ def test_huge_and_malformed_events_are_skipped(fake):
         stream_head(conn)
         conn.sendall(b"data: " + b"x" * (17 << 20) + b"\n\n")        # one line over the cap
         conn.sendall(b"data: {\n" + (b"data: " + b"y" * (1 << 20) + b"\n") * 17 + b"\n")   # an event over it
+        # An oversized line inside an event drops the whole event, not just the line.
+        conn.sendall(b"data: {\"type\": \"error\",\ndata: " + b"w" * (17 << 20) + b"\ndata: \"message\": \"half\"}\n\n")
         conn.sendall(b"data: {not json\n\n")
         conn.sendall(b"data: [1, 2]\n\n")
         conn.sendall(b"id: 99999999999999999999999999\ndata: {\"type\": 5}\n\n")
@@ -490,7 +492,7 @@ def test_huge_and_malformed_events_are_skipped(fake):
     assert r.returncode == 0, r.stderr
     assert "skipped an event line larger than 16 MiB" in r.stderr
     assert "skipped an event larger than 16 MiB" in r.stderr
-    assert r.stderr.count("not a JSON object with a type") == 3
+    assert r.stderr.count("not a JSON object with a type") == 3 and "half" not in r.stderr
     assert r.stdout == "all done\n"
 
 
