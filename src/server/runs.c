@@ -245,9 +245,21 @@ static int essential(const char *type)
            strcmp(type, "agent.exited") == 0;
 }
 
+/* A type goes into an SSE "event:" line as it is. */
+static int type_ok(const char *type)
+{
+    size_t n = strspn(type, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+    return n > 0 && n <= 64 && type[n] == '\0';
+}
+
 static void emit_locked(run *r, const char *type, json_t *fields)
 {
     run_priv *p = priv(r);
+    if (!type_ok(type)) {
+        json_decref(fields);
+        p->dropped++;
+        return;
+    }
     json_t *ev = json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)(p->last_seq + 1), "type", type, "timeMs",
                            (json_int_t)srv_now_ms());
     if (ev && json_is_object(fields)) {
@@ -490,8 +502,9 @@ static int uploads_dir(srv *s, const char *tenant, char *out, size_t size, cell_
     return util_path(out, size, err, "%s/runs/uploads/%s", s->state_dir, tenant);
 }
 
-/* Remove the tenant's expired uploads and count those left (in progress too). */
-static size_t uploads_sweep(const char *dir)
+/* Remove the tenant's expired uploads (and, at start, those cut short:
+ * `parts`) and count those left (in progress too). */
+static size_t uploads_sweep(const char *dir, int parts)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -502,7 +515,8 @@ static size_t uploads_sweep(const char *dir)
         struct stat st;
         if (de->d_name[0] == '.' || fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
             continue;
-        if (now - st.st_mtime > RUNS_UPLOAD_TTL_S) {
+        size_t len = strlen(de->d_name);
+        if (now - st.st_mtime > RUNS_UPLOAD_TTL_S || (parts && len > 5 && strcmp(de->d_name + len - 5, ".part") == 0)) {
             if (unlinkat(dirfd(d), de->d_name, 0) < 0) { /* tried again next time */ }
             continue;
         }
@@ -560,7 +574,7 @@ static upload_state *upload_begin(sreq *r)
         return reply_error(r, &e), NULL;
     /* The count and the new file are one step: two uploads cannot both be the eighth. */
     pthread_mutex_lock(&uploads_lock);
-    size_t pending = uploads_sweep(dir);
+    size_t pending = uploads_sweep(dir, 0);
     if (pending < RUNS_UPLOADS_MAX)
         u->fd = open(u->part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     int oe = errno;
@@ -1367,6 +1381,7 @@ typedef struct run_follow {
     run     *r;
     int      fd;                   /* events.jsonl, read-only */
     uint64_t off;                  /* bytes of it consumed */
+    uint64_t read_to;              /* the file's end at the last read (a torn last line waits there) */
     uint64_t after;                /* events up to this seq are not sent */
     int      follow, done;
     char    *pending;
@@ -1393,6 +1408,7 @@ static int follow_collect(run_follow *f)
         return 0;
     ssize_t n = pread(f->fd, buf, RUNS_BATCH, (off_t)f->off);
     size_t used = 0;
+    f->read_to = f->off + (n > 0 ? (uint64_t)n : 0);
     FILE *m = n > 0 ? open_memstream(&f->pending, &f->len) : NULL;
     while (m && used < (size_t)n) {
         char *nl = memchr(buf + used, '\n', (size_t)n - used);
@@ -1415,6 +1431,10 @@ static int follow_collect(run_follow *f)
         f->len = 0;
     }
     free(buf);
+    /* Every line fits in a batch (RUNS_EVENT_MAX): a whole batch without
+     * a newline is a torn line glued to the next, skipped. */
+    if (used == 0 && n == (ssize_t)RUNS_BATCH)
+        used = (size_t)n;
     f->off += used;
     f->sent = 0;
     if (f->pending && f->len == 0) {
@@ -1436,10 +1456,12 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
         if (follow_collect(f))
             continue;
         /* Lines are written whole under the run's lock: with it held, a
-         * file longer than what was read has a whole line more. */
+         * file longer than it was at the last read has a line more.  What
+         * was there without its newline (a write cut short by a full disk
+         * or a crash) is never completed: it does not count as more. */
         pthread_mutex_lock(&r->lock);
         struct stat st;
-        int more = fstat(f->fd, &st) == 0 && (uint64_t)st.st_size > f->off;
+        int more = fstat(f->fd, &st) == 0 && (uint64_t)st.st_size > f->read_to;
         int beat = 0;
         if (!more && (terminal(r->status) || !f->follow)) {
             f->done = 1;
@@ -1557,6 +1579,39 @@ static run *run_from_row(srv *s, const store_run *row)
     return x;
 }
 
+/* At start: uploads cut short by the stop or expired, and run
+ * directories without a record (a crash between the record and its
+ * files) go. */
+static void sweep_state(srv *s)
+{
+    char dir[4096], path[4096];
+    if (util_path(dir, sizeof dir, NULL, "%s/runs", s->state_dir) < 0)
+        return;
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (de->d_name[0] == '.' || util_path(path, sizeof path, NULL, "%s/%s", dir, de->d_name) < 0)
+            continue;
+        if (strcmp(de->d_name, "uploads") == 0) {
+            DIR *u = opendir(path);
+            for (struct dirent *t; u && (t = readdir(u));) {
+                char tdir[4096];
+                if (t->d_name[0] != '.' && util_path(tdir, sizeof tdir, NULL, "%s/%s", path, t->d_name) >= 0)
+                    uploads_sweep(tdir, 1);
+            }
+            if (u)
+                closedir(u);
+            continue;
+        }
+        run *x = valid_id(de->d_name) ? runs_lookup(NULL, de->d_name) : NULL;
+        if (x)
+            runs_put(x);
+        else if (valid_id(de->d_name) && util_rm_rf(path, NULL) < 0)
+            fprintf(stderr, "cell daemon: could not remove %s\n", path);
+    }
+    if (d)
+        closedir(d);
+}
+
 int runs_start(srv *s, cell_error *err)
 {
     json_t *res = json_pack("{s:n, s:s, s:n, s:n, s:s, s:I, s:b, s:[], s:[], s:I, s:{s:s, s:s}}", "exitCode",
@@ -1593,6 +1648,7 @@ int runs_start(srv *s, cell_error *err)
         runs_list = x;
     }
     store_run_list_free(rows, n);
+    sweep_state(s);
     if (marked)
         fprintf(stderr, "cell daemon: %zu runs were going when the daemon stopped: marked failed\n", marked);
     return 0;

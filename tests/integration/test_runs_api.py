@@ -446,11 +446,23 @@ def test_runs_survive_a_restart_and_a_crash_fails_the_going_ones(tmp_path):
         going = shell_sleeping(c, 300)
         wait_status(c, going["id"], lambda b: b["status"] == "running")
         dd.kill9()
+        # What a crash can leave: a torn last event line, a run directory
+        # without a record, an upload cut short.
+        with open(os.path.join(str(state), "runs", done["id"], "events.jsonl"), "a") as fh:
+            fh.write('{"seq": 99, "type": "run.sta')
+        orphan = os.path.join(str(state), "runs", "00000000000000ff")
+        os.makedirs(orphan)
+        open(os.path.join(orphan, "events.jsonl"), "w").close()
+        part_dir = os.path.join(str(state), "runs", "uploads", "default")
+        os.makedirs(part_dir, exist_ok=True)
+        open(os.path.join(part_dir, "00000000000000ee.part"), "w").close()
         dd = dm.Daemon(state, ["--warm", "0"]).start()
         c = dd.client()
+        assert not os.path.exists(orphan) and os.listdir(part_dir) == []
         after = c.get("/v1/runs/" + done["id"]).body
         assert after["status"] == before["status"] and after["result"] == before["result"], (before, after)
         assert dm.run_events(c, done["id"], follow=False) == events
+        assert dm.run_events(c, done["id"], limit_s=20) == events       # the torn line neither shows nor holds it
         crashed = c.get("/v1/runs/" + going["id"]).body
         assert crashed["status"] == "failed" and crashed["result"]["error"]["type"] == "daemon_restarted", crashed
         # Both listed, the newest first; a finished run can be removed.
