@@ -143,6 +143,14 @@ BAD_FIELDS = [
     ({"agent": "shell", "prompt": "hi", "env": {"A": 1}}, "env"),
     ({"agent": "shell", "prompt": "hi", "resources": {"memory": "lots"}}, "memory"),
     ({"agent": "shell", "prompt": "hi", "policy": "allow"}, "policy"),
+    # The agent-facing fields, checked by runagent_check through the API.
+    ({"agent": "shell", "prompt": "hi", "instructions": 5}, "instructions"),
+    ({"agent": "shell", "prompt": "hi", "instructions": "x" * (256 * 1024 + 1)}, "instructions"),
+    ({"agent": "shell", "prompt": "hi", "skills": "s"}, "skills"),
+    ({"agent": "shell", "prompt": "hi", "skills": [{"name": "s%d" % i, "description": "d"} for i in range(33)]}, "skills"),
+    ({"agent": "shell", "prompt": "hi", "mcp": [{"name": "m", "type": "ftp"}]}, "mcp[0]"),
+    ({"agent": "shell", "prompt": "hi", "permissions": {"default": "sometimes"}}, "permissions"),
+    ({"agent": "shell", "prompt": "hi", "output_schema": "json"}, "output_schema"),
 ]
 
 
