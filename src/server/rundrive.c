@@ -2,10 +2,12 @@
  *   1. the plan (runagent.c), then the run's cell: a create body as
  *      POST /v1/cells takes it (image, resources, env, policy, the model
  *      key as "agents"), validated and booted through cells.c as a cell of
- *      the run's tenant, with the repository mounted read-only at RUN_BASE;
- *   2. the workspace: RUN_BASE copied to RUN_WORKSPACE inside the cell (a
- *      lane or an upload is unpacked into RUN_BASE first);
- *   3. the agent installed, the plan's files and the attachments written;
+ *      the run's tenant; a path repo is an overlay at RUN_WORKSPACE (the
+ *      host directory its read-only lower layer) and read-only at RUN_BASE;
+ *   2. a lane's directory or an upload unpacked at RUN_BASE and copied to
+ *      RUN_WORKSPACE inside the cell; for a resume, the previous patch
+ *      applied and the agent's state restored;
+ *   3. the agent installed, the plan's files (attachments among them) written;
  *   4. the agent driven: ACP agents through the daemon's own ACP client
  *      (acp.c) as server "run-<id>" of the cell, `shell` as `sh -c PROMPT`;
  *   5. until it ends, the timeout or a cancel (checked every 250 ms);
@@ -570,38 +572,6 @@ static int find_prev(drive *d)
     return 0;
 }
 
-/* Attachments under /.cell-run/attachments/NAME. */
-static int write_attachments(drive *d, cell_error *err)
-{
-    size_t i;
-    json_t *a;
-    json_array_foreach(json_object_get(d->spec, "attachments"), i, a) {
-        const char *name = jstr(a, "name"), *text = jstr(a, "text"), *b64 = jstr(a, "base64");
-        if (!name || !util_valid_name(name))
-            return util_fail(err, EINVAL, "attachments[%zu].name is not a file name", i);
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "/.cell-run/attachments/%s", name);
-        int rc;
-        if (text) {
-            rc = drv_write(d, path, 0644, text, strlen(text), err);
-        } else if (b64) {
-            size_t n = strlen(b64), len = 0;
-            unsigned char *buf = malloc(n / 4 * 3 + 3);
-            char why[128];
-            rc = !buf ? util_fail(err, ENOMEM, "out of memory")
-                 : procs_base64_decode(b64, n, buf, &len, why, sizeof why) < 0
-                     ? util_fail(err, EINVAL, "attachments[%zu].base64: %s", i, why)
-                     : drv_write(d, path, 0644, buf, len, err);
-            free(buf);
-        } else {
-            rc = util_fail(err, EINVAL, "attachments[%zu] has neither text nor base64", i);
-        }
-        if (rc < 0)
-            return -1;
-    }
-    return 0;
-}
-
 static int install_agent(drive *d, cell_error *err)
 {
     if (strcmp(d->agent, "shell") == 0)
@@ -625,7 +595,7 @@ static int write_plan(drive *d, cell_error *err)
         if (drv_write(d, f->path, f->mode, f->data, f->len, err) < 0)
             return -1;
     }
-    return write_attachments(d, err);
+    return 0;                       /* attachments are among the plan's files */
 }
 
 /* ---- the shell agent ---------------------------------------------------------------------- */
