@@ -567,6 +567,9 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         procs_release(dr.proc);
     rundiff_reader_free(rd);
     free(t);
+    /* No half patch is left to serve, resume from or apply. */
+    if (rc < 0 && unlink(patch_path) < 0 && errno != ENOENT)
+        fprintf(stderr, "cell daemon: cannot remove %s: %s\n", patch_path, strerror(errno));
     return rc;
 }
 

@@ -543,6 +543,9 @@ def test_a_diff_that_never_ends_is_killed(short, repos):
     err = (done["result"] or {}).get("error") or {}
     assert done["status"] == "failed" and err.get("type") == "diff", done
     assert "did not finish within 8000 ms" in err.get("message", ""), err
+    # No half patch is kept to serve, resume from or apply.
+    assert not os.path.exists(os.path.join(str(short.state), "runs", run["id"], "diff.patch"))
+    assert client.get("/v1/runs/%s/artifacts/diff.patch" % run["id"]).status == 404
     assert [c for c in client.get("/v1/cells").body["cells"] if c.get("run") == run["id"]] == []
     # No git or script of this daemon's cells is left hashing.
     assert not hashing()
