@@ -1058,8 +1058,13 @@ int acp_client_open(scell *sc, const char *agent, const char *id, acp_client **o
     return 0;
 }
 
-/* Write one message as a line (msg stolen). */
-static int client_send(acp_inst *in, json_t *msg, cell_error *err)
+/* An answer or notification the agent does not take within this long
+ * (its stdin pipe full: it stopped reading) fails, so that a hostile
+ * agent cannot hold the driver past a cancel or timeout. */
+#define ACP_CLIENT_SEND_MS 5000
+
+/* Write one message as a line (msg stolen), waiting until deadline at most. */
+static int client_send(acp_inst *in, json_t *msg, int64_t deadline, cell_error *err)
 {
     char *line = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
     json_decref(msg);
@@ -1067,7 +1072,7 @@ static int client_send(acp_inst *in, json_t *msg, cell_error *err)
         return util_fail(err, ENOMEM, "out of memory");
     size_t len = strlen(line);
     line[len] = '\n';               /* json_dumps' NUL becomes the separator */
-    int rc = write_line(in, line, len + 1, srv_now_ms() + ACP_TIMEOUT_MS);
+    int rc = write_line(in, line, len + 1, deadline);
     int e = errno;
     free(line);
     if (rc < 0)
@@ -1083,7 +1088,7 @@ int acp_client_notify(acp_client *in, const char *method, json_t *params, cell_e
         json_object_set_new(msg, "params", params);
     else
         json_decref(params);
-    return client_send(in, msg, err);
+    return client_send(in, msg, srv_now_ms() + ACP_CLIENT_SEND_MS, err);
 }
 
 int acp_client_respond(acp_client *in, json_t *id, json_t *result, int code, const char *message, cell_error *err)
@@ -1095,7 +1100,7 @@ int acp_client_respond(acp_client *in, json_t *id, json_t *result, int code, con
         json_object_set_new(msg, "error", json_pack("{s:i, s:s}", "code", code, "message", message));
     else
         json_decref(result);
-    return client_send(in, msg, err);
+    return client_send(in, msg, srv_now_ms() + ACP_CLIENT_SEND_MS, err);
 }
 
 /* The oldest queued message (owned), or NULL. */
@@ -1140,7 +1145,8 @@ int acp_client_call(acp_client *in, const char *method, json_t *params, int64_t 
         json_object_set_new(msg, "params", params);
     else
         json_decref(params);
-    if (client_send(in, msg, err) < 0)
+    int64_t wdl = srv_now_ms() + ACP_TIMEOUT_MS;
+    if (client_send(in, msg, wdl < deadline_ms ? wdl : deadline_ms, err) < 0)
         return -1;
     for (;;) {
         pthread_mutex_lock(&in->lock);
