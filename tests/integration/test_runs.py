@@ -148,7 +148,11 @@ def shell(prompt, **extra):
 
 
 def test_an_agent_that_never_answers_times_out(alice):
-    run = dm.run_start(alice, {"agent": "mock", "prompt": "no answer", "timeout_s": 1})
+    # A first run boots what every later one reuses (the host image), so
+    # that the timed one's 5 s go to the agent, not to that (ASan: ~2 s).
+    warm = dm.run_start(alice, {"agent": "mock", "prompt": "hi"})
+    assert dm.run_wait(alice, warm["id"], limit_s=60)[0]["status"] in dm.RUN_TERMINAL
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "no answer", "timeout_s": 5})
     done, ev = dm.run_wait(alice, run["id"], limit_s=60)
     assert done["status"] == "timed_out", done
     assert done["result"]["exitCode"] is None, done["result"]
