@@ -1216,15 +1216,34 @@ static char *ra_command_of(json_t *raw)
         return strdup(json_string_value(c));
     if (!json_is_array(c))
         return NULL;
+    /* [sh, -c, SCRIPT] (codex-acp's ["/bin/bash", "-lc", ...]): the script
+     * is the command, as the agent's title shows it. */
+    const char *shell = json_string_value(json_array_get(c, 0)), *flag = json_string_value(json_array_get(c, 1));
+    const char *base = shell ? (strrchr(shell, '/') ? strrchr(shell, '/') + 1 : shell) : "";
+    static const char *const shells[] = { "sh", "bash", "dash", "zsh", NULL };
+    if (json_array_size(c) == 3 && ra_in(base, shells) && flag && (strcmp(flag, "-c") == 0 || strcmp(flag, "-lc") == 0) &&
+        ra_string(json_array_get(c, 2), RA_TOOL_OUT_MAX))
+        return strdup(json_string_value(json_array_get(c, 2)));
     char *buf = NULL;
     size_t len = 0, i;
     json_t *a;
     FILE *f = open_memstream(&buf, &len);
     if (!f)
         return NULL;
+    /* Other argvs joined by spaces, each word quoted as sh would need it. */
     json_array_foreach(c, i, a) {
-        if (ra_string(a, RA_TOOL_OUT_MAX) && ftell(f) < (long)RA_TOOL_OUT_MAX)
-            fprintf(f, "%s%s", i ? " " : "", json_string_value(a));
+        const char *w = json_string_value(a);
+        if (!ra_string(a, RA_TOOL_OUT_MAX) || ftell(f) >= (long)RA_TOOL_OUT_MAX)
+            continue;
+        fputs(i ? " " : "", f);
+        if (*w && strspn(w, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-") == strlen(w)) {
+            fputs(w, f);
+            continue;
+        }
+        fputc('\'', f);
+        for (; *w; w++)
+            fputs(*w == '\'' ? "'\\''" : (char[]){ *w, 0 }, f);
+        fputc('\'', f);
     }
     if (fclose(f) != 0) {
         free(buf);
@@ -1281,6 +1300,20 @@ static void ra_acp_tool_start(ra_call *c, json_t *events, json_t *u)
                                   c->command ? c->command : c->title ? c->title : ""));
 }
 
+/* What an ACP diff did to its file: codex-acp's rawOutput.changes says
+ * (a deletion is a diff to "" there, like emptying the file); else no
+ * oldText is a new file. */
+static const char *ra_acp_diff_kind(json_t *raw, json_t *diff, const char *path)
+{
+    const char *type = json_string_value(json_object_get(json_object_get(json_object_get(raw, "changes"), path), "type"));
+    if (type && strcmp(type, "delete") == 0)
+        return "deleted";
+    if (type && strcmp(type, "add") == 0)
+        return "added";
+    json_t *old = json_object_get(diff, "oldText");
+    return !old || json_is_null(old) ? "added" : "modified";
+}
+
 /* A finished ACP tool call: file changes, the result, the exit code. */
 static void ra_acp_tool_end(runagent_norm *n, ra_call *c, json_t *events, json_t *u, const char *status)
 {
@@ -1291,8 +1324,7 @@ static void ra_acp_tool_end(runagent_norm *n, ra_call *c, json_t *events, json_t
         const char *path = json_string_value(json_object_get(item, "path"));
         if (!path || strcmp(json_string_value(json_object_get(item, "type")) ?: "", "diff") != 0)
             continue;
-        json_t *old = json_object_get(item, "oldText");
-        ra_emit(events, ra_file_change(path, !old || json_is_null(old) ? "added" : "modified"));
+        ra_emit(events, ra_file_change(path, ra_acp_diff_kind(json_object_get(u, "rawOutput"), item, path)));
         diffs++;
     }
     if (!diffs && strcmp(status, "completed") == 0 && (strcmp(c->kind, "delete") == 0 || strcmp(c->kind, "edit") == 0))

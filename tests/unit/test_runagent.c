@@ -505,6 +505,11 @@ static void normalise_recorded_streams(void **state)
     assert_result(n, "Made made.txt.", "{\"inputTokens\":1210,\"outputTokens\":350,\"totalTokens\":1560}",
                   "0199a213-81c0-7800-8aa1-bbab2a035a53");
     runagent_norm_free(n);
+    n = replay("codex-acp-0.16.0", runagent_from_acp);
+    assert_result(n, "Model metadata for `gpt-5` not found. Defaulting to fallback metadata; this can degrade "
+                  "performance and cause issues.Let me edit.Made made.txt.", "null",
+                  "01a23e1f-693d-7182-93d4-1626569cd23c");
+    runagent_norm_free(n);
     n = replay("codex-0.171.0", runagent_from_codex);
     assert_result(n, "Let me edit.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
                   "01a23e1d-57e0-7111-8e24-7920c7fa139d");
@@ -562,6 +567,14 @@ static void normalise_hostile_streams(void **state)
         json_decref(runagent_from_acp(n, m));
         json_decref(m);
     }
+    /* An argv's words are quoted as sh needs them. */
+    json_t *q = J("{\"update\":{\"sessionUpdate\":\"tool_call\",\"toolCallId\":\"q\",\"kind\":\"execute\","
+                  "\"rawInput\":{\"command\":[\"echo\",\"it's\",\"a b\",\"\",\"x=1,y\"]}}}");
+    json_t *qev = runagent_from_acp(n, q);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(qev, 1), "command")),
+                        "echo 'it'\\''s' 'a b' '' x=1,y");
+    json_decref(qev);
+    json_decref(q);
     json_t *m = J("{\"update\":{\"sessionUpdate\":\"tool_call_update\",\"toolCallId\":\"c9999\",\"status\":"
                   "\"completed\",\"rawOutput\":{\"exitCode\":70000}}}");
     json_t *ev = runagent_from_acp(n, m);
@@ -624,6 +637,15 @@ static void permission_rules(void **state)
     /* A kind rule does not match a request without a kind. */
     assert_string_equal(perm("{\"default\":\"deny\",\"rules\":[{\"kind\":\"edit\",\"action\":\"allow\"}]}",
                              "{\"toolCall\":{\"title\":\"x\"}}"), "deny");
+    /* An argv is the script of [sh, -c, SCRIPT], else its words quoted. */
+    const char *deny_rm = "{\"default\":\"allow\",\"rules\":[{\"pattern\":\"rm *\",\"action\":\"deny\"},"
+                          "{\"pattern\":\"ls 'a b' *\",\"action\":\"ask\"}]}";
+    assert_string_equal(perm(deny_rm, "{\"toolCall\":{\"kind\":\"execute\",\"rawInput\":{\"command\":"
+                                      "[\"/bin/bash\",\"-lc\",\"rm -rf /\"]}}}"), "deny");
+    assert_string_equal(perm(deny_rm, "{\"toolCall\":{\"kind\":\"execute\",\"rawInput\":{\"command\":"
+                                      "[\"ls\",\"a b\",\"'q\"]}}}"), "ask");
+    assert_string_equal(perm(deny_rm, "{\"toolCall\":{\"kind\":\"execute\",\"rawInput\":{\"command\":"
+                                      "[\"/bin/bash\",\"-x\",\"rm -rf /\"]}}}"), "allow");
     /* The pattern is on the command, not the title, for execute. */
     assert_string_equal(perm("{\"default\":\"deny\",\"rules\":[{\"pattern\":\"Run*\",\"action\":\"allow\"}]}", rm),
                         "deny");
