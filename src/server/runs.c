@@ -894,7 +894,7 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
         json_object_set_new(spec, "resume", json_pack("{s:s, s:b}", "run", prev->id, "fork", json_is_true(fork)));
         /* A resumed run works on the previous run's repository. */
         if (!json_object_get(body, "repo") && json_object_get(prev->spec, "repo"))
-            json_object_set(spec, "repo", json_object_get(prev->spec, "repo"));
+            json_object_set_new(spec, "repo", json_deep_copy(json_object_get(prev->spec, "repo")));
         snprintf(p->resumed_from, sizeof p->resumed_from, "%s", prev->id);
     }
     runs_put(prev);
@@ -969,7 +969,8 @@ static json_t *run_json(run *r, int with_diff)
     run_priv *p = priv(r);
     json_object_set_new(o, "id", json_string(r->id));
     json_object_set_new(o, "tenant", json_string(r->tenant));
-    json_object_set(o, "agent", json_object_get(r->spec, "agent"));
+    /* Copies: the spec is shared by every thread that reads the run. */
+    json_object_set_new(o, "agent", json_deep_copy(json_object_get(r->spec, "agent")));
     json_object_set_new(o, "status", json_string(runs_status_name(r->status)));
     json_object_set_new(o, "createdAtMs", json_integer(r->created_ms));
     if (p->started_ms)
@@ -978,7 +979,7 @@ static json_t *run_json(run *r, int with_diff)
         json_object_set_new(o, "finishedAtMs", json_integer(p->finished_ms));
     if (r->cell_id[0])
         json_object_set_new(o, "cellId", json_string(r->cell_id));
-    json_object_set(o, "keep", json_object_get(r->spec, "keep"));
+    json_object_set_new(o, "keep", json_deep_copy(json_object_get(r->spec, "keep")));
     json_t *repo = json_object_get(r->spec, "repo");
     json_object_set_new(o, "repo", repo ? json_deep_copy(repo) : json_null());
     if (p->resumed_from[0])
