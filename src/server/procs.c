@@ -1419,7 +1419,12 @@ int h_proc_resize(sreq *r)
 /* ---- processes of other modules (the ACP proxy's agents) ------------------------------ */
 sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err)
 {
-    spawn_req q = { .command = argv[0], .args = (const char **)argv + 1 };
+    return procs_spawn_piped_at(sc, argv, NULL, fds, err);
+}
+
+sproc *procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd, int fds[3], cell_error *err)
+{
+    spawn_req q = { .command = argv[0], .args = (const char **)argv + 1, .cwd = cwd };
     while (q.args[q.n_args])
         q.n_args++;
     sproc *p = proc_new(sc, &q, 1);

@@ -171,7 +171,7 @@ static void out_stdout(drv_out *o, const char *data, size_t n)
     o->len += n;
 }
 
-/* Run argv in the cell (cwd RUN_WORKSPACE, the cell's environment) with
+/* Run argv in the cell (the cell's environment) with
  * stdin closed, until it exits.  `stoppable`: drv_stop ends it early
  * (ECANCELED); else `limit_ms` bounds it (ETIMEDOUT).  A writer to a file
  * (o->fd) past o->cap is killed (EFBIG).  Once the process exited, its
@@ -180,8 +180,11 @@ static void out_stdout(drv_out *o, const char *data, size_t n)
 static int drv_exec(drive *d, const char *const *argv, drv_out *o, int stoppable, int64_t limit_ms, int *status,
                     cell_error *err)
 {
+    /* The shell agent's command starts in the workspace; the driver's own
+     * helpers in /, which the agent cannot remove. */
+    const char *cwd = stoppable ? RUN_WORKSPACE : "/";
     int fds[3];
-    sproc *p = procs_spawn_piped(d->sc, argv, fds, err);
+    sproc *p = procs_spawn_piped_at(d->sc, argv, cwd, fds, err);
     if (!p)
         return -1;
     close(fds[0]);

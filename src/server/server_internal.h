@@ -401,6 +401,9 @@ int    reply_no_process(sreq *r, const char *id);
  * stdin (write end), stdout and stderr (read ends), the caller's to close.
  * The caller holds a reference: procs_release unlists and drops it. */
 sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err);
+/* The same in directory cwd of the cell (NULL: the cell's), for helpers
+ * that must not depend on a directory the agent may have removed. */
+sproc *procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd, int fds[3], cell_error *err);
 void   procs_signal(sproc *p, int sig);         /* its process group */
 /* 1 once it exited (status as from waitpid()), 0 at the deadline. */
 int    procs_wait_exit(sproc *p, int64_t deadline_ms, int *status);

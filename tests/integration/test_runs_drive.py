@@ -379,3 +379,19 @@ def test_an_agent_that_exits_mid_run_says_so(alice):
     assert err["type"] == "agent_exited" and "exited with code 3" in err["message"], err
     assert [e["exitCode"] for e in events if e["type"] == "agent.exited"] == [3]
     assert alice.get("/v1/cells/" + done["cellId"]).status == 404
+
+
+def test_an_agent_that_removes_the_workspace_still_loses_its_processes(alice):
+    # The driver's helpers run in / (the kill, the tars): a shell that
+    # removes /workspace and leaves a process behind gets it killed anyway.
+    run = dm.run_start(alice, {"agent": "shell", "keep": "cell",
+                               "prompt": "cd / && rm -rf /workspace; sleep 1000 >/dev/null 2>&1 &"})
+    done, events = dm.run_wait(alice, run["id"])
+    cid = done["result"]["cellId"]
+    try:
+        r = alice.post("/cells/%s/v1/processes/run" % cid, {"command": "ps", "args": ["-eo", "comm="], "cwd": "/"})
+        assert r.status == 200, r
+        assert "sleep" not in r.body["stdout"].split(), r.body
+        assert events[-1]["type"] == "run.finished"
+    finally:
+        alice.delete("/v1/cells/" + cid)
