@@ -648,6 +648,19 @@ static int upload_claim(srv *s, const char *tenant, const char *upload, const ch
     return 0;
 }
 
+/* A resumed run of an upload repo gets its own link to the tar, so a
+ * chain of resumes, or the first run's removal, keeps it. */
+static int upload_inherit(run *x, cell_error *err)
+{
+    char from[4096], to[4096], dir[4096];
+    if (runs_dir(x, dir, sizeof dir) < 0 || util_path(to, sizeof to, err, "%s/upload.tar", dir) < 0 ||
+        util_path(from, sizeof from, err, "%s/runs/%s/upload.tar", x->s->state_dir, priv(x)->resumed_from) < 0)
+        return -1;
+    if (link(from, to) < 0)
+        return util_fail_errno(err, "the upload of run %s", priv(x)->resumed_from);
+    return 0;
+}
+
 int runs_upload_take(run *r, const char *upload_id, char *path, size_t size)
 {
     (void)upload_id;                /* claimed at POST /v1/runs */
@@ -1091,6 +1104,11 @@ int h_runs_create(sreq *r)
         goto fail;
     }
     char dir[4096];
+    if (!upload[0] && priv(x)->resumed_from[0] && json_object_get(json_object_get(x->spec, "repo"), "upload") &&
+        upload_inherit(x, &e) < 0) {
+        ret = reply_error(r, &e);
+        goto fail_dir;
+    }
     if (upload[0] && (runs_dir(x, dir, sizeof dir) < 0 || upload_claim(r->s, r->tok.tenant, upload, dir, &e) < 0)) {
         ret = e.code == ENOENT ? reply_problem(r, 404, "not_found", "field \"repo.upload\": %s", e.message)
                                : reply_error(r, &e);

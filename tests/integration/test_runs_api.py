@@ -597,3 +597,18 @@ def test_run_repo_root_must_be_an_absolute_directory(tmp_path):
         p = subprocess.run([dm.CELL_BIN, "serve", "--state", str(tmp_path / "st"), "--run-repo-root", bad],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 2 and "--run-repo-root" in p.stderr, (bad, p)
+
+
+def test_resumes_of_an_upload_repo_keep_the_upload(d, alice):
+    up = upload(alice, tar_of({"hello.txt": b"hi\n"})).body["upload"]
+    first = dm.run_start(alice, {"agent": "shell", "prompt": "true", "repo": {"upload": up}})
+    dm.run_wait(alice, first["id"], 60)
+    second = dm.run_start(alice, {"agent": "shell", "prompt": "true", "resume": {"run": first["id"]}})
+    assert second["repo"] == {"upload": up} and second["resumedFrom"] == first["id"], second
+    dm.run_wait(alice, second["id"], 60)
+    assert alice.delete("/v1/runs/" + first["id"]).status == 204
+    third = dm.run_start(alice, {"agent": "shell", "prompt": "true", "resume": {"run": second["id"]}})
+    dm.run_wait(alice, third["id"], 60)
+    for rid in (second["id"], third["id"]):
+        assert os.path.isfile(os.path.join(d.state, "runs", rid, "upload.tar")), rid
+    assert not os.path.exists(os.path.join(d.state, "runs", first["id"]))
