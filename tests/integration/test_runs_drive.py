@@ -395,3 +395,13 @@ def test_an_agent_that_removes_the_workspace_still_loses_its_processes(alice):
         assert events[-1]["type"] == "run.finished"
     finally:
         alice.delete("/v1/cells/" + cid)
+
+
+def test_the_model_is_set_on_the_session(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "settings", "model": "mock-fast"})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert "model=mock-fast" in done["result"]["output"], done
+    bad = dm.run_start(alice, {"agent": "mock", "prompt": "settings", "model": "no-such-model"})
+    done, _ = dm.run_wait(alice, bad["id"])
+    assert done["status"] == "failed" and done["result"]["output"] == "", done
+    assert "session/set_model" in done["result"]["error"]["message"], done
