@@ -405,3 +405,17 @@ def test_the_model_is_set_on_the_session(alice):
     done, _ = dm.run_wait(alice, bad["id"])
     assert done["status"] == "failed" and done["result"]["output"] == "", done
     assert "session/set_model" in done["result"]["error"]["message"], done
+
+
+SCHEMA = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
+
+
+def test_output_schema_gives_structured_output_or_fails(alice):
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "echo x > f; echo '{\"a\": 1}'", "output_schema": SCHEMA})
+    done, _ = dm.run_wait(alice, run["id"])
+    assert done["status"] == "succeeded" and done["result"]["structuredOutput"] == {"a": 1}, done
+    for out in ("'{\"a\": \"one\"}'", "not json"):
+        run = dm.run_start(alice, {"agent": "shell", "prompt": "echo x > f; echo %s" % out, "output_schema": SCHEMA})
+        done, _ = dm.run_wait(alice, run["id"])
+        assert done["status"] == "failed" and done["result"]["error"]["type"] == "output_schema", done
+        assert "structuredOutput" not in done["result"] and done["result"]["exitCode"] == 0
