@@ -1166,6 +1166,31 @@ static json_t *ra_capped(const char *s, size_t len)
     return json_stringn(s, len);
 }
 
+/* An agent's JSON value for an event field: as it is up to 64 KiB
+ * serialised, else {"truncated": true, "bytes": N} with the first 64 KiB
+ * of its text when it has some (a bigger event would be dropped whole). */
+static void ra_set_bounded(json_t *e, const char *key, json_t *v)
+{
+    if (!e || !v)
+        return;
+    size_t bytes = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (bytes <= RA_TOOL_OUT_MAX) {
+        json_object_set(e, key, v);
+        return;
+    }
+    json_t *small = json_pack("{s:b, s:I}", "truncated", 1, "bytes", (json_int_t)bytes);
+    static const char *const texts[] = { "output", "aggregated_output", "formatted_output", "stdout", "content", NULL };
+    for (const char *const *t = texts; small && *t; t++) {
+        json_t *text = json_is_string(v) ? v : json_object_get(v, *t);
+        if (json_is_string(text)) {
+            json_object_set_new(small, "text", ra_capped(json_string_value(text), json_string_length(text)));
+            break;
+        }
+    }
+    json_object_set_new(e, key, small);
+}
+
+
 /* `whole`: the text is a whole message (codex, opencode), set apart from
  * the previous one in the output by a blank line; ACP's are chunks. */
 static void ra_text(runagent_norm *n, json_t *events, const char *role, json_t *text, int whole)
@@ -1293,7 +1318,7 @@ static void ra_acp_tool_start(ra_call *c, json_t *events, json_t *u)
     json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "tool.call", "callId", c->id, "kind", c->kind, "title",
                           c->title ? c->title : "");
     if (e && input)
-        json_object_set(e, "input", input);
+        ra_set_bounded(e, "input", input);
     ra_emit(events, e);
     if (strcmp(c->kind, "execute") == 0)
         ra_emit(events, json_pack("{s:s, s:s, s:s}", "type", "command", "callId", c->id, "command",
@@ -1337,7 +1362,7 @@ static void ra_acp_tool_end(runagent_norm *n, ra_call *c, json_t *events, json_t
     json_t *e = json_pack("{s:s, s:s, s:s}", "type", "tool.result", "callId", c->id, "status", status);
     json_t *output = raw ? json_incref(raw) : ra_acp_content_text(json_object_get(u, "content"));
     if (e && output)
-        json_object_set(e, "output", output);
+        ra_set_bounded(e, "output", output);
     json_decref(output);
     ra_emit(events, e);
     json_int_t code = ra_exit_code(raw);
@@ -1377,6 +1402,13 @@ static void ra_acp_tool(runagent_norm *n, json_t *events, json_t *u, int is_new)
         ra_acp_tool_end(n, c, events, u, status);
 }
 
+static json_t *ra_plan(json_t *entries)
+{
+    json_t *e = json_pack("{s:s}", "type", "plan");
+    ra_set_bounded(e, "entries", entries);
+    return e;
+}
+
 json_t *runagent_from_acp(runagent_norm *n, json_t *params)
 {
     json_t *events = json_array();
@@ -1406,7 +1438,7 @@ json_t *runagent_from_acp(runagent_norm *n, json_t *params)
     else if (strcmp(t, "tool_call_update") == 0)
         ra_acp_tool(n, events, u, 0);
     else if (strcmp(t, "plan") == 0 && json_is_array(json_object_get(u, "entries")))
-        ra_emit(events, json_pack("{s:s, s:O}", "type", "plan", "entries", json_object_get(u, "entries")));
+        ra_emit(events, ra_plan(json_object_get(u, "entries")));
     else if (strcmp(t, "usage_update") == 0 && json_is_integer(json_object_get(u, "inputTokens")))
         ra_usage_add(n, events, ra_int(json_object_get(u, "inputTokens")), ra_int(json_object_get(u, "outputTokens")));
     /* user_message_chunk (a session/load replay), available_commands_update,
@@ -1446,7 +1478,7 @@ static void ra_codex_start(runagent_norm *n, json_t *events, json_t *item, const
                           c->title);
     json_t *input = strcmp(type, "mcp_tool_call") == 0 ? json_object_get(item, "arguments") : NULL;
     if (e && input)
-        json_object_set(e, "input", input);
+        ra_set_bounded(e, "input", input);
     ra_emit(events, e);
     if (strcmp(c->kind, "execute") == 0)
         ra_emit(events, json_pack("{s:s, s:s, s:s}", "type", "command", "callId", id, "command", c->title));
@@ -1479,7 +1511,7 @@ static void ra_codex_end(runagent_norm *n, json_t *events, json_t *item, const c
     }
     json_t *e = json_pack("{s:s, s:s, s:s}", "type", "tool.result", "callId", id, "status", status);
     if (e && output)
-        json_object_set(e, "output", output);
+        ra_set_bounded(e, "output", output);
     json_decref(output);
     ra_emit(events, e);
     json_t *code = json_object_get(item, "exit_code");
@@ -1582,7 +1614,7 @@ static void ra_opencode_tool(json_t *events, json_t *part)
     json_t *e = json_pack("{s:s, s:s, s:s, s:s}", "type", "tool.call", "callId", id, "kind", kind, "title",
                           command ? command : title ? title : tool);
     if (e && json_is_object(input))
-        json_object_set(e, "input", input);
+        ra_set_bounded(e, "input", input);
     ra_emit(events, e);
     if (command)
         ra_emit(events, json_pack("{s:s, s:s, s:s}", "type", "command", "callId", id, "command", command));

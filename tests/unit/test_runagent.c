@@ -582,6 +582,34 @@ static void normalise_hostile_streams(void **state)
     json_decref(ev);
     json_decref(m);
 
+    /* A 200 KiB rawInput and rawOutput: bounded in the events (a bigger
+     * event would be dropped whole), the output's text kept in part. */
+    char *huge = malloc(200u << 10);
+    memset(huge, 'h', (200u << 10) - 1);
+    huge[(200u << 10) - 1] = '\0';
+    m = json_pack("{s:{s:s, s:s, s:s, s:{s:s}}}", "update", "sessionUpdate", "tool_call", "toolCallId", "big", "kind",
+                  "execute", "rawInput", "command", huge);
+    ev = runagent_from_acp(n, m);
+    json_t *in = json_object_get(json_array_get(ev, 0), "input");
+    assert_true(json_is_true(json_object_get(in, "truncated")));
+    assert_true(json_integer_value(json_object_get(in, "bytes")) > (200 << 10));
+    assert_null(json_object_get(in, "text"));
+    json_decref(ev);
+    json_decref(m);
+    m = json_pack("{s:{s:s, s:s, s:s, s:{s:s, s:s, s:i}}}", "update", "sessionUpdate", "tool_call_update",
+                  "toolCallId", "big", "status", "completed", "rawOutput", "stdout", huge, "aggregated_output", huge,
+                  "exit_code", 0);
+    ev = runagent_from_acp(n, m);
+    json_t *res = json_array_get(ev, 0), *o = json_object_get(res, "output");
+    assert_string_equal(json_string_value(json_object_get(res, "type")), "tool.result");
+    assert_true(json_is_true(json_object_get(o, "truncated")));
+    assert_int_equal(json_string_length(json_object_get(o, "text")), 64u << 10);
+    /* A command over 64 KiB is not repeated (the title stands in); its exit is still reported. */
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(ev, 1), "exitCode")), 0);
+    json_decref(ev);
+    json_decref(m);
+    free(huge);
+
     /* 5 MiB of text in multi-byte characters: the output stops at 4 MiB on
      * a character boundary, still valid UTF-8 (jansson checks). */
     size_t big = 5u << 20;
