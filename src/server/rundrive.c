@@ -458,10 +458,19 @@ static int lane_tar(drive *d, const char *name, char *path, size_t size, cell_er
     _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return util_fail_errno(err, "%s", path);
+    /* As GET /v1/lanes/{name}/export: not while a cell changes it. */
+    cell_lane_info info;
+    pthread_mutex_lock(&d->s->ctx_lock);
+    int rc = cell_lane_get(d->s->ctx, l.id, &info, err);
+    pthread_mutex_unlock(&d->s->ctx_lock);
+    if (rc < 0)
+        return -1;
+    if (info.attached)
+        return util_fail(err, EBUSY, "lane %s is attached to a running cell; stop it first", name);
     cell_ctx *ctx = NULL;
     if (cell_ctx_open(&ctx, d->s->state_dir, err) < 0)
         return -1;
-    int rc = cell_lane_export(ctx, l.id, fd, err);
+    rc = cell_lane_export(ctx, l.id, fd, err);
     cell_ctx_close(ctx);
     return rc;
 }

@@ -419,3 +419,16 @@ def test_output_schema_gives_structured_output_or_fails(alice):
         done, _ = dm.run_wait(alice, run["id"])
         assert done["status"] == "failed" and done["result"]["error"]["type"] == "output_schema", done
         assert "structuredOutput" not in done["result"] and done["result"]["exitCode"] == 0
+
+
+def test_a_lane_in_use_by_a_running_cell_is_refused(alice):
+    name = dm.uniq("lane")
+    assert alice.post("/v1/lanes", {"name": name}).status == 201
+    cell = alice.post("/v1/cells", {"lane": name})
+    assert cell.status == 201, cell
+    try:
+        run = dm.run_start(alice, {"agent": "shell", "prompt": "true", "repo": {"lane": name}})
+        done, _ = dm.run_wait(alice, run["id"])
+        assert done["status"] == "failed" and "attached to a running cell" in done["result"]["error"]["message"], done
+    finally:
+        alice.delete("/v1/cells/" + cell.body["id"])
