@@ -20,11 +20,12 @@ Per cell run, two clocks:
   timings  the run's own: start = agentStartedMs - acceptedMs,
            finish = finishedMs - agentDoneMs
   client   this process's monotonic clock: start = from sending the POST
-           to reading `agent.started` on the run's event stream (opened
-           right after the POST's answer, so a boot faster than that
-           answer counts the stream's open too), finish = from reading the
-           agent's end (`agent.exited` or `run.status` "finishing",
-           whichever comes first) to reading `run.finished`
+           to reading `agent.started` (shell: `command`) on the run's
+           event stream (opened right after the POST's answer, so a boot
+           faster than that answer counts the stream's open too), finish =
+           from reading the agent's end (`agent.exited`, shell:
+           `command.exit`, or `run.status` "finishing", whichever comes
+           first) to reading `run.finished`
   total    client: from sending the POST to reading `run.finished`
 subproc: start = the copy (and anything before the command runs), finish =
 the diff and the cleanup after it exits, total = all of it.
@@ -114,14 +115,17 @@ def cell_run(api, agent, prompt, repo):
     if agent == "shell" and [f["path"] for f in res["changedFiles"]] != ["notes.txt"]:
         fail("shell run %s: unexpected change %s" % (run["id"], res["changedFiles"]))
     tm = done["timings"]
-    end = min(seen.get("agent.exited", 1e300), seen.get("finishing", 1e300))
-    if "agent.started" not in seen or "run.finished" not in seen or end == 1e300:
+    # The shell backend says `command` / `command.exit` where an ACP agent
+    # says agent.started / agent.exited.
+    start = min(seen.get("agent.started", 1e300), seen.get("command", 1e300))
+    end = min(seen.get("agent.exited", 1e300), seen.get("command.exit", 1e300), seen.get("finishing", 1e300))
+    if start == 1e300 or end == 1e300 or "run.finished" not in seen:
         fail("%s run %s: events missing: %s" % (agent, run["id"], sorted(seen)))
     # Delete the finished run: its record and files (256 per tenant are kept).
     api.call("DELETE", "/v1/runs/" + run["id"])
     return {"timings_start": tm["agentStartedMs"] - tm["acceptedMs"],
             "timings_finish": tm["finishedMs"] - tm["agentDoneMs"],
-            "client_start": seen["agent.started"] - t0,
+            "client_start": start - t0,
             "client_finish": seen["run.finished"] - end,
             "total": seen["run.finished"] - t0}
 
