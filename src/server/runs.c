@@ -340,10 +340,68 @@ int runs_cancelled(run *r)
     return c || atomic_load(&r->s->stopping);
 }
 
-/* Drop the oldest finished runs of a tenant past RUNS_KEPT_MAX. */
+static int uploads_dir(srv *s, const char *tenant, char *out, size_t size, cell_error *err);
+
+/* Disk blocks of the regular files directly in `dir` (a run's directory
+ * and a tenant's uploads are flat). */
+static uint64_t dir_bytes(const char *dir)
+{
+    DIR *d = opendir(dir);
+    uint64_t total = 0;
+    for (struct dirent *de; d && (de = readdir(d));) {
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+            total += (uint64_t)st.st_blocks * 512;
+    }
+    if (d)
+        closedir(d);
+    return total;
+}
+
+/* What a tenant's runs and waiting uploads hold on disk. */
+static uint64_t tenant_run_bytes(srv *s, const char *tenant)
+{
+    char (*ids)[RUN_ID_LEN + 1] = NULL;
+    size_t n = 0, cap = 0;
+    pthread_mutex_lock(&runs_lock);
+    for (run *x = runs_list; x; x = x->next) {
+        if (strcmp(x->tenant, tenant) != 0)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 64;
+            void *grown = realloc(ids, ncap * sizeof *ids);
+            if (!grown)
+                break;
+            ids = grown;
+            cap = ncap;
+        }
+        memcpy(ids[n++], x->id, sizeof ids[0]);
+    }
+    pthread_mutex_unlock(&runs_lock);
+    char dir[4096];
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        if (util_path(dir, sizeof dir, NULL, "%s/runs/%s", s->state_dir, ids[i]) >= 0)
+            total += dir_bytes(dir);
+    free(ids);
+    if (uploads_dir(s, tenant, dir, sizeof dir, NULL) >= 0)
+        total += dir_bytes(dir);
+    return total;
+}
+
+/* The tenant's disk quota (maxDisk), which its run files count against too. */
+static uint64_t tenant_disk(srv *s, const char *tenant)
+{
+    store_tenant t;
+    return store_tenant_get(s->st, tenant, &t, NULL) == 0 ? t.max_disk : UINT64_MAX;
+}
+
+/* Drop the oldest finished runs of a tenant past RUNS_KEPT_MAX, and while
+ * its run files exceed its disk quota. */
 static void runs_remove(run *r);
 static void prune(srv *s, const char *tenant)
 {
+    uint64_t quota = tenant_disk(s, tenant);
     for (;;) {
         run *oldest = NULL;
         size_t n = 0;
@@ -359,16 +417,22 @@ static void prune(srv *s, const char *tenant)
                 oldest = x;         /* newest first: the last one seen */
             }
         }
-        if (n <= RUNS_KEPT_MAX || !oldest) {
-            pthread_mutex_unlock(&runs_lock);
-            return;
-        }
-        oldest->refs++;
-        unlist_locked(oldest);
+        if (oldest)
+            oldest->refs++;
         pthread_mutex_unlock(&runs_lock);
-        (void)s;
-        runs_remove(oldest);
+        if (!oldest)
+            return;
+        int over = n > RUNS_KEPT_MAX || tenant_run_bytes(s, tenant) > quota;
+        pthread_mutex_lock(&runs_lock);
+        int mine = over && priv(oldest)->listed;    /* not taken by a DELETE meanwhile */
+        if (mine)
+            unlist_locked(oldest);
+        pthread_mutex_unlock(&runs_lock);
+        if (mine)
+            runs_remove(oldest);
         runs_put(oldest);
+        if (!over)
+            return;
     }
 }
 
@@ -531,6 +595,7 @@ typedef struct upload_state {
     char     part[4096], final[4096];
     char     id[RUN_ID_LEN + 1];
     uint64_t bytes;
+    uint64_t room;                 /* what the tenant's disk quota leaves for it */
     int      done;
 } upload_state;
 
@@ -572,6 +637,14 @@ static upload_state *upload_begin(sreq *r)
     if (util_path(u->part, sizeof u->part, &e, "%s/%s.part", dir, u->id) < 0 ||
         util_path(u->final, sizeof u->final, &e, "%s/%s.tar", dir, u->id) < 0)
         return reply_error(r, &e), NULL;
+    /* Runs and uploads count against the tenant's disk quota (maxDisk). */
+    prune(r->s, r->tok.tenant);
+    uint64_t quota = tenant_disk(r->s, r->tok.tenant), used = tenant_run_bytes(r->s, r->tok.tenant);
+    if (used >= quota)
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
+                             "uploads hold %llu; remove runs first (DELETE /v1/runs/{id})", r->tok.tenant,
+                             (unsigned long long)quota, (unsigned long long)used), NULL;
+    u->room = quota - used;
     /* The count and the new file are one step: two uploads cannot both be the eighth. */
     pthread_mutex_lock(&uploads_lock);
     size_t pending = uploads_sweep(dir, 0);
@@ -596,6 +669,11 @@ int h_runs_upload_body(sreq *r, const char *data, size_t len)
     upload_state *u = r->stream;
     if (!u && !(u = upload_begin(r)))
         return -1;
+    if (u->bytes + len > u->room) {
+        reply_problem(r, 403, "quota_exceeded", "tenant %s: the upload outgrows what quota \"disk\" leaves for the "
+                      "tenant's runs and uploads (%llu bytes)", r->tok.tenant, (unsigned long long)u->room);
+        return -1;
+    }
     if (util_write_all(u->fd, data, len) < 0) {
         cell_error e = { 0 };
         util_fail_errno(&e, "write upload");
@@ -1094,6 +1172,14 @@ int h_runs_create(sreq *r)
     pthread_mutex_lock(&runs_lock);
     size_t going = active_runs_locked(r->tok.tenant);
     pthread_mutex_unlock(&runs_lock);
+    prune(r->s, r->tok.tenant);
+    uint64_t quota = tenant_disk(r->s, r->tok.tenant), used = tenant_run_bytes(r->s, r->tok.tenant);
+    if (used >= quota) {
+        ret = reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
+                            "uploads hold %llu; remove runs first (DELETE /v1/runs/{id})", r->tok.tenant,
+                            (unsigned long long)quota, (unsigned long long)used);
+        goto fail;
+    }
     if (going >= RUNS_ACTIVE_MAX) {
         ret = reply_problem(r, 429, "too_many_runs", "tenant %s has %d runs going; wait for one to finish or "
                             "cancel one (DELETE /v1/runs/{id})", r->tok.tenant, RUNS_ACTIVE_MAX);

@@ -612,3 +612,25 @@ def test_resumes_of_an_upload_repo_keep_the_upload(d, alice):
     for rid in (second["id"], third["id"]):
         assert os.path.isfile(os.path.join(d.state, "runs", rid, "upload.tar")), rid
     assert not os.path.exists(os.path.join(d.state, "runs", first["id"]))
+
+
+def test_run_files_count_against_the_disk_quota(d):
+    name = dm.uniq("hank")
+    h = d.tenant(name)
+    admin = d.client()
+    assert admin.put("/v1/tenants/" + name, {"maxDisk": 1 << 20}).status == 200
+    big = tar_of({"big.bin": os.urandom(600 << 10)})
+    up = upload(h, big)
+    assert up.status == 201, up
+    run = dm.run_start(h, {"agent": "shell", "prompt": "true", "repo": {"upload": up.body["upload"]}})
+    dm.run_wait(h, run["id"], 60)
+    # The run keeps its 600K upload: another one does not fit.
+    dm.assert_problem(upload(h, big), 403, "quota_exceeded")
+    up_dir = os.path.join(d.state, "runs", "uploads", name)
+    assert dm.wait_for(lambda: os.listdir(up_dir) == [], 10, 0.1), os.listdir(up_dir)
+    # A lower quota: the finished run is removed to make its files fit.
+    assert admin.put("/v1/tenants/" + name, {"maxDisk": 300 << 10}).status == 200
+    nxt = dm.run_start(h, {"agent": "shell", "prompt": "true"})
+    dm.assert_problem(h.get("/v1/runs/" + run["id"]), 404)
+    assert not os.path.exists(os.path.join(d.state, "runs", run["id"]))
+    dm.run_wait(h, nxt["id"], 60)
