@@ -47,7 +47,7 @@ __asm__(".section cell_blobs, \"a\"\n"
  * of files) must not hold the run, and its cell, forever. */
 #define RUNDIFF_TIMEOUT_MS  (10 * 60 * 1000)
 #define RUNDIFF_GRACE_MS    1000    /* output still read after the script exited */
-#define RUNDIFF_TAIL        4096    /* stderr bytes kept for a message */
+#define RUNDIFF_TAIL        65536   /* output kept: the message, the conflicts git names */
 #define RUNDIFF_CONFLICTS   100
 #define APPLY_TIMEOUT_MS    (2 * 60 * 1000)
 #define APPLY_MEMORY        (512ull << 20)
