@@ -562,3 +562,18 @@ def _in_cell_of(pid, daemon, needles):
     except OSError:
         return False
     return str(daemon.state) in mounts and any(n in cmd for n in needles)
+
+
+def test_a_patch_past_the_artifact_cap_is_cut_there(alice, repos):
+    """56 MiB of random bytes make a ~71 MiB binary patch: the artifact is
+    cut at 64 MiB (the script stopped there), the result says so."""
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    done = shell_run(alice, repo, "head -c 58720256 /dev/urandom > big.bin")
+    res = done["result"]
+    art = res["artifacts"][0]
+    assert res["diffBytes"] == art["bytes"] == 64 << 20, res["diffBytes"]
+    assert art["truncated"] is True and res["diffTruncated"] is True
+    assert len(res["diff"].encode()) <= 1 << 20
+    assert res["changedFiles"] == [{"path": "big.bin", "status": "added", "binary": True}]
+    r = alice.call("GET", "/v1/runs/%s/artifacts/diff.patch" % done["id"], timeout=120)
+    assert r.status == 200 and len(r.raw) == 64 << 20 and r.raw.startswith(b"diff --git a/big.bin b/big.bin\n")
