@@ -683,10 +683,10 @@ static void on_permission(drive *d, json_t *id, json_t *params)
         /* What the client decides on: the tool call's kind, title and
          * command (the agent's words, passed on as data), and the options. */
         json_t *call = json_object_get(params, "toolCall");
-        json_t *ask = json_pack("{s:s, s:s, s:O}", "kind", jstr(call, "kind") ? jstr(call, "kind") : "other",
+        json_t *opts = json_object_get(params, "options");
+        json_t *ask = json_pack("{s:s, s:s, s:o}", "kind", jstr(call, "kind") ? jstr(call, "kind") : "other",
                                 "title", jstr(call, "title") ? jstr(call, "title") : "", "options",
-                                json_is_array(json_object_get(params, "options")) ? json_object_get(params, "options")
-                                                                                : json_array());
+                                json_is_array(opts) ? json_deep_copy(opts) : json_array());
         json_t *raw = json_object_get(call, "rawInput");
         if (ask && json_is_string(json_object_get(raw, "command")))
             json_object_set(ask, "command", json_object_get(raw, "command"));
