@@ -514,6 +514,10 @@ static void normalise_recorded_streams(void **state)
     assert_result(n, "Let me edit.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
                   "01a23e1d-57e0-7111-8e24-7920c7fa139d");
     runagent_norm_free(n);
+    n = replay("opencode-1.18.33", runagent_from_opencode);
+    assert_result(n, "Let me look.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
+                  "ses_dc1da43e0ffeXZ106DAepEun9k");
+    runagent_norm_free(n);
     n = replay("opencode", runagent_from_opencode);
     assert_result(n, "Wrote new.txt.", "{\"inputTokens\":500,\"outputTokens\":50,\"totalTokens\":550}",
                   "ses_494719016ffe85dkDMj0FPRbHK");
