@@ -95,6 +95,16 @@ void rundiff_reader_free(rundiff_reader *rd)
     free(rd);
 }
 
+/* Past every listing that is complete (or empty): an empty diff is the
+ * header alone. */
+static void reader_skip_empty(rundiff_reader *rd)
+{
+    while (rd->phase != RD_PATCH && rd->left == 0) {
+        rd->phase++;
+        rd->left = rd->phase == RD_NUMSTAT ? rd->numstat_len : 0;
+    }
+}
+
 /* "cell-rundiff 1 N M": digits only, no sign, no leading spaces. */
 static int reader_head(rundiff_reader *rd, cell_error *err)
 {
@@ -119,6 +129,7 @@ static int reader_head(rundiff_reader *rd, cell_error *err)
     rd->left = v[0];
     rd->numstat_len = v[1];
     rd->phase = RD_NAMES;
+    reader_skip_empty(rd);
     return 0;
 }
 
@@ -186,10 +197,7 @@ int rundiff_reader_feed(rundiff_reader *rd, const void *data, size_t len, cell_e
             return -1;
         p += n, len -= n;
         rd->left -= n;
-        while (rd->phase != RD_PATCH && rd->left == 0) {
-            rd->phase++;
-            rd->left = rd->phase == RD_NUMSTAT ? rd->numstat_len : 0;
-        }
+        reader_skip_empty(rd);
     }
     return rd->artifact_full ? 1 : 0;
 }

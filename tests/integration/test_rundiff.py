@@ -577,3 +577,11 @@ def test_a_patch_past_the_artifact_cap_is_cut_there(alice, repos):
     assert res["changedFiles"] == [{"path": "big.bin", "status": "added", "binary": True}]
     r = alice.call("GET", "/v1/runs/%s/artifacts/diff.patch" % done["id"], timeout=120)
     assert r.status == 200 and len(r.raw) == 64 << 20 and r.raw.startswith(b"diff --git a/big.bin b/big.bin\n")
+
+
+def test_a_run_that_changes_nothing_has_an_empty_diff(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    res = shell_run(alice, repo, "cat a.txt >/dev/null")["result"]
+    assert "error" not in res, res
+    assert (res["diff"], res["diffBytes"], res["diffTruncated"], res["changedFiles"]) == ("", 0, False, [])
+    assert res["artifacts"][0]["bytes"] == 0

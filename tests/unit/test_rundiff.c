@@ -97,6 +97,35 @@ static void reads_a_whole_output_in_any_pieces(void **state)
     free(out);
 }
 
+static void reads_an_empty_diff(void **state)
+{
+    (void)state;
+    /* No change: the header alone, or with empty listings in any pieces. */
+    rundiff_limits lim = { .inline_max = 10, .artifact_max = 10 };
+    static const char out[] = "cell-rundiff 1 0 0\n";
+    for (size_t step = 1; step < sizeof out; step++) {
+        cell_error err = { 0 };
+        int rc;
+        json_t *r = read_all(&lim, -1, out, sizeof out - 1, step, &rc, &err);
+        assert_non_null(r);
+        assert_string_equal(json_string_value(json_object_get(r, "diff")), "");
+        assert_int_equal(json_integer_value(json_object_get(r, "diffBytes")), 0);
+        assert_int_equal(json_array_size(json_object_get(r, "changedFiles")), 0);
+        assert_true(json_is_false(json_object_get(r, "diffTruncated")));
+        json_decref(r);
+    }
+    /* Listings but no patch (git printed none): still a whole output. */
+    size_t len;
+    char *o2 = make_output("M\0a\0", 4, "", 0, "", 0, &len);
+    cell_error err = { 0 };
+    int rc;
+    json_t *r = read_all(&lim, -1, o2, len, 1, &rc, &err);
+    assert_non_null(r);
+    assert_int_equal(json_array_size(json_object_get(r, "changedFiles")), 1);
+    json_decref(r);
+    free(o2);
+}
+
 static void refuses_malformed_or_cut_output(void **state)
 {
     (void)state;
@@ -273,6 +302,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reads_a_whole_output_in_any_pieces),
+        cmocka_unit_test(reads_an_empty_diff),
         cmocka_unit_test(refuses_malformed_or_cut_output),
         cmocka_unit_test(caps_the_inline_diff_and_the_artifact),
         cmocka_unit_test(replaces_invalid_utf8_and_keeps_nuls_out),
