@@ -1688,7 +1688,7 @@ const char *runagent_permission(json_t *policy, json_t *request_params)
     json_t *call = json_object_get(request_params, "toolCall");
     const char *kind = json_string_value(json_object_get(call, "kind"));
     const char *title = json_string_value(json_object_get(call, "title"));
-    char *command = kind && strcmp(kind, "execute") == 0 ? ra_command_of(json_object_get(call, "rawInput")) : NULL;
+    char *command = runagent_command(call);
     const char *subject = command ? command : title ? title : "";
     const char *answer = NULL;
     size_t i;
@@ -1711,6 +1711,12 @@ const char *runagent_permission(json_t *policy, json_t *request_params)
         if (strcmp(answer, *a) == 0)
             return *a;
     return "allow";
+}
+
+char *runagent_command(json_t *tool_call)
+{
+    const char *kind = json_string_value(json_object_get(tool_call, "kind"));
+    return kind && strcmp(kind, "execute") == 0 ? ra_command_of(json_object_get(tool_call, "rawInput")) : NULL;
 }
 
 /* ---- output schema check ------------------------------------------------------------------ */

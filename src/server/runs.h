@@ -176,6 +176,11 @@ const char *runagent_session(runagent_norm *n);
 /* The per-run permission policy's answer for an ACP
  * session/request_permission's params: "allow", "deny" or "ask". */
 const char *runagent_permission(json_t *policy, json_t *request_params);
+/* The command of an ACP tool call of kind execute as the policy matches it
+ * (rawInput.command; an argv [sh, -c, SCRIPT] is SCRIPT, another argv its
+ * words quoted as sh needs), a new string; NULL for other kinds or none:
+ * for permission.asked's "command". */
+char *runagent_command(json_t *tool_call);
 /* Check `value` against the run's output_schema; 0 or -1 with why. */
 int runagent_schema_validate(json_t *schema, json_t *value, char *why, size_t size);
 

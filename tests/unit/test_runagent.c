@@ -678,6 +678,13 @@ static void permission_rules(void **state)
                                       "[\"ls\",\"a b\",\"'q\"]}}}"), "ask");
     assert_string_equal(perm(deny_rm, "{\"toolCall\":{\"kind\":\"execute\",\"rawInput\":{\"command\":"
                                       "[\"/bin/bash\",\"-x\",\"rm -rf /\"]}}}"), "allow");
+    json_t *call = J("{\"kind\":\"execute\",\"rawInput\":{\"command\":[\"git\",\"commit\",\"-m\",\"a b\"]}}");
+    char *cmd = runagent_command(call);
+    assert_string_equal(cmd, "git commit -m 'a b'");
+    free(cmd);
+    json_object_set_new(call, "kind", json_string("edit"));
+    assert_null(runagent_command(call));
+    json_decref(call);
     /* The pattern is on the command, not the title, for execute. */
     assert_string_equal(perm("{\"default\":\"deny\",\"rules\":[{\"pattern\":\"Run*\",\"action\":\"allow\"}]}", rm),
                         "deny");
