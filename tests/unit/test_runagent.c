@@ -730,6 +730,102 @@ static void schema_subset(void **state)
     assert_int_equal(validates("{\"minLength\":1}", "\"x\"", NULL), -1);
 }
 
+
+/* ---- random hostile specs: no crash, no leak (ASan), and what passes the
+ * check always builds ------------------------------------------------------------------- */
+
+static unsigned long rng_state = 12345;
+static unsigned rng(unsigned n)
+{
+    rng_state = rng_state * 6364136223846793005UL + 1442695040888963407UL;
+    return (unsigned)(rng_state >> 33) % n;
+}
+
+static json_t *rand_json(int depth)
+{
+    static const char *const strs[] = { "..", ".", "/", "a/../b", "a\nb", "${secret:k}", "${", "]", "\"", "",
+                                        "a.b", "\x01", "ok", "stdio", "http", "http://h/x", "allow", "deny", "ask",
+                                        "execute", "edit", "object", "string", "array", "integer", "SKILL.md",
+                                        "a\\b", "x/y", "rm *", "eA==", "!!", "\xc3\xa9" };
+    static const char *const keys[] = { "name", "description", "body", "files", "type", "command", "args", "env",
+                                        "url", "headers", "default", "rules", "kind", "pattern", "action", "text",
+                                        "base64", "properties", "items", "required", "enum", "additionalProperties",
+                                        "a/b", "x", "..", "SKILL.md", "K" };
+    switch (rng(depth > 3 ? 4 : 7)) {
+    case 0: return json_string(strs[rng(sizeof strs / sizeof strs[0])]);
+    case 1: return json_integer((json_int_t)rng(5) - 2);
+    case 2: return rng(2) ? json_true() : json_null();
+    case 3: {
+        char *big = malloc(70000);
+        memset(big, 'a' + (char)rng(3), 70000 - 1);
+        big[70000 - 1] = '\0';
+        json_t *j = json_string(big + rng(69990));
+        free(big);
+        return j;
+    }
+    case 4:
+    case 5: {
+        json_t *o = json_object();
+        for (unsigned i = rng(5); i > 0; i--)
+            json_object_set_new(o, keys[rng(sizeof keys / sizeof keys[0])], rand_json(depth + 1));
+        return o;
+    }
+    default: {
+        json_t *a = json_array();
+        for (unsigned i = rng(4); i > 0; i--)
+            json_array_append_new(a, rand_json(depth + 1));
+        return a;
+    }
+    }
+}
+
+static void random_hostile_specs(void **state)
+{
+    (void)state;
+    static const char *const fields[] = { "skills", "mcp", "permissions", "attachments", "output_schema",
+                                          "instructions", "model" };
+    static const char *const agents[] = { "mock", "codex", "opencode", "claude", "shell" };
+    int passed = 0;
+    for (int i = 0; i < 3000; i++) {
+        json_t *spec = json_pack("{s:s, s:s}", "agent", agents[rng(5)], "prompt", "p");
+        for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+            if (rng(5) == 0) {
+                /* Mostly the right outer shape, so the checks go deep. */
+                json_t *v = rand_json(1);
+                if (f < 2 || f == 3) {
+                    json_t *a = json_array();
+                    json_array_append_new(a, v);
+                    v = a;
+                }
+                json_object_set_new(spec, fields[f], v);
+            }
+        char why[512];
+        if (runagent_check(spec, why, sizeof why) == 0) {
+            passed++;
+            runagent_plan p;
+            assert_int_equal(runagent_plan_build(json_string_value(json_object_get(spec, "agent")), spec, &p, why,
+                                                 sizeof why), 0);
+            for (size_t k = 0; k < p.n_files; k++)
+                assert_true(strncmp(p.files[k].path, "/root/", 6) == 0 ||
+                            strncmp(p.files[k].path, "/.cell-run/attachments/", 23) == 0);
+            runagent_plan_free(&p);
+            json_t *schema = json_object_get(spec, "output_schema"), *value = rand_json(1);
+            if (schema)
+                runagent_schema_validate(schema, value, why, sizeof why);
+            json_decref(value);
+            json_t *req = rand_json(0);
+            runagent_permission(json_object_get(spec, "permissions"), req);
+            json_decref(req);
+        } else {
+            assert_true(strlen(why) > 0);
+        }
+        json_decref(spec);
+    }
+    if (passed < 300)
+        fprintf(stderr, "only %d of 3000 passed the check\n", passed);
+    assert_true(passed >= 300); /* the valid side is exercised too */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -743,6 +839,7 @@ int main(void)
         cmocka_unit_test(normalise_hostile_streams),
         cmocka_unit_test(permission_rules),
         cmocka_unit_test(schema_subset),
+        cmocka_unit_test(random_hostile_specs),
     };
     return cmocka_run_group_tests_name("run backends", tests, NULL, NULL);
 }
