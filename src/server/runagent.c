@@ -1190,7 +1190,6 @@ static void ra_set_bounded(json_t *e, const char *key, json_t *v)
     json_object_set_new(e, key, small);
 }
 
-
 /* `whole`: the text is a whole message (codex, opencode), set apart from
  * the previous one in the output by a blank line; ACP's are chunks. */
 static void ra_text(runagent_norm *n, json_t *events, const char *role, json_t *text, int whole)
@@ -1289,7 +1288,8 @@ static json_t *ra_acp_content_text(json_t *content)
     json_array_foreach(content, i, c) {
         json_t *inner = json_object_get(c, "content");
         const char *t = json_string_value(json_object_get(inner, "text"));
-        if (t && strcmp(json_string_value(json_object_get(c, "type")) ?: "", "content") == 0 &&
+        if (t && json_is_string(json_object_get(c, "type")) &&
+            strcmp(json_string_value(json_object_get(c, "type")), "content") == 0 &&
             ftell(f) < (long)RA_TOOL_OUT_MAX)
             fputs(t, f);
     }
@@ -1347,7 +1347,8 @@ static void ra_acp_tool_end(runagent_norm *n, ra_call *c, json_t *events, json_t
     int diffs = 0;
     json_array_foreach(json_object_get(u, "content"), i, item) {
         const char *path = json_string_value(json_object_get(item, "path"));
-        if (!path || strcmp(json_string_value(json_object_get(item, "type")) ?: "", "diff") != 0)
+        const char *type = json_string_value(json_object_get(item, "type"));
+        if (!path || !type || strcmp(type, "diff") != 0)
             continue;
         ra_emit(events, ra_file_change(path, ra_acp_diff_kind(json_object_get(u, "rawOutput"), item, path)));
         diffs++;
@@ -1465,8 +1466,9 @@ static void ra_codex_start(runagent_norm *n, json_t *events, json_t *item, const
         ra_set(&c->title, "apply patch");
     } else {
         char title[160];
-        snprintf(title, sizeof title, "%.64s.%.64s", json_string_value(json_object_get(item, "server")) ?: "mcp",
-                 json_string_value(json_object_get(item, "tool")) ?: "tool");
+        const char *server = json_string_value(json_object_get(item, "server"));
+        const char *tool = json_string_value(json_object_get(item, "tool"));
+        snprintf(title, sizeof title, "%.64s.%.64s", server ? server : "mcp", tool ? tool : "tool");
         ra_set(&c->kind, "other");
         ra_set(&c->title, title);
     }
