@@ -247,7 +247,7 @@ asan:
 # ThreadSanitizer: libcell, the daemon and the CLI (cell-init stays
 # unsanitized and static), then the daemon's integration tests; a TSan
 # report in a daemon's stderr fails the test that ran it (daemon.py).
-TSAN_TESTS ?= $(wildcard tests/integration/test_daemon_*.py) tests/integration/test_agents.py
+TSAN_TESTS ?= $(wildcard tests/integration/test_daemon_*.py) tests/integration/test_agents.py tests/integration/test_runs_drive.py
 tsan:
 	$(MAKE) BUILD=build-tsan SAN=thread OPT=-O1 all
 	TSAN_OPTIONS="$${TSAN_OPTIONS:-halt_on_error=0 second_deadlock_stack=1 suppressions=$(abspath tests/tsan.supp)}" \

@@ -57,6 +57,7 @@
 #pragma weak runagent_usage
 #pragma weak runagent_permission
 #pragma weak runagent_schema_validate
+#pragma weak runagent_command
 #pragma weak rundiff_compute
 
 typedef struct drive {
@@ -687,9 +688,10 @@ static void on_permission(drive *d, json_t *id, json_t *params)
         json_t *ask = json_pack("{s:s, s:s, s:o}", "kind", jstr(call, "kind") ? jstr(call, "kind") : "other",
                                 "title", jstr(call, "title") ? jstr(call, "title") : "", "options",
                                 json_is_array(opts) ? json_deep_copy(opts) : json_array());
-        json_t *raw = json_object_get(call, "rawInput");
-        if (ask && json_is_string(json_object_get(raw, "command")))
-            json_object_set(ask, "command", json_object_get(raw, "command"));
+        char *cmd = runagent_command ? runagent_command(call) : NULL;
+        if (ask && cmd)
+            json_object_set_new(ask, "command", json_string(cmd));
+        free(cmd);
         decision = runs_ask_permission(d->r, req, ask, d->deadline);
         json_decref(ask);
     } else {
