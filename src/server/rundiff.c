@@ -543,7 +543,8 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
                            "diff", RUN_BASE, RUN_WORKSPACE, NULL };
     diff_run dr = { .fds = { -1, -1, -1 } };
     int rc = -1;
-    dr.proc = procs_spawn_piped(sc, argv, dr.fds, err);
+    /* From /: the cell's cwd (/workspace) may be gone, the agent removed it. */
+    dr.proc = procs_spawn_piped_at(sc, argv, "/", dr.fds, err);
     if (!dr.proc) {
         if (err && err->code == ENOENT)
             util_fail(err, ENOENT, "the image has no /usr/bin/env or /bin/sh; the diff needs them and git");

@@ -88,6 +88,11 @@ tree() {
 }
 
 do_diff() {
+    # A tree the agent removed (a lane's or an upload's copy is a plain
+    # directory of the cell) is an empty one: everything in it was deleted.
+    mkdir "$tmp/empty" || exit 1
+    [ -d "$1" ] || set -- "$tmp/empty" "$2"
+    [ -d "$2" ] || set -- "$1" "$tmp/empty"
     ta=$(tree "$tmp/index.a" "$1") || exit 1
     GIT_INDEX_FILE=$tmp/index.b g read-tree "$ta" || exit 1
     tb=$(tree "$tmp/index.b" "$2") || exit 1

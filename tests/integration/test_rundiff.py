@@ -585,3 +585,25 @@ def test_a_run_that_changes_nothing_has_an_empty_diff(alice, repos):
     assert "error" not in res, res
     assert (res["diff"], res["diffBytes"], res["diffTruncated"], res["changedFiles"]) == ("", 0, False, [])
     assert res["artifacts"][0]["bytes"] == 0
+
+
+def test_an_uploaded_workspace_the_agent_removed_is_all_deleted(alice):
+    """An upload's copy is a plain directory of the cell: an agent that
+    removes /workspace gets a diff deleting every file, not a failed diff."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in {"a.txt": b"a\n", "sub/b.txt": b"b\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    r = alice.call("POST", "/v1/runs/uploads", body=buf.getvalue(), headers={"Content-Type": "application/x-tar"})
+    assert r.status == 201, r
+    run = dm.run_start(alice, {"agent": "shell", "prompt": "cd / && rm -rf /workspace",
+                               "repo": {"upload": r.body["upload"]}})
+    done, _ = dm.run_wait(alice, run["id"], limit_s=120)
+    res = done["result"]
+    assert done["status"] == "succeeded" and "error" not in res, done
+    assert sorted((f["path"], f["status"]) for f in res["changedFiles"]) == [
+        ("a.txt", "deleted"), ("sub/b.txt", "deleted")], res["changedFiles"]
