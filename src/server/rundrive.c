@@ -46,20 +46,6 @@
 #define DRV_STDERR_TAIL     2048
 #define DRV_CANCEL_GRACE_MS 1000            /* session/cancel, then the process group */
 
-/* Other modules' parts, weak: a driver built before them fails its runs
- * with a message instead of breaking the daemon's link. */
-#pragma weak runagent_plan_build
-#pragma weak runagent_plan_free
-#pragma weak runagent_norm_new
-#pragma weak runagent_norm_free
-#pragma weak runagent_from_acp
-#pragma weak runagent_output
-#pragma weak runagent_usage
-#pragma weak runagent_permission
-#pragma weak runagent_schema_validate
-#pragma weak runagent_command
-#pragma weak rundiff_compute
-
 typedef struct drive {
     run           *r;
     srv           *s;
@@ -677,7 +663,7 @@ static const char *pick_option(json_t *options, const char *decision)
 static void on_permission(drive *d, json_t *id, json_t *params)
 {
     json_t *policy = json_object_get(d->spec, "permissions");
-    const char *decision = runagent_permission ? runagent_permission(policy, params) : "deny";
+    const char *decision = runagent_permission(policy, params);
     char req[40];
     snprintf(req, sizeof req, "p%u", ++d->perm_seq);
     if (strcmp(decision, "ask") == 0) {
@@ -688,7 +674,7 @@ static void on_permission(drive *d, json_t *id, json_t *params)
         json_t *ask = json_pack("{s:s, s:s, s:o}", "kind", jstr(call, "kind") ? jstr(call, "kind") : "other",
                                 "title", jstr(call, "title") ? jstr(call, "title") : "", "options",
                                 json_is_array(opts) ? json_deep_copy(opts) : json_array());
-        char *cmd = runagent_command ? runagent_command(call) : NULL;
+        char *cmd = runagent_command(call);
         if (ask && cmd)
             json_object_set_new(ask, "command", json_string(cmd));
         free(cmd);
@@ -714,7 +700,7 @@ static void on_message(void *user, json_t *msg)
     if (!method)
         return;                     /* a stray answer */
     if (strcmp(method, "session/update") == 0 && !id) {
-        if (d->loading || !json_is_object(params) || !runagent_from_acp)
+        if (d->loading || !json_is_object(params))
             return;                 /* session/load replays the old session: not this run's events */
         json_t *events = runagent_from_acp(d->norm, params);
         emit_all(d, events);
@@ -916,8 +902,6 @@ static void check_schema(drive *d)
     char why[512] = "";
     if (!v)
         snprintf(why, sizeof why, "the output is not JSON: %s", out ? jerr.text : "no output");
-    else if (!runagent_schema_validate)
-        snprintf(why, sizeof why, "output schemas cannot be checked by this daemon");
     else if (runagent_schema_validate(schema, v, why, sizeof why) < 0 && !why[0])
         snprintf(why, sizeof why, "the output does not match output_schema");
     if (why[0]) {
@@ -934,9 +918,7 @@ static void compute_diff(drive *d)
     json_t *diff = json_object();
     cell_error e = { 0 };
     rundiff_limits lim = { .inline_max = DRV_DIFF_INLINE, .artifact_max = DRV_DIFF_ARTIFACT };
-    if (!rundiff_compute)
-        util_fail(&e, ENOSYS, "this daemon cannot compute diffs");
-    else if (runs_dir(d->r, dir, sizeof dir) < 0)
+    if (runs_dir(d->r, dir, sizeof dir) < 0)
         util_fail(&e, EIO, "the run's directory");
     else {
         snprintf(path, sizeof path, "%s/diff.patch", dir);
@@ -1038,8 +1020,6 @@ static int64_t run_deadline(drive *d)
 static int prepare(drive *d)
 {
     char why[512] = "";
-    if (!runagent_plan_build || !runagent_norm_new)
-        return drv_fail(d, "agent", "this daemon cannot plan %s runs", d->agent), -1;
     if (runagent_plan_build(d->agent, d->spec, &d->plan, why, sizeof why) < 0)
         return drv_fail(d, "invalid_request", "%s", why[0] ? why : "the agent's plan failed"), -1;
     d->have_plan = 1;
@@ -1099,8 +1079,8 @@ void *rundrive_main(void *arg)
         drv_fail(&d, "cell_gone", "the run's cell %s stopped or was deleted during the run", d.sc->id);
     }
     if (strcmp(d.agent ? d.agent : "", "shell") != 0 && d.norm) {
-        json_t *out = runagent_output ? runagent_output(d.norm) : NULL;
-        json_t *usage = runagent_usage ? runagent_usage(d.norm) : NULL;
+        json_t *out = runagent_output(d.norm);
+        json_t *usage = runagent_usage(d.norm);
         if (json_is_string(out))
             json_object_set(d.result, "output", out);
         if (json_is_object(usage))
@@ -1118,9 +1098,9 @@ void *rundrive_main(void *arg)
     enum run_status st = final_status(&d, code);
     json_decref(code);
     json_decref(d.error);
-    if (d.have_plan && runagent_plan_free)
+    if (d.have_plan)
         runagent_plan_free(&d.plan);
-    if (d.norm && runagent_norm_free)
+    if (d.norm)
         runagent_norm_free(d.norm);
     if (d.sc)
         registry_put(d.sc);
