@@ -818,6 +818,11 @@ static json_t *run_acp(drive *d, const char *prev_session)
                         &res, &e) == 0) {
         json_decref(code);
         code = stop_code(jstr(res, "stopReason"));
+        /* The result's usage (ACP's per-turn counts, as claude-agent-acp
+         * reports them) is the normaliser's too. */
+        json_t *events = json_is_object(res) ? runagent_from_acp(d->norm, res) : NULL;
+        emit_all(d, events);
+        json_decref(events);
         json_decref(res);
     } else if (e.code == ETIMEDOUT) {
         d->timed_out = 1;

@@ -432,3 +432,59 @@ def test_a_lane_in_use_by_a_running_cell_is_refused(alice):
         assert done["status"] == "failed" and "attached to a running cell" in done["result"]["error"]["message"], done
     finally:
         alice.delete("/v1/cells/" + cell.body["id"])
+
+
+# ---- the mock's scripts: tools, commands, permissions, usage ---------------------------------------
+
+
+SCRIPT = "write src/a.txt hello\\n\nrun echo ran > ran.txt\nusage 100 20\nsay done"
+
+
+def test_a_scripted_turn_end_to_end(alice, repos):
+    repo = make_repo(repos, {"a.txt": "a\n"})
+    run = dm.run_start(alice, {"agent": "mock", "prompt": SCRIPT, "repo": {"path": str(repo)}})
+    done, events = dm.run_wait(alice, run["id"])
+    res = done["result"]
+    assert done["status"] == "succeeded", done
+    assert res["output"].endswith("done"), res["output"]
+    assert res["usage"] == {"inputTokens": 100, "outputTokens": 20, "totalTokens": 120}, res["usage"]
+    got = {(f["path"], f["status"]) for f in res["changedFiles"]}
+    assert got == {("src/a.txt", "added"), ("ran.txt", "added")}, got
+    t = types(events)
+    for kind in ("tool.call", "tool.result", "permission.decided", "usage"):
+        assert kind in t, t
+    dec = [e for e in events if e["type"] == "permission.decided"]
+    assert [(e["decision"], e["by"]) for e in dec] == [("allow", "policy")]
+    assert sorted(os.listdir(repo)) == ["a.txt"]
+
+
+def test_a_denied_command_does_not_run(alice):
+    rules = {"default": "allow", "rules": [{"kind": "execute", "action": "deny"}]}
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "run echo ran > ran.txt\nsay after", "permissions": rules})
+    done, events = dm.run_wait(alice, run["id"])
+    assert [(e["decision"], e["by"]) for e in events if e["type"] == "permission.decided"] == [("deny", "policy")]
+    assert done["result"]["changedFiles"] == [], done
+    assert done["status"] == "succeeded", done
+
+
+def test_a_flood_of_updates_loses_no_permission_request(alice):
+    # More messages than the client's queue holds (4096) before the
+    # permission request: the reader waits for the driver, nothing is lost.
+    script = "\n".join(["say x"] * 6000 + ["run echo ran > ran.txt", "say end"])
+    run = dm.run_start(alice, {"agent": "mock", "prompt": script, "timeout_s": 120})
+    done, events = dm.run_wait(alice, run["id"], limit_s=150)
+    assert done["status"] == "succeeded", done
+    assert [f["path"] for f in done["result"]["changedFiles"]] == ["ran.txt"]
+    assert done["result"]["output"].endswith("end")
+
+
+def test_cancel_ends_a_sleeping_turn(alice):
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "write f.txt x\nsleep 600", "timeout_s": 900})
+    rid = run["id"]
+    events_until(alice, rid, "tool.call")
+    assert alice.delete("/v1/runs/" + rid).status == 202
+    done, events = dm.run_wait(alice, rid, limit_s=60)
+    assert done["status"] == "canceled" and done["result"]["exitCode"] is None, done
+    # The work done before the cancel is still the run's diff.
+    assert [f["path"] for f in done["result"]["changedFiles"]] == ["f.txt"]
+    assert alice.get("/v1/cells/" + done["cellId"]).status == 404
