@@ -528,8 +528,28 @@ static int diff_outcome(diff_run *dr, const tail_buf *t, cell_error *err)
     return util_fail(err, EIO, "the diff was killed by signal %d: %s", WTERMSIG(dr->status), line);
 }
 
+/* PATCH.cut beside a patch cut at the artifact's cap: a valid prefix of a
+ * patch (cut at a file's boundary) would apply, as part of the change. */
+static int cut_path(const char *patch_path, char *out, size_t size, cell_error *err)
+{
+    return util_path(out, size, err, "%s.cut", patch_path);
+}
+
+static int mark_cut(const char *patch_path, int cut, cell_error *err)
+{
+    char path[PATH_MAX];
+    if (cut_path(patch_path, path, sizeof path, err) < 0)
+        return -1;
+    if (!cut)
+        return unlink(path) < 0 && errno != ENOENT ? util_fail_errno(err, "cannot remove %s", path) : 0;
+    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    return fd < 0 ? util_fail_errno(err, "cannot create %s", path) : 0;
+}
+
 int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path, json_t *out, cell_error *err)
 {
+    if (mark_cut(patch_path, 0, err) < 0)
+        return -1;
     _cleanup_close_ int pfd = open(patch_path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (pfd < 0)
         return util_fail_errno(err, "cannot create %s", patch_path);
@@ -568,6 +588,8 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         artifact_url(patch_path, url, sizeof url);
         if (rc == 0)
             rc = rundiff_reader_end(rd, url[0] ? url : NULL, out, err);
+        if (rc == 0 && rd->artifact_full)
+            rc = mark_cut(patch_path, 1, err);
     }
     for (int i = 0; i < 3; i++)
         if (dr.fds[i] >= 0)
@@ -644,7 +666,7 @@ static int apply_owner_check(cell *c, const struct stat *st, cell_error *err)
     if (cell_file_stat(c, APPLY_REPO, &cs, err) < 0)
         return -1;
     if (cs.uid != st->st_uid || cs.gid != st->st_gid || !S_ISDIR(cs.mode))
-        return util_fail(err, EAGAIN, "the repository directory changed while the apply cell booted");
+        return util_fail(err, EBUSY, "the repository directory changed while the apply cell booted");
     return 0;
 }
 
@@ -712,6 +734,13 @@ int rundiff_apply(srv *s, const char *repo, const char *patch_path, json_t **con
     _cleanup_close_ int pfd = open(patch_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (pfd < 0 || fstat(pfd, &pst) < 0 || !S_ISREG(pst.st_mode))
         return util_fail(err, ENOENT, "the run has no diff.patch");
+    char cut[PATH_MAX];
+    struct stat cst;
+    if (cut_path(patch_path, cut, sizeof cut, err) < 0)
+        return -1;
+    if (lstat(cut, &cst) == 0)
+        return util_fail(err, EINVAL, "the run's patch was cut at its size cap (diff.patch is marked truncated): it "
+                         "cannot be applied whole; take the change from a kept cell or lane instead");
     /* Ids inside a cell are 0..65535, which the bind maps 1:1 to the host's. */
     if (st.st_uid > 65535 || st.st_gid > 65535)
         return util_fail(err, EPERM, "repository %s is owned by %u:%u, which a cell cannot act as (0..65535)",

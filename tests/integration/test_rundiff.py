@@ -577,6 +577,13 @@ def test_a_patch_past_the_artifact_cap_is_cut_there(alice, repos):
     assert res["changedFiles"] == [{"path": "big.bin", "status": "added", "binary": True}]
     r = alice.call("GET", "/v1/runs/%s/artifacts/diff.patch" % done["id"], timeout=120)
     assert r.status == 200 and len(r.raw) == 64 << 20 and r.raw.startswith(b"diff --git a/big.bin b/big.bin\n")
+    # A cut patch is never applied (a prefix cut at a file's boundary would
+    # apply, as part of the change).
+    before = snapshot(repo)
+    r = alice.post("/v1/runs/%s/apply" % done["id"])
+    dm.assert_problem(r, 400)
+    assert "cut" in r.body["detail"], r.body
+    assert snapshot(repo) == before
 
 
 def test_a_run_that_changes_nothing_has_an_empty_diff(alice, repos):
