@@ -42,7 +42,7 @@
 #define DRV_DIFF_INLINE     (1u << 20)
 #define DRV_DIFF_ARTIFACT   (64u << 20)
 #define DRV_STATE_MAX       (64u << 20)     /* agent-state.tar */
-#define DRV_LANE_MAX        (4ull << 30)    /* keep "lane": the workspace's tar (the lane's quota decides too) */
+#define DRV_LANE_MAX        (64ull << 30)   /* keep "lane": the workspace's tar, streamed (the lane's size decides) */
 #define DRV_STDERR_TAIL     2048
 #define DRV_CANCEL_GRACE_MS 1000            /* session/cancel, then the process group */
 
@@ -937,49 +937,74 @@ static void compute_diff(drive *d)
     drv_fail(d, "diff", "the diff: %s", e.message);
 }
 
-/* keep "lane": the workspace, as tar made by tar in the cell, into a new
- * lane run-<id> of the tenant (lanes.c's import: quota, default size), so
- * a cell booted on it sees it at RUN_WORKSPACE. */
+/* keep "lane": the import, on a thread of its own, reads the tar the cell
+ * makes from a pipe: nothing is staged on the host's disk, and the lane's
+ * size (the tenant's disk quota) bounds what it takes. */
+typedef struct lane_keep {
+    drive     *d;
+    int        fd;                  /* the pipe's read end, closed when done */
+    char       name[8 + RUN_ID_LEN];
+    store_lane lane;
+    int        rc;
+    char       why[512];
+} lane_keep;
+
+static void *keep_lane_import(void *arg)
+{
+    lane_keep *k = arg;
+    sreq q = { .s = k->d->s };
+    snprintf(q.tok.tenant, sizeof q.tok.tenant, "%s", k->d->r->tenant);
+    q.tok.admin = k->d->r->admin;
+    const char *image = jstr(k->d->spec, "image");
+    k->rc = lanes_import_fd(&q, k->name, image ? image : "host", k->fd, &k->lane);
+    if (k->rc < 0) {
+        const char *why = json_string_value(json_object_get(q.audit, "error"));
+        snprintf(k->why, sizeof k->why, "%s", why ? why : "out of memory");
+    }
+    json_decref(q.audit);
+    close(k->fd);                   /* a tar still writing gets EPIPE, not a wait */
+    return NULL;
+}
+
+/* keep "lane": /workspace, as tar makes it in the cell, into a new lane
+ * run-<id> of the tenant (lanes.c's import: quota, default size), so a
+ * cell booted on it sees it at RUN_WORKSPACE. */
 static void keep_lane(drive *d)
 {
-    char dir[PATH_MAX - 32], path[PATH_MAX], name[8 + RUN_ID_LEN];
-    snprintf(name, sizeof name, "run-%s", d->r->id);
-    if (runs_dir(d->r, dir, sizeof dir) < 0) {
-        drv_fail(d, "keep", "the run's directory");
+    lane_keep k = { .d = d, .fd = -1 };
+    snprintf(k.name, sizeof k.name, "run-%s", d->r->id);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        drv_fail(d, "keep", "pipe: %s", strerror(errno));
         return;
     }
-    snprintf(path, sizeof path, "%s/workspace.tar", dir);
-    _cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        drv_fail(d, "keep", "%s: %s", path, strerror(errno));
+    k.fd = p[0];
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, keep_lane_import, &k);
+    if (pe != 0) {
+        close(p[0]);
+        close(p[1]);
+        drv_fail(d, "keep", "the import thread: %s", strerror(pe));
         return;
     }
     const char *argv[] = { "/bin/sh", "-c", "cd / && exec tar -cf - workspace", NULL };
-    drv_out o = { .fd = fd, .cap = DRV_LANE_MAX };
+    drv_out o = { .fd = p[1], .cap = DRV_LANE_MAX };
     cell_error e = { 0 };
     int status = 0;
     int rc = drv_exec(d, argv, &o, 0, DRV_SETUP_MS, &status, &e);
     if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
         rc = util_fail(&e, EIO, "tar of the workspace failed: %.300s", o.err);
-    if (rc == 0 && lseek(fd, 0, SEEK_SET) < 0)
-        rc = util_fail_errno(&e, "rewind");
-    if (rc == 0) {
-        sreq q = { .s = d->s };
-        snprintf(q.tok.tenant, sizeof q.tok.tenant, "%s", d->r->tenant);
-        q.tok.admin = d->r->admin;
-        store_lane lane;
-        const char *image = jstr(d->spec, "image");
-        if (lanes_import_fd(&q, name, image ? image : "host", fd, &lane) == 0) {
-            json_object_set_new(d->result, "lane", json_string(lane.name));
-        } else {
-            const char *why = json_string_value(json_object_get(q.audit, "error"));
-            rc = util_fail(&e, EIO, "%s", why ? why : "out of memory");
-        }
-        json_decref(q.audit);
+    close(p[1]);                    /* the end of the tar (or of a cut one: the import fails) */
+    pthread_join(t, NULL);
+    if (k.rc < 0) {                 /* its reason first: a refused import also cuts the tar */
+        drv_fail(d, "keep", "keeping the workspace as lane %s: %s", k.name, k.why);
+        return;
     }
-    unlink(path);
+    /* Made, even if tar then said something went wrong: named, so that
+     * the client sees (and may delete) what it holds. */
+    json_object_set_new(d->result, "lane", json_string(k.lane.name));
     if (rc < 0)
-        drv_fail(d, "keep", "keeping the workspace as lane %s: %s", name, e.message);
+        drv_fail(d, "keep", "lane %s may lack part of the workspace: %s", k.name, e.message);
 }
 
 /* keep: "nothing" deletes the cell, "cell" leaves it running, "lane"

@@ -488,3 +488,18 @@ def test_cancel_ends_a_sleeping_turn(alice):
     # The work done before the cancel is still the run's diff.
     assert [f["path"] for f in done["result"]["changedFiles"]] == ["f.txt"]
     assert alice.get("/v1/cells/" + done["cellId"]).status == 404
+
+
+def test_keep_lane_over_the_disk_quota_fails_and_leaves_no_lane(d):
+    name = dm.uniq("carol")
+    carol = d.tenant(name)
+    admin = d.client()
+    # 16 MiB of lanes at most: a 40 MiB workspace cannot be kept.
+    assert admin.put("/v1/tenants/" + name, {"maxDisk": 16 << 20}).status == 200
+    run = dm.run_start(carol, {"agent": "shell", "keep": "lane",
+                               "prompt": "head -c 41943040 /dev/urandom > big.bin"})
+    done, _ = dm.run_wait(carol, run["id"])
+    assert done["status"] == "failed" and done["result"]["error"]["type"] == "keep", done
+    assert "lane" not in done["result"]
+    assert carol.get("/v1/lanes").body["lanes"] == []
+    assert carol.get("/v1/cells").body["cells"] == []
