@@ -431,20 +431,36 @@ static int upload_into(drive *d, const char *dir, int fd, cell_error *err)
     return rc;
 }
 
-/* A lane's tree (the whole lane, as GET /v1/lanes/{name}/export gives it)
- * into a file of the run's directory. */
-static int lane_tar(drive *d, const char *name, char *path, size_t size, cell_error *err)
+/* A lane's export, written on a thread of its own into a pipe that the
+ * cell's upload reads: nothing is staged on the host's disk. */
+typedef struct lane_export {
+    srv       *s;
+    char       id[sizeof ((store_lane *)0)->id];
+    int        fd;                  /* the pipe's write end, closed when done */
+    int        rc;
+    cell_error err;
+} lane_export;
+
+static void *lane_export_main(void *arg)
+{
+    lane_export *x = arg;
+    cell_ctx *ctx = NULL;
+    x->rc = cell_ctx_open(&ctx, x->s->state_dir, &x->err);
+    if (x->rc == 0) {
+        x->rc = cell_lane_export(ctx, x->id, x->fd, &x->err);
+        cell_ctx_close(ctx);
+    }
+    close(x->fd);                   /* the upload's end of the tar */
+    return NULL;
+}
+
+/* A lane's tree (the whole lane, as GET /v1/lanes/{name}/export gives
+ * it) unpacked at `dir` in the run's cell. */
+static int lane_into(drive *d, const char *name, const char *dir, cell_error *err)
 {
     store_lane l;
     if (store_lane_get(d->s->st, d->r->tenant, name, &l, err) < 0 || strcmp(l.state, "ready") != 0)
         return util_fail(err, ENOENT, "lane %s: no such lane of tenant %s", name, d->r->tenant);
-    char dir[PATH_MAX - 16];
-    if (runs_dir(d->r, dir, sizeof dir) < 0)
-        return util_fail(err, EIO, "the run's directory");
-    snprintf(path, size, "%s/lane.tar", dir);
-    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return util_fail_errno(err, "%s", path);
     /* As GET /v1/lanes/{name}/export: not while a cell changes it. */
     cell_lane_info info;
     pthread_mutex_lock(&d->s->ctx_lock);
@@ -454,14 +470,27 @@ static int lane_tar(drive *d, const char *name, char *path, size_t size, cell_er
         return -1;
     if (info.attached)
         return util_fail(err, EBUSY, "lane %s is attached to a running cell; stop it first", name);
-    cell_ctx *ctx = NULL;
-    if (cell_ctx_open(&ctx, d->s->state_dir, err) < 0)
-        return -1;
-    rc = cell_lane_export(ctx, l.id, fd, err);
-    cell_ctx_close(ctx);
+    lane_export x = { .s = d->s };
+    snprintf(x.id, sizeof x.id, "%s", l.id);
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return util_fail_errno(err, "pipe");
+    x.fd = p[1];
+    pthread_t t;
+    int pe = pthread_create(&t, NULL, lane_export_main, &x);
+    if (pe != 0) {
+        close(p[0]);
+        close(p[1]);
+        errno = pe;
+        return util_fail_errno(err, "the export thread");
+    }
+    rc = upload_into(d, dir, p[0], err);
+    close(p[0]);                    /* an export still writing gets EPIPE, not a wait */
+    pthread_join(t, NULL);
+    if (x.rc < 0 && rc == 0)
+        rc = util_fail(err, x.err.code, "exporting lane %s: %s", name, x.err.message);
     return rc;
 }
-
 
 /* The upload's tar: this run's, or for a resumed run its first run's. */
 static int upload_tar(drive *d, const char *upload, char *tar, size_t size)
@@ -484,15 +513,8 @@ static int fill_workspace(drive *d, cell_error *err)
         const char *sub = jstr(repo, "path") ? jstr(repo, "path") : RUN_WORKSPACE;
         if (sub[0] != '/' || strstr(sub, ".."))
             return util_fail(err, EINVAL, "repo.path must be an absolute path without '..'");
-        int rc = lane_tar(d, lane, tar, sizeof tar, err);
-        _cleanup_close_ int fd = rc == 0 ? open(tar, O_RDONLY | O_CLOEXEC) : -1;
-        if (rc == 0 && fd < 0)
-            rc = util_fail_errno(err, "%s", tar);
-        if (rc == 0)
-            rc = upload_into(d, "/.cell-run/lane", fd, err);
-        unlink(tar);
         /* The lane holds a whole tree: only repo.path of it is the repository. */
-        if (rc < 0 || drv_sh(d, "taking the lane's directory",
+        if (lane_into(d, lane, "/.cell-run/lane", err) < 0 || drv_sh(d, "taking the lane's directory",
                              "[ -d \"/.cell-run/lane$1\" ] || { echo \"no directory $1 in the lane\" >&2; exit 1; }; "
                              "cp -a \"/.cell-run/lane$1/.\" /.cell-run/base/ && rm -rf /.cell-run/lane",
                              sub, NULL, err) < 0)
