@@ -206,6 +206,11 @@ static void warn_plain_webhooks(sreq *r, json_t *policy)
  * host's own services (decide webhooks, DNS upstreams): SSRF. */
 static int check_policy(sreq *r, json_t *policy)
 {
+    /* json_dumps() of a non-object is NULL, which read as out of memory. */
+    if (!json_is_object(policy))
+        return reply_problem(r, 400, "invalid_request", "field \"policy\" must be an object "
+                             "(e.g. {\"rules\": [...]}), not %s", json_is_string(policy) ? "a string"
+                             : json_is_array(policy) ? "an array" : "a scalar"), -1;
     char *text = json_dumps(policy, JSON_COMPACT);
     cell_error e = { 0 };
     int rc = !text            ? util_fail(&e, ENOMEM, "out of memory")

@@ -703,6 +703,9 @@ def test_create_with_invalid_policy(admin, cells, net):
         ({"rules": [{"action": "maybe", "tcp": {}}]}, "rules[0].action"),
         ({"rules": [{"tcp": {}, "udp": {}}]}, "rules[0]"),
         ({"rules": {}}, "rules"),
+        ("allow", "must be an object"),          # json_dumps of a non-object was a 500
+        ([{"tcp": {}}], "must be an object"),
+        (7, "must be an object"),
     ]
     for policy, where in cases:
         r = create_cell(admin, policy, expect=400)
