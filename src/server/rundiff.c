@@ -38,7 +38,7 @@ __asm__(".section cell_blobs, \"a\"\n"
         ".byte 0\n"
         ".previous\n");
 
-#define RUNDIFF_PATH        "PATH=/usr/local/bin:/usr/bin:/bin"
+#define RUNDIFF_PATH        "PATH=/usr/bin:/bin"   /* not /usr/local: a run cell's root is the agent's to write */
 #define RUNDIFF_NO_GIT      3       /* the script's exit: the image has no git */
 #define RUNDIFF_NO_APPLY    2       /* git apply --check refused the patch */
 /* A diff of a big tree hashes every file; past this (or the operator's
@@ -559,7 +559,9 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         rundiff_reader_free(rd), free(t);
         return util_fail(err, ENOMEM, "out of memory");
     }
-    const char *argv[] = { "/usr/bin/env", "-i", RUNDIFF_PATH, "/bin/sh", "-c", rundiff_script(), "rundiff",
+    /* /usr/bin/sh, not /bin/sh: the host image's /usr is the host's, read-only, while
+     * the /bin symlink sits in the root layer the agent wrote. */
+    const char *argv[] = { "/usr/bin/env", "-i", RUNDIFF_PATH, "/usr/bin/sh", "-c", rundiff_script(), "rundiff",
                            "diff", RUN_BASE, RUN_WORKSPACE, NULL };
     diff_run dr = { .fds = { -1, -1, -1 } };
     int rc = -1;
@@ -567,7 +569,7 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
     dr.proc = procs_spawn_piped_at(sc, argv, "/", dr.fds, err);
     if (!dr.proc) {
         if (err && err->code == ENOENT)
-            util_fail(err, ENOENT, "the image has no /usr/bin/env or /bin/sh; the diff needs them and git");
+            util_fail(err, ENOENT, "the image has no /usr/bin/env or /usr/bin/sh; the diff needs them and git");
     } else if (set_nonblock(dr.fds[1]) < 0 || set_nonblock(dr.fds[2]) < 0) {
         util_fail_errno(err, "fcntl");
     } else {

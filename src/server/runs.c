@@ -1397,7 +1397,10 @@ int h_runs_apply(sreq *r)
     const char *repo = json_string_value(json_object_get(json_object_get(x->spec, "repo"), "path"));
     pthread_mutex_lock(&x->lock);
     int done = terminal(x->status) && !priv(x)->driving, busy = priv(x)->applying;
-    if (done && !busy && repo)
+    /* A run whose diff failed has no diffBytes: nothing to apply is not
+     * the same as an empty change, so it must not answer "applied". */
+    int has_diff = json_is_integer(json_object_get(x->result, "diffBytes"));
+    if (done && !busy && repo && has_diff)
         priv(x)->applying = 1;
     json_t *changed = json_deep_copy(json_object_get(x->result, "changedFiles"));
     pthread_mutex_unlock(&x->lock);
@@ -1411,12 +1414,16 @@ int h_runs_apply(sreq *r)
                             "apply its patch yourself, GET /v1/runs/%s/artifacts/diff.patch", x->id, x->id);
         goto out;
     }
+    if (!has_diff) {
+        ret = reply_problem(r, 409, "conflict", "run %s has no diff to apply (see its result.error)", x->id);
+        goto out;
+    }
     char dir[4096], patch[4096];
     cell_error e = { 0 };
     json_t *conflicts = NULL;
     struct stat st;
     int rc = runs_dir(x, dir, sizeof dir) < 0 || util_path(patch, sizeof patch, &e, "%s/diff.patch", dir) < 0 ? -1 : 0;
-    if (rc == 0 && (lstat(patch, &st) < 0 || st.st_size == 0)) {
+    if (rc == 0 && lstat(patch, &st) == 0 && st.st_size == 0) {
         ret = reply_json(r, 200, json_pack("{s:b, s:o}", "applied", 1, "changedFiles", json_array()));
     } else if (rc == 0 && rundiff_apply(r->s, repo, patch, &conflicts, &e) == 0) {
         audit_run(x, "applied");
