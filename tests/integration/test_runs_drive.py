@@ -138,6 +138,9 @@ def test_the_acp_instance_is_a_listed_server_of_the_runs_cell(alice, bob):
     assert bob.get("/cells/%s/v1/acp/run-%s" % (cid, rid)).status == 404
     assert bob.post("/cells/%s/v1/acp/run-%s" % (cid, rid), {"jsonrpc": "2.0", "method": "x"}).status == 404
     assert bob.get("/v1/runs/%s/events?follow=false" % rid).status == 404
+    assert bob.get("/cells/%s/v1/fs/entries" % cid, query={"path": "/workspace"}).status == 404
+    assert bob.post("/cells/%s/v1/processes/run" % cid, {"command": "ls"}).status == 404
+    assert alice.get("/cells/%s/v1/fs/entries" % cid, query={"path": "/workspace"}).status == 200
     assert alice.delete("/v1/runs/" + rid).status == 202
     done, _ = dm.run_wait(alice, rid)
     assert done["status"] == "canceled" and done["result"]["exitCode"] is None
