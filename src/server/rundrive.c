@@ -76,8 +76,10 @@ static void drv_fail(drive *d, const char *type, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    d->error = json_pack("{s:s, s:s%}", "type", type, "message", msg, strlen(msg));
-    runs_emit(d->r, "error", json_pack("{s:s%}", "message", msg, strlen(msg)));
+    /* It may quote the agent (its stderr, cut at a byte count): lossy UTF-8. */
+    json_t *text = procs_lossy_string((const unsigned char *)msg, strlen(msg));
+    d->error = json_pack("{s:s, s:O}", "type", type, "message", text ? text : json_null());
+    runs_emit(d->r, "error", json_pack("{s:o}", "message", text ? text : json_null()));
 }
 
 /* Whether the run must stop now: cancel, timeout, the daemon stopping, the
