@@ -6,7 +6,8 @@
 Against a running `cell serve` at URL (TOKEN: a bearer allowed to use REPO,
 a git repository under the daemon's --run-repo-root), N timed iterations
 after WARMUP untimed ones, the three kinds interleaved (the order rotates
-each iteration, so drift and noise spread over all three):
+each iteration, so drift and noise spread over all three; each step starts
+after a 200 ms pause):
 
   mock    POST /v1/runs {"agent": "mock", "prompt": "hi", "repo": {"path": REPO}}
   shell   the same with {"agent": "shell", "prompt": CMD}
@@ -45,6 +46,7 @@ import time
 import urllib.parse
 
 CMD = "echo changed > notes.txt"
+PAUSE = 0.2     # seconds before each timed step
 
 
 def now_ms():
@@ -172,13 +174,14 @@ def main():
     for i in range(warmup + n):
         rot = order[i % len(order):] + order[:i % len(order)]
         for k in rot:
+            # A pause off the clock before each step: the last one's
+            # aftermath (a cell's teardown, the record's removal and the
+            # journal writes they cause on the disk) is not in this one.
+            time.sleep(PAUSE)
             m = kinds[k]()
             if i >= warmup:
                 for name, v in m.items():
                     out[k].setdefault(name, []).append(round(v, 3))
-        # A moment between iterations: the last run's teardown (cell
-        # removal) is not in the next one's start.
-        time.sleep(0.05)
     print(json.dumps(out))
 
 
