@@ -493,16 +493,19 @@ def test_cancel_ends_a_sleeping_turn(alice):
     assert alice.get("/v1/cells/" + done["cellId"]).status == 404
 
 
-def test_keep_lane_over_the_disk_quota_fails_and_leaves_no_lane(d):
+def test_keep_lane_over_the_lane_quota_fails_and_leaves_no_lane(d):
     name = dm.uniq("carol")
     carol = d.tenant(name)
     admin = d.client()
-    # 16 MiB of lanes at most: a 40 MiB workspace cannot be kept.
-    assert admin.put("/v1/tenants/" + name, {"maxDisk": 16 << 20}).status == 200
-    run = dm.run_start(carol, {"agent": "shell", "keep": "lane",
-                               "prompt": "head -c 41943040 /dev/urandom > big.bin"})
+    # No lane allowed: the import's own quota check refuses the kept lane.
+    # (Not maxDisk: a run's own files count against it, and a big diff
+    # would have the finished run pruned at once.)
+    assert admin.put("/v1/tenants/" + name, {"maxLanes": 0}).status == 200
+    run = dm.run_start(carol, {"agent": "shell", "keep": "lane", "prompt": "echo x > f.txt"})
     done, _ = dm.run_wait(carol, run["id"])
     assert done["status"] == "failed" and done["result"]["error"]["type"] == "keep", done
+    assert "quota" in done["result"]["error"]["message"], done
     assert "lane" not in done["result"]
+    assert [f["path"] for f in done["result"]["changedFiles"]] == ["f.txt"]
     assert carol.get("/v1/lanes").body["lanes"] == []
     assert carol.get("/v1/cells").body["cells"] == []
