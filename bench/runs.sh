@@ -106,10 +106,10 @@ for label, key in rows:
 print()
 m = {k: {key: q(v, .5) for key, v in d[k].items()} for k in d}
 for key, what in (("client_start", "POST -> agent started"), ("client_finish", "agent's end -> result")):
-    print("- %s, mock, client clock: %.1f ms (goal <= 50 ms: %s); shell %.1f ms = %.1fx the subprocess's %.1f ms"
+    print("- %s, mock, client clock: %.1f ms (goal <= 50 ms: %s); shell %.1f ms = %.2fx the subprocess's %.1f ms"
           % (what, m["mock"][key], "met" if m["mock"][key] <= 50 else "missed", m["shell"][key],
              m["shell"][key] / max(m["subproc"][key], 1e-3), m["subproc"][key]))
-print("- whole run: mock %.1f ms, shell %.1f ms, subprocess %.1f ms (shell / subprocess %.1fx)"
+print("- whole run: mock %.1f ms, shell %.1f ms, subprocess %.1f ms (shell / subprocess %.2fx)"
       % (m["mock"]["total"], m["shell"]["total"], m["subproc"]["total"],
          m["shell"]["total"] / max(m["subproc"]["total"], 1e-3)))
 EOF
