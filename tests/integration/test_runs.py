@@ -4,12 +4,14 @@ shell agent (the prompt run as a command in /workspace): what the issue's
 of test_runs_drive.py and the diff script's of test_rundiff.py.
 
     timeouts           an agent that never answers and a command that sleeps
-                       end as timed_out (exitCode null), their processes gone
+                       ignoring SIGTERM end as timed_out (exitCode null),
+                       their processes gone
     cancel             DELETE mid-run: 202, the run ends canceled, the agent
                        is killed, the cell removed; DELETE again: 204, gone
                        (concurrent DELETEs: test_runs_api.py)
-    crash              an agent that exits mid-prompt, a command killed by a
-                       signal: the code (128+N), the run failed
+    crash              an agent that exits mid-prompt or is SIGKILLed, a
+                       command killed by a signal: the code (128+N), the run
+                       failed
     symlinks           a repo whose links point at /etc/shadow, at a host
                        file and up out of the repo: the agent reads nothing
                        of the host through them, writing through them changes
@@ -163,7 +165,9 @@ def test_an_agent_that_never_answers_times_out(alice):
 
 def test_a_command_that_sleeps_times_out_and_its_processes_go(alice):
     marker = str(100000 + int(uuid.uuid4().hex[:5], 16))
-    run = dm.run_start(alice, shell("sleep %s & sleep %s; echo never" % (marker, marker), timeout_s=1))
+    # Hostile: it ignores the polite signals, so only SIGKILL (or the cell's end) stops it.
+    run = dm.run_start(alice, shell("trap '' TERM HUP INT; sleep %s & sleep %s; echo never" % (marker, marker),
+                                    timeout_s=1))
     done, ev = dm.run_wait(alice, run["id"], limit_s=60)
     assert done["status"] == "timed_out" and done["result"]["exitCode"] is None, done
     assert "never" not in done["result"]["output"]
@@ -201,6 +205,20 @@ def test_an_agent_that_crashes_mid_run(alice):
     ex = [e for e in ev if e["type"] == "agent.exited"]
     assert ex and ex[0]["exitCode"] == 3, ev
     assert ev[-1]["type"] == "run.finished" and ev[-1]["exitCode"] == 3
+
+
+def test_an_agent_killed_mid_run(alice, d):
+    """An ACP agent that dies of a signal (as the OOM killer would do it)."""
+    run = dm.run_start(alice, {"agent": "mock", "prompt": "no answer", "timeout_s": 600})
+    wait_event(alice, run["id"], "agent.started")
+    assert dm.wait_for(lambda: mock_pids(d), 10), "no mock agent process"
+    for pid in mock_pids(d):
+        os.kill(pid, 9)
+    done, ev = dm.run_wait(alice, run["id"], limit_s=60)
+    assert done["status"] == "failed" and done["result"]["exitCode"] == 128 + 9, done
+    ex = [e for e in ev if e["type"] == "agent.exited"]
+    assert ex and ex[0]["exitCode"] == 128 + 9, ev
+    assert dm.wait_for(lambda: not cells_of_run(alice, run["id"]), 10)
 
 
 def test_a_command_killed_by_a_signal(alice):
