@@ -311,6 +311,33 @@ def test_resume_continues_the_session(first, alice, net, repo):
     first["resumed"] = done
 
 
+def test_a_plain_codex_run(first, alice, net):
+    """Only a prompt and the key: no instructions, skills, MCP or repo."""
+    net.model.script([fakemodel.text("Plain", " answer.")])
+    run = dm.run_start(alice, run_body(net, "Say something"))
+    done, ev = dm.run_wait(alice, run["id"], limit_s=600)
+    assert done["status"] == "succeeded", json.dumps(ev)[-2000:]
+    assert done["result"]["output"] == "Plain answer." and done["result"]["changedFiles"] == [], done["result"]
+
+
+def test_a_command_the_policy_denies_does_not_run(first, alice, net, repo):
+    """permissions deny for execute: Codex's request is refused by the
+    policy, the command never runs, the diff is empty."""
+    net.model.script([fakemodel.call("exec_command", {"cmd": "echo denied > denied.txt", "workdir": "/workspace",
+                                                      "justification": "a command the policy refuses"})],
+                     [fakemodel.text("Not", " done.")])
+    run = dm.run_start(alice, run_body(net, "Try a command", repo={"path": str(repo)},
+                                       permissions={"default": "allow", "rules": [{"kind": "execute",
+                                                                                   "action": "deny"}]}))
+    done, ev = dm.run_wait(alice, run["id"], limit_s=600)
+    assert done["status"] in dm.RUN_TERMINAL, done
+    dec = [e for e in ev if e["type"] == "permission.decided"]
+    assert dec and all(e["decision"] == "deny" and e["by"] == "policy" for e in dec), json.dumps(ev)[-3000:]
+    assert not any(e["type"] == "command.exit" and "denied.txt" in e.get("command", "") for e in ev), ev
+    assert done["result"]["changedFiles"] == [] and done["result"]["diff"] == "", done["result"]
+    assert snapshot(repo) == repo.before
+
+
 def test_apply_changes_the_host_repo_exactly_so(first, alice, repo):
     rid = first["run"]["id"]
     assert snapshot(repo) == repo.before
