@@ -362,6 +362,35 @@ def test_apply_changes_the_host_repo_exactly_so(first, alice, repo):
     assert git(repo, "status", "--porcelain") == " M notes.txt\n"
 
 
+def test_the_cli_runs_codex_and_applies(first, alice, net, repos, d, tmp_path):
+    """`cell agent run --agent codex --repo DIR --diff --apply`: the
+    progress, the answer and the patch printed, the host repo changed
+    only by --apply at the end, exactly so."""
+    r = Dir(repos / "cliproj")
+    r.mkdir()
+    (r / "notes.txt").write_text("cli original\n")
+    (r / "other.txt").write_text("other\n")
+    before = snapshot(r)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"rules": [net.dns_rule]}))
+    instr = tmp_path / "AGENTS.md"
+    instr.write_text("Keep notes short.\n")
+    net.model.script([fakemodel.call("exec_command", {"cmd": "printf 'changed by the cli run\\n' > notes.txt",
+                                                      "workdir": "/workspace", "justification": "edit"})],
+                     [fakemodel.text("CLI", " run done.")])
+    env = dict(os.environ, CELL_TOKEN=alice.token)
+    p = subprocess.run([dm.CELL_BIN, "--url", "http://127.0.0.1:%d" % d.port, "agent", "run", "--agent", "codex",
+                        "--repo", str(r), "--key", "OPENAI_KEY,base=http://model.test/v1", "--policy", str(policy),
+                        "--instructions", str(instr), "--timeout", "600", "--diff", "--apply", "Edit the notes"],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+    assert "CLI run done." in p.stdout, p.stdout
+    assert "+changed by the cli run" in p.stdout and "-cli original" in p.stdout, p.stdout
+    assert KEY not in p.stdout + p.stderr
+    after = snapshot(r)
+    assert after == dict(before, **{"notes.txt": b"changed by the cli run\n"}), after
+
+
 def test_another_tenant_cannot_see_or_apply_the_run(first, d):
     bob = d.tenant(dm.uniq("bob"))
     rid = first["run"]["id"]
