@@ -1,0 +1,76 @@
+/* image_meta.h: the image store's shared format (docs/architecture.md,
+ * "The image store"), the contract between image import and lane commit:
+ *   images/blobs/sha256/<hex>  content-addressed blobs (layer tars, configs,
+ *                              manifests), written once (temp + rename),
+ *                              never rewritten; identical blobs stored once
+ *   images/NAME/rootfs         the flattened tree, in-cell ownership
+ *   images/NAME/image.json     what image_meta describes, written atomically
+ * An image is read-only once written. */
+#ifndef CELL_RUNTIME_IMAGE_META_H
+#define CELL_RUNTIME_IMAGE_META_H
+
+#include "cell.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IMAGE_META_DIGEST_LEN 71                /* "sha256:" + 64 hex */
+#define IMAGE_META_MAX_JSON   (1u << 20)        /* image.json is at most this */
+
+/* The config fields a cell takes as its defaults (OCI image config). */
+struct image_meta_config {
+    char  **env;         /* "K=V" strings; n_env of them */
+    size_t  n_env;
+    char   *working_dir; /* NULL = unset */
+    char   *user;        /* NULL = unset; "name", "uid" or "uid:gid" */
+    char  **entrypoint;
+    size_t  n_entrypoint;
+    char  **cmd;
+    size_t  n_cmd;
+};
+
+struct image_meta {
+    char     name[64];
+    char     digest[IMAGE_META_DIGEST_LEN + 1];  /* "sha256:<hex>" */
+    int64_t  created;                            /* ms since the epoch */
+    uint64_t size;                               /* bytes of rootfs */
+    char     source[16];                         /* "builtin", "import" or "commit" */
+    char   **layers;                             /* "sha256:<hex>" each */
+    size_t   n_layers;
+    struct image_meta_config config;
+};
+
+/* 1 if s is "sha256:" and 64 lowercase hex digits. */
+int  image_meta_valid_digest(const char *s);
+/* A name import or commit may create: 1..63 of [a-z0-9._-], not starting
+ * with '.' or '-', not a builtin image (host, debian-bookworm) and not
+ * "blobs" (the blob store's directory); else EINVAL naming the rule. */
+int  image_meta_check_name(const char *name, cell_error *err);
+
+/* images/NAME/image.json into *m (free with image_meta_free): ENOENT when the
+ * image has none, EBADMSG naming the file when it is malformed. */
+int  image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_error *err);
+/* The same from an image directory (a staging dir before its rename). */
+int  image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err);
+/* Write m as DIR/image.json atomically (temp file, fsync, rename). */
+int  image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err);
+void image_meta_free(struct image_meta *m);
+/* The config alone: parse an OCI/docker config's "config" object (NULL or
+ * absent fields are unset; wrong types are EBADMSG), and free it. */
+struct json_t;
+int  image_meta_config_from_json(const struct json_t *obj, struct image_meta_config *c, cell_error *err);
+struct json_t *image_meta_config_to_json(const struct image_meta_config *c);
+void image_meta_config_free(struct image_meta_config *c);
+
+/* images/blobs/sha256/<hex> of a valid digest in out. */
+int  image_meta_blob_path(cell_ctx *ctx, const char *digest, char *out, size_t size, cell_error *err);
+/* images/blobs/sha256 (created 0700 if missing) in out: where blob temp
+ * files go, so that storing one is a rename on the same filesystem. */
+int  image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err);
+/* Move the verified file `tmp` (in the blob dir or on its filesystem) into
+ * the store as `digest`: a rename, or when that blob is already stored, the
+ * temp file is removed (blobs are never rewritten).  The caller has checked
+ * that tmp's contents hash to digest. */
+int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err);
+
+#endif
