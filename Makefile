@@ -68,8 +68,8 @@ LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin
 NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/policy.c src/net/httppath.c \
                 src/net/screen.c src/net/netns.c src/init/proto.c $(UTIL_SRC)
 NETPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs jansson libnftables libnftnl libmnl libcrypto 2>/dev/null || echo -ljansson -lnftables -lnftnl -lmnl -lcrypto) -lpthread
-ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c $(UTIL_SRC)
-ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive 2>/dev/null || echo -larchive) -lpthread
+ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c src/runtime/digest.c $(UTIL_SRC)
+ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive libcrypto 2>/dev/null || echo -larchive -lcrypto) -lpthread
 PIC_CFLAGS  := $(filter-out -fPIE,$(CFLAGS)) -fPIC
 # -z defs: a plugin must not need a symbol of the program that loads it (not
 # in sanitizer builds, where clang leaves the runtime's symbols to the program).

@@ -65,6 +65,13 @@ int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress,
                      void *user, cell_error *err);
 /* 1 if the image is ready to boot, 0 if known but not built; -1 if unknown. */
 int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err);
+/* Flatten lane `lane` over its image into the new image `name` (rootfs and
+ * image.json with source "commit", the base's config, a new digest),
+ * atomically; EBUSY while a cell has the lane attached, EEXIST if `name`
+ * exists or is a builtin, EINVAL for a lane on "host" (whose /usr is the
+ * host's, bound at boot).  Lanes record their image's digest and refuse to
+ * attach to an image of the same name with another digest (EBUSY). */
+int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_error *err);
 
 /* ---- lanes ---------------------------------------------------------------
  * A lane is a durable writable layer bound to one image.  Names are

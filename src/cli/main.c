@@ -19,6 +19,7 @@ static const char usage_text[] =
     "  lane rm NAME                       delete a lane\n"
     "  lane export NAME                   write a lane as a tar stream to stdout\n"
     "  lane import NAME [--image IMAGE]   create a lane from a tar stream on stdin\n"
+    "  lane commit NAME IMAGE             flatten a lane over its image into a new image\n"
     "  image ls                           list images and whether they are built\n"
     "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
     "  serve [OPTIONS]                    run the daemon (HTTP API, see cell help serve)\n"

@@ -13,6 +13,7 @@ static const char lane_usage[] =
     "       cell lane rm NAME\n"
     "       cell lane export NAME > lane.tar\n"
     "       cell lane import NAME [--image IMAGE] [--size SIZE] < lane.tar\n"
+    "       cell lane commit NAME IMAGE   flatten the lane over its image into a new image\n"
     "\n"
     "--size SIZE makes the lane an ext4 image of SIZE (at least 16M): writes past\n"
     "it fail with ENOSPC, and an import that would not fit is refused.  Without\n"
@@ -84,6 +85,26 @@ static int lane_ls(struct cli_global *g, cell_ctx *ctx)
     return 0;
 }
 
+/* cell lane commit LANE IMAGE */
+static int lane_commit(struct cli_global *g, int argc, char **argv)
+{
+    if (argc != 4 || argv[2][0] == '-' || argv[3][0] == '-')
+        return cli_fail(CLI_EXIT_USAGE, "lane commit takes a lane NAME and a new IMAGE name\n%s", lane_usage);
+    cell_ctx *ctx = NULL;
+    int rc = cli_open(g, &ctx);
+    if (rc)
+        return rc;
+    cell_error err = { 0 };
+    if (cell_image_commit(ctx, argv[2], argv[3], &err) < 0)
+        rc = cli_fail_err(1, &err);
+    else if (g->json)
+        cli_print_json(json_pack("{s:s, s:s}", "lane", argv[2], "image", argv[3]));
+    else
+        printf("committed lane %s as image %s\n", argv[2], argv[3]);
+    cell_ctx_close(ctx);
+    return rc;
+}
+
 int cli_lane(struct cli_global *g, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
@@ -92,6 +113,8 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
     }
     const char *sub = argv[1], *name = NULL, *image = NULL, *size_text = NULL;
     uint64_t size = 0;
+    if (strcmp(sub, "commit") == 0)
+        return lane_commit(g, argc, argv);
     int known = !strcmp(sub, "create") || !strcmp(sub, "ls") || !strcmp(sub, "rm") || !strcmp(sub, "export") ||
                 !strcmp(sub, "import");
     if (!known)

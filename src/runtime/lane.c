@@ -1,6 +1,7 @@
 /* lane.c: lanes, the durable writable layers.  A lane is a directory with
  * the overlay's upper and work dirs, the name of its image and a lock. */
 #include "isolate/isolate.h"
+#include "runtime/digest.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
@@ -94,6 +95,13 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
         }
     }
     if (util_path(p, sizeof p, err, "%s/image", tmp) < 0 || util_write_file(p, image, strlen(image), 0644, 1, err) < 0)
+        goto fail;
+    /* The lane is bound to the image's content, not only its name: see
+     * check_digest. */
+    char digest[72];
+    if (runtime_image_digest(ctx, image, digest, err) < 0 ||
+        util_path(p, sizeof p, err, "%s/" RUNTIME_LANE_DIGEST, tmp) < 0 ||
+        util_write_file(p, digest, strlen(digest), 0644, 1, err) < 0)
         goto fail;
     if (util_path(p, sizeof p, err, "%s/lock", tmp) < 0 || util_write_file(p, "", 0, 0600, 0, err) < 0)
         goto fail;
@@ -280,6 +288,25 @@ int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err)
     return util_rm_rf(doomed, err);
 }
 
+/* A lane is a layer over one image's tree: over another tree, its whiteouts
+ * and copies would apply to files they were not made from.  A lane made
+ * before lanes recorded the digest has none and is accepted as before. */
+static int check_digest(cell_ctx *ctx, const char *name, const char *dir, const char *image, cell_error *err)
+{
+    char path[PATH_MAX], now[72], *text = NULL;
+    if (util_path(path, sizeof path, err, "%s/" RUNTIME_LANE_DIGEST, dir) < 0)
+        return -1;
+    if (util_read_file(path, 80, &text, NULL, NULL) < 0)
+        return errno == ENOENT ? 0 : util_fail_errno(err, "cannot read %s", path);
+    text[strcspn(text, "\n")] = '\0';
+    int rc = runtime_image_digest(ctx, image, now, err);
+    if (rc == 0 && strcmp(text, now) != 0)
+        rc = util_fail(err, EBUSY, "lane '%s' was made on image '%s' %s; image '%s' is now %s", name, image, text,
+                       image, now);
+    free(text);
+    return rc;
+}
+
 int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
                          char *dir, size_t dir_size, int *lock_fd, cell_error *err)
 {
@@ -297,7 +324,7 @@ int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t im
         return errno == EWOULDBLOCK
                    ? util_fail(err, EBUSY, "lane '%s' is already attached to a running cell", name)
                    : util_fail_errno(err, "cannot lock %s", lock);
-    if (read_image(dir, image, image_size, err) < 0)
+    if (read_image(dir, image, image_size, err) < 0 || check_digest(ctx, name, dir, image, err) < 0)
         return -1;
     *lock_fd = util_steal_fd(&fd);
     return 0;

@@ -1,0 +1,28 @@
+/* digest.h: tree digests (digest.c), and an image's digest and
+ * config as lanes and commits need them (digest.c, image_digest.c). */
+#ifndef CELL_RUNTIME_DIGEST_H
+#define CELL_RUNTIME_DIGEST_H
+
+#include "cell.h"
+
+/* lanes/NAME/image-digest: the digest of the image the lane was made on. */
+#define RUNTIME_LANE_DIGEST "image-digest"
+
+/* "sha256:<hex>" of the tree below dirfd (sorted names; type, mode, owner,
+ * device, size, mtime, link target, content, overlay opaque mark of each
+ * entry), after `prefix` (NULL: none) and its NUL.  In the archive plugin:
+ * callers of libcell go through runtime_archive()->tree_digest. */
+int runtime_tree_digest(int dirfd, const char *prefix, char out[72], cell_error *err);
+/* The same through the archive table (linked in, or the plugin loaded). */
+int runtime_tree_digest_via(int dirfd, const char *prefix, char out[72], cell_error *err);
+
+/* The digest of image `name`: image.json's "digest", or for a builtin
+ * image without one the tree digest of its rootfs, computed once per build
+ * and kept in images/NAME/digest (the build's tree is replaced as a whole,
+ * and the file with it). */
+int runtime_image_digest(cell_ctx *ctx, const char *name, char out[72], cell_error *err);
+/* image.json's "config" of image `name` as compact JSON text (malloc'd), or
+ * NULL when it has none (builtin images). */
+char *runtime_image_config(cell_ctx *ctx, const char *name);
+
+#endif

@@ -1,0 +1,156 @@
+"""`cell lane commit` / POST /v1/lanes/{name}/commit (issue 13): a lane
+flattened over its image into a new image, and lanes bound to their image's
+digest.  The base is a small self-contained image made in the test (busybox
+from busybox-static, installed in the name "debian-bookworm" of a fresh
+state directory, so no Debian mirror is needed).  Runs as root."""
+
+import json
+import os
+import pathlib
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+from conftest import CELL_BIN
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+pytestmark = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="needs busybox-static")
+
+
+def cli(state, *args, stdin=subprocess.DEVNULL, timeout=120):
+    return subprocess.run([CELL_BIN, "--state", str(state), *args], stdin=stdin, capture_output=True,
+                          timeout=timeout, text=True)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"rc={proc.returncode} stderr={proc.stderr}"
+    return proc
+
+
+def make_base(state, name="debian-bookworm"):
+    """A busybox root in images/NAME, as a built image looks."""
+    img = pathlib.Path(state) / "images" / name
+    root = img / "rootfs"
+    for d in ("bin", "etc", "proc", "dev", "sys", "tmp", "root", "keep/sub", "gone", "opaque/old", "usr/bin"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for tool in ("sh", "cat", "ls", "rm", "mkdir", "echo", "test", "stat", "readlink"):
+        os.symlink("busybox", root / "bin" / tool)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "changed").write_text("base\n")
+    (root / "etc" / "deleted").write_text("base\n")
+    (root / "gone" / "file").write_text("base\n")
+    (root / "opaque" / "old" / "file").write_text("base\n")
+    (root / "opaque" / "base-file").write_text("base\n")
+    (root / "keep" / "sub" / "file").write_text("kept\n")
+    (img / "ready").write_text("test")
+    return img
+
+
+def sh(state, script, *extra):
+    return cli(state, "run", *extra, "--", "/bin/sh", "-c", script)
+
+
+@pytest.fixture
+def st(state):
+    s = pathlib.Path(state)
+    (s / "images").mkdir(parents=True, exist_ok=True)
+    make_base(s)
+    return s
+
+
+def prepared_lane(st, name="work"):
+    ok(cli(st, "lane", "create", name, "--image", "debian-bookworm"))
+    ok(sh(st, "echo new > /root/new; echo lane > /etc/changed; rm /etc/deleted; rm -r /gone; "
+              "rm -r /opaque; mkdir -p /opaque/fresh; echo fresh > /opaque/fresh/file; "
+              "ln -s /root/new /root/link; chmod 600 /root/new",
+          "--image", "debian-bookworm", "--lane", name))
+    return name
+
+
+def test_commit_flattens_new_changed_deleted_and_opaque(st):
+    lane = prepared_lane(st)
+    ok(cli(st, "lane", "commit", lane, "snap"))
+    root = st / "images" / "snap" / "rootfs"
+    assert (root / "root" / "new").read_text() == "new\n"
+    assert stat.S_IMODE((root / "root" / "new").stat().st_mode) == 0o600
+    assert os.readlink(root / "root" / "link") == "/root/new"
+    assert (root / "etc" / "changed").read_text() == "lane\n"
+    assert not (root / "etc" / "deleted").exists()
+    assert not (root / "gone").exists()
+    # The opaque directory hides all of the base's: only the lane's is there.
+    assert sorted(os.listdir(root / "opaque")) == ["fresh"]
+    assert (root / "keep" / "sub" / "file").read_text() == "kept\n"
+    # No overlay artefacts: whiteouts (char 0:0) nor the opaque mark.
+    for dirpath, dirs, files in os.walk(root):
+        for n in dirs + files:
+            m = os.lstat(os.path.join(dirpath, n)).st_mode
+            assert not stat.S_ISCHR(m), os.path.join(dirpath, n)
+    assert not [a for a in os.listxattr(root / "opaque") if a.startswith("trusted.overlay")]
+    meta = json.loads((st / "images" / "snap" / "image.json").read_text())
+    assert meta["name"] == "snap" and meta["source"] == "commit"
+    assert meta["digest"].startswith("sha256:") and len(meta["digest"]) == 71
+    assert meta["size"] > os.path.getsize(BUSYBOX)
+    # The base image is untouched: its files were linked, never written.
+    base = st / "images" / "debian-bookworm" / "rootfs"
+    assert (base / "etc" / "changed").read_text() == "base\n"
+    assert (base / "etc" / "deleted").exists() and (base / "opaque" / "old" / "file").exists()
+    # The same lane committed twice gives the same digest (a content digest).
+    ok(cli(st, "lane", "commit", lane, "snap2"))
+    assert json.loads((st / "images" / "snap2" / "image.json").read_text())["digest"] == meta["digest"]
+
+
+def test_commit_bad_input(st):
+    lane = prepared_lane(st)
+    r = cli(st, "lane", "commit", "nosuch", "img1")
+    assert r.returncode != 0 and "no lane named 'nosuch'" in r.stderr
+    for bad in ("../x", ".hidden", "a/b", "", "x" * 64):
+        r = cli(st, "lane", "commit", lane, bad)
+        assert r.returncode != 0 and "invalid image name" in r.stderr, bad
+    for builtin in ("host", "debian-bookworm"):
+        r = cli(st, "lane", "commit", lane, builtin)
+        assert r.returncode != 0 and "builtin" in r.stderr
+    ok(cli(st, "lane", "commit", lane, "once"))
+    r = cli(st, "lane", "commit", lane, "once")
+    assert r.returncode != 0 and "already exists" in r.stderr
+    # A lane on host is refused: its /usr is the host's.
+    ok(cli(st, "lane", "create", "onhost"))
+    r = cli(st, "lane", "commit", "onhost", "hostsnap")
+    assert r.returncode != 0 and "/usr" in r.stderr
+    assert not (st / "images" / "hostsnap").exists()
+    assert not [n for n in os.listdir(st / "images") if ".tmp-" in n]
+
+
+def test_commit_refused_while_the_lane_is_attached(st):
+    lane = prepared_lane(st)
+    p = subprocess.Popen([CELL_BIN, "--state", str(st), "run", "--image", "debian-bookworm", "--lane", lane, "--",
+                          "/bin/sh", "-c", "echo up; read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "up\n"
+        r = cli(st, "lane", "commit", lane, "busy")
+        assert r.returncode != 0 and "attached" in r.stderr
+        assert not (st / "images" / "busy").exists()
+    finally:
+        p.communicate("\n", timeout=60)
+
+
+def test_lane_refuses_an_image_whose_digest_changed(st):
+    ok(cli(st, "lane", "create", "bound", "--image", "debian-bookworm"))
+    before = (st / "lanes" / "bound" / "image-digest").read_text().strip()
+    assert before.startswith("sha256:")
+    ok(sh(st, "true", "--image", "debian-bookworm", "--lane", "bound"))
+    # The image is replaced by another tree under the same name.
+    shutil.rmtree(st / "images" / "debian-bookworm")
+    make_base(st)
+    (st / "images" / "debian-bookworm" / "rootfs" / "etc" / "other").write_text("another image\n")
+    r = sh(st, "true", "--image", "debian-bookworm", "--lane", "bound")
+    assert r.returncode != 0
+    assert "lane 'bound' was made on image 'debian-bookworm' " + before in r.stderr
+    now = (st / "images" / "debian-bookworm" / "digest").read_text().strip()
+    assert now != before and ("is now " + now) in r.stderr
+    # A lane made before lanes recorded digests has none and is accepted.
+    os.unlink(st / "lanes" / "bound" / "image-digest")
+    ok(sh(st, "true", "--image", "debian-bookworm", "--lane", "bound"))
