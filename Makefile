@@ -62,7 +62,7 @@ DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c src/cli/fail.c
 CLI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp) \
                -Wl,-Bstatic -ljansson -lhttp_parser -Wl,-Bdynamic -lpthread
 # Programs that link libcell.a with its plugins' code built in.
-LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin
+LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin -Wl,-u,runtime_vfs_builtin
 # The plugins (shared objects, position-independent objects in obj-pic/):
 # each carries its own copy of util and proto and exports one symbol.
 NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/policy.c src/net/httppath.c \
@@ -70,6 +70,12 @@ NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/polic
 NETPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs jansson libnftables libnftnl libmnl libcrypto 2>/dev/null || echo -ljansson -lnftables -lnftnl -lmnl -lcrypto) -lpthread
 ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c src/runtime/digest.c $(UTIL_SRC)
 ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive libcrypto 2>/dev/null || echo -larchive -lcrypto) -lpthread
+# Virtual filesystems (src/runtime/vfs.h): the FUSE server and libfuse.
+FUSE_CFLAGS  := $(shell pkg-config --cflags fuse3 2>/dev/null || echo -I/usr/include/fuse3)
+FUSE_LIBS    := $(shell pkg-config --libs fuse3 2>/dev/null || echo -lfuse3)
+VFSPLUG_SRC  := src/plugin/vfs.c src/runtime/vfs_fuse.c $(UTIL_SRC)
+VFSPLUG_LIBS := -Wl,--as-needed $(FUSE_LIBS) -lpthread
+LIBS         += $(FUSE_LIBS)
 PIC_CFLAGS  := $(filter-out -fPIE,$(CFLAGS)) -fPIC
 # -z defs: a plugin must not need a symbol of the program that loads it (not
 # in sanitizer builds, where clang leaves the runtime's symbols to the program).
@@ -82,14 +88,15 @@ UNTAR_OBJ   := $(UNTAR_SRC:%.c=$(BUILD)/obj/%.o)
 EGRESS_OBJ  := $(EGRESS_SRC:%.c=$(BUILD)/obj/%.o)
 INIT_OBJ    := $(sort $(INIT_SRC:%.c=$(BUILD)/obj-init/%.o) $(UTIL_SRC:%.c=$(BUILD)/obj-init/%.o))
 SRV_OBJ     := $(SRV_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/src/agent/blob.o
-PLUGIN_BLOBS := $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
+PLUGIN_BLOBS := $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o $(BUILD)/obj/src/plugin/vfs_blob.o
 CLI_OBJ     := $(CLI_SRC:%.c=$(BUILD)/obj/%.o) $(PLUGIN_BLOBS)
 # The daemon loads the plugins too (an idle daemon maps no libnftables,
 # libarchive, ICU or libstdc++); --as-needed keeps only what its own code uses.
 DAEMON_OBJ  := $(DAEMON_SRC:%.c=$(BUILD)/obj/%.o) $(PLUGIN_BLOBS)
 NETPLUG_OBJ := $(NETPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o) $(BUILD)/obj/src/net/egress_blob.o
 ARCHPLUG_OBJ := $(ARCHPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o)
-PLUGINS     := $(BUILD)/libcell-net.so $(BUILD)/libcell-archive.so
+VFSPLUG_OBJ := $(VFSPLUG_SRC:%.c=$(BUILD)/obj-pic/%.o)
+PLUGINS     := $(BUILD)/libcell-net.so $(BUILD)/libcell-archive.so $(BUILD)/libcell-vfs.so
 UNIT_BIN    := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all test unit integration asan tsan check clean deps bench bench-bin fuzz
@@ -167,7 +174,8 @@ $(BUILD)/libcell.a: $(LIB_OBJ)
 # which plugin.c references weakly, are linked whole.
 LIBCELL_API := $(shell sed -n 's/^ *\(cell_[a-z0-9_]*\);.*/\1/p' src/libcell.map)
 LIBSO_BLOBS := $(filter-out $(LIB_SRC:%.c=$(BUILD)/obj/%.o),$(LIB_OBJ)) \
-               $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o
+               $(BUILD)/obj/src/plugin/net_blob.o $(BUILD)/obj/src/plugin/archive_blob.o \
+               $(BUILD)/obj/src/plugin/vfs_blob.o
 $(BUILD)/libcell-pic.a: $(LIB_SRC:%.c=$(BUILD)/obj-pic/%.o)
 	rm -f $@ && ar rcs $@ $^
 
@@ -210,6 +218,12 @@ $(BUILD)/libcell-net.so: $(NETPLUG_OBJ) src/plugin/plugin.map
 
 $(BUILD)/libcell-archive.so: $(ARCHPLUG_OBJ) src/plugin/plugin.map
 	$(CC) $(LDPLUG) -o $@ $(ARCHPLUG_OBJ) $(ARCHPLUG_LIBS)
+
+$(BUILD)/libcell-vfs.so: $(VFSPLUG_OBJ) src/plugin/plugin.map
+	$(CC) $(LDPLUG) -o $@ $(VFSPLUG_OBJ) $(VFSPLUG_LIBS)
+
+$(BUILD)/obj/src/runtime/vfs_fuse.o: CFLAGS += $(FUSE_CFLAGS)
+$(BUILD)/obj-pic/src/runtime/vfs_fuse.o: PIC_CFLAGS += $(FUSE_CFLAGS)
 
 $(BUILD)/obj/src/plugin/%_blob.o: src/plugin/blob.S $(BUILD)/libcell-%.so
 	@mkdir -p $(dir $@)

@@ -292,6 +292,59 @@ int  cell_options_add_seed(cell_options *o, const char *target, const char *path
 /* A copy of `e` (NULL = no network at all, the default). */
 int  cell_options_set_egress(cell_options *o, const cell_egress *e, cell_error *err);
 
+/* ---- virtual filesystems (vfs) ---------------------------------------------
+ * A mount whose files are served by callbacks of the process that creates
+ * the cell, through FUSE (docs/libcell.md, "Virtual filesystems").  The
+ * callbacks run on libcell's threads, outside the cell, any number at once;
+ * each returns 0 (read/write: a byte count) or a negative errno.  A callback
+ * still running after the mount's timeout has its request answered EIO (its
+ * late result is dropped); cell_destroy waits for callbacks in progress.
+ * Inode numbers are the provider's: nonzero, stable while the file exists,
+ * CELL_VFS_ROOT for the mount's root.  Only regular files and directories;
+ * files show as owned by the cell's root.  A result that makes no sense (an
+ * unknown type, inode 0, a count past the buffer, an errno out of range) is
+ * answered EIO. */
+#define CELL_VFS_ROOT 1u
+enum cell_vfs_tier {
+    CELL_VFS_READONLY = 0,  /* lookup/getattr/readdir/open/read; mounted read-only, page cache */
+    CELL_VFS_WRITABLE = 1,  /* + write/create/unlink/rmdir/rename/mkdir/truncate, direct I/O (no mmap) */
+    CELL_VFS_POSIX    = 2,  /* as WRITABLE through the page cache: shared mmap works */
+};
+#define CELL_VFS_DEFAULT_TIMEOUT_MS 30000u
+typedef struct cell_vfs_attr {
+    uint64_t ino;
+    uint32_t mode;          /* S_IFREG or S_IFDIR | permission bits */
+    uint64_t size;
+    int64_t  mtime;         /* seconds since the epoch */
+} cell_vfs_attr;
+/* readdir's sink: one call per entry ("." and ".." are added by libcell);
+ * returns -1 once the listing is too large (the callback should stop). */
+typedef int (*cell_vfs_fill_fn)(void *dir, const char *name, uint64_t ino, uint32_t mode);
+typedef struct cell_vfs_ops {
+    int     (*lookup)(void *user, uint64_t parent, const char *name, cell_vfs_attr *out);
+    int     (*getattr)(void *user, uint64_t ino, cell_vfs_attr *out);
+    int     (*readdir)(void *user, uint64_t ino, cell_vfs_fill_fn fill, void *dir);
+    int     (*open)(void *user, uint64_t ino, int flags, uint64_t *fh);             /* optional */
+    ssize_t (*read)(void *user, uint64_t ino, uint64_t fh, char *buf, size_t size, uint64_t off);
+    int     (*release)(void *user, uint64_t ino, uint64_t fh);                      /* optional */
+    /* Writable tiers only; each optional (absent: EPERM). */
+    ssize_t (*write)(void *user, uint64_t ino, uint64_t fh, const char *buf, size_t size, uint64_t off);
+    int     (*create)(void *user, uint64_t parent, const char *name, uint32_t mode, cell_vfs_attr *out,
+                      uint64_t *fh);
+    int     (*unlink)(void *user, uint64_t parent, const char *name);
+    int     (*rmdir)(void *user, uint64_t parent, const char *name);
+    int     (*rename)(void *user, uint64_t parent, const char *name, uint64_t newparent, const char *newname);
+    int     (*mkdir)(void *user, uint64_t parent, const char *name, uint32_t mode, cell_vfs_attr *out);
+    int     (*truncate)(void *user, uint64_t ino, uint64_t size, cell_vfs_attr *out);
+    void    (*reserved[8])(void);   /* NULL: room for later operations */
+} cell_vfs_ops;
+/* Serve `ops` (copied; lookup, getattr, readdir and read are required) at
+ * `target`; `user` is passed to every callback and must outlive the cells.
+ * timeout_ms 0 = CELL_VFS_DEFAULT_TIMEOUT_MS, at most 3600000.  Another
+ * mount may not lie inside a vfs (EINVAL at create). */
+int  cell_options_add_vfs(cell_options *o, const char *target, const cell_vfs_ops *ops, void *user, int tier,
+                          uint32_t timeout_ms, cell_error *err);
+
 /* policy_json is checked as cell_policy_check() does. */
 int  cell_egress_new(cell_egress **out, const char *policy_json, cell_error *err);
 void cell_egress_free(cell_egress *e);

@@ -14,6 +14,8 @@ packages=(
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
   # makes size-limited lanes
   debootstrap ca-certificates iproute2 e2fsprogs
+  # virtual filesystems (cell_options_add_vfs): libfuse's low-level API
+  libfuse3-dev fuse3
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   python3-dnspython nftables passt slirp4netns

@@ -4,6 +4,7 @@
  * first use. */
 #include "runtime/plugin.h"
 #include "runtime/runtime.h"
+#include "runtime/vfs.h"
 #include "util/util.h"
 
 #include <dlfcn.h>
@@ -20,6 +21,9 @@ extern const char cell_net_plugin_blob_start[] __attribute__((weak));
 extern const char cell_net_plugin_blob_end[] __attribute__((weak));
 extern const char cell_archive_plugin_blob_start[] __attribute__((weak));
 extern const char cell_archive_plugin_blob_end[] __attribute__((weak));
+extern const runtime_vfs_ops runtime_vfs_builtin __attribute__((weak));
+extern const char cell_vfs_plugin_blob_start[] __attribute__((weak));
+extern const char cell_vfs_plugin_blob_end[] __attribute__((weak));
 
 struct plugin {
     const char     *name;
@@ -181,4 +185,24 @@ int cell_lane_import_sized(cell_ctx *ctx, const char *name, const char *image, u
 int cell_lane_import(cell_ctx *ctx, const char *name, const char *image, int fd, cell_error *err)
 {
     return cell_lane_import_sized(ctx, name, image, 0, fd, err);
+}
+
+/* ---- vfs ------------------------------------------------------------------ */
+static struct plugin vfs_plugin = { .name = "libcell-vfs.so", .size = sizeof(runtime_vfs_ops),
+                                    .once = PTHREAD_ONCE_INIT };
+
+static void vfs_once(void)
+{
+    if (&runtime_vfs_builtin) {
+        vfs_plugin.ops = &runtime_vfs_builtin;
+        return;
+    }
+    vfs_plugin.start = cell_vfs_plugin_blob_start;
+    vfs_plugin.end = cell_vfs_plugin_blob_end;
+    plugin_load(&vfs_plugin);
+}
+
+const runtime_vfs_ops *runtime_vfs(cell_error *err)
+{
+    return plugin_get(&vfs_plugin, vfs_once, err);
 }
