@@ -65,6 +65,31 @@ int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress,
                      void *user, cell_error *err);
 /* 1 if the image is ready to boot, 0 if known but not built; -1 if unknown. */
 int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err);
+/* Import an OCI image layout tar or a docker-archive tar read from `fd` as
+ * image `name` (1-63 of a-z0-9._-, not a builtin): linux/amd64 only, every
+ * blob checked against its digest, layers applied in order with whiteouts,
+ * hostile entries refused (docs/security.md, "Hostile images"), all or
+ * nothing.  EEXIST if the image exists; EFBIG past max_size bytes of
+ * archive or of files (0 = CELL_IMAGE_DEFAULT_MAX_SIZE). */
+#define CELL_IMAGE_DEFAULT_MAX_SIZE (8ull << 30)
+int cell_image_import(cell_ctx *ctx, const char *name, int fd, cell_progress_fn progress, void *user,
+                      cell_error *err);
+int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, cell_progress_fn progress,
+                            void *user, cell_error *err);
+typedef struct cell_image_info {
+    char     name[64];
+    char     digest[72];  /* "sha256:<hex>", "" when unknown (a builtin not built) */
+    char     source[16];  /* "builtin", "import" or "commit" */
+    uint64_t size;        /* bytes of its files, 0 for builtins */
+    int64_t  created;     /* ms since the epoch, 0 for builtins */
+    int      ready;       /* 1 if it can boot now */
+} cell_image_info;
+/* The builtin images, then the stored ones by name; the caller frees *out. */
+int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_error *err);
+/* Remove an imported or committed image: EBUSY naming them while lanes or
+ * running cells use it, EINVAL for a builtin, ENOENT if unknown.  Its blobs
+ * stay in the blob store (other images may share them). */
+int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err);
 /* Flatten lane `lane` over its image into the new image `name` (rootfs and
  * image.json with source "commit", the base's config, a new digest),
  * atomically; EBUSY while a cell has the lane attached, EEXIST if `name`

@@ -23,6 +23,9 @@ struct cli_global {
 int cli_run(struct cli_global *g, int argc, char **argv);
 int cli_lane(struct cli_global *g, int argc, char **argv);
 int cli_image(struct cli_global *g, int argc, char **argv);
+/* image_cmds.c: `cell image import|ls|rm` (argv[0] is the subcommand). */
+int cli_image_store(struct cli_global *g, int argc, char **argv);
+extern const char cli_image_import_usage[];
 int cli_serve(struct cli_global *g, int argc, char **argv);
 
 /* Clients of the daemon (cells_cmds.c). */

@@ -22,6 +22,8 @@ static const char usage_text[] =
     "  lane commit NAME IMAGE             flatten a lane over its image into a new image\n"
     "  image ls                           list images and whether they are built\n"
     "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
+    "  image import NAME FILE|-           import an OCI or docker-archive image tar\n"
+    "  image rm NAME                      remove an imported or committed image\n"
     "  serve [OPTIONS]                    run the daemon (HTTP API, see cell help serve)\n"
     "  help [COMMAND]                     show help\n"
     "\n"

@@ -21,8 +21,10 @@ static const char lane_usage[] =
     "the state directory.  Lanes made through `cell serve` are always sized.\n";
 
 static const char image_usage[] =
-    "usage: cell image ls\n"
-    "       cell image build NAME     (host, debian-bookworm)\n";
+    "usage: cell image ls [--json]           images: name, source, digest, size, lanes\n"
+    "       cell image build NAME     (host, debian-bookworm)\n"
+    "       cell image import NAME FILE|- [--max-image-size SIZE]   an OCI or docker-archive tar\n"
+    "       cell image rm NAME                refused while lanes or cells use it\n";
 
 /* NAME [--image IMAGE] [--size SIZE] */
 static int name_and_image(int argc, char **argv, const char **name, const char **image, const char **size)
@@ -181,6 +183,8 @@ int cli_image(struct cli_global *g, int argc, char **argv)
         return argc < 2 ? CLI_EXIT_USAGE : 0;
     }
     const char *sub = argv[1];
+    if (strcmp(sub, "import") == 0 || strcmp(sub, "rm") == 0 || strcmp(sub, "ls") == 0)
+        return cli_image_store(g, argc - 1, argv + 1); /* image_cmds.c */
     if (strcmp(sub, "ls") != 0 && strcmp(sub, "build") != 0)
         return cli_fail(CLI_EXIT_USAGE, "unknown image command '%s'\n%s", sub, image_usage);
     if (strcmp(sub, "build") == 0 && argc != 3)

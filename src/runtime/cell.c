@@ -1,6 +1,8 @@
 /* cell.c: the cell lifecycle of libcell: validate a definition, reserve a
  * uid range, boot through isolate_boot(), talk to cell-init, tear down. */
 #include "runtime/cell_internal.h"
+#include "runtime/image_meta.h"
+#include "runtime/vfs.h"
 #include "net/net.h"
 #include "isolate/isolate.h"
 #include "util/util.h"
@@ -337,6 +339,10 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
             isolate_loop_attach(disk, &c->loop_fd, plan->lane_dev, sizeof plan->lane_dev, err) < 0)
             return -1;
     }
+    /* A stored image: marked as this cell's before it is looked up, so
+     * that `cell image rm` sees the cell (image_store.c). */
+    if (image_meta_check_name(image, NULL) == 0 && runtime_image_mark_user(c->run_dir, image, err) < 0)
+        return -1;
     if (runtime_image_rootfs(c->ctx, image, plan->image_root, sizeof plan->image_root, err) < 0)
         return -1;
     plan->image_is_host = strcmp(image, "host") == 0;

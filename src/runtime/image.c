@@ -1,5 +1,6 @@
 /* image.c: the image catalogue.  "host" is generated on demand from the
  * host's /usr plus a minimal /etc; "debian-bookworm" is built by debootstrap. */
+#include "runtime/image_meta.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
@@ -15,7 +16,7 @@ const char *const runtime_image_names[] = { "host", "debian-bookworm", NULL };
 /* Bumped whenever the generated host tree changes, so old states rebuild. */
 #define HOST_IMAGE_VERSION "2"
 
-static int known_image(const char *name)
+static int builtin_image(const char *name)
 {
     for (const char *const *n = runtime_image_names; *n; n++)
         if (name && strcmp(*n, name) == 0)
@@ -26,6 +27,22 @@ static int known_image(const char *name)
 static int image_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
 {
     return util_path(out, size, err, "%s/images/%s", ctx->state_dir, name) < 0 ? -1 : 0;
+}
+
+/* An imported or committed image (image_meta.h): complete once its
+ * directory exists, since it is renamed into place whole with its image.json. */
+static int stored_image(cell_ctx *ctx, const char *name)
+{
+    char path[PATH_MAX];
+    if (!name || image_meta_check_name(name, NULL) < 0 ||
+        util_path(path, sizeof path, NULL, "%s/images/%s/image.json", ctx->state_dir, name) < 0)
+        return 0;
+    return access(path, F_OK) == 0;
+}
+
+static int known_image(cell_ctx *ctx, const char *name)
+{
+    return builtin_image(name) || stored_image(ctx, name);
 }
 
 static int is_ready(const char *dir, const char *want)
@@ -218,13 +235,16 @@ static int ensure_host(cell_ctx *ctx, cell_error *err)
 
 int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
 {
-    if (!known_image(name))
-        return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm)", name ? name : "");
+    if (!known_image(ctx, name))
+        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm; "
+                         "`cell image ls` lists the others)", name ? name : "");
     if (strcmp(name, "host") == 0 && ensure_host(ctx, err) < 0)
         return -1;
     char dir[PATH_MAX];
     if (image_dir(ctx, name, dir, sizeof dir, err) < 0)
         return -1;
+    if (!builtin_image(name))
+        return util_path(out, size, err, "%s/rootfs", dir) < 0 ? -1 : 0;
     if (!is_ready(dir, NULL))
         return util_fail(err, ENOENT, "image '%s' is not built yet: run `cell image build %s`", name, name);
     return util_path(out, size, err, "%s/rootfs", dir) < 0 ? -1 : 0;
@@ -232,10 +252,11 @@ int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size
 
 int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err)
 {
-    if (!known_image(name))
-        return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm)", name ? name : "");
-    if (strcmp(name, "host") == 0)
-        return 1; /* generated on first use, never needs a build */
+    if (!known_image(ctx, name))
+        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm; "
+                         "`cell image ls` lists the others)", name ? name : "");
+    if (strcmp(name, "host") == 0 || !builtin_image(name))
+        return 1; /* host: generated on first use; stored images: complete once present */
     char dir[PATH_MAX];
     if (image_dir(ctx, name, dir, sizeof dir, err) < 0)
         return -1;
@@ -244,7 +265,7 @@ int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err)
 
 int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress, void *user, cell_error *err)
 {
-    if (!known_image(name))
+    if (!builtin_image(name))
         return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm)", name ? name : "");
     if (strcmp(name, "host") == 0) {
         if (progress)

@@ -226,8 +226,8 @@ int image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error
         return util_fail(err, ENOMEM, "out of memory");
     char tmp[PATH_MAX], path[PATH_MAX];
     int rc = -1;
-    if (util_path(tmp, sizeof tmp, err, "%s/.image.json.tmp", dir) == 0 &&
-        util_path(path, sizeof path, err, "%s/image.json", dir) == 0 &&
+    if (util_path(tmp, sizeof tmp, err, "%s/.image.json.tmp", dir) >= 0 &&
+        util_path(path, sizeof path, err, "%s/image.json", dir) >= 0 &&
         util_write_file(tmp, text, strlen(text), 0644, 1, err) == 0) {
         rc = rename(tmp, path) < 0 ? util_fail_errno(err, "cannot rename %s", tmp) : 0;
         if (rc < 0)

@@ -73,4 +73,20 @@ int  image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err)
  * that tmp's contents hash to digest. */
 int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err);
 
+/* SHA-256 (image_sha256.c): init, update, final writes 64 hex digits + NUL. */
+struct image_sha256 {
+    uint32_t h[8];
+    uint64_t len;
+    uint8_t  buf[64];
+    size_t   n;
+};
+void image_sha256_init(struct image_sha256 *s);
+void image_sha256_update(struct image_sha256 *s, const void *data, size_t len);
+void image_sha256_final(struct image_sha256 *s, char hex[65]);
+
+/* Mark the cell of run_dir (run/cells/ID) as a user of stored image
+ * `image`, before its rootfs is looked up: `cell image rm` refuses while a
+ * live cell (its run dir flock()ed) has the mark (image_store.c). */
+int  runtime_image_mark_user(const char *run_dir, const char *image, cell_error *err);
+
 #endif

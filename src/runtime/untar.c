@@ -141,6 +141,8 @@ int runtime_untar_next(runtime_untar *u, runtime_untar_entry *e, cell_error *err
     e->perm = f.mode & 07777;
     e->name = u->buf;
     e->link = u->buf + f.len + 1;
+    e->uid = (uint32_t)(f.off >> 32);
+    e->gid = (uint32_t)f.off;
     return 1;
 }
 

@@ -18,7 +18,8 @@ enum {
  * message) and len2 bytes (a link target). */
 struct untar_frame {
     uint32_t kind, mode, len, len2;     /* mode: perm bits, or errno for UNTAR_ERROR */
-    uint64_t off;                       /* UNTAR_DATA: offset in the file */
+    uint64_t off;                       /* UNTAR_DATA: offset in the file; an entry:
+                                           its uid << 32 | gid */
 };
 #define UNTAR_BLOCK (1u << 20)          /* data frames carry at most this much */
 
@@ -34,6 +35,7 @@ typedef struct runtime_untar_entry {
     uint32_t    perm;
     const char *name;  /* valid until the next call */
     const char *link;  /* symlink or hard link target, or "" */
+    uint32_t    uid, gid; /* as the tar says (UINT32_MAX: out of range) */
 } runtime_untar_entry;
 
 /* Start the parser on tar_fd (which it reads; the caller keeps its copy). */

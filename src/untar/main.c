@@ -73,6 +73,11 @@ static uint32_t kind_of(struct archive_entry *e)
     }
 }
 
+static uint32_t id32(la_int64_t id)
+{
+    return id < 0 || id > (la_int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)id;
+}
+
 static void parse(int tar_fd)
 {
     struct archive *a = archive_read_new();
@@ -81,6 +86,9 @@ static void parse(int tar_fd)
     archive_read_support_format_tar(a);
     archive_read_support_format_gnutar(a);
     archive_read_support_filter_gzip(a);
+#if ARCHIVE_VERSION_NUMBER >= 3003003
+    archive_read_support_filter_zstd(a); /* image layers (tar+zstd); lacking it, such a tar is refused */
+#endif
     archive_read_support_filter_none(a);
     if (archive_read_open_fd(a, tar_fd, 64 * 1024) != ARCHIVE_OK) {
         send_error(EBADMSG, "not a tar stream", a);
@@ -97,7 +105,11 @@ static void parse(int tar_fd)
             link = archive_entry_symlink(e);
         name = name ? name : "";
         link = link ? link : "";
-        if (send_frame(kind, (uint32_t)(archive_entry_perm(e) & 07777), 0, name, strlen(name), link,
+        /* An entry frame's off carries its owner: uid << 32 | gid (image
+         * layers keep ownership; out-of-range ids saturate, for the owner
+         * to refuse). */
+        uint64_t owner = (uint64_t)id32(archive_entry_uid(e)) << 32 | id32(archive_entry_gid(e));
+        if (send_frame(kind, (uint32_t)(archive_entry_perm(e) & 07777), owner, name, strlen(name), link,
                        strlen(link)) < 0)
             return;
         if (kind == UNTAR_FILE && send_data(a, name) < 0)
