@@ -90,6 +90,22 @@ int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_er
  * running cells use it, EINVAL for a builtin, ENOENT if unknown.  Its blobs
  * stay in the blob store (other images may share them). */
 int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err);
+/* An imported or committed image's config as a cell's defaults: Env
+ * ("K=V"), WorkingDir, User (resolved in the image's /etc/passwd and
+ * /etc/group; has_user 0 when unset) and Entrypoint followed by Cmd.  All
+ * empty for builtin images.  Free with cell_image_config_free. */
+typedef struct cell_image_config {
+    char  **env;
+    size_t  n_env;
+    char   *cwd;
+    int     has_user;
+    uid_t   uid;
+    gid_t   gid;
+    char  **argv;
+    size_t  n_argv;
+} cell_image_config;
+int  cell_image_config_get(cell_ctx *ctx, const char *image, cell_image_config *out, cell_error *err);
+void cell_image_config_free(cell_image_config *c);
 /* Flatten lane `lane` over its image into the new image `name` (rootfs and
  * image.json with source "commit", the base's config, a new digest),
  * atomically; EBUSY while a cell has the lane attached, EEXIST if `name`

@@ -61,6 +61,10 @@ struct run_opts {
     cell_options *cell;         /* the cell's definition (API v2), owned */
     char       *policy;         /* read from --policy FILE, owned */
     const char *upstream_ca;
+    const char *image, *lane;   /* --image, --lane as given */
+    int         user_set;       /* --user given */
+    cell_image_config defaults; /* the image's config (image_defaults), owned */
+    char      **cmd;            /* the command from it, or NULL: argv's */
     const char *env[256];
     size_t      n_env;
     const char *cwd;
@@ -236,10 +240,12 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         case O_IMAGE:
             if (cell_options_set_image(o->cell, optarg, &err) < 0)
                 return option_refused("--image", &err);
+            o->image = optarg;
             break;
         case O_LANE:
             if (cell_options_set_lane(o->cell, optarg, &err) < 0)
                 return option_refused("--lane", &err);
+            o->lane = optarg;
             break;
         case O_HOSTNAME:
             if (cell_options_set_hostname(o->cell, optarg, &err) < 0)
@@ -317,6 +323,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             o->env[o->n_env++] = optarg;
             break;
         case O_USER: {
+            o->user_set = 1;
             char *colon = strchr(optarg, ':');
             if (colon)
                 *colon = '\0';
@@ -343,10 +350,46 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             return cli_fail(CLI_EXIT_USAGE, "unknown or incomplete option '%s' (see `cell help run`)", argv[optind - 1]);
         }
     }
-    if (optind >= argc)
+    if (optind >= argc && !o->image && !o->lane) /* an image's Entrypoint/Cmd may be the command */
         return cli_fail(CLI_EXIT_USAGE, "no command given: cell run [OPTIONS] -- CMD [ARGS...]");
     *first_cmd = optind;
     return set_egress(o);
+}
+
+/* An imported image's config fills what the command line left out: its Env
+ * (after --env, for names not given), WorkingDir, User, and Entrypoint+Cmd
+ * as the command when none is given (argv then points into the config). */
+static int image_defaults(struct run_opts *o, cell_ctx *ctx, int argc, int *first)
+{
+    cell_error err = { 0 };
+    const char *image = o->image;
+    cell_lane_info lane;
+    if (!image && o->lane && cell_lane_get(ctx, o->lane, &lane, NULL) == 0)
+        image = lane.image;
+    cell_image_config *d = &o->defaults;
+    if (cell_image_config_get(ctx, image, d, &err) < 0)
+        return cli_fail_err(CLI_EXIT_INTERNAL, &err);
+    for (size_t i = 0; i < d->n_env && o->n_env < sizeof o->env / sizeof o->env[0] - 8; i++) {
+        size_t len = strcspn(d->env[i], "=");
+        int set = 0;
+        for (size_t j = 0; j < o->n_env; j++)
+            set |= strncmp(o->env[j], d->env[i], len) == 0 && o->env[j][len] == '=';
+        if (!set && d->env[i][len] == '=')
+            o->env[o->n_env++] = d->env[i];
+    }
+    if (!o->cwd)
+        o->cwd = d->cwd;
+    if (!o->user_set && d->has_user) {
+        o->uid = d->uid;
+        o->gid = d->gid;
+    }
+    if (*first < argc)
+        return 0;
+    if (!d->n_argv)
+        return cli_fail(CLI_EXIT_USAGE, "no command given, and image '%s' has no Entrypoint or Cmd: "
+                        "cell run [OPTIONS] -- CMD [ARGS...]", image ? image : "host");
+    o->cmd = d->argv;
+    return 0;
 }
 
 /* The user's --env values, then the defaults for names they did not set:
@@ -457,6 +500,7 @@ static void run_opts_free(struct run_opts *o)
 {
     cell_options_free(o->cell);
     free(o->policy);
+    cell_image_config_free(&o->defaults);
     free(o);
 }
 
@@ -478,6 +522,12 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         run_opts_free(o);
         return rc;
     }
+    if ((rc = image_defaults(o, ctx, argc, &first)) != 0) {
+        cell_ctx_close(ctx);
+        run_opts_free(o);
+        return rc;
+    }
+    build_env(o);
     /* Signals meant for the command arrive here; block them now so none is
      * lost between boot and supervision. */
     sigset_t mask, old;
@@ -499,7 +549,7 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         goto out;
     }
     cell_proc_spec spec = {
-        .argv = (const char *const *)argv + first, .env = o->env, .cwd = o->cwd, .uid = o->uid, .gid = o->gid,
+        .argv = o->cmd ? (const char *const *)o->cmd : (const char *const *)argv + first, .env = o->env, .cwd = o->cwd, .uid = o->uid, .gid = o->gid,
         .stdin_fd = 0, .stdout_fd = 1, .stderr_fd = 2, .tty = o->tty,
     };
     struct winsize ws;

@@ -13,9 +13,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #define USERS_MAX 512   /* bytes of user names in a refusal */
@@ -201,4 +203,126 @@ int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_er
 fail:
     free(arr);
     return -1;
+}
+
+/* ---- a cell's defaults from its image's config ---------------------------------- */
+
+void cell_image_config_free(cell_image_config *c)
+{
+    for (size_t i = 0; c->env && i < c->n_env; i++)
+        free(c->env[i]);
+    for (size_t i = 0; c->argv && i < c->n_argv; i++)
+        free(c->argv[i]);
+    free(c->env);
+    free(c->argv);
+    free(c->cwd);
+    memset(c, 0, sizeof *c);
+}
+
+/* A uid or gid as digits (0..65535), else -1. */
+static long numeric_id(const char *s)
+{
+    if (!*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 5)
+        return -1;
+    long v = strtol(s, NULL, 10);
+    return v < 65536 ? v : -1;
+}
+
+/* Look `name` up in the image's etc/passwd or etc/group (field 3: its id;
+ * *gid gets passwd's field 4).  The file is the image's, possibly a symlink
+ * planted by a layer: it is opened beneath the rootfs. */
+static long lookup_id(const char *rootfs, const char *file, const char *name, long *gid, cell_error *err)
+{
+    _cleanup_close_ int root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV };
+    _cleanup_close_ int fd = root < 0 ? -1 : (int)syscall(SYS_openat2, root, file, &how, sizeof how);
+    if (fd < 0)
+        return util_fail(err, ENOENT, "the image's User '%s' cannot be resolved: no /%s", name, file);
+    char *buf = malloc(1u << 20);
+    if (!buf)
+        return util_fail(err, ENOMEM, "out of memory");
+    ssize_t n = util_read_all(fd, buf, (1u << 20) - 1);
+    long found = -1;
+    if (n >= 0) {
+        buf[n] = '\0';
+        char *save = NULL;
+        for (char *line = strtok_r(buf, "\n", &save); line && found < 0; line = strtok_r(NULL, "\n", &save)) {
+            char *f[5] = { 0 };
+            char *p = line;
+            for (int i = 0; i < 5 && p; i++) {
+                f[i] = p;
+                p = strchr(p, ':');
+                if (p)
+                    *p++ = '\0';
+            }
+            if (f[0] && f[2] && strcmp(f[0], name) == 0 && (found = numeric_id(f[2])) >= 0 && gid)
+                *gid = f[3] ? numeric_id(f[3]) : -1;
+        }
+    }
+    free(buf);
+    if (found < 0)
+        return util_fail(err, ENOENT, "the image's User '%s' is not in its /%s (or has an id past 65535)", name, file);
+    return found;
+}
+
+/* User: "uid", "uid:gid", "name", "name:group" (names from the image). */
+static int resolve_user(const char *rootfs, const char *user, cell_image_config *c, cell_error *err)
+{
+    char u[256];
+    if (snprintf(u, sizeof u, "%s", user) >= (int)sizeof u)
+        return util_fail(err, EINVAL, "the image's User is too long");
+    char *g = strchr(u, ':');
+    if (g)
+        *g++ = '\0';
+    long gid = -1, uid = numeric_id(u);
+    if (uid < 0 && (uid = lookup_id(rootfs, "etc/passwd", u, &gid, err)) < 0)
+        return -1;
+    if (g && (gid = numeric_id(g)) < 0 && (gid = lookup_id(rootfs, "etc/group", g, NULL, err)) < 0)
+        return -1;
+    c->has_user = 1;
+    c->uid = (uid_t)uid;
+    c->gid = (gid_t)(gid >= 0 ? gid : uid);
+    return 0;
+}
+
+static char **copy_strv(char *const *a, size_t na, char *const *b, size_t nb)
+{
+    char **v = calloc(na + nb + 1, sizeof *v);
+    for (size_t i = 0; v && i < na + nb; i++)
+        if (!(v[i] = strdup(i < na ? a[i] : b[i - na]))) {
+            for (size_t j = 0; j < i; j++)
+                free(v[j]);
+            free(v);
+            return NULL;
+        }
+    return v;
+}
+
+int cell_image_config_get(cell_ctx *ctx, const char *image, cell_image_config *out, cell_error *err)
+{
+    memset(out, 0, sizeof *out);
+    struct image_meta m;
+    if (!image || image_meta_check_name(image, NULL) < 0)
+        return 0; /* builtin images have no config */
+    if (image_meta_read(ctx, image, &m, err) < 0)
+        return -1;
+    char rootfs[PATH_MAX];
+    int rc = util_path(rootfs, sizeof rootfs, err, "%s/images/%s/rootfs", ctx->state_dir, image) < 0 ? -1 : 0;
+    const struct image_meta_config *ic = &m.config;
+    if (rc == 0 && ((ic->n_env && !(out->env = copy_strv(ic->env, ic->n_env, NULL, 0))) ||
+                    (ic->n_entrypoint + ic->n_cmd &&
+                     !(out->argv = copy_strv(ic->entrypoint, ic->n_entrypoint, ic->cmd, ic->n_cmd))) ||
+                    (ic->working_dir && !(out->cwd = strdup(ic->working_dir)))))
+        rc = util_fail(err, ENOMEM, "out of memory");
+    if (rc == 0) {
+        out->n_env = out->env ? ic->n_env : 0;
+        out->n_argv = out->argv ? ic->n_entrypoint + ic->n_cmd : 0;
+        if (ic->user)
+            rc = resolve_user(rootfs, ic->user, out, err);
+    }
+    image_meta_free(&m);
+    if (rc < 0)
+        cell_image_config_free(out);
+    return rc;
 }
