@@ -330,6 +330,14 @@ int  cell_options_add_overlay(cell_options *o, const char *source, const char *t
                               cell_error *err);
 int  cell_options_add_seed(cell_options *o, const char *target, const char *path, const void *data, size_t size,
                            mode_t mode, cell_error *err);
+/* add_mask: hide `path` (relative to the source, no "." or "..", at most 64
+ * per mount) of the bind or overlay mount last added at `target` (ENOENT
+ * without one).  Read-only binds and overlays show no such entry (ENOENT);
+ * a read-write bind shows an empty file or directory of a private tmpfs
+ * over it, whose writes never reach the host.  cell_create_v2 refuses a
+ * mask through a symlink, a masked file with another hard link in the
+ * mount, and another mount sharing the tree (docs/security.md, "Masks"). */
+int  cell_options_add_mask(cell_options *o, const char *target, const char *path, cell_error *err);
 /* A copy of `e` (NULL = no network at all, the default). */
 int  cell_options_set_egress(cell_options *o, const cell_egress *e, cell_error *err);
 

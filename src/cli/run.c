@@ -34,6 +34,9 @@ const char cli_run_usage[] =
     "                       writes beyond it fail with ENOSPC\n"
     "  --timeout SECONDS    kill the cell after this long (exit code 124)\n"
     "  --mount SRC:DST[:ro] bind the host path SRC at DST in the cell (rw unless :ro)\n"
+    "  --mask PATH          hide PATH (relative to SRC, e.g. .env) in the --mount or\n"
+    "                       --overlay before it (repeatable): absent in read-only\n"
+    "                       mounts and overlays, an empty private copy in rw ones\n"
     "  --tmpfs DST[:SIZE]   an empty in-memory directory at DST (default 64M)\n"
     "  --overlay SRC:DST[:SIZE]  the host directory SRC at DST, writable in the\n"
     "                       cell but never written: changes go to an in-memory\n"
@@ -77,6 +80,7 @@ struct run_opts {
         const char *file;
     } secrets[32];
     size_t      n_secrets;
+    const char *mask_target;    /* DST of the last --mount SRC:DST or --overlay, for --mask */
 };
 
 /* cell_net_secret_fn for --secret: read at each use, so a rotated file
@@ -186,6 +190,7 @@ static int parse_mount(struct run_opts *o, char *spec, int memory)
         }
         if (cell_options_add_bind(o->cell, spec, dst, flags, &err) < 0)
             return option_refused("--mount", &err);
+        o->mask_target = dst;
     }
     return 0;
 }
@@ -208,13 +213,14 @@ static int parse_overlay(struct run_opts *o, char *spec)
     }
     if (cell_options_add_overlay(o->cell, spec, dst, size, &err) < 0)
         return option_refused("--overlay", &err);
+    o->mask_target = dst;
     return 0;
 }
 
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
     enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET, O_OVERLAY };
+           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET, O_OVERLAY, O_MASK };
     static const struct option longopts[] = {
         { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
         { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
@@ -225,7 +231,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
         { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
         { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
-        { "overlay", required_argument, 0, O_OVERLAY },
+        { "overlay", required_argument, 0, O_OVERLAY }, { "mask", required_argument, 0, O_MASK },
         { 0, 0, 0, 0 },
     };
     opterr = 0;
@@ -314,6 +320,13 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
         case O_OVERLAY:
             if ((rc = parse_overlay(o, optarg)) != 0)
                 return rc;
+            break;
+        case O_MASK:
+            if (!o->mask_target)
+                return cli_fail(CLI_EXIT_USAGE, "--mask %s: put it after the --mount SRC:DST or --overlay it "
+                                "applies to", optarg);
+            if (cell_options_add_mask(o->cell, o->mask_target, optarg, &err) < 0)
+                return option_refused("--mask", &err);
             break;
         case O_ENV:
             if (!strchr(optarg, '=') || optarg[0] == '=')

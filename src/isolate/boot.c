@@ -445,6 +445,18 @@ static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
     close(tmp);
 }
 
+/* Overlay mounts, and read-only binds with masks, are mounted as overlayfs
+ * (ovl<i>/ on the scratch tmpfs); read-write binds cover their masks. */
+static int via_overlay(const struct isolate_mount *m)
+{
+    return m->kind == CELL_MOUNT_OVERLAY || (m->kind == CELL_MOUNT_BIND && m->readonly && m->n_masks);
+}
+
+static int mask_by_cover(const struct isolate_mount *m)
+{
+    return m->kind == CELL_MOUNT_BIND && !m->readonly && m->n_masks;
+}
+
 /* "<run_dir>/ovl<i>/<sub>": an overlay mount's places on the scratch tmpfs,
  * which the cell never sees (the old root is detached at pivot_root). */
 static void ovl_path(const struct isolate_plan *plan, char *buf, size_t size, size_t i, const char *sub)
@@ -479,37 +491,192 @@ static void ovl_make_upper(const struct isolate_plan *plan, const struct isolate
         FAIL("cannot set the mode of the overlay's writable layer for %s", m->target);
 }
 
+/* ---- masks (isolate.h, struct isolate_mount) -------------------------------- */
+
+/* A file of the mask layer or store takes the owner and mode of what it
+ * stands for, as the id-mapped source shows them (an owner outside the
+ * cell's range keeps the cell's root). */
+static void mask_copy_attrs(const struct isolate_plan *plan, int fd, const struct stat *st, const char *what)
+{
+    if (st->st_uid >= plan->uid_base && st->st_uid - plan->uid_base < ISOLATE_UID_COUNT &&
+        st->st_gid >= plan->uid_base && st->st_gid - plan->uid_base < ISOLATE_UID_COUNT &&
+        fchown(fd, st->st_uid, st->st_gid) < 0)
+        FAIL("cannot give the mask %s its owner", what);
+    if (fchmod(fd, st->st_mode & 07777) < 0)
+        FAIL("cannot give the mask %s its mode", what);
+}
+
+/* One mask in the whiteout layer `layer` over the source `low`: directories
+ * for its parents (attributes copied, since overlayfs shows the topmost
+ * layer's for a merged directory) and a whiteout for its last component,
+ * or for the first parent the source lacks, which hides whatever appears
+ * there later too.  Both fds are consumed. */
+static void mask_whiteout(const struct isolate_plan *plan, const struct isolate_mount *m, int layer, int low,
+                          const char *path)
+{
+    const char *p = path;
+    for (;;) {
+        char name[NAME_MAX + 1];
+        size_t n = strcspn(p, "/");
+        snprintf(name, sizeof name, "%.*s", (int)n, p);
+        struct stat st;
+        int last = p[n] == '\0', gone = 0;
+        if (!last && fstatat(low, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (errno != ENOENT)
+                FAIL("cannot stat mask %s of %s", path, m->target);
+            gone = 1;
+        }
+        if (last || gone) {
+            /* overlayfs's whiteout: a character device 0:0. */
+            if (mknodat(layer, name, S_IFCHR | 0000, makedev(0, 0)) < 0 && errno != EEXIST)
+                FAIL("cannot create the whiteout of mask %s of %s", path, m->target);
+            break;
+        }
+        if (S_ISLNK(st.st_mode)) {
+            errno = ELOOP;
+            FAIL("mask %s of %s: a symbolic link appeared in its path since it was checked", path, m->target);
+        }
+        if (!S_ISDIR(st.st_mode))
+            break;      /* nothing lives below a file */
+        if (mkdirat(layer, name, 0700) < 0 && errno != EEXIST)
+            FAIL("cannot create the mask layer's %s for %s", name, m->target);
+        int nl = openat(layer, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int nlow = openat(low, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (nl < 0 || nlow < 0)
+            FAIL("cannot open %s in the mask layer of %s", name, m->target);
+        mask_copy_attrs(plan, nl, &st, path);
+        close(layer);
+        close(low);
+        layer = nl;
+        low = nlow;
+        p += n + 1;
+    }
+    close(layer);
+    close(low);
+}
+
+/* The top read-only layer of a masked overlay: a tmpfs of whiteouts. */
+static void mask_layer(const struct isolate_plan *plan, const struct isolate_mount *m, const char *lower,
+                       const char *layer)
+{
+    int mp = open(layer, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (mp < 0)
+        FAIL("cannot open the mask layer's mount point %s", layer);
+    struct owner_opts own = owner_opts(plan);
+    const char *o[] = { "size=1m", own.uid, own.gid, "mode=0755", NULL };
+    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, mp, m->target);
+    close(mp);
+    int root = open(layer, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int low = open(lower, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat st;
+    if (root < 0 || low < 0 || fstat(low, &st) < 0)
+        FAIL("cannot open the mask layer of %s", m->target);
+    mask_copy_attrs(plan, root, &st, "layer");
+    for (size_t j = 0; j < m->n_masks; j++) {
+        int l = dup(root), d = dup(low);
+        if (l < 0 || d < 0)
+            FAIL("dup");
+        mask_whiteout(plan, m, l, d, m->masks[j]);
+    }
+    close(root);
+    close(low);
+}
+
+/* A read-write bind's masks: an empty file or directory of the mask store
+ * mounted over each that exists (resolved below the attached mount with no
+ * symlink), writable, on a tmpfs that never reaches the host.  A mount
+ * stays on its dentry when a parent directory is renamed, and the cell
+ * cannot unmount it (its mount namespace belongs to the host's root). */
+static void cover_masks(const struct isolate_plan *plan, size_t i, const struct isolate_mount *m, int root_fd)
+{
+    char store[PATH_MAX];
+    run_path(plan, store, sizeof store, "masks");
+    int st_fd = open(store, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int mnt = must_open_in_root(plan, root_fd, m->target, 0);
+    if (st_fd < 0)
+        FAIL("cannot open the mask store %s", store);
+    for (size_t j = 0; j < m->n_masks; j++) {
+        struct open_how how = { .flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+        int t = (int)syscall(SYS_openat2, mnt, m->masks[j], &how, sizeof how);
+        if (t < 0 && (errno == ENOENT || errno == ENOTDIR))
+            continue;
+        struct stat st;
+        if (t < 0 || fstat(t, &st) < 0)
+            FAIL("cannot open mask %s of %s", m->masks[j], m->target);
+        char name[64];
+        snprintf(name, sizeof name, "m%zu-%zu", i, j);
+        int copy;
+        if (S_ISDIR(st.st_mode)) {
+            if (mkdirat(st_fd, name, 0700) < 0)
+                FAIL("cannot create the empty copy of mask %s of %s", m->masks[j], m->target);
+            copy = openat(st_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        } else if (S_ISREG(st.st_mode)) {
+            copy = openat(st_fd, name, O_RDONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        } else {
+            errno = EINVAL;
+            FAIL("mask %s of %s is no longer a file or directory", m->masks[j], m->target);
+        }
+        if (copy < 0)
+            FAIL("cannot create the empty copy of mask %s of %s", m->masks[j], m->target);
+        mask_copy_attrs(plan, copy, &st, m->masks[j]);
+        close(copy);
+        int tree = open_tree(st_fd, name, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+        if (tree < 0 || move_mount(tree, "", t, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+            FAIL("cannot mount the empty copy over mask %s of %s", m->masks[j], m->target);
+        close(tree);
+        close(t);
+    }
+    close(mnt);
+    close(st_fd);
+}
+
 /* CELL_MOUNT_OVERLAY: the source (the owner's read-only, id-mapped clone)
  * is the lower layer, a fresh tmpfs the upper; overlayfs never writes its
  * lower layer, and the upper goes with the cell's mount namespace.  Runs
  * with the cell's fsuid and raised capabilities (setup_overlay), which
- * copy-up uses, as for the root. */
+ * copy-up uses, as for the root.  Masks add a read-only layer of whiteouts
+ * above the source; a masked read-only bind is such an overlay without an
+ * upper layer (read-only). */
 static void attach_overlay(const struct isolate_plan *plan, size_t i, const struct isolate_mount *m, int target_fd)
 {
-    char lower[PATH_MAX], upper[PATH_MAX], mnt[PATH_MAX], opts[3 * PATH_MAX + 64];
+    char lower[PATH_MAX], upper[PATH_MAX], mnt[PATH_MAX], layer[PATH_MAX], lowers[2 * PATH_MAX + 2];
+    char opts[4 * PATH_MAX + 64];
+    int has_upper = m->kind == CELL_MOUNT_OVERLAY;
     ovl_path(plan, lower, sizeof lower, i, "lower");
     ovl_path(plan, upper, sizeof upper, i, "upper");
     ovl_path(plan, mnt, sizeof mnt, i, "mnt");
+    ovl_path(plan, layer, sizeof layer, i, "mask");
     int lower_fd = open(lower, O_PATH | O_DIRECTORY | O_CLOEXEC);
     int upper_fd = open(upper, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (lower_fd < 0 || upper_fd < 0)
         FAIL("cannot open the overlay's mount points in %s", plan->run_dir);
     if (move_mount(m->tree_fd, "", lower_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
         FAIL("cannot attach %s as the lower layer of %s", m->source, m->target);
-    char size[64];
-    snprintf(size, sizeof size, "size=%llu", (unsigned long long)m->size);
-    struct owner_opts own = owner_opts(plan);
-    const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
-    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, upper_fd, m->target);
+    if (has_upper) {
+        char size[64];
+        snprintf(size, sizeof size, "size=%llu", (unsigned long long)m->size);
+        struct owner_opts own = owner_opts(plan);
+        const char *o[] = { size, own.uid, own.gid, "mode=0755", NULL };
+        attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, upper_fd, m->target);
+    }
     close(lower_fd);
     close(upper_fd);
-    ovl_make_upper(plan, m, lower, upper);
-    int n = snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, upper, upper);
+    if (has_upper)
+        ovl_make_upper(plan, m, lower, upper);
+    snprintf(lowers, sizeof lowers, "%s", lower);
+    if (m->n_masks) {
+        mask_layer(plan, m, lower, layer);
+        snprintf(lowers, sizeof lowers, "%s:%s", layer, lower);
+    }
+    int n = has_upper ? snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lowers, upper, upper)
+                      : snprintf(opts, sizeof opts, "lowerdir=%s", lowers);
     if (n < 0 || (size_t)n >= sizeof opts)
         FAIL("overlay options too long");
     /* mount(2) on a scratch directory, then moved by fd onto the target:
      * overlayfs takes the new mount API only from Linux 6.5 on. */
-    if (mount("overlay", mnt, "overlay", MS_NOSUID | MS_NODEV | (m->readonly ? MS_RDONLY : 0), opts) < 0)
+    int ro = m->readonly || !has_upper;
+    if (mount("overlay", mnt, "overlay", MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0), opts) < 0)
         FAIL("cannot mount the overlay of %s at %s", m->source, m->target);
     if (move_mount(AT_FDCWD, mnt, target_fd, "", MOVE_MOUNT_T_EMPTY_PATH) < 0)
         FAIL("cannot attach the overlay of %s at %s", m->source, m->target);
@@ -519,7 +686,7 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
 {
     for (size_t i = 0; i < plan->n_mounts; i++) {
         const struct isolate_mount *m = &plan->mounts[i];
-        if (m->kind == CELL_MOUNT_OVERLAY) {
+        if (via_overlay(m)) {
             int t = must_open_in_root(plan, root_fd, m->target, 0);
             attach_overlay(plan, i, m, t);
             close(t);
@@ -531,6 +698,8 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
             if (move_mount(m->tree_fd, "", t, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
                 FAIL("cannot attach %s at %s", m->source, m->target);
             close(t);
+            if (mask_by_cover(m))
+                cover_masks(plan, i, m, root_fd);
         } else {
             int t = must_open_in_root(plan, root_fd, m->target, 0);
             char size[64];
@@ -566,6 +735,24 @@ static void setup_network(const struct isolate_plan *plan)
     close(s);
 }
 
+/* "<run_dir>/masks": one tmpfs (the cell's disk size, memory charged to its
+ * writer as /tmp) holding the empty copies mounted over the masks of
+ * read-write binds; it is left behind at pivot_root like the rest. */
+static void setup_mask_store(const struct isolate_plan *plan, int scratch)
+{
+    if (mkdirat(scratch, "masks", 0700) < 0)
+        FAIL("cannot create %s/masks", plan->run_dir);
+    int dir = openat(scratch, "masks", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        FAIL("cannot open %s/masks", plan->run_dir);
+    char size[64];
+    snprintf(size, sizeof size, "size=%llu", (unsigned long long)plan->disk);
+    struct owner_opts own = owner_opts(plan);
+    const char *o[] = { size, own.uid, own.gid, "mode=0700", NULL };
+    attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, dir, "the masks' empty copies");
+    close(dir);
+}
+
 /* The scratch dir's contents (mount points, the generated /etc/hosts) live
  * on a tmpfs private to this mount namespace: directory operations on the
  * state directory's disk cost about half a millisecond each on slow hosts,
@@ -585,17 +772,21 @@ static void setup_scratch(const struct isolate_plan *plan)
     for (size_t i = 0; i < 3; i++)
         if (mkdirat(scratch, subs[i], 0700) < 0)
             FAIL("cannot create %s/%s", plan->run_dir, subs[i]);
+    int rw_masks = 0;
     for (size_t i = 0; i < plan->n_mounts; i++) {
-        if (plan->mounts[i].kind != CELL_MOUNT_OVERLAY)
+        rw_masks |= mask_by_cover(&plan->mounts[i]);
+        if (!via_overlay(&plan->mounts[i]))
             continue;
-        static const char *const ovl[] = { "", "lower", "upper", "mnt" };
-        for (size_t j = 0; j < 4; j++) {
+        static const char *const ovl[] = { "", "lower", "upper", "mnt", "mask" };
+        for (size_t j = 0; j < 5; j++) {
             char rel[64];
             snprintf(rel, sizeof rel, "ovl%zu%s%s", i, *ovl[j] ? "/" : "", ovl[j]);
             if (mkdirat(scratch, rel, 0700) < 0)
                 FAIL("cannot create %s/%s", plan->run_dir, rel);
         }
     }
+    if (rw_masks)
+        setup_mask_store(plan, scratch);
     int hosts = openat(scratch, "hosts", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (hosts < 0 || util_write_all(hosts, plan->hosts, strlen(plan->hosts)) < 0)
         FAIL("cannot write %s/hosts", plan->run_dir);

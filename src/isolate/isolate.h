@@ -70,6 +70,13 @@ struct isolate_mount {
     char     target[PATH_MAX];      /* absolute, normalized, inside the cell */
     int      readonly;
     uint64_t size;                  /* MEMORY; OVERLAY: its upper tmpfs */
+    /* Masks (cell_options_add_mask): paths relative to the source, checked
+     * by the owner (runtime/masks.c); the strings belong to the caller of
+     * cell_create.  A read-only bind or an overlay becomes an overlayfs with
+     * a top read-only layer of whiteouts (absent: ENOENT); a read-write bind
+     * gets an empty file or directory of a private tmpfs mounted over each. */
+    const char *const *masks;
+    size_t   n_masks;
 };
 
 /* Everything the boot child needs, prepared by the owner before clone3():

@@ -317,7 +317,8 @@ static int wait_for_hello(cell *c, cell_error *err)
     return rc;
 }
 
-static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan, const char *hostname, cell_error *err)
+static int fill_plan(cell *c, const cell_config *cfg, const struct runtime_masks *masks, struct isolate_plan *plan,
+                     const char *hostname, cell_error *err)
 {
     const char *image = cfg->image ? cfg->image : "host";
     char lane_image[64] = "";
@@ -371,6 +372,8 @@ static int fill_plan(cell *c, const cell_config *cfg, struct isolate_plan *plan,
             plan->mounts[i].size > cfg->limits.memory / 4 * 3)
             plan->mounts[i].size = cfg->limits.memory / 4 * 3;
     }
+    if (runtime_masks_prepare(plan, masks, err) < 0)
+        return -1;
     /* In-cell root writes as host root through a read-write host mount;
      * such cells may not create setuid/setgid files or file capabilities.
      * Not for an overlay: what the cell writes there stays in its tmpfs. */
@@ -546,6 +549,12 @@ int cell_set_policy(cell *c, const char *policy_json, cell_error *err)
 
 int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *err)
 {
+    return runtime_cell_create(ctx, cfg, NULL, out, err);
+}
+
+int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks, cell **out,
+                        cell_error *err)
+{
     cell *c = calloc(1, sizeof *c);
     struct isolate_plan *plan = calloc(1, sizeof *plan);
     if (!c || !plan) {
@@ -571,7 +580,7 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
         goto fail;
     }
     if (reserve_slot(&c->uid_base, &c->slot_fd, err) < 0 || make_run_dir(c, err) < 0 ||
-        fill_plan(c, cfg, plan, hostname, err) < 0)
+        fill_plan(c, cfg, masks, plan, hostname, err) < 0)
         goto fail;
     /* Cgroups exist to enforce limits; a cell without any needs none (its
      * pid namespace already guarantees it dies whole), and skipping them

@@ -34,5 +34,8 @@ int runtime_check_cell_path(const char *path, const char *what, cell_error *err)
 int runtime_valid_hostname(const char *h);
 /* Create or replace a file inside the cell with the given contents. */
 int runtime_write_whole(cell *c, const char *path, const void *data, size_t len, mode_t mode, cell_error *err);
+/* Check every mount's masks against its opened source (plan->mounts[i].src_fd)
+ * and attach them to the plan: masks.c. */
+int runtime_masks_prepare(struct isolate_plan *plan, const struct runtime_masks *masks, cell_error *err);
 
 #endif

@@ -7,6 +7,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -31,6 +32,10 @@ struct cell_options {
      * data) is owned here, allocated by the add_* calls. */
     cell_mount  mounts[ISOLATE_MAX_MOUNTS];
     size_t      n_mounts;
+    /* masks[i]: cell_options_add_mask's paths for mounts[i] (owned), kept
+     * beside the mounts since struct cell_mount cannot grow (ABI). */
+    char      **mask_paths[ISOLATE_MAX_MOUNTS];
+    struct runtime_masks masks[ISOLATE_MAX_MOUNTS];
     cell_egress *egress;        /* NULL: no network */
 };
 
@@ -87,8 +92,12 @@ void cell_options_free(cell_options *o)
     free(o->image);
     free(o->lane);
     free(o->hostname);
-    for (size_t i = 0; i < o->n_mounts; i++)
+    for (size_t i = 0; i < o->n_mounts; i++) {
         opt_free_mount(&o->mounts[i]);
+        for (size_t j = 0; j < o->masks[i].n; j++)
+            free(o->mask_paths[i][j]);
+        free(o->mask_paths[i]);
+    }
     cell_egress_free(o->egress);
     free(o);
 }
@@ -259,6 +268,48 @@ int cell_options_add_overlay(cell_options *o, const char *source, const char *ta
     return 0;
 }
 
+/* The last bind or overlay mount added at `target`, or -1. */
+static int opt_find_source_mount(const cell_options *o, const char *target)
+{
+    for (size_t i = o->n_mounts; i-- > 0;)
+        if ((o->mounts[i].kind == CELL_MOUNT_BIND || o->mounts[i].kind == CELL_MOUNT_OVERLAY) &&
+            strcmp(o->mounts[i].target, target) == 0)
+            return (int)i;
+    return -1;
+}
+
+int cell_options_add_mask(cell_options *o, const char *target, const char *path, cell_error *err)
+{
+    OPT_NEED(o, "cell_options_add_mask");
+    OPT_NEED(target, "cell_options_add_mask");
+    OPT_NEED(path, "cell_options_add_mask");
+    int i = opt_find_source_mount(o, target);
+    if (i < 0)
+        return util_fail(err, ENOENT, "options: no bind or overlay mount at '%s' to mask '%s' in; add the mount "
+                         "first", target, path);
+    char what[PATH_MAX + 32];
+    snprintf(what, sizeof what, "options: mount %s", target);
+    if (runtime_mask_check(path, what, err) < 0)
+        return -1;
+    struct runtime_masks *ms = &o->masks[i];
+    if (ms->n >= RUNTIME_MAX_MASKS)
+        return util_fail(err, E2BIG, "options: mount %s has %d masks already, the most one mount takes", target,
+                         RUNTIME_MAX_MASKS);
+    for (size_t j = 0; j < ms->n; j++)
+        if (runtime_mask_overlaps(ms->paths[j], path))
+            return util_fail(err, EINVAL, "options: mount %s: mask '%s' overlaps mask '%s' (the same path, or "
+                             "one inside the other); keep the outer one", target, path, ms->paths[j]);
+    char **paths = realloc(o->mask_paths[i], (ms->n + 1) * sizeof *paths);
+    if (!paths)
+        return util_fail(err, ENOMEM, "out of memory");
+    o->mask_paths[i] = paths;
+    ms->paths = (const char *const *)paths;
+    if (!(paths[ms->n] = strdup(path)))
+        return util_fail(err, ENOMEM, "out of memory");
+    ms->n++;
+    return 0;
+}
+
 static cell_mount *opt_find_tmpfs(cell_options *o, const char *target)
 {
     for (size_t i = 0; i < o->n_mounts; i++)
@@ -422,5 +473,5 @@ int cell_create_v2(cell_ctx *ctx, const cell_options *o, cell **out, cell_error 
         .net_user = e ? e->user : NULL, .net_secret = e ? e->secret : NULL,
         .upstream_ca_file = e ? e->upstream_ca_file : NULL,
     };
-    return cell_create(ctx, &cfg, out, err);
+    return runtime_cell_create(ctx, &cfg, o->masks, out, err);
 }

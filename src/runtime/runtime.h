@@ -84,4 +84,24 @@ int runtime_ext4_mount(const char *disk, int readonly, cell_error *err);
 int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
                          char *lane_dir, size_t dir_size, int *lock_fd, cell_error *err);
 
+/* ---- masks in mounts (masks.c) ----------------------------------------------
+ * A mask is a path relative to a bind or overlay mount's source that the
+ * cell must not see (cell_options_add_mask; docs/security.md, "Masks"). */
+#define RUNTIME_MAX_MASKS    64     /* per mount */
+#define RUNTIME_MASK_MAX_LEN 1024
+/* Masks of one mount; runtime_cell_create takes one per cfg->mounts[i]. */
+struct runtime_masks {
+    const char *const *paths;
+    size_t n;
+};
+/* A mask as given: relative, non-empty components of at most NAME_MAX
+ * bytes, none "." or "..", at most RUNTIME_MASK_MAX_LEN bytes; else
+ * EINVAL naming `what` and the fix. */
+int runtime_mask_check(const char *path, const char *what, cell_error *err);
+/* 1 if masks a and b are the same path or one lies inside the other. */
+int runtime_mask_overlaps(const char *a, const char *b);
+/* cell_create with masks[i] for cfg->mounts[i] (masks NULL: none). */
+int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks, cell **out,
+                        cell_error *err);
+
 #endif

@@ -3,6 +3,7 @@
 #include "server/agentkeys.h"
 #include "server/handlers.h"
 #include "server/runs.h"
+#include "runtime/runtime.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -91,6 +92,40 @@ static int parse_overlay_mount(sreq *r, size_t i, const char *source, const char
     return 0;
 }
 
+/* mounts[i].mask: up to RUNTIME_MAX_MASKS paths relative to the source that
+ * the cell must not see, each checked as libcell checks it (the create
+ * checks the host tree: symlinks, hard links, the tree mounted twice). */
+static int parse_mount_masks(sreq *r, size_t i, json_t *m, json_t *out)
+{
+    json_t *arr = json_object_get(m, "mask");
+    if (!arr || json_is_null(arr))
+        return 0;
+    if (!json_is_array(arr) || json_array_size(arr) > RUNTIME_MAX_MASKS)
+        return reply_problem(r, 400, "invalid_request", "mounts[%zu].mask must be an array of at most %d paths "
+                             "relative to the source, such as [\".env\"]", i, RUNTIME_MAX_MASKS), -1;
+    const char *type = json_string_value(json_object_get(out, "type"));
+    if (json_array_size(arr) && strcmp(type, "bind") != 0 && strcmp(type, "overlay") != 0)
+        return reply_problem(r, 400, "invalid_request", "mounts[%zu].mask: only bind and overlay mounts take "
+                             "masks, not a %s mount", i, type), -1;
+    size_t j, k;
+    json_t *v;
+    json_array_foreach(arr, j, v) {
+        char field[64];
+        snprintf(field, sizeof field, "mounts[%zu].mask[%zu]", i, j);
+        cell_error e = { 0 };
+        if (!json_is_string(v))
+            return reply_problem(r, 400, "invalid_request", "%s must be a string", field), -1;
+        if (runtime_mask_check(json_string_value(v), field, &e) < 0)
+            return reply_problem(r, 400, "invalid_request", "%s", e.message), -1;
+        for (k = 0; k < j; k++)
+            if (runtime_mask_overlaps(json_string_value(v), json_string_value(json_array_get(arr, k))))
+                return reply_problem(r, 400, "invalid_request", "%s: '%s' overlaps mounts[%zu].mask[%zu]; keep "
+                                     "the outer one", field, json_string_value(v), i, k), -1;
+    }
+    json_object_set(out, "mask", arr);
+    return 0;
+}
+
 static int parse_mounts(sreq *r, json_t *body, json_t *spec)
 {
     json_t *arr = json_object_get(body, "mounts");
@@ -138,6 +173,8 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
             return reply_problem(r, 400, "invalid_request",
                                  "mounts[%zu]: type must be \"memory\", \"bind\" or \"overlay\"", i), -1;
         }
+        if (parse_mount_masks(r, i, m, json_array_get(out, json_array_size(out) - 1)) < 0)
+            return -1;
     }
     return 0;
 }

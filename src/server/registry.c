@@ -3,6 +3,7 @@
 #include "server/agentkeys.h"
 #include "server/server_internal.h"
 #include "server/agents.h"
+#include "runtime/runtime.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -229,6 +230,9 @@ typedef struct boot_config {
     cell_config cfg;
     cell_mount  mounts[16 + 1];     /* the client's and the agent cache */
     char       *policy;             /* owned */
+    /* mounts[i].mask of the spec (strings borrowed from it) */
+    struct runtime_masks masks[16 + 1];
+    const char *mask_paths[16][RUNTIME_MAX_MASKS];
 } boot_config;
 
 static uint64_t spec_u64(json_t *o, const char *key)
@@ -267,6 +271,14 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
         cm->target = spec_str(m, "target");
         cm->readonly = json_is_true(json_object_get(m, "readonly"));
         cm->size = spec_u64(m, "size");
+        size_t j;
+        json_t *v;
+        json_array_foreach(json_object_get(m, "mask"), j, v) {
+            if (j >= RUNTIME_MAX_MASKS)
+                break;
+            b->mask_paths[i][j] = json_string_value(v);
+            b->masks[i] = (struct runtime_masks){ b->mask_paths[i], j + 1 };
+        }
         b->cfg.n_mounts = i + 1;
     }
     /* Last, so that it sits above a client's mount of /opt: the agent
@@ -286,6 +298,7 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
 struct boot_job {
     srv *s;
     const cell_config *cfg;
+    const struct runtime_masks *masks;
     cell *c;
     cell_error *err;
     int rc;
@@ -295,18 +308,25 @@ static void boot_on_owner(void *arg)
 {
     struct boot_job *job = arg;
     pthread_mutex_lock(&job->s->ctx_lock);
-    job->rc = cell_create(job->s->ctx, job->cfg, &job->c, job->err);
+    job->rc = runtime_cell_create(job->s->ctx, job->cfg, job->masks, &job->c, job->err);
     pthread_mutex_unlock(&job->s->ctx_lock);
 }
 
 /* Cells die with the thread that booted them (cell-init's parent-death
  * signal), so every cell of the daemon boots on its main thread. */
-int registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err)
+/* With masks[i] for cfg->mounts[i] (runtime_cell_create). */
+static int registry_cell_create_masked(srv *s, const cell_config *cfg, const struct runtime_masks *masks, cell **out,
+                                       cell_error *err)
 {
-    struct boot_job job = { .s = s, .cfg = cfg, .err = err };
+    struct boot_job job = { .s = s, .cfg = cfg, .masks = masks, .err = err };
     srv_on_owner_thread(s, boot_on_owner, &job);
     *out = job.c;
     return job.rc;
+}
+
+int registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err)
+{
+    return registry_cell_create_masked(s, cfg, NULL, out, err);
 }
 
 void registry_cell_destroy(srv *s, cell *c)
@@ -323,7 +343,7 @@ int registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err)
     boot_config b;
     spec_to_config(spec, NULL, &b);
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
-    return registry_cell_create(s, &b.cfg, out, err);
+    return registry_cell_create_masked(s, &b.cfg, b.masks, out, err);
 }
 
 /* A PUT .../policy that landed while the cell booted stored a policy the
@@ -362,7 +382,7 @@ static int boot(scell *sc, int warm, cell_error *err)
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
     cell *c = warm ? pool_take(s, sc->spec, policy != NULL) : NULL;
-    int rc = c ? 0 : registry_cell_create(s, &b.cfg, &c, err);
+    int rc = c ? 0 : registry_cell_create_masked(s, &b.cfg, b.masks, &c, err);
     free(b.policy);
     if (rc < 0) {
         json_decref(policy);
