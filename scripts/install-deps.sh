@@ -19,6 +19,8 @@ packages=(
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   python3-dnspython nftables passt slirp4netns
+  # test_image_import.py builds its images from a static busybox
+  busybox-static
   # scripts/test.sh runs the integration tests in two processes (pytest -n 2)
   python3-pytest-xdist
   # bench/egress.sh's https benchmark makes its test CA with the openssl CLI

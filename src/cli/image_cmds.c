@@ -38,7 +38,7 @@ static int image_import(struct cli_global *g, int argc, char **argv)
     cell_error err = { 0 };
     int o;
     optind = 1;
-    while ((o = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (o == 'h') {
             fputs(cli_image_import_usage, stdout);
             return 0;

@@ -828,8 +828,10 @@ static int apply_entry(struct import *im, runtime_untar *t, const runtime_untar_
     /* A hard link: its target must already be in the image, found beneath
      * the rootfs like any name, and not be a directory. */
     char target[PATH_MAX];
-    if (norm_name(e->link, what, target, sizeof target, err) <= 0)
-        return util_fail(err, EINVAL, "%s: hard link '%s' has no valid target", what, printable(rel, shown, sizeof shown));
+    int valid = norm_name(e->link, what, target, sizeof target, err);
+    if (valid <= 0)
+        return valid < 0 ? -1 : util_fail(err, EINVAL, "%s: hard link '%s' has no target", what,
+                                          printable(rel, shown, sizeof shown));
     _cleanup_close_ int tfd = open_in_root(im, target, O_PATH | O_NOFOLLOW, NULL);
     struct stat tst;
     if (tfd < 0 || fstat(tfd, &tst) < 0 || !(S_ISREG(tst.st_mode) || S_ISLNK(tst.st_mode)))

@@ -305,8 +305,14 @@ int cell_image_config_get(cell_ctx *ctx, const char *image, cell_image_config *o
     struct image_meta m;
     if (!image || image_meta_check_name(image, NULL) < 0)
         return 0; /* builtin images have no config */
-    if (image_meta_read(ctx, image, &m, err) < 0)
+    cell_error rerr = { 0 };
+    if (image_meta_read(ctx, image, &m, &rerr) < 0) {
+        if (rerr.code == ENOENT)
+            return 0; /* no such image: booting it says so */
+        if (err)
+            *err = rerr;
         return -1;
+    }
     char rootfs[PATH_MAX];
     int rc = util_path(rootfs, sizeof rootfs, err, "%s/images/%s/rootfs", ctx->state_dir, image) < 0 ? -1 : 0;
     const struct image_meta_config *ic = &m.config;

@@ -1,0 +1,287 @@
+"""cell image import / ls / rm (issue 13, "Images"): OCI image layout and
+docker-archive tars built here from busybox (ocibuild.py), booted, their
+whiteouts and config honoured; hostile archives and layers refused with
+nothing left behind; blobs shared between images stored once."""
+import gzip
+import json
+import os
+import time
+
+import pytest
+
+from conftest import popen_cell, stop_proc, wait_for_cell_id
+from ocibuild import (CONFIG, busybox_base, config_blob, docker_archive, oci_archive, sha, tar_bytes,
+                      whiteout_layer)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return busybox_base()
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def images_dir(state):
+    return os.path.join(state, "images")
+
+
+def leftovers(state):
+    """Staging or removal directories left in images/."""
+    d = images_dir(state)
+    return [n for n in os.listdir(d) if n.startswith(".") and ".tmp-" in n or ".rm-" in n] if os.path.isdir(d) else []
+
+
+def image_ls(run):
+    r = run(["image", "ls", "--json"])
+    assert r.returncode == 0, r.stderr
+    return {i["name"]: i for i in json.loads(r.stdout)}
+
+
+def imported(run, tmp_path, name, data, *extra):
+    r = run(["image", "import", name, write(tmp_path, name + ".tar", data)] + list(extra))
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def refused(run, state, tmp_path, name, data, words, *extra):
+    r = run(["image", "import", name, write(tmp_path, name + ".tar", data)] + list(extra))
+    assert r.returncode != 0, r.stdout
+    for w in words:
+        assert w in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(images_dir(state), name))
+    assert leftovers(state) == []
+    return r
+
+
+# ---- what an image is made of ---------------------------------------------------------
+
+
+def test_oci_layout_boots_with_whiteouts_opaque_dirs_and_owners(run, state, tmp_path, base):
+    data, digest = oci_archive([base, whiteout_layer()], CONFIG, gz=True)
+    imported(run, tmp_path, "bb", data)
+    info = image_ls(run)["bb"]
+    assert info["digest"] == digest and info["source"] == "import" and info["ready"]
+    assert info["size"] > 1000000 and info["created"] > 0 and info["lanes"] == []
+    r = run(["run", "--image", "bb", "--", "/bin/busybox", "ls", "/a", "/etc"])
+    assert r.returncode == 0, r.stderr
+    # a/old and a/sub are the lower layer's, hidden by the opaque marker;
+    # a/early came before the marker in the same layer and stays.
+    a, etc = r.stdout.split("/etc:")
+    assert sorted(a.split()[1:]) == ["early", "new"]
+    assert "gone" not in etc and "passwd" in etc
+    r = run(["run", "--image", "bb", "--", "/bin/busybox", "stat", "-c", "%u:%g %a", "/home/app/owned", "/tmp"])
+    assert r.stdout.split("\n")[:2] == ["1234:1235 600", "0:0 1777"], r.stdout + r.stderr
+    meta = json.load(open(os.path.join(images_dir(state), "bb", "image.json")))
+    assert meta["digest"] == digest and len(meta["layers"]) == 2 and meta["config"]["WorkingDir"] == "/a"
+    for layer in meta["layers"]:
+        assert os.path.isfile(os.path.join(images_dir(state), "blobs", "sha256", layer[7:]))
+
+
+def test_docker_archive_runs_entrypoint_and_cmd_with_env_and_workdir(run, tmp_path, base):
+    imported(run, tmp_path, "bbd", docker_archive([base, whiteout_layer()], CONFIG))
+    r = run(["run", "--image", "bbd"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["hello from the image", "/a", "0"]
+    # what the command line gives wins over the image's config
+    r = run(["run", "--image", "bbd", "--env", "GREETING=mine", "--cwd", "/tmp", "--user", "7:8", "--",
+             "/bin/sh", "-c", "echo $GREETING $PATH; pwd; id -u; id -g; ls /a"])
+    assert r.stdout.split("\n")[:5] == ["mine /bin", "/tmp", "7", "8", "early"] or \
+        r.stdout.split("\n")[:4] == ["mine /bin", "/tmp", "7", "8"], r.stdout + r.stderr
+
+
+def test_config_user_by_name_and_by_number(run, tmp_path, base):
+    cfg = dict(CONFIG, User="app", Cmd=["id -u; id -g; echo $HOME"])
+    imported(run, tmp_path, "named", oci_archive([base], cfg)[0])
+    r = run(["run", "--image", "named"])
+    assert r.stdout.split("\n")[:2] == ["1234", "1235"], r.stdout + r.stderr
+    imported(run, tmp_path, "grp", oci_archive([base], dict(cfg, User="app:staff"))[0])
+    assert run(["run", "--image", "grp"]).stdout.split("\n")[:2] == ["1234", "50"]
+    imported(run, tmp_path, "num", oci_archive([base], dict(cfg, User="42:43"))[0])
+    assert run(["run", "--image", "num"]).stdout.split("\n")[:2] == ["42", "43"]
+    # a name the image does not know fails the run, rather than running as root
+    imported(run, tmp_path, "nouser", oci_archive([base], dict(cfg, User="ghost"))[0])
+    r = run(["run", "--image", "nouser"])
+    assert r.returncode != 0 and "ghost" in r.stderr
+
+
+def test_passwd_symlink_to_the_host_is_resolved_inside_the_image(run, tmp_path, base):
+    """A layer makes /etc/passwd a link to the host's: User is looked up in
+    the image (where the link leads nowhere), never in the host's file."""
+    top = tar_bytes([("etc", "dir"), ("etc/passwd", "sym", "/../../../../../etc/passwd")])
+    imported(run, tmp_path, "lnk", oci_archive([base, top], dict(CONFIG, User="root"))[0])
+    r = run(["run", "--image", "lnk"])
+    assert r.returncode != 0 and "root" in r.stderr
+
+
+def test_identical_layers_are_stored_once(run, state, tmp_path, base):
+    imported(run, tmp_path, "one", oci_archive([base], CONFIG)[0])
+    imported(run, tmp_path, "two", oci_archive([base, whiteout_layer()], CONFIG, gz=False)[0])
+    blobs = os.listdir(os.path.join(images_dir(state), "blobs", "sha256"))
+    assert blobs.count(sha(base)) == 1
+    # 2 manifests, 2 configs, the base and the second layer
+    assert len(blobs) == 6, blobs
+    one, two = image_ls(run)["one"], image_ls(run)["two"]
+    assert one["digest"] != two["digest"]
+
+
+def test_multi_platform_index_picks_linux_amd64_or_names_what_it_found(run, state, tmp_path, base):
+    data, digest = oci_archive([base], CONFIG, platform={"os": "linux", "architecture": "arm64"})
+    refused(run, state, tmp_path, "arm", data, ["no linux/amd64", "linux/arm64"])
+    data, digest = oci_archive([base], CONFIG, platform={"os": "linux", "architecture": "amd64"})
+    imported(run, tmp_path, "amd", data)
+    assert image_ls(run)["amd"]["digest"] == digest
+
+
+def test_names_builtins_and_existing_images_are_refused(run, state, tmp_path, base):
+    data = oci_archive([base], CONFIG)[0]
+    for name, word in (("host", "builtin"), ("debian-bookworm", "builtin"), ("blobs", "reserved"),
+                       ("Upper", "invalid"), (".hidden", "invalid"), ("a/b", "invalid"), ("x" * 64, "invalid")):
+        r = run(["image", "import", name, write(tmp_path, "n.tar", data)])
+        assert r.returncode != 0 and word in r.stderr, (name, r.stderr)
+    imported(run, tmp_path, "dup", data)
+    r = run(["image", "import", "dup", write(tmp_path, "n.tar", data)])
+    assert r.returncode != 0 and "already exists" in r.stderr
+    assert leftovers(state) == []
+
+
+def test_stdin_import(run, state, base):
+    import subprocess
+    from conftest import cell_argv
+    data = oci_archive([base], CONFIG)[0]
+    r = subprocess.run(cell_argv(state, ["image", "import", "piped", "-"]), input=data, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert "piped" in image_ls(run)
+
+
+# ---- hostile archives and layers ------------------------------------------------------
+
+
+def test_blob_digest_mismatch_is_refused_naming_the_blob(run, state, tmp_path, base):
+    layer = whiteout_layer()
+
+    def tamper(h, b):
+        return b.replace(b"new\n", b"NEW\n") if h == sha(layer) else b
+    refused(run, state, tmp_path, "tampered", oci_archive([base, layer], CONFIG, tamper=tamper)[0],
+            ["sha256:" + sha(layer), "does not match its digest"])
+
+
+def test_docker_layer_not_matching_diff_ids_is_refused(run, state, tmp_path, base):
+    data = docker_archive([base, whiteout_layer()], CONFIG)
+    data = data.replace(b"delete me\n", b"DELETE ME\n")  # inside the base layer.tar
+    refused(run, state, tmp_path, "dtampered", data, ["does not match its digest"])
+
+
+def test_manifest_naming_a_missing_blob_is_refused(run, state, tmp_path, base):
+    layer = whiteout_layer()
+    refused(run, state, tmp_path, "missing", oci_archive([base, layer], CONFIG, drop="sha256:" + sha(layer))[0],
+            ["sha256:" + sha(layer), "does not hold"])
+
+
+def test_huge_json_is_refused(run, state, tmp_path, base):
+    index = b'{"schemaVersion": 2, "manifests": [], "pad": "' + b"x" * (5 << 20) + b'"}'
+    refused(run, state, tmp_path, "hugejson", oci_archive([base], CONFIG, index=index)[0], ["index.json", "JSON"])
+    refused(run, state, tmp_path, "badjson", oci_archive([base], CONFIG, index=b"{not json")[0],
+            ["index.json is not valid JSON"])
+
+
+def test_not_an_image_archive(run, state, tmp_path):
+    refused(run, state, tmp_path, "junk", os.urandom(4096), ["tar"])
+    refused(run, state, tmp_path, "plain", tar_bytes([("hello", "file", b"hi")]), ["neither an OCI"])
+
+
+@pytest.mark.parametrize("entries,words", [
+    ([("../../escape", "file", b"x")], ["leaves the image"]),
+    ([("a/../../escape", "file", b"x")], ["leaves the image"]),
+    ([("/etc/evil", "file", b"x")], ["absolute path"]),
+    ([("null", "chr", (1, 3))], ["device"]),
+    ([("zero", "chr", (0, 0))], ["device"]),
+    ([("shadow", "hard", "/etc/shadow")], ["/etc/shadow", "absolute path"]),
+    ([("shadow", "hard", "etc/shadow")], ["hard link", "not a file of the image"]),
+    ([("up", "hard", "../../../../etc/shadow")], ["leaves the image"]),
+    ([("dir", "dir"), ("dirlink", "hard", "dir")], ["not a file of the image"]),
+    ([("big", "file", b"x", 0o644, 70000, 0)], ["65535"]),
+])
+def test_hostile_layer_entries_are_refused(run, state, tmp_path, base, entries, words):
+    before = os.stat("/etc/shadow").st_nlink
+    refused(run, state, tmp_path, "hostile", oci_archive([base, tar_bytes(entries)], CONFIG)[0], words)
+    assert os.stat("/etc/shadow").st_nlink == before
+
+
+def test_symlinks_cannot_carry_writes_out_of_the_image(run, state, tmp_path, base):
+    """A layer plants links to a host directory, absolute and relative, then
+    writes through them: the names resolve inside the new rootfs (where the
+    targets do not exist: refused) or land inside it, never on the host."""
+    host = tmp_path / "hostdir"
+    host.mkdir()
+    for target in (str(host), "../../../../../../.." + str(host)):
+        layer = tar_bytes([("evil", "sym", target), ("evil/pwned", "file", b"owned")])
+        r = run(["image", "import", "sym", write(tmp_path, "s.tar", oci_archive([base, layer], CONFIG)[0])])
+        assert not (host / "pwned").exists()
+        if r.returncode == 0:
+            run(["image", "rm", "sym"])
+    # a link to the image's own root: the write lands in the image
+    layer = tar_bytes([("root-link", "sym", "/"), ("root-link/tmp/inside", "file", b"in")])
+    imported(run, tmp_path, "inroot", oci_archive([base, layer], CONFIG)[0])
+    assert os.path.isfile(os.path.join(images_dir(state), "inroot", "rootfs", "tmp", "inside"))
+    assert not os.path.exists("/tmp/inside") or open("/tmp/inside", "rb").read() != b"in"
+    assert leftovers(state) == []
+
+
+def test_gzip_bomb_stops_at_the_size_limit(run, state, tmp_path, base):
+    bomb = tar_bytes([("zeros", "file", b"\0" * (64 << 20), 0o644)])
+    data = oci_archive([base, bomb], CONFIG, gz=True)[0]
+    assert len(data) < (2 << 20)
+    refused(run, state, tmp_path, "bomb", data, ["size limit"], "--max-image-size", "32M")
+    # the archive itself counts too
+    refused(run, state, tmp_path, "bomb2", oci_archive([base], CONFIG)[0], ["size limit"], "--max-image-size", "1M")
+
+
+def test_setuid_files_are_kept(run, state, tmp_path, base):
+    layer = tar_bytes([("bin", "dir"), ("bin/su-ish", "file", b"#!/bin/sh\n", 0o4755)])
+    imported(run, tmp_path, "suid", oci_archive([base, layer], CONFIG)[0])
+    st = os.stat(os.path.join(images_dir(state), "suid", "rootfs", "bin", "su-ish"))
+    assert st.st_mode & 0o7777 == 0o4755
+    # the state directory is root's alone: no host user reaches it
+    assert os.stat(images_dir(state)).st_mode & 0o077 == 0
+
+
+# ---- rm -------------------------------------------------------------------------------
+
+
+def test_rm_refuses_while_a_lane_uses_the_image(run, state, tmp_path, base):
+    imported(run, tmp_path, "busy", oci_archive([base], CONFIG)[0])
+    assert run(["lane", "create", "ln", "--image", "busy"]).returncode == 0
+    assert image_ls(run)["busy"]["lanes"] == ["ln"]
+    r = run(["image", "rm", "busy"])
+    assert r.returncode != 0 and "lane ln" in r.stderr
+    r = run(["run", "--lane", "ln"])   # the lane's image config applies too
+    assert r.stdout.split("\n")[:2] == ["hello from the image", "/a"], r.stdout + r.stderr
+    assert run(["lane", "rm", "ln"]).returncode == 0
+    r = run(["image", "rm", "busy"])
+    assert r.returncode == 0, r.stderr
+    assert "busy" not in image_ls(run)
+    r = run(["run", "--image", "busy", "--", "/bin/sh", "-c", "true"])
+    assert r.returncode != 0 and "unknown image" in r.stderr
+    assert run(["image", "rm", "busy"]).returncode != 0
+    assert run(["image", "rm", "host"]).returncode != 0
+    assert leftovers(state) == []
+
+
+def test_rm_refuses_while_a_cell_runs_the_image(run, state, tmp_path, base):
+    imported(run, tmp_path, "running", oci_archive([base], CONFIG)[0])
+    p = popen_cell(state, ["run", "--image", "running", "--", "/bin/sleep", "60"])
+    try:
+        cid = wait_for_cell_id(state)
+        r = run(["image", "rm", "running"])
+        assert r.returncode != 0 and "cell " + cid in r.stderr, r.stderr
+        assert "running" in image_ls(run)
+    finally:
+        stop_proc(p)
+    deadline = time.monotonic() + 10
+    while run(["image", "rm", "running"]).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "running" not in image_ls(run)
