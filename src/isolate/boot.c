@@ -682,6 +682,24 @@ static void attach_overlay(const struct isolate_plan *plan, size_t i, const stru
         FAIL("cannot attach the overlay of %s at %s", m->source, m->target);
 }
 
+/* A virtual filesystem (runtime/vfs.h): fuse on the owner's /dev/fuse fd,
+ * mounted by real root in this mount namespace, so the connection's user
+ * namespace is the host's: the owner sees the cell's host uids in requests
+ * and reports files as the cell root's host uid.  allow_other lets the
+ * cell's users in (they are not the mounter); default_permissions has the
+ * kernel check modes, so the provider never decides access.  The cell
+ * cannot unmount it (its root has no capability over this namespace) nor
+ * reach /dev/fuse (not in its /dev; the fd is closed before cell-init). */
+static void attach_vfs(const struct isolate_plan *plan, const struct isolate_mount *m, int target_fd)
+{
+    char fd[32];
+    snprintf(fd, sizeof fd, "fd=%d", m->fuse_fd);
+    const char *o[] = { fd, "rootmode=40000", "user_id=0", "group_id=0", "allow_other", "default_permissions",
+                        NULL };
+    unsigned attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (m->readonly ? MOUNT_ATTR_RDONLY : 0);
+    attach_new_fs(plan, "fuse", o, attrs, target_fd, m->target);
+}
+
 static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
 {
     for (size_t i = 0; i < plan->n_mounts; i++) {
@@ -700,6 +718,10 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
             close(t);
             if (mask_by_cover(m))
                 cover_masks(plan, i, m, root_fd);
+        } else if (m->kind == ISOLATE_MOUNT_VFS) {
+            int t = must_open_in_root(plan, root_fd, m->target, 0);
+            attach_vfs(plan, m, t);
+            close(t);
         } else {
             int t = must_open_in_root(plan, root_fd, m->target, 0);
             char size[64];

@@ -77,7 +77,12 @@ struct isolate_mount {
      * gets an empty file or directory of a private tmpfs mounted over each. */
     const char *const *masks;
     size_t   n_masks;
+    /* ISOLATE_MOUNT_VFS: the owner's /dev/fuse fd (runtime/vfs.h), which
+     * the boot child mounts at target (read-only when `readonly`). */
+    int      fuse_fd;
 };
+/* A kind beside enum cell_mount_kind, for the plan only (cell_options_add_vfs). */
+#define ISOLATE_MOUNT_VFS 100
 
 /* Everything the boot child needs, prepared by the owner before clone3():
  * the child must not allocate (the owner may be threaded). */

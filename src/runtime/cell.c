@@ -555,6 +555,70 @@ int cell_create(cell_ctx *ctx, const cell_config *cfg, cell **out, cell_error *e
 int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks, cell **out,
                         cell_error *err)
 {
+    return runtime_cell_create_vfs(ctx, cfg, masks, NULL, 0, out, err);
+}
+
+/* The vfs mounts go after cfg's, as plan mounts of kind ISOLATE_MOUNT_VFS;
+ * no other mount may lie inside one (the boot child would have to go
+ * through FUSE before anyone serves it). */
+static int plan_vfs(struct isolate_plan *plan, const struct runtime_vfs_spec *vfs, size_t n_vfs, cell_error *err)
+{
+    size_t first = plan->n_mounts;
+    if (first + n_vfs > ISOLATE_MAX_MOUNTS)
+        return util_fail(err, E2BIG, "too many mounts (%zu, at most %d)", first + n_vfs, ISOLATE_MAX_MOUNTS);
+    for (size_t i = 0; i < n_vfs; i++) {
+        /* Checked as a tmpfs's target is; the kind is not one a caller of
+         * cell_create can name. */
+        cell_mount m = { .kind = CELL_MOUNT_MEMORY, .target = vfs[i].target };
+        struct isolate_mount *pm = &plan->mounts[first + i];
+        plan->n_mounts = first + i + 1;
+        if (check_mount(&m, pm, err) < 0)
+            return -1;
+        pm->kind = ISOLATE_MOUNT_VFS;
+        pm->size = 0;
+        pm->readonly = vfs[i].tier == CELL_VFS_READONLY;
+        pm->fuse_fd = -1;
+    }
+    for (size_t i = first; i < plan->n_mounts; i++)
+        for (size_t j = 0; j < plan->n_mounts; j++) {
+            const char *t = plan->mounts[i].target, *o = plan->mounts[j].target;
+            size_t n = strlen(t);
+            if (i != j && strncmp(o, t, n) == 0 && (o[n] == '/' || o[n] == '\0'))
+                return util_fail(err, EINVAL, "mount target %s lies inside the virtual filesystem at %s (or is "
+                                 "the same); mount it elsewhere", o, t);
+        }
+    return 0;
+}
+
+/* Open /dev/fuse for each vfs (the boot child mounts those fds). */
+static int open_vfs(cell *c, struct isolate_plan *plan, const struct runtime_vfs_spec *vfs, size_t n_vfs,
+                    cell_error *err)
+{
+    if (!n_vfs)
+        return 0;
+    const runtime_vfs_ops *ops = runtime_vfs(err);
+    if (!ops)
+        return -1;
+    size_t first = plan->n_mounts - n_vfs;
+    for (size_t i = 0; i < n_vfs; i++) {
+        if (ops->open(&vfs[i], c->uid_base, c->uid_base, &c->vfs[i], &plan->mounts[first + i].fuse_fd, err) < 0)
+            return -1;
+        c->n_vfs = i + 1;
+    }
+    return 0;
+}
+
+static int serve_vfs(cell *c, cell_error *err)
+{
+    for (size_t i = 0; i < c->n_vfs; i++)
+        if (runtime_vfs(NULL)->serve(c->vfs[i], err) < 0)
+            return -1;
+    return 0;
+}
+
+int runtime_cell_create_vfs(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks,
+                            const struct runtime_vfs_spec *vfs, size_t n_vfs, cell **out, cell_error *err)
+{
     cell *c = calloc(1, sizeof *c);
     struct isolate_plan *plan = calloc(1, sizeof *plan);
     if (!c || !plan) {
@@ -580,7 +644,8 @@ int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runt
         goto fail;
     }
     if (reserve_slot(&c->uid_base, &c->slot_fd, err) < 0 || make_run_dir(c, err) < 0 ||
-        fill_plan(c, cfg, masks, plan, hostname, err) < 0)
+        fill_plan(c, cfg, masks, plan, hostname, err) < 0 || plan_vfs(plan, vfs, n_vfs, err) < 0 ||
+        open_vfs(c, plan, vfs, n_vfs, err) < 0)
         goto fail;
     /* Cgroups exist to enforce limits; a cell without any needs none (its
      * pid namespace already guarantees it dies whole), and skipping them
@@ -616,7 +681,8 @@ int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runt
         c->pid = 0;
         goto fail;
     }
-    if (wait_for_hello(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 || start_network(c, cfg, err) < 0)
+    if (wait_for_hello(c, err) < 0 || serve_vfs(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 ||
+        start_network(c, cfg, err) < 0)
         goto fail;
     free(plan);
     /* The cell's mount now holds the loop device; autoclear frees it then. */
@@ -652,6 +718,10 @@ void cell_destroy(cell *c)
         close(c->ctl);
     if (c->pidfd >= 0)
         close(c->pidfd);
+    /* The mount namespace is gone with init, ending each FUSE connection:
+     * the servers stop once their callbacks in progress return. */
+    for (size_t i = 0; i < c->n_vfs; i++)
+        runtime_vfs(NULL)->close(c->vfs[i]);
     /* Init's death took the pid namespace down (the kernel reaps every
      * process in it before init's exit completes); destroy kills whatever
      * could still be in the cgroups, then removes them. */

@@ -21,6 +21,8 @@ struct cell {
     int       dead;
     cell_exit *pending;             /* exits that arrived while waiting for replies */
     struct net_engine *net;         /* policed cells: the egress engine */
+    struct runtime_vfs *vfs[ISOLATE_MAX_MOUNTS];   /* its vfs mounts' servers (runtime/vfs.h) */
+    size_t    n_vfs;
     size_t    n_pending, cap_pending;
 };
 

@@ -4,6 +4,7 @@
  * cell_config for the duration of the call, so both APIs boot cells
  * through the one path in cell.c. */
 #include "runtime/cell_internal.h"
+#include "runtime/vfs.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -37,6 +38,9 @@ struct cell_options {
     char      **mask_paths[ISOLATE_MAX_MOUNTS];
     struct runtime_masks masks[ISOLATE_MAX_MOUNTS];
     cell_egress *egress;        /* NULL: no network */
+    /* cell_options_add_vfs: mounted after mounts[] (targets owned). */
+    struct runtime_vfs_spec vfs[ISOLATE_MAX_MOUNTS];
+    size_t      n_vfs;
 };
 
 const char *cell_version(void)
@@ -99,6 +103,8 @@ void cell_options_free(cell_options *o)
         free(o->mask_paths[i]);
     }
     cell_egress_free(o->egress);
+    for (size_t i = 0; i < o->n_vfs; i++)
+        free(o->vfs[i].target);
     free(o);
 }
 
@@ -310,6 +316,42 @@ int cell_options_add_mask(cell_options *o, const char *target, const char *path,
     return 0;
 }
 
+int cell_options_add_vfs(cell_options *o, const char *target, const cell_vfs_ops *ops, void *user, int tier,
+                         uint32_t timeout_ms, cell_error *err)
+{
+    OPT_NEED(o, "cell_options_add_vfs");
+    OPT_NEED(target, "cell_options_add_vfs");
+    OPT_NEED(ops, "cell_options_add_vfs");
+    if (runtime_check_cell_path(target, "options: vfs target", err) < 0)
+        return -1;
+    if (strspn(target, "/") == strlen(target))
+        return util_fail(err, EINVAL, "options: vfs target '%s' would hide the cell's root; pick a directory such "
+                         "as /data", target);
+    if (!ops->lookup || !ops->getattr || !ops->readdir || !ops->read)
+        return util_fail(err, EINVAL, "options: vfs at '%s' lacks a required operation (lookup, getattr, readdir "
+                         "and read are required)", target);
+    for (size_t i = 0; i < sizeof ops->reserved / sizeof *ops->reserved; i++)
+        if (ops->reserved[i])
+            return util_fail(err, EINVAL, "options: vfs at '%s': cell_vfs_ops.reserved[%zu] must be NULL", target, i);
+    if (tier != CELL_VFS_READONLY && tier != CELL_VFS_WRITABLE && tier != CELL_VFS_POSIX)
+        return util_fail(err, EINVAL, "options: vfs at '%s' has tier %d; use CELL_VFS_READONLY, CELL_VFS_WRITABLE "
+                         "or CELL_VFS_POSIX", target, tier);
+    if (timeout_ms > RUNTIME_VFS_MAX_TIMEOUT_MS)
+        return util_fail(err, ERANGE, "options: vfs at '%s' has a timeout of %u ms, past the maximum of %u ms; use 0 "
+                         "for %u ms", target, timeout_ms, RUNTIME_VFS_MAX_TIMEOUT_MS, CELL_VFS_DEFAULT_TIMEOUT_MS);
+    if (o->n_mounts + o->n_vfs >= ISOLATE_MAX_MOUNTS)
+        return util_fail(err, E2BIG, "options: too many mounts (at most %d)", ISOLATE_MAX_MOUNTS);
+    struct runtime_vfs_spec *v = &o->vfs[o->n_vfs];
+    if (!(v->target = strdup(target)))
+        return util_fail(err, ENOMEM, "out of memory");
+    v->ops = *ops;
+    v->user = user;
+    v->tier = tier;
+    v->timeout_ms = timeout_ms ? timeout_ms : CELL_VFS_DEFAULT_TIMEOUT_MS;
+    o->n_vfs++;
+    return 0;
+}
+
 static cell_mount *opt_find_tmpfs(cell_options *o, const char *target)
 {
     for (size_t i = 0; i < o->n_mounts; i++)
@@ -473,5 +515,5 @@ int cell_create_v2(cell_ctx *ctx, const cell_options *o, cell **out, cell_error 
         .net_user = e ? e->user : NULL, .net_secret = e ? e->secret : NULL,
         .upstream_ca_file = e ? e->upstream_ca_file : NULL,
     };
-    return runtime_cell_create(ctx, &cfg, o->masks, out, err);
+    return runtime_cell_create_vfs(ctx, &cfg, o->masks, o->vfs, o->n_vfs, out, err);
 }

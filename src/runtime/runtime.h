@@ -103,5 +103,10 @@ int runtime_mask_overlaps(const char *a, const char *b);
 /* cell_create with masks[i] for cfg->mounts[i] (masks NULL: none). */
 int runtime_cell_create(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks, cell **out,
                         cell_error *err);
+/* runtime_cell_create with n_vfs virtual filesystems (runtime/vfs.h)
+ * mounted after cfg->mounts. */
+struct runtime_vfs_spec;
+int runtime_cell_create_vfs(cell_ctx *ctx, const cell_config *cfg, const struct runtime_masks *masks,
+                            const struct runtime_vfs_spec *vfs, size_t n_vfs, cell **out, cell_error *err);
 
 #endif

@@ -35,7 +35,7 @@ struct runtime_vfs;
 
 typedef struct runtime_vfs_ops {
     size_t size;                /* sizeof(runtime_vfs_ops) where it was built */
-    /* Open /dev/fuse for `spec` (which must outlive *out); files show as
+    /* Open /dev/fuse for `spec` (copied; its user must outlive *out); files show as
      * owned by host uid/gid (the cell's root).  *fuse_fd stays owned by *out. */
     int  (*open)(const struct runtime_vfs_spec *spec, uid_t uid, gid_t gid, struct runtime_vfs **out, int *fuse_fd,
                  cell_error *err);

@@ -62,7 +62,7 @@ struct dirlist {
 };
 
 struct runtime_vfs {
-    const struct runtime_vfs_spec *spec;
+    struct runtime_vfs_spec spec;       /* a copy: options may be freed while the cell lives */
     uid_t uid;
     gid_t gid;
     int   fd, stop_fd;
@@ -87,7 +87,7 @@ static int cb_errno(long r)
 static double vfs_cache_secs(const struct runtime_vfs *v)
 {
     /* Writable tiers: the provider may change what the cell wrote; ask again. */
-    return v->spec->tier == CELL_VFS_READONLY ? 1.0 : 0.0;
+    return v->spec.tier == CELL_VFS_READONLY ? 1.0 : 0.0;
 }
 
 /* 0, or EIO when the provider's attributes are not a file or directory. */
@@ -98,7 +98,7 @@ static int vfs_stat(const struct runtime_vfs *v, const cell_vfs_attr *a, struct 
     memset(st, 0, sizeof *st);
     st->st_ino = a->ino;
     mode_t perm = a->mode & 0777;
-    if (v->spec->tier == CELL_VFS_READONLY)
+    if (v->spec.tier == CELL_VFS_READONLY)
         perm &= ~0222u;
     st->st_mode = (a->mode & S_IFMT) | perm;
     st->st_nlink = S_ISDIR(a->mode) ? 2 : 1;
@@ -195,7 +195,7 @@ static void run_lookup(struct runtime_vfs *v, struct job *j)
 {
     cell_vfs_attr a = { 0 };
     struct fuse_entry_param e;
-    int r = v->spec->ops.lookup(v->spec->user, j->ino, j->name, &a);
+    int r = v->spec.ops.lookup(v->spec.user, j->ino, j->name, &a);
     r = r ? cb_errno(r) : vfs_entry(v, &a, &e);
     if (job_claim(v, j))
         r ? fuse_reply_err(j->req, r) : fuse_reply_entry(j->req, &e);
@@ -205,7 +205,7 @@ static void run_getattr(struct runtime_vfs *v, struct job *j)
 {
     cell_vfs_attr a = { 0 };
     struct stat st;
-    int r = v->spec->ops.getattr(v->spec->user, j->ino, &a);
+    int r = v->spec.ops.getattr(v->spec.user, j->ino, &a);
     r = r ? cb_errno(r) : vfs_stat(v, &a, &st);
     if (job_claim(v, j))
         r ? fuse_reply_err(j->req, r) : fuse_reply_attr(j->req, &st, vfs_cache_secs(v));
@@ -216,7 +216,7 @@ static void run_getattr(struct runtime_vfs *v, struct job *j)
 static void run_opendir(struct runtime_vfs *v, struct job *j)
 {
     struct dirlist *d = calloc(1, sizeof *d);
-    int r = d ? v->spec->ops.readdir(v->spec->user, j->ino, dir_fill, d) : -ENOMEM;
+    int r = d ? v->spec.ops.readdir(v->spec.user, j->ino, dir_fill, d) : -ENOMEM;
     r = r ? cb_errno(r) : d->bad;
     if (!job_claim(v, j)) {
         dir_free(d);
@@ -234,15 +234,19 @@ static void run_opendir(struct runtime_vfs *v, struct job *j)
 
 static void vfs_release_fh(struct runtime_vfs *v, uint64_t ino, uint64_t fh)
 {
-    if (v->spec->ops.release)
-        v->spec->ops.release(v->spec->user, ino, fh);
+    if (v->spec.ops.release)
+        v->spec.ops.release(v->spec.user, ino, fh);
 }
 
 static void reply_open(struct runtime_vfs *v, struct job *j, uint64_t fh)
 {
     struct fuse_file_info fi = { .fh = fh };
     /* WRITABLE: every read and write reaches the provider in order. */
-    fi.direct_io = v->spec->tier == CELL_VFS_WRITABLE;
+    fi.direct_io = v->spec.tier == CELL_VFS_WRITABLE;
+    /* READONLY: the cache outlives a close; a provider's change of size or
+     * mtime still drops it when the attributes are next read (libfuse's
+     * default auto_inval_data). */
+    fi.keep_cache = v->spec.tier == CELL_VFS_READONLY;
     if (fuse_reply_open(j->req, &fi) != 0)
         vfs_release_fh(v, j->ino, fh);
 }
@@ -254,10 +258,10 @@ static void run_open(struct runtime_vfs *v, struct job *j)
     /* libfuse asks for atomic O_TRUNC: the truncation is the open's. */
     if (j->flags & O_TRUNC) {
         cell_vfs_attr a = { 0 };
-        r = v->spec->ops.truncate ? v->spec->ops.truncate(v->spec->user, j->ino, 0, &a) : -EPERM;
+        r = v->spec.ops.truncate ? v->spec.ops.truncate(v->spec.user, j->ino, 0, &a) : -EPERM;
     }
-    if (!r && v->spec->ops.open)
-        r = v->spec->ops.open(v->spec->user, j->ino, j->flags, &fh);
+    if (!r && v->spec.ops.open)
+        r = v->spec.ops.open(v->spec.user, j->ino, j->flags, &fh);
     r = r ? cb_errno(r) : 0;
     if (!job_claim(v, j)) {
         if (!r)     /* answered EIO already: the cell will not release it */
@@ -270,7 +274,7 @@ static void run_open(struct runtime_vfs *v, struct job *j)
 static void run_read(struct runtime_vfs *v, struct job *j)
 {
     char *buf = malloc(j->size ? j->size : 1);
-    ssize_t n = buf ? v->spec->ops.read(v->spec->user, j->ino, j->fh, buf, j->size, j->off) : -ENOMEM;
+    ssize_t n = buf ? v->spec.ops.read(v->spec.user, j->ino, j->fh, buf, j->size, j->off) : -ENOMEM;
     /* A count past the buffer is garbage (and may mean the buffer was
      * overrun): EIO, nothing of it reaches the cell. */
     int r = n < 0 ? cb_errno(n) : (size_t)n > j->size ? EIO : 0;
@@ -281,7 +285,7 @@ static void run_read(struct runtime_vfs *v, struct job *j)
 
 static void run_write(struct runtime_vfs *v, struct job *j)
 {
-    ssize_t n = v->spec->ops.write(v->spec->user, j->ino, j->fh, j->data, j->size, j->off);
+    ssize_t n = v->spec.ops.write(v->spec.user, j->ino, j->fh, j->data, j->size, j->off);
     int r = n < 0 ? cb_errno(n) : (size_t)n > j->size ? EIO : 0;
     if (job_claim(v, j))
         r ? fuse_reply_err(j->req, r) : fuse_reply_write(j->req, (size_t)n);
@@ -292,7 +296,7 @@ static void run_create(struct runtime_vfs *v, struct job *j)
     cell_vfs_attr a = { 0 };
     uint64_t fh = 0;
     struct fuse_entry_param e;
-    int r = v->spec->ops.create(v->spec->user, j->ino, j->name, j->mode, &a, &fh);
+    int r = v->spec.ops.create(v->spec.user, j->ino, j->name, j->mode, &a, &fh);
     int made = r == 0;
     r = r ? cb_errno(r) : vfs_entry(v, &a, &e);
     if (!job_claim(v, j)) {
@@ -306,7 +310,7 @@ static void run_create(struct runtime_vfs *v, struct job *j)
         fuse_reply_err(j->req, r);
         return;
     }
-    struct fuse_file_info fi = { .fh = fh, .direct_io = v->spec->tier == CELL_VFS_WRITABLE };
+    struct fuse_file_info fi = { .fh = fh, .direct_io = v->spec.tier == CELL_VFS_WRITABLE };
     if (fuse_reply_create(j->req, &e, &fi) != 0)
         vfs_release_fh(v, a.ino, fh);
 }
@@ -315,7 +319,7 @@ static void run_mkdir(struct runtime_vfs *v, struct job *j)
 {
     cell_vfs_attr a = { 0 };
     struct fuse_entry_param e;
-    int r = v->spec->ops.mkdir(v->spec->user, j->ino, j->name, j->mode, &a);
+    int r = v->spec.ops.mkdir(v->spec.user, j->ino, j->name, j->mode, &a);
     r = r ? cb_errno(r) : vfs_entry(v, &a, &e);
     if (job_claim(v, j))
         r ? fuse_reply_err(j->req, r) : fuse_reply_entry(j->req, &e);
@@ -323,14 +327,14 @@ static void run_mkdir(struct runtime_vfs *v, struct job *j)
 
 static void run_simple(struct runtime_vfs *v, struct job *j)
 {
-    const cell_vfs_ops *o = &v->spec->ops;
+    const cell_vfs_ops *o = &v->spec.ops;
     int r;
     if (j->op == OP_UNLINK)
-        r = o->unlink(v->spec->user, j->ino, j->name);
+        r = o->unlink(v->spec.user, j->ino, j->name);
     else if (j->op == OP_RMDIR)
-        r = o->rmdir(v->spec->user, j->ino, j->name);
+        r = o->rmdir(v->spec.user, j->ino, j->name);
     else if (j->op == OP_RENAME)
-        r = o->rename(v->spec->user, j->ino, j->name, j->ino2, j->name2);
+        r = o->rename(v->spec.user, j->ino, j->name, j->ino2, j->name2);
     else {
         vfs_release_fh(v, j->ino, j->fh);
         r = 0;
@@ -349,8 +353,8 @@ static void run_setattr(struct runtime_vfs *v, struct job *j)
     int r = EPERM;
     if (!(j->to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
         /* ll_setattr refused a size change without a truncate callback. */
-        r = (j->to_set & FUSE_SET_ATTR_SIZE) ? v->spec->ops.truncate(v->spec->user, j->ino, j->off, &a)
-                                             : v->spec->ops.getattr(v->spec->user, j->ino, &a);
+        r = (j->to_set & FUSE_SET_ATTR_SIZE) ? v->spec.ops.truncate(v->spec.user, j->ino, j->off, &a)
+                                             : v->spec.ops.getattr(v->spec.user, j->ino, &a);
         r = r ? cb_errno(r) : vfs_stat(v, &a, &st);
     }
     if (job_claim(v, j))
@@ -419,7 +423,7 @@ static void job_submit(struct runtime_vfs *v, fuse_req_t req, struct job *j)
 {
     j->req = req;
     clock_gettime(CLOCK_MONOTONIC, &j->deadline);
-    uint64_t ms = v->spec->timeout_ms;
+    uint64_t ms = v->spec.timeout_ms;
     j->deadline.tv_sec += (time_t)(ms / 1000);
     j->deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
     if (j->deadline.tv_nsec >= 1000000000L) {
@@ -516,7 +520,7 @@ static int job_name(fuse_req_t req, struct job *j, char **slot, const char *name
 static int vfs_refuse(fuse_req_t req, const void *cb)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (v->spec->tier == CELL_VFS_READONLY)
+    if (v->spec.tier == CELL_VFS_READONLY)
         return fuse_reply_err(req, EROFS), 1;
     if (!cb)
         return fuse_reply_err(req, EPERM), 1;
@@ -549,8 +553,8 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 {
     (void)fi;
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (vfs_refuse(req, (to_set & FUSE_SET_ATTR_SIZE) ? (const void *)v->spec->ops.truncate
-                                                      : (const void *)v->spec->ops.getattr))
+    if (vfs_refuse(req, (to_set & FUSE_SET_ATTR_SIZE) ? (const void *)v->spec.ops.truncate
+                                                      : (const void *)v->spec.ops.getattr))
         return;
     struct job *j = job_new(req, OP_SETATTR, ino);
     if (!j)
@@ -606,7 +610,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
     if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
-        if (vfs_refuse(req, v->spec->ops.write))
+        if (vfs_refuse(req, v->spec.ops.write))
             return;
     struct job *j = job_new(req, OP_OPEN, ino);
     if (!j)
@@ -630,7 +634,7 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
                      struct fuse_file_info *fi)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (vfs_refuse(req, v->spec->ops.write))
+    if (vfs_refuse(req, v->spec.ops.write))
         return;
     struct job *j = job_new(req, OP_WRITE, ino);
     if (!j)
@@ -651,7 +655,7 @@ static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (!v->spec->ops.release) {
+    if (!v->spec.ops.release) {
         fuse_reply_err(req, 0);
         return;
     }
@@ -680,7 +684,7 @@ static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (vfs_refuse(req, v->spec->ops.create))
+    if (vfs_refuse(req, v->spec.ops.create))
         return;
     if (!S_ISREG(mode)) {
         fuse_reply_err(req, EPERM);
@@ -697,7 +701,7 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (vfs_refuse(req, v->spec->ops.mkdir))
+    if (vfs_refuse(req, v->spec.ops.mkdir))
         return;
     struct job *j = job_new(req, OP_MKDIR, parent);
     if (!j || job_name(req, j, &j->name, name) < 0)
@@ -717,19 +721,19 @@ static void name_op(fuse_req_t req, enum vfs_op op, fuse_ino_t parent, const cha
 
 static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    name_op(req, OP_UNLINK, parent, name, ((struct runtime_vfs *)fuse_req_userdata(req))->spec->ops.unlink);
+    name_op(req, OP_UNLINK, parent, name, ((struct runtime_vfs *)fuse_req_userdata(req))->spec.ops.unlink);
 }
 
 static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    name_op(req, OP_RMDIR, parent, name, ((struct runtime_vfs *)fuse_req_userdata(req))->spec->ops.rmdir);
+    name_op(req, OP_RMDIR, parent, name, ((struct runtime_vfs *)fuse_req_userdata(req))->spec.ops.rmdir);
 }
 
 static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
     struct runtime_vfs *v = fuse_req_userdata(req);
-    if (vfs_refuse(req, v->spec->ops.rename))
+    if (vfs_refuse(req, v->spec.ops.rename))
         return;
     if (flags) {    /* RENAME_EXCHANGE, RENAME_NOREPLACE: not offered */
         fuse_reply_err(req, EINVAL);
@@ -789,6 +793,7 @@ static void vfs_free(struct runtime_vfs *v)
     pthread_mutex_destroy(&v->lock);
     pthread_cond_destroy(&v->work);
     pthread_cond_destroy(&v->tick);
+    free(v->spec.target);
     free(v);
 }
 
@@ -798,12 +803,16 @@ static int vfs_open(const struct runtime_vfs_spec *spec, uid_t uid, gid_t gid, s
     struct runtime_vfs *v = calloc(1, sizeof *v);
     if (!v)
         return util_fail(err, ENOMEM, "out of memory");
-    v->spec = spec;
+    v->spec = *spec;
     v->uid = uid;
     v->gid = gid;
     v->fd = v->stop_fd = -1;
     pthread_mutex_init(&v->lock, NULL);
     pthread_cond_init(&v->work, NULL);
+    if (!(v->spec.target = strdup(spec->target))) {
+        vfs_free(v);
+        return util_fail(err, ENOMEM, "out of memory");
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -840,14 +849,14 @@ static int vfs_serve(struct runtime_vfs *v, cell_error *err)
 {
     int e = pthread_create(&v->watchdog, NULL, watchdog_main, v);
     if (e)
-        return util_fail(err, e, "vfs at %s: cannot start its watchdog thread", v->spec->target);
+        return util_fail(err, e, "vfs at %s: cannot start its watchdog thread", v->spec.target);
     if ((e = pthread_create(&v->reader, NULL, reader_main, v))) {
         pthread_mutex_lock(&v->lock);
         v->stopping = 1;
         pthread_cond_broadcast(&v->tick);
         pthread_mutex_unlock(&v->lock);
         pthread_join(v->watchdog, NULL);
-        return util_fail(err, e, "vfs at %s: cannot start its reader thread", v->spec->target);
+        return util_fail(err, e, "vfs at %s: cannot start its reader thread", v->spec.target);
     }
     v->serving = 1;
     return 0;
