@@ -977,8 +977,10 @@ static int ra_plan_agent(const char *agent, json_t *spec, runagent_plan *p)
             ra_instructions(p, spec, RUN_HOME "/.codex/AGENTS.md") < 0 ||
             ra_skills(p, spec, RUN_HOME "/.codex/skills") < 0)
             return -1;
-        return model || json_array_size(json_object_get(spec, "mcp")) ?
-               ra_codex_config(p, spec, RUN_HOME "/.codex/config.toml") : 0;
+        /* Always: codex refuses a CODEX_HOME that does not exist, and a
+         * run without instructions, skills, model or MCP writes nothing
+         * else there. */
+        return ra_codex_config(p, spec, RUN_HOME "/.codex/config.toml");
     }
     if (strcmp(agent, "opencode") == 0) {
         /* Global config, rules and skills under ~/.config/opencode; the

@@ -362,9 +362,11 @@ static void claude_mock_shell_plans(void **state)
     assert_int_equal(json_array_size(p.mcp_servers), 0);
     runagent_plan_free(&p);
 
-    /* Nothing given: nothing written, the prompt as it is. */
+    /* Nothing given: only codex's config.toml (codex refuses a
+     * CODEX_HOME that does not exist), the prompt as it is. */
     build("codex", "{\"agent\":\"codex\",\"prompt\":\"p\"}", &p);
-    assert_int_equal(p.n_files, 0);
+    static const char *const bare[] = { "/root/.codex/config.toml", NULL };
+    assert_paths(&p, bare);
     assert_string_equal(p.prompt, "p");
     runagent_plan_free(&p);
 
