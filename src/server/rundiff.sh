@@ -19,8 +19,14 @@
 # diff: tree A is BASE; tree B is WORKSPACE added on top of A's index, so a
 # file A has stays in B (changed or deleted) even if WORKSPACE's .gitignore
 # now ignores it, as a tracked file does in git; new files follow the
-# .gitignore files of WORKSPACE.  A's index is read from its tree, so every
-# entry's stat data is zero and each of WORKSPACE's files is hashed.
+# .gitignore files of WORKSPACE.  When BASE is a git work tree, A's index
+# starts as a copy of BASE's own (seed below), so git hashes only what its
+# stat data says changed: in BASE since git last looked, in WORKSPACE
+# since the run began.  A workspace file still as in the base is the
+# overlay's lower file (its inode, times and size); one the agent wrote
+# was copied up, which gives it a new ctime no process can set back
+# (core.trustctime), so a change cannot hide behind the base's stat data.
+# Otherwise every file of both trees is hashed.
 # Directories named .git are never added; a nested repository becomes a
 # gitlink (its HEAD commit), one without a commit is left out (git says so
 # on stderr); FIFOs, sockets and devices are skipped; symlinks are recorded
@@ -67,13 +73,16 @@ g() {
         -c core.autocrlf=false -c core.safecrlf=false -c core.eol=lf -c core.filemode=true \
         -c core.ignorecase=false -c core.precomposeunicode=false -c core.protectNTFS=false \
         -c core.attributesFile=/dev/null -c core.excludesFile=/dev/null -c core.untrackedCache=false \
-        -c core.splitIndex=false -c core.checkStat=default -c core.looseCompression=1 \
+        -c core.splitIndex=false -c core.checkStat=default -c core.trustctime=true -c core.looseCompression=1 \
         -c core.bigFileThreshold=512m -c diff.external= -c diff.renames=true -c diff.renameLimit=1000 \
         -c gc.auto=0 -c maintenance.auto=false -c index.sparse=false -c safe.directory='*' \
         -c advice.addEmbeddedRepo=false -c apply.whitespace=nowarn "$@"
 }
 
-g init --bare -q "$GIT_DIR" || exit 1
+# A bare repository's minimum (what git checks for one): `git init` would
+# also copy its templates, a few ms the run's result waits for.
+mkdir -p "$GIT_DIR/objects" "$GIT_DIR/refs" "$GIT_DIR/info" || exit 1
+echo 'ref: refs/heads/main' >"$GIT_DIR/HEAD" || exit 1
 printf '%s\n' '* !text !eol !crlf !filter !ident !working-tree-encoding !diff !merge' \
     >"$GIT_DIR/info/attributes" || exit 1
 
@@ -87,22 +96,77 @@ tree() {
     GIT_INDEX_FILE=$1 g write-tree
 }
 
+# A git work tree's own index and objects (its stat data and blob ids) let
+# add -A read only the files changed since git last looked at them, so
+# the trees cost O(changes) rather than O(repository) (measured: bench/runs.sh).
+# Everything git reads there is the base's, in the cell: at worst a wrong
+# diff, which the agent could have produced by writing files.  Only a
+# .git directory with an index of its own; other layouts (a worktree's
+# .git file) and an index git refuses (a split index) take the slow path.
+seed() {
+    [ -d "$1/.git/objects" ] && [ -f "$1/.git/index" ] || return 1
+    cp -- "$1/.git/index" "$tmp/index.a" 2>/dev/null || return 1
+    GIT_ALTERNATE_OBJECT_DIRECTORIES=$1/.git/objects
+    export GIT_ALTERNATE_OBJECT_DIRECTORIES
+    # add -A never looks at an entry marked assume-unchanged (ls-files -v:
+    # a lower-case tag) or skip-worktree (S): a change there would go
+    # unseen.
+    if GIT_INDEX_FILE=$tmp/index.a g ls-files -v -z 2>/dev/null | grep -qz '^[a-zS]'; then
+        unseed
+        return 1
+    fi
+}
+
+# When the cell started, in seconds since the epoch (its init's start
+# time), or 0.  Tree B's add must not trust stat data that a change in
+# the same second could leave as it was: git compares whole seconds, and
+# an entry it recorded no earlier than its index file's mtime is "racily
+# clean", hashed again.  Tree A's index gets the cell's start less 2 s as
+# its mtime, so every base file touched since then is hashed in B.
+cell_start() {
+    read -r st </proc/1/stat || { echo 0; return; }
+    # shellcheck disable=SC2086  # the fields after "pid (comm) "
+    set -- ${st##*) }
+    shift 19 || { echo 0; return; }
+    while read -r k v; do
+        [ "$k" = btime ] && { echo $((v + $1 / 100)); return; }
+    done </proc/stat
+    echo 0
+}
+
+unseed() {
+    rm -f -- "$tmp/index.a"
+    unset GIT_ALTERNATE_OBJECT_DIRECTORIES
+    ta=
+}
+
 do_diff() {
     # A tree the agent removed (a lane's or an upload's copy is a plain
     # directory of the cell) is an empty one: everything in it was deleted.
     mkdir "$tmp/empty" || exit 1
     [ -d "$1" ] || set -- "$tmp/empty" "$2"
     [ -d "$2" ] || set -- "$1" "$tmp/empty"
-    ta=$(tree "$tmp/index.a" "$1") || exit 1
-    GIT_INDEX_FILE=$tmp/index.b g read-tree "$ta" || exit 1
-    tb=$(tree "$tmp/index.b" "$2") || exit 1
+    if seed "$1"; then
+        ta=$(tree "$tmp/index.a" "$1") || unseed
+    fi
+    [ -n "${ta:-}" ] || ta=$(tree "$tmp/index.a" "$1") || exit 1
+    # Tree B from A's index: a workspace file still as in the base (the
+    # overlay shows the base's inode, times and size) is not read again,
+    # unless the base's was changed since shortly before the cell started.
+    since=$(cell_start)
+    touch -d "@$((since > 2 ? since - 2 : 0))" -- "$tmp/index.a" || exit 1
+    tb=$(tree "$tmp/index.a" "$2") || exit 1
 
     opts='-r -M --no-textconv --no-ext-diff'
     # shellcheck disable=SC2086  # $opts are words
-    g diff-tree $opts -z --name-status "$ta" "$tb" >"$tmp/names" || exit 1
+    g diff-tree $opts -z --name-status "$ta" "$tb" >"$tmp/names" &
+    names=$!
     # shellcheck disable=SC2086
     g diff-tree $opts -z --numstat "$ta" "$tb" >"$tmp/numstat" || exit 1
-    printf 'cell-rundiff 1 %d %d\n' "$(wc -c <"$tmp/names")" "$(wc -c <"$tmp/numstat")" || exit 1
+    wait "$names" || exit 1
+    # shellcheck disable=SC2046  # two numbers
+    set -- $(stat -c %s -- "$tmp/names" "$tmp/numstat") || exit 1
+    printf 'cell-rundiff 1 %d %d\n' "$1" "$2" || exit 1
     cat "$tmp/names" "$tmp/numstat" || exit 1
     # shellcheck disable=SC2086
     g diff-tree $opts -p --binary --full-index "$ta" "$tb" || exit 1

@@ -614,3 +614,37 @@ def test_an_uploaded_workspace_the_agent_removed_is_all_deleted(alice):
     assert done["status"] == "succeeded" and "error" not in res, done
     assert sorted((f["path"], f["status"]) for f in res["changedFiles"]) == [
         ("a.txt", "deleted"), ("sub/b.txt", "deleted")], res["changedFiles"]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", repo, "-c", "user.email=t@t", "-c", "user.name=t"] + list(args), check=True,
+                   capture_output=True)
+
+
+@pytest.mark.parametrize("bit", [None, "--assume-unchanged", "--skip-worktree"])
+def test_a_git_base_seeds_the_index_yet_every_change_shows(state, hostdir, bit):
+    # A git work tree's own index seeds tree A (rundiff.sh: seed), so git
+    # trusts stat data: a change that keeps the size and puts the mtime
+    # back, and files whose index entry says not to look, must still show.
+    # The workspace is an overlay of the base, as a run's is.
+    base = os.path.join(hostdir, "repo")
+    os.mkdir(base)
+    for name in ("same-size.txt", "flagged.txt", "gone.txt", "kept.txt"):
+        write(base, name, "%s: 0123456789\n" % name)
+    _git(base, "init", "-q")
+    _git(base, "add", "-A")
+    _git(base, "commit", "-qm", "base")
+    if bit:
+        _git(base, "update-index", bit, "flagged.txt")
+    pre = ("cd %s && touch -r same-size.txt /tmp/ref && printf 'same-size.txt: 9876543210\\n' > same-size.txt"
+           " && touch -r /tmp/ref same-size.txt && echo changed >> flagged.txt && rm gone.txt && echo n > new.txt"
+           % WS)
+    args = [CELL_BIN, "--state", state, "run", "--mount", "%s:%s:ro" % (base, BASE), "--overlay", "%s:%s" % (base, WS),
+            "--", "/bin/sh", "-c", pre + '\nexec "$@"', "pre"] + script_argv("diff", BASE, WS)
+    r = subprocess.run(args, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    entries, _, patch = parse(r.stdout)
+    assert sorted((s, p) for s, p, _ in entries) == [("A", b"new.txt"), ("D", b"gone.txt"), ("M", b"flagged.txt"),
+                                                     ("M", b"same-size.txt")], entries
+    assert b"+same-size.txt: 9876543210" in patch and b"+changed" in patch, patch
+    assert b".git/" not in patch
