@@ -277,8 +277,12 @@ tsan:
 BENCH_WRAPS := runtime_image_rootfs isolate_cgroup_create runtime_userns_for_slot isolate_boot \
                isolate_cgroup_open_self_attach ctl_recv isolate_cgroup_kill \
                isolate_cgroup_destroy util_rm_rf
-BENCH_BIN   := $(addprefix $(BUILD)/bench/,bench_cell bench_phases http_bench net_bench tls_bench)
+BENCH_BIN   := $(addprefix $(BUILD)/bench/,bench_cell bench_phases http_bench net_bench tls_bench vfs_bench)
 bench-bin: $(BENCH_BIN)
+
+$(BUILD)/bench/vfs_bench: bench/vfs_bench.c $(BUILD)/libcell.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS)
 
 $(BUILD)/bench/bench_cell: bench/bench_cell.c $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)

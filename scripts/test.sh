@@ -161,6 +161,8 @@ bench_smoke agents.sh env CELL_BENCH_BUILD=build CELL_AGENTS_BENCH_N=1 CELL_AGEN
 bench_smoke faststart.sh env CELL_BENCH_BUILD=build CELL_FASTSTART_SMOKE=1 bash bench/faststart.sh
 bench_smoke daemon_mem.sh env CELL_BENCH_BUILD=build CELL_MEM_RUNS=1 CELL_MEM_SETTLE=1 bash bench/daemon_mem.sh
 bench_smoke runs.sh env CELL_BENCH_BUILD=build CELL_RUNS_BENCH_N=2 CELL_RUNS_BENCH_WARMUP=0 bash bench/runs.sh
+bench_smoke vfs.sh env CELL_BENCH_BUILD=build CELL_VFS_BENCH_FILES=2 CELL_VFS_BENCH_FILE_SIZE=1048576 \
+  CELL_VFS_BENCH_REPS=1 bash bench/vfs.sh
 bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 # A new bench script or program must join the above: each bench/*.sh is run
 # here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c
