@@ -493,8 +493,8 @@ static void ovl_make_upper(const struct isolate_plan *plan, const struct isolate
 
 /* ---- masks (isolate.h, struct isolate_mount) -------------------------------- */
 
-/* A file of the mask layer or store takes the owner and mode of what it
- * stands for, as the id-mapped source shows them (an owner outside the
+/* A file of the mask layer or store takes the owner, mode and times of
+ * what it stands for, as the id-mapped source shows them (an owner outside the
  * cell's range keeps the cell's root). */
 static void mask_copy_attrs(const struct isolate_plan *plan, int fd, const struct stat *st, const char *what)
 {
@@ -504,6 +504,9 @@ static void mask_copy_attrs(const struct isolate_plan *plan, int fd, const struc
         FAIL("cannot give the mask %s its owner", what);
     if (fchmod(fd, st->st_mode & 07777) < 0)
         FAIL("cannot give the mask %s its mode", what);
+    const struct timespec times[2] = { st->st_atim, st->st_mtim };
+    if (futimens(fd, times) < 0)
+        FAIL("cannot give the mask %s its times", what);
 }
 
 /* One mask in the whiteout layer `layer` over the source `low`: directories
@@ -555,6 +558,43 @@ static void mask_whiteout(const struct isolate_plan *plan, const struct isolate_
     close(low);
 }
 
+/* Directory times in the mask layer, once every whiteout is made (making
+ * them changed the times copied before): the source's, along `path`. */
+static void mask_fix_times(const struct isolate_plan *plan, int layer, int low, const char *path)
+{
+    char name[NAME_MAX + 1];
+    const char *p = path;
+    int l = dup(layer), d = dup(low);
+    for (;;) {
+        struct stat st;
+        if (l < 0 || d < 0 || fstat(d, &st) < 0)
+            FAIL("cannot read the times of mask %s", path);
+        const struct timespec times[2] = { st.st_atim, st.st_mtim };
+        if (futimens(l, times) < 0)
+            FAIL("cannot give the mask layer's directories of %s their times", path);
+        size_t n = strcspn(p, "/");
+        if (!p[n])
+            break;
+        snprintf(name, sizeof name, "%.*s", (int)n, p);
+        int nl = openat(l, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int nd = openat(d, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(l);
+        close(d);
+        if (nl < 0 || nd < 0) {     /* a whiteout or a file there: no directory below */
+            if (nl >= 0)
+                close(nl);
+            if (nd >= 0)
+                close(nd);
+            return;
+        }
+        l = nl;
+        d = nd;
+        p += n + 1;
+    }
+    close(l);
+    close(d);
+}
+
 /* The top read-only layer of a masked overlay: a tmpfs of whiteouts. */
 static void mask_layer(const struct isolate_plan *plan, const struct isolate_mount *m, const char *lower,
                        const char *layer)
@@ -578,6 +618,8 @@ static void mask_layer(const struct isolate_plan *plan, const struct isolate_mou
             FAIL("dup");
         mask_whiteout(plan, m, l, d, m->masks[j]);
     }
+    for (size_t j = 0; j < m->n_masks; j++)
+        mask_fix_times(plan, root, low, m->masks[j]);
     close(root);
     close(low);
 }

@@ -25,6 +25,12 @@ int h_lanes_import_body(sreq *r, const char *data, size_t len);
 int h_images_list(sreq *r);
 int h_images_get(sreq *r);
 int h_images_build(sreq *r);
+/* images.c: the image store (list with digests, import, delete) */
+int h_images_ls(sreq *r);
+int h_images_show(sreq *r);
+int h_images_delete(sreq *r);
+int h_images_import(sreq *r);
+int h_images_import_body(sreq *r, const char *data, size_t len);
 
 /* admin.c: health, audit, tokens, tenants */
 int h_health(sreq *r);

@@ -285,3 +285,102 @@ def test_rm_refuses_while_a_cell_runs_the_image(run, state, tmp_path, base):
     while run(["image", "rm", "running"]).returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "running" not in image_ls(run)
+
+
+# ---- the daemon: POST /v1/images/{name}/import, GET /v1/images, DELETE ------------------
+
+import daemon as dm  # noqa: E402
+from daemon import assert_problem, uniq  # noqa: E402
+
+TAR = {"Content-Type": "application/x-tar"}
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    yield from dm.serve(tmp_path_factory.mktemp("images"), ["--max-file-size", "64M"])
+
+
+def test_api_import_list_boot_and_delete(d, base):
+    admin = d.client()
+    name = uniq("img")
+    data, digest = oci_archive([base, whiteout_layer()], CONFIG, gz=True)
+    r = admin.call("POST", "/v1/images/%s/import" % name, body=data, headers=TAR)
+    assert r.status == 201, r
+    assert r.body["name"] == name and r.body["digest"] == digest and r.body["source"] == "import"
+    listed = {i["name"]: i for i in admin.get("/v1/images").body["images"]}
+    assert listed[name]["digest"] == digest and listed[name]["size"] > 1000000 and listed[name]["created"] > 0
+    assert listed["host"]["source"] == "builtin"
+    assert admin.get("/v1/images/%s" % name).body["digest"] == digest
+    # a tenant boots it; its processes see the image
+    tenant = d.tenant(uniq("t"))
+    c = tenant.post("/v1/cells", {"image": name, "resources": {"memory": "64M"}})
+    assert c.status == 201, c
+    try:
+        out = tenant.post("/cells/%s/v1/processes/run" % c.body["id"],
+                          {"command": "/bin/busybox", "args": ["ls", "/a"]})
+        assert out.status == 200 and out.body["stdout"].split() == ["early", "new"], out
+        assert_problem(admin.delete("/v1/images/%s" % name), 409, "conflict", "cell")
+    finally:
+        assert tenant.delete("/v1/cells/%s" % c.body["id"]).status == 204
+    r = admin.delete("/v1/images/%s" % name)
+    assert r.status == 200, r
+    assert_problem(admin.get("/v1/images/%s" % name), 404, "not_found")
+    assert_problem(admin.delete("/v1/images/%s" % name), 404, "not_found")
+
+
+def test_api_refuses_bad_imports(d, base):
+    admin = d.client()
+    data = oci_archive([base], CONFIG)[0]
+    tenant = d.tenant(uniq("t"))
+    assert_problem(tenant.call("POST", "/v1/images/%s/import" % uniq("img"), body=data, headers=TAR), 403, "forbidden")
+    assert_problem(tenant.delete("/v1/images/host"), 403, "forbidden")
+    assert_problem(admin.call("POST", "/v1/images/%s/import" % uniq("img"), body=data,
+                              headers={"Content-Type": "application/json"}), 400, "invalid_request", "Content-Type")
+    for bad in ("host", "debian-bookworm", "blobs", "UPPER", ".dot"):
+        assert_problem(admin.call("POST", "/v1/images/%s/import" % bad, body=data, headers=TAR), 400,
+                       "invalid_request")
+    assert_problem(admin.call("POST", "/v1/images/%s/import" % uniq("img"), body=b"", headers=TAR), 400,
+                   "invalid_request", "empty")
+    assert_problem(admin.call("POST", "/v1/images/%s/import" % uniq("img"), body=os.urandom(100000), headers=TAR),
+                   400, "invalid_request")
+    layer = whiteout_layer()
+
+    def tamper(h, b):
+        return b.replace(b"new\n", b"NEW\n") if h == sha(layer) else b
+    assert_problem(admin.call("POST", "/v1/images/%s/import" % uniq("img"), headers=TAR,
+                              body=oci_archive([base, layer], CONFIG, tamper=tamper)[0]),
+                   400, "invalid_request", ["sha256:" + sha(layer), "does not match"])
+    # past --max-file-size: refused while streaming
+    big = tar_bytes([("f", "file", os.urandom(1 << 20))]) * 70
+    try:
+        r = admin.call("POST", "/v1/images/%s/import" % uniq("img"), body=big, headers=TAR)
+        assert r.status in (400, 413), r
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused before the whole body was sent
+    assert_problem(admin.delete("/v1/images/host"), 400, "invalid_request", "builtin")
+    assert_problem(admin.delete("/v1/images/nope"), 404, "not_found")
+    names = [i["name"] for i in admin.get("/v1/images").body["images"]]
+    assert names[:2] == ["host", "debian-bookworm"]
+    leftovers_ = [n for n in os.listdir(os.path.join(d.state, "images")) if n.startswith(".")]
+    assert all(not (".tmp-" in n or ".rm-" in n) for n in leftovers_), leftovers_
+
+
+def test_api_two_imports_of_one_name_race(d, base):
+    """Concurrent imports of one name: one wins, the other is a 409, no
+    staging dir stays."""
+    import threading
+    admin = d.client()
+    name = uniq("race")
+    data = oci_archive([base], CONFIG)[0]
+    results = []
+
+    def go():
+        results.append(admin.call("POST", "/v1/images/%s/import" % name, body=data, headers=TAR).status)
+    ts = [threading.Thread(target=go) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(results)[0] == 201 and results.count(201) == 1 and set(results) <= {201, 409}, results
+    assert admin.delete("/v1/images/%s" % name).status == 200
+    assert [n for n in os.listdir(os.path.join(d.state, "images")) if ".tmp-" in n] == []

@@ -126,11 +126,18 @@ def test_masked_paths_are_absent(run, repo, kind, user):
 
 
 def test_masked_dirs_keep_their_parent_attributes(run, repo):
-    """The whiteout layer's .git/ shows the host directory's owner and mode."""
+    """The whiteout layer's .git/ and root show the host directories' owner,
+    mode and modification time."""
     os.chmod(os.path.join(repo, ".git"), 0o750)
     try:
-        r = run(["run", "--mount", "%s:/w:ro" % repo] + MASKS + ["--", "stat", "-c", "%u:%g %a", "/w/.git", "/w"])
-        assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["1000:1000 750", "1000:1000 755"], r
+        want = ["1000:1000 %s %d" % (mode, os.stat(p).st_mtime)
+                for mode, p in (("750", os.path.join(repo, ".git")), ("755", repo))]
+        for mount in (["--mount", "%s:/w:ro" % repo], ["--overlay", "%s:/w" % repo]):
+            r = run(["run"] + mount + MASKS + ["--", "stat", "-c", "%u:%g %a %Y", "/w/.git", "/w"])
+            assert r.returncode == 0, r
+            got = r.stdout.split("\n")[:2]
+            # An overlay's root is its upper directory (ovl_make_upper: owner and mode only).
+            assert got[0] == want[0] and (got[1] == want[1] or mount[0] == "--overlay"), (mount, got, want)
     finally:
         os.chmod(os.path.join(repo, ".git"), 0o755)
 
