@@ -445,6 +445,25 @@ def serve(state, extra_args=(), after_stop=None, **kw):
 served = contextlib.contextmanager(serve)
 
 
+def tree_snapshot(root, dirs=False):
+    """{relative path: bytes, or "-> target" for a link} of every file under
+    root (links to directories included, never followed); dirs: each
+    directory too, as "path/": "dir"."""
+    out = {}
+    for top, subdirs, files in os.walk(root):
+        for f in files + [x for x in subdirs if os.path.islink(os.path.join(top, x))]:
+            p = os.path.join(top, f)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = "-> " + os.readlink(p)
+            else:
+                with open(p, "rb") as fh:
+                    out[rel] = fh.read()
+        if dirs:
+            out.update({os.path.relpath(os.path.join(top, x), root) + "/": "dir" for x in subdirs})
+    return out
+
+
 def uniq(prefix="t", n=8):
     return "%s-%s" % (prefix, os.urandom(16).hex()[:n])
 

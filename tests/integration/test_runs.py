@@ -84,19 +84,7 @@ def bob(d):
 
 
 def snapshot(root):
-    """{relative path: bytes, or "-> target" for a link} of everything under root."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for f in files + [x for x in dirs if os.path.islink(os.path.join(top, x))]:
-            p = os.path.join(top, f)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "-> " + os.readlink(p)
-            else:
-                with open(p, "rb") as fh:
-                    out[rel] = fh.read()
-        out.update({os.path.relpath(os.path.join(top, x), root) + "/": "dir" for x in dirs})
-    return out
+    return dm.tree_snapshot(root, dirs=True)
 
 
 def make_repo(repos, name, files):

@@ -110,18 +110,7 @@ def git(repo, *args):
 
 
 def snapshot(root):
-    """{relative path: bytes, or "-> target" for a link} of every file under root."""
-    out = {}
-    for top, dirs, files in os.walk(root):
-        for f in files + [x for x in dirs if os.path.islink(os.path.join(top, x))]:
-            p = os.path.join(top, f)
-            rel = os.path.relpath(p, root)
-            if os.path.islink(p):
-                out[rel] = "-> " + os.readlink(p)
-            else:
-                with open(p, "rb") as fh:
-                    out[rel] = fh.read()
-    return out
+    return dm.tree_snapshot(root)
 
 
 @pytest.fixture(scope="module")
