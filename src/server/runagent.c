@@ -751,6 +751,27 @@ static json_t *ra_acp_mcp(json_t *spec)
     return out;
 }
 
+static const char *ra_string_of(json_t *v) { return json_string_value(v); }
+
+/* `key = { "k" = "v", ... }` of a JSON object of strings (nothing if empty). */
+static void ra_toml_table(FILE *f, const char *key, json_t *obj, const char *(*value)(json_t *))
+{
+    const char *k;
+    json_t *v;
+    int first = 1;
+    if (!json_object_size(obj))
+        return;
+    fprintf(f, "%s = { ", key);
+    json_object_foreach(obj, k, v) {
+        fputs(first ? "" : ", ", f);
+        ra_toml_str(f, k);
+        fputs(" = ", f);
+        ra_toml_str(f, value(v));
+        first = 0;
+    }
+    fputs(" }\n", f);
+}
+
 static int ra_codex_config(runagent_plan *p, json_t *spec, const char *path)
 {
     char *buf = NULL;
@@ -769,8 +790,6 @@ static int ra_codex_config(runagent_plan *p, json_t *spec, const char *path)
     json_t *m;
     json_array_foreach(json_object_get(spec, "mcp"), i, m) {
         const char *name = json_string_value(json_object_get(m, "name"));
-        const char *k;
-        json_t *v;
         /* The name is quoted: a bare "a.b" would be a dotted key. */
         fputs("\n[mcp_servers.", f);
         ra_toml_str(f, name);
@@ -779,18 +798,7 @@ static int ra_codex_config(runagent_plan *p, json_t *spec, const char *path)
             fputs("url = ", f);
             ra_toml_str(f, json_string_value(json_object_get(m, "url")));
             fputs("\n", f);
-            if (json_object_size(json_object_get(m, "headers"))) {
-                fputs("http_headers = { ", f);
-                int first = 1;
-                json_object_foreach(json_object_get(m, "headers"), k, v) {
-                    fputs(first ? "" : ", ", f);
-                    ra_toml_str(f, k);
-                    fputs(" = ", f);
-                    ra_toml_str(f, ra_header_value(v));
-                    first = 0;
-                }
-                fputs(" }\n", f);
-            }
+            ra_toml_table(f, "http_headers", json_object_get(m, "headers"), ra_header_value);
             continue;
         }
         json_t *argv = ra_stdio_argv(m);
@@ -808,18 +816,7 @@ static int ra_codex_config(runagent_plan *p, json_t *spec, const char *path)
         }
         fputs("]\n", f);
         json_decref(argv);
-        if (json_object_size(json_object_get(m, "env"))) {
-            fputs("env = { ", f);
-            int first = 1;
-            json_object_foreach(json_object_get(m, "env"), k, v) {
-                fputs(first ? "" : ", ", f);
-                ra_toml_str(f, k);
-                fputs(" = ", f);
-                ra_toml_str(f, json_string_value(v));
-                first = 0;
-            }
-            fputs(" }\n", f);
-        }
+        ra_toml_table(f, "env", json_object_get(m, "env"), ra_string_of);
     }
     return ra_add_stream(p, path, f, &buf, &len, 0600);
 }
