@@ -277,9 +277,26 @@ static int trees_overlap(const char *a, const struct stat *sa, const char *b, co
     return is_self_or_ancestor(sa, b) || is_self_or_ancestor(sb, a);
 }
 
+/* 1 if mounts a and b hide the same paths (in any order). */
+static int same_masks(const struct isolate_mount *a, const struct isolate_mount *b)
+{
+    if (a->n_masks != b->n_masks)
+        return 0;
+    for (size_t i = 0; i < a->n_masks; i++) {
+        size_t j = 0;
+        while (j < b->n_masks && strcmp(a->masks[i], b->masks[j]) != 0)
+            j++;
+        if (j == b->n_masks)
+            return 0;
+    }
+    return 1;
+}
+
 /* Masks hold only in their own mount: another mount showing the same tree
  * (the same source, a parent or a child of it, host /usr of the host image)
- * would show the masked paths, so the create is refused. */
+ * would show the masked paths, so the create is refused, unless it is the
+ * very same source with the very same masks (a run's /workspace overlay
+ * and its read-only base, say). */
 static int masks_check_others(const struct isolate_plan *plan, const struct isolate_mount *m, cell_error *err)
 {
     struct stat sm;
@@ -292,6 +309,8 @@ static int masks_check_others(const struct isolate_plan *plan, const struct isol
             continue;
         if (fstat(o->src_fd, &so) < 0)
             return util_fail_errno(err, "cannot stat mount source %s", o->source);
+        if (so.st_dev == sm.st_dev && so.st_ino == sm.st_ino && same_masks(m, o))
+            continue;
         if (trees_overlap(m->source, &sm, o->source, &so))
             return util_fail(err, EBUSY, "mount %s (%s) shares files with mount %s (%s), which has masks: a mask "
                              "holds only in its own mount, so the other would show what it hides; mount the "
@@ -329,8 +348,12 @@ int runtime_masks_prepare(struct isolate_plan *plan, const struct runtime_masks 
         }
         m->masks = masks[i].paths;
         m->n_masks = masks[i].n;
-        if (masks_check_mount(m, err) < 0 || masks_check_others(plan, m, err) < 0)
+        if (masks_check_mount(m, err) < 0)
             return -1;
     }
+    /* Once every mount has its masks: same_masks compares them. */
+    for (size_t i = 0; i < plan->n_mounts; i++)
+        if (plan->mounts[i].n_masks && masks_check_others(plan, &plan->mounts[i], err) < 0)
+            return -1;
     return 0;
 }

@@ -266,6 +266,19 @@ def test_the_same_tree_mounted_again_is_refused(run, repo, hostdir, second):
         assert r.returncode == 125 and "shares files" in r.stderr, r
 
 
+def test_the_same_source_with_the_same_masks_may_be_mounted_twice(run, repo):
+    """As a run mounts its repository (an overlay at /workspace, a read-only
+    base): both hide the same paths.  Other masks, or none, are refused."""
+    r = run(["run", "--overlay", "%s:/ws" % repo, "--mask", "secrets", "--mask", ".env", "--mask", ".git/config",
+             "--mount", "%s:/base:ro" % repo] + MASKS + ["--", "sh", "-c", READ_ALL.replace("/w", "/ws") +
+                                                         READ_ALL.replace("/w", "/base")])
+    assert r.returncode == 0 and "TOPSECRET" not in r.stdout and r.stdout.count("readme") == 2, r
+    for other in (MASKS[:4], MASKS + ["--mask", "README"], []):
+        r = run(["run", "--overlay", "%s:/ws" % repo] + MASKS + ["--mount", "%s:/base:ro" % repo] + other +
+                ["--", "true"])
+        assert r.returncode == 125 and "shares files" in r.stderr, (other, r)
+
+
 def test_missing_masks(run, hostdir):
     """ro/overlay: a masked path that does not exist stays hidden when the
     host creates it later; rw: there is nothing to cover."""
