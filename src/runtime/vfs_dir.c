@@ -206,18 +206,42 @@ const cell_vfs_ops runtime_vfs_dir_ops = {
     .release = vd_release,
 };
 
-int runtime_vfs_dir_new(const char *dir, void **out, cell_error *err)
+static struct vfsdir *vfsdir_alloc(cell_error *err)
 {
     struct vfsdir *d = calloc(1, sizeof *d);
     if (!d || !(d->path = calloc(16, sizeof *d->path)) || !(d->path[1] = strdup(""))) {
         if (d)
             free(d->path);
         free(d);
-        return util_fail(err, ENOMEM, "out of memory");
+        util_fail(err, ENOMEM, "out of memory");
+        return NULL;
     }
     d->cap = 16;
     d->n = 2;       /* 1: CELL_VFS_ROOT */
+    d->root_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
+    return d;
+}
+
+int runtime_vfs_dir_new_fd(int dirfd, void **out, cell_error *err)
+{
+    struct vfsdir *d = vfsdir_alloc(err);
+    if (!d)
+        return -1;
+    if ((d->root_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3)) < 0) {
+        util_fail_errno(err, "cannot duplicate the directory to serve");
+        runtime_vfs_dir_free(d);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+int runtime_vfs_dir_new(const char *dir, void **out, cell_error *err)
+{
+    struct vfsdir *d = vfsdir_alloc(err);
+    if (!d)
+        return -1;
     struct open_how how = { .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
                             .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
     d->root_fd = (int)syscall(SYS_openat2, AT_FDCWD, dir, &how, sizeof how);

@@ -92,6 +92,27 @@ static int parse_overlay_mount(sreq *r, size_t i, const char *source, const char
     return 0;
 }
 
+/* {"type":"lane","lane":NAME,"target":...}: one of the tenant's lanes,
+ * read-only, served by the daemon without a copy (laneview.c).  The name
+ * is kept, not the lane's id: each boot looks it up for the cell's tenant. */
+static int parse_lane_mount(sreq *r, size_t i, json_t *m, const char *target, json_t *out)
+{
+    const char *name = NULL;
+    if (json_get_str(r, m, "lane", 1, &name) < 0)
+        return -1;
+    store_lane l;
+    if (store_lane_get(r->s->st, r->tok.tenant, name, &l, NULL) < 0 || strcmp(l.state, "ready") != 0)
+        return reply_problem(r, 404, "not_found", "mounts[%zu].lane: no lane %s; create it with POST /v1/lanes or "
+                             "/v1/lanes/{name}/import", i, name), -1;
+    json_t *v = json_object_get(m, "readonly");
+    if (v && !json_is_true(v))
+        return reply_problem(r, 400, "invalid_request", "mounts[%zu]: a lane mount is read-only; leave out "
+                             "\"readonly\" or set it to true", i), -1;
+    json_array_append_new(out, json_pack("{s:s, s:s, s:s, s:b}", "type", "lane", "lane", name, "target", target,
+                                         "readonly", 1));
+    return 0;
+}
+
 /* mounts[i].mask: up to RUNTIME_MAX_MASKS paths relative to the source that
  * the cell must not see, each checked as libcell checks it (the create
  * checks the host tree: symlinks, hard links, the tree mounted twice). */
@@ -169,9 +190,12 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
         } else if (strcmp(type, "overlay") == 0) {
             if (parse_overlay_mount(r, i, source, target, size, out) < 0)
                 return -1;
+        } else if (strcmp(type, "lane") == 0) {
+            if (parse_lane_mount(r, i, m, target, out) < 0)
+                return -1;
         } else {
             return reply_problem(r, 400, "invalid_request",
-                                 "mounts[%zu]: type must be \"memory\", \"bind\" or \"overlay\"", i), -1;
+                                 "mounts[%zu]: type must be \"memory\", \"bind\", \"overlay\" or \"lane\"", i), -1;
         }
         if (parse_mount_masks(r, i, m, json_array_get(out, json_array_size(out) - 1)) < 0)
             return -1;

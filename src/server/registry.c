@@ -4,6 +4,7 @@
 #include "server/server_internal.h"
 #include "server/agents.h"
 #include "runtime/runtime.h"
+#include "runtime/vfs.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -260,10 +261,14 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
     size_t i;
     json_t *m;
     json_array_foreach(json_object_get(spec, "mounts"), i, m) {
-        if (i >= sizeof b->mounts / sizeof b->mounts[0])
-            break;
-        cell_mount *cm = &b->mounts[i];
         const char *type = spec_str(m, "type");
+        /* Lane mounts are vfs mounts, opened at boot (laneview.c). */
+        if (type && strcmp(type, "lane") == 0)
+            continue;
+        size_t k = b->cfg.n_mounts;
+        if (k >= sizeof b->mounts / sizeof b->mounts[0])
+            break;
+        cell_mount *cm = &b->mounts[k];
         cm->kind = type && strcmp(type, "bind") == 0      ? CELL_MOUNT_BIND
                    : type && strcmp(type, "overlay") == 0 ? CELL_MOUNT_OVERLAY
                                                           : CELL_MOUNT_MEMORY;
@@ -276,10 +281,10 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
         json_array_foreach(json_object_get(m, "mask"), j, v) {
             if (j >= RUNTIME_MAX_MASKS)
                 break;
-            b->mask_paths[i][j] = json_string_value(v);
-            b->masks[i] = (struct runtime_masks){ b->mask_paths[i], j + 1 };
+            b->mask_paths[k][j] = json_string_value(v);
+            b->masks[k] = (struct runtime_masks){ b->mask_paths[k], j + 1 };
         }
-        b->cfg.n_mounts = i + 1;
+        b->cfg.n_mounts = k + 1;
     }
     /* Last, so that it sits above a client's mount of /opt: the agent
      * cache, read-only; installs add directories that show up here. */
@@ -299,6 +304,8 @@ struct boot_job {
     srv *s;
     const cell_config *cfg;
     const struct runtime_masks *masks;
+    scell *sc;                          /* lane mounts: its spec's, opened for it (NULL: none) */
+    struct laneviews *views;
     cell *c;
     cell_error *err;
     int rc;
@@ -307,8 +314,17 @@ struct boot_job {
 static void boot_on_owner(void *arg)
 {
     struct boot_job *job = arg;
+    struct runtime_vfs_spec vfs[16];
+    size_t n_vfs = 0;
     pthread_mutex_lock(&job->s->ctx_lock);
-    job->rc = runtime_cell_create(job->s->ctx, job->cfg, job->masks, &job->c, job->err);
+    job->rc = job->sc ? laneview_open(job->s, job->sc->tenant, job->sc->spec, vfs, &n_vfs, &job->views, job->err)
+                      : 0;
+    if (job->rc == 0)
+        job->rc = runtime_cell_create_vfs(job->s->ctx, job->cfg, job->masks, vfs, n_vfs, &job->c, job->err);
+    if (job->rc < 0) {
+        laneview_close(job->views);
+        job->views = NULL;
+    }
     pthread_mutex_unlock(&job->s->ctx_lock);
 }
 
@@ -381,8 +397,15 @@ static int boot(scell *sc, int warm, cell_error *err)
     spec_to_config(sc->spec, policy, &b);
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
-    cell *c = warm ? pool_take(s, sc->spec, policy != NULL) : NULL;
-    int rc = c ? 0 : registry_cell_create_masked(s, &b.cfg, b.masks, &c, err);
+    /* A pooled cell has no lane mounts. */
+    int views = laneview_count(sc->spec) > 0;
+    cell *c = warm && !views ? pool_take(s, sc->spec, policy != NULL) : NULL;
+    struct boot_job job = { .s = s, .cfg = &b.cfg, .masks = b.masks, .sc = views ? sc : NULL, .err = err };
+    if (!c) {
+        srv_on_owner_thread(s, boot_on_owner, &job);
+        c = job.c;
+    }
+    int rc = c ? 0 : -1;
     free(b.policy);
     if (rc < 0) {
         json_decref(policy);
@@ -413,6 +436,7 @@ static int boot(scell *sc, int warm, cell_error *err)
         goto fail;
     }
     sc->watcher_on = 1;
+    sc->views = job.views;
     pthread_mutex_unlock(&sc->io);
     json_decref(policy);
     atomic_store(&sc->active_ms, srv_now_ms());
@@ -423,6 +447,7 @@ fail:
     if (wake_fd >= 0)
         close(wake_fd);
     registry_cell_destroy(s, c);
+    laneview_close(job.views);
     return -1;
 }
 
@@ -442,6 +467,8 @@ static void halt(scell *sc)
     }
     int watcher_on = sc->watcher_on;
     sc->watcher_on = 0;
+    struct laneviews *views = sc->views;
+    sc->views = NULL;
     pthread_mutex_unlock(&sc->io);
     if (!c)
         return;
@@ -450,6 +477,7 @@ static void halt(scell *sc)
     close(sc->wake_fd);
     sc->wake_fd = -1;
     registry_cell_destroy(s, c);
+    laneview_close(views);      /* after the cell: its vfs servers are stopped */
     procs_on_halt(sc);
     store_cell_set_state(s->st, sc->id, "stopped", NULL);
 }

@@ -150,6 +150,16 @@ void registry_cell_destroy(srv *s, cell *c);
 /* Boot, as above, what a create's normalized spec without a policy boots. */
 int  registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err);
 
+/* laneview.c: mounts[] of type "lane", a tenant's lane shown read-only
+ * through a vfs.  laneview_open runs on the owner thread under ctx_lock;
+ * laneview_close after the cell is destroyed. */
+struct laneviews;
+struct runtime_vfs_spec;
+size_t laneview_count(json_t *spec);
+int    laneview_open(srv *s, const char *tenant, json_t *spec, struct runtime_vfs_spec *specs, size_t *n,
+                     struct laneviews **out, cell_error *err);
+void   laneview_close(struct laneviews *lv);
+
 /* ---- the warm pool (pool.c) -------------------------------------------------
  * Cells booted ahead of creates, per image, refilled by a thread of its own
  * (started once the main thread takes boot jobs).  pool_take hands out a
@@ -247,6 +257,7 @@ struct scell {
     pthread_cond_t  pcond;          /* process exits and new log entries */
     sproc          *procs;
     unsigned        next_proc;
+    struct laneviews *views;        /* its lane mounts' servers (laneview.c), from boot to halt */
     struct proc_config {            /* plock; sandbox-agent's /processes/config */
         int64_t max_concurrent, default_run_timeout_ms, max_run_timeout_ms;
         int64_t max_output_bytes, max_log_bytes, max_input_bytes;
