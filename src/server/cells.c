@@ -329,6 +329,34 @@ int cells_valid_hostname(const char *h)
     return util_valid_name(h) && !strpbrk(h, "_.") && h[n - 1] != '-';
 }
 
+/* An imported or committed image's config (issue 13): its Env for the
+ * names the request's env leaves out, its WorkingDir when the request
+ * gives no cwd.  (User and Entrypoint/Cmd are for `cell run`: processes
+ * here name their command and run as the cell's root.) */
+static int image_defaults(sreq *r, const char *image, json_t *spec, int cwd_given)
+{
+    cell_image_config c;
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int rc = cell_image_config_get(r->s->ctx, image, &c, &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0)
+        return reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message), -1;
+    json_t *env = json_object_get(spec, "env");
+    for (size_t i = 0; i < c.n_env; i++) {
+        char *eq = strchr(c.env[i], '=');
+        if (!eq || eq == c.env[i])
+            continue;
+        *eq = '\0';
+        if (!json_object_get(env, c.env[i]))
+            json_object_set_new(env, c.env[i], json_string(eq + 1));
+    }
+    if (!cwd_given && c.cwd && c.cwd[0] == '/')
+        json_object_set_new(spec, "cwd", json_string(c.cwd));
+    cell_image_config_free(&c);
+    return 0;
+}
+
 static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, int *has_lane)
 {
     const char *image = NULL, *lane_name = NULL, *cwd = "/", *hostname = NULL;
@@ -369,6 +397,8 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
     json_object_set_new(spec, "ttl", json_integer(ttl));
     json_t *envo = json_object_get(body, "env");
     json_object_set_new(spec, "env", json_is_object(envo) ? json_incref(envo) : json_object());
+    if (image_defaults(r, image, spec, json_object_get(body, "cwd") != NULL) < 0)
+        return -1;
     /* agents first: it folds its env and rules into the spec and policy. */
     if (parse_resources(r, body, spec) < 0 || parse_mounts(r, body, spec) < 0 || agentkeys_apply(r, body, spec) < 0 ||
         parse_policy(r, body, spec) < 0)

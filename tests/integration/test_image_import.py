@@ -319,6 +319,10 @@ def test_api_import_list_boot_and_delete(d, base):
         out = tenant.post("/cells/%s/v1/processes/run" % c.body["id"],
                           {"command": "/bin/busybox", "args": ["ls", "/a"]})
         assert out.status == 200 and out.body["stdout"].split() == ["early", "new"], out
+        # the image's Env and WorkingDir are the cell's defaults
+        out = tenant.post("/cells/%s/v1/processes/run" % c.body["id"],
+                          {"command": "/bin/sh", "args": ["-c", "echo $GREETING; pwd"]})
+        assert out.body["stdout"].split("\n")[:2] == ["hello from the image", "/a"], out
         assert_problem(admin.delete("/v1/images/%s" % name), 409, "conflict", "cell")
     finally:
         assert tenant.delete("/v1/cells/%s" % c.body["id"]).status == 204
