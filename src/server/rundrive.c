@@ -245,18 +245,6 @@ static int drv_sh(drive *d, const char *what, const char *script, const char *ar
     return rc;
 }
 
-/* Every process of the cell but its init, again until none is left (one
- * that forks while kill(-1) walks the table may escape one round): the
- * diff and the state must not race the agent. */
-static void drv_kill_all(drive *d)
-{
-    cell_error e = { 0 };
-    if (drv_sh(d, "killing the agent's processes",
-               "i=0; while [ $i -lt 100 ] && kill -KILL -1 2>/dev/null; do i=$((i+1)); done; exit 0", NULL, NULL,
-               &e) < 0)
-        fprintf(stderr, "cell daemon: run %s: %s\n", d->r->id, e.message);
-}
-
 /* Write a file into the cell, its directories first (io held throughout). */
 static int drv_write(drive *d, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
 {
@@ -895,23 +883,38 @@ static const char *state_dir_of(const char *agent)
     return NULL;
 }
 
-static void save_state(drive *d)
+/* Every process of the cell but its init, again until none is left (one
+ * that forks while kill(-1) walks the table may escape one round): the
+ * diff and the state must not race the agent.  The same process then
+ * tars the agent's state (its session files, for a resume) out of the
+ * cell: one spawn where two were, on the path from the agent's end to
+ * the result. */
+static const char kill_and_tar[] =
+    "i=0; while [ $i -lt 100 ] && kill -KILL -1 2>/dev/null; do i=$((i+1)); done\n"
+    "[ -n \"$1\" ] && cd /root && [ -d \"$1\" ] || exit 0\n"
+    "exec tar -cf - -- \"$1\"";
+
+static void stop_and_save(drive *d)
 {
     const char *rel = state_dir_of(d->agent);
-    char dir[PATH_MAX], path[PATH_MAX + 32];
-    if (!rel || runs_dir(d->r, dir, sizeof dir) < 0)
-        return;
-    snprintf(path, sizeof path, "%s/agent-state.tar", dir);
-    _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return;
+    char dir[PATH_MAX], path[PATH_MAX + 32] = "";
+    _cleanup_close_ int fd = -1;
+    if (rel && runs_dir(d->r, dir, sizeof dir) == 0) {
+        snprintf(path, sizeof path, "%s/agent-state.tar", dir);
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    }
     /* tar runs in the cell: its links are the cell's business, not ours. */
-    const char *argv[] = { "/bin/sh", "-c", "cd /root && [ -d \"$1\" ] || exit 0; exec tar -cf - -- \"$1\"", "sh",
-                           rel, NULL };
-    drv_out o = { .fd = fd, .cap = DRV_STATE_MAX };
+    const char *argv[] = { "/bin/sh", "-c", kill_and_tar, "sh", fd >= 0 ? rel : "", NULL };
+    drv_out o = { .fd = fd, .cap = fd >= 0 ? DRV_STATE_MAX : 4096 };
     cell_error e = { 0 };
     int status = 0;
     int rc = drv_exec(d, argv, &o, 0, DRV_SETUP_MS, &status, &e);
+    if (fd < 0) {
+        free(o.buf);
+        if (rc < 0)
+            fprintf(stderr, "cell daemon: run %s: killing the agent's processes: %s\n", d->r->id, e.message);
+        return;
+    }
     if (rc < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0 || o.len == 0) {
         if (rc < 0)
             runs_emit(d->r, "error", json_pack("{s:s}", "message", "the agent's state was not saved (over 64 MiB "
@@ -1126,9 +1129,8 @@ void *rundrive_main(void *arg)
     }
     runs_set_status(d.r, RUN_FINISHING);
     if (d.sc && registry_running(d.sc) && !d.stopping) {
-        drv_kill_all(&d);
+        stop_and_save(&d);
         compute_diff(&d);
-        save_state(&d);
     } else if (d.sc && !d.stopping && !d.canceled && !d.timed_out) {
         drv_fail(&d, "cell_gone", "the run's cell %s stopped or was deleted during the run", d.sc->id);
     }
