@@ -214,7 +214,7 @@ static int take_file(struct import *im, runtime_untar *t, struct in_file *f, uin
     while ((r = runtime_untar_data(t, &buf, &len, &off, err)) == 1) {
         if (off < at)
             return util_fail(err, EBADMSG, "the archive's file '%s' has overlapping data blocks", f->name);
-        if (off + len > im->max_size || *total + (off - at) + len > im->max_size)
+        if (off > im->max_size || off + len > im->max_size || *total + (off - at) + len > im->max_size)
             return util_fail(err, EFBIG, "the archive is larger than the image size limit (%llu bytes; "
                              "raise it with --max-image-size)", (unsigned long long)im->max_size);
         hash_zeros(&h, off - at);
@@ -726,8 +726,9 @@ static int write_data(struct import *im, runtime_untar *t, int fd, const char *r
     while ((r = runtime_untar_data(t, &buf, &len, &off, err)) == 1) {
         if (off < end)
             return util_fail(err, EBADMSG, "layer entry '%s' has overlapping data blocks", rel);
-        /* Holes count too: an image's size is what its files say they hold. */
-        if (off + len - end > im->max_size - im->size)
+        /* Holes count too: an image's size is what its files say they hold.
+         * (off is the parser's word: checked before any sum can wrap.) */
+        if (off > im->max_size || off + len - end > im->max_size - im->size)
             return util_fail(err, EFBIG, "the image is larger than its size limit (%llu bytes; raise it with "
                              "--max-image-size)", (unsigned long long)im->max_size);
         if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
