@@ -108,7 +108,7 @@ static int image_ls(struct cli_global *g, cell_ctx *ctx)
         json_t *ul = g->json ? json_array() : NULL;
         lanes_of(lanes, nl, m->name, users, sizeof users, ul);
         if (g->json)
-            json_array_append_new(arr, json_pack("{s:s, s:s?, s:I, s:I, s:s, s:b, s:o}", "name", m->name, "digest",
+            json_array_append_new(arr, json_pack("{s:s, s:s*, s:I, s:I, s:s, s:b, s:o}", "name", m->name, "digest",
                                                  m->digest[0] ? m->digest : NULL, "size", (json_int_t)m->size,
                                                  "created", (json_int_t)m->created, "source", m->source, "ready",
                                                  m->ready, "lanes", ul));

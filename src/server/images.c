@@ -14,7 +14,7 @@
 
 static json_t *info_json(const cell_image_info *m)
 {
-    return json_pack("{s:s, s:s?, s:I, s:I, s:s, s:b}", "name", m->name, "digest", m->digest[0] ? m->digest : NULL,
+    return json_pack("{s:s, s:s*, s:I, s:I, s:s, s:b}", "name", m->name, "digest", m->digest[0] ? m->digest : NULL,
                      "size", (json_int_t)m->size, "created", (json_int_t)m->created, "source", m->source,
                      "ready", m->ready);
 }

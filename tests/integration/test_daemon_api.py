@@ -774,7 +774,8 @@ def test_images(admin):
     imgs = {i["name"]: i for i in r.body["images"]}
     assert imgs["host"]["ready"] is True and "debian-bookworm" in imgs, imgs
     g = admin.get("/v1/images/host")
-    assert g.status == 200 and g.body == {"name": "host", "ready": True}, g
+    assert g.status == 200 and g.body == {"name": "host", "ready": True, "size": 0, "created": 0,
+                                          "source": "builtin"}, g
     assert_problem(admin.get("/v1/images/no-such-image"), 404, "not_found")
 
 
