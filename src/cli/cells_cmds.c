@@ -50,6 +50,8 @@ static const char create_usage[] =
     "                            in the cell but never written: changes go to an\n"
     "                            in-memory layer of SIZE (default 1G); admin tokens\n"
     "                            only (repeatable)\n"
+    "  --mask PATH               hide PATH (relative to SRC, e.g. .env) in the\n"
+    "                            --mount-overlay before it (repeatable)\n"
     "  --policy FILE             network policy: a JSON file (see docs/egress.md);\n"
     "                            without one the cell has no network at all\n"
     "  --agent-key AGENT=SECRET[,base=URL][,provider=NAME]\n"
@@ -397,6 +399,24 @@ static int add_overlay_mount(json_t *mounts, const char *spec)
     return rc;
 }
 
+/* --mask PATH: into mounts[].mask of the --mount-overlay before it (the
+ * daemon checks the path and names mounts[N].mask[M] when it refuses it). */
+static int add_mount_mask(json_t *mounts, const char *path)
+{
+    size_t n = json_array_size(mounts);
+    json_t *m = n ? json_array_get(mounts, n - 1) : NULL;
+    const char *type = json_string_value(json_object_get(m, "type"));
+    if (!type || strcmp(type, "overlay") != 0)
+        return cli_fail(CLI_EXIT_USAGE, "--mask %s: put it after the --mount-overlay SRC:DST it applies to", path);
+    json_t *masks = json_object_get(m, "mask");
+    if (!masks) {
+        masks = json_array();
+        json_object_set_new(m, "mask", masks);
+    }
+    return json_array_append_new(masks, json_string(path)) < 0
+               ? cli_fail(CLI_EXIT_USAGE, "--mask: '%s' is not valid UTF-8", path) : 0;
+}
+
 /* A policy file as JSON; the daemon validates the rules themselves (its
  * errors name the rule and field).  NULL after printing a usage error. */
 static json_t *read_policy(const char *opt, const char *path)
@@ -458,6 +478,8 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
         return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--mount-overlay", &v)) != 0)
         return k < 0 ? CLI_EXIT_USAGE : add_overlay_mount(json_object_get(body, "mounts"), v);
+    if ((k = opt_is(argc, argv, i, "--mask", &v)) != 0)
+        return k < 0 ? CLI_EXIT_USAGE : add_mount_mask(json_object_get(body, "mounts"), v);
     if ((k = opt_is(argc, argv, i, "--policy", &v)) != 0) {
         json_t *policy = k < 0 ? NULL : read_policy("--policy", v);
         return policy ? (json_object_set_new(body, "policy", policy), 0) : CLI_EXIT_USAGE;

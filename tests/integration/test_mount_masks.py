@@ -21,12 +21,14 @@ cell's root and as a non-root uid:
 The host tree is the same afterwards (bytes and metadata).
 """
 import hashlib
+import json
 import os
 import stat
 
 import pytest
 
 import daemon as dm
+from conftest import run_cell
 
 OWNER = 1000
 SECRET = b"TOPSECRET-token\n"
@@ -344,6 +346,26 @@ def test_daemon_masks(d, admin, repo, kind):
         assert "TOPSECRET" not in out.body["stdout"] and "readme" in out.body["stdout"], out.body
     finally:
         assert admin.delete("/v1/cells/%s" % cid).status == 204
+
+
+def test_cli_create_mount_overlay_mask(d, repo):
+    env = {k: v for k, v in os.environ.items() if k not in ("CELL_TOKEN", "CELL_URL")}
+
+    def cli(*args):
+        return run_cell(d.state, list(args), env=env)
+
+    r = cli("--json", "create", "--memory", "128M", "--mount-overlay", "%s:/w" % repo, *MASKS)
+    assert r.returncode == 0, r
+    cid = json.loads(r.stdout)["id"]
+    try:
+        r = cli("exec", cid, "--", "sh", "-c", READ_ALL)
+        assert r.returncode == 0 and "TOPSECRET" not in r.stdout and "readme" in r.stdout, r
+    finally:
+        assert cli("rm", cid).returncode == 0
+    r = cli("create", "--mask", ".env", "--mount-overlay", "%s:/w" % repo)
+    assert r.returncode == 2 and "after the --mount-overlay" in r.stderr, r
+    r = cli("create", "--mount-overlay", "%s:/w" % repo, "--mask", "../x")
+    assert r.returncode != 0 and "mounts[0].mask[0]" in r.stderr, r
 
 
 @pytest.mark.parametrize("mask,status,needle", [
