@@ -13,7 +13,8 @@ from conftest import CELL_BIN
 # the copy beside it is the same bytes; so are the plugins (libcell-*.so,
 # dlopen()ed from a memfd).  `cell serve` execs cell-daemon.
 BINARIES = [CELL_BIN] + [os.path.join(os.path.dirname(CELL_BIN), n)
-                         for n in ("cell-init", "cell-egress", "cell-daemon", "libcell-net.so", "libcell-archive.so")]
+                         for n in ("cell-init", "cell-egress", "cell-daemon", "libcell-net.so", "libcell-archive.so",
+                                   "libcell-vfs.so")]
 
 
 def readelf(*args):

@@ -50,7 +50,14 @@ def test_daemon_links_the_server_but_loads_the_plugins():
     libs = ldd(DAEMON)
     for need in ("libmicrohttpd", "libsqlite3"):
         assert any(n.startswith(need) for n in libs), (need, libs)
-    assert heavy_in(libs, ("libnftables", "libarchive", "libxml2", "libicu", "libstdc++", "libldns", "libssl")) == [], libs
+    assert heavy_in(libs, ("libnftables", "libarchive", "libxml2", "libicu", "libstdc++", "libldns", "libssl",
+                           "libfuse3")) == [], libs
+
+
+def test_cell_and_libcell_link_no_libfuse():
+    # Virtual filesystems load libcell-vfs.so (and libfuse) on first use.
+    for binary in (CELL_BIN, os.path.join(os.path.dirname(CELL_BIN), "libcell.so.0")):
+        assert heavy_in(ldd(binary), ("libfuse3",)) == [], binary
 
 
 def start_cell(state, *args):
