@@ -48,15 +48,21 @@ def config_blob(layers, config, arch="amd64"):
                        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(l) for l in layers]}}).encode()
 
 
-def oci_archive(layers, config, gz=False, platform=None, tamper=None, drop=None, index=None):
+def zstd_compress(data):
+    import subprocess
+    return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+
+
+def oci_archive(layers, config, gz=False, platform=None, tamper=None, drop=None, index=None, zstd=False):
     """An OCI image layout tar of uncompressed `layers` (gzip'ed if gz) and
     `config`; tamper(hex, data) -> data changes a blob after its digest was
     taken, drop names a digest left out.  Returns (tar bytes, manifest digest)."""
     blobs, descs = {}, []
     for l in layers:
-        b = gzip.compress(l, mtime=0) if gz else l
+        b = gzip.compress(l, mtime=0) if gz else zstd_compress(l) if zstd else l
         blobs[sha(b)] = b
-        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gz else ""),
+        descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" +
+                      ("+gzip" if gz else "+zstd" if zstd else ""),
                       "digest": "sha256:" + sha(b), "size": len(b)})
     cfg = config_blob(layers, config)
     blobs[sha(cfg)] = cfg

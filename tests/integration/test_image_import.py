@@ -2,15 +2,15 @@
 docker-archive tars built here from busybox (ocibuild.py), booted, their
 whiteouts and config honoured; hostile archives and layers refused with
 nothing left behind; blobs shared between images stored once."""
-import gzip
 import json
 import os
+import shutil
 import time
 
 import pytest
 
 from conftest import popen_cell, stop_proc, wait_for_cell_id
-from ocibuild import (CONFIG, busybox_base, config_blob, docker_archive, oci_archive, sha, tar_bytes,
+from ocibuild import (CONFIG, busybox_base, docker_archive, oci_archive, sha, tar_bytes,
                       whiteout_layer)
 
 
@@ -91,6 +91,13 @@ def test_docker_archive_runs_entrypoint_and_cmd_with_env_and_workdir(run, tmp_pa
              "/bin/sh", "-c", "echo $GREETING $PATH; pwd; id -u; id -g; ls /a"])
     assert r.stdout.split("\n")[:5] == ["mine /bin", "/tmp", "7", "8", "early"] or \
         r.stdout.split("\n")[:4] == ["mine /bin", "/tmp", "7", "8"], r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("zstd"), reason="needs the zstd program")
+def test_zstd_layers(run, tmp_path, base):
+    imported(run, tmp_path, "zst", oci_archive([base, whiteout_layer()], CONFIG, zstd=True)[0])
+    r = run(["run", "--image", "zst", "--", "/bin/busybox", "ls", "/a"])
+    assert r.stdout.split() == ["early", "new"], r.stdout + r.stderr
 
 
 def test_config_user_by_name_and_by_number(run, tmp_path, base):
