@@ -19,6 +19,8 @@ packages=(
   # tests and benchmarks
   libcmocka-dev python3 python3-pytest git bubblewrap util-linux procps wrk curl
   python3-dnspython nftables passt slirp4netns
+  # daemon.openapi_check: responses checked against docs/openapi.json
+  python3-jsonschema
   # test_image_import.py builds its images from a static busybox
   busybox-static
   # scripts/test.sh runs the integration tests in two processes (pytest -n 2)

@@ -445,6 +445,29 @@ def serve(state, extra_args=(), after_stop=None, **kw):
 served = contextlib.contextmanager(serve)
 
 
+_OPENAPI = None
+
+
+def openapi_check(body, schema):
+    """Validate a response body against docs/openapi.json's
+    components.schemas[schema] (JSON Schema 2020-12, as OpenAPI 3.1 says),
+    so the document is checked against what the daemon really answers."""
+    global _OPENAPI
+    import warnings
+    import jsonschema
+    if _OPENAPI is None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "openapi.json")) as f:
+            _OPENAPI = json.load(f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        resolver = jsonschema.RefResolver.from_schema(_OPENAPI)
+        validator = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/" + schema}, resolver=resolver)
+        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, "%s does not match openapi.json's %s: %s" % (
+        json.dumps(body)[:2000], schema, "; ".join("%s: %s" % ("/".join(map(str, e.path)), e.message[:300])
+                                                   for e in errors[:5]))
+
+
 def tree_snapshot(root, dirs=False):
     """{relative path: bytes, or "-> target" for a link} of every file under
     root (links to directories included, never followed); dirs: each
@@ -497,6 +520,7 @@ def run_events(client, rid, follow=True, limit_s=120, last_id=None):
         for event, data in sse_events(resp, limit_s):
             doc = json.loads(data)
             assert doc.get("type") == event, (event, doc)
+            openapi_check(doc, "RunEvent")
             out.append(doc)
             if doc["type"] == "run.finished":
                 break
@@ -514,6 +538,7 @@ def run_wait(client, rid, limit_s=120):
     if r.body["status"] not in RUN_TERMINAL:   # the stream ended early: poll, bounded
         wait_for(lambda: client.get("/v1/runs/" + rid).body["status"] in RUN_TERMINAL, 30, 0.2)
         r = client.get("/v1/runs/" + rid)
+    openapi_check(r.body, "Run")
     return r.body, events
 
 
@@ -521,6 +546,7 @@ def run_start(client, body, status=202):
     """POST /v1/runs; asserts the status; returns the run JSON."""
     r = client.post("/v1/runs", body)
     assert r.status == status, r
+    openapi_check(r.body, "Run" if status == 202 else "ProblemDetails")
     return r.body
 
 
