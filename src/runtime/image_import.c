@@ -972,12 +972,18 @@ int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t ma
      * so that storing a blob is a link. */
     char blobs[PATH_MAX];
     if (image_meta_blob_dir(ctx, blobs, sizeof blobs, err) < 0 ||
-        util_path(im.stage, sizeof im.stage, err, "%s/images/.%s.tmp-%s", ctx->state_dir, name, suffix) < 0 ||
+        util_path(im.stage, sizeof im.stage, err, "%s/images/.%s" IMAGE_META_STAGING "%s", ctx->state_dir, name,
+                  suffix) < 0 ||
         util_path(im.in_dir, sizeof im.in_dir, err, "%s/in", im.stage) < 0)
+        return -1;
+    image_meta_sweep(ctx);
+    int lock = image_meta_stage(im.stage, err);
+    if (lock < 0)
         return -1;
     int rc = run_import(&im, fd, err);
     if (rc < 0)
         util_rm_rf(im.stage, NULL);
+    close(lock);
     if (im.root_fd >= 0)
         close(im.root_fd);
     for (size_t i = 0; im.files && i < im.n_files; i++) {

@@ -73,6 +73,17 @@ int  image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err)
  * that tmp's contents hash to digest. */
 int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err);
 
+/* Staging and removal directories in images/ ("." NAME IMAGE_META_STAGING
+ * suffix, "." NAME ".rm-" suffix) are flock()ed while in use, so that one a
+ * crashed import or removal left behind can be told from one in progress. */
+#define IMAGE_META_STAGING ".import-"
+/* Make the directory `path` and return an fd holding its flock: it is made
+ * under another name and renamed once locked, so a sweep never sees it
+ * unlocked (image_store.c). */
+int  image_meta_stage(const char *path, cell_error *err);
+/* Remove the staging and removal directories nobody holds (best effort). */
+void image_meta_sweep(cell_ctx *ctx);
+
 /* SHA-256 (image_sha256.c): init, update, final writes 64 hex digits + NUL. */
 struct image_sha256 {
     uint32_t h[8];

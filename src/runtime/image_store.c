@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -93,6 +94,54 @@ int runtime_image_mark_user(const char *run_dir, const char *image, cell_error *
     return util_write_file(path, image, strlen(image), 0600, 0, err);
 }
 
+int image_meta_stage(const char *path, cell_error *err)
+{
+    char fresh[PATH_MAX];
+    if (util_path(fresh, sizeof fresh, err, "%s.new", path) < 0)
+        return -1;
+    if (mkdir(fresh, 0700) < 0)
+        return util_fail_errno(err, "cannot create %s", fresh);
+    int fd = open(fresh, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_EX) < 0 || rename(fresh, path) < 0) {
+        int code = errno;
+        if (fd >= 0)
+            close(fd);
+        rmdir(fresh);
+        errno = code;
+        return util_fail_errno(err, "cannot set up %s", path);
+    }
+    return fd;
+}
+
+static int sweepable(const char *n)
+{
+    size_t len = strlen(n);
+    /* NAME.new: being made by image_meta_stage, not locked yet. */
+    if (len >= 4 && strcmp(n + len - 4, ".new") == 0)
+        return 0;
+    return n[0] == '.' && (strstr(n, IMAGE_META_STAGING) || strstr(n, ".rm-"));
+}
+
+void image_meta_sweep(cell_ctx *ctx)
+{
+    char dir[PATH_MAX];
+    if (util_path(dir, sizeof dir, NULL, "%s/images", ctx->state_dir) < 0)
+        return;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[PATH_MAX];
+        if (!sweepable(e->d_name) || snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        /* Held: an import or removal in progress.  Free: its owner died. */
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+            util_rm_rf(path, NULL);
+    }
+    if (d)
+        closedir(d);
+}
+
 int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
 {
     for (const char *const *b = runtime_image_names; *b; b++)
@@ -109,6 +158,13 @@ int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
         return -1;
     if (access(meta, F_OK) < 0)
         return util_fail(err, ENOENT, "unknown image '%s' (cell image ls lists them)", name);
+    image_meta_sweep(ctx);
+    /* Locked before it gets its .rm- name: a sweep must not take an image
+     * this removal may still put back. */
+    _cleanup_close_ int lock = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (lock < 0 || flock(lock, LOCK_EX) < 0)
+        return errno == ENOENT ? util_fail(err, ENOENT, "unknown image '%s'", name)
+                               : util_fail_errno(err, "cannot lock image '%s'", name);
     if (rename(dir, aside) < 0)
         return errno == ENOENT ? util_fail(err, ENOENT, "unknown image '%s'", name)
                                : util_fail_errno(err, "cannot remove image '%s'", name);

@@ -32,7 +32,8 @@ def images_dir(state):
 def leftovers(state):
     """Staging or removal directories left in images/."""
     d = images_dir(state)
-    return [n for n in os.listdir(d) if n.startswith(".") and ".tmp-" in n or ".rm-" in n] if os.path.isdir(d) else []
+    return ([n for n in os.listdir(d) if n.startswith(".") and any(w in n for w in (".import-", ".rm-", ".new"))]
+            if os.path.isdir(d) else [])
 
 
 def image_ls(run):
@@ -256,6 +257,34 @@ def test_setuid_files_are_kept(run, state, tmp_path, base):
     assert os.stat(images_dir(state)).st_mode & 0o077 == 0
 
 
+def test_a_killed_import_is_swept_by_the_next(run, state, tmp_path, base):
+    """An import killed mid-way (SIGKILL: no cleanup of its own) leaves its
+    staging directory; the next import removes it, never one in progress."""
+    import signal
+    import subprocess
+    from conftest import cell_argv
+    data = oci_archive([base], CONFIG)[0]
+    p = subprocess.Popen(cell_argv(state, ["image", "import", "crash", "-"]), stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        p.stdin.write(data[:len(data) // 2])
+        p.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not leftovers(state) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(state), "no staging directory appeared"
+        # one in progress is not swept by another import
+        imported(run, tmp_path, "beside", oci_archive([base], dict(CONFIG, Cmd=["true"]))[0])
+        assert any(".crash" + ".import-" in n for n in leftovers(state))
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert leftovers(state)
+    imported(run, tmp_path, "after", oci_archive([base], dict(CONFIG, Cmd=["false"]))[0])
+    assert leftovers(state) == []
+    assert "crash" not in image_ls(run)
+
+
 # ---- rm -------------------------------------------------------------------------------
 
 
@@ -373,7 +402,7 @@ def test_api_refuses_bad_imports(d, base):
     names = [i["name"] for i in admin.get("/v1/images").body["images"]]
     assert names[:2] == ["host", "debian-bookworm"]
     leftovers_ = [n for n in os.listdir(os.path.join(d.state, "images")) if n.startswith(".")]
-    assert all(not (".tmp-" in n or ".rm-" in n) for n in leftovers_), leftovers_
+    assert all(not (".import-" in n or ".rm-" in n) for n in leftovers_), leftovers_
 
 
 def test_api_two_imports_of_one_name_race(d, base):
@@ -394,4 +423,4 @@ def test_api_two_imports_of_one_name_race(d, base):
         t.join()
     assert sorted(results)[0] == 201 and results.count(201) == 1 and set(results) <= {201, 409}, results
     assert admin.delete("/v1/images/%s" % name).status == 200
-    assert [n for n in os.listdir(os.path.join(d.state, "images")) if ".tmp-" in n] == []
+    assert [n for n in os.listdir(os.path.join(d.state, "images")) if ".import-" in n] == []
