@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -540,6 +541,64 @@ static void a_host_directory_is_served_without_links_or_devices(void **state)
     assert_int_equal(system(p), 0);
 }
 
+static int cb_crash_getattr(void *user, uint64_t ino, cell_vfs_attr *attr)
+{
+    (void)user;
+    if (ino != CELL_VFS_ROOT)
+        abort();    /* the owner's own bug: the owner dies, and its cell with it */
+    *attr = (cell_vfs_attr){ .ino = ino, .mode = S_IFDIR | 0755 };
+    return 0;
+}
+
+static int cb_crash_lookup(void *user, uint64_t parent, const char *name, cell_vfs_attr *attr)
+{
+    (void)parent;
+    (void)name;
+    return cb_crash_getattr(user, 2, attr);
+}
+
+/* A callback that crashes takes its process down (it is the owner's code,
+ * run in the owner); the cell goes with it (cell-init's parent-death
+ * signal), and nothing is left blocked on the dead FUSE connection. */
+static void a_crashing_callback_ends_its_owner_and_the_cell(void **state)
+{
+    (void)state;
+    NEED_ROOT();
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(p[0]);
+        cell_vfs_ops ops = { .lookup = cb_crash_lookup, .getattr = cb_crash_getattr, .readdir = cb_readdir,
+                             .read = cb_read };
+        cell_options *o = NULL;
+        cell *c = NULL;
+        cell_error err = { 0 };
+        if (cell_options_new(&o, &err) < 0 || cell_options_add_vfs(o, "/v", &ops, NULL, 0, 0, &err) < 0 ||
+            cell_create_v2(ctx, o, &c, &err) < 0)
+            _exit(3);
+        pid_t init = cell_init_pid(c);
+        if (write(p[1], &init, sizeof init) != sizeof init)
+            _exit(4);
+        char buf[64];
+        sh(c, "cat /v/anything", buf, sizeof buf);   /* the lookup aborts this process */
+        _exit(5);
+    }
+    close(p[1]);
+    pid_t init = 0;
+    assert_int_equal(read(p[0], &init, sizeof init), sizeof init);
+    close(p[0]);
+    int status = 0;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT);
+    /* cell-init dies with its owner (bounded wait: up to 30 s). */
+    for (int i = 0; i < 300 && kill(init, 0) == 0; i++)
+        usleep(100000);
+    assert_int_not_equal(kill(init, 0), 0);
+}
+
 static void bad_options_are_refused(void **state)
 {
     (void)state;
@@ -613,6 +672,7 @@ int main(void)
         cmocka_unit_test(posix_tier_allows_shared_mmap),
         cmocka_unit_test(the_cell_cannot_mount_fuse_or_unmount_the_vfs),
         cmocka_unit_test(a_host_directory_is_served_without_links_or_devices),
+        cmocka_unit_test(a_crashing_callback_ends_its_owner_and_the_cell),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
