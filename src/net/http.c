@@ -1,6 +1,7 @@
 /* http.c: HTTP enforcement of "http" rules: terminates the cell's TLS with a
  * leaf from the cell's CA, checks and rewrites each request, relays it. */
 #include "net/http.h"
+#include "net/meter.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -95,6 +96,8 @@ typedef struct session {
     int                  client_keep;       /* the request asked to keep the connection */
     int                  keep;              /* its response ended by its framing: serve another */
     int                  continued;         /* "100 Continue" was sent for this request */
+    int                  metered;           /* the response gave a usage (a "meter" rule) */
+    net_usage            usage;
 } session;
 
 static void audit(session *s, int status, int allow)
@@ -110,6 +113,10 @@ static void audit(session *s, int status, int allow)
         json_object_set_new(rec, "path", json_string(s->path.d));
     if (s->reason[0])
         json_object_set_new(rec, "reason", json_string(s->reason));
+    if (s->metered)
+        json_object_set_new(rec, "usage", json_pack("{s:I, s:I, s:I}", "inputTokens", (json_int_t)s->usage.input,
+                                                    "outputTokens", (json_int_t)s->usage.output, "totalTokens",
+                                                    (json_int_t)s->usage.total));
     s->env->audit(s->env->arg, rec);
 }
 
@@ -533,6 +540,19 @@ static const char *response_unfit(const net_http_msg *r, const net_redact *red)
     return NULL;
 }
 
+/* A "meter" rule's response is read for its token usage as it streams,
+ * unless it came encoded in spite of our Accept-Encoding: identity (then
+ * it is relayed unmetered, as the upstream chose so, not the cell). */
+static void meter_start(session *s, const net_http_msg *r, net_meter *m)
+{
+    int count, ccount;
+    const char *ce = net_http_msg_header(r, "content-encoding", &count);
+    const char *ct = net_http_msg_header(r, "content-type", &ccount);
+    if (!s->f->rule->meter || (count && (count > 1 || strcasecmp(ce, "identity") != 0)))
+        return;
+    net_meter_init(m, (enum net_meter_kind)s->f->rule->meter, ccount == 1 ? ct : NULL);
+}
+
 /* Parse the response (its head, interim 1xx responses skipped, then its
  * body) and relay it re-framed, until its framing ends it or the upstream
  * closes.  -1 if no response head came or it is unfit (s->reason says why;
@@ -547,6 +567,7 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
     size_t got = 0;
     int wrote = 0, keep = 0, bodied = 0, rc = -1, interim = 0;
     const char *why = NULL;
+    net_meter meter = { 0 };
     for (;;) {
         ssize_t n = conn_read(&s->up, data, sizeof data);
         if (n < 0 || (n == 0 && !wrote)) {
@@ -577,6 +598,7 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
                 bodied = !head_request && *status != 204 && *status != 304;
                 keep = s->client_keep && (!bodied || r.chunked || r.has_clen);
                 set_recv_timeout(s->up.fd, 0);
+                meter_start(s, &r, &meter);
                 if (write_response_head(s, &r, keep, red) < 0) {
                     rc = 0;
                     goto out;   /* the cell went away */
@@ -588,6 +610,8 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
              * has the last bytes, so its next request finds it idle. */
             if (r.done)
                 release_upstream(s, off == (size_t)n && n > 0 && http_should_keep_alive(&r.p));
+            if (wrote)
+                net_meter_feed(&meter, r.body.d, r.body.len);    /* before body_down wipes it */
             if (wrote && body_down(s, &r, red, bodied) < 0) {
                 rc = 0;
                 goto out;
@@ -610,6 +634,8 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
     }
     rc = 0;     /* cut short: the cell's connection ends, so it sees the body end early */
 out:
+    s->metered = net_meter_finish(&meter, &s->usage);
+    net_meter_free(&meter);
     net_http_msg_free(&r);
     return rc;
 }
@@ -735,6 +761,7 @@ static void serve_request(session *s, int later)
     net_buf target = { 0 };
     s->keep = 0;
     s->continued = 0;
+    s->metered = 0;
     s->reason[0] = '\0';
     s->method[0] = '\0';
     net_buf_wipe(&s->path);

@@ -444,7 +444,7 @@ static int dropped_header(const net_http_rule *r, const char *name)
     for (const char *const *h = hop_headers; *h; h++)
         if (strcasecmp(*h, name) == 0)
             return 1;
-    if (r->redact && strcasecmp(name, "accept-encoding") == 0)
+    if ((r->redact || r->meter) && strcasecmp(name, "accept-encoding") == 0)
         return 1;
     for (char **h = r->remove; h && *h; h++)
         if (strcasecmp(*h, name) == 0)
@@ -521,7 +521,8 @@ int net_http_build_head(const net_http_rule *r, const char *method, const char *
         }
         net_buf_str(&b, "\r\n");
     }
-    if (r->redact)
+    /* Both read the response's body, so it must come unencoded. */
+    if (r->redact || r->meter)
         net_buf_str(&b, "Accept-Encoding: identity\r\n");
     net_buf_str(&b, framing);
     net_buf_str(&b, keep_alive ? "\r\n" : "Connection: close\r\n\r\n");

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "net/httppath.h"
+#include "net/meter.h"
 #include "util/util.h"
 
 #define MAX_RULES     256
@@ -935,13 +936,29 @@ static int parse_redact(const json_t *v, const char *path, net_http_rule *h, cel
     return 0;
 }
 
+/* "meter": whose responses' token usage to read (net/meter.h). */
+static int parse_meter(const json_t *v, const char *path, net_http_rule *h, cell_error *err)
+{
+    if (!json_is_string(v))
+        return bad(err, path, "expected \"openai\" or \"anthropic\", got %s", jtype(v));
+    /* Compared here, not with meter.c's net_meter_kind_from: the net
+     * plugin and the fuzzers link policy.c without the meter. */
+    const char *k = json_string_value(v);
+    h->meter = strcmp(k, "openai") == 0 ? NET_METER_OPENAI : strcmp(k, "anthropic") == 0 ? NET_METER_ANTHROPIC
+                                                                                          : NET_METER_NONE;
+    if (h->meter == NET_METER_NONE)
+        return bad(err, path, "%s: expected \"openai\" or \"anthropic\" (the API whose responses carry the usage)",
+                   q(json_string_value(v)).s);
+    return 0;
+}
+
 static int parse_http(const json_t *m, const char *path, rule *r, cell_error *err)
 {
     static const char *const keys[] = { "host", "ports", "methods", "paths", "set_headers", "remove_headers",
-                                        "redact_response", "tls", NULL };
+                                        "redact_response", "tls", "meter", NULL };
     char sub[PATH_LEN];
-    if (check_keys(m, path, keys, "host, ports, methods, paths, set_headers, remove_headers, redact_response, tls",
-                   err) < 0)
+    if (check_keys(m, path, keys,
+                   "host, ports, methods, paths, set_headers, remove_headers, redact_response, tls, meter", err) < 0)
         return -1;
     if (parse_required_name(m, path, "host", r, err) < 0)
         return -1;
@@ -963,6 +980,8 @@ static int parse_http(const json_t *m, const char *path, rule *r, cell_error *er
         parse_strv(v, AT(sub, "%s.remove_headers", path), "header names", parse_remove_item, &r->http.remove, err) < 0)
         return -1;
     if ((v = json_object_get(m, "redact_response")) && parse_redact(v, AT(sub, "%s.redact_response", path), &r->http, err) < 0)
+        return -1;
+    if ((v = json_object_get(m, "meter")) && parse_meter(v, AT(sub, "%s.meter", path), &r->http, err) < 0)
         return -1;
     if ((v = json_object_get(m, "tls")) && !json_is_boolean(v))
         return bad(err, AT(sub, "%s.tls", path), "expected true or false, got %s", jtype(v));

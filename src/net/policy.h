@@ -23,7 +23,9 @@
  *                "set_headers": {"Name": "value with ${secret:NAME}"}, "remove_headers": ["Name"],
  *                "redact_response": bool (needs a ${secret:NAME} in set_headers),
  *                "tls": bool (plain HTTP refused; default: true when set_headers
- *                       names a ${secret:NAME}, else false)}
+ *                       names a ${secret:NAME}, else false),
+ *                "meter": "openai" | "anthropic" (token usage read from the
+ *                       responses, reported with each http event; net/meter.h)}
  *     "decide": {"url": "http[s]://HOST:PORT/path", "timeout_ms": 1..60000 (500),
  *                "cache_s": 0..86400 (0), "to": TARGETS, "ports": PORTS}
  *   }
@@ -81,6 +83,7 @@ typedef struct net_http_rule {
     int         tls;             /* "tls": plain HTTP from the cell is refused, so nothing the rule
                                   * adds (a secret) goes upstream in clear; on by default
                                   * for a rule that injects a secret */
+    int         meter;           /* "meter": enum net_meter_kind (net/meter.h); 0 = none */
 } net_http_rule;
 
 typedef struct net_decide_rule {

@@ -320,6 +320,15 @@ static void head_middleware(void **state)
     assert_memory_equal(red.vals[0].d, "s3cr3t", 6);
     free(out);
     net_redact_free(&red);
+
+    /* meter: the body is read for usage, so it must come unencoded too. */
+    net_http_rule rm = { .set = set_hdrs, .n_set = 1, .meter = 1 };
+    assert_int_equal(net_http_build_head(&rm, "GET", "/", ae, 2, "", 1, fake_secret, &calls, NULL, &out, &len,
+                                         missing, sizeof missing),
+                     0);
+    assert_string_equal(out, "GET / HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer s3cr3t\r\n"
+                             "Accept-Encoding: identity\r\n\r\n");
+    free(out);
 }
 
 /* The policy's side: path prefixes must be in normal form, and
@@ -338,6 +347,11 @@ static void policy_fields(void **state)
         { "{\"host\":\"a.test\",\"redact_response\":true,\"set_headers\":{\"A\":\"b\"}}", "no ${secret:NAME}" },
         { "{\"host\":\"a.test\",\"redact_response\":true,\"set_headers\":{\"A\":\"${secret:T}\"}}", NULL },
         { "{\"host\":\"a.test\",\"paths\":[\"/v1/\", \"/~u/%3F\"]}", NULL },
+        { "{\"host\":\"a.test\",\"meter\":true}", "expected \"openai\" or \"anthropic\", got true" },
+        { "{\"host\":\"a.test\",\"meter\":\"OpenAI\"}", "expected \"openai\" or \"anthropic\"" },
+        { "{\"host\":\"a.test\",\"meter\":\"\"}", "expected \"openai\" or \"anthropic\"" },
+        { "{\"host\":\"a.test\",\"meter\":\"openai\"}", NULL },
+        { "{\"host\":\"a.test\",\"meter\":\"anthropic\",\"set_headers\":{\"A\":\"${secret:T}\"}}", NULL },
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
         char doc[512];
