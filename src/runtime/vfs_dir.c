@@ -7,7 +7,8 @@
  * symlink or ".." swapped in can never lead outside it; anything that is not
  * a regular file or directory (symlinks, devices, overlayfs whiteouts,
  * sockets) is absent from the view.  Inode numbers are this provider's: each
- * path looked up gets one (at most VFSDIR_MAX_NODES, then ENOSPC). */
+ * path looked up gets one (a hash table from path to number; at most
+ * VFSDIR_MAX_NODES, then ENOSPC). */
 #include "runtime/vfs_dir.h"
 #include "util/util.h"
 
@@ -30,7 +31,45 @@ struct vfsdir {
     pthread_mutex_t  lock;
     char           **path;          /* path[ino]: relative to the root ("" for it); [0] unused */
     size_t           n, cap;
+    uint32_t        *slot;          /* open addressing: path -> ino, 0 = empty */
+    size_t           nslot;         /* a power of two, at least twice n */
 };
+
+static size_t vfsdir_hash(const char *p)
+{
+    uint64_t h = 1469598103934665603ull;    /* FNV-1a */
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return (size_t)h;
+}
+
+/* The slot where path is, or the empty one where it would go. */
+static size_t vfsdir_slot(const struct vfsdir *d, const char *path)
+{
+    size_t i = vfsdir_hash(path) & (d->nslot - 1);
+    while (d->slot[i] && strcmp(d->path[d->slot[i]], path) != 0)
+        i = (i + 1) & (d->nslot - 1);
+    return i;
+}
+
+/* Room for one more path in the hash (rehashed at half full). */
+static int vfsdir_grow_slots(struct vfsdir *d)
+{
+    if ((d->n + 1) * 2 <= d->nslot)
+        return 0;
+    size_t old_n = d->nslot;
+    uint32_t *old = d->slot;
+    d->nslot = old_n ? old_n * 2 : 64;
+    if (!(d->slot = calloc(d->nslot, sizeof *d->slot))) {
+        d->slot = old;
+        d->nslot = old_n;
+        return -1;
+    }
+    for (size_t i = 1; i < d->n; i++)
+        d->slot[vfsdir_slot(d, d->path[i])] = (uint32_t)i;
+    free(old);
+    return 0;
+}
 
 static int vfsdir_open(const struct vfsdir *d, const char *rel, int flags)
 {
@@ -67,12 +106,8 @@ static uint64_t vfsdir_ino(struct vfsdir *d, const char *path)
 {
     uint64_t ino = 0;
     pthread_mutex_lock(&d->lock);
-    /* Linear over the paths seen: fine for the views this serves (a lane),
-     * bounded by VFSDIR_MAX_NODES. */
-    for (size_t i = 1; i < d->n && !ino; i++)
-        if (strcmp(d->path[i], path) == 0)
-            ino = i;
-    if (!ino && d->n < VFSDIR_MAX_NODES) {
+    ino = d->slot[vfsdir_slot(d, path)];
+    if (!ino && d->n < VFSDIR_MAX_NODES && vfsdir_grow_slots(d) == 0) {
         if (d->n == d->cap) {
             size_t cap = d->cap * 2;
             char **p = realloc(d->path, cap * sizeof *p);
@@ -81,8 +116,10 @@ static uint64_t vfsdir_ino(struct vfsdir *d, const char *path)
                 d->cap = cap;
             }
         }
-        if (d->n < d->cap && (d->path[d->n] = strdup(path)))
+        if (d->n < d->cap && (d->path[d->n] = strdup(path))) {
             ino = d->n++;
+            d->slot[vfsdir_slot(d, path)] = (uint32_t)ino;
+        }
     }
     pthread_mutex_unlock(&d->lock);
     return ino;
@@ -220,6 +257,12 @@ static struct vfsdir *vfsdir_alloc(cell_error *err)
     d->n = 2;       /* 1: CELL_VFS_ROOT */
     d->root_fd = -1;
     pthread_mutex_init(&d->lock, NULL);
+    if (vfsdir_grow_slots(d) < 0) {
+        runtime_vfs_dir_free(d);
+        util_fail(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    d->slot[vfsdir_slot(d, "")] = 1;
     return d;
 }
 
@@ -264,6 +307,7 @@ void runtime_vfs_dir_free(void *user)
     for (size_t i = 0; i < d->n; i++)
         free(d->path[i]);
     free(d->path);
+    free(d->slot);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }

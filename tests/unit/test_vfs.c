@@ -529,6 +529,11 @@ static void a_host_directory_is_served_without_links_or_devices(void **state)
     assert_int_not_equal(sh(c, "cat /d/etc/passwd", out, sizeof out), 0);
     assert_int_not_equal(sh(c, "stat /d/wh || stat /d/fifo", out, sizeof out), 0);
     assert_int_not_equal(sh(c, "echo x >/d/sub/file || echo x >/d/new", out, sizeof out), 0);
+    /* 3000 names: the provider's path table grows and rehashes. */
+    snprintf(p, sizeof p, "mkdir %s/many && cd %s/many && seq 3000 | xargs touch && echo last >3000", dir, dir);
+    assert_int_equal(system(p), 0);
+    assert_int_equal(sh(c, "stat -c %i /d/many/* | sort -u | wc -l; cat /d/many/3000", out, sizeof out), 0);
+    assert_string_equal(out, "3000\nlast\n");
     /* sub becomes a symlink to /: its names are gone, never the host's. */
     snprintf(p, sizeof p, "mv %s/sub %s/old && ln -s / %s/sub", dir, dir, dir);
     assert_int_equal(system(p), 0);
