@@ -110,8 +110,7 @@ def test_a_lane_attached_to_a_running_cell_cannot_be_viewed(admin):
     owner = r.body["id"]
     try:
         r = new_cell(admin, [{"type": "lane", "lane": "busy", "target": "/data"}])
-        assert r.status >= 400, r
-        assert "attached to a running cell" in str(r.body), r
+        assert_problem(r, 409, "conflict", "attached to a running cell")
         assert admin.get("/v1/health").status == 200
     finally:
         assert admin.delete("/v1/cells/" + owner).status in (200, 204)
@@ -121,7 +120,34 @@ def test_a_lane_attached_to_a_running_cell_cannot_be_viewed(admin):
     viewer = r.body["id"]
     try:
         assert sh(admin, viewer, "cat /data/f")["stdout"] == "x"
-        r = new_cell(admin, [], lane="busy")
-        assert r.status >= 400, r
+        assert_problem(new_cell(admin, [], lane="busy"), 409, "conflict")
     finally:
         assert admin.delete("/v1/cells/" + viewer).status in (200, 204)
+
+
+def test_concurrent_views_of_one_lane_one_wins(admin):
+    # A view holds the lane's lock like an attached cell: of two cells
+    # created at once with the same lane mounted, one boots, the other is
+    # refused, and the daemon serves on.
+    import threading
+    import_lane(admin, "raced", [("f", b"y")])
+    results = []
+
+    def create():
+        results.append(new_cell(admin, [{"type": "lane", "lane": "raced", "target": "/data"}]))
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    made = [r.body["id"] for r in results if r.status == 201]
+    try:
+        assert len(results) == 2 and len(made) == 1, results
+        lost = [r for r in results if r.status != 201][0]
+        assert_problem(lost, 409, "conflict", "attached to a running cell")
+        assert sh(admin, made[0], "cat /data/f")["stdout"] == "y"
+        assert admin.get("/v1/health").status == 200
+    finally:
+        for cid in made:
+            assert admin.delete("/v1/cells/" + cid).status in (200, 204)
