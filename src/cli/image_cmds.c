@@ -123,21 +123,60 @@ static int image_ls(struct cli_global *g, cell_ctx *ctx)
     return 0;
 }
 
+static const char image_ls_usage[] =
+    "usage: cell image ls [--json]\n"
+    "\n"
+    "List images: builtin ones (host, debian-bookworm) and those imported or\n"
+    "committed, with source, digest, size, whether they can boot, and the lanes\n"
+    "that use them.\n";
+
+static const char image_rm_usage[] =
+    "usage: cell image rm NAME\n"
+    "\n"
+    "Remove an imported or committed image.  Refused, naming them, while lanes\n"
+    "or running cells use it.  Its blobs stay in the blob store.\n";
+
+/* --help and --json (ls) through getopt_long; 1 = printed help, -1 = bad. */
+static int parse_simple(struct cli_global *g, int argc, char **argv, int json_ok, const char *usage)
+{
+    static const struct option opts[] = {
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o == 'h') {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (o != 'j' || !json_ok)
+            return -1;
+        g->json = 1;
+    }
+    return 0;
+}
+
 static int image_rm(struct cli_global *g, int argc, char **argv)
 {
-    if (argc != 2)
-        return cli_fail(CLI_EXIT_USAGE, "usage: cell image rm NAME");
+    int p = parse_simple(g, argc, argv, 1, image_rm_usage);
+    if (p)
+        return p > 0 ? 0 : cli_fail(CLI_EXIT_USAGE, "%s", image_rm_usage);
+    if (argc - optind != 1)
+        return cli_fail(CLI_EXIT_USAGE, "image rm takes one NAME\n%s", image_rm_usage);
+    const char *name = argv[optind];
     cell_ctx *ctx = NULL;
     int rc = cli_open(g, &ctx);
     if (rc)
         return rc;
     cell_error err = { 0 };
-    if (cell_image_remove(ctx, argv[1], &err) < 0)
+    if (cell_image_remove(ctx, name, &err) < 0)
         rc = cli_fail_err(1, &err);
     else if (g->json)
-        cli_print_json(json_pack("{s:s, s:b}", "name", argv[1], "deleted", 1));
+        cli_print_json(json_pack("{s:s, s:b}", "name", name, "deleted", 1));
     else
-        printf("removed image %s\n", argv[1]);
+        printf("removed image %s\n", name);
     cell_ctx_close(ctx);
     return rc;
 }
@@ -149,12 +188,11 @@ int cli_image_store(struct cli_global *g, int argc, char **argv)
         return image_import(g, argc, argv);
     if (strcmp(sub, "rm") == 0)
         return image_rm(g, argc, argv);
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0)
-            g->json = 1;
-        else
-            return cli_fail(CLI_EXIT_USAGE, "usage: cell image ls [--json]");
-    }
+    int p = parse_simple(g, argc, argv, 1, image_ls_usage);
+    if (p)
+        return p > 0 ? 0 : cli_fail(CLI_EXIT_USAGE, "%s", image_ls_usage);
+    if (optind != argc)
+        return cli_fail(CLI_EXIT_USAGE, "image ls takes no arguments\n%s", image_ls_usage);
     cell_ctx *ctx = NULL;
     int rc = cli_open(g, &ctx);
     if (rc)
