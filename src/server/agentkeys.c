@@ -221,6 +221,11 @@ static json_t *agentkeys_rule(const agentkeys_provider *p, const char *secret, c
     snprintf(value, sizeof value, "%s${secret:%s}", p->prefix, secret);
     json_t *rule = json_pack("{s:s, s:[i], s:{s:s}, s:b, s:b}", "host", d->host, "ports", d->port, "set_headers",
                              p->header, value, "redact_response", 1, "tls", d->tls);
+    /* The provider's responses carry its token usage: the egress engine
+     * reads it there, so a cell's usage is cell's measure, not the agent's
+     * word (amp's API is not one the meter knows). */
+    if (rule && (strcmp(p->provider, "openai") == 0 || strcmp(p->provider, "anthropic") == 0))
+        json_object_set_new(rule, "meter", json_string(p->provider));
     return rule ? json_pack("{s:o}", "http", rule) : NULL;
 }
 

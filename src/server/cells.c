@@ -49,6 +49,9 @@ json_t *cell_json(scell *sc)
     json_t *run_id = runs_cell_run(sc->s, sc->id);   /* a run's cell says whose */
     if (run_id)
         json_object_set_new(o, "run", run_id);
+    json_t *usage = egress_usage(sc);         /* model tokens its "meter" rules saw */
+    if (usage)
+        json_object_set_new(o, "usage", usage);
     return o;
 }
 

@@ -11,12 +11,66 @@
 #define DECIDE_CACHE_SIZE 1024
 #define DECIDE_MAX_REPLY  4096
 
+#define USAGE_MAX ((json_int_t)1 << 53)
+
+/* A token count of the helper's record: the helper parses what the cell
+ * and the upstream send, so it is held to the same bounds as its parser. */
+static int usage_count(json_t *u, const char *key, uint64_t *out)
+{
+    json_t *v = json_object_get(u, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > USAGE_MAX)
+        return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static uint64_t usage_add(uint64_t a, uint64_t b)
+{
+    return a + b > (uint64_t)USAGE_MAX ? (uint64_t)USAGE_MAX : a + b;
+}
+
+/* An http event's metered usage (a "meter" rule) adds to the cell's. */
+static void usage_account(scell *sc, json_t *rec)
+{
+    json_t *u = json_object_get(rec, "usage");
+    uint64_t in, out, total;
+    if (!json_is_object(u) || usage_count(u, "inputTokens", &in) < 0 || usage_count(u, "outputTokens", &out) < 0 ||
+        usage_count(u, "totalTokens", &total) < 0) {
+        json_object_del(rec, "usage");     /* not a usage: not audited as one either */
+        return;
+    }
+    pthread_mutex_lock(&sc->ulock);
+    sc->usage.metered = 1;
+    sc->usage.input = usage_add(sc->usage.input, in);
+    sc->usage.output = usage_add(sc->usage.output, out);
+    sc->usage.total = usage_add(sc->usage.total, total);
+    pthread_mutex_unlock(&sc->ulock);
+}
+
+json_t *egress_usage(scell *sc)
+{
+    pthread_mutex_lock(&sc->ulock);
+    struct scell_usage u = sc->usage;
+    pthread_mutex_unlock(&sc->ulock);
+    if (!u.metered)
+        return NULL;
+    return json_pack("{s:I, s:I, s:I}", "inputTokens", (json_int_t)u.input, "outputTokens", (json_int_t)u.output,
+                     "totalTokens", (json_int_t)u.total);
+}
+
 void egress_event(void *user, const char *json)
 {
     scell *sc = user;
     json_t *rec = json_loads(json, 0, NULL);
     if (!rec)
         return;
+    const char *event = json_string_value(json_object_get(rec, "event"));
+    if (json_object_get(rec, "usage")) {
+        if (event && strcmp(event, "http") == 0)
+            usage_account(sc, rec);
+        else
+            json_object_del(rec, "usage");
+    }
     json_object_set_new(rec, "tenant", json_string(sc->tenant));
     /* The engine knows the runtime's id; the API's callers know this one. */
     json_object_set_new(rec, "cell", json_string(sc->id));

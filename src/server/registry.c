@@ -19,6 +19,7 @@ static void scell_free(scell *sc)
     json_decref(sc->policy);
     pthread_mutex_destroy(&sc->io);
     pthread_mutex_destroy(&sc->plock);
+    pthread_mutex_destroy(&sc->ulock);
     pthread_cond_destroy(&sc->pcond);
     pthread_cond_destroy(&sc->state_cond);
     free(sc);
@@ -51,6 +52,7 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     atomic_store(&sc->active_ms, srv_now_ms());
     pthread_mutex_init(&sc->io, NULL);
     pthread_mutex_init(&sc->plock, NULL);
+    pthread_mutex_init(&sc->ulock, NULL);
     pthread_cond_init(&sc->pcond, NULL);
     pthread_cond_init(&sc->state_cond, NULL);
     procs_config_default(&sc->pconf, &s->opt.limits);

@@ -52,6 +52,7 @@ typedef struct drive {
     json_t        *spec;            /* r->spec, immutable */
     const char    *agent;
     scell         *sc;              /* the run's cell (a reference) */
+    struct scell_usage usage_base;  /* the cell's metered usage when the agent started */
     runagent_plan  plan;
     int            have_plan;
     runagent_norm *norm;
@@ -1098,6 +1099,36 @@ static int prepare(drive *d)
     return 0;
 }
 
+static void usage_snapshot(scell *sc, struct scell_usage *out)
+{
+    pthread_mutex_lock(&sc->ulock);
+    *out = sc->usage;
+    pthread_mutex_unlock(&sc->ulock);
+}
+
+/* The agent's own usage when it reports one ("agent"); else what the
+ * egress engine metered of the model's responses since the agent started
+ * ("egress": codex-acp reports none), which the agent cannot fake. */
+static void usage_result(drive *d)
+{
+    if (json_is_object(json_object_get(d->result, "usage"))) {
+        json_object_set_new(d->result, "usageSource", json_string("agent"));
+        return;
+    }
+    json_object_set_new(d->result, "usageSource", json_null());
+    if (!d->sc)
+        return;
+    struct scell_usage now, *b = &d->usage_base;
+    usage_snapshot(d->sc, &now);
+    if (!now.metered || (now.input == b->input && now.output == b->output && now.total == b->total && b->metered))
+        return;
+    json_object_set_new(d->result, "usage",
+                        json_pack("{s:I, s:I, s:I}", "inputTokens", (json_int_t)(now.input - b->input), "outputTokens",
+                                  (json_int_t)(now.output - b->output), "totalTokens",
+                                  (json_int_t)(now.total - b->total)));
+    json_object_set_new(d->result, "usageSource", json_string("egress"));
+}
+
 void *rundrive_main(void *arg)
 {
     drive d = { .r = arg };
@@ -1113,6 +1144,7 @@ void *rundrive_main(void *arg)
         drv_fail(&d, "invalid_request", "the run names no agent");
     else if (prepare(&d) == 0 && !drv_stop(&d)) {
         runs_set_status(d.r, RUN_RUNNING);
+        usage_snapshot(d.sc, &d.usage_base);
         runs_mark(d.r, "agentStartedMs");
         runs_emit(d.r, "run.started", json_pack("{s:s, s:s}", "agent", d.agent, "cellId", d.sc->id));
         json_decref(code);
@@ -1144,6 +1176,7 @@ void *rundrive_main(void *arg)
         json_decref(out);
         json_decref(usage);
     }
+    usage_result(&d);
     if (!d.canceled && !d.timed_out)
         check_schema(&d);
     keep_or_remove(&d);

@@ -258,6 +258,11 @@ struct scell {
     sproc          *procs;
     unsigned        next_proc;
     struct laneviews *views;        /* its lane mounts' servers (laneview.c), from boot to halt */
+    pthread_mutex_t ulock;          /* usage: the model tokens its egress metered ("meter" rules) */
+    struct scell_usage {
+        int      metered;           /* a metered response was seen */
+        uint64_t input, output, total;
+    } usage;
     struct proc_config {            /* plock; sandbox-agent's /processes/config */
         int64_t max_concurrent, default_run_timeout_ms, max_run_timeout_ms;
         int64_t max_output_bytes, max_log_bytes, max_input_bytes;
@@ -428,6 +433,9 @@ void procs_free_all(scell *sc);
 
 /* ---- egress (egress.c): libcell's network callbacks, user = the scell ---- */
 void egress_event(void *user, const char *json);
+/* The cell's metered usage {inputTokens, outputTokens, totalTokens} (a
+ * new object), or NULL when none was metered. */
+json_t *egress_usage(scell *sc);
 int  egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms);
 int  egress_secret(void *user, const char *name, char **value, size_t *len);
 void egress_cleanup(void);

@@ -363,8 +363,10 @@ def test_each_agents_provider(d, alice, made, agents, key_env, base_env, host, h
     r = create(alice, made, agents)
     assert r.status == 201, r
     rules = r.body["agentPolicy"]["rules"]
-    assert rules[0] == {"http": {"host": host, "ports": [443], "set_headers": {header: value},
-                                 "redact_response": True, "tls": True}}
+    # The model API's responses are metered (amp's API is not one the meter knows).
+    meter = {"api.openai.com": {"meter": "openai"}, "api.anthropic.com": {"meter": "anthropic"}}.get(host, {})
+    assert rules[0] == {"http": dict({"host": host, "ports": [443], "set_headers": {header: value},
+                                      "redact_response": True, "tls": True}, **meter)}
     assert r.body["env"][key_env] == "cell-placeholder"
     assert not base_env or base_env not in r.body["env"]
 
