@@ -456,6 +456,9 @@ static void writable_tier_changes_reach_the_callbacks(void **state)
      * (direct I/O). */
     assert_int_not_equal(sh(c, "chmod 600 /v/g", out, sizeof out), 0);
     assert_int_not_equal(sh(c, "chown 1:1 /v/g", out, sizeof out), 0);
+    assert_int_not_equal(sh(c, "python3 -c \"import mmap,os\nf=os.open('/v/g',os.O_RDWR)\nmmap.mmap(f,4)\"", out,
+                            sizeof out), 0);
+    assert_non_null(strstr(out, "No such device"));     /* ENODEV: direct I/O, no shared mmap */
     assert_int_equal(sh(c, "rm /v/g && test ! -e /v/g", out, sizeof out), 0);
     assert_int_equal(mem_find(1, "g"), 0);
     cell_destroy(c);
