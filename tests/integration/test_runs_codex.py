@@ -19,7 +19,8 @@ What codex-acp 0.16.0 reports as usage (probed against this fake): one
 response's total_tokens (the context in use, not a sum over the turn) and
 `size` the context window; no input/output split and no usage in the
 prompt's answer.  That is not a count of tokens spent, so a codex run's
-usage is null.
+usage is what the egress engine metered of the model's responses on the
+host (the key's rule has "meter": "openai"): usageSource "egress".
 
 The attacks: the real key (and an MCP server's header secret) must be
 nowhere the run's cell can read (its spec, its processes' environments, its
@@ -190,18 +191,19 @@ def test_the_run_succeeds_with_the_models_answer_and_session(first):
     assert dec and dec[0]["decision"] == "allow" and dec[0]["by"] == "policy", dec
 
 
-def test_usage_is_only_what_codex_reports(first):
+def test_usage_is_metered_by_egress(first, alice):
     """codex-acp 0.16.0 reports no token consumption (only usage_update's
     context occupancy `used`/`size`, which is not a count of tokens spent):
-    the run's usage is null then.  Were a later codex-acp to report it, it
-    must be the fake's numbers summed over the model requests of the run."""
+    the run's usage is the fake's numbers summed over the model responses
+    of the run, as the egress engine read them from the responses on the
+    host, and the kept cell's GET shows the same."""
     res, ev = first["run"]["result"], first["events"]
     k = len([s for s in first["seen"] if s["path"].endswith("/responses")])
-    u = res["usage"]
     want = {"inputTokens": USAGE[0] * k, "outputTokens": USAGE[1] * k, "totalTokens": sum(USAGE) * k}
-    assert u is None or u == want, (u, want)
-    ue = [e for e in ev if e["type"] == "usage"]
-    assert (u is None and not ue) or {x: ue[-1][x] for x in want} == want, ue
+    assert k >= 2 and res["usage"] == want and res["usageSource"] == "egress", (res["usage"], want, res)
+    assert alice.get("/v1/cells/" + res["cellId"]).body["usage"] == want
+    # codex's own usage_update {used, size} is not taken as a usage.
+    assert not [e for e in ev if e["type"] == "usage"], ev
 
 
 def test_the_diff_is_exactly_the_change(first, repo):
