@@ -265,6 +265,8 @@ int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err)
 
 int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress, void *user, cell_error *err)
 {
+    if (stored_image(ctx, name))
+        return util_fail(err, EINVAL, "image '%s' was imported or committed: there is nothing to build", name);
     if (!builtin_image(name))
         return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm)", name ? name : "");
     if (strcmp(name, "host") == 0) {

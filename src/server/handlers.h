@@ -22,8 +22,6 @@ int h_lanes_delete(sreq *r);
 int h_lanes_export(sreq *r);
 int h_lanes_import(sreq *r);
 int h_lanes_import_body(sreq *r, const char *data, size_t len);
-int h_images_list(sreq *r);
-int h_images_get(sreq *r);
 int h_images_build(sreq *r);
 /* images.c: the image store (list with digests, import, delete) */
 int h_images_ls(sreq *r);

@@ -1,5 +1,6 @@
 /* lanes.c: /v1/lanes (tenant-named lanes over host-unique runtime lanes,
- * export and import as tar streams) and /v1/images (list, build with progress). */
+ * export and import as tar streams) and POST /v1/images/{name}/build (with
+ * progress; listing, import and removal are images.c's). */
 #include "server/handlers.h"
 #include "server/stream.h"
 
@@ -428,9 +429,7 @@ int h_lanes_import(sreq *r)
     return reply_json(r, 201, lane_json(r->s, &done));
 }
 
-/* ---- images ----------------------------------------------------------------- */
-static const char *const known_images[] = { "host", "debian-bookworm" };
-
+/* ---- image builds (the rest of /v1/images: images.c) ------------------------ */
 static json_t *image_json(srv *s, const char *name)
 {
     cell_error e;
@@ -440,23 +439,6 @@ static json_t *image_json(srv *s, const char *name)
     if (st < 0)
         return NULL;
     return json_pack("{s:s, s:b}", "name", name, "ready", st == 1);
-}
-
-int h_images_list(sreq *r)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; i < sizeof known_images / sizeof known_images[0]; i++)
-        json_array_append_new(arr, image_json(r->s, known_images[i]));
-    return reply_json(r, 200, json_pack("{s:o}", "images", arr));
-}
-
-int h_images_get(sreq *r)
-{
-    const char *name = router_param(&r->m, "name");
-    json_t *o = image_json(r->s, name);
-    if (!o)
-        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm", name);
-    return reply_json(r, 200, o);
 }
 
 /* Build progress goes out as server-sent events: "progress" per line, then
