@@ -338,6 +338,9 @@ int cells_valid_hostname(const char *h)
  * here name their command and run as the cell's root.) */
 static int image_defaults(sreq *r, const char *image, json_t *spec, int cwd_given)
 {
+    /* An image not shared with the tenant is as unknown as a missing one. */
+    if (!images_visible(r, image))
+        return reply_problem(r, 400, "invalid_request", "field \"image\": unknown image '%s'", image), -1;
     cell_image_config c;
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);

@@ -29,6 +29,10 @@ int h_images_show(sreq *r);
 int h_images_delete(sreq *r);
 int h_images_import(sreq *r);
 int h_images_import_body(sreq *r, const char *data, size_t len);
+int h_images_share(sreq *r);
+/* 1 if r's token may see and use image `name` (admins: all; tenants: the
+ * builtins, unrestricted images and those shared with them). */
+int images_visible(sreq *r, const char *name);
 
 /* admin.c: health, audit, tokens, tenants */
 int h_health(sreq *r);

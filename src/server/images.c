@@ -3,14 +3,96 @@
  * /v1/images/{name}/import (admin; the body, an OCI layout or docker-archive
  * tar, streams through a pipe into cell_image_import on a worker thread, as
  * lane imports do); DELETE /v1/images/{name} (admin; 409 while used).
- * Images are host-wide: any tenant may boot and list them, only admins
- * add or remove them (per-tenant sharing and quota accounting: not yet). */
+ * Images are host-wide and only admins add or remove them; which tenants
+ * see one is the operator's choice: PUT /v1/images/{name}/tenants writes
+ * STATE/images/.shares/NAME (a JSON array of tenant names, "*" for all).
+ * An image imported through the API starts shared with no tenant; one
+ * without that file (builtins, images made by the CLI or by a lane commit)
+ * is visible to every tenant.  Quota accounting of images: not yet. */
 #include "server/handlers.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
+
+#define SHARES_MAX_JSON (256u << 10)
+
+/* STATE/images/.shares/NAME for an importable name, else -1. */
+static int shares_path(srv *s, const char *name, char *out, size_t size)
+{
+    size_t n = strlen(name);
+    if (n < 1 || n > 63 || name[0] == '.' || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789._-") != n)
+        return -1;
+    return snprintf(out, size, "%s/images/.shares/%s", s->state_dir, name) < (int)size ? 0 : -1;
+}
+
+int images_visible(sreq *r, const char *name)
+{
+    char path[4096];
+    if (!name || r->tok.admin || shares_path(r->s, name, path, sizeof path) < 0)
+        return 1;
+    json_error_t jerr;
+    json_t *list = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!list)
+        return access(path, F_OK) < 0 && errno == ENOENT; /* no file: not restricted; unreadable: hidden */
+    int seen = 0;
+    size_t i;
+    json_t *t;
+    json_array_foreach(list, i, t) {
+        const char *v = json_string_value(t);
+        seen |= v && (strcmp(v, "*") == 0 || strcmp(v, r->tok.tenant) == 0);
+    }
+    json_decref(list);
+    return seen;
+}
+
+/* tenants as STATE/images/.shares/NAME: a temp file, then rename (replace)
+ * or link (only if none is there: 0 then, 1 when made). */
+static int put_shares(srv *s, const char *name, json_t *tenants, int replace, cell_error *e)
+{
+    char path[4096], dir[4096], tmp[4200], suffix[17];
+    if (shares_path(s, name, path, sizeof path) < 0)
+        return util_fail(e, EINVAL, "image name '%.80s' cannot be shared", name);
+    if (util_random_hex(suffix, 8) < 0)
+        return util_fail_errno(e, "getrandom");
+    if (util_path(dir, sizeof dir, e, "%s/images/.shares", s->state_dir) < 0 ||
+        util_path(tmp, sizeof tmp, e, "%s/.tmp-%s", dir, suffix) < 0)
+        return -1;
+    char *text = json_dumps(tenants, JSON_COMPACT);
+    if (!text)
+        return util_fail(e, ENOMEM, "out of memory");
+    int rc = util_mkdir_p(dir, 0700, e) < 0 || util_write_file(tmp, text, strlen(text), 0600, 1, e) < 0 ? -1 : 1;
+    free(text);
+    if (rc == 1 && replace && rename(tmp, path) < 0)
+        rc = util_fail_errno(e, "cannot write %s", path);
+    if (rc == 1 && !replace && link(tmp, path) < 0)
+        rc = errno == EEXIST ? 0 : util_fail_errno(e, "cannot write %s", path);
+    unlink(tmp);
+    return rc;
+}
+
+static int write_shares(srv *s, const char *name, json_t *tenants, cell_error *e)
+{
+    return put_shares(s, name, tenants, 1, e) < 0 ? -1 : 0;
+}
+
+/* An empty list for `name` unless one exists: 1 made, 0 there, -1 error. */
+static int new_shares(srv *s, const char *name, cell_error *e)
+{
+    json_t *none = json_array();
+    int rc = none ? put_shares(s, name, none, 0, e) : util_fail(e, ENOMEM, "out of memory");
+    json_decref(none);
+    return rc;
+}
+
+static void drop_shares(srv *s, const char *name)
+{
+    char path[4096];
+    if (shares_path(s, name, path, sizeof path) == 0)
+        unlink(path);
+}
 
 static json_t *info_json(const cell_image_info *m)
 {
@@ -19,9 +101,11 @@ static json_t *info_json(const cell_image_info *m)
                      "ready", m->ready);
 }
 
-/* The list under the shared context's lock; NULL with e filled. */
-static json_t *images_json(srv *s, const char *only, cell_error *e)
+/* The list under the shared context's lock, as r's tenant sees it; NULL
+ * with e filled. */
+static json_t *images_json(sreq *r, const char *only, cell_error *e)
 {
+    srv *s = r->s;
     cell_image_info *imgs = NULL;
     size_t n = 0;
     pthread_mutex_lock(&s->ctx_lock);
@@ -31,7 +115,7 @@ static json_t *images_json(srv *s, const char *only, cell_error *e)
         return NULL;
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
-        if (!only || strcmp(only, imgs[i].name) == 0)
+        if ((!only || strcmp(only, imgs[i].name) == 0) && images_visible(r, imgs[i].name))
             json_array_append_new(arr, info_json(&imgs[i]));
     free(imgs);
     return arr;
@@ -40,7 +124,7 @@ static json_t *images_json(srv *s, const char *only, cell_error *e)
 int h_images_ls(sreq *r)
 {
     cell_error e = { 0 };
-    json_t *arr = images_json(r->s, NULL, &e);
+    json_t *arr = images_json(r, NULL, &e);
     if (!arr)
         return reply_error(r, &e);
     return reply_json(r, 200, json_pack("{s:o}", "images", arr));
@@ -50,7 +134,7 @@ int h_images_show(sreq *r)
 {
     const char *name = router_param(&r->m, "name");
     cell_error e = { 0 };
-    json_t *arr = images_json(r->s, name, &e);
+    json_t *arr = images_json(r, name, &e);
     if (!arr)
         return reply_error(r, &e);
     json_t *one = json_incref(json_array_get(arr, 0));
@@ -70,7 +154,47 @@ int h_images_delete(sreq *r)
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0)
         return reply_error(r, &e);
+    drop_shares(r->s, name);
     return reply_json(r, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+}
+
+/* PUT /v1/images/{name}/tenants {"tenants": ["a", "b"] or ["*"]} (admin). */
+int h_images_share(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    req_audit(r, "image", json_string(name));
+    json_t *body;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    json_t *tenants = json_object_get(body, "tenants");
+    size_t i;
+    json_t *t;
+    int ok = json_is_array(tenants) && json_array_size(tenants) <= 1024;
+    json_array_foreach(tenants, i, t)
+        ok = ok && json_is_string(t) && json_string_length(t) >= 1 && json_string_length(t) <= 63;
+    if (!ok) {
+        json_decref(body);
+        return reply_problem(r, 400, "invalid_request", "field \"tenants\": an array of at most 1024 tenant "
+                             "names (1-63 bytes each), or [\"*\"] for every tenant");
+    }
+    cell_error e = { 0 };
+    json_t *arr = images_json(r, name, &e);
+    json_t *one = arr ? json_array_get(arr, 0) : NULL;
+    const char *source = json_string_value(json_object_get(one, "source"));
+    int rc = 0;
+    if (!arr)
+        rc = reply_error(r, &e);
+    else if (!one)
+        rc = reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+    else if (source && strcmp(source, "builtin") == 0)
+        rc = reply_problem(r, 400, "invalid_request", "image %s is builtin: every tenant sees it", name);
+    else if (write_shares(r->s, name, tenants, &e) < 0)
+        rc = reply_error(r, &e);
+    else
+        rc = reply_json(r, 200, json_pack("{s:s, s:O}", "name", name, "tenants", tenants));
+    json_decref(arr);
+    json_decref(body);
+    return rc;
 }
 
 /* ---- import --------------------------------------------------------------------- */
@@ -81,6 +205,7 @@ typedef struct image_import {
     int        rfd, wfd;      /* the pipe: the body goes in at wfd, the worker reads rfd */
     pthread_t  worker;
     int        worker_on, rc;
+    int        made_shares;   /* this import wrote its .shares file */
     cell_error err;
 } image_import;
 
@@ -164,6 +289,13 @@ static image_import *import_begin(sreq *r)
     r->stream_free = import_free;
     snprintf(im->state_dir, sizeof im->state_dir, "%s", r->s->state_dir);
     snprintf(im->name, sizeof im->name, "%s", name);
+    /* Shared with no tenant until the operator says otherwise, from before
+     * the image exists: no tenant ever sees it unshared.  A file already
+     * there (another import of the name, or the operator's word on an
+     * earlier image of it) is left as it is. */
+    cell_error se = { 0 };
+    if ((im->made_shares = new_shares(r->s, name, &se)) < 0)
+        return reply_error(r, &se), NULL;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
         return reply_problem(r, 500, "internal", "cannot make a pipe: %s", strerror(errno)), NULL;
@@ -201,6 +333,12 @@ int h_images_import(sreq *r)
         return reply_problem(r, 400, "invalid_request", "the body is empty: send the image tar");
     }
     import_stop(im);
+    /* Dropped only while no image has the name: a concurrent import of it
+     * may have won, and its image keeps the list. */
+    char meta[4200];
+    snprintf(meta, sizeof meta, "%s/images/%s/image.json", r->s->state_dir, im->name);
+    if (im->rc < 0 && im->made_shares && access(meta, F_OK) < 0)
+        drop_shares(r->s, im->name);
     if (im->rc < 0) {
         cell_error e = im->err;
         /* What the archive got wrong is the client's error. */
@@ -209,7 +347,7 @@ int h_images_import(sreq *r)
         return reply_error(r, &e);
     }
     cell_error e = { 0 };
-    json_t *arr = images_json(r->s, im->name, &e);
+    json_t *arr = images_json(r, im->name, &e);
     json_t *one = arr ? json_incref(json_array_get(arr, 0)) : NULL;
     json_decref(arr);
     if (!one)

@@ -67,6 +67,8 @@ static int find_lane(sreq *r, store_lane *out)
  * makes the runtime lane and marks the row ready (or deletes it). */
 static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t size, store_lane *l)
 {
+    if (!images_visible(r, image)) /* not shared with the tenant: as unknown (images.c) */
+        return reply_problem(r, 400, "invalid_request", "field \"image\": unknown image '%s'", image), -1;
     if (!util_valid_name(name))
         return reply_problem(r, 400, "invalid_request", "lane name \"%s\": use 1-63 of A-Z a-z 0-9 _ . - "
                              "not starting with '.' or '-'", name), -1;

@@ -347,8 +347,20 @@ def test_api_import_list_boot_and_delete(d, base):
     assert listed[name]["digest"] == digest and listed[name]["size"] > 1000000 and listed[name]["created"] > 0
     assert listed["host"]["source"] == "builtin"
     assert admin.get("/v1/images/%s" % name).body["digest"] == digest
-    # a tenant boots it; its processes see the image
-    tenant = d.tenant(uniq("t"))
+    # shared with no tenant yet: to tenants it does not exist
+    tname, other = uniq("t"), d.tenant(uniq("o"))
+    tenant = d.tenant(tname)
+    assert name not in [i["name"] for i in tenant.get("/v1/images").body["images"]]
+    assert_problem(tenant.get("/v1/images/%s" % name), 404, "not_found")
+    assert_problem(tenant.post("/v1/cells", {"image": name, "resources": {"memory": "64M"}}), 400,
+                   "invalid_request", "unknown image")
+    assert_problem(tenant.post("/v1/lanes", {"name": uniq("l"), "image": name}), 400, "invalid_request",
+                   "unknown image")
+    r = admin.put("/v1/images/%s/tenants" % name, {"tenants": [tname]})
+    assert r.status == 200 and r.body["tenants"] == [tname], r
+    assert tenant.get("/v1/images/%s" % name).body["digest"] == digest
+    assert_problem(other.get("/v1/images/%s" % name), 404, "not_found")
+    # a tenant it is shared with boots it; its processes see the image
     c = tenant.post("/v1/cells", {"image": name, "resources": {"memory": "64M"}})
     assert c.status == 201, c
     try:
@@ -362,9 +374,12 @@ def test_api_import_list_boot_and_delete(d, base):
         assert_problem(admin.delete("/v1/images/%s" % name), 409, "conflict", "cell")
     finally:
         assert tenant.delete("/v1/cells/%s" % c.body["id"]).status == 204
+    assert admin.put("/v1/images/%s/tenants" % name, {"tenants": ["*"]}).status == 200
+    assert other.get("/v1/images/%s" % name).status == 200
     r = admin.delete("/v1/images/%s" % name)
     assert r.status == 200, r
     assert_problem(admin.get("/v1/images/%s" % name), 404, "not_found")
+    assert not os.path.exists(os.path.join(d.state, "images", ".shares", name))
     assert_problem(admin.delete("/v1/images/%s" % name), 404, "not_found")
 
 
@@ -398,6 +413,13 @@ def test_api_refuses_bad_imports(d, base):
     except (BrokenPipeError, ConnectionResetError):
         pass  # refused before the whole body was sent
     assert_problem(admin.delete("/v1/images/host"), 400, "invalid_request", "builtin")
+    # sharing: admin only, a list of names, a known non-builtin image
+    assert_problem(tenant.put("/v1/images/host/tenants", {"tenants": ["*"]}), 403, "forbidden")
+    assert_problem(admin.put("/v1/images/host/tenants", {"tenants": ["*"]}), 400, "invalid_request", "builtin")
+    assert_problem(admin.put("/v1/images/nope/tenants", {"tenants": ["*"]}), 404, "not_found")
+    for bad in ({}, {"tenants": "*"}, {"tenants": [1]}, {"tenants": [""]}, {"tenants": ["x" * 64]},
+                {"tenants": ["a"] * 1025}):
+        assert_problem(admin.put("/v1/images/nope/tenants", bad), 400, "invalid_request")
     assert_problem(admin.delete("/v1/images/nope"), 404, "not_found")
     names = [i["name"] for i in admin.get("/v1/images").body["images"]]
     assert names[:2] == ["host", "debian-bookworm"]
