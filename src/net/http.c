@@ -553,6 +553,43 @@ static void meter_start(session *s, const net_http_msg *r, net_meter *m)
     net_meter_init(m, (enum net_meter_kind)s->f->rule->meter, ccount == 1 ? ct : NULL);
 }
 
+#define METER_DRAIN_MAX     (64u << 20)     /* bytes read for the usage after the cell left */
+#define METER_DRAIN_IDLE_MS 120000          /* the longest wait for one of them */
+
+/* The cell left in the middle of a metered response (its connection
+ * failed): the model bills what it generates all the same, so the rest is
+ * read for its usage, bounded in bytes and per read; none of it goes
+ * anywhere.  Otherwise an agent could read the answer and close before
+ * the usage came, and be metered nothing. */
+static void meter_drain(session *s, net_http_msg *r, net_meter *m, const char *rest, size_t len)
+{
+    if (m->kind == NET_METER_NONE || r->done)
+        return;
+    char data[IO_CHUNK];
+    size_t total = 0;
+    set_recv_timeout(s->up.fd, METER_DRAIN_IDLE_MS);
+    for (;;) {
+        for (size_t off = 0; off < len && !r->done;) {
+            ssize_t u = net_http_msg_feed(r, rest + off, len - off);
+            if (u <= 0)
+                return;     /* malformed, or nothing more is taken */
+            off += (size_t)u;
+            net_meter_feed(m, r->body.d, r->body.len);
+            if (r->body.d)
+                OPENSSL_cleanse(r->body.d, r->body.len);
+            r->body.len = 0;
+        }
+        total += len;
+        if (r->done || total > METER_DRAIN_MAX)
+            return;
+        ssize_t n = conn_read(&s->up, data, sizeof data);
+        if (n <= 0)
+            return;         /* the end (a close-delimited body), an error or the idle limit */
+        rest = data;
+        len = (size_t)n;
+    }
+}
+
 /* Parse the response (its head, interim 1xx responses skipped, then its
  * body) and relay it re-framed, until its framing ends it or the upstream
  * closes.  -1 if no response head came or it is unfit (s->reason says why;
@@ -613,6 +650,7 @@ static int relay_response(session *s, int *status, int head_request, int *nothin
             if (wrote)
                 net_meter_feed(&meter, r.body.d, r.body.len);    /* before body_down wipes it */
             if (wrote && body_down(s, &r, red, bodied) < 0) {
+                meter_drain(s, &r, &meter, data + off, (size_t)n - off);
                 rc = 0;
                 goto out;
             }

@@ -7,13 +7,21 @@ what runs in the cell.
     198.18.45.53:53  DNS: model.test -> 198.18.45.10
     198.18.45.10:80  the fake model (fakemodel.py): Responses API SSE whose
                      response.completed reports USAGE
+    198.18.45.10:8080  a slow model: a delta, then (once the test says the
+                     cell has closed its connection) filler and the usage
 
 The attacks: the cell asks for a gzip answer (the metered request asks for
-identity), calls paths that answer without usage, and a hostile agent (the
-mock) reports a usage of its own: the metered figures stay the model's.
+identity), calls paths that answer without usage, closes its connection
+once it has the answer but before the usage came (the engine reads the
+rest for it), and a hostile agent (the mock) reports a usage of its own:
+the metered figures stay the model's.
 The parser's own attacks (huge lines, wrong types, huge numbers, split
 reads): tests/unit/test_net_meter.c.
 """
+import http.server
+import threading
+import time
+
 import pytest
 
 import daemon as dm
@@ -47,11 +55,46 @@ print("done", n)
 '''
 
 
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """One delta, then waits for the test's go (the cell has closed its
+    connection), then filler events and response.completed with USAGE."""
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b'data: {"type":"response.output_text.delta","delta":"the answer"}\n\n')
+        self.wfile.flush()
+        self.server.go.wait(60)
+        try:
+            # Writes to the cell fail once its close is known: keep sending
+            # for a while, so the usage comes after that.
+            for _ in range(20):
+                self.wfile.write(b'data: {"type":"response.output_text.delta","delta":"%s"}\n\n' % (b"x" * 8192))
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b'data: {"type":"response.completed","response":{"usage":{"input_tokens":%d,'
+                             b'"output_tokens":%d,"total_tokens":%d}}}\n\n' % (USAGE[0], USAGE[1], sum(USAGE)))
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.server.finished.set()
+        self.close_connection = True
+
+    def log_message(self, *a):
+        pass
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     with fakemodel.network(NET, tmp_path_factory.mktemp("meter-certs")) as n:
         n.model = n.models["http"]
         n.model.usage = USAGE
+        n.slow = n.serve(netfake.HTTPServer((n.model_ip, 8080), _Slow))
+        n.slow.go, n.slow.finished = threading.Event(), threading.Event()
         yield n
 
 
@@ -119,8 +162,41 @@ def test_a_cells_model_responses_are_metered(alice, net, repo):
         alice.delete("/v1/cells/" + cid)
 
 
-def meter_policy(net):
-    return {"rules": [net.dns_rule, {"http": {"host": "model.test", "ports": [80], "meter": "openai"}}]}
+# Reads the response until the answer shows, then closes: the usage is
+# still to come.
+HANG_UP = r'''
+import socket
+s = socket.create_connection(("model.test", 8080), timeout=60)
+s.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: model.test:8080\r\nContent-Type: application/json\r\n"
+          b"Content-Length: 16\r\n\r\n{\"stream\": true}")
+got = b""
+while b"the answer" not in got:
+    d = s.recv(4096)
+    assert d, got
+    got += d
+s.close()
+print("closed")
+'''
+
+
+def test_a_cell_that_hangs_up_before_the_usage_is_metered_all_the_same(alice, net):
+    r = alice.post("/v1/cells", {"resources": {"memory": "256M"}, "policy": meter_policy(net, 8080)})
+    assert r.status == 201, r
+    cid = r.body["id"]
+    try:
+        r = alice.post("/cells/%s/v1/processes/run" % cid,
+                       {"command": "/usr/bin/python3", "args": ["-c", HANG_UP], "timeoutMs": 120000})
+        assert r.status == 200 and r.body["exitCode"] == 0 and "closed" in r.body["stdout"], r
+        net.slow.go.set()
+        assert net.slow.finished.wait(60)
+        assert dm.wait_for(lambda: "usage" in alice.get("/v1/cells/" + cid).body, 30), "not metered"
+        assert alice.get("/v1/cells/" + cid).body["usage"] == times(1)
+    finally:
+        alice.delete("/v1/cells/" + cid)
+
+
+def meter_policy(net, port=80):
+    return {"rules": [net.dns_rule, {"http": {"host": "model.test", "ports": [port], "meter": "openai"}}]}
 
 
 def test_a_runs_usage_is_the_metered_one_when_the_agent_reports_none(alice, net, repo):
