@@ -529,7 +529,6 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         run_opts_free(o);
         return rc;
     }
-    build_env(o);
     cell_ctx *ctx = NULL;
     if ((rc = cli_open(g, &ctx)) != 0) {
         run_opts_free(o);
