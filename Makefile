@@ -354,7 +354,11 @@ $(BUILD)/fuzz/fuzz_sep: fuzz/fuzz_sep.c src/net/sep_check.c src/init/proto.c src
 $(BUILD)/fuzz/fuzz_http1: fuzz/fuzz_http1.c src/cli/http1.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lhttp_parser
-FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep fuzz_http1
+# The egress meter reading model responses' usage (src/net/meter.c).
+$(BUILD)/fuzz/fuzz_meter: fuzz/fuzz_meter.c src/net/meter.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
+FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep fuzz_http1 fuzz_meter
 # A target with a committed seed corpus (fuzz/corpus/http for fuzz_http)
 # starts from it, in a scratch copy so that runs never add files to the tree.
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
