@@ -9,6 +9,8 @@ what runs in the cell.
                      response.completed reports USAGE
     198.18.45.10:8080  a slow model: a delta, then (once the test says the
                      cell has closed its connection) filler and the usage
+    198.18.45.10:8081  a fake Anthropic Messages API: SSE (message_start,
+                     message_delta) or a JSON message
 
 The attacks: the cell asks for a gzip answer (the metered request asks for
 identity), calls paths that answer without usage, closes its connection
@@ -19,6 +21,7 @@ The parser's own attacks (huge lines, wrong types, huge numbers, split
 reads): tests/unit/test_net_meter.c.
 """
 import http.server
+import json
 import threading
 import time
 
@@ -88,6 +91,38 @@ class _Slow(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Anthropic(http.server.BaseHTTPRequestHandler):
+    """POST /v1/messages: the stream Claude's API sends (input and cache
+    tokens in message_start, output in message_delta) or, without
+    "stream", one JSON message; records the key it got."""
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.server.keys.append(self.headers.get("x-api-key"))
+        usage = {"input_tokens": 7, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 3,
+                 "output_tokens": 1}
+        if body.get("stream"):
+            events = [{"type": "message_start", "message": {"id": "m", "usage": usage}},
+                      {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}},
+                      {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 20}},
+                      {"type": "message_stop"}]
+            out = "".join("event: %s\ndata: %s\n\n" % (e["type"], json.dumps(e)) for e in events).encode()
+            ctype = "text/event-stream"
+        else:
+            out = json.dumps({"type": "message", "content": [{"type": "text", "text": "hi"}],
+                              "usage": dict(usage, output_tokens=20)}).encode()
+            ctype = "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     with fakemodel.network(NET, tmp_path_factory.mktemp("meter-certs")) as n:
@@ -95,6 +130,8 @@ def net(tmp_path_factory):
         n.model.usage = USAGE
         n.slow = n.serve(netfake.HTTPServer((n.model_ip, 8080), _Slow))
         n.slow.go, n.slow.finished = threading.Event(), threading.Event()
+        n.anthropic = n.serve(netfake.HTTPServer((n.model_ip, 8081), _Anthropic))
+        n.anthropic.keys = []
         yield n
 
 
@@ -245,3 +282,39 @@ def test_a_run_without_metered_responses_has_no_usage(alice, repo):
 def test_a_bad_meter_is_refused_naming_the_field(alice, net, meter, why):
     r = alice.post("/v1/cells", {"policy": {"rules": [{"http": {"host": "model.test", "meter": meter}}]}})
     assert r.status == 400 and "rules[0].http.meter" in r.body["detail"] and why in r.body["detail"], r
+
+
+ANTHROPIC_PROBE = r'''
+import json, os, sys, urllib.request
+for stream in (True, False):
+    req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", method="POST",
+                                 data=json.dumps({"model": "m", "max_tokens": 9, "stream": stream}).encode(),
+                                 headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"],
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+print("ok")
+'''
+
+
+def test_a_claude_cells_anthropic_responses_are_metered(alice, net):
+    """claude's key rule meters "anthropic": input = input + cache tokens
+    (7 + 100 + 3), output = message_delta's (20), for a stream and a JSON
+    message alike."""
+    r = alice.post("/v1/secrets", {"name": "ANTHROPIC_KEY", "value": "sk-ant-meter"})
+    assert r.status in (200, 201, 204), r
+    r = alice.post("/v1/cells", {"resources": {"memory": "256M"}, "policy": {"rules": [net.dns_rule]},
+                                 "agents": {"claude": {"secret": "ANTHROPIC_KEY",
+                                                       "baseUrl": "http://model.test:8081"}}})
+    assert r.status == 201, r
+    cid = r.body["id"]
+    try:
+        assert r.body["agentPolicy"]["rules"][0]["http"]["meter"] == "anthropic", r.body["agentPolicy"]
+        r = alice.post("/cells/%s/v1/processes/run" % cid,
+                       {"command": "/usr/bin/python3", "args": ["-c", ANTHROPIC_PROBE], "timeoutMs": 120000})
+        assert r.status == 200 and r.body["exitCode"] == 0, r
+        assert net.anthropic.keys[-2:] == ["sk-ant-meter"] * 2
+        assert alice.get("/v1/cells/" + cid).body["usage"] == \
+            {"inputTokens": 220, "outputTokens": 40, "totalTokens": 260}
+    finally:
+        alice.delete("/v1/cells/" + cid)
