@@ -16,13 +16,10 @@ int runtime_tree_digest(int dirfd, const char *prefix, char out[72], cell_error 
 /* The same through the archive table (linked in, or the plugin loaded). */
 int runtime_tree_digest_via(int dirfd, const char *prefix, char out[72], cell_error *err);
 
-/* The digest of image `name`: image.json's "digest", or for a builtin
- * image without one the tree digest of its rootfs, computed once per build
- * and kept in images/NAME/digest (the build's tree is replaced as a whole,
- * and the file with it). */
+/* The digest of image `name`: image.json's "digest" (image_meta.h), or for
+ * a builtin image the tree digest of its rootfs, computed once per build and
+ * kept in images/NAME/digest (a rebuild replaces the tree as a whole, and
+ * the file with it). */
 int runtime_image_digest(cell_ctx *ctx, const char *name, char out[72], cell_error *err);
-/* image.json's "config" of image `name` as compact JSON text (malloc'd), or
- * NULL when it has none (builtin images). */
-char *runtime_image_config(cell_ctx *ctx, const char *name);
 
 #endif

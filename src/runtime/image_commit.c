@@ -11,12 +11,12 @@
  * renames a whole new tree into place), and the apply below never writes
  * into a linked file: it unlinks the name and creates a new file. */
 #include "runtime/digest.h"
+#include "runtime/image_meta.h"
 #include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
 #include <dirent.h>
-#include <jansson.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -118,11 +118,19 @@ static int copy_file(struct commit *c, int from, int to, const char *name, const
     _cleanup_close_ int out = openat(to, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (out < 0)
         return util_fail_errno(c->err, "cannot create %s", path);
+    /* copy_file_range shares extents where it can; between filesystems (a
+     * size-limited lane's ext4) some kernels refuse it: then read and write. */
+    int plain = 0;
     for (off_t left = st->st_size; left > 0;) {
-        ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+        static __thread char buf[1 << 16];
+        ssize_t n = plain ? read(in, buf, sizeof buf) : copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0)
+        if (n < 0 && !plain && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+            plain = 1;
+            continue;
+        }
+        if (n < 0 || (plain && n > 0 && util_write_all(out, buf, (size_t)n) < 0))
             return util_fail_errno(c->err, "cannot copy the lane's %s", path);
         if (n == 0)
             break; /* the file shrank: the lane is not attached, so only a corrupt one does */
@@ -234,25 +242,27 @@ static int apply_dir(struct commit *c, int from, int to, const char *path)
     return rc;
 }
 
-/* ---- image.json ------------------------------------------------------------
- * Written against the shared image store format (docs/architecture.md,
- * "Images"): the base's config is kept as it is. */
-static int write_meta(const char *dir, const char *name, const char *digest, uint64_t size, const char *config,
-                      cell_error *err)
+/* ---- image.json (image_meta.h): the base's config kept as it is --------- */
+static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const char *name, const char *digest,
+                      uint64_t size, cell_error *err)
 {
+    struct image_meta bm = { 0 }, m = { 0 };
+    cell_error me = { 0 };
+    if (image_meta_read(ctx, base, &bm, &me) < 0) {
+        if (me.code != ENOENT)
+            return err ? (*err = me, -1) : -1;
+        memset(&bm, 0, sizeof bm); /* a builtin base has no image.json, and no config */
+    }
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    json_t *cfg = config ? json_loads(config, 0, NULL) : NULL;
-    json_t *meta = json_pack("{s:s, s:s, s:I, s:I, s:s, s:[], s:o}", "name", name, "digest", digest, "created",
-                             (json_int_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, "size", (json_int_t)size,
-                             "source", "commit", "layers", "config", cfg ? cfg : json_object());
-    char path[PATH_MAX];
-    int rc = meta ? 0 : util_fail(err, ENOMEM, "out of memory writing image.json");
-    if (rc == 0)
-        rc = util_path(path, sizeof path, err, "%s/image.json", dir) < 0 ? -1 : 0;
-    if (rc == 0 && json_dump_file(meta, path, JSON_COMPACT) < 0)
-        rc = util_fail_errno(err, "cannot write %s", path);
-    json_decref(meta);
+    snprintf(m.name, sizeof m.name, "%s", name);
+    snprintf(m.digest, sizeof m.digest, "%s", digest);
+    snprintf(m.source, sizeof m.source, "commit");
+    m.created = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    m.size = size;
+    m.config = bm.config; /* borrowed: freed with bm */
+    int rc = image_meta_write_dir(dir, &m, err);
+    image_meta_free(&bm);
     return rc;
 }
 
@@ -286,8 +296,7 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
         close(mnt);
     if (rc < 0)
         return -1;
-    _cleanup_free_ char *config = runtime_image_config(ctx, base);
-    if (write_meta(tmp, name, digest, c->size, config, err) < 0 ||
+    if (write_meta(ctx, tmp, base, name, digest, c->size, err) < 0 ||
         util_path(ready, sizeof ready, err, "%s/ready", tmp) < 0 || util_write_file(ready, "commit", 6, 0644, 1, err) < 0)
         return -1;
     if (syncfs(to) < 0)
@@ -297,12 +306,8 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
 
 int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_error *err)
 {
-    if (!util_valid_name(name))
-        return util_fail(err, EINVAL, "invalid image name '%s': use 1-63 characters of A-Z a-z 0-9 _ . - "
-                         "not starting with '.' or '-'", name ? name : "");
-    for (const char *const *b = runtime_image_names; *b; b++)
-        if (strcmp(*b, name) == 0)
-            return util_fail(err, EEXIST, "image '%s' is a builtin image; choose another name", name);
+    if (image_meta_check_name(name, err) < 0)
+        return -1;
     char dir[PATH_MAX], image[64], lane_dir[PATH_MAX], tmp[PATH_MAX], suffix[17];
     if (util_path(dir, sizeof dir, err, "%s/images/%s", ctx->state_dir, name) < 0)
         return -1;

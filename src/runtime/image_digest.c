@@ -1,12 +1,13 @@
-/* image_digest.c: an image's digest and config, as lanes (binding) and
- * commits (the new image's digest, the base's config) read them. */
+/* image_digest.c: an image's digest, as lanes (binding) and commits (the
+ * new image's digest) read it: image.json's for stored images, a tree
+ * digest for builtin ones. */
 #include "runtime/digest.h"
+#include "runtime/image_meta.h"
 #include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
 #include <fcntl.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,21 +21,6 @@ int runtime_tree_digest_via(int dirfd, const char *prefix, char out[72], cell_er
     return a->tree_digest(dirfd, prefix, out, err);
 }
 
-static json_t *read_meta(cell_ctx *ctx, const char *name)
-{
-    char path[PATH_MAX];
-    if (util_path(path, sizeof path, NULL, "%s/images/%s/image.json", ctx->state_dir, name) < 0)
-        return NULL;
-    return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
-}
-
-static int valid_digest(const char *d)
-{
-    if (!d || strncmp(d, "sha256:", 7) != 0 || strlen(d) != 71)
-        return 0;
-    return strspn(d + 7, "0123456789abcdef") == 64;
-}
-
 /* A builtin image's tree digest, kept beside its rootfs: written aside and
  * renamed, so a reader sees a whole one or none. */
 static int builtin_digest(cell_ctx *ctx, const char *name, char out[72], cell_error *err)
@@ -46,7 +32,7 @@ static int builtin_digest(cell_ctx *ctx, const char *name, char out[72], cell_er
     char *text = NULL;
     if (util_read_file(path, 80, &text, NULL, NULL) == 0) {
         text[strcspn(text, "\n")] = '\0';
-        int ok = valid_digest(text);
+        int ok = image_meta_valid_digest(text);
         if (ok)
             snprintf(out, 72, "%s", text);
         free(text);
@@ -73,26 +59,13 @@ static int builtin_digest(cell_ctx *ctx, const char *name, char out[72], cell_er
 
 int runtime_image_digest(cell_ctx *ctx, const char *name, char out[72], cell_error *err)
 {
-    json_t *meta = read_meta(ctx, name);
-    if (meta) {
-        const char *d = json_string_value(json_object_get(meta, "digest"));
-        int ok = valid_digest(d);
-        if (ok)
-            snprintf(out, 72, "%s", d);
-        json_decref(meta);
-        return ok ? 0 : util_fail(err, EINVAL, "image '%s': image.json has no valid \"digest\"", name);
-    }
     for (const char *const *b = runtime_image_names; *b; b++)
         if (strcmp(*b, name) == 0)
             return builtin_digest(ctx, name, out, err);
-    return util_fail(err, ENOENT, "image '%s' has no image.json", name);
-}
-
-char *runtime_image_config(cell_ctx *ctx, const char *name)
-{
-    json_t *meta = read_meta(ctx, name);
-    json_t *config = json_object_get(meta, "config");
-    char *text = json_is_object(config) ? json_dumps(config, JSON_COMPACT) : NULL;
-    json_decref(meta);
-    return text;
+    struct image_meta m;
+    if (image_meta_read(ctx, name, &m, err) < 0)
+        return -1;
+    snprintf(out, 72, "%s", m.digest);
+    image_meta_free(&m);
+    return 0;
 }

@@ -97,11 +97,13 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
     if (util_path(p, sizeof p, err, "%s/image", tmp) < 0 || util_write_file(p, image, strlen(image), 0644, 1, err) < 0)
         goto fail;
     /* The lane is bound to the image's content, not only its name: see
-     * check_digest. */
+     * check_digest.  Not a lane on host: that image follows the host's /usr
+     * by design (and is regenerated when cell's version of it changes). */
     char digest[72];
-    if (runtime_image_digest(ctx, image, digest, err) < 0 ||
-        util_path(p, sizeof p, err, "%s/" RUNTIME_LANE_DIGEST, tmp) < 0 ||
-        util_write_file(p, digest, strlen(digest), 0644, 1, err) < 0)
+    if (strcmp(image, "host") != 0 &&
+        (runtime_image_digest(ctx, image, digest, err) < 0 ||
+         util_path(p, sizeof p, err, "%s/" RUNTIME_LANE_DIGEST, tmp) < 0 ||
+         util_write_file(p, digest, strlen(digest), 0644, 1, err) < 0))
         goto fail;
     if (util_path(p, sizeof p, err, "%s/lock", tmp) < 0 || util_write_file(p, "", 0, 0600, 0, err) < 0)
         goto fail;
@@ -298,6 +300,10 @@ static int check_digest(cell_ctx *ctx, const char *name, const char *dir, const 
         return -1;
     if (util_read_file(path, 80, &text, NULL, NULL) < 0)
         return errno == ENOENT ? 0 : util_fail_errno(err, "cannot read %s", path);
+    if (strcmp(image, "host") == 0) {
+        free(text);
+        return util_fail(err, EBUSY, "lane '%s' records an image digest, but image 'host' has none", name);
+    }
     text[strcspn(text, "\n")] = '\0';
     int rc = runtime_image_digest(ctx, image, now, err);
     if (rc == 0 && strcmp(text, now) != 0)

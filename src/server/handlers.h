@@ -20,6 +20,7 @@ int h_lanes_list(sreq *r);
 int h_lanes_get(sreq *r);
 int h_lanes_delete(sreq *r);
 int h_lanes_export(sreq *r);
+int h_lanes_commit(sreq *r);
 int h_lanes_import(sreq *r);
 int h_lanes_import_body(sreq *r, const char *data, size_t len);
 int h_images_build(sreq *r);

@@ -270,6 +270,60 @@ int h_lanes_export(sreq *r)
     return reply_response(r, 200, resp);
 }
 
+/* ---- commit: the lane flattened over its image into a new image ------------ */
+static json_t *committed_json(srv *s, const char *image, const store_lane *l)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/images/%s/image.json", s->state_dir, image);
+    json_t *meta = json_load_file(path, 0, NULL);
+    json_t *o = json_pack("{s:s, s:s, s:O?, s:O?, s:s}", "name", image, "lane", l->name, "digest",
+                          json_object_get(meta, "digest"), "size", json_object_get(meta, "size"), "source", "commit");
+    json_decref(meta);
+    return o;
+}
+
+/* POST /v1/lanes/{name}/commit {"image": NAME}.  The runtime takes the
+ * lane's lock for the whole commit, so a cell cannot attach meanwhile, and
+ * refuses an attached lane; a cell of the tenant that names the lane but
+ * is stopped is refused here too, as for delete. */
+int h_lanes_commit(sreq *r)
+{
+    json_t *body;
+    const char *image = NULL;
+    if (req_json(r, &body) < 0)
+        return MHD_YES;
+    if (json_get_str(r, body, "image", 1, &image) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s", image);
+    int too_long = strlen(image) >= sizeof name;
+    json_decref(body);
+    if (too_long || !util_valid_name(name))
+        return reply_problem(r, 400, "invalid_request", "field \"image\": use 1-63 of A-Z a-z 0-9 _ . - not "
+                             "starting with '.' or '-'");
+    req_audit(r, "image", json_string(name));
+    store_lane l;
+    if (find_lane(r, &l) < 0)
+        return MHD_YES;
+    char user[24];
+    if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
+        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+    /* A context of its own: a commit copies a tree and must not hold the
+     * shared context's lock meanwhile. */
+    cell_ctx *ctx = NULL;
+    cell_error e = { 0 };
+    int rc = cell_ctx_open(&ctx, r->s->state_dir, &e);
+    if (rc == 0) {
+        rc = cell_image_commit(ctx, l.id, name, &e);
+        cell_ctx_close(ctx);
+    }
+    if (rc < 0)
+        return lane_reply_error(r, &l, &e);
+    return reply_json(r, 201, committed_json(r->s, name, &l));
+}
+
 /* ---- import: the body streams into a pipe a worker reads the tar from ------- */
 typedef struct import_state {
     store_lane lane;

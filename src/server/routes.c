@@ -19,6 +19,7 @@ const route control_routes[] = {
     { "GET",    "/v1/lanes/{name}",         h_lanes_get,     NULL, 0 },
     { "DELETE", "/v1/lanes/{name}",         h_lanes_delete,  NULL, 0 },
     { "GET",    "/v1/lanes/{name}/export",  h_lanes_export,  NULL, 0 },
+    { "POST",   "/v1/lanes/{name}/commit",  h_lanes_commit,  NULL, 0 },
     { "POST",   "/v1/lanes/{name}/import",  h_lanes_import,  h_lanes_import_body, ROUTE_STREAM_BODY },
     { "GET",    "/v1/images",               h_images_ls,     NULL, 0 },
     { "GET",    "/v1/images/{name}",        h_images_show,   NULL, 0 },

@@ -154,3 +154,48 @@ def test_lane_refuses_an_image_whose_digest_changed(st):
     # A lane made before lanes recorded digests has none and is accepted.
     os.unlink(st / "lanes" / "bound" / "image-digest")
     ok(sh(st, "true", "--image", "debian-bookworm", "--lane", "bound"))
+
+
+# ---- POST /v1/lanes/{name}/commit ------------------------------------------------------------
+
+
+def test_api_commit_tenant_lane_attached_and_bad_input(tmp_path):
+    import daemon as dm
+    from daemon import assert_problem, make_tenant_token
+    state = tmp_path / "d"
+    (state / "images").mkdir(parents=True)
+    make_base(state)
+    with dm.served(state) as dd:
+        admin = dd.client()
+        tok, _ = make_tenant_token(admin, "alice")
+        alice = dd.client(tok)
+        bob = dd.client(make_tenant_token(admin, "bob")[0])
+        r = alice.post("/v1/lanes", {"name": "w", "image": "debian-bookworm", "size": "64M"})
+        assert r.status == 201, r
+        c = alice.post("/v1/cells", {"lane": "w", "resources": {"memory": "64M"}})
+        assert c.status == 201, c
+        cid = c.body["id"]
+        r = alice.post("/cells/%s/v1/processes/run" % cid,
+                       {"command": "/bin/sh", "args": ["-c", "echo api > /root/api; rm /etc/deleted"]})
+        assert r.status == 200 and r.body["exitCode"] == 0, r
+        # A cell uses the lane: refused, nothing made.
+        assert_problem(alice.post("/v1/lanes/w/commit", {"image": "apisnap"}), 409, "conflict", detail_has=cid)
+        assert alice.delete("/v1/cells/%s" % cid).status == 204
+        # Another tenant's lane is not found; bad bodies and names are 400.
+        assert_problem(bob.post("/v1/lanes/w/commit", {"image": "bobsnap"}), 404, "not_found")
+        assert_problem(alice.post("/v1/lanes/nosuch/commit", {"image": "x1"}), 404, "not_found")
+        for body in ({}, {"image": 5}, {"image": None}, {"image": "../x"}, {"image": "A" * 70},
+                     {"image": "host"}, {"image": "debian-bookworm"}, {"image": "blobs"}):
+            r = alice.post("/v1/lanes/w/commit", body)
+            assert r.status in (400, 422) and r.body["type"].endswith("invalid_request"), (body, r)
+        r = alice.call("POST", "/v1/lanes/w/commit", body=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status == 400, r
+        r = alice.post("/v1/lanes/w/commit", {"image": "apisnap"})
+        assert r.status == 201, r
+        assert r.body["name"] == "apisnap" and r.body["lane"] == "w" and r.body["digest"].startswith("sha256:")
+        assert_problem(alice.post("/v1/lanes/w/commit", {"image": "apisnap"}), 409, "conflict")
+        root = state / "images" / "apisnap" / "rootfs"
+        assert (root / "root" / "api").read_text() == "api\n"
+        assert not (root / "etc" / "deleted").exists()
+        assert not (state / "images" / "bobsnap").exists()
+        assert not [n for n in os.listdir(state / "images") if ".tmp-" in n]
