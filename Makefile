@@ -32,7 +32,7 @@ CFLAGS  += -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=3
 endif
 # LDSAN is what every link gets: the sanitizer runtime and the hardening.
 LDSAN   += $(LDHARD)
-LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
+LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson nettle libnftables libnftnl libmnl ldns libcrypto libssl 2>/dev/null || echo -lseccomp -larchive -ljansson -lnettle -lnftables -lnftnl -lmnl -lldns -lcrypto -lssl) -lhttp_parser -lpthread
 # The daemon (src/server, src/store) adds these.
 # libcurl is not linked: src/server/egress.c loads it on the first decide
 # webhook question; nettle hashes tokens (src/store/store.c).
@@ -57,10 +57,11 @@ UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 DAEMON_SRC  := src/daemon/main.c src/cli/serve_usage.c src/cli/fail.c
-# The lean CLI: libseccomp, with jansson and http_parser (the client
-# commands' HTTP/1.1, src/cli/http1.c) linked in.
+# The lean CLI: libseccomp, with jansson, nettle (the image store's
+# SHA-256) and http_parser (the client commands' HTTP/1.1, src/cli/http1.c)
+# linked in.
 CLI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs libseccomp 2>/dev/null || echo -lseccomp) \
-               -Wl,-Bstatic -ljansson -lhttp_parser -Wl,-Bdynamic -lpthread
+               -Wl,-Bstatic -ljansson -lnettle -lhttp_parser -Wl,-Bdynamic -lpthread
 # Programs that link libcell.a with its plugins' code built in.
 LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin -Wl,-u,runtime_vfs_builtin
 # The plugins (shared objects, position-independent objects in obj-pic/):

@@ -84,12 +84,11 @@ int  image_meta_stage(const char *path, cell_error *err);
 /* Remove the staging and removal directories nobody holds (best effort). */
 void image_meta_sweep(cell_ctx *ctx);
 
-/* SHA-256 (image_sha256.c): init, update, final writes 64 hex digits + NUL. */
+/* SHA-256 (image_sha256.c, nettle's): init, update, final writes 64 hex
+ * digits + NUL. */
+#include <nettle/sha2.h>
 struct image_sha256 {
-    uint32_t h[8];
-    uint64_t len;
-    uint8_t  buf[64];
-    size_t   n;
+    struct sha256_ctx ctx;
 };
 void image_sha256_init(struct image_sha256 *s);
 void image_sha256_update(struct image_sha256 *s, const void *data, size_t len);

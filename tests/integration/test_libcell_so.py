@@ -107,15 +107,15 @@ def test_a_program_may_use_the_names_of_libcells_internals(tmp_path):
                    'int main(void) { printf("%s %d %d\\n", cell_version(), cell_options_set_hostname(NULL, "x", NULL), '
                    "util_fail() + util_path() + runtime_check_cell_path()); return 0; }\n")
     exe = tmp_path / "names"
-    # jansson: the image store's image.json and image manifests (issue 13).
-    libs = subprocess.run(["pkg-config", "--libs", "libseccomp", "jansson"], capture_output=True,
+    # jansson and nettle: the image store's image.json, manifests and digests (issue 13).
+    libs = subprocess.run(["pkg-config", "--libs", "libseccomp", "jansson", "nettle"], capture_output=True,
                           text=True).stdout.split()
     # A sanitizer build's archive needs its runtime.
     undefined = subprocess.run(["nm", "-u", ARCHIVE], capture_output=True, text=True, check=True).stdout
     san = (["-fsanitize=address,undefined"] if "__asan_" in undefined else
            ["-fsanitize=thread"] if "__tsan_" in undefined else [])
     r = subprocess.run(["cc", "-std=c17", *san, "-I", os.path.join(CHECKOUT, "include"), "-o", str(exe), str(src),
-                        ARCHIVE, "-Wl,--as-needed"] + (libs or ["-lseccomp", "-ljansson"]) + ["-lpthread"],
+                        ARCHIVE, "-Wl,--as-needed"] + (libs or ["-lseccomp", "-ljansson", "-lnettle"]) + ["-lpthread"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
