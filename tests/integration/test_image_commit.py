@@ -97,6 +97,13 @@ def test_commit_flattens_new_changed_deleted_and_opaque(st):
     base = st / "images" / "debian-bookworm" / "rootfs"
     assert (base / "etc" / "changed").read_text() == "base\n"
     assert (base / "etc" / "deleted").exists() and (base / "opaque" / "old" / "file").exists()
+    # A cell boots from the new image and sees the lane's changes.
+    r = ok(sh(st, "cat /root/new /etc/changed; ls /opaque; test -e /etc/deleted || echo deleted-gone; "
+                  "test -e /gone || echo dir-gone; readlink /root/link", "--image", "snap"))
+    assert r.stdout == "new\nlane\nfresh\ndeleted-gone\ndir-gone\n/root/new\n", r.stdout
+    # and a lane on it is bound to its digest.
+    ok(cli(st, "lane", "create", "onsnap", "--image", "snap"))
+    assert (st / "lanes" / "onsnap" / "image-digest").read_text().strip() == meta["digest"]
     # The same lane committed twice gives the same digest (a content digest).
     ok(cli(st, "lane", "commit", lane, "snap2"))
     assert json.loads((st / "images" / "snap2" / "image.json").read_text())["digest"] == meta["digest"]
