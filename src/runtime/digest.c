@@ -1,51 +1,23 @@
-/* digest.c: the deterministic digest of a directory tree (SHA-256, OpenSSL).
- * Part of libcell-archive.so (plugin.h: the lean CLI loads libcrypto only
- * when an image's digest is computed) and of the linked-in archive table. */
+/* digest.c: the deterministic digest of a directory tree (SHA-256 of
+ * image_sha256.c), for builtin images' and committed images' digests. */
 #include "runtime/digest.h"
+#include "runtime/image_meta.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 
-static int sha256_open(EVP_MD_CTX **out, cell_error *err)
-{
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(md);
-        return util_fail(err, ENOMEM, "cannot start a sha256");
-    }
-    *out = md;
-    return 0;
-}
-
-static int sha256_update(EVP_MD_CTX *md, const void *data, size_t len, cell_error *err)
-{
-    return EVP_DigestUpdate(md, data, len) == 1 ? 0 : util_fail(err, EIO, "sha256 failed");
-}
-
-static int sha256_final(EVP_MD_CTX *md, char hex[65], cell_error *err)
-{
-    unsigned char sum[EVP_MAX_MD_SIZE];
-    unsigned len = 0;
-    if (EVP_DigestFinal_ex(md, sum, &len) != 1 || len != 32)
-        return util_fail(err, EIO, "sha256 failed");
-    for (unsigned i = 0; i < len; i++)
-        snprintf(hex + 2 * i, 3, "%02x", sum[i]);
-    return 0;
-}
-
 /* Each entry is hashed as one record: its path, type, mode, owner, device,
  * size, mtime, link target or content, and the overlay opaque mark of a
  * directory.  Names are sorted (strcmp), so the digest does not depend on
  * the order the filesystem lists them in. */
-static int hash_record(EVP_MD_CTX *op, const char *path, const struct stat *st, const char *extra, size_t extra_len,
+static int hash_record(struct image_sha256 *op, const char *path, const struct stat *st, const char *extra, size_t extra_len,
                        cell_error *err)
 {
     char head[PATH_MAX + 200];
@@ -55,12 +27,13 @@ static int hash_record(EVP_MD_CTX *op, const char *path, const struct stat *st, 
                      st->st_mtim.tv_nsec, extra_len, 0);
     if (n < 0 || (size_t)n >= sizeof head)
         return util_fail(err, ENAMETOOLONG, "path too long hashing %s", path);
-    if (sha256_update(op, head, (size_t)n, err) < 0)
-        return -1;
-    return extra_len ? sha256_update(op, extra, extra_len, err) : 0;
+    image_sha256_update(op, head, (size_t)n);
+    if (extra_len)
+        image_sha256_update(op, extra, extra_len);
+    return 0;
 }
 
-static int hash_content(EVP_MD_CTX *op, int dirfd, const char *name, const char *path, cell_error *err)
+static int hash_content(struct image_sha256 *op, int dirfd, const char *name, const char *path, cell_error *err)
 {
     _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
@@ -74,8 +47,7 @@ static int hash_content(EVP_MD_CTX *op, int dirfd, const char *name, const char 
             return util_fail_errno(err, "cannot read %s", path);
         if (r == 0)
             return 0;
-        if (sha256_update(op, buf, (size_t)r, err) < 0)
-            return -1;
+        image_sha256_update(op, buf, (size_t)r);
     }
 }
 
@@ -84,7 +56,7 @@ static int by_name(const struct dirent **a, const struct dirent **b)
     return strcmp((*a)->d_name, (*b)->d_name);
 }
 
-static int hash_dir(EVP_MD_CTX *op, int dirfd, const char *path, cell_error *err)
+static int hash_dir(struct image_sha256 *op, int dirfd, const char *path, cell_error *err)
 {
     _cleanup_close_ int dup_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
     if (dup_fd < 0)
@@ -134,17 +106,14 @@ static int hash_dir(EVP_MD_CTX *op, int dirfd, const char *path, cell_error *err
 
 int runtime_tree_digest(int dirfd, const char *prefix, char out[72], cell_error *err)
 {
-    EVP_MD_CTX *op = NULL;
-    if (sha256_open(&op, err) < 0)
-        return -1;
+    struct image_sha256 op;
     char hex[65];
-    int rc = prefix ? sha256_update(op, prefix, strlen(prefix) + 1, err) : 0;
-    if (rc == 0)
-        rc = hash_dir(op, dirfd, "", err);
-    if (rc == 0)
-        rc = sha256_final(op, hex, err);
-    EVP_MD_CTX_free(op);
-    if (rc == 0)
-        snprintf(out, 72, "sha256:%s", hex);
-    return rc;
+    image_sha256_init(&op);
+    if (prefix)
+        image_sha256_update(&op, prefix, strlen(prefix) + 1);
+    if (hash_dir(&op, dirfd, "", err) < 0)
+        return -1;
+    image_sha256_final(&op, hex);
+    snprintf(out, 72, "sha256:%s", hex);
+    return 0;
 }

@@ -10,11 +10,8 @@
 
 /* "sha256:<hex>" of the tree below dirfd (sorted names; type, mode, owner,
  * device, size, mtime, link target, content, overlay opaque mark of each
- * entry), after `prefix` (NULL: none) and its NUL.  In the archive plugin:
- * callers of libcell go through runtime_archive()->tree_digest. */
+ * entry), after `prefix` (NULL: none) and its NUL. */
 int runtime_tree_digest(int dirfd, const char *prefix, char out[72], cell_error *err);
-/* The same through the archive table (linked in, or the plugin loaded). */
-int runtime_tree_digest_via(int dirfd, const char *prefix, char out[72], cell_error *err);
 
 /* The digest of image `name`: image.json's "digest" (image_meta.h), or for
  * a builtin image the tree digest of its rootfs, computed once per build and

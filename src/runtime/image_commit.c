@@ -12,7 +12,6 @@
  * into a linked file: it unlinks the name and creates a new file. */
 #include "runtime/digest.h"
 #include "runtime/image_meta.h"
-#include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
@@ -288,7 +287,7 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
         return -1;
     /* The new image's digest: its base's and the lane's layer, hashed as a
      * tree (digest.c), so the same lane on the same base gives the same one. */
-    int rc = runtime_tree_digest_via(upper, base_digest, digest, err);
+    int rc = runtime_tree_digest(upper, base_digest, digest, err);
     if (rc == 0)
         rc = apply_dir(c, upper, to, "");
     close(upper);

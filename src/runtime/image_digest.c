@@ -3,23 +3,12 @@
  * digest for builtin ones. */
 #include "runtime/digest.h"
 #include "runtime/image_meta.h"
-#include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-
-int runtime_tree_digest_via(int dirfd, const char *prefix, char out[72], cell_error *err)
-{
-    const runtime_archive_ops *a = runtime_archive(err);
-    if (!a)
-        return -1;
-    if (!a->tree_digest)
-        return util_fail(err, ENOSYS, "the archive plugin has no tree digest");
-    return a->tree_digest(dirfd, prefix, out, err);
-}
 
 /* A builtin image's tree digest, kept beside its rootfs: written aside and
  * renamed, so a reader sees a whole one or none. */
@@ -44,7 +33,7 @@ static int builtin_digest(cell_ctx *ctx, const char *name, char out[72], cell_er
     _cleanup_close_ int fd = open(root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return util_fail_errno(err, "cannot open %s", root);
-    if (runtime_tree_digest_via(fd, "cell-builtin-image 1", out, err) < 0)
+    if (runtime_tree_digest(fd, "cell-builtin-image 1", out, err) < 0)
         return -1;
     if (util_random_hex(suffix, 8) < 0)
         return util_fail_errno(err, "getrandom");

@@ -1,6 +1,5 @@
 /* lane_archive.c: lane export and import as pax tar streams of the overlay
  * upper dir.  Import treats the stream as hostile input from another host. */
-#include "runtime/digest.h"
 #include "runtime/plugin.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
@@ -623,5 +622,4 @@ const runtime_archive_ops runtime_archive_builtin = {
     .size = sizeof(runtime_archive_ops),
     .lane_export = archive_export,
     .lane_import = archive_import,
-    .tree_digest = runtime_tree_digest,
 };

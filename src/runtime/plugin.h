@@ -58,8 +58,6 @@ typedef struct runtime_archive_ops {
      * -1 with *about_dir set when the failure is reading DIR, not a write.
      * Only in the plugin's table (src/plugin/tar_dir.c); NULL when linked in. */
     int (*tar_dir)(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);
-    /* An image tree's digest (src/runtime/digest.c: OpenSSL's SHA-256). */
-    int (*tree_digest)(int dirfd, const char *prefix, char out[72], cell_error *err);
 } runtime_archive_ops;
 
 int runtime_tar_dir(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);
