@@ -206,3 +206,43 @@ def test_api_commit_tenant_lane_attached_and_bad_input(tmp_path):
         assert not (root / "etc" / "deleted").exists()
         assert not (state / "images" / "bobsnap").exists()
         assert not [n for n in os.listdir(state / "images") if ".tmp-" in n]
+
+
+def test_commit_of_a_hostile_lane_stays_in_the_new_image(st, tmp_path):
+    """The agent owns the lane: symlinks where the base has directories,
+    links out, hard links to base files, a directory over a base symlink.
+    The commit writes only below the new rootfs and never into the base."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    ok(cli(st, "lane", "create", "evil", "--image", "debian-bookworm"))
+    ok(sh(st, "rm -r /keep && ln -s / /keep; ln -s ../../../../../../" + str(outside).lstrip("/") + " /root/out; "
+              "ln /etc/changed /root/hard; echo hard >> /root/hard; rm /bin/ls; mkdir -p /bin/ls/x; "
+              "ln -s /etc /opaque/old/file2", "--image", "debian-bookworm", "--lane", "evil"))
+    base = st / "images" / "debian-bookworm" / "rootfs"
+    before = {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in base.rglob("*")}
+    ok(cli(st, "lane", "commit", "evil", "evilsnap"))
+    root = st / "images" / "evilsnap" / "rootfs"
+    assert os.readlink(root / "keep") == "/"
+    assert os.readlink(root / "root" / "out").endswith(str(outside).lstrip("/"))
+    assert (root / "root" / "hard").read_text() == "base\nhard\n"
+    assert (root / "bin" / "ls").is_dir() and not (root / "bin" / "ls").is_symlink()
+    assert os.listdir(outside) == []
+    after = {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in base.rglob("*")}
+    assert after == before
+    assert (base / "etc" / "changed").read_text() == "base\n"
+    assert (base / "keep" / "sub" / "file").read_text() == "kept\n"
+
+
+def test_concurrent_commits_to_one_name_make_one_image(st):
+    for lane in ("c1", "c2", "c3"):
+        ok(cli(st, "lane", "create", lane, "--image", "debian-bookworm"))
+        ok(sh(st, "echo %s > /root/who" % lane, "--image", "debian-bookworm", "--lane", lane))
+    procs = [subprocess.Popen([CELL_BIN, "--state", str(st), "lane", "commit", lane, "race"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for lane in ("c1", "c2", "c3", "c1")]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sum(rc == 0 for rc, _ in results) == 1, results
+    for rc, err in results:
+        assert rc == 0 or "already exists" in err or "attached" in err, results
+    who = (st / "images" / "race" / "rootfs" / "root" / "who").read_text()
+    assert who in ("c1\n", "c2\n", "c3\n")
+    assert not [n for n in os.listdir(st / "images") if ".tmp-" in n]
