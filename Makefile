@@ -69,7 +69,7 @@ LIBCELL_BUILTINS := -Wl,-u,runtime_net_builtin -Wl,-u,runtime_archive_builtin -W
 NETPLUG_SRC  := src/plugin/net.c src/net/sep.c src/net/sep_check.c src/net/policy.c src/net/httppath.c \
                 src/net/screen.c src/net/netns.c src/init/proto.c $(UTIL_SRC)
 NETPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs jansson libnftables libnftnl libmnl libcrypto 2>/dev/null || echo -ljansson -lnftables -lnftnl -lmnl -lcrypto) -lpthread
-ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c $(UTIL_SRC)
+ARCHPLUG_SRC := src/plugin/archive.c src/plugin/tar_dir.c src/runtime/lane_archive.c src/runtime/image_tar.c $(UTIL_SRC)
 ARCHPLUG_LIBS := -Wl,--as-needed $(shell pkg-config --libs libarchive 2>/dev/null || echo -larchive) -lpthread
 # Virtual filesystems (src/runtime/vfs.h): the FUSE server and libfuse.
 FUSE_CFLAGS  := $(shell pkg-config --cflags fuse3 2>/dev/null || echo -I/usr/include/fuse3)

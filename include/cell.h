@@ -113,6 +113,12 @@ void cell_image_config_free(cell_image_config *c);
  * host's, bound at boot).  Lanes record their image's digest and refuse to
  * attach to an image of the same name with another digest (EBUSY). */
 int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_error *err);
+/* Write image `name` to fd as an OCI image layout tar: one layer (the rootfs
+ * as a tar, sorted, ids as stored, no user or group names, whole-second
+ * mtimes), the config from image.json, the manifest, index.json and
+ * oci-layout; what `cell image import` and other OCI tools read.  Not for
+ * "host" (EINVAL). */
+int cell_image_export(cell_ctx *ctx, const char *name, int fd, cell_error *err);
 
 /* ---- lanes ---------------------------------------------------------------
  * A lane is a durable writable layer bound to one image.  Names are

@@ -23,6 +23,7 @@ static const char usage_text[] =
     "  image ls                           list images and whether they are built\n"
     "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
     "  image import NAME FILE|-           import an OCI or docker-archive image tar\n"
+    "  image export NAME [FILE|-]         write an image as an OCI image layout tar\n"
     "  image rm NAME                      remove an imported or committed image\n"
     "  serve [OPTIONS]                    run the daemon (HTTP API, see cell help serve)\n"
     "  help [COMMAND]                     show help\n"

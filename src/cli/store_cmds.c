@@ -2,6 +2,8 @@
  * manage what is stored in the state directory. */
 #include "cli/cli.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -24,7 +26,8 @@ static const char image_usage[] =
     "usage: cell image ls [--json]           images: name, source, digest, size, lanes\n"
     "       cell image build NAME     (host, debian-bookworm)\n"
     "       cell image import NAME FILE|- [--max-image-size SIZE]   an OCI or docker-archive tar\n"
-    "       cell image rm NAME                refused while lanes or cells use it\n";
+    "       cell image rm NAME                refused while lanes or cells use it\n"
+    "       cell image export NAME [FILE|-]   an OCI image layout tar (to stdout without FILE)\n";
 
 /* NAME [--image IMAGE] [--size SIZE] */
 static int name_and_image(int argc, char **argv, const char **name, const char **image, const char **size)
@@ -176,6 +179,32 @@ static void print_progress(void *user, const char *line)
     fprintf(stderr, "%s\n", line);
 }
 
+/* cell image export NAME [FILE|-]: a new FILE (never an existing one), or
+ * stdout, which must not be a terminal. */
+static int image_export(struct cli_global *g, int argc, char **argv)
+{
+    if (argc < 3 || argc > 4 || argv[2][0] == '-')
+        return cli_fail(CLI_EXIT_USAGE, "image export takes a NAME and an optional FILE\n%s", image_usage);
+    const char *file = argc == 4 && strcmp(argv[3], "-") != 0 ? argv[3] : NULL;
+    int fd = 1;
+    if (!file && isatty(1))
+        return cli_fail(CLI_EXIT_USAGE, "refusing to write a tar stream to a terminal; give a FILE or redirect stdout");
+    if (file && (fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
+        return cli_fail(1, "cannot create %s: %s", file, strerror(errno));
+    cell_ctx *ctx = NULL;
+    int rc = cli_open(g, &ctx);
+    cell_error err = { 0 };
+    if (rc == 0 && cell_image_export(ctx, argv[2], fd, &err) < 0)
+        rc = cli_fail_err(1, &err);
+    if (ctx)
+        cell_ctx_close(ctx);
+    if (file && (close(fd) < 0 || rc != 0)) {
+        unlink(file); /* no half-written layout left behind */
+        return rc ? rc : cli_fail(1, "cannot write %s: %s", file, strerror(errno));
+    }
+    return rc;
+}
+
 int cli_image(struct cli_global *g, int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
@@ -185,6 +214,8 @@ int cli_image(struct cli_global *g, int argc, char **argv)
     const char *sub = argv[1];
     if (strcmp(sub, "import") == 0 || strcmp(sub, "rm") == 0 || strcmp(sub, "ls") == 0)
         return cli_image_store(g, argc - 1, argv + 1); /* image_cmds.c */
+    if (strcmp(sub, "export") == 0)
+        return image_export(g, argc, argv);
     if (strcmp(sub, "ls") != 0 && strcmp(sub, "build") != 0)
         return cli_fail(CLI_EXIT_USAGE, "unknown image command '%s'\n%s", sub, image_usage);
     if (strcmp(sub, "build") == 0 && argc != 3)

@@ -622,4 +622,6 @@ const runtime_archive_ops runtime_archive_builtin = {
     .size = sizeof(runtime_archive_ops),
     .lane_export = archive_export,
     .lane_import = archive_import,
+    .image_tree_tar = runtime_image_tree_tar,
+    .image_files_tar = runtime_image_files_tar,
 };

@@ -48,6 +48,17 @@ typedef struct runtime_archive_host {
     int (*lane_open_upper)(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err);
 } runtime_archive_host;
 
+/* A file of a tar written by image_files_tar: `data` (size bytes), or else
+ * the contents of `fd` (from its start); size (uint64_t)-1 = a directory. */
+struct runtime_tar_file {
+    const char *name;
+    const void *data;
+    int         fd;
+    uint64_t    size;
+};
+int runtime_image_tree_tar(int rootfs_fd, int out_fd, cell_error *err);
+int runtime_image_files_tar(int out_fd, const struct runtime_tar_file *files, size_t n, cell_error *err);
+
 typedef struct runtime_archive_ops {
     size_t size;                /* sizeof(runtime_archive_ops) where it was built */
     int (*lane_export)(cell_ctx *ctx, const char *name, int fd, cell_error *err);
@@ -58,6 +69,11 @@ typedef struct runtime_archive_ops {
      * -1 with *about_dir set when the failure is reading DIR, not a write.
      * Only in the plugin's table (src/plugin/tar_dir.c); NULL when linked in. */
     int (*tar_dir)(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);
+    /* `cell image export` (src/runtime/image_tar.c): the tree below
+     * rootfs_fd as a deterministic tar (sorted, ids as stored, no names,
+     * whole-second mtimes), and the OCI layout's files as a tar. */
+    int (*image_tree_tar)(int rootfs_fd, int out_fd, cell_error *err);
+    int (*image_files_tar)(int out_fd, const struct runtime_tar_file *files, size_t n, cell_error *err);
 } runtime_archive_ops;
 
 int runtime_tar_dir(const char *dir, int fd, void (*on_skip)(const char *path), int *about_dir, cell_error *err);

@@ -246,3 +246,65 @@ def test_concurrent_commits_to_one_name_make_one_image(st):
     who = (st / "images" / "race" / "rootfs" / "root" / "who").read_text()
     assert who in ("c1\n", "c2\n", "c3\n")
     assert not [n for n in os.listdir(st / "images") if ".tmp-" in n]
+
+
+# ---- cell image export ----------------------------------------------------------------------
+
+
+def _blob(tf, digest):
+    import hashlib
+    data = tf.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    return data
+
+
+def test_export_is_an_oci_layout_that_imports_back(st, tmp_path):
+    import io
+    import pty
+    import tarfile
+    lane = prepared_lane(st)
+    ok(cli(st, "lane", "commit", lane, "snap"))
+    out, again = tmp_path / "snap.tar", tmp_path / "again.tar"
+    ok(cli(st, "image", "export", "snap", str(out)))
+    ok(cli(st, "image", "export", "snap", str(again)))
+    assert out.read_bytes() == again.read_bytes()  # deterministic
+    with tarfile.open(out) as tf:
+        assert tf.getnames()[:2] == ["oci-layout", "index.json"]
+        assert json.load(tf.extractfile("oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+        index = json.load(tf.extractfile("index.json"))
+        (mdesc,) = index["manifests"]
+        manifest = json.loads(_blob(tf, mdesc["digest"]))
+        assert manifest["schemaVersion"] == 2 and len(manifest["layers"]) == 1
+        config = json.loads(_blob(tf, manifest["config"]["digest"]))
+        layer = _blob(tf, manifest["layers"][0]["digest"])
+        assert len(layer) == manifest["layers"][0]["size"]
+        assert config["rootfs"]["diff_ids"] == [manifest["layers"][0]["digest"]]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as lt:
+        members = lt.getmembers()
+        names = [m.name.rstrip("/") for m in members]
+        assert "root/new" in names and "etc/deleted" not in names and "gone" not in names
+        assert all(m.uname == "" and m.gname == "" for m in members)
+        assert lt.getmember("root/new").mode == 0o600 and lt.getmember("root/new").uid == 0
+        assert lt.getmember("root/link").issym() and lt.getmember("root/link").linkname == "/root/new"
+    # Round trip: imported under another name, it boots with the same files.
+    ok(cli(st, "image", "import", "back", str(out)))
+    r = ok(sh(st, "cat /root/new /etc/changed; ls /opaque; test -e /etc/deleted || echo gone", "--image", "back"))
+    assert r.stdout == "new\nlane\nfresh\ngone\n"
+    a = json.loads((st / "images" / "snap" / "image.json").read_text())["config"]
+    b = json.loads((st / "images" / "back" / "image.json").read_text())["config"]
+    assert {k: v for k, v in a.items() if v} == {k: v for k, v in b.items() if v}
+    # Refusals: host, unknown, an existing file, a terminal.
+    r = cli(st, "image", "export", "host", str(tmp_path / "h.tar"))
+    assert r.returncode != 0 and not (tmp_path / "h.tar").exists()
+    r = cli(st, "image", "export", "nosuch", str(tmp_path / "n.tar"))
+    assert r.returncode != 0 and "nosuch" in r.stderr and not (tmp_path / "n.tar").exists()
+    r = cli(st, "image", "export", "snap", str(out))
+    assert r.returncode != 0 and "exists" in r.stderr
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([CELL_BIN, "--state", str(st), "image", "export", "snap"], stdout=slave,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60, text=True)
+        assert p.returncode != 0 and "terminal" in p.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
