@@ -21,6 +21,7 @@ int h_lanes_get(sreq *r);
 int h_lanes_delete(sreq *r);
 int h_lanes_export(sreq *r);
 int h_lanes_commit(sreq *r);
+int h_images_export(sreq *r);
 int h_lanes_import(sreq *r);
 int h_lanes_import_body(sreq *r, const char *data, size_t len);
 int h_images_build(sreq *r);
@@ -34,6 +35,10 @@ int h_images_share(sreq *r);
 /* 1 if r's token may see and use image `name` (admins: all; tenants: the
  * builtins, unrestricted images and those shared with them). */
 int images_visible(sreq *r, const char *name);
+/* A share list of one tenant for `name` unless one exists (1 made, 0 there,
+ * -1 error), as for an image a tenant makes (a lane commit); and its removal. */
+int images_share_with(srv *s, const char *name, const char *tenant, cell_error *e);
+void images_share_drop(srv *s, const char *name);
 
 /* admin.c: health, audit, tokens, tenants */
 int h_health(sreq *r);

@@ -94,6 +94,19 @@ static void drop_shares(srv *s, const char *name)
         unlink(path);
 }
 
+int images_share_with(srv *s, const char *name, const char *tenant, cell_error *e)
+{
+    json_t *one = json_pack("[s]", tenant);
+    int rc = one ? put_shares(s, name, one, 0, e) : util_fail(e, ENOMEM, "out of memory");
+    json_decref(one);
+    return rc;
+}
+
+void images_share_drop(srv *s, const char *name)
+{
+    drop_shares(s, name);
+}
+
 static json_t *info_json(const cell_image_info *m)
 {
     return json_pack("{s:s, s:s*, s:I, s:I, s:s, s:b}", "name", m->name, "digest", m->digest[0] ? m->digest : NULL,

@@ -310,18 +310,68 @@ int h_lanes_commit(sreq *r)
     char user[24];
     if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
         return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+    /* The image holds the tenant's files: shared with that tenant alone,
+     * the list made before the image exists (as for an import), so no other
+     * tenant ever sees it. */
+    cell_error e = { 0 };
+    int made = images_share_with(r->s, name, r->tok.tenant, &e);
+    if (made < 0)
+        return reply_error(r, &e);
     /* A context of its own: a commit copies a tree and must not hold the
      * shared context's lock meanwhile. */
     cell_ctx *ctx = NULL;
-    cell_error e = { 0 };
     int rc = cell_ctx_open(&ctx, r->s->state_dir, &e);
     if (rc == 0) {
         rc = cell_image_commit(ctx, l.id, name, &e);
         cell_ctx_close(ctx);
     }
-    if (rc < 0)
+    if (rc < 0) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/images/%s", r->s->state_dir, name);
+        if (made == 1 && access(dir, F_OK) < 0)
+            images_share_drop(r->s, name); /* only ours, and only while no image has the name */
         return lane_reply_error(r, &l, &e);
+    }
     return reply_json(r, 201, committed_json(r->s, name, &l));
+}
+
+/* ---- GET /v1/images/{name}/export: the OCI layout tar, written by a worker - */
+static void image_export_run(int fd, void *arg)
+{
+    lane_job *job = arg;
+    cell_ctx *ctx = NULL;
+    if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
+        if (cell_image_export(ctx, job->image, fd, &job->err) < 0)
+            fprintf(stderr, "cell daemon: export of image %s failed: %s\n", job->image, job->err.message);
+        cell_ctx_close(ctx);
+    }
+}
+
+int h_images_export(sreq *r)
+{
+    const char *name = router_param(&r->m, "name");
+    req_audit(r, "image", json_string(name));
+    /* Checked before the stream starts, so the client gets a status rather
+     * than a cut-off tar; an image hidden from the tenant is unknown. */
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int st = util_valid_name(name) ? cell_image_status(r->s->ctx, name, &e) : -1;
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (st != 1 || !images_visible(r, name))
+        return reply_problem(r, 404, "not_found", "image %s (see GET /v1/images)", name);
+    if (strcmp(name, "host") == 0)
+        return reply_problem(r, 400, "invalid_request", "image host is this host's /usr with a generated /etc; "
+                             "it cannot be exported");
+    lane_job *job = calloc(1, sizeof *job);
+    if (!job)
+        return reply_problem(r, 500, "internal", "out of memory");
+    snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
+    snprintf(job->image, sizeof job->image, "%s", name);
+    struct MHD_Response *resp = stream_from_job(r, image_export_run, job, free, &e);
+    if (!resp)
+        return reply_error(r, &e);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
+    return reply_response(r, 200, resp);
 }
 
 /* ---- import: the body streams into a pipe a worker reads the tar from ------- */

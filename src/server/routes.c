@@ -26,6 +26,7 @@ const route control_routes[] = {
     { "DELETE", "/v1/images/{name}",        h_images_delete, NULL, ROUTE_ADMIN },
     { "POST",   "/v1/images/{name}/import", h_images_import, h_images_import_body, ROUTE_ADMIN | ROUTE_STREAM_BODY },
     { "PUT",    "/v1/images/{name}/tenants", h_images_share, NULL, ROUTE_ADMIN },
+    { "GET",    "/v1/images/{name}/export", h_images_export, NULL, 0 },
     { "POST",   "/v1/images/{name}/build",  h_images_build,  NULL, ROUTE_ADMIN },
     { "GET",    "/v1/audit",                h_audit,         NULL, 0 },
     { "POST",   "/v1/tokens",               h_tokens_create, NULL, ROUTE_ADMIN },

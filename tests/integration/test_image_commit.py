@@ -206,6 +206,20 @@ def test_api_commit_tenant_lane_attached_and_bad_input(tmp_path):
         assert not (root / "etc" / "deleted").exists()
         assert not (state / "images" / "bobsnap").exists()
         assert not [n for n in os.listdir(state / "images") if ".tmp-" in n]
+        # The image is alice's: bob does not see it, cannot export it or make a lane on it.
+        assert_problem(bob.get("/v1/images/apisnap"), 404, "not_found")
+        assert_problem(bob.get("/v1/images/apisnap/export"), 404, "not_found")
+        assert bob.post("/v1/lanes", {"name": "b", "image": "apisnap", "size": "64M"}).status == 400
+        assert alice.get("/v1/images/apisnap").status == 200
+        exp = alice.get("/v1/images/apisnap/export")
+        assert exp.status == 200 and exp.ctype == "application/x-tar", exp
+        import io
+        import tarfile
+        with tarfile.open(fileobj=io.BytesIO(exp.raw)) as tf:
+            assert tf.getnames()[:2] == ["oci-layout", "index.json"]
+        assert_problem(alice.get("/v1/images/nosuch/export"), 404, "not_found")
+        assert_problem(alice.get("/v1/images/..%2Fetc/export"), 404)
+        assert_problem(alice.get("/v1/images/host/export"), 400, "invalid_request")
 
 
 def test_commit_of_a_hostile_lane_stays_in_the_new_image(st, tmp_path):
