@@ -91,6 +91,11 @@ static int open_mount_source(const cell_mount *m, struct isolate_mount *out, cel
         return util_fail(err, EINVAL, "mount for %s has no source directory", m->target);
     struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
     out->src_fd = (int)syscall(SYS_openat2, AT_FDCWD, m->source, &how, sizeof how);
+    struct stat st;
+    /* A link to nothing is a missing source first: say that. */
+    if (out->src_fd < 0 && errno == ELOOP && stat(m->source, &st) < 0)
+        return util_fail_errno(err, "mount source %s for %s does not exist (a symbolic link to nothing)", m->source,
+                               m->target);
     if (out->src_fd < 0 && errno == ELOOP)
         return util_fail(err, ELOOP, "mount source %s for %s has a symbolic link in its path (refused: a link "
                          "swapped in after a check could redirect the mount); name its real path", m->source,
@@ -105,7 +110,6 @@ static int open_mount_source(const cell_mount *m, struct isolate_mount *out, cel
     if (n < 0)
         return util_fail_errno(err, "cannot read the path of mount source %s", m->source);
     out->source[n] = '\0';
-    struct stat st;
     if (fstat(out->src_fd, &st) < 0)
         return util_fail_errno(err, "cannot stat mount source %s", m->source);
     if (m->kind == CELL_MOUNT_OVERLAY && !S_ISDIR(st.st_mode))
