@@ -1576,14 +1576,6 @@ static const struct option runs_options[] = {
     { "repo", required_argument, NULL, 'r' }, { "help", no_argument, NULL, 'h' }, { 0 },
 };
 
-static void ms_utc(long long ms, char *out, size_t size)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    if (ms <= 0 || !gmtime_r(&t, &tm) || !strftime(out, size, "%Y-%m-%d %H:%M:%S", &tm))
-        snprintf(out, size, "-");
-}
-
 /* A table cell: the daemon's text escaped, padded to `width`, two spaces after. */
 static void put_cell(FILE *f, json_t *v, int width)
 {
@@ -1622,7 +1614,7 @@ static int runs_ls(client *c, struct runs_args *a)
     json_array_foreach(json_object_get(reply, "runs"), i, r) {
         char when[32], exit_s[16] = "-", dur[32] = "-";
         json_t *res = json_object_get(r, "result"), *code = json_object_get(res, "exitCode");
-        ms_utc(int_of(r, "createdAtMs", 0), when, sizeof when);
+        client_utc_ms(int_of(r, "createdAtMs", 0), when, sizeof when);
         if (json_is_integer(code))
             snprintf(exit_s, sizeof exit_s, "%lld", (long long)json_integer_value(code));
         if (json_is_integer(json_object_get(res, "durationMs")))
@@ -1647,7 +1639,7 @@ static int runs_show(client *c, struct runs_args *a, const char *id)
         return 0;
     }
     char when[32];
-    ms_utc(int_of(run, "createdAtMs", 0), when, sizeof when);
+    client_utc_ms(int_of(run, "createdAtMs", 0), when, sizeof when);
     fputs("agent: ", stdout);
     put_str(stdout, json_object_get(run, "agent"), 40);
     printf("\ncreated: %s UTC\n", when);

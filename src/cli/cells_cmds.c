@@ -325,14 +325,6 @@ static void human_size(json_int_t bytes, char *out, size_t size)
         snprintf(out, size, v == (double)(long long)v ? "%.0f%c" : "%.1f%c", v, units[u]);
 }
 
-static void utc_ms(json_int_t ms, char *out, size_t size)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, size, "%Y-%m-%d %H:%M:%S", &tm);
-}
-
 static const char *str_or(json_t *o, const char *key, const char *dflt)
 {
     const char *s = json_string_value(json_object_get(o, key));
@@ -547,7 +539,7 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
     json_array_foreach(json_object_get(reply, "cells"), i, cj) {
         char mem[32], when[32];
         human_size(json_integer_value(json_object_get(json_object_get(cj, "resources"), "memory")), mem, sizeof mem);
-        utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
+        client_utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
         printf("%-14s %-8s %-16s %-16s %-7s %s\n", str_or(cj, "id", "?"), str_or(cj, "state", "?"),
                str_or(cj, "image", "-"), str_or(cj, "lane", "-"), mem, when);
     }
@@ -1620,7 +1612,7 @@ static int token_ls(client *c, struct cli_global *g)
     json_t *t;
     json_array_foreach(json_object_get(reply, "tokens"), i, t) {
         char when[32], rate[24];
-        utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
+        client_utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
         json_int_t r = json_integer_value(json_object_get(t, "rate"));
         snprintf(rate, sizeof rate, r ? "%lld" : "-", (long long)r);
         printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", str_or(t, "id", "?"), str_or(t, "tenant", "?"),

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- where the daemon is ----------------------------------------------------- */
@@ -462,4 +463,12 @@ int client_follow(client *c, const char *path, client_entry_fn on_entry, void *u
     int rc = client_get_stream(c, path, sse_data, &s, stop, NULL);
     free(s.line.data);
     return rc < 0 ? cli_fail(CLI_EXIT_INTERNAL, "a log event from the daemon is too large") : rc;
+}
+
+void client_utc_ms(long long ms, char *out, size_t size)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    if (ms <= 0 || !gmtime_r(&t, &tm) || !strftime(out, size, "%Y-%m-%d %H:%M:%S", &tm))
+        snprintf(out, size, "-");
 }

@@ -44,6 +44,9 @@ int client_json_status(client *c, const char *method, const char *path, json_t *
 /* Print a non-2xx answer from client_json_status as client_json does;
  * returns its exit code. */
 int client_reply_error(client *c, long status, json_t *reply, const char *what);
+/* A listing's "createdAtMs" as "YYYY-MM-DD HH:MM:SS" UTC, or "-" when
+ * absent (0) or not a time. */
+void client_utc_ms(long long ms, char *out, size_t size);
 
 /* Send a body read from fd (PUT: `size` bytes of a file; POST: a tar of
  * unknown length, sent chunked when size < 0) and judge the answer as

@@ -123,14 +123,6 @@ static int read_tty(const char *name, char **out, size_t *len)
     return 0;
 }
 
-static void utc_ms(json_int_t ms, char *out, size_t size)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, size, "%Y-%m-%d %H:%M:%S", &tm);
-}
-
 static int secret_set(client *c, struct cli_global *g, const char *name, const char *value)
 {
     json_t *body = json_pack("{s:s, s:s}", "name", name, "value", value);
@@ -167,7 +159,7 @@ static int secret_ls(client *c, struct cli_global *g)
     json_t *s;
     json_array_foreach(json_object_get(reply, "secrets"), i, s) {
         char when[32];
-        utc_ms(json_integer_value(json_object_get(s, "createdAtMs")), when, sizeof when);
+        client_utc_ms(json_integer_value(json_object_get(s, "createdAtMs")), when, sizeof when);
         const char *name = json_string_value(json_object_get(s, "name"));
         printf("%-32s %s\n", name ? name : "?", when);
     }
