@@ -33,50 +33,34 @@ static int hash_record(struct image_sha256 *op, const char *path, const struct s
     return 0;
 }
 
+static int hash_chunk(void *op, const void *data, size_t len, cell_error *err)
+{
+    (void)err;
+    image_sha256_update(op, data, len);
+    return 0;
+}
+
 static int hash_content(struct image_sha256 *op, int dirfd, const char *name, const char *path, cell_error *err)
 {
     _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
         return util_fail_errno(err, "cannot open %s", path);
-    static __thread char buf[1 << 16];
-    for (;;) {
-        ssize_t r = read(fd, buf, sizeof buf);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return util_fail_errno(err, "cannot read %s", path);
-        if (r == 0)
-            return 0;
-        image_sha256_update(op, buf, (size_t)r);
-    }
-}
-
-static int by_name(const struct dirent **a, const struct dirent **b)
-{
-    return strcmp((*a)->d_name, (*b)->d_name);
+    return util_read_each(fd, path, hash_chunk, op, err);
 }
 
 static int hash_dir(struct image_sha256 *op, int dirfd, const char *path, cell_error *err)
 {
-    _cleanup_close_ int dup_fd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
-    if (dup_fd < 0)
-        return util_fail_errno(err, "cannot dup a directory fd");
-    char self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", dup_fd);
-    struct dirent **names = NULL;
-    int n = scandir(self, &names, NULL, by_name);
-    if (n < 0)
-        return util_fail_errno(err, "cannot list %s", path);
+    _cleanup_names_ util_names names = { 0 };
+    if (util_dir_names(dirfd, path[0] ? path : "/", &names, err) < 0)
+        return -1;
     int rc = 0;
-    for (int i = 0; i < n; i++) {
-        const char *name = names[i]->d_name;
+    for (int i = 0; i < names.n && rc == 0; i++) {
+        const char *name = names.v[i]->d_name;
         char sub[PATH_MAX];
         struct stat st;
-        if (rc < 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-            continue;
         if (util_path(sub, sizeof sub, err, "%s/%s", path, name) < 0 ||
             fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-            rc = rc < 0 ? rc : util_fail_errno(err, "cannot stat %s", sub);
+            rc = util_fail_errno(err, "cannot stat %s", sub);
             continue;
         }
         if (S_ISLNK(st.st_mode)) {
@@ -98,9 +82,6 @@ static int hash_dir(struct image_sha256 *op, int dirfd, const char *path, cell_e
                 rc = hash_content(op, dirfd, name, sub, err);
         }
     }
-    for (int i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
     return rc;
 }
 

@@ -13,25 +13,23 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int by_name(const struct dirent **a, const struct dirent **b)
+struct tar_sink {
+    struct archive *out;
+    const char *path;
+};
+
+static int write_chunk(void *user, const void *data, size_t len, cell_error *err)
 {
-    return strcmp((*a)->d_name, (*b)->d_name);
+    struct tar_sink *t = user;
+    if (archive_write_data(t->out, data, len) != (la_ssize_t)len)
+        return util_fail(err, EIO, "cannot write %s to the tar: %s", t->path, archive_error_string(t->out));
+    return 0;
 }
 
 static int write_data(struct archive *out, int fd, const char *path, cell_error *err)
 {
-    static __thread char buf[1 << 16];
-    for (;;) {
-        ssize_t r = read(fd, buf, sizeof buf);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return util_fail_errno(err, "cannot read %s", path);
-        if (r == 0)
-            return 0;
-        if (archive_write_data(out, buf, (size_t)r) != r)
-            return util_fail(err, EIO, "cannot write %s to the tar: %s", path, archive_error_string(out));
-    }
+    struct tar_sink t = { out, path };
+    return util_read_each(fd, path, write_chunk, &t, err);
 }
 
 /* One entry: ownership as stored (in-cell ids), no user or group names,
@@ -74,19 +72,14 @@ static int tar_entry(struct archive *out, int dirfd, const char *name, const cha
 
 static int tar_tree(struct archive *out, int dirfd, const char *prefix, cell_error *err)
 {
-    char self[64];
-    snprintf(self, sizeof self, "/proc/self/fd/%d", dirfd);
-    struct dirent **names = NULL;
-    int n = scandir(self, &names, NULL, by_name);
-    if (n < 0)
-        return util_fail_errno(err, "cannot list %s", prefix[0] ? prefix : "/");
+    _cleanup_names_ util_names names = { 0 };
+    if (util_dir_names(dirfd, prefix[0] ? prefix : "/", &names, err) < 0)
+        return -1;
     int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        const char *name = names[i]->d_name;
+    for (int i = 0; i < names.n && rc == 0; i++) {
+        const char *name = names.v[i]->d_name;
         char path[PATH_MAX];
         struct stat st;
-        if (!strcmp(name, ".") || !strcmp(name, ".."))
-            continue;
         if (util_path(path, sizeof path, err, "%s%s", prefix, name) < 0)
             rc = -1;
         else if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
@@ -104,9 +97,6 @@ static int tar_tree(struct archive *out, int dirfd, const char *prefix, cell_err
             rc = tar_entry(out, dirfd, name, path, &st, err);
         }
     }
-    for (int i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
     return rc;
 }
 

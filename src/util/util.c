@@ -2,6 +2,7 @@
  * Every syscall is checked and every failure names what it failed on. */
 #include "util/util.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
@@ -78,6 +79,58 @@ ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms
             return -1;
     }
     return (ssize_t)done;
+}
+
+int util_read_each(int fd, const char *path, int (*fn)(void *user, const void *data, size_t len, cell_error *err),
+                   void *user, cell_error *err)
+{
+    static __thread char buf[1 << 16];
+    for (;;) {
+        ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return util_fail_errno(err, "cannot read %s", path);
+        if (r == 0)
+            return 0;
+        int rc = fn(user, buf, (size_t)r, err);
+        if (rc)
+            return rc;
+    }
+}
+
+static int names_filter(const struct dirent *d)
+{
+    return strcmp(d->d_name, ".") != 0 && strcmp(d->d_name, "..") != 0;
+}
+
+static int names_order(const struct dirent **a, const struct dirent **b)
+{
+    return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+int util_dir_names(int dirfd, const char *path, util_names *out, cell_error *err)
+{
+    /* scandir takes a path: the fd's own /proc link names this directory
+     * even if it was moved, without resolving `path` again. */
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", dirfd);
+    out->v = NULL;
+    out->n = scandir(self, &out->v, names_filter, names_order);
+    if (out->n < 0) {
+        out->n = 0;
+        return util_fail_errno(err, "cannot list %s", path);
+    }
+    return 0;
+}
+
+void util_names_free(util_names *names)
+{
+    for (int i = 0; i < names->n; i++)
+        free(names->v[i]);
+    free(names->v);
+    names->v = NULL;
+    names->n = 0;
 }
 
 int util_thread_detached(void *(*fn)(void *), void *arg)

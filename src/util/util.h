@@ -41,6 +41,17 @@ int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error
  * number (the caller still owns arg then). */
 int util_thread_detached(void *(*fn)(void *), void *arg);
 ssize_t util_read_all(int fd, void *buf, size_t len);
+/* Read fd to its end in 64 KiB chunks, handing each to fn (EINTR retried):
+ * 0, fn's first non-zero result, or -1 with err naming `path`. */
+int util_read_each(int fd, const char *path, int (*fn)(void *user, const void *data, size_t len, cell_error *err),
+                   void *user, cell_error *err);
+/* The entries of the directory dirfd but "." and "..", sorted with strcmp,
+ * so a walk is the same whatever order the filesystem lists them in. */
+struct dirent;
+typedef struct util_names { struct dirent **v; int n; } util_names;
+int util_dir_names(int dirfd, const char *path, util_names *out, cell_error *err);
+void util_names_free(util_names *names);
+#define _cleanup_names_ __attribute__((cleanup(util_names_free)))
 /* Write `len` bytes to path (O_CREAT|O_TRUNC, mode), fsync if `durable`. */
 int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err);
 /* Read a whole small file (<= max bytes) into a NUL-terminated malloc()ed buffer. */
