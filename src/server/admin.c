@@ -73,7 +73,8 @@ int h_tokens_create(sreq *r)
     int64_t rate = r->s->opt.token_rate;
     if (req_json(r, &body) < 0)
         return MHD_YES;
-    if (json_get_str(r, body, "tenant", 1, &tenant) < 0 || json_get_str(r, body, "label", 0, &label) < 0 ||
+    if (req_check_fields(r, body, "", "tenant", "label", "admin", "rate", NULL) < 0 ||
+        json_get_str(r, body, "tenant", 1, &tenant) < 0 || json_get_str(r, body, "label", 0, &label) < 0 ||
         json_get_bool(r, body, "admin", &admin) < 0 || json_get_int(r, body, "rate", 0, 0, 1000000, &rate) < 0)
         goto out;
     if (!util_valid_name(tenant)) {
@@ -182,7 +183,8 @@ int h_tenants_put(sreq *r)
     }
     int64_t cells = t.max_cells, lanes = t.max_lanes, pids = t.max_pids;
     uint64_t memory = t.max_memory, disk = t.max_disk;
-    if (json_get_int(r, body, "maxCells", 0, 0, 1000000, &cells) < 0 ||
+    if (req_check_fields(r, body, "", "maxCells", "maxMemory", "maxLanes", "maxDisk", "maxPids", NULL) < 0 ||
+        json_get_int(r, body, "maxCells", 0, 0, 1000000, &cells) < 0 ||
         json_get_int(r, body, "maxLanes", 0, 0, 1000000, &lanes) < 0 ||
         json_get_int(r, body, "maxPids", 0, 0, UINT32_MAX, &pids) < 0 ||
         json_get_size(r, body, "maxMemory", &memory) < 0 || json_get_size(r, body, "maxDisk", &disk) < 0) {

@@ -167,6 +167,10 @@ static int parse_mounts(sreq *r, json_t *body, json_t *spec)
         int ro = 0;
         if (!json_is_object(m))
             return reply_problem(r, 400, "invalid_request", "mounts[%zu] must be an object", i), -1;
+        char where[32];
+        snprintf(where, sizeof where, "mounts[%zu]", i);
+        if (req_check_fields(r, m, where, "type", "lane", "target", "source", "size", "readonly", "mask", NULL) < 0)
+            return -1;
         if (json_get_str(r, m, "type", 0, &type) < 0 || json_get_str(r, m, "target", 1, &target) < 0 ||
             json_get_str(r, m, "source", 0, &source) < 0 || json_get_size(r, m, "size", &size) < 0 ||
             json_get_bool(r, m, "readonly", &ro) < 0)
@@ -224,7 +228,8 @@ static int parse_resources(sreq *r, json_t *body, json_t *spec)
     if (res && !json_is_null(res)) {
         if (!json_is_object(res))
             return reply_problem(r, 400, "invalid_request", "field \"resources\" must be an object"), -1;
-        if (json_get_size(r, res, "memory", &memory) < 0 || json_get_size(r, res, "disk", &disk) < 0 ||
+        if (req_check_fields(r, res, "resources", "memory", "disk", "pids", "cpus", NULL) < 0 ||
+            json_get_size(r, res, "memory", &memory) < 0 || json_get_size(r, res, "disk", &disk) < 0 ||
             json_get_int(r, res, "pids", 0, 1, 1 << 22, &pids) < 0)
             return -1;
         json_t *c = json_object_get(res, "cpus");
@@ -367,7 +372,9 @@ static int parse_create(sreq *r, json_t *body, json_t *spec, store_lane *lane, i
 {
     const char *image = NULL, *lane_name = NULL, *cwd = "/", *hostname = NULL;
     int64_t ttl = 0;
-    if (json_get_str(r, body, "image", 0, &image) < 0 || json_get_str(r, body, "lane", 0, &lane_name) < 0 ||
+    if (req_check_fields(r, body, "", "image", "lane", "cwd", "hostname", "ttl", "env", "resources", "mounts",
+                         "policy", "agents", NULL) < 0 ||
+        json_get_str(r, body, "image", 0, &image) < 0 || json_get_str(r, body, "lane", 0, &lane_name) < 0 ||
         json_get_str(r, body, "cwd", 0, &cwd) < 0 || json_get_str(r, body, "hostname", 0, &hostname) < 0 ||
         json_get_int(r, body, "ttl", 0, 0, MAX_TTL_SECONDS, &ttl) < 0 ||
         limits_check(r, "ttl", (uint64_t)ttl, r->s->opt.limits.cell_ttl_s, "cell.ttl") < 0)

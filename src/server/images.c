@@ -179,6 +179,10 @@ int h_images_share(sreq *r)
     json_t *body;
     if (req_json(r, &body) < 0)
         return MHD_YES;
+    if (req_check_fields(r, body, "", "tenants", NULL) < 0) {
+        json_decref(body);
+        return MHD_YES;
+    }
     json_t *tenants = json_object_get(body, "tenants");
     size_t i;
     json_t *t;

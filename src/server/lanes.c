@@ -131,7 +131,8 @@ int h_lanes_create(sreq *r)
     if (req_json(r, &body) < 0)
         return MHD_YES;
     store_lane l;
-    if (json_get_str(r, body, "name", 1, &name) < 0 || json_get_str(r, body, "image", 0, &image) < 0 ||
+    if (req_check_fields(r, body, "", "name", "image", "size", NULL) < 0 ||
+        json_get_str(r, body, "name", 1, &name) < 0 || json_get_str(r, body, "image", 0, &image) < 0 ||
         json_get_size(r, body, "size", &size) < 0 || reserve_lane(r, name, image, size, &l) < 0) {
         json_decref(body);
         return MHD_YES;
@@ -292,7 +293,7 @@ int h_lanes_commit(sreq *r)
     const char *image = NULL;
     if (req_json(r, &body) < 0)
         return MHD_YES;
-    if (json_get_str(r, body, "image", 1, &image) < 0) {
+    if (req_check_fields(r, body, "", "image", NULL) < 0 || json_get_str(r, body, "image", 1, &image) < 0) {
         json_decref(body);
         return MHD_YES;
     }

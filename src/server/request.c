@@ -316,6 +316,36 @@ int req_json(sreq *r, json_t **out)
     return 0;
 }
 
+/* Unknown members are refused rather than ignored: a mistyped optional
+ * field ("memroy") would otherwise silently get its default. */
+int req_check_fields(sreq *r, json_t *obj, const char *where, ...)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        va_list ap;
+        va_start(ap, where);
+        const char *k;
+        while ((k = va_arg(ap, const char *)) && strcmp(k, key) != 0)
+            ;
+        va_end(ap);
+        if (k)
+            continue;
+        char known[1024] = "";
+        size_t used = 0;
+        va_start(ap, where);
+        while ((k = va_arg(ap, const char *)) && used < sizeof(known)) {
+            int n = snprintf(known + used, sizeof(known) - used, "%s%s", used ? ", " : "", k);
+            used += n > 0 ? (size_t)n : 0;
+        }
+        va_end(ap);
+        reply_problem(r, 400, "invalid_request", "field \"%s%s%.200s\" is not known; known fields: %s",
+                      where, *where ? "." : "", key, known[0] ? known : "(none)");
+        return -1;
+    }
+    return 0;
+}
+
 static json_t *field(sreq *r, json_t *o, const char *key, int required)
 {
     json_t *v = json_object_get(o, key);

@@ -70,6 +70,10 @@ int h_secrets_create(sreq *r)
         drop_body(body);
         return reply_problem(r, 422, "invalid_request", "body must be a JSON object");
     }
+    if (req_check_fields(r, body, "", "name", "value", NULL) < 0) {
+        drop_body(body);
+        return MHD_YES;
+    }
     json_t *name_v = json_object_get(body, "name"), *value_v = json_object_get(body, "value");
     const char *name = json_string_value(name_v);
     if (!name || !util_valid_name(name)) {

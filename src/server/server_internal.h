@@ -199,6 +199,9 @@ const char *req_query(sreq *r, const char *key);
  * which every req_query() caller would see cut short, or NULL. */
 const char *req_query_nul(sreq *r);
 int req_json(sreq *r, json_t **out);            /* body must be a JSON object */
+/* A 400 naming the first member of obj not in the NULL-terminated list of
+ * known names (where: "" or the object's own field, like "policy"). */
+int req_check_fields(sreq *r, json_t *obj, const char *where, ...) __attribute__((sentinel));
 int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out);
 int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out);
 int json_get_bool(sreq *r, json_t *o, const char *key, int *out);
