@@ -72,6 +72,8 @@ struct runtime_vfs {
     struct job *queue_head, *queue_tail;
     struct job *pending;
     int   stopping, idle, n_workers, serving;
+    int   watch_sleeping, watch_timed;  /* the watchdog waits on `tick` (until watch_until) */
+    struct timespec watch_until;
     pthread_t workers[VFS_MAX_WORKERS];
     pthread_t reader, watchdog;
 };
@@ -271,16 +273,26 @@ static void run_open(struct runtime_vfs *v, struct job *j)
     r ? (void)fuse_reply_err(j->req, r) : reply_open(v, j, fh);
 }
 
-static void run_read(struct runtime_vfs *v, struct job *j)
+/* A worker's read buffer, kept from one read to the next: a fresh 128 KiB
+ * malloc per request is an mmap, 32 page faults and an munmap each time. */
+struct read_buf {
+    char  *p;
+    size_t cap;
+};
+
+static void run_read(struct runtime_vfs *v, struct job *j, struct read_buf *b)
 {
-    char *buf = malloc(j->size ? j->size : 1);
-    ssize_t n = buf ? v->spec.ops.read(v->spec.user, j->ino, j->fh, buf, j->size, j->off) : -ENOMEM;
+    size_t need = j->size ? j->size : 1;
+    if (b->cap < need) {
+        free(b->p);
+        b->cap = (b->p = malloc(need)) ? need : 0;
+    }
+    ssize_t n = b->p ? v->spec.ops.read(v->spec.user, j->ino, j->fh, b->p, j->size, j->off) : -ENOMEM;
     /* A count past the buffer is garbage (and may mean the buffer was
      * overrun): EIO, nothing of it reaches the cell. */
     int r = n < 0 ? cb_errno(n) : (size_t)n > j->size ? EIO : 0;
     if (job_claim(v, j))
-        r ? fuse_reply_err(j->req, r) : fuse_reply_buf(j->req, buf, (size_t)n);
-    free(buf);
+        r ? fuse_reply_err(j->req, r) : fuse_reply_buf(j->req, b->p, (size_t)n);
 }
 
 static void run_write(struct runtime_vfs *v, struct job *j)
@@ -361,14 +373,14 @@ static void run_setattr(struct runtime_vfs *v, struct job *j)
         r ? fuse_reply_err(j->req, r) : fuse_reply_attr(j->req, &st, vfs_cache_secs(v));
 }
 
-static void job_run(struct runtime_vfs *v, struct job *j)
+static void job_run(struct runtime_vfs *v, struct job *j, struct read_buf *b)
 {
     switch (j->op) {
     case OP_LOOKUP:  run_lookup(v, j); break;
     case OP_GETATTR: run_getattr(v, j); break;
     case OP_OPENDIR: run_opendir(v, j); break;
     case OP_OPEN:    run_open(v, j); break;
-    case OP_READ:    run_read(v, j); break;
+    case OP_READ:    run_read(v, j, b); break;
     case OP_WRITE:   run_write(v, j); break;
     case OP_CREATE:  run_create(v, j); break;
     case OP_MKDIR:   run_mkdir(v, j); break;
@@ -390,6 +402,7 @@ static void pending_remove(struct runtime_vfs *v, struct job *j)
 static void *worker_main(void *arg)
 {
     struct runtime_vfs *v = arg;
+    struct read_buf b = { NULL, 0 };
     pthread_mutex_lock(&v->lock);
     for (;;) {
         while (!v->queue_head && !v->stopping) {
@@ -407,7 +420,7 @@ static void *worker_main(void *arg)
         int skip = j->answered || v->stopping;
         pthread_mutex_unlock(&v->lock);
         if (!skip)
-            job_run(v, j);
+            job_run(v, j, &b);
         else if (job_claim(v, j))
             fuse_reply_err(j->req, EIO);
         pthread_mutex_lock(&v->lock);
@@ -415,7 +428,13 @@ static void *worker_main(void *arg)
         job_free(j);
     }
     pthread_mutex_unlock(&v->lock);
+    free(b.p);
     return NULL;
+}
+
+static int ts_before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
 /* Under the lock: a worker is started when none is idle (up to the cap). */
@@ -444,15 +463,15 @@ static void job_submit(struct runtime_vfs *v, fuse_req_t req, struct job *j)
     if (v->idle == 0 && v->n_workers < VFS_MAX_WORKERS &&
         pthread_create(&v->workers[v->n_workers], NULL, worker_main, v) == 0)
         v->n_workers++;
-    /* With no worker at all the watchdog answers it EIO at its deadline. */
+    /* With no worker at all the watchdog answers it EIO at its deadline.
+     * It is woken only when it would otherwise sleep past this deadline:
+     * waking it for every request (each read of a file) cost a context
+     * switch per request.  A watchdog that is not asleep rescans the
+     * pending list, this job included, before it sleeps again. */
     pthread_cond_signal(&v->work);
-    pthread_cond_signal(&v->tick);
+    if (v->watch_sleeping && (!v->watch_timed || ts_before(&j->deadline, &v->watch_until)))
+        pthread_cond_signal(&v->tick);
     pthread_mutex_unlock(&v->lock);
-}
-
-static int ts_before(const struct timespec *a, const struct timespec *b)
-{
-    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
 static void *watchdog_main(void *arg)
@@ -483,10 +502,14 @@ static void *watchdog_main(void *arg)
             pthread_mutex_lock(&v->lock);
             continue;
         }
+        v->watch_sleeping = 1;
+        v->watch_timed = have_next;
+        v->watch_until = next;
         if (have_next)
             pthread_cond_timedwait(&v->tick, &v->lock, &next);
         else
             pthread_cond_wait(&v->tick, &v->lock);
+        v->watch_sleeping = 0;
     }
     pthread_mutex_unlock(&v->lock);
     return NULL;
