@@ -376,6 +376,35 @@ fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 deps:
 	bash scripts/install-deps.sh
 
+# make install / uninstall (scripts/install.sh, README "Install"): cell and
+# cell-daemon, libcell (.so, .a, cell.h, libcell.pc), the man pages and
+# shell completions `make docs` generates from $(BUILD)/cell's help text
+# (scripts/gen-docs.py, so they cannot drift from the binary), the systemd
+# unit, the example config and the state directory.  DESTDIR stages; only
+# $(BUILD) is built (BUILD=build-x make install builds nothing in build/).
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+LIBDIR         ?= $(PREFIX)/lib
+INCLUDEDIR     ?= $(PREFIX)/include
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR     ?= /etc
+STATEDIR       ?= /var/lib/cell
+INSTALL_ENV     = BUILD='$(BUILD)' DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' LIBDIR='$(LIBDIR)' \
+                  INCLUDEDIR='$(INCLUDEDIR)' DATADIR='$(DATADIR)' MANDIR='$(MANDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
+                  SYSTEMDUNITDIR='$(SYSTEMDUNITDIR)' STATEDIR='$(STATEDIR)'
+.PHONY: docs install uninstall
+docs: $(BUILD)/doc/.stamp
+$(BUILD)/doc/.stamp: $(BUILD)/cell scripts/gen-docs.py
+	rm -rf $(BUILD)/doc
+	$(PYTHON) scripts/gen-docs.py $(BUILD)/cell $(BUILD)/doc
+	touch $@
+install: all docs
+	$(INSTALL_ENV) bash scripts/install.sh install
+uninstall:
+	$(INSTALL_ENV) bash scripts/install.sh uninstall
+
 clean:
 	rm -rf build build-asan
 

@@ -3,6 +3,7 @@
 #include "server/server_internal.h"
 #include "server/agents.h"
 #include "server/runs.h"
+#include "server/sdnotify.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -766,6 +767,7 @@ int server_run(const server_options *opt, cell_error *err)
     if (!s.opt.max_json_bytes)
         s.opt.max_json_bytes = SERVER_DEFAULT_MAX_JSON;
     s.started_ms = srv_now_ms();
+    sdnotify_init();                /* before any thread: it edits the environment */
 
     /* Signals are taken synchronously by this thread; every thread created
      * from here on inherits the blocked mask.  Writes to a closed peer must
@@ -864,7 +866,11 @@ int server_run(const server_options *opt, cell_error *err)
     /* Now that this thread takes boot jobs: the pool's thread queues them. */
     if (pool_start(&s, err) < 0)
         goto stop_http;
+    /* Ready: the store is open and both listeners answer (cell.service). */
+    sdnotify_send("READY=1\nSTATUS=serving%s%s%s%s", s.unix_d ? " on unix:" : "", s.unix_d ? sock_path : "",
+                  s.tcp ? " on http://" : "", s.tcp ? bound : "");
     int sig = owner_loop(&s, &sigs);
+    sdnotify_send("STOPPING=1\nSTATUS=stopping on signal %d: halting cells", sig);
     /* Jobs queued before this point run here; later ones run on their own
      * thread (srv_on_owner_thread), so no request waits forever. */
     pthread_mutex_lock(&s.owner_lock);
@@ -896,5 +902,7 @@ out:
     srv_free(&s);
     if (lock_fd >= 0)
         close(lock_fd);             /* last: the state is let go of */
+    if (rc < 0)
+        sdnotify_send("STATUS=failed: %s\nERRNO=%d", err->message, err->code > 0 ? err->code : EIO);
     return rc;
 }
