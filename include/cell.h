@@ -87,8 +87,9 @@ typedef struct cell_image_info {
 /* The builtin images, then the stored ones by name; the caller frees *out. */
 int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_error *err);
 /* Remove an imported or committed image: EBUSY naming them while lanes or
- * running cells use it, EINVAL for a builtin, ENOENT if unknown.  Its blobs
- * stay in the blob store (other images may share them). */
+ * running cells use it, EINVAL for a builtin, ENOENT if unknown.  The blobs
+ * no remaining image names are then deleted (now, or by the next import to
+ * finish while one is under way), and the daemon's share list of the name. */
 int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err);
 /* An imported or committed image's config as a cell's defaults: Env
  * ("K=V"), WorkingDir, User (resolved in the image's /etc/passwd and

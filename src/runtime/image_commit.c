@@ -242,8 +242,8 @@ static int apply_dir(struct commit *c, int from, int to, const char *path)
 }
 
 /* ---- image.json (image_meta.h): the base's config kept as it is --------- */
-static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const char *name, const char *digest,
-                      uint64_t size, cell_error *err)
+static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const char *name, const char *tenant,
+                      const char *digest, uint64_t size, cell_error *err)
 {
     struct image_meta bm = { 0 }, m = { 0 };
     cell_error me = { 0 };
@@ -257,6 +257,7 @@ static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const ch
     snprintf(m.name, sizeof m.name, "%s", name);
     snprintf(m.digest, sizeof m.digest, "%s", digest);
     snprintf(m.source, sizeof m.source, "commit");
+    snprintf(m.tenant, sizeof m.tenant, "%s", tenant ? tenant : "");
     m.created = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     m.size = size;
     m.config = bm.config; /* borrowed: freed with bm */
@@ -266,7 +267,7 @@ static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const ch
 }
 
 static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const char *base, const char *name,
-                 const char *tmp)
+                 const char *tenant, const char *tmp)
 {
     cell_error *err = c->err;
     char base_root[PATH_MAX], root[PATH_MAX], base_digest[72], digest[72], ready[PATH_MAX];
@@ -295,7 +296,7 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
         close(mnt);
     if (rc < 0)
         return -1;
-    if (write_meta(ctx, tmp, base, name, digest, c->size, err) < 0 ||
+    if (write_meta(ctx, tmp, base, name, tenant, digest, c->size, err) < 0 ||
         util_path(ready, sizeof ready, err, "%s/ready", tmp) < 0 || util_write_file(ready, "commit", 6, 0644, 1, err) < 0)
         return -1;
     if (syncfs(to) < 0)
@@ -303,7 +304,8 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
     return 0;
 }
 
-int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_error *err)
+int runtime_image_commit_owned(cell_ctx *ctx, const char *lane, const char *name, const char *tenant,
+                               cell_error *err)
 {
     if (image_meta_check_name(name, err) < 0)
         return -1;
@@ -328,7 +330,7 @@ int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_er
     if (mkdir(tmp, 0700) < 0)
         return util_fail_errno(err, "cannot create %s", tmp);
     struct commit c = { .lane = lane, .err = err };
-    if (build(ctx, &c, lane_dir, image, name, tmp) < 0) {
+    if (build(ctx, &c, lane_dir, image, name, tenant, tmp) < 0) {
         util_rm_rf(tmp, NULL);
         return -1;
     }
@@ -343,4 +345,9 @@ int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_er
                    : util_fail_errno(err, "cannot install image %s", dir);
     }
     return 0;
+}
+
+int cell_image_commit(cell_ctx *ctx, const char *lane, const char *name, cell_error *err)
+{
+    return runtime_image_commit_owned(ctx, lane, name, NULL, err);
 }

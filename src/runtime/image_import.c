@@ -54,6 +54,7 @@ struct blob_ref {
 struct import {
     cell_ctx        *ctx;
     const char      *name;
+    const char      *tenant;       /* image.json's "tenant", or NULL */
     cell_progress_fn progress;
     void            *user;
     uint64_t         max_size;     /* bytes of the outer archive, and of the rootfs */
@@ -890,8 +891,9 @@ static int store_blob(struct import *im, struct blob_ref *b, cell_error *err)
 static int finish(struct import *im, cell_error *err)
 {
     struct image_meta m = { 0 };
-    char *layers[IMPORT_MAX_LAYERS];
+    char *layers[IMPORT_MAX_LAYERS], *blobs[2] = { im->manifest.digest, im->config.digest };
     snprintf(m.name, sizeof m.name, "%s", im->name);
+    snprintf(m.tenant, sizeof m.tenant, "%s", im->tenant ? im->tenant : "");
     snprintf(m.digest, sizeof m.digest, "%s", im->manifest.digest);
     snprintf(m.source, sizeof m.source, "import");
     struct timespec now;
@@ -902,6 +904,9 @@ static int finish(struct import *im, cell_error *err)
         layers[i] = im->layers[i].digest;
     m.layers = layers;
     m.n_layers = im->n_layers;
+    /* The manifest and config blobs too, so that blob collection keeps them. */
+    m.blobs = blobs;
+    m.n_blobs = 2;
     m.config = im->cfg;
     if (image_meta_write_dir(im->stage, &m, err) < 0)
         return -1;
@@ -954,8 +959,8 @@ static int run_import(struct import *im, int fd, cell_error *err)
     return finish(im, err);
 }
 
-int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, cell_progress_fn progress,
-                            void *user, cell_error *err)
+int runtime_image_import_owned(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, const char *tenant,
+                               cell_progress_fn progress, void *user, cell_error *err)
 {
     if (image_meta_check_name(name, err) < 0)
         return -1;
@@ -966,7 +971,7 @@ int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t ma
         return util_fail(err, EEXIST, "image '%s' already exists: remove it first (cell image rm %s)", name, name);
     if (util_random_hex(suffix, 8) < 0)
         return util_fail_errno(err, "getrandom");
-    struct import im = { .ctx = ctx, .name = name, .progress = progress, .user = user, .root_fd = -1,
+    struct import im = { .ctx = ctx, .name = name, .tenant = tenant, .progress = progress, .user = user, .root_fd = -1,
                          .max_size = max_size ? max_size : CELL_IMAGE_DEFAULT_MAX_SIZE };
     /* The staging directory sits beside the blob store, on its filesystem,
      * so that storing a blob is a link. */
@@ -977,13 +982,23 @@ int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t ma
         util_path(im.in_dir, sizeof im.in_dir, err, "%s/in", im.stage) < 0)
         return -1;
     image_meta_sweep(ctx);
-    int lock = image_meta_stage(im.stage, err);
-    if (lock < 0)
+    /* Held from before the first blob is stored until image.json names
+     * them from images/NAME: no collection runs meanwhile. */
+    int blobs_lock = image_meta_blobs_hold(ctx, err);
+    if (blobs_lock < 0)
         return -1;
+    int lock = image_meta_stage(im.stage, err);
+    if (lock < 0) {
+        image_meta_blobs_release(ctx, blobs_lock);
+        return -1;
+    }
     int rc = run_import(&im, fd, err);
     if (rc < 0)
         util_rm_rf(im.stage, NULL);
     close(lock);
+    image_meta_blobs_release(ctx, blobs_lock);
+    if (rc < 0)
+        image_meta_gc(ctx); /* blobs a failed import stored and nothing names */
     if (im.root_fd >= 0)
         close(im.root_fd);
     for (size_t i = 0; im.files && i < im.n_files; i++) {
@@ -995,6 +1010,12 @@ int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t ma
     seen_clear(&im);
     image_meta_config_free(&im.cfg);
     return rc;
+}
+
+int cell_image_import_sized(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, cell_progress_fn progress,
+                            void *user, cell_error *err)
+{
+    return runtime_image_import_owned(ctx, name, fd, max_size, NULL, progress, user, err);
 }
 
 int cell_image_import(cell_ctx *ctx, const char *name, int fd, cell_progress_fn progress, void *user, cell_error *err)

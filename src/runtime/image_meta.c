@@ -58,6 +58,7 @@ void image_meta_config_free(struct image_meta_config *c)
 void image_meta_free(struct image_meta *m)
 {
     free_strv(m->layers, m->n_layers);
+    free_strv(m->blobs, m->n_blobs);
     image_meta_config_free(&m->config);
     memset(m, 0, sizeof *m);
 }
@@ -164,12 +165,20 @@ static int meta_from_json(const json_t *root, const char *path, struct image_met
     snprintf(m->source, sizeof m->source, "%s", source);
     m->created = json_integer_value(created);
     m->size = (uint64_t)json_integer_value(size);
+    json_t *tenant = json_object_get(root, "tenant");
+    if (tenant && (!json_is_string(tenant) || json_string_length(tenant) >= sizeof m->tenant))
+        return util_fail(err, EBADMSG, "%s: malformed tenant", path);
+    snprintf(m->tenant, sizeof m->tenant, "%s", tenant ? json_string_value(tenant) : "");
     if (strv_from_json(json_object_get(root, "layers"), "layers", &m->layers, &m->n_layers, err) < 0 ||
+        strv_from_json(json_object_get(root, "blobs"), "blobs", &m->blobs, &m->n_blobs, err) < 0 ||
         image_meta_config_from_json(json_object_get(root, "config"), &m->config, err) < 0)
         return -1;
     for (size_t i = 0; i < m->n_layers; i++)
         if (!image_meta_valid_digest(m->layers[i]))
             return util_fail(err, EBADMSG, "%s: layer %zu is not a sha256 digest", path, i);
+    for (size_t i = 0; i < m->n_blobs; i++)
+        if (!image_meta_valid_digest(m->blobs[i]))
+            return util_fail(err, EBADMSG, "%s: blob %zu is not a sha256 digest", path, i);
     return 0;
 }
 
@@ -207,17 +216,23 @@ int image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_
 int image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err)
 {
     json_t *layers = strv_to_json(m->layers, m->n_layers);
+    json_t *blobs = strv_to_json(m->blobs, m->n_blobs);
     json_t *config = image_meta_config_to_json(&m->config);
-    json_t *root = layers && config ? json_pack("{s:s, s:s, s:I, s:I, s:s, s:o, s:o}", "name", m->name,
-                                                "digest", m->digest, "created", (json_int_t)m->created,
-                                                "size", (json_int_t)m->size, "source", m->source,
-                                                "layers", layers, "config", config)
-                                    : NULL;
+    json_t *root = layers && blobs && config
+                       ? json_pack("{s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:o}", "name", m->name, "digest", m->digest,
+                                   "created", (json_int_t)m->created, "size", (json_int_t)m->size, "source",
+                                   m->source, "layers", layers, "blobs", blobs, "config", config)
+                       : NULL;
     if (!root) {
-        if (!layers || !config) {
+        if (!layers || !blobs || !config) {
             json_decref(layers);
+            json_decref(blobs);
             json_decref(config);
         }
+        return util_fail(err, ENOMEM, "cannot build image.json for '%s'", m->name);
+    }
+    if (m->tenant[0] && json_object_set_new(root, "tenant", json_string(m->tenant)) < 0) {
+        json_decref(root);
         return util_fail(err, ENOMEM, "cannot build image.json for '%s'", m->name);
     }
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);

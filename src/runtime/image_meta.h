@@ -37,6 +37,9 @@ struct image_meta {
     char     source[16];                         /* "builtin", "import" or "commit" */
     char   **layers;                             /* "sha256:<hex>" each */
     size_t   n_layers;
+    char   **blobs;                              /* other blobs it keeps (manifest, config) */
+    size_t   n_blobs;
+    char     tenant[64];                         /* made through the API for this tenant, or "" */
     struct image_meta_config config;
 };
 
@@ -83,6 +86,32 @@ int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, c
 int  image_meta_stage(const char *path, cell_error *err);
 /* Remove the staging and removal directories nobody holds (best effort). */
 void image_meta_sweep(cell_ctx *ctx);
+
+/* Blob garbage collection (image_store.c).  Whoever stores blobs or is
+ * about to reference them (an import, from before its first blob until its
+ * image.json is in place) holds images/.blobs.lock shared; the collector
+ * takes it exclusively and never waits: when it cannot, it leaves
+ * images/.gc-pending and the last holder to let go collects.  A collection
+ * deletes every blob no image.json under images/ names (digest, layers,
+ * blobs), a crashed import's included. */
+int  image_meta_blobs_hold(cell_ctx *ctx, cell_error *err);   /* the shared lock's fd */
+void image_meta_blobs_release(cell_ctx *ctx, int fd);          /* closes fd, collects if pending */
+/* Collect now if nobody holds the lock, else mark it pending; returns the
+ * number of blobs deleted, or -1 (pending or failed). */
+int  image_meta_gc(cell_ctx *ctx);
+
+/* The daemon's list of tenants an image is shared with (images.c):
+ * images/.shares/NAME.  Removing an image removes it too, so that a later
+ * image of the name does not inherit it. */
+#define IMAGE_META_SHARES ".shares"
+
+/* Import and commit recording the tenant they were made for (image.json's
+ * "tenant"; NULL for none): the daemon's, which charges the image to that
+ * tenant's disk quota and shows a commit to its tenant. */
+int  runtime_image_import_owned(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, const char *tenant,
+                                cell_progress_fn progress, void *user, cell_error *err);
+int  runtime_image_commit_owned(cell_ctx *ctx, const char *lane, const char *name, const char *tenant,
+                                cell_error *err);
 
 /* SHA-256 (image_sha256.c, nettle's): init, update, final writes 64 hex
  * digits + NUL. */

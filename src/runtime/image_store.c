@@ -178,7 +178,173 @@ int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
             return -1;
         return util_fail(err, EBUSY, "image '%s' is in use by %s: remove those first", name, users);
     }
-    return util_rm_rf(aside, err);
+    /* The daemon's share list goes with the image, under the image's lock
+     * (a share is written holding it too), so that a later image of the
+     * name does not inherit it.  Removed after the name is free: at worst
+     * a list just written for a new image of the name goes, which hides
+     * that image (fails closed), never shows one. */
+    char shares[PATH_MAX];
+    if (util_path(shares, sizeof shares, err, "%s/images/" IMAGE_META_SHARES "/%s", ctx->state_dir, name) < 0)
+        return -1;
+    if (unlink(shares) < 0 && errno != ENOENT) {
+        util_fail_errno(err, "cannot remove %s", shares);
+        if (rename(aside, dir) < 0)
+            util_fail_errno(err, "cannot remove %s, nor put image '%s' back", shares, name);
+        return -1;
+    }
+    if (util_rm_rf(aside, err) < 0)
+        return -1;
+    image_meta_gc(ctx);
+    return 0;
+}
+
+/* ---- blob collection (image_meta.h) ------------------------------------------------ */
+
+static int lock_path(cell_ctx *ctx, const char *file, char *out, size_t size, cell_error *err)
+{
+    return util_path(out, size, err, "%s/images/%s", ctx->state_dir, file);
+}
+
+static int blobs_lock_open(cell_ctx *ctx, cell_error *err)
+{
+    char path[PATH_MAX];
+    if (lock_path(ctx, ".blobs.lock", path, sizeof path, err) < 0)
+        return -1;
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot open %s", path);
+    return fd;
+}
+
+int image_meta_blobs_hold(cell_ctx *ctx, cell_error *err)
+{
+    char dir[PATH_MAX];
+    if (image_meta_blob_dir(ctx, dir, sizeof dir, err) < 0)
+        return -1;
+    int fd = blobs_lock_open(ctx, err);
+    if (fd >= 0 && flock(fd, LOCK_SH) < 0) {
+        util_fail_errno(err, "cannot lock the blob store");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+void image_meta_blobs_release(cell_ctx *ctx, int fd)
+{
+    char pending[PATH_MAX];
+    close(fd);
+    if (lock_path(ctx, ".gc-pending", pending, sizeof pending, NULL) >= 0 && access(pending, F_OK) == 0)
+        image_meta_gc(ctx);
+}
+
+struct refs {
+    char (*hex)[65];
+    size_t n, cap;
+};
+
+static int refs_add(struct refs *r, char *const *digests, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!image_meta_valid_digest(digests[i]))
+            continue;
+        if (r->n == r->cap) {
+            size_t cap = r->cap ? r->cap * 2 : 64;
+            void *grown = realloc(r->hex, cap * sizeof *r->hex);
+            if (!grown)
+                return -1;
+            r->hex = grown;
+            r->cap = cap;
+        }
+        memcpy(r->hex[r->n++], digests[i] + 7, 65);
+    }
+    return 0;
+}
+
+static int hex_cmp(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* The blobs every image.json under images/ names: stored images, and those
+ * a removal has set aside (it may put one back).  -1 when one cannot be
+ * read: then nothing is collected. */
+static int collect_refs(cell_ctx *ctx, struct refs *r)
+{
+    char dir[PATH_MAX];
+    if (util_path(dir, sizeof dir, NULL, "%s/images", ctx->state_dir) < 0)
+        return -1;
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        char path[PATH_MAX];
+        struct image_meta m;
+        cell_error me = { 0 };
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 || strcmp(e->d_name, "blobs") == 0 ||
+            strcmp(e->d_name, IMAGE_META_SHARES) == 0 || e->d_type != DT_DIR ||
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+            continue;
+        if (image_meta_read_dir(path, &m, &me) < 0) {
+            rc = me.code == ENOENT ? 0 : -1; /* builtins have none */
+            continue;
+        }
+        char *digest = m.digest;
+        rc = refs_add(r, &digest, 1) < 0 || refs_add(r, m.layers, m.n_layers) < 0 ||
+             refs_add(r, m.blobs, m.n_blobs) < 0 ? -1 : 0;
+        image_meta_free(&m);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* With the lock held exclusively: no import is between storing a blob and
+ * naming it, so a blob no image names is garbage. */
+static int collect(cell_ctx *ctx)
+{
+    char dir[PATH_MAX];
+    struct refs r = { 0 };
+    image_meta_sweep(ctx);
+    if (image_meta_blob_dir(ctx, dir, sizeof dir, NULL) < 0 || collect_refs(ctx, &r) < 0) {
+        free(r.hex);
+        return -1;
+    }
+    qsort(r.hex, r.n, sizeof *r.hex, hex_cmp);
+    DIR *d = opendir(dir);
+    int gone = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || (r.n && bsearch(e->d_name, r.hex, r.n, sizeof *r.hex, hex_cmp)))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            gone++;
+    }
+    if (d)
+        closedir(d);
+    free(r.hex);
+    return d ? gone : -1;
+}
+
+int image_meta_gc(cell_ctx *ctx)
+{
+    char pending[PATH_MAX];
+    if (lock_path(ctx, ".gc-pending", pending, sizeof pending, NULL) < 0)
+        return -1;
+    _cleanup_close_ int fd = blobs_lock_open(ctx, NULL);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        /* An import holds it: leave the work to the last one out.  Tried
+         * again after the mark: a holder that let go before the mark was
+         * written did not see it, and then this attempt succeeds. */
+        if (util_write_file(pending, "", 0, 0600, 0, NULL) < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+            return -1;
+    }
+    if (unlink(pending) < 0 && errno != ENOENT)
+        return -1;
+    return collect(ctx);
 }
 
 static int add_info(cell_image_info **arr, size_t *n, size_t *cap, const cell_image_info *info, cell_error *err)
