@@ -1,7 +1,9 @@
 /* cells_cmds.c: the commands that drive a running `cell serve` over its API:
- * create, ls, start, stop, rm, exec, shell, cp, logs, audit, policy and token. */
+ * create, ls, start, stop, rm, logs, audit, policy and token (exec and shell
+ * are in exec_cmd.c, cp in cp_cmd.c). */
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/cells_cmds.h"
 #include "runtime/plugin.h"
 #include "util/util.h"
 
@@ -20,13 +22,6 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
-
-#define DAEMON_NOTE                                                                                        \
-    "\nThe daemon is reached at STATE/cell.sock, or at --url URL / $CELL_URL\n"                            \
-    "(http://HOST:PORT or unix:PATH); the token is $CELL_TOKEN, else STATE/admin.token.\n"
-#define EXIT_NOTE                                                                                          \
-    "exit codes: 0 done; 1 the daemon refused the request (4xx: not found, invalid,\n"                   \
-    "forbidden, conflict); 2 usage; 125 the daemon is unreachable or failed (5xx).\n"
 
 static const char create_usage[] =
     "usage: cell create [OPTIONS]\n"
@@ -79,51 +74,6 @@ static const char start_usage[] =
     "delete a cell (stopping it first).  Prints each id (--json: the cell).\n"
     "\n" EXIT_NOTE DAEMON_NOTE;
 
-static const char exec_usage[] =
-    "usage: cell exec ID [OPTIONS] [--] CMD [ARGS...]\n"
-    "\n"
-    "Run CMD in cell ID to completion and write its stdout and stderr here\n"
-    "(the output is buffered by the daemon, at most its maxOutputBytes; use\n"
-    "`cell shell` for interactive or long-running work).\n"
-    "\n"
-    "options:\n"
-    "  --cwd DIR          working directory (default: the cell's)\n"
-    "  --env NAME=VALUE   set an environment variable (repeatable)\n"
-    "  --timeout SECONDS  kill CMD after this long (default and maximum: the\n"
-    "                     daemon's, 30 s and 300 s unless configured)\n"
-    "\n"
-    "exit codes: CMD's own; 124 timeout; 137 CMD was killed by a signal;\n"
-    "126 CMD cannot be executed; 127 CMD not found; 1 the daemon refused\n"
-    "the request (e.g. no such cell); 2 usage;\n"
-    "125 the daemon is unreachable or failed.  --json prints the daemon's\n"
-    "answer {exitCode, timedOut, stdout, stderr, ...} and exits the same way.\n" DAEMON_NOTE;
-
-static const char shell_usage[] =
-    "usage: cell shell ID [--] [CMD [ARGS...]]\n"
-    "\n"
-    "Start CMD (default /bin/bash, or /bin/sh when the image has no bash) on a\n"
-    "terminal in cell ID and connect it to this one: the local terminal is put\n"
-    "in raw mode until CMD exits, and window size changes are forwarded.  When\n"
-    "stdin is not a terminal it is forwarded as is until EOF, and then EOF\n"
-    "characters (^D) are sent until CMD exits.  SIGINT/SIGTERM/SIGHUP here\n"
-    "kill CMD.\n"
-    "\n"
-    "exit codes: CMD's own; 137 CMD was killed by a signal; 128+N when this\n"
-    "command got signal N; 126 CMD cannot be executed; 127 CMD not found;\n"
-    "1 the daemon refused (e.g. no such cell); 2 usage;\n"
-    "125 the daemon is unreachable or failed.\n" DAEMON_NOTE;
-
-static const char cp_usage[] =
-    "usage: cell cp SRC ID:DST    copy a local file or directory into cell ID\n"
-    "       cell cp ID:SRC DST    copy a file out of cell ID\n"
-    "\n"
-    "Exactly one side is ID:PATH.  A file copied onto an existing directory\n"
-    "(or a path ending in /) keeps its name inside it; a directory copied onto\n"
-    "an existing directory becomes DST/NAME, else it becomes DST.  Contents\n"
-    "stream; nothing is held in memory.  Directories cannot be copied out of a\n"
-    "cell (the API serves single files).\n"
-    "\n" EXIT_NOTE DAEMON_NOTE;
-
 static const char logs_usage[] =
     "usage: cell logs ID PROC [--follow] [--stream stdout|stderr|combined|pty]\n"
     "\n"
@@ -172,7 +122,7 @@ const char *cli_client_usage(const char *cmd)
 {
     static const struct { const char *name, *text; } all[] = {
         { "create", create_usage }, { "ls", ls_usage }, { "start", start_usage }, { "stop", start_usage },
-        { "rm", start_usage }, { "exec", exec_usage }, { "shell", shell_usage }, { "cp", cp_usage },
+        { "rm", start_usage }, { "exec", cli_exec_usage }, { "shell", cli_shell_usage }, { "cp", cli_cp_usage },
         { "logs", logs_usage }, { "audit", audit_usage }, { "token", token_usage },
         { "policy", policy_usage },
     };
@@ -183,7 +133,7 @@ const char *cli_client_usage(const char *cmd)
 }
 
 /* ---- option parsing ------------------------------------------------------------- */
-static int is_help(const char *a)
+int cli_is_help(const char *a)
 {
     return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
 }
@@ -208,7 +158,7 @@ static int opt_is(int argc, char **argv, int *i, const char *name, const char **
     return 1;
 }
 
-static int bad_option(const char *cmd, const char *a)
+int cli_bad_option(const char *cmd, const char *a)
 {
     return cli_fail(CLI_EXIT_USAGE, "%s: unknown option '%s' (see cell %s --help)", cmd, a, cmd);
 }
@@ -224,7 +174,7 @@ static int parse_count(const char *opt, const char *text, long long max, long lo
     return 0;
 }
 
-static int parse_seconds(const char *opt, const char *text, double *out)
+int cli_parse_seconds(const char *opt, const char *text, double *out)
 {
     char *end;
     double v = strtod(text, &end);
@@ -235,7 +185,7 @@ static int parse_seconds(const char *opt, const char *text, double *out)
 }
 
 /* NAME=VALUE into an env object. */
-static int add_env(json_t *env, const char *kv)
+int cli_add_env(json_t *env, const char *kv)
 {
     const char *eq = strchr(kv, '=');
     if (!eq || eq == kv)
@@ -325,16 +275,14 @@ static void human_size(json_int_t bytes, char *out, size_t size)
         snprintf(out, size, v == (double)(long long)v ? "%.0f%c" : "%.1f%c", v, units[u]);
 }
 
-static const char *str_or(json_t *o, const char *key, const char *dflt)
+const char *cli_str_or(json_t *o, const char *key, const char *dflt)
 {
     const char *s = json_string_value(json_object_get(o, key));
     return s && *s ? s : dflt;
 }
 
 /* Run one command against the daemon: open the client, call fn, close. */
-typedef int (*client_fn)(client *c, struct cli_global *g, void *arg);
-
-static int with_client(struct cli_global *g, client_fn fn, void *arg)
+int cli_with_client(struct cli_global *g, cli_client_fn fn, void *arg)
 {
     client c;
     int rc = client_open(&c, g);
@@ -457,13 +405,13 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
         return k < 0 || parse_count("--pids", v, 1 << 22, &count) ? CLI_EXIT_USAGE
                                                                    : (json_object_set_new(res, "pids", json_integer(count)), 0);
     if ((k = opt_is(argc, argv, i, "--cpus", &v)) != 0)
-        return k < 0 || parse_seconds("--cpus", v, &cpus) ? CLI_EXIT_USAGE
+        return k < 0 || cli_parse_seconds("--cpus", v, &cpus) ? CLI_EXIT_USAGE
                                                           : (json_object_set_new(res, "cpus", json_real(cpus)), 0);
     if ((k = opt_is(argc, argv, i, "--ttl", &v)) != 0)
         return k < 0 || parse_count("--ttl", v, 365ll * 24 * 3600, &count) ? CLI_EXIT_USAGE
                : (json_object_set_new(body, "ttl", json_integer(count)), 0);
     if ((k = opt_is(argc, argv, i, "--env", &v)) != 0)
-        return k < 0 || add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
+        return k < 0 || cli_add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--agent-key", &v)) != 0)
         return k < 0 || add_agent_key(body, v) ? CLI_EXIT_USAGE : 0;
     if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
@@ -476,7 +424,7 @@ static int create_option(json_t *body, int argc, char **argv, int *i)
         json_t *policy = k < 0 ? NULL : read_policy("--policy", v);
         return policy ? (json_object_set_new(body, "policy", policy), 0) : CLI_EXIT_USAGE;
     }
-    return bad_option("create", argv[*i]);
+    return cli_bad_option("create", argv[*i]);
 }
 
 static int do_create(client *c, struct cli_global *g, void *arg)
@@ -489,7 +437,7 @@ static int do_create(client *c, struct cli_global *g, void *arg)
         cli_print_json(cellj);
         return 0;
     }
-    printf("%s\n", str_or(cellj, "id", "?"));
+    printf("%s\n", cli_str_or(cellj, "id", "?"));
     json_decref(cellj);
     return 0;
 }
@@ -501,7 +449,7 @@ int cli_create(struct cli_global *g, int argc, char **argv)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     int rc = 0;
     for (int i = 1; i < argc && rc == 0; i++) {
-        if (is_help(argv[i])) {
+        if (cli_is_help(argv[i])) {
             fputs(create_usage, stdout);
             json_decref(body);
             return 0;
@@ -516,7 +464,7 @@ int cli_create(struct cli_global *g, int argc, char **argv)
             json_object_del(body, groups[k]);
     }
     if (rc == 0)
-        rc = with_client(g, do_create, body);
+        rc = cli_with_client(g, do_create, body);
     json_decref(body);
     return rc;
 }
@@ -540,8 +488,8 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
         char mem[32], when[32];
         human_size(json_integer_value(json_object_get(json_object_get(cj, "resources"), "memory")), mem, sizeof mem);
         client_utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
-        printf("%-14s %-8s %-16s %-16s %-7s %s\n", str_or(cj, "id", "?"), str_or(cj, "state", "?"),
-               str_or(cj, "image", "-"), str_or(cj, "lane", "-"), mem, when);
+        printf("%-14s %-8s %-16s %-16s %-7s %s\n", cli_str_or(cj, "id", "?"), cli_str_or(cj, "state", "?"),
+               cli_str_or(cj, "image", "-"), cli_str_or(cj, "lane", "-"), mem, when);
     }
     json_decref(reply);
     return 0;
@@ -549,13 +497,13 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
 
 int cli_ls(struct cli_global *g, int argc, char **argv)
 {
-    if (argc > 1 && is_help(argv[1])) {
+    if (argc > 1 && cli_is_help(argv[1])) {
         fputs(ls_usage, stdout);
         return 0;
     }
     if (argc > 1)
         return cli_fail(CLI_EXIT_USAGE, "ls takes no arguments (see cell ls --help)");
-    return with_client(g, do_ls, NULL);
+    return cli_with_client(g, do_ls, NULL);
 }
 
 struct lifecycle {
@@ -603,722 +551,22 @@ static int do_lifecycle(client *c, struct cli_global *g, void *arg)
 static int lifecycle(struct cli_global *g, const char *verb, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
-        if (is_help(argv[i])) {
+        if (cli_is_help(argv[i])) {
             fputs(start_usage, stdout);
             return 0;
         }
         if (argv[i][0] == '-')
-            return bad_option(verb, argv[i]);
+            return cli_bad_option(verb, argv[i]);
     }
     if (argc < 2)
         return cli_fail(CLI_EXIT_USAGE, "%s: missing cell ID (see cell %s --help)", verb, verb);
     struct lifecycle l = { verb, argc, argv };
-    return with_client(g, do_lifecycle, &l);
+    return cli_with_client(g, do_lifecycle, &l);
 }
 
 int cli_start(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "start", argc, argv); }
 int cli_stop(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "stop", argc, argv); }
 int cli_rm(struct cli_global *g, int argc, char **argv) { return lifecycle(g, "rm", argc, argv); }
-
-/* ---- exec ------------------------------------------------------------------------------- */
-struct exec_args {
-    const char *id;
-    json_t     *body;       /* the processes/run request */
-};
-
-/* ID [OPTIONS] [--] CMD [ARGS...] into id and body; 0, -1 after --help, or an exit code. */
-static int parse_exec(int argc, char **argv, struct exec_args *x)
-{
-    json_t *env = json_object_get(x->body, "env");
-    int i = 1;
-    for (; i < argc; i++) {
-        const char *a = argv[i], *v;
-        int k;
-        if (strcmp(a, "--") == 0) {
-            i++;
-            break;
-        }
-        if (is_help(a))
-            return fputs(exec_usage, stdout), -1;
-        if (a[0] != '-') {
-            if (x->id)
-                break;
-            x->id = a;
-        } else if ((k = opt_is(argc, argv, &i, "--cwd", &v)) != 0) {
-            if (k < 0)
-                return CLI_EXIT_USAGE;
-            json_object_set_new(x->body, "cwd", json_string(v));
-        } else if ((k = opt_is(argc, argv, &i, "--env", &v)) != 0) {
-            if (k < 0 || add_env(env, v))
-                return CLI_EXIT_USAGE;
-        } else if ((k = opt_is(argc, argv, &i, "--timeout", &v)) != 0) {
-            double secs;
-            if (k < 0 || parse_seconds("--timeout", v, &secs))
-                return CLI_EXIT_USAGE;
-            json_object_set_new(x->body, "timeoutMs", json_integer((json_int_t)(secs * 1000 + 0.999)));
-        } else {
-            return bad_option("exec", a);
-        }
-    }
-    if (!x->id)
-        return cli_fail(CLI_EXIT_USAGE, "exec: missing cell ID (usage: cell exec ID [OPTIONS] -- CMD [ARGS...])");
-    if (i >= argc)
-        return cli_fail(CLI_EXIT_USAGE, "exec: missing CMD (usage: cell exec ID [OPTIONS] -- CMD [ARGS...])");
-    json_object_set_new(x->body, "command", json_string(argv[i]));
-    json_t *args = json_array();
-    for (i++; i < argc; i++)
-        json_array_append_new(args, json_string(argv[i]));
-    json_object_set_new(x->body, "args", args);
-    if (json_object_size(env) == 0)
-        json_object_del(x->body, "env");
-    return 0;
-}
-
-static int write_output(int fd, json_t *text)
-{
-    const char *s = json_string_value(text);
-    return s && util_write_all(fd, s, json_string_length(text)) < 0 ? -1 : 0;
-}
-
-/* The command's exit code as this command's: its own, 124, or 128+9. */
-static int run_exit_code(json_t *res)
-{
-    if (json_is_true(json_object_get(res, "timedOut")))
-        return CLI_EXIT_TIMEOUT;
-    json_t *code = json_object_get(res, "exitCode");
-    return json_is_integer(code) ? (int)json_integer_value(code) : 128 + SIGKILL;
-}
-
-/* A command that could not start exits as a shell's would: the daemon
- * reports the spawn's errno as a 502 "... (os error N)". */
-static int spawn_error_code(client *c, long status, json_t *reply)
-{
-    const char *detail = json_string_value(json_object_get(reply, "detail"));
-    const char *os = status == 502 && detail ? strstr(detail, "(os error ") : NULL;
-    int err = os ? atoi(os + 10) : 0;
-    int code = client_reply_error(c, status, reply, NULL);
-    if (err == ENOENT || err == ENOTDIR)
-        return CLI_EXIT_NOTFOUND;
-    if (err == EACCES || err == ENOEXEC || err == EPERM)
-        return CLI_EXIT_CANNOT;
-    return code;
-}
-
-static int do_exec(client *c, struct cli_global *g, void *arg)
-{
-    struct exec_args *x = arg;
-    char *path = client_pathf("/cells/%s/v1/processes/run", x->id);
-    if (!path)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    json_t *res = NULL;
-    long status = 0;
-    int rc = client_json_status(c, "POST", path, x->body, &status, &res);
-    free(path);
-    if (rc)
-        return rc;
-    if (status < 200 || status >= 300) {
-        rc = spawn_error_code(c, status, res);
-        json_decref(res);
-        return rc;
-    }
-    rc = run_exit_code(res);
-    if (g->json) {
-        cli_print_json(res);
-        return rc;
-    }
-    fflush(stdout);
-    write_output(1, json_object_get(res, "stdout"));
-    write_output(2, json_object_get(res, "stderr"));
-    if (json_is_true(json_object_get(res, "stdoutTruncated")) || json_is_true(json_object_get(res, "stderrTruncated")))
-        cli_fail(0, "exec: the output was cut at the daemon's maxOutputBytes; use `cell shell` or "
-                    "redirect to a file and `cell cp` it out");
-    if (rc == CLI_EXIT_TIMEOUT)
-        cli_fail(0, "exec: %s timed out and was killed", str_or(x->body, "command", "the command"));
-    json_decref(res);
-    return rc;
-}
-
-int cli_exec(struct cli_global *g, int argc, char **argv)
-{
-    struct exec_args x = { .body = json_pack("{s:{}}", "env") };
-    if (!x.body)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    int rc = parse_exec(argc, argv, &x);
-    if (rc == 0)
-        rc = with_client(g, do_exec, &x);
-    json_decref(x.body);
-    return rc < 0 ? 0 : rc;
-}
-
-/* ---- shell ------------------------------------------------------------------------------- */
-struct shell {
-    client        *c;
-    const char    *id;
-    char           proc[64];
-    int            tty;             /* stdin is a terminal: raw mode and resizes */
-    struct termios saved;
-    int            raw;
-    atomic_int     stop;            /* aborts the log stream */
-    pthread_t      thread;
-    int            follow_rc;
-    char          *logs_path;
-};
-
-#define SHELL_EOF_REPEAT_MS 500
-
-/* Signals and the end of the log stream wake the main loop through this pipe. */
-static int wake_fd[2] = { -1, -1 };
-
-static void on_signal(int sig)
-{
-    unsigned char b = (unsigned char)sig;
-    int saved = errno;
-    if (write(wake_fd[1], &b, 1) < 0) {
-        /* The pipe is full: the loop is already awake. */
-    }
-    errno = saved;
-}
-
-static void shell_entry(void *user, json_t *entry)
-{
-    (void)user;
-    client_write_entry(1, entry);
-}
-
-static void *shell_follow_main(void *arg)
-{
-    struct shell *s = arg;
-    s->follow_rc = client_follow(s->c, s->logs_path, shell_entry, s, &s->stop);
-    unsigned char end = 0;
-    if (write(wake_fd[1], &end, 1) < 0) {
-        /* Cannot happen with an empty pipe; the loop would then wait for stdin or a signal. */
-    }
-    return NULL;
-}
-
-static void raw_on(struct shell *s)
-{
-    if (!s->tty || tcgetattr(0, &s->saved) < 0)
-        return;
-    struct termios t = s->saved;
-    cfmakeraw(&t);
-    if (tcsetattr(0, TCSADRAIN, &t) == 0)
-        s->raw = 1;
-}
-
-static void raw_off(struct shell *s)
-{
-    if (s->raw)
-        tcsetattr(0, TCSADRAIN, &s->saved);
-    s->raw = 0;
-}
-
-static char *proc_path(struct shell *s, const char *suffix)
-{
-    char fmt[128];
-    snprintf(fmt, sizeof fmt, "/cells/%%s/v1/processes/%%s%s", suffix);
-    return client_pathf(fmt, s->id, s->proc);
-}
-
-/* POST a JSON body to processes/{id}/SUFFIX; the answer is dropped. */
-static int shell_post(struct shell *s, const char *suffix, json_t *body, long *status)
-{
-    char *path = proc_path(s, suffix);
-    json_t *reply = NULL;
-    int rc = path ? client_json_status(s->c, "POST", path, body, status, &reply)
-                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    json_decref(reply);
-    json_decref(body);
-    return rc;
-}
-
-static void shell_resize(struct shell *s)
-{
-    struct winsize ws;
-    long status;
-    if (s->tty && ioctl(0, TIOCGWINSZ, &ws) == 0 && ws.ws_col && ws.ws_row)
-        shell_post(s, "/terminal/resize", json_pack("{s:i, s:i}", "cols", ws.ws_col, "rows", ws.ws_row), &status);
-}
-
-/* POST bytes as the command's input; 0 or an exit code. */
-static int shell_send(struct shell *s, const void *data, size_t len)
-{
-    char *b64 = client_b64_encode(data, len);
-    if (!b64)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    long status = 0;
-    int rc = shell_post(s, "/input", json_pack("{s:s, s:s}", "data", b64, "encoding", "base64"), &status);
-    free(b64);
-    if (rc)
-        return rc;
-    /* 409: the command has exited; its end arrives on the log stream. */
-    if (status >= 300 && status != 409)
-        return cli_fail(CLI_EXIT_INTERNAL, "shell: the daemon refused input (HTTP %ld)", status);
-    return 0;
-}
-
-/* ^D, the terminal's EOF.  A terminal has no way to close its input, and
- * an EOF typed while the command is not reading in canonical mode is lost,
- * so after stdin ends one is sent now and then until the command exits. */
-static int shell_send_eof(struct shell *s)
-{
-    return shell_send(s, "\x04", 1);
-}
-
-/* Forward one read of stdin; 1 at EOF, 0 to go on, or an exit code. */
-static int shell_input(struct shell *s)
-{
-    unsigned char data[4096];
-    ssize_t n = read(0, data, sizeof data);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return 0;
-    if (n <= 0) {
-        int rc = s->tty ? 0 : shell_send_eof(s);
-        return rc ? rc : 1;
-    }
-    return shell_send(s, data, (size_t)n);
-}
-
-/* Wait for the end of the log stream while forwarding stdin and signals;
- * 0 when the command ended, 128+N for our signal N, or an exit code. */
-static int shell_loop(struct shell *s)
-{
-    int stdin_open = 1;
-    for (;;) {
-        struct pollfd fds[2] = { { .fd = wake_fd[0], .events = POLLIN }, { .fd = stdin_open ? 0 : -1, .events = POLLIN } };
-        int ready = poll(fds, 2, stdin_open || s->tty ? -1 : SHELL_EOF_REPEAT_MS);
-        if (ready < 0 && errno != EINTR)
-            return cli_fail(CLI_EXIT_INTERNAL, "poll: %s", strerror(errno));
-        if (ready == 0 && shell_send_eof(s))
-            return CLI_EXIT_INTERNAL;
-        if (ready <= 0)
-            continue;
-        if (fds[0].revents) {
-            unsigned char b;
-            if (read(wake_fd[0], &b, 1) == 1 && b == 0)
-                return 0;
-            if (b == SIGWINCH)
-                shell_resize(s);
-            else if (b == SIGINT || b == SIGTERM || b == SIGHUP)
-                return 128 + b;
-        }
-        if (fds[1].revents) {
-            int rc = shell_input(s);
-            if (rc > 1)
-                return rc;
-            if (rc == 1)
-                stdin_open = 0;
-        }
-    }
-}
-
-/* The exited command's exit code, after its log stream ended. */
-static int shell_exit_code(struct shell *s)
-{
-    char *path = proc_path(s, "");
-    json_t *p = NULL;
-    int rc = path ? client_json(s->c, "GET", path, NULL, NULL, &p) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    if (rc)
-        return rc;
-    json_t *code = json_object_get(p, "exitCode");
-    if (strcmp(str_or(p, "status", ""), "exited") != 0)
-        rc = cli_fail(CLI_EXIT_INTERNAL, "shell: the daemon ended the output of %s before it exited", s->proc);
-    else
-        rc = json_is_integer(code) ? (int)json_integer_value(code) : 128 + SIGKILL;
-    json_decref(p);
-    return rc;
-}
-
-/* /bin/bash if the image has it, else /bin/sh. */
-static const char *default_shell(client *c, const char *id)
-{
-    char *path = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, "/bin/bash");
-    long status = 0;
-    json_t *st = NULL;
-    int rc = path ? client_json_status(c, "GET", path, NULL, &status, &st) : -1;
-    free(path);
-    int bash = rc == 0 && status == 200 && strcmp(str_or(st, "entryType", ""), "file") == 0;
-    json_decref(st);
-    return bash ? "/bin/bash" : "/bin/sh";
-}
-
-static int shell_start(struct shell *s, int argc, char **argv)
-{
-    json_t *body = json_pack("{s:s, s:[], s:b, s:b}", "command", argc > 0 ? argv[0] : default_shell(s->c, s->id),
-                             "args", "tty", 1, "interactive", 1);
-    for (int i = 1; body && i < argc; i++)
-        json_array_append_new(json_object_get(body, "args"), json_string(argv[i]));
-    const char *term = getenv("TERM");
-    if (body && s->tty && term && *term)
-        json_object_set_new(body, "env", json_pack("{s:s}", "TERM", term));
-    char *path = client_pathf("/cells/%s/v1/processes", s->id);
-    json_t *p = NULL;
-    long status = 0;
-    int rc = body && path ? client_json_status(s->c, "POST", path, body, &status, &p)
-                          : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    json_decref(body);
-    if (rc == 0 && (status < 200 || status >= 300))
-        rc = spawn_error_code(s->c, status, p);
-    if (rc) {
-        json_decref(p);
-        return rc;
-    }
-    snprintf(s->proc, sizeof s->proc, "%s", str_or(p, "id", ""));
-    json_decref(p);
-    s->logs_path = client_pathf("/cells/%s/v1/processes/%s/logs?follow=true&stream=pty", s->id, s->proc);
-    return s->logs_path ? 0 : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-}
-
-static void set_handlers(struct sigaction *old, int restore)
-{
-    static const int sigs[] = { SIGINT, SIGTERM, SIGHUP, SIGWINCH };
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < 4; i++)
-        sigaction(sigs[i], restore ? &old[i] : &sa, restore ? NULL : &old[i]);
-}
-
-/* Start the log thread with our signals blocked, so they reach the loop. */
-static int start_follow(struct shell *s)
-{
-    sigset_t all, prev;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &prev);
-    int rc = pthread_create(&s->thread, NULL, shell_follow_main, s);
-    pthread_sigmask(SIG_SETMASK, &prev, NULL);
-    return rc == 0 ? 0 : cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(rc));
-}
-
-static int run_shell(struct shell *s, int argc, char **argv)
-{
-    int rc = shell_start(s, argc, argv);
-    if (rc)
-        return rc;
-    struct sigaction old[4];
-    set_handlers(old, 0);
-    if ((rc = start_follow(s)) != 0) {
-        set_handlers(old, 1);
-        return rc;
-    }
-    raw_on(s);
-    shell_resize(s);
-    rc = shell_loop(s);
-    if (rc != 0) {
-        /* Our own end (a signal or a failure) ends the command too. */
-        long status;
-        shell_post(s, "/kill", NULL, &status);
-        atomic_store(&s->stop, 1);
-    }
-    pthread_join(s->thread, NULL);
-    raw_off(s);
-    set_handlers(old, 1);
-    if (rc == 0)
-        rc = s->follow_rc ? s->follow_rc : shell_exit_code(s);
-    return rc;
-}
-
-static int do_shell(client *c, struct cli_global *g, void *arg)
-{
-    (void)g;
-    char **argv = arg;
-    struct shell s = { .c = c, .id = argv[0], .tty = isatty(0) };
-    int n = 0;
-    while (argv[1 + n])
-        n++;
-    if (pipe2(wake_fd, O_CLOEXEC | O_NONBLOCK) < 0)
-        return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
-    fflush(stdout);
-    int rc = run_shell(&s, n, argv + 1);
-    free(s.logs_path);
-    close(wake_fd[0]);
-    close(wake_fd[1]);
-    wake_fd[0] = wake_fd[1] = -1;
-    return rc;
-}
-
-int cli_shell(struct cli_global *g, int argc, char **argv)
-{
-    int i = 1;
-    if (i < argc && is_help(argv[i])) {
-        fputs(shell_usage, stdout);
-        return 0;
-    }
-    if (i >= argc || argv[i][0] == '-')
-        return argc > 1 && argv[1][0] == '-' ? bad_option("shell", argv[1])
-                                             : cli_fail(CLI_EXIT_USAGE, "shell: missing cell ID (see cell shell --help)");
-    /* argv[i] is the ID; an optional "--" before CMD. */
-    if (i + 1 < argc && strcmp(argv[i + 1], "--") == 0) {
-        argv[i + 1] = argv[i];
-        i++;
-    }
-    return with_client(g, do_shell, argv + i);
-}
-
-/* ---- cp ------------------------------------------------------------------------------------- */
-/* "ID:PATH" names a path in a cell: an id-like prefix (no '/') before the ':'. */
-static int split_remote(const char *arg, char **id, const char **path)
-{
-    size_t n = strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-");
-    if (n == 0 || arg[n] != ':')
-        return 0;
-    *id = strndup(arg, n);
-    *path = arg + n + 1;
-    return 1;
-}
-
-struct cp_args {
-    char       *id;
-    const char *remote;     /* path in the cell */
-    const char *local;
-    int         upload;
-    const char *remote_arg; /* "ID:PATH" as given, for messages */
-};
-
-/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
-static int remote_is_dir(client *c, const char *id, const char *path)
-{
-    char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
-    long status = 0;
-    json_t *st = NULL;
-    int rc = url ? client_json_status(c, "GET", url, NULL, &status, &st) : -1;
-    free(url);
-    int dir = rc == 0 && status == 200 && strcmp(str_or(st, "entryType", ""), "directory") == 0;
-    json_decref(st);
-    return dir;
-}
-
-/* DST, or DST/NAME when DST is a directory (or ends in '/'). */
-static char *join_target(const char *dst, int into, const char *src)
-{
-    char *copy = strdup(src), *out = NULL;
-    if (!copy)
-        return NULL;
-    size_t n = strlen(copy);
-    while (n > 1 && copy[n - 1] == '/')
-        copy[--n] = '\0';
-    const char *name = basename(copy);
-    size_t dl = strlen(dst);
-    if (!into && !(dl && dst[dl - 1] == '/'))
-        out = strdup(dst);
-    else if (asprintf(&out, "%s%s%s", dst, dl && dst[dl - 1] == '/' ? "" : "/", name) < 0)
-        out = NULL;
-    free(copy);
-    return out;
-}
-
-static int upload_file(client *c, struct cp_args *a, const char *target, int fd, off_t size)
-{
-    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, target);
-    int rc = path ? client_upload(c, "PUT", path, fd, (long long)size, a->remote_arg, NULL)
-                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    return rc;
-}
-
-/* A directory as a tar stream, written by a thread into a pipe that the
- * request body reads.  libarchive is in the archive plugin, loaded here. */
-struct tar_job {
-    const char *src;
-    int         fd;             /* the pipe's write end; closed by the job */
-    cell_error  err;
-    int         failed;
-    int         local;          /* err is about reading SRC, not a stopped request */
-};
-
-static void tar_skipped(const char *path)
-{
-    fprintf(stderr, "cell: cp: skipping %s: only files, directories and symlinks are copied\n", path);
-}
-
-static void *tar_main(void *arg)
-{
-    struct tar_job *t = arg;
-    /* A daemon that stops reading makes our writes fail with EPIPE, not kill us. */
-    sigset_t pipe_set;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
-    const runtime_archive_ops *ar = runtime_archive(&t->err);
-    int rc = !ar ? -1
-           : !ar->tar_dir ? util_fail(&t->err, ENOSYS, "this program cannot pack a directory")
-           : ar->tar_dir(t->src, t->fd, tar_skipped, &t->local, &t->err);
-    t->failed = rc < 0;
-    /* Without the plugin nothing was sent: that is what to report. */
-    t->local |= rc < 0 && (!ar || !ar->tar_dir);
-    close(t->fd);
-    return NULL;
-}
-
-static int upload_dir(client *c, struct cp_args *a, const char *target)
-{
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return cli_fail(CLI_EXIT_INTERNAL, "pipe: %s", strerror(errno));
-    struct tar_job t = { .src = a->local, .fd = p[1] };
-    pthread_t th;
-    int err = pthread_create(&th, NULL, tar_main, &t);
-    if (err) {
-        close(p[0]);
-        close(p[1]);
-        return cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(err));
-    }
-    char *path = client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, target);
-    int rc = path ? client_upload(c, "POST", path, p[0], -1, a->remote_arg, NULL)
-                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    close(p[0]);                /* unblocks a writer the daemon stopped reading */
-    pthread_join(th, NULL);
-    /* A failure to read SRC explains the daemon's complaint about a short
-     * tar; a failed write only echoes the request's own failure. */
-    if (t.failed && (t.local || rc == 0))
-        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, t.err.message);
-    return rc;
-}
-
-static int do_upload(client *c, struct cp_args *a)
-{
-    int fd = open(a->local, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        return cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
-        close(fd);
-        return cli_fail(CLI_EXIT_REFUSED, "%s: only regular files and directories can be copied", a->local);
-    }
-    char *target = join_target(a->remote, remote_is_dir(c, a->id, a->remote), a->local);
-    int rc;
-    if (!target)
-        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    else if (S_ISDIR(st.st_mode))
-        rc = upload_dir(c, a, target);
-    else
-        rc = upload_file(c, a, target, fd, st.st_size);
-    close(fd);
-    free(target);
-    return rc;
-}
-
-/* Download: the body goes to a temporary file beside DST, renamed into
- * place on success, so a failed copy never leaves half a file. */
-struct download {
-    int fd;
-    int write_errno;
-};
-
-static int download_write(void *user, const char *p, size_t n)
-{
-    struct download *d = user;
-    if (util_write_all(d->fd, p, n) < 0) {
-        d->write_errno = errno;
-        return -1;
-    }
-    return 0;
-}
-
-static int open_temp(const char *dst, char **tmp)
-{
-    if (asprintf(tmp, "%s.cell-cp-XXXXXX", dst) < 0) {
-        *tmp = NULL;
-        return -1;
-    }
-    int fd = mkostemp(*tmp, O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    mode_t mask = umask(0);
-    umask(mask);
-    fchmod(fd, 0666 & ~mask);
-    return fd;
-}
-
-static int fetch(client *c, struct cp_args *a, struct download *d)
-{
-    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, a->remote);
-    int rc = path ? client_get_stream(c, path, download_write, d, NULL, a->remote_arg)
-                  : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    free(path);
-    if (rc < 0)
-        rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", a->local, strerror(d->write_errno));
-    return rc;
-}
-
-static int do_download(client *c, struct cp_args *a)
-{
-    struct stat st;
-    int into = stat(a->local, &st) == 0 && S_ISDIR(st.st_mode);
-    char *dst = join_target(a->local, into, a->remote), *tmp = NULL;
-    if (!dst)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    struct download d = { .fd = open_temp(dst, &tmp) };
-    int rc;
-    if (d.fd < 0) {
-        rc = cli_fail(CLI_EXIT_REFUSED, "%s: cannot create a file there: %s", dst, strerror(errno));
-    } else {
-        rc = fetch(c, a, &d);
-        if (close(d.fd) < 0 && rc == 0)
-            rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", dst, strerror(errno));
-        if (rc == 0 && rename(tmp, dst) < 0)
-            rc = cli_fail(CLI_EXIT_REFUSED, "%s: %s", dst, strerror(errno));
-        if (rc)
-            unlink(tmp);
-    }
-    free(tmp);
-    free(dst);
-    return rc;
-}
-
-static int do_cp(client *c, struct cli_global *g, void *arg)
-{
-    (void)g;
-    struct cp_args *a = arg;
-    return a->upload ? do_upload(c, a) : do_download(c, a);
-}
-
-int cli_cp(struct cli_global *g, int argc, char **argv)
-{
-    const char *pos[2];
-    int n = 0;
-    for (int i = 1; i < argc; i++) {
-        if (is_help(argv[i])) {
-            fputs(cp_usage, stdout);
-            return 0;
-        }
-        if (argv[i][0] == '-' && argv[i][1])
-            return bad_option("cp", argv[i]);
-        if (n == 2)
-            return cli_fail(CLI_EXIT_USAGE, "cp: expected exactly SRC and DST (see cell cp --help)");
-        pos[n++] = argv[i];
-    }
-    if (n != 2)
-        return cli_fail(CLI_EXIT_USAGE, "cp: expected SRC and DST, one of them ID:PATH (see cell cp --help)");
-    struct cp_args a = { 0 };
-    char *other_id = NULL;
-    const char *other_path;
-    int src_remote = split_remote(pos[0], &a.id, &a.remote);
-    int dst_remote = src_remote ? split_remote(pos[1], &other_id, &other_path) : split_remote(pos[1], &a.id, &a.remote);
-    free(other_id);
-    int rc = 0;
-    if (src_remote == dst_remote)
-        rc = cli_fail(CLI_EXIT_USAGE, "cp: exactly one of SRC and DST must be ID:PATH, e.g. cell cp ./f ID:/tmp/f");
-    else if (!a.id)
-        rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    else if (!*a.remote)
-        rc = cli_fail(CLI_EXIT_USAGE, "cp: '%s' has no path after the ':'", src_remote ? pos[0] : pos[1]);
-    if (rc == 0) {
-        a.upload = dst_remote;
-        a.local = src_remote ? pos[1] : pos[0];
-        a.remote_arg = src_remote ? pos[0] : pos[1];
-        rc = with_client(g, do_cp, &a);
-    }
-    free(a.id);
-    return rc;
-}
 
 /* ---- logs ------------------------------------------------------------------------------------ */
 struct logs_args {
@@ -1374,7 +622,7 @@ int cli_logs(struct cli_global *g, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *v;
         int k;
-        if (is_help(argv[i]))
+        if (cli_is_help(argv[i]))
             return fputs(logs_usage, stdout), 0;
         if (strcmp(argv[i], "--follow") == 0 || strcmp(argv[i], "-f") == 0)
             l.follow = 1;
@@ -1383,7 +631,7 @@ int cli_logs(struct cli_global *g, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             l.stream = v;
         } else if (argv[i][0] == '-')
-            return bad_option("logs", argv[i]);
+            return cli_bad_option("logs", argv[i]);
         else if (!l.id)
             l.id = argv[i];
         else if (!l.proc)
@@ -1396,7 +644,7 @@ int cli_logs(struct cli_global *g, int argc, char **argv)
     if (l.stream && strcmp(l.stream, "stdout") && strcmp(l.stream, "stderr") && strcmp(l.stream, "combined") &&
         strcmp(l.stream, "pty"))
         return cli_fail(CLI_EXIT_USAGE, "--stream '%s': use stdout, stderr, combined or pty", l.stream);
-    return with_client(g, do_logs, &l);
+    return cli_with_client(g, do_logs, &l);
 }
 
 /* ---- audit ---------------------------------------------------------------------------------- */
@@ -1419,13 +667,13 @@ static void dns_code(char *out, size_t size, const char *const *names, size_t n,
  * flow; a reason only where there is one (denials). */
 static void print_net_record(json_t *r)
 {
-    const char *event = str_or(r, "event", "-");
-    printf("%s", str_or(r, "ts", "-"));
+    const char *event = cli_str_or(r, "event", "-");
+    printf("%s", cli_str_or(r, "ts", "-"));
     if (json_is_string(json_object_get(r, "verdict")))      /* a policy change has none */
         printf(" %s", json_string_value(json_object_get(r, "verdict")));
     if (strcmp(event, "connect") == 0) {
-        printf(" %s %s -> %s %s rule=%lld", str_or(r, "transport", "-"), str_or(r, "src", "-"),
-               str_or(r, "dst", "-"), str_or(r, "host", "-"), (long long)json_integer_value(json_object_get(r, "rule")));
+        printf(" %s %s -> %s %s rule=%lld", cli_str_or(r, "transport", "-"), cli_str_or(r, "src", "-"),
+               cli_str_or(r, "dst", "-"), cli_str_or(r, "host", "-"), (long long)json_integer_value(json_object_get(r, "rule")));
         if (json_object_get(r, "bytesOut") || json_object_get(r, "bytesIn"))
             printf(" bytes=%lld/%lld", (long long)json_integer_value(json_object_get(r, "bytesOut")),
                    (long long)json_integer_value(json_object_get(r, "bytesIn")));
@@ -1438,25 +686,25 @@ static void print_net_record(json_t *r)
         char type[16], rcode[16];
         dns_code(type, sizeof type, types, sizeof types / sizeof *types, json_object_get(r, "qtype"));
         dns_code(rcode, sizeof rcode, rcodes, sizeof rcodes / sizeof *rcodes, json_object_get(r, "rcode"));
-        printf(" dns %s %s %s rule=%lld", str_or(r, "qname", "-"), type, rcode,
+        printf(" dns %s %s %s rule=%lld", cli_str_or(r, "qname", "-"), type, rcode,
                (long long)json_integer_value(json_object_get(r, "rule")));
     } else {
         printf(" %s", event);
     }
     if (json_is_string(json_object_get(r, "reason")))
         printf(" (%s)", json_string_value(json_object_get(r, "reason")));
-    printf(" cell=%s\n", str_or(r, "cell", "-"));
+    printf(" cell=%s\n", cli_str_or(r, "cell", "-"));
 }
 
 static void print_audit_record(json_t *r)
 {
-    const char *ts = str_or(r, "ts", "-");
-    printf("%s %s %s", ts, str_or(r, "tenant", "-"), str_or(r, "kind", "-"));
+    const char *ts = cli_str_or(r, "ts", "-");
+    printf("%s %s %s", ts, cli_str_or(r, "tenant", "-"), cli_str_or(r, "kind", "-"));
     if (json_object_get(r, "method")) {
-        printf(" %s %s %lld", str_or(r, "method", "-"), str_or(r, "path", "-"),
+        printf(" %s %s %lld", cli_str_or(r, "method", "-"), cli_str_or(r, "path", "-"),
                (long long)json_integer_value(json_object_get(r, "status")));
     } else {
-        printf(" %s", str_or(r, "event", "-"));
+        printf(" %s", cli_str_or(r, "event", "-"));
         static const char *const keys[] = { "cell", "process", "command", "exitCode", "signal" };
         for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
             json_t *v = json_object_get(r, keys[i]);
@@ -1505,7 +753,7 @@ int cli_audit(struct cli_global *g, int argc, char **argv)
     long long n;
     for (int i = 1; i < argc; i++) {
         int k;
-        if (is_help(argv[i]))
+        if (cli_is_help(argv[i]))
             return fputs(audit_usage, stdout), 0;
         if (strcmp(argv[i], "--net") == 0) {
             a.net = 1;
@@ -1516,10 +764,10 @@ int cli_audit(struct cli_global *g, int argc, char **argv)
             if (k < 0 || parse_count("--limit", a.limit, 10000, &n))
                 return CLI_EXIT_USAGE;
         } else {
-            return bad_option("audit", argv[i]);
+            return cli_bad_option("audit", argv[i]);
         }
     }
-    return with_client(g, do_audit, &a);
+    return cli_with_client(g, do_audit, &a);
 }
 
 /* ---- policy --------------------------------------------------------------------------------- */
@@ -1556,7 +804,7 @@ static int do_policy(client *c, struct cli_global *g, void *arg)
 int cli_policy(struct cli_global *g, int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
-        if (is_help(argv[i]))
+        if (cli_is_help(argv[i]))
             return fputs(policy_usage, stdout), 0;
     if (argc < 2 || strcmp(argv[1], "set") != 0) {
         fputs(policy_usage, stderr);
@@ -1568,7 +816,7 @@ int cli_policy(struct cli_global *g, int argc, char **argv)
     struct policy_args p = { .id = argv[2], .policy = read_policy("policy set", argv[3]) };
     if (!p.policy)
         return CLI_EXIT_USAGE;
-    int rc = with_client(g, do_policy, &p);
+    int rc = cli_with_client(g, do_policy, &p);
     json_decref(p.policy);
     return rc;
 }
@@ -1590,9 +838,9 @@ static int token_create(client *c, struct cli_global *g, json_t *body)
         cli_print_json(t);
         return 0;
     }
-    printf("%s\n", str_or(t, "token", "?"));
-    fprintf(stderr, "cell: token %s for tenant %s%s; it is shown only this once\n", str_or(t, "id", "?"),
-            str_or(t, "tenant", "?"), json_is_true(json_object_get(t, "admin")) ? " (admin)" : "");
+    printf("%s\n", cli_str_or(t, "token", "?"));
+    fprintf(stderr, "cell: token %s for tenant %s%s; it is shown only this once\n", cli_str_or(t, "id", "?"),
+            cli_str_or(t, "tenant", "?"), json_is_true(json_object_get(t, "admin")) ? " (admin)" : "");
     json_decref(t);
     return 0;
 }
@@ -1615,8 +863,8 @@ static int token_ls(client *c, struct cli_global *g)
         client_utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
         json_int_t r = json_integer_value(json_object_get(t, "rate"));
         snprintf(rate, sizeof rate, r ? "%lld" : "-", (long long)r);
-        printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", str_or(t, "id", "?"), str_or(t, "tenant", "?"),
-               str_or(t, "label", "-"), json_is_true(json_object_get(t, "admin")) ? "yes" : "no", rate, when,
+        printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", cli_str_or(t, "id", "?"), cli_str_or(t, "tenant", "?"),
+               cli_str_or(t, "label", "-"), json_is_true(json_object_get(t, "admin")) ? "yes" : "no", rate, when,
                json_is_true(json_object_get(t, "revoked")) ? "yes" : "no");
     }
     json_decref(reply);
@@ -1669,7 +917,7 @@ static int parse_token_create(int argc, char **argv, json_t *body)
                 return CLI_EXIT_USAGE;
             json_object_set_new(body, "rate", json_integer(rate));
         } else {
-            return bad_option("token create", argv[i]);
+            return cli_bad_option("token create", argv[i]);
         }
     }
     if (!json_object_get(body, "tenant"))
@@ -1679,12 +927,12 @@ static int parse_token_create(int argc, char **argv, json_t *body)
 
 int cli_token(struct cli_global *g, int argc, char **argv)
 {
-    if (argc < 2 || is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
+    if (argc < 2 || cli_is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
         fputs(token_usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : 0;
     }
     for (int i = 2; i < argc; i++)
-        if (is_help(argv[i]))
+        if (cli_is_help(argv[i]))
             return fputs(token_usage, stdout), 0;
     struct token_args t = { .sub = argv[1] };
     int rc = 0;
@@ -1702,7 +950,7 @@ int cli_token(struct cli_global *g, int argc, char **argv)
         rc = cli_fail(CLI_EXIT_USAGE, "unknown token command '%s' (create, ls, revoke)", t.sub);
     }
     if (rc == 0)
-        rc = with_client(g, do_token, &t);
+        rc = cli_with_client(g, do_token, &t);
     json_decref(t.body);
     return rc;
 }

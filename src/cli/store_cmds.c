@@ -158,7 +158,8 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
             printf("deleted lane %s\n", name);
     } else if (strcmp(sub, "export") == 0) {
         if (isatty(1))
-            rc = cli_fail(CLI_EXIT_USAGE, "refusing to write a tar stream to a terminal; redirect stdout to a file");
+            rc = cli_fail(CLI_EXIT_USAGE, "lane export: refusing to write a tar stream to a terminal: redirect it "
+                          "(> FILE) or pipe it (| tar t)");
         else if (cell_lane_export(ctx, name, 1, &err) < 0)
             rc = cli_fail_err(1, &err);
     } else if (isatty(0)) {
@@ -188,7 +189,8 @@ static int image_export(struct cli_global *g, int argc, char **argv)
     const char *file = argc == 4 && strcmp(argv[3], "-") != 0 ? argv[3] : NULL;
     int fd = 1;
     if (!file && isatty(1))
-        return cli_fail(CLI_EXIT_USAGE, "refusing to write a tar stream to a terminal; give a FILE or redirect stdout");
+        return cli_fail(CLI_EXIT_USAGE, "image export: refusing to write a tar stream to a terminal: give a FILE, "
+                        "redirect it (> FILE) or pipe it (| tar t)");
     if (file && (fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
         return cli_fail(1, "cannot create %s: %s", file, strerror(errno));
     cell_ctx *ctx = NULL;

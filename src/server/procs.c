@@ -1,6 +1,7 @@
 /* procs.c: processes in a cell, as sandbox-agent 0.4 serves them: buffered
  * runs, long-running processes with logs (JSON and SSE), input, signals, resize. */
 #include "server/handlers.h"
+#include "server/slog.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -12,6 +13,7 @@
 
 #define SSE_KEEPALIVE_MS 15000
 #define PROCS_INPUT_WAIT_MS 5000  /* how long an input write waits for a process to read its stdin */
+#define PROCS_READ_MAX      16384 /* one read of a process's output, one log entry at most */
 
 static int64_t at_most(int64_t v, uint64_t ceiling)
 {
@@ -276,6 +278,8 @@ static void drop_oldest(sproc *p, size_t n)
     for (size_t i = 0; i < n; i++) {
         atomic_fetch_sub(&log_memory_used, plog_cost(p->log[i]));
         p->log_bytes -= p->log[i]->len;
+        if (p->log[i]->seq > p->sent_seq)
+            p->unsent_bytes -= p->log[i]->len;      /* lost: the follower sees the gap in the sequence */
         free(p->log[i]);
     }
     memmove(p->log, p->log + n, (p->n_log - n) * sizeof *p->log);
@@ -338,6 +342,36 @@ static void log_reclaim(srv *s, uint64_t budget)
     }
 }
 
+static size_t log_max_entries(int64_t max_bytes)
+{
+    return (size_t)max_bytes / 256 > 1024 ? (size_t)max_bytes / 256 : 1024;
+}
+
+/* A paced process's next read waits (plock held) while what its follower
+ * has not been sent would, with one more read, push unsent entries out of
+ * the log (over half its bytes or entries).  Not before a follower comes
+ * (the client attaches right after the create), and no longer once the
+ * last follower has gone (pacing ends) or the process has exited with
+ * nobody following: then the log drops the oldest entries as usual. */
+static int pace_full_locked(const sproc *p, int64_t max_bytes)
+{
+    uint64_t unsent_n = p->next_seq - p->sent_seq;
+    return p->paced && (p->followers > 0 || !p->exited) && unsent_n > 0 &&
+           (p->unsent_bytes + PROCS_READ_MAX > (uint64_t)max_bytes / 2 || unsent_n + 1 > log_max_entries(max_bytes) / 2);
+}
+
+static void pace_wait(sproc *p)
+{
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    while (pace_full_locked(p, sc->pconf.max_log_bytes)) {
+        struct timespec ts;
+        srv_deadline_after(&ts, 1000);
+        pthread_cond_timedwait(&sc->pcond, &sc->plock, &ts);
+    }
+    pthread_mutex_unlock(&sc->plock);
+}
+
 static void append_log(sproc *p, int stream, const char *data, size_t len, int64_t max_bytes, uint64_t budget)
 {
     plog *e = malloc(sizeof *e + len);
@@ -363,11 +397,12 @@ static void append_log(sproc *p, int stream, const char *data, size_t len, int64
     }
     p->log[p->n_log++] = e;
     p->log_bytes += len;
+    p->unsent_bytes += len;
     uint64_t used = atomic_fetch_add(&log_memory_used, plog_cost(e)) + plog_cost(e);
     /* Keep the newest max_bytes of output; the oldest entries go first.
      * Tiny writes would make many entries, each costing more in memory and
      * in a JSON answer than its data: at most one per 256 bytes of the cap. */
-    size_t max_entries = (size_t)max_bytes / 256 > 1024 ? (size_t)max_bytes / 256 : 1024;
+    size_t max_entries = log_max_entries(max_bytes);
     size_t drop = 0;
     while ((p->log_bytes > (size_t)max_bytes && drop + 1 < p->n_log) || p->n_log - drop > max_entries)
         drop_oldest(p, 1), drop++;
@@ -383,7 +418,7 @@ static void *reader_main(void *arg)
 {
     sproc *p = arg;
     scell *sc = p->cell;
-    char buf[16384];
+    char buf[PROCS_READ_MAX];
     struct pollfd fds[2];
     int streams[2], n = 0;
     if (p->pty_fd >= 0) {
@@ -405,6 +440,7 @@ static void *reader_main(void *arg)
         for (int i = 0; i < n; i++) {
             if (fds[i].fd < 0 || !fds[i].revents)
                 continue;
+            pace_wait(p);
             ssize_t got = read(fds[i].fd, buf, sizeof buf);
             if (got > 0) {
                 pthread_mutex_lock(&sc->plock);
@@ -434,7 +470,9 @@ typedef struct spawn_req {
     const char *cwd;
     char **env;                 /* "K=V", owned */
     size_t n_env;
-    int tty, interactive;
+    int tty, interactive, paced;
+    uid_t uid;                  /* "user": UID[:GID] in the cell, default 0:0 */
+    gid_t gid;
 } spawn_req;
 
 static void spawn_req_free(spawn_req *q)
@@ -443,16 +481,48 @@ static void spawn_req_free(spawn_req *q)
     strv_free(q->env);
 }
 
+/* A cell maps in-cell ids 0..65535; names are the client's to resolve
+ * (the cell's /etc/passwd is the cell's, and may lie). */
+#define PROCS_ID_LIMIT 65536
+
+static int parse_id(const char *s, char **end, unsigned long *out)
+{
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    *out = strtoul(s, end, 10);
+    return errno || *out >= PROCS_ID_LIMIT ? -1 : 0;
+}
+
+/* "user": "UID" or "UID:GID" (GID 0 when not given). */
+static int parse_user(sreq *r, json_t *body, spawn_req *q)
+{
+    const char *user = NULL;
+    if (json_get_str(r, body, "user", 0, &user) < 0)
+        return -1;
+    if (!user)
+        return 0;
+    unsigned long uid, gid = 0;
+    char *end;
+    if (parse_id(user, &end, &uid) < 0 || (*end == ':' && parse_id(end + 1, &end, &gid) < 0) || *end)
+        return reply_problem(r, 400, "invalid_request", "user must be UID or UID:GID, numbers from 0 to %d "
+                             "(names are resolved by the client), e.g. \"1000:1000\"", PROCS_ID_LIMIT - 1), -1;
+    q->uid = (uid_t)uid;
+    q->gid = (gid_t)gid;
+    return 0;
+}
+
 static int parse_spawn(sreq *r, json_t *body, spawn_req *q)
 {
     memset(q, 0, sizeof *q);
     if (json_get_str(r, body, "command", 1, &q->command) < 0 || json_get_strv(r, body, "args", &q->args, &q->n_args) < 0 ||
         json_get_str(r, body, "cwd", 0, &q->cwd) < 0 || json_get_env(r, body, "env", &q->env, &q->n_env) < 0 ||
-        json_get_bool(r, body, "tty", &q->tty) < 0 || json_get_bool(r, body, "interactive", &q->interactive) < 0)
+        json_get_bool(r, body, "tty", &q->tty) < 0 || json_get_bool(r, body, "interactive", &q->interactive) < 0 ||
+        json_get_bool(r, body, "backpressure", &q->paced) < 0)
         return -1;
     if (!q->command[0])
         return reply_problem(r, 400, "invalid_request", "command must not be empty"), -1;
-    return 0;
+    return parse_user(r, body, q);
 }
 
 /* PATH, HOME and LANG, then the cell's env, then the request's: later wins. */
@@ -535,6 +605,7 @@ static int spawn_proc(scell *sc, sproc *p, const spawn_req *q, int want_stdin, s
     const char *cwd = q->cwd ? q->cwd : json_string_value(json_object_get(sc->spec, "cwd"));
     cell_proc_spec spec = {
         .argv = argv, .env = (const char *const *)env, .cwd = cwd ? cwd : "/",
+        .uid = q->uid, .gid = q->gid,
         .stdin_fd = in[0], .stdout_fd = out[1], .stderr_fd = errp[1],
         .tty = q->tty, .rows = 24, .cols = 80,
     };
@@ -615,6 +686,7 @@ static sproc *proc_new(scell *sc, const spawn_req *q, int hidden)
         json_array_append_new(p->args, json_string(q->args[i]));
     p->tty = q->tty;
     p->interactive = q->interactive;
+    p->paced = q->paced;
     p->created_ms = srv_now_ms();
     p->refs = 1;                    /* the table's */
     if (!p->command || !p->args || (q->cwd && !p->cwd)) {
@@ -661,6 +733,8 @@ static json_t *proc_json_locked(const sproc *p)
         json_object_set_new(o, "pid", json_integer(p->pid));
     else if (WIFEXITED(p->status))
         json_object_set_new(o, "exitCode", json_integer(WEXITSTATUS(p->status)));
+    else
+        json_object_set_new(o, "signal", json_integer(WTERMSIG(p->status)));    /* exitCode stays absent */
     json_object_set_new(o, "createdAtMs", json_integer(p->created_ms));
     if (p->exited)
         json_object_set_new(o, "exitedAtMs", json_integer(p->exited_ms));
@@ -978,7 +1052,7 @@ int h_proc_create(sreq *r)
     if (fl >= 0 && in_fd >= 0)
         fl = fcntl(in_fd, F_SETFL, fl | O_NONBLOCK);
     if (fl < 0)
-        perror("cell serve: a process's stdin stays blocking");
+        slog(SLOG_WARN, SLOG_F("cell", sc->id), "a process's stdin stays blocking: %s", strerror(errno));
     pthread_mutex_lock(&sc->plock);
     p->stdin_fd = o.stdin_fd;
     p->out_fd = o.out_fd;
@@ -1094,6 +1168,12 @@ typedef struct follow_state {
 static void follow_free(void *cls)
 {
     follow_state *f = cls;
+    scell *sc = f->p->cell;
+    pthread_mutex_lock(&sc->plock);
+    if (--f->p->followers == 0)
+        f->p->paced = 0;        /* the client has gone: the log drops old output again */
+    pthread_cond_broadcast(&sc->pcond);
+    pthread_mutex_unlock(&sc->plock);
     procs_put(f->p);
     free(f->pending);
     free(f);
@@ -1106,6 +1186,19 @@ static void follow_free(void *cls)
 
 /* Format matching entries after f->after into f->pending, up to about
  * FOLLOW_CHUNK bytes (plock held); the rest comes at the next call. */
+/* A follower has been sent everything up to `seq`: what is unsent shrinks
+ * and a paced reader may read on. */
+static void mark_sent_locked(sproc *p, uint64_t seq)
+{
+    if (seq <= p->sent_seq)
+        return;
+    for (size_t i = 0; i < p->n_log; i++)
+        if (p->log[i]->seq > p->sent_seq && p->log[i]->seq <= seq)
+            p->unsent_bytes -= p->log[i]->len;
+    p->sent_seq = seq;
+    pthread_cond_broadcast(&p->cell->pcond);
+}
+
 static void follow_collect_locked(follow_state *f)
 {
     sproc *p = f->p;
@@ -1154,6 +1247,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
         int64_t until = srv_now_ms() + SSE_KEEPALIVE_MS;
         for (;;) {
             follow_collect_locked(f);
+            mark_sent_locked(f->p, f->after);
             if (f->pending_len)
                 break;
             if ((f->p->exited && f->p->output_done) || conns_stream_over(sc->s, f->token_id)) {
@@ -1243,6 +1337,9 @@ int h_proc_logs(sreq *r)
     f->p = p;
     f->filter = filter;
     f->after = after;
+    pthread_mutex_lock(&sc->plock);
+    p->followers++;
+    pthread_mutex_unlock(&sc->plock);
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
     return reply_event_stream(r, follow_read, f, follow_free);
 }
@@ -1253,9 +1350,11 @@ int procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
     pthread_mutex_lock(&sc->plock);
     int fd = p->exited ? -1 : p->pty_fd >= 0 ? p->pty_fd : p->stdin_fd;
     int dupfd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    int closed = !p->exited && fd < 0;
     pthread_mutex_unlock(&sc->plock);
     if (fd < 0)
-        return util_fail(err, ESRCH, "process is not running");
+        return closed ? util_fail(err, EPIPE, "the process's input was closed (\"eof\": true)")
+                      : util_fail(err, ESRCH, "process is not running");
     if (dupfd < 0)
         return util_fail_errno(err, "dup");
     /* The fd is non-blocking: a process that stops reading its stdin
@@ -1273,13 +1372,32 @@ int procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
     return 0;
 }
 
+/* "eof": close the stdin pipe once the data is written, so that a reader
+ * sees its input end (a terminal has none: send ^D). */
+static int close_input(sproc *p, cell_error *err)
+{
+    scell *sc = p->cell;
+    pthread_mutex_lock(&sc->plock);
+    int rc = p->exited ? util_fail(err, ESRCH, "process is not running")
+           : p->tty    ? util_fail(err, ENOTTY, "a terminal has no end of input: send ^D (\"BA==\") instead of \"eof\"")
+                       : 0;
+    if (rc == 0 && p->stdin_fd >= 0) {
+        close(p->stdin_fd);         /* procs_write_input writes to a dup taken under plock */
+        p->stdin_fd = -1;
+    }
+    pthread_mutex_unlock(&sc->plock);
+    return rc;
+}
+
 int h_proc_input(sreq *r)
 {
     json_t *body;
     const char *data = NULL, *encoding = NULL;
+    int eof = 0;
     if (req_json(r, &body) < 0)
         return MHD_YES;
-    if (json_get_str(r, body, "data", 1, &data) < 0 || json_get_str(r, body, "encoding", 0, &encoding) < 0) {
+    if (json_get_str(r, body, "data", 1, &data) < 0 || json_get_str(r, body, "encoding", 0, &encoding) < 0 ||
+        json_get_bool(r, body, "eof", &eof) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -1314,9 +1432,12 @@ int h_proc_input(sreq *r)
     if (!p)
         goto out;
     cell_error e = { 0 };
-    if (procs_write_input(p, bytes, len, &e) < 0)
+    if ((len > 0 || !eof) && procs_write_input(p, bytes, len, &e) < 0)
         ret = e.code == ESRCH ? reply_problem(r, 409, "conflict", "process is not running")
                               : reply_problem(r, 409, "conflict", "%s", e.message);
+    else if (eof && close_input(p, &e) < 0)
+        ret = e.code == ENOTTY ? reply_problem(r, 400, "invalid_request", "eof: %s", e.message)
+                               : reply_problem(r, 409, "conflict", "%s", e.message);
     else
         ret = reply_json(r, 200, json_pack("{s:I}", "bytesWritten", (json_int_t)len));
     procs_put(p);

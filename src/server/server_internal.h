@@ -390,6 +390,11 @@ struct sproc {
     plog    **log;                  /* ring of entries, oldest first */
     size_t    n_log, cap_log, log_bytes;
     uint64_t  next_seq;
+    /* "backpressure": while a follower has not been sent half the log,
+     * the reader waits instead of dropping unread output (procs.c). */
+    int       paced, followers;
+    uint64_t  sent_seq;             /* the furthest any follower has been sent */
+    size_t    unsent_bytes;         /* entries after sent_seq */
     sproc    *next;
 };
 

@@ -368,9 +368,10 @@ def test_audit_shows_the_requests(cli, cid):
     since = int(time.time() * 1000) - 1
     ok(cli("exec", cid, "--", "true"))
     r = ok(cli("audit", "--since", str(since)))
-    lines = [l for l in r.stdout.splitlines() if "/cells/%s/v1/processes/run" % cid in l]
-    assert lines and lines[0].split()[1:] == ["default", "request", "POST", "/cells/%s/v1/processes/run" % cid,
-                                              "200"], r.stdout
+    # exec starts a process (POST processes) and follows its output.
+    path = "/cells/%s/v1/processes" % cid
+    lines = [l for l in r.stdout.splitlines() if l.split()[3:5] == ["POST", path]]
+    assert lines and lines[0].split()[1:] == ["default", "request", "POST", path, "200"], r.stdout
     recs = json.loads(ok(cli("--json", "audit", "--limit", "5")).stdout)["records"]
     assert 1 <= len(recs) <= 5 and all("ts_ms" in x for x in recs)
     assert cli("audit", "--limit", "x").returncode == 2
