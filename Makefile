@@ -57,6 +57,8 @@ UNTAR_LIBS  := -Wl,--as-needed $(shell pkg-config --libs libseccomp libarchive 2
 SRV_SRC     := $(wildcard src/server/*.c src/store/*.c)
 CLI_SRC     := $(wildcard src/cli/*.c)
 DAEMON_SRC  := src/daemon/main.c src/daemon/options.c src/cli/serve_usage.c src/cli/fail.c
+# cell-daemon alone reads the config file (libinih), never the lean cell.
+DAEMON_LIBS := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 # The lean CLI: libseccomp, with jansson, nettle (the image store's
 # SHA-256) and http_parser (the client commands' HTTP/1.1, src/cli/http1.c)
 # linked in.
@@ -234,13 +236,13 @@ $(BUILD)/cell: $(CLI_OBJ) $(BUILD)/libcell.a
 	$(CC) $(LDSAN) -o $@ $(CLI_OBJ) $(BUILD)/libcell.a $(CLI_LIBS)
 
 $(BUILD)/cell-daemon: $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
-	$(CC) $(LDSAN) -o $@ $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a -Wl,--as-needed $(LIBS) $(SRV_LIBS)
+	$(CC) $(LDSAN) -o $@ $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a -Wl,--as-needed $(LIBS) $(SRV_LIBS) $(DAEMON_LIBS)
 
 # cell-daemon's option table (src/daemon/options.c) is in no library.
 DAEMON_OPTS_OBJ := $(BUILD)/obj/src/daemon/options.o $(BUILD)/obj/src/cli/serve_usage.o $(BUILD)/obj/src/cli/fail.o
 $(BUILD)/tests/test_daemon_opts: tests/unit/test_daemon_opts.c $(DAEMON_OPTS_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(DAEMON_OPTS_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS) -lcmocka
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $< $(DAEMON_OPTS_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a $(LIBCELL_BUILTINS) $(LIBS) $(SRV_LIBS) $(DAEMON_LIBS) -lcmocka
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 	@mkdir -p $(dir $@)

@@ -122,7 +122,8 @@ api() {
 cell_log="$scratch/cell.log" ref_log="$scratch/ref.log"
 for _ in 1 2 3 4 5; do      # a port taken meanwhile: another one
     cell_port=$(free_port)
-    "$cell_bin" --state "$scratch/cell" serve --listen "127.0.0.1:$cell_port" --socket '' >>"$cell_log" 2>&1 &
+    "$cell_bin" --state "$scratch/cell" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$cell_port" --socket '' \
+        >>"$cell_log" 2>&1 &
     cell_pid=$!
     wait_http "$cell_pid" "http://127.0.0.1:$cell_port/v1/health" && break
     stop_pid "$cell_pid"; cell_pid=""

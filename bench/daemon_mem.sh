@@ -65,7 +65,7 @@ start_server() {
     for _ in 1 2 3 4 5; do
         port=$(free_port)
         if [ "$who" = cell ]; then
-            "$cell_bin" --state "$st" serve --listen "127.0.0.1:$port" >>"$st.log" 2>&1 &
+            "$cell_bin" --state "$st" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$port" >>"$st.log" 2>&1 &
         else
             (cd "$st" && HOME="$st" exec "$ref_bin" server --no-token --no-telemetry --host 127.0.0.1 \
                 --port "$port") >>"$st.log" 2>&1 &

@@ -45,7 +45,7 @@ trap 'exit 130' INT TERM HUP
 
 cp "$top/$build/bench/http_bench" "$scratch/http_bench"   # a rebuild while this runs cannot swap it
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$cell_bin" --state "$scratch/state" serve --listen "127.0.0.1:$port" --socket '' \
+"$cell_bin" --state "$scratch/state" serve --init --listen "127.0.0.1:$port" --socket '' \
     --max-file-size $((size * 2)) >"$scratch/log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do

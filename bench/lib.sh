@@ -97,6 +97,14 @@ ref_fetch() {
     rm -rf "$dir" && mkdir -p "$dir" && tar -xzf "$tgz" -C "$dir" && chmod +x "$ref_bin"
 }
 
+# serve_init CELL: prints --init if CELL's serve takes it (a new state
+# directory needs it since the daemon refuses one without cell.db; an older
+# cell, benchmarked for comparison, has no such flag).
+serve_init() {
+    "$1" help serve 2>/dev/null | grep -q -- '--init' && echo --init
+    return 0
+}
+
 # start_cell_serve CELL STATE LOG [ARGS...]: `CELL --state STATE serve` on a
 # free loopback port (another one if it was taken meanwhile), until its
 # health endpoint answers; sets started_pid and started_port.  Returns
@@ -107,7 +115,8 @@ start_cell_serve() {
     mkdir -p "$st"
     for _ in 1 2 3 4 5; do
         started_port=$(free_port)
-        "$cell" --state "$st" serve --listen "127.0.0.1:$started_port" --socket '' "$@" >>"$log" 2>&1 &
+        "$cell" --state "$st" serve $(serve_init "$cell") --listen "127.0.0.1:$started_port" --socket '' "$@" \
+            >>"$log" 2>&1 &
         started_pid=$!
         wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
         stop_pid "$started_pid"

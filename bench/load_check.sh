@@ -69,7 +69,7 @@ mkdir -p "$state"
 port=""
 for _ in 1 2 3 4 5; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$cell_bin" --state "$state" serve --listen "127.0.0.1:$port" --socket '' >>"$log" 2>&1 &
+    "$cell_bin" --state "$state" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$port" --socket '' >>"$log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break

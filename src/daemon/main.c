@@ -1,8 +1,9 @@
 /* main.c: cell-daemon, the daemon behind `cell serve` (the lean `cell`
- * execs it, src/cli/serve.c): parses the serve options (options.c) and
- * hands over to server_run(), which returns only on SIGINT or SIGTERM.  It
- * links everything the daemon needs (libmicrohttpd, SQLite, OpenSSL, the
- * egress and archive code), which the `cell` CLI does not load.
+ * execs it, src/cli/serve.c): reads the serve options from the config file
+ * and the command line (options.c) and hands over to server_run(), which
+ * returns only on SIGINT or SIGTERM.  It links everything the daemon needs
+ * (libmicrohttpd, SQLite, OpenSSL, libinih, the egress and archive code),
+ * which the `cell` CLI does not load.
  *
  *   cell-daemon [--state DIR] [SERVE OPTIONS...]   (cell serve --help) */
 #include "cli/cli.h"
@@ -12,11 +13,12 @@
 int main(int argc, char **argv)
 {
     static daemon_config c;
-    int rc = daemon_options_parse(&c, argc, argv);
-    if (rc || c.help)
-        return rc;
-    cell_error err = { 0 };
-    if (server_run(&c.opt, &err) < 0)
-        return cli_fail_err(CLI_EXIT_INTERNAL, &err);
-    return 0;
+    int rc = daemon_options_parse(&c, argc, argv, DAEMON_DEFAULT_CONFIG);
+    if (rc == 0 && !c.help && (rc = daemon_check_state(&c)) == 0) {
+        cell_error err = { 0 };
+        if (server_run(&c.opt, &err) < 0)
+            rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
+    }
+    daemon_config_free(&c);
+    return rc;
 }

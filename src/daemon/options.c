@@ -8,7 +8,10 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <ini.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,12 +24,17 @@ extern const char cli_serve_usage[];
 #define FIELD(c, o, type) ((type *)((char *)(c) + (o)->field))
 
 /* A message from the server's parsers already names the flag ("--limit
- * x: ..."); on the command line it is printed as is. */
-static int fail_err(const char *label, const cell_error *err)
+ * x: ..."): on the command line it is printed as is, from the config file
+ * after the file, line and key instead of the flag. */
+static int fail_err(const char *label, const daemon_option *o, const cell_error *err)
 {
+    size_t len = strlen(o->name);
+    const char *m = err->message;
     if (strncmp(label, "--", 2) == 0)
-        return cli_fail(CLI_EXIT_USAGE, "%s", err->message);
-    return cli_fail(CLI_EXIT_USAGE, "%s: %s", label, err->message);
+        return cli_fail(CLI_EXIT_USAGE, "%s", m);
+    if (strncmp(m, "--", 2) == 0 && strncmp(m + 2, o->name, len) == 0 && (m[2 + len] == ' ' || m[2 + len] == ':'))
+        return cli_fail(CLI_EXIT_USAGE, "%s%s", label, m + 2 + len);
+    return cli_fail(CLI_EXIT_USAGE, "%s: %s", label, m);
 }
 
 /* ---- generic setters ------------------------------------------------------- */
@@ -90,6 +98,16 @@ int daemon_set_size(daemon_config *c, const daemon_option *o, const char *label,
     return 0;
 }
 
+int daemon_set_list(daemon_config *c, const daemon_option *o, const char *label, const char *value)
+{
+    daemon_list *l = FIELD(c, o, daemon_list);
+    if (l->n == o->max || l->n == DAEMON_MAX_LIST)
+        return cli_fail(CLI_EXIT_USAGE, "%s: at most %llu", label, o->max);
+    l->v[l->n++] = value;
+    l->v[l->n] = NULL;
+    return 0;
+}
+
 /* ---- setters of their own ---------------------------------------------------- */
 /* HOST:PORT with a numeric host (IPv6 in brackets or bare) and a port from
  * 0 to 65535, or "" for no TCP listener.  getaddrinfo() would take 99999
@@ -145,15 +163,6 @@ static int set_max_json_size(daemon_config *c, const daemon_option *o, const cha
     return 0;
 }
 
-/* Append to one of the NULL-terminated lists of daemon_config. */
-static int add_value(const char **list, size_t *n, size_t max, const char *label, const char *value)
-{
-    if (*n == max)
-        return cli_fail(CLI_EXIT_USAGE, "%s: at most %zu", label, max);
-    list[(*n)++] = value;
-    return 0;
-}
-
 /* An IPv4 or IPv6 address with an optional /PREFIX. */
 static int set_allow_dest(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
@@ -163,7 +172,6 @@ static int set_allow_dest(daemon_config *c, const daemon_option *o, const char *
     size_t len = slash ? (size_t)(slash - value) : strlen(value);
     int v6 = memchr(value, ':', len) != NULL;
     unsigned long long prefix = 0;
-    (void)o;
     if (len < sizeof ip) {
         memcpy(ip, value, len);
         ip[len] = '\0';
@@ -172,10 +180,7 @@ static int set_allow_dest(daemon_config *c, const daemon_option *o, const char *
         (slash && (parse_whole(slash + 1, &prefix) < 0 || prefix > (v6 ? 128u : 32u))))
         return cli_fail(CLI_EXIT_USAGE, "%s %s: expected an address or CIDR like 127.0.0.1/32 or fd00::/8", label,
                         value);
-    if (add_value(c->allow, &c->n_allow, DAEMON_MAX_ALLOW, label, value))
-        return CLI_EXIT_USAGE;
-    c->opt.tenant_dest_allow = c->allow;
-    return 0;
+    return daemon_set_list(c, o, label, value);
 }
 
 static int set_warm(daemon_config *c, const daemon_option *o, const char *label, const char *value)
@@ -183,25 +188,17 @@ static int set_warm(daemon_config *c, const daemon_option *o, const char *label,
     char image[64];
     unsigned size;
     cell_error err = { 0 };
-    (void)o;
     if (server_warm_parse(value, image, sizeof image, &size, &err) < 0)
-        return fail_err(label, &err);
-    if (add_value(c->warm, &c->n_warm, DAEMON_MAX_WARM, label, value))
-        return CLI_EXIT_USAGE;
-    c->opt.warm = c->warm;
-    return 0;
+        return fail_err(label, o, &err);
+    return daemon_set_list(c, o, label, value);
 }
 
 static int set_repo_root(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     struct stat st;
-    (void)o;
     if (value[0] != '/' || stat(value, &st) < 0 || !S_ISDIR(st.st_mode))
         return cli_fail(CLI_EXIT_USAGE, "%s %s: must be an absolute path to a directory", label, value);
-    if (add_value(c->repo_roots, &c->n_roots, DAEMON_MAX_REPO_ROOTS, label, value))
-        return CLI_EXIT_USAGE;
-    c->opt.run_repo_roots = c->repo_roots;
-    return 0;
+    return daemon_set_list(c, o, label, value);
 }
 
 /* --limit KEY=VALUE; --reserve-memory and --reserve-pids are its keys
@@ -215,7 +212,7 @@ static int set_limit(daemon_config *c, const daemon_option *o, const char *label
     if (key && snprintf(kv, sizeof kv, "%s=%s", key, value) >= (int)sizeof kv)
         return cli_fail(CLI_EXIT_USAGE, "%s: value too long", label);
     if (server_limit_set(&c->opt.limits, key ? kv : value, &err) < 0)
-        return fail_err(label, &err);
+        return fail_err(label, o, &err);
     return 0;
 }
 
@@ -230,8 +227,10 @@ static int set_upstream_ca(daemon_config *c, const daemon_option *o, const char 
 #define OPT(f) offsetof(daemon_config, f)
 
 const daemon_option daemon_options[] = {
+    { "config", required_argument, DAEMON_OPT_CMDLINE, daemon_set_nonempty, OPT(config), 0, 0 },
+    { "no-config", no_argument, DAEMON_OPT_CMDLINE, daemon_set_flag, OPT(no_config), 0, 0 },
+    { "init", no_argument, DAEMON_OPT_CMDLINE, daemon_set_flag, OPT(init), 0, 0 },
     { "state", required_argument, 0, daemon_set_nonempty, OPT(opt.state_dir), 0, 0 },
-    { "init", no_argument, 0, daemon_set_flag, OPT(init), 0, 0 },
     { "listen", required_argument, 0, set_listen, OPT(opt.listen), 0, 0 },
     { "socket", required_argument, 0, daemon_set_string, OPT(opt.socket_path), 0, 0 },
     { "no-token", no_argument, 0, daemon_set_flag, OPT(opt.no_token), 0, 0 },
@@ -247,17 +246,176 @@ const daemon_option daemon_options[] = {
     { "audit-max-size", required_argument, 0, set_audit_max_size, 0, 0, 0 },
     { "audit-keep", required_argument, 0, daemon_set_count, OPT(opt.audit_keep), 1, 64 },
     { "token-rate", required_argument, 0, daemon_set_count, OPT(opt.token_rate), 0, 1000000 },
-    { "allow-tenant-dest", required_argument, DAEMON_OPT_REPEAT, set_allow_dest, 0, 0, 0 },
+    { "allow-tenant-dest", required_argument, DAEMON_OPT_REPEAT, set_allow_dest, OPT(allow), 0, 16 },
     { "limit", required_argument, DAEMON_OPT_REPEAT, set_limit, 0, 0, 0 },
     { "reserve-memory", required_argument, 0, set_limit, 0, 0, 0 },
     { "reserve-pids", required_argument, 0, set_limit, 0, 0, 0 },
-    { "warm", required_argument, DAEMON_OPT_REPEAT, set_warm, 0, 0, 0 },
-    { "run-repo-root", required_argument, DAEMON_OPT_REPEAT, set_repo_root, 0, 0, 0 },
+    { "warm", required_argument, DAEMON_OPT_REPEAT, set_warm, OPT(warm), 0, 8 },
+    { "run-repo-root", required_argument, DAEMON_OPT_REPEAT, set_repo_root, OPT(repo_roots), 0, 16 },
     { "secrets-key-file", required_argument, 0, daemon_set_nonempty, OPT(opt.secrets_key_file), 0, 0 },
     { "upstream-ca", required_argument, 0, set_upstream_ca, OPT(opt.upstream_ca_file), 0, 0 },
     { "agent-registry", required_argument, 0, daemon_set_nonempty, OPT(opt.agent_registry), 0, 0 },
     { NULL, 0, 0, NULL, 0, 0, 0 },
 };
+
+/* ---- the config file ---------------------------------------------------------------- */
+static const daemon_option *find_row(const char *name)
+{
+    for (const daemon_option *o = daemon_options; o->name; o++)
+        if (strcmp(o->name, name) == 0)
+            return o;
+    return NULL;
+}
+
+struct load {
+    daemon_config *c;
+    const char    *path;
+    FILE          *f;
+    int            line;        /* the line inih is on */
+    int            too_long;
+    int            rc;          /* a key's error, already printed */
+    int            first[64];   /* the line each row was set on (0: not yet) */
+};
+
+/* inih's reader: fgets, counting lines, and refusing one longer than the
+ * buffer instead of reading its rest as another line. */
+static char *read_line(char *buf, int size, void *stream)
+{
+    struct load *l = stream;
+    if (!fgets(buf, size, l->f))
+        return NULL;
+    l->line++;
+    size_t len = strlen(buf);
+    if (len + 1 == (size_t)size && buf[len - 1] != '\n' && !feof(l->f)) {
+        l->too_long = size - 2;
+        return NULL;
+    }
+    return buf;
+}
+
+/* One "key = value" line: the value is checked by the key's setter and
+ * kept (the options point into it) until daemon_config_free. */
+static int on_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct load *l = user;
+    const daemon_option *row = find_row(name);
+    char label[PATH_MAX + 128];
+    if (*section)
+        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: [%s]: the config file has no sections; write the keys of "
+                         "cell serve --help without --", l->path, l->line, section);
+    else if (!row)
+        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: unknown key '%s' (the keys are the options of cell serve --help "
+                         "without --)", l->path, l->line, name);
+    else if (row->flags & DAEMON_OPT_CMDLINE)
+        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: %s: only on the command line (--%s)", l->path, l->line, name, name);
+    else if (!(row->flags & DAEMON_OPT_REPEAT) && l->first[row - daemon_options])
+        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: %s is set twice (first on line %d); only the repeatable keys "
+                         "(allow-tenant-dest, limit, warm, run-repo-root) may be", l->path, l->line, name,
+                         l->first[row - daemon_options]);
+    if (l->rc)
+        return 0;
+    l->first[row - daemon_options] = l->line;
+    /* A value in double quotes is the text between them ("" is empty). */
+    size_t len = strlen(value);
+    int quoted = len >= 2 && value[0] == '"' && value[len - 1] == '"';
+    char *copy = strndup(value + quoted, len - 2 * quoted);
+    char **owned = realloc(l->c->owned, (l->c->n_owned + 1) * sizeof *owned);
+    if (!copy || !owned) {
+        free(copy);
+        if (owned)
+            l->c->owned = owned;
+        l->rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+        return 0;
+    }
+    l->c->owned = owned;
+    owned[l->c->n_owned++] = copy;
+    snprintf(label, sizeof label, "%s:%d: %s", l->path, l->line, name);
+    l->rc = row->set(l->c, row, label, copy);
+    return l->rc == 0;
+}
+
+/* The file the daemon trusts with its whole configuration (no-token,
+ * listen, run-repo-root): a regular file that only its owner, root or the
+ * daemon's user, can write. */
+static int open_config(const char *path, FILE **out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    struct stat st;
+    if (fd < 0)
+        return cli_fail(CLI_EXIT_USAGE, "config file %s: %s (--no-config for none)", path, strerror(errno));
+    if (fstat(fd, &st) < 0) {
+        int saved = errno;
+        close(fd);
+        return cli_fail(CLI_EXIT_INTERNAL, "config file %s: %s", path, strerror(saved));
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > DAEMON_CONFIG_MAX || (st.st_mode & (S_IWGRP | S_IWOTH)) ||
+        (st.st_uid != 0 && st.st_uid != geteuid())) {
+        close(fd);
+        return cli_fail(CLI_EXIT_USAGE, "config file %s: must be a regular file of at most %u bytes, owned by "
+                        "root or this user and writable by no one else (chmod go-w)", path, DAEMON_CONFIG_MAX);
+    }
+    if (!(*out = fdopen(fd, "r"))) {
+        close(fd);
+        return cli_fail(CLI_EXIT_INTERNAL, "config file %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+int daemon_config_load(daemon_config *c, const char *path)
+{
+    struct load l = { .c = c, .path = path };
+    int rc = open_config(path, &l.f);
+    if (rc)
+        return rc;
+    /* One error at a time, each line on its own (an indented line is no
+     * continuation), and # or ; after a space starts a comment. */
+    ini_stop_on_first_error = 1;
+    ini_allow_multiline = 0;
+    ini_use_stack = 0;          /* a line of up to 4K (paths, URLs), not 200 */
+    ini_max_line = 4096;
+    ini_initial_alloc = 4096;
+    ini_inline_comment_prefixes = (char *)";#";
+    int at = ini_parse_stream(read_line, &l, on_key, &l);
+    fclose(l.f);
+    if (l.rc)
+        return l.rc;
+    if (l.too_long)
+        return cli_fail(CLI_EXIT_USAGE, "%s:%d: line longer than %d characters", path, l.line, l.too_long);
+    if (at > 0)
+        return cli_fail(CLI_EXIT_USAGE, "%s:%d: expected KEY = VALUE, a # comment or an empty line", path, at);
+    if (at < 0)
+        return cli_fail(CLI_EXIT_INTERNAL, "config file %s: out of memory", path);
+    return 0;
+}
+
+void daemon_config_free(daemon_config *c)
+{
+    for (size_t i = 0; i < c->n_owned; i++)
+        free(c->owned[i]);
+    free(c->owned);
+    c->owned = NULL;
+    c->n_owned = 0;
+}
+
+/* ---- the state directory -------------------------------------------------------------- */
+int daemon_check_state(const daemon_config *c)
+{
+    const char *dir = c->opt.state_dir ? c->opt.state_dir : cell_default_state_dir();
+    char db[PATH_MAX];
+    struct stat st;
+    if (c->init)
+        return 0;
+    if (stat(dir, &st) < 0 && errno == ENOENT)
+        return cli_fail(CLI_EXIT_USAGE, "serve: the state directory %s does not exist: pass --init to make a new "
+                        "store there, or name the existing one with --state", dir);
+    if (snprintf(db, sizeof db, "%s/cell.db", dir) >= (int)sizeof db)
+        return cli_fail(CLI_EXIT_USAGE, "serve: the state directory's path is too long");
+    if (stat(db, &st) < 0 && errno == ENOENT)
+        return cli_fail(CLI_EXIT_USAGE, "serve: %s holds no store (no cell.db): pass --init to make a new one "
+                        "there, or name the existing one with --state", dir);
+    /* Other errors (not a directory, no access) are the daemon's to report. */
+    return 0;
+}
 
 /* ---- the command line -------------------------------------------------------------- */
 #define OPT_HELP 'h'
@@ -280,27 +438,27 @@ static int spelled_out(const char *word, const char *name)
            (word[2 + len] == '\0' || word[2 + len] == '=');
 }
 
-int daemon_options_parse(daemon_config *c, int argc, char **argv)
+struct flag_use {
+    const daemon_option *row;
+    const char          *value;
+};
+
+/* The first pass: check the words, apply --config, --no-config and
+ * --init, and keep the other options for after the config file. */
+static int read_flags(daemon_config *c, int argc, char **argv, struct option *longopts, struct flag_use *uses,
+                      size_t *n_uses)
 {
-    size_t n = table_size();
-    struct option *longopts = calloc(n + 2, sizeof *longopts);
     int rc = 0;
-    if (!longopts)
-        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    for (size_t i = 0; i < n; i++)
-        longopts[i] = (struct option){ daemon_options[i].name, daemon_options[i].has_arg, NULL, OPT_ROW + (int)i };
-    longopts[n] = (struct option){ "help", no_argument, NULL, OPT_HELP };
     opterr = 0;
     optind = 1;
     /* "+": stop at the first word that is no option (an error below);
      * ":": a missing value is ':', not '?'. */
     for (int at = optind, ch; rc == 0 && (ch = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1; at = optind) {
         const daemon_option *row = ch >= OPT_ROW ? &daemon_options[ch - OPT_ROW] : NULL;
-        char label[128];
         if (ch == OPT_HELP) {
             fputs(cli_serve_usage, stdout);
             c->help = 1;
-            break;
+            return 0;
         } else if (ch == ':') {
             rc = cli_fail(CLI_EXIT_USAGE, "serve: %s needs a value (see cell serve --help)", argv[at]);
         } else if (ch == '?' && optopt >= OPT_ROW) {
@@ -311,13 +469,70 @@ int daemon_options_parse(daemon_config *c, int argc, char **argv)
         } else if (!spelled_out(argv[at], row->name)) {
             rc = cli_fail(CLI_EXIT_USAGE, "serve: unknown option '%s' (options are not abbreviated: --%s; see "
                           "cell serve --help)", argv[at], row->name);
-        } else {
+        } else if (row->flags & DAEMON_OPT_CMDLINE) {
+            char label[128];
             snprintf(label, sizeof label, "--%s", row->name);
             rc = row->set(c, row, label, optarg);
+        } else {
+            uses[(*n_uses)++] = (struct flag_use){ row, optarg };
         }
     }
-    if (rc == 0 && !c->help && optind < argc)
+    if (rc == 0 && optind < argc)
         rc = cli_fail(CLI_EXIT_USAGE, "serve: unexpected argument '%s' (see cell serve --help)", argv[optind]);
+    if (rc == 0 && c->config && c->no_config)
+        rc = cli_fail(CLI_EXIT_USAGE, "serve: --config and --no-config: give one of them");
+    return rc;
+}
+
+/* The second pass, over the config file: the flags in order.  A list
+ * option on the command line replaces the file's list (--limit sets keys
+ * one by one, so the file's other keys stay). */
+static int apply_flags(daemon_config *c, const struct flag_use *uses, size_t n_uses)
+{
+    int replaced[64] = { 0 };
+    for (size_t i = 0; i < n_uses; i++) {
+        const daemon_option *row = uses[i].row;
+        char label[128];
+        if ((row->flags & DAEMON_OPT_REPEAT) && row->set != set_limit && !replaced[row - daemon_options]) {
+            daemon_list *l = FIELD(c, row, daemon_list);
+            l->n = 0;
+            l->v[0] = NULL;
+            replaced[row - daemon_options] = 1;
+        }
+        snprintf(label, sizeof label, "--%s", row->name);
+        int rc = row->set(c, row, label, uses[i].value);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int daemon_options_parse(daemon_config *c, int argc, char **argv, const char *default_config)
+{
+    size_t n = table_size(), n_uses = 0;
+    struct option *longopts = calloc(n + 2, sizeof *longopts);
+    struct flag_use *uses = calloc((size_t)argc + 1, sizeof *uses);
+    int rc = 0;
+    if (!longopts || !uses || n > 64) {
+        rc = cli_fail(CLI_EXIT_INTERNAL, n > 64 ? "the option table has more than 64 rows" : "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        longopts[i] = (struct option){ daemon_options[i].name, daemon_options[i].has_arg, NULL, OPT_ROW + (int)i };
+    longopts[n] = (struct option){ "help", no_argument, NULL, OPT_HELP };
+    if ((rc = read_flags(c, argc, argv, longopts, uses, &n_uses)) || c->help)
+        goto out;
+    /* The default file is optional; one named with --config must exist. */
+    const char *path = c->config ? c->config : c->no_config ? NULL : default_config;
+    if (path && !c->config && access(path, F_OK) < 0 && errno == ENOENT)
+        path = NULL;
+    if ((path && (rc = daemon_config_load(c, path))) || (rc = apply_flags(c, uses, n_uses)))
+        goto out;
+    c->opt.tenant_dest_allow = c->allow.n ? c->allow.v : NULL;
+    c->opt.warm = c->warm.n ? c->warm.v : NULL;
+    c->opt.run_repo_roots = c->repo_roots.n ? c->repo_roots.v : NULL;
+out:
     free(longopts);
+    free(uses);
     return rc;
 }

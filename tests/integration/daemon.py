@@ -317,7 +317,12 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
         env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-        argv = [CELL_BIN, "--state", self.state, "serve", "--listen", "127.0.0.1:%d" % self.port]
+        # --init: the state is new (or a restart's, where it is harmless);
+        # --no-config: a host's /etc/cell/cell.conf must not change the tests
+        # (unless the test names a --config of its own).
+        argv = [CELL_BIN, "--state", self.state, "serve", "--init"]
+        argv += [] if any(a == "--config" or a.startswith("--config=") for a in self.extra_args) else ["--no-config"]
+        argv += ["--listen", "127.0.0.1:%d" % self.port]
         argv += ([] if self.unix_socket else ["--socket", ""]) + self.extra_args
         # Append: a restarted daemon keeps the earlier run's sanitizer output.
         self._out = open(self.stdout_path, "ab")

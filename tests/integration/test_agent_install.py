@@ -572,7 +572,7 @@ def test_install_into_a_stopped_cell_is_409(admin):
 
 def test_bad_install_disk_flag_refused(tmp_path):
     for value in ("1M", "0", "-5", "lots", "", "16E"):
-        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "",
+        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--init", "--listen", "",
                             "--limit", "agents.installDisk=" + value], capture_output=True, text=True, timeout=30)
         assert p.returncode != 0 and "agents.installDisk" in p.stderr, (value, p.stderr)
 
@@ -684,7 +684,7 @@ def test_an_install_the_host_budget_cannot_hold_does_not_run(env, tmp_path):
 
 def test_bad_registry_flag_refused(tmp_path):
     for url in ("ftp://example.org/", "not a url", "http://user@host/"):
-        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--listen", "",
+        p = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "s"), "serve", "--init", "--listen", "",
                             "--agent-registry", url], capture_output=True, text=True, timeout=30)
         assert p.returncode != 0 and "--agent-registry" in p.stderr, (url, p.stderr)
 

@@ -611,10 +611,11 @@ def test_daemon_wide_budget_across_tenants(tmp_path_factory):
 def test_serve_refuses_bad_limits(tmp_path):
     for args in (["--limit", "cell.memory"], ["--limit", "nope=1"], ["--limit", "cell.pids=-1"],
                  ["--limit", "cell.pids=0"], ["--reserve-memory", "lots"], ["--limit", "cell.memory=1Z"]):
-        r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--listen", "", "--socket", ""] + args,
+        r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--init", "--listen", "", "--socket", ""]
+                           + args,
                            capture_output=True, text=True, timeout=20)
         assert r.returncode == 2 and ("limit" in r.stderr or "reserve" in r.stderr), (args, r)
-    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--listen", "", "--socket", "",
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path), "serve", "--init", "--listen", "", "--socket", "",
                         "--limit", "host.memory=1G", "--reserve-memory", "1G"], capture_output=True, text=True,
                        timeout=20)
     assert r.returncode != 0 and "reserve" in r.stderr, r

@@ -262,7 +262,7 @@ def test_unauthenticated_trickled_body_is_closed(tmp_path, daemons):
                                   ["--idle-timeout", "-1"], ["--header-timeout", "99999999"],
                                   ["--max-connections", "100000"]])
 def test_limit_flags_are_checked(tmp_path, args):
-    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "127.0.0.1:0",
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen", "127.0.0.1:0",
                         "--socket", ""] + args, capture_output=True, text=True, timeout=30)
     assert r.returncode != 0, r
     assert args[0] in r.stderr or "RLIMIT_NOFILE" in r.stderr, r.stderr
@@ -280,7 +280,7 @@ def test_listen_port_out_of_range_is_an_error(tmp_path, spec):
 
 
 def test_listen_port_zero_reports_the_port_it_got(tmp_path):
-    p = subprocess.Popen([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "127.0.0.1:0",
+    p = subprocess.Popen([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen", "127.0.0.1:0",
                           "--socket", ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = ""
@@ -529,7 +529,7 @@ def test_access_token_only_where_headers_cannot_be_set(tmp_path, daemons):
 
 
 def test_no_token_is_refused_on_tcp(tmp_path):
-    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen",
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen",
                         "127.0.0.1:%d" % dm.free_port(), "--socket", "", "--no-token"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0, r
@@ -540,7 +540,7 @@ def test_no_token_is_refused_on_tcp(tmp_path):
 
 def test_no_token_on_the_unix_socket_only(tmp_path):
     sock = str(tmp_path / "cell.sock")
-    p = subprocess.Popen([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "",
+    p = subprocess.Popen([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen", "",
                           "--socket", sock, "--no-token"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert wait_for(lambda: os.path.exists(sock) or p.poll() is not None, 20), "no socket"

@@ -181,7 +181,7 @@ def test_serve_execs_the_daemon_in_the_same_process(tmp_path):
     h = subprocess.run([CELL_BIN, "help", "serve"], capture_output=True, text=True, timeout=30,
                        env=dict(os.environ, CELL_DAEMON="/nonexistent/cell-daemon"))
     assert h.returncode == 0 and h.stdout == r.stdout
-    p = subprocess.Popen([CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "", "--socket",
+    p = subprocess.Popen([CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen", "", "--socket",
                           str(tmp_path / "s.sock")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         exe = ""
@@ -198,8 +198,8 @@ def test_serve_execs_the_daemon_in_the_same_process(tmp_path):
 
 def test_idle_daemon_maps_no_plugin(tmp_path):
     sock = tmp_path / "s.sock"
-    p = subprocess.Popen([CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--listen", "", "--socket", str(sock),
-                          "--warm", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen([CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen", "", "--socket",
+                          str(sock), "--warm", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(600):
             if sock.exists() or p.poll() is not None:

@@ -86,7 +86,9 @@ export async function startDaemon() {
   const st = daemonState;
   st.stateDir = mkdtempSync(path.join(os.tmpdir(), "cell-sdk-"));
   st.port = await freePort();
-  const daemon = spawn(CELL_BIN, ["--state", st.stateDir, "serve", "--listen", `127.0.0.1:${st.port}`, "--socket", ""], {
+  // --init: a new state directory; --no-config: not the host's /etc/cell/cell.conf.
+  const daemon = spawn(CELL_BIN, ["--state", st.stateDir, "serve", "--init", "--no-config",
+                                  "--listen", `127.0.0.1:${st.port}`, "--socket", ""], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   st.daemon = daemon;
