@@ -11,8 +11,6 @@ packages=(
   libmicrohttpd-dev libsqlite3-dev libssl-dev nettle-dev libcurl4-openssl-dev
   # cell-daemon's config file (/etc/cell/cell.conf, src/daemon/options.c)
   libinih-dev
-  # cell-daemon's config file (/etc/cell/cell.conf, src/daemon/options.c)
-  libinih-dev
   # egress: nftables rules, netlink routes, DNS messages, HTTP parsing
   libnftables-dev libnftnl-dev libmnl-dev libldns-dev libhttp-parser-dev
   # runtime helpers: debootstrap builds the debian-bookworm image, mke2fs
