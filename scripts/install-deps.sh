@@ -23,6 +23,8 @@ packages=(
   python3-dnspython nftables passt slirp4netns
   # daemon.openapi_check: responses checked against docs/openapi.json
   python3-jsonschema
+  # test_daemon_metrics.py parses GET /metrics with the Prometheus client's parser
+  python3-prometheus-client
   # test_image_import.py builds its images from a static busybox
   busybox-static
   # scripts/test.sh runs the integration tests in two processes (pytest -n 2)

@@ -4,6 +4,7 @@
  * state directory, with a message naming the option and what it takes. */
 #include "daemon/options.h"
 #include "cli/cli.h"
+#include "server/slog.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -223,6 +224,14 @@ static int set_upstream_ca(daemon_config *c, const daemon_option *o, const char 
     return daemon_set_string(c, o, label, value);
 }
 
+static int set_log_format(daemon_config *c, const daemon_option *o, const char *label, const char *value)
+{
+    (void)o;
+    if (slog_format_parse(value, &c->opt.log_format) < 0)
+        return cli_fail(CLI_EXIT_USAGE, "%s %s: expected text or json", label, value);
+    return 0;
+}
+
 /* ---- the table ----------------------------------------------------------------- */
 #define OPT(f) offsetof(daemon_config, f)
 
@@ -237,6 +246,8 @@ const daemon_option daemon_options[] = {
     { "no-token-on-tcp-i-understand-anyone-local-is-admin", no_argument, 0, daemon_set_flag,
       OPT(opt.no_token_on_tcp), 0, 0 },
     { "log", required_argument, 0, daemon_set_nonempty, OPT(opt.log_path), 0, 0 },
+    { "log-format", required_argument, 0, set_log_format, 0, 0, 0 },
+    { "metrics-public", no_argument, 0, daemon_set_flag, OPT(opt.metrics_public), 0, 0 },
     { "max-connections", required_argument, 0, daemon_set_count, OPT(opt.max_conns), 4, 100000 },
     { "max-connections-per-ip", required_argument, 0, daemon_set_count, OPT(opt.max_conns_per_ip), 1, 100000 },
     { "idle-timeout", required_argument, 0, daemon_set_count, OPT(opt.idle_timeout_s), 1, 86400 },

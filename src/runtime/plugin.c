@@ -48,8 +48,12 @@ static void plugin_load(struct plugin *p)
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    close(fd);
+    /* A loaded plugin keeps its memfd open for the life of the process:
+     * the dynamic linker knows objects by name, and a second plugin's
+     * memfd given the same fd number ("/proc/self/fd/N" again) would be
+     * taken for the first one, whose table then fails the size check. */
     if (!h) {
+        close(fd);
         const char *m = dlerror();
         util_fail(&p->why, ELIBACC, "cannot load %s: %s", p->name, m ? m : "dlopen failed");
         return;
@@ -60,6 +64,7 @@ static void plugin_load(struct plugin *p)
     if (!ops || *(const size_t *)ops != p->size) {
         util_fail(&p->why, ELIBBAD, "%s: not the plugin this program was built with", p->name);
         dlclose(h);
+        close(fd);
         return;
     }
     p->ops = ops;

@@ -17,6 +17,7 @@
  * One npm run per cache key at a time: concurrent installs of one agent
  * wait for the first (agents_lock + agents_cond), then find it cached. */
 #include "server/agents.h"
+#include "server/slog.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -145,7 +146,7 @@ static int agents_parse_registry(const char *url, cell_error *err)
         else if (agents_policy)
             rc = 0;
         else
-            rc = 0, fprintf(stderr, "cell daemon: agent installs will fail: %s\n", agents_policy_err.message);
+            rc = 0, slog(SLOG_WARN, NULL, "agent installs will fail: %s", agents_policy_err.message);
     }
     OPENSSL_free(user), OPENSSL_free(host), OPENSSL_free(port);
     OPENSSL_free(path), OPENSSL_free(query), OPENSSL_free(frag);
@@ -197,8 +198,7 @@ static int agents_prune(cell_error *err)
         if (util_path(path, sizeof path, err, "%s/%s", agents_root, e->d_name) < 0 || util_rm_rf(path, err) < 0)
             rc = -1;
         else
-            fprintf(stderr, "cell daemon: removed agent cache %s (not a current pin of --agent-registry)\n",
-                    e->d_name);
+            slog(SLOG_INFO, NULL, "removed agent cache %s (not a current pin of --agent-registry)", e->d_name);
     }
     closedir(d);
     return rc;
@@ -683,7 +683,7 @@ static int agents_build(scell *sc, const agents_package *p, const char *key, con
     /* Unmounted, the staging filesystem's blocks go back to the host. */
     cell_error e2 = { 0 };
     if (cell_scratch_unmount(stage, &e2) < 0 || util_rm_rf(stage, &e2) < 0 || util_rm_rf(copy, &e2) < 0)
-        fprintf(stderr, "cell daemon: agent install: %s\n", e2.message);
+        slog(SLOG_ERROR, NULL, "agent install: %s", e2.message);
     if (rc == 0)
         agents_cache_scan();
     return rc;

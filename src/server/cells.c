@@ -2,6 +2,8 @@
  * get, stop, start, delete.  The record is durable before the cell boots. */
 #include "server/agentkeys.h"
 #include "server/handlers.h"
+#include "server/metrics.h"
+#include "server/slog.h"
 #include "server/runs.h"
 #include "runtime/runtime.h"
 
@@ -265,8 +267,8 @@ static void warn_plain_webhooks(sreq *r, json_t *policy)
         const char *host = url + 7;
         if (strncmp(host, "127.", 4) == 0 || strncmp(host, "[::1]", 5) == 0 || strncmp(host, "localhost", 9) == 0)
             continue;
-        fprintf(stderr, "cell serve: warning: tenant %s: rules[%zu].decide.url %s is plain http off loopback; "
-                "use https://\n", r->tok.tenant, i, url);
+        slog(SLOG_WARN, SLOG_F("tenant", r->tok.tenant), "warning: tenant %s: rules[%zu].decide.url %s is plain "
+             "http off loopback; use https://", r->tok.tenant, i, url);
     }
 }
 
@@ -493,6 +495,7 @@ static int check_image(sreq *r, json_t *spec)
 int cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, scell **out)
 {
     *out = NULL;
+    int64_t t0 = metrics_clock_ms();
     if (check_image(r, spec) < 0)
         return -1;
     cell_error e = { 0 };
@@ -527,7 +530,9 @@ int cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, scell 
         registry_put(sc);
         return -1;
     }
-    if (registry_create_boot(sc, &e) < 0) {
+    int booted = registry_create_boot(sc, &e) == 0;
+    metrics_cell_create(booted, metrics_clock_ms() - t0);
+    if (!booted) {
         /* Waits out a start that raced in (the id was listed meanwhile). */
         registry_delete(sc, 1, NULL);
         reply_transition(r, sc, &e);

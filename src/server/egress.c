@@ -2,6 +2,8 @@
  * engine becomes an audit record, "decide" rules ask a webhook (cached), and
  * http rules' ${secret:NAME} come from the cell's tenant's secrets. */
 #include "server/server_internal.h"
+#include "server/metrics.h"
+#include "server/slog.h"
 
 #include <curl/curl.h>
 #include <dlfcn.h>
@@ -65,6 +67,10 @@ void egress_event(void *user, const char *json)
     if (!rec)
         return;
     const char *event = json_string_value(json_object_get(rec, "event"));
+    /* Counted before the audit's per-cell limiter: the metrics see every record. */
+    json_t *out = json_object_get(rec, "bytesOut"), *in = json_object_get(rec, "bytesIn");
+    metrics_egress(event, json_string_value(json_object_get(rec, "verdict")),
+                   json_is_integer(out) ? json_integer_value(out) : -1, json_is_integer(in) ? json_integer_value(in) : -1);
     if (json_object_get(rec, "usage")) {
         if (event && strcmp(event, "http") == 0)
             usage_account(sc, rec);
@@ -177,8 +183,8 @@ static void curl_load(void)
     void *h = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *m = dlerror();
-        fprintf(stderr, "cell daemon: decide webhooks deny every flow: cannot load libcurl.so.4: %s\n",
-                m ? m : "dlopen failed");
+        slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: cannot load libcurl.so.4: %s",
+             m ? m : "dlopen failed");
         return;
     }
     if (CURL_SYM(h, global_init, "curl_global_init") && CURL_SYM(h, easy_init, "curl_easy_init") &&
@@ -189,8 +195,7 @@ static void curl_load(void)
         curl_loaded = 1;
         return;
     }
-    fprintf(stderr, "cell daemon: decide webhooks deny every flow: libcurl.so.4 lacks a function or failed "
-            "to initialise\n");
+    slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: libcurl.so.4 lacks a function or failed to initialise");
     dlclose(h);
 }
 
@@ -249,12 +254,13 @@ int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeo
         return 0;
     char key[768];
     snprintf(key, sizeof key, "%s|%s|%s|%s|%s", url, sc->id, f->transport, f->dst, f->host ? f->host : "");
-    int allow;
-    if (!(f->cache_s > 0 && cache_get(key, &allow))) {
+    int allow, cached = f->cache_s > 0 && cache_get(key, &allow);
+    if (!cached) {
         allow = ask_webhook(url, timeout_ms, body, sc->s->opt.tenant_dest_allow, atomic_load(&sc->policy_screened));
         if (f->cache_s > 0)
             cache_put(key, allow, f->cache_s);
     }
+    metrics_decide(allow, cached);
     free(body);
     return allow;
 }

@@ -3,6 +3,8 @@
 #include "server/server_internal.h"
 #include "server/agents.h"
 #include "server/runs.h"
+#include "server/metrics.h"
+#include "server/slog.h"
 #include "server/sdnotify.h"
 
 #include <arpa/inet.h>
@@ -159,7 +161,7 @@ static void begin(sreq *r)
         return;
     }
     unsigned flags = r->m.route->flags;
-    if (flags & ROUTE_PUBLIC)
+    if ((flags & ROUTE_PUBLIC) || ((flags & ROUTE_METRICS) && s->opt.metrics_public))
         return;
     if (authenticate(r) < 0)
         return;
@@ -346,6 +348,7 @@ static int anon_audit_allowed(uint64_t *suppressed)
         anon_suppressed = 0;
     } else {
         anon_suppressed++;
+        metrics_audit_suppressed();
     }
     pthread_mutex_unlock(&anon_lock);
     return ok;
@@ -377,6 +380,18 @@ static void write_audit(sreq *r)
     json_decref(rec);
 }
 
+/* A 5xx is the daemon's failure, not the client's: the operator hears of
+ * it in the log (the route template: the path may hold a tenant's names). */
+static void log_failed_request(sreq *r)
+{
+    char status[16];
+    const char *pattern = r->m.route ? r->m.route->pattern : "unmatched";
+    snprintf(status, sizeof status, "%u", r->status);
+    slog(SLOG_ERROR, SLOG_F("route", pattern, "method", r->m.route ? r->m.route->method : NULL, "status", status,
+                            "tenant", r->authed ? r->tok.tenant : NULL),
+         "%s %s answered %u", r->m.route ? r->m.route->method : "-", pattern, r->status);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -386,6 +401,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     conns_request_ends(r);
+    metrics_http(r->m.route, r->method, r->status);
+    if (r->status >= 500 && !(r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status == 503))
+        log_failed_request(r);      /* a probe's 503 (/readyz) is an answer, not a failure */
     write_audit(r);
     if (r->stream_free)
         r->stream_free(r);
@@ -471,8 +489,8 @@ static void warn_if_remote(int fd)
         ? (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127
         : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
     if (!loopback)
-        fprintf(stderr, "cell serve: WARNING: --listen is not a loopback address: tokens and data travel in "
-                "plain HTTP; put a TLS proxy in front and keep this port off the network\n");
+        slog(SLOG_WARN, NULL, "WARNING: --listen is not a loopback address: tokens and data travel in "
+             "plain HTTP; put a TLS proxy in front and keep this port off the network");
 }
 
 static int listen_unix(const char *path, cell_error *err)
@@ -505,11 +523,19 @@ static int listen_unix(const char *path, cell_error *err)
 /* Each listener is its own libmicrohttpd daemon with its own connection
  * limit, so clients filling the TCP port cannot lock the admin out of the
  * unix socket.  per_ip is 0 for the unix socket (its peers have no address). */
+/* libmicrohttpd's own messages (MHD_USE_ERROR_LOG) go through the log too. */
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    slog_va(SLOG_WARN, SLOG_F("component", "http"), fmt, ap);
+}
+
 static struct MHD_Daemon *start_mhd(srv *s, int fd, unsigned per_ip)
 {
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,     /* first: it covers the options' own messages */
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_NOTIFY_CONNECTION, conns_notify, s,
@@ -587,10 +613,9 @@ static void on_sighup(srv *s)
 {
     cell_error e = { 0 };
     if (s->opt.log_path && open_log(s->opt.log_path, &e) < 0)
-        fprintf(stderr, "cell daemon: SIGHUP: %s (logging goes on to the old file)\n", e.message);
+        slog(SLOG_ERROR, NULL, "SIGHUP: %s (logging goes on to the old file)", e.message);
     else if (!s->opt.quiet)
-        printf("cell daemon: SIGHUP: %s\n", s->opt.log_path ? "log reopened" : "nothing to reopen (no --log)");
-    fflush(stdout);
+        slog(SLOG_INFO, NULL, "SIGHUP: %s", s->opt.log_path ? "log reopened" : "nothing to reopen (no --log)");
 }
 
 /* The main thread: boots cells for the request threads until a signal.
@@ -713,8 +738,8 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
                          "equivalent): use it with --listen \"\" (the unix socket only, mode 0600), or add "
                          "--no-token-on-tcp-i-understand-anyone-local-is-admin", listen_spec);
     if (o->no_token && *listen_spec)
-        fprintf(stderr, "cell serve: WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
-                "user that can connect to %s is the admin of this daemon\n", listen_spec);
+        slog(SLOG_WARN, NULL, "WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
+             "user that can connect to %s is the admin of this daemon", listen_spec);
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)
         return util_fail_errno(err, "getrlimit");
@@ -767,6 +792,7 @@ int server_run(const server_options *opt, cell_error *err)
     if (!s.opt.max_json_bytes)
         s.opt.max_json_bytes = SERVER_DEFAULT_MAX_JSON;
     s.started_ms = srv_now_ms();
+    slog_init(opt->log_format);
     sdnotify_init();                /* before any thread: it edits the environment */
 
     /* Signals are taken synchronously by this thread; every thread created
@@ -796,8 +822,10 @@ int server_run(const server_options *opt, cell_error *err)
     }
     char sock_path[4096] = "", token_path[4096];
     int created = 0;
-    if (check_options(&s, listen_spec, err) < 0 || (opt->log_path && open_log(opt->log_path, err) < 0))
+    if (check_options(&s, listen_spec, err) < 0 || (opt->log_path && open_log(opt->log_path, err) < 0) ||
+        metrics_start(err) < 0)
         goto out;
+    slog_init(opt->log_format);     /* again: --log took stderr off the journal */
     /* Before the context: opening one sweeps the state directory. */
     if ((lock_fd = lock_state_dir(opt->state_dir ? opt->state_dir : cell_default_state_dir(), err)) < 0)
         goto out;
@@ -845,27 +873,26 @@ int server_run(const server_options *opt, cell_error *err)
     }
 
     if (!opt->quiet) {
-        printf("cell daemon: state in %s\n", s.state_dir);
+        slog(SLOG_INFO, SLOG_F("state", s.state_dir), "state in %s", s.state_dir);
         if (s.tcp)
-            printf("cell daemon: listening on http://%s\n", bound);
+            slog(SLOG_INFO, SLOG_F("listen", bound), "listening on http://%s", bound);
         if (s.unix_d)
-            printf("cell daemon: listening on unix:%s\n", sock_path);
+            slog(SLOG_INFO, SLOG_F("socket", sock_path), "listening on unix:%s", sock_path);
         if (opt->no_token && s.tcp)
-            printf("cell daemon: WARNING: --no-token on TCP (%s): EVERY LOCAL USER AND PROCESS that can "
-                   "connect to it is the admin, which can read any host file through a bind mount\n",
-                   listen_spec);
+            slog(SLOG_WARN, NULL, "WARNING: --no-token on TCP (%s): EVERY LOCAL USER AND PROCESS that can "
+                 "connect to it is the admin, which can read any host file through a bind mount", listen_spec);
         else if (opt->no_token)
-            printf("cell daemon: WARNING: --no-token: every request is the admin of tenant \"default\"; "
-                   "for local development only\n");
+            slog(SLOG_WARN, NULL, "WARNING: --no-token: every request is the admin of tenant \"default\"; "
+                 "for local development only");
         else
-            printf("cell daemon: %s token in %s (use: Authorization: Bearer $(cat %s))\n",
-                   created ? "created the admin" : "admin", token_path, token_path);
-        fflush(stdout);
+            slog(SLOG_INFO, NULL, "%s token in %s (use: Authorization: Bearer $(cat %s))",
+                 created ? "created the admin" : "admin", token_path, token_path);
     }
 
     /* Now that this thread takes boot jobs: the pool's thread queues them. */
     if (pool_start(&s, err) < 0)
         goto stop_http;
+    metrics_set_serving(&s, 1);
     /* Ready: the store is open and both listeners answer (cell.service). */
     sdnotify_send("READY=1\nSTATUS=serving%s%s%s%s", s.unix_d ? " on unix:" : "", s.unix_d ? sock_path : "",
                   s.tcp ? " on http://" : "", s.tcp ? bound : "");
@@ -877,8 +904,9 @@ int server_run(const server_options *opt, cell_error *err)
     s.owner_closed = 1;
     pthread_mutex_unlock(&s.owner_lock);
     run_owner_jobs(&s);
+    metrics_set_serving(&s, 0);
     if (!opt->quiet)
-        printf("cell daemon: signal %d, stopping\n", sig);
+        slog(SLOG_INFO, NULL, "signal %d, stopping", sig);
     rc = 0;
 stop_http:
     atomic_store(&s.stopping, 1);

@@ -3,6 +3,7 @@
  * progress; listing, import and removal are images.c's). */
 #include "server/handlers.h"
 #include "server/stream.h"
+#include "server/slog.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -239,7 +240,7 @@ static void export_run(int fd, void *arg)
     cell_ctx *ctx = NULL;
     if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
         if (cell_lane_export(ctx, job->id, fd, &job->err) < 0)
-            fprintf(stderr, "cell daemon: export of lane %s failed: %s\n", job->id, job->err.message);
+            slog(SLOG_ERROR, SLOG_F("lane", job->id), "export of lane %s failed: %s", job->id, job->err.message);
         cell_ctx_close(ctx);
     }
 }
@@ -343,7 +344,7 @@ static void image_export_run(int fd, void *arg)
     cell_ctx *ctx = NULL;
     if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
         if (cell_image_export(ctx, job->image, fd, &job->err) < 0)
-            fprintf(stderr, "cell daemon: export of image %s failed: %s\n", job->image, job->err.message);
+            slog(SLOG_ERROR, SLOG_F("image", job->image), "export of image %s failed: %s", job->image, job->err.message);
         cell_ctx_close(ctx);
     }
 }

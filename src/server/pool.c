@@ -11,6 +11,7 @@
  * tenant had is destroyed when that cell stops or is deleted (registry.c). */
 #include "server/agents.h"
 #include "server/server_internal.h"
+#include "server/slog.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -30,6 +31,7 @@ typedef struct pool_tpl {
     unsigned n_ready;
     int64_t  retry_ms;              /* no boot before this */
     int      failing;               /* a failure was logged; said again once one boots */
+    int      warmed;                /* filled to its size once, or a boot failed (/readyz) */
 } pool_tpl;
 
 /* One daemon per process: module state, as agents.c and egress.c keep. */
@@ -139,19 +141,21 @@ static cell *pool_settle(pool_tpl *t, cell *c, const cell_error *e)
 {
     if (!c) {
         pool.failed++;
+        t->warmed = 1;              /* creates boot cold meanwhile: not worth waiting for */
         t->retry_ms = srv_now_ms() + POOL_RETRY_MS;
         if (!t->failing && e->code != ENOENT)
-            fprintf(stderr, "cell daemon: warm pool: cannot boot a cell of image %s (retrying every %d s): %s\n",
-                    t->image, POOL_RETRY_MS / 1000, e->message);
+            slog(SLOG_WARN, SLOG_F("image", t->image), "warm pool: cannot boot a cell of image %s (retrying every %d s): %s",
+                 t->image, POOL_RETRY_MS / 1000, e->message);
         t->failing = e->code != ENOENT;
         return NULL;
     }
     if (pool.stop)
         return c;
     if (t->failing)
-        fprintf(stderr, "cell daemon: warm pool: image %s boots again\n", t->image);
+        slog(SLOG_INFO, SLOG_F("image", t->image), "warm pool: image %s boots again", t->image);
     t->failing = 0;
     t->ready[t->n_ready++] = c;
+    t->warmed |= t->n_ready == t->size;
     pool.booted++;
     return NULL;
 }
@@ -274,7 +278,7 @@ static int pool_finish(cell *c, json_t *spec, json_int_t pool_pids)
     const char *hostname = json_string_value(json_object_get(spec, "hostname"));
     if (((pids != pool_pids || cpu) && cell_set_pids_cpu(c, (uint32_t)pids, (uint32_t)cpu, &e) < 0) ||
         (hostname && cell_set_hostname(c, hostname, &e) < 0)) {
-        fprintf(stderr, "cell daemon: warm pool: %s\n", e.message);
+        slog(SLOG_WARN, NULL, "warm pool: %s", e.message);
         return -2;
     }
     return 0;
@@ -323,6 +327,16 @@ int pool_image_ready(const char *image)
         ready = pool.tpl[i].n_ready && strcmp(pool.tpl[i].image, image) == 0;
     pthread_mutex_unlock(&pool.lock);
     return ready;
+}
+
+int pool_warmed(void)
+{
+    int warmed = 1;
+    pthread_mutex_lock(&pool.lock);
+    for (size_t i = 0; i < pool.n_tpl; i++)
+        warmed &= pool.tpl[i].size == 0 || pool.tpl[i].warmed;
+    pthread_mutex_unlock(&pool.lock);
+    return warmed;
 }
 
 json_t *pool_json(void)

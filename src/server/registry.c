@@ -3,6 +3,7 @@
 #include "server/agentkeys.h"
 #include "server/server_internal.h"
 #include "server/agents.h"
+#include "server/slog.h"
 #include "runtime/runtime.h"
 #include "runtime/vfs.h"
 
@@ -634,7 +635,7 @@ static void *reaper_main(void *arg)
         /* Creates are answered before they are on disk; this bounds what a
          * power loss can take to about a second of them (store.h). */
         if (store_flush(s->st) < 0)
-            fprintf(stderr, "cell daemon: syncing cell.db's WAL: %s\n", strerror(errno));
+            slog(SLOG_ERROR, NULL, "syncing cell.db's WAL: %s", strerror(errno));
         int64_t now = srv_now_ms();
         for (size_t i = 0; i < n; i++) {
             reap_one(s, all[i], now);
@@ -659,7 +660,8 @@ static void recover_lanes(srv *s)
     for (size_t i = 0; i < n; i++) {
         cell_error e;
         if (cell_lane_delete(s->ctx, lanes[i].id, &e) < 0 && e.code != ENOENT) {
-            fprintf(stderr, "cell daemon: lane %s (%s) left unfinished: %s\n", lanes[i].name, lanes[i].id, e.message);
+            slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "lane %s (%s) left unfinished: %s", lanes[i].name, lanes[i].id,
+                 e.message);
             continue;
         }
         store_lane_delete(s->st, lanes[i].id, NULL);
@@ -686,8 +688,7 @@ int registry_load(srv *s, cell_error *err)
     }
     store_cell_list_free(cells, n);
     if (stopped && !s->opt.quiet)
-        printf("cell daemon: %zu cell(s) were running when the daemon last stopped; they are now stopped\n",
-               stopped);
+        slog(SLOG_INFO, NULL, "%zu cell(s) were running when the daemon last stopped; they are now stopped", stopped);
     int pe = pthread_create(&s->reaper, NULL, reaper_main, s);
     if (pe != 0) {
         errno = pe;

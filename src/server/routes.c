@@ -1,12 +1,16 @@
 /* routes.c: the daemon's two route tables: the control plane (/v1/...) and
  * the per-cell plane (/cells/{cell}/v1/...), compatible with sandbox-agent 0.4. */
 #include "server/handlers.h"
+#include "server/metrics.h"
 
 #define CELL_ROUTE(m, p, fn, flags) { m, "/cells/{cell}/v1" p, fn, NULL, ROUTE_CELL | (flags) }
 
 const route control_routes[] = {
     { "GET",    "/v1/health",               h_health,        NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
     { "GET",    "/openapi.json",            openapi_serve,   NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/healthz",                 h_healthz,       NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/readyz",                  h_readyz,        NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/metrics",                 h_metrics,       NULL, ROUTE_ADMIN | ROUTE_METRICS | ROUTE_NO_AUDIT },
     { "POST",   "/v1/cells",                h_cells_create,  NULL, 0 },
     { "GET",    "/v1/cells",                h_cells_list,    NULL, 0 },
     { "GET",    "/v1/cells/{id}",           h_cells_get,     NULL, 0 },

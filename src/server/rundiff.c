@@ -16,6 +16,7 @@
  * /repo (git apply refuses "..", .git components and paths beyond
  * symlinks; absolute symlinks in the directory resolve inside the cell). */
 #include "server/rundiff.h"
+#include "server/slog.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -602,7 +603,7 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
     free(t);
     /* No half patch is left to serve, resume from or apply. */
     if (rc < 0 && unlink(patch_path) < 0 && errno != ENOENT)
-        fprintf(stderr, "cell daemon: cannot remove %s: %s\n", patch_path, strerror(errno));
+        slog(SLOG_WARN, NULL, "cannot remove %s: %s", patch_path, strerror(errno));
     return rc;
 }
 

@@ -22,6 +22,7 @@
 #include "server/agentkeys.h"
 #include "server/agents.h"
 #include "server/runs.h"
+#include "server/slog.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -913,7 +914,7 @@ static void stop_and_save(drive *d)
     if (fd < 0) {
         free(o.buf);
         if (rc < 0)
-            fprintf(stderr, "cell daemon: run %s: killing the agent's processes: %s\n", d->r->id, e.message);
+            slog(SLOG_WARN, SLOG_F("run", d->r->id), "run %s: killing the agent's processes: %s", d->r->id, e.message);
         return;
     }
     if (rc < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0 || o.len == 0) {
@@ -1050,7 +1051,8 @@ static void keep_or_remove(drive *d)
         keep_lane(d);
     cell_error e = { 0 };
     if (registry_delete(d->sc, 1, &e) < 0 && e.code != ENOENT)
-        fprintf(stderr, "cell daemon: run %s: deleting cell %s: %s\n", d->r->id, d->sc->id, e.message);
+        slog(SLOG_WARN, SLOG_F("run", d->r->id, "cell", d->sc->id), "run %s: deleting cell %s: %s", d->r->id, d->sc->id,
+             e.message);
 }
 
 /* ---- the thread ------------------------------------------------------------------------------ */

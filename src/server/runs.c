@@ -16,6 +16,7 @@
  * finished run (also after a restart) are there for as long as the run. */
 #include "server/handlers.h"
 #include "server/runs.h"
+#include "server/slog.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -219,7 +220,7 @@ static void persist(run *r, json_t *result)
     pthread_mutex_unlock(&r->lock);
     cell_error e = { 0 };
     if (store_run_update(r->s->st, &row, &e) < 0)
-        fprintf(stderr, "cell daemon: run %s: could not record it: %s\n", r->id, e.message);
+        slog(SLOG_ERROR, SLOG_F("run", r->id), "run %s: could not record it: %s", r->id, e.message);
     free(row.result);
     free(row.timings);
 }
@@ -1138,9 +1139,9 @@ static void runs_remove(run *r)
     char dir[4096];
     cell_error e = { 0 };
     if (store_run_delete(r->s->st, r->id, &e) < 0 && e.code != ENOENT)
-        fprintf(stderr, "cell daemon: run %s: %s\n", r->id, e.message);
+        slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
     if (runs_dir(r, dir, sizeof dir) == 0 && util_rm_rf(dir, &e) < 0)
-        fprintf(stderr, "cell daemon: run %s: %s\n", r->id, e.message);
+        slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
 }
 
 int h_runs_create(sreq *r)
@@ -1251,6 +1252,18 @@ fail:
     json_decref(spec);
     run_free(x);
     return r->responded ? MHD_YES : ret;
+}
+
+void runs_count_by_status(uint64_t counts[RUN_TIMED_OUT + 1])
+{
+    pthread_mutex_lock(&runs_lock);
+    for (run *x = runs_list; x; x = x->next) {
+        pthread_mutex_lock(&x->lock);
+        if ((unsigned)x->status <= RUN_TIMED_OUT)
+            counts[x->status]++;
+        pthread_mutex_unlock(&x->lock);
+    }
+    pthread_mutex_unlock(&runs_lock);
 }
 
 int h_runs_list(sreq *r)
@@ -1718,7 +1731,7 @@ static void sweep_state(srv *s)
         if (x)
             runs_put(x);
         else if (valid_id(de->d_name) && util_rm_rf(path, NULL) < 0)
-            fprintf(stderr, "cell daemon: could not remove %s\n", path);
+            slog(SLOG_WARN, NULL, "could not remove %s", path);
     }
     if (d)
         closedir(d);
@@ -1762,7 +1775,7 @@ int runs_start(srv *s, cell_error *err)
     store_run_list_free(rows, n);
     sweep_state(s);
     if (marked)
-        fprintf(stderr, "cell daemon: %zu runs were going when the daemon stopped: marked failed\n", marked);
+        slog(SLOG_WARN, NULL, "%zu runs were going when the daemon stopped: marked failed", marked);
     return 0;
 }
 

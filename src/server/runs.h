@@ -105,6 +105,8 @@ const char *runs_ask_permission(run *r, const char *req_id, json_t *request, int
 /* STATE/runs/<id>: the run's directory for artifacts (exists once listed). */
 int  runs_dir(run *r, char *out, size_t size);
 const char *runs_status_name(enum run_status st);
+/* Add the listed runs to counts[] by status (GET /metrics). */
+void runs_count_by_status(uint64_t counts[RUN_TIMED_OUT + 1]);
 void runs_put(run *r);
 /* The tenant's run `id` (tenant NULL: any) with a reference (runs_put),
  * or NULL; for resume: the run's spec, runs_dir and, once it finished,

@@ -1,6 +1,7 @@
 /* secrets.c: /v1/secrets: a tenant's credentials for host-side injection.
  * Values go in and are never answered, echoed in errors, or audited. */
 #include "server/handlers.h"
+#include "server/slog.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -162,6 +163,6 @@ int secrets_start(srv *s, cell_error *err)
     if (store_secrets_key(s->st, path, &sealed, err) < 0)
         return -1;
     if (sealed && !s->opt.quiet)
-        fprintf(stderr, "cell serve: sealed %zu secrets stored in plain text by an older version\n", sealed);
+        slog(SLOG_WARN, NULL, "sealed %zu secrets stored in plain text by an older version", sealed);
     return 0;
 }

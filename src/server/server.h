@@ -82,6 +82,8 @@ typedef struct server_options {
     /* Host directories (NULL-terminated, --run-repo-root) under which any
      * token's run may name its repo.path; admins may name any. */
     const char *const *run_repo_roots;
+    int         log_format;     /* slog.h's SLOG_TEXT (0, the default) or SLOG_JSON: --log-format */
+    int         metrics_public; /* GET /metrics without a token (it names no tenant): --metrics-public */
 } server_options;
 
 #define SERVER_DEFAULT_WARM       2

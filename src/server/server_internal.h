@@ -29,6 +29,7 @@ enum route_flag {
     ROUTE_STREAM_BODY = 8,  /* body chunks go to `body`, not a JSON buffer */
     ROUTE_NO_AUDIT    = 16, /* high-rate, side-effect-free (health) */
     ROUTE_EVENTS      = 32, /* may answer with SSE or a WebSocket: ?access_token= allowed for those */
+    ROUTE_METRICS     = 64, /* with ROUTE_ADMIN: public under cell serve --metrics-public */
 };
 typedef int (*route_fn)(sreq *r);
 /* Called for each chunk of a streamed body; len 0 never happens.  Returns
@@ -172,6 +173,7 @@ void    pool_stop(srv *s);
 cell   *pool_take(srv *s, json_t *spec, int has_policy);
 int     pool_image_ready(const char *image);  /* a ready cell of it exists: it is built */
 json_t *pool_json(void);                      /* GET /v1/limits "pool" */
+int     pool_warmed(void);                    /* each image's pool filled once or failed a boot (/readyz) */
 
 /* Replies.  Each queues a response and returns an MHD_Result for the
  * access handler to return.  reply_json steals `body`. */

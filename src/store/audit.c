@@ -74,6 +74,7 @@ struct store_audit {
     uint64_t        seq;            /* of the last record written */
     audit_cell     *cells;
     int64_t         swept_ms;
+    uint64_t        limited, failed; /* records the limiter dropped, writes that failed (GET /metrics) */
 };
 
 static int64_t mono_ms(void)
@@ -371,6 +372,7 @@ static int limiter_admit(store_audit *a, json_t *line)
     char *key = limiter_key(line);
     if (!key) {
         c->dropped++;
+        a->limited++;
         return 0;
     }
     for (size_t i = 0; i < c->n_seen; i++) {
@@ -388,6 +390,7 @@ static int limiter_admit(store_audit *a, json_t *line)
     }
     free(key);
     c->dropped++;
+    a->limited++;
     return 0;
 }
 
@@ -428,9 +431,22 @@ int store_audit_append(store *s, json_t *record)
     pthread_mutex_lock(&a->lock);
     int rc = limiter_admit(a, line) ? write_line(a, line) : 0;
     int saved = errno;
+    if (rc < 0)
+        a->failed++;
     pthread_mutex_unlock(&a->lock);
     errno = saved;
     return rc;
+}
+
+void store_audit_drops(store *s, uint64_t *limited, uint64_t *failed)
+{
+    store_audit *a = s ? store_audit_of(s) : NULL;
+    if (!a)
+        return;
+    pthread_mutex_lock(&a->lock);
+    *limited = a->limited;
+    *failed = a->failed;
+    pthread_mutex_unlock(&a->lock);
 }
 
 /* ---- reading ---------------------------------------------------------------- */

@@ -241,6 +241,8 @@ int store_audit_append(store *s, json_t *record);
 #define STORE_AUDIT_DEFAULT_KEEP     4u
 #define STORE_AUDIT_MAX_KEEP         64u
 void store_audit_set_rotation(store *s, uint64_t max_size, unsigned keep);
+/* Records the per-cell limiter dropped and appends that failed, since start. */
+void store_audit_drops(store *s, uint64_t *limited, uint64_t *failed);
 /* A read returns at most this many records (and at most 8 MiB of them). */
 #define STORE_AUDIT_MAX_RECORDS      10000u
 typedef struct store_audit_query {
