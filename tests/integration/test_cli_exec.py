@@ -240,6 +240,43 @@ def test_api_input_eof_user_and_signal(d, cid):
         c.delete(base + "/" + x["id"])
 
 
+def test_a_paced_process_never_holds_the_daemon(d, cid):
+    """backpressure: with nobody following, the process waits (and can be
+    killed); a follower that reads a little and hangs up ends the pacing,
+    so the process runs to its end instead of hanging for ever."""
+    c = d.client()
+    base = "/cells/%s/v1/processes" % cid
+    conf = c.get(base + "/config").body
+    assert c.post(base + "/config", dict(conf, maxLogBytesPerProcess=65536)).status == 200
+    try:
+        body = {"command": "sh", "args": ["-c", "head -c 4000000 /dev/zero; echo done >&2"], "backpressure": True}
+        p = c.post(base, body).body
+        time.sleep(1)    # not a timing assertion: only lets the process run into its limit
+        assert c.get(base + "/" + p["id"]).body["status"] == "running"
+        k = c.post(base + "/%s/kill" % p["id"], query={"waitMs": "5000"}).body
+        assert k["status"] == "exited" and k["signal"] == 9
+        q = c.post(base, body).body
+        conn, r = c.stream("GET", base + "/%s/logs?follow=true" % q["id"])
+        assert r.status == 200 and r.read(1000)
+        conn.close()
+        dm.wait_for(lambda: c.get(base + "/" + q["id"]).body["status"] == "exited", timeout=60)
+        assert c.get(base + "/" + q["id"]).body["exitCode"] == 0
+        for x in (p, q):
+            assert c.delete(base + "/" + x["id"]).status == 204
+    finally:
+        assert c.post(base + "/config", conf).status == 200
+
+
+def test_another_tenants_cell_is_not_found(d, cid):
+    bob, _ = dm.make_tenant_token(d.client(), "bob-exec")
+    env = dict(cli_env(), CELL_TOKEN=bob)
+    for args in (["exec", cid, "true"], ["exec", "-it", cid, "sh"], ["cp", "%s:/etc" % cid, "-"],
+                 ["cp", "-", "%s:/tmp" % cid]):
+        r = subprocess.run([CELL_BIN, "--state", d.state] + args, input=b"", capture_output=True, env=env,
+                           timeout=60)
+        assert r.returncode == 1 and cid.encode() in r.stderr, (args, r.returncode, r.stderr)
+
+
 # ---- cp ---------------------------------------------------------------------------------------------
 
 
