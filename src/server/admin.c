@@ -134,12 +134,13 @@ static json_t *tenant_json(srv *s, const store_tenant *t)
     registry_usage(s, t->name, &cells, &memory);
     limits_usage(s, t->name, &mem_reserved, &pids);
     store_lane_count(s->st, t->name, &lanes, &disk, NULL);
-    return json_pack("{s:s, s:{s:i, s:I, s:i, s:I, s:I}, s:{s:i, s:I, s:i, s:I, s:I}}", "name", t->name,
+    uint64_t images = images_tenant_bytes(s, t->name); /* counted in "disk" with the lanes */
+    return json_pack("{s:s, s:{s:i, s:I, s:i, s:I, s:I}, s:{s:i, s:I, s:i, s:I, s:I, s:I}}", "name", t->name,
                      "quota", "maxCells", (int)t->max_cells, "maxMemory", (json_int_t)t->max_memory,
                      "maxLanes", (int)t->max_lanes, "maxDisk", (json_int_t)t->max_disk,
                      "maxPids", (json_int_t)t->max_pids,
                      "usage", "cells", (int)cells, "memory", (json_int_t)memory, "lanes", (int)lanes,
-                     "disk", (json_int_t)disk, "pids", (json_int_t)pids);
+                     "disk", (json_int_t)(disk + images), "images", (json_int_t)images, "pids", (json_int_t)pids);
 }
 
 int h_tenants_list(sreq *r)

@@ -32,13 +32,20 @@ int h_images_delete(sreq *r);
 int h_images_import(sreq *r);
 int h_images_import_body(sreq *r, const char *data, size_t len);
 int h_images_share(sreq *r);
-/* 1 if r's token may see and use image `name` (admins: all; tenants: the
- * builtins, unrestricted images and those shared with them). */
+/* 1 if image `name` exists and r's token may see and use it (admins: all;
+ * tenants: the builtins, the images they committed and those shared with
+ * them); 0 otherwise: answer it as an unknown image. */
 int images_visible(sreq *r, const char *name);
-/* A share list of one tenant for `name` unless one exists (1 made, 0 there,
- * -1 error), as for an image a tenant makes (a lane commit); and its removal. */
-int images_share_with(srv *s, const char *name, const char *tenant, cell_error *e);
-void images_share_drop(srv *s, const char *name);
+/* Disk quota of images (maxDisk, with lanes and runs): the bytes of the
+ * images made through the API for `tenant`; a check before an image is
+ * made for r's tenant (403 replied, -1, when nothing is left; *left gets
+ * what is) and one after (over the quota: the image removed, 403, -1). */
+uint64_t images_tenant_bytes(srv *s, const char *tenant);
+int images_quota_before(sreq *r, const char *name, uint64_t *left);
+int images_quota_after(sreq *r, const char *name);
+/* lanes.c: the lock the disk quota checks of lanes and images share. */
+void lanes_quota_hold(void);
+void lanes_quota_release(void);
 
 /* admin.c: health, audit, tokens, tenants */
 int h_health(sreq *r);

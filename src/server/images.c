@@ -3,18 +3,26 @@
  * /v1/images/{name}/import (admin; the body, an OCI layout or docker-archive
  * tar, streams through a pipe into cell_image_import on a worker thread, as
  * lane imports do); DELETE /v1/images/{name} (admin; 409 while used).
- * Images are host-wide and only admins add or remove them; which tenants
- * see one is the operator's choice: PUT /v1/images/{name}/tenants writes
- * STATE/images/.shares/NAME (a JSON array of tenant names, "*" for all).
- * An image imported through the API starts shared with no tenant; one
- * without that file (builtins, images made by the CLI or by a lane commit)
- * is visible to every tenant.  Quota accounting of images: not yet. */
+ * Images are host-wide; which tenants see one fails closed: builtins are
+ * seen by all, an image a tenant committed through the API (image.json's
+ * "tenant", source "commit") by that tenant, and any other only by the
+ * tenants the operator shares it with: PUT /v1/images/{name}/tenants
+ * writes STATE/images/.shares/NAME (a JSON array of tenant names, "*" for
+ * all), which the runtime removes with the image.  Admins see all.  To a
+ * tenant an image it does not see answers as an unknown one, on every
+ * route.  Images made through the API count against the disk quota of the
+ * tenant recorded in image.json (images_tenant_bytes). */
 #include "server/handlers.h"
+#include "server/runs.h"
+#include "runtime/image_meta.h"
+#include "runtime/runtime.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SHARES_MAX_JSON (256u << 10)
@@ -28,24 +36,159 @@ static int shares_path(srv *s, const char *name, char *out, size_t size)
     return snprintf(out, size, "%s/images/.shares/%s", s->state_dir, name) < (int)size ? 0 : -1;
 }
 
-int images_visible(sreq *r, const char *name)
+static int builtin_name(const char *name)
+{
+    for (const char *const *b = runtime_image_names; *b; b++)
+        if (strcmp(*b, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* images/NAME/image.json of a stored image into *m; -1 if there is none. */
+static int read_meta(srv *s, const char *name, struct image_meta *m)
+{
+    char dir[4096];
+    if (image_meta_check_name(name, NULL) < 0 ||
+        snprintf(dir, sizeof dir, "%s/images/%s", s->state_dir, name) >= (int)sizeof dir)
+        return -1;
+    return image_meta_read_dir(dir, m, NULL);
+}
+
+/* The operator's list names `tenant` (or "*").  No list, or one that
+ * cannot be read: shared with nobody. */
+static int shared_with(srv *s, const char *name, const char *tenant)
 {
     char path[4096];
-    if (!name || r->tok.admin || shares_path(r->s, name, path, sizeof path) < 0)
-        return 1;
+    if (shares_path(s, name, path, sizeof path) < 0)
+        return 0;
     json_error_t jerr;
     json_t *list = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!list)
-        return access(path, F_OK) < 0 && errno == ENOENT; /* no file: not restricted; unreadable: hidden */
+        return 0;
     int seen = 0;
     size_t i;
     json_t *t;
     json_array_foreach(list, i, t) {
         const char *v = json_string_value(t);
-        seen |= v && (strcmp(v, "*") == 0 || strcmp(v, r->tok.tenant) == 0);
+        seen |= v && (strcmp(v, "*") == 0 || strcmp(v, tenant) == 0);
     }
     json_decref(list);
     return seen;
+}
+
+/* 1 if the image exists and r's tenant may use it; 0 for an unknown
+ * image and for one it may not see alike (callers answer both the same). */
+int images_visible(sreq *r, const char *name)
+{
+    if (!name)
+        return 0;
+    if (builtin_name(name))
+        return 1;
+    struct image_meta m;
+    if (read_meta(r->s, name, &m) < 0)
+        return 0;
+    int owner = strcmp(m.source, "commit") == 0 && m.tenant[0] && strcmp(m.tenant, r->tok.tenant) == 0;
+    image_meta_free(&m);
+    return r->tok.admin || owner || shared_with(r->s, name, r->tok.tenant);
+}
+
+/* What a tenant's images hold: for each image made through the API for it,
+ * its rootfs (image.json's size) and every blob it names, in full even
+ * where another image shares it, so that the charge never depends on
+ * (and never reveals) what other tenants stored. */
+static uint64_t meta_bytes(srv *s, const struct image_meta *m)
+{
+    uint64_t total = m->size;
+    for (size_t j = 0; j < m->n_layers + m->n_blobs; j++) {
+        char path[4096];
+        struct stat st;
+        const char *d = j < m->n_layers ? m->layers[j] : m->blobs[j - m->n_layers];
+        if (snprintf(path, sizeof path, "%s/images/blobs/sha256/%s", s->state_dir, d + 7) < (int)sizeof path &&
+            stat(path, &st) == 0)
+            total += (uint64_t)st.st_size;
+    }
+    return total;
+}
+
+uint64_t images_tenant_bytes(srv *s, const char *tenant)
+{
+    cell_image_info *imgs = NULL;
+    size_t n = 0;
+    uint64_t total = 0;
+    pthread_mutex_lock(&s->ctx_lock);
+    int rc = cell_image_list(s->ctx, &imgs, &n, NULL);
+    pthread_mutex_unlock(&s->ctx_lock);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct image_meta m;
+        if (strcmp(imgs[i].source, "builtin") == 0 || read_meta(s, imgs[i].name, &m) < 0)
+            continue;
+        if (strcmp(m.tenant, tenant) == 0)
+            total += meta_bytes(s, &m);
+        image_meta_free(&m);
+    }
+    free(imgs);
+    return total;
+}
+
+/* The tenant's quota and what its lanes (their sizes), runs and images hold. */
+static int disk_of(srv *s, const char *tenant, store_tenant *t, uint64_t *used, cell_error *e)
+{
+    size_t n = 0;
+    uint64_t lanes = 0;
+    if (store_tenant_ensure(s->st, tenant, e) < 0 || store_tenant_get(s->st, tenant, t, e) < 0 ||
+        store_lane_count(s->st, tenant, &n, &lanes, e) < 0)
+        return -1;
+    *used = lanes + runs_tenant_bytes(s, tenant) + images_tenant_bytes(s, tenant);
+    return 0;
+}
+
+int images_quota_before(sreq *r, const char *name, uint64_t *left)
+{
+    store_tenant t;
+    uint64_t used = 0;
+    cell_error e = { 0 };
+    if (disk_of(r->s, r->tok.tenant, &t, &used, &e) < 0)
+        return reply_error(r, &e), -1;
+    if (used >= t.max_disk)
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its lanes, runs "
+                             "and images hold %llu: no room for image %s (remove some, or raise maxDisk)", t.name,
+                             (unsigned long long)t.max_disk, (unsigned long long)used, name), -1;
+    *left = t.max_disk - used;
+    return 0;
+}
+
+/* Its size is known once it is made: counted then, under the lock the
+ * lanes' check takes, so two images (or an image and a lane) made at once
+ * cannot both fit in the same room. */
+int images_quota_after(sreq *r, const char *name)
+{
+    store_tenant t;
+    uint64_t used = 0, mine = 0;
+    cell_error e = { 0 };
+    struct image_meta m;
+    lanes_quota_hold();
+    int rc = disk_of(r->s, r->tok.tenant, &t, &used, &e);
+    if (rc == 0 && read_meta(r->s, name, &m) == 0) {
+        mine = meta_bytes(r->s, &m);
+        image_meta_free(&m);
+    }
+    if (rc == 0 && used > t.max_disk) {
+        cell_error re = { 0 };
+        pthread_mutex_lock(&r->s->ctx_lock);
+        if (cell_image_remove(r->s->ctx, name, &re) < 0)
+            fprintf(stderr, "cell daemon: image %s over tenant %s's disk quota could not be removed: %s\n", name,
+                    t.name, re.message);
+        pthread_mutex_unlock(&r->s->ctx_lock);
+    }
+    lanes_quota_release();
+    if (rc < 0)
+        return reply_error(r, &e), -1;
+    if (used > t.max_disk)
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes; its lanes, runs and "
+                             "other images hold %llu and image %s needs %llu: it was not kept", t.name,
+                             (unsigned long long)t.max_disk, (unsigned long long)(used - mine), name,
+                             (unsigned long long)mine), -1;
+    return 0;
 }
 
 /* tenants as STATE/images/.shares/NAME: a temp file, then rename (replace)
@@ -73,45 +216,44 @@ static int put_shares(srv *s, const char *name, json_t *tenants, int replace, ce
     return rc;
 }
 
+/* The list written holding the image directory's flock shared, and only
+ * while images/NAME is still the directory locked: the runtime's removal
+ * holds it exclusively while it renames the image away and removes the
+ * list, so a list is never written for an image being removed (a later
+ * image of the name would inherit it).  ENOENT when the image is gone. */
 static int write_shares(srv *s, const char *name, json_t *tenants, cell_error *e)
 {
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%s/images/%s", s->state_dir, name) >= (int)sizeof dir)
+        return util_fail(e, ENAMETOOLONG, "image name too long");
+    _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || flock(fd, LOCK_SH) < 0)
+        return util_fail(e, ENOENT, "unknown image '%s'", name);
+    struct stat held, now;
+    if (fstat(fd, &held) < 0 || stat(dir, &now) < 0 || held.st_ino != now.st_ino || held.st_dev != now.st_dev ||
+        faccessat(fd, "image.json", F_OK, 0) < 0)
+        return util_fail(e, ENOENT, "unknown image '%s'", name);
     return put_shares(s, name, tenants, 1, e) < 0 ? -1 : 0;
 }
 
-/* An empty list for `name` unless one exists: 1 made, 0 there, -1 error. */
-static int new_shares(srv *s, const char *name, cell_error *e)
+/* "lanes": the lanes on the image a tenant may know of: its own by name;
+ * to an admin every tenant's, as TENANT/NAME. */
+static json_t *info_json(const cell_image_info *m, const store_lane *lanes, size_t n, int admin)
 {
-    json_t *none = json_array();
-    int rc = none ? put_shares(s, name, none, 0, e) : util_fail(e, ENOMEM, "out of memory");
-    json_decref(none);
-    return rc;
-}
-
-static void drop_shares(srv *s, const char *name)
-{
-    char path[4096];
-    if (shares_path(s, name, path, sizeof path) == 0)
-        unlink(path);
-}
-
-int images_share_with(srv *s, const char *name, const char *tenant, cell_error *e)
-{
-    json_t *one = json_pack("[s]", tenant);
-    int rc = one ? put_shares(s, name, one, 0, e) : util_fail(e, ENOMEM, "out of memory");
-    json_decref(one);
-    return rc;
-}
-
-void images_share_drop(srv *s, const char *name)
-{
-    drop_shares(s, name);
-}
-
-static json_t *info_json(const cell_image_info *m)
-{
-    return json_pack("{s:s, s:s*, s:I, s:I, s:s, s:b}", "name", m->name, "digest", m->digest[0] ? m->digest : NULL,
-                     "size", (json_int_t)m->size, "created", (json_int_t)m->created, "source", m->source,
-                     "ready", m->ready);
+    json_t *names = json_array();
+    for (size_t i = 0; names && i < n; i++) {
+        char one[160];
+        if (strcmp(lanes[i].image, m->name) != 0 || strcmp(lanes[i].state, "ready") != 0)
+            continue;
+        if (admin)
+            snprintf(one, sizeof one, "%s/%s", lanes[i].tenant, lanes[i].name);
+        else
+            snprintf(one, sizeof one, "%s", lanes[i].name);
+        json_array_append_new(names, json_string(one));
+    }
+    return json_pack("{s:s, s:s*, s:I, s:I, s:s, s:b, s:o*}", "name", m->name, "digest",
+                     m->digest[0] ? m->digest : NULL, "size", (json_int_t)m->size, "created", (json_int_t)m->created,
+                     "source", m->source, "ready", m->ready, "lanes", names);
 }
 
 /* The list under the shared context's lock, as r's tenant sees it; NULL
@@ -124,12 +266,17 @@ static json_t *images_json(sreq *r, const char *only, cell_error *e)
     pthread_mutex_lock(&s->ctx_lock);
     int rc = cell_image_list(s->ctx, &imgs, &n, e);
     pthread_mutex_unlock(&s->ctx_lock);
-    if (rc < 0)
+    store_lane *lanes = NULL;
+    size_t nl = 0;
+    if (rc < 0 || store_lane_list(s->st, r->tok.admin ? NULL : r->tok.tenant, &lanes, &nl, e) < 0) {
+        free(imgs);
         return NULL;
+    }
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
         if ((!only || strcmp(only, imgs[i].name) == 0) && images_visible(r, imgs[i].name))
-            json_array_append_new(arr, info_json(&imgs[i]));
+            json_array_append_new(arr, info_json(&imgs[i], lanes, nl, r->tok.admin));
+    free(lanes);
     free(imgs);
     return arr;
 }
@@ -157,17 +304,36 @@ int h_images_show(sreq *r)
     return reply_json(r, 200, one);
 }
 
+/* 1 if r's tenant committed the image through the API (it may delete it). */
+static int owned(sreq *r, const char *name)
+{
+    struct image_meta m;
+    if (read_meta(r->s, name, &m) < 0)
+        return 0;
+    int mine = strcmp(m.source, "commit") == 0 && strcmp(m.tenant, r->tok.tenant) == 0;
+    image_meta_free(&m);
+    return mine;
+}
+
+/* DELETE /v1/images/{name}: an admin any image, a tenant the ones it
+ * committed; the runtime removes the share list and collects the blobs. */
 int h_images_delete(sreq *r)
 {
     const char *name = router_param(&r->m, "name");
     req_audit(r, "image", json_string(name));
+    if (!r->tok.admin && !images_visible(r, name))
+        return reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+    if (!r->tok.admin && !owned(r, name))
+        return reply_problem(r, 403, "forbidden", "image %s: a tenant removes only the images it committed; "
+                             "an admin removes the others", name);
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);
     int rc = cell_image_remove(r->s->ctx, name, &e);
     pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0 && e.code == ENOENT)
+        return reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
     if (rc < 0)
         return reply_error(r, &e);
-    drop_shares(r->s, name);
     return reply_json(r, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
 }
 
@@ -206,7 +372,8 @@ int h_images_share(sreq *r)
     else if (source && strcmp(source, "builtin") == 0)
         rc = reply_problem(r, 400, "invalid_request", "image %s is builtin: every tenant sees it", name);
     else if (write_shares(r->s, name, tenants, &e) < 0)
-        rc = reply_error(r, &e);
+        rc = e.code == ENOENT ? reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name)
+                              : reply_error(r, &e);
     else
         rc = reply_json(r, 200, json_pack("{s:s, s:O}", "name", name, "tenants", tenants));
     json_decref(arr);
@@ -222,7 +389,8 @@ typedef struct image_import {
     int        rfd, wfd;      /* the pipe: the body goes in at wfd, the worker reads rfd */
     pthread_t  worker;
     int        worker_on, rc;
-    int        made_shares;   /* this import wrote its .shares file */
+    char       tenant[64];    /* charged with the image (the admin token's) */
+    uint64_t   max_size;      /* what the tenant's disk quota leaves (at most the default) */
     cell_error err;
 } image_import;
 
@@ -232,7 +400,7 @@ static void *import_main(void *arg)
     cell_ctx *ctx = NULL;
     im->rc = -1;
     if (cell_ctx_open(&ctx, im->state_dir, &im->err) == 0) {
-        im->rc = cell_image_import(ctx, im->name, im->rfd, NULL, NULL, &im->err);
+        im->rc = runtime_image_import_owned(ctx, im->name, im->rfd, im->max_size, im->tenant, NULL, NULL, &im->err);
         cell_ctx_close(ctx);
     }
     /* Closing the read end makes a body still arriving fail with EPIPE,
@@ -298,6 +466,9 @@ static image_import *import_begin(sreq *r)
                              "application/x-tar)"), NULL;
     if (name_refused(r, name))
         return NULL;
+    uint64_t left = 0;
+    if (images_quota_before(r, name, &left) < 0)
+        return NULL;
     image_import *im = calloc(1, sizeof *im);
     if (!im)
         return reply_problem(r, 500, "internal", "out of memory"), NULL;
@@ -306,13 +477,10 @@ static image_import *import_begin(sreq *r)
     r->stream_free = import_free;
     snprintf(im->state_dir, sizeof im->state_dir, "%s", r->s->state_dir);
     snprintf(im->name, sizeof im->name, "%s", name);
-    /* Shared with no tenant until the operator says otherwise, from before
-     * the image exists: no tenant ever sees it unshared.  A file already
-     * there (another import of the name, or the operator's word on an
-     * earlier image of it) is left as it is. */
-    cell_error se = { 0 };
-    if ((im->made_shares = new_shares(r->s, name, &se)) < 0)
-        return reply_error(r, &se), NULL;
+    snprintf(im->tenant, sizeof im->tenant, "%s", r->tok.tenant);
+    /* The archive and the rootfs stop at what the quota leaves: an upload
+     * past it is refused while it streams. */
+    im->max_size = left < CELL_IMAGE_DEFAULT_MAX_SIZE ? left : CELL_IMAGE_DEFAULT_MAX_SIZE;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
         return reply_problem(r, 500, "internal", "cannot make a pipe: %s", strerror(errno)), NULL;
@@ -350,12 +518,10 @@ int h_images_import(sreq *r)
         return reply_problem(r, 400, "invalid_request", "the body is empty: send the image tar");
     }
     import_stop(im);
-    /* Dropped only while no image has the name: a concurrent import of it
-     * may have won, and its image keeps the list. */
-    char meta[4200];
-    snprintf(meta, sizeof meta, "%s/images/%s/image.json", r->s->state_dir, im->name);
-    if (im->rc < 0 && im->made_shares && access(meta, F_OK) < 0)
-        drop_shares(r->s, im->name);
+    if (im->rc < 0 && im->err.code == EFBIG && im->max_size < CELL_IMAGE_DEFAULT_MAX_SIZE)
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: image %s is larger than the %llu bytes its quota "
+                             "\"disk\" leaves (lanes, runs and images count): remove some, or raise maxDisk",
+                             im->tenant, im->name, (unsigned long long)im->max_size);
     if (im->rc < 0) {
         cell_error e = im->err;
         /* What the archive got wrong is the client's error. */
@@ -363,6 +529,8 @@ int h_images_import(sreq *r)
             e.code = EINVAL;
         return reply_error(r, &e);
     }
+    if (images_quota_after(r, im->name) < 0)
+        return MHD_YES;
     cell_error e = { 0 };
     json_t *arr = images_json(r, im->name, &e);
     json_t *one = arr ? json_incref(json_array_get(arr, 0)) : NULL;

@@ -4,12 +4,23 @@
 #include "server/handlers.h"
 #include "server/stream.h"
 #include "server/slog.h"
+#include "runtime/image_meta.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
 static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void lanes_quota_hold(void)
+{
+    pthread_mutex_lock(&quota_lock);
+}
+
+void lanes_quota_release(void)
+{
+    pthread_mutex_unlock(&quota_lock);
+}
 
 /* A lane made through the API without a size gets this much, or what is
  * left of its tenant's disk quota if that is less: every API lane is sized,
@@ -86,6 +97,8 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
     size_t count = 0;
     uint64_t total = 0;
     int rc = store_lane_count(r->s->st, r->tok.tenant, &count, &total, &e);
+    uint64_t images = rc == 0 ? images_tenant_bytes(r->s, r->tok.tenant) : 0;
+    total += images;    /* the tenant's images share its disk quota */
     if (rc == 0 && count + 1 > t.max_lanes) {
         pthread_mutex_unlock(&quota_lock);
         return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"lanes\" is %u and %zu exist",
@@ -99,9 +112,10 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
     }
     if (rc == 0 && (size > left || size < CELL_LANE_MIN_SIZE)) {
         pthread_mutex_unlock(&quota_lock);
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes, lanes hold %llu and "
-                             "this lane needs %llu (at least 16M)", t.name, (unsigned long long)t.max_disk,
-                             (unsigned long long)total, (unsigned long long)(size ? size : CELL_LANE_MIN_SIZE)), -1;
+        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes, lanes and images "
+                             "hold %llu (images %llu) and this lane needs %llu (at least 16M)", t.name,
+                             (unsigned long long)t.max_disk, (unsigned long long)total, (unsigned long long)images,
+                             (unsigned long long)(size ? size : CELL_LANE_MIN_SIZE)), -1;
     }
     memset(l, 0, sizeof *l);
     char hex[17];
@@ -312,28 +326,25 @@ int h_lanes_commit(sreq *r)
     char user[24];
     if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
         return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
-    /* The image holds the tenant's files: shared with that tenant alone,
-     * the list made before the image exists (as for an import), so no other
-     * tenant ever sees it. */
-    cell_error e = { 0 };
-    int made = images_share_with(r->s, name, r->tok.tenant, &e);
-    if (made < 0)
-        return reply_error(r, &e);
+    /* The image holds the tenant's files: its image.json names the tenant,
+     * which alone sees it (images.c) unless the operator shares it, from
+     * the moment it exists; it counts against the tenant's disk quota. */
+    uint64_t left = 0;
+    if (images_quota_before(r, name, &left) < 0)
+        return MHD_YES;
     /* A context of its own: a commit copies a tree and must not hold the
      * shared context's lock meanwhile. */
+    cell_error e = { 0 };
     cell_ctx *ctx = NULL;
     int rc = cell_ctx_open(&ctx, r->s->state_dir, &e);
     if (rc == 0) {
-        rc = cell_image_commit(ctx, l.id, name, &e);
+        rc = runtime_image_commit_owned(ctx, l.id, name, r->tok.tenant, &e);
         cell_ctx_close(ctx);
     }
-    if (rc < 0) {
-        char dir[4200];
-        snprintf(dir, sizeof dir, "%s/images/%s", r->s->state_dir, name);
-        if (made == 1 && access(dir, F_OK) < 0)
-            images_share_drop(r->s, name); /* only ours, and only while no image has the name */
+    if (rc < 0)
         return lane_reply_error(r, &l, &e);
-    }
+    if (images_quota_after(r, name) < 0)
+        return MHD_YES;
     return reply_json(r, 201, committed_json(r->s, name, &l));
 }
 

@@ -390,6 +390,11 @@ static uint64_t tenant_run_bytes(srv *s, const char *tenant)
     return total;
 }
 
+uint64_t runs_tenant_bytes(srv *s, const char *tenant)
+{
+    return tenant_run_bytes(s, tenant);
+}
+
 /* The tenant's disk quota (maxDisk), which its run files count against too. */
 static uint64_t tenant_disk(srv *s, const char *tenant)
 {

@@ -126,6 +126,9 @@ void runs_shutdown(srv *s);
 void runs_free_all(void);
 /* The id of the run whose cell is `cell_id` (a new JSON string) or NULL. */
 json_t *runs_cell_run(srv *s, const char *cell_id);
+/* What a tenant's runs and waiting uploads hold on disk (its maxDisk
+ * counts them with its lanes and images). */
+uint64_t runs_tenant_bytes(srv *s, const char *tenant);
 
 /* ---- rundrive.c ------------------------------------------------------------------------- */
 /* The driver thread's body: owns one reference to r, calls runs_finish
