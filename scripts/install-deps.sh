@@ -25,6 +25,9 @@ packages=(
   python3-jsonschema
   # test_daemon_metrics.py parses GET /metrics with the Prometheus client's parser
   python3-prometheus-client
+  # test_install.py: systemd-analyze verify of cell.service, groff to read
+  # the generated man pages, zsh to drive the generated completion
+  systemd groff-base zsh
   # test_image_import.py builds its images from a static busybox
   busybox-static
   # scripts/test.sh runs the integration tests in two processes (pytest -n 2)

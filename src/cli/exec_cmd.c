@@ -173,7 +173,9 @@ static int start_follow(struct xsess *s)
 /* ---- the terminal ------------------------------------------------------------------------ */
 static void raw_on(struct xsess *s)
 {
-    if (!s->local_tty || !s->interactive || tcgetattr(0, &s->saved) < 0)
+    /* Only for a terminal on both ends: without -t, our terminal's own line
+     * editing and ^D make the lines and the end CMD reads. */
+    if (!s->local_tty || !s->interactive || !s->tty || tcgetattr(0, &s->saved) < 0)
         return;
     struct termios t = s->saved;
     cfmakeraw(&t);

@@ -232,6 +232,25 @@ static int set_log_format(daemon_config *c, const daemon_option *o, const char *
     return 0;
 }
 
+/* A new tenant's quota: a count (cells, lanes, pids: min..max) or a size
+ * (memory, disk), and its bit in tenant_quota.set (the fields are in the
+ * order of the bits). */
+static int set_tenant_quota(daemon_config *c, const daemon_option *o, const char *label, const char *value)
+{
+    uint64_t *field = FIELD(c, o, uint64_t);
+    unsigned bit = (unsigned)(field - &c->opt.tenant_quota.cells);
+    unsigned long long n;
+    if (o->max) {
+        if (parse_whole(value, &n) < 0 || n < o->min || n > o->max)
+            return cli_fail(CLI_EXIT_USAGE, "%s must be a whole number from %llu to %llu", label, o->min, o->max);
+        *field = n;
+    } else if (daemon_set_size(c, o, label, value)) {
+        return CLI_EXIT_USAGE;
+    }
+    c->opt.tenant_quota.set |= 1u << bit;
+    return 0;
+}
+
 /* ---- the table ----------------------------------------------------------------- */
 #define OPT(f) offsetof(daemon_config, f)
 
@@ -266,6 +285,11 @@ const daemon_option daemon_options[] = {
     { "secrets-key-file", required_argument, 0, daemon_set_nonempty, OPT(opt.secrets_key_file), 0, 0 },
     { "upstream-ca", required_argument, 0, set_upstream_ca, OPT(opt.upstream_ca_file), 0, 0 },
     { "agent-registry", required_argument, 0, daemon_set_nonempty, OPT(opt.agent_registry), 0, 0 },
+    { "tenant-max-cells", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.cells), 0, 1000000 },
+    { "tenant-max-memory", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.memory), 0, 0 },
+    { "tenant-max-lanes", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.lanes), 0, 1000000 },
+    { "tenant-max-disk", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.disk), 0, 0 },
+    { "tenant-max-pids", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.pids), 0, UINT32_MAX },
     { NULL, 0, 0, NULL, 0, 0, 0 },
 };
 

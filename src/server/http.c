@@ -894,8 +894,8 @@ int server_run(const server_options *opt, cell_error *err)
         goto stop_http;
     metrics_set_serving(&s, 1);
     /* Ready: the store is open and both listeners answer (cell.service). */
-    sdnotify_send("READY=1\nSTATUS=serving%s%s%s%s", s.unix_d ? " on unix:" : "", s.unix_d ? sock_path : "",
-                  s.tcp ? " on http://" : "", s.tcp ? bound : "");
+    sdnotify_send("READY=1\nSTATUS=serving on %s%s%s%s%s", s.unix_d ? "unix:" : "", s.unix_d ? sock_path : "",
+                  s.unix_d && s.tcp ? " and " : "", s.tcp ? "http://" : "", s.tcp ? bound : "");
     int sig = owner_loop(&s, &sigs);
     sdnotify_send("STOPPING=1\nSTATUS=stopping on signal %d: halting cells", sig);
     /* Jobs queued before this point run here; later ones run on their own

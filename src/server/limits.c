@@ -160,12 +160,16 @@ int limits_start(srv *s, cell_error *err)
     if (derive(s, l, err) < 0)
         return -1;
     /* New tenants' quotas fit in the budget (existing rows keep theirs; the
-     * daemon-wide reservation bounds the sum either way). */
-    store_tenant d = { .max_cells = STORE_DEFAULT_MAX_CELLS,
-                       .max_memory = min_u64(STORE_DEFAULT_MAX_MEMORY, limits_budget_memory(s)),
-                       .max_lanes = STORE_DEFAULT_MAX_LANES,
-                       .max_disk = STORE_DEFAULT_MAX_DISK,
-                       .max_pids = (uint32_t)min_u64(limits_budget_pids(s), UINT32_MAX) };
+     * daemon-wide reservation bounds the sum either way), unless the
+     * operator named them (--tenant-max-*, checked in range there). */
+    const server_tenant_quota *q = &s->opt.tenant_quota;
+#define QUOTA(bit, field, dflt) ((q->set & (1u << (bit))) ? q->field : (dflt))
+    store_tenant d = { .max_cells = (uint32_t)QUOTA(0, cells, STORE_DEFAULT_MAX_CELLS),
+                       .max_memory = QUOTA(1, memory, min_u64(STORE_DEFAULT_MAX_MEMORY, limits_budget_memory(s))),
+                       .max_lanes = (uint32_t)QUOTA(2, lanes, STORE_DEFAULT_MAX_LANES),
+                       .max_disk = QUOTA(3, disk, STORE_DEFAULT_MAX_DISK),
+                       .max_pids = (uint32_t)QUOTA(4, pids, min_u64(limits_budget_pids(s), UINT32_MAX)) };
+#undef QUOTA
     store_tenant_defaults(s->st, &d);
     return 0;
 }

@@ -4,6 +4,7 @@
  * socket's credentials, so the daemon sends from its own process (cell
  * serve execs cell-daemon: same pid as the unit's main process). */
 #include "server/sdnotify.h"
+#include "server/slog.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -26,14 +27,18 @@ int sdnotify_init(void)
     notify_len = 0;
     if (!env)
         return 0;
+    if (!*env) {                    /* empty is unset, as for sd_notify(3) */
+        unsetenv("NOTIFY_SOCKET");
+        return 0;
+    }
     size_t len = strlen(env);
     memset(&notify_addr, 0, sizeof notify_addr);
     notify_addr.sun_family = AF_UNIX;
     /* A path needs its NUL in sun_path; an abstract name's '@' becomes one. */
     size_t room = env[0] == '@' ? sizeof notify_addr.sun_path : sizeof notify_addr.sun_path - 1;
     if ((env[0] != '/' && env[0] != '@') || len < 2 || len > room) {
-        fprintf(stderr, "cell daemon: NOTIFY_SOCKET=%s ignored: expected an absolute socket path or @name "
-                "of at most %zu bytes\n", env, room);
+        slog(SLOG_WARN, NULL, "NOTIFY_SOCKET=%s ignored: expected an absolute socket path or @name of at most "
+             "%zu bytes", env, room);
     } else if (env[0] == '@') {
         /* Abstract: a leading NUL, and the length says where it ends. */
         memcpy(notify_addr.sun_path + 1, env + 1, len - 1);
@@ -44,7 +49,7 @@ int sdnotify_init(void)
     }
     /* Cells, helpers and installs must not talk to the manager as us. */
     if (unsetenv("NOTIFY_SOCKET") < 0)
-        fprintf(stderr, "cell daemon: unsetenv(NOTIFY_SOCKET): %s\n", strerror(errno));
+        slog(SLOG_WARN, NULL, "unsetenv(NOTIFY_SOCKET): %s", strerror(errno));
     return notify_len != 0;
 }
 
@@ -64,8 +69,7 @@ int sdnotify_send(const char *fmt, ...)
     if (fd < 0 || sendto(fd, msg, len, MSG_NOSIGNAL, (struct sockaddr *)&notify_addr, notify_len) < 0) {
         if (!notify_warned) {
             notify_warned = 1;
-            fprintf(stderr, "cell daemon: cannot notify the service manager on NOTIFY_SOCKET: %s\n",
-                    strerror(errno));
+            slog(SLOG_WARN, NULL, "cannot notify the service manager on NOTIFY_SOCKET: %s", strerror(errno));
         }
         return -1;
     }

@@ -47,6 +47,12 @@ typedef struct server_limits {
 int server_limit_set(server_limits *l, const char *assignment, cell_error *err);
 extern const char server_limit_keys[];
 
+/* New tenants' quotas, as cell serve --tenant-max-cells ... set them. */
+typedef struct server_tenant_quota {
+    uint64_t cells, memory, lanes, disk, pids;
+    unsigned set;               /* 1 << the index of each one given, in this order */
+} server_tenant_quota;
+
 typedef struct server_options {
     const char *state_dir;      /* NULL = cell_default_state_dir() */
     const char *listen;         /* "HOST:PORT"; NULL = default, "" = no TCP */
@@ -82,6 +88,9 @@ typedef struct server_options {
     /* Host directories (NULL-terminated, --run-repo-root) under which any
      * token's run may name its repo.path; admins may name any. */
     const char *const *run_repo_roots;
+    /* New tenants' quotas: each one given, else the default (docs/api.md
+     * "Quotas"); a tenant's row keeps the quotas it got when it was made. */
+    server_tenant_quota tenant_quota;
     int         log_format;     /* slog.h's SLOG_TEXT (0, the default) or SLOG_JSON: --log-format */
     int         metrics_public; /* GET /metrics without a token (it names no tenant): --metrics-public */
 } server_options;

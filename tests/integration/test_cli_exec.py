@@ -127,14 +127,18 @@ def test_without_i_stdin_is_empty(d, cid):
 # ---- exec: a terminal ----------------------------------------------------------------------------
 
 
-def run_on_pty(argv, send, timeout=60):
-    """argv with stdin, stdout and stderr a new pty; `send` typed into it.
-    Returns (exit code, everything the terminal showed)."""
+def run_on_pty(argv, send, timeout=60, prompt=True):
+    """argv with stdin, stdout and stderr a new pty; `send` typed into it
+    (after a shell prompt shows, with prompt).  Returns (exit code,
+    everything the terminal showed)."""
     master, slave = pty.openpty()
     p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=cli_env(), close_fds=True)
     os.close(slave)
     out = b""
     sent = False
+    if not prompt:
+        os.write(master, send)
+        sent = True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r, _, _ = select.select([master], [], [], 0.5)
@@ -146,7 +150,7 @@ def run_on_pty(argv, send, timeout=60):
             if not chunk:
                 break
             out += chunk
-            if not sent and b"$ " in out or b"# " in out and not sent:
+            if not sent and (b"$ " in out or b"# " in out):
                 os.write(master, send)
                 sent = True
         elif p.poll() is not None:
@@ -161,6 +165,15 @@ def test_tty_with_a_pty(d, cid):
                            b"tty; echo sum-$((40+2)); exit 3\n")
     assert code == 3, out
     assert b"sum-42" in out and b"/dev/pts/" in out, out
+
+
+def test_i_from_a_terminal_without_t(d, cid):
+    """-i alone on a terminal: our terminal stays cooked, its ^D ends CMD's input."""
+    code, out = run_on_pty([CELL_BIN, "--state", d.state, "exec", "-i", cid, "--", "sh", "-c",
+                            "cat; echo after-eof; test -t 0 || echo stdin-not-a-tty"], b"typed-line\n\x04",
+                           prompt=False)
+    assert code == 0, out
+    assert out.count(b"typed-line") == 2 and b"after-eof" in out and b"stdin-not-a-tty" in out, out
 
 
 def test_tty_keeps_one_stream(d, cid):

@@ -64,7 +64,9 @@ def test_the_file_sets_options_and_flags_win(tmp_path):
         "warm = 0\n"
         "limit = cell.pids=300\n"
         "limit = procs.kept=5\n"
-        "run-repo-root = %s\n" % (file_port, allow_dir)))
+        "run-repo-root = %s\n"
+        "tenant-max-cells = 3\n"
+        "tenant-max-memory = 2G\n" % (file_port, allow_dir)))
     with dm.served(tmp_path / "st", ["--config", conf, "--limit", "cell.pids=200"]) as d:
         admin = d.client()
         assert admin.get("/v1/health").status == 200
@@ -75,6 +77,9 @@ def test_the_file_sets_options_and_flags_win(tmp_path):
         dm.assert_problem(r, 413)
         # --limit cell.pids=200 on the command line over the file's 300.
         dm.assert_problem(admin.post("/v1/cells", {"resources": {"pids": 250}}), 400, detail_has="cell.pids")
+        # New tenants get the file's quotas.
+        quota = admin.put("/v1/tenants/%s" % dm.uniq("q"), {}).body["quota"]
+        assert quota["maxCells"] == 3 and quota["maxMemory"] == 2 << 30 and quota["maxLanes"] == 64, quota
 
 
 def test_the_example_config_names_real_keys_with_their_defaults(tmp_path):
@@ -118,6 +123,7 @@ def test_the_example_config_names_real_keys_with_their_defaults(tmp_path):
     ("warm = ../x=1\n", 1, "warm"),
     ("limit = cell.pids=-1\n", 1, "limit"),
     ("run-repo-root = relative\n", 1, "absolute path"),
+    ("tenant-max-cells = 1000001\n", 1, "tenant-max-cells must be a whole number from 0 to 1000000"),
     ("agent-registry = https://%s/\n" % ("x" * 5000), 1, "longer than"),
 ])
 def test_bad_lines_name_the_file_line_and_key(tmp_path, text, line, needle):

@@ -62,6 +62,11 @@ static void both_spellings(void **state)
     assert_true(c.opt.limits.cell_pids == 100);
     assert_int_equal(PARSE(&c, "--listen", "[::1]:7070", "--audit-max-size", "0"), 0);
     assert_int_equal(c.opt.audit_max_size_set, 1);
+    /* A quota of 0 is a quota (no cells until an admin gives some). */
+    assert_int_equal(PARSE(&c, "--tenant-max-cells=0", "--tenant-max-disk", "1G", "--tenant-max-pids", "4294967295"), 0);
+    assert_int_equal(c.opt.tenant_quota.set, 1u << 0 | 1u << 3 | 1u << 4);
+    assert_true(c.opt.tenant_quota.cells == 0 && c.opt.tenant_quota.disk == 1ull << 30);
+    assert_true(c.opt.tenant_quota.pids == 4294967295u);
 }
 
 static void refuses_bad_input(void **state)
@@ -83,6 +88,8 @@ static void refuses_bad_input(void **state)
         { "--no-token-on-tcp" }, { "--listen" }, { "stray" }, { "--init", "stray" }, { "-x" },
         { "--config", "/nonexistent/cell.conf" }, { "--config=/etc/hostname", "--no-config" },
         { "--config", "/dev/null" }, { "--config", "/tmp" }, { "--init=1" },
+        { "--tenant-max-cells", "1000001" }, { "--tenant-max-pids", "4294967296" },
+        { "--tenant-max-memory", "lots" }, { "--tenant-max-disk", "-1" }, { "--tenant-max-lanes", "x" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         daemon_config c = { 0 };
