@@ -36,7 +36,7 @@ LIBS    := $(shell pkg-config --libs libseccomp libarchive jansson nettle libnft
 # The daemon (src/server, src/store) adds these.
 # libcurl is not linked: src/server/egress.c loads it on the first decide
 # webhook question; nettle hashes tokens (src/store/store.c).
-SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto nettle 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lnettle) -lpthread
+SRV_LIBS := $(shell pkg-config --libs libmicrohttpd sqlite3 libcrypto nettle gnutls 2>/dev/null || echo -lmicrohttpd -lsqlite3 -lcrypto -lnettle -lgnutls) -lpthread
 
 # cell-init runs inside images that may lack our shared libraries, so it is
 # linked statically and never sanitized (ASan cannot be static).

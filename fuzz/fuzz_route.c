@@ -373,6 +373,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t plen = (size_t)(nl2 - nl1 - 1);
     memcpy(path, nl1 + 1, plen);
     path[plen] = '\0';                  /* an embedded NUL ends the path, as in a C string */
+    /* begin() refuses a decoded path with a control byte (a NUL among
+     * them) before routing: the offset is the first such byte's. */
+    long ctl = router_path_ctl(path, plen);
+    for (size_t i = 0; i < (ctl < 0 ? plen : (size_t)ctl); i++)
+        assert((unsigned char)path[i] >= 0x20 && (unsigned char)path[i] != 0x7f);
+    assert(ctl < 0 || (unsigned char)path[ctl] < 0x20 || (unsigned char)path[ctl] == 0x7f);
+    assert(memchr(path, '\0', plen) == NULL || ctl >= 0);
 
     /* As http.c's begin(): the query string is cut.  Both tables are tried
      * (begin() picks one by the "/cells/" prefix). */

@@ -224,6 +224,14 @@ static int set_upstream_ca(daemon_config *c, const daemon_option *o, const char 
     return daemon_set_string(c, o, label, value);
 }
 
+static int set_cors_origin(daemon_config *c, const daemon_option *o, const char *label, const char *value)
+{
+    cell_error err = { 0 };
+    if (server_cors_origin_check(value, &err) < 0)
+        return fail_err(label, o, &err);
+    return daemon_set_list(c, o, label, value);
+}
+
 static int set_log_format(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     (void)o;
@@ -290,6 +298,11 @@ const daemon_option daemon_options[] = {
     { "tenant-max-lanes", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.lanes), 0, 1000000 },
     { "tenant-max-disk", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.disk), 0, 0 },
     { "tenant-max-pids", required_argument, 0, set_tenant_quota, OPT(opt.tenant_quota.pids), 0, UINT32_MAX },
+    { "tls-cert", required_argument, 0, daemon_set_nonempty, OPT(opt.tls_cert_file), 0, 0 },
+    { "tls-key", required_argument, 0, daemon_set_nonempty, OPT(opt.tls_key_file), 0, 0 },
+    { "tls-client-ca", required_argument, 0, daemon_set_nonempty, OPT(opt.tls_client_ca_file), 0, 0 },
+    { "insecure-listen", no_argument, 0, daemon_set_flag, OPT(opt.insecure_listen), 0, 0 },
+    { "cors-origin", required_argument, DAEMON_OPT_REPEAT, set_cors_origin, OPT(cors), 0, 16 },
     { NULL, 0, 0, NULL, 0, 0, 0 },
 };
 
@@ -566,6 +579,7 @@ int daemon_options_parse(daemon_config *c, int argc, char **argv, const char *de
     c->opt.tenant_dest_allow = c->allow.n ? c->allow.v : NULL;
     c->opt.warm = c->warm.n ? c->warm.v : NULL;
     c->opt.run_repo_roots = c->repo_roots.n ? c->repo_roots.v : NULL;
+    c->opt.cors_origins = c->cors.n ? c->cors.v : NULL;
 out:
     free(longopts);
     free(uses);

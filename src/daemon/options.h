@@ -31,6 +31,7 @@ typedef struct daemon_config {
     daemon_list allow;         /* --allow-tenant-dest */
     daemon_list warm;          /* --warm */
     daemon_list repo_roots;    /* --run-repo-root */
+    daemon_list cors;          /* --cors-origin */
     int         init;          /* --init: make the state directory if it is missing */
     int         help;          /* --help was given (and printed) */
     const char *config;        /* --config FILE */

@@ -129,6 +129,47 @@ static int authenticate(sreq *r)
     return 0;
 }
 
+/* ---- the path's control bytes -------------------------------------------------
+ * libmicrohttpd decodes the request line's query names and values and then
+ * its path with this callback, on the connection's own thread (one thread
+ * per connection), just before that thread calls the access handler: the
+ * last call's finding is the path's.  The decoded path is a C string, so
+ * its length is known only here (a "%00" would cut it short unseen). */
+static _Thread_local struct {
+    struct MHD_Connection *conn;
+    long   ctl;                     /* router_path_ctl() of the last decoded text */
+    char   shown[256];              /* that text with control bytes as %XX */
+} path_seen;
+
+static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *text)
+{
+    (void)cls;
+    size_t len = MHD_http_unescape(text);
+    path_seen.conn = conn;
+    path_seen.ctl = router_path_ctl(text, len);
+    if (path_seen.ctl >= 0) {
+        size_t used = 0;
+        for (size_t i = 0; i < len && used + 4 < sizeof path_seen.shown; i++) {
+            unsigned char c = (unsigned char)text[i];
+            used += (size_t)snprintf(path_seen.shown + used, sizeof path_seen.shown - used,
+                                     c < 0x20 || c == 0x7f || c == '%' ? "%%%02X" : "%c", c);
+        }
+    }
+    return len;
+}
+
+/* The decoded path holds a control byte: 400, naming it (escaped). */
+static int path_has_ctl(sreq *r)
+{
+    if (path_seen.conn != r->conn || path_seen.ctl < 0)
+        return 0;
+    path_seen.conn = NULL;
+    reply_problem(r, 400, "invalid_request", "the request path %s holds a control character (byte %ld): "
+                  "%%00-%%1F and %%7F are refused in paths; percent-encode only printable characters",
+                  path_seen.shown, path_seen.ctl);
+    return 1;
+}
+
 /* ---- one request --------------------------------------------------------------
  * libmicrohttpd calls the access handler once with the headers, once per
  * body chunk, and once more at the end.  Routing, auth and the cell lookup
@@ -144,6 +185,14 @@ static void begin(sreq *r)
     }
     memcpy(path, r->url, len);
     path[len] = '\0';
+    if (path_has_ctl(r))
+        return;
+    /* With a client CA the handshake already required the certificate. */
+    if (!tls_request_allowed(r)) {
+        reply_problem(r, 401, "token_invalid", "this listener requires a TLS client certificate signed by "
+                      "--tls-client-ca; none valid was presented");
+        return;
+    }
 
     const route *table = control_routes;
     size_t n = n_control_routes;
@@ -153,6 +202,10 @@ static void begin(sreq *r)
     if (r->matched == ROUTER_NO_PATH || r->matched == ROUTER_TOO_LONG) {
         /* The reference calls this an invalid request, not a missing resource. */
         reply_problem(r, 404, "invalid_request", "endpoint not found: %s %s", r->method, path);
+        return;
+    }
+    if (r->matched == ROUTER_BAD_METHOD && strcmp(r->method, "OPTIONS") == 0) {
+        cors_options(r, table, n, path);
         return;
     }
     if (r->matched == ROUTER_BAD_METHOD) {
@@ -400,7 +453,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     *con_cls = NULL;
-    conns_request_ends(r);
+    /* An upgraded connection over TLS completes while its session goes on
+     * (terminal.c): it stays a stream, not a connection awaiting a head. */
+    if (r->status != 101)
+        conns_request_ends(r);
     metrics_http(r->m.route, r->method, r->status);
     if (r->status >= 500 && !(r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status == 503))
         log_failed_request(r);      /* a probe's 503 (/readyz) is an answer, not a failure */
@@ -417,7 +473,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 /* ---- listening ----------------------------------------------------------------- */
-static int listen_tcp(const char *spec, cell_error *err)
+static int addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return sa->sa_family == AF_INET6 &&
+           (IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127));
+}
+
+/* --listen's HOST:PORT as an address (*ai, freeaddrinfo'd by the caller). */
+static int resolve_listen(const char *spec, struct addrinfo **ai, cell_error *err)
 {
     char host[256];
     const char *colon = strrchr(spec, ':');
@@ -438,10 +504,35 @@ static int listen_tcp(const char *spec, cell_error *err)
         host[strlen(host) - 1] = '\0';
     }
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE }, *ai;
-    int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+                              .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE };
+    int gai = getaddrinfo(host, colon + 1, &hints, ai);
     if (gai != 0)
         return util_fail(err, EINVAL, "--listen %s: %s (use a numeric address and port)", spec, gai_strerror(gai));
+    return 0;
+}
+
+/* Off loopback, bearer tokens and cell data in plain HTTP are read by anyone
+ * on the path: refused unless TLS is on or the operator says otherwise.
+ * Checked with the options, before the state directory is touched. */
+static int check_listen(const server_options *o, int tls, const char *spec, cell_error *err)
+{
+    struct addrinfo *ai;
+    if (!*spec || resolve_listen(spec, &ai, err) < 0)
+        return *spec ? -1 : 0;
+    int loopback = addr_is_loopback(ai->ai_addr);
+    freeaddrinfo(ai);
+    if (!loopback && !tls && !o->insecure_listen)
+        return util_fail(err, EINVAL, "--listen %s is not a loopback address and would carry tokens in plain "
+                         "HTTP: give --tls-cert FILE --tls-key FILE, or --insecure-listen (e.g. behind a TLS "
+                         "proxy on a private network)", spec);
+    return 0;
+}
+
+static int listen_tcp(const char *spec, cell_error *err)
+{
+    struct addrinfo *ai;
+    if (resolve_listen(spec, &ai, err) < 0)
+        return -1;
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     if (fd < 0) {
         freeaddrinfo(ai);
@@ -477,20 +568,17 @@ static void bound_name(int fd, char *out, size_t size)
     snprintf(out, size, v6 ? "[%s]:%u" : "%s:%u", addr, port);
 }
 
-/* Bearer tokens cross plain HTTP: off loopback anyone on the path reads
- * them.  Allowed (behind a TLS proxy on the same host it is fine), but said. */
-static void warn_if_remote(int fd)
+/* --insecure-listen: bearer tokens cross plain HTTP where anyone on the
+ * path reads them.  Allowed (behind a TLS proxy it is fine), but said. */
+static void warn_if_remote(const srv *s, int fd)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
-    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+    if (fd < 0 || s->tls || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
         return;
-    int loopback = ss.ss_family == AF_INET
-        ? (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127
-        : IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
-    if (!loopback)
-        slog(SLOG_WARN, NULL, "WARNING: --listen is not a loopback address: tokens and data travel in "
-             "plain HTTP; put a TLS proxy in front and keep this port off the network");
+    if (!addr_is_loopback((struct sockaddr *)&ss))
+        slog(SLOG_WARN, NULL, "WARNING: --insecure-listen: --listen is not a loopback address: tokens and "
+             "data travel in plain HTTP; put a TLS proxy in front and keep this port off the network");
 }
 
 static int listen_unix(const char *path, cell_error *err)
@@ -523,6 +611,14 @@ static int listen_unix(const char *path, cell_error *err)
 /* Each listener is its own libmicrohttpd daemon with its own connection
  * limit, so clients filling the TCP port cannot lock the admin out of the
  * unix socket.  per_ip is 0 for the unix socket (its peers have no address). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        tls_connection_started(cls, conn);
+    conns_notify(cls, conn, socket_context, code);
+}
+
 /* libmicrohttpd's own messages (MHD_USE_ERROR_LOG) go through the log too. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -530,15 +626,21 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     slog_va(SLOG_WARN, SLOG_F("component", "http"), fmt, ap);
 }
 
-static struct MHD_Daemon *start_mhd(srv *s, int fd, unsigned per_ip)
+/* tls: the TCP listener with --tls-cert (the unix socket is always plain). */
+static struct MHD_Daemon *start_mhd(srv *s, int fd, unsigned per_ip, int tls)
 {
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
+    struct MHD_OptionItem tls_opts[TLS_MHD_OPTIONS] = { { MHD_OPTION_END, 0, NULL } };
+    if (tls)
+        flags |= tls_mhd_options(s, tls_opts);
     return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
                             MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,     /* first: it covers the options' own messages */
                             MHD_OPTION_LISTEN_SOCKET, fd,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_NOTIFY_CONNECTION, conns_notify, s,
+                            MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                            MHD_OPTION_UNESCAPE_CALLBACK, on_unescape, s,
+                            MHD_OPTION_ARRAY, tls_opts,
                             MHD_OPTION_CONNECTION_LIMIT, s->opt.max_conns,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
                             MHD_OPTION_CONNECTION_TIMEOUT, s->opt.idle_timeout_s,
@@ -740,6 +842,11 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
     if (o->no_token && *listen_spec)
         slog(SLOG_WARN, NULL, "WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
              "user that can connect to %s is the admin of this daemon", listen_spec);
+    for (const char *const *origin = o->cors_origins; origin && *origin; origin++)
+        if (server_cors_origin_check(*origin, err) < 0)
+            return -1;
+    if (tls_load(s, listen_spec, err) < 0 || check_listen(o, s->tls != NULL, listen_spec, err) < 0)
+        return -1;
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)
         return util_fail_errno(err, "getrlimit");
@@ -760,6 +867,7 @@ static void srv_free(srv *s)
     runs_free_all();                /* no driver or stream is left */
     registry_free(s);
     egress_cleanup();
+    tls_free(s);
     while (s->buckets) {
         struct rate_bucket *b = s->buckets;
         s->buckets = b->next;
@@ -875,7 +983,8 @@ int server_run(const server_options *opt, cell_error *err)
     if (!opt->quiet) {
         slog(SLOG_INFO, SLOG_F("state", s.state_dir), "state in %s", s.state_dir);
         if (s.tcp)
-            slog(SLOG_INFO, SLOG_F("listen", bound), "listening on http://%s", bound);
+            slog(SLOG_INFO, SLOG_F("listen", bound), "listening on %s://%s%s", s.tls ? "https" : "http", bound,
+                 s.tls && s.opt.tls_client_ca_file ? " (TLS client certificates required)" : "");
         if (s.unix_d)
             slog(SLOG_INFO, SLOG_F("socket", sock_path), "listening on unix:%s", sock_path);
         if (opt->no_token && s.tcp)
@@ -912,6 +1021,7 @@ stop_http:
     atomic_store(&s.stopping, 1);
     runs_shutdown(&s);              /* the drivers hold cells: they end first */
     registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
+    terminal_stop_sessions();       /* TLS terminals' threads hold MHD upgrade handles */
     if (s.tcp)
         MHD_stop_daemon(s.tcp);
     if (s.unix_d)

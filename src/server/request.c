@@ -58,6 +58,7 @@ int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
         MHD_destroy_response(resp);
         return MHD_YES;
     }
+    cors_add_headers(r, resp);
     /* libmicrohttpd accepts a response only before the body or after all
      * of it; one made in between waits for the last call. */
     if (r->in_body) {

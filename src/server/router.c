@@ -88,3 +88,15 @@ void router_allowed(const route *table, size_t n, const char *path, char *out, s
         used += (size_t)w;
     }
 }
+
+/* libmicrohttpd decodes the path into a C string, so "%00" ends it early:
+ * "/v1/cells/ID%00junk" would reach the router as "/v1/cells/ID" (and
+ * other control bytes would reach file paths and logs).  Such a path is
+ * refused before routing, from its decoded bytes and their full length. */
+long router_path_ctl(const char *path, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)path[i] < 0x20 || (unsigned char)path[i] == 0x7f)
+            return (long)i;
+    return -1;
+}

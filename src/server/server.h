@@ -91,9 +91,22 @@ typedef struct server_options {
     /* New tenants' quotas: each one given, else the default (docs/api.md
      * "Quotas"); a tenant's row keeps the quotas it got when it was made. */
     server_tenant_quota tenant_quota;
+    /* TLS on the TCP listener (tls.c): PEM files; with a client CA every
+     * TCP client must also present a certificate it signed (tokens are
+     * still required).  The unix socket stays plaintext. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_client_ca_file;
+    int         insecure_listen; /* allow plain HTTP on a non-loopback address */
+    /* Exact origins (NULL-terminated, --cors-origin) whose browser pages
+     * may call the API (cors.c); NULL = CORS off. */
+    const char *const *cors_origins;
     int         log_format;     /* slog.h's SLOG_TEXT (0, the default) or SLOG_JSON: --log-format */
     int         metrics_public; /* GET /metrics without a token (it names no tenant): --metrics-public */
 } server_options;
+
+/* Whether a --cors-origin value is an exact origin (scheme://host[:port]). */
+int server_cors_origin_check(const char *origin, cell_error *err);
 
 #define SERVER_DEFAULT_WARM       2
 #define SERVER_DEFAULT_WARM_IMAGE "host"

@@ -60,6 +60,9 @@ int router_match(const route *table, size_t n, const char *method, const char *p
 const char *router_param(const route_match *m, const char *name);
 /* The methods `path` has in the table, comma-separated, into out. */
 void router_allowed(const route *table, size_t n, const char *path, char *out, size_t size);
+/* The offset of the first control byte (0x00-0x1f, 0x7f) in the decoded
+ * path's len bytes, or -1: such paths are refused (a NUL would cut them). */
+long router_path_ctl(const char *path, size_t len);
 
 /* ---- the server ------------------------------------------------------------ */
 struct srv {
@@ -70,6 +73,7 @@ struct srv {
     store           *st;
     struct MHD_Daemon *tcp, *unix_d;
     struct conns     *conns;        /* open connections (conns.c) */
+    struct stls      *tls;          /* the TCP listener's TLS material (tls.c); NULL = plain HTTP */
     int64_t          started_ms;
 
     /* Cells die with the thread that booted them (cell-init's parent-death
@@ -115,7 +119,26 @@ struct sreq {
     json_t       *audit;            /* extra audit fields (cell, command, exit code) */
     struct sconn *sconn;            /* the connection's record (conns.c) */
     int           long_lived;       /* a stream: no idle timeout (conns_long_lived) */
+    int           cors_preflight;   /* OPTIONS with Access-Control-Request-Method (cors.c) */
 };
+
+/* ---- TLS (tls.c) and CORS (cors.c) ------------------------------------------
+ * tls_load reads and checks --tls-cert/--tls-key/--tls-client-ca (nothing
+ * without them); tls_mhd_options fills the TCP daemon's options (items has
+ * room for TLS_MHD_OPTIONS) and returns the MHD_USE_TLS flag or 0. */
+#define TLS_MHD_OPTIONS 5
+int      tls_load(srv *s, const char *listen_spec, cell_error *err);
+void     tls_free(srv *s);
+unsigned tls_mhd_options(const srv *s, struct MHD_OptionItem items[TLS_MHD_OPTIONS]);
+void     tls_connection_started(srv *s, struct MHD_Connection *conn);  /* MHD_CONNECTION_NOTIFY_STARTED */
+int      tls_request_allowed(sreq *r);  /* 0: a client certificate was required and is not valid */
+/* Vary/Access-Control-* headers on every answer (reply_response). */
+void     cors_add_headers(sreq *r, struct MHD_Response *resp);
+/* Answer OPTIONS on a path of the table: 204 with Allow (and the preflight's CORS headers). */
+int      cors_options(sreq *r, const route *table, size_t n, const char *path);
+/* End the terminal sessions that run on threads of their own (TLS) and wait
+ * for them; later ones are refused (terminal.c). */
+void     terminal_stop_sessions(void);
 
 /* ---- connections (conns.c) --------------------------------------------------
  * Every accepted connection has a record: the request head must arrive

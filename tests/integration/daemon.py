@@ -55,6 +55,11 @@ ASAN = _links(CELL_BIN, "libasan")
 
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+# Ports served with TLS: port -> the ssl.SSLContext a Daemon(ssl_context=)
+# was given; every Client of such a port speaks https.
+TLS_CONTEXTS = {}
+
+
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -167,6 +172,9 @@ class Client:
         if tok:
             h["Authorization"] = "Bearer " + tok
         h.update(headers or {})
+        ctx = TLS_CONTEXTS.get(self.port)
+        if ctx:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout, context=ctx)
         return h
 
     def call(self, method, path, json_body=None, body=None, headers=None, token=None, query=None, timeout=None):
@@ -281,8 +289,11 @@ def sse_events(resp, limit_s=20):
 
 
 class Daemon:
-    def __init__(self, state, extra_args=(), port=None, unix_socket=False):
-        """unix_socket: also serve STATE/cell.sock (the CLI's way in)."""
+    def __init__(self, state, extra_args=(), port=None, unix_socket=False, ssl_context=None, host="127.0.0.1"):
+        """unix_socket: also serve STATE/cell.sock (the CLI's way in).
+        ssl_context: the daemon serves TLS (extra_args give --tls-cert...);
+        its clients connect with this context.  host: the address to listen
+        on and connect to (one the test added, off loopback)."""
         self.state = str(state)
         self.extra_args = list(extra_args)
         self.port = port
@@ -305,6 +316,8 @@ class Daemon:
             if picked:
                 self.port = free_port()
             seen = len(self.stderr())
+        self.ssl_context = ssl_context
+        self.host = host
             try:
                 return self._start_once(timeout)
             except RuntimeError:
@@ -322,14 +335,16 @@ class Daemon:
         # (unless the test names a --config of its own).
         argv = [CELL_BIN, "--state", self.state, "serve", "--init"]
         argv += [] if any(a == "--config" or a.startswith("--config=") for a in self.extra_args) else ["--no-config"]
-        argv += ["--listen", "127.0.0.1:%d" % self.port]
+        argv += ["--listen", "%s:%d" % (self.host, self.port)]
         argv += ([] if self.unix_socket else ["--socket", ""]) + self.extra_args
         # Append: a restarted daemon keeps the earlier run's sanitizer output.
         self._out = open(self.stdout_path, "ab")
         self._err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)
-        c = Client("127.0.0.1", self.port, timeout=2)
+        if self.ssl_context:
+            TLS_CONTEXTS[self.port] = self.ssl_context
+        c = Client(self.host, self.port, timeout=2)
 
         def healthy():
             if self.proc.poll() is not None:
@@ -349,7 +364,7 @@ class Daemon:
     def client(self, token=None, admin=True):
         if token is None and admin:
             token = self.admin_token
-        return Client("127.0.0.1", self.port, token)
+        return Client(self.host, self.port, token)
 
     def tenant(self, name, **extra):
         """A client with a new token of tenant `name` (made by the admin)."""

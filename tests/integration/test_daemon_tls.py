@@ -1,0 +1,282 @@
+"""TLS on `cell serve`'s TCP listener (--tls-cert, --tls-key, --tls-client-ca),
+attacked: clients without a certificate, with one of another CA or an expired
+one, plaintext to the TLS port, a client that does not trust the server;
+tokens still required over mutual TLS; SSE and a terminal WebSocket over TLS;
+plain HTTP refused on a non-loopback address without --insecure-listen; key
+files others can read, mismatched or garbage PEM refused at start.
+
+The certificates are made here with the openssl CLI: a CA, a server
+certificate for 127.0.0.1, client certificates of that CA (one expired) and
+of another CA.
+"""
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import time
+
+import pytest
+
+import daemon as dm
+from daemon import assert_problem, make_tenant_token, sse_events, wait_for
+
+# An address of 198.18.0.0/15 a test adds to lo, for listeners off loopback.
+OFF_LOOPBACK = "198.18.0.77"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cell serve tests must run as root")
+
+
+def _openssl(*args, cwd):
+    r = subprocess.run(["openssl"] + list(args), cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _ca(d, name):
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", name + ".key", "-out", name + ".pem", "-days", "2", "-subj", "/CN=" + name,
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+
+
+def _leaf(d, name, ca, days, ext):
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", name + ".key",
+             "-out", name + ".csr", "-subj", "/CN=" + name, cwd=d)
+    with open(os.path.join(d, name + ".ext"), "w") as f:
+        f.write(ext)
+    _openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key", "-days", str(days),
+             "-extfile", name + ".ext", "-out", name + ".pem", cwd=d)
+    os.chmod(os.path.join(d, name + ".key"), 0o600)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("pki"))
+    _ca(d, "ca")
+    _ca(d, "otherca")
+    _leaf(d, "server", "ca", 2, "subjectAltName=IP:127.0.0.1,IP:%s\nextendedKeyUsage=serverAuth\n" % OFF_LOOPBACK)
+    client_ext = "extendedKeyUsage=clientAuth\n"
+    _leaf(d, "client", "ca", 2, client_ext)
+    _leaf(d, "expired", "ca", -1, client_ext)       # notAfter a day ago
+    _leaf(d, "stranger", "otherca", 2, client_ext)
+    return lambda name: os.path.join(d, name)
+
+
+def client_context(pki, cert="client", trust="ca.pem"):
+    ctx = ssl.create_default_context(cafile=pki(trust)) if trust else ssl.create_default_context()
+    if cert:
+        ctx.load_cert_chain(pki(cert + ".pem"), pki(cert + ".key"))
+    return ctx
+
+
+def tls_args(pki, client_ca=True):
+    a = ["--tls-cert", pki("server.pem"), "--tls-key", pki("server.key")]
+    return a + (["--tls-client-ca", pki("ca.pem")] if client_ca else [])
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory, pki):
+    """Mutual TLS: the module's clients present client.pem."""
+    yield from dm.serve(tmp_path_factory.mktemp("tls"), tls_args(pki), ssl_context=client_context(pki))
+
+
+def https_get(port, ctx, path="/v1/health", token=None):
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    try:
+        c.request("GET", path, headers={"Authorization": "Bearer " + token} if token else {})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def test_mutual_tls_still_requires_a_token(d, admin, anon):
+    assert admin.get("/v1/health").status == 200
+    assert admin.get("/v1/cells").status == 200
+    assert_problem(anon.get("/v1/cells"), 401, "token_invalid")
+    assert_problem(anon.get("/v1/cells", token="not-a-token"), 401, "token_invalid")
+    with open(os.path.join(d.state, "daemon.stdout")) as f:
+        assert "listening on https://127.0.0.1:%d" % d.port in f.read()
+
+
+@pytest.mark.parametrize("cert,trust", [(None, "ca.pem"), ("stranger", "ca.pem"), ("expired", "ca.pem")],
+                         ids=["no-client-cert", "client-cert-of-another-ca", "expired-client-cert"])
+def test_client_without_a_good_certificate_is_refused(d, pki, cert, trust):
+    """The handshake fails (TLS 1.3: the alert comes with the first read):
+    no request reaches the daemon, whatever the token."""
+    with pytest.raises(OSError):
+        https_get(d.port, client_context(pki, cert, trust), "/v1/cells", d.admin_token)
+
+
+def test_client_that_does_not_trust_the_server_gets_no_answer(d, pki):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_get(d.port, client_context(pki, "client", trust="otherca.pem"))
+
+
+def test_plaintext_to_the_tls_port_gets_no_http(d, pki):
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    try:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        try:
+            while len(got) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        assert not got.startswith(b"HTTP/"), got[:200]
+    finally:
+        s.close()
+    # The daemon goes on serving TLS clients.
+    assert https_get(d.port, client_context(pki))[0] == 200
+
+
+# ---- streams over TLS --------------------------------------------------------------------------
+
+
+def create_cell(c):
+    r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
+    assert r.status == 201, r
+    return r.body["id"]
+
+
+def spawn(c, cid, command, args=(), **extra):
+    body = {"command": command, "args": list(args)}
+    body.update(extra)
+    r = c.post("/cells/%s/v1/processes" % cid, body)
+    assert r.status == 200, r
+    return r.body["id"]
+
+
+def ws_frame(text):
+    """A masked client text frame."""
+    payload, mask = text.encode(), os.urandom(4)
+    n = len(payload)
+    head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_sse_and_terminal_websocket_work_over_tls(d, pki, admin, cells):
+    cid = create_cell(admin)
+    cells.append(cid)
+    pid = spawn(admin, cid, "sh", ["-c", "echo over-tls-$((6*7))"])
+    conn, resp = admin.stream("GET", "/cells/%s/v1/processes/%s/logs?follow=true" % (cid, pid),
+                              headers={"Accept": "text/event-stream"})
+    try:
+        assert resp.status == 200
+        assert resp.getheader("content-type").startswith("text/event-stream")
+        events = sse_events(resp, limit_s=30)
+    finally:
+        conn.close()
+    assert any("over-tls-42" in data or base64.b64encode(b"over-tls-42").decode()[:12] in data
+               for _, data in events), events
+
+    term = spawn(admin, cid, "sh", tty=True, interactive=True)
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    s = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(("GET /cells/%s/v1/processes/%s/terminal/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % (cid, term, key, d.admin_token)).encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            assert chunk, buf
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        assert b" 101 " in head.split(b"\r\n")[0], head
+        s.sendall(ws_frame(json.dumps({"type": "input", "data": "echo tls-ws-$((6*7))x\n"})))
+        deadline = time.monotonic() + 30
+        while b"tls-ws-42x" not in rest and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        assert b"tls-ws-42x" in rest, rest[-500:]
+    finally:
+        s.close()
+
+
+# ---- start-up refusals ----------------------------------------------------------------------------
+
+
+def serve_fails(tmp_path, *args):
+    r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--socket", ""] + list(args),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0, r
+    return r.stderr
+
+
+@pytest.mark.parametrize("listen", [OFF_LOOPBACK + ":0", "0.0.0.0:0", "[::]:0", "[::ffff:10.0.0.1]:0"])
+def test_plain_http_off_loopback_is_refused(tmp_path, listen):
+    err = serve_fails(tmp_path, "--listen", listen)
+    assert "--tls-cert" in err and "--insecure-listen" in err and listen in err, err
+    assert not os.path.exists(str(tmp_path / "st" / "admin.token")), "the state was touched before the refusal"
+
+
+def test_insecure_listen_and_tls_listen_off_loopback(tmp_path, pki):
+    """On an address the test adds to lo: --insecure-listen serves plain
+    HTTP (and says so), TLS serves https without the flag."""
+    added = subprocess.run(["ip", "addr", "add", OFF_LOOPBACK + "/32", "dev", "lo"], capture_output=True, text=True)
+    if added.returncode != 0 and "File exists" not in added.stderr:
+        pytest.skip("cannot add %s to lo: %s" % (OFF_LOOPBACK, added.stderr))
+    try:
+        with dm.served(tmp_path / "plain", ["--insecure-listen"], host=OFF_LOOPBACK) as dd:
+            assert dd.client().get("/v1/cells").status == 200
+            assert "--insecure-listen" in dd.stderr() and "plain HTTP" in dd.stderr()
+        with dm.served(tmp_path / "tls", tls_args(pki, client_ca=False), host=OFF_LOOPBACK,
+                       ssl_context=client_context(pki, None)) as dd:
+            assert dd.client().get("/v1/cells").status == 200
+            assert "WARNING" not in dd.stderr()
+    finally:
+        if added.returncode == 0:
+            subprocess.run(["ip", "addr", "del", OFF_LOOPBACK + "/32", "dev", "lo"], capture_output=True)
+
+
+def test_key_readable_by_others_is_refused(tmp_path, pki):
+    key = tmp_path / "server.key"
+    with open(pki("server.key")) as f:
+        key.write_text(f.read())
+    for mode in (0o644, 0o604, 0o640):
+        os.chmod(str(key), mode)
+        err = serve_fails(tmp_path, "--listen", "127.0.0.1:0", "--tls-cert", pki("server.pem"), "--tls-key", str(key))
+        assert "--tls-key" in err and "chmod 600" in err and "%04o" % mode in err, err
+    os.chmod(str(key), 0o600)
+    os.chown(str(key), 4242, 4242)
+    err = serve_fails(tmp_path, "--listen", "127.0.0.1:0", "--tls-cert", pki("server.pem"), "--tls-key", str(key))
+    assert "uid 4242" in err, err
+
+
+@pytest.mark.parametrize("case", ["key-of-another-cert", "garbage-cert", "garbage-ca", "cert-without-key",
+                                  "key-without-cert", "ca-without-cert", "tls-without-tcp", "missing-cert"])
+def test_bad_tls_material_is_refused_at_start(tmp_path, pki, case):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    os.chmod(str(junk), 0o600)
+    cert, key = pki("server.pem"), pki("server.key")
+    args = {
+        "key-of-another-cert": ["--tls-cert", cert, "--tls-key", pki("client.key")],
+        "garbage-cert": ["--tls-cert", str(junk), "--tls-key", key],
+        "garbage-ca": ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", str(junk)],
+        "cert-without-key": ["--tls-cert", cert],
+        "key-without-cert": ["--tls-key", key],
+        "ca-without-cert": ["--tls-client-ca", pki("ca.pem")],
+        "tls-without-tcp": ["--tls-cert", cert, "--tls-key", key],
+        "missing-cert": ["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", key],
+    }[case]
+    listen = "" if case == "tls-without-tcp" else "127.0.0.1:0"
+    err = serve_fails(tmp_path, "--listen", listen, *args)
+    named = {"garbage-ca": "--tls-client-ca", "key-without-cert": "--tls-cert", "ca-without-cert": "--tls-cert"}
+    assert named.get(case, "--tls-") in err, err
+    assert not os.path.exists(str(tmp_path / "st" / "admin.token")), "the state was touched before the refusal"
+
+
+def test_serve_help_documents_tls_and_cors():
+    out = subprocess.run([dm.CELL_BIN, "serve", "--help"], capture_output=True, text=True).stdout
+    for word in ("--tls-cert", "--tls-key", "--tls-client-ca", "--insecure-listen", "--cors-origin"):
+        assert word in out, word
