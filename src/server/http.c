@@ -954,7 +954,7 @@ int server_run(const server_options *opt, cell_error *err)
 
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
         goto stop_registry;
-    warn_if_remote(tcp_fd);
+    warn_if_remote(&s, tcp_fd);
     char bound[INET6_ADDRSTRLEN + 16] = "";
     if (tcp_fd >= 0)
         bound_name(tcp_fd, bound, sizeof bound);
@@ -966,14 +966,14 @@ int server_run(const server_options *opt, cell_error *err)
         goto stop_registry;
     /* A started libmicrohttpd daemon owns its listening socket. */
     if (tcp_fd >= 0) {
-        if (!(s.tcp = start_mhd(&s, tcp_fd, s.opt.max_conns_per_ip))) {
+        if (!(s.tcp = start_mhd(&s, tcp_fd, s.opt.max_conns_per_ip, 1))) {
             util_fail(err, EIO, "could not start the HTTP server on %s", listen_spec);
             goto stop_registry;
         }
         tcp_fd = -2;
     }
     if (unix_fd >= 0) {
-        if (!(s.unix_d = start_mhd(&s, unix_fd, 0))) {
+        if (!(s.unix_d = start_mhd(&s, unix_fd, 0, 0))) {
             util_fail(err, EIO, "could not start the HTTP server on %s", sock_path);
             goto stop_http;
         }
