@@ -14,6 +14,7 @@
  * tenant recorded in image.json (images_tenant_bytes). */
 #include "server/handlers.h"
 #include "server/runs.h"
+#include "server/slog.h"
 #include "runtime/image_meta.h"
 #include "runtime/runtime.h"
 
@@ -176,8 +177,8 @@ int images_quota_after(sreq *r, const char *name)
         cell_error re = { 0 };
         pthread_mutex_lock(&r->s->ctx_lock);
         if (cell_image_remove(r->s->ctx, name, &re) < 0)
-            fprintf(stderr, "cell daemon: image %s over tenant %s's disk quota could not be removed: %s\n", name,
-                    t.name, re.message);
+            slog(SLOG_ERROR, SLOG_F("image", name, "tenant", t.name),
+                 "image %s over tenant %s's disk quota could not be removed: %s", name, t.name, re.message);
         pthread_mutex_unlock(&r->s->ctx_lock);
     }
     lanes_quota_release();
