@@ -311,7 +311,8 @@ static int collect(cell_ctx *ctx)
         free(r.hex);
         return -1;
     }
-    qsort(r.hex, r.n, sizeof *r.hex, hex_cmp);
+    if (r.n)
+        qsort(r.hex, r.n, sizeof *r.hex, hex_cmp);
     DIR *d = opendir(dir);
     int gone = 0;
     struct dirent *e;
