@@ -163,6 +163,32 @@ static void file_then_flags(void **state)
     daemon_config_free(&c);
 }
 
+/* /etc/cell/cell.conf is read when it exists (here a file of the test's)
+ * and not when --no-config is given; a missing one is no error. */
+static void default_file(void **state)
+{
+    (void)state;
+    daemon_config c = { 0 };
+    char path[64];
+    char *argv[] = { "cell-daemon", "--no-config", NULL };
+    write_conf(path, "max-connections = 77\n", 0600);
+    assert_int_equal(daemon_options_parse(&c, 1, argv, path), 0);
+    assert_int_equal(c.opt.max_conns, 77);
+    daemon_config_free(&c);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(daemon_options_parse(&c, 2, argv, path), 0);
+    assert_int_equal(c.opt.max_conns, 0);
+    daemon_config_free(&c);
+    memset(&c, 0, sizeof c);
+    /* A default file others can write is refused as one named with --config. */
+    assert_int_equal(chmod(path, 0666), 0);
+    assert_int_equal(daemon_options_parse(&c, 1, argv, path), 2);
+    daemon_config_free(&c);
+    unlink(path);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(daemon_options_parse(&c, 1, argv, path), 0);
+}
+
 static void refuses_bad_files(void **state)
 {
     (void)state;
@@ -213,6 +239,7 @@ int main(void)
         cmocka_unit_test(help_stops),
         cmocka_unit_test(file_then_flags),
         cmocka_unit_test(refuses_bad_files),
+        cmocka_unit_test(default_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
