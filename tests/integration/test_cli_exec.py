@@ -95,10 +95,11 @@ def test_backpressure_keeps_output_past_a_small_log(d, cid):
 
 def test_closed_stdout_ends_the_process(d, cid):
     """`cell exec ... | head -c 10`: we stop and the process is killed, not left running."""
-    p = subprocess.Popen("%s --state %s exec %s -- sh -c 'while :; do echo marker-pipe; done' | head -c 10"
-                         % (CELL_BIN, d.state, cid), shell=True, stdout=subprocess.PIPE, env=cli_env())
+    script = ("%s --state %s exec %s -- sh -c 'while :; do echo marker-pipe; done' | head -c 10; "
+              "echo \" ${PIPESTATUS[0]}\"" % (CELL_BIN, d.state, cid))
+    p = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, env=cli_env())
     out, _ = p.communicate(timeout=60)
-    assert out == b"marker-pipe"[:10]
+    assert out == b"marker-pip 141\n", out
     c = d.client()
     def gone():
         procs = c.get("/cells/%s/v1/processes" % cid).body["processes"]
