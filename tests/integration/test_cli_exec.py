@@ -439,3 +439,59 @@ def test_lane_and_image_export_refuse_a_terminal(d):
     for args in (["lane", "export", "no-such-lane-xyz"], ["image", "export", "host"]):
         code, out = run_on_pty([CELL_BIN, "--state", d.state] + args, b"")
         assert code == 2 and b"> FILE" in out, (args, code, out)
+
+
+# ---- exec against a fake daemon: what the CLI makes of the daemon's answers ----------------------
+
+
+@pytest.fixture
+def fake():
+    from fakedaemon import fake_factory
+    yield from fake_factory()
+
+
+def fake_exec_daemon(entries, final):
+    """Answers cell exec's requests: the SSE log gets `entries` (seq, stream,
+    bytes), GET of the process `final`."""
+    import base64
+    import json
+
+    def send_json(conn, status, body):
+        data = json.dumps(body).encode()
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (status, len(data), data))
+
+    def answer(conn, head, fk):
+        line = head.split(b"\r\n", 1)[0].decode()
+        method, target = line.split()[:2]
+        conn.read_body(head)
+        if method == "POST" and target.endswith("/v1/processes"):
+            send_json(conn, 200, {"id": "proc_1", "status": "running"})
+        elif target.endswith("/input"):
+            send_json(conn, 200, {"bytesWritten": 0})
+        elif "/logs?" in target:
+            body = b"".join(b"event: log\ndata: %s\n\n" % json.dumps(
+                {"sequence": seq, "stream": stream, "timestampMs": 1, "encoding": "base64",
+                 "data": base64.b64encode(data).decode()}).encode() for seq, stream, data in entries)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            return False
+        elif method == "GET":
+            send_json(conn, 200, final)
+        else:
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        return True
+    return answer
+
+
+def test_lost_output_and_endings_are_never_silent(fake):
+    out = [(1, "stdout", b"a"), (2, "stderr", b"b"), (4, "stdout", b"d")]   # 3 was dropped
+    f = fake(fake_exec_daemon(out, {"id": "proc_1", "status": "exited", "exitCode": 0}))
+    r = f.cli("exec", "c1", "true")
+    assert (r.returncode, r.stdout) == (125, "ad") and "1 pieces" in r.stderr and "lost" in r.stderr, r
+    f = fake(fake_exec_daemon(out[:2], {"id": "proc_1", "status": "exited", "signal": 15}))
+    r = f.cli("exec", "c1", "true")
+    assert (r.returncode, r.stdout, r.stderr) == (143, "a", "b"), r
+    f = fake(fake_exec_daemon(out[:2], {"id": "proc_1", "status": "running"}))
+    r = f.cli("exec", "c1", "true")
+    assert r.returncode == 125 and "before it exited" in r.stderr, r
