@@ -105,8 +105,10 @@ int client_open(client *c, const struct cli_global *g)
     if (url && !*url)
         url = NULL;
     if (url && strncmp(url, "https://", 8) == 0)
-        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s': the cell CLI does not speak TLS yet; use http:// "
-                        "(e.g. through an SSH tunnel) or unix:PATH", url);
+        return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s': the cell CLI does not speak TLS (it links libc "
+                        "only); on the daemon's host use its unix socket (unix:PATH, the default), or an SSH "
+                        "tunnel to a loopback http:// listener; for https:// use curl or an SDK (docs/api.md)",
+                        url);
     if (url && strncmp(url, "http://", 7) != 0 && strncmp(url, "unix:", 5) != 0)
         return cli_fail(CLI_EXIT_USAGE, "--url/$CELL_URL '%s' must start with http:// or unix:", url);
     const char *state = g->state_dir ? g->state_dir : cell_default_state_dir();

@@ -280,3 +280,12 @@ def test_serve_help_documents_tls_and_cors():
     out = subprocess.run([dm.CELL_BIN, "serve", "--help"], capture_output=True, text=True).stdout
     for word in ("--tls-cert", "--tls-key", "--tls-client-ca", "--insecure-listen", "--cors-origin"):
         assert word in out, word
+
+
+def test_cli_refuses_https_and_says_what_to_use(d):
+    """The lean CLI speaks no TLS (libc only): it says so, and names the
+    unix socket, a tunnel and curl/SDKs instead of failing obscurely."""
+    env = dict(os.environ, CELL_URL="https://127.0.0.1:%d" % d.port, CELL_TOKEN=d.admin_token)
+    r = subprocess.run([dm.CELL_BIN, "ls"], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r
+    assert "TLS" in r.stderr and "unix:" in r.stderr and "curl" in r.stderr, r.stderr
