@@ -58,7 +58,7 @@ const char cli_serve_usage[] =
     "                        every local user that can connect becomes the admin\n"
     "                        (who can read any host file through a bind mount)\n"
     "  --max-file-size SIZE  largest fs/file, upload-batch or lane import body\n"
-    "                        (default 1G)\n"
+    "                        (1K to 1T, default 1G)\n"
     "  --max-json-size SIZE  largest JSON request body (default 1M)\n"
     "  --audit-max-size SIZE rotate STATE/audit.log past SIZE (default 64M;\n"
     "                        0 = never): it becomes audit.log.1, .1 becomes .2...\n"

@@ -66,7 +66,8 @@ extern const daemon_option daemon_options[];
 
 /* Generic setters for table rows: a string (may be empty), a non-empty
  * string, a flag (int, 1; "true"/"false" and the like as a value), a
- * whole number within [min, max] (unsigned), a size (uint64_t, "1G"), one
+ * whole number within [min, max] (unsigned), a size (uint64_t, "1G";
+ * within [min, max] unless max is 0), one
  * more value of a daemon_list (at most max). */
 int daemon_set_string(daemon_config *c, const daemon_option *o, const char *label, const char *value);
 int daemon_set_nonempty(daemon_config *c, const daemon_option *o, const char *label, const char *value);

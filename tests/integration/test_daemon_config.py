@@ -113,7 +113,8 @@ def test_the_example_config_names_real_keys_with_their_defaults(tmp_path):
     ("max-connections = 3\n", 1, "from 4 to 100000"),
     ("max-connections = lots\n", 1, "max-connections"),
     ("no-token = maybe\n", 1, "true or false"),
-    ("listen = 127.0.0.1:1\nsocket = /tmp/x\nlisten = 127.0.0.1:2\n", 3, "set twice (first on line 1)"),
+    ("listen = 127.0.0.1:1\nsocket = /tmp/x\nlisten = 127.0.0.1:2\n", 3, "set twice (first on line 1); only the "
+     "repeatable keys (allow-tenant-dest, limit, warm, run-repo-root"),
     ("[daemon]\nlisten = 127.0.0.1:1\n", 2, "no sections"),
     ("init = true\n", 1, "only on the command line"),
     ("config = /etc/other.conf\n", 1, "only on the command line"),
@@ -173,6 +174,7 @@ def test_config_and_no_config_together_is_an_error(tmp_path):
     (["--audit-keep", "65"], "from 1 to 64"),
     (["--token-rate", "1000001"], "from 0 to 1000000"),
     (["--max-json-size", "100M"], "between 1K and 64M"),
+    (["--max-file-size=0"], "--max-file-size must be between 1K and 1T"),
     (["--bogus"], "unknown option '--bogus'"),
     (["--bogus=1"], "unknown option '--bogus=1'"),
     (["--list", "127.0.0.1:1"], "not abbreviated"),

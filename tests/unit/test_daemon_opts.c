@@ -79,7 +79,7 @@ static void refuses_bad_input(void **state)
         { "--max-connections", "-1" }, { "--max-connections", " 5" }, { "--max-connections", "5x" },
         { "--idle-timeout", "0" }, { "--header-timeout", "3601" }, { "--audit-keep", "65" },
         { "--token-rate", "1000001" }, { "--max-json-size", "512" }, { "--max-json-size", "65M" },
-        { "--audit-max-size", "1K" }, { "--max-file-size", "1Q" }, { "--allow-tenant-dest", "10.0.0.0/33" },
+        { "--audit-max-size", "1K" }, { "--max-file-size", "1Q" }, { "--max-file-size", "0" }, { "--max-file-size", "2T" }, { "--allow-tenant-dest", "10.0.0.0/33" },
         { "--allow-tenant-dest", "10.0.0.0/" }, { "--allow-tenant-dest", "fd00::/129" },
         { "--allow-tenant-dest", "example.com" }, { "--warm", "-1" }, { "--limit", "nosuch=1" },
         { "--limit", "cell.pids" }, { "--run-repo-root", "relative" }, { "--run-repo-root", "/nonexistent/x" },
