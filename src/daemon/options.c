@@ -91,11 +91,28 @@ int daemon_set_count(daemon_config *c, const daemon_option *o, const char *label
     return 0;
 }
 
+/* A size as the help writes it: 1K, 64M, 1T, else bytes. */
+static const char *size_text(unsigned long long n, char *buf, size_t size)
+{
+    static const char units[] = "KMGT";
+    int u = -1;
+    while (u < 3 && n >= 1024 && n % 1024 == 0)
+        n /= 1024, u++;
+    snprintf(buf, size, u < 0 ? "%llu" : "%llu%c", n, u < 0 ? 0 : units[u]);
+    return buf;
+}
+
 int daemon_set_size(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     cell_error err = { 0 };
-    if (cell_parse_size(value, FIELD(c, o, uint64_t), &err) < 0)
+    uint64_t n;
+    char lo[32], hi[32];
+    if (cell_parse_size(value, &n, &err) < 0)
         return cli_fail(CLI_EXIT_USAGE, "%s: %s", label, err.message);
+    if (o->max && (n < o->min || n > o->max))
+        return cli_fail(CLI_EXIT_USAGE, "%s must be between %s and %s", label, size_text(o->min, lo, sizeof lo),
+                        size_text(o->max, hi, sizeof hi));
+    *FIELD(c, o, uint64_t) = n;
     return 0;
 }
 
@@ -279,7 +296,7 @@ const daemon_option daemon_options[] = {
     { "max-connections-per-ip", required_argument, 0, daemon_set_count, OPT(opt.max_conns_per_ip), 1, 100000 },
     { "idle-timeout", required_argument, 0, daemon_set_count, OPT(opt.idle_timeout_s), 1, 86400 },
     { "header-timeout", required_argument, 0, daemon_set_count, OPT(opt.header_timeout_s), 1, 3600 },
-    { "max-file-size", required_argument, 0, daemon_set_size, OPT(opt.max_file_bytes), 0, 0 },
+    { "max-file-size", required_argument, 0, daemon_set_size, OPT(opt.max_file_bytes), 1u << 10, 1ull << 40 },
     { "max-json-size", required_argument, 0, set_max_json_size, 0, 0, 0 },
     { "audit-max-size", required_argument, 0, set_audit_max_size, 0, 0, 0 },
     { "audit-keep", required_argument, 0, daemon_set_count, OPT(opt.audit_keep), 1, 64 },
@@ -341,6 +358,18 @@ static char *read_line(char *buf, int size, void *stream)
     return buf;
 }
 
+/* "allow-tenant-dest, limit, ...": the table's repeatable rows. */
+static const char *repeatable_keys(void)
+{
+    static char list[512];
+    size_t n = 0;
+    list[0] = '\0';
+    for (const daemon_option *o = daemon_options; o->name; o++)
+        if ((o->flags & DAEMON_OPT_REPEAT) && n < sizeof list)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "", o->name);
+    return list;
+}
+
 /* One "key = value" line: the value is checked by the key's setter and
  * kept (the options point into it) until daemon_config_free. */
 static int on_key(void *user, const char *section, const char *name, const char *value)
@@ -357,9 +386,8 @@ static int on_key(void *user, const char *section, const char *name, const char 
     else if (row->flags & DAEMON_OPT_CMDLINE)
         l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: %s: only on the command line (--%s)", l->path, l->line, name, name);
     else if (!(row->flags & DAEMON_OPT_REPEAT) && l->first[row - daemon_options])
-        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: %s is set twice (first on line %d); only the repeatable keys "
-                         "(allow-tenant-dest, limit, warm, run-repo-root) may be", l->path, l->line, name,
-                         l->first[row - daemon_options]);
+        l->rc = cli_fail(CLI_EXIT_USAGE, "%s:%d: %s is set twice (first on line %d); only the repeatable keys (%s) "
+                         "may be", l->path, l->line, name, l->first[row - daemon_options], repeatable_keys());
     if (l->rc)
         return 0;
     l->first[row - daemon_options] = l->line;
