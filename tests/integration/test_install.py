@@ -120,7 +120,9 @@ def test_libcell_links_through_pkg_config(dest, tmp_path):
         else:       # libcell.a by name (the .so would win over -lcell), then what it needs
             flags = pkg_config("--cflags") + [usr(dest, "lib", "libcell.a")] + [
                 f for f in pkg_config("--static", "--libs") if f != "-lcell"]
-        r = subprocess.run(["cc", "-o", str(exe), str(src), *flags], capture_output=True, text=True)
+        # A sanitizer build's library needs the program linked with the runtime.
+        san = ["-fsanitize=address,undefined"] if dm.ASAN else []
+        r = subprocess.run(["cc", *san, "-o", str(exe), str(src), *flags], capture_output=True, text=True)
         assert r.returncode == 0, (kind, flags, r.stderr)
         run_env = dict(os.environ, LD_LIBRARY_PATH=usr(dest, "lib"))
         r = subprocess.run([str(exe)], capture_output=True, text=True, env=run_env)
@@ -348,6 +350,7 @@ def test_bash_completion_completes_commands_and_options(dest, tmp_path):
     assert set(complete_bash(script, "")) == commands
     assert complete_bash(script, "ru") == ["run"]
     assert complete_bash(script, "--state", "/x", "ser") == ["serve"]       # a global option's value skipped
+    assert complete_bash(script, "--state", "=", "/x", "ser") == ["serve"]  # --state=/x, as bash splits it
     assert set(complete_bash(script, "--")) >= {"--state", "--json", "--url", "--version"}
     assert complete_bash(script, "serve", "--no-to") == [
         "--no-token", "--no-token-on-tcp-i-understand-anyone-local-is-admin"]
@@ -360,6 +363,7 @@ def test_bash_completion_completes_commands_and_options(dest, tmp_path):
     # An option's value: a file where the help says FILE, nothing else.
     (tmp_path / "policy.json").write_text("{}")
     assert complete_bash(script, "run", "--policy", str(tmp_path / "pol")) == [str(tmp_path / "policy.json")]
+    assert complete_bash(script, "run", "--policy", "=", str(tmp_path / "pol")) == [str(tmp_path / "policy.json")]
     assert complete_bash(script, "run", "--memory", "") == []
     # Every option of every command's help completes after that command.
     for cmd in sorted(commands):
