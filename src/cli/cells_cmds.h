@@ -26,6 +26,9 @@ int cli_add_env(json_t *env, const char *kv);
 /* o[key] if a non-empty string, else dflt. */
 const char *cli_str_or(json_t *o, const char *key, const char *dflt);
 
+/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
+int cli_remote_is_dir(client *c, const char *id, const char *path);
+
 /* Run one command against the daemon: open the client, call fn, close. */
 typedef int (*cli_client_fn)(client *c, struct cli_global *g, void *arg);
 int cli_with_client(struct cli_global *g, cli_client_fn fn, void *arg);

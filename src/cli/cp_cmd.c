@@ -65,19 +65,6 @@ struct cp_args {
     const char *remote_arg; /* "ID:PATH" as given, for messages */
 };
 
-/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
-static int remote_is_dir(client *c, const char *id, const char *path)
-{
-    char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
-    long status = 0;
-    json_t *st = NULL;
-    int rc = url ? client_json_status(c, "GET", url, NULL, &status, &st) : -1;
-    free(url);
-    int dir = rc == 0 && status == 200 && strcmp(cli_str_or(st, "entryType", ""), "directory") == 0;
-    json_decref(st);
-    return dir;
-}
-
 /* DST, or DST/NAME when DST is a directory (or ends in '/'). */
 static char *join_target(const char *dst, int into, const char *src)
 {
@@ -195,7 +182,7 @@ static int do_upload(client *c, struct cp_args *a)
         close(fd);
         return cli_fail(CLI_EXIT_REFUSED, "%s: only regular files and directories can be copied", a->local);
     }
-    char *target = join_target(a->remote, remote_is_dir(c, a->id, a->remote), a->local);
+    char *target = join_target(a->remote, cli_remote_is_dir(c, a->id, a->remote), a->local);
     int rc;
     if (!target)
         rc = cli_fail(CLI_EXIT_INTERNAL, "out of memory");
@@ -478,7 +465,7 @@ static int do_download(client *c, struct cp_args *a)
     char *dst = join_target(a->local, into, a->remote), *tmp = NULL;
     if (!dst)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    if (remote_is_dir(c, a->id, a->remote)) {
+    if (cli_remote_is_dir(c, a->id, a->remote)) {
         int rc = download_dir(c, a, dst);
         free(dst);
         return rc;

@@ -348,8 +348,7 @@ static int xs_loop(struct xsess *s)
 }
 
 /* ---- starting and ending ------------------------------------------------------------------ */
-/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
-static int remote_is_dir(client *c, const char *id, const char *path)
+int cli_remote_is_dir(client *c, const char *id, const char *path)
 {
     char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
     long status = 0;
@@ -369,7 +368,7 @@ static int spawn_error(struct xsess *s, long status, json_t *reply)
     const char *os = status == 502 && detail ? strstr(detail, "(os error ") : NULL;
     int err = os ? atoi(os + 10) : 0;
     const char *cmd = cli_str_or(s->body, "command", "?"), *cwd = cli_str_or(s->body, "cwd", NULL);
-    if ((err == ENOENT || err == ENOTDIR || err == EACCES) && cwd && !remote_is_dir(s->c, s->id, cwd))
+    if ((err == ENOENT || err == ENOTDIR || err == EACCES) && cwd && !cli_remote_is_dir(s->c, s->id, cwd))
         return cli_fail(CLI_EXIT_CANNOT, "%s: the working directory %s is not a directory in cell %s", s->what, cwd,
                         s->id);
     if (err == ENOENT || err == ENOTDIR)
