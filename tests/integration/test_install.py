@@ -260,12 +260,14 @@ def test_a_bad_notify_socket_does_not_stop_the_daemon(tmp_path, monkeypatch, val
 
 def test_cells_work_under_no_new_privileges(dest, tmp_path, monkeypatch):
     """The unit's NoNewPrivileges=yes, as systemd applies it (setpriv), on
-    the installed daemon: a cell boots and runs a command as before."""
+    the installed daemon with the installed config: a cell boots and runs a
+    command as before."""
     wrapper = tmp_path / "cell-nnp"
     wrapper.write_text('#!/bin/sh\nexec setpriv --no-new-privs %s "$@"\n' % installed_cell(dest))
     wrapper.chmod(0o755)
     monkeypatch.setattr(dm, "CELL_BIN", str(wrapper))
-    with dm.served(tmp_path / "state") as dd:
+    conf = os.path.join(str(dest), "etc", "cell", "cell.conf")
+    with dm.served(tmp_path / "state", ["--config", conf] if os.path.exists(conf) else []) as dd:
         with open("/proc/%d/status" % dd.proc.pid) as f:
             assert "NoNewPrivs:\t1" in f.read()
         c = dd.client()
