@@ -1004,7 +1004,8 @@ int server_run(const server_options *opt, cell_error *err)
     metrics_set_serving(&s, 1);
     /* Ready: the store is open and both listeners answer (cell.service). */
     sdnotify_send("READY=1\nSTATUS=serving on %s%s%s%s%s", s.unix_d ? "unix:" : "", s.unix_d ? sock_path : "",
-                  s.unix_d && s.tcp ? " and " : "", s.tcp ? "http://" : "", s.tcp ? bound : "");
+                  s.unix_d && s.tcp ? " and " : "", s.tcp ? (s.tls ? "https://" : "http://") : "",
+                  s.tcp ? bound : "");
     int sig = owner_loop(&s, &sigs);
     sdnotify_send("STOPPING=1\nSTATUS=stopping on signal %d: halting cells", sig);
     /* Jobs queued before this point run here; later ones run on their own
