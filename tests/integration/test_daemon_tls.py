@@ -160,6 +160,39 @@ def ws_frame(text):
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def tls_terminal(d, pki, cid, term, token):
+    """A terminal WebSocket over mutual TLS: (socket, bytes after the 101)."""
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    s = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET /cells/%s/v1/processes/%s/terminal/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+               "Authorization: Bearer %s\r\n\r\n" % (cid, term, key, token)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert b" 101 " in head.split(b"\r\n")[0], head
+    return s, rest
+
+
+def closed_within(s, limit):
+    """Read until the peer closes (or the TLS session fails); True if within limit."""
+    s.settimeout(1)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if not s.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+    return False
+
+
 def test_sse_and_terminal_websocket_work_over_tls(d, pki, admin, cells):
     cid = create_cell(admin)
     cells.append(cid)
@@ -176,20 +209,8 @@ def test_sse_and_terminal_websocket_work_over_tls(d, pki, admin, cells):
                for _, data in events), events
 
     term = spawn(admin, cid, "sh", tty=True, interactive=True)
-    raw = socket.create_connection(("127.0.0.1", d.port), timeout=15)
-    s = client_context(pki).wrap_socket(raw, server_hostname="127.0.0.1")
+    s, rest = tls_terminal(d, pki, cid, term, d.admin_token)
     try:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(("GET /cells/%s/v1/processes/%s/terminal/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-                   "Authorization: Bearer %s\r\n\r\n" % (cid, term, key, d.admin_token)).encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            assert chunk, buf
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        assert b" 101 " in head.split(b"\r\n")[0], head
         s.sendall(ws_frame(json.dumps({"type": "input", "data": "echo tls-ws-$((6*7))x\n"})))
         deadline = time.monotonic() + 30
         while b"tls-ws-42x" not in rest and time.monotonic() < deadline:
@@ -289,3 +310,42 @@ def test_cli_refuses_https_and_says_what_to_use(d):
     r = subprocess.run([dm.CELL_BIN, "ls"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r
     assert "TLS" in r.stderr and "unix:" in r.stderr and "curl" in r.stderr, r.stderr
+
+
+def test_revoking_a_token_ends_its_tls_terminal(d, pki, admin):
+    """A TLS terminal runs on a thread of its own: revocation still ends it
+    (the connection's socket is shut down under the relay)."""
+    tok, tid = make_tenant_token(admin, "tls-victim")
+    c = d.client(tok, admin=False)
+    cid = create_cell(c)
+    try:
+        term = spawn(c, cid, "sh", tty=True, interactive=True)
+        s, _ = tls_terminal(d, pki, cid, term, tok)
+        try:
+            assert admin.delete("/v1/tokens/%s" % tid).status == 204
+            assert closed_within(s, 30), "the TLS terminal of a revoked token stayed open"
+        finally:
+            s.close()
+        assert_problem(c.get("/v1/cells"), 401, "token_invalid")
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
+
+
+def test_daemon_stops_with_tls_terminals_open(tmp_path, pki):
+    """SIGTERM with TLS terminal sessions open (one idle, one whose client
+    stopped reading a flood): the daemon ends them and exits cleanly
+    (Daemon.stop: within 30 s, no cell left; sanitizer builds: no report)."""
+    with dm.served(tmp_path / "st", tls_args(pki), ssl_context=client_context(pki)) as dd:
+        admin = dd.client()
+        cid = create_cell(admin)
+        idle = spawn(admin, cid, "sh", tty=True, interactive=True)
+        flood = spawn(admin, cid, "sh", tty=True, interactive=True)
+        s1, _ = tls_terminal(dd, pki, cid, idle, dd.admin_token)
+        s2, _ = tls_terminal(dd, pki, cid, flood, dd.admin_token)
+        s2.sendall(ws_frame(json.dumps({"type": "input", "data": "yes flood-flood-flood\n"})))
+        time.sleep(1)                                   # let the flood fill the buffers
+        try:
+            assert dd.stop() == 0
+        finally:
+            s1.close()
+            s2.close()
