@@ -29,9 +29,10 @@ DIR = "/tmp/iso"
 def d(tmp_path_factory):
     port = dm.free_port()
     # Every address, so that "the host's own addresses" really serve the
-    # daemon (the default is loopback only), and the unix socket.
-    yield from dm.serve(tmp_path_factory.mktemp("agent-iso"), ["--listen", "0.0.0.0:%d" % port], port=port,
-                        unix_socket=True)
+    # daemon (the default is loopback only), and the unix socket; plain HTTP
+    # off loopback needs --insecure-listen.
+    yield from dm.serve(tmp_path_factory.mktemp("agent-iso"), ["--listen", "0.0.0.0:%d" % port, "--insecure-listen"],
+                        port=port, unix_socket=True)
 
 
 @pytest.fixture(scope="module")
