@@ -311,6 +311,50 @@ def test_a_collection_waits_for_an_import_in_progress(state, tmp_path, base):
     assert not os.path.exists(os.path.join(str(state), "images", ".gc-pending"))
 
 
+def test_an_import_holds_off_collection_until_its_blobs_are_named(state, tmp_path, base):
+    """An import still reading its archive (half of it sent on stdin) while
+    the only image naming the same layers is removed: the removal leaves
+    the blobs and a pending collection; the import then finishes, the
+    pending collection runs when it lets go, and every blob the new image
+    names is there."""
+    data = oci_archive([base, whiteout_layer()], CONFIG)[0]
+    old = tmp_path / "old.tar"
+    old.write_bytes(data)
+    ok(cli(state, "image", "import", "old", str(old)))
+    shared = image_blobs(state, "old")
+    p = subprocess.Popen([CELL_BIN, "--state", str(state), "image", "import", "new", "-"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        p.stdin.write(data[:len(data) // 2])
+        p.stdin.flush()
+        lock = os.path.join(str(state), "images", ".blobs.lock")
+        assert dm.wait_for(lambda: os.path.exists(lock) and flock_busy(lock), 30)
+        ok(cli(state, "image", "rm", "old"))
+        assert shared <= blob_set(state)
+        assert os.path.exists(os.path.join(str(state), "images", ".gc-pending"))
+        p.stdin.write(data[len(data) // 2:])
+        p.stdin.close()
+        assert p.wait(60) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert blob_set(state) == image_blobs(state, "new")
+    assert not os.path.exists(os.path.join(str(state), "images", ".gc-pending"))
+    ok(cli(state, "image", "export", "new", str(tmp_path / "new-out.tar")))
+
+
+def flock_busy(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def test_imports_and_removals_of_images_sharing_layers_race(state, tmp_path, base):
     """Two threads import and remove images sharing the survivor's layers,
     over and over: each import's blobs are all there once it returns, and
@@ -326,7 +370,7 @@ def test_imports_and_removals_of_images_sharing_layers_race(state, tmp_path, bas
     failures = []
 
     def churn(who):
-        for i in range(6):
+        for i in range(12):
             name = "%s%d" % (who, i)
             r = cli(state, "image", "import", name, str(tars[who]))
             if r.returncode != 0:
