@@ -338,20 +338,33 @@ struct load {
     FILE          *f;
     int            line;        /* the line inih is on */
     int            too_long;
+    int            nul;
     int            rc;          /* a key's error, already printed */
     int            first[64];   /* the line each row was set on (0: not yet) */
 };
 
-/* inih's reader: fgets, counting lines, and refusing one longer than the
- * buffer instead of reading its rest as another line. */
+/* inih's reader: one line (with its newline) per call, counted, refusing
+ * one longer than the buffer (inih would read its rest as another line)
+ * and a NUL byte (the line would end there for inih and hide the rest). */
 static char *read_line(char *buf, int size, void *stream)
 {
     struct load *l = stream;
-    if (!fgets(buf, size, l->f))
+    int n = 0, ch = EOF;
+    while (n < size - 1 && (ch = getc(l->f)) != EOF) {
+        if (ch == '\0') {
+            l->line++;
+            l->nul = 1;
+            return NULL;
+        }
+        buf[n++] = (char)ch;
+        if (ch == '\n')
+            break;
+    }
+    if (n == 0)
         return NULL;
+    buf[n] = '\0';
     l->line++;
-    size_t len = strlen(buf);
-    if (len + 1 == (size_t)size && buf[len - 1] != '\n' && !feof(l->f)) {
+    if (n == size - 1 && ch != '\n' && (ch = getc(l->f)) != EOF) {
         l->too_long = size - 2;
         return NULL;
     }
@@ -455,6 +468,8 @@ int daemon_config_load(daemon_config *c, const char *path)
     fclose(l.f);
     if (l.rc)
         return l.rc;
+    if (l.nul)
+        return cli_fail(CLI_EXIT_USAGE, "%s:%d: a NUL byte (the file must be text)", path, l.line);
     if (l.too_long)
         return cli_fail(CLI_EXIT_USAGE, "%s:%d: line longer than %d characters", path, l.line, l.too_long);
     if (at > 0)

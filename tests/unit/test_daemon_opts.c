@@ -215,6 +215,23 @@ static void refuses_bad_files(void **state)
     daemon_config c = { 0 };
     assert_int_equal(parse_conf(&c, long_line, 0600, NULL), 2);
     free(long_line);
+    /* A NUL would end the line for inih and hide what follows it. */
+    char path[64];
+    write_conf(path, "listen = 127.0.0.1:1\n", 0600);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite("socket = /tmp/s\nlisten = 127.0.0.1:1\0no-token = true\n", 1, 53, f), 53);
+    fclose(f);
+    const char *nul_args[] = { "--config", path, NULL };
+    assert_int_equal(parse_words(&c, nul_args), 2);
+    /* More than 1 MiB is refused before it is read. */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < (1 << 20) / 16 + 1; i++)
+        fputs("# padding line\n\n", f);
+    fclose(f);
+    assert_int_equal(parse_words(&c, nul_args), 2);
+    unlink(path);
     /* Anyone who can write the file is the daemon's admin (no-token). */
     assert_int_equal(parse_conf(&c, "listen = 127.0.0.1:1\n", 0622, NULL), 2);
     assert_int_equal(parse_conf(&c, "listen = 127.0.0.1:1\n", 0660, NULL), 2);
