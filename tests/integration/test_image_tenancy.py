@@ -256,6 +256,62 @@ def test_an_admins_import_is_charged_to_its_tenant(d, base):
     assert tenant_disk(admin, who)["usage"]["images"] == 0
 
 
+def test_two_commits_racing_for_the_last_room_keep_at_most_one(d):
+    """The quota check after a commit runs under one lock: two commits of a
+    tenant with room for one image never both stay."""
+    admin = d.client()
+    gname = uniq("gina")
+    gina = d.tenant(gname)
+    tenant_lane(gina, "g1", "echo one > /root/1")
+    tenant_lane(gina, "g2", "echo two > /root/2")
+    # Room for the two lanes and one busybox image (about 2 MB), not two.
+    assert admin.put("/v1/tenants/%s" % gname, {"maxDisk": (128 << 20) + (3 << 20)}).status == 200
+    out = {}
+
+    def go(lane):
+        out[lane] = gina.post("/v1/lanes/%s/commit" % lane, {"image": uniq("gs")})
+    ts = [threading.Thread(target=go, args=(x,)) for x in ("g1", "g2")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    codes = sorted(r.status for r in out.values())
+    assert codes in ([201, 403], [403, 403]), out
+    mine = [n for n, i in names(gina).items() if i["source"] == "commit"]
+    assert len(mine) == codes.count(201)
+    assert tenant_disk(admin, gname)["usage"]["disk"] <= (128 << 20) + (3 << 20)
+    for n in mine:
+        assert gina.delete("/v1/images/%s" % n).status == 200
+
+
+def test_share_racing_removal_never_outlives_the_image(d, base):
+    """PUT .../tenants and DELETE of one image at once: whatever order they
+    take, no share list is left for a name without an image."""
+    admin = d.client()
+    data = oci_archive([base], CONFIG)[0]
+    for _ in range(5):
+        name = uniq("sr")
+        assert admin.call("POST", "/v1/images/%s/import" % name, body=data, headers=TAR).status == 201
+        res = {}
+        ts = [threading.Thread(target=lambda: res.__setitem__("put", admin.put(
+                  "/v1/images/%s/tenants" % name, {"tenants": ["*"]}))),
+              threading.Thread(target=lambda: res.__setitem__("del", admin.delete("/v1/images/%s" % name)))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert res["del"].status == 200 and res["put"].status in (200, 404), res
+        assert not os.path.exists(os.path.join(d.state, "images", ".shares", name))
+
+
+def test_delete_bad_names_are_unknown(d):
+    hank = d.tenant(uniq("hank"))
+    for bad in ("..%2F..%2Fetc", ".shares", "blobs", "x" * 70, "UPPER", "%2Fetc"):
+        r = hank.delete("/v1/images/%s" % bad)
+        assert r.status in (400, 404), (bad, r)
+    assert os.path.isdir(os.path.join(d.state, "images", "blobs"))
+
+
 # ---- blob collection (the CLI on a state of its own) ---------------------------------------
 
 
