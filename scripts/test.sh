@@ -117,6 +117,11 @@ stage() { # name build-dir san-flags [command to start once it is built]
 
 # Every libFuzzer target the Makefile lists.
 fuzz_targets=$(sed -n 's/^FUZZ_TARGETS *:= *//p' Makefile)
+# docs/openapi.json against @redocly/cli's recommended rules (zero errors;
+# the warnings accepted are listed in tests/openapi/redocly.yaml).
+t_stage "openapi: redocly lint (tests/openapi/lint.sh)"
+if tests/openapi/lint.sh; then passed=$((passed + 1)); else echo "openapi lint: FAILED"; failed=$((failed + 1)); fi
+
 stage "release" build "" start_background
 
 # The load test: wrk with 128 connections on health and run; no

@@ -480,8 +480,10 @@ static int import_data(struct fs_job *job, struct archive *in, struct archive *d
                              "cannot import lane '%s': cannot write entry '%s': %s", job->lane, name,
                              archive_message(disk));
     }
+    /* The archive is the client's: a truncated or corrupt one is a bad
+     * request (400), not the daemon's failure. */
     if (r != ARCHIVE_EOF)
-        return util_fail(job->err, EIO, "cannot import lane '%s': cannot read the data of entry '%s': %s", job->lane,
+        return util_fail(job->err, EINVAL, "cannot import lane '%s': cannot read the data of entry '%s': %s", job->lane,
                          name, archive_message(in));
     return 0;
 }

@@ -740,7 +740,7 @@ static int await_response(sreq *r, acp_inst *in, acp_pending *p, int64_t timeout
         rc = reply_problem(r, 504, "timeout", "the agent did not answer within %lld ms (its answer, if "
                            "it comes, is still streamed)", (long long)timeout);
     else
-        rc = reply_problem(r, 401, "unauthorized", "the token was revoked");
+        rc = reply_problem(r, 401, "token_invalid", "the token was revoked");
     pthread_mutex_unlock(&in->lock);
     return rc;
 }

@@ -31,6 +31,8 @@ import subprocess
 import time
 import urllib.parse
 
+import openapi_contract
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(os.path.dirname(HERE))
 CELL_BIN = os.environ.get("CELL_BIN") or os.path.join(CHECKOUT, "build", "cell")
@@ -53,13 +55,13 @@ TSAN = _links(CELL_BIN, "libtsan")
 ASAN = _links(CELL_BIN, "libasan")
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
 # Ports served with TLS: port -> the ssl.SSLContext a Daemon(ssl_context=)
 # was given; every Client of such a port speaks https.
 TLS_CONTEXTS = {}
 
 
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -157,13 +159,22 @@ class Response(tuple):
 
 
 class Client:
+    # Each answer is checked against docs/openapi.json (openapi_contract.py);
+    # a test talking to something else sets this False.
+    openapi = openapi_contract.ENABLED
+
     def __init__(self, host, port, token=None, timeout=60):
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
 
     def with_token(self, token):
-        return Client(self.host, self.port, token, self.timeout)
+        c = Client(self.host, self.port, token, self.timeout)
+        c.openapi = self.openapi
+        return c
 
     def conn(self, timeout=None):
+        ctx = TLS_CONTEXTS.get(self.port)
+        if ctx:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
 
     def headers_for(self, headers=None, token=None):
@@ -172,9 +183,6 @@ class Client:
         if tok:
             h["Authorization"] = "Bearer " + tok
         h.update(headers or {})
-        ctx = TLS_CONTEXTS.get(self.port)
-        if ctx:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout, context=ctx)
         return h
 
     def call(self, method, path, json_body=None, body=None, headers=None, token=None, query=None, timeout=None):
@@ -200,6 +208,8 @@ class Client:
         parsed = raw
         if ctype in ("application/json", "application/problem+json"):
             parsed = json.loads(raw) if raw else None
+        if self.openapi:
+            openapi_contract.check_response(method, path, r.status, ctype, parsed, raw)
         return Response(r.status, hdrs, parsed, raw)
 
     # shorthands
@@ -232,7 +242,15 @@ class Client:
         """Open a request and return (connection, response) unread, for SSE."""
         c = self.conn(timeout)
         c.request(method, path, headers=self.headers_for(headers))
-        return c, c.getresponse()
+        r = c.getresponse()
+        if self.openapi:
+            ctype = (r.getheader("content-type") or "").split(";")[0].strip()
+            try:
+                openapi_contract.check_response(method, path, r.status, ctype, None, b"", streamed=True)
+            except AssertionError:
+                c.close()
+                raise
+        return c, r
 
 
 def send_chunks(conn, data, size):
@@ -298,6 +316,8 @@ class Daemon:
         self.extra_args = list(extra_args)
         self.port = port
         self.unix_socket = unix_socket
+        self.ssl_context = ssl_context
+        self.host = host
         self.proc = None
         self.stderr_path = os.path.join(self.state, "daemon.stderr")
         self.stdout_path = os.path.join(self.state, "daemon.stdout")
@@ -316,8 +336,6 @@ class Daemon:
             if picked:
                 self.port = free_port()
             seen = len(self.stderr())
-        self.ssl_context = ssl_context
-        self.host = host
             try:
                 return self._start_once(timeout)
             except RuntimeError:
@@ -465,27 +483,11 @@ def serve(state, extra_args=(), after_stop=None, **kw):
 served = contextlib.contextmanager(serve)
 
 
-_OPENAPI = None
-
-
 def openapi_check(body, schema):
     """Validate a response body against docs/openapi.json's
     components.schemas[schema] (JSON Schema 2020-12, as OpenAPI 3.1 says),
     so the document is checked against what the daemon really answers."""
-    global _OPENAPI
-    import warnings
-    import jsonschema
-    if _OPENAPI is None:
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "openapi.json")) as f:
-            _OPENAPI = json.load(f)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        resolver = jsonschema.RefResolver.from_schema(_OPENAPI)
-        validator = jsonschema.Draft202012Validator({"$ref": "#/components/schemas/" + schema}, resolver=resolver)
-        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
-    assert not errors, "%s does not match openapi.json's %s: %s" % (
-        json.dumps(body)[:2000], schema, "; ".join("%s: %s" % ("/".join(map(str, e.path)), e.message[:300])
-                                                   for e in errors[:5]))
+    openapi_contract.check_schema(body, schema)
 
 
 def tree_snapshot(root, dirs=False):

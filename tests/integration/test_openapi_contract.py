@@ -1,0 +1,96 @@
+"""docs/openapi.json as the contract: the daemon serves it unchanged, its
+version is the binary's, and the check every integration test's client runs
+(openapi_contract.py) refuses what the document does not say."""
+import json
+import os
+import subprocess
+
+import pytest
+
+import daemon as dm
+import openapi_contract as oc
+from openapi_contract import ContractError
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    yield from dm.serve(tmp_path_factory.mktemp("contract"))
+
+
+def test_the_document_is_served_byte_for_byte(anon):
+    r = anon.get("/openapi.json")
+    assert r.status == 200 and r.ctype == "application/json", r
+    with open(oc.DOC_PATH, "rb") as f:
+        assert r.raw == f.read(), "GET /openapi.json differs from docs/openapi.json (rebuild the daemon)"
+
+
+def test_the_document_version_is_the_binary_version():
+    out = subprocess.run([dm.CELL_BIN, "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == oc.document()["info"]["version"], out
+
+
+def test_every_route_of_the_daemon_is_in_the_document():
+    """src/server/routes.c's table against the document's paths and methods."""
+    src = os.path.join(dm.CHECKOUT, "src", "server", "routes.c")
+    import re
+    text = open(src).read()
+    missing = []
+    for m, p in re.findall(r'\{\s*"(GET|POST|PUT|DELETE)",\s*"(/[^"]*)"', text):
+        if oc.match_path(p.replace("{", "x").replace("}", "x")) is None or \
+                m.lower() not in oc.document()["paths"][oc.match_path(p.replace("{", "x").replace("}", "x"))]:
+            missing.append("%s %s" % (m, p))
+    for m, p in re.findall(r'CELL_ROUTE\("(GET|POST|PUT|DELETE)",\s*"(/[^"]*)"', text):
+        full = "/cells/c/v1" + p.replace("*", "x/y").replace("{", "x").replace("}", "x")
+        tpl = oc.match_path(full)
+        if tpl is None or m.lower() not in oc.document()["paths"][tpl]:
+            missing.append("%s /cells/{cell}/v1%s" % (m, p))
+    assert not missing, "routes.c has routes docs/openapi.json lacks: %s" % missing
+
+
+# ---- the check itself: it must fail on what the document does not say -------------------
+
+
+PROBLEM = {"type": "urn:sandbox-agent:error:not_found", "title": "Not Found", "status": 404, "detail": "x"}
+
+
+def test_a_matching_answer_passes():
+    oc.check_response("GET", "/v1/health", 200, "application/json", {"status": "ok", "uptimeMs": 5}, b"{}")
+    oc.check_response("GET", "/v1/cells/abc?x=1", 404, "application/problem+json", PROBLEM, b"{}")
+    oc.check_response("GET", "/no/such/route", 404, "application/problem+json", PROBLEM, b"{}")
+
+
+@pytest.mark.parametrize("args,says", [
+    (("GET", "/v1/health", 200, "application/json", {"status": "ok"}, b"{}"), "uptimeMs"),
+    (("GET", "/v1/health", 200, "application/json", {"status": "ok", "uptimeMs": "5"}, b"{}"), "/uptimeMs"),
+    (("GET", "/v1/health", 418, "application/json", {}, b"{}"), "status 418 is not documented"),
+    (("GET", "/v1/health", 200, "text/html", None, b"<p>"), "content type 'text/html'"),
+    (("GET", "/no/such/route", 200, "application/json", {}, b"{}"), "no path of docs/openapi.json"),
+    (("PATCH", "/v1/cells", 200, "application/json", {}, b"{}"), "no PATCH operation"),
+    (("DELETE", "/v1/cells/abc", 204, "", None, b"surprise"), "has no content"),
+    (("GET", "/v1/cells/abc", 404, "application/problem+json", {"type": "x"}, b"{}"), "does not match"),
+])
+def test_a_mismatch_fails_naming_route_status_and_place(args, says):
+    with pytest.raises(ContractError) as e:
+        oc.check_response(*args)
+    msg = str(e.value)
+    assert says in msg, msg
+    assert "%s " % args[0] in msg and "-> %d" % args[2] in msg, msg
+
+
+def test_the_client_checks_each_answer(d):
+    """The shared client raises on an answer the document does not describe
+    (here: the document is swapped for one without /v1/health's 200)."""
+    c = d.client(admin=False)
+    doc = oc.document()
+    saved = doc["paths"]["/v1/health"]["get"]["responses"].pop("200")
+    try:
+        with pytest.raises(ContractError, match="status 200 is not documented"):
+            c.get("/v1/health")
+    finally:
+        doc["paths"]["/v1/health"]["get"]["responses"]["200"] = saved
+    assert c.get("/v1/health").status == 200
+
+
+def test_problem_schema_is_what_every_error_carries():
+    s = oc.document()["components"]["schemas"]["ProblemDetails"]
+    assert set(s["required"]) >= {"type", "title", "status"}, json.dumps(s)
