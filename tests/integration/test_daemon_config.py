@@ -237,6 +237,36 @@ def test_init_makes_a_store_and_is_harmless_on_an_existing_one(tmp_path):
         assert p.wait(60) == 0
 
 
+def test_two_inits_of_one_new_state_make_one_store(tmp_path):
+    """Two `serve --init` racing on a directory that does not exist yet: one
+    daemon serves, the other exits naming the state, and the store is one."""
+    state, ports = tmp_path / "new", [dm.free_port(), dm.free_port()]
+    procs = [subprocess.Popen([dm.CELL_BIN, "--state", str(state), "serve", "--init", "--no-config", "--socket", "",
+                               "--warm", "0", "--listen", "127.0.0.1:%d" % port],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for port in ports]
+    try:
+        assert dm.wait_for(lambda: any(p.poll() is not None for p in procs), 60), "neither exited"
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = procs[1 - procs.index(loser)]
+        assert loser.returncode != 0 and str(state) in loser.stderr.read()
+        token = open(state / "admin.token").read().strip() if dm.wait_for(
+            lambda: (state / "admin.token").exists(), 30) else None
+        c = dm.Client("127.0.0.1", ports[procs.index(winner)], token=token, timeout=5)
+
+        def up():
+            assert winner.poll() is None, winner.stderr.read()
+            try:
+                return c.get("/v1/cells").status == 200
+            except OSError:
+                return False
+        assert dm.wait_for(up, 30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                assert p.wait(60) == 0
+
+
 def test_help_documents_config_and_init():
     out = subprocess.run([dm.CELL_BIN, "serve", "--help"], capture_output=True, text=True).stdout
     for opt in ("--config FILE", "--no-config", "--init", "--state DIR", "/etc/cell/cell.conf"):
