@@ -94,3 +94,25 @@ def test_the_client_checks_each_answer(d):
 def test_problem_schema_is_what_every_error_carries():
     s = oc.document()["components"]["schemas"]["ProblemDetails"]
     assert set(s["required"]) >= {"type", "title", "status"}, json.dumps(s)
+
+
+# ---- where the server was wrong, not the document ----------------------------------------
+
+
+def test_a_truncated_lane_archive_is_the_clients_fault(admin):
+    """A gzip cut short inside an entry's data was a 500 internal; it is the
+    client's archive, so 400 invalid_request (still naming the lane)."""
+    import gzip
+    import io
+    import tarfile
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        data = os.urandom(256 << 10)
+        ti = tarfile.TarInfo("blob")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    cut = gzip.compress(raw.getvalue())[:100 << 10]
+    name = dm.uniq("trunc")
+    r = admin.call("POST", "/v1/lanes/%s/import" % name, body=cut, headers={"Content-Type": "application/x-tar"})
+    dm.assert_problem(r, 400, "invalid_request", name)
+    admin.delete("/v1/lanes/" + name)
