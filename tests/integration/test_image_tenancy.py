@@ -312,6 +312,26 @@ def test_delete_bad_names_are_unknown(d):
     assert os.path.isdir(os.path.join(d.state, "images", "blobs"))
 
 
+def test_a_warm_pool_of_a_hidden_image_serves_no_tenant(tmp_path, base):
+    """The operator warms cells of an image it has not shared: a tenant's
+    create of it answers as an unknown image (the visibility check comes
+    before the pool), and once shared the tenant gets a cell of it."""
+    state = tmp_path / "pool"
+    (state / "images").mkdir(parents=True)
+    img = tmp_path / "img.tar"
+    img.write_bytes(oci_archive([base, whiteout_layer()], CONFIG)[0])
+    ok(cli(state, "image", "import", "pooled", str(img)))
+    with dm.served(state, ["--warm", "host=0", "--warm", "pooled=1"]) as dd:
+        ivan = dd.tenant("ivan")
+        same_as_unknown(lambda n: ivan.post("/v1/cells", {"image": n, "resources": MEM}), "pooled", "poolex")
+        assert dd.client().put("/v1/images/pooled/tenants", {"tenants": ["ivan"]}).status == 200
+        c = ivan.post("/v1/cells", {"image": "pooled", "resources": MEM})
+        assert c.status == 201, c
+        r = ivan.post("/cells/%s/v1/processes/run" % c.body["id"], {"command": "/bin/busybox", "args": ["cat", "/a/new"]})
+        assert r.status == 200 and r.body["stdout"] == "new\n", r
+        assert ivan.delete("/v1/cells/%s" % c.body["id"]).status == 204
+
+
 # ---- blob collection (the CLI on a state of its own) ---------------------------------------
 
 
