@@ -2,7 +2,8 @@
  * /v1/images/{name} with digest, size, created and source; POST
  * /v1/images/{name}/import (admin; the body, an OCI layout or docker-archive
  * tar, streams through a pipe into cell_image_import on a worker thread, as
- * lane imports do); DELETE /v1/images/{name} (admin; 409 while used).
+ * lane imports do); DELETE /v1/images/{name} (an admin, or the tenant that
+ * committed the image; 409 while used).
  * Images are host-wide; which tenants see one fails closed: builtins are
  * seen by all, an image a tenant committed through the API (image.json's
  * "tenant", source "commit") by that tenant, and any other only by the
