@@ -319,32 +319,41 @@ int req_json(sreq *r, json_t **out)
 
 /* Unknown members are refused rather than ignored: a mistyped optional
  * field ("memroy") would otherwise silently get its default. */
-int req_check_fields(sreq *r, json_t *obj, const char *where, ...)
+int req_check_known(sreq *r, json_t *obj, const char *where, const char *const *known)
 {
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
-        va_list ap;
-        va_start(ap, where);
-        const char *k;
-        while ((k = va_arg(ap, const char *)) && strcmp(k, key) != 0)
-            ;
-        va_end(ap);
-        if (k)
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (known[i])
             continue;
-        char known[1024] = "";
+        char list[1024] = "";
         size_t used = 0;
-        va_start(ap, where);
-        while ((k = va_arg(ap, const char *)) && used < sizeof(known)) {
-            int n = snprintf(known + used, sizeof(known) - used, "%s%s", used ? ", " : "", k);
+        for (i = 0; known[i] && used < sizeof list; i++) {
+            int n = snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", known[i]);
             used += n > 0 ? (size_t)n : 0;
         }
-        va_end(ap);
         reply_problem(r, 400, "invalid_request", "field \"%s%s%.200s\" is not known; known fields: %s",
-                      where, *where ? "." : "", key, known[0] ? known : "(none)");
+                      where, *where ? "." : "", key, list[0] ? list : "(none)");
         return -1;
     }
     return 0;
+}
+
+int req_check_fields(sreq *r, json_t *obj, const char *where, ...)
+{
+    const char *known[REQ_FIELDS_MAX + 1];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, where);
+    for (const char *k; (k = va_arg(ap, const char *));)
+        if (n < REQ_FIELDS_MAX)
+            known[n++] = k;
+    va_end(ap);
+    known[n] = NULL;
+    return req_check_known(r, obj, where, known);
 }
 
 static json_t *field(sreq *r, json_t *o, const char *key, int required)

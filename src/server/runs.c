@@ -1000,13 +1000,8 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
 
 static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upload, size_t upload_size)
 {
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-        if (!in_list(key, known_fields)) {
-            reply_problem(r, 400, "invalid_request", "field \"%s\" is unknown (docs/api.md, \"Runs\")", key);
-            return -1;
-        }
+    if (req_check_known(r, body, "", known_fields) < 0)
+        return -1;
     const char *agent = NULL, *prompt = NULL, *model = NULL, *keep = "nothing", *image = "host";
     int64_t timeout = RUNS_TIMEOUT_DEF;
     if (json_get_str(r, body, "agent", 1, &agent) < 0 || json_get_str(r, body, "prompt", 1, &prompt) < 0 ||
@@ -1052,6 +1047,8 @@ static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upl
     json_object_set_new(spec, "keep", json_string(keep));
     json_object_set_new(spec, "image", json_string(image));
     json_object_set_new(spec, "timeout_s", json_integer(timeout));
+    const char *key;
+    json_t *v;
     json_object_foreach(body, key, v)
         if (!json_object_get(spec, key) && strcmp(key, "resume") != 0)
             json_object_set(spec, key, v);

@@ -227,6 +227,8 @@ int req_json(sreq *r, json_t **out);            /* body must be a JSON object */
 /* A 400 naming the first member of obj not in the NULL-terminated list of
  * known names (where: "" or the object's own field, like "policy"). */
 int req_check_fields(sreq *r, json_t *obj, const char *where, ...) __attribute__((sentinel));
+#define REQ_FIELDS_MAX 64                       /* names req_check_fields takes */
+int req_check_known(sreq *r, json_t *obj, const char *where, const char *const *known);  /* the same, from a list */
 int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out);
 int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out);
 int json_get_bool(sreq *r, json_t *o, const char *key, int *out);
