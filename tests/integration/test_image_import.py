@@ -312,6 +312,12 @@ def test_rm_refuses_while_a_cell_runs_the_image(run, state, tmp_path, base):
     p = popen_cell(state, ["run", "--image", "running", "--", "/bin/sleep", "60"])
     try:
         cid = wait_for_cell_id(state)
+        # Its run dir appears (locked) before the cell marks the image it
+        # boots: the removal is tried once the mark is there.
+        mark = os.path.join(state, "run", "cells", cid, "image")
+        deadline = time.monotonic() + 15
+        while not os.path.exists(mark) and time.monotonic() < deadline:
+            time.sleep(0.02)
         r = run(["image", "rm", "running"])
         assert r.returncode != 0 and "cell " + cid in r.stderr, r.stderr
         assert "running" in image_ls(run)
