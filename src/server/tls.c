@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -163,8 +164,15 @@ unsigned tls_mhd_options(const srv *s, struct MHD_OptionItem items[TLS_MHD_OPTIO
  * and leaves checking it to the application: here, before the handshake
  * (MHD_CONNECTION_NOTIFY_STARTED comes after the session is made and before
  * the connection's thread runs it), the session requires one and GnuTLS
- * verifies it against the CA during the handshake, so a client without a
- * good certificate gets a TLS alert and never sends a request. */
+ * verifies it against the CA (and its purpose) during the handshake, so a
+ * client without a good certificate gets a TLS alert and never sends a
+ * request. */
+/* A client certificate must allow TLS client authentication (one with
+ * extended key usages that leave it out, such as a server's, is refused). */
+static gnutls_typed_vdata_st client_purpose = {
+    .type = GNUTLS_DT_KEY_PURPOSE_OID, .data = (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT,
+};
+
 void tls_connection_started(srv *s, struct MHD_Connection *conn)
 {
     if (!s->tls || !s->tls->ca)
@@ -174,7 +182,7 @@ void tls_connection_started(srv *s, struct MHD_Connection *conn)
         return;                     /* the unix socket; tls_request_allowed checks again */
     gnutls_session_t ses = ci->tls_session;
     gnutls_certificate_server_set_request(ses, GNUTLS_CERT_REQUIRE);
-    gnutls_session_set_verify_cert(ses, NULL, 0);
+    gnutls_session_set_verify_cert2(ses, &client_purpose, 1, 0);
 }
 
 /* Each request on TLS with a client CA checks the peer's certificate again,
@@ -188,6 +196,6 @@ int tls_request_allowed(sreq *r)
     if (!ci || !ci->tls_session)
         return 1;                   /* the unix socket: plaintext, its mode is the guard */
     unsigned status = 0;
-    int rc = gnutls_certificate_verify_peers2(ci->tls_session, &status);
+    int rc = gnutls_certificate_verify_peers(ci->tls_session, &client_purpose, 1, &status);
     return rc == 0 && status == 0;
 }

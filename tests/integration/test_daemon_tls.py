@@ -101,8 +101,10 @@ def test_mutual_tls_still_requires_a_token(d, admin, anon):
         assert "listening on https://127.0.0.1:%d" % d.port in f.read()
 
 
-@pytest.mark.parametrize("cert,trust", [(None, "ca.pem"), ("stranger", "ca.pem"), ("expired", "ca.pem")],
-                         ids=["no-client-cert", "client-cert-of-another-ca", "expired-client-cert"])
+@pytest.mark.parametrize("cert,trust", [(None, "ca.pem"), ("stranger", "ca.pem"), ("expired", "ca.pem"),
+                                        ("server", "ca.pem")],
+                         ids=["no-client-cert", "client-cert-of-another-ca", "expired-client-cert",
+                              "server-only-cert-as-client-cert"])
 def test_client_without_a_good_certificate_is_refused(d, pki, cert, trust):
     """The handshake fails (TLS 1.3: the alert comes with the first read):
     no request reaches the daemon, whatever the token."""
