@@ -351,3 +351,17 @@ def test_daemon_stops_with_tls_terminals_open(tmp_path, pki):
         finally:
             s1.close()
             s2.close()
+
+
+def test_a_stalled_tls_handshake_is_cut_at_the_header_timeout(tmp_path, pki):
+    """Slowloris on TLS: a client that opens the connection and sends part
+    of a ClientHello is cut by the head deadline like a plain one."""
+    with dm.served(tmp_path / "st", tls_args(pki) + ["--header-timeout", "1"],
+                   ssl_context=client_context(pki)) as dd:
+        s = socket.create_connection(("127.0.0.1", dd.port), timeout=10)
+        try:
+            s.sendall(b"\x16\x03\x01\x02\x00\x01")          # a handshake record's head, then nothing
+            assert closed_within(s, 15), "a stalled TLS handshake kept its connection"
+        finally:
+            s.close()
+        assert dd.client().get("/v1/health").status == 200
