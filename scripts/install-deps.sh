@@ -9,6 +9,8 @@ packages=(
   # the daemon and the CLI's client: HTTP server, SQLite, SHA-256, HTTP client
   # (decide webhooks: libcurl is loaded at run time, the header is for the build)
   libmicrohttpd-dev libsqlite3-dev libssl-dev nettle-dev libcurl4-openssl-dev
+  # the TCP listener's TLS: libmicrohttpd's GnuTLS, which src/server/tls.c calls too
+  libgnutls28-dev
   # cell-daemon's config file (/etc/cell/cell.conf, src/daemon/options.c)
   libinih-dev
   # egress: nftables rules, netlink routes, DNS messages, HTTP parsing
