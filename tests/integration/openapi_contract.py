@@ -98,7 +98,11 @@ def _pointer(*parts):
 
 def validate(body, pointer):
     """Errors of body against the schema at pointer (a '#/...' into the document)."""
-    v = _validator({"$ref": DOC_URI + pointer})
+    # One validator per schema: its resolver keeps what it resolved.
+    cache = _state.setdefault("validators", {})
+    v = cache.get(pointer)
+    if v is None:
+        v = cache[pointer] = _validator({"$ref": DOC_URI + pointer})
     return sorted(v.iter_errors(body), key=lambda e: list(e.absolute_path))
 
 
