@@ -138,7 +138,7 @@ static int authenticate(sreq *r)
 static _Thread_local struct {
     struct MHD_Connection *conn;
     long   ctl;                     /* router_path_ctl() of the last decoded text */
-    char   shown[256];              /* that text with control bytes as %XX */
+    char   shown[256];              /* that text, ASCII: control, non-ASCII bytes and '%' as %XX */
 } path_seen;
 
 static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *text)
@@ -152,7 +152,7 @@ static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *text)
         for (size_t i = 0; i < len && used + 4 < sizeof path_seen.shown; i++) {
             unsigned char c = (unsigned char)text[i];
             used += (size_t)snprintf(path_seen.shown + used, sizeof path_seen.shown - used,
-                                     c < 0x20 || c == 0x7f || c == '%' ? "%%%02X" : "%c", c);
+                                     c < 0x20 || c >= 0x7f || c == '%' ? "%%%02X" : "%c", c);
         }
     }
     return len;
