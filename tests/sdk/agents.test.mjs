@@ -156,7 +156,7 @@ test("dispose ends the instance (DELETE): its agent is gone from the cell", asyn
 });
 
 test("another tenant's token and an unknown cell fail fast", async () => {
-  const tok = await control("POST", "/v1/tokens", { tenant: "agents-other", name: "other" });
+  const tok = await control("POST", "/v1/tokens", { tenant: "agents-other", label: "other" });
   assert.equal(tok.status, 201, JSON.stringify(tok.body));
   const other = await SandboxAgent.connect({ baseUrl, token: tok.body.token, skipHealthCheck: true });
   await rejectsWith(other.listAgents(), 404, "another tenant's listAgents");

@@ -309,7 +309,7 @@ test("a session stays in its cell: another tenant's cell cannot load it, nor rea
   await rpc(server, "initialize", { protocolVersion: 1 });
   const sid = (await rpc(server, "session/new", { cwd: "/", mcpServers: [] })).result.sessionId;
   await rpc(server, "session/prompt", { sessionId: sid, prompt: [{ type: "text", text: "secret plans" }] });
-  const tok = await control("POST", "/v1/tokens", { tenant: "sessions-other", name: "other" });
+  const tok = await control("POST", "/v1/tokens", { tenant: "sessions-other", label: "other" });
   assert.equal(tok.status, 201, JSON.stringify(tok.body));
   otherCell = await createCell({}, tok.body.token);
   // The other tenant's own mock knows nothing of the session ...
