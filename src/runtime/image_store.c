@@ -462,28 +462,25 @@ static long lookup_id(const char *rootfs, const char *file, const char *name, lo
     _cleanup_close_ int fd = root < 0 ? -1 : (int)syscall(SYS_openat2, root, file, &how, sizeof how);
     if (fd < 0)
         return util_fail(err, ENOENT, "the image's User '%s' cannot be resolved: no /%s", name, file);
-    char *buf = malloc(1u << 20);
-    if (!buf)
-        return util_fail(err, ENOMEM, "out of memory");
-    ssize_t n = util_read_all(fd, buf, (1u << 20) - 1);
+    /* Read at its size: a 1 MiB buffer here made the cell's plan a cleared
+     * heap block (util_read_fd). */
+    _cleanup_free_ char *buf = NULL;
+    if (util_read_fd(fd, file, (1u << 20) - 1, &buf, NULL, err) < 0)
+        return -1;
     long found = -1;
-    if (n >= 0) {
-        buf[n] = '\0';
-        char *save = NULL;
-        for (char *line = strtok_r(buf, "\n", &save); line && found < 0; line = strtok_r(NULL, "\n", &save)) {
-            char *f[5] = { 0 };
-            char *p = line;
-            for (int i = 0; i < 5 && p; i++) {
-                f[i] = p;
-                p = strchr(p, ':');
-                if (p)
-                    *p++ = '\0';
-            }
-            if (f[0] && f[2] && strcmp(f[0], name) == 0 && (found = numeric_id(f[2])) >= 0 && gid)
-                *gid = f[3] ? numeric_id(f[3]) : -1;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line && found < 0; line = strtok_r(NULL, "\n", &save)) {
+        char *f[5] = { 0 };
+        char *p = line;
+        for (int i = 0; i < 5 && p; i++) {
+            f[i] = p;
+            p = strchr(p, ':');
+            if (p)
+                *p++ = '\0';
         }
+        if (f[0] && f[2] && strcmp(f[0], name) == 0 && (found = numeric_id(f[2])) >= 0 && gid)
+            *gid = f[3] ? numeric_id(f[3]) : -1;
     }
-    free(buf);
     if (found < 0)
         return util_fail(err, ENOENT, "the image's User '%s' is not in its /%s (or has an id past 65535)", name, file);
     return found;

@@ -261,25 +261,59 @@ int util_write_file(const char *path, const void *data, size_t len, mode_t mode,
     return 0;
 }
 
+int util_read_fd(int fd, const char *what, size_t max, char **out, size_t *len, cell_error *err)
+{
+    /* A file that states its size (as image.json or an image's passwd)
+     * gets a buffer of that size, growing if it grew, rather than one of
+     * `max`: a buffer of `max` (often 1 MiB) is an mmap, and freeing it
+     * raises glibc's mmap threshold, after which the next large calloc
+     * (cell_create's plan, 270 KiB) comes from the heap and is cleared page
+     * by page.  Files that say 0 (/proc, sysctl, cgroup) are read in one
+     * read of max + 1 as before: a sysctl read at an offset past 0 is EOF. */
+    struct stat st;
+    size_t cap = max + 1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size < max)
+        cap = (size_t)st.st_size + 1;
+    _cleanup_free_ char *buf = malloc(cap);
+    size_t n = 0;
+    while (buf) {
+        if (n == cap) {
+            if (cap > max)
+                break; /* max + 1 bytes read: too large */
+            size_t next = cap > (max + 1) / 2 ? max + 1 : cap * 2;
+            char *p = realloc(buf, next);
+            if (!p)
+                return util_fail(err, ENOMEM, "out of memory reading %s", what);
+            buf = p;
+            cap = next;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return util_fail_errno(err, "cannot read %s", what);
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (!buf)
+        return util_fail(err, ENOMEM, "out of memory reading %s", what);
+    if (n > max)
+        return util_fail(err, EFBIG, "%s is larger than %zu bytes", what, max);
+    buf[n] = '\0'; /* n < cap: a full buffer was grown or refused above */
+    if (len)
+        *len = n;
+    *out = buf;
+    buf = NULL;
+    return 0;
+}
+
 int util_read_file(const char *path, size_t max, char **out, size_t *len, cell_error *err)
 {
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return util_fail_errno(err, "cannot open %s", path);
-    _cleanup_free_ char *buf = malloc(max + 1);
-    if (!buf)
-        return util_fail(err, ENOMEM, "out of memory reading %s", path);
-    ssize_t n = util_read_all(fd, buf, max + 1);
-    if (n < 0)
-        return util_fail_errno(err, "cannot read %s", path);
-    if ((size_t)n > max)
-        return util_fail(err, EFBIG, "%s is larger than %zu bytes", path, max);
-    buf[n] = '\0';
-    if (len)
-        *len = (size_t)n;
-    *out = buf;
-    buf = NULL;
-    return 0;
+    return util_read_fd(fd, path, max, out, len, err);
 }
 
 int util_mkdir_p(const char *path, mode_t mode, cell_error *err)

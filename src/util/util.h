@@ -56,6 +56,9 @@ void util_names_free(util_names *names);
 int util_write_file(const char *path, const void *data, size_t len, mode_t mode, int durable, cell_error *err);
 /* Read a whole small file (<= max bytes) into a NUL-terminated malloc()ed buffer. */
 int util_read_file(const char *path, size_t max, char **out, size_t *len, cell_error *err);
+/* The same from an open fd (`what` names it in errors); the buffer grows
+ * from the file's size, never past max + 1. */
+int util_read_fd(int fd, const char *what, size_t max, char **out, size_t *len, cell_error *err);
 int util_mkdir_p(const char *path, mode_t mode, cell_error *err);
 /* Remove a tree without following symlinks or crossing mount points. */
 int util_rm_rf(const char *path, cell_error *err);
