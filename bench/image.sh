@@ -36,6 +36,11 @@
 #   CELL_IMAGE_BENCH_VFS_FILES, CELL_IMAGE_BENCH_VFS_SIZE (bytes), CELL_IMAGE_BENCH_VFS_REPS
 #                                                                    (16, 16777216, 5)
 #   CELL_IMAGE_BENCH_ONLY        a subset of: import run commit vfs
+#   CELL_IMAGE_BENCH_BASELINE    another build directory (its cell and
+#                                bench/vfs_bench; e.g. an older commit's, built
+#                                in a git worktree): its run rows join the run
+#                                table, round-robin with this build's, and its
+#                                vfs_bench runs alternate with this build's
 #   CELL_BENCH_BUILD             the make BUILD directory            (build)
 #   CELL_BENCH_NO_MAKE=1         use what BUILD has, do not run make
 set -euo pipefail
@@ -59,6 +64,7 @@ vfs_files=${CELL_IMAGE_BENCH_VFS_FILES:-$d_vfs_files}
 vfs_size=${CELL_IMAGE_BENCH_VFS_SIZE:-$d_vfs_size}
 vfs_reps=${CELL_IMAGE_BENCH_VFS_REPS:-$d_vfs_reps}
 only=${CELL_IMAGE_BENCH_ONLY:-import run commit vfs}
+baseline=${CELL_IMAGE_BENCH_BASELINE:-}
 die() { echo "image.sh: $*" >&2; exit 1; }
 wants() { [[ " $only " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
@@ -69,6 +75,11 @@ bench_scratch cell-image-bench
 # A copy, so that a rebuild of BUILD while this runs cannot swap the binary.
 cell=$(bench_snapshot "$top/$build/cell" "$scratch/bin") || die "cannot copy $build/cell"
 cp "$top/$build/bench/vfs_bench" "$scratch/bin/" || die "cannot copy vfs_bench"
+old_cell=""
+if [ -n "$baseline" ]; then
+    old_cell=$(bench_snapshot "$baseline/cell" "$scratch/baseline") || die "cannot copy $baseline/cell"
+    cp "$baseline/bench/vfs_bench" "$scratch/baseline/" || die "cannot copy $baseline/bench/vfs_bench"
+fi
 
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -136,21 +147,31 @@ data, _ = ocibuild.oci_archive([ocibuild.busybox_base()], {"Env": ["PATH=/bin"],
 open(sys.argv[2], "wb").write(data)
 PY
     "$cell" --state "$st" image import bb "$scratch/bb.tar" >/dev/null 2>&1 || die "cannot import the busybox image"
+    if [ -n "$old_cell" ]; then
+        "$old_cell" --state "$st-baseline" image import bb "$scratch/bb.tar" >/dev/null 2>&1 ||
+            die "the baseline cannot import the busybox image"
+    fi
     # The first `host` run generates that image; it and a few more are untimed.
-    out=$(python3 - "$run_n" "$cell" "$st" <<'PY'
+    out=$(python3 - "$run_n" "$cell" "$st" "$old_cell" "$st-baseline" <<'PY'
 import os, statistics, sys, time
-n, cell, st = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-rows = [("imported busybox image (config: Env, User by name)", ["run", "--image", "bb", "--", "/bin/busybox", "true"]),
-        ("host image, the same command", ["run", "--image", "host", "--", "/bin/busybox", "true"]),
-        ("host image, `cell run -- /bin/true` (bench/faststart.sh's cli row)", ["run", "--", "/bin/true"])]
+n, cell, st, old, old_st = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+img = ["run", "--image", "bb", "--", "/bin/busybox", "true"]
+host_img = ["run", "--image", "host", "--", "/bin/busybox", "true"]
+rows = [("imported busybox image (config: Env, User by name)", cell, st, img),
+        ("host image, the same command", cell, st, host_img),
+        ("host image, `cell run -- /bin/true` (bench/faststart.sh's cli row)", cell, st, ["run", "--", "/bin/true"])]
+if old:
+    rows += [("baseline build: imported busybox image", old, old_st, img),
+             ("baseline build: host image, the same command", old, old_st, host_img)]
 wall = [[] for _ in rows]
 cpu = [[] for _ in rows]
+faults = [[] for _ in rows]
 null = os.open("/dev/null", os.O_RDWR)
 for i in range(n + 3):
-    for k, (_, args) in enumerate(rows):
-        argv = [cell, "--state", st] + args
+    for k, (_, binary, state, args) in enumerate(rows):
+        argv = [binary, "--state", state] + args
         t = time.perf_counter_ns()
-        pid = os.posix_spawn(cell, argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, null, 1)])
+        pid = os.posix_spawn(binary, argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, null, 1)])
         _, status, ru = os.wait4(pid, 0)
         d = (time.perf_counter_ns() - t) / 1e6
         if status != 0:
@@ -158,6 +179,7 @@ for i in range(n + 3):
         if i >= 3:
             wall[k].append(d)
             cpu[k].append((ru.ru_utime + ru.ru_stime) * 1e3)
+            faults[k].append(ru.ru_minflt)
 def q(v, p):
     v = sorted(v)
     x = (len(v) - 1) * p
@@ -165,9 +187,10 @@ def q(v, p):
     return v[i] + (v[min(i + 1, len(v) - 1)] - v[i]) * (x - i)
 host = statistics.median(wall[1])
 host_cpu = statistics.median(cpu[1])
-for (name, _), w, c in zip(rows, wall, cpu):
+for (name, *_), w, c, f in zip(rows, wall, cpu, faults):
     m, mc = statistics.median(w), statistics.median(c)
-    print("| %s | %.2f | %.2f | %.2fx | %.2f | %.2fx |" % (name, m, q(w, 0.9), m / host, mc, mc / host_cpu))
+    print("| %s | %.2f | %.2f | %.2fx | %.2f | %.2fx | %.0f |" % (name, m, q(w, 0.9), m / host, mc, mc / host_cpu,
+                                                               statistics.median(f)))
 PY
 ) || die "the run benchmark failed"
     local img host
@@ -175,8 +198,8 @@ PY
     host=$(sed -n 2p <<<"$out" | cut -d'|' -f3 | tr -d ' ')
     summary+=("| \`cell run --image IMG -- /bin/busybox true\`, IMG imported (busybox) | $img ms | IMG host $host ms | $(ratio "$img" "$host") |")
     details+=("### cell run on an imported image vs host ($run_n runs each, round-robin, posix_spawn to wait4)" ""
-        "| image | wall median ms | p90 ms | vs host | CPU ms (median, whole tree) | vs host |"
-        "|---|---:|---:|---:|---:|---:|" "$out" "")
+        "| image | wall median ms | p90 ms | vs host | CPU ms (median, whole tree) | vs host | minor faults (median, whole tree) |"
+        "|---|---:|---:|---:|---:|---:|---:|" "$out" "")
 }
 
 # ---- commit -------------------------------------------------------------------
@@ -236,12 +259,22 @@ bench_vfs() {
     done
     out=$("$scratch/bin/vfs_bench" --state "$scratch/vfs-state" --dir "$scratch/vfs-data" --reps "$vfs_reps") ||
         die "vfs_bench failed"
+    details+=("### read-only vfs vs bind mount ($vfs_reps reps, a fresh cell each, medians)" "" "$out" "")
+    if [ -n "$old_cell" ]; then
+        # Alternated: baseline, this build again, baseline again.
+        local b1 c2 b2
+        b1=$("$scratch/baseline/vfs_bench" --state "$scratch/vfs-state" --dir "$scratch/vfs-data" --reps "$vfs_reps") &&
+            c2=$("$scratch/bin/vfs_bench" --state "$scratch/vfs-state" --dir "$scratch/vfs-data" --reps "$vfs_reps") &&
+            b2=$("$scratch/baseline/vfs_bench" --state "$scratch/vfs-state" --dir "$scratch/vfs-data" --reps "$vfs_reps") ||
+            die "vfs_bench (baseline) failed"
+        details+=("### baseline build and this one alternated: baseline, this build, baseline (the run above was this build's first)"
+            "" "$b1" "" "$c2" "" "$b2" "")
+    fi
     bind=$(sed -n 3p <<<"$out" | cut -d'|' -f3 | tr -d ' ')
     first=$(sed -n 4p <<<"$out" | cut -d'|' -f3 | tr -d ' ')
     cached=$(sed -n 5p <<<"$out" | cut -d'|' -f3 | tr -d ' ')
     summary+=("| read-only vfs, first read ($vfs_files files of $vfs_size bytes) | $first MB/s | read-only bind mount $bind MB/s | $(ratio "$first" "$bind") |"
         "| read-only vfs, second read (page cache) | $cached MB/s | read-only bind mount $bind MB/s | $(ratio "$cached" "$bind") |")
-    details+=("### read-only vfs vs bind mount ($vfs_reps reps, a fresh cell each, medians)" "" "$out" "")
 }
 
 machine=$(bench_machine_lines)
