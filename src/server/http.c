@@ -319,6 +319,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         const char *len = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         r->in_body = te != NULL || (len && strtoull(len, NULL, 10) > 0);
         begin(r);
+        if (!r->responded && !r->m.route)
+            return MHD_NO;              /* no answer could be made: drop the connection */
         if (!r->responded && (r->m.route->flags & ROUTE_STREAM_BODY)) {
             if (len && strtoull(len, NULL, 10) > r->s->opt.max_file_bytes)
                 reply_stream_too_big(r);

@@ -181,11 +181,28 @@ static void scrub_message(sreq *r, const char *in, char *out, size_t size)
     out[o] = '\0';
 }
 
+/* jansson takes UTF-8 only, and a message may quote the request's own
+ * bytes (a path, an id: "/v1/nosuch%ff"), or be cut inside a character: such
+ * a message loses its non-ASCII bytes ('?') rather than the answer (with no
+ * answer begin() went on as if the request had passed its checks). */
+static void utf8_or_ascii(char *s)
+{
+    json_t *t = json_string(s);
+    if (t) {
+        json_decref(t);
+        return;
+    }
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            *s = '?';
+}
+
 static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, va_list ap)
 {
     char raw[1024], msg[1024], detail[1200], uri[128], title[64], words[64];
     vsnprintf(raw, sizeof raw, fmt, ap);
     scrub_message(r, raw, msg, sizeof msg);
+    utf8_or_ascii(msg);
     snprintf(uri, sizeof uri, PROBLEM_TYPE_BASE "%s", type);
     type_words(type, words, sizeof words, 0);
     snprintf(detail, sizeof detail, "%s: %s", words, msg);

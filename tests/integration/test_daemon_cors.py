@@ -169,3 +169,18 @@ def test_control_bytes_in_paths_are_refused(d, admin, cells):
     finally:
         admin.delete("/v1/lanes/%s" % lane)
 
+
+
+def test_paths_that_are_not_utf8_get_an_answer(d, admin):
+    """A problem quoting the request's own bytes: "/v1/nosuch%ff" made no
+    answer (jansson takes UTF-8 only), and the daemon then read the route it
+    did not have and crashed; an unknown cell id of such bytes would have
+    reached the handler without its cell."""
+    for path, status in (("/v1/nosuch%ff", 404), ("/v1/cells/%ff%fe", 404), ("/cells/%ff/v1/processes", 404),
+                         ("/cells/x%c3/v1/fs/file?path=/etc/hostname", 404), ("/v1/lanes/%80", 404)):
+        for client in (admin, d.client(admin=False)):
+            st, h, body = raw(client, "GET", path, token=client.token)
+            want = status if client.token else (404 if path.startswith("/v1/nosuch") else 401)
+            assert st == want and h["content-type"] == "application/problem+json", (path, st, body)
+            body.decode("utf-8")
+    assert admin.get("/v1/health").status == 200
