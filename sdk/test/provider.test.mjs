@@ -39,3 +39,15 @@ test("a refused create names the field", async () => {
     (e) => e instanceof CellProblemError && e.status === 400 && /hostname/.test(e.message),
   );
 });
+
+test("pause stops, reconnect starts again, destroy twice is not an error", async () => {
+  const provider = cell({ url: url(), token: daemonState.token });
+  const sdk = await SandboxAgent.start({ sandbox: provider });
+  const id = sdk.sandboxId;
+  await provider.pause(id.slice("cell/".length));
+  const again = await SandboxAgent.start({ sandbox: provider, sandboxId: id });
+  const r = await again.runProcess({ command: "true" });
+  assert.equal(r.exitCode, 0);
+  await provider.destroy(id.slice("cell/".length));
+  await provider.destroy(id.slice("cell/".length));
+});
