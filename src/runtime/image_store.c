@@ -457,11 +457,16 @@ static long numeric_id(const char *s)
 static long lookup_id(const char *rootfs, const char *file, const char *name, long *gid, cell_error *err)
 {
     _cleanup_close_ int root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW,
+    /* O_NONBLOCK: a FIFO there must not hold the caller until a writer
+     * comes; anything but a regular file is refused below. */
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
                             .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV };
     _cleanup_close_ int fd = root < 0 ? -1 : (int)syscall(SYS_openat2, root, file, &how, sizeof how);
     if (fd < 0)
         return util_fail(err, ENOENT, "the image's User '%s' cannot be resolved: no /%s", name, file);
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return util_fail(err, EINVAL, "the image's User '%s' cannot be resolved: its /%s is not a file", name, file);
     /* Read at its size: a 1 MiB buffer here made the cell's plan a cleared
      * heap block (util_read_fd). */
     _cleanup_free_ char *buf = NULL;

@@ -12,7 +12,7 @@ APPLETS = ("sh", "ls", "cat", "echo", "pwd", "id", "env", "stat", "test", "sleep
 
 
 def tar_bytes(entries):
-    """entries: (name, kind, arg, mode, uid, gid) with kind dir|file|sym|hard|chr;
+    """entries: (name, kind, arg, mode, uid, gid) with kind dir|file|sym|hard|chr|fifo;
     arg: file data, link target or (major, minor)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
@@ -32,6 +32,8 @@ def tar_bytes(entries):
                 ti.type, ti.linkname = tarfile.SYMTYPE, arg
             elif kind == "hard":
                 ti.type, ti.linkname = tarfile.LNKTYPE, arg
+            elif kind == "fifo":
+                ti.type = tarfile.FIFOTYPE
             elif kind == "chr":
                 ti.type = tarfile.CHRTYPE
                 ti.devmajor, ti.devminor = arg

@@ -125,6 +125,20 @@ def test_passwd_symlink_to_the_host_is_resolved_inside_the_image(run, tmp_path, 
     assert r.returncode != 0 and "root" in r.stderr
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_passwd_that_is_not_a_file_fails_the_run_without_blocking(run, state, tmp_path, base, kind):
+    """A layer makes /etc/passwd a FIFO (whose open would wait for a writer
+    that never comes, holding the caller) or a directory: User lookup
+    refuses it at once, naming the file."""
+    top = tar_bytes([("etc", "dir"), ("etc/passwd", kind)])
+    r = run(["image", "import", "pw" + kind, write(tmp_path, "pw.tar", oci_archive([base, top], dict(CONFIG, User="app"))[0])])
+    if r.returncode != 0:  # refused at import: nothing to look up later
+        assert not os.path.exists(os.path.join(images_dir(state), "pw" + kind))
+        return
+    r = run(["run", "--image", "pw" + kind], timeout=60)
+    assert r.returncode != 0 and "passwd" in r.stderr, r.stdout + r.stderr
+
+
 def test_identical_layers_are_stored_once(run, state, tmp_path, base):
     imported(run, tmp_path, "one", oci_archive([base], CONFIG)[0])
     imported(run, tmp_path, "two", oci_archive([base, whiteout_layer()], CONFIG, gz=False)[0])
