@@ -776,7 +776,7 @@ def test_images(admin):
     assert imgs["host"]["ready"] is True and "debian-bookworm" in imgs, imgs
     g = admin.get("/v1/images/host")
     assert g.status == 200 and g.body == {"name": "host", "ready": True, "size": 0, "created": 0,
-                                          "source": "builtin"}, g
+                                          "source": "builtin", "lanes": []}, g
     assert_problem(admin.get("/v1/images/no-such-image"), 404, "not_found")
 
 
