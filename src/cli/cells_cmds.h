@@ -26,7 +26,10 @@ int cli_add_env(json_t *env, const char *kv);
 /* o[key] if a non-empty string, else dflt. */
 const char *cli_str_or(json_t *o, const char *key, const char *dflt);
 
-/* fs/stat of a path in the cell: 1 directory, 0 anything else or absent. */
+/* 1 if PATH in the cell exists with fs/stat's entryType TYPE ("file",
+ * "directory"), else 0 (also when the daemon cannot say). */
+int cli_remote_is(client *c, const char *id, const char *path, const char *type);
+/* cli_remote_is(c, id, path, "directory"). */
 int cli_remote_is_dir(client *c, const char *id, const char *path);
 
 /* Run one command against the daemon: open the client, call fn, close. */

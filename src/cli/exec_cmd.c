@@ -348,16 +348,21 @@ static int xs_loop(struct xsess *s)
 }
 
 /* ---- starting and ending ------------------------------------------------------------------ */
-int cli_remote_is_dir(client *c, const char *id, const char *path)
+int cli_remote_is(client *c, const char *id, const char *path, const char *type)
 {
     char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
     long status = 0;
     json_t *st = NULL;
     int rc = url ? client_json_status(c, "GET", url, NULL, &status, &st) : -1;
     free(url);
-    int dir = rc == 0 && status == 200 && strcmp(cli_str_or(st, "entryType", ""), "directory") == 0;
+    int match = rc == 0 && status == 200 && strcmp(cli_str_or(st, "entryType", ""), type) == 0;
     json_decref(st);
-    return dir;
+    return match;
+}
+
+int cli_remote_is_dir(client *c, const char *id, const char *path)
+{
+    return cli_remote_is(c, id, path, "directory");
 }
 
 /* A command that could not start exits as docker's would: the daemon
@@ -748,14 +753,7 @@ int cli_exec(struct cli_global *g, int argc, char **argv)
 /* /bin/bash if the image has it, else /bin/sh. */
 static const char *default_shell(client *c, const char *id)
 {
-    char *path = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, "/bin/bash");
-    long status = 0;
-    json_t *st = NULL;
-    int rc = path ? client_json_status(c, "GET", path, NULL, &status, &st) : -1;
-    free(path);
-    int bash = rc == 0 && status == 200 && strcmp(cli_str_or(st, "entryType", ""), "file") == 0;
-    json_decref(st);
-    return bash ? "/bin/bash" : "/bin/sh";
+    return cli_remote_is(c, id, "/bin/bash", "file") ? "/bin/bash" : "/bin/sh";
 }
 
 static int do_shell(client *c, struct cli_global *g, void *arg)

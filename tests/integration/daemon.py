@@ -509,6 +509,22 @@ def tree_snapshot(root, dirs=False):
     return out
 
 
+def create_small_cell(c):
+    """A cell of 64M through client c; its id."""
+    r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
+    assert r.status == 201, r
+    return r.body["id"]
+
+
+def spawn(c, cid, command, args=(), **extra):
+    """Start a process in cell cid (extra: more fields of the request); its id."""
+    body = {"command": command, "args": list(args)}
+    body.update(extra)
+    r = c.post("/cells/%s/v1/processes" % cid, body)
+    assert r.status == 200, r
+    return r.body["id"]
+
+
 def uniq(prefix="t", n=8):
     return "%s-%s" % (prefix, os.urandom(16).hex()[:n])
 

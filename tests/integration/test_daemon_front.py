@@ -307,18 +307,8 @@ def test_serve_help_documents_limits_and_signals():
 # ---- cells, processes, streams ------------------------------------------------------------------
 
 
-def create_cell(c):
-    r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
-    assert r.status == 201, r
-    return r.body["id"]
-
-
-def spawn(c, cid, command, args=(), **extra):
-    body = {"command": command, "args": list(args)}
-    body.update(extra)
-    r = c.post("/cells/%s/v1/processes" % cid, body)
-    assert r.status == 200, r
-    return r.body["id"]
+create_cell = dm.create_small_cell
+spawn = dm.spawn
 
 
 def ws_open(port, path, token=None, query_token=None):

@@ -140,18 +140,8 @@ def test_plaintext_to_the_tls_port_gets_no_http(d, pki):
 # ---- streams over TLS --------------------------------------------------------------------------
 
 
-def create_cell(c):
-    r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
-    assert r.status == 201, r
-    return r.body["id"]
-
-
-def spawn(c, cid, command, args=(), **extra):
-    body = {"command": command, "args": list(args)}
-    body.update(extra)
-    r = c.post("/cells/%s/v1/processes" % cid, body)
-    assert r.status == 200, r
-    return r.body["id"]
+create_cell = dm.create_small_cell
+spawn = dm.spawn
 
 
 def ws_frame(text):
