@@ -365,12 +365,37 @@ static int make_entry(struct extract *x, runtime_untar *u, const runtime_untar_e
     return rc;
 }
 
+/* Most a cell's tar may write past its end-of-archive blocks: tar pads the
+ * archive to its record size (10 KiB by default, -b 2048 makes 1 MiB). */
+#define CP_TAIL_MAX (1u << 20)
+
+/* Read the rest of the stream after a clean end of archive: 0 at its end,
+ * -1 (err set) past CP_TAIL_MAX.  Closing at the end marker instead made
+ * the cell's padding write fail with EPIPE, reported as exit 141 with the
+ * files all copied: a race, lost when the padding came in a later read. */
+static int drain_tail(struct extract *x)
+{
+    char buf[16384];
+    size_t seen = 0;
+    for (;;) {
+        ssize_t n = read(x->tar_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;               /* a read error ends the stream like EOF: exec reports how it ended */
+        if ((seen += (size_t)n) > CP_TAIL_MAX)
+            return util_fail(&x->err, EPROTO, "the cell's tar went on writing more than %u bytes past the end "
+                             "of its archive", CP_TAIL_MAX);
+    }
+}
+
 static void *extract_main(void *arg)
 {
     struct extract *x = arg;
     runtime_untar u;
+    /* tar_fd stays ours until the end: closed early (the parser failed) the
+     * writer sees EPIPE and stops; after a clean end it is drained. */
     int r = runtime_untar_start(x->tar_fd, &u, &x->err);
-    close(x->tar_fd);               /* the parser has its own: our writer sees EPIPE when it ends */
     if (r == 0) {
         runtime_untar_entry e;
         while ((r = runtime_untar_next(&u, &e, &x->err)) == 1)
@@ -380,6 +405,9 @@ static void *extract_main(void *arg)
             }
         runtime_untar_end(&u);
     }
+    if (r == 0)
+        r = drain_tail(x);
+    close(x->tar_fd);
     x->failed = r < 0;
     return NULL;
 }

@@ -435,6 +435,28 @@ def test_hostile_cells_tar_stays_below_dst(d, cli, evil, hostdir):
     assert not os.path.exists(os.path.join(hostdir, "dst-setuid-and-hardlink", "hl"))
 
 
+def test_a_tars_padding_after_its_end_is_not_a_failure(cli, evil, hostdir):
+    """tar pads its archive to a record; padding that arrives after the parser
+    saw the end-of-archive blocks is read and dropped (it once ended cp with
+    141 when it came late).  A tar that never stops is cut with a message."""
+    cid = evil
+    path = os.path.join(hostdir, "padded.tar")
+    with open(path, "wb") as f:
+        f.write(hostile_tar([("file", "ok.txt", b"fine\n")]))
+    ok(cli("cp", path, "%s:/tmp/evil.tar" % cid))
+    ok(cli("exec", cid, "--", "sh", "-c", "mkdir -p /tmp/evil /tmp/padded-src && printf '%s' "
+           "'#!/bin/sh\ncat /tmp/evil.tar; sleep 0.2; head -c 1000000 /dev/zero\n' > /tmp/evil/tar && "
+           "chmod 755 /tmp/evil/tar"))
+    dst = os.path.join(hostdir, "dst-padded")
+    ok(cli("cp", "%s:/tmp/padded-src" % cid, dst))
+    with open(os.path.join(dst, "ok.txt"), "rb") as f:
+        assert f.read() == b"fine\n"
+    ok(cli("exec", cid, "--", "sh", "-c", "printf '%s' '#!/bin/sh\ncat /tmp/evil.tar; exec cat /dev/zero\n' "
+           "> /tmp/evil/tar"))
+    r = cli("cp", "%s:/tmp/padded-src" % cid, os.path.join(hostdir, "dst-endless"))
+    assert r.returncode == 1 and "past the end of its archive" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_lane_and_image_export_refuse_a_terminal(d):
     for args in (["lane", "export", "no-such-lane-xyz"], ["image", "export", "host"]):
         code, out = run_on_pty([CELL_BIN, "--state", d.state] + args, b"")
