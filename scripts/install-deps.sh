@@ -34,6 +34,9 @@ packages=(
   busybox-static
   # scripts/test.sh runs the integration tests in two processes (pytest -n 2)
   python3-pytest-xdist
+  # a hung integration test fails alone (scripts/test.sh: --timeout) instead
+  # of holding CI to its deadline
+  python3-pytest-timeout
   # bench/egress.sh's https benchmark makes its test CA with the openssl CLI
   openssl
   # fuzzing (libFuzzer ships in clang's runtime package)

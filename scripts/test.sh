@@ -15,6 +15,11 @@ PYTEST_PAR=()
 if [ "${CELL_TEST_JOBS:=2}" -gt 0 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
   PYTEST_PAR=(-n "$CELL_TEST_JOBS" --dist loadfile)
 fi
+# A test that hangs fails after 10 minutes, with its stack, and the run goes
+# on (pytest-timeout); nothing here relies on it for timing.
+if /usr/bin/python3 -c 'import pytest_timeout' 2>/dev/null; then
+  PYTEST+=(--timeout=600)
+fi
 passed=0 failed=0 broken=0
 export CELL_TEST_STATE="${CELL_TEST_STATE:-$(mktemp -d /tmp/cell-test-state.XXXXXX)}"
 SECONDS=0

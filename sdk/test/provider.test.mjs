@@ -44,10 +44,16 @@ test("pause stops, reconnect starts again, destroy twice is not an error", async
   const provider = cell({ url: url(), token: daemonState.token });
   const sdk = await SandboxAgent.start({ sandbox: provider });
   const id = sdk.sandboxId;
+  // Each client is disposed: its health wait runs in the background from
+  // start and, with the cell paused under it, would poll for ever (the SDK
+  // sets no deadline), keeping this file from ending (it held CI's ASan run
+  // to its deadline).
+  await sdk.dispose();
   await provider.pause(id.slice("cell/".length));
   const again = await SandboxAgent.start({ sandbox: provider, sandboxId: id });
   const r = await again.runProcess({ command: "true" });
   assert.equal(r.exitCode, 0);
+  await again.dispose();
   await provider.destroy(id.slice("cell/".length));
   await provider.destroy(id.slice("cell/".length));
 });

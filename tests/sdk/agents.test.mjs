@@ -12,7 +12,7 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { SandboxAgent } from "sandbox-agent";
-import { control, createCell, daemonState, rejectsWith, startDaemon, stopDaemon, within, waitFor } from "./harness.mjs";
+import { control, createCell, daemonState, rejectsWith, startDaemon, stopDaemon, within, waitFor, connectSdk } from "./harness.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/mock-acp";
@@ -33,7 +33,7 @@ before(async () => {
   await startDaemon();
   cellId = await createCell({});
   baseUrl = `http://127.0.0.1:${daemonState.port}/cells/${cellId}`;
-  sdk = await SandboxAgent.connect({ baseUrl, token: daemonState.token });
+  sdk = await connectSdk({ baseUrl, token: daemonState.token });
 });
 
 after(async () => {
@@ -145,7 +145,7 @@ async function mockProcs() {
 
 test("dispose ends the instance (DELETE): its agent is gone from the cell", async () => {
   const before = await mockProcs();
-  const own = await SandboxAgent.connect({ baseUrl, token: daemonState.token });
+  const own = await connectSdk({ baseUrl, token: daemonState.token });
   const session = await own.createSession({ agent: "mock" });
   assert.equal(await mockProcs(), before + 1);
   const listed = (await control("GET", `/cells/${cellId}/v1/acp`)).body.servers.length;

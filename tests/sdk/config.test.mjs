@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { SandboxAgent } from "sandbox-agent";
-import { control, createCell, daemonState, rejectsWith, startDaemon, stopDaemon } from "./harness.mjs";
+import { control, createCell, daemonState, rejectsWith, startDaemon, stopDaemon, connectSdk } from "./harness.mjs";
 
 let cellId = "";
 let baseUrl = "";
@@ -16,7 +16,7 @@ before(async () => {
   await startDaemon();
   cellId = await createCell({});
   baseUrl = `http://127.0.0.1:${daemonState.port}/cells/${cellId}`;
-  sdk = await SandboxAgent.connect({ baseUrl, token: daemonState.token });
+  sdk = await connectSdk({ baseUrl, token: daemonState.token });
 });
 
 after(async () => {

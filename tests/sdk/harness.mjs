@@ -10,14 +10,14 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { SandboxAgentError } from "sandbox-agent";
+import { SandboxAgent, SandboxAgentError } from "sandbox-agent";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const CELL_BIN = process.env.CELL_BIN || path.resolve(HERE, "../../build/cell");
 
 // The running daemon: set by startDaemon(); port and token may also be set
 // by a suite that talks to a reference server instead.
-export const daemonState = { daemon: null, stderr: "", stateDir: null, port: 0, token: "" };
+export const daemonState = { daemon: null, stderr: "", stateDir: null, port: 0, token: "", stopping: false };
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -94,7 +94,13 @@ export async function startDaemon() {
   st.daemon = daemon;
   daemon.stdout.on("data", () => {});
   daemon.stderr.on("data", (d) => { st.stderr += d.toString(); });
-  daemon.exitedPromise = new Promise((resolve) => daemon.once("exit", (code, sig) => resolve({ code, sig })));
+  daemon.exitedPromise = new Promise((resolve) => daemon.once("exit", (code, sig) => {
+    // A daemon that dies under a test (a sanitizer abort) is reported at
+    // once, with what it printed: the SDK's calls would only see a refused
+    // connection, and CI's log is cut long before the suite ends.
+    if (!st.stopping) process.stderr.write(`cell serve died (exit ${code}, signal ${sig}); its stderr:\n${st.stderr}\n`);
+    resolve({ code, sig });
+  }));
   await waitFor(async () => {
     if (daemon.exitCode !== null) throw new Error(`cell serve exited early: ${st.stderr}`);
     try {
@@ -105,6 +111,13 @@ export async function startDaemon() {
   }, { timeout: 20000, what: "cell serve to answer /v1/health" });
   st.token = readFileSync(path.join(st.stateDir, "admin.token"), "utf8").trim();
   return st;
+}
+
+// SandboxAgent.connect with a bound on its health wait: the SDK's default
+// waits for ever, so a daemon that died would hang the suite until CI's
+// deadline instead of failing the test.
+export function connectSdk(options) {
+  return SandboxAgent.connect({ waitForHealth: { timeoutMs: 30000 }, ...options });
 }
 
 // A new cell (POST /v1/cells with `body`); its id.
@@ -123,6 +136,7 @@ export async function stopDaemon(cellIds = []) {
   if (daemon) {
     for (const id of cellIds) if (id) await control("DELETE", `/v1/cells/${id}`).catch(() => {});
     if (daemon.exitCode === null && daemon.signalCode === null) {
+      st.stopping = true;
       daemon.kill("SIGTERM");
       const timer = setTimeout(() => daemon.kill("SIGKILL"), 20000);
       await daemon.exitedPromise;

@@ -23,12 +23,17 @@ npm ci --no-audit --no-fund --loglevel=error
 
 # Without arguments the runner finds every *.test.mjs here (node_modules is
 # skipped); the TAP reporter keeps the summary lines stable for scripts.
+# Bounds: a test that hangs (a daemon that died under it, an SDK wait with
+# no end) fails after 5 minutes instead of holding CI to its deadline; node
+# older than 20.11 lacks --test-timeout, and `timeout` bounds each run whole.
+bound=()
+node --test-timeout=1 -e '' >/dev/null 2>&1 && bound=(--test-timeout=300000)
 set +e
-node --test --test-reporter=tap
+timeout -k 10 1200 node --test --test-reporter=tap "${bound[@]}"
 status=$?
 # The provider package's own tests (sdk/test) use these pinned modules.
 [ -e ../../sdk/node_modules ] || ln -s ../tests/sdk/node_modules ../../sdk/node_modules
-node --test --test-reporter=tap ../../sdk/test/
+timeout -k 10 600 node --test --test-reporter=tap "${bound[@]}" ../../sdk/test/
 sdk_status=$?
 [ "$status" -ne 0 ] || status=$sdk_status
 exit "$status"

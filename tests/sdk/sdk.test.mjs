@@ -22,8 +22,7 @@ import { randomBytes } from "node:crypto";
 import { SandboxAgent, SandboxAgentError } from "sandbox-agent";
 import WebSocket from "ws";
 import {
-  b64, createCell, daemonState, rejectsWith, sleep, startDaemon, stopDaemon, unb64, waitFor, within,
-} from "./harness.mjs";
+  b64, createCell, daemonState, rejectsWith, sleep, startDaemon, stopDaemon, unb64, waitFor, within, connectSdk } from "./harness.mjs";
 
 const REFERENCE_URL = process.env.SDK_REFERENCE_URL;
 
@@ -83,7 +82,7 @@ before(async () => {
     token = process.env.SDK_REFERENCE_TOKEN ?? "";
     port = Number(new URL(baseUrl).port);
     Object.assign(daemonState, { port, token });
-    sdk = await SandboxAgent.connect({ baseUrl, token });
+    sdk = await connectSdk({ baseUrl, token });
     return;
   }
   await startDaemon();
@@ -91,7 +90,7 @@ before(async () => {
   token = daemonState.token;
   cellId = await createCell({});
   baseUrl = `http://127.0.0.1:${port}/cells/${cellId}`;
-  sdk = await SandboxAgent.connect({ baseUrl, token });
+  sdk = await connectSdk({ baseUrl, token });
 });
 
 after(async () => {

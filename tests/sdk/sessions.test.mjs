@@ -15,7 +15,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { SandboxAgent, InMemorySessionPersistDriver } from "sandbox-agent";
 import { AcpHttpClient } from "acp-http-client";
-import { control, createCell, daemonState, startDaemon, stopDaemon, waitFor, within } from "./harness.mjs";
+import { control, createCell, daemonState, startDaemon, stopDaemon, waitFor, within, connectSdk } from "./harness.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/mock-acp";
@@ -29,7 +29,7 @@ before(async () => {
   await startDaemon();
   cellId = await createCell({});
   baseUrl = `http://127.0.0.1:${daemonState.port}/cells/${cellId}`;
-  sdk = await SandboxAgent.connect({ baseUrl, token: daemonState.token });
+  sdk = await connectSdk({ baseUrl, token: daemonState.token });
   await sdk.installAgent("mock");
 });
 
@@ -195,7 +195,7 @@ test("bad session/load and set_* input: JSON-RPC -32602 naming the field, unknow
 
 test("resume on a new instance: the SDK's replay, ACP session/load's replay in order, Last-Event-ID after it", async () => {
   const persist = new InMemorySessionPersistDriver();
-  const first = await SandboxAgent.connect({ baseUrl, token: daemonState.token, persist });
+  const first = await connectSdk({ baseUrl, token: daemonState.token, persist });
   const before0 = await mockProcs();
   const session = await within(first.createSession({ agent: "mock" }), 30000, "createSession");
   await first.setSessionMode(session.id, "plan");
@@ -209,7 +209,7 @@ test("resume on a new instance: the SDK's replay, ACP session/load's replay in o
 
   // The SDK's resume: a new agent session on a new instance, the history
   // handed to the agent with the next prompt.
-  const second = await SandboxAgent.connect({ baseUrl, token: daemonState.token, persist });
+  const second = await connectSdk({ baseUrl, token: daemonState.token, persist });
   try {
     const resumed = await within(second.resumeSession(session.id), 30000, "resumeSession");
     assert.notEqual(resumed.agentSessionId, oldAgentSession);
