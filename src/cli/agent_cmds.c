@@ -5,7 +5,9 @@
  * event text is escaped before it reaches a terminal, ids are checked
  * before they go into a path or a header, and every size is capped. */
 #include "cli/cli.h"
+#include "cli/cells_cmds.h"
 #include "cli/client.h"
+#include "cli/opts.h"
 #include "cli/http1.h"
 #include "util/util.h"
 
@@ -542,7 +544,7 @@ enum {
     O_UPLOAD, O_HELP,
 };
 
-static const struct option run_options[] = {
+const struct option cli_agent_run_options[] = {
     { "agent", required_argument, NULL, O_AGENT }, { "repo", required_argument, NULL, O_REPO },
     { "no-repo", no_argument, NULL, O_NO_REPO }, { "model", required_argument, NULL, O_MODEL },
     { "instructions", required_argument, NULL, O_INSTR }, { "skill", required_argument, NULL, O_SKILL },
@@ -638,12 +640,6 @@ static int run_option(struct run_args *a, int o, const char *v, size_t *att_tota
     return CLI_EXIT_USAGE;
 }
 
-/* The argument getopt_long complained about, for the message. */
-static const char *bad_arg(int argc, char **argv)
-{
-    return optind - 1 < argc && optind > 0 ? argv[optind - 1] : "?";
-}
-
 static int parse_run(struct run_args *a, int argc, char **argv)
 {
     size_t att_total = 0;
@@ -652,14 +648,13 @@ static int parse_run(struct run_args *a, int argc, char **argv)
     optind = 0;
     opterr = 0;
     int o;
-    while ((o = getopt_long(argc, argv, "h", run_options, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":h", cli_agent_run_options, NULL)) != -1) {
         if (o == 'h' || o == O_HELP) {
             fputs(run_usage, stdout);
             return -1;
         }
         if (o == '?' || o == ':')
-            return usage_fail("run", optopt >= O_AGENT ? "option '%s' needs a value" : "unknown option '%s'",
-                              bad_arg(argc, argv));
+            return cli_getopt_fail("agent run", o, argc, argv);
         int rc = run_option(a, o, optarg, &att_total);
         if (rc)
             return rc;
@@ -1570,7 +1565,7 @@ struct runs_args {
     const char *status, *limit, *repo;
 };
 
-static const struct option runs_options[] = {
+const struct option cli_agent_runs_options[] = {
     { "json", no_argument, NULL, 'j' }, { "follow", no_argument, NULL, 'f' },
     { "status", required_argument, NULL, 's' }, { "limit", required_argument, NULL, 'l' },
     { "repo", required_argument, NULL, 'r' }, { "help", no_argument, NULL, 'h' }, { 0 },
@@ -1728,7 +1723,7 @@ static int agent_runs(struct cli_global *g, int argc, char **argv)
     optind = 0;
     opterr = 0;
     int o;
-    while ((o = getopt_long(argc, argv, "hf", runs_options, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, ":hf", cli_agent_runs_options, NULL)) != -1) {
         switch (o) {
         case 'h': fputs(runs_usage, stdout); return 0;
         case 'j': a.json = 1; break;
@@ -1736,7 +1731,7 @@ static int agent_runs(struct cli_global *g, int argc, char **argv)
         case 's': a.status = optarg; break;
         case 'l': a.limit = optarg; break;
         case 'r': a.repo = optarg; break;
-        default: return usage_fail("runs", "option '%s' is unknown or needs a value", bad_arg(argc, argv));
+        default: return cli_getopt_fail("agent runs", o, argc, argv);
         }
     }
     char **rest = argv + optind;
@@ -1773,16 +1768,27 @@ static int agent_runs(struct cli_global *g, int argc, char **argv)
     return rc;
 }
 
+/* [--help] SUBCOMMAND ...: getopt_long stops at the subcommand ("+"), whose
+ * own options are its parser's. */
 int agentcmd_main(struct cli_global *g, int argc, char **argv)
 {
-    if (argc < 2) {
+    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    opterr = 0;
+    optind = 0;
+    int o = getopt_long(argc, argv, "+:h", opts, NULL);
+    if (o == 'h' || (o == -1 && optind < argc && strcmp(argv[optind], "help") == 0)) {
+        int at = optind + (o == -1);    /* `agent help run`, `agent --help run` */
+        fputs(agentcmd_usage(argc - at, argv + at), stdout);
+        return 0;
+    }
+    if (o != -1)
+        return cli_getopt_fail("agent", o, argc, argv);
+    if (optind >= argc) {
         fputs(agent_usage, stderr);
         return CLI_EXIT_USAGE;
     }
-    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
-        fputs(agentcmd_usage(argc - 2, argv + 2), stdout);
-        return 0;
-    }
+    argc -= optind - 1;
+    argv += optind - 1;         /* argv[1]: the subcommand */
     if (strcmp(argv[1], "run") == 0)
         return agent_run(g, argc - 1, argv + 1);
     if (strcmp(argv[1], "runs") == 0)

@@ -4,11 +4,13 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/cells_cmds.h"
+#include "cli/opts.h"
 #include "runtime/plugin.h"
 #include "util/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
@@ -138,29 +140,44 @@ int cli_is_help(const char *a)
     return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
 }
 
-/* 1 if argv[*i] is --name with a value (*val; *i advanced past it), 0 if
- * it is not --name, -1 (printed) if the value is missing. */
-static int opt_is(int argc, char **argv, int *i, const char *name, const char **val)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *val = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return cli_fail(CLI_EXIT_USAGE, "option %s needs a value (see --help)", name), -1;
-    *val = argv[++*i];
-    return 1;
-}
-
 int cli_bad_option(const char *cmd, const char *a)
 {
     return cli_fail(CLI_EXIT_USAGE, "%s: unknown option '%s' (see cell %s --help)", cmd, a, cmd);
+}
+
+/* glibc's getopt_long leaves optind past a long option it refused (unknown:
+ * optopt 0; --flag=VALUE for a flag: optopt its val) and past a short one
+ * only at the end of its cluster, so argv[optind - 1] names a long option
+ * and optopt a short one. */
+int cli_getopt_fail(const char *cmd, int o, int argc, char **argv)
+{
+    const char *a = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+    int is_long = strncmp(a, "--", 2) == 0 && (o == ':' || optopt == 0 || strchr(a, '='));
+    char s[3] = { '-', (char)optopt, 0 };
+    if (!is_long && optopt <= 0)
+        return cli_bad_option(cmd, a);
+    if (o == ':')
+        return cli_fail(CLI_EXIT_USAGE, "%s: option '%s' needs a value (see cell %s --help)", cmd, is_long ? a : s, cmd);
+    if (is_long && optopt)
+        return cli_fail(CLI_EXIT_USAGE, "%s: option '%.*s' takes no value (see cell %s --help)", cmd,
+                        (int)(strchr(a, '=') - a), a, cmd);
+    return cli_bad_option(cmd, is_long ? a : s);
+}
+
+/* Help, or the first operand given to a command that takes none. */
+static int no_operands(const char *cmd, const char *usage, int argc, char **argv)
+{
+    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    opterr = 0;
+    optind = 0;
+    int o = getopt_long(argc, argv, ":h", opts, NULL);
+    if (o == 'h')
+        return fputs(usage, stdout), -1;
+    if (o != -1)
+        return cli_getopt_fail(cmd, o, argc, argv);
+    if (optind < argc)
+        return cli_fail(CLI_EXIT_USAGE, "%s takes no arguments, not '%s' (see cell %s --help)", cmd, argv[optind], cmd);
+    return 0;
 }
 
 static int parse_count(const char *opt, const char *text, long long max, long long *out)
@@ -382,49 +399,80 @@ static json_t *read_policy(const char *opt, const char *path)
     return policy;
 }
 
+enum {
+    O_IMAGE = 256, O_LANE, O_CWD, O_HOSTNAME, O_MEMORY, O_DISK, O_PIDS, O_CPUS, O_TTL, O_ENV, O_AGENT_KEY,
+    O_MOUNT_MEMORY, O_MOUNT_OVERLAY, O_MASK, O_POLICY, O_NET, O_SINCE, O_LIMIT, O_STREAM, O_TENANT, O_LABEL,
+    O_ADMIN, O_RATE,
+};
+
+const struct option cli_create_options[] = {
+    { "image", required_argument, NULL, O_IMAGE },       { "lane", required_argument, NULL, O_LANE },
+    { "cwd", required_argument, NULL, O_CWD },           { "hostname", required_argument, NULL, O_HOSTNAME },
+    { "memory", required_argument, NULL, O_MEMORY },     { "disk", required_argument, NULL, O_DISK },
+    { "pids", required_argument, NULL, O_PIDS },         { "cpus", required_argument, NULL, O_CPUS },
+    { "ttl", required_argument, NULL, O_TTL },           { "env", required_argument, NULL, O_ENV },
+    { "agent-key", required_argument, NULL, O_AGENT_KEY },
+    { "mount-memory", required_argument, NULL, O_MOUNT_MEMORY },
+    { "mount-overlay", required_argument, NULL, O_MOUNT_OVERLAY },
+    { "mask", required_argument, NULL, O_MASK },         { "policy", required_argument, NULL, O_POLICY },
+    { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
+};
+
 /* One create option into the body; 0, or an exit code. */
-static int create_option(json_t *body, int argc, char **argv, int *i)
+static int create_option(json_t *body, int o, const char *v)
 {
     json_t *res = json_object_get(body, "resources");
-    const char *v;
-    int k;
     json_int_t n;
     long long count;
     double cpus;
-    static const char *const strings[] = { "--image", "--lane", "--cwd", "--hostname" };
-    for (size_t s = 0; s < 4; s++)
-        if ((k = opt_is(argc, argv, i, strings[s], &v)) != 0)
-            return k < 0 ? CLI_EXIT_USAGE : (json_object_set_new(body, strings[s] + 2, json_string(v)), 0);
-    if ((k = opt_is(argc, argv, i, "--memory", &v)) != 0)
-        return k < 0 || size_value("--memory", v, &n) ? CLI_EXIT_USAGE
-                                                      : (json_object_set_new(res, "memory", json_integer(n)), 0);
-    if ((k = opt_is(argc, argv, i, "--disk", &v)) != 0)
-        return k < 0 || size_value("--disk", v, &n) ? CLI_EXIT_USAGE
-                                                    : (json_object_set_new(res, "disk", json_integer(n)), 0);
-    if ((k = opt_is(argc, argv, i, "--pids", &v)) != 0)
-        return k < 0 || parse_count("--pids", v, 1 << 22, &count) ? CLI_EXIT_USAGE
-                                                                   : (json_object_set_new(res, "pids", json_integer(count)), 0);
-    if ((k = opt_is(argc, argv, i, "--cpus", &v)) != 0)
-        return k < 0 || cli_parse_seconds("--cpus", v, &cpus) ? CLI_EXIT_USAGE
-                                                          : (json_object_set_new(res, "cpus", json_real(cpus)), 0);
-    if ((k = opt_is(argc, argv, i, "--ttl", &v)) != 0)
-        return k < 0 || parse_count("--ttl", v, 365ll * 24 * 3600, &count) ? CLI_EXIT_USAGE
+    switch (o) {
+    case O_IMAGE: return json_object_set_new(body, "image", json_string(v)), 0;
+    case O_LANE: return json_object_set_new(body, "lane", json_string(v)), 0;
+    case O_CWD: return json_object_set_new(body, "cwd", json_string(v)), 0;
+    case O_HOSTNAME: return json_object_set_new(body, "hostname", json_string(v)), 0;
+    case O_MEMORY:
+        return size_value("--memory", v, &n) ? CLI_EXIT_USAGE : (json_object_set_new(res, "memory", json_integer(n)), 0);
+    case O_DISK:
+        return size_value("--disk", v, &n) ? CLI_EXIT_USAGE : (json_object_set_new(res, "disk", json_integer(n)), 0);
+    case O_PIDS:
+        return parse_count("--pids", v, 1 << 22, &count) ? CLI_EXIT_USAGE
+               : (json_object_set_new(res, "pids", json_integer(count)), 0);
+    case O_CPUS:
+        return cli_parse_seconds("--cpus", v, &cpus) ? CLI_EXIT_USAGE
+               : (json_object_set_new(res, "cpus", json_real(cpus)), 0);
+    case O_TTL:
+        return parse_count("--ttl", v, 365ll * 24 * 3600, &count) ? CLI_EXIT_USAGE
                : (json_object_set_new(body, "ttl", json_integer(count)), 0);
-    if ((k = opt_is(argc, argv, i, "--env", &v)) != 0)
-        return k < 0 || cli_add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
-    if ((k = opt_is(argc, argv, i, "--agent-key", &v)) != 0)
-        return k < 0 || add_agent_key(body, v) ? CLI_EXIT_USAGE : 0;
-    if ((k = opt_is(argc, argv, i, "--mount-memory", &v)) != 0)
-        return k < 0 || add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
-    if ((k = opt_is(argc, argv, i, "--mount-overlay", &v)) != 0)
-        return k < 0 ? CLI_EXIT_USAGE : add_overlay_mount(json_object_get(body, "mounts"), v);
-    if ((k = opt_is(argc, argv, i, "--mask", &v)) != 0)
-        return k < 0 ? CLI_EXIT_USAGE : add_mount_mask(json_object_get(body, "mounts"), v);
-    if ((k = opt_is(argc, argv, i, "--policy", &v)) != 0) {
-        json_t *policy = k < 0 ? NULL : read_policy("--policy", v);
+    case O_ENV: return cli_add_env(json_object_get(body, "env"), v) ? CLI_EXIT_USAGE : 0;
+    case O_AGENT_KEY: return add_agent_key(body, v) ? CLI_EXIT_USAGE : 0;
+    case O_MOUNT_MEMORY: return add_memory_mount(json_object_get(body, "mounts"), v) ? CLI_EXIT_USAGE : 0;
+    case O_MOUNT_OVERLAY: return add_overlay_mount(json_object_get(body, "mounts"), v);
+    case O_MASK: return add_mount_mask(json_object_get(body, "mounts"), v);
+    case O_POLICY: {
+        json_t *policy = read_policy("--policy", v);
         return policy ? (json_object_set_new(body, "policy", policy), 0) : CLI_EXIT_USAGE;
     }
-    return cli_bad_option("create", argv[*i]);
+    }
+    return CLI_EXIT_USAGE;
+}
+
+/* All of create's options into the body; 0, -1 after --help, or an exit code. */
+static int parse_create(json_t *body, int argc, char **argv)
+{
+    opterr = 0;
+    optind = 0;
+    int o, rc;
+    while ((o = getopt_long(argc, argv, ":h", cli_create_options, NULL)) != -1) {
+        if (o == 'h')
+            return fputs(create_usage, stdout), -1;
+        if (o == '?' || o == ':')
+            return cli_getopt_fail("create", o, argc, argv);
+        if ((rc = create_option(body, o, optarg)) != 0)
+            return rc;
+    }
+    if (optind < argc)
+        return cli_fail(CLI_EXIT_USAGE, "create takes options only, not '%s' (see cell create --help)", argv[optind]);
+    return 0;
 }
 
 static int do_create(client *c, struct cli_global *g, void *arg)
@@ -447,14 +495,10 @@ int cli_create(struct cli_global *g, int argc, char **argv)
     json_t *body = json_pack("{s:{}, s:{}, s:[]}", "resources", "env", "mounts");
     if (!body)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    int rc = 0;
-    for (int i = 1; i < argc && rc == 0; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(create_usage, stdout);
-            json_decref(body);
-            return 0;
-        }
-        rc = create_option(body, argc, argv, &i);
+    int rc = parse_create(body, argc, argv);
+    if (rc < 0) {
+        json_decref(body);
+        return 0;
     }
     /* Empty groups stay out: the daemon then applies its defaults. */
     static const char *const groups[] = { "resources", "env", "mounts" };
@@ -497,13 +541,8 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
 
 int cli_ls(struct cli_global *g, int argc, char **argv)
 {
-    if (argc > 1 && cli_is_help(argv[1])) {
-        fputs(ls_usage, stdout);
-        return 0;
-    }
-    if (argc > 1)
-        return cli_fail(CLI_EXIT_USAGE, "ls takes no arguments (see cell ls --help)");
-    return cli_with_client(g, do_ls, NULL);
+    int rc = no_operands("ls", ls_usage, argc, argv);
+    return rc ? (rc < 0 ? 0 : rc) : cli_with_client(g, do_ls, NULL);
 }
 
 struct lifecycle {
@@ -550,17 +589,19 @@ static int do_lifecycle(client *c, struct cli_global *g, void *arg)
 
 static int lifecycle(struct cli_global *g, const char *verb, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (cli_is_help(argv[i])) {
-            fputs(start_usage, stdout);
-            return 0;
-        }
-        if (argv[i][0] == '-')
-            return cli_bad_option(verb, argv[i]);
+    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    opterr = 0;
+    optind = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (o == 'h')
+            return fputs(start_usage, stdout), 0;
+        return cli_getopt_fail(verb, o, argc, argv);
     }
-    if (argc < 2)
+    if (optind >= argc)
         return cli_fail(CLI_EXIT_USAGE, "%s: missing cell ID (see cell %s --help)", verb, verb);
-    struct lifecycle l = { verb, argc, argv };
+    /* The ids from argv[1] on (getopt_long moved them after the options). */
+    struct lifecycle l = { verb, argc - optind + 1, argv + optind - 1 };
     return cli_with_client(g, do_lifecycle, &l);
 }
 
@@ -616,29 +657,31 @@ static int do_logs(client *c, struct cli_global *g, void *arg)
     return rc;
 }
 
+const struct option cli_logs_options[] = {
+    { "follow", no_argument, NULL, 'f' }, { "stream", required_argument, NULL, O_STREAM },
+    { "help", no_argument, NULL, 'h' },   { NULL, 0, NULL, 0 },
+};
+
 int cli_logs(struct cli_global *g, int argc, char **argv)
 {
     struct logs_args l = { 0 };
-    for (int i = 1; i < argc; i++) {
-        const char *v;
-        int k;
-        if (cli_is_help(argv[i]))
+    opterr = 0;
+    optind = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":hf", cli_logs_options, NULL)) != -1) {
+        if (o == 'h')
             return fputs(logs_usage, stdout), 0;
-        if (strcmp(argv[i], "--follow") == 0 || strcmp(argv[i], "-f") == 0)
+        if (o == 'f')
             l.follow = 1;
-        else if ((k = opt_is(argc, argv, &i, "--stream", &v)) != 0) {
-            if (k < 0)
-                return CLI_EXIT_USAGE;
-            l.stream = v;
-        } else if (argv[i][0] == '-')
-            return cli_bad_option("logs", argv[i]);
-        else if (!l.id)
-            l.id = argv[i];
-        else if (!l.proc)
-            l.proc = argv[i];
+        else if (o == O_STREAM)
+            l.stream = optarg;
         else
-            return cli_fail(CLI_EXIT_USAGE, "logs: unexpected argument '%s' (see cell logs --help)", argv[i]);
+            return cli_getopt_fail("logs", o, argc, argv);
     }
+    if (argc - optind > 2)
+        return cli_fail(CLI_EXIT_USAGE, "logs: unexpected argument '%s' (see cell logs --help)", argv[optind + 2]);
+    l.id = optind < argc ? argv[optind] : NULL;
+    l.proc = optind + 1 < argc ? argv[optind + 1] : NULL;
     if (!l.proc)
         return cli_fail(CLI_EXIT_USAGE, "logs: expected ID and PROC, e.g. cell logs 3f2a9c proc_1");
     if (l.stream && strcmp(l.stream, "stdout") && strcmp(l.stream, "stderr") && strcmp(l.stream, "combined") &&
@@ -747,26 +790,33 @@ static int do_audit(client *c, struct cli_global *g, void *arg)
     return 0;
 }
 
+const struct option cli_audit_options[] = {
+    { "net", no_argument, NULL, O_NET },         { "since", required_argument, NULL, O_SINCE },
+    { "limit", required_argument, NULL, O_LIMIT }, { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+};
+
 int cli_audit(struct cli_global *g, int argc, char **argv)
 {
     struct audit_args a = { 0 };
     long long n;
-    for (int i = 1; i < argc; i++) {
-        int k;
-        if (cli_is_help(argv[i]))
+    opterr = 0;
+    optind = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", cli_audit_options, NULL)) != -1) {
+        if (o == 'h')
             return fputs(audit_usage, stdout), 0;
-        if (strcmp(argv[i], "--net") == 0) {
+        if (o == O_NET)
             a.net = 1;
-        } else if ((k = opt_is(argc, argv, &i, "--since", &a.since)) != 0) {
-            if (k < 0 || parse_count("--since", a.since, INT64_MAX, &n))
-                return CLI_EXIT_USAGE;
-        } else if ((k = opt_is(argc, argv, &i, "--limit", &a.limit)) != 0) {
-            if (k < 0 || parse_count("--limit", a.limit, 10000, &n))
-                return CLI_EXIT_USAGE;
-        } else {
-            return cli_bad_option("audit", argv[i]);
-        }
+        else if (o == O_SINCE && parse_count("--since", a.since = optarg, INT64_MAX, &n) == 0)
+            continue;
+        else if (o == O_LIMIT && parse_count("--limit", a.limit = optarg, 10000, &n) == 0)
+            continue;
+        else
+            return o == O_SINCE || o == O_LIMIT ? CLI_EXIT_USAGE : cli_getopt_fail("audit", o, argc, argv);
     }
+    if (optind < argc)
+        return cli_fail(CLI_EXIT_USAGE, "audit takes options only, not '%s' (see cell audit --help)", argv[optind]);
     return cli_with_client(g, do_audit, &a);
 }
 
@@ -803,9 +853,17 @@ static int do_policy(client *c, struct cli_global *g, void *arg)
 
 int cli_policy(struct cli_global *g, int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
-        if (cli_is_help(argv[i]))
+    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    opterr = 0;
+    optind = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (o == 'h')
             return fputs(policy_usage, stdout), 0;
+        return cli_getopt_fail("policy", o, argc, argv);
+    }
+    argv += optind - 1;         /* the operands from argv[1] on */
+    argc -= optind - 1;
     if (argc < 2 || strcmp(argv[1], "set") != 0) {
         fputs(policy_usage, stderr);
         return argc < 2 ? cli_fail(CLI_EXIT_USAGE, "policy: missing command (set)")
@@ -895,33 +953,56 @@ static int do_token(client *c, struct cli_global *g, void *arg)
     return token_revoke(c, g, t->id);
 }
 
+const struct option cli_token_options[] = {
+    { "tenant", required_argument, NULL, O_TENANT }, { "label", required_argument, NULL, O_LABEL },
+    { "admin", no_argument, NULL, O_ADMIN },         { "rate", required_argument, NULL, O_RATE },
+    { "help", no_argument, NULL, 'h' },              { NULL, 0, NULL, 0 },
+};
+
 /* --tenant NAME [--label L] [--admin] [--rate N] into the body. */
-static int parse_token_create(int argc, char **argv, json_t *body)
+static int token_option(json_t *body, int o, const char *v)
 {
-    for (int i = 2; i < argc; i++) {
-        const char *v;
-        int k;
-        long long rate;
-        if (strcmp(argv[i], "--admin") == 0) {
-            json_object_set_new(body, "admin", json_true());
-        } else if ((k = opt_is(argc, argv, &i, "--tenant", &v)) != 0) {
-            if (k < 0)
-                return CLI_EXIT_USAGE;
-            json_object_set_new(body, "tenant", json_string(v));
-        } else if ((k = opt_is(argc, argv, &i, "--label", &v)) != 0) {
-            if (k < 0)
-                return CLI_EXIT_USAGE;
-            json_object_set_new(body, "label", json_string(v));
-        } else if ((k = opt_is(argc, argv, &i, "--rate", &v)) != 0) {
-            if (k < 0 || parse_count("--rate", v, 1000000, &rate))
-                return CLI_EXIT_USAGE;
-            json_object_set_new(body, "rate", json_integer(rate));
-        } else {
-            return cli_bad_option("token create", argv[i]);
-        }
+    long long rate;
+    switch (o) {
+    case O_ADMIN: return json_object_set_new(body, "admin", json_true()), 0;
+    case O_TENANT: return json_object_set_new(body, "tenant", json_string(v)), 0;
+    case O_LABEL: return json_object_set_new(body, "label", json_string(v)), 0;
+    case O_RATE:
+        return parse_count("--rate", v, 1000000, &rate) ? CLI_EXIT_USAGE
+               : (json_object_set_new(body, "rate", json_integer(rate)), 0);
     }
-    if (!json_object_get(body, "tenant"))
+    return CLI_EXIT_USAGE;
+}
+
+/* TOKEN-SUBCOMMAND [OPTIONS] [ID] (argv[0] the subcommand): options (only
+ * create has any) into t->body, the operands into *rest; 0, -1 after
+ * --help, or an exit code. */
+static int parse_token(struct token_args *t, int argc, char **argv, int *rest)
+{
+    static const struct option help_only[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    char cmd[32];
+    snprintf(cmd, sizeof cmd, "token %s", t->sub);
+    opterr = 0;
+    optind = 0;
+    int o, rc;
+    while ((o = getopt_long(argc, argv, ":h", t->body ? cli_token_options : help_only, NULL)) != -1) {
+        if (o == 'h')
+            return fputs(token_usage, stdout), -1;
+        if (o == '?' || o == ':')
+            return cli_getopt_fail(cmd, o, argc, argv);
+        if ((rc = token_option(t->body, o, optarg)) != 0)
+            return rc;
+    }
+    *rest = argc - optind;
+    if (t->body && *rest)
+        return cli_fail(CLI_EXIT_USAGE, "token create takes options only, not '%s'", argv[optind]);
+    if (t->body && !json_object_get(t->body, "tenant"))
         return cli_fail(CLI_EXIT_USAGE, "token create: --tenant NAME is required (the tenant the token acts for)");
+    if (strcmp(t->sub, "ls") == 0 && *rest)
+        return cli_fail(CLI_EXIT_USAGE, "token ls takes no arguments");
+    if (strcmp(t->sub, "revoke") == 0 && *rest != 1)
+        return cli_fail(CLI_EXIT_USAGE, "token revoke takes exactly one token ID (see cell token ls)");
+    t->id = *rest ? argv[optind] : NULL;
     return 0;
 }
 
@@ -931,26 +1012,15 @@ int cli_token(struct cli_global *g, int argc, char **argv)
         fputs(token_usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : 0;
     }
-    for (int i = 2; i < argc; i++)
-        if (cli_is_help(argv[i]))
-            return fputs(token_usage, stdout), 0;
     struct token_args t = { .sub = argv[1] };
-    int rc = 0;
-    if (strcmp(t.sub, "create") == 0) {
-        t.body = json_object();
-        rc = t.body ? parse_token_create(argc, argv, t.body) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
-    } else if (strcmp(t.sub, "ls") == 0) {
-        if (argc > 2)
-            rc = cli_fail(CLI_EXIT_USAGE, "token ls takes no arguments");
-    } else if (strcmp(t.sub, "revoke") == 0) {
-        if (argc != 3 || argv[2][0] == '-')
-            rc = cli_fail(CLI_EXIT_USAGE, "token revoke takes exactly one token ID (see cell token ls)");
-        t.id = argc == 3 ? argv[2] : NULL;
-    } else {
-        rc = cli_fail(CLI_EXIT_USAGE, "unknown token command '%s' (create, ls, revoke)", t.sub);
-    }
+    if (strcmp(t.sub, "create") != 0 && strcmp(t.sub, "ls") != 0 && strcmp(t.sub, "revoke") != 0)
+        return cli_fail(CLI_EXIT_USAGE, "unknown token command '%s' (create, ls, revoke)", t.sub);
+    if (strcmp(t.sub, "create") == 0 && !(t.body = json_object()))
+        return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rest = 0;
+    int rc = parse_token(&t, argc - 1, argv + 1, &rest);
     if (rc == 0)
         rc = cli_with_client(g, do_token, &t);
     json_decref(t.body);
-    return rc;
+    return rc < 0 ? 0 : rc;
 }

@@ -19,6 +19,11 @@ extern const char cli_exec_usage[], cli_shell_usage[], cli_cp_usage[];
 int cli_is_help(const char *a);
 /* "CMD: unknown option 'A' (see cell CMD --help)"; returns CLI_EXIT_USAGE. */
 int cli_bad_option(const char *cmd, const char *a);
+/* After getopt_long (opterr 0, optstring starting with ':') returned '?' or
+ * ':' (o): "CMD: unknown option 'A'", "CMD: option 'A' needs a value" or
+ * "CMD: option 'A' takes no value", each pointing at `cell CMD --help`;
+ * returns CLI_EXIT_USAGE. */
+int cli_getopt_fail(const char *cmd, int o, int argc, char **argv);
 /* Seconds above 0 (e.g. 10 or 0.5); 0 or CLI_EXIT_USAGE (printed). */
 int cli_parse_seconds(const char *opt, const char *text, double *out);
 /* NAME=VALUE into an env object; 0 or CLI_EXIT_USAGE (printed). */

@@ -2,6 +2,8 @@
  * Values are read from stdin or a file, never from argv (ps would show them). */
 #include "cli/cli.h"
 #include "cli/client.h"
+#include "cli/cells_cmds.h"
+#include "cli/opts.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -190,23 +192,46 @@ static int is_help(const char *a)
     return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0;
 }
 
-static int parse_set(int argc, char **argv, const char **name, const char **file)
+enum { O_VALUE_FILE = 256, O_VALUE };
+
+/* --value is known only to refuse it by name (optional_argument: both
+ * --value and --value=V land here). */
+const struct option cli_secret_options[] = {
+    { "value-file", required_argument, NULL, O_VALUE_FILE }, { "value", optional_argument, NULL, O_VALUE },
+    { "help", no_argument, NULL, 'h' },                      { NULL, 0, NULL, 0 },
+};
+
+/* SUBCOMMAND [OPTIONS] [NAME] (argv[0] the subcommand); 0, -1 after
+ * --help, or an exit code. */
+static int parse_secret(const char *sub, int argc, char **argv, const char **name, const char **file)
 {
-    for (int i = 2; i < argc; i++) {
-        if (strcmp(argv[i], "--value-file") == 0 && i + 1 < argc)
-            *file = argv[++i];
-        else if (strncmp(argv[i], "--value-file=", 13) == 0)
-            *file = argv[i] + 13;
-        else if (strcmp(argv[i], "--value") == 0 || strncmp(argv[i], "--value=", 8) == 0)
+    static const struct option help_only[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+    int set = strcmp(sub, "set") == 0;
+    char cmd[16];
+    snprintf(cmd, sizeof cmd, "secret %s", sub);
+    opterr = 0;
+    optind = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, ":h", set ? cli_secret_options : help_only, NULL)) != -1) {
+        if (o == 'h')
+            return fputs(cli_secret_usage, stdout), -1;
+        if (o == O_VALUE)
             return cli_fail(CLI_EXIT_USAGE, "secret set: no --value: a value on the command line is visible "
                                             "to every user (ps); use stdin or --value-file FILE");
-        else if (argv[i][0] == '-' && argv[i][1])
-            return cli_fail(CLI_EXIT_USAGE, "secret set: unknown option '%s' (see cell secret --help)", argv[i]);
-        else if (!*name)
-            *name = argv[i];
-        else
-            return cli_fail(CLI_EXIT_USAGE, "secret set takes one NAME");
+        if (o != O_VALUE_FILE)
+            return cli_getopt_fail(cmd, o, argc, argv);
+        *file = optarg;
     }
+    int n = argc - optind;
+    *name = n ? argv[optind] : NULL;
+    if (strcmp(sub, "ls") == 0 && n)
+        return cli_fail(CLI_EXIT_USAGE, "secret ls takes no arguments");
+    if (strcmp(sub, "rm") == 0 && n != 1)
+        return cli_fail(CLI_EXIT_USAGE, "secret rm takes exactly one NAME (see cell secret ls)");
+    if (!set)
+        return 0;
+    if (n > 1)
+        return cli_fail(CLI_EXIT_USAGE, "secret set takes one NAME");
     if (!*name)
         return cli_fail(CLI_EXIT_USAGE, "secret set: NAME is required");
     return 0;
@@ -218,29 +243,18 @@ int cli_secret(struct cli_global *g, int argc, char **argv)
         fputs(cli_secret_usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : 0;
     }
-    for (int i = 2; i < argc; i++)
-        if (is_help(argv[i]) && strcmp(argv[i], "help") != 0)
-            return fputs(cli_secret_usage, stdout), 0;
     const char *sub = argv[1];
-    const char *name = NULL;
-    if (strcmp(sub, "ls") == 0) {
-        if (argc > 2)
-            return cli_fail(CLI_EXIT_USAGE, "secret ls takes no arguments");
-    } else if (strcmp(sub, "rm") == 0) {
-        if (argc != 3 || argv[2][0] == '-')
-            return cli_fail(CLI_EXIT_USAGE, "secret rm takes exactly one NAME (see cell secret ls)");
-        name = argv[2];
-    } else if (strcmp(sub, "set") != 0) {
+    const char *name = NULL, *file = NULL;
+    if (strcmp(sub, "ls") != 0 && strcmp(sub, "rm") != 0 && strcmp(sub, "set") != 0)
         return cli_fail(CLI_EXIT_USAGE, "unknown secret command '%s' (set, ls, rm)", sub);
-    }
+    int prc = parse_secret(sub, argc - 1, argv + 1, &name, &file);
+    if (prc)
+        return prc < 0 ? 0 : prc;
 
     char *value = NULL;
     size_t value_cap = 0;
     if (strcmp(sub, "set") == 0) {
-        const char *file = NULL;
-        int rc = parse_set(argc, argv, &name, &file);
-        if (rc)
-            return rc;
+        int rc;
         if (!util_valid_name(name))
             return cli_fail(CLI_EXIT_USAGE, "secret name '%s': 1-63 of A-Z a-z 0-9 _ . - "
                                             "(not starting with . or -)", name);
