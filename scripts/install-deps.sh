@@ -41,6 +41,9 @@ packages=(
   openssl
   # fuzzing (libFuzzer ships in clang's runtime package)
   clang libclang-rt-14-dev
+  # the OCI runtime's tests (tests/integration/oci.py): runc as the reference,
+  # containerd and ctr run privately by the tests (never as a system service)
+  runc containerd
 )
 # bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
 # tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node
@@ -65,4 +68,17 @@ fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# containerd's package starts and enables a system-wide containerd; the tests
+# run their own, so neither may happen: policy-rc.d (exit 101: "action
+# forbidden") stops the start during the install, disable stops it at boot.
+policy_rc=""
+if [[ " ${missing[*]} " == *" containerd "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  policy_rc=/usr/sbin/policy-rc.d
+  trap 'rm -f "$policy_rc"' EXIT
+  printf '#!/bin/sh\nexit 101\n' >"$policy_rc"
+  chmod 755 "$policy_rc"
+fi
 apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [[ " ${missing[*]} " == *" containerd "* ]] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable containerd.service >/dev/null 2>&1 || true
+fi
