@@ -34,6 +34,33 @@ async function call(base, token, method, path, body) {
   return { status: res.status, body: json };
 }
 
+// What the SDK does with each answer (sandbox-agent 0.4.2): every call
+// first waits for the client's health wait, which polls GET /v1/health and
+// retries every error and status until its deadline; SandboxAgent.start sets
+// none, so the wait only ends on health "ok" or on an error named
+// AbortError.  A health answer that waiting cannot change (401: the token is
+// wrong or revoked; 403; 404: the cell is unknown or was deleted) is raised
+// as such an error, a CellProblemError whose name is "AbortError": every
+// call of that client then rejects with it at once instead of waiting for
+// ever.  Other answers (409 while the cell is stopped, 5xx, a refused
+// connection) are left to the SDK's retries.
+const FINAL_HEALTH = new Set([401, 403, 404]);
+
+async function healthFetch(input, init) {
+  const res = await fetch(input, init);
+  const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url);
+  if (res.ok || !FINAL_HEALTH.has(res.status) || !url.pathname.endsWith("/v1/health")) return res;
+  let problem = null;
+  try {
+    problem = await res.json();
+  } catch {
+    problem = null;
+  }
+  const err = new CellProblemError(res.status, problem, `health of ${url.pathname.slice(0, -"/v1/health".length)}`);
+  err.name = "AbortError";
+  throw err;
+}
+
 export function cell(options = {}) {
   const { url, token } = options;
   if (typeof url !== "string" || !url) throw new TypeError("cell(): url is required");
@@ -81,6 +108,9 @@ export function cell(options = {}) {
     },
     async getToken() {
       return token;
+    },
+    async getFetch() {
+      return healthFetch;
     },
   };
 }
