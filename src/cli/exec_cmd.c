@@ -615,7 +615,7 @@ struct exec_args {
     int         tty, interactive;
 };
 
-static const struct option exec_options[] = {
+const struct option cli_exec_options[] = {
     { "interactive", no_argument, NULL, 'i' },     { "tty", no_argument, NULL, 't' },
     { "user", required_argument, NULL, 'u' },      { "env", required_argument, NULL, 'e' },
     { "cwd", required_argument, NULL, 'w' },       { "workdir", required_argument, NULL, 'w' },
@@ -630,7 +630,7 @@ static int exec_getopt(int argc, char **argv, struct exec_args *x)
     opterr = 0;
     optind = 0;                 /* glibc and musl: start afresh on this argv */
     int o;
-    while ((o = getopt_long(argc, argv, "+:itu:e:w:h", exec_options, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "+:itu:e:w:h", cli_exec_options, NULL)) != -1) {
         switch (o) {
         case 'i': x->interactive = 1; break;
         case 't': x->tty = 1; break;

@@ -1,6 +1,7 @@
 /* main.c: the `cell` command: global options, dispatch to subcommands,
  * help text.  All real work is done by libcell. */
 #include "cli/cli.h"
+#include "cli/opts.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -51,6 +52,9 @@ static const char usage_text[] =
     "  --url URL     the daemon (http://HOST:PORT or unix:PATH; default: $CELL_URL,\n"
     "                else unix:STATE/cell.sock); token: $CELL_TOKEN or STATE/admin.token\n"
     "  --version     print the version\n"
+    "--json, --state and --url may also come after COMMAND, anywhere up to a --\n"
+    "or, for run, exec and shell, up to the command run in the cell (`cell exec\n"
+    "ID ls --json` gives --json to ls).  After COMMAND, --help is the command's.\n"
     "\n"
     "Run `cell help COMMAND` (or `cell COMMAND --help`) for the options of a command.\n";
 
@@ -77,76 +81,211 @@ extern const char cli_run_usage[];
 extern const char cli_serve_usage[];
 int cli_policy(struct cli_global *g, int argc, char **argv);   /* cells_cmds.c */
 
-/* The commands that are clients of `cell serve`. */
-static const struct {
+/* The commands, and what the global-option pass must know of each. */
+static const struct cmd {
     const char *name;
     int (*fn)(struct cli_global *g, int argc, char **argv);
-} client_cmds[] = {
-    { "create", cli_create }, { "ls", cli_ls }, { "start", cli_start }, { "stop", cli_stop },
-    { "rm", cli_rm }, { "exec", cli_exec }, { "shell", cli_shell }, { "cp", cli_cp },
-    { "logs", cli_logs }, { "audit", cli_audit }, { "token", cli_token }, { "policy", cli_policy },
-    { "secret", cli_secret }, { "agent", agentcmd_main },
+    const struct option *opts[2];   /* its options: a value they take is never a global option */
+    const char *shorts;             /* its short options, getopt style ("u:" takes a value) */
+    int operands;                   /* the cell's command line starts after this many operands;
+                                     * 0: the whole line is another program's (serve); -1: none */
+    int group;                      /* has subcommands: `cell help CMD SUB` */
+} cmds[] = {
+    { "run", cli_run, { cli_run_options, NULL }, "ht", 1, 0 },
+    { "exec", cli_exec, { cli_exec_options, NULL }, "itu:e:w:h", 2, 0 },
+    { "shell", cli_shell, { NULL, NULL }, "h", 1, 0 },
+    { "serve", cli_serve, { NULL, NULL }, "", 0, 0 },
+    { "lane", cli_lane, { NULL, NULL }, "h", -1, 1 },
+    { "image", cli_image, { NULL, NULL }, "h", -1, 1 },
+    { "create", cli_create, { cli_create_options, NULL }, "h", -1, 0 },
+    { "ls", cli_ls, { NULL, NULL }, "h", -1, 0 },
+    { "start", cli_start, { NULL, NULL }, "h", -1, 0 },
+    { "stop", cli_stop, { NULL, NULL }, "h", -1, 0 },
+    { "rm", cli_rm, { NULL, NULL }, "h", -1, 0 },
+    { "cp", cli_cp, { NULL, NULL }, "h", -1, 0 },
+    { "logs", cli_logs, { cli_logs_options, NULL }, "hf", -1, 0 },
+    { "audit", cli_audit, { cli_audit_options, NULL }, "h", -1, 0 },
+    { "token", cli_token, { cli_token_options, NULL }, "h", -1, 1 },
+    { "policy", cli_policy, { NULL, NULL }, "h", -1, 1 },
+    { "secret", cli_secret, { cli_secret_options, NULL }, "h", -1, 1 },
+    { "agent", agentcmd_main, { cli_agent_run_options, cli_agent_runs_options }, "hf", -1, 1 },
+    { "help", NULL, { NULL, NULL }, "", -1, 0 },
 };
+
+static const struct cmd *find_cmd(const char *name)
+{
+    for (size_t k = 0; k < sizeof cmds / sizeof *cmds; k++)
+        if (strcmp(name, cmds[k].name) == 0)
+            return &cmds[k];
+    return NULL;
+}
+
+/* 1 if the long option A (--NAME or --NAME=V) of c takes its value from the
+ * next argument; unknown ones are taken for flags, as getopt_long would
+ * refuse them anyway.  Unique prefixes count, as they do for getopt_long. */
+static int long_takes_next(const struct cmd *c, const char *a)
+{
+    const char *name = a + 2;
+    size_t n = strcspn(name, "=");
+    if (name[n] == '=')
+        return 0;
+    const struct option *found = NULL;
+    int matches = 0;
+    for (int t = 0; t < 2; t++)
+        for (const struct option *o = c->opts[t]; o && o->name; o++) {
+            if (strncmp(o->name, name, n) != 0)
+                continue;
+            if (o->name[n] == '\0')
+                return o->has_arg == required_argument;
+            if (!found || strcmp(found->name, o->name) != 0)
+                matches++;
+            found = o;
+        }
+    return matches == 1 && found->has_arg == required_argument;
+}
+
+/* 1 if the short-option cluster A (-xyz) ends in an option that takes the
+ * next argument as its value. */
+static int short_takes_next(const struct cmd *c, const char *a)
+{
+    for (const char *p = a + 1; *p; p++) {
+        const char *at = *p != ':' ? strchr(c->shorts, *p) : NULL;
+        if (at && at[1] == ':')
+            return p[1] == '\0';    /* else the rest of the cluster is the value */
+    }
+    return 0;
+}
+
+/* A global option at argv[*i] into g: 1 taken (*i past it and its value),
+ * 0 not one, CLI_EXIT_USAGE (printed) when its value is missing. */
+static int global_option(struct cli_global *g, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i];
+    if (strcmp(a, "--json") == 0) {
+        g->json = 1;
+        ++*i;
+        return 1;
+    }
+    if (strncmp(a, "--json=", 7) == 0)
+        return cli_fail(CLI_EXIT_USAGE, "option '--json' takes no value (see cell --help)"), CLI_EXIT_USAGE;
+    const char **slot = NULL;
+    size_t n = strcspn(a, "=");
+    if (n == 7 && strncmp(a, "--state", 7) == 0)
+        slot = &g->state_dir;
+    else if (n == 5 && strncmp(a, "--url", 5) == 0)
+        slot = &g->url;
+    else
+        return 0;
+    if (a[n] == '=') {
+        *slot = a + n + 1;
+        ++*i;
+        return 1;
+    }
+    if (*i + 1 >= argc)
+        return cli_fail(CLI_EXIT_USAGE, "option '%s' needs a value (see cell --help)", a), CLI_EXIT_USAGE;
+    *slot = argv[*i + 1];
+    *i += 2;
+    return 1;
+}
+
+/* The first pass over a command's line (argv[0] the command): lift the
+ * global options --json, --state and --url out of it into g, wherever they
+ * are, up to where the line stops being cell's: a "--", or the start of the
+ * cell's command (after c->operands operands: `cell exec ID ls --json` gives
+ * --json to ls).  A value of one of the command's own options is never
+ * taken for a global option (`--hostname --json` is a hostname).  argv is
+ * compacted in place; returns its new argc, or -CLI_EXIT_USAGE (printed). */
+static int lift_globals(struct cli_global *g, const struct cmd *c, int argc, char **argv)
+{
+    int in = 1, out = 1, operands = 0;
+    while (in < argc && c->operands != 0 && operands != c->operands && strcmp(argv[in], "--") != 0) {
+        int k = global_option(g, argc, argv, &in);
+        if (k > 1)
+            return -k;
+        if (k == 1)
+            continue;
+        const char *a = argv[in];
+        int take = 1;
+        if (a[0] != '-' || a[1] == '\0')
+            operands++;
+        else
+            take += a[1] == '-' ? long_takes_next(c, a) : short_takes_next(c, a);
+        for (; take > 0 && in < argc; take--)
+            argv[out++] = argv[in++];
+    }
+    while (in < argc)
+        argv[out++] = argv[in++];
+    argv[out] = NULL;
+    return out;
+}
+
+/* `cell help [COMMAND [SUBCOMMAND]]`: runs `cell COMMAND [SUBCOMMAND] --help`,
+ * so that the two print the same text by construction.  serve's text is
+ * printed here: `cell serve --help` gets it from the daemon it runs. */
+static int help(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    const struct cmd *c = find_cmd(argv[1]);
+    if (!c)
+        return cli_fail(CLI_EXIT_USAGE, "help: unknown command '%s' (see cell help for the commands)", argv[1]);
+    if (argc > 3 || (argc == 3 && (!c->group || argv[2][0] == '-')))
+        return cli_fail(CLI_EXIT_USAGE, "help: expected cell help COMMAND%s, not '%s'",
+                        c->group ? " [SUBCOMMAND]" : "", argv[argc - 1]);
+    if (c->fn == cli_serve)
+        return fputs(cli_serve_usage, stdout), 0;
+    char flag[] = "--help";
+    char *hargv[] = { argv[1], argc == 3 ? argv[2] : flag, argc == 3 ? flag : NULL, NULL };
+    struct cli_global g = { 0 };
+    return c->fn(&g, argc == 3 ? 3 : 2, hargv);
+}
+
+/* Options before COMMAND: the global ones, --version and --help.  (No
+ * getopt here: glibc's getopt keeps the ordering, "+" or not, of its first
+ * call until optind is set to 0, and run.c and image_cmds.c set it to 1.) */
+static int leading_options(struct cli_global *g, int argc, char **argv, int *i)
+{
+    while (*i < argc && argv[*i][0] == '-') {
+        const char *a = argv[*i];
+        int k = global_option(g, argc, argv, i);
+        if (k > 1)
+            return k;
+        if (k == 1)
+            continue;
+        if (strcmp(a, "--version") == 0) {
+            printf("cell %s\n", cell_version()); /* the library's, as run */
+            return -1;
+        }
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            return -1;
+        }
+        fputs(usage_text, stderr);
+        return cli_fail(CLI_EXIT_USAGE, "unknown global option '%s'", a);
+    }
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
     struct cli_global g = { 0 };
     int i = 1;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (strcmp(argv[i], "--state") == 0 && i + 1 < argc)
-            g.state_dir = argv[++i];
-        else if (strncmp(argv[i], "--state=", 8) == 0)
-            g.state_dir = argv[i] + 8;
-        else if (strcmp(argv[i], "--json") == 0)
-            g.json = 1;
-        else if (strcmp(argv[i], "--url") == 0 && i + 1 < argc)
-            g.url = argv[++i];
-        else if (strncmp(argv[i], "--url=", 6) == 0)
-            g.url = argv[i] + 6;
-        else if (strcmp(argv[i], "--version") == 0) {
-            printf("cell %s\n", cell_version()); /* the library's, as run */
-            return 0;
-        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            fputs(usage_text, stdout);
-            return 0;
-        } else {
-            fputs(usage_text, stderr);
-            return cli_fail(CLI_EXIT_USAGE, "unknown global option '%s'", argv[i]);
-        }
-    }
+    int rc = leading_options(&g, argc, argv, &i);
+    if (rc)
+        return rc < 0 ? 0 : rc;
     if (i >= argc) {
         fputs(usage_text, stderr);
         return CLI_EXIT_USAGE;
     }
-    const char *cmd = argv[i];
-    int sub_argc = argc - i;
-    char **sub_argv = argv + i;
-    if (strcmp(cmd, "run") == 0)
-        return cli_run(&g, sub_argc, sub_argv);
-    if (strcmp(cmd, "lane") == 0)
-        return cli_lane(&g, sub_argc, sub_argv);
-    if (strcmp(cmd, "image") == 0)
-        return cli_image(&g, sub_argc, sub_argv);
-    if (strcmp(cmd, "serve") == 0)
-        return cli_serve(&g, sub_argc, sub_argv);
-    for (size_t k = 0; k < sizeof client_cmds / sizeof *client_cmds; k++)
-        if (strcmp(cmd, client_cmds[k].name) == 0)
-            return client_cmds[k].fn(&g, sub_argc, sub_argv);
-    if (strcmp(cmd, "help") == 0) {
-        if (sub_argc > 1 && strcmp(sub_argv[1], "run") == 0)
-            fputs(cli_run_usage, stdout);
-        else if (sub_argc > 1 && strcmp(sub_argv[1], "serve") == 0)
-            fputs(cli_serve_usage, stdout);
-        else if (sub_argc > 1 && strcmp(sub_argv[1], "secret") == 0)
-            fputs(cli_secret_usage, stdout);
-        else if (sub_argc > 1 && strcmp(sub_argv[1], "agent") == 0)
-            fputs(agentcmd_usage(sub_argc - 2, sub_argv + 2), stdout);
-        else if (sub_argc > 1 && cli_client_usage(sub_argv[1]))
-            fputs(cli_client_usage(sub_argv[1]), stdout);
-        else
-            fputs(usage_text, stdout);
-        return 0;
+    const struct cmd *c = find_cmd(argv[i]);
+    if (!c) {
+        fputs(usage_text, stderr);
+        return cli_fail(CLI_EXIT_USAGE, "unknown command '%s'", argv[i]);
     }
-    fputs(usage_text, stderr);
-    return cli_fail(CLI_EXIT_USAGE, "unknown command '%s'", cmd);
+    int sub_argc = lift_globals(&g, c, argc - i, argv + i);
+    if (sub_argc < 0)
+        return -sub_argc;
+    return c->fn ? c->fn(&g, sub_argc, argv + i) : help(sub_argc, argv + i);
 }

@@ -1,6 +1,7 @@
 /* run.c: `cell run`, a one-shot cell: boot, run one command with the
  * caller's stdio, forward signals, enforce the timeout, destroy. */
 #include "cli/cli.h"
+#include "cli/opts.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -217,23 +218,25 @@ static int parse_overlay(struct run_opts *o, char *spec)
     return 0;
 }
 
+/* File scope: main.c's first pass reads the table too (cli/opts.h). */
+enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
+       O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET, O_OVERLAY, O_MASK };
+const struct option cli_run_options[] = {
+    { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
+    { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
+    { "pids", required_argument, 0, O_PIDS }, { "disk", required_argument, 0, O_DISK },
+    { "timeout", required_argument, 0, O_TIMEOUT }, { "mount", required_argument, 0, O_MOUNT },
+    { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
+    { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
+    { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
+    { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
+    { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
+    { "overlay", required_argument, 0, O_OVERLAY }, { "mask", required_argument, 0, O_MASK },
+    { 0, 0, 0, 0 },
+};
+
 static int parse_run_options(struct run_opts *o, int argc, char **argv, int *first_cmd)
 {
-    enum { O_IMAGE = 1, O_LANE, O_MEMORY, O_CPUS, O_PIDS, O_DISK, O_TIMEOUT, O_MOUNT, O_TMPFS, O_CWD, O_ENV,
-           O_HOSTNAME, O_USER, O_HELP, O_TTY, O_POLICY, O_UPSTREAM_CA, O_SECRET, O_OVERLAY, O_MASK };
-    static const struct option longopts[] = {
-        { "image", required_argument, 0, O_IMAGE }, { "lane", required_argument, 0, O_LANE },
-        { "memory", required_argument, 0, O_MEMORY }, { "cpus", required_argument, 0, O_CPUS },
-        { "pids", required_argument, 0, O_PIDS }, { "disk", required_argument, 0, O_DISK },
-        { "timeout", required_argument, 0, O_TIMEOUT }, { "mount", required_argument, 0, O_MOUNT },
-        { "tmpfs", required_argument, 0, O_TMPFS }, { "cwd", required_argument, 0, O_CWD },
-        { "env", required_argument, 0, O_ENV }, { "hostname", required_argument, 0, O_HOSTNAME },
-        { "user", required_argument, 0, O_USER }, { "help", no_argument, 0, O_HELP },
-        { "tty", no_argument, 0, O_TTY }, { "policy", required_argument, 0, O_POLICY },
-        { "upstream-ca", required_argument, 0, O_UPSTREAM_CA }, { "secret", required_argument, 0, O_SECRET },
-        { "overlay", required_argument, 0, O_OVERLAY }, { "mask", required_argument, 0, O_MASK },
-        { 0, 0, 0, 0 },
-    };
     opterr = 0;
     optind = 1;
     int c;
@@ -241,7 +244,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
     unsigned long v;
     uint64_t size;
     int rc;
-    while ((c = getopt_long(argc, argv, "+ht", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+ht", cli_run_options, NULL)) != -1) {
         switch (c) {
         case O_IMAGE:
             if (cell_options_set_image(o->cell, optarg, &err) < 0)
