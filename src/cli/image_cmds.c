@@ -116,8 +116,8 @@ static int image_ls(struct cli_global *g, cell_ctx *ctx)
             printf("%-24s %-8s %-19.19s %12llu %-10s %s\n", m->name, m->source, m->digest[0] ? m->digest : "-",
                    (unsigned long long)m->size, m->ready ? "ready" : "not built", users);
     }
-    if (g->json)
-        cli_print_json(arr);
+    if (g->json)        /* GET /v1/images's shape: ImageListResponse in docs/openapi.json */
+        cli_print_json(json_pack("{s:o}", "images", arr));
     free(imgs);
     free(lanes);
     return 0;

@@ -39,7 +39,7 @@ def leftovers(state):
 def image_ls(run):
     r = run(["image", "ls", "--json"])
     assert r.returncode == 0, r.stderr
-    return {i["name"]: i for i in json.loads(r.stdout)}
+    return {i["name"]: i for i in json.loads(r.stdout)["images"]}
 
 
 def imported(run, tmp_path, name, data, *extra):

@@ -1,0 +1,284 @@
+"""CLI conventions (issue 14): options through getopt_long with the same
+messages everywhere, global options (--json, --state, --url) anywhere on
+the line but never inside the cell's own command line, `cell help X` equal
+to `cell X --help` for every command, and every listing command's --json
+in the API's own schema (docs/openapi.json).
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+import daemon as dm
+from conftest import CELL_BIN, assert_no_leftovers, cell_cgroup_dirs
+
+
+@pytest.fixture(scope="module")
+def d(cell):
+    """One `cell serve` for the module, reached at STATE/cell.sock."""
+    state = tempfile.mkdtemp(prefix="cell-it-conv-")
+    before = cell_cgroup_dirs()
+
+    def exited_clean(dd):
+        assert dd.proc.returncode == 0, dd.stderr()[-3000:]
+        assert_no_leftovers(state, before)
+
+    try:
+        yield from dm.serve(state, unix_socket=True, after_stop=exited_clean)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def cellp(*args, input=None, timeout=60):
+    """`cell ARGS` exactly as given (no --state added), without the
+    environment's daemon address or token."""
+    env = dict(os.environ)
+    for k in ("CELL_TOKEN", "CELL_URL", "CELL_STATE"):
+        env.pop(k, None)
+    return subprocess.run([CELL_BIN] + [str(a) for a in args], input=input, capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd="/")
+
+
+def ok(r):
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r
+
+
+@pytest.fixture(scope="module")
+def cid(d):
+    r = ok(cellp("--state", d.state, "create", "--memory=256M", "--env=GREETING=hi"))
+    cell_id = r.stdout.strip()
+    yield cell_id
+    cellp("--state", d.state, "rm", cell_id)
+
+
+# ---- global options anywhere -----------------------------------------------------------
+
+
+def test_global_options_at_every_position(d, cid):
+    s, sock = d.state, "unix:" + os.path.join(d.state, "cell.sock")
+    lines = [
+        ["--state", s, "--json", "ls"],
+        ["--json", "--state=" + s, "ls"],
+        ["--state", s, "ls", "--json"],
+        ["ls", "--json", "--state", s],
+        ["ls", "--state=" + s, "--json"],
+        ["--json", "ls", "--state", s],
+        ["ls", "--url", sock, "--state", s, "--json"],
+        ["--url=" + sock, "ls", "--json", "--state", s],
+    ]
+    for line in lines:
+        r = ok(cellp(*line))
+        body = json.loads(r.stdout)
+        dm.openapi_check(body, "CellListResponse")
+        assert cid in [c["id"] for c in body["cells"]], line
+    # Options of a subcommand and globals mixed, either order, either form.
+    for line in (["token", "ls", "--json", "--state", s], ["--state", s, "token", "--json", "ls"],
+                 ["audit", "--limit=3", "--json", "--state=" + s], ["audit", "--json", "--limit", "3", "--state", s]):
+        r = ok(cellp(*line))
+        assert isinstance(json.loads(r.stdout), dict), line
+
+
+def test_a_value_of_a_command_option_is_never_a_global_option(d, cid):
+    # --env takes the next argument: "--json" is its (bad) value, not --json.
+    r = cellp("--state", d.state, "create", "--env", "--json")
+    assert r.returncode == 2 and "--env '--json'" in r.stderr, r.stderr
+    r = cellp("--state", d.state, "exec", "-e", "--json", cid, "true")
+    assert r.returncode == 2 and "--env '--json'" in r.stderr, r.stderr
+    # A missing value of a global option is named.
+    for line in (["ls", "--state"], ["ls", "--url"], ["--state"], ["ls", "--json=1"]):
+        r = cellp(*line)
+        assert r.returncode == 2 and r.stdout == "", (line, r.stdout)
+        assert "'" + line[-1].split("=")[0] + "'" in r.stderr, (line, r.stderr)
+
+
+def test_exec_gives_the_line_after_cmd_to_cmd(d, cid):
+    s = d.state
+    # After CMD, --json and --state are echo's.
+    r = ok(cellp("--state", s, "exec", cid, "echo", "--json", "--state", "/nowhere"))
+    assert r.stdout == "--json --state /nowhere\n"
+    r = ok(cellp("exec", cid, "--state", s, "echo", "--json"))
+    assert r.stdout == "--json\n"
+    # After "--" too.
+    r = ok(cellp("--state", s, "exec", cid, "--", "echo", "--json"))
+    assert r.stdout == "--json\n"
+    # Before CMD (before or after ID) it is cell's: the JSON answer.
+    for line in (["exec", "--json", cid, "echo", "hi"], ["exec", cid, "--json", "echo", "hi"],
+                 ["exec", cid, "-e", "A=1", "--json", "--", "echo", "hi"]):
+        r = ok(cellp("--state", s, *line))
+        body = json.loads(r.stdout)
+        assert body["exitCode"] == 0 and body["stdout"].startswith("hi"), body
+    # shell: everything after ID is the command.
+    r = ok(cellp("--state", s, "shell", cid, "echo", "--json"))
+    assert "--json" in r.stdout
+
+
+def test_run_gives_the_line_after_cmd_to_cmd(state):
+    r = ok(cellp("run", "--state", state, "echo", "--json", "--state", "/nowhere"))
+    assert r.stdout == "--json --state /nowhere\n"
+    r = ok(cellp("--state", state, "run", "--", "echo", "--json"))
+    assert r.stdout == "--json\n"
+    # A value of run's own option is skipped: --hostname takes "h1", echo is CMD.
+    r = ok(cellp("run", "--hostname", "h1", "--state=" + state, "cat", "/proc/sys/kernel/hostname"))
+    assert r.stdout == "h1\n"
+
+
+def test_serve_line_is_the_daemons():
+    # Nothing is lifted from serve's line: the daemon parses it (and --json is not its).
+    r = cellp("serve", "--json", "--state", "/nonexistent-cell-state")
+    assert r.returncode != 0 and "--json" in r.stderr, r.stderr
+
+
+# ---- --opt=value and --opt value -------------------------------------------------------
+
+
+def test_option_value_forms_are_the_same(d, cid, tmp_path):
+    s = d.state
+    ten = dm.uniq("conv")
+    a = json.loads(ok(cellp("--state", s, "--json", "token", "create", "--tenant", ten, "--label", "x", "--rate", "7")).stdout)
+    b = json.loads(ok(cellp("--state", s, "--json", "token", "create", "--tenant=" + ten, "--label=x", "--rate=7")).stdout)
+    for t in (a, b):
+        dm.openapi_check(t, "TokenCreateResponse")
+        assert (t["tenant"], t.get("label"), t.get("rate")) == (ten, "x", 7), t
+    f = tmp_path / "v"
+    f.write_text("s3cret\n")
+    ok(cellp("--state", s, "secret", "set", "CONV_A", "--value-file", f))
+    ok(cellp("--state", s, "secret", "set", "--value-file=%s" % f, "CONV_B"))
+    names = [x["name"] for x in json.loads(ok(cellp("--state", s, "secret", "ls", "--json")).stdout)["secrets"]]
+    assert "CONV_A" in names and "CONV_B" in names
+    one = ok(cellp("--state", s, "audit", "--limit", "2", "--json")).stdout
+    two = ok(cellp("--state", s, "audit", "--limit=2", "--json")).stdout
+    assert len(json.loads(one)["records"]) == len(json.loads(two)["records"]) == 2
+    cell = json.loads(ok(cellp("--state", s, "ls", "--json")).stdout)["cells"]
+    assert [c["resources"]["memory"] for c in cell if c["id"] == cid] == [256 << 20]
+
+
+# ---- bad options: exit 2, the option named ---------------------------------------------
+
+BAD = [
+    (["create", "--bogus"], "unknown option '--bogus'"),
+    (["create", "--memory"], "option '--memory' needs a value"),
+    (["create", "-x"], "unknown option '-x'"),
+    (["create", "extra"], "'extra'"),
+    (["ls", "--bogus"], "unknown option '--bogus'"),
+    (["ls", "extra"], "'extra'"),
+    (["start", "--bogus", "x"], "unknown option '--bogus'"),
+    (["stop", "-q", "x"], "unknown option '-q'"),
+    (["rm", "--force", "x"], "unknown option '--force'"),
+    (["start"], "missing cell ID"),
+    (["logs", "--stream"], "option '--stream' needs a value"),
+    (["logs", "--follow=yes", "a", "b"], "option '--follow' takes no value"),
+    (["logs", "--bogus", "a", "b"], "unknown option '--bogus'"),
+    (["logs", "a", "b", "c"], "'c'"),
+    (["audit", "--since"], "option '--since' needs a value"),
+    (["audit", "--net=1"], "option '--net' takes no value"),
+    (["audit", "--limit", "x"], "--limit 'x'"),
+    (["policy", "--bogus"], "unknown option '--bogus'"),
+    (["token", "create", "--tenant"], "option '--tenant' needs a value"),
+    (["token", "create", "--bogus"], "unknown option '--bogus'"),
+    (["token", "create"], "--tenant NAME is required"),
+    (["token", "ls", "-x"], "unknown option '-x'"),
+    (["token", "revoke", "--bogus", "x"], "unknown option '--bogus'"),
+    (["secret", "set", "--value-file"], "option '--value-file' needs a value"),
+    (["secret", "set", "--value=x", "N"], "no --value"),
+    (["secret", "ls", "--bogus"], "unknown option '--bogus'"),
+    (["secret", "rm", "-x", "N"], "unknown option '-x'"),
+    (["agent", "--bogus"], "unknown option '--bogus'"),
+    (["agent", "run", "--agent"], "option '--agent' needs a value"),
+    (["agent", "run", "--json=1", "x"], "option '--json' takes no value"),
+    (["agent", "runs", "--limit"], "option '--limit' needs a value"),
+    (["agent", "runs", "--bogus"], "unknown option '--bogus'"),
+    (["exec", "--bogus", "x", "true"], "unknown option"),
+    (["exec", "-u"], "needs a value"),
+    (["cp", "--bogus", "a", "b:c"], "unknown option '--bogus'"),
+    (["shell", "--bogus"], "unknown option '--bogus'"),
+    (["run", "--bogus", "true"], "'--bogus'"),
+    (["run", "--memory"], "'--memory'"),
+    (["--bogus", "ls"], "unknown global option '--bogus'"),
+    (["nosuch"], "unknown command 'nosuch'"),
+    (["help", "nosuch"], "unknown command 'nosuch'"),
+    (["help", "ls", "extra"], "'extra'"),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_options_exit_2_naming_the_option(args, words):
+    # No daemon at this address: a usage error is found before connecting.
+    r = cellp("--url", "unix:/nonexistent/cell.sock", *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert words in r.stderr, r.stderr
+    assert r.stdout == "", r.stdout
+    if "option" in words and "global" not in words:
+        assert "--help" in r.stderr, r.stderr       # points at `cell CMD --help`
+
+
+# ---- cell help X == cell X --help ------------------------------------------------------
+
+COMMANDS = [["run"], ["lane"], ["image"], ["serve"], ["create"], ["ls"], ["start"], ["stop"], ["rm"], ["exec"],
+            ["shell"], ["cp"], ["logs"], ["audit"], ["policy"], ["token"], ["secret"], ["agent"],
+            ["agent", "run"], ["agent", "runs"], ["image", "import"], ["image", "rm"], ["image", "ls"],
+            ["token", "create"], ["secret", "set"]]
+
+
+def listed(general):
+    """The command names `cell help` lists ("  start ID | stop ID   ...")."""
+    names = set()
+    for line in general.splitlines():
+        if re.match(r"  [a-z]", line):
+            names.update(part.split()[0] for part in re.split(r"\s{3,}", line.strip())[0].split("|"))
+    return names
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_help_x_is_x_help(cmd):
+    general = ok(cellp("help")).stdout
+    assert cmd[0] in listed(general), cmd
+
+    a = ok(cellp("help", *cmd))
+    b = ok(cellp(*cmd, "--help"))
+    assert a.stdout == b.stdout, (a.stdout[:300], b.stdout[:300])
+    assert "cell " + cmd[0] in a.stdout.split("\n\n")[0], a.stdout[:300]     # its usage lines
+    assert a.stdout != general
+    if cmd[0] not in ("serve", "lane", "image"):     # store_cmds.c (lane, image) knows only --help
+        assert ok(cellp(*cmd, "-h")).stdout == a.stdout
+
+
+def test_help_of_help_and_unknown():
+    general = ok(cellp("help")).stdout
+    assert ok(cellp("--help")).stdout == general == ok(cellp("help", "help")).stdout
+    assert "anywhere up to a --" in general          # the global-option rule is documented
+    r = cellp("help", "nosuch")
+    assert r.returncode == 2 and "'nosuch'" in r.stderr and r.stdout == ""
+
+
+# ---- --json is the API's schema --------------------------------------------------------
+
+
+def test_listing_json_is_the_apis_schema(d, cid):
+    s = d.state
+    shapes = [
+        (["ls"], "CellListResponse", "cells"),
+        (["token", "ls"], "TokenListResponse", "tokens"),
+        (["secret", "ls"], "SecretListResponse", "secrets"),
+        (["agent", "runs", "ls"], "RunListResponse", "runs"),
+        (["agent", "runs"], "RunListResponse", "runs"),
+        (["audit"], "AuditResponse", "records"),
+        (["audit", "--net"], "AuditResponse", "records"),
+        (["image", "ls"], "ImageListResponse", "images"),
+    ]
+    for args, schema, key in shapes:
+        for line in (["--json", *args], [*args, "--json"]):
+            r = ok(cellp("--state", s, *line))
+            body = json.loads(r.stdout)
+            dm.openapi_check(body, schema)
+            assert isinstance(body[key], list), (args, body)
+    cells = json.loads(ok(cellp("--state", s, "ls", "--json")).stdout)["cells"]
+    assert cid in [c["id"] for c in cells]
+    images = json.loads(ok(cellp("--state", s, "image", "ls", "--json")).stdout)["images"]
+    assert "host" in [i["name"] for i in images]
+    records = json.loads(ok(cellp("--state", s, "audit", "--json")).stdout)["records"]
+    assert records, "the module's requests are audited"
