@@ -522,7 +522,7 @@ DISABLED_PLUGINS = [
     "io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt", "io.containerd.internal.v1.restart",
     "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.runtime.v1.linux", "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.tracing.processor.v1.otlp",
     "io.containerd.internal.v1.tracing",
 ]
 
