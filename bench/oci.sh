@@ -61,8 +61,8 @@ try:
     def once(name):
         global seq
         seq += 1
-        argv = [oci.CTR_BIN, "--address", ctd.sock, "--namespace", oci.CONTAINERD_NS, "run", "--rm",
-                *ctd.run_args(name), "--rootfs", roots[name], "b%d" % seq, "/bin/true"]
+        argv = ctd.ctr_argv("run", "--rm", *ctd.run_args(name), "--rootfs", roots[name], "b%d" % seq,
+                            "/bin/true")
         fa = [(os.POSIX_SPAWN_OPEN, i, "/dev/null", os.O_RDWR, 0) for i in (0, 1)]
         t0 = time.perf_counter()
         pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=fa)

@@ -138,6 +138,10 @@ def make_bundle(bundle, args, env=None, terminal=False, edit=None, rootfs=None):
     cfg["process"]["args"] = list(args)
     cfg["process"]["env"] = list(env) if env is not None else ["PATH=/bin", "HOME=/root"]
     cfg["process"]["terminal"] = terminal
+    # runc's default cgroup is /ID in every hierarchy, shared by every root:
+    # two tests (pytest -n 2, or two people) using the id c1 at once would
+    # share one.  A flat name of the bundle's own leaves no parent behind.
+    cfg["linux"]["cgroupsPath"] = "/cell-ocitest-" + os.urandom(6).hex()
     if edit:
         edit(cfg)
     write_config(bundle, cfg)
@@ -514,7 +518,7 @@ def _subreaper_main():
 # ---- a private containerd -------------------------------------------------------------
 
 
-CONTAINERD_NS = "ocitest"
+CGROUP_ROOT = "/sys/fs/cgroup"
 # Plugins this harness does not use: not loaded, so containerd starts in
 # tens of milliseconds and writes nowhere but its own root and state (the
 # "opt" plugin would create /opt/containerd).
@@ -549,6 +553,9 @@ class Containerd:
         self.logpath = os.path.join(self.dir, "containerd.log")
         self.cri = cri
         self.proc = None
+        # containers' cgroups are /NAMESPACE/ID: a namespace of its own keeps
+        # two containerds (pytest -n 2) apart; stop() removes its cgroups
+        self.ns = "ocitest-" + os.urandom(6).hex()
         for d in (self.root, self.state, self.fifo):
             os.makedirs(d, exist_ok=True)
 
@@ -568,6 +575,12 @@ class Containerd:
             "[ttrpc]", "  address = %s" % _toml_str(self.sock + ".ttrpc"),
             "[%s]" % cri,
             "  restrict_oom_score_adj = true",
+            # the CRI plugin's defaults would create /etc/cni/net.d and pods'
+            # netns mounts under /var/run/netns
+            "  netns_mounts_under_state_dir = true",
+            "[%s.cni]" % cri,
+            "  conf_dir = %s" % _toml_str(os.path.join(self.dir, "cni", "net.d")),
+            '  bin_dir = "/usr/lib/cni"',
             "[%s.containerd]" % cri,
             '  default_runtime_name = "runc"',
         ]
@@ -597,9 +610,11 @@ class Containerd:
         with open(self.logpath, errors="replace") as f:
             return f.read()[-n:]
 
+    def ctr_argv(self, *args):
+        return [CTR_BIN, "--address", self.sock, "--namespace", self.ns] + [str(a) for a in args]
+
     def ctr(self, *args, timeout=STEP_TIMEOUT):
-        return run_bounded([CTR_BIN, "--address", self.sock, "--namespace", CONTAINERD_NS] +
-                           [str(a) for a in args], timeout=timeout)
+        return run_bounded(self.ctr_argv(*args), timeout=timeout)
 
     def run_args(self, runtime):
         """ctr run / task start options that put runtime `name`'s binary
@@ -670,6 +685,22 @@ class Containerd:
         for m in sorted(mounts, key=len, reverse=True):
             problems.append("mount %s left" % m)
             subprocess.run(["umount", "-l", m], timeout=STEP_TIMEOUT)
+        problems += self._remove_cgroups()
+        return problems
+
+    def _remove_cgroups(self):
+        """rmdir the namespace's cgroup in every hierarchy (runc removes a
+        container's own, containerd never the /NAMESPACE parent); one that
+        still holds a container's is a problem."""
+        problems = []
+        for h in os.listdir(CGROUP_ROOT):
+            d = os.path.join(CGROUP_ROOT, h, self.ns)
+            if not os.path.isdir(d):
+                continue
+            try:
+                os.rmdir(d)
+            except OSError as e:
+                problems.append("cgroup %s left: %s" % (d, e))
         return problems
 
 

@@ -131,8 +131,8 @@ def test_two_runs_of_one_id(ctd, runtime, tmp_path):
     """Two `ctr run` of the same id at once: one runs, the other is refused,
     and nothing is left."""
     root = oci.make_rootfs(tmp_path / "rootfs")
-    argv = [oci.CTR_BIN, "--address", ctd.sock, "--namespace", oci.CONTAINERD_NS, "run", "--rm",
-            *ctd.run_args(runtime), "--env", "PATH=/bin", "--rootfs", root, "same", "sh", "-c", "sleep 0.3"]
+    argv = ctd.ctr_argv("run", "--rm", *ctd.run_args(runtime), "--env", "PATH=/bin", "--rootfs", root, "same",
+                        "sh", "-c", "sleep 0.3")
     ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     res = []
     for p in ps:
