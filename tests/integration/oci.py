@@ -321,6 +321,51 @@ def runtime_fixture(name, tmp_path):
         rt.cleanup()
 
 
+class ConsoleSocket:
+    """The --console-socket a runtime's create is given when the process
+    has terminal: true: a listening AF_UNIX socket to which the runtime
+    sends the pty master (SCM_RIGHTS), as containerd's shim receives it."""
+
+    def __init__(self, path):
+        import socket
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(1)
+        self.sock.settimeout(STEP_TIMEOUT)
+
+    def receive(self):
+        """The pty master fd (owned by the caller), and the message bytes
+        that came with it."""
+        import socket
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(STEP_TIMEOUT)
+            msg, fds, _, _ = socket.recv_fds(conn, 4096, 4)
+        assert len(fds) == 1, "console socket: %d fds with %r" % (len(fds), msg)
+        return fds[0], msg
+
+    def close(self):
+        self.sock.close()
+
+
+def read_pty(fd, timeout=STEP_TIMEOUT):
+    """Read a pty master until the other side closes (EIO), bounded."""
+    out, end = b"", time.monotonic() + timeout
+    while time.monotonic() < end:
+        r, _, _ = select.select([fd], [], [], max(0.0, end - time.monotonic()))
+        if not r:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out.decode("utf-8", "replace")
+
+
 def read_pid_file(path):
     """The pid in a runtime's --pid-file, checked to be digits only:
     containerd (go-runc's ReadPidFile) parses it with strconv.Atoi, so a

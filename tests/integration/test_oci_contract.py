@@ -10,7 +10,7 @@ parking the init until `start`; --log lines that are JSON objects with
 level, msg and time; `run`'s exit code (the process's, 128+N for a signal);
 "does not exist" in the error for an unknown id (the shim matches that
 text); kill --all and delete --force on a running, a paused and a created
-container.  Bad input: ids with slashes and dots, an empty id, a duplicate
+container; --console-socket receiving the pty master of a terminal process.  Bad input: ids with slashes and dots, an empty id, a duplicate
 id, a config.json that is not JSON, a bundle that is not there."""
 import json
 import os
@@ -227,3 +227,43 @@ def test_bad_bundles_refused(rt, tmp_path):
         assert rt.status("c%d" % i) is None, r
     assert [line for line in rt.log_lines() if line["level"] == "error"]
     assert json.loads(rt.call("list", "--format", "json").check().out or "null") in (None, [])
+
+
+def test_console_socket(rt, sub, tmp_path):
+    """terminal: true: create sends the pty master over --console-socket;
+    the process has the pty as its terminal, its output comes through it."""
+    b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "tty; echo hi"], terminal=True)
+    cs = oci.ConsoleSocket(tmp_path / "console.sock")
+    pid_file = str(tmp_path / "init.pid")
+    try:
+        rt.create("c1", b, pid_file=pid_file, via=sub, extra=["--console-socket", cs.path]).check()
+        fd, _ = cs.receive()
+    finally:
+        cs.close()
+    try:
+        assert os.isatty(fd)
+        pid = oci.read_pid_file(pid_file)
+        rt.start("c1").check()
+        out = oci.read_pty(fd)
+        assert sub.reaped(pid) == {"exit": 0}
+    finally:
+        os.close(fd)
+    assert re.match(r"^/dev/pts/\d+\r\nhi\r\n$", out), out
+    rt.delete("c1").check()
+
+
+def test_console_socket_refused_without_terminal(rt, tmp_path):
+    """A --console-socket for a process without terminal is an error, and a
+    terminal without a console socket too (runc's rules: the shim always
+    passes them together)."""
+    b = oci.make_bundle(tmp_path / "b", ["true"])
+    cs = oci.ConsoleSocket(tmp_path / "console.sock")
+    try:
+        r = rt.create("c1", b, extra=["--console-socket", cs.path])
+        assert r.rc != 0, r
+    finally:
+        cs.close()
+    bt = oci.make_bundle(tmp_path / "bt", ["true"], terminal=True)
+    r = rt.create("c2", bt)
+    assert r.rc != 0, r
+    assert rt.status("c1") is None and rt.status("c2") is None
