@@ -154,85 +154,9 @@ static void attach_new_fs(const struct isolate_plan *plan, const char *fstype, c
     close(fs);
 }
 
-/* Resolve `path` (absolute, inside the cell) below root_fd as the cell
- * would see it: symlinks and ".." cannot leave the cell's tree.  Missing
- * directories are created (owned by the cell's root); a missing last
- * component is created as a directory, or as an empty file if want_file. */
-static int open_in_root(int root_fd, const char *path, int want_file)
-{
-    struct open_how how = { .flags = O_PATH | O_CLOEXEC,
-                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
-    int fd = (int)syscall(SYS_openat2, root_fd, path, &how, sizeof how);
-    if (fd >= 0 || errno != ENOENT)
-        return fd;
-    /* Walk the path one component at a time, but resolve every prefix from
-     * the cell's root (not from the parent's fd, which RESOLVE_IN_ROOT would
-     * take as the root): absolute symlinks such as /var/run -> /run then
-     * mean what they mean inside the cell. */
-    char prefix[PATH_MAX];
-    size_t len = 0;
-    const char *p = path;
-    for (;;) {
-        while (*p == '/')
-            p++;
-        size_t n = strcspn(p, "/");
-        if (n == 0)
-            return (int)syscall(SYS_openat2, root_fd, "/", &how, sizeof how);
-        const char *rest = p + n;
-        while (*rest == '/')
-            rest++;
-        int last = *rest == '\0';
-        if (len + 1 + n >= sizeof prefix) {
-            errno = ENAMETOOLONG;
-            return -1;
-        }
-        size_t parent_len = len;
-        prefix[len++] = '/';
-        memcpy(prefix + len, p, n);
-        len += n;
-        prefix[len] = '\0';
-        int child = (int)syscall(SYS_openat2, root_fd, prefix, &how, sizeof how);
-        if (child < 0 && errno == ENOENT) {
-            char parent[PATH_MAX], name[NAME_MAX + 1];
-            if (n > NAME_MAX) {
-                errno = ENAMETOOLONG;
-                return -1;
-            }
-            memcpy(parent, prefix, parent_len);
-            parent[parent_len] = '\0';
-            memcpy(name, p, n);
-            name[n] = '\0';
-            int dir = (int)syscall(SYS_openat2, root_fd, parent_len ? parent : "/", &how, sizeof how);
-            if (dir < 0)
-                return -1;
-            int r;
-            if (last && want_file) {
-                int f = openat(dir, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-                r = f < 0 ? -1 : close(f);
-            } else {
-                r = mkdirat(dir, name, 0755);
-            }
-            int saved = errno;
-            close(dir);
-            if (r < 0 && saved != EEXIST) {
-                errno = saved;
-                return -1;
-            }
-            /* Re-resolve from the root so a racing symlink cannot win. */
-            child = (int)syscall(SYS_openat2, root_fd, prefix, &how, sizeof how);
-        }
-        if (child < 0)
-            return -1;
-        if (last)
-            return child;
-        close(child);
-        p = rest;
-    }
-}
-
 static int must_open_in_root(const struct isolate_plan *plan, int root_fd, const char *path, int want_file)
 {
-    int fd = open_in_root(root_fd, path, want_file);
+    int fd = isolate_open_in_root(root_fd, path, want_file);
     if (fd < 0)
         FAIL("cannot create mount point %s inside the cell", path);
     return fd;
@@ -366,14 +290,6 @@ static void setup_dev(const struct isolate_plan *plan, int root_fd)
     close(dev_fd);
 }
 
-/* Files in /proc that expose host state or host-wide knobs are covered, as
- * container runtimes do: files by /dev/null, directories by an empty
- * read-only tmpfs, and the sysctl and irq trees are made read-only. */
-static const char *const proc_masked_files[] = { "kcore", "keys", "timer_list", "sched_debug",
-                                                  "latency_stats", "kallsyms", "sysrq-trigger", NULL };
-static const char *const proc_masked_dirs[] = { "acpi", "scsi", "asound", "driver", NULL };
-static const char *const proc_readonly[] = { "sys", "irq", "bus", "fs", NULL };
-
 static void write_proc(const struct isolate_plan *plan, int proc_fd, const char *path, const char *value)
 {
     int fd = openat(proc_fd, path, O_WRONLY | O_CLOEXEC);
@@ -388,17 +304,17 @@ static void setup_proc(const struct isolate_plan *plan, int root_fd)
     const char *o[] = { NULL };
     attach_new_fs(plan, "proc", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target, "/proc");
     close(target);
-    int proc_fd = open_in_root(root_fd, "/proc", 0);
+    int proc_fd = isolate_open_in_root(root_fd, "/proc", 0);
     if (proc_fd < 0)
         FAIL("cannot open the cell's /proc");
     /* The cell's root holds no capability over its network namespace, so
      * let it bind low ports and use ping sockets there. */
     write_proc(plan, proc_fd, "sys/net/ipv4/ip_unprivileged_port_start", "0");
     write_proc(plan, proc_fd, "sys/net/ipv4/ping_group_range", "0 2147483647");
-    int null_fd = open_in_root(root_fd, "/dev/null", 1);
+    int null_fd = isolate_open_in_root(root_fd, "/dev/null", 1);
     if (null_fd < 0)
         FAIL("cannot open the cell's /dev/null");
-    for (const char *const *p = proc_masked_files; *p; p++) {
+    for (const char *const *p = isolate_proc_masked_files; *p; p++) {
         int t = openat(proc_fd, *p, O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (t < 0)
             continue; /* not present on this kernel */
@@ -406,7 +322,7 @@ static void setup_proc(const struct isolate_plan *plan, int root_fd)
         attach_tree(plan, null_fd, "", 0, 0, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, t, *p);
         close(t);
     }
-    for (const char *const *p = proc_masked_dirs; *p; p++) {
+    for (const char *const *p = isolate_proc_masked_dirs; *p; p++) {
         int t = openat(proc_fd, *p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (t < 0)
             continue;
@@ -414,7 +330,7 @@ static void setup_proc(const struct isolate_plan *plan, int root_fd)
         attach_new_fs(plan, "tmpfs", e, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, t, *p);
         close(t);
     }
-    for (const char *const *p = proc_readonly; *p; p++) {
+    for (const char *const *p = isolate_proc_readonly; *p; p++) {
         int t = openat(proc_fd, *p, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (t < 0)
             continue;
@@ -431,7 +347,7 @@ static void setup_sys_tmp(const struct isolate_plan *plan, int root_fd)
     const char *none[] = { NULL };
     attach_new_fs(plan, "sysfs", none, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, sys, "/sys");
     close(sys);
-    int fw = open_in_root(root_fd, "/sys/firmware", 0);
+    int fw = isolate_open_in_root(root_fd, "/sys/firmware", 0);
     if (fw >= 0) {
         const char *e[] = { "size=0", "mode=0555", NULL };
         attach_new_fs(plan, "tmpfs", e, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, fw, "/sys/firmware");
@@ -773,7 +689,7 @@ static void setup_user_mounts(const struct isolate_plan *plan, int root_fd)
             attach_new_fs(plan, "tmpfs", o, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, t, m->target);
             if (m->readonly) {
                 struct mount_attr a = { .attr_set = MOUNT_ATTR_RDONLY };
-                int again = open_in_root(root_fd, m->target, 0);
+                int again = isolate_open_in_root(root_fd, m->target, 0);
                 if (again < 0 || mount_setattr(again, "", AT_EMPTY_PATH, &a, sizeof a) < 0)
                     FAIL("cannot make %s read-only", m->target);
                 close(again);

@@ -117,6 +117,19 @@ struct isolate_plan {
  * as CTL_BOOT_ERROR with a message.  Returns the child's host pid. */
 pid_t isolate_boot(const struct isolate_plan *plan, int *pidfd_out, cell_error *err);
 
+/* ---- a new root (inroot.c) -----------------------------------------------------
+ * Resolve `path` (absolute, inside the new root) below root_fd as its
+ * processes will see it (RESOLVE_IN_ROOT: symlinks and ".." stay inside),
+ * creating missing directories and, if want_file, a missing last component
+ * as an empty file.  An O_PATH fd, or -1 with errno. */
+int isolate_open_in_root(int root_fd, const char *path, int want_file);
+/* /proc entries covered in every cell and OCI container (NULL-terminated,
+ * relative to /proc): files by /dev/null, directories by an empty read-only
+ * tmpfs, and trees made read-only. */
+extern const char *const isolate_proc_masked_files[];
+extern const char *const isolate_proc_masked_dirs[];
+extern const char *const isolate_proc_readonly[];
+
 /* ---- seccomp ----------------------------------------------------------------
  * Build the cell filter once (libseccomp, exported to classic BPF) so the
  * boot child can install it with prctl() and no allocation. */

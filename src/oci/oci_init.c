@@ -1,0 +1,548 @@
+/* oci_init.c: the container's init, from clone() to execve().  It starts
+ * as real root in new mount, pid, uts, ipc and network namespaces (or ones
+ * joined by path), builds the root filesystem (the bundle's root id-mapped
+ * onto the container's uid range, the spec's mounts, cell's /proc masks and
+ * the spec's masked and read-only paths), pivots into it, tells the
+ * creator it is ready and parks on exec.fifo until `start`.  Then it takes
+ * cell's confinement: a new cgroup namespace, the container's user
+ * namespace, the spec's user, capabilities cut to cell's kept set,
+ * no_new_privs and cell's seccomp filter, and execs process.args.
+ *
+ * The namespaces are created by real root and so owned by the initial
+ * user namespace, as a cell's: the container's root cannot unmount the
+ * masks, change its network or its hostname (docs/oci.md). */
+#include "oci/oci.h"
+#include "isolate/isolate.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+
+/* Every failure before the park goes to the creator as text and ends the init. */
+__attribute__((noreturn, format(printf, 2, 3)))
+static void init_fail(const struct oci_init_args *a, const char *fmt, ...)
+{
+    int code = errno;
+    char msg[900];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof msg && code)
+        snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(code));
+    if (a->sync_fd >= 0)
+        (void)!write(a->sync_fd, msg, strlen(msg));
+    else
+        fprintf(stderr, "cell-oci init: %s\n", msg);
+    _exit(127);
+}
+
+#define FAIL(...) init_fail(a, __VA_ARGS__)
+
+static int raise_effective_caps(void)
+{
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -1;
+    d[0].effective = d[0].permitted;
+    d[1].effective = d[1].permitted;
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+/* Files the init creates in the root (mount points, /dev) must belong to
+ * the container's root: the fs ids of its range, with real root's power. */
+static void become_container_fs(const struct oci_init_args *a)
+{
+    setfsgid(a->uid_base);
+    setfsuid(a->uid_base);
+    if ((uid_t)setfsuid((uid_t)-1) != a->uid_base || raise_effective_caps() < 0)
+        FAIL("cannot take the container's file system ids (%u)", (unsigned)a->uid_base);
+}
+
+static void attach(const struct oci_init_args *a, int mnt, int target_fd, const char *what)
+{
+    if (move_mount(mnt, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach the mount at %s", what);
+    close(mnt);
+}
+
+/* A new filesystem instance (proc, tmpfs, sysfs, devpts, mqueue) with the
+ * given "key=value"/"flag" options, attached on target_fd. */
+static void new_fs(const struct oci_init_args *a, const char *type, const char *const *opts, size_t n_opts,
+                   uint64_t attrs, int target_fd, const char *what)
+{
+    int fs = fsopen(type, FSOPEN_CLOEXEC);
+    if (fs < 0)
+        FAIL("cannot open a %s filesystem for %s", type, what);
+    for (size_t i = 0; i < n_opts; i++) {
+        char key[64];
+        const char *eq = strchr(opts[i], '=');
+        int r;
+        if (eq) {
+            snprintf(key, sizeof key, "%.*s", (int)(eq - opts[i]), opts[i]);
+            r = fsconfig(fs, FSCONFIG_SET_STRING, key, eq + 1, 0);
+        } else {
+            r = fsconfig(fs, FSCONFIG_SET_FLAG, opts[i], NULL, 0);
+        }
+        if (r < 0)
+            FAIL("%s: option '%s' of %s refused", what, opts[i], type);
+    }
+    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        FAIL("cannot create the %s filesystem for %s", type, what);
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, (unsigned)attrs);
+    if (mnt < 0)
+        FAIL("cannot mount %s at %s", type, what);
+    close(fs);
+    attach(a, mnt, target_fd, what);
+}
+
+static int must_open(const struct oci_init_args *a, int root_fd, const char *path, int want_file)
+{
+    int fd = isolate_open_in_root(root_fd, path, want_file);
+    if (fd < 0)
+        FAIL("cannot create the mount point %s in the container's root", path);
+    return fd;
+}
+
+/* Cover `path` of an existing tree: files with /dev/null, directories with
+ * an empty read-only tmpfs.  A path that does not exist is left alone. */
+static void mask_path(const struct oci_init_args *a, int dir_fd, const char *path, int null_fd, const char *what)
+{
+    struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    int t = (int)syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+    if (t < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return;
+        FAIL("cannot open %s to mask it", what);
+    }
+    struct stat st;
+    if (fstat(t, &st) < 0)
+        FAIL("cannot stat %s", what);
+    if (S_ISDIR(st.st_mode)) {
+        const char *o[] = { "size=0", "mode=0555" };
+        new_fs(a, "tmpfs", o, 2, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, t,
+               what);
+    } else {
+        int m = open_tree(null_fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+        struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC };
+        if (m < 0 || mount_setattr(m, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+            FAIL("cannot clone /dev/null to mask %s", what);
+        attach(a, m, t, what);
+    }
+    close(t);
+}
+
+/* Make `path` of an existing tree read-only (a recursive read-only clone
+ * of itself on top). */
+static void readonly_path(const struct oci_init_args *a, int dir_fd, const char *path, const char *what)
+{
+    struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    int t = (int)syscall(SYS_openat2, dir_fd, path, &how, sizeof how);
+    if (t < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return;
+        FAIL("cannot open %s to make it read-only", what);
+    }
+    int m = open_tree(t, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+    struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+    if (m < 0 || mount_setattr(m, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+        FAIL("cannot make %s read-only", what);
+    attach(a, m, t, what);
+    close(t);
+}
+
+/* cell's /proc masks, on every proc the spec mounts. */
+static void mask_proc(const struct oci_init_args *a, int root_fd, const char *dest, int null_fd)
+{
+    int proc = (int)syscall(SYS_openat2, root_fd, dest,
+                            &(struct open_how){ .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                                                .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS },
+                            sizeof(struct open_how));
+    if (proc < 0)
+        FAIL("cannot open the container's %s", dest);
+    for (const char *const *p = isolate_proc_masked_files; *p; p++)
+        mask_path(a, proc, *p, null_fd, *p);
+    for (const char *const *p = isolate_proc_masked_dirs; *p; p++)
+        mask_path(a, proc, *p, null_fd, *p);
+    for (const char *const *p = isolate_proc_readonly; *p; p++)
+        readonly_path(a, proc, *p, *p);
+    close(proc);
+}
+
+/* Owner options of a tmpfs or devpts in the container's range: the spec's
+ * uid=N / gid=N are container ids, the kernel wants host ids. */
+static const char *owner_opt(const struct oci_init_args *a, const char *opt, char *buf, size_t size)
+{
+    if (strncmp(opt, "uid=", 4) != 0 && strncmp(opt, "gid=", 4) != 0)
+        return opt;
+    char *end;
+    unsigned long id = strtoul(opt + 4, &end, 10);
+    if (*end || end == opt + 4 || id >= a->uid_count)
+        FAIL("mount option %s names an id outside the container's %u ids", opt, (unsigned)a->uid_count);
+    snprintf(buf, size, "%.4s%lu", opt, (unsigned long)a->uid_base + id);
+    return buf;
+}
+
+static void bind_mount(const struct oci_init_args *a, const struct oci_mount *m, int root_fd)
+{
+    _cleanup_close_ int src = open(m->source, O_PATH | O_CLOEXEC);
+    struct stat st;
+    if (src < 0 || fstat(src, &st) < 0)
+        FAIL("mount source %s", m->source);
+    int tree = -1;
+    cell_error err = { 0 };
+    /* id-mapped, so its files show their owners inside the range; a
+     * filesystem without id-mapped mounts is bound as is (its files are
+     * then nobody's inside the container). */
+    if (isolate_bind_tree(src, m->source, a->userns_fd, !!(m->attrs & MOUNT_ATTR_RDONLY), &tree, &err) < 0) {
+        tree = open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+        struct mount_attr attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV |
+                                               (m->attrs & MOUNT_ATTR_RDONLY) };
+        if (tree < 0 || mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+            FAIL("cannot bind %s", m->source);
+    }
+    struct mount_attr extra = { .attr_set = m->attrs & (MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOATIME |
+                                                        MOUNT_ATTR_NODIRATIME) };
+    if (extra.attr_set && mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &extra, sizeof extra) < 0)
+        FAIL("cannot set the options of the bind of %s", m->source);
+    int target = must_open(a, root_fd, m->destination, !S_ISDIR(st.st_mode));
+    attach(a, tree, target, m->destination);
+    close(target);
+}
+
+static void make_devices(const struct oci_init_args *a, int root_fd, const char *dest)
+{
+    int dev = (int)syscall(SYS_openat2, root_fd, dest,
+                           &(struct open_how){ .flags = O_DIRECTORY | O_CLOEXEC,
+                                               .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS },
+                           sizeof(struct open_how));
+    if (dev < 0)
+        FAIL("cannot open the container's %s", dest);
+    static const struct { const char *name; unsigned maj, min; } nodes[] = {
+        { "null", 1, 3 }, { "zero", 1, 5 }, { "full", 1, 7 }, { "random", 1, 8 }, { "urandom", 1, 9 }, { "tty", 5, 0 },
+    };
+    for (size_t i = 0; i < sizeof nodes / sizeof *nodes; i++)
+        if (mknodat(dev, nodes[i].name, S_IFCHR | 0666, makedev(nodes[i].maj, nodes[i].min)) < 0 ||
+            fchmodat(dev, nodes[i].name, 0666, 0) < 0)
+            FAIL("cannot create %s/%s", dest, nodes[i].name);
+    static const char *const links[][2] = {
+        { "pts/ptmx", "ptmx" }, { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" },
+        { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" },
+    };
+    for (size_t i = 0; i < sizeof links / sizeof *links; i++)
+        if (symlinkat(links[i][0], dev, links[i][1]) < 0)
+            FAIL("cannot create %s/%s", dest, links[i][1]);
+    close(dev);
+}
+
+static void spec_mount(const struct oci_init_args *a, const struct oci_mount *m, int root_fd, int null_fd)
+{
+    /* Never device nodes or set-id files from a mount, but on /dev's tmpfs,
+     * whose nodes the init makes itself. */
+    int is_dev = strcmp(m->destination, "/dev") == 0;
+    uint64_t attrs = m->attrs | MOUNT_ATTR_NOSUID | (is_dev ? 0 : MOUNT_ATTR_NODEV);
+    char own[2][32], buf[OCI_MAX_MOUNT_DATA][48];
+    const char *opts[OCI_MAX_MOUNT_DATA + 2];
+    size_t n = 0;
+    int has_uid = 0, has_gid = 0;
+    for (size_t i = 0; i < m->n_data; i++) {
+        has_uid |= strncmp(m->data[i], "uid=", 4) == 0;
+        has_gid |= strncmp(m->data[i], "gid=", 4) == 0;
+        opts[n++] = owner_opt(a, m->data[i], buf[i], sizeof buf[i]);
+    }
+    int target;
+    switch (m->kind) {
+    case OCI_MOUNT_BIND:
+        bind_mount(a, m, root_fd);
+        return;
+    case OCI_MOUNT_CGROUP:
+        /* Not mounted yet (docs/oci.md): the directory stays empty. */
+        oci_log("debug", "mount of %s (cgroup) skipped", m->destination);
+        return;
+    case OCI_MOUNT_PROC:
+        target = must_open(a, root_fd, m->destination, 0);
+        new_fs(a, "proc", opts, n, attrs | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target, m->destination);
+        close(target);
+        mask_proc(a, root_fd, m->destination, null_fd);
+        return;
+    case OCI_MOUNT_SYSFS:
+        target = must_open(a, root_fd, m->destination, 0);
+        /* Always read-only, as in a cell, and without the firmware tables. */
+        new_fs(a, "sysfs", opts, n, attrs | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target,
+               m->destination);
+        mask_path(a, target, "firmware", null_fd, "sysfs firmware");
+        close(target);
+        return;
+    case OCI_MOUNT_TMPFS:
+    case OCI_MOUNT_DEVPTS:
+        if (!has_uid && m->kind == OCI_MOUNT_TMPFS) {
+            snprintf(own[0], sizeof own[0], "uid=%u", (unsigned)a->uid_base);
+            opts[n++] = own[0];
+        }
+        if (!has_gid) {
+            snprintf(own[1], sizeof own[1], "gid=%u", (unsigned)a->uid_base + (m->kind == OCI_MOUNT_DEVPTS ? 5 : 0));
+            opts[n++] = own[1];
+        }
+        target = must_open(a, root_fd, m->destination, 0);
+        new_fs(a, m->kind == OCI_MOUNT_TMPFS ? "tmpfs" : "devpts", opts, n,
+               attrs | (m->kind == OCI_MOUNT_DEVPTS ? MOUNT_ATTR_NOEXEC : 0), target, m->destination);
+        close(target);
+        if (is_dev && m->kind == OCI_MOUNT_TMPFS)
+            make_devices(a, root_fd, m->destination);
+        return;
+    case OCI_MOUNT_MQUEUE:
+        target = must_open(a, root_fd, m->destination, 0);
+        new_fs(a, "mqueue", opts, n, attrs | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC, target, m->destination);
+        close(target);
+        return;
+    }
+    FAIL("mount %s: unknown kind", m->destination);
+}
+
+/* The bundle's root, id-mapped onto the container's range, over itself in
+ * this mount namespace; then the spec's mounts and masks on it. */
+static int build_root(const struct oci_init_args *a)
+{
+    const struct oci_spec *s = a->spec;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        FAIL("cannot make the mount tree private");
+    _cleanup_close_ int src = open(s->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (src < 0)
+        FAIL("root.path %s", s->root);
+    int tree;
+    cell_error err = { 0 };
+    if (isolate_bind_tree(src, s->root, a->userns_fd, s->root_readonly, &tree, &err) < 0) {
+        errno = err.code;
+        FAIL("%s", err.message);
+    }
+    if (move_mount(tree, "", src, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        FAIL("cannot attach the container's root on %s", s->root);
+    close(tree);
+    int root_fd = open(s->root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    _cleanup_close_ int null_fd = open("/dev/null", O_PATH | O_CLOEXEC);
+    if (root_fd < 0 || null_fd < 0)
+        FAIL("cannot open the container's root %s", s->root);
+    become_container_fs(a);
+    for (size_t i = 0; i < s->n_mounts; i++)
+        spec_mount(a, &s->mounts[i], root_fd, null_fd);
+    for (size_t i = 0; i < s->n_masked; i++)
+        mask_path(a, root_fd, s->masked[i], null_fd, s->masked[i]);
+    for (size_t i = 0; i < s->n_readonly; i++)
+        readonly_path(a, root_fd, s->readonly[i], s->readonly[i]);
+    return root_fd;
+}
+
+static void pivot(const struct oci_init_args *a, int root_fd)
+{
+    if (fchdir(root_fd) < 0)
+        FAIL("cannot enter the container's root");
+    if (syscall(SYS_pivot_root, ".", ".") < 0)
+        FAIL("pivot_root into %s", a->spec->root);
+    if (umount2(".", MNT_DETACH) < 0)
+        FAIL("cannot detach the host's root");
+    if (chdir("/") < 0)
+        FAIL("chdir / in the container");
+}
+
+static void join_namespaces(const struct oci_init_args *a)
+{
+    static const int joinable[] = { CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS };
+    for (size_t i = 0; i < sizeof joinable / sizeof *joinable; i++) {
+        const struct oci_ns *ns = oci_spec_ns(a->spec, joinable[i]);
+        if (!ns || !ns->path)
+            continue;
+        _cleanup_close_ int fd = open(ns->path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, joinable[i]) < 0)
+            FAIL("cannot join the namespace %s", ns->path);
+    }
+}
+
+/* A new network namespace: lo up, and (its root holding no capability over
+ * it) low ports and ping sockets open to every uid, as in a cell. */
+static void setup_new_netns(const struct oci_init_args *a)
+{
+    const struct oci_ns *ns = oci_spec_ns(a->spec, CLONE_NEWNET);
+    if (ns && ns->path)
+        return;
+    _cleanup_close_ int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr = { 0 };
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    if (s < 0 || ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        FAIL("cannot read the flags of lo");
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        FAIL("cannot bring lo up");
+    static const char *const knobs[][2] = { { "/proc/sys/net/ipv4/ip_unprivileged_port_start", "0" },
+                                            { "/proc/sys/net/ipv4/ping_group_range", "0 2147483647" } };
+    for (size_t i = 0; i < 2; i++) {
+        _cleanup_close_ int fd = open(knobs[i][0], O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || util_write_all(fd, knobs[i][1], strlen(knobs[i][1])) < 0)
+            FAIL("cannot write %s", knobs[i][0]);
+    }
+}
+
+/* process.args[0] as execvp would find it, in the container's root (now /). */
+static void find_exe(const struct oci_init_args *a, char *out, size_t size)
+{
+    const char *cmd = a->spec->args[0];
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (size_t i = 0; i < a->spec->n_env; i++)
+        if (strncmp(a->spec->env[i], "PATH=", 5) == 0)
+            path = a->spec->env[i] + 5;
+    if (strchr(cmd, '/')) {
+        snprintf(out, size, "%s", cmd);
+        if (access(out, X_OK) < 0)
+            FAIL("process.args[0] %s cannot be executed", cmd);
+        return;
+    }
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, ":");
+        struct stat st;
+        if (n > 0 && (size_t)snprintf(out, size, "%.*s/%s", (int)n, p, cmd) < size && stat(out, &st) == 0 &&
+            S_ISREG(st.st_mode) && access(out, X_OK) == 0)
+            return;
+        p += n + (p[n] == ':');
+    }
+    errno = ENOENT;
+    FAIL("process.args[0] %s is not in the container's PATH (%.200s)", cmd, path);
+}
+
+static void set_rlimits(const struct oci_init_args *a)
+{
+    for (size_t i = 0; i < a->spec->n_rlimits; i++) {
+        const struct oci_rlimit *r = &a->spec->rlimits[i];
+        struct rlimit rl = { r->soft, r->hard };
+        if (setrlimit(r->resource, &rl) < 0)
+            FAIL("cannot set process.rlimits[%zu]", i);
+    }
+    /* No core dumps, whatever the spec says: the kernel writes them through
+     * core_pattern, a host path or a host helper run as root. */
+    struct rlimit core = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &core) < 0)
+        FAIL("cannot disable core dumps");
+}
+
+/* The spec's capabilities, each set cut to cell's kept set (which
+ * isolate_caps_drop already made the bounding set). */
+static void set_caps(const struct oci_init_args *a)
+{
+    const struct oci_spec *s = a->spec;
+    uint64_t kept = 0;
+    for (const int *c = isolate_caps_kept; *c >= 0; c++)
+        kept |= 1ull << *c;
+    if (a->rw_binds)
+        kept &= ~(1ull << CAP_SETFCAP);
+    for (int cap = 0; cap < 64; cap++)
+        if (!(s->caps[OCI_CAP_BOUNDING] & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
+            errno != EINVAL)
+            FAIL("cannot drop capability %d from the bounding set", cap);
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    uint64_t eff = s->caps[OCI_CAP_EFFECTIVE] & kept, perm = s->caps[OCI_CAP_PERMITTED] & kept,
+             inh = s->caps[OCI_CAP_INHERITABLE] & kept;
+    for (int i = 0; i < 2; i++) {
+        d[i].effective = (uint32_t)(eff >> (32 * i));
+        d[i].permitted = (uint32_t)((perm | eff) >> (32 * i));
+        d[i].inheritable = (uint32_t)(inh >> (32 * i));
+    }
+    if (syscall(SYS_capset, &h, d) < 0)
+        FAIL("cannot set the process's capabilities");
+    uint64_t amb = s->caps[OCI_CAP_AMBIENT] & perm & inh;
+    for (int cap = 0; cap < 64; cap++)
+        if ((amb & (1ull << cap)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            FAIL("cannot raise ambient capability %s", oci_cap_name(cap));
+}
+
+static void confine(const struct oci_init_args *a)
+{
+    const struct oci_spec *s = a->spec;
+    set_rlimits(a);
+    const struct oci_ns *cg = oci_spec_ns(s, CLONE_NEWCGROUP);
+    _cleanup_close_ int cgfd = cg && cg->path ? open(cg->path, O_RDONLY | O_CLOEXEC) : -1;
+    if (cg && cg->path ? (cgfd < 0 || setns(cgfd, CLONE_NEWCGROUP) < 0) : unshare(CLONE_NEWCGROUP) < 0)
+        FAIL("cannot enter a cgroup namespace");
+    if (setns(a->userns_fd, CLONE_NEWUSER) < 0)
+        FAIL("cannot enter the container's user namespace");
+    if (syscall(SYS_setresgid, 0, 0, 0) < 0 || syscall(SYS_setresuid, 0, 0, 0) < 0)
+        FAIL("cannot become root of the container's user namespace");
+    if (isolate_caps_drop(!a->rw_binds) < 0)
+        FAIL("cannot drop capabilities to cell's set");
+    gid_t gids[OCI_MAX_GIDS];
+    for (size_t i = 0; i < s->n_gids; i++)
+        gids[i] = s->gids[i];
+    if (setgroups(s->n_gids, gids) < 0)
+        FAIL("cannot set process.user.additionalGids");
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0 ||
+        syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0)
+        FAIL("cannot become uid %u gid %u (process.user)", (unsigned)s->uid, (unsigned)s->gid);
+    if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0)
+        FAIL("cannot clear keep-caps");
+    set_caps(a);
+    /* Always, whatever process.noNewPrivileges says. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        FAIL("cannot set no_new_privs");
+    struct sock_fprog cell_prog, nosuid;
+    isolate_seccomp_prebuilt(&cell_prog, &nosuid);
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &cell_prog) < 0)
+        FAIL("cannot install cell's seccomp filter");
+    /* A read-write host bind: in-container root writes as host root there,
+     * so no set-id modes (cell's nosuid filter, as cells with such mounts). */
+    if (a->rw_binds && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &nosuid) < 0)
+        FAIL("cannot install cell's nosuid filter");
+}
+
+void oci_init_main(const struct oci_init_args *a)
+{
+    const struct oci_spec *s = a->spec;
+    join_namespaces(a);
+    const struct oci_ns *uts = oci_spec_ns(s, CLONE_NEWUTS);
+    if (s->hostname && !(uts && uts->path) && sethostname(s->hostname, strlen(s->hostname)) < 0)
+        FAIL("cannot set the hostname %s", s->hostname);
+    setup_new_netns(a);
+    int root_fd = build_root(a);
+    pivot(a, root_fd);
+    close(root_fd);
+    char exe[PATH_MAX];
+    find_exe(a, exe, sizeof exe);
+
+    /* Ready: the creator writes the state and exits; we wait for `start`. */
+    if (write(a->sync_fd, "ok", 2) != 2)
+        _exit(127);
+    close(a->sync_fd);
+    char c;
+    ssize_t r;
+    while ((r = read(a->fifo_fd, &c, 1)) < 0 && errno == EINTR)
+        ;
+    if (r != 1)
+        _exit(127);
+    close(a->fifo_fd);
+
+    struct oci_init_args late = *a;
+    late.sync_fd = -1; /* failures from here go to stderr */
+    a = &late;
+    confine(a);
+    if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
+        FAIL("cannot close the runtime's descriptors");
+    if (chdir(s->cwd) < 0)
+        FAIL("cannot enter process.cwd %s", s->cwd);
+    static const char *const no_env[] = { NULL };
+    execve(exe, (char *const *)s->args, (char *const *)(s->env ? s->env : no_env));
+    FAIL("cannot exec %s", exe);
+}

@@ -1,0 +1,264 @@
+/* oci_state.c: ROOT/ID/state.json and the container's uid range.  The
+ * state file is written under a temporary name and renamed, so a reader
+ * sees the old or the new one, never half of one.  The status is not
+ * stored: it is read from the init process (alive or not) and exec.fifo
+ * (present until `start`), as runc does. */
+#include "oci/oci.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+
+int oci_id_check(const char *id, cell_error *err)
+{
+    size_t len = strlen(id);
+    if (len == 0 || len > OCI_ID_MAX)
+        return util_fail(err, EINVAL, "container id must be 1 to %d characters", OCI_ID_MAX);
+    if (strcmp(id, ".") == 0 || strcmp(id, "..") == 0 || id[0] == '.')
+        return util_fail(err, EINVAL, "container id '%.64s' may not start with '.'", id);
+    for (const char *c = id; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("_.+-", *c)))
+            return util_fail(err, EINVAL, "container id '%.64s' has a character other than letters, digits and "
+                             "_ . + -", id);
+    return 0;
+}
+
+int oci_state_path(char *buf, size_t size, const char *root, const char *id, const char *file, cell_error *err)
+{
+    if (oci_id_check(id, err) < 0)
+        return -1;
+    int n = file ? util_path(buf, size, err, "%s/%s/%s", root, id, file) : util_path(buf, size, err, "%s/%s", root, id);
+    return n < 0 ? -1 : 0;
+}
+
+int oci_state_write(const char *root, const struct oci_state *st, cell_error *err)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    if (oci_state_path(path, sizeof path, root, st->id, OCI_STATE_FILE, err) < 0 ||
+        oci_state_path(tmp, sizeof tmp, root, st->id, ".state.json.tmp", err) < 0)
+        return -1;
+    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:i, s:i, s:O?}", "ociVersion", "1.0.2", "id",
+                          st->id, "pid", (int)st->pid, "start_time", (json_int_t)st->start_time, "bundle",
+                          st->bundle, "rootfs", st->rootfs, "created", st->created, "owner", (int)st->owner, "slot",
+                          st->slot, "annotations", st->annotations);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text)
+        return util_fail(err, ENOMEM, "cannot encode the state of %s", st->id);
+    int rc = util_write_file(tmp, text, strlen(text), 0600, 0, err);
+    free(text);
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = util_fail_errno(err, "cannot rename %s to %s", tmp, path);
+    return rc;
+}
+
+static int copy_str(char *dst, size_t size, json_t *v, const char *what, cell_error *err)
+{
+    const char *s = json_string_value(v);
+    if (!s)
+        return util_fail(err, EINVAL, "state.json: %s is missing", what);
+    return util_path(dst, size, err, "%s", s) < 0 ? -1 : 0;
+}
+
+int oci_state_read(const char *root, const char *id, struct oci_state *st, cell_error *err)
+{
+    memset(st, 0, sizeof *st);
+    char path[PATH_MAX];
+    if (oci_state_path(path, sizeof path, root, id, OCI_STATE_FILE, err) < 0)
+        return -1;
+    _cleanup_free_ char *text = NULL;
+    size_t len;
+    if (util_read_file(path, 1 << 20, &text, &len, err) < 0) {
+        if (err && err->code == ENOENT)
+            util_fail(err, ENOENT, "container %s does not exist", id);
+        return -1;
+    }
+    json_error_t jerr;
+    json_t *o = json_loadb(text, len, 0, &jerr);
+    if (!o)
+        return util_fail(err, EINVAL, "%s: %s", path, jerr.text);
+    int rc = copy_str(st->id, sizeof st->id, json_object_get(o, "id"), "id", err);
+    if (rc == 0)
+        rc = copy_str(st->bundle, sizeof st->bundle, json_object_get(o, "bundle"), "bundle", err);
+    if (rc == 0)
+        rc = copy_str(st->rootfs, sizeof st->rootfs, json_object_get(o, "rootfs"), "rootfs", err);
+    if (rc == 0)
+        rc = copy_str(st->created, sizeof st->created, json_object_get(o, "created"), "created", err);
+    st->pid = (pid_t)json_integer_value(json_object_get(o, "pid"));
+    st->start_time = (uint64_t)json_integer_value(json_object_get(o, "start_time"));
+    st->owner = (uid_t)json_integer_value(json_object_get(o, "owner"));
+    st->slot = (int)json_integer_value(json_object_get(o, "slot"));
+    json_t *a = json_object_get(o, "annotations");
+    st->annotations = json_is_object(a) ? json_incref(a) : NULL;
+    json_decref(o);
+    if (rc == 0 && st->pid <= 0)
+        rc = util_fail(err, EINVAL, "%s: pid is missing", path);
+    if (rc < 0)
+        oci_state_free(st);
+    return rc;
+}
+
+void oci_state_free(struct oci_state *st)
+{
+    json_decref(st->annotations);
+    st->annotations = NULL;
+}
+
+uint64_t oci_pid_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    /* Field 2 (comm) may hold spaces and ')': count from the last ')'. */
+    char *p = strrchr(buf, ')');
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+int oci_state_pidfd(const struct oci_state *st)
+{
+    int fd = (int)syscall(SYS_pidfd_open, st->pid, 0);
+    if (fd < 0)
+        return -1;
+    /* Checked after the pidfd is open: from here on the pid cannot be reused
+     * under us, so a match means the pidfd is our init's. */
+    if (oci_pid_start_time(st->pid) != st->start_time) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+enum oci_status oci_state_status(const char *root, const struct oci_state *st)
+{
+    _cleanup_close_ int pidfd = oci_state_pidfd(st);
+    if (pidfd < 0)
+        return OCI_STOPPED;
+    /* A pidfd polls readable once the process has exited (a zombie too). */
+    struct pollfd p = { .fd = pidfd, .events = POLLIN };
+    if (poll(&p, 1, 0) != 0)
+        return OCI_STOPPED;
+    char fifo[PATH_MAX];
+    if (oci_state_path(fifo, sizeof fifo, root, st->id, OCI_FIFO_FILE, NULL) == 0 && access(fifo, F_OK) == 0)
+        return OCI_CREATED;
+    return OCI_RUNNING;
+}
+
+const char *oci_status_name(enum oci_status s)
+{
+    return s == OCI_CREATED ? "created" : s == OCI_RUNNING ? "running" : "stopped";
+}
+
+json_t *oci_state_json(const char *root, const struct oci_state *st)
+{
+    enum oci_status s = oci_state_status(root, st);
+    json_t *ann = st->annotations ? json_incref(st->annotations) : json_object();
+    return json_pack("{s:s, s:s, s:i, s:s, s:s, s:s, s:s, s:s, s:o}", "ociVersion", "1.0.2", "id", st->id, "pid",
+                     s == OCI_STOPPED ? 0 : (int)st->pid, "status", oci_status_name(s), "bundle", st->bundle,
+                     "rootfs", st->rootfs, "created", st->created, "owner", "",
+                     "annotations", ann);
+}
+
+/* ---- uid ranges --------------------------------------------------------------- */
+
+static int slot_holder_alive(int dirfd, const char *name)
+{
+    _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    char buf[64];
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    long pid;
+    unsigned long long start;
+    if (sscanf(buf, "%ld %llu", &pid, &start) != 2 || pid <= 0)
+        return 0;
+    return oci_pid_start_time((pid_t)pid) == start;
+}
+
+static int slot_write(int dirfd, int slot, pid_t pid, uint64_t start, cell_error *err)
+{
+    char name[32], tmp[40], line[64];
+    snprintf(name, sizeof name, "%d", slot);
+    snprintf(tmp, sizeof tmp, ".%d.tmp", slot);
+    int n = snprintf(line, sizeof line, "%d %llu\n", (int)pid, (unsigned long long)start);
+    _cleanup_close_ int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || util_write_all(fd, line, (size_t)n) < 0)
+        return util_fail_errno(err, "cannot write %s/%s", OCI_SLOT_DIR, tmp);
+    if (renameat(dirfd, tmp, dirfd, name) < 0)
+        return util_fail_errno(err, "cannot rename %s/%s", OCI_SLOT_DIR, tmp);
+    return 0;
+}
+
+static int slot_dir(cell_error *err)
+{
+    if (util_mkdir_p(OCI_SLOT_DIR, 0700, err) < 0)
+        return -1;
+    int fd = open(OCI_SLOT_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return util_fail_errno(err, "cannot open %s", OCI_SLOT_DIR);
+    /* One taker at a time, host-wide (every --root shares the ranges). */
+    if (flock(fd, LOCK_EX) < 0) {
+        util_fail_errno(err, "cannot lock %s", OCI_SLOT_DIR);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int oci_slot_take(int *slot, cell_error *err)
+{
+    _cleanup_close_ int dir = slot_dir(err);
+    if (dir < 0)
+        return -1;
+    for (int i = 0; i < OCI_MAX_SLOTS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%d", i);
+        if (slot_holder_alive(dir, name))
+            continue;
+        /* Held by this creator until the init exists (oci_slot_own). */
+        pid_t self = getpid();
+        if (slot_write(dir, i, self, oci_pid_start_time(self), err) < 0)
+            return -1;
+        *slot = i;
+        return 0;
+    }
+    return util_fail(err, EAGAIN, "all %d container uid ranges are in use", OCI_MAX_SLOTS);
+}
+
+int oci_slot_own(int slot, pid_t pid, uint64_t start, cell_error *err)
+{
+    _cleanup_close_ int dir = slot_dir(err);
+    if (dir < 0)
+        return -1;
+    return slot_write(dir, slot, pid, start, err);
+}
+
+void oci_slot_release(int slot, pid_t pid, uint64_t start)
+{
+    if (slot < 0)
+        return;
+    _cleanup_close_ int dir = slot_dir(NULL);
+    char name[32], want[64], buf[64];
+    snprintf(name, sizeof name, "%d", slot);
+    int n = snprintf(want, sizeof want, "%d %llu\n", (int)pid, (unsigned long long)start);
+    _cleanup_close_ int fd = dir < 0 ? -1 : openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    ssize_t got = fd < 0 ? -1 : read(fd, buf, sizeof buf);
+    /* A slot whose holder died may already be someone else's. */
+    if (got == n && memcmp(buf, want, (size_t)n) == 0)
+        (void)unlinkat(dir, name, 0);
+}
