@@ -414,12 +414,16 @@ INSTALL_ENV     = BUILD='$(BUILD)' DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BINDI
                   INCLUDEDIR='$(INCLUDEDIR)' DATADIR='$(DATADIR)' MANDIR='$(MANDIR)' SYSCONFDIR='$(SYSCONFDIR)' \
                   SYSTEMDUNITDIR='$(SYSTEMDUNITDIR)' STATEDIR='$(STATEDIR)'
 .PHONY: docs install uninstall
+# docs also rewrites docs/cli.md, the command reference in the tree, when
+# the help text changed (commit it; test_cli_docs.py compares); install
+# only needs the man pages and completions.
 docs: $(BUILD)/doc/.stamp
+	$(PYTHON) scripts/gen-docs.py --markdown $(BUILD)/cell docs/cli.md
 $(BUILD)/doc/.stamp: $(BUILD)/cell scripts/gen-docs.py
 	rm -rf $(BUILD)/doc
 	$(PYTHON) scripts/gen-docs.py $(BUILD)/cell $(BUILD)/doc
 	touch $@
-install: all docs
+install: all $(BUILD)/doc/.stamp
 	$(INSTALL_ENV) bash scripts/install.sh install
 uninstall:
 	$(INSTALL_ENV) bash scripts/install.sh uninstall

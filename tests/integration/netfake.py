@@ -13,6 +13,7 @@ session never share an address:
     198.18.41.0/24 test_agent_codex.py
     198.18.42.0/24 test_agent_install.py
     198.18.43.0/24 test_runs_codex.py
+    198.18.46.0/24 test_cli_docs.py
     198.18.47.0/24 test_egress_ssrf.py
 
 Pieces (threads, stopped by Net.down()):

@@ -380,19 +380,23 @@ def test_bash_completion_completes_commands_and_options(dest, tmp_path):
         assert want <= got, (cmd, want - got)
 
 
-def test_zsh_completion_completes_commands_and_options(dest):
-    """The zsh function with compadd and _files stubbed: what it offers."""
+def complete_zsh(script, *words):
+    """What the zsh function offers for `words`, compadd and _files stubbed."""
     if not shutil.which("zsh"):
         pytest.fail("zsh not found (scripts/install-deps.sh installs it)")
+    prog = ('compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }; _files() { print -- FILES; }; '
+            'words=(cell "${@[2,-1]}"); CURRENT=${#words}; source "$1"')
+    r = subprocess.run(["zsh", "-f", "-c", prog, "zsh", script, *words], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and not r.stderr, r
+    return [w for w in r.stdout.split("\n") if w]
+
+
+def test_zsh_completion_completes_commands_and_options(dest):
+    """The zsh function with compadd and _files stubbed: what it offers."""
     script = usr(dest, "share", "zsh", "site-functions", "_cell")
 
     def complete(*words):
-        prog = ('compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }; _files() { print -- FILES; }; '
-                'words=(cell "${@[2,-1]}"); CURRENT=${#words}; source "$1"')
-        r = subprocess.run(["zsh", "-f", "-c", prog, "zsh", script, *words], capture_output=True, text=True,
-                           timeout=30)
-        assert r.returncode == 0 and not r.stderr, r
-        return [w for w in r.stdout.split("\n") if w]
+        return complete_zsh(script, *words)
 
     assert "run" in complete("") and "serve" in complete("")
     assert "--image" in complete("run", "--") and "--tty" in complete("run", "--")
@@ -426,3 +430,40 @@ def test_uninstall_removes_what_install_wrote_but_the_state_and_an_edited_config
         make("install", dest)
         make("uninstall", dest)
         assert files_under(str(dest)) == {"var/lib/cell/cell.db"}
+
+
+def top_commands():
+    """Every command word `cell help` lists: `start ID | stop ID | rm ID`
+    and `token create|ls|revoke` included."""
+    out = []
+    for term in re.findall(r"^  ([a-z]\S*(?: \S+)*?)(?:\s{2,}|$)", cell_help(), re.M):
+        for alt in term.split(" | "):
+            word = alt.split()[0]
+            if word not in out:
+                out.append(word)
+    return out
+
+
+def test_every_command_has_a_man_page_and_completes(dest):
+    """Each command of `cell help` has its own help, a man page made from it
+    (or a .so to the page of the same text) and completes in bash and zsh."""
+    mandir = usr(dest, "share", "man", "man1")
+    bash = usr(dest, "share", "bash-completion", "completions", "cell")
+    zsh = usr(dest, "share", "zsh", "site-functions", "_cell")
+    commands = top_commands()
+    assert {"run", "lane", "image", "serve", "create", "ls", "start", "stop", "rm", "exec", "cp", "token",
+            "agent"} <= set(commands), commands
+    offered_bash, offered_zsh = set(complete_bash(bash, "")), set(complete_zsh(zsh, ""))
+    for cmd in commands:
+        assert cmd in offered_bash and cmd in offered_zsh, cmd
+        if cmd == "help":
+            continue
+        assert cell_help(cmd) != cell_help(), "`cell help %s` prints the general help, not its own" % cmd
+        page = os.path.join(mandir, "cell-%s.1" % cmd)
+        assert os.path.isfile(page), page
+        with open(page) as f:
+            src = f.read()
+        if src.startswith(".so "):
+            assert os.path.isfile(os.path.join(os.path.dirname(mandir), src.split()[1])), (page, src)
+        else:
+            assert '.TH "CELL-%s" "1"' % cmd.upper() in src, page
