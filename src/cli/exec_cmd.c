@@ -7,6 +7,7 @@
  * back rather than drop output we have not been sent; a gap in the log's
  * sequence numbers (output dropped all the same) is reported, never hidden. */
 #include "cli/cells_cmds.h"
+#include "cli/opts.h"
 #include "util/util.h"
 
 #include <errno.h>
@@ -645,11 +646,7 @@ static int exec_getopt(int argc, char **argv, struct exec_args *x)
                 return CLI_EXIT_USAGE;
             break;
         case 'h': return fputs(cli_exec_usage, stdout), -1;
-        case ':': return cli_fail(CLI_EXIT_USAGE, "exec: option %s needs a value (see cell exec --help)", argv[optind - 1]);
-        default: {
-            char opt[3] = { '-', (char)optopt, 0 };
-            return cli_bad_option("exec", optopt ? opt : argv[optind - 1]);
-        }
+        default: return cli_getopt_fail("exec", o, argc, argv);
         }
     }
     return 0;

@@ -1,5 +1,6 @@
 /* image_cmds.c: `cell image import|ls|rm`, the image store's commands. */
 #include "cli/cli.h"
+#include "cli/cells_cmds.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,14 +38,15 @@ static int image_import(struct cli_global *g, int argc, char **argv)
     uint64_t max = 0;
     cell_error err = { 0 };
     int o;
-    optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         if (o == 'h') {
             fputs(cli_image_import_usage, stdout);
             return 0;
         }
         if (o != 'm')
-            return cli_fail(CLI_EXIT_USAGE, "%s", cli_image_import_usage);
+            return cli_getopt_fail("image import", o, argc, argv);
         if (cell_parse_size(optarg, &max, &err) < 0 || max == 0)
             return cli_fail(CLI_EXIT_USAGE, "--max-image-size: %s", max ? err.message : "give a size such as 8G");
     }
@@ -136,8 +138,9 @@ static const char image_rm_usage[] =
     "Remove an imported or committed image.  Refused, naming them, while lanes\n"
     "or running cells use it.  Its blobs stay in the blob store.\n";
 
-/* --help and --json (ls) through getopt_long; 1 = printed help, -1 = bad. */
-static int parse_simple(struct cli_global *g, int argc, char **argv, int json_ok, const char *usage)
+/* --help and --json (ls) through getopt_long; 1 = printed help, -1 = bad
+ * (printed, naming the option). */
+static int parse_simple(struct cli_global *g, int argc, char **argv, const char *cmd, const char *usage)
 {
     static const struct option opts[] = {
         { "json", no_argument, NULL, 'j' },
@@ -145,14 +148,15 @@ static int parse_simple(struct cli_global *g, int argc, char **argv, int json_ok
         { NULL, 0, NULL, 0 },
     };
     int o;
-    optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    opterr = 0;
+    optind = 0;
+    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         if (o == 'h') {
             fputs(usage, stdout);
             return 1;
         }
-        if (o != 'j' || !json_ok)
-            return -1;
+        if (o != 'j')
+            return cli_getopt_fail(cmd, o, argc, argv), -1;
         g->json = 1;
     }
     return 0;
@@ -160,9 +164,9 @@ static int parse_simple(struct cli_global *g, int argc, char **argv, int json_ok
 
 static int image_rm(struct cli_global *g, int argc, char **argv)
 {
-    int p = parse_simple(g, argc, argv, 1, image_rm_usage);
+    int p = parse_simple(g, argc, argv, "image rm", image_rm_usage);
     if (p)
-        return p > 0 ? 0 : cli_fail(CLI_EXIT_USAGE, "%s", image_rm_usage);
+        return p > 0 ? 0 : CLI_EXIT_USAGE;
     if (argc - optind != 1)
         return cli_fail(CLI_EXIT_USAGE, "image rm takes one NAME\n%s", image_rm_usage);
     const char *name = argv[optind];
@@ -188,9 +192,9 @@ int cli_image_store(struct cli_global *g, int argc, char **argv)
         return image_import(g, argc, argv);
     if (strcmp(sub, "rm") == 0)
         return image_rm(g, argc, argv);
-    int p = parse_simple(g, argc, argv, 1, image_ls_usage);
+    int p = parse_simple(g, argc, argv, "image ls", image_ls_usage);
     if (p)
-        return p > 0 ? 0 : cli_fail(CLI_EXIT_USAGE, "%s", image_ls_usage);
+        return p > 0 ? 0 : CLI_EXIT_USAGE;
     if (optind != argc)
         return cli_fail(CLI_EXIT_USAGE, "image ls takes no arguments\n%s", image_ls_usage);
     cell_ctx *ctx = NULL;

@@ -1,6 +1,7 @@
 /* run.c: `cell run`, a one-shot cell: boot, run one command with the
  * caller's stdio, forward signals, enforce the timeout, destroy. */
 #include "cli/cli.h"
+#include "cli/cells_cmds.h"
 #include "cli/opts.h"
 #include "util/util.h"
 
@@ -249,7 +250,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
     unsigned long v;
     uint64_t size;
     int rc;
-    while ((c = getopt_long(argc, argv, "+ht", cli_run_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:ht", cli_run_options, NULL)) != -1) {
         switch (c) {
         case O_IMAGE:
             if (cell_options_set_image(o->cell, optarg, &err) < 0)
@@ -368,7 +369,7 @@ static int parse_run_options(struct run_opts *o, int argc, char **argv, int *fir
             fputs(cli_run_usage, stdout);
             exit(0);
         default:
-            return cli_fail(CLI_EXIT_USAGE, "unknown or incomplete option '%s' (see `cell help run`)", argv[optind - 1]);
+            return cli_getopt_fail("run", c, argc, argv);
         }
     }
     if (optind >= argc && !o->image && !o->lane) /* an image's Entrypoint/Cmd may be the command */
