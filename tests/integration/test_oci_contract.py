@@ -10,7 +10,9 @@ parking the init until `start`; --log lines that are JSON objects with
 level, msg and time; `run`'s exit code (the process's, 128+N for a signal);
 "does not exist" in the error for an unknown id (the shim matches that
 text); kill --all and delete --force on a running, a paused and a created
-container; --console-socket receiving the pty master of a terminal process.  Bad input: ids with slashes and dots, an empty id, a duplicate
+container; --console-socket receiving the pty master of a terminal process;
+exec (exit code, the container's namespaces and cgroup, --detach with a
+pid file, --process); features.  Bad input: ids with slashes and dots, an empty id, a duplicate
 id, a config.json that is not JSON, a bundle that is not there."""
 import json
 import os
@@ -267,3 +269,63 @@ def test_console_socket_refused_without_terminal(rt, tmp_path):
     r = rt.create("c2", bt)
     assert r.rc != 0, r
     assert rt.status("c1") is None and rt.status("c2") is None
+
+
+def test_exec(rt, sub, tmp_path):
+    """exec: the process runs in the container's namespaces and cgroup,
+    its exit code is exec's; --detach --pid-file leaves it a child of the
+    caller (the shim waits for exec'd processes too); --process takes the
+    process as JSON."""
+    b = sleeper(tmp_path)
+    pid_file = str(tmp_path / "init.pid")
+    rt.create("c1", b, pid_file=pid_file, via=sub).check()
+    init = oci.read_pid_file(pid_file)
+    rt.start("c1").check()
+    r = rt.call("exec", "c1", "sh", "-c", "echo in; exit 5")
+    assert r.rc == 5 and r.out == "in\n", r
+
+    proc = dict(oci.read_config(b)["process"], args=["sleep", "1000"])
+    with open(str(tmp_path / "process.json"), "w") as f:
+        json.dump(proc, f)
+    exec_pid_file = str(tmp_path / "exec.pid")
+    rt.call("exec", "--detach", "--process", str(tmp_path / "process.json"), "--pid-file", exec_pid_file,
+            "c1", via=sub).check()
+    pid = oci.read_pid_file(exec_pid_file)
+    assert pid != init and oci.ppid(pid) == sub.pid
+    for ns in ("mnt", "pid", "net", "uts", "ipc", "user", "cgroup"):
+        assert os.readlink("/proc/%d/ns/%s" % (pid, ns)) == os.readlink("/proc/%d/ns/%s" % (init, ns)), ns
+    with open("/proc/%d/cgroup" % pid) as a, open("/proc/%d/cgroup" % init) as c:
+        assert a.read() == c.read()
+    assert pid in rt.ps("c1")
+    os.kill(pid, 9)
+    assert sub.reaped(pid) == {"signal": 9}
+    rt.delete("c1", force=True).check()
+
+
+def test_exec_refused(rt, sub, tmp_path):
+    """exec into an unknown id, a stopped container, or with a --process
+    that is not JSON: refused."""
+    r = rt.call("exec", "nosuch", "true")
+    assert r.rc != 0 and "does not exist" in r.err + "".join(x["msg"] for x in rt.log_lines()), r
+    b = oci.make_bundle(tmp_path / "b", ["true"])
+    rt.create("c1", b, via=sub).check()
+    rt.start("c1").check()
+    rt.wait_status("c1", "stopped")
+    r = rt.call("exec", "c1", "true")
+    assert r.rc != 0, r
+    with open(str(tmp_path / "bad.json"), "w") as f:
+        f.write('{"args": ')
+    b2 = sleeper(tmp_path, "b2")
+    rt.create("c2", b2, via=sub).check()
+    r = rt.call("exec", "--process", str(tmp_path / "bad.json"), "c2")
+    assert r.rc != 0, r
+    rt.delete("c1").check()
+    rt.delete("c2", force=True).check()
+
+
+def test_features(rt):
+    """`features` (what CRI-O and containerd 1.7+ ask): JSON with the OCI
+    version range and the namespaces it knows."""
+    f = json.loads(rt.call("features").check().out)
+    assert f["ociVersionMin"].startswith("1.") and f["ociVersionMax"].startswith("1."), f
+    assert {"mount", "pid", "network", "user"} <= set(f["linux"]["namespaces"]), f
