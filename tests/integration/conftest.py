@@ -33,7 +33,9 @@ Fixtures:
     cells         ids of cells a test created, deleted after it (with admin)
 
 Support modules: daemon.py (the daemon, its clients, tokens), netfake.py
-(addresses on lo, fake DNS, echo and HTTP upstreams, the decide webhook).
+(addresses on lo, fake DNS, echo and HTTP upstreams, the decide webhook),
+oci.py (OCI bundles, runc and cell-oci side by side, a subreaper in the
+shim's place, a private containerd), ocibuild.py (OCI image tars).
 """
 import ctypes
 import os
