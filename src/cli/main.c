@@ -244,7 +244,7 @@ static int help(int argc, char **argv)
 
 /* Options before COMMAND: the global ones, --version and --help.  (No
  * getopt here: glibc's getopt keeps the ordering, "+" or not, of its first
- * call until optind is set to 0, and run.c and image_cmds.c set it to 1.) */
+ * call until optind is set to 0, and run.c restarts it with optind 1.) */
 static int leading_options(struct cli_global *g, int argc, char **argv, int *i)
 {
     while (*i < argc && argv[*i][0] == '-') {
