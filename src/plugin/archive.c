@@ -40,3 +40,9 @@ int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upp
 {
     return host_fns->lane_open_upper(dir, readonly, mnt_fd, upper_fd, err);
 }
+
+int runtime_lane_lock(cell_ctx *ctx, const char *name, int mode, const char *who, char *dir, size_t dir_size,
+                      int *lock_fd, cell_error *err)
+{
+    return host_fns->lane_lock(ctx, name, mode, who, dir, dir_size, lock_fd, err);
+}

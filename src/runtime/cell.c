@@ -328,7 +328,9 @@ static int fill_plan(cell *c, const cell_config *cfg, const struct runtime_masks
     char lane_image[64] = "";
     snprintf(plan->run_dir, sizeof plan->run_dir, "%s", c->run_dir);
     if (cfg->lane) {
-        if (runtime_lane_acquire(c->ctx, cfg->lane, lane_image, sizeof lane_image, plan->lane_dir,
+        char who[64];
+        snprintf(who, sizeof who, "cell %s", c->id);
+        if (runtime_lane_acquire(c->ctx, cfg->lane, who, lane_image, sizeof lane_image, plan->lane_dir,
                                  sizeof plan->lane_dir, &c->lane_fd, err) < 0)
             return -1;
         if (cfg->image && strcmp(cfg->image, lane_image) != 0)

@@ -317,7 +317,9 @@ int runtime_image_commit_owned(cell_ctx *ctx, const char *lane, const char *name
     /* The cells' lock, taken exclusively: no cell can attach while the
      * lane is read, and an attached lane is refused. */
     _cleanup_close_ int lock = -1;
-    if (runtime_lane_acquire(ctx, lane, image, sizeof image, lane_dir, sizeof lane_dir, &lock, err) < 0)
+    char who[80];
+    snprintf(who, sizeof who, "commit %s", name);
+    if (runtime_lane_acquire(ctx, lane, who, image, sizeof image, lane_dir, sizeof lane_dir, &lock, err) < 0)
         return -1;
     if (strcmp(image, "host") == 0)
         return util_fail(err, EINVAL, "lane '%s' is on image 'host', whose /usr is the host's own, bound in at "

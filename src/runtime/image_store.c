@@ -37,11 +37,18 @@ static int lane_users(cell_ctx *ctx, const char *name, char *users, cell_error *
     cell_lane_info *lanes = NULL;
     size_t n = 0;
     int found = 0;
-    if (cell_lane_list(ctx, &lanes, &n, err) < 0)
+    /* The daemon's lanes too, named as their tenants know them. */
+    if (runtime_lane_list_all(ctx, &lanes, &n, err) < 0)
         return -1;
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(lanes[i].image, name) == 0)
+    for (size_t i = 0; i < n; i++) {
+        char owner[160];
+        if (strcmp(lanes[i].image, name) != 0)
+            continue;
+        if (runtime_lane_owner(ctx, lanes[i].name, owner, sizeof owner))
+            found = append_user(users, "daemon lane", owner);
+        else
             found = append_user(users, "lane", lanes[i].name);
+    }
     free(lanes);
     return found;
 }

@@ -8,10 +8,13 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
 
 int runtime_lane_dir(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
 {
@@ -29,6 +32,219 @@ static int read_image(const char *dir, char *image, size_t size, cell_error *err
     text[strcspn(text, "\n")] = '\0';
     snprintf(image, size, "%s", text);
     free(text);
+    return 0;
+}
+
+/* Set once by the daemon before its first thread (runtime_lane_daemon_mode). */
+static int daemon_mode;
+
+void runtime_lane_daemon_mode(void)
+{
+    daemon_mode = 1;
+}
+
+/* 1 and "TENANT/NAME" in out when `dir` is a daemon's lane, else 0.  A
+ * marker that cannot be read still makes it the daemon's (fail closed). */
+static int read_owner(const char *dir, char *out, size_t size)
+{
+    char path[PATH_MAX], *text = NULL;
+    snprintf(out, size, "?/?");
+    if (snprintf(path, sizeof path, "%s/" RUNTIME_LANE_OWNER, dir) >= (int)sizeof path)
+        return 1;
+    if (util_read_file(path, 256, &text, NULL, NULL) < 0)
+        return errno == ENOENT ? 0 : 1;
+    char *name = strchr(text, '\n');
+    if (name) {
+        *name++ = '\0';
+        name[strcspn(name, "\n")] = '\0';
+    }
+    snprintf(out, size, "%s/%s", text, name && *name ? name : "?");
+    free(text);
+    return 1;
+}
+
+int runtime_lane_owner(cell_ctx *ctx, const char *id, char *out, size_t size)
+{
+    char dir[PATH_MAX];
+    return runtime_lane_dir(ctx, id, dir, sizeof dir, NULL) == 0 && read_owner(dir, out, size);
+}
+
+/* Outside the daemon, a daemon's lane is neither shown nor touched: its
+ * name is the tenant's, its quota and users are the daemon's. */
+static int lane_foreign(const char *dir, const char *id, cell_error *err)
+{
+    char owner[160];
+    if (daemon_mode || !read_owner(dir, owner, sizeof owner))
+        return 0;
+    const char *slash = strchr(owner, '/');
+    int tlen = slash ? (int)(slash - owner) : (int)strlen(owner);
+    const char *name = slash ? slash + 1 : "?";
+    return util_fail(err, EPERM, "lane '%s' belongs to the daemon (cell serve): it is lane '%s' of tenant '%.*s'; "
+                     "reach it through the daemon with a token of that tenant: cell lane COMMAND --url URL %s",
+                     id, name, tlen, owner, name);
+}
+
+int runtime_lane_set_owner(cell_ctx *ctx, const char *tenant, const char *name, cell_error *err)
+{
+    if (!tenant || !*tenant) {
+        ctx->lane_owner[0] = '\0';
+        return 0;
+    }
+    if (!util_valid_name(tenant) || !util_valid_name(name))
+        return util_fail(err, EINVAL, "a daemon lane's owner needs a valid tenant and lane name");
+    snprintf(ctx->lane_owner, sizeof ctx->lane_owner, "%s\n%s\n", tenant, name);
+    return 0;
+}
+
+int runtime_lane_mark_owner(cell_ctx *ctx, const char *id, const char *tenant, const char *name, cell_error *err)
+{
+    char dir[PATH_MAX], path[PATH_MAX], text[136];
+    if (runtime_lane_dir(ctx, id, dir, sizeof dir, err) < 0 ||
+        util_path(path, sizeof path, err, "%s/" RUNTIME_LANE_OWNER, dir) < 0)
+        return -1;
+    if (access(path, F_OK) == 0)
+        return 0;
+    if (access(dir, F_OK) < 0)
+        return util_fail(err, ENOENT, "no lane named '%s'", id);
+    if (!util_valid_name(tenant) || !util_valid_name(name))
+        return util_fail(err, EINVAL, "a daemon lane's owner needs a valid tenant and lane name");
+    int n = snprintf(text, sizeof text, "%s\n%s\n", tenant, name);
+    return util_write_file(path, text, (size_t)n, 0644, 1, err);
+}
+
+/* The exclusive holder says who it is in the lock file ("KIND DETAIL\tPID\t
+ * COMM\n"), for the message of whoever it refuses.  Only a message depends
+ * on it, so a failed write leaves the generic one. */
+static void write_holder(int fd, const char *who)
+{
+    char comm[32] = "", rec[256], *text = NULL;
+    if (util_read_file("/proc/self/comm", 64, &text, NULL, NULL) == 0) {
+        snprintf(comm, sizeof comm, "%s", text);
+        comm[strcspn(comm, "\n")] = '\0';
+        free(text);
+    }
+    int n = snprintf(rec, sizeof rec, "%s\t%d\t%s\n", who, (int)getpid(), comm);
+    if (n < 0 || (size_t)n >= sizeof rec || ftruncate(fd, 0) < 0 || pwrite(fd, rec, (size_t)n, 0) != n)
+        return;
+}
+
+/* The pid holding an exclusive flock on fd's file (/proc/locks), or 0. */
+static pid_t lock_holder(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return 0;
+    FILE *f = fopen("/proc/locks", "re");
+    if (!f)
+        return 0;
+    char line[256], type[16], mode[16];
+    pid_t found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        int pid;
+        unsigned maj, min;
+        unsigned long ino;
+        /* "1: FLOCK  ADVISORY  WRITE 123 08:02:4567 0 EOF"; waiters have "->". */
+        if (sscanf(line, "%*d: %15s %*s %15s %d %x:%x:%lu", type, mode, &pid, &maj, &min, &ino) == 6 &&
+            strcmp(type, "FLOCK") == 0 && strcmp(mode, "WRITE") == 0 && ino == st.st_ino &&
+            maj == major(st.st_dev) && min == minor(st.st_dev))
+            found = pid;
+    }
+    fclose(f);
+    return found;
+}
+
+/* The holder's record if it is the current holder's (its pid is the one
+ * /proc/locks names): 1 with rec split into kind+detail, pid and comm. */
+static int read_holder(int fd, pid_t holder, char *rec, size_t size, char **pid, char **comm)
+{
+    ssize_t n = pread(fd, rec, size - 1, 0);
+    rec[n > 0 ? n : 0] = '\0';
+    for (char *p = rec; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\t')
+            *p = *p == '\n' ? '\0' : '?';
+    *pid = strchr(rec, '\t');
+    *comm = NULL;
+    if (!*pid)
+        return 0;
+    *(*pid)++ = '\0';
+    *comm = strchr(*pid, '\t');
+    if (*comm)
+        *(*comm)++ = '\0';
+    return holder > 0 && atoi(*pid) == holder;
+}
+
+/* Why the lock on fd is busy, as a message about lane `name`.  A new
+ * holder writes its record just after it wins the lock: a record that is
+ * not the holder's yet (empty, or the last holder's) is read again for a
+ * few ms before the message says only what /proc/locks does. */
+static void describe_holder(int fd, const char *name, char *msg, size_t size)
+{
+    char rec[256], *pid = NULL, *comm = NULL;
+    pid_t holder = 0;
+    for (int tries = 0;; tries++) {
+        /* Shared holds are exports: if one is possible, no one holds it alone. */
+        if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
+            snprintf(msg, size, "lane '%s' is being exported; try again when the export is done", name);
+            return;
+        }
+        holder = lock_holder(fd);
+        if (read_holder(fd, holder, rec, sizeof rec, &pid, &comm))
+            break;
+        if (tries == 20) {
+            char by[64] = "";
+            if (holder)
+                snprintf(by, sizeof by, " (pid %d)", (int)holder);
+            snprintf(msg, size, "lane '%s' is attached to a running cell%s; stop that cell first", name, by);
+            return;
+        }
+        struct timespec ms = { 0, 1000000 };
+        nanosleep(&ms, NULL);
+    }
+    char by[96];
+    snprintf(by, sizeof by, "pid %.16s%s%.31s", pid, comm && *comm ? " " : "", comm ? comm : "");
+    if (strncmp(rec, "delete", 6) == 0)
+        snprintf(msg, size, "lane '%s' is being deleted (%s)", name, by);
+    else if (strncmp(rec, "commit ", 7) == 0)
+        snprintf(msg, size, "lane '%s' is being committed into image '%.63s' (%s); try again when it is done", name,
+                 rec + 7, by);
+    else if (strncmp(rec, "cell ", 5) == 0)
+        snprintf(msg, size, "lane '%s' is attached to a running cell (cell %.40s, %s); stop that cell first", name,
+                 rec + 5, by);
+    else
+        snprintf(msg, size, "lane '%s' is attached to a running cell (a daemon cell's lane mount, %s)", name, by);
+}
+
+int runtime_lane_lock(cell_ctx *ctx, const char *name, int mode, const char *who, char *dir, size_t dir_size,
+                      int *lock_fd, cell_error *err)
+{
+    char lock[PATH_MAX];
+    if (runtime_lane_dir(ctx, name, dir, dir_size, err) < 0)
+        return -1;
+    if (access(dir, F_OK) < 0)
+        return util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name);
+    if (lane_foreign(dir, name, err) < 0 || util_path(lock, sizeof lock, err, "%s/lock", dir) < 0)
+        return -1;
+    _cleanup_close_ int fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
+                               : util_fail_errno(err, "cannot open %s", lock);
+    if (flock(fd, mode | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            return util_fail_errno(err, "cannot lock %s", lock);
+        char msg[400];
+        describe_holder(fd, name, msg, sizeof msg);
+        return util_fail(err, EBUSY, "%s", msg);
+    }
+    if (mode == LOCK_EX && who)
+        write_holder(fd, who);
+    /* A delete renames the lane away while it holds the lock and removes
+     * it: a lock won after that is on a file no lane has any more. */
+    struct stat held, now;
+    if (fstat(fd, &held) < 0)
+        return util_fail_errno(err, "cannot stat %s", lock);
+    if (stat(lock, &now) < 0 || now.st_ino != held.st_ino || now.st_dev != held.st_dev)
+        return util_fail(err, ENOENT, "no lane named '%s' (it was deleted meanwhile)", name);
+    *lock_fd = util_steal_fd(&fd);
     return 0;
 }
 
@@ -73,6 +289,8 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
         return -1;
     if (runtime_image_rootfs(ctx, image, rootfs, sizeof rootfs, err) < 0)
         return -1;
+    if (daemon_mode && !ctx->lane_owner[0])
+        return util_fail(err, EINVAL, "the daemon makes lanes with an owner (runtime_lane_set_owner)");
     if (access(dir, F_OK) == 0)
         return util_fail(err, EEXIST, "lane '%s' already exists", name);
     if (util_random_hex(suffix, 8) < 0)
@@ -106,6 +324,10 @@ int runtime_lane_begin(cell_ctx *ctx, const char *name, const char *image, uint6
          util_write_file(p, digest, strlen(digest), 0644, 1, err) < 0))
         goto fail;
     if (util_path(p, sizeof p, err, "%s/lock", tmp) < 0 || util_write_file(p, "", 0, 0600, 0, err) < 0)
+        goto fail;
+    /* A daemon's lane is its from the moment it has its name. */
+    if (ctx->lane_owner[0] && (util_path(p, sizeof p, err, "%s/" RUNTIME_LANE_OWNER, tmp) < 0 ||
+                               util_write_file(p, ctx->lane_owner, strlen(ctx->lane_owner), 0644, 1, err) < 0))
         goto fail;
     return 0;
 fail:
@@ -205,14 +427,19 @@ int runtime_lane_find(cell_ctx *ctx, const char *name, char *dir, size_t size, s
     if (stat(dir, st) < 0)
         return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
                                : util_fail_errno(err, "cannot stat %s", dir);
-    return 0;
+    return lane_foreign(dir, name, err);
 }
 
-int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
+static int lane_get(cell_ctx *ctx, const char *name, int all, cell_lane_info *out, cell_error *err)
 {
     char dir[PATH_MAX];
     struct stat st;
-    if (runtime_lane_find(ctx, name, dir, sizeof dir, &st, err) < 0)
+    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+        return -1;
+    if (stat(dir, &st) < 0)
+        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
+                               : util_fail_errno(err, "cannot stat %s", dir);
+    if (!all && lane_foreign(dir, name, err) < 0)
         return -1;
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "%s", name);
@@ -227,12 +454,19 @@ int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_err
     return 0;
 }
 
+int cell_lane_get(cell_ctx *ctx, const char *name, cell_lane_info *out, cell_error *err)
+{
+    return lane_get(ctx, name, 0, out, err);
+}
+
 static int compare_lanes(const void *a, const void *b)
 {
     return strcmp(((const cell_lane_info *)a)->name, ((const cell_lane_info *)b)->name);
 }
 
-int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err)
+/* all: the daemon's lanes too; *foreign (if not NULL) counts those left out. */
+static int lane_list(cell_ctx *ctx, int all, cell_lane_info **out, size_t *count, size_t *foreign,
+                     cell_error *err)
 {
     char dir[PATH_MAX];
     if (util_path(dir, sizeof dir, err, "%s/lanes", ctx->state_dir) < 0)
@@ -256,8 +490,11 @@ int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_erro
             }
             list = grown;
         }
-        if (cell_lane_get(ctx, e->d_name, &list[n], NULL) == 0)
+        cell_error why = { 0 };
+        if (lane_get(ctx, e->d_name, all, &list[n], &why) == 0)
             n++;
+        else if (why.code == EPERM && foreign)
+            (*foreign)++;
     }
     closedir(d);
     if (n)
@@ -267,18 +504,33 @@ int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_erro
     return 0;
 }
 
+int cell_lane_list(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err)
+{
+    return lane_list(ctx, 0, out, count, NULL, err);
+}
+
+int runtime_lane_list_all(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err)
+{
+    return lane_list(ctx, 1, out, count, NULL, err);
+}
+
+size_t runtime_lane_daemon_count(cell_ctx *ctx)
+{
+    cell_lane_info *list = NULL;
+    size_t n = 0, foreign = 0;
+    if (!daemon_mode && lane_list(ctx, 0, &list, &n, &foreign, NULL) == 0)
+        free(list);
+    return foreign;
+}
+
 int cell_lane_delete(cell_ctx *ctx, const char *name, cell_error *err)
 {
-    char dir[PATH_MAX], lock[PATH_MAX], doomed[PATH_MAX], suffix[17];
-    if (runtime_lane_dir(ctx, name, dir, sizeof dir, err) < 0)
+    char dir[PATH_MAX], doomed[PATH_MAX], suffix[17];
+    /* Held until the tree is gone: a cell, commit, export or second delete
+     * meanwhile is refused naming this one, and after it finds no lane. */
+    _cleanup_close_ int fd = -1;
+    if (runtime_lane_lock(ctx, name, LOCK_EX, "delete", dir, sizeof dir, &fd, err) < 0)
         return -1;
-    if (access(dir, F_OK) < 0)
-        return util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name);
-    if (util_path(lock, sizeof lock, err, "%s/lock", dir) < 0)
-        return -1;
-    _cleanup_close_ int fd = open(lock, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
-        return util_fail(err, EBUSY, "lane '%s' is attached to a running cell; stop that cell first", name);
     if (util_random_hex(suffix, 8) < 0)
         return util_fail_errno(err, "getrandom");
     /* Rename first so the name is free at once and a crash mid-delete
@@ -313,23 +565,12 @@ static int check_digest(cell_ctx *ctx, const char *name, const char *dir, const 
     return rc;
 }
 
-int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
+int runtime_lane_acquire(cell_ctx *ctx, const char *name, const char *who, char *image, size_t image_size,
                          char *dir, size_t dir_size, int *lock_fd, cell_error *err)
 {
-    if (runtime_lane_dir(ctx, name, dir, dir_size, err) < 0)
+    _cleanup_close_ int fd = -1;
+    if (runtime_lane_lock(ctx, name, LOCK_EX, who, dir, dir_size, &fd, err) < 0)
         return -1;
-    if (access(dir, F_OK) < 0)
-        return util_fail(err, ENOENT, "no lane named '%s' (create it with `cell lane create %s`)", name, name);
-    char lock[PATH_MAX];
-    if (util_path(lock, sizeof lock, err, "%s/lock", dir) < 0)
-        return -1;
-    _cleanup_close_ int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return util_fail_errno(err, "cannot open %s", lock);
-    if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-        return errno == EWOULDBLOCK
-                   ? util_fail(err, EBUSY, "lane '%s' is already attached to a running cell", name)
-                   : util_fail_errno(err, "cannot lock %s", lock);
     if (read_image(dir, image, image_size, err) < 0 || check_digest(ctx, name, dir, image, err) < 0)
         return -1;
     *lock_fd = util_steal_fd(&fd);

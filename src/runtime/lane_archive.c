@@ -308,23 +308,13 @@ done:
 
 static int archive_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
 {
-    char dir[PATH_MAX], path[PATH_MAX];
-    struct stat st;
-    if (runtime_lane_find(ctx, name, dir, sizeof dir, &st, err) < 0)
-        return -1;
-    if (util_path(path, sizeof path, err, "%s/lock", dir) < 0)
-        return -1;
+    char dir[PATH_MAX];
     /* A running cell holds the lock exclusively; a shared hold tells us no
      * cell is writing the layer and keeps one from attaching (or the lane
-     * from being deleted) until the stream is complete. */
-    _cleanup_close_ int lock = open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0600);
-    if (lock < 0)
-        return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
-                               : util_fail_errno(err, "cannot open %s", path);
-    if (flock(lock, LOCK_SH | LOCK_NB) < 0)
-        return errno == EWOULDBLOCK
-                   ? util_fail(err, EBUSY, "lane '%s' is attached to a running cell; stop it before exporting", name)
-                   : util_fail_errno(err, "cannot lock %s", path);
+     * from being deleted or committed) until the stream is complete. */
+    _cleanup_close_ int lock = -1;
+    if (runtime_lane_lock(ctx, name, LOCK_SH, NULL, dir, sizeof dir, &lock, err) < 0)
+        return -1;
     /* A size-limited lane's image is mounted read-only for the walk. */
     _cleanup_close_ int mnt = -1, upper = -1;
     cell_error why = { 0 };

@@ -153,6 +153,7 @@ static const runtime_archive_host archive_host = {
     .lane_begin = runtime_lane_begin,
     .lane_commit = runtime_lane_commit,
     .lane_open_upper = runtime_lane_open_upper,
+    .lane_lock = runtime_lane_lock,
 };
 
 static struct plugin archive_plugin = { .name = "libcell-archive.so", .size = sizeof(runtime_archive_ops),

@@ -46,6 +46,8 @@ typedef struct runtime_archive_host {
                       size_t size, cell_error *err);
     int (*lane_commit)(cell_ctx *ctx, const char *name, const char *tmp, int flush, cell_error *err);
     int (*lane_open_upper)(const char *dir, int readonly, int *mnt_fd, int *upper_fd, cell_error *err);
+    int (*lane_lock)(cell_ctx *ctx, const char *name, int mode, const char *who, char *dir, size_t dir_size,
+                     int *lock_fd, cell_error *err);
 } runtime_archive_host;
 
 /* A file of a tar written by image_files_tar: `data` (size bytes), or else

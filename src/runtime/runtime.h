@@ -18,6 +18,7 @@
  *                          lane: an ext4 image holding them
  *   lanes/NAME/image       name of the image the lane is bound to
  *   lanes/NAME/lock        flock()ed while a running cell holds the lane
+ *   lanes/NAME/owner       a daemon's lane: its tenant and name
  *   run/cells/ID/          per-cell scratch: mount points, generated files
  * Locks are flock()s on open files, so a crashed owner releases them.  uid
  * range slots are host-wide, in ISOLATE_SLOT_DIR (/run/cell/slots). */
@@ -28,6 +29,7 @@ struct cell_ctx {
     int  nosuid_memfd;              /* sealed memfd: the nosuid filter for cells with rw host mounts;
                                        -1 until runtime_nosuid_fd() makes it */
     int *userns_by_slot;            /* ISOLATE_MAX_SLOTS fds, -1 until first used */
+    char lane_owner[136];           /* "TENANT\nNAME\n" for the lanes the daemon makes next, or "" */
 };
 
 /* An fd to exec cell-init from (O_CLOEXEC): a read-only detached mount of
@@ -80,9 +82,41 @@ int runtime_lane_open_upper(const char *dir, int readonly, int *mnt_fd, int *upp
 int runtime_ext4_mount(const char *disk, int readonly, cell_error *err);
 
 /* Lock lane `name` for a cell: *lock_fd holds the flock.  EBUSY when another
- * cell holds it.  *image receives the lane's image name. */
-int runtime_lane_acquire(cell_ctx *ctx, const char *name, char *image, size_t image_size,
+ * cell holds it, naming the holder.  *image receives the lane's image name.
+ * `who` says who holds it, for the messages of those refused meanwhile
+ * (runtime_lane_lock). */
+int runtime_lane_acquire(cell_ctx *ctx, const char *name, const char *who, char *image, size_t image_size,
                          char *lane_dir, size_t dir_size, int *lock_fd, cell_error *err);
+/* The one way into a lane's lock: LOCK_EX (a cell, a commit, a delete) or
+ * LOCK_SH (an export), never waiting.  EBUSY names the holder (what the
+ * exclusive holder wrote, see below, or "being exported"); ENOENT when the
+ * lane is gone, also when it was deleted between the open and the lock (the
+ * lock file is checked to still be the lane's).  With LOCK_EX, `who`
+ * ("cell ID", "commit IMAGE", "delete", "view") is written into the lock
+ * file with this pid.  EPERM for a daemon's lane outside the daemon. */
+int runtime_lane_lock(cell_ctx *ctx, const char *name, int mode, const char *who, char *dir, size_t dir_size,
+                      int *lock_fd, cell_error *err);
+
+/* ---- daemon lanes ---------------------------------------------------------
+ * Lanes the daemon makes carry lanes/ID/owner ("TENANT\nNAME\n", written
+ * before the lane gets its name).  Outside the daemon they are not listed
+ * (cell_lane_list) and every lane operation on them fails with EPERM naming
+ * the tenant's lane and the way through the daemon.  The daemon declares
+ * itself once, before its first thread; it sets the owner of the lanes it
+ * is about to make on the context (empty = none). */
+#define RUNTIME_LANE_OWNER "owner"
+void runtime_lane_daemon_mode(void);
+int  runtime_lane_set_owner(cell_ctx *ctx, const char *tenant, const char *name, cell_error *err);
+/* Mark an existing lane `id` as the daemon's (lanes made before owners were
+ * recorded); nothing if it is marked already. */
+int  runtime_lane_mark_owner(cell_ctx *ctx, const char *id, const char *tenant, const char *name, cell_error *err);
+/* Every lane, the daemon's too (as their ids): for image removal's check
+ * of who uses an image. */
+int  runtime_lane_list_all(cell_ctx *ctx, cell_lane_info **out, size_t *count, cell_error *err);
+/* "TENANT/NAME" of a daemon lane into out, 1; 0 for a lane of this host's CLI. */
+int  runtime_lane_owner(cell_ctx *ctx, const char *id, char *out, size_t size);
+/* Lanes of the daemon that cell_lane_list leaves out (the CLI's hint). */
+size_t runtime_lane_daemon_count(cell_ctx *ctx);
 
 /* ---- masks in mounts (masks.c) ----------------------------------------------
  * A mask is a path relative to a bind or overlay mount's source that the

@@ -65,7 +65,7 @@ static int view_open(srv *s, const char *tenant, const char *name, struct lanevi
         return util_fail(err, ENOENT, "lane %s does not exist (any more); a lane mount names one of the "
                          "tenant's lanes", name);
     char image[64], dir[PATH_MAX];
-    if (runtime_lane_acquire(s->ctx, l.id, image, sizeof image, dir, sizeof dir, &v->lock_fd, err) < 0) {
+    if (runtime_lane_acquire(s->ctx, l.id, "view", image, sizeof image, dir, sizeof dir, &v->lock_fd, err) < 0) {
         if (err->code == EBUSY)
             snprintf(err->message, sizeof err->message, "lane %s is attached to a running cell; a lane "
                      "mount shows a lane no cell is attached to (stop that cell first)", name);
