@@ -5,10 +5,12 @@
 #include "server/stream.h"
 #include "server/slog.h"
 #include "runtime/image_meta.h"
+#include "runtime/runtime.h"
 
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 
 static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -20,6 +22,24 @@ void lanes_quota_hold(void)
 void lanes_quota_release(void)
 {
     pthread_mutex_unlock(&quota_lock);
+}
+
+void lanes_start(srv *s)
+{
+    runtime_lane_daemon_mode();
+    store_lane *lanes = NULL;
+    size_t n = 0;
+    cell_error e = { 0 };
+    if (store_lane_list(s->st, NULL, &lanes, &n, &e) < 0) {
+        slog(SLOG_WARN, NULL, "cannot list lanes to mark them as the daemon's: %s", e.message);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(lanes[i].state, "ready") == 0 &&
+            runtime_lane_mark_owner(s->ctx, lanes[i].id, lanes[i].tenant, lanes[i].name, &e) < 0 && e.code != ENOENT)
+            slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "cannot mark lane %s as the daemon's: %s", lanes[i].id,
+                 e.message);
+    free(lanes);
 }
 
 /* A lane made through the API without a size gets this much, or what is
@@ -155,7 +175,10 @@ int h_lanes_create(sreq *r)
     json_decref(body);
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);
-    int rc = cell_lane_create_sized(r->s->ctx, l.id, l.image, l.size, &e);
+    int rc = runtime_lane_set_owner(r->s->ctx, l.tenant, l.name, &e);
+    if (rc == 0)
+        rc = cell_lane_create_sized(r->s->ctx, l.id, l.image, l.size, &e);
+    runtime_lane_set_owner(r->s->ctx, NULL, NULL, NULL);
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0 || store_lane_set_state(r->s->st, l.id, "ready", &e) < 0) {
         pthread_mutex_lock(&r->s->ctx_lock);
@@ -241,9 +264,11 @@ int h_lanes_delete(sreq *r)
 typedef struct lane_job {
     char state_dir[4096];
     char id[40];
+    char tenant[64], name[64];   /* the daemon lane's owner (import) */
     char image[64];
     uint64_t size;               /* import: the lane's size */
     int  fd;                     /* import: the pipe's read end */
+    int  lock_fd;                /* export: the lane's shared lock, held until the tar is written */
     cell_error err;
     int  rc;
 } lane_job;
@@ -259,27 +284,43 @@ static void export_run(int fd, void *arg)
     }
 }
 
+static void export_free(void *arg)
+{
+    lane_job *job = arg;
+    if (job->lock_fd >= 0)
+        close(job->lock_fd);
+    free(job);
+}
+
 int h_lanes_export(sreq *r)
 {
     store_lane l;
     if (find_lane(r, &l) < 0)
         return MHD_YES;
-    cell_lane_info info;
-    cell_error e = { 0 };
-    pthread_mutex_lock(&r->s->ctx_lock);
-    int rc = cell_lane_get(r->s->ctx, l.id, &info, &e);
-    pthread_mutex_unlock(&r->s->ctx_lock);
-    if (rc < 0)
-        return lane_reply_error(r, &l, &e);
-    /* Checked here so the client gets a status, not a cut-off tar. */
-    if (info.attached)
-        return reply_problem(r, 409, "conflict", "lane %s is attached to a running cell; stop it first", l.name);
+    /* The lane's shared lock is taken here and held by the job until the
+     * tar is written: the client gets a status (409 naming the holder), not
+     * an empty tar, and no cell attaches (nor a delete or commit starts)
+     * between this check and the worker's walk. */
     lane_job *job = calloc(1, sizeof *job);
     if (!job)
         return reply_problem(r, 500, "internal", "out of memory");
+    char dir[PATH_MAX];
+    cell_error e = { 0 };
+    pthread_mutex_lock(&r->s->ctx_lock);
+    int rc = runtime_lane_lock(r->s->ctx, l.id, LOCK_SH, NULL, dir, sizeof dir, &job->lock_fd, &e);
+    pthread_mutex_unlock(&r->s->ctx_lock);
+    if (rc < 0) {
+        free(job);
+        char user[24];
+        /* The runtime knows its own cell ids: name the tenant's. */
+        if (e.code == EBUSY && lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
+            return reply_problem(r, 409, "conflict", "lane %s is attached to cell %s; stop that cell first", l.name,
+                                 user);
+        return lane_reply_error(r, &l, &e);
+    }
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->id, sizeof job->id, "%s", l.id);
-    struct MHD_Response *resp = stream_from_job(r, export_run, job, free, &e);
+    struct MHD_Response *resp = stream_from_job(r, export_run, job, export_free, &e);
     if (!resp)
         return reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
@@ -402,7 +443,8 @@ static void *import_main(void *arg)
     cell_ctx *ctx = NULL;
     job->rc = -1;
     if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
-        job->rc = cell_lane_import_sized(ctx, job->id, job->image, job->size, job->fd, &job->err);
+        if (runtime_lane_set_owner(ctx, job->tenant, job->name, &job->err) == 0)
+            job->rc = cell_lane_import_sized(ctx, job->id, job->image, job->size, job->fd, &job->err);
         cell_ctx_close(ctx);
     }
     close(job->fd);
@@ -454,6 +496,8 @@ static import_state *import_begin(sreq *r)
     st->wfd = fds[1];
     snprintf(st->job.state_dir, sizeof st->job.state_dir, "%s", r->s->state_dir);
     snprintf(st->job.id, sizeof st->job.id, "%s", st->lane.id);
+    snprintf(st->job.tenant, sizeof st->job.tenant, "%s", st->lane.tenant);
+    snprintf(st->job.name, sizeof st->job.name, "%s", st->lane.name);
     snprintf(st->job.image, sizeof st->job.image, "%s", st->lane.image);
     st->job.size = st->lane.size;
     if (pthread_create(&st->worker, NULL, import_main, &st->job) != 0)
@@ -506,7 +550,9 @@ int lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_
     cell_error e = { 0 };
     int rc = cell_ctx_open(&ctx, r->s->state_dir, &e);
     if (rc == 0) {
-        rc = cell_lane_import_sized(ctx, l.id, l.image, l.size, fd, &e);
+        rc = runtime_lane_set_owner(ctx, l.tenant, l.name, &e);
+        if (rc == 0)
+            rc = cell_lane_import_sized(ctx, l.id, l.image, l.size, fd, &e);
         cell_ctx_close(ctx);
     }
     if (rc == 0)

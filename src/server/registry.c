@@ -677,6 +677,7 @@ int registry_load(srv *s, cell_error *err)
      * cell is left running: its record becomes "stopped", its lane stays. */
     if (store_cells_mark_stopped(s->st, &stopped, err) < 0)
         return -1;
+    lanes_start(s);
     recover_lanes(s);
     if (store_cell_list(s->st, NULL, &cells, &n, err) < 0)
         return -1;

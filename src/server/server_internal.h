@@ -383,6 +383,10 @@ int      cells_create_from_spec(sreq *r, json_t *spec, const store_lane *lane, s
  * POST /v1/lanes/{name}/import makes it (quota, default size); -1 after
  * a reply. */
 int      lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_lane *out);
+/* At start, before the first lane operation: this process is the daemon
+ * (its lanes are marked as its own, lane.c), and lanes made before the
+ * marks existed get theirs. */
+void     lanes_start(srv *s);
 /* The resources of a create that asks for none (within the ceilings). */
 void     cells_default_resources(const server_limits *l, uint64_t *memory, uint64_t *pids);
 /* secrets.c: load (or create) the key that seals secrets, seal old rows. */
