@@ -428,6 +428,16 @@ const struct option cli_create_options[] = {
     { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
 };
 
+/* body[key] = v; an argument that is not UTF-8 is refused by name (jansson
+ * would not make it a string, and the field would silently go missing). */
+static int set_text(json_t *body, const char *key, const char *opt, const char *v)
+{
+    json_t *t = json_string(v);
+    if (!t)
+        return cli_fail(CLI_EXIT_USAGE, "%s: the value is not valid UTF-8", opt);
+    return json_object_set_new(body, key, t) < 0 ? cli_fail(CLI_EXIT_INTERNAL, "out of memory") : 0;
+}
+
 /* One create option into the body; 0, or an exit code. */
 static int create_option(json_t *body, int o, const char *v)
 {
@@ -436,10 +446,10 @@ static int create_option(json_t *body, int o, const char *v)
     long long count;
     double cpus;
     switch (o) {
-    case O_IMAGE: return json_object_set_new(body, "image", json_string(v)), 0;
-    case O_LANE: return json_object_set_new(body, "lane", json_string(v)), 0;
-    case O_CWD: return json_object_set_new(body, "cwd", json_string(v)), 0;
-    case O_HOSTNAME: return json_object_set_new(body, "hostname", json_string(v)), 0;
+    case O_IMAGE: return set_text(body, "image", "--image", v);
+    case O_LANE: return set_text(body, "lane", "--lane", v);
+    case O_CWD: return set_text(body, "cwd", "--cwd", v);
+    case O_HOSTNAME: return set_text(body, "hostname", "--hostname", v);
     case O_MEMORY:
         return size_value("--memory", v, &n) ? CLI_EXIT_USAGE : (json_object_set_new(res, "memory", json_integer(n)), 0);
     case O_DISK:
@@ -975,8 +985,8 @@ static int token_option(json_t *body, int o, const char *v)
     long long rate;
     switch (o) {
     case O_ADMIN: return json_object_set_new(body, "admin", json_true()), 0;
-    case O_TENANT: return json_object_set_new(body, "tenant", json_string(v)), 0;
-    case O_LABEL: return json_object_set_new(body, "label", json_string(v)), 0;
+    case O_TENANT: return set_text(body, "tenant", "--tenant", v);
+    case O_LABEL: return set_text(body, "label", "--label", v);
     case O_RATE:
         return parse_count("--rate", v, 1000000, &rate) ? CLI_EXIT_USAGE
                : (json_object_set_new(body, "rate", json_integer(rate)), 0);

@@ -223,6 +223,26 @@ def test_bad_options_exit_2_naming_the_option(args, words):
         assert "--help" in r.stderr, r.stderr       # points at `cell CMD --help`
 
 
+NOT_UTF8 = [
+    (["token", "create", "--tenant", b"t\xff"], "--tenant"),
+    (["token", "create", "--tenant=t", b"--label=\xc3("], "--label"),
+    (["create", "--hostname", b"a\xfe"], "--hostname"),
+    (["create", b"--image=\xff"], "--image"),
+    (["create", "--lane", b"\xed\xa0\x80"], "--lane"),       # a UTF-16 surrogate
+    (["create", b"--cwd=/\xc0\xaf"], "--cwd"),                # an overlong '/'
+]
+
+
+@pytest.mark.parametrize("args,opt", NOT_UTF8, ids=[o for _, o in NOT_UTF8])
+def test_arguments_that_are_not_utf8_are_refused_by_name(args, opt):
+    # Once such a value made the field vanish: --tenant then read as missing.
+    argv = [os.fsencode(CELL_BIN), b"--url", b"unix:/nonexistent/cell.sock"]
+    argv += [a if isinstance(a, bytes) else a.encode() for a in args]
+    r = subprocess.run(argv, capture_output=True, timeout=30)
+    assert r.returncode == 2 and r.stdout == b"", r
+    assert (opt + ": the value is not valid UTF-8").encode() in r.stderr, r.stderr
+
+
 # ---- cell help X == cell X --help ------------------------------------------------------
 
 COMMANDS = [["run"], ["lane"], ["image"], ["serve"], ["create"], ["ls"], ["start"], ["stop"], ["rm"], ["exec"],
