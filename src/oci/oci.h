@@ -184,7 +184,8 @@ struct oci_init_args {
     uid_t       uid_base;          /* host id of the container's root */
     uint32_t    uid_count;
     int         console_fd;        /* connected --console-socket, or -1 */
-    int         rw_binds;          /* a read-write bind mount: cell's nosuid filter applies */
+    int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
+                                      applies and CAP_SETFCAP goes */
 };
 
 /* The init's body (oci_init.c): never returns; failures go to sync_fd. */

@@ -211,6 +211,10 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
                                   .console_fd = c->console_fd };
+    /* A writable root is a host directory the container's root writes as
+     * on-disk root through the id-mapped mount, as a read-write bind is:
+     * either gets cell's treatment of read-write host mounts. */
+    ia->rw_binds = !c->spec.root_readonly;
     for (size_t i = 0; i < c->spec.n_mounts; i++)
         if (c->spec.mounts[i].kind == OCI_MOUNT_BIND && !(c->spec.mounts[i].attrs & MOUNT_ATTR_RDONLY))
             ia->rw_binds = 1;

@@ -255,9 +255,9 @@ static void make_devices(const struct oci_init_args *a, int root_fd, const char 
 static void spec_mount(const struct oci_init_args *a, const struct oci_mount *m, int root_fd, int null_fd)
 {
     /* Never device nodes or set-id files from a mount, but on /dev's tmpfs,
-     * whose nodes the init makes itself. */
+     * whose nodes the init makes itself, and devpts (its ptmx). */
     int is_dev = strcmp(m->destination, "/dev") == 0;
-    uint64_t attrs = m->attrs | MOUNT_ATTR_NOSUID | (is_dev ? 0 : MOUNT_ATTR_NODEV);
+    uint64_t attrs = m->attrs | MOUNT_ATTR_NOSUID | (is_dev || m->kind == OCI_MOUNT_DEVPTS ? 0 : MOUNT_ATTR_NODEV);
     char own[2][32], buf[OCI_MAX_MOUNT_DATA][48];
     const char *opts[OCI_MAX_MOUNT_DATA + 2];
     size_t n = 0;
@@ -328,7 +328,8 @@ static int build_root(const struct oci_init_args *a)
         FAIL("root.path %s", s->root);
     int tree;
     cell_error err = { 0 };
-    if (isolate_bind_tree(src, s->root, a->userns_fd, s->root_readonly, &tree, &err) < 0) {
+    /* Writable until the spec's mount points exist; root.readonly applies last. */
+    if (isolate_bind_tree(src, s->root, a->userns_fd, 0, &tree, &err) < 0) {
         errno = err.code;
         FAIL("%s", err.message);
     }
@@ -346,6 +347,9 @@ static int build_root(const struct oci_init_args *a)
         mask_path(a, root_fd, s->masked[i], null_fd, s->masked[i]);
     for (size_t i = 0; i < s->n_readonly; i++)
         readonly_path(a, root_fd, s->readonly[i], s->readonly[i]);
+    struct mount_attr ro = { .attr_set = MOUNT_ATTR_RDONLY };
+    if (s->root_readonly && mount_setattr(root_fd, "", AT_EMPTY_PATH, &ro, sizeof ro) < 0)
+        FAIL("cannot make the container's root read-only (root.readonly)");
     return root_fd;
 }
 
@@ -441,6 +445,15 @@ static void set_rlimits(const struct oci_init_args *a)
 
 /* The spec's capabilities, each set cut to cell's kept set (which
  * isolate_caps_drop already made the bounding set). */
+static void drop_bounding(const struct oci_init_args *a)
+{
+    /* While still root (CAP_SETPCAP), before process.user takes effect. */
+    for (int cap = 0; cap < 64; cap++)
+        if (!(a->spec->caps[OCI_CAP_BOUNDING] & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
+            errno != EINVAL)
+            FAIL("cannot drop capability %d from the bounding set", cap);
+}
+
 static void set_caps(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
@@ -449,10 +462,6 @@ static void set_caps(const struct oci_init_args *a)
         kept |= 1ull << *c;
     if (a->rw_binds)
         kept &= ~(1ull << CAP_SETFCAP);
-    for (int cap = 0; cap < 64; cap++)
-        if (!(s->caps[OCI_CAP_BOUNDING] & (1ull << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
-            errno != EINVAL)
-            FAIL("cannot drop capability %d from the bounding set", cap);
     struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct d[2];
     uint64_t eff = s->caps[OCI_CAP_EFFECTIVE] & kept, perm = s->caps[OCI_CAP_PERMITTED] & kept,
@@ -484,6 +493,7 @@ static void confine(const struct oci_init_args *a)
         FAIL("cannot become root of the container's user namespace");
     if (isolate_caps_drop(!a->rw_binds) < 0)
         FAIL("cannot drop capabilities to cell's set");
+    drop_bounding(a);
     gid_t gids[OCI_MAX_GIDS];
     for (size_t i = 0; i < s->n_gids; i++)
         gids[i] = s->gids[i];
@@ -508,6 +518,49 @@ static void confine(const struct oci_init_args *a)
         FAIL("cannot install cell's nosuid filter");
 }
 
+/* process.terminal: a pty of the container's devpts; the master goes to
+ * --console-socket (SCM_RIGHTS, as runc sends it), the slave is returned. */
+static int make_console(const struct oci_init_args *a)
+{
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    int unlock = 0;
+    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0)
+        FAIL("process.terminal: cannot open a pty in the container's /dev/pts");
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        FAIL("process.terminal: cannot open the pty's terminal side");
+    if (a->spec->uid < a->uid_count && fchown(slave, a->uid_base + a->spec->uid, (gid_t)-1) < 0)
+        FAIL("process.terminal: cannot give the pty to process.user.uid");
+    char name[] = "console";
+    struct iovec iov = { .iov_base = name, .iov_len = sizeof name - 1 };
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl = { 0 };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &master, sizeof master);
+    if (sendmsg(a->console_fd, &msg, MSG_NOSIGNAL) < 0)
+        FAIL("--console-socket: cannot send the pty");
+    close(master);
+    close(a->console_fd);
+    return slave;
+}
+
+/* The pty as the process's controlling terminal and stdio. */
+static void use_console(const struct oci_init_args *a, int slave)
+{
+    if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0)
+        FAIL("process.terminal: cannot make the pty the controlling terminal");
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(slave, fd) < 0)
+            FAIL("process.terminal: cannot make the pty fd %d", fd);
+    if (slave > 2)
+        close(slave);
+}
+
 void oci_init_main(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
@@ -521,6 +574,7 @@ void oci_init_main(const struct oci_init_args *a)
     close(root_fd);
     char exe[PATH_MAX];
     find_exe(a, exe, sizeof exe);
+    int slave = a->console_fd >= 0 ? make_console(a) : -1;
 
     /* Ready: the creator writes the state and exits; we wait for `start`. */
     if (write(a->sync_fd, "ok", 2) != 2)
@@ -537,6 +591,8 @@ void oci_init_main(const struct oci_init_args *a)
     struct oci_init_args late = *a;
     late.sync_fd = -1; /* failures from here go to stderr */
     a = &late;
+    if (slave >= 0)
+        use_console(a, slave);
     confine(a);
     if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
         FAIL("cannot close the runtime's descriptors");
