@@ -10,5 +10,7 @@
 extern const struct option cli_create_options[], cli_logs_options[], cli_audit_options[], cli_token_options[];
 extern const struct option cli_secret_options[], cli_agent_run_options[], cli_agent_runs_options[];
 extern const struct option cli_exec_options[], cli_run_options[];
+/* store_cmds.c: `cell lane`'s (--image and --size take a value). */
+extern const struct option cli_lane_options[];
 
 #endif
