@@ -28,16 +28,18 @@ STATE_FIELDS = {"ociVersion", "id", "pid", "status", "bundle", "rootfs", "create
 CREATED = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
 
 
-@pytest.fixture(params=oci.RUNTIMES)
-def rt(request, tmp_path):
-    yield from oci.runtime_fixture(request.param, tmp_path)
-
-
 @pytest.fixture
 def sub(tmp_path):
     s = oci.Subreaper(tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture(params=oci.RUNTIMES)
+def rt(request, sub, tmp_path):
+    # after sub, so that its cleanup (delete --force of what a failed test
+    # left) runs while the subreaper is still there to reap the inits
+    yield from oci.runtime_fixture(request.param, tmp_path)
 
 
 def sleeper(tmp_path, name="b"):
