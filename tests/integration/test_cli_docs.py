@@ -177,6 +177,9 @@ def test_run_has_no_limit_unless_asked(state):
 # ---- --ttl ---------------------------------------------------------------------------------------
 
 
+TTL = 4
+
+
 def gone(admin, cid):
     return admin.get("/v1/cells/%s" % cid).status == 404
 
@@ -186,12 +189,14 @@ def test_ttl_deletes_a_running_cell_idle_that_long(d, admin, cells):
     outlive it; the ones no longer kept busy follow it."""
     ttl_text = option_text(cell_help("create"), "--ttl")
     assert "delete" in ttl_text and "running process" in ttl_text and "/cells/ID/" in ttl_text, ttl_text
-    busy = cli_create(d, cells, "--ttl", "2")                        # a process runs
+    # 4 s: the polled cell's requests, 0.2 s apart, stay far inside it even
+    # on a loaded machine.
+    busy = cli_create(d, cells, "--ttl", str(TTL))                   # a process runs
     proc = dm.spawn(admin, busy, "sleep", ["600"])
-    polled = cli_create(d, cells, "--ttl", "2")                      # its per-cell API is used
-    stopped = cli_create(d, cells, "--ttl", "2")                     # not running
+    polled = cli_create(d, cells, "--ttl", str(TTL))                 # its per-cell API is used
+    stopped = cli_create(d, cells, "--ttl", str(TTL))                # not running
     assert cli(d, "stop", stopped).returncode == 0
-    idle = cli_create(d, cells, "--ttl", "2")
+    idle = cli_create(d, cells, "--ttl", str(TTL))
 
     def idle_reaped():
         assert admin.get("/cells/%s/v1/health" % polled).status == 200
@@ -203,7 +208,7 @@ def test_ttl_deletes_a_running_cell_idle_that_long(d, admin, cells):
         assert r.status == 200, (cid, r)
     assert admin.get("/v1/cells/%s" % stopped).body["state"] == "stopped"
     recs = admin.get("/v1/audit", query={"limit": "1000"}).body["records"]
-    assert any(rec.get("cell") == idle and rec.get("event") == "reaped" and rec.get("ttl") == 2 for rec in recs)
+    assert any(rec.get("cell") == idle and rec.get("event") == "reaped" and rec.get("ttl") == TTL for rec in recs)
     # Its process ended, the busy cell is idle from then on; so is the polled one.
     assert admin.post("/cells/%s/v1/processes/%s/kill" % (busy, proc)).status in (200, 204)
     assert wait_for(lambda: gone(admin, busy) and gone(admin, polled), timeout=60, interval=0.2)
