@@ -89,27 +89,28 @@ static const struct cmd {
     const char *shorts;             /* its short options, getopt style ("u:" takes a value) */
     int operands;                   /* the cell's command line starts after this many operands;
                                      * 0: the whole line is another program's (serve); -1: none */
-    int group;                      /* has subcommands: `cell help CMD SUB` */
+    const char *subs;               /* its subcommands, for `cell help CMD SUB` (NULL: none) */
+    const char *own_help;           /* those with a help text of their own (else CMD's) */
 } cmds[] = {
-    { "run", cli_run, { cli_run_options, NULL }, "ht", 1, 0 },
-    { "exec", cli_exec, { cli_exec_options, NULL }, "itu:e:w:h", 2, 0 },
-    { "shell", cli_shell, { NULL, NULL }, "h", 1, 0 },
-    { "serve", cli_serve, { NULL, NULL }, "", 0, 0 },
-    { "lane", cli_lane, { NULL, NULL }, "h", -1, 1 },
-    { "image", cli_image, { NULL, NULL }, "h", -1, 1 },
-    { "create", cli_create, { cli_create_options, NULL }, "h", -1, 0 },
-    { "ls", cli_ls, { NULL, NULL }, "h", -1, 0 },
-    { "start", cli_start, { NULL, NULL }, "h", -1, 0 },
-    { "stop", cli_stop, { NULL, NULL }, "h", -1, 0 },
-    { "rm", cli_rm, { NULL, NULL }, "h", -1, 0 },
-    { "cp", cli_cp, { NULL, NULL }, "h", -1, 0 },
-    { "logs", cli_logs, { cli_logs_options, NULL }, "hf", -1, 0 },
-    { "audit", cli_audit, { cli_audit_options, NULL }, "h", -1, 0 },
-    { "token", cli_token, { cli_token_options, NULL }, "h", -1, 1 },
-    { "policy", cli_policy, { NULL, NULL }, "h", -1, 1 },
-    { "secret", cli_secret, { cli_secret_options, NULL }, "h", -1, 1 },
-    { "agent", agentcmd_main, { cli_agent_run_options, cli_agent_runs_options }, "hf", -1, 1 },
-    { "help", NULL, { NULL, NULL }, "", -1, 0 },
+    { "run", cli_run, { cli_run_options, NULL }, "ht", 1, NULL, NULL },
+    { "exec", cli_exec, { cli_exec_options, NULL }, "itu:e:w:h", 2, NULL, NULL },
+    { "shell", cli_shell, { NULL, NULL }, "h", 1, NULL, NULL },
+    { "serve", cli_serve, { NULL, NULL }, "", 0, NULL, NULL },
+    { "lane", cli_lane, { NULL, NULL }, "h", -1, "create ls rm export import commit", "" },
+    { "image", cli_image, { NULL, NULL }, "h", -1, "ls build import export rm", "ls import rm" },
+    { "create", cli_create, { cli_create_options, NULL }, "h", -1, NULL, NULL },
+    { "ls", cli_ls, { NULL, NULL }, "h", -1, NULL, NULL },
+    { "start", cli_start, { NULL, NULL }, "h", -1, NULL, NULL },
+    { "stop", cli_stop, { NULL, NULL }, "h", -1, NULL, NULL },
+    { "rm", cli_rm, { NULL, NULL }, "h", -1, NULL, NULL },
+    { "cp", cli_cp, { NULL, NULL }, "h", -1, NULL, NULL },
+    { "logs", cli_logs, { cli_logs_options, NULL }, "hf", -1, NULL, NULL },
+    { "audit", cli_audit, { cli_audit_options, NULL }, "h", -1, NULL, NULL },
+    { "token", cli_token, { cli_token_options, NULL }, "h", -1, "create ls revoke", "" },
+    { "policy", cli_policy, { NULL, NULL }, "h", -1, "set", "" },
+    { "secret", cli_secret, { cli_secret_options, NULL }, "h", -1, "set ls rm", "" },
+    { "agent", agentcmd_main, { cli_agent_run_options, cli_agent_runs_options }, "hf", -1, "run runs", "run runs" },
+    { "help", NULL, { NULL, NULL }, "", -1, NULL, NULL },
 };
 
 static const struct cmd *find_cmd(const char *name)
@@ -219,8 +220,21 @@ static int lift_globals(struct cli_global *g, const struct cmd *c, int argc, cha
     return out;
 }
 
+/* 1 if `word` is one of the space-separated `list`. */
+static int word_in(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; p && *p; p += strcspn(p, " "), p += *p == ' ')
+        if (n && strncmp(p, word, n) == 0 && (p[n] == ' ' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
 /* `cell help [COMMAND [SUBCOMMAND]]`: runs `cell COMMAND [SUBCOMMAND] --help`,
- * so that the two print the same text by construction.  serve's text is
+ * so that the two print the same text by construction.  A subcommand
+ * without a text of its own gets its group's (`cell help token create` is
+ * `cell token --help`): only those known to answer --help are run with it,
+ * so that help never does what the subcommand does.  serve's text is
  * printed here: `cell serve --help` gets it from the daemon it runs. */
 static int help(int argc, char **argv)
 {
@@ -231,9 +245,13 @@ static int help(int argc, char **argv)
     const struct cmd *c = find_cmd(argv[1]);
     if (!c)
         return cli_fail(CLI_EXIT_USAGE, "help: unknown command '%s' (see cell help for the commands)", argv[1]);
-    if (argc > 3 || (argc == 3 && (!c->group || argv[2][0] == '-')))
+    if (argc > 3 || (argc == 3 && !c->subs))
         return cli_fail(CLI_EXIT_USAGE, "help: expected cell help COMMAND%s, not '%s'",
-                        c->group ? " [SUBCOMMAND]" : "", argv[argc - 1]);
+                        c->subs ? " [SUBCOMMAND]" : "", argv[argc - 1]);
+    if (argc == 3 && !word_in(c->subs, argv[2]))
+        return cli_fail(CLI_EXIT_USAGE, "help: %s has no subcommand '%s' (%s)", c->name, argv[2], c->subs);
+    if (argc == 3 && !word_in(c->own_help, argv[2]))
+        argc = 2;
     if (c->fn == cli_serve)
         return fputs(cli_serve_usage, stdout), 0;
     char flag[] = "--help";

@@ -274,6 +274,20 @@ def test_help_x_is_x_help(cmd):
         assert ok(cellp(*cmd, "-h")).stdout == a.stdout
 
 
+def test_help_of_a_subcommand_without_its_own_text_is_its_groups(tmp_path):
+    # `cell help` never does what the subcommand does: no state dir is made,
+    # no lane listed, no image built.
+    st = tmp_path / "never"
+    for group, sub in (("image", "build"), ("image", "export"), ("lane", "ls"), ("lane", "rm"), ("token", "revoke"),
+                       ("secret", "rm"), ("policy", "set")):
+        assert ok(cellp("--state", st, "help", group, sub)).stdout == ok(cellp("help", group)).stdout, (group, sub)
+    assert not st.exists()
+    for line, words in ((["help", "image", "nosuch"], "no subcommand 'nosuch'"), (["help", "ls", "x"], "'x'"),
+                        (["help", "agent", "run", "x"], "'x'")):
+        r = cellp(*line)
+        assert r.returncode == 2 and words in r.stderr and r.stdout == "", (line, r.stderr)
+
+
 def test_help_of_help_and_unknown():
     general = ok(cellp("help")).stdout
     assert ok(cellp("--help")).stdout == general == ok(cellp("help", "help")).stdout
