@@ -330,8 +330,18 @@ static int build_root(const struct oci_init_args *a)
     cell_error err = { 0 };
     /* Writable until the spec's mount points exist; root.readonly applies last. */
     if (isolate_bind_tree(src, s->root, a->userns_fd, 0, &tree, &err) < 0) {
-        errno = err.code;
-        FAIL("%s", err.message);
+        if (err.code != EINVAL) {
+            errno = err.code;
+            FAIL("%s", err.message);
+        }
+        /* A filesystem without id-mapped mounts (overlayfs: containerd's
+         * snapshots) is bound as it is: its files keep their host owners,
+         * which the container's range does not include (root-owned files
+         * are nobody's inside, writable only where the mode lets anyone). */
+        tree = open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+        struct mount_attr attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+        if (tree < 0 || mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+            FAIL("cannot bind the container's root %s", s->root);
     }
     if (move_mount(tree, "", src, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
         FAIL("cannot attach the container's root on %s", s->root);
@@ -426,6 +436,43 @@ static void find_exe(const struct oci_init_args *a, char *out, size_t size)
     }
     errno = ENOENT;
     FAIL("process.args[0] %s is not in the container's PATH (%.200s)", cmd, path);
+}
+
+/* process.env, plus HOME from the container's /etc/passwd for process.user
+ * (or "/") when the spec sets none, as runc does. */
+static char **make_env(const struct oci_init_args *a)
+{
+    const struct oci_spec *s = a->spec;
+    char **env = calloc(s->n_env + 2, sizeof *env);
+    if (!env)
+        FAIL("no memory for process.env");
+    int has_home = 0;
+    for (size_t i = 0; i < s->n_env; i++) {
+        env[i] = (char *)s->env[i];
+        has_home |= strncmp(s->env[i], "HOME=", 5) == 0;
+    }
+    if (has_home)
+        return env;
+    static char home[PATH_MAX + 8];
+    snprintf(home, sizeof home, "HOME=/");
+    FILE *f = fopen("/etc/passwd", "re");
+    char line[1024];
+    while (f && fgets(line, sizeof line, f)) {
+        /* name:x:uid:gid:gecos:home:shell */
+        char *field[7] = { 0 }, *p = line;
+        int n = 0;
+        while (n < 7 && (field[n++] = strsep(&p, ":\n")))
+            ;
+        if (n >= 6 && field[2] && field[5] && *field[5] && strtoul(field[2], NULL, 10) == s->uid &&
+            strspn(field[2], "0123456789") == strlen(field[2])) {
+            snprintf(home, sizeof home, "HOME=%s", field[5]);
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    env[s->n_env] = home;
+    return env;
 }
 
 static void set_rlimits(const struct oci_init_args *a)
@@ -575,6 +622,7 @@ void oci_init_main(const struct oci_init_args *a)
     char exe[PATH_MAX];
     find_exe(a, exe, sizeof exe);
     int slave = a->console_fd >= 0 ? make_console(a) : -1;
+    char **env = make_env(a);
 
     /* Ready: the creator writes the state and exits; we wait for `start`. */
     if (write(a->sync_fd, "ok", 2) != 2)
@@ -598,7 +646,6 @@ void oci_init_main(const struct oci_init_args *a)
         FAIL("cannot close the runtime's descriptors");
     if (chdir(s->cwd) < 0)
         FAIL("cannot enter process.cwd %s", s->cwd);
-    static const char *const no_env[] = { NULL };
-    execve(exe, (char *const *)s->args, (char *const *)(s->env ? s->env : no_env));
+    execve(exe, (char *const *)s->args, env);
     FAIL("cannot exec %s", exe);
 }

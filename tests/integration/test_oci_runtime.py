@@ -325,3 +325,27 @@ def test_shim_flags_accepted(rt, tmp_path):
     assert r.rc == 0, r
     r = oci.run_bounded([rt.binary, "--root", rt.root, "run", "--no-such-flag", "--bundle", b, "flags2"])
     assert r.rc != 0 and "no-such-flag" in r.err, r
+
+
+def test_overlay_root_is_bound_as_it_is(rt, tmp_path):
+    """containerd's snapshot is an overlayfs, which has no id-mapped mounts:
+    it is bound without mapping, so its root-owned files are nobody's in
+    the container, whose root can write only where the mode lets anyone."""
+    lower = oci.make_rootfs(tmp_path / "lower")
+    for d in ("upper", "work", "merged"):
+        os.makedirs(tmp_path / d)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (
+        lower, tmp_path / "upper", tmp_path / "work"), str(tmp_path / "merged")], check=True,
+        timeout=oci.STEP_TIMEOUT)
+    try:
+        b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "stat -c %u /bin/busybox; touch /tmp/ok; touch /etc/no; "
+                                             "echo rc=$?"], rootfs=tmp_path / "merged",
+                            edit=writable_root)
+        r = rt.run("ovl", b)
+        assert r.rc == 0, r
+        assert r.out.split() == ["65534", "rc=1"], r
+        st = os.stat(tmp_path / "upper" / "tmp" / "ok")
+        assert st.st_uid >= 0x50000000, st      # the container's range, never host root
+        assert not os.path.exists(tmp_path / "upper" / "etc" / "no")
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "merged")], timeout=oci.STEP_TIMEOUT)
