@@ -209,7 +209,7 @@ class Client:
         if ctype in ("application/json", "application/problem+json"):
             parsed = json.loads(raw) if raw else None
         if self.openapi:
-            openapi_contract.check_response(method, path, r.status, ctype, parsed, raw)
+            openapi_contract.check_response(method, path, r.status, ctype, parsed, raw, headers=hdrs)
         return Response(r.status, hdrs, parsed, raw)
 
     # shorthands
@@ -246,7 +246,8 @@ class Client:
         if self.openapi:
             ctype = (r.getheader("content-type") or "").split(";")[0].strip()
             try:
-                openapi_contract.check_response(method, path, r.status, ctype, None, b"", streamed=True)
+                openapi_contract.check_response(method, path, r.status, ctype, None, b"", streamed=True,
+                                                headers={k.lower(): v for k, v in r.getheaders()})
             except AssertionError:
                 c.close()
                 raise

@@ -10,7 +10,10 @@ For a request (method, path) and its answer (status, content type, body):
   - a JSON or problem+json body must be a media type the response lists,
     and validate against its schema (JSON Schema 2020-12, as OpenAPI 3.1
     says), $refs resolved inside the document;
-  - a response that lists no content must have no body.
+  - a response that lists no content must have no body;
+  - given the answer's headers: each header the response marks required
+    is there, and each it documents matches its schema; an OPTIONS 204's
+    Allow is exactly the path's documented methods and OPTIONS.
 A mismatch raises ContractError naming the route, the status, the JSON path
 in the body and the schema that refused it.
 
@@ -131,10 +134,11 @@ def _describe(errors, body):
     return "\n".join(lines) + "\n  body: " + json.dumps(body)[:1500]
 
 
-def check_response(method, path, status, ctype, body, raw, streamed=False):
+def check_response(method, path, status, ctype, body, raw, streamed=False, headers=None):
     """Raise ContractError unless (method, path) -> status with this body is
     what docs/openapi.json says.  body: parsed JSON (or None); raw: bytes;
-    streamed: the body was not read (an event stream, a download)."""
+    streamed: the body was not read (an event stream, a download); headers:
+    the answer's (lower-case names), or None not to check them."""
     doc = document()
     method = method.lower()
     route = "%s %s" % (method.upper(), urllib.parse.urlsplit(path).path)
@@ -169,6 +173,10 @@ def check_response(method, path, status, ctype, body, raw, streamed=False):
                             % (route, status, status, ", ".join(sorted(responses)),
                                "\n  body: " + json.dumps(body)[:1000] if body is not None else ""))
     resp, where = _resolve(responses[key], _pointer("paths", tpl, method, "responses", key))
+    if headers is not None:
+        _check_headers(route, status, resp, headers)
+        if method == "options" and status == 204:
+            _check_allow(route, path, headers)
     content = resp.get("content") or {}
     if not content:
         if raw and not streamed:
@@ -189,6 +197,33 @@ def check_response(method, path, status, ctype, body, raw, streamed=False):
         base = where if where.startswith("#/components") else _pointer("paths", tpl, method, "responses", key)
         ctype_key = ctype if ctype in content else next(k for k in content if content[k] is media)
         _check_body(route, status, body, base + "/" + _pointer("content", ctype_key, "schema")[2:])
+
+
+def _check_headers(route, status, resp, headers):
+    for name, spec in (resp.get("headers") or {}).items():
+        spec, _ = _resolve(spec, "")
+        value = headers.get(name.lower())
+        if value is None:
+            if spec.get("required"):
+                raise ContractError("%s -> %d: the answer lacks the %s header docs/openapi.json requires"
+                                    % (route, status, name))
+            continue
+        errors = _validator(spec.get("schema", {})).iter_errors(value)
+        for e in errors:
+            raise ContractError("%s -> %d: header %s: %r: %s" % (route, status, name, value, e.message[:300]))
+
+
+def _check_allow(route, path, headers):
+    """OPTIONS tells the methods the path has: the document's, no more.  A
+    path more than one template matches (/cells/C/v1/processes/config is
+    also /processes/{id}) has the methods of each, as the router does."""
+    path = urllib.parse.urlsplit(path).path
+    tpls = [tpl for rx, tpl in _templates() if rx.fullmatch(path)]
+    documented = {m.upper() for tpl in tpls for m in document()["paths"][tpl] if m in METHODS}
+    allow = set((headers.get("allow") or "").split(","))
+    if allow != documented:
+        raise ContractError("%s -> 204: Allow says %s, docs/openapi.json's %s has %s"
+                            % (route, ",".join(sorted(allow)), " and ".join(tpls), ",".join(sorted(documented))))
 
 
 def _check_body(route, status, body, pointer):

@@ -1122,7 +1122,7 @@ def test_audit_read_of_a_huge_log_keeps_memory_bounded(tmp_path):
     state.mkdir()
     line = json.dumps({"ts": "2026-01-01T00:00:00.000Z", "ts_ms": 1767225600000, "tenant": "default",
                        "kind": "net", "cell": "c-flood", "event": "connect", "verdict": "deny",
-                       "dst": "198.18.0.1:9", "pad": "x" * 200}, separators=(",", ":")) + "\n"
+                       "dst": "198.18.0.1:9", "reason": "x" * 200}, separators=(",", ":")) + "\n"
     other = line.replace('"tenant":"default"', '"tenant":"other"')
     block = (line * 500 + other * 500).encode()
     with open(state / "audit.log", "wb") as f:

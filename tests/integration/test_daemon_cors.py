@@ -6,12 +6,14 @@ values; and request paths holding control bytes ("%00" cut the route
 parameter short), refused on every plane before routing or authentication.
 """
 import http.client
+import json
 import os
 import subprocess
 
 import pytest
 
 import daemon as dm
+import openapi_contract
 from daemon import assert_problem
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cell serve tests must run as root")
@@ -32,8 +34,9 @@ def plain(tmp_path_factory):
 
 
 def raw(client, method, path, headers=None, token=None):
-    """A request whose answer is not in docs/openapi.json's operations
-    (OPTIONS, refused paths): status, lower-case headers, body."""
+    """A request sent as it is (OPTIONS, refused paths), its answer checked
+    against docs/openapi.json as the shared client's are: status, lower-case
+    headers, body."""
     c = client.conn()
     try:
         h = dict(headers or {})
@@ -44,7 +47,12 @@ def raw(client, method, path, headers=None, token=None):
             c.putheader(k, v)
         c.endheaders()
         r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        hdrs, body = {k.lower(): v for k, v in r.getheaders()}, r.read()
+        if client.openapi:
+            ctype = (hdrs.get("content-type") or "").split(";")[0].strip()
+            parsed = json.loads(body) if ctype.endswith("json") and body else None
+            openapi_contract.check_response(method, path, r.status, ctype, parsed, body, headers=hdrs)
+        return r.status, hdrs, body
     finally:
         c.close()
 
