@@ -84,6 +84,26 @@ def test_cell_daemon_help_is_cell_help_serve():
     assert r.returncode == 0 and r.stdout == cell_help("serve"), r
 
 
+def test_readme_cli_reference_names_only_options_the_help_has():
+    """README's "CLI reference" is a summary: every option it gives a command
+    is one that command's help (or the global help) has."""
+    block = read_doc("README.md").split("\n## CLI reference\n", 1)[1].split("```\n", 2)[1]
+    top, words, checked = cell_help(), None, 0
+    for line in block.splitlines():
+        m = re.match(r"^cell (?:\[[^\]]*\] )*([a-z]+)(?: ([a-z]+))?", line)
+        if m:
+            words = [w for w in m.groups() if w]
+        if not words:
+            continue
+        text = top + cell_help(words[0])
+        if len(words) > 1:      # a subcommand's own help, where it has one
+            text += subprocess.run([CELL_BIN, "help", *words], capture_output=True, text=True, timeout=30).stdout
+        for opt in re.findall(r"(?<![\w/$-])(--[a-z][a-z0-9-]*|-[a-zA-Z])(?![\w])", line):
+            assert re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(opt), text), (words, opt, line)
+            checked += 1
+    assert checked > 40, checked
+
+
 # ---- the daemon these claims are checked against -------------------------------------------------
 
 
