@@ -22,7 +22,7 @@ static int remote_ls(client *c, struct cli_global *g)
         return cli_fail(CLI_EXIT_INTERNAL, "the daemon's answer to GET /v1/lanes has no \"lanes\" array");
     }
     if (g->json) {
-        cli_print_json(json_incref(lanes));
+        cli_print_json(json_pack("{s:O}", "lanes", lanes));
     } else {
         size_t i;
         json_t *l;

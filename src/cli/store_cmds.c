@@ -37,10 +37,11 @@ const char cli_lane_usage[] =
     "A lane in use (by a running cell, an export, a commit or a delete) is not\n"
     "removed, exported or committed: the command fails naming the user.\n"
     "\n"
-    "--json: ls prints an array of the API's Lane objects (name, image, size in\n"
-    "bytes, 0 for an unsized lane, createdAtMs, attached); create and import\n"
-    "print one Lane; rm {\"name\", \"deleted\"}; commit the new image as\n"
-    "POST /v1/lanes/NAME/commit answers (name, lane, digest, size, source).\n";
+    "--json: ls prints what GET /v1/lanes answers, {\"lanes\": [Lane]} (name,\n"
+    "image, size in bytes, 0 for an unsized lane, createdAtMs, attached);\n"
+    "create and import print one Lane; rm {\"name\", \"deleted\"}; commit the new\n"
+    "image as POST /v1/lanes/NAME/commit answers (name, lane, digest, size,\n"
+    "source).\n";
 
 static const char image_usage[] =
     "usage: cell image ls [--json]           images: name, source, digest, size, lanes\n"
@@ -157,7 +158,7 @@ static int lane_ls(struct cli_global *g, cell_ctx *ctx)
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)
             json_array_append_new(arr, lane_json(&lanes[i]));
-        cli_print_json(arr);
+        cli_print_json(json_pack("{s:o}", "lanes", arr));
     } else {
         lane_print_row(NULL, NULL, 0, 0, 0);
         for (size_t i = 0; i < n; i++)

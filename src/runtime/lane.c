@@ -175,8 +175,9 @@ static int read_holder(int fd, pid_t holder, char *rec, size_t size, char **pid,
 
 /* Why the lock on fd is busy, as a message about lane `name`.  A new
  * holder writes its record just after it wins the lock: a record that is
- * not the holder's yet (empty, or the last holder's) is read again for a
- * few ms before the message says only what /proc/locks does. */
+ * not the holder's yet (empty, or the last holder's) is read again for up
+ * to 0.2 s (a loaded host) before the message says only what /proc/locks
+ * does. */
 static void describe_holder(int fd, const char *name, char *msg, size_t size)
 {
     char rec[256], *pid = NULL, *comm = NULL;
@@ -190,15 +191,15 @@ static void describe_holder(int fd, const char *name, char *msg, size_t size)
         holder = lock_holder(fd);
         if (read_holder(fd, holder, rec, sizeof rec, &pid, &comm))
             break;
-        if (tries == 20) {
+        if (tries == 100) {
             char by[64] = "";
             if (holder)
                 snprintf(by, sizeof by, " (pid %d)", (int)holder);
             snprintf(msg, size, "lane '%s' is attached to a running cell%s; stop that cell first", name, by);
             return;
         }
-        struct timespec ms = { 0, 1000000 };
-        nanosleep(&ms, NULL);
+        struct timespec pause = { 0, 2000000 };
+        nanosleep(&pause, NULL);
     }
     char by[96];
     snprintf(by, sizeof by, "pid %.16s%s%.31s", pid, comm && *comm ? " " : "", comm ? comm : "");

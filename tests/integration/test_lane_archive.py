@@ -47,7 +47,7 @@ def lanes_dir(state):
 
 
 def lane_names(state):
-    return sorted(x["name"] for x in json.loads(ok(cli(state, "--json", "lane", "ls")).stdout))
+    return sorted(x["name"] for x in json.loads(ok(cli(state, "--json", "lane", "ls")).stdout)["lanes"])
 
 
 @pytest.fixture
@@ -451,7 +451,7 @@ def test_round_trip_of_a_sized_lane(state, tmp_path):
         note = tf.getmember("root/d/note")
         assert tf.extractfile(note).read() == b"kept\n" and (note.uid, note.gid) == (1000, 1000)
     ok(import_(state, "copy", tar, "--size", "24M"))
-    lanes = {l["name"]: l for l in json.loads(ok(cli(state, "--json", "lane", "ls")).stdout)}
+    lanes = {l["name"]: l for l in json.loads(ok(cli(state, "--json", "lane", "ls")).stdout)["lanes"]}
     assert lanes["copy"]["size"] == 24 << 20 and lanes["small"]["size"] == 32 << 20
     out = ok(cli(state, "run", "--lane", "copy", "--", "stat", "-c", "%u:%g %n", "/root/d/note")).stdout
     assert out == b"1000:1000 /root/d/note\n"

@@ -78,8 +78,12 @@ def test_two_concurrent_rm_one_wins_nothing_left(state, run):
         outs = [p.communicate(timeout=60) for p in procs]
         codes = sorted(p.returncode for p in procs)
         assert codes == [0, 1], (n, outs)
+        winner = [p.pid for p in procs if p.returncode == 0][0]
         loser = [o[1] for p, o in zip(procs, outs) if p.returncode != 0][0]
-        assert ("no lane named '%s'" % n) in loser or ("lane '%s' is being deleted" % n) in loser, loser
+        # Gone, or being deleted by the winner: named by its record or, if
+        # the winner had not written it yet, by the pid /proc/locks gives.
+        assert ("no lane named '%s'" % n) in loser or ("lane '%s' is being deleted (pid %d" % (n, winner)) in loser \
+            or ("(pid %d)" % winner) in loser, loser
     assert lanes_on_disk(state) == []
 
 
@@ -98,6 +102,18 @@ def test_rm_racing_create_leaves_a_whole_lane_or_none(state, run):
             assert r.returncode == 0, r.stderr
             assert run(["lane", "rm", "raced"]).returncode == 0
         assert hidden_leftovers(state) == [] and lanes_on_disk(state) == [], lanes_on_disk(state)
+
+
+def test_local_json_is_the_apis_lane_shape(state, run):
+    r = run(["lane", "create", "plain", "--json"])
+    dm.openapi_check(json.loads(r.stdout), "Lane")
+    r = run(["lane", "create", "sized", "--size", "16M", "--json"])
+    dm.openapi_check(json.loads(r.stdout), "Lane")
+    listed = json.loads(run(["lane", "ls", "--json"]).stdout)
+    dm.openapi_check(listed, "LaneListResponse")
+    assert {x["name"]: x["size"] for x in listed["lanes"]} == {"plain": 0, "sized": 16 << 20}
+    assert json.loads(run(["--json", "lane", "rm", "plain"]).stdout) == {"name": "plain", "deleted": True}
+    assert run(["lane", "rm", "sized"]).returncode == 0
 
 
 # ---- the daemon's lanes ---------------------------------------------------------------------------
@@ -144,12 +160,10 @@ def test_remote_lane_commands_speak_the_api_shapes(d, alice, tmp_path):
     assert (made["name"], made["image"], made["size"], made["attached"]) == ("work", "host", 32 << 20, False)
     r = cli(d, "--json", "lane", "ls", token=alice)
     listed = json.loads(r.stdout)
-    assert isinstance(listed, list) and [x["name"] for x in listed] == ["work"], r.stdout
-    for x in listed:
-        dm.openapi_check(x, "Lane")
+    dm.openapi_check(listed, "LaneListResponse")
+    assert [x["name"] for x in listed["lanes"]] == ["work"], r.stdout
     # The API's own answer is the same object.
-    api = d.client(alice, admin=False).get("/v1/lanes").body["lanes"]
-    assert api == listed
+    assert d.client(alice, admin=False).get("/v1/lanes").body == listed
     r = cli(d, "lane", "ls", token=alice)
     assert r.stdout.split("\n")[1].split()[:2] == ["work", "host"], r.stdout
     # export, import (sized), rm; outputs as the local commands'.
@@ -177,7 +191,7 @@ def test_local_commands_neither_list_nor_touch_daemon_lanes(d, alice, tmp_path):
     lid = lane_id(d, "alice", "mine")
     before = dm.tree_snapshot(os.path.join(d.state, "lanes", lid), dirs=True)
     r = cli(d, "--json", "lane", "ls", url=False)
-    assert r.returncode == 0 and all(x["name"] != lid for x in json.loads(r.stdout)), r.stdout
+    assert r.returncode == 0 and all(x["name"] != lid for x in json.loads(r.stdout)["lanes"]), r.stdout
     r = cli(d, "lane", "ls", url=False)
     assert lid not in r.stdout and "of the daemon not shown" in r.stderr, (r.stdout, r.stderr)
     want = "lane '%s' belongs to the daemon (cell serve): it is lane 'mine' of tenant 'alice'" % lid
@@ -226,7 +240,7 @@ def test_another_tenants_lanes_are_unknown_by_name(d, alice, tmp_path):
     assert cli(d, "lane", "create", "secret", token=alice).returncode == 0
     bob, _ = dm.make_tenant_token(d.client(), "bob")
     r = cli(d, "--json", "lane", "ls", token=bob)
-    assert json.loads(r.stdout) == [], r.stdout
+    assert json.loads(r.stdout) == {"lanes": []}, r.stdout
     for args in (["lane", "rm", "secret"], ["lane", "commit", "secret", "stolen"]):
         r = cli(d, *args, token=bob)
         assert r.returncode == 1 and "not found" in r.stderr, (args, r.stderr)
@@ -237,7 +251,8 @@ def test_another_tenants_lanes_are_unknown_by_name(d, alice, tmp_path):
     assert cli(d, "lane", "create", "secret", token=bob).returncode == 0
     assert lane_id(d, "alice", "secret") != lane_id(d, "bob", "secret")
     assert cli(d, "lane", "rm", "secret", token=bob).returncode == 0
-    assert [x["name"] for x in json.loads(cli(d, "--json", "lane", "ls", token=alice).stdout)].count("secret") == 1
+    assert [x["name"] for x in json.loads(cli(d, "--json", "lane", "ls", token=alice).stdout)["lanes"]].count(
+        "secret") == 1
     assert cli(d, "lane", "rm", "secret", token=alice).returncode == 0
 
 

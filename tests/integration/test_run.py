@@ -163,7 +163,7 @@ def test_lane_is_attached_to_at_most_one_cell(run, state):
 
         r = run(["--json", "lane", "ls"])
         assert r.returncode == 0, r.stderr
-        lanes = {l["name"]: l for l in json.loads(r.stdout)}
+        lanes = {l["name"]: l for l in json.loads(r.stdout)["lanes"]}
         assert lanes["work1"]["attached"] is True
         assert lanes["work1"]["image"] == "host"
 
@@ -176,11 +176,11 @@ def test_lane_is_attached_to_at_most_one_cell(run, state):
     finally:
         stop_proc(p)
     r = run(["--json", "lane", "ls"])
-    assert json.loads(r.stdout)[0]["attached"] is False
+    assert json.loads(r.stdout)["lanes"][0]["attached"] is False
     r = run(["lane", "rm", "work1"])
     assert r.returncode == 0, r.stderr
     r = run(["--json", "lane", "ls"])
-    assert json.loads(r.stdout) == []
+    assert json.loads(r.stdout) == {"lanes": []}
 
 
 @pytest.mark.parametrize("limits", [[], ["--memory", "64M", "--pids", "50"]])
@@ -537,7 +537,7 @@ def test_size_limited_lane_fills_with_enospc_and_persists(run, state):
     r = run(["lane", "create", "small", "--size", "64M"])
     assert r.returncode == 0, r.stderr
     r = run(["--json", "lane", "ls"])
-    lanes = {l["name"]: l for l in json.loads(r.stdout)}
+    lanes = {l["name"]: l for l in json.loads(r.stdout)["lanes"]}
     assert lanes["small"]["size"] == 64 << 20
     disk = os.path.join(state, "lanes", "small", "disk.ext4")
     r = run(["run", "--lane", "small", "--", "sh", "-c",
