@@ -123,6 +123,9 @@ struct oci_state {
     char     created[64];          /* RFC 3339, UTC */
     uid_t    owner;
     int      slot;                 /* uid range (oci_slot_*), -1 = the spec's own mappings */
+    uid_t    uid_base;             /* host id of the container's root */
+    uint32_t uid_count;
+    int      nosuid;               /* writable host directories: cell's nosuid filter, no CAP_SETFCAP */
     json_t  *annotations;          /* owned; may be NULL */
 };
 
@@ -184,14 +187,33 @@ struct oci_init_args {
     uid_t       uid_base;          /* host id of the container's root */
     uint32_t    uid_count;
     int         console_fd;        /* connected --console-socket, or -1 */
+    int         cgroupns_fd;       /* exec: the init's cgroup namespace; -1 = the spec's or a new one */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
 };
 
 /* The init's body (oci_init.c): never returns; failures go to sync_fd. */
 __attribute__((noreturn)) void oci_init_main(const struct oci_init_args *a);
+/* An exec'd process, already in the container's namespaces but its user
+ * namespace (a->userns_fd): confine and exec (oci_init.c). */
+__attribute__((noreturn)) void oci_exec_main(const struct oci_init_args *a);
+
+struct oci_exec_opts {
+    const char  *root, *id;
+    const char  *process;          /* --process FILE, or NULL: the bundle's process with these: */
+    char *const *args;             /* the command (when no --process) */
+    const char **env;              /* --env additions */
+    size_t       n_env;
+    const char  *cwd, *user;       /* --cwd, --user UID[:GID] */
+    int          tty, detach;
+    const char  *pid_file, *console_socket;
+};
 
 int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err);
+/* exec: 0 and *code = the process's exit code (or 0 with detach). */
+int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err);
+/* `process.json` of exec --process (oci_spec.c): the process fields only. */
+int oci_process_load(const char *path, struct oci_spec *out, cell_error *err);
 int oci_start(const char *root, const char *id, cell_error *err);
 int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err);
 int oci_delete(const char *root, const char *id, int force, cell_error *err);

@@ -172,6 +172,9 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
 struct create_ctx {
     struct oci_spec spec;
     int             slot, userns_fd, fifo_fd, console_fd, state_made;
+    uid_t           uid_base;
+    uint32_t        uid_count;
+    int             nosuid;
 };
 
 static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct oci_init_args *ia, cell_error *err)
@@ -210,7 +213,7 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         return -1;
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
-                                  .console_fd = c->console_fd };
+                                  .console_fd = c->console_fd, .cgroupns_fd = -1 };
     /* A writable root is a host directory the container's root writes as
      * on-disk root through the id-mapped mount, as a read-write bind is:
      * either gets cell's treatment of read-write host mounts. */
@@ -218,12 +221,16 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
     for (size_t i = 0; i < c->spec.n_mounts; i++)
         if (c->spec.mounts[i].kind == OCI_MOUNT_BIND && !(c->spec.mounts[i].attrs & MOUNT_ATTR_RDONLY))
             ia->rw_binds = 1;
+    c->uid_base = base;
+    c->uid_count = count;
+    c->nosuid = ia->rw_binds;
     return 0;
 }
 
 static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t pid, cell_error *err)
 {
     struct oci_state st = { .pid = pid, .start_time = oci_pid_start_time(pid), .owner = getuid(), .slot = c->slot,
+                            .uid_base = c->uid_base, .uid_count = c->uid_count, .nosuid = c->nosuid,
                             .annotations = c->spec.annotations };
     if (st.start_time == 0)
         return util_fail(err, ESRCH, "the container's init %d is gone", (int)pid);
@@ -391,7 +398,8 @@ int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err
     _cleanup_close_ int pidfd = oci_state_pidfd(&st);
     int rc = 0;
     if (pidfd < 0 || oci_state_status(root, &st) == OCI_STOPPED) {
-        rc = util_fail(err, ESRCH, "container %s is not running", id);
+        /* containerd's shim matches "container not running" (process already finished). */
+        rc = util_fail(err, ESRCH, "cannot signal container %s: container not running", id);
     } else {
         if (all)
             kill_namespace(&st, sig);

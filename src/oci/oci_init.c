@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/close_range.h>
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
@@ -531,8 +532,9 @@ static void confine(const struct oci_init_args *a)
     const struct oci_spec *s = a->spec;
     set_rlimits(a);
     const struct oci_ns *cg = oci_spec_ns(s, CLONE_NEWCGROUP);
-    _cleanup_close_ int cgfd = cg && cg->path ? open(cg->path, O_RDONLY | O_CLOEXEC) : -1;
-    if (cg && cg->path ? (cgfd < 0 || setns(cgfd, CLONE_NEWCGROUP) < 0) : unshare(CLONE_NEWCGROUP) < 0)
+    _cleanup_close_ int cgfd = a->cgroupns_fd >= 0 ? -1 : cg && cg->path ? open(cg->path, O_RDONLY | O_CLOEXEC) : -1;
+    if (a->cgroupns_fd >= 0 ? setns(a->cgroupns_fd, CLONE_NEWCGROUP) < 0 :
+        cg && cg->path ? (cgfd < 0 || setns(cgfd, CLONE_NEWCGROUP) < 0) : unshare(CLONE_NEWCGROUP) < 0)
         FAIL("cannot enter a cgroup namespace");
     if (setns(a->userns_fd, CLONE_NEWUSER) < 0)
         FAIL("cannot enter the container's user namespace");
@@ -608,6 +610,23 @@ static void use_console(const struct oci_init_args *a, int slave)
         close(slave);
 }
 
+/* What the init (once started) and an exec'd process share: the terminal,
+ * cell's confinement, the runtime's descriptors gone, process.cwd, exec.
+ * Failures go to a->sync_fd while it is open: it closes at the exec. */
+__attribute__((noreturn))
+static void become_process(const struct oci_init_args *a, const char *exe, char **env, int slave)
+{
+    if (slave >= 0)
+        use_console(a, slave);
+    confine(a);
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        FAIL("cannot close the runtime's descriptors");
+    if (chdir(a->spec->cwd) < 0)
+        FAIL("cannot enter process.cwd %s", a->spec->cwd);
+    execve(exe, (char *const *)a->spec->args, env);
+    FAIL("cannot exec %s", exe);
+}
+
 void oci_init_main(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
@@ -638,14 +657,13 @@ void oci_init_main(const struct oci_init_args *a)
 
     struct oci_init_args late = *a;
     late.sync_fd = -1; /* failures from here go to stderr */
-    a = &late;
-    if (slave >= 0)
-        use_console(a, slave);
-    confine(a);
-    if (syscall(SYS_close_range, 3, ~0U, 0) < 0)
-        FAIL("cannot close the runtime's descriptors");
-    if (chdir(s->cwd) < 0)
-        FAIL("cannot enter process.cwd %s", s->cwd);
-    execve(exe, (char *const *)s->args, env);
-    FAIL("cannot exec %s", exe);
+    become_process(&late, exe, env, slave);
+}
+
+void oci_exec_main(const struct oci_init_args *a)
+{
+    char exe[PATH_MAX];
+    find_exe(a, exe, sizeof exe);
+    int slave = a->console_fd >= 0 ? make_console(a) : -1;
+    become_process(a, exe, make_env(a), slave);
 }

@@ -32,6 +32,8 @@ static void usage(FILE *f)
           "  state ID\n"
           "  kill [--all] ID [SIGNAL]\n"
           "  delete [--force] ID\n"
+          "  exec [--process FILE] [--detach] [--pid-file F] [--console-socket S] [--tty] [--cwd DIR]\n"
+          "       [--env K=V]... [--user UID[:GID]] ID [COMMAND [ARG...]]\n"
           "  ps --format json ID\n"
           "  list --format json\n"
           "  features\n"
@@ -222,6 +224,72 @@ static int cmd_simple(const struct globals *g, int argc, char **argv)
     return rc < 0 ? failed(&err) : 0;
 }
 
+#define OCI_MAX_EXEC_ENV 256
+
+static int cmd_exec(const struct globals *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "process", required_argument, NULL, 'p' },
+        { "detach", no_argument, NULL, 'd' },
+        { "pid-file", required_argument, NULL, OPT_PID_FILE },
+        { "console-socket", required_argument, NULL, OPT_CONSOLE },
+        { "tty", no_argument, NULL, 't' },
+        { "cwd", required_argument, NULL, 'w' },
+        { "env", required_argument, NULL, 'e' },
+        { "user", required_argument, NULL, 'u' },
+        /* runc's, not needed by cell (docs/oci.md) */
+        { "no-new-privs", no_argument, NULL, OPT_IGNORED },
+        { "ignore-paused", no_argument, NULL, OPT_IGNORED },
+        { "preserve-fds", required_argument, NULL, OPT_IGNORED_ARG },
+        { "process-label", required_argument, NULL, OPT_IGNORED_ARG },
+        { "apparmor", required_argument, NULL, OPT_IGNORED_ARG },
+        { "cap", required_argument, NULL, OPT_IGNORED_ARG },
+        { "additional-gids", required_argument, NULL, OPT_IGNORED_ARG },
+        { "cgroup", required_argument, NULL, OPT_IGNORED_ARG },
+        { "pidfd-socket", required_argument, NULL, OPT_IGNORED_ARG },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *env[OCI_MAX_EXEC_ENV];
+    struct oci_exec_opts o = { .root = g->root, .env = env };
+    int c;
+    while ((c = getopt_long_only(argc, argv, "+p:dte:u:c:g:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'p': o.process = optarg; break;
+        case 'd': o.detach = 1; break;
+        case OPT_PID_FILE: o.pid_file = optarg; break;
+        case OPT_CONSOLE: o.console_socket = optarg; break;
+        case 't': o.tty = 1; break;
+        case 'w': o.cwd = optarg; break;
+        case 'u': o.user = optarg; break;
+        case 'e':
+            if (o.n_env == OCI_MAX_EXEC_ENV || !strchr(optarg, '='))
+                return usage_error("exec: --env '%s' must be NAME=VALUE (at most 256 of them)", optarg);
+            env[o.n_env++] = optarg;
+            break;
+        case OPT_IGNORED:
+        case OPT_IGNORED_ARG:
+        case 'c':
+        case 'g':
+            break;
+        default:
+            return usage_error("%s: unknown option (cell-oci --help lists them)", argv[0]);
+        }
+    }
+    if (optind >= argc)
+        return usage_error("exec needs a container ID%s", NULL);
+    o.id = argv[optind];
+    o.args = argv + optind + 1;
+    if (o.process && *o.args)
+        return usage_error("exec: give the command in --process or on the command line, not both%s", NULL);
+    if (o.cwd && (o.cwd[0] != '/' || strstr(o.cwd, "/..")))
+        return usage_error("exec: --cwd '%s' must be an absolute path without '..'", o.cwd);
+    cell_error err = { 0 };
+    int code;
+    if (oci_exec(&o, &code, &err) < 0)
+        return failed(&err);
+    return code;
+}
+
 static int cmd_list(const struct globals *g, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -315,6 +383,8 @@ int main(int argc, char **argv)
             return cmd_simple(&g, cargc, cargv);
     if (strcmp(cmd, "list") == 0)
         return cmd_list(&g, cargc, cargv);
+    if (strcmp(cmd, "exec") == 0)
+        return cmd_exec(&g, cargc, cargv);
     if (strcmp(cmd, "features") == 0)
         return cmd_features();
     return usage_error("unknown command '%s' (cell-oci --help lists them)", cmd);

@@ -523,6 +523,34 @@ int oci_spec_load(const char *bundle, struct oci_spec *out, cell_error *err)
     return oci_spec_parse(text, len, bundle, out, err);
 }
 
+int oci_process_load(const char *path, struct oci_spec *out, cell_error *err)
+{
+    cell_error local;
+    if (!err)
+        err = &local;
+    memset(out, 0, sizeof *out);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return util_fail_errno(err, "--process: cannot open %s", path);
+    _cleanup_free_ char *text = NULL;
+    size_t len;
+    if (util_read_fd(fd, path, OCI_SPEC_MAX_BYTES, &text, &len, err) < 0)
+        return -1;
+    json_error_t jerr;
+    json_t *proc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!proc)
+        return FAIL("--process %s: line %d: %s", path, jerr.line, jerr.text);
+    out->doc = json_pack("{s:o}", "process", proc);
+    err->code = 0;
+    if (!out->doc || parse_process(out->doc, out, err) < 0) {
+        if (!out->doc)
+            FAIL("--process %s: no memory", path);
+        oci_spec_free(out);
+        return -1;
+    }
+    return 0;
+}
+
 void oci_spec_free(struct oci_spec *s)
 {
     free(s->args);

@@ -44,10 +44,11 @@ int oci_state_write(const char *root, const struct oci_state *st, cell_error *er
     if (oci_state_path(path, sizeof path, root, st->id, OCI_STATE_FILE, err) < 0 ||
         oci_state_path(tmp, sizeof tmp, root, st->id, ".state.json.tmp", err) < 0)
         return -1;
-    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:i, s:i, s:O?}", "ociVersion", "1.0.2", "id",
-                          st->id, "pid", (int)st->pid, "start_time", (json_int_t)st->start_time, "bundle",
+    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:b, s:O?}", "ociVersion", "1.0.2",
+                          "id", st->id, "pid", (int)st->pid, "start_time", (json_int_t)st->start_time, "bundle",
                           st->bundle, "rootfs", st->rootfs, "created", st->created, "owner", (int)st->owner, "slot",
-                          st->slot, "annotations", st->annotations);
+                          st->slot, "uid_base", (json_int_t)st->uid_base, "uid_count", (json_int_t)st->uid_count,
+                          "nosuid", st->nosuid, "annotations", st->annotations);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
@@ -95,6 +96,10 @@ int oci_state_read(const char *root, const char *id, struct oci_state *st, cell_
     st->start_time = (uint64_t)json_integer_value(json_object_get(o, "start_time"));
     st->owner = (uid_t)json_integer_value(json_object_get(o, "owner"));
     st->slot = (int)json_integer_value(json_object_get(o, "slot"));
+    st->uid_base = (uid_t)json_integer_value(json_object_get(o, "uid_base"));
+    st->uid_count = (uint32_t)json_integer_value(json_object_get(o, "uid_count"));
+    /* Absent or not false: the stricter reading. */
+    st->nosuid = !json_is_false(json_object_get(o, "nosuid"));
     json_t *a = json_object_get(o, "annotations");
     st->annotations = json_is_object(a) ? json_incref(a) : NULL;
     json_decref(o);

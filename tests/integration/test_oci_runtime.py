@@ -349,3 +349,33 @@ def test_overlay_root_is_bound_as_it_is(rt, tmp_path):
         assert not os.path.exists(tmp_path / "upper" / "etc" / "no")
     finally:
         subprocess.run(["umount", "-l", str(tmp_path / "merged")], timeout=oci.STEP_TIMEOUT)
+
+
+def test_exec_is_confined_as_the_init(rt, tmp_path):
+    """An exec'd process joins the init's namespaces and gets the same
+    confinement (capabilities cut to cell's, seccomp, no_new_privs, the
+    container's uid range); a user outside the range is refused."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        def ed(cfg):
+            cfg["process"]["args"] = ["sleep", "60"]
+            cfg["process"]["capabilities"]["bounding"] += ["CAP_SYS_ADMIN", "CAP_NET_RAW"]
+        b = py_bundle(tmp_path, "", edit=ed)
+        rt.create("c1", b, pid_file=str(tmp_path / "pid"), via=sub).check()
+        rt.start("c1").check()
+        init = oci.read_pid_file(str(tmp_path / "pid"))
+        r = rt.call("exec", "c1", "python3", "-c", STATUS_SCRIPT)
+        assert r.rc == 0, r
+        st = json.loads(r.out.strip().splitlines()[-1])
+        assert int(st["CapBnd"], 16) == mask(["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE"]), st
+        assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+        assert int(st["uid_map"][1]) == host_uid_base(init), st
+        r = rt.call("exec", "--user", "4294967294", "c1", "true")
+        assert r.rc != 0 and "4294967294" in r.err, r
+        r = rt.call("exec", "--cwd", "/nonexistent", "c1", "true")
+        assert r.rc != 0 and "/nonexistent" in r.err, r
+        r = rt.call("exec", "c1", "mount", "-t", "tmpfs", "none", "/tmp")
+        assert r.rc != 0, r
+        rt.delete("c1", force=True).check()
+    finally:
+        sub.close()
