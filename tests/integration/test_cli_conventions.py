@@ -323,3 +323,17 @@ def test_listing_json_is_the_apis_schema(d, cid):
     assert "host" in [i["name"] for i in images]
     records = json.loads(ok(cellp("--state", s, "audit", "--json")).stdout)["records"]
     assert records, "the module's requests are audited"
+
+
+def test_logs_stream_forms_and_json(d, admin, cid):
+    pid = dm.spawn(admin, cid, "sh", ["-c", "echo out; echo err >&2"])
+    assert dm.wait_for(lambda: admin.get("/cells/%s/v1/processes/%s" % (cid, pid)).body.get("status") == "exited")
+    s = d.state
+    a = json.loads(ok(cellp("--state", s, "logs", cid, pid, "--stream=stdout", "--json")).stdout)
+    b = json.loads(ok(cellp("--json", "logs", "--stream", "stdout", cid, pid, "--state", s)).stdout)
+    for body in (a, b):
+        dm.openapi_check(body, "ProcessLogsResponse")
+    assert a["entries"] == b["entries"] and a["entries"], a
+    assert ok(cellp("--state", s, "logs", cid, pid, "--stream=stderr")).stdout == "err\n"
+    r = cellp("--state", s, "logs", cid, pid, "--stream=bogus")
+    assert r.returncode == 2 and "--stream 'bogus'" in r.stderr
