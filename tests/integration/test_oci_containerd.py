@@ -6,6 +6,7 @@ directory and on an imported OCI image; `ctr task exec/ps/pause/resume/
 kill/delete` on a running task; the task's init a child of its shim.  Bad
 input: a rootfs that is not there, an unknown task, two runs of one id at
 once."""
+import os
 import subprocess
 
 import pytest
@@ -64,8 +65,14 @@ def test_task_exec_ps_pause_resume_kill_delete(ctd, runtime, tmp_path):
     # The init is a child of its shim, which reaps it and reports the exit.
     assert oci.ppid(pid) in ctd.shims()
 
-    r = ctd.ctr("task", "exec", "--fifo-dir", ctd.fifo, "--exec-id", "e1", "t1", "sh", "-c", "echo in; exit 4")
-    assert r.rc == 4 and r.out == "in\n", r
+    r = ctd.ctr("task", "exec", "--fifo-dir", ctd.fifo, "--exec-id", "e1", "t1", "sh", "-c",
+                "echo in > /tmp/exec.out; echo in; exit 4")
+    # ctr 1.6 once dropped a short exec's stdout (runc, pytest -n 2; 0 in
+    # 180 tries without the tests): its own fifo race, so stdout may be empty here;
+    # test_oci_contract.py's test_exec checks an exec's stdout strictly
+    assert r.rc == 4 and r.out in ("in\n", ""), r
+    with open(os.path.join(root, "tmp", "exec.out")) as f:
+        assert f.read() == "in\n"
     ps = ctd.ctr("task", "ps", "t1").check().out.split("\n")[1:]
     assert [int(line.split()[0]) for line in ps if line.strip()] == [pid], ps
 
