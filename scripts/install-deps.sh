@@ -44,6 +44,10 @@ packages=(
   # the OCI runtime's tests (tests/integration/oci.py): runc as the reference,
   # containerd and ctr run privately by the tests (never as a system service)
   runc containerd
+  # test_oci_cri.py: a CRI (gRPC) client made at test time from
+  # tests/integration/cri/api.proto (grpc_tools' protoc), and the CNI
+  # plugins (bridge, host-local, loopback) of its pods' network
+  python3-grpcio python3-protobuf python3-grpc-tools containernetworking-plugins
 )
 # bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
 # tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node

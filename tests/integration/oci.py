@@ -586,7 +586,17 @@ class Containerd:
     "cell" (io.containerd.runc.v2, BinaryName = cell-oci), each with its
     own runc root, and restrict_oom_score_adj = true (root here lacks
     CAP_SYS_RESOURCE: see docs/kubernetes.md); the CRI plugin itself is
-    loaded only with cri=True.  ctr(...) runs `ctr` against it, bounded."""
+    loaded only with cri=True.  ctr(...) runs `ctr` against it, bounded.
+
+    With cri=True (issue 15's CRI path, test_oci_cri.py): containerd runs
+    in a network namespace the harness makes (`ip netns`, its loopback up),
+    so the CNI bridge, its host side and the pods' veths live there and
+    nowhere else; a bridge network `cri-bridge` on CRI_SUBNET (in
+    198.18.0.0/15, host-local IPAM state in the private directory); the
+    sandbox image SANDBOX_IMAGE (busybox sleeping for ever) imported into
+    the CRI's namespace k8s.io before any pod asks for it (nothing is
+    pulled); cgroupfs as the cgroup driver (v1, hybrid or v2); AppArmor
+    off.  Pods' cgroups go under `cgroup_parent`, which stop() removes."""
 
     def __init__(self, workdir, cri=False):
         self.dir = os.path.abspath(str(workdir))
@@ -601,6 +611,10 @@ class Containerd:
         # containers' cgroups are /NAMESPACE/ID: a namespace of its own keeps
         # two containerds (pytest -n 2) apart; stop() removes its cgroups
         self.ns = "ocitest-" + os.urandom(6).hex()
+        # CRI pods: the parent cgroup a test's PodSandboxConfig names
+        # (kubelet always names one), removed with the namespace's by stop()
+        self.cgroup_parent = "/" + self.ns
+        self.netns = self.ns if cri else None
         for d in (self.root, self.state, self.fifo):
             os.makedirs(d, exist_ok=True)
 
@@ -620,6 +634,10 @@ class Containerd:
             "[ttrpc]", "  address = %s" % _toml_str(self.sock + ".ttrpc"),
             "[%s]" % cri,
             "  restrict_oom_score_adj = true",
+            # no AppArmor on these machines; a profile would only be refused
+            "  disable_apparmor = true",
+            # imported by start(): a pull would need a registry
+            "  sandbox_image = %s" % _toml_str(SANDBOX_IMAGE),
             # the CRI plugin's defaults would create /etc/cni/net.d and pods'
             # netns mounts under /var/run/netns
             "  netns_mounts_under_state_dir = true",
@@ -634,19 +652,67 @@ class Containerd:
             rt = "%s.containerd.runtimes.%s" % (cri, name)
             lines += ["[%s]" % rt, '  runtime_type = "io.containerd.runc.v2"',
                       "[%s.options]" % rt, "  BinaryName = %s" % _toml_str(binary),
-                      "  Root = %s" % _toml_str(self.runc_root(name))]
+                      "  Root = %s" % _toml_str(self.runc_root(name)),
+                      # cgroupfs paths (PodSandboxConfig's cgroup_parent/ID), on
+                      # v1, hybrid and v2 alike: no systemd here to ask
+                      "  SystemdCgroup = false"]
         return "\n".join(lines) + "\n"
+
+    def cni_conf(self):
+        """The CNI network of cri=True: a bridge with host-local IPAM, its
+        gateway (the bridge's host side) CRI_GATEWAY."""
+        return {"cniVersion": "0.4.0", "name": "cri-bridge", "plugins": [
+            {"type": "bridge", "bridge": "cri0", "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "subnet": CRI_SUBNET, "gateway": CRI_GATEWAY,
+                      # the default is /var/lib/cni/networks
+                      "dataDir": os.path.join(self.dir, "cni", "ipam"),
+                      "routes": [{"dst": "0.0.0.0/0"}]}}]}
+
+    def _start_cri(self):
+        """The network namespace, the CNI conf; returns the argv prefix that
+        puts containerd in that namespace (nsenter: the network namespace
+        only, so its mounts stay visible to stop()'s check)."""
+        conf_dir = os.path.join(self.dir, "cni", "net.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "10-cri-bridge.conflist"), "w") as f:
+            json.dump(self.cni_conf(), f, indent=2)
+        run_bounded(["ip", "netns", "add", self.netns]).check()
+        run_bounded(["ip", "-n", self.netns, "link", "set", "lo", "up"]).check()
+        return ["nsenter", "--net=/run/netns/" + self.netns]
+
+    def netns_exec(self, *argv):
+        """argv for running a command in containerd's network namespace
+        (where the bridge's host side is)."""
+        return ["ip", "netns", "exec", self.netns] + [str(a) for a in argv]
+
+    def import_image(self, ref, tar, namespace=None):
+        """Import the OCI layout tar (bytes) as `ref` into `namespace` (the
+        harness's own by default; "k8s.io" for the CRI's images)."""
+        path = os.path.join(self.dir, "import-%s.tar" % os.urandom(4).hex())
+        with open(path, "wb") as f:
+            f.write(tar)
+        try:
+            argv = self.ctr_argv("images", "import", "--index-name", ref, path)
+            if namespace:
+                argv[argv.index("--namespace") + 1] = namespace
+            run_bounded(argv).check()
+        finally:
+            os.unlink(path)
+        return ref
 
     def start(self):
         with open(self.config, "w") as f:
             f.write(self.config_text())
         self.logf = open(self.logpath, "ab")
-        self.proc = subprocess.Popen([CONTAINERD_BIN, "--config", self.config], stdin=subprocess.DEVNULL,
+        prefix = self._start_cri() if self.cri else []
+        self.proc = subprocess.Popen(prefix + [CONTAINERD_BIN, "--config", self.config], stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=self.logf, start_new_session=True)
         end = time.monotonic() + STEP_TIMEOUT
         while True:
             assert self.proc.poll() is None, "containerd exited: %s" % self.log_tail()
             if os.path.exists(self.sock) and self.ctr("version", timeout=5).rc == 0:
+                if self.cri:
+                    self.import_image(SANDBOX_IMAGE, sandbox_image_tar(), namespace=CRI_NAMESPACE)
                 return self
             assert time.monotonic() < end, "containerd did not answer: %s" % self.log_tail()
             time.sleep(0.05)
@@ -704,6 +770,8 @@ class Containerd:
         """Delete every container left, stop containerd, then check that no
         shim and no mount of it is left (and clear what was)."""
         problems = []
+        if self.cri and self.proc and self.proc.poll() is None:
+            problems += self._stop_cri_containers()
         if self.proc and self.proc.poll() is None:
             r = self.ctr("containers", "ls", "-q")
             for cid in r.out.split() if r.rc == 0 else []:
@@ -731,6 +799,27 @@ class Containerd:
             problems.append("mount %s left" % m)
             subprocess.run(["umount", "-l", m], timeout=STEP_TIMEOUT)
         problems += self._remove_cgroups()
+        if self.netns and os.path.exists("/run/netns/" + self.netns):
+            r = run_bounded(["ip", "netns", "del", self.netns])
+            if r.rc != 0:
+                problems.append("netns %s: %s" % (self.netns, r.err.strip()))
+        return problems
+
+    def _stop_cri_containers(self):
+        """Kill and delete what the CRI left in k8s.io (a test removes its
+        pods itself: anything here is a problem)."""
+        problems = []
+
+        def ctr(*args):
+            argv = self.ctr_argv(*args)
+            argv[argv.index("--namespace") + 1] = CRI_NAMESPACE
+            return run_bounded(argv)
+        r = ctr("containers", "ls", "-q")
+        for cid in r.out.split() if r.rc == 0 else []:
+            ctr("task", "kill", "-s", "KILL", cid)
+            ctr("task", "delete", "-f", cid)
+            ctr("containers", "delete", cid)
+            problems.append("CRI container %s left" % cid)
         return problems
 
     def _remove_cgroups(self):
@@ -753,8 +842,8 @@ def containerd_fixture(tmp_path_factory, cri=False):
     """The body of a module fixture: yields a started Containerd, stops it
     after the module and fails if anything of it was left behind."""
     c = Containerd(tmp_path_factory.mktemp("containerd"), cri=cri)
-    c.start()
     try:
+        c.start()       # in the try: a failed start still goes (netns, cgroups)
         yield c
     finally:
         problems = c.stop()
@@ -774,6 +863,24 @@ def busybox_layer():
              ("etc/group", "file", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
              ("tmp", "dir", None, 0o1777), ("root", "dir", None, 0o700)]
     return ocibuild.tar_bytes(ents)
+
+
+# cri=True: the CRI plugin's namespace, its network and its sandbox image.
+# The registry name cannot resolve (.invalid), so nothing is ever pulled.
+CRI_NAMESPACE = "k8s.io"
+CRI_SUBNET = "198.18.213.0/24"
+CRI_GATEWAY = "198.18.213.1"
+SANDBOX_IMAGE = "ocitest.invalid/pause:1"
+
+
+def sandbox_image_tar():
+    """The pod sandbox ("pause") image: busybox whose entrypoint sleeps for
+    ever (the CRI kills it with SIGKILL at StopPodSandbox)."""
+    import ocibuild
+    tar, _ = ocibuild.oci_archive([busybox_layer()], {"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sleep", "2147483647"],
+                                                      "WorkingDir": "/"},
+                                  platform={"architecture": "amd64", "os": "linux"})
+    return tar
 
 
 def busybox_image_tar():
