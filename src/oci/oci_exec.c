@@ -151,11 +151,17 @@ static void exec_child(struct oci_init_args *a, const struct exec_ns *n)
 /* Fork the process into the container; its error message, or EOF at its exec. */
 static pid_t spawn(struct oci_init_args *a, const struct exec_ns *n, cell_error *err)
 {
-    if (setns(n->pid, CLONE_NEWPID) < 0)
-        return util_fail_errno(err, "cannot join the container's pid namespace");
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
         return util_fail_errno(err, "socketpair for exec");
+    /* Our own children's pid namespace again after the fork: nothing else
+     * we start (a sanitizer's helper at exit) is born in the container's. */
+    _cleanup_close_ int own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    if (own < 0 || setns(n->pid, CLONE_NEWPID) < 0) {
+        close(sp[0]);
+        close(sp[1]);
+        return util_fail_errno(err, "cannot join the container's pid namespace");
+    }
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
@@ -163,6 +169,8 @@ static pid_t spawn(struct oci_init_args *a, const struct exec_ns *n, cell_error 
         a->sync_fd = sp[1];
         exec_child(a, n);
     }
+    if (setns(own, CLONE_NEWPID) < 0)
+        oci_log("warning", "cannot return to cell-oci's pid namespace: %s", strerror(errno));
     close(sp[1]);
     if (pid < 0) {
         close(sp[0]);
