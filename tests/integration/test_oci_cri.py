@@ -9,7 +9,9 @@ CRI format, ExecSync's output and exit code, UpdateContainerResources seen
 in the container's memory cgroup, the pod's address on the bridge reaching a
 listener on the bridge's host side, StopContainer (SIGTERM handled),
 RemoveContainer, StopPodSandbox, RemovePodSandbox; then no shim, mount,
-veth or cgroup of the pod is left.
+veth or cgroup of the pod is left.  Then test_oci_runtime.py's escape
+attempts as a pod's container command and through ExecSync: all refused
+with cell.
 
 The "cell" handler is skipped, naming the step and the error, while
 cell-oci is not built or fails a step (CELL_OCI_CRI_STRICT=1 makes such a
@@ -355,3 +357,71 @@ def test_concurrent_sandboxes_of_one_name(cri, ctd, pods):
     assert wait_for(lambda: len(ctd.shims()) == 1, timeout=10), ctd.shims()
     ipam = os.path.join(ctd.dir, "cni", "ipam", "cri-bridge")
     assert len([n for n in os.listdir(ipam) if n[0].isdigit()]) == 1, os.listdir(ipam)
+
+
+@pytest.fixture(scope="module")
+def py_image(ctd):
+    """busybox with lib and lib64 linked into /usr: python3 runs from the
+    host's /usr, bound read-only by the container config."""
+    import ocibuild
+    links = ocibuild.tar_bytes([("lib", "sym", "usr/lib"), ("lib64", "sym", "usr/lib64"), ("usr", "dir")])
+    tar, _ = ocibuild.oci_archive([oci.busybox_layer(), links],
+                                  {"Env": ["PATH=/bin:/usr/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+                                  platform={"architecture": "amd64", "os": "linux"})
+    return ctd.import_image("ocitest.invalid/busybox-py:1", tar, namespace=oci.CRI_NAMESPACE)
+
+
+# Not ptrace_attach_1: here pid 1 is the container's own sh, not the
+# script itself, and a cell may ptrace its own processes (docs/security.md);
+# no host process is in its pid namespace to attach to (host_pids).
+ESCAPE_KEYS = ("mount", "umount_mask", "unshare_user", "unshare_mount", "setns", "keyctl", "bpf",
+               "kexec_load", "init_module", "reboot", "open_by_handle_at", "sethostname", "mknod", "sysrq",
+               "sys_write", "usr_write", "chmod_suid")
+
+
+def check_escapes(out):
+    """test_oci_runtime.py's expectations of a cell-oci container."""
+    allowed = [k for k in ESCAPE_KEYS if out[k] == "ok"]
+    assert not allowed, "allowed: %s (%s)" % (allowed, out)
+    assert out["sys_write"] == "EROFS" and out["usr_write"] == "EROFS", out
+    assert out["chmod_suid"] == "EPERM", out
+    assert out["kcore"] in (0, "absent"), out
+    assert max(out["host_pids"]) < 100, out        # a pid namespace of its own
+
+
+def test_escape_attempts_under_cri(cri, ctd, py_image, pods, handler):
+    """The project's escape attempts (test_oci_runtime.ESCAPES: mount,
+    unmounting a mask, new namespaces, setns, ptrace, keyrings, bpf,
+    modules, reboot, file handles, hostname, mknod, sysrq, /sys, a
+    read-only bind, set-uid) as the container command of a pod and through
+    ExecSync, with the security context kubelet gives a plain pod (nothing
+    asked: no seccomp profile, the default capabilities).  With cell every
+    one is refused; runc (unconfined seccomp, as the CRI's default) is only
+    run to check the harness, and what it allows is not asserted."""
+    from test_oci_runtime import ESCAPES
+    step = Steps(handler)
+    cfg = pods.config("esc-" + handler)
+    ccfg = {"metadata": {"name": "esc"}, "image": {"image": py_image},
+            "command": ["sh", "-c", 'python3 -c "$ESC"; exec sleep 100000'],
+            "envs": [{"key": "ESC", "value": ESCAPES}],
+            "mounts": [{"container_path": "/usr", "host_path": "/usr", "readonly": True}],
+            "log_path": "esc.log",
+            # kubelet's choice for a v1 pod: a pid namespace per container
+            "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}}}
+    log = os.path.join(cfg["log_directory"], "esc.log")
+    with step("RunPodSandbox, CreateContainer, StartContainer", fatal=True):
+        sid = pods.run(cfg, handler)
+        cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": ccfg, "sandbox_config": cfg}).container_id
+        cri.runtime("StartContainer", {"container_id": cid})
+    with step("escapes as the container command"):
+        assert wait_for(lambda: [t for s, _, t in read_log(log) if s == "stdout"], timeout=20), read_log(log)
+        out = json.loads([t for s, _, t in read_log(log) if s == "stdout"][0])
+        if handler == "cell":
+            check_escapes(out)
+    with step("escapes through ExecSync"):
+        r = exec_sync(cri, cid, ["python3", "-c", ESCAPES], timeout=20)
+        assert r.exit_code == 0, r
+        out = json.loads(r.stdout)
+        if handler == "cell":
+            check_escapes(out)
+    step.done()
