@@ -128,29 +128,34 @@ static void write_holder(int fd, const char *who)
         return;
 }
 
-/* The pid holding an exclusive flock on fd's file (/proc/locks), or 0. */
-static pid_t lock_holder(int fd)
+/* Who holds flocks on fd's file, from /proc/locks: the pid of an exclusive
+ * holder (0 if none) and how many shared holds there are. */
+static pid_t lock_holders(int fd, int *readers)
 {
     struct stat st;
+    *readers = 0;
     if (fstat(fd, &st) < 0)
         return 0;
     FILE *f = fopen("/proc/locks", "re");
     if (!f)
         return 0;
     char line[256], type[16], mode[16];
-    pid_t found = 0;
-    while (!found && fgets(line, sizeof line, f)) {
+    pid_t writer = 0;
+    while (fgets(line, sizeof line, f)) {
         int pid;
         unsigned maj, min;
         unsigned long ino;
         /* "1: FLOCK  ADVISORY  WRITE 123 08:02:4567 0 EOF"; waiters have "->". */
-        if (sscanf(line, "%*d: %15s %*s %15s %d %x:%x:%lu", type, mode, &pid, &maj, &min, &ino) == 6 &&
-            strcmp(type, "FLOCK") == 0 && strcmp(mode, "WRITE") == 0 && ino == st.st_ino &&
-            maj == major(st.st_dev) && min == minor(st.st_dev))
-            found = pid;
+        if (sscanf(line, "%*d: %15s %*s %15s %d %x:%x:%lu", type, mode, &pid, &maj, &min, &ino) != 6 ||
+            strcmp(type, "FLOCK") != 0 || ino != st.st_ino || maj != major(st.st_dev) || min != minor(st.st_dev))
+            continue;
+        if (strcmp(mode, "WRITE") == 0)
+            writer = pid;
+        else
+            (*readers)++;
     }
     fclose(f);
-    return found;
+    return writer;
 }
 
 /* The holder's record if it is the current holder's (its pid is the one
@@ -173,30 +178,29 @@ static int read_holder(int fd, pid_t holder, char *rec, size_t size, char **pid,
     return holder > 0 && atoi(*pid) == holder;
 }
 
-/* Why the lock on fd is busy, as a message about lane `name`.  A new
- * holder writes its record just after it wins the lock: a record that is
- * not the holder's yet (empty, or the last holder's) is read again for up
- * to 0.2 s (a loaded host) before the message says only what /proc/locks
- * does. */
-static void describe_holder(int fd, const char *name, char *msg, size_t size)
+/* Why the lock on fd is busy, as a message about lane `name`; 1 when it
+ * is free by now (its holder let go: try again).  A new holder writes its
+ * record just after it wins the lock: a record that is not the holder's yet
+ * (empty, or the last holder's) is read again for up to 0.2 s (a loaded
+ * host) before the message names only the pid /proc/locks gives. */
+static int describe_holder(int fd, const char *name, char *msg, size_t size)
 {
     char rec[256], *pid = NULL, *comm = NULL;
-    pid_t holder = 0;
     for (int tries = 0;; tries++) {
-        /* Shared holds are exports: if one is possible, no one holds it alone. */
-        if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
-            snprintf(msg, size, "lane '%s' is being exported; try again when the export is done", name);
-            return;
+        int readers;
+        pid_t holder = lock_holders(fd, &readers);
+        if (!holder) {
+            /* Shared holds are exports. */
+            snprintf(msg, size, readers ? "lane '%s' is being exported; try again when the export is done"
+                                        : "lane '%s' is in use; try again", name);
+            return !readers;
         }
-        holder = lock_holder(fd);
         if (read_holder(fd, holder, rec, sizeof rec, &pid, &comm))
             break;
         if (tries == 100) {
-            char by[64] = "";
-            if (holder)
-                snprintf(by, sizeof by, " (pid %d)", (int)holder);
-            snprintf(msg, size, "lane '%s' is attached to a running cell%s; stop that cell first", name, by);
-            return;
+            snprintf(msg, size, "lane '%s' is attached to a running cell (pid %d); stop that cell first", name,
+                     (int)holder);
+            return 0;
         }
         struct timespec pause = { 0, 2000000 };
         nanosleep(&pause, NULL);
@@ -213,6 +217,7 @@ static void describe_holder(int fd, const char *name, char *msg, size_t size)
                  rec + 5, by);
     else
         snprintf(msg, size, "lane '%s' is attached to a running cell (a daemon cell's lane mount, %s)", name, by);
+    return 0;
 }
 
 int runtime_lane_lock(cell_ctx *ctx, const char *name, int mode, const char *who, char *dir, size_t dir_size,
@@ -229,12 +234,14 @@ int runtime_lane_lock(cell_ctx *ctx, const char *name, int mode, const char *who
     if (fd < 0)
         return errno == ENOENT ? util_fail(err, ENOENT, "no lane named '%s' (see `cell lane ls`)", name)
                                : util_fail_errno(err, "cannot open %s", lock);
-    if (flock(fd, mode | LOCK_NB) < 0) {
+    /* Never waiting for a holder; a holder that let go between the try and
+     * the look at /proc/locks gets the lane another try or two. */
+    for (int attempt = 0; flock(fd, mode | LOCK_NB) < 0; attempt++) {
         if (errno != EWOULDBLOCK)
             return util_fail_errno(err, "cannot lock %s", lock);
         char msg[400];
-        describe_holder(fd, name, msg, sizeof msg);
-        return util_fail(err, EBUSY, "%s", msg);
+        if (!describe_holder(fd, name, msg, sizeof msg) || attempt == 2)
+            return util_fail(err, EBUSY, "%s", msg);
     }
     if (mode == LOCK_EX && who)
         write_holder(fd, who);
