@@ -96,7 +96,7 @@ static const struct cmd {
     { "exec", cli_exec, { cli_exec_options, NULL }, "itu:e:w:h", 2, NULL, NULL },
     { "shell", cli_shell, { NULL, NULL }, "h", 1, NULL, NULL },
     { "serve", cli_serve, { NULL, NULL }, "", 0, NULL, NULL },
-    { "lane", cli_lane, { NULL, NULL }, "h", -1, "create ls rm export import commit", "" },
+    { "lane", cli_lane, { cli_lane_options, NULL }, "h", -1, "create ls rm export import commit", "" },
     { "image", cli_image, { NULL, NULL }, "h", -1, "ls build import export rm", "ls import rm" },
     { "create", cli_create, { cli_create_options, NULL }, "h", -1, NULL, NULL },
     { "ls", cli_ls, { NULL, NULL }, "h", -1, NULL, NULL },
