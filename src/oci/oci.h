@@ -92,6 +92,7 @@ struct oci_spec {
     const char      **readonly;
     size_t            n_readonly;
     int               has_seccomp;    /* linux.seccomp present (not applied yet: docs/oci.md) */
+    const char       *cgroups_path;   /* linux.cgroupsPath (cgroupfs form), or NULL */
     json_t           *annotations;    /* borrowed from doc; may be NULL */
 };
 
@@ -126,10 +127,11 @@ struct oci_state {
     uid_t    uid_base;             /* host id of the container's root */
     uint32_t uid_count;
     int      nosuid;               /* writable host directories: cell's nosuid filter, no CAP_SETFCAP */
+    char     cgroup[PATH_MAX];     /* the container's cgroup directory (oci_cgroup.c) */
     json_t  *annotations;          /* owned; may be NULL */
 };
 
-enum oci_status { OCI_CREATED, OCI_RUNNING, OCI_STOPPED };
+enum oci_status { OCI_CREATED, OCI_RUNNING, OCI_PAUSED, OCI_STOPPED };
 
 /* An id is 1..OCI_ID_MAX of [A-Za-z0-9_.+-], not "." or "..": it names a
  * directory under --root. */
@@ -161,6 +163,16 @@ int  oci_slot_own(int slot, pid_t pid, uint64_t start_time, cell_error *err);
 /* Frees the slot if the holder is still pid/start_time (not a later taker). */
 void oci_slot_release(int slot, pid_t pid, uint64_t start_time);
 
+/* ---- the container's cgroup (oci_cgroup.c) ----------------------------------------
+ * linux.cgroupsPath (or /cell-oci/ID) in the freezer hierarchy (v1) or the
+ * unified one (v2): the freezer for pause/resume; no limits yet. */
+int  oci_cgroup_dir(const char *cgroups_path, const char *id, char *out, size_t size, cell_error *err);
+/* mkdir -p, and its cgroup.procs opened for writing (the fd). */
+int  oci_cgroup_create(const char *dir, cell_error *err);
+int  oci_cgroup_frozen(const char *dir);
+int  oci_cgroup_freeze(const char *dir, int on, cell_error *err);
+void oci_cgroup_remove(const char *dir);
+
 /* ---- log (oci_log.c) ------------------------------------------------------------ */
 int  oci_log_open(const char *path, int json, int debug, cell_error *err);
 void oci_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -188,6 +200,7 @@ struct oci_init_args {
     uint32_t    uid_count;
     int         console_fd;        /* connected --console-socket, or -1 */
     int         cgroupns_fd;       /* exec: the init's cgroup namespace; -1 = the spec's or a new one */
+    int         cgroup_fd;         /* the container cgroup's cgroup.procs: the process joins it first */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
 };
@@ -216,6 +229,7 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err);
 int oci_process_load(const char *path, struct oci_spec *out, cell_error *err);
 int oci_start(const char *root, const char *id, cell_error *err);
 int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err);
+int oci_pause(const char *root, const char *id, int on, cell_error *err);
 int oci_delete(const char *root, const char *id, int force, cell_error *err);
 int oci_state_print(const char *root, const char *id, cell_error *err);
 /* `ps --format json`: the host pids of the container's processes. */

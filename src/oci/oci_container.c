@@ -171,7 +171,8 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
 
 struct create_ctx {
     struct oci_spec spec;
-    int             slot, userns_fd, fifo_fd, console_fd, state_made;
+    int             slot, userns_fd, fifo_fd, console_fd, cgroup_fd, state_made;
+    char            cgroup[PATH_MAX];
     uid_t           uid_base;
     uint32_t        uid_count;
     int             nosuid;
@@ -209,11 +210,13 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         base = OCI_UID_FIRST + (uid_t)c->slot * ISOLATE_UID_COUNT;
         count = ISOLATE_UID_COUNT;
     }
-    if (isolate_userns_create(base, count, &c->userns_fd, err) < 0)
+    if (isolate_userns_create(base, count, &c->userns_fd, err) < 0 ||
+        oci_cgroup_dir(c->spec.cgroups_path, o->id, c->cgroup, sizeof c->cgroup, err) < 0 ||
+        (c->cgroup_fd = oci_cgroup_create(c->cgroup, err)) < 0)
         return -1;
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
-                                  .console_fd = c->console_fd, .cgroupns_fd = -1 };
+                                  .console_fd = c->console_fd, .cgroupns_fd = -1, .cgroup_fd = c->cgroup_fd };
     /* A writable root is a host directory the container's root writes as
      * on-disk root through the id-mapped mount, as a read-write bind is:
      * either gets cell's treatment of read-write host mounts. */
@@ -237,6 +240,7 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
     if (c->slot >= 0 && oci_slot_own(c->slot, pid, st.start_time, err) < 0)
         return -1;
     now_rfc3339(st.created, sizeof st.created);
+    memcpy(st.cgroup, c->cgroup, sizeof st.cgroup);
     if (util_path(st.id, sizeof st.id, err, "%s", o->id) < 0 ||
         util_path(st.bundle, sizeof st.bundle, err, "%s", o->bundle) < 0 ||
         util_path(st.rootfs, sizeof st.rootfs, err, "%s", c->spec.root) < 0 || oci_state_write(o->root, &st, err) < 0)
@@ -248,7 +252,7 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
 
 int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
 {
-    struct create_ctx c = { .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1 };
+    struct create_ctx c = { .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1, .cgroup_fd = -1 };
     struct oci_init_args ia;
     pid_t pid = -1;
     int rc = -1;
@@ -270,7 +274,9 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
         oci_slot_release(c.slot, getpid(), oci_pid_start_time(getpid()));
     if (rc < 0 && c.state_made)
         remove_state(o->root, o->id);
-    for (int *fd = &c.userns_fd; fd <= &c.console_fd; fd++)
+    if (rc < 0 && c.cgroup_fd >= 0)
+        oci_cgroup_remove(c.cgroup);
+    for (int *fd = &c.userns_fd; fd <= &c.cgroup_fd; fd++)
         if (*fd >= 0)
             close(*fd);
     oci_spec_free(&c.spec);
@@ -405,7 +411,29 @@ int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err
             kill_namespace(&st, sig);
         if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 && !(all && errno == ESRCH))
             rc = util_fail_errno(err, "cannot send signal %d to container %s", sig, id);
+        /* A frozen task dies of SIGKILL only once thawed (cgroup v1), and
+         * containerd's delete --force of a paused task waits for it. */
+        if (rc == 0 && sig == SIGKILL && oci_cgroup_frozen(st.cgroup))
+            rc = oci_cgroup_freeze(st.cgroup, 0, err);
     }
+    oci_state_free(&st);
+    return rc;
+}
+
+int oci_pause(const char *root, const char *id, int on, cell_error *err)
+{
+    _cleanup_close_ int lock = lock_container(root, id, err);
+    if (lock < 0)
+        return -1;
+    struct oci_state st;
+    if (oci_state_read(root, id, &st, err) < 0)
+        return -1;
+    enum oci_status s = oci_state_status(root, &st);
+    int rc = 0;
+    if (s != (on ? OCI_RUNNING : OCI_PAUSED))
+        rc = util_fail(err, EINVAL, "container %s is %s, not %s", id, oci_status_name(s), on ? "running" : "paused");
+    else
+        rc = oci_cgroup_freeze(st.cgroup, on, err);
     oci_state_free(&st);
     return rc;
 }
@@ -433,13 +461,16 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
     }
     int rc = 0;
     enum oci_status s = oci_state_status(root, &st);
-    if (s == OCI_RUNNING && !force) {
-        rc = util_fail(err, EBUSY, "cannot delete container %s that is not stopped: running (stop it first, "
-                       "or delete --force)", id);
+    if ((s == OCI_RUNNING || s == OCI_PAUSED) && !force) {
+        rc = util_fail(err, EBUSY, "cannot delete container %s that is not stopped: %s (stop it first, "
+                       "or delete --force)", id, oci_status_name(s));
     } else if (s != OCI_STOPPED) {
         _cleanup_close_ int pidfd = oci_state_pidfd(&st);
         if (pidfd >= 0) {
             kill_namespace(&st, SIGKILL);
+            /* A frozen task dies of SIGKILL only once thawed (cgroup v1). */
+            if (s == OCI_PAUSED)
+                (void)oci_cgroup_freeze(st.cgroup, 0, NULL);
             /* ESRCH: the namespace's kill above already reached it. */
             if ((syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH) ||
                 wait_gone(pidfd) < 0)
@@ -448,6 +479,7 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
     }
     if (rc == 0) {
         oci_slot_release(st.slot, st.pid, st.start_time);
+        oci_cgroup_remove(st.cgroup);
         remove_state(root, id);
     }
     oci_state_free(&st);

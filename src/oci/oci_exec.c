@@ -57,8 +57,12 @@ static int open_namespaces(const struct oci_state *st, const char *root, struct 
         n->fd[i] = -1;
     n->pid = n->user = n->cgroup = -1;
     _cleanup_close_ int pidfd = oci_state_pidfd(st);
-    if (pidfd < 0 || oci_state_status(root, st) == OCI_STOPPED)
+    enum oci_status s = pidfd < 0 ? OCI_STOPPED : oci_state_status(root, st);
+    if (s == OCI_STOPPED)
         return util_fail(err, ESRCH, "container %s is not running (cannot exec in a stopped container)", st->id);
+    /* The process would join a frozen cgroup and freeze before its exec. */
+    if (s == OCI_PAUSED)
+        return util_fail(err, EBUSY, "container %s is paused (resume it to exec)", st->id);
     for (size_t i = 0; i < N_JOINED; i++)
         if ((n->fd[i] = open_ns(st->pid, joined[i].name, err)) < 0)
             return -1;
@@ -213,7 +217,7 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
         return -1;
     struct oci_spec spec = { 0 };
     struct exec_ns n;
-    int console = -1, rc = -1;
+    int console = -1, cgroup = -1, rc = -1;
     pid_t pid = -1;
     if (open_namespaces(&st, o->root, &n, err) < 0 || exec_process(o, &st, &spec, err) < 0)
         goto out;
@@ -224,9 +228,17 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
     }
     if (o->console_socket && (console = connect_socket(o->console_socket, err)) < 0)
         goto out;
+    char procs[PATH_MAX];
+    if (util_path(procs, sizeof procs, err, "%s/cgroup.procs", st.cgroup) < 0)
+        goto out;
+    cgroup = open(procs, O_WRONLY | O_CLOEXEC);
+    if (cgroup < 0) {
+        util_fail_errno(err, "cannot open %s", procs);
+        goto out;
+    }
     struct oci_init_args a = { .spec = &spec, .sync_fd = -1, .fifo_fd = -1, .userns_fd = n.user,
                                .uid_base = st.uid_base, .uid_count = st.uid_count, .console_fd = console,
-                               .cgroupns_fd = n.cgroup, .rw_binds = st.nosuid };
+                               .cgroupns_fd = n.cgroup, .cgroup_fd = cgroup, .rw_binds = st.nosuid };
     pid = spawn(&a, &n, err);
     if (pid < 0)
         goto out;
@@ -239,6 +251,8 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
 out:
     if (console >= 0)
         close(console);
+    if (cgroup >= 0)
+        close(cgroup);
     ns_close(&n);
     oci_spec_free(&spec);
     oci_state_free(&st);

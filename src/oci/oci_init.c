@@ -627,9 +627,18 @@ static void become_process(const struct oci_init_args *a, const char *exe, char 
     FAIL("cannot exec %s", exe);
 }
 
+/* Into the container's cgroup before anything else (v1 moves a process
+ * that writes "0" itself without the global lock's RCU wait). */
+static void join_cgroup(const struct oci_init_args *a)
+{
+    if (a->cgroup_fd >= 0 && write(a->cgroup_fd, "0", 1) != 1)
+        FAIL("cannot join the container's cgroup");
+}
+
 void oci_init_main(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
+    join_cgroup(a);
     join_namespaces(a);
     const struct oci_ns *uts = oci_spec_ns(s, CLONE_NEWUTS);
     if (s->hostname && !(uts && uts->path) && sethostname(s->hostname, strlen(s->hostname)) < 0)
@@ -662,6 +671,7 @@ void oci_init_main(const struct oci_init_args *a)
 
 void oci_exec_main(const struct oci_init_args *a)
 {
+    join_cgroup(a);
     char exe[PATH_MAX];
     find_exe(a, exe, sizeof exe);
     int slave = a->console_fd >= 0 ? make_console(a) : -1;

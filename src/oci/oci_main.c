@@ -209,15 +209,7 @@ static int cmd_simple(const struct globals *g, int argc, char **argv)
     } else if (is_ps) {
         rc = oci_ps(g->root, id, &err);
     } else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "resume") == 0) {
-        /* The freezer needs the container's cgroup, which cell-oci does not
-         * make yet (docs/oci.md): an unknown id still says so first. */
-        struct oci_state st;
-        rc = oci_state_read(g->root, id, &st, &err);
-        if (rc == 0) {
-            oci_state_free(&st);
-            rc = util_fail(&err, ENOTSUP, "%s: not supported yet (cell-oci makes no cgroup for container %s)", cmd,
-                           id);
-        }
+        rc = oci_pause(g->root, id, strcmp(cmd, "pause") == 0, &err);
     } else {
         rc = oci_state_print(g->root, id, &err);
     }

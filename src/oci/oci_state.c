@@ -44,11 +44,11 @@ int oci_state_write(const char *root, const struct oci_state *st, cell_error *er
     if (oci_state_path(path, sizeof path, root, st->id, OCI_STATE_FILE, err) < 0 ||
         oci_state_path(tmp, sizeof tmp, root, st->id, ".state.json.tmp", err) < 0)
         return -1;
-    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:b, s:O?}", "ociVersion", "1.0.2",
+    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:s, s:s, s:s, s:i, s:i, s:I, s:I, s:b, s:s, s:O?}", "ociVersion", "1.0.2",
                           "id", st->id, "pid", (int)st->pid, "start_time", (json_int_t)st->start_time, "bundle",
                           st->bundle, "rootfs", st->rootfs, "created", st->created, "owner", (int)st->owner, "slot",
                           st->slot, "uid_base", (json_int_t)st->uid_base, "uid_count", (json_int_t)st->uid_count,
-                          "nosuid", st->nosuid, "annotations", st->annotations);
+                          "nosuid", st->nosuid, "cgroup", st->cgroup, "annotations", st->annotations);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!text)
@@ -92,6 +92,8 @@ int oci_state_read(const char *root, const char *id, struct oci_state *st, cell_
         rc = copy_str(st->rootfs, sizeof st->rootfs, json_object_get(o, "rootfs"), "rootfs", err);
     if (rc == 0)
         rc = copy_str(st->created, sizeof st->created, json_object_get(o, "created"), "created", err);
+    if (rc == 0)
+        rc = copy_str(st->cgroup, sizeof st->cgroup, json_object_get(o, "cgroup"), "cgroup", err);
     st->pid = (pid_t)json_integer_value(json_object_get(o, "pid"));
     st->start_time = (uint64_t)json_integer_value(json_object_get(o, "start_time"));
     st->owner = (uid_t)json_integer_value(json_object_get(o, "owner"));
@@ -157,6 +159,8 @@ enum oci_status oci_state_status(const char *root, const struct oci_state *st)
     struct pollfd p = { .fd = pidfd, .events = POLLIN };
     if (poll(&p, 1, 0) != 0)
         return OCI_STOPPED;
+    if (oci_cgroup_frozen(st->cgroup))
+        return OCI_PAUSED;
     char fifo[PATH_MAX];
     if (oci_state_path(fifo, sizeof fifo, root, st->id, OCI_FIFO_FILE, NULL) == 0 && access(fifo, F_OK) == 0)
         return OCI_CREATED;
@@ -165,7 +169,7 @@ enum oci_status oci_state_status(const char *root, const struct oci_state *st)
 
 const char *oci_status_name(enum oci_status s)
 {
-    return s == OCI_CREATED ? "created" : s == OCI_RUNNING ? "running" : "stopped";
+    return s == OCI_CREATED ? "created" : s == OCI_RUNNING ? "running" : s == OCI_PAUSED ? "paused" : "stopped";
 }
 
 json_t *oci_state_json(const char *root, const struct oci_state *st)
