@@ -70,7 +70,7 @@ class Pods:
     happened (kubelet's StopPodSandbox + RemovePodSandbox)."""
 
     def __init__(self, cri, ctd, logs):
-        self.cri, self.ctd, self.logs, self.ids = cri, ctd, str(logs), []
+        self.cri, self.ctd, self.logs, self.ids, self.handlers = cri, ctd, str(logs), [], set()
 
     def config(self, name):
         return {"metadata": {"name": name, "uid": str(uuid.uuid4()), "namespace": "ocicri"},
@@ -78,17 +78,22 @@ class Pods:
                 "linux": {"cgroup_parent": self.ctd.cgroup_parent}}
 
     def run(self, cfg, handler):
+        self.handlers.add(handler)
         sid = self.cri.runtime("RunPodSandbox", {"config": cfg, "runtime_handler": handler}).pod_sandbox_id
         self.ids.append(sid)
         return sid
 
     def cleanup(self):
+        """Remove the pods; then cgroups left under cgroup_parent fail a
+        runc test (a cell one reports them in test_pod_lifecycle's step)."""
         for sid in self.ids:
             for m in ("StopPodSandbox", "RemovePodSandbox"):
                 try:
                     self.cri.runtime(m, {"pod_sandbox_id": sid})
                 except criclient.CRIError:
                     pass
+        left = pod_cgroups(self.ctd)
+        assert not left or "cell" in self.handlers, "cgroups left: %s" % left
 
 
 @pytest.fixture
@@ -204,6 +209,23 @@ print(peer[0], flush=True)
             self.p.wait()
 
 
+def pod_cgroups(ctd):
+    """Every cgroup left under the pods' cgroup_parent, in every hierarchy;
+    those that are empty are removed (so that the module's containerd
+    stops clean and the leftover is reported once, by the step)."""
+    left = []
+    for h in os.listdir(oci.CGROUP_ROOT):
+        top = os.path.join(oci.CGROUP_ROOT, h, ctd.cgroup_parent.lstrip("/"))
+        for d, subdirs, _ in os.walk(top, topdown=False):
+            if d != top:
+                left.append(d)
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+    return left
+
+
 def netns_links(ctd):
     r = oci.run_bounded(["ip", "-n", ctd.netns, "-o", "link", "show"]).check()
     return [line.split(":")[1].strip().split("@")[0] for line in r.out.splitlines()]
@@ -261,13 +283,11 @@ def test_pod_lifecycle(cri, ctd, image, pods, handler):
         with pytest.raises(criclient.CRIError, match="DEADLINE_EXCEEDED"):
             exec_sync(cri, cid, ["sleep", "31"], timeout=1)
         assert wait_for(lambda: b"sleep 31" not in exec_sync(cri, cid, ["ps", "-o", "args"]).stdout, timeout=10)
-    limit = None
     with step("memory cgroup, UpdateContainerResources"):
-        path, lim = memory_cgroup(pid)
+        path, limit = memory_cgroup(pid)
         # the runtime put the container where the pod config says
         assert path.startswith(ctd.cgroup_parent + "/"), \
             "the container's memory cgroup is %s, not under the pod's cgroup_parent %s" % (path, ctd.cgroup_parent)
-        limit = lim
         with open(limit) as f:
             assert int(f.read()) == 64 * MiB, limit
         cri.runtime("UpdateContainerResources", {"container_id": cid,
@@ -308,7 +328,8 @@ def test_pod_lifecycle(cri, ctd, image, pods, handler):
             left = [line.split()[4] for line in f if line.split()[4].startswith(ctd.dir + "/")]
         assert not left, left
         assert set(netns_links(ctd)) <= {"lo", "cri0"}, netns_links(ctd)
-        assert limit is None or not os.path.exists(os.path.dirname(limit)), limit
+        left = pod_cgroups(ctd)
+        assert not left, "cgroups left: %s" % left
     step.done()
 
 
