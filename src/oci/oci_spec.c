@@ -471,9 +471,10 @@ static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
      * cell does not implement: such a container gets /cell-oci/ID. */
     if (s->cgroups_path && strchr(s->cgroups_path, ':'))
         s->cgroups_path = NULL;
-    else if (s->cgroups_path && !clean_abs_path(s->cgroups_path, strlen(s->cgroups_path)))
-        return FAIL("config.json: linux.cgroupsPath '%.64s' must be an absolute path without '.' or '..'",
-                    s->cgroups_path);
+    else if (s->cgroups_path && (!clean_abs_path(s->cgroups_path, strlen(s->cgroups_path)) ||
+                                 !s->cgroups_path[strspn(s->cgroups_path, "/")]))
+        return FAIL("config.json: linux.cgroupsPath '%.64s' must be an absolute path below the root cgroup, "
+                    "without '.' or '..'", s->cgroups_path);
     json_t *sc;
     if (member(l, "seccomp", JSON_OBJECT, "linux.", &sc, err) < 0)
         return -1;

@@ -15,6 +15,9 @@
 #include "oci/oci.h"
 
 #define BUNDLE "/b/bundle"
+#define HEAD "{\"ociVersion\": \"1.0.2\", "
+#define PROC "\"process\": {\"args\": [\"sh\"]}, "
+#define ROOT "\"root\": {\"path\": \"rootfs\"}"
 
 static const char *const good =
     "{\"ociVersion\": \"1.0.2-dev\","
@@ -79,6 +82,14 @@ static void parses_a_good_spec(void **state)
     assert_int_equal(s.n_masked, 1);
     assert_int_equal(s.n_readonly, 1);
     assert_non_null(s.annotations);
+    assert_null(s.cgroups_path);
+    oci_spec_free(&s);
+    /* cgroupfs form kept; systemd form (slice:prefix:name) left to the default. */
+    assert_int_equal(parse(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"/k8s.io/abc\"}}", &s, &err), 0);
+    assert_string_equal(s.cgroups_path, "/k8s.io/abc");
+    oci_spec_free(&s);
+    assert_int_equal(parse(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"system.slice:cri:abc\"}}", &s, &err), 0);
+    assert_null(s.cgroups_path);
     oci_spec_free(&s);
 }
 
@@ -106,9 +117,6 @@ static void refused(const char *text, const char *field)
     assert_null(s.doc); /* nothing left to free */
 }
 
-#define HEAD "{\"ociVersion\": \"1.0.2\", "
-#define PROC "\"process\": {\"args\": [\"sh\"]}, "
-#define ROOT "\"root\": {\"path\": \"rootfs\"}"
 
 static void refuses_malformed(void **state)
 {
@@ -190,6 +198,11 @@ static void refuses_paths_out_of_place(void **state)
             "linux.namespaces[0].path");
     refused(HEAD PROC ROOT ", \"linux\": {\"maskedPaths\": [\"proc/kcore\"]}}", "linux.maskedPaths[0]");
     refused(HEAD PROC ROOT ", \"linux\": {\"readonlyPaths\": [\"/proc/../etc\"]}}", "linux.readonlyPaths[0]");
+    refused(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"/\"}}", "linux.cgroupsPath");
+    refused(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"//\"}}", "linux.cgroupsPath");
+    refused(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"/k8s/../../x\"}}", "linux.cgroupsPath");
+    refused(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"k8s/x\"}}", "linux.cgroupsPath");
+    refused(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": 7}}", "linux.cgroupsPath");
 }
 
 static void refuses_what_cell_does_not_mount(void **state)
