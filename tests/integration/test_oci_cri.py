@@ -19,7 +19,8 @@ failure fail instead); the runc path never skips.
 
 Bad input: an unknown runtime handler, an image that is not there, unknown
 sandbox and container ids for every call that takes one, a second sandbox of
-the same name (also four at once), ExecSync past its timeout.
+the same name (also four at once), ExecSync past its timeout; twelve
+Stop/Remove calls at once on a running container and its pod.
 """
 import contextlib
 import ipaddress
@@ -214,7 +215,8 @@ def pod_cgroups(ctd):
     those that are empty are removed (so that the module's containerd
     stops clean and the leftover is reported once, by the step)."""
     left = []
-    for h in os.listdir(oci.CGROUP_ROOT):
+    # v1 and hybrid: one directory per hierarchy; v2: the root itself
+    for h in [""] + os.listdir(oci.CGROUP_ROOT):
         top = os.path.join(oci.CGROUP_ROOT, h, ctd.cgroup_parent.lstrip("/"))
         for d, subdirs, _ in os.walk(top, topdown=False):
             if d != top:
@@ -445,4 +447,46 @@ def test_escape_attempts_under_cri(cri, ctd, py_image, pods, handler):
         out = json.loads(r.stdout)
         if handler == "cell":
             check_escapes(out)
+    step.done()
+
+
+def test_concurrent_teardown(cri, ctd, image, pods, handler):
+    """Stop and Remove of a running container and of its pod, twelve calls
+    at once (kubelet retries them, and a node drain overlaps): each call
+    answers (success or a CRI error, within its deadline), and after a last
+    StopPodSandbox + RemovePodSandbox nothing of the pod is left."""
+    import concurrent.futures
+    step = Steps(handler)
+    cfg = pods.config("race-" + handler)
+    ccfg = {"metadata": {"name": "r"}, "image": {"image": image}, "command": ["sleep", "100000"], "log_path": "r.log"}
+    with step("RunPodSandbox, CreateContainer, StartContainer", fatal=True):
+        sid = pods.run(cfg, handler)
+        cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": ccfg, "sandbox_config": cfg}).container_id
+        cri.runtime("StartContainer", {"container_id": cid})
+        pid = container_pid(cri, cid)
+    calls = [("StopContainer", {"container_id": cid, "timeout": 1}), ("RemoveContainer", {"container_id": cid}),
+             ("StopPodSandbox", {"pod_sandbox_id": sid}), ("RemovePodSandbox", {"pod_sandbox_id": sid})] * 3
+    with step("concurrent Stop/Remove"):
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as ex:
+            futs = [ex.submit(cri.runtime, m, f) for m, f in calls]
+        errs = [f.exception() for f in futs if f.exception() is not None]
+        assert all(isinstance(e, criclient.CRIError) for e in errs), errs
+        assert "DEADLINE_EXCEEDED" not in " ".join(map(str, errs)), errs
+    with step("last StopPodSandbox, RemovePodSandbox"):
+        for m in ("StopPodSandbox", "RemovePodSandbox"):
+            try:
+                cri.runtime(m, {"pod_sandbox_id": sid})
+            except criclient.CRIError as e:
+                assert e.code.name == "NOT_FOUND", e
+        with pytest.raises(criclient.CRIError, match="NOT_FOUND"):
+            cri.runtime("PodSandboxStatus", {"pod_sandbox_id": sid})
+    with step("nothing left"):
+        assert wait_for(lambda: oci.proc_state(pid) is None, timeout=10), oci.proc_state(pid)
+        assert wait_for(lambda: not ctd.shims(), timeout=10), ctd.shims()
+        with open("/proc/self/mountinfo") as f:
+            left = [line.split()[4] for line in f if line.split()[4].startswith(ctd.dir + "/")]
+        assert not left, left
+        assert set(netns_links(ctd)) <= {"lo", "cri0"}, netns_links(ctd)
+        left = pod_cgroups(ctd)
+        assert not left, "cgroups left: %s" % left
     step.done()
