@@ -240,12 +240,12 @@ $(BUILD)/cell-daemon: $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 
 # cell-oci (src/oci, docs/oci.md): the runc-compatible OCI runtime.  It
 # links cell's confinement from src/isolate (user namespaces, capabilities,
-# the prebuilt seccomp programs, /proc masks) and util, plus jansson: no
-# libseccomp (the filters are prebuilt), none of the daemon's libraries.
+# the prebuilt seccomp programs, /proc masks) and util, plus jansson and
+# libseccomp (a spec's own linux.seccomp), none of the daemon's libraries.
 OCI_SRC     := $(wildcard src/oci/*.c)
 OCI_ISOLATE := $(addprefix $(BUILD)/obj/src/isolate/,userns.o vmclone.o caps.o inroot.o seccomp_prebuilt.o seccomp_blob.o) \
                $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)
-OCI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs jansson 2>/dev/null || echo -ljansson)
+OCI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs jansson libseccomp 2>/dev/null || echo -ljansson -lseccomp)
 $(BUILD)/cell-oci: $(OCI_SRC:%.c=$(BUILD)/obj/%.o) $(OCI_ISOLATE)
 	$(CC) $(LDSAN) -o $@ $^ $(OCI_LIBS)
 

@@ -91,7 +91,7 @@ struct oci_spec {
     size_t            n_masked;
     const char      **readonly;
     size_t            n_readonly;
-    int               has_seccomp;    /* linux.seccomp present (not applied yet: docs/oci.md) */
+    json_t           *seccomp;        /* linux.seccomp (borrowed from doc), or NULL */
     const char       *cgroups_path;   /* linux.cgroupsPath (cgroupfs form), or NULL */
     json_t           *annotations;    /* borrowed from doc; may be NULL */
 };
@@ -173,6 +173,12 @@ int  oci_cgroup_frozen(const char *dir);
 int  oci_cgroup_freeze(const char *dir, int on, cell_error *err);
 void oci_cgroup_remove(const char *dir);
 
+/* ---- linux.seccomp (oci_seccomp.c) -------------------------------------------------
+ * Translated with libseccomp; loaded after cell's filters (the kernel takes
+ * the strictest answer of all, so it can only narrow). */
+int  oci_seccomp_check(json_t *seccomp, cell_error *err);
+int  oci_seccomp_load(json_t *seccomp, cell_error *err);
+
 /* ---- log (oci_log.c) ------------------------------------------------------------ */
 int  oci_log_open(const char *path, int json, int debug, cell_error *err);
 void oci_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -201,6 +207,7 @@ struct oci_init_args {
     int         console_fd;        /* connected --console-socket, or -1 */
     int         cgroupns_fd;       /* exec: the init's cgroup namespace; -1 = the spec's or a new one */
     int         cgroup_fd;         /* the container cgroup's cgroup.procs: the process joins it first */
+    json_t     *seccomp;           /* linux.seccomp, loaded on top of cell's filters; NULL = none */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
 };

@@ -100,8 +100,8 @@ static int check_supported(const struct oci_spec *s, const struct oci_create_opt
         return util_fail(err, EINVAL, "config.json: process.terminal is true but no --console-socket was given");
     if (!s->terminal && o->console_socket)
         return util_fail(err, EINVAL, "--console-socket was given but process.terminal is false");
-    if (s->has_seccomp)
-        oci_log("warning", "config.json: linux.seccomp is not applied yet; cell's own filter is (docs/oci.md)");
+    if (s->seccomp && oci_seccomp_check(s->seccomp, err) < 0)
+        return -1;
     return 0;
 }
 
@@ -216,7 +216,8 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         return -1;
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
-                                  .console_fd = c->console_fd, .cgroupns_fd = -1, .cgroup_fd = c->cgroup_fd };
+                                  .console_fd = c->console_fd, .cgroupns_fd = -1, .cgroup_fd = c->cgroup_fd,
+                                  .seccomp = c->spec.seccomp };
     /* A writable root is a host directory the container's root writes as
      * on-disk root through the id-mapped mount, as a read-write bind is:
      * either gets cell's treatment of read-write host mounts. */

@@ -215,11 +215,13 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
     struct oci_state st;
     if (oci_state_read(o->root, o->id, &st, err) < 0)
         return -1;
-    struct oci_spec spec = { 0 };
+    struct oci_spec spec = { 0 }, bundle = { 0 };
     struct exec_ns n;
     int console = -1, cgroup = -1, rc = -1;
     pid_t pid = -1;
-    if (open_namespaces(&st, o->root, &n, err) < 0 || exec_process(o, &st, &spec, err) < 0)
+    /* The bundle's linux.seccomp applies to every process of the container. */
+    if (open_namespaces(&st, o->root, &n, err) < 0 || exec_process(o, &st, &spec, err) < 0 ||
+        oci_spec_load(st.bundle, &bundle, err) < 0)
         goto out;
     if (spec.terminal != !!o->console_socket) {
         util_fail(err, EINVAL, spec.terminal ? "exec: a terminal needs --console-socket" :
@@ -238,7 +240,8 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
     }
     struct oci_init_args a = { .spec = &spec, .sync_fd = -1, .fifo_fd = -1, .userns_fd = n.user,
                                .uid_base = st.uid_base, .uid_count = st.uid_count, .console_fd = console,
-                               .cgroupns_fd = n.cgroup, .cgroup_fd = cgroup, .rw_binds = st.nosuid };
+                               .cgroupns_fd = n.cgroup, .cgroup_fd = cgroup, .rw_binds = st.nosuid,
+                               .seccomp = bundle.seccomp };
     pid = spawn(&a, &n, err);
     if (pid < 0)
         goto out;
@@ -255,6 +258,7 @@ out:
         close(cgroup);
     ns_close(&n);
     oci_spec_free(&spec);
+    oci_spec_free(&bundle);
     oci_state_free(&st);
     return rc;
 }

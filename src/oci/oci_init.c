@@ -565,6 +565,11 @@ static void confine(const struct oci_init_args *a)
      * so no set-id modes (cell's nosuid filter, as cells with such mounts). */
     if (a->rw_binds && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &nosuid) < 0)
         FAIL("cannot install cell's nosuid filter");
+    cell_error err = { 0 };
+    if (a->seccomp && oci_seccomp_load(a->seccomp, &err) < 0) {
+        errno = 0;
+        FAIL("%s", err.message);
+    }
 }
 
 /* process.terminal: a pty of the container's devpts; the master goes to

@@ -475,10 +475,8 @@ static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
                                  !s->cgroups_path[strspn(s->cgroups_path, "/")]))
         return FAIL("config.json: linux.cgroupsPath '%.64s' must be an absolute path below the root cgroup, "
                     "without '.' or '..'", s->cgroups_path);
-    json_t *sc;
-    if (member(l, "seccomp", JSON_OBJECT, "linux.", &sc, err) < 0)
+    if (member(l, "seccomp", JSON_OBJECT, "linux.", &s->seccomp, err) < 0)
         return -1;
-    s->has_seccomp = sc != NULL;
     return 0;
 }
 

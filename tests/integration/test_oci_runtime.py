@@ -379,3 +379,59 @@ def test_exec_is_confined_as_the_init(rt, tmp_path):
         rt.delete("c1", force=True).check()
     finally:
         sub.close()
+
+
+def with_seccomp(profile):
+    def ed(cfg):
+        cfg["linux"]["seccomp"] = profile
+        cfg["root"]["readonly"] = False
+    return ed
+
+
+def test_spec_seccomp_stacks_on_cells(rt, tmp_path):
+    """linux.seccomp is applied on top of cell's filter: what it refuses is
+    refused (mkdir here, with its errno, in the init and in exec'd
+    processes); what it allows that cell refuses (mount, unshare) stays
+    refused."""
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                            {"names": ["no_such_syscall"], "action": "SCMP_ACT_KILL"},
+                            {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}]}
+    sub = oci.Subreaper(tmp_path)
+    try:
+        b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "mkdir /tmp/d; echo rc=$?; mount -t tmpfs none /tmp; "
+                                             "echo mount=$?; unshare -m true; echo unshare=$?; sleep 30"],
+                            edit=with_seccomp(profile))
+        rt.create("c1", b, via=sub).check()
+        rt.start("c1").check()
+        r = rt.call("exec", "c1", "sh", "-c", "mkdir /tmp/e 2>&1; grep Seccomp: /proc/self/status")
+        assert "Permission denied" in r.out and "Seccomp:\t2" in r.out, r
+        rt.delete("c1", force=True).check()
+    finally:
+        sub.close()
+    with open(os.path.join(tmp_path, "sub-1.out")) as f:
+        out = f.read()
+    assert "rc=1" in out and "mount=0" not in out and "unshare=0" not in out, out
+    assert not os.path.exists(os.path.join(b, "rootfs", "tmp", "d"))
+
+
+@pytest.mark.parametrize("profile, what", [
+    ({"defaultAction": "SCMP_ACT_NOTIFY"}, "SCMP_ACT_NOTIFY"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"}, "listenerPath"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                                                       "args": [{"index": 9, "value": 1, "op": "SCMP_CMP_EQ"}]}]},
+     "args"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                                                       "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_XX"}]}]},
+     "SCMP_CMP_XX"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_PDP11"]}, "SCMP_ARCH_PDP11"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": "read"}, "linux.seccomp.syscalls"),
+])
+def test_bad_seccomp_profiles_refused(rt, tmp_path, profile, what):
+    """A profile cell-oci cannot apply fails create naming the field: never
+    a container that runs without the filter its spec asked for."""
+    b = oci.make_bundle(tmp_path / "b", ["true"], edit=with_seccomp(profile))
+    r = rt.create("c1", b)
+    assert r.rc != 0 and what in r.err, r
+    assert rt.status("c1") is None
