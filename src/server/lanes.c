@@ -273,15 +273,18 @@ typedef struct lane_job {
     int  rc;
 } lane_job;
 
-static void export_run(int fd, void *arg)
+static int export_run(int fd, void *arg)
 {
     lane_job *job = arg;
     cell_ctx *ctx = NULL;
-    if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
-        if (cell_lane_export(ctx, job->id, fd, &job->err) < 0)
+    int rc = cell_ctx_open(&ctx, job->state_dir, &job->err);
+    if (rc == 0) {
+        rc = cell_lane_export(ctx, job->id, fd, &job->err);
+        if (rc < 0)
             slog(SLOG_ERROR, SLOG_F("lane", job->id), "export of lane %s failed: %s", job->id, job->err.message);
         cell_ctx_close(ctx);
     }
+    return rc;
 }
 
 static void export_free(void *arg)
@@ -390,15 +393,18 @@ int h_lanes_commit(sreq *r)
 }
 
 /* ---- GET /v1/images/{name}/export: the OCI layout tar, written by a worker - */
-static void image_export_run(int fd, void *arg)
+static int image_export_run(int fd, void *arg)
 {
     lane_job *job = arg;
     cell_ctx *ctx = NULL;
-    if (cell_ctx_open(&ctx, job->state_dir, &job->err) == 0) {
-        if (cell_image_export(ctx, job->image, fd, &job->err) < 0)
+    int rc = cell_ctx_open(&ctx, job->state_dir, &job->err);
+    if (rc == 0) {
+        rc = cell_image_export(ctx, job->image, fd, &job->err);
+        if (rc < 0)
             slog(SLOG_ERROR, SLOG_F("image", job->image), "export of image %s failed: %s", job->image, job->err.message);
         cell_ctx_close(ctx);
     }
+    return rc;
 }
 
 int h_images_export(sreq *r)
@@ -635,7 +641,9 @@ static void build_progress(void *user, const char *line)
     sse_write(job->fd, "progress", json_pack("{s:s}", "line", line));
 }
 
-static void build_run(int fd, void *arg)
+/* A failed build is told in the stream (an "error" event): the stream
+ * itself is whole. */
+static int build_run(int fd, void *arg)
 {
     build_job *job = arg;
     cell_ctx *ctx = NULL;
@@ -647,6 +655,7 @@ static void build_run(int fd, void *arg)
         sse_write(fd, "error", json_pack("{s:s, s:s, s:i, s:s}", "type", "urn:sandbox-agent:error:build_failed",
                                          "title", "Image build failed", "status", 500, "detail", e.message));
     cell_ctx_close(ctx);
+    return 0;
 }
 
 int h_images_build(sreq *r)

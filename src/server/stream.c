@@ -11,20 +11,36 @@
 /* How often a reader waiting for the worker looks for a revocation. */
 #define STREAM_POLL_MS 250
 
+/* Whether the worker failed, shared by it and the response's reader; the
+ * last of the two frees it. */
+typedef struct pipe_status {
+    atomic_int refs, failed;
+} pipe_status;
+
+static void status_put(pipe_status *st)
+{
+    if (atomic_fetch_sub(&st->refs, 1) == 1)
+        free(st);
+}
+
 typedef struct pipe_job {
     int   wfd;
     pipe_job_fn run;
     void *arg;
     void (*arg_free)(void *);
+    pipe_status *status;
 } pipe_job;
 
 static void *job_main(void *p)
 {
     pipe_job *job = p;
-    job->run(job->wfd, job->arg);
+    /* Set before the close, so the reader sees it at end of file. */
+    if (job->run(job->wfd, job->arg) < 0)
+        atomic_store(&job->status->failed, 1);
     close(job->wfd);
     if (job->arg_free)
         job->arg_free(job->arg);
+    status_put(job->status);
     free(job);
     return NULL;
 }
@@ -34,6 +50,7 @@ typedef struct pipe_reader {
     int   fd;
     srv  *s;
     char  token_id[16];
+    pipe_status *status;
 } pipe_reader;
 
 static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
@@ -56,7 +73,8 @@ static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > 0)
             return n;
         if (n == 0)
-            return MHD_CONTENT_READER_END_OF_STREAM;
+            return atomic_load(&pr->status->failed) ? MHD_CONTENT_READER_END_WITH_ERROR
+                                                    : MHD_CONTENT_READER_END_OF_STREAM;
         if (errno != EINTR)
             return MHD_CONTENT_READER_END_WITH_ERROR;
     }
@@ -66,6 +84,7 @@ static void close_pipe(void *cls)
 {
     pipe_reader *pr = cls;
     close(pr->fd);
+    status_put(pr->status);
     free(pr);
 }
 
@@ -73,19 +92,24 @@ struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (
 {
     int fds[2];
     pipe_reader *pr = calloc(1, sizeof *pr);
-    if (!pr || pipe2(fds, O_CLOEXEC) < 0) {
+    pipe_status *status = calloc(1, sizeof *status);
+    if (!pr || !status || pipe2(fds, O_CLOEXEC) < 0) {
         if (arg_free)
             arg_free(arg);
         free(pr);
+        free(status);
         util_fail_errno(err, "pipe");
         return NULL;
     }
+    atomic_init(&status->refs, 2);
+    atomic_init(&status->failed, 0);
+    pr->status = status;
     pr->fd = fds[0];
     pr->s = r->s;
     snprintf(pr->token_id, sizeof pr->token_id, "%s", r->authed ? r->tok.id : "");
     pipe_job *job = malloc(sizeof *job);
     if (job) {
-        *job = (pipe_job){ .wfd = fds[1], .run = run, .arg = arg, .arg_free = arg_free };
+        *job = (pipe_job){ .wfd = fds[1], .run = run, .arg = arg, .arg_free = arg_free, .status = status };
         int pe = util_thread_detached(job_main, job);
         if (pe != 0) {
             free(job);
@@ -100,6 +124,7 @@ struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (
         close(fds[0]);
         close(fds[1]);
         free(pr);
+        free(status);
         if (arg_free)
             arg_free(arg);
         return NULL;

@@ -9,6 +9,7 @@ daemon cell uses the lane, two rm at once, rm racing a create, the daemon's
 lane ids given to every local command, another tenant's names, names that
 traverse, and a daemon that cuts an export short."""
 import fcntl
+import http.client
 import json
 import os
 import subprocess
@@ -285,6 +286,36 @@ def test_concurrent_api_deletes_of_one_lane(d, alice):
         assert len(out) == 3 and 204 in out and set(out) <= {204, 404, 409}, out
         assert c.get("/v1/lanes/dd").status == 404
         assert not os.path.exists(os.path.join(d.state, "lanes", lid))
+
+
+def test_an_export_the_daemon_cannot_finish_is_cut_not_ended(d, alice, tmp_path):
+    """The 200 goes out before the walk: a walk that fails part-way (here a
+    file owned by a uid no cell has, put into the lane's image from the
+    host) must end the response with an error, not with a chunked body's
+    end that every HTTP client takes for a whole tar."""
+    assert cli(d, "lane", "create", "odd", "--size", "16M", token=alice).returncode == 0
+    disk = os.path.join(d.state, "lanes", lane_id(d, "alice", "odd"), "disk.ext4")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", disk, str(mnt)], check=True, timeout=60)
+    try:
+        (mnt / "upper" / "a").write_bytes(os.urandom(300000))
+        (mnt / "upper" / "zz").write_text("x\n")
+        os.chown(mnt / "upper" / "zz", 100000, 0)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=60)
+    c = d.client(alice, admin=False)
+    conn = c.conn()
+    conn.request("GET", "/v1/lanes/odd/export", headers=c.headers_for())
+    resp = conn.getresponse()
+    assert resp.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()
+    conn.close()
+    with open(tmp_path / "o.tar", "wb") as out:
+        r = cli(d, "lane", "export", "odd", token=alice, stdout=out)
+    assert r.returncode == 125 and b"ended before a complete answer" in r.stderr, r.stderr
+    assert cli(d, "lane", "rm", "odd", token=alice).returncode == 0
 
 
 def test_a_lane_without_its_mark_gets_it_at_the_next_start(tmp_path):
