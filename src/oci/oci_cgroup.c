@@ -37,6 +37,17 @@ int oci_cgroup_create(const char *dir, cell_error *err)
     char procs[PATH_MAX];
     if (util_path(procs, sizeof procs, err, "%s/cgroup.procs", dir) < 0)
         return -1;
+    /* Never a cgroup that holds other processes: kill --all and delete
+     * signal every process of the container's cgroup. */
+    char one[2];
+    _cleanup_close_ int rfd = open(procs, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0)
+        return util_fail_errno(err, "cannot open %s", procs);
+    ssize_t n = read(rfd, one, sizeof one);
+    if (n != 0)
+        return n < 0 ? util_fail_errno(err, "cannot read %s", procs)
+                     : util_fail(err, EBUSY, "linux.cgroupsPath: %s already holds processes; a container needs a "
+                                 "cgroup of its own", dir);
     int fd = open(procs, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         return util_fail_errno(err, "cannot open %s", procs);

@@ -312,29 +312,21 @@ int oci_start(const char *root, const char *id, cell_error *err)
     return 0;
 }
 
-/* Call fn on every host pid in the init's pid namespace (init included;
- * the namespace may have been joined by path, so its pid 1 is not always
- * ours). */
-static void each_in_namespace(const struct oci_state *st, void (*fn)(pid_t pid, void *user), void *user)
+/* Call fn on every process of the container: its cgroup's, which the init
+ * and every exec'd process joined first thing (the pid namespace is not the
+ * container's when it joined a pod's by path: that would reach the pod). */
+static void each_in_container(const struct oci_state *st, void (*fn)(pid_t pid, void *user), void *user)
 {
-    char path[64], want[64], got[64];
-    snprintf(path, sizeof path, "/proc/%d/ns/pid", (int)st->pid);
-    ssize_t wn = readlink(path, want, sizeof want);
-    DIR *d = wn > 0 ? opendir("/proc") : NULL;
-    if (!d)
+    char path[PATH_MAX];
+    if (util_path(path, sizeof path, NULL, "%s/cgroup.procs", st->cgroup) < 0)
         return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        char *end;
-        long pid = strtol(e->d_name, &end, 10);
-        if (*end || pid <= 1)
-            continue;
-        snprintf(path, sizeof path, "/proc/%ld/ns/pid", pid);
-        ssize_t gn = readlink(path, got, sizeof got);
-        if (gn == wn && memcmp(got, want, (size_t)wn) == 0)
+    FILE *f = fopen(path, "re");
+    long pid;
+    while (f && fscanf(f, "%ld", &pid) == 1)
+        if (pid > 1)
             fn((pid_t)pid, user);
-    }
-    closedir(d);
+    if (f)
+        fclose(f);
 }
 
 static void kill_one(pid_t pid, void *sig)
@@ -342,9 +334,9 @@ static void kill_one(pid_t pid, void *sig)
     kill(pid, *(int *)sig);
 }
 
-static void kill_namespace(const struct oci_state *st, int sig)
+static void kill_container(const struct oci_state *st, int sig)
 {
-    each_in_namespace(st, kill_one, &sig);
+    each_in_container(st, kill_one, &sig);
 }
 
 static void add_pid(pid_t pid, void *list)
@@ -359,7 +351,7 @@ int oci_ps(const char *root, const char *id, cell_error *err)
         return -1;
     json_t *pids = json_array();
     if (oci_state_status(root, &st) != OCI_STOPPED)
-        each_in_namespace(&st, add_pid, pids);
+        each_in_container(&st, add_pid, pids);
     oci_state_free(&st);
     int rc = pids && json_dumpf(pids, stdout, JSON_COMPACT) == 0 ? 0 : util_fail(err, EIO, "cannot print the pids");
     json_decref(pids);
@@ -409,7 +401,7 @@ int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err
         rc = util_fail(err, ESRCH, "cannot signal container %s: container not running", id);
     } else {
         if (all)
-            kill_namespace(&st, sig);
+            kill_container(&st, sig);
         if (syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 && !(all && errno == ESRCH))
             rc = util_fail_errno(err, "cannot send signal %d to container %s", sig, id);
         /* A frozen task dies of SIGKILL only once thawed (cgroup v1), and
@@ -468,7 +460,7 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
     } else if (s != OCI_STOPPED) {
         _cleanup_close_ int pidfd = oci_state_pidfd(&st);
         if (pidfd >= 0) {
-            kill_namespace(&st, SIGKILL);
+            kill_container(&st, SIGKILL);
             /* A frozen task dies of SIGKILL only once thawed (cgroup v1). */
             if (s == OCI_PAUSED)
                 (void)oci_cgroup_freeze(st.cgroup, 0, NULL);

@@ -435,3 +435,63 @@ def test_bad_seccomp_profiles_refused(rt, tmp_path, profile, what):
     r = rt.create("c1", b)
     assert r.rc != 0 and what in r.err, r
     assert rt.status("c1") is None
+
+
+def test_pod_namespaces_joined_by_path(rt, tmp_path):
+    """A pod: the second container joins the first's network, ipc, uts and
+    pid namespaces by path (what the CRI does with the sandbox's), and still
+    gets a user namespace and mount namespace of its own."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        def sandbox(cfg):
+            cfg["hostname"] = "pod1"
+        rt.create("sb", oci.make_bundle(tmp_path / "sb", ["sleep", "60"], edit=sandbox),
+                  pid_file=str(tmp_path / "sb.pid"), via=sub).check()
+        rt.start("sb").check()
+        sb = oci.read_pid_file(str(tmp_path / "sb.pid"))
+
+        def member(cfg):
+            for n in cfg["linux"]["namespaces"]:
+                if n["type"] in ("network", "ipc", "uts", "pid"):
+                    n["path"] = "/proc/%d/ns/%s" % (sb, {"network": "net"}.get(n["type"], n["type"]))
+        b = oci.make_bundle(tmp_path / "m", ["sleep", "60"], edit=member)
+        rt.create("m1", b, pid_file=str(tmp_path / "m.pid"), via=sub).check()
+        rt.start("m1").check()
+        m = oci.read_pid_file(str(tmp_path / "m.pid"))
+        host_uid_base(m)   # started: in its user namespace
+        for ns in ("net", "ipc", "uts", "pid"):
+            assert os.readlink("/proc/%d/ns/%s" % (m, ns)) == os.readlink("/proc/%d/ns/%s" % (sb, ns)), ns
+        for ns in ("mnt", "user"):
+            assert os.readlink("/proc/%d/ns/%s" % (m, ns)) != os.readlink("/proc/%d/ns/%s" % (sb, ns)), ns
+        r = rt.call("exec", "m1", "sh", "-c", "hostname; ps -o pid,args")
+        assert r.rc == 0 and r.out.splitlines()[0] == "pod1", r
+        assert "sleep 60" in r.out and r.out.count("sleep 60") == 2, r   # both containers' sleeps
+        # The member's kill --all and delete --force reach its own processes only.
+        rt.kill("m1", "KILL", all=True).check()
+        rt.wait_status("m1", "stopped")
+        rt.delete("m1", force=True).check()
+        assert rt.status("sb") == "running"
+        rt.delete("sb", force=True).check()
+    finally:
+        sub.close()
+
+
+def test_cgroup_of_others_refused(rt, tmp_path):
+    """A cgroupsPath that already holds processes (another container's, or
+    the host's) is refused: kill --all and delete signal the whole cgroup."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        def cg(cfg):
+            cfg["linux"]["cgroupsPath"] = "/cell-oci-test/%s" % os.path.basename(str(tmp_path))
+        rt.create("a", oci.make_bundle(tmp_path / "a", ["sleep", "60"], edit=cg), via=sub).check()
+        r = rt.create("b", oci.make_bundle(tmp_path / "b", ["sleep", "60"], edit=cg), via=sub)
+        assert r.rc != 0 and "already holds processes" in r.err, r
+        assert rt.status("a") == "created" and rt.status("b") is None
+        rt.delete("a", force=True).check()
+    finally:
+        sub.close()
+    for root in ("/sys/fs/cgroup/freezer", "/sys/fs/cgroup"):
+        try:
+            os.rmdir(os.path.join(root, "cell-oci-test"))
+        except OSError:
+            pass
