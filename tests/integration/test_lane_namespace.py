@@ -318,6 +318,23 @@ def test_an_export_the_daemon_cannot_finish_is_cut_not_ended(d, alice, tmp_path)
     assert cli(d, "lane", "rm", "odd", token=alice).returncode == 0
 
 
+def test_image_rm_still_sees_the_daemons_lanes(d, alice, tmp_path):
+    """The daemon's lanes are hidden from the CLI's listings, not from the
+    check of who uses an image: its removal names the tenant's lane."""
+    from ocibuild import CONFIG, busybox_base, oci_archive
+    tar = tmp_path / "bb.tar"
+    tar.write_bytes(oci_archive([busybox_base()], CONFIG)[0])
+    r = cli(d, "image", "import", "bbns", str(tar), url=False)
+    assert r.returncode == 0, r.stderr
+    # An image imported on the host is the admin's (tenant default) until shared.
+    r = cli(d, "lane", "create", "onbb", "--image", "bbns")
+    assert r.returncode == 0, r.stderr
+    r = cli(d, "image", "rm", "bbns", url=False)
+    assert r.returncode != 0 and "daemon lane default/onbb" in r.stderr, r.stderr
+    assert cli(d, "lane", "rm", "onbb").returncode == 0
+    assert cli(d, "image", "rm", "bbns", url=False).returncode == 0
+
+
 def test_a_lane_without_its_mark_gets_it_at_the_next_start(tmp_path):
     """Lanes made before owners were recorded: the daemon marks its own at
     start, so an upgrade hides nothing the CLI could then delete."""
