@@ -92,6 +92,9 @@ struct oci_spec {
     const char      **readonly;
     size_t            n_readonly;
     json_t           *seccomp;        /* linux.seccomp (borrowed from doc), or NULL */
+    json_t           *sysctl;         /* linux.sysctl, names and values checked (borrowed), or NULL */
+    int               has_oom_score_adj;
+    int               oom_score_adj;  /* process.oomScoreAdj */
     const char       *cgroups_path;   /* linux.cgroupsPath (cgroupfs form), or NULL */
     json_t           *annotations;    /* borrowed from doc; may be NULL */
 };

@@ -389,6 +389,32 @@ static void join_namespaces(const struct oci_init_args *a)
     }
 }
 
+/* linux.sysctl (names checked by the parser: namespaced ones only),
+ * written through /proc/sys, which shows the writer's namespaces. */
+static void set_sysctls(const struct oci_init_args *a)
+{
+    const struct oci_ns *net = oci_spec_ns(a->spec, CLONE_NEWNET);
+    const char *name;
+    json_t *v;
+    json_object_foreach(a->spec->sysctl, name, v) {
+        /* A joined network namespace is the pod's (or the host's): its
+         * sandbox sets its sysctls, never a member. */
+        if (strncmp(name, "net.", 4) == 0 && net && net->path) {
+            errno = 0;
+            FAIL("linux.sysctl %s: the network namespace is joined by path, its owner sets it", name);
+        }
+        char path[256];
+        snprintf(path, sizeof path, "/proc/sys/%s", name);
+        for (char *c = path + 10; *c; c++)
+            if (*c == '.')
+                *c = '/';
+        const char *value = json_string_value(v);
+        _cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0 || util_write_all(fd, value, strlen(value)) < 0)
+            FAIL("cannot set linux.sysctl %s to '%s'", name, value);
+    }
+}
+
 /* A new network namespace: lo up, and (its root holding no capability over
  * it) low ports and ping sockets open to every uid, as in a cell. */
 static void setup_new_netns(const struct oci_init_args *a)
@@ -531,6 +557,13 @@ static void confine(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
     set_rlimits(a);
+    if (s->has_oom_score_adj) {
+        char v[16];
+        int n = snprintf(v, sizeof v, "%d", s->oom_score_adj);
+        _cleanup_close_ int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || util_write_all(fd, v, (size_t)n) < 0)
+            FAIL("cannot set process.oomScoreAdj %d (lowering it needs CAP_SYS_RESOURCE)", s->oom_score_adj);
+    }
     const struct oci_ns *cg = oci_spec_ns(s, CLONE_NEWCGROUP);
     _cleanup_close_ int cgfd = a->cgroupns_fd >= 0 ? -1 : cg && cg->path ? open(cg->path, O_RDONLY | O_CLOEXEC) : -1;
     if (a->cgroupns_fd >= 0 ? setns(a->cgroupns_fd, CLONE_NEWCGROUP) < 0 :
@@ -649,6 +682,7 @@ void oci_init_main(const struct oci_init_args *a)
     if (s->hostname && !(uts && uts->path) && sethostname(s->hostname, strlen(s->hostname)) < 0)
         FAIL("cannot set the hostname %s", s->hostname);
     setup_new_netns(a);
+    set_sysctls(a);
     int root_fd = build_root(a);
     pivot(a, root_fd);
     close(root_fd);

@@ -252,6 +252,13 @@ static int parse_process(json_t *doc, struct oci_spec *s, cell_error *err)
         return -1;
     if (parse_user(proc, s, err) < 0 || parse_rlimits(proc, s, err) < 0 || parse_caps(proc, s, err) < 0)
         return -1;
+    json_t *oom;
+    if (member(proc, "oomScoreAdj", JSON_INTEGER, "process.", &oom, err) < 0)
+        return -1;
+    if (oom && (json_integer_value(oom) < -1000 || json_integer_value(oom) > 1000))
+        return FAIL("config.json: process.oomScoreAdj must be from -1000 to 1000");
+    s->has_oom_score_adj = oom != NULL;
+    s->oom_score_adj = oom ? (int)json_integer_value(oom) : 0;
     return 0;
 }
 
@@ -439,6 +446,32 @@ static int parse_idmap(json_t *linux_, const char *key, struct oci_idmap *out, c
     return 1;
 }
 
+/* Only sysctls the container's own namespaces scope (network, ipc, uts):
+ * the others are host-wide. */
+static int parse_sysctl(json_t *l, struct oci_spec *s, cell_error *err)
+{
+    static const char *const scoped[] = { "net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.",
+                                          "kernel.domainname", NULL };
+    if (member(l, "sysctl", JSON_OBJECT, "linux.", &s->sysctl, err) < 0)
+        return -1;
+    const char *name;
+    json_t *v;
+    if (json_object_size(s->sysctl) > 256)
+        return FAIL("config.json: linux.sysctl has more than 256 entries");
+    json_object_foreach(s->sysctl, name, v) {
+        const char *const *p = scoped;
+        while (*p && strncmp(name, *p, strlen(*p)) != 0)
+            p++;
+        if (!*p || strlen(name) > 128 || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_.-") != strlen(name) ||
+            strstr(name, ".."))
+            return FAIL("config.json: linux.sysctl '%.64s' is not one the container's own namespaces scope (net.*, "
+                        "kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, kernel.domainname)", name);
+        if (!json_is_string(v) || json_string_length(v) > 256)
+            return FAIL("config.json: linux.sysctl '%.64s' must be a string of at most 256 bytes", name);
+    }
+    return 0;
+}
+
 static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
 {
     json_t *l;
@@ -465,7 +498,7 @@ static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
         if (!clean_abs_path(s->readonly[i], strlen(s->readonly[i])))
             return FAIL("config.json: linux.readonlyPaths[%zu] '%.64s' must be an absolute path", i,
                         s->readonly[i]);
-    if (get_string(l, "cgroupsPath", "linux.", &s->cgroups_path, err) < 0)
+    if (parse_sysctl(l, s, err) < 0 || get_string(l, "cgroupsPath", "linux.", &s->cgroups_path, err) < 0)
         return -1;
     /* The systemd form (slice:prefix:name) is for --systemd-cgroup, which
      * cell does not implement: such a container gets /cell-oci/ID. */

@@ -495,3 +495,23 @@ def test_cgroup_of_others_refused(rt, tmp_path):
             os.rmdir(os.path.join(root, "cell-oci-test"))
         except OSError:
             pass
+
+
+def test_namespaced_sysctls_and_oom_score_adj(rt, tmp_path):
+    """linux.sysctl of the container's own namespaces is set there, the
+    host's values stay; process.oomScoreAdj is the process's."""
+    def ed(cfg):
+        cfg["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"}
+        cfg["process"]["oomScoreAdj"] = 500
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        host_fwd = f.read()
+    with open("/proc/sys/kernel/shmmni") as f:
+        host_shm = f.read()
+    b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni "
+                                         "/proc/self/oom_score_adj"], edit=ed)
+    r = rt.run("sc", b)
+    assert r.rc == 0 and r.out.split() == ["1", "1234", "500"], r
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        assert f.read() == host_fwd
+    with open("/proc/sys/kernel/shmmni") as f:
+        assert f.read() == host_shm

@@ -223,6 +223,14 @@ static void refuses_what_cell_does_not_mount(void **state)
     refused(HEAD PROC ROOT ", \"hostname\": \"a/b\"}", "hostname");
     refused(HEAD "\"process\": {\"args\": [\"sh\"], \"user\": {\"username\": \"root\"}}, " ROOT "}",
             "process.user.username");
+    /* Host-wide sysctls: a container would change the host. */
+    refused(HEAD PROC ROOT ", \"linux\": {\"sysctl\": {\"kernel.core_pattern\": \"|/tmp/x\"}}}", "kernel.core_pattern");
+    refused(HEAD PROC ROOT ", \"linux\": {\"sysctl\": {\"vm.overcommit_memory\": \"1\"}}}", "vm.overcommit_memory");
+    refused(HEAD PROC ROOT ", \"linux\": {\"sysctl\": {\"net.ipv4/../../kernel/x\": \"1\"}}}", "linux.sysctl");
+    refused(HEAD PROC ROOT ", \"linux\": {\"sysctl\": {\"net..x\": \"1\"}}}", "linux.sysctl");
+    refused(HEAD PROC ROOT ", \"linux\": {\"sysctl\": {\"net.ipv4.ip_forward\": 1}}}", "net.ipv4.ip_forward");
+    refused(HEAD "\"process\": {\"args\": [\"sh\"], \"oomScoreAdj\": 5000}, " ROOT "}", "process.oomScoreAdj");
+    refused(HEAD "\"process\": {\"args\": [\"sh\"], \"oomScoreAdj\": \"5\"}, " ROOT "}", "process.oomScoreAdj");
 }
 
 /* A JSON array of n copies of item, as member `key` of process or linux. */
