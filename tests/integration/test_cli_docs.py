@@ -194,6 +194,30 @@ def test_run_has_no_limit_unless_asked(state):
         stop_proc(p)
 
 
+def df_kib(out, mount):
+    """Size in KiB of `mount` in `df -k` output."""
+    for line in out.splitlines()[1:]:
+        f = line.split()
+        if f[-1] == mount:
+            return int(f[1])
+    raise AssertionError((mount, out))
+
+
+def test_disk_defaults_are_the_documented_ones(d, admin, cells, state):
+    """--disk, --tmpfs and --overlay sizes without a SIZE: what df shows."""
+    run_text, create_text = cell_help("run"), cell_help("create")
+    disk = size(re.search(r"\(default (\d+[KMG])\)", option_text(run_text, "--disk")).group(1))
+    tmpfs = size(re.search(r"\(default (\d+[KMG])\)", option_text(run_text, "--tmpfs")).group(1))
+    overlay = size(re.search(r"layer of SIZE \(default (\d+[KMG])\)", option_text(run_text, "--overlay")).group(1))
+    create_disk = size(re.search(r"(\d+[KMG]) by default\)", option_text(create_text, "--disk")).group(1))
+    src = os.path.join(CHECKOUT, "docs")
+    r = run_cell(state, ["run", "--tmpfs", "/scratch", "--overlay", src + ":/ov", "--", "df", "-k", "/", "/scratch", "/ov"])
+    assert r.returncode == 0, r
+    assert [df_kib(r.stdout, m) * 1024 for m in ("/", "/scratch", "/ov")] == [disk, tmpfs, overlay], r.stdout
+    cid = cli_create(d, cells)
+    assert df_kib(run_in(admin, cid, "df", "-k", "/"), "/") * 1024 == create_disk
+
+
 # ---- --ttl ---------------------------------------------------------------------------------------
 
 
