@@ -3,9 +3,11 @@
 - docs/cli.md is what scripts/gen-docs.py makes from this binary's help
   texts (`make docs` regenerates it), and `cell-daemon --help` is
   `cell help serve`.
+- README's CLI reference gives each command only options its help has.
 - Each claim the issue named is read from the help text or the doc and
   checked against behaviour: the memory and pids defaults of `cell create`
   (the API's answer and the cell's cgroup) and of `cell run` (no limit),
+  the size defaults of the writable layer, --tmpfs and --overlay (df),
   what --ttl does (deletes a running cell idle that long: per-cell requests
   and running processes keep it, control-plane calls do not), hostnames
   with dots (refused, as documented), and the README's network policy
