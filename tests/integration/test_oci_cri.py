@@ -197,7 +197,13 @@ print(peer[0], flush=True)
     def __init__(self, ctd, addr):
         self.p = subprocess.Popen(ctd.netns_exec("/usr/bin/python3", "-c", self.SCRIPT, addr, str(oci.STEP_TIMEOUT)),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.port = int(self.p.stdout.readline())
+        import select
+        ready, _, _ = select.select([self.p.stdout], [], [], oci.STEP_TIMEOUT)
+        line = self.p.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            self.close()
+            raise AssertionError("the listener in %s did not start: %r %s" % (ctd.netns, line, self.p.stderr.read()))
+        self.port = int(line)
 
     def peer(self):
         out, err = self.p.communicate(timeout=oci.STEP_TIMEOUT + 5)
