@@ -93,6 +93,7 @@ struct oci_spec {
     size_t            n_readonly;
     json_t           *seccomp;        /* linux.seccomp (borrowed from doc), or NULL */
     json_t           *sysctl;         /* linux.sysctl, names and values checked (borrowed), or NULL */
+    json_t           *resources;      /* linux.resources (borrowed; checked as it is applied), or NULL */
     int               has_oom_score_adj;
     int               oom_score_adj;  /* process.oomScoreAdj */
     const char       *cgroups_path;   /* linux.cgroupsPath (cgroupfs form), or NULL */
@@ -170,8 +171,12 @@ void oci_slot_release(int slot, pid_t pid, uint64_t start_time);
  * linux.cgroupsPath (or /cell-oci/ID) in the freezer hierarchy (v1) or the
  * unified one (v2): the freezer for pause/resume; no limits yet. */
 int  oci_cgroup_dir(const char *cgroups_path, const char *id, char *out, size_t size, cell_error *err);
-/* mkdir -p, and its cgroup.procs opened for writing (the fd). */
-int  oci_cgroup_create(const char *dir, cell_error *err);
+#define OCI_CG_MAX 4
+/* mkdir -p every directory (refused if one holds processes), apply
+ * linux.resources, open each cgroup.procs for writing. */
+int  oci_cgroup_create(const char *primary, json_t *resources, int fds[OCI_CG_MAX], size_t *nfds, cell_error *err);
+int  oci_cgroup_procs(const char *primary, int fds[OCI_CG_MAX], size_t *nfds, cell_error *err);
+int  oci_cgroup_update(const char *primary, json_t *resources, cell_error *err);
 int  oci_cgroup_frozen(const char *dir);
 int  oci_cgroup_freeze(const char *dir, int on, cell_error *err);
 void oci_cgroup_remove(const char *dir);
@@ -209,7 +214,8 @@ struct oci_init_args {
     uint32_t    uid_count;
     int         console_fd;        /* connected --console-socket, or -1 */
     int         cgroupns_fd;       /* exec: the init's cgroup namespace; -1 = the spec's or a new one */
-    int         cgroup_fd;         /* the container cgroup's cgroup.procs: the process joins it first */
+    int         cgroup_fds[4];     /* the container cgroup's cgroup.procs files: the process joins them first */
+    size_t      n_cgroup_fds;
     json_t     *seccomp;           /* linux.seccomp, loaded on top of cell's filters; NULL = none */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
@@ -240,6 +246,8 @@ int oci_process_load(const char *path, struct oci_spec *out, cell_error *err);
 int oci_start(const char *root, const char *id, cell_error *err);
 int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err);
 int oci_pause(const char *root, const char *id, int on, cell_error *err);
+/* `update --resources FILE` ("-" = stdin): linux.resources on a live container. */
+int oci_update(const char *root, const char *id, const char *file, cell_error *err);
 int oci_delete(const char *root, const char *id, int force, cell_error *err);
 int oci_state_print(const char *root, const char *id, cell_error *err);
 /* `ps --format json`: the host pids of the container's processes. */

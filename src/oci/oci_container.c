@@ -171,7 +171,9 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
 
 struct create_ctx {
     struct oci_spec spec;
-    int             slot, userns_fd, fifo_fd, console_fd, cgroup_fd, state_made;
+    int             slot, userns_fd, fifo_fd, console_fd, state_made, cgroup_made;
+    int             cgroup_fds[OCI_CG_MAX];
+    size_t          n_cgroup_fds;
     char            cgroup[PATH_MAX];
     uid_t           uid_base;
     uint32_t        uid_count;
@@ -211,13 +213,19 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         count = ISOLATE_UID_COUNT;
     }
     if (isolate_userns_create(base, count, &c->userns_fd, err) < 0 ||
-        oci_cgroup_dir(c->spec.cgroups_path, o->id, c->cgroup, sizeof c->cgroup, err) < 0 ||
-        (c->cgroup_fd = oci_cgroup_create(c->cgroup, err)) < 0)
+        oci_cgroup_dir(c->spec.cgroups_path, o->id, c->cgroup, sizeof c->cgroup, err) < 0)
         return -1;
+    if (oci_cgroup_create(c->cgroup, c->spec.resources, c->cgroup_fds, &c->n_cgroup_fds, err) < 0) {
+        /* Ours to remove unless it held someone's processes (EBUSY). */
+        c->cgroup_made = err && err->code != EBUSY;
+        return -1;
+    }
+    c->cgroup_made = 1;
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
-                                  .console_fd = c->console_fd, .cgroupns_fd = -1, .cgroup_fd = c->cgroup_fd,
-                                  .seccomp = c->spec.seccomp };
+                                  .console_fd = c->console_fd, .cgroupns_fd = -1, .seccomp = c->spec.seccomp };
+    memcpy(ia->cgroup_fds, c->cgroup_fds, sizeof ia->cgroup_fds);
+    ia->n_cgroup_fds = c->n_cgroup_fds;
     /* A writable root is a host directory the container's root writes as
      * on-disk root through the id-mapped mount, as a read-write bind is:
      * either gets cell's treatment of read-write host mounts. */
@@ -253,7 +261,7 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
 
 int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
 {
-    struct create_ctx c = { .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1, .cgroup_fd = -1 };
+    struct create_ctx c = { .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1 };
     struct oci_init_args ia;
     pid_t pid = -1;
     int rc = -1;
@@ -275,11 +283,13 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
         oci_slot_release(c.slot, getpid(), oci_pid_start_time(getpid()));
     if (rc < 0 && c.state_made)
         remove_state(o->root, o->id);
-    if (rc < 0 && c.cgroup_fd >= 0)
+    if (rc < 0 && c.cgroup_made)
         oci_cgroup_remove(c.cgroup);
-    for (int *fd = &c.userns_fd; fd <= &c.cgroup_fd; fd++)
+    for (int *fd = &c.userns_fd; fd <= &c.console_fd; fd++)
         if (*fd >= 0)
             close(*fd);
+    for (size_t i = 0; i < c.n_cgroup_fds; i++)
+        close(c.cgroup_fds[i]);
     oci_spec_free(&c.spec);
     if (rc == 0)
         *child = pid;
@@ -409,6 +419,24 @@ int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err
         if (rc == 0 && sig == SIGKILL && oci_cgroup_frozen(st.cgroup))
             rc = oci_cgroup_freeze(st.cgroup, 0, err);
     }
+    oci_state_free(&st);
+    return rc;
+}
+
+int oci_update(const char *root, const char *id, const char *file, cell_error *err)
+{
+    _cleanup_close_ int lock = lock_container(root, id, err);
+    if (lock < 0)
+        return -1;
+    struct oci_state st;
+    if (oci_state_read(root, id, &st, err) < 0)
+        return -1;
+    json_error_t jerr;
+    json_t *res = strcmp(file, "-") == 0 ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &jerr)
+                                         : json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+    int rc = res ? oci_cgroup_update(st.cgroup, res, err)
+                 : util_fail(err, EINVAL, "update --resources %s: line %d: %s", file, jerr.line, jerr.text);
+    json_decref(res);
     oci_state_free(&st);
     return rc;
 }

@@ -13,7 +13,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -50,6 +52,32 @@ static int open_ns(pid_t pid, const char *name, cell_error *err)
     return fd;
 }
 
+static int same_file(int fd, const char *path)
+{
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* The init enters its user and cgroup namespaces once started, a moment
+ * after `start` returns: until then its are ours, and joining them would
+ * be no confinement at all.  Wait for it, bounded. */
+static int open_late_ns(const struct oci_state *st, struct exec_ns *n, cell_error *err)
+{
+    for (int i = 0; i < 400; i++) {
+        if ((n->user = open_ns(st->pid, "user", err)) < 0 || (n->cgroup = open_ns(st->pid, "cgroup", err)) < 0)
+            return -1;
+        if (!same_file(n->user, "/proc/self/ns/user") && !same_file(n->cgroup, "/proc/self/ns/cgroup"))
+            return 0;
+        close(n->user);
+        close(n->cgroup);
+        n->user = n->cgroup = -1;
+        struct timespec ts = { 0, 5 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    return util_fail(err, EAGAIN, "container %s: its init has not entered its user namespace (not started?)",
+                     st->id);
+}
+
 /* The init's namespaces, opened while a pidfd proves the pid is still it. */
 static int open_namespaces(const struct oci_state *st, const char *root, struct exec_ns *n, cell_error *err)
 {
@@ -63,11 +91,13 @@ static int open_namespaces(const struct oci_state *st, const char *root, struct 
     /* The process would join a frozen cgroup and freeze before its exec. */
     if (s == OCI_PAUSED)
         return util_fail(err, EBUSY, "container %s is paused (resume it to exec)", st->id);
+    if (s == OCI_CREATED)
+        return util_fail(err, EINVAL, "container %s is created, not started: exec needs a started container",
+                         st->id);
     for (size_t i = 0; i < N_JOINED; i++)
         if ((n->fd[i] = open_ns(st->pid, joined[i].name, err)) < 0)
             return -1;
-    if ((n->pid = open_ns(st->pid, "pid", err)) < 0 || (n->user = open_ns(st->pid, "user", err)) < 0 ||
-        (n->cgroup = open_ns(st->pid, "cgroup", err)) < 0)
+    if ((n->pid = open_ns(st->pid, "pid", err)) < 0 || open_late_ns(st, n, err) < 0)
         return -1;
     /* Still alive (so not reaped, so its pid not reused): they were its. */
     struct pollfd p = { .fd = pidfd, .events = POLLIN };
@@ -217,7 +247,9 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
         return -1;
     struct oci_spec spec = { 0 }, bundle = { 0 };
     struct exec_ns n;
-    int console = -1, cgroup = -1, rc = -1;
+    int console = -1, rc = -1;
+    int cgroups[OCI_CG_MAX];
+    size_t n_cgroups = 0;
     pid_t pid = -1;
     /* The bundle's linux.seccomp applies to every process of the container. */
     if (open_namespaces(&st, o->root, &n, err) < 0 || exec_process(o, &st, &spec, err) < 0 ||
@@ -230,18 +262,13 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
     }
     if (o->console_socket && (console = connect_socket(o->console_socket, err)) < 0)
         goto out;
-    char procs[PATH_MAX];
-    if (util_path(procs, sizeof procs, err, "%s/cgroup.procs", st.cgroup) < 0)
+    if (oci_cgroup_procs(st.cgroup, cgroups, &n_cgroups, err) < 0)
         goto out;
-    cgroup = open(procs, O_WRONLY | O_CLOEXEC);
-    if (cgroup < 0) {
-        util_fail_errno(err, "cannot open %s", procs);
-        goto out;
-    }
     struct oci_init_args a = { .spec = &spec, .sync_fd = -1, .fifo_fd = -1, .userns_fd = n.user,
                                .uid_base = st.uid_base, .uid_count = st.uid_count, .console_fd = console,
-                               .cgroupns_fd = n.cgroup, .cgroup_fd = cgroup, .rw_binds = st.nosuid,
-                               .seccomp = bundle.seccomp };
+                               .cgroupns_fd = n.cgroup, .rw_binds = st.nosuid, .seccomp = bundle.seccomp };
+    memcpy(a.cgroup_fds, cgroups, sizeof cgroups);
+    a.n_cgroup_fds = n_cgroups;
     pid = spawn(&a, &n, err);
     if (pid < 0)
         goto out;
@@ -254,8 +281,8 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
 out:
     if (console >= 0)
         close(console);
-    if (cgroup >= 0)
-        close(cgroup);
+    for (size_t i = 0; i < n_cgroups; i++)
+        close(cgroups[i]);
     ns_close(&n);
     oci_spec_free(&spec);
     oci_spec_free(&bundle);

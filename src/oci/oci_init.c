@@ -669,8 +669,9 @@ static void become_process(const struct oci_init_args *a, const char *exe, char 
  * that writes "0" itself without the global lock's RCU wait). */
 static void join_cgroup(const struct oci_init_args *a)
 {
-    if (a->cgroup_fd >= 0 && write(a->cgroup_fd, "0", 1) != 1)
-        FAIL("cannot join the container's cgroup");
+    for (size_t i = 0; i < a->n_cgroup_fds; i++)
+        if (write(a->cgroup_fds[i], "0", 1) != 1)
+            FAIL("cannot join the container's cgroup");
 }
 
 void oci_init_main(const struct oci_init_args *a)

@@ -34,6 +34,7 @@ static void usage(FILE *f)
           "  delete [--force] ID\n"
           "  exec [--process FILE] [--detach] [--pid-file F] [--console-socket S] [--tty] [--cwd DIR]\n"
           "       [--env K=V]... [--user UID[:GID]] ID [COMMAND [ARG...]]\n"
+          "  update --resources FILE|- ID\n"
           "  ps --format json ID\n"
           "  list --format json\n"
           "  features\n"
@@ -282,6 +283,26 @@ static int cmd_exec(const struct globals *g, int argc, char **argv)
     return code;
 }
 
+static int cmd_update(const struct globals *g, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "resources", required_argument, NULL, 'r' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *file = NULL;
+    int c;
+    while ((c = getopt_long_only(argc, argv, "+r:", opts, NULL)) != -1)
+        if (c == 'r')
+            file = optarg;
+        else
+            return usage_error("update: give the limits as --resources FILE (linux.resources JSON; - = stdin)%s",
+                               NULL);
+    if (!file || optind != argc - 1)
+        return usage_error("update needs --resources FILE and one container ID%s", NULL);
+    cell_error err = { 0 };
+    return oci_update(g->root, argv[optind], file, &err) < 0 ? failed(&err) : 0;
+}
+
 static int cmd_list(const struct globals *g, int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -377,6 +398,8 @@ int main(int argc, char **argv)
         return cmd_list(&g, cargc, cargv);
     if (strcmp(cmd, "exec") == 0)
         return cmd_exec(&g, cargc, cargv);
+    if (strcmp(cmd, "update") == 0)
+        return cmd_update(&g, cargc, cargv);
     if (strcmp(cmd, "features") == 0)
         return cmd_features();
     return usage_error("unknown command '%s' (cell-oci --help lists them)", cmd);

@@ -498,7 +498,8 @@ static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
         if (!clean_abs_path(s->readonly[i], strlen(s->readonly[i])))
             return FAIL("config.json: linux.readonlyPaths[%zu] '%.64s' must be an absolute path", i,
                         s->readonly[i]);
-    if (parse_sysctl(l, s, err) < 0 || get_string(l, "cgroupsPath", "linux.", &s->cgroups_path, err) < 0)
+    if (parse_sysctl(l, s, err) < 0 || get_string(l, "cgroupsPath", "linux.", &s->cgroups_path, err) < 0 ||
+        member(l, "resources", JSON_OBJECT, "linux.", &s->resources, err) < 0)
         return -1;
     /* The systemd form (slice:prefix:name) is for --systemd-cgroup, which
      * cell does not implement: such a container gets /cell-oci/ID. */

@@ -515,3 +515,55 @@ def test_namespaced_sysctls_and_oom_score_adj(rt, tmp_path):
         assert f.read() == host_fwd
     with open("/proc/sys/kernel/shmmni") as f:
         assert f.read() == host_shm
+
+
+def cgroup_file(ctrl, rel, name):
+    for path in ("/sys/fs/cgroup/%s%s/%s" % (ctrl, rel, name), "/sys/fs/cgroup%s/%s" % (rel, name)):
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read().strip()
+    return None
+
+
+def test_resources_limit_the_container(rt, tmp_path):
+    """linux.resources' pids and memory limits hold (a fork loop stops at
+    the pids limit), exec'd processes share them, and update changes them."""
+    rel = "/cell-oci-test/%s" % os.path.basename(str(tmp_path))
+
+    def ed(cfg):
+        cfg["linux"]["cgroupsPath"] = rel
+        cfg["linux"]["resources"] = {"pids": {"limit": 16}, "memory": {"limit": 64 << 20},
+                                     "cpu": {"shares": 512, "quota": 50000, "period": 100000}}
+    sub = oci.Subreaper(tmp_path)
+    try:
+        b = oci.make_bundle(tmp_path / "b", ["sleep", "60"], edit=ed)
+        rt.create("c1", b, via=sub).check()
+        rt.start("c1").check()
+        assert cgroup_file("pids", rel, "pids.max") == "16"
+        assert cgroup_file("memory", rel, "memory.limit_in_bytes") in (str(64 << 20), None)
+        r = rt.call("exec", "c1", "sh", "-c", "n=0; while [ $n -lt 40 ]; do sleep 5 & n=$((n+1)); done 2>&1; "
+                    "echo started")
+        assert "can't fork" in r.out or "Resource temporarily unavailable" in r.out, r
+        with open(tmp_path / "res.json", "w") as f:
+            json.dump({"pids": {"limit": 64}}, f)
+        rt.call("update", "--resources", str(tmp_path / "res.json"), "c1").check()
+        assert cgroup_file("pids", rel, "pids.max") == "64"
+        r = rt.call("update", "--resources", str(tmp_path / "nosuch.json"), "c1")
+        assert r.rc != 0, r
+        rt.delete("c1", force=True).check()
+        assert cgroup_file("pids", rel, "pids.max") is None    # removed with the container
+    finally:
+        sub.close()
+        for ctrl in ("freezer", "memory", "pids", "cpu", ""):
+            try:
+                os.rmdir(os.path.join("/sys/fs/cgroup", ctrl, "cell-oci-test"))
+            except OSError:
+                pass
+
+
+def test_bad_resources_refused(rt, tmp_path):
+    b = oci.make_bundle(tmp_path / "b", ["true"],
+                        edit=lambda c: c["linux"].update(resources={"pids": {"limit": "many"}}))
+    r = rt.create("c1", b)
+    assert r.rc != 0 and "linux.resources.pids.limit" in r.err, r
+    assert rt.status("c1") is None
