@@ -650,8 +650,12 @@ class Containerd:
         for name in ("runc", "cell"):
             binary = RUNC_BIN if name == "runc" else CELL_OCI_BIN
             rt = "%s.containerd.runtimes.%s" % (cri, name)
-            lines += ["[%s]" % rt, '  runtime_type = "io.containerd.runc.v2"',
-                      "[%s.options]" % rt, "  BinaryName = %s" % _toml_str(binary),
+            lines += ["[%s]" % rt, '  runtime_type = "io.containerd.runc.v2"']
+            if name == "cell":
+                # issue 15's egress policy rides on pod annotations: containerd
+                # copies only the listed ones into the runtime's config.json
+                lines += ['  pod_annotations = ["cell.dev/*"]', '  container_annotations = ["cell.dev/*"]']
+            lines += ["[%s.options]" % rt, "  BinaryName = %s" % _toml_str(binary),
                       "  Root = %s" % _toml_str(self.runc_root(name)),
                       # cgroupfs paths (PodSandboxConfig's cgroup_parent/ID), on
                       # v1, hybrid and v2 alike: no systemd here to ask

@@ -496,3 +496,40 @@ def test_concurrent_teardown(cri, ctd, image, pods, handler):
         left = pod_cgroups(ctd)
         assert not left, "cgroups left: %s" % left
     step.done()
+
+
+def bundle_annotations(ctd, cid):
+    """The annotations of the config.json containerd wrote for cid."""
+    path = os.path.join(ctd.state, "io.containerd.runtime.v2.task", oci.CRI_NAMESPACE, cid, "config.json")
+    with open(path) as f:
+        return json.load(f).get("annotations", {})
+
+
+def test_cell_annotations_reach_the_runtime(cri, ctd, image, pods, handler):
+    """The pod's cell.dev/* annotations (issue 15's egress policy) reach the
+    config.json of the sandbox and of its containers for the cell handler
+    (containerd's pod_annotations / container_annotations), and no other
+    annotation does; runc's entry lists none, so its bundles carry neither
+    (only containerd's own io.kubernetes.cri.* ones)."""
+    step = Steps(handler)
+    policy = json.dumps({"allow": ["%s:80" % oci.CRI_GATEWAY]})
+    cfg = pods.config("ann-" + handler)
+    cfg["annotations"] = {"cell.dev/egress-policy": policy, "example.com/other": "x"}
+    ccfg = {"metadata": {"name": "a"}, "image": {"image": image}, "command": ["sleep", "100000"],
+            "annotations": {"cell.dev/probe": "c", "example.com/c": "y"}, "log_path": "a.log"}
+    with step("RunPodSandbox, CreateContainer, StartContainer", fatal=True):
+        sid = pods.run(cfg, handler)
+        cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": ccfg, "sandbox_config": cfg}).container_id
+        cri.runtime("StartContainer", {"container_id": cid})
+    with step("annotations in the runtime's config.json"):
+        for bid in (sid, cid):
+            ann = bundle_annotations(ctd, bid)
+            mine = {k: v for k, v in ann.items() if not k.startswith("io.kubernetes.cri.")}
+            want = {"cell.dev/egress-policy": policy} if handler == "cell" else {}
+            if bid == cid and handler == "cell":
+                want["cell.dev/probe"] = "c"
+            assert mine == want, (bid == sid and "sandbox" or "container", ann)
+        # what the CRI reports is the pod's config, unchanged
+        st = cri.runtime("PodSandboxStatus", {"pod_sandbox_id": sid}).status
+        assert dict(st.annotations) == cfg["annotations"], st
+    step.done()
