@@ -268,9 +268,15 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
     if (oci_id_check(o->id, err) < 0)
         return -1;
     if (prepare(o, &c, &ia, err) == 0) {
-        int flags = clone_flags(&c.spec, err);
+        /* A pid namespace joined by path is for the init only: we return to
+         * ours after the clone (nothing else we start, such as a sanitizer's
+         * helper at exit, may be born in the container's). */
+        _cleanup_close_ int own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+        int flags = own_pidns < 0 ? util_fail_errno(err, "cannot open /proc/self/ns/pid") : clone_flags(&c.spec, err);
         if (flags >= 0)
             pid = spawn_init(&ia, flags, err);
+        if (own_pidns >= 0 && setns(own_pidns, CLONE_NEWPID) < 0)
+            oci_log("warning", "cannot return to cell-oci's pid namespace: %s", strerror(errno));
         if (pid > 0)
             rc = record(o, &c, pid, err);
     }
