@@ -261,8 +261,10 @@ void oci_cgroup_remove(const char *primary)
 {
     char dirs[OCI_CG_MAX][PATH_MAX];
     size_t n = cg_dirs(primary, dirs);
-    /* Exited tasks leave their cgroup at exit; a moment for the last ones. */
+    /* Killed tasks leave their cgroup as they exit: a moment for the last
+     * ones, bounded in all (the shim gives delete ten seconds). */
+    int steps = 200;
     for (size_t k = 0; k < n; k++)
-        for (int i = 0; i < CG_WAIT_STEPS && rmdir(dirs[k]) < 0 && errno == EBUSY; i++)
+        while (rmdir(dirs[k]) < 0 && errno == EBUSY && steps-- > 0)
             nap();
 }

@@ -412,7 +412,14 @@ int oci_kill(const char *root, const char *id, int sig, int all, cell_error *err
         return -1;
     _cleanup_close_ int pidfd = oci_state_pidfd(&st);
     int rc = 0;
-    if (pidfd < 0 || oci_state_status(root, &st) == OCI_STOPPED) {
+    if (all && (pidfd < 0 || oci_state_status(root, &st) == OCI_STOPPED)) {
+        /* The init is gone but processes may be left in its cgroup (an
+         * exec'd one, a pod member's): containerd's shim kills them this
+         * way after the init's exit, as runc allows. */
+        kill_container(&st, sig);
+        if (sig == SIGKILL && oci_cgroup_frozen(st.cgroup))
+            rc = oci_cgroup_freeze(st.cgroup, 0, err);
+    } else if (pidfd < 0 || oci_state_status(root, &st) == OCI_STOPPED) {
         /* containerd's shim matches "container not running" (process already finished). */
         rc = util_fail(err, ESRCH, "cannot signal container %s: container not running", id);
     } else {
@@ -505,6 +512,10 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
         }
     }
     if (rc == 0) {
+        /* What the init left in its cgroup (exec'd processes) goes with it. */
+        kill_container(&st, SIGKILL);
+        if (oci_cgroup_frozen(st.cgroup))
+            (void)oci_cgroup_freeze(st.cgroup, 0, NULL);
         oci_slot_release(st.slot, st.pid, st.start_time);
         oci_cgroup_remove(st.cgroup);
         remove_state(root, id);

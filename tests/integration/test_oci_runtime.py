@@ -567,3 +567,30 @@ def test_bad_resources_refused(rt, tmp_path):
     r = rt.create("c1", b)
     assert r.rc != 0 and "linux.resources.pids.limit" in r.err, r
     assert rt.status("c1") is None
+
+
+def test_leftovers_go_with_the_init(rt, tmp_path):
+    """An exec'd process outliving the init: kill --all still reaches it
+    (containerd's shim does that after the init's exit) and delete removes
+    what is left, cgroup included."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        rt.create("c1", oci.make_bundle(tmp_path / "b", ["sleep", "60"]), pid_file=str(tmp_path / "pid"),
+                  via=sub).check()
+        rt.start("c1").check()
+        init = oci.read_pid_file(str(tmp_path / "pid"))
+        with open(tmp_path / "p.json", "w") as f:
+            json.dump({"args": ["sleep", "60"], "cwd": "/", "env": ["PATH=/bin"]}, f)
+        rt.call("exec", "--detach", "--process", str(tmp_path / "p.json"), "--pid-file", str(tmp_path / "e.pid"),
+                "c1", via=sub).check()
+        e = oci.read_pid_file(str(tmp_path / "e.pid"))
+        # the exec'd process is its own pid namespace's member: the init's
+        # death kills it; an exec'd process of a pod member would survive.
+        rt.kill("c1", "KILL").check()
+        assert sub.reaped(init) == {"signal": 9}
+        r = rt.kill("c1", "KILL", all=True)
+        assert r.rc == 0, r          # stopped, yet kill --all is fine
+        rt.delete("c1").check()
+        assert oci.proc_state(e) in (None, "Z")
+    finally:
+        sub.close()
