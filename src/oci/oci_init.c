@@ -482,9 +482,20 @@ static char **make_env(const struct oci_init_args *a)
         return env;
     static char home[PATH_MAX + 8];
     snprintf(home, sizeof home, "HOME=/");
-    FILE *f = fopen("/etc/passwd", "re");
+    /* The image's file: a FIFO would hold the init (and create) forever, a
+     * device or a huge file would read without end; a regular file only,
+     * and at most 4 MiB of it. */
+    int fd = open("/etc/passwd", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    FILE *f = NULL;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        f = fdopen(fd, "re");
+    if (!f && fd >= 0)
+        close(fd);
     char line[1024];
-    while (f && fgets(line, sizeof line, f)) {
+    size_t seen = 0;
+    while (f && seen < (4u << 20) && fgets(line, sizeof line, f)) {
+        seen += strlen(line);
         /* name:x:uid:gid:gecos:home:shell */
         char *field[7] = { 0 }, *p = line;
         int n = 0;

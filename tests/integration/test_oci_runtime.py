@@ -594,3 +594,20 @@ def test_leftovers_go_with_the_init(rt, tmp_path):
         assert oci.proc_state(e) in (None, "Z")
     finally:
         sub.close()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "devzero"])
+def test_hostile_passwd_does_not_hold_create(rt, tmp_path, kind):
+    """The image's /etc/passwd (read for HOME) as a FIFO, a directory or a
+    link to /dev/zero: create neither blocks nor reads without end."""
+    b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "echo $HOME"], env=["PATH=/bin"])
+    p = os.path.join(b, "rootfs", "etc", "passwd")
+    os.unlink(p)
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dir":
+        os.mkdir(p)
+    else:
+        os.symlink("/dev/zero", p)
+    r = rt.run("pw", b)
+    assert r.rc == 0 and r.out == "/\n", r
