@@ -793,10 +793,16 @@ class Containerd:
             self.logf.close()
         for pid in self.shims():
             problems.append("shim %d left" % pid)
+            # its containers' inits first: they outlive a killed shim
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                victims = _children(pid) + [pid]
+            except OSError:
+                victims = [pid]
+            for victim in victims:
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split()[4] for line in f if line.split()[4].startswith(self.dir + "/")]
         for m in sorted(mounts, key=len, reverse=True):
@@ -815,15 +821,21 @@ class Containerd:
         problems = []
 
         def ctr(*args):
+            """Bounded; a call that times out (a runtime that hangs) is a
+            problem, and stop() goes on to stop containerd."""
             argv = self.ctr_argv(*args)
             argv[argv.index("--namespace") + 1] = CRI_NAMESPACE
-            return run_bounded(argv)
+            try:
+                return run_bounded(argv)
+            except AssertionError as e:
+                problems.append(str(e).split("\n")[0])
+                return Result(argv, -1, "", "")
         r = ctr("containers", "ls", "-q")
         for cid in r.out.split() if r.rc == 0 else []:
+            problems.append("CRI container %s left" % cid)
             ctr("task", "kill", "-s", "KILL", cid)
             ctr("task", "delete", "-f", cid)
             ctr("containers", "delete", cid)
-            problems.append("CRI container %s left" % cid)
         return problems
 
     def _remove_cgroups(self):
