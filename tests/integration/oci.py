@@ -836,6 +836,10 @@ class Containerd:
             ctr("task", "kill", "-s", "KILL", cid)
             ctr("task", "delete", "-f", cid)
             ctr("containers", "delete", cid)
+            # a sandbox's libcni cache entries, which only its teardown removes
+            for n in os.listdir(CNI_CACHE) if os.path.isdir(CNI_CACHE) else []:
+                if "-%s-" % cid in n:
+                    os.unlink(os.path.join(CNI_CACHE, n))
         return problems
 
     def _remove_cgroups(self):
@@ -843,7 +847,8 @@ class Containerd:
         container's own, containerd never the /NAMESPACE parent); one that
         still holds a container's is a problem."""
         problems = []
-        for h in os.listdir(CGROUP_ROOT):
+        # "" first: on cgroup v2 the namespace's cgroup is in the root itself
+        for h in [""] + os.listdir(CGROUP_ROOT):
             d = os.path.join(CGROUP_ROOT, h, self.ns)
             if not os.path.isdir(d):
                 continue
@@ -884,6 +889,8 @@ def busybox_layer():
 # cri=True: the CRI plugin's namespace, its network and its sandbox image.
 # The registry name cannot resolve (.invalid), so nothing is ever pulled.
 CRI_NAMESPACE = "k8s.io"
+# libcni's result cache: containerd 1.6 cannot move it into the private dir
+CNI_CACHE = "/var/lib/cni/results"
 CRI_SUBNET = "198.18.213.0/24"
 CRI_GATEWAY = "198.18.213.1"
 SANDBOX_IMAGE = "ocitest.invalid/pause:1"
