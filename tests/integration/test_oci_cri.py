@@ -11,7 +11,9 @@ listener on the bridge's host side, StopContainer (SIGTERM handled),
 RemoveContainer, StopPodSandbox, RemovePodSandbox; then no shim, mount,
 veth or cgroup of the pod is left.  Then test_oci_runtime.py's escape
 attempts as a pod's container command and through ExecSync: all refused
-with cell.
+with cell.  Kubelet's QoS resources (oom_score_adj -997 and 1000, CPU
+quota and shares) in /proc and the cgroups.  A pod's cell.dev/* annotations
+in the runtime's config.json.
 
 The "cell" handler is skipped, naming the step and the error, while
 cell-oci is not built or fails a step (CELL_OCI_CRI_STRICT=1 makes such a
@@ -586,4 +588,58 @@ def test_cell_annotations_reach_the_runtime(cri, ctd, image, pods, handler):
         # what the CRI reports is the pod's config, unchanged
         st = cri.runtime("PodSandboxStatus", {"pod_sandbox_id": sid}).status
         assert dict(st.annotations) == cfg["annotations"], st
+    step.done()
+
+
+def cgroup_file(pid, controller, v1_name, v2_name):
+    """The path of a controller's file in pid's cgroup (v1 or v2)."""
+    with open("/proc/%d/cgroup" % pid) as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    for _, ctrls, path in lines:
+        if controller in ctrls.split(","):
+            return os.path.join(oci.CGROUP_ROOT, ctrls, path.lstrip("/"), v1_name)
+    for hid, _, path in lines:
+        if hid == "0":
+            return os.path.join(oci.CGROUP_ROOT, path.lstrip("/"), v2_name)
+    raise AssertionError("no %s cgroup for %d: %s" % (controller, pid, lines))
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_qos_resources(cri, ctd, image, pods, handler):
+    """What kubelet asks for by QoS class: a Guaranteed container's
+    oom_score_adj -997 (clamped by restrict_oom_score_adj to containerd's
+    own: root here cannot lower it) with a CPU quota and shares, a
+    BestEffort one's 1000 with shares 2; both run, and the values are in
+    /proc and the containers' cgroups."""
+    step = Steps(handler)
+    cfg = pods.config("qos-" + handler)
+    own = int(read("/proc/%d/oom_score_adj" % ctd.proc.pid))
+    classes = {"guaranteed": {"oom_score_adj": -997, "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512,
+                              "memory_limit_in_bytes": 64 * MiB},
+               "besteffort": {"oom_score_adj": 1000, "cpu_shares": 2}}
+    with step("RunPodSandbox", fatal=True):
+        sid = pods.run(cfg, handler)
+    for name, res in classes.items():
+        ccfg = {"metadata": {"name": name}, "image": {"image": image}, "command": ["sleep", "100000"],
+                "log_path": name + ".log", "linux": {"resources": res}}
+        with step("%s: CreateContainer, StartContainer" % name, fatal=True):
+            cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": ccfg,
+                                                  "sandbox_config": cfg}).container_id
+            cri.runtime("StartContainer", {"container_id": cid})
+            pid = container_pid(cri, cid)
+        with step("%s: oom_score_adj" % name):
+            assert int(read("/proc/%d/oom_score_adj" % pid)) == max(res["oom_score_adj"], own), \
+                (read("/proc/%d/oom_score_adj" % pid), own)
+        with step("%s: cpu cgroup" % name):
+            if os.path.exists(os.path.join(oci.CGROUP_ROOT, "cpu")):         # v1, hybrid
+                assert int(read(cgroup_file(pid, "cpu", "cpu.shares", "cpu.weight"))) == res["cpu_shares"]
+                quota = read(cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max"))
+                assert int(quota) == res.get("cpu_quota", -1), quota
+            else:                                                           # v2
+                quota = read(cgroup_file(pid, "cpu", "cpu.cfs_quota_us", "cpu.max"))
+                assert quota.split()[0] == str(res.get("cpu_quota", "max")), quota
     step.done()
