@@ -217,6 +217,7 @@ struct oci_init_args {
     int         cgroup_fds[4];     /* the container cgroup's cgroup.procs files: the process joins them first */
     size_t      n_cgroup_fds;
     json_t     *seccomp;           /* linux.seccomp, loaded on top of cell's filters; NULL = none */
+    const char *scratch;           /* create: ROOT/ID/ovl, where an overlay root's layers are mapped */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
 };

@@ -175,6 +175,7 @@ struct create_ctx {
     int             cgroup_fds[OCI_CG_MAX];
     size_t          n_cgroup_fds;
     char            cgroup[PATH_MAX];
+    char            scratch[PATH_MAX];
     uid_t           uid_base;
     uint32_t        uid_count;
     int             nosuid;
@@ -224,6 +225,9 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
     *ia = (struct oci_init_args){ .spec = &c->spec, .sync_fd = -1, .fifo_fd = c->fifo_fd,
                                   .userns_fd = c->userns_fd, .uid_base = base, .uid_count = count,
                                   .console_fd = c->console_fd, .cgroupns_fd = -1, .seccomp = c->spec.seccomp };
+    if (util_path(c->scratch, sizeof c->scratch, err, "%s/ovl", dir) < 0)
+        return -1;
+    ia->scratch = c->scratch;
     memcpy(ia->cgroup_fds, c->cgroup_fds, sizeof ia->cgroup_fds);
     ia->n_cgroup_fds = c->n_cgroup_fds;
     /* A writable root is a host directory the container's root writes as

@@ -317,6 +317,121 @@ static void spec_mount(const struct oci_init_args *a, const struct oci_mount *m,
     FAIL("mount %s: unknown kind", m->destination);
 }
 
+/* The overlay mounted at root.path: its super options from mountinfo
+ * (the last, topmost mount there), or -1 when it is not one. */
+static int overlay_options(const char *root, char *opts, size_t size)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[8192];
+    int found = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        char *fields[6] = { 0 }, *p = line, *sep = strstr(line, " - ");
+        for (int i = 0; i < 6 && p; i++)
+            fields[i] = strsep(&p, " ");
+        if (!sep || !fields[4] || strcmp(fields[4], root) != 0)
+            continue;
+        char type[32], super[8192];
+        if (sscanf(sep + 3, "%31s %*s %8191s", type, super) != 2)
+            continue;
+        found = strcmp(type, "overlay") == 0 && strlen(super) < size ? 0 : -1;
+        if (found == 0)
+            snprintf(opts, size, "%s", super);
+    }
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* The value of key= in a comma-separated option list (copied), or NULL. */
+static char *opt_value(const char *opts, const char *key, char *out, size_t size)
+{
+    size_t klen = strlen(key);
+    for (const char *p = opts; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n > klen && strncmp(p, key, klen) == 0 && p[klen] == '=' && n - klen - 1 < size) {
+            snprintf(out, size, "%.*s", (int)(n - klen - 1), p + klen + 1);
+            return out;
+        }
+        p += n + (p[n] == ',');
+    }
+    return NULL;
+}
+
+/* Attach `path` (a host directory) id-mapped onto the container's range at
+ * SCRATCH/name; 0, or -1 (the caller falls back). */
+static int idmap_at(const struct oci_init_args *a, const char *path, const char *name)
+{
+    _cleanup_close_ int fd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char dst[PATH_MAX];
+    if (fd < 0 || (size_t)snprintf(dst, sizeof dst, "%s/%s", a->scratch, name) >= sizeof dst ||
+        mkdir(dst, 0700) < 0)
+        return -1;
+    int tree = -1;
+    if (isolate_bind_tree(fd, path, a->userns_fd, 0, &tree, NULL) < 0)
+        return -1;
+    int rc = move_mount(tree, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH);
+    close(tree);
+    return rc;
+}
+
+/* containerd's snapshot is an overlayfs, which cannot be id-mapped itself:
+ * make the same overlay again from id-mapped clones of its layers (as cells
+ * mount images), mounted with the container's fs ids so that copy-up
+ * writes through the mapping.  -1 (nothing changed that matters) when the
+ * overlay is not one this understands; the caller binds it as it is. */
+static int idmapped_overlay(const struct oci_init_args *a, int *tree_out)
+{
+    static char opts[8192], lower[8192], upper[PATH_MAX], work[PATH_MAX], val[8192];
+    if (!a->scratch || overlay_options(a->spec->root, opts, sizeof opts) < 0 || strchr(opts, '\\') ||
+        !opt_value(opts, "lowerdir", lower, sizeof lower))
+        return -1;
+    int has_upper = opt_value(opts, "upperdir", upper, sizeof upper) != NULL;
+    if (has_upper != (opt_value(opts, "workdir", work, sizeof work) != NULL))
+        return -1;
+    /* A private tmpfs holds the layers' mount points (this namespace only). */
+    if (mkdir(a->scratch, 0700) < 0 || mount("none", a->scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700") < 0)
+        return -1;
+    size_t used = 0, n = 0;
+    val[0] = 0;
+    for (char *p = lower, *l; (l = strsep(&p, ":"));) {
+        char name[32];
+        snprintf(name, sizeof name, "l%zu", n++);
+        int w = snprintf(val + used, sizeof val - used, "%s%s/%s", used ? ":" : "", a->scratch, name);
+        if (!*l || w < 0 || (size_t)w >= sizeof val - used || idmap_at(a, l, name) < 0)
+            return -1;
+        used += (size_t)w;
+    }
+    int fs = fsopen("overlay", FSOPEN_CLOEXEC);
+    if (fs < 0 || fsconfig(fs, FSCONFIG_SET_STRING, "lowerdir", val, 0) < 0)
+        return -1;
+    if (has_upper) {
+        /* upper and work must stay on one mount: map their common parent. */
+        char *us = strrchr(upper, '/'), *ws = strrchr(work, '/'), up[PATH_MAX], wk[PATH_MAX];
+        if (!us || !ws || us - upper != ws - work || strncmp(upper, work, (size_t)(us - upper)) != 0 || us == upper)
+            return -1;
+        *us = 0;
+        if (idmap_at(a, upper, "u") < 0)
+            return -1;
+        snprintf(up, sizeof up, "%s/u/%s", a->scratch, us + 1);
+        snprintf(wk, sizeof wk, "%s/u/%s", a->scratch, ws + 1);
+        if (fsconfig(fs, FSCONFIG_SET_STRING, "upperdir", up, 0) < 0 ||
+            fsconfig(fs, FSCONFIG_SET_STRING, "workdir", wk, 0) < 0)
+            return -1;
+    }
+    /* The mounter's credentials do copy-up: the container's fs ids. */
+    become_container_fs(a);
+    if (fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        return -1;
+    int mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    close(fs);
+    if (mnt < 0)
+        return -1;
+    /* overlayfs keeps private clones of its layers: the mount points go. */
+    (void)umount2(a->scratch, MNT_DETACH);
+    *tree_out = mnt;
+    return 0;
+}
+
 /* The bundle's root, id-mapped onto the container's range, over itself in
  * this mount namespace; then the spec's mounts and masks on it. */
 static int build_root(const struct oci_init_args *a)
@@ -335,14 +450,17 @@ static int build_root(const struct oci_init_args *a)
             errno = err.code;
             FAIL("%s", err.message);
         }
-        /* A filesystem without id-mapped mounts (overlayfs: containerd's
-         * snapshots) is bound as it is: its files keep their host owners,
-         * which the container's range does not include (root-owned files
-         * are nobody's inside, writable only where the mode lets anyone). */
-        tree = open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
-        struct mount_attr attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
-        if (tree < 0 || mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
-            FAIL("cannot bind the container's root %s", s->root);
+        if (idmapped_overlay(a, &tree) < 0) {
+            /* A filesystem without id-mapped mounts, and not an overlay of
+             * ones with, is bound as it is: its files keep their host owners,
+             * which the container's range does not include (root-owned files
+             * are nobody's inside, writable only where the mode lets anyone). */
+            oci_log("debug", "root %s is not id-mapped: bound as it is", s->root);
+            tree = open_tree(src, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE);
+            struct mount_attr attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+            if (tree < 0 || mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0)
+                FAIL("cannot bind the container's root %s", s->root);
+        }
     }
     if (move_mount(tree, "", src, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
         FAIL("cannot attach the container's root on %s", s->root);

@@ -327,26 +327,31 @@ def test_shim_flags_accepted(rt, tmp_path):
     assert r.rc != 0 and "no-such-flag" in r.err, r
 
 
-def test_overlay_root_is_bound_as_it_is(rt, tmp_path):
-    """containerd's snapshot is an overlayfs, which has no id-mapped mounts:
-    it is bound without mapping, so its root-owned files are nobody's in
-    the container, whose root can write only where the mode lets anyone."""
+def test_overlay_root_is_id_mapped_layer_by_layer(rt, tmp_path):
+    """containerd's snapshot is an overlayfs, which cannot be id-mapped
+    itself: cell-oci mounts the same overlay again from id-mapped layers,
+    so the image's root-owned files are root's inside, the container's root
+    can write them (copy-up), and what it writes lands as on-disk root in
+    the upper layer, never in the lower one."""
     lower = oci.make_rootfs(tmp_path / "lower")
-    for d in ("upper", "work", "merged"):
-        os.makedirs(tmp_path / d)
+    snap = tmp_path / "snap"
+    for d in (snap / "fs", snap / "work", tmp_path / "merged"):
+        os.makedirs(d)
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (
-        lower, tmp_path / "upper", tmp_path / "work"), str(tmp_path / "merged")], check=True,
-        timeout=oci.STEP_TIMEOUT)
+        lower, snap / "fs", snap / "work"), str(tmp_path / "merged")], check=True, timeout=oci.STEP_TIMEOUT)
     try:
-        b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "stat -c %u /bin/busybox; touch /tmp/ok; touch /etc/no; "
-                                             "echo rc=$?"], rootfs=tmp_path / "merged",
+        b = oci.make_bundle(tmp_path / "b", ["sh", "-c", "stat -c %u /bin/busybox; echo x >> /etc/passwd && "
+                                             "touch /etc/new && echo rc=$?"], rootfs=tmp_path / "merged",
                             edit=writable_root)
         r = rt.run("ovl", b)
         assert r.rc == 0, r
-        assert r.out.split() == ["65534", "rc=1"], r
-        st = os.stat(tmp_path / "upper" / "tmp" / "ok")
-        assert st.st_uid >= 0x50000000, st      # the container's range, never host root
-        assert not os.path.exists(tmp_path / "upper" / "etc" / "no")
+        assert r.out.split() == ["0", "rc=0"], r
+        for name in ("passwd", "new"):
+            st = os.stat(snap / "fs" / "etc" / name)
+            assert (st.st_uid, st.st_gid) == (0, 0), (name, st)
+        with open(os.path.join(lower, "etc", "passwd")) as f:
+            assert "x\n" not in f.read()       # the lower layer is untouched
+        assert not os.path.exists(os.path.join(b, "ovl")) or not os.listdir(os.path.join(b, "ovl"))
     finally:
         subprocess.run(["umount", "-l", str(tmp_path / "merged")], timeout=oci.STEP_TIMEOUT)
 
