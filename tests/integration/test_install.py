@@ -408,6 +408,31 @@ def test_zsh_completion_completes_commands_and_options(dest):
 # ---- uninstall (last: it removes the install the tests above use) ---------------------------
 
 
+def test_every_command_has_a_man_page_and_completes(dest):
+    """Each command of `cell help` has its own help, a man page made from it
+    (or a .so to the page of the same text) and completes in bash and zsh."""
+    mandir = usr(dest, "share", "man", "man1")
+    bash = usr(dest, "share", "bash-completion", "completions", "cell")
+    zsh = usr(dest, "share", "zsh", "site-functions", "_cell")
+    commands = top_commands()
+    assert {"run", "lane", "image", "serve", "create", "ls", "start", "stop", "rm", "exec", "cp", "token",
+            "agent"} <= set(commands), commands
+    offered_bash, offered_zsh = set(complete_bash(bash, "")), set(complete_zsh(zsh, ""))
+    for cmd in commands:
+        assert cmd in offered_bash and cmd in offered_zsh, cmd
+        if cmd == "help":
+            continue
+        assert cell_help(cmd) != cell_help(), "`cell help %s` prints the general help, not its own" % cmd
+        page = os.path.join(mandir, "cell-%s.1" % cmd)
+        assert os.path.isfile(page), page
+        with open(page) as f:
+            src = f.read()
+        if src.startswith(".so "):
+            assert os.path.isfile(os.path.join(os.path.dirname(mandir), src.split()[1])), (page, src)
+        else:
+            assert '.TH "CELL-%s" "1"' % cmd.upper() in src, page
+
+
 def test_uninstall_removes_what_install_wrote_but_the_state_and_an_edited_config(dest):
     state = os.path.join(str(dest), "var", "lib", "cell")
     with open(os.path.join(state, "cell.db"), "w") as f:
@@ -442,28 +467,3 @@ def top_commands():
             if word not in out:
                 out.append(word)
     return out
-
-
-def test_every_command_has_a_man_page_and_completes(dest):
-    """Each command of `cell help` has its own help, a man page made from it
-    (or a .so to the page of the same text) and completes in bash and zsh."""
-    mandir = usr(dest, "share", "man", "man1")
-    bash = usr(dest, "share", "bash-completion", "completions", "cell")
-    zsh = usr(dest, "share", "zsh", "site-functions", "_cell")
-    commands = top_commands()
-    assert {"run", "lane", "image", "serve", "create", "ls", "start", "stop", "rm", "exec", "cp", "token",
-            "agent"} <= set(commands), commands
-    offered_bash, offered_zsh = set(complete_bash(bash, "")), set(complete_zsh(zsh, ""))
-    for cmd in commands:
-        assert cmd in offered_bash and cmd in offered_zsh, cmd
-        if cmd == "help":
-            continue
-        assert cell_help(cmd) != cell_help(), "`cell help %s` prints the general help, not its own" % cmd
-        page = os.path.join(mandir, "cell-%s.1" % cmd)
-        assert os.path.isfile(page), page
-        with open(page) as f:
-            src = f.read()
-        if src.startswith(".so "):
-            assert os.path.isfile(os.path.join(os.path.dirname(mandir), src.split()[1])), (page, src)
-        else:
-            assert '.TH "CELL-%s" "1"' % cmd.upper() in src, page
