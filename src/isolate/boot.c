@@ -72,29 +72,17 @@ static struct owner_opts owner_opts(const struct isolate_plan *plan)
     return o;
 }
 
-/* Raise every permitted capability into the effective set.  setfsuid() to a
- * non-zero id clears the file-related ones, and the overlay must be mounted
- * (and the root tree populated) with the cell's fsuid but real root's power:
- * overlayfs does copy-up with its mounter's credentials, which must map
- * through the id-mapped layers. */
-static int raise_effective_caps(void)
-{
-    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct d[2];
-    if (syscall(SYS_capget, &h, d) < 0)
-        return -1;
-    d[0].effective = d[0].permitted;
-    d[1].effective = d[1].permitted;
-    return (int)syscall(SYS_capset, &h, d);
-}
-
+/* setfsuid() to a non-zero id clears the file-related capabilities, and the
+ * overlay must be mounted (and the root tree populated) with the cell's
+ * fsuid but real root's power: overlayfs does copy-up with its mounter's
+ * credentials, which must map through the id-mapped layers. */
 static void become_cell_fs(const struct isolate_plan *plan)
 {
     setfsgid(plan->uid_base);
     setfsuid(plan->uid_base);
     if ((uid_t)setfsuid((uid_t)-1) != plan->uid_base)
         FAIL("cannot switch fsuid to %u", (unsigned)plan->uid_base);
-    if (raise_effective_caps() < 0)
+    if (isolate_caps_raise_effective() < 0)
         FAIL("cannot raise effective capabilities");
 }
 

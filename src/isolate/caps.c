@@ -92,3 +92,14 @@ int isolate_caps_drop(int allow_file_caps)
         return -1;
     return 0;
 }
+
+int isolate_caps_raise_effective(void)
+{
+    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -1;
+    d[0].effective = d[0].permitted;
+    d[1].effective = d[1].permitted;
+    return (int)syscall(SYS_capset, &h, d);
+}

@@ -148,6 +148,9 @@ void isolate_seccomp_prebuilt(struct sock_fprog *cell_prog, struct sock_fprog *n
  * Reduce bounding, permitted, effective and inheritable sets to the kept set
  * and clear ambient ones.  Raw syscalls only (boot child); -1 with errno. */
 int  isolate_caps_drop(int allow_file_caps);
+/* Every permitted capability raised into the effective set (after a
+ * setfsuid() to a non-zero id cleared the file-related ones): 0 or -1. */
+int  isolate_caps_raise_effective(void);
 /* The kept capabilities, for docs and tests; terminated by -1. */
 extern const int isolate_caps_kept[];
 

@@ -239,6 +239,9 @@ struct oci_exec_opts {
     const char  *pid_file, *console_socket;
 };
 
+/* A connected --console-socket (the caller's AF_UNIX stream socket that
+ * receives the pty master), or -1 with err set; create and exec share it. */
+int oci_console_connect(const char *path, cell_error *err);
 int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err);
 /* exec: 0 and *code = the process's exit code (or 0 with detach). */
 int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err);

@@ -66,7 +66,7 @@ static int write_pid_file(const char *path, pid_t pid, cell_error *err)
     return 0;
 }
 
-static int connect_console(const char *path, cell_error *err)
+int oci_console_connect(const char *path, cell_error *err)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     if (strlen(path) >= sizeof sa.sun_path)
@@ -200,7 +200,7 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
     c->fifo_fd = open(fifo, O_RDWR | O_CLOEXEC);
     if (c->fifo_fd < 0)
         return util_fail_errno(err, "cannot open %s", fifo);
-    if (o->console_socket && (c->console_fd = connect_console(o->console_socket, err)) < 0)
+    if (o->console_socket && (c->console_fd = oci_console_connect(o->console_socket, err)) < 0)
         return -1;
     uid_t base;
     uint32_t count;

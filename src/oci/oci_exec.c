@@ -152,22 +152,6 @@ static int exec_process(const struct oci_exec_opts *o, const struct oci_state *s
     return 0;
 }
 
-static int connect_socket(const char *path, cell_error *err)
-{
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    if (strlen(path) >= sizeof sa.sun_path)
-        return util_fail(err, ENAMETOOLONG, "--console-socket: path %s is too long", path);
-    memcpy(sa.sun_path, path, strlen(path));
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        util_fail_errno(err, "--console-socket: cannot connect to %s", path);
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 __attribute__((noreturn))
 static void exec_child(struct oci_init_args *a, const struct exec_ns *n)
 {
@@ -260,7 +244,7 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
                   "exec: --console-socket was given without a terminal (--tty)");
         goto out;
     }
-    if (o->console_socket && (console = connect_socket(o->console_socket, err)) < 0)
+    if (o->console_socket && (console = oci_console_connect(o->console_socket, err)) < 0)
         goto out;
     if (oci_cgroup_procs(st.cgroup, cgroups, &n_cgroups, err) < 0)
         goto out;

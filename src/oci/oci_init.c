@@ -56,24 +56,13 @@ static void init_fail(const struct oci_init_args *a, const char *fmt, ...)
 
 #define FAIL(...) init_fail(a, __VA_ARGS__)
 
-static int raise_effective_caps(void)
-{
-    struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
-    struct __user_cap_data_struct d[2];
-    if (syscall(SYS_capget, &h, d) < 0)
-        return -1;
-    d[0].effective = d[0].permitted;
-    d[1].effective = d[1].permitted;
-    return (int)syscall(SYS_capset, &h, d);
-}
-
 /* Files the init creates in the root (mount points, /dev) must belong to
  * the container's root: the fs ids of its range, with real root's power. */
 static void become_container_fs(const struct oci_init_args *a)
 {
     setfsgid(a->uid_base);
     setfsuid(a->uid_base);
-    if ((uid_t)setfsuid((uid_t)-1) != a->uid_base || raise_effective_caps() < 0)
+    if ((uid_t)setfsuid((uid_t)-1) != a->uid_base || isolate_caps_raise_effective() < 0)
         FAIL("cannot take the container's file system ids (%u)", (unsigned)a->uid_base);
 }
 
