@@ -174,8 +174,10 @@ int cli_getopt_fail(const char *cmd, int o, int argc, char **argv)
     return cli_bad_option(cmd, is_long ? a : s);
 }
 
-/* Help, or the first operand given to a command that takes none. */
-static int no_operands(const char *cmd, const char *usage, int argc, char **argv)
+/* The options of a command whose only one is --help: -1 after printing
+ * the help, an exit status (printed) for any other option, else 0 with the
+ * operands from argv[optind] on. */
+static int help_only(const char *cmd, const char *usage, int argc, char **argv)
 {
     static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
     opterr = 0;
@@ -183,8 +185,15 @@ static int no_operands(const char *cmd, const char *usage, int argc, char **argv
     int o = getopt_long(argc, argv, ":h", opts, NULL);
     if (o == 'h')
         return fputs(usage, stdout), -1;
-    if (o != -1)
-        return cli_getopt_fail(cmd, o, argc, argv);
+    return o != -1 ? cli_getopt_fail(cmd, o, argc, argv) : 0;
+}
+
+/* Help, or the first operand given to a command that takes none. */
+static int no_operands(const char *cmd, const char *usage, int argc, char **argv)
+{
+    int r = help_only(cmd, usage, argc, argv);
+    if (r)
+        return r;
     if (optind < argc)
         return cli_fail(CLI_EXIT_USAGE, "%s takes no arguments, not '%s' (see cell %s --help)", cmd, argv[optind], cmd);
     return 0;
@@ -609,15 +618,9 @@ static int do_lifecycle(client *c, struct cli_global *g, void *arg)
 
 static int lifecycle(struct cli_global *g, const char *verb, int argc, char **argv)
 {
-    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
-    opterr = 0;
-    optind = 0;
-    int o;
-    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (o == 'h')
-            return fputs(start_usage, stdout), 0;
-        return cli_getopt_fail(verb, o, argc, argv);
-    }
+    int r = help_only(verb, start_usage, argc, argv);
+    if (r)
+        return r < 0 ? 0 : r;
     if (optind >= argc)
         return cli_fail(CLI_EXIT_USAGE, "%s: missing cell ID (see cell %s --help)", verb, verb);
     /* The ids from argv[1] on (getopt_long moved them after the options). */
@@ -873,15 +876,9 @@ static int do_policy(client *c, struct cli_global *g, void *arg)
 
 int cli_policy(struct cli_global *g, int argc, char **argv)
 {
-    static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
-    opterr = 0;
-    optind = 0;
-    int o;
-    while ((o = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (o == 'h')
-            return fputs(policy_usage, stdout), 0;
-        return cli_getopt_fail("policy", o, argc, argv);
-    }
+    int r = help_only("policy", policy_usage, argc, argv);
+    if (r)
+        return r < 0 ? 0 : r;
     argv += optind - 1;         /* the operands from argv[1] on */
     argc -= optind - 1;
     if (argc < 2 || strcmp(argv[1], "set") != 0) {
