@@ -479,6 +479,26 @@ def serve(state, extra_args=(), after_stop=None, **kw):
             dd.check_sanitizer()
 
 
+def serve_cli(prefix):
+    """Generator for a module-scoped daemon the CLI reaches at its default
+    STATE/cell.sock: a fresh state directory (removed afterwards); after the
+    stop, the daemon must have exited 0 and left no cell, cgroup or mount."""
+    import shutil
+    import tempfile
+    from conftest import assert_no_leftovers, cell_cgroup_dirs
+    state = tempfile.mkdtemp(prefix=prefix)
+    before = cell_cgroup_dirs()
+
+    def exited_clean(dd):
+        assert dd.proc.returncode == 0, dd.stderr()[-3000:]
+        assert_no_leftovers(state, before)
+
+    try:
+        yield from serve(state, unix_socket=True, after_stop=exited_clean)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
 # The same as a context manager, for a daemon of one test:
 #     with dm.served(tmp_path / "d", ["--limit", "procs.kept=5"]) as dd: ...
 served = contextlib.contextmanager(serve)

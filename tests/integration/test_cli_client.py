@@ -4,32 +4,20 @@ on a free TCP port (the CLI itself talks to STATE/cell.sock).
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
 import daemon as dm
-from conftest import CELL_BIN, cell_cgroup_dirs, assert_no_leftovers, run_cell, wait_for
+from conftest import CELL_BIN, run_cell, wait_for
 
 
 @pytest.fixture(scope="module")
 def d(cell):
     """A `cell serve` that runs for the whole module, with its unix socket."""
-    state = tempfile.mkdtemp(prefix="cell-it-cli-")
-    before = cell_cgroup_dirs()
-
-    def exited_clean(dd):
-        assert dd.proc.returncode == 0, dd.stderr()[-3000:]
-        assert_no_leftovers(state, before)
-
-    try:
-        yield from dm.serve(state, unix_socket=True, after_stop=exited_clean)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    yield from dm.serve_cli("cell-it-cli-")
 
 
 @pytest.fixture(scope="module")

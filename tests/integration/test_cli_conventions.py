@@ -7,30 +7,18 @@ in the API's own schema (docs/openapi.json).
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 
 import daemon as dm
-from conftest import CELL_BIN, assert_no_leftovers, cell_cgroup_dirs
+from conftest import CELL_BIN
 
 
 @pytest.fixture(scope="module")
 def d(cell):
     """One `cell serve` for the module, reached at STATE/cell.sock."""
-    state = tempfile.mkdtemp(prefix="cell-it-conv-")
-    before = cell_cgroup_dirs()
-
-    def exited_clean(dd):
-        assert dd.proc.returncode == 0, dd.stderr()[-3000:]
-        assert_no_leftovers(state, before)
-
-    try:
-        yield from dm.serve(state, unix_socket=True, after_stop=exited_clean)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+    yield from dm.serve_cli("cell-it-conv-")
 
 
 def cellp(*args, input=None, timeout=60):
