@@ -422,7 +422,7 @@ int store_audit_append(store *s, json_t *record)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     /* The caller's object is left as it was. */
-    json_auto_t *line = stamped(record, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+    json_t *line = stamped(record, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000);
     if (!line) {
         errno = ENOMEM;
         return -1;
@@ -433,6 +433,10 @@ int store_audit_append(store *s, json_t *record)
     int saved = errno;
     if (rc < 0)
         a->failed++;
+    /* Dropped under the lock: the limiter may hold the record too, and the
+     * thread that flushes it reads its refcount under this lock only
+     * (jansson's decref reads it plainly: TSan saw the race). */
+    json_decref(line);
     pthread_mutex_unlock(&a->lock);
     errno = saved;
     return rc;
