@@ -232,7 +232,14 @@ static int lane_user(srv *s, const char *tenant, const char *lane_id, char *cell
     return found;
 }
 
-int h_lanes_delete(sreq *r)
+/* Lane deletes run one at a time: a DELETE that comes while another one
+ * of the same lane is under way must see how it ended (gone: 404; given
+ * back because a cell uses it: the same 409), not the "deleting" state in
+ * between.  The runtime's delete already holds ctx_lock, so this costs no
+ * concurrency that was there. */
+static pthread_mutex_t delete_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int lane_delete_locked(sreq *r)
 {
     store_lane l;
     if (find_lane(r, &l) < 0)
@@ -242,22 +249,34 @@ int h_lanes_delete(sreq *r)
      * sees the other and a cell never boots on a lane being deleted. */
     char user[24];
     cell_error e = { 0 };
-    if (store_lane_set_state(r->s->st, l.id, "deleting", &e) < 0)
-        return reply_error(r, &e);
+    /* From "ready" only, in one statement (as registry_delete's transition
+     * for cells): whatever else changed the lane since find_lane, one
+     * DELETE moves it, and a lane not ready any more is a 404.  Setting it
+     * unconditionally let two concurrent DELETEs both answer 204. */
+    if (store_lane_transition(r->s->st, l.id, "ready", "deleting", &e) < 0)
+        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "lane %s", l.name) : reply_error(r, &e);
     if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user)) {
-        store_lane_set_state(r->s->st, l.id, "ready", NULL);
+        store_lane_transition(r->s->st, l.id, "deleting", "ready", NULL);
         return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
     }
     pthread_mutex_lock(&r->s->ctx_lock);
     int rc = cell_lane_delete(r->s->ctx, l.id, &e);
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0 && e.code != ENOENT) {
-        store_lane_set_state(r->s->st, l.id, "ready", NULL);
+        store_lane_transition(r->s->st, l.id, "deleting", "ready", NULL);
         return lane_reply_error(r, &l, &e);
     }
     if (store_lane_delete(r->s->st, l.id, &e) < 0)
         return reply_error(r, &e);
     return reply_empty(r, 204);
+}
+
+int h_lanes_delete(sreq *r)
+{
+    pthread_mutex_lock(&delete_lock);
+    int ret = lane_delete_locked(r);
+    pthread_mutex_unlock(&delete_lock);
+    return ret;
 }
 
 /* ---- export: a worker with its own context writes the tar into a pipe ------ */

@@ -1139,6 +1139,18 @@ int store_lane_set_state(store *s, const char *id, const char *state, cell_error
                        "lane", id, err);
 }
 
+int store_lane_transition(store *s, const char *id, const char *from, const char *to, cell_error *err)
+{
+    if (!id || check_state(from, lane_states, "lane", err) < 0 || check_state(to, lane_states, "lane", err) < 0)
+        return id ? -1 : util_fail(err, EINVAL, "store_lane_transition: no id");
+    LOCKED(s);
+    int n = db_run(s, err, "set lane state", "UPDATE lanes SET state = ? WHERE id = ? AND state = ?", "ttt", to, id,
+                   from);
+    if (n == 0)
+        return util_fail(err, ENOENT, "no %s lane '%.39s'", from, id);
+    return n < 0 ? -1 : 0;
+}
+
 int store_lane_delete(store *s, const char *id, cell_error *err)
 {
     if (!id)

@@ -157,6 +157,10 @@ int store_lane_get_by_id(store *s, const char *tenant, const char *id, store_lan
 /* tenant NULL = all; oldest first; *out is malloc()ed (free()). */
 int store_lane_list(store *s, const char *tenant, store_lane **out, size_t *n, cell_error *err);
 int store_lane_set_state(store *s, const char *id, const char *state, cell_error *err);
+/* Compare and set: the state becomes `to` only if it is `from`, so that of
+ * concurrent callers (two DELETEs of one lane) exactly one moves it; ENOENT
+ * for the others, as for a lane that is gone. */
+int store_lane_transition(store *s, const char *id, const char *from, const char *to, cell_error *err);
 int store_lane_delete(store *s, const char *id, cell_error *err);
 /* tenant NULL = all.  n and total_size may be NULL; total_size saturates. */
 int store_lane_count(store *s, const char *tenant, size_t *n, uint64_t *total_size, cell_error *err);

@@ -217,10 +217,11 @@ def test_lifecycle_race(d):
     d.check_sanitizer()
 
 
-def raw_requests(d, token, reqs, gap):
+def raw_requests(d, token, reqs, gap, full=False):
     """Send several requests on connections opened beforehand, `gap` seconds
-    apart (busy-waited), and return their statuses: requests that arrive
-    within microseconds of each other, which Python threads cannot do."""
+    apart (busy-waited), and return their statuses (full: (status, headers
+    and body) bytes): requests that arrive within microseconds of each
+    other, which Python threads cannot do."""
     socks = []
     for method, path, body in reqs:
         body = json.dumps(body).encode() if body is not None else b""
@@ -243,7 +244,7 @@ def raw_requests(d, token, reqs, gap):
                 break
             buf += chunk
         s.close()
-        out.append(int(buf.split(b" ", 2)[1]))
+        out.append((int(buf.split(b" ", 2)[1]), buf) if full else int(buf.split(b" ", 2)[1]))
     return out
 
 
@@ -365,4 +366,56 @@ def test_lane_delete_racing_a_cell_create_on_it(d):
             assert admin.delete("/v1/lanes/%s" % name).status == 204
     wait_for(lambda: not d.leftovers() and not run_dir_ids(d), 10, 0.1)
     assert not d.leftovers(), d.leftovers()
+    d.check_sanitizer()
+
+
+def assert_one_winner(answers, won, what):
+    """Exactly one status `won`; every other a 404 not_found problem naming
+    `what` (not the daemon's internal lane id)."""
+    assert sorted(st for st, _ in answers) == [won] + [404] * (len(answers) - 1), (what, answers)
+    for st, raw in answers:
+        if st == 404:
+            assert b"application/problem+json" in raw and b":not_found" in raw, (what, raw)
+            assert what.encode() in raw.split(b"\r\n\r\n", 1)[1], (what, raw)
+
+
+DELETERS = 8
+
+
+def deletes(d, path, n=DELETERS):
+    """n DELETEs of path arriving together (connections opened first)."""
+    return raw_requests(d, d.admin_token, [("DELETE", path, None)] * n, 0, full=True)
+
+
+def test_concurrent_deletes_of_one_lane_one_wins(d):
+    """DELETERS DELETEs of one lane at once, in a loop: exactly one 204, the
+    others 404 problems (several answered 204: each moved the lane to
+    "deleting" unconditionally after finding it ready); the lane is gone."""
+    admin = d.client()
+    for i in range(max(4, ROUNDS // 2)):
+        name = "del-%d-%s" % (i, uuid.uuid4().hex[:6])
+        assert admin.post("/v1/lanes", {"name": name, "image": "host", "size": "16M"}).status == 201
+        assert_one_winner(deletes(d, "/v1/lanes/%s" % name), 204, name)
+        assert admin.get("/v1/lanes/%s" % name).status == 404
+        assert name not in [x["name"] for x in admin.get("/v1/lanes").body["lanes"]]
+    d.check_sanitizer()
+
+
+def test_concurrent_deletes_of_a_used_lane_and_of_secrets(d):
+    """A lane a cell uses: every one of the concurrent DELETEs is the 409
+    naming the cell (none a 404 for a lane that stays), and after the
+    cell's delete exactly one wins.  Secrets: one DELETE statement decides."""
+    admin = d.client()
+    name = "used-" + uuid.uuid4().hex[:6]
+    assert admin.post("/v1/lanes", {"name": name, "image": "host", "size": "16M"}).status == 201
+    cid = admin.post("/v1/cells", {"lane": name, "resources": {"memory": "32M"}}).body["id"]
+    for _ in range(4):
+        rs = deletes(d, "/v1/lanes/%s" % name)
+        assert all(st == 409 and ("used by cell %s" % cid).encode() in raw for st, raw in rs), rs
+        assert admin.get("/v1/lanes/%s" % name).status == 200
+    assert admin.delete("/v1/cells/%s" % cid).status == 204
+    assert_one_winner(deletes(d, "/v1/lanes/%s" % name), 204, name)
+    for i in range(max(4, ROUNDS // 4)):
+        assert admin.post("/v1/secrets", {"name": "s%d" % i, "value": "v"}).status in (200, 201)
+        assert_one_winner(deletes(d, "/v1/secrets/s%d" % i), 204, "s%d" % i)
     d.check_sanitizer()
