@@ -6,6 +6,7 @@
 #include "util/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -63,9 +64,18 @@ const char cli_run_usage[] =
     "                       image's User, else 0:0)\n"
     "  -t, --tty            run CMD on a pseudo-terminal (interactive shells);\n"
     "                       this terminal is put in raw mode while it runs\n"
+    "  --json               (global) capture CMD's stdout and stderr and print,\n"
+    "                       once it ends, the object `cell exec --json` prints:\n"
+    "                       {exitCode (null if killed or timed out), timedOut,\n"
+    "                       stdout, stderr, stdoutTruncated, stderrTruncated,\n"
+    "                       durationMs}; each stream kept up to 1 MiB (the\n"
+    "                       daemon's default maxOutputBytes), the rest read and\n"
+    "                       dropped (flagged, warned about); invalid UTF-8\n"
+    "                       becomes U+FFFD; stdin is still ours; not with -t\n"
     "\n"
     "exit codes: CMD's own; 128+N if killed by signal N; 124 timeout;\n"
-    "125 the cell could not be created; 126 CMD cannot be executed; 127 not found.\n";
+    "125 the cell could not be created; 126 CMD cannot be executed; 127 not found\n"
+    "(the same with --json, which prints its object only when CMD ran).\n";
 
 struct run_opts {
     cell_options *cell;         /* the cell's definition (API v2), owned */
@@ -466,9 +476,93 @@ static int relay(int from, int to)
     return util_write_all(to, buf, (size_t)n) >= 0;
 }
 
+/* --json: CMD's stdout and stderr read from pipes into buffers of at most
+ * RUN_JSON_MAX bytes each; what comes beyond is read and dropped, so that
+ * CMD never blocks on a full pipe. */
+#define RUN_JSON_MAX (1u << 20)     /* the daemon's default maxOutputBytes (procs.c) */
+struct capture {
+    int    fd[2];                   /* read ends, non-blocking; -1 at EOF or unused */
+    char  *buf[2];
+    size_t len[2];
+    int    truncated[2];
+};
+
+/* Read what is there on stream i; 0 at EOF (fd closed), 1 otherwise. */
+static int capture_read(struct capture *cap, int i)
+{
+    char chunk[16384];
+    ssize_t n = read(cap->fd[i], chunk, sizeof chunk);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return 1;
+    if (n <= 0) {
+        close(cap->fd[i]);
+        cap->fd[i] = -1;
+        return 0;
+    }
+    size_t room = RUN_JSON_MAX - cap->len[i], take = (size_t)n < room ? (size_t)n : room;
+    if (take) {
+        char *b = realloc(cap->buf[i], cap->len[i] + take);
+        if (!b) {           /* kept short, and said so */
+            cap->truncated[i] = 1;
+            return 1;
+        }
+        memcpy(b + cap->len[i], chunk, take);
+        cap->buf[i] = b;
+        cap->len[i] += take;
+    }
+    cap->truncated[i] |= take < (size_t)n;
+    return 1;
+}
+
+/* After CMD's exit: what it wrote is in the pipes (its writes returned
+ * before it exited); read until empty.  A child of CMD still holding a
+ * write end gives EAGAIN, not EOF: the cell and the child go next. */
+static void capture_drain(struct capture *cap)
+{
+    for (int i = 0; i < 2; i++)
+        while (cap->fd[i] >= 0 && poll(&(struct pollfd){ .fd = cap->fd[i], .events = POLLIN }, 1, 0) > 0 &&
+               capture_read(cap, i))
+            ;
+}
+
+static json_t *lossy_json(const char *s, size_t len)
+{
+    size_t n;
+    char *u = util_utf8_lossy((const unsigned char *)(s ? s : ""), len, &n);
+    json_t *v = u ? json_stringn(u, n) : NULL;
+    free(u);
+    return v;
+}
+
+/* The object of `cell exec --json` (ProcessRunResponse in docs/openapi.json). */
+static int print_capture(const struct capture *cap, int status, int exited, int timed_out, double ms)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "exitCode", exited && !timed_out && WIFEXITED(status) ? json_integer(WEXITSTATUS(status))
+                                                                                  : json_null());
+    json_object_set_new(o, "timedOut", json_boolean(timed_out));
+    json_object_set_new(o, "stdout", lossy_json(cap->buf[0], cap->len[0]));
+    json_object_set_new(o, "stderr", lossy_json(cap->buf[1], cap->len[1]));
+    json_object_set_new(o, "stdoutTruncated", json_boolean(cap->truncated[0]));
+    json_object_set_new(o, "stderrTruncated", json_boolean(cap->truncated[1]));
+    json_object_set_new(o, "durationMs", json_integer((json_int_t)ms));
+    if (!json_is_string(json_object_get(o, "stdout")) || !json_is_string(json_object_get(o, "stderr"))) {
+        json_decref(o);
+        return cli_fail(CLI_EXIT_INTERNAL, "run: --json: out of memory");
+    }
+    if (cap->truncated[0] || cap->truncated[1])
+        cli_fail(0, "run: --json: the output was cut at 1 MiB per stream (stdoutTruncated, stderrTruncated); "
+                    "without --json it goes through whole");
+    cli_print_json(o);
+    return 0;
+}
+
 /* Wait for `pid` while forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it and,
- * with a terminal (pty >= 0), relaying stdin/stdout and window sizes. */
-static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *timed_out)
+ * with a terminal (pty >= 0), relaying stdin/stdout and window sizes; with
+ * cap, reading CMD's output into it.  *status is the wait status when CMD
+ * exited (*exited set). */
+static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, struct capture *cap, int *timed_out,
+                     int *status, int *exited)
 {
     double deadline = timeout > 0 ? now_seconds() + timeout : 0;
     int stdin_open = pty >= 0;
@@ -482,10 +576,15 @@ static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *
             }
             wait_ms = (int)(left * 1000) + 1;
         }
-        struct pollfd p[4] = { { .fd = cell_event_fd(c), .events = POLLIN }, { .fd = sfd, .events = POLLIN },
-                               { .fd = pty, .events = POLLIN }, { .fd = stdin_open ? 0 : -1, .events = POLLIN } };
-        if (poll(p, 4, wait_ms) < 0 && errno != EINTR)
+        struct pollfd p[6] = { { .fd = cell_event_fd(c), .events = POLLIN }, { .fd = sfd, .events = POLLIN },
+                               { .fd = pty, .events = POLLIN }, { .fd = stdin_open ? 0 : -1, .events = POLLIN },
+                               { .fd = cap ? cap->fd[0] : -1, .events = POLLIN },
+                               { .fd = cap ? cap->fd[1] : -1, .events = POLLIN } };
+        if (poll(p, 6, wait_ms) < 0 && errno != EINTR)
             return cli_fail(CLI_EXIT_INTERNAL, "poll: %s", strerror(errno));
+        for (int i = 0; i < 2; i++)
+            if (p[4 + i].revents)
+                capture_read(cap, i);
         if (p[1].revents & POLLIN) {
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
@@ -512,6 +611,8 @@ static int supervise(cell *c, pid_t pid, double timeout, int sfd, int pty, int *
                 /* Whatever the process wrote last is still in the pty. */
                 while (pty >= 0 && poll(&(struct pollfd){ .fd = pty, .events = POLLIN }, 1, 0) > 0 && relay(pty, 1))
                     ;
+                *status = ex.status;
+                *exited = 1;
                 return exit_code_of(ex.status);
             }
         }
@@ -534,6 +635,8 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     }
     int first = 0, rc = parse_run_options(o, argc, argv, &first);
+    if (rc == 0 && g->json && o->tty)
+        rc = cli_fail(CLI_EXIT_USAGE, "run: --json captures CMD's output: not with -t/--tty");
     if (rc != 0) {
         run_opts_free(o);
         return rc;
@@ -563,23 +666,46 @@ int cli_run(struct cli_global *g, int argc, char **argv)
 
     cell *c = NULL;
     cell_error err = { 0 };
-    int timed_out = 0, pty = -1, restore_tty = 0;
+    int timed_out = 0, pty = -1, restore_tty = 0, status = 0, exited = 0;
     struct termios saved_tty;
+    struct capture cap = { .fd = { -1, -1 } };
+    int wr[2] = { -1, -1 };             /* --json: the pipes' write ends, CMD's stdout and stderr */
+    for (int i = 0; g->json && i < 2; i++) {
+        int pfd[2];
+        if (pipe2(pfd, O_CLOEXEC) < 0) {
+            rc = cli_fail(CLI_EXIT_INTERNAL, "run: --json: cannot make a pipe for CMD's output: %s", strerror(errno));
+            goto out;
+        }
+        cap.fd[i] = pfd[0];
+        wr[i] = pfd[1];
+        if (fcntl(pfd[0], F_SETFL, O_NONBLOCK) < 0) {
+            rc = cli_fail(CLI_EXIT_INTERNAL, "run: --json: fcntl O_NONBLOCK: %s", strerror(errno));
+            goto out;
+        }
+    }
     if (cell_create_v2(ctx, o->cell, &c, &err) < 0) {
         rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
         goto out;
     }
     cell_proc_spec spec = {
         .argv = o->cmd ? (const char *const *)o->cmd : (const char *const *)argv + first, .env = o->env, .cwd = o->cwd, .uid = o->uid, .gid = o->gid,
-        .stdin_fd = 0, .stdout_fd = 1, .stderr_fd = 2, .tty = o->tty,
+        .stdin_fd = 0, .stdout_fd = g->json ? wr[0] : 1, .stderr_fd = g->json ? wr[1] : 2, .tty = o->tty,
     };
+    double started = now_seconds();
     struct winsize ws;
     if (o->tty && ioctl(0, TIOCGWINSZ, &ws) == 0) {
         spec.rows = ws.ws_row;
         spec.cols = ws.ws_col;
     }
     pid_t pid;
-    if (cell_spawn(c, &spec, &pid, o->tty ? &pty : NULL, &err) < 0) {
+    int spawned = cell_spawn(c, &spec, &pid, o->tty ? &pty : NULL, &err);
+    /* CMD has its copies: ours would keep the pipes from ending. */
+    for (int i = 0; i < 2; i++)
+        if (wr[i] >= 0) {
+            close(wr[i]);
+            wr[i] = -1;
+        }
+    if (spawned < 0) {
         rc = cli_fail_err(err.code == ENOENT && strstr(err.message, "not found") ? CLI_EXIT_NOTFOUND
                           : err.code == EACCES || err.code == ENOEXEC ? CLI_EXIT_CANNOT
                                                                         : CLI_EXIT_INTERNAL, &err);
@@ -593,12 +719,25 @@ int cli_run(struct cli_global *g, int argc, char **argv)
         if (tcsetattr(0, TCSANOW, &raw) == 0)
             restore_tty = 1;
     }
-    rc = supervise(c, pid, o->timeout, sfd, pty, &timed_out);
+    rc = supervise(c, pid, o->timeout, sfd, pty, g->json ? &cap : NULL, &timed_out, &status, &exited);
     if (restore_tty)
         tcsetattr(0, TCSANOW, &saved_tty);
     if (timed_out)
         cli_fail(CLI_EXIT_TIMEOUT, "timed out after %g s; the cell was killed", o->timeout);
+    if (g->json && (exited || timed_out)) {
+        capture_drain(&cap);
+        int prc = print_capture(&cap, status, exited, timed_out, (now_seconds() - started) * 1000);
+        if (prc)
+            rc = prc;
+    }
 out:
+    for (int i = 0; i < 2; i++) {
+        if (wr[i] >= 0)
+            close(wr[i]);
+        if (cap.fd[i] >= 0)
+            close(cap.fd[i]);
+        free(cap.buf[i]);
+    }
     if (pty >= 0)
         close(pty);
     cell_destroy(c);

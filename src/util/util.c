@@ -480,3 +480,43 @@ int util_run(const char *const *argv, cell_error *err)
     return util_fail(err, EIO, "%s failed (%s %d): %s", argv[0], WIFEXITED(status) ? "exit status" : "signal",
                      WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), last ? last + 1 : tail);
 }
+
+/* One pass: a valid sequence is copied, each byte that does not start one
+ * becomes the 3 bytes of U+FFFD, so 3 * len + 1 bytes always suffice. */
+char *util_utf8_lossy(const unsigned char *s, size_t len, size_t *out_len)
+{
+    char *out = len < (SIZE_MAX - 1) / 3 ? malloc(len * 3 + 1) : NULL;
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = s[i];
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && i + n <= len;
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (s[i + k] & 0xC0) == 0x80;
+        if (ok && n == 2 && c < 0xC2)
+            ok = 0;                                     /* overlong */
+        if (ok && n == 3) {
+            uint32_t cp = (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F);
+            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+        }
+        if (ok && n == 4) {
+            uint32_t cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 |
+                          (uint32_t)(s[i + 2] & 0x3F) << 6 | (s[i + 3] & 0x3F);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (ok) {
+            memcpy(out + o, s + i, n);
+            o += n;
+            i += n;
+        } else {
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i++;
+        }
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return out;
+}

@@ -64,6 +64,11 @@ int util_mkdir_p(const char *path, mode_t mode, cell_error *err);
 int util_rm_rf(const char *path, cell_error *err);
 /* 2*bytes lowercase hex chars from getrandom(), NUL-terminated. */
 int util_random_hex(char *out, size_t bytes);
+/* s[0..len) as valid UTF-8: each byte of an invalid sequence becomes U+FFFD,
+ * as the reference's lossy conversion does (output shown as JSON strings,
+ * which jansson refuses unless valid).  malloc()ed, NUL-terminated, its
+ * length in *out_len; NULL when out of memory. */
+char *util_utf8_lossy(const unsigned char *s, size_t len, size_t *out_len);
 /* Lane, image and cell names: 1..63 of [A-Za-z0-9_.-], no leading '.' or '-'. */
 int util_valid_name(const char *name);
 /* Run argv[0] (searched in a PATH that includes the sbin directories) with

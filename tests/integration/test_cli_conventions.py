@@ -115,6 +115,47 @@ def test_run_gives_the_line_after_cmd_to_cmd(state):
     assert r.stdout == "h1\n"
 
 
+def test_run_json_is_exec_jsons_object(d, cid, state):
+    """`cell run --json` (before or after run) captures CMD's output and
+    prints exec --json's object (ProcessRunResponse), with the same exit
+    codes as without it; it was accepted and ignored."""
+    script = "echo out; echo err >&2; printf '\\377'; exit 3"
+    for line in (["--json", "run"], ["run", "--json"], ["run", "--memory", "64M", "--json"]):
+        r = cellp("--state", state, *line, "sh", "-c", script)
+        assert r.returncode == 3, (line, r.returncode, r.stderr)
+        body = json.loads(r.stdout)
+        dm.openapi_check(body, "ProcessRunResponse")
+        assert body["exitCode"] == 3 and body["timedOut"] is False, body
+        assert body["stdout"] == "out\n\ufffd" and body["stderr"] == "err\n", body   # invalid UTF-8: U+FFFD
+    # The same keys as exec --json gives for the same command.
+    ex = cellp("--state", d.state, "exec", "--json", cid, "sh", "-c", script)
+    assert ex.returncode == 3 and set(json.loads(ex.stdout)) == set(body), (ex.stdout, body)
+    # stdin is still ours; a CMD killed by a signal: exitCode null, exit 128+N.
+    r = cellp("--state", state, "run", "--json", "cat", input="in\n")
+    assert r.returncode == 0 and json.loads(r.stdout)["stdout"] == "in\n", r
+    r = cellp("--state", state, "run", "--json", "--", "sh", "-c", "echo x; kill -9 $$")
+    assert r.returncode == 137 and json.loads(r.stdout)["exitCode"] is None, r
+    assert json.loads(r.stdout)["stdout"] == "x\n", r.stdout
+    # --timeout: timedOut, exit 124, what came before kept.
+    r = cellp("--state", state, "run", "--json", "--timeout", "1", "--", "sh", "-c", "echo early; exec sleep 60")
+    body = json.loads(r.stdout)
+    assert r.returncode == 124 and body["timedOut"] is True and body["exitCode"] is None, r
+    assert body["stdout"] == "early\n", body
+    # Past 1 MiB a stream is cut, flagged and warned about; CMD still runs to its end.
+    r = cellp("--state", state, "run", "--json", "--", "sh", "-c",
+              "head -c 3000000 /dev/zero | tr '\\0' x; echo done >&2; exit 5")
+    body = json.loads(r.stdout)
+    assert r.returncode == 5 and body["stdoutTruncated"] is True and len(body["stdout"]) == 1 << 20, r.stderr
+    assert body["stderr"] == "done\n" and not body["stderrTruncated"] and "stdoutTruncated" in r.stderr, body
+    # CMD never ran: the error and its code, no object.
+    r = cellp("--state", state, "run", "--json", "no-such-command-here")
+    assert r.returncode == 127 and r.stdout == "" and "not found" in r.stderr, r
+    # A terminal and a captured output exclude each other: refused, named.
+    for line in (["run", "--json", "-t", "true"], ["--json", "run", "--tty", "true"]):
+        r = cellp("--state", state, *line)
+        assert r.returncode == 2 and r.stdout == "" and "--json" in r.stderr and "--tty" in r.stderr, r
+
+
 def test_serve_line_is_the_daemons():
     # Nothing is lifted from serve's line: the daemon parses it (and --json is not its).
     r = cellp("serve", "--json", "--state", "/nonexistent-cell-state")

@@ -434,6 +434,18 @@ static void lanes(void **state)
     assert_string_equal(list[1].id, "l-0000000000000003");
     free(list);
 
+    /* Compare and set: only from the state named; a second mover is ENOENT. */
+    assert_int_equal(store_lane_transition(f->s, "l-0000000000000001", "ready", "deleting", &err), 0);
+    assert_int_equal(store_lane_transition(f->s, "l-0000000000000001", "ready", "deleting", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+    assert_int_equal(store_lane_get(f->s, "acme", "work", &got, &err), 0);
+    assert_string_equal(got.state, "deleting");
+    assert_int_equal(store_lane_transition(f->s, "l-0000000000000001", "deleting", "ready", &err), 0);
+    assert_int_equal(store_lane_transition(f->s, "l-0000000000000001", "ready", "gone", &err), -1);
+    assert_int_equal(err.code, EINVAL);
+    assert_int_equal(store_lane_transition(f->s, "l-nope", "ready", "deleting", &err), -1);
+    assert_int_equal(err.code, ENOENT);
+
     assert_int_equal(store_lane_set_state(f->s, "l-0000000000000002", "ready", &err), 0);
     assert_int_equal(store_lane_set_state(f->s, "l-0000000000000002", "gone", &err), -1);
     assert_int_equal(err.code, EINVAL);
