@@ -547,6 +547,11 @@ int cli_cp(struct cli_global *g, int argc, char **argv)
     }
     if (n != 2)
         return cli_fail(CLI_EXIT_USAGE, "cp: expected SRC and DST, one of them ID:PATH (see cell cp --help)");
+    /* An option that would be ignored is refused: a script asking for JSON
+     * would get nothing, or a tar stream on stdout. */
+    if (g->json)
+        return cli_fail(CLI_EXIT_USAGE, "cp: --json: cp has no JSON output (it prints nothing, or the tar "
+                        "stream of -); leave --json out");
     struct cp_args a = { 0 };
     char *other_id = NULL;
     const char *other_path;

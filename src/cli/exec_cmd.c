@@ -786,6 +786,9 @@ int cli_shell(struct cli_global *g, int argc, char **argv)
         return cli_bad_option("shell", optopt ? (char[3]){ '-', (char)optopt, 0 } : argv[optind - 1]);
     if (optind >= argc)
         return cli_fail(CLI_EXIT_USAGE, "shell: missing cell ID (see cell shell --help)");
+    if (g->json)    /* as exec refuses --json with -t */
+        return cli_fail(CLI_EXIT_USAGE, "shell: --json: a terminal session has no JSON form; `cell exec --json ID "
+                        "CMD` runs CMD to completion and prints its output as JSON");
     int i = optind;
     /* argv[i] is the ID; an optional "--" before CMD. */
     if (i + 1 < argc && strcmp(argv[i + 1], "--") == 0) {

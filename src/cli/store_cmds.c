@@ -48,7 +48,7 @@ static const char image_usage[] =
     "       cell image build NAME     (host, debian-bookworm)\n"
     "       cell image import NAME FILE|- [--max-image-size SIZE]   an OCI or docker-archive tar\n"
     "       cell image rm NAME                refused while lanes or cells use it\n"
-    "       cell image export NAME [FILE|-]   an OCI image layout tar (to stdout without FILE)\n";
+    "       cell image export NAME [FILE|-]   an OCI image layout tar (to a new FILE, else stdout)\n";
 
 enum { LANE_OPT_JSON = 256, LANE_OPT_URL, LANE_OPT_STATE };
 
@@ -244,6 +244,8 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
     if (rc)
         return rc < 0 ? 0 : rc;
     /* Checked before anything is asked of the daemon or the state. */
+    if (strcmp(a.sub, "export") == 0 && g->json)
+        return cli_fail(CLI_EXIT_USAGE, "lane export: --json: the output is a tar stream, not JSON; leave --json out");
     if (strcmp(a.sub, "export") == 0 && isatty(1))
         return cli_fail(CLI_EXIT_USAGE, "lane export: refusing to write a tar stream to a terminal: redirect it "
                         "(> FILE) or pipe it (| tar t)");
@@ -274,11 +276,15 @@ static int image_export(struct cli_global *g, int argc, char **argv)
         return cli_fail(CLI_EXIT_USAGE, "image export takes a NAME and an optional FILE\n%s", image_usage);
     const char *file = argc == 4 && strcmp(argv[3], "-") != 0 ? argv[3] : NULL;
     int fd = 1;
+    if (g->json)
+        return cli_fail(CLI_EXIT_USAGE, "image export: --json: the output is a tar stream, not JSON; leave --json out");
     if (!file && isatty(1))
         return cli_fail(CLI_EXIT_USAGE, "image export: refusing to write a tar stream to a terminal: give a FILE, "
                         "redirect it (> FILE) or pipe it (| tar t)");
     if (file && (fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
-        return cli_fail(1, "cannot create %s: %s", file, strerror(errno));
+        return errno == EEXIST ? cli_fail(1, "image export: %s exists: FILE must be a new file (or give - and "
+                                          "redirect stdout)", file)
+                               : cli_fail(1, "image export: cannot create %s: %s", file, strerror(errno));
     cell_ctx *ctx = NULL;
     int rc = cli_open(g, &ctx);
     cell_error err = { 0 };

@@ -156,6 +156,27 @@ def test_run_json_is_exec_jsons_object(d, cid, state):
         assert r.returncode == 2 and r.stdout == "" and "--json" in r.stderr and "--tty" in r.stderr, r
 
 
+def test_json_is_refused_where_there_is_no_json(d, cid, state, tmp_path):
+    """cp, shell, lane export and image export have no JSON form: --json,
+    anywhere on the line, is refused naming it (exit 2, nothing done)
+    rather than ignored (a script asking for JSON got nothing, or a tar)."""
+    s = d.state
+    (tmp_path / "f").write_text("x")
+    for line, what in ((["--json", "cp", tmp_path / "f", cid + ":/tmp/json-f"], "cp: --json"),
+                       (["cp", "--json", cid + ":/etc/hostname", "-"], "cp: --json"),
+                       (["shell", "--json", cid, "true"], "shell: --json"),
+                       (["--json", "lane", "export", "nosuch"], "lane export: --json"),
+                       (["lane", "export", "--json", "nosuch"], "lane export: --json"),
+                       (["image", "export", "--json", "host", "-"], "image export: --json")):
+        r = cellp("--state", s, *line)
+        assert r.returncode == 2 and r.stdout == "" and what in r.stderr, (line, r)
+    r = cellp("--state", s, "exec", cid, "test", "-e", "/tmp/json-f")
+    assert r.returncode == 1, "cp --json copied all the same"
+    # An existing FILE for image export is named as the reason, not "File exists".
+    r = cellp("--state", state, "image", "export", "host", "/dev/null")
+    assert r.returncode == 1 and "/dev/null exists: FILE must be a new file" in r.stderr, r
+
+
 def test_serve_line_is_the_daemons():
     # Nothing is lifted from serve's line: the daemon parses it (and --json is not its).
     r = cellp("serve", "--json", "--state", "/nonexistent-cell-state")
