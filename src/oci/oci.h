@@ -60,6 +60,28 @@ struct oci_idmap {
     uint32_t container_id, host_id, size;
 };
 
+/* hooks (oci_hooks.c runs them; the parser checks them).  Each kind runs
+ * where the runtime spec says: prestart, createRuntime, poststart and
+ * poststop in the runtime's namespaces (cwd the bundle),
+ * createContainer in the container's before pivot_root (cwd the root),
+ * startContainer in the container's, confined, just before the exec. */
+enum oci_hook_kind { OCI_HOOK_PRESTART, OCI_HOOK_CREATE_RUNTIME, OCI_HOOK_CREATE_CONTAINER, OCI_HOOK_START_CONTAINER,
+                     OCI_HOOK_POSTSTART, OCI_HOOK_POSTSTOP, OCI_HOOK_KINDS };
+#define OCI_MAX_HOOKS 64          /* per kind */
+#define OCI_MAX_HOOK_TIMEOUT 3600 /* seconds */
+
+struct oci_hook {
+    const char  *path;            /* absolute */
+    const char **args;            /* argv (NULL-terminated), or NULL: just path */
+    const char **env;             /* the whole environment, or NULL: the runtime's */
+    int          timeout;         /* seconds, 0 = none */
+};
+
+struct oci_hooks {
+    struct oci_hook *list[OCI_HOOK_KINDS];
+    size_t           n[OCI_HOOK_KINDS];
+};
+
 /* Strings point into `doc`, which the spec owns. */
 struct oci_spec {
     json_t           *doc;
@@ -96,7 +118,10 @@ struct oci_spec {
     json_t           *resources;      /* linux.resources (borrowed; checked as it is applied), or NULL */
     int               has_oom_score_adj;
     int               oom_score_adj;  /* process.oomScoreAdj */
-    const char       *cgroups_path;   /* linux.cgroupsPath (cgroupfs form), or NULL */
+    const char       *cgroups_path;   /* linux.cgroupsPath as given (cgroupfs or systemd form), or NULL */
+    int               cgroups_systemd;/* cgroups_path is systemd's slice:prefix:name */
+    json_t           *hooks_doc;      /* "hooks" (borrowed), or NULL */
+    struct oci_hooks  hooks;
     json_t           *annotations;    /* borrowed from doc; may be NULL */
 };
 
@@ -112,6 +137,16 @@ const struct oci_ns *oci_spec_ns(const struct oci_spec *spec, int type);
 int  oci_cap_number(const char *name);
 const char *oci_cap_name(int cap);
 #define OCI_CAP_LAST 40
+/* A "hooks" object (config.json's, or the copy create keeps); strings are
+ * borrowed from it. */
+int  oci_hooks_parse(json_t *hooks, struct oci_hooks *out, cell_error *err);
+void oci_hooks_free(struct oci_hooks *h);
+const char *oci_hook_kind_name(int kind);
+/* systemd's cgroupsPath "slice:prefix:name" as the cgroupfs path systemd
+ * would give it ("system.slice:cri:ID" -> "/system.slice/cri-ID.scope",
+ * "a-b.slice" -> "/a.slice/a-b.slice/..."); an empty slice is
+ * system.slice, an empty name `id`. */
+int  oci_systemd_cgroup_path(const char *spec, const char *id, char *out, size_t size, cell_error *err);
 
 /* ---- state (oci_state.c) -------------------------------------------------------
  * ROOT/ID/state.json, written to a temporary name and renamed. */
@@ -187,6 +222,20 @@ void oci_cgroup_remove(const char *dir);
 int  oci_seccomp_check(json_t *seccomp, cell_error *err);
 int  oci_seccomp_load(json_t *seccomp, cell_error *err);
 
+/* ---- hooks (oci_hooks.c) --------------------------------------------------------
+ * Run the hooks of one kind in order, each with `state` (runc's state JSON)
+ * on its stdin, its stdout and stderr captured for the error, and its
+ * timeout.  dir: the hooks' cwd (NULL: ours).  The first failure stops the
+ * kind: -1 with err naming hooks.KIND[i], its exit and its output. */
+int  oci_hooks_run(const struct oci_hooks *h, int kind, json_t *state, const char *dir, cell_error *err);
+/* The state a hook reads; pid 0 is left out (runc's poststop). */
+json_t *oci_hook_state(const char *id, const char *status, pid_t pid, const char *bundle, json_t *annotations);
+/* ROOT/ID/hooks.json: the spec's hooks as create saw them, for the
+ * poststart of `start` and the poststop of `delete`. */
+int  oci_hooks_save(const char *root, const char *id, json_t *hooks, cell_error *err);
+/* 0 with *doc NULL when the container kept no hooks. */
+int  oci_hooks_load(const char *root, const char *id, json_t **doc, struct oci_hooks *h, cell_error *err);
+
 /* ---- log (oci_log.c) ------------------------------------------------------------ */
 int  oci_log_open(const char *path, int json, int debug, cell_error *err);
 void oci_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -202,6 +251,7 @@ struct oci_create_opts {
     const char *pid_file;          /* may be NULL */
     const char *console_socket;    /* may be NULL */
     int         keep_child;        /* `run`: the init stays our child, waited for */
+    int         systemd_cgroup;    /* --systemd-cgroup: cgroupsPath is slice:prefix:name */
 };
 
 /* Everything the init needs, made before it is cloned. */
@@ -220,6 +270,8 @@ struct oci_init_args {
     const char *scratch;           /* create: ROOT/ID/ovl, where an overlay root's layers are mapped */
     int         rw_binds;          /* a writable root or read-write bind: cell's nosuid filter
                                       applies and CAP_SETFCAP goes */
+    json_t     *hook_state;        /* create: the state createContainer and startContainer hooks
+                                      read (the init sets status and pid); NULL for exec */
 };
 
 /* The init's body (oci_init.c): never returns; failures go to sync_fd. */

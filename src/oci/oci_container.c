@@ -135,8 +135,28 @@ static void now_rfc3339(char *buf, size_t size)
     snprintf(buf + n, size - n, ".%09ldZ", (long)ts.tv_nsec);
 }
 
-/* Clone the init and wait for its "ok" (or its error message). */
-static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
+/* The init's "hooks" request: prestart and createRuntime, here in the
+ * runtime's namespaces (cwd the bundle, as runc), while the init waits
+ * with its mounts made and before its pivot_root. */
+static int runtime_hooks(const struct oci_init_args *ia, const char *id, const char *bundle, pid_t pid,
+                         cell_error *err)
+{
+    json_t *st = oci_hook_state(id, "creating", pid, bundle, ia->spec->annotations);
+    int rc = st ? 0 : util_fail(err, ENOMEM, "no memory for the hooks' state");
+    if (rc == 0)
+        rc = oci_hooks_run(&ia->spec->hooks, OCI_HOOK_PRESTART, st, bundle, err);
+    if (rc == 0)
+        rc = oci_hooks_run(&ia->spec->hooks, OCI_HOOK_CREATE_RUNTIME, st, bundle, err);
+    json_decref(st);
+    return rc;
+}
+
+/* Clone the init and wait for its "ok" (or its error message), running
+ * the runtime's hooks when it asks.  own_pidns: our pid namespace, which we
+ * return to right after the clone (a pid namespace joined by path is the
+ * init's only: no hook is born in it). */
+static pid_t spawn_init(struct oci_init_args *ia, int flags, int own_pidns, const struct oci_create_opts *o,
+                        cell_error *err)
 {
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
@@ -148,6 +168,8 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
         ia->sync_fd = sp[1];
         oci_init_main(ia);
     }
+    if (setns(own_pidns, CLONE_NEWPID) < 0)
+        oci_log("warning", "cannot return to cell-oci's pid namespace: %s", strerror(errno));
     close(sp[1]);
     if (pid < 0) {
         close(sp[0]);
@@ -155,14 +177,29 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, cell_error *err)
     }
     char msg[1024];
     ssize_t n;
-    while ((n = read(sp[0], msg, sizeof msg - 1)) < 0 && errno == EINTR)
-        ;
+    int hooks_failed = 0;
+    for (;;) {
+        while ((n = read(sp[0], msg, sizeof msg - 1)) < 0 && errno == EINTR)
+            ;
+        if (n != 5 || memcmp(msg, "hooks", 5) != 0)
+            break;
+        if (runtime_hooks(ia, o->id, o->bundle, pid, err) < 0) {
+            hooks_failed = 1;
+            break;
+        }
+        if (write(sp[0], "go", 2) != 2) {
+            n = -1;
+            break;
+        }
+    }
     close(sp[0]);
-    if (n == 2 && memcmp(msg, "ok", 2) == 0)
+    if (!hooks_failed && n == 2 && memcmp(msg, "ok", 2) == 0)
         return pid;
     kill(pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
+    if (hooks_failed)
+        return -1;
     if (n <= 0)
         return util_fail(err, EIO, "the container's init died before it was ready");
     msg[n] = 0;
@@ -179,7 +216,24 @@ struct create_ctx {
     uid_t           uid_base;
     uint32_t        uid_count;
     int             nosuid;
+    json_t         *hook_state;    /* the init's hooks read it (status and pid are the init's) */
 };
+
+/* linux.cgroupsPath as a cgroupfs path: systemd's slice:prefix:name is
+ * mapped to where systemd would put the scope (cell-oci does not ask
+ * systemd: docs/oci.md), so containerd's SystemdCgroup = true works. */
+static int cgroup_path(const struct oci_create_opts *o, const struct oci_spec *s, char *buf, size_t size,
+                       const char **out, cell_error *err)
+{
+    *out = s->cgroups_path;
+    if (o->systemd_cgroup && s->cgroups_path && !s->cgroups_systemd)
+        return util_fail(err, EINVAL, "linux.cgroupsPath '%.64s' must be slice:prefix:name with --systemd-cgroup",
+                         s->cgroups_path);
+    if (!s->cgroups_systemd && !(o->systemd_cgroup && !s->cgroups_path))
+        return 0;
+    *out = buf;
+    return oci_systemd_cgroup_path(s->cgroups_path ? s->cgroups_path : ":cell-oci:", o->id, buf, size, err);
+}
 
 static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct oci_init_args *ia, cell_error *err)
 {
@@ -213,8 +267,11 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         base = OCI_UID_FIRST + (uid_t)c->slot * ISOLATE_UID_COUNT;
         count = ISOLATE_UID_COUNT;
     }
+    char cgbuf[PATH_MAX];
+    const char *cgpath;
     if (isolate_userns_create(base, count, &c->userns_fd, err) < 0 ||
-        oci_cgroup_dir(c->spec.cgroups_path, o->id, c->cgroup, sizeof c->cgroup, err) < 0)
+        cgroup_path(o, &c->spec, cgbuf, sizeof cgbuf, &cgpath, err) < 0 ||
+        oci_cgroup_dir(cgpath, o->id, c->cgroup, sizeof c->cgroup, err) < 0)
         return -1;
     if (oci_cgroup_create(c->cgroup, c->spec.resources, c->cgroup_fds, &c->n_cgroup_fds, err) < 0) {
         /* Ours to remove unless it held someone's processes (EBUSY). */
@@ -227,6 +284,12 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
                                   .console_fd = c->console_fd, .cgroupns_fd = -1, .seccomp = c->spec.seccomp };
     if (util_path(c->scratch, sizeof c->scratch, err, "%s/ovl", dir) < 0)
         return -1;
+    if (c->spec.hooks.n[OCI_HOOK_CREATE_CONTAINER] || c->spec.hooks.n[OCI_HOOK_START_CONTAINER]) {
+        c->hook_state = oci_hook_state(o->id, "creating", 0, o->bundle, c->spec.annotations);
+        if (!c->hook_state)
+            return util_fail(err, ENOMEM, "no memory for the hooks' state");
+        ia->hook_state = c->hook_state;
+    }
     ia->scratch = c->scratch;
     memcpy(ia->cgroup_fds, c->cgroup_fds, sizeof ia->cgroup_fds);
     ia->n_cgroup_fds = c->n_cgroup_fds;
@@ -258,6 +321,10 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
         util_path(st.bundle, sizeof st.bundle, err, "%s", o->bundle) < 0 ||
         util_path(st.rootfs, sizeof st.rootfs, err, "%s", c->spec.root) < 0 || oci_state_write(o->root, &st, err) < 0)
         return -1;
+    /* poststart (start) and poststop (delete) run the hooks create saw. */
+    if ((c->spec.hooks.n[OCI_HOOK_POSTSTART] || c->spec.hooks.n[OCI_HOOK_POSTSTOP]) &&
+        oci_hooks_save(o->root, o->id, c->spec.hooks_doc, err) < 0)
+        return -1;
     if (o->pid_file && write_pid_file(o->pid_file, pid, err) < 0)
         return -1;
     return 0;
@@ -278,8 +345,8 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
         _cleanup_close_ int own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
         int flags = own_pidns < 0 ? util_fail_errno(err, "cannot open /proc/self/ns/pid") : clone_flags(&c.spec, err);
         if (flags >= 0)
-            pid = spawn_init(&ia, flags, err);
-        if (own_pidns >= 0 && setns(own_pidns, CLONE_NEWPID) < 0)
+            pid = spawn_init(&ia, flags, own_pidns, o, err);
+        else if (own_pidns >= 0 && setns(own_pidns, CLONE_NEWPID) < 0)
             oci_log("warning", "cannot return to cell-oci's pid namespace: %s", strerror(errno));
         if (pid > 0)
             rc = record(o, &c, pid, err);
@@ -300,9 +367,60 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
             close(*fd);
     for (size_t i = 0; i < c.n_cgroup_fds; i++)
         close(c.cgroup_fds[i]);
+    json_decref(c.hook_state);
     oci_spec_free(&c.spec);
     if (rc == 0)
         *child = pid;
+    return rc;
+}
+
+/* Wait (bounded) until the released init has exec'd the container's
+ * process: until then /proc/PID/exe is our own binary.  poststart hooks
+ * expect the process, and startContainer hooks run before it. */
+static void wait_exec(const struct oci_state *st)
+{
+    struct stat self;
+    if (stat("/proc/self/exe", &self) < 0)
+        return;
+    char exe[64];
+    snprintf(exe, sizeof exe, "/proc/%d/exe", (int)st->pid);
+    for (int i = 0; i < 2000; i++) {
+        struct stat cur;
+        if (stat(exe, &cur) < 0 || cur.st_dev != self.st_dev || cur.st_ino != self.st_ino ||
+            oci_pid_start_time(st->pid) != st->start_time)
+            return;
+        struct timespec ts = { 0, 5 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    oci_log("warning", "container %s: its process has not started after 10 s; running poststart", st->id);
+}
+
+/* poststart: after the process is released (the runtime spec's order;
+ * runc 1.1 runs them at create).  A failure kills the container and fails
+ * `start`, as runc does. */
+static int poststart(const char *root, const char *id, cell_error *err)
+{
+    json_t *doc;
+    struct oci_hooks h;
+    struct oci_state st;
+    if (oci_hooks_load(root, id, &doc, &h, err) < 0)
+        return -1;
+    int rc = 0;
+    if (h.n[OCI_HOOK_POSTSTART] && (rc = oci_state_read(root, id, &st, err)) == 0) {
+        wait_exec(&st);
+        json_t *state = oci_hook_state(id, "running", st.pid, st.bundle, st.annotations);
+        rc = state ? oci_hooks_run(&h, OCI_HOOK_POSTSTART, state, st.bundle, err)
+                   : util_fail(err, ENOMEM, "no memory for the hooks' state");
+        if (rc < 0) {
+            _cleanup_close_ int pidfd = oci_state_pidfd(&st);
+            if (pidfd >= 0)
+                (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+        }
+        json_decref(state);
+        oci_state_free(&st);
+    }
+    oci_hooks_free(&h);
+    json_decref(doc);
     return rc;
 }
 
@@ -329,7 +447,7 @@ int oci_start(const char *root, const char *id, cell_error *err)
         return util_fail_errno(err, "cannot start container %s", id);
     if (unlink(fifo) < 0)
         return util_fail_errno(err, "cannot remove %s", fifo);
-    return 0;
+    return poststart(root, id, err);
 }
 
 /* Call fn on every process of the container: its cgroup's, which the init
@@ -516,6 +634,12 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
         }
     }
     if (rc == 0) {
+        /* poststop runs once the container is gone; read its hooks first. */
+        json_t *hooks_doc = NULL;
+        struct oci_hooks hooks = { 0 };
+        cell_error herr = { 0 };
+        if (oci_hooks_load(root, id, &hooks_doc, &hooks, &herr) < 0)
+            oci_log("warning", "container %s: poststop hooks not run: %s", id, herr.message);
         /* What the init left in its cgroup (exec'd processes) goes with it. */
         kill_container(&st, SIGKILL);
         if (oci_cgroup_frozen(st.cgroup))
@@ -523,6 +647,14 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
         oci_slot_release(st.slot, st.pid, st.start_time);
         oci_cgroup_remove(st.cgroup);
         remove_state(root, id);
+        /* Errors are logged, never fatal: the container is already deleted. */
+        json_t *state = hooks.n[OCI_HOOK_POSTSTOP] ? oci_hook_state(id, "stopped", 0, st.bundle, st.annotations)
+                                                   : NULL;
+        if (state && oci_hooks_run(&hooks, OCI_HOOK_POSTSTOP, state, st.bundle, &herr) < 0)
+            oci_log("warning", "container %s: %s", id, herr.message);
+        json_decref(state);
+        oci_hooks_free(&hooks);
+        json_decref(hooks_doc);
     }
     oci_state_free(&st);
     return rc;

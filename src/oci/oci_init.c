@@ -766,6 +766,38 @@ static void use_console(const struct oci_init_args *a, int slave)
         close(slave);
 }
 
+/* The hooks' state as the init reports it: its own pid (in its pid
+ * namespace, as runc's init reports it). */
+static json_t *init_hook_state(const struct oci_init_args *a, const char *status)
+{
+    if (json_object_set_new(a->hook_state, "status", json_string(status)) < 0 ||
+        json_object_set_new(a->hook_state, "pid", json_integer(getpid())) < 0)
+        FAIL("no memory for the hooks' state");
+    return a->hook_state;
+}
+
+/* With the mounts made, before pivot_root: the creator runs prestart and
+ * createRuntime in the runtime's namespaces (we wait for its "go"), then
+ * createContainer runs here, in the container's, from the root's directory. */
+static void container_hooks(const struct oci_init_args *a)
+{
+    const struct oci_hooks *h = &a->spec->hooks;
+    if (h->n[OCI_HOOK_PRESTART] || h->n[OCI_HOOK_CREATE_RUNTIME]) {
+        char go[4];
+        if (write(a->sync_fd, "hooks", 5) != 5)
+            FAIL("cannot ask for the createRuntime hooks");
+        if (read(a->sync_fd, go, sizeof go) != 2 || memcmp(go, "go", 2) != 0)
+            _exit(127); /* the creator failed a hook: it reports it */
+    }
+    if (!h->n[OCI_HOOK_CREATE_CONTAINER])
+        return;
+    cell_error err = { 0 };
+    if (oci_hooks_run(h, OCI_HOOK_CREATE_CONTAINER, init_hook_state(a, "creating"), a->spec->root, &err) < 0) {
+        errno = 0;
+        FAIL("%s", err.message);
+    }
+}
+
 /* What the init (once started) and an exec'd process share: the terminal,
  * cell's confinement, the runtime's descriptors gone, process.cwd, exec.
  * Failures go to a->sync_fd while it is open: it closes at the exec. */
@@ -779,6 +811,15 @@ static void become_process(const struct oci_init_args *a, const char *exe, char 
         FAIL("cannot close the runtime's descriptors");
     if (chdir(a->spec->cwd) < 0)
         FAIL("cannot enter process.cwd %s", a->spec->cwd);
+    /* startContainer: confined as the process is, its path in the
+     * container's root; a failure ends the container, as in runc. */
+    if (a->hook_state && a->spec->hooks.n[OCI_HOOK_START_CONTAINER]) {
+        cell_error err = { 0 };
+        if (oci_hooks_run(&a->spec->hooks, OCI_HOOK_START_CONTAINER, init_hook_state(a, "created"), NULL, &err) < 0) {
+            errno = 0;
+            FAIL("%s", err.message);
+        }
+    }
     execve(exe, (char *const *)a->spec->args, env);
     FAIL("cannot exec %s", exe);
 }
@@ -803,6 +844,7 @@ void oci_init_main(const struct oci_init_args *a)
     setup_new_netns(a);
     set_sysctls(a);
     int root_fd = build_root(a);
+    container_hooks(a);
     pivot(a, root_fd);
     close(root_fd);
     char exe[PATH_MAX];

@@ -19,6 +19,7 @@ struct globals {
     const char *log;
     int         json;
     int         debug;
+    int         systemd_cgroup;
 };
 
 static void usage(FILE *f)
@@ -114,7 +115,7 @@ static int cmd_create(const struct globals *g, int argc, char **argv, int run)
         { "pidfd-socket", required_argument, NULL, OPT_IGNORED_ARG },
         { NULL, 0, NULL, 0 },
     };
-    struct oci_create_opts o = { .root = g->root, .bundle = "." };
+    struct oci_create_opts o = { .root = g->root, .bundle = ".", .systemd_cgroup = g->systemd_cgroup };
     int detach = 0, keep = 0, c;
     while ((c = getopt_long_only(argc, argv, "+b:d", opts, NULL)) != -1) {
         switch (c) {
@@ -326,9 +327,10 @@ static int cmd_features(void)
     for (const int *c = isolate_caps_kept; *c >= 0; c++)
         json_array_append_new(caps, json_string(oci_cap_name(*c)));
     json_t *f = json_pack(
-        "{s:s, s:s, s:[], s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s], s:{s:[s,s,s,s,s,s,s], s:o, s:{s:b, s:b, "
+        "{s:s, s:s, s:[s,s,s,s,s,s], s:[s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s,s], s:{s:[s,s,s,s,s,s,s], s:o, s:{s:b, s:b, "
         "s:b}, s:{s:b}, s:{s:b}, s:{s:b}}, s:{s:s}}",
-        "ociVersionMin", "1.0.0", "ociVersionMax", "1.1.0", "hooks", "mountOptions", "bind", "rbind", "ro", "rw",
+        "ociVersionMin", "1.0.0", "ociVersionMax", "1.1.0", "hooks", "prestart", "createRuntime", "createContainer",
+        "startContainer", "poststart", "poststop", "mountOptions", "bind", "rbind", "ro", "rw",
         "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "nodiratime", "relatime", "strictatime",
         "private", "rprivate", "slave", "rslave", "shared", "rshared", "linux", "namespaces", "cgroup", "ipc",
         "mount", "network", "pid", "user", "uts", "capabilities", caps, "cgroup", "v1", 0, "v2", 0, "systemd", 0,
@@ -365,7 +367,7 @@ int main(int argc, char **argv)
         case 'l': g.log = optarg; break;
         case 'F': format = optarg; break;
         case 'D': g.debug = 1; break;
-        case 'S': /* accepted: cell makes no cgroup yet (docs/oci.md) */ break;
+        case 'S': g.systemd_cgroup = 1; break; /* systemd's cgroupsPath form, mapped (docs/oci.md) */
         case 'i': break;
         case 'v': fputs(OCI_VERSION_TEXT, stdout); return 0;
         case 'h': usage(stdout); return 0;

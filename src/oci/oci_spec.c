@@ -132,6 +132,169 @@ static int clean_abs_path(const char *p, size_t len)
     return 1;
 }
 
+/* ---- hooks ---------------------------------------------------------------------- */
+
+static const char *const hook_kinds[OCI_HOOK_KINDS] = { "prestart", "createRuntime", "createContainer",
+                                                        "startContainer", "poststart", "poststop" };
+
+const char *oci_hook_kind_name(int kind)
+{
+    return kind >= 0 && kind < OCI_HOOK_KINDS ? hook_kinds[kind] : "?";
+}
+
+void oci_hooks_free(struct oci_hooks *h)
+{
+    for (int k = 0; k < OCI_HOOK_KINDS; k++) {
+        for (size_t i = 0; i < h->n[k]; i++) {
+            free(h->list[k][i].args);
+            free(h->list[k][i].env);
+        }
+        free(h->list[k]);
+    }
+    memset(h, 0, sizeof *h);
+}
+
+static int parse_hook(json_t *o, const char *where, struct oci_hook *out, cell_error *err)
+{
+    size_t n;
+    json_t *t;
+    if (!json_is_object(o))
+        return FAIL("config.json: %s must be an object with a path", where);
+    if (get_string(o, "path", where, &out->path, err) < 0)
+        return -1;
+    /* Resolved in the runtime's (or, for startContainer, the container's)
+     * mount namespace: absolute, never relative to some cwd. */
+    if (!out->path || !clean_abs_path(out->path, json_string_length(json_object_get(o, "path"))))
+        return FAIL("config.json: %spath must be an absolute path without '.' or '..'", where);
+    if (string_array(o, "args", where, OCI_MAX_ARGS, &out->args, &n, err) < 0 ||
+        string_array(o, "env", where, OCI_MAX_ENV, &out->env, &n, err) < 0)
+        return -1;
+    for (size_t i = 0; out->env && out->env[i]; i++)
+        if (!strchr(out->env[i], '=') || out->env[i][0] == '=')
+            return FAIL("config.json: %senv[%zu] '%.64s' must be NAME=VALUE", where, i, out->env[i]);
+    if (member(o, "timeout", JSON_INTEGER, where, &t, err) < 0)
+        return -1;
+    if (t && (json_integer_value(t) <= 0 || json_integer_value(t) > OCI_MAX_HOOK_TIMEOUT))
+        return FAIL("config.json: %stimeout must be 1..%d seconds", where, OCI_MAX_HOOK_TIMEOUT);
+    out->timeout = t ? (int)json_integer_value(t) : 0;
+    return 0;
+}
+
+int oci_hooks_parse(json_t *hooks, struct oci_hooks *out, cell_error *err)
+{
+    cell_error local;
+    if (!err)
+        err = &local;
+    memset(out, 0, sizeof *out);
+    if (!hooks || json_is_null(hooks))
+        return 0;
+    if (!json_is_object(hooks))
+        return FAIL("config.json: hooks must be an object");
+    const char *key;
+    json_t *a;
+    json_object_foreach(hooks, key, a) {
+        int k = 0;
+        while (k < OCI_HOOK_KINDS && strcmp(hook_kinds[k], key) != 0)
+            k++;
+        /* An unknown kind would be a hook silently never run. */
+        if (k == OCI_HOOK_KINDS) {
+            FAIL("config.json: hooks.%.64s is not a hook kind (prestart, createRuntime, createContainer, "
+                 "startContainer, poststart, poststop)", key);
+            goto fail;
+        }
+        if (json_is_null(a))
+            continue;
+        if (!json_is_array(a) || json_array_size(a) > OCI_MAX_HOOKS) {
+            FAIL("config.json: hooks.%s must be an array of at most %d hooks", key, OCI_MAX_HOOKS);
+            goto fail;
+        }
+        out->list[k] = calloc(json_array_size(a) + 1, sizeof *out->list[k]);
+        if (!out->list[k]) {
+            util_fail(err, ENOMEM, "config.json: no memory for hooks.%s", key);
+            goto fail;
+        }
+        for (size_t i = 0; i < json_array_size(a); i++) {
+            char where[64];
+            snprintf(where, sizeof where, "hooks.%s[%zu].", key, i);
+            out->n[k] = i + 1; /* freed with what it holds, even half-parsed */
+            if (parse_hook(json_array_get(a, i), where, &out->list[k][i], err) < 0)
+                goto fail;
+        }
+    }
+    return 0;
+fail:
+    oci_hooks_free(out);
+    return -1;
+}
+
+/* ---- systemd's cgroupsPath ----------------------------------------------------------- */
+
+/* A unit name's characters (systemd's unit_name_is_valid, roughly): no '/',
+ * nothing that could climb. */
+static int unit_chars_ok(const char *s, size_t n)
+{
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\@";
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(ok, s[i]) || !s[i])
+            return 0;
+    return n > 0 && !(n == 1 && s[0] == '.') && !(n == 2 && s[0] == '.' && s[1] == '.');
+}
+
+/* "a-b-c.slice" -> "/a.slice/a-b.slice/a-b-c.slice" (systemd's slice
+ * nesting by dashes); "-.slice" is the root, "". */
+static int expand_slice(const char *slice, size_t len, char *out, size_t size, cell_error *err)
+{
+    const size_t sfx = sizeof ".slice" - 1;
+    if (len <= sfx || strncmp(slice + len - sfx, ".slice", sfx) != 0 || !unit_chars_ok(slice, len - sfx))
+        return FAIL("linux.cgroupsPath: slice '%.*s' must be NAME.slice", (int)(len > 64 ? 64 : len), slice);
+    size_t base = len - sfx, used = 0;
+    out[0] = 0;
+    if (base == 1 && slice[0] == '-')
+        return 0;
+    if (slice[0] == '-' || slice[base - 1] == '-' || memmem(slice, base, "--", 2) || memchr(slice, '/', base))
+        return FAIL("linux.cgroupsPath: slice '%.*s' has an empty part between dashes", (int)len, slice);
+    for (size_t i = 0; i <= base; i++) {
+        if (i < base && slice[i] != '-')
+            continue;
+        int w = snprintf(out + used, size - used, "/%.*s.slice", (int)i, slice);
+        if (w < 0 || (size_t)w >= size - used)
+            return util_fail(err, ENAMETOOLONG, "linux.cgroupsPath: slice '%.64s' is too long", slice);
+        used += (size_t)w;
+    }
+    return 0;
+}
+
+int oci_systemd_cgroup_path(const char *spec, const char *id, char *out, size_t size, cell_error *err)
+{
+    const char *c1 = strchr(spec, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (!c1 || !c2 || strchr(c2 + 1, ':'))
+        return FAIL("linux.cgroupsPath '%.64s' must be slice:prefix:name for --systemd-cgroup", spec);
+    const char *slice = spec, *prefix = c1 + 1, *name = c2 + 1;
+    size_t slen = (size_t)(c1 - spec), plen = (size_t)(c2 - prefix);
+    if (!*name)
+        name = id;
+    char parent[PATH_MAX];
+    if (expand_slice(slen ? slice : "system.slice", slen ? slen : strlen("system.slice"), parent, sizeof parent,
+                     err) < 0)
+        return -1;
+    if ((plen && !unit_chars_ok(prefix, plen)) || !unit_chars_ok(name, strlen(name)) || strlen(name) > 255)
+        return FAIL("linux.cgroupsPath '%.64s': prefix and name may hold only letters, digits and -_.:@", spec);
+    size_t nlen = strlen(name);
+    int w;
+    if (nlen > 6 && strcmp(name + nlen - 6, ".slice") == 0) {
+        /* A slice of its own, placed by its name (runc: no scope). */
+        char sub[PATH_MAX];
+        if (expand_slice(name, nlen, sub, sizeof sub, err) < 0)
+            return -1;
+        w = snprintf(out, size, "%s", sub);
+    } else {
+        w = snprintf(out, size, "%s/%.*s%s%s.scope", parent, (int)plen, prefix, plen ? "-" : "", name);
+    }
+    if (w < 0 || (size_t)w >= size)
+        return util_fail(err, ENAMETOOLONG, "linux.cgroupsPath '%.64s' is too long", spec);
+    return 0;
+}
+
 static int parse_user(json_t *proc, struct oci_spec *s, cell_error *err)
 {
     json_t *user, *v;
@@ -501,10 +664,10 @@ static int parse_linux(json_t *doc, struct oci_spec *s, cell_error *err)
     if (parse_sysctl(l, s, err) < 0 || get_string(l, "cgroupsPath", "linux.", &s->cgroups_path, err) < 0 ||
         member(l, "resources", JSON_OBJECT, "linux.", &s->resources, err) < 0)
         return -1;
-    /* The systemd form (slice:prefix:name) is for --systemd-cgroup, which
-     * cell does not implement: such a container gets /cell-oci/ID. */
+    /* The systemd form (slice:prefix:name) is mapped at create, which
+     * knows the id (oci_systemd_cgroup_path); its syntax is checked there. */
     if (s->cgroups_path && strchr(s->cgroups_path, ':'))
-        s->cgroups_path = NULL;
+        s->cgroups_systemd = 1;
     else if (s->cgroups_path && (!clean_abs_path(s->cgroups_path, strlen(s->cgroups_path)) ||
                                  !s->cgroups_path[strspn(s->cgroups_path, "/")]))
         return FAIL("config.json: linux.cgroupsPath '%.64s' must be an absolute path below the root cgroup, "
@@ -540,7 +703,9 @@ int oci_spec_parse(const char *text, size_t len, const char *bundle, struct oci_
     } else if (parse_process(out->doc, out, err) == 0 && parse_root(out->doc, bundle, out, err) == 0 &&
                get_string(out->doc, "hostname", "", &out->hostname, err) >= 0 &&
                parse_mounts(out->doc, out, err) == 0 && parse_linux(out->doc, out, err) == 0 &&
-               member(out->doc, "annotations", JSON_OBJECT, "", &out->annotations, err) >= 0) {
+               member(out->doc, "annotations", JSON_OBJECT, "", &out->annotations, err) >= 0 &&
+               member(out->doc, "hooks", JSON_OBJECT, "", &out->hooks_doc, err) >= 0 &&
+               oci_hooks_parse(out->hooks_doc, &out->hooks, err) == 0) {
         rc = 0;
     }
     if (rc == 0 && out->hostname && (strlen(out->hostname) > 64 || strchr(out->hostname, '/')))
@@ -600,6 +765,7 @@ void oci_spec_free(struct oci_spec *s)
     free(s->mounts);
     free(s->masked);
     free(s->readonly);
+    oci_hooks_free(&s->hooks);
     json_decref(s->doc);
     memset(s, 0, sizeof *s);
 }

@@ -390,6 +390,64 @@ def proc_state(pid):
         return None
 
 
+# ---- hooks -------------------------------------------------------------------------
+
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+# Runs in the runtime's namespaces and in the container's (busybox sh or
+# dash): where it ran (its mount, pid and network namespaces, cwd, uid) and
+# the state on its stdin, into $REC/KIND; its name appended to $REC/order.
+_HOOK_SCRIPT = """#!/bin/sh
+k=$1
+{ echo "mnt $(readlink /proc/self/ns/mnt)"; echo "pid $(readlink /proc/self/ns/pid)"
+  echo "net $(readlink /proc/self/ns/net)"; echo "cwd $(pwd)"; echo "uid $(id -u)"
+  echo "state $(cat)"; } > "$REC/$k"
+echo "$k" >> "$REC/order"
+"""
+
+
+def add_recording_hooks(cfg, bundle, kinds=HOOK_KINDS):
+    """Give config `cfg` of `bundle` (made by make_bundle) one recording hook
+    of each kind: BUNDLE/hook.sh on the host, /hook.sh in the rootfs for
+    startContainer (its path resolves in the container), recording into
+    BUNDLE/rec, which the container sees at /rec (a bind).  Returns the
+    host record directory; read_hook_records() reads it."""
+    rec = os.path.join(bundle, "rec")
+    os.makedirs(rec, exist_ok=True)
+    for path in (os.path.join(bundle, "hook.sh"), os.path.join(bundle, "rootfs", "hook.sh")):
+        with open(path, "w") as f:
+            f.write(_HOOK_SCRIPT)
+        os.chmod(path, 0o755)
+    cfg["mounts"].append({"destination": "/rec", "type": "bind", "source": rec, "options": ["rbind", "rw"]})
+    cfg["hooks"] = {}
+    for k in kinds:
+        inside = k == "startContainer"
+        cfg["hooks"][k] = [{"path": "/hook.sh" if inside else os.path.join(bundle, "hook.sh"),
+                            "args": ["hook.sh", k], "env": ["PATH=/bin:/usr/bin", "REC=" + ("/rec" if inside else rec)]}]
+    return rec
+
+
+def read_hook_records(rec):
+    """{kind: {"mnt", "pid", "net", "cwd", "uid", "state" (parsed)}} and the
+    order the hooks ran in."""
+    out = {}
+    for k in HOOK_KINDS:
+        p = os.path.join(rec, k)
+        if not os.path.exists(p):
+            continue
+        d = {}
+        with open(p) as f:
+            for line in f:
+                key, _, v = line.rstrip("\n").partition(" ")
+                d[key] = v
+        d["state"] = json.loads(d["state"])
+        out[k] = d
+    order = []
+    if os.path.exists(os.path.join(rec, "order")):
+        with open(os.path.join(rec, "order")) as f:
+            order = f.read().split()
+    return out, order
+
+
 # ---- the subreaper (the shim's place) ----------------------------------------------
 
 

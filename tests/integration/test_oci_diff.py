@@ -5,6 +5,8 @@ capability sets a subset of runc's, no_new_privs and the seccomp mode at
 least runc's, every maskedPaths entry unreadable, every readonlyPaths
 entry read-only (or masked).  Skipped while cell-oci is not built (the
 runc-only half would compare runc with itself)."""
+import os
+
 import pytest
 
 import oci
@@ -106,3 +108,68 @@ def test_readonly_paths_read_only(both, tmp_path):
         while q not in mounts:
             q = q.rsplit("/", 1)[0] or "/"
         assert "ro" in mounts[q], "cell-oci: %s is on %s (%s), not read-only" % (p, q, mounts[q])
+
+
+def hook_facts(records, bundle, proc, init_pid):
+    """Where each hook ran, as relations that hold for any run: "host" or
+    "container" for each namespace, its cwd relative to the bundle, and the
+    state it read with the pid as "init" (host pid) or "1"."""
+    host = {n: os.readlink("/proc/self/ns/" + n) for n in ("mnt", "pid", "net")}
+    facts = {}
+    for kind, r in records.items():
+        f = {}
+        for n in ("mnt", "pid", "net"):
+            f[n] = "host" if r[n] == host[n] else "container" if r[n] == proc[n] else r[n]
+        f["cwd"] = r["cwd"].replace(bundle, "BUNDLE")
+        st = dict(r["state"])
+        assert st.pop("bundle") == bundle and st.pop("id") == "d1", (kind, r)
+        st.pop("ociVersion")
+        if "pid" in st:
+            st["pid"] = "init" if st["pid"] == init_pid else st["pid"]
+        f["state"] = st
+        f["uid"] = r["uid"]
+        facts[kind] = f
+    return facts
+
+
+def test_hooks_run_where_runc_runs_them(both, tmp_path):
+    """One recording hook of each kind (oci.add_recording_hooks): each runs
+    in the same namespaces as runc's (prestart, createRuntime, poststart,
+    poststop: the host's; createContainer, startContainer: the
+    container's), from the same directory, reading the same state.  The one
+    difference is deliberate: runc 1.1 runs poststart during create (status
+    "created"); cell-oci runs it in start, after the process started, as the
+    runtime spec says (status "running"), so it comes last before poststop."""
+    facts, orders = [], []
+    for rt in both:
+        bdir = str(tmp_path / ("b-" + rt.name))
+        holder = {}
+        def edit(c, bdir=bdir):
+            holder["rec"] = oci.add_recording_hooks(c, bdir)
+            c["annotations"] = {"io.example/pod": "p1"}
+        b = oci.make_bundle(bdir, ["sh", "-c", "for n in mnt pid net; do echo $n $(readlink /proc/self/ns/$n); "
+                                   "done"], edit=edit)
+        pid_file = str(tmp_path / ("pid-" + rt.name))
+        r = rt.run("d1", b, pid_file=pid_file)
+        assert r.rc == 0, r
+        proc = dict(line.split(" ", 1) for line in r.out.splitlines())
+        records, order = oci.read_hook_records(holder["rec"])
+        assert set(records) == set(oci.HOOK_KINDS), (rt.name, records, r)
+        facts.append(hook_facts(records, b, proc, oci.read_pid_file(pid_file)))
+        orders.append(order)
+    ref, got = facts
+    assert ref["poststart"]["state"]["status"] == "created"        # runc 1.1: at create
+    assert got["poststart"]["state"]["status"] == "running"
+    ref["poststart"]["state"]["status"] = got["poststart"]["state"]["status"]
+    assert got == ref
+    # spelled out, so that a runc that changes fails here, not silently
+    for k in ("prestart", "createRuntime", "poststart", "poststop"):
+        assert (got[k]["mnt"], got[k]["pid"], got[k]["net"]) == ("host",) * 3, (k, got[k])
+    for k in ("createContainer", "startContainer"):
+        assert (got[k]["mnt"], got[k]["pid"], got[k]["net"]) == ("container",) * 3, (k, got[k])
+    assert got["createContainer"]["cwd"] == "BUNDLE/rootfs" and got["createRuntime"]["cwd"] == "BUNDLE"
+    assert got["createRuntime"]["state"] == {"status": "creating", "pid": "init",
+                                             "annotations": {"io.example/pod": "p1"}}
+    assert got["createContainer"]["state"]["pid"] == 1 and "pid" not in got["poststop"]["state"]
+    assert orders[1] == ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"]
+    assert orders[0] == ["prestart", "createRuntime", "createContainer", "poststart", "startContainer", "poststop"]

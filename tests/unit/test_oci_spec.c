@@ -84,12 +84,14 @@ static void parses_a_good_spec(void **state)
     assert_non_null(s.annotations);
     assert_null(s.cgroups_path);
     oci_spec_free(&s);
-    /* cgroupfs form kept; systemd form (slice:prefix:name) left to the default. */
+    /* cgroupfs form kept; systemd form (slice:prefix:name) kept for create to map. */
     assert_int_equal(parse(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"/k8s.io/abc\"}}", &s, &err), 0);
     assert_string_equal(s.cgroups_path, "/k8s.io/abc");
+    assert_false(s.cgroups_systemd);
     oci_spec_free(&s);
     assert_int_equal(parse(HEAD PROC ROOT ", \"linux\": {\"cgroupsPath\": \"system.slice:cri:abc\"}}", &s, &err), 0);
-    assert_null(s.cgroups_path);
+    assert_string_equal(s.cgroups_path, "system.slice:cri:abc");
+    assert_true(s.cgroups_systemd);
     oci_spec_free(&s);
 }
 
@@ -280,6 +282,99 @@ static void refuses_huge_arrays(void **state)
     free(b);
 }
 
+/* systemd's slice:prefix:name as the cgroupfs path systemd gives it. */
+static void systemd_cgroup_paths(void **state)
+{
+    (void)state;
+    char out[PATH_MAX];
+    cell_error err;
+    static const char *const good_paths[][3] = {
+        { "system.slice:cri-containerd:abc", "id", "/system.slice/cri-containerd-abc.scope" },
+        { "kubepods-besteffort-pod12.slice:cri-containerd:c1", "id",
+          "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice/cri-containerd-c1.scope" },
+        { "a-b.slice:p:n", "id", "/a.slice/a-b.slice/p-n.scope" },
+        { ":runc:x", "id", "/system.slice/runc-x.scope" },          /* empty slice: system.slice */
+        { "system.slice:runc:", "c9", "/system.slice/runc-c9.scope" }, /* empty name: the id */
+        { "-.slice:p:n", "id", "/p-n.scope" },                      /* the root slice */
+        { "user.slice::n", "id", "/user.slice/n.scope" },             /* no prefix */
+        { "system.slice:p:pod-a.slice", "id", "/pod.slice/pod-a.slice" }, /* a slice of its own */
+    };
+    for (size_t i = 0; i < sizeof good_paths / sizeof *good_paths; i++) {
+        memset(&err, 0, sizeof err);
+        if (oci_systemd_cgroup_path(good_paths[i][0], good_paths[i][1], out, sizeof out, &err) != 0)
+            fail_msg("%s: %s", good_paths[i][0], err.message);
+        assert_string_equal(out, good_paths[i][2]);
+    }
+    /* Hostile or malformed: never a path that climbs or leaves the mount. */
+    static const char *const bad[] = {
+        "system.slice:cri", "a:b:c:d", "noslice:p:n", "../x.slice:p:n", "a--b.slice:p:n", "-a.slice:p:n",
+        "a-.slice:p:n", "system.slice:p:..", "system.slice:../..:n", "system.slice:p:a/b", "system.slice:a/b:n",
+        ".slice:p:n", "a/b.slice:p:n", "system.slice:p:x\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        memset(&err, 0, sizeof err);
+        if (oci_systemd_cgroup_path(bad[i], "id", out, sizeof out, &err) == 0)
+            fail_msg("'%s' was mapped to %s", bad[i], out);
+        assert_non_null(strstr(err.message, "cgroupsPath"));
+    }
+    /* Too long for the buffer: refused, not cut. */
+    char small[16];
+    assert_int_equal(oci_systemd_cgroup_path("system.slice:cri-containerd:abc", "id", small, sizeof small, &err), -1);
+}
+
+#define HOOKS(h) HEAD PROC ROOT ", \"hooks\": " h "}"
+
+static void parses_hooks(void **state)
+{
+    (void)state;
+    struct oci_spec s;
+    cell_error err;
+    assert_int_equal(parse(HOOKS("{\"prestart\": [{\"path\": \"/bin/a\"}], \"createRuntime\": [{\"path\": \"/bin/b\","
+                                 " \"args\": [\"b\", \"-x\"], \"env\": [\"A=1\"], \"timeout\": 5}, {\"path\": \"/c\"}],"
+                                 " \"poststop\": [], \"startContainer\": null}"), &s, &err), 0);
+    assert_int_equal(s.hooks.n[OCI_HOOK_PRESTART], 1);
+    assert_string_equal(s.hooks.list[OCI_HOOK_PRESTART][0].path, "/bin/a");
+    assert_null(s.hooks.list[OCI_HOOK_PRESTART][0].args);
+    assert_null(s.hooks.list[OCI_HOOK_PRESTART][0].env);
+    assert_int_equal(s.hooks.list[OCI_HOOK_PRESTART][0].timeout, 0);
+    assert_int_equal(s.hooks.n[OCI_HOOK_CREATE_RUNTIME], 2);
+    assert_string_equal(s.hooks.list[OCI_HOOK_CREATE_RUNTIME][0].args[1], "-x");
+    assert_null(s.hooks.list[OCI_HOOK_CREATE_RUNTIME][0].args[2]);
+    assert_string_equal(s.hooks.list[OCI_HOOK_CREATE_RUNTIME][0].env[0], "A=1");
+    assert_int_equal(s.hooks.list[OCI_HOOK_CREATE_RUNTIME][0].timeout, 5);
+    assert_int_equal(s.hooks.n[OCI_HOOK_POSTSTOP], 0);
+    assert_int_equal(s.hooks.n[OCI_HOOK_START_CONTAINER], 0);
+    assert_string_equal(oci_hook_kind_name(OCI_HOOK_START_CONTAINER), "startContainer");
+    oci_spec_free(&s);
+
+    refused(HOOKS("[]"), "hooks must be an object");
+    refused(HOOKS("{\"preStart\": []}"), "hooks.preStart is not a hook kind");
+    refused(HOOKS("{\"prestart\": {}}"), "hooks.prestart must be an array");
+    refused(HOOKS("{\"prestart\": [\"/bin/a\"]}"), "hooks.prestart[0]. must be an object");
+    refused(HOOKS("{\"prestart\": [{}]}"), "hooks.prestart[0].path");
+    refused(HOOKS("{\"prestart\": [{\"path\": 7}]}"), "hooks.prestart[0].path");
+    refused(HOOKS("{\"poststop\": [{\"path\": \"bin/a\"}]}"), "hooks.poststop[0].path must be an absolute");
+    refused(HOOKS("{\"poststop\": [{\"path\": \"/bin/../a\"}]}"), "hooks.poststop[0].path");
+    refused(HOOKS("{\"poststop\": [{\"path\": \"/a\\u0000b\"}]}"), "u0000");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"args\": \"a\"}]}"), "hooks.poststart[0].args");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"args\": [1]}]}"), "hooks.poststart[0].args[0]");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"env\": [\"NOEQ\"]}]}"), "hooks.poststart[0].env[0]");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"timeout\": 0}]}"), "hooks.poststart[0].timeout");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"timeout\": -3}]}"), "hooks.poststart[0].timeout");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"timeout\": \"5\"}]}"), "hooks.poststart[0].timeout");
+    refused(HOOKS("{\"poststart\": [{\"path\": \"/a\", \"timeout\": 99999999999}]}"), "hooks.poststart[0].timeout");
+    /* More hooks than the bound: refused before any is parsed. */
+    size_t n = OCI_MAX_HOOKS + 1, len = n * 20 + 256;
+    char *t = malloc(len);
+    assert_non_null(t);
+    size_t used = (size_t)snprintf(t, len, "%s", HEAD PROC ROOT ", \"hooks\": {\"prestart\": [");
+    for (size_t i = 0; i < n; i++)
+        used += (size_t)snprintf(t + used, len - used, "%s{\"path\": \"/a\"}", i ? "," : "");
+    snprintf(t + used, len - used, "]}}");
+    refused(t, "at most 64 hooks");
+    free(t);
+}
+
 static void capability_names(void **state)
 {
     (void)state;
@@ -304,6 +399,8 @@ int main(void)
         cmocka_unit_test(refuses_what_cell_does_not_mount),
         cmocka_unit_test(refuses_huge_arrays),
         cmocka_unit_test(capability_names),
+        cmocka_unit_test(systemd_cgroup_paths),
+        cmocka_unit_test(parses_hooks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
