@@ -483,5 +483,17 @@ def test_api_two_imports_of_one_name_race(d, base):
     for t in ts:
         t.join()
     assert sorted(results)[0] == 201 and results.count(201) == 1 and set(results) <= {201, 409}, results
-    assert admin.delete("/v1/images/%s" % name).status == 200
-    assert [n for n in os.listdir(os.path.join(d.state, "images")) if ".import-" in n] == []
+    # Concurrent DELETEs of it: exactly one removes it, the others are 404s.
+    gate, dels = threading.Barrier(4), []
+
+    def rm():
+        gate.wait()
+        dels.append(admin.delete("/v1/images/%s" % name))
+    ts = [threading.Thread(target=rm) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(r.status for r in dels) == [200, 404, 404, 404], dels
+    assert all(r.body["type"].endswith(":not_found") for r in dels if r.status == 404), dels
+    assert [n for n in os.listdir(os.path.join(d.state, "images")) if ".import-" in n or ".rm-" in n] == []
