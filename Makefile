@@ -255,6 +255,12 @@ $(BUILD)/tests/test_oci_spec: tests/unit/test_oci_spec.c $(BUILD)/obj/src/oci/oc
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDSAN) -o $@ $^ $(OCI_LIBS) -lcmocka
 
+# linux.seccomp's translation alone (flags, errnos, refusals).
+$(BUILD)/tests/test_oci_seccomp: tests/unit/test_oci_seccomp.c $(BUILD)/obj/src/oci/oci_seccomp.o \
+                                 $(BUILD)/obj/src/oci/oci_log.o $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDSAN) -o $@ $^ $(OCI_LIBS) -lcmocka
+
 # cell-daemon's option table (src/daemon/options.c) is in no library.
 DAEMON_OPTS_OBJ := $(BUILD)/obj/src/daemon/options.o $(BUILD)/obj/src/cli/serve_usage.o $(BUILD)/obj/src/cli/fail.o
 $(BUILD)/tests/test_daemon_opts: tests/unit/test_daemon_opts.c $(DAEMON_OPTS_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
