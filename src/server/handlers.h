@@ -122,6 +122,10 @@ int h_runs_artifact(sreq *r);
 int h_runs_upload(sreq *r);
 int h_runs_upload_body(sreq *r, const char *data, size_t len);
 
+/* desktop.c: every /cells/{cell}/v1/desktop/... route (the matched route
+ * names the operation) */
+int h_desktop(sreq *r);
+
 /* routes.c: what belongs to a later issue */
 int h_not_implemented(sreq *r);
 

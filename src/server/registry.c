@@ -3,6 +3,7 @@
 #include "server/agentkeys.h"
 #include "server/server_internal.h"
 #include "server/agents.h"
+#include "server/desktop.h"
 #include "server/slog.h"
 #include "runtime/runtime.h"
 #include "runtime/vfs.h"
@@ -15,6 +16,7 @@
 /* ---- references and states ------------------------------------------------------ */
 static void scell_free(scell *sc)
 {
+    desktop_free(sc);               /* drops its references to the processes first */
     procs_free_all(sc);
     json_decref(sc->spec);
     json_decref(sc->policy);

@@ -288,6 +288,7 @@ struct scell {
     sproc          *procs;
     unsigned        next_proc;
     struct laneviews *views;        /* its lane mounts' servers (laneview.c), from boot to halt */
+    struct desktop  *desktop;       /* plock to create: its virtual desktop (desktop.c), or NULL */
     pthread_mutex_t ulock;          /* usage: the model tokens its egress metered ("meter" rules) */
     struct scell_usage {
         int      metered;           /* a metered response was seen */

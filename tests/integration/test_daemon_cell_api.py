@@ -1070,9 +1070,10 @@ def test_unknown_and_other_tenants_cell_is_404(d, admin, cell):
     assert cell.get_file("/root/x").status == 400, "a refused PUT must not write"
 
 
-# Agents and ACP are served now (test_agents.py); the desktop is not yet.
+# Agents, ACP and the desktop are served now (test_agents.py, test_desktop.py);
+# the desktop's WebRTC stream and xdg-open are not.
 @pytest.mark.parametrize("method,path", [
-    ("GET", "/desktop/status"), ("POST", "/desktop/start"),
+    ("POST", "/desktop/stream/start"), ("POST", "/desktop/open"),
 ])
 def test_agent_routes_are_501(cell, method, path):
     r = cell.call(method, path, json_body={} if method in ("POST", "PUT") else None)
