@@ -234,6 +234,7 @@ static int set_limit(daemon_config *c, const daemon_option *o, const char *label
     return 0;
 }
 
+/* A file read at start (--upstream-ca, --pod-policy): readable now. */
 static int set_upstream_ca(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     if (access(value, R_OK) < 0)
@@ -320,6 +321,9 @@ const daemon_option daemon_options[] = {
     { "tls-client-ca", required_argument, 0, daemon_set_nonempty, OPT(opt.tls_client_ca_file), 0, 0 },
     { "insecure-listen", no_argument, 0, daemon_set_flag, OPT(opt.insecure_listen), 0, 0 },
     { "cors-origin", required_argument, DAEMON_OPT_REPEAT, set_cors_origin, OPT(cors), 0, 16 },
+    { "pods", no_argument, 0, daemon_set_flag, OPT(opt.pods), 0, 0 },
+    { "node-token-file", required_argument, 0, daemon_set_nonempty, OPT(opt.node_token_file), 0, 0 },
+    { "pod-policy", required_argument, 0, set_upstream_ca, OPT(opt.pod_policy_file), 0, 0 },
     { NULL, 0, 0, NULL, 0, 0, 0 },
 };
 

@@ -426,7 +426,7 @@ int main(void)
         h.gid = m.u[1];
         net_hooks hooks = { .decide = hook_decide, .event = hook_event, .secret = hook_secret, .user = &h,
                             .upstream_ca_file = m.str[2][0] ? m.str[2] : NULL, .ca_dir = m.str[3][0] ? m.str[3] : NULL,
-                            .confine = hook_confine, .confine_thread = hook_confine_thread };
+                            .confine = hook_confine, .confine_thread = hook_confine_thread, .pod = m.u[2] == 1 };
         rc = net_engine_start(&e, h.netns_fd, m.str[0], m.str[1], &hooks, &err);
     }
     ctl_msg_free(&m);

@@ -841,10 +841,11 @@ static void udp_from_cell(net_engine *e, uint8_t *buf, size_t size)
         if (!dst || src.sin_family != AF_INET || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
             continue;
         /* The cell's addresses are loopback and, with the fast path, its
-         * veth address.  A socket bound elsewhere (IP_FREEBIND) would have
+         * veth address (a pod's: its CNI address).  A socket bound elsewhere (IP_FREEBIND) would have
          * replies addressed off the cell, which the rules would bring back
          * to us as new datagrams: a loop. */
-        if ((ntohl(src.sin_addr.s_addr) >> 24) != 127 && (!e->l.cell_ip || src.sin_addr.s_addr != e->l.cell_ip))
+        if ((ntohl(src.sin_addr.s_addr) >> 24) != 127 && (!e->l.cell_ip || src.sin_addr.s_addr != e->l.cell_ip) &&
+            (!e->l.pod_ip || src.sin_addr.s_addr != e->l.pod_ip))
             continue;
         struct sockaddr_in d;
         memcpy(&d, dst, sizeof d);
@@ -1085,7 +1086,8 @@ int net_engine_start(net_engine **out, int netns_fd, const char *cell_id, const 
     /* CELL_EGRESS_FAST=0 keeps every flow on the relay (to compare, or
      * where the host must not get veths). */
     const char *fast = getenv("CELL_EGRESS_FAST");
-    if (net_netns_setup(netns_fd, !(fast && strcmp(fast, "0") == 0), &e->l, err) < 0)
+    int mode = e->hooks.pod ? NET_SETUP_POD : fast && strcmp(fast, "0") == 0 ? NET_SETUP_RELAY : NET_SETUP_FAST;
+    if (net_netns_setup(netns_fd, mode, &e->l, err) < 0)
         goto fail;
     if (e->l.cell_ip) {
         net_fast_hooks fh = { .decide = fast_decide, .audit = fast_audit, .confine = fast_confine, .arg = e };

@@ -44,6 +44,11 @@ typedef struct net_hooks {
      * CAP_NET_ADMIN: the helper forbids it new sockets.  -1 ends the
      * thread (held flows are then dropped: fail closed). */
     int              (*confine_thread)(void *user);
+    /* The netns is a Kubernetes pod's, wired by CNI (src/server/pods.c):
+     * its eth0, address and routes stay (connections made to the pod are
+     * answered), no fast path, and UDP is relayed from the pod's address
+     * too (netns.c, pod mode). */
+    int              pod;
 } net_hooks;
 
 /* The PEM of the cell's interception CA (for its trust store); malloc()ed. */

@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <libmnl/libmnl.h>
 #include <libnftnl/batch.h>
 #include <libnftnl/expr.h>
@@ -136,6 +137,49 @@ static const char ruleset_fast[] =
 int net_ruleset_fast(char *out, size_t size, const char *cell_ip)
 {
     int n = snprintf(out, size, ruleset_fast, cell_ip);
+    return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
+/* A Kubernetes pod's netns (NET_SETUP_POD): CNI made eth0, its address
+ * (%1$s, the pod's) and its routes, and connections made *to* the pod
+ * (services, probes) must keep working, so the default route stays eth0's.
+ * What the pod sends is a cell's: DNS to the resolver, TCP to the relay
+ * (nat_out re-routes a redirected flow over lo), UDP from the pod's own
+ * addresses marked for the transparent relay.  The filter runs at
+ * postrouting, where a redirected packet shows lo rather than the device
+ * it was first routed to: lo passes, and eth0 only for packets of the
+ * reply direction of a connection someone else opened to the pod (a flow
+ * the pod opens is original direction, and is redirected above, or
+ * dropped: ICMP, raw, IPv6, UDP from an address that is not the pod's).
+ * The fast path's veth is not made: CNI owns the pod's links. */
+static const char ruleset_pod[] =
+    "table inet cell {\n"
+    "  chain nat_out {\n"
+    "    type nat hook output priority -100; policy accept;\n"
+    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
+    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
+    "    ip daddr { 127.0.0.0/8, %1$s } return\n"
+    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
+    "  }\n"
+    "  chain udp_mark {\n"
+    "    type route hook output priority mangle; policy accept;\n"
+    "    meta nfproto ipv4 ct direction original ip saddr { 127.0.0.0/8, %1$s } ip daddr != { 127.0.0.0/8, %1$s } udp dport != 53 meta mark set 1\n"
+    "  }\n"
+    "  chain udp_tproxy {\n"
+    "    type filter hook prerouting priority mangle; policy accept;\n"
+    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n"
+    "    meta mark 1 drop\n"
+    "  }\n"
+    "  chain filter_post {\n"
+    "    type filter hook postrouting priority 0; policy drop;\n"
+    "    oif \"lo\" accept\n"
+    "    oifname \"eth0\" ct direction reply accept\n"
+    "  }\n"
+    "}\n";
+
+int net_ruleset_pod(char *out, size_t size, const char *pod_ip)
+{
+    int n = snprintf(out, size, ruleset_pod, pod_ip);
     return n < 0 || (size_t)n >= size ? -1 : 0;
 }
 
@@ -569,6 +613,34 @@ static int setup_fast(net_listeners *l, uint32_t host_ip, cell_error *err)
     return 0;
 }
 
+/* The pod's IPv4 address: eth0's first (network order), 0 if it has none. */
+static uint32_t pod_address(void)
+{
+    struct ifaddrs *all = NULL;
+    uint32_t ip = 0;
+    if (getifaddrs(&all) < 0)
+        return 0;
+    for (struct ifaddrs *a = all; a && !ip; a = a->ifa_next)
+        if (a->ifa_addr && a->ifa_addr->sa_family == AF_INET && strcmp(a->ifa_name, "eth0") == 0)
+            ip = ((const struct sockaddr_in *)(const void *)a->ifa_addr)->sin_addr.s_addr;
+    freeifaddrs(all);
+    return ip;
+}
+
+/* In the pod's netns: the rules and UDP's policy routing; no route changes. */
+static int setup_pod(net_listeners *l, cell_error *err)
+{
+    char ip[INET_ADDRSTRLEN] = "127.0.0.1", rules[sizeof ruleset_pod + 128];
+    l->pod_ip = pod_address();
+    if (l->pod_ip)
+        inet_ntop(AF_INET, &l->pod_ip, ip, sizeof ip);
+    if (net_ruleset_pod(rules, sizeof rules, ip) < 0)
+        return util_fail(err, EINVAL, "the pod's ruleset");
+    if (add_udp_routing(err) < 0 || run_nft(rules, "installing the pod's nftables rules", err) < 0)
+        return -1;
+    return 0;
+}
+
 static int listen_on(int type, uint16_t port, cell_error *err)
 {
     int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0), one = 1;
@@ -599,6 +671,7 @@ static int listen_on(int type, uint16_t port, cell_error *err)
 typedef struct setup_job {
     int netns_fd;
     uint32_t host_ip;   /* network order; 0 = no fast path */
+    int pod;            /* NET_SETUP_POD */
     net_listeners *out;
     cell_error *err;
     int rc;
@@ -614,7 +687,10 @@ static void *setup_main(void *arg)
         util_fail_errno(job->err, "entering the cell's network namespace");
         return NULL;
     }
-    if (job->host_ip) {
+    if (job->pod) {
+        if (setup_pod(l, job->err) < 0)
+            return NULL;
+    } else if (job->host_ip) {
         if (setup_fast(l, job->host_ip, job->err) < 0 || add_udp_routing(job->err) < 0)
             return NULL;
     } else if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 ||
@@ -637,10 +713,11 @@ static void *setup_main(void *arg)
     return NULL;
 }
 
-int net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err)
+int net_netns_setup(int netns_fd, int mode, net_listeners *out, cell_error *err)
 {
     *out = (net_listeners){ .relay = -1, .dns_udp = -1, .dns_tcp = -1, .udp = -1, .netns = -1 };
-    setup_job job = { .netns_fd = netns_fd, .out = out, .err = err };
+    setup_job job = { .netns_fd = netns_fd, .out = out, .err = err, .pod = mode == NET_SETUP_POD };
+    int fast = mode == NET_SETUP_FAST;
     /* Made from here, the caller's (the host's) netns: the host's end stays
      * in it.  Failing that, the cell is served by the relay alone. */
     cell_error why = { 0 };
@@ -651,7 +728,7 @@ int net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err)
     if (fast && net_fast_subnet(&base, &count, err) < 0)
         return -1;
     if (!fast)
-        snprintf(out->fast_off, sizeof out->fast_off, "turned off");
+        snprintf(out->fast_off, sizeof out->fast_off, "%s", job.pod ? "a pod's netns (CNI's links)" : "turned off");
     else if (make_host_end(netns_fd, base, count, out, &job.host_ip, &why) < 0) {
         snprintf(out->fast_off, sizeof out->fast_off, "%.127s", why.message);
         out->cell_ip = 0;

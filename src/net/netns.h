@@ -22,6 +22,7 @@ typedef struct net_listeners {
     struct mnl_socket *ct_events;   /* conntrack updates and ends, for the audit */
     struct mnl_socket *ct_query;    /* conntrack look-ups (byte counters) */
     char               fast_off[128]; /* why there is no fast path, if there is none */
+    uint32_t           pod_ip;      /* network order; a pod's eth0 address (NET_SETUP_POD), else 0 */
 } net_listeners;
 
 /* Policy routing of the cell's transparent UDP (see net_ruleset()). */
@@ -38,11 +39,20 @@ typedef struct net_listeners {
 #define NET_FAST_SUBNET "10.213.0.0/16"
 #define NET_FAST_IFPREFIX "cellv"
 
+/* How net_netns_setup() wires the netns. */
+enum net_setup_mode {
+    NET_SETUP_RELAY,    /* default route over lo: every flow relayed */
+    NET_SETUP_FAST,     /* try the fast path's veth first, else as RELAY */
+    NET_SETUP_POD,      /* a pod's netns (CNI's eth0 stays): see ruleset_pod */
+};
+
 /* Wire the cell's netns (see netns.c) and open the owner's listeners in it.
- * With `fast`, first try the fast path's veth; if the host cannot have one
- * (no permission, no free /30, no host rules), out->cell_ip stays 0 and
+ * NET_SETUP_FAST first tries the fast path's veth; if the host cannot have
+ * one (no permission, no free /30, no host rules), out->cell_ip stays 0 and
  * out->fast_off says why: every flow is then relayed, still decided. */
-int  net_netns_setup(int netns_fd, int fast, net_listeners *out, cell_error *err);
+int  net_netns_setup(int netns_fd, int mode, net_listeners *out, cell_error *err);
+/* The nftables ruleset of a pod whose eth0 has `pod_ip` (text). */
+int  net_ruleset_pod(char *out, size_t size, const char *pod_ip);
 /* The nftables ruleset of a cell with the fast path (cell_ip in text). */
 int  net_ruleset_fast(char *out, size_t size, const char *cell_ip);
 void net_listeners_close(net_listeners *l);

@@ -461,7 +461,7 @@ static int sep_start(net_engine **out, int netns_fd, const char *cell_id, const 
         goto fail;
     const char *s[4] = { cell_id, policy_json, e->hooks.upstream_ca_file ? e->hooks.upstream_ca_file : "",
                          e->hooks.ca_dir ? e->hooks.ca_dir : "" };
-    uint32_t u[CTL_NU] = { NET_SEP_UID, NET_SEP_GID };
+    uint32_t u[CTL_NU] = { NET_SEP_UID, NET_SEP_GID, e->hooks.pod ? 1u : 0u };
     if (ctl_send(e->sock, NET_SEP_START, 0, 0, u, s, 4, &netns_fd, 1) < 0) {
         if (errno == E2BIG)
             util_fail(err, E2BIG, "policy: larger than the egress helper takes (%d KiB)", CTL_MAX_MSG / 1024);

@@ -19,7 +19,8 @@
 enum net_sep_type {
     /* owner -> helper */
     NET_SEP_START = CTL_EXT_BASE, /* s0 cell id, s1 policy, s2 upstream CA file or "", s3 CA dir or "";
-                                     u0 uid, u1 gid to drop to; fd: the cell's netns (or its init's pidfd) */
+                                     u0 uid, u1 gid to drop to, u2 1 for a pod's netns (net_hooks.pod);
+                                     fd: the cell's netns (or its init's pidfd) */
     NET_SEP_POLICY,               /* s0 policy -> NET_SEP_REPLY */
     NET_SEP_STOP,                 /* -> final events, NET_SEP_REPLY, exit */
     NET_SEP_ANSWER,               /* to DECIDE: u0 1 allow / 0 deny; to SECRET: err 0 and s0 the value,

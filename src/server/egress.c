@@ -243,7 +243,13 @@ static int ask_webhook(const char *url, int timeout_ms, const char *body, const 
 int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms)
 {
     scell *sc = user;
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i}", "tenant", sc->tenant, "cell", sc->id, "transport",
+    return egress_decide_as(sc->s, sc->tenant, sc->id, atomic_load(&sc->policy_screened), f, url, timeout_ms);
+}
+
+int egress_decide_as(srv *s, const char *tenant, const char *id, int screened, const cell_net_flow *f,
+                     const char *url, int timeout_ms)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i}", "tenant", tenant, "cell", id, "transport",
                           f->transport, "src", f->src, "dst", f->dst, "rule", f->rule);
     if (!o)
         return 0;
@@ -253,10 +259,10 @@ int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeo
     if (!body)
         return 0;
     char key[768];
-    snprintf(key, sizeof key, "%s|%s|%s|%s|%s", url, sc->id, f->transport, f->dst, f->host ? f->host : "");
+    snprintf(key, sizeof key, "%s|%s|%s|%s|%s", url, id, f->transport, f->dst, f->host ? f->host : "");
     int allow, cached = f->cache_s > 0 && cache_get(key, &allow);
     if (!cached) {
-        allow = ask_webhook(url, timeout_ms, body, sc->s->opt.tenant_dest_allow, atomic_load(&sc->policy_screened));
+        allow = ask_webhook(url, timeout_ms, body, s->opt.tenant_dest_allow, screened);
         if (f->cache_s > 0)
             cache_put(key, allow, f->cache_s);
     }

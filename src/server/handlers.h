@@ -122,6 +122,18 @@ int h_runs_artifact(sreq *r);
 int h_runs_upload(sreq *r);
 int h_runs_upload_body(sreq *r, const char *data, size_t len);
 
+/* pods.c: /v1/pods, the node endpoint (cell serve --pods).  pods_start
+ * reads or makes the node token and starts the watcher; pods_stop stops
+ * every pod's engine (after the listeners stopped).  pods_node_token: the
+ * bearer is the node token, on the unix socket (1), or not (0). */
+int  h_pods_create(sreq *r);
+int  h_pods_list(sreq *r);
+int  h_pods_get(sreq *r);
+int  h_pods_delete(sreq *r);
+int  pods_start(srv *s, cell_error *err);
+void pods_stop(srv *s);
+int  pods_node_token(sreq *r, const char *bearer);
+
 /* desktop.c: every /cells/{cell}/v1/desktop/... route (the matched route
  * names the operation) */
 int h_desktop(sreq *r);

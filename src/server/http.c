@@ -2,6 +2,7 @@
  * request's path through libmicrohttpd: route, authenticate, limit, body, audit. */
 #include "server/server_internal.h"
 #include "server/agents.h"
+#include "server/handlers.h"
 #include "server/runs.h"
 #include "server/metrics.h"
 #include "server/slog.h"
@@ -108,6 +109,15 @@ static int authenticate(sreq *r)
         reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
                               "missing or invalid bearer token: send Authorization: Bearer TOKEN");
         return -1;
+    }
+    /* The node token (cell serve --pods) is a token of the node endpoint
+     * alone: elsewhere it is unknown to the store, so refused below. */
+    if ((r->m.route->flags & ROUTE_NODE) && pods_node_token(r, bearer)) {
+        snprintf(r->tok.id, sizeof r->tok.id, "node");
+        snprintf(r->tok.tenant, sizeof r->tok.tenant, "pods");
+        r->tok.admin = 0;
+        r->authed = 1;
+        return 0;
     }
     cell_error e = { 0 };
     if (store_token_check(s->st, bearer, &r->tok, &e) < 0) {
@@ -218,7 +228,7 @@ static void begin(sreq *r)
         return;
     if (authenticate(r) < 0)
         return;
-    if ((flags & ROUTE_ADMIN) && !r->tok.admin) {
+    if ((flags & ROUTE_ADMIN) && !r->tok.admin && !((flags & ROUTE_NODE) && strcmp(r->tok.id, "node") == 0)) {
         reply_problem(r, 403, "forbidden", "%s %s needs an admin token", r->method, path);
         return;
     }
@@ -943,7 +953,7 @@ int server_run(const server_options *opt, cell_error *err)
         goto out;
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
     if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0 ||
-        agents_start(&s, err) < 0)
+        agents_start(&s, err) < 0 || pods_start(&s, err) < 0)
         goto out;
     store_audit_set_rotation(s.st, opt->audit_max_size_set ? opt->audit_max_size : STORE_AUDIT_DEFAULT_MAX_SIZE,
                              opt->audit_keep ? opt->audit_keep : STORE_AUDIT_DEFAULT_KEEP);
@@ -1036,6 +1046,7 @@ stop_registry:
     runs_shutdown(&s);
     registry_shutdown(&s);
 out:
+    pods_stop(&s);                  /* after the listeners: no handler holds a pod */
     if (tcp_fd >= 0)
         close(tcp_fd);
     if (unix_fd >= 0)

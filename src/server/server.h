@@ -103,6 +103,13 @@ typedef struct server_options {
     const char *const *cors_origins;
     int         log_format;     /* slog.h's SLOG_TEXT (0, the default) or SLOG_JSON: --log-format */
     int         metrics_public; /* GET /metrics without a token (it names no tenant): --metrics-public */
+    /* The node endpoint /v1/pods (pods.c, docs/kubernetes.md): --pods turns
+     * it on; its node token is kept in node_token_file (NULL =
+     * STATE/node.token); pod_policy_file is the node-wide default policy
+     * of pods that register without one (NULL = none). */
+    int         pods;
+    const char *node_token_file;
+    const char *pod_policy_file;
 } server_options;
 
 /* Whether a --cors-origin value is an exact origin (scheme://host[:port]). */

@@ -30,6 +30,7 @@ enum route_flag {
     ROUTE_NO_AUDIT    = 16, /* high-rate, side-effect-free (health) */
     ROUTE_EVENTS      = 32, /* may answer with SSE or a WebSocket: ?access_token= allowed for those */
     ROUTE_METRICS     = 64, /* with ROUTE_ADMIN: public under cell serve --metrics-public */
+    ROUTE_NODE        = 128, /* with ROUTE_ADMIN: the node token (pods.c) also, on the unix socket */
 };
 typedef int (*route_fn)(sreq *r);
 /* Called for each chunk of a streamed body; len 0 never happens.  Returns
@@ -477,6 +478,10 @@ void egress_event(void *user, const char *json);
  * new object), or NULL when none was metered. */
 json_t *egress_usage(scell *sc);
 int  egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms);
+/* The same for a flow owner that is not a cell (a pod, pods.c): `id` is
+ * the webhook's "cell" and the cache's key. */
+int  egress_decide_as(srv *s, const char *tenant, const char *id, int screened, const cell_net_flow *f,
+                      const char *url, int timeout_ms);
 int  egress_secret(void *user, const char *name, char **value, size_t *len);
 void egress_cleanup(void);
 

@@ -21,6 +21,7 @@ The daemon's stderr goes to STATE/daemon.stderr; check_sanitizer() fails if
 it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds) or a
 ThreadSanitizer report (TSan builds).
 """
+import base64
 import contextlib
 import http.client
 import json
@@ -158,20 +159,37 @@ class Response(tuple):
         return "Response(%d, %s, %r)" % (self.status, self.ctype, self.body if self.body is not None else self.raw[:300])
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (the daemon's STATE/cell.sock)."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
 class Client:
     # Each answer is checked against docs/openapi.json (openapi_contract.py);
     # a test talking to something else sets this False.
     openapi = openapi_contract.ENABLED
 
-    def __init__(self, host, port, token=None, timeout=60):
-        self.host, self.port, self.token, self.timeout = host, port, token, timeout
+    def __init__(self, host, port, token=None, timeout=60, unix=None):
+        """unix: talk to this unix socket instead of host:port."""
+        self.host, self.port, self.token, self.timeout, self.unix = host, port, token, timeout, unix
 
     def with_token(self, token):
-        c = Client(self.host, self.port, token, self.timeout)
+        c = Client(self.host, self.port, token, self.timeout, unix=self.unix)
         c.openapi = self.openapi
         return c
 
     def conn(self, timeout=None):
+        if self.unix:
+            return UnixHTTPConnection(self.unix, timeout or self.timeout)
         ctx = TLS_CONTEXTS.get(self.port)
         if ctx:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout or self.timeout, context=ctx)
@@ -308,11 +326,17 @@ def sse_events(resp, limit_s=20):
 
 
 class Daemon:
-    def __init__(self, state, extra_args=(), port=None, unix_socket=False, ssl_context=None, host="127.0.0.1"):
+    def __init__(self, state, extra_args=(), port=None, unix_socket=False, ssl_context=None, host="127.0.0.1",
+                 netns=None):
         """unix_socket: also serve STATE/cell.sock (the CLI's way in).
         ssl_context: the daemon serves TLS (extra_args give --tls-cert...);
         its clients connect with this context.  host: the address to listen
-        on and connect to (one the test added, off loopback)."""
+        on and connect to (one the test added, off loopback).  netns: run
+        the daemon in that network namespace (/run/netns/NAME, entered with
+        nsenter --net only) on STATE/cell.sock alone; clients use the socket."""
+        self.netns = netns
+        if netns:
+            unix_socket = True
         self.state = str(state)
         self.extra_args = list(extra_args)
         self.port = port
@@ -352,9 +376,10 @@ class Daemon:
         # --init: the state is new (or a restart's, where it is harmless);
         # --no-config: a host's /etc/cell/cell.conf must not change the tests
         # (unless the test names a --config of its own).
-        argv = [CELL_BIN, "--state", self.state, "serve", "--init"]
+        argv = (["nsenter", "--net=/run/netns/" + self.netns] if self.netns else []) + \
+            [CELL_BIN, "--state", self.state, "serve", "--init"]
         argv += [] if any(a == "--config" or a.startswith("--config=") for a in self.extra_args) else ["--no-config"]
-        argv += ["--listen", "%s:%d" % (self.host, self.port)]
+        argv += ["--listen", "" if self.netns else "%s:%d" % (self.host, self.port)]
         argv += ([] if self.unix_socket else ["--socket", ""]) + self.extra_args
         # Append: a restarted daemon keeps the earlier run's sanitizer output.
         self._out = open(self.stdout_path, "ab")
@@ -363,7 +388,7 @@ class Daemon:
                                      start_new_session=True, env=env)
         if self.ssl_context:
             TLS_CONTEXTS[self.port] = self.ssl_context
-        c = Client(self.host, self.port, timeout=2)
+        c = Client(self.host, self.port, timeout=2, unix=self.sock_path if self.netns else None)
 
         def healthy():
             if self.proc.poll() is not None:
@@ -380,10 +405,14 @@ class Daemon:
             raise RuntimeError("cell serve never answered GET /v1/health: %s" % self.stderr()[-3000:])
         return self
 
+    @property
+    def sock_path(self):
+        return os.path.join(self.state, "cell.sock")
+
     def client(self, token=None, admin=True):
         if token is None and admin:
             token = self.admin_token
-        return Client(self.host, self.port, token)
+        return Client(self.host, self.port, token, unix=self.sock_path if self.netns else None)
 
     def tenant(self, name, **extra):
         """A client with a new token of tenant `name` (made by the admin)."""
@@ -453,7 +482,66 @@ class Daemon:
         assert rep is None, "sanitizer output in %s:\n%s" % (self.stderr_path, rep[-8000:])
 
 
-def serve(state, extra_args=(), after_stop=None, **kw):
+class CellClient:
+    """A client bound to one cell's /cells/{id}/v1 prefix: the per-cell
+    plane's calls the tests make again and again.  Test files subclass it
+    for their own (ACP, config)."""
+
+    def __init__(self, client, cell_id):
+        self.c, self.id = client, cell_id
+        self.base = "/cells/%s/v1" % cell_id
+
+    def call(self, method, path, **kw):
+        return self.c.call(method, self.base + path, **kw)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, json_body=None, **kw):
+        return self.call("POST", path, json_body=json_body, **kw)
+
+    def run(self, command, args=(), **extra):
+        body = {"command": command, "args": list(args)}
+        body.update(extra)
+        r = self.post("/processes/run", body)
+        assert r.status == 200, r
+        return r.body
+
+    def sh(self, script, **extra):
+        return self.run("sh", ["-c", script], **extra)
+
+    def spawn(self, command, args=(), **extra):
+        body = {"command": command, "args": list(args)}
+        body.update(extra)
+        r = self.post("/processes", body)
+        assert r.status == 200, r
+        return r.body
+
+    def proc(self, pid):
+        r = self.get("/processes/%s" % pid)
+        assert r.status == 200, r
+        return r.body
+
+    def wait_exited(self, pid, timeout=10):
+        assert wait_for(lambda: self.proc(pid)["status"] == "exited", timeout), self.proc(pid)
+        return self.proc(pid)
+
+    def logs(self, pid, **q):
+        r = self.get("/processes/%s/logs" % pid, query=q or None)
+        assert r.status == 200, r
+        return r.body
+
+    def log_text(self, pid, **q):
+        return b"".join(base64.b64decode(e["data"]) for e in self.logs(pid, **q)["entries"])
+
+    def put_file(self, path, data, **kw):
+        return self.c.call("PUT", self.base + "/fs/file", body=data, query={"path": path}, **kw)
+
+    def get_file(self, path):
+        return self.c.call("GET", self.base + "/fs/file", query={"path": path})
+
+
+def serve(state, extra_args=(), after_stop=None, env=None, **kw):
     """Generator for a module-scoped daemon fixture:
 
         @pytest.fixture(scope="module")
@@ -462,12 +550,18 @@ def serve(state, extra_args=(), after_stop=None, **kw):
 
     Skips unless root; starts the daemon, yields it, then stops it (SIGTERM,
     check_clean()), calls after_stop(daemon) if given, and always checks its
-    stderr for sanitizer output."""
+    stderr for sanitizer output.  env: variables set in this process while
+    the daemon starts (it inherits them), then removed."""
     if os.geteuid() != 0:
         import pytest
         pytest.skip("cell serve tests must run as root")
     dd = Daemon(state, extra_args, **kw)
-    dd.start()
+    os.environ.update(env or {})
+    try:
+        dd.start()
+    finally:
+        for k in env or {}:
+            del os.environ[k]
     try:
         yield dd
     finally:

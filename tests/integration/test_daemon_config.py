@@ -97,7 +97,7 @@ def test_the_example_config_names_real_keys_with_their_defaults(tmp_path):
     options = set(re.findall(r"^  --([a-z][a-z0-9-]*)", out, re.M)) - {"help", "config", "no-config", "init"}
     assert options and options <= keys, sorted(options - keys)
     # Uncommented (but the paths, which need not exist here), every line parses.
-    skip = ("state", "log", "run-repo-root", "upstream-ca")
+    skip = ("state", "log", "run-repo-root", "upstream-ca", "pod-policy")
     plain = "".join("%s = %s\n" % m.groups() for m in keyed if m.group(1) not in skip)
     r = serve(tmp_path / "st", "--max-connections", "3", config=plain)
     # The whole file was read; the flag's bad value is what stops it.
