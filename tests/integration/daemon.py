@@ -21,6 +21,7 @@ The daemon's stderr goes to STATE/daemon.stderr; check_sanitizer() fails if
 it holds AddressSanitizer / UBSan / LeakSanitizer output (ASan builds) or a
 ThreadSanitizer report (TSan builds).
 """
+import base64
 import contextlib
 import http.client
 import json
@@ -481,7 +482,66 @@ class Daemon:
         assert rep is None, "sanitizer output in %s:\n%s" % (self.stderr_path, rep[-8000:])
 
 
-def serve(state, extra_args=(), after_stop=None, **kw):
+class CellClient:
+    """A client bound to one cell's /cells/{id}/v1 prefix: the per-cell
+    plane's calls the tests make again and again.  Test files subclass it
+    for their own (ACP, config)."""
+
+    def __init__(self, client, cell_id):
+        self.c, self.id = client, cell_id
+        self.base = "/cells/%s/v1" % cell_id
+
+    def call(self, method, path, **kw):
+        return self.c.call(method, self.base + path, **kw)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, json_body=None, **kw):
+        return self.call("POST", path, json_body=json_body, **kw)
+
+    def run(self, command, args=(), **extra):
+        body = {"command": command, "args": list(args)}
+        body.update(extra)
+        r = self.post("/processes/run", body)
+        assert r.status == 200, r
+        return r.body
+
+    def sh(self, script, **extra):
+        return self.run("sh", ["-c", script], **extra)
+
+    def spawn(self, command, args=(), **extra):
+        body = {"command": command, "args": list(args)}
+        body.update(extra)
+        r = self.post("/processes", body)
+        assert r.status == 200, r
+        return r.body
+
+    def proc(self, pid):
+        r = self.get("/processes/%s" % pid)
+        assert r.status == 200, r
+        return r.body
+
+    def wait_exited(self, pid, timeout=10):
+        assert wait_for(lambda: self.proc(pid)["status"] == "exited", timeout), self.proc(pid)
+        return self.proc(pid)
+
+    def logs(self, pid, **q):
+        r = self.get("/processes/%s/logs" % pid, query=q or None)
+        assert r.status == 200, r
+        return r.body
+
+    def log_text(self, pid, **q):
+        return b"".join(base64.b64decode(e["data"]) for e in self.logs(pid, **q)["entries"])
+
+    def put_file(self, path, data, **kw):
+        return self.c.call("PUT", self.base + "/fs/file", body=data, query={"path": path}, **kw)
+
+    def get_file(self, path):
+        return self.c.call("GET", self.base + "/fs/file", query={"path": path})
+
+
+def serve(state, extra_args=(), after_stop=None, env=None, **kw):
     """Generator for a module-scoped daemon fixture:
 
         @pytest.fixture(scope="module")
@@ -490,12 +550,18 @@ def serve(state, extra_args=(), after_stop=None, **kw):
 
     Skips unless root; starts the daemon, yields it, then stops it (SIGTERM,
     check_clean()), calls after_stop(daemon) if given, and always checks its
-    stderr for sanitizer output."""
+    stderr for sanitizer output.  env: variables set in this process while
+    the daemon starts (it inherits them), then removed."""
     if os.geteuid() != 0:
         import pytest
         pytest.skip("cell serve tests must run as root")
     dd = Daemon(state, extra_args, **kw)
-    dd.start()
+    os.environ.update(env or {})
+    try:
+        dd.start()
+    finally:
+        for k in env or {}:
+            del os.environ[k]
     try:
         yield dd
     finally:

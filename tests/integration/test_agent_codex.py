@@ -80,13 +80,7 @@ def alice(d):
     return c
 
 
-class Cell:
-    def __init__(self, client, cid):
-        self.c, self.id, self.base = client, cid, "/cells/%s/v1" % cid
-
-    def call(self, method, path, **kw):
-        return self.c.call(method, self.base + path, **kw)
-
+class Cell(dm.CellClient):
     def rpc_async(self, server, msg):
         """POST msg on a thread (a prompt that waits for a permission
         answer); join() it and read .r."""
@@ -102,11 +96,6 @@ class Cell:
         r = self.call("PUT", "/fs/file", query={"path": path}, body=data,
                       headers={"Content-Type": "application/octet-stream"})
         assert r.status == 200, r
-
-    def sh(self, script):
-        r = self.call("POST", "/processes/run", json_body={"command": "sh", "args": ["-c", script]})
-        assert r.status == 200, r
-        return r.body
 
 
 @pytest.fixture(scope="module", params=["http", "https", "default"])

@@ -18,15 +18,7 @@ from daemon import assert_problem, make_tenant_token
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("agentcfg"))
-    dd.start()
-    yield dd
-    try:
-        dd.stop()
-    finally:
-        dd.check_sanitizer()
+    yield from dm.serve(tmp_path_factory.mktemp("agentcfg"))
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +26,7 @@ def admin(d):
     return d.client()
 
 
-class Cell:
-    def __init__(self, client, cid):
-        self.c, self.id, self.base = client, cid, "/cells/%s/v1" % cid
-
-    def call(self, method, path, **kw):
-        return self.c.call(method, self.base + path, **kw)
-
-    def sh(self, script):
-        r = self.call("POST", "/processes/run", json_body={"command": "sh", "args": ["-c", script]})
-        assert r.status == 200, r
-        return r.body
-
+class Cell(dm.CellClient):
     def cfg(self, method, kind, directory, name, body=None, **kw):
         q = {"directory": directory, ("mcpName" if kind == "mcp" else "skillName"): name}
         return self.call(method, "/config/" + kind, query=q, json_body=body, **kw)

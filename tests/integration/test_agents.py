@@ -6,7 +6,6 @@ streams, agents that never answer, exit or print garbage, DELETE leaving
 processes behind, malformed, mistyped, huge and unknown input.
 """
 import json
-import os
 import threading
 import time
 import uuid
@@ -23,20 +22,8 @@ MOCK_BIN = "/root/.local/share/sandbox-agent/bin/cell-mock-agent"
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("cell serve tests must run as root")
-    dd = dm.Daemon(tmp_path_factory.mktemp("agents"))
     # A secret of the daemon's environment: no agent may ever see it.
-    os.environ["CELL_TEST_CANARY"] = CANARY
-    try:
-        dd.start()
-    finally:
-        del os.environ["CELL_TEST_CANARY"]
-    yield dd
-    try:
-        dd.stop()
-    finally:
-        dd.check_sanitizer()
+    yield from dm.serve(tmp_path_factory.mktemp("agents"), env={"CELL_TEST_CANARY": CANARY})
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +31,12 @@ def admin(d):
     return d.client()
 
 
-class Cell:
-    def __init__(self, client, cid):
-        self.c, self.id, self.base = client, cid, "/cells/%s/v1" % cid
-
-    def call(self, method, path, **kw):
-        return self.c.call(method, self.base + path, **kw)
-
+class Cell(dm.CellClient):
     def rpc(self, server, msg, agent=None, **query):
         q = dict(query)
         if agent:
             q["agent"] = agent
         return self.call("POST", "/acp/" + server, json_body=msg, query=q or None)
-
-    def sh(self, script):
-        r = self.call("POST", "/processes/run", json_body={"command": "sh", "args": ["-c", script]})
-        assert r.status == 200, r
-        return r.body
 
 
 def new_cell(client, **spec):

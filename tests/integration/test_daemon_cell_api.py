@@ -42,61 +42,7 @@ def new_cell(admin, **extra):
     return r.body["id"]
 
 
-class Cell:
-    """A client bound to one cell's /cells/{id}/v1 prefix."""
-
-    def __init__(self, client, cell_id):
-        self.c, self.id = client, cell_id
-        self.base = "/cells/%s/v1" % cell_id
-
-    def call(self, method, path, **kw):
-        return self.c.call(method, self.base + path, **kw)
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, json_body=None, **kw):
-        return self.call("POST", path, json_body=json_body, **kw)
-
-    def run(self, command, args=(), **extra):
-        body = {"command": command, "args": list(args)}
-        body.update(extra)
-        r = self.post("/processes/run", body)
-        assert r.status == 200, r
-        return r.body
-
-    def sh(self, script, **extra):
-        return self.run("sh", ["-c", script], **extra)
-
-    def spawn(self, command, args=(), **extra):
-        body = {"command": command, "args": list(args)}
-        body.update(extra)
-        r = self.post("/processes", body)
-        assert r.status == 200, r
-        return r.body
-
-    def proc(self, pid):
-        r = self.get("/processes/%s" % pid)
-        assert r.status == 200, r
-        return r.body
-
-    def wait_exited(self, pid, timeout=10):
-        assert wait_for(lambda: self.proc(pid)["status"] == "exited", timeout), self.proc(pid)
-        return self.proc(pid)
-
-    def logs(self, pid, **q):
-        r = self.get("/processes/%s/logs" % pid, query=q or None)
-        assert r.status == 200, r
-        return r.body
-
-    def log_text(self, pid, **q):
-        return b"".join(base64.b64decode(e["data"]) for e in self.logs(pid, **q)["entries"])
-
-    def put_file(self, path, data, **kw):
-        return self.c.call("PUT", self.base + "/fs/file", body=data, query={"path": path}, **kw)
-
-    def get_file(self, path):
-        return self.c.call("GET", self.base + "/fs/file", query={"path": path})
+Cell = dm.CellClient
 
 
 @pytest.fixture(scope="module")
