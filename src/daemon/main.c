@@ -14,8 +14,10 @@ int main(int argc, char **argv)
 {
     static daemon_config c;
     int rc = daemon_options_parse(&c, argc, argv, DAEMON_DEFAULT_CONFIG);
+    cell_error err = { 0 };
+    if (rc == 0 && !c.help && server_options_check(&c.opt, &err) < 0)
+        rc = cli_fail_err(CLI_EXIT_USAGE, &err);
     if (rc == 0 && !c.help && (rc = daemon_check_state(&c)) == 0) {
-        cell_error err = { 0 };
         if (server_run(&c.opt, &err) < 0)
             rc = cli_fail_err(CLI_EXIT_INTERNAL, &err);
     }

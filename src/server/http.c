@@ -540,6 +540,25 @@ static int check_listen(const server_options *o, int tls, const char *spec, cell
     return 0;
 }
 
+/* The checks of options against each other, which need nothing loaded:
+ * cell-daemon runs them before it touches the state directory, and a
+ * failure is a usage error (exit 2).  TLS is on when a certificate is given
+ * (tls_load() fails the start otherwise). */
+int server_options_check(const server_options *o, cell_error *err)
+{
+    const char *listen_spec = o->listen ? o->listen : SERVER_DEFAULT_LISTEN;
+    /* Without tokens anyone who can connect is the admin, and the admin can
+     * bind-mount any host path into a cell: on TCP that is every local user. */
+    if (o->no_token && *listen_spec && !o->no_token_on_tcp)
+        return util_fail(err, EINVAL, "--no-token would make anyone who can connect to %s an admin (a host root "
+                         "equivalent): use it with --listen \"\" (the unix socket only, mode 0600), or add "
+                         "--no-token-on-tcp-i-understand-anyone-local-is-admin", listen_spec);
+    for (const char *const *origin = o->cors_origins; origin && *origin; origin++)
+        if (server_cors_origin_check(*origin, err) < 0)
+            return -1;
+    return check_listen(o, o->tls_cert_file != NULL, listen_spec, err);
+}
+
 static int listen_tcp(const char *spec, cell_error *err)
 {
     struct addrinfo *ai;
@@ -845,19 +864,12 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
         o->idle_timeout_s = SERVER_DEFAULT_IDLE_TIMEOUT;
     if (!o->header_timeout_s)
         o->header_timeout_s = SERVER_DEFAULT_HEADER_TIMEOUT;
-    /* Without tokens anyone who can connect is the admin, and the admin can
-     * bind-mount any host path into a cell: on TCP that is every local user. */
-    if (o->no_token && *listen_spec && !o->no_token_on_tcp)
-        return util_fail(err, EINVAL, "--no-token would make anyone who can connect to %s an admin (a host root "
-                         "equivalent): use it with --listen \"\" (the unix socket only, mode 0600), or add "
-                         "--no-token-on-tcp-i-understand-anyone-local-is-admin", listen_spec);
+    if (server_options_check(o, err) < 0)
+        return -1;
     if (o->no_token && *listen_spec)
         slog(SLOG_WARN, NULL, "WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
              "user that can connect to %s is the admin of this daemon", listen_spec);
-    for (const char *const *origin = o->cors_origins; origin && *origin; origin++)
-        if (server_cors_origin_check(*origin, err) < 0)
-            return -1;
-    if (tls_load(s, listen_spec, err) < 0 || check_listen(o, s->tls != NULL, listen_spec, err) < 0)
+    if (tls_load(s, listen_spec, err) < 0)
         return -1;
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)

@@ -123,6 +123,10 @@ int server_warm_parse(const char *text, char *image, size_t size, unsigned *n, c
 
 #define SERVER_DEFAULT_AGENT_REGISTRY "https://registry.npmjs.org/"
 
+/* The options' checks against each other (--no-token on TCP, --cors-origin,
+ * plain HTTP off loopback), which touch nothing: a failure is a usage error. */
+int server_options_check(const server_options *opt, cell_error *err);
+
 /* Run the daemon until SIGINT or SIGTERM (SIGHUP reopens the log).  Prints where it listens and
  * where the admin token is (creating one on first start). */
 int server_run(const server_options *opt, cell_error *err);

@@ -522,7 +522,7 @@ def test_no_token_is_refused_on_tcp(tmp_path):
     r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--listen",
                         "127.0.0.1:%d" % dm.free_port(), "--socket", "", "--no-token"],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0, r
+    assert r.returncode == 2, r   # a usage error
     assert "--no-token" in r.stderr and "--no-token-on-tcp-i-understand-anyone-local-is-admin" in r.stderr, r.stderr
     # Nothing was touched: the state directory has no database.
     assert not os.path.exists(tmp_path / "st" / "cell.db")

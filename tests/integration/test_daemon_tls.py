@@ -218,16 +218,17 @@ def test_sse_and_terminal_websocket_work_over_tls(d, pki, admin, cells):
 # ---- start-up refusals ----------------------------------------------------------------------------
 
 
-def serve_fails(tmp_path, *args):
+def serve_fails(tmp_path, *args, code=None):
+    """The start's stderr; it must fail (with exit status `code` if given)."""
     r = subprocess.run([dm.CELL_BIN, "--state", str(tmp_path / "st"), "serve", "--init", "--socket", ""] + list(args),
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0, r
+    assert r.returncode != 0 if code is None else r.returncode == code, r
     return r.stderr
 
 
 @pytest.mark.parametrize("listen", [OFF_LOOPBACK + ":0", "0.0.0.0:0", "[::]:0", "[::ffff:10.0.0.1]:0"])
 def test_plain_http_off_loopback_is_refused(tmp_path, listen):
-    err = serve_fails(tmp_path, "--listen", listen)
+    err = serve_fails(tmp_path, "--listen", listen, code=2)   # options that do not go together: usage
     assert "--tls-cert" in err and "--insecure-listen" in err and listen in err, err
     assert not os.path.exists(str(tmp_path / "st" / "admin.token")), "the state was touched before the refusal"
 
