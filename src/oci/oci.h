@@ -199,8 +199,25 @@ int  oci_state_pidfd(const struct oci_state *st);
 #define OCI_MAX_SLOTS 4096
 int  oci_slot_take(int *slot, cell_error *err);
 int  oci_slot_own(int slot, pid_t pid, uint64_t start_time, cell_error *err);
+/* Hold a range a living container holds already (its user namespace
+ * joined by path); refused when no holder lives. */
+int  oci_slot_join(int slot, pid_t pid, uint64_t start_time, cell_error *err);
 /* Frees the slot if the holder is still pid/start_time (not a later taker). */
 void oci_slot_release(int slot, pid_t pid, uint64_t start_time);
+
+/* ---- a user namespace joined by path (oci_userns.c) ------------------------------
+ * Only one cell-oci made for a living container of the same --root and
+ * pod (the CRI sandbox-id annotation): the joiner takes its uid range. */
+struct oci_userns_owner {
+    int      fd;                   /* the namespace, checked, for setns */
+    int      slot;                 /* the owner's uid range slot (-1: the spec's own mapping) */
+    uid_t    uid_base;
+    uint32_t uid_count;
+};
+int oci_userns_join(const char *root, const char *id, const struct oci_spec *s, const char *path,
+                    struct oci_userns_owner *owner, cell_error *err);
+/* ROOT/ID/userns: which user namespace the container's is. */
+int oci_userns_record(const char *root, const char *id, int userns_fd, cell_error *err);
 
 /* ---- the container's cgroup (oci_cgroup.c) ----------------------------------------
  * linux.cgroupsPath (or /cell-oci/ID) in the freezer hierarchy (v1) or the

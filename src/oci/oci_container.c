@@ -86,11 +86,8 @@ int oci_console_connect(const char *path, cell_error *err)
  * ignored into something weaker than asked. */
 static int check_supported(const struct oci_spec *s, const struct oci_create_opts *o, cell_error *err)
 {
-    const struct oci_ns *ns = oci_spec_ns(s, CLONE_NEWUSER);
-    if (ns && ns->path)
-        return util_fail(err, ENOTSUP, "config.json: linux.namespaces user with a path is not supported; cell "
-                         "makes the container's user namespace (give uidMappings or none)");
-    ns = oci_spec_ns(s, CLONE_NEWNS);
+    /* A user namespace by path is checked by oci_userns_join. */
+    const struct oci_ns *ns = oci_spec_ns(s, CLONE_NEWNS);
     if (ns && ns->path)
         return util_fail(err, ENOTSUP, "config.json: linux.namespaces mount with a path is not supported; "
                          "a container always gets a mount namespace of its own");
@@ -208,6 +205,7 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, int own_pidns, cons
 
 struct create_ctx {
     struct oci_spec spec;
+    int             join_slot;     /* the range of the user namespace joined by path, or -1 */
     int             slot, userns_fd, fifo_fd, console_fd, state_made, cgroup_made;
     int             cgroup_fds[OCI_CG_MAX];
     size_t          n_cgroup_fds;
@@ -258,19 +256,32 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
         return -1;
     uid_t base;
     uint32_t count;
-    if (c->spec.has_idmap) {
-        base = c->spec.uid_map.host_id;
-        count = c->spec.uid_map.size;
-    } else {
-        if (oci_slot_take(&c->slot, err) < 0)
+    const struct oci_ns *uns = oci_spec_ns(&c->spec, CLONE_NEWUSER);
+    if (uns && uns->path) {
+        /* A pod member in its sandbox's user namespace, on its range. */
+        struct oci_userns_owner ow;
+        if (oci_userns_join(o->root, o->id, &c->spec, uns->path, &ow, err) < 0)
             return -1;
-        base = OCI_UID_FIRST + (uid_t)c->slot * ISOLATE_UID_COUNT;
-        count = ISOLATE_UID_COUNT;
+        c->userns_fd = ow.fd;
+        c->join_slot = ow.slot;
+        base = ow.uid_base;
+        count = ow.uid_count;
+    } else {
+        if (c->spec.has_idmap) {
+            base = c->spec.uid_map.host_id;
+            count = c->spec.uid_map.size;
+        } else {
+            if (oci_slot_take(&c->slot, err) < 0)
+                return -1;
+            base = OCI_UID_FIRST + (uid_t)c->slot * ISOLATE_UID_COUNT;
+            count = ISOLATE_UID_COUNT;
+        }
+        if (isolate_userns_create(base, count, &c->userns_fd, err) < 0)
+            return -1;
     }
     char cgbuf[PATH_MAX];
     const char *cgpath;
-    if (isolate_userns_create(base, count, &c->userns_fd, err) < 0 ||
-        cgroup_path(o, &c->spec, cgbuf, sizeof cgbuf, &cgpath, err) < 0 ||
+    if (cgroup_path(o, &c->spec, cgbuf, sizeof cgbuf, &cgpath, err) < 0 ||
         oci_cgroup_dir(cgpath, o->id, c->cgroup, sizeof c->cgroup, err) < 0)
         return -1;
     if (oci_cgroup_create(c->cgroup, c->spec.resources, c->cgroup_fds, &c->n_cgroup_fds, err) < 0) {
@@ -308,12 +319,16 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
 
 static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t pid, cell_error *err)
 {
-    struct oci_state st = { .pid = pid, .start_time = oci_pid_start_time(pid), .owner = getuid(), .slot = c->slot,
+    struct oci_state st = { .pid = pid, .start_time = oci_pid_start_time(pid), .owner = getuid(),
+                            .slot = c->join_slot >= 0 ? c->join_slot : c->slot,
                             .uid_base = c->uid_base, .uid_count = c->uid_count, .nosuid = c->nosuid,
                             .annotations = c->spec.annotations };
     if (st.start_time == 0)
         return util_fail(err, ESRCH, "the container's init %d is gone", (int)pid);
     if (c->slot >= 0 && oci_slot_own(c->slot, pid, st.start_time, err) < 0)
+        return -1;
+    /* A joiner holds the range too: it is never free while the joiner runs. */
+    if (c->join_slot >= 0 && oci_slot_join(c->join_slot, pid, st.start_time, err) < 0)
         return -1;
     now_rfc3339(st.created, sizeof st.created);
     memcpy(st.cgroup, c->cgroup, sizeof st.cgroup);
@@ -325,6 +340,8 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
     if ((c->spec.hooks.n[OCI_HOOK_POSTSTART] || c->spec.hooks.n[OCI_HOOK_POSTSTOP]) &&
         oci_hooks_save(o->root, o->id, c->spec.hooks_doc, err) < 0)
         return -1;
+    if (oci_userns_record(o->root, o->id, c->userns_fd, err) < 0)
+        return -1;
     if (o->pid_file && write_pid_file(o->pid_file, pid, err) < 0)
         return -1;
     return 0;
@@ -332,7 +349,7 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
 
 int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
 {
-    struct create_ctx c = { .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1 };
+    struct create_ctx c = { .join_slot = -1, .slot = -1, .userns_fd = -1, .fifo_fd = -1, .console_fd = -1 };
     struct oci_init_args ia;
     pid_t pid = -1;
     int rc = -1;

@@ -184,33 +184,95 @@ json_t *oci_state_json(const char *root, const struct oci_state *st)
 
 /* ---- uid ranges --------------------------------------------------------------- */
 
-static int slot_holder_alive(int dirfd, const char *name)
+/* A slot file holds one "PID START" line per holder: the container that
+ * took the range, and each container that joined its user namespace by
+ * path (oci_userns.c).  The range is held while any holder lives. */
+#define SLOT_MAX_HOLDERS 256
+#define SLOT_LINE 48
+
+struct slot_holders {
+    char   line[SLOT_MAX_HOLDERS][SLOT_LINE];
+    size_t n;
+};
+
+static int holder_alive(const char *line)
 {
-    _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    char buf[64];
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
     long pid;
     unsigned long long start;
-    if (sscanf(buf, "%ld %llu", &pid, &start) != 2 || pid <= 0)
+    if (sscanf(line, "%ld %llu", &pid, &start) != 2 || pid <= 0)
         return 0;
     return oci_pid_start_time((pid_t)pid) == start;
 }
 
-static int slot_write(int dirfd, int slot, pid_t pid, uint64_t start, cell_error *err)
+/* The slot's holders that still live (a missing file: none). */
+static void slot_read(int dirfd, const char *name, struct slot_holders *h)
 {
-    char name[32], tmp[40], line[64];
+    h->n = 0;
+    _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    static char buf[SLOT_MAX_HOLDERS * SLOT_LINE];
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (n <= 0)
+        return;
+    buf[n] = 0;
+    for (char *p = buf, *l; (l = strsep(&p, "\n")) && h->n < SLOT_MAX_HOLDERS;)
+        if (*l && strlen(l) < SLOT_LINE && holder_alive(l))
+            snprintf(h->line[h->n++], SLOT_LINE, "%s", l);
+}
+
+static int slot_holder_alive(int dirfd, const char *name)
+{
+    struct slot_holders h;
+    slot_read(dirfd, name, &h);
+    return h.n > 0;
+}
+
+/* Write the holders (none: the file goes, the range is free). */
+static int slot_store(int dirfd, int slot, const struct slot_holders *h, cell_error *err)
+{
+    char name[32], tmp[40];
     snprintf(name, sizeof name, "%d", slot);
     snprintf(tmp, sizeof tmp, ".%d.tmp", slot);
-    int n = snprintf(line, sizeof line, "%d %llu\n", (int)pid, (unsigned long long)start);
+    if (h->n == 0)
+        return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? util_fail_errno(err, "cannot remove %s/%s",
+                                                                                 OCI_SLOT_DIR, name) : 0;
     _cleanup_close_ int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0 || util_write_all(fd, line, (size_t)n) < 0)
+    if (fd < 0)
         return util_fail_errno(err, "cannot write %s/%s", OCI_SLOT_DIR, tmp);
+    for (size_t i = 0; i < h->n; i++)
+        if (util_write_all(fd, h->line[i], strlen(h->line[i])) < 0 || util_write_all(fd, "\n", 1) < 0)
+            return util_fail_errno(err, "cannot write %s/%s", OCI_SLOT_DIR, tmp);
     if (renameat(dirfd, tmp, dirfd, name) < 0)
         return util_fail_errno(err, "cannot rename %s/%s", OCI_SLOT_DIR, tmp);
     return 0;
+}
+
+static void holder_line(char *out, pid_t pid, uint64_t start)
+{
+    snprintf(out, SLOT_LINE, "%d %llu", (int)pid, (unsigned long long)start);
+}
+
+/* The holders but pid/start (if it is one), plus add_pid/add_start if > 0. */
+static int slot_change(int dirfd, int slot, pid_t del_pid, uint64_t del_start, pid_t add_pid, uint64_t add_start,
+                       int must_be_held, cell_error *err)
+{
+    static struct slot_holders h;
+    char name[32], del[SLOT_LINE];
+    snprintf(name, sizeof name, "%d", slot);
+    holder_line(del, del_pid, del_start);
+    slot_read(dirfd, name, &h);
+    size_t k = 0;
+    for (size_t i = 0; i < h.n; i++)
+        if (strcmp(h.line[i], del) != 0)
+            memcpy(h.line[k++], h.line[i], SLOT_LINE);
+    h.n = k;
+    if (must_be_held && h.n == 0)
+        return util_fail(err, ESRCH, "container uid range %d is no longer held by any container", slot);
+    if (add_pid > 0) {
+        if (h.n == SLOT_MAX_HOLDERS)
+            return util_fail(err, EAGAIN, "container uid range %d has %d holders already", slot, SLOT_MAX_HOLDERS);
+        holder_line(h.line[h.n++], add_pid, add_start);
+    }
+    return slot_store(dirfd, slot, &h, err);
 }
 
 static int slot_dir(cell_error *err)
@@ -241,7 +303,7 @@ int oci_slot_take(int *slot, cell_error *err)
             continue;
         /* Held by this creator until the init exists (oci_slot_own). */
         pid_t self = getpid();
-        if (slot_write(dir, i, self, oci_pid_start_time(self), err) < 0)
+        if (slot_change(dir, i, 0, 0, self, oci_pid_start_time(self), 0, err) < 0)
             return -1;
         *slot = i;
         return 0;
@@ -254,7 +316,16 @@ int oci_slot_own(int slot, pid_t pid, uint64_t start, cell_error *err)
     _cleanup_close_ int dir = slot_dir(err);
     if (dir < 0)
         return -1;
-    return slot_write(dir, slot, pid, start, err);
+    pid_t self = getpid();
+    return slot_change(dir, slot, self, oci_pid_start_time(self), pid, start, 0, err);
+}
+
+int oci_slot_join(int slot, pid_t pid, uint64_t start, cell_error *err)
+{
+    _cleanup_close_ int dir = slot_dir(err);
+    if (dir < 0)
+        return -1;
+    return slot_change(dir, slot, 0, 0, pid, start, 1, err);
 }
 
 void oci_slot_release(int slot, pid_t pid, uint64_t start)
@@ -262,12 +333,8 @@ void oci_slot_release(int slot, pid_t pid, uint64_t start)
     if (slot < 0)
         return;
     _cleanup_close_ int dir = slot_dir(NULL);
-    char name[32], want[64], buf[64];
-    snprintf(name, sizeof name, "%d", slot);
-    int n = snprintf(want, sizeof want, "%d %llu\n", (int)pid, (unsigned long long)start);
-    _cleanup_close_ int fd = dir < 0 ? -1 : openat(dir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    ssize_t got = fd < 0 ? -1 : read(fd, buf, sizeof buf);
-    /* A slot whose holder died may already be someone else's. */
-    if (got == n && memcmp(buf, want, (size_t)n) == 0)
-        (void)unlinkat(dir, name, 0);
+    /* Only this holder's line: a slot whose holders all died may already
+     * be someone else's, and a range still joined by others stays held. */
+    if (dir >= 0)
+        (void)slot_change(dir, slot, pid, start, 0, 0, 0, NULL);
 }

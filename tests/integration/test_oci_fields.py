@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 import oci
+from daemon import wait_for
 
 pytestmark = pytest.mark.skipif(oci.runtime_missing("cell-oci") is not None,
                                 reason=oci.runtime_missing("cell-oci") or "")
@@ -126,3 +127,153 @@ def test_seccomp_unsupported_refused_at_create(cell, tmp_path, profile, field):
     r = cell.create("c1", b)
     assert r.rc != 0 and "linux.seccomp." + field in r.err, r
     assert cell.status("c1") is None
+
+
+# ---- a user namespace joined by path --------------------------------------------------
+
+SANDBOX_ID_KEY = "io.kubernetes.cri.sandbox-id"
+
+
+def pod_bundle(tmp_path, name, args, pod, userns_path=None, extra=None):
+    def edit(c):
+        c["annotations"] = {SANDBOX_ID_KEY: pod} if pod else {}
+        if userns_path:
+            c["linux"]["namespaces"].append({"type": "user", "path": userns_path})
+        if extra:
+            extra(c)
+    return oci.make_bundle(tmp_path / name, args, edit=edit)
+
+
+def uid_map(pid):
+    with open("/proc/%d/uid_map" % pid) as f:
+        return f.read().split()
+
+
+@pytest.fixture
+def pod(cell, tmp_path):
+    """A running sandbox container "s1" of pod s1 (its init started, so in
+    its user namespace), run through a subreaper; yields (sub, pid)."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        b = pod_bundle(tmp_path, "sb", ["sleep", "60"], "s1")
+        cell.run("s1", b, detach=True, via=sub).check()
+        pid = cell.state("s1")["pid"]
+        # started: the init is in its user namespace once it execs
+        assert wait_for(lambda: os.readlink("/proc/%d/ns/user" % pid) != os.readlink("/proc/self/ns/user"))
+        yield sub, pid
+    finally:
+        cell.cleanup()
+        sub.close()
+
+
+def test_pod_member_joins_its_sandboxs_user_namespace(cell, tmp_path, pod):
+    """A member of the pod with {"type": "user", "path":
+    "/proc/SANDBOX/ns/user"} runs in that namespace, on the sandbox's uid
+    range; its root is the sandbox's root (the same host id)."""
+    sub, spid = pod
+    b = pod_bundle(tmp_path, "m", ["sh", "-c", "readlink /proc/self/ns/user; cat /proc/self/uid_map; id -u"], "s1",
+                   "/proc/%d/ns/user" % spid)
+    r = cell.run("m1", b)
+    assert r.rc == 0, r
+    lines = r.out.splitlines()
+    assert lines[0] == os.readlink("/proc/%d/ns/user" % spid)
+    assert lines[1].split() == uid_map(spid)
+    assert lines[2] == "0"
+
+
+def test_the_range_stays_held_while_a_member_runs(cell, tmp_path, pod):
+    """The sandbox deleted first (delete --force) while a member runs: the
+    member still holds the uid range, so the next container gets another
+    one, never the member's ids."""
+    sub, spid = pod
+    shared = uid_map(spid)
+    b = pod_bundle(tmp_path, "m", ["sleep", "60"], "s1", "/proc/%d/ns/user" % spid)
+    cell.run("m1", b, detach=True, via=sub).check()
+    mpid = cell.state("m1")["pid"]
+    cell.delete("s1", force=True).check()
+    assert cell.status("m1") == "running"
+    b2 = oci.make_bundle(tmp_path / "other", ["sleep", "60"])
+    cell.run("c2", b2, detach=True, via=sub).check()
+    other = uid_map(cell.state("c2")["pid"])
+    assert other[1] != shared[1], (other, shared)
+    assert wait_for(lambda: os.readlink("/proc/%d/ns/user" % mpid) != os.readlink("/proc/self/ns/user"))
+    assert uid_map(mpid) == shared
+
+
+def test_concurrent_members_join(cell, tmp_path, pod):
+    """Four members created at once all join (the range's holder list is
+    changed under its lock), and each holds it."""
+    import threading
+    sub, spid = pod
+    results = {}
+    def one(i):
+        b = pod_bundle(tmp_path, "m%d" % i, ["sleep", "60"], "s1", "/proc/%d/ns/user" % spid)
+        results[i] = cell.create("m%d" % i, b)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in results.items():
+        assert r.rc == 0, r
+    # every member named in the range's holder file, beside the sandbox
+    slot = (int(uid_map(spid)[1]) - 0x50000000) // 65536
+    with open("/run/cell/oci-slots/%d" % slot) as f:
+        holders = {int(line.split()[0]) for line in f if line.strip()}
+    assert {cell.state("m%d" % i)["pid"] for i in range(4)} | {spid} <= holders
+
+
+def test_hostile_user_namespace_paths_refused(cell, tmp_path, pod):
+    """A spec may name any path: only the pod's sandbox's namespace is
+    joined.  The host's (through /proc/1 or the runtime's own /proc/self),
+    a file, a FIFO (never opened for real: create does not hang), another
+    kind of namespace, one an unprivileged process made, the sandbox's
+    from another pod's container or without a pod, and mappings that
+    differ from the sandbox's are each refused, naming the field."""
+    import subprocess
+    sub, spid = pod
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    outsider = subprocess.Popen(["unshare", "--user", "--map-root-user", "sleep", "60"])
+    try:
+        assert wait_for(lambda: os.readlink("/proc/%d/ns/user" % outsider.pid) != os.readlink("/proc/self/ns/user"))
+        own = "/proc/%d/ns/user" % spid
+        cases = [
+            # pid 1 here may be a process root cannot inspect: refused either way
+            ("/proc/1/ns/user", "s1", None, "linux.namespaces user: "),
+            ("/proc/%d/ns/user" % os.getpid(), "s1", None, "the host's user namespace"),
+            ("/proc/self/ns/user", "s1", None, "the host's user namespace"),
+            ("/etc/passwd", "s1", None, "is not a namespace"),
+            (fifo, "s1", None, "is not a namespace"),
+            ("/proc/%d/ns/net" % spid, "s1", None, "is not a user namespace"),
+            ("/proc/%d/ns/user" % outsider.pid, "s1", None, "is not the user namespace of a cell-oci container"),
+            (own, "other-pod", None, "of another pod"),
+            (own, None, None, "of another pod"),
+            (own, "s1", lambda c: c["linux"].update(
+                uidMappings=[{"containerID": 0, "hostID": 100000, "size": 65536}],
+                gidMappings=[{"containerID": 0, "hostID": 100000, "size": 65536}]), "linux.uidMappings"),
+            ("/no/such/ns", "s1", None, "cannot open"),
+        ]
+        for i, (path, pod_id, extra, why) in enumerate(cases):
+            b = pod_bundle(tmp_path, "h%d" % i, ["true"], pod_id, path, extra)
+            r = cell.create("h%d" % i, b)
+            assert r.rc != 0 and why in r.err, (path, r)
+            assert "linux." in r.err, r
+            assert cell.status("h%d" % i) is None
+    finally:
+        outsider.kill()
+        outsider.wait()
+
+
+def test_created_sandbox_cannot_be_joined_yet(cell, tmp_path):
+    """Before start the sandbox's init is still in the host's user
+    namespace: /proc/PID/ns/user is the host's, and refused as such."""
+    sub = oci.Subreaper(tmp_path)
+    try:
+        cell.create("s2", pod_bundle(tmp_path, "sb", ["sleep", "60"], "s2"), via=sub).check()
+        pid = cell.state("s2")["pid"]
+        r = cell.create("m2", pod_bundle(tmp_path, "m", ["true"], "s2", "/proc/%d/ns/user" % pid))
+        assert r.rc != 0 and "host's user namespace" in r.err, r
+    finally:
+        cell.cleanup()
+        sub.close()
