@@ -243,9 +243,11 @@ $(BUILD)/cell-daemon: $(DAEMON_OBJ) $(BUILD)/libcellsrv.a $(BUILD)/libcell.a
 # the prebuilt seccomp programs, /proc masks) and util, plus jansson and
 # libseccomp (a spec's own linux.seccomp), none of the daemon's libraries.
 OCI_SRC     := $(wildcard src/oci/*.c)
+# The CLI's HTTP/1.1 client (http1.c, http_parser) talks to the node daemon
+# for a pod's egress (oci_egress.c).
 OCI_ISOLATE := $(addprefix $(BUILD)/obj/src/isolate/,userns.o vmclone.o caps.o inroot.o seccomp_prebuilt.o seccomp_blob.o) \
-               $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)
-OCI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs jansson libseccomp 2>/dev/null || echo -ljansson -lseccomp)
+               $(BUILD)/obj/src/cli/http1.o $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)
+OCI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs jansson libseccomp 2>/dev/null || echo -ljansson -lseccomp) -lhttp_parser
 $(BUILD)/cell-oci: $(OCI_SRC:%.c=$(BUILD)/obj/%.o) $(OCI_ISOLATE)
 	$(CC) $(LDSAN) -o $@ $^ $(OCI_LIBS)
 

@@ -4,6 +4,7 @@
  * subreaper above us (the shim), which then sees its exit.  State lives in
  * ROOT/ID/ (0700): state.json and, until `start`, exec.fifo. */
 #include "oci/oci.h"
+#include "oci/oci_egress.h"
 #include "isolate/isolate.h"
 
 #include <dirent.h>
@@ -367,6 +368,10 @@ int oci_create(const struct oci_create_opts *o, pid_t *child, cell_error *err)
             oci_log("warning", "cannot return to cell-oci's pid namespace: %s", strerror(errno));
         if (pid > 0)
             rc = record(o, &c, pid, err);
+        /* A pod's egress (oci_egress.c): while the init is parked, before
+         * create returns and so before any container of the pod exists. */
+        if (rc == 0 && oci_egress_register(o->root, o->id, &c.spec, pid, err) < 0)
+            rc = -1;
     }
     if (rc < 0 && pid > 0) {
         kill(pid, SIGKILL);
@@ -661,6 +666,7 @@ int oci_delete(const char *root, const char *id, int force, cell_error *err)
         kill_container(&st, SIGKILL);
         if (oci_cgroup_frozen(st.cgroup))
             (void)oci_cgroup_freeze(st.cgroup, 0, NULL);
+        oci_egress_unregister(root, id);
         oci_slot_release(st.slot, st.pid, st.start_time);
         oci_cgroup_remove(st.cgroup);
         remove_state(root, id);

@@ -673,6 +673,9 @@ class Containerd:
         # (kubelet always names one), removed with the namespace's by stop()
         self.cgroup_parent = "/" + self.ns
         self.netns = self.ns if cri else None
+        # more environment for containerd, which its shims and their
+        # runtimes inherit (CELL_OCI_CONFIG: test_oci_cri_egress.py)
+        self.env = {}
         for d in (self.root, self.state, self.fifo):
             os.makedirs(d, exist_ok=True)
 
@@ -768,7 +771,8 @@ class Containerd:
         self.logf = open(self.logpath, "ab")
         prefix = self._start_cri() if self.cri else []
         self.proc = subprocess.Popen(prefix + [CONTAINERD_BIN, "--config", self.config], stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=self.logf, start_new_session=True)
+                                     stdout=self.logf, stderr=self.logf, start_new_session=True,
+                                     env=dict(os.environ, **self.env))
         end = time.monotonic() + STEP_TIMEOUT
         while True:
             assert self.proc.poll() is None, "containerd exited: %s" % self.log_tail()
