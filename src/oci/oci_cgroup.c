@@ -8,9 +8,12 @@
 #include "oci/oci.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 
 #define CG_BASE "/sys/fs/cgroup"
@@ -25,9 +28,41 @@ static int cg_v2(void)
     return access(CG_BASE "/cgroup.controllers", F_OK) == 0;
 }
 
+/* Whether `dir` (an existing cgroup directory) is on cgroup v2: every
+ * command but create reads it from the state's path, so a container keeps
+ * the hierarchy create chose for it. */
+static int dir_v2(const char *dir)
+{
+    struct statfs f;
+    return statfs(dir, &f) == 0 && f.f_type == CGROUP2_SUPER_MAGIC;
+}
+
+/* CELL_OCI_CGROUP2_ROOT: a cgroup2 mount to make containers' cgroups in
+ * instead of the host's hierarchies, so the v2 code paths run on a hybrid
+ * host's /sys/fs/cgroup/unified (tests; docs/oci.md).  Anything but a
+ * cgroup2 mount root is refused. */
+static int v2_root_override(const char **root, cell_error *err)
+{
+    const char *r = getenv("CELL_OCI_CGROUP2_ROOT");
+    *root = NULL;
+    if (!r || !*r)
+        return 0;
+    char probe[PATH_MAX];
+    if (r[0] != '/' || strstr(r, "/..") || util_path(probe, sizeof probe, NULL, "%s/cgroup.controllers", r) < 0 ||
+        !dir_v2(r) || access(probe, F_OK) < 0)
+        return util_fail(err, EINVAL, "CELL_OCI_CGROUP2_ROOT '%.64s' must be the absolute path of a cgroup2 "
+                         "hierarchy", r);
+    *root = r;
+    return 0;
+}
+
 int oci_cgroup_dir(const char *cgroups_path, const char *id, char *out, size_t size, cell_error *err)
 {
-    const char *root = cg_v2() ? CG_BASE : CG_BASE "/freezer";
+    const char *root;
+    if (v2_root_override(&root, err) < 0)
+        return -1;
+    if (!root)
+        root = cg_v2() ? CG_BASE : CG_BASE "/freezer";
     int n = cgroups_path ? util_path(out, size, err, "%s%s", root, cgroups_path)
                          : util_path(out, size, err, "%s/cell-oci/%s", root, id);
     return n < 0 ? -1 : 0;
@@ -37,10 +72,10 @@ int oci_cgroup_dir(const char *cgroups_path, const char *id, char *out, size_t s
 static size_t cg_dirs(const char *primary, char dirs[OCI_CG_MAX][PATH_MAX])
 {
     snprintf(dirs[0], PATH_MAX, "%s", primary);
-    const char *v1 = CG_BASE "/freezer";
-    if (cg_v2() || strncmp(primary, v1, strlen(v1)) != 0)
-        return 1;
-    const char *rel = primary + strlen(v1);
+    const char *v1 = CG_BASE "/freezer/";
+    if (strncmp(primary, v1, strlen(v1)) != 0)
+        return 1; /* v2: one directory */
+    const char *rel = primary + strlen(v1) - 1;
     size_t n = 1;
     for (size_t i = 1; i < sizeof v1_hierarchies / sizeof *v1_hierarchies; i++) {
         char h[64];
@@ -92,12 +127,13 @@ static int res_int(json_t *res, const char *group, const char *key, long long *o
     return 1;
 }
 
-/* v2: let the leaf's controllers be used (each ancestor's subtree_control). */
+/* v2: let the leaf's controllers be used (each ancestor's subtree_control;
+ * the directories above the cgroup2 mount have none and are skipped). */
 static void v2_enable(const char *leaf)
 {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s", leaf);
-    for (char *s = p + strlen(CG_BASE); (s = strchr(s + 1, '/'));) {
+    for (char *s = p; (s = strchr(s + 1, '/'));) {
         *s = 0;
         char f[PATH_MAX + 32];
         snprintf(f, sizeof f, "%s/cgroup.subtree_control", p);
@@ -114,7 +150,7 @@ static int apply(char dirs[OCI_CG_MAX][PATH_MAX], size_t n, json_t *res, cell_er
         return 0;
     if (!json_is_object(res))
         return util_fail(err, EINVAL, "linux.resources must be an object");
-    int v2 = cg_v2();
+    int v2 = dir_v2(dirs[0]);
     long long mem = 0, pids = 0, quota = 0, period = 0, shares = 0;
     char v[64];
     int r;
@@ -202,7 +238,7 @@ int oci_cgroup_create(const char *primary, json_t *resources, int fds[OCI_CG_MAX
     for (size_t i = 0; i < n; i++)
         if (util_mkdir_p(dirs[i], 0755, err) < 0 || check_empty(dirs[i], err) < 0)
             return -1;
-    if (resources && cg_v2())
+    if (resources && dir_v2(dirs[0]))
         v2_enable(dirs[0]);
     if (apply(dirs, n, resources, err) < 0)
         return -1;
@@ -213,7 +249,7 @@ int oci_cgroup_update(const char *primary, json_t *resources, cell_error *err)
 {
     char dirs[OCI_CG_MAX][PATH_MAX];
     size_t n = cg_dirs(primary, dirs);
-    if (cg_v2())
+    if (dir_v2(dirs[0]))
         v2_enable(dirs[0]);
     return apply(dirs, n, resources, err);
 }
@@ -227,7 +263,7 @@ static void nap(void)
 int oci_cgroup_frozen(const char *dir)
 {
     char path[PATH_MAX], buf[256];
-    int v2 = cg_v2();
+    int v2 = dir_v2(dir);
     if (util_path(path, sizeof path, NULL, "%s/%s", dir, v2 ? "cgroup.events" : "freezer.state") < 0)
         return 0;
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -240,7 +276,7 @@ int oci_cgroup_frozen(const char *dir)
 
 int oci_cgroup_freeze(const char *dir, int on, cell_error *err)
 {
-    int v2 = cg_v2();
+    int v2 = dir_v2(dir);
     char path[PATH_MAX];
     if (util_path(path, sizeof path, err, "%s/%s", dir, v2 ? "cgroup.freeze" : "freezer.state") < 0)
         return -1;

@@ -277,3 +277,115 @@ def test_created_sandbox_cannot_be_joined_yet(cell, tmp_path):
     finally:
         cell.cleanup()
         sub.close()
+
+
+# ---- cgroup v2 ----------------------------------------------------------------------
+
+V2_ROOT = "/sys/fs/cgroup/unified"
+
+
+def cgroup2_root():
+    """This host's cgroup2 hierarchy without controllers (hybrid), or the
+    pure v2 root; None when there is none."""
+    for root in (V2_ROOT, "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.controllers")) and \
+                not os.path.exists(os.path.join(root, "cgroup.freeze")):
+            return root
+    return None
+
+
+@pytest.fixture
+def v2(cell, tmp_path):
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup2 hierarchy here")
+    sub = oci.Subreaper(tmp_path)
+    try:
+        yield root, sub
+    finally:
+        cell.cleanup()
+        sub.close()
+
+
+def v2_create(cell, sub, root, cid, bundle):
+    """create with CELL_OCI_CGROUP2_ROOT (the one command that chooses the
+    hierarchy; the others read it from the state's cgroup path)."""
+    cell.ids.append(cid)
+    r = sub.run(["/usr/bin/env", "CELL_OCI_CGROUP2_ROOT=" + root] + cell.argv("create", "--bundle", bundle, cid))
+    assert r.rc == 0, r
+    return r
+
+
+def test_cgroup_v2_pause_resume_kill_all_delete(cell, tmp_path, v2):
+    """The pure cgroup v2 code path on a cgroup2 hierarchy (on a hybrid
+    host, its controller-less unified one: cgroup.freeze and cgroup.kill
+    need no controller): the container's cgroup is made there, pause
+    freezes it (cgroup.events frozen 1, state paused), resume thaws it,
+    exec joins it, kill --all reaches an exec'd process left after the
+    init, delete removes the cgroup."""
+    root, sub = v2
+    b = oci.make_bundle(tmp_path / "b", ["sleep", "60"])
+    cg = root + oci.read_config(b)["linux"]["cgroupsPath"]
+    v2_create(cell, sub, root, "c1", b)
+    pid = cell.state("c1")["pid"]
+    with open(cg + "/cgroup.procs") as f:
+        assert str(pid) in f.read().split()
+    cell.start("c1").check()
+    cell.call("pause", "c1").check()
+    assert cell.status("c1") == "paused"
+    with open(cg + "/cgroup.events") as f:
+        assert "frozen 1" in f.read()
+    assert oci.proc_state(pid) in ("S", "D")
+    r = cell.call("exec", "c1", "true")
+    assert r.rc != 0 and "paused" in r.err, r
+    cell.call("resume", "c1").check()
+    assert cell.status("c1") == "running"
+    with open(cg + "/cgroup.events") as f:
+        assert "frozen 0" in f.read()
+    cell.call("exec", "--detach", "c1", "sleep", "60").check()
+    pids = cell.ps("c1")
+    assert pid in pids and len(pids) == 2, pids
+    # the init first, then what it left: kill --all as the shim does
+    cell.kill("c1", "KILL").check()
+    assert sub.reaped(pid) == {"signal": 9}
+    cell.kill("c1", "KILL", all=True).check()
+    assert wait_for(lambda: open(cg + "/cgroup.procs").read().split() == [])
+    cell.delete("c1").check()
+    assert not os.path.exists(cg)
+
+
+def test_cgroup_v2_paused_container_deleted_with_force(cell, tmp_path, v2):
+    root, sub = v2
+    b = oci.make_bundle(tmp_path / "b", ["sleep", "60"])
+    cg = root + oci.read_config(b)["linux"]["cgroupsPath"]
+    v2_create(cell, sub, root, "c1", b)
+    pid = cell.state("c1")["pid"]
+    cell.start("c1").check()
+    cell.call("pause", "c1").check()
+    r = cell.delete("c1")
+    assert r.rc != 0 and "paused" in r.err, r
+    cell.delete("c1", force=True).check()
+    assert sub.reaped(pid) == {"signal": 9}
+    assert not os.path.exists(cg) and cell.status("c1") is None
+
+
+def test_cgroup_v2_limits_without_controllers_fail_naming_them(cell, tmp_path, v2):
+    """On a hierarchy without the memory controller a memory limit cannot
+    be enforced: create fails naming the limit, never runs unlimited."""
+    root, sub = v2
+    if os.path.exists(os.path.join(root, "cgroup.controllers")) and \
+            "memory" in open(os.path.join(root, "cgroup.controllers")).read():
+        pytest.skip("this cgroup2 hierarchy has the memory controller")
+    b = oci.make_bundle(tmp_path / "b", ["true"],
+                        edit=lambda c: c["linux"].update(resources={"memory": {"limit": 64 << 20}}))
+    cell.ids.append("c1")
+    r = sub.run(["/usr/bin/env", "CELL_OCI_CGROUP2_ROOT=" + root] + cell.argv("create", "--bundle", b, "c1"))
+    assert r.rc != 0 and "linux.resources.memory.limit" in r.err and "memory.max" in r.err, r
+    assert cell.status("c1") is None
+
+
+@pytest.mark.parametrize("bad", ["relative/path", "/sys/fs/cgroup/freezer", "/tmp", "/sys/fs/cgroup/unified/../x"])
+def test_cgroup2_root_must_be_cgroup2(cell, tmp_path, bad):
+    b = oci.make_bundle(tmp_path / "b", ["true"])
+    r = oci.run_bounded(["/usr/bin/env", "CELL_OCI_CGROUP2_ROOT=" + bad] + cell.argv("run", "--bundle", b, "c1"))
+    assert r.rc != 0 and "CELL_OCI_CGROUP2_ROOT" in r.err, r
