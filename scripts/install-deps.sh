@@ -48,6 +48,12 @@ packages=(
   # tests/integration/cri/api.proto (grpc_tools' protoc), and the CNI
   # plugins (bridge, host-local, loopback) of its pods' network
   python3-grpcio python3-protobuf python3-grpc-tools containernetworking-plugins
+  # the desktop (src/server/desktop.c) runs these in cells of the host image
+  # (test_desktop.py, tests/sdk/desktop.test.mjs, bench/desktop.sh): the X
+  # server, window manager, input, screenshots (convert), windows (xprop,
+  # xwininfo), clipboard, recordings (ffmpeg, ffprobe), a test app and its
+  # core font
+  xvfb openbox xdotool imagemagick x11-utils xclip ffmpeg xterm xfonts-base
 )
 # bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
 # tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node

@@ -55,7 +55,7 @@
 /* What the desktop needs in the cell's image, and the Debian package of each. */
 static const struct dk_dep { const char *bin, *pkg; } dk_required[] = {
     { "Xvfb", "xvfb" }, { "openbox", "openbox" }, { "xdotool", "xdotool" },
-    { "convert", "imagemagick" }, { "xprop", "x11-utils" },
+    { "convert", "imagemagick" }, { "xprop", "x11-utils" }, { "xwininfo", "x11-utils" },
 };
 #define DK_N_REQUIRED (sizeof dk_required / sizeof dk_required[0])
 
@@ -525,8 +525,14 @@ static char *dk_install_command(json_t *missing)
     json_array_foreach(missing, i, v)
         for (size_t k = 0; k < DK_N_REQUIRED; k++)
             if (strcmp(json_string_value(v), dk_required[k].bin) == 0) {
-                size_t len = strlen(buf);
-                snprintf(buf + len, sizeof buf - len, " %s", dk_required[k].pkg);
+                char word[40];
+                snprintf(word, sizeof word, " %s", dk_required[k].pkg);
+                size_t len = strlen(buf), wl = strlen(word);
+                int have = 0;                           /* one package, several tools */
+                for (const char *p = strstr(buf, word); p && !have; p = strstr(p + 1, word))
+                    have = p[wl] == '\0' || p[wl] == ' ';
+                if (!have)
+                    snprintf(buf + len, sizeof buf - len, "%s", word);
             }
     return strdup(buf);
 }
@@ -676,14 +682,20 @@ static json_t *dk_mouse_position(scell *sc, struct desktop *d, dk_problem *pb)
 }
 
 /* The managed windows (_NET_CLIENT_LIST) with geometry, title and focus:
- * one script run, fixed text; window ids come from the X server. */
+ * one script run, fixed text; window ids come from the X server.  The
+ * geometry is xwininfo's absolute position: xdotool's getwindowgeometry
+ * counts a reparenting window manager's frame offset twice. */
 static const char dk_windows_script[] =
     "active=$(xdotool getactivewindow 2>/dev/null)\n"
     "ids=$(xprop -root -notype _NET_CLIENT_LIST 2>/dev/null | sed -n 's/.*# //p' | tr -d ',')\n"
     "for w in $ids; do\n"
     "  d=$(printf '%d' \"$w\")\n"
-    "  g=$(xdotool getwindowgeometry --shell \"$d\" 2>/dev/null) || continue\n"
-    "  printf 'WIN=%s\\n%s\\nACTIVE=%s\\n' \"$d\" \"$g\" \"$([ \"$d\" = \"$active\" ] && echo 1 || echo 0)\"\n"
+    "  g=$(xwininfo -id \"$d\" 2>/dev/null) || continue\n"
+    "  printf 'WIN=%s\\nACTIVE=%s\\n' \"$d\" \"$([ \"$d\" = \"$active\" ] && echo 1 || echo 0)\"\n"
+    "  printf '%s\\n' \"$g\" | sed -n -e 's/^ *Absolute upper-left X: *//p' | sed 's/^/X=/'\n"
+    "  printf '%s\\n' \"$g\" | sed -n -e 's/^ *Absolute upper-left Y: *//p' | sed 's/^/Y=/'\n"
+    "  printf '%s\\n' \"$g\" | sed -n -e 's/^ *Width: *//p' | sed 's/^/WIDTH=/'\n"
+    "  printf '%s\\n' \"$g\" | sed -n -e 's/^ *Height: *//p' | sed 's/^/HEIGHT=/'\n"
     "  printf 'TITLE=%s\\n' \"$(xdotool getwindowname \"$d\" 2>/dev/null | head -n 1)\"\n"
     "done\n";
 
