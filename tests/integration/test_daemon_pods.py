@@ -139,6 +139,25 @@ def test_the_init_exiting_unregisters(node, proc):
     assert wait_for(lambda: not helper_alive(helper), 10)
 
 
+def test_a_dead_helper_cuts_the_pod_off(node, proc):
+    """The helper killed: the daemon deletes the pod's eth0 (CNI's, here a
+    veth the test gives the netns), as it cuts a cell off."""
+    host_end = "k8st" + os.urandom(3).hex()
+    subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns",
+                    "/proc/%d/ns/net" % proc.pid], check=True, timeout=20)
+    try:
+        r = node.post("/v1/pods", body(proc))
+        assert r.status == 201, r
+        os.kill(r.body["helperPid"], 9)
+
+        def has_eth0():
+            return subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % proc.pid, "ip", "link", "show", "eth0"],
+                                  capture_output=True, timeout=20).returncode == 0
+        assert wait_for(lambda: not has_eth0(), 10), "the pod kept its eth0 after its egress helper died"
+    finally:
+        subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=20)
+
+
 def test_without_a_policy_nothing_is_registered(node, proc):
     r = node.post("/v1/pods", body(proc, policy=None))
     assert r.status == 200 and r.body == {"id": r.body["id"], "policed": False}, r

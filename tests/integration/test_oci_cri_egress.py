@@ -169,6 +169,48 @@ print(",".join(got), flush=True)
             self.p.wait()
 
 
+class Tcp6Sink:
+    """A TCP listener on an IPv6 address of the bridge's host side: the
+    peers that connected before a marker connection the test makes last
+    (from that address itself)."""
+
+    SCRIPT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.bind((sys.argv[1], 0)); s.listen(8); s.settimeout(float(sys.argv[2]))
+print(s.getsockname()[1], flush=True)
+got = []
+while True:
+    c, peer = s.accept()
+    c.close()
+    if peer[0] == sys.argv[1]:      # the marker: from the host side itself
+        break
+    got.append(peer[0])
+print(",".join(got), flush=True)
+"""
+
+    def __init__(self, ctd, addr):
+        self.ctd, self.addr = ctd, addr
+        self.p = subprocess.Popen(ctd.netns_exec("/usr/bin/python3", "-c", self.SCRIPT, addr, str(oci.STEP_TIMEOUT)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        assert line.strip().isdigit(), (line, self.p.stderr.read())
+        self.port = int(line)
+
+    def received(self):
+        subprocess.run(self.ctd.netns_exec("/usr/bin/python3", "-c",
+                                           "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])),"
+                                           " source_address=(sys.argv[1], 0))", self.addr, str(self.port)),
+                       check=True, timeout=oci.STEP_TIMEOUT)
+        out, err = self.p.communicate(timeout=oci.STEP_TIMEOUT + 5)
+        assert self.p.returncode == 0, err
+        return [a for a in out.strip().split(",") if a]
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
 # The host's nft and python3, run inside the pod by the host's dynamic
 # loader from a read-only bind of /usr (busybox has neither).
 LOADER = "/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -199,7 +241,13 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         assert rules.returncode == 0 and "redirect to :15001" in rules.stdout, rules
         ip = en.cri.runtime("PodSandboxStatus", {"pod_sandbox_id": sid}).status.network.ip
         mounts = [{"container_path": "/host/usr", "host_path": "/usr", "readonly": True}]
-        cid = en.container(sid, cfg, ["sleep", "100000"], mounts)
+        # a server in the pod: connections made to it are answered (CNI's
+        # eth0 and routes stay; only replies may leave by it)
+        cid = en.container(sid, cfg, ["sh", "-c", "echo pong | nc -l -p 8080; sleep 100000"], mounts)
+        got = subprocess.run(en.ctd.netns_exec(
+            "/usr/bin/python3", "-c", "import socket,sys; s=socket.create_connection((sys.argv[1], 8080), 20); "
+            "print(s.recv(100).decode().strip())", ip), capture_output=True, text=True, timeout=oci.STEP_TIMEOUT + 5)
+        assert got.stdout.strip() == "pong", got
 
         # the allowed port: reached through the relay, which connects from
         # the host side (the pod's own address never reaches the listener)
@@ -213,6 +261,20 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         exec_sync(en.cri, cid, ["sh", "-c", "echo leak | nc -u -w 1 %s %d; nslookup -timeout=1 example.com %s; true"
                                 % (GW, udp.port, GW)])
         assert udp.received() == [] and dns.received() == []
+
+        # IPv6: given addresses on both sides (CNI gave none), the pod's
+        # IPv6 TCP and UDP reach nothing; the host side can still talk to it
+        v6h, v6p = "fd00:cafe::1", "fd00:cafe::2"
+        oci.run_bounded(["ip", "-n", en.ctd.netns, "addr", "add", v6h + "/64", "dev", "cri0", "nodad"]).check()
+        subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pod["pid"], "ip", "addr", "add", v6p + "/64", "dev",
+                        "eth0", "nodad"], check=True, timeout=oci.STEP_TIMEOUT)
+        sink6 = Tcp6Sink(en.ctd, v6h)
+        try:
+            exec_sync(en.cri, cid, ["sh", "-c", "nc -w 1 %s %d </dev/null; echo x | nc -u -w 1 %s 53; true"
+                                    % (v6h, sink6.port, v6h)])
+            assert sink6.received() == []
+        finally:
+            sink6.close()
 
         # audited as the pod's: the allowed flow and the denied one
         def verdicts():
@@ -268,6 +330,17 @@ def test_a_pod_without_the_annotation_has_the_plain_cni_network(en):
         assert lis.peer() == ip        # straight over the bridge, from the pod's address
         pid = json.loads(status_of(en.cri, cid).info["info"])["pid"]
         assert netns_nft(pid, "list", "table", "inet", "cell").returncode != 0
+        # the policed test's IPv6 check, here reaching its listener (a control)
+        v6h, v6p = "fd00:cafe:1::1", "fd00:cafe:1::2"
+        oci.run_bounded(["ip", "-n", en.ctd.netns, "addr", "add", v6h + "/64", "dev", "cri0", "nodad"]).check()
+        subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "addr", "add", v6p + "/64", "dev", "eth0",
+                        "nodad"], check=True, timeout=oci.STEP_TIMEOUT)
+        sink6 = Tcp6Sink(en.ctd, v6h)
+        try:
+            exec_sync(en.cri, cid, ["sh", "-c", "nc -w 3 %s %d </dev/null; true" % (v6h, sink6.port)])
+            assert sink6.received() == [v6p]
+        finally:
+            sink6.close()
     finally:
         lis.close()
         if sid:
