@@ -176,13 +176,23 @@ static void wake_watcher(void)
         slog(SLOG_WARN, NULL, "pods: cannot wake the watcher: %s", strerror(errno));
 }
 
-/* Take a pod out of the list (NULL if it is not there); the caller frees it. */
-static spod *unlink_pod(const char *id)
+static int init_exited(const spod *p)
+{
+    struct pollfd pf = { .fd = p->pidfd, .events = POLLIN };
+    return poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN);
+}
+
+/* Take a pod out of the list (NULL if it is not there); the caller frees
+ * it.  only_dead: only if its init has exited (the watcher's poll set may
+ * be older than a DELETE and a new registration of the same id). */
+static spod *unlink_pod_if(const char *id, int only_dead)
 {
     spod *found = NULL;
     pthread_mutex_lock(&P.lock);
     for (spod **pp = &P.pods; *pp; pp = &(*pp)->next)
         if (strcmp((*pp)->id, id) == 0) {
+            if (only_dead && (!(*pp)->engine || !init_exited(*pp)))
+                break;
             found = *pp;
             *pp = found->next;
             P.n--;
@@ -192,6 +202,11 @@ static spod *unlink_pod(const char *id)
     if (found)
         wake_watcher();
     return found;
+}
+
+static spod *unlink_pod(const char *id)
+{
+    return unlink_pod_if(id, 0);
 }
 
 /* ---- the watcher: a pod whose sandbox init exits is unregistered -------------------- */
@@ -228,7 +243,7 @@ static void *watcher_main(void *arg)
         for (size_t i = 0; i < n; i++) {
             if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
-            spod *p = unlink_pod(ids[i]);
+            spod *p = unlink_pod_if(ids[i], 1);
             if (p)
                 slog(SLOG_INFO, SLOG_F("pod", p->id), "pod %s/%s (%s): its sandbox's init exited; egress stopped",
                      p->ns, p->name, p->id);
@@ -522,14 +537,16 @@ int h_pods_create(sreq *r)
         p = NULL;
         goto replied;
     }
+    /* Once the engine is set, a DELETE or the watcher may free p: the
+     * reply and the log line are made before the lock is let go. */
     pthread_mutex_lock(&P.lock);
     p->engine = eng;
     p->created_ms = srv_now_ms();
     json_t *reply = pod_json(p);
-    pthread_mutex_unlock(&P.lock);
-    wake_watcher();
     slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed (%s policy), helper %d", p->ns, p->name, id,
          text ? "its" : "the node's", (int)net_engine_pid(eng));
+    pthread_mutex_unlock(&P.lock);
+    wake_watcher();
     json_object_set_new(reply, "policed", json_true());
     p = NULL;
     rc = reply_json(r, 201, reply);

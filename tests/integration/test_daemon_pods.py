@@ -226,3 +226,34 @@ def test_off_without_pods(tmp_path):
         assert not os.path.exists(os.path.join(dd.state, "node.token"))
     finally:
         dd.stop()
+
+
+def test_the_node_default_policy(tmp_path):
+    """--pod-policy: a pod that registers without a policy (cell-oci's
+    oci.conf "pods": "all") gets the node's; a policy a tenant could not set
+    stops the daemon at start, naming the option."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rules": [{"tcp": {"to": "link-local"}}]}))
+    dd = Daemon(tmp_path / "bad-state", extra_args=["--pods", "--warm", "0", "--pod-policy", str(bad)],
+                unix_socket=True)
+    with pytest.raises(RuntimeError) as e:
+        dd.start(timeout=10)
+    assert "--pod-policy" in str(e.value) and "rules[0]" in str(e.value)
+
+    good = tmp_path / "policy.json"
+    good.write_text(POLICY)
+    dd = Daemon(tmp_path / "state", extra_args=["--pods", "--warm", "0", "--pod-policy", str(good)],
+                unix_socket=True)
+    dd.start()
+    p = NetnsProc()
+    try:
+        with open(os.path.join(dd.state, "node.token")) as f:
+            c = dm.Client(None, None, f.read().strip(), unix=os.path.join(dd.state, "cell.sock"))
+        r = c.post("/v1/pods", body(p, policy=None))
+        assert r.status == 201 and r.body["policy"] == "node", r
+        assert "redirect to :15001" in p.nft("list", "table", "inet", "cell").stdout
+        assert c.delete("/v1/pods/" + r.body["id"]).status == 204
+    finally:
+        p.close()
+        dd.stop()
+        dd.check_sanitizer()
