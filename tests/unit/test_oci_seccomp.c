@@ -49,7 +49,10 @@ static int errno_of_getppid(const char *text)
             _exit(255);
         errno = 0;
         long r = syscall(SYS_getppid);
-        _exit(r < 0 ? errno : 0);
+        /* exit_group itself: a sanitizer's _exit would run its leak check,
+         * whose syscalls the profile refuses. */
+        syscall(SYS_exit_group, r < 0 ? errno : 0);
+        _exit(254);
     }
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
