@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -116,9 +117,13 @@ int pods_node_token(sreq *r, const char *bearer)
 {
     if (!P.on || !bearer)
         return 0;
-    /* The unix socket only: it is root's (0600), the TCP listener anyone's. */
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_DAEMON);
-    if (!ci || !r->s->unix_d || ci->daemon != r->s->unix_d)
+    /* The unix socket only: it is root's (0600), the TCP listener anyone's.
+     * Told by the connection's own socket (the srv's daemon pointers are
+     * set after their threads start). */
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct sockaddr_storage sa;
+    socklen_t len_sa = sizeof sa;
+    if (!ci || getsockname(ci->connect_fd, (struct sockaddr *)&sa, &len_sa) < 0 || sa.ss_family != AF_UNIX)
         return 0;
     size_t len = strlen(bearer);
     unsigned char diff = len != NODE_TOKEN_LEN;

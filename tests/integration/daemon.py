@@ -162,7 +162,7 @@ class Response(tuple):
 class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over a unix socket (the daemon's STATE/cell.sock)."""
 
-    def __init__(self, path, timeout):
+    def __init__(self, path, timeout=10):
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 

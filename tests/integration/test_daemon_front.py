@@ -22,7 +22,7 @@ import time
 import pytest
 
 import daemon as dm
-from daemon import assert_problem, make_tenant_token, uniq, wait_for
+from daemon import UnixHTTPConnection, assert_problem, make_tenant_token, uniq, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cell serve tests must run as root")
 
@@ -43,18 +43,6 @@ def daemons():
             d.stop()
         finally:
             d.check_sanitizer()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
 
 
 def unix_get(path, url, token):

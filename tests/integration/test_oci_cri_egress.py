@@ -126,27 +126,46 @@ def audit(en, cell):
     return en.audit.get("/v1/audit", query={"kind": "net", "cell": cell, "limit": 1000}).body["records"]
 
 
-class UdpSink:
-    """A UDP socket on the bridge's host side (containerd's netns): what
-    arrived before a marker the test sends last (from that netns itself)."""
+class Sink:
+    """A UDP or TCP socket on an address of the bridge's host side
+    (containerd's netns): the peers that sent or connected to it before a
+    marker the test sends last from that address itself (so no wait is
+    timed: whatever the pod sent earlier is in before the marker)."""
 
     SCRIPT = r"""
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(float(sys.argv[3]))
+addr, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET,
+                  socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
+s.bind((addr, port)); s.settimeout(float(sys.argv[4]))
+if kind == "tcp":
+    s.listen(8)
 print(s.getsockname()[1], flush=True)
 got = []
 while True:
-    data, peer = s.recvfrom(4096)
-    if data == b"MARKER":
+    if kind == "udp":
+        _, peer = s.recvfrom(4096)
+    else:
+        c, peer = s.accept()
+        c.close()
+    if peer[0] == addr:
         break
     got.append(peer[0])
 print(",".join(got), flush=True)
 """
+    MARKER = r"""
+import socket, sys
+addr, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if kind == "udp":
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, 0)); s.sendto(b"marker", (addr, port))
+else:
+    socket.create_connection((addr, port), source_address=(addr, 0))
+"""
 
-    def __init__(self, ctd, port=0):
-        self.ctd = ctd
-        self.p = subprocess.Popen(ctd.netns_exec("/usr/bin/python3", "-c", self.SCRIPT, GW, str(port),
+    def __init__(self, ctd, addr, kind, port=0):
+        self.ctd, self.addr, self.kind = ctd, addr, kind
+        self.p = subprocess.Popen(ctd.netns_exec("/usr/bin/python3", "-c", self.SCRIPT, addr, str(port), kind,
                                                  str(oci.STEP_TIMEOUT)),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.p.stdout.readline()
@@ -154,53 +173,9 @@ print(",".join(got), flush=True)
         self.port = int(line)
 
     def received(self):
-        """Send the marker, then return the peers that sent before it."""
-        subprocess.run(self.ctd.netns_exec("/usr/bin/python3", "-c",
-                                           "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
-                                           ".sendto(b'MARKER', (sys.argv[1], int(sys.argv[2])))", GW, str(self.port)),
-                       check=True, timeout=oci.STEP_TIMEOUT)
-        out, err = self.p.communicate(timeout=oci.STEP_TIMEOUT + 5)
-        assert self.p.returncode == 0, err
-        return [a for a in out.strip().split(",") if a]
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-
-
-class Tcp6Sink:
-    """A TCP listener on an IPv6 address of the bridge's host side: the
-    peers that connected before a marker connection the test makes last
-    (from that address itself)."""
-
-    SCRIPT = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6); s.bind((sys.argv[1], 0)); s.listen(8); s.settimeout(float(sys.argv[2]))
-print(s.getsockname()[1], flush=True)
-got = []
-while True:
-    c, peer = s.accept()
-    c.close()
-    if peer[0] == sys.argv[1]:      # the marker: from the host side itself
-        break
-    got.append(peer[0])
-print(",".join(got), flush=True)
-"""
-
-    def __init__(self, ctd, addr):
-        self.ctd, self.addr = ctd, addr
-        self.p = subprocess.Popen(ctd.netns_exec("/usr/bin/python3", "-c", self.SCRIPT, addr, str(oci.STEP_TIMEOUT)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.p.stdout.readline()
-        assert line.strip().isdigit(), (line, self.p.stderr.read())
-        self.port = int(line)
-
-    def received(self):
-        subprocess.run(self.ctd.netns_exec("/usr/bin/python3", "-c",
-                                           "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])),"
-                                           " source_address=(sys.argv[1], 0))", self.addr, str(self.port)),
-                       check=True, timeout=oci.STEP_TIMEOUT)
+        """Send the marker; the peers that came before it."""
+        subprocess.run(self.ctd.netns_exec("/usr/bin/python3", "-c", self.MARKER, self.addr, str(self.port),
+                                           self.kind), check=True, timeout=oci.STEP_TIMEOUT)
         out, err = self.p.communicate(timeout=oci.STEP_TIMEOUT + 5)
         assert self.p.returncode == 0, err
         return [a for a in out.strip().split(",") if a]
@@ -223,8 +198,8 @@ def host_tool(*argv):
 
 def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
     allowed, denied = Listener(en.ctd, GW), Listener(en.ctd, GW)
-    udp = UdpSink(en.ctd)
-    dns = UdpSink(en.ctd, 53)
+    udp = Sink(en.ctd, GW, "udp")
+    dns = Sink(en.ctd, GW, "udp", 53)
     policy = {"rules": [{"tcp": {"to": GW + "/32", "ports": [allowed.port]}}]}
     cfg = en.pod_config("policed", policy)
     sid = None
@@ -268,7 +243,7 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         oci.run_bounded(["ip", "-n", en.ctd.netns, "addr", "add", v6h + "/64", "dev", "cri0", "nodad"]).check()
         subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pod["pid"], "ip", "addr", "add", v6p + "/64", "dev",
                         "eth0", "nodad"], check=True, timeout=oci.STEP_TIMEOUT)
-        sink6 = Tcp6Sink(en.ctd, v6h)
+        sink6 = Sink(en.ctd, v6h, "tcp")
         try:
             exec_sync(en.cri, cid, ["sh", "-c", "nc -w 1 %s %d </dev/null; echo x | nc -u -w 1 %s 53; true"
                                     % (v6h, sink6.port, v6h)])
@@ -335,7 +310,7 @@ def test_a_pod_without_the_annotation_has_the_plain_cni_network(en):
         oci.run_bounded(["ip", "-n", en.ctd.netns, "addr", "add", v6h + "/64", "dev", "cri0", "nodad"]).check()
         subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pid, "ip", "addr", "add", v6p + "/64", "dev", "eth0",
                         "nodad"], check=True, timeout=oci.STEP_TIMEOUT)
-        sink6 = Tcp6Sink(en.ctd, v6h)
+        sink6 = Sink(en.ctd, v6h, "tcp")
         try:
             exec_sync(en.cri, cid, ["sh", "-c", "nc -w 3 %s %d </dev/null; true" % (v6h, sink6.port)])
             assert sink6.received() == [v6p]
