@@ -154,3 +154,37 @@ def test_two_runs_of_one_id(ctd, runtime, tmp_path):
     assert any("already exists" in err for _, err in res), res
     assert "same" not in ctd.ctr("containers", "ls", "-q").check().out.split()
     no_shims_left(ctd)
+
+
+def test_systemd_cgroup_through_the_shim(ctd, runtime, tmp_path):
+    """`--runc-systemd-cgroup` (containerd's SystemdCgroup = true): the shim
+    passes --systemd-cgroup and a slice:prefix:name cgroupsPath; cell-oci
+    puts the task in the cgroupfs path systemd would use (docs/oci.md
+    "systemd cgroups").  runc's systemd driver needs a running systemd,
+    which this host has not: its run fails."""
+    root = oci.make_rootfs(tmp_path / "rootfs")
+    slice_ = "cellocitest%s.slice" % os.urandom(4).hex()
+    args = ["run", "-d", *ctd.run_args(runtime), "--runc-systemd-cgroup", "--cgroup", slice_ + ":ctr:s1",
+            "--env", "PATH=/bin", "--rootfs", root, "s1", "sleep", "1000"]
+    try:
+        r = ctd.ctr(*args)
+        if runtime == "runc":
+            assert r.rc != 0 and "systemd" in (r.err + ctd.log_tail()), r
+            return
+        r.check()
+        pid, status = ctd.tasks()["s1"]
+        assert status == "RUNNING"
+        with open("/proc/%d/cgroup" % pid) as f:
+            groups = dict(line.strip().split(":", 2)[1:] for line in f)
+        assert groups["freezer"] == "/%s/ctr-s1.scope" % slice_, groups
+        ctd.ctr("task", "kill", "-s", "KILL", "s1").check()
+        assert wait_for(lambda: "s1" not in ctd.tasks() or ctd.tasks()["s1"][1] == "STOPPED")
+        ctd.ctr("task", "delete", "s1").check()
+        assert not os.path.exists("/sys/fs/cgroup/freezer/%s/ctr-s1.scope" % slice_)
+    finally:
+        ctd.ctr("task", "delete", "-f", "s1")
+        ctd.ctr("containers", "delete", "s1")
+        for h in os.listdir("/sys/fs/cgroup"):
+            for d in ("%s/ctr-s1.scope" % slice_, slice_):
+                if os.path.isdir("/sys/fs/cgroup/%s/%s" % (h, d)):
+                    os.rmdir("/sys/fs/cgroup/%s/%s" % (h, d))
