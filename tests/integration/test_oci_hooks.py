@@ -163,3 +163,21 @@ def test_hook_state_on_stdin_is_valid_json(tmp_path):
         assert st["id"] == "c1" and st["status"] == "creating" and st["annotations"] == {"q": "\"'\\\n$(x)"}
     finally:
         rt.cleanup()
+
+
+def test_hook_args_and_env_exactly_as_given(rt, tmp_path):
+    """args are the argv (args[0] included), env the whole environment:
+    nothing of the runtime's leaks into a hook that sets its own."""
+    out = tmp_path / "out"
+    def edit(c):
+        c["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": [
+            "sh", "-c", 'echo "$0|$1" > %s/argv; env > %s/env' % (out, out), "zero", "one two"],
+            "env": ["A=1", "B=two words"]}]}
+    os.makedirs(out)
+    rt.run("c1", oci.make_bundle(tmp_path / "b", ["true"], edit=edit)).check()
+    with open(out / "argv") as f:
+        assert f.read() == "zero|one two\n"
+    with open(out / "env") as f:
+        env = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    shell_own = {"PWD", "SHLVL", "_", "OLDPWD"}
+    assert {k: v for k, v in env.items() if k not in shell_own} == {"A": "1", "B": "two words"}, env
