@@ -342,7 +342,7 @@ def test_cgroup_v2_pause_resume_kill_all_delete(cell, tmp_path, v2):
     assert cell.status("c1") == "running"
     with open(cg + "/cgroup.events") as f:
         assert "frozen 0" in f.read()
-    cell.call("exec", "--detach", "c1", "sleep", "60").check()
+    cell.call("exec", "--detach", "c1", "sleep", "60", via=sub).check()
     pids = cell.ps("c1")
     assert pid in pids and len(pids) == 2, pids
     # the init first, then what it left: kill --all as the shim does
