@@ -16,7 +16,6 @@ daemon down, a pod that asks for a policy is refused.  Removing the pod
 removes its registration and its egress helper."""
 import json
 import os
-import socket
 import subprocess
 import uuid
 
