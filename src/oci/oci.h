@@ -219,6 +219,11 @@ int oci_userns_join(const char *root, const char *id, const struct oci_spec *s, 
 /* ROOT/ID/userns: which user namespace the container's is. */
 int oci_userns_record(const char *root, const char *id, int userns_fd, cell_error *err);
 
+/* ---- a pid, net, ipc, uts or cgroup namespace joined by path (oci_nspath.c) ------
+ * The checked descriptor for setns: a namespace of that type, never the
+ * caller's own (the host's); errors name linux.namespaces and the path. */
+int oci_ns_open(const char *path, int type, cell_error *err);
+
 /* ---- the container's cgroup (oci_cgroup.c) ----------------------------------------
  * linux.cgroupsPath (or /cell-oci/ID) in the freezer hierarchy (v1) or the
  * unified one (v2): the freezer for pause/resume; no limits yet. */
@@ -280,7 +285,7 @@ struct oci_init_args {
     uid_t       uid_base;          /* host id of the container's root */
     uint32_t    uid_count;
     int         console_fd;        /* connected --console-socket, or -1 */
-    int         cgroupns_fd;       /* exec: the init's cgroup namespace; -1 = the spec's or a new one */
+    int         cgroupns_fd;       /* the init's (exec) or the spec's (init, opened before pivot); -1: a new one */
     int         cgroup_fds[4];     /* the container cgroup's cgroup.procs files: the process joins them first */
     size_t      n_cgroup_fds;
     json_t     *seccomp;           /* linux.seccomp, loaded on top of cell's filters; NULL = none */

@@ -115,8 +115,10 @@ static int clone_flags(const struct oci_spec *s, cell_error *err)
         }
         if (types[i] == CLONE_NEWPID) {
             /* setns() of a pid namespace applies to children: do it here. */
-            _cleanup_close_ int fd = open(ns->path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0 || setns(fd, CLONE_NEWPID) < 0)
+            _cleanup_close_ int fd = oci_ns_open(ns->path, CLONE_NEWPID, err);
+            if (fd < 0)
+                return -1;
+            if (setns(fd, CLONE_NEWPID) < 0)
                 return util_fail_errno(err, "cannot join the pid namespace %s", ns->path);
         }
     }

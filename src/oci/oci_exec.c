@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -155,6 +156,15 @@ static int exec_process(const struct oci_exec_opts *o, const struct oci_state *s
 __attribute__((noreturn))
 static void exec_child(struct oci_init_args *a, const struct exec_ns *n)
 {
+    /* Until its execve this is cell-oci, real root, inside the container's
+     * pid namespace: not dumpable, so no container process may open its
+     * /proc/PID/exe, mem, environ or fds or ptrace it (runc's
+     * CVE-2016-9962, CVE-2019-5736), whatever the credential changes on the
+     * way would leave.  execve makes the container's program dumpable. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        (void)!write(a->sync_fd, "cannot make the exec'd process non-dumpable", 43);
+        _exit(127);
+    }
     for (size_t i = 0; i < N_JOINED; i++)
         if (setns(n->fd[i], joined[i].type) < 0) {
             char msg[128];

@@ -490,8 +490,15 @@ static void join_namespaces(const struct oci_init_args *a)
         const struct oci_ns *ns = oci_spec_ns(a->spec, joinable[i]);
         if (!ns || !ns->path)
             continue;
-        _cleanup_close_ int fd = open(ns->path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || setns(fd, joinable[i]) < 0)
+        /* Checked as a namespace of that type and never the host's (ours
+         * until this setns: these types were not in the clone flags). */
+        cell_error err = { 0 };
+        _cleanup_close_ int fd = oci_ns_open(ns->path, joinable[i], &err);
+        if (fd < 0) {
+            errno = 0;
+            FAIL("%s", err.message);
+        }
+        if (setns(fd, joinable[i]) < 0)
             FAIL("cannot join the namespace %s", ns->path);
     }
 }
@@ -546,6 +553,29 @@ static void setup_new_netns(const struct oci_init_args *a)
     }
 }
 
+/* Open `path` of the container's root (the init's and an exec'd process's
+ * root once pivoted or joined) while still real root: the tree is the
+ * image's, so symlinks stay inside it and never go through a magic link
+ * (/proc/PID/root, /proc/PID/fd/N), which would reach whatever that process
+ * holds, the host's root when the pid namespace is shared with a host
+ * process (tests/integration/test_oci_escape.py). */
+static int open_in_container(const char *path, int flags)
+{
+    struct open_how how = { .flags = (uint64_t)flags | O_CLOEXEC,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    _cleanup_close_ int root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    return root < 0 ? -1 : (int)syscall(SYS_openat2, root, path, &how, sizeof how);
+}
+
+/* An executable regular file for execve, checked on what the path resolves to
+ * in the container (see open_in_container). */
+static int is_executable(const char *path)
+{
+    _cleanup_close_ int fd = open_in_container(path, O_PATH);
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && faccessat(fd, "", X_OK, AT_EMPTY_PATH) == 0;
+}
+
 /* process.args[0] as execvp would find it, in the container's root (now /). */
 static void find_exe(const struct oci_init_args *a, char *out, size_t size)
 {
@@ -556,15 +586,13 @@ static void find_exe(const struct oci_init_args *a, char *out, size_t size)
             path = a->spec->env[i] + 5;
     if (strchr(cmd, '/')) {
         snprintf(out, size, "%s", cmd);
-        if (access(out, X_OK) < 0)
+        if (!is_executable(out))
             FAIL("process.args[0] %s cannot be executed", cmd);
         return;
     }
     for (const char *p = path; *p;) {
         size_t n = strcspn(p, ":");
-        struct stat st;
-        if (n > 0 && (size_t)snprintf(out, size, "%.*s/%s", (int)n, p, cmd) < size && stat(out, &st) == 0 &&
-            S_ISREG(st.st_mode) && access(out, X_OK) == 0)
+        if (n > 0 && (size_t)snprintf(out, size, "%.*s/%s", (int)n, p, cmd) < size && is_executable(out))
             return;
         p += n + (p[n] == ':');
     }
@@ -592,7 +620,7 @@ static char **make_env(const struct oci_init_args *a)
     /* The image's file: a FIFO would hold the init (and create) forever, a
      * device or a huge file would read without end; a regular file only,
      * and at most 4 MiB of it. */
-    int fd = open("/etc/passwd", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int fd = open_in_container("/etc/passwd", O_RDONLY | O_NONBLOCK);
     struct stat st;
     FILE *f = NULL;
     if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
@@ -682,10 +710,8 @@ static void confine(const struct oci_init_args *a)
         if (fd < 0 || util_write_all(fd, v, (size_t)n) < 0)
             FAIL("cannot set process.oomScoreAdj %d (lowering it needs CAP_SYS_RESOURCE)", s->oom_score_adj);
     }
-    const struct oci_ns *cg = oci_spec_ns(s, CLONE_NEWCGROUP);
-    _cleanup_close_ int cgfd = a->cgroupns_fd >= 0 ? -1 : cg && cg->path ? open(cg->path, O_RDONLY | O_CLOEXEC) : -1;
-    if (a->cgroupns_fd >= 0 ? setns(a->cgroupns_fd, CLONE_NEWCGROUP) < 0 :
-        cg && cg->path ? (cgfd < 0 || setns(cgfd, CLONE_NEWCGROUP) < 0) : unshare(CLONE_NEWCGROUP) < 0)
+    /* The spec's (opened before pivot_root) or the init's for exec, else new. */
+    if (a->cgroupns_fd >= 0 ? setns(a->cgroupns_fd, CLONE_NEWCGROUP) < 0 : unshare(CLONE_NEWCGROUP) < 0)
         FAIL("cannot enter a cgroup namespace");
     if (setns(a->userns_fd, CLONE_NEWUSER) < 0)
         FAIL("cannot enter the container's user namespace");
@@ -727,9 +753,9 @@ static void confine(const struct oci_init_args *a)
  * --console-socket (SCM_RIGHTS, as runc sends it), the slave is returned. */
 static int make_console(const struct oci_init_args *a)
 {
-    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    int master = open_in_container("/dev/pts/ptmx", O_RDWR | O_NOCTTY);
     if (master < 0)
-        master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+        master = open_in_container("/dev/ptmx", O_RDWR | O_NOCTTY);
     int unlock = 0;
     if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0)
         FAIL("process.terminal: cannot open a pty in the container's /dev/pts");
@@ -811,6 +837,13 @@ static void become_process(const struct oci_init_args *a, const char *exe, char 
         FAIL("cannot close the runtime's descriptors");
     if (chdir(a->spec->cwd) < 0)
         FAIL("cannot enter process.cwd %s", a->spec->cwd);
+    /* A cwd through a magic link to a descriptor of the runtime's (runc's
+     * CVE-2024-21626: /proc/self/fd/N of a host directory) would leave the
+     * process a working directory outside its root: the kernel then gives
+     * no path from / (glibc: ENOENT, "(unreachable)" from the syscall). */
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd) || cwd[0] != '/')
+        FAIL("process.cwd %s is outside the container's root", a->spec->cwd);
     /* startContainer: confined as the process is, its path in the
      * container's root; a failure ends the container, as in runc. */
     if (a->hook_state && a->spec->hooks.n[OCI_HOOK_START_CONTAINER]) {
@@ -833,11 +866,29 @@ static void join_cgroup(const struct oci_init_args *a)
             FAIL("cannot join the container's cgroup");
 }
 
+/* linux.namespaces cgroup with a path: opened (and checked) now, on the
+ * host's paths, and joined at start; after pivot_root the path would be
+ * resolved in the image. */
+static int open_cgroupns(const struct oci_init_args *a)
+{
+    const struct oci_ns *cg = oci_spec_ns(a->spec, CLONE_NEWCGROUP);
+    if (!cg || !cg->path)
+        return -1;
+    cell_error err = { 0 };
+    int fd = oci_ns_open(cg->path, CLONE_NEWCGROUP, &err);
+    if (fd < 0) {
+        errno = 0;
+        FAIL("%s", err.message);
+    }
+    return fd;
+}
+
 void oci_init_main(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
     join_cgroup(a);
     join_namespaces(a);
+    int cgroupns = open_cgroupns(a);
     const struct oci_ns *uts = oci_spec_ns(s, CLONE_NEWUTS);
     if (s->hostname && !(uts && uts->path) && sethostname(s->hostname, strlen(s->hostname)) < 0)
         FAIL("cannot set the hostname %s", s->hostname);
@@ -866,6 +917,7 @@ void oci_init_main(const struct oci_init_args *a)
 
     struct oci_init_args late = *a;
     late.sync_fd = -1; /* failures from here go to stderr */
+    late.cgroupns_fd = cgroupns;
     become_process(&late, exe, env, slave);
 }
 
