@@ -54,6 +54,8 @@ packages=(
   # xwininfo), clipboard, recordings (ffmpeg, ffprobe), a test app and its
   # core font
   xvfb openbox xdotool imagemagick x11-utils xclip ffmpeg xterm xfonts-base
+  # bench/desktop.sh: the reference server's desktop needs xrandr
+  x11-xserver-utils
 )
 # bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
 # tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node

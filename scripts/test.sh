@@ -176,6 +176,7 @@ bench_smoke vfs.sh env CELL_BENCH_BUILD=build CELL_VFS_BENCH_FILES=2 CELL_VFS_BE
 bench_smoke image.sh env CELL_BENCH_BUILD=build CELL_IMAGE_BENCH_SMOKE=1 bash bench/image.sh
 bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 bench_smoke oci.sh env CELL_BENCH_BUILD=build CELL_OCI_BENCH_N=3 CELL_OCI_BENCH_WARMUP=1 bash bench/oci.sh
+bench_smoke desktop.sh env CELL_BENCH_BUILD=build CELL_DESKTOP_BENCH_N=1 CELL_DESKTOP_BENCH_M=2 bash bench/desktop.sh
 # A new bench script or program must join the above: each bench/*.sh is run
 # here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c
 # is a Makefile target (make bench-bin).

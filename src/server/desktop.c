@@ -1631,7 +1631,25 @@ static int dk_clipboard_set(dk_ctx *c)
     if (dk_tool(c->sc, c->d, args, text, strlen(text), DK_QUERY_MAX, DK_INPUT_MS, &o, &c->pb, 0) < 0)
         return -1;
     dk_out_free(&o);
-    return dk_ok_reply(c);
+    /* xclip's parent exits before its child owns the selection: answer
+     * once a read gives the text back, so a GET right after sees it. */
+    const char *check[] = { "xclip", "-selection", sel, "-o", NULL };
+    int64_t deadline = srv_now_ms() + DK_INPUT_MS;
+    for (;;) {
+        dk_problem ignored = { 0 };
+        int same = 0;
+        if (dk_tool(c->sc, c->d, check, NULL, 0, DK_TEXT_MAX + 1, DK_INPUT_MS, &o, &ignored, 0) == 0) {
+            same = o.len == strlen(text) && memcmp(o.out, text, o.len) == 0;
+            dk_out_free(&o);
+        }
+        json_decref(ignored.ext);
+        if (same)
+            return dk_ok_reply(c);
+        if (srv_now_ms() >= deadline) {
+            DK_INPUT_P(&c->pb, "the %s selection did not take the text (xclip)", sel);
+            return -1;
+        }
+    }
 }
 
 /* POST launch {app, args, wait}: the app as a process of the desktop, with
