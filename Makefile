@@ -251,6 +251,19 @@ OCI_LIBS    := -Wl,--as-needed $(shell pkg-config --libs jansson libseccomp 2>/d
 $(BUILD)/cell-oci: $(OCI_SRC:%.c=$(BUILD)/obj/%.o) $(OCI_ISOLATE)
 	$(CC) $(LDSAN) -o $@ $^ $(OCI_LIBS)
 
+# The Kubernetes node image (deploy/kubernetes, docs/kubernetes.md): its
+# cell-oci runs on the node's own filesystem, which need not have jansson,
+# libseccomp or http_parser, so it is linked statically (ld warns about
+# getaddrinfo: cell-oci dials the node daemon's unix socket only).  Not
+# with SAN (no static sanitizer runtimes).  node-image writes the OCI image
+# layout tar with build-image.py (about a second; test_k8s_deploy.py).
+$(BUILD)/cell-oci-static: $(OCI_SRC:%.c=$(BUILD)/obj/%.o) $(OCI_ISOLATE)
+	$(if $(SAN),$(error cell-oci-static and node-image: not with SAN=$(SAN)))
+	$(CC) -static-pie $(filter-out -pie,$(LDHARD)) -o $@ $^ -ljansson -lseccomp -lhttp_parser
+.PHONY: node-image
+node-image: $(BUILD)/cell $(BUILD)/cell-daemon $(PLUGINS) $(BUILD)/cell-egress $(BUILD)/cell-untar $(BUILD)/cell-oci-static
+	$(PYTHON) deploy/kubernetes/build-image.py --build $(BUILD) --output $(BUILD)/cell-node-image.tar
+
 # The spec parser's unit test links the parser alone.
 $(BUILD)/tests/test_oci_spec: tests/unit/test_oci_spec.c $(BUILD)/obj/src/oci/oci_spec.o $(BUILD)/obj/src/oci/oci_log.o \
                               $(UTIL_SRC:%.c=$(BUILD)/obj/%.o)

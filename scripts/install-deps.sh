@@ -48,6 +48,8 @@ packages=(
   # tests/integration/cri/api.proto (grpc_tools' protoc), and the CNI
   # plugins (bridge, host-local, loopback) of its pods' network
   python3-grpcio python3-protobuf python3-grpc-tools containernetworking-plugins
+  # test_k8s_deploy.py reads deploy/kubernetes's manifests
+  python3-yaml
   # the desktop (src/server/desktop.c) runs these in cells of the host image
   # (test_desktop.py, tests/sdk/desktop.test.mjs, bench/desktop.sh): the X
   # server, window manager, input, screenshots (convert), windows (xprop,

@@ -676,6 +676,11 @@ class Containerd:
         # more environment for containerd, which its shims and their
         # runtimes inherit (CELL_OCI_CONFIG: test_oci_cri_egress.py)
         self.env = {}
+        # the CRI runtime entries config_text() writes; config_file: a
+        # config written elsewhere, started as it is instead (the
+        # installer's, test_k8s_deploy.py)
+        self.runtimes = ("runc", "cell")
+        self.config_file = None
         for d in (self.root, self.state, self.fifo):
             os.makedirs(d, exist_ok=True)
 
@@ -708,7 +713,7 @@ class Containerd:
             "[%s.containerd]" % cri,
             '  default_runtime_name = "runc"',
         ]
-        for name in ("runc", "cell"):
+        for name in self.runtimes:
             binary = RUNC_BIN if name == "runc" else CELL_OCI_BIN
             rt = "%s.containerd.runtimes.%s" % (cri, name)
             lines += ["[%s]" % rt, '  runtime_type = "io.containerd.runc.v2"']
@@ -766,11 +771,13 @@ class Containerd:
         return ref
 
     def start(self):
-        with open(self.config, "w") as f:
-            f.write(self.config_text())
+        if self.config_file is None:
+            with open(self.config, "w") as f:
+                f.write(self.config_text())
         self.logf = open(self.logpath, "ab")
         prefix = self._start_cri() if self.cri else []
-        self.proc = subprocess.Popen(prefix + [CONTAINERD_BIN, "--config", self.config], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(prefix + [CONTAINERD_BIN, "--config", self.config_file or self.config],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=self.logf, start_new_session=True,
                                      env=dict(os.environ, **self.env))
         end = time.monotonic() + STEP_TIMEOUT

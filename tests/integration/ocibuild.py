@@ -55,10 +55,12 @@ def zstd_compress(data):
     return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
 
 
-def oci_archive(layers, config, gz=False, platform=None, tamper=None, drop=None, index=None, zstd=False):
+def oci_archive(layers, config, gz=False, platform=None, tamper=None, drop=None, index=None, zstd=False, ref=None):
     """An OCI image layout tar of uncompressed `layers` (gzip'ed if gz) and
     `config`; tamper(hex, data) -> data changes a blob after its digest was
-    taken, drop names a digest left out.  Returns (tar bytes, manifest digest)."""
+    taken, drop names a digest left out; ref names the image in the index
+    (the annotations `ctr images import` and skopeo read).  Returns (tar
+    bytes, manifest digest)."""
     blobs, descs = {}, []
     for l in layers:
         b = gzip.compress(l, mtime=0) if gz else zstd_compress(l) if zstd else l
@@ -77,6 +79,9 @@ def oci_archive(layers, config, gz=False, platform=None, tamper=None, drop=None,
              "size": len(man)}
     if platform:
         mdesc["platform"] = platform
+    if ref:
+        mdesc["annotations"] = {"io.containerd.image.name": ref,
+                                "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[-1]}
     if index is None:
         index = json.dumps({"schemaVersion": 2, "manifests": [mdesc]}).encode()
     ents = [("oci-layout", "file", b'{"imageLayoutVersion":"1.0.0"}', 0o644), ("index.json", "file", index, 0o644),
