@@ -25,7 +25,12 @@ Kubernetes itself does not run here (no kubelet or API server in Debian
   refuses a pod with an egress annotation when no node daemon answers at
   the socket oci.conf names (fail closed);
 - the node image imported with `ctr images import` and the installer run
-  inside it with `ctr run` (read-only root, the fake root bind-mounted).
+  inside it with `ctr run` (read-only root, the fake root bind-mounted);
+- the DaemonSet's pod template turned into CRI requests as kubelet would
+  (host network and pid, privileged, read-only root, its mounts and
+  settings, host paths moved under a fake root): the pod installs the
+  runtime, its node daemon answers /v1/pods on the socket oci.conf names
+  with the node token it wrote, and the preStop command uninstalls.
 """
 import hashlib
 import json
@@ -683,5 +688,119 @@ def test_node_image_installs_and_uninstalls_from_inside(tmp_path, node_image):
             assert f.read().split() == ["restart", "restart"]
         assert not os.path.exists(fake + "/opt/cell/bin") and not os.path.exists(fake + "/etc/cell/oci.conf")
     finally:
+        problems = ctd.stop()
+    assert not problems, problems
+
+
+# ---- the DaemonSet's pod, as kubelet would run it --------------------------------------
+
+
+def cri_pod_of_daemonset(fake, tmp, host_exec):
+    """cell-node.yaml's pod template as kubelet turns it into CRI requests
+    (sandbox and container config), with every host path P moved to
+    fake + P: the hostPath volumes, the settings naming host paths, and
+    the mounts at HOST_ROOT + P.  HOST_EXEC enters this test's mount
+    namespace (pid 1 here is not the host's init)."""
+    spec = daemonset()["spec"]["template"]["spec"]
+    c = node_container()
+    env = ds_env()
+    root = env["HOST_ROOT"]
+    for k in ("CONTAINERD_CONFIG", "INSTALL_DIR", "OCI_CONFIG", "CELL_STATE", "RUNTIME_ROOT"):
+        env[k] = fake + env[k]
+    env["HOST_EXEC"] = host_exec
+    env["CONTAINERD_RESTART"] = "echo restart >> %s/restarts" % fake
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = []
+    for m in c["volumeMounts"]:
+        v = vols[m["name"]]
+        if "hostPath" in v:
+            host = fake + v["hostPath"]["path"]
+            os.makedirs(host, exist_ok=True)
+            path = m["mountPath"]
+            inside = root + fake + path[len(root):] if path.startswith(root + "/") else fake + path
+        else:
+            host = os.path.join(tmp, m["name"])
+            os.makedirs(host, exist_ok=True)
+            inside = m["mountPath"]
+        mounts.append({"container_path": inside, "host_path": host})
+    node = 2    # NamespaceMode NODE
+    sc = c["securityContext"]
+    sandbox = {"metadata": {"name": "cell-node-x", "uid": str(uuid.uuid4()), "namespace": "cell-system"},
+               "log_directory": os.path.join(tmp, "logs"),
+               "linux": {"security_context": {"namespace_options": {"network": node, "pid": node},
+                                              "privileged": spec["hostPID"] and sc["privileged"]}}}
+    container = {"metadata": {"name": c["name"]}, "image": {"image": c["image"]}, "command": c["command"],
+                 "args": c["args"], "envs": [{"key": k, "value": v} for k, v in env.items()], "mounts": mounts,
+                 "log_path": "cell-node.log",
+                 "linux": {"security_context": {"privileged": sc["privileged"], "readonly_rootfs":
+                                                sc["readOnlyRootFilesystem"], "run_as_user": {"value": sc["runAsUser"]},
+                                                "namespace_options": {"network": node, "pid": node}}}}
+    return sandbox, container, env
+
+
+def test_daemonset_pod_installs_and_runs_the_node_daemon(tmp_path, node_image):
+    """The node image run through containerd's CRI with the DaemonSet's
+    pod spec (host network and pid, privileged, read-only root, its
+    mounts and settings): it installs, and its node daemon answers on the
+    socket oci.conf names, with the node token it wrote there; the
+    preStop command uninstalls."""
+    if criclient.missing():
+        pytest.skip(criclient.missing())
+    tar, _ = node_image
+    fake = str(tmp_path / "node")
+    os.makedirs(fake + "/etc/containerd")
+    config = fake + "/etc/containerd/config.toml"
+    with open(config, "w") as f:
+        f.write(DEBIAN_CONFIG)
+    me = os.getpid()
+    sandbox, container, env = cri_pod_of_daemonset(
+        fake, str(tmp_path), "nsenter --target %d --mount -- /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin" % me)
+    ctd = oci.Containerd(tmp_path / "containerd", cri=True)
+    cri, sid = None, None
+    try:
+        ctd.start()
+        cri = criclient.CRI(ctd.sock)
+        ctd.import_image(container["image"]["image"], open(tar, "rb").read(), namespace=oci.CRI_NAMESPACE)
+        sandbox["linux"]["cgroup_parent"] = ctd.cgroup_parent
+        sid = cri.runtime("RunPodSandbox", {"config": sandbox}).pod_sandbox_id
+        cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": container,
+                                              "sandbox_config": sandbox}).container_id
+        cri.runtime("StartContainer", {"container_id": cid})
+        state = env["CELL_STATE"]
+        log = os.path.join(sandbox["log_directory"], "cell-node.log")
+
+        def log_text():
+            return open(log, errors="replace").read() if os.path.exists(log) else ""
+        assert wait_for(lambda: os.path.exists(os.path.join(state, "node.token")), timeout=30), log_text()
+        with open(config) as f:
+            assert BEGIN in f.read()
+        conf = json.loads(open(fake + "/etc/cell/oci.conf").read())
+        assert conf["socket"] == state + "/cell.sock" and conf["tokenFile"] == state + "/node.token", conf
+        token = open(conf["tokenFile"]).read().strip()
+        assert re.fullmatch(r"cellnode_[0-9a-f]{32}", token), token
+        from daemon import Client
+        cl = Client(None, None, token=token, unix=conf["socket"])
+        assert wait_for(lambda: os.path.exists(conf["socket"]), timeout=20), log_text()
+        r = cl.get("/v1/pods")
+        assert r.status == 200 and r.body["pods"] == [], (r, log_text())
+        # the node token is for /v1/pods only
+        assert cl.get("/v1/cells").status in (401, 403)
+        # preStop, as kubelet runs it
+        pre = node_container()["lifecycle"]["preStop"]["exec"]["command"]
+        r = cri.runtime("ExecSync", {"container_id": cid, "cmd": pre, "timeout": 60}, timeout=90)
+        assert r.exit_code == 0 and b"uninstalled" in r.stdout, r
+        with open(config) as f:
+            assert f.read() == DEBIAN_CONFIG
+        cri.runtime("StopContainer", {"container_id": cid, "timeout": 10})
+        cri.runtime("RemoveContainer", {"container_id": cid})
+    finally:
+        if sid:
+            for m in ("StopPodSandbox", "RemovePodSandbox"):
+                try:
+                    cri.runtime(m, {"pod_sandbox_id": sid})
+                except criclient.CRIError:
+                    pass
+        if cri:
+            cri.close()
         problems = ctd.stop()
     assert not problems, problems
