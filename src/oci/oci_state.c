@@ -291,15 +291,52 @@ static int slot_dir(cell_error *err)
     return fd;
 }
 
+/* Mark the ranges some host process still runs in.  A container's
+ * processes outlive its init when its pid namespace is not its own (a pod
+ * member joining the sandbox's by path: an orphan goes to the sandbox's
+ * pid 1), so a dead holder does not prove the range unused; a new
+ * container given it would share ids with the leftovers (signals, files,
+ * tests/integration/test_oci_escape.py).  Every id of /proc/PID/status
+ * counts (real, effective, saved, fs: /proc/PID's owner is root for a
+ * process that is not dumpable). */
+static void slots_used_by_processes(unsigned char used[OCI_MAX_SLOTS])
+{
+    memset(used, 0, OCI_MAX_SLOTS);
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        char path[64], buf[4096];
+        snprintf(path, sizeof path, "/proc/%.20s/status", e->d_name);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+        if (n <= 0)
+            continue; /* gone meanwhile */
+        buf[n] = 0;
+        const char *uid = strstr(buf, "\nUid:");
+        unsigned long long ids[4];
+        if (!uid || sscanf(uid + 5, "%llu %llu %llu %llu", &ids[0], &ids[1], &ids[2], &ids[3]) != 4)
+            continue;
+        for (int i = 0; i < 4; i++)
+            if (ids[i] >= OCI_UID_FIRST && ids[i] < OCI_UID_FIRST + (unsigned long long)OCI_MAX_SLOTS * 65536u)
+                used[(ids[i] - OCI_UID_FIRST) / 65536u] = 1;
+    }
+    if (d)
+        closedir(d);
+}
+
 int oci_slot_take(int *slot, cell_error *err)
 {
     _cleanup_close_ int dir = slot_dir(err);
     if (dir < 0)
         return -1;
+    static unsigned char used[OCI_MAX_SLOTS];
+    slots_used_by_processes(used);
     for (int i = 0; i < OCI_MAX_SLOTS; i++) {
         char name[32];
         snprintf(name, sizeof name, "%d", i);
-        if (slot_holder_alive(dir, name))
+        if (used[i] || slot_holder_alive(dir, name))
             continue;
         /* Held by this creator until the init exists (oci_slot_own). */
         pid_t self = getpid();

@@ -352,6 +352,49 @@ def test_namespace_paths_that_are_not_namespaces(rt, tmp_path, what):
     assert rt.status("c1") is None
 
 
+# ---- uid ranges --------------------------------------------------------------------
+
+
+def uid_base(rt, cid):
+    with open(os.path.join(rt.root, cid, "state.json")) as f:
+        return json.load(f)["uid_base"]
+
+
+def test_a_range_stays_held_while_leftovers_of_its_container_live(rt, sub, tmp_path):
+    """A pod member that joins its sandbox's pid namespace by path, but not
+    its user namespace, has a uid range of its own, and its processes
+    outlive its init (an orphan goes to the sandbox's pid 1).  Its range
+    was free again once the init died: the next container got the same
+    host ids as the leftover (signals, files).  A range is now taken only
+    when no host process runs with an id in it; delete kills the
+    leftovers, and the range is free again."""
+    s = bundle(tmp_path, "s", ["sleep", "60"])
+    rt.create("s", s, pid_file=str(tmp_path / "s.pid"), via=sub).check()
+    rt.start("s").check()
+    m = bundle(tmp_path, "m", ["sh", "-c", "setsid sleep 60 </dev/null >/dev/null 2>&1 & exit 0"],
+               edit=with_pidns("/proc/%d/ns/pid" % oci.read_pid_file(str(tmp_path / "s.pid"))))
+    rt.create("m", m, pid_file=str(tmp_path / "m.pid"), via=sub).check()
+    rt.start("m").check()
+    assert sub.reaped(oci.read_pid_file(str(tmp_path / "m.pid"))) == {"exit": 0}
+    held = uid_base(rt, "m")
+    left = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if os.path.exists("/proc/%d/status" % p) and owner_of(p) == held]
+    assert left, "the member's orphan is gone: nothing to test"
+    c = bundle(tmp_path, "c", ["sleep", "60"])
+    rt.create("c", c, via=sub).check()
+    assert uid_base(rt, "c") != held
+    rt.delete("m").check()
+    assert all(oci.proc_state(p) in (None, "Z") for p in left)
+
+
+def owner_of(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return int(next(l for l in f if l.startswith("Uid:")).split()[1])
+    except (OSError, StopIteration):
+        return None
+
+
 # ---- exec joining a running container -------------------------------------------------
 
 
