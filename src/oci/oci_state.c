@@ -71,16 +71,24 @@ static int copy_str(char *dst, size_t size, json_t *v, const char *what, cell_er
 int oci_state_read(const char *root, const char *id, struct oci_state *st, cell_error *err)
 {
     memset(st, 0, sizeof *st);
-    char path[PATH_MAX];
-    if (oci_state_path(path, sizeof path, root, id, OCI_STATE_FILE, err) < 0)
+    char dir[PATH_MAX], path[PATH_MAX];
+    if (oci_state_path(dir, sizeof dir, root, id, NULL, err) < 0 ||
+        oci_state_path(path, sizeof path, root, id, OCI_STATE_FILE, err) < 0)
         return -1;
+    /* Neither ROOT/ID nor its state.json through a symlink: the state
+     * names the pid kill signals and the cgroup kill --all empties, so it
+     * is only ever cell-oci's own file (tests/integration/test_oci_escape.py). */
+    _cleanup_close_ int dfd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    _cleanup_close_ int fd = dfd < 0 ? -1 : openat(dfd, OCI_STATE_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return util_fail(err, ENOENT, "container %s does not exist", id);
+        return util_fail_errno(err, "cannot open %s (never a symlink)", path);
+    }
     _cleanup_free_ char *text = NULL;
     size_t len;
-    if (util_read_file(path, 1 << 20, &text, &len, err) < 0) {
-        if (err && err->code == ENOENT)
-            util_fail(err, ENOENT, "container %s does not exist", id);
+    if (util_read_fd(fd, path, 1 << 20, &text, &len, err) < 0)
         return -1;
-    }
     json_error_t jerr;
     json_t *o = json_loadb(text, len, 0, &jerr);
     if (!o)

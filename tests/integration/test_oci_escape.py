@@ -576,29 +576,37 @@ def test_net_sysctls_without_a_network_namespace_stay_the_containers(rt, tmp_pat
 # ---- the state directory ----------------------------------------------------------------
 
 
+def start_time(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 def test_state_directory_symlinks_are_not_followed(rt, tmp_path):
-    """ROOT/ID, or ROOT/ID/state.json, made a symlink to another directory
-    or file (by anything that can write --root): state, start, kill and
-    delete never act on, read or remove what it names."""
+    """ROOT/ID, or ROOT/ID/state.json, made a symlink (by anything that can
+    write --root, or a container the orchestrator bound it into) to a
+    state naming a host process: state, start, kill, kill --all and delete
+    never read it, signal that process or remove what the link names."""
     victim = tmp_path / "victim"
     os.makedirs(victim)
-    with open(victim / "state.json", "w") as f:
-        f.write("{}")
-    with open(victim / "keep", "w") as f:
-        f.write("x")
-    b = bundle(tmp_path, "b", ["true"])
-    os.symlink(str(victim), os.path.join(rt.root, "c1"))
-    for cmd in (["state", "c1"], ["start", "c1"], ["kill", "c1", "KILL"], ["delete", "c1"],
-                ["delete", "--force", "c1"], ["create", "--bundle", b, "c1"]):
-        r = rt.call(*cmd)
-        assert r.rc != 0, r
-    assert sorted(os.listdir(victim)) == ["keep", "state.json"]
-    os.unlink(os.path.join(rt.root, "c1"))
-    os.makedirs(os.path.join(rt.root, "c2"), mode=0o700)
-    os.symlink(str(victim / "keep"), os.path.join(rt.root, "c2", "state.json"))
-    for cmd in (["state", "c2"], ["kill", "c2", "KILL"], ["delete", "--force", "c2"]):
-        r = rt.call(*cmd)
-        assert "keep" not in r.out, r
-    assert sorted(os.listdir(victim)) == ["keep", "state.json"]
-    with open(victim / "keep") as f:
-        assert f.read() == "x"
+    host = subprocess.Popen(["sleep", "60"])
+    try:
+        forged = {"id": "c1", "pid": host.pid, "start_time": start_time(host.pid), "bundle": str(tmp_path),
+                  "rootfs": str(tmp_path), "created": "2026-01-01T00:00:00Z", "cgroup": str(victim), "owner": 0,
+                  "slot": -1, "uid_base": 0x50000000, "uid_count": 65536}
+        with open(victim / "state.json", "w") as f:
+            json.dump(forged, f)
+        b = bundle(tmp_path, "b", ["true"])
+        os.symlink(str(victim), os.path.join(rt.root, "c1"))
+        os.makedirs(os.path.join(rt.root, "c2"), mode=0o700)
+        os.symlink(str(victim / "state.json"), os.path.join(rt.root, "c2", "state.json"))
+        for cid in ("c1", "c2"):
+            for cmd in (["state", cid], ["start", cid], ["kill", cid, "KILL"], ["kill", "--all", cid, "KILL"],
+                        ["pause", cid], ["delete", cid], ["delete", "--force", cid], ["exec", cid, "true"],
+                        ["create", "--bundle", b, cid]):
+                r = rt.call(*cmd)
+                assert r.rc != 0 and str(host.pid) not in r.out, r
+            assert host.poll() is None, "the host process was signalled"
+        assert os.listdir(victim) == ["state.json"]
+    finally:
+        host.kill()
+        host.wait()
