@@ -251,8 +251,10 @@ static int add_default_route(cell_error *err)
 /* For transparent UDP: "fwmark 1 lookup 100" and, in table 100,
  * "local 0.0.0.0/0 dev lo", so datagrams marked by udp_mark are routed as
  * if addressed to this host and come back in through lo, where TPROXY can
- * hand them to the owner's socket with their destination untouched. */
-static int add_udp_routing(cell_error *err)
+ * hand them to the owner's socket with their destination untouched.
+ * `again`: either may be there already (a pod's netns the node daemon set
+ * up before it restarted; nothing in the pod can add them). */
+static int add_udp_routing(int again, cell_error *err)
 {
     char buf[MNL_SOCKET_BUFFER_SIZE];
     struct nlmsghdr *nlh = nl_new(buf, RTM_NEWRULE, (unsigned)time(NULL));
@@ -264,11 +266,15 @@ static int add_udp_routing(cell_error *err)
     mnl_attr_put_u32(nlh, FRA_FWMARK, NET_UDP_MARK);
     mnl_attr_put_u32(nlh, FRA_FWMASK, 0xffffffffu);
     mnl_attr_put_u32(nlh, FRA_TABLE, NET_UDP_TABLE);
-    if (nl_request(nlh, buf, "adding the policy routing rule for UDP in the cell", err) < 0)
+    if (nl_request(nlh, buf, "adding the policy routing rule for UDP in the cell", err) < 0 &&
+        !(again && err && err->code == EEXIST))
         return -1;
 
     nlh = lo_default_route(buf, (unsigned)time(NULL) + 1, NET_UDP_TABLE, RT_SCOPE_HOST, RTN_LOCAL);
-    return nl_request(nlh, buf, "adding the local route for UDP in the cell", err);
+    if (nl_request(nlh, buf, "adding the local route for UDP in the cell", err) < 0 &&
+        !(again && err && err->code == EEXIST))
+        return -1;
+    return 0;
 }
 
 /* Apply nftables text in this thread's netns, as one transaction. */
@@ -627,16 +633,21 @@ static uint32_t pod_address(void)
     return ip;
 }
 
-/* In the pod's netns: the rules and UDP's policy routing; no route changes. */
+/* In the pod's netns: the rules and UDP's policy routing; no route changes.
+ * The table is replaced in the same transaction that fills it: a pod the
+ * node daemon policed before it restarted keeps its rules throughout, and
+ * gets one copy of them, never two. */
 static int setup_pod(net_listeners *l, cell_error *err)
 {
-    char ip[INET_ADDRSTRLEN] = "127.0.0.1", rules[sizeof ruleset_pod + 128];
+    char ip[INET_ADDRSTRLEN] = "127.0.0.1", rules[sizeof ruleset_pod + 192];
     l->pod_ip = pod_address();
     if (l->pod_ip)
         inet_ntop(AF_INET, &l->pod_ip, ip, sizeof ip);
-    if (net_ruleset_pod(rules, sizeof rules, ip) < 0)
+    static const char replace[] = "add table inet cell\ndelete table inet cell\n";
+    memcpy(rules, replace, sizeof replace - 1);
+    if (net_ruleset_pod(rules + sizeof replace - 1, sizeof rules - (sizeof replace - 1), ip) < 0)
         return util_fail(err, EINVAL, "the pod's ruleset");
-    if (add_udp_routing(err) < 0 || run_nft(rules, "installing the pod's nftables rules", err) < 0)
+    if (add_udp_routing(1, err) < 0 || run_nft(rules, "installing the pod's nftables rules", err) < 0)
         return -1;
     return 0;
 }
@@ -691,9 +702,9 @@ static void *setup_main(void *arg)
         if (setup_pod(l, job->err) < 0)
             return NULL;
     } else if (job->host_ip) {
-        if (setup_fast(l, job->host_ip, job->err) < 0 || add_udp_routing(job->err) < 0)
+        if (setup_fast(l, job->host_ip, job->err) < 0 || add_udp_routing(0, job->err) < 0)
             return NULL;
-    } else if (add_default_route(job->err) < 0 || add_udp_routing(job->err) < 0 ||
+    } else if (add_default_route(job->err) < 0 || add_udp_routing(0, job->err) < 0 ||
                run_nft(ruleset, "installing the cell's nftables rules", job->err) < 0) {
         return NULL;
     }

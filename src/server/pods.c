@@ -10,6 +10,7 @@
 #include "server/slog.h"
 #include "net/net.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -55,9 +56,14 @@ static struct {
     char      token[NODE_TOKEN_LEN + 1];
     char     *default_policy;            /* --pod-policy's text, checked at start */
     int       wake;                      /* eventfd: the watcher rebuilds its poll set */
+    char      dir[4096];                 /* STATE/pods: one record per registration, for a restart */
     pthread_t watcher;
     int       watcher_on;
 } P = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = -1 };
+
+static int      id_valid(const char *id);
+static uint64_t start_time_of(pid_t pid);
+static ino_t    netns_of(pid_t pid, dev_t *dev);
 
 /* ---- the node token ----------------------------------------------------------- */
 static int token_valid(const char *t, size_t len)
@@ -174,6 +180,131 @@ static void pod_free(spod *p)
     free(p);
 }
 
+/* The pod's egress engine, with the hooks every pod has, into *out (the
+ * caller sets p->engine where the watcher and DELETE may read it). */
+static int engine_start(spod *p, const char *policy, net_engine **out, cell_error *err)
+{
+    net_hooks hooks = { .decide = pod_decide, .event = pod_event, .secret = pod_secret, .user = p,
+                        .upstream_ca_file = p->s->opt.upstream_ca_file, .pod = 1 };
+    return net_engine_start(out, p->pidfd, p->audit_id, policy, &hooks, err);
+}
+
+/* ---- registrations kept across restarts ----------------------------------------
+ * STATE/pods/ID.json: what POST was given (the policy's text, or null for
+ * the node's), so that a restarted daemon (a DaemonSet's update) polices
+ * its pods again, whose netns kept cell's rules with nothing behind them
+ * meanwhile (fail closed).  Written under P.lock; removed when the pod is
+ * unregistered, kept when the daemon stops. */
+static void record_path(char *out, size_t size, const char *id)
+{
+    snprintf(out, size, "%s/%s.json", P.dir, id);
+}
+
+static void record_save(const spod *p, const char *policy)
+{
+    char path[sizeof P.dir + 96], tmp[sizeof path + 8];
+    record_path(path, sizeof path, p->id);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    json_t *o = json_pack("{s:s, s:i, s:I, s:s?, s:s, s:s, s:s}", "id", p->id, "pid", (int)p->pid, "startTime",
+                          (json_int_t)p->start_time, "policy", policy, "name", p->name, "namespace", p->ns, "uid",
+                          p->uid);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    cell_error err = { 0 };
+    if (!text || util_write_file(tmp, text, strlen(text), 0600, 1, &err) < 0 || rename(tmp, path) < 0)
+        slog(SLOG_WARN, SLOG_F("pod", p->id), "pod %s: its registration is not kept for a restart: %s", p->id,
+             text ? (err.message[0] ? err.message : strerror(errno)) : "out of memory");
+    free(text);
+}
+
+static void record_forget(const char *id)
+{
+    char path[sizeof P.dir + 96];
+    record_path(path, sizeof path, id);
+    if (unlink(path) < 0 && errno != ENOENT)
+        slog(SLOG_WARN, SLOG_F("pod", id), "pod %s: cannot remove %s: %s", id, path, strerror(errno));
+}
+
+/* One record at start: the pod again if its init is the one registered and
+ * its policy still passes; else the record goes (and the pod stays cut off
+ * until it is recreated). */
+static void restore_one(srv *s, const char *file)
+{
+    char path[sizeof P.dir + 300], why[300] = "";
+    snprintf(path, sizeof path, "%s/%s", P.dir, file);
+    json_t *o = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+    const char *id = json_string_value(json_object_get(o, "id"));
+    json_t *pol = json_object_get(o, "policy");
+    const char *policy = json_is_string(pol) ? json_string_value(pol) : P.default_policy;
+    json_int_t pid = json_integer_value(json_object_get(o, "pid"));
+    json_int_t start = json_integer_value(json_object_get(o, "startTime"));
+    spod *p = NULL;
+    char idfile[POD_ID_MAX + 8];
+    dev_t dev = 0, own_dev = 0;
+    cell_error e = { 0 };
+    if (!id || !id_valid(id) || snprintf(idfile, sizeof idfile, "%s.json", id) < 0 || strcmp(idfile, file) != 0 ||
+        pid <= 0 || pid > INT32_MAX || start <= 0)
+        snprintf(why, sizeof why, "not a registration record");
+    else if (!policy)
+        snprintf(why, sizeof why, "it had the node's policy, and there is no --pod-policy now");
+    else if (cell_policy_check_v2(policy, s->opt.tenant_dest_allow, &e) < 0)
+        snprintf(why, sizeof why, "its policy is refused now: %.200s", e.message);
+    else if (!(p = calloc(1, sizeof *p)))
+        snprintf(why, sizeof why, "out of memory");
+    else {
+        p->s = s;
+        p->pid = (pid_t)pid;
+        p->start_time = (uint64_t)start;
+        p->node_default = !json_is_string(pol);
+        snprintf(p->id, sizeof p->id, "%s", id);
+        snprintf(p->audit_id, sizeof p->audit_id, "pod-%.16s", id);
+        snprintf(p->name, sizeof p->name, "%s", json_string_value(json_object_get(o, "name")) ?: "");
+        snprintf(p->ns, sizeof p->ns, "%s", json_string_value(json_object_get(o, "namespace")) ?: "");
+        snprintf(p->uid, sizeof p->uid, "%s", json_string_value(json_object_get(o, "uid")) ?: "");
+        ino_t ino = 0, own = netns_of(getpid(), &own_dev);
+        p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+        if (p->pidfd < 0 || start_time_of(p->pid) != p->start_time)
+            snprintf(why, sizeof why, "its sandbox's init %d is gone", (int)pid);
+        else if (!(ino = netns_of(p->pid, &dev)) || (ino == own && dev == own_dev))
+            snprintf(why, sizeof why, "its init is in the daemon's own network namespace");
+        else if (engine_start(p, policy, &p->engine, &e) < 0)
+            snprintf(why, sizeof why, "its egress engine did not start: %.200s", e.message);
+    }
+    if (why[0]) {
+        slog(SLOG_WARN, SLOG_F("pod", id ? id : file), "pods: %s: not policed again: %s", path, why);
+        if (unlink(path) < 0 && errno != ENOENT)
+            slog(SLOG_WARN, NULL, "pods: cannot remove %s: %s", path, strerror(errno));
+        pod_free(p);
+    } else {
+        p->created_ms = srv_now_ms();
+        p->next = P.pods;
+        P.pods = p;
+        P.n++;
+        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed again after a restart, helper %d", p->ns,
+             p->name, id, (int)net_engine_pid(p->engine));
+    }
+    json_decref(o);
+}
+
+static int restore(srv *s, cell_error *err)
+{
+    if (util_mkdir_p(P.dir, 0700, err) < 0)
+        return -1;
+    _cleanup_close_ int dfd = open(P.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (dfd < 0)
+        return util_fail_errno(err, "cannot open %s", P.dir);
+    _cleanup_names_ util_names names = { 0 };
+    if (util_dir_names(dfd, P.dir, &names, err) < 0)
+        return -1;
+    for (int i = 0; i < names.n && P.n < POD_MAX; i++) {
+        const char *n = names.v[i]->d_name;
+        size_t len = strlen(n);
+        if (len > 5 && strcmp(n + len - 5, ".json") == 0)
+            restore_one(s, n);
+    }
+    return 0;
+}
+
 static void wake_watcher(void)
 {
     uint64_t one = 1;
@@ -250,6 +381,8 @@ static void *watcher_main(void *arg)
                 continue;
             spod *p = unlink_pod_if(ids[i], 1);
             if (p)
+                record_forget(p->id);
+            if (p)
                 slog(SLOG_INFO, SLOG_F("pod", p->id), "pod %s/%s (%s): its sandbox's init exited; egress stopped",
                      p->ns, p->name, p->id);
             pod_free(p);
@@ -278,6 +411,8 @@ int pods_start(srv *s, cell_error *err)
             return util_fail(err, EINVAL, "--pod-policy %s: %s", s->opt.pod_policy_file,
                              e.message[0] ? e.message : "holds a NUL byte");
     }
+    if (util_path(P.dir, sizeof P.dir, err, "%s/pods", s->state_dir) < 0 || restore(s, err) < 0)
+        return -1;
     if ((P.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
         return util_fail_errno(err, "eventfd");
     int pe = pthread_create(&P.watcher, NULL, watcher_main, NULL);
@@ -530,11 +665,9 @@ int h_pods_create(sreq *r)
             reply_problem(r, 503, "unavailable", "this node already polices %d pods", POD_MAX);
         goto replied;
     }
-    net_hooks hooks = { .decide = pod_decide, .event = pod_event, .secret = pod_secret, .user = p,
-                        .upstream_ca_file = r->s->opt.upstream_ca_file, .pod = 1 };
     cell_error e = { 0 };
     net_engine *eng = NULL;
-    if (net_engine_start(&eng, p->pidfd, p->audit_id, text ? text : P.default_policy, &hooks, &e) < 0) {
+    if (engine_start(p, text ? text : P.default_policy, &eng, &e) < 0) {
         spod *back = unlink_pod(id);
         reply_problem(r, e.code == EINVAL ? 400 : 500, e.code == EINVAL ? "invalid_request" : "internal",
                       "pod %s: starting its egress engine failed: %s", id, e.message);
@@ -548,6 +681,7 @@ int h_pods_create(sreq *r)
     p->engine = eng;
     p->created_ms = srv_now_ms();
     json_t *reply = pod_json(p);
+    record_save(p, text);
     slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed (%s policy), helper %d", p->ns, p->name, id,
          text ? "its" : "the node's", (int)net_engine_pid(eng));
     pthread_mutex_unlock(&P.lock);
@@ -609,6 +743,7 @@ int h_pods_delete(sreq *r)
     if (!p)
         return reply_problem(r, 404, "not_found", "pod %s is not registered", id);
     slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): unregistered; egress stopped", p->ns, p->name, id);
+    record_forget(p->id);
     pod_free(p);
     return reply_empty(r, 204);
 }

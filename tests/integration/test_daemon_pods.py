@@ -257,3 +257,39 @@ def test_the_node_default_policy(tmp_path):
         p.close()
         dd.stop()
         dd.check_sanitizer()
+
+
+def test_a_restarted_daemon_polices_its_pods_again(tmp_path):
+    """A DaemonSet's update: while the daemon is down a pod keeps cell's
+    rules with nothing behind them (no egress); the restarted daemon
+    polices it again from STATE/pods (one copy of the rules), and drops
+    the record of a pod whose init exited meanwhile."""
+    dd = Daemon(tmp_path / "state", extra_args=["--pods", "--warm", "0"], unix_socket=True)
+    dd.start()
+    live, gone = NetnsProc(), NetnsProc()
+    try:
+        def client():
+            with open(os.path.join(dd.state, "node.token")) as f:
+                return dm.Client(None, None, f.read().strip(), unix=os.path.join(dd.state, "cell.sock"))
+        regs = [client().post("/v1/pods", body(p)) for p in (live, gone)]
+        assert [r.status for r in regs] == [201, 201], regs
+        live_id, gone_id = regs[0].body["id"], regs[1].body["id"]
+        dd.stop()
+        assert wait_for(lambda: not helper_alive(regs[0].body["helperPid"]), 10)
+        rules = live.nft("list", "table", "inet", "cell")
+        assert rules.returncode == 0 and "redirect to :15001" in rules.stdout, "the rules went with the daemon"
+        gone.close()
+        dd.start()
+        pods = client().get("/v1/pods").body["pods"]
+        assert [p["id"] for p in pods] == [live_id], pods
+        assert pods[0]["helperPid"] != regs[0].body["helperPid"] and helper_alive(pods[0]["helperPid"])
+        again = live.nft("list", "table", "inet", "cell").stdout
+        assert again.count("redirect to :15001") == 1, again
+        assert not os.path.exists(os.path.join(dd.state, "pods", gone_id + ".json"))
+        assert client().delete("/v1/pods/" + live_id).status == 204
+        assert not os.path.exists(os.path.join(dd.state, "pods", live_id + ".json"))
+    finally:
+        live.close()
+        gone.close()
+        dd.stop()
+        dd.check_sanitizer()
