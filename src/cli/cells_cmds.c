@@ -32,7 +32,7 @@ static const char create_usage[] =
     "\n"
     "options:\n"
     "  --image NAME              root image (default host, or the lane's): host,\n"
-    "                            debian-bookworm once built, or an image your\n"
+    "                            debian-bookworm or desktop once built, or an image your\n"
     "                            tenant may use (GET /v1/images)\n"
     "  --lane NAME               durable writable layer (a lane of your tenant)\n"
     "  --memory SIZE             memory limit, e.g. 256M (default 512M, or the\n"

@@ -14,11 +14,11 @@ const char cli_image_import_usage[] =
     "\n"
     "Import an OCI image layout tar (skopeo copy ... oci-archive:FILE) or a\n"
     "docker-archive tar (docker save) as image NAME (1-63 of a-z, 0-9, '.', '_',\n"
-    "'-'; not host or debian-bookworm).  linux/amd64 only.  Every blob is checked\n"
-    "against its digest; layers are applied in order with their whiteouts; a\n"
-    "hostile layer (paths leaving the image, devices, ids past 65535) is refused\n"
-    "and nothing is kept.  The image's Env, WorkingDir, User, Entrypoint and Cmd\n"
-    "become the defaults of cells made from it.\n"
+    "'-'; not host, debian-bookworm or desktop).  linux/amd64 only.  Every blob is\n"
+    "checked against its digest; layers are applied in order with their\n"
+    "whiteouts; a hostile layer (paths leaving the image, devices, ids past\n"
+    "65535) is refused and nothing is kept.  The image's Env, WorkingDir, User,\n"
+    "Entrypoint and Cmd become the defaults of cells made from it.\n"
     "\n"
     "  --max-image-size SIZE  most bytes of archive and of files (default 8G)\n";
 
@@ -128,7 +128,7 @@ static int image_ls(struct cli_global *g, cell_ctx *ctx)
 static const char image_ls_usage[] =
     "usage: cell image ls [--json]\n"
     "\n"
-    "List images: builtin ones (host, debian-bookworm) and those imported or\n"
+    "List images: builtin ones (host, debian-bookworm, desktop) and those imported or\n"
     "committed, with source, digest, size, whether they can boot, and the lanes\n"
     "that use them.\n";
 

@@ -22,7 +22,7 @@ static const char usage_text[] =
     "  lane import NAME [--image IMAGE]   create a lane from a tar stream on stdin\n"
     "  lane commit NAME IMAGE             flatten a lane over its image into a new image\n"
     "  image ls                           list images and whether they are built\n"
-    "  image build NAME                   build an image (debian-bookworm: debootstrap)\n"
+    "  image build NAME                   build an image (debian-bookworm, desktop: debootstrap)\n"
     "  image import NAME FILE|-           import an OCI or docker-archive image tar\n"
     "  image export NAME [FILE|-]         write an image as an OCI image layout tar\n"
     "  image rm NAME                      remove an imported or committed image\n"

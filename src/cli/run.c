@@ -28,7 +28,7 @@ const char cli_run_usage[] =
     "\n"
     "options:\n"
     "  --image NAME         root image (default host, or the lane's): host,\n"
-    "                       debian-bookworm once built, or one imported or\n"
+    "                       debian-bookworm or desktop once built, or one imported or\n"
     "                       committed (`cell image ls`)\n"
     "  --lane NAME          durable writable layer (see `cell lane create`);\n"
     "                       without it, changes vanish when the cell ends\n"

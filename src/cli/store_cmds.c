@@ -45,7 +45,7 @@ const char cli_lane_usage[] =
 
 static const char image_usage[] =
     "usage: cell image ls [--json]           images: name, source, digest, size, lanes\n"
-    "       cell image build NAME     (host, debian-bookworm)\n"
+    "       cell image build NAME     (host, debian-bookworm, desktop)\n"
     "       cell image import NAME FILE|- [--max-image-size SIZE]   an OCI or docker-archive tar\n"
     "       cell image rm NAME                refused while lanes or cells use it\n"
     "       cell image export NAME [FILE|-]   an OCI image layout tar (to a new FILE, else stdout)\n";
@@ -327,11 +327,11 @@ int cli_image(struct cli_global *g, int argc, char **argv)
         else
             printf("image %s is ready\n", argv[2]);
     } else {
-        static const char *const names[] = { "host", "debian-bookworm" };
+        static const char *const names[] = { "host", "debian-bookworm", "desktop" };
         json_t *arr = json_array();
         if (!g->json)
             printf("%-20s %s\n", "NAME", "STATUS");
-        for (size_t i = 0; i < 2; i++) {
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
             int st = cell_image_status(ctx, names[i], NULL);
             if (g->json)
                 json_array_append_new(arr, json_pack("{s:s, s:b}", "name", names[i], "ready", st == 1));

@@ -1,5 +1,6 @@
 /* image.c: the image catalogue.  "host" is generated on demand from the
- * host's /usr plus a minimal /etc; "debian-bookworm" is built by debootstrap. */
+ * host's /usr plus a minimal /etc; "debian-bookworm" and "desktop" (the same
+ * with an X desktop, docs/desktop.md) are built by debootstrap. */
 #include "runtime/image_meta.h"
 #include "runtime/runtime.h"
 #include "util/util.h"
@@ -11,7 +12,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
-const char *const runtime_image_names[] = { "host", "debian-bookworm", NULL };
+const char *const runtime_image_names[] = { "host", "debian-bookworm", "desktop", NULL };
 
 /* Bumped whenever the generated host tree changes, so old states rebuild. */
 #define HOST_IMAGE_VERSION "2"
@@ -236,7 +237,7 @@ static int ensure_host(cell_ctx *ctx, cell_error *err)
 int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size, cell_error *err)
 {
     if (!known_image(ctx, name))
-        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm; "
+        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm, desktop; "
                          "`cell image ls` lists the others)", name ? name : "");
     if (strcmp(name, "host") == 0 && ensure_host(ctx, err) < 0)
         return -1;
@@ -253,7 +254,7 @@ int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size
 int cell_image_status(cell_ctx *ctx, const char *name, cell_error *err)
 {
     if (!known_image(ctx, name))
-        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm; "
+        return util_fail(err, ENOENT, "unknown image '%s' (builtin images: host, debian-bookworm, desktop; "
                          "`cell image ls` lists the others)", name ? name : "");
     if (strcmp(name, "host") == 0 || !builtin_image(name))
         return 1; /* host: generated on first use; stored images: complete once present */
@@ -268,7 +269,7 @@ int cell_image_build(cell_ctx *ctx, const char *name, cell_progress_fn progress,
     if (stored_image(ctx, name))
         return util_fail(err, EINVAL, "image '%s' was imported or committed: there is nothing to build", name);
     if (!builtin_image(name))
-        return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm)", name ? name : "");
+        return util_fail(err, ENOENT, "unknown image '%s' (known images: host, debian-bookworm, desktop)", name ? name : "");
     if (strcmp(name, "host") == 0) {
         if (progress)
             progress(user, "image host is generated from this host's /usr; nothing to download");

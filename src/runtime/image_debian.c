@@ -1,4 +1,4 @@
-/* image_debian.c: builds the debian-bookworm image with debootstrap into the state directory.
+/* image_debian.c: builds the debian-bookworm and desktop images with debootstrap into the state directory.
  * The build runs in a private temp dir renamed into place with its ready marker, so a partial build never looks ready. */
 #include "runtime/runtime.h"
 #include "util/util.h"
@@ -25,6 +25,13 @@ struct debian_spec {
 
 static const struct debian_spec debian_specs[] = {
     { "debian-bookworm", "bookworm", "bash,coreutils,ca-certificates,curl,git,python3" },
+    /* debian-bookworm plus what the desktop runs in a cell (src/server/desktop.c,
+     * docs/desktop.md): X server, window manager, input, screenshots, window
+     * list, clipboard, recordings, a terminal, a browser and fonts.  dbus-x11:
+     * debootstrap does not pick a provider for a virtual package, and
+     * chromium's GTK needs one of dbus-session-bus's. */
+    { "desktop", "bookworm", "bash,coreutils,ca-certificates,curl,git,python3,xvfb,openbox,xdotool,imagemagick,"
+                             "x11-utils,xclip,ffmpeg,xterm,xfonts-base,fonts-dejavu-core,dbus-x11,chromium" },
 };
 
 #define DEFAULT_MIRROR   "http://deb.debian.org/debian"
@@ -801,7 +808,7 @@ int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn
         return util_fail(err, EINVAL, "runtime_image_build_debian: missing context or image name");
     const struct debian_spec *spec = find_spec(name);
     if (!spec)
-        return util_fail(err, EINVAL, "unknown Debian image '%.100s': only debian-bookworm can be built", name);
+        return util_fail(err, EINVAL, "unknown Debian image '%.100s': only debian-bookworm and desktop can be built", name);
 
     char images[PATH_MAX], final_dir[PATH_MAX], final_ready[PATH_MAX], lock_path[PATH_MAX];
     if (util_path(images, sizeof images, err, "%s/images", ctx->state_dir) < 0 ||

@@ -46,7 +46,7 @@ struct image_meta {
 /* 1 if s is "sha256:" and 64 lowercase hex digits. */
 int  image_meta_valid_digest(const char *s);
 /* A name import or commit may create: 1..63 of [a-z0-9._-], not starting
- * with '.' or '-', not a builtin image (host, debian-bookworm) and not
+ * with '.' or '-', not a builtin image (host, debian-bookworm, desktop) and not
  * "blobs" (the blob store's directory); else EINVAL naming the rule. */
 int  image_meta_check_name(const char *name, cell_error *err);
 

@@ -52,7 +52,7 @@ int runtime_image_rootfs(cell_ctx *ctx, const char *name, char *out, size_t size
 /* Known image names, NULL-terminated. */
 extern const char *const runtime_image_names[];
 
-/* Build debian-bookworm with debootstrap into images/NAME, atomically:
+/* Build debian-bookworm or desktop with debootstrap into images/NAME, atomically:
  * a partial build never looks ready.  Progress lines go to `progress`. */
 int runtime_image_build_debian(cell_ctx *ctx, const char *name, cell_progress_fn progress,
                                void *user, cell_error *err);

@@ -453,7 +453,8 @@ static int name_refused(sreq *r, const char *name)
     if (!ok)
         return reply_problem(r, 400, "invalid_request", "image name '%.80s': use 1-63 of a-z 0-9 . _ - not "
                              "starting with '.' or '-'", name), 1;
-    if (strcmp(name, "host") == 0 || strcmp(name, "debian-bookworm") == 0 || strcmp(name, "blobs") == 0)
+    if (strcmp(name, "host") == 0 || strcmp(name, "debian-bookworm") == 0 || strcmp(name, "desktop") == 0 ||
+        strcmp(name, "blobs") == 0)
         return reply_problem(r, 400, "invalid_request", "image name '%s' is reserved (a builtin image or the "
                              "blob store): choose another", name), 1;
     return 0;

@@ -682,7 +682,7 @@ int h_images_build(sreq *r)
     const char *name = router_param(&r->m, "name");
     json_t *o = image_json(r->s, name);
     if (!o)
-        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm", name);
+        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm, desktop", name);
     json_decref(o);
     build_job *job = calloc(1, sizeof *job);
     if (!job)

@@ -179,8 +179,9 @@ def test_multi_platform_index_picks_linux_amd64_or_names_what_it_found(run, stat
 
 def test_names_builtins_and_existing_images_are_refused(run, state, tmp_path, base):
     data = oci_archive([base], CONFIG)[0]
-    for name, word in (("host", "builtin"), ("debian-bookworm", "builtin"), ("blobs", "reserved"),
-                       ("Upper", "invalid"), (".hidden", "invalid"), ("a/b", "invalid"), ("x" * 64, "invalid")):
+    for name, word in (("host", "builtin"), ("debian-bookworm", "builtin"), ("desktop", "builtin"),
+                       ("blobs", "reserved"), ("Upper", "invalid"), (".hidden", "invalid"), ("a/b", "invalid"),
+                       ("x" * 64, "invalid")):
         r = run(["image", "import", name, write(tmp_path, "n.tar", data)])
         assert r.returncode != 0 and word in r.stderr, (name, r.stderr)
     imported(run, tmp_path, "dup", data)
@@ -461,7 +462,7 @@ def test_api_refuses_bad_imports(d, base):
         assert_problem(admin.put("/v1/images/nope/tenants", bad), 400, "invalid_request")
     assert_problem(admin.delete("/v1/images/nope"), 404, "not_found")
     names = [i["name"] for i in admin.get("/v1/images").body["images"]]
-    assert names[:2] == ["host", "debian-bookworm"]
+    assert names[:3] == ["host", "debian-bookworm", "desktop"]
     leftovers_ = [n for n in os.listdir(os.path.join(d.state, "images")) if n.startswith(".")]
     assert all(not (".import-" in n or ".rm-" in n) for n in leftovers_), leftovers_
 
