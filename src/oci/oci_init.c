@@ -886,6 +886,11 @@ static int open_cgroupns(const struct oci_init_args *a)
 void oci_init_main(const struct oci_init_args *a)
 {
     const struct oci_spec *s = a->spec;
+    /* Real root and cell-oci until its execve, visible in a pid namespace
+     * joined by path (a pod's) while parked: not dumpable, as an exec'd
+     * process (oci_exec.c); execve makes the container's program dumpable. */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        FAIL("cannot make the init non-dumpable");
     join_cgroup(a);
     join_namespaces(a);
     int cgroupns = open_cgroupns(a);

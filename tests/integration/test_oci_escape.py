@@ -179,12 +179,15 @@ def test_mount_destination_symlinks_stay_in_the_root(rt, tmp_path):
     destination that is, or goes through, a symlink to a host path.  It
     resolves inside the container's root (RESOLVE_IN_ROOT), so the host
     directory it names is never touched: no mount point is created there
-    and the mount lands in the root or create fails."""
+    and the mount lands in the root or create fails.  Magic links (proc is
+    mounted by then: /proc/self/cwd is the init's cwd on the host) are not
+    followed either."""
     host = tmp_path / "hostdir"
     os.makedirs(host)
     open(host / "canary", "w").close()
     for name, link, dest in (("abs", str(host), "/mnt"), ("rel", "../../../../../.." + str(host), "/mnt/sub"),
-                             ("mid", str(host), "/mnt/a/b")):
+                             ("mid", str(host), "/mnt/a/b"), ("cwd", "/proc/self/cwd", "/mnt/sub"),
+                             ("root", "/proc/1/root" + str(host), "/mnt/sub")):
         b = bundle(tmp_path, name, ["sh", "-c", "grep ' /mnt' /proc/self/mountinfo; ls /mnt"],
                    edit=lambda c, d=dest: c["mounts"].append({"destination": d, "type": "tmpfs", "source": "tmpfs"}))
         os.symlink(link, os.path.join(rootfs(b), "mnt"))
@@ -395,6 +398,43 @@ def owner_of(pid):
         return None
 
 
+def test_a_spec_without_namespaces_shares_none_of_the_hosts(rt, tmp_path):
+    """A spec with no linux.namespaces at all (no user, no pid, no mount,
+    network, ipc, uts or cgroup namespace): the container still gets a new
+    one of each, and a uid range that is not host root."""
+    kinds = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
+    b = bundle(tmp_path, "b", ["sh", "-c", "for n in %s; do echo \"$n $(readlink /proc/self/ns/$n)\"; done; "
+                               "cat /proc/self/uid_map" % " ".join(kinds)],
+               edit=lambda c: c["linux"].pop("namespaces"))
+    r = rt.run("c1", b)
+    assert r.rc == 0, r
+    lines = r.out.strip().splitlines()
+    for line in lines[:len(kinds)]:
+        kind, ns = line.split()
+        assert ns != os.readlink("/proc/self/ns/%s" % kind), (kind, r.out)
+    inside, host_base, count = map(int, lines[-1].split())
+    assert inside == 0 and host_base >= 0x50000000 and count == 65536, r.out
+
+
+def test_concurrent_creates_get_distinct_ranges(rt, sub, tmp_path):
+    """Eight creates at once: eight uid ranges, none shared (the slot
+    directory is locked host-wide while a range is taken)."""
+    bs = [bundle(tmp_path, "b%d" % i, ["sleep", "60"]) for i in range(8)]
+    results = [None] * 8
+
+    def create(i):
+        results[i] = rt.create("c%d" % i, bs[i], via=None)
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert r.rc == 0, r
+    bases = [uid_base(rt, "c%d" % i) for i in range(8)]
+    assert len(set(bases)) == 8, bases
+
+
 # ---- exec joining a running container -------------------------------------------------
 
 
@@ -463,8 +503,9 @@ def test_exec_cannot_be_inspected_before_its_execve(rt, sub, tmp_path):
     runtime), environ, mem, cwd, root or fds, steals its descriptors
     (pidfd_getfd) or reads its memory (process_vm_readv: ptrace's check),
     would get the host's.  A watcher in the container tries all of it
-    against every exec'd process it sees while 40 execs run: nothing
-    succeeds (how many it caught before their execve is printed; the
+    against every exec'd process it sees while 40 execs run, and against
+    the inits of 10 pod members that join its pid namespace (parked, then
+    starting: the same window): nothing succeeds (how many it caught before their execve is printed; the
     kernel's scheduling decides that)."""
     def ed(cfg):
         cfg["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]})
@@ -476,8 +517,14 @@ def test_exec_cannot_be_inspected_before_its_execve(rt, sub, tmp_path):
     started(rt, sub, "c1", b)
     for _ in range(40):
         rt.call("exec", "c1", "true").check()
-    rt.call("exec", "c1", "touch", "/tmp/stop").check()
+    # Pod members joining the watcher's pid namespace: their inits, parked
+    # (created) and then starting, are cell-oci in it too.
     init = int(rt.state("c1")["pid"])
+    pidns = with_pidns("/proc/%d/ns/pid" % init)
+    for i in range(10):
+        rt.create("m%d" % i, bundle(tmp_path, "m%d" % i, ["true"], edit=pidns), via=sub).check()
+        rt.start("m%d" % i).check()
+    rt.call("exec", "c1", "touch", "/tmp/stop").check()
     assert sub.reaped(init, timeout=oci.STEP_TIMEOUT) == {"exit": 0}
     with open(os.path.join(tmp_path, "sub-1.out")) as f:
         out = json.loads(f.read().strip().splitlines()[-1])
