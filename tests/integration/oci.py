@@ -321,6 +321,18 @@ def runtime_fixture(name, tmp_path):
         rt.cleanup()
 
 
+def subreaper_fixture(rt, tmp_path):
+    """The body of a test's shim fixture: yields a Subreaper; afterwards the
+    containers of `rt` are deleted before it goes (their inits are its
+    children: closing it first would wait for them)."""
+    s = Subreaper(tmp_path)
+    try:
+        yield s
+    finally:
+        rt.cleanup()
+        s.close()
+
+
 class ConsoleSocket:
     """The --console-socket a runtime's create is given when the process
     has terminal: true: a listening AF_UNIX socket to which the runtime

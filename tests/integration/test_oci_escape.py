@@ -29,13 +29,7 @@ def rt(tmp_path):
 
 @pytest.fixture
 def sub(rt, tmp_path):
-    """The shim's place; the containers go before it does."""
-    s = oci.Subreaper(tmp_path)
-    try:
-        yield s
-    finally:
-        rt.cleanup()
-        s.close()
+    yield from oci.subreaper_fixture(rt, tmp_path)
 
 
 def bundle(tmp_path, name, args, edit=None, env=None):
@@ -327,6 +321,18 @@ def test_the_hosts_namespaces_by_path_are_refused(rt, tmp_path, kind):
     r = rt.run("c1", b)
     assert r.rc != 0 and "host's %s namespace" % name in r.err and "linux.namespaces" in r.err, r
     assert rt.status("c1") is None and os.listdir(rt.root) == []
+    show_runc(tmp_path, b)
+
+
+def show_runc(tmp_path, b):
+    """What runc does with the same bundle: printed, never asserted."""
+    if oci.runtime_missing("runc") is None:
+        runc = oci.Runtime("runc", tmp_path)
+        try:
+            r = runc.run("runc-c1", b)
+            print("runc: rc %s %s" % (r.rc, (r.err or r.out).strip()[-200:]))
+        finally:
+            runc.cleanup()
 
 
 @pytest.mark.parametrize("what", ["fifo", "file", "wrongtype"])
