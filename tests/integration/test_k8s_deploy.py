@@ -46,7 +46,7 @@ import yaml
 
 import criclient
 import oci
-from daemon import wait_for
+from daemon import Client, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(os.path.dirname(HERE))
@@ -103,6 +103,15 @@ def node_container():
 
 def ds_env():
     return {e["name"]: e["value"] for e in node_container()["env"]}
+
+
+def read_text(path):
+    """A file's text, or "" while it is not there."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def sanitized(path):
@@ -593,8 +602,7 @@ def test_containerd_runs_a_cri_pod_with_the_installed_entry(tmp_path, shipped_oc
             "command": ["sh", "-c", "echo hello from the installed runtime; sleep 100000"]}}).container_id
         cri.runtime("StartContainer", {"container_id": cid})
         log = os.path.join(cfg["log_directory"], "main.log")
-        assert wait_for(lambda: os.path.exists(log) and "hello from the installed runtime" in open(log).read(),
-                        timeout=20), log
+        assert wait_for(lambda: "hello from the installed runtime" in read_text(log), timeout=20), read_text(log)
         # run by the installed cell-oci: its state is in the entry's Root
         assert os.path.isdir(os.path.join(n, "run", "cell-oci", oci.CRI_NAMESPACE, cid)), \
             os.listdir(os.path.join(n, "run", "cell-oci"))
@@ -760,7 +768,8 @@ def test_daemonset_pod_installs_and_runs_the_node_daemon(tmp_path, node_image):
     try:
         ctd.start()
         cri = criclient.CRI(ctd.sock)
-        ctd.import_image(container["image"]["image"], open(tar, "rb").read(), namespace=oci.CRI_NAMESPACE)
+        with open(tar, "rb") as f:
+            ctd.import_image(container["image"]["image"], f.read(), namespace=oci.CRI_NAMESPACE)
         sandbox["linux"]["cgroup_parent"] = ctd.cgroup_parent
         sid = cri.runtime("RunPodSandbox", {"config": sandbox}).pod_sandbox_id
         cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": container,
@@ -770,15 +779,13 @@ def test_daemonset_pod_installs_and_runs_the_node_daemon(tmp_path, node_image):
         log = os.path.join(sandbox["log_directory"], "cell-node.log")
 
         def log_text():
-            return open(log, errors="replace").read() if os.path.exists(log) else ""
+            return read_text(log)
         assert wait_for(lambda: os.path.exists(os.path.join(state, "node.token")), timeout=30), log_text()
-        with open(config) as f:
-            assert BEGIN in f.read()
-        conf = json.loads(open(fake + "/etc/cell/oci.conf").read())
+        assert BEGIN in read_text(config)
+        conf = json.loads(read_text(fake + "/etc/cell/oci.conf"))
         assert conf["socket"] == state + "/cell.sock" and conf["tokenFile"] == state + "/node.token", conf
-        token = open(conf["tokenFile"]).read().strip()
+        token = read_text(conf["tokenFile"]).strip()
         assert re.fullmatch(r"cellnode_[0-9a-f]{32}", token), token
-        from daemon import Client
         cl = Client(None, None, token=token, unix=conf["socket"])
         assert wait_for(lambda: os.path.exists(conf["socket"]), timeout=20), log_text()
         r = cl.get("/v1/pods")
