@@ -15,7 +15,8 @@ The image (one layer):
     /opt/cell/node/cell-oci          what install copies to the host: the
                                      static build (make's cell-oci-static),
                                      since the node need not have our libraries
-    /bin/busybox and its applets     the installer's shell, awk, sed, nsenter
+    /bin/busybox and its applets     the installer's shell, awk, sed, nsenter;
+    /bin/flock                       util-linux's (busybox-static has none)
     /etc/passwd, group, ssl certs    root only; the host's CA bundle for the
                                      egress engine's upstream TLS
 
@@ -36,6 +37,8 @@ sys.path.insert(0, os.path.join(CHECKOUT, "tests", "integration"))
 import ocibuild  # noqa: E402
 
 BUSYBOX = "/bin/busybox"
+# what Debian's busybox-static lacks: flock (util-linux), the installer's lock
+TOOLS = ("/usr/bin/flock",)
 # the decide webhooks' client, which the daemon dlopen()s (ldd cannot see it)
 DLOPENED = ("libcurl.so.4",)
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -106,6 +109,8 @@ def layer(build, script, static_oci):
     libs = set()
     for name in PROGRAMS + LOADED:
         libs.update(ldd(os.path.join(build, name)))
+    for tool in TOOLS:
+        libs.update(ldd(tool))
     for soname in DLOPENED:
         path = find_library(soname)
         if path:
@@ -113,7 +118,9 @@ def layer(build, script, static_oci):
             libs.update(ldd(path))
     ents = [("bin", "dir"), ("bin/busybox", "file", read(BUSYBOX), 0o755)]
     applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True, timeout=60).stdout.split()
-    ents += [("bin/" + a, "sym", "busybox") for a in applets if a != "busybox"]
+    ents += [("bin/" + a, "sym", "busybox") for a in applets if a != "busybox" and "/bin/" + a not in
+             [t.replace("/usr/bin/", "/bin/") for t in TOOLS]]
+    ents += [("bin/" + os.path.basename(t), "file", read(t), 0o755) for t in TOOLS]
     dirs = {"etc", "etc/ssl", "etc/ssl/certs", "opt", "opt/cell", "opt/cell/bin", "opt/cell/node"}
     files = []
     for lib in sorted(libs):

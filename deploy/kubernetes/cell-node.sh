@@ -88,6 +88,13 @@ setup() {
   BACKUP=$CONFIG.cell-backup
   BIN=$INSTALL_DIR/bin/cell-oci
   changed=0
+  # One install or uninstall at a time (a DaemonSet's old pod's preStop
+  # and its new pod can overlap): a lock on the config's directory, which
+  # must exist anyway, so that taking it writes nothing.
+  if [ -d "${CONFIG%/*}" ]; then
+    exec 9<"${CONFIG%/*}"
+    flock 9 || die "cannot lock ${CONFIG%/*}"
+  fi
 }
 
 # host_path P: P as host commands see it.

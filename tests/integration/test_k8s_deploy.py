@@ -423,6 +423,24 @@ def test_install_is_idempotent_and_uninstall_restores(node, payload):
     assert "nothing to do" in r.stdout and node.restart_count() == 2, r.stdout
 
 
+def test_concurrent_installs_and_uninstalls(node):
+    """Four installs at once end as one install (one restart), four
+    uninstalls at once as one uninstall: they take turns (flock)."""
+    before = snapshot(node.root)
+    e = dict(os.environ, **node.env)
+    for cmd, restarts in (("install", 1), ("uninstall", 2)):
+        ps = [subprocess.Popen(["sh", SCRIPT, cmd], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+        outs = [p.communicate(timeout=120) + (p.returncode,) for p in ps]
+        assert all(rc == 0 for _, _, rc in outs), outs
+        assert node.restart_count() == restarts, outs
+        if cmd == "install":
+            assert node.read("/etc/containerd/config.toml").count(BEGIN) == 1
+            assert sum("nothing changed" in out for out, _, _ in outs) == 3, outs
+    assert node.read("/etc/containerd/config.toml") == DEBIAN_CONFIG
+    assert {k: v for k, v in snapshot(node.root).items() if k in before} == before
+
+
 def test_why_not_a_drop_in(tmp_path, payload):
     """containerd 1.6 replaces a plugin's whole section with an imported
     file's: a drop-in with the CRI runtime table would take the node's CRI
