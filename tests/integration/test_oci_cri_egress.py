@@ -128,8 +128,10 @@ def audit(en, cell):
 class Sink:
     """A UDP or TCP socket on an address of the bridge's host side
     (containerd's netns): the peers that sent or connected to it before a
-    marker the test sends last from that address itself (so no wait is
-    timed: whatever the pod sent earlier is in before the marker)."""
+    marker the test sends last (so no wait is timed: whatever the pod sent
+    earlier is in before the marker).  UDP's marker is its payload; TCP's
+    is a connection from the sink's own address, so a TCP sink serves only
+    where nothing is relayed (the relay connects from that address too)."""
 
     SCRIPT = r"""
 import socket, sys
@@ -143,12 +145,14 @@ print(s.getsockname()[1], flush=True)
 got = []
 while True:
     if kind == "udp":
-        _, peer = s.recvfrom(4096)
+        data, peer = s.recvfrom(4096)
+        if data == b"MARKER":
+            break
     else:
         c, peer = s.accept()
         c.close()
-    if peer[0] == addr:
-        break
+        if peer[0] == addr:
+            break
     got.append(peer[0])
 print(",".join(got), flush=True)
 """
@@ -157,7 +161,7 @@ import socket, sys
 addr, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if kind == "udp":
     s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((addr, 0)); s.sendto(b"marker", (addr, port))
+    s.sendto(b"MARKER", (addr, port))
 else:
     socket.create_connection((addr, port), source_address=(addr, 0))
 """
@@ -195,11 +199,24 @@ def host_tool(*argv):
     return [LOADER, "--library-path", LIBS] + ["/host" + argv[0]] + list(argv[1:])
 
 
+SEND_UDP = ("import socket, sys; a = sys.argv[1]; socket.socket(socket.AF_INET6 if ':' in a else socket.AF_INET, "
+            "socket.SOCK_DGRAM).sendto(b'x', (a, int(sys.argv[2])))")
+
+
+def send_udp(en, cid, addr, port):
+    """One datagram from inside the pod (busybox's nc has no UDP): the
+    host's python3; returns ExecSync's answer."""
+    return exec_sync(en.cri, cid, ["env", "PYTHONHOME=/host/usr"] +
+                     host_tool("/usr/bin/python3", "-c", SEND_UDP, addr, str(port)))
+
+
 def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
     allowed, denied = Listener(en.ctd, GW), Listener(en.ctd, GW)
     udp = Sink(en.ctd, GW, "udp")
+    udp_ok = Sink(en.ctd, GW, "udp")
     dns = Sink(en.ctd, GW, "udp", 53)
-    policy = {"rules": [{"tcp": {"to": GW + "/32", "ports": [allowed.port]}}]}
+    policy = {"rules": [{"tcp": {"to": GW + "/32", "ports": [allowed.port]}},
+                        {"udp": {"to": GW + "/32", "ports": [udp_ok.port]}}]}
     cfg = en.pod_config("policed", policy)
     sid = None
     try:
@@ -231,10 +248,17 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         # another port of the same host: refused by the relay, never connected
         r = exec_sync(en.cri, cid, ["sh", "-c", "nc -w 5 %s %d </dev/null; echo rc=$?" % (GW, denied.port)])
         assert b"hello" not in r.stdout, r
-        # UDP to the host side and a DNS query to it: neither arrives there
-        exec_sync(en.cri, cid, ["sh", "-c", "echo leak | nc -u -w 1 %s %d; nslookup -timeout=1 example.com %s; true"
-                                % (GW, udp.port, GW)])
+        # UDP to another port of the host side and a DNS query to it:
+        # neither arrives there (the sends themselves succeed)
+        r = send_udp(en, cid, GW, udp.port)
+        assert r.exit_code == 0, r
+        exec_sync(en.cri, cid, ["sh", "-c", "nslookup -timeout=1 example.com %s; true" % GW])
         assert udp.received() == [] and dns.received() == []
+        # the allowed UDP port: relayed from the pod's own address (pod mode
+        # marks it for the transparent relay), arriving from the host side
+        r = send_udp(en, cid, GW, udp_ok.port)
+        assert r.exit_code == 0, r
+        assert udp_ok.received() == [GW]
 
         # IPv6: given addresses on both sides (CNI gave none), the pod's
         # IPv6 TCP and UDP reach nothing; the host side can still talk to it
@@ -242,13 +266,14 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         oci.run_bounded(["ip", "-n", en.ctd.netns, "addr", "add", v6h + "/64", "dev", "cri0", "nodad"]).check()
         subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % pod["pid"], "ip", "addr", "add", v6p + "/64", "dev",
                         "eth0", "nodad"], check=True, timeout=oci.STEP_TIMEOUT)
-        sink6 = Sink(en.ctd, v6h, "tcp")
+        sink6, usink6 = Sink(en.ctd, v6h, "tcp"), Sink(en.ctd, v6h, "udp")
         try:
-            exec_sync(en.cri, cid, ["sh", "-c", "nc -w 1 %s %d </dev/null; echo x | nc -u -w 1 %s 53; true"
-                                    % (v6h, sink6.port, v6h)])
-            assert sink6.received() == []
+            exec_sync(en.cri, cid, ["sh", "-c", "nc -w 1 %s %d </dev/null; true" % (v6h, sink6.port)])
+            send_udp(en, cid, v6h, usink6.port)
+            assert sink6.received() == [] and usink6.received() == []
         finally:
             sink6.close()
+            usink6.close()
 
         # audited as the pod's: the allowed flow and the denied one
         def verdicts():
@@ -284,7 +309,7 @@ def test_a_policed_pod_reaches_what_its_policy_allows_and_nothing_else(en):
         assert en.pods() == []
         assert wait_for(lambda: not os.path.exists("/proc/%d" % helper), 10)
     finally:
-        for x in (allowed, denied, udp, dns):
+        for x in (allowed, denied, udp, udp_ok, dns):
             x.close()
         if sid:
             en.remove_pod(sid)
