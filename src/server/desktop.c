@@ -70,6 +70,7 @@ typedef struct dk_child {
     sproc      *p;
     int         fds[3];
     char        log[96];
+    int         listed;                 /* a launched app: stays in /processes (procs_put) */
 } dk_child;
 
 typedef struct dk_app {
@@ -98,7 +99,7 @@ struct desktop {
     json_t  *last_error;                /* {code, message} */
     dk_app  *apps;
     dk_rec  *recs;
-    unsigned next_app, next_rec;
+    unsigned next_rec;
 };
 
 /* ---- problems, as the reference words them ----------------------------------
@@ -346,7 +347,9 @@ static void dk_child_clear(dk_child *c)
     for (int i = 0; i < 3; i++)
         if (c->p && c->fds[i] >= 0)
             close(c->fds[i]);
-    if (c->p)
+    if (c->p && c->listed)
+        procs_put(c->p);
+    else if (c->p)
         procs_release(c->p);
     c->p = NULL;
 }
@@ -1694,9 +1697,20 @@ static int dk_launch(dk_ctx *c)
     argv[n] = NULL;
     if (dk_ready(c->sc, c->d, &c->pb) < 0)
         return -1;
+    /* Exited apps are dropped here (they stay in /processes), so the list
+     * holds at most DK_APPS_MAX running ones. */
     unsigned apps = 0;
-    for (dk_app *a = c->d->apps; a; a = a->next)
-        apps += dk_child_running(&a->c, NULL);
+    for (dk_app **pp = &c->d->apps; *pp;) {
+        dk_app *a = *pp;
+        if (dk_child_running(&a->c, NULL)) {
+            apps++;
+            pp = &a->next;
+            continue;
+        }
+        *pp = a->next;
+        dk_child_clear(&a->c);
+        free(a);
+    }
     if (apps >= DK_APPS_MAX) {
         dk_set(&c->pb, 409, "conflict", "Conflict", "%u desktop apps are running already (the most there may be)",
                apps);
@@ -1717,32 +1731,22 @@ static int dk_launch(dk_ctx *c)
         DK_FAILED_P(&c->pb, "out of memory");
         return -1;
     }
-    snprintf(a->id, sizeof a->id, "desktop_app_%u", ++c->d->next_app);
-    char log[96];
-    snprintf(log, sizeof log, DK_DIR "/%s.log", a->id);
-    /* stdout to the log as well: a closed pipe would kill the app with SIGPIPE. */
-    const char *full[60];
-    size_t k = 0;
-    full[k++] = "sh";
-    full[k++] = "-c";
-    full[k++] = "log=$1; shift; mkdir -p \"${log%/*}\" && exec \"$@\" </dev/null >>\"$log\" 2>&1";
-    full[k++] = "sh";
-    full[k++] = log;
-    for (size_t j = 0; j < n; j++)
-        full[k++] = argv[j];
-    full[k] = NULL;
+    /* A listed process of owner "desktop": its output in its logs
+     * (GET /processes/{id}/logs), stopped with the desktop. */
+    const char *env[] = { denv, NULL };
     a->c.name = "app";
-    snprintf(a->c.log, sizeof a->c.log, "%s", log);
-    a->c.p = procs_spawn_piped_at(c->sc, full, "/", a->c.fds, &e);
+    a->c.listed = 1;
+    a->c.fds[0] = a->c.fds[1] = a->c.fds[2] = -1;
+    a->c.p = procs_start_desktop(c->sc, argv + 2, env, &e);
     if (!a->c.p) {
         free(a);
-        DK_FAILED_P(&c->pb, "failed to launch %s: %s", app, e.message);
+        if (e.code == ECONNRESET)
+            DK_INACTIVE_P(&c->pb, "the cell stopped");
+        else
+            DK_FAILED_P(&c->pb, "failed to launch %s: %s", app, e.message);
         return -1;
     }
-    for (int j = 0; j < 3; j++) {
-        close(a->c.fds[j]);
-        a->c.fds[j] = -1;
-    }
+    snprintf(a->id, sizeof a->id, "%s", a->c.p->id);
     a->next = c->d->apps;
     c->d->apps = a;
     pthread_mutex_lock(&c->sc->plock);

@@ -698,7 +698,7 @@ static json_t *proc_json_locked(const sproc *p)
         json_object_set_new(o, "cwd", json_string(p->cwd));
     json_object_set_new(o, "tty", json_boolean(p->tty));
     json_object_set_new(o, "interactive", json_boolean(p->interactive));
-    json_object_set_new(o, "owner", json_string("user"));
+    json_object_set_new(o, "owner", json_string(p->desktop ? "desktop" : "user"));
     json_object_set_new(o, "status", json_string(p->exited ? "exited" : "running"));
     if (!p->exited)
         json_object_set_new(o, "pid", json_integer(p->pid));
@@ -985,6 +985,8 @@ static void audit_proc(scell *sc, sproc *p, const char *event)
     json_decref(rec);
 }
 
+static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *reader_failed, cell_error *err);
+
 int h_proc_create(sreq *r)
 {
     scell *sc = r->cell;
@@ -1004,17 +1006,42 @@ int h_proc_create(sreq *r)
         reply_problem(r, 409, "conflict", "max concurrent process limit reached (%lld)", (long long)limit);
         goto out;
     }
-    sproc *p = proc_new(sc, &q, 0);
+    cell_error e = { 0 };
+    int reader_failed = 0;
+    sproc *p = start_listed(sc, &q, 0, &reader_failed, &e);
     if (!p) {
-        reply_problem(r, 500, "internal", "out of memory");
+        if (reader_failed || e.code == ENOMEM)
+            reply_problem(r, 500, "internal", "%s", e.message);
+        else
+            reply_spawn_error(r, &e);
         goto out;
     }
+    req_audit(r, "process", json_string(p->id));
+    reply_json(r, 200, proc_json(p));
+out:
+    spawn_req_free(&q);
+    json_decref(body);
+    return MHD_YES;
+}
+
+/* Start a listed process with its output reader, as POST /processes does;
+ * the table holds it (owner "desktop" when desktop).  NULL with err set;
+ * *reader_failed when the process started but its reader could not (it
+ * was killed). */
+static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *reader_failed, cell_error *err)
+{
+    sproc *p = proc_new(sc, q, 0);
+    if (!p) {
+        util_fail(err, ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&sc->plock);
+    p->desktop = desktop;
+    pthread_mutex_unlock(&sc->plock);
     spawn_out o;
-    cell_error e = { 0 };
-    if (spawn_proc(sc, p, &q, 1, &o, &e) < 0) {
+    if (spawn_proc(sc, p, q, 1, &o, err) < 0) {
         proc_remove(sc, p);
-        reply_spawn_error(r, &e);
-        goto out;
+        return NULL;
     }
     /* Input is written with a deadline (procs_write_input); the reader polls
      * before it reads, so the pty may be non-blocking too. */
@@ -1041,16 +1068,30 @@ int h_proc_create(sreq *r)
         procs_put(p);
         registry_put(sc);
         proc_remove(sc, p);
-        reply_problem(r, 500, "internal", "could not start the output reader");
-        goto out;
+        *reader_failed = 1;
+        util_fail(err, EAGAIN, "could not start the output reader");
+        return NULL;
     }
     audit_proc(sc, p, "started");
-    req_audit(r, "process", json_string(p->id));
-    reply_json(r, 200, proc_json(p));
-out:
-    spawn_req_free(&q);
-    json_decref(body);
-    return MHD_YES;
+    return p;
+}
+
+sproc *procs_start_desktop(scell *sc, const char *const *argv, const char *const *env, cell_error *err)
+{
+    spawn_req q = { .command = argv[0], .args = (const char **)argv + 1 };
+    while (q.args[q.n_args])
+        q.n_args++;
+    q.env = (char **)env;                   /* borrowed: never freed here */
+    while (env && env[q.n_env])
+        q.n_env++;
+    int reader_failed = 0;
+    sproc *p = start_listed(sc, &q, 1, &reader_failed, err);
+    if (p) {
+        pthread_mutex_lock(&sc->plock);
+        p->refs++;                          /* the caller's */
+        pthread_mutex_unlock(&sc->plock);
+    }
+    return p;
 }
 
 int h_proc_list(sreq *r)
@@ -1070,8 +1111,9 @@ int h_proc_list(sreq *r)
     for (sproc *p = sc->procs; all && p; p = p->next)
         if (!p->hidden)
             all[--i] = p;
-    if (!owner || strcmp(owner, "user") == 0)
-        for (i = 0; all && i < n; i++)
+    /* "system" would be the daemon's own helpers, which are never listed. */
+    for (i = 0; all && i < n; i++)
+        if (!owner || strcmp(owner, all[i]->desktop ? "desktop" : "user") == 0)
             json_array_append_new(arr, proc_json_locked(all[i]));
     pthread_mutex_unlock(&sc->plock);
     free(all);

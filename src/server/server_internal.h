@@ -409,6 +409,7 @@ struct sproc {
     char      id[24];
     int       refs;                 /* cell->plock */
     int       hidden;               /* a buffered run: not listed */
+    int       desktop;              /* owner "desktop": an app the desktop launched (desktop.c) */
     char     *command;
     json_t   *args;
     char     *cwd;
@@ -462,6 +463,10 @@ sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_er
  * that must not depend on a directory the agent may have removed. */
 sproc *procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd, int fds[3], cell_error *err);
 void   procs_signal(sproc *p, int sig);         /* its process group */
+/* A listed process of owner "desktop" (an app the desktop launched, with
+ * `env`'s "K=V" entries added), logged like POST /processes' ones; the
+ * caller holds a reference (procs_put; it stays listed). */
+sproc *procs_start_desktop(scell *sc, const char *const *argv, const char *const *env, cell_error *err);
 /* 1 once it exited (status as from waitpid()), 0 at the deadline. */
 int    procs_wait_exit(sproc *p, int64_t deadline_ms, int *status);
 void   procs_release(sproc *p);

@@ -13,6 +13,7 @@ desktop's stop and with the cell.
 
 One daemon per module; each test that changes a desktop's state uses a cell
 of its own."""
+import base64
 import os
 import socket
 import subprocess
@@ -414,6 +415,18 @@ def test_launch_unknown_app_and_without_wait(desk):
     r = desk.post("/launch", {"app": "xterm", "args": ["-e", "sh", "-c", "echo $DISPLAY > /tmp/display"]})
     assert r.status == 200 and "windowId" not in r.body and r.body["pid"] > 1, r
     assert wait_for(lambda: desk.run("cat", "/tmp/display")["stdout"] == ":150\n")
+    # The app is a process of owner "desktop", listed as such, with its logs.
+    pid = r.body["processId"]
+    procs = desk.c.get("/cells/%s/v1/processes" % desk.cid).body["processes"]
+    assert [p["owner"] for p in procs if p["id"] == pid] == ["desktop"], (pid, procs)
+    assert [p["id"] for p in desk.c.get("/cells/%s/v1/processes" % desk.cid, query={"owner": "desktop"})
+            .body["processes"]] == [pid]
+    assert pid not in [p["id"] for p in desk.c.get("/cells/%s/v1/processes" % desk.cid, query={"owner": "user"})
+                       .body["processes"]]
+    assert desk.c.get("/cells/%s/v1/processes" % desk.cid, query={"owner": "system"}).body["processes"] == []
+    r = desk.post("/launch", {"app": "sh", "args": ["-c", "echo app-out; echo DISPLAY=$DISPLAY"]})
+    logs = lambda: desk.c.get("/cells/%s/v1/processes/%s/logs" % (desk.cid, r.body["processId"])).body["entries"]
+    assert wait_for(lambda: b"DISPLAY=:150" in b"".join(base64.b64decode(e["data"]) for e in logs())), logs()
 
 
 # ---- recordings ------------------------------------------------------------------------

@@ -97,6 +97,11 @@ test("a window the test opens is in the screenshot where the window list says", 
   assert.equal(shot.height, 480);
   const app = await sdk.launchDesktopApp({ app: "xterm", args: ["-geometry", "30x6+120+90", "-bg", "blue"], wait: true });
   assert.ok(app.processId && app.windowId, JSON.stringify(app));
+  // The app is a process of the cell, owner "desktop", through the process methods too.
+  const info = await sdk.getProcess(app.processId);
+  assert.equal(info.owner, "desktop");
+  assert.equal(info.status, "running");
+  assert.ok((await sdk.listProcesses({ owner: "desktop" })).processes.some((p) => p.id === app.processId));
   const { windows } = await sdk.listDesktopWindows();
   const w = windows.find((x) => x.id === app.windowId);
   assert.ok(w && w.title === "xterm" && w.isActive, JSON.stringify(windows));
