@@ -271,7 +271,9 @@ static int dk_exec(scell *sc, const char *const *argv, const void *in, size_t in
             continue;
         }
         if (fds[0] >= 0 && pf[0].revents) {
-            ssize_t w = pf[0].revents & POLLOUT ? write(fds[0], (const char *)in + written, in_len - written) : -1;
+            /* POLLERR or POLLHUP without POLLOUT: the tool closed its stdin. */
+            ssize_t w = pf[0].revents & POLLOUT ? write(fds[0], (const char *)in + written, in_len - written)
+                                                : (errno = EPIPE, -1);
             if (w > 0)
                 written += (size_t)w;
             if (w < 0 && errno == EAGAIN)
