@@ -224,6 +224,11 @@ int oci_userns_record(const char *root, const char *id, int userns_fd, cell_erro
  * caller's own (the host's); errors name linux.namespaces and the path. */
 int oci_ns_open(const char *path, int type, cell_error *err);
 
+/* create, run and exec: re-execute from a sealed memfd copy of the binary
+ * (oci_sealed.c), so /proc/self/exe is never the host's file; 0 when this
+ * process is the copy already, else -1 (it returns only on failure). */
+int oci_run_sealed(char **argv, cell_error *err);
+
 /* ---- the container's cgroup (oci_cgroup.c) ----------------------------------------
  * linux.cgroupsPath (or /cell-oci/ID) in the freezer hierarchy (v1) or the
  * unified one (v2): the freezer for pause/resume; no limits yet. */

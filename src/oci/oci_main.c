@@ -390,6 +390,11 @@ int main(int argc, char **argv)
     int cargc = argc - optind;
     const char *cmd = cargv[0];
     optind = 0; /* glibc: restart getopt on the command's arguments */
+    /* What becomes the container's init or an exec'd process: from a
+     * sealed copy of this binary (oci_sealed.c, runc's CVE-2019-5736). */
+    if ((strcmp(cmd, "create") == 0 || strcmp(cmd, "run") == 0 || strcmp(cmd, "exec") == 0) &&
+        oci_run_sealed(argv, &err) < 0)
+        return failed(&err);
     if (strcmp(cmd, "create") == 0 || strcmp(cmd, "run") == 0)
         return cmd_create(&g, cargc, cargv, strcmp(cmd, "run") == 0);
     static const char *const simple[] = { "start", "state", "kill", "delete", "ps", "pause", "resume", NULL };

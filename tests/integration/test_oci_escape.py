@@ -8,6 +8,7 @@ runc's behaviour helps to read the result it is shown (printed), never
 asserted.  docs/security.md ("cell-oci") lists what each test guarantees.
 """
 import ctypes
+import hashlib
 import json
 import os
 import signal
@@ -536,6 +537,85 @@ def test_exec_cannot_be_inspected_before_its_execve(rt, sub, tmp_path):
         out = json.loads(f.read().strip().splitlines()[-1])
     print("watcher caught %d exec'd processes before their execve" % out["seen"])
     assert out["got"] == [], out
+
+
+OVERWRITE = r"""
+import errno, json, os, sys
+me, pid = os.getpid(), None
+while pid is None:                       # bounded by the test's exec timeout
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) != me:
+            try:
+                with open("/proc/%s/cmdline" % p, "rb") as f:
+                    if b"--log=/tmp/fifo" in f.read():
+                        pid = p
+            except OSError:
+                pass
+out = {"exe": os.readlink("/proc/%s/exe" % pid)}
+held = os.open("/proc/%s/exe" % pid, os.O_PATH)
+try:
+    os.close(os.open("/proc/%s/exe" % pid, os.O_WRONLY))
+    out["write_running"] = "ok"
+except OSError as e:
+    out["write_running"] = errno.errorcode[e.errno]
+release = os.open("/tmp/fifo", os.O_RDONLY | os.O_NONBLOCK)
+while os.path.exists("/proc/%s" % pid) and open("/proc/%s/stat" % pid).read().split(") ")[1][0] != "Z":
+    os.sched_yield()
+# CVE-2019-5736: once every process running it has exited (the `exec`
+# on the host side maps the same copy until its child is gone: ETXTBSY).
+out["write_after"] = "ETXTBSY"
+for _ in range(10 ** 7):
+    try:
+        fd = os.open("/proc/self/fd/%d" % held, os.O_WRONLY)
+        os.write(fd, b"\x7fELF-overwritten")
+        out["write_after"] = "ok"
+    except OSError as e:
+        out["write_after"] = errno.errorcode[e.errno]
+    if out["write_after"] != "ETXTBSY":
+        break
+    os.sched_yield()
+print(json.dumps(out), flush=True)
+while not os.path.exists("/tmp/stop"):
+    os.sched_yield()
+"""
+
+
+def test_proc_self_exe_cannot_reach_the_runtime_binary(rt, sub, tmp_path):
+    """runc CVE-2019-5736: the image's /bin/evil is `#!/proc/self/exe`, so
+    an `exec` of it makes the kernel run whatever /proc/self/exe is at the
+    execve, the runtime's binary, inside the container, where the container
+    opens it through /proc/PID/exe and, once it has exited, reopens it for
+    writing.  cell-oci's create, run and exec run from a sealed memfd copy:
+    what the container reaches is that copy (not the host's file), it
+    cannot be written, and the host's binary is unchanged.  (Without the
+    copy the user namespace still refused the write: host root owns it.)"""
+    with open(rt.binary, "rb") as f:
+        before = hashlib.sha256(f.read()).hexdigest()
+
+    def ed(cfg):
+        cfg["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]})
+        cfg["process"]["env"] = ["PATH=/bin:/usr/bin", "HOME=/root"]
+        cfg["root"]["readonly"] = False
+    b = bundle(tmp_path, "b", ["python3", "-c", OVERWRITE], edit=ed)
+    for link, target in (("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        os.symlink(target, os.path.join(rootfs(b), link))
+    with open(os.path.join(rootfs(b), "bin", "evil"), "w") as f:
+        f.write("#!/proc/self/exe --log=/tmp/fifo\n")
+    os.chmod(os.path.join(rootfs(b), "bin", "evil"), 0o755)
+    # The evil run's --log: it blocks opening it until the watcher reads.
+    os.mkfifo(os.path.join(rootfs(b), "tmp", "fifo"), 0o666)
+    started(rt, sub, "c1", b)
+    init = int(rt.state("c1")["pid"])
+    r = rt.call("exec", "c1", "/bin/evil")
+    assert "unknown command '/bin/evil'" in r.err, r     # cell-oci ran, inside
+    rt.call("exec", "c1", "touch", "/tmp/stop").check()
+    assert sub.reaped(init) == {"exit": 0}
+    with open(os.path.join(tmp_path, "sub-1.out")) as f:
+        out = json.loads(f.read().strip().splitlines()[-1])
+    assert out["exe"].startswith("/memfd:cell-oci") and out["exe"] != rt.binary, out
+    assert out["write_running"] != "ok" and out["write_after"] == "EPERM", out
+    with open(rt.binary, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == before
 
 
 # ---- seccomp ------------------------------------------------------------------------
