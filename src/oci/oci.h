@@ -199,9 +199,11 @@ int  oci_state_pidfd(const struct oci_state *st);
 #define OCI_MAX_SLOTS 4096
 int  oci_slot_take(int *slot, cell_error *err);
 int  oci_slot_own(int slot, pid_t pid, uint64_t start_time, cell_error *err);
-/* Hold a range a living container holds already (its user namespace
- * joined by path); refused when no holder lives. */
-int  oci_slot_join(int slot, pid_t pid, uint64_t start_time, cell_error *err);
+/* Hold a range through a living holder via_pid/via_start (the container
+ * whose user namespace is joined by path, or whose processes `exec`
+ * joins); refused when that holder is gone (the range may be another
+ * container's by then). */
+int  oci_slot_join(int slot, pid_t via_pid, uint64_t via_start, pid_t pid, uint64_t start_time, cell_error *err);
 /* Frees the slot if the holder is still pid/start_time (not a later taker). */
 void oci_slot_release(int slot, pid_t pid, uint64_t start_time);
 
@@ -211,6 +213,8 @@ void oci_slot_release(int slot, pid_t pid, uint64_t start_time);
 struct oci_userns_owner {
     int      fd;                   /* the namespace, checked, for setns */
     int      slot;                 /* the owner's uid range slot (-1: the spec's own mapping) */
+    pid_t    pid;                  /* the owner's init, a holder of the slot */
+    uint64_t start_time;
     uid_t    uid_base;
     uint32_t uid_count;
 };

@@ -209,6 +209,8 @@ static pid_t spawn_init(struct oci_init_args *ia, int flags, int own_pidns, cons
 struct create_ctx {
     struct oci_spec spec;
     int             join_slot;     /* the range of the user namespace joined by path, or -1 */
+    pid_t           join_via;      /* the init of the container whose namespace that is ... */
+    uint64_t        join_via_start; /* ... and its start time: a holder of join_slot */
     int             slot, userns_fd, fifo_fd, console_fd, state_made, cgroup_made;
     int             cgroup_fds[OCI_CG_MAX];
     size_t          n_cgroup_fds;
@@ -267,6 +269,8 @@ static int prepare(const struct oci_create_opts *o, struct create_ctx *c, struct
             return -1;
         c->userns_fd = ow.fd;
         c->join_slot = ow.slot;
+        c->join_via = ow.pid;
+        c->join_via_start = ow.start_time;
         base = ow.uid_base;
         count = ow.uid_count;
     } else {
@@ -331,7 +335,7 @@ static int record(const struct oci_create_opts *o, struct create_ctx *c, pid_t p
     if (c->slot >= 0 && oci_slot_own(c->slot, pid, st.start_time, err) < 0)
         return -1;
     /* A joiner holds the range too: it is never free while the joiner runs. */
-    if (c->join_slot >= 0 && oci_slot_join(c->join_slot, pid, st.start_time, err) < 0)
+    if (c->join_slot >= 0 && oci_slot_join(c->join_slot, c->join_via, c->join_via_start, pid, st.start_time, err) < 0)
         return -1;
     now_rfc3339(st.created, sizeof st.created);
     memcpy(st.cgroup, c->cgroup, sizeof st.cgroup);

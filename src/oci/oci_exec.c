@@ -263,7 +263,19 @@ int oci_exec(const struct oci_exec_opts *o, int *code, cell_error *err)
                                .cgroupns_fd = n.cgroup, .rw_binds = st.nosuid, .seccomp = bundle.seccomp };
     memcpy(a.cgroup_fds, cgroups, sizeof cgroups);
     a.n_cgroup_fds = n_cgroups;
+    /* The init may die once its namespaces are open, and with its last
+     * holder gone its range could go to a new container while the process
+     * is still on its way into the old namespace (real root, no id of the
+     * range yet: oci_slot_take's scan does not see it).  Hold the range
+     * through the init, which must still hold it, until the process runs
+     * with the range's ids (its exec) or has failed. */
+    pid_t self = getpid();
+    uint64_t self_start = oci_pid_start_time(self);
+    if (st.slot >= 0 && oci_slot_join(st.slot, st.pid, st.start_time, self, self_start, err) < 0)
+        goto out;
     pid = spawn(&a, &n, err);
+    if (st.slot >= 0)
+        oci_slot_release(st.slot, self, self_start);
     if (pid < 0)
         goto out;
     if (o->pid_file && write_pid(o->pid_file, pid, err) < 0) {

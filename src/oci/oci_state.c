@@ -128,20 +128,7 @@ void oci_state_free(struct oci_state *st)
 
 uint64_t oci_pid_start_time(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    /* Field 2 (comm) may hold spaces and ')': count from the last ')'. */
-    char *p = strrchr(buf, ')');
-    for (int field = 2; p && field < 22; field++)
-        p = strchr(p + 1, ' ');
-    return p ? strtoull(p + 1, NULL, 10) : 0;
+    return util_pid_start_time(pid);
 }
 
 int oci_state_pidfd(const struct oci_state *st)
@@ -259,9 +246,13 @@ static void holder_line(char *out, pid_t pid, uint64_t start)
     snprintf(out, SLOT_LINE, "%d %llu", (int)pid, (unsigned long long)start);
 }
 
-/* The holders but pid/start (if it is one), plus add_pid/add_start if > 0. */
+/* The holders but pid/start (if it is one), plus add_pid/add_start if > 0.
+ * via (if not NULL) must be one of the living holders: a joiner proves the
+ * range is still the one of the namespace it joins.  "Some holder lives"
+ * would not: the range may have been freed and taken by another container
+ * meanwhile, whose namespace maps the same ids. */
 static int slot_change(int dirfd, int slot, pid_t del_pid, uint64_t del_start, pid_t add_pid, uint64_t add_start,
-                       int must_be_held, cell_error *err)
+                       const char *via, cell_error *err)
 {
     static struct slot_holders h;
     char name[32], del[SLOT_LINE];
@@ -269,12 +260,16 @@ static int slot_change(int dirfd, int slot, pid_t del_pid, uint64_t del_start, p
     holder_line(del, del_pid, del_start);
     slot_read(dirfd, name, &h);
     size_t k = 0;
-    for (size_t i = 0; i < h.n; i++)
+    int via_found = 0;
+    for (size_t i = 0; i < h.n; i++) {
+        via_found |= via && strcmp(h.line[i], via) == 0;
         if (strcmp(h.line[i], del) != 0)
             memcpy(h.line[k++], h.line[i], SLOT_LINE);
+    }
     h.n = k;
-    if (must_be_held && h.n == 0)
-        return util_fail(err, ESRCH, "container uid range %d is no longer held by any container", slot);
+    if (via && !via_found)
+        return util_fail(err, ESRCH, "container uid range %d is no longer held by the container whose user "
+                         "namespace is joined (it stopped)", slot);
     if (add_pid > 0) {
         if (h.n == SLOT_MAX_HOLDERS)
             return util_fail(err, EAGAIN, "container uid range %d has %d holders already", slot, SLOT_MAX_HOLDERS);
@@ -307,20 +302,26 @@ static int slot_dir(cell_error *err)
  * tests/integration/test_oci_escape.py).  Every id of /proc/PID/status
  * counts (real, effective, saved, fs: /proc/PID's owner is root for a
  * process that is not dumpable). */
-static void slots_used_by_processes(unsigned char used[OCI_MAX_SLOTS])
+static int slots_used_by_processes(unsigned char used[OCI_MAX_SLOTS], cell_error *err)
 {
     memset(used, 0, OCI_MAX_SLOTS);
+    /* Fail closed: a /proc we cannot list proves nothing free. */
     DIR *d = opendir("/proc");
+    if (!d)
+        return util_fail_errno(err, "cannot list /proc (needed to tell which container uid ranges are in use)");
     struct dirent *e;
-    while (d && (e = readdir(d))) {
+    errno = 0;
+    while ((e = readdir(d))) {
         if (e->d_name[0] < '1' || e->d_name[0] > '9')
             continue;
         char path[64], buf[4096];
         snprintf(path, sizeof path, "/proc/%.20s/status", e->d_name);
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
         ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-        if (n <= 0)
+        if (n <= 0) {
+            errno = 0;
             continue; /* gone meanwhile */
+        }
         buf[n] = 0;
         const char *uid = strstr(buf, "\nUid:");
         unsigned long long ids[4];
@@ -329,9 +330,12 @@ static void slots_used_by_processes(unsigned char used[OCI_MAX_SLOTS])
         for (int i = 0; i < 4; i++)
             if (ids[i] >= OCI_UID_FIRST && ids[i] < OCI_UID_FIRST + (unsigned long long)OCI_MAX_SLOTS * 65536u)
                 used[(ids[i] - OCI_UID_FIRST) / 65536u] = 1;
+        errno = 0;
     }
-    if (d)
-        closedir(d);
+    int rc = errno ? util_fail_errno(err, "cannot list /proc (needed to tell which container uid ranges are in use)")
+                   : 0;
+    closedir(d);
+    return rc;
 }
 
 int oci_slot_take(int *slot, cell_error *err)
@@ -340,7 +344,8 @@ int oci_slot_take(int *slot, cell_error *err)
     if (dir < 0)
         return -1;
     static unsigned char used[OCI_MAX_SLOTS];
-    slots_used_by_processes(used);
+    if (slots_used_by_processes(used, err) < 0)
+        return -1;
     for (int i = 0; i < OCI_MAX_SLOTS; i++) {
         char name[32];
         snprintf(name, sizeof name, "%d", i);
@@ -348,7 +353,7 @@ int oci_slot_take(int *slot, cell_error *err)
             continue;
         /* Held by this creator until the init exists (oci_slot_own). */
         pid_t self = getpid();
-        if (slot_change(dir, i, 0, 0, self, oci_pid_start_time(self), 0, err) < 0)
+        if (slot_change(dir, i, 0, 0, self, oci_pid_start_time(self), NULL, err) < 0)
             return -1;
         *slot = i;
         return 0;
@@ -362,15 +367,17 @@ int oci_slot_own(int slot, pid_t pid, uint64_t start, cell_error *err)
     if (dir < 0)
         return -1;
     pid_t self = getpid();
-    return slot_change(dir, slot, self, oci_pid_start_time(self), pid, start, 0, err);
+    return slot_change(dir, slot, self, oci_pid_start_time(self), pid, start, NULL, err);
 }
 
-int oci_slot_join(int slot, pid_t pid, uint64_t start, cell_error *err)
+int oci_slot_join(int slot, pid_t via_pid, uint64_t via_start, pid_t pid, uint64_t start, cell_error *err)
 {
     _cleanup_close_ int dir = slot_dir(err);
     if (dir < 0)
         return -1;
-    return slot_change(dir, slot, 0, 0, pid, start, 1, err);
+    char via[SLOT_LINE];
+    holder_line(via, via_pid, via_start);
+    return slot_change(dir, slot, 0, 0, pid, start, via, err);
 }
 
 void oci_slot_release(int slot, pid_t pid, uint64_t start)
@@ -381,5 +388,5 @@ void oci_slot_release(int slot, pid_t pid, uint64_t start)
     /* Only this holder's line: a slot whose holders all died may already
      * be someone else's, and a range still joined by others stays held. */
     if (dir >= 0)
-        (void)slot_change(dir, slot, pid, start, 0, 0, 0, NULL);
+        (void)slot_change(dir, slot, pid, start, 0, 0, NULL, NULL);
 }

@@ -122,7 +122,8 @@ int oci_userns_join(const char *root, const char *id, const struct oci_spec *s, 
                       st.id, owner_pod ? owner_pod : st.id, pod ? pod : "none");
             found = -1;
         } else {
-            *owner = (struct oci_userns_owner){ .slot = st.slot, .uid_base = st.uid_base, .uid_count = st.uid_count };
+            *owner = (struct oci_userns_owner){ .slot = st.slot, .pid = st.pid, .start_time = st.start_time,
+                                                .uid_base = st.uid_base, .uid_count = st.uid_count };
             found = 1;
         }
         oci_state_free(&st);

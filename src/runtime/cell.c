@@ -155,7 +155,29 @@ static int check_mount(const cell_mount *m, struct isolate_mount *out, cell_erro
 /* A uid range is owned by whoever holds the flock on its slot file, so a
  * crashed owner frees its range with its file table.  The slot files are
  * host-wide (not per state directory): two owners with different state
- * directories must never hand out the same range. */
+ * directories must never hand out the same range.
+ *
+ * The lock alone is not enough: a dying owner's files are closed (the lock
+ * released) before its children get their parent-death signal, so for a
+ * moment the old cell still runs on a range the lock calls free, and a new
+ * cell given it would share host ids with it (signals, ptrace, files).
+ * The owner therefore writes its cell's init ("PID START", record_slot)
+ * into the file, and a range is taken only once that init is gone: the
+ * init is pid 1 of the cell's pid namespace, which the kernel empties
+ * before the init's exit completes, so nothing of the cell outlives it
+ * (tests/integration/test_oci_uidrange.py, cells). */
+static int slot_init_alive(int fd)
+{
+    char buf[64];
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    long pid;
+    unsigned long long start;
+    return sscanf(buf, "%ld %llu", &pid, &start) == 2 && pid > 0 && util_pid_start_time((pid_t)pid) == start;
+}
+
 static int reserve_slot(uid_t *base, int *fd_out, cell_error *err)
 {
     if (util_mkdir_p(ISOLATE_SLOT_DIR, 0700, err) < 0)
@@ -164,10 +186,10 @@ static int reserve_slot(uid_t *base, int *fd_out, cell_error *err)
         char path[PATH_MAX];
         if (util_path(path, sizeof path, err, "%s/%u.lock", ISOLATE_SLOT_DIR, i) < 0)
             return -1;
-        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0)
             return util_fail_errno(err, "cannot open %s", path);
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && !slot_init_alive(fd)) {
             *base = ISOLATE_UID_FIRST + i * ISOLATE_UID_COUNT;
             *fd_out = fd;
             return 0;
@@ -175,6 +197,19 @@ static int reserve_slot(uid_t *base, int *fd_out, cell_error *err)
         close(fd);
     }
     return util_fail(err, EAGAIN, "all %u cell uid ranges are in use", ISOLATE_MAX_SLOTS);
+}
+
+/* Name the cell's init in its slot file (see reserve_slot). */
+static int record_slot(cell *c, cell_error *err)
+{
+    char line[64];
+    uint64_t start = util_pid_start_time(c->pid);
+    if (start == 0)
+        return util_fail(err, ESRCH, "the cell's init %d died while it booted", (int)c->pid);
+    int n = snprintf(line, sizeof line, "%d %llu\n", (int)c->pid, (unsigned long long)start);
+    if (ftruncate(c->slot_fd, 0) < 0 || pwrite(c->slot_fd, line, (size_t)n, 0) != n)
+        return util_fail_errno(err, "cannot record the cell's init in its uid range's slot file");
+    return 0;
 }
 
 /* The scratch dir is the cell's one entry in the state directory: its
@@ -687,7 +722,8 @@ int runtime_cell_create_vfs(cell_ctx *ctx, const cell_config *cfg, const struct 
         c->pid = 0;
         goto fail;
     }
-    if (wait_for_hello(c, err) < 0 || serve_vfs(c, err) < 0 || seed_memory_mounts(c, cfg, err) < 0 ||
+    if (record_slot(c, err) < 0 || wait_for_hello(c, err) < 0 || serve_vfs(c, err) < 0 ||
+        seed_memory_mounts(c, cfg, err) < 0 ||
         start_network(c, cfg, err) < 0)
         goto fail;
     free(plan);

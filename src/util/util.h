@@ -82,5 +82,8 @@ int util_path(char *buf, size_t size, cell_error *err, const char *fmt, ...) __a
  * (/proc/self/exe), where the build puts its companions (cell-daemon,
  * cell-init).  0, or -1 with err filled. */
 int util_exe_sibling(char *buf, size_t size, const char *name, cell_error *err);
+/* /proc/PID/stat's start time (field 22), 0 when the process is gone: with
+ * the pid it names one process for good (a reused pid starts later). */
+uint64_t util_pid_start_time(pid_t pid);
 
 #endif
