@@ -212,6 +212,31 @@ $(BUILD)/obj/src/server/openapi.o: docs/openapi.json
 # So is the runs' diff script (rundiff.c).
 $(BUILD)/obj/src/server/rundiff.o: src/server/rundiff.sh
 
+# The Inspector web UI (ui/, docs/ui.md), embedded in the daemon by
+# src/server/ui.c (.incbin; -MMD cannot see that either).  Reproducible: npm
+# ci installs exactly ui/package-lock.json into the build directory (never
+# into ui/, which several build directories share), then esbuild bundles
+# ui/src with fixed options into index.html, app.js and app.css.  Without
+# npm or its registry the build stops here and says so.
+UI_OUT  := $(BUILD)/ui
+UI_DEPS := $(UI_OUT)/deps
+$(UI_DEPS)/.stamp: ui/package.json ui/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "the Inspector UI (ui/) needs node and npm: run scripts/install-deps.sh" >&2; exit 1; }
+	rm -rf $(UI_DEPS) && mkdir -p $(UI_DEPS) && cp ui/package.json ui/package-lock.json $(UI_DEPS)/
+	cd $(UI_DEPS) && npm ci --no-audit --no-fund --loglevel=error || \
+	  { echo "the Inspector UI (ui/): npm ci from ui/package-lock.json failed: the npm registry must be reachable" >&2; exit 1; }
+	touch $@
+$(UI_OUT)/app.js: $(UI_DEPS)/.stamp $(wildcard ui/src/*)
+	NODE_PATH=$(abspath $(UI_DEPS)/node_modules) $(UI_DEPS)/node_modules/.bin/esbuild ui/src/main.js --bundle \
+	  --minify --format=iife --target=es2020 --charset=utf8 --legal-comments=eof --log-level=warning \
+	  --outdir=$(UI_OUT) --entry-names=app
+$(UI_OUT)/app.css: $(UI_OUT)/app.js
+$(UI_OUT)/index.html: ui/index.html
+	@mkdir -p $(dir $@)
+	cp $< $@
+$(BUILD)/obj/src/server/ui.o: CFLAGS += -DCELL_UI_DIR='"$(UI_OUT)"'
+$(BUILD)/obj/src/server/ui.o: $(UI_OUT)/index.html $(UI_OUT)/app.js $(UI_OUT)/app.css
+
 # libcellsrv: the daemon's modules (server, store), on top of libcell.
 $(BUILD)/libcellsrv.a: $(SRV_OBJ)
 	rm -f $@ && ar rcs $@ $^

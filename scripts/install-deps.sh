@@ -58,9 +58,13 @@ packages=(
   xvfb openbox xdotool imagemagick x11-utils xclip ffmpeg xterm xfonts-base
   # bench/desktop.sh: the reference server's desktop needs xrandr
   x11-xserver-utils
+  # tests/ui and bench/ui.sh: the Inspector in a real browser (playwright-core
+  # drives Debian's chromium; it downloads no browser of its own)
+  chromium
 )
-# bench/daemon.sh fetches its reference (sandbox-agent) with npm, as
-# tests/sdk/run.sh installs its suite: Debian's nodejs and npm unless a node
+# make builds the Inspector UI (ui/) with npm ci and esbuild; bench/daemon.sh
+# fetches its reference (sandbox-agent) with npm, as tests/sdk/run.sh
+# installs its suite: Debian's nodejs and npm unless a node
 # that brings its own npm (NodeSource's) is installed already.
 if ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)

@@ -129,6 +129,12 @@ if tests/openapi/lint.sh; then passed=$((passed + 1)); else echo "openapi lint: 
 
 stage "release" build "" start_background
 
+# The Inspector UI (/ui/) in Debian's chromium, driven by playwright-core
+# (tests/ui/run.sh, about 15 s), against the release build.
+t_stage "release: Inspector UI in chromium (tests/ui/run.sh)"
+CELL_BIN="$PWD/build/cell" tests/ui/run.sh 2>&1 | tee /tmp/cell-ui-tests.log
+count_node /tmp/cell-ui-tests.log "${PIPESTATUS[0]}"
+
 # The issue's load test: wrk with 128 connections on health and run; no
 # errors, no growth of the daemon's RSS, fds or threads between rounds.
 t_stage "load: wrk -c128 against cell serve (bench/load_check.sh)"
@@ -176,6 +182,7 @@ bench_smoke vfs.sh env CELL_BENCH_BUILD=build CELL_VFS_BENCH_FILES=2 CELL_VFS_BE
 bench_smoke image.sh env CELL_BENCH_BUILD=build CELL_IMAGE_BENCH_SMOKE=1 bash bench/image.sh
 bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 bench_smoke oci.sh env CELL_BENCH_BUILD=build CELL_OCI_BENCH_N=3 CELL_OCI_BENCH_WARMUP=1 bash bench/oci.sh
+bench_smoke ui.sh env CELL_BENCH_BUILD=build CELL_UI_BENCH_N=2 CELL_UI_BENCH_REF=0 bash bench/ui.sh
 bench_smoke desktop.sh env CELL_BENCH_BUILD=build CELL_DESKTOP_BENCH_N=1 CELL_DESKTOP_BENCH_M=2 bash bench/desktop.sh
 # A new bench script or program must join the above: each bench/*.sh is run
 # here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c

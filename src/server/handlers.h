@@ -49,6 +49,9 @@ void lanes_quota_release(void);
 
 /* admin.c: health, audit, tokens, tenants */
 int h_health(sreq *r);
+/* ui.c: the Inspector web UI (docs/ui.md). */
+int h_ui(sreq *r);
+int h_ui_redirect(sreq *r);
 int h_audit(sreq *r);
 int h_tokens_create(sreq *r);
 int h_tokens_list(sreq *r);

@@ -7,6 +7,7 @@
 #include "server/metrics.h"
 #include "server/slog.h"
 #include "server/sdnotify.h"
+#include "server/ws.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -84,6 +85,29 @@ static int query_token_allowed(sreq *r)
            (header_has(r, MHD_HTTP_HEADER_UPGRADE, "websocket") || header_has(r, MHD_HTTP_HEADER_ACCEPT, "text/event-stream"));
 }
 
+/* The token a browser offers as a WebSocket subprotocol, "cell.bearer.TOKEN"
+ * (ws.h), copied into buf; NULL if none.  Taken where ?access_token= is
+ * (a streaming route's WebSocket upgrade) and nowhere else: unlike the URL,
+ * the header is in no log, history or Referer. */
+static const char *ws_protocol_bearer(sreq *r, char *buf, size_t size)
+{
+    if (!(r->m.route->flags & ROUTE_EVENTS) || !header_has(r, MHD_HTTP_HEADER_UPGRADE, "websocket"))
+        return NULL;
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol");
+    const size_t plen = strlen(WS_PROTO_BEARER);
+    while (v && *v) {
+        v += strspn(v, " \t,");
+        size_t len = strcspn(v, ", \t");
+        if (len > plen && strncmp(v, WS_PROTO_BEARER, plen) == 0 && len - plen < size) {
+            memcpy(buf, v + plen, len - plen);
+            buf[len - plen] = '\0';
+            return buf;
+        }
+        v += len;
+    }
+    return NULL;
+}
+
 static int authenticate(sreq *r)
 {
     srv *s = r->s;
@@ -96,9 +120,12 @@ static int authenticate(sreq *r)
     }
     const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     const char *bearer = NULL;
+    char offered[256];
     if (h && strncasecmp(h, "Bearer ", 7) == 0)
         bearer = h + 7;
-    else if (!h && (bearer = req_query(r, "access_token")) && !query_token_allowed(r)) {
+    else if (!h)
+        bearer = ws_protocol_bearer(r, offered, sizeof offered);
+    if (!h && !bearer && (bearer = req_query(r, "access_token")) && !query_token_allowed(r)) {
         reply_problem_details(r, 401, "token_invalid",
                               json_pack("{s:s}", "message", "access_token in the URL is not accepted here"),
                               "?access_token= is accepted only for WebSocket upgrades and event streams "

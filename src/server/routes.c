@@ -8,6 +8,9 @@
 const route control_routes[] = {
     { "GET",    "/v1/health",               h_health,        NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
     { "GET",    "/openapi.json",            openapi_serve,   NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/ui",                      h_ui_redirect,   NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/ui/",                     h_ui,            NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
+    { "GET",    "/ui/{file}",               h_ui,            NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
     { "GET",    "/healthz",                 h_healthz,       NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
     { "GET",    "/readyz",                  h_readyz,        NULL, ROUTE_PUBLIC | ROUTE_NO_AUDIT },
     { "GET",    "/metrics",                 h_metrics,       NULL, ROUTE_ADMIN | ROUTE_METRICS | ROUTE_NO_AUDIT },

@@ -638,6 +638,13 @@ int h_proc_terminal_ws(sreq *r)
         MHD_destroy_response(resp);
         return reply_problem(r, 500, "internal", "out of memory");
     }
+    /* A client that offered protocols needs one chosen, or it drops the
+     * connection: the browser's token offer (http.c) comes with this one. */
+    if (has_token(header(r, "Sec-WebSocket-Protocol"), WS_PROTO_TERMINAL) &&
+        MHD_add_response_header(resp, "Sec-WebSocket-Protocol", WS_PROTO_TERMINAL) != MHD_YES) {
+        MHD_destroy_response(resp);
+        return reply_problem(r, 500, "internal", "out of memory");
+    }
     conns_long_lived(r);
     return reply_response(r, 101, resp);
 }

@@ -22,6 +22,14 @@
 #define WS_CLOSE_TOO_BIG   1009
 #define WS_CLOSE_INTERNAL  1011
 
+/* WebSocket subprotocols (Sec-WebSocket-Protocol) of the daemon.  A browser
+ * cannot set Authorization on a WebSocket, so it offers its token as a
+ * protocol, "cell.bearer.TOKEN", next to "cell.terminal"; the daemon takes
+ * the token from there (http.c) and answers with "cell.terminal" alone, so
+ * the token is never echoed and never in a URL (docs/security.md). */
+#define WS_PROTO_BEARER   "cell.bearer."
+#define WS_PROTO_TERMINAL "cell.terminal"
+
 /* Largest control frame payload (RFC 6455 section 5.5). */
 #define WS_MAX_CONTROL 125
 
