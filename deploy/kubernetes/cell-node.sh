@@ -311,7 +311,9 @@ do_uninstall() {
 do_run() {
   (do_install)
   # the daemon needs 2 x --max-connections + 1024 descriptors; containerd
-  # gives containers 1024 (privileged: may raise it)
+  # gives containers 1024 (privileged: may raise it).  busybox ash and dash
+  # both have ulimit -n, -S and -H.
+  # shellcheck disable=SC3045
   ulimit -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
   # the node daemon: its socket and node token where oci.conf says
   exec cell serve --state "$CELL_STATE" --init --no-config --listen "" \
