@@ -370,6 +370,39 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   assert.match(await page.getByLabel("Command output").textContent(), /keyboard-only/);
 });
 
+uiTest("another tenant's token sees none of the cell, in the list or by its id", async () => {
+  const other = await api("POST", "/v1/tokens", { tenant: "ui-other", label: "ui-test" });
+  assert.equal(other.status, 201, JSON.stringify(other.body));
+  const ctx = await browser.newContext();
+  const p2 = await ctx.newPage();
+  p2.setDefaultTimeout(BOUND);
+  try {
+    await p2.goto(`${st.base}/ui/`);
+    await p2.getByLabel("API token").fill(other.body.token);
+    await p2.getByLabel("API token").press("Enter");
+    await p2.getByText("No cells yet: create one below.").waitFor();
+    assert.equal(await p2.locator(`tr[data-cell="${cellId}"]`).count(), 0);
+    // The cell's pages by its id: the daemon's 404, nothing of the cell.
+    await p2.goto(`${st.base}/ui/#/cells/${cellId}/files?path=/tmp`);
+    await p2.getByText(/not found/).waitFor();
+    assert.equal(await p2.locator("tr[data-entry]").count(), 0);
+    // The tabs are separate sessions: the first still holds the admin token.
+    assert.equal(await page.evaluate(() => sessionStorage.getItem("cell.token")), st.token);
+  } finally {
+    await ctx.close();
+  }
+});
+
+uiTest("stop and start from the list", async () => {
+  await page.goto(`${st.base}/ui/#/cells`);
+  const row = page.locator(`tr[data-cell="${cellId}"]`);
+  await row.getByRole("button", { name: "Stop" }).click();
+  await row.locator(".state-stopped").waitFor();
+  assert.equal((await api("GET", `/v1/cells/${cellId}`)).body.state, "stopped");
+  await row.getByRole("button", { name: "Start" }).click();
+  await row.locator(".state-running").waitFor();
+});
+
 uiTest("delete: the cell goes from the list and from the daemon; no script was blocked", async () => {
   await page.goto(`${st.base}/ui/#/cells`);
   const row = page.locator(`tr[data-cell="${cellId}"]`);
