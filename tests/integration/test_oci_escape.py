@@ -303,6 +303,33 @@ def test_image_magic_links_are_not_followed_as_root(rt, sub, tmp_path):
     assert "HOME=/" in out and "SECRET" not in out, out
 
 
+def test_image_ptmx_through_a_magic_link_is_refused(rt, tmp_path):
+    """The same for a terminal: a spec without a devpts of its own uses the
+    image's /dev/pts/ptmx, which the init opens as real root.  As a
+    symlink to /proc/1/root/dev/ptmx (pid 1 a host process) it handed
+    the host's devpts to the container; now create fails naming
+    process.terminal."""
+    ns = HostPidns()
+    try:
+        def ed(cfg):
+            with_pidns(ns.path)(cfg)
+            cfg["process"]["terminal"] = True
+            cfg["mounts"] = [m for m in cfg["mounts"] if not m["destination"].startswith("/dev")]
+        b = bundle(tmp_path, "b", ["true"], edit=ed)
+        os.makedirs(os.path.join(rootfs(b), "dev", "pts"))
+        os.symlink("/proc/1/root/dev/ptmx", os.path.join(rootfs(b), "dev", "pts", "ptmx"))
+        os.symlink("/proc/1/root/dev/ptmx", os.path.join(rootfs(b), "dev", "ptmx"))
+        cs = oci.ConsoleSocket(tmp_path / "console.sock")
+        try:
+            r = rt.create("c1", b, extra=["--console-socket", cs.path])
+        finally:
+            cs.close()
+    finally:
+        ns.close()
+    assert r.rc != 0 and "process.terminal" in r.err, r
+    assert rt.status("c1") is None
+
+
 # ---- namespaces ---------------------------------------------------------------------
 
 
