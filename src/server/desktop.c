@@ -1032,6 +1032,22 @@ static int dk_wait_line(dk_child *c, char *out, size_t size, int64_t timeout_ms)
     }
 }
 
+/* How a child that should be running ended, in words ("" if it runs):
+ * an X server killed by SIGKILL at start is most often the cell's memory
+ * limit (the framebuffer is width x height x 4 bytes). */
+static void dk_ended(dk_child *c, char *out, size_t size)
+{
+    int st = 0;
+    out[0] = '\0';
+    if (!c->p || dk_child_running(c, &st))
+        return;
+    if (WIFSIGNALED(st))
+        snprintf(out, size, " (%s was killed by signal %d%s)", c->name, WTERMSIG(st),
+                 WTERMSIG(st) == SIGKILL ? ": out of the cell's memory?" : "");
+    else
+        snprintf(out, size, " (%s exited with status %d)", c->name, WEXITSTATUS(st));
+}
+
 /* The end of a log file in the cell, for an error message. */
 static void dk_log_tail(scell *sc, const char *log, char *out, size_t size)
 {
@@ -1093,8 +1109,10 @@ static int dk_start(dk_ctx *c)
     if (dk_spawn(c->sc, &d->xvfb, "Xvfb", DK_DIR "/xvfb.log", xargv, 0, &c->pb) < 0)
         goto fail;
     if (dk_wait_line(&d->xvfb, line, sizeof line, DK_START_MS) < 0 || atoi(line) != d->display) {
+        char how[96];
         dk_log_tail(c->sc, DK_DIR "/xvfb.log", tail, sizeof tail);
-        DK_FAILED_P(&c->pb, "Xvfb did not start on display %s: %s", disp, tail[0] ? tail : "no output");
+        dk_ended(&d->xvfb, how, sizeof how);
+        DK_FAILED_P(&c->pb, "Xvfb did not start on display %s%s: %s", disp, how, tail[0] ? tail : "no output");
         goto fail;
     }
     /* openbox runs its --startup command once it manages the screen. */
@@ -1109,8 +1127,10 @@ static int dk_start(dk_ctx *c)
     while (!ready && dk_wait_line(&d->wm, line, sizeof line, wm_deadline - srv_now_ms()) == 0)
         ready = strcmp(line, DK_READY_WORD) == 0;
     if (!ready) {
+        char how[96];
         dk_log_tail(c->sc, DK_DIR "/openbox.log", tail, sizeof tail);
-        DK_FAILED_P(&c->pb, "openbox did not start: %s", tail[0] ? tail : "no output");
+        dk_ended(&d->wm, how, sizeof how);
+        DK_FAILED_P(&c->pb, "openbox did not start%s: %s", how, tail[0] ? tail : "no output");
         goto fail;
     }
     if (dk_geometry(c->sc, d, &c->pb) < 0)

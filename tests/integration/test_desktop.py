@@ -228,6 +228,23 @@ def test_the_desktop_dies_with_its_cell(d, admin, desk):
     assert r.status == 200 and r.body["state"] == "inactive", r
 
 
+def test_the_desktop_counts_against_the_cells_memory(admin, cells):
+    """An 8K framebuffer (7680x4320x4 bytes) does not fit a 64M cell: the X
+    server is killed in the cell, the start fails naming it, and a smaller
+    desktop starts after."""
+    cid = new_cell(admin, resources={"memory": "64M"})
+    cells.append(cid)
+    dk = Desktop(admin, cid)
+    b = assert_problem(dk.post("/start", {"width": 7680, "height": 4320}), 503, "desktop_runtime_failed",
+                       ["Xvfb did not start", "signal 9"])
+    assert b["code"] == "desktop_runtime_failed", b
+    st = dk.get("/status").body
+    assert st["state"] == "failed" and "Xvfb" in st["lastError"]["message"] and st["processes"] == [], st
+    assert_problem(dk.get("/screenshot"), 503, "desktop_runtime_failed")
+    r = dk.post("/start", {"width": 320, "height": 240})
+    assert r.status == 200 and r.body["state"] == "active" and "lastError" not in r.body, r
+
+
 # ---- screenshots -----------------------------------------------------------------------
 
 
