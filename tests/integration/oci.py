@@ -672,7 +672,11 @@ class Containerd:
         self.dir = os.path.abspath(str(workdir))
         self.root = os.path.join(self.dir, "root")
         self.state = os.path.join(self.dir, "state")
-        self.sock = os.path.join(self.dir, "containerd.sock")
+        # The sockets' directory is short whatever workdir is: a unix
+        # socket path holds at most 107 bytes, and containerd refuses one
+        # over 104 (pytest's tmp_path for a long test name is longer).
+        self.sockdir = tempfile.mkdtemp(prefix="ctd-")
+        self.sock = os.path.join(self.sockdir, "c.sock")
         self.fifo = os.path.join(self.dir, "fifo")
         self.config = os.path.join(self.dir, "config.toml")
         self.logpath = os.path.join(self.dir, "containerd.log")
@@ -894,6 +898,7 @@ class Containerd:
             r = run_bounded(["ip", "netns", "del", self.netns])
             if r.rc != 0:
                 problems.append("netns %s: %s" % (self.netns, r.err.strip()))
+        shutil.rmtree(self.sockdir, ignore_errors=True)
         return problems
 
     def _stop_cri_containers(self):
