@@ -251,6 +251,21 @@ def test_delete_force_kills_the_leftover_and_frees_the_range(rt, sub, tmp_path):
 
 
 @needs_oci
+def test_a_container_cannot_leave_its_cgroup(rt, sub, tmp_path):
+    """delete --force frees a range by killing the container's cgroup, so
+    a process that left it would survive delete (the scan would still
+    hold its range, never free it).  A container has no cgroupfs (cell-oci
+    mounts none) and cannot mount one, v1 or v2: nowhere to move to."""
+    script = ("mkdir -p /tmp/cg; mount -t cgroup2 none /tmp/cg 2>/dev/null; echo v2=$?; "
+              "mount -t cgroup -o pids none /tmp/cg 2>/dev/null; echo v1=$?; "
+              "ls /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs 2>/dev/null | wc -l")
+    r = rt.run("c", bundle(tmp_path, "c", ["sh", "-c", script]), via=sub)
+    assert r.rc == 0, r
+    v2, v1, procs = r.out.split()
+    assert v2 != "v2=0" and v1 != "v1=0" and procs == "0", r.out
+
+
+@needs_oci
 def test_a_process_in_a_range_without_holder_keeps_it(rt, sub, tmp_path):
     """A range whose holders are all gone (a crashed cell-oci, a deleted
     container) but where some host process still runs with one of its ids
