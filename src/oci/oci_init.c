@@ -18,6 +18,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/close_range.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
@@ -32,6 +33,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 
@@ -103,11 +105,35 @@ static void new_fs(const struct oci_init_args *a, const char *type, const char *
     attach(a, mnt, target_fd, what);
 }
 
+/* The files under /proc a spec may cover (lxcfs's, as runc allows them). */
+static const char *const proc_mountable[] = {
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
+    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid", NULL,
+};
+
 static int must_open(const struct oci_init_args *a, int root_fd, const char *path, int want_file)
 {
     int fd = isolate_open_in_root(root_fd, path, want_file);
     if (fd < 0)
         FAIL("cannot create the mount point %s in the container's root", path);
+    /* Nothing is mounted inside a proc already there (however the path got
+     * there: a destination through a symlink counts where it lands): a
+     * mount over /proc/1/oom_score_adj or /proc/self/attr would take what
+     * the init and exec write there (runc's CVE-2025-52881), a mount over
+     * a mask would undo it.  lxcfs's files excepted, by their exact path. */
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0)
+        FAIL("cannot tell the filesystem of the mount point %s", path);
+    if (sfs.f_type == PROC_SUPER_MAGIC) {
+        int allowed = 0;
+        for (const char *const *p = proc_mountable; *p; p++)
+            allowed |= strcmp(path, *p) == 0;
+        if (!allowed) {
+            errno = 0;
+            FAIL("mounts: destination %s is inside /proc; only a proc mount of its own or lxcfs's files (%s, "
+                 "/proc/meminfo, ...) may go there", path, proc_mountable[0]);
+        }
+    }
     return fd;
 }
 

@@ -256,6 +256,43 @@ def test_dev_null_swapped_for_a_symlink_masks_hold(rt, tmp_path):
         assert f.read() == core
 
 
+@pytest.mark.parametrize("dest, link", [
+    ("/proc/1/oom_score_adj", None), ("/proc/self/oom_score_adj", None), ("/proc/self/attr/exec", None),
+    ("/proc/sys", None), ("/proc/sys/kernel/core_pattern", None), ("/mnt/1/oom_score_adj", "/proc"),
+])
+def test_mounts_inside_proc_are_refused(rt, tmp_path, dest, link):
+    """runc CVE-2025-52881 (and CVE-2019-19921): a mount over a /proc file
+    the runtime writes after the proc mount (here process.oomScoreAdj into
+    /proc/self/oom_score_adj, the init being pid 1) took the write: a pod's
+    volume mounted at /proc/1/oom_score_adj got the 500 and the process
+    kept 0.  A mount destination that is (or, through the image's
+    symlinks, lands) inside a proc is refused but for lxcfs's files."""
+    vol = tmp_path / "vol"
+    vol.write_text("")
+
+    def ed(cfg):
+        cfg["process"]["oomScoreAdj"] = 500
+        cfg["mounts"].append({"destination": dest, "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
+    b = bundle(tmp_path, "b", ["cat", "/proc/self/oom_score_adj"], edit=ed)
+    if link:
+        os.symlink(link, os.path.join(rootfs(b), "mnt"))
+    r = rt.run("c1", b)
+    assert r.rc != 0 and "inside /proc" in r.err and "mounts" in r.err, r
+    assert vol.read_text() == ""
+
+
+def test_lxcfs_files_may_still_cover_proc(rt, tmp_path):
+    """lxcfs's files (/proc/meminfo, /proc/uptime...) may be bound over
+    /proc as with runc; the rest of proc and its masks stay."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 1234 kB\n")
+    b = bundle(tmp_path, "b", ["sh", "-c", "cat /proc/meminfo; wc -c < /proc/keys"],
+               edit=lambda c: c["mounts"].append({"destination": "/proc/meminfo", "type": "bind",
+                                                  "source": str(meminfo), "options": ["rbind", "ro"]}))
+    r = rt.run("c1", b)
+    assert r.rc == 0 and r.out.split() == ["MemTotal:", "1234", "kB", "0"], r
+
+
 def test_masked_path_as_a_magic_link_is_refused(rt, tmp_path):
     """A maskedPaths entry the image made a symlink through /proc/self
     (a magic link: the init's own root or descriptors) is not followed:
