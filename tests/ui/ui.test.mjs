@@ -415,3 +415,10 @@ uiTest("delete: the cell goes from the list and from the daemon; no script was b
   const csp = cspViolations.filter((v) => !/(Refused to apply|Applying) inline style/.test(v));
   assert.deepEqual(csp, []);
 });
+
+test("the daemon stops cleanly and reported no sanitizer error", async () => {
+  st.daemon.kill("SIGTERM");
+  const [code] = await new Promise((r) => st.daemon.once("exit", (...a) => r(a)));
+  assert.doesNotMatch(st.stderr, /AddressSanitizer|LeakSanitizer|runtime error:|ThreadSanitizer/, st.stderr);
+  assert.equal(code, 0, st.stderr);
+});

@@ -26,8 +26,12 @@ export function egressPage(root, signal, cell) {
   };
   filter.input.addEventListener("change", render);
   root.append(h("h2", { id: "egress-h" }, "Egress decisions"), filter.wrap, table);
+  let seen = null;   // re-rendered only when the records changed
   poll(signal, 2000, async () => {
     const r = await callJson("GET", `/v1/audit?kind=net&limit=200&cell=${encodeURIComponent(cell.id)}`, { signal });
+    const key = JSON.stringify(r.records || []);
+    if (key === seen) return;
+    seen = key;
     records = r.records || [];
     render();
   });

@@ -69,8 +69,14 @@ function cellsPage(root, signal) {
   const table = h("table", { "aria-labelledby": "cells-h" },
     h("thead", {}, h("tr", {}, ...["Cell", "Image", "Lane", "State", "Memory", "Created", "Actions"]
       .map((c) => h("th", { scope: "col" }, c)))), tbody);
+  // Rows are rebuilt only when something changed, so the polling does not
+  // take the keyboard focus away from a button in the table.
+  let shown = null;
   const refresh = async () => {
     const { cells } = await callJson("GET", "/v1/cells", { signal });
+    const key = JSON.stringify(cells.map((c) => [c.id, c.state, c.image, c.lane, c.resources]));
+    if (key === shown) return;
+    shown = key;
     tbody.replaceChildren(...cells.map((c) => h("tr", { "data-cell": c.id },
       h("td", {}, h("a", { href: `#/cells/${c.id}/processes` }, c.id)),
       h("td", {}, c.image || ""), h("td", {}, c.lane || ""),

@@ -79,8 +79,12 @@ export function processesPage(root, signal, cell) {
     }
   } }, label);
 
+  let shown = null;   // rebuilt only on a change: the focus stays where it is
   async function refresh() {
     const { processes } = await callJson("GET", cellPath(id, "/processes"), { signal });
+    const key = JSON.stringify(processes.map((p) => [p.id, p.status, p.exitCode, p.signal]));
+    if (key === shown) return;
+    shown = key;
     tbody.replaceChildren(...processes.map((p) => h("tr", { "data-process": p.id },
       h("td", {}, p.id), h("td", {}, h("code", {}, [p.command, ...(p.args || [])].join(" "))),
       h("td", {}, p.status === "exited" ? `exited (${p.exitCode ?? `signal ${p.signal}`})` : p.status),
