@@ -334,6 +334,24 @@ def test_exec_holds_the_range_through_the_init(rt, sub, tmp_path):
 
 
 @needs_oci
+def test_exec_into_a_member_holds_through_the_member(rt, sub, tmp_path):
+    """A pod member in the sandbox's user namespace is a holder of the
+    sandbox's range itself: exec into it works, before and after the
+    sandbox is deleted, and runs on the shared range."""
+    spid = sandbox(rt, sub, tmp_path)
+    entered(spid)
+    shared = host_base(spid)
+    rt.create("m", bundle(tmp_path, "m", ["sleep", "60"], userns="/proc/%d/ns/user" % spid, pod="p1"),
+              via=sub).check()
+    rt.start("m").check()
+    for sandbox_deleted in (False, True):
+        r = rt.call("exec", "m", "cat", "/proc/self/uid_map")
+        assert r.rc == 0 and int(r.out.split()[1]) == shared, (sandbox_deleted, r)
+        if not sandbox_deleted:
+            rt.delete("s", force=True).check()
+
+
+@needs_oci
 def test_a_member_joins_a_user_namespace_only_through_a_holder(rt, sub, tmp_path):
     """A pod member joining the sandbox's user namespace by path holds the
     range through the sandbox; when the sandbox no longer holds it (its
