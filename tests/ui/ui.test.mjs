@@ -338,7 +338,7 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   for (const role of ["banner", "main", "navigation"])
     assert.ok(await page.getByRole(role).count() >= 1, `landmark ${role}`);
   for (const where of ["#/cells", `#/cells/${cellId}/processes`, `#/cells/${cellId}/files?path=/tmp`,
-                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`]) {
+                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, "#/audit", "#/tokens"]) {
     await page.goto(`${st.base}/ui/${where}`);
     await page.locator("main form, main table").first().waitFor();
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main input, main select, main textarea")]
@@ -368,6 +368,30 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   await page.keyboard.press("Enter");
   await page.getByText("Exit code 0").waitFor();
   assert.match(await page.getByLabel("Command output").textContent(), /keyboard-only/);
+});
+
+uiTest("tokens and audit: a token made in the UI works until the UI revokes it; the audit lists requests", async () => {
+  await page.getByRole("link", { name: "Tokens" }).click();
+  await page.getByLabel("Tenant").fill("ui-made");
+  await page.getByLabel("Label").fill("from the ui");
+  await page.getByRole("button", { name: "Create token" }).click();
+  const secret = page.locator("#new-token");
+  await secret.waitFor();
+  const made = await secret.inputValue();
+  assert.match(made, /^cell_[0-9a-f]{12}_[0-9a-f]{32}$/);
+  const id = made.split("_")[1];
+  const use = () => fetch(`${st.base}/v1/cells`, { headers: { Authorization: `Bearer ${made}` } });
+  assert.equal((await use()).status, 200);
+  await page.getByRole("button", { name: `Revoke ${id}` }).click();
+  await page.locator(`tr[data-token="${id}"]`, { hasText: "revoked" }).waitFor();
+  assert.equal((await use()).status, 401);
+  // A tenant field the daemon refuses: the error at the field.
+  await page.getByLabel("Tenant").fill("bad tenant/name");
+  await page.getByRole("button", { name: "Create token" }).click();
+  await page.locator(".field-error:not(:empty)").waitFor();
+  await page.getByRole("link", { name: "Audit" }).click();
+  await page.getByLabel("Kind").selectOption("request");
+  await page.locator('tr[data-kind="request"]', { hasText: `DELETE /v1/tokens/${id}` }).waitFor();
 });
 
 uiTest("another tenant's token sees none of the cell, in the list or by its id", async () => {

@@ -9,6 +9,7 @@ import { processesPage } from "./processes.js";
 import { terminalPage } from "./terminal.js";
 import { filesPage } from "./files.js";
 import { egressPage, policyPage } from "./egress.js";
+import { auditPage, tokensPage } from "./admin.js";
 
 const main = () => document.getElementById("main");
 let leave = null;   // the AbortController of the page shown
@@ -191,12 +192,16 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const logged = !!token.get();
   document.getElementById("logout").hidden = !logged;
-  document.getElementById("nav").replaceChildren(...(logged ? [h("a", { href: "#/cells" }, "Cells")] : []));
+  const top = [["cells", "Cells"], ["audit", "Audit"], ["tokens", "Tokens"]];
+  document.getElementById("nav").replaceChildren(...(logged ? top.map(([k, label]) =>
+    h("a", { href: `#/${k}`, "aria-current": (parts[0] || "cells") === k ? "page" : false }, label)) : []));
   if (!logged || parts[0] === "login") {
     if (logged) return (location.hash = "#/cells");
     return loginPage(root);
   }
   if (parts[0] === "cells" && parts[1]) return cellPage(root, leave.signal, parts[1], parts[2] || "processes", query);
+  if (parts[0] === "audit") return auditPage(root, leave.signal);
+  if (parts[0] === "tokens") return tokensPage(root, leave.signal);
   return cellsPage(root, leave.signal);
 }
 

@@ -1,0 +1,79 @@
+// admin.js: the tenant's audit log (any token) and, for admin tokens, the
+// tokens: list, create (the bearer is shown once, as the API returns it
+// once), revoke.  Tenants' quotas are not here yet (docs/ui.md).
+import { call, callJson } from "./api.js";
+import { h, field, say, fmtTime, poll, showProblem } from "./dom.js";
+
+export function auditPage(root, signal) {
+  const kind = field("Kind", "select", {}, [["", "All"], ["request", "Requests"], ["cell", "Cells"],
+    ["process", "Processes"], ["net", "Network"]]);
+  const tbody = h("tbody");
+  const table = h("table", { "aria-labelledby": "audit-h" }, h("thead", {}, h("tr", {},
+    ...["Time", "Kind", "Cell", "What", "Status or verdict", "Token"].map((c) => h("th", { scope: "col" }, c)))), tbody);
+  let seen = null;
+  const refresh = async () => {
+    const q = kind.input.value ? `&kind=${kind.input.value}` : "";
+    const { records = [] } = await callJson("GET", `/v1/audit?limit=200${q}`, { signal });
+    const key = JSON.stringify(records);
+    if (key === seen) return;
+    seen = key;
+    tbody.replaceChildren(...records.slice().reverse().map((r) => h("tr", { "data-kind": r.kind },
+      h("td", {}, fmtTime(r.ts_ms)), h("td", {}, r.kind), h("td", {}, r.cell || ""),
+      h("td", {}, r.kind === "request" ? `${r.method} ${r.path}`
+        : [r.event, r.command, r.dst, r.host || r.qname].filter(Boolean).join(" ")),
+      h("td", {}, String(r.status ?? r.verdict ?? r.exitCode ?? "")), h("td", {}, r.token || ""))));
+  };
+  kind.input.addEventListener("change", () => refresh().catch((e) => say(e.message, "error")));
+  root.append(h("h1", { id: "audit-h" }, "Audit"), kind.wrap, table);
+  poll(signal, 3000, refresh);
+}
+
+export function tokensPage(root, signal) {
+  const tenant = field("Tenant", "input", { required: true, autocomplete: "off" });
+  const label = field("Label", "input", { autocomplete: "off" });
+  const admin = field("Admin token", "input", { type: "checkbox" });
+  const made = h("div", { "aria-live": "polite" });
+  const form_ = field("Create", "output");
+  form_.wrap.querySelector("label").remove();
+  const form = h("form", { class: "card", "aria-labelledby": "tok-new-h" }, h("h2", { id: "tok-new-h" }, "New token"),
+    h("div", { class: "grid" }, tenant.wrap, label.wrap, admin.wrap), form_.wrap,
+    h("button", { type: "submit" }, "Create token"), made);
+  const tbody = h("tbody");
+  const table = h("table", { "aria-labelledby": "tok-h" }, h("thead", {}, h("tr", {},
+    ...["Id", "Tenant", "Label", "Admin", "Created", "State", "Actions"].map((c) => h("th", { scope: "col" }, c)))), tbody);
+  async function refresh() {
+    const { tokens } = await callJson("GET", "/v1/tokens", { signal });
+    tbody.replaceChildren(...tokens.map((t) => h("tr", { "data-token": t.id },
+      h("td", {}, t.id), h("td", {}, t.tenant), h("td", {}, t.label || ""), h("td", {}, t.admin ? "yes" : "no"),
+      h("td", {}, fmtTime(t.createdAtMs)), h("td", {}, t.revoked ? "revoked" : "active"),
+      h("td", { class: "actions" }, !t.revoked && h("button", { type: "button", "aria-label": `Revoke ${t.id}`,
+        onclick: async () => {
+          if (!confirm(`Revoke token ${t.id}? Its open streams end now.`)) return;
+          try {
+            await call("DELETE", `/v1/tokens/${t.id}`);
+            await refresh();
+          } catch (e) {
+            say(`Revoke ${t.id}: ${e.message}`, "error");
+          }
+        } }, "Revoke")))));
+  }
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = { tenant: tenant.input.value.trim(), admin: admin.input.checked };
+    if (label.input.value.trim()) body.label = label.input.value.trim();
+    try {
+      const t = await callJson("POST", "/v1/tokens", { json: body });
+      const out = h("input", { id: "new-token", readonly: true, value: t.token, class: "secret" });
+      made.replaceChildren(h("label", { for: "new-token" }, `Token ${t.id} for ${t.tenant} (shown once: copy it now)`), out);
+      out.select();
+      await refresh();
+    } catch (e) {
+      showProblem(e, { tenant, label }, form_);
+    }
+  });
+  root.append(h("h1", { id: "tok-h" }, "Tokens"), table, form);
+  refresh().catch((e) => {
+    tbody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "error" },
+      e.status === 403 ? "Only admin tokens manage tokens." : e.message)));
+  });
+}
