@@ -47,8 +47,15 @@ url="http://127.0.0.1:$started_port"
 token=$(tr -d '\n' <"$scratch/state/admin.token")
 
 ref_url="" ref_pid="" ref_note="not run (CELL_DESKTOP_BENCH_REF=0)"
-stop_ref() { stop_pid "$ref_pid"; }
-trap 'stop_ref' EXIT
+# The reference goes first, then bench_scratch's cleanup (the daemon, the
+# scratch directory) with the script's exit status.
+_desktop_cleanup() {
+    local rc=$?
+    stop_pid "$ref_pid"
+    (exit "$rc")
+    _bench_scratch_cleanup
+}
+trap _desktop_cleanup EXIT
 if [ "$use_ref" = 1 ]; then
     if ! command -v xrandr >/dev/null; then
         ref_note="not run: it needs xrandr (apt-get install x11-xserver-utils)"
