@@ -19,6 +19,7 @@ range through the container they join, which must still hold it.  Cells
 pid namespace); its range is taken again only once the lock on
 /run/cell/slots/N.lock is free and the init named in it is gone.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -287,12 +288,12 @@ def test_a_crashed_creators_range_is_taken_again(rt, sub, tmp_path):
     """A slot file whose only holder is dead (cell-oci killed between
     taking a range and its init's start) does not leak the range: the
     next create takes it (or, racing another test, someone else has)."""
-    slot = free_oci_slot()
-    path = os.path.join(OCI_SLOTS, str(slot))
-    os.makedirs(OCI_SLOTS, exist_ok=True)
-    with open(path + ".test", "w") as f:
-        f.write("%d 1\n" % DEAD_PID)
-    os.rename(path + ".test", path)
+    with slots_locked():
+        slot = free_oci_slot()
+        path = os.path.join(OCI_SLOTS, str(slot))
+        with open(path + ".test", "w") as f:
+            f.write("%d 1\n" % DEAD_PID)
+        os.rename(path + ".test", path)
     rt.create("c", bundle(tmp_path, "c", ["sleep", "60"]), via=sub, pid_file=str(tmp_path / "c.pid")).check()
     cpid = oci.read_pid_file(str(tmp_path / "c.pid"))
     if state_base(rt, "c") == OCI_UID_FIRST + slot * RANGE:
@@ -303,13 +304,29 @@ def test_a_crashed_creators_range_is_taken_again(rt, sub, tmp_path):
 
 def drop_holder(slot, pid):
     """Rewrite a slot file without pid's line: what the file says once the
-    range was freed and taken by another container."""
+    range was freed and taken by another container (this test process
+    stays a holder, so no one else takes the range meanwhile)."""
     path = os.path.join(OCI_SLOTS, str(slot))
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and int(line.split()[0]) != pid]
-    with open(path + ".test", "w") as f:
-        f.write("".join(lines) or "%d %d\n" % (os.getpid(), start_time(os.getpid())))
-    os.rename(path + ".test", path)
+    with slots_locked():
+        with open(path) as f:
+            lines = [line for line in f if line.strip() and int(line.split()[0]) != pid]
+        lines.append("%d %d\n" % (os.getpid(), start_time(os.getpid())))
+        with open(path + ".test", "w") as f:
+            f.write("".join(lines))
+        os.rename(path + ".test", path)
+
+
+@contextlib.contextmanager
+def slots_locked():
+    """cell-oci's own lock on the slot directory: a file the test writes
+    is never half of a change some create is making."""
+    os.makedirs(OCI_SLOTS, exist_ok=True)
+    fd = os.open(OCI_SLOTS, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @needs_oci
