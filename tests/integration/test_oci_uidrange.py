@@ -50,12 +50,7 @@ def rt(tmp_path):
 @pytest.fixture
 def sub(rt, tmp_path):
     """The shim's place; the containers go before it does."""
-    s = oci.Subreaper(tmp_path)
-    try:
-        yield s
-    finally:
-        rt.cleanup()
-        s.close()
+    yield from oci.subreaper_fixture(rt, tmp_path)
 
 
 # ---- what the host sees ----------------------------------------------------------------
