@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,18 +31,6 @@ export function within(promise, ms, what) {
 }
 export const b64 = (s) => Buffer.from(s).toString("base64");
 export const unb64 = (s) => Buffer.from(s, "base64");
-
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port: p } = srv.address();
-      srv.close(() => resolve(p));
-    });
-  });
-}
 
 export async function waitFor(pred, { timeout = 10000, interval = 50, what = "condition" } = {}) {
   const deadline = Date.now() + timeout;
@@ -85,14 +72,22 @@ export async function startDaemon() {
   assert.ok(existsSync(CELL_BIN), `no cell binary at ${CELL_BIN} (set CELL_BIN)`);
   const st = daemonState;
   st.stateDir = mkdtempSync(path.join(os.tmpdir(), "cell-sdk-"));
-  st.port = await freePort();
   // --init: a new state directory; --no-config: not the host's /etc/cell/cell.conf.
+  // Port 0: the daemon binds a free port itself and prints it, so no other
+  // process can take it between a pick and the bind (a free-port probe did,
+  // under load: "Address already in use").
+  st.port = 0;
   const daemon = spawn(CELL_BIN, ["--state", st.stateDir, "serve", "--init", "--no-config",
-                                  "--listen", `127.0.0.1:${st.port}`, "--socket", ""], {
+                                  "--listen", "127.0.0.1:0", "--socket", ""], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   st.daemon = daemon;
-  daemon.stdout.on("data", () => {});
+  let stdout = "";
+  daemon.stdout.on("data", (d) => {
+    stdout += d.toString();
+    const m = !st.port && /listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(stdout);
+    if (m) st.port = Number(m[1]);
+  });
   daemon.stderr.on("data", (d) => { st.stderr += d.toString(); });
   daemon.exitedPromise = new Promise((resolve) => daemon.once("exit", (code, sig) => {
     // A daemon that dies under a test (a sanitizer abort) is reported at
@@ -103,6 +98,7 @@ export async function startDaemon() {
   }));
   await waitFor(async () => {
     if (daemon.exitCode !== null) throw new Error(`cell serve exited early: ${st.stderr}`);
+    if (!st.port) return false;
     try {
       return (await fetch(`http://127.0.0.1:${st.port}/v1/health`)).ok;
     } catch {
