@@ -338,7 +338,7 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   for (const role of ["banner", "main", "navigation"])
     assert.ok(await page.getByRole(role).count() >= 1, `landmark ${role}`);
   for (const where of ["#/cells", `#/cells/${cellId}/processes`, `#/cells/${cellId}/files?path=/tmp`,
-                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, "#/audit", "#/tokens"]) {
+                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`, "#/audit", "#/tokens"]) {
     await page.goto(`${st.base}/ui/${where}`);
     await page.locator("main form, main table").first().waitFor();
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main input, main select, main textarea")]
@@ -361,6 +361,8 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   assert.ok(reached, "Tab never reached the cell's link");
   await page.keyboard.press("Enter");
   await page.getByRole("heading", { name: `Cell ${cellId}` }).waitFor();
+  // The page focuses the field in the task that adds it.
+  await page.getByLabel("Command (run with sh -c)").waitFor();
   const focused = await page.evaluate(() => document.activeElement?.id &&
     document.querySelector(`label[for="${document.activeElement.id}"]`)?.textContent);
   assert.match(focused || "", /Command/);
@@ -368,6 +370,40 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   await page.keyboard.press("Enter");
   await page.getByText("Exit code 0").waitFor();
   assert.match(await page.getByLabel("Command output").textContent(), /keyboard-only/);
+});
+
+uiTest("agent: a session with the mock agent: chat, a permission request answered, a tool call run", async () => {
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/agent`);
+  await page.getByLabel("Agent to run").selectOption("mock");
+  await page.getByRole("button", { name: "Start session" }).click();
+  await page.locator(".transcript .info", { hasText: /^Session / }).waitFor();
+  const msg = page.getByLabel("Message");
+  await msg.fill("hello from the ui");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator(".transcript .agent", { hasText: /mock: ?hello from the ui/ }).waitFor();
+  // The agent asks; the answer goes back, and the agent reports it.
+  await msg.fill("permission please");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.getByRole("button", { name: "Allow once" }).click();
+  await page.locator(".transcript .agent", { hasText: "permission: allow-once" }).waitFor();
+  // A tool call: shown, asked for, run in the cell once allowed.
+  await msg.fill("run echo tool-$((20+22)) > /tmp/agent-ran");
+  await page.getByRole("button", { name: "Send" }).click();
+  const second = page.locator(".transcript .permission").nth(1);
+  await second.waitFor();
+  await second.getByRole("button", { name: "Allow once" }).click();
+  await page.locator(".transcript .tool .status", { hasText: "completed" }).waitFor();
+  const r = await fetch(`${st.base}/cells/${cellId}/v1/fs/file?path=/tmp/agent-ran`,
+                        { headers: { Authorization: `Bearer ${st.token}` } });
+  assert.equal(await r.text(), "tool-42\n");
+  // Leaving the page ends the agent.
+  await page.getByRole("link", { name: "Files" }).click();
+  for (let i = 0; ; i++) {
+    const list = (await api("GET", `/cells/${cellId}/v1/acp`)).body;
+    if (!JSON.stringify(list).includes("ui-")) break;
+    assert.ok(i < 200, `the agent instance outlived its page: ${JSON.stringify(list)}`);
+    await sleep(50);
+  }
 });
 
 uiTest("tokens and audit: a token made in the UI works until the UI revokes it; the audit lists requests", async () => {

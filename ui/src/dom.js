@@ -90,3 +90,36 @@ export function showProblem(e, fields, fallback) {
   }
   fallback.setError(detail);
 }
+
+// Rows of a polled table, by key: a row is rebuilt only when its own data
+// (sig) changed, so the others, and a button the user is about to click or
+// has focused, stay the same elements between polls.  `empty` is the row
+// shown when there are no items.
+export function keyedRows(tbody, items, keyOf, sigOf, renderRow, empty) {
+  const old = new Map([...tbody.children].filter((tr) => tr.dataset.key).map((tr) => [tr.dataset.key, tr]));
+  const rows = items.map((it) => {
+    const key = keyOf(it), sig = sigOf(it);
+    const prev = old.get(key);
+    if (prev && prev.dataset.sig === sig) return prev;
+    const tr = renderRow(it);
+    tr.dataset.key = key;
+    tr.dataset.sig = sig;
+    return tr;
+  });
+  if (!rows.length) rows.push(empty());
+  // replaceChildren keeps an element that stays (it is moved, not rebuilt).
+  if (rows.length !== tbody.children.length || rows.some((r, i) => tbody.children[i] !== r)) tbody.replaceChildren(...rows);
+}
+
+// Answers of overlapping refreshes: only one newer than the last shown is
+// shown (a slow poll answer must not undo what an action's refresh showed).
+export function sequencer() {
+  let started = 0, shown = 0;
+  return async (fetchFn, showFn) => {
+    const mine = ++started;
+    const data = await fetchFn();
+    if (mine < shown) return;
+    shown = mine;
+    showFn(data);
+  };
+}

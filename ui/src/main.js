@@ -4,12 +4,13 @@
 // ends its polling loops, event streams and WebSocket.
 import "./style.css";
 import { token, call, callJson, ApiError } from "./api.js";
-import { h, field, say, fmtBytes, fmtTime, poll, showProblem } from "./dom.js";
+import { h, field, say, fmtBytes, fmtTime, poll, showProblem, keyedRows, sequencer } from "./dom.js";
 import { processesPage } from "./processes.js";
 import { terminalPage } from "./terminal.js";
 import { filesPage } from "./files.js";
 import { egressPage, policyPage } from "./egress.js";
 import { auditPage, tokensPage } from "./admin.js";
+import { agentPage } from "./agent.js";
 
 const main = () => document.getElementById("main");
 let leave = null;   // the AbortController of the page shown
@@ -70,23 +71,19 @@ function cellsPage(root, signal) {
   const table = h("table", { "aria-labelledby": "cells-h" },
     h("thead", {}, h("tr", {}, ...["Cell", "Image", "Lane", "State", "Memory", "Created", "Actions"]
       .map((c) => h("th", { scope: "col" }, c)))), tbody);
-  // Rows are rebuilt only when something changed, so the polling does not
-  // take the keyboard focus away from a button in the table.
-  let shown = null;
-  const refresh = async () => {
-    const { cells } = await callJson("GET", "/v1/cells", { signal });
-    const key = JSON.stringify(cells.map((c) => [c.id, c.state, c.image, c.lane, c.resources]));
-    if (key === shown) return;
-    shown = key;
-    tbody.replaceChildren(...cells.map((c) => h("tr", { "data-cell": c.id },
-      h("td", {}, h("a", { href: `#/cells/${c.id}/processes` }, c.id)),
-      h("td", {}, c.image || ""), h("td", {}, c.lane || ""),
-      h("td", { class: `state state-${c.state}` }, c.state),
-      h("td", {}, fmtBytes(c.resources && c.resources.memory)),
-      h("td", {}, fmtTime(c.createdAtMs)),
-      h("td", { class: "actions" }, cellActions(c, refresh)))));
-    if (!cells.length) tbody.append(h("tr", {}, h("td", { colspan: 7 }, "No cells yet: create one below.")));
-  };
+  // Rows are rebuilt only when their cell changed (keyedRows), and a slow
+  // poll answer never undoes an action's newer one (sequencer).
+  const seq = sequencer();
+  const refresh = () => seq(() => callJson("GET", "/v1/cells", { signal }), ({ cells }) =>
+    keyedRows(tbody, cells, (c) => c.id, (c) => JSON.stringify([c.state, c.image, c.lane, c.resources]),
+      (c) => h("tr", { "data-cell": c.id },
+        h("td", {}, h("a", { href: `#/cells/${c.id}/processes` }, c.id)),
+        h("td", {}, c.image || ""), h("td", {}, c.lane || ""),
+        h("td", { class: `state state-${c.state}` }, c.state),
+        h("td", {}, fmtBytes(c.resources && c.resources.memory)),
+        h("td", {}, fmtTime(c.createdAtMs)),
+        h("td", { class: "actions" }, cellActions(c, refresh))),
+      () => h("tr", {}, h("td", { colspan: 7 }, "No cells yet: create one below."))));
   root.append(h("section", { "aria-labelledby": "cells-h" }, h("h1", { id: "cells-h" }, "Cells"), table),
     createForm(refresh));
   poll(signal, 2000, refresh);
@@ -156,9 +153,9 @@ function createForm(refresh) {
 }
 
 const TABS = [["processes", "Processes"], ["terminal", "Terminal"], ["files", "Files"],
-  ["egress", "Egress"], ["policy", "Policy"]];
+  ["egress", "Egress"], ["policy", "Policy"], ["agent", "Agent"]];
 const PAGES = { processes: processesPage, terminal: terminalPage, files: filesPage,
-  egress: egressPage, policy: policyPage };
+  egress: egressPage, policy: policyPage, agent: agentPage };
 
 async function cellPage(root, signal, id, tab, query) {
   const head = h("div", { class: "cellhead" }, h("h1", {}, `Cell ${id}`), h("span", { class: "state" }, ""));

@@ -2,7 +2,7 @@
 // output, start one in the background, follow its log live (server-sent
 // events over fetch), stop, kill and delete it.
 import { call, callJson, cellPath, followEvents, b64text } from "./api.js";
-import { h, field, say, fmtTime, poll, showProblem } from "./dom.js";
+import { h, field, say, fmtTime, poll, showProblem, keyedRows, sequencer } from "./dom.js";
 
 export function processesPage(root, signal, cell) {
   const id = cell.id;
@@ -79,24 +79,21 @@ export function processesPage(root, signal, cell) {
     }
   } }, label);
 
-  let shown = null;   // rebuilt only on a change: the focus stays where it is
-  async function refresh() {
-    const { processes } = await callJson("GET", cellPath(id, "/processes"), { signal });
-    const key = JSON.stringify(processes.map((p) => [p.id, p.status, p.exitCode, p.signal]));
-    if (key === shown) return;
-    shown = key;
-    tbody.replaceChildren(...processes.map((p) => h("tr", { "data-process": p.id },
-      h("td", {}, p.id), h("td", {}, h("code", {}, [p.command, ...(p.args || [])].join(" "))),
-      h("td", {}, p.status === "exited" ? `exited (${p.exitCode ?? `signal ${p.signal}`})` : p.status),
-      h("td", {}, fmtTime(p.createdAtMs)),
-      h("td", { class: "actions" },
-        h("button", { type: "button", "aria-label": `Logs of ${p.id}`, onclick: () => showLogs(p.id) }, "Logs"),
-        p.status === "running"
-          ? [act("Stop", p.id, () => call("POST", cellPath(id, `/processes/${p.id}/stop?waitMs=2000`))),
-             act("Kill", p.id, () => call("POST", cellPath(id, `/processes/${p.id}/kill?waitMs=2000`)))]
-          : act("Delete", p.id, () => call("DELETE", cellPath(id, `/processes/${p.id}`)))))));
-    if (!processes.length) tbody.append(h("tr", {}, h("td", { colspan: 5 }, "No processes.")));
-  }
+  // Rows rebuilt only when their process changed; stale poll answers dropped.
+  const seq = sequencer();
+  const refresh = () => seq(() => callJson("GET", cellPath(id, "/processes"), { signal }), ({ processes }) =>
+    keyedRows(tbody, processes, (p) => p.id, (p) => JSON.stringify([p.status, p.exitCode, p.signal]),
+      (p) => h("tr", { "data-process": p.id },
+        h("td", {}, p.id), h("td", {}, h("code", {}, [p.command, ...(p.args || [])].join(" "))),
+        h("td", {}, p.status === "exited" ? `exited (${p.exitCode ?? `signal ${p.signal}`})` : p.status),
+        h("td", {}, fmtTime(p.createdAtMs)),
+        h("td", { class: "actions" },
+          h("button", { type: "button", "aria-label": `Logs of ${p.id}`, onclick: () => showLogs(p.id) }, "Logs"),
+          p.status === "running"
+            ? [act("Stop", p.id, () => call("POST", cellPath(id, `/processes/${p.id}/stop?waitMs=2000`))),
+               act("Kill", p.id, () => call("POST", cellPath(id, `/processes/${p.id}/kill?waitMs=2000`)))]
+            : act("Delete", p.id, () => call("DELETE", cellPath(id, `/processes/${p.id}`))))),
+      () => h("tr", {}, h("td", { colspan: 5 }, "No processes."))));
   root.append(form, h("section", { "aria-labelledby": "procs-h" }, h("h2", { id: "procs-h" }, "Processes"), table),
     logBox);
   cmd.input.focus();
