@@ -214,7 +214,10 @@ def test_a_leftover_keeps_its_range_and_cannot_be_reached(rt, sub, tmp_path, how
     (its uid_map, read inside, against the leftover's, read on the host)
     and can neither signal the leftover nor read its /proc/PID/environ
     (ptrace's access check): kill=1, read=1.  On the leftover's range (a
-    cell-oci without the fix) it got kill=0: it could kill it."""
+    cell-oci without the fix) it got kill=0: it could kill it.  (ptrace
+    and environ stay refused even then: the kernel refuses them across
+    user namespaces to a tracer without CAP_SYS_PTRACE in the target's;
+    signals and files go by host uid alone.)"""
     spid = sandbox(rt, sub, tmp_path)
     left, base = leftover_of_member(rt, sub, tmp_path, spid, how)
     inner = ns_pid(left)
