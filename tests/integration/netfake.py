@@ -15,6 +15,7 @@ session never share an address:
     198.18.43.0/24 test_runs_codex.py
     198.18.46.0/24 test_cli_docs.py
     198.18.47.0/24 test_egress_ssrf.py
+    198.18.48.0/24 tests/ui/ui.test.mjs (node; adds 198.18.48.1 itself)
 
 Pieces (threads, stopped by Net.down()):
 
