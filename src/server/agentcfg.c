@@ -478,18 +478,7 @@ static int cfg_reply_missing(sreq *r, const cfg_kind *k, const char *name)
     snprintf(detail, sizeof detail, "session not found: %s", id);
     json_t *body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "type", "urn:sandbox-agent:error:session_not_found",
                              "title", "Session Not Found", "status", 404, "detail", detail, "sessionId", id);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
-    if (!text)
-        return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/problem+json");
-    req_audit(r, "error", json_string("not found"));
-    return reply_response(r, 404, resp);
+    return body ? reply_problem_body(r, 404, body, "not found") : MHD_NO;
 }
 
 

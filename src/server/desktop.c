@@ -152,18 +152,7 @@ static int dk_reply_problem(sreq *r, dk_problem *pb)
         json_object_update(body, pb->ext);
     json_decref(pb->ext);
     pb->ext = NULL;
-    req_audit(r, "error", json_string(pb->msg));
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    if (!text)
-        return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/problem+json");
-    return reply_response(r, pb->status, resp);
+    return reply_problem_body(r, pb->status, body, pb->msg);
 }
 
 /* ---- running tools in the cell ---------------------------------------------- */

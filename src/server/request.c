@@ -220,7 +220,12 @@ static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *d
         details = json_pack("{s:s}", "message", msg);
     if (details)
         json_object_set_new(body, "details", details);
-    req_audit(r, "error", json_string(msg));
+    return reply_problem_body(r, status, body, msg);
+}
+
+int reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit_msg)
+{
+    req_audit(r, "error", json_string(audit_msg));
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text)

@@ -217,6 +217,10 @@ int reply_problem_details(sreq *r, unsigned status, const char *type, json_t *de
     __attribute__((format(printf, 5, 6)));
 /* Map a libcell/store error (errno-classified) onto a status and problem. */
 int reply_error(sreq *r, const cell_error *e);
+/* A problem+json body built by the caller, for the reference's problems
+ * that carry members of their own (sessionId, code): audited with
+ * audit_msg; steals `body`. */
+int reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit_msg);
 
 /* Request input.  Each returns -1 after queueing a 400 problem that names
  * the field, so handlers write `if (req_json(r, &o) < 0) return r->status_result;`. */
