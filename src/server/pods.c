@@ -62,7 +62,6 @@ static struct {
 } P = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = -1 };
 
 static int      id_valid(const char *id);
-static uint64_t start_time_of(pid_t pid);
 static ino_t    netns_of(pid_t pid, dev_t *dev);
 
 /* ---- the node token ----------------------------------------------------------- */
@@ -263,7 +262,7 @@ static void restore_one(srv *s, const char *file)
         snprintf(p->uid, sizeof p->uid, "%s", json_string_value(json_object_get(o, "uid")) ?: "");
         ino_t ino = 0, own = netns_of(getpid(), &own_dev);
         p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
-        if (p->pidfd < 0 || start_time_of(p->pid) != p->start_time)
+        if (p->pidfd < 0 || util_pid_start_time(p->pid) != p->start_time)
             snprintf(why, sizeof why, "its sandbox's init %d is gone", (int)pid);
         else if (!(ino = netns_of(p->pid, &dev)) || (ino == own && dev == own_dev))
             snprintf(why, sizeof why, "its init is in the daemon's own network namespace");
@@ -479,28 +478,6 @@ static int id_valid(const char *id)
     return 1;
 }
 
-/* /proc/PID/stat's field 22, the start time (0 if the process is gone):
- * after the last ')' (the name may hold any byte), the 20th field. */
-static uint64_t start_time_of(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    unsigned long long t = 0;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
-                     &t) != 1)
-        return 0;
-    return t;
-}
-
 /* The netns of `pidfd`'s process (the inode that names it), or 0. */
 static ino_t netns_of(pid_t pid, dev_t *dev)
 {
@@ -626,7 +603,7 @@ int h_pods_create(sreq *r)
     /* The pidfd first, then the start time: a pid that was reused between
      * cell-oci's look and ours is refused, never policed by mistake. */
     p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
-    if (p->pidfd < 0 || start_time_of(p->pid) != p->start_time) {
+    if (p->pidfd < 0 || util_pid_start_time(p->pid) != p->start_time) {
         reply_problem(r, 400, "invalid_request", "field \"pid\": process %d with start time %lld is not running "
                       "(the sandbox's init must be alive and parked)", (int)pid, (long long)start);
         goto replied;
