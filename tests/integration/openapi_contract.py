@@ -79,7 +79,9 @@ def _templates():
                     rx += "/[^/]+"
                 else:
                     rx += "/" + re.escape(seg)
-            out.append((re.compile(rx + "/?"), tpl))
+            # A template that ends in "/" (/ui/, the UI's page) is that path
+            # alone: /ui is another route (its redirect).
+            out.append((re.compile(rx + ("/" if tpl.endswith("/") else "/?")), tpl))
         out.sort(key=lambda t: (t[1].count("{"), -len(t[1])))
         _state["templates"] = out
     return _state["templates"]
