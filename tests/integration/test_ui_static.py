@@ -1,6 +1,6 @@
 """The Inspector UI's server side (docs/ui.md), without a browser, so that
-it runs in every build's integration stage (ASan+UBSan, TSan) as well as
-tests/ui's chromium suite: the embedded files with their types, CSP and
+it runs in the ASan+UBSan build's integration stage too, not only in
+tests/ui's chromium suite (release): the embedded files with their types, CSP and
 caching, attacked with other names, traversal in several encodings,
 methods and concurrent readers; and the terminal WebSocket's subprotocol
 token: taken on upgrades only, never echoed, wrong, missing, oversized,
