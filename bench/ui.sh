@@ -41,7 +41,8 @@ url="http://127.0.0.1:$started_port/ui/"
 
 ref_url="" ref_pid="" ref_note="not run (CELL_UI_BENCH_REF=0)"
 stop_ref() { stop_pid "$ref_pid"; }
-trap 'stop_ref; _bench_scratch_cleanup' EXIT
+# The script's status survives stop_ref for _bench_scratch_cleanup's exit.
+trap 'rc=$?; stop_ref; (exit "$rc"); _bench_scratch_cleanup' EXIT
 if [ "$use_ref" = 1 ]; then
     if ! ref_fetch "$top/$build/bench-cache"; then
         ref_note="not run: its binary could not be fetched"
