@@ -264,7 +264,7 @@ uiTest("terminal: typed keys reach the shell and its echo is shown", async () =>
   const ok = await handshake(wsPath, `cell.terminal, cell.bearer.${st.token}`);
   assert.equal(ok.status, 101);
   assert.equal(ok.headers["sec-websocket-protocol"], "cell.terminal");
-  assert.equal((await handshake(wsPath, `cell.terminal, cell.bearer.${st.token.slice(0, -1)}0`)).status, 401);
+  assert.equal((await handshake(wsPath, `cell.terminal, cell.bearer.${st.token.slice(0, -1)}${st.token.endsWith("0") ? "1" : "0"}`)).status, 401);
   assert.equal((await handshake(wsPath, "cell.terminal")).status, 401);
   assert.equal((await handshake(wsPath, `cell.bearer.${"a".repeat(300)}`)).status, 401);
   const plain = await rawGet("/v1/cells", { "Sec-WebSocket-Protocol": `cell.bearer.${st.token}` });
@@ -338,7 +338,7 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   for (const role of ["banner", "main", "navigation"])
     assert.ok(await page.getByRole(role).count() >= 1, `landmark ${role}`);
   for (const where of ["#/cells", `#/cells/${cellId}/processes`, `#/cells/${cellId}/files?path=/tmp`,
-                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`, "#/audit", "#/tokens"]) {
+                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`, "#/audit", "#/tokens", "#/tenants"]) {
     await page.goto(`${st.base}/ui/${where}`);
     await page.locator("main form, main table").first().waitFor();
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main input, main select, main textarea")]
@@ -428,6 +428,27 @@ uiTest("tokens and audit: a token made in the UI works until the UI revokes it; 
   await page.getByRole("link", { name: "Audit" }).click();
   await page.getByLabel("Kind").selectOption("request");
   await page.locator('tr[data-kind="request"]', { hasText: `DELETE /v1/tokens/${id}` }).waitFor();
+});
+
+uiTest("tenants: quotas set in the UI hold in the daemon; a bad size is shown at its field", async () => {
+  await page.getByRole("link", { name: "Tenants" }).click();
+  await page.locator('tr[data-tenant="default"]').waitFor();
+  const name = page.getByLabel("Tenant", { exact: true });
+  await name.fill("ui-quota");
+  await page.getByLabel("Memory", { exact: true }).fill("lots");
+  await page.getByRole("button", { name: "Save quotas" }).click();
+  const memory = page.getByLabel("Memory", { exact: true });
+  await page.locator(".field-error", { hasText: "maxMemory" }).waitFor();
+  assert.equal(await memory.getAttribute("aria-invalid"), "true");
+  await memory.fill("1G");
+  await page.getByLabel("Cells", { exact: true }).fill("1");
+  await page.getByRole("button", { name: "Save quotas" }).click();
+  const row = page.locator('tr[data-tenant="ui-quota"]');
+  await row.waitFor();
+  assert.match(await row.textContent(), /0 \/ 1/);
+  const t = (await api("GET", "/v1/tenants/ui-quota")).body;
+  assert.equal(t.quota.maxCells, 1);
+  assert.equal(t.quota.maxMemory, 1024 ** 3);
 });
 
 uiTest("another tenant's token sees none of the cell, in the list or by its id", async () => {

@@ -9,7 +9,7 @@ import { processesPage } from "./processes.js";
 import { terminalPage } from "./terminal.js";
 import { filesPage } from "./files.js";
 import { egressPage, policyPage } from "./egress.js";
-import { auditPage, tokensPage } from "./admin.js";
+import { auditPage, tokensPage, tenantsPage } from "./admin.js";
 import { agentPage } from "./agent.js";
 
 const main = () => document.getElementById("main");
@@ -189,7 +189,7 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const logged = !!token.get();
   document.getElementById("logout").hidden = !logged;
-  const top = [["cells", "Cells"], ["audit", "Audit"], ["tokens", "Tokens"]];
+  const top = [["cells", "Cells"], ["audit", "Audit"], ["tokens", "Tokens"], ["tenants", "Tenants"]];
   document.getElementById("nav").replaceChildren(...(logged ? top.map(([k, label]) =>
     h("a", { href: `#/${k}`, "aria-current": (parts[0] || "cells") === k ? "page" : false }, label)) : []));
   if (!logged || parts[0] === "login") {
@@ -199,6 +199,7 @@ function route() {
   if (parts[0] === "cells" && parts[1]) return cellPage(root, leave.signal, parts[1], parts[2] || "processes", query);
   if (parts[0] === "audit") return auditPage(root, leave.signal);
   if (parts[0] === "tokens") return tokensPage(root, leave.signal);
+  if (parts[0] === "tenants") return tenantsPage(root, leave.signal);
   return cellsPage(root, leave.signal);
 }
 
