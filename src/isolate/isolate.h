@@ -179,5 +179,15 @@ void isolate_cgroup_sweep(const char *name);
 /* Change the pids and cpu limits of a live cgroup (0 = leave it as is),
  * writing what isolate_cgroup_create writes for them. */
 int  isolate_cgroup_set_pids_cpu(isolate_cgroup *cg, uint32_t pids, uint32_t cpu_millis, cell_error *err);
+/* Move `pid` into the cgroups `of` is in (read from /proc/OF/cgroup), in
+ * each hierarchy a cell's cgroup uses: the v1 memory, pids, cpu and freezer
+ * ones and the v2 tree (cgjoin.c).  `where` (may be NULL) gets the first
+ * path moved to, relative to its hierarchy's root.  A path outside this
+ * process's cgroup namespace is an error. */
+int  isolate_cgroup_join(pid_t of, pid_t pid, char *where, size_t where_size, cell_error *err);
+/* The path of the hierarchy holding `ctrl` (NULL: the v2 line "0::") in a
+ * /proc/PID/cgroup text into out: 1 found, 0 not there, -1 not usable
+ * (outside the reader's cgroup namespace, or too long). */
+int  isolate_cgroup_proc_path(const char *text, const char *ctrl, char *out, size_t size);
 
 #endif

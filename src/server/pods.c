@@ -9,6 +9,7 @@
 #include "server/metrics.h"
 #include "server/slog.h"
 #include "net/net.h"
+#include "isolate/isolate.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -42,6 +43,7 @@ typedef struct spod {
     int          pidfd;
     int          node_default;           /* the policy is --pod-policy's */
     int64_t      created_ms;
+    char         cgroup[256];            /* where the helper was moved (the init's cgroup; memory's on v1) */
     net_engine  *engine;
 } spod;
 
@@ -62,6 +64,8 @@ static struct {
 } P = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = -1 };
 
 static int      id_valid(const char *id);
+static int      init_exited(const struct spod *p);
+static int      policy_without_secrets(const char *text, cell_error *err);
 static ino_t    netns_of(pid_t pid, dev_t *dev);
 
 /* ---- the node token ----------------------------------------------------------- */
@@ -162,7 +166,8 @@ static int pod_decide(void *user, const cell_net_flow *f, const char *url, int t
     return egress_decide_as(p->s, POD_TENANT, p->audit_id, 1, f, url, timeout_ms);
 }
 
-/* Pods have no tenant secrets: an http rule's ${secret:NAME} is refused. */
+/* Pods have no secrets (policy_without_secrets refuses a policy naming
+ * one); should one get here, the request is refused. */
 static int pod_secret(void *user, const char *name, char **value, size_t *len)
 {
     (void)user, (void)name, (void)value, (void)len;
@@ -185,7 +190,26 @@ static int engine_start(spod *p, const char *policy, net_engine **out, cell_erro
 {
     net_hooks hooks = { .decide = pod_decide, .event = pod_event, .secret = pod_secret, .user = p,
                         .upstream_ca_file = p->s->opt.upstream_ca_file, .pod = 1 };
-    return net_engine_start(out, p->pidfd, p->audit_id, policy, &hooks, err);
+    if (net_engine_start(out, p->pidfd, p->audit_id, policy, &hooks, err) < 0)
+        return -1;
+    /* What the pod's traffic costs (the helper's threads, TLS buffers,
+     * upstream sockets, CPU) is the pod's, as a cell's is the cell's: the
+     * helper joins the cgroups of the sandbox's init, as the kernel names
+     * them (the sandbox container's, a leaf under kubelet's pod cgroup, so
+     * the pod's limits count it and v2's no-internal-process rule holds).
+     * Read after the pidfd was taken and checked again after: a pid reused
+     * meanwhile is refused.  No move, no pod (fail closed). */
+    pid_t helper = net_engine_pid(*out);
+    int rc = helper > 0 ? 0 : util_fail(err, ECHILD, "pod %s: its egress helper ended while starting", p->id);
+    if (rc == 0 && (rc = isolate_cgroup_join(p->pid, helper, p->cgroup, sizeof p->cgroup, err)) == 0 &&
+        init_exited(p))
+        rc = util_fail(err, ESRCH, "pod %s: its sandbox's init %d exited while its egress started", p->id,
+                       (int)p->pid);
+    if (rc == 0)
+        return 0;
+    net_engine_stop(*out);
+    *out = NULL;
+    return -1;
 }
 
 /* ---- registrations kept across restarts ----------------------------------------
@@ -246,7 +270,7 @@ static void restore_one(srv *s, const char *file)
         snprintf(why, sizeof why, "not a registration record");
     else if (!policy)
         snprintf(why, sizeof why, "it had the node's policy, and there is no --pod-policy now");
-    else if (cell_policy_check_v2(policy, s->opt.tenant_dest_allow, &e) < 0)
+    else if (cell_policy_check_v2(policy, s->opt.tenant_dest_allow, &e) < 0 || policy_without_secrets(policy, &e) < 0)
         snprintf(why, sizeof why, "its policy is refused now: %.200s", e.message);
     else if (!(p = calloc(1, sizeof *p)))
         snprintf(why, sizeof why, "out of memory");
@@ -406,7 +430,8 @@ int pods_start(srv *s, cell_error *err)
         if (util_read_file(s->opt.pod_policy_file, POD_POLICY_MAX, &P.default_policy, &len, err) < 0)
             return -1;
         cell_error e = { 0 };
-        if (strlen(P.default_policy) != len || cell_policy_check_v2(P.default_policy, s->opt.tenant_dest_allow, &e) < 0)
+        if (strlen(P.default_policy) != len || cell_policy_check_v2(P.default_policy, s->opt.tenant_dest_allow, &e) < 0 ||
+            policy_without_secrets(P.default_policy, &e) < 0)
             return util_fail(err, EINVAL, "--pod-policy %s: %s", s->opt.pod_policy_file,
                              e.message[0] ? e.message : "holds a NUL byte");
     }
@@ -453,6 +478,46 @@ void pods_stop(srv *s)
     P.on = 0;
 }
 
+/* ---- no secrets for pods -----------------------------------------------------------------------
+ * A pod's policy may not name ${secret:NAME}: the node daemon keeps no
+ * secrets for pods (tenant "pods" has no store, and whoever writes a pod's
+ * annotation is not whoever would own a node-wide credential).  Refused when
+ * the policy is given, naming the rule, rather than every such request
+ * failing later: a pod that needs a credential holds it itself (a
+ * Kubernetes Secret).  1 if a string anywhere under v holds a reference. */
+static int names_secret(json_t *v)
+{
+    const char *k;
+    json_t *x;
+    size_t i;
+    if (json_is_string(v))
+        return memmem(json_string_value(v), json_string_length(v), "${secret:", 9) != NULL;
+    if (json_is_object(v))
+        json_object_foreach(v, k, x)
+            if (names_secret(x))
+                return 1;
+    if (json_is_array(v))
+        json_array_foreach(v, i, x)
+            if (names_secret(x))
+                return 1;
+    return 0;
+}
+
+/* 0, or -1 with err naming the first rule whose text names a secret. */
+static int policy_without_secrets(const char *text, cell_error *err)
+{
+    json_t *doc = json_loads(text, JSON_REJECT_DUPLICATES, NULL), *rule;
+    size_t i;
+    int rc = 0;
+    json_array_foreach(json_object_get(doc, "rules"), i, rule)
+        if (rc == 0 && names_secret(rule))
+            rc = util_fail(err, EINVAL, "rules[%zu] names a ${secret:NAME}: pods have no secrets on the node "
+                           "(the daemon keeps none for tenant \"pods\"); give the credential to the pod itself "
+                           "(a Kubernetes Secret) and drop the rule's set_headers reference", i);
+    json_decref(doc);
+    return rc;
+}
+
 /* ---- the handlers -------------------------------------------------------------------------- */
 static int pods_off(sreq *r)
 {
@@ -461,10 +526,11 @@ static int pods_off(sreq *r)
 
 static json_t *pod_json(const spod *p)
 {
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:s, s:i, s:I}", "id", p->id, "auditId", p->audit_id,
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:s, s:i, s:I, s:s}", "id", p->id, "auditId", p->audit_id,
                      "name", p->name, "namespace", p->ns, "uid", p->uid, "pid", (int)p->pid,
                      "startTime", (json_int_t)p->start_time, "policy", p->node_default ? "node" : "annotation",
-                     "helperPid", (int)net_engine_pid(p->engine), "createdAtMs", (json_int_t)p->created_ms);
+                     "helperPid", (int)net_engine_pid(p->engine), "createdAtMs", (json_int_t)p->created_ms,
+                     "helperCgroup", p->cgroup);
 }
 
 static int id_valid(const char *id)
@@ -518,6 +584,8 @@ static int check_pod_policy(sreq *r, const char *text, size_t len)
     if (!is_obj)
         return policy_invalid(r, "must be a JSON object (e.g. {\"rules\": [...]})", NULL), -1;
     cell_error e = { 0 };
+    if (policy_without_secrets(text, &e) < 0)
+        return policy_invalid(r, e.message, NULL), -1;
     if (cell_policy_check_v2(text, r->s->opt.tenant_dest_allow, &e) < 0) {
         if (e.code == EACCES)
             reply_problem(r, 403, "forbidden", "policy (annotation cell.dev/egress-policy): %s", e.message);

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 import daemon as dm
+import netfake
 from daemon import Daemon, assert_problem, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"),
@@ -27,7 +28,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     state = tmp_path_factory.mktemp("pods") / "state"
-    dd = Daemon(state, extra_args=["--pods", "--warm", "0"], unix_socket=True)
+    # The echo server of the cgroup tests is on this host's lo: the operator allows it.
+    dd = Daemon(state, extra_args=["--pods", "--warm", "0", "--allow-tenant-dest", "198.18.50.254/32"],
+                unix_socket=True)
     dd.start()
     yield dd
     dd.stop()
@@ -179,6 +182,10 @@ def test_without_a_policy_nothing_is_registered(node, proc):
     ({"policy": json.dumps({"rules": [{"tcp": {"ports": "x"}}]})}, 400, "rules[0]"),
     ({"policy": json.dumps({"rules": [], "pad": "x" * (70 << 10)})}, 400, "too large"),
     ({"policy": json.dumps({"rules": [{"tcp": {"to": "link-local"}}]})}, 403, "rules[0]"),
+    # Pods have no secrets on the node: a rule naming one is refused, by its index.
+    ({"policy": json.dumps({"rules": [{"tcp": {"to": "192.0.2.1/32", "ports": [80]}}, {"http": {
+        "host": "api.test", "ports": [443], "set_headers": {"Authorization": "Bearer ${secret:API_TOKEN}"}}}]})},
+     400, "rules[1] names a ${secret:NAME}: pods have no secrets"),
     ({"pod": "web"}, 400, "field \"pod\""),
     ({"pod": {"name": 1}}, 400, "pod.name"),
     ({"pod": {"name": "x" * 300}}, 400, "pod.name"),
@@ -293,3 +300,194 @@ def test_a_restarted_daemon_polices_its_pods_again(tmp_path):
         gone.close()
         dd.stop()
         dd.check_sanitizer()
+
+
+# ---- what a pod's egress costs is the pod's (its helper in the pod's cgroups) ----------------
+NET = netfake.claim("198.18.50", "test_daemon_pods")
+
+
+class PodCgroup:
+    """A cgroup of its own for a fake sandbox init (what cell-oci makes at
+    the spec's cgroupsPath): on v2 one directory, on v1 one in each of the
+    memory, pids, cpu and freezer hierarchies."""
+
+    def __init__(self):
+        self.rel = "/cell-test-pod-" + os.urandom(4).hex()
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.dirs = {"v2": "/sys/fs/cgroup" + self.rel}
+        else:
+            self.dirs = {c: "/sys/fs/cgroup/%s%s" % (c, self.rel) for c in ("memory", "pids", "cpu", "freezer")
+                         if os.path.isdir("/sys/fs/cgroup/" + c)}
+        for d in self.dirs.values():
+            os.mkdir(d)
+
+    def pids_dir(self):
+        return self.dirs.get("pids") or self.dirs["v2"]
+
+    def add(self, pid):
+        for d in self.dirs.values():
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+
+    def read(self, name):
+        with open(os.path.join(self.pids_dir(), name)) as f:
+            return f.read()
+
+    def set_pids_max(self, n):
+        with open(os.path.join(self.pids_dir(), "pids.max"), "w") as f:
+            f.write(str(n))
+
+    def close(self):
+        for d in self.dirs.values():
+            # Whatever is left (a helper the daemon has not yet reaped) dies first.
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        os.kill(int(pid), 9)
+            except OSError:
+                pass
+            wait_for(lambda: _rmdir(d), 10)
+
+
+def _rmdir(d):
+    try:
+        os.rmdir(d)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def cgroups_of(pid):
+    """{"pids": "/x", "memory": "/x", "v2": "/x", ...} of a process."""
+    out = {}
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in (ctrls.split(",") if ctrls else ["v2"]):
+                out[c] = path
+    return out
+
+
+class WiredPod:
+    """A fake pod with CNI's network: eth0 (a veth) with an address and a
+    default route to the host end, in a cgroup of its own."""
+
+    def __init__(self, n):
+        self.proc, self.cg = NetnsProc(), PodCgroup()
+        self.cg.add(self.proc.pid)
+        self.host_end = "k8sc" + os.urandom(3).hex()
+        self.host_ip, self.ip = "%s.%d" % (NET, 4 * n + 1), "%s.%d" % (NET, 4 * n + 2)
+        netfake.ip("link", "add", self.host_end, "type", "veth", "peer", "name", "eth0", "netns",
+                   "/proc/%d/ns/net" % self.proc.pid)
+        netfake.ip("addr", "add", self.host_ip + "/30", "dev", self.host_end)
+        netfake.ip("link", "set", self.host_end, "up")
+        for args in (["addr", "add", self.ip + "/30", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                     ["link", "set", "lo", "up"], ["route", "add", "default", "via", self.host_ip]):
+            subprocess.run(["nsenter", "--net=/proc/%d/ns/net" % self.proc.pid, "ip"] + args, check=True, timeout=20)
+
+    def connect(self, addr, port, n):
+        """n connections from the pod, held open; each sends a byte and
+        reads its echo.  Prints how many were echoed, then holds them all
+        until its stdin closes."""
+        script = r"""
+import socket, sys
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, ok = [], 0
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(20)
+    try:
+        s.connect((addr, port)); s.sendall(b"x")
+        ok += s.recv(1) == b"x"
+    except OSError:
+        pass
+    held.append(s)
+print(ok, flush=True)
+sys.stdin.read()
+"""
+        p = subprocess.Popen(["nsenter", "--net=/proc/%d/ns/net" % self.proc.pid, "python3", "-c", script, addr,
+                              str(port), str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return p, int(p.stdout.readline())
+
+    def close(self):
+        self.proc.close()
+        netfake.ip("link", "del", self.host_end, check=False)
+        self.cg.close()
+
+
+@pytest.fixture
+def echo_server():
+    """An echo server on the host (on lo, reached through a pod's veth)."""
+    addr = "%s.254" % NET
+    netfake.ip("addr", "add", addr + "/32", "dev", "lo")
+    srv = netfake.TCPServer((addr, 0), netfake.Echo)
+    netfake.start(srv)
+    yield srv.server_address
+    netfake.stop(srv)
+    netfake.ip("addr", "del", addr + "/32", "dev", "lo", check=False)
+
+
+@pytest.fixture
+def wired():
+    made = []
+
+    def make():
+        made.append(WiredPod(len(made)))
+        return made[-1]
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_the_pods_egress_helper_is_charged_to_the_pods_cgroup(node, d, wired, echo_server):
+    """The helper runs in the sandbox init's cgroups (what the kernel says,
+    not what the caller said), not the daemon's: a pod whose flows hold many
+    connections spends its own cgroup's pids (threads) and memory."""
+    pod = wired()
+    addr, port = echo_server
+    policy = json.dumps({"rules": [{"tcp": {"to": addr + "/32", "ports": [port]}}]})
+    r = node.post("/v1/pods", body(pod.proc, policy=policy))
+    assert r.status == 201, r
+    helper = r.body["helperPid"]
+    assert r.body["helperCgroup"] == pod.cg.rel, r.body
+    mine, daemons = cgroups_of(helper), cgroups_of(d.proc.pid)
+    for c in pod.cg.dirs:
+        assert mine[c] == pod.cg.rel, (c, mine)
+        assert daemons[c] != pod.cg.rel
+    before = int(pod.cg.read("pids.current"))
+    client, ok = pod.connect(addr, port, 20)
+    try:
+        assert ok == 20
+        # Each relayed flow holds two of the helper's threads: in the pod's count.
+        after = int(pod.cg.read("pids.current"))
+        assert after >= before + 20, (before, after)
+        assert len(os.listdir("/proc/%d/task" % helper)) >= 20
+    finally:
+        client.stdin.close()
+        client.wait(timeout=30)
+
+
+def test_a_pods_pids_limit_limits_its_own_egress_only(node, wired, echo_server):
+    """A pod whose cgroup allows few tasks: its helper cannot take more
+    threads than the pod may (its flows beyond that fail), while another
+    pod's egress on the same node still works."""
+    small, other = wired(), wired()
+    addr, port = echo_server
+    policy = json.dumps({"rules": [{"tcp": {"to": addr + "/32", "ports": [port]}}]})
+    for p in (small, other):
+        r = node.post("/v1/pods", body(p.proc, policy=policy))
+        assert r.status == 201, r
+    small.cg.set_pids_max(int(small.cg.read("pids.current")) + 4)
+    client, ok = small.connect(addr, port, 10)
+    client.stdin.close()
+    client.wait(timeout=60)
+    assert ok < 10, "the pod's helper made more threads than the pod's pids.max allows"
+    events = os.path.join(small.cg.pids_dir(), "pids.events")
+    if os.path.exists(events):
+        assert "max 0" not in small.cg.read("pids.events"), "the pod's limit was never what stopped its helper"
+    client, ok = other.connect(addr, port, 3)
+    client.stdin.close()
+    client.wait(timeout=30)
+    assert ok == 3, "another pod's egress suffered from the first pod's limit"

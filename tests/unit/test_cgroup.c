@@ -474,6 +474,32 @@ static void test_live_no_limits(void **state)
     assert_int_equal(isolate_cgroup_attach(NULL, 1, &err), -1);
 }
 
+/* /proc/PID/cgroup: the path of a hierarchy by controller (whole words),
+ * v2's "0::" line, and paths outside the reader's cgroup namespace refused. */
+static void test_proc_path(void **state)
+{
+    (void)state;
+    static const char text[] = "12:cpuset:/\n"
+                               "8:pids:/kubepods/pod1/ctr\n"
+                               "4:memory:/kubepods/pod1/ctr\n"
+                               "2:cpu,cpuacct:/kubepods/pod1/ctr\n"
+                               "1:name=systemd:/x\n"
+                               "0::/kubepods/pod1/ctr\n";
+    char out[64];
+    assert_int_equal(isolate_cgroup_proc_path(text, "pids", out, sizeof out), 1);
+    assert_string_equal(out, "/kubepods/pod1/ctr");
+    assert_int_equal(isolate_cgroup_proc_path(text, "cpu", out, sizeof out), 1);
+    assert_int_equal(isolate_cgroup_proc_path(text, NULL, out, sizeof out), 1);
+    assert_string_equal(out, "/kubepods/pod1/ctr");
+    assert_int_equal(isolate_cgroup_proc_path(text, "cpuacc", out, sizeof out), 0);
+    assert_int_equal(isolate_cgroup_proc_path(text, "freezer", out, sizeof out), 0);
+    assert_int_equal(isolate_cgroup_proc_path("0::/../../other\n", NULL, out, sizeof out), -1);
+    assert_int_equal(isolate_cgroup_proc_path("4:memory:relative\n", "memory", out, sizeof out), -1);
+    assert_int_equal(isolate_cgroup_proc_path("4:memory:/a/very/long/path/beyond/eight\n", "memory", out, 8), -1);
+    assert_int_equal(isolate_cgroup_proc_path("garbage without colons\n", NULL, out, sizeof out), 0);
+    assert_int_equal(isolate_cgroup_proc_path("", "pids", out, sizeof out), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -491,6 +517,7 @@ int main(void)
         cmocka_unit_test(test_cpu_max),
         cmocka_unit_test(test_live),
         cmocka_unit_test(test_live_no_limits),
+        cmocka_unit_test(test_proc_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
