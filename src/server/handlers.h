@@ -133,6 +133,7 @@ int  h_pods_create(sreq *r);
 int  h_pods_list(sreq *r);
 int  h_pods_get(sreq *r);
 int  h_pods_delete(sreq *r);
+int  h_pods_policy(sreq *r);
 int  pods_start(srv *s, cell_error *err);
 void pods_stop(srv *s);
 int  pods_node_token(sreq *r, const char *bearer);

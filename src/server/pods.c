@@ -42,6 +42,7 @@ typedef struct spod {
     uint64_t     start_time;
     int          pidfd;
     int          node_default;           /* the policy is --pod-policy's */
+    int          by_operator;            /* the policy is an operator's (PUT .../policy) */
     int64_t      created_ms;
     char         cgroup[256];            /* where the helper was moved (the init's cgroup; memory's on v1) */
     net_engine  *engine;
@@ -50,6 +51,12 @@ typedef struct spod {
 /* One daemon per process: the node endpoint's state is the file's. */
 static struct {
     pthread_mutex_t lock;                /* pods, n, closed */
+    /* Held by whoever uses a pod's engine outside `lock` (an operator's
+     * policy change, which waits on the helper) and by whoever frees a
+     * listed pod (DELETE, the watcher): a pod is never freed under a
+     * policy change, and changes of one pod apply one at a time.  Taken
+     * before `lock`. */
+    pthread_mutex_t change;
     spod     *pods;
     size_t    n;
     int       closed;
@@ -61,7 +68,7 @@ static struct {
     char      dir[4096];                 /* STATE/pods: one record per registration, for a restart */
     pthread_t watcher;
     int       watcher_on;
-} P = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = -1 };
+} P = { .lock = PTHREAD_MUTEX_INITIALIZER, .change = PTHREAD_MUTEX_INITIALIZER, .wake = -1 };
 
 static int      id_valid(const char *id);
 static int      init_exited(const struct spod *p);
@@ -228,9 +235,9 @@ static void record_save(const spod *p, const char *policy)
     char path[sizeof P.dir + 96], tmp[sizeof path + 8];
     record_path(path, sizeof path, p->id);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    json_t *o = json_pack("{s:s, s:i, s:I, s:s?, s:s, s:s, s:s}", "id", p->id, "pid", (int)p->pid, "startTime",
+    json_t *o = json_pack("{s:s, s:i, s:I, s:s?, s:s, s:s, s:s, s:b}", "id", p->id, "pid", (int)p->pid, "startTime",
                           (json_int_t)p->start_time, "policy", policy, "name", p->name, "namespace", p->ns, "uid",
-                          p->uid);
+                          p->uid, "byOperator", p->by_operator);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     cell_error err = { 0 };
@@ -279,6 +286,7 @@ static void restore_one(srv *s, const char *file)
         p->pid = (pid_t)pid;
         p->start_time = (uint64_t)start;
         p->node_default = !json_is_string(pol);
+        p->by_operator = json_is_true(json_object_get(o, "byOperator")) && json_is_string(pol);
         snprintf(p->id, sizeof p->id, "%s", id);
         snprintf(p->audit_id, sizeof p->audit_id, "pod-%.16s", id);
         snprintf(p->name, sizeof p->name, "%s", json_string_value(json_object_get(o, "name")) ?: "");
@@ -402,6 +410,7 @@ static void *watcher_main(void *arg)
         for (size_t i = 0; i < n; i++) {
             if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
                 continue;
+            pthread_mutex_lock(&P.change);
             spod *p = unlink_pod_if(ids[i], 1);
             if (p)
                 record_forget(p->id);
@@ -409,6 +418,7 @@ static void *watcher_main(void *arg)
                 slog(SLOG_INFO, SLOG_F("pod", p->id), "pod %s/%s (%s): its sandbox's init exited; egress stopped",
                      p->ns, p->name, p->id);
             pod_free(p);
+            pthread_mutex_unlock(&P.change);
         }
     }
 }
@@ -430,7 +440,8 @@ int pods_start(srv *s, cell_error *err)
         if (util_read_file(s->opt.pod_policy_file, POD_POLICY_MAX, &P.default_policy, &len, err) < 0)
             return -1;
         cell_error e = { 0 };
-        if (strlen(P.default_policy) != len || cell_policy_check_v2(P.default_policy, s->opt.tenant_dest_allow, &e) < 0 ||
+        if (strlen(P.default_policy) != len ||
+            cell_policy_check_v2(P.default_policy, s->opt.tenant_dest_allow, &e) < 0 ||
             policy_without_secrets(P.default_policy, &e) < 0)
             return util_fail(err, EINVAL, "--pod-policy %s: %s", s->opt.pod_policy_file,
                              e.message[0] ? e.message : "holds a NUL byte");
@@ -528,7 +539,8 @@ static json_t *pod_json(const spod *p)
 {
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:I, s:s, s:i, s:I, s:s}", "id", p->id, "auditId", p->audit_id,
                      "name", p->name, "namespace", p->ns, "uid", p->uid, "pid", (int)p->pid,
-                     "startTime", (json_int_t)p->start_time, "policy", p->node_default ? "node" : "annotation",
+                     "startTime", (json_int_t)p->start_time, "policy",
+                     p->by_operator ? "operator" : p->node_default ? "node" : "annotation",
                      "helperPid", (int)net_engine_pid(p->engine), "createdAtMs", (json_int_t)p->created_ms,
                      "helperCgroup", p->cgroup);
 }
@@ -556,41 +568,45 @@ static ino_t netns_of(pid_t pid, dev_t *dev)
     return st.st_ino;
 }
 
-/* A 400 naming the annotation: its text is the policy. */
-static int policy_invalid(sreq *r, const char *fmt, const char *detail)
+/* What a policy is named in errors: at registration its text is the
+ * annotation's; an operator's change is the request's body. */
+#define FROM_ANNOTATION "policy (annotation cell.dev/egress-policy)"
+#define FROM_BODY       "policy (the request's body)"
+
+/* A 400 naming where the policy came from. */
+static int policy_invalid(sreq *r, const char *what, const char *fmt, const char *detail)
 {
-    return reply_problem(r, 400, "invalid_request", "policy (annotation cell.dev/egress-policy): %s%s", fmt,
-                         detail ? detail : "");
+    return reply_problem(r, 400, "invalid_request", "%s: %s%s", what, fmt, detail ? detail : "");
 }
 
 /* The policy text: valid JSON, an object, within bounds, and a policy a
  * non-admin may set (pods' authors are the cluster's users). */
-static int check_pod_policy(sreq *r, const char *text, size_t len)
+static int check_pod_policy(sreq *r, const char *what, const char *text, size_t len)
 {
     if (len > POD_POLICY_MAX) {
         char m[64];
         snprintf(m, sizeof m, "%zu bytes, more than %d KiB", len, POD_POLICY_MAX / 1024);
-        return policy_invalid(r, "too large: ", m), -1;
+        return policy_invalid(r, what, "too large: ", m), -1;
     }
     json_error_t je;
     json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!doc) {
         char m[256];
         snprintf(m, sizeof m, "%s (line %d, column %d)", je.text, je.line, je.column);
-        return policy_invalid(r, "not JSON: ", m), -1;
+        return policy_invalid(r, what, "not JSON: ", m), -1;
     }
     int is_obj = json_is_object(doc);
     json_decref(doc);
     if (!is_obj)
-        return policy_invalid(r, "must be a JSON object (e.g. {\"rules\": [...]})", NULL), -1;
+        return policy_invalid(r, what, "must be a JSON object (e.g. {\"rules\": [...]})", NULL), -1;
     cell_error e = { 0 };
     if (policy_without_secrets(text, &e) < 0)
-        return policy_invalid(r, e.message, NULL), -1;
+        return policy_invalid(r, what, e.message, NULL), -1;
     if (cell_policy_check_v2(text, r->s->opt.tenant_dest_allow, &e) < 0) {
         if (e.code == EACCES)
-            reply_problem(r, 403, "forbidden", "policy (annotation cell.dev/egress-policy): %s", e.message);
+            reply_problem(r, 403, "forbidden", "%s: %s", what, e.message);
         else
-            policy_invalid(r, e.message, NULL);
+            policy_invalid(r, what, e.message, NULL);
         return -1;
     }
     return 0;
@@ -630,7 +646,7 @@ int h_pods_create(sreq *r)
                       "[A-Za-z0-9_.+-], not starting with '.'", POD_ID_MAX);
         goto replied;
     }
-    req_audit(r, "pod", json_string(id));
+    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
     if (pol && !json_is_null(pol) && !json_is_string(pol)) {
         reply_problem(r, 400, "invalid_request", "field \"policy\" must be a string (the text of the annotation "
                       "cell.dev/egress-policy) or null");
@@ -655,10 +671,10 @@ int h_pods_create(sreq *r)
         goto replied;
     const char *text = json_is_string(pol) ? json_string_value(pol) : NULL;
     if (text && strlen(text) != json_string_length(pol)) {
-        policy_invalid(r, "holds a NUL character", NULL);
+        policy_invalid(r, FROM_ANNOTATION, "holds a NUL character", NULL);
         goto replied;
     }
-    if (text && check_pod_policy(r, text, json_string_length(pol)) < 0)
+    if (text && check_pod_policy(r, FROM_ANNOTATION, text, json_string_length(pol)) < 0)
         goto replied;
     if (!text && !P.default_policy) {
         /* Nothing to enforce: the pod keeps the network CNI gave it. */
@@ -775,7 +791,7 @@ int h_pods_delete(sreq *r)
     if (!P.on)
         return pods_off(r);
     const char *id = router_param(&r->m, "id");
-    req_audit(r, "pod", json_string(id));
+    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
     pthread_mutex_lock(&P.lock);
     int starting = 0;
     for (spod *p = P.pods; p; p = p->next)
@@ -784,11 +800,71 @@ int h_pods_delete(sreq *r)
     pthread_mutex_unlock(&P.lock);
     if (starting)
         return reply_problem(r, 409, "conflict", "pod %s is still being registered; retry", id);
+    pthread_mutex_lock(&P.change);
     spod *p = unlink_pod(id);
+    if (p) {
+        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): unregistered; egress stopped", p->ns, p->name, id);
+        record_forget(p->id);
+        pod_free(p);
+    }
+    pthread_mutex_unlock(&P.change);
+    return p ? reply_empty(r, 204) : reply_problem(r, 404, "not_found", "pod %s is not registered", id);
+}
+
+/* PUT /v1/pods/{id}/policy: an operator changes a running pod's policy
+ * (the body is the policy, as for a cell's).  Checked as a registration's
+ * is; new flows get it, flows already relaying keep their verdict (the
+ * engine's live change, as for a cell); kept for a restart; audited with
+ * the request. */
+int h_pods_policy(sreq *r)
+{
+    if (!P.on)
+        return pods_off(r);
+    const char *id = router_param(&r->m, "id");
+    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
+    json_t *body;
+    if (req_json(r, &body) < 0)
+        return REPLIED(r);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_t *reply = NULL;
+    int rc = MHD_YES;
+    if (!text) {
+        rc = reply_problem(r, 500, "internal", "out of memory");
+        goto out;
+    }
+    if (check_pod_policy(r, FROM_BODY, text, strlen(text)) < 0) {
+        rc = REPLIED(r);
+        goto out;
+    }
+    pthread_mutex_lock(&P.change);
+    spod *p = NULL;
+    pthread_mutex_lock(&P.lock);
+    for (spod *q = P.pods; q && !p; q = q->next)
+        if (q->engine && strcmp(q->id, id) == 0)
+            p = q;
+    pthread_mutex_unlock(&P.lock);
+    cell_error e = { 0 };
+    /* p stays listed meanwhile: freeing it takes P.change. */
     if (!p)
-        return reply_problem(r, 404, "not_found", "pod %s is not registered", id);
-    slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): unregistered; egress stopped", p->ns, p->name, id);
-    record_forget(p->id);
-    pod_free(p);
-    return reply_empty(r, 204);
+        rc = reply_problem(r, 404, "not_found", "pod %s is not registered", id);
+    else if (net_engine_set_policy(p->engine, text, &e) < 0)
+        rc = reply_problem(r, 500, "internal", "pod %s: its egress helper did not take the policy (the old one "
+                           "still applies): %s", id, e.message);
+    else {
+        pthread_mutex_lock(&P.lock);
+        p->by_operator = 1;
+        p->node_default = 0;
+        record_save(p, text);
+        reply = pod_json(p);
+        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): policy changed by an operator (token %s)", p->ns,
+             p->name, id, r->tok.id);
+        pthread_mutex_unlock(&P.lock);
+    }
+    pthread_mutex_unlock(&P.change);
+    if (reply)
+        rc = reply_json(r, 200, reply);
+out:
+    free(text);
+    json_decref(body);
+    return rc;
 }

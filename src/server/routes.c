@@ -40,6 +40,7 @@ const route control_routes[] = {
     { "GET",    "/v1/pods",                 h_pods_list,     NULL, ROUTE_ADMIN | ROUTE_NODE },
     { "GET",    "/v1/pods/{id}",            h_pods_get,      NULL, ROUTE_ADMIN | ROUTE_NODE },
     { "DELETE", "/v1/pods/{id}",            h_pods_delete,   NULL, ROUTE_ADMIN | ROUTE_NODE },
+    { "PUT",    "/v1/pods/{id}/policy",     h_pods_policy,   NULL, ROUTE_ADMIN | ROUTE_NODE },
     { "POST",   "/v1/tokens",               h_tokens_create, NULL, ROUTE_ADMIN },
     { "GET",    "/v1/tokens",               h_tokens_list,   NULL, ROUTE_ADMIN },
     { "DELETE", "/v1/tokens/{id}",          h_tokens_revoke, NULL, ROUTE_ADMIN },

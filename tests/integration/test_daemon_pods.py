@@ -491,3 +491,95 @@ def test_a_pods_pids_limit_limits_its_own_egress_only(node, wired, echo_server):
     client.stdin.close()
     client.wait(timeout=30)
     assert ok == 3, "another pod's egress suffered from the first pod's limit"
+
+
+# ---- an operator's policy change: PUT /v1/pods/{id}/policy ------------------------------------
+def test_an_operator_changes_a_running_pods_policy(node, d, wired, echo_server):
+    """The pod first may not reach the echo server; after the operator's
+    PUT its new flows may; the change is kept (GET, the record), audited,
+    and the node's default is no longer what applies."""
+    pod = wired()
+    addr, port = echo_server
+    r = node.post("/v1/pods", body(pod.proc))
+    assert r.status == 201, r
+    pid = r.body["id"]
+    client, ok = pod.connect(addr, port, 1)
+    client.stdin.close()
+    client.wait(timeout=30)
+    assert ok == 0, "the registered policy (192.0.2.1:80 only) let the pod reach the echo server"
+    allow = {"rules": [{"tcp": {"to": addr + "/32", "ports": [port]}}]}
+    r = node.put("/v1/pods/%s/policy" % pid, allow)
+    assert r.status == 200 and r.body["policy"] == "operator" and r.body["id"] == pid, r
+    assert node.get("/v1/pods/" + pid).body["policy"] == "operator"
+    with open(os.path.join(d.state, "pods", pid + ".json")) as f:
+        rec = json.load(f)
+    assert json.loads(rec["policy"]) == allow and rec["byOperator"] is True
+    client, ok = pod.connect(addr, port, 1)
+    client.stdin.close()
+    client.wait(timeout=30)
+    assert ok == 1, "the operator's policy did not apply to a new flow"
+    # The node token's requests are tenant "pods"'s, which a token of that tenant reads.
+    recs = d.tenant("pods").get("/v1/audit?kind=request&limit=1000").body["records"]
+    assert any(a.get("method") == "PUT" and a.get("pod") == {"id": pid} and a.get("status") == 200
+               and a.get("token") == "node" for a in recs), "the change is not in the audit"
+
+
+@pytest.mark.parametrize("raw, status, detail", [
+    (b"{", 400, None),
+    (b"[]", None, None),
+    (b"null", None, None),
+    (json.dumps({"rules": "x"}).encode(), 400, "request's body"),
+    (json.dumps({"rules": [{"tcp": {"to": "link-local"}}]}).encode(), 403, "rules[0]"),
+    (json.dumps({"rules": [{"http": {"host": "a.test", "ports": [443],
+                                     "set_headers": {"X-Key": "${secret:K}"}}}]}).encode(), 400, "rules[0] names"),
+    (json.dumps({"rules": [], "pad": "x" * (70 << 10)}).encode(), None, None),
+])
+def test_bad_policy_changes(node, proc, raw, status, detail):
+    r = node.post("/v1/pods", body(proc))
+    assert r.status == 201, r
+    pid = r.body["id"]
+    bad = node.call("PUT", "/v1/pods/%s/policy" % pid, body=raw, headers={"Content-Type": "application/json"})
+    assert bad.ctype == "application/problem+json", bad
+    assert bad.status == status if status else bad.status in (400, 413, 422), bad
+    if detail:
+        assert detail in bad.body["detail"], bad
+    # the pod keeps its policy
+    got = node.get("/v1/pods/" + pid).body
+    assert got["policy"] == "annotation" and got["helperPid"] == r.body["helperPid"]
+
+
+def test_policy_changes_unknown_or_not_allowed(node, d, node_token):
+    allow = {"rules": []}
+    assert_problem(node.put("/v1/pods/nosuchpod/policy", allow), 404)
+    assert_problem(node.put("/v1/pods/..%2F..%2Fetc/policy", allow), 404)
+    assert_problem(d.tenant("podpusher").put("/v1/pods/x/policy", allow), 403)
+    assert_problem(d.client(node_token, admin=False).put("/v1/pods/x/policy", allow), 401)
+
+
+def test_concurrent_policy_changes_and_a_change_racing_delete(node, d):
+    """Eight PUTs at once all apply, one at a time (the record holds one of
+    them whole); PUTs racing the pod's DELETE answer 200 or 404, and
+    nothing of the pod is left after."""
+    p = NetnsProc()
+    try:
+        r = node.post("/v1/pods", body(p))
+        assert r.status == 201, r
+        pid, helper = r.body["id"], r.body["helperPid"]
+        policies = [{"rules": [{"tcp": {"to": "192.0.2.1/32", "ports": [80 + i]}}]} for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            got = list(ex.map(lambda pol: node.put("/v1/pods/%s/policy" % pid, pol).status, policies))
+        assert got == [200] * 8, got
+        with open(os.path.join(d.state, "pods", pid + ".json")) as f:
+            assert json.loads(json.load(f)["policy"]) in policies
+        assert helper_alive(helper)
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            puts = [ex.submit(node.put, "/v1/pods/%s/policy" % pid, policies[i]) for i in range(6)]
+            dele = ex.submit(node.delete, "/v1/pods/" + pid)
+            statuses = [f.result().status for f in puts]
+        assert dele.result().status == 204
+        assert set(statuses) <= {200, 404}, statuses
+        assert node.get("/v1/pods/" + pid).status == 404
+        assert not os.path.exists(os.path.join(d.state, "pods", pid + ".json")), "a PUT wrote the record back"
+        assert wait_for(lambda: not helper_alive(helper), 10)
+    finally:
+        p.close()
