@@ -338,7 +338,8 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
   for (const role of ["banner", "main", "navigation"])
     assert.ok(await page.getByRole(role).count() >= 1, `landmark ${role}`);
   for (const where of ["#/cells", `#/cells/${cellId}/processes`, `#/cells/${cellId}/files?path=/tmp`,
-                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`, "#/audit", "#/tokens", "#/tenants"]) {
+                       `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`,
+                       `#/cells/${cellId}/desktop`, "#/audit", "#/tokens", "#/tenants"]) {
     await page.goto(`${st.base}/ui/${where}`);
     await page.locator("main form, main table").first().waitFor();
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main input, main select, main textarea")]
@@ -404,6 +405,80 @@ uiTest("agent: a session with the mock agent: chat, a permission request answere
     assert.ok(i < 200, `the agent instance outlived its page: ${JSON.stringify(list)}`);
     await sleep(50);
   }
+});
+
+// The desktop tab (ui/src/desktop.js): the live view (or, on a daemon without
+// /desktop/live, polled screenshots) of a 640x480 desktop in the test's cell.
+uiTest("desktop: start, a window appears in the view, a click and keys reach it, stop", async () => {
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/desktop`);
+  const stateLine = page.locator(".deskstate");
+  await page.locator('.deskstate[data-state="inactive"]').waitFor();
+  // A resolution the daemon refuses is shown at its field; nothing starts.
+  await page.getByLabel("Width").fill("99999");
+  await page.getByLabel("Height").fill("480");
+  await page.getByRole("button", { name: "Start desktop" }).click();
+  await page.locator(".field-error", { hasText: "width" }).waitFor();
+  assert.equal(await page.getByLabel("Width").getAttribute("aria-invalid"), "true");
+  assert.equal((await api("GET", `/cells/${cellId}/v1/desktop/status`)).body.state, "inactive");
+  await page.getByLabel("Width").fill("640");
+  await page.getByRole("button", { name: "Start desktop" }).click();
+  await page.locator('.deskstate[data-state="active"]').waitFor();
+  assert.match(await stateLine.textContent(), /640x480/);
+  // The view: the live socket when the daemon has it, screenshots otherwise.
+  const live = (await handshake(`/cells/${cellId}/v1/desktop/live`, `cell.desktop, cell.bearer.${st.token}`)).status === 101;
+  const view = page.getByRole("application", { name: `Desktop of cell ${cellId}` });
+  await page.locator(`canvas.deskview[data-mode="${live ? "live" : "poll"}"]`).waitFor();
+  await page.waitForFunction(() => Number(document.querySelector("canvas.deskview").dataset.frames) >= 1);
+  const pixel = (x, y) => page.evaluate(([px, py]) => [...document.querySelector("canvas.deskview").getContext("2d")
+    .getImageData(px, py, 1, 1).data].slice(0, 3), [x, y]);
+  const red = ([r, g, b]) => r > 180 && g < 80 && b < 80;
+  assert.ok(!red(await pixel(150, 100)), "the empty desktop is not red at 150,100");
+  assert.match(await page.locator(".deskrate").textContent(), /^(\d+ fps)?$/);
+  // A window the test opens through the API appears in a later frame: a red
+  // xterm that writes the line it reads to a file.
+  const launched = await api("POST", `/cells/${cellId}/v1/desktop/launch`, { app: "xterm", wait: true, args: [
+    "-geometry", "30x6+100+80", "-bg", "red", "-fg", "white", "-e", "sh", "-c", 'read line; echo "$line" > /tmp/ui-typed'] });
+  assert.equal(launched.status, 200, JSON.stringify(launched.body));
+  await page.waitForFunction(() => {
+    const d = document.querySelector("canvas.deskview").getContext("2d").getImageData(150, 100, 1, 1).data;
+    return d[0] > 180 && d[1] < 80 && d[2] < 80;
+  });
+  await page.locator(".deskrate", { hasText: /[1-9]\d* fps/ }).waitFor();
+  // Click into the window through the view (the canvas is drawn 1:1 here),
+  // then type: the keys go to the desktop while the view has the focus.
+  const click = async (x, y) => {
+    await view.scrollIntoViewIfNeeded();
+    const box = await view.boundingBox();
+    await page.mouse.click(box.x + (x + 0.5) * box.width / 640, box.y + (y + 0.5) * box.height / 480);
+  };
+  await click(150, 100);
+  assert.equal(await page.evaluate(() => document.activeElement?.classList.contains("deskview")), true);
+  await page.keyboard.type("hello ui");
+  await page.keyboard.press("Enter");
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${st.base}/cells/${cellId}/v1/fs/file?path=/tmp/ui-typed`, { headers: { Authorization: `Bearer ${st.token}` } });
+    if (r.ok && (await r.text()) === "hello ui\n") break;
+    assert.ok(i < 200, "the typed line never reached the xterm");
+    await sleep(50);
+  }
+  await click(500, 400);
+  for (let i = 0; ; i++) {
+    const p = (await api("GET", `/cells/${cellId}/v1/desktop/mouse/position`)).body;
+    if (p.x === 500 && p.y === 400) break;
+    assert.ok(i < 200, `the pointer is at ${JSON.stringify(p)}, not 500,400`);
+    await sleep(50);
+  }
+  // Escape gives the keyboard back to the page.
+  await view.focus();
+  await page.keyboard.press("Escape");
+  assert.equal(await page.evaluate(() => document.activeElement?.classList.contains("deskview")), false);
+  // The socket carried no token in its URL.
+  assert.deepEqual([...requests, ...sockets].filter((u) => u.includes(st.token)), []);
+  if (live) assert.ok(sockets.some((u) => u.endsWith(`/cells/${cellId}/v1/desktop/live`)), sockets.join(" "));
+  await page.getByRole("button", { name: "Stop desktop" }).click();
+  await page.locator('.deskstate[data-state="inactive"]').waitFor();
+  assert.equal(await view.isVisible(), false);
+  assert.equal((await api("GET", `/cells/${cellId}/v1/desktop/status`)).body.state, "inactive");
 });
 
 uiTest("tokens and audit: a token made in the UI works until the UI revokes it; the audit lists requests", async () => {

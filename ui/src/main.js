@@ -1,5 +1,5 @@
 // main.js: the Inspector (docs/ui.md).  Hash routes, one page at a time:
-//   #/login, #/cells, #/cells/ID/{processes,terminal,files,egress,policy}
+//   #/login, #/cells, #/cells/ID/{processes,terminal,files,egress,policy,agent,desktop}
 // Each page gets an AbortSignal that fires when the user leaves it, which
 // ends its polling loops, event streams and WebSocket.
 import "./style.css";
@@ -11,6 +11,7 @@ import { filesPage } from "./files.js";
 import { egressPage, policyPage } from "./egress.js";
 import { auditPage, tokensPage, tenantsPage } from "./admin.js";
 import { agentPage } from "./agent.js";
+import { desktopPage } from "./desktop.js";
 
 const main = () => document.getElementById("main");
 let leave = null;   // the AbortController of the page shown
@@ -153,9 +154,9 @@ function createForm(refresh) {
 }
 
 const TABS = [["processes", "Processes"], ["terminal", "Terminal"], ["files", "Files"],
-  ["egress", "Egress"], ["policy", "Policy"], ["agent", "Agent"]];
+  ["egress", "Egress"], ["policy", "Policy"], ["agent", "Agent"], ["desktop", "Desktop"]];
 const PAGES = { processes: processesPage, terminal: terminalPage, files: filesPage,
-  egress: egressPage, policy: policyPage, agent: agentPage };
+  egress: egressPage, policy: policyPage, agent: agentPage, desktop: desktopPage };
 
 async function cellPage(root, signal, id, tab, query) {
   const head = h("div", { class: "cellhead" }, h("h1", {}, `Cell ${id}`), h("span", { class: "state" }, ""));
