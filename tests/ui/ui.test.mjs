@@ -472,6 +472,8 @@ uiTest("desktop: start, a window appears in the view, a click and keys reach it,
   await view.focus();
   await page.keyboard.press("Escape");
   assert.equal(await page.evaluate(() => document.activeElement?.classList.contains("deskview")), false);
+  await page.keyboard.press("Shift+Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.classList.contains("deskview")), true, "Shift+Tab goes back into the view");
   // The socket carried no token in its URL.
   assert.deepEqual([...requests, ...sockets].filter((u) => u.includes(st.token)), []);
   if (live) assert.ok(sockets.some((u) => u.endsWith(`/cells/${cellId}/v1/desktop/live`)), sockets.join(" "));

@@ -37,14 +37,15 @@ export async function desktopPage(root, signal, cell) {
     h("div", { class: "row" }, width.wrap, height.wrap), formErr.wrap,
     h("div", { class: "row" }, startBtn, stopBtn, reconnect));
   const helpId = `desk-help-${cell.id}`;
-  const help = h("p", { id: helpId, class: "hint" }, "The cell's screen. Click or Tab into it: the pointer and the keys ",
+  // Escape moves the focus here, after the view: Tab then moves on, Shift+Tab back in.
+  const help = h("p", { id: helpId, class: "hint", tabindex: "-1" }, "The cell's screen. Click or Tab into it: the pointer and the keys ",
     "then go to the desktop (Tab too); press ", h("kbd", {}, "Escape"), " to give the keyboard back to the page.");
   const canvas = h("canvas", { class: "deskview", tabindex: "0", role: "application", width: 1, height: 1,
     "aria-label": `Desktop of cell ${cell.id}`, "aria-describedby": helpId, "data-frames": "0" });
   const rate = h("span", { class: "deskrate", "aria-hidden": "true" }, "");
   const mode = h("span", { class: "deskmode" }, "");
-  const viewBox = h("div", { class: "deskbox", tabindex: "-1", hidden: true },
-    h("p", { class: "hint" }, mode, " ", rate), help, canvas);
+  const viewBox = h("div", { class: "deskbox", hidden: true },
+    h("p", { class: "hint" }, mode, " ", rate), canvas, help);
   root.append(form, viewBox);
 
   let status = null;        // the last GET /status
@@ -241,7 +242,7 @@ export async function desktopPage(root, signal, cell) {
   canvas.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape") {
       ev.preventDefault();
-      viewBox.focus();
+      help.focus();
       say("The keyboard is back on the page.");
       return;
     }
