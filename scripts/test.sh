@@ -184,6 +184,7 @@ bench_smoke binstats.sh env BINSTATS_N=3 bash scripts/binstats.sh build
 bench_smoke oci.sh env CELL_BENCH_BUILD=build CELL_OCI_BENCH_N=3 CELL_OCI_BENCH_WARMUP=1 bash bench/oci.sh
 bench_smoke ui.sh env CELL_BENCH_BUILD=build CELL_UI_BENCH_N=2 CELL_UI_BENCH_REF=0 bash bench/ui.sh
 bench_smoke desktop.sh env CELL_BENCH_BUILD=build CELL_DESKTOP_BENCH_N=1 CELL_DESKTOP_BENCH_M=2 bash bench/desktop.sh
+bench_smoke desktop_live.sh env CELL_BENCH_BUILD=build CELL_LIVE_BENCH_M=2 bash bench/desktop_live.sh
 # A new bench script or program must join the above: each bench/*.sh is run
 # here (load_check.sh in the load stage) or by faststart.sh, each bench/*.c
 # is a Makefile target (make bench-bin).

@@ -2070,3 +2070,50 @@ int h_desktop(sreq *r)
         return MHD_YES;
     return reply_json(r, 200, c.res ? c.res : json_object());
 }
+
+/* ---- for the live view (desktop_live.c) ----------------------------------------
+ * The live view keeps its own socket and frame source; it only asks where
+ * the desktop is and applies input exactly as the HTTP routes do. */
+int desktop_live_target(scell *sc, int *display, int *width, int *height)
+{
+    struct desktop *d = dk_get(sc);
+    if (!d)
+        return -1;
+    pthread_mutex_lock(&d->lock);
+    dk_refresh(sc, d);
+    int active = d->state == DK_ACTIVE;
+    if (active) {
+        *display = d->display;
+        *width = d->width;
+        *height = d->height;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return active ? 0 : -1;
+}
+
+int desktop_input(scell *sc, const char *tail, json_t *body, char *msg, size_t size)
+{
+    size_t i = 0;
+    while (i < DK_N_ROUTES && (strcmp(dk_table[i].method, "POST") != 0 || strcmp(dk_table[i].tail, tail) != 0))
+        i++;
+    /* Only pointer and keyboard input: nothing that needs the request (c.r). */
+    if (i == DK_N_ROUTES || dk_table[i].op < OP_MOVE || dk_table[i].op > OP_KUP) {
+        snprintf(msg, size, "%s is not a desktop input", tail);
+        return 400;
+    }
+    dk_ctx c = { .sc = sc, .body = body };
+    if (!(c.d = dk_get(sc))) {
+        snprintf(msg, size, "out of memory");
+        return 500;
+    }
+    pthread_mutex_lock(&c.d->lock);
+    int rc = dk_dispatch(&c, dk_table[i].op);
+    pthread_mutex_unlock(&c.d->lock);
+    json_decref(c.res);
+    if (rc >= 0)
+        return 0;
+    snprintf(msg, size, "%s", c.pb.msg);
+    dk_ascii(msg);
+    json_decref(c.pb.ext);
+    return (int)c.pb.status;
+}

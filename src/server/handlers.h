@@ -82,6 +82,13 @@ int h_proc_delete(sreq *r);
 int h_proc_resize(sreq *r);
 /* terminal.c */
 int h_proc_terminal_ws(sreq *r);
+/* The WebSocket handshake checks, shared with desktop_live.c: NULL when r is
+ * a handshake we accept (accept filled in), else why not (answer 400);
+ * whether a comma-separated header value lists token. */
+const char *terminal_check_handshake(sreq *r, char accept[29]);
+int terminal_has_token(const char *value, const char *token);
+/* desktop_live.c: the desktop's live view over a WebSocket */
+int h_desktop_live(sreq *r);
 
 /* fsapi.c: /cells/{cell}/v1/fs */
 int h_fs_read(sreq *r);

@@ -136,6 +136,8 @@ const route agent_routes[] = {
     CELL_ROUTE("GET",    "/desktop/stream/status",            h_desktop, 0),
     CELL_ROUTE("POST",   "/desktop/stream/start",             h_desktop, 0),
     CELL_ROUTE("POST",   "/desktop/stream/stop",              h_desktop, 0),
+    /* The live view without WebRTC: JPEG frames and input over a WebSocket (desktop_live.c). */
+    CELL_ROUTE("GET",    "/desktop/live",                     h_desktop_live, ROUTE_EVENTS),
 };
 const size_t n_agent_routes = sizeof agent_routes / sizeof agent_routes[0];
 

@@ -554,7 +554,7 @@ static void term_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls,
 
 /* ---- the handshake ----------------------------------------------------------------- */
 /* Whether a comma-separated header value lists `token` (case-insensitive). */
-static int has_token(const char *value, const char *token)
+int terminal_has_token(const char *value, const char *token)
 {
     size_t tlen = strlen(token);
     while (value && *value) {
@@ -577,11 +577,11 @@ static const char *header(sreq *r, const char *name)
 
 /* NULL when the request is a WebSocket handshake we accept (accept filled
  * in), else the reason, worded as the reference server words it. */
-static const char *check_handshake(sreq *r, char accept[29])
+const char *terminal_check_handshake(sreq *r, char accept[29])
 {
     const char *upgrade = header(r, MHD_HTTP_HEADER_UPGRADE), *version = header(r, "Sec-WebSocket-Version");
     const char *key = header(r, "Sec-WebSocket-Key");
-    if (!has_token(header(r, MHD_HTTP_HEADER_CONNECTION), "upgrade"))
+    if (!terminal_has_token(header(r, MHD_HTTP_HEADER_CONNECTION), "upgrade"))
         return "Connection header did not include 'upgrade'";
     if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
         return "`Upgrade` header did not include 'websocket'";
@@ -597,7 +597,7 @@ static const char *check_handshake(sreq *r, char accept[29])
 int h_proc_terminal_ws(sreq *r)
 {
     char accept[29];
-    const char *why = check_handshake(r, accept);
+    const char *why = terminal_check_handshake(r, accept);
     if (why)
         return reply_problem(r, 400, "invalid_request", "%s", why);
     const char *id = router_param(&r->m, "id");
@@ -640,7 +640,7 @@ int h_proc_terminal_ws(sreq *r)
     }
     /* A client that offered protocols needs one chosen, or it drops the
      * connection: the browser's token offer (http.c) comes with this one. */
-    if (has_token(header(r, "Sec-WebSocket-Protocol"), WS_PROTO_TERMINAL) &&
+    if (terminal_has_token(header(r, "Sec-WebSocket-Protocol"), WS_PROTO_TERMINAL) &&
         MHD_add_response_header(resp, "Sec-WebSocket-Protocol", WS_PROTO_TERMINAL) != MHD_YES) {
         MHD_destroy_response(resp);
         return reply_problem(r, 500, "internal", "out of memory");

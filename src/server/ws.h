@@ -29,6 +29,7 @@
  * the token is never echoed and never in a URL (docs/security.md). */
 #define WS_PROTO_BEARER   "cell.bearer."
 #define WS_PROTO_TERMINAL "cell.terminal"
+#define WS_PROTO_DESKTOP  "cell.desktop"  /* the desktop's live view (desktop_live.c) */
 
 /* Largest control frame payload (RFC 6455 section 5.5). */
 #define WS_MAX_CONTROL 125

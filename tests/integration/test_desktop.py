@@ -23,6 +23,7 @@ import pytest
 
 import daemon as dm
 from daemon import assert_problem, make_tenant_token, wait_for
+from desktop_support import Desktop, _netns, decode, in_cell, named, new_cell, pixel, started, xterm
 
 pytestmark = pytest.mark.skipif(
     not all(os.path.exists("/usr/bin/" + b) for b in ("Xvfb", "openbox", "xdotool", "convert", "xprop", "xterm")),
@@ -32,38 +33,6 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def d(tmp_path_factory):
     yield from dm.serve(tmp_path_factory.mktemp("desktop"))
-
-
-def new_cell(admin, **extra):
-    body = {"resources": {"memory": "512M"}}
-    body.update(extra)
-    r = admin.post("/v1/cells", body)
-    assert r.status == 201, r
-    return r.body["id"]
-
-
-class Desktop:
-    def __init__(self, client, cid):
-        self.c, self.cid = client, cid
-        self.base = "/cells/%s/v1/desktop" % cid
-
-    def get(self, path, **kw):
-        return self.c.get(self.base + path, **kw)
-
-    def post(self, path, body=None, **kw):
-        return self.c.post(self.base + path, body, **kw)
-
-    def run(self, command, *args):
-        r = self.c.post("/cells/%s/v1/processes/run" % self.cid, {"command": command, "args": list(args)})
-        assert r.status == 200, r
-        return r.body
-
-
-def started(admin, cid):
-    dk = Desktop(admin, cid)
-    r = dk.post("/start", {"width": 640, "height": 480, "dpi": 96, "displayNum": 150})
-    assert r.status == 200 and r.body["state"] == "active", r
-    return dk
 
 
 @pytest.fixture
@@ -88,54 +57,6 @@ def idle(admin):
     cid = new_cell(admin)
     yield Desktop(admin, cid)
     admin.delete("/v1/cells/%s" % cid)
-
-
-def decode(image):
-    """(width, height, rgb bytes) of any image ImageMagick reads."""
-    size = subprocess.run(["identify", "-format", "%w %h", "-"], input=image, capture_output=True, check=True).stdout
-    w, h = map(int, size.split())
-    rgb = subprocess.run(["convert", "-", "-depth", "8", "rgb:-"], input=image, capture_output=True, check=True).stdout
-    assert len(rgb) == w * h * 3
-    return w, h, rgb
-
-
-def pixel(img, x, y):
-    w, _, rgb = img
-    return tuple(rgb[(y * w + x) * 3:(y * w + x) * 3 + 3])
-
-
-def in_cell(dk, state):
-    """[(host pid, argv)] of the processes of dk's cell (of the daemon's cells, those
-    in the cell's network namespace, which the cell reports itself)."""
-    if not getattr(dk, "netns", None):
-        dk.netns = dk.run("readlink", "/proc/self/ns/net")["stdout"].strip()
-    out = []
-    for pid in dm.cell_pids_of_state(state):
-        try:
-            if os.readlink("/proc/%d/ns/net" % pid) != dk.netns:
-                continue
-        except OSError:
-            continue
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if argv:
-            out.append((pid, argv))
-    return out
-
-
-def named(procs, name):
-    return [(pid, argv) for pid, argv in procs if os.path.basename(argv[0]) == name]
-
-
-def xterm(dk, *extra):
-    """Launch an xterm at +100+80 (red, 30x6 cells) and wait for its window."""
-    r = dk.post("/launch", {"app": "xterm", "args": ["-geometry", "30x6+100+80", "-bg", "red", "-fg", "white",
-                                                     *extra], "wait": True})
-    assert r.status == 200 and r.body["processId"] and r.body.get("windowId"), r
-    return r.body
 
 
 # ---- status, start, stop ---------------------------------------------------------------
@@ -519,10 +440,6 @@ def test_unknown_cell_and_other_tenant(admin, shared):
 
 
 # ---- isolation: what the host can reach -----------------------------------------------------
-
-
-def _netns(pid):
-    return os.readlink("/proc/%s/ns/net" % pid)
 
 
 def test_no_x_socket_is_reachable_from_outside_the_cell(d, shared):

@@ -1,0 +1,285 @@
+"""The desktop's live view (GET /cells/{id}/v1/desktop/live, a WebSocket;
+src/server/desktop_live.c): JPEG frames from an ffmpeg x11grab source that
+runs in the cell, input and settings as JSON text messages.
+
+Frames are decoded with the host's ImageMagick; what the test opens it finds
+in a later frame's pixels; input is checked through the HTTP API; the frame
+source is found among the cell's processes from the host, and its end is
+checked after the socket closes; a client that never reads is checked by
+the daemon's RSS against what the source wrote (its /proc io), not by time."""
+import json
+import os
+import socket
+
+import pytest
+
+import daemon as dm
+import wsclient
+from daemon import make_tenant_token, wait_for
+from desktop_support import Desktop, decode, in_cell, new_cell, pixel, started, xterm
+
+pytestmark = pytest.mark.skipif(
+    not all(os.path.exists("/usr/bin/" + b) for b in ("Xvfb", "openbox", "xdotool", "convert", "xterm", "ffmpeg")),
+    reason="the desktop tools are not installed on the host (scripts/install-deps.sh)")
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    yield from dm.serve(tmp_path_factory.mktemp("desktop-live"))
+
+
+@pytest.fixture(scope="module")
+def shared(admin):
+    """One active 640x480 desktop for the tests that stop nothing."""
+    cid = new_cell(admin)
+    yield started(admin, cid)
+    admin.delete("/v1/cells/%s" % cid)
+
+
+@pytest.fixture
+def desk(admin, cells):
+    cid = new_cell(admin)
+    cells.append(cid)
+    return started(admin, cid)
+
+
+def live(d, dk, query="", token=None, **kw):
+    path = "/cells/%s/v1/desktop/live%s" % (dk.cid, query)
+    return wsclient.connect(d.port, path, token=token or d.admin_token, **kw)
+
+
+def opened(d, dk, query=""):
+    status, headers, ws = live(d, dk, query)
+    assert status == 101, headers
+    ready = ws.recv_json()
+    assert ready["type"] == "ready", ready
+    return ws, ready
+
+
+def next_frame(ws):
+    while True:
+        op, data = ws.recv()
+        if op == 0x2:
+            return data
+
+
+def red(px):
+    """JPEG moves colours a little."""
+    return px[0] > 200 and px[1] < 60 and px[2] < 60
+
+
+def sources(d, dk):
+    """[(pid, argv)] of the cell's ffmpeg x11grab processes."""
+    return [(p, a) for p, a in in_cell(dk, d.state) if os.path.basename(a[0]) == "ffmpeg" and "x11grab" in a]
+
+
+# ---- frames ------------------------------------------------------------------------------
+
+
+def test_frames_are_jpegs_of_the_desktops_size(d, shared):
+    ws, ready = opened(d, shared)
+    assert ready == {"type": "ready", "width": 640, "height": 480, "frameWidth": 640, "frameHeight": 480,
+                     "fps": 10, "quality": 70, "scale": 1.0}, ready
+    for _ in range(3):
+        frame = next_frame(ws)
+        assert frame[:2] == b"\xff\xd8" and frame[-2:] == b"\xff\xd9"
+        assert decode(frame)[:2] == (640, 480)
+    # Settings change the source: the answer names the new frame size, and frames follow it.
+    ws.send_json({"type": "settings", "scale": 0.5, "fps": 20, "quality": 40})
+    changed = ws.recv_json()
+    assert changed["type"] == "settings" and (changed["frameWidth"], changed["frameHeight"]) == (320, 240), changed
+    assert (changed["fps"], changed["quality"]) == (20, 40)
+    assert decode(next_frame(ws))[:2] == (320, 240)
+    assert ws.close() == (1000, "")
+
+
+def test_query_settings_and_the_subprotocol(d, shared):
+    status, headers, ws = live(d, shared, "?scale=0.25&fps=5&quality=100", protocols=["cell.desktop"])
+    assert status == 101 and headers["sec-websocket-protocol"] == "cell.desktop", headers
+    ready = ws.recv_json()
+    assert (ready["frameWidth"], ready["frameHeight"], ready["fps"]) == (160, 120, 5), ready
+    assert decode(next_frame(ws))[:2] == (160, 120)
+    ws.close()
+
+
+def test_a_window_the_test_opens_appears_in_a_later_frame(d, desk):
+    ws, _ = opened(d, desk)
+    assert not red(pixel(decode(next_frame(ws)), 150, 100))
+    xterm(desk)                                       # red, at +100+80
+    for _ in range(100):                              # frames, not seconds
+        if red(pixel(decode(next_frame(ws)), 150, 100)):
+            break
+    else:
+        pytest.fail("no frame showed the red xterm")
+    ws.close()
+
+
+# ---- input --------------------------------------------------------------------------------
+
+
+def test_input_over_the_socket_moves_the_pointer_and_types(d, desk):
+    ws, _ = opened(d, desk)
+    ws.send_json({"type": "move", "x": 321, "y": 123, "id": 1})
+    assert ws.recv_json() == {"type": "done", "id": 1}
+    r = desk.get("/mouse/position")
+    assert r.status == 200 and (r.body["x"], r.body["y"]) == (321, 123), r
+    # Without an id, input is applied and not answered; the next answered one comes after it.
+    ws.send_json({"type": "move", "x": 10, "y": 20})
+    ws.send_json({"type": "click", "x": 30, "y": 40, "id": "c"})
+    assert ws.recv_json() == {"type": "done", "id": "c"}
+    r = desk.get("/mouse/position")
+    assert (r.body["x"], r.body["y"]) == (30, 40), r
+    # Keyboard: typed into an xterm that writes what it reads to a file.
+    xterm(desk, "-e", "sh", "-c", "read line; echo \"$line\" > /tmp/live-typed")
+    ws.send_json({"type": "click", "x": 150, "y": 100})
+    ws.send_json({"type": "type", "text": "hello live"})
+    ws.send_json({"type": "key", "key": "Return", "id": 2})
+    assert ws.recv_json() == {"type": "done", "id": 2}
+    wait_for(lambda: desk.run("cat", "/tmp/live-typed")["stdout"] == "hello live\n")
+    ws.close()
+
+
+@pytest.mark.parametrize("message, code, says", [
+    (b"{not json", 1007, "JSON object"),
+    (b"[1, 2]", 1007, "JSON object"),
+    (b"{}", 1007, "\"type\""),
+    (b'{"type": 5}', 1007, "\"type\""),
+    (b'{"type": "explode"}', 1007, "unknown \"type\" \"explode\""),
+    (b'{"type": "settings", "fps": 99}', 1007, "fps must be an integer from 1 to 30"),
+    (b'{"type": "settings", "scale": 0}', 1007, "scale must be a number from 0.1 to 1"),
+    (b'{"type": "settings", "quality": "high"}', 1007, "must be integers"),
+    (b'{"type": "move", "x": 9999, "y": 1}', 1007, "move:"),
+    (b'{"type": "move"}', 1007, "move:"),
+    (b'{"type": "type", "text": 5}', 1007, "type:"),
+    (b'{"type": "key", "key": "a b"}', 1007, "key:"),
+])
+def test_bad_messages_close_with_a_code_and_reason(d, shared, message, code, says):
+    ws, _ = opened(d, shared)
+    ws.send(0x1, message)
+    got, reason = ws.closed_with()
+    assert got == code and says in reason, (got, reason)
+
+
+def test_binary_and_huge_messages_are_refused(d, shared):
+    ws, _ = opened(d, shared)
+    ws.send(0x2, b"\xff\xd8")
+    assert ws.closed_with()[0] == 1003
+    ws, _ = opened(d, shared)
+    ws.send(0x1, json.dumps({"type": "type", "text": "a" * (200 << 10)}).encode())
+    assert ws.closed_with()[0] == 1009
+
+
+@pytest.mark.parametrize("query", ["?fps=0", "?fps=31", "?fps=x", "?quality=0", "?quality=101", "?scale=0.05",
+                                   "?scale=2", "?scale=nan", "?scale=", "?fps=10abc"])
+def test_bad_settings_answer_400(d, shared, query):
+    status, headers, ws = live(d, shared, query)
+    assert status == 400 and ws is None, headers
+    assert headers["body"]["status"] == 400 and "query parameter" in headers["body"]["detail"], headers
+
+
+# ---- lifetime and backpressure -------------------------------------------------------------
+
+
+def test_closing_the_socket_ends_the_frame_source(d, desk):
+    ws, _ = opened(d, desk)
+    next_frame(ws)
+    src = sources(d, desk)
+    assert len(src) == 1, src
+    ws.close()
+    # The daemon ends the source before it sends its close frame.
+    assert not os.path.exists("/proc/%d" % src[0][0]) or src[0][0] not in [p for p, _ in sources(d, desk)]
+    # A client that just vanishes (no close frame) ends it too.
+    ws, _ = opened(d, desk)
+    next_frame(ws)
+    src = sources(d, desk)
+    assert len(src) == 1, src
+    ws.sock.close()
+    wait_for(lambda: not sources(d, desk))
+
+
+def test_stopping_the_desktop_closes_the_socket(d, desk):
+    ws, _ = opened(d, desk)
+    next_frame(ws)
+    assert desk.post("/stop").status == 200
+    assert ws.closed_with() == (1001, "the desktop stopped")
+    assert not sources(d, desk)
+    # Before a start: 409, as every desktop action.
+    status, headers, _ = live(d, desk)
+    assert status == 409 and headers["body"]["type"].endswith("desktop_runtime_inactive"), headers
+
+
+def test_the_cell_stopping_closes_the_socket(d, admin, desk):
+    ws, _ = opened(d, desk)
+    next_frame(ws)
+    assert admin.post("/v1/cells/%s/stop" % desk.cid).status == 200
+    assert ws.closed_with()[0] == 1001
+
+
+def _written(pid):
+    with open("/proc/%d/io" % pid) as f:
+        return int(dict(l.split(": ") for l in f.read().splitlines())["wchar"])
+
+
+def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
+    # A busy screen makes big frames: an xterm full of random text.
+    r = desk.post("/launch", {"app": "xterm", "args": ["-geometry", "100x40+0+0", "-e", "sh", "-c",
+                                                       "while :; do head -c 2000 /dev/urandom | base64; done"]})
+    assert r.status == 200, r
+    status, _, ws = live(d, desk, "?quality=100&fps=30", rcvbuf=4096)
+    assert status == 101
+    (pid, _), = sources(d, desk)
+    before = dm.rss_kib(d.proc.pid)
+    start = _written(pid)
+    # Never read: wait for the source to have written 8 MiB (by its own counter, not a clock);
+    # the kernel holds little of it (the client's 4 KiB window).
+    wait_for(lambda: _written(pid) - start > 8 << 20, timeout=120)
+    grown = dm.rss_kib(d.proc.pid) - before
+    # At most three frames are held (parsed, being sent, waiting), plus allocator slack.
+    assert grown < 4 << 10, "the daemon grew %d KiB while its client did not read" % grown
+    # And the session still works once the client reads again.
+    next_frame(ws)
+    ws.send_json({"type": "move", "x": 5, "y": 5, "id": "after"})
+    while ws.recv_json().get("id") != "after":
+        pass
+    ws.sock.close()
+    wait_for(lambda: not sources(d, desk))
+
+
+# ---- who may watch --------------------------------------------------------------------------
+
+
+def test_tenancy_auth_and_the_viewer_bound(d, admin, shared):
+    # Unknown cell, another tenant's token, no token.
+    status, headers, _ = wsclient.connect(d.port, "/cells/nope/v1/desktop/live", token=d.admin_token)
+    assert status == 404, headers
+    tok, _ = make_tenant_token(admin, dm.uniq("live"))
+    status, headers, _ = live(d, shared, token=tok)
+    assert status == 404, headers
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.sendall(("GET /cells/%s/v1/desktop/live HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+               % shared.cid).encode())
+    assert b" 401 " in s.recv(4096).split(b"\r\n")[0]
+    s.close()
+    # A browser's way: the token as a subprotocol offer.
+    status, headers, ws = wsclient.connect(d.port, "/cells/%s/v1/desktop/live" % shared.cid,
+                                           protocols=["cell.desktop", "cell.bearer." + d.admin_token])
+    assert status == 101 and headers["sec-websocket-protocol"] == "cell.desktop", headers
+    # Four viewers at most; the fifth is told, and a closed one frees its place.
+    viewers = [ws] + [opened(d, shared)[0] for _ in range(3)]
+    status, headers, _ = live(d, shared)
+    assert status == 409 and "4 live views" in headers["body"]["detail"], headers
+    viewers.pop().close()
+    more, _ = opened(d, shared)
+    for v in viewers + [more]:
+        v.close()
+    # Not a WebSocket handshake: 400.
+    r = admin.get("/cells/%s/v1/desktop/live" % shared.cid)
+    assert r.status == 400, r
+
+
+def test_idle_desktop_answers_409(d, admin, cells):
+    cid = new_cell(admin)
+    cells.append(cid)
+    status, headers, _ = live(d, Desktop(admin, cid))
+    assert status == 409 and headers["body"]["type"].endswith("desktop_runtime_inactive"), headers
