@@ -283,3 +283,26 @@ def test_idle_desktop_answers_409(d, admin, cells):
     cells.append(cid)
     status, headers, _ = live(d, Desktop(admin, cid))
     assert status == 409 and headers["body"]["type"].endswith("desktop_runtime_inactive"), headers
+
+
+def test_revoking_the_token_closes_the_live_view(d, admin):
+    tok, tid = make_tenant_token(admin, dm.uniq("rev"))
+    c = d.client(tok)
+    cid = new_cell(c)
+    try:
+        dk = started(c, cid)
+        status, _, ws = live(d, dk, token=tok)
+        assert status == 101
+        ws.recv_json()
+        next_frame(ws)
+        assert len(sources(d, dk)) == 1               # (and learns the cell's netns while the token works)
+        assert admin.delete("/v1/tokens/%s" % tid).status in (200, 204)
+        # The daemon cuts the revoked token's connections itself (conns.c); the
+        # session's 1008 close frame may or may not get out first.
+        try:
+            assert ws.closed_with() == (1008, "the token was revoked")
+        except (EOFError, ConnectionResetError):
+            pass
+        wait_for(lambda: not sources(d, dk))
+    finally:
+        admin.delete("/v1/cells/%s" % cid)
