@@ -323,7 +323,8 @@ static void dl_close(dl_session *s, uint16_t code, const char *reason)
         size_t rlen = reason ? strlen(reason) : 0;
         if (rlen > WS_MAX_CONTROL - 2)
             rlen = WS_MAX_CONTROL - 2;      /* our reasons are ASCII: any cut is valid UTF-8 */
-        memcpy(body + 2, reason, rlen);
+        if (rlen)
+            memcpy(body + 2, reason, rlen);
         n = 2 + rlen;
     }
     if (dl_queue(s, WS_OP_CLOSE, body, n) < 0)

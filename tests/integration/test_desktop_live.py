@@ -235,7 +235,10 @@ def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
     wait_for(lambda: _written(pid) - start > 8 << 20, timeout=120)
     grown = dm.rss_kib(d.proc.pid) - before
     # At most three frames are held (parsed, being sent, waiting), plus allocator slack.
-    assert grown < 4 << 10, "the daemon grew %d KiB while its client did not read" % grown
+    # ASan's quarantine keeps freed frames resident and TSan's shadow scales RSS (as in
+    # test_daemon_cell_api): the release stage checks the bound, every stage the rest.
+    if not (dm.ASAN or dm.TSAN):
+        assert grown < 4 << 10, "the daemon grew %d KiB while its client did not read" % grown
     # And the session still works once the client reads again.
     next_frame(ws)
     ws.send_json({"type": "move", "x": 5, "y": 5, "id": "after"})
