@@ -120,25 +120,10 @@ api() {
 }
 
 cell_log="$scratch/cell.log" ref_log="$scratch/ref.log"
-for _ in 1 2 3 4 5; do      # a port taken meanwhile: another one
-    cell_port=$(free_port)
-    "$cell_bin" --state "$scratch/cell" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$cell_port" --socket '' \
-        >>"$cell_log" 2>&1 &
-    cell_pid=$!
-    wait_http "$cell_pid" "http://127.0.0.1:$cell_port/v1/health" && break
-    stop_pid "$cell_pid"; cell_pid=""
-done
-[ -n "$cell_pid" ] || { cat "$cell_log" >&2; die "cell serve did not start"; }
-mkdir -p "$scratch/ref-home"
-for _ in 1 2 3 4 5; do
-    ref_port=$(free_port)
-    (cd "$scratch/ref-home" && HOME="$scratch/ref-home" exec "$ref_bin" server --no-token --no-telemetry \
-        --host 127.0.0.1 --port "$ref_port") >>"$ref_log" 2>&1 &
-    ref_pid=$!
-    wait_http "$ref_pid" "http://127.0.0.1:$ref_port/v1/health" && break
-    stop_pid "$ref_pid"; ref_pid=""
-done
-[ -n "$ref_pid" ] || { cat "$ref_log" >&2; die "sandbox-agent server did not start"; }
+start_cell_serve "$cell_bin" "$scratch/cell" "$cell_log" || die "cell serve did not start"
+cell_pid=$started_pid cell_port=$started_port
+start_ref_serve "$scratch/ref-home" "$ref_log" || die "sandbox-agent server did not start"
+ref_pid=$started_pid ref_port=$started_port
 
 token=$(tr -d '\n' <"$scratch/cell/admin.token")
 cell_url="http://127.0.0.1:$cell_port"

@@ -91,17 +91,7 @@ trap 'exit 130' INT TERM HUP
 # start_cell STATE -> sets started_pid, started_port (retries a port taken meanwhile)
 start_cell() { start_cell_serve "$cell_bin" "$1" "$1.log" || die "cell serve did not start"; }
 start_ref() {
-    mkdir -p "$scratch/ref-home"
-    for _ in 1 2 3 4 5; do
-        started_port=$(free_port)
-        (cd "$scratch/ref-home" && HOME="$scratch/ref-home" exec "$ref_bin" server --no-token --no-telemetry \
-            --host 127.0.0.1 --port "$started_port") >>"$scratch/ref.log" 2>&1 &
-        started_pid=$!
-        wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
-        stop_pid "$started_pid"
-    done
-    cat "$scratch/ref.log" >&2
-    die "sandbox-agent server did not start"
+    start_ref_serve "$scratch/ref-home" "$scratch/ref.log" || die "sandbox-agent server did not start"
 }
 alive() {   # alive PID NAME LOG: die with the log if the server is gone
     kill -0 "$1" 2>/dev/null && return 0

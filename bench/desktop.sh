@@ -62,13 +62,9 @@ if [ "$use_ref" = 1 ]; then
     elif ! ref_fetch "$top/$build/bench-cache"; then
         ref_note="not run: its binary could not be fetched"
     else
-        ref_port=$(free_port)
-        mkdir -p "$scratch/ref-home"
-        (cd "$scratch/ref-home" && HOME="$scratch/ref-home" exec "$ref_bin" server --no-token --no-telemetry \
-            -p "$ref_port") >"$scratch/ref.log" 2>&1 &
-        ref_pid=$!
-        wait_http "$ref_pid" "http://127.0.0.1:$ref_port/v1/health" || { cat "$scratch/ref.log" >&2; die "the reference did not start"; }
-        ref_url="http://127.0.0.1:$ref_port"
+        start_ref_serve "$scratch/ref-home" "$scratch/ref.log" || die "the reference did not start"
+        ref_pid=$started_pid
+        ref_url="http://127.0.0.1:$started_port"
         ref_note="$ref_pkg ($("$ref_bin" --version 2>/dev/null | head -1)), on the host (its desktop runs as root there)"
     fi
 fi

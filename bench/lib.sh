@@ -126,6 +126,27 @@ start_cell_serve() {
     return 1
 }
 
+# start_ref_serve HOME LOG: the reference (ref_fetch's $ref_bin) as `server
+# --no-token --no-telemetry` on a free loopback port, with HOME (its agents'
+# install dir) as its home and cwd, until its health endpoint answers; sets
+# started_pid and started_port like start_cell_serve.  Returns non-zero (the
+# log on stderr) if it never answered.
+start_ref_serve() {
+    local home=$1 log=$2
+    mkdir -p "$home"
+    for _ in 1 2 3 4 5; do
+        started_port=$(free_port)
+        (cd "$home" && HOME="$home" exec "$ref_bin" server --no-token --no-telemetry --host 127.0.0.1 \
+            --port "$started_port") >>"$log" 2>&1 &
+        started_pid=$!
+        wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
+        stop_pid "$started_pid"
+    done
+    started_pid=""
+    cat "$log" >&2
+    return 1
+}
+
 # proc_mem PID -> "Rss_KiB Pss_KiB Private_KiB" from /proc/PID/smaps_rollup
 # (Private = Private_Clean + Private_Dirty: what the process alone costs).
 proc_mem() {
