@@ -624,11 +624,19 @@ def tree_snapshot(root, dirs=False):
     return out
 
 
-def create_small_cell(c):
-    """A cell of 64M through client c; its id."""
-    r = c.post("/v1/cells", {"resources": {"memory": "64M"}})
+def create_cell(c, memory="128M", **extra):
+    """A cell of `memory` through client c (extra: more members of the
+    request); its id."""
+    body = {"resources": {"memory": memory}}
+    body.update(extra)
+    r = c.post("/v1/cells", body)
     assert r.status == 201, r
     return r.body["id"]
+
+
+def create_small_cell(c):
+    """A cell of 64M through client c; its id."""
+    return create_cell(c, "64M")
 
 
 def spawn(c, cid, command, args=(), **extra):

@@ -9,11 +9,7 @@ import daemon as dm
 
 
 def new_cell(admin, **extra):
-    body = {"resources": {"memory": "512M"}}
-    body.update(extra)
-    r = admin.post("/v1/cells", body)
-    assert r.status == 201, r
-    return r.body["id"]
+    return dm.create_cell(admin, "512M", **extra)
 
 
 class Desktop:

@@ -33,9 +33,7 @@ class Cell(dm.CellClient):
 
 
 def new_cell(client):
-    r = client.post("/v1/cells", {"resources": {"memory": "128M"}})
-    assert r.status == 201, r
-    return Cell(client, r.body["id"])
+    return Cell(client, dm.create_cell(client))
 
 
 @pytest.fixture(scope="module")

@@ -232,9 +232,7 @@ def admin(env):
 
 
 def new_cell(client):
-    r = client.post("/v1/cells", {"resources": {"memory": "256M"}})
-    assert r.status == 201, r
-    return r.body["id"]
+    return dm.create_cell(client, "256M")
 
 
 def sh(client, cid, script):

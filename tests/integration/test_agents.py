@@ -40,11 +40,7 @@ class Cell(dm.CellClient):
 
 
 def new_cell(client, **spec):
-    body = {"resources": {"memory": "256M"}}
-    body.update(spec)
-    r = client.post("/v1/cells", body)
-    assert r.status == 201, r
-    return Cell(client, r.body["id"])
+    return Cell(client, dm.create_cell(client, "256M", **spec))
 
 
 @pytest.fixture(scope="module")
