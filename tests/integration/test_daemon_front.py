@@ -5,7 +5,6 @@ SIGHUP, and a second daemon on the same state directory.
 Each test starts daemons of its own (small limits and timeouts as flags),
 so the attacks cannot disturb other modules' daemons.
 """
-import base64
 import http.client
 import io
 import json
@@ -22,6 +21,7 @@ import time
 import pytest
 
 import daemon as dm
+import wsclient
 from daemon import UnixHTTPConnection, assert_problem, make_tenant_token, uniq, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cell serve tests must run as root")
@@ -300,24 +300,11 @@ spawn = dm.spawn
 
 
 def ws_open(port, path, token=None, query_token=None):
-    """A WebSocket handshake by hand; returns (socket, status line, rest)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
+    """A WebSocket handshake; returns (socket, status line, rest)."""
     if query_token:
         path += "?access_token=" + query_token
-    req = ("GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, key))
-    if token:
-        req += "Authorization: Bearer %s\r\n" % token
-    s.sendall((req + "\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return s, head.split(b"\r\n")[0].decode(), rest
+    s, lines, rest = wsclient.handshake(port, path, token, timeout=10)
+    return s, lines[0], rest
 
 
 def ws_drain_until_closed(s, rest, limit):

@@ -95,11 +95,11 @@ class WS:
             return c.code, c.reason
 
 
-def connect(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None):
-    """Open a WebSocket; returns (status, headers dict, WS or None).  A
-    refused handshake's body is in headers["body"].  rcvbuf: a small
-    receive buffer, set before connecting (the window it announces), for a
-    client that stops reading."""
+def handshake(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None):
+    """Send a WebSocket upgrade request and read the answer's head; returns
+    (socket, head lines, bytes after the head).  rcvbuf: a small receive
+    buffer, set before connecting (the window it announces), for a client
+    that stops reading."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
     if rcvbuf:
@@ -120,7 +120,13 @@ def connect(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30
             break
         buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
+    return s, head.decode().split("\r\n"), rest
+
+
+def connect(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None):
+    """Open a WebSocket; returns (status, headers dict, WS or None).  A
+    refused handshake's body is in headers["body"]."""
+    s, lines, rest = handshake(port, path, token, protocols, host, timeout, rcvbuf)
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
     if status != 101:
