@@ -297,6 +297,13 @@ def test_an_export_the_daemon_cannot_finish_is_cut_not_ended(d, alice, tmp_path)
     disk = os.path.join(d.state, "lanes", lane_id(d, "alice", "odd"), "disk.ext4")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
+    # The daemon's own mount of the disk (lane create's, detached) goes once
+    # its last fd is closed, and its loop device (autoclear) with it, which a
+    # busy kernel finishes later: a second mount of the image before then is
+    # two filesystems on one disk, and what the test writes may never reach
+    # the daemon's view (the export then ended whole, seen once in CI).
+    assert dm.wait_for(lambda: not subprocess.run(["losetup", "-j", disk], capture_output=True, text=True,
+                                               timeout=30).stdout.strip(), 30), "the lane's disk stays attached"
     subprocess.run(["mount", "-o", "loop", disk, str(mnt)], check=True, timeout=60)
     try:
         (mnt / "upper" / "a").write_bytes(os.urandom(300000))
