@@ -623,7 +623,13 @@ try:
 except OSError as e:
     out["write_running"] = errno.errorcode[e.errno]
 release = os.open("/tmp/fifo", os.O_RDONLY | os.O_NONBLOCK)
-while os.path.exists("/proc/%s" % pid) and open("/proc/%s/stat" % pid).read().split(") ")[1][0] != "Z":
+def running(pid):                        # reaped between two looks: gone
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+while running(pid):
     os.sched_yield()
 # CVE-2019-5736: once every process running it has exited (the `exec`
 # on the host side maps the same copy until its child is gone: ETXTBSY).
