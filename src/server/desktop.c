@@ -1328,7 +1328,11 @@ static int dk_button_action(dk_ctx *c, const char *action)
     char xs[24], ys[24];
     snprintf(xs, sizeof xs, "%ld", x);
     snprintf(ys, sizeof ys, "%ld", y);
-    const char *moved[] = { "xdotool", "mousemove", "--sync", xs, ys, action, button, NULL };
+    /* No --sync: it waits for the pointer to move, which it never does
+     * when it is already there and a window holds the pressed button's
+     * grab (the up then hung until the time limit).  One xdotool's fake
+     * events are queued in order, and mouse/move has never synced. */
+    const char *moved[] = { "xdotool", "mousemove", xs, ys, action, button, NULL };
     const char *still[] = { "xdotool", action, button, NULL };
     return dk_input_then_position(c, has ? moved : still);
 }

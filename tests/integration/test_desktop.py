@@ -265,6 +265,18 @@ def test_mouse_move_position_drag_scroll_down_up(shared):
     assert r.status == 200, r
 
 
+def test_button_up_where_the_pointer_is_over_a_window(desk):
+    """A button pressed over a window gives that window the pointer's grab;
+    an up at the same point then must not wait for a motion that never
+    comes (xdotool's `mousemove --sync` to where the pointer is hung until
+    its time limit: found by the Inspector's desktop tab)."""
+    xterm(desk)
+    r = desk.post("/mouse/down", {"x": 150, "y": 100, "button": "left"})
+    assert r.status == 200 and (r.body["x"], r.body["y"]) == (150, 100), r
+    r = desk.post("/mouse/up", {"x": 150, "y": 100, "button": "left"})
+    assert r.status == 200 and (r.body["x"], r.body["y"]) == (150, 100), r
+
+
 @pytest.mark.parametrize("path,body,says", [
     ("/mouse/move", {"x": -1, "y": 5}, "outside"),
     ("/mouse/move", {"x": 640, "y": 5}, "outside"),
