@@ -37,7 +37,7 @@ STUB(h_runs_permission) STUB(h_runs_apply) STUB(h_runs_artifact) STUB(h_runs_upl
 STUB(h_lanes_commit) STUB(h_images_ls) STUB(h_images_show) STUB(h_images_delete) STUB(h_images_import)
 STUB_BODY(h_images_import_body) STUB(h_images_share) STUB(h_images_export)
 STUB(h_healthz) STUB(h_readyz) STUB(h_ui) STUB(h_ui_redirect) STUB(h_metrics) STUB(h_desktop)
-STUB(h_pods_create) STUB(h_pods_list) STUB(h_pods_get) STUB(h_pods_delete)
+STUB(h_pods_create) STUB(h_pods_list) STUB(h_pods_get) STUB(h_pods_delete) STUB(h_pods_policy) STUB(h_desktop_live)
 
 /* h_not_implemented (in routes.c) calls this. */
 int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)

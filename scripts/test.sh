@@ -233,9 +233,11 @@ fuzz_one() { # target: runs it, leaves build-fuzz/fuzz/TARGET.log and .rc
 }
 t_stage "fuzz: each target briefly (FUZZ_SECONDS=${FUZZ_SECONDS:-10}), two at a time"
 bg_wait build-fuzz
-# A target that failed to build fails below (its log says it is missing).
+# A target that failed to build fails below (its log says it is missing);
+# -k: the others are built all the same, and its errors are shown here.
 # shellcheck disable=SC2086,SC2046
-make -j"$(nproc)" BUILD=build-fuzz $(printf 'build-fuzz/fuzz/%s ' $fuzz_targets) >/dev/null 2>&1
+make -k -j"$(nproc)" BUILD=build-fuzz $(printf 'build-fuzz/fuzz/%s ' $fuzz_targets) 2>&1 >/dev/null |
+  grep -E 'error|undefined reference' || true
 # shellcheck disable=SC2086
 set -- $fuzz_targets
 while [ $# -gt 0 ]; do
