@@ -771,14 +771,20 @@ class Containerd:
         (where the bridge's host side is)."""
         return ["ip", "netns", "exec", self.netns] + [str(a) for a in argv]
 
-    def import_image(self, ref, tar, namespace=None):
+    def import_image(self, ref, tar, namespace=None, named=False):
         """Import the OCI layout tar (bytes) as `ref` into `namespace` (the
-        harness's own by default; "k8s.io" for the CRI's images)."""
+        harness's own by default; "k8s.io" for the CRI's images).  named:
+        the tar's index already names its manifest `ref`
+        (io.containerd.image.name), and ctr takes that name; an --index-name
+        of the same name would make two images of one name, and once the
+        second replaced the first, containerd's GC could take the index
+        before its unpack read it ("content digest ...: not found", the
+        node image in test_k8s_deploy, now and then)."""
         path = os.path.join(self.dir, "import-%s.tar" % os.urandom(4).hex())
         with open(path, "wb") as f:
             f.write(tar)
         try:
-            argv = self.ctr_argv("images", "import", "--index-name", ref, path)
+            argv = self.ctr_argv("images", "import", *([] if named else ["--index-name", ref]), path)
             if namespace:
                 argv[argv.index("--namespace") + 1] = namespace
             run_bounded(argv).check()

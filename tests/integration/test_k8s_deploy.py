@@ -787,7 +787,7 @@ def test_daemonset_pod_installs_and_runs_the_node_daemon(tmp_path, node_image):
         ctd.start()
         cri = criclient.CRI(ctd.sock)
         with open(tar, "rb") as f:
-            ctd.import_image(container["image"]["image"], f.read(), namespace=oci.CRI_NAMESPACE)
+            ctd.import_image(container["image"]["image"], f.read(), namespace=oci.CRI_NAMESPACE, named=True)
         sandbox["linux"]["cgroup_parent"] = ctd.cgroup_parent
         sid = cri.runtime("RunPodSandbox", {"config": sandbox}).pod_sandbox_id
         cid = cri.runtime("CreateContainer", {"pod_sandbox_id": sid, "config": container,
