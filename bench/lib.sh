@@ -105,18 +105,17 @@ serve_init() {
     return 0
 }
 
-# start_cell_serve CELL STATE LOG [ARGS...]: `CELL --state STATE serve` on a
-# free loopback port (another one if it was taken meanwhile), until its
-# health endpoint answers; sets started_pid and started_port.  Returns
-# non-zero (the log on stderr) if it never answered.
-start_cell_serve() {
-    local cell=$1 st=$2 log=$3
-    shift 3
-    mkdir -p "$st"
+# _start_on_free_port LOG LAUNCHER [ARGS...]: `LAUNCHER PORT ARGS...` (a
+# function that execs a server on 127.0.0.1:PORT) in the background on a
+# free loopback port, another one if it was taken meanwhile, until its health
+# endpoint answers; sets started_pid and started_port.  Returns non-zero
+# (LOG on stderr) if it never answered.
+_start_on_free_port() {
+    local log=$1 launcher=$2
+    shift 2
     for _ in 1 2 3 4 5; do
         started_port=$(free_port)
-        "$cell" --state "$st" serve $(serve_init "$cell") --listen "127.0.0.1:$started_port" --socket '' "$@" \
-            >>"$log" 2>&1 &
+        "$launcher" "$started_port" "$@" >>"$log" 2>&1 &
         started_pid=$!
         wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
         stop_pid "$started_pid"
@@ -126,25 +125,32 @@ start_cell_serve() {
     return 1
 }
 
+_exec_cell_serve() { # PORT CELL STATE [ARGS...]
+    local port=$1 cell=$2 st=$3
+    shift 3
+    exec "$cell" --state "$st" serve $(serve_init "$cell") --listen "127.0.0.1:$port" --socket '' "$@"
+}
+
+_exec_ref_serve() { # PORT HOME
+    cd "$2" && HOME="$2" exec "$ref_bin" server --no-token --no-telemetry --host 127.0.0.1 --port "$1"
+}
+
+# start_cell_serve CELL STATE LOG [ARGS...]: `CELL --state STATE serve` on a
+# free loopback port (_start_on_free_port: sets started_pid and
+# started_port, non-zero if it never answered).
+start_cell_serve() {
+    local cell=$1 st=$2 log=$3
+    shift 3
+    mkdir -p "$st"
+    _start_on_free_port "$log" _exec_cell_serve "$cell" "$st" "$@"
+}
+
 # start_ref_serve HOME LOG: the reference (ref_fetch's $ref_bin) as `server
-# --no-token --no-telemetry` on a free loopback port, with HOME (its agents'
-# install dir) as its home and cwd, until its health endpoint answers; sets
-# started_pid and started_port like start_cell_serve.  Returns non-zero (the
-# log on stderr) if it never answered.
+# --no-token --no-telemetry`, with HOME (its agents' install dir) as its home
+# and cwd, like start_cell_serve.
 start_ref_serve() {
-    local home=$1 log=$2
-    mkdir -p "$home"
-    for _ in 1 2 3 4 5; do
-        started_port=$(free_port)
-        (cd "$home" && HOME="$home" exec "$ref_bin" server --no-token --no-telemetry --host 127.0.0.1 \
-            --port "$started_port") >>"$log" 2>&1 &
-        started_pid=$!
-        wait_http "$started_pid" "http://127.0.0.1:$started_port/v1/health" && return 0
-        stop_pid "$started_pid"
-    done
-    started_pid=""
-    cat "$log" >&2
-    return 1
+    mkdir -p "$1"
+    _start_on_free_port "$2" _exec_ref_serve "$1"
 }
 
 # proc_mem PID -> "Rss_KiB Pss_KiB Private_KiB" from /proc/PID/smaps_rollup
