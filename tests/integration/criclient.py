@@ -130,5 +130,14 @@ class CRI:
     def image(self, method, fields=None, timeout=None):
         return self.call("ImageService", method, fields, timeout)
 
+    def remove_pod(self, sid):
+        """Teardown: StopPodSandbox then RemovePodSandbox, each error
+        ignored (the pod may be half made, or gone already)."""
+        for m in ("StopPodSandbox", "RemovePodSandbox"):
+            try:
+                self.runtime(m, {"pod_sandbox_id": sid})
+            except CRIError:
+                pass
+
     def close(self):
         self.channel.close()

@@ -637,11 +637,7 @@ def test_containerd_runs_a_cri_pod_with_the_installed_entry(tmp_path, shipped_oc
         assert n + "/var/lib/cell/" in e.value.details and "cell.dev/egress-policy" in e.value.details, e.value
     finally:
         for sid in sids:
-            for m in ("StopPodSandbox", "RemovePodSandbox"):
-                try:
-                    cri.runtime(m, {"pod_sandbox_id": sid})
-                except criclient.CRIError:
-                    pass
+            cri.remove_pod(sid)
         if cri:
             cri.close()
         problems = ctd.stop()
@@ -820,11 +816,7 @@ def test_daemonset_pod_installs_and_runs_the_node_daemon(tmp_path, node_image):
         cri.runtime("RemoveContainer", {"container_id": cid})
     finally:
         if sid:
-            for m in ("StopPodSandbox", "RemovePodSandbox"):
-                try:
-                    cri.runtime(m, {"pod_sandbox_id": sid})
-                except criclient.CRIError:
-                    pass
+            cri.remove_pod(sid)
         if cri:
             cri.close()
         problems = ctd.stop()

@@ -138,11 +138,7 @@ class Pods:
         """Remove the pods; then cgroups left under cgroup_parent fail a
         runc test (a cell one reports them in test_pod_lifecycle's step)."""
         for sid in self.ids:
-            for m in ("StopPodSandbox", "RemovePodSandbox"):
-                try:
-                    self.cri.runtime(m, {"pod_sandbox_id": sid})
-                except criclient.CRIError:
-                    pass
+            self.cri.remove_pod(sid)
         left = pod_cgroups(self.ctd)
         assert not left or "cell" in self.handlers, "cgroups left: %s" % left
 

@@ -61,11 +61,7 @@ class EgressNode:
         return self.cri.runtime("RunPodSandbox", {"config": cfg, "runtime_handler": "cell"}).pod_sandbox_id
 
     def remove_pod(self, sid):
-        for m in ("StopPodSandbox", "RemovePodSandbox"):
-            try:
-                self.cri.runtime(m, {"pod_sandbox_id": sid})
-            except criclient.CRIError:
-                pass
+        self.cri.remove_pod(sid)
 
     def container(self, sid, cfg, args, mounts=()):
         ccfg = {"metadata": {"name": "main"}, "image": {"image": self.image()}, "command": args,
