@@ -23,8 +23,6 @@
 #define MFD_EXEC 0x0010U /* Linux 6.3: executable even where vm.memfd_noexec = 1 */
 #endif
 
-#define SEALS (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE)
-
 extern char **environ;
 
 int oci_run_sealed(char **argv, cell_error *err)
@@ -33,8 +31,7 @@ int oci_run_sealed(char **argv, cell_error *err)
     if (self < 0)
         return util_fail_errno(err, "cannot open /proc/self/exe to run from a sealed copy");
     /* Already the copy: this is the process the first one became. */
-    int seals = fcntl(self, F_GET_SEALS);
-    if (seals >= 0 && (seals & SEALS) == SEALS)
+    if (util_memfd_is_sealed(self))
         return 0;
     struct stat st;
     if (fstat(self, &st) < 0)
@@ -51,8 +48,8 @@ int oci_run_sealed(char **argv, cell_error *err)
             return util_fail(err, n < 0 ? errno : EIO, "cannot copy cell-oci into its sealed copy");
         left -= n;
     }
-    if (fcntl(copy, F_ADD_SEALS, SEALS) < 0)
-        return util_fail_errno(err, "cannot seal the copy of cell-oci");
+    if (util_memfd_seal(copy, "cell-oci copy", err) < 0)
+        return -1;
     fexecve(copy, argv, environ);
     return util_fail_errno(err, "cannot execute the sealed copy of cell-oci");
 }

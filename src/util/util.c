@@ -210,17 +210,31 @@ int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error
     if (copy_from_image(fd, data, len) < 0 &&
         (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0 || util_write_all(fd, data, len) < 0))
         return util_fail_errno(err, "cannot copy %s into its memfd", name);
+    if (util_memfd_seal(fd, name, err) < 0)
+        return -1;
+    return util_steal_fd(&fd);
+}
+
+#define SEALS_FIXED (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW)
+
+int util_memfd_seal(int fd, const char *name, cell_error *err)
+{
     /* F_SEAL_WRITE fails with EBUSY while any page of the file has an extra
      * reference, and a page just written can hold one for a while in another
      * CPU's LRU batch (the kernel drains only its own CPU's before giving
      * up): a flake under load.  F_SEAL_FUTURE_WRITE refuses every later
      * write() and writable mapping without that wait; it is as strong here
-     * because this process never mapped the file writable. */
-    const int seals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW;
-    if (fcntl(fd, F_ADD_SEALS, seals | F_SEAL_WRITE) < 0 &&
-        (errno != EBUSY || fcntl(fd, F_ADD_SEALS, seals | F_SEAL_FUTURE_WRITE) < 0))
+     * because the writer never mapped the file writable. */
+    if (fcntl(fd, F_ADD_SEALS, SEALS_FIXED | F_SEAL_WRITE) < 0 &&
+        (errno != EBUSY || fcntl(fd, F_ADD_SEALS, SEALS_FIXED | F_SEAL_FUTURE_WRITE) < 0))
         return util_fail_errno(err, "cannot seal the %s memfd", name);
-    return util_steal_fd(&fd);
+    return 0;
+}
+
+int util_memfd_is_sealed(int fd)
+{
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 && (seals & SEALS_FIXED) == SEALS_FIXED && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE));
 }
 
 ssize_t util_write_all(int fd, const void *buf, size_t len)

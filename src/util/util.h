@@ -37,6 +37,13 @@ ssize_t util_write_all_until(int fd, const void *buf, size_t len, int timeout_ms
  * rewrite it afterwards (the runc /proc/self/exe overwrite, CVE-2019-5736).
  * The fd, or -1 with err naming `name`. */
 int util_sealed_memfd(const char *name, const void *data, size_t len, cell_error *err);
+/* Seal a memfd its writer has filled (never mapped writable) against any
+ * change: F_SEAL_WRITE, or F_SEAL_FUTURE_WRITE where the kernel still holds
+ * a just-written page (EBUSY), with SEAL, SHRINK and GROW.  NAME is for the
+ * error. */
+int util_memfd_seal(int fd, const char *name, cell_error *err);
+/* Whether fd carries util_memfd_seal's seals. */
+int util_memfd_is_sealed(int fd);
 /* Start fn(arg) on a detached thread: 0, or pthread_create()'s error
  * number (the caller still owns arg then). */
 int util_thread_detached(void *(*fn)(void *), void *arg);
