@@ -13,18 +13,15 @@ int h_health(sreq *r)
 
 static int query_int(sreq *r, const char *key, int64_t min, int64_t max, int64_t *out)
 {
-    const char *v = req_query(r, key);
-    if (!v)
-        return 0;
-    char *end;
-    errno = 0;
-    long long n = strtoll(v, &end, 10);
-    if (errno || end == v || *end || n < min || n > max) {
+    int present;
+    long long n = 0;
+    if (req_query_integer(r, key, &n, &present) < 0 || (present && (n < min || n > max))) {
         reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be an integer between %lld and %lld",
                       key, (long long)min, (long long)max);
         return -1;
     }
-    *out = n;
+    if (present)
+        *out = n;
     return 0;
 }
 

@@ -812,18 +812,13 @@ static int dk_ready(scell *sc, struct desktop *d, dk_problem *pb)
 /* An optional integer query parameter in [min, max]; -1 with pb set. */
 static int dk_query_int(sreq *r, const char *key, long min, long max, long *out, int *present, dk_problem *pb)
 {
-    const char *v = req_query(r, key);
-    *present = v != NULL;
-    if (!v)
-        return 0;
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (!*v || *end || errno || n < min || n > max) {
+    long long n = 0;
+    if (req_query_integer(r, key, &n, present) < 0 || (*present && (n < min || n > max))) {
         DK_INVALID(pb, "query parameter %s must be an integer from %ld to %ld", key, min, max);
         return -1;
     }
-    *out = n;
+    if (*present)
+        *out = (long)n;
     return 0;
 }
 

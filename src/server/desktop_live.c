@@ -678,18 +678,14 @@ static void dl_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
 }
 
 /* ---- the handshake ------------------------------------------------------------------ */
-/* An optional query setting; -1 with why. */
+/* An optional query setting into a settings field (dl_settings_check
+ * bounds it); -1 when it is not a whole number. */
 static int dl_query_long(sreq *r, const char *key, long *out)
 {
-    const char *v = req_query(r, key);
-    if (!v)
-        return 0;
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (!*v || *end || errno)
+    long long n = *out;
+    if (req_query_integer(r, key, &n, NULL) < 0 || (long)n != n)
         return -1;
-    *out = n;
+    *out = (long)n;
     return 0;
 }
 

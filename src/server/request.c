@@ -297,6 +297,22 @@ const char *req_query(sreq *r, const char *key)
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
+int req_query_integer(sreq *r, const char *key, long long *out, int *present)
+{
+    const char *v = req_query(r, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || end == v || *end)
+        return -1;
+    *out = n;
+    return 0;
+}
+
 static enum MHD_Result find_nul(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
                                 const char *value, size_t value_size)
 {

@@ -225,6 +225,10 @@ int reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit
 /* Request input.  Each returns -1 after queueing a 400 problem that names
  * the field, so handlers write `if (req_json(r, &o) < 0) return r->status_result;`. */
 const char *req_query(sreq *r, const char *key);
+/* An optional integer query parameter: 0 (with *out set if it is there, and
+ * *present, if given, saying whether), -1 when it is not a whole decimal
+ * number; no answer is queued: the caller checks its range and says so. */
+int req_query_integer(sreq *r, const char *key, long long *out, int *present);
 /* The name of a query parameter whose decoded value holds a NUL ("%00"),
  * which every req_query() caller would see cut short, or NULL. */
 const char *req_query_nul(sreq *r);
