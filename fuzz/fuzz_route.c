@@ -1,6 +1,6 @@
 /* fuzz_route.c: libFuzzer target for request routing and JSON bodies, with
  * no network and no server.  The input is "METHOD\nPATH\nBODY": the path is
- * matched against both route tables by router_match() and checked against a
+ * matched against both route tables by srv_router_match() and checked against a
  * naive reference matcher; the body is parsed as the daemon parses it and its
  * fields are read the way the handlers' json_get_* helpers read them.
  *
@@ -17,30 +17,30 @@
 /* ---- handler stubs: routing never calls a handler ----------------------------- */
 #define STUB(name) int name(sreq *r) { (void)r; abort(); }
 #define STUB_BODY(name) int name(sreq *r, const char *d, size_t n) { (void)r, (void)d, (void)n; abort(); }
-STUB(h_cells_create) STUB(h_cells_list) STUB(h_cells_get) STUB(h_cells_delete) STUB(h_cells_stop)
-STUB(h_cells_start) STUB(h_cells_policy) STUB(h_lanes_create) STUB(h_lanes_list) STUB(h_lanes_get) STUB(h_lanes_delete)
-STUB(h_lanes_export) STUB(h_lanes_import) STUB_BODY(h_lanes_import_body) STUB(h_images_list)
-STUB(h_images_get) STUB(h_images_build) STUB(h_health) STUB(h_audit) STUB(h_tokens_create)
-STUB(h_tokens_list) STUB(h_tokens_revoke) STUB(h_tenants_list) STUB(h_tenants_get) STUB(h_tenants_put)
-STUB(h_secrets_create) STUB(h_secrets_list) STUB(h_secrets_delete) STUB(h_limits)
-STUB(h_cell_health) STUB(h_proc_config) STUB(h_proc_run) STUB(h_proc_create) STUB(h_proc_list)
-STUB(h_proc_get) STUB(h_proc_logs) STUB(h_proc_input) STUB(h_proc_stop) STUB(h_proc_kill)
-STUB(h_proc_delete) STUB(h_proc_resize) STUB(h_proc_terminal_ws) STUB(h_fs_read) STUB(h_fs_write)
-STUB_BODY(h_fs_write_body) STUB(h_fs_entries) STUB(h_fs_stat) STUB(h_fs_mkdir) STUB(h_fs_move)
-STUB(h_fs_delete) STUB(h_fs_upload) STUB_BODY(h_fs_upload_body) STUB(openapi_serve)
-STUB(h_config_mcp_get) STUB(h_config_mcp_put) STUB(h_config_mcp_delete) STUB(h_config_skills_get)
-STUB(h_config_skills_put) STUB(h_config_skills_delete)
-STUB(h_agents_list) STUB(h_agents_get) STUB(h_agents_install) STUB(h_acp_list) STUB(h_acp_get) STUB(h_acp_post)
-STUB(h_acp_delete)
-STUB(h_runs_create) STUB(h_runs_list) STUB(h_runs_get) STUB(h_runs_delete) STUB(h_runs_events)
-STUB(h_runs_permission) STUB(h_runs_apply) STUB(h_runs_artifact) STUB(h_runs_upload) STUB_BODY(h_runs_upload_body)
-STUB(h_lanes_commit) STUB(h_images_ls) STUB(h_images_show) STUB(h_images_delete) STUB(h_images_import)
-STUB_BODY(h_images_import_body) STUB(h_images_share) STUB(h_images_export)
-STUB(h_healthz) STUB(h_readyz) STUB(h_ui) STUB(h_ui_redirect) STUB(h_metrics) STUB(h_desktop)
-STUB(h_pods_create) STUB(h_pods_list) STUB(h_pods_get) STUB(h_pods_delete) STUB(h_pods_policy) STUB(h_desktop_live)
+STUB(srv_h_cells_create) STUB(srv_h_cells_list) STUB(srv_h_cells_get) STUB(srv_h_cells_delete) STUB(srv_h_cells_stop)
+STUB(srv_h_cells_start) STUB(srv_h_cells_policy) STUB(srv_h_lanes_create) STUB(srv_h_lanes_list) STUB(srv_h_lanes_get) STUB(srv_h_lanes_delete)
+STUB(srv_h_lanes_export) STUB(srv_h_lanes_import) STUB_BODY(srv_h_lanes_import_body) STUB(h_images_list)
+STUB(h_images_get) STUB(srv_h_images_build) STUB(srv_h_health) STUB(srv_h_audit) STUB(srv_h_tokens_create)
+STUB(srv_h_tokens_list) STUB(srv_h_tokens_revoke) STUB(srv_h_tenants_list) STUB(srv_h_tenants_get) STUB(srv_h_tenants_put)
+STUB(srv_h_secrets_create) STUB(srv_h_secrets_list) STUB(srv_h_secrets_delete) STUB(srv_h_limits)
+STUB(srv_h_cell_health) STUB(srv_h_proc_config) STUB(srv_h_proc_run) STUB(srv_h_proc_create) STUB(srv_h_proc_list)
+STUB(srv_h_proc_get) STUB(srv_h_proc_logs) STUB(srv_h_proc_input) STUB(srv_h_proc_stop) STUB(srv_h_proc_kill)
+STUB(srv_h_proc_delete) STUB(srv_h_proc_resize) STUB(srv_h_proc_terminal_ws) STUB(srv_h_fs_read) STUB(srv_h_fs_write)
+STUB_BODY(srv_h_fs_write_body) STUB(srv_h_fs_entries) STUB(srv_h_fs_stat) STUB(srv_h_fs_mkdir) STUB(srv_h_fs_move)
+STUB(srv_h_fs_delete) STUB(srv_h_fs_upload) STUB_BODY(srv_h_fs_upload_body) STUB(srv_openapi_serve)
+STUB(srv_h_config_mcp_get) STUB(srv_h_config_mcp_put) STUB(srv_h_config_mcp_delete) STUB(srv_h_config_skills_get)
+STUB(srv_h_config_skills_put) STUB(srv_h_config_skills_delete)
+STUB(srv_h_agents_list) STUB(srv_h_agents_get) STUB(srv_h_agents_install) STUB(srv_h_acp_list) STUB(srv_h_acp_get) STUB(srv_h_acp_post)
+STUB(srv_h_acp_delete)
+STUB(srv_h_runs_create) STUB(srv_h_runs_list) STUB(srv_h_runs_get) STUB(srv_h_runs_delete) STUB(srv_h_runs_events)
+STUB(srv_h_runs_permission) STUB(srv_h_runs_apply) STUB(srv_h_runs_artifact) STUB(srv_h_runs_upload) STUB_BODY(srv_h_runs_upload_body)
+STUB(srv_h_lanes_commit) STUB(srv_h_images_ls) STUB(srv_h_images_show) STUB(srv_h_images_delete) STUB(srv_h_images_import)
+STUB_BODY(srv_h_images_import_body) STUB(srv_h_images_share) STUB(srv_h_images_export)
+STUB(srv_h_healthz) STUB(srv_h_readyz) STUB(srv_h_ui) STUB(srv_h_ui_redirect) STUB(srv_h_metrics) STUB(srv_h_desktop)
+STUB(srv_h_pods_create) STUB(srv_h_pods_list) STUB(srv_h_pods_get) STUB(srv_h_pods_delete) STUB(srv_h_pods_policy) STUB(srv_h_desktop_live)
 
-/* h_not_implemented (in routes.c) calls this. */
-int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
+/* srv_h_not_implemented (in routes.c) calls this. */
+int srv_reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
 {
     (void)r, (void)status, (void)type, (void)fmt;
     abort();
@@ -120,8 +120,8 @@ static int ref_match_table(const route *t, size_t n, const char *method, const c
 static void check_table(const route *t, size_t n, const char *method, const char *path, const char *extra_name)
 {
     route_match m;
-    memset(&m, 0xA5, sizeof m);                 /* router_match must not read stale state */
-    int rc = router_match(t, n, method, path, &m);
+    memset(&m, 0xA5, sizeof m);                 /* srv_router_match must not read stale state */
+    int rc = srv_router_match(t, n, method, path, &m);
     size_t ref_idx = 0;
     ref_match ref;
     int ref_rc = ref_match_table(t, n, method, path, &ref_idx, &ref);
@@ -130,7 +130,7 @@ static void check_table(const route *t, size_t n, const char *method, const char
         assert(rc == ROUTER_NO_PATH || rc == ROUTER_BAD_METHOD || rc == ROUTER_TOO_LONG);
         if (rc != ROUTER_TOO_LONG)
             assert(m.n_params == 0);
-        assert(router_param(&m, "cell") == NULL || rc == ROUTER_TOO_LONG);
+        assert(srv_router_param(&m, "cell") == NULL || rc == ROUTER_TOO_LONG);
         return;
     }
     assert(m.route == &t[ref_idx]);
@@ -151,8 +151,8 @@ static void check_table(const route *t, size_t n, const char *method, const char
         assert(nlen < sizeof name);
         memcpy(name, m.names[i], nlen);
         name[nlen] = '\0';
-        /* router_param answers the first capture of that name. */
-        const char *v = router_param(&m, name);
+        /* srv_router_param answers the first capture of that name. */
+        const char *v = srv_router_param(&m, name);
         assert(v);
         size_t first = 0;
         while (strncmp(m.names[first], name, nlen) != 0 || m.names[first][nlen] != '}')
@@ -160,11 +160,11 @@ static void check_table(const route *t, size_t n, const char *method, const char
         assert(v == m.values[first]);
     }
     if (m.route->flags & ROUTE_CELL)
-        assert(router_param(&m, "cell"));
+        assert(srv_router_param(&m, "cell"));
     else
-        assert(!router_param(&m, "cell"));
-    router_param(&m, "");
-    router_param(&m, extra_name);
+        assert(!srv_router_param(&m, "cell"));
+    srv_router_param(&m, "");
+    srv_router_param(&m, extra_name);
     assert(!(m.route->flags & ROUTE_STREAM_BODY) || m.route->body);
 }
 
@@ -376,7 +376,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     path[plen] = '\0';                  /* an embedded NUL ends the path, as in a C string */
     /* begin() refuses a decoded path with a control byte (a NUL among
      * them) before routing: the offset is the first such byte's. */
-    long ctl = router_path_ctl(path, plen);
+    long ctl = srv_router_path_ctl(path, plen);
     for (size_t i = 0; i < (ctl < 0 ? plen : (size_t)ctl); i++)
         assert((unsigned char)path[i] >= 0x20 && (unsigned char)path[i] != 0x7f);
     assert(ctl < 0 || (unsigned char)path[ctl] < 0x20 || (unsigned char)path[ctl] == 0x7f);
@@ -386,8 +386,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * (begin() picks one by the "/cells/" prefix). */
     path[strcspn(path, "?")] = '\0';
     const char *extra = path + strlen(path) / 2;
-    check_table(control_routes, n_control_routes, method, path, extra);
-    check_table(agent_routes, n_agent_routes, method, path, extra);
+    check_table(srv_control_routes, srv_n_control_routes, method, path, extra);
+    check_table(srv_agent_routes, srv_n_agent_routes, method, path, extra);
     free(path);
     if (nl2 < end)
         check_body(nl2 + 1, (size_t)(end - nl2 - 1));

@@ -62,13 +62,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Reference: the whole stream in one call. */
     ws_parser whole;
     digest dw = { .max = max, .hash = 0xcbf29ce484222325ull };
-    ws_parser_init(&whole, max);
-    int rw = ws_parser_feed(&whole, data, size, on_message, &dw);
+    srv_ws_parser_init(&whole, max);
+    int rw = srv_ws_parser_feed(&whole, data, size, on_message, &dw);
 
     /* The same stream in pseudo-random chunks (often single bytes). */
     ws_parser split;
     digest ds = { .max = max, .hash = 0xcbf29ce484222325ull };
-    ws_parser_init(&split, max);
+    srv_ws_parser_init(&split, max);
     int rs = 0;
     size_t off = 0;
     while (off < size) {
@@ -77,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t chunk = (r & 3) == 0 ? 1 : 1 + (r >> 2) % (1u << ((r >> 8) % 12));
         if (chunk > size - off)
             chunk = size - off;
-        rs = ws_parser_feed(&split, data + off, chunk, on_message, &ds);
+        rs = srv_ws_parser_feed(&split, data + off, chunk, on_message, &ds);
         off += chunk;
         if (rs)
             break;
@@ -90,7 +90,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         assert(whole.close_code == WS_CLOSE_PROTOCOL || whole.close_code == WS_CLOSE_TOO_BIG ||
                whole.close_code == WS_CLOSE_BAD_DATA || whole.close_code == WS_CLOSE_INTERNAL);
     }
-    ws_parser_free(&whole);
-    ws_parser_free(&split);
+    srv_ws_parser_free(&whole);
+    srv_ws_parser_free(&split);
     return 0;
 }

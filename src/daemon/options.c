@@ -206,7 +206,7 @@ static int set_warm(daemon_config *c, const daemon_option *o, const char *label,
     char image[64];
     unsigned size;
     cell_error err = { 0 };
-    if (server_warm_parse(value, image, sizeof image, &size, &err) < 0)
+    if (srv_warm_parse(value, image, sizeof image, &size, &err) < 0)
         return fail_err(label, o, &err);
     return daemon_set_list(c, o, label, value);
 }
@@ -229,7 +229,7 @@ static int set_limit(daemon_config *c, const daemon_option *o, const char *label
                     : strcmp(o->name, "reserve-pids") == 0   ? "reserve.pids" : NULL;
     if (key && snprintf(kv, sizeof kv, "%s=%s", key, value) >= (int)sizeof kv)
         return cli_fail(CLI_EXIT_USAGE, "%s: value too long", label);
-    if (server_limit_set(&c->opt.limits, key ? kv : value, &err) < 0)
+    if (srv_limit_set(&c->opt.limits, key ? kv : value, &err) < 0)
         return fail_err(label, o, &err);
     return 0;
 }
@@ -245,7 +245,7 @@ static int set_upstream_ca(daemon_config *c, const daemon_option *o, const char 
 static int set_cors_origin(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     cell_error err = { 0 };
-    if (server_cors_origin_check(value, &err) < 0)
+    if (srv_cors_origin_check(value, &err) < 0)
         return fail_err(label, o, &err);
     return daemon_set_list(c, o, label, value);
 }
@@ -253,7 +253,7 @@ static int set_cors_origin(daemon_config *c, const daemon_option *o, const char 
 static int set_log_format(daemon_config *c, const daemon_option *o, const char *label, const char *value)
 {
     (void)o;
-    if (slog_format_parse(value, &c->opt.log_format) < 0)
+    if (srv_slog_format_parse(value, &c->opt.log_format) < 0)
         return cli_fail(CLI_EXIT_USAGE, "%s %s: expected text or json", label, value);
     return 0;
 }

@@ -107,8 +107,8 @@ static void acp_free(acp_inst *in)
     if (in->err_fd >= 0)
         close(in->err_fd);
     if (in->proc)
-        procs_release(in->proc);
-    registry_put(in->sc);
+        srv_procs_release(in->proc);
+    srv_registry_put(in->sc);
     pthread_mutex_destroy(&in->lock);
     pthread_mutex_destroy(&in->wlock);
     pthread_cond_destroy(&in->cond);
@@ -357,7 +357,7 @@ static void *reader_main(void *arg)
             continue;
         /* A child of the agent may hold the pipes open after it exited. */
         if (!exited)
-            exited = procs_wait_exit(in->proc, srv_now_ms(), &status);
+            exited = srv_procs_wait_exit(in->proc, srv_now_ms(), &status);
         if (exited && !quiet_since)
             quiet_since = srv_now_ms();
         if (exited && srv_now_ms() - quiet_since >= 2 * ACP_SLICE_MS)
@@ -367,13 +367,13 @@ static void *reader_main(void *arg)
     free(lb[1].buf);
     /* The pipes are done; the exit itself is reported by cell-init. */
     while (!exited) {
-        exited = procs_wait_exit(in->proc, srv_now_ms() + ACP_SLICE_MS, &status);
+        exited = srv_procs_wait_exit(in->proc, srv_now_ms() + ACP_SLICE_MS, &status);
         pthread_mutex_lock(&in->lock);
         int closed = in->closed;
         pthread_mutex_unlock(&in->lock);
         if (closed && !exited) {
-            procs_signal(in->proc, SIGKILL);
-            exited = procs_wait_exit(in->proc, srv_now_ms() + 2000, &status);
+            srv_procs_signal(in->proc, SIGKILL);
+            exited = srv_procs_wait_exit(in->proc, srv_now_ms() + 2000, &status);
             break;
         }
     }
@@ -389,7 +389,7 @@ static void *reader_main(void *arg)
     /* An instance of a cell that stopped or went away cannot come back:
      * unlisted, and its streams end (they hold the cell otherwise). */
     pthread_mutex_lock(&acp_lock);
-    int gone = !registry_running(in->sc);
+    int gone = !srv_registry_running(in->sc);
     if (gone)
         unlist_locked(in);
     pthread_mutex_unlock(&acp_lock);
@@ -404,7 +404,7 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
-void acp_shutdown(void)
+void srv_acp_shutdown(void)
 {
     /* The cells are halted: every agent is dead, so the readers end soon;
      * they use the server's lock, which must outlive them. */
@@ -428,7 +428,7 @@ void acp_shutdown(void)
 
 static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **out, cell_error *err)
 {
-    const char *launcher = agents_launcher(agent);
+    const char *launcher = srv_agents_launcher(agent);
     const char *const argv[] = { launcher, NULL };
     acp_inst *in = calloc(1, sizeof *in);
     if (!in)
@@ -446,7 +446,7 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
     in->sc = sc;
     in->refs = 1;                   /* ours until listed */
     int fds[3];
-    in->proc = procs_spawn_piped(sc, argv, fds, err);
+    in->proc = srv_procs_spawn_piped(sc, argv, fds, err);
     if (!in->proc) {
         acp_free(in);
         return -1;
@@ -458,7 +458,7 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
      * fills the pipe, and the POST answers 504 instead of hanging. */
     int fl = fcntl(in->in_fd, F_GETFL);
     if (fl < 0 || fcntl(in->in_fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        procs_signal(in->proc, SIGKILL);
+        srv_procs_signal(in->proc, SIGKILL);
         acp_free(in);
         return util_fail_errno(err, "agent stdin");
     }
@@ -467,7 +467,7 @@ static int spawn_agent(scell *sc, const char *agent, const char *id, acp_inst **
     int pe = util_thread_detached(reader_main, in);
     if (pe != 0) {
         atomic_fetch_sub(&acp_readers, 1);
-        procs_signal(in->proc, SIGKILL);
+        srv_procs_signal(in->proc, SIGKILL);
         acp_free(in);
         errno = pe;
         return util_fail_errno(err, "agent reader thread");
@@ -490,7 +490,7 @@ static int id_ok(const char *id)
 
 static int reply_not_found(sreq *r, const char *id)
 {
-    return reply_problem_details(r, 404, "session_not_found", json_pack("{s:s}", "sessionId", id),
+    return srv_reply_problem_details(r, 404, "session_not_found", json_pack("{s:s}", "sessionId", id),
                                  "%s", id);
 }
 
@@ -501,7 +501,7 @@ static int reply_exited_locked(sreq *r, acp_inst *in)
     json_object_set_new(d, "exitCode", code >= 0 ? json_integer(code) : json_null());
     if (WIFSIGNALED(in->status))
         json_object_set_new(d, "signal", json_integer(WTERMSIG(in->status)));
-    return reply_problem_details(r, 500, "agent_process_exited", d, "%s (server %s)",
+    return srv_reply_problem_details(r, 500, "agent_process_exited", d, "%s (server %s)",
                                  in->agent, in->id);
 }
 
@@ -557,37 +557,37 @@ static acp_inst *start_instance(sreq *r, const char *id, const char *agent)
     acp_inst *in = NULL;
     /* Lazily, as the reference: the same install as POST .../install (a
      * no-op once the launcher and the cache are there). */
-    if (agents_install(r->cell, agent, 0, r->tok.id, NULL, NULL, &res, &e) < 0)
-        agents_reply_install_error(r, agent, &res, &e);
+    if (srv_agents_install(r->cell, agent, 0, r->tok.id, NULL, NULL, &res, &e) < 0)
+        srv_agents_reply_install_error(r, agent, &res, &e);
     else if (spawn_agent(r->cell, agent, id, &in, &e) < 0)
-        e.code == ECONNRESET ? reply_error(r, &e)
-                             : reply_problem(r, 502, "stream_error", "failed to spawn agent %s: %s", agent, e.message);
-    agents_install_result_free(&res);
+        e.code == ECONNRESET ? srv_reply_error(r, &e)
+                             : srv_reply_problem(r, 502, "stream_error", "failed to spawn agent %s: %s", agent, e.message);
+    srv_agents_install_result_free(&res);
     return in;
 }
 
 /* Find the instance, or start it on the first POST (with ?agent=). */
 static acp_inst *find_or_start(sreq *r, const char *id)
 {
-    const char *agent = req_query(r, "agent");
-    if (agent && !agents_known(agent))
-        return reply_unsupported_agent(r, agent), NULL;
+    const char *agent = srv_req_query(r, "agent");
+    if (agent && !srv_agents_known(agent))
+        return srv_reply_unsupported_agent(r, agent), NULL;
     size_t per_cell = 0;
     pthread_mutex_lock(&acp_lock);
     acp_inst *in = find_settled_locked(r->cell, id, &per_cell);
     if (in || !agent || per_cell >= ACP_MAX_PER_CELL) {
         pthread_mutex_unlock(&acp_lock);
         if (in && agent && strcmp(agent, in->agent) != 0) {
-            reply_problem_details(r, 409, "conflict", json_pack("{s:s, s:s}", "agent", in->agent, "requested", agent),
+            srv_reply_problem_details(r, 409, "conflict", json_pack("{s:s, s:s}", "agent", in->agent, "requested", agent),
                                   "server '%s' already exists for agent '%s'; requested '%s'", id,
                                   in->agent, agent);
             acp_put(in);
             in = NULL;
         } else if (!in && !agent) {
-            reply_problem(r, 400, "invalid_request",
+            srv_reply_problem(r, 400, "invalid_request",
                           "missing required 'agent' query parameter for first POST to /v1/acp/%s", id);
         } else if (!in) {
-            reply_problem(r, 409, "conflict", "this cell already runs %d ACP servers (DELETE one first)",
+            srv_reply_problem(r, 409, "conflict", "this cell already runs %d ACP servers (DELETE one first)",
                           ACP_MAX_PER_CELL);
         }
         return in;
@@ -611,7 +611,7 @@ static acp_inst *find_or_start(sreq *r, const char *id)
     pthread_cond_broadcast(&acp_started);
     pthread_mutex_unlock(&acp_lock);
     if (in)
-        req_audit(r, "agent", json_string(agent));
+        srv_req_audit(r, "agent", json_string(agent));
     return in;
 }
 
@@ -658,10 +658,10 @@ static int classify(sreq *r, json_t *msg, int *kind)
 {
     json_t *method = json_object_get(msg, "method"), *id = json_object_get(msg, "id");
     if (id && !json_is_string(id) && !json_is_integer(id) && !json_is_null(id))
-        return reply_problem(r, 400, "invalid_request", "id must be a string, an integer or null"), -1;
+        return srv_reply_problem(r, 400, "invalid_request", "id must be a string, an integer or null"), -1;
     if (method) {
         if (!json_is_string(method))
-            return reply_problem(r, 400, "invalid_request", "method must be a string"), -1;
+            return srv_reply_problem(r, 400, "invalid_request", "method must be a string"), -1;
         *kind = id && !json_is_null(id) ? KIND_REQUEST : KIND_NOTIFICATION;
         return 0;
     }
@@ -669,13 +669,13 @@ static int classify(sreq *r, json_t *msg, int *kind)
         *kind = KIND_RESPONSE;
         return 0;
     }
-    return reply_problem(r, 400, "invalid_request",
+    return srv_reply_problem(r, 400, "invalid_request",
                          "not a JSON-RPC request, notification or response"), -1;
 }
 
 static int64_t request_timeout(sreq *r, const char *method, int *ok)
 {
-    const char *t = req_query(r, "timeoutMs");
+    const char *t = srv_req_query(r, "timeoutMs");
     *ok = 1;
     if (!t)     /* a prompt takes as long as the model: no default bound */
         return strcmp(method, "session/prompt") == 0 ? -1 : ACP_TIMEOUT_MS;
@@ -685,7 +685,7 @@ static int64_t request_timeout(sreq *r, const char *method, int *ok)
     uint64_t ceiling = r->s->opt.limits.run_timeout_ms;
     if (errno || *end || v < 1 || (ceiling && (uint64_t)v > ceiling)) {
         *ok = 0;
-        reply_problem(r, 400, "invalid_request", "timeoutMs must be an integer from 1 to %llu",
+        srv_reply_problem(r, 400, "invalid_request", "timeoutMs must be an integer from 1 to %llu",
                       (unsigned long long)(ceiling ? ceiling : INT64_MAX));
         return 0;
     }
@@ -712,7 +712,7 @@ static int await_response(sreq *r, acp_inst *in, acp_pending *p, int64_t timeout
     int64_t deadline = timeout < 0 ? INT64_MAX : srv_now_ms() + timeout;
     pthread_mutex_lock(&in->lock);
     while (!p->resp && !in->exited && !in->closed && srv_now_ms() < deadline &&
-           !conns_stream_over(r->s, r->tok.id)) {
+           !srv_conns_stream_over(r->s, r->tok.id)) {
         struct timespec ts;
         int64_t left = deadline - srv_now_ms();
         srv_deadline_after(&ts, left < ACP_SLICE_MS ? left : ACP_SLICE_MS);
@@ -730,38 +730,38 @@ static int await_response(sreq *r, acp_inst *in, acp_pending *p, int64_t timeout
                 json_object_set_new(data, "agentStderr", stderr_json_locked(in));
         }
         pthread_mutex_unlock(&in->lock);
-        return reply_json(r, 200, resp);
+        return srv_reply_json(r, 200, resp);
     }
     if (in->exited)
         rc = reply_exited_locked(r, in);
     else if (in->closed)
-        rc = reply_problem(r, 410, "session_not_found", "server %s was deleted while the request waited", in->id);
+        rc = srv_reply_problem(r, 410, "session_not_found", "server %s was deleted while the request waited", in->id);
     else if (srv_now_ms() >= deadline)
-        rc = reply_problem(r, 504, "timeout", "the agent did not answer within %lld ms (its answer, if "
+        rc = srv_reply_problem(r, 504, "timeout", "the agent did not answer within %lld ms (its answer, if "
                            "it comes, is still streamed)", (long long)timeout);
     else
-        rc = reply_problem(r, 401, "token_invalid", "the token was revoked");
+        rc = srv_reply_problem(r, 401, "token_invalid", "the token was revoked");
     pthread_mutex_unlock(&in->lock);
     return rc;
 }
 
-int h_acp_post(sreq *r)
+int srv_h_acp_post(sreq *r)
 {
-    const char *id = router_param(&r->m, "server");
+    const char *id = srv_router_param(&r->m, "server");
     if (!id_ok(id))
-        return reply_problem(r, 400, "invalid_request", "invalid server id: 1 to %d letters, digits, '.', '_' or '-'",
+        return srv_reply_problem(r, 400, "invalid_request", "invalid server id: 1 to %d letters, digits, '.', '_' or '-'",
                              ACP_ID_MAX);
     if (r->body_len == 0)
-        return reply_problem(r, 400, "invalid_request", "a JSON-RPC body is required");
+        return srv_reply_problem(r, 400, "invalid_request", "a JSON-RPC body is required");
     json_error_t jerr;
     json_t *msg = json_loadb(r->body, r->body_len, 0, &jerr);
     if (!msg)
-        return reply_problem(r, 400, "invalid_request", "invalid JSON body: %s at line %d column %d",
+        return srv_reply_problem(r, 400, "invalid_request", "invalid JSON body: %s at line %d column %d",
                              jerr.text, jerr.line, jerr.column);
     int kind, ok;
     if (!json_is_object(msg)) {
         json_decref(msg);
-        return reply_problem(r, 400, "invalid_request", "request body must be a JSON-RPC object");
+        return srv_reply_problem(r, 400, "invalid_request", "request body must be a JSON-RPC object");
     }
     if (classify(r, msg, &kind) < 0) {
         json_decref(msg);
@@ -775,13 +775,13 @@ int h_acp_post(sreq *r)
         return REPLIED(r);
     }
     if (method)
-        req_audit(r, "method", json_string(method));
+        srv_req_audit(r, "method", json_string(method));
     /* Beyond the reference: the MCP servers and skills configured for the
      * session's directory (/config, agentcfg.c).  On failure the request
      * goes on unchanged, as the client sent it. */
     json_t *params = json_object_get(msg, "params");
     if (kind == KIND_REQUEST && strcmp(method, "session/new") == 0 && json_is_object(params))
-        agentcfg_prepare_session_new(r->cell, in->agent, params, NULL, &(cell_error){ 0 });
+        srv_agentcfg_prepare_session_new(r->cell, in->agent, params, NULL, &(cell_error){ 0 });
     char *line = json_dumps(msg, JSON_COMPACT);
     acp_pending *p = NULL;
     int rc = -2;
@@ -792,7 +792,7 @@ int h_acp_post(sreq *r)
         char *key = id_key(json_object_get(msg, "id"));
         for (acp_pending *x = in->pending; key && x; x = x->next)
             if (strcmp(x->key, key) == 0) {
-                rc = reply_problem(r, 409, "conflict", "request id %s is already waiting for an answer", key);
+                rc = srv_reply_problem(r, 409, "conflict", "request id %s is already waiting for an answer", key);
                 break;
             }
         if (rc == -2 && key && (p = calloc(1, sizeof *p))) {
@@ -806,7 +806,7 @@ int h_acp_post(sreq *r)
     pthread_mutex_unlock(&in->lock);
     json_decref(msg);
     if (rc == -2 && (!line || (kind == KIND_REQUEST && !p)))
-        rc = reply_problem(r, 500, "internal", "out of memory");
+        rc = srv_reply_problem(r, 500, "internal", "out of memory");
     if (rc == -2) {
         size_t len = strlen(line);
         line[len] = '\n';           /* json_dumps' NUL becomes the separator */
@@ -820,11 +820,11 @@ int h_acp_post(sreq *r)
                 json_decref(pending_drop_locked(in, p));
                 pthread_mutex_unlock(&in->lock);
             }
-            rc = werr == EPIPE ? reply_problem(r, 502, "stream_error", "failed writing to agent stdin: %s",
+            rc = werr == EPIPE ? srv_reply_problem(r, 502, "stream_error", "failed writing to agent stdin: %s",
                                                strerror(werr))
-                               : reply_problem(r, 504, "timeout", "the agent does not read its input");
+                               : srv_reply_problem(r, 504, "timeout", "the agent does not read its input");
         } else {
-            rc = reply_empty(r, 202);
+            rc = srv_reply_empty(r, 202);
         }
     }
     free(line);
@@ -832,7 +832,7 @@ int h_acp_post(sreq *r)
     return rc;
 }
 
-int h_acp_list(sreq *r)
+int srv_h_acp_list(sreq *r)
 {
     json_t *arr = json_array();
     pthread_mutex_lock(&acp_lock);
@@ -841,7 +841,7 @@ int h_acp_list(sreq *r)
             json_array_append_new(arr, json_pack("{s:s, s:s, s:I}", "serverId", in->id, "agent", in->agent,
                                                  "createdAtMs", (json_int_t)in->created_ms));
     pthread_mutex_unlock(&acp_lock);
-    return reply_json(r, 200, json_pack("{s:o}", "servers", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "servers", arr));
 }
 
 /* DELETE's end of an unlisted instance: closed, stdin closed (an agent
@@ -858,18 +858,18 @@ static void acp_stop(acp_inst *in)
     in->in_fd = -1;
     pthread_mutex_unlock(&in->wlock);
     int status;
-    if (!procs_wait_exit(in->proc, srv_now_ms() + 100, &status)) {
-        procs_signal(in->proc, SIGTERM);
-        if (!procs_wait_exit(in->proc, srv_now_ms() + ACP_TERM_GRACE_MS, &status)) {
-            procs_signal(in->proc, SIGKILL);
-            procs_wait_exit(in->proc, srv_now_ms() + 500, &status);
+    if (!srv_procs_wait_exit(in->proc, srv_now_ms() + 100, &status)) {
+        srv_procs_signal(in->proc, SIGTERM);
+        if (!srv_procs_wait_exit(in->proc, srv_now_ms() + ACP_TERM_GRACE_MS, &status)) {
+            srv_procs_signal(in->proc, SIGKILL);
+            srv_procs_wait_exit(in->proc, srv_now_ms() + 500, &status);
         }
     }
 }
 
-int h_acp_delete(sreq *r)
+int srv_h_acp_delete(sreq *r)
 {
-    const char *id = router_param(&r->m, "server");
+    const char *id = srv_router_param(&r->m, "server");
     acp_inst *in = id_ok(id) ? acp_find(r->cell, id) : NULL;
     if (!in)
         return reply_not_found(r, id);
@@ -883,7 +883,7 @@ int h_acp_delete(sreq *r)
     }
     acp_stop(in);
     acp_put(in);
-    return reply_empty(r, 204);
+    return srv_reply_empty(r, 204);
 }
 
 /* ---- the SSE stream -------------------------------------------------------------------- */
@@ -945,7 +945,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
         int64_t until = srv_now_ms() + ACP_HEARTBEAT_MS;
         pthread_mutex_lock(&in->lock);
         for (;;) {
-            if (conns_stream_over(in->sc->s, f->token_id)) {
+            if (srv_conns_stream_over(in->sc->s, f->token_id)) {
                 f->done = 1;
                 break;
             }
@@ -994,9 +994,9 @@ static acp_inst *acp_await(scell *sc, const char *id)
     return in;
 }
 
-int h_acp_get(sreq *r)
+int srv_h_acp_get(sreq *r)
 {
-    const char *id = router_param(&r->m, "server");
+    const char *id = srv_router_param(&r->m, "server");
     const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
     uint64_t after = 0;
     if (last) {
@@ -1004,7 +1004,7 @@ int h_acp_get(sreq *r)
         errno = 0;
         unsigned long long v = strtoull(last, &end, 10);
         if (errno || *end || !*last || last[0] == '-')
-            return reply_problem(r, 400, "invalid_request", "Last-Event-ID must be a non-negative integer");
+            return srv_reply_problem(r, 400, "invalid_request", "Last-Event-ID must be a non-negative integer");
         after = v;
     }
     if (!id_ok(id))
@@ -1015,16 +1015,16 @@ int h_acp_get(sreq *r)
     acp_follow *f = calloc(1, sizeof *f);
     if (!f) {
         acp_put(in);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     f->in = in;
     f->after = after;
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
-    return reply_event_stream(r, follow_read, f, follow_free);
+    return srv_reply_event_stream(r, follow_read, f, follow_free);
 }
 
 /* ---- the daemon's own client (acp.h) ---------------------------------------------------- */
-int acp_client_open(scell *sc, const char *agent, const char *id, acp_client **out, cell_error *err)
+int srv_acp_client_open(scell *sc, const char *agent, const char *id, acp_client **out, cell_error *err)
 {
     acp_inst *in = NULL;
     *out = NULL;
@@ -1081,7 +1081,7 @@ static int client_send(acp_inst *in, json_t *msg, int64_t deadline, cell_error *
     return 0;
 }
 
-int acp_client_notify(acp_client *in, const char *method, json_t *params, cell_error *err)
+int srv_acp_client_notify(acp_client *in, const char *method, json_t *params, cell_error *err)
 {
     json_t *msg = json_pack("{s:s, s:s}", "jsonrpc", "2.0", "method", method);
     if (msg && params)
@@ -1091,7 +1091,7 @@ int acp_client_notify(acp_client *in, const char *method, json_t *params, cell_e
     return client_send(in, msg, srv_now_ms() + ACP_CLIENT_SEND_MS, err);
 }
 
-int acp_client_respond(acp_client *in, json_t *id, json_t *result, int code, const char *message, cell_error *err)
+int srv_acp_client_respond(acp_client *in, json_t *id, json_t *result, int code, const char *message, cell_error *err)
 {
     json_t *msg = json_pack("{s:s, s:O}", "jsonrpc", "2.0", "id", id);
     if (msg && result)
@@ -1114,7 +1114,7 @@ static json_t *tap_take_locked(acp_inst *in)
     return m;
 }
 
-void acp_client_drain(acp_client *in, int64_t until_ms, acp_client_fn fn, void *user)
+void srv_acp_client_drain(acp_client *in, int64_t until_ms, acp_client_fn fn, void *user)
 {
     for (;;) {
         pthread_mutex_lock(&in->lock);
@@ -1134,7 +1134,7 @@ void acp_client_drain(acp_client *in, int64_t until_ms, acp_client_fn fn, void *
     }
 }
 
-int acp_client_call(acp_client *in, const char *method, json_t *params, int64_t deadline_ms, acp_client_stop_fn stop,
+int srv_acp_client_call(acp_client *in, const char *method, json_t *params, int64_t deadline_ms, acp_client_stop_fn stop,
                     acp_client_fn fn, void *user, json_t **result, cell_error *err)
 {
     static atomic_llong next_id;
@@ -1187,7 +1187,7 @@ int acp_client_call(acp_client *in, const char *method, json_t *params, int64_t 
     }
 }
 
-int acp_client_exited(acp_client *in, int *status)
+int srv_acp_client_exited(acp_client *in, int *status)
 {
     pthread_mutex_lock(&in->lock);
     int done = in->exited && json_array_size(in->tap) == 0;
@@ -1196,7 +1196,7 @@ int acp_client_exited(acp_client *in, int *status)
     return done;
 }
 
-char *acp_client_stderr(acp_client *in)
+char *srv_acp_client_stderr(acp_client *in)
 {
     pthread_mutex_lock(&in->lock);
     json_t *t = stderr_json_locked(in);
@@ -1206,7 +1206,7 @@ char *acp_client_stderr(acp_client *in)
     return out;
 }
 
-void acp_client_close(acp_client *in)
+void srv_acp_client_close(acp_client *in)
 {
     pthread_mutex_lock(&acp_lock);
     unlist_locked(in);              /* unless a client's DELETE did */

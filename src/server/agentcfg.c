@@ -202,7 +202,7 @@ static int skills_norm(json_t *in, json_t **out, char *why, size_t size)
 static const cfg_kind MCP = { "mcp.json", "mcpName", "mcp", mcp_norm };
 static const cfg_kind SKILLS = { "skills.json", "skillName", "skills", skills_norm };
 
-int agentcfg_name_ok(const char *name)
+int srv_agentcfg_name_ok(const char *name)
 {
     size_t n = strlen(name);
     if (n == 0 || n > AGENTCFG_NAME_MAX || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
@@ -425,9 +425,9 @@ static int cfg_param(sreq *r, const char *key, const char **out)
     *out = NULL;
     if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v, &len) != MHD_YES ||
         !v || len == 0)
-        return reply_problem(r, 400, "invalid_request", "missing required '%s' query parameter", key), -1;
+        return srv_reply_problem(r, 400, "invalid_request", "missing required '%s' query parameter", key), -1;
     if (strlen(v) != len)
-        return reply_problem(r, 400, "invalid_request", "query parameter '%s' contains a NUL character", key), -1;
+        return srv_reply_problem(r, 400, "invalid_request", "query parameter '%s' contains a NUL character", key), -1;
     *out = v;
     return 0;
 }
@@ -439,9 +439,9 @@ static int cfg_query(sreq *r, const cfg_kind *k, char *dir, size_t size, const c
     if (cfg_param(r, "directory", &d) < 0 || cfg_param(r, k->param, name) < 0)
         return -1;
     if (cfg_dir(d, dir, size, &e) < 0)
-        return reply_problem(r, 400, "invalid_request", "%s", e.message), -1;
-    if (!agentcfg_name_ok(*name))
-        return reply_problem(r, 400, "invalid_request",
+        return srv_reply_problem(r, 400, "invalid_request", "%s", e.message), -1;
+    if (!srv_agentcfg_name_ok(*name))
+        return srv_reply_problem(r, 400, "invalid_request",
                              "invalid %s: 1 to %d bytes without '/', '\\\\' or control characters, not '.' or '..'",
                              k->param, AGENTCFG_NAME_MAX), -1;
     return 0;
@@ -455,16 +455,16 @@ static int cfg_reply_error(sreq *r, const cell_error *e)
     case EINVAL:
     case ELOOP:             /* a link out of the cell's root, or a magic link */
     case EXDEV:
-        return reply_problem(r, 400, "invalid_request", "%s", e->message);
+        return srv_reply_problem(r, 400, "invalid_request", "%s", e->message);
     case E2BIG:
-        return reply_problem(r, 413, "payload_too_large", "%s", e->message);
+        return srv_reply_problem(r, 413, "payload_too_large", "%s", e->message);
     case ECONNRESET:
     case ESRCH:
     case ETIMEDOUT:
     case ENOMEM:
-        return reply_error(r, e);
+        return srv_reply_error(r, e);
     default:
-        return reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
+        return srv_reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
     }
 }
 
@@ -478,7 +478,7 @@ static int cfg_reply_missing(sreq *r, const cfg_kind *k, const char *name)
     snprintf(detail, sizeof detail, "session not found: %s", id);
     json_t *body = json_pack("{s:s, s:s, s:i, s:s, s:s}", "type", "urn:sandbox-agent:error:session_not_found",
                              "title", "Session Not Found", "status", 404, "detail", detail, "sessionId", id);
-    return body ? reply_problem_body(r, 404, body, "not found") : MHD_NO;
+    return body ? srv_reply_problem_body(r, 404, body, "not found") : MHD_NO;
 }
 
 
@@ -494,7 +494,7 @@ static int cfg_get(sreq *r, const cfg_kind *k)
         return cfg_reply_error(r, &e);
     json_t *v = json_incref(json_object_get(doc, name));
     json_decref(doc);
-    return v ? reply_json(r, 200, v) : cfg_reply_missing(r, k, name);
+    return v ? srv_reply_json(r, 200, v) : cfg_reply_missing(r, k, name);
 }
 
 static int cfg_set(cell *c, const char *dir, const cfg_kind *k, const char *name, json_t *entry, cell_error *err)
@@ -521,24 +521,24 @@ static int cfg_put(sreq *r, const cfg_kind *k)
         return MHD_YES;
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (!ct || strncasecmp(ct, "application/json", 16) != 0)
-        return reply_problem(r, 415, "invalid_request", "expected a request with Content-Type: application/json");
+        return srv_reply_problem(r, 415, "invalid_request", "expected a request with Content-Type: application/json");
     /* Any JSON value parses (null and 5 are 422s for the reference, as
      * type errors, not 400s); the body is within max_json_bytes (http.c). */
     json_error_t jerr;
     json_t *entry, *body = r->body_len ? json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr)
                                        : NULL;
     if (!body)
-        return r->body_len ? reply_problem(r, 400, "invalid_request", "body is not valid JSON: %s (line %d, column %d)",
+        return r->body_len ? srv_reply_problem(r, 400, "invalid_request", "body is not valid JSON: %s (line %d, column %d)",
                                            jerr.text, jerr.line, jerr.column)
-                           : reply_problem(r, 400, "invalid_request", "a JSON body is required");
+                           : srv_reply_problem(r, 400, "invalid_request", "a JSON body is required");
     int bad = k->norm(body, &entry, why, sizeof why);
     json_decref(body);
     if (bad)
-        return reply_problem(r, 422, "invalid_request", "%s", why);
+        return srv_reply_problem(r, 422, "invalid_request", "%s", why);
     cell_error e = { 0 };
     int rc = WITH_CELL(r->cell, &e, cfg_set(r->cell->c, dir, k, name, entry, &e));
     json_decref(entry);
-    return rc < 0 ? cfg_reply_error(r, &e) : reply_empty(r, 204);
+    return rc < 0 ? cfg_reply_error(r, &e) : srv_reply_empty(r, 204);
 }
 
 static int cfg_delete(sreq *r, const cfg_kind *k)
@@ -550,15 +550,15 @@ static int cfg_delete(sreq *r, const cfg_kind *k)
     cell_error e = { 0 };
     if (WITH_CELL(r->cell, &e, cfg_set(r->cell->c, dir, k, name, NULL, &e)) < 0)
         return cfg_reply_error(r, &e);
-    return reply_empty(r, 204);
+    return srv_reply_empty(r, 204);
 }
 
-int h_config_mcp_get(sreq *r) { return cfg_get(r, &MCP); }
-int h_config_mcp_put(sreq *r) { return cfg_put(r, &MCP); }
-int h_config_mcp_delete(sreq *r) { return cfg_delete(r, &MCP); }
-int h_config_skills_get(sreq *r) { return cfg_get(r, &SKILLS); }
-int h_config_skills_put(sreq *r) { return cfg_put(r, &SKILLS); }
-int h_config_skills_delete(sreq *r) { return cfg_delete(r, &SKILLS); }
+int srv_h_config_mcp_get(sreq *r) { return cfg_get(r, &MCP); }
+int srv_h_config_mcp_put(sreq *r) { return cfg_put(r, &MCP); }
+int srv_h_config_mcp_delete(sreq *r) { return cfg_delete(r, &MCP); }
+int srv_h_config_skills_get(sreq *r) { return cfg_get(r, &SKILLS); }
+int srv_h_config_skills_put(sreq *r) { return cfg_put(r, &SKILLS); }
+int srv_h_config_skills_delete(sreq *r) { return cfg_delete(r, &SKILLS); }
 
 /* ---- for the ACP proxy: MCP servers in session/new's shape -------------- */
 
@@ -600,7 +600,7 @@ static json_t *mcp_to_acp(const char *name, json_t *e)
                      name_values(json_object_get(e, "env")));
 }
 
-int agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell_error *err)
+int srv_agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell_error *err)
 {
     char dir[PATH_MAX_];
     json_t *doc, *v;
@@ -627,10 +627,10 @@ int agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell
     return 0;
 }
 
-int agentcfg_mcp_servers(scell *sc, const char *directory, json_t **out, cell_error *err)
+int srv_agentcfg_mcp_servers(scell *sc, const char *directory, json_t **out, cell_error *err)
 {
     *out = NULL;
-    return WITH_CELL(sc, err, agentcfg_cell_mcp_servers(sc->c, directory, out, err));
+    return WITH_CELL(sc, err, srv_agentcfg_cell_mcp_servers(sc->c, directory, out, err));
 }
 
 /* ---- for the ACP proxy: skills into the agent's skill directory -------- */
@@ -641,7 +641,7 @@ static const struct { const char *agent, *dir; } skill_dirs[] = {
     { "mock", ".sandbox-agent/skills" },
 };
 
-const char *agentcfg_skill_dir(const char *agent)
+const char *srv_agentcfg_skill_dir(const char *agent)
 {
     for (size_t i = 0; agent && i < sizeof skill_dirs / sizeof skill_dirs[0]; i++)
         if (strcmp(agent, skill_dirs[i].agent) == 0)
@@ -728,7 +728,7 @@ static int install_one(cell *c, const char *from, const char *dest, const char *
 {
     char to[PATH_MAX_];
     cell_error e2 = { 0 };
-    if (!agentcfg_name_ok(name) || snprintf(to, sizeof to, "%s/%s", dest, name) >= (int)sizeof to) {
+    if (!srv_agentcfg_name_ok(name) || snprintf(to, sizeof to, "%s/%s", dest, name) >= (int)sizeof to) {
         report_add(report, name, source, "reason", "not a valid skill directory name");
         return 0;
     }
@@ -757,7 +757,7 @@ static int install_local(cell *c, const char *dir, const char *dest, const char 
             char from[PATH_MAX_ + 256];
             const char *nm = json_string_value(s);
             snprintf(from, sizeof from, "%s/%s", root, nm);
-            if (!agentcfg_name_ok(nm) || !has_skill_md(c, from))
+            if (!srv_agentcfg_name_ok(nm) || !has_skill_md(c, from))
                 report_add(report, nm, source, "reason", "no SKILL.md in the source directory");
             else if (install_one(c, from, dest, nm, source, b, report, err) < 0)
                 return -1;
@@ -788,10 +788,10 @@ static int install_local(cell *c, const char *dir, const char *dest, const char 
     return rc;
 }
 
-int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char *agent, json_t **report,
+int srv_agentcfg_cell_skills_materialise(cell *c, const char *directory, const char *agent, json_t **report,
                                      cell_error *err)
 {
-    const char *sdir = agentcfg_skill_dir(agent);
+    const char *sdir = srv_agentcfg_skill_dir(agent);
     char dir[PATH_MAX_], dest[PATH_MAX_ + 64];
     json_t *doc, *entry, *src;
     if (report)
@@ -827,7 +827,7 @@ int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char 
     return rc;
 }
 
-int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
+int srv_agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
                                       cell_error *err)
 {
     if (report)
@@ -837,9 +837,9 @@ int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params
     json_t *cwd = json_object_get(params, "cwd"), *have = json_object_get(params, "mcpServers"), *servers = NULL;
     const char *dir = json_is_string(cwd) && json_string_length(cwd) > 0 ? json_string_value(cwd) : CFG_HOME;
     int fill = !have || json_is_null(have) || (json_is_array(have) && json_array_size(have) == 0);
-    if (fill && agentcfg_cell_mcp_servers(c, dir, &servers, err) < 0)
+    if (fill && srv_agentcfg_cell_mcp_servers(c, dir, &servers, err) < 0)
         return -1;
-    if (agentcfg_skill_dir(agent) && agentcfg_cell_skills_materialise(c, dir, agent, report, err) < 0) {
+    if (srv_agentcfg_skill_dir(agent) && srv_agentcfg_cell_skills_materialise(c, dir, agent, report, err) < 0) {
         json_decref(servers);
         return -1;
     }
@@ -848,17 +848,17 @@ int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params
     return 0;
 }
 
-int agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err)
+int srv_agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err)
 {
     if (report)
         *report = NULL;
-    return WITH_CELL(sc, err, agentcfg_cell_prepare_session_new(sc->c, agent, params, report, err));
+    return WITH_CELL(sc, err, srv_agentcfg_cell_prepare_session_new(sc->c, agent, params, report, err));
 }
 
-int agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
+int srv_agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
                                 cell_error *err)
 {
     if (report)
         *report = NULL;
-    return WITH_CELL(sc, err, agentcfg_cell_skills_materialise(sc->c, directory, agent, report, err));
+    return WITH_CELL(sc, err, srv_agentcfg_cell_skills_materialise(sc->c, directory, agent, report, err));
 }

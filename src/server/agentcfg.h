@@ -23,7 +23,7 @@ typedef struct scell scell;
 #define AGENTCFG_NAME_MAX 128
 
 /* Is `name` acceptable as an MCP or skill entry name? */
-int agentcfg_name_ok(const char *name);
+int srv_agentcfg_name_ok(const char *name);
 
 /* The configured MCP servers of `directory` (a path inside the cell,
  * relative ones against /root) in ACP's session/new `mcpServers` shape:
@@ -37,15 +37,15 @@ int agentcfg_name_ok(const char *name);
  * mcpServers.  Fails with EINVAL for an invalid config file, ECONNRESET
  * if the cell is stopped.  The scell form takes the cell's io lock; the
  * cell form expects the caller to hold it (or to own the cell alone). */
-int agentcfg_mcp_servers(scell *sc, const char *directory, json_t **out, cell_error *err);
-int agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell_error *err);
+int srv_agentcfg_mcp_servers(scell *sc, const char *directory, json_t **out, cell_error *err);
+int srv_agentcfg_cell_mcp_servers(cell *c, const char *directory, json_t **out, cell_error *err);
 
 /* The project-relative directory an agent reads skills from
  * (".claude/skills" for claude, ...), or NULL for an unknown agent id. */
-const char *agentcfg_skill_dir(const char *agent);
+const char *srv_agentcfg_skill_dir(const char *agent);
 
 /* Materialise the skills configured for `directory` into the agent's skill
- * directory, <directory>/<agentcfg_skill_dir(agent)>/<skill>/, by copying
+ * directory, <directory>/<srv_agentcfg_skill_dir(agent)>/<skill>/, by copying
  * inside the cell.  Sources of type "local" name a directory in the cell
  * (relative ones against `directory`; "subpath" appended): with "skills",
  * each listed subdirectory is copied under its own name; without, the
@@ -57,9 +57,9 @@ const char *agentcfg_skill_dir(const char *agent);
  * *report (may be NULL) gets an array of {name, source, status
  * ("installed"|"skipped"), path | reason}.  Fails with EINVAL for an
  * unknown agent or an invalid skills.json, E2BIG past the bounds. */
-int agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
+int srv_agentcfg_skills_materialise(scell *sc, const char *directory, const char *agent, json_t **report,
                                 cell_error *err);
-int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char *agent, json_t **report,
+int srv_agentcfg_cell_skills_materialise(cell *c, const char *directory, const char *agent, json_t **report,
                                      cell_error *err);
 
 /* Both, for one ACP `session/new` request's params (a JSON object the
@@ -69,8 +69,8 @@ int agentcfg_cell_skills_materialise(cell *c, const char *directory, const char 
  * directory are materialised for `agent` (none for an agent without a
  * skill directory).  *report (may be NULL) gets the skills report.  On an
  * error params are unchanged: the proxy may forward them as they are. */
-int agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err);
-int agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
+int srv_agentcfg_prepare_session_new(scell *sc, const char *agent, json_t *params, json_t **report, cell_error *err);
+int srv_agentcfg_cell_prepare_session_new(cell *c, const char *agent, json_t *params, json_t **report,
                                       cell_error *err);
 
 #endif

@@ -64,16 +64,16 @@ static uint64_t agents_disk;        /* --limit agents.installDisk: the staging f
 
 static void agents_cache_scan(void);
 
-const char *agents_cache_root(void) { return agents_root; }
+const char *srv_agents_cache_root(void) { return agents_root; }
 
-void agents_worker_begin(void)
+void srv_agents_worker_begin(void)
 {
     pthread_mutex_lock(&agents_lock);
     agents_workers++;
     pthread_mutex_unlock(&agents_lock);
 }
 
-void agents_worker_end(void)
+void srv_agents_worker_end(void)
 {
     pthread_mutex_lock(&agents_lock);
     agents_workers--;
@@ -81,7 +81,7 @@ void agents_worker_end(void)
     pthread_mutex_unlock(&agents_lock);
 }
 
-void agents_shutdown(void)
+void srv_agents_shutdown(void)
 {
     pthread_mutex_lock(&agents_lock);
     while (agents_workers > 0)
@@ -146,7 +146,7 @@ static int agents_parse_registry(const char *url, cell_error *err)
         else if (agents_policy)
             rc = 0;
         else
-            rc = 0, slog(SLOG_WARN, NULL, "agent installs will fail: %s", agents_policy_err.message);
+            rc = 0, srv_slog(SLOG_WARN, NULL, "agent installs will fail: %s", agents_policy_err.message);
     }
     OPENSSL_free(user), OPENSSL_free(host), OPENSSL_free(port);
     OPENSSL_free(path), OPENSSL_free(query), OPENSSL_free(frag);
@@ -189,7 +189,7 @@ static int agents_prune(cell_error *err)
             continue;
         char agent[32], key[160], path[4200];
         snprintf(agent, sizeof agent, "%.*s", (int)strcspn(e->d_name, "-"), e->d_name);
-        const agents_package *p = agents_package_find(agent);
+        const agents_package *p = srv_agents_package_find(agent);
         if (p && !p->unavailable) {
             agents_cache_key(p, key, sizeof key);
             if (strcmp(key, e->d_name) == 0)
@@ -198,13 +198,13 @@ static int agents_prune(cell_error *err)
         if (util_path(path, sizeof path, err, "%s/%s", agents_root, e->d_name) < 0 || util_rm_rf(path, err) < 0)
             rc = -1;
         else
-            slog(SLOG_INFO, NULL, "removed agent cache %s (not a current pin of --agent-registry)", e->d_name);
+            srv_slog(SLOG_INFO, NULL, "removed agent cache %s (not a current pin of --agent-registry)", e->d_name);
     }
     closedir(d);
     return rc;
 }
 
-int agents_start(srv *s, cell_error *err)
+int srv_agents_start(srv *s, cell_error *err)
 {
     agents_registry = s->opt.agent_registry ? s->opt.agent_registry : SERVER_DEFAULT_AGENT_REGISTRY;
     agents_disk = s->opt.limits.agents_install_disk;
@@ -245,7 +245,7 @@ static void agents_cache_scan(void)
     pthread_mutex_unlock(&agents_scan_lock);
 }
 
-void agents_cache_usage(uint64_t *bytes, size_t *dirs)
+void srv_agents_cache_usage(uint64_t *bytes, size_t *dirs)
 {
     pthread_mutex_lock(&agents_scan_lock);
     *bytes = agents_cache_bytes, *dirs = agents_cache_dirs;
@@ -451,7 +451,7 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
     if (agents_policy_ok(err) < 0)
         return -1;
     cell *c = NULL;
-    if (registry_cell_create(s, &cfg, &c, err) < 0)
+    if (srv_registry_cell_create(s, &cfg, &c, err) < 0)
         return -1;
     int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, rc = -1;
     /* Saved: package-lock.json has what the manifest records. */
@@ -483,7 +483,7 @@ static int agents_npm(srv *s, const agents_package *p, const char *stage, agents
         if (errp[i] >= 0)
             close(errp[i]);
     }
-    registry_cell_destroy(s, c);
+    srv_registry_cell_destroy(s, c);
     return rc;
 }
 
@@ -625,7 +625,7 @@ static int agents_run(scell *sc, const agents_package *p, const char *stage, age
     char image[4200];
     if (util_path(image, sizeof image, err, "%s.img", stage) < 0)
         return -1;
-    if (limits_reserve(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS, "this agent install", &res->budget,
+    if (srv_limits_reserve(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS, "this agent install", &res->budget,
                        err) < 0)
         return -1;
     int rc = cell_scratch_mount(image, stage, agents_disk, err);
@@ -633,7 +633,7 @@ static int agents_run(scell *sc, const agents_package *p, const char *stage, age
         rc = agents_npm(sc->s, p, stage, net, o, status, err);
         res->ran_npm = 1;
     }
-    limits_release(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS);
+    srv_limits_release(sc->s, AGENTS_INSTALL_MEMORY, AGENTS_INSTALL_PIDS);
     return rc;
 }
 
@@ -683,7 +683,7 @@ static int agents_build(scell *sc, const agents_package *p, const char *key, con
     /* Unmounted, the staging filesystem's blocks go back to the host. */
     cell_error e2 = { 0 };
     if (cell_scratch_unmount(stage, &e2) < 0 || util_rm_rf(stage, &e2) < 0 || util_rm_rf(copy, &e2) < 0)
-        slog(SLOG_ERROR, NULL, "agent install: %s", e2.message);
+        srv_slog(SLOG_ERROR, NULL, "agent install: %s", e2.message);
     if (rc == 0)
         agents_cache_scan();
     return rc;
@@ -781,11 +781,11 @@ static int agents_launcher_script(const agents_package *p, const char *key, char
 static int agents_launcher_there(scell *sc, const char *path, const char *script)
 {
     char head[AGENTS_LAUNCHER_MAX + 1];
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     head[0] = '\0';
     if (sc->c && !sc->dead)
         agents_launcher_head(sc->c, path, head, sizeof head);
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     if (!*head)
         return 0;
     return strncmp(head, AGENTS_LAUNCHER_MARK, strlen(AGENTS_LAUNCHER_MARK)) != 0 || strcmp(head, script) == 0;
@@ -793,11 +793,11 @@ static int agents_launcher_there(scell *sc, const char *path, const char *script
 
 static int agents_write_launcher(scell *sc, const agents_package *p, const char *script, size_t n, cell_error *err)
 {
-    const char *launcher = agents_launcher(p->id);
+    const char *launcher = srv_agents_launcher(p->id);
     char dir[512];
     snprintf(dir, sizeof dir, "%.*s", (int)(strrchr(launcher, '/') - launcher), launcher);
     return WITH_CELL(sc, err, cell_file_mkdir(sc->c, dir, 0755, 1, err) < 0
-                                  ? -1 : agents_cell_write(sc->c, launcher, 0755, script, n, err));
+                                  ? -1 : srv_agents_cell_write(sc->c, launcher, 0755, script, n, err));
 }
 
 static void agents_audit(scell *sc, const char *who, const char *agent, const agents_install_result *res,
@@ -813,7 +813,7 @@ static void agents_audit(scell *sc, const char *who, const char *agent, const ag
     json_decref(rec);
 }
 
-void agents_describe(const agents_package *p, agents_install_result *res)
+void srv_agents_describe(const agents_package *p, agents_install_result *res)
 {
     agents_cache_key(p, res->key, sizeof res->key);
     snprintf(res->version, sizeof res->version, "%s", agents_version_of(p->packages[0]));
@@ -825,16 +825,16 @@ static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags
                               void *user, agents_install_result *res, cell_error *err)
 {
     char final[4096];
-    agents_describe(p, res);
+    srv_agents_describe(p, res);
     if (util_path(final, sizeof final, err, "%s/%s", agents_root, res->key) < 0)
         return -1;
-    if (!registry_running(sc))
+    if (!srv_registry_running(sc))
         return util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
     char script[AGENTS_LAUNCHER_MAX];
     int len = agents_launcher_script(p, res->key, script, err);
     if (len < 0)
         return -1;
-    int launcher = agents_launcher_there(sc, agents_launcher(p->id), script);
+    int launcher = agents_launcher_there(sc, srv_agents_launcher(p->id), script);
     agents_flight me = { .key = res->key };
     int cached, rc = 0;
     agents_claim(&me, final, (flags & AGENTS_REFETCH) != 0, progress, user, &cached);
@@ -848,28 +848,28 @@ static int agents_install_npm(scell *sc, const agents_package *p, unsigned flags
     return res->already ? 0 : agents_write_launcher(sc, p, script, (size_t)len, err);
 }
 
-int agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
+int srv_agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
                    void *user, agents_install_result *res, cell_error *err)
 {
     memset(res, 0, sizeof *res);
     if (strcmp(agent, "mock") == 0) {
         snprintf(res->version, sizeof res->version, "builtin");
         snprintf(res->source, sizeof res->source, "builtin");
-        return agents_install_mock(sc, (flags & AGENTS_REINSTALL) != 0, &res->already, err);
+        return srv_agents_install_mock(sc, (flags & AGENTS_REINSTALL) != 0, &res->already, err);
     }
-    const agents_package *p = agents_package_find(agent);
+    const agents_package *p = srv_agents_package_find(agent);
     if (!p)
         return util_fail(err, EINVAL, "unsupported agent: %s", agent);
     if (p->unavailable)
         return util_fail(err, EOPNOTSUPP, "%s: %s", agent, p->unavailable);
-    agents_worker_begin();
+    srv_agents_worker_begin();
     int rc = agents_install_npm(sc, p, flags, progress, user, res, err);
     agents_audit(sc, who, agent, res, rc, err);
-    agents_worker_end();
+    srv_agents_worker_end();
     return rc;
 }
 
-void agents_install_result_free(agents_install_result *res)
+void srv_agents_install_result_free(agents_install_result *res)
 {
     json_decref(res->stderr_tail);
     json_decref(res->budget);
@@ -893,7 +893,7 @@ static json_t *agents_failure_details(const char *agent, const agents_install_re
 }
 
 /* ---- answers for failed installs --------------------------------------------------- */
-json_t *agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
+json_t *srv_agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
                                   unsigned *status)
 {
     const char *type = "install_failed", *title = "Install Failed", *words = "install failed";
@@ -914,12 +914,12 @@ json_t *agents_install_error_json(const char *agent, const agents_install_result
                      detail, "details", details);
 }
 
-int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e)
+int srv_agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e)
 {
     if (res->budget && !res->npm_failed)
-        return reply_problem_details(r, 409, "budget_exceeded", json_deep_copy(res->budget), "%s", e->message);
+        return srv_reply_problem_details(r, 409, "budget_exceeded", json_deep_copy(res->budget), "%s", e->message);
     if (e->code != EOPNOTSUPP && !res->npm_failed)
-        return reply_error(r, e);
-    return reply_problem_details(r, e->code == EOPNOTSUPP ? 501 : 502, "install_failed",
+        return srv_reply_error(r, e);
+    return srv_reply_problem_details(r, e->code == EOPNOTSUPP ? 501 : 502, "install_failed",
                                  agents_failure_details(agent, res), "%s", e->message);
 }

@@ -6,7 +6,7 @@
  *
  * The switch's rules are their own part of the spec ("agentPolicy"),
  * derived once from "agents" at create; the client's "policy" stays as
- * the client wrote it.  agentkeys_policy() composes the two each time a
+ * the client wrote it.  srv_agentkeys_policy() composes the two each time a
  * policy is built (create, PUT .../policy, every boot), the agents' rules
  * first: the first matching rule decides a flow, so no client rule can
  * take the provider's flows from them (re-header or redirect the key). */
@@ -75,7 +75,7 @@ static const struct { const char *agent, *why; } agentkeys_refused[] = {
 
 static int agentkeys_bad(sreq *r, const char *agent, const char *field, const char *why)
 {
-    reply_problem(r, 400, "invalid_request", "field \"agents.%s%s%s\" %s", agent, field[0] ? "." : "", field, why);
+    srv_reply_problem(r, 400, "invalid_request", "field \"agents.%s%s%s\" %s", agent, field[0] ? "." : "", field, why);
     return -1;
 }
 
@@ -143,7 +143,7 @@ static int agentkeys_screen_addr(sreq *r, const char *agent, const char *host)
         return 0;
     const char *why = r->tok.admin ? NULL : cell_net_screen((struct sockaddr *)&ss, r->s->opt.tenant_dest_allow);
     if (why) {
-        reply_problem(r, 403, "forbidden", "field \"agents.%s.baseUrl\": the daemon may not connect to %s for "
+        srv_reply_problem(r, 403, "forbidden", "field \"agents.%s.baseUrl\": the daemon may not connect to %s for "
                       "this tenant (%s)", agent, host, why);
         return -1;
     }
@@ -198,9 +198,9 @@ static int agentkeys_check_secret(sreq *r, const char *agent, const char *name)
     cell_error e = { 0 };
     if (store_secret_get(r->s->st, r->tok.tenant, name, &value, &len, &e) < 0) {
         if (e.code == ENOENT)
-            return reply_problem(r, 400, "invalid_request", "field \"agents.%s.secret\": tenant %s has no secret %s; "
+            return srv_reply_problem(r, 400, "invalid_request", "field \"agents.%s.secret\": tenant %s has no secret %s; "
                                  "store it with POST /v1/secrets", agent, r->tok.tenant, name), -1;
-        return reply_error(r, &e), -1;
+        return srv_reply_error(r, &e), -1;
     }
     OPENSSL_cleanse(value, len);
     free(value);
@@ -249,7 +249,7 @@ static int agentkeys_add_rule(sreq *r, const char *agent, json_t *rules, json_t 
                                         "with another secret or header; give both one secret or their own baseUrl");
     }
     if (json_array_append_new(rules, rule) < 0)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     return 0;
 }
 
@@ -261,7 +261,7 @@ static int agentkeys_share(sreq *r, const char *agent, const agentkeys_provider 
 {
     json_t *mine = json_pack("{s:O, s:O}", "secret", sec, "baseUrl", json_is_string(base) ? base : json_null());
     if (!mine)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     json_t *theirs = json_object_get(seen, p->key_env);
     if (theirs) {
         int same = json_equal(theirs, mine);
@@ -273,11 +273,11 @@ static int agentkeys_share(sreq *r, const char *agent, const agentkeys_provider 
                  p->key_env);
         return agentkeys_bad(r, agent, "", why);
     }
-    return json_object_set_new(seen, p->key_env, mine) < 0 ? (reply_problem(r, 500, "internal", "out of memory"), -1)
+    return json_object_set_new(seen, p->key_env, mine) < 0 ? (srv_reply_problem(r, 500, "internal", "out of memory"), -1)
                                                             : 0;
 }
 
-json_t *agentkeys_host_dns(sreq *r)
+json_t *srv_agentkeys_host_dns(sreq *r)
 {
     FILE *f = fopen("/etc/resolv.conf", "re");
     if (!f)
@@ -358,7 +358,7 @@ static int agentkeys_one(sreq *r, const char *agent, json_t *want, json_t *env, 
         json_object_set(env, p->base_env, base);
     json_t *rule = agentkeys_rule(p, json_string_value(sec), &d);
     if (!rule)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     return agentkeys_add_rule(r, agent, rules, rule);
 }
 
@@ -368,28 +368,28 @@ static int agentkeys_one(sreq *r, const char *agent, json_t *want, json_t *env, 
 static int agentkeys_add_dns(sreq *r, json_t *body, json_t *rules)
 {
     json_t *policy = json_object_get(body, "policy");
-    json_t *dns = agentkeys_host_dns(r);
+    json_t *dns = srv_agentkeys_host_dns(r);
     if (!dns && !agentkeys_dns_of(agentkeys_rules_of(policy)))
-        return reply_problem(r, 400, "invalid_request", "field \"agents\" needs a dns rule and the daemon knows no "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"agents\" needs a dns rule and the daemon knows no "
                              "upstream it may use for you (/etc/resolv.conf); give one in \"policy\": "
                              "{\"rules\": [{\"dns\": {\"upstreams\": [\"IP\"]}}]}"), -1;
     if (dns && json_array_append_new(rules, dns) < 0)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     return 0;
 }
 
-int agentkeys_apply(sreq *r, json_t *body, json_t *spec)
+int srv_agentkeys_apply(sreq *r, json_t *body, json_t *spec)
 {
     json_t *agents = json_object_get(body, "agents");
     if (!agents || json_is_null(agents))
         return 0;
     if (!json_is_object(agents) || json_object_size(agents) == 0 || json_object_size(agents) > AGENTKEYS_MAX)
-        return reply_problem(r, 400, "invalid_request", "field \"agents\" must be an object of 1-%d agents, "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"agents\" must be an object of 1-%d agents, "
                              "like {\"codex\": {\"secret\": \"OPENAI_KEY\"}}", AGENTKEYS_MAX), -1;
     /* A copy: the spec's env may share the request body's object. */
     json_t *env = json_deep_copy(json_object_get(spec, "env"));
     json_t *rules = json_array(), *seen = json_object();
-    int rc = env && rules && seen ? 0 : (reply_problem(r, 500, "internal", "out of memory"), -1);
+    int rc = env && rules && seen ? 0 : (srv_reply_problem(r, 500, "internal", "out of memory"), -1);
     const char *agent;
     json_t *want;
     json_object_foreach(agents, agent, want)
@@ -399,7 +399,7 @@ int agentkeys_apply(sreq *r, json_t *body, json_t *spec)
         rc = agentkeys_add_dns(r, body, rules);
     if (rc == 0 && (json_object_set(spec, "env", env) < 0 || json_object_set(spec, "agents", agents) < 0 ||
                     json_object_set_new(spec, "agentPolicy", json_pack("{s:O}", "rules", rules)) < 0))
-        rc = (reply_problem(r, 500, "internal", "out of memory"), -1);
+        rc = (srv_reply_problem(r, 500, "internal", "out of memory"), -1);
     json_decref(env);
     json_decref(rules);
     json_decref(seen);
@@ -413,7 +413,7 @@ static int agentkeys_append_copy(json_t *to, json_t *rule)
     return json_array_append_new(to, json_deep_copy(rule));
 }
 
-json_t *agentkeys_policy(json_t *spec, json_t *user)
+json_t *srv_agentkeys_policy(json_t *spec, json_t *user)
 {
     json_t *ours = agentkeys_rules_of(json_object_get(spec, "agentPolicy"));
     if (!ours)
@@ -435,7 +435,7 @@ json_t *agentkeys_policy(json_t *spec, json_t *user)
     return out;
 }
 
-json_t *agentkeys_policy_as_sent(json_t *spec, json_t *user)
+json_t *srv_agentkeys_policy_as_sent(json_t *spec, json_t *user)
 {
     json_t *copy = json_deep_copy(user);
     json_t *theirs = agentkeys_rules_of(copy);

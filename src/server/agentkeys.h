@@ -13,22 +13,22 @@
  * policy must have a dns rule), and spec keeps "agents" as asked.  The
  * client's "policy" is not touched.  0, or -1 after a reply (400/403
  * naming the field). */
-int agentkeys_apply(sreq *r, json_t *body, json_t *spec);
+int srv_agentkeys_apply(sreq *r, json_t *body, json_t *spec);
 
 /* The policy a cell runs with: spec's "agentPolicy" rules (dns aside)
  * first, then the client's policy `user` (may be NULL), then the agents'
  * dns rule if `user` has none.  A new value; NULL when neither exists (no
  * network) or out of memory.  Never takes a reference to spec's parts. */
-json_t *agentkeys_policy(json_t *spec, json_t *user);
+json_t *srv_agentkeys_policy(json_t *spec, json_t *user);
 
 /* `user` as the client sent it, with only the agents' dns rule appended
  * when it has none: validated first, so errors name the client's own
  * rules[N].  A new value, NULL if out of memory. */
-json_t *agentkeys_policy_as_sent(json_t *spec, json_t *user);
+json_t *srv_agentkeys_policy_as_sent(json_t *spec, json_t *user);
 
 /* A dns rule from the host's resolver config (/etc/resolv.conf), with
  * only the nameservers the daemon may contact for r's token; NULL when
  * none is left. */
-json_t *agentkeys_host_dns(sreq *r);
+json_t *srv_agentkeys_host_dns(sreq *r);
 
 #endif

@@ -50,7 +50,7 @@ static const agent_def *agent_find(const char *id)
     return NULL;
 }
 
-int agents_known(const char *id) { return agent_find(id) != NULL; }
+int srv_agents_known(const char *id) { return agent_find(id) != NULL; }
 
 /* Pinned on the npm registry (npm view PKG versions, 2026-12); what the
  * launcher execs is relative to the cache dir, whose node_modules/.bin is
@@ -89,7 +89,7 @@ static const agents_package agents_packages[] = {
       "publish on the npm registry", NULL },
 };
 
-const agents_package *agents_package_find(const char *id)
+const agents_package *srv_agents_package_find(const char *id)
 {
     for (size_t i = 0; i < sizeof agents_packages / sizeof agents_packages[0]; i++)
         if (strcmp(agents_packages[i].id, id) == 0)
@@ -97,11 +97,11 @@ const agents_package *agents_package_find(const char *id)
     return NULL;
 }
 
-const char *agents_launcher(const char *id)
+const char *srv_agents_launcher(const char *id)
 {
     if (strcmp(id, "mock") == 0)
         return AGENTS_MOCK_LAUNCHER;
-    const agents_package *p = agents_package_find(id);
+    const agents_package *p = srv_agents_package_find(id);
     return p ? p->launcher : NULL;
 }
 
@@ -144,13 +144,13 @@ static json_t *config_json(const agent_def *a)
 /* Is the agent's launcher in the cell?  A stopped cell answers no. */
 static int agent_installed(scell *sc, const agent_def *a)
 {
-    const char *path = agents_launcher(a->id);
+    const char *path = srv_agents_launcher(a->id);
     if (!path)
         return 0;
     cell_stat st;
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int ok = sc->c && !sc->dead && cell_file_stat(sc->c, path, &st, NULL) == 0;
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     return ok;
 }
 
@@ -158,13 +158,13 @@ static json_t *agent_json(scell *sc, const agent_def *a, int with_config)
 {
     json_t *o = json_pack("{s:s, s:b, s:b}", "id", a->id, "installed", agent_installed(sc, a),
                           "credentialsAvailable", a->credentials);
-    const agents_package *p = agents_package_find(a->id);
+    const agents_package *p = srv_agents_package_find(a->id);
     if (with_config && strcmp(a->id, "mock") == 0) {
         json_object_set_new(o, "version", json_string("builtin"));
         json_object_set_new(o, "path", json_string(AGENTS_MOCK_BIN));
     } else if (with_config && p && !p->unavailable) {
         agents_install_result d = { 0 };
-        agents_describe(p, &d);
+        srv_agents_describe(p, &d);
         json_object_set_new(o, "version", json_string(d.version));
         json_object_set_new(o, "path", json_string(d.path));
     }
@@ -176,7 +176,7 @@ static json_t *agent_json(scell *sc, const agent_def *a, int with_config)
 
 static int query_flag(sreq *r, const char *key, int *out)
 {
-    const char *v = req_query(r, key);
+    const char *v = srv_req_query(r, key);
     *out = 0;
     if (!v)
         return 0;
@@ -184,16 +184,16 @@ static int query_flag(sreq *r, const char *key, int *out)
         return *out = 1, 0;
     if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
         return 0;
-    return reply_problem(r, 400, "invalid_request", "invalid query: %s must be true or false", key), -1;
+    return srv_reply_problem(r, 400, "invalid_request", "invalid query: %s must be true or false", key), -1;
 }
 
-int reply_unsupported_agent(sreq *r, const char *id)
+int srv_reply_unsupported_agent(sreq *r, const char *id)
 {
-    return reply_problem_details(r, 400, "unsupported_agent", json_pack("{s:s}", "agent", id),
+    return srv_reply_problem_details(r, 400, "unsupported_agent", json_pack("{s:s}", "agent", id),
                                  "%s", id);
 }
 
-int h_agents_list(sreq *r)
+int srv_h_agents_list(sreq *r)
 {
     int config, no_cache;
     if (query_flag(r, "config", &config) < 0 || query_flag(r, "no_cache", &no_cache) < 0)
@@ -201,25 +201,25 @@ int h_agents_list(sreq *r)
     json_t *arr = json_array();
     for (size_t i = 0; i < sizeof agents / sizeof agents[0]; i++)
         json_array_append_new(arr, agent_json(r->cell, &agents[i], config));
-    return reply_json(r, 200, json_pack("{s:o}", "agents", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "agents", arr));
 }
 
-int h_agents_get(sreq *r)
+int srv_h_agents_get(sreq *r)
 {
-    const char *id = router_param(&r->m, "agent");
+    const char *id = srv_router_param(&r->m, "agent");
     int config, no_cache;
     if (query_flag(r, "config", &config) < 0 || query_flag(r, "no_cache", &no_cache) < 0)
         return REPLIED(r);
     const agent_def *a = agent_find(id);
     if (!a)
-        return reply_unsupported_agent(r, id);
-    return reply_json(r, 200, agent_json(r->cell, a, config));
+        return srv_reply_unsupported_agent(r, id);
+    return srv_reply_json(r, 200, agent_json(r->cell, a, config));
 }
 
 /* Write beside the file and rename over it: a running agent's binary
  * cannot be opened for writing (ETXTBSY), and a spawn must never see half
  * a file. */
-int agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
+int srv_agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err)
 {
     char tmp[256];
     snprintf(tmp, sizeof tmp, "%s.new", path);
@@ -238,11 +238,11 @@ int agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, 
 /* The launcher execs the binary; a client may replace it with its own. */
 static const char mock_launcher[] = "#!/bin/sh\nexec " AGENTS_MOCK_BIN " \"$@\"\n";
 
-int agents_install_mock(scell *sc, int force, int *already, cell_error *err)
+int srv_agents_install_mock(scell *sc, int force, int *already, cell_error *err)
 {
     cell_stat st;
     *already = 0;
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int rc = -1;
     if (!sc->c || sc->dead) {
         util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
@@ -250,12 +250,12 @@ int agents_install_mock(scell *sc, int force, int *already, cell_error *err)
         *already = 1;
         rc = 0;
     } else if (cell_file_mkdir(sc->c, AGENTS_PROC_DIR, 0755, 1, err) == 0 &&
-               agents_cell_write(sc->c, AGENTS_MOCK_BIN, 0755, cell_mock_agent_start,
+               srv_agents_cell_write(sc->c, AGENTS_MOCK_BIN, 0755, cell_mock_agent_start,
                           (size_t)(cell_mock_agent_end - cell_mock_agent_start), err) == 0 &&
-               agents_cell_write(sc->c, AGENTS_MOCK_LAUNCHER, 0755, mock_launcher, sizeof mock_launcher - 1, err) == 0) {
+               srv_agents_cell_write(sc->c, AGENTS_MOCK_LAUNCHER, 0755, mock_launcher, sizeof mock_launcher - 1, err) == 0) {
         rc = 0;
     }
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     return rc;
 }
 
@@ -263,7 +263,7 @@ int agents_install_mock(scell *sc, int force, int *already, cell_error *err)
 static json_t *install_json(const agents_install_result *res, const char *agent)
 {
     return json_pack("{s:b, s:[{s:s, s:s, s:s, s:s}]}", "already_installed", res->already, "artifacts", "kind",
-                     "agent_process", "path", agents_launcher(agent), "source", res->source, "version",
+                     "agent_process", "path", srv_agents_launcher(agent), "source", res->source, "version",
                      res->version);
 }
 
@@ -327,13 +327,13 @@ static void *stream_main(void *arg)
     agents_install_result res;
     cell_error e = { 0 };
     json_t *out;
-    if (agents_install(st->sc, st->agent, st->flags, st->token_id, stream_progress, st, &res, &e) == 0) {
+    if (srv_agents_install(st->sc, st->agent, st->flags, st->token_id, stream_progress, st, &res, &e) == 0) {
         out = install_json(&res, st->agent);
     } else {
         unsigned status;
-        out = agents_install_error_json(st->agent, &res, &e, &status);
+        out = srv_agents_install_error_json(st->agent, &res, &e, &status);
     }
-    agents_install_result_free(&res);
+    srv_agents_install_result_free(&res);
     char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     stream_put(st, "result", text ? text : "{}", 1);
@@ -342,9 +342,9 @@ static void *stream_main(void *arg)
     st->done = 1;
     pthread_cond_broadcast(&st->cond);
     pthread_mutex_unlock(&st->lock);
-    registry_put(st->sc);
+    srv_registry_put(st->sc);
     stream_unref(st);
-    agents_worker_end();
+    srv_agents_worker_end();
     return NULL;
 }
 
@@ -354,7 +354,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     install_stream *st = cls;
     pthread_mutex_lock(&st->lock);
     int64_t beat = srv_now_ms() + 15000;
-    while (st->off == st->len && !st->done && !conns_stream_over(st->s, st->token_id) && srv_now_ms() < beat) {
+    while (st->off == st->len && !st->done && !srv_conns_stream_over(st->s, st->token_id) && srv_now_ms() < beat) {
         struct timespec ts;
         srv_deadline_after(&ts, 500);
         pthread_cond_timedwait(&st->cond, &st->lock, &ts);
@@ -366,7 +366,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         st->off += (size_t)n;
         if (st->off == st->len)
             st->off = st->len = 0;
-    } else if (st->done || conns_stream_over(st->s, st->token_id)) {
+    } else if (st->done || srv_conns_stream_over(st->s, st->token_id)) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
         static const char hb[] = ": heartbeat\n\n";
@@ -385,7 +385,7 @@ static int install_as_stream(sreq *r, const char *agent, unsigned flags)
 {
     install_stream *st = calloc(1, sizeof *st);
     if (!st)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->cond, NULL);
     st->refs = 2;
@@ -397,15 +397,15 @@ static int install_as_stream(sreq *r, const char *agent, unsigned flags)
     pthread_mutex_lock(&r->s->lock);
     r->cell->refs++;
     pthread_mutex_unlock(&r->s->lock);
-    agents_worker_begin();
+    srv_agents_worker_begin();
     if (util_thread_detached(stream_main, st) != 0) {
-        agents_worker_end();
-        registry_put(st->sc);
+        srv_agents_worker_end();
+        srv_registry_put(st->sc);
         st->refs = 1;
         stream_unref(st);
-        return reply_problem(r, 500, "internal", "cannot start the install thread");
+        return srv_reply_problem(r, 500, "internal", "cannot start the install thread");
     }
-    return reply_event_stream(r, stream_read, st, stream_free);
+    return srv_reply_event_stream(r, stream_read, st, stream_free);
 }
 
 static int wants_stream(sreq *r)
@@ -414,25 +414,25 @@ static int wants_stream(sreq *r)
     return accept && strstr(accept, "text/event-stream") != NULL;
 }
 
-int h_agents_install(sreq *r)
+int srv_h_agents_install(sreq *r)
 {
-    const char *id = router_param(&r->m, "agent");
+    const char *id = srv_router_param(&r->m, "agent");
     json_t *body = NULL;
     int reinstall = 0;
-    if (r->body_len && req_json(r, &body) < 0)
+    if (r->body_len && srv_req_json(r, &body) < 0)
         return REPLIED(r);
-    if (body && json_get_bool(r, body, "reinstall", &reinstall) < 0) {
+    if (body && srv_json_get_bool(r, body, "reinstall", &reinstall) < 0) {
         json_decref(body);
         return REPLIED(r);
     }
     json_decref(body);
     const agent_def *a = agent_find(id);
     if (!a)
-        return reply_unsupported_agent(r, id);
-    req_audit(r, "agent", json_string(id));
-    const agents_package *p = agents_package_find(id);
+        return srv_reply_unsupported_agent(r, id);
+    srv_req_audit(r, "agent", json_string(id));
+    const agents_package *p = srv_agents_package_find(id);
     if (p && p->unavailable)
-        return reply_problem_details(r, 501, "install_failed", json_pack("{s:s}", "agent", id), "%s: %s", id,
+        return srv_reply_problem_details(r, 501, "install_failed", json_pack("{s:s}", "agent", id), "%s: %s", id,
                                      p->unavailable);
     /* A tenant's reinstall rewrites its own cell's launcher; running npm
      * again over the host-wide cache (every tenant's agents, a download
@@ -442,8 +442,8 @@ int h_agents_install(sreq *r)
         return install_as_stream(r, id, flags);
     agents_install_result res;
     cell_error e = { 0 };
-    int rc = agents_install(r->cell, id, flags, r->tok.id, NULL, NULL, &res, &e) == 0
-             ? reply_json(r, 200, install_json(&res, id)) : agents_reply_install_error(r, id, &res, &e);
-    agents_install_result_free(&res);
+    int rc = srv_agents_install(r->cell, id, flags, r->tok.id, NULL, NULL, &res, &e) == 0
+             ? srv_reply_json(r, 200, install_json(&res, id)) : srv_agents_reply_install_error(r, id, &res, &e);
+    srv_agents_install_result_free(&res);
     return rc;
 }

@@ -10,15 +10,15 @@
 #define AGENTS_CACHE_TARGET "/opt/cell-agents"
 
 /* One of sandbox-agent 0.4.2's agent ids? */
-int agents_known(const char *id);
+int srv_agents_known(const char *id);
 /* The path inside the cell that the proxy executes to start `id`; NULL
  * for agents cell cannot install. */
-const char *agents_launcher(const char *id);
+const char *srv_agents_launcher(const char *id);
 /* Write the mock agent and its launcher into the cell unless the launcher
  * is there already (*already = 1) or `force`.  Takes the cell's io lock. */
-int agents_install_mock(scell *sc, int force, int *already, cell_error *err);
+int srv_agents_install_mock(scell *sc, int force, int *already, cell_error *err);
 /* 400 unsupported_agent, as the reference words it. */
-int reply_unsupported_agent(sreq *r, const char *id);
+int srv_reply_unsupported_agent(sreq *r, const char *id);
 
 /* An agent installed from npm (the table is in agents.c). */
 typedef struct agents_package {
@@ -30,10 +30,10 @@ typedef struct agents_package {
     const char *unavailable;    /* why cell cannot install it, or NULL */
     const char *prelude;        /* sh lines the launcher runs before its exec (may `set --` args), or NULL */
 } agents_package;
-const agents_package *agents_package_find(const char *id);
+const agents_package *srv_agents_package_find(const char *id);
 
 /* Write a file into the cell beside its path and rename it over (io held). */
-int agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err);
+int srv_agents_cell_write(cell *c, const char *path, mode_t mode, const void *data, size_t len, cell_error *err);
 
 typedef void (*agents_progress_fn)(void *user, const char *line);
 
@@ -62,35 +62,35 @@ enum {
  * other.  `who` (a token id) goes into the audit record.  progress (may be
  * NULL) gets npm's output lines.  Errors: EOPNOTSUPP (no npm install for
  * this agent), ECONNRESET (cell stopped), res->npm_failed (npm failed). */
-int agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
+int srv_agents_install(scell *sc, const char *agent, unsigned flags, const char *who, agents_progress_fn progress,
                    void *user, agents_install_result *res, cell_error *err);
-void agents_install_result_free(agents_install_result *res);
+void srv_agents_install_result_free(agents_install_result *res);
 /* Fill res's version, source, key and path for an npm agent (no install). */
-void agents_describe(const agents_package *p, agents_install_result *res);
+void srv_agents_describe(const agents_package *p, agents_install_result *res);
 /* Reply with an install's error: 501 or 502 install_failed with npm's
  * stderr tail (and the disk limit it filled), 409 for a stopped cell or
  * budget_exceeded when the host budget cannot hold the install cell, ... */
-int agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e);
+int srv_agents_reply_install_error(sreq *r, const char *agent, const agents_install_result *res, const cell_error *e);
 /* The same answer as JSON (problem+json's fields) and its status, for SSE. */
-json_t *agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
+json_t *srv_agents_install_error_json(const char *agent, const agents_install_result *res, const cell_error *e,
                                   unsigned *status);
 
 /* At daemon start: check --agent-registry, make STATE/agents, clear what
  * a crash left in STATE/agents-staging. */
-int agents_start(srv *s, cell_error *err);
-/* STATE/agents (after agents_start). */
-const char *agents_cache_root(void);
+int srv_agents_start(srv *s, cell_error *err);
+/* STATE/agents (after srv_agents_start). */
+const char *srv_agents_cache_root(void);
 /* The cache's disk usage and directories, as of the last install. */
-void agents_cache_usage(uint64_t *bytes, size_t *dirs);
+void srv_agents_cache_usage(uint64_t *bytes, size_t *dirs);
 /* At daemon stop, before the cells go: wait for installs in progress
  * (they stop their npm once s->stopping is set). */
-void agents_shutdown(void);
+void srv_agents_shutdown(void);
 /* Install threads of SSE installs (agents.c) count themselves here. */
-void agents_worker_begin(void);
-void agents_worker_end(void);
+void srv_agents_worker_begin(void);
+void srv_agents_worker_end(void);
 
 /* At daemon stop, after the cells halted: wait for the ACP readers and
  * drop every instance (acp.c). */
-void acp_shutdown(void);
+void srv_acp_shutdown(void);
 
 #endif

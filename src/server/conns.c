@@ -105,7 +105,7 @@ static void *watchdog_main(void *arg)
     return NULL;
 }
 
-int conns_start(srv *s, cell_error *err)
+int srv_conns_start(srv *s, cell_error *err)
 {
     struct conns *cs = calloc(1, sizeof *cs);
     if (!cs)
@@ -123,7 +123,7 @@ int conns_start(srv *s, cell_error *err)
 }
 
 /* After the HTTP daemons stopped: no connection is left. */
-void conns_stop(srv *s)
+void srv_conns_stop(srv *s)
 {
     struct conns *cs = s->conns;
     if (!cs)
@@ -146,7 +146,7 @@ void conns_stop(srv *s)
     s->conns = NULL;
 }
 
-void conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+void srv_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                   enum MHD_ConnectionNotificationCode code)
 {
     struct conns *cs = ((srv *)cls)->conns;
@@ -201,18 +201,18 @@ static void set_state(sreq *r, enum sconn_state st)
     pthread_mutex_unlock(&cs->lock);
 }
 
-void conns_request_begins(sreq *r)
+void srv_conns_request_begins(sreq *r)
 {
     r->sconn = record_of(r->conn);
     set_state(r, SCONN_REQUEST);
 }
 
-void conns_request_ends(sreq *r)
+void srv_conns_request_ends(sreq *r)
 {
     set_state(r, SCONN_HEAD);
 }
 
-void conns_long_lived(sreq *r)
+void srv_conns_long_lived(sreq *r)
 {
     r->long_lived = 1;
     set_state(r, SCONN_STREAM);
@@ -226,7 +226,7 @@ static int revoked_locked(struct conns *cs, const char *token_id)
     return 0;
 }
 
-void conns_authenticated(sreq *r)
+void srv_conns_authenticated(sreq *r)
 {
     struct conns *cs = r->s->conns;
     if (!r->sconn)
@@ -239,7 +239,7 @@ void conns_authenticated(sreq *r)
     pthread_mutex_unlock(&cs->lock);
 }
 
-int conns_stream_over(srv *s, const char *token_id)
+int srv_conns_stream_over(srv *s, const char *token_id)
 {
     if (atomic_load(&s->stopping))
         return 1;
@@ -265,7 +265,7 @@ static void wake_cells(srv *s)
     pthread_mutex_unlock(&s->lock);
 }
 
-void conns_revoke_token(sreq *r, const char *token_id)
+void srv_conns_revoke_token(sreq *r, const char *token_id)
 {
     srv *s = r->s;
     struct conns *cs = s->conns;

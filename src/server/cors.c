@@ -19,7 +19,7 @@
 
 /* An origin as browsers send it: scheme://host[:port], lower case, no path.
  * "*" and "null" (sandboxed frames, file: pages) are refused by name. */
-int server_cors_origin_check(const char *origin, cell_error *err)
+int srv_cors_origin_check(const char *origin, cell_error *err)
 {
     if (strcmp(origin, "*") == 0 || strcmp(origin, "null") == 0)
         return util_fail(err, EINVAL, "--cors-origin %s: only exact origins like https://app.example.com are "
@@ -64,7 +64,7 @@ static const char *allowed_origin(sreq *r)
     return NULL;
 }
 
-void cors_add_headers(sreq *r, struct MHD_Response *resp)
+void srv_cors_add_headers(sreq *r, struct MHD_Response *resp)
 {
     if (!r->s->opt.cors_origins)
         return;
@@ -85,9 +85,9 @@ void cors_add_headers(sreq *r, struct MHD_Response *resp)
 /* OPTIONS on a path the table has: 204 with Allow (and, for an allowed
  * origin's preflight, the CORS answer), with or without CORS configured,
  * without a token: it tells no more than a 405's Allow does. */
-int cors_options(sreq *r, const route *table, size_t n, const char *path)
+int srv_cors_options(sreq *r, const route *table, size_t n, const char *path)
 {
-    router_allowed(table, n, path, r->allow, sizeof r->allow);
+    srv_router_allowed(table, n, path, r->allow, sizeof r->allow);
     size_t used = strlen(r->allow);
     snprintf(r->allow + used, sizeof r->allow - used, "%sOPTIONS", used ? "," : "");
     r->cors_preflight = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
@@ -96,5 +96,5 @@ int cors_options(sreq *r, const route *table, size_t n, const char *path)
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
-    return reply_response(r, 204, resp);
+    return srv_reply_response(r, 204, resp);
 }

@@ -70,7 +70,7 @@ typedef struct dk_child {
     sproc      *p;
     int         fds[3];
     char        log[96];
-    int         listed;                 /* a launched app: stays in /processes (procs_put) */
+    int         listed;                 /* a launched app: stays in /processes (srv_procs_put) */
 } dk_child;
 
 typedef struct dk_app {
@@ -152,7 +152,7 @@ static int dk_reply_problem(sreq *r, dk_problem *pb)
         json_object_update(body, pb->ext);
     json_decref(pb->ext);
     pb->ext = NULL;
-    return reply_problem_body(r, pb->status, body, pb->msg);
+    return srv_reply_problem_body(r, pb->status, body, pb->msg);
 }
 
 /* ---- running tools in the cell ---------------------------------------------- */
@@ -220,7 +220,7 @@ static int dk_exec(scell *sc, const char *const *argv, const void *in, size_t in
     if (!(o->out = calloc(1, 1)))
         return util_fail(err, ENOMEM, "out of memory");
     int fds[3];
-    sproc *p = procs_spawn_piped_at(sc, argv, "/", fds, err);
+    sproc *p = srv_procs_spawn_piped_at(sc, argv, "/", fds, err);
     if (!p) {
         dk_out_free(o);
         return -1;
@@ -251,7 +251,7 @@ static int dk_exec(scell *sc, const char *const *argv, const void *in, size_t in
         }
         if (n == 0) {
             int st;
-            if (procs_wait_exit(p, 0, &st)) {           /* exited, pipes held by a child of it */
+            if (srv_procs_wait_exit(p, 0, &st)) {           /* exited, pipes held by a child of it */
                 for (int i = 1; i < 3; i++)
                     if (fds[i] >= 0)
                         dk_drain(fds[i], o, i == 2, cap);
@@ -288,14 +288,14 @@ static int dk_exec(scell *sc, const char *const *argv, const void *in, size_t in
     for (int i = 0; i < 3; i++)
         if (fds[i] >= 0)
             close(fds[i]);
-    if (o->timed_out || rc < 0 || !procs_wait_exit(p, deadline, &o->status)) {
+    if (o->timed_out || rc < 0 || !srv_procs_wait_exit(p, deadline, &o->status)) {
         o->timed_out = rc == 0;
-        procs_signal(p, SIGKILL);
-        procs_wait_exit(p, srv_now_ms() + DK_STOP_MS, &o->status);
+        srv_procs_signal(p, SIGKILL);
+        srv_procs_wait_exit(p, srv_now_ms() + DK_STOP_MS, &o->status);
     } else {
         o->exited = 1;
     }
-    procs_release(p);
+    srv_procs_release(p);
     if (rc < 0)
         dk_out_free(o);
     return rc;
@@ -339,9 +339,9 @@ static void dk_child_clear(dk_child *c)
         if (c->p && c->fds[i] >= 0)
             close(c->fds[i]);
     if (c->p && c->listed)
-        procs_put(c->p);
+        srv_procs_put(c->p);
     else if (c->p)
-        procs_release(c->p);
+        srv_procs_release(c->p);
     c->p = NULL;
 }
 
@@ -351,11 +351,11 @@ static void dk_child_stop(dk_child *c)
     if (!c->p)
         return;
     int st;
-    if (!procs_wait_exit(c->p, 0, &st)) {
-        procs_signal(c->p, SIGTERM);
-        if (!procs_wait_exit(c->p, srv_now_ms() + DK_STOP_MS, &st)) {
-            procs_signal(c->p, SIGKILL);
-            procs_wait_exit(c->p, srv_now_ms() + DK_STOP_MS, &st);
+    if (!srv_procs_wait_exit(c->p, 0, &st)) {
+        srv_procs_signal(c->p, SIGTERM);
+        if (!srv_procs_wait_exit(c->p, srv_now_ms() + DK_STOP_MS, &st)) {
+            srv_procs_signal(c->p, SIGKILL);
+            srv_procs_wait_exit(c->p, srv_now_ms() + DK_STOP_MS, &st);
         }
     }
     dk_child_clear(c);
@@ -366,13 +366,13 @@ static int dk_child_running(dk_child *c, int *status)
     int st = 0;
     if (!c->p)
         return 0;
-    int exited = procs_wait_exit(c->p, 0, &st);
+    int exited = srv_procs_wait_exit(c->p, 0, &st);
     if (status)
         *status = st;
     return !exited;
 }
 
-void desktop_free(scell *sc)
+void srv_desktop_free(scell *sc)
 {
     struct desktop *d = sc->desktop;
     if (!d)
@@ -813,7 +813,7 @@ static int dk_ready(scell *sc, struct desktop *d, dk_problem *pb)
 static int dk_query_int(sreq *r, const char *key, long min, long max, long *out, int *present, dk_problem *pb)
 {
     long long n = 0;
-    if (req_query_integer(r, key, &n, present) < 0 || (*present && (n < min || n > max))) {
+    if (srv_req_query_integer(r, key, &n, present) < 0 || (*present && (n < min || n > max))) {
         DK_INVALID(pb, "query parameter %s must be an integer from %ld to %ld", key, min, max);
         return -1;
     }
@@ -824,7 +824,7 @@ static int dk_query_int(sreq *r, const char *key, long min, long max, long *out,
 
 static int dk_query_bool(sreq *r, const char *key, int *out, dk_problem *pb)
 {
-    const char *v = req_query(r, key);
+    const char *v = srv_req_query(r, key);
     if (!v)
         return 0;
     if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
@@ -976,7 +976,7 @@ static int dk_spawn(scell *sc, dk_child *c, const char *name, const char *log, c
     c->name = name;
     snprintf(c->log, sizeof c->log, "%s", log);
     cell_error e = { 0 };
-    c->p = procs_spawn_piped_at(sc, full, "/", c->fds, &e);
+    c->p = srv_procs_spawn_piped_at(sc, full, "/", c->fds, &e);
     if (!c->p) {
         if (e.code == ECONNRESET)
             DK_INACTIVE_P(pb, "the cell stopped");
@@ -1127,7 +1127,7 @@ static int dk_start(dk_ctx *c)
     }
     d->state = DK_ACTIVE;
     d->started_ms = srv_now_ms();
-    slog(SLOG_INFO, SLOG_F("cell", c->sc->id), "desktop started on %s (%dx%d)", disp, d->width, d->height);
+    srv_slog(SLOG_INFO, SLOG_F("cell", c->sc->id), "desktop started on %s (%dx%d)", disp, d->width, d->height);
     return dk_status(c);
 fail:
     dk_fail(d, &c->pb);
@@ -1160,7 +1160,7 @@ static int dk_screenshot(dk_ctx *c, int region)
 {
     struct desktop *d = c->d;
     dk_problem *pb = &c->pb;
-    const char *fmt = req_query(c->r, "format");
+    const char *fmt = srv_req_query(c->r, "format");
     if (!fmt)
         fmt = "png";
     const char *mime = strcmp(fmt, "png") == 0 ? "image/png" : strcmp(fmt, "jpeg") == 0 ? "image/jpeg"
@@ -1172,7 +1172,7 @@ static int dk_screenshot(dk_ctx *c, int region)
     long quality = 0, x = 0, y = 0, w = 0, h = 0;
     int has_quality, px, py, pw, ph, cursor = 0;
     double scale = 1.0;
-    const char *scale_s = req_query(c->r, "scale");
+    const char *scale_s = srv_req_query(c->r, "scale");
     if (dk_query_int(c->r, "quality", 1, 100, &quality, &has_quality, pb) < 0 ||
         dk_query_bool(c->r, "showCursor", &cursor, pb) < 0)
         return -1;
@@ -1262,7 +1262,7 @@ static int dk_screenshot(dk_ctx *c, int region)
         return -1;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, mime);
-    reply_response(c->r, 200, resp);
+    srv_reply_response(c->r, 200, resp);
     return 1;
 }
 
@@ -1540,7 +1540,7 @@ static int dk_focused(dk_ctx *c)
 /* focus, move, resize: xdotool on the window, then its fresh record. */
 static int dk_window_action(dk_ctx *c, const char *what)
 {
-    const char *id = router_param(c->m, "wid");
+    const char *id = srv_router_param(c->m, "wid");
     long a = 0, b = 0;
     int has;
     if (strcmp(what, "move") == 0 && dk_xy(c->body, "x", "y", 1, &a, &b, &has, &c->pb) < 0)
@@ -1610,7 +1610,7 @@ static int dk_need(dk_ctx *c, const char *bin, const char *pkg)
 static int dk_clipboard_get(dk_ctx *c)
 {
     const char *sel;
-    if (dk_selection(req_query(c->r, "selection"), &sel, &c->pb) < 0 || dk_ready(c->sc, c->d, &c->pb) < 0 ||
+    if (dk_selection(srv_req_query(c->r, "selection"), &sel, &c->pb) < 0 || dk_ready(c->sc, c->d, &c->pb) < 0 ||
         dk_need(c, "xclip", "xclip") < 0)
         return -1;
     const char *args[] = { "xclip", "-selection", sel, "-o", NULL };
@@ -1624,7 +1624,7 @@ static int dk_clipboard_get(dk_ctx *c)
         return -1;
     }
     /* An empty selection is an error to xclip; it is empty text to clients. */
-    json_t *text = dk_ok(&o) ? procs_lossy_string((const unsigned char *)o.out, o.len) : json_string("");
+    json_t *text = dk_ok(&o) ? srv_procs_lossy_string((const unsigned char *)o.out, o.len) : json_string("");
     dk_out_free(&o);
     c->res = json_pack("{s:s, s:o}", "selection", sel, "text", text);
     return 0;
@@ -1747,7 +1747,7 @@ static int dk_launch(dk_ctx *c)
     a->c.name = "app";
     a->c.listed = 1;
     a->c.fds[0] = a->c.fds[1] = a->c.fds[2] = -1;
-    a->c.p = procs_start_desktop(c->sc, argv + 2, env, &e);
+    a->c.p = srv_procs_start_desktop(c->sc, argv + 2, env, &e);
     if (!a->c.p) {
         free(a);
         if (e.code == ECONNRESET)
@@ -1798,7 +1798,7 @@ static json_t *dk_rec_json(const dk_rec *x)
 
 static dk_rec *dk_rec_find(dk_ctx *c)
 {
-    const char *id = router_param(c->m, "rid");
+    const char *id = srv_router_param(c->m, "rid");
     for (dk_rec *x = c->d->recs; x; x = x->next)
         if (strcmp(x->id, id) == 0)
             return x;
@@ -1875,8 +1875,8 @@ static int dk_rec_stop(dk_ctx *c)
     }
     int st = 0;
     if (x->c.fds[0] >= 0 && write(x->c.fds[0], "q", 1) != 1)
-        slog(SLOG_WARN, SLOG_F("cell", c->sc->id), "desktop recording %s: cannot send q: %s", x->id, strerror(errno));
-    int exited = procs_wait_exit(x->c.p, srv_now_ms() + 10000, &st);
+        srv_slog(SLOG_WARN, SLOG_F("cell", c->sc->id), "desktop recording %s: cannot send q: %s", x->id, strerror(errno));
+    int exited = srv_procs_wait_exit(x->c.p, srv_now_ms() + 10000, &st);
     if (!exited)
         dk_child_stop(&x->c);
     else
@@ -1928,7 +1928,7 @@ static int dk_rec_download(dk_ctx *c)
         return -1;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "video/mp4");
-    reply_response(c->r, 200, resp);
+    srv_reply_response(c->r, 200, resp);
     return 1;
 }
 
@@ -1952,7 +1952,7 @@ static int dk_rec_delete(dk_ctx *c)
             break;
         }
     free(x);
-    reply_empty(c->r, 204);
+    srv_reply_empty(c->r, 204);
     return 1;
 }
 
@@ -1967,7 +1967,7 @@ static int dk_not_here(dk_ctx *c)
 }
 
 /* ---- routing -----------------------------------------------------------------
- * routes.c lists every desktop route (h_desktop for each); the matched
+ * routes.c lists every desktop route (srv_h_desktop for each); the matched
  * pattern's tail and the method name the operation here. */
 enum dk_op {
     OP_STATUS, OP_START, OP_STOP, OP_INFO, OP_SHOT, OP_REGION, OP_POS, OP_MOVE, OP_CLICK, OP_DOWN, OP_UP, OP_DRAG,
@@ -2037,7 +2037,7 @@ static int dk_dispatch(dk_ctx *c, enum dk_op op)
     return dk_not_here(c);
 }
 
-int h_desktop(sreq *r)
+int srv_h_desktop(sreq *r)
 {
     const char *pattern = r->m.route ? r->m.route->pattern : "";
     const char *tail = strstr(pattern, "/v1/desktop");
@@ -2046,10 +2046,10 @@ int h_desktop(sreq *r)
     while (i < DK_N_ROUTES && (strcmp(dk_table[i].tail, tail) != 0 || strcmp(dk_table[i].method, r->method) != 0))
         i++;
     if (i == DK_N_ROUTES)                               /* routes.c and dk_table disagree */
-        return reply_problem(r, 500, "internal", "no desktop operation for %s %s", r->method, pattern);
+        return srv_reply_problem(r, 500, "internal", "no desktop operation for %s %s", r->method, pattern);
     dk_ctx c = { .r = r, .sc = r->cell, .m = &r->m };
     if (strcmp(r->method, "POST") == 0 && r->body_len) {
-        if (req_json(r, &c.body) < 0)
+        if (srv_req_json(r, &c.body) < 0)
             return MHD_YES;
     }
     if (!c.body)
@@ -2057,7 +2057,7 @@ int h_desktop(sreq *r)
     c.d = dk_get(r->cell);
     if (!c.d) {
         json_decref(c.body);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     pthread_mutex_lock(&c.d->lock);
     int rc = dk_dispatch(&c, dk_table[i].op);
@@ -2067,13 +2067,13 @@ int h_desktop(sreq *r)
         return dk_reply_problem(r, &c.pb);
     if (rc > 0)
         return MHD_YES;
-    return reply_json(r, 200, c.res ? c.res : json_object());
+    return srv_reply_json(r, 200, c.res ? c.res : json_object());
 }
 
 /* ---- for the live view (desktop_live.c) ----------------------------------------
  * The live view keeps its own socket and frame source; it only asks where
  * the desktop is and applies input exactly as the HTTP routes do. */
-int desktop_live_target(scell *sc, int *display, int *width, int *height)
+int srv_desktop_live_target(scell *sc, int *display, int *width, int *height)
 {
     struct desktop *d = dk_get(sc);
     if (!d)
@@ -2090,7 +2090,7 @@ int desktop_live_target(scell *sc, int *display, int *width, int *height)
     return active ? 0 : -1;
 }
 
-int desktop_input(scell *sc, const char *tail, json_t *body, char *msg, size_t size)
+int srv_desktop_input(scell *sc, const char *tail, json_t *body, char *msg, size_t size)
 {
     size_t i = 0;
     while (i < DK_N_ROUTES && (strcmp(dk_table[i].method, "POST") != 0 || strcmp(dk_table[i].tail, tail) != 0))

@@ -153,15 +153,15 @@ static void dl_source_stop(dl_session *s)
         return;
     int st;
     /* Its output is worth nothing now: no grace. */
-    procs_signal(s->src, SIGKILL);
-    if (!procs_wait_exit(s->src, srv_now_ms() + DL_STOP_MS, &st))
-        slog(SLOG_WARN, SLOG_F("cell", s->sc->id), "desktop live: the frame source did not end after SIGKILL");
+    srv_procs_signal(s->src, SIGKILL);
+    if (!srv_procs_wait_exit(s->src, srv_now_ms() + DL_STOP_MS, &st))
+        srv_slog(SLOG_WARN, SLOG_F("cell", s->sc->id), "desktop live: the frame source did not end after SIGKILL");
     for (int i = 0; i < 3; i++)
         if (s->src_fds[i] >= 0) {
             close(s->src_fds[i]);
             s->src_fds[i] = -1;
         }
-    procs_release(s->src);
+    srv_procs_release(s->src);
     s->src = NULL;
     s->in_len = 0;
 }
@@ -182,7 +182,7 @@ static int dl_source_start(dl_session *s, char *why, size_t size)
                            "1", "-framerate", rate, "-video_size", grab, "-i", input, "-vf", vf, "-pix_fmt",
                            "yuvj420p", "-f", "mjpeg", "-q:v", q, "-flush_packets", "1", "pipe:1", NULL };
     cell_error e = { 0 };
-    s->src = procs_spawn_piped_at(s->sc, argv, "/", s->src_fds, &e);
+    s->src = srv_procs_spawn_piped_at(s->sc, argv, "/", s->src_fds, &e);
     if (!s->src) {
         snprintf(why, size, "cannot start the frame source (ffmpeg) in the cell: %.160s", e.message);
         return -1;
@@ -267,7 +267,7 @@ static void dl_msg_free(dl_msg *m)
 static int dl_msg_make(dl_msg *m, int opcode, const void *data, size_t len)
 {
     uint8_t hdr[14];
-    size_t hlen = ws_frame_header(hdr, opcode, len, 1);
+    size_t hlen = srv_ws_frame_header(hdr, opcode, len, 1);
     if (!(m->data = malloc(hlen + len)))
         return -1;
     memcpy(m->data, hdr, hlen);
@@ -444,7 +444,7 @@ static void dl_on_text(dl_session *s, const uint8_t *payload, size_t len)
             snprintf(name, sizeof name, "%s", type);
             json_object_del(o, "id");
             json_object_del(o, "type");
-            int status = desktop_input(s->sc, dl_inputs[i].tail, o, msg, sizeof msg);
+            int status = srv_desktop_input(s->sc, dl_inputs[i].tail, o, msg, sizeof msg);
             /* A refused input ends the session with the route's words: the
              * client is out of step with the desktop. */
             if (status) {
@@ -561,7 +561,7 @@ static void dl_source_ended(dl_session *s, int how)
         dl_close(s, WS_CLOSE_TOO_BIG, "a frame was not a JPEG or over 8 MiB: lower quality or scale");
     } else if (!cell_running) {
         dl_close(s, 1001, "the cell stopped");
-    } else if (desktop_live_target(s->sc, &display, &w, &h) < 0 || display != s->display || w != s->width ||
+    } else if (srv_desktop_live_target(s->sc, &display, &w, &h) < 0 || display != s->display || w != s->width ||
                h != s->height) {
         dl_close(s, 1001, "the desktop stopped");
     } else {
@@ -576,16 +576,16 @@ static void dl_source_ended(dl_session *s, int how)
 /* ---- the session ------------------------------------------------------------------ */
 static void dl_run(dl_session *s, const char *extra, size_t extra_len)
 {
-    ws_parser_init(&s->wp, DL_MESSAGE_MAX);
+    srv_ws_parser_init(&s->wp, DL_MESSAGE_MAX);
     int fl = fcntl(s->fd, F_GETFL);
     if (fl < 0 || fcntl(s->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        slog(SLOG_WARN, SLOG_F("cell", s->sc->id), "desktop live: fcntl: %s", strerror(errno));
-        ws_parser_free(&s->wp);
+        srv_slog(SLOG_WARN, SLOG_F("cell", s->sc->id), "desktop live: fcntl: %s", strerror(errno));
+        srv_ws_parser_free(&s->wp);
         return;
     }
     if (dl_ready_json(s, "ready") < 0)
         s->broken = 1;
-    if (extra_len && ws_parser_feed(&s->wp, (const uint8_t *)extra, extra_len, dl_on_message, s) == -1)
+    if (extra_len && srv_ws_parser_feed(&s->wp, (const uint8_t *)extra, extra_len, dl_on_message, s) == -1)
         dl_close(s, (uint16_t)s->wp.close_code, "bad WebSocket frame");
     uint8_t buf[16384];
     while (!s->broken) {
@@ -595,7 +595,7 @@ static void dl_run(dl_session *s, const char *extra, size_t extra_len)
             break;                          /* the close handshake is done */
         if (s->close_queued && srv_now_ms() - s->close_queued_ms >= DL_CLOSE_WAIT_MS)
             break;
-        if (!s->close_queued && conns_stream_over(s->sc->s, s->token_id)) {
+        if (!s->close_queued && srv_conns_stream_over(s->sc->s, s->token_id)) {
             if (atomic_load(&s->sc->s->stopping))
                 dl_close(s, 1001, "the daemon is stopping");
             else
@@ -617,7 +617,7 @@ static void dl_run(dl_session *s, const char *extra, size_t extra_len)
             if (got == 0 || (got < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
                 break;                      /* the client went away */
             if (got > 0) {
-                int r = ws_parser_feed(&s->wp, buf, (size_t)got, dl_on_message, s);
+                int r = srv_ws_parser_feed(&s->wp, buf, (size_t)got, dl_on_message, s);
                 if (r == -1)
                     dl_close(s, (uint16_t)s->wp.close_code,
                              s->wp.close_code == WS_CLOSE_TOO_BIG ? "a message over 128 KiB" : "bad WebSocket frame");
@@ -632,8 +632,8 @@ static void dl_run(dl_session *s, const char *extra, size_t extra_len)
         }
     }
     dl_source_stop(s);
-    ws_parser_free(&s->wp);
-    slog(SLOG_INFO, SLOG_F("cell", s->sc->id), "desktop live view ended: %llu frames sent, %llu dropped",
+    srv_ws_parser_free(&s->wp);
+    srv_slog(SLOG_INFO, SLOG_F("cell", s->sc->id), "desktop live view ended: %llu frames sent, %llu dropped",
          (unsigned long long)s->sent, (unsigned long long)s->dropped);
 }
 
@@ -649,7 +649,7 @@ static void dl_session_free(dl_session *s)
         dl_msg_free(&s->texts[i]);
     if (s->registered)
         dl_viewer_drop(s->sc);
-    registry_put(s->sc);
+    srv_registry_put(s->sc);
     free(s);
 }
 
@@ -683,42 +683,42 @@ static void dl_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
 static int dl_query_long(sreq *r, const char *key, long *out)
 {
     long long n = *out;
-    if (req_query_integer(r, key, &n, NULL) < 0 || (long)n != n)
+    if (srv_req_query_integer(r, key, &n, NULL) < 0 || (long)n != n)
         return -1;
     *out = (long)n;
     return 0;
 }
 
-int h_desktop_live(sreq *r)
+int srv_h_desktop_live(sreq *r)
 {
     char accept[29];
-    const char *why = terminal_check_handshake(r, accept);
+    const char *why = srv_terminal_check_handshake(r, accept);
     if (why)
-        return reply_problem(r, 400, "invalid_request", "%s", why);
+        return srv_reply_problem(r, 400, "invalid_request", "%s", why);
     /* Over TLS libmicrohttpd relays the socket only after this thread
      * returns; the terminal has a thread of its own for that, the live view
      * not yet. */
     if (MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION))
-        return reply_problem(r, 501, "not_implemented",
+        return srv_reply_problem(r, 501, "not_implemented",
                              "the desktop live view is not offered over TLS yet: use the screenshot route, or "
                              "serve plain HTTP behind a TLS proxy");
     dl_settings set = { DL_FPS_DEFAULT, DL_QUALITY_DEFAULT, 1.0 };
-    const char *scale = req_query(r, "scale");
+    const char *scale = srv_req_query(r, "scale");
     char *end = NULL;
     if (dl_query_long(r, "fps", &set.fps) < 0)
-        return reply_problem(r, 400, "desktop_invalid_action", "query parameter fps must be an integer from 1 to 30");
+        return srv_reply_problem(r, 400, "desktop_invalid_action", "query parameter fps must be an integer from 1 to 30");
     if (dl_query_long(r, "quality", &set.quality) < 0)
-        return reply_problem(r, 400, "desktop_invalid_action",
+        return srv_reply_problem(r, 400, "desktop_invalid_action",
                              "query parameter quality must be an integer from 1 to 100");
     if (scale && (set.scale = strtod(scale, &end), !*scale || *end))
-        return reply_problem(r, 400, "desktop_invalid_action", "query parameter scale must be a number from 0.1 to 1");
+        return srv_reply_problem(r, 400, "desktop_invalid_action", "query parameter scale must be a number from 0.1 to 1");
     const char *bad = dl_settings_check(&set);
     if (bad)
-        return reply_problem(r, 400, "desktop_invalid_action", "query parameter %s", bad);
+        return srv_reply_problem(r, 400, "desktop_invalid_action", "query parameter %s", bad);
 
     dl_session *s = calloc(1, sizeof *s);
     if (!s)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     pthread_mutex_lock(&r->s->lock);
     r->cell->refs++;
     pthread_mutex_unlock(&r->s->lock);
@@ -729,30 +729,30 @@ int h_desktop_live(sreq *r)
     snprintf(s->token_id, sizeof s->token_id, "%s", r->tok.id);
     r->stream = s;
     r->stream_free = dl_stream_free;
-    if (desktop_live_target(r->cell, &s->display, &s->width, &s->height) < 0)
-        return reply_problem(r, 409, "desktop_runtime_inactive",
+    if (srv_desktop_live_target(r->cell, &s->display, &s->width, &s->height) < 0)
+        return srv_reply_problem(r, 409, "desktop_runtime_inactive",
                              "Desktop runtime has not been started: POST /v1/desktop/start first");
     if (!(s->registered = dl_viewer_add(r->cell)))
-        return reply_problem(r, 409, "conflict",
+        return srv_reply_problem(r, 409, "conflict",
                              "%d live views of this desktop are open (the most there may be): close one",
                              DL_VIEWERS_MAX);
-    req_audit(r, "desktop", json_string("live"));
+    srv_req_audit(r, "desktop", json_string("live"));
     dl_frame_size(s);
     /* The source starts before the answer, so a failure is an HTTP error. */
     char swhy[256];
     if (dl_source_start(s, swhy, sizeof swhy) < 0)
-        return reply_problem(r, 503, "desktop_runtime_failed", "%s", swhy);
+        return srv_reply_problem(r, 503, "desktop_runtime_failed", "%s", swhy);
     struct MHD_Response *resp = MHD_create_response_for_upgrade(dl_upgraded, s);
     if (!resp)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     if (MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
         MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept) != MHD_YES ||
-        (terminal_has_token(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol"),
+        (srv_terminal_has_token(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Sec-WebSocket-Protocol"),
                             WS_PROTO_DESKTOP) &&
          MHD_add_response_header(resp, "Sec-WebSocket-Protocol", WS_PROTO_DESKTOP) != MHD_YES)) {
         MHD_destroy_response(resp);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
-    conns_long_lived(r);
-    return reply_response(r, 101, resp);
+    srv_conns_long_lived(r);
+    return srv_reply_response(r, 101, resp);
 }

@@ -49,7 +49,7 @@ static void usage_account(scell *sc, json_t *rec)
     pthread_mutex_unlock(&sc->ulock);
 }
 
-json_t *egress_usage(scell *sc)
+json_t *srv_egress_usage(scell *sc)
 {
     pthread_mutex_lock(&sc->ulock);
     struct scell_usage u = sc->usage;
@@ -60,7 +60,7 @@ json_t *egress_usage(scell *sc)
                      "totalTokens", (json_int_t)u.total);
 }
 
-void egress_event(void *user, const char *json)
+void srv_egress_event(void *user, const char *json)
 {
     scell *sc = user;
     json_t *rec = json_loads(json, 0, NULL);
@@ -69,7 +69,7 @@ void egress_event(void *user, const char *json)
     const char *event = json_string_value(json_object_get(rec, "event"));
     /* Counted before the audit's per-cell limiter: the metrics see every record. */
     json_t *out = json_object_get(rec, "bytesOut"), *in = json_object_get(rec, "bytesIn");
-    metrics_egress(event, json_string_value(json_object_get(rec, "verdict")),
+    srv_metrics_egress(event, json_string_value(json_object_get(rec, "verdict")),
                    json_is_integer(out) ? json_integer_value(out) : -1, json_is_integer(in) ? json_integer_value(in) : -1);
     if (json_object_get(rec, "usage")) {
         if (event && strcmp(event, "http") == 0)
@@ -123,7 +123,7 @@ static void cache_put(const char *key, int allow, int cache_s)
     pthread_mutex_unlock(&cache_lock);
 }
 
-void egress_cleanup(void)
+void srv_egress_cleanup(void)
 {
     pthread_mutex_lock(&cache_lock);
     free(cache);
@@ -183,7 +183,7 @@ static void curl_load(void)
     void *h = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *m = dlerror();
-        slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: cannot load libcurl.so.4: %s",
+        srv_slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: cannot load libcurl.so.4: %s",
              m ? m : "dlopen failed");
         return;
     }
@@ -195,7 +195,7 @@ static void curl_load(void)
         curl_loaded = 1;
         return;
     }
-    slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: libcurl.so.4 lacks a function or failed to initialise");
+    srv_slog(SLOG_ERROR, NULL, "decide webhooks deny every flow: libcurl.so.4 lacks a function or failed to initialise");
     dlclose(h);
 }
 
@@ -240,13 +240,13 @@ static int ask_webhook(const char *url, int timeout_ms, const char *body, const 
     return allow;
 }
 
-int egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms)
+int srv_egress_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms)
 {
     scell *sc = user;
-    return egress_decide_as(sc->s, sc->tenant, sc->id, atomic_load(&sc->policy_screened), f, url, timeout_ms);
+    return srv_egress_decide_as(sc->s, sc->tenant, sc->id, atomic_load(&sc->policy_screened), f, url, timeout_ms);
 }
 
-int egress_decide_as(srv *s, const char *tenant, const char *id, int screened, const cell_net_flow *f,
+int srv_egress_decide_as(srv *s, const char *tenant, const char *id, int screened, const cell_net_flow *f,
                      const char *url, int timeout_ms)
 {
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i}", "tenant", tenant, "cell", id, "transport",
@@ -266,14 +266,14 @@ int egress_decide_as(srv *s, const char *tenant, const char *id, int screened, c
         if (f->cache_s > 0)
             cache_put(key, allow, f->cache_s);
     }
-    metrics_decide(allow, cached);
+    srv_metrics_decide(allow, cached);
     free(body);
     return allow;
 }
 
 /* The value goes straight into the request head; neither it nor the store's
  * error (which could only name the secret) is logged here. */
-int egress_secret(void *user, const char *name, char **value, size_t *len)
+int srv_egress_secret(void *user, const char *name, char **value, size_t *len)
 {
     scell *sc = user;
     cell_error err = { 0 };

@@ -45,18 +45,18 @@ static void normalize_path(char *path)
 /* The path query parameter made absolute, or a problem queued. */
 static int fs_path(sreq *r, const char *key, int required, char *out, size_t size)
 {
-    const char *p = req_query(r, key);
+    const char *p = srv_req_query(r, key);
     if (!p || !*p) {
         if (!required) {
             snprintf(out, size, FS_HOME);
             return 0;
         }
-        reply_problem(r, 400, "invalid_request", "missing query parameter \"%s\"", key);
+        srv_reply_problem(r, 400, "invalid_request", "missing query parameter \"%s\"", key);
         return -1;
     }
     int n = p[0] == '/' ? snprintf(out, size, "%s", p) : snprintf(out, size, FS_HOME "/%s", p);
     if (n < 0 || (size_t)n >= size) {
-        reply_problem(r, 400, "invalid_request", "path is longer than %zu bytes", size - 1);
+        srv_reply_problem(r, 400, "invalid_request", "path is longer than %zu bytes", size - 1);
         return -1;
     }
     normalize_path(out);
@@ -69,17 +69,17 @@ static int reply_fs_error(sreq *r, const cell_error *e, const char *path)
 {
     switch (e->code) {
     case ENOENT:
-        return reply_problem(r, 400, "invalid_request", "path not found: %s", path);
+        return srv_reply_problem(r, 400, "invalid_request", "path not found: %s", path);
     case EISDIR:
-        return reply_problem(r, 400, "invalid_request", "path is not a file: %s", path);
+        return srv_reply_problem(r, 400, "invalid_request", "path is not a file: %s", path);
     case ECONNRESET:
-        return reply_error(r, e);
+        return srv_reply_error(r, e);
     case ELOOP:
     case EXDEV:
     case EINVAL:
-        return reply_problem(r, 400, "invalid_request", "%s", e->message);
+        return srv_reply_problem(r, 400, "invalid_request", "%s", e->message);
     default:
-        return reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
+        return srv_reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
     }
 }
 
@@ -163,14 +163,14 @@ static int read_first(read_state *rs, cell_error *e)
     return 0;
 }
 
-int h_fs_read(sreq *r)
+int srv_h_fs_read(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
         return MHD_YES;
     read_state *rs = calloc(1, sizeof *rs);
     if (!rs)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     cell_error e = { 0 };
     if (WITH_CELL(r->cell, &e, cell_file_read(r->cell->c, path, &rs->x, &e)) < 0) {
         free(rs);
@@ -189,7 +189,7 @@ int h_fs_read(sreq *r)
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }
 
 /* ---- PUT fs/file: each chunk goes to the transfer process as it arrives ---- */
@@ -212,7 +212,7 @@ static write_state *write_begin(sreq *r)
 {
     write_state *w = calloc(1, sizeof *w);
     if (!w) {
-        reply_problem(r, 500, "internal", "out of memory");
+        srv_reply_problem(r, 500, "internal", "out of memory");
         return NULL;
     }
     w->x.fd = w->x.status_fd = -1;
@@ -236,7 +236,7 @@ static write_state *write_begin(sreq *r)
         cell_error e2 = { 0 };
         if ((e.code == EISDIR || e.code == EINVAL) &&
             WITH_CELL(sc, &e2, cell_file_stat(sc->c, w->path, &st, &e2)) == 0 && S_ISDIR(st.mode))
-            e.code = EISDIR, reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(EISDIR), EISDIR);
+            e.code = EISDIR, srv_reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(EISDIR), EISDIR);
         else
             reply_fs_error(r, &e, w->path);
         return NULL;
@@ -248,11 +248,11 @@ static write_state *write_begin(sreq *r)
 static int reply_write_error(sreq *r, const cell_error *e)
 {
     if (e->code == ENOSPC || e->code == EDQUOT)
-        return reply_problem(r, 507, "insufficient_storage", "%s (os error %d)", strerror(e->code), e->code);
-    return reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
+        return srv_reply_problem(r, 507, "insufficient_storage", "%s (os error %d)", strerror(e->code), e->code);
+    return srv_reply_problem(r, 502, "stream_error", "%s (os error %d)", strerror(e->code), e->code);
 }
 
-int h_fs_write_body(sreq *r, const char *data, size_t len)
+int srv_h_fs_write_body(sreq *r, const char *data, size_t len)
 {
     write_state *w = r->stream;
     if (!w && !(w = write_begin(r)))
@@ -264,7 +264,7 @@ int h_fs_write_body(sreq *r, const char *data, size_t len)
     return 0;
 }
 
-int h_fs_write(sreq *r)
+int srv_h_fs_write(sreq *r)
 {
     write_state *w = r->stream;
     if (!w && !(w = write_begin(r)))          /* an empty body still creates the file */
@@ -272,10 +272,10 @@ int h_fs_write(sreq *r)
     cell_error e = { 0 };
     if (cell_xfer_end(&w->x, &e) < 0)         /* the last bytes may fail (ENOSPC, EPERM) */
         return reply_write_error(r, &e);
-    return reply_json(r, 200, json_pack("{s:s, s:I}", "path", w->path, "bytesWritten", (json_int_t)w->written));
+    return srv_reply_json(r, 200, json_pack("{s:s, s:I}", "path", w->path, "bytesWritten", (json_int_t)w->written));
 }
 
-int h_fs_entries(sreq *r)
+int srv_h_fs_entries(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 0, path, sizeof path) < 0)
@@ -285,7 +285,7 @@ int h_fs_entries(sreq *r)
     cell_error e = { 0 };
     if (WITH_CELL(r->cell, &e, cell_file_list(r->cell->c, path, &ents, &n, &e)) < 0) {
         if (e.code == ENOTDIR)
-            return reply_problem(r, 400, "invalid_request", "path is not a directory: %s", path);
+            return srv_reply_problem(r, 400, "invalid_request", "path is not a directory: %s", path);
         return reply_fs_error(r, &e, path);
     }
     json_t *arr = json_array();
@@ -295,10 +295,10 @@ int h_fs_entries(sreq *r)
         json_array_append_new(arr, stat_json(child, ents[i].name, &ents[i].st));
     }
     free(ents);
-    return reply_json(r, 200, arr);
+    return srv_reply_json(r, 200, arr);
 }
 
-int h_fs_stat(sreq *r)
+int srv_h_fs_stat(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
@@ -307,10 +307,10 @@ int h_fs_stat(sreq *r)
     cell_error e = { 0 };
     if (WITH_CELL(r->cell, &e, cell_file_stat(r->cell->c, path, &st, &e)) < 0)
         return reply_fs_error(r, &e, path);
-    return reply_json(r, 200, stat_json(path, NULL, &st));
+    return srv_reply_json(r, 200, stat_json(path, NULL, &st));
 }
 
-int h_fs_mkdir(sreq *r)
+int srv_h_fs_mkdir(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
@@ -320,19 +320,19 @@ int h_fs_mkdir(sreq *r)
     if (WITH_CELL(r->cell, &e, cell_file_stat(r->cell->c, path, &st, &e)) == 0 && !S_ISDIR(st.mode))
         e.code = EEXIST;            /* mkdir -p reports ENOTDIR; the reference says "File exists" */
     else if (WITH_CELL(r->cell, &e, cell_file_mkdir(r->cell->c, path, 0755, 1, &e)) == 0)
-        return reply_json(r, 200, json_pack("{s:s}", "path", path));
+        return srv_reply_json(r, 200, json_pack("{s:s}", "path", path));
     return reply_fs_error(r, &e, path);
 }
 
-int h_fs_move(sreq *r)
+int srv_h_fs_move(sreq *r)
 {
     json_t *body;
     const char *from = NULL, *to = NULL;
     int overwrite = 0;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    if (json_get_str(r, body, "from", 1, &from) < 0 || json_get_str(r, body, "to", 1, &to) < 0 ||
-        json_get_bool(r, body, "overwrite", &overwrite) < 0) {
+    if (srv_json_get_str(r, body, "from", 1, &from) < 0 || srv_json_get_str(r, body, "to", 1, &to) < 0 ||
+        srv_json_get_bool(r, body, "overwrite", &overwrite) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -345,27 +345,27 @@ int h_fs_move(sreq *r)
     cell_error e = { 0 };
     if (WITH_CELL(r->cell, &e, cell_file_move(r->cell->c, src, dst, overwrite, &e)) < 0) {
         if (e.code == EEXIST)
-            return reply_problem(r, 400, "invalid_request", "destination already exists: %s", dst);
+            return srv_reply_problem(r, 400, "invalid_request", "destination already exists: %s", dst);
         return reply_fs_error(r, &e, src);
     }
-    return reply_json(r, 200, json_pack("{s:s, s:s}", "from", src, "to", dst));
+    return srv_reply_json(r, 200, json_pack("{s:s, s:s}", "from", src, "to", dst));
 }
 
-int h_fs_delete(sreq *r)
+int srv_h_fs_delete(sreq *r)
 {
     char path[4096];
     if (fs_path(r, "path", 1, path, sizeof path) < 0)
         return MHD_YES;
-    const char *rec = req_query(r, "recursive");
+    const char *rec = srv_req_query(r, "recursive");
     if (rec && strcmp(rec, "true") != 0 && strcmp(rec, "false") != 0)
-        return reply_problem(r, 400, "invalid_request", "query parameter \"recursive\" must be true or false");
+        return srv_reply_problem(r, 400, "invalid_request", "query parameter \"recursive\" must be true or false");
     if (strcmp(path, "/") == 0)
-        return reply_problem(r, 400, "invalid_request", "refusing to delete the root directory");
+        return srv_reply_problem(r, 400, "invalid_request", "refusing to delete the root directory");
     cell_error e = { 0 };
     int recursive = rec && rec[0] == 't';
     if (WITH_CELL(r->cell, &e, cell_file_delete(r->cell->c, path, recursive, &e)) < 0)
         return reply_fs_error(r, &e, path);
-    return reply_json(r, 200, json_pack("{s:s}", "path", path));
+    return srv_reply_json(r, 200, json_pack("{s:s}", "path", path));
 }
 
 /* ---- upload-batch: the tar streams through a pipe to a worker -------------- */
@@ -374,7 +374,7 @@ static int require_tar_type(sreq *r)
     const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ct && strncasecmp(ct, "application/x-tar", 17) == 0)
         return 0;
-    reply_problem(r, 400, "invalid_request", "content-type must be application/x-tar");
+    srv_reply_problem(r, 400, "invalid_request", "content-type must be application/x-tar");
     return -1;
 }
 
@@ -408,10 +408,10 @@ static void *upload_main(void *arg)
 {
     upload_state *u = arg;
     scell *sc = u->cell;
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     u->rc = sc->c && !sc->dead ? cell_file_upload_tar_cb(sc->c, u->dir, u->rfd, upload_path, u, &u->err)
                                : util_fail(&u->err, ECONNRESET, "cell %s is stopped", sc->id);
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     close(u->rfd);
     u->rfd = -1;
     return NULL;
@@ -446,7 +446,7 @@ static upload_state *upload_begin(sreq *r)
 {
     upload_state *u = calloc(1, sizeof *u);
     if (!u) {
-        reply_problem(r, 500, "internal", "out of memory");
+        srv_reply_problem(r, 500, "internal", "out of memory");
         return NULL;
     }
     u->wfd = u->rfd = -1;
@@ -454,7 +454,7 @@ static upload_state *upload_begin(sreq *r)
     r->stream = u;
     r->stream_free = upload_free;
     if (!(u->paths = json_array())) {
-        reply_problem(r, 500, "internal", "out of memory");
+        srv_reply_problem(r, 500, "internal", "out of memory");
         return NULL;
     }
     if (require_tar_type(r) < 0)
@@ -463,20 +463,20 @@ static upload_state *upload_begin(sreq *r)
         return NULL;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
-        reply_problem(r, 500, "internal", "pipe: %s", strerror(errno));
+        srv_reply_problem(r, 500, "internal", "pipe: %s", strerror(errno));
         return NULL;
     }
     u->rfd = fds[0];
     u->wfd = fds[1];
     if (pthread_create(&u->worker, NULL, upload_main, u) != 0) {
-        reply_problem(r, 500, "internal", "could not start the upload worker");
+        srv_reply_problem(r, 500, "internal", "could not start the upload worker");
         return NULL;
     }
     u->worker_on = 1;
     return u;
 }
 
-int h_fs_upload_body(sreq *r, const char *data, size_t len)
+int srv_h_fs_upload_body(sreq *r, const char *data, size_t len)
 {
     upload_state *u = r->stream;
     if (!u && !(u = upload_begin(r)))
@@ -489,7 +489,7 @@ int h_fs_upload_body(sreq *r, const char *data, size_t len)
     return 0;
 }
 
-int h_fs_upload(sreq *r)
+int srv_h_fs_upload(sreq *r)
 {
     upload_state *u = r->stream;
     if (!u) {
@@ -500,15 +500,15 @@ int h_fs_upload(sreq *r)
             return MHD_YES;
         if (WITH_CELL(r->cell, &e, cell_file_mkdir(r->cell->c, dir, 0755, 1, &e)) < 0)
             return reply_fs_error(r, &e, dir);
-        return reply_json(r, 200, json_pack("{s:[], s:b}", "paths", "truncated", 0));
+        return srv_reply_json(r, 200, json_pack("{s:[], s:b}", "paths", "truncated", 0));
     }
     upload_finish_worker(u);
     if (u->rc < 0) {
         if (u->err.code == EINVAL)
-            return reply_problem(r, 400, "invalid_request", "%s", u->err.message);
+            return srv_reply_problem(r, 400, "invalid_request", "%s", u->err.message);
         if (u->err.code == EBADMSG)
-            return reply_problem(r, 502, "stream_error", "%s", u->err.message);
+            return srv_reply_problem(r, 502, "stream_error", "%s", u->err.message);
         return reply_fs_error(r, &u->err, u->dir);
     }
-    return reply_json(r, 200, json_pack("{s:O, s:b}", "paths", u->paths, "truncated", u->truncated));
+    return srv_reply_json(r, 200, json_pack("{s:O, s:b}", "paths", u->paths, "truncated", u->truncated));
 }

@@ -125,21 +125,21 @@ static int authenticate(sreq *r)
         bearer = h + 7;
     else if (!h)
         bearer = ws_protocol_bearer(r, offered, sizeof offered);
-    if (!h && !bearer && (bearer = req_query(r, "access_token")) && !query_token_allowed(r)) {
-        reply_problem_details(r, 401, "token_invalid",
+    if (!h && !bearer && (bearer = srv_req_query(r, "access_token")) && !query_token_allowed(r)) {
+        srv_reply_problem_details(r, 401, "token_invalid",
                               json_pack("{s:s}", "message", "access_token in the URL is not accepted here"),
                               "?access_token= is accepted only for WebSocket upgrades and event streams "
                               "(Accept: text/event-stream); send Authorization: Bearer TOKEN");
         return -1;
     }
     if (!bearer || !*bearer) {
-        reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
+        srv_reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
                               "missing or invalid bearer token: send Authorization: Bearer TOKEN");
         return -1;
     }
     /* The node token (cell serve --pods) is a token of the node endpoint
      * alone: elsewhere it is unknown to the store, so refused below. */
-    if ((r->m.route->flags & ROUTE_NODE) && pods_node_token(r, bearer)) {
+    if ((r->m.route->flags & ROUTE_NODE) && srv_pods_node_token(r, bearer)) {
         snprintf(r->tok.id, sizeof r->tok.id, "node");
         snprintf(r->tok.tenant, sizeof r->tok.tenant, "pods");
         r->tok.admin = 0;
@@ -149,16 +149,16 @@ static int authenticate(sreq *r)
     cell_error e = { 0 };
     if (store_token_check(s->st, bearer, &r->tok, &e) < 0) {
         if (e.code == EACCES)
-            reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
+            srv_reply_problem_details(r, 401, "token_invalid", json_pack("{s:s}", "message", "missing or invalid bearer token"),
                                   "missing or invalid bearer token (unknown, revoked or malformed)");
         else
-            reply_error(r, &e);
+            srv_reply_error(r, &e);
         return -1;
     }
     r->authed = 1;
-    conns_authenticated(r);
+    srv_conns_authenticated(r);
     if (!rate_allow(s, &r->tok)) {
-        reply_problem(r, 429, "rate_limited",
+        srv_reply_problem(r, 429, "rate_limited",
                       "token %s is limited to %u requests per second; slow down and retry",
                       r->tok.id, r->tok.rate);
         return -1;
@@ -174,7 +174,7 @@ static int authenticate(sreq *r)
  * its length is known only here (a "%00" would cut it short unseen). */
 static _Thread_local struct {
     struct MHD_Connection *conn;
-    long   ctl;                     /* router_path_ctl() of the last decoded text */
+    long   ctl;                     /* srv_router_path_ctl() of the last decoded text */
     char   shown[256];              /* that text, ASCII: control, non-ASCII bytes and '%' as %XX */
 } path_seen;
 
@@ -183,7 +183,7 @@ static size_t on_unescape(void *cls, struct MHD_Connection *conn, char *text)
     (void)cls;
     size_t len = MHD_http_unescape(text);
     path_seen.conn = conn;
-    path_seen.ctl = router_path_ctl(text, len);
+    path_seen.ctl = srv_router_path_ctl(text, len);
     if (path_seen.ctl >= 0) {
         size_t used = 0;
         for (size_t i = 0; i < len && used + 4 < sizeof path_seen.shown; i++) {
@@ -201,7 +201,7 @@ static int path_has_ctl(sreq *r)
     if (path_seen.conn != r->conn || path_seen.ctl < 0)
         return 0;
     path_seen.conn = NULL;
-    reply_problem(r, 400, "invalid_request", "the request path %s holds a control character (byte %ld): "
+    srv_reply_problem(r, 400, "invalid_request", "the request path %s holds a control character (byte %ld): "
                   "%%00-%%1F and %%7F are refused in paths; percent-encode only printable characters",
                   path_seen.shown, path_seen.ctl);
     return 1;
@@ -217,7 +217,7 @@ static void begin(sreq *r)
     char path[sizeof r->m.buf];
     size_t len = strcspn(r->url, "?");
     if (len >= sizeof path) {
-        reply_problem(r, 414, "invalid_request", "the request path is longer than %zu bytes", sizeof path - 1);
+        srv_reply_problem(r, 414, "invalid_request", "the request path is longer than %zu bytes", sizeof path - 1);
         return;
     }
     memcpy(path, r->url, len);
@@ -225,29 +225,29 @@ static void begin(sreq *r)
     if (path_has_ctl(r))
         return;
     /* With a client CA the handshake already required the certificate. */
-    if (!tls_request_allowed(r)) {
-        reply_problem(r, 401, "token_invalid", "this listener requires a TLS client certificate signed by "
+    if (!srv_tls_request_allowed(r)) {
+        srv_reply_problem(r, 401, "token_invalid", "this listener requires a TLS client certificate signed by "
                       "--tls-client-ca; none valid was presented");
         return;
     }
 
-    const route *table = control_routes;
-    size_t n = n_control_routes;
+    const route *table = srv_control_routes;
+    size_t n = srv_n_control_routes;
     if (strncmp(path, "/cells/", 7) == 0)
-        table = agent_routes, n = n_agent_routes;
-    r->matched = router_match(table, n, r->method, path, &r->m);
+        table = srv_agent_routes, n = srv_n_agent_routes;
+    r->matched = srv_router_match(table, n, r->method, path, &r->m);
     if (r->matched == ROUTER_NO_PATH || r->matched == ROUTER_TOO_LONG) {
         /* The reference calls this an invalid request, not a missing resource. */
-        reply_problem(r, 404, "invalid_request", "endpoint not found: %s %s", r->method, path);
+        srv_reply_problem(r, 404, "invalid_request", "endpoint not found: %s %s", r->method, path);
         return;
     }
     if (r->matched == ROUTER_BAD_METHOD && strcmp(r->method, "OPTIONS") == 0) {
-        cors_options(r, table, n, path);
+        srv_cors_options(r, table, n, path);
         return;
     }
     if (r->matched == ROUTER_BAD_METHOD) {
-        router_allowed(table, n, path, r->allow, sizeof r->allow);
-        reply_problem(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method, path);
+        srv_router_allowed(table, n, path, r->allow, sizeof r->allow);
+        srv_reply_problem(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method, path);
         return;
     }
     unsigned flags = r->m.route->flags;
@@ -256,30 +256,30 @@ static void begin(sreq *r)
     if (authenticate(r) < 0)
         return;
     if ((flags & ROUTE_ADMIN) && !r->tok.admin && !((flags & ROUTE_NODE) && strcmp(r->tok.id, "node") == 0)) {
-        reply_problem(r, 403, "forbidden", "%s %s needs an admin token", r->method, path);
+        srv_reply_problem(r, 403, "forbidden", "%s %s needs an admin token", r->method, path);
         return;
     }
     /* "path=/etc/passwd%00.txt" would reach a handler as "/etc/passwd". */
-    const char *nul = req_query_nul(r);
+    const char *nul = srv_req_query_nul(r);
     if (nul) {
-        reply_problem(r, 400, "invalid_request", "query parameter '%s' contains a NUL character", nul);
+        srv_reply_problem(r, 400, "invalid_request", "query parameter '%s' contains a NUL character", nul);
         return;
     }
     if (flags & ROUTE_CELL) {
-        const char *id = router_param(&r->m, "cell");
-        req_audit(r, "cell", json_string(id));
-        r->cell = registry_get(s, r->tok.tenant, id);
+        const char *id = srv_router_param(&r->m, "cell");
+        srv_req_audit(r, "cell", json_string(id));
+        r->cell = srv_registry_get(s, r->tok.tenant, id);
         if (!r->cell) {
-            reply_problem(r, 404, "not_found", "cell %s", id);
+            srv_reply_problem(r, 404, "not_found", "cell %s", id);
             return;
         }
         atomic_store(&r->cell->active_ms, srv_now_ms());
-        if (!registry_running(r->cell)) {
-            enum scell_state st = registry_state(r->cell);
+        if (!srv_registry_running(r->cell)) {
+            enum scell_state st = srv_registry_state(r->cell);
             if (st == SCELL_RUNNING)
                 st = SCELL_STOPPED;     /* its init died; the reaper halts it */
-            reply_problem(r, 409, "cell_stopped", "cell %s is %s; POST /v1/cells/%s/start first", id,
-                          registry_state_name(st), id);
+            srv_reply_problem(r, 409, "cell_stopped", "cell %s is %s; POST /v1/cells/%s/start first", id,
+                          srv_registry_state_name(st), id);
         }
     }
 }
@@ -292,7 +292,7 @@ static void begin(sreq *r)
  * per-cell plane words it as sandbox-agent does (invalid_request). */
 static void reply_stream_too_big(sreq *r)
 {
-    reply_problem(r, 413, (r->m.route->flags & ROUTE_CELL) ? "invalid_request" : "payload_too_large",
+    srv_reply_problem(r, 413, (r->m.route->flags & ROUTE_CELL) ? "invalid_request" : "payload_too_large",
                   "body exceeds the limit of %llu bytes (cell serve --max-file-size)",
                   (unsigned long long)r->s->opt.max_file_bytes);
 }
@@ -313,7 +313,7 @@ static void take_body(sreq *r, const char *data, size_t len)
     }
     size_t limit = r->s->opt.max_json_bytes;
     if (r->body_len + len > limit) {
-        reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %zu bytes", limit);
+        srv_reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %zu bytes", limit);
         return;
     }
     if (r->body_len + len > r->body_cap) {
@@ -322,7 +322,7 @@ static void take_body(sreq *r, const char *data, size_t len)
             cap *= 2;
         char *nb = realloc(r->body, cap);
         if (!nb) {
-            reply_problem(r, 500, "internal", "out of memory");
+            srv_reply_problem(r, 500, "internal", "out of memory");
             return;
         }
         r->body = nb;
@@ -348,7 +348,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->method = method;
         r->start_ms = srv_now_ms();
         *con_cls = r;
-        conns_request_begins(r);
+        srv_conns_request_begins(r);
         /* A request with a body gets its answer after the body: clients that
          * do not wait for "100 Continue" would otherwise see a reset instead
          * of the error.  take_body() discards what an error made useless. */
@@ -366,10 +366,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             const char *cl = len;
             const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
             if (cl && strtoull(cl, NULL, 10) > r->s->opt.max_json_bytes)
-                reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %u bytes",
+                srv_reply_problem(r, 413, "payload_too_large", "JSON bodies are limited to %u bytes",
                               r->s->opt.max_json_bytes);
             else if (ct && cl && strtoull(cl, NULL, 10) > 0 && strncasecmp(ct, "application/json", 16) != 0)
-                reply_problem(r, 415, "invalid_request", "expected a request with Content-Type: application/json, "
+                srv_reply_problem(r, 415, "invalid_request", "expected a request with Content-Type: application/json, "
                               "not %s", ct);
         }
         r->in_body = 1;
@@ -408,7 +408,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (!r->long_lived)
         MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, r->s->opt.idle_timeout_s);
     if (!r->responded && ret == MHD_YES)
-        return reply_problem(r, 500, "internal", "the handler gave no answer");
+        return srv_reply_problem(r, 500, "internal", "the handler gave no answer");
     return ret;
 }
 
@@ -440,7 +440,7 @@ static int anon_audit_allowed(uint64_t *suppressed)
         anon_suppressed = 0;
     } else {
         anon_suppressed++;
-        metrics_audit_suppressed();
+        srv_metrics_audit_suppressed();
     }
     pthread_mutex_unlock(&anon_lock);
     return ok;
@@ -479,7 +479,7 @@ static void log_failed_request(sreq *r)
     char status[16];
     const char *pattern = r->m.route ? r->m.route->pattern : "unmatched";
     snprintf(status, sizeof status, "%u", r->status);
-    slog(SLOG_ERROR, SLOG_F("route", pattern, "method", r->m.route ? r->m.route->method : NULL, "status", status,
+    srv_slog(SLOG_ERROR, SLOG_F("route", pattern, "method", r->m.route ? r->m.route->method : NULL, "status", status,
                             "tenant", r->authed ? r->tok.tenant : NULL),
          "%s %s answered %u", r->m.route ? r->m.route->method : "-", pattern, r->status);
 }
@@ -495,8 +495,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* An upgraded connection over TLS completes while its session goes on
      * (terminal.c): it stays a stream, not a connection awaiting a head. */
     if (r->status != 101)
-        conns_request_ends(r);
-    metrics_http(r->m.route, r->method, r->status);
+        srv_conns_request_ends(r);
+    srv_metrics_http(r->m.route, r->method, r->status);
     if (r->status >= 500 && !(r->m.route && (r->m.route->flags & ROUTE_NO_AUDIT) && r->status == 503))
         log_failed_request(r);      /* a probe's 503 (/readyz) is an answer, not a failure */
     write_audit(r);
@@ -505,7 +505,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->deferred)
         MHD_destroy_response(r->deferred);
     if (r->cell)
-        registry_put(r->cell);
+        srv_registry_put(r->cell);
     json_decref(r->audit);
     free(r->body);
     free(r);
@@ -570,8 +570,8 @@ static int check_listen(const server_options *o, int tls, const char *spec, cell
 /* The checks of options against each other, which need nothing loaded:
  * cell-daemon runs them before it touches the state directory, and a
  * failure is a usage error (exit 2).  TLS is on when a certificate is given
- * (tls_load() fails the start otherwise). */
-int server_options_check(const server_options *o, cell_error *err)
+ * (srv_tls_load() fails the start otherwise). */
+int srv_options_check(const server_options *o, cell_error *err)
 {
     const char *listen_spec = o->listen ? o->listen : SERVER_DEFAULT_LISTEN;
     /* Without tokens anyone who can connect is the admin, and the admin can
@@ -581,7 +581,7 @@ int server_options_check(const server_options *o, cell_error *err)
                          "equivalent): use it with --listen \"\" (the unix socket only, mode 0600), or add "
                          "--no-token-on-tcp-i-understand-anyone-local-is-admin", listen_spec);
     for (const char *const *origin = o->cors_origins; origin && *origin; origin++)
-        if (server_cors_origin_check(*origin, err) < 0)
+        if (srv_cors_origin_check(*origin, err) < 0)
             return -1;
     return check_listen(o, o->tls_cert_file != NULL, listen_spec, err);
 }
@@ -635,7 +635,7 @@ static void warn_if_remote(const srv *s, int fd)
     if (fd < 0 || s->tls || getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
         return;
     if (!addr_is_loopback((struct sockaddr *)&ss))
-        slog(SLOG_WARN, NULL, "WARNING: --insecure-listen: --listen is not a loopback address: tokens and "
+        srv_slog(SLOG_WARN, NULL, "WARNING: --insecure-listen: --listen is not a loopback address: tokens and "
              "data travel in plain HTTP; put a TLS proxy in front and keep this port off the network");
 }
 
@@ -673,15 +673,15 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
                           enum MHD_ConnectionNotificationCode code)
 {
     if (code == MHD_CONNECTION_NOTIFY_STARTED)
-        tls_connection_started(cls, conn);
-    conns_notify(cls, conn, socket_context, code);
+        srv_tls_connection_started(cls, conn);
+    srv_conns_notify(cls, conn, socket_context, code);
 }
 
 /* libmicrohttpd's own messages (MHD_USE_ERROR_LOG) go through the log too. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
-    slog_va(SLOG_WARN, SLOG_F("component", "http"), fmt, ap);
+    srv_slog_va(SLOG_WARN, SLOG_F("component", "http"), fmt, ap);
 }
 
 /* tls: the TCP listener with --tls-cert (the unix socket is always plain). */
@@ -691,7 +691,7 @@ static struct MHD_Daemon *start_mhd(srv *s, int fd, unsigned per_ip, int tls)
                      MHD_USE_POLL | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     struct MHD_OptionItem tls_opts[TLS_MHD_OPTIONS] = { { MHD_OPTION_END, 0, NULL } };
     if (tls)
-        flags |= tls_mhd_options(s, tls_opts);
+        flags |= srv_tls_mhd_options(s, tls_opts);
     return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
                             MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,     /* first: it covers the options' own messages */
                             MHD_OPTION_LISTEN_SOCKET, fd,
@@ -773,9 +773,9 @@ static void on_sighup(srv *s)
 {
     cell_error e = { 0 };
     if (s->opt.log_path && open_log(s->opt.log_path, &e) < 0)
-        slog(SLOG_ERROR, NULL, "SIGHUP: %s (logging goes on to the old file)", e.message);
+        srv_slog(SLOG_ERROR, NULL, "SIGHUP: %s (logging goes on to the old file)", e.message);
     else if (!s->opt.quiet)
-        slog(SLOG_INFO, NULL, "SIGHUP: %s", s->opt.log_path ? "log reopened" : "nothing to reopen (no --log)");
+        srv_slog(SLOG_INFO, NULL, "SIGHUP: %s", s->opt.log_path ? "log reopened" : "nothing to reopen (no --log)");
 }
 
 /* The main thread: boots cells for the request threads until a signal.
@@ -891,12 +891,12 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
         o->idle_timeout_s = SERVER_DEFAULT_IDLE_TIMEOUT;
     if (!o->header_timeout_s)
         o->header_timeout_s = SERVER_DEFAULT_HEADER_TIMEOUT;
-    if (server_options_check(o, err) < 0)
+    if (srv_options_check(o, err) < 0)
         return -1;
     if (o->no_token && *listen_spec)
-        slog(SLOG_WARN, NULL, "WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
+        srv_slog(SLOG_WARN, NULL, "WARNING: --no-token-on-tcp-i-understand-anyone-local-is-admin: every local "
              "user that can connect to %s is the admin of this daemon", listen_spec);
-    if (tls_load(s, listen_spec, err) < 0)
+    if (srv_tls_load(s, listen_spec, err) < 0)
         return -1;
     struct rlimit nofile;
     if (getrlimit(RLIMIT_NOFILE, &nofile) < 0)
@@ -912,13 +912,13 @@ static int check_options(srv *s, const char *listen_spec, cell_error *err)
 
 static void srv_free(srv *s)
 {
-    conns_stop(s);                  /* the HTTP daemons are gone */
-    agents_shutdown();              /* installs hold cell references */
-    acp_shutdown();                 /* agent instances hold cell references */
-    runs_free_all();                /* no driver or stream is left */
-    registry_free(s);
-    egress_cleanup();
-    tls_free(s);
+    srv_conns_stop(s);                  /* the HTTP daemons are gone */
+    srv_agents_shutdown();              /* installs hold cell references */
+    srv_acp_shutdown();                 /* agent instances hold cell references */
+    srv_runs_free_all();                /* no driver or stream is left */
+    srv_registry_free(s);
+    srv_egress_cleanup();
+    srv_tls_free(s);
     while (s->buckets) {
         struct rate_bucket *b = s->buckets;
         s->buckets = b->next;
@@ -937,7 +937,7 @@ static void srv_free(srv *s)
     pthread_cond_destroy(&s->reaper_cond);
 }
 
-int server_run(const server_options *opt, cell_error *err)
+int srv_run(const server_options *opt, cell_error *err)
 {
     srv s = { .opt = *opt };
     pthread_mutex_init(&s.lock, NULL);
@@ -951,8 +951,8 @@ int server_run(const server_options *opt, cell_error *err)
     if (!s.opt.max_json_bytes)
         s.opt.max_json_bytes = SERVER_DEFAULT_MAX_JSON;
     s.started_ms = srv_now_ms();
-    slog_init(opt->log_format);
-    sdnotify_init();                /* before any thread: it edits the environment */
+    srv_slog_init(opt->log_format);
+    srv_sdnotify_init();                /* before any thread: it edits the environment */
 
     /* Signals are taken synchronously by this thread; every thread created
      * from here on inherits the blocked mask.  Writes to a closed peer must
@@ -982,25 +982,25 @@ int server_run(const server_options *opt, cell_error *err)
     char sock_path[4096] = "", token_path[4096];
     int created = 0;
     if (check_options(&s, listen_spec, err) < 0 || (opt->log_path && open_log(opt->log_path, err) < 0) ||
-        metrics_start(err) < 0)
+        srv_metrics_start(err) < 0)
         goto out;
-    slog_init(opt->log_format);     /* again: --log took stderr off the journal */
+    srv_slog_init(opt->log_format);     /* again: --log took stderr off the journal */
     /* Before the context: opening one sweeps the state directory. */
     if ((lock_fd = lock_state_dir(opt->state_dir ? opt->state_dir : cell_default_state_dir(), err)) < 0)
         goto out;
-    if (conns_start(&s, err) < 0 || cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
+    if (srv_conns_start(&s, err) < 0 || cell_ctx_open(&s.ctx, opt->state_dir, err) < 0)
         goto out;
     snprintf(s.state_dir, sizeof s.state_dir, "%s", cell_ctx_state_dir(s.ctx));
-    if (store_open(&s.st, s.state_dir, err) < 0 || limits_start(&s, err) < 0 || secrets_start(&s, err) < 0 ||
-        agents_start(&s, err) < 0 || pods_start(&s, err) < 0)
+    if (store_open(&s.st, s.state_dir, err) < 0 || srv_limits_start(&s, err) < 0 || srv_secrets_start(&s, err) < 0 ||
+        srv_agents_start(&s, err) < 0 || srv_pods_start(&s, err) < 0)
         goto out;
     store_audit_set_rotation(s.st, opt->audit_max_size_set ? opt->audit_max_size : STORE_AUDIT_DEFAULT_MAX_SIZE,
                              opt->audit_keep ? opt->audit_keep : STORE_AUDIT_DEFAULT_KEEP);
     if (!opt->no_token && ensure_admin_token(&s, token_path, sizeof token_path, &created, err) < 0)
         goto out;
-    if (registry_load(&s, err) < 0)
+    if (srv_registry_load(&s, err) < 0)
         goto out;
-    if (runs_start(&s, err) < 0)
+    if (srv_runs_start(&s, err) < 0)
         goto stop_registry;
 
     if (*listen_spec && (tcp_fd = listen_tcp(listen_spec, err)) < 0)
@@ -1032,48 +1032,48 @@ int server_run(const server_options *opt, cell_error *err)
     }
 
     if (!opt->quiet) {
-        slog(SLOG_INFO, SLOG_F("state", s.state_dir), "state in %s", s.state_dir);
+        srv_slog(SLOG_INFO, SLOG_F("state", s.state_dir), "state in %s", s.state_dir);
         if (s.tcp)
-            slog(SLOG_INFO, SLOG_F("listen", bound), "listening on %s://%s%s", s.tls ? "https" : "http", bound,
+            srv_slog(SLOG_INFO, SLOG_F("listen", bound), "listening on %s://%s%s", s.tls ? "https" : "http", bound,
                  s.tls && s.opt.tls_client_ca_file ? " (TLS client certificates required)" : "");
         if (s.unix_d)
-            slog(SLOG_INFO, SLOG_F("socket", sock_path), "listening on unix:%s", sock_path);
+            srv_slog(SLOG_INFO, SLOG_F("socket", sock_path), "listening on unix:%s", sock_path);
         if (opt->no_token && s.tcp)
-            slog(SLOG_WARN, NULL, "WARNING: --no-token on TCP (%s): EVERY LOCAL USER AND PROCESS that can "
+            srv_slog(SLOG_WARN, NULL, "WARNING: --no-token on TCP (%s): EVERY LOCAL USER AND PROCESS that can "
                  "connect to it is the admin, which can read any host file through a bind mount", listen_spec);
         else if (opt->no_token)
-            slog(SLOG_WARN, NULL, "WARNING: --no-token: every request is the admin of tenant \"default\"; "
+            srv_slog(SLOG_WARN, NULL, "WARNING: --no-token: every request is the admin of tenant \"default\"; "
                  "for local development only");
         else
-            slog(SLOG_INFO, NULL, "%s token in %s (use: Authorization: Bearer $(cat %s))",
+            srv_slog(SLOG_INFO, NULL, "%s token in %s (use: Authorization: Bearer $(cat %s))",
                  created ? "created the admin" : "admin", token_path, token_path);
     }
 
     /* Now that this thread takes boot jobs: the pool's thread queues them. */
-    if (pool_start(&s, err) < 0)
+    if (srv_pool_start(&s, err) < 0)
         goto stop_http;
-    metrics_set_serving(&s, 1);
+    srv_metrics_set_serving(&s, 1);
     /* Ready: the store is open and both listeners answer (cell.service). */
-    sdnotify_send("READY=1\nSTATUS=serving on %s%s%s%s%s", s.unix_d ? "unix:" : "", s.unix_d ? sock_path : "",
+    srv_sdnotify_send("READY=1\nSTATUS=serving on %s%s%s%s%s", s.unix_d ? "unix:" : "", s.unix_d ? sock_path : "",
                   s.unix_d && s.tcp ? " and " : "", s.tcp ? (s.tls ? "https://" : "http://") : "",
                   s.tcp ? bound : "");
     int sig = owner_loop(&s, &sigs);
-    sdnotify_send("STOPPING=1\nSTATUS=stopping on signal %d: halting cells", sig);
+    srv_sdnotify_send("STOPPING=1\nSTATUS=stopping on signal %d: halting cells", sig);
     /* Jobs queued before this point run here; later ones run on their own
      * thread (srv_on_owner_thread), so no request waits forever. */
     pthread_mutex_lock(&s.owner_lock);
     s.owner_closed = 1;
     pthread_mutex_unlock(&s.owner_lock);
     run_owner_jobs(&s);
-    metrics_set_serving(&s, 0);
+    srv_metrics_set_serving(&s, 0);
     if (!opt->quiet)
-        slog(SLOG_INFO, NULL, "signal %d, stopping", sig);
+        srv_slog(SLOG_INFO, NULL, "signal %d, stopping", sig);
     rc = 0;
 stop_http:
     atomic_store(&s.stopping, 1);
-    runs_shutdown(&s);              /* the drivers hold cells: they end first */
-    registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
-    terminal_stop_sessions();       /* TLS terminals' threads hold MHD upgrade handles */
+    srv_runs_shutdown(&s);              /* the drivers hold cells: they end first */
+    srv_registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
+    srv_terminal_stop_sessions();       /* TLS terminals' threads hold MHD upgrade handles */
     if (s.tcp)
         MHD_stop_daemon(s.tcp);
     if (s.unix_d)
@@ -1082,10 +1082,10 @@ stop_http:
         unlink(sock_path);
 stop_registry:
     atomic_store(&s.stopping, 1);
-    runs_shutdown(&s);
-    registry_shutdown(&s);
+    srv_runs_shutdown(&s);
+    srv_registry_shutdown(&s);
 out:
-    pods_stop(&s);                  /* after the listeners: no handler holds a pod */
+    srv_pods_stop(&s);                  /* after the listeners: no handler holds a pod */
     if (tcp_fd >= 0)
         close(tcp_fd);
     if (unix_fd >= 0)
@@ -1094,6 +1094,6 @@ out:
     if (lock_fd >= 0)
         close(lock_fd);             /* last: the state is let go of */
     if (rc < 0)
-        sdnotify_send("STATUS=failed: %s\nERRNO=%d", err->message, err->code > 0 ? err->code : EIO);
+        srv_sdnotify_send("STATUS=failed: %s\nERRNO=%d", err->message, err->code > 0 ? err->code : EIO);
     return rc;
 }

@@ -12,7 +12,7 @@
  * all), which the runtime removes with the image.  Admins see all.  To a
  * tenant an image it does not see answers as an unknown one, on every
  * route.  Images made through the API count against the disk quota of the
- * tenant recorded in image.json (images_tenant_bytes). */
+ * tenant recorded in image.json (srv_images_tenant_bytes). */
 #include "server/handlers.h"
 #include "server/runs.h"
 #include "server/slog.h"
@@ -80,7 +80,7 @@ static int shared_with(srv *s, const char *name, const char *tenant)
 
 /* 1 if the image exists and r's tenant may use it; 0 for an unknown
  * image and for one it may not see alike (callers answer both the same). */
-int images_visible(sreq *r, const char *name)
+int srv_images_visible(sreq *r, const char *name)
 {
     if (!name)
         return 0;
@@ -112,7 +112,7 @@ static uint64_t meta_bytes(srv *s, const struct image_meta *m)
     return total;
 }
 
-uint64_t images_tenant_bytes(srv *s, const char *tenant)
+uint64_t srv_images_tenant_bytes(srv *s, const char *tenant)
 {
     cell_image_info *imgs = NULL;
     size_t n = 0;
@@ -140,19 +140,19 @@ static int disk_of(srv *s, const char *tenant, store_tenant *t, uint64_t *used, 
     if (store_tenant_ensure(s->st, tenant, e) < 0 || store_tenant_get(s->st, tenant, t, e) < 0 ||
         store_lane_count(s->st, tenant, &n, &lanes, e) < 0)
         return -1;
-    *used = lanes + runs_tenant_bytes(s, tenant) + images_tenant_bytes(s, tenant);
+    *used = lanes + srv_runs_tenant_bytes(s, tenant) + srv_images_tenant_bytes(s, tenant);
     return 0;
 }
 
-int images_quota_before(sreq *r, const char *name, uint64_t *left)
+int srv_images_quota_before(sreq *r, const char *name, uint64_t *left)
 {
     store_tenant t;
     uint64_t used = 0;
     cell_error e = { 0 };
     if (disk_of(r->s, r->tok.tenant, &t, &used, &e) < 0)
-        return reply_error(r, &e), -1;
+        return srv_reply_error(r, &e), -1;
     if (used >= t.max_disk)
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its lanes, runs "
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its lanes, runs "
                              "and images hold %llu: no room for image %s (remove some, or raise maxDisk)", t.name,
                              (unsigned long long)t.max_disk, (unsigned long long)used, name), -1;
     *left = t.max_disk - used;
@@ -162,13 +162,13 @@ int images_quota_before(sreq *r, const char *name, uint64_t *left)
 /* Its size is known once it is made: counted then, under the lock the
  * lanes' check takes, so two images (or an image and a lane) made at once
  * cannot both fit in the same room. */
-int images_quota_after(sreq *r, const char *name)
+int srv_images_quota_after(sreq *r, const char *name)
 {
     store_tenant t;
     uint64_t used = 0, mine = 0;
     cell_error e = { 0 };
     struct image_meta m;
-    lanes_quota_hold();
+    srv_lanes_quota_hold();
     int rc = disk_of(r->s, r->tok.tenant, &t, &used, &e);
     if (rc == 0 && read_meta(r->s, name, &m) == 0) {
         mine = meta_bytes(r->s, &m);
@@ -178,15 +178,15 @@ int images_quota_after(sreq *r, const char *name)
         cell_error re = { 0 };
         pthread_mutex_lock(&r->s->ctx_lock);
         if (cell_image_remove(r->s->ctx, name, &re) < 0)
-            slog(SLOG_ERROR, SLOG_F("image", name, "tenant", t.name),
+            srv_slog(SLOG_ERROR, SLOG_F("image", name, "tenant", t.name),
                  "image %s over tenant %s's disk quota could not be removed: %s", name, t.name, re.message);
         pthread_mutex_unlock(&r->s->ctx_lock);
     }
-    lanes_quota_release();
+    srv_lanes_quota_release();
     if (rc < 0)
-        return reply_error(r, &e), -1;
+        return srv_reply_error(r, &e), -1;
     if (used > t.max_disk)
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes; its lanes, runs and "
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes; its lanes, runs and "
                              "other images hold %llu and image %s needs %llu: it was not kept", t.name,
                              (unsigned long long)t.max_disk, (unsigned long long)(used - mine), name,
                              (unsigned long long)mine), -1;
@@ -276,34 +276,34 @@ static json_t *images_json(sreq *r, const char *only, cell_error *e)
     }
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
-        if ((!only || strcmp(only, imgs[i].name) == 0) && images_visible(r, imgs[i].name))
+        if ((!only || strcmp(only, imgs[i].name) == 0) && srv_images_visible(r, imgs[i].name))
             json_array_append_new(arr, info_json(&imgs[i], lanes, nl, r->tok.admin));
     free(lanes);
     free(imgs);
     return arr;
 }
 
-int h_images_ls(sreq *r)
+int srv_h_images_ls(sreq *r)
 {
     cell_error e = { 0 };
     json_t *arr = images_json(r, NULL, &e);
     if (!arr)
-        return reply_error(r, &e);
-    return reply_json(r, 200, json_pack("{s:o}", "images", arr));
+        return srv_reply_error(r, &e);
+    return srv_reply_json(r, 200, json_pack("{s:o}", "images", arr));
 }
 
-int h_images_show(sreq *r)
+int srv_h_images_show(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
+    const char *name = srv_router_param(&r->m, "name");
     cell_error e = { 0 };
     json_t *arr = images_json(r, name, &e);
     if (!arr)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     json_t *one = json_incref(json_array_get(arr, 0));
     json_decref(arr);
     if (!one)
-        return reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
-    return reply_json(r, 200, one);
+        return srv_reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+    return srv_reply_json(r, 200, one);
 }
 
 /* 1 if r's tenant committed the image through the API (it may delete it). */
@@ -319,35 +319,35 @@ static int owned(sreq *r, const char *name)
 
 /* DELETE /v1/images/{name}: an admin any image, a tenant the ones it
  * committed; the runtime removes the share list and collects the blobs. */
-int h_images_delete(sreq *r)
+int srv_h_images_delete(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
-    req_audit(r, "image", json_string(name));
-    if (!r->tok.admin && !images_visible(r, name))
-        return reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+    const char *name = srv_router_param(&r->m, "name");
+    srv_req_audit(r, "image", json_string(name));
+    if (!r->tok.admin && !srv_images_visible(r, name))
+        return srv_reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
     if (!r->tok.admin && !owned(r, name))
-        return reply_problem(r, 403, "forbidden", "image %s: a tenant removes only the images it committed; "
+        return srv_reply_problem(r, 403, "forbidden", "image %s: a tenant removes only the images it committed; "
                              "an admin removes the others", name);
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);
     int rc = cell_image_remove(r->s->ctx, name, &e);
     pthread_mutex_unlock(&r->s->ctx_lock);
     if (rc < 0 && e.code == ENOENT)
-        return reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+        return srv_reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
     if (rc < 0)
-        return reply_error(r, &e);
-    return reply_json(r, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
+        return srv_reply_error(r, &e);
+    return srv_reply_json(r, 200, json_pack("{s:s, s:b}", "name", name, "deleted", 1));
 }
 
 /* PUT /v1/images/{name}/tenants {"tenants": ["a", "b"] or ["*"]} (admin). */
-int h_images_share(sreq *r)
+int srv_h_images_share(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
-    req_audit(r, "image", json_string(name));
+    const char *name = srv_router_param(&r->m, "name");
+    srv_req_audit(r, "image", json_string(name));
     json_t *body;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    if (req_check_fields(r, body, "", "tenants", NULL) < 0) {
+    if (srv_req_check_fields(r, body, "", "tenants", NULL) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -359,7 +359,7 @@ int h_images_share(sreq *r)
         ok = ok && json_is_string(t) && json_string_length(t) >= 1 && json_string_length(t) <= 63;
     if (!ok) {
         json_decref(body);
-        return reply_problem(r, 400, "invalid_request", "field \"tenants\": an array of at most 1024 tenant "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"tenants\": an array of at most 1024 tenant "
                              "names (1-63 bytes each), or [\"*\"] for every tenant");
     }
     cell_error e = { 0 };
@@ -368,16 +368,16 @@ int h_images_share(sreq *r)
     const char *source = json_string_value(json_object_get(one, "source"));
     int rc = 0;
     if (!arr)
-        rc = reply_error(r, &e);
+        rc = srv_reply_error(r, &e);
     else if (!one)
-        rc = reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
+        rc = srv_reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name);
     else if (source && strcmp(source, "builtin") == 0)
-        rc = reply_problem(r, 400, "invalid_request", "image %s is builtin: every tenant sees it", name);
+        rc = srv_reply_problem(r, 400, "invalid_request", "image %s is builtin: every tenant sees it", name);
     else if (write_shares(r->s, name, tenants, &e) < 0)
-        rc = e.code == ENOENT ? reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name)
-                              : reply_error(r, &e);
+        rc = e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "image %s (GET /v1/images lists them)", name)
+                              : srv_reply_error(r, &e);
     else
-        rc = reply_json(r, 200, json_pack("{s:s, s:O}", "name", name, "tenants", tenants));
+        rc = srv_reply_json(r, 200, json_pack("{s:s, s:O}", "name", name, "tenants", tenants));
     json_decref(arr);
     json_decref(body);
     return rc;
@@ -451,30 +451,30 @@ static int name_refused(sreq *r, const char *name)
     int ok = n >= 1 && n <= 63 && name[0] != '.' && name[0] != '-' && strspn(name, "abcdefghijklmnopqrstuvwxyz"
                                                                                "0123456789._-") == n;
     if (!ok)
-        return reply_problem(r, 400, "invalid_request", "image name '%.80s': use 1-63 of a-z 0-9 . _ - not "
+        return srv_reply_problem(r, 400, "invalid_request", "image name '%.80s': use 1-63 of a-z 0-9 . _ - not "
                              "starting with '.' or '-'", name), 1;
     if (strcmp(name, "host") == 0 || strcmp(name, "debian-bookworm") == 0 || strcmp(name, "desktop") == 0 ||
         strcmp(name, "blobs") == 0)
-        return reply_problem(r, 400, "invalid_request", "image name '%s' is reserved (a builtin image or the "
+        return srv_reply_problem(r, 400, "invalid_request", "image name '%s' is reserved (a builtin image or the "
                              "blob store): choose another", name), 1;
     return 0;
 }
 
 static image_import *import_begin(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
-    req_audit(r, "image", json_string(name));
+    const char *name = srv_router_param(&r->m, "name");
+    srv_req_audit(r, "image", json_string(name));
     if (!tar_type(r))
-        return reply_problem(r, 400, "invalid_request", "the body must be an image tar (Content-Type: "
+        return srv_reply_problem(r, 400, "invalid_request", "the body must be an image tar (Content-Type: "
                              "application/x-tar)"), NULL;
     if (name_refused(r, name))
         return NULL;
     uint64_t left = 0;
-    if (images_quota_before(r, name, &left) < 0)
+    if (srv_images_quota_before(r, name, &left) < 0)
         return NULL;
     image_import *im = calloc(1, sizeof *im);
     if (!im)
-        return reply_problem(r, 500, "internal", "out of memory"), NULL;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), NULL;
     im->rfd = im->wfd = -1;
     r->stream = im;
     r->stream_free = import_free;
@@ -486,16 +486,16 @@ static image_import *import_begin(sreq *r)
     im->max_size = left < CELL_IMAGE_DEFAULT_MAX_SIZE ? left : CELL_IMAGE_DEFAULT_MAX_SIZE;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
-        return reply_problem(r, 500, "internal", "cannot make a pipe: %s", strerror(errno)), NULL;
+        return srv_reply_problem(r, 500, "internal", "cannot make a pipe: %s", strerror(errno)), NULL;
     im->rfd = fds[0];
     im->wfd = fds[1];
     if (pthread_create(&im->worker, NULL, import_main, im) != 0)
-        return reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
+        return srv_reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
     im->worker_on = 1;
     return im;
 }
 
-int h_images_import_body(sreq *r, const char *data, size_t len)
+int srv_h_images_import_body(sreq *r, const char *data, size_t len)
 {
     image_import *im = r->stream;
     if (!im && !(im = import_begin(r)))
@@ -508,21 +508,21 @@ int h_images_import_body(sreq *r, const char *data, size_t len)
     return 0;
 }
 
-int h_images_import(sreq *r)
+int srv_h_images_import(sreq *r)
 {
     image_import *im = r->stream;
     if (!im) {
         if (!tar_type(r))
-            return reply_problem(r, 400, "invalid_request", "the body must be an image tar (Content-Type: "
+            return srv_reply_problem(r, 400, "invalid_request", "the body must be an image tar (Content-Type: "
                                  "application/x-tar)");
-        const char *name = router_param(&r->m, "name");
+        const char *name = srv_router_param(&r->m, "name");
         if (name_refused(r, name))
             return MHD_YES;
-        return reply_problem(r, 400, "invalid_request", "the body is empty: send the image tar");
+        return srv_reply_problem(r, 400, "invalid_request", "the body is empty: send the image tar");
     }
     import_stop(im);
     if (im->rc < 0 && im->err.code == EFBIG && im->max_size < CELL_IMAGE_DEFAULT_MAX_SIZE)
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: image %s is larger than the %llu bytes its quota "
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: image %s is larger than the %llu bytes its quota "
                              "\"disk\" leaves (lanes, runs and images count): remove some, or raise maxDisk",
                              im->tenant, im->name, (unsigned long long)im->max_size);
     if (im->rc < 0) {
@@ -530,15 +530,15 @@ int h_images_import(sreq *r)
         /* What the archive got wrong is the client's error. */
         if (e.code == EBADMSG || e.code == EPROTO || e.code == ENOENT || e.code == EPIPE)
             e.code = EINVAL;
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     }
-    if (images_quota_after(r, im->name) < 0)
+    if (srv_images_quota_after(r, im->name) < 0)
         return MHD_YES;
     cell_error e = { 0 };
     json_t *arr = images_json(r, im->name, &e);
     json_t *one = arr ? json_incref(json_array_get(arr, 0)) : NULL;
     json_decref(arr);
     if (!one)
-        return reply_error(r, &e);
-    return reply_json(r, 201, one);
+        return srv_reply_error(r, &e);
+    return srv_reply_json(r, 201, one);
 }

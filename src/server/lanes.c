@@ -14,30 +14,30 @@
 
 static pthread_mutex_t quota_lock = PTHREAD_MUTEX_INITIALIZER;
 
-void lanes_quota_hold(void)
+void srv_lanes_quota_hold(void)
 {
     pthread_mutex_lock(&quota_lock);
 }
 
-void lanes_quota_release(void)
+void srv_lanes_quota_release(void)
 {
     pthread_mutex_unlock(&quota_lock);
 }
 
-void lanes_start(srv *s)
+void srv_lanes_start(srv *s)
 {
     runtime_lane_daemon_mode();
     store_lane *lanes = NULL;
     size_t n = 0;
     cell_error e = { 0 };
     if (store_lane_list(s->st, NULL, &lanes, &n, &e) < 0) {
-        slog(SLOG_WARN, NULL, "cannot list lanes to mark them as the daemon's: %s", e.message);
+        srv_slog(SLOG_WARN, NULL, "cannot list lanes to mark them as the daemon's: %s", e.message);
         return;
     }
     for (size_t i = 0; i < n; i++)
         if (strcmp(lanes[i].state, "ready") == 0 &&
             runtime_lane_mark_owner(s->ctx, lanes[i].id, lanes[i].tenant, lanes[i].name, &e) < 0 && e.code != ENOENT)
-            slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "cannot mark lane %s as the daemon's: %s", lanes[i].id,
+            srv_slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "cannot mark lane %s as the daemon's: %s", lanes[i].id,
                  e.message);
     free(lanes);
 }
@@ -68,7 +68,7 @@ static int lane_reply_error(sreq *r, const store_lane *l, const cell_error *e)
     if (e->code == ENOSPC || e->code == EFBIG)
         snprintf(out.message + o, sizeof out.message - o, " (lane %s is %llu bytes, counted against quota \"disk\"; "
                  "give a larger \"size\" if the quota allows)", l->name, (unsigned long long)l->size);
-    return reply_error(r, &out);
+    return srv_reply_error(r, &out);
 }
 
 static json_t *lane_json(srv *s, const store_lane *l)
@@ -84,13 +84,13 @@ static json_t *lane_json(srv *s, const store_lane *l)
 
 static int find_lane(sreq *r, store_lane *out)
 {
-    const char *name = router_param(&r->m, "name");
+    const char *name = srv_router_param(&r->m, "name");
     cell_error e = { 0 };
-    req_audit(r, "lane", json_string(name));
+    srv_req_audit(r, "lane", json_string(name));
     if (store_lane_get(r->s->st, r->tok.tenant, name, out, &e) < 0 || strcmp(out->state, "ready") != 0) {
         if (e.code && e.code != ENOENT)
-            return reply_error(r, &e), -1;
-        return reply_problem(r, 404, "not_found", "lane %s", name), -1;
+            return srv_reply_error(r, &e), -1;
+        return srv_reply_problem(r, 404, "not_found", "lane %s", name), -1;
     }
     return 0;
 }
@@ -99,29 +99,29 @@ static int find_lane(sreq *r, store_lane *out)
  * makes the runtime lane and marks the row ready (or deletes it). */
 static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t size, store_lane *l)
 {
-    if (!images_visible(r, image)) /* not shared with the tenant: as unknown (images.c) */
-        return reply_problem(r, 400, "invalid_request", "field \"image\": unknown image '%s'", image), -1;
+    if (!srv_images_visible(r, image)) /* not shared with the tenant: as unknown (images.c) */
+        return srv_reply_problem(r, 400, "invalid_request", "field \"image\": unknown image '%s'", image), -1;
     if (!util_valid_name(name))
-        return reply_problem(r, 400, "invalid_request", "lane name \"%s\": use 1-63 of A-Z a-z 0-9 _ . - "
+        return srv_reply_problem(r, 400, "invalid_request", "lane name \"%s\": use 1-63 of A-Z a-z 0-9 _ . - "
                              "not starting with '.' or '-'", name), -1;
     if (size && size < CELL_LANE_MIN_SIZE)
-        return reply_problem(r, 400, "invalid_request", "field \"size\" must be at least 16M (or omitted for the "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"size\" must be at least 16M (or omitted for the "
                              "default)"), -1;
-    if (limits_check(r, "size", size, r->s->opt.limits.lane_size, "lane.size") < 0)
+    if (srv_limits_check(r, "size", size, r->s->opt.limits.lane_size, "lane.size") < 0)
         return -1;
     store_tenant t;
     cell_error e = { 0 };
     if (store_tenant_ensure(r->s->st, r->tok.tenant, &e) < 0 || store_tenant_get(r->s->st, r->tok.tenant, &t, &e) < 0)
-        return reply_error(r, &e), -1;
+        return srv_reply_error(r, &e), -1;
     pthread_mutex_lock(&quota_lock);
     size_t count = 0;
     uint64_t total = 0;
     int rc = store_lane_count(r->s->st, r->tok.tenant, &count, &total, &e);
-    uint64_t images = rc == 0 ? images_tenant_bytes(r->s, r->tok.tenant) : 0;
+    uint64_t images = rc == 0 ? srv_images_tenant_bytes(r->s, r->tok.tenant) : 0;
     total += images;    /* the tenant's images share its disk quota */
     if (rc == 0 && count + 1 > t.max_lanes) {
         pthread_mutex_unlock(&quota_lock);
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"lanes\" is %u and %zu exist",
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"lanes\" is %u and %zu exist",
                              t.name, t.max_lanes, count), -1;
     }
     uint64_t left = rc == 0 && total < t.max_disk ? t.max_disk - total : 0;
@@ -132,7 +132,7 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
     }
     if (rc == 0 && (size > left || size < CELL_LANE_MIN_SIZE)) {
         pthread_mutex_unlock(&quota_lock);
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes, lanes and images "
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes, lanes and images "
                              "hold %llu (images %llu) and this lane needs %llu (at least 16M)", t.name,
                              (unsigned long long)t.max_disk, (unsigned long long)total, (unsigned long long)images,
                              (unsigned long long)(size ? size : CELL_LANE_MIN_SIZE)), -1;
@@ -152,23 +152,23 @@ static int reserve_lane(sreq *r, const char *name, const char *image, uint64_t s
     pthread_mutex_unlock(&quota_lock);
     if (rc < 0) {
         if (e.code == EEXIST)
-            return reply_problem(r, 409, "conflict", "lane %s already exists", name), -1;
-        return reply_error(r, &e), -1;
+            return srv_reply_problem(r, 409, "conflict", "lane %s already exists", name), -1;
+        return srv_reply_error(r, &e), -1;
     }
     return 0;
 }
 
-int h_lanes_create(sreq *r)
+int srv_h_lanes_create(sreq *r)
 {
     json_t *body;
     const char *name = NULL, *image = "host";
     uint64_t size = 0;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
     store_lane l;
-    if (req_check_fields(r, body, "", "name", "image", "size", NULL) < 0 ||
-        json_get_str(r, body, "name", 1, &name) < 0 || json_get_str(r, body, "image", 0, &image) < 0 ||
-        json_get_size(r, body, "size", &size) < 0 || reserve_lane(r, name, image, size, &l) < 0) {
+    if (srv_req_check_fields(r, body, "", "name", "image", "size", NULL) < 0 ||
+        srv_json_get_str(r, body, "name", 1, &name) < 0 || srv_json_get_str(r, body, "image", 0, &image) < 0 ||
+        srv_json_get_size(r, body, "size", &size) < 0 || reserve_lane(r, name, image, size, &l) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -186,34 +186,34 @@ int h_lanes_create(sreq *r)
         pthread_mutex_unlock(&r->s->ctx_lock);
         store_lane_delete(r->s->st, l.id, NULL);
         if (e.code == ENOENT)   /* the runtime's "unknown image" */
-            return reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
+            return srv_reply_problem(r, 400, "invalid_request", "field \"image\": %s", e.message);
         return lane_reply_error(r, &l, &e);
     }
     snprintf(l.state, sizeof l.state, "ready");
-    return reply_json(r, 201, lane_json(r->s, &l));
+    return srv_reply_json(r, 201, lane_json(r->s, &l));
 }
 
-int h_lanes_list(sreq *r)
+int srv_h_lanes_list(sreq *r)
 {
     store_lane *lanes = NULL;
     size_t n = 0;
     cell_error e = { 0 };
     if (store_lane_list(r->s->st, r->tok.tenant, &lanes, &n, &e) < 0)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         if (strcmp(lanes[i].state, "ready") == 0)
             json_array_append_new(arr, lane_json(r->s, &lanes[i]));
     free(lanes);
-    return reply_json(r, 200, json_pack("{s:o}", "lanes", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "lanes", arr));
 }
 
-int h_lanes_get(sreq *r)
+int srv_h_lanes_get(sreq *r)
 {
     store_lane l;
     if (find_lane(r, &l) < 0)
         return MHD_YES;
-    return reply_json(r, 200, lane_json(r->s, &l));
+    return srv_reply_json(r, 200, lane_json(r->s, &l));
 }
 
 /* The cell of this tenant whose spec names the lane, if any. */
@@ -249,15 +249,15 @@ static int lane_delete_locked(sreq *r)
      * sees the other and a cell never boots on a lane being deleted. */
     char user[24];
     cell_error e = { 0 };
-    /* From "ready" only, in one statement (as registry_delete's transition
+    /* From "ready" only, in one statement (as srv_registry_delete's transition
      * for cells): whatever else changed the lane since find_lane, one
      * DELETE moves it, and a lane not ready any more is a 404.  Setting it
      * unconditionally let two concurrent DELETEs both answer 204. */
     if (store_lane_transition(r->s->st, l.id, "ready", "deleting", &e) < 0)
-        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "lane %s", l.name) : reply_error(r, &e);
+        return e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "lane %s", l.name) : srv_reply_error(r, &e);
     if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user)) {
         store_lane_transition(r->s->st, l.id, "deleting", "ready", NULL);
-        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+        return srv_reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
     }
     pthread_mutex_lock(&r->s->ctx_lock);
     int rc = cell_lane_delete(r->s->ctx, l.id, &e);
@@ -267,11 +267,11 @@ static int lane_delete_locked(sreq *r)
         return lane_reply_error(r, &l, &e);
     }
     if (store_lane_delete(r->s->st, l.id, &e) < 0)
-        return reply_error(r, &e);
-    return reply_empty(r, 204);
+        return srv_reply_error(r, &e);
+    return srv_reply_empty(r, 204);
 }
 
-int h_lanes_delete(sreq *r)
+int srv_h_lanes_delete(sreq *r)
 {
     pthread_mutex_lock(&delete_lock);
     int ret = lane_delete_locked(r);
@@ -300,7 +300,7 @@ static int export_run(int fd, void *arg)
     if (rc == 0) {
         rc = cell_lane_export(ctx, job->id, fd, &job->err);
         if (rc < 0)
-            slog(SLOG_ERROR, SLOG_F("lane", job->id), "export of lane %s failed: %s", job->id, job->err.message);
+            srv_slog(SLOG_ERROR, SLOG_F("lane", job->id), "export of lane %s failed: %s", job->id, job->err.message);
         cell_ctx_close(ctx);
     }
     return rc;
@@ -314,7 +314,7 @@ static void export_free(void *arg)
     free(job);
 }
 
-int h_lanes_export(sreq *r)
+int srv_h_lanes_export(sreq *r)
 {
     store_lane l;
     if (find_lane(r, &l) < 0)
@@ -325,7 +325,7 @@ int h_lanes_export(sreq *r)
      * between this check and the worker's walk. */
     lane_job *job = calloc(1, sizeof *job);
     if (!job)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     char dir[PATH_MAX];
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);
@@ -336,17 +336,17 @@ int h_lanes_export(sreq *r)
         char user[24];
         /* The runtime knows its own cell ids: name the tenant's. */
         if (e.code == EBUSY && lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
-            return reply_problem(r, 409, "conflict", "lane %s is attached to cell %s; stop that cell first", l.name,
+            return srv_reply_problem(r, 409, "conflict", "lane %s is attached to cell %s; stop that cell first", l.name,
                                  user);
         return lane_reply_error(r, &l, &e);
     }
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->id, sizeof job->id, "%s", l.id);
-    struct MHD_Response *resp = stream_from_job(r, export_run, job, export_free, &e);
+    struct MHD_Response *resp = srv_stream_from_job(r, export_run, job, export_free, &e);
     if (!resp)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }
 
 /* ---- commit: the lane flattened over its image into a new image ------------ */
@@ -365,13 +365,13 @@ static json_t *committed_json(srv *s, const char *image, const store_lane *l)
  * lane's lock for the whole commit, so a cell cannot attach meanwhile, and
  * refuses an attached lane; a cell of the tenant that names the lane but
  * is stopped is refused here too, as for delete. */
-int h_lanes_commit(sreq *r)
+int srv_h_lanes_commit(sreq *r)
 {
     json_t *body;
     const char *image = NULL;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    if (req_check_fields(r, body, "", "image", NULL) < 0 || json_get_str(r, body, "image", 1, &image) < 0) {
+    if (srv_req_check_fields(r, body, "", "image", NULL) < 0 || srv_json_get_str(r, body, "image", 1, &image) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -380,20 +380,20 @@ int h_lanes_commit(sreq *r)
     int too_long = strlen(image) >= sizeof name;
     json_decref(body);
     if (too_long || !util_valid_name(name))
-        return reply_problem(r, 400, "invalid_request", "field \"image\": use 1-63 of A-Z a-z 0-9 _ . - not "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"image\": use 1-63 of A-Z a-z 0-9 _ . - not "
                              "starting with '.' or '-'");
-    req_audit(r, "image", json_string(name));
+    srv_req_audit(r, "image", json_string(name));
     store_lane l;
     if (find_lane(r, &l) < 0)
         return MHD_YES;
     char user[24];
     if (lane_user(r->s, r->tok.tenant, l.id, user, sizeof user))
-        return reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
+        return srv_reply_problem(r, 409, "conflict", "lane %s is used by cell %s; delete that cell first", l.name, user);
     /* The image holds the tenant's files: its image.json names the tenant,
      * which alone sees it (images.c) unless the operator shares it, from
      * the moment it exists; it counts against the tenant's disk quota. */
     uint64_t left = 0;
-    if (images_quota_before(r, name, &left) < 0)
+    if (srv_images_quota_before(r, name, &left) < 0)
         return MHD_YES;
     /* A context of its own: a commit copies a tree and must not hold the
      * shared context's lock meanwhile. */
@@ -406,9 +406,9 @@ int h_lanes_commit(sreq *r)
     }
     if (rc < 0)
         return lane_reply_error(r, &l, &e);
-    if (images_quota_after(r, name) < 0)
+    if (srv_images_quota_after(r, name) < 0)
         return MHD_YES;
-    return reply_json(r, 201, committed_json(r->s, name, &l));
+    return srv_reply_json(r, 201, committed_json(r->s, name, &l));
 }
 
 /* ---- GET /v1/images/{name}/export: the OCI layout tar, written by a worker - */
@@ -420,37 +420,37 @@ static int image_export_run(int fd, void *arg)
     if (rc == 0) {
         rc = cell_image_export(ctx, job->image, fd, &job->err);
         if (rc < 0)
-            slog(SLOG_ERROR, SLOG_F("image", job->image), "export of image %s failed: %s", job->image, job->err.message);
+            srv_slog(SLOG_ERROR, SLOG_F("image", job->image), "export of image %s failed: %s", job->image, job->err.message);
         cell_ctx_close(ctx);
     }
     return rc;
 }
 
-int h_images_export(sreq *r)
+int srv_h_images_export(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
-    req_audit(r, "image", json_string(name));
+    const char *name = srv_router_param(&r->m, "name");
+    srv_req_audit(r, "image", json_string(name));
     /* Checked before the stream starts, so the client gets a status rather
      * than a cut-off tar; an image hidden from the tenant is unknown. */
     cell_error e = { 0 };
     pthread_mutex_lock(&r->s->ctx_lock);
     int st = util_valid_name(name) ? cell_image_status(r->s->ctx, name, &e) : -1;
     pthread_mutex_unlock(&r->s->ctx_lock);
-    if (st != 1 || !images_visible(r, name))
-        return reply_problem(r, 404, "not_found", "image %s (see GET /v1/images)", name);
+    if (st != 1 || !srv_images_visible(r, name))
+        return srv_reply_problem(r, 404, "not_found", "image %s (see GET /v1/images)", name);
     if (strcmp(name, "host") == 0)
-        return reply_problem(r, 400, "invalid_request", "image host is this host's /usr with a generated /etc; "
+        return srv_reply_problem(r, 400, "invalid_request", "image host is this host's /usr with a generated /etc; "
                              "it cannot be exported");
     lane_job *job = calloc(1, sizeof *job);
     if (!job)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->image, sizeof job->image, "%s", name);
-    struct MHD_Response *resp = stream_from_job(r, image_export_run, job, free, &e);
+    struct MHD_Response *resp = srv_stream_from_job(r, image_export_run, job, free, &e);
     if (!resp)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/x-tar");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }
 
 /* ---- import: the body streams into a pipe a worker reads the tar from ------- */
@@ -495,27 +495,27 @@ static void import_free(sreq *r)
 
 static import_state *import_begin(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
-    const char *image = req_query(r, "image");
+    const char *name = srv_router_param(&r->m, "name");
+    const char *image = srv_req_query(r, "image");
     import_state *st = calloc(1, sizeof *st);
     if (!st)
-        return reply_problem(r, 500, "internal", "out of memory"), NULL;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), NULL;
     st->wfd = st->job.fd = -1;
     r->stream = st;
     r->stream_free = import_free;
-    req_audit(r, "lane", json_string(name));
-    const char *size_text = req_query(r, "size");
+    srv_req_audit(r, "lane", json_string(name));
+    const char *size_text = srv_req_query(r, "size");
     uint64_t size = 0;
     cell_error se = { 0 };
     if (size_text && cell_parse_size(size_text, &size, &se) < 0)
-        return reply_problem(r, 400, "invalid_request", "query parameter \"size\": %s", se.message), NULL;
+        return srv_reply_problem(r, 400, "invalid_request", "query parameter \"size\": %s", se.message), NULL;
     if (reserve_lane(r, name, image ? image : "host", size, &st->lane) < 0)
         return NULL;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) {
         cell_error e;
         util_fail_errno(&e, "pipe");
-        return reply_error(r, &e), NULL;
+        return srv_reply_error(r, &e), NULL;
     }
     st->job.fd = fds[0];
     st->wfd = fds[1];
@@ -526,7 +526,7 @@ static import_state *import_begin(sreq *r)
     snprintf(st->job.image, sizeof st->job.image, "%s", st->lane.image);
     st->job.size = st->lane.size;
     if (pthread_create(&st->worker, NULL, import_main, &st->job) != 0)
-        return reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
+        return srv_reply_problem(r, 500, "internal", "could not start the import worker"), NULL;
     st->worker_on = 1;
     return st;
 }
@@ -550,7 +550,7 @@ static void import_abandon(sreq *r, import_state *st)
     }
 }
 
-int h_lanes_import_body(sreq *r, const char *data, size_t len)
+int srv_h_lanes_import_body(sreq *r, const char *data, size_t len)
 {
     import_state *st = r->stream;
     if (!st && !(st = import_begin(r))) {
@@ -566,7 +566,7 @@ int h_lanes_import_body(sreq *r, const char *data, size_t len)
     return 0;
 }
 
-int lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_lane *out)
+int srv_lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_lane *out)
 {
     store_lane l;
     if (reserve_lane(r, name, image, 0, &l) < 0)
@@ -594,11 +594,11 @@ int lanes_import_fd(sreq *r, const char *name, const char *image, int fd, store_
     return 0;
 }
 
-int h_lanes_import(sreq *r)
+int srv_h_lanes_import(sreq *r)
 {
     import_state *st = r->stream;
     if (!st) {
-        reply_problem(r, 400, "invalid_request", "the body must be a tar stream (Content-Type: application/x-tar)");
+        srv_reply_problem(r, 400, "invalid_request", "the body must be a tar stream (Content-Type: application/x-tar)");
         return MHD_YES;
     }
     if (st->wfd >= 0) {
@@ -616,7 +616,7 @@ int h_lanes_import(sreq *r)
     snprintf(st->lane.state, sizeof st->lane.state, "ready");
     store_lane done = st->lane;
     st->lane.id[0] = '\0';
-    return reply_json(r, 201, lane_json(r->s, &done));
+    return srv_reply_json(r, 201, lane_json(r->s, &done));
 }
 
 /* ---- image builds (the rest of /v1/images: images.c) ------------------------ */
@@ -677,23 +677,23 @@ static int build_run(int fd, void *arg)
     return 0;
 }
 
-int h_images_build(sreq *r)
+int srv_h_images_build(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
+    const char *name = srv_router_param(&r->m, "name");
     json_t *o = image_json(r->s, name);
     if (!o)
-        return reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm, desktop", name);
+        return srv_reply_problem(r, 404, "not_found", "image %s; known images: host, debian-bookworm, desktop", name);
     json_decref(o);
     build_job *job = calloc(1, sizeof *job);
     if (!job)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     snprintf(job->state_dir, sizeof job->state_dir, "%s", r->s->state_dir);
     snprintf(job->name, sizeof job->name, "%s", name);
     cell_error e = { 0 };
-    struct MHD_Response *resp = stream_from_job(r, build_run, job, free, &e);
+    struct MHD_Response *resp = srv_stream_from_job(r, build_run, job, free, &e);
     if (!resp)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }

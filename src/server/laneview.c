@@ -30,7 +30,7 @@ struct laneviews {
     size_t n;
 };
 
-size_t laneview_count(json_t *spec)
+size_t srv_laneview_count(json_t *spec)
 {
     size_t i, n = 0;
     json_t *m;
@@ -41,7 +41,7 @@ size_t laneview_count(json_t *spec)
     return n;
 }
 
-void laneview_close(struct laneviews *lv)
+void srv_laneview_close(struct laneviews *lv)
 {
     if (!lv)
         return;
@@ -78,7 +78,7 @@ static int view_open(srv *s, const char *tenant, const char *name, struct lanevi
 
 /* On the owner thread, with the context lock held (lanes are the
  * context's). specs[] gets one spec per lane mount, in order. */
-int laneview_open(srv *s, const char *tenant, json_t *spec, struct runtime_vfs_spec *specs, size_t *n,
+int srv_laneview_open(srv *s, const char *tenant, json_t *spec, struct runtime_vfs_spec *specs, size_t *n,
                   struct laneviews **out, cell_error *err)
 {
     *n = 0;
@@ -96,7 +96,7 @@ int laneview_open(srv *s, const char *tenant, json_t *spec, struct runtime_vfs_s
         *v = (struct laneview){ .lock_fd = -1, .mnt_fd = -1, .upper_fd = -1 };
         const char *name = json_string_value(json_object_get(m, "lane"));
         if (view_open(s, tenant, name ? name : "", v, err) < 0) {
-            laneview_close(lv);
+            srv_laneview_close(lv);
             *n = 0;
             return -1;
         }

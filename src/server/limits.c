@@ -32,12 +32,12 @@ static const limit_key keys[] = {
 };
 #undef KEY
 
-const char server_limit_keys[] =
+const char srv_limit_keys[] =
     "cell.memory cell.pids cell.cpus cell.disk cell.ttl lane.size procs run.timeoutMs run.outputBytes "
     "log.bytesPerProcess input.bytes log.memory procs.kept secrets host.memory host.pids reserve.memory reserve.pids "
     "agents.installDisk";
 
-int server_limit_set(server_limits *l, const char *assignment, cell_error *err)
+int srv_limit_set(server_limits *l, const char *assignment, cell_error *err)
 {
     const char *eq = strchr(assignment, '=');
     if (!eq)
@@ -64,7 +64,7 @@ int server_limit_set(server_limits *l, const char *assignment, cell_error *err)
         *(uint64_t *)((char *)l + keys[i].off) = v;
         return 0;
     }
-    return util_fail(err, EINVAL, "--limit: unknown key in '%s' (keys: %s)", assignment, server_limit_keys);
+    return util_fail(err, EINVAL, "--limit: unknown key in '%s' (keys: %s)", assignment, srv_limit_keys);
 }
 
 /* ---- deriving the defaults from the host --------------------------------------- */
@@ -154,7 +154,7 @@ static int derive(srv *s, server_limits *l, cell_error *err)
     return 0;
 }
 
-int limits_start(srv *s, cell_error *err)
+int srv_limits_start(srv *s, cell_error *err)
 {
     server_limits *l = &s->opt.limits;
     if (derive(s, l, err) < 0)
@@ -165,32 +165,32 @@ int limits_start(srv *s, cell_error *err)
     const server_tenant_quota *q = &s->opt.tenant_quota;
 #define QUOTA(bit, field, dflt) ((q->set & (1u << (bit))) ? q->field : (dflt))
     store_tenant d = { .max_cells = (uint32_t)QUOTA(0, cells, STORE_DEFAULT_MAX_CELLS),
-                       .max_memory = QUOTA(1, memory, min_u64(STORE_DEFAULT_MAX_MEMORY, limits_budget_memory(s))),
+                       .max_memory = QUOTA(1, memory, min_u64(STORE_DEFAULT_MAX_MEMORY, srv_limits_budget_memory(s))),
                        .max_lanes = (uint32_t)QUOTA(2, lanes, STORE_DEFAULT_MAX_LANES),
                        .max_disk = QUOTA(3, disk, STORE_DEFAULT_MAX_DISK),
-                       .max_pids = (uint32_t)QUOTA(4, pids, min_u64(limits_budget_pids(s), UINT32_MAX)) };
+                       .max_pids = (uint32_t)QUOTA(4, pids, min_u64(srv_limits_budget_pids(s), UINT32_MAX)) };
 #undef QUOTA
     store_tenant_defaults(s->st, &d);
     return 0;
 }
 
-uint64_t limits_budget_memory(srv *s)
+uint64_t srv_limits_budget_memory(srv *s)
 {
     return s->opt.limits.host_memory - s->opt.limits.reserve_memory;
 }
 
-uint64_t limits_budget_pids(srv *s)
+uint64_t srv_limits_budget_pids(srv *s)
 {
     return s->opt.limits.host_pids - s->opt.limits.reserve_pids;
 }
 
 /* ---- checking requests --------------------------------------------------------- */
-int limits_check(sreq *r, const char *field, uint64_t value, uint64_t ceiling, const char *key)
+int srv_limits_check(sreq *r, const char *field, uint64_t value, uint64_t ceiling, const char *key)
 {
     if (value <= ceiling)
         return 0;
     json_t *d = json_pack("{s:s, s:I, s:s}", "field", field, "ceiling", (json_int_t)ceiling, "limit", key);
-    reply_problem_details(r, 400, "invalid_request", d,
+    srv_reply_problem_details(r, 400, "invalid_request", d,
                           "field \"%s\" is %llu, above the operator's ceiling of %llu (cell serve --limit %s=)",
                           field, (unsigned long long)value, (unsigned long long)ceiling, key);
     return -1;
@@ -203,10 +203,10 @@ static uint64_t spec_res(const scell *sc, const char *key)
 }
 
 /* What is reserved by no cell: agent installs while their install cell
- * runs (limits_reserve).  Written under the cells' quota lock and s->lock. */
+ * runs (srv_limits_reserve).  Written under the cells' quota lock and s->lock. */
 static uint64_t held_memory, held_pids;
 
-void limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pids)
+void srv_limits_usage(srv *s, const char *tenant, uint64_t *memory, uint64_t *pids)
 {
     *memory = *pids = 0;
     pthread_mutex_lock(&s->lock);
@@ -229,14 +229,14 @@ static json_t *over_budget(srv *s, uint64_t memory, uint64_t pids, const char *a
 {
     const server_limits *l = &s->opt.limits;
     uint64_t used_mem, used_pids;
-    limits_usage(s, NULL, &used_mem, &used_pids);
+    srv_limits_usage(s, NULL, &used_mem, &used_pids);
     const char *budget = "memory";
-    uint64_t total = limits_budget_memory(s), host = l->host_memory, reserve = l->reserve_memory, used = used_mem,
+    uint64_t total = srv_limits_budget_memory(s), host = l->host_memory, reserve = l->reserve_memory, used = used_mem,
              asked = memory;
     if (used_mem + memory <= total) {
-        if (used_pids + pids <= limits_budget_pids(s))
+        if (used_pids + pids <= srv_limits_budget_pids(s))
             return NULL;
-        budget = "pids", total = limits_budget_pids(s), host = l->host_pids, reserve = l->reserve_pids;
+        budget = "pids", total = srv_limits_budget_pids(s), host = l->host_pids, reserve = l->reserve_pids;
         used = used_pids, asked = pids;
     }
     util_fail(err, EDQUOT, "the daemon-wide %s budget is %llu (host %llu minus reserve %llu): all tenants' cells "
@@ -248,38 +248,38 @@ static json_t *over_budget(srv *s, uint64_t memory, uint64_t pids, const char *a
     return d ? d : json_object();
 }
 
-int limits_check_budget(sreq *r, uint64_t memory, uint64_t pids)
+int srv_limits_check_budget(sreq *r, uint64_t memory, uint64_t pids)
 {
     cell_error e = { 0 };
     json_t *d = over_budget(r->s, memory, pids, "this cell", &e);
     if (!d)
         return 0;
-    reply_problem_details(r, 409, "budget_exceeded", d, "%s", e.message);
+    srv_reply_problem_details(r, 409, "budget_exceeded", d, "%s", e.message);
     return -1;
 }
 
-int limits_reserve(srv *s, uint64_t memory, uint64_t pids, const char *asker, json_t **details, cell_error *err)
+int srv_limits_reserve(srv *s, uint64_t memory, uint64_t pids, const char *asker, json_t **details, cell_error *err)
 {
     /* Under the lock cell creation checks and inserts under, so that a
      * cell and an install cannot both fit the same remainder. */
-    cells_quota_lock();
+    srv_cells_quota_lock();
     *details = over_budget(s, memory, pids, asker, err);
     if (!*details) {
         pthread_mutex_lock(&s->lock);
         held_memory += memory, held_pids += pids;
         pthread_mutex_unlock(&s->lock);
     }
-    cells_quota_unlock();
+    srv_cells_quota_unlock();
     return *details ? -1 : 0;
 }
 
-void limits_release(srv *s, uint64_t memory, uint64_t pids)
+void srv_limits_release(srv *s, uint64_t memory, uint64_t pids)
 {
-    cells_quota_lock();
+    srv_cells_quota_lock();
     pthread_mutex_lock(&s->lock);
     held_memory -= memory, held_pids -= pids;
     pthread_mutex_unlock(&s->lock);
-    cells_quota_unlock();
+    srv_cells_quota_unlock();
 }
 
 /* ---- GET /v1/limits (admin) ----------------------------------------------------- */
@@ -289,7 +289,7 @@ static json_t *budget_json(uint64_t host, uint64_t reserve, uint64_t reserved)
                      (json_int_t)(host - reserve), "reserved", (json_int_t)reserved);
 }
 
-int h_limits(sreq *r)
+int srv_h_limits(sreq *r)
 {
     const server_limits *l = &r->s->opt.limits;
     json_t *ceilings = json_object();
@@ -300,19 +300,19 @@ int h_limits(sreq *r)
                                 json_integer((json_int_t) * (const uint64_t *)((const char *)l + keys[i].off)));
     uint64_t mem, pids, cache_bytes, held_mem, held_p;
     size_t cache_dirs;
-    limits_usage(r->s, NULL, &mem, &pids);
+    srv_limits_usage(r->s, NULL, &mem, &pids);
     pthread_mutex_lock(&r->s->lock);
     held_mem = held_memory, held_p = held_pids;
     pthread_mutex_unlock(&r->s->lock);
-    agents_cache_usage(&cache_bytes, &cache_dirs);
-    return reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:{s:I, s:I}}, s:o*}",
+    srv_agents_cache_usage(&cache_bytes, &cache_dirs);
+    return srv_reply_json(r, 200, json_pack("{s:o, s:{s:o, s:o}, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:{s:I, s:I}}, s:o*}",
                                         "ceilings", ceilings, "budget",
                                         "memory", budget_json(l->host_memory, l->reserve_memory, mem),
                                         "pids", budget_json(l->host_pids, l->reserve_pids, pids),
                                         "logMemory", "limit", (json_int_t)l->log_memory,
-                                        "used", (json_int_t)procs_log_memory(),
+                                        "used", (json_int_t)srv_procs_log_memory(),
                                         "agents", "installDisk", (json_int_t)l->agents_install_disk,
                                         "cacheBytes", (json_int_t)cache_bytes, "cacheDirs", (json_int_t)cache_dirs,
                                         "installing", "memory", (json_int_t)held_mem, "pids", (json_int_t)held_p,
-                                        "pool", pool_json()));
+                                        "pool", srv_pool_json()));
 }

@@ -47,15 +47,15 @@ static atomic_uint_fast64_t audit_suppressed;
 
 static atomic_int serving;
 
-int metrics_start(cell_error *err)
+int srv_metrics_start(cell_error *err)
 {
-    if (n_control_routes + n_agent_routes > METRICS_MAX_ROUTES)
+    if (srv_n_control_routes + srv_n_agent_routes > METRICS_MAX_ROUTES)
         return util_fail(err, EOVERFLOW, "metrics: %zu routes, more than METRICS_MAX_ROUTES (%d): raise it",
-                         n_control_routes + n_agent_routes, METRICS_MAX_ROUTES);
+                         srv_n_control_routes + srv_n_agent_routes, METRICS_MAX_ROUTES);
     return 0;
 }
 
-void metrics_set_serving(srv *s, int on)
+void srv_metrics_set_serving(srv *s, int on)
 {
     (void)s;
     atomic_store(&serving, on);
@@ -65,13 +65,13 @@ void metrics_set_serving(srv *s, int on)
  * into one of them when a route matched. */
 static long route_index(const route *rt)
 {
-    uintptr_t p = (uintptr_t)rt, c = (uintptr_t)control_routes, a = (uintptr_t)agent_routes;
+    uintptr_t p = (uintptr_t)rt, c = (uintptr_t)srv_control_routes, a = (uintptr_t)srv_agent_routes;
     if (!rt)
         return -1;
-    if (p >= c && p < c + n_control_routes * sizeof(route))
+    if (p >= c && p < c + srv_n_control_routes * sizeof(route))
         return (long)((p - c) / sizeof(route));
-    if (p >= a && p < a + n_agent_routes * sizeof(route))
-        return (long)(n_control_routes + (p - a) / sizeof(route));
+    if (p >= a && p < a + srv_n_agent_routes * sizeof(route))
+        return (long)(srv_n_control_routes + (p - a) / sizeof(route));
     return -1;
 }
 
@@ -91,26 +91,26 @@ static size_t method_slot(const char *method)
     return METRICS_METHODS - 1;
 }
 
-void metrics_http(const route *rt, const char *method, unsigned status)
+void srv_metrics_http(const route *rt, const char *method, unsigned status)
 {
     long i = route_index(rt);
     size_t row = i >= 0 ? (size_t)i : METRICS_MAX_ROUTES + method_slot(method);
     atomic_fetch_add_explicit(&http_counts[row][code_slot(status)], 1, memory_order_relaxed);
 }
 
-void metrics_audit_suppressed(void)
+void srv_metrics_audit_suppressed(void)
 {
     atomic_fetch_add_explicit(&audit_suppressed, 1, memory_order_relaxed);
 }
 
-int64_t metrics_clock_ms(void)
+int64_t srv_metrics_clock_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void metrics_cell_create(int ok, int64_t ms)
+void srv_metrics_cell_create(int ok, int64_t ms)
 {
     if (!ok) {
         atomic_fetch_add_explicit(&create_failed, 1, memory_order_relaxed);
@@ -134,7 +134,7 @@ static size_t name_slot(const char *const *names, size_t n, const char *name)
     return n - 1;
 }
 
-void metrics_egress(const char *event, const char *verdict, int64_t bytes_out, int64_t bytes_in)
+void srv_metrics_egress(const char *event, const char *verdict, int64_t bytes_out, int64_t bytes_in)
 {
     size_t e = name_slot(egress_events, EGRESS_EVENTS, event);
     size_t v = name_slot(egress_verdicts, EGRESS_VERDICTS, verdict);
@@ -145,7 +145,7 @@ void metrics_egress(const char *event, const char *verdict, int64_t bytes_out, i
         atomic_fetch_add_explicit(&egress_bytes_in, (uint64_t)bytes_in, memory_order_relaxed);
 }
 
-void metrics_decide(int allow, int cached)
+void srv_metrics_decide(int allow, int cached)
 {
     atomic_fetch_add_explicit(&decide_counts[!!cached][!!allow], 1, memory_order_relaxed);
 }
@@ -182,10 +182,10 @@ static void write_http(FILE *f)
          "HTTP requests answered, by route template (\"unmatched\": no route), method and status code");
     for (size_t row = 0; row < METRICS_MAX_ROUTES + METRICS_METHODS; row++) {
         const route *rt = NULL;
-        if (row < n_control_routes)
-            rt = &control_routes[row];
-        else if (row < n_control_routes + n_agent_routes)
-            rt = &agent_routes[row - n_control_routes];
+        if (row < srv_n_control_routes)
+            rt = &srv_control_routes[row];
+        else if (row < srv_n_control_routes + srv_n_agent_routes)
+            rt = &srv_agent_routes[row - srv_n_control_routes];
         else if (row < METRICS_MAX_ROUTES)
             continue;
         for (size_t c = 0; c <= METRICS_CODES; c++) {
@@ -243,7 +243,7 @@ static void write_cells(FILE *f, srv *s)
     pthread_mutex_unlock(&s->lock);
     head(f, "cell_cells", "gauge", "Cells the daemon holds, by state");
     for (int st = SCELL_CREATING; st < SCELL_DELETED; st++)
-        fprintf(f, "cell_cells{state=\"%s\"} %llu\n", registry_state_name((enum scell_state)st),
+        fprintf(f, "cell_cells{state=\"%s\"} %llu\n", srv_registry_state_name((enum scell_state)st),
                 (unsigned long long)by_state[st]);
     head(f, "cell_processes_running", "gauge", "Processes started in cells through the API that have not exited");
     fprintf(f, "cell_processes_running %llu\n", (unsigned long long)procs);
@@ -279,7 +279,7 @@ static void write_egress(FILE *f, srv *s)
 
 static void write_pool(FILE *f)
 {
-    json_t *p = pool_json();
+    json_t *p = srv_pool_json();
     head(f, "cell_pool_ready", "gauge", "Warm pool cells ready, by image");
     json_t *t;
     size_t i;
@@ -309,21 +309,21 @@ static void write_pool(FILE *f)
 static void write_runs(FILE *f)
 {
     uint64_t by_status[RUN_TIMED_OUT + 1] = { 0 };
-    runs_count_by_status(by_status);
+    srv_runs_count_by_status(by_status);
     head(f, "cell_runs", "gauge", "Runs the daemon lists (POST /v1/runs), by status");
     for (int st = RUN_QUEUED; st <= RUN_TIMED_OUT; st++)
-        fprintf(f, "cell_runs{status=\"%s\"} %llu\n", runs_status_name((enum run_status)st),
+        fprintf(f, "cell_runs{status=\"%s\"} %llu\n", srv_runs_status_name((enum run_status)st),
                 (unsigned long long)by_status[st]);
 }
 
-int h_metrics(sreq *r)
+int srv_h_metrics(sreq *r)
 {
     srv *s = r->s;
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     if (!f)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     head(f, "cell_build_info", "gauge", "The daemon's version (always 1)");
     fprintf(f, "cell_build_info{version=\"%s\"} 1\n", CELL_VERSION_STRING);
     head(f, "cell_start_time_seconds", "gauge", "When the daemon started (Unix time)");
@@ -336,7 +336,7 @@ int h_metrics(sreq *r)
     write_runs(f);
     if (fclose(f) != 0 || !text) {
         free(text);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
@@ -345,7 +345,7 @@ int h_metrics(sreq *r)
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }
 
 /* ---- health and readiness ---------------------------------------------------------- */
@@ -356,17 +356,17 @@ static int reply_text(sreq *r, const char *text)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }
 
-int h_healthz(sreq *r)
+int srv_h_healthz(sreq *r)
 {
     return reply_text(r, "ok\n");
 }
 
 /* Not ready: each reason a fixed code, nothing of the error behind it (no
  * token is needed here, and messages name paths and libraries). */
-int h_readyz(sreq *r)
+int srv_h_readyz(sreq *r)
 {
     srv *s = r->s;
     const char *why[6];
@@ -379,7 +379,7 @@ int h_readyz(sreq *r)
         why[n++] = "starting";
     if (!s->st || store_token_count(s->st, &tokens, &e) < 0)
         why[n++] = "store_unavailable";
-    if (atomic_load(&serving) && !pool_warmed())
+    if (atomic_load(&serving) && !srv_pool_warmed())
         why[n++] = "pool_filling";
     if (!runtime_net(NULL))
         why[n++] = "plugin_net_unavailable";
@@ -392,6 +392,6 @@ int h_readyz(sreq *r)
     json_t *reasons = json_array();
     for (size_t i = 0; reasons && i < n; i++)
         json_array_append_new(reasons, json_string(why[i]));
-    return reply_problem_details(r, 503, "not_ready", json_pack("{s:o*}", "reasons", reasons),
+    return srv_reply_problem_details(r, 503, "not_ready", json_pack("{s:o*}", "reasons", reasons),
                                  "%s%s (GET /readyz again later)", why[0], n > 1 ? " and more" : "");
 }

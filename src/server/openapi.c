@@ -2,24 +2,24 @@
  * description a client reads is the one shipped with this binary. */
 #include "server/server_internal.h"
 
-extern const char openapi_json_start[], openapi_json_end[];
+extern const char srv_openapi_json_start[], srv_openapi_json_end[];
 /* With the other blobs, away from .rodata: see src/init/blob.S. */
 __asm__(".section cell_blobs, \"a\"\n"
-        ".global openapi_json_start\n"
-        "openapi_json_start:\n"
+        ".global srv_openapi_json_start\n"
+        "srv_openapi_json_start:\n"
         ".incbin \"docs/openapi.json\"\n"
-        ".global openapi_json_end\n"
-        "openapi_json_end:\n"
+        ".global srv_openapi_json_end\n"
+        "srv_openapi_json_end:\n"
         ".byte 0\n"
         ".previous\n");
 
-int openapi_serve(sreq *r)
+int srv_openapi_serve(sreq *r)
 {
-    size_t len = (size_t)(openapi_json_end - openapi_json_start);
+    size_t len = (size_t)(srv_openapi_json_end - srv_openapi_json_start);
     struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, (void *)openapi_json_start, MHD_RESPMEM_PERSISTENT);
+        MHD_create_response_from_buffer(len, (void *)srv_openapi_json_start, MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    return reply_response(r, 200, resp);
+    return srv_reply_response(r, 200, resp);
 }

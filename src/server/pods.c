@@ -129,7 +129,7 @@ static int token_load(const char *path, cell_error *err)
     return rc;
 }
 
-int pods_node_token(sreq *r, const char *bearer)
+int srv_pods_node_token(sreq *r, const char *bearer)
 {
     if (!P.on || !bearer)
         return 0;
@@ -156,7 +156,7 @@ static void pod_event(void *user, const char *json)
     if (!rec)
         return;
     json_t *out = json_object_get(rec, "bytesOut"), *in = json_object_get(rec, "bytesIn");
-    metrics_egress(json_string_value(json_object_get(rec, "event")),
+    srv_metrics_egress(json_string_value(json_object_get(rec, "event")),
                    json_string_value(json_object_get(rec, "verdict")),
                    json_is_integer(out) ? json_integer_value(out) : -1, json_is_integer(in) ? json_integer_value(in) : -1);
     json_object_del(rec, "usage");      /* pods have no metered usage to account */
@@ -170,7 +170,7 @@ static void pod_event(void *user, const char *json)
 static int pod_decide(void *user, const cell_net_flow *f, const char *url, int timeout_ms)
 {
     spod *p = user;
-    return egress_decide_as(p->s, POD_TENANT, p->audit_id, 1, f, url, timeout_ms);
+    return srv_egress_decide_as(p->s, POD_TENANT, p->audit_id, 1, f, url, timeout_ms);
 }
 
 /* Pods have no secrets (policy_without_secrets refuses a policy naming
@@ -242,7 +242,7 @@ static void record_save(const spod *p, const char *policy)
     json_decref(o);
     cell_error err = { 0 };
     if (!text || util_write_file(tmp, text, strlen(text), 0600, 1, &err) < 0 || rename(tmp, path) < 0)
-        slog(SLOG_WARN, SLOG_F("pod", p->id), "pod %s: its registration is not kept for a restart: %s", p->id,
+        srv_slog(SLOG_WARN, SLOG_F("pod", p->id), "pod %s: its registration is not kept for a restart: %s", p->id,
              text ? (err.message[0] ? err.message : strerror(errno)) : "out of memory");
     free(text);
 }
@@ -252,7 +252,7 @@ static void record_forget(const char *id)
     char path[sizeof P.dir + 96];
     record_path(path, sizeof path, id);
     if (unlink(path) < 0 && errno != ENOENT)
-        slog(SLOG_WARN, SLOG_F("pod", id), "pod %s: cannot remove %s: %s", id, path, strerror(errno));
+        srv_slog(SLOG_WARN, SLOG_F("pod", id), "pod %s: cannot remove %s: %s", id, path, strerror(errno));
 }
 
 /* One record at start: the pod again if its init is the one registered and
@@ -302,16 +302,16 @@ static void restore_one(srv *s, const char *file)
             snprintf(why, sizeof why, "its egress engine did not start: %.200s", e.message);
     }
     if (why[0]) {
-        slog(SLOG_WARN, SLOG_F("pod", id ? id : file), "pods: %s: not policed again: %s", path, why);
+        srv_slog(SLOG_WARN, SLOG_F("pod", id ? id : file), "pods: %s: not policed again: %s", path, why);
         if (unlink(path) < 0 && errno != ENOENT)
-            slog(SLOG_WARN, NULL, "pods: cannot remove %s: %s", path, strerror(errno));
+            srv_slog(SLOG_WARN, NULL, "pods: cannot remove %s: %s", path, strerror(errno));
         pod_free(p);
     } else {
         p->created_ms = srv_now_ms();
         p->next = P.pods;
         P.pods = p;
         P.n++;
-        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed again after a restart, helper %d", p->ns,
+        srv_slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed again after a restart, helper %d", p->ns,
              p->name, id, (int)net_engine_pid(p->engine));
     }
     json_decref(o);
@@ -340,7 +340,7 @@ static void wake_watcher(void)
 {
     uint64_t one = 1;
     if (P.wake >= 0 && write(P.wake, &one, sizeof one) < 0)
-        slog(SLOG_WARN, NULL, "pods: cannot wake the watcher: %s", strerror(errno));
+        srv_slog(SLOG_WARN, NULL, "pods: cannot wake the watcher: %s", strerror(errno));
 }
 
 static int init_exited(const spod *p)
@@ -399,13 +399,13 @@ static void *watcher_main(void *arg)
         if (poll(fds, n + 1, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            slog(SLOG_ERROR, NULL, "pods: the watcher's poll failed: %s", strerror(errno));
+            srv_slog(SLOG_ERROR, NULL, "pods: the watcher's poll failed: %s", strerror(errno));
             return NULL;
         }
         if (fds[n].revents & POLLIN) {
             uint64_t v;
             if (read(P.wake, &v, sizeof v) < 0 && errno != EAGAIN)
-                slog(SLOG_WARN, NULL, "pods: reading the watcher's eventfd: %s", strerror(errno));
+                srv_slog(SLOG_WARN, NULL, "pods: reading the watcher's eventfd: %s", strerror(errno));
         }
         for (size_t i = 0; i < n; i++) {
             if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -415,7 +415,7 @@ static void *watcher_main(void *arg)
             if (p)
                 record_forget(p->id);
             if (p)
-                slog(SLOG_INFO, SLOG_F("pod", p->id), "pod %s/%s (%s): its sandbox's init exited; egress stopped",
+                srv_slog(SLOG_INFO, SLOG_F("pod", p->id), "pod %s/%s (%s): its sandbox's init exited; egress stopped",
                      p->ns, p->name, p->id);
             pod_free(p);
             pthread_mutex_unlock(&P.change);
@@ -424,7 +424,7 @@ static void *watcher_main(void *arg)
 }
 
 /* ---- start and stop -------------------------------------------------------------------- */
-int pods_start(srv *s, cell_error *err)
+int srv_pods_start(srv *s, cell_error *err)
 {
     if (!s->opt.pods)
         return 0;
@@ -459,11 +459,11 @@ int pods_start(srv *s, cell_error *err)
     P.s = s;
     P.on = 1;
     if (!s->opt.quiet)
-        slog(SLOG_INFO, SLOG_F("token", path), "pods: the node endpoint is on; node token in %s", path);
+        srv_slog(SLOG_INFO, SLOG_F("token", path), "pods: the node endpoint is on; node token in %s", path);
     return 0;
 }
 
-void pods_stop(srv *s)
+void srv_pods_stop(srv *s)
 {
     (void)s;
     pthread_mutex_lock(&P.lock);
@@ -532,7 +532,7 @@ static int policy_without_secrets(const char *text, cell_error *err)
 /* ---- the handlers -------------------------------------------------------------------------- */
 static int pods_off(sreq *r)
 {
-    return reply_problem(r, 404, "not_found", "the node endpoint is off: start the daemon with cell serve --pods");
+    return srv_reply_problem(r, 404, "not_found", "the node endpoint is off: start the daemon with cell serve --pods");
 }
 
 static json_t *pod_json(const spod *p)
@@ -576,7 +576,7 @@ static ino_t netns_of(pid_t pid, dev_t *dev)
 /* A 400 naming where the policy came from. */
 static int policy_invalid(sreq *r, const char *what, const char *fmt, const char *detail)
 {
-    return reply_problem(r, 400, "invalid_request", "%s: %s%s", what, fmt, detail ? detail : "");
+    return srv_reply_problem(r, 400, "invalid_request", "%s: %s%s", what, fmt, detail ? detail : "");
 }
 
 /* The policy text: valid JSON, an object, within bounds, and a policy a
@@ -604,7 +604,7 @@ static int check_pod_policy(sreq *r, const char *what, const char *text, size_t 
         return policy_invalid(r, what, e.message, NULL), -1;
     if (cell_policy_check_v2(text, r->s->opt.tenant_dest_allow, &e) < 0) {
         if (e.code == EACCES)
-            reply_problem(r, 403, "forbidden", "%s: %s", what, e.message);
+            srv_reply_problem(r, 403, "forbidden", "%s: %s", what, e.message);
         else
             policy_invalid(r, what, e.message, NULL);
         return -1;
@@ -619,52 +619,52 @@ static int meta_field(sreq *r, json_t *pod, const char *key, char *out, size_t s
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_string(v) || json_string_length(v) >= size || strlen(json_string_value(v)) != json_string_length(v))
-        return reply_problem(r, 400, "invalid_request", "field \"pod.%s\" must be a string of at most %zu bytes "
+        return srv_reply_problem(r, 400, "invalid_request", "field \"pod.%s\" must be a string of at most %zu bytes "
                              "without NUL", key, size - 1), -1;
     snprintf(out, size, "%s", json_string_value(v));
     return 0;
 }
 
-int h_pods_create(sreq *r)
+int srv_h_pods_create(sreq *r)
 {
     if (!P.on)
         return pods_off(r);
     json_t *body;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return REPLIED(r);
     const char *id = NULL;
     int64_t pid = 0, start = 0;
     json_t *pol = json_object_get(body, "policy"), *pod = json_object_get(body, "pod");
     spod *p = NULL;
     int rc = MHD_YES;
-    if (req_check_fields(r, body, "", "id", "pid", "startTime", "policy", "pod", NULL) < 0 ||
-        json_get_str(r, body, "id", 1, &id) < 0 || json_get_int(r, body, "pid", 1, 1, INT32_MAX, &pid) < 0 ||
-        json_get_int(r, body, "startTime", 1, 1, INT64_MAX, &start) < 0)
+    if (srv_req_check_fields(r, body, "", "id", "pid", "startTime", "policy", "pod", NULL) < 0 ||
+        srv_json_get_str(r, body, "id", 1, &id) < 0 || srv_json_get_int(r, body, "pid", 1, 1, INT32_MAX, &pid) < 0 ||
+        srv_json_get_int(r, body, "startTime", 1, 1, INT64_MAX, &start) < 0)
         goto replied;
     if (!id_valid(id)) {
-        reply_problem(r, 400, "invalid_request", "field \"id\" must be a container id: 1 to %d of "
+        srv_reply_problem(r, 400, "invalid_request", "field \"id\" must be a container id: 1 to %d of "
                       "[A-Za-z0-9_.+-], not starting with '.'", POD_ID_MAX);
         goto replied;
     }
-    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
+    srv_req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
     if (pol && !json_is_null(pol) && !json_is_string(pol)) {
-        reply_problem(r, 400, "invalid_request", "field \"policy\" must be a string (the text of the annotation "
+        srv_reply_problem(r, 400, "invalid_request", "field \"policy\" must be a string (the text of the annotation "
                       "cell.dev/egress-policy) or null");
         goto replied;
     }
     if (pod && !json_is_null(pod) && !json_is_object(pod)) {
-        reply_problem(r, 400, "invalid_request", "field \"pod\" must be an object {name, namespace, uid}");
+        srv_reply_problem(r, 400, "invalid_request", "field \"pod\" must be an object {name, namespace, uid}");
         goto replied;
     }
     if (!(p = calloc(1, sizeof *p))) {
-        reply_problem(r, 500, "internal", "out of memory");
+        srv_reply_problem(r, 500, "internal", "out of memory");
         goto replied;
     }
     p->pidfd = -1;
     p->s = r->s;
     snprintf(p->id, sizeof p->id, "%s", id);
     snprintf(p->audit_id, sizeof p->audit_id, "pod-%.16s", id);
-    if (json_is_object(pod) && (req_check_fields(r, pod, "pod", "name", "namespace", "uid", NULL) < 0 ||
+    if (json_is_object(pod) && (srv_req_check_fields(r, pod, "pod", "name", "namespace", "uid", NULL) < 0 ||
                                 meta_field(r, pod, "name", p->name, sizeof p->name) < 0 ||
                                 meta_field(r, pod, "namespace", p->ns, sizeof p->ns) < 0 ||
                                 meta_field(r, pod, "uid", p->uid, sizeof p->uid) < 0))
@@ -678,7 +678,7 @@ int h_pods_create(sreq *r)
         goto replied;
     if (!text && !P.default_policy) {
         /* Nothing to enforce: the pod keeps the network CNI gave it. */
-        rc = reply_json(r, 200, json_pack("{s:s, s:b}", "id", id, "policed", 0));
+        rc = srv_reply_json(r, 200, json_pack("{s:s, s:b}", "id", id, "policed", 0));
         goto out;
     }
     p->node_default = !text;
@@ -688,7 +688,7 @@ int h_pods_create(sreq *r)
      * cell-oci's look and ours is refused, never policed by mistake. */
     p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
     if (p->pidfd < 0 || util_pid_start_time(p->pid) != p->start_time) {
-        reply_problem(r, 400, "invalid_request", "field \"pid\": process %d with start time %lld is not running "
+        srv_reply_problem(r, 400, "invalid_request", "field \"pid\": process %d with start time %lld is not running "
                       "(the sandbox's init must be alive and parked)", (int)pid, (long long)start);
         goto replied;
     }
@@ -697,7 +697,7 @@ int h_pods_create(sreq *r)
     dev_t dev = 0, own_dev = 0;
     ino_t ino = netns_of(p->pid, &dev), own = netns_of(getpid(), &own_dev);
     if (!ino || !own || (ino == own && dev == own_dev)) {
-        reply_problem(r, 400, "invalid_request", "field \"pid\": process %d is in the daemon's own network "
+        srv_reply_problem(r, 400, "invalid_request", "field \"pid\": process %d is in the daemon's own network "
                       "namespace (or it cannot be read): only a pod's own netns is policed", (int)pid);
         goto replied;
     }
@@ -721,16 +721,16 @@ int h_pods_create(sreq *r)
     pthread_mutex_unlock(&P.lock);
     if (clash || full) {
         if (clash)
-            reply_problem(r, 409, "conflict", "pod %s: %s is already registered", id, clash);
+            srv_reply_problem(r, 409, "conflict", "pod %s: %s is already registered", id, clash);
         else
-            reply_problem(r, 503, "unavailable", "this node already polices %d pods", POD_MAX);
+            srv_reply_problem(r, 503, "unavailable", "this node already polices %d pods", POD_MAX);
         goto replied;
     }
     cell_error e = { 0 };
     net_engine *eng = NULL;
     if (engine_start(p, text ? text : P.default_policy, &eng, &e) < 0) {
         spod *back = unlink_pod(id);
-        reply_problem(r, e.code == EINVAL ? 400 : 500, e.code == EINVAL ? "invalid_request" : "internal",
+        srv_reply_problem(r, e.code == EINVAL ? 400 : 500, e.code == EINVAL ? "invalid_request" : "internal",
                       "pod %s: starting its egress engine failed: %s", id, e.message);
         pod_free(back);
         p = NULL;
@@ -743,13 +743,13 @@ int h_pods_create(sreq *r)
     p->created_ms = srv_now_ms();
     json_t *reply = pod_json(p);
     record_save(p, text);
-    slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed (%s policy), helper %d", p->ns, p->name, id,
+    srv_slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): egress policed (%s policy), helper %d", p->ns, p->name, id,
          text ? "its" : "the node's", (int)net_engine_pid(eng));
     pthread_mutex_unlock(&P.lock);
     wake_watcher();
     json_object_set_new(reply, "policed", json_true());
     p = NULL;
-    rc = reply_json(r, 201, reply);
+    rc = srv_reply_json(r, 201, reply);
     goto out;
 replied:
     rc = REPLIED(r);
@@ -759,7 +759,7 @@ out:
     return rc;
 }
 
-int h_pods_list(sreq *r)
+int srv_h_pods_list(sreq *r)
 {
     if (!P.on)
         return pods_off(r);
@@ -769,29 +769,29 @@ int h_pods_list(sreq *r)
         if (p->engine)
             json_array_append_new(arr, pod_json(p));
     pthread_mutex_unlock(&P.lock);
-    return reply_json(r, 200, json_pack("{s:o}", "pods", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "pods", arr));
 }
 
-int h_pods_get(sreq *r)
+int srv_h_pods_get(sreq *r)
 {
     if (!P.on)
         return pods_off(r);
-    const char *id = router_param(&r->m, "id");
+    const char *id = srv_router_param(&r->m, "id");
     json_t *o = NULL;
     pthread_mutex_lock(&P.lock);
     for (spod *p = P.pods; p && !o; p = p->next)
         if (p->engine && strcmp(p->id, id) == 0)
             o = pod_json(p);
     pthread_mutex_unlock(&P.lock);
-    return o ? reply_json(r, 200, o) : reply_problem(r, 404, "not_found", "pod %s is not registered", id);
+    return o ? srv_reply_json(r, 200, o) : srv_reply_problem(r, 404, "not_found", "pod %s is not registered", id);
 }
 
-int h_pods_delete(sreq *r)
+int srv_h_pods_delete(sreq *r)
 {
     if (!P.on)
         return pods_off(r);
-    const char *id = router_param(&r->m, "id");
-    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
+    const char *id = srv_router_param(&r->m, "id");
+    srv_req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
     pthread_mutex_lock(&P.lock);
     int starting = 0;
     for (spod *p = P.pods; p; p = p->next)
@@ -799,16 +799,16 @@ int h_pods_delete(sreq *r)
             starting = 1;
     pthread_mutex_unlock(&P.lock);
     if (starting)
-        return reply_problem(r, 409, "conflict", "pod %s is still being registered; retry", id);
+        return srv_reply_problem(r, 409, "conflict", "pod %s is still being registered; retry", id);
     pthread_mutex_lock(&P.change);
     spod *p = unlink_pod(id);
     if (p) {
-        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): unregistered; egress stopped", p->ns, p->name, id);
+        srv_slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): unregistered; egress stopped", p->ns, p->name, id);
         record_forget(p->id);
         pod_free(p);
     }
     pthread_mutex_unlock(&P.change);
-    return p ? reply_empty(r, 204) : reply_problem(r, 404, "not_found", "pod %s is not registered", id);
+    return p ? srv_reply_empty(r, 204) : srv_reply_problem(r, 404, "not_found", "pod %s is not registered", id);
 }
 
 /* PUT /v1/pods/{id}/policy: an operator changes a running pod's policy
@@ -816,20 +816,20 @@ int h_pods_delete(sreq *r)
  * is; new flows get it, flows already relaying keep their verdict (the
  * engine's live change, as for a cell); kept for a restart; audited with
  * the request. */
-int h_pods_policy(sreq *r)
+int srv_h_pods_policy(sreq *r)
 {
     if (!P.on)
         return pods_off(r);
-    const char *id = router_param(&r->m, "id");
-    req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
+    const char *id = srv_router_param(&r->m, "id");
+    srv_req_audit(r, "pod", json_pack("{s:s}", "id", id));   /* the shape of net records' "pod" */
     json_t *body;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return REPLIED(r);
     char *text = json_dumps(body, JSON_COMPACT);
     json_t *reply = NULL;
     int rc = MHD_YES;
     if (!text) {
-        rc = reply_problem(r, 500, "internal", "out of memory");
+        rc = srv_reply_problem(r, 500, "internal", "out of memory");
         goto out;
     }
     if (check_pod_policy(r, FROM_BODY, text, strlen(text)) < 0) {
@@ -846,9 +846,9 @@ int h_pods_policy(sreq *r)
     cell_error e = { 0 };
     /* p stays listed meanwhile: freeing it takes P.change. */
     if (!p)
-        rc = reply_problem(r, 404, "not_found", "pod %s is not registered", id);
+        rc = srv_reply_problem(r, 404, "not_found", "pod %s is not registered", id);
     else if (net_engine_set_policy(p->engine, text, &e) < 0)
-        rc = reply_problem(r, 500, "internal", "pod %s: its egress helper did not take the policy (the old one "
+        rc = srv_reply_problem(r, 500, "internal", "pod %s: its egress helper did not take the policy (the old one "
                            "still applies): %s", id, e.message);
     else {
         pthread_mutex_lock(&P.lock);
@@ -856,13 +856,13 @@ int h_pods_policy(sreq *r)
         p->node_default = 0;
         record_save(p, text);
         reply = pod_json(p);
-        slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): policy changed by an operator (token %s)", p->ns,
+        srv_slog(SLOG_INFO, SLOG_F("pod", id), "pod %s/%s (%s): policy changed by an operator (token %s)", p->ns,
              p->name, id, r->tok.id);
         pthread_mutex_unlock(&P.lock);
     }
     pthread_mutex_unlock(&P.change);
     if (reply)
-        rc = reply_json(r, 200, reply);
+        rc = srv_reply_json(r, 200, reply);
 out:
     free(text);
     json_decref(body);

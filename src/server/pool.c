@@ -50,7 +50,7 @@ static struct {
     pthread_t       thread;
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
-int server_warm_parse(const char *text, char *image, size_t size, unsigned *n, cell_error *err)
+int srv_warm_parse(const char *text, char *image, size_t size, unsigned *n, cell_error *err)
 {
     const char *eq = strchr(text, '=');
     const char *num = eq ? eq + 1 : text;
@@ -81,7 +81,7 @@ static int pool_configure(srv *s, cell_error *err)
     for (size_t i = 0; o->warm && o->warm[i]; i++) {
         char image[64];
         unsigned n;
-        if (server_warm_parse(o->warm[i], image, sizeof image, &n, err) < 0)
+        if (srv_warm_parse(o->warm[i], image, sizeof image, &n, err) < 0)
             return -1;
         size_t j = 0;
         while (j < pool.n_tpl && strcmp(pool.tpl[j].image, image) != 0)
@@ -93,7 +93,7 @@ static int pool_configure(srv *s, cell_error *err)
         pool.tpl[j].size = n;
     }
     uint64_t memory, pids;
-    cells_default_resources(&o->limits, &memory, &pids);
+    srv_cells_default_resources(&o->limits, &memory, &pids);
     pool.memory = (json_int_t)memory;
     pool.pids = (json_int_t)pids;
     pool.open = 1;
@@ -119,7 +119,7 @@ static int pool_boot(srv *s, const char *image, cell **out, cell_error *err)
     json_t *spec = json_pack("{s:s, s:o}", "image", image, "resources", pool_resources_json());
     if (!spec)
         return util_fail(err, ENOMEM, "out of memory");
-    int rc = registry_cell_create_spec(s, spec, out, err);
+    int rc = srv_registry_cell_create_spec(s, spec, out, err);
     json_decref(spec);
     return rc;
 }
@@ -144,7 +144,7 @@ static cell *pool_settle(pool_tpl *t, cell *c, const cell_error *e)
         t->warmed = 1;              /* creates boot cold meanwhile: not worth waiting for */
         t->retry_ms = srv_now_ms() + POOL_RETRY_MS;
         if (!t->failing && e->code != ENOENT)
-            slog(SLOG_WARN, SLOG_F("image", t->image), "warm pool: cannot boot a cell of image %s (retrying every %d s): %s",
+            srv_slog(SLOG_WARN, SLOG_F("image", t->image), "warm pool: cannot boot a cell of image %s (retrying every %d s): %s",
                  t->image, POOL_RETRY_MS / 1000, e->message);
         t->failing = e->code != ENOENT;
         return NULL;
@@ -152,7 +152,7 @@ static cell *pool_settle(pool_tpl *t, cell *c, const cell_error *e)
     if (pool.stop)
         return c;
     if (t->failing)
-        slog(SLOG_INFO, SLOG_F("image", t->image), "warm pool: image %s boots again", t->image);
+        srv_slog(SLOG_INFO, SLOG_F("image", t->image), "warm pool: image %s boots again", t->image);
     t->failing = 0;
     t->ready[t->n_ready++] = c;
     t->warmed |= t->n_ready == t->size;
@@ -186,7 +186,7 @@ static void *pool_main(void *arg)
         cell *spare = pool_settle(t, c, &e);
         if (spare) {
             pthread_mutex_unlock(&pool.lock);
-            registry_cell_destroy(s, spare);
+            srv_registry_cell_destroy(s, spare);
             pthread_mutex_lock(&pool.lock);
         }
     }
@@ -194,7 +194,7 @@ static void *pool_main(void *arg)
     return NULL;
 }
 
-int pool_start(srv *s, cell_error *err)
+int srv_pool_start(srv *s, cell_error *err)
 {
     pthread_mutex_lock(&pool.lock);
     int rc = pool_configure(s, err);
@@ -214,7 +214,7 @@ int pool_start(srv *s, cell_error *err)
 }
 
 /* Stop filling and destroy every ready cell.  Safe to call twice. */
-void pool_stop(srv *s)
+void srv_pool_stop(srv *s)
 {
     pthread_mutex_lock(&pool.lock);
     pool.stop = 1;
@@ -234,7 +234,7 @@ void pool_stop(srv *s)
         pthread_mutex_unlock(&pool.lock);
         if (!c)
             break;
-        registry_cell_destroy(s, c);
+        srv_registry_cell_destroy(s, c);
     }
 }
 
@@ -253,7 +253,7 @@ static pool_tpl *pool_fit(json_t *spec)
     json_t *mounts = json_object_get(spec, "mounts"), *hostname = json_object_get(spec, "hostname");
     json_t *res = json_object_get(spec, "resources");
     if (!pool.open || json_object_get(spec, "laneId") || (mounts && json_array_size(mounts) > 0) ||
-        (hostname && !cells_valid_hostname(json_string_value(hostname))) ||
+        (hostname && !srv_cells_valid_hostname(json_string_value(hostname))) ||
         resource(res, "memory") != pool.memory || resource(res, "disk") != 0)
         return NULL;
     const char *image = json_string_value(json_object_get(spec, "image"));
@@ -278,13 +278,13 @@ static int pool_finish(cell *c, json_t *spec, json_int_t pool_pids)
     const char *hostname = json_string_value(json_object_get(spec, "hostname"));
     if (((pids != pool_pids || cpu) && cell_set_pids_cpu(c, (uint32_t)pids, (uint32_t)cpu, &e) < 0) ||
         (hostname && cell_set_hostname(c, hostname, &e) < 0)) {
-        slog(SLOG_WARN, NULL, "warm pool: %s", e.message);
+        srv_slog(SLOG_WARN, NULL, "warm pool: %s", e.message);
         return -2;
     }
     return 0;
 }
 
-cell *pool_take(srv *s, json_t *spec, int has_policy)
+cell *srv_pool_take(srv *s, json_t *spec, int has_policy)
 {
     for (;;) {
         cell *c = NULL;
@@ -313,13 +313,13 @@ cell *pool_take(srv *s, json_t *spec, int has_policy)
         pthread_mutex_unlock(&pool.lock);
         if (rc == 0)
             return c;
-        registry_cell_destroy(s, c);
+        srv_registry_cell_destroy(s, c);
         if (rc == -2)               /* not the cell's fault: the next would fail alike */
             return NULL;
     }
 }
 
-int pool_image_ready(const char *image)
+int srv_pool_image_ready(const char *image)
 {
     int ready = 0;
     pthread_mutex_lock(&pool.lock);
@@ -329,7 +329,7 @@ int pool_image_ready(const char *image)
     return ready;
 }
 
-int pool_warmed(void)
+int srv_pool_warmed(void)
 {
     int warmed = 1;
     pthread_mutex_lock(&pool.lock);
@@ -339,7 +339,7 @@ int pool_warmed(void)
     return warmed;
 }
 
-json_t *pool_json(void)
+json_t *srv_pool_json(void)
 {
     json_t *tpls = json_array();
     pthread_mutex_lock(&pool.lock);

@@ -20,7 +20,7 @@ static int64_t at_most(int64_t v, uint64_t ceiling)
     return (uint64_t)v > ceiling ? (int64_t)ceiling : v;
 }
 
-void procs_config_default(struct proc_config *c, const server_limits *l)
+void srv_procs_config_default(struct proc_config *c, const server_limits *l)
 {
     *c = (struct proc_config){
         .max_concurrent = at_most(64, l->procs), .default_run_timeout_ms = at_most(30000, l->run_timeout_ms),
@@ -34,7 +34,7 @@ void procs_config_default(struct proc_config *c, const server_limits *l)
  * otherwise add up past what the host has. */
 static atomic_ullong log_memory_used;
 
-uint64_t procs_log_memory(void)
+uint64_t srv_procs_log_memory(void)
 {
     return atomic_load(&log_memory_used);
 }
@@ -66,7 +66,7 @@ static int base64_value(char ch)
     return ch == '+' ? 62 : ch == '/' ? 63 : -1;
 }
 
-int procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
+int srv_procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len, char *why, size_t why_size)
 {
     /* Symbols first, then length, then padding: the order the reference
      * checks in, so the same input gets the same message. */
@@ -111,7 +111,7 @@ int procs_base64_decode(const char *in, size_t len, unsigned char *out, size_t *
 
 /* Output bytes as a JSON string: invalid UTF-8 becomes U+FFFD, as the
  * reference's lossy conversion does. */
-json_t *procs_lossy_string(const unsigned char *s, size_t len)
+json_t *srv_procs_lossy_string(const unsigned char *s, size_t len)
 {
     size_t n;
     char *out = util_utf8_lossy(s, len, &n);
@@ -125,7 +125,7 @@ static const char *stream_name(int stream)
     return stream == PLOG_STDOUT ? "stdout" : stream == PLOG_STDERR ? "stderr" : "pty";
 }
 
-json_t *procs_log_json(const plog *e)
+json_t *srv_procs_log_json(const plog *e)
 {
     return json_pack("{s:I, s:s, s:I, s:o, s:s}", "sequence", (json_int_t)e->seq, "stream", stream_name(e->stream),
                      "timestampMs", (json_int_t)e->ts_ms, "data", base64_json(e->data, e->len),
@@ -157,7 +157,7 @@ static void proc_free(sproc *p)
 /* Drop a reference with plock held; returns 1 if the caller must free. */
 static int proc_unref_locked(sproc *p) { return --p->refs == 0; }
 
-void procs_put(sproc *p)
+void srv_procs_put(sproc *p)
 {
     if (!p)
         return;
@@ -169,7 +169,7 @@ void procs_put(sproc *p)
         proc_free(p);
 }
 
-sproc *procs_find(scell *sc, const char *id)
+sproc *srv_procs_find(scell *sc, const char *id)
 {
     pthread_mutex_lock(&sc->plock);
     sproc *p = sc->procs;
@@ -194,7 +194,7 @@ static int unlink_locked(scell *sc, sproc *p)
 
 static void audit_proc(scell *sc, sproc *p, const char *event);
 
-void procs_on_exit(scell *sc, pid_t pid, int status)
+void srv_procs_on_exit(scell *sc, pid_t pid, int status)
 {
     sproc *listed = NULL;
     pthread_mutex_lock(&sc->plock);
@@ -213,11 +213,11 @@ void procs_on_exit(scell *sc, pid_t pid, int status)
     pthread_mutex_unlock(&sc->plock);
     if (listed) {
         audit_proc(sc, listed, "exited");
-        procs_put(listed);
+        srv_procs_put(listed);
     }
 }
 
-void procs_on_halt(scell *sc)
+void srv_procs_on_halt(scell *sc)
 {
     pthread_mutex_lock(&sc->plock);
     for (sproc *p = sc->procs; p; p = p->next)
@@ -230,7 +230,7 @@ void procs_on_halt(scell *sc)
     pthread_mutex_unlock(&sc->plock);
 }
 
-void procs_free_all(scell *sc)
+void srv_procs_free_all(scell *sc)
 {
     pthread_mutex_lock(&sc->plock);
     sproc *p = sc->procs;
@@ -238,7 +238,7 @@ void procs_free_all(scell *sc)
     pthread_mutex_unlock(&sc->plock);
     while (p) {
         sproc *next = p->next;
-        procs_put(p);
+        srv_procs_put(p);
         p = next;
     }
 }
@@ -309,7 +309,7 @@ static void log_reclaim(srv *s, uint64_t budget)
             drop = 1;                    /* always progress */
         drop_oldest(v, drop);
         pthread_mutex_unlock(&v->cell->plock);
-        procs_put(v);
+        srv_procs_put(v);
     }
 }
 
@@ -428,8 +428,8 @@ static void *reader_main(void *arg)
     p->output_done = 1;
     pthread_cond_broadcast(&sc->pcond);
     pthread_mutex_unlock(&sc->plock);
-    procs_put(p);
-    registry_put(sc);
+    srv_procs_put(p);
+    srv_registry_put(sc);
     return NULL;
 }
 
@@ -449,7 +449,7 @@ typedef struct spawn_req {
 static void spawn_req_free(spawn_req *q)
 {
     free(q->args);
-    strv_free(q->env);
+    srv_strv_free(q->env);
 }
 
 /* A cell maps in-cell ids 0..65535; names are the client's to resolve
@@ -469,14 +469,14 @@ static int parse_id(const char *s, char **end, unsigned long *out)
 static int parse_user(sreq *r, json_t *body, spawn_req *q)
 {
     const char *user = NULL;
-    if (json_get_str(r, body, "user", 0, &user) < 0)
+    if (srv_json_get_str(r, body, "user", 0, &user) < 0)
         return -1;
     if (!user)
         return 0;
     unsigned long uid, gid = 0;
     char *end;
     if (parse_id(user, &end, &uid) < 0 || (*end == ':' && parse_id(end + 1, &end, &gid) < 0) || *end)
-        return reply_problem(r, 400, "invalid_request", "user must be UID or UID:GID, numbers from 0 to %d "
+        return srv_reply_problem(r, 400, "invalid_request", "user must be UID or UID:GID, numbers from 0 to %d "
                              "(names are resolved by the client), e.g. \"1000:1000\"", PROCS_ID_LIMIT - 1), -1;
     q->uid = (uid_t)uid;
     q->gid = (gid_t)gid;
@@ -486,13 +486,13 @@ static int parse_user(sreq *r, json_t *body, spawn_req *q)
 static int parse_spawn(sreq *r, json_t *body, spawn_req *q)
 {
     memset(q, 0, sizeof *q);
-    if (json_get_str(r, body, "command", 1, &q->command) < 0 || json_get_strv(r, body, "args", &q->args, &q->n_args) < 0 ||
-        json_get_str(r, body, "cwd", 0, &q->cwd) < 0 || json_get_env(r, body, "env", &q->env, &q->n_env) < 0 ||
-        json_get_bool(r, body, "tty", &q->tty) < 0 || json_get_bool(r, body, "interactive", &q->interactive) < 0 ||
-        json_get_bool(r, body, "backpressure", &q->paced) < 0)
+    if (srv_json_get_str(r, body, "command", 1, &q->command) < 0 || srv_json_get_strv(r, body, "args", &q->args, &q->n_args) < 0 ||
+        srv_json_get_str(r, body, "cwd", 0, &q->cwd) < 0 || srv_json_get_env(r, body, "env", &q->env, &q->n_env) < 0 ||
+        srv_json_get_bool(r, body, "tty", &q->tty) < 0 || srv_json_get_bool(r, body, "interactive", &q->interactive) < 0 ||
+        srv_json_get_bool(r, body, "backpressure", &q->paced) < 0)
         return -1;
     if (!q->command[0])
-        return reply_problem(r, 400, "invalid_request", "command must not be empty"), -1;
+        return srv_reply_problem(r, 400, "invalid_request", "command must not be empty"), -1;
     return parse_user(r, body, q);
 }
 
@@ -534,7 +534,7 @@ static char **build_env(scell *sc, const spawn_req *q)
     }
     return env;
 fail:
-    strv_free(env);
+    srv_strv_free(env);
     return NULL;
 }
 
@@ -566,7 +566,7 @@ static int spawn_proc(scell *sc, sproc *p, const spawn_req *q, int want_stdin, s
     char **env = build_env(sc, q);
     if (!argv || !env) {
         free(argv);
-        strv_free(env);
+        srv_strv_free(env);
         util_fail(err, ENOMEM, "out of memory");
         goto fail;
     }
@@ -580,7 +580,7 @@ static int spawn_proc(scell *sc, sproc *p, const spawn_req *q, int want_stdin, s
         .stdin_fd = in[0], .stdout_fd = out[1], .stderr_fd = errp[1],
         .tty = q->tty, .rows = 24, .cols = 80,
     };
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int rc;
     if (!sc->c || sc->dead) {
         rc = util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
@@ -592,9 +592,9 @@ static int spawn_proc(scell *sc, sproc *p, const spawn_req *q, int want_stdin, s
             pthread_mutex_unlock(&sc->plock);
         }
     }
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     free(argv);
-    strv_free(env);
+    srv_strv_free(env);
     if (rc < 0)
         goto fail;
     if (in[0] >= 0)
@@ -617,9 +617,9 @@ fail:
 static int reply_spawn_error(sreq *r, const cell_error *e)
 {
     if (e->code == ECONNRESET)
-        return reply_error(r, e);
+        return srv_reply_error(r, e);
     /* The reference reports spawn failures as a 502 "stream_error" with the OS error. */
-    return reply_problem(r, 502, "stream_error", "failed to spawn process: %s (os error %d)", strerror(e->code), e->code);
+    return srv_reply_problem(r, 502, "stream_error", "failed to spawn process: %s (os error %d)", strerror(e->code), e->code);
 }
 
 /* Exited processes stay listed until deleted (as in sandbox-agent), so a
@@ -720,26 +720,26 @@ static json_t *proc_json(sproc *p)
     return o;
 }
 
-int reply_no_process(sreq *r, const char *id)
+int srv_reply_no_process(sreq *r, const char *id)
 {
-    return reply_problem_details(r, 404, "not_found", json_pack("{s:s, s:s}", "id", id, "resource", "process"),
+    return srv_reply_problem_details(r, 404, "not_found", json_pack("{s:s, s:s}", "id", id, "resource", "process"),
                                  "process %s", id);
 }
 
 /* The {id} process of the request's cell, or a 404 already queued. */
 static sproc *find_proc(sreq *r)
 {
-    const char *id = router_param(&r->m, "id");
-    sproc *p = procs_find(r->cell, id);
+    const char *id = srv_router_param(&r->m, "id");
+    sproc *p = srv_procs_find(r->cell, id);
     if (!p)
-        reply_no_process(r, id);
+        srv_reply_no_process(r, id);
     return p;
 }
 
 /* ---- handlers ------------------------------------------------------------------------ */
-int h_cell_health(sreq *r)
+int srv_h_cell_health(sreq *r)
 {
-    return reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
+    return srv_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
 }
 
 static json_t *config_json(const struct proc_config *c)
@@ -752,26 +752,26 @@ static json_t *config_json(const struct proc_config *c)
                      "maxInputBytesPerRequest", (json_int_t)c->max_input_bytes);
 }
 
-int h_proc_config(sreq *r)
+int srv_h_proc_config(sreq *r)
 {
     scell *sc = r->cell;
     if (strcmp(r->method, "GET") == 0) {
         pthread_mutex_lock(&sc->plock);
         json_t *o = config_json(&sc->pconf);
         pthread_mutex_unlock(&sc->plock);
-        return reply_json(r, 200, o);
+        return srv_reply_json(r, 200, o);
     }
     json_t *body;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
     struct proc_config c;
     const int64_t big = INT64_MAX;   /* the operator's ceilings are checked below, by name */
-    if (json_get_int(r, body, "maxConcurrentProcesses", 1, 0, big, &c.max_concurrent) < 0 ||
-        json_get_int(r, body, "defaultRunTimeoutMs", 1, 0, big, &c.default_run_timeout_ms) < 0 ||
-        json_get_int(r, body, "maxRunTimeoutMs", 1, 0, big, &c.max_run_timeout_ms) < 0 ||
-        json_get_int(r, body, "maxOutputBytes", 1, 0, big, &c.max_output_bytes) < 0 ||
-        json_get_int(r, body, "maxLogBytesPerProcess", 1, 0, big, &c.max_log_bytes) < 0 ||
-        json_get_int(r, body, "maxInputBytesPerRequest", 1, 0, big, &c.max_input_bytes) < 0) {
+    if (srv_json_get_int(r, body, "maxConcurrentProcesses", 1, 0, big, &c.max_concurrent) < 0 ||
+        srv_json_get_int(r, body, "defaultRunTimeoutMs", 1, 0, big, &c.default_run_timeout_ms) < 0 ||
+        srv_json_get_int(r, body, "maxRunTimeoutMs", 1, 0, big, &c.max_run_timeout_ms) < 0 ||
+        srv_json_get_int(r, body, "maxOutputBytes", 1, 0, big, &c.max_output_bytes) < 0 ||
+        srv_json_get_int(r, body, "maxLogBytesPerProcess", 1, 0, big, &c.max_log_bytes) < 0 ||
+        srv_json_get_int(r, body, "maxInputBytesPerRequest", 1, 0, big, &c.max_input_bytes) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -780,14 +780,14 @@ int h_proc_config(sreq *r)
                      : c.max_output_bytes == 0 ? "maxOutputBytes" : c.max_log_bytes == 0 ? "maxLogBytesPerProcess"
                      : c.max_input_bytes == 0 ? "maxInputBytesPerRequest" : NULL;
     if (zero)
-        return reply_problem(r, 400, "invalid_request", "%s must be greater than 0", zero);
+        return srv_reply_problem(r, 400, "invalid_request", "%s must be greater than 0", zero);
     const server_limits *l = &sc->s->opt.limits;
-    if (limits_check(r, "maxConcurrentProcesses", (uint64_t)c.max_concurrent, l->procs, "procs") < 0 ||
-        limits_check(r, "defaultRunTimeoutMs", (uint64_t)c.default_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
-        limits_check(r, "maxRunTimeoutMs", (uint64_t)c.max_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
-        limits_check(r, "maxOutputBytes", (uint64_t)c.max_output_bytes, l->output_bytes, "run.outputBytes") < 0 ||
-        limits_check(r, "maxLogBytesPerProcess", (uint64_t)c.max_log_bytes, l->log_bytes, "log.bytesPerProcess") < 0 ||
-        limits_check(r, "maxInputBytesPerRequest", (uint64_t)c.max_input_bytes, l->input_bytes, "input.bytes") < 0)
+    if (srv_limits_check(r, "maxConcurrentProcesses", (uint64_t)c.max_concurrent, l->procs, "procs") < 0 ||
+        srv_limits_check(r, "defaultRunTimeoutMs", (uint64_t)c.default_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
+        srv_limits_check(r, "maxRunTimeoutMs", (uint64_t)c.max_run_timeout_ms, l->run_timeout_ms, "run.timeoutMs") < 0 ||
+        srv_limits_check(r, "maxOutputBytes", (uint64_t)c.max_output_bytes, l->output_bytes, "run.outputBytes") < 0 ||
+        srv_limits_check(r, "maxLogBytesPerProcess", (uint64_t)c.max_log_bytes, l->log_bytes, "log.bytesPerProcess") < 0 ||
+        srv_limits_check(r, "maxInputBytesPerRequest", (uint64_t)c.max_input_bytes, l->input_bytes, "input.bytes") < 0)
         return MHD_YES;
     if (c.default_run_timeout_ms > c.max_run_timeout_ms)
         c.default_run_timeout_ms = c.max_run_timeout_ms;
@@ -795,7 +795,7 @@ int h_proc_config(sreq *r)
     sc->pconf = c;
     json_t *o = config_json(&c);
     pthread_mutex_unlock(&sc->plock);
-    return reply_json(r, 200, o);
+    return srv_reply_json(r, 200, o);
 }
 
 /* Read both pipes until EOF or the deadline; keep at most cap bytes of each. */
@@ -883,25 +883,25 @@ static void signal_proc(scell *sc, sproc *p, int sig)
 {
     /* io first: exits are delivered with io held, so the process cannot be
      * reported gone (and its pid reused) between this check and the signal. */
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     pthread_mutex_lock(&sc->plock);
     pid_t pid = p->exited ? 0 : p->pid;
     pthread_mutex_unlock(&sc->plock);
     if (pid && sc->c && !sc->dead)
         cell_signal(sc->c, pid, sig, NULL);
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
 }
 
-int h_proc_run(sreq *r)
+int srv_h_proc_run(sreq *r)
 {
     scell *sc = r->cell;
     json_t *body;
     spawn_req q;
     int64_t timeout = 0, max_out = -1;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    if (parse_spawn(r, body, &q) < 0 || json_get_int(r, body, "timeoutMs", 0, 0, INT64_MAX, &timeout) < 0 ||
-        json_get_int(r, body, "maxOutputBytes", 0, 0, INT64_MAX, &max_out) < 0)
+    if (parse_spawn(r, body, &q) < 0 || srv_json_get_int(r, body, "timeoutMs", 0, 0, INT64_MAX, &timeout) < 0 ||
+        srv_json_get_int(r, body, "maxOutputBytes", 0, 0, INT64_MAX, &max_out) < 0)
         goto out;
     q.tty = q.interactive = 0;
     pthread_mutex_lock(&sc->plock);
@@ -911,12 +911,12 @@ int h_proc_run(sreq *r)
         timeout = timeout == 0 ? c.default_run_timeout_ms : c.max_run_timeout_ms;
     if (max_out < 0 || max_out > c.max_output_bytes)
         max_out = c.max_output_bytes;
-    req_audit(r, "command", json_string(q.command));
+    srv_req_audit(r, "command", json_string(q.command));
 
     int64_t start = srv_now_ms();
     sproc *p = proc_new(sc, &q, 1);
     if (!p) {
-        reply_problem(r, 500, "internal", "out of memory");
+        srv_reply_problem(r, 500, "internal", "out of memory");
         goto out;
     }
     spawn_out o;
@@ -943,22 +943,22 @@ int h_proc_run(sreq *r)
     if (rc < 0) {
         free(ro.buf[0]);
         free(ro.buf[1]);
-        reply_problem(r, 500, "internal", "reading the process output failed: %s", strerror(errno));
+        srv_reply_problem(r, 500, "internal", "reading the process output failed: %s", strerror(errno));
         goto out;
     }
     json_t *res = json_object();
     json_object_set_new(res, "exitCode", !timed_out && exited && WIFEXITED(status) ? json_integer(WEXITSTATUS(status))
                                                                                     : json_null());
     json_object_set_new(res, "timedOut", json_boolean(timed_out));
-    json_object_set_new(res, "stdout", procs_lossy_string(ro.buf[0], ro.len[0]));
-    json_object_set_new(res, "stderr", procs_lossy_string(ro.buf[1], ro.len[1]));
+    json_object_set_new(res, "stdout", srv_procs_lossy_string(ro.buf[0], ro.len[0]));
+    json_object_set_new(res, "stderr", srv_procs_lossy_string(ro.buf[1], ro.len[1]));
     json_object_set_new(res, "stdoutTruncated", json_boolean(ro.truncated[0]));
     json_object_set_new(res, "stderrTruncated", json_boolean(ro.truncated[1]));
     json_object_set_new(res, "durationMs", json_integer(srv_now_ms() - start));
     free(ro.buf[0]);
     free(ro.buf[1]);
-    req_audit(r, "exitCode", json_object_get(res, "exitCode") ? json_incref(json_object_get(res, "exitCode")) : NULL);
-    reply_json(r, 200, res);
+    srv_req_audit(r, "exitCode", json_object_get(res, "exitCode") ? json_incref(json_object_get(res, "exitCode")) : NULL);
+    srv_reply_json(r, 200, res);
 out:
     spawn_req_free(&q);
     json_decref(body);
@@ -987,23 +987,23 @@ static void audit_proc(scell *sc, sproc *p, const char *event)
 
 static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *reader_failed, cell_error *err);
 
-int h_proc_create(sreq *r)
+int srv_h_proc_create(sreq *r)
 {
     scell *sc = r->cell;
     json_t *body;
     spawn_req q;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
     if (parse_spawn(r, body, &q) < 0)
         goto out;
-    req_audit(r, "command", json_string(q.command));
+    srv_req_audit(r, "command", json_string(q.command));
     pthread_mutex_lock(&sc->plock);
     int64_t running = 0, limit = sc->pconf.max_concurrent;
     for (sproc *x = sc->procs; x; x = x->next)
         running += !x->hidden && !x->exited;
     pthread_mutex_unlock(&sc->plock);
     if (running >= limit) {
-        reply_problem(r, 409, "conflict", "max concurrent process limit reached (%lld)", (long long)limit);
+        srv_reply_problem(r, 409, "conflict", "max concurrent process limit reached (%lld)", (long long)limit);
         goto out;
     }
     cell_error e = { 0 };
@@ -1011,13 +1011,13 @@ int h_proc_create(sreq *r)
     sproc *p = start_listed(sc, &q, 0, &reader_failed, &e);
     if (!p) {
         if (reader_failed || e.code == ENOMEM)
-            reply_problem(r, 500, "internal", "%s", e.message);
+            srv_reply_problem(r, 500, "internal", "%s", e.message);
         else
             reply_spawn_error(r, &e);
         goto out;
     }
-    req_audit(r, "process", json_string(p->id));
-    reply_json(r, 200, proc_json(p));
+    srv_req_audit(r, "process", json_string(p->id));
+    srv_reply_json(r, 200, proc_json(p));
 out:
     spawn_req_free(&q);
     json_decref(body);
@@ -1043,14 +1043,14 @@ static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *read
         proc_remove(sc, p);
         return NULL;
     }
-    /* Input is written with a deadline (procs_write_input); the reader polls
+    /* Input is written with a deadline (srv_procs_write_input); the reader polls
      * before it reads, so the pty may be non-blocking too. */
     int in_fd = o.pty_fd >= 0 ? o.pty_fd : o.stdin_fd;
     int fl = in_fd >= 0 ? fcntl(in_fd, F_GETFL) : 0;
     if (fl >= 0 && in_fd >= 0)
         fl = fcntl(in_fd, F_SETFL, fl | O_NONBLOCK);
     if (fl < 0)
-        slog(SLOG_WARN, SLOG_F("cell", sc->id), "a process's stdin stays blocking: %s", strerror(errno));
+        srv_slog(SLOG_WARN, SLOG_F("cell", sc->id), "a process's stdin stays blocking: %s", strerror(errno));
     pthread_mutex_lock(&sc->plock);
     p->stdin_fd = o.stdin_fd;
     p->out_fd = o.out_fd;
@@ -1065,8 +1065,8 @@ static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *read
     pthread_mutex_unlock(&sc->s->lock);
     if (util_thread_detached(reader_main, p) != 0) {
         signal_proc(sc, p, SIGKILL);
-        procs_put(p);
-        registry_put(sc);
+        srv_procs_put(p);
+        srv_registry_put(sc);
         proc_remove(sc, p);
         *reader_failed = 1;
         util_fail(err, EAGAIN, "could not start the output reader");
@@ -1076,7 +1076,7 @@ static sproc *start_listed(scell *sc, const spawn_req *q, int desktop, int *read
     return p;
 }
 
-sproc *procs_start_desktop(scell *sc, const char *const *argv, const char *const *env, cell_error *err)
+sproc *srv_procs_start_desktop(scell *sc, const char *const *argv, const char *const *env, cell_error *err)
 {
     spawn_req q = { .command = argv[0], .args = (const char **)argv + 1 };
     while (q.args[q.n_args])
@@ -1094,12 +1094,12 @@ sproc *procs_start_desktop(scell *sc, const char *const *argv, const char *const
     return p;
 }
 
-int h_proc_list(sreq *r)
+int srv_h_proc_list(sreq *r)
 {
     scell *sc = r->cell;
-    const char *owner = req_query(r, "owner");
+    const char *owner = srv_req_query(r, "owner");
     if (owner && strcmp(owner, "user") != 0 && strcmp(owner, "desktop") != 0 && strcmp(owner, "system") != 0)
-        return reply_problem(r, 400, "invalid_request", "owner must be one of: user, desktop, system");
+        return srv_reply_problem(r, 400, "invalid_request", "owner must be one of: user, desktop, system");
     json_t *arr = json_array();
     pthread_mutex_lock(&sc->plock);
     size_t n = 0;
@@ -1117,22 +1117,22 @@ int h_proc_list(sreq *r)
             json_array_append_new(arr, proc_json_locked(all[i]));
     pthread_mutex_unlock(&sc->plock);
     free(all);
-    return reply_json(r, 200, json_pack("{s:o}", "processes", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "processes", arr));
 }
 
-int h_proc_get(sreq *r)
+int srv_h_proc_get(sreq *r)
 {
     sproc *p = find_proc(r);
     if (!p)
         return MHD_YES;
-    int ret = reply_json(r, 200, proc_json(p));
-    procs_put(p);
+    int ret = srv_reply_json(r, 200, proc_json(p));
+    srv_procs_put(p);
     return ret;
 }
 
 static int query_u64(sreq *r, const char *key, uint64_t *out, int *present)
 {
-    const char *v = req_query(r, key);
+    const char *v = srv_req_query(r, key);
     *present = v != NULL;
     if (!v)
         return 0;
@@ -1140,7 +1140,7 @@ static int query_u64(sreq *r, const char *key, uint64_t *out, int *present)
     errno = 0;
     unsigned long long n = strtoull(v, &end, 10);
     if (errno || end == v || *end || v[0] == '-' || v[0] == '+') {
-        reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be a non-negative integer", key);
+        srv_reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be a non-negative integer", key);
         return -1;
     }
     *out = n;
@@ -1149,14 +1149,14 @@ static int query_u64(sreq *r, const char *key, uint64_t *out, int *present)
 
 static int query_bool(sreq *r, const char *key, int *out)
 {
-    const char *v = req_query(r, key);
+    const char *v = srv_req_query(r, key);
     if (!v)
         return 0;
     if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
         *out = v[0] == 't';
         return 0;
     }
-    reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be true or false", key);
+    srv_reply_problem(r, 400, "invalid_request", "query parameter \"%s\" must be true or false", key);
     return -1;
 }
 
@@ -1187,7 +1187,7 @@ static void follow_free(void *cls)
         f->p->paced = 0;        /* the client has gone: the log drops old output again */
     pthread_cond_broadcast(&sc->pcond);
     pthread_mutex_unlock(&sc->plock);
-    procs_put(f->p);
+    srv_procs_put(f->p);
     free(f->pending);
     free(f);
 }
@@ -1222,7 +1222,7 @@ static void follow_collect_locked(follow_state *f)
             continue;
         if (f->pending_len >= FOLLOW_CHUNK)
             return;                      /* more to send: f->after stays at the last one formatted */
-        json_t *o = procs_log_json(e);
+        json_t *o = srv_procs_log_json(e);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         if (!text)
@@ -1263,7 +1263,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
             mark_sent_locked(f->p, f->after);
             if (f->pending_len)
                 break;
-            if ((f->p->exited && f->p->output_done) || conns_stream_over(sc->s, f->token_id)) {
+            if ((f->p->exited && f->p->output_done) || srv_conns_stream_over(sc->s, f->token_id)) {
                 f->done = 1;
                 break;
             }
@@ -1293,9 +1293,9 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-int h_proc_logs(sreq *r)
+int srv_h_proc_logs(sreq *r)
 {
-    const char *stream = req_query(r, "stream");
+    const char *stream = srv_req_query(r, "stream");
     int filter = -1, follow = 0, has_since, has_tail;
     uint64_t since = 0, tail = 0;
     if (stream) {
@@ -1306,7 +1306,7 @@ int h_proc_logs(sreq *r)
         else if (strcmp(stream, "pty") == 0)
             filter = PLOG_PTY;
         else if (strcmp(stream, "combined") != 0)
-            return reply_problem(r, 400, "invalid_request", "stream must be one of: stdout, stderr, combined, pty");
+            return srv_reply_problem(r, 400, "invalid_request", "stream must be one of: stdout, stderr, combined, pty");
     }
     if (query_u64(r, "since", &since, &has_since) < 0 || query_u64(r, "tail", &tail, &has_tail) < 0 ||
         query_bool(r, "follow", &follow) < 0)
@@ -1334,18 +1334,18 @@ int h_proc_logs(sreq *r)
         json_t *arr = json_array();
         for (size_t i = first; i < p->n_log; i++)
             if (entry_matches(p->log[i], filter, after))
-                json_array_append_new(arr, procs_log_json(p->log[i]));
+                json_array_append_new(arr, srv_procs_log_json(p->log[i]));
         pthread_mutex_unlock(&sc->plock);
         json_t *o = json_pack("{s:s, s:s, s:o}", "processId", p->id, "stream", stream ? stream : "combined",
                               "entries", arr);
-        procs_put(p);
-        return reply_json(r, 200, o);
+        srv_procs_put(p);
+        return srv_reply_json(r, 200, o);
     }
     pthread_mutex_unlock(&sc->plock);
     follow_state *f = calloc(1, sizeof *f);
     if (!f) {
-        procs_put(p);
-        return reply_problem(r, 500, "internal", "out of memory");
+        srv_procs_put(p);
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     f->p = p;
     f->filter = filter;
@@ -1354,10 +1354,10 @@ int h_proc_logs(sreq *r)
     p->followers++;
     pthread_mutex_unlock(&sc->plock);
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
-    return reply_event_stream(r, follow_read, f, follow_free);
+    return srv_reply_event_stream(r, follow_read, f, follow_free);
 }
 
-int procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
+int srv_procs_write_input(sproc *p, const void *data, size_t len, cell_error *err)
 {
     scell *sc = p->cell;
     pthread_mutex_lock(&sc->plock);
@@ -1395,22 +1395,22 @@ static int close_input(sproc *p, cell_error *err)
            : p->tty    ? util_fail(err, ENOTTY, "a terminal has no end of input: send ^D (\"BA==\") instead of \"eof\"")
                        : 0;
     if (rc == 0 && p->stdin_fd >= 0) {
-        close(p->stdin_fd);         /* procs_write_input writes to a dup taken under plock */
+        close(p->stdin_fd);         /* srv_procs_write_input writes to a dup taken under plock */
         p->stdin_fd = -1;
     }
     pthread_mutex_unlock(&sc->plock);
     return rc;
 }
 
-int h_proc_input(sreq *r)
+int srv_h_proc_input(sreq *r)
 {
     json_t *body;
     const char *data = NULL, *encoding = NULL;
     int eof = 0;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    if (json_get_str(r, body, "data", 1, &data) < 0 || json_get_str(r, body, "encoding", 0, &encoding) < 0 ||
-        json_get_bool(r, body, "eof", &eof) < 0) {
+    if (srv_json_get_str(r, body, "data", 1, &data) < 0 || srv_json_get_str(r, body, "encoding", 0, &encoding) < 0 ||
+        srv_json_get_bool(r, body, "eof", &eof) < 0) {
         json_decref(body);
         return MHD_YES;
     }
@@ -1419,41 +1419,41 @@ int h_proc_input(sreq *r)
     char why[128];
     int ret = MHD_YES;
     if (!bytes) {
-        ret = reply_problem(r, 500, "internal", "out of memory");
+        ret = srv_reply_problem(r, 500, "internal", "out of memory");
         goto out;
     }
     if (!encoding || strcmp(encoding, "base64") == 0) {
-        if (procs_base64_decode(data, in_len, bytes, &len, why, sizeof why) < 0) {
-            ret = reply_problem(r, 400, "invalid_request", "%s", why);
+        if (srv_procs_base64_decode(data, in_len, bytes, &len, why, sizeof why) < 0) {
+            ret = srv_reply_problem(r, 400, "invalid_request", "%s", why);
             goto out;
         }
     } else if (strcmp(encoding, "utf8") == 0 || strcmp(encoding, "text") == 0) {
         memcpy(bytes, data, in_len);
         len = in_len;
     } else {
-        ret = reply_problem(r, 400, "invalid_request", "encoding must be one of: base64, utf8, text");
+        ret = srv_reply_problem(r, 400, "invalid_request", "encoding must be one of: base64, utf8, text");
         goto out;
     }
     pthread_mutex_lock(&r->cell->plock);
     int64_t max = r->cell->pconf.max_input_bytes;
     pthread_mutex_unlock(&r->cell->plock);
     if ((int64_t)len > max) {
-        ret = reply_problem(r, 413, "invalid_request", "input payload exceeds maxInputBytesPerRequest (%lld)", (long long)max);
+        ret = srv_reply_problem(r, 413, "invalid_request", "input payload exceeds maxInputBytesPerRequest (%lld)", (long long)max);
         goto out;
     }
     sproc *p = find_proc(r);
     if (!p)
         goto out;
     cell_error e = { 0 };
-    if ((len > 0 || !eof) && procs_write_input(p, bytes, len, &e) < 0)
-        ret = e.code == ESRCH ? reply_problem(r, 409, "conflict", "process is not running")
-                              : reply_problem(r, 409, "conflict", "%s", e.message);
+    if ((len > 0 || !eof) && srv_procs_write_input(p, bytes, len, &e) < 0)
+        ret = e.code == ESRCH ? srv_reply_problem(r, 409, "conflict", "process is not running")
+                              : srv_reply_problem(r, 409, "conflict", "%s", e.message);
     else if (eof && close_input(p, &e) < 0)
-        ret = e.code == ENOTTY ? reply_problem(r, 400, "invalid_request", "eof: %s", e.message)
-                               : reply_problem(r, 409, "conflict", "%s", e.message);
+        ret = e.code == ENOTTY ? srv_reply_problem(r, 400, "invalid_request", "eof: %s", e.message)
+                               : srv_reply_problem(r, 409, "conflict", "%s", e.message);
     else
-        ret = reply_json(r, 200, json_pack("{s:I}", "bytesWritten", (json_int_t)len));
-    procs_put(p);
+        ret = srv_reply_json(r, 200, json_pack("{s:I}", "bytesWritten", (json_int_t)len));
+    srv_procs_put(p);
 out:
     free(bytes);
     json_decref(body);
@@ -1474,15 +1474,15 @@ static int signal_and_wait(sreq *r, int sig)
         wait_ms = 600000;
     if (wait_ms)
         wait_exited(p, srv_now_ms() + (int64_t)wait_ms);
-    int ret = reply_json(r, 200, proc_json(p));
-    procs_put(p);
+    int ret = srv_reply_json(r, 200, proc_json(p));
+    srv_procs_put(p);
     return ret;
 }
 
-int h_proc_stop(sreq *r) { return signal_and_wait(r, SIGTERM); }
-int h_proc_kill(sreq *r) { return signal_and_wait(r, SIGKILL); }
+int srv_h_proc_stop(sreq *r) { return signal_and_wait(r, SIGTERM); }
+int srv_h_proc_kill(sreq *r) { return signal_and_wait(r, SIGKILL); }
 
-int h_proc_delete(sreq *r)
+int srv_h_proc_delete(sreq *r)
 {
     sproc *p = find_proc(r);
     if (!p)
@@ -1493,16 +1493,16 @@ int h_proc_delete(sreq *r)
     pthread_mutex_unlock(&sc->plock);
     int ret;
     if (!exited)
-        ret = reply_problem(r, 409, "conflict", "process is still running; stop or kill it before delete");
+        ret = srv_reply_problem(r, 409, "conflict", "process is still running; stop or kill it before delete");
     else if (proc_remove(sc, p))
-        ret = reply_empty(r, 204);
+        ret = srv_reply_empty(r, 204);
     else
-        ret = reply_no_process(r, p->id);   /* a concurrent delete won */
-    procs_put(p);
+        ret = srv_reply_no_process(r, p->id);   /* a concurrent delete won */
+    srv_procs_put(p);
     return ret;
 }
 
-int procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err)
+int srv_procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err)
 {
     scell *sc = p->cell;
     pthread_mutex_lock(&sc->plock);
@@ -1513,10 +1513,10 @@ int procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err)
         util_fail(err, !tty ? ENOTTY : ESRCH, "%s", !tty ? "process is not running in tty mode" : "process is not running");
         return -2;
     }
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int rc = sc->c && !sc->dead ? cell_resize(sc->c, pid, rows, cols, err)
                                 : util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     if (rc < 0)
         return -1;
     pthread_mutex_lock(&sc->plock);
@@ -1525,13 +1525,13 @@ int procs_resize(sproc *p, uint16_t rows, uint16_t cols, cell_error *err)
     return 0;
 }
 
-int h_proc_resize(sreq *r)
+int srv_h_proc_resize(sreq *r)
 {
     json_t *body;
     int64_t cols = 0, rows = 0;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return MHD_YES;
-    int bad = json_get_int(r, body, "cols", 1, 0, 65535, &cols) < 0 || json_get_int(r, body, "rows", 1, 0, 65535, &rows) < 0;
+    int bad = srv_json_get_int(r, body, "cols", 1, 0, 65535, &cols) < 0 || srv_json_get_int(r, body, "rows", 1, 0, 65535, &rows) < 0;
     json_decref(body);
     if (bad)
         return MHD_YES;
@@ -1539,24 +1539,24 @@ int h_proc_resize(sreq *r)
     if (!p)
         return MHD_YES;
     cell_error e = { 0 };
-    int rc = procs_resize(p, (uint16_t)rows, (uint16_t)cols, &e), ret;
+    int rc = srv_procs_resize(p, (uint16_t)rows, (uint16_t)cols, &e), ret;
     if (rc == 0)
-        ret = reply_json(r, 200, json_pack("{s:I, s:I}", "cols", (json_int_t)cols, "rows", (json_int_t)rows));
+        ret = srv_reply_json(r, 200, json_pack("{s:I, s:I}", "cols", (json_int_t)cols, "rows", (json_int_t)rows));
     else if (rc == -2)
-        ret = reply_problem(r, 409, "conflict", "%s", e.message);
+        ret = srv_reply_problem(r, 409, "conflict", "%s", e.message);
     else
-        ret = reply_error(r, &e);
-    procs_put(p);
+        ret = srv_reply_error(r, &e);
+    srv_procs_put(p);
     return ret;
 }
 
 /* ---- processes of other modules (the ACP proxy's agents) ------------------------------ */
-sproc *procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err)
+sproc *srv_procs_spawn_piped(scell *sc, const char *const *argv, int fds[3], cell_error *err)
 {
-    return procs_spawn_piped_at(sc, argv, NULL, fds, err);
+    return srv_procs_spawn_piped_at(sc, argv, NULL, fds, err);
 }
 
-sproc *procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd, int fds[3], cell_error *err)
+sproc *srv_procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd, int fds[3], cell_error *err)
 {
     spawn_req q = { .command = argv[0], .args = (const char **)argv + 1, .cwd = cwd };
     while (q.args[q.n_args])
@@ -1580,9 +1580,9 @@ sproc *procs_spawn_piped_at(scell *sc, const char *const *argv, const char *cwd,
     return p;
 }
 
-void procs_signal(sproc *p, int sig) { signal_proc(p->cell, p, sig); }
+void srv_procs_signal(sproc *p, int sig) { signal_proc(p->cell, p, sig); }
 
-int procs_wait_exit(sproc *p, int64_t deadline_ms, int *status)
+int srv_procs_wait_exit(sproc *p, int64_t deadline_ms, int *status)
 {
     int exited = wait_exited(p, deadline_ms);
     pthread_mutex_lock(&p->cell->plock);
@@ -1591,8 +1591,8 @@ int procs_wait_exit(sproc *p, int64_t deadline_ms, int *status)
     return exited;
 }
 
-void procs_release(sproc *p)
+void srv_procs_release(sproc *p)
 {
     proc_remove(p->cell, p);
-    procs_put(p);
+    srv_procs_put(p);
 }

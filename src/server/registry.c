@@ -16,8 +16,8 @@
 /* ---- references and states ------------------------------------------------------ */
 static void scell_free(scell *sc)
 {
-    desktop_free(sc);               /* drops its references to the processes first */
-    procs_free_all(sc);
+    srv_desktop_free(sc);               /* drops its references to the processes first */
+    srv_procs_free_all(sc);
     json_decref(sc->spec);
     json_decref(sc->policy);
     pthread_mutex_destroy(&sc->io);
@@ -28,7 +28,7 @@ static void scell_free(scell *sc)
     free(sc);
 }
 
-scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms, int creating)
+scell *srv_registry_add(srv *s, const char *id, const char *tenant, json_t *spec, int64_t created_ms, int creating)
 {
     scell *sc = calloc(1, sizeof *sc);
     if (!sc)
@@ -58,7 +58,7 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     pthread_mutex_init(&sc->ulock, NULL);
     pthread_cond_init(&sc->pcond, NULL);
     pthread_cond_init(&sc->state_cond, NULL);
-    procs_config_default(&sc->pconf, &s->opt.limits);
+    srv_procs_config_default(&sc->pconf, &s->opt.limits);
     sc->refs = 2;                   /* the list's and the caller's */
     pthread_mutex_lock(&s->lock);
     sc->next = s->cells;
@@ -67,7 +67,7 @@ scell *registry_add(srv *s, const char *id, const char *tenant, json_t *spec, in
     return sc;
 }
 
-scell *registry_get(srv *s, const char *tenant, const char *id)
+scell *srv_registry_get(srv *s, const char *tenant, const char *id)
 {
     pthread_mutex_lock(&s->lock);
     scell *sc = s->cells;
@@ -80,7 +80,7 @@ scell *registry_get(srv *s, const char *tenant, const char *id)
     return sc;
 }
 
-void registry_put(scell *sc)
+void srv_registry_put(scell *sc)
 {
     if (!sc)
         return;
@@ -108,12 +108,12 @@ static const char *const state_names[] = {
     [SCELL_DELETED] = "deleted",
 };
 
-const char *registry_state_name(enum scell_state st)
+const char *srv_registry_state_name(enum scell_state st)
 {
     return (unsigned)st < sizeof state_names / sizeof state_names[0] ? state_names[st] : "unknown";
 }
 
-enum scell_state registry_state(scell *sc)
+enum scell_state srv_registry_state(scell *sc)
 {
     pthread_mutex_lock(&sc->s->lock);
     enum scell_state st = sc->state;
@@ -162,15 +162,15 @@ static int begin(scell *sc, unsigned from, enum scell_state to, int wait, cell_e
     if (st == SCELL_RUNNING)
         return util_fail(err, EBUSY, "cell %s is already running", sc->id);
     return util_fail(err, EBUSY, "cell %s is %s; retry when it is running or stopped", sc->id,
-                     registry_state_name(st));
+                     srv_registry_state_name(st));
 }
 
 /* What the cell runs: the client's policy composed with the spec's agent
  * rules (agentkeys.c), built anew for every boot and catch-up. */
-json_t *registry_policy(scell *sc)
+json_t *srv_registry_policy(scell *sc)
 {
     pthread_mutex_lock(&sc->io);
-    json_t *p = agentkeys_policy(sc->spec, sc->policy);
+    json_t *p = srv_agentkeys_policy(sc->spec, sc->policy);
     pthread_mutex_unlock(&sc->io);
     return p;
 }
@@ -187,19 +187,19 @@ static void drain_exits(scell *sc)
             pthread_cond_signal(&sc->s->reaper_cond);
             break;
         }
-        procs_on_exit(sc, ex.pid, ex.status);
+        srv_procs_on_exit(sc, ex.pid, ex.status);
     }
 }
 
-void scell_io_lock(scell *sc) { pthread_mutex_lock(&sc->io); }
+void srv_scell_io_lock(scell *sc) { pthread_mutex_lock(&sc->io); }
 
-void scell_io_unlock(scell *sc)
+void srv_scell_io_unlock(scell *sc)
 {
     drain_exits(sc);
     pthread_mutex_unlock(&sc->io);
 }
 
-int registry_running(scell *sc)
+int srv_registry_running(scell *sc)
 {
     pthread_mutex_lock(&sc->io);
     int running = sc->c && !sc->dead;
@@ -226,8 +226,8 @@ static void *watcher_main(void *arg)
         }
         if (p[1].revents)
             return NULL;
-        scell_io_lock(sc);
-        scell_io_unlock(sc);        /* unlock drains */
+        srv_scell_io_lock(sc);
+        srv_scell_io_unlock(sc);        /* unlock drains */
     }
 }
 
@@ -293,15 +293,15 @@ static void spec_to_config(json_t *spec, json_t *policy, boot_config *b)
     }
     /* Last, so that it sits above a client's mount of /opt: the agent
      * cache, read-only; installs add directories that show up here. */
-    if (agents_cache_root()[0])
-        b->mounts[b->cfg.n_mounts++] = (cell_mount){ .kind = CELL_MOUNT_BIND, .source = agents_cache_root(),
+    if (srv_agents_cache_root()[0])
+        b->mounts[b->cfg.n_mounts++] = (cell_mount){ .kind = CELL_MOUNT_BIND, .source = srv_agents_cache_root(),
                                                      .target = AGENTS_CACHE_TARGET, .readonly = 1 };
     b->cfg.mounts = b->mounts;
     if (json_is_object(policy) && (b->policy = json_dumps(policy, JSON_COMPACT))) {
         b->cfg.policy = b->policy;
-        b->cfg.net_event = egress_event;
-        b->cfg.net_decide = egress_decide;
-        b->cfg.net_secret = egress_secret;
+        b->cfg.net_event = srv_egress_event;
+        b->cfg.net_decide = srv_egress_decide;
+        b->cfg.net_secret = srv_egress_secret;
     }
 }
 
@@ -322,12 +322,12 @@ static void boot_on_owner(void *arg)
     struct runtime_vfs_spec vfs[16];
     size_t n_vfs = 0;
     pthread_mutex_lock(&job->s->ctx_lock);
-    job->rc = job->sc ? laneview_open(job->s, job->sc->tenant, job->sc->spec, vfs, &n_vfs, &job->views, job->err)
+    job->rc = job->sc ? srv_laneview_open(job->s, job->sc->tenant, job->sc->spec, vfs, &n_vfs, &job->views, job->err)
                       : 0;
     if (job->rc == 0)
         job->rc = runtime_cell_create_vfs(job->s->ctx, job->cfg, job->masks, vfs, n_vfs, &job->c, job->err);
     if (job->rc < 0) {
-        laneview_close(job->views);
+        srv_laneview_close(job->views);
         job->views = NULL;
     }
     pthread_mutex_unlock(&job->s->ctx_lock);
@@ -345,12 +345,12 @@ static int registry_cell_create_masked(srv *s, const cell_config *cfg, const str
     return job.rc;
 }
 
-int registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err)
+int srv_registry_cell_create(srv *s, const cell_config *cfg, cell **out, cell_error *err)
 {
     return registry_cell_create_masked(s, cfg, NULL, out, err);
 }
 
-void registry_cell_destroy(srv *s, cell *c)
+void srv_registry_cell_destroy(srv *s, cell *c)
 {
     pthread_mutex_lock(&s->ctx_lock);
     cell_destroy(c);
@@ -359,7 +359,7 @@ void registry_cell_destroy(srv *s, cell *c)
 
 /* The warm pool boots its cells here, so that a pooled cell is what boot()
  * would make of the same spec. */
-int registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err)
+int srv_registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err)
 {
     boot_config b;
     spec_to_config(spec, NULL, &b);
@@ -374,7 +374,7 @@ int registry_cell_create_spec(srv *s, json_t *spec, cell **out, cell_error *err)
  * start, as PUT says. */
 static int catch_up_policy(scell *sc, json_t *booted_with, cell_error *err)
 {
-    json_t *now = sc->policy ? agentkeys_policy(sc->spec, sc->policy) : NULL;
+    json_t *now = sc->policy ? srv_agentkeys_policy(sc->spec, sc->policy) : NULL;
     if (!now || json_equal(now, booted_with)) {
         json_decref(now);
         return 0;
@@ -398,13 +398,13 @@ static int boot(scell *sc, int warm, cell_error *err)
 {
     srv *s = sc->s;
     boot_config b;
-    json_t *policy = registry_policy(sc);
+    json_t *policy = srv_registry_policy(sc);
     spec_to_config(sc->spec, policy, &b);
     b.cfg.net_user = sc;
     b.cfg.upstream_ca_file = s->opt.upstream_ca_file;
     /* A pooled cell has no lane mounts. */
-    int views = laneview_count(sc->spec) > 0;
-    cell *c = warm && !views ? pool_take(s, sc->spec, policy != NULL) : NULL;
+    int views = srv_laneview_count(sc->spec) > 0;
+    cell *c = warm && !views ? srv_pool_take(s, sc->spec, policy != NULL) : NULL;
     struct boot_job job = { .s = s, .cfg = &b.cfg, .masks = b.masks, .sc = views ? sc : NULL, .err = err };
     if (!c) {
         srv_on_owner_thread(s, boot_on_owner, &job);
@@ -451,8 +451,8 @@ fail:
     json_decref(policy);
     if (wake_fd >= 0)
         close(wake_fd);
-    registry_cell_destroy(s, c);
-    laneview_close(job.views);
+    srv_registry_cell_destroy(s, c);
+    srv_laneview_close(job.views);
     return -1;
 }
 
@@ -481,9 +481,9 @@ static void halt(scell *sc)
         pthread_join(sc->watcher, NULL);
     close(sc->wake_fd);
     sc->wake_fd = -1;
-    registry_cell_destroy(s, c);
-    laneview_close(views);      /* after the cell: its vfs servers are stopped */
-    procs_on_halt(sc);
+    srv_registry_cell_destroy(s, c);
+    srv_laneview_close(views);      /* after the cell: its vfs servers are stopped */
+    srv_procs_on_halt(sc);
     store_cell_set_state(s->st, sc->id, "stopped", NULL);
 }
 
@@ -510,7 +510,7 @@ static void leave_creating(scell *sc)
     pthread_mutex_unlock(&sc->s->lock);
 }
 
-int registry_create_boot(scell *sc, cell_error *err)
+int srv_registry_create_boot(scell *sc, cell_error *err)
 {
     if (boot_from(sc, SCELL_CREATING, err) == 0)
         return 0;
@@ -518,15 +518,15 @@ int registry_create_boot(scell *sc, cell_error *err)
     return -1;
 }
 
-void registry_create_abort(scell *sc)
+void srv_registry_create_abort(scell *sc)
 {
     leave_creating(sc);
-    registry_delete(sc, 1, NULL);
+    srv_registry_delete(sc, 1, NULL);
 }
 
-int registry_start(scell *sc, cell_error *err) { return boot_from(sc, SCELL_STOPPED, err); }
+int srv_registry_start(scell *sc, cell_error *err) { return boot_from(sc, SCELL_STOPPED, err); }
 
-int registry_stop(scell *sc, int wait, cell_error *err)
+int srv_registry_stop(scell *sc, int wait, cell_error *err)
 {
     if (begin(sc, FROM(SCELL_RUNNING) | FROM(SCELL_STOPPED), SCELL_STOPPING, wait, err) < 0)
         return -1;
@@ -535,7 +535,7 @@ int registry_stop(scell *sc, int wait, cell_error *err)
     return 0;
 }
 
-int registry_delete(scell *sc, int wait, cell_error *err)
+int srv_registry_delete(scell *sc, int wait, cell_error *err)
 {
     if (begin(sc, FROM(SCELL_RUNNING) | FROM(SCELL_STOPPED), SCELL_DELETING, wait, err) < 0)
         return -1;
@@ -548,12 +548,12 @@ int registry_delete(scell *sc, int wait, cell_error *err)
     pthread_cond_broadcast(&sc->state_cond);
     unlink_locked(sc);
     pthread_mutex_unlock(&sc->s->lock);
-    registry_put(sc);               /* the list's reference */
+    srv_registry_put(sc);               /* the list's reference */
     return rc;
 }
 
 /* ---- usage for quotas ------------------------------------------------------------ */
-void registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memory)
+void srv_registry_usage(srv *s, const char *tenant, size_t *cells, uint64_t *memory)
 {
     *cells = 0;
     *memory = 0;
@@ -588,7 +588,7 @@ static void reap_one(srv *s, scell *sc, int64_t now)
     pthread_mutex_unlock(&sc->io);
     /* Never wait: a cell in a transition is looked at again next second. */
     if (dead) {
-        if (registry_stop(sc, 0, NULL) < 0)
+        if (srv_registry_stop(sc, 0, NULL) < 0)
             return;
         json_t *rec = json_pack("{s:s, s:s, s:s}", "kind", "cell", "tenant", sc->tenant, "cell", sc->id);
         json_object_set_new(rec, "event", json_string("died"));
@@ -603,7 +603,7 @@ static void reap_one(srv *s, scell *sc, int64_t now)
         atomic_store(&sc->active_ms, now);
     if (now - atomic_load(&sc->active_ms) < ttl * 1000)
         return;
-    if (registry_delete(sc, 0, NULL) < 0)
+    if (srv_registry_delete(sc, 0, NULL) < 0)
         return;
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", "cell", "tenant", sc->tenant,
                             "cell", sc->id, "event", "reaped", "ttl", (json_int_t)ttl);
@@ -637,11 +637,11 @@ static void *reaper_main(void *arg)
         /* Creates are answered before they are on disk; this bounds what a
          * power loss can take to about a second of them (store.h). */
         if (store_flush(s->st) < 0)
-            slog(SLOG_ERROR, NULL, "syncing cell.db's WAL: %s", strerror(errno));
+            srv_slog(SLOG_ERROR, NULL, "syncing cell.db's WAL: %s", strerror(errno));
         int64_t now = srv_now_ms();
         for (size_t i = 0; i < n; i++) {
             reap_one(s, all[i], now);
-            registry_put(all[i]);
+            srv_registry_put(all[i]);
         }
         free(all);
         pthread_mutex_lock(&s->lock);
@@ -662,7 +662,7 @@ static void recover_lanes(srv *s)
     for (size_t i = 0; i < n; i++) {
         cell_error e;
         if (cell_lane_delete(s->ctx, lanes[i].id, &e) < 0 && e.code != ENOENT) {
-            slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "lane %s (%s) left unfinished: %s", lanes[i].name, lanes[i].id,
+            srv_slog(SLOG_WARN, SLOG_F("lane", lanes[i].id), "lane %s (%s) left unfinished: %s", lanes[i].name, lanes[i].id,
                  e.message);
             continue;
         }
@@ -671,7 +671,7 @@ static void recover_lanes(srv *s)
     free(lanes);
 }
 
-int registry_load(srv *s, cell_error *err)
+int srv_registry_load(srv *s, cell_error *err)
 {
     size_t stopped = 0, n = 0;
     store_cell *cells = NULL;
@@ -679,19 +679,19 @@ int registry_load(srv *s, cell_error *err)
      * cell is left running: its record becomes "stopped", its lane stays. */
     if (store_cells_mark_stopped(s->st, &stopped, err) < 0)
         return -1;
-    lanes_start(s);
+    srv_lanes_start(s);
     recover_lanes(s);
     if (store_cell_list(s->st, NULL, &cells, &n, err) < 0)
         return -1;
     for (size_t i = 0; i < n; i++) {
         json_t *spec = json_loads(cells[i].spec ? cells[i].spec : "{}", 0, NULL);
-        scell *sc = spec ? registry_add(s, cells[i].id, cells[i].tenant, spec, cells[i].created, 0) : NULL;
+        scell *sc = spec ? srv_registry_add(s, cells[i].id, cells[i].tenant, spec, cells[i].created, 0) : NULL;
         json_decref(spec);
-        registry_put(sc);
+        srv_registry_put(sc);
     }
     store_cell_list_free(cells, n);
     if (stopped && !s->opt.quiet)
-        slog(SLOG_INFO, NULL, "%zu cell(s) were running when the daemon last stopped; they are now stopped", stopped);
+        srv_slog(SLOG_INFO, NULL, "%zu cell(s) were running when the daemon last stopped; they are now stopped", stopped);
     int pe = pthread_create(&s->reaper, NULL, reaper_main, s);
     if (pe != 0) {
         errno = pe;
@@ -703,9 +703,9 @@ int registry_load(srv *s, cell_error *err)
 
 /* Halt every cell and wake everything waiting on one; the list itself is
  * freed after the HTTP threads are gone.  Safe to call twice. */
-void registry_shutdown(srv *s)
+void srv_registry_shutdown(srv *s)
 {
-    pool_stop(s);
+    srv_pool_stop(s);
     pthread_mutex_lock(&s->lock);
     int first = s->reaper_cond_used == 0;
     s->reaper_cond_used = 1;
@@ -725,17 +725,17 @@ void registry_shutdown(srv *s)
         pthread_mutex_unlock(&s->lock);
         if (!sc)
             break;
-        registry_stop(sc, 0, NULL);  /* a cell in a transition is left to it: boots are refused now */
+        srv_registry_stop(sc, 0, NULL);  /* a cell in a transition is left to it: boots are refused now */
         pthread_mutex_lock(&sc->plock);
         pthread_cond_broadcast(&sc->pcond);
         pthread_mutex_unlock(&sc->plock);
-        registry_put(sc);
+        srv_registry_put(sc);
     }
 }
 
 /* After the HTTP threads are gone: nothing holds a reference or runs a
  * transition any more. */
-void registry_free(srv *s)
+void srv_registry_free(srv *s)
 {
     for (;;) {
         pthread_mutex_lock(&s->lock);
@@ -745,7 +745,7 @@ void registry_free(srv *s)
         pthread_mutex_unlock(&s->lock);
         if (!sc)
             break;
-        halt(sc);                   /* one whose boot ended after registry_shutdown */
-        registry_put(sc);
+        halt(sc);                   /* one whose boot ended after srv_registry_shutdown */
+        srv_registry_put(sc);
     }
 }

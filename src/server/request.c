@@ -29,7 +29,7 @@ void srv_deadline_after(struct timespec *ts, int64_t ms)
     }
 }
 
-int reply_event_stream(sreq *r, MHD_ContentReaderCallback read, void *state, MHD_ContentReaderFreeCallback free_state)
+int srv_reply_event_stream(sreq *r, MHD_ContentReaderCallback read, void *state, MHD_ContentReaderFreeCallback free_state)
 {
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, read, state, free_state);
     if (!resp) {
@@ -38,11 +38,11 @@ int reply_event_stream(sreq *r, MHD_ContentReaderCallback read, void *state, MHD
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    conns_long_lived(r);
-    return reply_response(r, 200, resp);
+    srv_conns_long_lived(r);
+    return srv_reply_response(r, 200, resp);
 }
 
-int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
+int srv_reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
 {
     if (!resp)
         return MHD_NO;
@@ -58,7 +58,7 @@ int reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
         MHD_destroy_response(resp);
         return MHD_YES;
     }
-    cors_add_headers(r, resp);
+    srv_cors_add_headers(r, resp);
     /* libmicrohttpd accepts a response only before the body or after all
      * of it; one made in between waits for the last call. */
     if (r->in_body) {
@@ -81,10 +81,10 @@ static int reply_text(sreq *r, unsigned status, const char *type, char *text)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     if (status == 405 && r->allow[0])
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
-    return reply_response(r, status, resp);
+    return srv_reply_response(r, status, resp);
 }
 
-int reply_json(sreq *r, unsigned status, json_t *body)
+int srv_reply_json(sreq *r, unsigned status, json_t *body)
 {
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
@@ -93,10 +93,10 @@ int reply_json(sreq *r, unsigned status, json_t *body)
     return reply_text(r, status, "application/json", text);
 }
 
-int reply_empty(sreq *r, unsigned status)
+int srv_reply_empty(sreq *r, unsigned status)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-    return reply_response(r, status, resp);
+    return srv_reply_response(r, status, resp);
 }
 
 static const char *status_title(unsigned status)
@@ -220,12 +220,12 @@ static int reply_problem_v(sreq *r, unsigned status, const char *type, json_t *d
         details = json_pack("{s:s}", "message", msg);
     if (details)
         json_object_set_new(body, "details", details);
-    return reply_problem_body(r, status, body, msg);
+    return srv_reply_problem_body(r, status, body, msg);
 }
 
-int reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit_msg)
+int srv_reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit_msg)
 {
-    req_audit(r, "error", json_string(audit_msg));
+    srv_req_audit(r, "error", json_string(audit_msg));
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!text)
@@ -233,7 +233,7 @@ int reply_problem_body(sreq *r, unsigned status, json_t *body, const char *audit
     return reply_text(r, status, "application/problem+json", text);
 }
 
-int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
+int srv_reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -242,7 +242,7 @@ int reply_problem(sreq *r, unsigned status, const char *type, const char *fmt, .
     return ret;
 }
 
-int reply_problem_details(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, ...)
+int srv_reply_problem_details(sreq *r, unsigned status, const char *type, json_t *details, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -251,36 +251,36 @@ int reply_problem_details(sreq *r, unsigned status, const char *type, json_t *de
     return ret;
 }
 
-int reply_error(sreq *r, const cell_error *e)
+int srv_reply_error(sreq *r, const cell_error *e)
 {
     const char *msg = e->message[0] ? e->message : strerror(e->code);
     switch (e->code) {
-    case ENOENT:       return reply_problem(r, 404, "not_found", "%s", msg);
-    case EEXIST:       return reply_problem(r, 409, "conflict", "%s", msg);
-    case EBUSY:        return reply_problem(r, 409, "conflict", "%s", msg);
-    case ENOTEMPTY:    return reply_problem(r, 409, "conflict", "%s", msg);
+    case ENOENT:       return srv_reply_problem(r, 404, "not_found", "%s", msg);
+    case EEXIST:       return srv_reply_problem(r, 409, "conflict", "%s", msg);
+    case EBUSY:        return srv_reply_problem(r, 409, "conflict", "%s", msg);
+    case ENOTEMPTY:    return srv_reply_problem(r, 409, "conflict", "%s", msg);
     case EINVAL:
     case ENAMETOOLONG:
     case ENOTDIR:
     case EISDIR:
     case ELOOP:
-    case EXDEV:        return reply_problem(r, 400, "invalid_request", "%s", msg);
+    case EXDEV:        return srv_reply_problem(r, 400, "invalid_request", "%s", msg);
     case EACCES:
-    case EPERM:        return reply_problem(r, 403, "forbidden", "%s", msg);
-    case EDQUOT:       return reply_problem(r, 403, "quota_exceeded", "%s", msg);
+    case EPERM:        return srv_reply_problem(r, 403, "forbidden", "%s", msg);
+    case EDQUOT:       return srv_reply_problem(r, 403, "quota_exceeded", "%s", msg);
     case EFBIG:
-    case E2BIG:        return reply_problem(r, 413, "payload_too_large", "%s", msg);
-    case ENOSPC:       return reply_problem(r, 507, "insufficient_storage", "%s", msg);
-    case ETIMEDOUT:    return reply_problem(r, 504, "timeout", "%s", msg);
+    case E2BIG:        return srv_reply_problem(r, 413, "payload_too_large", "%s", msg);
+    case ENOSPC:       return srv_reply_problem(r, 507, "insufficient_storage", "%s", msg);
+    case ETIMEDOUT:    return srv_reply_problem(r, 504, "timeout", "%s", msg);
     case ECONNRESET:
-    case ESRCH:        return reply_problem(r, 409, "cell_stopped", "%s", msg);
+    case ESRCH:        return srv_reply_problem(r, 409, "cell_stopped", "%s", msg);
     case ENOSYS:
-    case EOPNOTSUPP:   return reply_problem(r, 501, "not_implemented", "%s", msg);
-    default:           return reply_problem(r, 500, "internal", "%s", msg);
+    case EOPNOTSUPP:   return srv_reply_problem(r, 501, "not_implemented", "%s", msg);
+    default:           return srv_reply_problem(r, 500, "internal", "%s", msg);
     }
 }
 
-void req_audit(sreq *r, const char *key, json_t *value)
+void srv_req_audit(sreq *r, const char *key, json_t *value)
 {
     if (!value)
         return;
@@ -292,14 +292,14 @@ void req_audit(sreq *r, const char *key, json_t *value)
         json_decref(value);
 }
 
-const char *req_query(sreq *r, const char *key)
+const char *srv_req_query(sreq *r, const char *key)
 {
     return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-int req_query_integer(sreq *r, const char *key, long long *out, int *present)
+int srv_req_query_integer(sreq *r, const char *key, long long *out, int *present)
 {
-    const char *v = req_query(r, key);
+    const char *v = srv_req_query(r, key);
     if (present)
         *present = v != NULL;
     if (!v)
@@ -325,30 +325,30 @@ static enum MHD_Result find_nul(void *cls, enum MHD_ValueKind kind, const char *
     return MHD_YES;
 }
 
-const char *req_query_nul(sreq *r)
+const char *srv_req_query_nul(sreq *r)
 {
     const char *found = NULL;
     MHD_get_connection_values_n(r->conn, MHD_GET_ARGUMENT_KIND, find_nul, &found);
     return found;
 }
 
-int req_json(sreq *r, json_t **out)
+int srv_req_json(sreq *r, json_t **out)
 {
     json_error_t jerr;
     *out = NULL;
     if (r->body_len == 0) {
-        reply_problem(r, 400, "invalid_request", "a JSON object body is required");
+        srv_reply_problem(r, 400, "invalid_request", "a JSON object body is required");
         return -1;
     }
     json_t *v = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!v) {
-        reply_problem(r, 400, "invalid_request", "body is not valid JSON: %s (line %d, column %d)",
+        srv_reply_problem(r, 400, "invalid_request", "body is not valid JSON: %s (line %d, column %d)",
                       jerr.text, jerr.line, jerr.column);
         return -1;
     }
     if (!json_is_object(v)) {
         json_decref(v);
-        reply_problem(r, 422, "invalid_request", "body must be a JSON object");
+        srv_reply_problem(r, 422, "invalid_request", "body must be a JSON object");
         return -1;
     }
     *out = v;
@@ -357,7 +357,7 @@ int req_json(sreq *r, json_t **out)
 
 /* Unknown members are refused rather than ignored: a mistyped optional
  * field ("memroy") would otherwise silently get its default. */
-int req_check_known(sreq *r, json_t *obj, const char *where, const char *const *known)
+int srv_req_check_known(sreq *r, json_t *obj, const char *where, const char *const *known)
 {
     const char *key;
     json_t *v;
@@ -373,14 +373,14 @@ int req_check_known(sreq *r, json_t *obj, const char *where, const char *const *
             int n = snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", known[i]);
             used += n > 0 ? (size_t)n : 0;
         }
-        reply_problem(r, 400, "invalid_request", "field \"%s%s%.200s\" is not known; known fields: %s",
+        srv_reply_problem(r, 400, "invalid_request", "field \"%s%s%.200s\" is not known; known fields: %s",
                       where, *where ? "." : "", key, list[0] ? list : "(none)");
         return -1;
     }
     return 0;
 }
 
-int req_check_fields(sreq *r, json_t *obj, const char *where, ...)
+int srv_req_check_fields(sreq *r, json_t *obj, const char *where, ...)
 {
     const char *known[REQ_FIELDS_MAX + 1];
     size_t n = 0;
@@ -391,7 +391,7 @@ int req_check_fields(sreq *r, json_t *obj, const char *where, ...)
             known[n++] = k;
     va_end(ap);
     known[n] = NULL;
-    return req_check_known(r, obj, where, known);
+    return srv_req_check_known(r, obj, where, known);
 }
 
 static json_t *field(sreq *r, json_t *o, const char *key, int required)
@@ -400,39 +400,39 @@ static json_t *field(sreq *r, json_t *o, const char *key, int required)
     if (v && json_is_null(v))
         v = NULL;
     if (!v && required)
-        reply_problem(r, 422, "invalid_request", "missing field \"%s\"", key);
+        srv_reply_problem(r, 422, "invalid_request", "missing field \"%s\"", key);
     return v;
 }
 
-int json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out)
+int srv_json_get_str(sreq *r, json_t *o, const char *key, int required, const char **out)
 {
     json_t *v = field(r, o, key, required);
     if (!v)
         return required ? -1 : 0;
     if (!json_is_string(v)) {
-        reply_problem(r, 422, "invalid_request", "field \"%s\" must be a string", key);
+        srv_reply_problem(r, 422, "invalid_request", "field \"%s\" must be a string", key);
         return -1;
     }
     if (strlen(json_string_value(v)) != json_string_length(v)) {
-        reply_problem(r, 400, "invalid_request", "field \"%s\" must not contain NUL characters", key);
+        srv_reply_problem(r, 400, "invalid_request", "field \"%s\" must not contain NUL characters", key);
         return -1;
     }
     *out = json_string_value(v);
     return 0;
 }
 
-int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out)
+int srv_json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min, int64_t max, int64_t *out)
 {
     json_t *v = field(r, o, key, required);
     if (!v)
         return required ? -1 : 0;
     if (!json_is_integer(v)) {
-        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an integer", key);
+        srv_reply_problem(r, 422, "invalid_request", "field \"%s\" must be an integer", key);
         return -1;
     }
     json_int_t n = json_integer_value(v);
     if (n < min || n > max) {
-        reply_problem(r, 400, "invalid_request", "field \"%s\" must be between %lld and %lld",
+        srv_reply_problem(r, 400, "invalid_request", "field \"%s\" must be between %lld and %lld",
                       key, (long long)min, (long long)max);
         return -1;
     }
@@ -440,20 +440,20 @@ int json_get_int(sreq *r, json_t *o, const char *key, int required, int64_t min,
     return 0;
 }
 
-int json_get_bool(sreq *r, json_t *o, const char *key, int *out)
+int srv_json_get_bool(sreq *r, json_t *o, const char *key, int *out)
 {
     json_t *v = field(r, o, key, 0);
     if (!v)
         return 0;
     if (!json_is_boolean(v)) {
-        reply_problem(r, 422, "invalid_request", "field \"%s\" must be true or false", key);
+        srv_reply_problem(r, 422, "invalid_request", "field \"%s\" must be true or false", key);
         return -1;
     }
     *out = json_is_true(v);
     return 0;
 }
 
-int json_get_size(sreq *r, json_t *o, const char *key, uint64_t *out)
+int srv_json_get_size(sreq *r, json_t *o, const char *key, uint64_t *out)
 {
     json_t *v = field(r, o, key, 0);
     if (!v)
@@ -465,12 +465,12 @@ int json_get_size(sreq *r, json_t *o, const char *key, uint64_t *out)
     cell_error e = { 0 };
     if (json_is_string(v) && cell_parse_size(json_string_value(v), out, &e) == 0)
         return 0;
-    reply_problem(r, 400, "invalid_request",
+    srv_reply_problem(r, 400, "invalid_request",
                   "field \"%s\" must be a byte count or a size like \"512M\" or \"2G\"", key);
     return -1;
 }
 
-int json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t *n)
+int srv_json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t *n)
 {
     json_t *v = field(r, o, key, 0);
     *out = NULL;
@@ -478,18 +478,18 @@ int json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t
     if (!v)
         return 0;
     if (!json_is_array(v) || json_array_size(v) > 4096) {
-        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an array of strings", key);
+        srv_reply_problem(r, 422, "invalid_request", "field \"%s\" must be an array of strings", key);
         return -1;
     }
     const char **vec = calloc(json_array_size(v) + 1, sizeof *vec);
     if (!vec)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     size_t i;
     json_t *item;
     json_array_foreach(v, i, item) {
         if (!json_is_string(item) || strlen(json_string_value(item)) != json_string_length(item)) {
             free(vec);
-            reply_problem(r, 422, "invalid_request", "field \"%s\" item %zu must be a string", key, i);
+            srv_reply_problem(r, 422, "invalid_request", "field \"%s\" item %zu must be a string", key, i);
             return -1;
         }
         vec[i] = json_string_value(item);
@@ -499,7 +499,7 @@ int json_get_strv(sreq *r, json_t *o, const char *key, const char ***out, size_t
     return 0;
 }
 
-void strv_free(char **v)
+void srv_strv_free(char **v)
 {
     if (!v)
         return;
@@ -508,7 +508,7 @@ void strv_free(char **v)
     free(v);
 }
 
-int json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n)
+int srv_json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n)
 {
     json_t *v = field(r, o, key, 0);
     *out = NULL;
@@ -516,32 +516,32 @@ int json_get_env(sreq *r, json_t *o, const char *key, char ***out, size_t *n)
     if (!v)
         return 0;
     if (!json_is_object(v) || json_object_size(v) > 4096) {
-        reply_problem(r, 422, "invalid_request", "field \"%s\" must be an object of strings", key);
+        srv_reply_problem(r, 422, "invalid_request", "field \"%s\" must be an object of strings", key);
         return -1;
     }
     char **vec = calloc(json_object_size(v) + 1, sizeof *vec);
     if (!vec)
-        return reply_problem(r, 500, "internal", "out of memory"), -1;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
     size_t i = 0;
     const char *name;
     json_t *val;
     json_object_foreach(v, name, val) {
         if (!json_is_string(val)) {
-            strv_free(vec);
-            reply_problem(r, 422, "invalid_request", "field \"%s.%s\" must be a string", key, name);
+            srv_strv_free(vec);
+            srv_reply_problem(r, 422, "invalid_request", "field \"%s.%s\" must be a string", key, name);
             return -1;
         }
         if (!name[0] || strchr(name, '=') || strlen(json_string_value(val)) != json_string_length(val)) {
-            strv_free(vec);
-            reply_problem(r, 400, "invalid_request",
+            srv_strv_free(vec);
+            srv_reply_problem(r, 400, "invalid_request",
                           "field \"%s\": \"%s\" must be a non-empty name without '=' with a string value",
                           key, name);
             return -1;
         }
         if (asprintf(&vec[i], "%s=%s", name, json_string_value(val)) < 0) {
             vec[i] = NULL;
-            strv_free(vec);
-            return reply_problem(r, 500, "internal", "out of memory"), -1;
+            srv_strv_free(vec);
+            return srv_reply_problem(r, 500, "internal", "out of memory"), -1;
         }
         i++;
     }

@@ -42,7 +42,7 @@ static int match_pattern(const char *pattern, const char *path, route_match *m)
     }
 }
 
-int router_match(const route *table, size_t n, const char *method, const char *path, route_match *m)
+int srv_router_match(const route *table, size_t n, const char *method, const char *path, route_match *m)
 {
     int path_seen = 0;
     memset(m, 0, offsetof(route_match, buf));
@@ -61,7 +61,7 @@ int router_match(const route *table, size_t n, const char *method, const char *p
     return path_seen ? ROUTER_BAD_METHOD : ROUTER_NO_PATH;
 }
 
-const char *router_param(const route_match *m, const char *name)
+const char *srv_router_param(const route_match *m, const char *name)
 {
     size_t len = strlen(name);
     for (size_t i = 0; i < m->n_params; i++)
@@ -70,7 +70,7 @@ const char *router_param(const route_match *m, const char *name)
     return NULL;
 }
 
-void router_allowed(const route *table, size_t n, const char *path, char *out, size_t size)
+void srv_router_allowed(const route *table, size_t n, const char *path, char *out, size_t size)
 {
     route_match m;
     size_t used = 0;
@@ -93,7 +93,7 @@ void router_allowed(const route *table, size_t n, const char *path, char *out, s
  * "/v1/cells/ID%00junk" would reach the router as "/v1/cells/ID" (and
  * other control bytes would reach file paths and logs).  Such a path is
  * refused before routing, from its decoded bytes and their full length. */
-long router_path_ctl(const char *path, size_t len)
+long srv_router_path_ctl(const char *path, size_t len)
 {
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)path[i] < 0x20 || (unsigned char)path[i] == 0x7f)

@@ -488,7 +488,7 @@ static int ra_check_attachments(json_t *spec, char *why, size_t size)
             char msg[128];
             if (!buf)
                 return ra_bad(why, size, "attachments[%zu].base64: out of memory", i);
-            int rc = procs_base64_decode(json_string_value(b64), len, buf, &out_len, msg, sizeof msg);
+            int rc = srv_procs_base64_decode(json_string_value(b64), len, buf, &out_len, msg, sizeof msg);
             free(buf);
             if (rc < 0)
                 return ra_bad(why, size, "attachments[%zu].base64: %s", i, msg);
@@ -607,7 +607,7 @@ static int ra_check_schema(json_t *spec, char *why, size_t size)
     return s ? ra_check_schema_node(s, "", 0, &nodes, why, size) : 0;
 }
 
-int runagent_check(json_t *spec, char *why, size_t size)
+int srv_runagent_check(json_t *spec, char *why, size_t size)
 {
     if (!json_is_object(spec))
         return ra_bad(why, size, "a JSON object body is required");
@@ -923,7 +923,7 @@ static int ra_attachments(runagent_plan *p, json_t *spec, FILE *prompt)
         size_t len = json_string_length(b64), out_len = 0;
         char msg[128];
         unsigned char *buf = malloc(len / 4 * 3 + 3);
-        int rc = buf ? procs_base64_decode(json_string_value(b64), len, buf, &out_len, msg, sizeof msg) : -1;
+        int rc = buf ? srv_procs_base64_decode(json_string_value(b64), len, buf, &out_len, msg, sizeof msg) : -1;
         if (rc == 0)
             rc = ra_add(p, path, (const char *)buf, out_len, 0644);
         free(buf);
@@ -1004,25 +1004,25 @@ static int ra_plan_agent(const char *agent, json_t *spec, runagent_plan *p)
     return 0;                           /* shell: no files */
 }
 
-int runagent_plan_build(const char *agent, json_t *spec, runagent_plan *out, char *why, size_t size)
+int srv_runagent_plan_build(const char *agent, json_t *spec, runagent_plan *out, char *why, size_t size)
 {
     static const char *const agents[] = { "mock", "codex", "opencode", "claude", "shell", NULL };
     memset(out, 0, sizeof *out);
     if (!agent || !ra_in(agent, agents))
         return ra_bad(why, size, "agent: one of mock, codex, opencode, claude, shell is required");
-    if (runagent_check(spec, why, size) < 0)
+    if (srv_runagent_check(spec, why, size) < 0)
         return -1;
     int shell = strcmp(agent, "shell") == 0;
     out->mcp_servers = shell ? json_array() : ra_acp_mcp(spec);
     out->env = calloc(1, sizeof *out->env);
     if (!out->mcp_servers || !out->env || ra_plan_agent(agent, spec, out) < 0 || ra_prompt(out, spec, shell) < 0) {
-        runagent_plan_free(out);
+        srv_runagent_plan_free(out);
         return ra_bad(why, size, "out of memory materialising the %s agent's files", agent);
     }
     return 0;
 }
 
-void runagent_plan_free(runagent_plan *p)
+void srv_runagent_plan_free(runagent_plan *p)
 {
     for (size_t i = 0; i < p->n_files; i++) {
         free(p->files[i].path);
@@ -1054,7 +1054,7 @@ struct runagent_norm {
     size_t  n_calls;
 };
 
-runagent_norm *runagent_norm_new(void)
+runagent_norm *srv_runagent_norm_new(void)
 {
     return calloc(1, sizeof(runagent_norm));
 }
@@ -1068,7 +1068,7 @@ static void ra_call_clear(ra_call *c)
     memset(c, 0, sizeof *c);
 }
 
-void runagent_norm_free(runagent_norm *n)
+void srv_runagent_norm_free(runagent_norm *n)
 {
     if (!n)
         return;
@@ -1409,7 +1409,7 @@ static json_t *ra_plan(json_t *entries)
     return e;
 }
 
-json_t *runagent_from_acp(runagent_norm *n, json_t *params)
+json_t *srv_runagent_from_acp(runagent_norm *n, json_t *params)
 {
     json_t *events = json_array();
     if (!events || !json_is_object(params))
@@ -1543,7 +1543,7 @@ static void ra_error(json_t *events, json_t *msg)
                               ra_capped(json_string_value(msg), json_string_length(msg)) : json_string("agent error")));
 }
 
-json_t *runagent_from_codex(runagent_norm *n, json_t *line)
+json_t *srv_runagent_from_codex(runagent_norm *n, json_t *line)
 {
     json_t *events = json_array();
     const char *t = json_string_value(json_object_get(line, "type"));
@@ -1638,7 +1638,7 @@ static void ra_opencode_tool(json_t *events, json_t *part)
     free(command);
 }
 
-json_t *runagent_from_opencode(runagent_norm *n, json_t *line)
+json_t *srv_runagent_from_opencode(runagent_norm *n, json_t *line)
 {
     json_t *events = json_array();
     const char *t = json_string_value(json_object_get(line, "type"));
@@ -1665,31 +1665,31 @@ json_t *runagent_from_opencode(runagent_norm *n, json_t *line)
     return events;
 }
 
-json_t *runagent_output(runagent_norm *n)
+json_t *srv_runagent_output(runagent_norm *n)
 {
     return json_stringn(n->output ? n->output : "", n->output_len);
 }
 
-json_t *runagent_usage(runagent_norm *n)
+json_t *srv_runagent_usage(runagent_norm *n)
 {
     if (!n->have_usage)
         return json_null();
     return json_pack("{s:I, s:I, s:I}", "inputTokens", n->in, "outputTokens", n->out, "totalTokens", n->in + n->out);
 }
 
-const char *runagent_session(runagent_norm *n)
+const char *srv_runagent_session(runagent_norm *n)
 {
     return n->session;
 }
 
 /* ---- permissions ----------------------------------------------------------------------------- */
 
-const char *runagent_permission(json_t *policy, json_t *request_params)
+const char *srv_runagent_permission(json_t *policy, json_t *request_params)
 {
     json_t *call = json_object_get(request_params, "toolCall");
     const char *kind = json_string_value(json_object_get(call, "kind"));
     const char *title = json_string_value(json_object_get(call, "title"));
-    char *command = runagent_command(call);
+    char *command = srv_runagent_command(call);
     const char *subject = command ? command : title ? title : "";
     const char *answer = NULL;
     size_t i;
@@ -1714,7 +1714,7 @@ const char *runagent_permission(json_t *policy, json_t *request_params)
     return "allow";
 }
 
-char *runagent_command(json_t *tool_call)
+char *srv_runagent_command(json_t *tool_call)
 {
     const char *kind = json_string_value(json_object_get(tool_call, "kind"));
     return kind && strcmp(kind, "execute") == 0 ? ra_command_of(json_object_get(tool_call, "rawInput")) : NULL;
@@ -1812,7 +1812,7 @@ static int ra_validate(json_t *s, json_t *v, const char *ptr, char *why, size_t 
     return 0;
 }
 
-int runagent_schema_validate(json_t *schema, json_t *value, char *why, size_t size)
+int srv_runagent_schema_validate(json_t *schema, json_t *value, char *why, size_t size)
 {
     size_t nodes = 0;
     /* The schema was checked when the run was accepted; checked again here

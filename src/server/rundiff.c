@@ -27,15 +27,15 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-extern const char rundiff_sh_start[], rundiff_sh_end[];
+extern const char srv_rundiff_sh_start[], srv_rundiff_sh_end[];
 /* With the other blobs, away from .rodata (see src/init/blob.S); the
  * trailing NUL makes it a C string (the script holds none). */
 __asm__(".section cell_blobs, \"a\"\n"
-        ".global rundiff_sh_start\n"
-        "rundiff_sh_start:\n"
+        ".global srv_rundiff_sh_start\n"
+        "srv_rundiff_sh_start:\n"
         ".incbin \"src/server/rundiff.sh\"\n"
-        ".global rundiff_sh_end\n"
-        "rundiff_sh_end:\n"
+        ".global srv_rundiff_sh_end\n"
+        "srv_rundiff_sh_end:\n"
         ".byte 0\n"
         ".previous\n");
 
@@ -76,7 +76,7 @@ struct rundiff_reader {
     int      artifact_full;         /* more came than artifact_max */
 };
 
-rundiff_reader *rundiff_reader_new(const rundiff_limits *lim, int patch_fd)
+rundiff_reader *srv_rundiff_reader_new(const rundiff_limits *lim, int patch_fd)
 {
     rundiff_reader *rd = calloc(1, sizeof *rd);
     if (!rd)
@@ -86,7 +86,7 @@ rundiff_reader *rundiff_reader_new(const rundiff_limits *lim, int patch_fd)
     return rd;
 }
 
-void rundiff_reader_free(rundiff_reader *rd)
+void srv_rundiff_reader_free(rundiff_reader *rd)
 {
     if (!rd)
         return;
@@ -172,7 +172,7 @@ static int reader_patch(rundiff_reader *rd, const char *data, size_t n, cell_err
     return 0;
 }
 
-int rundiff_reader_feed(rundiff_reader *rd, const void *data, size_t len, cell_error *err)
+int srv_rundiff_reader_feed(rundiff_reader *rd, const void *data, size_t len, cell_error *err)
 {
     const char *p = data;
     while (len > 0) {
@@ -283,10 +283,10 @@ static json_t *changed_files(rundiff_reader *rd, int *cut)
         stat_ok = stat_ok && numstat_next(sb, slen, &sat, &binary, &spath, &splen) == 1 && splen == plen &&
                   memcmp(spath, path, plen) == 0;
         binary = stat_ok && binary;
-        json_t *e = json_pack("{s:o, s:s, s:b}", "path", procs_lossy_string((const unsigned char *)path, plen),
+        json_t *e = json_pack("{s:o, s:s, s:b}", "path", srv_procs_lossy_string((const unsigned char *)path, plen),
                               "status", status_name(st[0]), "binary", binary);
         if (e && old && st[0] == 'R')
-            json_object_set_new(e, "oldPath", procs_lossy_string((const unsigned char *)old, olen));
+            json_object_set_new(e, "oldPath", srv_procs_lossy_string((const unsigned char *)old, olen));
         if (!e || json_array_append_new(files, e) < 0)
             return json_decref(files), NULL;
     }
@@ -309,10 +309,10 @@ static json_t *inline_diff(rundiff_reader *rd)
                 n -= back + 1;
         }
     }
-    return procs_lossy_string((const unsigned char *)(rd->inline_buf ? rd->inline_buf : ""), n);
+    return srv_procs_lossy_string((const unsigned char *)(rd->inline_buf ? rd->inline_buf : ""), n);
 }
 
-int rundiff_reader_end(rundiff_reader *rd, const char *url, json_t *out, cell_error *err)
+int srv_rundiff_reader_end(rundiff_reader *rd, const char *url, json_t *out, cell_error *err)
 {
     if (rd->phase != RD_PATCH)
         return util_fail(err, EPROTO, "the diff script's output ended before its patch");
@@ -371,7 +371,7 @@ static const char *conflict_path(const char *line, size_t len, size_t *plen)
     return NULL;
 }
 
-json_t *rundiff_conflicts(const char *text, size_t len)
+json_t *srv_rundiff_conflicts(const char *text, size_t len)
 {
     json_t *paths = json_array();
     for (size_t at = 0; paths && at < len && json_array_size(paths) < RUNDIFF_CONFLICTS;) {
@@ -381,7 +381,7 @@ json_t *rundiff_conflicts(const char *text, size_t len)
         at += ll + 1;
         if (!p || plen == 0)
             continue;
-        json_t *s = procs_lossy_string((const unsigned char *)p, plen);
+        json_t *s = srv_procs_lossy_string((const unsigned char *)p, plen);
         size_t i;
         json_t *v;
         int seen = 0;
@@ -395,7 +395,7 @@ json_t *rundiff_conflicts(const char *text, size_t len)
 }
 
 /* ---- running the script ----------------------------------------------------------- */
-static const char *rundiff_script(void) { return rundiff_sh_start; }
+static const char *rundiff_script(void) { return srv_rundiff_sh_start; }
 
 /* The last line of a stderr tail, for a message. */
 static void last_line(const char *tail, size_t len, char *out, size_t size)
@@ -452,7 +452,7 @@ static int drain(int fd, rundiff_reader *rd, tail_buf *t, cell_error *err)
             tail_add(t, buf, (size_t)n);
             continue;
         }
-        int rc = rundiff_reader_feed(rd, buf, (size_t)n, err);
+        int rc = srv_rundiff_reader_feed(rd, buf, (size_t)n, err);
         if (rc != 0)
             return rc > 0 ? 0 : -1;
     }
@@ -476,7 +476,7 @@ static int diff_follow(diff_run *dr, rundiff_reader *rd, tail_buf *t, int64_t ti
         if (now >= deadline)
             return util_fail(err, ETIMEDOUT, "the diff did not finish within %lld ms (a huge or hostile tree?)",
                              (long long)timeout);
-        if (!dr->exited && (dr->exited = procs_wait_exit(dr->proc, now, &dr->status)))
+        if (!dr->exited && (dr->exited = srv_procs_wait_exit(dr->proc, now, &dr->status)))
             exited_at = now;
         if (dr->exited && now - exited_at >= RUNDIFF_GRACE_MS)
             break;
@@ -492,7 +492,7 @@ static int diff_follow(diff_run *dr, rundiff_reader *rd, tail_buf *t, int64_t ti
             if (rc == 0)
                 open_fd[i] = -1;
             if (rc == 0 && i == 0 && rd->artifact_full) {
-                procs_signal(dr->proc, SIGKILL);   /* the rest is not wanted */
+                srv_procs_signal(dr->proc, SIGKILL);   /* the rest is not wanted */
                 dr->killed = 1;
             }
         }
@@ -547,17 +547,17 @@ static int mark_cut(const char *patch_path, int cut, cell_error *err)
     return fd < 0 ? util_fail_errno(err, "cannot create %s", path) : 0;
 }
 
-int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path, json_t *out, cell_error *err)
+int srv_rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path, json_t *out, cell_error *err)
 {
     if (mark_cut(patch_path, 0, err) < 0)
         return -1;
     _cleanup_close_ int pfd = open(patch_path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (pfd < 0)
         return util_fail_errno(err, "cannot create %s", patch_path);
-    rundiff_reader *rd = rundiff_reader_new(lim, pfd);
+    rundiff_reader *rd = srv_rundiff_reader_new(lim, pfd);
     tail_buf *t = calloc(1, sizeof *t);
     if (!rd || !t) {
-        rundiff_reader_free(rd), free(t);
+        srv_rundiff_reader_free(rd), free(t);
         return util_fail(err, ENOMEM, "out of memory");
     }
     /* /usr/bin/sh, not /bin/sh: the host image's /usr is the host's, read-only, while
@@ -567,7 +567,7 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
     diff_run dr = { .fds = { -1, -1, -1 } };
     int rc = -1;
     /* From /: the cell's cwd (/workspace) may be gone, the agent removed it. */
-    dr.proc = procs_spawn_piped_at(sc, argv, "/", dr.fds, err);
+    dr.proc = srv_procs_spawn_piped_at(sc, argv, "/", dr.fds, err);
     if (!dr.proc) {
         if (err && err->code == ENOENT)
             util_fail(err, ENOENT, "the image has no /usr/bin/env or /usr/bin/sh; the diff needs them and git");
@@ -580,8 +580,8 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         int64_t timeout = ceiling && ceiling < RUNDIFF_TIMEOUT_MS ? (int64_t)ceiling : RUNDIFF_TIMEOUT_MS;
         rc = diff_follow(&dr, rd, t, timeout, err);
         if (!dr.exited) {
-            procs_signal(dr.proc, SIGKILL);
-            dr.exited = procs_wait_exit(dr.proc, srv_now_ms() + 2000, &dr.status);
+            srv_procs_signal(dr.proc, SIGKILL);
+            dr.exited = srv_procs_wait_exit(dr.proc, srv_now_ms() + 2000, &dr.status);
         }
         if (rc == 0 && !dr.exited)
             rc = util_fail(err, ETIMEDOUT, "the diff script did not exit");
@@ -590,7 +590,7 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         char url[128];
         artifact_url(patch_path, url, sizeof url);
         if (rc == 0)
-            rc = rundiff_reader_end(rd, url[0] ? url : NULL, out, err);
+            rc = srv_rundiff_reader_end(rd, url[0] ? url : NULL, out, err);
         if (rc == 0 && rd->artifact_full)
             rc = mark_cut(patch_path, 1, err);
     }
@@ -598,12 +598,12 @@ int rundiff_compute(scell *sc, const rundiff_limits *lim, const char *patch_path
         if (dr.fds[i] >= 0)
             close(dr.fds[i]);
     if (dr.proc)
-        procs_release(dr.proc);
-    rundiff_reader_free(rd);
+        srv_procs_release(dr.proc);
+    srv_rundiff_reader_free(rd);
     free(t);
     /* No half patch is left to serve, resume from or apply. */
     if (rc < 0 && unlink(patch_path) < 0 && errno != ENOENT)
-        slog(SLOG_WARN, NULL, "cannot remove %s: %s", patch_path, strerror(errno));
+        srv_slog(SLOG_WARN, NULL, "cannot remove %s: %s", patch_path, strerror(errno));
     return rc;
 }
 
@@ -680,7 +680,7 @@ static int apply_outcome(int status, const tail_buf *t, json_t **conflicts, cell
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return 0;
     if (WIFEXITED(status) && WEXITSTATUS(status) == RUNDIFF_NO_APPLY) {
-        *conflicts = rundiff_conflicts(t->data, t->len);
+        *conflicts = srv_rundiff_conflicts(t->data, t->len);
         if (*conflicts && json_array_size(*conflicts) > 0)
             return util_fail(err, EEXIST, "the patch does not apply (nothing was written): %s", line);
         json_decref(*conflicts);
@@ -703,13 +703,13 @@ static int apply_in_cell(srv *s, const char *repo, const struct stat *st, int pa
     cell_config cfg = { .image = "host", .hostname = "cell-apply", .mounts = &m, .n_mounts = 1,
                         .limits = { .memory = APPLY_MEMORY, .pids = APPLY_PIDS, .disk = APPLY_DISK } };
     json_t *budget = NULL;
-    if (limits_reserve(s, APPLY_MEMORY, APPLY_PIDS, "this apply", &budget, err) < 0) {
+    if (srv_limits_reserve(s, APPLY_MEMORY, APPLY_PIDS, "this apply", &budget, err) < 0) {
         json_decref(budget);
         return -1;
     }
     tail_buf *t = calloc(1, sizeof *t);
     cell *c = NULL;
-    int status = 0, rc = t ? registry_cell_create(s, &cfg, &c, err) : util_fail(err, ENOMEM, "out of memory");
+    int status = 0, rc = t ? srv_registry_cell_create(s, &cfg, &c, err) : util_fail(err, ENOMEM, "out of memory");
     if (rc == 0)
         rc = apply_owner_check(c, st, err);
     if (rc == 0)
@@ -717,13 +717,13 @@ static int apply_in_cell(srv *s, const char *repo, const struct stat *st, int pa
     if (rc == 0)
         rc = apply_outcome(status, t, conflicts, err);
     if (c)
-        registry_cell_destroy(s, c);
-    limits_release(s, APPLY_MEMORY, APPLY_PIDS);
+        srv_registry_cell_destroy(s, c);
+    srv_limits_release(s, APPLY_MEMORY, APPLY_PIDS);
     free(t);
     return rc;
 }
 
-int rundiff_apply(srv *s, const char *repo, const char *patch_path, json_t **conflicts, cell_error *err)
+int srv_rundiff_apply(srv *s, const char *repo, const char *patch_path, json_t **conflicts, cell_error *err)
 {
     *conflicts = NULL;
     char real_repo[PATH_MAX];

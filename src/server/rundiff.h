@@ -14,18 +14,18 @@
 typedef struct rundiff_reader rundiff_reader;
 
 /* A reader writing the patch to patch_fd (-1: none) up to lim->artifact_max. */
-rundiff_reader *rundiff_reader_new(const rundiff_limits *lim, int patch_fd);
+rundiff_reader *srv_rundiff_reader_new(const rundiff_limits *lim, int patch_fd);
 /* The next bytes of the script's stdout: 0 to go on, 1 when the artifact
  * is full (the rest is not wanted: stop the script), -1 with err. */
-int  rundiff_reader_feed(rundiff_reader *rd, const void *data, size_t len, cell_error *err);
+int  srv_rundiff_reader_feed(rundiff_reader *rd, const void *data, size_t len, cell_error *err);
 /* The script's output ended: the result's fields into `out` (see runs.h);
  * `url` is the artifact's URL (NULL: none).  -1 with err if the output
  * was cut short or malformed. */
-int  rundiff_reader_end(rundiff_reader *rd, const char *url, json_t *out, cell_error *err);
-void rundiff_reader_free(rundiff_reader *rd);
+int  srv_rundiff_reader_end(rundiff_reader *rd, const char *url, json_t *out, cell_error *err);
+void srv_rundiff_reader_free(rundiff_reader *rd);
 
 /* The paths git apply's error lines name (a new array of strings, at most
  * 100, invalid UTF-8 replaced). */
-json_t *rundiff_conflicts(const char *text, size_t len);
+json_t *srv_rundiff_conflicts(const char *text, size_t len);
 
 #endif

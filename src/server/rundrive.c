@@ -14,7 +14,7 @@
  *   6. every process of the cell killed, then the diff (rundiff.c), the
  *      output and its schema check, the agent's state saved for a resume;
  *   7. keep: the cell deleted, kept, or its workspace made a lane;
- *   8. runs_finish, exactly once, on every path.
+ *   8. srv_runs_finish, exactly once, on every path.
  * Everything the cell holds is the agent's and untrusted: the daemon only
  * reads it through processes in the cell (tar, the transfer processes),
  * bounded, and never follows a path of the cell itself. */
@@ -79,9 +79,9 @@ static void drv_fail(drive *d, const char *type, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     /* It may quote the agent (its stderr, cut at a byte count): lossy UTF-8. */
-    json_t *text = procs_lossy_string((const unsigned char *)msg, strlen(msg));
+    json_t *text = srv_procs_lossy_string((const unsigned char *)msg, strlen(msg));
     d->error = json_pack("{s:s, s:O}", "type", type, "message", text ? text : json_null());
-    runs_emit(d->r, "error", json_pack("{s:o}", "message", text ? text : json_null()));
+    srv_runs_emit(d->r, "error", json_pack("{s:o}", "message", text ? text : json_null()));
 }
 
 /* Whether the run must stop now: cancel, timeout, the daemon stopping, the
@@ -92,11 +92,11 @@ static int drv_stop(void *user)
     /* The daemon's stop cancels every run too: said as what it is. */
     if (atomic_load(&d->s->stopping))
         d->stopping = 1;
-    else if (runs_cancelled(d->r))
+    else if (srv_runs_cancelled(d->r))
         d->canceled = 1;
     else if (srv_now_ms() >= d->deadline)
         d->timed_out = 1;
-    else if (d->sc && !registry_running(d->sc))
+    else if (d->sc && !srv_registry_running(d->sc))
         return 1;
     return d->canceled || d->timed_out || d->stopping;
 }
@@ -175,7 +175,7 @@ static int drv_exec(drive *d, const char *const *argv, drv_out *o, int stoppable
      * helpers in /, which the agent cannot remove. */
     const char *cwd = stoppable ? RUN_WORKSPACE : "/";
     int fds[3];
-    sproc *p = procs_spawn_piped_at(d->sc, argv, cwd, fds, err);
+    sproc *p = srv_procs_spawn_piped_at(d->sc, argv, cwd, fds, err);
     if (!p)
         return -1;
     close(fds[0]);
@@ -210,7 +210,7 @@ static int drv_exec(drive *d, const char *const *argv, drv_out *o, int stoppable
         if (n > 0)
             continue;
         if (!exited)
-            exited = procs_wait_exit(p, srv_now_ms(), status);
+            exited = srv_procs_wait_exit(p, srv_now_ms(), status);
         if (exited && !quiet_since)
             quiet_since = srv_now_ms();
         if (exited && srv_now_ms() - quiet_since >= 2 * DRV_SLICE_MS)
@@ -220,15 +220,15 @@ static int drv_exec(drive *d, const char *const *argv, drv_out *o, int stoppable
     close(fds[2]);
     /* Its pipes closed; its exit is on the way. */
     while (rc == 0 && !exited) {
-        exited = procs_wait_exit(p, srv_now_ms() + DRV_SLICE_MS, status);
+        exited = srv_procs_wait_exit(p, srv_now_ms() + DRV_SLICE_MS, status);
         if (!exited && (stoppable ? drv_stop(d) : srv_now_ms() >= until))
             rc = util_fail(err, stoppable ? ECANCELED : ETIMEDOUT, "%s was stopped", argv[0]);
     }
     if (rc < 0) {
-        procs_signal(p, SIGKILL);
-        procs_wait_exit(p, srv_now_ms() + 2000, status);
+        srv_procs_signal(p, SIGKILL);
+        srv_procs_wait_exit(p, srv_now_ms() + 2000, status);
     }
-    procs_release(p);
+    srv_procs_release(p);
     return rc;
 }
 
@@ -254,7 +254,7 @@ static int drv_write(drive *d, const char *path, mode_t mode, const void *data, 
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
     scell *sc = d->sc;
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int rc;
     if (!sc->c || sc->dead)
         rc = util_fail(err, ECONNRESET, "cell %s is stopped", sc->id);
@@ -265,9 +265,9 @@ static int drv_write(drive *d, const char *path, mode_t mode, const void *data, 
             rc = cell_file_mkdir(sc->c, dir, 0755, 1, err);
         }
         if (rc == 0)
-            rc = agents_cell_write(sc->c, path, mode, data, len, err);
+            rc = srv_agents_cell_write(sc->c, path, mode, data, len, err);
     }
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     return rc;
 }
 
@@ -334,7 +334,7 @@ static json_t *run_policy(drive *d, sreq *q, int *bad)
     json_t *theirs = json_object_get(policy, "rules");
     if (json_is_array(theirs))
         json_array_extend(rules, theirs);
-    json_t *dns = ours && !has_dns_rule(rules) ? agentkeys_host_dns(q) : NULL;
+    json_t *dns = ours && !has_dns_rule(rules) ? srv_agentkeys_host_dns(q) : NULL;
     if (dns)
         json_array_append_new(rules, dns);
     json_object_set_new(policy, "rules", rules);
@@ -393,12 +393,12 @@ static int boot_cell(drive *d)
     q.tok.admin = d->r->admin;
     json_t *body = create_body(d, &q, &bad), *spec = json_object();
     int rc = -1;
-    if (!bad && body && spec && cells_spec_from_body(&q, body, spec) == 0) {
+    if (!bad && body && spec && srv_cells_spec_from_body(&q, body, spec) == 0) {
         json_t *mounts = repo_mounts(d);
         if (mounts)
             json_object_set_new(spec, "mounts", mounts);
         json_object_set_new(spec, "run", json_string(d->r->id));
-        rc = cells_create_from_spec(&q, spec, NULL, &d->sc);
+        rc = srv_cells_create_from_spec(&q, spec, NULL, &d->sc);
     }
     if (rc < 0 && !bad) {
         const char *why = json_string_value(json_object_get(q.audit, "error"));
@@ -415,11 +415,11 @@ static int boot_cell(drive *d)
 static int upload_into(drive *d, const char *dir, int fd, cell_error *err)
 {
     scell *sc = d->sc;
-    scell_io_lock(sc);
+    srv_scell_io_lock(sc);
     int rc = !sc->c || sc->dead ? util_fail(err, ECONNRESET, "cell %s is stopped", sc->id)
                                 : cell_file_mkdir(sc->c, dir, 0755, 1, err) == 0
                                       ? cell_file_upload_tar(sc->c, dir, fd, err) : -1;
-    scell_io_unlock(sc);
+    srv_scell_io_unlock(sc);
     return rc;
 }
 
@@ -487,9 +487,9 @@ static int lane_into(drive *d, const char *name, const char *dir, cell_error *er
 /* The upload's tar: this run's, or for a resumed run its first run's. */
 static int upload_tar(drive *d, const char *upload, char *tar, size_t size)
 {
-    if (runs_upload_take(d->r, upload, tar, size) == 0)
+    if (srv_runs_upload_take(d->r, upload, tar, size) == 0)
         return 0;
-    return d->prev && runs_upload_take(d->prev, upload, tar, size) == 0 ? 0 : -1;
+    return d->prev && srv_runs_upload_take(d->prev, upload, tar, size) == 0 ? 0 : -1;
 }
 
 static int fill_workspace(drive *d, cell_error *err)
@@ -529,7 +529,7 @@ static int fill_workspace(drive *d, cell_error *err)
 static int prev_file(drive *d, const char *name, char *path, size_t size)
 {
     char dir[PATH_MAX - 32];
-    if (runs_dir(d->prev, dir, sizeof dir) < 0)
+    if (srv_runs_dir(d->prev, dir, sizeof dir) < 0)
         return -1;
     snprintf(path, size, "%s/%s", dir, name);
     return open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -572,7 +572,7 @@ static int find_prev(drive *d)
     const char *id = jstr(json_object_get(d->spec, "resume"), "run");
     if (!id)
         return 0;
-    d->prev = runs_find(d->s, d->r->tenant, id);
+    d->prev = srv_runs_find(d->s, d->r->tenant, id);
     if (!d->prev)
         return drv_fail(d, "resume", "run %s is gone", id), -1;
     pthread_mutex_lock(&d->prev->lock);
@@ -591,13 +591,13 @@ static int install_agent(drive *d, cell_error *err)
         return 0;
     if (strcmp(d->agent, "mock") == 0) {
         int already = 0;
-        return agents_install_mock(d->sc, 0, &already, err);
+        return srv_agents_install_mock(d->sc, 0, &already, err);
     }
     agents_install_result res = { 0 };
-    int rc = agents_install(d->sc, d->agent, 0, d->r->token_id, NULL, NULL, &res, err);
+    int rc = srv_agents_install(d->sc, d->agent, 0, d->r->token_id, NULL, NULL, &res, err);
     if (rc < 0 && res.npm_failed)
         util_fail(err, EIO, "installing %s: npm failed (exit %d)", d->agent, res.exit_code);
-    agents_install_result_free(&res);
+    srv_agents_install_result_free(&res);
     return rc;
 }
 
@@ -621,19 +621,19 @@ static json_t *run_shell(drive *d)
 {
     const char *cmd = jstr(d->spec, "prompt");
     const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
-    runs_emit(d->r, "command", json_pack("{s:s}", "command", cmd));
+    srv_runs_emit(d->r, "command", json_pack("{s:s}", "command", cmd));
     drv_out o = { .fd = -1, .cap = DRV_OUTPUT_MAX };
     cell_error e = { 0 };
     int status = 0;
     json_t *code = json_null();
     if (drv_exec(d, argv, &o, 1, 0, &status, &e) == 0) {
         code = json_integer(exit_code_of(status));
-        runs_emit(d->r, "command.exit", json_pack("{s:s, s:O}", "command", cmd, "exitCode", code));
+        srv_runs_emit(d->r, "command.exit", json_pack("{s:s, s:O}", "command", cmd, "exitCode", code));
     } else if (e.code != ECANCELED) {
         drv_fail(d, "agent", "sh: %s", e.message);
     }
     /* Invalid UTF-8 (or a character cut at the cap) as U+FFFD. */
-    json_t *out = procs_lossy_string((const unsigned char *)(o.buf ? o.buf : ""), o.len);
+    json_t *out = srv_procs_lossy_string((const unsigned char *)(o.buf ? o.buf : ""), o.len);
     json_object_set_new(d->result, "output", out ? out : json_string(""));
     free(o.buf);
     return code;
@@ -652,7 +652,7 @@ static void emit_all(drive *d, json_t *events)
         snprintf(name, sizeof name, "%s", type);
         json_t *fields = json_deep_copy(ev);
         json_object_del(fields, "type");
-        runs_emit(d->r, name, fields);
+        srv_runs_emit(d->r, name, fields);
     }
 }
 
@@ -677,7 +677,7 @@ static const char *pick_option(json_t *options, const char *decision)
 static void on_permission(drive *d, json_t *id, json_t *params)
 {
     json_t *policy = json_object_get(d->spec, "permissions");
-    const char *decision = runagent_permission(policy, params);
+    const char *decision = srv_runagent_permission(policy, params);
     char req[40];
     snprintf(req, sizeof req, "p%u", ++d->perm_seq);
     if (strcmp(decision, "ask") == 0) {
@@ -688,21 +688,21 @@ static void on_permission(drive *d, json_t *id, json_t *params)
         json_t *ask = json_pack("{s:s, s:s, s:o}", "kind", jstr(call, "kind") ? jstr(call, "kind") : "other",
                                 "title", jstr(call, "title") ? jstr(call, "title") : "", "options",
                                 json_is_array(opts) ? json_deep_copy(opts) : json_array());
-        char *cmd = runagent_command(call);
+        char *cmd = srv_runagent_command(call);
         if (ask && cmd)
             json_object_set_new(ask, "command", json_string(cmd));
         free(cmd);
-        decision = runs_ask_permission(d->r, req, ask, d->deadline);
+        decision = srv_runs_ask_permission(d->r, req, ask, d->deadline);
         json_decref(ask);
     } else {
-        runs_emit(d->r, "permission.decided",
+        srv_runs_emit(d->r, "permission.decided",
                   json_pack("{s:s, s:s, s:s}", "requestId", req, "decision", decision, "by", "policy"));
     }
     const char *opt = pick_option(json_object_get(params, "options"), decision);
     json_t *outcome = opt ? json_pack("{s:{s:s, s:s}}", "outcome", "outcome", "selected", "optionId", opt)
                           : json_pack("{s:{s:s}}", "outcome", "outcome", "cancelled");
     cell_error e = { 0 };
-    acp_client_respond(d->acp, id, outcome, 0, NULL, &e);
+    srv_acp_client_respond(d->acp, id, outcome, 0, NULL, &e);
 }
 
 /* Every message of the agent but the answer the driver waits for. */
@@ -716,7 +716,7 @@ static void on_message(void *user, json_t *msg)
     if (strcmp(method, "session/update") == 0 && !id) {
         if (d->loading || !json_is_object(params))
             return;                 /* session/load replays the old session: not this run's events */
-        json_t *events = runagent_from_acp(d->norm, params);
+        json_t *events = srv_runagent_from_acp(d->norm, params);
         emit_all(d, events);
         json_decref(events);
         return;
@@ -727,7 +727,7 @@ static void on_message(void *user, json_t *msg)
     if (strcmp(method, "session/request_permission") == 0 && json_is_object(params))
         on_permission(d, id, params);
     else
-        acp_client_respond(d->acp, id, NULL, -32601, "method not found", &e);
+        srv_acp_client_respond(d->acp, id, NULL, -32601, "method not found", &e);
 }
 
 static int64_t step_deadline(drive *d)
@@ -740,7 +740,7 @@ static int64_t step_deadline(drive *d)
 static int acp_step(drive *d, const char *method, json_t *params, json_t **result)
 {
     cell_error e = { 0 };
-    if (acp_client_call(d->acp, method, params, step_deadline(d), drv_stop, on_message, d, result, &e) == 0)
+    if (srv_acp_client_call(d->acp, method, params, step_deadline(d), drv_stop, on_message, d, result, &e) == 0)
         return 0;
     if (e.code == ETIMEDOUT && srv_now_ms() >= d->deadline)
         d->timed_out = 1;
@@ -776,10 +776,10 @@ static void agent_end(drive *d, const char *session)
     cell_error e = { 0 };
     if (session && (d->canceled || d->timed_out || d->stopping)) {
         /* Politely first; whatever it says meanwhile is still this run's. */
-        acp_client_notify(d->acp, "session/cancel", json_pack("{s:s}", "sessionId", session), &e);
-        acp_client_drain(d->acp, srv_now_ms() + DRV_CANCEL_GRACE_MS, on_message, d);
+        srv_acp_client_notify(d->acp, "session/cancel", json_pack("{s:s}", "sessionId", session), &e);
+        srv_acp_client_drain(d->acp, srv_now_ms() + DRV_CANCEL_GRACE_MS, on_message, d);
     }
-    acp_client_drain(d->acp, srv_now_ms(), on_message, d);
+    srv_acp_client_drain(d->acp, srv_now_ms(), on_message, d);
 }
 
 static json_t *run_acp(drive *d, const char *prev_session)
@@ -787,11 +787,11 @@ static json_t *run_acp(drive *d, const char *prev_session)
     char sid_id[8 + RUN_ID_LEN];
     snprintf(sid_id, sizeof sid_id, "run-%s", d->r->id);
     cell_error e = { 0 };
-    if (acp_client_open(d->sc, d->agent, sid_id, &d->acp, &e) < 0) {
+    if (srv_acp_client_open(d->sc, d->agent, sid_id, &d->acp, &e) < 0) {
         drv_fail(d, "agent", "starting %s: %s", d->agent, e.message);
         return json_null();
     }
-    runs_emit(d->r, "agent.started", json_object());
+    srv_runs_emit(d->r, "agent.started", json_object());
     json_t *res = NULL, *code = json_null();
     char session[256] = "";
     json_t *init = json_pack("{s:i, s:{s:{s:b, s:b}, s:b}}", "protocolVersion", 1, "clientCapabilities", "fs",
@@ -828,13 +828,13 @@ static json_t *run_acp(drive *d, const char *prev_session)
             goto out;
         json_decref(res);
     }
-    if (acp_client_call(d->acp, "session/prompt", prompt_params(d, session), d->deadline, drv_stop, on_message, d,
+    if (srv_acp_client_call(d->acp, "session/prompt", prompt_params(d, session), d->deadline, drv_stop, on_message, d,
                         &res, &e) == 0) {
         json_decref(code);
         code = stop_code(jstr(res, "stopReason"));
         /* The result's usage (ACP's per-turn counts, as claude-agent-acp
          * reports them) is the normaliser's too. */
-        json_t *events = json_is_object(res) ? runagent_from_acp(d->norm, res) : NULL;
+        json_t *events = json_is_object(res) ? srv_runagent_from_acp(d->norm, res) : NULL;
         emit_all(d, events);
         json_decref(events);
         json_decref(res);
@@ -849,12 +849,12 @@ out:
     json_decref(mcp);
     agent_end(d, session[0] ? session : NULL);
     int status;
-    if (acp_client_exited(d->acp, &status)) {
+    if (srv_acp_client_exited(d->acp, &status)) {
         /* It ended on its own: its code is the run's (a crash mid-run). */
         json_t *ec = json_integer(exit_code_of(status));
-        runs_emit(d->r, "agent.exited", json_pack("{s:O}", "exitCode", ec));
+        srv_runs_emit(d->r, "agent.exited", json_pack("{s:O}", "exitCode", ec));
         if (d->agent_died) {
-            char *tail = acp_client_stderr(d->acp);
+            char *tail = srv_acp_client_stderr(d->acp);
             drv_fail(d, "agent_exited", "%s exited with code %d mid-run%s%.700s", d->agent, exit_code_of(status),
                      tail && *tail ? "; its last stderr lines: " : "", tail ? tail : "");
             free(tail);
@@ -866,7 +866,7 @@ out:
             json_decref(ec);
         }
     }
-    acp_client_close(d->acp);
+    srv_acp_client_close(d->acp);
     d->acp = NULL;
     return code;
 }
@@ -901,7 +901,7 @@ static void stop_and_save(drive *d)
     const char *rel = state_dir_of(d->agent);
     char dir[PATH_MAX], path[PATH_MAX + 32] = "";
     _cleanup_close_ int fd = -1;
-    if (rel && runs_dir(d->r, dir, sizeof dir) == 0) {
+    if (rel && srv_runs_dir(d->r, dir, sizeof dir) == 0) {
         snprintf(path, sizeof path, "%s/agent-state.tar", dir);
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     }
@@ -914,12 +914,12 @@ static void stop_and_save(drive *d)
     if (fd < 0) {
         free(o.buf);
         if (rc < 0)
-            slog(SLOG_WARN, SLOG_F("run", d->r->id), "run %s: killing the agent's processes: %s", d->r->id, e.message);
+            srv_slog(SLOG_WARN, SLOG_F("run", d->r->id), "run %s: killing the agent's processes: %s", d->r->id, e.message);
         return;
     }
     if (rc < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0 || o.len == 0) {
         if (rc < 0)
-            runs_emit(d->r, "error", json_pack("{s:s}", "message", "the agent's state was not saved (over 64 MiB "
+            srv_runs_emit(d->r, "error", json_pack("{s:s}", "message", "the agent's state was not saved (over 64 MiB "
                                                "or unreadable): the run cannot be resumed"));
         unlink(path);
     }
@@ -936,7 +936,7 @@ static void check_schema(drive *d)
     char why[512] = "";
     if (!v)
         snprintf(why, sizeof why, "the output is not JSON: %s", out ? jerr.text : "no output");
-    else if (runagent_schema_validate(schema, v, why, sizeof why) < 0 && !why[0])
+    else if (srv_runagent_schema_validate(schema, v, why, sizeof why) < 0 && !why[0])
         snprintf(why, sizeof why, "the output does not match output_schema");
     if (why[0]) {
         json_decref(v);
@@ -952,11 +952,11 @@ static void compute_diff(drive *d)
     json_t *diff = json_object();
     cell_error e = { 0 };
     rundiff_limits lim = { .inline_max = DRV_DIFF_INLINE, .artifact_max = DRV_DIFF_ARTIFACT };
-    if (runs_dir(d->r, dir, sizeof dir) < 0)
+    if (srv_runs_dir(d->r, dir, sizeof dir) < 0)
         util_fail(&e, EIO, "the run's directory");
     else {
         snprintf(path, sizeof path, "%s/diff.patch", dir);
-        if (rundiff_compute(d->sc, &lim, path, diff, &e) == 0) {
+        if (srv_rundiff_compute(d->sc, &lim, path, diff, &e) == 0) {
             json_object_update(d->result, diff);
             json_decref(diff);
             return;
@@ -985,7 +985,7 @@ static void *keep_lane_import(void *arg)
     snprintf(q.tok.tenant, sizeof q.tok.tenant, "%s", k->d->r->tenant);
     q.tok.admin = k->d->r->admin;
     const char *image = jstr(k->d->spec, "image");
-    k->rc = lanes_import_fd(&q, k->name, image ? image : "host", k->fd, &k->lane);
+    k->rc = srv_lanes_import_fd(&q, k->name, image ? image : "host", k->fd, &k->lane);
     if (k->rc < 0) {
         const char *why = json_string_value(json_object_get(q.audit, "error"));
         snprintf(k->why, sizeof k->why, "%s", why ? why : "out of memory");
@@ -1043,15 +1043,15 @@ static void keep_or_remove(drive *d)
     const char *keep = jstr(d->spec, "keep");
     if (!d->sc)
         return;
-    if (keep && strcmp(keep, "cell") == 0 && registry_running(d->sc)) {
+    if (keep && strcmp(keep, "cell") == 0 && srv_registry_running(d->sc)) {
         json_object_set_new(d->result, "cellId", json_string(d->sc->id));
         return;
     }
-    if (keep && strcmp(keep, "lane") == 0 && registry_running(d->sc) && !d->stopping)
+    if (keep && strcmp(keep, "lane") == 0 && srv_registry_running(d->sc) && !d->stopping)
         keep_lane(d);
     cell_error e = { 0 };
-    if (registry_delete(d->sc, 1, &e) < 0 && e.code != ENOENT)
-        slog(SLOG_WARN, SLOG_F("run", d->r->id, "cell", d->sc->id), "run %s: deleting cell %s: %s", d->r->id, d->sc->id,
+    if (srv_registry_delete(d->sc, 1, &e) < 0 && e.code != ENOENT)
+        srv_slog(SLOG_WARN, SLOG_F("run", d->r->id, "cell", d->sc->id), "run %s: deleting cell %s: %s", d->r->id, d->sc->id,
              e.message);
 }
 
@@ -1080,15 +1080,15 @@ static int64_t run_deadline(drive *d)
 static int prepare(drive *d)
 {
     char why[512] = "";
-    if (runagent_plan_build(d->agent, d->spec, &d->plan, why, sizeof why) < 0)
+    if (srv_runagent_plan_build(d->agent, d->spec, &d->plan, why, sizeof why) < 0)
         return drv_fail(d, "invalid_request", "%s", why[0] ? why : "the agent's plan failed"), -1;
     d->have_plan = 1;
-    if (!(d->norm = runagent_norm_new()))
+    if (!(d->norm = srv_runagent_norm_new()))
         return drv_fail(d, "internal", "out of memory"), -1;
     if (find_prev(d) < 0 || boot_cell(d) < 0)
         return -1;
-    runs_set_cell(d->r, d->sc->id);
-    runs_mark(d->r, "cellReadyMs");
+    srv_runs_set_cell(d->r, d->sc->id);
+    srv_runs_mark(d->r, "cellReadyMs");
     cell_error e = { 0 };
     if (fill_workspace(d, &e) < 0)
         return drv_fail(d, "workspace", "the workspace: %s", e.message), -1;
@@ -1131,7 +1131,7 @@ static void usage_result(drive *d)
     json_object_set_new(d->result, "usageSource", json_string("egress"));
 }
 
-void *rundrive_main(void *arg)
+void *srv_rundrive_main(void *arg)
 {
     drive d = { .r = arg };
     d.s = d.r->s;
@@ -1141,18 +1141,18 @@ void *rundrive_main(void *arg)
     d.result = json_pack("{s:n, s:s, s:n, s:n, s:s, s:i, s:b, s:[], s:[]}", "exitCode", "output", "", "sessionId",
                          "usage", "diff", "", "diffBytes", 0, "diffTruncated", 0, "changedFiles", "artifacts");
     json_t *code = json_null();
-    runs_set_status(d.r, RUN_STARTING);
+    srv_runs_set_status(d.r, RUN_STARTING);
     if (!d.agent)
         drv_fail(&d, "invalid_request", "the run names no agent");
     else if (prepare(&d) == 0 && !drv_stop(&d)) {
-        runs_set_status(d.r, RUN_RUNNING);
+        srv_runs_set_status(d.r, RUN_RUNNING);
         usage_snapshot(d.sc, &d.usage_base);
-        runs_mark(d.r, "agentStartedMs");
-        runs_emit(d.r, "run.started", json_pack("{s:s, s:s}", "agent", d.agent, "cellId", d.sc->id));
+        srv_runs_mark(d.r, "agentStartedMs");
+        srv_runs_emit(d.r, "run.started", json_pack("{s:s, s:s}", "agent", d.agent, "cellId", d.sc->id));
         json_decref(code);
         code = strcmp(d.agent, "shell") == 0 ? run_shell(&d)
                                              : run_acp(&d, d.prev_session[0] ? d.prev_session : NULL);
-        runs_mark(d.r, "agentDoneMs");
+        srv_runs_mark(d.r, "agentDoneMs");
     }
     drv_stop(&d);                   /* a cancel or timeout during the setup counts too */
     if (d.stopping)
@@ -1161,16 +1161,16 @@ void *rundrive_main(void *arg)
         json_decref(code);
         code = json_null();
     }
-    runs_set_status(d.r, RUN_FINISHING);
-    if (d.sc && registry_running(d.sc) && !d.stopping) {
+    srv_runs_set_status(d.r, RUN_FINISHING);
+    if (d.sc && srv_registry_running(d.sc) && !d.stopping) {
         stop_and_save(&d);
         compute_diff(&d);
     } else if (d.sc && !d.stopping && !d.canceled && !d.timed_out) {
         drv_fail(&d, "cell_gone", "the run's cell %s stopped or was deleted during the run", d.sc->id);
     }
     if (strcmp(d.agent ? d.agent : "", "shell") != 0 && d.norm) {
-        json_t *out = runagent_output(d.norm);
-        json_t *usage = runagent_usage(d.norm);
+        json_t *out = srv_runagent_output(d.norm);
+        json_t *usage = srv_runagent_usage(d.norm);
         if (json_is_string(out))
             json_object_set(d.result, "output", out);
         if (json_is_object(usage))
@@ -1190,14 +1190,14 @@ void *rundrive_main(void *arg)
     json_decref(code);
     json_decref(d.error);
     if (d.have_plan)
-        runagent_plan_free(&d.plan);
+        srv_runagent_plan_free(&d.plan);
     if (d.norm)
-        runagent_norm_free(d.norm);
+        srv_runagent_norm_free(d.norm);
     if (d.sc)
-        registry_put(d.sc);
+        srv_registry_put(d.sc);
     if (d.prev)
-        runs_put(d.prev);
-    runs_mark(d.r, "finishedMs");
-    runs_finish(d.r, st, d.result);
+        srv_runs_put(d.prev);
+    srv_runs_mark(d.r, "finishedMs");
+    srv_runs_finish(d.r, st, d.result);
     return NULL;
 }

@@ -4,7 +4,7 @@
  *
  * Lifetimes: a run is referenced by the list (until DELETE of a finished
  * run, a prune, or the daemon's end), by its driver thread (until
- * runs_finish) and by each request and stream using it; the last
+ * srv_runs_finish) and by each request and stream using it; the last
  * reference frees it.  Locks, in order: runs_lock (the list, refs) ->
  * run.lock (everything that changes in a run).  The store and the audit
  * log are written without either held.
@@ -53,7 +53,7 @@ typedef struct run_priv {
     uint64_t  last_seq;
     uint64_t  dropped;
     int       listed;              /* runs_lock */
-    int       driving;             /* the driver thread has not called runs_finish */
+    int       driving;             /* the driver thread has not called srv_runs_finish */
     int       applying;            /* an apply is running */
     int       result_stripped;     /* r->result lacks "diff": the store has the whole one */
     int64_t   started_ms, finished_ms;
@@ -74,7 +74,7 @@ static const char *const status_names[] = {
     [RUN_CANCELED] = "canceled",   [RUN_TIMED_OUT] = "timed_out",
 };
 
-const char *runs_status_name(enum run_status st)
+const char *srv_runs_status_name(enum run_status st)
 {
     return (unsigned)st <= RUN_TIMED_OUT ? status_names[st] : "failed";
 }
@@ -116,7 +116,7 @@ static void run_free(run *r)
     free(r);
 }
 
-void runs_put(run *r)
+void srv_runs_put(run *r)
 {
     if (!r)
         return;
@@ -173,7 +173,7 @@ static run *runs_lookup(const char *tenant, const char *id)
     return r;
 }
 
-run *runs_find(srv *s, const char *tenant, const char *id)
+run *srv_runs_find(srv *s, const char *tenant, const char *id)
 {
     (void)s;
     return runs_lookup(tenant, id);
@@ -192,7 +192,7 @@ static void unlist_locked(run *r)
     r->refs--;                      /* the list's; the caller holds another */
 }
 
-int runs_dir(run *r, char *out, size_t size)
+int srv_runs_dir(run *r, char *out, size_t size)
 {
     return util_path(out, size, NULL, "%s/runs/%s", r->s->state_dir, r->id) < 0 ? -1 : 0;
 }
@@ -211,7 +211,7 @@ static void persist(run *r, json_t *result)
     store_run row = { 0 };
     snprintf(row.id, sizeof row.id, "%s", r->id);
     pthread_mutex_lock(&r->lock);
-    snprintf(row.status, sizeof row.status, "%s", runs_status_name(r->status));
+    snprintf(row.status, sizeof row.status, "%s", srv_runs_status_name(r->status));
     snprintf(row.cell, sizeof row.cell, "%s", r->cell_id);
     row.result = dump(result ? result : r->result);
     row.timings = dump(r->timings);
@@ -220,7 +220,7 @@ static void persist(run *r, json_t *result)
     pthread_mutex_unlock(&r->lock);
     cell_error e = { 0 };
     if (store_run_update(r->s->st, &row, &e) < 0)
-        slog(SLOG_ERROR, SLOG_F("run", r->id), "run %s: could not record it: %s", r->id, e.message);
+        srv_slog(SLOG_ERROR, SLOG_F("run", r->id), "run %s: could not record it: %s", r->id, e.message);
     free(row.result);
     free(row.timings);
 }
@@ -231,7 +231,7 @@ static void audit_run(run *r, const char *event)
     json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "kind", "run", "event", event, "tenant",
                             r->tenant, "token", r->token_id, "run", r->id, "agent",
                             json_string_value(json_object_get(r->spec, "agent")), "cell", r->cell_id, "status",
-                            runs_status_name(r->status));
+                            srv_runs_status_name(r->status));
     pthread_mutex_unlock(&r->lock);
     if (rec)
         store_audit_append(r->s->st, rec);
@@ -290,7 +290,7 @@ static void emit_locked(run *r, const char *type, json_t *fields)
     free(line);
 }
 
-void runs_emit(run *r, const char *type, json_t *fields)
+void srv_runs_emit(run *r, const char *type, json_t *fields)
 {
     if (!type) {
         json_decref(fields);
@@ -301,24 +301,24 @@ void runs_emit(run *r, const char *type, json_t *fields)
     pthread_mutex_unlock(&r->lock);
 }
 
-void runs_set_status(run *r, enum run_status st)
+void srv_runs_set_status(run *r, enum run_status st)
 {
     if (terminal(st))
-        return;                     /* only runs_finish ends a run */
+        return;                     /* only srv_runs_finish ends a run */
     pthread_mutex_lock(&r->lock);
     int changed = !terminal(r->status) && r->status != st;
     if (changed) {
         r->status = st;
         if (st >= RUN_STARTING && !priv(r)->started_ms)
             priv(r)->started_ms = srv_now_ms();
-        emit_locked(r, "run.status", json_pack("{s:s}", "status", runs_status_name(st)));
+        emit_locked(r, "run.status", json_pack("{s:s}", "status", srv_runs_status_name(st)));
     }
     pthread_mutex_unlock(&r->lock);
     if (changed)
         persist(r, NULL);
 }
 
-void runs_set_cell(run *r, const char *cell_id)
+void srv_runs_set_cell(run *r, const char *cell_id)
 {
     pthread_mutex_lock(&r->lock);
     snprintf(r->cell_id, sizeof r->cell_id, "%s", cell_id ? cell_id : "");
@@ -326,14 +326,14 @@ void runs_set_cell(run *r, const char *cell_id)
     persist(r, NULL);
 }
 
-void runs_mark(run *r, const char *point)
+void srv_runs_mark(run *r, const char *point)
 {
     pthread_mutex_lock(&r->lock);
     json_object_set_new(r->timings, point, json_integer(srv_now_ms()));
     pthread_mutex_unlock(&r->lock);
 }
 
-int runs_cancelled(run *r)
+int srv_runs_cancelled(run *r)
 {
     pthread_mutex_lock(&r->lock);
     int c = r->cancel;
@@ -390,7 +390,7 @@ static uint64_t tenant_run_bytes(srv *s, const char *tenant)
     return total;
 }
 
-uint64_t runs_tenant_bytes(srv *s, const char *tenant)
+uint64_t srv_runs_tenant_bytes(srv *s, const char *tenant)
 {
     return tenant_run_bytes(s, tenant);
 }
@@ -436,13 +436,13 @@ static void prune(srv *s, const char *tenant)
         pthread_mutex_unlock(&runs_lock);
         if (mine)
             runs_remove(oldest);
-        runs_put(oldest);
+        srv_runs_put(oldest);
         if (!over)
             return;
     }
 }
 
-void runs_finish(run *r, enum run_status st, json_t *result)
+void srv_runs_finish(run *r, enum run_status st, json_t *result)
 {
     if (!terminal(st))
         st = RUN_FAILED;
@@ -460,7 +460,7 @@ void runs_finish(run *r, enum run_status st, json_t *result)
     if (p->dropped)
         emit_locked(r, "events.dropped", json_pack("{s:I}", "count", (json_int_t)p->dropped));
     json_t *code = json_object_get(result, "exitCode");
-    emit_locked(r, "run.finished", json_pack("{s:s, s:O, s:O}", "status", runs_status_name(st), "exitCode",
+    emit_locked(r, "run.finished", json_pack("{s:s, s:O, s:O}", "status", srv_runs_status_name(st), "exitCode",
                                              code ? code : json_null(), "durationMs",
                                              json_object_get(result, "durationMs")));
     /* Terminal after run.finished is in the file: a follower that sees the
@@ -496,7 +496,7 @@ void runs_finish(run *r, enum run_status st, json_t *result)
     runs_drivers--;
     pthread_cond_broadcast(&runs_cond);
     pthread_mutex_unlock(&runs_lock);
-    runs_put(r);                    /* the driver's */
+    srv_runs_put(r);                    /* the driver's */
     prune(s, tenant);
 }
 
@@ -521,7 +521,7 @@ static void remember_decided_locked(run *r, const char *id)
         p->n_decided++;
 }
 
-const char *runs_ask_permission(run *r, const char *req_id, json_t *request, int64_t deadline_ms)
+const char *srv_runs_ask_permission(run *r, const char *req_id, json_t *request, int64_t deadline_ms)
 {
     run_perm *pm = calloc(1, sizeof *pm);
     pthread_mutex_lock(&r->lock);
@@ -626,28 +626,28 @@ static int content_type_ok(sreq *r)
 static upload_state *upload_begin(sreq *r)
 {
     if (!content_type_ok(r))
-        return reply_problem(r, 415, "invalid_request", "an upload is a tar stream: Content-Type: "
+        return srv_reply_problem(r, 415, "invalid_request", "an upload is a tar stream: Content-Type: "
                              "application/x-tar or application/gzip"), NULL;
     char dir[4096];
     cell_error e = { 0 };
     upload_state *u = calloc(1, sizeof *u);
     if (!u)
-        return reply_problem(r, 500, "internal", "out of memory"), NULL;
+        return srv_reply_problem(r, 500, "internal", "out of memory"), NULL;
     u->fd = -1;
     r->stream = u;
     r->stream_free = upload_free;
     u->done = 1;                    /* nothing to unlink until the file exists */
     if (uploads_dir(r->s, r->tok.tenant, dir, sizeof dir, &e) < 0 || util_mkdir_p(dir, 0700, &e) < 0)
-        return reply_error(r, &e), NULL;
+        return srv_reply_error(r, &e), NULL;
     util_random_hex(u->id, RUN_ID_LEN / 2);
     if (util_path(u->part, sizeof u->part, &e, "%s/%s.part", dir, u->id) < 0 ||
         util_path(u->final, sizeof u->final, &e, "%s/%s.tar", dir, u->id) < 0)
-        return reply_error(r, &e), NULL;
+        return srv_reply_error(r, &e), NULL;
     /* Runs and uploads count against the tenant's disk quota (maxDisk). */
     prune(r->s, r->tok.tenant);
     uint64_t quota = tenant_disk(r->s, r->tok.tenant), used = tenant_run_bytes(r->s, r->tok.tenant);
     if (used >= quota)
-        return reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
+        return srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
                              "uploads hold %llu; remove runs first (DELETE /v1/runs/{id})", r->tok.tenant,
                              (unsigned long long)quota, (unsigned long long)used), NULL;
     u->room = quota - used;
@@ -659,60 +659,60 @@ static upload_state *upload_begin(sreq *r)
     int oe = errno;
     pthread_mutex_unlock(&uploads_lock);
     if (pending >= RUNS_UPLOADS_MAX)
-        return reply_problem(r, 429, "too_many_uploads", "tenant %s has %d uploads waiting for a run; use or "
+        return srv_reply_problem(r, 429, "too_many_uploads", "tenant %s has %d uploads waiting for a run; use or "
                              "let them expire (1 h) first", r->tok.tenant, RUNS_UPLOADS_MAX), NULL;
     if (u->fd < 0) {
         errno = oe;
         util_fail_errno(&e, "create upload");
-        return reply_error(r, &e), NULL;
+        return srv_reply_error(r, &e), NULL;
     }
     u->done = 0;
     return u;
 }
 
-int h_runs_upload_body(sreq *r, const char *data, size_t len)
+int srv_h_runs_upload_body(sreq *r, const char *data, size_t len)
 {
     upload_state *u = r->stream;
     if (!u && !(u = upload_begin(r)))
         return -1;
     if (u->bytes + len > u->room) {
-        reply_problem(r, 403, "quota_exceeded", "tenant %s: the upload outgrows what quota \"disk\" leaves for the "
+        srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: the upload outgrows what quota \"disk\" leaves for the "
                       "tenant's runs and uploads (%llu bytes)", r->tok.tenant, (unsigned long long)u->room);
         return -1;
     }
     if (util_write_all(u->fd, data, len) < 0) {
         cell_error e = { 0 };
         util_fail_errno(&e, "write upload");
-        reply_error(r, &e);
+        srv_reply_error(r, &e);
         return -1;
     }
     u->bytes += len;
     return 0;
 }
 
-int h_runs_upload(sreq *r)
+int srv_h_runs_upload(sreq *r)
 {
     upload_state *u = r->stream;
     if (!u) {
         if (!content_type_ok(r))
-            return reply_problem(r, 415, "invalid_request", "an upload is a tar stream: Content-Type: "
+            return srv_reply_problem(r, 415, "invalid_request", "an upload is a tar stream: Content-Type: "
                                  "application/x-tar or application/gzip");
-        return reply_problem(r, 400, "invalid_request", "the body must be a tar stream, not empty");
+        return srv_reply_problem(r, 400, "invalid_request", "the body must be a tar stream, not empty");
     }
     cell_error e = { 0 };
     if (fsync(u->fd) < 0 || close(u->fd) < 0) {
         u->fd = -1;
         util_fail_errno(&e, "write upload");
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     }
     u->fd = -1;
     if (rename(u->part, u->final) < 0) {
         util_fail_errno(&e, "rename upload");
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     }
     u->done = 1;
-    req_audit(r, "upload", json_string(u->id));
-    return reply_json(r, 201, json_pack("{s:s, s:I}", "upload", u->id, "bytes", (json_int_t)u->bytes));
+    srv_req_audit(r, "upload", json_string(u->id));
+    return srv_reply_json(r, 201, json_pack("{s:s, s:I}", "upload", u->id, "bytes", (json_int_t)u->bytes));
 }
 
 /* Move the tenant's upload into the run's directory: one run gets it. */
@@ -737,7 +737,7 @@ static int upload_claim(srv *s, const char *tenant, const char *upload, const ch
 static int upload_inherit(run *x, cell_error *err)
 {
     char from[4096], to[4096], dir[4096];
-    if (runs_dir(x, dir, sizeof dir) < 0 || util_path(to, sizeof to, err, "%s/upload.tar", dir) < 0 ||
+    if (srv_runs_dir(x, dir, sizeof dir) < 0 || util_path(to, sizeof to, err, "%s/upload.tar", dir) < 0 ||
         util_path(from, sizeof from, err, "%s/runs/%s/upload.tar", x->s->state_dir, priv(x)->resumed_from) < 0)
         return -1;
     if (link(from, to) < 0)
@@ -745,12 +745,12 @@ static int upload_inherit(run *x, cell_error *err)
     return 0;
 }
 
-int runs_upload_take(run *r, const char *upload_id, char *path, size_t size)
+int srv_runs_upload_take(run *r, const char *upload_id, char *path, size_t size)
 {
     (void)upload_id;                /* claimed at POST /v1/runs */
     char dir[4096];
     struct stat st;
-    if (runs_dir(r, dir, sizeof dir) < 0 || util_path(path, size, NULL, "%s/upload.tar", dir) < 0)
+    if (srv_runs_dir(r, dir, sizeof dir) < 0 || util_path(path, size, NULL, "%s/upload.tar", dir) < 0)
         return -1;
     return lstat(path, &st) == 0 && S_ISREG(st.st_mode) ? 0 : -1;
 }
@@ -772,7 +772,7 @@ static int in_list(const char *v, const char *const *list)
 
 static int bad(sreq *r, const char *fmt, const char *field)
 {
-    reply_problem(r, 400, "invalid_request", fmt, field);
+    srv_reply_problem(r, 400, "invalid_request", fmt, field);
     return -1;
 }
 
@@ -824,7 +824,7 @@ static int parse_repo(sreq *r, json_t *body, json_t *spec, char *upload, size_t 
     json_t *v;
     json_object_foreach(repo, key, v)
         if (strcmp(key, "path") != 0 && strcmp(key, "lane") != 0 && strcmp(key, "upload") != 0) {
-            reply_problem(r, 400, "invalid_request", "field \"repo.%s\" is unknown (repo takes path, lane "
+            srv_reply_problem(r, 400, "invalid_request", "field \"repo.%s\" is unknown (repo takes path, lane "
                           "(with path) or upload)", key);
             return -1;
         }
@@ -842,7 +842,7 @@ static int parse_repo(sreq *r, json_t *body, json_t *spec, char *upload, size_t 
         store_lane l;
         if (store_lane_get(r->s->st, r->tok.tenant, json_string_value(lane), &l, NULL) < 0 ||
             strcmp(l.state, "ready") != 0) {
-            reply_problem(r, 404, "not_found", "field \"repo.lane\": lane %s; create it with POST /v1/lanes",
+            srv_reply_problem(r, 404, "not_found", "field \"repo.lane\": lane %s; create it with POST /v1/lanes",
                           json_string_value(lane));
             return -1;
         }
@@ -866,12 +866,12 @@ static int parse_repo(sreq *r, json_t *body, json_t *spec, char *upload, size_t 
      * link under a root that leads out of it is out of it. */
     if (!realpath(p, canon) || stat(canon, &st) < 0 || !S_ISDIR(st.st_mode)) {
         if (!r->tok.admin && !r->s->opt.run_repo_roots)
-            return reply_problem(r, 403, "forbidden", "field \"repo.path\": host paths need an admin token, or "
+            return srv_reply_problem(r, 403, "forbidden", "field \"repo.path\": host paths need an admin token, or "
                                  "a daemon started with --run-repo-root"), -1;
         return bad(r, "field \"%s\" must name an existing directory", "repo.path");
     }
     if (!r->tok.admin && !repo_path_allowed(r->s, canon)) {
-        reply_problem(r, 403, "forbidden", "field \"repo.path\": %s is not under a --run-repo-root of the daemon "
+        srv_reply_problem(r, 403, "forbidden", "field \"repo.path\": %s is not under a --run-repo-root of the daemon "
                       "(host paths outside them need an admin token)", canon);
         return -1;
     }
@@ -885,7 +885,7 @@ static int parse_attachments(sreq *r, json_t *body)
     if (!arr || json_is_null(arr))
         return 0;
     if (!json_is_array(arr) || json_array_size(arr) > RUNS_ATTACH_MAX) {
-        reply_problem(r, 400, "invalid_request", "field \"attachments\" must be an array of at most %d "
+        srv_reply_problem(r, 400, "invalid_request", "field \"attachments\" must be an array of at most %d "
                       "{name, text | base64}", RUNS_ATTACH_MAX);
         return -1;
     }
@@ -896,17 +896,17 @@ static int parse_attachments(sreq *r, json_t *body)
                *b64 = json_object_get(a, "base64");
         const char *n = json_string_value(name);
         if (!json_is_object(a) || json_object_size(a) != 2 || !n || !util_valid_name(n) || !!text + !!b64 != 1) {
-            reply_problem(r, 400, "invalid_request", "field \"attachments[%zu]\" must be {\"name\": a file name "
+            srv_reply_problem(r, 400, "invalid_request", "field \"attachments[%zu]\" must be {\"name\": a file name "
                           "(letters, digits, '.', '_', '-'), and \"text\" or \"base64\"}", i);
             return -1;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(n, json_string_value(json_object_get(json_array_get(arr, j), "name"))) == 0) {
-                reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].name\": %s is given twice", i, n);
+                srv_reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].name\": %s is given twice", i, n);
                 return -1;
             }
         if (text && !json_is_string(text)) {
-            reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].text\" must be a string", i);
+            srv_reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].text\" must be a string", i);
             return -1;
         }
         if (text) {
@@ -916,17 +916,17 @@ static int parse_attachments(sreq *r, json_t *body)
             size_t len = json_string_length(b64), out_len = 0;
             unsigned char *out = in ? malloc(len / 4 * 3 + 3) : NULL;
             char why[128];
-            int ok = out && procs_base64_decode(in, len, out, &out_len, why, sizeof why) == 0;
+            int ok = out && srv_procs_base64_decode(in, len, out, &out_len, why, sizeof why) == 0;
             free(out);
             if (!ok) {
-                reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].base64\" must be a string of "
+                srv_reply_problem(r, 400, "invalid_request", "field \"attachments[%zu].base64\" must be a string of "
                               "padded base64", i);
                 return -1;
             }
             total += out_len;
         }
         if (total > RUNS_ATTACH_BYTES) {
-            reply_problem(r, 400, "invalid_request", "field \"attachments\": at most %u bytes in all",
+            srv_reply_problem(r, 400, "invalid_request", "field \"attachments\": at most %u bytes in all",
                           RUNS_ATTACH_BYTES);
             return -1;
         }
@@ -948,7 +948,7 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
         return bad(r, "field \"%s\" must be {\"run\": ID} or {\"last\": true}, with \"fork\"?: true", "resume");
     json_object_foreach(res, key, v)
         if (strcmp(key, "run") != 0 && strcmp(key, "last") != 0 && strcmp(key, "fork") != 0) {
-            reply_problem(r, 400, "invalid_request", "field \"resume.%s\" is unknown (run, last, fork)", key);
+            srv_reply_problem(r, 400, "invalid_request", "field \"resume.%s\" is unknown (run, last, fork)", key);
             return -1;
         }
     if (fork && !json_is_boolean(fork))
@@ -972,7 +972,7 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
         pthread_mutex_unlock(&runs_lock);
     }
     if (!prev) {
-        reply_problem(r, 404, "not_found", "field \"resume\": %s%s", id ? "no run " : "no finished run of agent ",
+        srv_reply_problem(r, 404, "not_found", "field \"resume\": %s%s", id ? "no run " : "no finished run of agent ",
                       id ? json_string_value(id) : agent);
         return -1;
     }
@@ -981,10 +981,10 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
     pthread_mutex_unlock(&prev->lock);
     int rc = 0;
     if (!done) {
-        reply_problem(r, 409, "conflict", "field \"resume\": run %s has not finished", prev->id);
+        srv_reply_problem(r, 409, "conflict", "field \"resume\": run %s has not finished", prev->id);
         rc = -1;
     } else if (strcmp(json_string_value(json_object_get(prev->spec, "agent")), agent) != 0) {
-        reply_problem(r, 400, "invalid_request", "field \"resume\": run %s ran agent %s, not %s", prev->id,
+        srv_reply_problem(r, 400, "invalid_request", "field \"resume\": run %s ran agent %s, not %s", prev->id,
                       json_string_value(json_object_get(prev->spec, "agent")), agent);
         rc = -1;
     } else {
@@ -994,20 +994,20 @@ static int parse_resume(sreq *r, json_t *body, json_t *spec, const char *agent, 
             json_object_set_new(spec, "repo", json_deep_copy(json_object_get(prev->spec, "repo")));
         snprintf(p->resumed_from, sizeof p->resumed_from, "%s", prev->id);
     }
-    runs_put(prev);
+    srv_runs_put(prev);
     return rc;
 }
 
 static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upload, size_t upload_size)
 {
-    if (req_check_known(r, body, "", known_fields) < 0)
+    if (srv_req_check_known(r, body, "", known_fields) < 0)
         return -1;
     const char *agent = NULL, *prompt = NULL, *model = NULL, *keep = "nothing", *image = "host";
     int64_t timeout = RUNS_TIMEOUT_DEF;
-    if (json_get_str(r, body, "agent", 1, &agent) < 0 || json_get_str(r, body, "prompt", 1, &prompt) < 0 ||
-        json_get_str(r, body, "model", 0, &model) < 0 || json_get_str(r, body, "keep", 0, &keep) < 0 ||
-        json_get_str(r, body, "image", 0, &image) < 0 ||
-        json_get_int(r, body, "timeout_s", 0, 1, RUNS_TIMEOUT_MAX, &timeout) < 0)
+    if (srv_json_get_str(r, body, "agent", 1, &agent) < 0 || srv_json_get_str(r, body, "prompt", 1, &prompt) < 0 ||
+        srv_json_get_str(r, body, "model", 0, &model) < 0 || srv_json_get_str(r, body, "keep", 0, &keep) < 0 ||
+        srv_json_get_str(r, body, "image", 0, &image) < 0 ||
+        srv_json_get_int(r, body, "timeout_s", 0, 1, RUNS_TIMEOUT_MAX, &timeout) < 0)
         return -1;
     if (!in_list(agent, known_agents))
         return bad(r, "field \"%s\" must be one of mock, codex, opencode, claude, shell", "agent");
@@ -1022,8 +1022,8 @@ static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upl
     if (ceiling && (uint64_t)timeout > ceiling)
         timeout = (int64_t)ceiling;         /* the operator's ceiling caps it */
     char why[512] = "";
-    if (runagent_check(body, why, sizeof why) < 0) {
-        reply_problem(r, 400, "invalid_request", "%s", why[0] ? why : "invalid run request");
+    if (srv_runagent_check(body, why, sizeof why) < 0) {
+        srv_reply_problem(r, 400, "invalid_request", "%s", why[0] ? why : "invalid run request");
         return -1;
     }
     /* The cell's part, checked as POST /v1/cells checks it. */
@@ -1036,8 +1036,8 @@ static int parse_run(sreq *r, json_t *body, json_t *spec, run_priv *p, char *upl
     if (cellbody && keyo && !json_is_null(keyo))
         json_object_set_new(cellbody, "agents", json_pack("{s:O}", agent, keyo));
     json_t *cellspec = json_object();
-    int rc = cellbody && cellspec ? cells_spec_from_body(r, cellbody, cellspec)
-                                  : (reply_problem(r, 500, "internal", "out of memory"), -1);
+    int rc = cellbody && cellspec ? srv_cells_spec_from_body(r, cellbody, cellspec)
+                                  : (srv_reply_problem(r, 500, "internal", "out of memory"), -1);
     json_decref(cellbody);
     json_decref(cellspec);
     if (rc < 0 || parse_repo(r, body, spec, upload, upload_size) < 0 || parse_attachments(r, body) < 0 ||
@@ -1065,7 +1065,7 @@ static json_t *run_json(run *r, int with_diff)
     json_object_set_new(o, "tenant", json_string(r->tenant));
     /* Copies: the spec is shared by every thread that reads the run. */
     json_object_set_new(o, "agent", json_deep_copy(json_object_get(r->spec, "agent")));
-    json_object_set_new(o, "status", json_string(runs_status_name(r->status)));
+    json_object_set_new(o, "status", json_string(srv_runs_status_name(r->status)));
     json_object_set_new(o, "createdAtMs", json_integer(r->created_ms));
     if (p->started_ms)
         json_object_set_new(o, "startedAtMs", json_integer(p->started_ms));
@@ -1104,12 +1104,12 @@ static json_t *run_json(run *r, int with_diff)
 /* ---- handlers ----------------------------------------------------------------------------- */
 static run *find_run(sreq *r)
 {
-    const char *id = router_param(&r->m, "id");
+    const char *id = srv_router_param(&r->m, "id");
     run *x = runs_lookup(r->tok.tenant, id);
     if (!x)
-        reply_problem(r, 404, "not_found", "run %s", id);
+        srv_reply_problem(r, 404, "not_found", "run %s", id);
     else
-        req_audit(r, "run", json_string(x->id));
+        srv_req_audit(r, "run", json_string(x->id));
     return x;
 }
 
@@ -1129,7 +1129,7 @@ static size_t active_runs_locked(const char *tenant)
 static int make_dir(run *r, cell_error *err)
 {
     char dir[4096], path[4096];
-    if (runs_dir(r, dir, sizeof dir) < 0 || util_mkdir_p(dir, 0700, err) < 0 ||
+    if (srv_runs_dir(r, dir, sizeof dir) < 0 || util_mkdir_p(dir, 0700, err) < 0 ||
         util_path(path, sizeof path, err, "%s/events.jsonl", dir) < 0)
         return -1;
     priv(r)->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -1141,15 +1141,15 @@ static void runs_remove(run *r)
     char dir[4096];
     cell_error e = { 0 };
     if (store_run_delete(r->s->st, r->id, &e) < 0 && e.code != ENOENT)
-        slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
-    if (runs_dir(r, dir, sizeof dir) == 0 && util_rm_rf(dir, &e) < 0)
-        slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
+        srv_slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
+    if (srv_runs_dir(r, dir, sizeof dir) == 0 && util_rm_rf(dir, &e) < 0)
+        srv_slog(SLOG_WARN, SLOG_F("run", r->id), "run %s: %s", r->id, e.message);
 }
 
-int h_runs_create(sreq *r)
+int srv_h_runs_create(sreq *r)
 {
     json_t *body = NULL;
-    if (req_json(r, &body) < 0)
+    if (srv_req_json(r, &body) < 0)
         return REPLIED(r);
     char id[RUN_ID_LEN + 1], upload[RUN_ID_LEN + 1];
     util_random_hex(id, RUN_ID_LEN / 2);
@@ -1160,7 +1160,7 @@ int h_runs_create(sreq *r)
         json_decref(spec);
         if (x)
             run_free(x);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     int ret = MHD_YES;
     cell_error e = { 0 };
@@ -1178,29 +1178,29 @@ int h_runs_create(sreq *r)
     prune(r->s, r->tok.tenant);
     uint64_t quota = tenant_disk(r->s, r->tok.tenant), used = tenant_run_bytes(r->s, r->tok.tenant);
     if (used >= quota) {
-        ret = reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
+        ret = srv_reply_problem(r, 403, "quota_exceeded", "tenant %s: quota \"disk\" is %llu bytes and its runs and "
                             "uploads hold %llu; remove runs first (DELETE /v1/runs/{id})", r->tok.tenant,
                             (unsigned long long)quota, (unsigned long long)used);
         goto fail;
     }
     if (going >= RUNS_ACTIVE_MAX) {
-        ret = reply_problem(r, 429, "too_many_runs", "tenant %s has %d runs going; wait for one to finish or "
+        ret = srv_reply_problem(r, 429, "too_many_runs", "tenant %s has %d runs going; wait for one to finish or "
                             "cancel one (DELETE /v1/runs/{id})", r->tok.tenant, RUNS_ACTIVE_MAX);
         goto fail;
     }
     if (make_dir(x, &e) < 0) {
-        ret = reply_error(r, &e);
+        ret = srv_reply_error(r, &e);
         goto fail;
     }
     char dir[4096];
     if (!upload[0] && priv(x)->resumed_from[0] && json_object_get(json_object_get(x->spec, "repo"), "upload") &&
         upload_inherit(x, &e) < 0) {
-        ret = reply_error(r, &e);
+        ret = srv_reply_error(r, &e);
         goto fail_dir;
     }
-    if (upload[0] && (runs_dir(x, dir, sizeof dir) < 0 || upload_claim(r->s, r->tok.tenant, upload, dir, &e) < 0)) {
-        ret = e.code == ENOENT ? reply_problem(r, 404, "not_found", "field \"repo.upload\": %s", e.message)
-                               : reply_error(r, &e);
+    if (upload[0] && (srv_runs_dir(x, dir, sizeof dir) < 0 || upload_claim(r->s, r->tok.tenant, upload, dir, &e) < 0)) {
+        ret = e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "field \"repo.upload\": %s", e.message)
+                               : srv_reply_error(r, &e);
         goto fail_dir;
     }
     store_run row = { .created = x->created_ms };
@@ -1227,24 +1227,24 @@ int h_runs_create(sreq *r)
     pthread_mutex_unlock(&runs_lock);
     free(row.spec);
     if (ins != 0) {
-        ret = ins > 0 ? reply_problem(r, 429, "too_many_runs", "tenant %s has %d runs going; wait for one to "
+        ret = ins > 0 ? srv_reply_problem(r, 429, "too_many_runs", "tenant %s has %d runs going; wait for one to "
                                       "finish or cancel one (DELETE /v1/runs/{id})", r->tok.tenant, RUNS_ACTIVE_MAX)
-                      : reply_error(r, &e);
+                      : srv_reply_error(r, &e);
         goto fail_dir;
     }
-    req_audit(r, "run", json_string(x->id));
-    runs_emit(x, "run.status", json_pack("{s:s}", "status", "queued"));
+    srv_req_audit(r, "run", json_string(x->id));
+    srv_runs_emit(x, "run.status", json_pack("{s:s}", "status", "queued"));
     audit_run(x, "created");
     pthread_mutex_lock(&runs_lock);
     x->refs++;                      /* the driver's */
     pthread_mutex_unlock(&runs_lock);
-    int pe = util_thread_detached(rundrive_main, x);
+    int pe = util_thread_detached(srv_rundrive_main, x);
     if (pe != 0) {
-        runs_finish(x, RUN_FAILED, json_pack("{s:n, s:s, s:{s:s, s:s}}", "exitCode", "output", "", "error", "type",
+        srv_runs_finish(x, RUN_FAILED, json_pack("{s:n, s:s, s:{s:s, s:s}}", "exitCode", "output", "", "error", "type",
                                              "internal", "message", "could not start the run's thread"));
     }
-    ret = reply_json(r, 202, run_json(x, 0));
-    runs_put(x);
+    ret = srv_reply_json(r, 202, run_json(x, 0));
+    srv_runs_put(x);
     json_decref(body);
     return ret;
 fail_dir:
@@ -1256,7 +1256,7 @@ fail:
     return r->responded ? MHD_YES : ret;
 }
 
-void runs_count_by_status(uint64_t counts[RUN_TIMED_OUT + 1])
+void srv_runs_count_by_status(uint64_t counts[RUN_TIMED_OUT + 1])
 {
     pthread_mutex_lock(&runs_lock);
     for (run *x = runs_list; x; x = x->next) {
@@ -1268,17 +1268,17 @@ void runs_count_by_status(uint64_t counts[RUN_TIMED_OUT + 1])
     pthread_mutex_unlock(&runs_lock);
 }
 
-int h_runs_list(sreq *r)
+int srv_h_runs_list(sreq *r)
 {
-    const char *tenant = r->tok.tenant, *q_tenant = req_query(r, "tenant"), *q_status = req_query(r, "status"),
-               *q_limit = req_query(r, "limit");
+    const char *tenant = r->tok.tenant, *q_tenant = srv_req_query(r, "tenant"), *q_status = srv_req_query(r, "status"),
+               *q_limit = srv_req_query(r, "limit");
     if (q_tenant && !r->tok.admin && strcmp(q_tenant, r->tok.tenant) != 0)
-        return reply_problem(r, 403, "forbidden", "?tenant= needs an admin token");
+        return srv_reply_problem(r, 403, "forbidden", "?tenant= needs an admin token");
     if (q_tenant)
         tenant = q_tenant;
     enum run_status want = RUN_QUEUED;
     if (q_status && status_parse(q_status, &want) < 0)
-        return reply_problem(r, 400, "invalid_request", "?status= must be one of queued, starting, running, "
+        return srv_reply_problem(r, 400, "invalid_request", "?status= must be one of queued, starting, running, "
                              "finishing, succeeded, failed, canceled, timed_out");
     long limit = RUNS_LIST_DEFAULT;
     if (q_limit) {
@@ -1286,11 +1286,11 @@ int h_runs_list(sreq *r)
         errno = 0;
         limit = strtol(q_limit, &end, 10);
         if (errno || *end || !*q_limit || limit < 1 || limit > RUNS_LIST_MAX)
-            return reply_problem(r, 400, "invalid_request", "?limit= must be a number from 1 to %d", RUNS_LIST_MAX);
+            return srv_reply_problem(r, 400, "invalid_request", "?limit= must be a number from 1 to %d", RUNS_LIST_MAX);
     }
     run **mine = calloc((size_t)limit, sizeof *mine);
     if (!mine)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     size_t n = 0;
     pthread_mutex_lock(&runs_lock);
     for (run *x = runs_list; x && n < (size_t)limit; x = x->next) {
@@ -1310,23 +1310,23 @@ int h_runs_list(sreq *r)
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(arr, run_json(mine[i], 0));
-        runs_put(mine[i]);
+        srv_runs_put(mine[i]);
     }
     free(mine);
-    return reply_json(r, 200, json_pack("{s:o}", "runs", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "runs", arr));
 }
 
-int h_runs_get(sreq *r)
+int srv_h_runs_get(sreq *r)
 {
     run *x = find_run(r);
     if (!x)
         return MHD_YES;
-    int ret = reply_json(r, 200, run_json(x, 1));
-    runs_put(x);
+    int ret = srv_reply_json(r, 200, run_json(x, 1));
+    srv_runs_put(x);
     return ret;
 }
 
-int h_runs_delete(sreq *r)
+int srv_h_runs_delete(sreq *r)
 {
     run *x = find_run(r);
     if (!x)
@@ -1341,7 +1341,7 @@ int h_runs_delete(sreq *r)
     int ret;
     if (active) {
         (void)first;
-        ret = reply_empty(r, 202);
+        ret = srv_reply_empty(r, 202);
     } else {
         /* Only one of concurrent DELETEs unlists it; the others are 404s. */
         pthread_mutex_lock(&runs_lock);
@@ -1350,34 +1350,34 @@ int h_runs_delete(sreq *r)
         pthread_mutex_unlock(&runs_lock);
         if (mine) {
             runs_remove(x);
-            ret = reply_empty(r, 204);
+            ret = srv_reply_empty(r, 204);
         } else {
-            ret = reply_problem(r, 404, "not_found", "run %s", x->id);
+            ret = srv_reply_problem(r, 404, "not_found", "run %s", x->id);
         }
     }
-    runs_put(x);
+    srv_runs_put(x);
     return ret;
 }
 
-int h_runs_permission(sreq *r)
+int srv_h_runs_permission(sreq *r)
 {
     run *x = find_run(r);
     if (!x)
         return MHD_YES;
-    const char *req_id = router_param(&r->m, "req");
+    const char *req_id = srv_router_param(&r->m, "req");
     json_t *body = NULL;
     const char *decision = NULL;
     int ret;
-    if (req_json(r, &body) < 0 || json_get_str(r, body, "decision", 1, &decision) < 0) {
+    if (srv_req_json(r, &body) < 0 || srv_json_get_str(r, body, "decision", 1, &decision) < 0) {
         ret = REPLIED(r);
         goto out;
     }
     if (json_object_size(body) != 1) {
-        ret = reply_problem(r, 400, "invalid_request", "the body is {\"decision\": \"allow\" | \"deny\"} only");
+        ret = srv_reply_problem(r, 400, "invalid_request", "the body is {\"decision\": \"allow\" | \"deny\"} only");
         goto out;
     }
     if (strcmp(decision, "allow") != 0 && strcmp(decision, "deny") != 0) {
-        ret = reply_problem(r, 400, "invalid_request", "field \"decision\" must be \"allow\" or \"deny\"");
+        ret = srv_reply_problem(r, 400, "invalid_request", "field \"decision\" must be \"allow\" or \"deny\"");
         goto out;
     }
     pthread_mutex_lock(&x->lock);
@@ -1392,18 +1392,18 @@ int h_runs_permission(sreq *r)
         pthread_cond_broadcast(&x->cond);
     }
     pthread_mutex_unlock(&x->lock);
-    req_audit(r, "decision", json_string(decision));
-    ret = outcome == 0     ? reply_empty(r, 204)
-          : outcome == 409 ? reply_problem(r, 409, "conflict", "permission request %s was decided already", req_id)
-          : outcome == 404 ? reply_problem(r, 404, "not_found", "permission request %s of run %s", req_id, x->id)
-                           : reply_problem(r, 500, "internal", "out of memory");
+    srv_req_audit(r, "decision", json_string(decision));
+    ret = outcome == 0     ? srv_reply_empty(r, 204)
+          : outcome == 409 ? srv_reply_problem(r, 409, "conflict", "permission request %s was decided already", req_id)
+          : outcome == 404 ? srv_reply_problem(r, 404, "not_found", "permission request %s of run %s", req_id, x->id)
+                           : srv_reply_problem(r, 500, "internal", "out of memory");
 out:
     json_decref(body);
-    runs_put(x);
+    srv_runs_put(x);
     return ret;
 }
 
-int h_runs_apply(sreq *r)
+int srv_h_runs_apply(sreq *r)
 {
     run *x = find_run(r);
     if (!x)
@@ -1420,37 +1420,37 @@ int h_runs_apply(sreq *r)
     json_t *changed = json_deep_copy(json_object_get(x->result, "changedFiles"));
     pthread_mutex_unlock(&x->lock);
     if (!done || busy) {
-        ret = reply_problem(r, 409, "conflict", busy ? "run %s is being applied already" : "run %s has not finished",
+        ret = srv_reply_problem(r, 409, "conflict", busy ? "run %s is being applied already" : "run %s has not finished",
                             x->id);
         goto out;
     }
     if (!repo) {
-        ret = reply_problem(r, 400, "invalid_request", "run %s did not work on a host directory (repo.path): "
+        ret = srv_reply_problem(r, 400, "invalid_request", "run %s did not work on a host directory (repo.path): "
                             "apply its patch yourself, GET /v1/runs/%s/artifacts/diff.patch", x->id, x->id);
         goto out;
     }
     if (!has_diff) {
-        ret = reply_problem(r, 409, "conflict", "run %s has no diff to apply (see its result.error)", x->id);
+        ret = srv_reply_problem(r, 409, "conflict", "run %s has no diff to apply (see its result.error)", x->id);
         goto out;
     }
     char dir[4096], patch[4096];
     cell_error e = { 0 };
     json_t *conflicts = NULL;
     struct stat st;
-    int rc = runs_dir(x, dir, sizeof dir) < 0 || util_path(patch, sizeof patch, &e, "%s/diff.patch", dir) < 0 ? -1 : 0;
+    int rc = srv_runs_dir(x, dir, sizeof dir) < 0 || util_path(patch, sizeof patch, &e, "%s/diff.patch", dir) < 0 ? -1 : 0;
     if (rc == 0 && lstat(patch, &st) == 0 && st.st_size == 0) {
-        ret = reply_json(r, 200, json_pack("{s:b, s:o}", "applied", 1, "changedFiles", json_array()));
-    } else if (rc == 0 && rundiff_apply(r->s, repo, patch, &conflicts, &e) == 0) {
+        ret = srv_reply_json(r, 200, json_pack("{s:b, s:o}", "applied", 1, "changedFiles", json_array()));
+    } else if (rc == 0 && srv_rundiff_apply(r->s, repo, patch, &conflicts, &e) == 0) {
         audit_run(x, "applied");
-        ret = reply_json(r, 200, json_pack("{s:b, s:o}", "applied", 1, "changedFiles",
+        ret = srv_reply_json(r, 200, json_pack("{s:b, s:o}", "applied", 1, "changedFiles",
                                            changed ? json_incref(changed) : json_array()));
     } else if (e.code == EEXIST) {
-        ret = reply_problem_details(r, 409, "conflict",
+        ret = srv_reply_problem_details(r, 409, "conflict",
                                     json_pack("{s:o}", "conflicts", conflicts ? conflicts : json_array()),
                                     "the patch of run %s does not apply to %s: nothing was written", x->id, repo);
         conflicts = NULL;
     } else {
-        ret = reply_error(r, &e);
+        ret = srv_reply_error(r, &e);
     }
     json_decref(conflicts);
     pthread_mutex_lock(&x->lock);
@@ -1458,48 +1458,48 @@ int h_runs_apply(sreq *r)
     pthread_mutex_unlock(&x->lock);
 out:
     json_decref(changed);
-    runs_put(x);
+    srv_runs_put(x);
     return ret;
 }
 
 static const char *const served_artifacts[] = { "diff.patch", "events.jsonl", NULL };
 
-int h_runs_artifact(sreq *r)
+int srv_h_runs_artifact(sreq *r)
 {
     run *x = find_run(r);
     if (!x)
         return MHD_YES;
-    const char *name = router_param(&r->m, "name");
+    const char *name = srv_router_param(&r->m, "name");
     char dir[4096];
     int ret, fd = -1;
     struct stat st;
     if (!in_list(name, served_artifacts)) {
-        ret = reply_problem(r, 404, "not_found", "artifact %s of run %s (served: diff.patch, events.jsonl)", name,
+        ret = srv_reply_problem(r, 404, "not_found", "artifact %s of run %s (served: diff.patch, events.jsonl)", name,
                             x->id);
         goto out;
     }
-    int dfd = runs_dir(x, dir, sizeof dir) == 0 ? open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    int dfd = srv_runs_dir(x, dir, sizeof dir) == 0 ? open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
     fd = dfd >= 0 ? openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
     if (dfd >= 0)
         close(dfd);
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        ret = reply_problem(r, 404, "not_found", "artifact %s of run %s", name, x->id);
+        ret = srv_reply_problem(r, 404, "not_found", "artifact %s of run %s", name, x->id);
         goto out;
     }
     uint64_t size = (uint64_t)st.st_size < RUNS_PATCH_MAX ? (uint64_t)st.st_size : RUNS_PATCH_MAX;
     struct MHD_Response *resp = MHD_create_response_from_fd(size, fd);
     if (!resp) {
-        ret = reply_problem(r, 500, "internal", "out of memory");
+        ret = srv_reply_problem(r, 500, "internal", "out of memory");
         goto out;
     }
     fd = -1;                        /* the response's */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             strcmp(name, "diff.patch") == 0 ? "text/x-diff" : "application/x-ndjson");
-    ret = reply_response(r, 200, resp);
+    ret = srv_reply_response(r, 200, resp);
 out:
     if (fd >= 0)
         close(fd);
-    runs_put(x);
+    srv_runs_put(x);
     return ret;
 }
 
@@ -1522,7 +1522,7 @@ static void follow_free(void *cls)
     if (f->fd >= 0)
         close(f->fd);
     free(f->pending);
-    runs_put(f->r);
+    srv_runs_put(f->r);
     free(f);
 }
 
@@ -1578,7 +1578,7 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
     run *r = f->r;
     int64_t until = srv_now_ms() + RUNS_HEARTBEAT_MS;
     while (!f->pending) {
-        if (f->done || conns_stream_over(r->s, f->token_id))
+        if (f->done || srv_conns_stream_over(r->s, f->token_id))
             return MHD_CONTENT_READER_END_OF_STREAM;
         if (follow_collect(f))
             continue;
@@ -1618,46 +1618,46 @@ static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-int h_runs_events(sreq *r)
+int srv_h_runs_events(sreq *r)
 {
     const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
-    const char *follow = req_query(r, "follow");
+    const char *follow = srv_req_query(r, "follow");
     uint64_t after = 0;
     if (last) {
         char *end;
         errno = 0;
         unsigned long long v = strtoull(last, &end, 10);
         if (errno || *end || !*last || last[0] == '-')
-            return reply_problem(r, 400, "invalid_request", "Last-Event-ID must be a non-negative integer");
+            return srv_reply_problem(r, 400, "invalid_request", "Last-Event-ID must be a non-negative integer");
         after = v;
     }
     if (follow && strcmp(follow, "true") != 0 && strcmp(follow, "false") != 0)
-        return reply_problem(r, 400, "invalid_request", "?follow= must be true or false");
+        return srv_reply_problem(r, 400, "invalid_request", "?follow= must be true or false");
     run *x = find_run(r);
     if (!x)
         return MHD_YES;
     char dir[4096], path[4096];
-    int fd = runs_dir(x, dir, sizeof dir) == 0 && util_path(path, sizeof path, NULL, "%s/events.jsonl", dir) >= 0
+    int fd = srv_runs_dir(x, dir, sizeof dir) == 0 && util_path(path, sizeof path, NULL, "%s/events.jsonl", dir) >= 0
                  ? open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
                  : -1;
     run_follow *f = fd >= 0 ? calloc(1, sizeof *f) : NULL;
     if (!f) {
         if (fd >= 0)
             close(fd);
-        runs_put(x);
-        return reply_problem(r, fd < 0 ? 404 : 500, fd < 0 ? "not_found" : "internal",
-                             fd < 0 ? "the events of run %s are gone" : "out of memory (run %s)", router_param(&r->m, "id"));
+        srv_runs_put(x);
+        return srv_reply_problem(r, fd < 0 ? 404 : 500, fd < 0 ? "not_found" : "internal",
+                             fd < 0 ? "the events of run %s are gone" : "out of memory (run %s)", srv_router_param(&r->m, "id"));
     }
     f->r = x;
     f->fd = fd;
     f->after = after;
     f->follow = !follow || strcmp(follow, "false") != 0;
     snprintf(f->token_id, sizeof f->token_id, "%s", r->tok.id);
-    return reply_event_stream(r, follow_read, f, follow_free);
+    return srv_reply_event_stream(r, follow_read, f, follow_free);
 }
 
 /* ---- cells of runs, start and stop ---------------------------------------------------------- */
-json_t *runs_cell_run(srv *s, const char *cell_id)
+json_t *srv_runs_cell_run(srv *s, const char *cell_id)
 {
     (void)s;
     json_t *id = NULL;
@@ -1731,15 +1731,15 @@ static void sweep_state(srv *s)
         }
         run *x = valid_id(de->d_name) ? runs_lookup(NULL, de->d_name) : NULL;
         if (x)
-            runs_put(x);
+            srv_runs_put(x);
         else if (valid_id(de->d_name) && util_rm_rf(path, NULL) < 0)
-            slog(SLOG_WARN, NULL, "could not remove %s", path);
+            srv_slog(SLOG_WARN, NULL, "could not remove %s", path);
     }
     if (d)
         closedir(d);
 }
 
-int runs_start(srv *s, cell_error *err)
+int srv_runs_start(srv *s, cell_error *err)
 {
     json_t *res = json_pack("{s:n, s:s, s:n, s:n, s:s, s:I, s:b, s:[], s:[], s:I, s:{s:s, s:s}}", "exitCode",
                             "output", "", "sessionId", "usage", "diff", "", "diffBytes", (json_int_t)0,
@@ -1777,13 +1777,13 @@ int runs_start(srv *s, cell_error *err)
     store_run_list_free(rows, n);
     sweep_state(s);
     if (marked)
-        slog(SLOG_WARN, NULL, "%zu runs were going when the daemon stopped: marked failed", marked);
+        srv_slog(SLOG_WARN, NULL, "%zu runs were going when the daemon stopped: marked failed", marked);
     return 0;
 }
 
 /* Ask every run to stop and wait for their drivers (they hold cells and
  * the server). */
-void runs_shutdown(srv *s)
+void srv_runs_shutdown(srv *s)
 {
     (void)s;
     pthread_mutex_lock(&runs_lock);
@@ -1798,7 +1798,7 @@ void runs_shutdown(srv *s)
     pthread_mutex_unlock(&runs_lock);
 }
 
-void runs_free_all(void)
+void srv_runs_free_all(void)
 {
     for (;;) {
         pthread_mutex_lock(&runs_lock);
@@ -1810,6 +1810,6 @@ void runs_free_all(void)
         pthread_mutex_unlock(&runs_lock);
         if (!x)
             break;
-        runs_put(x);
+        srv_runs_put(x);
     }
 }

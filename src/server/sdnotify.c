@@ -21,7 +21,7 @@ static struct sockaddr_un notify_addr;
 static socklen_t notify_len;      /* 0: no manager to tell */
 static int notify_warned;
 
-int sdnotify_init(void)
+int srv_sdnotify_init(void)
 {
     const char *env = getenv("NOTIFY_SOCKET");
     notify_len = 0;
@@ -37,7 +37,7 @@ int sdnotify_init(void)
     /* A path needs its NUL in sun_path; an abstract name's '@' becomes one. */
     size_t room = env[0] == '@' ? sizeof notify_addr.sun_path : sizeof notify_addr.sun_path - 1;
     if ((env[0] != '/' && env[0] != '@') || len < 2 || len > room) {
-        slog(SLOG_WARN, NULL, "NOTIFY_SOCKET=%s ignored: expected an absolute socket path or @name of at most "
+        srv_slog(SLOG_WARN, NULL, "NOTIFY_SOCKET=%s ignored: expected an absolute socket path or @name of at most "
              "%zu bytes", env, room);
     } else if (env[0] == '@') {
         /* Abstract: a leading NUL, and the length says where it ends. */
@@ -49,11 +49,11 @@ int sdnotify_init(void)
     }
     /* Cells, helpers and installs must not talk to the manager as us. */
     if (unsetenv("NOTIFY_SOCKET") < 0)
-        slog(SLOG_WARN, NULL, "unsetenv(NOTIFY_SOCKET): %s", strerror(errno));
+        srv_slog(SLOG_WARN, NULL, "unsetenv(NOTIFY_SOCKET): %s", strerror(errno));
     return notify_len != 0;
 }
 
-int sdnotify_send(const char *fmt, ...)
+int srv_sdnotify_send(const char *fmt, ...)
 {
     if (!notify_len)
         return 0;
@@ -69,7 +69,7 @@ int sdnotify_send(const char *fmt, ...)
     if (fd < 0 || sendto(fd, msg, len, MSG_NOSIGNAL, (struct sockaddr *)&notify_addr, notify_len) < 0) {
         if (!notify_warned) {
             notify_warned = 1;
-            slog(SLOG_WARN, NULL, "cannot notify the service manager on NOTIFY_SOCKET: %s", strerror(errno));
+            srv_slog(SLOG_WARN, NULL, "cannot notify the service manager on NOTIFY_SOCKET: %s", strerror(errno));
         }
         return -1;
     }

@@ -49,29 +49,29 @@ static int secrets_room(sreq *r, const char *name, cell_error *e)
     uint64_t limit = r->s->opt.limits.secrets;
     if (exists || n < limit)
         return 0;
-    reply_problem_details(r, 403, "quota_exceeded", json_pack("{s:s, s:I}", "limit", "secrets", "ceiling", (json_int_t)limit),
+    srv_reply_problem_details(r, 403, "quota_exceeded", json_pack("{s:s, s:I}", "limit", "secrets", "ceiling", (json_int_t)limit),
                           "tenant %s has %zu secrets, the operator's limit (cell serve --limit secrets=); "
                           "delete one first", r->tok.tenant, n);
     return -2;
 }
 
-int h_secrets_create(sreq *r)
+int srv_h_secrets_create(sreq *r)
 {
-    /* Not req_json(): jansson's error text quotes the input near the error,
+    /* Not srv_req_json(): jansson's error text quotes the input near the error,
      * and problem details are written to the audit log. */
     if (r->body_len == 0)
-        return reply_problem(r, 400, "invalid_request", "a JSON object body {\"name\", \"value\"} is required");
+        return srv_reply_problem(r, 400, "invalid_request", "a JSON object body {\"name\", \"value\"} is required");
     json_error_t jerr;
     json_t *body = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
     wipe_body(r);
     if (!body)
-        return reply_problem(r, 400, "invalid_request", "body is not valid JSON (line %d, column %d)", jerr.line,
+        return srv_reply_problem(r, 400, "invalid_request", "body is not valid JSON (line %d, column %d)", jerr.line,
                              jerr.column);
     if (!json_is_object(body)) {
         drop_body(body);
-        return reply_problem(r, 422, "invalid_request", "body must be a JSON object");
+        return srv_reply_problem(r, 422, "invalid_request", "body must be a JSON object");
     }
-    if (req_check_fields(r, body, "", "name", "value", NULL) < 0) {
+    if (srv_req_check_fields(r, body, "", "name", "value", NULL) < 0) {
         drop_body(body);
         return MHD_YES;
     }
@@ -79,25 +79,25 @@ int h_secrets_create(sreq *r)
     const char *name = json_string_value(name_v);
     if (!name || !util_valid_name(name)) {
         drop_body(body);
-        return reply_problem(r, 400, "invalid_request", "field \"name\" must be a string of " NAME_RULE);
+        return srv_reply_problem(r, 400, "invalid_request", "field \"name\" must be a string of " NAME_RULE);
     }
     if (!json_is_string(value_v)) {
         drop_body(body);
-        return reply_problem(r, 400, "invalid_request", "field \"value\" must be a string");
+        return srv_reply_problem(r, 400, "invalid_request", "field \"value\" must be a string");
     }
     size_t len = json_string_length(value_v);
     if (len == 0) {
         drop_body(body);
-        return reply_problem(r, 400, "invalid_request", "field \"value\" must not be empty");
+        return srv_reply_problem(r, 400, "invalid_request", "field \"value\" must not be empty");
     }
     if (len > STORE_SECRET_MAX_VALUE) {
         drop_body(body);
-        return reply_problem(r, 413, "payload_too_large", "a secret's value is limited to %u bytes",
+        return srv_reply_problem(r, 413, "payload_too_large", "a secret's value is limited to %u bytes",
                              STORE_SECRET_MAX_VALUE);
     }
     char name_copy[64];
     snprintf(name_copy, sizeof name_copy, "%s", name);
-    req_audit(r, "secret", json_string(name_copy));
+    srv_req_audit(r, "secret", json_string(name_copy));
     cell_error e = { 0 };
     pthread_mutex_lock(&count_lock);
     int rc = secrets_room(r, name_copy, &e);
@@ -108,7 +108,7 @@ int h_secrets_create(sreq *r)
     if (rc == -2)
         return MHD_YES;
     if (rc < 0)
-        return reply_error(r, &e);     /* store messages name the secret, never the value */
+        return srv_reply_error(r, &e);     /* store messages name the secret, never the value */
 
     /* The stored time, so the answer matches a later GET. */
     store_secret_info *all = NULL;
@@ -120,39 +120,39 @@ int h_secrets_create(sreq *r)
             if (strcmp(all[i].name, name_copy) == 0)
                 info.created = all[i].created;
     free(all);
-    return reply_json(r, 201, secret_json(&info));
+    return srv_reply_json(r, 201, secret_json(&info));
 }
 
-int h_secrets_list(sreq *r)
+int srv_h_secrets_list(sreq *r)
 {
     store_secret_info *all = NULL;
     size_t n = 0;
     cell_error e = { 0 };
     if (store_secret_list(r->s->st, r->tok.tenant, &all, &n, &e) < 0)
-        return reply_error(r, &e);
+        return srv_reply_error(r, &e);
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, secret_json(&all[i]));
     free(all);
-    return reply_json(r, 200, json_pack("{s:o}", "secrets", arr));
+    return srv_reply_json(r, 200, json_pack("{s:o}", "secrets", arr));
 }
 
-int h_secrets_delete(sreq *r)
+int srv_h_secrets_delete(sreq *r)
 {
-    const char *name = router_param(&r->m, "name");
+    const char *name = srv_router_param(&r->m, "name");
     if (!name || !util_valid_name(name))
-        return reply_problem(r, 400, "invalid_request", "a secret name is " NAME_RULE);
-    req_audit(r, "secret", json_string(name));
+        return srv_reply_problem(r, 400, "invalid_request", "a secret name is " NAME_RULE);
+    srv_req_audit(r, "secret", json_string(name));
     cell_error e = { 0 };
     if (store_secret_delete(r->s->st, r->tok.tenant, name, &e) < 0)
-        return e.code == ENOENT ? reply_problem(r, 404, "not_found", "secret %s", name) : reply_error(r, &e);
-    return reply_empty(r, 204);
+        return e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "secret %s", name) : srv_reply_error(r, &e);
+    return srv_reply_empty(r, 204);
 }
 
 /* The key lives outside cell.db: --secrets-key-file, else STATE/secrets.key
  * (created on first start).  The daemon does not start without it when
  * sealed secrets exist, or with a key that did not seal them. */
-int secrets_start(srv *s, cell_error *err)
+int srv_secrets_start(srv *s, cell_error *err)
 {
     char path[4096];
     if (s->opt.secrets_key_file)
@@ -163,6 +163,6 @@ int secrets_start(srv *s, cell_error *err)
     if (store_secrets_key(s->st, path, &sealed, err) < 0)
         return -1;
     if (sealed && !s->opt.quiet)
-        slog(SLOG_WARN, NULL, "sealed %zu secrets stored in plain text by an older version", sealed);
+        srv_slog(SLOG_WARN, NULL, "sealed %zu secrets stored in plain text by an older version", sealed);
     return 0;
 }

@@ -42,10 +42,10 @@ typedef struct server_limits {
     uint64_t agents_install_disk; /* what one agent install may write (its staging filesystem's size) */
 } server_limits;
 
-/* Set one limit from "KEY=VALUE" (`cell serve --limit`); server_limit_keys
+/* Set one limit from "KEY=VALUE" (`cell serve --limit`); srv_limit_keys
  * lists the keys. */
-int server_limit_set(server_limits *l, const char *assignment, cell_error *err);
-extern const char server_limit_keys[];
+int srv_limit_set(server_limits *l, const char *assignment, cell_error *err);
+extern const char srv_limit_keys[];
 
 /* New tenants' quotas, as cell serve --tenant-max-cells ... set them. */
 typedef struct server_tenant_quota {
@@ -113,22 +113,22 @@ typedef struct server_options {
 } server_options;
 
 /* Whether a --cors-origin value is an exact origin (scheme://host[:port]). */
-int server_cors_origin_check(const char *origin, cell_error *err);
+int srv_cors_origin_check(const char *origin, cell_error *err);
 
 #define SERVER_DEFAULT_WARM       2
 #define SERVER_DEFAULT_WARM_IMAGE "host"
 #define SERVER_WARM_MAX           64      /* cells kept ready per image */
 /* Parse one --warm value into its image and size. */
-int server_warm_parse(const char *text, char *image, size_t size, unsigned *n, cell_error *err);
+int srv_warm_parse(const char *text, char *image, size_t size, unsigned *n, cell_error *err);
 
 #define SERVER_DEFAULT_AGENT_REGISTRY "https://registry.npmjs.org/"
 
 /* The options' checks against each other (--no-token on TCP, --cors-origin,
  * plain HTTP off loopback), which touch nothing: a failure is a usage error. */
-int server_options_check(const server_options *opt, cell_error *err);
+int srv_options_check(const server_options *opt, cell_error *err);
 
 /* Run the daemon until SIGINT or SIGTERM (SIGHUP reopens the log).  Prints where it listens and
  * where the admin token is (creating one on first start). */
-int server_run(const server_options *opt, cell_error *err);
+int srv_run(const server_options *opt, cell_error *err);
 
 #endif

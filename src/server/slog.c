@@ -12,11 +12,11 @@
 
 #define SLOG_MAX_MSG 4096           /* longer messages are cut, marked with "..." */
 
-/* Set before the daemon starts threads (slog_init), read-only after. */
+/* Set before the daemon starts threads (srv_slog_init), read-only after. */
 static int slog_format = SLOG_TEXT;
 static int slog_journal;
 
-int slog_format_parse(const char *text, int *out)
+int srv_slog_format_parse(const char *text, int *out)
 {
     if (strcmp(text, "text") == 0)
         *out = SLOG_TEXT;
@@ -41,7 +41,7 @@ static int stderr_is_journal(void)
     return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
-void slog_init(int format)
+void srv_slog_init(int format)
 {
     slog_format = format;
     slog_journal = stderr_is_journal();
@@ -143,7 +143,7 @@ static void emit_json(int level, const char *const *fields, const char *msg)
     free(text);
 }
 
-void slog_va(int level, const char *const *fields, const char *fmt, va_list ap)
+void srv_slog_va(int level, const char *const *fields, const char *fmt, va_list ap)
 {
     char msg[SLOG_MAX_MSG];
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
@@ -160,10 +160,10 @@ void slog_va(int level, const char *const *fields, const char *fmt, va_list ap)
         emit_text(level, msg);
 }
 
-void slog(int level, const char *const *fields, const char *fmt, ...)
+void srv_slog(int level, const char *const *fields, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    slog_va(level, fields, fmt, ap);
+    srv_slog_va(level, fields, fmt, ap);
     va_end(ap);
 }

@@ -1,6 +1,6 @@
 /* slog.h: the daemon's one logging function.  Every line the daemon writes
  * about itself (the banner, warnings, failures of background work, 5xx
- * answers) goes through slog(), in the format `cell serve --log-format`
+ * answers) goes through srv_slog(), in the format `cell serve --log-format`
  * picks:
  *   text  "cell daemon: MESSAGE" (info on stdout, warnings and errors on
  *         stderr, as before the option existed);
@@ -20,17 +20,17 @@ enum slog_level { SLOG_ERROR = 3, SLOG_WARN = 4, SLOG_INFO = 6 };
 enum slog_format { SLOG_TEXT = 0, SLOG_JSON = 1 };
 
 /* "text" or "json" into *out; -1 for anything else. */
-int  slog_format_parse(const char *text, int *out);
+int  srv_slog_format_parse(const char *text, int *out);
 /* Set the format and look at JOURNAL_STREAM; before the daemon's threads. */
-void slog_init(int format);
+void srv_slog_init(int format);
 
 /* Fields of a line: "key", "value" pairs, NULL-terminated, e.g.
- * slog(SLOG_WARN, SLOG_F("cell", id), "cell %s: ...", id).  JSON lines
+ * srv_slog(SLOG_WARN, SLOG_F("cell", id), "cell %s: ...", id).  JSON lines
  * carry them as members (a NULL value is left out); text lines do not
  * (the message says it). */
 #define SLOG_F(...) ((const char *const[]){ __VA_ARGS__, NULL })
 
-void slog(int level, const char *const *fields, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-void slog_va(int level, const char *const *fields, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
+void srv_slog(int level, const char *const *fields, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void srv_slog_va(int level, const char *const *fields, const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
 
 #endif

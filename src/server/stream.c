@@ -61,7 +61,7 @@ static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
         /* A worker may be silent for minutes (an image build's slow step):
          * wait in slices so a revoked token or a stopping daemon ends the
          * stream; the worker then fails its next write and stops. */
-        if (conns_stream_over(pr->s, pr->token_id))
+        if (srv_conns_stream_over(pr->s, pr->token_id))
             return MHD_CONTENT_READER_END_WITH_ERROR;
         struct pollfd p = { .fd = pr->fd, .events = POLLIN };
         int rc = poll(&p, 1, STREAM_POLL_MS);
@@ -88,7 +88,7 @@ static void close_pipe(void *cls)
     free(pr);
 }
 
-struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err)
+struct MHD_Response *srv_stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err)
 {
     int fds[2];
     pipe_reader *pr = calloc(1, sizeof *pr);
@@ -134,6 +134,6 @@ struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (
     if (!resp)
         close_pipe(pr);
     else
-        conns_long_lived(r);
+        srv_conns_long_lived(r);
     return resp;
 }

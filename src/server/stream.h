@@ -16,6 +16,6 @@ typedef int (*pipe_job_fn)(int fd, void *arg);
  * cut short for a whole one: the status went out before the work did.
  * The stream is r's: long-lived (no idle timeout), ended when r's token is
  * revoked or the daemon stops. */
-struct MHD_Response *stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err);
+struct MHD_Response *srv_stream_from_job(sreq *r, pipe_job_fn run, void *arg, void (*arg_free)(void *), cell_error *err);
 
 #endif

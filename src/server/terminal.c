@@ -42,7 +42,7 @@ enum { TERM_GO_ON = 0, TERM_DONE = 1 };
 
 typedef struct term {
     scell           *sc;            /* registry reference */
-    sproc           *p;             /* procs_find reference */
+    sproc           *p;             /* srv_procs_find reference */
     int              fd;
     pthread_mutex_t  wlock;         /* one frame at a time: two threads write */
     int              broken;        /* wlock: a send failed, the stream is unusable */
@@ -60,7 +60,7 @@ static int term_send(term *t, int opcode, const void *data, size_t len)
     pthread_mutex_lock(&t->wlock);
     int rc = -1;
     if (!t->broken && !t->close_sent) {
-        rc = ws_send(t->fd, opcode, data, len);
+        rc = srv_ws_send(t->fd, opcode, data, len);
         if (rc < 0) {
             /* A half-written frame cannot be taken back; the reader sees
              * the shutdown and ends the session. */
@@ -84,7 +84,7 @@ static void term_close_maybe(term *t, uint16_t code, const char *reason, int try
         pthread_mutex_lock(&t->wlock);
     }
     if (!t->broken && !t->close_sent) {
-        if (ws_send_close(t->fd, code, reason) < 0) {
+        if (srv_ws_send_close(t->fd, code, reason) < 0) {
             t->broken = 1;
             shutdown(t->fd, SHUT_RDWR);
         }
@@ -255,7 +255,7 @@ static void frame_input(term *t, json_t *o)
             term_error(t, "out of memory");
             return;
         }
-        if (procs_base64_decode(in, in_len, bytes, &len, why, sizeof why) < 0) {
+        if (srv_procs_base64_decode(in, in_len, bytes, &len, why, sizeof why) < 0) {
             term_error(t, "invalid request: %s", why);
             free(bytes);
             return;
@@ -271,7 +271,7 @@ static void frame_input(term *t, json_t *o)
     cell_error e = { 0 };
     if ((int64_t)len > max)
         term_error(t, "input payload exceeds maxInputBytesPerRequest (%lld)", (long long)max);
-    else if (len && procs_write_input(t->p, in, len, &e) < 0)
+    else if (len && srv_procs_write_input(t->p, in, len, &e) < 0)
         term_error(t, "conflict: %s", e.code == ESRCH ? "process is not running" : e.message);
     free(bytes);
 }
@@ -282,7 +282,7 @@ static void frame_resize(term *t, json_t *o)
     if (frame_u16(t, o, "cols", &cols) < 0 || frame_u16(t, o, "rows", &rows) < 0)
         return;
     cell_error e = { 0 };
-    int rc = procs_resize(t->p, rows, cols, &e);
+    int rc = srv_procs_resize(t->p, rows, cols, &e);
     if (rc == -2)
         term_error(t, "conflict: %s", e.message);
     else if (rc < 0)
@@ -355,7 +355,7 @@ static int on_message(void *user, int opcode, const uint8_t *payload, size_t len
 /* ---- the session ------------------------------------------------------------------- */
 static int feed(term *t, const void *data, size_t len)
 {
-    int r = ws_parser_feed(&t->wp, data, len, on_message, t);
+    int r = srv_ws_parser_feed(&t->wp, data, len, on_message, t);
     if (r == -1) {
         term_close(t, (uint16_t)t->wp.close_code, NULL);
         return TERM_DONE;
@@ -368,7 +368,7 @@ static int feed(term *t, const void *data, size_t len)
 static void term_run(term *t, const char *extra, size_t extra_len)
 {
     scell *sc = t->sc;
-    ws_parser_init(&t->wp, TERM_MAX_MESSAGE);
+    srv_ws_parser_init(&t->wp, TERM_MAX_MESSAGE);
 
     pthread_mutex_lock(&sc->plock);
     t->after = t->p->next_seq;          /* no replay: only output from now on */
@@ -379,7 +379,7 @@ static void term_run(term *t, const char *extra, size_t extra_len)
     if (pthread_create(&writer, NULL, term_writer, t) != 0) {
         term_error(t, "could not start the terminal output thread");
         term_close(t, WS_CLOSE_INTERNAL, NULL);
-        ws_parser_free(&t->wp);
+        srv_ws_parser_free(&t->wp);
         return;
     }
 
@@ -389,7 +389,7 @@ static void term_run(term *t, const char *extra, size_t extra_len)
         int64_t closed_at = atomic_load(&t->close_sent_ms);
         if (closed_at && srv_now_ms() - closed_at >= TERM_CLOSE_WAIT_MS)
             break;
-        if (conns_stream_over(sc->s, t->token_id)) {
+        if (srv_conns_stream_over(sc->s, t->token_id)) {
             /* 1008: policy violation, the close code for a revoked credential. */
             if (atomic_load(&sc->s->stopping))
                 term_close_maybe(t, 1001, "the daemon is stopping", 1);
@@ -412,7 +412,7 @@ static void term_run(term *t, const char *extra, size_t extra_len)
     }
 
     /* Whatever ended the session, a writer blocked on a client that does
-     * not read must fail now rather than after ws_send's timeout; what was
+     * not read must fail now rather than after srv_ws_send's timeout; what was
      * already queued (our close frame) still goes out before the FIN. */
     shutdown(t->fd, SHUT_RDWR);
     pthread_mutex_lock(&sc->plock);
@@ -420,13 +420,13 @@ static void term_run(term *t, const char *extra, size_t extra_len)
     pthread_cond_broadcast(&sc->pcond);
     pthread_mutex_unlock(&sc->plock);
     pthread_join(writer, NULL);
-    ws_parser_free(&t->wp);
+    srv_ws_parser_free(&t->wp);
 }
 
 static void term_free(term *t)
 {
-    procs_put(t->p);
-    registry_put(t->sc);
+    srv_procs_put(t->p);
+    srv_registry_put(t->sc);
     pthread_mutex_destroy(&t->wlock);
     free(t);
 }
@@ -450,7 +450,7 @@ static void term_stream_free(sreq *r)
  * Over TLS (cell serve --tls-cert) sock is one end of a socketpair, and
  * libmicrohttpd relays between it and the TLS session on this very thread,
  * but only once this callback returns: the session needs a thread of its
- * own.  Those threads are counted, and terminal_stop_sessions() ends them
+ * own.  Those threads are counted, and srv_terminal_stop_sessions() ends them
  * and waits for them before the daemon stops libmicrohttpd.  Such a session
  * owns its term (the request completes, and would free it, as soon as this
  * callback returns). */
@@ -489,7 +489,7 @@ static void *term_session_main(void *arg)
     return NULL;
 }
 
-void terminal_stop_sessions(void)
+void srv_terminal_stop_sessions(void)
 {
     pthread_mutex_lock(&sessions_lock);
     sessions_closed = 1;
@@ -554,7 +554,7 @@ static void term_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls,
 
 /* ---- the handshake ----------------------------------------------------------------- */
 /* Whether a comma-separated header value lists `token` (case-insensitive). */
-int terminal_has_token(const char *value, const char *token)
+int srv_terminal_has_token(const char *value, const char *token)
 {
     size_t tlen = strlen(token);
     while (value && *value) {
@@ -577,11 +577,11 @@ static const char *header(sreq *r, const char *name)
 
 /* NULL when the request is a WebSocket handshake we accept (accept filled
  * in), else the reason, worded as the reference server words it. */
-const char *terminal_check_handshake(sreq *r, char accept[29])
+const char *srv_terminal_check_handshake(sreq *r, char accept[29])
 {
     const char *upgrade = header(r, MHD_HTTP_HEADER_UPGRADE), *version = header(r, "Sec-WebSocket-Version");
     const char *key = header(r, "Sec-WebSocket-Key");
-    if (!terminal_has_token(header(r, MHD_HTTP_HEADER_CONNECTION), "upgrade"))
+    if (!srv_terminal_has_token(header(r, MHD_HTTP_HEADER_CONNECTION), "upgrade"))
         return "Connection header did not include 'upgrade'";
     if (!upgrade || strcasecmp(upgrade, "websocket") != 0)
         return "`Upgrade` header did not include 'websocket'";
@@ -589,33 +589,33 @@ const char *terminal_check_handshake(sreq *r, char accept[29])
         return "`Sec-WebSocket-Version` header did not include '13'";
     if (!key)
         return "`Sec-WebSocket-Key` header missing";
-    if (ws_accept_key(key, accept) < 0)
+    if (srv_ws_accept_key(key, accept) < 0)
         return "`Sec-WebSocket-Key` header is not 16 bytes of base64";
     return NULL;
 }
 
-int h_proc_terminal_ws(sreq *r)
+int srv_h_proc_terminal_ws(sreq *r)
 {
     char accept[29];
-    const char *why = terminal_check_handshake(r, accept);
+    const char *why = srv_terminal_check_handshake(r, accept);
     if (why)
-        return reply_problem(r, 400, "invalid_request", "%s", why);
-    const char *id = router_param(&r->m, "id");
-    sproc *p = procs_find(r->cell, id);
+        return srv_reply_problem(r, 400, "invalid_request", "%s", why);
+    const char *id = srv_router_param(&r->m, "id");
+    sproc *p = srv_procs_find(r->cell, id);
     if (!p)
-        return reply_no_process(r, id);
-    req_audit(r, "process", json_string(id));
+        return srv_reply_no_process(r, id);
+    srv_req_audit(r, "process", json_string(id));
     pthread_mutex_lock(&r->cell->plock);
     int tty = p->tty;
     pthread_mutex_unlock(&r->cell->plock);
     if (!tty) {
-        procs_put(p);
-        return reply_problem(r, 409, "conflict", "process is not running in tty mode");
+        srv_procs_put(p);
+        return srv_reply_problem(r, 409, "conflict", "process is not running in tty mode");
     }
     term *t = calloc(1, sizeof *t);
     if (!t) {
-        procs_put(p);
-        return reply_problem(r, 500, "internal", "out of memory");
+        srv_procs_put(p);
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     /* The session keeps its own references: it must not depend on how long
      * libmicrohttpd keeps the request around. */
@@ -631,20 +631,20 @@ int h_proc_terminal_ws(sreq *r)
     r->stream_free = term_stream_free;
     struct MHD_Response *resp = MHD_create_response_for_upgrade(term_upgraded, t);
     if (!resp)
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     /* libmicrohttpd adds "Connection: Upgrade" itself. */
     if (MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
         MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept) != MHD_YES) {
         MHD_destroy_response(resp);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
     /* A client that offered protocols needs one chosen, or it drops the
      * connection: the browser's token offer (http.c) comes with this one. */
-    if (terminal_has_token(header(r, "Sec-WebSocket-Protocol"), WS_PROTO_TERMINAL) &&
+    if (srv_terminal_has_token(header(r, "Sec-WebSocket-Protocol"), WS_PROTO_TERMINAL) &&
         MHD_add_response_header(resp, "Sec-WebSocket-Protocol", WS_PROTO_TERMINAL) != MHD_YES) {
         MHD_destroy_response(resp);
-        return reply_problem(r, 500, "internal", "out of memory");
+        return srv_reply_problem(r, 500, "internal", "out of memory");
     }
-    conns_long_lived(r);
-    return reply_response(r, 101, resp);
+    srv_conns_long_lived(r);
+    return srv_reply_response(r, 101, resp);
 }

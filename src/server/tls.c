@@ -114,7 +114,7 @@ static void stls_free(struct stls *t)
     free(t);
 }
 
-int tls_load(srv *s, const char *listen_spec, cell_error *err)
+int srv_tls_load(srv *s, const char *listen_spec, cell_error *err)
 {
     const server_options *o = &s->opt;
     if (!o->tls_cert_file && !o->tls_key_file && !o->tls_client_ca_file)
@@ -139,13 +139,13 @@ int tls_load(srv *s, const char *listen_spec, cell_error *err)
     return 0;
 }
 
-void tls_free(srv *s)
+void srv_tls_free(srv *s)
 {
     stls_free(s->tls);
     s->tls = NULL;
 }
 
-unsigned tls_mhd_options(const srv *s, struct MHD_OptionItem items[TLS_MHD_OPTIONS])
+unsigned srv_tls_mhd_options(const srv *s, struct MHD_OptionItem items[TLS_MHD_OPTIONS])
 {
     size_t n = 0;
     const struct stls *t = s->tls;
@@ -173,13 +173,13 @@ static gnutls_typed_vdata_st client_purpose = {
     .type = GNUTLS_DT_KEY_PURPOSE_OID, .data = (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT,
 };
 
-void tls_connection_started(srv *s, struct MHD_Connection *conn)
+void srv_tls_connection_started(srv *s, struct MHD_Connection *conn)
 {
     if (!s->tls || !s->tls->ca)
         return;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
     if (!ci || !ci->tls_session)
-        return;                     /* the unix socket; tls_request_allowed checks again */
+        return;                     /* the unix socket; srv_tls_request_allowed checks again */
     gnutls_session_t ses = ci->tls_session;
     gnutls_certificate_server_set_request(ses, GNUTLS_CERT_REQUIRE);
     gnutls_session_set_verify_cert2(ses, &client_purpose, 1, 0);
@@ -187,7 +187,7 @@ void tls_connection_started(srv *s, struct MHD_Connection *conn)
 
 /* Each request on TLS with a client CA checks the peer's certificate again,
  * so nothing depends on the hook above alone. */
-int tls_request_allowed(sreq *r)
+int srv_tls_request_allowed(sreq *r)
 {
     const struct stls *t = r->s->tls;
     if (!t || !t->ca || !r->conn)

@@ -17,15 +17,15 @@
 #error "CELL_UI_DIR must name the directory of the built UI (the Makefile sets it)"
 #endif
 
-extern const char ui_index_start[], ui_index_end[], ui_js_start[], ui_js_end[], ui_css_start[], ui_css_end[];
+extern const char srv_ui_index_start[], srv_ui_index_end[], srv_ui_js_start[], srv_ui_js_end[], srv_ui_css_start[], srv_ui_css_end[];
 /* With the other blobs, away from .rodata: see src/init/blob.S. */
 __asm__(".section cell_blobs, \"a\"\n"
-        ".global ui_index_start\nui_index_start:\n.incbin \"" CELL_UI_DIR "/index.html\"\n"
-        ".global ui_index_end\nui_index_end:\n.byte 0\n"
-        ".global ui_js_start\nui_js_start:\n.incbin \"" CELL_UI_DIR "/app.js\"\n"
-        ".global ui_js_end\nui_js_end:\n.byte 0\n"
-        ".global ui_css_start\nui_css_start:\n.incbin \"" CELL_UI_DIR "/app.css\"\n"
-        ".global ui_css_end\nui_css_end:\n.byte 0\n"
+        ".global srv_ui_index_start\nsrv_ui_index_start:\n.incbin \"" CELL_UI_DIR "/index.html\"\n"
+        ".global srv_ui_index_end\nsrv_ui_index_end:\n.byte 0\n"
+        ".global srv_ui_js_start\nsrv_ui_js_start:\n.incbin \"" CELL_UI_DIR "/app.js\"\n"
+        ".global srv_ui_js_end\nsrv_ui_js_end:\n.byte 0\n"
+        ".global srv_ui_css_start\nsrv_ui_css_start:\n.incbin \"" CELL_UI_DIR "/app.css\"\n"
+        ".global srv_ui_css_end\nsrv_ui_css_end:\n.byte 0\n"
         ".previous\n");
 
 /* 'unsafe-inline' styles are not allowed either: xterm.js sets style
@@ -40,9 +40,9 @@ typedef struct {
 } ui_file;
 
 static const ui_file ui_files[] = {
-    { "index.html", "text/html; charset=utf-8",             ui_index_start, ui_index_end },
-    { "app.js",     "text/javascript; charset=utf-8",       ui_js_start,    ui_js_end },
-    { "app.css",    "text/css; charset=utf-8",              ui_css_start,   ui_css_end },
+    { "index.html", "text/html; charset=utf-8",             srv_ui_index_start, srv_ui_index_end },
+    { "app.js",     "text/javascript; charset=utf-8",       srv_ui_js_start,    srv_ui_js_end },
+    { "app.css",    "text/css; charset=utf-8",              srv_ui_css_start,   srv_ui_css_end },
 };
 
 /* One ETag for the three files: FNV-1a over all of them, so a browser
@@ -72,19 +72,19 @@ static void ui_headers(struct MHD_Response *resp)
 }
 
 /* GET /ui: the page's relative URLs (app.js) need the trailing slash. */
-int h_ui_redirect(sreq *r)
+int srv_h_ui_redirect(sreq *r)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, "/ui/");
-    return reply_response(r, 308, resp);
+    return srv_reply_response(r, 308, resp);
 }
 
 /* GET /ui/ and GET /ui/{file}: one of the three files, else 404. */
-int h_ui(sreq *r)
+int srv_h_ui(sreq *r)
 {
-    const char *name = router_param(&r->m, "file");
+    const char *name = srv_router_param(&r->m, "file");
     if (!name)
         name = "index.html";
     const ui_file *f = NULL;
@@ -92,7 +92,7 @@ int h_ui(sreq *r)
         if (strcmp(ui_files[i].name, name) == 0)
             f = &ui_files[i];
     if (!f)
-        return reply_problem(r, 404, "not_found", "the UI has no file %s (it serves /ui/, /ui/app.js and "
+        return srv_reply_problem(r, 404, "not_found", "the UI has no file %s (it serves /ui/, /ui/app.js and "
                              "/ui/app.css)", name);
     pthread_once(&ui_etag_once, ui_etag_init);
     const char *inm = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH);
@@ -105,5 +105,5 @@ int h_ui(sreq *r)
     ui_headers(resp);
     if (!fresh)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, f->type);
-    return reply_response(r, fresh ? 304 : 200, resp);
+    return srv_reply_response(r, fresh ? 304 : 200, resp);
 }

@@ -11,7 +11,7 @@
 
 #include <openssl/evp.h>
 
-/* How long ws_send waits for a non-blocking socket to drain before giving up
+/* How long srv_ws_send waits for a non-blocking socket to drain before giving up
  * on a client that stopped reading. */
 #define WS_SEND_TIMEOUT_MS 30000
 
@@ -26,7 +26,7 @@ static int is_base64_char(char c)
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
 }
 
-int ws_accept_key(const char *client_key, char out[29])
+int srv_ws_accept_key(const char *client_key, char out[29])
 {
     if (!client_key || !out)
         return -1;
@@ -52,7 +52,7 @@ int ws_accept_key(const char *client_key, char out[29])
 
 /* ---- parser -------------------------------------------------------------- */
 
-void ws_parser_init(ws_parser *p, size_t max_message)
+void srv_ws_parser_init(ws_parser *p, size_t max_message)
 {
     memset(p, 0, sizeof *p);
     /* Keeps buf_len + payload + 1 (the NUL) from overflowing size_t. */
@@ -60,7 +60,7 @@ void ws_parser_init(ws_parser *p, size_t max_message)
     p->peer_close_code = WS_CLOSE_NO_STATUS;
 }
 
-void ws_parser_free(ws_parser *p)
+void srv_ws_parser_free(ws_parser *p)
 {
     free(p->buf);
     p->buf = NULL;
@@ -242,11 +242,11 @@ static int finish_frame(ws_parser *p, ws_message_fn cb, void *user)
     p->msg_opcode = 0;
     p->buf_len = 0;
     if (p->buf_cap > WS_KEEP_BUFFER)
-        ws_parser_free(p);
+        srv_ws_parser_free(p);
     return r;
 }
 
-int ws_parser_feed(ws_parser *p, const uint8_t *data, size_t len, ws_message_fn cb, void *user)
+int srv_ws_parser_feed(ws_parser *p, const uint8_t *data, size_t len, ws_message_fn cb, void *user)
 {
     if (p->failed)
         return -1;
@@ -298,7 +298,7 @@ int ws_parser_feed(ws_parser *p, const uint8_t *data, size_t len, ws_message_fn 
 
 /* ---- encoder ------------------------------------------------------------- */
 
-size_t ws_frame_header(uint8_t out[14], int opcode, uint64_t payload_len, int fin)
+size_t srv_ws_frame_header(uint8_t out[14], int opcode, uint64_t payload_len, int fin)
 {
     out[0] = (uint8_t)((fin ? 0x80 : 0) | (opcode & 0x0F));
     if (payload_len < 126) {
@@ -372,14 +372,14 @@ static int send_iov(int fd, struct iovec *iov, int cnt)
     return 0;
 }
 
-int ws_send(int fd, int opcode, const void *data, size_t len)
+int srv_ws_send(int fd, int opcode, const void *data, size_t len)
 {
     if ((len && !data) || (is_control(opcode) && len > WS_MAX_CONTROL)) {
         errno = EINVAL;
         return -1;
     }
     uint8_t hdr[14];
-    size_t hlen = ws_frame_header(hdr, opcode, len, 1);
+    size_t hlen = srv_ws_frame_header(hdr, opcode, len, 1);
     struct iovec iov[2] = {
         { .iov_base = hdr, .iov_len = hlen },
         { .iov_base = (void *)data, .iov_len = len },
@@ -387,10 +387,10 @@ int ws_send(int fd, int opcode, const void *data, size_t len)
     return send_iov(fd, iov, 2);
 }
 
-int ws_send_close(int fd, uint16_t code, const char *reason)
+int srv_ws_send_close(int fd, uint16_t code, const char *reason)
 {
     if (code == 0)
-        return ws_send(fd, WS_OP_CLOSE, NULL, 0);
+        return srv_ws_send(fd, WS_OP_CLOSE, NULL, 0);
     uint8_t body[WS_MAX_CONTROL];
     body[0] = (uint8_t)(code >> 8);
     body[1] = (uint8_t)code;
@@ -403,5 +403,5 @@ int ws_send_close(int fd, uint16_t code, const char *reason)
     }
     if (rlen)
         memcpy(body + 2, reason, rlen);
-    return ws_send(fd, WS_OP_CLOSE, body, 2 + rlen);
+    return srv_ws_send(fd, WS_OP_CLOSE, body, 2 + rlen);
 }

@@ -38,7 +38,7 @@
  * of key + the RFC's GUID, NUL-terminated in out.  The key must be exactly
  * 24 base64 characters ending in "==" (16 random bytes); anything else, or a
  * libcrypto failure, returns -1 and the handshake should be refused (400). */
-int ws_accept_key(const char *client_key, char out[29]);
+int srv_ws_accept_key(const char *client_key, char out[29]);
 
 /* Called once per complete data message (opcode WS_OP_TEXT or WS_OP_BINARY,
  * never WS_OP_CONT: fragments are already joined) and once per control frame
@@ -47,14 +47,14 @@ int ws_accept_key(const char *client_key, char out[29]);
  * used as a C string if it holds no NUL), and is valid only during the call.
  * For WS_OP_CLOSE the payload is the raw body (2-byte code + UTF-8 reason,
  * or empty), already validated; the code is also in p->peer_close_code.
- * Return 0 to go on; any other value stops ws_parser_feed, which returns it. */
+ * Return 0 to go on; any other value stops srv_ws_parser_feed, which returns it. */
 typedef int (*ws_message_fn)(void *user, int opcode, const uint8_t *payload, size_t len);
 
 /* Incremental parser for client-to-server frames.  Allocate it yourself, call
- * ws_parser_init, feed it the bytes read from the socket in whatever pieces
- * they arrive, and ws_parser_free it.  Fields below the marker are private. */
+ * srv_ws_parser_init, feed it the bytes read from the socket in whatever pieces
+ * they arrive, and srv_ws_parser_free it.  Fields below the marker are private. */
 typedef struct ws_parser {
-    /* Set when ws_parser_feed returns -1: the code to send in our close
+    /* Set when srv_ws_parser_feed returns -1: the code to send in our close
      * frame: WS_CLOSE_PROTOCOL, WS_CLOSE_TOO_BIG, WS_CLOSE_BAD_DATA, or
      * WS_CLOSE_INTERNAL when the message buffer could not be allocated. */
     int      close_code;
@@ -79,8 +79,8 @@ typedef struct ws_parser {
     size_t   buf_len, buf_cap;
 } ws_parser;
 
-void ws_parser_init(ws_parser *p, size_t max_message);
-void ws_parser_free(ws_parser *p);
+void srv_ws_parser_init(ws_parser *p, size_t max_message);
+void srv_ws_parser_free(ws_parser *p);
 
 /* Parse len bytes.  Returns 0 when all were consumed; -1 on a protocol error
  * (p->close_code says which; the parser then refuses further input); or the
@@ -90,22 +90,22 @@ void ws_parser_free(ws_parser *p);
  * Text messages and close reasons must be valid UTF-8 (1007 otherwise),
  * checked once the message is complete.  No extensions are negotiated, so
  * RSV bits must be 0.  Non-minimal length encodings are accepted. */
-int ws_parser_feed(ws_parser *p, const uint8_t *data, size_t len, ws_message_fn cb, void *user);
+int srv_ws_parser_feed(ws_parser *p, const uint8_t *data, size_t len, ws_message_fn cb, void *user);
 
 /* Write the header of an unmasked (server-to-client) frame into out; returns
  * its length (2, 4 or 10).  fin = 0 starts or continues a fragmented message. */
-size_t ws_frame_header(uint8_t out[14], int opcode, uint64_t payload_len, int fin);
+size_t srv_ws_frame_header(uint8_t out[14], int opcode, uint64_t payload_len, int fin);
 
 /* Send one whole (FIN) frame: header and payload, retrying on EINTR, partial
  * writes and, for non-blocking sockets, EAGAIN (waiting up to 30 s for the
  * peer, then ETIMEDOUT).  Uses MSG_NOSIGNAL on sockets so a vanished peer is
  * EPIPE, not SIGPIPE.  Returns 0, or -1 with errno; after a failure the
  * stream may hold a partial frame and the connection must be dropped. */
-int ws_send(int fd, int opcode, const void *data, size_t len);
+int srv_ws_send(int fd, int opcode, const void *data, size_t len);
 
 /* Send a close frame with code and reason (NULL for none; cut to 123 bytes at
  * a UTF-8 boundary).  code 0 sends an empty body, e.g. to echo a close
- * frame that had no code.  Returns as ws_send. */
-int ws_send_close(int fd, uint16_t code, const char *reason);
+ * frame that had no code.  Returns as srv_ws_send. */
+int srv_ws_send_close(int fd, uint16_t code, const char *reason);
 
 #endif

@@ -980,7 +980,7 @@ static int changed_one(int changed, const char *what, const char *id, cell_error
 
 /* The state is the one record written on every boot and halt, and the
  * one no crash can make wrong: cell-init dies with its daemon, and
- * registry_load marks every cell stopped at the next start.  So its commit
+ * srv_registry_load marks every cell stopped at the next start.  So its commit
  * does not wait for the disk (synchronous=NORMAL: in the WAL, which a
  * process crash keeps, synced by store_flush or the next FULL commit). */
 int store_cell_set_state(store *s, const char *id, const char *state, cell_error *err)

@@ -211,7 +211,7 @@ typedef struct store_run {
     char    tenant[64];
     char    token[16];    /* the token that asked (audit) */
     char    agent[16];
-    char    status[16];   /* runs_status_name() */
+    char    status[16];   /* srv_runs_status_name() */
     char   *spec;         /* JSON text, malloc'ed */
     char   *result;       /* JSON text or NULL (not finished; store_run_list never reads it) */
     char   *timings;      /* JSON text or NULL */

@@ -221,3 +221,33 @@ def test_serve_names_a_daemon_it_cannot_run(tmp_path, daemon, code):
                        timeout=30, env=dict(os.environ, CELL_DAEMON=daemon))
     assert r.returncode == code, (r.returncode, r.stderr)
     assert daemon in r.stderr and "CELL_DAEMON" in r.stderr, r.stderr
+
+
+def test_one_prefix_per_module():
+    """What src/server's objects export starts with srv_ and src/store's
+    with store_ (docs/architecture.md "Modules and dependencies"): a new
+    external function with a prefix of its own fails here."""
+    lib = os.path.join(BUILD, "libcellsrv.a")
+    out = subprocess.run(["nm", "-g", "--defined-only", "-A", lib], capture_output=True, text=True,
+                         check=True).stdout
+    want = {"src/server/": "srv_", "src/store/": "store_", "src/agent/": "cell_mock_agent_"}
+    objdir = os.path.join(BUILD, "obj")
+    sources = {}
+    for root, _, files in os.walk(objdir):
+        for f in files:
+            if f.endswith(".o"):
+                sources.setdefault(f, []).append(os.path.relpath(os.path.join(root, f), objdir))
+    bad, seen = [], 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[1] not in "TDBRVW":
+            continue
+        obj = parts[0].rsplit(":", 1)[0].split(":")[-1]
+        paths = [p for p in sources.get(obj, []) if p.startswith("src/")]
+        prefix = next((v for k, v in want.items() for p in paths if p.startswith(k)), None)
+        assert prefix is not None, f"{obj}: no source under {sorted(want)} ({paths})"
+        seen += 1
+        if not parts[2].startswith(prefix):
+            bad.append(f"{obj}: {parts[2]} (want {prefix}*)")
+    assert seen > 300, out[:2000]
+    assert not bad, "\n".join(bad)

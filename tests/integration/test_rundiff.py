@@ -93,7 +93,7 @@ def diff(state, base, ws, **kw):
 
 
 def apply(state, repo, patch_file, user=None, **kw):
-    """The apply as rundiff_apply runs it: the patch on stdin, as the owner."""
+    """The apply as srv_rundiff_apply runs it: the patch on stdin, as the owner."""
     st = os.stat(repo)
     os.chmod(patch_file, 0o600)     # the owner cannot open it: it reads stdin
     argv = ["/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "/bin/sh", "-c", SCRIPT, "rundiff",

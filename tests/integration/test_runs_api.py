@@ -143,7 +143,7 @@ BAD_FIELDS = [
     ({"agent": "shell", "prompt": "hi", "env": {"A": 1}}, "env"),
     ({"agent": "shell", "prompt": "hi", "resources": {"memory": "lots"}}, "memory"),
     ({"agent": "shell", "prompt": "hi", "policy": "allow"}, "policy"),
-    # The agent-facing fields, checked by runagent_check through the API.
+    # The agent-facing fields, checked by srv_runagent_check through the API.
     ({"agent": "shell", "prompt": "hi", "instructions": 5}, "instructions"),
     ({"agent": "shell", "prompt": "hi", "instructions": "x" * (256 * 1024 + 1)}, "instructions"),
     ({"agent": "shell", "prompt": "hi", "skills": "s"}, "skills"),

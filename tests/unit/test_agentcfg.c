@@ -120,21 +120,21 @@ static void assert_json_eq(json_t *got, const char *want_text)
 static void names(void **state)
 {
     (void)state;
-    assert_true(agentcfg_name_ok("a"));
-    assert_true(agentcfg_name_ok("my-server_1.2"));
-    assert_true(agentcfg_name_ok("...x"));
+    assert_true(srv_agentcfg_name_ok("a"));
+    assert_true(srv_agentcfg_name_ok("my-server_1.2"));
+    assert_true(srv_agentcfg_name_ok("...x"));
     const char *bad[] = { "", ".", "..", "a/b", "/", "a\\b", "a\nb", "\x7f" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        assert_false(agentcfg_name_ok(bad[i]));
+        assert_false(srv_agentcfg_name_ok(bad[i]));
     char longname[AGENTCFG_NAME_MAX + 2];
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    assert_false(agentcfg_name_ok(longname));
+    assert_false(srv_agentcfg_name_ok(longname));
     longname[AGENTCFG_NAME_MAX] = '\0';
-    assert_true(agentcfg_name_ok(longname));
-    assert_string_equal(agentcfg_skill_dir("claude"), ".claude/skills");
-    assert_null(agentcfg_skill_dir("nope"));
-    assert_null(agentcfg_skill_dir(NULL));
+    assert_true(srv_agentcfg_name_ok(longname));
+    assert_string_equal(srv_agentcfg_skill_dir("claude"), ".claude/skills");
+    assert_null(srv_agentcfg_skill_dir("nope"));
+    assert_null(srv_agentcfg_skill_dir(NULL));
 }
 
 static void mcp_servers_in_acp_shape(void **state)
@@ -144,7 +144,7 @@ static void mcp_servers_in_acp_shape(void **state)
     cell_error err = { 0 };
     json_t *out = NULL;
     /* Nothing configured: an empty array, not an error. */
-    assert_int_equal(agentcfg_cell_mcp_servers(c, "/proj-none", &out, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_mcp_servers(c, "/proj-none", &out, &err), 0);
     assert_json_eq(out, "[]");
     json_decref(out);
     write_file("/proj/.sandbox-agent/config/mcp.json",
@@ -154,7 +154,7 @@ static void mcp_servers_in_acp_shape(void **state)
                " \"off\": {\"type\": \"stdio\", \"command\": \"x\", \"enabled\": false},"
                " \"sse\": {\"type\": \"http\", \"url\": \"http://s\", \"transport\": \"sse\", \"enabled\": true},"
                " \"empty\": {\"type\": \"local\", \"command\": []}}");
-    assert_int_equal(agentcfg_cell_mcp_servers(c, "/proj", &out, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_mcp_servers(c, "/proj", &out, &err), 0);
     assert_json_eq(out, "[{\"type\":\"http\",\"name\":\"aa\",\"url\":\"http://m/mcp\","
                         "  \"headers\":[{\"name\":\"H\",\"value\":\"v\"}]},"
                         " {\"type\":\"sse\",\"name\":\"sse\",\"url\":\"http://s\",\"headers\":[]},"
@@ -163,12 +163,12 @@ static void mcp_servers_in_acp_shape(void **state)
     json_decref(out);
     /* Relative directories are under /root, as for the HTTP routes. */
     write_file("/root/rel/.sandbox-agent/config/mcp.json", "{\"r\": {\"type\": \"local\", \"command\": \"r\"}}");
-    assert_int_equal(agentcfg_cell_mcp_servers(c, "rel", &out, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_mcp_servers(c, "rel", &out, &err), 0);
     assert_json_eq(out, "[{\"name\":\"r\",\"command\":\"r\",\"args\":[],\"env\":[]}]");
     json_decref(out);
     /* An invalid file is EINVAL, and no array. */
     write_file("/bad/.sandbox-agent/config/mcp.json", "{\"a\": {\"type\": \"bogus\"}}");
-    assert_int_equal(agentcfg_cell_mcp_servers(c, "/bad", &out, &err), -1);
+    assert_int_equal(srv_agentcfg_cell_mcp_servers(c, "/bad", &out, &err), -1);
     assert_int_equal(err.code, EINVAL);
     assert_null(out);
 }
@@ -196,7 +196,7 @@ static void skills_materialised(void **state)
                " \"gh\": {\"sources\": [{\"type\": \"github\", \"source\": \"rivet-dev/skills\"}]}}");
     /* A stale copy is replaced, not merged. */
     write_file("/proj2/.claude/skills/one/stale.txt", "old\n");
-    assert_int_equal(agentcfg_cell_skills_materialise(c, "/proj2", "claude", &rep, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_skills_materialise(c, "/proj2", "claude", &rep, &err), 0);
     assert_string_equal(read_file("/proj2/.claude/skills/one/SKILL.md"), "# one\n");
     assert_string_equal(read_file("/proj2/.claude/skills/one/scripts/run.sh"), "echo one\n");
     assert_string_equal(read_file("/proj2/.claude/skills/alpha/SKILL.md"), "# alpha\n");
@@ -219,9 +219,9 @@ static void skills_materialised(void **state)
     assert_int_equal(skipped, 2);
     json_decref(rep);
     /* Another agent, another directory; an unknown agent is EINVAL. */
-    assert_int_equal(agentcfg_cell_skills_materialise(c, "/proj2", "codex", NULL, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_skills_materialise(c, "/proj2", "codex", NULL, &err), 0);
     assert_string_equal(read_file("/proj2/.codex/skills/alpha/SKILL.md"), "# alpha\n");
-    assert_int_equal(agentcfg_cell_skills_materialise(c, "/proj2", "bogus", &rep, &err), -1);
+    assert_int_equal(srv_agentcfg_cell_skills_materialise(c, "/proj2", "bogus", &rep, &err), -1);
     assert_int_equal(err.code, EINVAL);
     assert_null(rep);
 }
@@ -243,7 +243,7 @@ static void skills_cannot_pull_in_host_files(void **state)
     assert_int_equal(sh(script), 0);
     write_file("/proj3/.sandbox-agent/config/skills.json",
                "{\"s\": {\"sources\": [{\"type\": \"local\", \"source\": \"/evil/s\"}]}}");
-    assert_int_equal(agentcfg_cell_skills_materialise(c, "/proj3", "mock", &rep, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_skills_materialise(c, "/proj3", "mock", &rep, &err), 0);
     json_decref(rep);
     char *got = read_file("/proj3/.sandbox-agent/skills/s/SKILL.md");
     assert_non_null(got);
@@ -254,7 +254,7 @@ static void skills_cannot_pull_in_host_files(void **state)
     /* A link to "/" would copy the whole cell: the bound stops it. */
     write_file("/proj4/.sandbox-agent/config/skills.json",
                "{\"r\": {\"sources\": [{\"type\": \"local\", \"source\": \"/evil2/r\"}]}}");
-    assert_int_equal(agentcfg_cell_skills_materialise(c, "/proj4", "mock", &rep, &err), -1);
+    assert_int_equal(srv_agentcfg_cell_skills_materialise(c, "/proj4", "mock", &rep, &err), -1);
     assert_int_equal(err.code, E2BIG);
     assert_null(rep);
 }
@@ -284,7 +284,7 @@ static void session_new_prepared(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *params = json_loads(cases[i][0], 0, NULL);
         assert_non_null(params);
-        assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), 0);
+        assert_int_equal(srv_agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), 0);
         assert_json_eq(json_object_get(params, "mcpServers"), cases[i][1]);
         json_decref(params);
         json_decref(rep);
@@ -292,19 +292,19 @@ static void session_new_prepared(void **state)
     assert_string_equal(read_file("/proj5/.claude/skills/k/SKILL.md"), "# k\n");
     /* An agent without a skill directory still gets its servers. */
     json_t *params = json_loads("{\"cwd\": \"/proj5\"}", 0, NULL);
-    assert_int_equal(agentcfg_cell_prepare_session_new(c, "someagent", params, &rep, &err), 0);
+    assert_int_equal(srv_agentcfg_cell_prepare_session_new(c, "someagent", params, &rep, &err), 0);
     assert_null(rep);
     assert_int_equal(json_array_size(json_object_get(params, "mcpServers")), 1);
     json_decref(params);
     /* An invalid config fails and leaves the params as they were. */
     write_file("/proj6/.sandbox-agent/config/mcp.json", "[]");
     params = json_loads("{\"cwd\": \"/proj6\"}", 0, NULL);
-    assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), -1);
+    assert_int_equal(srv_agentcfg_cell_prepare_session_new(c, "claude", params, &rep, &err), -1);
     assert_int_equal(err.code, EINVAL);
     assert_null(json_object_get(params, "mcpServers"));
     json_decref(params);
     params = json_loads("[]", JSON_DECODE_ANY, NULL);
-    assert_int_equal(agentcfg_cell_prepare_session_new(c, "claude", params, NULL, &err), -1);
+    assert_int_equal(srv_agentcfg_cell_prepare_session_new(c, "claude", params, NULL, &err), -1);
     json_decref(params);
 }
 

@@ -39,12 +39,12 @@ static void assert_json_eq(json_t *got, json_t *want)
     }
 }
 
-/* runagent_check on `spec`: 0, or -1 with `why` containing `want`. */
+/* srv_runagent_check on `spec`: 0, or -1 with `why` containing `want`. */
 static void check_why(const char *spec, const char *want)
 {
     json_t *s = J(spec);
     char why[512] = "";
-    int rc = runagent_check(s, why, sizeof why);
+    int rc = srv_runagent_check(s, why, sizeof why);
     if (want == NULL ? rc != 0 : (rc != -1 || !strstr(why, want))) {
         fprintf(stderr, "spec %s\n  rc %d why \"%s\", want %s\n", spec, rc, why, want ? want : "success");
         fail();
@@ -149,11 +149,11 @@ static void checks_cap_big_inputs(void **state)
     memset(big, 'a', (256u << 10) + 1);
     big[(256u << 10) + 1] = '\0';
     json_object_set_new(s, "instructions", json_string(big));
-    assert_int_equal(runagent_check(s, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_check(s, why, sizeof why), -1);
     assert_non_null(strstr(why, "instructions"));
     big[256u << 10] = '\0';
     json_object_set_new(s, "instructions", json_string(big));
-    assert_int_equal(runagent_check(s, why, sizeof why), 0);
+    assert_int_equal(srv_runagent_check(s, why, sizeof why), 0);
     free(big);
     json_object_del(s, "instructions");
 
@@ -164,7 +164,7 @@ static void checks_cap_big_inputs(void **state)
         json_array_append_new(skills, json_pack("{s:s, s:s}", "name", name, "description", "d"));
     }
     json_object_set_new(s, "skills", skills);
-    assert_int_equal(runagent_check(s, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_check(s, why, sizeof why), -1);
     assert_non_null(strstr(why, "skills: an array of at most 32"));
     json_object_del(s, "skills");
 
@@ -179,7 +179,7 @@ static void checks_cap_big_inputs(void **state)
         json_array_append_new(att, json_pack("{s:s, s:s}", "name", name, "text", mib));
     }
     json_object_set_new(s, "attachments", att);
-    assert_int_equal(runagent_check(s, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_check(s, why, sizeof why), -1);
     assert_non_null(strstr(why, "8 MiB"));
     free(mib);
     json_object_del(s, "attachments");
@@ -189,7 +189,7 @@ static void checks_cap_big_inputs(void **state)
     for (int i = 0; i < 40; i++)
         schema = json_pack("{s:s, s:o}", "type", "array", "items", schema);
     json_object_set_new(s, "output_schema", schema);
-    assert_int_equal(runagent_check(s, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_check(s, why, sizeof why), -1);
     assert_non_null(strstr(why, "levels"));
     json_decref(s);
 }
@@ -254,7 +254,7 @@ static void build(const char *agent, const char *spec, runagent_plan *p)
 {
     json_t *s = J(spec);
     char why[512] = "";
-    if (runagent_plan_build(agent, s, p, why, sizeof why) != 0) {
+    if (srv_runagent_plan_build(agent, s, p, why, sizeof why) != 0) {
         fprintf(stderr, "plan %s: %s\n", agent, why);
         fail();
     }
@@ -291,7 +291,7 @@ static void codex_plan(void **state)
     /* The secret never appears in anything written or passed. */
     for (size_t i = 0; i < p.n_files; i++)
         assert_null(strstr(p.files[i].data, "secret"));
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 }
 
 static void opencode_plan(void **state)
@@ -322,7 +322,7 @@ static void opencode_plan(void **state)
     assert_json_eq(p.mcp_servers, want);
     json_decref(want);
     assert_string_equal(p.prompt, prompt_full);
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 }
 
 static void claude_mock_shell_plans(void **state)
@@ -340,7 +340,7 @@ static void claude_mock_shell_plans(void **state)
     json_t *want = J(acp_mcp_full);
     assert_json_eq(p.mcp_servers, want);
     json_decref(want);
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 
     build("mock", spec_full, &p);
     static const char *const mock[] = { "/root/.config/cell-mock-agent/instructions.md",
@@ -350,7 +350,7 @@ static void claude_mock_shell_plans(void **state)
     assert_paths(&p, mock);
     assert_null(p.env[0]);
     assert_string_equal(p.prompt, prompt_full);
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 
     /* shell: the prompt is the command, as given; only attachments. */
     build("shell", "{\"agent\":\"shell\",\"prompt\":\"echo hi; exit 3\",\"attachments\":[{\"name\":\"a\",\"text\":\"x\"}],"
@@ -360,7 +360,7 @@ static void claude_mock_shell_plans(void **state)
     assert_string_equal(p.prompt, "echo hi; exit 3");
     assert_null(p.env[0]);
     assert_int_equal(json_array_size(p.mcp_servers), 0);
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 
     /* Nothing given: only codex's config.toml (codex refuses a
      * CODEX_HOME that does not exist), the prompt as it is. */
@@ -368,13 +368,13 @@ static void claude_mock_shell_plans(void **state)
     static const char *const bare[] = { "/root/.codex/config.toml", NULL };
     assert_paths(&p, bare);
     assert_string_equal(p.prompt, "p");
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
 
     json_t *s = J("{\"prompt\":\"p\"}");
     char why[256];
-    assert_int_equal(runagent_plan_build("gemini", s, &p, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_plan_build("gemini", s, &p, why, sizeof why), -1);
     assert_non_null(strstr(why, "agent:"));
-    assert_int_equal(runagent_plan_build(NULL, s, &p, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_plan_build(NULL, s, &p, why, sizeof why), -1);
     json_decref(s);
 }
 
@@ -392,15 +392,15 @@ static void toml_and_yaml_injection(void **state)
     char why[512];
     runagent_plan p;
     /* A model with a newline is refused (no model name needs one). */
-    assert_int_equal(runagent_plan_build("codex", s, &p, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_plan_build("codex", s, &p, why, sizeof why), -1);
     assert_non_null(strstr(why, "model:"));
     json_object_set_new(s, "model", json_string("m\" [x] = 'y'"));
     /* "\u0000" in an env value is refused. */
-    assert_int_equal(runagent_plan_build("codex", s, &p, why, sizeof why), -1);
+    assert_int_equal(srv_runagent_plan_build("codex", s, &p, why, sizeof why), -1);
     assert_non_null(strstr(why, "mcp[0].env[\"K\"]"));
     json_object_set_new(json_object_get(json_array_get(json_object_get(s, "mcp"), 0), "env"), "K",
                         json_string("v\"\n=1"));
-    assert_int_equal(runagent_plan_build("codex", s, &p, why, sizeof why), 0);
+    assert_int_equal(srv_runagent_plan_build("codex", s, &p, why, sizeof why), 0);
 
     const runagent_file *toml = file_of(&p, "/root/.codex/config.toml");
     const runagent_file *md = file_of(&p, "/root/.codex/skills/a.b-c_d/SKILL.md");
@@ -427,7 +427,7 @@ static void toml_and_yaml_injection(void **state)
              "print(json.dumps({\"toml\": t, \"yaml\": yaml.safe_load(y)}))' > %s/out.json",
              tdir, tdir, tdir);
     if (system("/usr/bin/python3 -c 'import tomllib, yaml' 2>/dev/null") != 0) {
-        runagent_plan_free(&p);
+        srv_runagent_plan_free(&p);
         json_decref(s);
         skip();
     }
@@ -446,7 +446,7 @@ static void toml_and_yaml_injection(void **state)
     json_decref(want);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tdir);
     assert_int_equal(system(cmd), 0);
-    runagent_plan_free(&p);
+    srv_runagent_plan_free(&p);
     json_decref(s);
 }
 
@@ -460,7 +460,7 @@ static runagent_norm *replay(const char *name, json_t *(*fn)(runagent_norm *, js
     if (!f)
         fprintf(stderr, "%s: run from the repository's top directory or set RUNAGENT_DATA\n", path);
     assert_non_null(f);
-    runagent_norm *n = runagent_norm_new();
+    runagent_norm *n = srv_runagent_norm_new();
     json_t *all = json_array();
     char *line = NULL;
     size_t cap = 0;
@@ -485,13 +485,13 @@ static runagent_norm *replay(const char *name, json_t *(*fn)(runagent_norm *, js
 
 static void assert_result(runagent_norm *n, const char *output, const char *usage, const char *session)
 {
-    json_t *o = runagent_output(n), *u = runagent_usage(n), *want = J(usage);
+    json_t *o = srv_runagent_output(n), *u = srv_runagent_usage(n), *want = J(usage);
     assert_string_equal(json_string_value(o), output);
     assert_json_eq(u, want);
     if (session)
-        assert_string_equal(runagent_session(n), session);
+        assert_string_equal(srv_runagent_session(n), session);
     else
-        assert_null(runagent_session(n));
+        assert_null(srv_runagent_session(n));
     json_decref(o);
     json_decref(u);
     json_decref(want);
@@ -500,30 +500,30 @@ static void assert_result(runagent_norm *n, const char *output, const char *usag
 static void normalise_recorded_streams(void **state)
 {
     (void)state;
-    runagent_norm *n = replay("acp", runagent_from_acp);
+    runagent_norm *n = replay("acp", srv_runagent_from_acp);
     assert_result(n, "I will done.", "{\"inputTokens\":100,\"outputTokens\":20,\"totalTokens\":120}", "sess-1");
-    runagent_norm_free(n);
-    n = replay("codex", runagent_from_codex);
+    srv_runagent_norm_free(n);
+    n = replay("codex", srv_runagent_from_codex);
     assert_result(n, "Made made.txt.", "{\"inputTokens\":1210,\"outputTokens\":350,\"totalTokens\":1560}",
                   "0199a213-81c0-7800-8aa1-bbab2a035a53");
-    runagent_norm_free(n);
-    n = replay("codex-acp-0.16.0", runagent_from_acp);
+    srv_runagent_norm_free(n);
+    n = replay("codex-acp-0.16.0", srv_runagent_from_acp);
     assert_result(n, "Model metadata for `gpt-5` not found. Defaulting to fallback metadata; this can degrade "
                   "performance and cause issues.Let me edit.Made made.txt.", "null",
                   "01a23e1f-693d-7182-93d4-1626569cd23c");
-    runagent_norm_free(n);
-    n = replay("codex-0.171.0", runagent_from_codex);
+    srv_runagent_norm_free(n);
+    n = replay("codex-0.171.0", srv_runagent_from_codex);
     assert_result(n, "Let me edit.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
                   "01a23e1d-57e0-7111-8e24-7920c7fa139d");
-    runagent_norm_free(n);
-    n = replay("opencode-1.18.33", runagent_from_opencode);
+    srv_runagent_norm_free(n);
+    n = replay("opencode-1.18.33", srv_runagent_from_opencode);
     assert_result(n, "Let me look.\n\nMade made.txt.", "{\"inputTokens\":40,\"outputTokens\":20,\"totalTokens\":60}",
                   "ses_dc1da43e0ffeXZ106DAepEun9k");
-    runagent_norm_free(n);
-    n = replay("opencode", runagent_from_opencode);
+    srv_runagent_norm_free(n);
+    n = replay("opencode", srv_runagent_from_opencode);
     assert_result(n, "Wrote new.txt.", "{\"inputTokens\":500,\"outputTokens\":50,\"totalTokens\":550}",
                   "ses_494719016ffe85dkDMj0FPRbHK");
-    runagent_norm_free(n);
+    srv_runagent_norm_free(n);
 }
 
 /* What a hostile agent may send: wrong types everywhere, no events and no
@@ -542,11 +542,11 @@ static void normalise_hostile_streams(void **state)
         "{\"type\":\"turn.completed\",\"usage\":[]}", "{\"type\":\"tool_use\",\"part\":{\"callID\":1}}",
         "{\"type\":\"text\",\"part\":{\"text\":[]}}", "{\"type\":5}",
     };
-    runagent_norm *n = runagent_norm_new();
+    runagent_norm *n = srv_runagent_norm_new();
     for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
         json_t *msg = J(junk[i]);
-        json_t *(*fns[])(runagent_norm *, json_t *) = { runagent_from_acp, runagent_from_codex,
-                                                        runagent_from_opencode };
+        json_t *(*fns[])(runagent_norm *, json_t *) = { srv_runagent_from_acp, srv_runagent_from_codex,
+                                                        srv_runagent_from_opencode };
         for (size_t k = 0; k < 3; k++) {
             json_t *ev = fns[k](n, msg);
             assert_true(json_is_array(ev));
@@ -557,12 +557,12 @@ static void normalise_hostile_streams(void **state)
         }
         json_decref(msg);
     }
-    json_t *u = runagent_usage(n);
+    json_t *u = srv_runagent_usage(n);
     json_t *want = J("{\"inputTokens\":0,\"outputTokens\":0,\"totalTokens\":0}");
     assert_json_eq(u, want);
     json_decref(u);
     json_decref(want);
-    assert_null(runagent_session(n));
+    assert_null(srv_runagent_session(n));
 
     /* 10000 tool calls never finished: the table stays bounded (ASan and
      * the leak checker see it), and a late update still normalises. */
@@ -570,20 +570,20 @@ static void normalise_hostile_streams(void **state)
         json_t *m = json_pack("{s:{s:s, s:s+, s:s}}", "update", "sessionUpdate", "tool_call", "toolCallId", "c",
                               i % 2 ? "odd" : "even", "kind", "execute");
         json_object_set_new(json_object_get(m, "update"), "toolCallId", json_sprintf("c%d", i));
-        json_decref(runagent_from_acp(n, m));
+        json_decref(srv_runagent_from_acp(n, m));
         json_decref(m);
     }
     /* An argv's words are quoted as sh needs them. */
     json_t *q = J("{\"update\":{\"sessionUpdate\":\"tool_call\",\"toolCallId\":\"q\",\"kind\":\"execute\","
                   "\"rawInput\":{\"command\":[\"echo\",\"it's\",\"a b\",\"\",\"x=1,y\"]}}}");
-    json_t *qev = runagent_from_acp(n, q);
+    json_t *qev = srv_runagent_from_acp(n, q);
     assert_string_equal(json_string_value(json_object_get(json_array_get(qev, 1), "command")),
                         "echo 'it'\\''s' 'a b' '' x=1,y");
     json_decref(qev);
     json_decref(q);
     json_t *m = J("{\"update\":{\"sessionUpdate\":\"tool_call_update\",\"toolCallId\":\"c9999\",\"status\":"
                   "\"completed\",\"rawOutput\":{\"exitCode\":70000}}}");
-    json_t *ev = runagent_from_acp(n, m);
+    json_t *ev = srv_runagent_from_acp(n, m);
     assert_int_equal(json_array_size(ev), 1);  /* tool.result; 70000 is no exit code */
     json_decref(ev);
     json_decref(m);
@@ -595,7 +595,7 @@ static void normalise_hostile_streams(void **state)
     huge[(200u << 10) - 1] = '\0';
     m = json_pack("{s:{s:s, s:s, s:s, s:{s:s}}}", "update", "sessionUpdate", "tool_call", "toolCallId", "big", "kind",
                   "execute", "rawInput", "command", huge);
-    ev = runagent_from_acp(n, m);
+    ev = srv_runagent_from_acp(n, m);
     json_t *in = json_object_get(json_array_get(ev, 0), "input");
     assert_true(json_is_true(json_object_get(in, "truncated")));
     assert_true(json_integer_value(json_object_get(in, "bytes")) > (200 << 10));
@@ -605,7 +605,7 @@ static void normalise_hostile_streams(void **state)
     m = json_pack("{s:{s:s, s:s, s:s, s:{s:s, s:s, s:i}}}", "update", "sessionUpdate", "tool_call_update",
                   "toolCallId", "big", "status", "completed", "rawOutput", "stdout", huge, "aggregated_output", huge,
                   "exit_code", 0);
-    ev = runagent_from_acp(n, m);
+    ev = srv_runagent_from_acp(n, m);
     json_t *res = json_array_get(ev, 0), *o = json_object_get(res, "output");
     assert_string_equal(json_string_value(json_object_get(res, "type")), "tool.result");
     assert_true(json_is_true(json_object_get(o, "truncated")));
@@ -626,21 +626,21 @@ static void normalise_hostile_streams(void **state)
     text[len] = '\0';
     m = json_pack("{s:{s:s, s:{s:s, s:s}}}", "update", "sessionUpdate", "agent_message_chunk", "content", "type",
                   "text", "text", text);
-    json_decref(runagent_from_acp(n, m));
-    json_decref(runagent_from_acp(n, m));
-    json_t *out = runagent_output(n);
+    json_decref(srv_runagent_from_acp(n, m));
+    json_decref(srv_runagent_from_acp(n, m));
+    json_t *out = srv_runagent_output(n);
     assert_non_null(out);
     assert_true(json_string_length(out) <= (4u << 20) && json_string_length(out) > (4u << 20) - 3);
     json_decref(out);
     json_decref(m);
     free(text);
-    runagent_norm_free(n);
+    srv_runagent_norm_free(n);
 }
 
 static const char *perm(const char *policy, const char *request)
 {
     json_t *p = policy ? J(policy) : NULL, *r = J(request);
-    const char *a = runagent_permission(p, r);
+    const char *a = srv_runagent_permission(p, r);
     json_decref(p);
     json_decref(r);
     return a;
@@ -681,11 +681,11 @@ static void permission_rules(void **state)
     assert_string_equal(perm(deny_rm, "{\"toolCall\":{\"kind\":\"execute\",\"rawInput\":{\"command\":"
                                       "[\"/bin/bash\",\"-x\",\"rm -rf /\"]}}}"), "allow");
     json_t *call = J("{\"kind\":\"execute\",\"rawInput\":{\"command\":[\"git\",\"commit\",\"-m\",\"a b\"]}}");
-    char *cmd = runagent_command(call);
+    char *cmd = srv_runagent_command(call);
     assert_string_equal(cmd, "git commit -m 'a b'");
     free(cmd);
     json_object_set_new(call, "kind", json_string("edit"));
-    assert_null(runagent_command(call));
+    assert_null(srv_runagent_command(call));
     json_decref(call);
     /* The pattern is on the command, not the title, for execute. */
     assert_string_equal(perm("{\"default\":\"deny\",\"rules\":[{\"pattern\":\"Run*\",\"action\":\"allow\"}]}", rm),
@@ -696,7 +696,7 @@ static int validates(const char *schema, const char *value, const char *want_why
 {
     json_t *s = J(schema), *v = J(value);
     char why[512] = "";
-    int rc = runagent_schema_validate(s, v, why, sizeof why);
+    int rc = srv_runagent_schema_validate(s, v, why, sizeof why);
     if (want_why && (rc != -1 || strcmp(why, want_why) != 0)) {
         fprintf(stderr, "schema %s value %s: rc %d why \"%s\", want \"%s\"\n", schema, value, rc, why, want_why);
         fail();
@@ -802,21 +802,21 @@ static void random_hostile_specs(void **state)
                 json_object_set_new(spec, fields[f], v);
             }
         char why[512];
-        if (runagent_check(spec, why, sizeof why) == 0) {
+        if (srv_runagent_check(spec, why, sizeof why) == 0) {
             passed++;
             runagent_plan p;
-            assert_int_equal(runagent_plan_build(json_string_value(json_object_get(spec, "agent")), spec, &p, why,
+            assert_int_equal(srv_runagent_plan_build(json_string_value(json_object_get(spec, "agent")), spec, &p, why,
                                                  sizeof why), 0);
             for (size_t k = 0; k < p.n_files; k++)
                 assert_true(strncmp(p.files[k].path, "/root/", 6) == 0 ||
                             strncmp(p.files[k].path, "/.cell-run/attachments/", 23) == 0);
-            runagent_plan_free(&p);
+            srv_runagent_plan_free(&p);
             json_t *schema = json_object_get(spec, "output_schema"), *value = rand_json(1);
             if (schema)
-                runagent_schema_validate(schema, value, why, sizeof why);
+                srv_runagent_schema_validate(schema, value, why, sizeof why);
             json_decref(value);
             json_t *req = rand_json(0);
-            runagent_permission(json_object_get(spec, "permissions"), req);
+            srv_runagent_permission(json_object_get(spec, "permissions"), req);
             json_decref(req);
         } else {
             assert_true(strlen(why) > 0);

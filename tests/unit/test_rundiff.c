@@ -33,20 +33,20 @@ static char *make_output(const char *names, size_t nlen, const char *numstat, si
 static json_t *read_all(const rundiff_limits *lim, int fd, const char *data, size_t len, size_t step, int *feed_rc,
                         cell_error *err)
 {
-    rundiff_reader *rd = rundiff_reader_new(lim, fd);
+    rundiff_reader *rd = srv_rundiff_reader_new(lim, fd);
     assert_non_null(rd);
     *feed_rc = 0;
     for (size_t at = 0; at < len && *feed_rc == 0;) {
         size_t n = len - at < step ? len - at : step;
-        *feed_rc = rundiff_reader_feed(rd, data + at, n, err);
+        *feed_rc = srv_rundiff_reader_feed(rd, data + at, n, err);
         at += n;
     }
     json_t *out = json_object();
-    if (*feed_rc < 0 || rundiff_reader_end(rd, "/v1/runs/0123456789abcdef/artifacts/diff.patch", out, err) < 0) {
+    if (*feed_rc < 0 || srv_rundiff_reader_end(rd, "/v1/runs/0123456789abcdef/artifacts/diff.patch", out, err) < 0) {
         json_decref(out);
         out = NULL;
     }
-    rundiff_reader_free(rd);
+    srv_rundiff_reader_free(rd);
     return out;
 }
 
@@ -284,7 +284,7 @@ static void reads_the_paths_git_apply_names(void **state)
         "error: \xff: patch does not apply\n"
         "error: : patch does not apply\n"
         "fatal: corrupt patch at line 3";
-    json_t *c = rundiff_conflicts(text, sizeof text - 1);
+    json_t *c = srv_rundiff_conflicts(text, sizeof text - 1);
     assert_non_null(c);
     assert_int_equal(json_array_size(c), 5);
     assert_string_equal(json_string_value(json_array_get(c, 0)), "src/a.c");
@@ -293,7 +293,7 @@ static void reads_the_paths_git_apply_names(void **state)
     assert_string_equal(json_string_value(json_array_get(c, 3)), "link/evil");
     assert_string_equal(json_string_value(json_array_get(c, 4)), "\xef\xbf\xbd");
     json_decref(c);
-    c = rundiff_conflicts("fatal: corrupt patch at line 3\n", 31);
+    c = srv_rundiff_conflicts("fatal: corrupt patch at line 3\n", 31);
     assert_int_equal(json_array_size(c), 0);
     json_decref(c);
 }

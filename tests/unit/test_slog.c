@@ -51,13 +51,13 @@ static void format_names(void **state)
 {
     (void)state;
     int f = -1;
-    assert_int_equal(slog_format_parse("text", &f), 0);
+    assert_int_equal(srv_slog_format_parse("text", &f), 0);
     assert_int_equal(f, SLOG_TEXT);
-    assert_int_equal(slog_format_parse("json", &f), 0);
+    assert_int_equal(srv_slog_format_parse("json", &f), 0);
     assert_int_equal(f, SLOG_JSON);
-    assert_int_equal(slog_format_parse("JSON", &f), -1);
-    assert_int_equal(slog_format_parse("", &f), -1);
-    assert_int_equal(slog_format_parse("json ", &f), -1);
+    assert_int_equal(srv_slog_format_parse("JSON", &f), -1);
+    assert_int_equal(srv_slog_format_parse("", &f), -1);
+    assert_int_equal(srv_slog_format_parse("json ", &f), -1);
 }
 
 static void text_levels_go_where_they_went(void **state)
@@ -65,11 +65,11 @@ static void text_levels_go_where_they_went(void **state)
     (void)state;
     capture c;
     unsetenv("JOURNAL_STREAM");
-    slog_init(SLOG_TEXT);
+    srv_slog_init(SLOG_TEXT);
     capture_begin(&c);
-    slog(SLOG_INFO, SLOG_F("listen", "127.0.0.1:1"), "listening on %s", "http://127.0.0.1:1");
-    slog(SLOG_WARN, NULL, "careful\n");
-    slog(SLOG_ERROR, NULL, "broken: %d", 7);
+    srv_slog(SLOG_INFO, SLOG_F("listen", "127.0.0.1:1"), "listening on %s", "http://127.0.0.1:1");
+    srv_slog(SLOG_WARN, NULL, "careful\n");
+    srv_slog(SLOG_ERROR, NULL, "broken: %d", 7);
     capture_end(&c);
     assert_string_equal(c.out, "cell daemon: listening on http://127.0.0.1:1\n");
     assert_string_equal(c.err, "cell daemon: careful\ncell daemon: broken: 7\n");
@@ -81,9 +81,9 @@ static void text_cannot_be_split_or_forged(void **state)
 {
     (void)state;
     capture c;
-    slog_init(SLOG_TEXT);
+    srv_slog_init(SLOG_TEXT);
     capture_begin(&c);
-    slog(SLOG_WARN, NULL, "image %s failed", "x\n<3>cell daemon: admin token is abc\r\x1b[2J\x7f");
+    srv_slog(SLOG_WARN, NULL, "image %s failed", "x\n<3>cell daemon: admin token is abc\r\x1b[2J\x7f");
     capture_end(&c);
     assert_string_equal(c.err, "cell daemon: image x\\x0a<3>cell daemon: admin token is abc\\x0d\\x1b[2J\\x7f failed\n");
     assert_ptr_equal(strchr(c.err, '\n'), c.err + strlen(c.err) - 1);   /* one line */
@@ -104,9 +104,9 @@ static void json_lines_parse_and_carry_fields(void **state)
 {
     (void)state;
     capture c;
-    slog_init(SLOG_JSON);
+    srv_slog_init(SLOG_JSON);
     capture_begin(&c);
-    slog(SLOG_INFO, SLOG_F("cell", "abc123", "tenant", NULL, "route", "/v1/cells/{id}"), "hello \"%s\"\n\x01",
+    srv_slog(SLOG_INFO, SLOG_F("cell", "abc123", "tenant", NULL, "route", "/v1/cells/{id}"), "hello \"%s\"\n\x01",
          "wor\nld");
     capture_end(&c);
     assert_string_equal(c.out, "");         /* json: everything on stderr */
@@ -127,9 +127,9 @@ static void json_survives_bytes_that_are_not_utf8(void **state)
 {
     (void)state;
     capture c;
-    slog_init(SLOG_JSON);
+    srv_slog_init(SLOG_JSON);
     capture_begin(&c);
-    slog(SLOG_ERROR, SLOG_F("image", "\xff\xfe"), "path %s", "/tmp/\xc3\x28");
+    srv_slog(SLOG_ERROR, SLOG_F("image", "\xff\xfe"), "path %s", "/tmp/\xc3\x28");
     capture_end(&c);
     json_t *o = only_line(c.err);
     assert_string_equal(json_string_value(json_object_get(o, "level")), "error");
@@ -146,9 +146,9 @@ static void long_messages_are_cut_and_marked(void **state)
     assert_non_null(big);
     memset(big, 'a', 19999);
     big[19999] = '\0';
-    slog_init(SLOG_TEXT);
+    srv_slog_init(SLOG_TEXT);
     capture_begin(&c);
-    slog(SLOG_WARN, NULL, "%s", big);
+    srv_slog(SLOG_WARN, NULL, "%s", big);
     capture_end(&c);
     free(big);
     size_t n = strlen(c.err);
@@ -167,16 +167,16 @@ static void journal_gets_priorities(void **state)
     char js[64];
     snprintf(js, sizeof js, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
     setenv("JOURNAL_STREAM", js, 1);
-    slog_init(SLOG_TEXT);
-    slog(SLOG_INFO, NULL, "up");
-    slog(SLOG_WARN, NULL, "odd");
-    slog_init(SLOG_JSON);
-    slog(SLOG_ERROR, NULL, "down");
+    srv_slog_init(SLOG_TEXT);
+    srv_slog(SLOG_INFO, NULL, "up");
+    srv_slog(SLOG_WARN, NULL, "odd");
+    srv_slog_init(SLOG_JSON);
+    srv_slog(SLOG_ERROR, NULL, "down");
     setenv("JOURNAL_STREAM", "1:1", 1);         /* another stream: no prefix */
-    slog_init(SLOG_TEXT);
-    slog(SLOG_WARN, NULL, "plain");
+    srv_slog_init(SLOG_TEXT);
+    srv_slog(SLOG_WARN, NULL, "plain");
     unsetenv("JOURNAL_STREAM");
-    slog_init(SLOG_TEXT);
+    srv_slog_init(SLOG_TEXT);
     capture_end(&c);
     assert_string_equal(c.out, "");
     assert_memory_equal(c.err, "<6>cell daemon: up\n<4>cell daemon: odd\n<3>{", 42);
