@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                      .body = mode & 4 ? "{}" : NULL, .body_len = mode & 4 ? 2 : 0, .body_fd = -1 };
     http1_resp rs = { .on_data = mode & 1 ? on_data : NULL, .user = &stop_early };
     streamed = 0;
-    int err = http1_exchange(sv[0], &rq, &rs);
+    int err = cli_http1_exchange(sv[0], &rq, &rs);
     assert(err >= HTTP1_OK && err <= HTTP1_STOPPED);
     assert(err != HTTP1_STOPPED && err != HTTP1_BODY_READ);
     if (err == HTTP1_OK) {
@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(rs.body.len <= HTTP1_MAX_REPLY && rs.body.len + streamed <= size);
     assert(!rs.body.data || rs.body.data[rs.body.len] == '\0');
     char why[256];
-    assert(http1_strerror(err, &rs, why, sizeof why) != NULL);
+    assert(cli_http1_strerror(err, &rs, why, sizeof why) != NULL);
     free(rs.body.data);
     close(sv[0]);
     close(sv[1]);

@@ -138,7 +138,7 @@ static const char runs_usage[] =
     "exit codes: 0 done; 1 the daemon refused (4xx: unknown run, not finished,\n"
     "conflict); 2 usage; 125 the daemon is unreachable or failed.\n";
 
-const char *agentcmd_usage(int argc, char **argv)
+const char *cli_agentcmd_usage(int argc, char **argv)
 {
     if (argc > 0 && strcmp(argv[0], "run") == 0)
         return run_usage;
@@ -275,8 +275,8 @@ static json_t *block_scalar(const char **p, int fold)
             len--;
         if (len) {
             if (b.len)
-                http1_buf_add(&b, fold ? " " : "\n", 1);
-            http1_buf_add(&b, line, len);
+                cli_http1_buf_add(&b, fold ? " " : "\n", 1);
+            cli_http1_buf_add(&b, line, len);
         }
         if (!nl)
             break;
@@ -470,7 +470,7 @@ static int add_attachment(json_t *atts, const char *path, size_t *total)
     if (t) {
         json_object_set_new(a, "text", t);
     } else {
-        char *b = client_b64_encode(data, len);
+        char *b = cli_client_b64_encode(data, len);
         json_object_set_new(a, "base64", json_string(b ? b : ""));
         free(b);
     }
@@ -520,8 +520,8 @@ static int set_prompt(json_t *body, int argc, char **argv)
         http1_buf b = { 0 };
         for (int i = 0; i < argc; i++) {
             if (i)
-                http1_buf_add(&b, " ", 1);
-            http1_buf_add(&b, argv[i], strlen(argv[i]));
+                cli_http1_buf_add(&b, " ", 1);
+            cli_http1_buf_add(&b, argv[i], strlen(argv[i]));
         }
         text = b.data, len = b.len;
     }
@@ -717,7 +717,7 @@ static int run_capture(const char *const *argv, int in, char **out, size_t max, 
         if (n <= 0)
             break;
         if (b.len < max)
-            http1_buf_add(&b, buf, (size_t)n > max - b.len ? max - b.len : (size_t)n);
+            cli_http1_buf_add(&b, buf, (size_t)n > max - b.len ? max - b.len : (size_t)n);
     }
     close(p[0]);
     int code = reap(pid);
@@ -776,7 +776,7 @@ static int upload_repo(client *c, const char *dir, char **id)
     json_t *reply = NULL;
     if (rc == 0) {
         fprintf(stderr, "cell: uploading %s%s\n", dir, git ? " (the files git tracks or does not ignore)" : "");
-        rc = client_upload(c, "POST", "/v1/runs/uploads", tarp[0], -1, "upload", &reply);
+        rc = cli_client_upload(c, "POST", "/v1/runs/uploads", tarp[0], -1, "upload", &reply);
     }
     close(tarp[0]);
     /* A refused upload leaves them writing into a closed pipe: SIGPIPE ends them. */
@@ -807,7 +807,7 @@ static int valid_run_id(const char *id)
 
 static int post_run(client *c, json_t *body, long *status, json_t **reply)
 {
-    return client_json_status(c, "POST", "/v1/runs", body, status, reply);
+    return cli_client_json_status(c, "POST", "/v1/runs", body, status, reply);
 }
 
 /* The repository: a local daemon reads DIR in place unless it refuses the
@@ -848,7 +848,7 @@ static int create_run(client *c, struct run_args *a, char **dir, json_t **run)
             return rc;
     }
     if (status < 200 || status >= 300) {
-        rc = client_reply_error(c, status, reply, "run");
+        rc = cli_client_reply_error(c, status, reply, "run");
         json_decref(reply);
         return rc;
     }
@@ -952,14 +952,14 @@ static void ask_permission(struct follow *f, json_t *ev)
         decision = "allow";
     if (atomic_load(&interrupted))
         return;                 /* Ctrl-C at the prompt: the run is canceled instead */
-    char *path = client_pathf("/v1/runs/%s/permissions/%s", f->id, req);
+    char *path = cli_client_pathf("/v1/runs/%s/permissions/%s", f->id, req);
     json_t *body = json_pack("{s:s}", "decision", decision), *reply = NULL;
     long status = 0;
-    if (path && client_json_status(f->c, "POST", path, body, &status, &reply) == 0) {
+    if (path && cli_client_json_status(f->c, "POST", path, body, &status, &reply) == 0) {
         if (status == 409)
             fputs("  (already decided)\n", stderr);
         else if (status < 200 || status >= 300)
-            client_reply_error(f->c, status, reply, "permission");
+            cli_client_reply_error(f->c, status, reply, "permission");
     }
     json_decref(reply);
     json_decref(body);
@@ -1112,14 +1112,14 @@ static void sse_line(struct follow *f, const char *s, size_t n)
     size_t vn = (size_t)(s + n - v);
     if (name == 4 && strncmp(s, "data", 4) == 0) {
         if (f->data.len)
-            http1_buf_add(&f->data, "\n", 1);
+            cli_http1_buf_add(&f->data, "\n", 1);
         if (f->data.len + vn > SSE_MAX) {
             f->skipping = 1;
             f->bad++;
             fprintf(prog_line(f), "cell: skipped an event larger than %u MiB\n", SSE_MAX >> 20);
             return;
         }
-        http1_buf_add(&f->data, v, vn);
+        cli_http1_buf_add(&f->data, v, vn);
     } else if (name == 2 && strncmp(s, "id", 2) == 0) {
         /* It goes back in a header: digits only, or it is ignored. */
         int ok = vn > 0 && vn < sizeof f->event_id;
@@ -1144,7 +1144,7 @@ static int sse_data(void *user, const char *p, size_t n)
             f->skip_line = 1;
             f->line.len = 0;
         } else if (!f->skip_line) {
-            http1_buf_add(&f->line, p, take);
+            cli_http1_buf_add(&f->line, p, take);
         }
         if (nl && f->skip_line) {
             /* The oversized line ends; the event it was part of goes too. */
@@ -1175,12 +1175,12 @@ static void nap(long ms)
 
 static int cancel_run(client *c, const char *id)
 {
-    char *path = client_pathf("/v1/runs/%s", id);
+    char *path = cli_client_pathf("/v1/runs/%s", id);
     long status = 0;
     json_t *reply = NULL;
-    int rc = path ? client_json_status(c, "DELETE", path, NULL, &status, &reply) : CLI_EXIT_INTERNAL;
+    int rc = path ? cli_client_json_status(c, "DELETE", path, NULL, &status, &reply) : CLI_EXIT_INTERNAL;
     if (rc == 0 && status != 202 && status != 204)
-        rc = client_reply_error(c, status, reply, "cancel");
+        rc = cli_client_reply_error(c, status, reply, "cancel");
     json_decref(reply);
     free(path);
     return rc;
@@ -1191,7 +1191,7 @@ static int cancel_run(client *c, const char *id)
  * set) an interrupt sends the cancel once; a second one gives up. */
 static int follow_events(struct follow *f, int follow, int cancel)
 {
-    char *path = client_pathf(follow ? "/v1/runs/%s/events" : "/v1/runs/%s/events?follow=false", f->id);
+    char *path = cli_client_pathf(follow ? "/v1/runs/%s/events" : "/v1/runs/%s/events?follow=false", f->id);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     int rc = 0, idle = 0, canceled = 0;
@@ -1201,7 +1201,7 @@ static int follow_events(struct follow *f, int follow, int cancel)
         f->progressed = 0;
         f->line.len = f->data.len = 0;
         f->skipping = f->skip_line = 0;
-        rc = client_get_stream_hdr(f->c, path, f->last_id[0] ? hdr : NULL, sse_data, f, &stream_stop, "events");
+        rc = cli_client_get_stream_hdr(f->c, path, f->last_id[0] ? hdr : NULL, sse_data, f, &stream_stop, "events");
         end_mid(f);
         if (f->finished || !follow) {
             if (rc < 0)         /* -1: sse_data stopped it, at run.finished or out of memory */
@@ -1242,8 +1242,8 @@ static int follow_events(struct follow *f, int follow, int cancel)
 /* ---- results ----------------------------------------------------------------------------------- */
 static int get_run(client *c, const char *id, json_t **run)
 {
-    char *path = client_pathf("/v1/runs/%s", id);
-    int rc = path ? client_json(c, "GET", path, NULL, "run", run) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    char *path = cli_client_pathf("/v1/runs/%s", id);
+    int rc = path ? cli_client_json(c, "GET", path, NULL, "run", run) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc == 0 && !json_is_object(*run)) {
         json_decref(*run);
@@ -1355,9 +1355,9 @@ static int write_piece(void *user, const char *p, size_t n)
 /* GET the run's diff.patch artifact into fd (stdout: escaped on a terminal). */
 static int fetch_patch(client *c, const char *id, int fd)
 {
-    char *path = client_pathf("/v1/runs/%s/artifacts/diff.patch", id);
+    char *path = cli_client_pathf("/v1/runs/%s/artifacts/diff.patch", id);
     struct to_fd t = { .fd = fd, .tty = fd == 1 && isatty(1) };
-    int rc = path ? client_get_stream(c, path, write_piece, &t, NULL, "diff")
+    int rc = path ? cli_client_get_stream(c, path, write_piece, &t, NULL, "diff")
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     fflush(stdout);
@@ -1397,17 +1397,17 @@ static void print_conflicts(json_t *reply)
 /* A run on a host path: the daemon applies it (POST .../apply). */
 static int apply_remote(client *c, const char *id, const char *where)
 {
-    char *path = client_pathf("/v1/runs/%s/apply", id);
+    char *path = cli_client_pathf("/v1/runs/%s/apply", id);
     long status = 0;
     json_t *reply = NULL;
-    int rc = path ? client_json_status(c, "POST", path, NULL, &status, &reply) : CLI_EXIT_INTERNAL;
+    int rc = path ? cli_client_json_status(c, "POST", path, NULL, &status, &reply) : CLI_EXIT_INTERNAL;
     free(path);
     if (rc == 0 && status == 200) {
         fprintf(stderr, "cell: applied the change to %s (%zu files)\n", where,
                 json_array_size(json_object_get(reply, "changedFiles")));
         print_files(stderr, json_object_get(reply, "changedFiles"));
     } else if (rc == 0) {
-        rc = client_reply_error(c, status, reply, "apply");
+        rc = cli_client_reply_error(c, status, reply, "apply");
         print_conflicts(reply);
     }
     json_decref(reply);
@@ -1549,10 +1549,10 @@ static int agent_run(struct cli_global *g, int argc, char **argv)
     int rc = parse_run(&a, argc, argv);
     if (rc == 0) {
         client c;
-        rc = client_open(&c, g);
+        rc = cli_client_open(&c, g);
         if (rc == 0) {
             rc = do_run(&c, &a);
-            client_close(&c);
+            cli_client_close(&c);
         }
     }
     json_decref(a.body);
@@ -1586,16 +1586,16 @@ static void put_cell(FILE *f, json_t *v, int width)
 static int runs_ls(client *c, struct runs_args *a)
 {
     http1_buf q = { 0 };
-    http1_buf_add(&q, "/v1/runs", 8);
+    cli_http1_buf_add(&q, "/v1/runs", 8);
     char *part = NULL;
-    if (a->status && (part = client_pathf("?status=%s", a->status)))
-        http1_buf_add(&q, part, strlen(part));
+    if (a->status && (part = cli_client_pathf("?status=%s", a->status)))
+        cli_http1_buf_add(&q, part, strlen(part));
     free(part);
-    if (a->limit && (part = client_pathf(a->status ? "&limit=%s" : "?limit=%s", a->limit)))
-        http1_buf_add(&q, part, strlen(part));
+    if (a->limit && (part = cli_client_pathf(a->status ? "&limit=%s" : "?limit=%s", a->limit)))
+        cli_http1_buf_add(&q, part, strlen(part));
     free(part);
     json_t *reply = NULL;
-    int rc = q.oom || !q.data ? cli_fail(CLI_EXIT_INTERNAL, "out of memory") : client_json(c, "GET", q.data, NULL, "runs", &reply);
+    int rc = q.oom || !q.data ? cli_fail(CLI_EXIT_INTERNAL, "out of memory") : cli_client_json(c, "GET", q.data, NULL, "runs", &reply);
     free(q.data);
     if (rc)
         return rc;
@@ -1609,7 +1609,7 @@ static int runs_ls(client *c, struct runs_args *a)
     json_array_foreach(json_object_get(reply, "runs"), i, r) {
         char when[32], exit_s[16] = "-", dur[32] = "-";
         json_t *res = json_object_get(r, "result"), *code = json_object_get(res, "exitCode");
-        client_utc_ms(int_of(r, "createdAtMs", 0), when, sizeof when);
+        cli_client_utc_ms(int_of(r, "createdAtMs", 0), when, sizeof when);
         if (json_is_integer(code))
             snprintf(exit_s, sizeof exit_s, "%lld", (long long)json_integer_value(code));
         if (json_is_integer(json_object_get(res, "durationMs")))
@@ -1634,7 +1634,7 @@ static int runs_show(client *c, struct runs_args *a, const char *id)
         return 0;
     }
     char when[32];
-    client_utc_ms(int_of(run, "createdAtMs", 0), when, sizeof when);
+    cli_client_utc_ms(int_of(run, "createdAtMs", 0), when, sizeof when);
     fputs("agent: ", stdout);
     put_str(stdout, json_object_get(run, "agent"), 40);
     printf("\ncreated: %s UTC\n", when);
@@ -1748,7 +1748,7 @@ static int agent_runs(struct cli_global *g, int argc, char **argv)
     if (!needs_id && n > 1)
         return usage_fail("runs", "ls takes no argument but options, not '%s'", rest[1]);
     client c;
-    int rc = client_open(&c, g);
+    int rc = cli_client_open(&c, g);
     if (rc)
         return rc;
     const char *id = needs_id ? rest[1] : NULL;
@@ -1764,13 +1764,13 @@ static int agent_runs(struct cli_global *g, int argc, char **argv)
         rc = runs_apply(&c, &a, id);
     else
         rc = runs_diff(&c, id);
-    client_close(&c);
+    cli_client_close(&c);
     return rc;
 }
 
 /* [--help] SUBCOMMAND ...: getopt_long stops at the subcommand ("+"), whose
  * own options are its parser's. */
-int agentcmd_main(struct cli_global *g, int argc, char **argv)
+int cli_agentcmd_main(struct cli_global *g, int argc, char **argv)
 {
     static const struct option opts[] = { { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
     opterr = 0;
@@ -1778,7 +1778,7 @@ int agentcmd_main(struct cli_global *g, int argc, char **argv)
     int o = getopt_long(argc, argv, "+:h", opts, NULL);
     if (o == 'h' || (o == -1 && optind < argc && strcmp(argv[optind], "help") == 0)) {
         int at = optind + (o == -1);    /* `agent help run`, `agent --help run` */
-        fputs(agentcmd_usage(argc - at, argv + at), stdout);
+        fputs(cli_agentcmd_usage(argc - at, argv + at), stdout);
         return 0;
     }
     if (o != -1)

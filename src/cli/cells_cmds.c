@@ -321,11 +321,11 @@ const char *cli_str_or(json_t *o, const char *key, const char *dflt)
 int cli_with_client(struct cli_global *g, cli_client_fn fn, void *arg)
 {
     client c;
-    int rc = client_open(&c, g);
+    int rc = cli_client_open(&c, g);
     if (rc)
         return rc;
     rc = fn(&c, g, arg);
-    client_close(&c);
+    cli_client_close(&c);
     return rc;
 }
 
@@ -507,7 +507,7 @@ static int parse_create(json_t *body, int argc, char **argv)
 static int do_create(client *c, struct cli_global *g, void *arg)
 {
     json_t *cellj = NULL;
-    int rc = client_json(c, "POST", "/v1/cells", arg, NULL, &cellj);
+    int rc = cli_client_json(c, "POST", "/v1/cells", arg, NULL, &cellj);
     if (rc)
         return rc;
     if (g->json) {
@@ -547,7 +547,7 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
 {
     (void)arg;
     json_t *reply = NULL;
-    int rc = client_json(c, "GET", "/v1/cells", NULL, NULL, &reply);
+    int rc = cli_client_json(c, "GET", "/v1/cells", NULL, NULL, &reply);
     if (rc)
         return rc;
     if (g->json) {
@@ -560,7 +560,7 @@ static int do_ls(client *c, struct cli_global *g, void *arg)
     json_array_foreach(json_object_get(reply, "cells"), i, cj) {
         char mem[32], when[32];
         human_size(json_integer_value(json_object_get(json_object_get(cj, "resources"), "memory")), mem, sizeof mem);
-        client_utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
+        cli_client_utc_ms(json_integer_value(json_object_get(cj, "createdAtMs")), when, sizeof when);
         printf("%-14s %-8s %-16s %-16s %-7s %s\n", cli_str_or(cj, "id", "?"), cli_str_or(cj, "state", "?"),
                cli_str_or(cj, "image", "-"), cli_str_or(cj, "lane", "-"), mem, when);
     }
@@ -583,12 +583,12 @@ struct lifecycle {
 static int lifecycle_one(client *c, struct cli_global *g, const char *verb, const char *id)
 {
     int rm = strcmp(verb, "rm") == 0;
-    char *path = rm ? client_pathf("/v1/cells/%s", id) : client_pathf(strcmp(verb, "start") == 0
+    char *path = rm ? cli_client_pathf("/v1/cells/%s", id) : cli_client_pathf(strcmp(verb, "start") == 0
                                                                        ? "/v1/cells/%s/start" : "/v1/cells/%s/stop", id);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     json_t *reply = NULL;
-    int rc = client_json(c, rm ? "DELETE" : "POST", path, NULL, NULL, &reply);
+    int rc = cli_client_json(c, rm ? "DELETE" : "POST", path, NULL, NULL, &reply);
     free(path);
     if (rc)
         return rc;
@@ -646,7 +646,7 @@ static void logs_entry(void *user, json_t *entry)
         fputc('\n', stdout);
         fflush(stdout);
     } else {
-        client_write_entry(1, entry);
+        cli_client_write_entry(1, entry);
     }
 }
 
@@ -654,17 +654,17 @@ static int do_logs(client *c, struct cli_global *g, void *arg)
 {
     struct logs_args *l = arg;
     /* Without ?stream the daemon picks pty or combined by the process's kind. */
-    char *path = l->stream ? client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true&stream=%s"
+    char *path = l->stream ? cli_client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true&stream=%s"
                                                     : "/cells/%s/v1/processes/%s/logs?stream=%s", l->id, l->proc, l->stream)
-                           : client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true"
+                           : cli_client_pathf(l->follow ? "/cells/%s/v1/processes/%s/logs?follow=true"
                                                     : "/cells/%s/v1/processes/%s/logs", l->id, l->proc);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     int rc;
     json_t *reply = NULL;
     if (l->follow) {
-        rc = client_follow(c, path, logs_entry, g, NULL);
-    } else if ((rc = client_json(c, "GET", path, NULL, NULL, &reply)) == 0) {
+        rc = cli_client_follow(c, path, logs_entry, g, NULL);
+    } else if ((rc = cli_client_json(c, "GET", path, NULL, NULL, &reply)) == 0) {
         if (g->json) {
             cli_print_json(reply);
             reply = NULL;
@@ -672,7 +672,7 @@ static int do_logs(client *c, struct cli_global *g, void *arg)
             size_t i;
             json_t *e;
             json_array_foreach(json_object_get(reply, "entries"), i, e)
-                client_write_entry(1, e);
+                cli_client_write_entry(1, e);
         }
     }
     json_decref(reply);
@@ -788,16 +788,16 @@ static int do_audit(client *c, struct cli_global *g, void *arg)
     struct audit_args *a = arg;
     const char *kind = a->net ? "net" : NULL;
     char *path = kind && a->since && a->limit
-                     ? client_pathf("/v1/audit?kind=%s&since=%s&limit=%s", kind, a->since, a->limit)
-               : kind && a->since ? client_pathf("/v1/audit?kind=%s&since=%s", kind, a->since)
-               : kind && a->limit ? client_pathf("/v1/audit?kind=%s&limit=%s", kind, a->limit)
-               : kind             ? client_pathf("/v1/audit?kind=%s", kind)
-               : a->since && a->limit ? client_pathf("/v1/audit?since=%s&limit=%s", a->since, a->limit)
-               : a->since             ? client_pathf("/v1/audit?since=%s", a->since)
-               : a->limit             ? client_pathf("/v1/audit?limit=%s", a->limit)
-                                      : client_pathf("/v1/audit");
+                     ? cli_client_pathf("/v1/audit?kind=%s&since=%s&limit=%s", kind, a->since, a->limit)
+               : kind && a->since ? cli_client_pathf("/v1/audit?kind=%s&since=%s", kind, a->since)
+               : kind && a->limit ? cli_client_pathf("/v1/audit?kind=%s&limit=%s", kind, a->limit)
+               : kind             ? cli_client_pathf("/v1/audit?kind=%s", kind)
+               : a->since && a->limit ? cli_client_pathf("/v1/audit?since=%s&limit=%s", a->since, a->limit)
+               : a->since             ? cli_client_pathf("/v1/audit?since=%s", a->since)
+               : a->limit             ? cli_client_pathf("/v1/audit?limit=%s", a->limit)
+                                      : cli_client_pathf("/v1/audit");
     json_t *reply = NULL;
-    int rc = path ? client_json(c, "GET", path, NULL, NULL, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = path ? cli_client_json(c, "GET", path, NULL, NULL, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc)
         return rc;
@@ -852,11 +852,11 @@ struct policy_args {
 static int do_policy(client *c, struct cli_global *g, void *arg)
 {
     struct policy_args *p = arg;
-    char *path = client_pathf("/v1/cells/%s/policy", p->id);
+    char *path = cli_client_pathf("/v1/cells/%s/policy", p->id);
     char what[64];
     snprintf(what, sizeof what, "cell %s", p->id);
     json_t *reply = NULL;
-    int rc = path ? client_json(c, "PUT", path, p->policy, what, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = path ? cli_client_json(c, "PUT", path, p->policy, what, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc)
         return rc;
@@ -906,7 +906,7 @@ struct token_args {
 static int token_create(client *c, struct cli_global *g, json_t *body)
 {
     json_t *t = NULL;
-    int rc = client_json(c, "POST", "/v1/tokens", body, NULL, &t);
+    int rc = cli_client_json(c, "POST", "/v1/tokens", body, NULL, &t);
     if (rc)
         return rc;
     if (g->json) {
@@ -923,7 +923,7 @@ static int token_create(client *c, struct cli_global *g, json_t *body)
 static int token_ls(client *c, struct cli_global *g)
 {
     json_t *reply = NULL;
-    int rc = client_json(c, "GET", "/v1/tokens", NULL, NULL, &reply);
+    int rc = cli_client_json(c, "GET", "/v1/tokens", NULL, NULL, &reply);
     if (rc)
         return rc;
     if (g->json) {
@@ -935,7 +935,7 @@ static int token_ls(client *c, struct cli_global *g)
     json_t *t;
     json_array_foreach(json_object_get(reply, "tokens"), i, t) {
         char when[32], rate[24];
-        client_utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
+        cli_client_utc_ms(json_integer_value(json_object_get(t, "createdAtMs")), when, sizeof when);
         json_int_t r = json_integer_value(json_object_get(t, "rate"));
         snprintf(rate, sizeof rate, r ? "%lld" : "-", (long long)r);
         printf("%-14s %-16s %-16s %-5s %-6s %-19s %s\n", cli_str_or(t, "id", "?"), cli_str_or(t, "tenant", "?"),
@@ -948,8 +948,8 @@ static int token_ls(client *c, struct cli_global *g)
 
 static int token_revoke(client *c, struct cli_global *g, const char *id)
 {
-    char *path = client_pathf("/v1/tokens/%s", id);
-    int rc = path ? client_json(c, "DELETE", path, NULL, NULL, NULL) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    char *path = cli_client_pathf("/v1/tokens/%s", id);
+    int rc = path ? cli_client_json(c, "DELETE", path, NULL, NULL, NULL) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc)
         return rc;

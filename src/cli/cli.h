@@ -47,9 +47,9 @@ extern const char cli_secret_usage[];
  * {"secret", "baseUrl"?, "provider"?}; NULL (printed) when bad. */
 json_t *cli_key_spec(const char *opt, const char *arg, const char *spec);
 /* agent_cmds.c: `cell agent run` and `cell agent runs ...` (issue 12's runs). */
-int agentcmd_main(struct cli_global *g, int argc, char **argv);
+int cli_agentcmd_main(struct cli_global *g, int argc, char **argv);
 /* The help text of `cell help agent [run|runs]`. */
-const char *agentcmd_usage(int argc, char **argv);
+const char *cli_agentcmd_usage(int argc, char **argv);
 /* The --help text of one of those commands, or NULL. */
 const char *cli_client_usage(const char *cmd);
 

@@ -95,7 +95,7 @@ static int set_target(client *c, const char *url, const char *state)
     return c->sock && c->authority && c->prefix && c->where ? 0 : -1;
 }
 
-int client_open(client *c, const struct cli_global *g)
+int cli_client_open(client *c, const struct cli_global *g)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
@@ -116,13 +116,13 @@ int client_open(client *c, const struct cli_global *g)
     if (rc == 0)
         rc = set_token(c, state);
     if (rc < 0) {
-        client_close(c);
+        cli_client_close(c);
         return rc == -2 ? CLI_EXIT_USAGE : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     }
     return 0;
 }
 
-void client_close(client *c)
+void cli_client_close(client *c)
 {
     if (c->fd >= 0)
         close(c->fd);
@@ -148,15 +148,15 @@ static void add_escaped(http1_buf *b, const char *s)
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' ||
             *p == '.' || *p == '_' || *p == '~') {
-            http1_buf_add(b, p, 1);
+            cli_http1_buf_add(b, p, 1);
         } else {
             char e[3] = { '%', hex[*p >> 4], hex[*p & 15] };
-            http1_buf_add(b, e, 3);
+            cli_http1_buf_add(b, e, 3);
         }
     }
 }
 
-char *client_pathf(const char *fmt, ...)
+char *cli_client_pathf(const char *fmt, ...)
 {
     http1_buf b = { 0 };
     va_list ap;
@@ -166,7 +166,7 @@ char *client_pathf(const char *fmt, ...)
             add_escaped(&b, va_arg(ap, const char *));
             p++;
         } else {
-            http1_buf_add(&b, p, 1);
+            cli_http1_buf_add(&b, p, 1);
         }
     }
     va_end(ap);
@@ -209,7 +209,7 @@ static int request_failed(client *c, int err, const http1_resp *rs)
 {
     char why[256];
     return cli_fail(CLI_EXIT_INTERNAL, "request to the cell daemon at %s failed: %s", c->where,
-                    http1_strerror(err, rs, why, sizeof why));
+                    cli_http1_strerror(err, rs, why, sizeof why));
 }
 
 /* ---- requests ---------------------------------------------------------------------- */
@@ -226,10 +226,10 @@ static int exchange(client *c, const http1_req *rq, http1_resp *rs, int reuse)
         if (reuse)
             c->fd = -1;
         char why[256];
-        if (fd < 0 && (fd = http1_connect(c->sock, c->host, c->port, why, sizeof why)) < 0)
+        if (fd < 0 && (fd = cli_http1_connect(c->sock, c->host, c->port, why, sizeof why)) < 0)
             return cli_fail(CLI_EXIT_INTERNAL, "cannot reach the cell daemon at %s (%s); start it with `cell serve`",
                             c->where, why);
-        int err = http1_exchange(fd, rq, rs);
+        int err = cli_http1_exchange(fd, rq, rs);
         if (err == HTTP1_OK && reuse && rs->keep_alive)
             c->fd = fd;
         else
@@ -252,7 +252,7 @@ static char *target_of(client *c, const char *path)
 }
 
 /* ---- JSON requests ------------------------------------------------------------------- */
-int client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out)
+int cli_client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL, *target = target_of(c, path);
     size_t text_len = text ? strlen(text) : 0;
@@ -285,7 +285,7 @@ int client_json_status(client *c, const char *method, const char *path, json_t *
     return rc;
 }
 
-int client_reply_error(client *c, long status, json_t *reply, const char *what)
+int cli_client_reply_error(client *c, long status, json_t *reply, const char *what)
 {
     char *text = reply ? json_dumps(reply, JSON_COMPACT) : NULL;
     int rc = http_error(c, status, text, text ? strlen(text) : 0, what);
@@ -293,15 +293,15 @@ int client_reply_error(client *c, long status, json_t *reply, const char *what)
     return rc;
 }
 
-int client_json(client *c, const char *method, const char *path, json_t *body, const char *what, json_t **out)
+int cli_client_json(client *c, const char *method, const char *path, json_t *body, const char *what, json_t **out)
 {
     long status = 0;
     json_t *reply = NULL;
-    int rc = client_json_status(c, method, path, body, &status, &reply);
+    int rc = cli_client_json_status(c, method, path, body, &status, &reply);
     if (rc)
         return rc;
     if (status < 200 || status >= 300) {
-        rc = client_reply_error(c, status, reply, what);
+        rc = cli_client_reply_error(c, status, reply, what);
         json_decref(reply);
         return rc;
     }
@@ -314,7 +314,7 @@ int client_json(client *c, const char *method, const char *path, json_t *body, c
 
 /* ---- streamed requests ------------------------------------------------------------------ */
 /* A streamed request on a connection of its own; the answer judged as
- * client_json does (the body of a 2xx is parsed into *out when asked). */
+ * cli_client_json does (the body of a 2xx is parsed into *out when asked). */
 static int stream(client *c, http1_req *rq, http1_resp *rs, const char *path, const char *what, json_t **out)
 {
     char *target = target_of(c, path);
@@ -333,7 +333,7 @@ static int stream(client *c, http1_req *rq, http1_resp *rs, const char *path, co
     return rc;
 }
 
-int client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
+int cli_client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
                   json_t **out)
 {
     http1_req rq = { .method = method, .body_fd = fd, .body_size = size,
@@ -342,7 +342,7 @@ int client_upload(client *c, const char *method, const char *path, int fd, long 
     return stream(c, &rq, &rs, path, what, out);
 }
 
-int client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
+int cli_client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
                           atomic_int *stop, const char *what)
 {
     http1_req rq = { .method = "GET", .body_fd = -1, .header = header };
@@ -350,16 +350,16 @@ int client_get_stream_hdr(client *c, const char *path, const char *header, clien
     return stream(c, &rq, &rs, path, what, NULL);
 }
 
-int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
+int cli_client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
                       const char *what)
 {
-    return client_get_stream_hdr(c, path, NULL, on_data, user, stop, what);
+    return cli_client_get_stream_hdr(c, path, NULL, on_data, user, stop, what);
 }
 
 /* ---- base64 ------------------------------------------------------------------------- */
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-char *client_b64_encode(const void *data, size_t len)
+char *cli_client_b64_encode(const void *data, size_t len)
 {
     const unsigned char *s = data;
     char *out = malloc(4 * ((len + 2) / 3) + 1), *o = out;
@@ -376,7 +376,7 @@ char *client_b64_encode(const void *data, size_t len)
     return out;
 }
 
-int client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len)
+int cli_client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len)
 {
     if (len % 4)
         return -1;
@@ -402,7 +402,7 @@ int client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *ou
     return 0;
 }
 
-int client_write_entry(int fd, json_t *entry)
+int cli_client_write_entry(int fd, json_t *entry)
 {
     json_t *data = json_object_get(entry, "data");
     const char *enc = json_string_value(json_object_get(entry, "encoding"));
@@ -413,7 +413,7 @@ int client_write_entry(int fd, json_t *entry)
     if (enc && strcmp(enc, "base64") != 0)
         return util_write_all(fd, text, len) < 0 ? -1 : 0;
     unsigned char *bytes = malloc(len / 4 * 3 + 1);
-    int rc = bytes && client_b64_decode(text, len, bytes, &n) == 0 && util_write_all(fd, bytes, n) >= 0 ? 0 : -1;
+    int rc = bytes && cli_client_b64_decode(text, len, bytes, &n) == 0 && util_write_all(fd, bytes, n) >= 0 ? 0 : -1;
     free(bytes);
     return rc;
 }
@@ -446,7 +446,7 @@ static int sse_data(void *user, const char *p, size_t n)
     while (n && !s->line.oom) {
         const char *nl = memchr(p, '\n', n);
         size_t take = nl ? (size_t)(nl - p) : n;
-        http1_buf_add(&s->line, p, take);
+        cli_http1_buf_add(&s->line, p, take);
         if (nl) {
             size_t len = s->line.len;
             if (len && s->line.data[len - 1] == '\r')
@@ -459,15 +459,15 @@ static int sse_data(void *user, const char *p, size_t n)
     return s->line.oom ? -1 : 0;
 }
 
-int client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop)
+int cli_client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop)
 {
     sse s = { .fn = on_entry, .user = user };
-    int rc = client_get_stream(c, path, sse_data, &s, stop, NULL);
+    int rc = cli_client_get_stream(c, path, sse_data, &s, stop, NULL);
     free(s.line.data);
     return rc < 0 ? cli_fail(CLI_EXIT_INTERNAL, "a log event from the daemon is too large") : rc;
 }
 
-void client_utc_ms(long long ms, char *out, size_t size)
+void cli_client_utc_ms(long long ms, char *out, size_t size)
 {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;

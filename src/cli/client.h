@@ -26,49 +26,49 @@ typedef struct client {
 } client;
 
 /* Find the daemon and the token; prints why not and returns an exit code. */
-int  client_open(client *c, const struct cli_global *g);
-void client_close(client *c);
+int  cli_client_open(client *c, const struct cli_global *g);
+void cli_client_close(client *c);
 
 /* A path with each %s argument URL-escaped (the format holds only %s);
  * malloc()ed, NULL when out of memory. */
-char *client_pathf(const char *fmt, ...);
+char *cli_client_pathf(const char *fmt, ...);
 
 /* Perform a request with an optional JSON body (borrowed).  On a 2xx,
  * *out (if not NULL) gets the parsed body (NULL when empty) and 0 is
  * returned; otherwise "cell: [what: ]<detail>" is printed and an exit code
  * returned.  `what` names the side or object the request is about. */
-int client_json(client *c, const char *method, const char *path, json_t *body, const char *what, json_t **out);
+int cli_client_json(client *c, const char *method, const char *path, json_t *body, const char *what, json_t **out);
 /* The same, but any HTTP status is returned in *status for the caller to judge. */
-int client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out);
+int cli_client_json_status(client *c, const char *method, const char *path, json_t *body, long *status, json_t **out);
 
-/* Print a non-2xx answer from client_json_status as client_json does;
+/* Print a non-2xx answer from cli_client_json_status as cli_client_json does;
  * returns its exit code. */
-int client_reply_error(client *c, long status, json_t *reply, const char *what);
+int cli_client_reply_error(client *c, long status, json_t *reply, const char *what);
 /* A listing's "createdAtMs" as "YYYY-MM-DD HH:MM:SS" UTC, or "-" when
  * absent (0) or not a time. */
-void client_utc_ms(long long ms, char *out, size_t size);
+void cli_client_utc_ms(long long ms, char *out, size_t size);
 
 /* Send a body read from fd (PUT: `size` bytes of a file; POST: a tar of
  * unknown length, sent chunked when size < 0) and judge the answer as
- * client_json does; *out (if not NULL) as there. */
-int client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
+ * cli_client_json does; *out (if not NULL) as there. */
+int cli_client_upload(client *c, const char *method, const char *path, int fd, long long size, const char *what,
                   json_t **out);
 
 /* GET path and hand a 2xx answer's body to on_data piece by piece; other
- * answers are judged as client_json does.  A non-zero on_data ends the
+ * answers are judged as cli_client_json does.  A non-zero on_data ends the
  * request and -1 comes back with nothing printed (the caller says why);
  * *stop set non-zero ends it too, with 0.  Otherwise 0 or an exit code. */
 typedef int (*client_data_fn)(void *user, const char *p, size_t n);
-int client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
+int cli_client_get_stream(client *c, const char *path, client_data_fn on_data, void *user, atomic_int *stop,
                       const char *what);
 /* The same with one more request header line ("Name: value"), e.g. Last-Event-ID. */
-int client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
+int cli_client_get_stream_hdr(client *c, const char *path, const char *header, client_data_fn on_data, void *user,
                           atomic_int *stop, const char *what);
 
 /* Base64 (RFC 4648, padded), the encoding of process input and logs. */
-char *client_b64_encode(const void *data, size_t len);
+char *cli_client_b64_encode(const void *data, size_t len);
 /* Decode into out (at least len*3/4 bytes); -1 on malformed input. */
-int   client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len);
+int   cli_client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len);
 
 /* Follow a process's log as server-sent events (GET path, which carries
  * ?follow=true) on a connection of its own (another thread may make plain
@@ -76,9 +76,9 @@ int   client_b64_decode(const char *in, size_t len, unsigned char *out, size_t *
  * event until the stream ends.  *stop set non-zero aborts it.  0 or an
  * exit code (already printed). */
 typedef void (*client_entry_fn)(void *user, json_t *entry);
-int client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop);
+int cli_client_follow(client *c, const char *path, client_entry_fn on_entry, void *user, atomic_int *stop);
 
 /* Write a log entry's decoded data to fd; -1 on malformed data or a failed write. */
-int client_write_entry(int fd, json_t *entry);
+int cli_client_write_entry(int fd, json_t *entry);
 
 #endif

@@ -89,8 +89,8 @@ static char *join_target(const char *dst, int into, const char *src)
 
 static int upload_file(client *c, struct cp_args *a, const char *target, int fd, off_t size)
 {
-    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, target);
-    int rc = path ? client_upload(c, "PUT", path, fd, (long long)size, a->remote_arg, NULL)
+    char *path = cli_client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, target);
+    int rc = path ? cli_client_upload(c, "PUT", path, fd, (long long)size, a->remote_arg, NULL)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     return rc;
@@ -143,8 +143,8 @@ static int upload_dir(client *c, struct cp_args *a, const char *target)
         close(p[1]);
         return cli_fail(CLI_EXIT_INTERNAL, "cannot start a thread: %s", strerror(err));
     }
-    char *path = client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, target);
-    int rc = path ? client_upload(c, "POST", path, p[0], -1, a->remote_arg, NULL)
+    char *path = cli_client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, target);
+    int rc = path ? cli_client_upload(c, "POST", path, p[0], -1, a->remote_arg, NULL)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     close(p[0]);                /* unblocks a writer the daemon stopped reading */
@@ -162,8 +162,8 @@ static int upload_stdin(client *c, struct cp_args *a)
     if (isatty(0))
         return cli_fail(CLI_EXIT_USAGE, "cp: stdin is a terminal, not a tar: give one with < FILE.tar or "
                         "tar -c ... | cell cp - %s", a->remote_arg);
-    char *path = client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, a->remote);
-    int rc = path ? client_upload(c, "POST", path, 0, -1, a->remote_arg, NULL)
+    char *path = cli_client_pathf("/cells/%s/v1/fs/upload-batch?path=%s", a->id, a->remote);
+    int rc = path ? cli_client_upload(c, "POST", path, 0, -1, a->remote_arg, NULL)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     return rc;
@@ -232,8 +232,8 @@ static int open_temp(const char *dst, char **tmp)
 
 static int fetch(client *c, struct cp_args *a, struct download *d)
 {
-    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, a->remote);
-    int rc = path ? client_get_stream(c, path, download_write, d, NULL, a->remote_arg)
+    char *path = cli_client_pathf("/cells/%s/v1/fs/file?path=%s", a->id, a->remote);
+    int rc = path ? cli_client_get_stream(c, path, download_write, d, NULL, a->remote_arg)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc < 0)

@@ -142,7 +142,7 @@ static void xs_entry(void *user, json_t *entry)
     const char *stream = json_string_value(json_object_get(entry, "stream"));
     int fd = stream && strcmp(stream, "stderr") == 0 ? 2 : s->out_fd;
     errno = 0;
-    if (client_write_entry(fd, entry) < 0) {
+    if (cli_client_write_entry(fd, entry) < 0) {
         /* Our stdout is gone (e.g. `| head`): stop, and end the process. */
         s->write_errno = errno ? errno : EIO;
         atomic_store(&s->stop, 1);
@@ -152,7 +152,7 @@ static void xs_entry(void *user, json_t *entry)
 static void *xs_follow_main(void *arg)
 {
     struct xsess *s = arg;
-    s->follow_rc = client_follow(s->c, s->logs_path, xs_entry, s, &s->stop);
+    s->follow_rc = cli_client_follow(s->c, s->logs_path, xs_entry, s, &s->stop);
     unsigned char end = 0;
     if (write(wake_fd[1], &end, 1) < 0) {
         /* Cannot happen with an empty pipe; the loop would then wait for stdin or a signal. */
@@ -197,7 +197,7 @@ static char *proc_path(struct xsess *s, const char *suffix)
 {
     char fmt[128];
     snprintf(fmt, sizeof fmt, "/cells/%%s/v1/processes/%%s%s", suffix);
-    return client_pathf(fmt, s->id, s->proc);
+    return cli_client_pathf(fmt, s->id, s->proc);
 }
 
 /* METHOD processes/{id}SUFFIX with an optional body (taken); the answer in
@@ -206,7 +206,7 @@ static int xs_call(struct xsess *s, const char *method, const char *suffix, json
 {
     char *path = proc_path(s, suffix);
     json_t *r = NULL;
-    int rc = path ? client_json_status(s->c, method, path, body, status, &r)
+    int rc = path ? cli_client_json_status(s->c, method, path, body, status, &r)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     json_decref(body);
@@ -231,7 +231,7 @@ static void xs_resize(struct xsess *s)
  * again), or an exit code. */
 static int xs_send(struct xsess *s, int eof)
 {
-    char *b64 = client_b64_encode(s->pend, s->pend_len);
+    char *b64 = cli_client_b64_encode(s->pend, s->pend_len);
     json_t *body = b64 ? json_pack("{s:s, s:s}", "data", b64, "encoding", "base64") : NULL;
     free(b64);
     if (body && eof)
@@ -351,10 +351,10 @@ static int xs_loop(struct xsess *s)
 /* ---- starting and ending ------------------------------------------------------------------ */
 int cli_remote_is(client *c, const char *id, const char *path, const char *type)
 {
-    char *url = client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
+    char *url = cli_client_pathf("/cells/%s/v1/fs/stat?path=%s", id, path);
     long status = 0;
     json_t *st = NULL;
-    int rc = url ? client_json_status(c, "GET", url, NULL, &status, &st) : -1;
+    int rc = url ? cli_client_json_status(c, "GET", url, NULL, &status, &st) : -1;
     free(url);
     int match = rc == 0 && status == 200 && strcmp(cli_str_or(st, "entryType", ""), type) == 0;
     json_decref(st);
@@ -383,7 +383,7 @@ static int spawn_error(struct xsess *s, long status, json_t *reply)
     if (err == EACCES || err == ENOEXEC || err == EPERM)
         return cli_fail(CLI_EXIT_CANNOT, "%s: %s: cannot be executed in cell %s: %s", s->what, cmd, s->id,
                         strerror(err));
-    return client_reply_error(s->c, status, reply, NULL);
+    return cli_client_reply_error(s->c, status, reply, NULL);
 }
 
 static int xs_start(struct xsess *s)
@@ -391,10 +391,10 @@ static int xs_start(struct xsess *s)
     json_object_set_new(s->body, "tty", json_boolean(s->tty));
     json_object_set_new(s->body, "interactive", json_boolean(s->interactive));
     json_object_set_new(s->body, "backpressure", json_true());
-    char *path = client_pathf("/cells/%s/v1/processes", s->id);
+    char *path = cli_client_pathf("/cells/%s/v1/processes", s->id);
     json_t *p = NULL;
     long status = 0;
-    int rc = path ? client_json_status(s->c, "POST", path, s->body, &status, &p)
+    int rc = path ? cli_client_json_status(s->c, "POST", path, s->body, &status, &p)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc == 0 && (status < 200 || status >= 300))
@@ -405,7 +405,7 @@ static int xs_start(struct xsess *s)
     if (rc)
         return rc;
     s->next_seq = 1;
-    s->logs_path = client_pathf("/cells/%s/v1/processes/%s/logs?follow=true&stream=%s", s->id, s->proc,
+    s->logs_path = cli_client_pathf("/cells/%s/v1/processes/%s/logs?follow=true&stream=%s", s->id, s->proc,
                                 s->tty ? "pty" : "combined");
     return s->logs_path ? 0 : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
 }
@@ -417,7 +417,7 @@ static int xs_exit_code(struct xsess *s)
     long status = 0;
     int rc = xs_call(s, "GET", "", NULL, &status, &p);
     if (rc == 0 && status != 200)
-        rc = client_reply_error(s->c, status, p, NULL);
+        rc = cli_client_reply_error(s->c, status, p, NULL);
     else if (rc == 0 && strcmp(cli_str_or(p, "status", ""), "exited") != 0)
         rc = cli_fail(CLI_EXIT_INTERNAL, "%s: the daemon ended the output of %s before it exited", s->what, s->proc);
     else if (rc == 0 && json_is_integer(json_object_get(p, "exitCode")))
@@ -547,9 +547,9 @@ static int grab_data(void *user, const char *p, size_t n)
  * (passwd: uid and gid; group: gid).  0, or an exit code (printed). */
 static int lookup_name(client *c, const char *id, const char *file, const char *name, long *f3, long *f4)
 {
-    char *path = client_pathf("/cells/%s/v1/fs/file?path=%s", id, file);
+    char *path = cli_client_pathf("/cells/%s/v1/fs/file?path=%s", id, file);
     struct grab g = { 0 };
-    int rc = path ? client_get_stream(c, path, grab_data, &g, NULL, file) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = path ? cli_client_get_stream(c, path, grab_data, &g, NULL, file) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc < 0)
         rc = cli_fail(CLI_EXIT_REFUSED, "exec: the cell's %s is over 4 MiB", file);
@@ -683,10 +683,10 @@ static int exec_json(client *c, struct exec_args *x)
 {
     if (x->timeout > 0)
         json_object_set_new(x->body, "timeoutMs", json_integer((json_int_t)(x->timeout * 1000 + 0.999)));
-    char *path = client_pathf("/cells/%s/v1/processes/run", x->id);
+    char *path = cli_client_pathf("/cells/%s/v1/processes/run", x->id);
     json_t *res = NULL;
     long status = 0;
-    int rc = path ? client_json_status(c, "POST", path, x->body, &status, &res)
+    int rc = path ? cli_client_json_status(c, "POST", path, x->body, &status, &res)
                   : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     if (rc == 0 && (status < 200 || status >= 300)) {

@@ -22,7 +22,7 @@
 #define STOP_POLL_MS 250
 #define BODY_PIECE 65536
 
-void http1_buf_add(http1_buf *b, const void *p, size_t n)
+void cli_http1_buf_add(http1_buf *b, const void *p, size_t n)
 {
     if (b->oom || n > HTTP1_MAX_REPLY - b->len) {
         b->oom = 1;
@@ -92,7 +92,7 @@ static int connect_tcp(const char *host, const char *port, char *why, size_t why
     return fd;
 }
 
-int http1_connect(const char *sock, const char *host, const char *port, char *why, size_t why_len)
+int cli_http1_connect(const char *sock, const char *host, const char *port, char *why, size_t why_len)
 {
     return sock ? connect_unix(sock, why, why_len) : connect_tcp(host, port, why, why_len);
 }
@@ -138,7 +138,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
         x->cb_err = HTTP1_ABORTED;
         return -1;
     }
-    http1_buf_add(&rs->body, at, n);
+    cli_http1_buf_add(&rs->body, at, n);
     if (!rs->body.oom)
         return 0;
     rs->why = "its body is larger than 256 MiB";
@@ -270,19 +270,19 @@ static int head_of(const http1_req *rq, http1_buf *h)
     int n;
     const char *parts[] = { rq->method, " ", rq->target, " HTTP/1.1\r\nHost: ", rq->host, "\r\n" };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
-        http1_buf_add(h, parts[i], strlen(parts[i]));
+        cli_http1_buf_add(h, parts[i], strlen(parts[i]));
     if (rq->token) {
-        http1_buf_add(h, "Authorization: Bearer ", 22);
-        http1_buf_add(h, rq->token, strlen(rq->token));
-        http1_buf_add(h, "\r\n", 2);
+        cli_http1_buf_add(h, "Authorization: Bearer ", 22);
+        cli_http1_buf_add(h, rq->token, strlen(rq->token));
+        cli_http1_buf_add(h, "\r\n", 2);
     }
     if (rq->header) {
-        http1_buf_add(h, rq->header, strlen(rq->header));
-        http1_buf_add(h, "\r\n", 2);
+        cli_http1_buf_add(h, rq->header, strlen(rq->header));
+        cli_http1_buf_add(h, "\r\n", 2);
     }
     if (rq->content_type) {
         n = snprintf(line, sizeof line, "Content-Type: %s\r\n", rq->content_type);
-        http1_buf_add(h, line, (size_t)n);
+        cli_http1_buf_add(h, line, (size_t)n);
     }
     if (rq->body_fd >= 0 && rq->body_size < 0)
         n = snprintf(line, sizeof line, "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
@@ -292,9 +292,9 @@ static int head_of(const http1_req *rq, http1_buf *h)
         n = snprintf(line, sizeof line, "Content-Length: %zu\r\n\r\n", rq->body_len);
     else
         n = snprintf(line, sizeof line, "\r\n");
-    http1_buf_add(h, line, (size_t)n);
+    cli_http1_buf_add(h, line, (size_t)n);
     if (rq->body_fd < 0 && rq->body_len)
-        http1_buf_add(h, rq->body, rq->body_len);
+        cli_http1_buf_add(h, rq->body, rq->body_len);
     return h->oom ? HTTP1_NOMEM : HTTP1_OK;
 }
 
@@ -369,7 +369,7 @@ static int send_fd_body(int fd, const http1_req *rq, exch *x)
     return err;
 }
 
-int http1_exchange(int fd, const http1_req *rq, http1_resp *rs)
+int cli_http1_exchange(int fd, const http1_req *rq, http1_resp *rs)
 {
     exch x = { .rs = rs };
     http_parser_init(&x.p, HTTP_RESPONSE);
@@ -396,7 +396,7 @@ int http1_exchange(int fd, const http1_req *rq, http1_resp *rs)
     return err;
 }
 
-const char *http1_strerror(int err, const http1_resp *rs, char *buf, size_t len)
+const char *cli_http1_strerror(int err, const http1_resp *rs, char *buf, size_t len)
 {
     switch (err) {
     case HTTP1_NOMEM:

@@ -17,7 +17,7 @@ typedef struct http1_buf {
     int    oom;
 } http1_buf;
 
-void http1_buf_add(http1_buf *b, const void *p, size_t n);
+void cli_http1_buf_add(http1_buf *b, const void *p, size_t n);
 
 /* A piece of a 2xx answer's body; non-zero stops the request (HTTP1_ABORTED). */
 typedef int (*http1_data_fn)(void *user, const char *p, size_t n);
@@ -61,13 +61,13 @@ enum http1_err {
 
 /* A connected socket: unix socket `sock`, else TCP host:port.  -1 with the
  * reason in why (errno's text, or the resolver's). */
-int http1_connect(const char *sock, const char *host, const char *port, char *why, size_t why_len);
+int cli_http1_connect(const char *sock, const char *host, const char *port, char *why, size_t why_len);
 
 /* Send the request and read its answer (1xx interim answers skipped).
  * Returns an enum http1_err; rs->body is the caller's to free. */
-int http1_exchange(int fd, const http1_req *rq, http1_resp *rs);
+int cli_http1_exchange(int fd, const http1_req *rq, http1_resp *rs);
 
 /* The reason of a failed exchange, for "request ... failed: <reason>". */
-const char *http1_strerror(int err, const http1_resp *rs, char *buf, size_t len);
+const char *cli_http1_strerror(int err, const http1_resp *rs, char *buf, size_t len);
 
 #endif

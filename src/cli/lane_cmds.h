@@ -17,9 +17,9 @@ struct lane_args {
 extern const char cli_lane_usage[];
 
 /* The lane command `a` against the daemon; an exit code (printed). */
-int lane_remote(struct cli_global *g, const struct lane_args *a);
+int cli_lane_remote(struct cli_global *g, const struct lane_args *a);
 /* "YYYY-MM-DD HH:MM:SS" of ms since the epoch, SIZE as "NM" or "-" and
  * "yes"/"no": one row of `cell lane ls` (header with name NULL). */
-void lane_print_row(const char *name, const char *image, long long created_ms, uint64_t size, int attached);
+void cli_lane_print_row(const char *name, const char *image, long long created_ms, uint64_t size, int attached);
 
 #endif

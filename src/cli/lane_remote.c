@@ -13,7 +13,7 @@
 static int remote_ls(client *c, struct cli_global *g)
 {
     json_t *reply = NULL;
-    int rc = client_json(c, "GET", "/v1/lanes", NULL, "lanes", &reply);
+    int rc = cli_client_json(c, "GET", "/v1/lanes", NULL, "lanes", &reply);
     if (rc)
         return rc;
     json_t *lanes = json_object_get(reply, "lanes");
@@ -26,9 +26,9 @@ static int remote_ls(client *c, struct cli_global *g)
     } else {
         size_t i;
         json_t *l;
-        lane_print_row(NULL, NULL, 0, 0, 0);
+        cli_lane_print_row(NULL, NULL, 0, 0, 0);
         json_array_foreach(lanes, i, l)
-            lane_print_row(cli_str_or(l, "name", "?"), cli_str_or(l, "image", "?"),
+            cli_lane_print_row(cli_str_or(l, "name", "?"), cli_str_or(l, "image", "?"),
                            (long long)json_integer_value(json_object_get(l, "createdAtMs")),
                            (uint64_t)json_integer_value(json_object_get(l, "size")),
                            json_is_true(json_object_get(l, "attached")));
@@ -59,11 +59,11 @@ static int export_data(void *user, const char *p, size_t n)
 
 static int remote_export(client *c, const char *name, const char *what)
 {
-    char *path = client_pathf("/v1/lanes/%s/export", name);
+    char *path = cli_client_pathf("/v1/lanes/%s/export", name);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     struct export_out x = { 0 };
-    int rc = client_get_stream(c, path, export_data, &x, NULL, what);
+    int rc = cli_client_get_stream(c, path, export_data, &x, NULL, what);
     free(path);
     if (rc < 0)
         return cli_fail(1, "lane export: cannot write the tar stream: %s", strerror(errno));
@@ -78,14 +78,14 @@ static int remote_import(client *c, struct cli_global *g, const struct lane_args
     char size[32] = "";
     if (a->size)
         snprintf(size, sizeof size, "%llu", (unsigned long long)a->size);
-    char *path = a->image && a->size ? client_pathf("/v1/lanes/%s/import?image=%s&size=%s", a->name, a->image, size)
-                 : a->image          ? client_pathf("/v1/lanes/%s/import?image=%s", a->name, a->image)
-                 : a->size           ? client_pathf("/v1/lanes/%s/import?size=%s", a->name, size)
-                                     : client_pathf("/v1/lanes/%s/import", a->name);
+    char *path = a->image && a->size ? cli_client_pathf("/v1/lanes/%s/import?image=%s&size=%s", a->name, a->image, size)
+                 : a->image          ? cli_client_pathf("/v1/lanes/%s/import?image=%s", a->name, a->image)
+                 : a->size           ? cli_client_pathf("/v1/lanes/%s/import?size=%s", a->name, size)
+                                     : cli_client_pathf("/v1/lanes/%s/import", a->name);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     json_t *reply = NULL;
-    int rc = client_upload(c, "POST", path, 0, -1, what, &reply);
+    int rc = cli_client_upload(c, "POST", path, 0, -1, what, &reply);
     free(path);
     if (rc == 0 && g->json)
         cli_print_json(reply), reply = NULL;
@@ -110,12 +110,12 @@ static int remote_plain(client *c, struct cli_global *g, const struct lane_args 
             json_object_set_new(body, "size", json_integer((json_int_t)a->size));
     } else if (strcmp(sub, "rm") == 0) {
         method = "DELETE";
-        path = client_pathf("/v1/lanes/%s", a->name);
+        path = cli_client_pathf("/v1/lanes/%s", a->name);
     } else {
-        path = client_pathf("/v1/lanes/%s/commit", a->name);
+        path = cli_client_pathf("/v1/lanes/%s/commit", a->name);
         body = json_pack("{s:s}", "image", a->image);
     }
-    int rc = path ? client_json(c, method, path, body, what, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
+    int rc = path ? cli_client_json(c, method, path, body, what, &reply) : cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     free(path);
     json_decref(body);
     if (rc == 0 && g->json && strcmp(sub, "rm") == 0)
@@ -146,7 +146,7 @@ static int remote_one(client *c, struct cli_global *g, void *arg)
     return remote_plain(c, g, a, what);
 }
 
-int lane_remote(struct cli_global *g, const struct lane_args *a)
+int cli_lane_remote(struct cli_global *g, const struct lane_args *a)
 {
     return cli_with_client(g, remote_one, (void *)a);
 }

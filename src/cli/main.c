@@ -111,7 +111,7 @@ static const struct cmd {
     { "token", cli_token, { cli_token_options, NULL }, "h", -1, "create ls revoke", "" },
     { "policy", cli_policy, { NULL, NULL }, "h", -1, "set", "" },
     { "secret", cli_secret, { cli_secret_options, NULL }, "h", -1, "set ls rm", "" },
-    { "agent", agentcmd_main, { cli_agent_run_options, cli_agent_runs_options }, "hf", -1, "run runs", "run runs" },
+    { "agent", cli_agentcmd_main, { cli_agent_run_options, cli_agent_runs_options }, "hf", -1, "run runs", "run runs" },
     { "help", NULL, { NULL, NULL }, "", -1, NULL, NULL },
 };
 

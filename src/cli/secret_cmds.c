@@ -131,7 +131,7 @@ static int secret_set(client *c, struct cli_global *g, const char *name, const c
     if (!body)
         return cli_fail(CLI_EXIT_USAGE, "the value is not valid UTF-8 text");
     json_t *reply = NULL;
-    int rc = client_json(c, "POST", "/v1/secrets", body, "secret", &reply);
+    int rc = cli_client_json(c, "POST", "/v1/secrets", body, "secret", &reply);
     json_t *v = json_object_get(body, "value");
     explicit_bzero((char *)json_string_value(v), json_string_length(v));
     json_decref(body);
@@ -149,7 +149,7 @@ static int secret_set(client *c, struct cli_global *g, const char *name, const c
 static int secret_ls(client *c, struct cli_global *g)
 {
     json_t *reply = NULL;
-    int rc = client_json(c, "GET", "/v1/secrets", NULL, NULL, &reply);
+    int rc = cli_client_json(c, "GET", "/v1/secrets", NULL, NULL, &reply);
     if (rc)
         return rc;
     if (g->json) {
@@ -161,7 +161,7 @@ static int secret_ls(client *c, struct cli_global *g)
     json_t *s;
     json_array_foreach(json_object_get(reply, "secrets"), i, s) {
         char when[32];
-        client_utc_ms(json_integer_value(json_object_get(s, "createdAtMs")), when, sizeof when);
+        cli_client_utc_ms(json_integer_value(json_object_get(s, "createdAtMs")), when, sizeof when);
         const char *name = json_string_value(json_object_get(s, "name"));
         printf("%-32s %s\n", name ? name : "?", when);
     }
@@ -171,12 +171,12 @@ static int secret_ls(client *c, struct cli_global *g)
 
 static int secret_rm(client *c, struct cli_global *g, const char *name)
 {
-    char *path = client_pathf("/v1/secrets/%s", name);
+    char *path = cli_client_pathf("/v1/secrets/%s", name);
     if (!path)
         return cli_fail(CLI_EXIT_INTERNAL, "out of memory");
     char what[96];
     snprintf(what, sizeof what, "secret %s", name);
-    int rc = client_json(c, "DELETE", path, NULL, what, NULL);
+    int rc = cli_client_json(c, "DELETE", path, NULL, what, NULL);
     free(path);
     if (rc)
         return rc;
@@ -274,7 +274,7 @@ int cli_secret(struct cli_global *g, int argc, char **argv)
     }
 
     client c;
-    int rc = client_open(&c, g);
+    int rc = cli_client_open(&c, g);
     if (rc == 0) {
         if (strcmp(sub, "set") == 0)
             rc = secret_set(&c, g, name, value);
@@ -282,7 +282,7 @@ int cli_secret(struct cli_global *g, int argc, char **argv)
             rc = secret_ls(&c, g);
         else
             rc = secret_rm(&c, g, name);
-        client_close(&c);
+        cli_client_close(&c);
     }
     if (value)
         secret_free(value, value_cap);

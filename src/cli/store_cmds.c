@@ -124,7 +124,7 @@ static int lane_parse(struct cli_global *g, int argc, char **argv, struct lane_a
     return 0;
 }
 
-void lane_print_row(const char *name, const char *image, long long created_ms, uint64_t size, int attached)
+void cli_lane_print_row(const char *name, const char *image, long long created_ms, uint64_t size, int attached)
 {
     if (!name) {
         printf("%-24s %-18s %-20s %-9s %s\n", "NAME", "IMAGE", "CREATED", "SIZE", "ATTACHED");
@@ -160,9 +160,9 @@ static int lane_ls(struct cli_global *g, cell_ctx *ctx)
             json_array_append_new(arr, lane_json(&lanes[i]));
         cli_print_json(json_pack("{s:o}", "lanes", arr));
     } else {
-        lane_print_row(NULL, NULL, 0, 0, 0);
+        cli_lane_print_row(NULL, NULL, 0, 0, 0);
         for (size_t i = 0; i < n; i++)
-            lane_print_row(lanes[i].name, lanes[i].image, (long long)lanes[i].created * 1000, lanes[i].size,
+            cli_lane_print_row(lanes[i].name, lanes[i].image, (long long)lanes[i].created * 1000, lanes[i].size,
                            lanes[i].attached);
         size_t daemons = runtime_lane_daemon_count(ctx);
         if (daemons)
@@ -253,7 +253,7 @@ int cli_lane(struct cli_global *g, int argc, char **argv)
         return cli_fail(CLI_EXIT_USAGE, "lane import reads a tar stream from stdin; redirect it from a file");
     const char *url = g->url && *g->url ? g->url : getenv("CELL_URL");
     if (url && *url)
-        return lane_remote(g, &a);
+        return cli_lane_remote(g, &a);
     cell_ctx *ctx = NULL;
     if ((rc = cli_open(g, &ctx)) != 0)
         return rc;

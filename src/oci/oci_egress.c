@@ -137,7 +137,7 @@ static int ask(const char *sock, const char *token, const char *method, const ch
                int *status, char **reply, cell_error *err)
 {
     char why[256] = "";
-    int fd = http1_connect(sock, NULL, NULL, why, sizeof why);
+    int fd = cli_http1_connect(sock, NULL, NULL, why, sizeof why);
     if (fd < 0)
         return util_fail(err, ECONNREFUSED, "cannot connect to the node daemon at %s: %s (is cell serve --pods "
                          "running?)", sock, why);
@@ -153,10 +153,10 @@ static int ask(const char *sock, const char *token, const char *method, const ch
                      .content_type = body ? "application/json" : NULL, .body = body,
                      .body_len = body ? strlen(body) : 0, .body_fd = -1 };
     http1_resp rs = { 0 };
-    int rc = http1_exchange(fd, &rq, &rs);
+    int rc = cli_http1_exchange(fd, &rq, &rs);
     close(fd);
     if (rc != HTTP1_OK) {
-        http1_strerror(rc, &rs, why, sizeof why);
+        cli_http1_strerror(rc, &rs, why, sizeof why);
         free(rs.body.data);
         return util_fail(err, EIO, "the node daemon at %s did not answer: %s", sock, why);
     }

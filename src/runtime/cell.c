@@ -383,7 +383,7 @@ static int fill_plan(cell *c, const cell_config *cfg, const struct runtime_masks
     }
     /* A stored image: marked as this cell's before it is looked up, so
      * that `cell image rm` sees the cell (image_store.c). */
-    if (image_meta_check_name(image, NULL) == 0 && runtime_image_mark_user(c->run_dir, image, err) < 0)
+    if (runtime_image_meta_check_name(image, NULL) == 0 && runtime_image_mark_user(c->run_dir, image, err) < 0)
         return -1;
     if (runtime_image_rootfs(c->ctx, image, plan->image_root, sizeof plan->image_root, err) < 0)
         return -1;

@@ -27,16 +27,16 @@ static int hash_record(struct image_sha256 *op, const char *path, const struct s
                      st->st_mtim.tv_nsec, extra_len, 0);
     if (n < 0 || (size_t)n >= sizeof head)
         return util_fail(err, ENAMETOOLONG, "path too long hashing %s", path);
-    image_sha256_update(op, head, (size_t)n);
+    runtime_image_sha256_update(op, head, (size_t)n);
     if (extra_len)
-        image_sha256_update(op, extra, extra_len);
+        runtime_image_sha256_update(op, extra, extra_len);
     return 0;
 }
 
 static int hash_chunk(void *op, const void *data, size_t len, cell_error *err)
 {
     (void)err;
-    image_sha256_update(op, data, len);
+    runtime_image_sha256_update(op, data, len);
     return 0;
 }
 
@@ -89,12 +89,12 @@ int runtime_tree_digest(int dirfd, const char *prefix, char out[72], cell_error 
 {
     struct image_sha256 op;
     char hex[65];
-    image_sha256_init(&op);
+    runtime_image_sha256_init(&op);
     if (prefix)
-        image_sha256_update(&op, prefix, strlen(prefix) + 1);
+        runtime_image_sha256_update(&op, prefix, strlen(prefix) + 1);
     if (hash_dir(&op, dirfd, "", err) < 0)
         return -1;
-    image_sha256_final(&op, hex);
+    runtime_image_sha256_final(&op, hex);
     snprintf(out, 72, "sha256:%s", hex);
     return 0;
 }

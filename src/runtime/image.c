@@ -35,7 +35,7 @@ static int image_dir(cell_ctx *ctx, const char *name, char *out, size_t size, ce
 static int stored_image(cell_ctx *ctx, const char *name)
 {
     char path[PATH_MAX];
-    if (!name || image_meta_check_name(name, NULL) < 0 ||
+    if (!name || runtime_image_meta_check_name(name, NULL) < 0 ||
         util_path(path, sizeof path, NULL, "%s/images/%s/image.json", ctx->state_dir, name) < 0)
         return 0;
     return access(path, F_OK) == 0;

@@ -247,7 +247,7 @@ static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const ch
 {
     struct image_meta bm = { 0 }, m = { 0 };
     cell_error me = { 0 };
-    if (image_meta_read(ctx, base, &bm, &me) < 0) {
+    if (runtime_image_meta_read(ctx, base, &bm, &me) < 0) {
         if (me.code != ENOENT)
             return err ? (*err = me, -1) : -1;
         memset(&bm, 0, sizeof bm); /* a builtin base has no image.json, and no config */
@@ -261,8 +261,8 @@ static int write_meta(cell_ctx *ctx, const char *dir, const char *base, const ch
     m.created = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     m.size = size;
     m.config = bm.config; /* borrowed: freed with bm */
-    int rc = image_meta_write_dir(dir, &m, err);
-    image_meta_free(&bm);
+    int rc = runtime_image_meta_write_dir(dir, &m, err);
+    runtime_image_meta_free(&bm);
     return rc;
 }
 
@@ -307,7 +307,7 @@ static int build(cell_ctx *ctx, struct commit *c, const char *lane_dir, const ch
 int runtime_image_commit_owned(cell_ctx *ctx, const char *lane, const char *name, const char *tenant,
                                cell_error *err)
 {
-    if (image_meta_check_name(name, err) < 0)
+    if (runtime_image_meta_check_name(name, err) < 0)
         return -1;
     char dir[PATH_MAX], image[64], lane_dir[PATH_MAX], tmp[PATH_MAX], suffix[17];
     if (util_path(dir, sizeof dir, err, "%s/images/%s", ctx->state_dir, name) < 0)

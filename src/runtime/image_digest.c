@@ -21,7 +21,7 @@ static int builtin_digest(cell_ctx *ctx, const char *name, char out[72], cell_er
     char *text = NULL;
     if (util_read_file(path, 80, &text, NULL, NULL) == 0) {
         text[strcspn(text, "\n")] = '\0';
-        int ok = image_meta_valid_digest(text);
+        int ok = runtime_image_meta_valid_digest(text);
         if (ok)
             snprintf(out, 72, "%s", text);
         free(text);
@@ -52,9 +52,9 @@ int runtime_image_digest(cell_ctx *ctx, const char *name, char out[72], cell_err
         if (strcmp(*b, name) == 0)
             return builtin_digest(ctx, name, out, err);
     struct image_meta m;
-    if (image_meta_read(ctx, name, &m, err) < 0)
+    if (runtime_image_meta_read(ctx, name, &m, err) < 0)
         return -1;
     snprintf(out, 72, "%s", m.digest);
-    image_meta_free(&m);
+    runtime_image_meta_free(&m);
     return 0;
 }

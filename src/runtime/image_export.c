@@ -17,7 +17,7 @@ static int hash_fd(int fd, char digest[72], uint64_t *size, cell_error *err)
     static __thread char buf[1 << 16];
     struct image_sha256 s;
     char hex[65];
-    image_sha256_init(&s);
+    runtime_image_sha256_init(&s);
     *size = 0;
     if (lseek(fd, 0, SEEK_SET) < 0)
         return util_fail_errno(err, "cannot rewind the layer");
@@ -29,10 +29,10 @@ static int hash_fd(int fd, char digest[72], uint64_t *size, cell_error *err)
             return util_fail_errno(err, "cannot read the layer");
         if (r == 0)
             break;
-        image_sha256_update(&s, buf, (size_t)r);
+        runtime_image_sha256_update(&s, buf, (size_t)r);
         *size += (uint64_t)r;
     }
-    image_sha256_final(&s, hex);
+    runtime_image_sha256_final(&s, hex);
     snprintf(digest, 72, "sha256:%s", hex);
     return 0;
 }
@@ -47,9 +47,9 @@ static char *dump_digest(json_t *o, char digest[72], cell_error *err)
     }
     struct image_sha256 s;
     char hex[65];
-    image_sha256_init(&s);
-    image_sha256_update(&s, text, strlen(text));
-    image_sha256_final(&s, hex);
+    runtime_image_sha256_init(&s);
+    runtime_image_sha256_update(&s, text, strlen(text));
+    runtime_image_sha256_final(&s, hex);
     snprintf(digest, 72, "sha256:%s", hex);
     return text;
 }
@@ -60,7 +60,7 @@ static int write_layout(const runtime_archive_ops *a, int out, int layer, const 
     char config_digest[72], manifest_digest[72], names[3][100];
     _cleanup_free_ char *config = dump_digest(
         json_pack("{s:s, s:s, s:o, s:{s:s, s:[s]}}", "architecture", "amd64", "os", "linux", "config",
-                  image_meta_config_to_json(&m->config), "rootfs", "type", "layers", "diff_ids", layer_digest),
+                  runtime_image_meta_config_to_json(&m->config), "rootfs", "type", "layers", "diff_ids", layer_digest),
         config_digest, err);
     if (!config)
         return -1;
@@ -113,7 +113,7 @@ int cell_image_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
                          "exported");
     struct image_meta m;
     cell_error me = { 0 };
-    if (image_meta_read(ctx, name, &m, &me) < 0) {
+    if (runtime_image_meta_read(ctx, name, &m, &me) < 0) {
         if (me.code != ENOENT)
             return err ? (*err = me, -1) : -1;
         memset(&m, 0, sizeof m); /* a builtin image: no config */
@@ -134,6 +134,6 @@ int cell_image_export(cell_ctx *ctx, const char *name, int fd, cell_error *err)
         rc = hash_fd(layer, digest, &size, err);
     if (rc == 0)
         rc = write_layout(a, fd, layer, digest, size, &m, err);
-    image_meta_free(&m);
+    runtime_image_meta_free(&m);
     return rc;
 }

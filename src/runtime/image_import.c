@@ -192,7 +192,7 @@ static void hash_zeros(struct image_sha256 *h, uint64_t n)
     static const char zeros[64 * 1024];
     while (n) {
         size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
-        image_sha256_update(h, zeros, k);
+        runtime_image_sha256_update(h, zeros, k);
         n -= k;
     }
 }
@@ -207,7 +207,7 @@ static int take_file(struct import *im, runtime_untar *t, struct in_file *f, uin
     if (fd < 0)
         return util_fail_errno(err, "cannot create %s", path);
     struct image_sha256 h;
-    image_sha256_init(&h);
+    runtime_image_sha256_init(&h);
     const void *buf;
     size_t len;
     uint64_t off, at = 0;
@@ -219,7 +219,7 @@ static int take_file(struct import *im, runtime_untar *t, struct in_file *f, uin
             return util_fail(err, EFBIG, "the archive is larger than the image size limit (%llu bytes; "
                              "raise it with --max-image-size)", (unsigned long long)im->max_size);
         hash_zeros(&h, off - at);
-        image_sha256_update(&h, buf, len);
+        runtime_image_sha256_update(&h, buf, len);
         if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
             return util_fail_errno(err, "cannot write %s", path);
         *total += (off - at) + len;
@@ -230,7 +230,7 @@ static int take_file(struct import *im, runtime_untar *t, struct in_file *f, uin
     f->size = at;
     if (ftruncate(fd, (off_t)at) < 0)
         return util_fail_errno(err, "cannot size %s", path);
-    image_sha256_final(&h, f->hex);
+    runtime_image_sha256_final(&h, f->hex);
     return 0;
 }
 
@@ -301,7 +301,7 @@ static json_t *load_json(struct import *im, struct in_file *f, const char *what,
 static int oci_blob(struct import *im, const char *digest, const char *what, struct blob_ref *out, cell_error *err)
 {
     char shown[80], name[128];
-    if (!image_meta_valid_digest(digest))
+    if (!runtime_image_meta_valid_digest(digest))
         return util_fail(err, EINVAL, "%s: '%s' is not a sha256 digest", what,
                          printable(digest ? digest : "(none)", shown, sizeof shown));
     snprintf(name, sizeof name, "blobs/sha256/%s", digest + 7);
@@ -389,7 +389,7 @@ static int read_config(struct import *im, cell_error *err)
         rc = util_fail(err, EINVAL, "the image is for %s/%s; only linux/amd64 images can be imported",
                        printable(os ? os : "?", a, sizeof a), printable(arch ? arch : "?", b, sizeof b));
     else
-        rc = image_meta_config_from_json(json_object_get(cfg, "config"), &im->cfg, err);
+        rc = runtime_image_meta_config_from_json(json_object_get(cfg, "config"), &im->cfg, err);
     json_decref(cfg);
     return rc;
 }
@@ -531,9 +531,9 @@ static int docker_manifest(struct import *im, cell_error *err)
     if (file_path(im, f, path, sizeof path, err) < 0 || util_write_file(path, text, strlen(text), 0600, 0, err) < 0)
         return -1;
     struct image_sha256 h;
-    image_sha256_init(&h);
-    image_sha256_update(&h, text, strlen(text));
-    image_sha256_final(&h, f->hex);
+    runtime_image_sha256_init(&h);
+    runtime_image_sha256_update(&h, text, strlen(text));
+    runtime_image_sha256_final(&h, f->hex);
     f->size = strlen(text);
     im->manifest.file = f;
     snprintf(im->manifest.digest, sizeof im->manifest.digest, "sha256:%s", f->hex);
@@ -882,7 +882,7 @@ static int store_blob(struct import *im, struct blob_ref *b, cell_error *err)
     if (b->file->stored)
         return 0;
     char path[PATH_MAX];
-    if (file_path(im, b->file, path, sizeof path, err) < 0 || image_meta_blob_store(im->ctx, path, b->digest, err) < 0)
+    if (file_path(im, b->file, path, sizeof path, err) < 0 || runtime_image_meta_blob_store(im->ctx, path, b->digest, err) < 0)
         return -1;
     b->file->stored = 1;
     return 0;
@@ -908,7 +908,7 @@ static int finish(struct import *im, cell_error *err)
     m.blobs = blobs;
     m.n_blobs = 2;
     m.config = im->cfg;
-    if (image_meta_write_dir(im->stage, &m, err) < 0)
+    if (runtime_image_meta_write_dir(im->stage, &m, err) < 0)
         return -1;
     if (store_blob(im, &im->manifest, err) < 0 || store_blob(im, &im->config, err) < 0)
         return -1;
@@ -962,7 +962,7 @@ static int run_import(struct import *im, int fd, cell_error *err)
 int runtime_image_import_owned(cell_ctx *ctx, const char *name, int fd, uint64_t max_size, const char *tenant,
                                cell_progress_fn progress, void *user, cell_error *err)
 {
-    if (image_meta_check_name(name, err) < 0)
+    if (runtime_image_meta_check_name(name, err) < 0)
         return -1;
     char dest[PATH_MAX], suffix[17];
     if (util_path(dest, sizeof dest, err, "%s/images/%s", ctx->state_dir, name) < 0)
@@ -976,29 +976,29 @@ int runtime_image_import_owned(cell_ctx *ctx, const char *name, int fd, uint64_t
     /* The staging directory sits beside the blob store, on its filesystem,
      * so that storing a blob is a link. */
     char blobs[PATH_MAX];
-    if (image_meta_blob_dir(ctx, blobs, sizeof blobs, err) < 0 ||
+    if (runtime_image_meta_blob_dir(ctx, blobs, sizeof blobs, err) < 0 ||
         util_path(im.stage, sizeof im.stage, err, "%s/images/.%s" IMAGE_META_STAGING "%s", ctx->state_dir, name,
                   suffix) < 0 ||
         util_path(im.in_dir, sizeof im.in_dir, err, "%s/in", im.stage) < 0)
         return -1;
-    image_meta_sweep(ctx);
+    runtime_image_meta_sweep(ctx);
     /* Held from before the first blob is stored until image.json names
      * them from images/NAME: no collection runs meanwhile. */
-    int blobs_lock = image_meta_blobs_hold(ctx, err);
+    int blobs_lock = runtime_image_meta_blobs_hold(ctx, err);
     if (blobs_lock < 0)
         return -1;
-    int lock = image_meta_stage(im.stage, err);
+    int lock = runtime_image_meta_stage(im.stage, err);
     if (lock < 0) {
-        image_meta_blobs_release(ctx, blobs_lock);
+        runtime_image_meta_blobs_release(ctx, blobs_lock);
         return -1;
     }
     int rc = run_import(&im, fd, err);
     if (rc < 0)
         util_rm_rf(im.stage, NULL);
     close(lock);
-    image_meta_blobs_release(ctx, blobs_lock);
+    runtime_image_meta_blobs_release(ctx, blobs_lock);
     if (rc < 0)
-        image_meta_gc(ctx); /* blobs a failed import stored and nothing names */
+        runtime_image_meta_gc(ctx); /* blobs a failed import stored and nothing names */
     if (im.root_fd >= 0)
         close(im.root_fd);
     for (size_t i = 0; im.files && i < im.n_files; i++) {
@@ -1008,7 +1008,7 @@ int runtime_image_import_owned(cell_ctx *ctx, const char *name, int fd, uint64_t
     free(im.files);
     free(im.manifest_text);
     seen_clear(&im);
-    image_meta_config_free(&im.cfg);
+    runtime_image_meta_config_free(&im.cfg);
     return rc;
 }
 

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int image_meta_valid_digest(const char *s)
+int runtime_image_meta_valid_digest(const char *s)
 {
     if (!s || strncmp(s, "sha256:", 7) != 0 || strlen(s) != IMAGE_META_DIGEST_LEN)
         return 0;
@@ -19,7 +19,7 @@ int image_meta_valid_digest(const char *s)
     return 1;
 }
 
-int image_meta_check_name(const char *name, cell_error *err)
+int runtime_image_meta_check_name(const char *name, cell_error *err)
 {
     size_t n = name ? strlen(name) : 0;
     int ok = n >= 1 && n <= 63 && name[0] != '.' && name[0] != '-';
@@ -45,7 +45,7 @@ static void free_strv(char **v, size_t n)
     free(v);
 }
 
-void image_meta_config_free(struct image_meta_config *c)
+void runtime_image_meta_config_free(struct image_meta_config *c)
 {
     free_strv(c->env, c->n_env);
     free_strv(c->entrypoint, c->n_entrypoint);
@@ -55,11 +55,11 @@ void image_meta_config_free(struct image_meta_config *c)
     memset(c, 0, sizeof *c);
 }
 
-void image_meta_free(struct image_meta *m)
+void runtime_image_meta_free(struct image_meta *m)
 {
     free_strv(m->layers, m->n_layers);
     free_strv(m->blobs, m->n_blobs);
-    image_meta_config_free(&m->config);
+    runtime_image_meta_config_free(&m->config);
     memset(m, 0, sizeof *m);
 }
 
@@ -104,7 +104,7 @@ static int str_from_json(const json_t *s, const char *what, char **out, cell_err
     return 0;
 }
 
-int image_meta_config_from_json(const json_t *obj, struct image_meta_config *c, cell_error *err)
+int runtime_image_meta_config_from_json(const json_t *obj, struct image_meta_config *c, cell_error *err)
 {
     memset(c, 0, sizeof *c);
     if (!obj || json_is_null(obj))
@@ -116,7 +116,7 @@ int image_meta_config_from_json(const json_t *obj, struct image_meta_config *c, 
         strv_from_json(json_object_get(obj, "Cmd"), "Cmd", &c->cmd, &c->n_cmd, err) < 0 ||
         str_from_json(json_object_get(obj, "WorkingDir"), "WorkingDir", &c->working_dir, err) < 0 ||
         str_from_json(json_object_get(obj, "User"), "User", &c->user, err) < 0) {
-        image_meta_config_free(c);
+        runtime_image_meta_config_free(c);
         return -1;
     }
     return 0;
@@ -133,7 +133,7 @@ static json_t *strv_to_json(char *const *v, size_t n)
     return a;
 }
 
-json_t *image_meta_config_to_json(const struct image_meta_config *c)
+json_t *runtime_image_meta_config_to_json(const struct image_meta_config *c)
 {
     json_t *o = json_object();
     if (!o)
@@ -156,7 +156,7 @@ static int meta_from_json(const json_t *root, const char *path, struct image_met
     const char *digest = json_string_value(json_object_get(root, "digest"));
     const char *source = json_string_value(json_object_get(root, "source"));
     json_t *created = json_object_get(root, "created"), *size = json_object_get(root, "size");
-    if (!json_is_object(root) || !name || strlen(name) >= sizeof m->name || !image_meta_valid_digest(digest) ||
+    if (!json_is_object(root) || !name || strlen(name) >= sizeof m->name || !runtime_image_meta_valid_digest(digest) ||
         !source || strlen(source) >= sizeof m->source || !json_is_integer(created) || !json_is_integer(size) ||
         json_integer_value(size) < 0)
         return util_fail(err, EBADMSG, "%s: malformed (name, digest, source, created or size)", path);
@@ -171,18 +171,18 @@ static int meta_from_json(const json_t *root, const char *path, struct image_met
     snprintf(m->tenant, sizeof m->tenant, "%s", tenant ? json_string_value(tenant) : "");
     if (strv_from_json(json_object_get(root, "layers"), "layers", &m->layers, &m->n_layers, err) < 0 ||
         strv_from_json(json_object_get(root, "blobs"), "blobs", &m->blobs, &m->n_blobs, err) < 0 ||
-        image_meta_config_from_json(json_object_get(root, "config"), &m->config, err) < 0)
+        runtime_image_meta_config_from_json(json_object_get(root, "config"), &m->config, err) < 0)
         return -1;
     for (size_t i = 0; i < m->n_layers; i++)
-        if (!image_meta_valid_digest(m->layers[i]))
+        if (!runtime_image_meta_valid_digest(m->layers[i]))
             return util_fail(err, EBADMSG, "%s: layer %zu is not a sha256 digest", path, i);
     for (size_t i = 0; i < m->n_blobs; i++)
-        if (!image_meta_valid_digest(m->blobs[i]))
+        if (!runtime_image_meta_valid_digest(m->blobs[i]))
             return util_fail(err, EBADMSG, "%s: blob %zu is not a sha256 digest", path, i);
     return 0;
 }
 
-int image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err)
+int runtime_image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err)
 {
     memset(m, 0, sizeof *m);
     char path[PATH_MAX];
@@ -199,25 +199,25 @@ int image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err)
     int rc = meta_from_json(root, path, m, err);
     json_decref(root);
     if (rc < 0)
-        image_meta_free(m);
+        runtime_image_meta_free(m);
     return rc;
 }
 
-int image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_error *err)
+int runtime_image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_error *err)
 {
     char dir[PATH_MAX];
     if (!util_valid_name(name))
         return util_fail(err, EINVAL, "invalid image name '%.80s'", name ? name : "");
     if (util_path(dir, sizeof dir, err, "%s/images/%s", ctx->state_dir, name) < 0)
         return -1;
-    return image_meta_read_dir(dir, m, err);
+    return runtime_image_meta_read_dir(dir, m, err);
 }
 
-int image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err)
+int runtime_image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err)
 {
     json_t *layers = strv_to_json(m->layers, m->n_layers);
     json_t *blobs = strv_to_json(m->blobs, m->n_blobs);
-    json_t *config = image_meta_config_to_json(&m->config);
+    json_t *config = runtime_image_meta_config_to_json(&m->config);
     json_t *root = layers && blobs && config
                        ? json_pack("{s:s, s:s, s:I, s:I, s:s, s:o, s:o, s:o}", "name", m->name, "digest", m->digest,
                                    "created", (json_int_t)m->created, "size", (json_int_t)m->size, "source",
@@ -254,24 +254,24 @@ int image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error
 
 /* ---- blobs ------------------------------------------------------------------ */
 
-int image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err)
+int runtime_image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err)
 {
     if (util_path(out, size, err, "%s/images/blobs/sha256", ctx->state_dir) < 0)
         return -1;
     return util_mkdir_p(out, 0700, err);
 }
 
-int image_meta_blob_path(cell_ctx *ctx, const char *digest, char *out, size_t size, cell_error *err)
+int runtime_image_meta_blob_path(cell_ctx *ctx, const char *digest, char *out, size_t size, cell_error *err)
 {
-    if (!image_meta_valid_digest(digest))
+    if (!runtime_image_meta_valid_digest(digest))
         return util_fail(err, EINVAL, "'%.80s' is not a sha256 digest (sha256:<64 hex digits>)", digest ? digest : "");
     return util_path(out, size, err, "%s/images/blobs/sha256/%s", ctx->state_dir, digest + 7);
 }
 
-int image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err)
+int runtime_image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err)
 {
     char dir[PATH_MAX], path[PATH_MAX];
-    if (image_meta_blob_dir(ctx, dir, sizeof dir, err) < 0 || image_meta_blob_path(ctx, digest, path, sizeof path, err) < 0)
+    if (runtime_image_meta_blob_dir(ctx, dir, sizeof dir, err) < 0 || runtime_image_meta_blob_path(ctx, digest, path, sizeof path, err) < 0)
         return -1;
     /* link() rather than rename(): it never replaces a blob already stored
      * (which a reader may have open), so two imports sharing a layer race

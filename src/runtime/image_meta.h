@@ -44,37 +44,37 @@ struct image_meta {
 };
 
 /* 1 if s is "sha256:" and 64 lowercase hex digits. */
-int  image_meta_valid_digest(const char *s);
+int  runtime_image_meta_valid_digest(const char *s);
 /* A name import or commit may create: 1..63 of [a-z0-9._-], not starting
  * with '.' or '-', not a builtin image (host, debian-bookworm, desktop) and not
  * "blobs" (the blob store's directory); else EINVAL naming the rule. */
-int  image_meta_check_name(const char *name, cell_error *err);
+int  runtime_image_meta_check_name(const char *name, cell_error *err);
 
-/* images/NAME/image.json into *m (free with image_meta_free): ENOENT when the
+/* images/NAME/image.json into *m (free with runtime_image_meta_free): ENOENT when the
  * image has none, EBADMSG naming the file when it is malformed. */
-int  image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_error *err);
+int  runtime_image_meta_read(cell_ctx *ctx, const char *name, struct image_meta *m, cell_error *err);
 /* The same from an image directory (a staging dir before its rename). */
-int  image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err);
+int  runtime_image_meta_read_dir(const char *dir, struct image_meta *m, cell_error *err);
 /* Write m as DIR/image.json atomically (temp file, fsync, rename). */
-int  image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err);
-void image_meta_free(struct image_meta *m);
+int  runtime_image_meta_write_dir(const char *dir, const struct image_meta *m, cell_error *err);
+void runtime_image_meta_free(struct image_meta *m);
 /* The config alone: parse an OCI/docker config's "config" object (NULL or
  * absent fields are unset; wrong types are EBADMSG), and free it. */
 struct json_t;
-int  image_meta_config_from_json(const struct json_t *obj, struct image_meta_config *c, cell_error *err);
-struct json_t *image_meta_config_to_json(const struct image_meta_config *c);
-void image_meta_config_free(struct image_meta_config *c);
+int  runtime_image_meta_config_from_json(const struct json_t *obj, struct image_meta_config *c, cell_error *err);
+struct json_t *runtime_image_meta_config_to_json(const struct image_meta_config *c);
+void runtime_image_meta_config_free(struct image_meta_config *c);
 
 /* images/blobs/sha256/<hex> of a valid digest in out. */
-int  image_meta_blob_path(cell_ctx *ctx, const char *digest, char *out, size_t size, cell_error *err);
+int  runtime_image_meta_blob_path(cell_ctx *ctx, const char *digest, char *out, size_t size, cell_error *err);
 /* images/blobs/sha256 (created 0700 if missing) in out: where blob temp
  * files go, so that storing one is a rename on the same filesystem. */
-int  image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err);
+int  runtime_image_meta_blob_dir(cell_ctx *ctx, char *out, size_t size, cell_error *err);
 /* Move the verified file `tmp` (in the blob dir or on its filesystem) into
  * the store as `digest`: a rename, or when that blob is already stored, the
  * temp file is removed (blobs are never rewritten).  The caller has checked
  * that tmp's contents hash to digest. */
-int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err);
+int  runtime_image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, cell_error *err);
 
 /* Staging and removal directories in images/ ("." NAME IMAGE_META_STAGING
  * suffix, "." NAME ".rm-" suffix) are flock()ed while in use, so that one a
@@ -83,9 +83,9 @@ int  image_meta_blob_store(cell_ctx *ctx, const char *tmp, const char *digest, c
 /* Make the directory `path` and return an fd holding its flock: it is made
  * under another name and renamed once locked, so a sweep never sees it
  * unlocked (image_store.c). */
-int  image_meta_stage(const char *path, cell_error *err);
+int  runtime_image_meta_stage(const char *path, cell_error *err);
 /* Remove the staging and removal directories nobody holds (best effort). */
-void image_meta_sweep(cell_ctx *ctx);
+void runtime_image_meta_sweep(cell_ctx *ctx);
 
 /* Blob garbage collection (image_store.c).  Whoever stores blobs or is
  * about to reference them (an import, from before its first blob until its
@@ -94,11 +94,11 @@ void image_meta_sweep(cell_ctx *ctx);
  * images/.gc-pending and the last holder to let go collects.  A collection
  * deletes every blob no image.json under images/ names (digest, layers,
  * blobs), a crashed import's included. */
-int  image_meta_blobs_hold(cell_ctx *ctx, cell_error *err);   /* the shared lock's fd */
-void image_meta_blobs_release(cell_ctx *ctx, int fd);          /* closes fd, collects if pending */
+int  runtime_image_meta_blobs_hold(cell_ctx *ctx, cell_error *err);   /* the shared lock's fd */
+void runtime_image_meta_blobs_release(cell_ctx *ctx, int fd);          /* closes fd, collects if pending */
 /* Collect now if nobody holds the lock, else mark it pending; returns the
  * number of blobs deleted, or -1 (pending or failed). */
-int  image_meta_gc(cell_ctx *ctx);
+int  runtime_image_meta_gc(cell_ctx *ctx);
 
 /* The daemon's list of tenants an image is shared with (images.c):
  * images/.shares/NAME.  Removing an image removes it too, so that a later
@@ -119,9 +119,9 @@ int  runtime_image_commit_owned(cell_ctx *ctx, const char *lane, const char *nam
 struct image_sha256 {
     struct sha256_ctx ctx;
 };
-void image_sha256_init(struct image_sha256 *s);
-void image_sha256_update(struct image_sha256 *s, const void *data, size_t len);
-void image_sha256_final(struct image_sha256 *s, char hex[65]);
+void runtime_image_sha256_init(struct image_sha256 *s);
+void runtime_image_sha256_update(struct image_sha256 *s, const void *data, size_t len);
+void runtime_image_sha256_final(struct image_sha256 *s, char hex[65]);
 
 /* Mark the cell of run_dir (run/cells/ID) as a user of stored image
  * `image`, before its rootfs is looked up: `cell image rm` refuses while a

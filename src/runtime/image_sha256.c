@@ -8,17 +8,17 @@
 
 #include <stdio.h>
 
-void image_sha256_init(struct image_sha256 *s)
+void runtime_image_sha256_init(struct image_sha256 *s)
 {
     sha256_init(&s->ctx);
 }
 
-void image_sha256_update(struct image_sha256 *s, const void *data, size_t len)
+void runtime_image_sha256_update(struct image_sha256 *s, const void *data, size_t len)
 {
     sha256_update(&s->ctx, len, data);
 }
 
-void image_sha256_final(struct image_sha256 *s, char hex[65])
+void runtime_image_sha256_final(struct image_sha256 *s, char hex[65])
 {
     uint8_t d[SHA256_DIGEST_SIZE];
     sha256_digest(&s->ctx, sizeof d, d);

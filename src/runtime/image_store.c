@@ -101,7 +101,7 @@ int runtime_image_mark_user(const char *run_dir, const char *image, cell_error *
     return util_write_file(path, image, strlen(image), 0600, 0, err);
 }
 
-int image_meta_stage(const char *path, cell_error *err)
+int runtime_image_meta_stage(const char *path, cell_error *err)
 {
     char fresh[PATH_MAX];
     if (util_path(fresh, sizeof fresh, err, "%s.new", path) < 0)
@@ -123,13 +123,13 @@ int image_meta_stage(const char *path, cell_error *err)
 static int sweepable(const char *n)
 {
     size_t len = strlen(n);
-    /* NAME.new: being made by image_meta_stage, not locked yet. */
+    /* NAME.new: being made by runtime_image_meta_stage, not locked yet. */
     if (len >= 4 && strcmp(n + len - 4, ".new") == 0)
         return 0;
     return n[0] == '.' && (strstr(n, IMAGE_META_STAGING) || strstr(n, ".rm-"));
 }
 
-void image_meta_sweep(cell_ctx *ctx)
+void runtime_image_meta_sweep(cell_ctx *ctx)
 {
     char dir[PATH_MAX];
     if (util_path(dir, sizeof dir, NULL, "%s/images", ctx->state_dir) < 0)
@@ -154,7 +154,7 @@ int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
     for (const char *const *b = runtime_image_names; *b; b++)
         if (name && strcmp(*b, name) == 0)
             return util_fail(err, EINVAL, "image '%s' is builtin and cannot be removed", name);
-    if (image_meta_check_name(name, err) < 0)
+    if (runtime_image_meta_check_name(name, err) < 0)
         return -1;
     char dir[PATH_MAX], aside[PATH_MAX], meta[PATH_MAX], suffix[17];
     if (util_random_hex(suffix, 8) < 0)
@@ -165,7 +165,7 @@ int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
         return -1;
     if (access(meta, F_OK) < 0)
         return util_fail(err, ENOENT, "unknown image '%s' (cell image ls lists them)", name);
-    image_meta_sweep(ctx);
+    runtime_image_meta_sweep(ctx);
     /* Locked before it gets its .rm- name: a sweep must not take an image
      * this removal may still put back. */
     _cleanup_close_ int lock = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -201,7 +201,7 @@ int cell_image_remove(cell_ctx *ctx, const char *name, cell_error *err)
     }
     if (util_rm_rf(aside, err) < 0)
         return -1;
-    image_meta_gc(ctx);
+    runtime_image_meta_gc(ctx);
     return 0;
 }
 
@@ -223,10 +223,10 @@ static int blobs_lock_open(cell_ctx *ctx, cell_error *err)
     return fd;
 }
 
-int image_meta_blobs_hold(cell_ctx *ctx, cell_error *err)
+int runtime_image_meta_blobs_hold(cell_ctx *ctx, cell_error *err)
 {
     char dir[PATH_MAX];
-    if (image_meta_blob_dir(ctx, dir, sizeof dir, err) < 0)
+    if (runtime_image_meta_blob_dir(ctx, dir, sizeof dir, err) < 0)
         return -1;
     int fd = blobs_lock_open(ctx, err);
     if (fd >= 0 && flock(fd, LOCK_SH) < 0) {
@@ -237,12 +237,12 @@ int image_meta_blobs_hold(cell_ctx *ctx, cell_error *err)
     return fd;
 }
 
-void image_meta_blobs_release(cell_ctx *ctx, int fd)
+void runtime_image_meta_blobs_release(cell_ctx *ctx, int fd)
 {
     char pending[PATH_MAX];
     close(fd);
     if (lock_path(ctx, ".gc-pending", pending, sizeof pending, NULL) >= 0 && access(pending, F_OK) == 0)
-        image_meta_gc(ctx);
+        runtime_image_meta_gc(ctx);
 }
 
 struct refs {
@@ -253,7 +253,7 @@ struct refs {
 static int refs_add(struct refs *r, char *const *digests, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (!image_meta_valid_digest(digests[i]))
+        if (!runtime_image_meta_valid_digest(digests[i]))
             continue;
         if (r->n == r->cap) {
             size_t cap = r->cap ? r->cap * 2 : 64;
@@ -294,14 +294,14 @@ static int collect_refs(cell_ctx *ctx, struct refs *r)
             strcmp(e->d_name, IMAGE_META_SHARES) == 0 || e->d_type != DT_DIR ||
             snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
             continue;
-        if (image_meta_read_dir(path, &m, &me) < 0) {
+        if (runtime_image_meta_read_dir(path, &m, &me) < 0) {
             rc = me.code == ENOENT ? 0 : -1; /* builtins have none */
             continue;
         }
         char *digest = m.digest;
         rc = refs_add(r, &digest, 1) < 0 || refs_add(r, m.layers, m.n_layers) < 0 ||
              refs_add(r, m.blobs, m.n_blobs) < 0 ? -1 : 0;
-        image_meta_free(&m);
+        runtime_image_meta_free(&m);
     }
     closedir(d);
     return rc;
@@ -313,8 +313,8 @@ static int collect(cell_ctx *ctx)
 {
     char dir[PATH_MAX];
     struct refs r = { 0 };
-    image_meta_sweep(ctx);
-    if (image_meta_blob_dir(ctx, dir, sizeof dir, NULL) < 0 || collect_refs(ctx, &r) < 0) {
+    runtime_image_meta_sweep(ctx);
+    if (runtime_image_meta_blob_dir(ctx, dir, sizeof dir, NULL) < 0 || collect_refs(ctx, &r) < 0) {
         free(r.hex);
         return -1;
     }
@@ -335,7 +335,7 @@ static int collect(cell_ctx *ctx)
     return d ? gone : -1;
 }
 
-int image_meta_gc(cell_ctx *ctx)
+int runtime_image_meta_gc(cell_ctx *ctx)
 {
     char pending[PATH_MAX];
     if (lock_path(ctx, ".gc-pending", pending, sizeof pending, NULL) < 0)
@@ -393,9 +393,9 @@ int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_er
         cell_image_info info = { .ready = cell_image_status(ctx, *b, NULL) == 1 };
         snprintf(info.name, sizeof info.name, "%s", *b);
         snprintf(info.source, sizeof info.source, "builtin");
-        if (image_meta_read(ctx, *b, &m, NULL) == 0) {
+        if (runtime_image_meta_read(ctx, *b, &m, NULL) == 0) {
             info_from_meta(&info, &m);
-            image_meta_free(&m);
+            runtime_image_meta_free(&m);
         }
         if (add_info(&arr, &n, &cap, &info, err) < 0)
             goto fail;
@@ -409,12 +409,12 @@ int cell_image_list(cell_ctx *ctx, cell_image_info **out, size_t *count, cell_er
         int builtin = 0;
         for (const char *const *b = runtime_image_names; *b; b++)
             builtin |= strcmp(*b, e->d_name) == 0;
-        if (builtin || image_meta_check_name(e->d_name, NULL) < 0 || image_meta_read(ctx, e->d_name, &m, NULL) < 0)
+        if (builtin || runtime_image_meta_check_name(e->d_name, NULL) < 0 || runtime_image_meta_read(ctx, e->d_name, &m, NULL) < 0)
             continue;
         cell_image_info info = { .ready = 1 };
         snprintf(info.name, sizeof info.name, "%.63s", e->d_name);
         info_from_meta(&info, &m);
-        image_meta_free(&m);
+        runtime_image_meta_free(&m);
         if (add_info(&arr, &n, &cap, &info, err) < 0) {
             closedir(d);
             goto fail;
@@ -535,10 +535,10 @@ int cell_image_config_get(cell_ctx *ctx, const char *image, cell_image_config *o
 {
     memset(out, 0, sizeof *out);
     struct image_meta m;
-    if (!image || image_meta_check_name(image, NULL) < 0)
+    if (!image || runtime_image_meta_check_name(image, NULL) < 0)
         return 0; /* builtin images have no config */
     cell_error rerr = { 0 };
-    if (image_meta_read(ctx, image, &m, &rerr) < 0) {
+    if (runtime_image_meta_read(ctx, image, &m, &rerr) < 0) {
         if (rerr.code == ENOENT)
             return 0; /* no such image: booting it says so */
         if (err)
@@ -559,7 +559,7 @@ int cell_image_config_get(cell_ctx *ctx, const char *image, cell_image_config *o
         if (ic->user)
             rc = resolve_user(rootfs, ic->user, out, err);
     }
-    image_meta_free(&m);
+    runtime_image_meta_free(&m);
     if (rc < 0)
         cell_image_config_free(out);
     return rc;

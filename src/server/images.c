@@ -50,10 +50,10 @@ static int builtin_name(const char *name)
 static int read_meta(srv *s, const char *name, struct image_meta *m)
 {
     char dir[4096];
-    if (image_meta_check_name(name, NULL) < 0 ||
+    if (runtime_image_meta_check_name(name, NULL) < 0 ||
         snprintf(dir, sizeof dir, "%s/images/%s", s->state_dir, name) >= (int)sizeof dir)
         return -1;
-    return image_meta_read_dir(dir, m, NULL);
+    return runtime_image_meta_read_dir(dir, m, NULL);
 }
 
 /* The operator's list names `tenant` (or "*").  No list, or one that
@@ -90,7 +90,7 @@ int srv_images_visible(sreq *r, const char *name)
     if (read_meta(r->s, name, &m) < 0)
         return 0;
     int owner = strcmp(m.source, "commit") == 0 && m.tenant[0] && strcmp(m.tenant, r->tok.tenant) == 0;
-    image_meta_free(&m);
+    runtime_image_meta_free(&m);
     return r->tok.admin || owner || shared_with(r->s, name, r->tok.tenant);
 }
 
@@ -126,7 +126,7 @@ uint64_t srv_images_tenant_bytes(srv *s, const char *tenant)
             continue;
         if (strcmp(m.tenant, tenant) == 0)
             total += meta_bytes(s, &m);
-        image_meta_free(&m);
+        runtime_image_meta_free(&m);
     }
     free(imgs);
     return total;
@@ -172,7 +172,7 @@ int srv_images_quota_after(sreq *r, const char *name)
     int rc = disk_of(r->s, r->tok.tenant, &t, &used, &e);
     if (rc == 0 && read_meta(r->s, name, &m) == 0) {
         mine = meta_bytes(r->s, &m);
-        image_meta_free(&m);
+        runtime_image_meta_free(&m);
     }
     if (rc == 0 && used > t.max_disk) {
         cell_error re = { 0 };
@@ -313,7 +313,7 @@ static int owned(sreq *r, const char *name)
     if (read_meta(r->s, name, &m) < 0)
         return 0;
     int mine = strcmp(m.source, "commit") == 0 && strcmp(m.tenant, r->tok.tenant) == 0;
-    image_meta_free(&m);
+    runtime_image_meta_free(&m);
     return mine;
 }
 
