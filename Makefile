@@ -401,8 +401,12 @@ $(BUILD)/fuzz/fuzz_size: fuzz/fuzz_size.c src/util/size.c src/util/util.c
 $(BUILD)/fuzz/fuzz_ws: fuzz/fuzz_ws.c src/server/ws.c src/util/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto
-# Routing and JSON bodies: routes.c's handlers are stubs in the fuzzer.
-$(BUILD)/fuzz/fuzz_route: fuzz/fuzz_route.c src/server/router.c src/server/routes.c src/util/size.c src/util/util.c
+# Routing and JSON bodies: routes.c's handlers are stubs in the fuzzer,
+# generated from the prototypes in src/server/*.h (a new handler needs no edit).
+$(BUILD)/fuzz/route_stubs.c: fuzz/gen_route_stubs.py src/server/routes.c $(wildcard src/server/*.h)
+	@mkdir -p $(dir $@)
+	python3 fuzz/gen_route_stubs.py src/server/routes.c $(wildcard src/server/*.h) > $@.tmp && mv $@.tmp $@
+$(BUILD)/fuzz/fuzz_route: fuzz/fuzz_route.c $(BUILD)/fuzz/route_stubs.c src/server/router.c src/server/routes.c src/util/size.c src/util/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
 # The network policy: parsing and decisions on flows derived from the input.
