@@ -56,6 +56,8 @@ packages=(
   # xwininfo), clipboard, recordings (ffmpeg, ffprobe), a test app and its
   # core font
   xvfb openbox xdotool imagemagick x11-utils xclip ffmpeg xterm xfonts-base
+  # POST /desktop/open runs xdg-open in the cell
+  xdg-utils
   # bench/desktop.sh: the reference server's desktop needs xrandr
   x11-xserver-utils
   # tests/ui and bench/ui.sh: the Inspector in a real browser (playwright-core

@@ -27,11 +27,12 @@ static const struct debian_spec debian_specs[] = {
     { "debian-bookworm", "bookworm", "bash,coreutils,ca-certificates,curl,git,python3" },
     /* debian-bookworm plus what the desktop runs in a cell (src/server/desktop.c,
      * docs/desktop.md): X server, window manager, input, screenshots, window
-     * list, clipboard, recordings, a terminal, a browser and fonts.  dbus-x11:
+     * list, clipboard, recordings, a terminal, a browser, xdg-open (POST
+     * /desktop/open) and fonts.  dbus-x11:
      * debootstrap does not pick a provider for a virtual package, and
      * chromium's GTK needs one of dbus-session-bus's. */
     { "desktop", "bookworm", "bash,coreutils,ca-certificates,curl,git,python3,xvfb,openbox,xdotool,imagemagick,"
-                             "x11-utils,xclip,ffmpeg,xterm,xfonts-base,fonts-dejavu-core,dbus-x11,chromium" },
+                             "x11-utils,xclip,ffmpeg,xterm,xfonts-base,fonts-dejavu-core,dbus-x11,chromium,xdg-utils" },
 };
 
 #define DEFAULT_MIRROR   "http://deb.debian.org/debian"
