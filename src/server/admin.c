@@ -116,9 +116,12 @@ int srv_h_tokens_revoke(sreq *r)
 {
     const char *id = srv_router_param(&r->m, "id");
     cell_error e = { 0 };
-    srv_req_audit(r, "revoked_token", json_string(id));
+    /* An unknown or already revoked token is not found: a second DELETE
+     * (or the loser of two at once) is a 404 with no "revoked_token". */
     if (store_token_revoke(r->s->st, id, &e) < 0)
-        return e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "token %s", id) : srv_reply_error(r, &e);
+        return e.code == ENOENT ? srv_reply_problem(r, 404, "not_found", "token %s (unknown or already revoked)", id)
+                                : srv_reply_error(r, &e);
+    srv_req_audit(r, "revoked_token", json_string(id));
     srv_conns_revoke_token(r, id);      /* its open streams and connections end too */
     return srv_reply_empty(r, 204);
 }

@@ -858,9 +858,11 @@ int store_token_revoke(store *s, const char *id, cell_error *err)
     if (!id)
         return util_fail(err, EINVAL, "store_token_revoke: no id");
     LOCKED(s);
-    int n = db_run(s, err, "revoke token", "UPDATE tokens SET revoked = 1 WHERE id = ?", "t", id);
+    /* Only a live token changes: of two revokes (concurrent or not) one
+     * succeeds and the other finds nothing, so one is answered and audited. */
+    int n = db_run(s, err, "revoke token", "UPDATE tokens SET revoked = 1 WHERE id = ? AND revoked = 0", "t", id);
     if (n == 0)
-        return util_fail(err, ENOENT, "no token '%.32s'", id);
+        return util_fail(err, ENOENT, "no token '%.32s' that is not revoked", id);
     return n < 0 ? -1 : 0;
 }
 

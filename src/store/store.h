@@ -96,7 +96,7 @@ int store_token_create(store *s, const char *tenant, const char *label, int admi
 int store_token_check(store *s, const char *bearer, store_token *out, cell_error *err);
 /* Every token, revoked ones included, oldest first; *out is malloc()ed. */
 int store_token_list(store *s, store_token **out, size_t *n, cell_error *err);
-/* ENOENT if unknown; revoking a revoked token succeeds. */
+/* ENOENT if unknown or already revoked: one revoke of a token succeeds. */
 int store_token_revoke(store *s, const char *id, cell_error *err);
 /* Number of tokens NOT revoked (so the daemon can tell "no usable token"). */
 int store_token_count(store *s, size_t *n, cell_error *err);

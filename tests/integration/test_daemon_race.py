@@ -29,6 +29,7 @@ import pytest
 import conftest
 import daemon as dm
 from daemon import make_tenant_token, wait_for
+from ocibuild import CONFIG, busybox_base, oci_archive
 
 ROUNDS = int(os.environ.get("CELL_RACE_ROUNDS", "40"))
 THREADS = 6
@@ -418,4 +419,54 @@ def test_concurrent_deletes_of_a_used_lane_and_of_secrets(d):
     for i in range(max(4, ROUNDS // 4)):
         assert admin.post("/v1/secrets", {"name": "s%d" % i, "value": "v"}).status in (200, 201)
         assert_one_winner(deletes(d, "/v1/secrets/s%d" % i), 204, "s%d" % i)
+    d.check_sanitizer()
+
+
+def test_concurrent_revokes_of_one_token_one_wins(d):
+    """DELETERS revokes of one token at once: exactly one 204, the others
+    404 problems naming it (each answered 204 and audited "revoked_token":
+    the revoke set revoked = 1 whether it was or not); a later revoke is a
+    404 too, and the audit has one "revoked_token" of it among the records
+    of every one of those requests."""
+    admin = d.client()
+    since = int(time.time() * 1000) - 1
+    tok, tid = make_tenant_token(admin, "rv-" + uuid.uuid4().hex[:6])
+    assert d.client(tok).get("/v1/cells").status == 200
+    assert_one_winner(deletes(d, "/v1/tokens/%s" % tid), 204, tid)
+    assert_one_winner([(st, raw) for st, raw in raw_requests(d, d.admin_token, [("DELETE", "/v1/tokens/%s" % tid,
+                                                                                   None)], 0, full=True)], 404, tid)
+    assert d.client(tok).get("/v1/cells").status == 401
+    assert [t["revoked"] for t in admin.get("/v1/tokens").body["tokens"] if t["id"] == tid] == [True]
+
+    def records():
+        # A request's record is written when it completes, which can be
+        # after its answer: wait for all DELETERS + 1 of them.
+        r = admin.get("/v1/audit", query={"since": since, "limit": 1000})
+        assert r.status == 200, r
+        mine = [x for x in r.body["records"] if x.get("kind") == "request" and x.get("method") == "DELETE"
+                and x.get("path") == "/v1/tokens/%s" % tid]
+        return mine if len(mine) == DELETERS + 1 else None
+    recs = wait_for(records)
+    assert recs, "the audit lacks records of the revokes"
+    assert sorted(x["status"] for x in recs) == [204] + [404] * DELETERS, recs
+    assert [x["status"] for x in recs if x.get("revoked_token") == tid] == [204], recs
+    d.check_sanitizer()
+
+
+def test_concurrent_deletes_of_one_cell_and_one_image_one_wins(d):
+    """The same for a cell and for an imported image: one 204 (image: 200),
+    the others 404 problems naming it; the next DELETE a 404."""
+    admin = d.client()
+    for _ in range(3):
+        cid = admin.post("/v1/cells", {"resources": {"memory": "32M"}}).body["id"]
+        assert_one_winner(deletes(d, "/v1/cells/%s" % cid), 204, cid)
+        assert admin.get("/v1/cells/%s" % cid).status == 404
+        assert admin.delete("/v1/cells/%s" % cid).status == 404
+    data = oci_archive([busybox_base()], CONFIG)[0]
+    for _ in range(3):
+        image = "rm-" + uuid.uuid4().hex[:6]
+        r = admin.call("POST", "/v1/images/%s/import" % image, body=data, headers={"Content-Type": "application/x-tar"})
+        assert r.status == 201, r
+        assert_one_winner(deletes(d, "/v1/images/%s" % image), 200, image)
+        assert admin.delete("/v1/images/%s" % image).status == 404
     d.check_sanitizer()
