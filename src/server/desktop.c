@@ -50,6 +50,10 @@
 #define DK_CLICKS_MAX     100            /* clickCount, scroll steps */
 #define DK_RECORDINGS_MAX 32
 #define DK_APPS_MAX       64
+/* POST open's defaults (dk_open): a browser entry xdg-open finds through
+ * XDG_CONFIG_DIRS and XDG_DATA_DIRS set for it alone. */
+#define DK_XDG_DIR        DK_DIR "/xdg"
+#define DK_TARGET_MAX     8192           /* POST open: a long URL, not a document */
 #define DK_READY_WORD     "cell-desktop-ready"
 
 /* What the desktop needs in the cell's image, and the Debian package of each. */
@@ -100,6 +104,7 @@ struct desktop {
     dk_app  *apps;
     dk_rec  *recs;
     unsigned next_rec;
+    int      streaming;                 /* POST stream/start's flag (reset by stop): see dk_stream */
 };
 
 /* ---- problems, as the reference words them ----------------------------------
@@ -416,6 +421,7 @@ static void dk_stop_all(struct desktop *d)
         }
     dk_child_stop(&d->wm);
     dk_child_stop(&d->xvfb);
+    d->streaming = 0;
 }
 
 static void dk_fail(struct desktop *d, const dk_problem *pb)
@@ -1665,6 +1671,59 @@ static int dk_clipboard_set(dk_ctx *c)
     }
 }
 
+/* Start argv (env: its environment) as a launched app of the desktop: a
+ * listed process of owner "desktop" (its output in GET /processes/{id}/logs),
+ * stopped with the desktop and gone with the cell.  c->res is the
+ * reference's {processId, pid}; *pid its pid.  The caller checked dk_ready. */
+static int dk_app_start(dk_ctx *c, const char *const *argv, const char *const *env, pid_t *pid)
+{
+    /* Exited apps are dropped here (they stay in /processes), so the list
+     * holds at most DK_APPS_MAX running ones. */
+    unsigned apps = 0;
+    for (dk_app **pp = &c->d->apps; *pp;) {
+        dk_app *a = *pp;
+        if (dk_child_running(&a->c, NULL)) {
+            apps++;
+            pp = &a->next;
+            continue;
+        }
+        *pp = a->next;
+        dk_child_clear(&a->c);
+        free(a);
+    }
+    if (apps >= DK_APPS_MAX) {
+        dk_set(&c->pb, 409, "conflict", "Conflict", "%u desktop apps are running already (the most there may be)",
+               apps);
+        return -1;
+    }
+    dk_app *a = calloc(1, sizeof *a);
+    if (!a) {
+        DK_FAILED_P(&c->pb, "out of memory");
+        return -1;
+    }
+    cell_error e = { 0 };
+    a->c.name = "app";
+    a->c.listed = 1;
+    a->c.fds[0] = a->c.fds[1] = a->c.fds[2] = -1;
+    a->c.p = srv_procs_start_desktop(c->sc, argv, env, &e);
+    if (!a->c.p) {
+        free(a);
+        if (e.code == ECONNRESET)
+            DK_INACTIVE_P(&c->pb, "the cell stopped");
+        else
+            DK_FAILED_P(&c->pb, "failed to launch %s: %s", argv[0], e.message);
+        return -1;
+    }
+    snprintf(a->id, sizeof a->id, "%s", a->c.p->id);
+    a->next = c->d->apps;
+    c->d->apps = a;
+    pthread_mutex_lock(&c->sc->plock);
+    *pid = a->c.p->pid;
+    pthread_mutex_unlock(&c->sc->plock);
+    c->res = json_pack("{s:s, s:i}", "processId", a->id, "pid", (int)*pid);
+    return c->res ? 0 : (DK_FAILED_P(&c->pb, "out of memory"), -1);
+}
+
 /* POST launch {app, args, wait}: the app as a process of the desktop, with
  * DISPLAY set; wait: until it maps a window (its _NET_WM_PID). */
 static int dk_launch(dk_ctx *c)
@@ -1692,8 +1751,6 @@ static int dk_launch(dk_ctx *c)
     size_t n = 0;
     char denv[24];
     snprintf(denv, sizeof denv, "DISPLAY=:%d", c->d->display);
-    argv[n++] = "env";
-    argv[n++] = denv;
     argv[n++] = app;
     size_t i;
     json_t *v;
@@ -1707,25 +1764,6 @@ static int dk_launch(dk_ctx *c)
     argv[n] = NULL;
     if (dk_ready(c->sc, c->d, &c->pb) < 0)
         return -1;
-    /* Exited apps are dropped here (they stay in /processes), so the list
-     * holds at most DK_APPS_MAX running ones. */
-    unsigned apps = 0;
-    for (dk_app **pp = &c->d->apps; *pp;) {
-        dk_app *a = *pp;
-        if (dk_child_running(&a->c, NULL)) {
-            apps++;
-            pp = &a->next;
-            continue;
-        }
-        *pp = a->next;
-        dk_child_clear(&a->c);
-        free(a);
-    }
-    if (apps >= DK_APPS_MAX) {
-        dk_set(&c->pb, 409, "conflict", "Conflict", "%u desktop apps are running already (the most there may be)",
-               apps);
-        return -1;
-    }
     const char *check[] = { "sh", "-c", "command -v \"$1\" >/dev/null 2>&1", "sh", app, NULL };
     dk_out o;
     cell_error e = { 0 };
@@ -1736,33 +1774,10 @@ static int dk_launch(dk_ctx *c)
         dk_set(&c->pb, 404, "not_found", "Not Found", "application %s not found in the cell (not on PATH)", app);
         return -1;
     }
-    dk_app *a = calloc(1, sizeof *a);
-    if (!a) {
-        DK_FAILED_P(&c->pb, "out of memory");
-        return -1;
-    }
-    /* A listed process of owner "desktop": its output in its logs
-     * (GET /processes/{id}/logs), stopped with the desktop. */
     const char *env[] = { denv, NULL };
-    a->c.name = "app";
-    a->c.listed = 1;
-    a->c.fds[0] = a->c.fds[1] = a->c.fds[2] = -1;
-    a->c.p = srv_procs_start_desktop(c->sc, argv + 2, env, &e);
-    if (!a->c.p) {
-        free(a);
-        if (e.code == ECONNRESET)
-            DK_INACTIVE_P(&c->pb, "the cell stopped");
-        else
-            DK_FAILED_P(&c->pb, "failed to launch %s: %s", app, e.message);
+    pid_t pid;
+    if (dk_app_start(c, argv, env, &pid) < 0)
         return -1;
-    }
-    snprintf(a->id, sizeof a->id, "%s", a->c.p->id);
-    a->next = c->d->apps;
-    c->d->apps = a;
-    pthread_mutex_lock(&c->sc->plock);
-    pid_t pid = a->c.p->pid;
-    pthread_mutex_unlock(&c->sc->plock);
-    c->res = json_pack("{s:s, s:i}", "processId", a->id, "pid", (int)pid);
     if (wait) {
         char ps[24];
         snprintf(ps, sizeof ps, "%d", (int)pid);
@@ -1778,6 +1793,101 @@ static int dk_launch(dk_ctx *c)
         json_decref(ignored.ext);
     }
     return 0;
+}
+
+/* The local path a target of POST open names ("" for a URL of another
+ * scheme): an absolute or relative path, or a file:// URL without
+ * percent-escapes (with them, xdg-open's own check speaks). */
+static const char *dk_open_path(const char *target)
+{
+    size_t scheme = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+    if (strncmp(target, "file://", 7) == 0)
+        return strchr(target + 7, '%') || target[7] != '/' ? "" : target + 7;
+    if (scheme && target[scheme] == ':' && ((target[0] | 0x20) >= 'a' && (target[0] | 0x20) <= 'z'))
+        return "";                                      /* https:, mailto:, ... */
+    return target;
+}
+
+/* POST open {target}: `xdg-open TARGET` in the cell, as the reference does:
+ * a launched app of the desktop (owner "desktop", in /processes, stopped
+ * with the desktop), answered at once with {processId, pid}; xdg-open picks
+ * the handler (the browser for a URL, the MIME type's app for a file) and
+ * its exit status is the process's.  Beyond the reference: a target that
+ * xdg-open would take as an option, an empty one and control characters
+ * are refused (400), and a file that does not exist in the cell is a 404
+ * rather than a process that fails.  The target is one argv entry, never
+ * shell text; paths are the cell's (its root is all xdg-open sees). */
+static int dk_open(dk_ctx *c)
+{
+    const char *target;
+    if (dk_str(c->body, "target", 1, DK_TARGET_MAX, &target, &c->pb) < 0)
+        return -1;
+    if (!*target) {
+        DK_INVALID(&c->pb, "field \"target\" must not be empty: give a URL or a file path in the cell");
+        return -1;
+    }
+    if (target[0] == '-') {
+        DK_INVALID(&c->pb, "field \"target\" must not start with '-' (xdg-open would read it as an option): "
+                           "write ./%s for a file", target);
+        return -1;
+    }
+    for (const unsigned char *p = (const unsigned char *)target; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) {
+            DK_INVALID(&c->pb, "field \"target\" must not contain control characters (byte %u at %zu)", *p,
+                       (size_t)(p - (const unsigned char *)target));
+            return -1;
+        }
+    if (dk_ready(c->sc, c->d, &c->pb) < 0)
+        return -1;
+    /* One run in the cell checks that xdg-open is there (3) and the file is
+     * (4), and writes the desktop's defaults once: http, https and HTML
+     * open in chromium with --no-sandbox, which it needs as the cell's root
+     * (the cell is the sandbox), run without Debian's /usr/bin/chromium
+     * wrapper, which stops where /etc/chromium.d is missing (the host
+     * image).  They come after the user's own ~/.config/mimeapps.list, and
+     * an image without chromium falls through to its other handlers. */
+    const char *path = dk_open_path(target);
+    const char *check[] = {
+        "sh", "-c",
+        "command -v xdg-open >/dev/null 2>&1 || exit 3; [ -z \"$1\" ] || [ -e \"$1\" ] || exit 4\n"
+        "d=" DK_XDG_DIR "; [ -f $d/mimeapps.list ] && exit 0; mkdir -p $d/applications || exit 5\n"
+        "printf '[Desktop Entry]\\nType=Application\\nName=Chromium\\nExec=/usr/lib/chromium/chromium --no-sandbox "
+        "--no-first-run --disable-dev-shm-usage %%U\\n' >$d/applications/cell-browser.desktop || exit 5\n"
+        "printf '[Default Applications]\\nx-scheme-handler/http=cell-browser.desktop\\n"
+        "x-scheme-handler/https=cell-browser.desktop\\ntext/html=cell-browser.desktop\\n' >$d/mimeapps.list.new && "
+        "mv $d/mimeapps.list.new $d/mimeapps.list || exit 5",
+        "sh", path, NULL };
+    dk_out o;
+    cell_error e = { 0 };
+    if (dk_exec(c->sc, check, NULL, 0, 1024, DK_INPUT_MS, &o, &e) < 0) {
+        DK_FAILED_P(&c->pb, "could not check the target in the cell: %s", e.message);
+        return -1;
+    }
+    int code = o.exited && WIFEXITED(o.status) ? WEXITSTATUS(o.status) : -1;
+    dk_out_free(&o);
+    if (code == 3) {
+        dk_set(&c->pb, 503, "desktop_dependencies_missing", "Desktop Dependencies Missing",
+               "Desktop dependencies are not installed in this cell's image: xdg-open. Run `apt-get install -y "
+               "xdg-utils` in the image");
+        c->pb.ext = json_pack("{s:[s], s:s}", "missingDependencies", "xdg-open", "installCommand",
+                              "apt-get install -y xdg-utils");
+        return -1;
+    }
+    if (code == 4) {
+        dk_set(&c->pb, 404, "not_found", "Not Found", "target %s does not exist in the cell", path);
+        return -1;
+    }
+    if (code != 0) {
+        DK_FAILED_P(&c->pb, "could not check the target in the cell (the check's status %d)", code);
+        return -1;
+    }
+    char denv[24];
+    snprintf(denv, sizeof denv, "DISPLAY=:%d", c->d->display);
+    const char *argv[] = { "xdg-open", target, NULL };
+    const char *env[] = { denv, "XDG_CONFIG_DIRS=" DK_XDG_DIR ":/etc/xdg",
+                          "XDG_DATA_DIRS=" DK_XDG_DIR ":/usr/local/share:/usr/share", NULL };
+    pid_t pid;
+    return dk_app_start(c, argv, env, &pid);
 }
 
 /* ---- recordings: ffmpeg x11grab in the cell, files in DK_DIR -------------------- */
@@ -1956,13 +2066,47 @@ static int dk_rec_delete(dk_ctx *c)
     return 1;
 }
 
-/* Parts of the reference this daemon does not have: WebRTC streaming and
- * xdg-open. */
-static int dk_not_here(dk_ctx *c)
+/* ---- the reference's WebRTC stream, without WebRTC ---------------------------
+ * sandbox-agent streams the desktop over WebRTC (neko): POST stream/start
+ * enables it, GET stream/status says {active}, and the SDK's
+ * connectDesktopStream() then opens the signaling WebSocket and negotiates a
+ * peer connection.  This daemon has no WebRTC (no STUN/TURN, no UDP ports):
+ * start/stop/status keep the reference's bookkeeping and shapes, with
+ * `liveView`, the path of what does carry the screen (GET /desktop/live, a
+ * WebSocket of JPEG frames and JSON input, desktop_live.c); the signaling
+ * itself answers 501 naming it.  So an SDK client's calls before connecting
+ * work and its connect fails with that reason, never with a silent stream. */
+static int dk_stream_reply(dk_ctx *c)
+{
+    char live[96];
+    snprintf(live, sizeof live, "/cells/%s/v1/desktop/live", c->sc->id);
+    c->res = json_pack("{s:b, s:s}", "active", c->d->streaming && c->d->state == DK_ACTIVE, "liveView", live);
+    return c->res ? 0 : (DK_FAILED_P(&c->pb, "out of memory"), -1);
+}
+
+static int dk_stream(dk_ctx *c, int on)
+{
+    dk_refresh(c->sc, c->d);
+    if (on > 0) {
+        /* The reference's answer to a start before the desktop's. */
+        if (c->d->state != DK_ACTIVE) {
+            dk_set(&c->pb, 409, "conflict", "Conflict", "conflict: desktop runtime is not active");
+            c->pb.ext = json_pack("{s:{s:s}}", "details", "message", "desktop runtime is not active");
+            return -1;
+        }
+        c->d->streaming = 1;
+    } else if (on == 0) {
+        c->d->streaming = 0;
+    }
+    return dk_stream_reply(c);
+}
+
+static int dk_signaling(dk_ctx *c)
 {
     dk_set(&c->pb, 501, "not_implemented", "Not Implemented",
-           "%s %s is not implemented by cell (WebRTC streaming and xdg-open targets are not offered)", c->r->method,
-           c->r->url);
+           "WebRTC signaling (GET /v1/desktop/stream/signaling) is not implemented by cell: it has no WebRTC "
+           "(no STUN/TURN, no UDP ports). The live view is a WebSocket at GET /cells/%s/v1/desktop/live "
+           "(JPEG frames out, JSON input in; docs/desktop.md)", c->sc->id);
     return -1;
 }
 
@@ -1973,7 +2117,7 @@ enum dk_op {
     OP_STATUS, OP_START, OP_STOP, OP_INFO, OP_SHOT, OP_REGION, OP_POS, OP_MOVE, OP_CLICK, OP_DOWN, OP_UP, OP_DRAG,
     OP_SCROLL, OP_TYPE, OP_PRESS, OP_KDOWN, OP_KUP, OP_WINDOWS, OP_FOCUSED, OP_WFOCUS, OP_WMOVE, OP_WRESIZE,
     OP_CLIP_GET, OP_CLIP_SET, OP_LAUNCH, OP_OPEN, OP_REC_START, OP_REC_STOP, OP_RECS, OP_REC, OP_REC_DL, OP_REC_DEL,
-    OP_STREAM,
+    OP_STREAM_STATUS, OP_STREAM_START, OP_STREAM_STOP, OP_SIGNALING,
 };
 static const struct { const char *method, *tail; enum dk_op op; } dk_table[] = {
     { "GET", "/status", OP_STATUS },                 { "POST", "/start", OP_START },
@@ -1992,8 +2136,8 @@ static const struct { const char *method, *tail; enum dk_op op; } dk_table[] = {
     { "POST", "/recording/start", OP_REC_START },    { "POST", "/recording/stop", OP_REC_STOP },
     { "GET", "/recordings", OP_RECS },               { "GET", "/recordings/{rid}", OP_REC },
     { "GET", "/recordings/{rid}/download", OP_REC_DL }, { "DELETE", "/recordings/{rid}", OP_REC_DEL },
-    { "GET", "/stream/status", OP_STREAM },          { "POST", "/stream/start", OP_STREAM },
-    { "POST", "/stream/stop", OP_STREAM },
+    { "GET", "/stream/status", OP_STREAM_STATUS },   { "POST", "/stream/start", OP_STREAM_START },
+    { "POST", "/stream/stop", OP_STREAM_STOP },      { "GET", "/stream/signaling", OP_SIGNALING },
 };
 #define DK_N_ROUTES (sizeof dk_table / sizeof dk_table[0])
 
@@ -2031,10 +2175,14 @@ static int dk_dispatch(dk_ctx *c, enum dk_op op)
     case OP_REC:       return dk_rec_get(c);
     case OP_REC_DL:    return dk_rec_download(c);
     case OP_REC_DEL:   return dk_rec_delete(c);
-    case OP_OPEN:
-    case OP_STREAM:    return dk_not_here(c);
+    case OP_OPEN:      return dk_open(c);
+    case OP_STREAM_STATUS: return dk_stream(c, -1);
+    case OP_STREAM_START:  return dk_stream(c, 1);
+    case OP_STREAM_STOP:   return dk_stream(c, 0);
+    case OP_SIGNALING: return dk_signaling(c);
     }
-    return dk_not_here(c);
+    dk_set(&c->pb, 500, "internal", "Internal", "unknown desktop operation %d", (int)op);
+    return -1;
 }
 
 int srv_h_desktop(sreq *r)

@@ -136,6 +136,8 @@ const route srv_agent_routes[] = {
     CELL_ROUTE("GET",    "/desktop/stream/status",            srv_h_desktop, 0),
     CELL_ROUTE("POST",   "/desktop/stream/start",             srv_h_desktop, 0),
     CELL_ROUTE("POST",   "/desktop/stream/stop",              srv_h_desktop, 0),
+    /* The reference's WebRTC signaling WebSocket: a 501 naming /desktop/live (desktop.c). */
+    CELL_ROUTE("GET",    "/desktop/stream/signaling",         srv_h_desktop, ROUTE_EVENTS),
     /* The live view without WebRTC: JPEG frames and input over a WebSocket (desktop_live.c). */
     CELL_ROUTE("GET",    "/desktop/live",                     srv_h_desktop_live, ROUTE_EVENTS),
 };

@@ -70,7 +70,8 @@ def test_status_before_start_and_409_for_every_action(admin, idle):
     for method, path, body in (("GET", "/screenshot", None), ("GET", "/mouse/position", None),
                                ("POST", "/mouse/click", {"x": 1, "y": 1}), ("POST", "/keyboard/type", {"text": "a"}),
                                ("GET", "/windows", None), ("GET", "/display/info", None),
-                               ("POST", "/launch", {"app": "xterm"}), ("GET", "/clipboard", None)):
+                               ("POST", "/launch", {"app": "xterm"}), ("GET", "/clipboard", None),
+                               ("POST", "/open", {"target": "http://cell-open.invalid/"})):
         b = assert_problem(admin.call(method, dk.base + path, json_body=body), 409, "desktop_runtime_inactive")
         assert b["code"] == "desktop_runtime_inactive" and b["title"] == "Desktop Runtime Inactive", b
     # Stopping what never started is fine, and says inactive.
@@ -298,6 +299,15 @@ def test_button_up_where_the_pointer_is_over_a_window(desk):
     ("/launch", {"app": "xterm", "args": [1]}, "args"),
     ("/clipboard", {"text": "x", "selection": "other"}, "selection"),
     ("/windows/notanid/move", {"x": 1, "y": 1}, "window id"),
+    ("/open", {}, "target"),
+    ("/open", {"target": 5}, "target"),
+    ("/open", {"target": ["http://a.invalid/"]}, "target"),
+    ("/open", {"target": ""}, "empty"),
+    ("/open", {"target": "--help"}, "option"),
+    ("/open", {"target": "-"}, "option"),
+    ("/open", {"target": "http://a.invalid/\nb"}, "control"),
+    ("/open", {"target": "/tmp/x\x7f"}, "control"),
+    ("/open", {"target": "http://a.invalid/" + "x" * 8192}, "longer"),
 ])
 def test_bad_input(shared, path, body, says):
     desk = shared
@@ -384,6 +394,82 @@ def test_launch_unknown_app_and_without_wait(desk):
     assert wait_for(lambda: b"DISPLAY=:150" in b"".join(base64.b64decode(e["data"]) for e in logs())), logs()
 
 
+# ---- open (xdg-open in the cell) --------------------------------------------------------
+
+
+def windows_titled(dk, word):
+    return [w for w in dk.get("/windows").body["windows"] if word in w["title"]]
+
+
+@pytest.mark.skipif(not (os.path.exists("/usr/bin/xdg-open") and os.path.exists("/usr/lib/chromium/chromium")),
+                    reason="xdg-utils or chromium is not installed (scripts/install-deps.sh)")
+def test_open_a_url_and_a_file_in_the_browser(d, admin, cells, tmp_path):
+    cid = dm.create_cell(admin, "1G")              # chromium's renderer and GPU processes
+    cells.append(cid)
+    dk = started(admin, cid)
+    # A URL: xdg-open hands it to the browser (no network in the cell: its error page, titled by the host).
+    url = "http://cell-open-test.invalid/$(touch${IFS}/tmp/pwned)"
+    r = dk.post("/open", {"target": url})
+    assert r.status == 200 and set(r.body) == {"processId", "pid"} and r.body["pid"] > 1, r
+    assert wait_for(lambda: windows_titled(dk, "cell-open-test.invalid"), timeout=30), dk.get("/windows").body
+    # The process is the desktop's: xdg-open with the target as its one argument, never shell text.
+    procs = admin.get("/cells/%s/v1/processes" % cid, query={"owner": "desktop"}).body["processes"]
+    assert [(p["command"], p["args"]) for p in procs if p["id"] == r.body["processId"]] == [("xdg-open", [url])]
+    assert dk.run("ls", "/tmp/pwned")["exitCode"] != 0
+    # A file of the cell (an HTML page: the browser again, as the desktop's default for text/html).
+    page = b"<html><head><title>cell-open-file</title></head><body>opened</body></html>"
+    w = admin.call("PUT", "/cells/%s/v1/fs/file" % cid, body=page, query={"path": "/tmp/page.html"},
+                   headers={"Content-Type": "application/octet-stream"})
+    assert w.status == 200, w
+    r = dk.post("/open", {"target": "file:///tmp/page.html"})
+    assert r.status == 200, r
+    assert wait_for(lambda: windows_titled(dk, "cell-open-file"), timeout=30), dk.get("/windows").body
+    # The cell's files only: a host file the cell does not have, a missing one, a traversal to one.
+    host_only = tmp_path / "host-only.html"
+    host_only.write_bytes(page)
+    for target in (str(host_only), "/tmp/no-such-page.html", "file:///tmp/../tmp/no-such-page.html",
+                   "../../../../tmp/no-such; touch /tmp/pwned"):
+        assert_problem(dk.post("/open", {"target": target}), 404, "not_found", "does not exist in the cell")
+    assert dk.run("ls", "/tmp/pwned")["exitCode"] != 0
+    # What the browser started dies with the desktop's stop.
+    assert named(in_cell(dk, d.state), "chromium")
+    r = dk.post("/stop")
+    assert r.status == 200, r
+    assert wait_for(lambda: not {"chromium", "xdg-open"} & {os.path.basename(a[0]) for _, a in in_cell(dk, d.state)}), \
+        in_cell(dk, d.state)
+
+
+# ---- the reference's WebRTC stream: bookkeeping, and signaling 501 --------------------
+
+
+def test_stream_start_stop_status_and_signaling_names_the_live_view(admin, desk, idle):
+    live = "/cells/%s/v1/desktop/live" % desk.cid
+    # Before the desktop: inactive, start refused as the reference does, stop harmless.
+    r = idle.get("/stream/status")
+    assert r.status == 200 and r.body == {"active": False, "liveView": "/cells/%s/v1/desktop/live" % idle.cid}, r
+    b = assert_problem(idle.post("/stream/start"), 409, "conflict", "not active")
+    assert b["details"] == {"message": "desktop runtime is not active"}, b
+    assert idle.post("/stream/stop").body["active"] is False
+    # With it: start, status, stop, and the desktop's stop ends it too.
+    assert desk.get("/stream/status").body == {"active": False, "liveView": live}
+    for _ in range(2):                              # start is idempotent
+        r = desk.post("/stream/start")
+        assert r.status == 200 and r.body == {"active": True, "liveView": live}, r
+    assert desk.get("/stream/status").body["active"] is True
+    r = desk.post("/stream/stop")
+    assert r.status == 200 and r.body == {"active": False, "liveView": live}, r
+    assert desk.post("/stream/start").body["active"] is True
+    assert desk.post("/stop").status == 200
+    assert desk.get("/stream/status").body["active"] is False
+    # Signaling is a 501 naming the live view, for a plain GET and for the SDK's
+    # WebSocket upgrade with ?access_token= (accepted there, as for every WebSocket).
+    assert_problem(desk.get("/stream/signaling"), 501, "not_implemented", [live, "WebRTC"])
+    r = admin.call("GET", desk.base + "/stream/signaling", query={"access_token": admin.token}, token="",
+                   headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+    assert_problem(r, 501, "not_implemented", live)
+
+
 # ---- recordings ------------------------------------------------------------------------
 
 
@@ -448,7 +534,9 @@ def test_unknown_cell_and_other_tenant(admin, shared):
     assert desk.get("/status").body["state"] == "active", "the stranger's stop must not reach it"
     assert_problem(admin.get(desk.base + "/nope"), 404)
     assert_problem(admin.call("DELETE", desk.base + "/status"), 405)
-    assert_problem(admin.post(desk.base + "/stream/start"), 501, "not_implemented")
+    assert_problem(other.post(desk.base + "/open", {"target": "/etc/hostname"}), 404, "not_found")
+    assert_problem(other.post(desk.base + "/stream/start"), 404, "not_found")
+    assert_problem(admin.post("/cells/000000000000/v1/desktop/open", {"target": "/etc/hostname"}), 404, "not_found")
 
 
 # ---- isolation: what the host can reach -----------------------------------------------------
