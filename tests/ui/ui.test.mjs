@@ -339,7 +339,7 @@ uiTest("accessibility: landmarks, a label on every control, keyboard-only naviga
     assert.ok(await page.getByRole(role).count() >= 1, `landmark ${role}`);
   for (const where of ["#/cells", `#/cells/${cellId}/processes`, `#/cells/${cellId}/files?path=/tmp`,
                        `#/cells/${cellId}/egress`, `#/cells/${cellId}/policy`, `#/cells/${cellId}/agent`,
-                       `#/cells/${cellId}/desktop`, "#/audit", "#/tokens", "#/tenants"]) {
+                       `#/cells/${cellId}/desktop`, "#/lanes", "#/images", "#/audit", "#/tokens", "#/tenants"]) {
     await page.goto(`${st.base}/ui/${where}`);
     await page.locator("main form, main table").first().waitFor();
     const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main input, main select, main textarea")]
@@ -526,6 +526,184 @@ uiTest("tenants: quotas set in the UI hold in the daemon; a bad size is shown at
   const t = (await api("GET", "/v1/tenants/ui-quota")).body;
   assert.equal(t.quota.maxCells, 1);
   assert.equal(t.quota.maxMemory, 1024 ** 3);
+});
+
+// The audit page's paging (ui/src/audit.js): more records than a page, paged
+// through with "Load older records" to the oldest, each shown once, in the
+// API's order; the kind filter in the hash; a new record added at the top
+// while following; the daemon's refusal of a bad cell id at its field.
+uiTest("audit: paging past a page, the kind, cell and decision filters, new records followed", async () => {
+  for (let i = 0; i < 120; i++) assert.equal((await api("GET", `/v1/cells/${cellId}`)).status, 200);
+  const all = (await api("GET", `/v1/audit?kind=request&cell=${cellId}&limit=10000`)).body;
+  assert.equal(all.cursor, undefined);
+  const want = all.records.map((r) => r.seq).reverse();
+  assert.ok(want.length > 120, `${want.length} records`);
+  await page.goto(`${st.base}/ui/#/audit?kind=request&cell=${cellId}&limit=50`);
+  await page.getByRole("heading", { name: "Audit" }).waitFor();
+  assert.equal(await page.getByLabel("Kind").inputValue(), "request");
+  assert.equal(await page.getByLabel("Cell id").inputValue(), cellId);
+  const rows = page.locator("table.audit tbody tr[data-seq]");
+  await page.locator("#audit-summary", { hasText: "50 records loaded" }).waitFor();
+  const older = page.getByRole("button", { name: "Load older records" });
+  for (let pages = 1; await older.isVisible(); pages++) {
+    assert.ok(pages <= Math.ceil(want.length / 50), "more pages than records");
+    await older.focus();
+    await page.keyboard.press("Enter");
+    await page.locator("#audit-summary", { hasText: `${Math.min(want.length, (pages + 1) * 50)} records loaded` }).waitFor();
+  }
+  await page.locator("#audit-summary", { hasText: "that is all of them" }).waitFor();
+  const shown = (await rows.evaluateAll((trs) => trs.map((tr) => Number(tr.dataset.seq))));
+  // Following may have added the page's own new records at the top: none
+  // here (the filter is this cell's requests), so the list is exactly the API's.
+  assert.deepEqual(shown, want);
+  const cells = await rows.evaluateAll((trs) => [...new Set(trs.map((tr) => tr.children[2].textContent + tr.dataset.kind))]);
+  assert.deepEqual(cells, [`${cellId}request`]);
+  // A new record of the filter appears at the top without a reload.
+  await api("GET", `/v1/cells/${cellId}`);
+  await page.waitForFunction((n) => document.querySelectorAll("table.audit tbody tr[data-seq]").length === n + 1, shown.length);
+  assert.ok(Number(await rows.first().getAttribute("data-seq")) > shown[0]);
+  // The kind filter: the table and the hash follow it.
+  await page.getByLabel("Kind").selectOption("cell");
+  await page.locator('table.audit tbody tr[data-kind="cell"]').first().waitFor();
+  assert.deepEqual([...new Set(await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.kind)))], ["cell"]);
+  assert.match(page.url(), /kind=cell/);
+  // Network records of the cell, filtered to the denials among them (the
+  // egress test's denied connection).
+  await page.getByLabel("Kind").selectOption("net");
+  await page.getByLabel("Decision (among the records loaded)").selectOption("deny");
+  await page.locator('table.audit tbody tr[data-verdict="deny"]').first().waitFor();
+  assert.deepEqual([...new Set(await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.verdict)))], ["deny"]);
+  // A cell id the daemon refuses (too long): its message at the field.
+  const cell = page.getByLabel("Cell id");
+  await cell.fill("x".repeat(80));
+  await page.getByRole("button", { name: "Apply filters" }).click();
+  await page.locator(".field-error", { hasText: /"cell"/ }).waitFor();
+  assert.equal(await cell.getAttribute("aria-invalid"), "true");
+  await cell.fill("");
+  await page.getByRole("button", { name: "Apply filters" }).click();
+  await page.locator('form[aria-label="Audit filters"] [aria-invalid]').waitFor({ state: "detached" });
+  await page.locator("#audit-summary", { hasText: /[1-9]\d* records? loaded/ }).waitFor();
+});
+
+// The lanes page (ui/src/lanes.js).
+uiTest("lanes: create, a bad size at its field, in use refuses delete and export with the daemon's detail, export, delete", async () => {
+  await page.goto(`${st.base}/ui/#/lanes`);
+  await page.getByRole("heading", { name: "Lanes" }).waitFor();
+  const name = page.getByLabel("Name", { exact: true }), size = page.getByLabel("Size (optional)", { exact: true });
+  await name.fill("ui-lane");
+  await size.fill("lots");
+  await page.getByRole("button", { name: "Create lane" }).click();
+  await page.locator(".field-error:not(:empty)").first().waitFor();
+  assert.equal(await size.getAttribute("aria-invalid"), "true");
+  assert.equal((await api("GET", "/v1/lanes/ui-lane")).status, 404, "a refused form made a lane");
+  await size.fill("32M");
+  await page.getByRole("button", { name: "Create lane" }).click();
+  const row = page.locator('tr[data-lane="ui-lane"]');
+  await row.waitFor();
+  assert.match(await row.textContent(), /32\.0 MiB/);
+  assert.match(await row.textContent(), /free/);
+  // The same name again: the daemon's 409, nothing changed.
+  await name.fill("ui-lane");
+  await page.getByRole("button", { name: "Create lane" }).click();
+  await page.locator(".field-error", { hasText: /ui-lane/ }).waitFor();
+  // A cell on it: the lane is in use; delete and export are refused with
+  // the daemon's words (the cell named), and the lane stays.
+  await page.getByRole("button", { name: "Start a cell on ui-lane" }).click();
+  await row.locator(".state-running", { hasText: "in use" }).waitFor();
+  const onLane = (await api("GET", "/v1/cells")).body.cells.find((c) => c.lane === "ui-lane");
+  assert.ok(onLane, "no cell on the lane");
+  await page.getByRole("button", { name: "Delete ui-lane" }).click();
+  await page.locator("#lanes-alert", { hasText: `used by cell ${onLane.id}` }).waitFor();
+  assert.equal((await api("GET", "/v1/lanes/ui-lane")).status, 200);
+  await page.getByRole("button", { name: "Export ui-lane" }).click();
+  await page.locator("#lanes-alert", { hasText: /^Export ui-lane: .*ui-lane/ }).waitFor();
+  assert.equal((await api("DELETE", `/v1/cells/${onLane.id}`)).status, 204);
+  await row.locator(".state-stopped", { hasText: "free" }).waitFor();
+  // Export: a tar, fetched with the token in a header.
+  const [download] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export ui-lane" }).click()]);
+  assert.equal(download.suggestedFilename(), "ui-lane.tar");
+  const tar = readFileSync(await download.path());
+  assert.ok(tar.length >= 1024 && tar.length % 512 === 0, `${tar.length} bytes`);
+  assert.equal(tar.subarray(257, 262).toString(), "ustar");
+  await page.getByRole("button", { name: "Delete ui-lane" }).click();
+  await row.waitFor({ state: "detached" });
+  assert.equal((await api("GET", "/v1/lanes/ui-lane")).status, 404);
+  assert.deepEqual([...requests, ...sockets].filter((u) => u.includes(st.token)), []);
+});
+
+// The images page (ui/src/images.js): a build's progress (the host image's
+// build is quick and offline), an unknown image's build refused at the
+// field, an import of a one-file OCI image made by tests/integration/ocibuild.py,
+// a refused name, delete refused while a lane uses it, then delete.
+uiTest("images: a build's progress live, a bad build at the field, import, delete refused in use, delete", async () => {
+  await page.goto(`${st.base}/ui/#/images`);
+  await page.locator('tr[data-image="host"]').waitFor();
+  await page.getByRole("button", { name: "Build host" }).click();
+  await page.locator('.buildstate[data-state="done"]', { hasText: "Built host: ready." }).waitFor();
+  assert.match(await page.getByLabel("Build progress").textContent(), /generated from this host/);
+  const bname = page.getByLabel("Image to build");
+  await bname.fill("no-such-image");
+  await bname.press("Enter");
+  await page.locator('.buildstate[data-state="failed"]').waitFor();
+  await page.locator(".field-error", { hasText: "known images" }).waitFor();
+  assert.equal(await bname.getAttribute("aria-invalid"), "true");
+  // An image tar, and one the daemon refuses by its name and by its bytes.
+  const tarPath = path.join(st.dir, "ui-img.tar");
+  execFileSync("python3", ["-c", `import sys, ocibuild
+t, _ = ocibuild.oci_archive([ocibuild.tar_bytes([("hello", "file", b"hi\\n", 0o644)])], {"Env": ["PATH=/bin"]})
+open(sys.argv[1], "wb").write(t)`, tarPath], { cwd: path.resolve(HERE, "../integration") });
+  const iname = page.getByLabel("Name", { exact: true }), ifile = page.getByLabel(/Image tar/);
+  await iname.fill("Bad Name");
+  await ifile.setInputFiles(tarPath);
+  const impErrors = page.locator('form[aria-labelledby="img-imp-h"] .field-error:not(:empty)');
+  await page.getByRole("button", { name: "Import image" }).click();
+  await impErrors.first().waitFor();
+  assert.equal(await iname.getAttribute("aria-invalid"), "true");
+  await iname.fill("ui-junk");
+  await ifile.setInputFiles({ name: "junk.tar", mimeType: "application/x-tar", buffer: Buffer.alloc(2048, 7) });
+  await page.getByRole("button", { name: "Import image" }).click();
+  await impErrors.first().waitFor();
+  assert.equal(await iname.getAttribute("aria-invalid"), null, await impErrors.first().textContent());
+  assert.equal((await api("GET", "/v1/images/ui-junk")).status, 404);
+  await iname.fill("ui-img");
+  await ifile.setInputFiles(tarPath);
+  await page.getByRole("button", { name: "Import image" }).click();
+  const row = page.locator('tr[data-image="ui-img"]');
+  await row.waitFor();
+  assert.match(await row.textContent(), /import.*ready/);
+  // In use by a lane: delete is refused with the daemon's detail.
+  assert.equal((await api("POST", "/v1/lanes", { name: "on-ui-img", image: "ui-img", size: "16M" })).status, 201);
+  await row.locator("td", { hasText: "on-ui-img" }).waitFor();
+  await page.getByRole("button", { name: "Delete ui-img" }).click();
+  await page.locator("#images-alert", { hasText: /on-ui-img/ }).waitFor();
+  assert.equal((await api("GET", "/v1/images/ui-img")).status, 200);
+  assert.equal((await api("DELETE", "/v1/lanes/on-ui-img")).status, 204);
+  await page.getByRole("button", { name: "Delete ui-img" }).click();
+  await row.waitFor({ state: "detached" });
+  assert.equal((await api("GET", "/v1/images/ui-img")).status, 404);
+});
+
+// Installing from the agent page (ui/src/agent.js): the SSE form of the
+// install, its outcome, and a refusal (amp has no ACP adapter: 501).
+uiTest("agent install: mock installs through the progress stream; amp's 501 is shown at the field", async () => {
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/agent`);
+  const agent = page.getByLabel("Agent to run");
+  await agent.selectOption("mock");
+  const [req] = await Promise.all([
+    page.waitForRequest((r) => r.url().endsWith(`/cells/${cellId}/v1/agents/mock/install`)),
+    page.getByRole("button", { name: "Install agent" }).click()]);
+  assert.equal(req.method(), "POST");
+  assert.match(req.headers().accept, /text\/event-stream/);
+  await page.locator('.installstate[data-state="done"]', { hasText: /^mock (installed|was already installed)/ }).waitFor();
+  const list = (await api("GET", `/cells/${cellId}/v1/agents`)).body.agents;
+  assert.equal(list.find((a) => a.id === "mock").installed, true);
+  await agent.selectOption("amp");
+  await page.getByRole("button", { name: "Install agent" }).click();
+  await page.locator('.installstate[data-state="failed"]').waitFor();
+  await page.locator(".field-error", { hasText: /\(501\)/ }).waitFor();
+  assert.equal(await agent.getAttribute("aria-invalid"), "true");
+  assert.equal(await page.getByRole("button", { name: "Install agent" }).isEnabled(), true);
 });
 
 uiTest("another tenant's token sees none of the cell, in the list or by its id", async () => {

@@ -1,32 +1,8 @@
-// admin.js: the tenant's audit log (any token) and, for admin tokens, the
-// tokens: list, create (the bearer is shown once, as the API returns it
-// once), revoke; the tenants' quotas and usage (admin tokens).
+// admin.js: for admin tokens, the tokens: list, create (the bearer is shown
+// once, as the API returns it once), revoke; the tenants' quotas and usage.
+// The audit log is audit.js.
 import { call, callJson } from "./api.js";
-import { h, field, say, fmtBytes, fmtTime, poll, showProblem } from "./dom.js";
-
-export function auditPage(root, signal) {
-  const kind = field("Kind", "select", {}, [["", "All"], ["request", "Requests"], ["cell", "Cells"],
-    ["process", "Processes"], ["net", "Network"]]);
-  const tbody = h("tbody");
-  const table = h("table", { "aria-labelledby": "audit-h" }, h("thead", {}, h("tr", {},
-    ...["Time", "Kind", "Cell", "What", "Status or verdict", "Token"].map((c) => h("th", { scope: "col" }, c)))), tbody);
-  let seen = null;
-  const refresh = async () => {
-    const q = kind.input.value ? `&kind=${kind.input.value}` : "";
-    const { records = [] } = await callJson("GET", `/v1/audit?limit=200${q}`, { signal });
-    const key = JSON.stringify(records);
-    if (key === seen) return;
-    seen = key;
-    tbody.replaceChildren(...records.slice().reverse().map((r) => h("tr", { "data-kind": r.kind },
-      h("td", {}, fmtTime(r.ts_ms)), h("td", {}, r.kind), h("td", {}, r.cell || ""),
-      h("td", {}, r.kind === "request" ? `${r.method} ${r.path}`
-        : [r.event, r.command, r.dst, r.host || r.qname].filter(Boolean).join(" ")),
-      h("td", {}, String(r.status ?? r.verdict ?? r.exitCode ?? "")), h("td", {}, r.token || ""))));
-  };
-  kind.input.addEventListener("change", () => refresh().catch((e) => say(e.message, "error")));
-  root.append(h("h1", { id: "audit-h" }, "Audit"), kind.wrap, table);
-  poll(signal, 3000, refresh);
-}
+import { h, field, say, fmtBytes, fmtTime, showProblem } from "./dom.js";
 
 export function tokensPage(root, signal) {
   const tenant = field("Tenant", "input", { required: true, autocomplete: "off" });

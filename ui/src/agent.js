@@ -1,6 +1,8 @@
 // agent.js: an agent session in the cell over the ACP proxy (docs/api.md,
 // "Agents and ACP sessions"): start an installed agent, chat, see its tool
-// calls and answer its permission requests.  The page owns one agent
+// calls and answer its permission requests; install an agent with npm's
+// progress shown as it streams (the SSE form of POST .../install) and its
+// refusal (501 amp/cursor, 409 budget, 502 npm) at the field.  The page owns one agent
 // instance (server id "ui-..."); leaving the page ends it (DELETE).
 //
 // Wire: every request is one JSON-RPC envelope POSTed to /acp/{server};
@@ -14,21 +16,80 @@ export async function agentPage(root, signal, cell) {
   const id = cell.id;
   const agentF = field("Agent to run", "select");
   const startBtn = h("button", { type: "submit" }, "Start session");
-  const startForm = h("form", { class: "card row", "aria-label": "Start an agent session" }, agentF.wrap, startBtn);
+  const installBtn = h("button", { type: "button" }, "Install agent");
+  const startForm = h("form", { class: "card row", "aria-label": "Start an agent session" }, agentF.wrap, startBtn,
+    installBtn);
+  // The install's progress: npm's lines as the daemon streams them, then
+  // its outcome (announced; the lines are not read out one by one).
+  const installState = h("p", { class: "installstate", role: "status", "data-state": "idle" });
+  const installLog = h("pre", { class: "output installlog", "aria-label": "Install progress", tabindex: 0, hidden: true });
   const log = h("ol", { class: "transcript", "aria-label": "Session transcript", "aria-live": "polite" });
   const prompt = field("Message", "textarea", { rows: 3, spellcheck: "true" });
   const sendBtn = h("button", { type: "submit", disabled: true }, "Send");
   const chat = h("form", { class: "card", "aria-label": "Chat" }, prompt.wrap, sendBtn);
-  root.append(h("h2", {}, "Agent session"), startForm, log, chat);
+  root.append(h("h2", {}, "Agent session"), startForm, installState, installLog, log, chat);
 
-  try {
-    const { agents } = await callJson("GET", cellPath(id, "/agents"), { signal });
-    agentF.input.replaceChildren(...agents.map((a) => h("option", { value: a.id },
-      `${a.id}${a.installed ? "" : " (installs on start)"}`)));
-    agentF.input.value = agents.some((a) => a.id === "mock") ? "mock" : agents[0]?.id;
-  } catch (e) {
-    agentF.setError(e.message);
+  async function listAgents() {
+    const keep = agentF.input.value;
+    try {
+      const { agents } = await callJson("GET", cellPath(id, "/agents"), { signal });
+      agentF.input.replaceChildren(...agents.map((a) => h("option", { value: a.id },
+        `${a.id}${a.installed ? "" : " (installs on start)"}`)));
+      agentF.input.value = keep && agents.some((a) => a.id === keep) ? keep
+        : agents.some((a) => a.id === "mock") ? "mock" : agents[0]?.id;
+    } catch (e) {
+      if (e.name !== "AbortError") agentF.setError(e.message);
+    }
   }
+  await listAgents();
+
+  // POST .../agents/{agent}/install with Accept: text/event-stream: one
+  // `progress` event per line npm prints, then `result`: the plain POST's
+  // answer, or its problem (with `status`: 409 budget_exceeded, 502 when
+  // npm failed).  A refusal before any work (501 for amp and cursor, 400)
+  // is an ordinary error answer.
+  installBtn.addEventListener("click", async () => {
+    const agent = agentF.input.value;
+    installBtn.disabled = true;
+    agentF.setError("");
+    installLog.textContent = "";
+    installLog.hidden = false;
+    installState.dataset.state = "running";
+    installState.textContent = `Installing ${agent}\u2026`;
+    let result = null;
+    try {
+      await followEvents(cellPath(id, `/agents/${encodeURIComponent(agent)}/install`), (ev, data) => {
+        const d = JSON.parse(data);
+        if (ev === "progress") {
+          installLog.append(`${d.line}\n`);
+          installLog.scrollTop = installLog.scrollHeight;
+        } else if (ev === "result") {
+          result = d;
+        }
+      }, signal, { method: "POST", json: {} });
+      if (!result) throw new Error("the install's stream ended without a result (the daemon stopped?)");
+      if (result.status && result.status >= 400) {
+        const err = new Error(result.detail || result.title || `HTTP ${result.status}`);
+        err.problem = result;
+        throw err;
+      }
+      installState.dataset.state = "done";
+      installState.textContent = result.already_installed ? `${agent} was already installed.`
+        : `${agent} installed${(result.artifacts || []).map((a) => ` (${a.source || ""} ${a.version || ""})`).join("")}.`;
+      await listAgents();
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      installState.dataset.state = "failed";
+      installState.textContent = `Installing ${agent} failed.`;
+      const stderr = e.problem?.details?.stderr;
+      if (Array.isArray(stderr) && stderr.length) installLog.append(`${stderr.join("\n")}\n`);
+      else if (typeof stderr === "string" && stderr) installLog.append(`${stderr}\n`);
+      agentF.setError(e.status ? `${e.message} (${e.status})` : e.problem?.status
+        ? `${e.message} (${e.problem.status})` : e.message);
+    } finally {
+      installBtn.disabled = false;
+    }
+  });
 
   const server = `ui-${Math.random().toString(36).slice(2, 10)}`;
   const acp = cellPath(id, `/acp/${server}`);

@@ -54,9 +54,11 @@ export const cellPath = (id, rest) => `/cells/${encodeURIComponent(id)}/v1${rest
 
 // Server-sent events over fetch (so the token stays in a header, unlike
 // EventSource): calls onEvent(name, data) per event until the stream ends
-// or `signal` aborts.
-export async function followEvents(path, onEvent, signal) {
-  const res = await call("GET", path, { headers: { Accept: "text/event-stream" }, signal });
+// or `signal` aborts.  A stream a POST answers (an image build, an agent
+// install) passes {method: "POST", json}; an answer that is not 2xx throws
+// ApiError before any event, as call() does.
+export async function followEvents(path, onEvent, signal, { method = "GET", json } = {}) {
+  const res = await call(method, path, { headers: { Accept: "text/event-stream" }, signal, json });
   const reader = res.body.getReader();
   const dec = new TextDecoder();
   let buf = "";

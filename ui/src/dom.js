@@ -123,3 +123,14 @@ export function sequencer() {
     showFn(data);
   };
 }
+
+// Hand a fetched body to the browser as a download named `name`: the token
+// goes in the fetch's header, so a plain link (no header) cannot do it.
+export function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}

@@ -1,7 +1,7 @@
 // files.js: browse a cell's files, upload, download, edit small text files,
 // make directories and delete.
 import { call, callJson, cellPath } from "./api.js";
-import { h, field, say, fmtBytes, showProblem } from "./dom.js";
+import { h, field, say, fmtBytes, showProblem, saveBlob } from "./dom.js";
 
 const EDIT_MAX = 256 * 1024;    // larger files are downloaded, not edited
 const join = (dir, name) => `${dir.replace(/\/+$/, "")}/${name}`;
@@ -56,12 +56,7 @@ export function filesPage(root, signal, cell, query) {
   async function download(e) {
     try {
       const res = await call("GET", cellPath(id, `/fs/file${q(e.path)}`));
-      const url = URL.createObjectURL(await res.blob());
-      const a = h("a", { href: url, download: e.name });
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      saveBlob(await res.blob(), e.name);
     } catch (err) {
       say(`Download ${e.name}: ${err.message}`, "error");
     }

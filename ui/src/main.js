@@ -1,5 +1,6 @@
 // main.js: the Inspector (docs/ui.md).  Hash routes, one page at a time:
-//   #/login, #/cells, #/cells/ID/{processes,terminal,files,egress,policy,agent,desktop}
+//   #/login, #/cells, #/cells/ID/{processes,terminal,files,egress,policy,agent,desktop},
+//   #/lanes, #/images, #/audit?kind=&cell=&limit=, #/tokens, #/tenants
 // Each page gets an AbortSignal that fires when the user leaves it, which
 // ends its polling loops, event streams and WebSocket.
 import "./style.css";
@@ -9,7 +10,10 @@ import { processesPage } from "./processes.js";
 import { terminalPage } from "./terminal.js";
 import { filesPage } from "./files.js";
 import { egressPage, policyPage } from "./egress.js";
-import { auditPage, tokensPage, tenantsPage } from "./admin.js";
+import { tokensPage, tenantsPage } from "./admin.js";
+import { auditPage } from "./audit.js";
+import { lanesPage } from "./lanes.js";
+import { imagesPage } from "./images.js";
 import { agentPage } from "./agent.js";
 import { desktopPage } from "./desktop.js";
 
@@ -190,7 +194,7 @@ function route() {
   const parts = path.split("/").filter(Boolean);
   const logged = !!token.get();
   document.getElementById("logout").hidden = !logged;
-  const top = [["cells", "Cells"], ["audit", "Audit"], ["tokens", "Tokens"], ["tenants", "Tenants"]];
+  const top = [["cells", "Cells"], ["lanes", "Lanes"], ["images", "Images"], ["audit", "Audit"], ["tokens", "Tokens"], ["tenants", "Tenants"]];
   document.getElementById("nav").replaceChildren(...(logged ? top.map(([k, label]) =>
     h("a", { href: `#/${k}`, "aria-current": (parts[0] || "cells") === k ? "page" : false }, label)) : []));
   if (!logged || parts[0] === "login") {
@@ -198,7 +202,9 @@ function route() {
     return loginPage(root);
   }
   if (parts[0] === "cells" && parts[1]) return cellPage(root, leave.signal, parts[1], parts[2] || "processes", query);
-  if (parts[0] === "audit") return auditPage(root, leave.signal);
+  if (parts[0] === "lanes") return lanesPage(root, leave.signal);
+  if (parts[0] === "images") return imagesPage(root, leave.signal);
+  if (parts[0] === "audit") return auditPage(root, leave.signal, query);
   if (parts[0] === "tokens") return tokensPage(root, leave.signal);
   if (parts[0] === "tenants") return tenantsPage(root, leave.signal);
   return cellsPage(root, leave.signal);
