@@ -36,6 +36,54 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The three rulesets below (a cell's, a cell's with the fast path, a
+ * Kubernetes pod's) are built from these pieces, so what they share is
+ * written once.  LOCAL is what counts as the netns's own: a destination that
+ * stays inside, a source UDP is relayed from.  The fast path's and the pod's
+ * rulesets are snprintf formats whose one argument (%1$s) is the cell's or
+ * the pod's address. */
+#define RS_LOCAL_LO   "127.0.0.0/8"
+#define RS_LOCAL_ADDR "{ 127.0.0.0/8, %1$s }"
+
+/* nat_out: DNS to the resolver (whatever the destination), then what stays
+ * local returns, then `extra` (the fast path's flows), then every other
+ * IPv4 TCP flow to the relay. */
+#define RS_NAT_OUT(local, extra)                                              \
+    "  chain nat_out {\n"                                                      \
+    "    type nat hook output priority -100; policy accept;\n"                 \
+    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"                  \
+    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"                  \
+    "    ip daddr " local " return\n"                                          \
+    extra                                                                      \
+    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"              \
+    "  }\n"
+
+/* udp_mark and udp_tproxy: IPv4 UDP but DNS, from a local source (`match`
+ * narrows it further) to a destination that is not, is marked for the
+ * transparent relay, and handed to the owner's socket on its way in. */
+#define RS_UDP(local, match)                                                          \
+    "  chain udp_mark {\n"                                                             \
+    "    type route hook output priority mangle; policy accept;\n"                     \
+    "    meta nfproto ipv4 " match "ip saddr " local " ip daddr != " local             \
+    " udp dport != 53 meta mark set 1\n"                                               \
+    "  }\n"                                                                            \
+    "  chain udp_tproxy {\n"                                                           \
+    "    type filter hook prerouting priority mangle; policy accept;\n"                \
+    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n" \
+    "    meta mark 1 drop\n"                                                           \
+    "  }\n"
+
+/* The filter: drop what leaves by any device but lo, except `extra`. */
+#define RS_FILTER(chain, hook, extra)                                         \
+    "  chain " chain " {\n"                                                    \
+    "    type filter hook " hook " priority 0; policy drop;\n"                 \
+    "    oif \"lo\" accept\n"                                                  \
+    extra                                                                      \
+    "  }\n"
+
+/* The fast path's bit in the packet and conntrack marks (NET_FAST_MARK). */
+#define RS_FAST "0x40000000"
+
 /* The cell cannot change these: its netns belongs to the initial user
  * namespace and it has no CAP_NET_ADMIN there.  DNS first (to any address,
  * so hard-coded resolvers are answered by the policy too), then loopback
@@ -53,26 +101,9 @@
  * that: ICMP, raw, IPv6. */
 static const char ruleset[] =
     "table inet cell {\n"
-    "  chain nat_out {\n"
-    "    type nat hook output priority -100; policy accept;\n"
-    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
-    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
-    "    ip daddr 127.0.0.0/8 return\n"
-    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
-    "  }\n"
-    "  chain udp_mark {\n"
-    "    type route hook output priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 ip saddr 127.0.0.0/8 ip daddr != 127.0.0.0/8 udp dport != 53 meta mark set 1\n"
-    "  }\n"
-    "  chain udp_tproxy {\n"
-    "    type filter hook prerouting priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n"
-    "    meta mark 1 drop\n"
-    "  }\n"
-    "  chain filter_out {\n"
-    "    type filter hook output priority 0; policy drop;\n"
-    "    oif \"lo\" accept\n"
-    "  }\n"
+    RS_NAT_OUT(RS_LOCAL_LO, "")
+    RS_UDP(RS_LOCAL_LO, "")
+    RS_FILTER("filter_out", "output", "")
     "}\n";
 
 const char *net_ruleset(void) { return ruleset; }
@@ -96,7 +127,7 @@ static const char ruleset_fast[] =
     "table ip cell_q {\n"
     "  chain decide {\n"
     "    type filter hook output priority mangle; policy accept;\n"
-    "    ct state new ct mark 0 meta l4proto tcp ip daddr != { 127.0.0.0/8, %1$s } tcp dport != 53 jump q\n"
+    "    ct state new ct mark 0 meta l4proto tcp ip daddr != " RS_LOCAL_ADDR " tcp dport != 53 jump q\n"
     "  }\n"
     "  chain q {\n"
     "  }\n"
@@ -104,33 +135,15 @@ static const char ruleset_fast[] =
     "table inet cell {\n"
     "  chain fast_verdict {\n"
     "    type filter hook output priority mangle + 10; policy accept;\n"
-    "    meta mark & 0x40000000 == 0x40000000 ct mark set meta mark meta mark set 0\n"
+    "    meta mark & " RS_FAST " == " RS_FAST " ct mark set meta mark meta mark set 0\n"
     "  }\n"
-    "  chain nat_out {\n"
-    "    type nat hook output priority -100; policy accept;\n"
-    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
-    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
-    "    ip daddr { 127.0.0.0/8, %1$s } return\n"
-    "    ct mark & 0x40000000 == 0x40000000 return\n"
-    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
-    "  }\n"
-    "  chain udp_mark {\n"
-    "    type route hook output priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 ip saddr { 127.0.0.0/8, %1$s } ip daddr != { 127.0.0.0/8, %1$s } udp dport != 53 meta mark set 1\n"
-    "  }\n"
-    "  chain udp_tproxy {\n"
-    "    type filter hook prerouting priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n"
-    "    meta mark 1 drop\n"
-    "  }\n"
-    "  chain filter_post {\n"
-    "    type filter hook postrouting priority 0; policy drop;\n"
-    "    oif \"lo\" accept\n"
-    "    oifname \"eth0\" meta nfproto ipv4 meta l4proto tcp ct mark & 0x40000000 == 0x40000000 accept\n"
-    "  }\n"
+    RS_NAT_OUT(RS_LOCAL_ADDR, "    ct mark & " RS_FAST " == " RS_FAST " return\n")
+    RS_UDP(RS_LOCAL_ADDR, "")
+    RS_FILTER("filter_post", "postrouting",
+              "    oifname \"eth0\" meta nfproto ipv4 meta l4proto tcp ct mark & " RS_FAST " == " RS_FAST " accept\n")
     "  chain filter_in {\n"
     "    type filter hook input priority 0; policy accept;\n"
-    "    iifname \"eth0\" ct mark & 0x40000000 != 0x40000000 drop\n"
+    "    iifname \"eth0\" ct mark & " RS_FAST " != " RS_FAST " drop\n"
     "  }\n"
     "}\n";
 
@@ -154,27 +167,9 @@ int net_ruleset_fast(char *out, size_t size, const char *cell_ip)
  * The fast path's veth is not made: CNI owns the pod's links. */
 static const char ruleset_pod[] =
     "table inet cell {\n"
-    "  chain nat_out {\n"
-    "    type nat hook output priority -100; policy accept;\n"
-    "    meta nfproto ipv4 udp dport 53 redirect to :15053\n"
-    "    meta nfproto ipv4 tcp dport 53 redirect to :15053\n"
-    "    ip daddr { 127.0.0.0/8, %1$s } return\n"
-    "    meta nfproto ipv4 meta l4proto tcp redirect to :15001\n"
-    "  }\n"
-    "  chain udp_mark {\n"
-    "    type route hook output priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 ct direction original ip saddr { 127.0.0.0/8, %1$s } ip daddr != { 127.0.0.0/8, %1$s } udp dport != 53 meta mark set 1\n"
-    "  }\n"
-    "  chain udp_tproxy {\n"
-    "    type filter hook prerouting priority mangle; policy accept;\n"
-    "    meta nfproto ipv4 meta l4proto udp meta mark 1 tproxy ip to 127.0.0.1:15002 accept\n"
-    "    meta mark 1 drop\n"
-    "  }\n"
-    "  chain filter_post {\n"
-    "    type filter hook postrouting priority 0; policy drop;\n"
-    "    oif \"lo\" accept\n"
-    "    oifname \"eth0\" ct direction reply accept\n"
-    "  }\n"
+    RS_NAT_OUT(RS_LOCAL_ADDR, "")
+    RS_UDP(RS_LOCAL_ADDR, "ct direction original ")
+    RS_FILTER("filter_post", "postrouting", "    oifname \"eth0\" ct direction reply accept\n")
     "}\n";
 
 int net_ruleset_pod(char *out, size_t size, const char *pod_ip)
