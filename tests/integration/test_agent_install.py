@@ -13,30 +13,26 @@ must not run.
 One test installs the real codex adapter from registry.npmjs.org (release
 stage only).
 """
-import base64
 import contextlib
 import glob
-import gzip
-import hashlib
 import http.server
-import io
 import json
 import os
 import random
 import subprocess
-import tarfile
 import threading
-import urllib.parse
 
 import pytest
 
 import daemon as dm
 import netfake
+import npmfake
+from npmfake import GATE_JS, Registry
 from daemon import assert_problem, make_tenant_token
 
 NET = netfake.claim("198.18.42", "test_agent_install.py")
 REGISTRY_IP, ATTACKER_IP = NET + ".1", NET + ".2"
-ADAPTER, NATIVE, VERSION = "@zed-industries/codex-acp", "@zed-industries/codex-acp-linux-x64", "0.16.0"
+ADAPTER, NATIVE, VERSION = npmfake.CODEX_ADAPTER, npmfake.CODEX_NATIVE, npmfake.CODEX_VERSION
 LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/codex-acp"
 PI_LAUNCHER = "/root/.local/share/sandbox-agent/bin/agent_processes/pi-acp"
 INSTALL_DISK = 32 << 20
@@ -63,12 +59,6 @@ const fd = fs.openSync(__dirname + '/fill.bin', 'w');
 try { for (let i = 0; i < 4096; i++) fs.writeSync(fd, buf); } catch (e) { }
 """
 
-# postinstall: waits until the test opens the registry's gate.
-GATE_JS = """
-require('http').get('%s', { timeout: 120000 }, (res) => { res.resume(); res.on('end', () => process.exit(0)); })
-  .on('error', (e) => { console.error('gate: ' + e.code); process.exit(1); });
-"""
-
 # postinstall: untrusted code in the install cell; records what it reached.
 PROBE_JS = b"""
 const http = require('http'), fs = require('fs');
@@ -90,76 +80,6 @@ for (const [name, url] of Object.entries(targets)) {
   req.on('timeout', () => { req.destroy(); done('timeout'); });
 }
 """
-
-
-def tarball(files):
-    """A package tarball: {path under package/: (bytes, mode)}."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for path, (data, mode) in sorted(files.items()):
-            ti = tarfile.TarInfo("package/" + path)
-            ti.size, ti.mode = len(data), mode
-            tar.addfile(ti, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
-class Registry:
-    """Packuments and tarballs; records every GET."""
-
-    def __init__(self, base):
-        self.base, self.docs, self.tarballs, self.seen, self.lock = base, {}, {}, [], threading.Lock()
-        self.gate = threading.Event()       # GET /gate answers once it is set
-
-    def add(self, name, version, pkg, files):
-        pkg = dict(pkg, name=name, version=version)
-        files = dict(files)
-        files["package.json"] = (json.dumps(pkg).encode(), 0o644)
-        tgz = tarball(files)
-        fname = "%s-%s.tgz" % (name.split("/")[-1], version)
-        path = "/%s/-/%s" % (name, fname)
-        self.tarballs[path] = tgz
-        integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
-        vdoc = dict(pkg, dist={"tarball": self.base + path.lstrip("/"), "integrity": integrity,
-                               "shasum": hashlib.sha1(tgz).hexdigest()})
-        self.docs[name] = {"name": name, "dist-tags": {"latest": version}, "versions": {version: vdoc}}
-
-    def fetches(self, suffix):
-        with self.lock:
-            return sum(1 for p in self.seen if p.endswith(suffix))
-
-    def handler(self):
-        reg = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                path = urllib.parse.unquote(self.path.split("?")[0])
-                with reg.lock:
-                    reg.seen.append(path)
-                if path == "/gate":
-                    reg.gate.wait(120)
-                    body, ctype = b"open", "text/plain"
-                elif path in reg.tarballs:
-                    body, ctype = reg.tarballs[path], "application/octet-stream"
-                elif path.lstrip("/") in reg.docs:
-                    body, ctype = json.dumps(reg.docs[path.lstrip("/")]).encode(), "application/json"
-                else:
-                    self.send_response(404)
-                    self.send_header("Content-Type", "application/json")
-                    body = b'{"error":"Not found"}'
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return H
 
 
 class Seen(http.server.BaseHTTPRequestHandler):

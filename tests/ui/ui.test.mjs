@@ -24,11 +24,14 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const CELL_BIN = process.env.CELL_BIN || path.resolve(HERE, "../../build/cell");
 const CHROMIUM = process.env.CELL_CHROMIUM || "/usr/bin/chromium";
 const PEER = "198.18.48.1", PEER_PORT = 8080;
+// A fake npm registry (tests/integration/npmfake.py) for the agent install's
+// progress: the daemon's --agent-registry.
+const REGISTRY_IP = "198.18.48.2";
 // Waits for the page are bounds for a broken page, not timings.
 const BOUND = 20000;
 
 const st = { daemon: null, stderr: "", dir: null, port: 0, token: "", base: "" };
-let browser, page, artifacts, peer, peerConnections = 0, cellId = null, failures = 0;
+let browser, page, artifacts, peer, peerConnections = 0, cellId = null, failures = 0, registry = null;
 const requests = [], sockets = [], cspViolations = [];
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -104,8 +107,20 @@ before(async () => {
   st.dir = mkdtempSync(path.join(os.tmpdir(), "cell-ui-"));
   st.port = await freePort();
   st.base = `http://127.0.0.1:${st.port}`;
+  execFileSync("ip", ["addr", "replace", `${REGISTRY_IP}/32`, "dev", "lo"]);
+  registry = spawn("python3", [path.resolve(HERE, "../integration/npmfake.py"), REGISTRY_IP],
+                   { stdio: ["pipe", "pipe", "inherit"], cwd: path.resolve(HERE, "../integration") });
+  const registryUrl = await new Promise((resolve, reject) => {
+    let out = "";
+    registry.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("\n")) resolve(out.trim());
+    });
+    registry.once("exit", (code) => reject(new Error(`npmfake.py exited ${code}`)));
+  });
   st.daemon = spawn(CELL_BIN, ["--state", st.dir, "serve", "--init", "--no-config",
-                               "--listen", `127.0.0.1:${st.port}`, "--socket", ""], { stdio: ["ignore", "ignore", "pipe"] });
+                               "--listen", `127.0.0.1:${st.port}`, "--socket", "", "--agent-registry", registryUrl],
+                    { stdio: ["ignore", "ignore", "pipe"] });
   st.daemon.stderr.on("data", (d) => { st.stderr += d; });
   for (let i = 0; ; i++) {
     assert.equal(st.daemon.exitCode, null, `cell serve exited: ${st.stderr}`);
@@ -134,7 +149,12 @@ before(async () => {
 after(async () => {
   if (browser) await browser.close();
   if (peer) peer.close();
-  try { execFileSync("ip", ["addr", "del", `${PEER}/32`, "dev", "lo"], { stdio: "ignore" }); } catch { /* gone */ }
+  if (registry && registry.exitCode === null) {
+    registry.stdin.end();
+    await new Promise((r) => registry.once("exit", r));
+  }
+  for (const ip of [PEER, REGISTRY_IP])
+    try { execFileSync("ip", ["addr", "del", `${ip}/32`, "dev", "lo"], { stdio: "ignore" }); } catch { /* gone */ }
   if (st.daemon && st.daemon.exitCode === null) {
     st.daemon.kill("SIGTERM");
     await new Promise((r) => st.daemon.once("exit", r));
@@ -685,8 +705,10 @@ open(sys.argv[1], "wb").write(t)`, tarPath], { cwd: path.resolve(HERE, "../integ
 });
 
 // Installing from the agent page (ui/src/agent.js): the SSE form of the
-// install, its outcome, and a refusal (amp has no ACP adapter: 501).
-uiTest("agent install: mock installs through the progress stream; amp's 501 is shown at the field", async () => {
+// install, npm's lines shown while it runs (codex from the fake registry,
+// whose postinstall waits for the test to open its gate), the outcome, and
+// a refusal (amp has no ACP adapter: 501).
+uiTest("agent install: npm's progress shown live, then the outcome; mock; amp's 501 at the field", async () => {
   await page.goto(`${st.base}/ui/#/cells/${cellId}/agent`);
   const agent = page.getByLabel("Agent to run");
   await agent.selectOption("mock");
@@ -696,8 +718,22 @@ uiTest("agent install: mock installs through the progress stream; amp's 501 is s
   assert.equal(req.method(), "POST");
   assert.match(req.headers().accept, /text\/event-stream/);
   await page.locator('.installstate[data-state="done"]', { hasText: /^mock (installed|was already installed)/ }).waitFor();
-  const list = (await api("GET", `/cells/${cellId}/v1/agents`)).body.agents;
+  let list = (await api("GET", `/cells/${cellId}/v1/agents`)).body.agents;
   assert.equal(list.find((a) => a.id === "mock").installed, true);
+  // codex: npm runs in an install cell against the fake registry and stops
+  // in the native package's postinstall; what it printed so far is shown
+  // while the install is still running.
+  await agent.selectOption("codex");
+  await page.getByRole("button", { name: "Install agent" }).click();
+  const log = page.getByLabel("Install progress");
+  await log.filter({ hasText: /\S/ }).waitFor();
+  assert.equal(await page.locator(".installstate").getAttribute("data-state"), "running");
+  assert.equal(await page.getByRole("button", { name: "Install agent" }).isDisabled(), true);
+  registry.stdin.write("open\n");
+  await page.locator('.installstate[data-state="done"]', { hasText: "codex installed (npm 0.16.0)" }).waitFor();
+  assert.match(await log.textContent(), /codex-acp/);
+  list = (await api("GET", `/cells/${cellId}/v1/agents`)).body.agents;
+  assert.equal(list.find((a) => a.id === "codex").installed, true);
   await agent.selectOption("amp");
   await page.getByRole("button", { name: "Install agent" }).click();
   await page.locator('.installstate[data-state="failed"]').waitFor();
