@@ -34,18 +34,8 @@ die() { echo "bench/create_loop.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
 case $n in ''|*[!0-9]*|0) die "CELL_CREATE_LOOP_N must be a positive number" ;; esac
 
-if [ -z "${CELL_CREATE_LOOP_CELL:-}" ]; then
-    # cell serve execs cell-daemon
-    bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
-fi
-
-bench_scratch cell-create-loop   # sets scratch and pid; removes both on exit
-
-# A copy (with the cell-daemon beside it), so that a rebuild while this runs cannot swap it.
-bin=$(bench_snapshot "${CELL_CREATE_LOOP_CELL:-$top/$build/cell}" "$scratch/bin") || die "no cell binary to measure"
-st="$scratch/state"
-start_cell_serve "$bin" "$st" "$scratch/serve.log" || die "cell serve did not start"
-pid=$started_pid port=$started_port
+bench_cell_setup cell-create-loop "${CELL_CREATE_LOOP_CELL:-}" || exit 1   # $scratch, $pid, $cell_bin
+bench_cell_serve || die "cell serve did not start"   # $pid, $port, $token
 
 echo "## cell daemon: $n creates in a row"
 echo
@@ -53,7 +43,7 @@ bench_machine_lines
 echo "- cell: \`cell serve\` (fresh state directory), POST /v1/cells {} then$([ "$with_run" = 1 ] && echo " processes/run true and") DELETE, one keep-alive connection"
 echo
 
-python3 - "$port" "$(tr -d '\n' <"$st/admin.token")" "$n" "$with_run" <<'EOF'
+python3 - "$port" "$token" "$n" "$with_run" <<'EOF'
 import http.client, json, statistics, sys, time
 
 port, token, n, with_run = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"

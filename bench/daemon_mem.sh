@@ -58,24 +58,18 @@ if [ "$want_ref" = 1 ]; then
     sync "$ref_bin"
 fi
 
-# start_server WHO STATE: sets pid once its health endpoint answers.
+# start_server WHO STATE: sets pid once its health endpoint answers (lib.sh's
+# start_cell_serve and start_ref_serve).  The cell keeps its default unix
+# socket, STATE/cell.sock, which start_cell_serve turns off (--socket ''):
+# this measures the daemon as it is run (a later --socket wins).
 start_server() {
-    local who=$1 st=$2 port
-    mkdir -p "$st"
-    for _ in 1 2 3 4 5; do
-        port=$(free_port)
-        if [ "$who" = cell ]; then
-            "$cell_bin" --state "$st" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$port" >>"$st.log" 2>&1 &
-        else
-            (cd "$st" && HOME="$st" exec "$ref_bin" server --no-token --no-telemetry --host 127.0.0.1 \
-                --port "$port") >>"$st.log" 2>&1 &
-        fi
-        pid=$!
-        wait_http "$pid" "http://127.0.0.1:$port/v1/health" && return 0
-        stop_pid "$pid"
-    done
-    tail -20 "$st.log" >&2
-    die "$who did not start"
+    local who=$1 st=$2
+    if [ "$who" = cell ]; then
+        start_cell_serve "$cell_bin" "$st" "$st.log" --socket "$st/cell.sock" || die "$who did not start"
+    else
+        start_ref_serve "$st" "$st.log" || die "$who did not start"
+    fi
+    pid=$started_pid
 }
 
 # mappings PID: "private_kib clean_kib dirty_kib rss_kib name" per mapped

@@ -28,15 +28,9 @@ die() { echo "bench/desktop_live.sh: $*" >&2; exit 1; }
 for t in python3 Xvfb openbox xdotool xterm ffmpeg; do
     command -v "$t" >/dev/null || die "$t is not installed (scripts/install-deps.sh)"
 done
-bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
-bench_scratch cell-desktop-live-bench   # sets scratch and pid; removes both on exit
-cell_bin=$(bench_snapshot "$top/$build/cell" "$scratch/bin") || die "no cell binary to measure"
+bench_cell_setup cell-desktop-live-bench || exit 1   # $scratch, $pid, $cell_bin
 
-log=$scratch/daemon.log
-start_cell_serve "$cell_bin" "$scratch/state" "$log" || die "cell serve did not start"
-pid=$started_pid
-url="http://127.0.0.1:$started_port"
-token=$(tr -d '\n' <"$scratch/state/admin.token")
+bench_cell_serve || die "cell serve did not start"   # $pid, $url, $token, $log
 
 echo "bench/desktop_live.sh: $m of each measurement" >&2
 python3 "$here/desktop_live.py" "$url" "$token" "$m" >"$scratch/table.md" ||

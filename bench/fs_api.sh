@@ -16,44 +16,21 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 build=${CELL_BENCH_BUILD:-build}
-cell_bin=${1:-$top/$build/cell}
+measured=${1:-$top/$build/cell}
 size=${CELL_FS_BENCH_SIZE:-268435456}
 reps=${CELL_FS_BENCH_REPS:-5}
 memory=${CELL_FS_BENCH_MEMORY:-1G}
 die() { echo "fs_api.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
 # The Makefile builds the client with the build's flags (and cell, unless given).
-targets=("$build/bench/http_bench")
-[ $# -ge 1 ] || targets+=("$build/cell" "$build/cell-daemon")    # serve execs cell-daemon
-make -C "$top" -j"$(nproc)" BUILD="$build" "${targets[@]}" >&2 || die "make BUILD=$build ${targets[*]} failed"
-[ -x "$cell_bin" ] || die "$cell_bin is not an executable"
-
-scratch=$(mktemp -d /tmp/cell-fs-bench.XXXXXX)
-pid=""
-cleanup() {
-    local rc=$?
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$scratch"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
+[ $# -eq 0 ] || [ -x "$1" ] || die "$1 is not an executable"
+bench_make "$build/bench/http_bench" || die "make BUILD=$build $build/bench/http_bench failed"
+bench_cell_setup cell-fs-bench "${1:-}" || exit 1   # $scratch, $pid, $cell_bin (a copy)
 
 cp "$top/$build/bench/http_bench" "$scratch/http_bench"   # a rebuild while this runs cannot swap it
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$cell_bin" --state "$scratch/state" serve --init --listen "127.0.0.1:$port" --socket '' \
-    --max-file-size $((size * 2)) >"$scratch/log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/health")" = 200 ] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$scratch/log" >&2; die "cell serve died"; }
-    sleep 0.1
-done
-token=$(tr -d '\n' <"$scratch/state/admin.token")
+bench_cell_serve --max-file-size $((size * 2)) || die "cell serve did not start"   # $pid, $port, $token, $log
 id=$(curl -sSf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     --data "{\"resources\":{\"memory\":\"$memory\"}}" "http://127.0.0.1:$port/v1/cells" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
@@ -62,7 +39,7 @@ export HTTP_BENCH_TOKEN=$token
 kv() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # fail WHY: the daemon's log tail, then exit 1
-fail() { tail -20 "$scratch/log" >&2; die "$*"; }
+fail() { tail -20 "$log" >&2; die "$*"; }
 puts=() gets=()
 for r in $(seq "$reps"); do
     line=$("$scratch/http_bench" put "$port" "$path" "$size") || fail "PUT of rep $r failed"
@@ -71,5 +48,5 @@ for r in $(seq "$reps"); do
     gets+=("$(kv get_mbs <<<"$line")")
     echo "rep $r: put ${puts[-1]} MB/s, get ${gets[-1]} MB/s"
 done
-echo "$(basename "$cell_bin") $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?'): $((size / 1048576)) MiB," \
+echo "$(basename "$measured") $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?'): $((size / 1048576)) MiB," \
      "median of $reps: PUT $(median "${puts[@]}") MB/s, GET $(median "${gets[@]}") MB/s"

@@ -145,6 +145,39 @@ start_cell_serve() {
     _start_on_free_port "$log" _exec_cell_serve "$cell" "$st" "$@"
 }
 
+# bench_cell_setup NAME [CELL]: how every benchmark of one `cell serve`
+# starts: cell and cell-daemon made in BUILD=$build (bench_make; not when
+# CELL, a binary to measure, is given), a scratch directory (bench_scratch
+# NAME: $scratch, and $pid stopped when the script ends) and a copy of CELL
+# (default $top/$build/cell) in $scratch/bin as $cell_bin.  Non-zero, with
+# the reason on stderr, when one step fails.
+bench_cell_setup() {
+    local name=$1 cell=${2:-} me
+    me="bench/$(basename "$0")"
+    if [ -z "$cell" ]; then
+        # cell serve execs cell-daemon
+        bench_make "$build/cell" "$build/cell-daemon" ||
+            { echo "$me: make BUILD=$build $build/cell $build/cell-daemon failed" >&2; return 1; }
+        cell=$top/$build/cell
+    fi
+    bench_scratch "$name"
+    [ -d "$scratch" ] || { echo "$me: no scratch directory" >&2; return 1; }
+    cell_bin=$(bench_snapshot "$cell" "$scratch/bin") || { echo "$me: no cell binary to measure ($cell)" >&2; return 1; }
+}
+
+# bench_cell_serve [ARGS...]: after bench_cell_setup, `$cell_bin serve ARGS`
+# with a fresh state directory $scratch/state, its output in $log
+# ($scratch/daemon.log), on a free loopback port (start_cell_serve); sets
+# pid, port, url (http://127.0.0.1:PORT) and token (the admin token).
+# Non-zero (the log on stderr) if it never answered.
+bench_cell_serve() {
+    log=$scratch/daemon.log
+    start_cell_serve "$cell_bin" "$scratch/state" "$log" "$@" || return 1
+    pid=$started_pid port=$started_port
+    url="http://127.0.0.1:$port"
+    token=$(tr -d '\n' <"$scratch/state/admin.token")
+}
+
 # start_ref_serve HOME LOG: the reference (ref_fetch's $ref_bin) as `server
 # --no-token --no-telemetry`, with HOME (its agents' install dir) as its home
 # and cwd, like start_cell_serve.

@@ -46,41 +46,12 @@ fi
 # A copy (with cell-daemon beside it), so that a rebuild cannot swap it.
 cell_bin=$(bench_snapshot "${CELL_LOAD_CELL:-$top/$build/cell}" "$out") || fail_early "no cell binary to test"
 
-scratch=$(mktemp -d /tmp/cell-load-check.XXXXXX)
+bench_scratch cell-load-check   # sets scratch and pid; stops and removes both on exit
 state="$scratch/state" log="$scratch/daemon.log"
-pid=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM HUP
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$scratch"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP
 
 # ---- start the daemon and one cell ------------------------------------------------------
-mkdir -p "$state"
-port=""
-for _ in 1 2 3 4 5; do
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$cell_bin" --state "$state" serve $(serve_init "$cell_bin") --listen "127.0.0.1:$port" --socket '' >>"$log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v1/health")" = 200 ] && break 2
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-done
-[ -n "$pid" ] || { cat "$log"; fail_early "cell serve did not start"; }
+start_cell_serve "$cell_bin" "$state" "$log" || fail_early "cell serve did not start"   # its log on stderr
+pid=$started_pid port=$started_port
 token=$(tr -d '\n' <"$state/admin.token")
 id=$(curl -sS -f -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' --data '{}' \
     "http://127.0.0.1:$port/v1/cells" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') ||

@@ -43,13 +43,7 @@ die() { echo "bench/runs.sh: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (cells need it)"
 for t in curl python3 git; do command -v "$t" >/dev/null || die "$t is not installed (scripts/install-deps.sh)"; done
 
-if [ -z "${CELL_RUNS_BENCH_CELL:-}" ]; then
-    # cell serve execs cell-daemon
-    bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
-fi
-bench_scratch cell-runs-bench   # sets scratch and pid; removes both on exit
-# A copy, so that a rebuild while this runs cannot swap it.
-cell_bin=$(bench_snapshot "${CELL_RUNS_BENCH_CELL:-$top/$build/cell}" "$scratch/bin") || die "no cell binary to measure"
+bench_cell_setup cell-runs-bench "${CELL_RUNS_BENCH_CELL:-}" || exit 1   # $scratch, $pid, $cell_bin
 
 # The repository: nfiles small files in a few directories, committed.
 repo=$scratch/repos/proj
@@ -64,11 +58,7 @@ GIT_CONFIG_NOSYSTEM=1 HOME=/nonexistent gitq init -q
 GIT_CONFIG_NOSYSTEM=1 HOME=/nonexistent gitq add -A
 GIT_CONFIG_NOSYSTEM=1 HOME=/nonexistent gitq commit -q -m init
 
-log=$scratch/daemon.log
-start_cell_serve "$cell_bin" "$scratch/state" "$log" --run-repo-root "$scratch/repos" || die "cell serve did not start"
-pid=$started_pid
-url="http://127.0.0.1:$started_port"
-token=$(tr -d '\n' <"$scratch/state/admin.token")
+bench_cell_serve --run-repo-root "$scratch/repos" || die "cell serve did not start"   # $pid, $url, $token, $log
 
 echo "bench/runs.sh: $n iterations (+$warmup warm-up) of mock, shell and subprocess runs on a repo of $((nfiles + 1)) files" >&2
 python3 "$here/runs.py" "$url" "$token" "$repo" "$n" "$warmup" >"$scratch/out.json" ||

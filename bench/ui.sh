@@ -29,15 +29,11 @@ use_ref=${CELL_UI_BENCH_REF:-1}
 
 die() { echo "bench/ui.sh: $*" >&2; exit 1; }
 command -v chromium >/dev/null || die "chromium is not installed (scripts/install-deps.sh)"
-bench_make "$build/cell" "$build/cell-daemon" || die "make BUILD=$build $build/cell $build/cell-daemon failed"
 (cd "$top/tests/ui" && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci in tests/ui failed"
-bench_scratch cell-ui-bench   # sets scratch and pid; removes both on exit
-cell_bin=$(bench_snapshot "$top/$build/cell" "$scratch/bin") || die "no cell binary to measure"
+bench_cell_setup cell-ui-bench || exit 1   # $scratch, $pid, $cell_bin
 
-log=$scratch/daemon.log
-start_cell_serve "$cell_bin" "$scratch/state" "$log" || die "cell serve did not start"
-pid=$started_pid
-url="http://127.0.0.1:$started_port/ui/"
+bench_cell_serve || die "cell serve did not start"   # $pid, $url, $log
+url="$url/ui/"
 
 ref_url="" ref_pid="" ref_note="not run (CELL_UI_BENCH_REF=0)"
 stop_ref() { stop_pid "$ref_pid"; }
