@@ -734,6 +734,13 @@ uiTest("agent install: npm's progress shown live, then the outcome; mock; amp's 
   assert.match(await log.textContent(), /codex-acp/);
   list = (await api("GET", `/cells/${cellId}/v1/agents`)).body.agents;
   assert.equal(list.find((a) => a.id === "codex").installed, true);
+  // pi: the fake registry has none of its packages, so npm fails; the
+  // stream's result is the 502 problem, shown at the field with npm's stderr.
+  await agent.selectOption("pi");
+  await page.getByRole("button", { name: "Install agent" }).click();
+  await page.locator('.installstate[data-state="failed"]', { hasText: "Installing pi failed." }).waitFor();
+  await page.locator(".field-error", { hasText: /\(502\)/ }).waitFor();
+  assert.match(await log.textContent(), /404|E404|Not found/i);
   await agent.selectOption("amp");
   await page.getByRole("button", { name: "Install agent" }).click();
   await page.locator('.installstate[data-state="failed"]').waitFor();
