@@ -164,21 +164,6 @@ def create(client, made, agents, rules=(DNS_RULE,), **extra):
     return r
 
 
-def files_with(root, needle):
-    """Files under root holding needle (bytes)."""
-    hits = []
-    for top, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(top, f)
-            try:
-                with open(p, "rb") as fh:
-                    if needle in fh.read():
-                        hits.append(p)
-            except OSError:
-                pass
-    return hits
-
-
 def test_model_key_is_injected_on_the_host_and_never_enters_the_cell(d, alice, made, net):
     r = create(alice, made, {"codex": {"secret": "OPENAI_KEY", "baseUrl": BASE}})
     assert r.status == 201, r
@@ -222,10 +207,10 @@ def test_model_key_is_injected_on_the_host_and_never_enters_the_cell(d, alice, m
     root = "/proc/%d/root" % pids[0]
     assert os.path.exists(root + "/root/agent/answer.json")
     for sub in ("root", "tmp", "etc", "var", "home"):
-        assert files_with(os.path.join(root, sub), KEY.encode()) == []
+        assert dm.files_with(os.path.join(root, sub), KEY.encode()) == []
     # ... nor anywhere in the daemon's state: the spec, the audit log, the
     # cells' layers, the database (sealed at rest).
-    assert files_with(d.state, KEY.encode()) == []
+    assert dm.files_with(d.state, KEY.encode()) == []
 
 
 def test_claude_rule_uses_x_api_key_and_host_dns(d, alice, made):

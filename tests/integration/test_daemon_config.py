@@ -44,6 +44,18 @@ def assert_usage(r, *needles):
         assert n in r.stderr, (n, r.stderr)
 
 
+def assert_serving(proc, client, timeout=30):
+    """proc, a `cell serve` started by the test, comes to answer client's
+    GET /v1/cells with 200 (bounded wait); it must not exit meanwhile."""
+    def up():
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return client.get("/v1/cells").status == 200
+        except OSError:
+            return False
+    assert dm.wait_for(up, timeout)
+
+
 def refused(port):
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -223,15 +235,7 @@ def test_init_makes_a_store_and_is_harmless_on_an_existing_one(tmp_path):
     p = subprocess.Popen([dm.CELL_BIN, "--state", str(state), "serve", "--no-config", "--socket", "",
                           "--listen=127.0.0.1:%d" % port], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        c = dm.Client("127.0.0.1", port, token=first, timeout=5)
-
-        def up():
-            assert p.poll() is None, p.stderr.read()
-            try:
-                return c.get("/v1/cells").status == 200
-            except OSError:
-                return False
-        assert dm.wait_for(up, 30)
+        assert_serving(p, dm.Client("127.0.0.1", port, token=first, timeout=5))
     finally:
         p.terminate()
         assert p.wait(60) == 0
@@ -251,15 +255,7 @@ def test_two_inits_of_one_new_state_make_one_store(tmp_path):
         assert loser.returncode != 0 and str(state) in loser.stderr.read()
         token = open(state / "admin.token").read().strip() if dm.wait_for(
             lambda: (state / "admin.token").exists(), 30) else None
-        c = dm.Client("127.0.0.1", ports[procs.index(winner)], token=token, timeout=5)
-
-        def up():
-            assert winner.poll() is None, winner.stderr.read()
-            try:
-                return c.get("/v1/cells").status == 200
-            except OSError:
-                return False
-        assert dm.wait_for(up, 30)
+        assert_serving(winner, dm.Client("127.0.0.1", ports[procs.index(winner)], token=token, timeout=5))
     finally:
         for p in procs:
             if p.poll() is None:
