@@ -134,3 +134,27 @@ export function saveBlob(blob, name) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
+
+// The buttons of a table's rows and where their outcome goes: a button is
+// named with its row ("Delete work") for a screen reader's list of buttons,
+// its visible text the verb; a failure is written to the page's alert line
+// `alert` (and the live region), a success clears it.
+export function rowActions(alert) {
+  const done = (msg) => {
+    alert.textContent = "";
+    say(msg);
+  };
+  const fail = (what, e) => {
+    alert.textContent = `${what}: ${e.message}`;
+    say(`${what} failed`, "error");
+  };
+  const act = (label, name, fn, text = label) => h("button", { type: "button", "aria-label": `${label} ${name}`,
+    onclick: async () => {
+      try {
+        await fn();
+      } catch (e) {
+        if (e.name !== "AbortError") fail(`${label} ${name}`, e);
+      }
+    } }, text);
+  return { done, fail, act };
+}

@@ -6,7 +6,7 @@
 // (confirmed; one in use is 409 naming its lanes and cells).  Builds and
 // imports are an admin's; a tenant's token sees the daemon's 403.
 import { call, callJson, followEvents } from "./api.js";
-import { h, field, say, fmtBytes, fmtTime, poll, showProblem, keyedRows, sequencer, saveBlob } from "./dom.js";
+import { h, field, fmtBytes, fmtTime, poll, showProblem, keyedRows, sequencer, saveBlob, rowActions } from "./dom.js";
 
 const imagePath = (name, rest = "") => `/v1/images/${encodeURIComponent(name)}${rest}`;
 
@@ -16,14 +16,7 @@ export function imagesPage(root, signal) {
   const table = h("table", { "aria-labelledby": "images-h" }, h("thead", {}, h("tr", {},
     ...["Image", "Source", "State", "Size", "Created", "Digest", "Lanes", "Actions"]
       .map((c) => h("th", { scope: "col" }, c)))), tbody);
-  const fail = (what, e) => {
-    alert.textContent = `${what}: ${e.message}`;
-    say(`${what} failed`, "error");
-  };
-  const done = (msg) => {
-    alert.textContent = "";
-    say(msg);
-  };
+  const { done, act } = rowActions(alert);
 
   // The build: one at a time from this page; its lines go to a log that a
   // screen reader does not read out line by line (the outcome is announced).
@@ -79,14 +72,6 @@ export function imagesPage(root, signal) {
     runBuild(name);
   });
 
-  const act = (label, im, fn) => h("button", { type: "button", "aria-label": `${label} ${im.name}`, onclick: async () => {
-    try {
-      await fn();
-    } catch (e) {
-      if (e.name !== "AbortError") fail(`${label} ${im.name}`, e);
-    }
-  } }, label);
-
   const seq = sequencer();
   const refresh = () => seq(() => callJson("GET", "/v1/images", { signal }), ({ images = [] }) => {
     builtins.replaceChildren(...images.filter((i) => i.source === "builtin").map((i) => h("option", { value: i.name })));
@@ -98,17 +83,17 @@ export function imagesPage(root, signal) {
         h("td", { title: i.digest || "" }, i.digest ? `${i.digest.slice(0, 19)}\u2026` : ""),
         h("td", {}, (i.lanes || []).join(", ")),
         h("td", { class: "actions" },
-          i.source === "builtin" && act("Build", i, async () => {
+          i.source === "builtin" && act("Build", i.name, async () => {
             bName.input.value = i.name;
             bName.input.focus();
             await runBuild(i.name);
           }),
-          i.source !== "builtin" && act("Export", i, async () => {
+          i.source !== "builtin" && act("Export", i.name, async () => {
             const res = await call("GET", imagePath(i.name, "/export"), { signal });
             saveBlob(await res.blob(), `${i.name}.oci.tar`);
             done(`Image ${i.name} exported`);
           }),
-          i.source !== "builtin" && act("Delete", i, async () => {
+          i.source !== "builtin" && act("Delete", i.name, async () => {
             if (!confirm(`Delete image ${i.name}?`)) return;
             await call("DELETE", imagePath(i.name));
             done(`Image ${i.name} deleted`);

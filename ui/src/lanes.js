@@ -6,7 +6,7 @@
 // naming the cell) is shown in the page's alert line, or at the field it
 // names in a form.
 import { call, callJson } from "./api.js";
-import { h, field, say, fmtBytes, fmtTime, poll, showProblem, keyedRows, sequencer, saveBlob } from "./dom.js";
+import { h, field, fmtBytes, fmtTime, poll, showProblem, keyedRows, sequencer, saveBlob, rowActions } from "./dom.js";
 
 const lanePath = (name, rest = "") => `/v1/lanes/${encodeURIComponent(name)}${rest}`;
 
@@ -17,24 +17,7 @@ export function lanesPage(root, signal) {
     ...["Lane", "Image", "Size", "Created", "State", "Actions"].map((c) => h("th", { scope: "col" }, c)))), tbody);
   const images = h("datalist", { id: "lane-images" });
 
-  const fail = (what, e) => {
-    alert.textContent = `${what}: ${e.message}`;
-    say(`${what} failed`, "error");
-  };
-  const done = (msg) => {
-    alert.textContent = "";
-    say(msg);
-  };
-
-  // Each button is named with its lane ("Delete work") for a screen
-  // reader's list of buttons; the visible text is the verb.
-  const act = (label, lane, fn, text = label) => h("button", { type: "button", "aria-label": `${label} ${lane.name}`, onclick: async () => {
-    try {
-      await fn();
-    } catch (e) {
-      if (e.name !== "AbortError") fail(`${label} ${lane.name}`, e);
-    }
-  } }, text);
+  const { done, act } = rowActions(alert);
 
   const seq = sequencer();
   const refresh = () => seq(() => callJson("GET", "/v1/lanes", { signal }), ({ lanes = [] }) =>
@@ -44,17 +27,17 @@ export function lanesPage(root, signal) {
         h("td", {}, fmtTime(l.createdAtMs)),
         h("td", { class: l.attached ? "state-running" : "state-stopped" }, l.attached ? "in use" : "free"),
         h("td", { class: "actions" },
-          act("Start a cell on", l, async () => {
+          act("Start a cell on", l.name, async () => {
             const c = await callJson("POST", "/v1/cells", { json: { lane: l.name } });
             done(`Cell ${c.id} started on lane ${l.name}`);
             await refresh();
           }, "Start a cell"),
-          act("Export", l, async () => {
+          act("Export", l.name, async () => {
             const res = await call("GET", lanePath(l.name, "/export"), { signal });
             saveBlob(await res.blob(), `${l.name}.tar`);
             done(`Lane ${l.name} exported`);
           }),
-          act("Delete", l, async () => {
+          act("Delete", l.name, async () => {
             if (!confirm(`Delete lane ${l.name}? Its files are gone.`)) return;
             await call("DELETE", lanePath(l.name));
             done(`Lane ${l.name} deleted`);
