@@ -83,12 +83,31 @@ debian_image_bg() { # cell-binary
   exec 9>"$CELL_TEST_STATE/.debian-image.lock"
   flock 9
   # The subshell holds the lock (fd 9) until the build ends; cell gets no copy.
-  ( "$1" --state "$CELL_TEST_STATE" image build debian-bookworm >/dev/null 2>&1 9>&- ) &
+  # (A second command: a subshell of one command is that command, exec'd with
+  # fd 9 closed, and the lock was free at once.)
+  ( "$1" --state "$CELL_TEST_STATE" image build debian-bookworm >/dev/null 2>&1 9>&-; exit $? ) &
   exec 9>&-
+}
+
+# The desktop image (issue 16; ~100 s, ~350 MB from the mirror) after it, in
+# a state dir of its own, for the desktop-image stage, which waits on this
+# lock.  After it and niced: the integration tests wait for debian-bookworm,
+# nothing waits for this until the bench smoke is over.
+desktop_state="$CELL_TEST_STATE/desktop"
+desktop_image_bg() { # cell-binary
+  mkdir -p "$desktop_state"
+  exec 8>"$CELL_TEST_STATE/.desktop-image.lock"
+  flock 8
+  ( flock "$CELL_TEST_STATE/.debian-image.lock" true
+    start=$SECONDS
+    nice -n 10 "$1" --state "$desktop_state" image build desktop >"$CELL_TEST_STATE/desktop-build.log" 2>&1 8>&-
+    echo "exit status $?, $((SECONDS - start)) s" >>"$CELL_TEST_STATE/desktop-build.log" ) &
+  exec 8>&-
 }
 
 start_background() {
   [ -e "$CELL_TEST_STATE/images/debian-bookworm/ready" ] || debian_image_bg "$PWD/build/cell"
+  [ -e "$desktop_state/images/desktop/ready" ] || desktop_image_bg "$PWD/build/cell"
   # shellcheck disable=SC2046
   bg_builds "build-asan=$(san_make_args build-asan address,undefined) all build-asan/tests/.stamp" \
     "build-tsan=$(san_make_args build-tsan thread) all" \
@@ -198,6 +217,20 @@ bench_coverage() {
   [ -z "$bad" ] || { echo "not smoke-run in CI or not built by make bench-bin:$bad"; return 1; }
 }
 bench_smoke coverage bench_coverage
+
+# The desktop image, built in the background since the release stage began:
+# a cell of it driven by the unmodified SDK's desktop methods (chromium,
+# xterm, a recording; tests/sdk/desktop_image.mjs, ~10 s).  The test builds
+# it through POST /v1/images/desktop/build ("already built", or the build's
+# progress and error when the background build failed) and fails, never
+# skips, when it cannot: CELL_DESKTOP_STATE is set.
+t_stage "desktop image: the SDK's desktop methods in a cell of it (tests/sdk/desktop_image.mjs)"
+flock "$CELL_TEST_STATE/.desktop-image.lock" true
+tail -2 "$CELL_TEST_STATE/desktop-build.log" 2>/dev/null | sed 's/^/background build: /'
+CELL_BIN="$PWD/build/cell" CELL_DESKTOP_STATE="$desktop_state" timeout -k 10 1500 \
+  node --test --test-reporter=tap tests/sdk/desktop_image.mjs 2>&1 | tee /tmp/cell-desktop-image.log
+count_node /tmp/cell-desktop-image.log "${PIPESTATUS[0]}"
+rm -f /tmp/cell-desktop-image.log
 
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"

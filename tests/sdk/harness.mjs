@@ -16,7 +16,7 @@ export const CELL_BIN = process.env.CELL_BIN || path.resolve(HERE, "../../build/
 
 // The running daemon: set by startDaemon(); port and token may also be set
 // by a suite that talks to a reference server instead.
-export const daemonState = { daemon: null, stderr: "", stateDir: null, port: 0, token: "", stopping: false };
+export const daemonState = { daemon: null, stderr: "", stateDir: null, keepState: false, port: 0, token: "", stopping: false };
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -68,10 +68,13 @@ export async function rejectsWith(promise, status, what) {
 }
 
 // Start `cell serve` and wait until it answers; fills daemonState.
-export async function startDaemon() {
+// stateDir: an existing state directory to serve (one with a built image),
+// kept by stopDaemon; by default a new temporary one, removed by it.
+export async function startDaemon({ stateDir = null } = {}) {
   assert.ok(existsSync(CELL_BIN), `no cell binary at ${CELL_BIN} (set CELL_BIN)`);
   const st = daemonState;
-  st.stateDir = mkdtempSync(path.join(os.tmpdir(), "cell-sdk-"));
+  st.keepState = Boolean(stateDir);
+  st.stateDir = stateDir || mkdtempSync(path.join(os.tmpdir(), "cell-sdk-"));
   // --init: a new state directory; --no-config: not the host's /etc/cell/cell.conf.
   // Port 0: the daemon binds a free port itself and prints it, so no other
   // process can take it between a pick and the bind (a free-port probe did,
@@ -139,7 +142,7 @@ export async function stopDaemon(cellIds = []) {
       clearTimeout(timer);
     }
   }
-  if (st.stateDir) rmSync(st.stateDir, { recursive: true, force: true });
+  if (st.stateDir && !st.keepState) rmSync(st.stateDir, { recursive: true, force: true });
   if (!daemon) return;
   assert.ok(!/AddressSanitizer|LeakSanitizer|runtime error/.test(st.stderr),
             `sanitizer report in the daemon's stderr:\n${st.stderr}`);
