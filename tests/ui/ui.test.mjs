@@ -728,6 +728,7 @@ uiTest("agent install: npm's progress shown live, then the outcome; mock; amp's 
   const log = page.getByLabel("Install progress");
   await log.filter({ hasText: /\S/ }).waitFor();
   assert.equal(await page.locator(".installstate").getAttribute("data-state"), "running");
+  // One install at a time from the page: the button waits for this one.
   assert.equal(await page.getByRole("button", { name: "Install agent" }).isDisabled(), true);
   registry.stdin.write("open\n");
   await page.locator('.installstate[data-state="done"]', { hasText: "codex installed (npm 0.16.0)" }).waitFor();
@@ -749,7 +750,7 @@ uiTest("agent install: npm's progress shown live, then the outcome; mock; amp's 
   assert.equal(await page.getByRole("button", { name: "Install agent" }).isEnabled(), true);
 });
 
-uiTest("another tenant's token sees none of the cell, in the list or by its id", async () => {
+uiTest("another tenant's token sees none of the cell, its lanes or its audit; an admin's build and import are 403", async () => {
   const other = await api("POST", "/v1/tokens", { tenant: "ui-other", label: "ui-test" });
   assert.equal(other.status, 201, JSON.stringify(other.body));
   const ctx = await browser.newContext();
@@ -765,6 +766,29 @@ uiTest("another tenant's token sees none of the cell, in the list or by its id",
     await p2.goto(`${st.base}/ui/#/cells/${cellId}/files?path=/tmp`);
     await p2.getByText(/not found/).waitFor();
     assert.equal(await p2.locator("tr[data-entry]").count(), 0);
+    // Lanes, audit, images: none of the other tenant's; an admin's build
+    // and import are the daemon's 403, shown at the field.
+    assert.equal((await api("POST", "/v1/lanes", { name: "admins-lane", size: "16M" })).status, 201);
+    await p2.goto(`${st.base}/ui/#/lanes`);
+    await p2.getByText("No lanes yet: create one below.").waitFor();
+    assert.equal(await p2.locator("tr[data-lane]").count(), 0);
+    await p2.goto(`${st.base}/ui/#/audit?cell=${cellId}&limit=500`);
+    await p2.locator("#audit-summary", { hasText: /^0 records loaded/ }).waitFor();
+    assert.equal(await p2.locator("table.audit tbody tr[data-seq]").count(), 0);
+    await p2.goto(`${st.base}/ui/#/images`);
+    await p2.locator('tr[data-image="host"]').waitFor();
+    const build = p2.getByLabel("Image to build");
+    await build.fill("host");
+    await build.press("Enter");
+    await p2.locator('.buildstate[data-state="failed"]').waitFor();
+    assert.equal(await build.getAttribute("aria-invalid"), "true");
+    assert.match(await p2.locator(".field-error:not(:empty)").first().textContent(), /admin/i);
+    await p2.getByLabel("Name", { exact: true }).fill("tenant-img");
+    await p2.getByLabel(/Image tar/).setInputFiles({ name: "x.tar", mimeType: "application/x-tar", buffer: Buffer.alloc(1024) });
+    await p2.getByRole("button", { name: "Import image" }).click();
+    await p2.locator('form[aria-labelledby="img-imp-h"] .field-error', { hasText: /admin/i }).waitFor();
+    assert.equal((await api("GET", "/v1/images/tenant-img")).status, 404);
+    assert.equal((await api("DELETE", "/v1/lanes/admins-lane")).status, 204);
     // The tabs are separate sessions: the first still holds the admin token.
     assert.equal(await page.evaluate(() => sessionStorage.getItem("cell.token")), st.token);
   } finally {
