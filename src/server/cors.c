@@ -3,14 +3,17 @@
  * wildcard: an allowed origin's pages get Access-Control-Allow-Origin with
  * their own origin (and credentials, which here means a TLS client
  * certificate: the daemon has no cookies), every other origin gets no CORS
- * header and its request is handled as any other.  CORS never replaces the
- * bearer token: only the preflight (which carries none) goes without. */
+ * header and its request is handled as any other, but for a WebSocket
+ * handshake, which CORS does not guard and is refused instead
+ * (srv_cors_ws_origin_refused).  CORS never replaces the bearer token: only
+ * the preflight (which carries none) goes without. */
 #include "server/server_internal.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Request headers a page may send (the preflight's answer), and how long
  * the browser may keep that answer. */
@@ -62,6 +65,30 @@ static const char *allowed_origin(sreq *r)
         if (strcmp(*list, origin) == 0)
             return origin;
     return NULL;
+}
+
+/* No preflight stands between a page and a WebSocket: a browser opens one
+ * to any origin, with what it adds by itself (a TLS client certificate) and
+ * whatever token the page holds, and lets the page read every frame, where
+ * the same page's fetch() would get no answer without CORS.  A browser names
+ * the page's origin on every handshake, so the daemon's WebSocket routes (a
+ * process's terminal, the desktop's live view) refuse a handshake whose
+ * Origin is neither the daemon's own (the Inspector at /ui/, whose Origin
+ * names the Host it was loaded from) nor one of --cors-origin.  Clients that
+ * are not browsers send no Origin and are not affected.  The refused Origin
+ * is in *origin. */
+int srv_cors_ws_origin_refused(sreq *r, const char **origin)
+{
+    const char *up = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE);
+    *origin = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Origin");
+    if (!up || !strcasestr(up, "websocket") || !*origin || allowed_origin(r))
+        return 0;
+    /* Same origin: scheme://Host, the port included exactly as the browser
+     * put it in both (it leaves out a default port in both). */
+    const char *host = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *rest = strncmp(*origin, "https://", 8) == 0 ? *origin + 8
+                     : strncmp(*origin, "http://", 7) == 0  ? *origin + 7 : NULL;
+    return !(rest && host && *host && strcasecmp(rest, host) == 0);
 }
 
 void srv_cors_add_headers(sreq *r, struct MHD_Response *resp)

@@ -52,6 +52,9 @@ int srv_h_health(sreq *r);
 /* ui.c: the Inspector web UI (docs/ui.md). */
 int srv_h_ui(sreq *r);
 int srv_h_ui_redirect(sreq *r);
+/* The UI's security headers (CSP, framing, referrer, isolation): request.c
+ * adds them to every answer under /ui, a 404 or a redirect too. */
+void srv_ui_security_headers(struct MHD_Response *resp);
 int srv_h_audit(sreq *r);
 int srv_h_tokens_create(sreq *r);
 int srv_h_tokens_list(sreq *r);

@@ -250,6 +250,14 @@ static void begin(sreq *r)
         srv_reply_problem(r, 405, "method_not_allowed", "%s is not allowed on %s", r->method, path);
         return;
     }
+    /* Before the token: a page on another origin gets no WebSocket (cors.c says why). */
+    const char *origin;
+    if (srv_cors_ws_origin_refused(r, &origin)) {
+        srv_reply_problem(r, 403, "forbidden", "a WebSocket from a page on %s is refused: a browser page may "
+                          "open one only from this daemon's own origin (the Host it asks for) or from an origin "
+                          "of cell serve --cors-origin", origin);
+        return;
+    }
     unsigned flags = r->m.route->flags;
     if ((flags & ROUTE_PUBLIC) || ((flags & ROUTE_METRICS) && s->opt.metrics_public))
         return;

@@ -1,6 +1,6 @@
 /* request.c: what every handler uses to read a request and answer it:
  * JSON bodies and fields with errors that name the field, problem+json. */
-#include "server/server_internal.h"
+#include "server/handlers.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,6 +59,11 @@ int srv_reply_response(sreq *r, unsigned status, struct MHD_Response *resp)
         return MHD_YES;
     }
     srv_cors_add_headers(r, resp);
+    /* An answer may echo what the client sent (a path, a name): no browser
+     * may take it for a page or a script of another type than it says. */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (r->url && strncmp(r->url, "/ui", 3) == 0 && (r->url[3] == '\0' || r->url[3] == '/' || r->url[3] == '?'))
+        srv_ui_security_headers(resp);
     /* libmicrohttpd accepts a response only before the body or after all
      * of it; one made in between waits for the last call. */
     if (r->in_body) {

@@ -135,6 +135,9 @@ void     srv_tls_connection_started(srv *s, struct MHD_Connection *conn);  /* MH
 int      srv_tls_request_allowed(sreq *r);  /* 0: a client certificate was required and is not valid */
 /* Vary/Access-Control-* headers on every answer (srv_reply_response). */
 void     srv_cors_add_headers(sreq *r, struct MHD_Response *resp);
+/* 1 when a WebSocket handshake comes from a page on another origin than the
+ * daemon's and --cors-origin's (*origin: the refused Origin), else 0. */
+int      srv_cors_ws_origin_refused(sreq *r, const char **origin);
 /* Answer OPTIONS on a path of the table: 204 with Allow (and the preflight's CORS headers). */
 int      srv_cors_options(sreq *r, const route *table, size_t n, const char *path);
 /* End the terminal sessions that run on threads of their own (TLS) and wait

@@ -59,14 +59,20 @@ static void ui_etag_init(void)
     snprintf(ui_etag, sizeof ui_etag, "\"%016llx\"", (unsigned long long)h);
 }
 
-static void ui_headers(struct MHD_Response *resp)
+/* On every answer under /ui (request.c adds them, to a 404 and the redirect
+ * too: a page there that echoes a name must not run or be framed either);
+ * X-Content-Type-Options: nosniff is on every answer of the daemon. */
+void srv_ui_security_headers(struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(resp, "X-Frame-Options", "DENY");
     MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
     MHD_add_response_header(resp, "Cross-Origin-Opener-Policy", "same-origin");
     MHD_add_response_header(resp, "Cross-Origin-Resource-Policy", "same-origin");
+}
+
+static void ui_headers(struct MHD_Response *resp)
+{
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, ui_etag);
 }
