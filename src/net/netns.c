@@ -360,21 +360,29 @@ static int create_veth(int netns_fd, const char *name, cell_error *err)
     return nl_request(nlh, buf, "creating the fast path's veth", err);
 }
 
-static int link_up(const char *name, cell_error *err)
+/* A request about the existing link `index` (RTM_NEWLINK to change it,
+ * RTM_DELLINK), acked; `flags` are set and the only ones changed. */
+static struct nlmsghdr *nl_link(char *buf, uint16_t type, unsigned index, unsigned flags)
 {
-    char buf[MNL_SOCKET_BUFFER_SIZE];
     struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = RTM_NEWLINK;
+    nlh->nlmsg_type = type;
     nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
     nlh->nlmsg_seq = (unsigned)time(NULL);
     struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof *ifi);
     ifi->ifi_family = AF_UNSPEC;
-    ifi->ifi_index = (int)if_nametoindex(name);
-    ifi->ifi_flags = IFF_UP;
-    ifi->ifi_change = IFF_UP;
-    if (ifi->ifi_index == 0)
+    ifi->ifi_index = (int)index;
+    ifi->ifi_flags = flags;
+    ifi->ifi_change = flags;
+    return nlh;
+}
+
+static int link_up(const char *name, cell_error *err)
+{
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    unsigned index = if_nametoindex(name);
+    if (index == 0)
         return util_fail_errno(err, "link %s", name);
-    return nl_request(nlh, buf, "setting the fast path's veth up", err);
+    return nl_request(nl_link(buf, RTM_NEWLINK, index, IFF_UP), buf, "setting the fast path's veth up", err);
 }
 
 static int add_address(const char *name, uint32_t ip, cell_error *err)
@@ -794,14 +802,7 @@ static void *cut_main(void *arg)
         return NULL;
     }
     char buf[MNL_SOCKET_BUFFER_SIZE];
-    struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
-    nlh->nlmsg_type = RTM_DELLINK;
-    nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    nlh->nlmsg_seq = (unsigned)time(NULL);
-    struct ifinfomsg *ifi = mnl_nlmsg_put_extra_header(nlh, sizeof *ifi);
-    ifi->ifi_family = AF_UNSPEC;
-    ifi->ifi_index = (int)idx;
-    job->rc = nl_request(nlh, buf, "deleting the cell's fast-path veth", job->err);
+    job->rc = nl_request(nl_link(buf, RTM_DELLINK, idx, 0), buf, "deleting the cell's fast-path veth", job->err);
     return NULL;
 }
 

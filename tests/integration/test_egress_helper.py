@@ -212,9 +212,15 @@ def test_killing_the_helper_cuts_the_cell_off_and_the_daemon_keeps_serving(d, ad
     assert probe(admin, b, [[PEER, 7]]) == [True]
     assert is_helper(hb)
     # The cut is audited; a policy change is refused, not silently lost.
-    r = admin.get("/v1/audit", query={"kind": "net", "limit": 10000})
-    recs = [x for x in r.body["records"] if x.get("cell") == a and x.get("event") == "engine"]
+    def engine_records():
+        r = admin.get("/v1/audit", query={"kind": "net", "limit": 10000})
+        return [x for x in r.body["records"] if x.get("cell") == a and x.get("event") == "engine"]
+    recs = wait_for(engine_records, 10)
     assert recs and recs[-1]["verdict"] == "deny" and "cut" in recs[-1]["reason"], recs
+    # The record is written after the cut: its RTM_DELLINK of the cell's
+    # eth0 (when it had one) succeeded, and the host's end went with it.
+    assert "cutError" not in recs[-1], recs[-1]
+    assert not (host_veth_of_a and os.path.exists("/sys/class/net/" + host_veth_of_a)), host_veth_of_a
     r = admin.put("/v1/cells/%s/policy" % a, POLICY)
     assert r.status >= 400, r
     # Deleting the cell leaves no helper and no veth of its behind.
