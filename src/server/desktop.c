@@ -56,6 +56,25 @@
 #define DK_TARGET_MAX     8192           /* POST open: a long URL, not a document */
 #define DK_READY_WORD     "cell-desktop-ready"
 
+/* The window manager's start ($1 the display).  Where the image has no
+ * fontconfig configuration (the host image: no /etc/fonts), fontconfig's
+ * built-in one scans all of /usr/share/fonts to build its cache at the
+ * first start in a cell, about 2 s at load 5 for openbox's titles alone:
+ * it gets one font directory, DejaVu where there is one, and its cache in
+ * DK_DIR, built here while Xvfb starts.  Then it waits for the daemon's
+ * word on stdin that X accepts clients. */
+#define DK_WM_SCRIPT \
+    "if [ -z \"$FONTCONFIG_FILE\" ] && [ ! -e /etc/fonts/fonts.conf ]; then\n" \
+    "  f=/usr/share/fonts/truetype/dejavu; [ -d $f ] || f=/usr/share/fonts\n" \
+    "  printf '<?xml version=\"1.0\"?>\\n<fontconfig><dir>%s</dir><cachedir>%s</cachedir>' \"$f\" " \
+    "\"" DK_DIR "/fontconfig\" >" DK_DIR "/fonts.conf &&\n" \
+    "  printf '<alias><family>sans</family><prefer><family>DejaVu Sans</family></prefer></alias></fontconfig>\\n' " \
+    ">>" DK_DIR "/fonts.conf && export FONTCONFIG_FILE=" DK_DIR "/fonts.conf &&\n" \
+    "  { ! command -v fc-cache >/dev/null 2>&1 || fc-cache >/dev/null 2>&1; }\n" \
+    "fi\n" \
+    "read -r go || exit 1\n" \
+    "export DISPLAY=$1; exec openbox --sm-disable --startup 'echo " DK_READY_WORD "'"
+
 /* What the desktop needs in the cell's image, and the Debian package of each. */
 static const struct dk_dep { const char *bin, *pkg; } dk_required[] = {
     { "Xvfb", "xvfb" }, { "openbox", "openbox" }, { "xdotool", "xdotool" },
@@ -1098,6 +1117,12 @@ static int dk_start(dk_ctx *c)
                             "local", "-displayfd", "1", NULL };
     if (dk_spawn(c->sc, &d->xvfb, "Xvfb", DK_DIR "/xvfb.log", xargv, 0, &c->pb) < 0)
         goto fail;
+    /* The window manager's start runs while Xvfb starts: its font cache is
+     * built, then it waits on its stdin, where the word that X is ready
+     * comes (a read, no polling of the socket). */
+    const char *wargv[] = { "sh", "-c", DK_WM_SCRIPT, "sh", disp, NULL };
+    if (dk_spawn(c->sc, &d->wm, "openbox", DK_DIR "/openbox.log", wargv, 1, &c->pb) < 0)
+        goto fail;
     if (dk_wait_line(&d->xvfb, line, sizeof line, DK_START_MS) < 0 || atoi(line) != d->display) {
         char how[96];
         dk_log_tail(c->sc, DK_DIR "/xvfb.log", tail, sizeof tail);
@@ -1105,12 +1130,16 @@ static int dk_start(dk_ctx *c)
         DK_FAILED_P(&c->pb, "Xvfb did not start on display %s%s: %s", disp, how, tail[0] ? tail : "no output");
         goto fail;
     }
-    /* openbox runs its --startup command once it manages the screen. */
-    char denv[24];
-    snprintf(denv, sizeof denv, "DISPLAY=:%d", d->display);
-    const char *wargv[] = { "env", denv, "openbox", "--sm-disable", "--startup", "echo " DK_READY_WORD, NULL };
-    if (dk_spawn(c->sc, &d->wm, "openbox", DK_DIR "/openbox.log", wargv, 0, &c->pb) < 0)
+    /* X is ready: openbox may start (its stdin, closed after the word, is
+     * not read by it); it runs its --startup command once it manages the screen. */
+    if (write(d->wm.fds[0], "x\n", 2) != 2) {
+        char how[96];
+        dk_ended(&d->wm, how, sizeof how);
+        DK_FAILED_P(&c->pb, "openbox did not start%s: its stdin: %s", how, strerror(errno));
         goto fail;
+    }
+    close(d->wm.fds[0]);
+    d->wm.fds[0] = -1;
     /* Its messages come first on the same stdout: skip to the word. */
     int64_t wm_deadline = srv_now_ms() + DK_START_MS;
     int ready = 0;
@@ -1123,8 +1152,10 @@ static int dk_start(dk_ctx *c)
         DK_FAILED_P(&c->pb, "openbox did not start%s: %s", how, tail[0] ? tail : "no output");
         goto fail;
     }
-    if (dk_geometry(c->sc, d, &c->pb) < 0)
-        goto fail;
+    /* The screen is what Xvfb was told (-screen 0 WxHx24): no tool run
+     * reads it back here (GET display/info does). */
+    d->width = (int)width;
+    d->height = (int)height;
     /* Their stdout stays open (a closed pipe would SIGPIPE them) and is
      * drained at each request (dk_refresh), so it never fills. */
     if (dk_nonblock(d->xvfb.fds[1]) < 0 || dk_nonblock(d->wm.fds[1]) < 0) {

@@ -15,6 +15,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createCell, daemonState, rejectsWith, startDaemon, stopDaemon, waitFor, connectSdk } from "./harness.mjs";
+import WebSocket from "ws";
 
 const TOOLS = ["Xvfb", "openbox", "xdotool", "convert", "xprop", "xwininfo", "xterm", "xclip", "ffprobe"];
 const missingTools = TOOLS.filter((t) => !existsSync(`/usr/bin/${t}`));
@@ -161,6 +162,44 @@ test("mouse, windows and clipboard methods", { skip }, async () => {
   await rejectsWith(sdk.focusDesktopWindow("12345"), 404, "unknown window");
   assert.deepEqual(await sdk.setDesktopClipboard({ text: "from the SDK ✓" }), { ok: true });
   assert.deepEqual(await sdk.getDesktopClipboard(), { selection: "clipboard", text: "from the SDK ✓" });
+});
+
+test("openDesktopTarget; the stream's status, start and stop; its signaling fails with a reason", { skip }, async () => {
+  // open: xdg-open in the cell, a process of the desktop, answered at once.
+  await sdk.writeFsFile({ path: "/tmp/sdk-open.txt" }, new TextEncoder().encode("opened by the SDK\n"));
+  const opened = await sdk.openDesktopTarget({ target: "/tmp/sdk-open.txt" });
+  assert.equal(typeof opened.processId, "string");
+  assert.ok(opened.pid > 1, JSON.stringify(opened));
+  const proc = (await sdk.listProcesses({ owner: "desktop" })).processes.find((p) => p.id === opened.processId);
+  assert.deepEqual([proc.command, proc.args], ["xdg-open", ["/tmp/sdk-open.txt"]]);
+  await rejectsWith(sdk.openDesktopTarget({ target: "/tmp/no-such-file" }), 404, "a file the cell lacks");
+  await rejectsWith(sdk.openDesktopTarget({ target: "--help" }), 400, "an option as the target");
+  // The stream: the reference's bookkeeping, and where the live view is.
+  const live = `/cells/${cellId}/v1/desktop/live`;
+  assert.deepEqual(await sdk.getDesktopStreamStatus(), { active: false, liveView: live });
+  assert.deepEqual(await sdk.startDesktopStream(), { active: true, liveView: live });
+  assert.equal((await sdk.getDesktopStreamStatus()).active, true);
+  // Connecting: the signaling WebSocket is refused (501, naming the live
+  // view), so the session reports an error and closes instead of waiting.
+  const session = sdk.connectDesktopStream({ WebSocket });
+  const errors = [];
+  session.onError((e) => errors.push(e));
+  await session.closed;
+  assert.ok(errors.length > 0, "connectDesktopStream reported no error");
+  const refused = await new Promise((resolve, reject) => {
+    const ws = new WebSocket(sdk.buildDesktopStreamWebSocketUrl());
+    ws.on("unexpected-response", (_req, res) => {
+      let body = "";
+      res.on("data", (c) => { body += c; });
+      res.on("end", () => resolve({ status: res.statusCode, body: JSON.parse(body) }));
+    });
+    ws.on("open", () => reject(new Error("the signaling WebSocket opened")));
+    ws.on("error", () => {});
+  });
+  assert.equal(refused.status, 501);
+  assert.equal(refused.body.code, "not_implemented");
+  assert.ok(refused.body.detail.includes(live), refused.body.detail);
+  assert.deepEqual(await sdk.stopDesktopStream(), { active: false, liveView: live });
 });
 
 test("record, download, the file plays", { skip }, async () => {
