@@ -15,7 +15,7 @@ session never share an address:
     198.18.43.0/24 test_runs_codex.py
     198.18.46.0/24 test_cli_docs.py
     198.18.47.0/24 test_egress_ssrf.py
-    198.18.48.0/24 tests/ui/ui.test.mjs (node; adds 198.18.48.1 itself)
+    198.18.48.0/24 tests/ui/ui.test.mjs (node; adds 198.18.48.1, a denied peer, and .2, npmfake.py, itself)
     198.18.50.0/24 test_daemon_pods.py (pods wired by veths, an echo server on lo)
 
 Pieces (threads, stopped by Net.down()):
