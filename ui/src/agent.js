@@ -2,8 +2,9 @@
 // "Agents and ACP sessions"): start an installed agent, chat, see its tool
 // calls and answer its permission requests; install an agent with npm's
 // progress shown as it streams (the SSE form of POST .../install) and its
-// refusal (501 amp/cursor, 409 budget, 502 npm) at the field.  The page owns one agent
-// instance (server id "ui-..."); leaving the page ends it (DELETE).
+// refusal (501 amp/cursor, 409 budget, 502 npm) at the field.  The page
+// owns one agent instance (server id "ui-..."); leaving the page ends it
+// (DELETE).
 //
 // Wire: every request is one JSON-RPC envelope POSTed to /acp/{server};
 // everything the agent prints (answers, session/update notifications, its
