@@ -434,7 +434,11 @@ $(BUILD)/fuzz/fuzz_http1: fuzz/fuzz_http1.c src/cli/http1.c
 $(BUILD)/fuzz/fuzz_meter: fuzz/fuzz_meter.c src/net/meter.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
-FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep fuzz_http1 fuzz_meter
+# The live view's JPEG splitter: what a cell's frame source writes, cut into images.
+$(BUILD)/fuzz/fuzz_jpegsplit: fuzz/fuzz_jpegsplit.c src/server/jpegsplit.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+FUZZ_TARGETS := fuzz_proto fuzz_size fuzz_ws fuzz_route fuzz_policy fuzz_http fuzz_dns fuzz_sep fuzz_http1 fuzz_meter fuzz_jpegsplit
 # A target with a committed seed corpus (fuzz/corpus/http for fuzz_http)
 # starts from it, in a scratch copy so that runs never add files to the tree.
 fuzz: $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)

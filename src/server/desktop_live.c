@@ -8,8 +8,16 @@
  * every desktop tool is: it counts against the cell's limits, dies with the
  * cell, and dies with the X server (x11grab fails once Xvfb is gone), and
  * the daemon never connects to X.  Its stdout is split into JPEG frames by
- * walking the JPEG markers (a size bound per frame), and each frame is one
- * binary WebSocket message.
+ * walking the JPEG markers (jpegsplit.c, a size bound per frame), and each
+ * frame is one binary WebSocket message.
+ *
+ * A refused input or setting (bad JSON, an unknown type, a field of the
+ * wrong type, coordinates off the screen, a key xdotool refuses) is
+ * answered with an error message on the socket, and the session goes on:
+ * one bad click must not cost a viewer its view.  Only protocol
+ * violations close it: bad framing, a message over DL_MESSAGE_MAX, binary
+ * where text is expected, and a client that sends faster than it reads
+ * answers (more than DL_TEXT_QUEUE waiting).
  *
  * Each viewer has its own source (its own fps, quality and scale; at most
  * DL_VIEWERS_MAX viewers per cell), and the whole session runs on the
@@ -20,7 +28,9 @@
  * (the one being parsed, sent and waiting), never a queue. */
 #include "server/desktop.h"
 #include "server/handlers.h"
+#include "server/jpegsplit.h"
 #include "server/slog.h"
+#include "server/upgrade.h"
 #include "server/ws.h"
 
 #include <fcntl.h>
@@ -29,6 +39,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +57,6 @@
 #define DL_POLL_MS         250              /* how often an idle session looks at revocation and stopping */
 #define DL_CLOSE_WAIT_MS   2000             /* after our close frame is queued, until we hang up */
 #define DL_STOP_MS         2000             /* the source: SIGKILL to reaped */
-#define DL_READ_CHUNK      65536
 
 typedef struct dl_settings {
     long   fps, quality;
@@ -68,8 +78,7 @@ typedef struct dl_session {
     int         fw, fh;                     /* the frames' (scaled) */
     sproc      *src;                        /* the frame source, NULL when none runs */
     int         src_fds[3];
-    uint8_t    *in;                         /* source stdout not yet cut into frames */
-    size_t      in_len, in_cap;
+    srv_jpegsplit split;                    /* source stdout not yet cut into frames */
     char        src_err[256];               /* the end of the source's stderr */
     dl_msg      out;                        /* being written */
     dl_msg      latest;                     /* the newest frame waiting (latest wins) */
@@ -123,15 +132,15 @@ static void dl_viewer_drop(const scell *sc)
 }
 
 /* ---- settings --------------------------------------------------------------------- */
-/* Check settings; NULL, or what is wrong and how to fix it. */
-static const char *dl_settings_check(const dl_settings *s)
+/* Check settings; NULL, or what is wrong and how to fix it (*field: which). */
+static const char *dl_settings_check(const dl_settings *s, const char **field)
 {
     if (s->fps < 1 || s->fps > DL_FPS_MAX)
-        return "fps must be an integer from 1 to 30";
+        return *field = "fps", "fps must be an integer from 1 to 30";
     if (s->quality < 1 || s->quality > 100)
-        return "quality must be an integer from 1 (smallest) to 100 (best)";
+        return *field = "quality", "quality must be an integer from 1 (smallest) to 100 (best)";
     if (!isfinite(s->scale) || s->scale < DL_SCALE_MIN || s->scale > 1.0)
-        return "scale must be a number from 0.1 to 1 (the frame's size over the desktop's)";
+        return *field = "scale", "scale must be a number from 0.1 to 1 (the frame's size over the desktop's)";
     return NULL;
 }
 
@@ -163,7 +172,7 @@ static void dl_source_stop(dl_session *s)
         }
     srv_procs_release(s->src);
     s->src = NULL;
-    s->in_len = 0;
+    srv_jpegsplit_reset(&s->split);
 }
 
 /* Start ffmpeg in the cell for the current settings; -1 with why. */
@@ -198,62 +207,8 @@ static int dl_source_start(dl_session *s, char *why, size_t size)
         }
     }
     s->src_err[0] = '\0';
-    s->in_len = 0;
+    srv_jpegsplit_reset(&s->split);
     return 0;
-}
-
-/* ---- cutting JPEG frames -------------------------------------------------------- */
-/* The length of the complete JPEG at the start of b, 0 when more bytes
- * are needed, -1 when b does not start with one.  Walks the marker
- * segments by their lengths (their bodies may hold any byte) and the
- * entropy-coded data, where 0xFF is stuffed as FF 00 and FF D0-D7 are
- * restart markers: only then is FF D9 the end. */
-static long dl_jpeg_end(const uint8_t *b, size_t n)
-{
-    if (n < 2)
-        return 0;
-    if (b[0] != 0xFF || b[1] != 0xD8)
-        return -1;
-    size_t i = 2;
-    for (;;) {
-        /* A marker segment. */
-        if (i + 2 > n)
-            return 0;
-        if (b[i] != 0xFF)
-            return -1;
-        uint8_t m = b[i + 1];
-        if (m == 0xFF) {                    /* fill byte */
-            i++;
-            continue;
-        }
-        if (m == 0xD9)
-            return (long)(i + 2);
-        if ((m >= 0xD0 && m <= 0xD7) || m == 0x01) {
-            i += 2;
-            continue;
-        }
-        if (i + 4 > n)
-            return 0;
-        size_t len = (size_t)b[i + 2] << 8 | b[i + 3];
-        if (len < 2)
-            return -1;
-        if (i + 2 + len > n)
-            return 0;
-        i += 2 + len;
-        if (m != 0xDA)
-            continue;
-        /* After SOS: entropy-coded data until a real marker. */
-        for (;; i++) {
-            if (i + 1 >= n)
-                return 0;
-            if (b[i] != 0xFF)
-                continue;
-            uint8_t x = b[i + 1];
-            if (x == 0x00 || x == 0xFF || (x >= 0xD0 && x <= 0xD7))
-                continue;
-            break;                          /* EOI, or another segment (a progressive JPEG) */
-        }
-    }
 }
 
 /* ---- sending ---------------------------------------------------------------------- */
@@ -278,13 +233,20 @@ static int dl_msg_make(dl_msg *m, int opcode, const void *data, size_t len)
     return 0;
 }
 
+static int dl_pump(dl_session *s);
+
 /* Queue a text or control message; after our close nothing more goes.
- * -1 when the queue is full: the client sends and does not read. */
+ * -1 when the queue is full and the socket takes none of it now: the
+ * client sends and does not read (a burst of messages in one read is not
+ * that: what the socket takes leaves the queue first). */
 static int dl_queue(dl_session *s, int opcode, const void *data, size_t len)
 {
     if (s->close_queued)
         return 0;
-    if (s->n_texts >= (opcode == WS_OP_CLOSE ? DL_TEXT_QUEUE + 1 : DL_TEXT_QUEUE))
+    unsigned room = opcode == WS_OP_CLOSE ? DL_TEXT_QUEUE + 1 : DL_TEXT_QUEUE;
+    if (s->n_texts >= room && dl_pump(s) < 0)
+        s->broken = 1;
+    if (s->n_texts >= room)
         return -1;
     if (dl_msg_make(&s->texts[s->n_texts], opcode, data, len) < 0)
         return -1;
@@ -381,26 +343,52 @@ static int dl_ready_json(dl_session *s, const char *type)
                                       s->set.scale));
 }
 
+/* A refused message: {"type":"error", "status", "message", "field"?, "id"?}
+ * on the socket, and the session goes on.  status is the HTTP status the
+ * same input gets from the desktop's route (400 for what this file checks);
+ * field names the message's field at fault when one is; id echoes the
+ * client's.  Answers that cannot wait (DL_TEXT_QUEUE) close with 1008. */
+static void dl_error(dl_session *s, json_t *id, int status, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void dl_error(dl_session *s, json_t *id, int status, const char *field, const char *fmt, ...)
+{
+    char msg[640];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_t *o = json_pack("{s:s, s:i, s:s}", "type", "error", "status", status, "message", msg);
+    if (o && field)
+        json_object_set_new(o, "field", json_string(field));
+    if (o && id)
+        json_object_set(o, "id", id);
+    if (dl_queue_json(s, o) < 0)
+        dl_close(s, 1008, "more than 8 answers wait: read the socket");
+}
+
 /* {"type":"settings", "fps"?, "quality"?, "scale"?}: restart the source. */
-static void dl_on_settings(dl_session *s, json_t *o)
+static void dl_on_settings(dl_session *s, json_t *o, json_t *id)
 {
     dl_settings n = s->set;
-    json_t *fps = json_object_get(o, "fps"), *q = json_object_get(o, "quality"), *sc = json_object_get(o, "scale");
-    if ((fps && !json_is_integer(fps)) || (q && !json_is_integer(q)) || (sc && !json_is_number(sc))) {
-        dl_close(s, WS_CLOSE_BAD_DATA, "settings: fps and quality must be integers, scale a number");
-        return;
+    static const char *const keys[] = { "fps", "quality", "scale" };
+    for (size_t i = 0; i < 3; i++) {
+        json_t *v = json_object_get(o, keys[i]);
+        if (v && !(i < 2 ? json_is_integer(v) : json_is_number(v))) {
+            dl_error(s, id, 400, keys[i], "settings: %s must be %s", keys[i],
+                     i == 0 ? "an integer from 1 to 30" : i == 1 ? "an integer from 1 to 100" : "a number from 0.1 to 1");
+            return;
+        }
     }
+    json_t *fps = json_object_get(o, "fps"), *q = json_object_get(o, "quality"), *sc = json_object_get(o, "scale");
     if (fps)
-        n.fps = (long)json_integer_value(fps);
+        n.fps = json_integer_value(fps) > DL_FPS_MAX ? DL_FPS_MAX + 1 : (long)json_integer_value(fps);
     if (q)
-        n.quality = (long)json_integer_value(q);
+        n.quality = json_integer_value(q) > 100 ? 101 : (long)json_integer_value(q);
     if (sc)
         n.scale = json_number_value(sc);
-    const char *bad = dl_settings_check(&n);
+    const char *field = NULL, *bad = dl_settings_check(&n, &field);
     if (bad) {
-        char reason[640];
-        snprintf(reason, sizeof reason, "settings: %s", bad);
-        dl_close(s, WS_CLOSE_BAD_DATA, reason);
+        dl_error(s, id, 400, field, "settings: %s", bad);
         return;
     }
     dl_source_stop(s);
@@ -413,49 +401,51 @@ static void dl_on_settings(dl_session *s, json_t *o)
         return;
     }
     if (dl_ready_json(s, "settings") < 0)
-        s->broken = 1;
+        dl_close(s, 1008, "more than 8 answers wait: read the socket");
 }
 
 static void dl_on_text(dl_session *s, const uint8_t *payload, size_t len)
 {
     json_error_t je;
     json_t *o = json_loadb((const char *)payload, len, 0, &je);
-    const char *type = json_string_value(json_object_get(o, "type"));
-    char reason[640];
-    if (!o || !json_is_object(o)) {
-        dl_close(s, WS_CLOSE_BAD_DATA, "a message must be a JSON object with a string \"type\"");
-    } else if (!type) {
-        dl_close(s, WS_CLOSE_BAD_DATA, "field \"type\" is missing or not a string");
-    } else if (strcmp(type, "settings") == 0) {
-        dl_on_settings(s, o);
-    } else {
-        size_t i = 0;
-        while (i < sizeof dl_inputs / sizeof dl_inputs[0] && strcmp(dl_inputs[i].type, type) != 0)
-            i++;
-        if (i == sizeof dl_inputs / sizeof dl_inputs[0]) {
-            snprintf(reason, sizeof reason, "unknown \"type\" \"%.24s\": one of settings, move, click, down, up, "
-                     "drag, scroll, type, key, keydown, keyup", type);
-            dl_close(s, WS_CLOSE_BAD_DATA, reason);
-        } else {
-            /* "id" is the client's: echoed once the input is applied (a
-             * latency probe waits for it); the rest is the route's body. */
-            json_t *id = json_incref(json_object_get(o, "id"));
-            char name[32], msg[512];
-            snprintf(name, sizeof name, "%s", type);
-            json_object_del(o, "id");
-            json_object_del(o, "type");
-            int status = srv_desktop_input(s->sc, dl_inputs[i].tail, o, msg, sizeof msg);
-            /* A refused input ends the session with the route's words: the
-             * client is out of step with the desktop. */
-            if (status) {
-                snprintf(reason, sizeof reason, "%s: %s", name, msg);
-                dl_close(s, status == 400 ? WS_CLOSE_BAD_DATA : status == 409 ? 1001 : WS_CLOSE_INTERNAL, reason);
-            } else if (id && dl_queue_json(s, json_pack("{s:s, s:O}", "type", "done", "id", id)) < 0) {
-                dl_close(s, 1008, "more than 8 answers wait: read the socket");
-            }
-            json_decref(id);
-        }
+    if (!o) {
+        dl_error(s, NULL, 400, NULL, "not JSON (%.160s at column %d): send a JSON object with a string \"type\"",
+                 je.text, je.column);
+        return;
     }
+    /* "id" is the client's: echoed with the answer (a latency probe waits for it). */
+    json_t *id = json_is_object(o) ? json_incref(json_object_get(o, "id")) : NULL;
+    const char *type = json_string_value(json_object_get(o, "type"));
+    size_t i = 0;
+    while (type && i < sizeof dl_inputs / sizeof dl_inputs[0] && strcmp(dl_inputs[i].type, type) != 0)
+        i++;
+    if (!json_is_object(o)) {
+        dl_error(s, NULL, 400, NULL, "a message must be a JSON object with a string \"type\", not a %s",
+                 json_is_array(o) ? "list" : "scalar");
+    } else if (!type) {
+        dl_error(s, id, 400, "type", "field \"type\" is missing or not a string: one of settings, move, click, "
+                 "down, up, drag, scroll, type, key, keydown, keyup");
+    } else if (strcmp(type, "settings") == 0) {
+        dl_on_settings(s, o, id);
+    } else if (i == sizeof dl_inputs / sizeof dl_inputs[0]) {
+        dl_error(s, id, 400, "type", "unknown \"type\" \"%.24s\": one of settings, move, click, down, up, drag, "
+                 "scroll, type, key, keydown, keyup", type);
+    } else {
+        /* The rest is the route's body. */
+        char name[32], msg[512];
+        snprintf(name, sizeof name, "%s", type);
+        json_object_del(o, "id");
+        json_object_del(o, "type");
+        int status = srv_desktop_input(s->sc, dl_inputs[i].tail, o, msg, sizeof msg);
+        /* A refused input is answered with the route's words, which name
+         * the field and the fix; the view goes on.  A desktop that
+         * stopped ends the frame source, and that closes the session. */
+        if (status)
+            dl_error(s, id, status, NULL, "%s: %s", name, msg);
+        else if (id && dl_queue_json(s, json_pack("{s:s, s:O}", "type", "done", "id", id)) < 0)
+            dl_close(s, 1008, "more than 8 answers wait: read the socket");
+    }
+    json_decref(id);
     json_decref(o);
 }
 
@@ -490,39 +480,31 @@ static int dl_on_message(void *user, int opcode, const uint8_t *payload, size_t 
 static int dl_on_source(dl_session *s)
 {
     for (;;) {
-        if (s->in_cap - s->in_len < DL_READ_CHUNK && s->in_cap < DL_FRAME_MAX) {
-            size_t cap = s->in_cap ? s->in_cap * 2 : 4 * DL_READ_CHUNK;
-            if (cap > DL_FRAME_MAX)
-                cap = DL_FRAME_MAX;
-            uint8_t *nb = realloc(s->in, cap);
-            if (!nb)
-                return -2;
-            s->in = nb;
-            s->in_cap = cap;
-        }
-        if (s->in_len == s->in_cap)
-            return -2;                      /* DL_FRAME_MAX without a whole frame */
-        ssize_t n = read(s->src_fds[1], s->in + s->in_len, s->in_cap - s->in_len);
+        size_t room;
+        uint8_t *at = srv_jpegsplit_space(&s->split, &room);
+        if (!at)
+            return -2;                      /* DL_FRAME_MAX without a whole frame (or no memory) */
+        ssize_t n = read(s->src_fds[1], at, room);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return 0;
         if (n <= 0)
             return -1;
-        s->in_len += (size_t)n;
-        long end;
-        while ((end = dl_jpeg_end(s->in, s->in_len)) > 0) {
+        srv_jpegsplit_wrote(&s->split, (size_t)n);
+        const uint8_t *frame;
+        size_t len;
+        int r;
+        while ((r = srv_jpegsplit_next(&s->split, &frame, &len)) > 0) {
             dl_msg m;
-            if (dl_msg_make(&m, WS_OP_BINARY, s->in, (size_t)end) < 0)
+            if (dl_msg_make(&m, WS_OP_BINARY, frame, len) < 0)
                 return -2;
             if (s->latest.data)
                 s->dropped++;               /* latest wins */
             dl_msg_free(&s->latest);
             s->latest = m;
-            memmove(s->in, s->in + end, s->in_len - (size_t)end);
-            s->in_len -= (size_t)end;
         }
-        if (end < 0)
+        if (r < 0)
             return -2;
     }
 }
@@ -576,6 +558,8 @@ static void dl_source_ended(dl_session *s, int how)
 /* ---- the session ------------------------------------------------------------------ */
 static void dl_run(dl_session *s, const char *extra, size_t extra_len)
 {
+    /* Over TLS s->fd is libmicrohttpd's end of a socketpair: the same
+     * non-blocking sends and receives work on it. */
     srv_ws_parser_init(&s->wp, DL_MESSAGE_MAX);
     int fl = fcntl(s->fd, F_GETFL);
     if (fl < 0 || fcntl(s->fd, F_SETFL, fl | O_NONBLOCK) < 0) {
@@ -633,8 +617,9 @@ static void dl_run(dl_session *s, const char *extra, size_t extra_len)
     }
     dl_source_stop(s);
     srv_ws_parser_free(&s->wp);
-    srv_slog(SLOG_INFO, SLOG_F("cell", s->sc->id), "desktop live view ended: %llu frames sent, %llu dropped",
-         (unsigned long long)s->sent, (unsigned long long)s->dropped);
+    srv_slog(SLOG_INFO, SLOG_F("cell", s->sc->id),
+             "desktop live view ended: %llu frames sent, %llu dropped, %llu source bytes not in a frame",
+             (unsigned long long)s->sent, (unsigned long long)s->dropped, (unsigned long long)s->split.skipped);
 }
 
 static void dl_session_free(dl_session *s)
@@ -642,7 +627,7 @@ static void dl_session_free(dl_session *s)
     if (!s)
         return;
     dl_source_stop(s);
-    free(s->in);
+    srv_jpegsplit_free(&s->split);
     dl_msg_free(&s->out);
     dl_msg_free(&s->latest);
     for (unsigned i = 0; i < s->n_texts; i++)
@@ -654,23 +639,38 @@ static void dl_session_free(dl_session *s)
 }
 
 /* The sreq owns the session: on_completed runs after the upgrade callback
- * has returned, and also when the upgrade never happened. */
+ * has returned, and also when the upgrade never happened; NULL when a TLS
+ * session's thread owns it. */
 static void dl_stream_free(sreq *r)
 {
     dl_session_free(r->stream);
     r->stream = NULL;
 }
 
+static void dl_run_on(void *session, int fd, const char *extra, size_t extra_len)
+{
+    (void)fd;                               /* the session's s->fd */
+    dl_run(session, extra, extra_len);
+}
+
+static void dl_free_session(void *session) { dl_session_free(session); }
+
 /* libmicrohttpd hands us the socket on the connection's own thread
- * (thread-per-connection), which MHD_stop_daemon joins: the session runs
- * here, to its end (see terminal.c's term_upgraded). */
+ * (thread-per-connection), which MHD_stop_daemon joins: on plain HTTP the
+ * session runs here, to its end.  Over TLS it needs a thread of its own
+ * (upgrade.h), which then owns the session. */
 static void dl_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
-    (void)conn;
-    (void)con_cls;
     dl_session *s = cls;
     s->fd = sock;
+    if (srv_upgrade_is_tls(conn)) {
+        if (srv_upgrade_start_thread(s, sock, dl_run_on, dl_free_session, extra_in, extra_in_size, urh))
+            ((sreq *)con_cls)->stream = NULL;
+        else
+            MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+        return;
+    }
     int one = 1;
     setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     dl_run(s, extra_in, extra_in_size);
@@ -695,13 +695,6 @@ int srv_h_desktop_live(sreq *r)
     const char *why = srv_terminal_check_handshake(r, accept);
     if (why)
         return srv_reply_problem(r, 400, "invalid_request", "%s", why);
-    /* Over TLS libmicrohttpd relays the socket only after this thread
-     * returns; the terminal has a thread of its own for that, the live view
-     * not yet. */
-    if (MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION))
-        return srv_reply_problem(r, 501, "not_implemented",
-                             "the desktop live view is not offered over TLS yet: use the screenshot route, or "
-                             "serve plain HTTP behind a TLS proxy");
     dl_settings set = { DL_FPS_DEFAULT, DL_QUALITY_DEFAULT, 1.0 };
     const char *scale = srv_req_query(r, "scale");
     char *end = NULL;
@@ -712,7 +705,7 @@ int srv_h_desktop_live(sreq *r)
                              "query parameter quality must be an integer from 1 to 100");
     if (scale && (set.scale = strtod(scale, &end), !*scale || *end))
         return srv_reply_problem(r, 400, "desktop_invalid_action", "query parameter scale must be a number from 0.1 to 1");
-    const char *bad = dl_settings_check(&set);
+    const char *field, *bad = dl_settings_check(&set, &field);
     if (bad)
         return srv_reply_problem(r, 400, "desktop_invalid_action", "query parameter %s", bad);
 
@@ -726,6 +719,7 @@ int srv_h_desktop_live(sreq *r)
     s->fd = -1;
     s->set = set;
     s->src_fds[0] = s->src_fds[1] = s->src_fds[2] = -1;
+    srv_jpegsplit_init(&s->split, DL_FRAME_MAX);
     snprintf(s->token_id, sizeof s->token_id, "%s", r->tok.id);
     r->stream = s;
     r->stream_free = dl_stream_free;

@@ -7,6 +7,7 @@
 #include "server/metrics.h"
 #include "server/slog.h"
 #include "server/sdnotify.h"
+#include "server/upgrade.h"
 #include "server/ws.h"
 
 #include <arpa/inet.h>
@@ -1081,7 +1082,7 @@ stop_http:
     atomic_store(&s.stopping, 1);
     srv_runs_shutdown(&s);              /* the drivers hold cells: they end first */
     srv_registry_shutdown(&s);          /* wakes log followers before MHD joins their threads */
-    srv_terminal_stop_sessions();       /* TLS terminals' threads hold MHD upgrade handles */
+    srv_upgrade_stop_sessions();        /* TLS WebSocket sessions' threads hold MHD upgrade handles */
     if (s.tcp)
         MHD_stop_daemon(s.tcp);
     if (s.unix_d)

@@ -140,9 +140,6 @@ void     srv_cors_add_headers(sreq *r, struct MHD_Response *resp);
 int      srv_cors_ws_origin_refused(sreq *r, const char **origin);
 /* Answer OPTIONS on a path of the table: 204 with Allow (and the preflight's CORS headers). */
 int      srv_cors_options(sreq *r, const route *table, size_t n, const char *path);
-/* End the terminal sessions that run on threads of their own (TLS) and wait
- * for them; later ones are refused (terminal.c). */
-void     srv_terminal_stop_sessions(void);
 
 /* ---- connections (conns.c) --------------------------------------------------
  * Every accepted connection has a record: the request head must arrive

@@ -1,6 +1,7 @@
 /* terminal.c: a tty process's terminal over a WebSocket, as sandbox-agent 0.4
  * serves GET /cells/{cell}/v1/processes/{id}/terminal/ws: pty output, input, resize. */
 #include "server/handlers.h"
+#include "server/upgrade.h"
 #include "server/ws.h"
 
 #include <netinet/in.h>
@@ -444,103 +445,26 @@ static void term_stream_free(sreq *r)
  * may block, and on plain HTTP we run the whole session here rather than on
  * a thread of our own: MHD_stop_daemon joins this thread (a session stuck
  * in a send was seen to hold it up), so no session outlives the daemon's
- * handle on the socket, where a detached thread could call
- * MHD_upgrade_action on a freed handle at shutdown.
- *
- * Over TLS (cell serve --tls-cert) sock is one end of a socketpair, and
- * libmicrohttpd relays between it and the TLS session on this very thread,
- * but only once this callback returns: the session needs a thread of its
- * own.  Those threads are counted, and srv_terminal_stop_sessions() ends them
- * and waits for them before the daemon stops libmicrohttpd.  Such a session
- * owns its term (the request completes, and would free it, as soon as this
- * callback returns). */
-struct term_session {
-    term *t;
-    struct MHD_UpgradeResponseHandle *urh;
-    struct term_session *next;      /* sessions_lock: the live list */
-    size_t extra_len;
-    char extra[];
-};
-
-static pthread_mutex_t sessions_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sessions_cond = PTHREAD_COND_INITIALIZER;
-static struct term_session *sessions;  /* running term_run */
-static unsigned sessions_live;          /* threads not yet past their close */
-static int sessions_closed;             /* the daemon is stopping: no new thread */
-
-static void *term_session_main(void *arg)
+ * handle on the socket.  Over TLS the session needs a thread of its own
+ * (upgrade.h says why), which then owns the term: the request completes,
+ * and would free it, as soon as this callback returns. */
+static void term_run_on(void *session, int fd, const char *extra, size_t extra_len)
 {
-    struct term_session *ts = arg;
-    term_run(ts->t, ts->extra, ts->extra_len);
-    pthread_mutex_lock(&sessions_lock);
-    for (struct term_session **pp = &sessions; *pp; pp = &(*pp)->next)
-        if (*pp == ts) {
-            *pp = ts->next;
-            break;
-        }
-    pthread_mutex_unlock(&sessions_lock);
-    MHD_upgrade_action(ts->urh, MHD_UPGRADE_ACTION_CLOSE);
-    term_free(ts->t);
-    free(ts);
-    pthread_mutex_lock(&sessions_lock);
-    sessions_live--;
-    pthread_cond_broadcast(&sessions_cond);
-    pthread_mutex_unlock(&sessions_lock);
-    return NULL;
+    (void)fd;
+    term_run(session, extra, extra_len);
 }
 
-void srv_terminal_stop_sessions(void)
-{
-    pthread_mutex_lock(&sessions_lock);
-    sessions_closed = 1;
-    /* term_run sees srv.stopping within TERM_POLL_MS; a send stuck on a
-     * client that stopped reading fails once its socket is shut down (the
-     * socketpair stays open until the session's own close). */
-    for (struct term_session *ts = sessions; ts; ts = ts->next)
-        if (shutdown(ts->t->fd, SHUT_RDWR) < 0) { /* already shut: it is ending */ }
-    while (sessions_live)
-        pthread_cond_wait(&sessions_cond, &sessions_lock);
-    pthread_mutex_unlock(&sessions_lock);
-}
-
-/* Start a TLS session's thread; 0 if the daemon is stopping or none could start. */
-static int term_session_start(sreq *r, term *t, const char *extra, size_t extra_len,
-                              struct MHD_UpgradeResponseHandle *urh)
-{
-    struct term_session *ts = malloc(sizeof *ts + extra_len);
-    if (!ts)
-        return 0;
-    *ts = (struct term_session){ .t = t, .urh = urh, .extra_len = extra_len };
-    if (extra_len)
-        memcpy(ts->extra, extra, extra_len);
-    pthread_attr_t attr;
-    pthread_t tid;
-    int started = 0;
-    pthread_mutex_lock(&sessions_lock);
-    if (!sessions_closed && pthread_attr_init(&attr) == 0) {
-        if (pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-            pthread_create(&tid, &attr, term_session_main, ts) == 0) {
-            started = 1;
-            ts->next = sessions;
-            sessions = ts;
-            sessions_live++;
-            r->stream = NULL;       /* the session's now: on_completed must not free it */
-        }
-        pthread_attr_destroy(&attr);
-    }
-    pthread_mutex_unlock(&sessions_lock);
-    if (!started)
-        free(ts);
-    return started;
-}
+static void term_free_session(void *session) { term_free(session); }
 
 static void term_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
                           size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
     term *t = cls;
     t->fd = sock;
-    if (MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION)) {
-        if (!term_session_start(con_cls, t, extra_in, extra_in_size, urh))
+    if (srv_upgrade_is_tls(conn)) {
+        if (srv_upgrade_start_thread(t, sock, term_run_on, term_free_session, extra_in, extra_in_size, urh))
+            ((sreq *)con_cls)->stream = NULL;   /* the thread's now: on_completed must not free it */
+        else
             MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
         return;
     }

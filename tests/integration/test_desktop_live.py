@@ -1,6 +1,8 @@
 """The desktop's live view (GET /cells/{id}/v1/desktop/live, a WebSocket;
 src/server/desktop_live.c): JPEG frames from an ffmpeg x11grab source that
-runs in the cell, input and settings as JSON text messages.
+runs in the cell, input and settings as JSON text messages; a refused one
+is answered with an error message and the view goes on, protocol
+violations close it; the same over TLS (wss).
 
 Frames are decoded with the host's ImageMagick; what the test opens it finds
 in a later frame's pixels; input is checked through the HTTP API; the frame
@@ -10,6 +12,7 @@ the daemon's RSS against what the source wrote (its /proc io), not by time."""
 import json
 import os
 import socket
+import struct
 
 import pytest
 
@@ -17,6 +20,7 @@ import daemon as dm
 import wsclient
 from daemon import make_tenant_token, wait_for
 from desktop_support import Desktop, decode, in_cell, new_cell, pixel, started, xterm
+from tlspki import client_context, make_pki, tls_args
 
 pytestmark = pytest.mark.skipif(
     not all(os.path.exists("/usr/bin/" + b) for b in ("Xvfb", "openbox", "xdotool", "convert", "xterm", "ffmpeg")),
@@ -54,6 +58,16 @@ def opened(d, dk, query=""):
     ready = ws.recv_json()
     assert ready["type"] == "ready", ready
     return ws, ready
+
+
+def next_text(ws, within=300):
+    """The next text message, decoded, among the next `within` messages:
+    frames keep coming, so a missing answer is a failure, not a hang."""
+    for _ in range(within):
+        op, data = ws.recv()
+        if op == 0x1:
+            return json.loads(data)
+    pytest.fail("no text message among %d messages" % within)
 
 
 def next_frame(ws):
@@ -139,34 +153,101 @@ def test_input_over_the_socket_moves_the_pointer_and_types(d, desk):
     ws.close()
 
 
-@pytest.mark.parametrize("message, code, says", [
-    (b"{not json", 1007, "JSON object"),
-    (b"[1, 2]", 1007, "JSON object"),
-    (b"{}", 1007, "\"type\""),
-    (b'{"type": 5}', 1007, "\"type\""),
-    (b'{"type": "explode"}', 1007, "unknown \"type\" \"explode\""),
-    (b'{"type": "settings", "fps": 99}', 1007, "fps must be an integer from 1 to 30"),
-    (b'{"type": "settings", "scale": 0}', 1007, "scale must be a number from 0.1 to 1"),
-    (b'{"type": "settings", "quality": "high"}', 1007, "must be integers"),
-    (b'{"type": "move", "x": 9999, "y": 1}', 1007, "move:"),
-    (b'{"type": "move"}', 1007, "move:"),
-    (b'{"type": "type", "text": 5}', 1007, "type:"),
-    (b'{"type": "key", "key": "a b"}', 1007, "key:"),
-])
-def test_bad_messages_close_with_a_code_and_reason(d, shared, message, code, says):
+def still_live(ws, mark):
+    """The session goes on: a frame comes, and an input answers done."""
+    next_frame(ws)
+    ws.send_json({"type": "move", "x": 5, "y": 6, "id": mark})
+    while True:
+        m = next_text(ws)
+        if m.get("id") == mark:
+            assert m == {"type": "done", "id": mark}, m
+            return
+
+
+# A refused message: what to send, then the error's field, words and status.
+REFUSED = [
+    (b"{not json", None, "not JSON", 400),
+    (b"[1, 2]", None, "JSON object", 400),
+    (b"5", None, "JSON object", 400),
+    (b"{}", "type", "\"type\" is missing", 400),
+    (b'{"type": 5, "id": 7}', "type", "\"type\" is missing or not a string", 400),
+    (b'{"type": "explode", "id": 7}', "type", "unknown \"type\" \"explode\"", 400),
+    (b'{"type": "settings", "fps": 99, "id": 7}', "fps", "fps must be an integer from 1 to 30", 400),
+    (b'{"type": "settings", "fps": -9223372036854775807}', "fps", "fps must be an integer from 1 to 30", 400),
+    (b'{"type": "settings", "scale": 0}', "scale", "scale must be a number from 0.1 to 1", 400),
+    (b'{"type": "settings", "scale": true}', "scale", "scale must be a number", 400),
+    (b'{"type": "settings", "quality": "high"}', "quality", "quality must be an integer", 400),
+    (b'{"type": "move", "x": 9999, "y": 1, "id": 7}', None, "move:", 400),
+    (b'{"type": "move"}', None, "move:", 400),
+    (b'{"type": "move", "x": "10", "y": 1}', None, "move:", 400),
+    (b'{"type": "type", "text": 5}', None, "type:", 400),
+    (b'{"type": "key", "key": "a b", "id": "k"}', None, "key:", 400),
+]
+
+
+@pytest.mark.parametrize("message, field, says, status", REFUSED)
+def test_a_refused_message_is_answered_and_the_view_goes_on(d, shared, message, field, says, status):
     ws, _ = opened(d, shared)
     ws.send(0x1, message)
-    got, reason = ws.closed_with()
-    assert got == code and says in reason, (got, reason)
+    err = ws.recv_json()
+    assert err["type"] == "error" and says in err["message"] and err["status"] == status, err
+    assert err.get("field") == field, err
+    try:
+        sent = json.loads(message)
+    except ValueError:
+        sent = None
+    assert err.get("id") == (sent.get("id") if isinstance(sent, dict) else None), err
+    still_live(ws, "after")
+    assert ws.close() == (1000, "")
 
 
-def test_binary_and_huge_messages_are_refused(d, shared):
+def _raw(first, payload, masked=True):
+    """A client frame by hand: its first byte, the payload, masked or not."""
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    head = bytes([first]) + (bytes([bit | n]) if n < 126 else
+                             bytes([bit | 126]) + struct.pack(">H", n) if n < 65536 else
+                             bytes([bit | 127]) + struct.pack(">Q", n))
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+
+
+def test_a_burst_of_refused_messages_is_answered_in_order(d, shared):
+    """Forty refused messages in one write (one read for the daemon) are not
+    a flood: each is answered, in order, and the view goes on."""
     ws, _ = opened(d, shared)
-    ws.send(0x2, b"\xff\xd8")
-    assert ws.closed_with()[0] == 1003
+    ws.sock.sendall(b"".join(_raw(0x81, json.dumps({"type": "explode", "id": i}).encode()) for i in range(40)))
+    ids = []
+    while len(ids) < 40:
+        m = ws.recv_json()
+        assert m["type"] == "error", m
+        ids.append(m["id"])
+    assert ids == list(range(40))
+    still_live(ws, "burst")
+    ws.close()
+
+
+# Protocol violations close the view, each with its code.
+VIOLATIONS = [
+    ("binary", _raw(0x82, b"\xff\xd8"), 1003),
+    ("unmasked", _raw(0x81, b'{"type": "move", "x": 1, "y": 1}', masked=False), 1002),
+    ("reserved bit", _raw(0xC1, b"{}"), 1002),
+    ("unknown opcode", _raw(0x83, b"{}"), 1002),
+    ("continuation first", _raw(0x80, b"{}"), 1002),
+    ("fragmented ping", _raw(0x09, b"x"), 1002),
+    ("ping over 125 bytes", _raw(0x89, b"x" * 126), 1002),
+    ("not UTF-8", _raw(0x81, b'{"type": "type", "text": "\xc3\x28"}'), 1007),
+    ("over 128 KiB", _raw(0x81, json.dumps({"type": "type", "text": "a" * (200 << 10)}).encode()), 1009),
+]
+
+
+@pytest.mark.parametrize("name, frame, code", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
+def test_protocol_violations_close_with_their_code(d, shared, name, frame, code):
     ws, _ = opened(d, shared)
-    ws.send(0x1, json.dumps({"type": "type", "text": "a" * (200 << 10)}).encode())
-    assert ws.closed_with()[0] == 1009
+    ws.sock.sendall(frame)
+    assert ws.closed_with()[0] == code, name
 
 
 @pytest.mark.parametrize("query", ["?fps=0", "?fps=31", "?fps=x", "?quality=0", "?quality=101", "?scale=0.05",
@@ -220,7 +301,16 @@ def _written(pid):
         return int(dict(l.split(": ") for l in f.read().splitlines())["wchar"])
 
 
-def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
+def _send_buffer_max():
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+def stalled(d, desk):
+    """A viewer that has not read while its source wrote more than the
+    daemon's socket can hold: (ws, the source's pid, the daemon's RSS in KiB
+    before).  The kernel holds little of it (the client's 4 KiB window and
+    at most tcp_wmem's maximum on the daemon's side), so the socket is full."""
     # A busy screen makes big frames: an xterm full of random text.
     r = desk.post("/launch", {"app": "xterm", "args": ["-geometry", "100x40+0+0", "-e", "sh", "-c",
                                                        "while :; do head -c 2000 /dev/urandom | base64; done"]})
@@ -230,9 +320,14 @@ def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
     (pid, _), = sources(d, desk)
     before = dm.rss_kib(d.proc.pid)
     start = _written(pid)
-    # Never read: wait for the source to have written 8 MiB (by its own counter, not a clock);
-    # the kernel holds little of it (the client's 4 KiB window).
-    wait_for(lambda: _written(pid) - start > 8 << 20, timeout=120)
+    # By the source's own counter, not a clock.
+    enough = max(8 << 20, 2 * _send_buffer_max())
+    wait_for(lambda: _written(pid) - start > enough, timeout=120)
+    return ws, pid, before
+
+
+def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
+    ws, _, before = stalled(d, desk)
     grown = dm.rss_kib(d.proc.pid) - before
     # At most three frames are held (parsed, being sent, waiting), plus allocator slack.
     # ASan's quarantine keeps freed frames resident and TSan's shadow scales RSS (as in
@@ -242,10 +337,32 @@ def test_a_client_that_never_reads_costs_bounded_memory(d, desk):
     # And the session still works once the client reads again.
     next_frame(ws)
     ws.send_json({"type": "move", "x": 5, "y": 5, "id": "after"})
-    while ws.recv_json().get("id") != "after":
+    while next_text(ws).get("id") != "after":
         pass
     ws.sock.close()
     wait_for(lambda: not sources(d, desk))
+
+
+def test_answers_a_client_does_not_read_past_the_limit_close_it(d, desk):
+    """The flood limit: a client that sends messages needing an answer and
+    does not read them gets 8 answers queued; the next closes the view
+    with 1008 (the error messages are never a queue without bound)."""
+    ws, _, _ = stalled(d, desk)
+    ws.sock.sendall(b"".join(_raw(0x81, json.dumps({"type": "explode", "id": i}).encode()) for i in range(9)))
+    # The daemon ends the source before it queues its close: seen without reading
+    # (a client that reads first would make room for the answers).
+    wait_for(lambda: not sources(d, desk))
+    errors = []
+    try:
+        while True:
+            m = next_text(ws, within=1000)
+            if m["type"] != "ready":                    # (stalled() read nothing)
+                errors.append(m["id"])
+    except wsclient.Closed as c:
+        assert (c.code, c.reason) == (1008, "more than 8 answers wait: read the socket"), c
+    # The eight that waited went out before the close.
+    assert errors == list(range(8)), errors
+    ws.sock.close()
 
 
 # ---- who may watch --------------------------------------------------------------------------
@@ -309,3 +426,47 @@ def test_revoking_the_token_closes_the_live_view(d, admin):
         wait_for(lambda: not sources(d, dk))
     finally:
         admin.delete("/v1/cells/%s" % cid)
+
+
+# ---- over TLS ---------------------------------------------------------------------------------
+
+
+def test_the_live_view_over_tls(tmp_path_factory):
+    """wss: `cell serve --tls-cert/--tls-key` (mutual TLS here) serves the
+    live view as it serves plain HTTP: frames, input, a refused input
+    answered, settings, the close handshake, the source's end; and the
+    daemon stops cleanly with a TLS viewer open that never reads (its
+    session runs on a thread of its own, upgrade.c, ended before
+    libmicrohttpd stops)."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    ctx = client_context(pki)
+    with dm.served(tmp_path_factory.mktemp("live-tls"), tls_args(pki), ssl_context=ctx) as dd:
+        admin = dd.client()
+        dk = started(admin, new_cell(admin))
+        path = "/cells/%s/v1/desktop/live" % dk.cid
+        status, headers, ws = wsclient.connect(dd.port, path, token=dd.admin_token, ssl_context=ctx)
+        assert status == 101, headers
+        assert ws.recv_json()["type"] == "ready"
+        frame = next_frame(ws)
+        assert frame[:2] == b"\xff\xd8" and decode(frame)[:2] == (640, 480)
+        ws.send_json({"type": "move", "x": 123, "y": 45, "id": 1})
+        assert ws.recv_json() == {"type": "done", "id": 1}
+        r = dk.get("/mouse/position")
+        assert (r.body["x"], r.body["y"]) == (123, 45), r
+        ws.send_json({"type": "move", "x": 9999, "y": 1, "id": 2})
+        err = ws.recv_json()
+        assert err["type"] == "error" and err["id"] == 2 and err["status"] == 400, err
+        ws.send_json({"type": "settings", "scale": 0.5})
+        assert ws.recv_json()["frameWidth"] == 320
+        assert decode(next_frame(ws))[:2] == (320, 240)
+        (src, _), = sources(dd, dk)
+        assert ws.close() == (1000, "")
+        wait_for(lambda: not os.path.exists("/proc/%d" % src) or not sources(dd, dk))
+        # A viewer that never reads, open while the daemon stops.
+        status, _, idle = wsclient.connect(dd.port, path, token=dd.admin_token, ssl_context=ctx, rcvbuf=4096)
+        assert status == 101
+        wait_for(lambda: len(sources(dd, dk)) == 1)
+        try:
+            assert dd.stop() == 0
+        finally:
+            idle.sock.close()

@@ -95,18 +95,22 @@ class WS:
             return c.code, c.reason
 
 
-def handshake(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None, headers=None):
+def handshake(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None, ssl_context=None,
+              headers=None):
     """Send a WebSocket upgrade request and read the answer's head; returns
     (socket, head lines, bytes after the head).  rcvbuf: a small receive
     buffer, set before connecting (the window it announces), for a client
-    that stops reading.  headers: more request headers, as a browser adds
-    them (Origin; a Host of its own replaces the default "x")."""
+    that stops reading.  ssl_context: wss, the socket is wrapped in TLS.
+    headers: more request headers, as a browser adds them (Origin; a Host
+    of its own replaces the default "x")."""
     headers = dict(headers or {})
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
     if rcvbuf:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     s.connect((host, port))
+    if ssl_context:
+        s = ssl_context.wrap_socket(s, server_hostname=host)
     key = base64.b64encode(os.urandom(16)).decode()
     req = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n" % (path, headers.pop("Host", "x"), key))
@@ -126,10 +130,11 @@ def handshake(port, path, token=None, protocols=None, host="127.0.0.1", timeout=
     return s, head.decode().split("\r\n"), rest
 
 
-def connect(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None, headers=None):
-    """Open a WebSocket; returns (status, headers dict, WS or None).  A
-    refused handshake's body is in headers["body"]."""
-    s, lines, rest = handshake(port, path, token, protocols, host, timeout, rcvbuf, headers)
+def connect(port, path, token=None, protocols=None, host="127.0.0.1", timeout=30, rcvbuf=None, ssl_context=None,
+            headers=None):
+    """Open a WebSocket (wss with ssl_context); returns (status, headers
+    dict, WS or None).  A refused handshake's body is in headers["body"]."""
+    s, lines, rest = handshake(port, path, token, protocols, host, timeout, rcvbuf, ssl_context, headers)
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
     if status != 101:
