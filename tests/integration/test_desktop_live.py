@@ -348,10 +348,19 @@ def test_answers_a_client_does_not_read_past_the_limit_close_it(d, desk):
     does not read them gets 8 answers queued; the next closes the view
     with 1008 (the error messages are never a queue without bound)."""
     ws, _, _ = stalled(d, desk)
-    ws.sock.sendall(b"".join(_raw(0x81, json.dumps({"type": "explode", "id": i}).encode()) for i in range(9)))
-    # The daemon ends the source before it queues its close: seen without reading
-    # (a client that reads first would make room for the answers).
-    wait_for(lambda: not sources(d, desk))
+    # Nine answers more than the socket takes.  Its send buffer can still
+    # grow a little after it first filled (TCP's autotuning): then some
+    # answers go out and another round is needed.  The daemon ends the
+    # source before it queues its close: seen without reading (a client
+    # that reads first would make room for the answers).
+    sent = 0
+    for _ in range(50):
+        ws.sock.sendall(b"".join(_raw(0x81, json.dumps({"type": "explode", "id": sent + i}).encode())
+                                 for i in range(9)))
+        sent += 9
+        if wait_for(lambda: not sources(d, desk), timeout=2):
+            break
+    assert not sources(d, desk), "%d unanswered messages did not close the view" % sent
     errors = []
     try:
         while True:
@@ -360,8 +369,9 @@ def test_answers_a_client_does_not_read_past_the_limit_close_it(d, desk):
                 errors.append(m["id"])
     except wsclient.Closed as c:
         assert (c.code, c.reason) == (1008, "more than 8 answers wait: read the socket"), c
-    # The eight that waited went out before the close.
-    assert errors == list(range(8)), errors
+    # The answers that waited went out, in order, before the close; 8 of
+    # them could not go out when the next came.
+    assert errors == list(range(len(errors))) and 8 <= len(errors) < sent, (errors, sent)
     ws.sock.close()
 
 
