@@ -472,6 +472,21 @@ def test_the_live_view_over_tls(tmp_path_factory):
         (src, _), = sources(dd, dk)
         assert ws.close() == (1000, "")
         wait_for(lambda: not os.path.exists("/proc/%d" % src) or not sources(dd, dk))
+        # Revoking the token ends a TLS view and its source (conns.c cuts the
+        # connection under the relay; the session's 1008 may or may not get out first).
+        tok, tid = make_tenant_token(admin, dm.uniq("tlsrev"))
+        dk2 = started(dd.client(tok), new_cell(dd.client(tok)))
+        status, _, ws2 = wsclient.connect(dd.port, "/cells/%s/v1/desktop/live" % dk2.cid, token=tok, ssl_context=ctx)
+        assert status == 101
+        next_frame(ws2)
+        assert len(sources(dd, dk2)) == 1               # (and learns the cell's netns while the token works)
+        assert admin.delete("/v1/tokens/%s" % tid).status in (200, 204)
+        try:
+            assert ws2.closed_with() == (1008, "the token was revoked")
+        except (EOFError, OSError):
+            pass
+        assert wait_for(lambda: not sources(dd, dk2))
+        ws2.sock.close()
         # A viewer that never reads, open while the daemon stops.
         status, _, idle = wsclient.connect(dd.port, path, token=dd.admin_token, ssl_context=ctx, rcvbuf=4096)
         assert status == 101
