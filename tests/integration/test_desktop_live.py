@@ -415,6 +415,21 @@ def test_idle_desktop_answers_409(d, admin, cells):
     assert status == 409 and headers["body"]["type"].endswith("desktop_runtime_inactive"), headers
 
 
+def revoke_ends_the_view(d, admin, dk, tid, ws):
+    """Revoke token tid, whose view of dk is ws: the view ends, and its source."""
+    next_frame(ws)
+    assert len(sources(d, dk)) == 1               # (and learns the cell's netns while the token works)
+    assert admin.delete("/v1/tokens/%s" % tid).status in (200, 204)
+    # The daemon cuts the revoked token's connections itself (conns.c; over
+    # TLS under the relay); the session's 1008 close frame may or may not get out first.
+    try:
+        assert ws.closed_with() == (1008, "the token was revoked")
+    except (EOFError, OSError):
+        pass
+    assert wait_for(lambda: not sources(d, dk))
+    ws.sock.close()
+
+
 def test_revoking_the_token_closes_the_live_view(d, admin):
     tok, tid = make_tenant_token(admin, dm.uniq("rev"))
     c = d.client(tok)
@@ -424,16 +439,7 @@ def test_revoking_the_token_closes_the_live_view(d, admin):
         status, _, ws = live(d, dk, token=tok)
         assert status == 101
         ws.recv_json()
-        next_frame(ws)
-        assert len(sources(d, dk)) == 1               # (and learns the cell's netns while the token works)
-        assert admin.delete("/v1/tokens/%s" % tid).status in (200, 204)
-        # The daemon cuts the revoked token's connections itself (conns.c); the
-        # session's 1008 close frame may or may not get out first.
-        try:
-            assert ws.closed_with() == (1008, "the token was revoked")
-        except (EOFError, ConnectionResetError):
-            pass
-        wait_for(lambda: not sources(d, dk))
+        revoke_ends_the_view(d, admin, dk, tid, ws)
     finally:
         admin.delete("/v1/cells/%s" % cid)
 
@@ -472,21 +478,12 @@ def test_the_live_view_over_tls(tmp_path_factory):
         (src, _), = sources(dd, dk)
         assert ws.close() == (1000, "")
         wait_for(lambda: not os.path.exists("/proc/%d" % src) or not sources(dd, dk))
-        # Revoking the token ends a TLS view and its source (conns.c cuts the
-        # connection under the relay; the session's 1008 may or may not get out first).
+        # Revoking the token ends a TLS view and its source.
         tok, tid = make_tenant_token(admin, dm.uniq("tlsrev"))
         dk2 = started(dd.client(tok), new_cell(dd.client(tok)))
         status, _, ws2 = wsclient.connect(dd.port, "/cells/%s/v1/desktop/live" % dk2.cid, token=tok, ssl_context=ctx)
         assert status == 101
-        next_frame(ws2)
-        assert len(sources(dd, dk2)) == 1               # (and learns the cell's netns while the token works)
-        assert admin.delete("/v1/tokens/%s" % tid).status in (200, 204)
-        try:
-            assert ws2.closed_with() == (1008, "the token was revoked")
-        except (EOFError, OSError):
-            pass
-        assert wait_for(lambda: not sources(dd, dk2))
-        ws2.sock.close()
+        revoke_ends_the_view(dd, admin, dk2, tid, ws2)
         # A viewer that never reads, open while the daemon stops.
         status, _, idle = wsclient.connect(dd.port, path, token=dd.admin_token, ssl_context=ctx, rcvbuf=4096)
         assert status == 101
