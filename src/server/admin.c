@@ -42,7 +42,16 @@ int srv_h_audit(sreq *r)
                              "net or run");
     if (cell_id && strlen(cell_id) > 63)
         return srv_reply_problem(r, 400, "invalid_request", "query parameter \"cell\" must be a cell id");
-    store_audit_query q = { .tenant = r->tok.tenant, .kind = kind, .cell = cell_id, .since_ms = since,
+    /* Allow/deny as records write it: a net record's "verdict" (the egress
+     * engine's) or a request record's "decision" (a run's permission
+     * answer).  The store compares them as it does kind and cell, so a
+     * record with neither never matches. */
+    const char *decision = srv_req_query(r, "decision");
+    if (decision && strcmp(decision, "allow") != 0 && strcmp(decision, "deny") != 0)
+        return srv_reply_problem(r, 400, "invalid_request", "query parameter \"decision\" must be allow or deny "
+                                 "(a record's \"verdict\" or \"decision\")");
+    store_audit_query q = { .tenant = r->tok.tenant, .kind = kind, .cell = cell_id, .decision = decision,
+                            .since_ms = since,
                             .before_seq = (uint64_t)cursor, .limit = (size_t)limit };
     json_t *records = NULL;
     uint64_t next = 0;

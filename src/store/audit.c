@@ -460,7 +460,7 @@ typedef struct audit_scan {
     const store_audit_query *q;
     int64_t     stop_below;
     size_t      limit, bytes;
-    char        tenant_pat[96], kind_pat[48];
+    char        tenant_pat[96], kind_pat[48], verdict_pat[48], decision_pat[48];
     json_t    **found;
     size_t      n, cap;
     int         done, full;
@@ -473,6 +473,9 @@ static int may_match(const audit_scan *sc, const char *line, size_t len)
     if (sc->tenant_pat[0] && !memmem(line, len, sc->tenant_pat, strlen(sc->tenant_pat)))
         return 0;
     if (sc->kind_pat[0] && !memmem(line, len, sc->kind_pat, strlen(sc->kind_pat)))
+        return 0;
+    if (sc->verdict_pat[0] && !memmem(line, len, sc->verdict_pat, strlen(sc->verdict_pat)) &&
+        !memmem(line, len, sc->decision_pat, strlen(sc->decision_pat)))
         return 0;
     return 1;
 }
@@ -501,6 +504,7 @@ static int scan_line(audit_scan *sc, const char *line, size_t len)
         sc->done = 1;
     if (ts < q->since_ms || !field_is(rec, "tenant", q->tenant) || !field_is(rec, "kind", q->kind) ||
         !field_is(rec, "cell", q->cell) ||
+        (q->decision && !field_is(rec, "verdict", q->decision) && !field_is(rec, "decision", q->decision)) ||
         (q->before_seq && !(json_is_integer(seq) && (uint64_t)json_integer_value(seq) < q->before_seq))) {
         json_decref(rec);
         return 0;
@@ -586,6 +590,12 @@ int store_audit_find(store *s, const store_audit_query *q, json_t **out_array, u
         snprintf(sc.tenant_pat, sizeof sc.tenant_pat, "\"tenant\":\"%s\"", q->tenant);
     if (q->kind)
         snprintf(sc.kind_pat, sizeof sc.kind_pat, "\"kind\":\"%s\"", q->kind);
+    /* Both kinds of allow/deny record: a net record's engine "verdict" and
+     * a run's permission answer, a request record's "decision". */
+    if (q->decision) {
+        snprintf(sc.verdict_pat, sizeof sc.verdict_pat, "\"verdict\":\"%s\"", q->decision);
+        snprintf(sc.decision_pat, sizeof sc.decision_pat, "\"decision\":\"%s\"", q->decision);
+    }
     /* Open every file under the lock, so that a rotation cannot make us read
      * one twice or miss one; the scan then runs without it. */
     int fds[STORE_AUDIT_MAX_KEEP + 1];

@@ -251,6 +251,7 @@ void store_audit_drops(store *s, uint64_t *limited, uint64_t *failed);
 #define STORE_AUDIT_MAX_RECORDS      10000u
 typedef struct store_audit_query {
     const char *tenant, *kind, *cell;   /* NULL = any */
+    const char *decision;               /* a record's "verdict" or "decision" is this; NULL = any */
     int64_t     since_ms;
     uint64_t    before_seq;             /* only records with "seq" below (0 = newest) */
     size_t      limit;                  /* 0 = STORE_AUDIT_MAX_RECORDS */

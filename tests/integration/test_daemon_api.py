@@ -1201,3 +1201,119 @@ def test_audit_log_rotates_by_size_and_reads_span_the_files(tmp_path):
         r = subprocess.run([dm.CELL_BIN, "--state", str(state), "serve"] + bad, capture_output=True, text=True,
                            timeout=10)
         assert r.returncode == 2 and bad[0] in r.stderr, (bad, r)
+
+
+def audit_pages(c, **q):
+    """Every record GET /v1/audit answers for q, paged with the cursor to
+    the oldest, oldest first; and how many pages it took."""
+    got, cursor, pages = [], None, 0
+    while pages < 1000:
+        qq = dict(q, cursor=cursor) if cursor else dict(q)
+        r = c.get("/v1/audit", query=qq)
+        assert r.status == 200, r
+        page = r.body["records"]
+        assert len(page) <= int(q.get("limit", 100)), (qq, len(page))
+        assert [x["seq"] for x in page] == sorted(x["seq"] for x in page), "a page is not oldest first"
+        got = page + got
+        pages += 1
+        cursor = r.body.get("cursor")
+        if not cursor:
+            return got, pages
+    raise AssertionError("paging never ended: %r" % q)
+
+
+def test_audit_decision_filter_pages_exactly_the_matching_records(tmp_path):
+    """?decision=allow|deny keeps the records whose top-level "verdict" (net)
+    or "decision" (a run's permission answer) is that, in the store's read (a short page is the oldest, the cursor goes
+    on below the page): paging through the filtered list with a small limit
+    gives exactly the matching records of the caller's tenant, in order,
+    also combined with kind, cell and since and with eight readers at once.
+    Records that only look like a match (the value inside another
+    member's string, another spelling, another tenant's) never
+    appear; bad values are a 400 naming the parameter and its values."""
+    state = tmp_path / "decision"
+    state.mkdir()
+    recs = []
+    for i in range(240):
+        r = {"ts": "2026-01-01T00:00:00.000Z", "ts_ms": 1767225600000 + i * 1000, "seq": i + 1,
+             "tenant": "default", "kind": "net", "cell": "c-%d" % (i % 3), "event": "connect",
+             "dst": "198.18.0.%d:443" % (i % 200)}
+        m = i % 8
+        if m in (0, 3):
+            r["verdict"] = "deny"
+            r["reason"] = "no rule"
+        elif m in (1, 5):
+            r["verdict"] = "allow"
+        elif m == 2:    # another tenant's denials
+            r.update(tenant="dec-other", verdict="deny")
+        elif m == 4:    # request records: a permission answer every other time, else none
+            r.update(kind="request", method="POST", path="/v1/runs/r1/permissions/p%d" % i, status=204)
+            if i % 16 == 4:
+                r["decision"] = "deny"
+            del r["event"]
+        elif m == 6:    # allowed, with "deny" only where a prefilter could be fooled
+            r.update(verdict="allow", reason='"verdict":"deny"', error='{"decision":"deny"}')
+        else:           # other spellings are not the value
+            r["verdict"] = ["Deny", "denied", "deny ", "allowed"][(i // 8) % 4]
+        recs.append(r)
+    with open(state / "audit.log", "w") as f:
+        for r in recs:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    os.chmod(state / "audit.log", 0o600)
+    dd = dm.Daemon(state).start()
+    try:
+        admin = dd.client()
+        other = dd.tenant("dec-other")
+
+        def want(tenant, verdict, **f):
+            return [r for r in recs if r["tenant"] == tenant and verdict in (r.get("verdict"), r.get("decision"))
+                    and all(r.get(k) == v for k, v in f.items())]
+
+        denied = want("default", "deny")
+        assert len(denied) == 75
+        for limit in (7, 30, 60, 1000):   # short last page, full last page, one page
+            got, pages = audit_pages(admin, decision="deny", limit=limit)
+            assert got == denied, (limit, [x["seq"] for x in got][:10])
+            assert pages == len(denied) // limit + 1, (limit, pages)
+        got, _ = audit_pages(admin, decision="allow", limit=11)
+        assert got == want("default", "allow") and len(got) == 90
+        # With the other filters: kind, cell, since.
+        got, _ = audit_pages(admin, decision="deny", kind="net", cell="c-1", limit=4)
+        assert got == want("default", "deny", kind="net", cell="c-1") and got
+        since = recs[120]["ts_ms"]
+        got, _ = audit_pages(admin, decision="deny", since=since, limit=9)
+        assert got == [r for r in denied if r["ts_ms"] >= since] and got
+        got, _ = audit_pages(admin, decision="deny", kind="request", limit=4)
+        assert got == want("default", "deny", kind="request") and len(got) == 15
+        assert audit_pages(admin, decision="allow", kind="request")[0] == []
+        # Another tenant sees its own denials and never the admin's.
+        got, _ = audit_pages(other, decision="deny", limit=6)
+        assert got == want("dec-other", "deny") and len(got) == 30
+        assert all(x["tenant"] == "dec-other" for x in audit_pages(other, decision="allow")[0])
+        # A cursor of the admin's list given to the other tenant shows only its own.
+        cur = admin.get("/v1/audit", query={"decision": "deny", "limit": 5}).body["cursor"]
+        r = other.get("/v1/audit", query={"decision": "deny", "cursor": cur, "limit": 1000})
+        assert r.status == 200 and r.body["records"] == [x for x in want("dec-other", "deny") if x["seq"] < int(cur)]
+        # Eight readers at once page the same list.
+        results = [None] * 8
+
+        def reader(k):
+            results[k] = audit_pages(admin if k % 2 else other, decision="deny", limit=5 + k)[0]
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for k, res in enumerate(results):
+            assert res == (denied if k % 2 else want("dec-other", "deny")), k
+        # Bad values: named, with the values allowed; nothing else is read as one.
+        for bad in ("", "Deny", "DENY", "denied", "deny ", "allowed", "verdict", "../deny", "d" * 5000, "deny\u00e9", "0"):
+            b = assert_problem(admin.get("/v1/audit", query={"decision": bad}), 400, "invalid_request",
+                               detail_has=['"decision"', "allow or deny"])
+            assert "records" not in b
+        dd.stop()
+    finally:
+        if dd.running():
+            dd.kill9()
+        dd.check_sanitizer()
