@@ -587,12 +587,27 @@ uiTest("audit: paging past a page, the kind, cell and decision filters, new reco
   await page.locator('table.audit tbody tr[data-kind="cell"]').first().waitFor();
   assert.deepEqual([...new Set(await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.kind)))], ["cell"]);
   assert.match(page.url(), /kind=cell/);
-  // Network records of the cell, filtered to the denials among them (the
-  // egress test's denied connection).
+  // Network records of the cell, filtered by the daemon to its denials (the
+  // egress test's denied connection): the rows are exactly the API's
+  // ?decision=deny list, the filter is in the hash, and a link to it opens
+  // with it chosen.
   await page.getByLabel("Kind").selectOption("net");
-  await page.getByLabel("Decision (among the records loaded)").selectOption("deny");
+  await page.getByLabel("Decision").selectOption("deny");
+  await page.waitForFunction(() => /decision=deny/.test(location.hash));
+  const denied = (await api("GET", `/v1/audit?kind=net&cell=${cellId}&decision=deny&limit=100`)).body.records;
+  assert.ok(denied.length > 0 && denied.every((r) => r.verdict === "deny"), JSON.stringify(denied.slice(0, 2)));
   await page.locator('table.audit tbody tr[data-verdict="deny"]').first().waitFor();
+  const deniedSeqs = denied.map((r) => r.seq).reverse();
+  await page.waitForFunction((n) => document.querySelectorAll("table.audit tbody tr[data-seq]").length >= n, deniedSeqs.length);
+  assert.deepEqual((await rows.evaluateAll((trs) => trs.map((tr) => Number(tr.dataset.seq)))).slice(-deniedSeqs.length),
+    deniedSeqs);
   assert.deepEqual([...new Set(await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.verdict)))], ["deny"]);
+  await page.goto(`${st.base}/ui/#/audit?kind=net&cell=${cellId}&decision=allow&limit=50`);
+  assert.equal(await page.getByLabel("Decision").inputValue(), "allow");
+  await page.waitForFunction(() => /records? loaded/.test(document.getElementById("audit-summary")?.textContent) &&
+    [...document.querySelectorAll("table.audit tbody tr[data-seq]")].every((tr) => tr.dataset.verdict === "allow"));
+  await page.getByLabel("Decision").selectOption("");
+  await page.waitForFunction(() => !/decision=/.test(location.hash));
   // A cell id the daemon refuses (too long): its message at the field.
   const cell = page.getByLabel("Cell id");
   await cell.fill("x".repeat(80));

@@ -1,14 +1,16 @@
 // audit.js: the tenant's audit log (GET /v1/audit, docs/api.md "Audit"),
-// newest first, with the API's filters (kind, cell) and its paging: the
-// newest page is loaded, "Load older records" follows the reply's `cursor`
-// page by page, and while "Follow new records" is on, records newer than
-// the newest shown are added at the top every 3 s.  The decision filter
-// (allowed / denied network records) is not one the API has: it hides rows
-// among those loaded, and says so.
+// newest first, with the API's filters (kind, cell, decision) and its
+// paging: the newest page is loaded, "Load older records" follows the
+// reply's `cursor` page by page, and while "Follow new records" is on,
+// records newer than the newest shown are added at the top every 3 s.
+// The decision filter is the API's `decision` (allow / deny: a net record's
+// verdict or a run's permission answer), so a page of denials is a full
+// page of them and paging goes on through the denials only.
 //
 // Records are keyed by `seq` (one more per record written), so a poll that
 // overlaps what is shown adds nothing twice.  The filters live in the hash
-// (#/audit?kind=net&cell=ID&limit=50), so a view can be linked; changing
+// (#/audit?kind=net&cell=ID&decision=deny&limit=50), so a view can be
+// linked; changing
 // them rewrites it without a navigation, so the focus stays where it was.
 import { callJson } from "./api.js";
 import { h, field, say, fmtBytes, fmtTime, poll } from "./dom.js";
@@ -16,6 +18,7 @@ import { h, field, say, fmtBytes, fmtTime, poll } from "./dom.js";
 const KINDS = [["", "All"], ["request", "Requests"], ["cell", "Cells"], ["process", "Processes"],
   ["net", "Network"], ["run", "Runs"]];
 const SIZES = ["50", "100", "200", "500"];
+const DECISIONS = [["", "Any"], ["deny", "Denied"], ["allow", "Allowed"]];
 // A poll asks from this long before the newest record shown: a record
 // standing for repeats is written once its second is over, with the first
 // repeat's time (docs/api.md, "The audit log"), so it can be older than
@@ -26,13 +29,14 @@ const keyOf = (r) => (r.seq !== undefined ? String(r.seq) : JSON.stringify(r));
 const bySeqDesc = (a, b) => (b.seq ?? 0) - (a.seq ?? 0) || (b.ts_ms ?? 0) - (a.ts_ms ?? 0);
 
 function what(r) {
-  if (r.kind === "request") return `${r.method} ${r.path}`;
+  if (r.kind === "request") return `${r.method} ${r.path}${r.decision ? ` (${r.decision})` : ""}`;
   return [r.event, r.command, r.transport, r.dst, r.host || r.qname, r.reason].filter(Boolean).join(" ");
 }
 
 function row(r) {
   const verdict = r.verdict === "deny" ? "denied" : r.verdict === "allow" ? "allowed" : r.verdict;
   return h("tr", { "data-kind": r.kind, "data-seq": r.seq, "data-verdict": r.verdict,
+    "data-decision": r.verdict ?? r.decision,
     class: r.verdict ? `verdict-${r.verdict}` : null },
   h("td", {}, fmtTime(r.ts_ms)), h("td", {}, r.kind), h("td", {}, r.cell || ""), h("td", {}, what(r)),
   h("td", {}, String(r.status ?? verdict ?? r.exitCode ?? "")),
@@ -44,13 +48,13 @@ export function auditPage(root, signal, query = new URLSearchParams()) {
   const kind = field("Kind", "select", {}, KINDS);
   const cell = field("Cell id", "input", { autocomplete: "off", spellcheck: "false", placeholder: "any cell" });
   const size = field("Records per page", "select", {}, SIZES.map((n) => [n, n]));
-  const decision = field("Decision (among the records loaded)", "select", {},
-    [["", "Any"], ["deny", "Denied"], ["allow", "Allowed"]]);
+  const decision = field("Decision", "select", {}, DECISIONS);
   const follow = field("Follow new records", "input", { type: "checkbox", checked: true });
   follow.input.checked = true;
   kind.input.value = KINDS.some(([k]) => k === query.get("kind")) ? query.get("kind") : "";
   cell.input.value = query.get("cell") || "";
   size.input.value = SIZES.includes(query.get("limit")) ? query.get("limit") : "100";
+  decision.input.value = DECISIONS.some(([k]) => k && k === query.get("decision")) ? query.get("decision") : "";
   const form_ = field("Filter", "output");
   form_.wrap.querySelector("label").remove();
   const filters = h("form", { class: "card", role: "search", "aria-label": "Audit filters" },
@@ -77,19 +81,16 @@ export function auditPage(root, signal, query = new URLSearchParams()) {
     const p = new URLSearchParams({ limit: size.input.value });
     if (kind.input.value) p.set("kind", kind.input.value);
     if (cell.input.value.trim()) p.set("cell", cell.input.value.trim());
+    if (decision.input.value) p.set("decision", decision.input.value);
     for (const [k, v] of Object.entries(extra)) p.set(k, v);
     return p.toString();
   };
 
   function render() {
-    const want = decision.input.value;
-    const shown = want ? records.filter((r) => r.verdict === want) : records;
-    tbody.replaceChildren(...shown.map(row));
-    if (!shown.length) tbody.append(h("tr", {}, h("td", { colspan: 7 }, records.length
-      ? "None of the records loaded has this decision." : "No records match these filters.")));
+    tbody.replaceChildren(...records.map(row));
+    if (!records.length) tbody.append(h("tr", {}, h("td", { colspan: 7 }, "No records match these filters.")));
     older.hidden = !cursor;
     summary.textContent = `${records.length} record${records.length === 1 ? "" : "s"} loaded, newest first` +
-      (want ? `, ${shown.length} with this decision` : "") +
       (cursor ? "; older ones remain." : records.length ? "; that is all of them." : ".");
   }
 
@@ -177,8 +178,7 @@ export function auditPage(root, signal, query = new URLSearchParams()) {
     ev.preventDefault();
     apply();
   });
-  for (const f of [kind, size]) f.input.addEventListener("change", apply);
-  decision.input.addEventListener("change", render);
+  for (const f of [kind, size, decision]) f.input.addEventListener("change", apply);
   let first = true;
   poll(signal, 3000, async () => {
     if (first) {
