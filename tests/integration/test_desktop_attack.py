@@ -355,6 +355,24 @@ def test_the_desktop_dies_with_a_killed_daemon(tmp_path):
         assert r.status == 200 and r.body["state"] == "inactive", r
 
 
+def test_recordings_are_bounded_in_number(d, admin, cells):
+    """32 kept at most: the 33rd start is refused (each one a file in the cell and a
+    record in the daemon), and deleting one makes room."""
+    cid = new_cell(admin)
+    cells.append(cid)
+    dk = started(admin, cid)
+    for i in range(32):
+        r = dk.post("/recording/start", {"fps": 30})
+        assert r.status == 200, (i, r)
+        assert dk.post("/recording/stop").status == 200
+    b = assert_problem(dk.post("/recording/start", {"fps": 30}), 409, "conflict", "32 recordings are kept")
+    recs = dk.get("/recordings").body["recordings"]
+    assert len(recs) == 32 and not sources(d, dk), b
+    assert dk.c.delete(dk.base + "/recordings/%s" % recs[0]["id"]).status == 204
+    assert dk.post("/recording/start", {"fps": 30}).status == 200
+    assert dk.post("/recording/stop").status == 200
+
+
 # ---- recordings: what the agent in the cell can do to a download --------------------------
 
 def _hwm_kib(pid):
