@@ -503,6 +503,122 @@ uiTest("desktop: start, a window appears in the view, a click and keys reach it,
   assert.equal((await api("GET", `/cells/${cellId}/v1/desktop/status`)).body.state, "inactive");
 });
 
+// The controls under the view (ui/src/deskcontrols.js): each does what the
+// daemon then reports through the API, and the lists follow the desktop.
+uiTest("desktop controls: launch, the window list and focus, the clipboard, recordings", async () => {
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/desktop`);
+  await page.locator('.deskstate[data-state="inactive"]').waitFor();
+  const controls = page.locator(".deskcontrols");
+  assert.equal(await controls.isVisible(), false, "the controls show before the desktop runs");
+  await page.getByLabel("Width").fill("640");
+  await page.getByLabel("Height").fill("480");
+  await page.getByRole("button", { name: "Start desktop" }).click();
+  await page.locator('.deskstate[data-state="active"]').waitFor();
+  await controls.waitFor();
+  const d = (rest) => `/cells/${cellId}/v1/desktop${rest}`;
+
+  // Launch, from the keyboard: no app is refused at its field; then two
+  // xterms with their titles (an argument with a space stays one).
+  const appField = page.getByLabel("App", { exact: true });
+  await appField.focus();
+  await page.keyboard.press("Enter");
+  await page.locator(".field-error", { hasText: "App:" }).waitFor();
+  assert.equal(await appField.getAttribute("aria-invalid"), "true");
+  const launch = async (title, geometry) => {
+    await appField.fill("xterm");
+    await page.getByLabel("Arguments (one a line)").fill(`-geometry\n${geometry}\n-title\n${title}`);
+    await appField.focus();
+    await page.keyboard.press("Enter");
+    await page.locator(`#desk-launched-${cellId}`, { hasText: /Launched xterm: process \S+, window \d+/ }).waitFor();
+    const win = (await api("GET", d("/windows"))).body.windows.find((w) => w.title === title);
+    assert.ok(win, `no window titled ${title}: ${JSON.stringify((await api("GET", d("/windows"))).body)}`);
+    return win;
+  };
+  const first = await launch("ui one", "30x5+20+20");
+  const second = await launch("ui-two", "30x5+300+200");
+  // The window list: both, the second focused (through the API, so the
+  // focus the page then moves is known to be elsewhere).
+  const winRow = (w) => page.locator(`table.deskwindows tr[data-window="${w.id}"]`);
+  await winRow(first).waitFor();
+  await winRow(second).waitFor();
+  assert.match(await winRow(first).textContent(), /ui one/);
+  assert.equal((await api("POST", d(`/windows/${second.id}/focus`))).status, 200);
+  assert.equal((await api("GET", d("/windows/focused"))).body.id, second.id);
+  // Focus the first with its row's button (named with its window), by keyboard.
+  const focusBtn = page.getByRole("button", { name: `Focus window ui one (${first.id})` });
+  await focusBtn.focus();
+  await page.keyboard.press("Enter");
+  for (let i = 0; ; i++) {
+    const f = await api("GET", d("/windows/focused"));
+    if (f.status === 200 && f.body.id === first.id) break;
+    assert.ok(i < 200, `the focused window is ${JSON.stringify(f.body)}, not ${first.id}`);
+    await sleep(50);
+  }
+  await page.locator(`table.deskwindows tr[data-window="${first.id}"][data-active="true"]`).waitFor();
+
+  // The clipboard: written in the page, read by the API; written by the API, read in the page.
+  const text = "from the page \u2713 <b>not markup</b>";
+  await page.getByLabel("Clipboard text").fill(text);
+  await page.getByRole("button", { name: "Write clipboard" }).click();
+  for (let i = 0; ; i++) {
+    const c = await api("GET", d("/clipboard"));
+    if (c.status === 200 && c.body.text === text) break;
+    assert.ok(i < 200, `the clipboard holds ${JSON.stringify(c.body)}`);
+    await sleep(50);
+  }
+  assert.equal((await api("POST", d("/clipboard"), { text: "primary from the api", selection: "primary" })).status, 200);
+  await page.getByLabel("Selection").selectOption("primary");
+  await page.getByRole("button", { name: "Read clipboard" }).click();
+  for (let i = 0; await page.getByLabel("Clipboard text").inputValue() !== "primary from the api"; i++) {
+    assert.ok(i < 400, "the page never showed the primary selection");
+    await sleep(50);
+  }
+
+  // Recordings: a rate the daemon refuses at its field; start, stop, the
+  // file downloaded with the token in a header (an MP4), deleted.
+  await page.getByLabel("Frames per second").fill("1000");
+  await page.getByRole("button", { name: "Start recording" }).click();
+  await page.locator(".field-error", { hasText: "fps" }).waitFor();
+  assert.equal(await page.getByLabel("Frames per second").getAttribute("aria-invalid"), "true");
+  assert.deepEqual((await api("GET", d("/recordings"))).body.recordings, []);
+  await page.getByLabel("Frames per second").fill("10");
+  await page.getByRole("button", { name: "Start recording" }).click();
+  await page.locator('table.deskrecordings tr[data-status="recording"]').waitFor();
+  assert.equal(await page.getByRole("button", { name: "Start recording" }).isDisabled(), true);
+  const rec = (await api("GET", d("/recordings"))).body.recordings;
+  assert.equal(rec.length, 1);
+  // Frames, not time: stopped once ffmpeg has written some (x264 holds its
+  // first ones back; the list's size is the file's only once it ends).
+  for (let i = 0; ; i++) {
+    const r = await api("POST", `/cells/${cellId}/v1/processes/run`, { command: "sh", args: ["-c",
+      "stat -c %s /tmp/.cell-desktop/recordings/*.mp4 2>/dev/null || echo 0"] });
+    if (Number(String(r.body.stdout).split(/\s/)[0]) > 0) break;
+    assert.ok(i < 400, `the recording never grew: ${JSON.stringify(r.body)}`);
+    await sleep(50);
+  }
+  await page.getByRole("button", { name: "Stop recording" }).click();
+  const done = page.locator(`table.deskrecordings tr[data-recording="${rec[0].id}"][data-status="completed"]`);
+  await done.waitFor();
+  const name = `recording ${rec[0].fileName || rec[0].id}`;
+  const before = requests.length;
+  const [download] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("button", { name: `Download ${name}` }).click()]);
+  const file = await download.path();
+  const bytes = readFileSync(file);
+  assert.ok(bytes.length > 1000 && bytes.subarray(4, 8).toString() === "ftyp", `not an MP4: ${bytes.length} bytes: ${bytes.subarray(0, 64).toString("hex")}`);
+  const fetched = requests.slice(before).filter((u) => u.includes("/download"));
+  assert.ok(fetched.length >= 1 && fetched.every((u) => !u.includes(st.token)), fetched.join(" "));
+  await page.getByRole("button", { name: `Delete ${name}` }).click();
+  await done.waitFor({ state: "detached" });
+  assert.deepEqual((await api("GET", d("/recordings"))).body.recordings, []);
+  await page.locator("table.deskrecordings", { hasText: "No recordings." }).waitFor();
+
+  // Every control has its label (checked by name above); stopping hides them.
+  await page.getByRole("button", { name: "Stop desktop" }).click();
+  await page.locator('.deskstate[data-state="inactive"]').waitFor();
+  assert.equal(await controls.isVisible(), false);
+});
+
 uiTest("tokens and audit: a token made in the UI works until the UI revokes it; the audit lists requests", async () => {
   await page.getByRole("link", { name: "Tokens" }).click();
   await page.getByLabel("Tenant").fill("ui-made");

@@ -8,8 +8,11 @@
 // fallback: screenshots polled one after another and input through the
 // REST routes.  Frames are drawn on a <canvas> with createImageBitmap: the
 // UI's CSP allows no blob: images, and a canvas keeps one decoded frame.
+// Under the view, while the desktop runs: launch, windows, clipboard and
+// recordings (deskcontrols.js).
 import { call, callJson, cellPath, token, ApiError } from "./api.js";
 import { h, field, say, showProblem } from "./dom.js";
+import { deskControls } from "./deskcontrols.js";
 
 // KeyboardEvent.key -> X keysym names (xdotool's) for keys that are not
 // one printable character.
@@ -47,6 +50,7 @@ export async function desktopPage(root, signal, cell) {
   const viewBox = h("div", { class: "deskbox", hidden: true },
     h("p", { class: "hint" }, mode, " ", rate), canvas, help);
   root.append(form, viewBox);
+  const controls = deskControls(root, signal, cell);
 
   let status = null;        // the last GET /status
   let view = null;          // the running view: {close(), send(msg)}
@@ -64,6 +68,7 @@ export async function desktopPage(root, signal, cell) {
     stateLine.dataset.state = s.state;
     stopBtn.disabled = !active;
     startBtn.disabled = active;
+    controls.update(s.state);
   };
   const refresh = async () => showStatus(await callJson("GET", base("/status"), { signal }));
 
