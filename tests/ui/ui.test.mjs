@@ -342,6 +342,9 @@ uiTest("egress: a connection the policy denies appears as denied, and the peer s
   const row = page.locator('tr[data-verdict="deny"]', { hasText: `${PEER}:${PEER_PORT}` }).first();
   await row.waitFor();
   assert.match(await row.textContent(), /denied/);
+  // "Denied only" is the API's ?decision=deny: no allowed row comes with it.
+  assert.deepEqual([...new Set(await page.locator("table.egress tbody tr[data-verdict]")
+    .evaluateAll((trs) => trs.map((tr) => tr.dataset.verdict)))], ["deny"]);
   assert.equal(peerConnections, 0, "the denied peer was contacted");
   await page.getByRole("link", { name: "Policy" }).click();
   const policy = page.getByLabel(/Policy \(JSON/);

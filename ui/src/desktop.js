@@ -123,6 +123,9 @@ export async function desktopPage(root, signal, cell) {
         dims = { width: m.width, height: m.height };
         if (!ready) resolve(v);
         ready = true;
+      } else if (m.type === "error") {
+        // A refused input or setting: the session goes on (docs/desktop.md).
+        say(`Desktop input refused: ${m.message}`, "error");
       }
     };
     ws.onclose = (ev) => {

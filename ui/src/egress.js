@@ -12,8 +12,7 @@ export function egressPage(root, signal, cell) {
       .map((c) => h("th", { scope: "col" }, c)))), tbody);
   let records = [];
   const render = () => {
-    const want = filter.input.value;
-    const shown = records.filter((r) => want === "all" || r.verdict === want).reverse();
+    const shown = [...records].reverse();
     tbody.replaceChildren(...shown.map((r) => h("tr", { class: `verdict-${r.verdict}`, "data-verdict": r.verdict },
       h("td", {}, fmtTime(r.ts_ms)), h("td", {}, r.verdict === "deny" ? "denied" : r.verdict === "allow" ? "allowed" : r.verdict || ""),
       h("td", {}, [r.event, r.transport].filter(Boolean).join(" ")),
@@ -24,17 +23,26 @@ export function egressPage(root, signal, cell) {
       tbody.append(h("tr", {}, h("td", { colspan: 9 }, cell.policy ? "No decisions yet."
         : "This cell has no policy, so no network: nothing to decide.")));
   };
-  filter.input.addEventListener("change", render);
-  root.append(h("h2", { id: "egress-h" }, "Egress decisions"), filter.wrap, table);
+  // The filter is the API's ?decision=, so 200 denials are 200 rows even
+  // when allowed connections outnumber them.
   let seen = null;   // re-rendered only when the records changed
-  poll(signal, 2000, async () => {
-    const r = await callJson("GET", `/v1/audit?kind=net&limit=200&cell=${encodeURIComponent(cell.id)}`, { signal });
+  const fetchRecords = async () => {
+    const want = filter.input.value;
+    const decision = want === "all" ? "" : `&decision=${want}`;
+    const r = await callJson("GET", `/v1/audit?kind=net&limit=200${decision}&cell=${encodeURIComponent(cell.id)}`,
+      { signal });
+    if (filter.input.value !== want) return;   // a newer choice is on its way
     const key = JSON.stringify(r.records || []);
     if (key === seen) return;
     seen = key;
     records = r.records || [];
     render();
-  });
+  };
+  filter.input.addEventListener("change", () => fetchRecords().catch((e) => {
+    if (!signal.aborted) say(`Egress decisions: ${e.message}`, "error");
+  }));
+  root.append(h("h2", { id: "egress-h" }, "Egress decisions"), filter.wrap, table);
+  poll(signal, 2000, fetchRecords);
 }
 
 export function policyPage(root, signal, cell) {
