@@ -272,6 +272,18 @@ class Client:
         return c, r
 
 
+def recv_to_close(s):
+    """Everything a socket receives until the peer closes (a raw HTTP/1.1
+    exchange with Connection: close), then the socket is closed."""
+    buf = b""
+    with s:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+
+
 def send_chunks(conn, data, size):
     """Send data in chunks of `size` and the last chunk; stop quietly when the
     server closed first (it may refuse a body half-way).  True if all went."""

@@ -28,7 +28,7 @@ import pytest
 
 import conftest
 import daemon as dm
-from daemon import make_tenant_token, wait_for
+from daemon import make_tenant_token, recv_to_close, wait_for
 from ocibuild import CONFIG, busybox_base, oci_archive
 
 ROUNDS = int(os.environ.get("CELL_RACE_ROUNDS", "40"))
@@ -238,13 +238,7 @@ def raw_requests(d, token, reqs, gap, full=False):
         s.sendall(data)
     out = []
     for s, _ in socks:
-        buf = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        s.close()
+        buf = recv_to_close(s)
         out.append((int(buf.split(b" ", 2)[1]), buf) if full else int(buf.split(b" ", 2)[1]))
     return out
 
