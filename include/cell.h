@@ -491,6 +491,10 @@ typedef struct cell_xfer {
  * the caller. */
 #define CELL_XFER_STALL_MS 60000
 int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err);
+/* cell_file_read where no component of path may be a symlink (ELOOP):
+ * for a file the caller made in the cell and the cell must not swap for a
+ * link (the desktop's recordings). */
+int cell_file_read_nofollow(cell *c, const char *path, cell_xfer *x, cell_error *err);
 int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err);
 /* Up to len bytes; 0 at the end of the file. */
 ssize_t cell_xfer_read(cell_xfer *x, void *buf, size_t len, cell_error *err);

@@ -121,7 +121,8 @@ static int xfer_open(const ctl_msg *m, int *out, struct stat *st)
     }
     /* openat2 refuses a mode without O_CREAT. */
     mode_t mode = (flags & O_CREAT) ? create_mode(m->u[1]) : 0;
-    int fd = resolve(m->str[0], (uint64_t)(flags | O_NONBLOCK), mode, 0);
+    uint64_t no_links = m->type == CTL_READ && (m->u[CTL_U_BASE] & CTL_F_NOFOLLOW) ? RESOLVE_NO_SYMLINKS : 0;
+    int fd = resolve(m->str[0], (uint64_t)(flags | O_NONBLOCK), mode, no_links);
     if (fd < 0)
         return -1;
     int ok = fstat(fd, st) == 0;

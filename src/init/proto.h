@@ -54,6 +54,10 @@ enum ctl_type {
  * fail with EXDEV): what keeps a tar upload inside its target directory. */
 #define CTL_U_BASE 7
 #define CTL_F_BASE 1u
+/* CTL_READ with CTL_F_NOFOLLOW in u[CTL_U_BASE]: no component of the path
+ * may be a symlink (ELOOP), for files the owner made and the cell must not
+ * swap for a link (a finished desktop recording). */
+#define CTL_F_NOFOLLOW 2u
 
 /* The last thing a transfer child writes, on its status pipe.  A pipe that
  * ends without one means the child died (killed, out of memory). */

@@ -53,7 +53,7 @@ static int simple_request(cell *c, uint32_t type, uint32_t u0, uint32_t u1, cons
  * if it writes the file, the read end otherwise, and the status pipe's
  * read end. */
 static int xfer_start(cell *c, uint32_t type, uint32_t flags, mode_t mode, const char *path, const char *base,
-                      int owner_writes, cell_xfer *x, cell_error *err)
+                      int owner_writes, uint32_t opts, cell_xfer *x, cell_error *err)
 {
     x->fd = x->status_fd = -1;
     if (!base && runtime_check_cell_path(path, "path", err) < 0)
@@ -74,6 +74,7 @@ static int xfer_start(cell *c, uint32_t type, uint32_t flags, mode_t mode, const
     _cleanup_close_ int my_status = status[0];
     const int theirs[2] = { their_data, their_status };
     uint32_t u[CTL_NU] = { flags, mode };
+    u[CTL_U_BASE] = opts;               /* CTL_F_NOFOLLOW; file_request adds CTL_F_BASE */
     ctl_msg reply;
     if (file_request(c, type, u, path, NULL, base, theirs, 2, &reply, err) < 0)
         return -1;
@@ -148,12 +149,17 @@ ssize_t cell_xfer_read(cell_xfer *x, void *buf, size_t len, cell_error *err)
 
 int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err)
 {
-    return xfer_start(c, CTL_READ, 0, 0, path, NULL, 0, x, err);
+    return xfer_start(c, CTL_READ, 0, 0, path, NULL, 0, 0, x, err);
+}
+
+int cell_file_read_nofollow(cell *c, const char *path, cell_xfer *x, cell_error *err)
+{
+    return xfer_start(c, CTL_READ, 0, 0, path, NULL, 0, CTL_F_NOFOLLOW, x, err);
 }
 
 int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err)
 {
-    return xfer_start(c, CTL_WRITE, (uint32_t)flags, mode, path, NULL, 1, x, err);
+    return xfer_start(c, CTL_WRITE, (uint32_t)flags, mode, path, NULL, 1, 0, x, err);
 }
 
 int cell_xfer_end(cell_xfer *x, cell_error *err)
@@ -309,7 +315,7 @@ static int read_listing(cell_xfer *x, const char *path, cell_dirent **out, size_
 int cell_file_list(cell *c, const char *path, cell_dirent **out, size_t *count, cell_error *err)
 {
     cell_xfer x;
-    if (xfer_start(c, CTL_LIST, 0, 0, path, NULL, 0, &x, err) < 0)
+    if (xfer_start(c, CTL_LIST, 0, 0, path, NULL, 0, 0, &x, err) < 0)
         return -1;
     cell_dirent *list = NULL;
     size_t n = 0;
@@ -424,7 +430,7 @@ static int write_zeros(cell_xfer *x, uint64_t n, cell_error *err)
 static int upload_file(cell *c, runtime_untar *t, const char *rel, mode_t mode, const char *base, cell_error *err)
 {
     cell_xfer x;
-    if (xfer_start(c, CTL_WRITE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, rel, base, 1, &x, err) < 0)
+    if (xfer_start(c, CTL_WRITE, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, rel, base, 1, 0, &x, err) < 0)
         return -1;
     const void *buf;
     size_t len;

@@ -43,12 +43,18 @@
 #define DK_INPUT_MS       5000           /* one input or query tool */
 #define DK_SHOT_MS        10000          /* one screenshot */
 #define DK_STOP_MS        2000           /* SIGTERM to SIGKILL */
-#define DK_SHOT_MAX       (256u << 20)   /* an 8K PNG of noise is ~130 MiB */
+/* A screenshot's stdout: its pixels (region or screen, times scale, at
+ * most 8K's) at 4 bytes each, plus room for the format's headers.  A PNG
+ * of noise from an 8-bit screen is 2.9 bytes a pixel, a JPEG or WebP at
+ * quality 100 2.8-2.9 (measured with ImageMagick 6 on 640x480 noise). */
+#define DK_SHOT_BPP       4u
+#define DK_SHOT_HEADERS   (1u << 20)
 #define DK_QUERY_MAX      (1u << 20)     /* a tool's stdout otherwise */
 #define DK_TEXT_MAX       65536          /* keyboard/type and clipboard text */
 #define DK_TYPE_MAX_MS    120000         /* text length x delay */
 #define DK_CLICKS_MAX     100            /* clickCount, scroll steps */
 #define DK_RECORDINGS_MAX 32
+#define DK_REC_BLOCK      (64u * 1024)   /* a download's buffer in the daemon, all it holds of the file */
 #define DK_APPS_MAX       64
 /* POST open's defaults (dk_open): a browser entry xdg-open finds through
  * XDG_CONFIG_DIRS and XDG_DATA_DIRS set for it alone. */
@@ -182,7 +188,7 @@ static int dk_reply_problem(sreq *r, dk_problem *pb)
 /* ---- running tools in the cell ---------------------------------------------- */
 typedef struct dk_out {
     char   *out;                        /* stdout, NUL-terminated, at most cap bytes */
-    size_t  len;
+    size_t  len, room;                  /* room: allocated bytes of out */
     char    err[1024];                  /* the start of stderr */
     size_t  err_len;
     int     status, exited, timed_out, truncated;
@@ -221,11 +227,22 @@ static int dk_drain(int fd, dk_out *o, int is_err, size_t cap)
         size_t take = cap - o->len < (size_t)n ? cap - o->len : (size_t)n;
         if (take < (size_t)n)
             o->truncated = 1;
-        if (take) {
-            char *grown = realloc(o->out, o->len + take + 1);
+        if (take && o->len + take + 1 > o->room) {
+            /* Doubling, not one read at a time: a screenshot of tens of
+             * MiB would otherwise be copied over and over (quadratic where
+             * realloc cannot grow in place, as under ASan). */
+            size_t room = o->room < sizeof buf ? sizeof buf : o->room;
+            while (room < o->len + take + 1)
+                room *= 2;
+            if (room > cap + 1)
+                room = cap + 1;
+            char *grown = realloc(o->out, room);
             if (!grown)
                 return errno = ENOMEM, -1;
             o->out = grown;
+            o->room = room;
+        }
+        if (take) {
             memcpy(o->out + o->len, buf, take);
             o->len += take;
             o->out[o->len] = '\0';
@@ -243,6 +260,7 @@ static int dk_exec(scell *sc, const char *const *argv, const void *in, size_t in
     memset(o, 0, sizeof *o);
     if (!(o->out = calloc(1, 1)))
         return util_fail(err, ENOMEM, "out of memory");
+    o->room = 1;
     int fds[3];
     sproc *p = srv_procs_spawn_piped_at(sc, argv, "/", fds, err);
     if (!p) {
@@ -1191,6 +1209,14 @@ static int dk_display_info(dk_ctx *c)
     return 0;
 }
 
+/* ceil() without libm (the daemon does not link it): for sizes, well
+ * inside a long. */
+static double dk_ceil(double v)
+{
+    long n = (long)v;
+    return (double)(n + ((double)n < v));
+}
+
 /* GET screenshot and screenshot/region: ImageMagick reads the root window
  * (x:root) and crops, draws the pointer, scales and encodes in one run. */
 static int dk_screenshot(dk_ctx *c, int region)
@@ -1239,6 +1265,15 @@ static int dk_screenshot(dk_ctx *c, int region)
         DK_INVALID(pb, "region %ldx%ld+%ld+%ld is not inside the %dx%d screen", w, h, x, y, d->width, d->height);
         return -1;
     }
+    /* The image's size bounds what convert may answer (DK_SHOT_BPP). */
+    double out_w = dk_ceil((region ? w : d->width) * scale), out_h = dk_ceil((region ? h : d->height) * scale);
+    if (out_w * out_h > (double)DK_MAX_WIDTH * DK_MAX_HEIGHT) {
+        DK_INVALID(pb, "query parameter scale %g makes a %.0fx%.0f image: more pixels than %dx%d, use a smaller "
+                   "scale or a region", scale, out_w, out_h, DK_MAX_WIDTH, DK_MAX_HEIGHT);
+        return -1;
+    }
+    /* +1 a side: ImageMagick's rounding of a percentage. */
+    size_t cap = (size_t)((out_w + 1) * (out_h + 1)) * DK_SHOT_BPP + DK_SHOT_HEADERS;
     char crop[64], draw[160], resize[32], qual[24], out[24];
     const char *args[24];
     size_t n = 0;
@@ -1281,7 +1316,7 @@ static int dk_screenshot(dk_ctx *c, int region)
     args[n++] = out;
     args[n] = NULL;
     dk_out o;
-    if (dk_tool(c->sc, d, args, NULL, 0, DK_SHOT_MAX, DK_SHOT_MS, &o, pb, 1) < 0)
+    if (dk_tool(c->sc, d, args, NULL, 0, cap, DK_SHOT_MS, &o, pb, 1) < 0)
         return -1;
     static const unsigned char png_sig[8] = { 0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n' };
     int valid = strcmp(fmt, "png") == 0 ? o.len >= 8 && memcmp(o.out, png_sig, 8) == 0
@@ -2044,6 +2079,49 @@ static int dk_rec_get(dk_ctx *c)
     return x ? (c->res = dk_rec_json(x), 0) : -1;
 }
 
+/* GET recordings/{rid}/download streams the file from a transfer process
+ * in the cell (cell_file_read_nofollow) to the client, one DK_REC_BLOCK at
+ * a time as the client takes it: the daemon holds one block, the cell's
+ * transfer process waits on its pipe when the client is slow, and the
+ * desktop's lock is not held while the bytes move (only for the open).
+ * What the agent in the cell may have put in place of a finished
+ * recording is checked before the status line where it can be: a symlink
+ * anywhere in the path (ELOOP), a device, FIFO or directory (init opens
+ * regular files only), a size other than the one the recording had when
+ * it stopped.  At most that many bytes go out; a file that shrinks or
+ * grows while it is sent ends the response short of its Content-Length
+ * (a broken transfer the client sees), never padded or extended. */
+typedef struct dk_dl {
+    cell_xfer x;
+    uint64_t  size;                     /* the recording's at its stop: the Content-Length */
+} dk_dl;
+
+static ssize_t dk_dl_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    dk_dl *dl = cls;
+    if (pos >= dl->size)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    uint64_t left = dl->size - pos;
+    ssize_t n = cell_xfer_read(&dl->x, buf, max < left ? max : (size_t)left, NULL);
+    if (n <= 0)                                         /* shorter than at its stop, or the transfer failed */
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if ((uint64_t)n == left) {
+        /* The last bytes go out only if the file ends here and the
+         * transfer process says the read went well. */
+        char more;
+        if (cell_xfer_read(&dl->x, &more, 1, NULL) != 0 || cell_xfer_end(&dl->x, NULL) < 0)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    return n;
+}
+
+static void dk_dl_free(void *cls)
+{
+    dk_dl *dl = cls;
+    cell_xfer_end(&dl->x, NULL);                        /* the transfer process gets EPIPE if it still writes */
+    free(dl);
+}
+
 static int dk_rec_download(dk_ctx *c)
 {
     dk_rec *x = dk_rec_find(c);
@@ -2054,18 +2132,39 @@ static int dk_rec_download(dk_ctx *c)
                x->status == 0 ? "still active" : "failed");
         return -1;
     }
-    const char *argv[] = { "cat", x->path, NULL };
-    dk_out o;
-    cell_error e = { 0 };
-    if (dk_exec(c->sc, argv, NULL, 0, DK_SHOT_MAX, 60000, &o, &e) < 0 || !dk_ok(&o) || o.truncated) {
-        if (o.out)
-            dk_out_free(&o);
-        DK_FAILED_P(&c->pb, "cannot read recording %s in the cell", x->id);
+    dk_dl *dl = calloc(1, sizeof *dl);
+    if (!dl) {
+        DK_FAILED_P(&c->pb, "out of memory");
         return -1;
     }
-    struct MHD_Response *resp = MHD_create_response_from_buffer(o.len, o.out, MHD_RESPMEM_MUST_FREE);
+    dl->size = (uint64_t)x->bytes;
+    cell_error e = { 0 };
+    if (WITH_CELL(c->sc, &e, cell_file_read_nofollow(c->sc->c, x->path, &dl->x, &e)) < 0) {
+        free(dl);
+        if (e.code == ECONNRESET)
+            DK_INACTIVE_P(&c->pb, "the cell stopped");
+        else if (e.code == ENOENT)
+            dk_set(&c->pb, 404, "not_found", "Not Found", "the file of recording %s (%s) is gone from the cell",
+                   x->id, x->path);
+        else if (e.code == ELOOP || e.code == EINVAL || e.code == EISDIR || e.code == EXDEV)
+            dk_set(&c->pb, 409, "conflict", "Conflict", "the file of recording %s (%s) is no longer a regular file "
+                   "in the cell: a symlink, device, FIFO or directory was put in its place (%s)", x->id, x->path,
+                   e.message);
+        else
+            DK_FAILED_P(&c->pb, "cannot read recording %s in the cell: %s", x->id, e.message);
+        return -1;
+    }
+    if (dl->x.size != dl->size) {
+        dk_set(&c->pb, 409, "conflict", "Conflict", "recording %s changed in the cell after it stopped: %lld bytes "
+               "then, %llu now", x->id, (long long)x->bytes, (unsigned long long)dl->x.size);
+        dk_dl_free(dl);
+        return -1;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_callback(dl->size, DK_REC_BLOCK, dk_dl_read, dl,
+                                                                  dk_dl_free);
     if (!resp) {
-        dk_out_free(&o);
+        dk_dl_free(dl);
+        DK_FAILED_P(&c->pb, "out of memory");
         return -1;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "video/mp4");

@@ -16,7 +16,7 @@ import pytest
 import daemon as dm
 import wsclient
 from conftest import cgroup_roots
-from daemon import assert_problem, make_tenant_token, wait_for
+from daemon import assert_problem, make_tenant_token, recv_to_close, wait_for
 from desktop_support import Desktop, in_cell, named, new_cell, started
 
 pytestmark = pytest.mark.skipif(
@@ -379,33 +379,219 @@ def _hwm_kib(pid):
     return int(dm.proc_status(pid)["VmHWM"].split()[0])
 
 
-@pytest.mark.xfail(strict=True, reason="desktop.c dk_rec_download reads the whole file with `cat` into the "
-                   "daemon's memory (up to DK_SHOT_MAX, 256 MiB) before it answers, with the desktop's lock held; "
-                   "the agent in the cell can put any big file (or a link to /dev/zero, which also holds the lock "
-                   "for dk_exec's 60 s) in place of a finished recording, and each download costs the daemon that "
-                   "much memory, which no cell is charged for (dk_drain also grows the buffer by one 16 KiB read "
-                   "at a time: quadratic copying where realloc cannot grow in place, 319 MiB peak for 16 MiB "
-                   "under ASan)")
+REC_DIR = "/tmp/.cell-desktop/recordings"
+
+
+def _rec_size(dk, rid):
+    return int(sh(dk, "stat -c %%s %s/%s.mp4 2>/dev/null || echo 0" % (REC_DIR, rid))[1].split()[0])
+
+
+def _recorded(dk, fps=10, at_least=1):
+    """A completed recording of at least `at_least` bytes: its stop's answer."""
+    rid = dk.post("/recording/start", {"fps": fps}).body["id"]
+    # Bytes, not time: a recording stopped before its first frame is a failed one.
+    assert wait_for(lambda: _rec_size(dk, rid) >= at_least, timeout=60)
+    stop = dk.post("/recording/stop").body
+    assert stop["status"] == "completed", stop
+    return stop
+
+
 def test_a_download_does_not_buffer_what_the_cell_put_in_place_of_the_recording(tmp_path):
     # A daemon of its own: its peak RSS (VmHWM) before the download is its start's, not
     # another test's.
     with dm.served(tmp_path / "d") as dd:
         admin = dd.client()
         dk = started(admin, new_cell(admin))
-        rid = dk.post("/recording/start", {"fps": 10}).body["id"]
-        assert wait_for(lambda: int(sh(dk, "stat -c %%s /tmp/.cell-desktop/recordings/%s.mp4 2>/dev/null || "
-                                           "echo 0" % rid)[1].split()[0]) > 0, timeout=20)
-        assert dk.post("/recording/stop").body["status"] == "completed"
+        rid = _recorded(dk)["id"]
         # 16 MiB in the cell's throwaway layer (charged to its 512M), in place of the finished recording.
-        code, out = sh(dk, "cd /tmp/.cell-desktop/recordings && head -c 16777216 /dev/zero > big && "
-                           "mv -f big %s.mp4" % rid)
+        code, out = sh(dk, "cd %s && head -c 16777216 /dev/zero > big && mv -f big %s.mp4" % (REC_DIR, rid))
         assert code == 0, out
         before = _hwm_kib(dd.proc.pid)
-        r = dk.get("/recordings/%s/download" % rid)
-        assert r.status == 200 and len(r.raw) == 16 << 20, r
+        # Not the recording any more: refused before a byte of it is read.
+        assert_problem(dk.get("/recordings/%s/download" % rid), 409, "conflict", "changed in the cell after it stopped")
         grown = _hwm_kib(dd.proc.pid) - before
-        # Streamed, the answer would cost a few pipe buffers, not the file.
         assert grown < 8 << 10, "one download made the daemon's peak grow by %d MiB" % (grown >> 10)
+
+
+@pytest.fixture(scope="module")
+def recorded(admin):
+    """A cell with one completed recording, and a copy of it at /tmp/orig.mp4."""
+    cid = new_cell(admin)
+    dk = started(admin, cid)
+    dk.stop = _recorded(dk)
+    dk.path = "%s/%s.mp4" % (REC_DIR, dk.stop["id"])
+    assert sh(dk, "cp -p %s /tmp/orig.mp4" % dk.path)[0] == 0
+    yield dk
+    admin.delete("/v1/cells/%s" % cid)
+
+
+# What the agent in the cell puts in place of a finished recording: each is refused before the
+# status line, the desktop still answers, and the recording downloads again once it is back.
+IN_PLACE = [
+    ("ln -sf /dev/zero $F", 409, "no longer a regular file"),            # endless: once held the lock 60 s
+    ("ln -sf /etc/shadow $F", 409, "no longer a regular file"),          # a path outside the recordings
+    ("ln -sf /tmp/orig.mp4 $F", 409, "no longer a regular file"),        # the same bytes, through a link
+    ("mv %s %s.real && ln -s %s.real %s && rm -f $F && ln /tmp/orig.mp4 $F" % ((REC_DIR,) * 4), 409,
+     "no longer a regular file"),                                        # a link higher up the path
+    ("rm -f $F && mkfifo $F", 409, "no longer a regular file"),          # a FIFO nobody writes
+    ("rm -f $F && mkdir $F", 409, "no longer a regular file"),
+    ("cat /tmp/orig.mp4 /tmp/orig.mp4 > $F", 409, "changed in the cell after it stopped"),   # grown after stop
+    ("head -c 100 /tmp/orig.mp4 > $F", 409, "changed in the cell after it stopped"),        # shrunk
+    ("rm -f $F", 404, "is gone from the cell"),
+]
+
+
+@pytest.mark.parametrize("script,status,words", IN_PLACE, ids=["dev-zero", "host-path", "same-bytes-link",
+                                                               "linked-dir", "fifo", "dir", "grown", "shrunk",
+                                                               "gone"])
+def test_what_the_cell_puts_in_place_of_a_recording_is_refused(recorded, script, status, words):
+    dk, rid = recorded, recorded.stop["id"]
+    code, out = sh(dk, script.replace("$F", dk.path))
+    assert code == 0, out
+    try:
+        r = dk.get("/recordings/%s/download" % rid)
+        b = assert_problem(r, status, "conflict" if status == 409 else "not_found", words)
+        assert rid in b["detail"], b
+        # The desktop's lock was not kept: its other calls answer.
+        assert dk.get("/recordings/%s" % rid).status == 200
+        assert dk.get("/mouse/position").status == 200
+    finally:
+        sh(dk, "rm -rf %s; if [ -L %s ]; then rm %s && mv %s.real %s; fi; rm -rf %s; cp -p /tmp/orig.mp4 %s"
+           % (dk.path, REC_DIR, REC_DIR, REC_DIR, REC_DIR, dk.path, dk.path))
+    # Put back, it is the recording again.
+    r = dk.get("/recordings/%s/download" % rid)
+    assert r.status == 200 and len(r.raw) == dk.stop["bytes"] and r.ctype == "video/mp4", r
+
+
+@pytest.fixture(scope="module")
+def big(admin):
+    """A cell whose completed recording is at least 12 MiB (a 1280x960 screen of scrolling
+    random text at 30 fps, about 4 MiB a second) and the file's sha256."""
+    cid = new_cell(admin)
+    dk = Desktop(admin, cid)
+    r = dk.post("/start", {"width": 1280, "height": 960, "displayNum": 151})
+    assert r.status == 200 and r.body["state"] == "active", r
+    r = dk.post("/launch", {"app": "xterm", "args": ["-geometry", "220x75+0+0", "-e", "sh", "-c",
+                                                     "od -x /dev/urandom"], "wait": True})
+    assert r.status == 200, r
+    dk.stop = _recorded(dk, fps=30, at_least=12 << 20)
+    dk.path = "%s/%s.mp4" % (REC_DIR, dk.stop["id"])
+    dk.sha = sh(dk, "sha256sum %s" % dk.path)[1].split()[0]
+    # The screen still: nothing of the cell's CPU goes on scrolling.
+    assert sh(dk, "pkill -x od; true")[0] == 0
+    yield dk
+    admin.delete("/v1/cells/%s" % cid)
+
+
+def _open_download(dk, rcvbuf=None):
+    """A GET of the big recording on a socket of its own, the status line and headers read
+    and the body not; rcvbuf: a small receive buffer, so that the daemon's side fills."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", dk.c.port))
+    s.sendall(("GET %s/recordings/%s/download HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+               "Connection: close\r\n\r\n" % (dk.base, dk.stop["id"], dk.c.token)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        got = s.recv(1)
+        assert got, head
+        head += got
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"content-length: %d\r\n" % dk.stop["bytes"] in head.lower(), head
+    return s
+
+
+def _read_rest(s):
+    body = b""
+    while True:
+        got = s.recv(1 << 20)
+        if not got:
+            return body
+        body += got
+
+
+def test_concurrent_downloads_of_one_recording_each_get_it_whole(big):
+    import hashlib
+    results = {}
+
+    def download(i):
+        results[i] = big.get("/recordings/%s/download" % big.stop["id"])
+
+    threads = [threading.Thread(target=download, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results.values():
+        assert r.status == 200 and len(r.raw) == big.stop["bytes"], r
+        assert hashlib.sha256(r.raw).hexdigest() == big.sha
+
+
+def test_a_recording_grown_during_its_download_is_cut_short_never_extended(big):
+    s = _open_download(big, rcvbuf=64 << 10)
+    try:
+        assert s.recv(64 << 10)
+        # With the client this far, the cell's transfer process is at most a pipe and the
+        # daemon's socket buffers (about 5 MiB) into the 12 MiB file: it reads what the agent
+        # appends now, and the response ends short of its Content-Length.
+        assert sh(big, "head -c 1048576 /dev/urandom >> %s" % big.path)[0] == 0
+        body = _read_rest(s)
+    finally:
+        s.close()
+        assert sh(big, "truncate -s %d %s" % (big.stop["bytes"], big.path))[0] == 0
+    assert 0 < len(body) < big.stop["bytes"] - (64 << 10)
+    # Back to its size, it downloads whole.
+    r = big.get("/recordings/%s/download" % big.stop["id"])
+    assert r.status == 200 and len(r.raw) == big.stop["bytes"], r
+
+
+def test_a_client_that_stops_reading_holds_neither_memory_nor_the_desktop(d, big):
+    import hashlib
+    rss = lambda: int(dm.proc_status(d.proc.pid)["VmRSS"].split()[0])  # noqa: E731
+    before = rss()
+    s = _open_download(big, rcvbuf=64 << 10)
+    try:
+        first = s.recv(64 << 10)
+        assert first
+        # The client reads no more.  The daemon's memory stays where it was (one block of the
+        # file, not the file), and the desktop answers its other calls meanwhile.
+        assert big.get("/recordings").status == 200
+        assert big.get("/status").body["state"] == "active"
+        shot = big.get("/screenshot/region", query={"x": 0, "y": 0, "width": 64, "height": 64})
+        assert shot.status == 200 and shot.ctype == "image/png", shot
+        grown = rss() - before
+        assert grown < 6 << 10, "a stalled download grew the daemon by %d MiB" % (grown >> 10)
+        # Deleting the recording meanwhile is not held up by it, and the download, of a file
+        # that was opened whole, still gets every byte.
+        assert big.c.delete(big.base + "/recordings/%s" % big.stop["id"]).status == 204
+        body = first + _read_rest(s)
+    finally:
+        s.close()
+    assert len(body) == big.stop["bytes"]
+    assert hashlib.sha256(body).hexdigest() == big.sha
+    assert_problem(big.get("/recordings/%s/download" % big.stop["id"]), 404, "not_found")
+
+
+def test_a_screenshot_is_never_bigger_than_8k(d, admin, cells):
+    """The daemon holds a screenshot while it answers it: at most 8K's pixels (at 4 bytes
+    each, plus headers) get asked of convert, whatever the scale; more is refused before it runs."""
+    cid = new_cell(admin)
+    cells.append(cid)
+    dk = Desktop(admin, cid)
+    r = dk.post("/start", {"width": 3840, "height": 2160, "displayNum": 152})
+    assert r.status == 200 and r.body["state"] == "active", r
+    for query in ({"scale": "2.01"}, {"scale": "4"}):
+        assert_problem(dk.get("/screenshot", query=query), 400, "desktop_invalid_action", "more pixels than 7680x4320")
+    region = {"x": 0, "y": 0, "width": 1921, "height": 1080, "scale": "4"}
+    assert_problem(dk.get("/screenshot/region", query=region), 400, "desktop_invalid_action", "7684x4320")
+    assert not [a for _, a in in_cell(dk, d.state) if os.path.basename(a[0]) == "convert"]
+    # Below the bound, screenshots are what they were (an 8K one needs more than this cell's 512M
+    # in ImageMagick: the cell's memory limit kills it, not the daemon's cap).
+    region.update(width=1920, scale="2")
+    for path, query in (("/screenshot/region", region), ("/screenshot", {"format": "jpeg", "quality": "100"})):
+        r = dk.get(path, query=query)
+        assert r.status == 200 and r.ctype in ("image/png", "image/jpeg"), r
 
 
 def test_deleting_while_downloading(d, admin, cells):
@@ -444,13 +630,7 @@ def _raw(d, method, path, headers=None):
     req = "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % (method, path)
     req += "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
     s.sendall((req + "\r\n").encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
+    data = recv_to_close(s)
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     hdrs = {}
