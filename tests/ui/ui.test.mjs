@@ -82,11 +82,19 @@ function handshake(p, protocols) {
 }
 
 // A test that fails leaves its screenshot and HTML behind.
+// Each test has its own deadline, well inside the file's (run.sh): a test
+// that hangs fails by its name, with its screenshot, and the others still
+// run; each one's time is printed, so a slow CI run shows where it went.
+const TEST_TIMEOUT_MS = 90_000;
+
 function uiTest(name, fn) {
-  test(name, async () => {
+  test(name, { timeout: TEST_TIMEOUT_MS }, async () => {
+    const t0 = Date.now();
     try {
       await fn();
+      process.stdout.write(`# ${name}: ${Date.now() - t0} ms\n`);
     } catch (e) {
+      process.stdout.write(`# ${name}: failed after ${Date.now() - t0} ms\n`);
       failures++;
       const stem = path.join(artifacts, name.replace(/[^a-z0-9]+/gi, "_"));
       try {
