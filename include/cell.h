@@ -17,9 +17,9 @@ extern "C" {
  * cell_version_number() the library it runs with.  CELL_VERSION_NUMBER is
  * 0xMMmmpp.  docs/libcell.md says what a change of each part promises. */
 #define CELL_VERSION_MAJOR  0
-#define CELL_VERSION_MINOR  2
+#define CELL_VERSION_MINOR  3
 #define CELL_VERSION_PATCH  0
-#define CELL_VERSION_STRING "0.2.0"
+#define CELL_VERSION_STRING "0.3.0"
 #define CELL_VERSION_NUMBER ((CELL_VERSION_MAJOR << 16) | (CELL_VERSION_MINOR << 8) | CELL_VERSION_PATCH)
 const char *cell_version(void);
 int         cell_version_number(void);
@@ -493,7 +493,7 @@ typedef struct cell_xfer {
 int cell_file_read(cell *c, const char *path, cell_xfer *x, cell_error *err);
 /* cell_file_read where no component of path may be a symlink (ELOOP):
  * for a file the caller made in the cell and the cell must not swap for a
- * link (the desktop's recordings). */
+ * link (the desktop's recordings).  Since 0.3. */
 int cell_file_read_nofollow(cell *c, const char *path, cell_xfer *x, cell_error *err);
 int cell_file_write(cell *c, const char *path, int flags, mode_t mode, cell_xfer *x, cell_error *err);
 /* Up to len bytes; 0 at the end of the file. */
