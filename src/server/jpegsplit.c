@@ -7,7 +7,10 @@
  * are restart markers, so only another marker there ends the scan, and
  * only FF D9 between segments ends the image.  The buffer is bounded: a
  * source that writes more than `max` bytes without ending an image is an
- * error, never unbounded memory (the daemon holds this per viewer). */
+ * error, never unbounded memory (the daemon holds this per viewer), and the
+ * walk of an image that arrives in many reads resumes where it stopped
+ * rather than starting again at its SOI, so the daemon's work is linear in
+ * the bytes a source (a program in the cell) writes, however it slices them. */
 #include "server/jpegsplit.h"
 
 #include <errno.h>
@@ -30,18 +33,45 @@ void srv_jpegsplit_free(srv_jpegsplit *j)
 
 void srv_jpegsplit_reset(srv_jpegsplit *j)
 {
-    j->len = j->done = 0;
+    j->len = j->done = j->at = 0;
+    j->in_scan = 0;
 }
 
-long srv_jpegsplit_end(const uint8_t *b, size_t n)
+/* Walk the image at the start of b from *at (0: its SOI), *in_scan telling
+ * whether *at is inside entropy-coded data.  The length of the image, 0
+ * when more bytes are needed (*at, *in_scan: where the walk resumes once
+ * they are there, so bytes already walked are not walked again), -1 when
+ * b is not a JPEG's marker structure. */
+static long jpeg_walk(const uint8_t *b, size_t n, size_t *at, int *in_scan)
 {
-    if (n < 2)
-        return 0;
-    if (b[0] != 0xFF || b[1] != 0xD8)
-        return -1;
-    size_t i = 2;
+    if (*at == 0) {
+        if (n < 2)
+            return 0;
+        if (b[0] != 0xFF || b[1] != 0xD8)
+            return -1;
+        *at = 2;
+        *in_scan = 0;
+    }
+    size_t i = *at;
     for (;;) {
-        /* A marker segment. */
+        if (*in_scan) {
+            /* After SOS: entropy-coded data until a real marker. */
+            for (;; i++) {
+                if (i + 1 >= n) {
+                    *at = i;
+                    return 0;
+                }
+                if (b[i] != 0xFF)
+                    continue;
+                uint8_t x = b[i + 1];
+                if (x == 0x00 || x == 0xFF || (x >= 0xD0 && x <= 0xD7))
+                    continue;
+                break;                      /* EOI, or another segment (a progressive JPEG) */
+            }
+            *in_scan = 0;
+        }
+        /* A marker segment: a walk that needs more bytes resumes here. */
+        *at = i;
         if (i + 2 > n)
             return 0;
         if (b[i] != 0xFF)
@@ -65,20 +95,15 @@ long srv_jpegsplit_end(const uint8_t *b, size_t n)
         if (i + 2 + len > n)
             return 0;
         i += 2 + len;
-        if (m != 0xDA)
-            continue;
-        /* After SOS: entropy-coded data until a real marker. */
-        for (;; i++) {
-            if (i + 1 >= n)
-                return 0;
-            if (b[i] != 0xFF)
-                continue;
-            uint8_t x = b[i + 1];
-            if (x == 0x00 || x == 0xFF || (x >= 0xD0 && x <= 0xD7))
-                continue;
-            break;                          /* EOI, or another segment (a progressive JPEG) */
-        }
+        *in_scan = m == 0xDA;
     }
+}
+
+long srv_jpegsplit_end(const uint8_t *b, size_t n)
+{
+    size_t at = 0;
+    int in_scan = 0;
+    return jpeg_walk(b, n, &at, &in_scan);
 }
 
 uint8_t *srv_jpegsplit_space(srv_jpegsplit *j, size_t *room)
@@ -129,11 +154,17 @@ int srv_jpegsplit_next(srv_jpegsplit *j, const uint8_t **frame, size_t *len)
     j->skipped += skip;
     b += skip;
     n -= skip;
-    long end = srv_jpegsplit_end(b, n);
+    if (skip)
+        j->at = 0, j->in_scan = 0;          /* (a walk in progress starts at done: skip is 0 then) */
+    size_t from = j->at;
+    long end = jpeg_walk(b, n, &j->at, &j->in_scan);
+    j->walked += (end > 0 ? (size_t)end : j->at) - from;
     if (end <= 0)
         return end < 0 ? -1 : 0;
     *frame = b;
     *len = (size_t)end;
     j->done += (size_t)end;
+    j->at = 0;                              /* the next image's walk starts at its SOI */
+    j->in_scan = 0;
     return 1;
 }

@@ -16,6 +16,9 @@ typedef struct srv_jpegsplit {
     size_t   done;          /* bytes at the front already handed out or skipped */
     size_t   max;           /* the most one image may take */
     uint64_t skipped;       /* bytes dropped before an SOI (not part of any image) */
+    size_t   at;            /* the walk of the image at done: where it resumes (0: at its SOI) */
+    int      in_scan;       /* ... inside entropy-coded data (after an SOS) */
+    uint64_t walked;        /* bytes the marker walk looked at: about len, never len x reads */
 } srv_jpegsplit;
 
 void srv_jpegsplit_init(srv_jpegsplit *j, size_t max);
