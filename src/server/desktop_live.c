@@ -357,7 +357,13 @@ static void dl_error(dl_session *s, json_t *id, int status, const char *field, c
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    json_t *o = json_pack("{s:s, s:i, s:s}", "type", "error", "status", status, "message", msg);
+    /* The words may quote the client's bytes cut at a byte count (an
+     * unknown type's %.24s, jansson's "near '...'"), which can end inside a
+     * UTF-8 character: jansson refuses such a string, and the answer would
+     * be lost and the view closed as if the client did not read.  Invalid
+     * UTF-8 becomes U+FFFD instead. */
+    json_t *text = srv_procs_lossy_string((const unsigned char *)msg, strlen(msg));
+    json_t *o = text ? json_pack("{s:s, s:i, s:o}", "type", "error", "status", status, "message", text) : NULL;
     if (o && field)
         json_object_set_new(o, "field", json_string(field));
     if (o && id)

@@ -172,6 +172,10 @@ REFUSED = [
     (b"{}", "type", "\"type\" is missing", 400),
     (b'{"type": 5, "id": 7}', "type", "\"type\" is missing or not a string", 400),
     (b'{"type": "explode", "id": 7}', "type", "unknown \"type\" \"explode\"", 400),
+    # The words quote the client's bytes cut at a byte count, inside a
+    # UTF-8 character here: still answered (U+FFFD), not a 1008 close.
+    (('{"type": "a%s", "id": 8}' % ("\u00e9" * 20)).encode(), "type", "unknown \"type\" \"a\u00e9", 400),
+    (('{"%s' % ("\u00e9" * 100)).encode(), None, "not JSON", 400),
     (b'{"type": "settings", "fps": 99, "id": 7}', "fps", "fps must be an integer from 1 to 30", 400),
     (b'{"type": "settings", "fps": -9223372036854775807}', "fps", "fps must be an integer from 1 to 30", 400),
     (b'{"type": "settings", "scale": 0}', "scale", "scale must be a number from 0.1 to 1", 400),
