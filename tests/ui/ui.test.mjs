@@ -81,6 +81,25 @@ function handshake(p, protocols) {
   });
 }
 
+// `cell serve` on d.port with state in d.dir and `extra` flags, answering:
+// sets d.daemon, d.stderr and d.token (its admin token).
+async function serve(d, extra) {
+  d.stderr = "";
+  d.daemon = spawn(CELL_BIN, ["--state", d.dir, "serve", "--init", "--no-config",
+                              "--listen", `127.0.0.1:${d.port}`, "--socket", "", ...extra],
+                   { stdio: ["ignore", "ignore", "pipe"] });
+  d.daemon.stderr.on("data", (b) => { d.stderr += b; });
+  for (let i = 0; ; i++) {
+    assert.equal(d.daemon.exitCode, null, `cell serve exited: ${d.stderr}`);
+    try {
+      if ((await fetch(`${d.base}/v1/health`)).ok) break;
+    } catch { /* not yet */ }
+    assert.ok(i < 400, `cell serve did not answer: ${d.stderr}`);
+    await sleep(50);
+  }
+  d.token = readFileSync(path.join(d.dir, "admin.token"), "utf8").trim();
+}
+
 // A test that fails leaves its screenshot and HTML behind.
 // Each test has its own deadline, well inside the file's (run.sh): a test
 // that hangs fails by its name, with its screenshot, and the others still
@@ -126,19 +145,8 @@ before(async () => {
     });
     registry.once("exit", (code) => reject(new Error(`npmfake.py exited ${code}`)));
   });
-  st.daemon = spawn(CELL_BIN, ["--state", st.dir, "serve", "--init", "--no-config",
-                               "--listen", `127.0.0.1:${st.port}`, "--socket", "", "--agent-registry", registryUrl],
-                    { stdio: ["ignore", "ignore", "pipe"] });
-  st.daemon.stderr.on("data", (d) => { st.stderr += d; });
-  for (let i = 0; ; i++) {
-    assert.equal(st.daemon.exitCode, null, `cell serve exited: ${st.stderr}`);
-    try {
-      if ((await fetch(`${st.base}/v1/health`)).ok) break;
-    } catch { /* not yet */ }
-    assert.ok(i < 400, `cell serve did not answer: ${st.stderr}`);
-    await sleep(50);
-  }
-  st.token = readFileSync(path.join(st.dir, "admin.token"), "utf8").trim();
+  st.registryUrl = registryUrl;
+  await serve(st, ["--agent-registry", registryUrl]);
   execFileSync("ip", ["addr", "replace", `${PEER}/32`, "dev", "lo"]);
   peer = net.createServer((s) => { peerConnections++; s.destroy(); });
   await new Promise((r) => peer.listen(PEER_PORT, PEER, r));
@@ -438,6 +446,77 @@ uiTest("agent: a session with the mock agent: chat, a permission request answere
   }
 });
 
+// The agent page's session controls (ui/src/agent.js) with the mock agent
+// (src/agent/mock.c): mode and model sent to the agent, a turn cancelled,
+// and the session loaded again on a new agent instance, its history
+// replayed and its settings kept.
+uiTest("agent sessions: mode and model, a turn cancelled, an earlier session loaded", async () => {
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/agent`);
+  await page.getByLabel("Agent to run").selectOption("mock");
+  await page.getByRole("button", { name: "Start session" }).click();
+  const started = page.locator(".transcript .info", { hasText: /^Session mock-session-[0-9a-f]+ with mock$/ });
+  await started.waitFor();
+  const sid = (await started.textContent()).split(" ")[1];
+  const mode = page.getByLabel("Mode", { exact: true }), model = page.getByLabel("Model", { exact: true });
+  assert.equal(await mode.inputValue(), "normal");
+  assert.equal(await model.inputValue(), "mock");
+  // Each change is sent at once; the status line says when it was taken.
+  await mode.selectOption("plan");
+  await page.locator("#status", { hasText: "Mode: Plan" }).waitFor();
+  await model.selectOption("mock-fast");
+  await page.locator("#status", { hasText: "Model: Mock Fast" }).waitFor();
+  const msg = page.getByLabel("Message");
+  const send = async (text) => {
+    await msg.fill(text);
+    await page.getByRole("button", { name: "Send" }).click();
+  };
+  await send("show settings");
+  await page.locator(".transcript .agent", { hasText: "mode=plan model=mock-fast" }).waitFor();
+  // A turn that would last a minute, cancelled from the page (by keyboard).
+  const cancel = page.getByRole("button", { name: "Cancel turn" });
+  assert.equal(await cancel.isDisabled(), true);
+  await send("sleep 60");
+  await page.locator(".transcript .user", { hasText: "sleep 60" }).waitFor();
+  await cancel.focus();
+  await page.keyboard.press("Enter");
+  await page.locator(".transcript .info", { hasText: "Turn ended: cancelled" }).waitFor();
+  assert.equal(await cancel.isDisabled(), true);
+
+  // Leave (the instance ends), come back: the session is offered to load.
+  await page.getByRole("link", { name: "Files" }).click();
+  await page.goto(`${st.base}/ui/#/cells/${cellId}/agent`);
+  const load = page.getByLabel("Session to load");
+  await page.locator(`#agent-sessions-${cellId} option[value="${sid}"]`).waitFor({ state: "attached" });
+  // Ids the agent does not have, or that are not its ids, at the field.
+  for (const [bad, says] of [["mock-session-0000000000000000", "-32002"], ["../../etc/passwd", "not a session id"]]) {
+    await load.fill(bad);
+    await load.press("Enter");
+    await page.locator(".field-error", { hasText: says }).waitFor();
+    assert.equal(await load.getAttribute("aria-invalid"), "true");
+  }
+  await load.fill(sid);
+  await load.press("Enter");
+  await page.locator(".transcript .info", { hasText: `Session ${sid} loaded with mock` }).waitFor();
+  assert.equal(await load.getAttribute("aria-invalid"), null);
+  // The history replayed before the answer, the settings the session kept.
+  await page.locator(".transcript .user", { hasText: "show settings" }).waitFor();
+  await page.locator(".transcript .agent", { hasText: "mode=plan model=mock-fast" }).waitFor();
+  assert.equal(await mode.inputValue(), "plan");
+  assert.equal(await model.inputValue(), "mock-fast");
+  await send("recall");
+  await page.locator(".transcript .agent", { hasText: /show settings.*recall/ }).waitFor();
+  // One instance, this page's; it goes with the page.
+  const list = JSON.stringify((await api("GET", `/cells/${cellId}/v1/acp`)).body);
+  assert.equal((list.match(/ui-[a-z0-9]+/g) || []).length > 0, true, list);
+  await page.getByRole("link", { name: "Files" }).click();
+  for (let i = 0; ; i++) {
+    const l = (await api("GET", `/cells/${cellId}/v1/acp`)).body;
+    if (!JSON.stringify(l).includes("ui-")) break;
+    assert.ok(i < 200, `the agent instance outlived its page: ${JSON.stringify(l)}`);
+    await sleep(50);
+  }
+});
+
 // The desktop tab (ui/src/desktop.js): the live view (or, on a daemon without
 // /desktop/live, polled screenshots) of a 640x480 desktop in the test's cell.
 uiTest("desktop: start, a window appears in the view, a click and keys reach it, stop", async () => {
@@ -445,13 +524,13 @@ uiTest("desktop: start, a window appears in the view, a click and keys reach it,
   const stateLine = page.locator(".deskstate");
   await page.locator('.deskstate[data-state="inactive"]').waitFor();
   // A resolution the daemon refuses is shown at its field; nothing starts.
-  await page.getByLabel("Width").fill("99999");
-  await page.getByLabel("Height").fill("480");
+  await page.getByLabel("Width", { exact: true }).fill("99999");
+  await page.getByLabel("Height", { exact: true }).fill("480");
   await page.getByRole("button", { name: "Start desktop" }).click();
   await page.locator(".field-error", { hasText: "width" }).waitFor();
-  assert.equal(await page.getByLabel("Width").getAttribute("aria-invalid"), "true");
+  assert.equal(await page.getByLabel("Width", { exact: true }).getAttribute("aria-invalid"), "true");
   assert.equal((await api("GET", `/cells/${cellId}/v1/desktop/status`)).body.state, "inactive");
-  await page.getByLabel("Width").fill("640");
+  await page.getByLabel("Width", { exact: true }).fill("640");
   await page.getByRole("button", { name: "Start desktop" }).click();
   await page.locator('.deskstate[data-state="active"]').waitFor();
   assert.match(await stateLine.textContent(), /640x480/);
@@ -516,13 +595,13 @@ uiTest("desktop: start, a window appears in the view, a click and keys reach it,
 
 // The controls under the view (ui/src/deskcontrols.js): each does what the
 // daemon then reports through the API, and the lists follow the desktop.
-uiTest("desktop controls: launch, the window list and focus, the clipboard, recordings", async () => {
+uiTest("desktop controls: launch, the window list, focus, move and resize, open, screenshots, the clipboard, recordings", async () => {
   await page.goto(`${st.base}/ui/#/cells/${cellId}/desktop`);
   await page.locator('.deskstate[data-state="inactive"]').waitFor();
   const controls = page.locator(".deskcontrols");
   assert.equal(await controls.isVisible(), false, "the controls show before the desktop runs");
-  await page.getByLabel("Width").fill("640");
-  await page.getByLabel("Height").fill("480");
+  await page.getByLabel("Width", { exact: true }).fill("640");
+  await page.getByLabel("Height", { exact: true }).fill("480");
   await page.getByRole("button", { name: "Start desktop" }).click();
   await page.locator('.deskstate[data-state="active"]').waitFor();
   await controls.waitFor();
@@ -623,6 +702,94 @@ uiTest("desktop controls: launch, the window list and focus, the clipboard, reco
   await done.waitFor({ state: "detached" });
   assert.deepEqual((await api("GET", d("/recordings"))).body.recordings, []);
   await page.locator("table.deskrecordings", { hasText: "No recordings." }).waitFor();
+
+  // Move and resize the second window, chosen in the page's list; a size
+  // the daemon refuses at its field.  xterm rounds its size to whole
+  // character cells, so the page is checked against the API's record.
+  const win = async (w) => (await api("GET", d("/windows"))).body.windows.find((x) => x.id === w.id);
+  const was = await win(second);
+  await page.getByLabel("Window", { exact: true }).selectOption(String(second.id));
+  await page.getByLabel("Window width").fill("0");
+  await page.getByLabel("Window height").fill("100");
+  await page.getByRole("button", { name: "Resize window" }).click();
+  await page.locator(".field-error", { hasText: '"width"' }).waitFor();
+  assert.equal(await page.getByLabel("Window width").getAttribute("aria-invalid"), "true");
+  assert.deepEqual(await win(second), was);
+  await page.getByLabel("Window width").fill(String(was.width + 120));
+  await page.getByRole("button", { name: "Resize window" }).click();
+  const geo = page.locator(`#desk-geo-${cellId}`);
+  await geo.filter({ hasText: /^Resized / }).waitFor();
+  const resized = await win(second);
+  assert.ok(resized.width > was.width, `not wider: ${JSON.stringify([was, resized])}`);
+  assert.ok((await geo.textContent()).endsWith(`now at ${resized.x}, ${resized.y}, ${resized.width}x${resized.height}.`),
+            `${await geo.textContent()} vs ${JSON.stringify(resized)}`);
+  await page.getByLabel("X", { exact: true }).fill("40");
+  await page.getByLabel("Y", { exact: true }).fill("");
+  await page.getByRole("button", { name: "Move window" }).click();
+  await page.locator(".field-error", { hasText: "Y: a number is required" }).waitFor();
+  await page.getByLabel("Y", { exact: true }).fill("300");
+  // From the keyboard: Y, the size fields, then Move.
+  await page.getByLabel("Y", { exact: true }).focus();
+  for (let i = 0; i < 3; i++) await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent), "Move window");
+  await page.keyboard.press("Enter");
+  await geo.filter({ hasText: /^Moved / }).waitFor();
+  const moved = await win(second);
+  assert.ok(moved.x < resized.x && moved.y > resized.y, `not moved toward 40,300: ${JSON.stringify([resized, moved])}`);
+  await page.locator(`table.deskwindows tr[data-window="${second.id}"]`, { hasText: `${moved.x}, ${moved.y}` }).waitFor();
+
+  // Open: refusals at the field (a file the cell lacks, a leading '-'),
+  // then a file of the cell handed to xdg-open as its one argument.
+  const target = page.getByLabel("URL or file", { exact: true });
+  await target.fill("/tmp/ui-no-such-file");
+  await target.press("Enter");
+  await page.locator(".field-error", { hasText: "/tmp/ui-no-such-file" }).waitFor();
+  assert.equal(await target.getAttribute("aria-invalid"), "true");
+  await target.fill("--help");
+  await target.press("Enter");
+  await page.locator(".field-error", { hasText: "must not start with '-'" }).waitFor();
+  assert.equal((await api("PUT", `/cells/${cellId}/v1/fs/file?path=/tmp/ui-open.bin`, "x")).status < 300, true);
+  await target.fill("/tmp/ui-open.bin");
+  await target.press("Enter");
+  const opened = page.locator(`#desk-opened-${cellId}`);
+  await opened.filter({ hasText: /^Opened \/tmp\/ui-open\.bin: process \S+\.$/ }).waitFor();
+  assert.equal(await target.getAttribute("aria-invalid"), null);
+  const procId = await opened.getAttribute("data-process");
+  const procs = (await api("GET", `/cells/${cellId}/v1/processes?owner=desktop`)).body.processes;
+  assert.deepEqual(procs.filter((p) => p.id === procId).map((p) => [p.command, p.args]), [["xdg-open", ["/tmp/ui-open.bin"]]]);
+  await api("POST", `/cells/${cellId}/v1/processes/${procId}/kill`);
+
+  // Screenshots: a half-given region refused in the page, one outside the
+  // screen refused by the daemon at its field, then a PNG of a region (its
+  // size in its header) and a JPEG of the screen, saved as downloads
+  // fetched with the token in the header.
+  const shot = async () => {
+    const at = requests.length;
+    const [dl] = await Promise.all([page.waitForEvent("download"),
+      page.getByRole("button", { name: "Download screenshot" }).click()]);
+    const urls = requests.slice(at).filter((u) => u.includes("/screenshot"));
+    assert.ok(urls.length === 1 && !urls[0].includes(st.token), urls.join(" "));
+    return { name: dl.suggestedFilename(), bytes: readFileSync(await dl.path()) };
+  };
+  await page.getByLabel("Region x").fill("600");
+  await page.getByRole("button", { name: "Download screenshot" }).click();
+  await page.locator(".field-error", { hasText: "a region needs x, y, width and height" }).waitFor();
+  await page.getByLabel("Region y").fill("10");
+  await page.getByLabel("Region width").fill("100");
+  await page.getByLabel("Region height").fill("50");
+  await page.getByRole("button", { name: "Download screenshot" }).click();
+  await page.locator(".field-error", { hasText: "not inside the 640x480 screen" }).waitFor();
+  assert.equal(await page.getByLabel("Region x").getAttribute("aria-invalid"), "true");
+  await page.getByLabel("Region x").fill("20");
+  const png = await shot();
+  assert.equal(png.name, `desktop-${cellId}-region.png`);
+  assert.equal(png.bytes.subarray(1, 4).toString(), "PNG");
+  assert.deepEqual([png.bytes.readUInt32BE(16), png.bytes.readUInt32BE(20)], [100, 50]);
+  for (const f of ["Region x", "Region y", "Region width", "Region height"]) await page.getByLabel(f).fill("");
+  await page.getByLabel("Format").selectOption("jpeg");
+  const jpg = await shot();
+  assert.equal(jpg.name, `desktop-${cellId}.jpg`);
+  assert.equal(jpg.bytes.subarray(0, 2).toString("hex"), "ffd8");
 
   // Every control has its label (checked by name above); stopping hides them.
   await page.getByRole("button", { name: "Stop desktop" }).click();
@@ -890,6 +1057,56 @@ uiTest("agent install: npm's progress shown live, then the outcome; mock; amp's 
   await page.locator(".field-error", { hasText: /\(501\)/ }).waitFor();
   assert.equal(await agent.getAttribute("aria-invalid"), "true");
   assert.equal(await page.getByRole("button", { name: "Install agent" }).isEnabled(), true);
+});
+
+// The shared daemon's budget holds the install cell's 1.5 GiB, so a second,
+// small one refuses it: a 1 GiB host budget (256 MiB reserved) and a 512 MiB
+// cell.  The install's stream ends with the 409 budget_exceeded, shown at
+// the field with what the budget has left; nothing is installed.
+uiTest("agent install: a 409 budget_exceeded shown at the field, on a daemon with a small budget", async () => {
+  const small = { dir: mkdtempSync(path.join(os.tmpdir(), "cell-ui-budget-")), port: await freePort() };
+  small.base = `http://127.0.0.1:${small.port}`;
+  try {
+    await serve(small, ["--agent-registry", st.registryUrl, "--limit", "host.memory=1G", "--limit", "reserve.memory=256M"]);
+    const call = async (method, p, body) => {
+      const r = await fetch(small.base + p, { method, headers: { Authorization: `Bearer ${small.token}`,
+        "Content-Type": "application/json" }, body: body ? JSON.stringify(body) : undefined });
+      return { status: r.status, body: r.status === 204 ? null : await r.json() };
+    };
+    const made = await call("POST", "/v1/cells", { resources: { memory: "512M" } });
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const cid = made.body.id;
+    await page.goto(`${small.base}/ui/`);
+    await page.getByLabel("API token").fill(small.token);
+    await page.getByLabel("API token").press("Enter");
+    await page.getByRole("heading", { name: "Cells" }).waitFor();
+    await page.goto(`${small.base}/ui/#/cells/${cid}/agent`);
+    const agent = page.getByLabel("Agent to run");
+    await agent.selectOption("codex");
+    await page.getByRole("button", { name: "Install agent" }).click();
+    await page.locator('.installstate[data-state="failed"]', { hasText: "Installing codex failed." }).waitFor();
+    const err = page.locator(".field-error", { hasText: "budget exceeded" });
+    await err.waitFor();
+    assert.match(await err.textContent(), /\(409\)\. The install needs 1\.5 GiB of memory; the host budget has 256\.0 MiB free of 768\.0 MiB/);
+    assert.equal(await agent.getAttribute("aria-invalid"), "true");
+    assert.equal(await page.getByRole("button", { name: "Install agent" }).isEnabled(), true);
+    // Nothing ran: codex is not installed, no install cell is reserved.
+    const agents = (await call("GET", `/cells/${cid}/v1/agents`)).body.agents;
+    assert.equal(agents.find((a) => a.id === "codex").installed, false);
+    assert.deepEqual((await call("GET", "/v1/limits")).body.agents.installing, { memory: 0, pids: 0 });
+    assert.deepEqual([...requests].filter((u) => u.includes(small.token)), []);
+    assert.ok([204, 200].includes((await call("DELETE", `/v1/cells/${cid}`)).status));
+  } finally {
+    if (small.daemon && small.daemon.exitCode === null) {
+      small.daemon.kill("SIGTERM");
+      await new Promise((r) => small.daemon.once("exit", r));
+    }
+    rmSync(small.dir, { recursive: true, force: true });
+    // Back to the shared daemon's origin, where this tab holds its token.
+    await page.goto(`${st.base}/ui/`);
+  }
+  assert.equal(small.daemon.exitCode, 0, small.stderr);
+  assert.doesNotMatch(small.stderr, /Sanitizer|runtime error/);
 });
 
 uiTest("another tenant's token sees none of the cell, its lanes or its audit; an admin's build and import are 403", async () => {

@@ -1,6 +1,8 @@
 // agent.js: an agent session in the cell over the ACP proxy (docs/api.md,
 // "Agents and ACP sessions"): start an installed agent, chat, see its tool
-// calls and answer its permission requests; install an agent with npm's
+// calls and answer its permission requests, load an earlier session (its
+// history replayed), choose the session's mode and model, cancel a turn;
+// install an agent with npm's
 // progress shown as it streams (the SSE form of POST .../install) and its
 // refusal (501 amp/cursor, 409 budget, 502 npm) at the field.  The page
 // owns one agent instance (server id "ui-..."); leaving the page ends it
@@ -11,7 +13,7 @@
 // own requests such as session/request_permission) arrives on the SSE
 // stream GET /acp/{server}, read with fetch so the token stays in a header.
 import { call, callJson, cellPath, followEvents } from "./api.js";
-import { h, field, say } from "./dom.js";
+import { h, field, say, fmtBytes } from "./dom.js";
 
 export async function agentPage(root, signal, cell) {
   const id = cell.id;
@@ -27,8 +29,38 @@ export async function agentPage(root, signal, cell) {
   const log = h("ol", { class: "transcript", "aria-label": "Session transcript", "aria-live": "polite" });
   const prompt = field("Message", "textarea", { rows: 3, spellcheck: "true" });
   const sendBtn = h("button", { type: "submit", disabled: true }, "Send");
-  const chat = h("form", { class: "card", "aria-label": "Chat" }, prompt.wrap, sendBtn);
-  root.append(h("h2", {}, "Agent session"), startForm, installState, installLog, log, chat);
+  const cancelBtn = h("button", { type: "button", disabled: true }, "Cancel turn");
+  const chat = h("form", { class: "card", "aria-label": "Chat" }, prompt.wrap, h("div", { class: "row" }, sendBtn, cancelBtn));
+  // An earlier session: its id (the ones this tab started or loaded in this
+  // cell are offered), loaded with session/load on this page's agent.
+  const loadF = field("Session to load", "input", { autocomplete: "off", spellcheck: "false", list: `agent-sessions-${id}` });
+  const known = h("datalist", { id: `agent-sessions-${id}` });
+  const loadBtn = h("button", { type: "submit" }, "Load session");
+  const loadForm = h("form", { class: "card row", "aria-label": "Load an earlier session" }, loadF.wrap, known, loadBtn);
+  // The session's mode and model, as the agent offers them (hidden when it
+  // offers none); a change is sent at once, a refusal shown at the field.
+  const modeF = field("Mode", "select");
+  const modelF = field("Model", "select");
+  const settings = h("div", { class: "card grid", role: "group", "aria-label": "Session settings", hidden: true },
+    modeF.wrap, modelF.wrap);
+  root.append(h("h2", {}, "Agent session"), startForm, loadForm, installState, installLog, settings, log, chat);
+
+  // The sessions remembered for this cell (ids only, this tab only).
+  const MEM = `cell.agent-sessions.${id}`;
+  const remembered = () => {
+    try {
+      const v = JSON.parse(sessionStorage.getItem(MEM) || "[]");
+      return Array.isArray(v) ? v.filter((x) => typeof x?.id === "string") : [];
+    } catch {
+      return [];
+    }
+  };
+  const showKnown = () => known.replaceChildren(...remembered().map((x) => h("option", { value: x.id }, `${x.agent} ${x.id}`)));
+  const remember = (sid, agent) => {
+    sessionStorage.setItem(MEM, JSON.stringify([{ id: sid, agent }, ...remembered().filter((x) => x.id !== sid)].slice(0, 20)));
+    showKnown();
+  };
+  showKnown();
 
   async function listAgents() {
     const keep = agentF.input.value;
@@ -85,8 +117,14 @@ export async function agentPage(root, signal, cell) {
       const stderr = e.problem?.details?.stderr;
       if (Array.isArray(stderr) && stderr.length) installLog.append(`${stderr.join("\n")}\n`);
       else if (typeof stderr === "string" && stderr) installLog.append(`${stderr}\n`);
-      agentF.setError(e.status ? `${e.message} (${e.status})` : e.problem?.status
-        ? `${e.message} (${e.problem.status})` : e.message);
+      const status = e.status || e.problem?.status;
+      // A 409 budget_exceeded: what the host budget has left beside what
+      // the install cell asks, so the user sees what to free or raise.
+      const d = e.problem?.details;
+      const budget = status === 409 && /budget_exceeded$/.test(e.problem?.type || "") && d && d.budget === "memory"
+        ? ` The install needs ${fmtBytes(d.asked)} of memory; the host budget has ${fmtBytes(Math.max(0, d.total - d.reserved))} free `
+          + `of ${fmtBytes(d.total)}: stop or delete cells, or raise the daemon's host.memory limit.` : "";
+      agentF.setError(status ? `${e.message} (${status}).${budget}` : e.message);
     } finally {
       installBtn.disabled = false;
     }
@@ -94,7 +132,7 @@ export async function agentPage(root, signal, cell) {
 
   const server = `ui-${Math.random().toString(36).slice(2, 10)}`;
   const acp = cellPath(id, `/acp/${server}`);
-  let started = false, sessionId = null, rpcId = 0, agentText = null;
+  let started = false, sessionId = null, rpcId = 0, agentText = null, userText = null, agentName = "";
   const tools = new Map();     // toolCallId -> its <li>
   const add = (cls, ...children) => {
     const li = h("li", { class: cls }, ...children);
@@ -113,7 +151,17 @@ export async function agentPage(root, signal, cell) {
     const m = JSON.parse(data);
     if (m.method === "session/update") {
       const u = m.params.update;
-      if (u.sessionUpdate === "agent_message_chunk" && u.content?.type === "text") {
+      if (u.sessionUpdate === "user_message_chunk" && u.content?.type === "text") {
+        // A loaded session's history, replayed.
+        agentText = null;
+        if (!userText) userText = add("user", h("span", { class: "who" }, "you: "), h("span", { class: "text" }));
+        userText.querySelector(".text").append(u.content.text);
+        return;
+      }
+      userText = null;
+      if (u.sessionUpdate === "current_mode_update") {
+        if ([...modeF.input.options].some((o) => o.value === u.currentModeId)) modeF.input.value = u.currentModeId;
+      } else if (u.sessionUpdate === "agent_message_chunk" && u.content?.type === "text") {
         if (!agentText) agentText = add("agent", h("span", { class: "who" }, "agent: "), h("span", { class: "text" }));
         agentText.querySelector(".text").append(u.content.text);
       } else if (u.sessionUpdate === "tool_call") {
@@ -152,26 +200,107 @@ export async function agentPage(root, signal, cell) {
     }
   }
 
+  // The page's one agent instance, started on the first session (new or
+  // loaded) with the agent chosen then.
+  async function ensureAgent() {
+    if (started) return;
+    agentName = agentF.input.value;
+    await rpc("initialize", { protocolVersion: 1, clientCapabilities: {} }, `?agent=${encodeURIComponent(agentName)}`);
+    started = true;
+    agentF.input.disabled = true;
+    startBtn.disabled = true;
+    followEvents(acp, (name, data) => name === "message" && onMessage(data), signal)
+      .catch((e) => { if (e.name !== "AbortError") say(`Agent stream: ${e.message}`, "error"); });
+  }
+
+  // Options of a select from the agent's list; hidden when it has none.
+  const choices = (f, list, idKey, current) => {
+    f.setError("");
+    f.input.replaceChildren(...(list || []).map((o) => h("option", { value: o[idKey] }, o.name || o[idKey])));
+    f.wrap.hidden = !(list && list.length);
+    if (current) f.input.value = current;
+    return !f.wrap.hidden;
+  };
+  const useSession = (sid, result) => {
+    sessionId = sid;
+    remember(sid, agentName);
+    const m = choices(modeF, result?.modes?.availableModes, "id", result?.modes?.currentModeId);
+    const n = choices(modelF, result?.models?.availableModels, "modelId", result?.models?.currentModelId);
+    settings.hidden = !(m || n);
+    sendBtn.disabled = false;
+  };
+
   startForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (started) return;
     startBtn.disabled = true;
     agentF.setError("");
     try {
-      await rpc("initialize", { protocolVersion: 1, clientCapabilities: {} },
-        `?agent=${encodeURIComponent(agentF.input.value)}`);
-      started = true;
-      followEvents(acp, (name, data) => name === "message" && onMessage(data), signal)
-        .catch((e) => { if (e.name !== "AbortError") say(`Agent stream: ${e.message}`, "error"); });
+      await ensureAgent();
       const r = await rpc("session/new", { cwd: cell.cwd || "/", mcpServers: [] });
       if (r.error) throw new Error(r.error.message);
-      sessionId = r.result.sessionId;
-      add("info", `Session ${sessionId} with ${agentF.input.value}`);
-      sendBtn.disabled = false;
+      useSession(r.result.sessionId, r.result);
+      add("info", `Session ${sessionId} with ${agentName}`);
       prompt.input.focus();
     } catch (e) {
       agentF.setError(e.message);
       startBtn.disabled = started;
+    }
+  });
+
+  // session/load: the agent replays the history as session/update
+  // notifications (on the stream, shown as they come), then answers.
+  loadForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const sid = loadF.input.value.trim();
+    loadF.setError("");
+    if (!sid) return void loadF.setError("Session to load: the id of an earlier session of this agent");
+    loadBtn.disabled = true;
+    try {
+      await ensureAgent();
+      add("info", `Loading session ${sid}\u2026`);
+      agentText = userText = null;
+      const r = await rpc("session/load", { sessionId: sid, cwd: cell.cwd || "/", mcpServers: [] });
+      if (r.error) {
+        loadF.setError(`${r.error.message} (${r.error.code})`);
+        loadF.input.focus();
+        return;
+      }
+      agentText = userText = null;
+      useSession(sid, r.result);
+      add("info", `Session ${sid} loaded with ${agentName}`);
+      prompt.input.focus();
+    } catch (e) {
+      if (e.name !== "AbortError") loadF.setError(e.message);
+    } finally {
+      loadBtn.disabled = false;
+    }
+  });
+
+  const setting = (f, method, key) => f.input.addEventListener("change", async () => {
+    f.setError("");
+    if (!sessionId) return;
+    try {
+      const r = await rpc(method, { sessionId, [key]: f.input.value });
+      if (r.error) f.setError(`${r.error.message} (${r.error.code})`);
+      else say(`${f === modeF ? "Mode" : "Model"}: ${f.input.selectedOptions[0]?.textContent}`);
+    } catch (e) {
+      if (e.name !== "AbortError") f.setError(e.message);
+    }
+  });
+  setting(modeF, "session/set_mode", "modeId");
+  setting(modelF, "session/set_model", "modelId");
+
+  // session/cancel is a notification (202); the turn's own answer then
+  // ends it ("Turn ended: cancelled").
+  cancelBtn.addEventListener("click", async () => {
+    if (!sessionId) return;
+    cancelBtn.disabled = true;
+    try {
+      await call("POST", acp, { json: { jsonrpc: "2.0", method: "session/cancel", params: { sessionId } } });
+      say("Cancelling the turn");
+    } catch (e) {
+      if (e.name !== "AbortError") say(`Cancel: ${e.message}`, "error");
     }
   });
 
@@ -181,8 +310,10 @@ export async function agentPage(root, signal, cell) {
     if (!text.trim() || !sessionId) return;
     prompt.input.value = "";
     agentText = null;
+    userText = null;
     add("user", h("span", { class: "who" }, "you: "), text);
     sendBtn.disabled = true;
+    cancelBtn.disabled = false;
     try {
       const r = await rpc("session/prompt", { sessionId, prompt: [{ type: "text", text }] });
       if (r.error) add("error", `Error: ${r.error.message}`);
@@ -192,6 +323,7 @@ export async function agentPage(root, signal, cell) {
     } finally {
       agentText = null;
       sendBtn.disabled = false;
+      cancelBtn.disabled = true;
     }
   });
 }

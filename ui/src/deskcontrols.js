@@ -1,11 +1,12 @@
 // deskcontrols.js: what drives a running desktop besides its view
 // (docs/desktop.md, docs/api.md "Desktop"): launch an app, the window list
-// with focus, the clipboard, and recordings (start, stop, list, download,
-// delete).  desktop.js builds the view; this module builds the controls
+// with focus, move and resize, opening a URL or file, a screenshot (format,
+// region) saved as a download, the clipboard, and recordings (start, stop,
+// list, download, delete).  desktop.js builds the view; this module builds the controls
 // under it and is told the desktop's state, so they show only while it is
 // active (every route here answers 409 otherwise).
 //
-// A recording is downloaded with fetch and the token in its header, then
+// A recording or a screenshot is downloaded with fetch and the token in its header, then
 // handed to the browser as a blob: a plain link would need the token in
 // its URL (docs/ui.md, docs/security.md).
 import { call, callJson, cellPath, ApiError } from "./api.js";
@@ -41,6 +42,9 @@ export function deskControls(root, signal, cell) {
   launchForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     for (const f of [app, args, launchErr]) f.setError("");
+    // The last launch's line goes: it must not read as this one's outcome.
+    launched.textContent = "";
+    delete launched.dataset.process;
     if (!app.input.value.trim()) return void app.setError("App: the program to run on the desktop, e.g. xterm");
     const btn = launchForm.querySelector("button[type=submit]");
     btn.disabled = true;
@@ -80,10 +84,132 @@ export function deskControls(root, signal, cell) {
         await loadWindows();
       }))),
   () => h("tr", {}, h("td", { colspan: 5 }, "No windows.")));
+  // Move or resize: the window chosen from the list, the daemon's answer
+  // (the window's new record) shown, a refusal at the field it names.
+  const winSel = field("Window", "select");
+  const mvX = field("X", "input", { type: "number", inputmode: "numeric" });
+  const mvY = field("Y", "input", { type: "number", inputmode: "numeric" });
+  const rsW = field("Window width", "input", { type: "number", inputmode: "numeric", min: 1 });
+  const rsH = field("Window height", "input", { type: "number", inputmode: "numeric", min: 1 });
+  const geoErr = field("Move or resize", "output");
+  geoErr.wrap.querySelector("label").remove();
+  const geoDone = h("p", { class: "hint", "aria-live": "polite", id: `desk-geo-${cell.id}` });
+  const geoMove = h("button", { type: "button" }, "Move window");
+  const geoResize = h("button", { type: "button" }, "Resize window");
+  const num = (f) => (f.input.value.trim() === "" ? undefined : Number(f.input.value));
+  const geometry = async (what, json, fields, need) => {
+    for (const f of [winSel, mvX, mvY, rsW, rsH, geoErr]) f.setError("");
+    geoDone.textContent = "";
+    if (!winSel.input.value) return void winSel.setError("Window: none to choose; launch an app first");
+    for (const [f, name] of need)
+      if (f.input.value.trim() === "") return void f.setError(`${name}: a number is required`);
+    const label = winSel.input.selectedOptions[0]?.textContent || winSel.input.value;
+    try {
+      const w = await callJson("POST", base(`/windows/${encodeURIComponent(winSel.input.value)}/${what}`), { signal, json });
+      geoDone.textContent = `${what === "move" ? "Moved" : "Resized"} ${label}: now at ${w.x}, ${w.y}, ${w.width}x${w.height}.`;
+      say(geoDone.textContent);
+      await loadWindows();
+    } catch (e) {
+      if (signal.aborted || e.name === "AbortError") return;
+      if (!(e instanceof ApiError)) throw e;
+      showProblem(e, fields, geoErr);
+    }
+  };
+  geoMove.addEventListener("click", () => geometry("move", { x: num(mvX), y: num(mvY) },
+    { '"x"': mvX, '"y"': mvY, "x and y": mvX, "window": winSel }, [[mvX, "X"], [mvY, "Y"]]));
+  geoResize.addEventListener("click", () => geometry("resize", { width: num(rsW), height: num(rsH) },
+    { '"width"': rsW, '"height"': rsH, "window": winSel }, [[rsW, "Width"], [rsH, "Height"]]));
+  const geoForm = h("div", { role: "group", "aria-label": "Move or resize a window" },
+    h("div", { class: "grid" }, winSel.wrap, mvX.wrap, mvY.wrap, rsW.wrap, rsH.wrap), geoErr.wrap,
+    h("div", { class: "row" }, geoMove, geoResize), geoDone);
+  // The chooser follows the list; the chosen window stays chosen.
+  const chooser = (list) => {
+    const keep = winSel.input.value;
+    const sig = JSON.stringify(list.map((w) => [w.id, w.title]));
+    if (winSel.input.dataset.sig === sig) return;
+    winSel.input.dataset.sig = sig;
+    winSel.input.replaceChildren(...list.map((w) => h("option", { value: w.id }, winName(w))));
+    if (list.some((w) => w.id === keep)) winSel.input.value = keep;
+  };
   const loadWindows = async () => {
     if (!active) return;
-    showWindows((await callJson("GET", base("/windows"), { signal })).windows || []);
+    const list = (await callJson("GET", base("/windows"), { signal })).windows || [];
+    showWindows(list);
+    chooser(list);
   };
+
+  // ---- open ------------------------------------------------------------------------
+  // xdg-open in the cell: the daemon answers once it started, so what opens
+  // is seen in the view and the window list, not here.
+  const target = field("URL or file", "input", { autocomplete: "off", spellcheck: "false",
+    placeholder: "https://example.com or /root/page.html" });
+  const openErr = field("Open", "output");
+  openErr.wrap.querySelector("label").remove();
+  const opened = h("p", { class: "hint", "aria-live": "polite", id: `desk-opened-${cell.id}` });
+  const openForm = h("form", { "aria-label": "Open a URL or file" }, target.wrap, openErr.wrap,
+    h("button", { type: "submit" }, "Open"), opened);
+  openForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    for (const f of [target, openErr]) f.setError("");
+    opened.textContent = "";
+    const btn = openForm.querySelector("button[type=submit]");
+    btn.disabled = true;
+    try {
+      const r = await callJson("POST", base("/open"), { signal, json: { target: target.input.value } });
+      opened.textContent = `Opened ${target.input.value}: process ${r.processId}.`;
+      opened.dataset.process = r.processId;
+      say(opened.textContent);
+    } catch (e) {
+      if (signal.aborted || e.name === "AbortError") return;
+      if (!(e instanceof ApiError)) throw e;
+      // Every refusal of /open is about the target (empty, a leading '-',
+      // control characters, a file the cell does not have).
+      showProblem(e, { target }, target);
+    } finally {
+      btn.disabled = false;
+    }
+  });
+
+  // ---- screenshot ------------------------------------------------------------------
+  // The whole screen, or a region when any of its fields is filled; fetched
+  // with the token in the header and saved as a download.
+  const shotFmt = field("Format", "select", {}, [["png", "PNG"], ["jpeg", "JPEG"], ["webp", "WebP"]]);
+  const shotX = field("Region x", "input", { type: "number", inputmode: "numeric", min: 0 });
+  const shotY = field("Region y", "input", { type: "number", inputmode: "numeric", min: 0 });
+  const shotW = field("Region width", "input", { type: "number", inputmode: "numeric", min: 1 });
+  const shotH = field("Region height", "input", { type: "number", inputmode: "numeric", min: 1 });
+  const shotErr = field("Screenshot", "output");
+  shotErr.wrap.querySelector("label").remove();
+  const shotBtn = h("button", { type: "button" }, "Download screenshot");
+  const shotDone = h("p", { class: "hint", "aria-live": "polite", id: `desk-shot-${cell.id}` });
+  const regionFields = { x: shotX, y: shotY, width: shotW, height: shotH };
+  shotBtn.addEventListener("click", async () => {
+    for (const f of [shotFmt, shotX, shotY, shotW, shotH, shotErr]) f.setError("");
+    shotDone.textContent = "";
+    const q = new URLSearchParams({ format: shotFmt.input.value });
+    const filled = Object.entries(regionFields).filter(([, f]) => f.input.value.trim() !== "");
+    if (filled.length && filled.length < 4) {
+      const missing = Object.entries(regionFields).find(([, f]) => f.input.value.trim() === "");
+      return void missing[1].setError(`Region ${missing[0]}: a region needs x, y, width and height (or none for the whole screen)`);
+    }
+    for (const [k, f] of filled) q.set(k, f.input.value.trim());
+    shotBtn.disabled = true;
+    try {
+      const res = await call("GET", base(`/screenshot${filled.length ? "/region" : ""}?${q}`), { signal });
+      const blob = await res.blob();
+      const ext = shotFmt.input.value === "jpeg" ? "jpg" : shotFmt.input.value;
+      saveBlob(blob, `desktop-${cell.id}${filled.length ? "-region" : ""}.${ext}`);
+      shotDone.textContent = `Saved a ${shotFmt.input.value} screenshot${filled.length ? " of the region" : ""} (${fmtBytes(blob.size)}).`;
+      say(shotDone.textContent);
+    } catch (e) {
+      if (signal.aborted || e.name === "AbortError") return;
+      if (!(e instanceof ApiError)) throw e;
+      showProblem(e, { "parameter format": shotFmt, "parameter x ": shotX, "parameter y ": shotY,
+        "parameter width": shotW, "parameter height": shotH, "region": shotX }, shotErr);
+    } finally {
+      shotBtn.disabled = false;
+    }
+  });
   winRefresh.addEventListener("click", () => loadWindows().catch((e) => winActs.fail("Windows", e)));
 
   // ---- clipboard -------------------------------------------------------------------
@@ -175,7 +301,10 @@ export function deskControls(root, signal, cell) {
 
   box.append(
     section(`desk-launch-h-${cell.id}`, "Launch an app", launchForm),
-    section(`desk-win-h-${cell.id}`, "Windows", winAlert, winTable, h("div", { class: "row" }, winRefresh)),
+    section(`desk-win-h-${cell.id}`, "Windows", winAlert, winTable, h("div", { class: "row" }, winRefresh), geoForm),
+    section(`desk-open-h-${cell.id}`, "Open a URL or file", openForm),
+    section(`desk-shot-h-${cell.id}`, "Screenshot", h("div", { class: "grid" }, shotFmt.wrap, shotX.wrap, shotY.wrap,
+      shotW.wrap, shotH.wrap), shotErr.wrap, h("div", { class: "row" }, shotBtn), shotDone),
     section(`desk-clip-h-${cell.id}`, "Clipboard", h("div", { class: "grid" }, clipText.wrap, clipSel.wrap),
       clipErr.wrap, h("div", { class: "row" }, clipRead, clipWrite)),
     section(`desk-rec-h-${cell.id}`, "Recordings", h("div", { class: "grid" }, fps.wrap), recErr.wrap,
