@@ -9,6 +9,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,6 +18,9 @@
 
 /* How often the watchdog looks for heads past their deadline and stalled streams. */
 #define CONNS_TICK_MS 500
+
+/* How often a body's reader waiting for its source looks for a revocation. */
+#define CONNS_REVOKE_POLL_MS 250
 
 enum sconn_state {
     SCONN_HEAD,         /* waiting for a request head (new, or keep-alive) */
@@ -49,13 +53,31 @@ struct conns {
 /* A connection's fd stays open until after MHD_CONNECTION_NOTIFY_CLOSED,
  * which takes conns.lock to unlink the record: under the lock, shutdown()
  * can only hit the connection's own socket.  The connection's thread then
- * sees the end of its socket and closes it. */
-static void cut_locked(struct sconn *c)
+ * sees the end of its socket and closes it.
+ *
+ * abort: a revocation.  shutdown() alone sends a FIN behind what is queued,
+ * so a slow reader of a download would still receive the send buffer's
+ * megabytes (tcp_wmem) after its token was revoked.  connect(AF_UNSPEC)
+ * disconnects a TCP socket at once (tcp_disconnect): the kernel drops the
+ * queue and sends a RST, so the client gets nothing more and sees a reset,
+ * never the rest of a body.  Only when bytes are queued: a quiet stream
+ * (an SSE follow waiting for its next event) has nothing more to deliver,
+ * and its client sees the plain end of the connection, a stream without
+ * its last chunk, as before.  (A chunk MHD queues between the look and the
+ * shutdown still goes out: at most one.)  A unix socket refuses the
+ * disconnect (its bytes are in the peer's queue already); shutdown() ends
+ * those. */
+static void cut_locked(struct sconn *c, int abort)
 {
     if (c->state == SCONN_CUT)
         return;
     c->state = SCONN_CUT;
-    if (shutdown(c->fd, SHUT_RDWR) < 0) { /* already gone: nothing to end */ }
+    int outq = 0;
+    if (abort && ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq > 0) {
+        struct sockaddr sa = { .sa_family = AF_UNSPEC };
+        if (connect(c->fd, &sa, sizeof sa) < 0) { /* not TCP: the shutdown below ends it */ }
+    }
+    if (shutdown(c->fd, SHUT_RDWR) < 0) { /* already gone or disconnected: nothing to end */ }
 }
 
 /* Streams have no idle timeout (a quiet log follow or terminal is fine), but
@@ -91,11 +113,11 @@ static void *watchdog_main(void *arg)
         int64_t now = srv_now_ms();
         for (struct sconn *c = cs->head; c; c = c->next) {
             if (c->state == SCONN_HEAD && now - c->since_ms >= limit)
-                cut_locked(c);
+                cut_locked(c, 0);
             else if (c->state == SCONN_STREAM && stream_progressed(c))
                 c->since_ms = now;
             else if (c->state == SCONN_STREAM && now - c->since_ms >= idle)
-                cut_locked(c);
+                cut_locked(c, 0);
         }
         struct timespec ts;
         srv_deadline_after(&ts, CONNS_TICK_MS);
@@ -235,7 +257,7 @@ void srv_conns_authenticated(sreq *r)
     snprintf(r->sconn->token_id, sizeof r->sconn->token_id, "%s", r->tok.id);
     /* Revoked between the store's check and now: the revoker missed us. */
     if (revoked_locked(cs, r->tok.id))
-        cut_locked(r->sconn);
+        cut_locked(r->sconn, 1);
     pthread_mutex_unlock(&cs->lock);
 }
 
@@ -250,6 +272,22 @@ int srv_conns_stream_over(srv *s, const char *token_id)
     int over = revoked_locked(cs, token_id);
     pthread_mutex_unlock(&cs->lock);
     return over;
+}
+
+int srv_conns_wait_readable(srv *s, const char *token_id, int fd)
+{
+    if (fd < 0)
+        return 1;                   /* poll would ignore it for ever: the read names the error */
+    for (;;) {
+        if (srv_conns_stream_over(s, token_id))
+            return 0;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        int rc = poll(&p, 1, CONNS_REVOKE_POLL_MS);
+        if (rc > 0)
+            return 1;               /* data, end of file or an error: the read says which */
+        if (rc < 0 && errno != EINTR)
+            return -1;
+    }
 }
 
 /* Streams wait on their cell's pcond (log followers, terminals): wake them
@@ -288,7 +326,7 @@ void srv_conns_revoke_token(sreq *r, const char *token_id)
     /* The revoking request itself is spared its answer's connection. */
     for (struct sconn *c = cs->head; c; c = c->next)
         if (c != r->sconn && strcmp(c->token_id, token_id) == 0)
-            cut_locked(c);
+            cut_locked(c, 1);
     pthread_mutex_unlock(&cs->lock);
     wake_cells(s);
 }

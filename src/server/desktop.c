@@ -2094,7 +2094,18 @@ static int dk_rec_get(dk_ctx *c)
 typedef struct dk_dl {
     cell_xfer x;
     uint64_t  size;                     /* the recording's at its stop: the Content-Length */
+    srv      *s;
+    char      token_id[16];             /* who asked: a revocation ends the body (conns.c) */
 } dk_dl;
+
+/* The next bytes of the transfer, or <= 0; a revocation ends the wait for
+ * a slow cell (conns.c), not the transfer's stall limit. */
+static ssize_t dk_dl_next(dk_dl *dl, char *buf, size_t len)
+{
+    if (srv_conns_wait_readable(dl->s, dl->token_id, dl->x.fd) <= 0)
+        return -1;
+    return cell_xfer_read(&dl->x, buf, len, NULL);
+}
 
 static ssize_t dk_dl_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
@@ -2102,14 +2113,14 @@ static ssize_t dk_dl_read(void *cls, uint64_t pos, char *buf, size_t max)
     if (pos >= dl->size)
         return MHD_CONTENT_READER_END_OF_STREAM;
     uint64_t left = dl->size - pos;
-    ssize_t n = cell_xfer_read(&dl->x, buf, max < left ? max : (size_t)left, NULL);
+    ssize_t n = dk_dl_next(dl, buf, max < left ? max : (size_t)left);
     if (n <= 0)                                         /* shorter than at its stop, or the transfer failed */
         return MHD_CONTENT_READER_END_WITH_ERROR;
     if ((uint64_t)n == left) {
         /* The last bytes go out only if the file ends here and the
          * transfer process says the read went well. */
         char more;
-        if (cell_xfer_read(&dl->x, &more, 1, NULL) != 0 || cell_xfer_end(&dl->x, NULL) < 0)
+        if (dk_dl_next(dl, &more, 1) != 0 || cell_xfer_end(&dl->x, NULL) < 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
     }
     return n;
@@ -2138,6 +2149,8 @@ static int dk_rec_download(dk_ctx *c)
         return -1;
     }
     dl->size = (uint64_t)x->bytes;
+    dl->s = c->r->s;
+    snprintf(dl->token_id, sizeof dl->token_id, "%s", c->r->authed ? c->r->tok.id : "");
     cell_error e = { 0 };
     if (WITH_CELL(c->sc, &e, cell_file_read_nofollow(c->sc->c, x->path, &dl->x, &e)) < 0) {
         free(dl);

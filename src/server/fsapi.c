@@ -109,6 +109,8 @@ static json_t *stat_json(const char *path, const char *name, const cell_stat *st
 /* ---- GET fs/file: the transfer process's pipe, read as the client takes it - */
 typedef struct read_state {
     cell_xfer x;
+    srv      *s;
+    char      token_id[16]; /* who asked: a revocation ends the body (conns.c) */
     uint64_t  size;     /* announced, or 0 for chunked */
     char     *first;    /* chunked: the first block, read before the status line */
     size_t    first_len, first_off;
@@ -125,6 +127,11 @@ static ssize_t read_body(void *cls, uint64_t pos, char *buf, size_t max)
     }
     if (rs->x.fd < 0)                 /* read_first() saw it all */
         return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Revoked while the cell was slow to answer: end now, not at the
+     * transfer's stall limit.  Every chunk passes here, so a revocation
+     * also ends a body whose socket cut the reader has not seen yet. */
+    if (srv_conns_wait_readable(rs->s, rs->token_id, rs->x.fd) <= 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
     ssize_t n = cell_xfer_read(&rs->x, buf, max, NULL);
     if (n > 0)
         return n;
@@ -177,6 +184,8 @@ int srv_h_fs_read(sreq *r)
         return reply_fs_error(r, &e, path);
     }
     rs->size = rs->x.size;
+    rs->s = r->s;
+    snprintf(rs->token_id, sizeof rs->token_id, "%s", r->authed ? r->tok.id : "");
     if (!rs->size && read_first(rs, &e) < 0) {
         read_free(rs);
         return reply_fs_error(r, &e, path);

@@ -162,6 +162,11 @@ void srv_conns_revoke_token(sreq *r, const char *token_id);
 /* Whether a stream authenticated as token_id must end (revoked, or the
  * daemon stopping).  Streams check it at each wake-up. */
 int  srv_conns_stream_over(srv *s, const char *token_id);
+/* Wait until fd (a download's source: a worker's pipe, a cell's transfer
+ * process) is readable, looking for a revocation every 250 ms, so a body
+ * whose source is slow still ends at its token's revocation: 1 readable,
+ * 0 the stream is over (srv_conns_stream_over), -1 poll failed (errno). */
+int  srv_conns_wait_readable(srv *s, const char *token_id, int fd);
 
 int64_t srv_now_ms(void);
 /* An absolute CLOCK_REALTIME deadline `ms` from now, for pthread_cond_timedwait. */

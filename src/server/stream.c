@@ -4,12 +4,8 @@
 #include "server/stream.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
-
-/* How often a reader waiting for the worker looks for a revocation. */
-#define STREAM_POLL_MS 250
 
 /* Whether the worker failed, shared by it and the response's reader; the
  * last of the two frees it. */
@@ -59,16 +55,11 @@ static ssize_t read_pipe(void *cls, uint64_t pos, char *buf, size_t max)
     pipe_reader *pr = cls;
     for (;;) {
         /* A worker may be silent for minutes (an image build's slow step):
-         * wait in slices so a revoked token or a stopping daemon ends the
-         * stream; the worker then fails its next write and stops. */
-        if (srv_conns_stream_over(pr->s, pr->token_id))
+         * the wait looks for a revoked token or a stopping daemon while it
+         * waits; the worker then fails its next write and stops. */
+        int ready = srv_conns_wait_readable(pr->s, pr->token_id, pr->fd);
+        if (ready <= 0)
             return MHD_CONTENT_READER_END_WITH_ERROR;
-        struct pollfd p = { .fd = pr->fd, .events = POLLIN };
-        int rc = poll(&p, 1, STREAM_POLL_MS);
-        if (rc < 0 && errno != EINTR)
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        if (rc <= 0)
-            continue;
         ssize_t n = read(pr->fd, buf, max);
         if (n > 0)
             return n;

@@ -284,6 +284,34 @@ def recv_to_close(s):
             buf += chunk
 
 
+def raw_get(port, path, token, rcvbuf=None, host="127.0.0.1"):
+    """A GET on a socket of its own, with Connection: close: (socket, head),
+    the status line and headers read and not a byte of the body.  rcvbuf:
+    a small receive buffer, so that the daemon's side of a big answer fills
+    and stays full while the test does not read (a slow reader)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect((host, port))
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
+               % (path, token)).encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        got = s.recv(1)
+        if not got:
+            break
+        head += got
+    return s, head
+
+
+def content_length(head):
+    """The Content-Length of a raw answer's head, or None."""
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return None
+
+
 def send_chunks(conn, data, size):
     """Send data in chunks of `size` and the last chunk; stop quietly when the
     server closed first (it may refuse a body half-way).  True if all went."""

@@ -86,3 +86,29 @@ def xterm(dk, *extra):
 
 def _netns(pid):
     return os.readlink("/proc/%s/ns/net" % pid)
+
+
+REC_DIR = "/tmp/.cell-desktop/recordings"
+
+
+def big_recording(dk, at_least, width=1280, height=960):
+    """Start dk's desktop at width x height with an xterm scrolling random
+    text and record it at 30 fps (about 4 MiB a second at 1280x960) until
+    the file has at least `at_least` bytes: the stop's answer.  Bytes, not
+    time: a recording stopped before its first frame is a failed one."""
+    r = dk.post("/start", {"width": width, "height": height, "displayNum": 152})
+    assert r.status == 200 and r.body["state"] == "active", r
+    r = dk.post("/launch", {"app": "xterm", "args": ["-geometry", "220x75+0+0", "-e", "sh", "-c",
+                                                     "od -x /dev/urandom"], "wait": True})
+    assert r.status == 200, r
+    rid = dk.post("/recording/start", {"fps": 30}).body["id"]
+
+    def size():
+        out = dk.run("sh", "-c", "stat -c %%s %s/%s.mp4 2>/dev/null || echo 0" % (REC_DIR, rid))["stdout"]
+        return int(out.split()[0])
+
+    assert dm.wait_for(lambda: size() >= at_least, timeout=60)
+    stop = dk.post("/recording/stop").body
+    assert stop["status"] == "completed", stop
+    dk.run("sh", "-c", "pkill -x od; true")         # the screen still: no CPU spent scrolling
+    return stop
