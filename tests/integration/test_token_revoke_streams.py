@@ -51,6 +51,16 @@ def fds(d):
     return len(os.listdir("/proc/%d/fd" % d.proc.pid))
 
 
+def fd_links(d):
+    out = []
+    for n in os.listdir("/proc/%d/fd" % d.proc.pid):
+        try:
+            out.append(os.readlink("/proc/%d/fd/%s" % (d.proc.pid, n)))
+        except OSError:
+            pass
+    return sorted(out)
+
+
 def settled(d):
     """The daemon's open fds and the cells' processes, once nothing moves."""
     return fds(d), len(dm.cell_pids_of_state(d.state))
@@ -60,7 +70,7 @@ def assert_back_to(d, before):
     """The daemon's fds and the cells' processes (a download's transfer
     process in the cell) are back to `before`."""
     assert wait_for(lambda: settled(d)[0] <= before[0], timeout=30), \
-        "the daemon holds %d fds, %d before" % (fds(d), before[0])
+        "the daemon holds %d fds, %d before: %s" % (fds(d), before[0], fd_links(d))
     assert wait_for(lambda: settled(d)[1] <= before[1], timeout=30), \
         "a cell process was left: %d, %d before" % (len(dm.cell_pids_of_state(d.state)), before[1])
 
@@ -161,6 +171,40 @@ def test_revoke_while_eight_downloads_of_the_token_start(d, admin, victim):
             assert head.startswith(b"HTTP/1.1 401 "), (i, head)
     assert_problem(d.client(tok).get(file_path(victim)), 401, "token_invalid")
     assert_back_to(d, before)
+
+
+def test_a_revoked_token_cuts_its_lane_export(d, admin):
+    """A body a worker thread writes through a pipe (stream.c: lane and image
+    exports, image builds) ends the same way."""
+    tok, tid = make_tenant_token(admin, TENANT)
+    c = d.client(tok)
+    lane = dm.uniq("lane")
+    assert c.post("/v1/lanes", {"name": lane}).status == 201
+    cid = dm.create_cell(c, "256M", lane=lane)
+    r = c.post("/cells/%s/v1/processes/run" % cid,
+               {"command": "sh", "args": ["-c", "head -c %d /dev/urandom > /root/big" % BIG]})
+    assert r.status == 200 and r.body["exitCode"] == 0, r
+    assert c.delete("/v1/cells/%s" % cid).status == 204          # an attached lane is not exported
+    # The first export loads the archive code for the daemon's lifetime (a memfd): not a leak.
+    warm = dm.uniq("lane")
+    assert c.post("/v1/lanes", {"name": warm}).status == 201
+    assert c.get("/v1/lanes/%s/export" % warm).status == 200
+    assert c.delete("/v1/lanes/%s" % warm).status in (200, 204)
+    before = settled(d)
+    try:
+        s, head = raw_get(d.port, "/v1/lanes/%s/export" % lane, tok, rcvbuf=SLOW_RCVBUF)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        first = s.recv(65536)
+        assert first
+        assert admin.delete("/v1/tokens/%s" % tid).status == 204
+        after, how = read_until_end(s)
+        assert how != "still open", "the lane export of a revoked token went on"
+        assert len(first) + after < BIG
+        assert after < 1 << 20, "%d bytes arrived after the revocation" % after
+        assert_back_to(d, before)
+    finally:
+        keeper, _ = make_tenant_token(admin, TENANT)
+        assert d.client(keeper).delete("/v1/lanes/%s" % lane).status in (200, 204)
 
 
 DESKTOP_TOOLS = ("Xvfb", "openbox", "xdotool", "xterm", "ffmpeg", "xdpyinfo")
