@@ -1468,8 +1468,13 @@ static void ra_codex_start(runagent_norm *n, json_t *events, json_t *item, const
         const char *server = json_string_value(json_object_get(item, "server"));
         const char *tool = json_string_value(json_object_get(item, "tool"));
         snprintf(title, sizeof title, "%.64s.%.64s", server ? server : "mcp", tool ? tool : "tool");
+        /* The names are the agent's, cut at a byte count: a cut inside a
+         * UTF-8 character would make json_pack refuse the title and the
+         * event would be lost, so the title is made valid (U+FFFD). */
+        free(c->title);
+        size_t title_len;
+        c->title = util_utf8_lossy((const unsigned char *)title, strlen(title), &title_len);
         ra_set(&c->kind, "other");
-        ra_set(&c->title, title);
     }
     if (!c->kind || !c->title) {
         ra_call_drop(n, c);

@@ -118,7 +118,12 @@ static void term_error(term *t, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    term_send_json(t, json_pack("{s:s, s:s}", "message", msg, "type", "error"));
+    /* The words may quote the client's bytes cut at a byte count (an
+     * unknown variant's %.64s, jansson's "near '...'"), which can end inside
+     * a UTF-8 character: jansson refuses such a string and the client would
+     * get no error at all.  Invalid UTF-8 becomes U+FFFD instead. */
+    json_t *text = srv_procs_lossy_string((const unsigned char *)msg, strlen(msg));
+    term_send_json(t, text ? json_pack("{s:o, s:s}", "message", text, "type", "error") : NULL);
 }
 
 /* ---- pty output: the writer thread ------------------------------------------------- */

@@ -448,6 +448,34 @@ test("resizeProcessTerminal on a tty process", async () => {
 
 // ---- the terminal session -----------------------------------------------------------
 
+test("connectProcessTerminal: a bad frame gets an error frame and the session goes on", async () => {
+  const sh = await sdk.createProcess({ command: "sh", tty: true, interactive: true });
+  try {
+    const session = sdk.connectProcessTerminal(sh.id, { WebSocket });
+    let output = "";
+    const errors = [];
+    session.onData((bytes) => { output += Buffer.from(bytes).toString("utf8"); });
+    session.onError((e) => errors.push(e));
+    await within(new Promise((resolve) => session.onReady(resolve)), 10000, "the ready frame");
+    session.socket.send("not json");
+    await waitFor(() => errors.length > 0, { timeout: 10000, what: "an error frame for 'not json'" });
+    assert.match(errors[0].message ?? "", /^invalid terminal frame/);
+    // An unknown type that the error quotes cut at 64 bytes, inside a 2-byte
+    // character: still an error frame (U+FFFD where the cut fell), not none.
+    session.socket.send(JSON.stringify({ type: "a" + "\u00e9".repeat(40) }));
+    await waitFor(() => errors.length > 1, { timeout: 10000, what: "an error frame for a cut multibyte type" });
+    assert.match(errors[1].message ?? "", /unknown variant `a\u00e9+\ufffd`/);
+    session.sendInput("echo still-$((1+1))\n");
+    await waitFor(() => output.includes("still-2"), { timeout: 10000, what: "output after the error frames" });
+    session.sendInput("exit 0\n");
+    await within(session.closed, 10000, "the close after exit");
+  } finally {
+    const cur = await sdk.getProcess(sh.id).catch(() => null);
+    if (cur?.status === "running") await sdk.killProcess(sh.id, { waitMs: 5000 });
+    await sdk.deleteProcess(sh.id).catch(() => {});
+  }
+});
+
 test("connectProcessTerminal: input, output, resize and exit over the WebSocket", async (t) => {
   const sh = await sdk.createProcess({ command: "sh", tty: true, interactive: true });
   try {

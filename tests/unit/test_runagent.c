@@ -526,6 +526,33 @@ static void normalise_recorded_streams(void **state)
     srv_runagent_norm_free(n);
 }
 
+/* An MCP tool call's title is "server.tool", each cut at 64 bytes: a cut
+ * inside a UTF-8 character becomes U+FFFD, and the tool.call event is
+ * there (json_pack refused the cut string and the event was lost). */
+static void a_tool_title_cut_inside_a_character_is_kept(void **state)
+{
+    (void)state;
+    char server[128] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(server, "\xc3\xa9");           /* é, 2 bytes: after the "a", byte 64 is half of one */
+    char line[512];
+    snprintf(line, sizeof line,
+             "{\"type\":\"item.started\",\"item\":{\"id\":\"i1\",\"type\":\"mcp_tool_call\",\"server\":\"a%s\","
+             "\"tool\":\"t\"}}", server);
+    runagent_norm *n = srv_runagent_norm_new();
+    json_t *msg = J(line);
+    json_t *ev = srv_runagent_from_codex(n, msg);
+    assert_int_equal(json_array_size(ev), 1);
+    json_t *e = json_array_get(ev, 0);
+    assert_string_equal(json_string_value(json_object_get(e, "type")), "tool.call");
+    const char *title = json_string_value(json_object_get(e, "title"));
+    assert_non_null(title);
+    assert_non_null(strstr(title, "\xef\xbf\xbd.t"));      /* U+FFFD where the cut fell, then ".t" */
+    json_decref(ev);
+    json_decref(msg);
+    srv_runagent_norm_free(n);
+}
+
 /* What a hostile agent may send: wrong types everywhere, no events and no
  * crash; endless tool calls and text stay bounded. */
 static void normalise_hostile_streams(void **state)
@@ -839,6 +866,7 @@ int main(void)
         cmocka_unit_test(toml_and_yaml_injection),
         cmocka_unit_test(normalise_recorded_streams),
         cmocka_unit_test(normalise_hostile_streams),
+        cmocka_unit_test(a_tool_title_cut_inside_a_character_is_kept),
         cmocka_unit_test(permission_rules),
         cmocka_unit_test(schema_subset),
         cmocka_unit_test(random_hostile_specs),
