@@ -494,6 +494,9 @@ uiTest("agent sessions: mode and model, a turn cancelled, an earlier session loa
     await page.locator(".field-error", { hasText: says }).waitFor();
     assert.equal(await load.getAttribute("aria-invalid"), "true");
   }
+  // A failed load leaves a new session possible on the instance it started.
+  assert.equal(await page.getByRole("button", { name: "Start session" }).isEnabled(), true);
+  assert.equal(await page.getByLabel("Agent to run").isDisabled(), true);
   await load.fill(sid);
   await load.press("Enter");
   await page.locator(".transcript .info", { hasText: `Session ${sid} loaded with mock` }).waitFor();

@@ -207,8 +207,8 @@ export async function agentPage(root, signal, cell) {
     agentName = agentF.input.value;
     await rpc("initialize", { protocolVersion: 1, clientCapabilities: {} }, `?agent=${encodeURIComponent(agentName)}`);
     started = true;
+    // The instance runs this agent: another one needs another page.
     agentF.input.disabled = true;
-    startBtn.disabled = true;
     followEvents(acp, (name, data) => name === "message" && onMessage(data), signal)
       .catch((e) => { if (e.name !== "AbortError") say(`Agent stream: ${e.message}`, "error"); });
   }
@@ -223,6 +223,7 @@ export async function agentPage(root, signal, cell) {
   };
   const useSession = (sid, result) => {
     sessionId = sid;
+    startBtn.disabled = true;
     remember(sid, agentName);
     const m = choices(modeF, result?.modes?.availableModes, "id", result?.modes?.currentModeId);
     const n = choices(modelF, result?.models?.availableModels, "modelId", result?.models?.currentModelId);
@@ -232,7 +233,8 @@ export async function agentPage(root, signal, cell) {
 
   startForm.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    if (started) return;
+    // A session can still start after a load that failed.
+    if (sessionId) return;
     startBtn.disabled = true;
     agentF.setError("");
     try {
@@ -244,7 +246,7 @@ export async function agentPage(root, signal, cell) {
       prompt.input.focus();
     } catch (e) {
       agentF.setError(e.message);
-      startBtn.disabled = started;
+      startBtn.disabled = Boolean(sessionId);
     }
   });
 
