@@ -27,6 +27,12 @@ const PEER = "198.18.48.1", PEER_PORT = 8080;
 // A fake npm registry (tests/integration/npmfake.py) for the agent install's
 // progress: the daemon's --agent-registry.
 const REGISTRY_IP = "198.18.48.2";
+// Those addresses on lo are host-wide: a second run of this file on the
+// host (an engineer's beside CI) would lose them to the first one's after()
+// and hang on a peer that is gone.  A run holds netfake.py's lock for the
+// /24 (the same file) while they are up; a second one waits for it.
+const NET_LOCK = `${existsSync("/run/lock") ? "/run/lock" : "/tmp"}/cell-test-net-198.18.48.lock`;
+let netLock;
 // Waits for the page are bounds for a broken page, not timings.
 const BOUND = 20000;
 
@@ -134,6 +140,14 @@ before(async () => {
   st.dir = mkdtempSync(path.join(os.tmpdir(), "cell-ui-"));
   st.port = await freePort();
   st.base = `http://127.0.0.1:${st.port}`;
+  // flock holds the lock while its cat reads stdin: until after() ends it,
+  // or this process dies and the pipe closes.
+  netLock = spawn("flock", ["-w", "900", NET_LOCK, "sh", "-c", "echo locked; exec cat"],
+                  { stdio: ["pipe", "pipe", "inherit"] });
+  await new Promise((resolve, reject) => {
+    netLock.stdout.once("data", resolve);
+    netLock.once("exit", (code) => reject(new Error(`198.18.48.0/24 stayed in use by another run (flock: ${code})`)));
+  });
   execFileSync("ip", ["addr", "replace", `${REGISTRY_IP}/32`, "dev", "lo"]);
   registry = spawn("python3", [path.resolve(HERE, "../integration/npmfake.py"), REGISTRY_IP],
                    { stdio: ["pipe", "pipe", "inherit"], cwd: path.resolve(HERE, "../integration") });
@@ -171,6 +185,10 @@ after(async () => {
   }
   for (const ip of [PEER, REGISTRY_IP])
     try { execFileSync("ip", ["addr", "del", `${ip}/32`, "dev", "lo"], { stdio: "ignore" }); } catch { /* gone */ }
+  if (netLock && netLock.exitCode === null) {
+    netLock.stdin.end();
+    await new Promise((r) => netLock.once("exit", r));
+  }
   if (st.daemon && st.daemon.exitCode === null) {
     st.daemon.kill("SIGTERM");
     await new Promise((r) => st.daemon.once("exit", r));
