@@ -20,7 +20,7 @@ import threading
 import pytest
 
 import daemon as dm
-from daemon import assert_problem, content_length, make_tenant_token, raw_get, wait_for
+from daemon import assert_problem, content_length, make_tenant_token, raw_get, raw_get_on, wait_for
 
 BIG = 32 << 20          # far more than the daemon's send buffer and the client's receive buffer
 SLOW_RCVBUF = 4096
@@ -136,14 +136,7 @@ def test_revoke_while_eight_downloads_of_the_token_start(d, admin, victim):
         s.connect(("127.0.0.1", d.port))
         go.wait(30)
         try:
-            s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
-                       % (file_path(victim), tok)).encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                got = s.recv(1)
-                if not got:
-                    break
-                head += got
+            head = raw_get_on(s, file_path(victim), tok)
         except OSError:                         # reset before the head: cut at once
             s.close()
             results[i] = (None, 0, "reset")
