@@ -146,7 +146,19 @@ ROUTES = [
     ("POST", "/launch"), ("POST", "/open"), ("POST", "/recording/start"), ("POST", "/recording/stop"),
     ("GET", "/recordings"), ("GET", "/recordings/REC"), ("GET", "/recordings/REC/download"),
     ("DELETE", "/recordings/REC"), ("GET", "/stream/status"), ("POST", "/stream/start"), ("POST", "/stream/stop"),
+    ("GET", "/stream/signaling"),
 ]
+
+
+def test_the_list_is_every_desktop_route():
+    """ROUTES is every /desktop route src/server/routes.c serves but the
+    live view (tested below by its three ways in): a route added there and
+    not here fails, so the tenant check is never left untried."""
+    src = open(os.path.join(os.path.dirname(__file__), "../../src/server/routes.c")).read()
+    served = set(re.findall(r'CELL_ROUTE\("(GET|POST|PUT|DELETE)",\s*"/desktop(/[^"]*)"', src))
+    served.discard(("GET", "/live"))
+    norm = {(m, re.sub(r"\?.*", "", p).replace("/1/", "/{wid}/").replace("REC", "{rid}")) for m, p in ROUTES}
+    assert served and served == norm, (sorted(served - norm), sorted(norm - served))
 BODIES = {"/mouse/move": {"x": 1, "y": 1}, "/mouse/click": {"x": 1, "y": 1}, "/keyboard/type": {"text": "rm -rf /"},
           "/keyboard/press": {"key": "Return"}, "/clipboard": {"text": "stolen"}, "/launch": {"app": "xterm"}}
 
