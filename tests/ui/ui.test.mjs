@@ -868,8 +868,17 @@ uiTest("tenants: quotas set in the UI hold in the daemon; a bad size is shown at
 // API's order; the kind filter in the hash; a new record added at the top
 // while following; the daemon's refusal of a bad cell id at its field.
 uiTest("audit: paging past a page, the kind, cell and decision filters, new records followed", async () => {
+  const listed = async () => (await api("GET", `/v1/audit?kind=request&cell=${cellId}&limit=10000`)).body;
+  const before = (await listed()).records.length;
   for (let i = 0; i < 120; i++) assert.equal((await api("GET", `/v1/cells/${cellId}`)).status, 200);
-  const all = (await api("GET", `/v1/audit?kind=request&cell=${cellId}&limit=10000`)).body;
+  // A request's record is written after its answer (the CI run on 5283b83
+  // listed fewer than were then paged through): wait until all 120 are in.
+  let all = await listed();
+  for (let i = 0; all.records.length < before + 120; i++) {
+    assert.ok(i < 400, `the audit has ${all.records.length - before} of the 120 requests`);
+    await sleep(50);
+    all = await listed();
+  }
   assert.equal(all.cursor, undefined);
   const want = all.records.map((r) => r.seq).reverse();
   assert.ok(want.length > 120, `${want.length} records`);
@@ -881,7 +890,8 @@ uiTest("audit: paging past a page, the kind, cell and decision filters, new reco
   await page.locator("#audit-summary", { hasText: "50 records loaded" }).waitFor();
   const older = page.getByRole("button", { name: "Load older records" });
   for (let pages = 1; await older.isVisible(); pages++) {
-    assert.ok(pages <= Math.ceil(want.length / 50), "more pages than records");
+    assert.ok(pages <= Math.ceil(want.length / 50),
+      `more pages than records: page ${pages}, ${want.length} records listed, the page says ${await page.locator("#audit-summary").textContent()}`);
     await older.focus();
     await page.keyboard.press("Enter");
     await page.locator("#audit-summary", { hasText: `${Math.min(want.length, (pages + 1) * 50)} records loaded` }).waitFor();
