@@ -44,8 +44,14 @@ def no_shims_left(ctd):
 def test_run_rootfs(ctd, runtime, tmp_path):
     root = oci.make_rootfs(tmp_path / "rootfs")
     r = ctd.ctr("run", "--rm", *ctd.run_args(runtime), "--env", "PATH=/bin", "--rootfs", root, "r1",
-                "sh", "-c", "echo hello; exit 5")
-    assert r.rc == 5 and r.out == "hello\n", r
+                "sh", "-c", "echo hello; echo ran > /ran; exit 5")
+    # containerd 1.6's ctr can lose the last output of a task that exits at
+    # once (its fifo copy races the exit: containerd#770, concourse#6775);
+    # it did so under runc in a CI run.  The exit status and the file say
+    # the process ran; the output, when it came, is exactly the echo.
+    assert r.rc == 5 and r.out in ("hello\n", ""), r
+    with open(os.path.join(root, "ran")) as f:
+        assert f.read() == "ran\n"
     assert "r1" not in ctd.ctr("containers", "ls", "-q").check().out.split()
     no_shims_left(ctd)
 
