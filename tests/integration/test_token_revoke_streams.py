@@ -97,6 +97,21 @@ def file_path(cid):
     return "/cells/%s/v1/fs/file?path=/root/big" % cid
 
 
+def revoke_mid_body(admin, tid, s, whole, what):
+    """The body of `s` flows, the client stops reading, the token `tid` is
+    revoked: the body must end, cut short of its `whole` bytes, with no
+    more after the revocation than the client's own receive buffer held
+    (not the daemon's send queue: megabytes, which a FIN behind it would
+    deliver all)."""
+    first = s.recv(65536)
+    assert first
+    assert admin.delete("/v1/tokens/%s" % tid).status == 204
+    after, how = read_until_end(s)
+    assert how != "still open", "the %s of a revoked token went on" % what
+    assert len(first) + after < whole
+    assert after < 1 << 20, "%d bytes arrived after the revocation" % after
+
+
 def test_a_revoked_token_cuts_its_file_download_at_the_next_chunk(d, admin, victim):
     before = settled(d)
     tok, tid = make_tenant_token(admin, TENANT)
@@ -105,15 +120,7 @@ def test_a_revoked_token_cuts_its_file_download_at_the_next_chunk(d, admin, vict
     o, ohead = raw_get(d.port, file_path(victim), other, rcvbuf=SLOW_RCVBUF)
     assert head.startswith(b"HTTP/1.1 200 ") and content_length(head) == BIG, head
     assert ohead.startswith(b"HTTP/1.1 200 "), ohead
-    first = s.recv(65536)                       # the body flows, then the client stops reading
-    assert first
-    assert admin.delete("/v1/tokens/%s" % tid).status == 204
-    after, how = read_until_end(s)
-    assert how != "still open", "the download of a revoked token went on"
-    # Not the rest of the body: what the client's own receive buffer held, not
-    # the daemon's send queue (megabytes: a FIN behind it would deliver them all).
-    assert len(first) + after < BIG
-    assert after < 1 << 20, "%d bytes arrived after the revocation" % after
+    revoke_mid_body(admin, tid, s, BIG, "download")
     # Refused from now on.
     assert_problem(d.client(tok).get(file_path(victim)), 401, "token_invalid")
     # The other token's download of the same file is whole.
@@ -187,13 +194,7 @@ def test_a_revoked_token_cuts_its_lane_export(d, admin):
     try:
         s, head = raw_get(d.port, "/v1/lanes/%s/export" % lane, tok, rcvbuf=SLOW_RCVBUF)
         assert head.startswith(b"HTTP/1.1 200 "), head
-        first = s.recv(65536)
-        assert first
-        assert admin.delete("/v1/tokens/%s" % tid).status == 204
-        after, how = read_until_end(s)
-        assert how != "still open", "the lane export of a revoked token went on"
-        assert len(first) + after < BIG
-        assert after < 1 << 20, "%d bytes arrived after the revocation" % after
+        revoke_mid_body(admin, tid, s, BIG, "lane export")
         assert_back_to(d, before)
     finally:
         keeper, _ = make_tenant_token(admin, TENANT)
@@ -217,13 +218,7 @@ def test_a_revoked_token_cuts_its_recording_download(d, admin):
         path = "%s/recordings/%s/download" % (dk.base, stop["id"])
         s, head = raw_get(d.port, path, tok, rcvbuf=SLOW_RCVBUF)
         assert head.startswith(b"HTTP/1.1 200 ") and content_length(head) == stop["bytes"], head
-        first = s.recv(65536)
-        assert first
-        assert admin.delete("/v1/tokens/%s" % tid).status == 204
-        after, how = read_until_end(s)
-        assert how != "still open", "the recording download of a revoked token went on"
-        assert len(first) + after < stop["bytes"]
-        assert after < 1 << 20, "%d bytes arrived after the revocation" % after
+        revoke_mid_body(admin, tid, s, stop["bytes"], "recording download")
         assert_back_to(d, before)               # the cell's transfer process too
     finally:
         admin.delete("/v1/cells/%s" % cid)
